@@ -1,0 +1,155 @@
+"""The `fedless-nb` terminal tool: run a YAML experiment or the demo with rich progress, read the history."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
+from .experiment import ConfigError, DataConfig, ExperimentConfig, TrainConfig, load_config, validate
+from .history import DEFAULT_HISTORY, History, HistoryError
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+
+
+class TerminalProgress:
+    """Observer: a live bar per round while its functions run, a line per finished round, a summary table."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), console=console,
+        )
+        self.tasks: dict[int, Any] = {}
+        self.failed: dict[int, int] = {}
+        self.rounds: list[RoundFinished] = []
+        self.total_rounds = 0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.total_rounds = event.rounds
+            self.console.print(f"[bold]Run {event.run_id}[/]: {event.clients} clients, {event.rounds} rounds")
+            self.progress.start()
+        elif isinstance(event, RoundStarted):
+            description = f"Round {event.round}/{self.total_rounds}"
+            self.tasks[event.round] = self.progress.add_task(description, total=len(event.client_ids), failed=0)
+        elif isinstance(event, InvocationFinished) and event.round in self.tasks:
+            self.failed[event.round] = self.failed.get(event.round, 0) + (event.outcome == "failed")
+            self.progress.update(self.tasks[event.round], advance=1, failed=self.failed[event.round])
+        elif isinstance(event, RoundFinished):
+            self.progress.remove_task(self.tasks.pop(event.round))
+            self.rounds.append(event)
+            self.progress.console.print(
+                f"Round {event.round}/{self.total_rounds}  {_format_metrics(event.eval_metrics)}  "
+                f"{event.succeeded}/{event.selected} ok  {event.finished_at - event.started_at:.2f}s"
+            )
+        elif isinstance(event, RunFinished):
+            self.progress.stop()
+            self.console.print(self.summary())
+            accuracy = event.final_metrics.get("accuracy")
+            ending = f"final accuracy {accuracy:.4f}" if accuracy is not None else "no round finished"
+            self.console.print(f"[bold]Run {event.status}[/]: {event.rounds_completed} rounds, {ending}")
+
+    def summary(self) -> Table:
+        table = Table(title="Rounds")
+        for column in ("round", "ok", "failed", "seconds", "accuracy", "loss"):
+            table.add_column(column, justify="right")
+        for event in self.rounds:
+            metrics = event.eval_metrics
+            table.add_row(
+                str(event.round), str(event.succeeded), str(event.failed),
+                f"{event.finished_at - event.started_at:.2f}",
+                f"{metrics.get('accuracy', float('nan')):.4f}", f"{metrics.get('loss', float('nan')):.4f}",
+            )
+        return table
+
+
+def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
+    """The demo: digits split over clients with Dirichlet label skew, trained on the local provider."""
+    return ExperimentConfig(
+        name="demo", clients=arguments.clients, clients_per_round=arguments.clients_per_round,
+        rounds=arguments.rounds, history=arguments.history,
+        data=DataConfig(dataset="digits", partition="dirichlet", alpha=0.5),
+        train=TrainConfig(epochs=10, batch_size=16, learning_rate=0.05),
+    )
+
+
+def _run(config: ExperimentConfig, console: Console) -> int:
+    from .runner import run_experiment
+
+    result = run_experiment(config, observers=[TerminalProgress(console)])
+    console.print(f"History: {config.history} (run {result.run_id})")
+    return 0 if result.status == "finished" else 1
+
+
+def _show_history(arguments: argparse.Namespace, console: Console) -> int:
+    history = History(arguments.history)
+    if arguments.run_id is None:
+        table = Table(title=f"Runs in {arguments.history}")
+        for column in ("run_id", "status", "rounds", "clients", "accuracy"):
+            table.add_column(column)
+        for run in history.runs():
+            accuracy = run.get("eval_accuracy")
+            table.add_row(run["run_id"], run["status"], f"{run['rounds_completed']}/{run['rounds']}",
+                          str(run["clients"]), "" if accuracy is None else f"{accuracy:.4f}")
+        console.print(table)
+        return 0
+    run = history.run(arguments.run_id)
+    console.print(f"[bold]{run['run_id']}[/] {run['status']}, {run['rounds_completed']}/{run['rounds']} rounds")
+    table = Table()
+    rows = history.rounds(arguments.run_id)
+    columns = list(rows[0]) if rows else []
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedless-nb", description="Serverless federated learning.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the experiment described by a YAML config file")
+    run.add_argument("config", help="path to the YAML config")
+    run.add_argument("--history", help="SQLite history file (overrides the config's)")
+    demo = commands.add_parser("demo", help="federated training on the bundled digits data, non-IID")
+    demo.add_argument("--clients", type=int, default=20)
+    demo.add_argument("--clients-per-round", type=int, default=5)
+    demo.add_argument("--rounds", type=int, default=10)
+    demo.add_argument("--history", default=DEFAULT_HISTORY)
+    history = commands.add_parser("history", help="list past runs, or one run's rounds")
+    history.add_argument("run_id", nargs="?")
+    history.add_argument("--history", default=DEFAULT_HISTORY)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        if arguments.command == "history":
+            return _show_history(arguments, console)
+        if arguments.command == "run":
+            config = load_config(arguments.config)
+            if arguments.history:
+                config.history = arguments.history
+        else:
+            config = demo_config(arguments)
+            validate(config)
+        return _run(config, console)
+    except (ConfigError, HistoryError) as error:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The round loop: select clients, invoke their functions concurrently, aggregate, evaluate, announce.
+
+The controller knows nothing of notebooks or terminals; observers subscribe to its events.
+It never trusts a result blindly: a result must answer the task it was given (run, round,
+client, update key) and its update must have the model's shapes, or it counts as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted
+from .model import ModelSpec
+from .providers.base import InvocationError, Provider
+from .selection import SelectionPolicy
+from .store import Store, decode_arrays, encode_arrays
+from .store.keys import global_weights_key, update_key
+from .strategies.base import ClientUpdate, Strategy, Weights
+
+
+@dataclass(frozen=True)
+class ClientRef:
+    """A client function: its id, where its data lives and which provider runs it."""
+
+    client_id: str
+    data_key: str
+    provider: str
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What every round shares: how many clients, which train settings, how long it may take."""
+
+    rounds: int
+    clients_per_round: int
+    train: dict[str, Any]
+    round_deadline: float
+    seed: int = 0
+
+
+def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
+    """Each training metric averaged over clients, weighted by their sample counts."""
+    total = sum(update.num_examples for update in updates)
+    names = {name for update in updates for name in update.metrics}
+    return {
+        name: sum(u.metrics.get(name, 0.0) * u.num_examples for u in updates) / total for name in sorted(names)
+    } if total else {}
+
+
+class Controller:
+    """Runs the rounds of one run over the given clients and providers."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        name: str,
+        config: dict[str, Any],
+        spec: ModelSpec,
+        strategy: Strategy,
+        selection: SelectionPolicy,
+        clients: Sequence[ClientRef],
+        providers: dict[str, Provider],
+        store: Store,
+        evaluate: Callable[[Weights], dict[str, float]],
+        plan: RoundPlan,
+    ) -> None:
+        self.run_id, self.name, self.config = run_id, name, config
+        self.strategy, self.selection, self.store, self.evaluate = strategy, selection, store, evaluate
+        self.clients = {client.client_id: client for client in clients}
+        self.providers = providers
+        self.plan = plan
+        self._model_wire = spec.to_wire()
+        self._observers: list[Observer] = []
+        self._stop_requested = False
+        self.round_metrics: list[dict[str, float]] = []
+
+    def subscribe(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def _emit(self, event: Any) -> None:
+        for observer in self._observers:
+            observer(event)
+
+    def request_stop(self) -> None:
+        """Finish the current round, then end the run as "stopped"."""
+        self._stop_requested = True
+
+    async def run(self, weights: Weights) -> Weights:
+        """All rounds from `weights`; returns the final global model."""
+        weights = self.strategy.initialize(weights)
+        self.store.put(global_weights_key(self.run_id, 0), encode_arrays(weights))
+        self._emit(RunStarted(
+            self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
+            [provider.describe() for provider in self.providers.values()], time.time(),
+        ))
+        status, error, completed = "finished", None, 0
+        try:
+            for round_number in range(1, self.plan.rounds + 1):
+                weights = await self._round(round_number, weights)
+                completed = round_number
+                if self._stop_requested and round_number < self.plan.rounds:
+                    status = "stopped"
+                    break
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            status, error = "stopped", "interrupted"
+            raise
+        except Exception as exception:
+            status, error = "failed", f"{type(exception).__name__}: {exception}"
+            raise
+        finally:
+            final = self.round_metrics[-1] if self.round_metrics else {}
+            self._emit(RunFinished(self.run_id, status, time.time(), completed, final, error))
+        return weights
+
+    def _task(self, round_number: int, client: ClientRef, overrides: dict[str, Any], deadline: float) -> dict[str, Any]:
+        train = {**self.plan.train, **overrides, "seed": self.plan.seed * 1_000_003 + round_number}
+        return {
+            "run_id": self.run_id,
+            "round": round_number,
+            "client_id": client.client_id,
+            "model": self._model_wire,
+            "weights": global_weights_key(self.run_id, round_number - 1),
+            "data": client.data_key,
+            "update": update_key(self.run_id, round_number, client.client_id),
+            "train": train,
+            "store": self.store.descriptor(),
+            "token": None,
+            "deadline": deadline,
+        }
+
+    async def _round(self, round_number: int, weights: Weights) -> Weights:
+        started = time.time()
+        selected = self.selection.select(round_number, list(self.clients), self.plan.clients_per_round)
+        overrides = self.strategy.configure_round(round_number, selected)
+        self._emit(RoundStarted(self.run_id, round_number, selected, started))
+        deadline = started + self.plan.round_deadline
+        calls: dict[asyncio.Future[dict[str, Any]], ClientRef] = {}
+        for client_id in selected:
+            client = self.clients[client_id]
+            task = self._task(round_number, client, overrides.get(client_id, {}), deadline)
+            calls[asyncio.ensure_future(self.providers[client.provider].invoke(task))] = client
+
+        updates: list[ClientUpdate] = []
+        pending = set(calls)
+        try:
+            while pending and (remaining := deadline - time.time()) > 0:
+                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                for call in done:
+                    update = self._collect(round_number, calls[call], call, weights, started)
+                    if update is not None:
+                        updates.append(update)
+        finally:  # the deadline passed, or the run is being torn down: no call outlives its round
+            for call in pending:
+                call.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for call in pending:
+            missed = InvocationError(f"missed the round deadline of {self.plan.round_deadline:g}s", "deadline")
+            self._record_failure(round_number, calls[call], missed, started)
+
+        if updates:
+            weights = self.strategy.aggregate(round_number, weights, updates)
+        self.store.put(global_weights_key(self.run_id, round_number), encode_arrays(weights))
+        eval_metrics = self.evaluate(weights)
+        self.round_metrics.append(eval_metrics)
+        self._emit(RoundFinished(
+            self.run_id, round_number, started, time.time(), len(selected), len(updates),
+            len(selected) - len(updates), eval_metrics, weighted_metrics(updates),
+        ))
+        return weights
+
+    def _collect(
+        self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], weights: Weights, started: float
+    ) -> ClientUpdate | None:
+        """The client's update if its call succeeded and the result checks out; else record why not."""
+        try:
+            result = call.result()
+            update = self._read_update(round_number, client, result, weights)
+        except InvocationError as error:
+            self._record_failure(round_number, client, error, started)
+            return None
+        except Exception as error:  # a function's bad reply must not end the round
+            self._record_failure(round_number, client, InvocationError(f"{type(error).__name__}: {error}", "error"), started)
+            return None
+        timings = {k: float(v) for k, v in (result.get("timings") or {}).items()}
+        finished = time.time()
+        self._emit(InvocationFinished(
+            self.run_id, round_number, client.client_id, client.provider, "succeeded",
+            max(started, finished - timings.get("total", 0.0)), finished,
+            cold=bool(result.get("cold")), num_examples=update.num_examples, metrics=update.metrics, timings=timings,
+        ))
+        return update
+
+    def _read_update(self, round_number: int, client: ClientRef, result: Any, weights: Weights) -> ClientUpdate:
+        expected = update_key(self.run_id, round_number, client.client_id)
+        if not isinstance(result, dict):
+            raise InvocationError(f"the function returned {type(result).__name__}, not a result object", "invalid")
+        answered = (result.get("run_id"), result.get("round"), result.get("client_id"), result.get("update"))
+        if answered != (self.run_id, round_number, client.client_id, expected):
+            raise InvocationError(f"the result answers another task: {answered}", "invalid")
+        num_examples = result.get("num_examples")
+        if not isinstance(num_examples, int) or num_examples <= 0:
+            raise InvocationError(f"the result has an invalid num_examples {num_examples!r}", "invalid")
+        arrays = decode_arrays(self.store.get(expected))
+        if [(a.shape, a.dtype) for a in arrays] != [(w.shape, w.dtype) for w in weights]:
+            raise InvocationError("the update's shapes or dtypes do not match the global model", "invalid")
+        metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}
+        return ClientUpdate(client.client_id, arrays, num_examples, metrics)
+
+    def _record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
+        """A failed invocation; its start is the round's, since no function reported one."""
+        self._emit(InvocationFinished(
+            self.run_id, round_number, client.client_id, client.provider, "failed", started, time.time(),
+            error=str(error), cause=error.cause,
+        ))

@@ -1,0 +1,324 @@
+"""The dataset registry and its loaders: each turns a source into one model-ready `Dataset`.
+
+Heavy imports (scikit-learn, Keras and so TensorFlow) happen inside the loaders that need them,
+so listing or validating datasets stays instant.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _tf
+
+# LEAF's Shakespeare vocabulary (leaf/models/utils/language_utils.py): a character's index is its id.
+ALL_LETTERS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
+FEMNIST_CLASSES = 62
+_KERAS_IMAGE_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class DatasetError(ValueError):
+    """A dataset request the user can fix: unknown name or option, a missing or malformed file."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train and test splits ready for a model: float32 (or integer token) inputs, int64 class ids.
+
+    `groups` holds, for every training example, the index of the writer/user it came from
+    (LEAF datasets), so a natural partition can keep each writer on one client; `group_names`
+    names those indices. eq=False: arrays have no single truth value to compare by.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    groups: np.ndarray | None = None
+    group_names: tuple[str, ...] = ()
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {}
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    """Register `loader(**options) -> Dataset` under `name`; its keyword parameters are its options."""
+
+    def register(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        _LOADERS[name] = loader
+        return loader
+
+    return register
+
+
+def available_datasets() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def load_dataset(name: str, **options: Any) -> Dataset:
+    """Load a registered dataset; a wrong name or option fails with one line saying what to change."""
+    if name not in _LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(available_datasets())}")
+    loader = _LOADERS[name]
+    check_options(f"dataset {name!r}", loader, options, DatasetError)
+    return loader(**options)
+
+
+def check_options(
+    owner: str,
+    function: Callable[..., Any],
+    options: Mapping[str, Any],
+    error: type[ValueError],
+    supplied: Iterable[str] = (),
+) -> None:
+    """Refuse options `function` does not take and name required ones left out, before calling it.
+
+    `supplied` are the parameters the caller fills in itself, so they are not user options.
+    """
+    parameters = {k: p for k, p in inspect.signature(function).parameters.items() if k not in set(supplied)}
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        choices = ", ".join(parameters) or "none"
+        raise error(f"{owner} has no option {unknown[0]!r}; its options are: {choices}")
+    missing = [k for k, p in parameters.items() if p.default is inspect.Parameter.empty and k not in options]
+    if missing:
+        raise error(f"{owner} needs option {missing[0]!r}")
+
+
+# --- scikit-learn tables (offline) ---------------------------------------------------------------
+
+
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """Stratified split, so a small test set still holds every class in its usual share."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_fraction < 1:
+        raise DatasetError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    return tuple(train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y))
+
+
+@register_dataset("digits")
+def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1,797 images), pixels 0..16 scaled to [0, 1]."""
+    from sklearn import datasets
+
+    raw = datasets.load_digits()
+    x_train, x_test, y_train, y_test = _split(raw.data / 16.0, raw.target, test_fraction, seed)
+    return Dataset("digits", x_train.astype(np.float32), y_train.astype(np.int64),
+                   x_test.astype(np.float32), y_test.astype(np.int64), num_classes=10)
+
+
+@register_dataset("breast_cancer")
+def load_breast_cancer(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Wisconsin breast cancer (569 patients, 30 features), the healthcare example.
+
+    Standardized with the training split's mean and std only: the test set must not leak into training.
+    """
+    from sklearn import datasets
+
+    raw = datasets.load_breast_cancer()
+    x_train, x_test, y_train, y_test = _split(raw.data, raw.target, test_fraction, seed)
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    std[std == 0] = 1.0
+    return Dataset("breast_cancer", ((x_train - mean) / std).astype(np.float32), y_train.astype(np.int64),
+                   ((x_test - mean) / std).astype(np.float32), y_test.astype(np.int64), num_classes=2)
+
+
+# --- Keras image sets ----------------------------------------------------------------------------
+
+
+def _keras() -> Any:
+    """Keras, imported only when a Keras-backed loader runs (it loads TensorFlow)."""
+    _tf.tensorflow()  # quiets TensorFlow's C++ logging before Keras pulls it in
+    import keras
+
+    return keras
+
+
+def _scaled_images(pixels: np.ndarray) -> np.ndarray:
+    return np.asarray(pixels, dtype=np.float32) / 255.0
+
+
+def _labels(labels: Any) -> np.ndarray:
+    """Keras gives (n,) or (n, 1) labels, CIFAR batches give lists: always (n,) int64."""
+    return np.asarray(labels, dtype=np.int64).reshape(-1)
+
+
+def _read_keras_npz(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A local copy in the format keras.datasets caches (mnist.npz): lets users work offline."""
+    if not path.is_file():
+        raise DatasetError(f"no .npz file at {path}; pass path= a file with keys {', '.join(_KERAS_IMAGE_KEYS)}")
+    with np.load(path, allow_pickle=False) as arrays:
+        missing = [key for key in _KERAS_IMAGE_KEYS if key not in arrays.files]
+        if missing:
+            raise DatasetError(f"{path} lacks array {missing[0]!r}; it needs {', '.join(_KERAS_IMAGE_KEYS)}")
+        return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+def _load_grayscale_28(name: str, path: str | os.PathLike | None) -> Dataset:
+    """MNIST and Fashion-MNIST share one format: keras' loader (or its .npz), 28x28 uint8, 10 classes."""
+    if path is None:
+        source = getattr(_keras().datasets, name).load_data()
+    else:
+        source = _read_keras_npz(Path(path).expanduser())
+    (x_train, y_train), (x_test, y_test) = source
+    return Dataset(name, _scaled_images(x_train)[..., np.newaxis], _labels(y_train),
+                   _scaled_images(x_test)[..., np.newaxis], _labels(y_test), num_classes=10)
+
+
+@register_dataset("mnist")
+def load_mnist(*, path: str | os.PathLike | None = None) -> Dataset:
+    """MNIST through keras.datasets.mnist (downloads once), or a local mnist.npz with `path`."""
+    return _load_grayscale_28("mnist", path)
+
+
+@register_dataset("fashion_mnist")
+def load_fashion_mnist(*, path: str | os.PathLike | None = None) -> Dataset:
+    """Fashion-MNIST through keras.datasets.fashion_mnist, or a local .npz in the same format with `path`."""
+    return _load_grayscale_28("fashion_mnist", path)
+
+
+def _read_cifar_batches(directory: Path) -> tuple[tuple[np.ndarray, Any], tuple[np.ndarray, Any]]:
+    """Read cifar-10-batches-py with the parser keras uses; every data_batch_N present, in order of N."""
+    matches = (re.fullmatch(r"data_batch_(\d+)", p.name) for p in directory.glob("data_batch_*"))
+    numbered = [(int(m[1]), directory / m[0]) for m in matches if m]
+    if not numbered or not (directory / "test_batch").is_file():
+        raise DatasetError(
+            f"{directory} is not a cifar-10-batches-py directory: it needs data_batch_1.. and test_batch"
+        )
+    _keras()  # loads TensorFlow quietly before the import below
+    from keras.src.datasets.cifar import load_batch  # Keras 2.15 keeps it here, not under keras.datasets
+
+    train = [load_batch(str(batch)) for _, batch in sorted(numbered)]
+    x_train = np.concatenate([data for data, _ in train]).transpose(0, 2, 3, 1)
+    y_train = np.concatenate([np.asarray(labels) for _, labels in train])
+    x_test, y_test = load_batch(str(directory / "test_batch"))
+    return (x_train, y_train), (x_test.transpose(0, 2, 3, 1), y_test)
+
+
+@register_dataset("cifar10")
+def load_cifar10(*, path: str | os.PathLike | None = None) -> Dataset:
+    """CIFAR-10 through keras.datasets.cifar10, or a local cifar-10-batches-py directory with `path`."""
+    source = _keras().datasets.cifar10.load_data() if path is None else _read_cifar_batches(Path(path).expanduser())
+    (x_train, y_train), (x_test, y_test) = source
+    return Dataset("cifar10", _scaled_images(x_train), _labels(y_train),
+                   _scaled_images(x_test), _labels(y_test), num_classes=10)
+
+
+# --- LEAF (FEMNIST, Shakespeare) -----------------------------------------------------------------
+
+
+@dataclass
+class _LeafSplit:
+    """One LEAF split flattened: every example's x, y and its user."""
+
+    x: list[Any]
+    y: list[Any]
+    users: list[str]
+
+
+def _leaf_files(root: Path, split: str) -> list[Path]:
+    directory = root / split
+    files = sorted(directory.glob("*.json"))
+    if not files:
+        raise DatasetError(
+            f"no LEAF .json files in {directory}; pass path= a LEAF data directory with train/ and test/"
+        )
+    return files
+
+
+def _read_leaf_split(root: Path, split: str) -> _LeafSplit:
+    """Read the split's files in sorted order, users in their listed order: the same run gives the same data."""
+    flat = _LeafSplit([], [], [])
+    for file in _leaf_files(root, split):
+        try:
+            content = json.loads(file.read_text())
+            for user in content["users"]:
+                data = content["user_data"][user]
+                flat.x.extend(data["x"])
+                flat.y.extend(data["y"])
+                flat.users.extend([user] * len(data["y"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DatasetError(
+                f"{file} is not LEAF JSON (users, num_samples, user_data: {{user: {{x, y}}}}): {err!r}"
+            ) from None
+    return flat
+
+
+def _load_leaf(name: str, path: str | os.PathLike, encode_x: Callable[[list[Any]], np.ndarray],
+               encode_y: Callable[[list[Any]], np.ndarray], num_classes: int) -> Dataset:
+    """Load a LEAF dataset, keeping who wrote each training example as `groups`."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"LEAF directory {root} does not exist; pass path= a directory with train/ and test/")
+    train, test = _read_leaf_split(root, "train"), _read_leaf_split(root, "test")
+    group_names = tuple(dict.fromkeys(train.users))
+    index = {user: i for i, user in enumerate(group_names)}
+    groups = np.array([index[user] for user in train.users], dtype=np.int64)
+    return Dataset(name, encode_x(train.x), encode_y(train.y), encode_x(test.x), encode_y(test.y),
+                   num_classes=num_classes, groups=groups, group_names=group_names)
+
+
+def _femnist_images(x: list[Any]) -> np.ndarray:
+    """LEAF stores each image as 784 floats in [0, 1]: already scaled, only the shape changes."""
+    return np.asarray(x, dtype=np.float32).reshape(-1, 28, 28, 1)
+
+
+@register_dataset("femnist")
+def load_femnist(*, path: str | os.PathLike) -> Dataset:
+    """LEAF FEMNIST: 62 classes (digits, upper and lower case) written by ~3,500 writers."""
+    return _load_leaf("femnist", path, _femnist_images, _labels, FEMNIST_CLASSES)
+
+
+_SORTED_CODES = np.array(sorted(ord(c) for c in ALL_LETTERS), dtype=np.uint32)
+_INDEX_OF_SORTED = np.array([ALL_LETTERS.index(chr(code)) for code in _SORTED_CODES], dtype=np.int64)
+
+
+def _char_ids(text: str) -> np.ndarray:
+    """Vocabulary index of every character, vectorized (Shakespeare has millions of characters).
+
+    A character outside LEAF's vocabulary is an error, not LEAF's silent -1: it means the file
+    did not come from LEAF's Shakespeare preprocessing.
+    """
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    positions = np.minimum(np.searchsorted(_SORTED_CODES, codes), len(_SORTED_CODES) - 1)
+    unknown = _SORTED_CODES[positions] != codes
+    if unknown.any():
+        character = chr(codes[unknown][0])
+        raise DatasetError(f"character {character!r} is not in LEAF's Shakespeare vocabulary (ALL_LETTERS)")
+    return _INDEX_OF_SORTED[positions]
+
+
+def _shakespeare_sequences(x: list[str]) -> np.ndarray:
+    """(n, sequence_length) int64 character ids; LEAF's sequences all have one length (80)."""
+    lengths = {len(line) for line in x}
+    if len(lengths) > 1:
+        raise DatasetError(f"Shakespeare sequences must all have one length, found lengths {sorted(lengths)}")
+    return _char_ids("".join(x)).reshape(len(x), lengths.pop() if lengths else 0)
+
+
+def _shakespeare_targets(y: list[str]) -> np.ndarray:
+    """The next character of each sequence, as its vocabulary id."""
+    if any(len(char) != 1 for char in y):
+        raise DatasetError("every Shakespeare y must be a single character")
+    return _char_ids("".join(y))
+
+
+@register_dataset("shakespeare")
+def load_shakespeare(*, path: str | os.PathLike) -> Dataset:
+    """LEAF Shakespeare: next-character prediction, one user per play role."""
+    return _load_leaf("shakespeare", path, _shakespeare_sequences, _shakespeare_targets, len(ALL_LETTERS))

@@ -1,0 +1,71 @@
+"""What the controller announces. Observers (history, terminal, dashboard) subscribe to these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: str
+    name: str
+    config: dict[str, Any]
+    rounds: int
+    clients: int
+    providers: list[dict[str, Any]]
+    started_at: float
+
+
+@dataclass(frozen=True)
+class RoundStarted:
+    run_id: str
+    round: int
+    client_ids: list[str]
+    started_at: float
+
+
+@dataclass(frozen=True)
+class InvocationFinished:
+    """One client function call, successful or not, as both sides saw it."""
+
+    run_id: str
+    round: int
+    client_id: str
+    provider: str
+    outcome: str  # "succeeded" | "failed"
+    started_at: float
+    finished_at: float
+    cold: bool | None = None
+    num_examples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    cause: str | None = None
+
+
+@dataclass(frozen=True)
+class RoundFinished:
+    run_id: str
+    round: int
+    started_at: float
+    finished_at: float
+    selected: int
+    succeeded: int
+    failed: int
+    eval_metrics: dict[str, float]
+    train_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    run_id: str
+    status: str  # "finished" | "failed" | "stopped"
+    finished_at: float
+    rounds_completed: int
+    final_metrics: dict[str, float]
+    error: str | None = None
+
+
+Event = Union[RunStarted, RoundStarted, InvocationFinished, RoundFinished, RunFinished]
+Observer = Callable[[Event], None]

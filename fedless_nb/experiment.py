@@ -1,0 +1,223 @@
+"""The experiment schema: dataclasses, validation, YAML in and out.
+
+A config is checked completely before anything starts. An unknown key, a wrong type or
+an impossible value raises ConfigError with one line that names the key, for example
+`train.learning_rate: must be > 0, got -1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .model import OPTIMIZERS
+
+
+class ConfigError(ValueError):
+    """A config value the user must change; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """`builder`: a built-in model (mlp, logistic_regression, cnn) or 'package.module:function'."""
+
+    builder: str = "mlp"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    options: dict[str, Any] = field(default_factory=dict)
+    partition: str = "iid"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "fedavg"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProviderConfig:
+    """One platform. `clients`: how many clients run here (omit on one provider to give it the rest)."""
+
+    kind: str = "local"
+    name: str = "local"
+    clients: int | None = None
+    workers: int = 2
+    timeout: float = 120.0
+
+
+@dataclass
+class StoreConfig:
+    kind: str = "local"
+    path: str = ".fedless/store"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    clients: int = 20
+    clients_per_round: int = 5
+    rounds: int = 10
+    round_deadline: float = 600.0
+    history: str = "fedless_history.db"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    providers: list[ProviderConfig] = field(default_factory=lambda: [ProviderConfig()])
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ExperimentConfig":
+        """Build and validate a config from plain data (parsed YAML, a notebook's options)."""
+        config = _build(cls, data, "")
+        validate(config)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    return ExperimentConfig.from_dict(data or {})
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", str(kind))
+
+
+def _convert(kind: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotated type `kind`, recursing into nested dataclasses."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        return _convert(next(option for option in options if option is not type(None)), value, key)
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list, got {type(value).__name__}")
+        (item,) = typing.get_args(kind)
+        return [_convert(item, element, f"{key}[{index}]") for index, element in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """A dataclass from a mapping, refusing unknown keys with a did-you-mean hint."""
+    section = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: must be a mapping of keys to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+        values[key] = _convert(hints[key], value, prefix + key)
+    return cls(**values)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _require_choice(value: str, choices: typing.Iterable[str], key: str) -> None:
+    choices = list(choices)
+    _require(value in choices, key, f"unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Refuse impossible values with one line naming the key."""
+    from .data import PARTITION_KINDS, available_datasets
+    from .providers.registry import PROVIDER_KINDS
+    from .strategies import STRATEGIES
+
+    _require(config.clients >= 1, "clients", f"must be >= 1, got {config.clients}")
+    _require(
+        1 <= config.clients_per_round <= config.clients,
+        "clients_per_round",
+        f"must be between 1 and clients ({config.clients}), got {config.clients_per_round}",
+    )
+    _require(config.rounds >= 1, "rounds", f"must be >= 1, got {config.rounds}")
+    _require(config.round_deadline > 0, "round_deadline", f"must be > 0 seconds, got {config.round_deadline}")
+    _require_choice(config.data.dataset, available_datasets(), "data.dataset")
+    _require_choice(config.data.partition, PARTITION_KINDS, "data.partition")
+    _require(config.data.alpha > 0, "data.alpha", f"must be > 0, got {config.data.alpha}")
+    _require(config.data.shards_per_client >= 1, "data.shards_per_client", "must be >= 1")
+    _require(config.train.epochs >= 1, "train.epochs", f"must be >= 1, got {config.train.epochs}")
+    _require(config.train.batch_size >= 1, "train.batch_size", f"must be >= 1, got {config.train.batch_size}")
+    _require(config.train.learning_rate > 0, "train.learning_rate", f"must be > 0, got {config.train.learning_rate}")
+    _require_choice(config.train.optimizer, OPTIMIZERS, "train.optimizer")
+    _require_choice(config.strategy.name, STRATEGIES, "strategy.name")
+    _require_choice(config.store.kind, ["local"], "store.kind")
+    _validate_providers(config, PROVIDER_KINDS)
+
+
+def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -> None:
+    _require(bool(config.providers), "providers", "name at least one provider")
+    names = [provider.name for provider in config.providers]
+    _require(len(set(names)) == len(names), "providers", f"provider names must be unique, got {names}")
+    for index, provider in enumerate(config.providers):
+        key = f"providers[{index}]"
+        _require_choice(provider.kind, kinds, f"{key}.kind")
+        _require(provider.workers >= 1, f"{key}.workers", f"must be >= 1, got {provider.workers}")
+        _require(provider.timeout > 0, f"{key}.timeout", f"must be > 0 seconds, got {provider.timeout}")
+        _require(provider.clients is None or provider.clients >= 0, f"{key}.clients", "must be >= 0")
+    assigned = sum(provider.clients or 0 for provider in config.providers)
+    open_ended = [provider for provider in config.providers if provider.clients is None]
+    if len(open_ended) > 1:
+        raise ConfigError("providers: give every provider but at most one a number of clients")
+    if open_ended:
+        _require(assigned <= config.clients, "providers", f"assign {assigned} clients, more than clients ({config.clients})")
+    else:
+        _require(
+            assigned == config.clients, "providers",
+            f"assign {assigned} clients in all, but clients is {config.clients}",
+        )

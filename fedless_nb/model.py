@@ -1,0 +1,160 @@
+"""Keras model <-> model spec: what a function needs to rebuild the model without the user's code.
+
+A spec is the architecture JSON, the compile settings (loss and metrics; the optimizer is
+a training setting of each round) and the modules that register custom layers. The
+controller checks that the spec really rebuilds before any function sees it, so a model
+that cannot travel fails in the notebook with the name of the layer, not in a function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ._tf import keras as _keras
+
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
+_BUILTIN_PREFIXES = ("keras.", "keras", "tf_keras", "tensorflow")
+
+
+class ModelError(ValueError):
+    """The model cannot be used as given; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A serializable model: architecture JSON, compile settings, modules with custom layers."""
+
+    architecture: str
+    compile: dict[str, Any]
+    modules: tuple[str, ...] = field(default=())
+
+    def to_wire(self) -> dict[str, Any]:
+        """The task's "model" field."""
+        return {"architecture": self.architecture, "compile": self.compile, "modules": list(self.modules)}
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> "ModelSpec":
+        return cls(wire["architecture"], wire.get("compile") or {}, tuple(wire.get("modules") or ()))
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable hash: a warm function reuses its compiled model while this is unchanged."""
+        text = json.dumps(self.to_wire(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _is_builtin(cls: type) -> bool:
+    return cls.__module__.startswith(_BUILTIN_PREFIXES)
+
+
+def _custom_layer_modules(model: Any) -> tuple[str, ...]:
+    """Modules a function must import to rebuild the model; refuses classes it cannot import."""
+    keras = _keras()
+    modules = []
+    for layer in [model, *model._flatten_layers(include_self=False)]:
+        cls = type(layer)
+        if _is_builtin(cls):
+            continue
+        registered = keras.saving.get_registered_name(cls) != cls.__name__
+        if cls.__module__ == "__main__" or not registered:
+            raise ModelError(
+                f"layer {layer.name!r} uses the custom class {cls.__name__} "
+                f"(defined in {cls.__module__}), which a function cannot rebuild: move it into an "
+                f"importable module and decorate it with @keras.saving.register_keras_serializable()"
+            )
+        if cls.__module__ not in modules:
+            modules.append(cls.__module__)
+    return tuple(modules)
+
+
+def _compile_settings(model: Any, loss: Any, metrics: Any) -> dict[str, Any]:
+    keras = _keras()
+    loss = loss if loss is not None else getattr(model, "loss", None) or "sparse_categorical_crossentropy"
+    if metrics is None:
+        compiled = getattr(model, "compiled_metrics", None)
+        metrics = getattr(compiled, "_user_metrics", None) or ["accuracy"]
+    if isinstance(metrics, dict):
+        raise ModelError("per-output metrics dicts are not supported; pass a list such as ['accuracy']")
+    return {
+        "loss": loss if isinstance(loss, str) else keras.losses.serialize(loss),
+        "metrics": [m if isinstance(m, str) else keras.metrics.serialize(m) for m in metrics],
+    }
+
+
+def _call_builder(builder: Callable[..., Any], context: dict[str, Any]) -> Any:
+    """Call a builder with the dataset facts (input_shape, num_classes) it asks for."""
+    parameters = inspect.signature(builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return builder(**{k: v for k, v in context.items() if takes_any or k in parameters})
+
+
+def model_spec_from(
+    model_or_builder: Any,
+    *,
+    seed: int = 0,
+    loss: Any = None,
+    metrics: Any = None,
+    builder_context: dict[str, Any] | None = None,
+) -> tuple[ModelSpec, list[np.ndarray]]:
+    """Spec and initial weights of a built Keras model or of a function that builds one.
+
+    A builder runs under `seed`, so the initial weights are reproducible.
+    """
+    keras = _keras()
+    model = model_or_builder
+    if callable(model_or_builder) and not isinstance(model_or_builder, keras.Model):
+        keras.utils.set_random_seed(seed)
+        model = _call_builder(model_or_builder, builder_context or {})
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"expected a Keras model or a function returning one, got {type(model).__name__}")
+    if not model.built:
+        raise ModelError(
+            f"model {model.name!r} has no input shape yet: give its first layer input_shape=... "
+            "or call model.build(...) first"
+        )
+    if not getattr(model, "_is_graph_network", False):
+        raise ModelError(
+            f"model {model.name!r} is a subclassed keras.Model, whose architecture cannot be serialized: "
+            "define it with keras.Sequential or the functional API"
+        )
+    modules = _custom_layer_modules(model)
+    architecture = model.to_json()
+    spec = ModelSpec(architecture, _compile_settings(model, loss, metrics), modules)
+    weights = [np.array(w, dtype=w.dtype) for w in model.get_weights()]
+    rebuilt = build_model(spec)
+    if [w.shape for w in rebuilt.get_weights()] != [w.shape for w in weights]:
+        raise ModelError(f"model {model.name!r} does not rebuild to the same weight shapes from its config")
+    return spec, weights
+
+
+def make_optimizer(name: str, learning_rate: float) -> Any:
+    """A fresh Keras optimizer by name; a function compiles one per training setting."""
+    if name not in OPTIMIZERS:
+        raise ModelError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    return _keras().optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
+
+
+def build_model(spec: ModelSpec, optimizer: Any = None) -> Any:
+    """Rebuild a model from its spec, compiled with `optimizer` (default SGD) and the spec's loss and metrics."""
+    keras = _keras()
+    for module in spec.modules:
+        importlib.import_module(module)
+    try:
+        model = keras.models.model_from_json(spec.architecture)
+    except (ValueError, TypeError) as error:
+        raise ModelError(f"the model spec does not rebuild: {error}") from None
+    settings = spec.compile
+    loss = settings.get("loss", "sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=optimizer if optimizer is not None else make_optimizer("sgd", 0.01),
+        loss=loss if isinstance(loss, str) else keras.losses.deserialize(loss),
+        metrics=[m if isinstance(m, str) else keras.metrics.deserialize(m) for m in settings.get("metrics", [])],
+    )
+    return model

@@ -1,0 +1,40 @@
+"""The provider interface: how the controller reaches a client function on some platform."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+
+class InvocationError(Exception):
+    """An invocation did not return a result; `cause` says why, for the history and retry decisions.
+
+    Causes: "timeout" (the platform's per-invocation limit), "crash" (the function's process
+    died), "error" (the function raised), "deadline" (the round closed first).
+    """
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class Provider(ABC):
+    """A FaaS platform, or a stand-in for one, that runs `fedless_nb.client.handle` per task."""
+
+    name: str
+    kind: str
+
+    async def deploy(self, bundle: Any = None) -> None:
+        """Make the function callable; platforms without a deploy step need not override this."""
+
+    @abstractmethod
+    async def invoke(self, task: dict[str, Any]) -> dict[str, Any]:
+        """Run one task and return the function's result; raise InvocationError when there is none."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release every process, session and connection the provider holds."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Name, kind and sizing, recorded with the run in the history."""

@@ -1,0 +1,165 @@
+"""The embedded local provider: a bounded pool of long-lived worker processes that behaves like FaaS.
+
+- cold start: a worker process starts on first use, and the function reports that invocation as cold;
+- warm reuse: later invocations on the same worker find their model and data already loaded;
+- a concurrency limit: at most `workers` invocations run at once, the rest wait for a free worker;
+- a per-invocation timeout: a worker that overruns is killed and the invocation reported failed;
+- a crashed worker is replaced on the next invocation and its invocation reported failed.
+
+Memory therefore grows with the pool size, never with the number of clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import sys
+from typing import Any
+
+from .base import InvocationError, Provider
+from .local_worker import DEFAULT_ENTRY_POINT
+
+_REPLY_LIMIT = 64 * 2**20  # a reply line may carry a large metrics dict; weights never travel here
+
+
+class _Worker:
+    """One worker process and the tail of its stderr (for crash messages)."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._drain = asyncio.ensure_future(self._drain_stderr())
+
+    @classmethod
+    async def start(cls, entry_point: str, environment: dict[str, str]) -> "_Worker":
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fedless_nb.providers.local_worker", entry_point,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=environment, limit=_REPLY_LIMIT,
+        )
+        return cls(process)
+
+    async def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.stderr_tail.append(line.decode(errors="replace").rstrip())
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    async def call(self, task: dict[str, Any], timeout: float) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(json.dumps(task).encode() + b"\n")
+            await self.process.stdin.drain()
+            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        except asyncio.TimeoutError:
+            await self.kill()
+            raise InvocationError(f"timed out after {timeout:g}s; the worker was stopped", "timeout") from None
+        except (BrokenPipeError, ConnectionResetError):
+            line = b""
+        if not line:  # the process is gone or going: let it exit by itself so its exit code is kept
+            await self.stop()
+            raise InvocationError(self._crash_message(), "crash")
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise InvocationError(reply["error"], "error")
+        return reply["result"]
+
+    def _crash_message(self) -> str:
+        code = self.process.returncode
+        last = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
+        return f"worker process exited with code {code}" + (f": {last}" if last else "")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Close stdin so the worker exits by itself; kill it if it has not after `grace` seconds."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), grace)
+        except asyncio.TimeoutError:
+            pass
+        await self.kill()
+
+    async def kill(self) -> None:
+        if self.alive:
+            self.process.kill()
+        await self.process.wait()
+        await asyncio.wait([self._drain], timeout=1.0)
+
+
+class LocalProvider(Provider):
+    """FaaS on this machine: `workers` processes, each running the client step one task at a time."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        name: str = "local",
+        *,
+        workers: int = 2,
+        timeout: float = 120.0,
+        threads_per_worker: int = 1,
+        entry_point: str = DEFAULT_ENTRY_POINT,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("a local provider needs at least 1 worker")
+        self.name = name
+        self.workers = workers
+        self.timeout = timeout
+        self.threads_per_worker = threads_per_worker
+        self.entry_point = entry_point
+        self._slots: asyncio.LifoQueue[_Worker | None] | None = None
+        self._running: set[_Worker] = set()
+
+    def _environment(self) -> dict[str, str]:
+        """The caller's environment, its import path (like multiprocessing's spawn) and quiet, lean TensorFlow."""
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+        environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        environment["TF_NUM_INTRAOP_THREADS"] = str(self.threads_per_worker)
+        environment["TF_NUM_INTEROP_THREADS"] = str(self.threads_per_worker)
+        environment["OMP_NUM_THREADS"] = str(self.threads_per_worker)
+        return environment
+
+    def _pool(self) -> asyncio.LifoQueue[_Worker | None]:
+        if self._slots is None:
+            self._slots = asyncio.LifoQueue()  # warm workers first, like a FaaS platform
+            for _ in range(self.workers):
+                self._slots.put_nowait(None)
+        return self._slots
+
+    async def invoke(self, task: dict[str, Any]) -> dict[str, Any]:
+        slots = self._pool()
+        worker = await slots.get()
+        try:
+            if worker is None or not worker.alive:
+                worker = await _Worker.start(self.entry_point, self._environment())
+                self._running.add(worker)
+            return await worker.call(task, self.timeout)
+        except asyncio.CancelledError:
+            if worker is not None:
+                await asyncio.shield(worker.kill())
+            raise
+        finally:
+            if worker is not None and not worker.alive:
+                self._running.discard(worker)
+                worker = None
+            slots.put_nowait(worker)
+
+    async def close(self) -> None:
+        """Stop every worker; the pool starts afresh if the provider is used again."""
+        workers, self._running = list(self._running), set()
+        await asyncio.gather(*(worker.stop() for worker in workers))
+        self._slots = None
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for tests and monitoring)."""
+        return [worker.process.pid for worker in self._running if worker.alive]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "workers": self.workers, "timeout": self.timeout}

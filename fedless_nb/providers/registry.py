@@ -1,0 +1,29 @@
+"""Providers from config, and which client runs on which provider."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from .base import Provider
+from .local import LocalProvider
+
+PROVIDER_KINDS: dict[str, Callable[..., Provider]] = {"local": LocalProvider}
+
+
+def make_provider(config: Any) -> Provider:
+    """A provider from a `ProviderConfig`."""
+    if config.kind == "local":
+        return LocalProvider(config.name, workers=config.workers, timeout=config.timeout)
+    raise ValueError(f"unknown provider kind {config.kind!r}")
+
+
+def assign_clients(client_ids: Sequence[str], provider_configs: Sequence[Any]) -> dict[str, str]:
+    """Client id -> provider name: each provider takes its `clients` count in order, an open one the rest."""
+    assignment: dict[str, str] = {}
+    remaining = list(client_ids)
+    for config in sorted(provider_configs, key=lambda c: c.clients is None):
+        count = len(remaining) if config.clients is None else config.clients
+        for client_id in remaining[:count]:
+            assignment[client_id] = config.name
+        remaining = remaining[count:]
+    return assignment

@@ -1,0 +1,18 @@
+"""Where each object lives in the store. One place, so the controller and functions agree."""
+
+from __future__ import annotations
+
+
+def global_weights_key(run_id: str, round_number: int) -> str:
+    """The global model after `round_number` rounds (round 0: the initial weights)."""
+    return f"runs/{run_id}/round-{round_number:05d}/global.weights"
+
+
+def update_key(run_id: str, round_number: int, client_id: str) -> str:
+    """The one key a client may write in a round: its own update."""
+    return f"runs/{run_id}/round-{round_number:05d}/updates/{client_id}.weights"
+
+
+def client_data_key(partition_id: str, client_id: str) -> str:
+    """A client's training data; shared by every run that uses the same dataset and partition."""
+    return f"data/{partition_id}/{client_id}.arrays"

@@ -1,0 +1,46 @@
+"""The strategy interface, after Flower's: orchestration here, arithmetic in pure functions."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+Weights = list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One client's returned model, with the sample count it was trained on."""
+
+    client_id: str
+    weights: Weights
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Strategy(ABC):
+    """Turns the current global model and the clients' updates into the next global model."""
+
+    name: str
+
+    def initialize(self, weights: Weights) -> Weights:
+        """The global model before round 1 (a strategy may keep server-side state from it)."""
+        return weights
+
+    def configure_round(self, round_number: int, client_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per-client overrides of the train settings for this round (none by default)."""
+        return {}
+
+    @abstractmethod
+    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+        """The next global model; `updates` holds at least one update."""
+
+    def state(self) -> dict[str, Any]:
+        """Server-side state to checkpoint with the global weights (none by default)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what `state()` returned."""

@@ -1,0 +1,16 @@
+"""A custom layer in an importable module, registered with Keras: a function can rebuild it."""
+
+from tensorflow import keras
+
+
+@keras.saving.register_keras_serializable(package="fedless_tests")
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, inputs):
+        return inputs * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}

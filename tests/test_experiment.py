@@ -1,0 +1,56 @@
+import pytest
+
+from fedless_nb.experiment import ConfigError, ExperimentConfig, load_config
+
+
+def test_defaults_are_valid_and_round_trip_through_yaml(tmp_path):
+    config = ExperimentConfig.from_dict({})
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path) == config
+
+
+def test_nested_values_are_read():
+    config = ExperimentConfig.from_dict({
+        "clients": 8, "clients_per_round": 4, "data": {"partition": "dirichlet", "alpha": 1},
+        "train": {"epochs": 2, "learning_rate": 0.05}, "providers": [{"kind": "local", "workers": 3}],
+    })
+    assert config.data.alpha == 1.0 and isinstance(config.data.alpha, float)
+    assert config.train.epochs == 2 and config.providers[0].workers == 3
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"rounds": 0}, "rounds: must be >= 1"),
+    ({"clients": 5, "clients_per_round": 6}, r"clients_per_round: must be between 1 and clients \(5\)"),
+    ({"data": {"alpha": 0}}, "data.alpha: must be > 0"),
+    ({"data": {"alpha": -1.5}}, "data.alpha: must be > 0"),
+    ({"train": {"epoch": 3}}, "train.epoch: unknown key \\(did you mean 'epochs'\\?\\)"),
+    ({"colour": "red"}, "colour: unknown key"),
+    ({"train": {"batch_size": "32"}}, "train.batch_size: must be int, got str '32'"),
+    ({"train": {"epochs": True}}, "train.epochs: must be int, got bool"),
+    ({"train": {"learning_rate": -1}}, "train.learning_rate: must be > 0"),
+    ({"train": {"optimizer": "lion"}}, "train.optimizer: unknown value 'lion'"),
+    ({"data": {"dataset": "imagenet"}}, "data.dataset: unknown value 'imagenet'; choose one of .*digits"),
+    ({"data": {"partition": "random"}}, "data.partition: unknown value 'random'"),
+    ({"strategy": {"name": "fedsgd"}}, "strategy.name: unknown value 'fedsgd'"),
+    ({"providers": [{"kind": "lambda"}]}, r"providers\[0\].kind: unknown value 'lambda'"),
+    ({"providers": [{"workers": 0}]}, r"providers\[0\].workers: must be >= 1"),
+    ({"providers": "local"}, "providers: must be a list"),
+    ({"clients": 4, "clients_per_round": 2, "providers": [{"name": "a", "clients": 3}]}, "assign 3 clients in all"),
+    ({"train": []}, "train: must be a mapping"),
+])
+def test_bad_values_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict(data)
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("rounds: 3\ntrain:\n  epochs: [1\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML at line"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="config: must be a mapping"):
+        load_config(tmp_path / "list.yaml")

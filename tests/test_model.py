@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from tensorflow import keras
+
+from fedless_nb import zoo
+from fedless_nb.model import ModelError, ModelSpec, build_model, make_optimizer, model_spec_from
+
+CONTEXT = {"input_shape": (64,), "num_classes": 10}
+
+
+def test_rebuilt_model_gives_identical_predictions():
+    spec, weights = model_spec_from(zoo.mlp, builder_context=CONTEXT)
+    original = zoo.mlp((64,), 10)
+    original.set_weights(weights)
+    rebuilt = build_model(ModelSpec.from_wire(spec.to_wire()))
+    rebuilt.set_weights(weights)
+    x = np.random.default_rng(0).random((32, 64), dtype=np.float32)
+    np.testing.assert_array_equal(original.predict(x, verbose=0), rebuilt.predict(x, verbose=0))
+
+
+def test_builder_is_seeded_and_gets_dataset_facts():
+    _, first = model_spec_from(zoo.mlp, seed=7, builder_context=CONTEXT)
+    _, again = model_spec_from(zoo.mlp, seed=7, builder_context=CONTEXT)
+    _, other = model_spec_from(zoo.mlp, seed=8, builder_context=CONTEXT)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[0], other[0])
+    assert [w.shape for w in first] == [(64, 128), (128,), (128, 10), (10,)]
+
+
+def test_compiled_model_keeps_its_loss_and_metrics():
+    model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    spec, _ = model_spec_from(model)
+    assert spec.compile["metrics"] == ["accuracy"]
+    rebuilt = build_model(spec)
+    assert rebuilt.loss.get_config()["from_logits"] is True
+
+
+def test_notebook_defined_custom_layer_is_named_in_the_error():
+    class Doubler(keras.layers.Layer):
+        def call(self, inputs):
+            return inputs * 2
+
+    model = keras.Sequential([keras.layers.Dense(4, input_shape=(3,)), Doubler(name="double_it")])
+    with pytest.raises(ModelError, match="'double_it'.*Doubler.*register_keras_serializable"):
+        model_spec_from(model)
+
+
+def test_registered_custom_layer_travels_with_its_module():
+    from registered_layers import Scale
+
+    model = keras.Sequential([keras.layers.Dense(4, input_shape=(3,)), Scale(3.0)])
+    spec, weights = model_spec_from(model)
+    assert spec.modules == ("registered_layers",)
+    rebuilt = build_model(spec)
+    rebuilt.set_weights(weights)
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(rebuilt(x).numpy(), model(x).numpy())
+
+
+def test_subclassed_model_and_wrong_objects_are_refused():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    net = Net()
+    net(np.ones((1, 3), np.float32))
+    with pytest.raises(ModelError, match="subclassed"):
+        model_spec_from(net)
+    with pytest.raises(ModelError, match="got int"):
+        model_spec_from(42)
+    with pytest.raises(ModelError, match="no input shape"):
+        model_spec_from(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_unknown_optimizer_and_builder_are_clear():
+    with pytest.raises(ModelError, match="unknown optimizer 'adamw'"):
+        make_optimizer("adamw", 0.1)
+    with pytest.raises(ModelError, match="unknown model builder"):
+        zoo.resolve_builder("resnet")
+    with pytest.raises(ModelError, match="cannot be imported"):
+        zoo.resolve_builder("no_such_module:build")
+    assert zoo.resolve_builder("registered_layers:Scale") is not None
+
+
+def test_fingerprint_changes_with_the_architecture():
+    small, _ = model_spec_from(zoo.mlp, builder_context={**CONTEXT, "hidden_units": [8]})
+    large, _ = model_spec_from(zoo.mlp, builder_context={**CONTEXT, "hidden_units": [16]})
+    assert small.fingerprint != large.fingerprint
+    assert small.fingerprint == ModelSpec.from_wire(small.to_wire()).fingerprint

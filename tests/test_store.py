@@ -1,0 +1,42 @@
+import pytest
+
+from fedless_nb.store import LocalStore, MissingKeyError, StoreError, store_from_descriptor
+from fedless_nb.store.keys import client_data_key, global_weights_key, update_key
+
+
+def test_put_get_exists_delete(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put("runs/r1/a.bin", b"hello")
+    assert store.exists("runs/r1/a.bin") and store.get("runs/r1/a.bin") == b"hello"
+    store.put("runs/r1/a.bin", bytearray(b"again"))
+    assert store.get("runs/r1/a.bin") == b"again"
+    store.delete("runs/r1/a.bin")
+    store.delete("runs/r1/a.bin")
+    assert not store.exists("runs/r1/a.bin")
+    assert not list(tmp_path.rglob(".put-*")), "no temporary files are left behind"
+
+
+def test_missing_key_names_the_key(tmp_path):
+    with pytest.raises(MissingKeyError, match="nope"):
+        LocalStore(tmp_path).get("nope")
+
+
+@pytest.mark.parametrize("key", ["../escape", "/abs", "a/../b", "a//b", "", "a b", "./a"])
+def test_keys_cannot_escape_the_store(tmp_path, key):
+    with pytest.raises(StoreError):
+        LocalStore(tmp_path).put(key, b"x")
+
+
+def test_descriptor_rebuilds_the_same_store(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put("k", b"v")
+    assert store_from_descriptor(store.descriptor()).get("k") == b"v"
+    with pytest.raises(StoreError, match="unknown store kind"):
+        store_from_descriptor({"kind": "ftp"})
+
+
+def test_keys_are_namespaced_by_run_round_and_client():
+    assert update_key("r", 3, "client-0001") != update_key("r", 4, "client-0001")
+    assert update_key("r", 3, "client-0001") != update_key("r", 3, "client-0002")
+    assert global_weights_key("r", 0) != global_weights_key("q", 0)
+    assert client_data_key("p", "client-0001").startswith("data/p/")
