@@ -59,17 +59,25 @@ class TerminalProgress:
             self.console.print(f"[bold]Run {event.status}[/]: {event.rounds_completed} rounds, {ending}")
 
     def summary(self) -> Table:
-        table = Table(title="Rounds")
-        for column in ("round", "ok", "failed", "seconds", "accuracy", "loss"):
-            table.add_column(column, justify="right")
-        for event in self.rounds:
-            metrics = event.eval_metrics
-            table.add_row(
-                str(event.round), str(event.succeeded), str(event.failed),
-                f"{event.finished_at - event.started_at:.2f}",
-                f"{metrics.get('accuracy', float('nan')):.4f}", f"{metrics.get('loss', float('nan')):.4f}",
-            )
-        return table
+        return rounds_table([
+            {"round": e.round, "succeeded": e.succeeded, "failed": e.failed, "duration": e.finished_at - e.started_at,
+             **{f"eval_{name}": value for name, value in e.eval_metrics.items()}}
+            for e in self.rounds
+        ])
+
+
+def rounds_table(rows: list[dict[str, Any]], title: str = "Rounds") -> Table:
+    """One line per round: counts, seconds and the global model's test metrics."""
+    table = Table(title=title)
+    metrics = sorted({key for row in rows for key in row if key.startswith("eval_")})
+    for column in ("round", "ok", "failed", "seconds", *(name.removeprefix("eval_") for name in metrics)):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["round"]), str(row["succeeded"]), str(row["failed"]), f"{row['duration']:.2f}",
+            *(f"{row[name]:.4f}" if row.get(name) is not None else "" for name in metrics),
+        )
+    return table
 
 
 def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
@@ -103,15 +111,8 @@ def _show_history(arguments: argparse.Namespace, console: Console) -> int:
         console.print(table)
         return 0
     run = history.run(arguments.run_id)
-    console.print(f"[bold]{run['run_id']}[/] {run['status']}, {run['rounds_completed']}/{run['rounds']} rounds")
-    table = Table()
-    rows = history.rounds(arguments.run_id)
-    columns = list(rows[0]) if rows else []
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
-    console.print(table)
+    title = f"{run['run_id']}: {run['status']}, {run['rounds_completed']}/{run['rounds']} rounds"
+    console.print(rounds_table(history.rounds(arguments.run_id), title=title))
     return 0
 
 

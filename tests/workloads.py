@@ -22,3 +22,29 @@ def crash(payload):
 
 def raises(payload):
     raise RuntimeError("the function's own bug")
+
+
+def stalls_on_odd_clients(payload):
+    """A straggler: odd-numbered clients hang past any deadline; the others train for real."""
+    from fedless_nb.client import handle
+
+    if int(payload["client_id"].rsplit("-", 1)[1]) % 2:
+        time.sleep(120)
+    return handle(payload)
+
+
+def crashes_on_odd_clients(payload):
+    """Odd-numbered clients' functions die mid-invocation; the others train for real."""
+    from fedless_nb.client import handle
+
+    if int(payload["client_id"].rsplit("-", 1)[1]) % 2:
+        os._exit(9)
+    return handle(payload)
+
+
+def answers_another_round(payload):
+    """A confused function: trains, then claims its result belongs to a different round."""
+    from fedless_nb.client import handle
+
+    result = handle(payload)
+    return {**result, "round": result["round"] + 1}

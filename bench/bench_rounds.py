@@ -1,0 +1,112 @@
+"""Seconds per round and peak memory of the whole process tree, on the foundation's workload.
+
+Workload (as a user would run it): digits split IID over N clients, MLP 64-128-10, SGD lr 0.1,
+1 local epoch, batch 32, every client in every round, the local provider with 2 workers.
+Each N runs in a fresh child process so its memory peak is its own. Prints one JSON line per N.
+
+    python bench/bench_rounds.py --clients 20 100 --rounds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+class TreeMemorySampler:
+    """Samples the summed RSS of this process and all its descendants; keeps the peak."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        root = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [root, *root.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "TreeMemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(clients: int, rounds: int, workers: int) -> dict:
+    from fedless_nb.experiment import ExperimentConfig
+    from fedless_nb.history import History
+    from fedless_nb.runner import run_experiment
+
+    directory = Path(tempfile.mkdtemp(prefix="fedless-bench-"))
+    config = ExperimentConfig.from_dict({
+        "name": f"bench-{clients}", "clients": clients, "clients_per_round": clients, "rounds": rounds,
+        "history": str(directory / "history.db"), "store": {"path": str(directory / "store")},
+        "data": {"dataset": "digits", "partition": "iid"},
+        "model": {"builder": "mlp", "options": {"hidden_units": [128]}},
+        "train": {"epochs": 1, "batch_size": 32, "optimizer": "sgd", "learning_rate": 0.1},
+        "providers": [{"kind": "local", "workers": workers}],
+    })
+    with TreeMemorySampler() as sampler:
+        result = run_experiment(config)
+    history = History(config.history)
+    rounds_rows = history.rounds(result.run_id)
+    invocations = history.invocations(result.run_id)
+    warm = [row for row in rounds_rows if row["round"] > 1]  # round 1 pays the workers' cold starts
+
+    def per_round(column: str) -> float:
+        """A function-side time summed over the warm rounds' invocations, spread over the workers."""
+        return sum(i[column] for i in invocations if i["round"] > 1) / workers / len(warm)
+
+    seconds = statistics.median(row["duration"] for row in warm)
+    return {
+        "bench": "rounds", "clients": clients, "workers": workers, "rounds": rounds,
+        "seconds_per_round": round(seconds, 4),
+        "first_round_seconds": round(rounds_rows[0]["duration"], 3),
+        "train_seconds_per_round": round(per_round("t_train"), 4),
+        "function_seconds_per_round": round(per_round("t_total"), 4),
+        "overhead_seconds_per_round": round(seconds - per_round("t_train"), 4),
+        "peak_tree_rss_mb": round(sampler.peak / 2**20, 1),
+        "final_accuracy": round(result.final_accuracy, 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[20, 100])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--single", action="store_true", help="measure one N in this process (used internally)")
+    arguments = parser.parse_args()
+    if arguments.single:
+        print(json.dumps(measure(arguments.clients[0], arguments.rounds, arguments.workers)), flush=True)
+        return
+    for clients in arguments.clients:
+        child = subprocess.run(
+            [sys.executable, __file__, "--single", "--clients", str(clients), "--rounds", str(arguments.rounds),
+             "--workers", str(arguments.workers)],
+            capture_output=True, text=True, check=True,
+        )
+        print(child.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()

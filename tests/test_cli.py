@@ -1,0 +1,61 @@
+"""The `fedless-nb` command, run as a real subprocess the way a user runs it."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+def fedless(*arguments, cwd):
+    return subprocess.run([sys.executable, "-m", "fedless_nb", *arguments], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _write_config(tmp_path, **overrides):
+    config = {"name": "cli", "clients": 4, "clients_per_round": 2, "rounds": 2, "history": "runs.db",
+              "model": {"builder": "mlp", "options": {"hidden_units": [16]}}, "store": {"path": "store"}}
+    config.update(overrides)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_run_prints_rounds_a_summary_and_records_history(tmp_path):
+    completed = fedless("run", str(_write_config(tmp_path)), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    out = completed.stdout
+    assert "Round 1/2" in out and "Round 2/2" in out and "final accuracy" in out and "Rounds" in out
+    listing = fedless("history", "--history", "runs.db", cwd=tmp_path)
+    assert listing.returncode == 0 and "cli-" in listing.stdout and "finished" in listing.stdout
+    run_id = next(word for word in out.split() if word.startswith("cli-"))
+    shown = fedless("history", run_id.rstrip(":)"), "--history", "runs.db", cwd=tmp_path)
+    assert shown.returncode == 0 and "finished, 2/2 rounds" in shown.stdout and "accuracy" in shown.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"clients_per_round": 9}, "clients_per_round: must be between 1 and clients (4), got 9"),
+    ({"data": {"alpha": 0}}, "data.alpha: must be > 0, got 0.0"),
+    ({"trian": {}}, "trian: unknown key (did you mean 'train'?)"),
+    ({"train": {"epochs": "many"}}, "train.epochs: must be int, got str 'many'"),
+])
+def test_a_bad_config_is_one_line_and_writes_nothing(tmp_path, overrides, message):
+    completed = fedless("run", str(_write_config(tmp_path, **overrides)), cwd=tmp_path)
+    assert completed.returncode == 2
+    lines = [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()]
+    assert lines == [f"error: {message}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"], "no history, no store"
+
+
+def test_missing_config_file_and_unknown_run_are_clear(tmp_path):
+    completed = fedless("run", "nope.yaml", cwd=tmp_path)
+    assert completed.returncode == 2 and "config file nope.yaml does not exist" in completed.stdout
+    completed = fedless("history", "no-such-run", cwd=tmp_path)
+    assert completed.returncode == 2 and "no run 'no-such-run'" in completed.stdout
+
+
+@pytest.mark.slow
+def test_demo_trains_and_reports_the_final_accuracy(tmp_path):
+    completed = fedless("demo", "--rounds", "3", "--history", "demo.db", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert "Round 3/3" in completed.stdout and "Run finished: 3 rounds, final accuracy 0." in completed.stdout
