@@ -11,8 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
-from .experiment import ConfigError, DataConfig, ExperimentConfig, TrainConfig, load_config, validate
-from .history import DEFAULT_HISTORY, History, HistoryError
+from .errors import UserError
+from .experiment import DataConfig, ExperimentConfig, TrainConfig, load_config, validate
+from .history import DEFAULT_HISTORY, History
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -147,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = demo_config(arguments)
             validate(config)
         return _run(config, console)
-    except (ConfigError, HistoryError) as error:
-        console.print(f"[red]error:[/] {error}", highlight=False)
+    except UserError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
 
 

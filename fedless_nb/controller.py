@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -119,7 +120,9 @@ class Controller:
         return weights
 
     def _task(self, round_number: int, client: ClientRef, overrides: dict[str, Any], deadline: float) -> dict[str, Any]:
-        train = {**self.plan.train, **overrides, "seed": self.plan.seed * 1_000_003 + round_number}
+        """The task of DESIGN.md's contract; its shuffling seed differs per run seed, round and client."""
+        seed = zlib.crc32(f"{self.plan.seed}/{round_number}/{client.client_id}".encode())
+        train = {**self.plan.train, **overrides, "seed": seed}
         return {
             "run_id": self.run_id,
             "round": round_number,

@@ -17,10 +17,11 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
 from .model import OPTIMIZERS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value the user must change; the message names the key."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlite_utils
 
+from .errors import UserError
 from .events import Event, InvocationFinished, RoundFinished, RunFinished, RunStarted
 
 DEFAULT_HISTORY = "fedless_history.db"
@@ -39,7 +40,7 @@ _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
 }
 
 
-class HistoryError(Exception):
+class HistoryError(UserError):
     """The history file cannot be used (not a database, unreadable); the message names the file."""
 
 

@@ -18,12 +18,13 @@ from typing import Any, Callable
 import numpy as np
 
 from ._tf import keras as _keras
+from .errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
 _BUILTIN_PREFIXES = ("keras.", "keras", "tf_keras", "tensorflow")
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """The model cannot be used as given; the message says what to change."""
 
 

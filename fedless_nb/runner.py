@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -109,7 +109,7 @@ async def run_experiment_async(
     model: Any = None,
     observers: Sequence[Observer] = (),
     providers: dict[str, Provider] | None = None,
-    on_controller: Any = None,
+    on_controller: Callable[[Controller], None] | None = None,
 ) -> RunResult:
     """Run `config` to the end on the running event loop.
 

@@ -59,3 +59,17 @@ def test_demo_trains_and_reports_the_final_accuracy(tmp_path):
     completed = fedless("demo", "--rounds", "3", "--history", "demo.db", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert "Round 3/3" in completed.stdout and "Run finished: 3 rounds, final accuracy 0." in completed.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data": {"dataset": "femnist"}}, "dataset 'femnist' needs option 'path'"),
+    ({"data": {"dataset": "digits", "options": {"colour": 1}}}, "dataset 'digits' has no option 'colour'"),
+    ({"model": {"builder": "no_such_module:build"}}, "model builder 'no_such_module:build' cannot be imported"),
+    ({"clients": 2000, "clients_per_round": 2}, "num_clients (2000) is more than the 1437 training examples"),
+])
+def test_data_and_model_mistakes_are_one_line_and_write_nothing(tmp_path, overrides, message):
+    completed = fedless("run", str(_write_config(tmp_path, **overrides)), cwd=tmp_path)
+    assert completed.returncode == 2, completed.stderr
+    lines = [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"], "no history, no store"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import _tf
+from ..errors import UserError
 
 # LEAF's Shakespeare vocabulary (leaf/models/utils/language_utils.py): a character's index is its id.
 ALL_LETTERS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
@@ -25,7 +26,7 @@ FEMNIST_CLASSES = 62
 _KERAS_IMAGE_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset request the user can fix: unknown name or option, a missing or malformed file."""
 
 

@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from .datasets import Dataset, check_options
 
 DIRICHLET_MAX_DRAWS = 100
 
 
-class PartitionError(ValueError):
+class PartitionError(UserError, ValueError):
     """A partition the data cannot give (too many clients, alpha <= 0, ...): one line saying what to change."""
 
 

@@ -16,8 +16,7 @@ class LocalStore(Store):
     kind = "local"
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root).resolve()  # created by the first put, so a run that fails early leaves nothing
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
