@@ -1,0 +1,99 @@
+"""The client step in-process: the contract, the warm path and refusals of malformed tasks."""
+
+import time
+
+import numpy as np
+import pytest
+
+from fedless_nb import client, zoo
+from fedless_nb.client import PayloadError, handle
+from fedless_nb.model import model_spec_from
+from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
+
+
+@pytest.fixture
+def task(tmp_path):
+    store = LocalStore(tmp_path)
+    spec, weights = model_spec_from(zoo.mlp, builder_context={"input_shape": (8,), "num_classes": 3, "hidden_units": [4]})
+    store.put("global", encode_arrays(weights))
+    rng = np.random.default_rng(0)
+    store.put("data/a", encode_arrays([rng.random((40, 8), dtype=np.float32), rng.integers(0, 3, 40)]))
+    return {
+        "run_id": "r", "round": 1, "client_id": "client-0000", "model": spec.to_wire(), "weights": "global",
+        "data": "data/a", "update": "runs/r/u/client-0000",
+        "train": {"epochs": 2, "batch_size": 16, "optimizer": "sgd", "learning_rate": 0.1, "seed": 1},
+        "store": store.descriptor(), "token": None, "deadline": time.time() + 60,
+    }
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state(monkeypatch):
+    """Each test sees the client as a freshly started function process."""
+    monkeypatch.setattr(client, "_STATE", client._WarmState())
+
+
+def test_result_follows_the_contract_and_the_update_is_stored(task):
+    result = handle(task)
+    assert {k: result[k] for k in ("run_id", "round", "client_id", "update")} == {
+        "run_id": "r", "round": 1, "client_id": "client-0000", "update": "runs/r/u/client-0000"}
+    assert result["num_examples"] == 40 and set(result["metrics"]) == {"loss", "accuracy"}
+    assert set(result["timings"]) >= {"cold_start", "load", "train", "upload", "total"}
+    update = decode_arrays(LocalStore(task["store"]["root"]).get(task["update"]))
+    original = decode_arrays(LocalStore(task["store"]["root"]).get("global"))
+    assert [u.shape for u in update] == [o.shape for o in original]
+    assert any(not np.array_equal(u, o) for u, o in zip(update, original)), "training changed the weights"
+
+
+def test_warm_invocation_rebuilds_nothing(task):
+    first = handle(task)
+    compiled = client._STATE.compiled
+    second = handle({**task, "client_id": "client-0001", "update": "runs/r/u/client-0001"})
+    assert first["cold"] is True and first["timings"]["cold_start"] > 0
+    assert second["cold"] is False and second["timings"]["cold_start"] == 0 and second["timings"]["build"] == 0
+    assert client._STATE.compiled is compiled, "the compiled model and its traced step are reused"
+    assert list(client._STATE.data) == ["data/a"], "the client data stays cached"
+
+
+def test_same_task_gives_the_same_update_despite_warm_optimizer_state(task):
+    task["train"]["optimizer"] = "adam"
+    handle(task)
+    first = decode_arrays(LocalStore(task["store"]["root"]).get(task["update"]))
+    first = [np.array(a) for a in first]
+    handle(task)
+    second = decode_arrays(LocalStore(task["store"]["root"]).get(task["update"]))
+    assert all(np.array_equal(a, b) for a, b in zip(first, second)), "optimizer state is reset per invocation"
+
+
+def test_a_new_learning_rate_recompiles(task):
+    handle(task)
+    compiled = client._STATE.compiled
+    result = handle({**task, "train": {**task["train"], "learning_rate": 0.01}})
+    assert client._STATE.compiled is not compiled and result["timings"]["build"] > 0
+
+
+def test_data_cache_is_bounded_in_bytes(task, monkeypatch):
+    store = LocalStore(task["store"]["root"])
+    for name in ("b", "c"):
+        store.put(f"data/{name}", encode_arrays([np.ones((40, 8), np.float32), np.zeros(40, np.int64)]))
+    monkeypatch.setattr(client._STATE, "data_limit", 2 * (40 * 8 * 4 + 40 * 8))
+    for name in ("a", "b", "c"):
+        handle({**task, "data": f"data/{name}"})
+    assert list(client._STATE.data) == ["data/b", "data/c"]
+    assert client._STATE.data_bytes <= client._STATE.data_limit
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.pop("weights"), "lacks weights"),
+    (lambda t: t["train"].update(dp={"noise_multiplier": 1.0}), "does not support the train setting.*dp"),
+    (lambda t: t.update(deadline=time.time() - 1), "after its round deadline"),
+])
+def test_malformed_tasks_are_refused_before_anything_is_written(task, change, message):
+    change(task)
+    with pytest.raises(PayloadError, match=message):
+        handle(task)
+    assert not LocalStore(task["store"]["root"]).exists("runs/r/u/client-0000")
+
+
+def test_non_object_task_is_refused():
+    with pytest.raises(PayloadError, match="must be a JSON object"):
+        handle(["not", "a", "task"])
