@@ -95,7 +95,7 @@ class Controller:
     async def run(self, weights: Weights) -> Weights:
         """All rounds from `weights`; returns the final global model."""
         weights = self.strategy.initialize(weights)
-        self.store.put(global_weights_key(self.run_id, 0), encode_arrays(weights))
+        await self.store.aput(global_weights_key(self.run_id, 0), encode_arrays(weights))
         self._emit(RunStarted(
             self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
             [provider.describe() for provider in self.providers.values()], time.time(),
@@ -123,16 +123,18 @@ class Controller:
         """The task of DESIGN.md's contract; its shuffling seed differs per run seed, round and client."""
         seed = zlib.crc32(f"{self.plan.seed}/{round_number}/{client.client_id}".encode())
         train = {**self.plan.train, **overrides, "seed": seed}
+        weights_key = global_weights_key(self.run_id, round_number - 1)
+        update = update_key(self.run_id, round_number, client.client_id)
         return {
             "run_id": self.run_id,
             "round": round_number,
             "client_id": client.client_id,
             "model": self._model_wire,
-            "weights": global_weights_key(self.run_id, round_number - 1),
+            "weights": weights_key,
             "data": client.data_key,
-            "update": update_key(self.run_id, round_number, client.client_id),
+            "update": update,
             "train": train,
-            "store": self.store.descriptor(),
+            "store": self.store.task_descriptor([weights_key, client.data_key], [update], deadline),
             "token": None,
             "deadline": deadline,
         }
@@ -155,7 +157,7 @@ class Controller:
             while pending and (remaining := deadline - time.time()) > 0:
                 done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 for call in done:
-                    update = self._collect(round_number, calls[call], call, weights, started)
+                    update = await self._collect(round_number, calls[call], call, weights, started)
                     if update is not None:
                         updates.append(update)
         finally:  # the deadline passed, or the run is being torn down: no call outlives its round
@@ -168,7 +170,7 @@ class Controller:
 
         if updates:
             weights = self.strategy.aggregate(round_number, weights, updates)
-        self.store.put(global_weights_key(self.run_id, round_number), encode_arrays(weights))
+        await self.store.aput(global_weights_key(self.run_id, round_number), encode_arrays(weights))
         eval_metrics = self.evaluate(weights)
         self.round_metrics.append(eval_metrics)
         self._emit(RoundFinished(
@@ -177,13 +179,13 @@ class Controller:
         ))
         return weights
 
-    def _collect(
+    async def _collect(
         self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], weights: Weights, started: float
     ) -> ClientUpdate | None:
         """The client's update if its call succeeded and the result checks out; else record why not."""
         try:
             result = call.result()
-            update = self._read_update(round_number, client, result, weights)
+            update = await self._read_update(round_number, client, result, weights)
         except InvocationError as error:
             self._record_failure(round_number, client, error, started)
             return None
@@ -199,7 +201,7 @@ class Controller:
         ))
         return update
 
-    def _read_update(self, round_number: int, client: ClientRef, result: Any, weights: Weights) -> ClientUpdate:
+    async def _read_update(self, round_number: int, client: ClientRef, result: Any, weights: Weights) -> ClientUpdate:
         expected = update_key(self.run_id, round_number, client.client_id)
         if not isinstance(result, dict):
             raise InvocationError(f"the function returned {type(result).__name__}, not a result object", "invalid")
@@ -209,7 +211,7 @@ class Controller:
         num_examples = result.get("num_examples")
         if not isinstance(num_examples, int) or num_examples <= 0:
             raise InvocationError(f"the result has an invalid num_examples {num_examples!r}", "invalid")
-        arrays = decode_arrays(self.store.get(expected))
+        arrays = decode_arrays(await self.store.aget(expected))
         if [(a.shape, a.dtype) for a in arrays] != [(w.shape, w.dtype) for w in weights]:
             raise InvocationError("the update's shapes or dtypes do not match the global model", "invalid")
         metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}

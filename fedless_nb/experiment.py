@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,19 +59,34 @@ class StrategyConfig:
 
 @dataclass
 class ProviderConfig:
-    """One platform. `clients`: how many clients run here (omit on one provider to give it the rest)."""
+    """One platform. `clients`: how many clients run here (omit on one provider to give it the rest);
+    `workers`: how many invocations run at once. Kind "lambda" reads the AWS Lambda fields below
+    (`role` is needed only to create the function; credentials come from the AWS chain, never from here)."""
 
     kind: str = "local"
     name: str = "local"
     clients: int | None = None
     workers: int = 2
     timeout: float = 120.0
+    function_name: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    memory_mb: int = 1024
+    role: str | None = None
+    handler: str | None = None
 
 
 @dataclass
 class StoreConfig:
+    """Kind "local" uses `path`; kind "s3" (AWS, MinIO, Ceph) uses `bucket`, `prefix`, `endpoint_url`
+    and `region`, with credentials from the AWS chain (environment, profile, role), never from here."""
+
     kind: str = "local"
     path: str = ".fedless/store"
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
 
 
 @dataclass
@@ -178,6 +194,7 @@ def validate(config: ExperimentConfig) -> None:
     """Refuse impossible values with one line naming the key."""
     from .data import PARTITION_KINDS, available_datasets
     from .providers.registry import PROVIDER_KINDS
+    from .store import STORE_KINDS
     from .strategies import STRATEGIES
 
     _require(config.clients >= 1, "clients", f"must be >= 1, got {config.clients}")
@@ -197,8 +214,31 @@ def validate(config: ExperimentConfig) -> None:
     _require(config.train.learning_rate > 0, "train.learning_rate", f"must be > 0, got {config.train.learning_rate}")
     _require_choice(config.train.optimizer, OPTIMIZERS, "train.optimizer")
     _require_choice(config.strategy.name, STRATEGIES, "strategy.name")
-    _require_choice(config.store.kind, ["local"], "store.kind")
+    _require_choice(config.store.kind, STORE_KINDS, "store.kind")
+    if config.store.kind == "s3":
+        _validate_s3_store(config.store)
     _validate_providers(config, PROVIDER_KINDS)
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _validate_endpoint(url: str | None, key: str) -> None:
+    _require(url is None or url.startswith(("http://", "https://")), key, f"must start with http:// or https://, got {url!r}")
+
+
+def _validate_s3_store(store: StoreConfig) -> None:
+    from .store import StoreError, check_key
+
+    _require(store.bucket is not None, "store.bucket", "required when store.kind is s3")
+    _require(bool(_BUCKET.match(store.bucket or "")), "store.bucket",
+             f"{store.bucket!r} is not an S3 bucket name (3-63 lowercase letters, digits, '.' and '-')")
+    try:
+        if store.prefix.strip("/"):
+            check_key(store.prefix.strip("/"))
+    except StoreError:
+        raise ConfigError(f"store.prefix: {store.prefix!r} must be a path of letters, digits and '._=-'") from None
+    _validate_endpoint(store.endpoint_url, "store.endpoint_url")
 
 
 def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -> None:
@@ -211,6 +251,8 @@ def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -
         _require(provider.workers >= 1, f"{key}.workers", f"must be >= 1, got {provider.workers}")
         _require(provider.timeout > 0, f"{key}.timeout", f"must be > 0 seconds, got {provider.timeout}")
         _require(provider.clients is None or provider.clients >= 0, f"{key}.clients", "must be >= 0")
+        if provider.kind == "lambda":
+            _validate_lambda_provider(provider, key)
     assigned = sum(provider.clients or 0 for provider in config.providers)
     open_ended = [provider for provider in config.providers if provider.clients is None]
     if len(open_ended) > 1:
@@ -222,3 +264,10 @@ def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -
             assigned == config.clients, "providers",
             f"assign {assigned} clients in all, but clients is {config.clients}",
         )
+
+
+def _validate_lambda_provider(provider: ProviderConfig, key: str) -> None:
+    _require(bool(provider.function_name), f"{key}.function_name", "required for a lambda provider")
+    _require(128 <= provider.memory_mb <= 10240, f"{key}.memory_mb", f"must be between 128 and 10240, got {provider.memory_mb}")
+    _require(provider.timeout <= 900, f"{key}.timeout", f"Lambda allows at most 900 seconds, got {provider.timeout:g}")
+    _validate_endpoint(provider.endpoint_url, f"{key}.endpoint_url")

@@ -26,7 +26,7 @@ from .model import ModelSpec, build_model, model_spec_from
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
 from .selection import RandomSelection
-from .store import LocalStore, Store, encode_arrays
+from .store import Store, encode_arrays, make_store
 from .store.keys import client_data_key
 from .strategies import make_strategy
 from .zoo import resolve_builder
@@ -119,7 +119,7 @@ async def run_experiment_async(
     """
     dataset = load_dataset(config.data.dataset, **config.data.options)
     spec, initial = _model_spec(config, dataset, model)
-    store = LocalStore(config.store.path)
+    store = make_store(config.store)
     data_keys = write_client_data(store, dataset, config)
     providers = providers or {c.name: make_provider(c) for c in config.providers}
     assignment = assign_clients(list(data_keys), config.providers)
@@ -146,6 +146,7 @@ async def run_experiment_async(
     finally:
         await asyncio.gather(*(provider.close() for provider in providers.values()))
         history.close()
+        store.close()
     return RunResult(run_id, status, config, spec, weights, controller.round_metrics)
 
 

@@ -18,3 +18,30 @@ def tiny_config(tmp_path):
         return ExperimentConfig.from_dict(data)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """moto's server on 127.0.0.1: the stand-in for the S3 and Lambda APIs (real AWS is not reachable here)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch, tmp_path):
+    """Dummy credentials in the environment, and no profile or instance role to fall back on."""
+    values = {
+        "AWS_ACCESS_KEY_ID": "fedless-test-key-id", "AWS_SECRET_ACCESS_KEY": "fedless-test-secret-value",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"), "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+    }
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values

@@ -33,7 +33,7 @@ def test_nested_values_are_read():
     ({"data": {"dataset": "imagenet"}}, "data.dataset: unknown value 'imagenet'; choose one of .*digits"),
     ({"data": {"partition": "random"}}, "data.partition: unknown value 'random'"),
     ({"strategy": {"name": "fedsgd"}}, "strategy.name: unknown value 'fedsgd'"),
-    ({"providers": [{"kind": "lambda"}]}, r"providers\[0\].kind: unknown value 'lambda'"),
+    ({"providers": [{"kind": "mainframe"}]}, r"providers\[0\].kind: unknown value 'mainframe'"),
     ({"providers": [{"workers": 0}]}, r"providers\[0\].workers: must be >= 1"),
     ({"providers": "local"}, "providers: must be a list"),
     ({"clients": 4, "clients_per_round": 2, "providers": [{"name": "a", "clients": 3}]}, "assign 3 clients in all"),

@@ -48,3 +48,16 @@ def answers_another_round(payload):
 
     result = handle(payload)
     return {**result, "round": result["round"] + 1}
+
+
+def probing(payload):
+    """Trains for real, first recording what the function can see: its AWS settings and its task's store access."""
+    import json
+    from pathlib import Path
+
+    from fedless_nb.client import handle
+
+    seen = {"aws_env": sorted(name for name in os.environ if name.startswith("AWS_")), "task": payload}
+    probe = Path(os.environ["FEDLESS_PROBE_DIR"]) / f"{payload['round']}-{payload['client_id']}.json"
+    probe.write_text(json.dumps(seen))
+    return handle(payload)

@@ -5,12 +5,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from ..errors import UserError
+
+
+class ProviderSetupError(UserError):
+    """A provider cannot work as configured (no such function, no role to create one, no region)."""
+
 
 class InvocationError(Exception):
     """An invocation did not return a result; `cause` says why, for the history and retry decisions.
 
     Causes: "timeout" (the platform's per-invocation limit), "crash" (the function's process
-    died), "error" (the function raised), "deadline" (the round closed first).
+    died), "error" (the function raised, or the platform rejected the call), "deadline" (the round
+    closed first), "throttled" (the platform still refused for capacity after retries).
     """
 
     def __init__(self, message: str, cause: str) -> None:

@@ -116,8 +116,9 @@ class LocalProvider(Provider):
         self._running: set[_Worker] = set()
 
     def _environment(self) -> dict[str, str]:
-        """The caller's environment, its import path (like multiprocessing's spawn) and quiet, lean TensorFlow."""
-        environment = dict(os.environ)
+        """The caller's environment without its AWS settings (a function holds no store credentials),
+        its import path (like multiprocessing's spawn) and quiet, lean TensorFlow."""
+        environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
         environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
         environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         environment["TF_NUM_INTRAOP_THREADS"] = str(self.threads_per_worker)

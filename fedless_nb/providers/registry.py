@@ -7,13 +7,27 @@ from typing import Any, Callable, Sequence
 from .base import Provider
 from .local import LocalProvider
 
-PROVIDER_KINDS: dict[str, Callable[..., Provider]] = {"local": LocalProvider}
+
+def _lambda_provider(*args: Any, **kwargs: Any) -> Provider:
+    """AWS Lambda; aiobotocore is imported only when a config names this kind."""
+    from .aws_lambda import LambdaProvider
+
+    return LambdaProvider(*args, **kwargs)
+
+
+PROVIDER_KINDS: dict[str, Callable[..., Provider]] = {"local": LocalProvider, "lambda": _lambda_provider}
 
 
 def make_provider(config: Any) -> Provider:
     """A provider from a `ProviderConfig`."""
     if config.kind == "local":
         return LocalProvider(config.name, workers=config.workers, timeout=config.timeout)
+    if config.kind == "lambda":
+        return _lambda_provider(
+            config.name, function_name=config.function_name, region=config.region, endpoint_url=config.endpoint_url,
+            memory_mb=config.memory_mb, timeout=config.timeout, concurrency=config.workers, role=config.role,
+            handler=config.handler,
+        )
     raise ValueError(f"unknown provider kind {config.kind!r}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Sequence
 
 _KEY = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
 
@@ -56,4 +56,29 @@ class Store(ABC):
 
     @abstractmethod
     def descriptor(self) -> dict[str, Any]:
-        """The task's "store" field: enough for a function to reach this store, and no secrets."""
+        """How to reach this store again, with no secrets (for the history and local rebuilds)."""
+
+    def task_descriptor(self, reads: Sequence[str], writes: Sequence[str], expires_at: float) -> dict[str, Any]:
+        """One task's "store" field: access to `reads` and `writes` only, until `expires_at` (epoch seconds).
+
+        A remote store grants exactly these keys (presigned URLs); a local directory is
+        shared with local functions as a whole, so it returns its plain descriptor.
+        """
+        return self.descriptor()
+
+    # Async twins for callers on an event loop. A local store's I/O is quick and stays
+    # synchronous; a remote store overrides these so the loop never waits on the network.
+    async def aput(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        self.put(key, data)
+
+    async def aget(self, key: str) -> bytes:
+        return self.get(key)
+
+    async def aexists(self, key: str) -> bool:
+        return self.exists(key)
+
+    async def adelete(self, key: str) -> None:
+        self.delete(key)
+
+    def close(self) -> None:
+        """Release the connections and threads the store holds; a later call opens them again."""

@@ -1,0 +1,92 @@
+"""The function side of a remote store: plain HTTP GET/PUT on the presigned URLs its task carries.
+
+A function holds no credentials. Its task grants a URL per key, so it can read only the
+global weights and its own data and write only its own update; asking for any other key
+fails here, before a request is made, and the object store refuses tampered or expired
+URLs on its side. Only the standard library is used, so a function bundle needs nothing more.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ElementTree
+from typing import Any, Mapping
+
+from .base import MissingKeyError, Store, StoreError, check_key
+
+
+def _s3_error(body: bytes) -> str:
+    """'Code: Message' from an S3 XML error body, or '' when the body is something else."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return ""
+    return ": ".join(part for part in (root.findtext("Code"), root.findtext("Message")) if part)
+
+
+class PresignedStore(Store):
+    """Reads and writes exactly the keys a task grants, until the task's access expires."""
+
+    kind = "presigned"
+
+    def __init__(
+        self, get: Mapping[str, str], put: Mapping[str, str], expires_at: float, *, timeout: float = 60.0
+    ) -> None:
+        self.reads, self.writes = dict(get), dict(put)
+        self.expires_at = float(expires_at)
+        self.timeout = timeout
+
+    @classmethod
+    def from_descriptor(cls, descriptor: Mapping[str, Any]) -> "PresignedStore":
+        try:
+            return cls(descriptor["get"], descriptor["put"], descriptor["expires_at"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise StoreError(f"malformed presigned store descriptor in the task: {error!r}") from None
+
+    def _url(self, grants: dict[str, str], key: str, access: str) -> str:
+        check_key(key)
+        if key not in grants:
+            allowed = ", ".join(sorted(grants)) or "nothing"
+            raise StoreError(f"this task grants no {access} access to {key!r}; it may {access} only: {allowed}")
+        if time.time() >= self.expires_at:
+            expired = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.expires_at))
+            raise StoreError(f"the task's store access expired at {expired} (its round deadline)")
+        return grants[key]
+
+    def _request(self, request: urllib.request.Request, key: str, tolerated: tuple[int, ...] = ()) -> tuple[int, bytes]:
+        """(status, body); an HTTP error becomes a StoreError unless its status is `tolerated`."""
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            if error.code in tolerated:
+                return error.code, b""
+            detail = _s3_error(error.read()) or error.reason
+            if error.code == 404:
+                raise MissingKeyError(f"store has no key {key!r} ({detail})") from None
+            raise StoreError(f"the store refused {request.get_method()} {key!r}: HTTP {error.code} {detail}") from None
+
+    def get(self, key: str) -> bytes:
+        return self._request(urllib.request.Request(self._url(self.reads, key, "read")), key)[1]
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        url = self._url(self.writes, key, "write")
+        headers = {"Content-Type": "application/octet-stream"}
+        self._request(urllib.request.Request(url, data=data, method="PUT", headers=headers), key)
+
+    def exists(self, key: str) -> bool:
+        """A one-byte ranged GET: a presigned GET URL is valid for GET only, not HEAD."""
+        request = urllib.request.Request(self._url(self.reads, key, "read"), headers={"Range": "bytes=0-0"})
+        status, _ = self._request(request, key, tolerated=(404, 416))  # 416: an empty object has no byte 0
+        return status != 404
+
+    def delete(self, key: str) -> None:
+        raise StoreError(f"a function may not delete {key!r}: a task grants reads and its own update only")
+
+    def descriptor(self) -> dict[str, Any]:
+        return {"kind": self.kind, "get": dict(self.reads), "put": dict(self.writes), "expires_at": self.expires_at}
+
+    def __repr__(self) -> str:  # the URLs are capabilities: keep them out of logs and tracebacks
+        return f"PresignedStore(reads={sorted(self.reads)}, writes={sorted(self.writes)})"
