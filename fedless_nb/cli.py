@@ -117,6 +117,17 @@ def _show_history(arguments: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _package(arguments: argparse.Namespace, console: Console) -> int:
+    from .packaging import build_bundle
+
+    bundle = build_bundle(arguments.provider, arguments.out, name=arguments.name)
+    console.print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)", highlight=False)
+    console.print(f"Pinned requirements: {', '.join(bundle.requirements)}", highlight=False, soft_wrap=True)
+    console.print("Deploy it with (the secret is read from your shell's FEDLESS_RUN_SECRET):", highlight=False)
+    print(bundle.deploy_command)  # plain, so it can be copied or piped as is
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedless-nb", description="Serverless federated learning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="list past runs, or one run's rounds")
     history.add_argument("run_id", nargs="?")
     history.add_argument("--history", default=DEFAULT_HISTORY)
+    from .packaging import PLATFORMS
+
+    package = commands.add_parser("package", help="build a deployable function bundle and print its deploy command")
+    package.add_argument("--provider", required=True, choices=list(PLATFORMS))
+    package.add_argument("--out", required=True, help="folder to write the bundle into")
+    package.add_argument("--name", default="fedless-client", help="the function's name on the platform")
     return parser
 
 
@@ -140,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if arguments.command == "history":
             return _show_history(arguments, console)
+        if arguments.command == "package":
+            return _package(arguments, console)
         if arguments.command == "run":
             config = load_config(arguments.config)
             if arguments.history:

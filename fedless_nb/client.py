@@ -3,7 +3,8 @@
 `handle(payload)` follows DESIGN.md's wire contract. It rebuilds the model from the
 task's spec, reads the global weights and its own data from the store, trains for the
 configured local epochs, writes its update to the one key the task names and returns
-counts, metrics and timings.
+counts, metrics and timings. It checks the task's token before it reads anything and
+signs its result (see `security.py`).
 
 A warm function (the same process, a later invocation) keeps its compiled model, its
 traced training step and recently used data, and rebuilds nothing it already has.
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .model import ModelSpec, build_model, make_optimizer
+from .security import NonceCache, TaskGuard
 from .store import decode_arrays, encode_arrays, store_from_descriptor
 
 TRAIN_SETTINGS = {"epochs", "batch_size", "optimizer", "learning_rate", "seed"}
@@ -53,6 +55,7 @@ class _WarmState:
 
 
 _STATE = _WarmState()
+_NONCES = NonceCache()  # tokens this process has spent: a replayed task is refused
 
 
 def _check_payload(payload: Any) -> None:
@@ -131,10 +134,11 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one client step of DESIGN.md's contract: task dict in, result dict out."""
     started = time.perf_counter()
     _check_payload(payload)
+    store = store_from_descriptor(payload["store"])
+    guard = TaskGuard.admit(payload, store, _NONCES)  # before any data is read
     cold = _STATE.invocations == 0
     _STATE.invocations += 1
     train = payload["train"]
-    store = store_from_descriptor(payload["store"])
 
     compiled, build_seconds = _compiled_model(payload["model"], train)
     load_started = time.perf_counter()
@@ -143,10 +147,11 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
     train_started = time.perf_counter()
     metrics = _train(compiled, x, y, train)
     upload_started = time.perf_counter()
-    store.put(payload["update"], encode_arrays(compiled.model.get_weights()))
+    update = encode_arrays(compiled.model.get_weights())
+    store.put(payload["update"], update)
     finished = time.perf_counter()
 
-    return {
+    return guard.sign({
         "run_id": payload["run_id"],
         "round": payload["round"],
         "client_id": payload["client_id"],
@@ -164,4 +169,4 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
         },
         "privacy": None,
         "signature": None,
-    }
+    }, update)

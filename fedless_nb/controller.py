@@ -18,6 +18,7 @@ import numpy as np
 from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted
 from .model import ModelSpec
 from .providers.base import InvocationError, Provider
+from .security import ResultSignatureError, RunKey
 from .selection import SelectionPolicy
 from .store import Store, decode_arrays, encode_arrays
 from .store.keys import global_weights_key, update_key
@@ -75,6 +76,8 @@ class Controller:
         self.strategy, self.selection, self.store, self.evaluate = strategy, selection, store, evaluate
         self.clients = {client.client_id: client for client in clients}
         self.providers = providers
+        # Each provider's functions hold its secret; tokens and result signatures use the run's key from it.
+        self._keys = {name: RunKey(p.secret, run_id) for name, p in providers.items() if getattr(p, "secret", None)}
         self.plan = plan
         self._model_wire = spec.to_wire()
         self._observers: list[Observer] = []
@@ -125,7 +128,7 @@ class Controller:
         train = {**self.plan.train, **overrides, "seed": seed}
         weights_key = global_weights_key(self.run_id, round_number - 1)
         update = update_key(self.run_id, round_number, client.client_id)
-        return {
+        task = {
             "run_id": self.run_id,
             "round": round_number,
             "client_id": client.client_id,
@@ -134,10 +137,15 @@ class Controller:
             "data": client.data_key,
             "update": update,
             "train": train,
-            "store": self.store.task_descriptor([weights_key, client.data_key], [update], deadline),
+            # The function may read its own update key: it refuses a task whose update already exists (a replay).
+            "store": self.store.task_descriptor([weights_key, client.data_key, update], [update], deadline),
             "token": None,
             "deadline": deadline,
         }
+        key = self._keys.get(client.provider)
+        if key is not None:
+            task["token"] = key.issue_token(task)
+        return task
 
     async def _round(self, round_number: int, weights: Weights) -> Weights:
         started = time.time()
@@ -211,7 +219,14 @@ class Controller:
         num_examples = result.get("num_examples")
         if not isinstance(num_examples, int) or num_examples <= 0:
             raise InvocationError(f"the result has an invalid num_examples {num_examples!r}", "invalid")
-        arrays = decode_arrays(await self.store.aget(expected))
+        data = await self.store.aget(expected)
+        key = self._keys.get(client.provider)
+        if key is not None:
+            try:
+                key.verify_result(result, data)
+            except ResultSignatureError as error:
+                raise InvocationError(str(error), "signature") from None
+        arrays = decode_arrays(data)
         if [(a.shape, a.dtype) for a in arrays] != [(w.shape, w.dtype) for w in weights]:
             raise InvocationError("the update's shapes or dtypes do not match the global model", "invalid")
         metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}

@@ -12,6 +12,7 @@ import difflib
 import re
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,10 @@ class StrategyConfig:
 class ProviderConfig:
     """One platform. `clients`: how many clients run here (omit on one provider to give it the rest);
     `workers`: how many invocations run at once. Kind "lambda" reads the AWS Lambda fields below
-    (`role` is needed only to create the function; credentials come from the AWS chain, never from here)."""
+    (`role` is needed only to create the function; credentials come from the AWS chain, never from here).
+    Kind "http" POSTs tasks to `url` with `auth` none, function_key (Azure), basic (OpenWhisk) or bearer,
+    its key read from the environment variable `key_env`. Remote kinds sign tasks with the secret in
+    the environment variable `secret_env` (null: unsigned); the local kind makes a fresh one per run."""
 
     kind: str = "local"
     name: str = "local"
@@ -74,6 +78,10 @@ class ProviderConfig:
     memory_mb: int = 1024
     role: str | None = None
     handler: str | None = None
+    url: str | None = None
+    auth: str = "none"
+    key_env: str | None = None
+    secret_env: str | None = "FEDLESS_RUN_SECRET"
 
 
 @dataclass
@@ -253,6 +261,8 @@ def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -
         _require(provider.clients is None or provider.clients >= 0, f"{key}.clients", "must be >= 0")
         if provider.kind == "lambda":
             _validate_lambda_provider(provider, key)
+        if provider.kind == "http":
+            _validate_http_provider(provider, key)
     assigned = sum(provider.clients or 0 for provider in config.providers)
     open_ended = [provider for provider in config.providers if provider.clients is None]
     if len(open_ended) > 1:
@@ -264,6 +274,27 @@ def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -
             assigned == config.clients, "providers",
             f"assign {assigned} clients in all, but clients is {config.clients}",
         )
+
+
+_ENVIRONMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _validate_http_provider(provider: ProviderConfig, key: str) -> None:
+    from .providers.http import AUTH_STYLES
+
+    _require(provider.url is not None, f"{key}.url", "required for an http provider: the function's endpoint")
+    _validate_endpoint(provider.url, f"{key}.url")
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(provider.url or "").query)
+    _require("code" not in query, f"{key}.url", "holds a function key (code=...): remove it, put the key in an "
+             "environment variable and name that variable in key_env")
+    _require_choice(provider.auth, AUTH_STYLES, f"{key}.auth")
+    if provider.auth != "none":
+        _require(provider.key_env is not None, f"{key}.key_env",
+                 f"name the environment variable that holds the key for auth {provider.auth!r}")
+    for field_name in ("key_env", "secret_env"):
+        value = getattr(provider, field_name)
+        _require(value is None or bool(_ENVIRONMENT_NAME.match(value)), f"{key}.{field_name}",
+                 f"must be an environment variable name, got {value!r}")
 
 
 def _validate_lambda_provider(provider: ProviderConfig, key: str) -> None:

@@ -3,6 +3,17 @@ import pytest
 from fedless_nb.experiment import ExperimentConfig
 
 
+@pytest.fixture(autouse=True)
+def open_functions_in_process(monkeypatch):
+    """Tests that call `client.handle` in this process run it as an open function (no run secret).
+
+    Functions reached through a provider get their provider's secret and check tokens; the
+    security tests turn this off to check that a function without a secret refuses everything.
+    """
+    monkeypatch.setenv("FEDLESS_ALLOW_UNSIGNED", "1")
+    monkeypatch.delenv("FEDLESS_RUN_SECRET", raising=False)
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     """A small, fast experiment whose store and history live in the test's own directory."""

@@ -242,12 +242,15 @@ def test_concurrency_is_bounded():
     assert peak == 2
 
 
-def test_lambda_provider_from_config():
+def test_lambda_provider_from_config(monkeypatch):
     config = ExperimentConfig.from_dict({"providers": [
         {"kind": "lambda", "name": "aws", "function_name": "fedless-client", "region": "eu-west-1", "memory_mb": 2048,
          "workers": 50, "timeout": 300}]})
+    with pytest.raises(ProviderSetupError, match="set the environment variable FEDLESS_RUN_SECRET"):
+        make_provider(config.providers[0])
+    monkeypatch.setenv("FEDLESS_RUN_SECRET", "deployed-secret")
     provider = make_provider(config.providers[0])
-    assert isinstance(provider, LambdaProvider)
+    assert isinstance(provider, LambdaProvider) and provider.secret == "deployed-secret"
     assert provider.describe() == {"name": "aws", "kind": "lambda", "function_name": "fedless-client",
                                    "region": "eu-west-1", "memory_mb": 2048, "timeout": 300.0, "concurrency": 50}
 

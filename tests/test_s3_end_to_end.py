@@ -1,7 +1,7 @@
 """A whole run whose store is S3 (moto on 127.0.0.1) while the functions run on the local provider.
 
 The workers get presigned URLs and nothing else: no AWS variables in their environment, no
-credentials in their tasks, a PUT for their own update only.
+credentials in their tasks, a PUT for their own update only, and signed tasks.
 """
 
 import json
@@ -44,7 +44,9 @@ def test_a_run_on_s3_gives_functions_presigned_access_only(tiny_config, tmp_path
         assert aws_credentials["AWS_SECRET_ACCESS_KEY"] not in json.dumps(task)
         store = task["store"]
         assert store["kind"] == "presigned" and store["expires_at"] <= task["deadline"]
-        assert set(store["get"]) == {task["weights"], task["data"]}
+        # Reads: the global weights, its data and its own update (to refuse a replayed task whose update exists).
+        assert set(store["get"]) == {task["weights"], task["data"], task["update"]}
+        assert task["token"], "the local provider's tasks are signed"
         assert list(store["put"]) == [update_key(result.run_id, task["round"], task["client_id"])] == [task["update"]]
 
     objects = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}

@@ -21,12 +21,12 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
+from ..security import SECRET_VARIABLE
 from .base import InvocationError, Provider, ProviderSetupError
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 
 DEFAULT_HANDLER = "lambda_function.lambda_handler"
 DEFAULT_RUNTIME = "python3.11"
-SECRET_VARIABLE = "FEDLESS_RUN_SECRET"
 _THROTTLING = frozenset({"TooManyRequestsException", "ThrottlingException", "Throttling"})
 _REPLY_GRACE = 30.0  # seconds past the function's own timeout before a silent reply counts as lost
 
@@ -104,6 +104,7 @@ class LambdaProvider(Provider):
         self.name, self.function_name, self.endpoint_url = name, function_name, endpoint_url
         self.memory_mb, self.timeout, self.concurrency = memory_mb, timeout, concurrency
         self.role, self.handler, self.runtime, self.retry = role, handler or DEFAULT_HANDLER, runtime, retry
+        self.secret = secret
         self._environment = {**(environment or {}), **({SECRET_VARIABLE: secret} if secret else {})}
         self._slots = asyncio.Semaphore(concurrency)
         self._exit_stack: AsyncExitStack | None = None

@@ -17,7 +17,8 @@ class InvocationError(Exception):
 
     Causes: "timeout" (the platform's per-invocation limit), "crash" (the function's process
     died), "error" (the function raised, or the platform rejected the call), "deadline" (the round
-    closed first), "throttled" (the platform still refused for capacity after retries).
+    closed first), "throttled" (the platform still refused for capacity after retries), "auth" (the
+function refused the task's token), "signature" (the result's signature or update digest did not match).
     """
 
     def __init__(self, message: str, cause: str) -> None:
@@ -30,6 +31,9 @@ class Provider(ABC):
 
     name: str
     kind: str
+    # The secret this provider's functions hold (see security.py): tasks for them carry tokens and
+    # their results must be signed. None: they run unsigned tasks. Never part of describe().
+    secret: str | None = None
 
     async def deploy(self, bundle: Any = None) -> None:
         """Make the function callable; platforms without a deploy step need not override this."""

@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Any
 
+from ..security import SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
 from .base import InvocationError, Provider
 from .local_worker import DEFAULT_ENTRY_POINT
 
@@ -104,6 +105,7 @@ class LocalProvider(Provider):
         timeout: float = 120.0,
         threads_per_worker: int = 1,
         entry_point: str = DEFAULT_ENTRY_POINT,
+        secret: str | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("a local provider needs at least 1 worker")
@@ -112,13 +114,16 @@ class LocalProvider(Provider):
         self.timeout = timeout
         self.threads_per_worker = threads_per_worker
         self.entry_point = entry_point
+        self.secret = secret or new_secret()  # a fresh one per provider, so per run: workers get it at start
         self._slots: asyncio.LifoQueue[_Worker | None] | None = None
         self._running: set[_Worker] = set()
 
     def _environment(self) -> dict[str, str]:
         """The caller's environment without its AWS settings (a function holds no store credentials),
-        its import path (like multiprocessing's spawn) and quiet, lean TensorFlow."""
-        environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+        with the run secret, its import path (like multiprocessing's spawn) and quiet, lean TensorFlow."""
+        environment = {name: value for name, value in os.environ.items()
+                       if not name.startswith("AWS_") and name != SECRET_FILE_VARIABLE}
+        environment[SECRET_VARIABLE] = self.secret
         environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
         environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         environment["TF_NUM_INTRAOP_THREADS"] = str(self.threads_per_worker)

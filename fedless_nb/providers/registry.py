@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Sequence
 
-from .base import Provider
+from .base import Provider, ProviderSetupError
 from .local import LocalProvider
 
 
@@ -15,18 +16,43 @@ def _lambda_provider(*args: Any, **kwargs: Any) -> Provider:
     return LambdaProvider(*args, **kwargs)
 
 
-PROVIDER_KINDS: dict[str, Callable[..., Provider]] = {"local": LocalProvider, "lambda": _lambda_provider}
+def _http_provider(*args: Any, **kwargs: Any) -> Provider:
+    """HTTP-triggered functions; aiohttp is imported only when a config names this kind."""
+    from .http import HttpProvider
+
+    return HttpProvider(*args, **kwargs)
+
+
+PROVIDER_KINDS: dict[str, Callable[..., Provider]] = {
+    "local": LocalProvider, "lambda": _lambda_provider, "http": _http_provider}
+
+
+def _from_environment(variable: str | None, provider: str, what: str) -> str | None:
+    """A secret from the environment variable the config names; the config never holds the value."""
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise ProviderSetupError(f"provider {provider!r}: set the environment variable {variable} to {what}")
+    return value
 
 
 def make_provider(config: Any) -> Provider:
     """A provider from a `ProviderConfig`."""
     if config.kind == "local":
         return LocalProvider(config.name, workers=config.workers, timeout=config.timeout)
+    run_secret = "the run secret its functions were deployed with (or set secret_env: null to run unsigned)"
     if config.kind == "lambda":
         return _lambda_provider(
             config.name, function_name=config.function_name, region=config.region, endpoint_url=config.endpoint_url,
             memory_mb=config.memory_mb, timeout=config.timeout, concurrency=config.workers, role=config.role,
-            handler=config.handler,
+            handler=config.handler, secret=_from_environment(config.secret_env, config.name, run_secret),
+        )
+    if config.kind == "http":
+        key = _from_environment(config.key_env if config.auth != "none" else None, config.name, f"its {config.auth} key")
+        return _http_provider(
+            config.name, url=config.url, auth=config.auth, key=key, timeout=config.timeout,
+            concurrency=config.workers, secret=_from_environment(config.secret_env, config.name, run_secret),
         )
     raise ValueError(f"unknown provider kind {config.kind!r}")
 

@@ -1,0 +1,158 @@
+"""HTTP-triggered client functions behind the Provider interface.
+
+One provider speaks to every platform that runs a function behind an HTTPS endpoint:
+the Functions Framework, Google Cloud Functions and Cloud Run, Knative, the OpenFaaS
+gateway, an Azure Functions HTTP trigger (`auth: function_key`, sent as x-functions-key),
+and OpenWhisk, both as a web action and through the blocking invoke API
+(`.../actions/NAME?blocking=true&result=true` with `auth: basic`). Each task is POSTed as
+JSON; the reply is the function's result.
+
+One aiohttp session per provider, at most `concurrency` calls in flight, a timeout per
+call, and retries (the shared policy in `retry.py`) on throttling, server-side failures
+and dropped connections only. A function's adapter reports its own failures as
+`{"error": {"status", "type", "message"}}`; that status wins over the transport's (an
+OpenWhisk action's error arrives as a 502, but a refused token inside it is a 403 and is
+not retried). Keys and passwords come from the environment, never from the config, and
+are kept out of `describe()` and every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+from typing import Any
+
+import aiohttp
+
+from .base import InvocationError, Provider, ProviderSetupError
+from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
+
+AUTH_STYLES = ("none", "function_key", "basic", "bearer")
+_CAUSES = {401: "auth", 403: "auth", 429: "throttled", 504: "timeout"}
+
+
+class HttpCallError(Exception):
+    """A reply that is not a result: the function's (or the platform's) status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+def is_transient(error: BaseException) -> bool:
+    """Throttling, server-side failures and lost connections; never a 4xx (asking again cannot help)."""
+    if isinstance(error, HttpCallError):
+        return error.status in TRANSIENT_STATUSES
+    return isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)) and not isinstance(
+        error, aiohttp.ServerTimeoutError)
+
+
+def _failure(status: int, body: bytes) -> HttpCallError | None:
+    """The error a reply carries, or None when it is a result."""
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        reply = None
+    error = reply.get("error") if isinstance(reply, dict) else None
+    if isinstance(error, dict):  # a fedless adapter's envelope: its status is the function's own
+        return HttpCallError(int(error.get("status", status)), f"{error.get('type', 'Error')}: {error.get('message', '')}")
+    if isinstance(error, str):  # OpenWhisk's own errors (an action that raised, a missing action)
+        return HttpCallError(status if status >= 400 else 502, error)
+    if status >= 400:
+        return HttpCallError(status, body[:300].decode(errors="replace").strip() or "no body")
+    if status == 202:  # OpenWhisk's blocking wait ended while the action still runs
+        activation = reply.get("activationId") if isinstance(reply, dict) else None
+        return HttpCallError(504, f"the platform accepted the call but returned no result (activation {activation}); "
+                                  "OpenWhisk's blocking invoke waits at most 60 s: invoke a web action instead")
+    return None
+
+
+def public_url(url: str) -> str:
+    """The URL without its query string and credentials, fit for the history."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    return urllib.parse.urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
+
+
+class HttpProvider(Provider):
+    """Client functions behind one HTTP endpoint."""
+
+    kind = "http"
+
+    def __init__(
+        self,
+        name: str = "http",
+        *,
+        url: str,
+        auth: str = "none",
+        key: str | None = None,
+        timeout: float = 120.0,
+        concurrency: int = 16,
+        secret: str | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        if auth not in AUTH_STYLES:
+            raise ProviderSetupError(f"provider {name!r}: unknown auth {auth!r}; choose one of {', '.join(AUTH_STYLES)}")
+        if auth != "none" and not key:
+            raise ProviderSetupError(f"provider {name!r}: auth {auth!r} needs a key")
+        if auth == "basic" and ":" not in (key or ""):
+            raise ProviderSetupError(f"provider {name!r}: a basic-auth key is 'user:password' (OpenWhisk's AUTH)")
+        self.name, self.url, self.auth, self.timeout, self.concurrency = name, url, auth, timeout, concurrency
+        self.secret, self.retry = secret, retry
+        self._key = key
+        self._slots = asyncio.Semaphore(concurrency)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.auth == "function_key":
+            headers["x-functions-key"] = self._key or ""
+        elif self.auth == "bearer":
+            headers["Authorization"] = f"Bearer {self._key}"
+        elif self.auth == "basic":
+            user, _, password = (self._key or "").partition(":")
+            headers["Authorization"] = aiohttp.BasicAuth(user, password).encode()
+        return headers
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The provider's one session, opened on first use on the caller's loop."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers(), connector=aiohttp.TCPConnector(limit=self.concurrency),
+                timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return self._session
+
+    async def _post(self, body: bytes) -> dict[str, Any]:
+        async with self._client().post(self.url, data=body) as response:
+            reply = await response.read()
+            failure = _failure(response.status, reply)
+            if failure is not None:
+                raise failure
+        try:
+            return json.loads(reply)
+        except ValueError:
+            raise HttpCallError(response.status, f"the function replied with non-JSON: {reply[:200]!r}") from None
+
+    async def invoke(self, task: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps(task).encode()
+        async with self._slots:
+            try:
+                return await call_with_retries(lambda: self._post(body), is_transient, self.retry)
+            except HttpCallError as error:
+                raise InvocationError(f"{public_url(self.url)} answered {error}", _CAUSES.get(error.status, "error")) from None
+            except asyncio.TimeoutError:
+                raise InvocationError(f"no reply from {public_url(self.url)} within {self.timeout:g}s", "timeout") from None
+            except aiohttp.ClientError as error:
+                raise InvocationError(f"cannot reach {public_url(self.url)}: {type(error).__name__}: {error}", "error") from None
+
+    async def close(self) -> None:
+        """Close the session; the provider opens a new one (on the caller's loop) if used again."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        self._slots = asyncio.Semaphore(self.concurrency)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "url": public_url(self.url), "auth": self.auth,
+                "timeout": self.timeout, "concurrency": self.concurrency, "signed": self.secret is not None}

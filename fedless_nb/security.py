@@ -1,0 +1,227 @@
+"""Invocation tokens and result signatures: HMAC-SHA256 with a key per run.
+
+The controller and a provider's functions share one secret: the local provider makes a
+fresh one for each run and hands it to its workers; a remote function gets it at deploy
+time in `FEDLESS_RUN_SECRET` (or a file named by `FEDLESS_RUN_SECRET_FILE`, for
+platforms that mount secrets as files). Neither side ever uses the secret itself: both
+derive the run's key from it and the run id, so a token or signature from one run is
+worthless in another.
+
+A token binds one task: its run, round, client, update key, deadline, a random nonce and
+a digest of every other field of the task (so a token cannot carry an altered task). The
+function checks it before it touches any data. A result is signed over all of its
+fields, including the SHA-256 of the update bytes the function wrote; the controller
+checks the signature and that the bytes in the store still have that digest.
+
+Replays. A token is valid only until its round deadline. Within that window a warm
+process refuses a nonce it has already spent (`NonceCache`), and `client.handle` refuses
+a task whose update is already in the store, which catches a replay to another
+process after the first run finished. Limits: a replay to another, cold process while
+the first is still running is not caught (it recomputes the same task, and the
+controller then refuses the update if the replay overwrote it with different bytes);
+a retry after the function wrote its update but its reply was lost is refused as a
+replay, so that invocation counts as failed. Secrets are never logged, recorded or bundled.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+SECRET_VARIABLE = "FEDLESS_RUN_SECRET"
+SECRET_FILE_VARIABLE = "FEDLESS_RUN_SECRET_FILE"
+ALLOW_UNSIGNED_VARIABLE = "FEDLESS_ALLOW_UNSIGNED"
+CLOCK_SKEW = 30.0  # seconds a remote function's clock may run ahead of the controller's
+_TOKEN_VERSION = "v1"
+_CLAIMS = ("run_id", "round", "client_id", "update")
+
+
+class AuthError(Exception):
+    """The task's token is missing (`status` 401) or refused: forged, expired, replayed (403)."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ResultSignatureError(Exception):
+    """A result's signature does not match, or its update bytes are not the ones the function signed."""
+
+
+def new_secret() -> str:
+    """A fresh random secret (256 bits), e.g. for `FEDLESS_RUN_SECRET` or a local provider's run."""
+    return secrets.token_urlsafe(32)
+
+
+def canonical(value: Any) -> bytes:
+    """The JSON bytes both sides sign: sorted keys, no spaces (floats survive a JSON round trip exactly)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+
+
+def update_digest(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class RunKey:
+    """The HMAC key of one run, derived from the shared secret; its repr never shows either."""
+
+    def __init__(self, secret: str, run_id: str) -> None:
+        self.run_id = run_id
+        self._key = hmac.new(secret.encode(), b"fedless-nb run key\0" + run_id.encode(), hashlib.sha256).digest()
+
+    def _mac(self, purpose: bytes, message: bytes) -> bytes:
+        return hmac.new(self._key, purpose + b"\0" + message, hashlib.sha256).digest()
+
+    def __repr__(self) -> str:
+        return f"RunKey(run_id={self.run_id!r})"
+
+    # -- controller side ------------------------------------------------------------------
+
+    def issue_token(self, task: Mapping[str, Any]) -> str:
+        """A token for exactly this task (its "token" field is ignored), valid until its deadline."""
+        claims = {name: task[name] for name in _CLAIMS}
+        claims.update(exp=float(task["deadline"]), nonce=secrets.token_hex(16), task=_task_digest(task))
+        body = canonical(claims)
+        return ".".join((_TOKEN_VERSION, _b64(body), _b64(self._mac(b"token", body))))
+
+    def verify_result(self, result: Mapping[str, Any], update: bytes) -> None:
+        """Raise ResultSignatureError unless the function signed `result` and `update` has the signed digest."""
+        signature = result.get("signature")
+        if not isinstance(signature, str) or not signature:
+            raise ResultSignatureError(
+                "the result is unsigned: the function has no run secret; deploy it with FEDLESS_RUN_SECRET set")
+        unsigned = {name: value for name, value in result.items() if name != "signature"}
+        if not hmac.compare_digest(signature, _b64(self._mac(b"result", canonical(unsigned)))):
+            raise ResultSignatureError("the result's signature does not match: it was forged or altered on the way")
+        if result.get("update_sha256") != update_digest(update):
+            raise ResultSignatureError("the update in the store is not the one the function signed: it was tampered with")
+
+    # -- function side --------------------------------------------------------------------
+
+    def verify_token(self, task: Mapping[str, Any], nonces: "NonceCache", now: float | None = None) -> tuple[str, float]:
+        """The token's nonce and expiry, if the task carries a valid, unexpired, unspent token for itself; AuthError otherwise."""
+        token = task.get("token")
+        if not token:
+            raise AuthError("the task has no token; this function accepts signed tasks only", status=401)
+        try:
+            version, body_text, mac_text = str(token).split(".")
+            body, mac = _unb64(body_text), _unb64(mac_text)
+        except (ValueError, binascii.Error):
+            raise AuthError("the task's token is malformed") from None
+        if version != _TOKEN_VERSION or not hmac.compare_digest(mac, self._mac(b"token", body)):
+            raise AuthError("the task's token is forged or signed with another secret (check FEDLESS_RUN_SECRET)")
+        claims = json.loads(body)
+        if any(claims.get(name) != task.get(name) for name in _CLAIMS) or claims.get("task") != _task_digest(task):
+            raise AuthError("the task's token was issued for another task")
+        now = time.time() if now is None else now
+        if now > float(claims["exp"]) + CLOCK_SKEW:
+            raise AuthError("the task's token expired with its round deadline")
+        nonces.check(str(claims["nonce"]), now)
+        return str(claims["nonce"]), float(claims["exp"]) + CLOCK_SKEW
+
+    def sign_result(self, result: dict[str, Any], update: bytes) -> dict[str, Any]:
+        """`result` with the update's digest and the signature over every field."""
+        signed = {name: value for name, value in result.items() if name != "signature"}
+        signed["update_sha256"] = update_digest(update)
+        # Sign what the controller will parse, so a float's JSON form is the one both sides hash.
+        signed = json.loads(canonical(signed))
+        return {**signed, "signature": _b64(self._mac(b"result", canonical(signed)))}
+
+
+def _task_digest(task: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical({name: value for name, value in task.items() if name != "token"})).hexdigest()
+
+
+class NonceCache:
+    """The nonces a warm process has spent, each until its token expires (so the cache is bounded by the deadlines).
+
+    A nonce is spent when its task has written its update: a later arrival of the same
+    token is a replay. A task that failed before that leaves its nonce unspent, so a retry
+    of a transient failure can run.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()  # web servers (Functions Framework, Azure) may call in threads
+
+    def check(self, nonce: str, now: float) -> None:
+        with self._lock:
+            for old in [n for n, expiry in self._expiry.items() if expiry < now]:
+                del self._expiry[old]
+            if nonce in self._expiry:
+                raise AuthError("the task's token was already used: a replayed invocation")
+
+    def spend(self, nonce: str, expires_at: float) -> None:
+        with self._lock:
+            while len(self._expiry) >= self.limit:
+                self._expiry.popitem(last=False)
+            self._expiry[nonce] = expires_at
+
+
+class TaskGuard:
+    """The function side of one invocation: admitted before any data is read, signs the result at the end."""
+
+    def __init__(self, key: RunKey | None, nonce: str | None, nonces: NonceCache, expires_at: float) -> None:
+        self.key, self.nonce, self.nonces, self.expires_at = key, nonce, nonces, expires_at
+
+    @classmethod
+    def admit(cls, task: Mapping[str, Any], store: Any, nonces: NonceCache) -> "TaskGuard":
+        """Check the task's token and that its update does not exist yet; AuthError otherwise."""
+        secret = function_secret()
+        if secret is None:
+            if unsigned_allowed():
+                return cls(None, None, nonces, 0.0)
+            raise AuthError(f"this function has no run secret, so it refuses every task: set {SECRET_VARIABLE} "
+                            f"when deploying it (or {ALLOW_UNSIGNED_VARIABLE}=1 for an open test function)")
+        key = RunKey(secret, str(task["run_id"]))
+        nonce, expires_at = key.verify_token(task, nonces)
+        if store.exists(task["update"]):
+            raise AuthError("this task's update already exists: a replayed invocation")
+        return cls(key, nonce, nonces, expires_at)
+
+    def sign(self, result: dict[str, Any], update: bytes) -> dict[str, Any]:
+        """Spend the token and sign `result` (unchanged when the function runs unsigned)."""
+        if self.key is None or self.nonce is None:
+            return result
+        self.nonces.spend(self.nonce, self.expires_at)
+        return self.key.sign_result(result, update)
+
+
+def function_secret(environment: Mapping[str, str] | None = None) -> str | None:
+    """The secret a function was deployed with: `FEDLESS_RUN_SECRET`, or the file `FEDLESS_RUN_SECRET_FILE` names."""
+    environment = os.environ if environment is None else environment
+    if environment.get(SECRET_VARIABLE):
+        return environment[SECRET_VARIABLE]
+    path = environment.get(SECRET_FILE_VARIABLE)
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as error:
+            raise AuthError(f"cannot read the run secret from {SECRET_FILE_VARIABLE}={path}: {error.strerror}",
+                            status=500) from None
+    return None
+
+
+def unsigned_allowed(environment: Mapping[str, str] | None = None) -> bool:
+    """Whether a function without a secret may run unsigned tasks (an explicit opt-out, for open test setups)."""
+    environment = os.environ if environment is None else environment
+    return environment.get(ALLOW_UNSIGNED_VARIABLE, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,63 @@
+"""One invocation from a request body to an HTTP status and a JSON reply: what every function template shares.
+
+The templates in function_templates/ only translate their platform's event into a body
+and this module's (status, reply) back into their platform's response. The status says
+who must act, which is what a provider's retry policy needs to know:
+
+- 400: the task is malformed or not for this function (asking again cannot help);
+- 401 / 403: the token is missing, or forged, expired, replayed (see security.py);
+- 502: the parameter store failed or refused (a presigned URL expired, the network);
+- 500: anything else, a failure inside the function (its traceback goes to the platform's log).
+
+A failed reply is `{"error": {"status", "type", "message"}}`, never a traceback or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from .client import PayloadError, handle
+from .errors import UserError
+from .security import AuthError
+from .store import CodecError, StoreError
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+_log = logging.getLogger("fedless_nb.function")
+
+
+def error_reply(status: int, error: BaseException) -> dict[str, Any]:
+    return {"error": {"status": status, "type": type(error).__name__, "message": str(error)}}
+
+
+def status_of(error: BaseException) -> int:
+    """The HTTP status for an exception raised by the client step."""
+    if isinstance(error, AuthError):
+        return error.status
+    if isinstance(error, (PayloadError, CodecError, UserError)):
+        return 400
+    if isinstance(error, StoreError):
+        return 502
+    return 500
+
+
+def invoke(body: bytes | str | dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    """Run the client step on a request body (JSON text or an already parsed task)."""
+    try:
+        payload = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
+    except ValueError as error:
+        return 400, error_reply(400, PayloadError(f"the request body is not JSON: {error}"))
+    try:
+        return 200, handle(payload)
+    except Exception as error:  # the platform gets a status and a message, never a crashed worker
+        status = status_of(error)
+        if status == 500:
+            _log.exception("the client step failed")
+        return status, error_reply(status, error)
+
+
+def invoke_json(body: bytes | str | dict[str, Any] | None) -> tuple[int, str]:
+    """`invoke`, with the reply as JSON text."""
+    status, reply = invoke(body)
+    return status, json.dumps(reply)

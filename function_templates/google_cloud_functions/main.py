@@ -1,0 +1,15 @@
+"""Functions Framework adapter: Google Cloud Functions, Cloud Run and Knative run this same code.
+
+`functions-framework --target fedless_client` serves it locally; the platforms build it
+with Google's buildpacks (GOOGLE_FUNCTION_TARGET=fedless_client).
+"""
+
+import functions_framework
+
+from fedless_nb import serving
+
+
+@functions_framework.http
+def fedless_client(request):
+    status, reply = serving.invoke_json(request.get_data())
+    return reply, status, serving.JSON_HEADERS

@@ -1,0 +1,29 @@
+"""Apache OpenWhisk adapter for the Python runtime: `main(args)` as a web action or through the invoke API.
+
+A web action's args hold the JSON body's fields next to __ow_method, __ow_headers and
+__ow_path; it answers with statusCode/headers/body. Through the blocking invoke API the
+args are the task itself, and a failure is returned as {"error": {...}} (OpenWhisk then
+answers 502 and the HTTP provider reads the status inside). The run secret is a bound,
+final parameter: it is taken out of args before the task is built.
+"""
+
+import os
+
+from fedless_nb import serving
+from fedless_nb.security import SECRET_VARIABLE
+
+
+def main(args):
+    args = dict(args)
+    secret = args.pop(SECRET_VARIABLE, None)
+    if secret:
+        os.environ[SECRET_VARIABLE] = secret
+    web = "__ow_method" in args
+    if web and args.get("__ow_body"):  # a raw (non-JSON-merged) body
+        body = args["__ow_body"]
+    else:
+        body = {name: value for name, value in args.items() if not name.startswith("__ow_")}
+    status, reply = serving.invoke(body)
+    if web:
+        return {"statusCode": status, "headers": serving.JSON_HEADERS, "body": reply}
+    return reply
