@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any
 
 from .client import PayloadError, handle
@@ -25,6 +26,10 @@ from .store import CodecError, StoreError
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 _log = logging.getLogger("fedless_nb.function")
+# One task at a time per process, like a FaaS instance with concurrency 1: the warm model and
+# its traced step are shared state. Threaded servers (gunicorn under the Functions Framework,
+# Azure's worker) queue here; scale out with instances, not threads.
+_ONE_AT_A_TIME = threading.Lock()
 
 
 def error_reply(status: int, error: BaseException) -> dict[str, Any]:
@@ -49,7 +54,8 @@ def invoke(body: bytes | str | dict[str, Any] | None) -> tuple[int, dict[str, An
     except ValueError as error:
         return 400, error_reply(400, PayloadError(f"the request body is not JSON: {error}"))
     try:
-        return 200, handle(payload)
+        with _ONE_AT_A_TIME:
+            return 200, handle(payload)
     except Exception as error:  # the platform gets a status and a message, never a crashed worker
         status = status_of(error)
         if status == 500:

@@ -61,3 +61,26 @@ def probing(payload):
     probe = Path(os.environ["FEDLESS_PROBE_DIR"]) / f"{payload['round']}-{payload['client_id']}.json"
     probe.write_text(json.dumps(seen))
     return handle(payload)
+
+
+def tampers_with_odd_updates(payload):
+    """Trains and signs for real; then, for odd clients, something rewrites the update in the store."""
+    from fedless_nb.client import handle
+    from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
+
+    result = handle(payload)
+    if int(payload["client_id"].rsplit("-", 1)[1]) % 2:
+        store = store_from_descriptor(payload["store"])
+        arrays = decode_arrays(store.get(payload["update"]))
+        store.put(payload["update"], encode_arrays([array * 10 for array in arrays]))
+    return result
+
+
+def inflates_counts_on_client_1(payload):
+    """A man in the middle: client 1's signed result claims 1000x its examples, to weigh more in FedAvg."""
+    from fedless_nb.client import handle
+
+    result = handle(payload)
+    if payload["client_id"].endswith("-0001"):
+        result["num_examples"] *= 1000
+    return result

@@ -19,6 +19,7 @@ are kept out of `describe()` and every message.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import urllib.parse
 from typing import Any
@@ -29,7 +30,7 @@ from .base import InvocationError, Provider, ProviderSetupError
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 
 AUTH_STYLES = ("none", "function_key", "basic", "bearer")
-_CAUSES = {401: "auth", 403: "auth", 429: "throttled", 504: "timeout"}
+_CAUSES = {202: "timeout", 401: "auth", 403: "auth", 429: "throttled", 504: "timeout"}
 
 
 class HttpCallError(Exception):
@@ -61,9 +62,9 @@ def _failure(status: int, body: bytes) -> HttpCallError | None:
         return HttpCallError(status if status >= 400 else 502, error)
     if status >= 400:
         return HttpCallError(status, body[:300].decode(errors="replace").strip() or "no body")
-    if status == 202:  # OpenWhisk's blocking wait ended while the action still runs
+    if status == 202:  # OpenWhisk's blocking wait ended while the action still runs: asking again would rerun it
         activation = reply.get("activationId") if isinstance(reply, dict) else None
-        return HttpCallError(504, f"the platform accepted the call but returned no result (activation {activation}); "
+        return HttpCallError(202, f"the platform accepted the call but returned no result (activation {activation}); "
                                   "OpenWhisk's blocking invoke waits at most 60 s: invoke a web action instead")
     return None
 
@@ -111,8 +112,7 @@ class HttpProvider(Provider):
         elif self.auth == "bearer":
             headers["Authorization"] = f"Bearer {self._key}"
         elif self.auth == "basic":
-            user, _, password = (self._key or "").partition(":")
-            headers["Authorization"] = aiohttp.BasicAuth(user, password).encode()
+            headers["Authorization"] = "Basic " + base64.b64encode((self._key or "").encode()).decode()
         return headers
 
     def _client(self) -> aiohttp.ClientSession:

@@ -1,0 +1,35 @@
+"""Real client tasks on a local store, signed the way the controller signs them (for security and adapter tests)."""
+
+import time
+
+import numpy as np
+
+from fedless_nb import zoo
+from fedless_nb.model import model_spec_from
+from fedless_nb.security import RunKey
+from fedless_nb.store import LocalStore, encode_arrays
+
+SECRET = "test-run-secret-0123456789abcdef"
+
+
+def write_inputs(root):
+    """A tiny model's initial weights and one client's data in a local store at `root`."""
+    store = LocalStore(root)
+    spec, weights = model_spec_from(zoo.mlp, builder_context={"input_shape": (8,), "num_classes": 3, "hidden_units": [4]})
+    store.put("global", encode_arrays(weights))
+    rng = np.random.default_rng(0)
+    store.put("data/a", encode_arrays([rng.random((40, 8), dtype=np.float32), rng.integers(0, 3, 40)]))
+    return store, spec
+
+
+def make_task(store, spec, client_id="client-0000", *, run_id="run-1", secret=SECRET, deadline=None, weights="global"):
+    """A task of the wire contract, with a token from `secret` (None: unsigned)."""
+    task = {
+        "run_id": run_id, "round": 1, "client_id": client_id, "model": spec.to_wire(), "weights": weights,
+        "data": "data/a", "update": f"runs/{run_id}/round-00001/updates/{client_id}.weights",
+        "train": {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "learning_rate": 0.1, "seed": 1},
+        "store": store.descriptor(), "token": None, "deadline": time.time() + 60 if deadline is None else deadline,
+    }
+    if secret is not None:
+        task["token"] = RunKey(secret, run_id).issue_token(task)
+    return task

@@ -1,0 +1,166 @@
+"""Real Functions Framework servers on 127.0.0.1, started from the packaged Cloud Functions bundle, behind the
+HTTP provider: federated training alone and mixed with the local provider, and the function's refusals over HTTP.
+
+Each server runs the bundle's own copy of fedless_nb (PYTHONPATH is the bundle), so what is tested
+is what `fedless-nb package --provider google_cloud_functions` ships.
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from fedless_nb.history import History
+from fedless_nb.packaging import build_bundle
+from fedless_nb.providers.base import InvocationError
+from fedless_nb.providers.http import HttpProvider
+from fedless_nb.runner import run_experiment
+
+from signed_tasks import make_task, write_inputs
+
+SECRET = "functions-framework-test-secret"
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def functions_framework(bundle: Path, log: Path):
+    """`functions-framework --target fedless_client` in the bundle's folder, holding SECRET, until the block ends."""
+    port = _free_port()
+    executable = shutil.which("functions-framework") or str(Path(sys.executable).parent / "functions-framework")
+    environment = {name: value for name, value in os.environ.items()
+                   if not name.startswith(("FEDLESS_", "AWS_", "PYTHON"))}
+    environment.update(PYTHONPATH=str(bundle), FEDLESS_RUN_SECRET=SECRET, TF_CPP_MIN_LOG_LEVEL="3",
+                       TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1", THREADS="4")
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [executable, "--target", "fedless_client", "--source", "main.py", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=bundle, env=environment, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"functions-framework did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return build_bundle("google_cloud_functions", tmp_path_factory.mktemp("bundles")).path
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    with functions_framework(bundle, tmp_path_factory.mktemp("logs") / "ff.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def second_server(bundle, tmp_path_factory):
+    with functions_framework(bundle, tmp_path_factory.mktemp("logs") / "ff-2.log") as url:
+        yield url
+
+
+def test_the_server_runs_the_bundles_own_fedless_nb(bundle):
+    environment = {**os.environ, "PYTHONPATH": str(bundle)}
+    found = subprocess.run([sys.executable, "-c", "import fedless_nb; print(fedless_nb.__file__)"], cwd=bundle,
+                           env=environment, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(found).parent == bundle / "fedless_nb"
+
+
+def _post(url, body):
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_function_answers_refusals_with_statuses_a_retry_policy_can_read(server, tmp_path):
+    store, spec = write_inputs(tmp_path)
+    task = make_task(store, spec, secret=SECRET)
+    assert _post(server, b"{not json")[0] == 400
+    status, reply = _post(server, json.dumps({**task, "token": None}).encode())
+    assert status == 401 and reply["error"]["type"] == "AuthError"
+    status, reply = _post(server, json.dumps(make_task(store, spec, secret="guessed")).encode())
+    assert status == 403 and "forged" in reply["error"]["message"]
+    status, reply = _post(server, json.dumps({k: v for k, v in task.items() if k != "update"}).encode())
+    assert status == 400 and "lacks update" in reply["error"]["message"]
+
+    async def twice():
+        provider = HttpProvider("ff", url=server, secret=SECRET)
+        try:
+            first = await provider.invoke(task)
+            with pytest.raises(InvocationError, match="replayed invocation") as caught:
+                await provider.invoke(task)
+            return first, caught.value.cause
+        finally:
+            await provider.close()
+
+    first, cause = asyncio.run(twice())
+    assert first["signature"] and first["num_examples"] == 40 and cause == "auth"
+
+
+@pytest.mark.slow
+def test_federated_training_through_functions_framework_servers(server, tiny_config, monkeypatch):
+    monkeypatch.setenv("FF_RUN_SECRET", SECRET)
+    config = tiny_config(rounds=3, train={"epochs": 5, "batch_size": 16, "learning_rate": 0.1}, providers=[
+        {"kind": "http", "name": "cloud-functions", "url": server, "workers": 2, "timeout": 120, "secret_env": "FF_RUN_SECRET"}])
+    result = run_experiment(config)
+    assert result.status == "finished" and len(result.round_metrics) == 3
+    history = History(config.history)
+    invocations = history.invocations(result.run_id)
+    assert len(invocations) == 3 * 4 and all(i["outcome"] == "succeeded" for i in invocations)
+    assert {i["provider"] for i in invocations} == {"cloud-functions"}
+    accuracies = [metrics["accuracy"] for metrics in result.round_metrics]
+    assert accuracies[-1] > accuracies[0] and accuracies[-1] > 0.5, accuracies
+    assert SECRET not in json.dumps(history.run(result.run_id), default=str)
+
+
+@pytest.mark.slow
+def test_one_run_mixes_the_local_provider_and_functions_framework_endpoints(server, second_server, tiny_config, monkeypatch):
+    monkeypatch.setenv("FF_RUN_SECRET", SECRET)
+    config = tiny_config(clients=6, clients_per_round=6, rounds=2, providers=[
+        {"kind": "local", "name": "laptop", "clients": 3, "workers": 2},
+        {"kind": "http", "name": "cloud-run", "url": server, "clients": 2, "workers": 2, "secret_env": "FF_RUN_SECRET"},
+        {"kind": "http", "name": "knative", "url": second_server, "workers": 1, "secret_env": "FF_RUN_SECRET"}])
+    result = run_experiment(config)
+    assert result.status == "finished"
+    history = History(config.history)
+    invocations = history.invocations(result.run_id)
+    assert all(i["outcome"] == "succeeded" for i in invocations) and len(invocations) == 12
+    by_provider = {}
+    for invocation in invocations:
+        by_provider.setdefault(invocation["provider"], set()).add(invocation["client_id"])
+    assert by_provider == {"laptop": {"client-0000", "client-0001", "client-0002"},
+                           "cloud-run": {"client-0003", "client-0004"}, "knative": {"client-0005"}}
+    described = history.run(result.run_id)["providers"]
+    assert [(p["name"], p["kind"]) for p in described] == [("laptop", "local"), ("cloud-run", "http"), ("knative", "http")]
+    assert SECRET not in json.dumps(history.run(result.run_id), default=str)

@@ -1,0 +1,181 @@
+"""The HTTP provider's transport: retries, statuses, auth headers, timeouts, concurrency, config.
+
+The endpoint here is a small aiohttp server on 127.0.0.1 that answers what a platform would;
+the client step behind real Functions Framework servers is in test_functions_framework.py.
+"""
+
+import asyncio
+import base64
+import json
+
+import pytest
+from aiohttp import web
+
+from fedless_nb.experiment import ConfigError, ExperimentConfig
+from fedless_nb.providers.base import InvocationError, ProviderSetupError
+from fedless_nb.providers.http import HttpProvider
+from fedless_nb.providers.registry import make_provider
+from fedless_nb.providers.retry import RetryPolicy
+
+FAST_RETRIES = RetryPolicy(attempts=4, initial_wait=0.01, max_wait=0.05)
+
+
+class Endpoint:
+    """Answers each POST with the next scripted (status, body), then echoes the task back."""
+
+    def __init__(self, script=(), delay=0.0):
+        self.script, self.delay, self.requests = list(script), delay, []
+        self.running = self.peak = 0
+
+    async def answer(self, request):
+        task = await request.json()
+        self.requests.append({"headers": dict(request.headers), "body": task})
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.running -= 1
+        if self.script:
+            status, body = self.script.pop(0)
+            return web.Response(status=status, text=body if isinstance(body, str) else json.dumps(body),
+                                content_type="application/json")
+        return web.json_response({"echo": task})
+
+    async def serve(self, body):
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self.answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            return await body(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+        finally:
+            await runner.cleanup()
+
+
+def _invoke(endpoint, tasks, path="/", **options):
+    async def body(url):
+        provider = HttpProvider("fn", url=url + path, retry=FAST_RETRIES, **options)
+        try:
+            return await asyncio.gather(*(provider.invoke(task) for task in tasks))
+        finally:
+            await provider.close()
+
+    return asyncio.run(endpoint.serve(body))
+
+
+def _envelope(status, kind, message):
+    return {"error": {"status": status, "type": kind, "message": message}}
+
+
+def test_throttling_and_server_failures_are_retried_until_a_result_arrives():
+    endpoint = Endpoint([(429, "slow down"), (503, "unavailable"), (502, "bad gateway")])
+    assert _invoke(endpoint, [{"x": 1}]) == [{"echo": {"x": 1}}]
+    assert len(endpoint.requests) == 4
+
+
+@pytest.mark.parametrize("status, body, cause", [
+    (400, _envelope(400, "PayloadError", "the task lacks update"), "error"),
+    (401, _envelope(401, "AuthError", "the task has no token"), "auth"),
+    (403, _envelope(403, "AuthError", "the task's token is forged"), "auth"),
+    # OpenWhisk's invoke API reports an action's error as 502: the status inside is the function's.
+    (502, _envelope(403, "AuthError", "already used: a replayed invocation"), "auth"),
+    (404, {"error": "The requested resource does not exist.", "code": "x1"}, "error"),
+])
+def test_client_errors_are_not_retried_and_keep_the_functions_message(status, body, cause):
+    endpoint = Endpoint([(status, body)])
+    with pytest.raises(InvocationError) as caught:
+        _invoke(endpoint, [{"x": 1}])
+    assert caught.value.cause == cause and len(endpoint.requests) == 1
+    message = body["error"]["message"] if isinstance(body["error"], dict) else body["error"]
+    assert message in str(caught.value)
+
+
+def test_persistent_throttling_fails_as_throttled():
+    endpoint = Endpoint([(429, "slow down")] * 10)
+    with pytest.raises(InvocationError, match="HTTP 429") as caught:
+        _invoke(endpoint, [{"x": 1}])
+    assert caught.value.cause == "throttled" and len(endpoint.requests) == FAST_RETRIES.attempts
+
+
+def test_an_openwhisk_activation_still_running_is_reported_not_retried():
+    endpoint = Endpoint([(202, {"activationId": "abc123"})])
+    with pytest.raises(InvocationError, match="activation abc123") as caught:
+        _invoke(endpoint, [{"x": 1}])
+    assert caught.value.cause == "timeout" and len(endpoint.requests) == 1
+
+
+def test_a_call_past_its_timeout_fails_as_timeout():
+    with pytest.raises(InvocationError, match="within 0.2s") as caught:
+        _invoke(Endpoint(delay=2.0), [{"x": 1}], timeout=0.2)
+    assert caught.value.cause == "timeout"
+
+
+def test_an_unreachable_endpoint_is_retried_then_reported():
+    async def body():
+        provider = HttpProvider("fn", url="http://127.0.0.1:9/", retry=FAST_RETRIES)
+        try:
+            await provider.invoke({"x": 1})
+        finally:
+            await provider.close()
+
+    with pytest.raises(InvocationError, match="cannot reach http://127.0.0.1:9/") as caught:
+        asyncio.run(body())
+    assert caught.value.cause == "error"
+
+
+def test_concurrency_is_bounded_and_one_session_serves_all_calls():
+    endpoint = Endpoint(delay=0.2)
+    assert _invoke(endpoint, [{"i": i} for i in range(6)], concurrency=2) == [{"echo": {"i": i}} for i in range(6)]
+    assert endpoint.peak == 2
+
+
+def test_azure_function_keys_basic_auth_and_bearer_tokens_are_sent_as_headers():
+    endpoint = Endpoint()
+    _invoke(endpoint, [{"x": 1}], auth="function_key", key="azure-key-123")
+    _invoke(endpoint, [{"x": 1}], auth="basic", key="23bc46b1-71f6:openwhisk-pass")
+    _invoke(endpoint, [{"x": 1}], auth="bearer", key="id-token")
+    headers = [request["headers"] for request in endpoint.requests]
+    assert headers[0]["x-functions-key"] == "azure-key-123" and "Authorization" not in headers[0]
+    assert base64.b64decode(headers[1]["Authorization"].removeprefix("Basic ")) == b"23bc46b1-71f6:openwhisk-pass"
+    assert headers[2]["Authorization"] == "Bearer id-token"
+
+
+def test_keys_stay_out_of_the_description_and_messages():
+    provider = HttpProvider("az", url="https://user:pw@app.azurewebsites.net/api/fedless-client?x=1",
+                            auth="function_key", key="azure-key-123", secret="run-secret")
+    described = json.dumps(provider.describe())
+    assert "azure-key-123" not in described and "run-secret" not in described and "pw" not in described
+    assert provider.describe()["url"] == "https://app.azurewebsites.net/api/fedless-client"
+
+
+def test_http_provider_from_config_reads_its_secrets_from_the_environment(monkeypatch):
+    config = ExperimentConfig.from_dict({"providers": [
+        {"kind": "http", "name": "azure", "url": "https://app.azurewebsites.net/api/fedless-client",
+         "auth": "function_key", "key_env": "AZURE_FEDLESS_KEY", "workers": 8, "timeout": 60}]})
+    with pytest.raises(ProviderSetupError, match="set the environment variable AZURE_FEDLESS_KEY"):
+        make_provider(config.providers[0])
+    monkeypatch.setenv("AZURE_FEDLESS_KEY", "azure-key-123")
+    with pytest.raises(ProviderSetupError, match="set the environment variable FEDLESS_RUN_SECRET"):
+        make_provider(config.providers[0])
+    monkeypatch.setenv("FEDLESS_RUN_SECRET", "run-secret")
+    provider = make_provider(config.providers[0])
+    assert isinstance(provider, HttpProvider) and provider.secret == "run-secret"
+    assert provider.describe() == {"name": "azure", "kind": "http", "url": "https://app.azurewebsites.net/api/fedless-client",
+                                   "auth": "function_key", "timeout": 60.0, "concurrency": 8, "signed": True}
+    assert "azure-key-123" not in config.to_yaml() and "run-secret" not in config.to_yaml()
+
+
+@pytest.mark.parametrize("provider, message", [
+    ({"kind": "http"}, r"providers\[0\].url: required for an http provider"),
+    ({"kind": "http", "url": "localhost:8080"}, r"providers\[0\].url: must start with http"),
+    ({"kind": "http", "url": "https://f.azurewebsites.net/api/f?code=abc"}, r"providers\[0\].url: holds a function key"),
+    ({"kind": "http", "url": "http://127.0.0.1:8080", "auth": "oauth"}, r"providers\[0\].auth: unknown value 'oauth'"),
+    ({"kind": "http", "url": "http://127.0.0.1:8080", "auth": "basic"}, r"providers\[0\].key_env: name the environment"),
+    ({"kind": "http", "url": "http://127.0.0.1:8080", "secret_env": "my-secret"}, r"providers\[0\].secret_env: must be an environment"),
+])
+def test_http_config_errors_name_the_key(provider, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict({"providers": [provider]})

@@ -1,0 +1,135 @@
+"""Invocation tokens and result signatures: the function refuses bad tokens before it reads anything,
+the controller refuses results and updates that are not the ones a function signed, and a round keeps
+its other updates."""
+
+import json
+import time
+
+import pytest
+
+from fedless_nb import client
+from fedless_nb.client import handle
+from fedless_nb.history import History
+from fedless_nb.providers import LocalProvider
+from fedless_nb.runner import run_experiment
+from fedless_nb.security import AuthError, NonceCache, ResultSignatureError, RunKey
+from fedless_nb.store import MissingKeyError
+
+from signed_tasks import SECRET, make_task, write_inputs
+
+
+@pytest.fixture
+def function_env(monkeypatch):
+    """This process acts as a deployed function holding SECRET, in a fresh process state."""
+    monkeypatch.delenv("FEDLESS_ALLOW_UNSIGNED", raising=False)
+    monkeypatch.setenv("FEDLESS_RUN_SECRET", SECRET)
+    monkeypatch.setattr(client, "_STATE", client._WarmState())
+    monkeypatch.setattr(client, "_NONCES", NonceCache())
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    return write_inputs(tmp_path)
+
+
+def _refused(task, status, message):
+    with pytest.raises(AuthError, match=message) as caught:
+        handle(task)
+    assert caught.value.status == status
+
+
+def test_a_valid_token_gives_a_signed_result_the_controller_accepts(function_env, inputs):
+    store, spec = inputs
+    task = make_task(store, spec)
+    result = handle(task)
+    update = store.get(task["update"])
+    RunKey(SECRET, "run-1").verify_result(json.loads(json.dumps(result)), update)  # as it arrives over the wire
+    with pytest.raises(ResultSignatureError, match="signature does not match"):
+        RunKey("another-secret", "run-1").verify_result(result, update)
+    with pytest.raises(ResultSignatureError, match="signature does not match"):
+        RunKey(SECRET, "run-2").verify_result(result, update)  # keys are per run
+
+
+def test_missing_forged_altered_and_expired_tokens_are_refused_before_any_data_is_read(function_env, inputs):
+    store, spec = inputs
+    # The weights key names nothing: a function that read before checking would fail with MissingKeyError.
+    absent = make_task(store, spec, weights="no/such/weights")
+    _refused({**absent, "token": None}, 401, "has no token")
+    _refused(make_task(store, spec, weights="no/such/weights", secret="guessed-secret"), 403, "forged")
+    _refused({**absent, "token": absent["token"][:-4] + "AAAA"}, 403, "forged")
+    _refused({**absent, "token": "not-a-token"}, 403, "malformed")
+    _refused({**absent, "client_id": "client-0001"}, 403, "issued for another task")
+    _refused({**absent, "train": {**absent["train"], "learning_rate": 10.0}}, 403, "issued for another task")
+    expired = make_task(store, spec, weights="no/such/weights", deadline=time.time() - 1)
+    with pytest.raises(client.PayloadError, match="after its round deadline"):  # the signed deadline has passed
+        handle(expired)
+    _refused({**expired, "deadline": time.time() + 60}, 403, "issued for another task")  # and cannot be extended
+    with pytest.raises(AuthError, match="expired"):  # the token's own expiry (a function's clock may lag)
+        RunKey(SECRET, "run-1").verify_token(expired, NonceCache(), now=time.time() + 120)
+    assert not store.exists(absent["update"])
+    with pytest.raises(MissingKeyError):  # the same task, validly signed, does get as far as reading
+        handle(absent)
+
+
+def test_a_replayed_token_is_refused_by_the_warm_process_and_by_a_fresh_one(function_env, inputs, monkeypatch):
+    store, spec = inputs
+    task = make_task(store, spec)
+    first = handle(task)
+    _refused(task, 403, "already used: a replayed invocation")
+    monkeypatch.setattr(client, "_NONCES", NonceCache())  # another process: no memory of the nonce
+    _refused(task, 403, "update already exists: a replayed invocation")
+    RunKey(SECRET, "run-1").verify_result(first, store.get(task["update"]))  # the first update is untouched
+
+
+def test_a_failed_attempt_leaves_its_token_unspent_for_a_retry(function_env, inputs):
+    store, spec = inputs
+    task = make_task(store, spec, weights="not/yet/there")
+    with pytest.raises(MissingKeyError):
+        handle(task)
+    store.put("not/yet/there", store.get("global"))
+    assert handle(task)["signature"]
+
+
+def test_a_function_without_a_secret_refuses_every_task(monkeypatch, inputs):
+    store, spec = inputs
+    monkeypatch.delenv("FEDLESS_ALLOW_UNSIGNED")
+    _refused(make_task(store, spec, secret=None), 403, "has no run secret")
+
+
+def test_the_secret_can_come_from_a_mounted_file(function_env, inputs, monkeypatch, tmp_path):
+    store, spec = inputs
+    monkeypatch.delenv("FEDLESS_RUN_SECRET")
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    monkeypatch.setenv("FEDLESS_RUN_SECRET_FILE", str(tmp_path / "secret"))
+    assert handle(make_task(store, spec))["signature"]
+
+
+def test_tampered_updates_are_refused_and_the_round_keeps_the_others(tiny_config):
+    config = tiny_config(rounds=1, clients_per_round=6)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:tampers_with_odd_updates")
+    result = run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    invocations = history.invocations(result.run_id)
+    failed = [i for i in invocations if i["outcome"] == "failed"]
+    assert len(invocations) == 6 and {int(i["client_id"][-1]) % 2 for i in failed} == {1} and len(failed) == 3
+    assert all(i["cause"] == "signature" and "tampered" in i["error"] for i in failed)
+    assert history.rounds(result.run_id)[0]["succeeded"] == 3, "the untouched updates were aggregated"
+    assert provider.secret not in json.dumps(history.run(result.run_id), default=str)
+    assert provider.secret not in json.dumps(invocations, default=str)
+
+
+def test_an_altered_result_is_refused_and_the_round_keeps_the_others(tiny_config):
+    config = tiny_config(rounds=1, clients_per_round=6)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:inflates_counts_on_client_1")
+    result = run_experiment(config, providers={"local": provider})
+    invocations = History(config.history).invocations(result.run_id)
+    assert [(i["client_id"], i["cause"]) for i in invocations if i["outcome"] == "failed"] == [("client-0001", "signature")]
+    assert sum(i["outcome"] == "succeeded" for i in invocations) == 5
+
+
+def test_each_local_provider_has_its_own_secret_and_keeps_it_out_of_its_description():
+    first, second = LocalProvider("a"), LocalProvider("b")
+    assert first.secret and second.secret and first.secret != second.secret
+    assert first.secret not in json.dumps(first.describe())
+    assert first._environment()["FEDLESS_RUN_SECRET"] == first.secret
+    assert first.secret not in repr(RunKey(first.secret, "run"))
