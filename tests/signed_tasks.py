@@ -3,10 +3,11 @@
 import time
 
 import numpy as np
+import pytest
 
-from fedless_nb import zoo
+from fedless_nb import client, zoo
 from fedless_nb.model import model_spec_from
-from fedless_nb.security import RunKey
+from fedless_nb.security import NonceCache, RunKey
 from fedless_nb.store import LocalStore, encode_arrays
 
 SECRET = "test-run-secret-0123456789abcdef"
@@ -33,3 +34,12 @@ def make_task(store, spec, client_id="client-0000", *, run_id="run-1", secret=SE
     if secret is not None:
         task["token"] = RunKey(secret, run_id).issue_token(task)
     return task
+
+
+@pytest.fixture
+def function_env(monkeypatch):
+    """This process acts as a deployed function holding SECRET, in a fresh process state."""
+    monkeypatch.delenv("FEDLESS_ALLOW_UNSIGNED", raising=False)
+    monkeypatch.setenv("FEDLESS_RUN_SECRET", SECRET)
+    monkeypatch.setattr(client, "_STATE", client._WarmState())
+    monkeypatch.setattr(client, "_NONCES", NonceCache())

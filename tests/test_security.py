@@ -15,16 +15,7 @@ from fedless_nb.runner import run_experiment
 from fedless_nb.security import AuthError, NonceCache, ResultSignatureError, RunKey
 from fedless_nb.store import MissingKeyError
 
-from signed_tasks import SECRET, make_task, write_inputs
-
-
-@pytest.fixture
-def function_env(monkeypatch):
-    """This process acts as a deployed function holding SECRET, in a fresh process state."""
-    monkeypatch.delenv("FEDLESS_ALLOW_UNSIGNED", raising=False)
-    monkeypatch.setenv("FEDLESS_RUN_SECRET", SECRET)
-    monkeypatch.setattr(client, "_STATE", client._WarmState())
-    monkeypatch.setattr(client, "_NONCES", NonceCache())
+from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
 
 
 @pytest.fixture

@@ -7,4 +7,4 @@ from fedless_nb import serving
 
 def main(req: func.HttpRequest) -> func.HttpResponse:
     status, reply = serving.invoke_json(req.get_body())
-    return func.HttpResponse(reply, status_code=status, headers=serving.JSON_HEADERS)
+    return func.HttpResponse(reply, status_code=status, mimetype="application/json")

@@ -1,0 +1,187 @@
+"""Each platform's adapter, loaded from its built bundle, driven by that platform's own event format.
+
+Azure: the azure-functions package's HttpRequest and HttpResponse. OpenWhisk: an action's args dict,
+as a web action (__ow_method, __ow_headers, __ow_path next to the body's fields) and through the
+invoke API (the args are the task). AWS Lambda: a direct Invoke's event and a Function URL's
+(payload format 2.0) with a context object. OpenFaaS: the python3-http template's event and context,
+built from a real Flask request as its index.py builds them. Every adapter must answer a signed
+task with a signed result, and refusals with the statuses a provider's retry policy reads.
+"""
+
+import base64
+import importlib.util
+import json
+import os
+
+import azure.functions as func
+import flask
+import pytest
+
+from fedless_nb.packaging import build_bundle
+from fedless_nb.security import RunKey
+
+from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.usefixtures("function_env")
+
+
+def _load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles")
+    return {provider: build_bundle(provider, out) for provider in ("aws_lambda", "openwhisk", "openfaas", "azure_functions")}
+
+
+@pytest.fixture
+def tasks(tmp_path):
+    """A signed task, the same task without its token, and a check that a result is signed for its update."""
+    store, spec = write_inputs(tmp_path)
+    task = make_task(store, spec)
+
+    def signed(result):
+        RunKey(SECRET, task["run_id"]).verify_result(result, store.get(task["update"]))
+        assert result["num_examples"] == 40
+        return True
+
+    return task, {**task, "token": None}, signed
+
+
+def _unzipped(bundle, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(bundle.path) as archive:
+        archive.extractall(tmp_path / "unzipped")
+    return tmp_path / "unzipped"
+
+
+# -- Azure Functions ---------------------------------------------------------------------------
+
+
+def test_azure_http_trigger_adapter(bundles, tasks):
+    task, unsigned, signed = tasks
+    main = _load(bundles["azure_functions"].path / "fedless_client" / "__init__.py", "azure_fedless_client").main
+
+    def call(body):
+        request = func.HttpRequest(method="POST", url="https://app.azurewebsites.net/api/fedless-client",
+                                   headers={"Content-Type": "application/json", "x-functions-key": "k"}, body=body)
+        response = main(request)
+        assert isinstance(response, func.HttpResponse) and response.mimetype == "application/json"
+        return response.status_code, json.loads(response.get_body())
+
+    assert call(json.dumps(unsigned).encode())[0] == 401
+    assert call(b"[1, 2")[0] == 400
+    status, result = call(json.dumps(task).encode())
+    assert status == 200 and signed(result)
+
+
+# -- Apache OpenWhisk --------------------------------------------------------------------------
+
+
+def test_openwhisk_web_action_adapter(bundles, tasks, tmp_path):
+    task, unsigned, signed = tasks
+    os.environ.pop("FEDLESS_RUN_SECRET")  # on OpenWhisk the secret is a bound parameter, not the environment
+    main = _load(_unzipped(bundles["openwhisk"], tmp_path) / "__main__.py", "openwhisk_main").main
+    web = {"__ow_method": "post", "__ow_path": "", "__ow_headers": {"content-type": "application/json", "host": "ow"},
+           "FEDLESS_RUN_SECRET": SECRET}
+
+    refused = main({**unsigned, **web})
+    assert refused["statusCode"] == 401 and refused["body"]["error"]["type"] == "AuthError"
+    answer = main({**task, **web})
+    assert answer["statusCode"] == 200 and answer["headers"]["Content-Type"] == "application/json"
+    assert "FEDLESS_RUN_SECRET" not in answer["body"] and signed(answer["body"])
+
+
+def test_openwhisk_invoke_api_adapter(bundles, tasks, tmp_path):
+    task, unsigned, signed = tasks
+    main = _load(_unzipped(bundles["openwhisk"], tmp_path) / "__main__.py", "openwhisk_main_api").main
+    refused = main({**unsigned, "FEDLESS_RUN_SECRET": SECRET})
+    assert refused == {"error": {"status": 401, "type": "AuthError", "message": refused["error"]["message"]}}
+    assert signed(main({**task, "FEDLESS_RUN_SECRET": SECRET}))
+
+
+# -- AWS Lambda --------------------------------------------------------------------------------
+
+
+class LambdaContext:
+    """The attributes the Lambda Python runtime gives a handler's context."""
+
+    function_name, function_version, memory_limit_in_mb = "fedless-client", "$LATEST", 2048
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:fedless-client"
+    aws_request_id, log_group_name, log_stream_name = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef", "/aws/lambda/f", "s"
+
+    def get_remaining_time_in_millis(self):
+        return 300_000
+
+
+def _function_url_event(body: bytes):
+    """A Lambda Function URL request (payload format 2.0), body base64-encoded as Lambda sends binary bodies."""
+    return {
+        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
+        "headers": {"content-type": "application/json", "host": "abc.lambda-url.us-east-1.on.aws"},
+        "requestContext": {"accountId": "123456789012", "apiId": "abc", "domainName": "abc.lambda-url.us-east-1.on.aws",
+                           "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
+                                    "userAgent": "fedless"}, "requestId": "id", "routeKey": "$default", "stage": "$default",
+                           "time": "25/Nov/2026:10:00:00 +0000", "timeEpoch": 1795600000000},
+        "body": base64.b64encode(body).decode(), "isBase64Encoded": True,
+    }
+
+
+def test_lambda_adapter_for_direct_invocations_and_function_urls(bundles, tasks, tmp_path):
+    task, unsigned, signed = tasks
+    handler = _load(_unzipped(bundles["aws_lambda"], tmp_path) / "lambda_function.py", "lambda_function").lambda_handler
+    from fedless_nb.security import AuthError
+
+    with pytest.raises(AuthError, match="has no token"):  # Lambda reports it as a function error of type AuthError
+        handler(unsigned, LambdaContext())
+    refused = handler(_function_url_event(json.dumps(unsigned).encode()), LambdaContext())
+    assert refused["statusCode"] == 401 and json.loads(refused["body"])["error"]["type"] == "AuthError"
+    answer = handler(_function_url_event(json.dumps(task).encode()), LambdaContext())
+    assert answer["statusCode"] == 200 and signed(json.loads(answer["body"]))
+
+
+def test_lambda_adapter_direct_invocation_returns_the_signed_result(bundles, tasks, tmp_path):
+    task, _, signed = tasks
+    handler = _load(_unzipped(bundles["aws_lambda"], tmp_path) / "lambda_function.py", "lambda_function_direct").lambda_handler
+    assert signed(handler(json.loads(json.dumps(task)), LambdaContext()))
+
+
+# -- OpenFaaS (python3-http template) ----------------------------------------------------------
+
+
+class OpenFaaSEvent:
+    """As the python3-http template's index.py builds it from Flask's request."""
+
+    def __init__(self):
+        self.body = flask.request.get_data()
+        self.headers = flask.request.headers
+        self.method = flask.request.method
+        self.query = flask.request.args
+        self.path = flask.request.path
+
+
+class OpenFaaSContext:
+    def __init__(self):
+        self.hostname = os.getenv("HOSTNAME", "localhost")
+
+
+def test_openfaas_python3_http_adapter(bundles, tasks):
+    task, unsigned, signed = tasks
+    handle = _load(bundles["openfaas"].path / "fedless-client" / "handler.py", "openfaas_handler").handle
+    app = flask.Flask("of-watchdog")
+
+    def call(body):
+        with app.test_request_context("/", method="POST", data=body, content_type="application/json"):
+            answer = handle(OpenFaaSEvent(), OpenFaaSContext())
+        assert answer["headers"]["Content-Type"] == "application/json"
+        return answer["statusCode"], json.loads(str(answer["body"]))  # the template sends str(body)
+
+    assert call(json.dumps(unsigned))[0] == 401
+    assert call("")[0] == 400
+    status, result = call(json.dumps(task))
+    assert status == 200 and signed(result)
