@@ -70,9 +70,9 @@ def _function_failure(reply: bytes, function_error: str) -> InvocationError:
         details = None
     if not isinstance(details, dict):
         details = {"errorMessage": reply.decode(errors="replace")}
-    message = str(details.get("errorMessage", ""))
-    cause = "timeout" if "Task timed out" in message else "error"
-    return InvocationError(f"{details.get('errorType', function_error)}: {message}", cause)
+    message, error_type = str(details.get("errorMessage", "")), details.get("errorType", function_error)
+    cause = "timeout" if "Task timed out" in message else "auth" if error_type == "AuthError" else "error"
+    return InvocationError(f"{error_type}: {message}", cause)
 
 
 class LambdaProvider(Provider):
