@@ -63,9 +63,16 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _plain(value: Any) -> Any:
+    """NumPy scalars and arrays as the plain values JSON carries (a result may hold them before it is sent)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"a {type(value).__name__} cannot be signed: results must be JSON data")
+
+
 def canonical(value: Any) -> bytes:
     """The JSON bytes both sides sign: sorted keys, no spaces (floats survive a JSON round trip exactly)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True, default=_plain).encode()
 
 
 def update_digest(data: bytes | bytearray | memoryview) -> str:

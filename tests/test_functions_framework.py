@@ -38,13 +38,13 @@ def _free_port():
 
 
 @contextmanager
-def functions_framework(bundle: Path, log: Path):
-    """`functions-framework --target fedless_client` in the bundle's folder, holding SECRET, until the block ends."""
+def functions_framework(bundle: Path, log: Path, secret: str = SECRET):
+    """`functions-framework --target fedless_client` in the bundle's folder, holding `secret`, until the block ends."""
     port = _free_port()
     executable = shutil.which("functions-framework") or str(Path(sys.executable).parent / "functions-framework")
     environment = {name: value for name, value in os.environ.items()
                    if not name.startswith(("FEDLESS_", "AWS_", "PYTHON"))}
-    environment.update(PYTHONPATH=str(bundle), FEDLESS_RUN_SECRET=SECRET, TF_CPP_MIN_LOG_LEVEL="3",
+    environment.update(PYTHONPATH=str(bundle), FEDLESS_RUN_SECRET=secret, TF_CPP_MIN_LOG_LEVEL="3",
                        TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1", THREADS="4")
     with open(log, "wb") as output:
         process = subprocess.Popen(

@@ -124,3 +124,17 @@ def test_each_local_provider_has_its_own_secret_and_keeps_it_out_of_its_descript
     assert first.secret not in json.dumps(first.describe())
     assert first._environment()["FEDLESS_RUN_SECRET"] == first.secret
     assert first.secret not in repr(RunKey(first.secret, "run"))
+
+
+def test_a_result_holding_numpy_values_is_signed_as_the_json_the_controller_receives():
+    import numpy as np
+
+    key = RunKey(SECRET, "run-1")
+    update = b"update bytes"
+    signed = key.sign_result({"run_id": "run-1", "metrics": {"loss": np.float32(0.25)}, "steps": np.int64(3),
+                              "norms": np.arange(2.0)}, update)
+    received = json.loads(json.dumps(signed))
+    assert received == signed and received["metrics"]["loss"] == 0.25 and received["norms"] == [0.0, 1.0]
+    key.verify_result(received, update)
+    with pytest.raises(ResultSignatureError, match="tampered"):
+        key.verify_result(received, update + b"!")
