@@ -100,11 +100,70 @@ def test_persistent_throttling_fails_as_throttled():
     assert caught.value.cause == "throttled" and len(endpoint.requests) == FAST_RETRIES.attempts
 
 
-def test_an_openwhisk_activation_still_running_is_reported_not_retried():
-    endpoint = Endpoint([(202, {"activationId": "abc123"})])
-    with pytest.raises(InvocationError, match="activation abc123") as caught:
+def test_an_accepted_call_without_an_activation_to_wait_for_is_reported_not_retried():
+    endpoint = Endpoint([(202, {"activationId": "abc123"})])  # not an OpenWhisk action URL: nothing to poll
+    with pytest.raises(InvocationError, match="no activation to wait for") as caught:
         _invoke(endpoint, [{"x": 1}])
     assert caught.value.cause == "timeout" and len(endpoint.requests) == 1
+
+
+class OpenWhiskActivations:
+    """OpenWhisk's invoke API when the action outlives the blocking wait: 202 with an activation id, then its
+    record at /activations/ID, which answers 404 until the action ends (here: after `pending` polls)."""
+
+    def __init__(self, outcome, pending=2):
+        self.outcome, self.pending, self.invocations, self.polls = outcome, pending, 0, []
+
+    async def invoke(self, request):
+        assert request.query["blocking"] == "true"
+        self.invocations += 1
+        return web.json_response({"activationId": "5f3c"}, status=202)
+
+    async def record(self, request):
+        self.polls.append((request.match_info["namespace"], request.match_info["id"], request.headers["Authorization"]))
+        if len(self.polls) <= self.pending:
+            return web.json_response({"error": "The requested resource does not exist."}, status=404)
+        if len(self.polls) == self.pending + 1:
+            return web.Response(status=503, text="unavailable")  # a hiccup while polling only delays the result
+        return web.json_response({"activationId": "5f3c", "response": self.outcome})
+
+    def run(self, body):
+        async def serve():
+            app = web.Application()
+            app.router.add_post("/api/v1/namespaces/{namespace}/actions/{action}", self.invoke)
+            app.router.add_get("/api/v1/namespaces/{namespace}/activations/{id}", self.record)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]
+            provider = HttpProvider("ow", url=f"http://127.0.0.1:{port}/api/v1/namespaces/guest/actions/fedless-client"
+                                    "?blocking=true&result=true", auth="basic", key="user:pass", retry=FAST_RETRIES,
+                                    poll_interval=0.01)
+            try:
+                return await body(provider)
+            finally:
+                await provider.close()
+                await runner.cleanup()
+
+        return asyncio.run(serve())
+
+
+def test_an_openwhisk_action_past_the_blocking_wait_is_polled_until_its_result():
+    activations = OpenWhiskActivations({"status": "success", "success": True, "result": {"client_id": "c1"}})
+    assert activations.run(lambda provider: provider.invoke({"x": 1})) == {"client_id": "c1"}
+    assert activations.invocations == 1, "the action ran once"
+    assert [poll[:2] for poll in activations.polls] == [("guest", "5f3c")] * 4
+    assert all(poll[2] == "Basic " + base64.b64encode(b"user:pass").decode() for poll in activations.polls)
+
+
+def test_a_polled_activation_that_refused_its_token_is_not_retried():
+    refused = {"status": "application error", "success": False,
+               "result": _envelope(403, "AuthError", "the task's token was already used: a replayed invocation")}
+    activations = OpenWhiskActivations(refused, pending=0)
+    with pytest.raises(InvocationError, match="replayed invocation") as caught:
+        activations.run(lambda provider: provider.invoke({"x": 1}))
+    assert caught.value.cause == "auth" and activations.invocations == 1
 
 
 def test_a_call_past_its_timeout_fails_as_timeout():

@@ -5,7 +5,9 @@ the Functions Framework, Google Cloud Functions and Cloud Run, Knative, the Open
 gateway, an Azure Functions HTTP trigger (`auth: function_key`, sent as x-functions-key),
 and OpenWhisk, both as a web action and through the blocking invoke API
 (`.../actions/NAME?blocking=true&result=true` with `auth: basic`). Each task is POSTed as
-JSON; the reply is the function's result.
+JSON; the reply is the function's result. When OpenWhisk's blocking wait (at most 60 s)
+ends before the action does, it answers 202 with an activation id, and the provider polls
+that activation's record until the result is there or the call's timeout passes.
 
 One aiohttp session per provider, at most `concurrency` calls in flight, a timeout per
 call, and retries (the shared policy in `retry.py`) on throttling, server-side failures
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import urllib.parse
 from typing import Any
 
@@ -31,6 +34,7 @@ from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 
 AUTH_STYLES = ("none", "function_key", "basic", "bearer")
 _CAUSES = {202: "timeout", 401: "auth", 403: "auth", 429: "throttled", 504: "timeout"}
+_OPENWHISK_ACTION = re.compile(r"^(/api/v1/namespaces/[^/]+)/actions/")
 
 
 class HttpCallError(Exception):
@@ -62,11 +66,18 @@ def _failure(status: int, body: bytes) -> HttpCallError | None:
         return HttpCallError(status if status >= 400 else 502, error)
     if status >= 400:
         return HttpCallError(status, body[:300].decode(errors="replace").strip() or "no body")
-    if status == 202:  # OpenWhisk's blocking wait ended while the action still runs: asking again would rerun it
-        activation = reply.get("activationId") if isinstance(reply, dict) else None
-        return HttpCallError(202, f"the platform accepted the call but returned no result (activation {activation}); "
-                                  "OpenWhisk's blocking invoke waits at most 60 s: invoke a web action instead")
+    if status == 202:  # accepted, still running: asking again would run it twice
+        return HttpCallError(202, "the platform accepted the call but returned no result and no activation to wait for")
     return None
+
+
+def activation_url(url: str, activation: str) -> str | None:
+    """The OpenWhisk activation record's URL for an action's invoke URL, or None for other URLs."""
+    parts = urllib.parse.urlsplit(url)
+    match = _OPENWHISK_ACTION.match(parts.path)
+    if match is None:
+        return None
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"{match.group(1)}/activations/{activation}", "", ""))
 
 
 def public_url(url: str) -> str:
@@ -92,6 +103,7 @@ class HttpProvider(Provider):
         concurrency: int = 16,
         secret: str | None = None,
         retry: RetryPolicy = RetryPolicy(),
+        poll_interval: float = 1.0,
     ) -> None:
         if auth not in AUTH_STYLES:
             raise ProviderSetupError(f"provider {name!r}: unknown auth {auth!r}; choose one of {', '.join(AUTH_STYLES)}")
@@ -100,7 +112,7 @@ class HttpProvider(Provider):
         if auth == "basic" and ":" not in (key or ""):
             raise ProviderSetupError(f"provider {name!r}: a basic-auth key is 'user:password' (OpenWhisk's AUTH)")
         self.name, self.url, self.auth, self.timeout, self.concurrency = name, url, auth, timeout, concurrency
-        self.secret, self.retry = secret, retry
+        self.secret, self.retry, self.poll_interval = secret, retry, poll_interval
         self._key = key
         self._slots = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
@@ -128,11 +140,41 @@ class HttpProvider(Provider):
             reply = await response.read()
             failure = _failure(response.status, reply)
             if failure is not None:
+                if failure.status == 202 and (record := self._activation(reply)) is not None:
+                    return await self._wait_for_activation(record)
                 raise failure
         try:
             return json.loads(reply)
         except ValueError:
             raise HttpCallError(response.status, f"the function replied with non-JSON: {reply[:200]!r}") from None
+
+    def _activation(self, reply: bytes) -> str | None:
+        try:
+            activation = json.loads(reply).get("activationId")
+        except (ValueError, AttributeError):
+            return None
+        return activation_url(self.url, str(activation)) if activation else None
+
+    async def _wait_for_activation(self, record_url: str) -> dict[str, Any]:
+        """Poll an OpenWhisk activation record until it holds the result; transient failures only delay it."""
+        async with asyncio.timeout(self.timeout):
+            while True:
+                await asyncio.sleep(self.poll_interval)
+                try:
+                    async with self._client().get(record_url) as response:
+                        if response.status == 404 or response.status in TRANSIENT_STATUSES:
+                            continue  # not finished yet, or the platform is briefly unavailable
+                        record = await response.read()
+                        if response.status != 200:
+                            raise HttpCallError(response.status, record[:300].decode(errors="replace"))
+                except aiohttp.ClientConnectionError:
+                    continue
+                outcome = json.loads(record).get("response", {})
+                result = outcome.get("result")
+                failure = _failure(200 if outcome.get("success") else 502, json.dumps(result).encode())
+                if failure is not None:
+                    raise failure
+                return result
 
     async def invoke(self, task: dict[str, Any]) -> dict[str, Any]:
         body = json.dumps(task).encode()
