@@ -14,6 +14,7 @@ from .events import Event, InvocationFinished, RoundFinished, RoundStarted, RunF
 from .errors import UserError
 from .experiment import DataConfig, ExperimentConfig, TrainConfig, load_config, validate
 from .history import DEFAULT_HISTORY, History
+from .packaging import PLATFORMS, build_bundle
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -118,8 +119,6 @@ def _show_history(arguments: argparse.Namespace, console: Console) -> int:
 
 
 def _package(arguments: argparse.Namespace, console: Console) -> int:
-    from .packaging import build_bundle
-
     bundle = build_bundle(arguments.provider, arguments.out, name=arguments.name)
     console.print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)", highlight=False)
     console.print(f"Pinned requirements: {', '.join(bundle.requirements)}", highlight=False, soft_wrap=True)
@@ -142,8 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="list past runs, or one run's rounds")
     history.add_argument("run_id", nargs="?")
     history.add_argument("--history", default=DEFAULT_HISTORY)
-    from .packaging import PLATFORMS
-
     package = commands.add_parser("package", help="build a deployable function bundle and print its deploy command")
     package.add_argument("--provider", required=True, choices=list(PLATFORMS))
     package.add_argument("--out", required=True, help="folder to write the bundle into")

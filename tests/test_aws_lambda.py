@@ -6,6 +6,7 @@ the way the Lambda runtime runs a handler.
 """
 
 import asyncio
+import importlib.util
 import io
 import json
 import time
@@ -26,7 +27,11 @@ from fedless_nb.providers.base import InvocationError, ProviderSetupError
 from fedless_nb.providers.registry import make_provider
 from fedless_nb.providers.retry import RetryPolicy
 from fedless_nb.store import decode_arrays, encode_arrays
+from fedless_nb.packaging import build_bundle
+from fedless_nb.security import RunKey
 from fedless_nb.store.s3 import S3Store
+
+from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("aws_credentials")  # dummy credentials and region; nothing reaches AWS
 
@@ -270,3 +275,35 @@ def test_a_missing_region_is_one_clear_line(monkeypatch):
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     with pytest.raises(ProviderSetupError, match="set its region, or AWS_DEFAULT_REGION"):
         LambdaProvider("aws", function_name="f")
+
+
+def test_the_packaged_bundle_deploys_and_its_handler_answers_signed_tasks(moto_endpoint, role, tmp_path, function_env):
+    bundle = build_bundle("aws_lambda", tmp_path / "dist")
+    name = f"fedless-{uuid.uuid4().hex[:8]}"
+
+    async def deploy():
+        provider = LambdaProvider("aws", function_name=name, endpoint_url=moto_endpoint, role=role, secret=SECRET)
+        try:
+            await provider.deploy(bundle.path)
+        finally:
+            await provider.close()
+
+    asyncio.run(deploy())
+    deployed = boto3.client("lambda", endpoint_url=moto_endpoint, region_name="us-east-1").get_function_configuration(
+        FunctionName=name)
+    assert deployed["Handler"] == "lambda_function.lambda_handler" and deployed["CodeSize"] == bundle.path.stat().st_size
+    assert deployed["Environment"]["Variables"] == {SECRET_VARIABLE: SECRET}
+
+    with zipfile.ZipFile(bundle.path) as archive:  # the zip's own handler, run the way Lambda's runtime runs it
+        archive.extractall(tmp_path / "code")
+    spec = importlib.util.spec_from_file_location("bundled_lambda_function", tmp_path / "code" / "lambda_function.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    store, model = write_inputs(tmp_path / "store")
+    task = make_task(store, model)
+    fake = FakeLambda(lambda event: module.lambda_handler(event, None))
+    result = _invoke(fake, task, secret=SECRET)
+    RunKey(SECRET, task["run_id"]).verify_result(result, store.get(task["update"]))
+    with pytest.raises(InvocationError, match="AuthError: the task has no token") as caught:
+        _invoke(fake, {**make_task(store, model, "client-0001"), "token": None})
+    assert caught.value.cause == "auth" and len(fake.requests) == 2, "a refused token is not retried"

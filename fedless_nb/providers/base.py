@@ -18,7 +18,7 @@ class InvocationError(Exception):
     Causes: "timeout" (the platform's per-invocation limit), "crash" (the function's process
     died), "error" (the function raised, or the platform rejected the call), "deadline" (the round
     closed first), "throttled" (the platform still refused for capacity after retries), "auth" (the
-function refused the task's token), "signature" (the result's signature or update digest did not match).
+    function refused the task's token), "signature" (the result's signature or update digest did not match).
     """
 
     def __init__(self, message: str, cause: str) -> None:

@@ -114,7 +114,7 @@ class LocalProvider(Provider):
         self.timeout = timeout
         self.threads_per_worker = threads_per_worker
         self.entry_point = entry_point
-        self.secret = secret or new_secret()  # a fresh one per provider, so per run: workers get it at start
+        self.secret = secret or new_secret()  # fresh for each provider (the runner makes one per run); workers inherit it
         self._slots: asyncio.LifoQueue[_Worker | None] | None = None
         self._running: set[_Worker] = set()
 
