@@ -6,8 +6,10 @@ who must act, which is what a provider's retry policy needs to know:
 
 - 400: the task is malformed or not for this function (asking again cannot help);
 - 401 / 403: the token is missing, or forged, expired, replayed (see security.py);
-- 502: the parameter store failed or refused (a presigned URL expired, the network);
-- 500: anything else, a failure inside the function (its traceback goes to the platform's log).
+- 424: the parameter store refused (a missing key, an expired or foreign grant), so the
+  task cannot succeed as given; a retry would train again for nothing;
+- 500: anything else, a failure inside the function or a dropped connection to the store
+  (its traceback goes to the platform's log); providers retry 5xx.
 
 A failed reply is `{"error": {"status", "type", "message"}}`, never a traceback or a secret.
 """
@@ -43,7 +45,7 @@ def status_of(error: BaseException) -> int:
     if isinstance(error, (PayloadError, CodecError, UserError)):
         return 400
     if isinstance(error, StoreError):
-        return 502
+        return 424
     return 500
 
 

@@ -185,3 +185,22 @@ def test_openfaas_python3_http_adapter(bundles, tasks):
     assert call("")[0] == 400
     status, result = call(json.dumps(task))
     assert status == 200 and signed(result)
+
+
+def test_every_failure_maps_to_the_status_that_tells_a_provider_whether_to_retry(monkeypatch, caplog):
+    from fedless_nb import serving
+    from fedless_nb.client import PayloadError
+    from fedless_nb.security import AuthError
+    from fedless_nb.store import MissingKeyError
+
+    assert [serving.status_of(error) for error in (
+        PayloadError("x"), AuthError("x", status=401), AuthError("x"), MissingKeyError("x"), RuntimeError("x"))] == [
+        400, 401, 403, 424, 500]
+
+    def breaks(payload):
+        raise RuntimeError("a bug inside the function")
+
+    monkeypatch.setattr(serving, "handle", breaks)
+    status, reply = serving.invoke(b"{}")
+    assert status == 500 and reply == {"error": {"status": 500, "type": "RuntimeError", "message": "a bug inside the function"}}
+    assert "a bug inside the function" in caplog.text, "the traceback goes to the platform's log"

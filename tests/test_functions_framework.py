@@ -113,6 +113,8 @@ def test_the_function_answers_refusals_with_statuses_a_retry_policy_can_read(ser
     assert status == 403 and "forged" in reply["error"]["message"]
     status, reply = _post(server, json.dumps({k: v for k, v in task.items() if k != "update"}).encode())
     assert status == 400 and "lacks update" in reply["error"]["message"]
+    status, reply = _post(server, json.dumps(make_task(store, spec, "client-0002", secret=SECRET, weights="no/such")).encode())
+    assert status == 424 and reply["error"]["type"] == "MissingKeyError"
 
     async def twice():
         provider = HttpProvider("ff", url=server, secret=SECRET)
