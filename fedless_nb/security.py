@@ -113,10 +113,10 @@ class RunKey:
         """Raise ResultSignatureError unless the function signed `result` and `update` has the signed digest."""
         signature = result.get("signature")
         if not isinstance(signature, str) or not signature:
-            raise ResultSignatureError(
-                "the result is unsigned: the function has no run secret; deploy it with FEDLESS_RUN_SECRET set")
+            raise ResultSignatureError("the result is unsigned: the function runs without a run secret; "
+                                       f"deploy it with {SECRET_VARIABLE} set to the controller's")
         unsigned = {name: value for name, value in result.items() if name != "signature"}
-        if not hmac.compare_digest(signature, _b64(self._mac(b"result", canonical(unsigned)))):
+        if not hmac.compare_digest(signature.encode(), _b64(self._mac(b"result", canonical(unsigned))).encode()):
             raise ResultSignatureError("the result's signature does not match: it was forged or altered on the way")
         if result.get("update_sha256") != update_digest(update):
             raise ResultSignatureError("the update in the store is not the one the function signed: it was tampered with")

@@ -138,3 +138,11 @@ def test_a_result_holding_numpy_values_is_signed_as_the_json_the_controller_rece
     key.verify_result(received, update)
     with pytest.raises(ResultSignatureError, match="tampered"):
         key.verify_result(received, update + b"!")
+
+
+def test_a_result_without_a_valid_signature_is_refused_with_a_reason():
+    key = RunKey(SECRET, "run-1")
+    with pytest.raises(ResultSignatureError, match="unsigned: the function runs without a run secret"):
+        key.verify_result({"run_id": "run-1", "signature": None}, b"")
+    with pytest.raises(ResultSignatureError, match="forged or altered"):
+        key.verify_result({"run_id": "run-1", "signature": "ünïcode"}, b"")
