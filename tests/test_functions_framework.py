@@ -166,3 +166,21 @@ def test_one_run_mixes_the_local_provider_and_functions_framework_endpoints(serv
     described = history.run(result.run_id)["providers"]
     assert [(p["name"], p["kind"]) for p in described] == [("laptop", "local"), ("cloud-run", "http"), ("knative", "http")]
     assert SECRET not in json.dumps(history.run(result.run_id), default=str)
+
+
+@pytest.mark.slow
+def test_functions_framework_functions_reach_an_s3_store_through_presigned_urls_only(
+        server, tiny_config, monkeypatch, moto_endpoint, aws_credentials):
+    import uuid
+
+    import boto3
+
+    bucket = f"fedless-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    monkeypatch.setenv("FF_RUN_SECRET", SECRET)
+    config = tiny_config(rounds=2, store={"kind": "s3", "bucket": bucket, "endpoint_url": moto_endpoint}, providers=[
+        {"kind": "http", "name": "cloud-functions", "url": server, "workers": 2, "secret_env": "FF_RUN_SECRET"}])
+    result = run_experiment(config)  # the server's environment holds no AWS settings: only the tasks' URLs
+    invocations = History(config.history).invocations(result.run_id)
+    assert result.status == "finished" and len(invocations) == 8
+    assert all(i["outcome"] == "succeeded" for i in invocations)
