@@ -168,7 +168,7 @@ def test_a_polled_activation_that_refused_its_token_is_not_retried():
 
 def test_a_call_past_its_timeout_fails_as_timeout():
     with pytest.raises(InvocationError, match="within 0.2s") as caught:
-        _invoke(Endpoint(delay=2.0), [{"x": 1}], timeout=0.2)
+        _invoke(Endpoint(delay=1.0), [{"x": 1}], timeout=0.2)
     assert caught.value.cause == "timeout"
 
 
