@@ -213,7 +213,7 @@ def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[s
     return {name: float(value) for name, value in logs.items()}
 
 
-def _privacy(num_examples: int, train: dict[str, Any]) -> dict[str, Any] | None:
+def privacy_facts(num_examples: int, train: dict[str, Any]) -> dict[str, Any] | None:
     """What the accountant needs about this invocation's DP-SGD: its steps, sampling rate and noise."""
     dp = train.get("dp")
     if dp is None:
@@ -262,6 +262,6 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
             "upload": finished - upload_started,
             "total": finished - started,
         },
-        "privacy": _privacy(len(x), train),
+        "privacy": privacy_facts(len(x), train),
         "signature": None,
     }

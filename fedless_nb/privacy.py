@@ -120,7 +120,8 @@ class ExampleLevelAccountant:
 
     An observer of the controller's InvocationFinished events (their `privacy` field). `allows`
     answers whether a client may train once more without exceeding `target_epsilon`, projecting
-    its next round from its last one (a client never seen yet is allowed: its sampling rate is unknown).
+    its next round from its last one, or for a client that has not trained yet from `planned`
+    (its round as the run's settings and its number of examples make it).
     """
 
     delta: float
@@ -128,6 +129,7 @@ class ExampleLevelAccountant:
     target_epsilon: float | None = None
     rounds: dict[str, list[DpRound]] = field(default_factory=dict)
     skipped: dict[int, list[str]] = field(default_factory=dict)
+    planned: dict[str, DpRound] = field(default_factory=dict)
 
     def __call__(self, event: Any) -> None:
         privacy = getattr(event, "privacy", None)
@@ -138,9 +140,10 @@ class ExampleLevelAccountant:
         return epsilon(self.rounds.get(client_id, []), self.delta, self.accountant)
 
     def projected_epsilon(self, client_id: str) -> float | None:
-        """Epsilon after one more round like its last, or None for a client with no DP round yet."""
-        past = self.rounds.get(client_id)
-        return epsilon([*past, past[-1]], self.delta, self.accountant) if past else None
+        """Epsilon after one more round like its last (or its planned one); None when neither is known."""
+        past = self.rounds.get(client_id, [])
+        upcoming = past[-1] if past else self.planned.get(client_id)
+        return None if upcoming is None else epsilon([*past, upcoming], self.delta, self.accountant)
 
     def allows(self, client_id: str) -> bool:
         if self.target_epsilon is None:

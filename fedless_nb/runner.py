@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .client import privacy_facts
 from .controller import ClientRef, Controller, RoundPlan
 from .data import Dataset, load_dataset, partition_dataset
 from .events import Observer
@@ -25,7 +26,7 @@ from .history import History, HistoryWriter
 from .model import ModelSpec, build_model, model_spec_from
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
-from .privacy import ExampleLevelAccountant
+from .privacy import DpRound, ExampleLevelAccountant
 from .selection import BudgetedSelection, SelectionPolicy, make_selection
 from .store import Store, encode_arrays, make_store
 from .store.keys import client_data_key
@@ -95,16 +96,21 @@ def client_ids(count: int) -> list[str]:
 
 def write_client_data(store: Store, dataset: Dataset, config: ExperimentConfig) -> dict[str, str]:
     """Partition the training split and put each client's share in the store once; client id -> data key."""
-    data = config.data
-    options = {"dirichlet": {"alpha": data.alpha}, "shards": {"shards_per_client": data.shards_per_client}}
     ids = client_ids(config.clients)
     keys = {client_id: client_data_key(partition_id(config), client_id) for client_id in ids}
     if all(store.exists(key) for key in keys.values()):
         return keys
-    parts = partition_dataset(dataset, data.partition, config.clients, config.seed, **options.get(data.partition, {}))
+    parts = _partition(dataset, config)
     for client_id, indices in zip(ids, parts):
         store.put(keys[client_id], encode_arrays([dataset.x_train[indices], dataset.y_train[indices]]))
     return keys
+
+
+def _partition(dataset: Dataset, config: ExperimentConfig) -> list[np.ndarray]:
+    """Each client's training indices; deterministic under the config's seed."""
+    data = config.data
+    options = {"dirichlet": {"alpha": data.alpha}, "shards": {"shards_per_client": data.shards_per_client}}
+    return partition_dataset(dataset, data.partition, config.clients, config.seed, **options.get(data.partition, {}))
 
 
 def _model_spec(config: ExperimentConfig, dataset: Dataset, model: Any) -> tuple[ModelSpec, list[np.ndarray]]:
@@ -135,7 +141,7 @@ async def run_experiment_async(
     assignment = assign_clients(list(data_keys), config.providers)
     history = History(config.history)
     run_id = new_run_id(config.name)
-    accountant = _accountant(config)
+    accountant = _accountant(config, dataset)
     selection = _selection(config, accountant)
     controller = Controller(
         run_id=run_id, name=config.name, config=config.to_dict(), spec=spec,
@@ -176,9 +182,19 @@ def _strategy(config: ExperimentConfig) -> Strategy:
                      delta=central.delta, accountant=central.accountant, seed=config.seed)
 
 
-def _accountant(config: ExperimentConfig) -> ExampleLevelAccountant | None:
+def _accountant(config: ExperimentConfig, dataset: Dataset) -> ExampleLevelAccountant | None:
+    """The example-level accountant when train.dp is set; with a budget it knows each client's planned round
+    (from its number of examples), so even a client's first round is checked before it trains."""
     dp = config.train.dp
-    return None if dp is None else ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon)
+    if dp is None:
+        return None
+    planned = {}
+    if dp.target_epsilon is not None:
+        train = _train_settings(config)
+        for client_id, indices in zip(client_ids(config.clients), _partition(dataset, config)):
+            if len(indices) >= (dp.num_microbatches or 1):
+                planned[client_id] = DpRound.from_result(privacy_facts(len(indices), train) or {})
+    return ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, planned=planned)
 
 
 def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | None) -> SelectionPolicy:

@@ -61,3 +61,12 @@ def probing(payload):
     probe = Path(os.environ["FEDLESS_PROBE_DIR"]) / f"{payload['round']}-{payload['client_id']}.json"
     probe.write_text(json.dumps(seen))
     return handle(payload)
+
+
+def sleeps_on_client_zero(payload):
+    """A straggler by construction: client-0000 sleeps 10 s before training; the others train at once."""
+    from fedless_nb.client import handle
+
+    if payload["client_id"] == "client-0000":
+        time.sleep(10)
+    return handle(payload)
