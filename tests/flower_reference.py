@@ -1,7 +1,7 @@
 """Flower's published aggregation rules, restated as plain numpy for the agreement tests.
 
-flwr cannot join this environment: its releases that accept protobuf<5 (TensorFlow 2.15) pin
-cryptography and rich below what the rest of the stack uses, so the rules are restated here
+flwr is not a dependency: the newest release that accepts TensorFlow 2.15's protobuf<5 (1.11)
+would downgrade cryptography and rich in this environment, so the rules are restated here
 from Flower's source (adap/flower, src/py/flwr/server/strategy/):
   aggregate.py   aggregate (sample-weighted mean), aggregate_median, aggregate_krum with
                  _compute_distances (squared L2 of the flattened models), aggregate_trimmed_avg

@@ -16,7 +16,7 @@ FAST_TRAIN = {"epochs": 3, "batch_size": 32, "learning_rate": 0.1}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, options", [
-    (name, {"fedadam": {"eta": 0.01}, "fedyogi": {"eta": 0.01}, "fedadagrad": {"eta": 0.05},
+    (name, {"fedyogi": {"eta": 0.1}, "fedadagrad": {"eta": 0.05},
             "krum": {"num_malicious": 1, "to_keep": 2}, "fedprox": {"proximal_mu": 0.1}}.get(name, {}))
     for name in STRATEGIES
 ])
