@@ -314,8 +314,9 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         _require(central.clip_norm > 0, "central_dp.clip_norm", f"must be > 0, got {central.clip_norm}")
         _require(0 < central.target_quantile < 1, "central_dp.target_quantile", f"must be in (0, 1), got {central.target_quantile}")
         _require(central.clip_learning_rate > 0, "central_dp.clip_learning_rate", "must be > 0")
-        _require(central.clipped_count_stddev is None or central.clipped_count_stddev > 0,
-                 "central_dp.clipped_count_stddev", "must be > 0")
+        _require(central.clipped_count_stddev is None or 2 * central.clipped_count_stddev > central.noise_multiplier,
+                 "central_dp.clipped_count_stddev",
+                 f"must exceed noise_multiplier / 2 ({central.noise_multiplier / 2:g}), got {central.clipped_count_stddev}")
         _require(0 < central.delta < 1, "central_dp.delta", f"must be in (0, 1), got {central.delta}")
         _require_choice(central.accountant, ACCOUNTANTS, "central_dp.accountant")
         _require(config.strategy.name in CENTRAL_DP_STRATEGIES, "central_dp",

@@ -101,6 +101,7 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
     ({"train": {"optimizer": "rmsprop", "dp": {}}}, r"^train.optimizer: DP-SGD supports"),
     ({"train": {"dp": {"on_budget": "panic"}}}, r"^train.dp.on_budget"),
     ({"central_dp": {"clip_norm": 0}}, r"^central_dp.clip_norm: must be > 0"),
+    ({"central_dp": {"adaptive": True, "clipped_count_stddev": 0.2}}, r"^central_dp.clipped_count_stddev: must exceed"),
     ({"strategy": {"name": "krum"}, "central_dp": {}}, r"^central_dp: works with the strategies"),
     ({"selection": {"policy": "fastest"}}, r"^selection.policy: unknown value 'fastest'"),
     ({"mode": "asap"}, r"^mode: unknown value 'asap'"),
