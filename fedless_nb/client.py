@@ -40,6 +40,7 @@ class _CompiledModel:
     key: tuple[Any, ...]
     model: Any
     train_step: Any
+    loss_tracker: Any  # the mean training loss, reset per invocation
 
 
 @dataclass
@@ -99,12 +100,13 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_
         optimizer = make_dp_optimizer(train["optimizer"], learning_rate, float(dp["l2_norm_clip"]),
                                       float(dp["noise_multiplier"]), dp.get("num_microbatches"))
     model = build_model(spec, optimizer)
-    step = _make_train_step(tf, model, spec, per_example=dp is not None)
-    _STATE.compiled = _CompiledModel(key, model, tf.function(step, reduce_retracing=True))
+    loss_tracker = tf.keras.metrics.Mean(name="loss")
+    step = _make_train_step(tf, model, spec, loss_tracker, per_example=dp is not None)
+    _STATE.compiled = _CompiledModel(key, model, tf.function(step, reduce_retracing=True), loss_tracker)
     return _STATE.compiled, time.perf_counter() - started
 
 
-def _make_train_step(tf: Any, model: Any, spec: ModelSpec, *, per_example: bool) -> Any:
+def _make_train_step(tf: Any, model: Any, spec: ModelSpec, loss_tracker: Any, *, per_example: bool) -> Any:
     """Keras' train_step plus FedProx's proximal term and SCAFFOLD's gradient correction.
 
     The objective per example is loss + mu/2 ||w - anchor||^2 + <w, correction>, so the gradient
@@ -115,8 +117,6 @@ def _make_train_step(tf: Any, model: Any, spec: ModelSpec, *, per_example: bool)
     loss_setting = spec.compile.get("loss", "sparse_categorical_crossentropy")
     loss = keras.losses.get(loss_setting if isinstance(loss_setting, str) else keras.losses.deserialize(loss_setting))
     per_example_loss = loss.call if isinstance(loss, keras.losses.Loss) else loss
-    loss_tracker = keras.metrics.Mean(name="loss")
-    model.fedless_loss_tracker = loss_tracker
 
     def step(x: Any, y: Any, anchor: list[Any], correction: list[Any], mu: Any) -> dict[str, Any]:
         variables = model.trainable_variables
@@ -196,7 +196,7 @@ def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[s
         raise PayloadError("this client has no training examples")
     model = compiled.model
     model.reset_metrics()
-    model.fedless_loss_tracker.reset_state()
+    compiled.loss_tracker.reset_state()
     _reset_optimizer(model.optimizer)
     anchor = [v.numpy() for v in model.trainable_variables]
     correction = _arrays(store, train.get("correction"), anchor)
