@@ -28,7 +28,8 @@ from .model import ModelSpec, build_model, make_optimizer
 from .security import NonceCache, TaskGuard
 from .store import decode_arrays, encode_arrays, store_from_descriptor
 
-TRAIN_SETTINGS = {"epochs", "batch_size", "optimizer", "learning_rate", "seed"}
+TRAIN_SETTINGS = {"epochs", "batch_size", "optimizer", "learning_rate", "seed", "proximal_mu", "dp", "correction"}
+DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches")
 _REQUIRED = ("run_id", "round", "client_id", "model", "weights", "data", "update", "train", "store")
 
 
@@ -41,6 +42,7 @@ class _CompiledModel:
     key: tuple[Any, ...]
     model: Any
     train_step: Any
+    loss_tracker: Any  # the mean training loss, reset per invocation
 
 
 @dataclass
@@ -70,24 +72,69 @@ def _check_payload(payload: Any) -> None:
             f"this function does not support the train setting(s) {', '.join(sorted(unknown))}; "
             "redeploy it with the fedless_nb version of the controller"
         )
+    dp = payload["train"].get("dp")
+    if dp is not None and (not isinstance(dp, dict) or not all(
+            isinstance(dp.get(name), (int, float)) and not isinstance(dp.get(name), bool)
+            for name in ("l2_norm_clip", "noise_multiplier"))):
+        raise PayloadError("the task's train.dp must give l2_norm_clip and noise_multiplier as numbers")
     deadline = payload.get("deadline")
     if deadline is not None and time.time() > float(deadline):
         raise PayloadError("the task arrived after its round deadline")
 
 
 def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_CompiledModel, float]:
-    """The cached model for this spec and optimizer, built (and timed) only when they change."""
+    """The cached model for this spec, optimizer and DP setting, built (and timed) only when they change."""
     spec = ModelSpec.from_wire(spec_wire)
-    key = (spec.fingerprint, train["optimizer"], float(train["learning_rate"]))
+    dp = train.get("dp")
+    dp_key = None if dp is None else tuple(sorted((k, dp.get(k)) for k in DP_SETTINGS))
+    key = (spec.fingerprint, train["optimizer"], float(train["learning_rate"]), dp_key)
     if _STATE.compiled is not None and _STATE.compiled.key == key:
         return _STATE.compiled, 0.0
     started = time.perf_counter()
     from ._tf import tensorflow
 
     tf = tensorflow()
-    model = build_model(spec, make_optimizer(train["optimizer"], float(train["learning_rate"])))
-    _STATE.compiled = _CompiledModel(key, model, tf.function(model.train_step, reduce_retracing=True))
+    learning_rate = float(train["learning_rate"])
+    if dp is None:
+        optimizer = make_optimizer(train["optimizer"], learning_rate)
+    else:
+        from .privacy import make_dp_optimizer
+
+        optimizer = make_dp_optimizer(train["optimizer"], learning_rate, float(dp["l2_norm_clip"]),
+                                      float(dp["noise_multiplier"]), dp.get("num_microbatches"))
+    model = build_model(spec, optimizer)
+    loss_tracker = tf.keras.metrics.Mean(name="loss")
+    step = _make_train_step(tf, model, spec, loss_tracker, per_example=dp is not None)
+    _STATE.compiled = _CompiledModel(key, model, tf.function(step, reduce_retracing=True), loss_tracker)
     return _STATE.compiled, time.perf_counter() - started
+
+
+def _make_train_step(tf: Any, model: Any, spec: ModelSpec, loss_tracker: Any, *, per_example: bool) -> Any:
+    """Keras' train_step plus FedProx's proximal term and SCAFFOLD's gradient correction.
+
+    The objective per example is loss + mu/2 ||w - anchor||^2 + <w, correction>, so the gradient
+    gains mu (w - anchor) + correction (both zero unless a strategy sends them). DP-SGD optimizers
+    need that objective as a vector (one entry per example) to clip microbatches; the others get its mean.
+    """
+    keras = tf.keras
+    loss_setting = spec.compile.get("loss", "sparse_categorical_crossentropy")
+    loss = keras.losses.get(loss_setting if isinstance(loss_setting, str) else keras.losses.deserialize(loss_setting))
+    per_example_loss = loss.call if isinstance(loss, keras.losses.Loss) else loss
+
+    def step(x: Any, y: Any, anchor: list[Any], correction: list[Any], mu: Any) -> dict[str, Any]:
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            predictions = model(x, training=True)
+            losses = tf.reshape(per_example_loss(y, predictions), [-1])
+            extra = tf.add_n([0.5 * mu * tf.reduce_sum(tf.square(w - a)) + tf.reduce_sum(w * c)
+                              for w, a, c in zip(variables, anchor, correction)] + list(model.losses) + [0.0])
+            objective = losses + extra if per_example else tf.reduce_mean(losses) + extra
+        model.optimizer.minimize(objective, variables, tape=tape)
+        loss_tracker.update_state(tf.reduce_mean(losses))
+        model.compiled_metrics.update_state(y, predictions)
+        return {"loss": loss_tracker.result(), **{m.name: m.result() for m in model.compiled_metrics.metrics}}
+
+    return step
 
 
 def _client_data(store: Any, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -113,21 +160,74 @@ def _reset_optimizer(optimizer: Any) -> None:
         variable.assign(np.zeros(variable.shape, dtype=variable.dtype.as_numpy_dtype))
 
 
-def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[str, Any]) -> dict[str, float]:
-    """Local epochs of minibatch training with Keras' own train_step; returns its metrics."""
+def _batch_size(num_examples: int, train: dict[str, Any]) -> int:
+    """The batch size DP-SGD can use: microbatches must divide it, so it is cut to a multiple of them."""
+    batch_size = min(int(train["batch_size"]), num_examples)
+    dp = train.get("dp")
+    if dp is None or dp.get("num_microbatches") is None:
+        return batch_size
+    microbatches = int(dp["num_microbatches"])
+    if num_examples < microbatches:
+        raise PayloadError(f"this client has {num_examples} examples, fewer than dp.num_microbatches ({microbatches})")
+    return batch_size - batch_size % microbatches
+
+
+def local_steps(num_examples: int, train: dict[str, Any]) -> int:
+    """Optimizer steps one invocation takes: DP-SGD drops each epoch's last short batch, plain training keeps it."""
+    batch_size = _batch_size(num_examples, train)
+    per_epoch = num_examples // batch_size if train.get("dp") is not None else -(-num_examples // batch_size)
+    return int(train["epochs"]) * per_epoch
+
+
+def _arrays(store: Any, key: str | None, like: list[np.ndarray]) -> list[np.ndarray]:
+    """Arrays the task names in the store (SCAFFOLD's correction), or zeros shaped like `like`."""
+    if key is None:
+        return [np.zeros(w.shape, w.dtype) for w in like]
+    arrays = decode_arrays(store.get(key))
+    if [a.shape for a in arrays] != [w.shape for w in like]:
+        raise PayloadError(f"the arrays at {key} do not match the model's trainable weights")
+    return [a.astype(w.dtype, copy=False) for a, w in zip(arrays, like)]
+
+
+def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[str, Any], store: Any) -> dict[str, float]:
+    """Local epochs of minibatch training; returns the metrics of the last step.
+
+    With DP-SGD every batch has exactly the (microbatch-divisible) batch size: the last short
+    batch of an epoch is dropped, which is also what the accountant's sampling rate assumes.
+    """
     if len(x) == 0:
         raise PayloadError("this client has no training examples")
-    compiled.model.reset_metrics()
-    _reset_optimizer(compiled.model.optimizer)
+    model = compiled.model
+    model.reset_metrics()
+    compiled.loss_tracker.reset_state()
+    _reset_optimizer(model.optimizer)
+    anchor = [v.numpy() for v in model.trainable_variables]
+    correction = _arrays(store, train.get("correction"), anchor)
+    mu = np.float32(train.get("proximal_mu") or 0.0)
     rng = np.random.default_rng(int(train.get("seed", 0)))
-    batch_size = int(train["batch_size"])
+    batch_size = _batch_size(len(x), train)
+    keep = len(x) - len(x) % batch_size if train.get("dp") is not None else len(x)
     logs: dict[str, Any] = {}
     for _ in range(int(train["epochs"])):
-        order = rng.permutation(len(x))
-        for start in range(0, len(x), batch_size):
+        order = rng.permutation(len(x))[:keep]
+        for start in range(0, keep, batch_size):
             batch = order[start : start + batch_size]
-            logs = compiled.train_step((x[batch], y[batch]))
+            logs = compiled.train_step(x[batch], y[batch], anchor, correction, mu)
     return {name: float(value) for name, value in logs.items()}
+
+
+def privacy_facts(num_examples: int, train: dict[str, Any]) -> dict[str, Any] | None:
+    """What the accountant needs about this invocation's DP-SGD: its steps, sampling rate and noise."""
+    dp = train.get("dp")
+    if dp is None:
+        return None
+    batch_size = _batch_size(num_examples, train)
+    microbatches = dp.get("num_microbatches") or batch_size
+    return {
+        "steps": local_steps(num_examples, train), "sampling_rate": batch_size / num_examples,
+        "batch_size": batch_size, "num_examples": num_examples, "noise_multiplier": float(dp["noise_multiplier"]),
+        "l2_norm_clip": float(dp["l2_norm_clip"]), "microbatch_size": batch_size // int(microbatches),
+    }
 
 
 def handle(payload: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +245,7 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
     compiled.model.set_weights(decode_arrays(store.get(payload["weights"])))
     x, y = _client_data(store, payload["data"])
     train_started = time.perf_counter()
-    metrics = _train(compiled, x, y, train)
+    metrics = _train(compiled, x, y, train, store)
     upload_started = time.perf_counter()
     update = encode_arrays(compiled.model.get_weights())
     store.put(payload["update"], update)
@@ -167,6 +267,6 @@ def handle(payload: dict[str, Any]) -> dict[str, Any]:
             "upload": finished - upload_started,
             "total": finished - started,
         },
-        "privacy": None,
+        "privacy": privacy_facts(len(x), train),
         "signature": None,
     }, update)

@@ -8,21 +8,27 @@ client, update key) and its update must have the model's shapes, or it counts as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 
 from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted
 from .model import ModelSpec
+from .privacy import PrivacyBudgetExhausted
 from .providers.base import InvocationError, Provider
 from .security import ResultSignatureError, RunKey
 from .selection import SelectionPolicy
 from .store import Store, decode_arrays, encode_arrays
 from .store.keys import global_weights_key, update_key
-from .strategies.base import ClientUpdate, Strategy, Weights
+from .strategies.base import ClientUpdate, RunContext, Strategy, Weights
+
+
+# Produces the rounds of a run: given the initial weights, yields (round number, global weights) per round.
+Schedule = Callable[[Weights], AsyncIterator[tuple[int, Weights]]]
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ class Controller:
         self._observers: list[Observer] = []
         self._stop_requested = False
         self.round_metrics: list[dict[str, float]] = []
+        # Sources of a round's "privacy" figures (the example-level accountant); called as source(round).
+        self.privacy_sources: list[Callable[[int], dict[str, float]]] = []
 
     def subscribe(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -95,22 +103,22 @@ class Controller:
         """Finish the current round, then end the run as "stopped"."""
         self._stop_requested = True
 
-    async def run(self, weights: Weights) -> Weights:
-        """All rounds from `weights`; returns the final global model."""
-        weights = self.strategy.initialize(weights)
-        await self.store.aput(global_weights_key(self.run_id, 0), encode_arrays(weights))
-        self._emit(RunStarted(
-            self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
-            [provider.describe() for provider in self.providers.values()], time.time(),
-        ))
+    async def run(self, weights: Weights, schedule: Schedule | None = None) -> Weights:
+        """All rounds from `weights`; returns the final global model.
+
+        `schedule` produces the rounds (default: synchronous rounds; fedless_nb.async_rounds has FedBuff).
+        """
+        weights = await self._start(weights)
         status, error, completed = "finished", None, 0
         try:
-            for round_number in range(1, self.plan.rounds + 1):
-                weights = await self._round(round_number, weights)
-                completed = round_number
-                if self._stop_requested and round_number < self.plan.rounds:
-                    status = "stopped"
-                    break
+            async with contextlib.aclosing((schedule or self._sync_rounds)(weights)) as rounds:
+                async for round_number, weights in rounds:
+                    completed = round_number
+                    if self._stop_requested and round_number < self.plan.rounds:
+                        status = "stopped"
+                        break
+        except PrivacyBudgetExhausted as exhausted:
+            status, error = "stopped", str(exhausted)
         except (asyncio.CancelledError, KeyboardInterrupt):
             status, error = "stopped", "interrupted"
             raise
@@ -120,6 +128,23 @@ class Controller:
         finally:
             final = self.round_metrics[-1] if self.round_metrics else {}
             self._emit(RunFinished(self.run_id, status, time.time(), completed, final, error))
+        return weights
+
+    async def _sync_rounds(self, weights: Weights) -> AsyncIterator[tuple[int, Weights]]:
+        for round_number in range(1, self.plan.rounds + 1):
+            weights = await self._round(round_number, weights)
+            yield round_number, weights
+
+    async def _start(self, weights: Weights) -> Weights:
+        """Bind and initialize the strategy, store the initial model, announce the run."""
+        self.strategy.bind(RunContext(self.run_id, self.store, dict(self.plan.train), len(self.clients),
+                                      self.plan.clients_per_round))
+        weights = self.strategy.initialize(weights)
+        await self.store.aput(global_weights_key(self.run_id, 0), encode_arrays(weights))
+        self._emit(RunStarted(
+            self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
+            [provider.describe() for provider in self.providers.values()], time.time(),
+        ))
         return weights
 
     def _task(self, round_number: int, client: ClientRef, overrides: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -138,7 +163,9 @@ class Controller:
             "update": update,
             "train": train,
             # The function may read its own update key: it refuses a task whose update already exists (a replay).
-            "store": self.store.task_descriptor([weights_key, client.data_key, update], [update], deadline),
+            "store": self.store.task_descriptor(
+                [weights_key, client.data_key, update, *([train["correction"]] if train.get("correction") else [])],
+                [update], deadline),
             "token": None,
             "deadline": deadline,
         }
@@ -178,17 +205,26 @@ class Controller:
 
         if updates:
             weights = self.strategy.aggregate(round_number, weights, updates)
+        await self._publish(round_number, weights, started, len(selected), updates)
+        return weights
+
+    async def _publish(self, round_number: int, weights: Weights, started: float, selected: int,
+                       updates: Sequence[ClientUpdate]) -> None:
+        """Store the new global model, evaluate it and announce the finished round."""
         await self.store.aput(global_weights_key(self.run_id, round_number), encode_arrays(weights))
         eval_metrics = self.evaluate(weights)
         self.round_metrics.append(eval_metrics)
+        privacy = dict(self.strategy.round_metrics())
+        for source in self.privacy_sources:
+            privacy.update(source(round_number))
         self._emit(RoundFinished(
-            self.run_id, round_number, started, time.time(), len(selected), len(updates),
-            len(selected) - len(updates), eval_metrics, weighted_metrics(updates),
+            self.run_id, round_number, started, time.time(), selected, len(updates),
+            selected - len(updates), eval_metrics, weighted_metrics(updates), privacy,
         ))
-        return weights
 
     async def _collect(
-        self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], weights: Weights, started: float
+        self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], weights: Weights, started: float,
+        staleness: int | None = None,
     ) -> ClientUpdate | None:
         """The client's update if its call succeeded and the result checks out; else record why not."""
         try:
@@ -206,6 +242,7 @@ class Controller:
             self.run_id, round_number, client.client_id, client.provider, "succeeded",
             max(started, finished - timings.get("total", 0.0)), finished,
             cold=bool(result.get("cold")), num_examples=update.num_examples, metrics=update.metrics, timings=timings,
+            privacy=result.get("privacy") if isinstance(result.get("privacy"), dict) else None, staleness=staleness,
         ))
         return update
 

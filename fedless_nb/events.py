@@ -42,6 +42,8 @@ class InvocationFinished:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     cause: str | None = None
+    privacy: dict[str, Any] | None = None  # the function's DP-SGD facts (steps, sampling rate, noise)
+    staleness: int | None = None  # async rounds: global versions between dispatch and aggregation
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class RoundFinished:
     failed: int
     eval_metrics: dict[str, float]
     train_metrics: dict[str, float]
+    privacy_metrics: dict[str, float] = field(default_factory=dict)  # epsilon so far, central-DP clip norm...
 
 
 @dataclass(frozen=True)

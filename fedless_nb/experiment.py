@@ -45,17 +45,73 @@ class DataConfig:
 
 
 @dataclass
+class DPConfig:
+    """Client-side DP-SGD (tensorflow-privacy) and its example-level accounting (dp-accounting).
+
+    `num_microbatches` must divide batch_size (omit it for one example per microbatch);
+    `target_epsilon`: a client whose next round would exceed it no longer trains
+    (`on_budget: skip_client`), or the run stops (`stop_run`)."""
+
+    l2_norm_clip: float = 1.0
+    noise_multiplier: float = 1.0
+    num_microbatches: int | None = None
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    target_epsilon: float | None = None
+    on_budget: str = "skip_client"
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 1
     batch_size: int = 32
     optimizer: str = "sgd"
     learning_rate: float = 0.1
+    dp: DPConfig | None = None
 
 
 @dataclass
 class StrategyConfig:
     name: str = "fedavg"
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CentralDPConfig:
+    """Client-level DP on the server (McMahan et al. 2018): clip each update to `clip_norm`, add Gaussian
+    noise of `noise_multiplier * clip_norm` to their sum; `adaptive` tracks the `target_quantile` of the
+    update norms (Andrew et al. 2021) from `clip_norm` as the initial value."""
+
+    noise_multiplier: float = 1.0
+    clip_norm: float = 1.0
+    adaptive: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clipped_count_stddev: float | None = None
+    delta: float = 1e-5
+    accountant: str = "rdp"
+
+
+@dataclass
+class SelectionConfig:
+    """`policy`: random, or fedlesscan (prefers fast, reliable clients, measured from past invocations)."""
+
+    policy: str = "random"
+
+
+@dataclass
+class AsyncConfig:
+    """FedBuff (Nguyen et al. 2022), used when `mode: async`: `concurrency` clients train at all times, every
+    `buffer_size` arrived updates make one round; each update is weighted by `staleness`: constant,
+    polynomial ((1 + s)^-exponent) or hinge (1 if s <= hinge_b, else 1 / (hinge_a (s - hinge_b) + 1))."""
+
+    concurrency: int = 4
+    buffer_size: int = 2
+    staleness: str = "polynomial"
+    exponent: float = 0.5
+    hinge_a: float = 10.0
+    hinge_b: float = 4.0
+    server_learning_rate: float = 1.0
 
 
 @dataclass
@@ -110,6 +166,10 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    central_dp: CentralDPConfig | None = None
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    mode: str = "sync"
+    asynchronous: AsyncConfig = field(default_factory=AsyncConfig)
     providers: list[ProviderConfig] = field(default_factory=lambda: [ProviderConfig()])
     store: StoreConfig = field(default_factory=StoreConfig)
 
@@ -222,10 +282,67 @@ def validate(config: ExperimentConfig) -> None:
     _require(config.train.learning_rate > 0, "train.learning_rate", f"must be > 0, got {config.train.learning_rate}")
     _require_choice(config.train.optimizer, OPTIMIZERS, "train.optimizer")
     _require_choice(config.strategy.name, STRATEGIES, "strategy.name")
+    _validate_research_options(config)
     _require_choice(config.store.kind, STORE_KINDS, "store.kind")
     if config.store.kind == "s3":
         _validate_s3_store(config.store)
     _validate_providers(config, PROVIDER_KINDS)
+
+
+def _validate_research_options(config: ExperimentConfig) -> None:
+    """Strategy options, DP-SGD, central DP, selection and async rounds (issue 5's sections)."""
+    from .privacy import ACCOUNTANTS, DP_OPTIMIZERS
+    from .selection import POLICIES
+    from .strategies import StrategyOptionError, make_strategy
+    from .strategies.aggregate import STALENESS_FUNCTIONS
+    from .strategies.central_dp import CENTRAL_DP_STRATEGIES
+
+    try:
+        make_strategy(config.strategy.name, config.strategy.options)
+    except StrategyOptionError as error:
+        raise ConfigError(f"strategy.options.{error}") from None
+    dp = config.train.dp
+    if dp is not None:
+        _require(dp.l2_norm_clip > 0, "train.dp.l2_norm_clip", f"must be > 0, got {dp.l2_norm_clip}")
+        _require(dp.noise_multiplier >= 0, "train.dp.noise_multiplier", f"must be >= 0, got {dp.noise_multiplier}")
+        if dp.num_microbatches is not None:
+            _require(dp.num_microbatches >= 1 and config.train.batch_size % dp.num_microbatches == 0,
+                     "train.dp.num_microbatches",
+                     f"must divide train.batch_size ({config.train.batch_size}), got {dp.num_microbatches}")
+        _require(0 < dp.delta < 1, "train.dp.delta", f"must be in (0, 1), got {dp.delta}")
+        _require_choice(dp.accountant, ACCOUNTANTS, "train.dp.accountant")
+        _require(dp.target_epsilon is None or dp.target_epsilon > 0, "train.dp.target_epsilon",
+                 f"must be > 0, got {dp.target_epsilon}")
+        _require_choice(dp.on_budget, ("skip_client", "stop_run"), "train.dp.on_budget")
+        _require(config.train.optimizer in DP_OPTIMIZERS, "train.optimizer",
+                 f"DP-SGD supports {', '.join(DP_OPTIMIZERS)}, got {config.train.optimizer!r}")
+    central = config.central_dp
+    if central is not None:
+        _require(central.noise_multiplier >= 0, "central_dp.noise_multiplier", f"must be >= 0, got {central.noise_multiplier}")
+        _require(central.clip_norm > 0, "central_dp.clip_norm", f"must be > 0, got {central.clip_norm}")
+        _require(0 < central.target_quantile < 1, "central_dp.target_quantile", f"must be in (0, 1), got {central.target_quantile}")
+        _require(central.clip_learning_rate > 0, "central_dp.clip_learning_rate", "must be > 0")
+        _require(central.clipped_count_stddev is None or 2 * central.clipped_count_stddev > central.noise_multiplier,
+                 "central_dp.clipped_count_stddev",
+                 f"must exceed noise_multiplier / 2 ({central.noise_multiplier / 2:g}), got {central.clipped_count_stddev}")
+        _require(0 < central.delta < 1, "central_dp.delta", f"must be in (0, 1), got {central.delta}")
+        _require_choice(central.accountant, ACCOUNTANTS, "central_dp.accountant")
+        _require(config.strategy.name in CENTRAL_DP_STRATEGIES, "central_dp",
+                 f"works with the strategies {', '.join(CENTRAL_DP_STRATEGIES)}, not {config.strategy.name!r}")
+    _require_choice(config.selection.policy, POLICIES, "selection.policy")
+    _require_choice(config.mode, ("sync", "async"), "mode")
+    if config.mode == "async":
+        rounds = config.asynchronous
+        _require(config.strategy.name == "fedavg", "strategy.name",
+                 f"mode async aggregates with FedBuff; use fedavg, not {config.strategy.name!r}")
+        _require(config.central_dp is None, "central_dp", "is not supported with mode async")
+        _require(1 <= rounds.concurrency <= config.clients, "asynchronous.concurrency",
+                 f"must be between 1 and clients ({config.clients}), got {rounds.concurrency}")
+        _require(rounds.buffer_size >= 1, "asynchronous.buffer_size", f"must be >= 1, got {rounds.buffer_size}")
+        _require_choice(rounds.staleness, STALENESS_FUNCTIONS, "asynchronous.staleness")
+        _require(rounds.exponent >= 0, "asynchronous.exponent", f"must be >= 0, got {rounds.exponent}")
+        _require(rounds.hinge_a >= 0 and rounds.hinge_b >= 0, "asynchronous.hinge_a", "hinge_a and hinge_b must be >= 0")
+        _require(rounds.server_learning_rate > 0, "asynchronous.server_learning_rate", "must be > 0")
 
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

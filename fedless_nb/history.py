@@ -2,7 +2,8 @@
 
 Tables: runs (one row per run, with its config), rounds (timing and counts per round),
 invocations (one row per function call: client, provider, cold or warm, each timing,
-outcome, error text) and metrics (per round, long form: scope "eval" or "train", name, value).
+outcome, error text, staleness in async runs) and metrics (per round, long form: scope "eval",
+"train" or "privacy", name, value).
 The file uses WAL mode so a notebook can read a run while another process writes one.
 """
 
@@ -33,7 +34,7 @@ _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
     "invocations": ({
         "id": int, "run_id": str, "round": int, "client_id": str, "provider": str, "outcome": str,
         "cold": int, "num_examples": int, "started_at": float, "finished_at": float,
-        **{f"t_{name}": float for name in TIMINGS}, "cause": str, "error": str,
+        **{f"t_{name}": float for name in TIMINGS}, "cause": str, "error": str, "staleness": int,
     }, "id"),
     "metrics": ({"run_id": str, "round": int, "scope": str, "name": str, "value": float},
                 ("run_id", "round", "scope", "name")),
@@ -74,7 +75,7 @@ class History:
     def record_round(self, event: RoundFinished, invocations: list[InvocationFinished]) -> None:
         """A finished round and its invocations, in one transaction: a round is recorded whole or not at all."""
         with self.db.conn:
-            self.db["invocations"].insert_all(_invocation_row(invocation) for invocation in invocations)
+            self.db["invocations"].insert_all((_invocation_row(i) for i in invocations), alter=True)
             self.db["rounds"].insert({
                 "run_id": event.run_id, "round": event.round, "started_at": event.started_at,
                 "finished_at": event.finished_at, "duration": event.finished_at - event.started_at,
@@ -82,7 +83,8 @@ class History:
             }, replace=True)
             self.db["metrics"].insert_all(
                 ({"run_id": event.run_id, "round": event.round, "scope": scope, "name": name, "value": value}
-                 for scope, values in (("eval", event.eval_metrics), ("train", event.train_metrics))
+                 for scope, values in (("eval", event.eval_metrics), ("train", event.train_metrics),
+                                       ("privacy", event.privacy_metrics))
                  for name, value in values.items()),
                 replace=True,
             )
@@ -152,6 +154,7 @@ def _invocation_row(event: InvocationFinished) -> dict[str, Any]:
         "outcome": event.outcome, "cold": None if event.cold is None else int(event.cold),
         "num_examples": event.num_examples, "started_at": event.started_at, "finished_at": event.finished_at,
         **{f"t_{name}": event.timings.get(name) for name in TIMINGS}, "cause": event.cause, "error": event.error,
+        "staleness": event.staleness,
     }
 
 
@@ -168,8 +171,9 @@ class HistoryWriter:
         elif isinstance(event, InvocationFinished):
             self._pending.append(event)
         elif isinstance(event, RoundFinished):
-            invocations = [i for i in self._pending if i.round == event.round]
-            self._pending = [i for i in self._pending if i.round != event.round]
+            # <=: an async round also records the late updates dispatched in earlier rounds
+            invocations = [i for i in self._pending if i.round <= event.round]
+            self._pending = [i for i in self._pending if i.round > event.round]
             self.history.record_round(event, invocations)
         elif isinstance(event, RunFinished):
             self.history.finish_run(event)

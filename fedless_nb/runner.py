@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .client import privacy_facts
 from .controller import ClientRef, Controller, RoundPlan
 from .data import Dataset, load_dataset, partition_dataset
 from .events import Observer
@@ -25,10 +26,12 @@ from .history import History, HistoryWriter
 from .model import ModelSpec, build_model, model_spec_from
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
-from .selection import RandomSelection
+from .privacy import DpRound, ExampleLevelAccountant
+from .selection import BudgetedSelection, SelectionPolicy, make_selection
 from .store import Store, encode_arrays, make_store
 from .store.keys import client_data_key
-from .strategies import make_strategy
+from .strategies import Strategy, make_strategy
+from .strategies.central_dp import CentralDP
 from .zoo import resolve_builder
 
 
@@ -42,6 +45,14 @@ class RunResult:
     spec: ModelSpec
     weights: list[np.ndarray]
     round_metrics: list[dict[str, float]] = field(default_factory=list)
+    accountant: ExampleLevelAccountant | None = None  # per-client example-level DP, when train.dp is set
+    strategy: Strategy | None = None  # e.g. CentralDP, whose report() states the client-level guarantee
+
+    def privacy_report(self) -> Any:
+        """The run's DP guarantee: client-level with central_dp, else the worst client's example-level one."""
+        if isinstance(self.strategy, CentralDP):
+            return self.strategy.report()
+        return self.accountant.worst_case() if self.accountant is not None else None
 
     @property
     def final_accuracy(self) -> float | None:
@@ -85,16 +96,21 @@ def client_ids(count: int) -> list[str]:
 
 def write_client_data(store: Store, dataset: Dataset, config: ExperimentConfig) -> dict[str, str]:
     """Partition the training split and put each client's share in the store once; client id -> data key."""
-    data = config.data
-    options = {"dirichlet": {"alpha": data.alpha}, "shards": {"shards_per_client": data.shards_per_client}}
     ids = client_ids(config.clients)
     keys = {client_id: client_data_key(partition_id(config), client_id) for client_id in ids}
     if all(store.exists(key) for key in keys.values()):
         return keys
-    parts = partition_dataset(dataset, data.partition, config.clients, config.seed, **options.get(data.partition, {}))
+    parts = _partition(dataset, config)
     for client_id, indices in zip(ids, parts):
         store.put(keys[client_id], encode_arrays([dataset.x_train[indices], dataset.y_train[indices]]))
     return keys
+
+
+def _partition(dataset: Dataset, config: ExperimentConfig) -> list[np.ndarray]:
+    """Each client's training indices; deterministic under the config's seed."""
+    data = config.data
+    options = {"dirichlet": {"alpha": data.alpha}, "shards": {"shards_per_client": data.shards_per_client}}
+    return partition_dataset(dataset, data.partition, config.clients, config.seed, **options.get(data.partition, {}))
 
 
 def _model_spec(config: ExperimentConfig, dataset: Dataset, model: Any) -> tuple[ModelSpec, list[np.ndarray]]:
@@ -125,14 +141,19 @@ async def run_experiment_async(
     assignment = assign_clients(list(data_keys), config.providers)
     history = History(config.history)
     run_id = new_run_id(config.name)
+    accountant = _accountant(config, dataset)
+    selection = _selection(config, accountant)
     controller = Controller(
         run_id=run_id, name=config.name, config=config.to_dict(), spec=spec,
-        strategy=make_strategy(config.strategy.name, config.strategy.options),
-        selection=RandomSelection(config.seed),
+        strategy=_strategy(config), selection=selection,
         clients=[ClientRef(cid, key, assignment[cid]) for cid, key in data_keys.items()],
         providers=providers, store=store, evaluate=Evaluator(spec, dataset.x_test, dataset.y_test),
         plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed),
     )
+    controller.subscribe(selection.observe)
+    if accountant is not None:
+        controller.subscribe(accountant)
+        controller.privacy_sources.append(accountant.round_metrics)
     controller.subscribe(HistoryWriter(history))
     for observer in observers:
         controller.subscribe(observer)
@@ -141,19 +162,67 @@ async def run_experiment_async(
     try:
         for provider in providers.values():
             await provider.deploy()
-        weights = await controller.run(initial)
+        weights = await controller.run(initial, _schedule(config, controller))
         status = "stopped" if len(controller.round_metrics) < config.rounds else "finished"
     finally:
         await asyncio.gather(*(provider.close() for provider in providers.values()))
         history.close()
         store.close()
-    return RunResult(run_id, status, config, spec, weights, controller.round_metrics)
+    return RunResult(run_id, status, config, spec, weights, controller.round_metrics, accountant, controller.strategy)
+
+
+def _strategy(config: ExperimentConfig) -> Strategy:
+    strategy = make_strategy(config.strategy.name, config.strategy.options)
+    central = config.central_dp
+    if central is None:
+        return strategy
+    return CentralDP(strategy, noise_multiplier=central.noise_multiplier, clip_norm=central.clip_norm,
+                     adaptive=central.adaptive, target_quantile=central.target_quantile,
+                     clip_learning_rate=central.clip_learning_rate, clipped_count_stddev=central.clipped_count_stddev,
+                     delta=central.delta, accountant=central.accountant, seed=config.seed)
+
+
+def _accountant(config: ExperimentConfig, dataset: Dataset) -> ExampleLevelAccountant | None:
+    """The example-level accountant when train.dp is set; with a budget it knows each client's planned round
+    (from its number of examples), so even a client's first round is checked before it trains."""
+    dp = config.train.dp
+    if dp is None:
+        return None
+    planned = {}
+    if dp.target_epsilon is not None:
+        train = _train_settings(config)
+        for client_id, indices in zip(client_ids(config.clients), _partition(dataset, config)):
+            if len(indices) >= (dp.num_microbatches or 1):
+                planned[client_id] = DpRound.from_result(privacy_facts(len(indices), train) or {})
+    return ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, planned=planned)
+
+
+def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | None) -> SelectionPolicy:
+    policy = make_selection(config.selection.policy, config.seed)
+    if accountant is None or accountant.target_epsilon is None:
+        return policy
+    return BudgetedSelection(policy, accountant, stop_run=config.train.dp.on_budget == "stop_run")  # type: ignore[union-attr]
+
+
+def _schedule(config: ExperimentConfig, controller: Controller) -> Any:
+    """FedBuff's asynchronous rounds when `mode: async`; None keeps the controller's synchronous rounds."""
+    if config.mode != "async":
+        return None
+    from .async_rounds import FedBuff, FedBuffOptions
+
+    options = config.asynchronous
+    return FedBuff(controller, FedBuffOptions(
+        options.concurrency, options.buffer_size, options.staleness, options.exponent,
+        options.hinge_a, options.hinge_b, options.server_learning_rate,
+    ))
 
 
 def _train_settings(config: ExperimentConfig) -> dict[str, Any]:
     train = config.train
+    dp = None if train.dp is None else {"l2_norm_clip": train.dp.l2_norm_clip, "noise_multiplier": train.dp.noise_multiplier,
+                                        "num_microbatches": train.dp.num_microbatches}
     return {"epochs": train.epochs, "batch_size": train.batch_size, "optimizer": train.optimizer,
-            "learning_rate": train.learning_rate}
+            "learning_rate": train.learning_rate, "dp": dp}
 
 
 def run_experiment(config: ExperimentConfig, **options: Any) -> RunResult:

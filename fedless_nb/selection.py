@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
+
+POLICIES = ("random", "fedlesscan")
 
 
 class SelectionPolicy(ABC):
@@ -15,6 +18,14 @@ class SelectionPolicy(ABC):
     def select(self, round_number: int, client_ids: Sequence[str], count: int) -> list[str]:
         """The clients for `round_number`, in a deterministic order."""
 
+    def observe(self, event: Any) -> None:
+        """Learn from the controller's events (invocation durations, failures); nothing by default."""
+
+
+def _check_count(client_ids: Sequence[str], count: int) -> None:
+    if not 0 < count <= len(client_ids):
+        raise ValueError(f"cannot select {count} of {len(client_ids)} clients")
+
 
 class RandomSelection(SelectionPolicy):
     """Uniform sampling without replacement, seeded per round so a resumed run picks the same clients."""
@@ -23,8 +34,109 @@ class RandomSelection(SelectionPolicy):
         self.seed = seed
 
     def select(self, round_number: int, client_ids: Sequence[str], count: int) -> list[str]:
-        if not 0 < count <= len(client_ids):
-            raise ValueError(f"cannot select {count} of {len(client_ids)} clients")
+        _check_count(client_ids, count)
         rng = np.random.default_rng([self.seed, round_number])
         chosen = rng.choice(len(client_ids), size=count, replace=False)
         return [client_ids[index] for index in sorted(chosen)]
+
+
+@dataclass
+class _ClientRecord:
+    invocations: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_round: int = 0
+    last_failed_round: int = 0
+    duration: float | None = None  # exponential moving average of successful invocations, seconds
+
+
+class FedLesScanSelection(SelectionPolicy):
+    """After FedLesScan (Elzohairy et al. 2022): prefer fast, reliable clients, keep exploring, back off failures.
+
+    Learns from the controller's InvocationFinished events. Per round it takes, in order:
+    clients never invoked (seeded random order: they must be measured), then the others ranked
+    by expected duration (moving average, inflated by their failure rate) with a fairness bonus
+    for rounds waited. A client whose last invocation failed rests for 2^(consecutive failures - 1)
+    rounds; rested clients are used only when too few others remain.
+    """
+
+    def __init__(self, seed: int = 0, smoothing: float = 0.5, fairness: float = 0.1) -> None:
+        self.seed, self.smoothing, self.fairness = seed, smoothing, fairness
+        self.records: dict[str, _ClientRecord] = {}
+
+    def observe(self, event: Any) -> None:
+        outcome = getattr(event, "outcome", None)
+        if outcome is None:
+            return
+        record = self.records.setdefault(event.client_id, _ClientRecord())
+        record.invocations += 1
+        record.last_round = max(record.last_round, event.round)
+        if outcome == "succeeded":
+            record.consecutive_failures = 0
+            seconds = event.finished_at - event.started_at
+            record.duration = seconds if record.duration is None else (
+                self.smoothing * seconds + (1 - self.smoothing) * record.duration)
+        else:
+            record.failures += 1
+            record.consecutive_failures += 1
+            record.last_failed_round = event.round
+
+    def resting(self, client_id: str, round_number: int) -> bool:
+        record = self.records.get(client_id)
+        if record is None or record.consecutive_failures == 0:
+            return False
+        return round_number - record.last_failed_round <= 2 ** (record.consecutive_failures - 1)
+
+    def score(self, client_id: str, round_number: int) -> float:
+        """Lower is better: expected seconds, inflated by the failure rate, deflated by rounds waited."""
+        record = self.records[client_id]
+        duration = record.duration if record.duration is not None else max(
+            (r.duration for r in self.records.values() if r.duration is not None), default=1.0)
+        failure_rate = record.failures / max(1, record.invocations)
+        waited = max(0, round_number - record.last_round)
+        return duration * (1 + failure_rate) / (1 + self.fairness * waited)
+
+    def select(self, round_number: int, client_ids: Sequence[str], count: int) -> list[str]:
+        _check_count(client_ids, count)
+        rng = np.random.default_rng([self.seed, round_number])
+        fresh = [client_ids[i] for i in rng.permutation(len(client_ids)) if client_ids[i] not in self.records]
+        known = [c for c in client_ids if c in self.records]
+        ready = sorted((c for c in known if not self.resting(c, round_number)), key=lambda c: (self.score(c, round_number), c))
+        resting = sorted((c for c in known if self.resting(c, round_number)),
+                         key=lambda c: (self.records[c].consecutive_failures, c))
+        return (fresh + ready + resting)[:count]
+
+
+class BudgetedSelection(SelectionPolicy):
+    """Wraps a policy so that clients whose privacy budget the next round would exceed do not train.
+
+    `stop_run`: end the run (PrivacyBudgetExhausted) as soon as any client is out of budget,
+    instead of training the others. The run also ends when no client has budget left.
+    """
+
+    def __init__(self, inner: SelectionPolicy, accountant: Any, stop_run: bool = False) -> None:
+        self.inner, self.accountant, self.stop_run = inner, accountant, stop_run
+
+    def observe(self, event: Any) -> None:
+        self.inner.observe(event)
+
+    def select(self, round_number: int, client_ids: Sequence[str], count: int) -> list[str]:
+        from .privacy import PrivacyBudgetExhausted
+
+        allowed = [c for c in client_ids if self.accountant.allows(c)]
+        exhausted = [c for c in client_ids if c not in allowed]
+        self.accountant.skipped[round_number] = exhausted
+        target = self.accountant.target_epsilon
+        if exhausted and (self.stop_run or not allowed):
+            raise PrivacyBudgetExhausted(
+                f"round {round_number} would take {len(exhausted)} client(s) past target_epsilon {target:g}; "
+                "raise train.dp.target_epsilon or the noise to train longer")
+        return self.inner.select(round_number, allowed, min(count, len(allowed)))
+
+
+def make_selection(policy: str, seed: int) -> SelectionPolicy:
+    if policy == "fedlesscan":
+        return FedLesScanSelection(seed)
+    if policy == "random":
+        return RandomSelection(seed)
+    raise ValueError(f"unknown selection policy {policy!r}: choose one of {', '.join(POLICIES)}")

@@ -84,3 +84,12 @@ def inflates_counts_on_client_1(payload):
     if payload["client_id"].endswith("-0001"):
         result["num_examples"] *= 1000
     return result
+
+
+def sleeps_on_client_zero(payload):
+    """A straggler by construction: client-0000 sleeps 10 s before training; the others train at once."""
+    from fedless_nb.client import handle
+
+    if payload["client_id"] == "client-0000":
+        time.sleep(10)
+    return handle(payload)

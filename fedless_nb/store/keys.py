@@ -16,3 +16,13 @@ def update_key(run_id: str, round_number: int, client_id: str) -> str:
 def client_data_key(partition_id: str, client_id: str) -> str:
     """A client's training data; shared by every run that uses the same dataset and partition."""
     return f"data/{partition_id}/{client_id}.arrays"
+
+
+def control_variate_key(run_id: str, client_id: str) -> str:
+    """SCAFFOLD's control variate c_i of one client, kept across rounds by the server."""
+    return f"runs/{run_id}/scaffold/{client_id}.control"
+
+
+def correction_key(run_id: str, round_number: int, client_id: str) -> str:
+    """SCAFFOLD's gradient correction c - c_i that a client reads in a round."""
+    return f"runs/{run_id}/round-{round_number:05d}/corrections/{client_id}.weights"

@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
-from .base import ClientUpdate, Strategy, Weights
+from .base import ClientUpdate, RunContext, Strategy, Weights
 from .fedavg import FedAvg, fedavg
+from .fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from .fedprox import FedProx
+from .options import StrategyOptionError
+from .robust import FedMedian, Krum, TrimmedMean
+from .scaffold import Scaffold
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {"fedavg": FedAvg}
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    strategy.name: strategy
+    for strategy in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, Scaffold)
+}
 
-__all__ = ["STRATEGIES", "ClientUpdate", "FedAvg", "Strategy", "Weights", "fedavg", "make_strategy"]
+__all__ = [
+    "STRATEGIES", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx", "FedYogi",
+    "Krum", "RunContext", "Scaffold", "Strategy", "StrategyOptionError", "TrimmedMean", "Weights", "fedavg",
+    "make_strategy",
+]
 
 
 def make_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
-    """A strategy by its config name; unknown names list the choices."""
+    """A strategy by its config name; unknown names list the choices, bad options name themselves."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](**(options or {}))
+    factory, options = STRATEGIES[name], dict(options or {})
+    known = list(inspect.signature(factory).parameters)
+    for option in options:
+        if option not in known:
+            raise StrategyOptionError(f"{option}: not an option of {name} (options: {', '.join(known) or 'none'})")
+    try:
+        return factory(**options)
+    except TypeError:  # a comparison in a check met a value of the wrong type
+        raise StrategyOptionError(
+            f"{', '.join(options)}: must be numbers, got {options}"
+        ) from None

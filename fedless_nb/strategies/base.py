@@ -12,6 +12,17 @@ Weights = list[np.ndarray]
 
 
 @dataclass(frozen=True)
+class RunContext:
+    """What a strategy may need beyond the arrays: the run's store and settings (SCAFFOLD keeps state there)."""
+
+    run_id: str
+    store: Any
+    train: dict[str, Any]
+    clients: int
+    clients_per_round: int
+
+
+@dataclass(frozen=True)
 class ClientUpdate:
     """One client's returned model, with the sample count it was trained on."""
 
@@ -26,6 +37,9 @@ class Strategy(ABC):
 
     name: str
 
+    def bind(self, context: RunContext) -> None:
+        """Called once before round 1 with the run's context (nothing to do by default)."""
+
     def initialize(self, weights: Weights) -> Weights:
         """The global model before round 1 (a strategy may keep server-side state from it)."""
         return weights
@@ -37,6 +51,10 @@ class Strategy(ABC):
     @abstractmethod
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         """The next global model; `updates` holds at least one update."""
+
+    def round_metrics(self) -> dict[str, float]:
+        """Figures about the last aggregation for the history (e.g. a central-DP epsilon); none by default."""
+        return {}
 
     def state(self) -> dict[str, Any]:
         """Server-side state to checkpoint with the global weights (none by default)."""

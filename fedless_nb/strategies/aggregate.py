@@ -1,0 +1,172 @@
+"""The numeric kernels of every strategy: pure functions of arrays, no orchestration, no state.
+
+Each function takes lists of layers (a model is a list of numpy arrays) and returns new
+arrays; server-side optimizer state goes in and comes out explicitly, so a strategy class
+only keeps it between rounds. Where Flower has the same rule, these follow its definitions
+(adap/flower, src/py/flwr/server/strategy/{aggregate,fedavgm,fedadam,fedyogi,fedadagrad}.py)
+and tests/test_aggregate.py checks them against transcriptions of that code.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .fedavg import fedavg
+
+Layers = list[np.ndarray]
+
+__all__ = [
+    "fedavg", "fedavgm", "fedopt", "median", "trimmed_mean", "krum", "scaffold_controls",
+    "subtract", "add_scaled", "global_norm", "clip_to_norm", "staleness_weight", "fedbuff",
+]
+
+
+def subtract(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> Layers:
+    return [np.asarray(x) - np.asarray(y) for x, y in zip(a, b)]
+
+
+def add_scaled(base: Sequence[np.ndarray], direction: Sequence[np.ndarray], scale: float) -> Layers:
+    """base + scale * direction, layer by layer, in base's dtype."""
+    return [(np.asarray(x) + scale * np.asarray(d)).astype(np.asarray(x).dtype, copy=False) for x, d in zip(base, direction)]
+
+
+def global_norm(layers: Sequence[np.ndarray]) -> float:
+    """The L2 norm of all layers flattened into one vector."""
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(layer, dtype=np.float64))) for layer in layers)))
+
+
+def clip_to_norm(layers: Sequence[np.ndarray], bound: float) -> tuple[Layers, float]:
+    """Scale `layers` down so their global L2 norm is at most `bound`; returns them and the original norm."""
+    norm = global_norm(layers)
+    scale = min(1.0, bound / norm) if norm > 0 else 1.0
+    return [np.asarray(layer) * scale for layer in layers], norm
+
+
+def fedavgm(
+    current: Sequence[np.ndarray], average: Sequence[np.ndarray], momentum: Layers | None,
+    server_learning_rate: float, server_momentum: float,
+) -> tuple[Layers, Layers | None]:
+    """FedAvgM (Hsu et al. 2019): SGD with momentum on the pseudo-gradient current - average.
+
+    Returns the new model and the momentum vector (None when server_momentum is 0), as Flower's FedAvgM.
+    """
+    pseudo_gradient = subtract(current, average)
+    if server_momentum > 0.0:
+        momentum = pseudo_gradient if momentum is None else [server_momentum * m + g for m, g in zip(momentum, pseudo_gradient)]
+        pseudo_gradient = momentum
+    return add_scaled(current, pseudo_gradient, -server_learning_rate), momentum if server_momentum > 0.0 else None
+
+
+def fedopt(
+    kind: str, current: Sequence[np.ndarray], average: Sequence[np.ndarray],
+    m: Layers | None, v: Layers | None, *, eta: float, beta_1: float, beta_2: float, tau: float,
+) -> tuple[Layers, Layers, Layers]:
+    """One server step of FedAdam, FedYogi or FedAdagrad (Reddi et al. 2021, Algorithm 2).
+
+    delta = average - current; m = beta_1 m + (1 - beta_1) delta; v by the method's rule;
+    new = current + eta m / (sqrt(v) + tau). Returns (new model, m, v).
+    """
+    delta = subtract(average, current)
+    m = [np.zeros_like(d) for d in delta] if m is None else m
+    v = [np.zeros_like(d) for d in delta] if v is None else v
+    m = [beta_1 * x + (1 - beta_1) * d for x, d in zip(m, delta)]
+    if kind == "adam":
+        v = [beta_2 * x + (1 - beta_2) * d * d for x, d in zip(v, delta)]
+    elif kind == "yogi":
+        v = [x - (1.0 - beta_2) * d * d * np.sign(x - d * d) for x, d in zip(v, delta)]
+    elif kind == "adagrad":
+        v = [x + d * d for x, d in zip(v, delta)]
+    else:
+        raise ValueError(f"unknown server optimizer {kind!r}: choose adam, yogi or adagrad")
+    new = [(np.asarray(x) + eta * y / (np.sqrt(z) + tau)).astype(np.asarray(x).dtype, copy=False)
+           for x, y, z in zip(current, m, v)]
+    return new, m, v
+
+
+def median(updates: Sequence[Sequence[np.ndarray]]) -> Layers:
+    """Coordinate-wise median of the client models (FedMedian, Yin et al. 2018); sample counts are ignored."""
+    if not updates:
+        raise ValueError("median needs at least one update")
+    return [np.median(np.stack(layers), axis=0).astype(layers[0].dtype, copy=False) for layers in zip(*updates)]
+
+
+def trimmed_mean(updates: Sequence[Sequence[np.ndarray]], beta: float) -> Layers:
+    """Coordinate-wise mean after dropping the int(beta * n) smallest and largest values (Yin et al. 2018)."""
+    n = len(updates)
+    if n == 0:
+        raise ValueError("trimmed_mean needs at least one update")
+    if not 0 <= beta < 0.5:
+        raise ValueError(f"beta must be in [0, 0.5), got {beta}")
+    cut = int(beta * n)
+    result = []
+    for layers in zip(*updates):
+        ordered = np.sort(np.stack(layers), axis=0)
+        result.append(np.mean(ordered[cut : n - cut], axis=0).astype(layers[0].dtype, copy=False))
+    return result
+
+
+def krum(
+    updates: Sequence[Sequence[np.ndarray]], num_examples: Sequence[int], num_malicious: int, to_keep: int = 0,
+) -> tuple[Layers, list[int]]:
+    """Krum (Blanchard et al. 2017), or Multi-Krum when `to_keep` > 0.
+
+    Each model scores the sum of squared distances to its n - f - 2 nearest others; Krum returns
+    the best-scoring model, Multi-Krum the sample-weighted mean of the `to_keep` best.
+    Returns the result and the indices it was built from.
+    """
+    if not updates:
+        raise ValueError("krum needs at least one update")
+    flat = np.stack([np.concatenate([np.ravel(layer).astype(np.float64) for layer in update]) for update in updates])
+    squared = np.sum(np.square(flat[:, None, :] - flat[None, :, :]), axis=-1)
+    closest = max(1, len(updates) - num_malicious - 2)
+    scores = np.array([np.sum(np.sort(np.delete(row, i))[:closest]) for i, row in enumerate(squared)])
+    order = [int(i) for i in np.argsort(scores, kind="stable")]
+    if to_keep > 0:
+        kept = order[:to_keep]
+        return fedavg([updates[i] for i in kept], [num_examples[i] for i in kept]), kept
+    return [np.array(layer) for layer in updates[order[0]]], order[:1]
+
+
+def scaffold_controls(
+    client_control: Sequence[np.ndarray], server_control: Sequence[np.ndarray],
+    start: Sequence[np.ndarray], trained: Sequence[np.ndarray], steps: int, learning_rate: float,
+) -> Layers:
+    """SCAFFOLD's option II (Karimireddy et al. 2020): c_i+ = c_i - c + (x - y_i) / (K * eta_l)."""
+    if steps <= 0:
+        raise ValueError("scaffold needs at least one local step")
+    scale = 1.0 / (steps * learning_rate)
+    return [ci - c + scale * (np.asarray(x, np.float64) - np.asarray(y, np.float64))
+            for ci, c, x, y in zip(client_control, server_control, start, trained)]
+
+
+STALENESS_FUNCTIONS = ("constant", "polynomial", "hinge")
+
+
+def staleness_weight(kind: str, staleness: int, exponent: float = 0.5, hinge_a: float = 10.0, hinge_b: float = 4.0) -> float:
+    """How much an update `staleness` global versions old counts (Xie et al. 2019, used by FedBuff):
+    constant 1; polynomial (1 + s)^-exponent; hinge 1 if s <= b, else 1 / (a (s - b) + 1)."""
+    if staleness < 0:
+        raise ValueError(f"staleness must be >= 0, got {staleness}")
+    if kind == "constant":
+        return 1.0
+    if kind == "polynomial":
+        return float((1 + staleness) ** -exponent)
+    if kind == "hinge":
+        return 1.0 if staleness <= hinge_b else 1.0 / (hinge_a * (staleness - hinge_b) + 1.0)
+    raise ValueError(f"unknown staleness function {kind!r}: choose one of {', '.join(STALENESS_FUNCTIONS)}")
+
+
+def fedbuff(
+    current: Sequence[np.ndarray], deltas: Sequence[Sequence[np.ndarray]], weights: Sequence[float],
+    server_learning_rate: float = 1.0,
+) -> Layers:
+    """FedBuff's server step (Nguyen et al. 2022): current + lr * sum(weight_i * delta_i) / len(deltas),
+    each delta being a client's model minus the global model it started from."""
+    if not deltas:
+        raise ValueError("fedbuff needs at least one update")
+    total = [np.zeros(np.shape(layer), np.float64) for layer in current]
+    for delta, weight in zip(deltas, weights):
+        total = [t + weight * np.asarray(d, np.float64) for t, d in zip(total, delta)]
+    return add_scaled(current, total, server_learning_rate / len(deltas))

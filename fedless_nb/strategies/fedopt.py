@@ -1,0 +1,83 @@
+"""Server-side optimizers over the FedAvg pseudo-gradient: FedAvgM (Hsu et al. 2019) and
+FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021). The arithmetic is in aggregate.py."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .aggregate import fedavg, fedavgm, fedopt
+from .base import ClientUpdate, Strategy, Weights
+from .options import require
+
+
+def _average(updates: Sequence[ClientUpdate]) -> Weights:
+    return fedavg([u.weights for u in updates], [u.num_examples for u in updates])
+
+
+class FedAvgM(Strategy):
+    """FedAvg followed by a server SGD step with momentum; Flower's defaults (lr 1, momentum 0)."""
+
+    name = "fedavgm"
+
+    def __init__(self, server_learning_rate: float = 1.0, server_momentum: float = 0.0) -> None:
+        require(server_learning_rate > 0, "server_learning_rate", f"must be > 0, got {server_learning_rate}")
+        require(0 <= server_momentum < 1, "server_momentum", f"must be in [0, 1), got {server_momentum}")
+        self.server_learning_rate, self.server_momentum = float(server_learning_rate), float(server_momentum)
+        self.momentum: Weights | None = None
+
+    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+        weights, self.momentum = fedavgm(current, _average(updates), self.momentum,
+                                         self.server_learning_rate, self.server_momentum)
+        return weights
+
+    def state(self) -> dict[str, Any]:
+        return {"momentum": self.momentum}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.momentum = state.get("momentum")
+
+
+class _FedOpt(Strategy):
+    """Adaptive server optimizer: eta (server lr), beta_1, beta_2, tau as in Reddi et al. and Flower."""
+
+    kind: str
+
+    def __init__(self, eta: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-9) -> None:
+        require(eta > 0, "eta", f"must be > 0, got {eta}")
+        require(0 <= beta_1 < 1, "beta_1", f"must be in [0, 1), got {beta_1}")
+        require(0 <= beta_2 < 1, "beta_2", f"must be in [0, 1), got {beta_2}")
+        require(tau > 0, "tau", f"must be > 0, got {tau}")
+        self.eta, self.beta_1, self.beta_2, self.tau = float(eta), float(beta_1), float(beta_2), float(tau)
+        self.m: Weights | None = None
+        self.v: Weights | None = None
+
+    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+        weights, self.m, self.v = fedopt(self.kind, current, _average(updates), self.m, self.v,
+                                         eta=self.eta, beta_1=self.beta_1, beta_2=self.beta_2, tau=self.tau)
+        return weights
+
+    def state(self) -> dict[str, Any]:
+        return {"m": self.m, "v": self.v}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.m, self.v = state.get("m"), state.get("v")
+
+
+class FedAdam(_FedOpt):
+    name, kind = "fedadam", "adam"
+
+
+class FedYogi(_FedOpt):
+    name, kind = "fedyogi", "yogi"
+
+    def __init__(self, eta: float = 0.01, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-3) -> None:
+        super().__init__(eta, beta_1, beta_2, tau)
+
+
+class FedAdagrad(_FedOpt):
+    """Adagrad keeps no first moment: Flower fixes beta_1 = 0, so m is this round's delta."""
+
+    name, kind = "fedadagrad", "adagrad"
+
+    def __init__(self, eta: float = 0.1, tau: float = 1e-9) -> None:
+        super().__init__(eta, 0.0, 0.0, tau)

@@ -1,0 +1,24 @@
+"""FedProx (Li et al. 2020): clients minimise loss + mu/2 ||w - w_global||^2; the server averages as FedAvg.
+
+The proximal term lives in the client's training step (fedless_nb/client.py); this strategy
+only sends `proximal_mu` with every task.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .fedavg import FedAvg
+from .options import require
+
+
+class FedProx(FedAvg):
+    name = "fedprox"
+
+    def __init__(self, proximal_mu: float = 0.01) -> None:
+        require(proximal_mu >= 0, "proximal_mu", f"must be >= 0, got {proximal_mu}")
+        self.proximal_mu = float(proximal_mu)
+
+    def configure_round(self, round_number: int, client_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {client_id: {"proximal_mu": self.proximal_mu} for client_id in client_ids}
+

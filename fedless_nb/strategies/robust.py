@@ -1,0 +1,47 @@
+"""Byzantine-robust aggregation: FedMedian, trimmed mean (Yin et al. 2018), Krum / Multi-Krum (Blanchard et al. 2017)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .aggregate import krum, median, trimmed_mean
+from .base import ClientUpdate, Strategy, Weights
+from .options import require
+
+
+class FedMedian(Strategy):
+    name = "fedmedian"
+
+    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+        return median([u.weights for u in updates])
+
+
+class TrimmedMean(Strategy):
+    """`beta`: the fraction cut from each end per coordinate (Flower's FedTrimmedAvg default 0.2)."""
+
+    name = "trimmed_mean"
+
+    def __init__(self, beta: float = 0.2) -> None:
+        require(0 <= beta < 0.5, "beta", f"must be in [0, 0.5), got {beta}")
+        self.beta = float(beta)
+
+    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+        return trimmed_mean([u.weights for u in updates], self.beta)
+
+
+class Krum(Strategy):
+    """`num_malicious`: the f clients to tolerate; `to_keep` > 0 makes it Multi-Krum."""
+
+    name = "krum"
+
+    def __init__(self, num_malicious: int = 0, to_keep: int = 0) -> None:
+        require(isinstance(num_malicious, int) and num_malicious >= 0, "num_malicious", f"must be an int >= 0, got {num_malicious!r}")
+        require(isinstance(to_keep, int) and to_keep >= 0, "to_keep", f"must be an int >= 0, got {to_keep!r}")
+        self.num_malicious, self.to_keep = num_malicious, to_keep
+        self.selected: list[str] = []
+
+    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+        weights, kept = krum([u.weights for u in updates], [u.num_examples for u in updates],
+                             self.num_malicious, min(self.to_keep, len(updates)))
+        self.selected = [updates[i].client_id for i in kept]
+        return weights

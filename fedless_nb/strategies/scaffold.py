@@ -1,0 +1,80 @@
+"""SCAFFOLD (Karimireddy et al. 2020): control variates correct the client drift of non-IID data.
+
+The server keeps its control variate c in memory (and in `state()`), every client's c_i in the
+store. Before a round it writes each selected client's correction c - c_i to the store; the
+client adds it to every gradient (fedless_nb/client.py). After the round the server derives
+each c_i+ with option II from what it already knows (start and returned model, the client's
+local step count and learning rate), so clients never need write access beyond their update.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..store import decode_arrays, encode_arrays
+from ..store.keys import control_variate_key, correction_key
+from .aggregate import add_scaled, fedavg, scaffold_controls, subtract
+from .base import ClientUpdate, RunContext, Strategy, Weights
+from .options import require
+
+
+class Scaffold(Strategy):
+    """`server_learning_rate`: eta_g of the paper (1.0: the new model is the sample-weighted average)."""
+
+    name = "scaffold"
+
+    def __init__(self, server_learning_rate: float = 1.0) -> None:
+        require(server_learning_rate > 0, "server_learning_rate", f"must be > 0, got {server_learning_rate}")
+        self.server_learning_rate = float(server_learning_rate)
+        self.context: RunContext | None = None
+        self.control: Weights | None = None
+
+    def bind(self, context: RunContext) -> None:
+        self.context = context
+
+    def initialize(self, weights: Weights) -> Weights:
+        self.control = [np.zeros_like(w) for w in weights]
+        return weights
+
+    def _client_control(self, client_id: str) -> Weights:
+        key = control_variate_key(self._bound().run_id, client_id)
+        store = self._bound().store
+        return decode_arrays(store.get(key)) if store.exists(key) else [np.zeros_like(c) for c in self.control or []]
+
+    def _bound(self) -> RunContext:
+        if self.context is None:
+            raise RuntimeError("SCAFFOLD keeps its control variates in the run's store: call bind() before round 1")
+        return self.context
+
+    def configure_round(self, round_number: int, client_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        context, overrides = self._bound(), {}
+        for client_id in client_ids:
+            key = correction_key(context.run_id, round_number, client_id)
+            correction = subtract(self.control or [], self._client_control(client_id))
+            context.store.put(key, encode_arrays([c.astype(np.float32) for c in correction]))
+            overrides[client_id] = {"correction": key}
+        return overrides
+
+    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+        from ..client import local_steps
+
+        context, control = self._bound(), self.control or []
+        deltas = []
+        for update in updates:
+            old = self._client_control(update.client_id)
+            steps = local_steps(update.num_examples, context.train)
+            new = scaffold_controls(old, control, current, update.weights, steps, float(context.train["learning_rate"]))
+            context.store.put(control_variate_key(context.run_id, update.client_id),
+                              encode_arrays([c.astype(np.float32) for c in new]))
+            deltas.append(subtract(new, old))
+        average = fedavg([u.weights for u in updates], [u.num_examples for u in updates])
+        self.control = add_scaled(control, fedavg(deltas, [1.0] * len(deltas)), len(updates) / context.clients)
+        return add_scaled(current, subtract(average, current), self.server_learning_rate)
+
+    def state(self) -> dict[str, Any]:
+        return {"control": self.control}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.control = state.get("control")

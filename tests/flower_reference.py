@@ -1,0 +1,101 @@
+"""Flower's published aggregation rules, restated as plain numpy for the agreement tests.
+
+flwr is not a dependency: the newest release that accepts TensorFlow 2.15's protobuf<5 (1.11)
+would downgrade cryptography and rich in this environment, so the rules are restated here
+from Flower's source (adap/flower, src/py/flwr/server/strategy/):
+  aggregate.py   aggregate (sample-weighted mean), aggregate_median, aggregate_krum with
+                 _compute_distances (squared L2 of the flattened models), aggregate_trimmed_avg
+                 with _trim_mean (np.partition, int(proportiontocut * n) cut from each end)
+  fedavgm.py     aggregate_fit: pseudo-gradient = current - fedavg; momentum v = m v + g after round 1
+  fedadam.py, fedyogi.py, fedadagrad.py   aggregate_fit: delta = fedavg - current, m, v, then
+                 current + eta m / (sqrt(v) + tau) (FedAdagrad: beta_1 = 0, v += delta^2)
+Each function keeps Flower's order of operations and dtypes (float32 in, float32 arithmetic).
+"""
+
+from functools import reduce
+
+import numpy as np
+
+
+def aggregate(results):
+    total = sum(n for _, n in results)
+    weighted = [[layer * n for layer in weights] for weights, n in results]
+    return [reduce(np.add, layers) / total for layers in zip(*weighted)]
+
+
+def aggregate_median(results):
+    return [np.median(np.asarray(layer), axis=0) for layer in zip(*[w for w, _ in results])]
+
+
+def _distances(weights):
+    flat = [np.concatenate([layer.flatten() for layer in w]) for w in weights]
+    matrix = np.zeros((len(weights), len(weights)))
+    for i, a in enumerate(flat):
+        for j, b in enumerate(flat):
+            matrix[i, j] = np.linalg.norm(a - b) ** 2
+    return matrix
+
+
+def aggregate_krum(results, num_malicious, to_keep):
+    weights = [w for w, _ in results]
+    matrix = _distances(weights)
+    num_closest = max(1, len(weights) - num_malicious - 2)
+    closest = [np.argsort(row)[1 : num_closest + 1].tolist() for row in matrix]
+    scores = [np.sum(matrix[i, closest[i]]) for i in range(len(matrix))]
+    if to_keep > 0:
+        best = np.argsort(scores)[::-1][len(scores) - to_keep :]
+        return aggregate([results[i] for i in best])
+    return weights[int(np.argmin(scores))]
+
+
+def _trim_mean(array, proportiontocut):
+    n = array.shape[0]
+    lower = int(proportiontocut * n)
+    upper = n - lower
+    partitioned = np.partition(array, (lower, upper - 1), 0)
+    return np.mean(partitioned[lower:upper], axis=0)
+
+
+def aggregate_trimmed_avg(results, proportiontocut):
+    return [_trim_mean(np.asarray(layer), proportiontocut) for layer in zip(*[w for w, _ in results])]
+
+
+class FedAvgM:
+    def __init__(self, initial, server_learning_rate, server_momentum):
+        self.current, self.lr, self.momentum, self.vector = initial, server_learning_rate, server_momentum, None
+
+    def aggregate_fit(self, server_round, results):
+        fedavg_result = aggregate(results)
+        pseudo_gradient = [x - y for x, y in zip(self.current, fedavg_result)]
+        if self.momentum > 0.0:
+            if server_round > 1:
+                self.vector = [self.momentum * x + y for x, y in zip(self.vector, pseudo_gradient)]
+            else:
+                self.vector = pseudo_gradient
+            pseudo_gradient = self.vector
+        self.current = [x - self.lr * y for x, y in zip(self.current, pseudo_gradient)]
+        return self.current
+
+
+class FedOpt:
+    def __init__(self, kind, initial, eta, beta_1, beta_2, tau):
+        self.kind, self.current, self.eta, self.beta_1, self.beta_2, self.tau = kind, initial, eta, beta_1, beta_2, tau
+        self.m_t, self.v_t = None, None
+
+    def aggregate_fit(self, server_round, results):
+        fedavg_weights = aggregate(results)
+        delta_t = [x - y for x, y in zip(fedavg_weights, self.current)]
+        if not self.m_t:
+            self.m_t = [np.zeros_like(x) for x in delta_t]
+        self.m_t = [np.multiply(self.beta_1, x) + (1 - self.beta_1) * y for x, y in zip(self.m_t, delta_t)]
+        if not self.v_t:
+            self.v_t = [np.zeros_like(x) for x in delta_t]
+        if self.kind == "adam":
+            self.v_t = [self.beta_2 * x + (1 - self.beta_2) * np.multiply(y, y) for x, y in zip(self.v_t, delta_t)]
+        elif self.kind == "yogi":
+            self.v_t = [x - (1.0 - self.beta_2) * np.multiply(y, y) * np.sign(x - np.multiply(y, y))
+                        for x, y in zip(self.v_t, delta_t)]
+        else:  # adagrad
+            self.v_t = [x + np.multiply(y, y) for x, y in zip(self.v_t, delta_t)]
+        self.current = [x + self.eta * y / (np.sqrt(z) + self.tau) for x, y, z in zip(self.current, self.m_t, self.v_t)]
+        return self.current

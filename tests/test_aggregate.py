@@ -1,0 +1,161 @@
+"""Every aggregation kernel: hand-computed expectations, and agreement with Flower's definitions to float32 precision."""
+
+import numpy as np
+import pytest
+
+import flower_reference as flwr
+from fedless_nb.strategies import ClientUpdate, make_strategy
+from fedless_nb.strategies.aggregate import (
+    clip_to_norm, fedavg, fedavgm, fedbuff, fedopt, global_norm, krum, median, scaffold_controls,
+    staleness_weight, trimmed_mean,
+)
+
+F32 = {"rtol": 1e-6, "atol": 1e-7}
+
+
+def layers(*values):
+    return [np.array(v, np.float32) for v in values]
+
+
+def random_models(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)]
+            for _ in range(count)]
+
+
+def assert_layers(actual, expected, **tolerance):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, **(tolerance or F32))
+
+
+# hand-computed ------------------------------------------------------------------------------
+
+def test_median_and_trimmed_mean_by_hand():
+    models = [layers([1, 10]), layers([2, -5]), layers([100, 0]), layers([3, 1]), layers([-50, 2])]
+    assert_layers(median(models), layers([2, 1]))
+    # beta 0.2 of 5 cuts one from each end: [1,2,3] -> 2 and [0,1,2] -> 1
+    assert_layers(trimmed_mean(models, 0.2), layers([2, 1]))
+    # beta 0 is the plain mean: (1+2+100+3-50)/5 = 11.2, (10-5+0+1+2)/5 = 1.6
+    assert_layers(trimmed_mean(models, 0.0), layers([11.2, 1.6]))
+    with pytest.raises(ValueError):
+        trimmed_mean(models, 0.5)
+
+
+def test_krum_picks_the_model_closest_to_its_neighbours_and_multi_krum_averages():
+    models = [layers([0.0]), layers([1.0]), layers([2.0]), layers([10.0])]
+    # f=0: each scores its 2 nearest squared distances: 0 -> 1+4=5, 1 -> 1+1=2, 2 -> 1+4=5, 10 -> 64+81=145
+    chosen, kept = krum(models, [1, 1, 1, 1], num_malicious=0)
+    assert kept == [1] and chosen[0][0] == 1.0
+    # Multi-Krum keeps the 3 best (1, then 0 and 2) and averages them by sample count: (0*1 + 1*1 + 2*2) / 4
+    averaged, kept = krum(models, [1, 1, 2, 1], num_malicious=0, to_keep=3)
+    assert sorted(kept) == [0, 1, 2] and averaged[0][0] == pytest.approx(1.25)
+
+
+def test_fedavgm_by_hand():
+    current, average = layers([1.0]), layers([0.0])
+    # round 1: g = 1, v = g; new = 1 - 0.5 * 1 = 0.5
+    new, momentum = fedavgm(current, average, None, server_learning_rate=0.5, server_momentum=0.9)
+    assert new[0][0] == pytest.approx(0.5) and momentum[0][0] == pytest.approx(1.0)
+    # round 2: g = 0.5, v = 0.9 * 1 + 0.5 = 1.4; new = 0.5 - 0.5 * 1.4 = -0.2
+    new, momentum = fedavgm(new, average, momentum, server_learning_rate=0.5, server_momentum=0.9)
+    assert new[0][0] == pytest.approx(-0.2) and momentum[0][0] == pytest.approx(1.4)
+    # no momentum, lr 1: plain FedAvg
+    assert fedavgm(current, average, None, 1.0, 0.0) == (layers([0.0]), None)
+
+
+def test_fedopt_first_step_by_hand():
+    current, average = layers([1.0]), layers([3.0])  # delta = 2
+    options = {"eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-9}
+    # adam: m = 0.1 * 2 = 0.2, v = 0.01 * 4 = 0.04; new = 1 + 0.1 * 0.2 / 0.2 = 1.1
+    new, m, v = fedopt("adam", current, average, None, None, **options)
+    assert (new[0][0], m[0][0], v[0][0]) == pytest.approx((1.1, 0.2, 0.04))
+    # yogi: v = 0 - 0.01 * 4 * sign(0 - 4) = 0.04 as well on the first step
+    new, m, v = fedopt("yogi", current, average, None, None, **options)
+    assert (new[0][0], v[0][0]) == pytest.approx((1.1, 0.04))
+    # adagrad (beta_1 = 0): m = 2, v = 4; new = 1 + 0.1 * 2 / 2 = 1.1
+    new, m, v = fedopt("adagrad", current, average, None, None, eta=0.1, beta_1=0.0, beta_2=0.0, tau=1e-9)
+    assert (new[0][0], m[0][0], v[0][0]) == pytest.approx((1.1, 2.0, 4.0))
+    with pytest.raises(ValueError, match="unknown server optimizer"):
+        fedopt("sgd", current, average, None, None, **options)
+
+
+def test_scaffold_control_update_by_hand():
+    # c_i+ = c_i - c + (x - y) / (K lr) = 0.5 - 0.25 + (1 - 0.6) / (4 * 0.1) = 1.25
+    new = scaffold_controls(layers([0.5]), layers([0.25]), layers([1.0]), layers([0.6]), steps=4, learning_rate=0.1)
+    assert new[0][0] == pytest.approx(1.25)
+    with pytest.raises(ValueError):
+        scaffold_controls(layers([0.5]), layers([0.25]), layers([1.0]), layers([0.6]), steps=0, learning_rate=0.1)
+
+
+def test_clipping_and_norms_by_hand():
+    assert global_norm(layers([3.0], [4.0])) == pytest.approx(5.0)
+    clipped, norm = clip_to_norm(layers([3.0], [4.0]), 1.0)
+    assert norm == pytest.approx(5.0) and global_norm(clipped) == pytest.approx(1.0)
+    assert_layers(clipped, layers([0.6], [0.8]))
+    unchanged, _ = clip_to_norm(layers([0.3], [0.4]), 1.0)
+    assert_layers(unchanged, layers([0.3], [0.4]))
+
+
+def test_staleness_functions_and_fedbuff_by_hand():
+    assert staleness_weight("constant", 7) == 1.0
+    assert staleness_weight("polynomial", 3, exponent=0.5) == pytest.approx(0.5)  # (1 + 3)^-0.5
+    assert staleness_weight("hinge", 4, hinge_a=10, hinge_b=4) == 1.0
+    assert staleness_weight("hinge", 6, hinge_a=10, hinge_b=4) == pytest.approx(1 / 21)
+    with pytest.raises(ValueError):
+        staleness_weight("linear", 1)
+    # current 1; deltas +2 (weight 1) and -1 (weight 0.5): 1 + 0.5 * (2 - 0.5) / 2 = 1.375
+    assert fedbuff(layers([1.0]), [layers([2.0]), layers([-1.0])], [1.0, 0.5], 0.5)[0][0] == pytest.approx(1.375)
+
+
+# agreement with Flower ----------------------------------------------------------------------
+
+def test_fedavg_median_trimmed_mean_krum_agree_with_flower():
+    models = random_models(7)
+    counts = [3, 10, 7, 1, 5, 8, 2]
+    results = list(zip(models, counts))
+    assert_layers(fedavg(models, counts), flwr.aggregate(results))
+    assert_layers(median(models), flwr.aggregate_median(results))
+    for beta in (0.0, 0.1, 0.2, 0.3):
+        assert_layers(trimmed_mean(models, beta), flwr.aggregate_trimmed_avg(results, beta))
+    for num_malicious in (0, 1, 2):
+        assert_layers(krum(models, counts, num_malicious)[0], flwr.aggregate_krum(results, num_malicious, 0))
+        for to_keep in (2, 4):
+            assert_layers(krum(models, counts, num_malicious, to_keep)[0],
+                          flwr.aggregate_krum(results, num_malicious, to_keep))
+
+
+@pytest.mark.parametrize("name, options, reference", [
+    ("fedavgm", {"server_learning_rate": 0.7, "server_momentum": 0.9},
+     lambda w: flwr.FedAvgM(w, 0.7, 0.9)),
+    ("fedavgm", {}, lambda w: flwr.FedAvgM(w, 1.0, 0.0)),
+    ("fedadam", {"eta": 0.05, "beta_1": 0.8, "beta_2": 0.95, "tau": 1e-3},
+     lambda w: flwr.FedOpt("adam", w, 0.05, 0.8, 0.95, 1e-3)),
+    ("fedadam", {}, lambda w: flwr.FedOpt("adam", w, 0.1, 0.9, 0.99, 1e-9)),
+    ("fedyogi", {}, lambda w: flwr.FedOpt("yogi", w, 0.01, 0.9, 0.99, 1e-3)),
+    ("fedadagrad", {"eta": 0.3}, lambda w: flwr.FedOpt("adagrad", w, 0.3, 0.0, 0.0, 1e-9)),
+])
+def test_server_optimizers_agree_with_flower_over_rounds(name, options, reference):
+    strategy = make_strategy(name, options)
+    current = random_models(1, seed=42)[0]
+    flower = reference([layer.copy() for layer in current])
+    for round_number in range(1, 6):
+        models = random_models(4, seed=round_number)
+        counts = [5, 1, 9, 3]
+        updates = [ClientUpdate(f"c{i}", m, n) for i, (m, n) in enumerate(zip(models, counts))]
+        current = strategy.aggregate(round_number, current, updates)
+        expected = flower.aggregate_fit(round_number, list(zip(models, counts)))
+        assert_layers(current, expected, rtol=1e-5, atol=1e-6)
+        assert all(layer.dtype == np.float32 for layer in current)
+
+
+def test_strategies_registry_and_option_errors():
+    from fedless_nb.strategies import STRATEGIES, StrategyOptionError
+
+    assert set(STRATEGIES) == {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
+                               "trimmed_mean", "krum", "scaffold"}
+    with pytest.raises(StrategyOptionError, match="^etta: not an option of fedadam"):
+        make_strategy("fedadam", {"etta": 0.1})
+    with pytest.raises(StrategyOptionError, match="^server_momentum: must be in"):
+        make_strategy("fedavgm", {"server_momentum": 1.5})
+    assert make_strategy("fedprox", {"proximal_mu": 0.1}).configure_round(1, ["a"]) == {"a": {"proximal_mu": 0.1}}

@@ -1,0 +1,66 @@
+"""Central (client-level) DP: clipping, noise, adaptive clipping and its accountant, by hand."""
+
+import numpy as np
+import pytest
+
+from fedless_nb.privacy import DpRound, epsilon
+from fedless_nb.strategies import ClientUpdate, FedAvg, RunContext, make_strategy
+from fedless_nb.strategies.central_dp import (
+    CentralDP, adapted_clip_norm, clipped_noised_mean, update_noise_multiplier,
+)
+
+
+def test_clipped_mean_without_noise_by_hand():
+    current = [np.array([0.0, 0.0], np.float32)]
+    models = [[np.array([3.0, 4.0], np.float32)], [np.array([0.3, 0.4], np.float32)]]
+    # norms 5 and 0.5; clip 1: (0.6, 0.8) + (0.3, 0.4) = (0.9, 1.2), divided by 3 expected clients
+    mean, norms = clipped_noised_mean(current, models, 1.0, 0.0, 3, np.random.default_rng(0))
+    np.testing.assert_allclose(mean[0], [0.3, 0.4], rtol=1e-6)
+    assert norms == pytest.approx([5.0, 0.5])
+
+
+def test_noise_has_the_stated_standard_deviation():
+    current = [np.zeros(20000, np.float32)]
+    mean, _ = clipped_noised_mean(current, [current], 2.0, 0.5 * 2.0, 4, np.random.default_rng(1))
+    assert np.std(mean[0]) == pytest.approx(0.25, rel=0.03)  # z * C / expected clients = 1.0 / 4
+
+
+def test_adaptive_clip_norm_moves_towards_the_target_quantile():
+    rng = np.random.default_rng(0)
+    # all norms below C: fraction 1 > 0.5, C shrinks by exp(-0.2 * 0.5)
+    assert adapted_clip_norm(1.0, [0.1, 0.2], 0.5, 0.2, 0.0, rng) == pytest.approx(np.exp(-0.1))
+    # none below C: C grows by exp(0.2 * 0.5)
+    assert adapted_clip_norm(1.0, [3.0, 4.0], 0.5, 0.2, 0.0, rng) == pytest.approx(np.exp(0.1))
+    # Andrew et al.: z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2
+    assert update_noise_multiplier(1.0, 1.0) == pytest.approx((1 - 0.25) ** -0.5)
+    with pytest.raises(ValueError, match="clipped_count_stddev"):
+        update_noise_multiplier(1.0, 0.4)
+
+
+def test_wrapper_feeds_the_noised_average_to_the_inner_strategy_and_accounts_per_round(tmp_path):
+    strategy = CentralDP(make_strategy("fedavgm", {"server_learning_rate": 1.0}), noise_multiplier=0.0, clip_norm=1.0)
+    strategy.bind(RunContext("r", None, {}, clients=10, clients_per_round=2))
+    current = strategy.initialize([np.zeros(2, np.float32)])
+    updates = [ClientUpdate("a", [np.array([3.0, 4.0], np.float32)], 100), ClientUpdate("b", [np.zeros(2, np.float32)], 1)]
+    new = strategy.aggregate(1, current, updates)
+    np.testing.assert_allclose(new[0], [0.3, 0.4], rtol=1e-6)  # (0.6, 0.8) / 2: unweighted, clipped
+    metrics = strategy.round_metrics()
+    assert metrics["central_clip_norm"] == 1.0 and metrics["central_unclipped_fraction"] == 0.5
+
+    noisy = CentralDP(FedAvg(), noise_multiplier=1.1, clip_norm=1.0, delta=1e-5)
+    noisy.bind(RunContext("r", None, {}, clients=10, clients_per_round=2))
+    for round_number in range(1, 4):
+        noisy.aggregate(round_number, current, updates)
+    assert noisy.epsilon() == pytest.approx(epsilon([DpRound(3, 0.2, 1.1)], 1e-5))
+    report = noisy.report()
+    assert report.granularity == "client-level" and report.rounds == 3 and report.sampling_rate == 0.2
+    assert "client-level DP" in str(report)
+
+
+def test_adaptive_wrapper_defaults_a_count_noise_that_leaves_the_updates_noise():
+    strategy = CentralDP(FedAvg(), noise_multiplier=1.0, clip_norm=0.1, adaptive=True)
+    strategy.bind(RunContext("r", None, {}, clients=10, clients_per_round=5))
+    assert strategy.clipped_count_stddev == 1.0 and strategy.update_noise_multiplier > 1.0
+    before = strategy.clip_norm
+    strategy.aggregate(1, [np.zeros(2, np.float32)], [ClientUpdate("a", [np.ones(2, np.float32)], 1)])
+    assert strategy.clip_norm != before

@@ -1,0 +1,64 @@
+"""The client step's extra objective terms: FedProx's proximal pull and SCAFFOLD's gradient correction."""
+
+import time
+
+import numpy as np
+import pytest
+
+from fedless_nb import client, zoo
+from fedless_nb.client import PayloadError, handle
+from fedless_nb.model import model_spec_from
+from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state(monkeypatch):
+    monkeypatch.setattr(client, "_STATE", client._WarmState())
+
+
+@pytest.fixture
+def task(tmp_path):
+    store = LocalStore(tmp_path)
+    spec, weights = model_spec_from(zoo.mlp, builder_context={"input_shape": (8,), "num_classes": 3, "hidden_units": [4]})
+    store.put("global", encode_arrays(weights))
+    rng = np.random.default_rng(0)
+    store.put("data/a", encode_arrays([rng.random((64, 8), dtype=np.float32), rng.integers(0, 3, 64)]))
+    return {
+        "run_id": "r", "round": 1, "client_id": "client-0000", "model": spec.to_wire(), "weights": "global",
+        "data": "data/a", "update": "runs/r/u/client-0000",
+        "train": {"epochs": 5, "batch_size": 16, "optimizer": "sgd", "learning_rate": 0.5, "seed": 1},
+        "store": store.descriptor(), "token": None, "deadline": time.time() + 60,
+    }
+
+
+def _moves(task):
+    store = LocalStore(task["store"]["root"])
+    return [u - g for u, g in zip(decode_arrays(store.get(task["update"])), decode_arrays(store.get("global")))]
+
+
+def _distance(moves):
+    return float(np.sqrt(sum(np.sum(m.astype(np.float64) ** 2) for m in moves)))
+
+
+def test_the_proximal_term_keeps_the_update_near_the_global_model(task):
+    handle(task)
+    free = _distance(_moves(task))
+    handle({**task, "train": {**task["train"], "proximal_mu": 1.0}})
+    assert _distance(_moves(task)) < 0.5 * free
+
+
+def test_the_correction_is_added_to_every_gradient(task):
+    store = LocalStore(task["store"]["root"])
+    weights = decode_arrays(store.get("global"))
+    store.put("correction", encode_arrays([np.full(w.shape, 5.0, np.float32) for w in weights]))
+    handle({**task, "train": {**task["train"], "correction": "correction"}})
+    # 20 SGD steps of lr 0.5 with a constant gradient term of 5 move every weight by about -50
+    moves = np.concatenate([m.ravel() for m in _moves(task)])
+    assert np.mean(moves) == pytest.approx(-50.0, rel=0.05)
+
+
+def test_a_correction_of_the_wrong_shape_is_refused(task):
+    store = LocalStore(task["store"]["root"])
+    store.put("correction", encode_arrays([np.zeros(3, np.float32)]))
+    with pytest.raises(PayloadError, match="do not match the model's trainable weights"):
+        handle({**task, "train": {**task["train"], "correction": "correction"}})

@@ -1,0 +1,187 @@
+"""DP-SGD in the client step, the accountant against tensorflow-privacy, budgets, reports, and a DP run on digits."""
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+from fedless_nb import client, zoo
+from fedless_nb.client import PayloadError, handle, local_steps
+from fedless_nb.model import model_spec_from
+from fedless_nb.privacy import DpRound, ExampleLevelAccountant, PrivacyBudgetExhausted, PrivacyReport, epsilon
+from fedless_nb.selection import BudgetedSelection, RandomSelection
+from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state(monkeypatch):
+    monkeypatch.setattr(client, "_STATE", client._WarmState())
+
+
+@pytest.fixture
+def dp_task(tmp_path):
+    store = LocalStore(tmp_path)
+    spec, weights = model_spec_from(zoo.mlp, builder_context={"input_shape": (8,), "num_classes": 3, "hidden_units": [4]})
+    store.put("global", encode_arrays(weights))
+    rng = np.random.default_rng(0)
+    store.put("data/a", encode_arrays([rng.random((40, 8), dtype=np.float32), rng.integers(0, 3, 40)]))
+    return {
+        "run_id": "r", "round": 1, "client_id": "client-0000", "model": spec.to_wire(), "weights": "global",
+        "data": "data/a", "update": "runs/r/u/client-0000",
+        "train": {"epochs": 2, "batch_size": 16, "optimizer": "sgd", "learning_rate": 0.1, "seed": 1,
+                  "dp": {"l2_norm_clip": 1.0, "noise_multiplier": 1.1, "num_microbatches": 4}},
+        "store": store.descriptor(), "token": None, "deadline": time.time() + 60,
+    }
+
+
+def _change(task):
+    store = LocalStore(task["store"]["root"])
+    return max(float(np.max(np.abs(u - g))) for u, g in zip(decode_arrays(store.get(task["update"])),
+                                                            decode_arrays(store.get("global"))))
+
+
+def test_dp_sgd_reports_its_steps_and_drops_the_last_short_batch(dp_task):
+    result = handle(dp_task)
+    # 40 examples, batch 16: two full batches per epoch, the short batch of 8 is dropped
+    assert result["privacy"] == {"steps": 4, "sampling_rate": 0.4, "batch_size": 16, "num_examples": 40,
+                                 "noise_multiplier": 1.1, "l2_norm_clip": 1.0, "microbatch_size": 4}
+    assert set(result["metrics"]) == {"loss", "accuracy"} and np.isfinite(result["metrics"]["loss"])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_dp_optimizers_train_when_microbatches_do_not_divide_the_batch(dp_task, optimizer):
+    dp_task["train"].update(optimizer=optimizer, dp={"l2_norm_clip": 1.0, "noise_multiplier": 0.5, "num_microbatches": 3})
+    result = handle(dp_task)
+    assert result["privacy"]["batch_size"] == 15 and result["privacy"]["steps"] == 4
+    assert _change(dp_task) > 0
+    from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras as dp
+
+    expected = dp.GenericDPSGDOptimizer if optimizer == "sgd" else dp.GenericDPAdamOptimizer
+    assert isinstance(client._STATE.compiled.model.optimizer, expected)
+
+
+def test_clipping_bounds_each_step_and_dp_settings_key_the_cache(dp_task):
+    dp_task["train"].update(epochs=1, dp={"l2_norm_clip": 1e-4, "noise_multiplier": 0.0, "num_microbatches": 16})
+    handle(dp_task)
+    first = client._STATE.compiled
+    # SGD without noise moves a weight by at most lr * clip per step: 2 steps * 0.1 * 1e-4
+    assert 0 < _change(dp_task) <= 2 * 0.1 * 1e-4 * 1.0001
+    dp_task["train"]["dp"] = {"l2_norm_clip": 1.0, "noise_multiplier": 0.0, "num_microbatches": 16}
+    handle(dp_task)
+    assert client._STATE.compiled is not first, "a new clip norm builds a new DP optimizer"
+    assert _change(dp_task) > 2 * 0.1 * 1e-4
+
+
+def test_a_client_with_fewer_examples_than_microbatches_is_refused(dp_task):
+    dp_task["train"]["dp"]["num_microbatches"] = 64
+    with pytest.raises(PayloadError, match="40 examples, fewer than dp.num_microbatches"):
+        handle(dp_task)
+
+
+def test_local_steps_with_and_without_dp():
+    assert local_steps(40, {"epochs": 2, "batch_size": 16}) == 6
+    assert local_steps(40, {"epochs": 2, "batch_size": 16, "dp": {"num_microbatches": 4}}) == 4
+    assert local_steps(10, {"epochs": 1, "batch_size": 16, "dp": {"num_microbatches": None}}) == 1
+
+
+# accounting ---------------------------------------------------------------------------------
+
+def _statement_epsilon(n, batch_size, epochs, noise, delta, microbatching, accountant):
+    from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib as lib
+
+    statement = lib.compute_dp_sgd_privacy_statement(
+        number_of_examples=n, batch_size=batch_size, num_epochs=epochs, noise_multiplier=noise, delta=delta,
+        used_microbatching=microbatching, accountant_type=lib.AccountantType[accountant.upper()])
+    return float(re.search(r"Epsilon assuming Poisson sampling \(\*\):\s+([0-9.]+)", statement).group(1))
+
+
+@pytest.mark.parametrize("n, batch_size, epochs, noise, microbatching, accountant", [
+    (1000, 50, 3, 1.1, False, "rdp"),
+    (1000, 50, 3, 1.1, True, "rdp"),
+    (600, 60, 5, 0.8, False, "rdp"),
+    (1000, 50, 3, 1.1, False, "pld"),
+])
+def test_epsilon_agrees_with_tensorflow_privacys_statement(n, batch_size, epochs, noise, microbatching, accountant):
+    delta = 1e-5
+    expected = _statement_epsilon(n, batch_size, epochs, noise, delta, microbatching, accountant)
+    round_ = DpRound(steps=epochs * n // batch_size, sampling_rate=batch_size / n, noise_multiplier=noise,
+                     microbatch_size=2 if microbatching else 1)
+    assert epsilon([round_], delta, accountant) == pytest.approx(expected, abs=1e-3)
+    # the same steps spread over rounds compose to the same epsilon
+    per_round = DpRound(n // batch_size, batch_size / n, noise, microbatch_size=round_.microbatch_size)
+    assert epsilon([per_round] * epochs, delta, accountant) == pytest.approx(expected, abs=2e-3)
+
+
+def test_epsilon_grows_with_rounds_and_falls_with_noise():
+    rounds = [DpRound(20, 0.1, 1.0)]
+    assert epsilon(rounds * 2, 1e-5) > epsilon(rounds, 1e-5) > 0
+    assert epsilon([DpRound(20, 0.1, 2.0)], 1e-5) < epsilon(rounds, 1e-5)
+    assert epsilon([], 1e-5) == 0.0 and epsilon([DpRound(20, 0.1, 0.0)], 1e-5) == float("inf")
+
+
+class _Invocation:
+    def __init__(self, client_id, privacy, outcome="succeeded"):
+        self.client_id, self.privacy, self.outcome = client_id, privacy, outcome
+
+
+def test_budget_skips_exhausted_clients_or_stops_the_run():
+    privacy = {"steps": 20, "sampling_rate": 0.1, "noise_multiplier": 1.0, "l2_norm_clip": 1.0, "microbatch_size": 1}
+    one_round = epsilon([DpRound(20, 0.1, 1.0)], 1e-5)
+    two_rounds = epsilon([DpRound(20, 0.1, 1.0)] * 2, 1e-5)
+    accountant = ExampleLevelAccountant(1e-5, target_epsilon=(one_round + two_rounds) / 2)
+    accountant(_Invocation("a", privacy))
+    accountant(_Invocation("b", privacy, outcome="failed"))
+    assert accountant.epsilon("a") == pytest.approx(one_round) and accountant.epsilon("b") == 0.0
+    assert not accountant.allows("a") and accountant.allows("b") and accountant.allows("c")
+
+    skipping = BudgetedSelection(RandomSelection(0), accountant)
+    assert skipping.select(2, ["a", "b", "c"], 2) == ["b", "c"]
+    assert accountant.round_metrics(2)["clients_skipped"] == 1.0
+    assert accountant.round_metrics(2)["epsilon_max"] == pytest.approx(one_round)
+    assert skipping.select(2, ["a", "b"], 2) == ["b"], "fewer clients when too few have budget"
+    with pytest.raises(PrivacyBudgetExhausted, match="target_epsilon"):
+        BudgetedSelection(RandomSelection(0), accountant, stop_run=True).select(2, ["a", "b", "c"], 2)
+    with pytest.raises(PrivacyBudgetExhausted):
+        skipping.select(3, ["a"], 1)
+
+
+def test_privacy_report_states_what_dp_fy_ml_asks():
+    accountant = ExampleLevelAccountant(1e-5, accountant="pld")
+    accountant(_Invocation("a", {"steps": 30, "sampling_rate": 0.05, "noise_multiplier": 1.3, "l2_norm_clip": 0.8}))
+    report = accountant.worst_case()
+    assert isinstance(report, PrivacyReport) and report.granularity == "example-level"
+    text = str(report)
+    for needle in ("epsilon = ", "delta = 1e-05", "PLD accountant", "add-or-remove-one adjacency", "Poisson",
+                   "example-level", "noise multiplier 1.3", "clip norm 0.8", "30 steps", "sampling rate 0.05"):
+        assert needle in text, needle
+    assert report.to_dict()["epsilon"] == pytest.approx(accountant.epsilon("a"))
+
+
+# a whole DP run ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_more_noise_means_lower_epsilon_and_lower_accuracy_on_digits(tiny_config):
+    from fedless_nb.history import History
+    from fedless_nb.runner import run_experiment
+
+    outcomes = []
+    for noise in (0.5, 2.0, 8.0):
+        config = tiny_config(
+            name=f"dp-{noise}", clients=4, clients_per_round=4, rounds=3,
+            model={"builder": "mlp", "options": {"hidden_units": [32]}},
+            train={"epochs": 1, "batch_size": 16, "learning_rate": 0.5,
+                   "dp": {"l2_norm_clip": 1.0, "noise_multiplier": noise, "num_microbatches": 8}},
+        )
+        result = run_experiment(config)
+        rounds = History(config.history).rounds(result.run_id)
+        epsilons = [r["privacy_epsilon_max"] for r in rounds]
+        assert epsilons == sorted(epsilons) and epsilons[0] > 0, "epsilon grows round by round"
+        report = result.privacy_report()
+        assert report.epsilon == pytest.approx(epsilons[-1]) and report.noise_multiplier == noise
+        outcomes.append((noise, result.final_accuracy, epsilons[-1]))
+    print(outcomes)
+    (_, low_noise_accuracy, low_noise_eps), _, (_, high_noise_accuracy, high_noise_eps) = outcomes
+    assert [eps for _, _, eps in outcomes] == sorted([eps for _, _, eps in outcomes], reverse=True)
+    assert low_noise_eps > high_noise_eps
+    assert low_noise_accuracy > high_noise_accuracy + 0.1

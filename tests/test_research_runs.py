@@ -1,0 +1,156 @@
+"""Whole runs with the research options: every strategy, SCAFFOLD's store, central DP, FedBuff, FedLesScan."""
+
+import time
+
+import pytest
+
+from fedless_nb.experiment import ConfigError, ExperimentConfig
+from fedless_nb.history import History
+from fedless_nb.providers import LocalProvider
+from fedless_nb.runner import run_experiment
+from fedless_nb.store import LocalStore, decode_arrays
+from fedless_nb.strategies import STRATEGIES
+
+FAST_TRAIN = {"epochs": 3, "batch_size": 32, "learning_rate": 0.1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, options", [
+    (name, {"fedyogi": {"eta": 0.1}, "fedadagrad": {"eta": 0.05},
+            "krum": {"num_malicious": 1, "to_keep": 2}, "fedprox": {"proximal_mu": 0.1}}.get(name, {}))
+    for name in STRATEGIES
+])
+def test_every_strategy_trains_digits(tiny_config, name, options):
+    result = run_experiment(tiny_config(strategy={"name": name, "options": options}, rounds=3, train=FAST_TRAIN))
+    assert result.status == "finished"
+    assert result.final_accuracy > 0.5, f"{name} should learn digits well above chance (0.1)"
+
+
+def test_scaffold_keeps_client_control_variates_in_the_store(tiny_config, tmp_path):
+    result = run_experiment(tiny_config(strategy={"name": "scaffold"}, rounds=2))
+    store = LocalStore(tmp_path / "store")
+    controls = sorted((tmp_path / "store" / "runs" / result.run_id / "scaffold").glob("*.control"))
+    assert len(controls) >= 4, "one control variate per client that trained"
+    assert any(abs(layer).max() > 0 for layer in decode_arrays(store.get(
+        f"runs/{result.run_id}/scaffold/{controls[0].stem}.control")))
+    corrections = list((tmp_path / "store" / "runs" / result.run_id).rglob("corrections/*.weights"))
+    assert len(corrections) == 8, "a correction per client and round"
+    assert result.strategy.control is not None and result.final_accuracy > 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_central_dp_records_its_client_level_epsilon(tiny_config, adaptive):
+    config = tiny_config(rounds=3, train=FAST_TRAIN, central_dp={
+        "noise_multiplier": 0.5, "clip_norm": 2.0, "adaptive": adaptive, "delta": 1e-3})
+    result = run_experiment(config)
+    rounds = History(config.history).rounds(result.run_id)
+    epsilons = [r["privacy_central_epsilon"] for r in rounds]
+    assert epsilons == sorted(epsilons) and epsilons[0] > 0
+    clip_norms = [r["privacy_central_clip_norm"] for r in rounds]
+    assert (len(set(clip_norms)) > 1) == adaptive
+    report = result.privacy_report()
+    assert report.granularity == "client-level" and report.epsilon == pytest.approx(epsilons[-1])
+    assert report.sampling_rate == pytest.approx(4 / 6)
+
+
+@pytest.mark.slow
+def test_fedbuff_finishes_the_same_updates_sooner_than_sync_rounds_and_converges(tiny_config):
+    """client-0000 sleeps 10 s per invocation. Sync: 2 rounds of all 4 clients wait for it twice.
+    FedBuff: 4 buffers of 2 updates, the other three clients keep delivering meanwhile."""
+    train = {"epochs": 5, "batch_size": 32, "learning_rate": 0.1}
+    common = {"clients": 4, "train": train, "round_deadline": 120.0}
+    runs = {}
+    for mode, overrides in (("sync", {"clients_per_round": 4, "rounds": 2}),
+                            ("async", {"clients_per_round": 4, "rounds": 4, "mode": "async",
+                                       "asynchronous": {"concurrency": 4, "buffer_size": 2, "staleness": "polynomial"}})):
+        config = tiny_config(name=mode, **common, **overrides)
+        provider = LocalProvider("local", workers=4, entry_point="workloads:sleeps_on_client_zero")
+        started = time.monotonic()
+        result = run_experiment(config, providers={"local": provider})
+        runs[mode] = (time.monotonic() - started, result, History(config.history))
+    (sync_seconds, sync, sync_history), (async_seconds, fedbuff, async_history) = runs["sync"], runs["async"]
+    print({"sync_seconds": round(sync_seconds, 1), "async_seconds": round(async_seconds, 1),
+           "sync_accuracy": sync.final_accuracy, "async_accuracy": fedbuff.final_accuracy})
+
+    def aggregated(history, run_id):
+        return sum(r["succeeded"] for r in history.rounds(run_id))
+
+    assert aggregated(sync_history, sync.run_id) == aggregated(async_history, fedbuff.run_id) == 8
+    assert async_seconds < sync_seconds
+    assert fedbuff.status == "finished" and fedbuff.final_accuracy > 0.7
+    invocations = [i for i in async_history.invocations(fedbuff.run_id) if i["outcome"] == "succeeded"]
+    assert all(i["staleness"] is not None for i in invocations)
+    assert max(i["staleness"] for i in invocations) >= 1, "some updates arrive after a newer global model"
+    assert all(i["staleness"] is None for i in sync_history.invocations(sync.run_id))
+
+
+@pytest.mark.parametrize("clients, concurrency, buffer_size", [(6, 3, 3), (3, 3, 3)])
+def test_fedbuff_tasks_a_client_once_per_global_version(tiny_config, clients, concurrency, buffer_size):
+    """A second task from the same global model would reuse the update key and be refused as a replay;
+    with as many clients as slots, a round closes once every client has had its turn."""
+    config = tiny_config(clients=clients, clients_per_round=3, rounds=3, mode="async", train=FAST_TRAIN,
+                         asynchronous={"concurrency": concurrency, "buffer_size": buffer_size})
+    result = run_experiment(config)
+    history = History(config.history)
+    invocations = history.invocations(result.run_id)
+    assert [(i["outcome"], i["error"]) for i in invocations if i["outcome"] != "succeeded"] == []
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [buffer_size] * 3
+    tasks = [(i["round"], i["client_id"]) for i in invocations]
+    assert len(tasks) == len(set(tasks))
+
+
+def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
+    result = run_experiment(tiny_config(selection={"policy": "fedlesscan"}, rounds=2, clients_per_round=3))
+    invocations = History(result.config.history).invocations(result.run_id)
+    rounds = [sorted(i["client_id"] for i in invocations if i["round"] == r) for r in (1, 2)]
+    assert not set(rounds[0]) & set(rounds[1]), "round 2 first measures the clients round 1 did not"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"strategy": {"name": "fedadam", "options": {"etta": 0.1}}}, r"^strategy.options.etta: not an option of fedadam"),
+    ({"strategy": {"name": "krum", "options": {"to_keep": -1}}}, r"^strategy.options.to_keep: must be an int >= 0"),
+    ({"train": {"batch_size": 32, "dp": {"num_microbatches": 5}}}, r"^train.dp.num_microbatches: must divide"),
+    ({"train": {"dp": {"noise_multiplier": -1}}}, r"^train.dp.noise_multiplier: must be >= 0"),
+    ({"train": {"dp": {"accountant": "gdp"}}}, r"^train.dp.accountant: unknown value 'gdp'"),
+    ({"train": {"optimizer": "rmsprop", "dp": {}}}, r"^train.optimizer: DP-SGD supports"),
+    ({"train": {"dp": {"on_budget": "panic"}}}, r"^train.dp.on_budget"),
+    ({"central_dp": {"clip_norm": 0}}, r"^central_dp.clip_norm: must be > 0"),
+    ({"central_dp": {"adaptive": True, "clipped_count_stddev": 0.2}}, r"^central_dp.clipped_count_stddev: must exceed"),
+    ({"strategy": {"name": "krum"}, "central_dp": {}}, r"^central_dp: works with the strategies"),
+    ({"selection": {"policy": "fastest"}}, r"^selection.policy: unknown value 'fastest'"),
+    ({"mode": "asap"}, r"^mode: unknown value 'asap'"),
+    ({"mode": "async", "strategy": {"name": "fedadam"}}, r"^strategy.name: mode async aggregates with FedBuff"),
+    ({"mode": "async", "asynchronous": {"concurrency": 99}}, r"^asynchronous.concurrency: must be between 1 and clients"),
+    ({"mode": "async", "asynchronous": {"staleness": "linear"}}, r"^asynchronous.staleness: unknown value"),
+])
+def test_research_options_are_validated_with_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        ExperimentConfig.from_dict({"clients": 6, "clients_per_round": 4, **overrides})
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.slow
+def test_dp_budget_stops_the_run_cleanly(tiny_config):
+    config = tiny_config(rounds=4, clients=4, clients_per_round=4, train={
+        "epochs": 1, "batch_size": 32, "learning_rate": 0.1,
+        "dp": {"noise_multiplier": 1.0, "num_microbatches": 32, "target_epsilon": 4.2, "on_budget": "stop_run"}})
+    result = run_experiment(config)
+    run = History(config.history).run(result.run_id)
+    assert result.status == "stopped" and run["status"] == "stopped" and "target_epsilon" in run["error"]
+    assert 1 <= run["rounds_completed"] < 4
+    assert max(result.accountant.epsilon(c) for c in result.accountant.rounds) <= 4.2
+
+
+@pytest.mark.slow
+def test_dp_budget_skips_clients_out_of_budget_even_before_their_first_round(tiny_config):
+    """Clients of the same size reach the budget together; with skip_client the run ends when none is left."""
+    config = tiny_config(rounds=3, clients=4, clients_per_round=2, train={
+        "epochs": 1, "batch_size": 32, "learning_rate": 0.1,
+        "dp": {"noise_multiplier": 1.0, "num_microbatches": 32, "target_epsilon": 3.5}})
+    result = run_experiment(config)
+    trained = sorted(result.accountant.rounds)
+    assert all(len(result.accountant.rounds[c]) == 1 for c in trained), "a second round would pass 3.5"
+    rounds = History(config.history).rounds(result.run_id)
+    assert rounds[-1]["privacy_clients_skipped"] == 2.0
+    assert result.status == "stopped" and len(rounds) == 2
