@@ -131,7 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="list past runs, or one run's rounds")
     history.add_argument("run_id", nargs="?")
     history.add_argument("--history", default=DEFAULT_HISTORY)
+    kernel = commands.add_parser("kernel", help="the Jupyter kernel spec 'Python 3 (fedless)'")
+    kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
+    install = kernel_commands.add_parser("install", help="install it with jupyter_client's KernelSpecManager")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="for this user (the default)")
+    where.add_argument("--sys-prefix", action="store_true", help=f"into this environment ({sys.prefix})")
+    where.add_argument("--prefix", help="under PREFIX/share/jupyter/kernels")
     return parser
+
+
+def _install_kernel(arguments: argparse.Namespace, console: Console) -> int:
+    from .notebook.kernelspec import install_kernel_spec
+
+    path = install_kernel_spec(prefix=sys.prefix if arguments.sys_prefix else arguments.prefix)
+    console.print(f"Installed the kernel spec 'Python 3 (fedless)' in {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if arguments.command == "history":
             return _show_history(arguments, console)
+        if arguments.command == "kernel":
+            return _install_kernel(arguments, console)
         if arguments.command == "run":
             config = load_config(arguments.config)
             if arguments.history:

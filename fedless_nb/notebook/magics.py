@@ -7,6 +7,7 @@ Adding a magic is one more method here with its own @magic_arguments.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from pathlib import Path
@@ -66,6 +67,14 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _require_running_loop() -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise UsageError("--background needs a running event loop, as in a Jupyter kernel; "
+                         "in a terminal IPython, leave --background out") from None
+
+
 @magics_class
 class FedlessMagics(Magics):
     """Federated training from a notebook; see `%fedless_train?`."""
@@ -117,12 +126,16 @@ class FedlessMagics(Magics):
         args = parse_argstring(self.fedless_train, line)
         config = self.experiment_config(args, cell)
         model = self._user_model(args.model) if args.model else None
+        if args.background:
+            _require_running_loop()
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell)
         observers = [dashboard] if dashboard is not None else []
-        if args.background:
-            return self._start_background(config, model, observers)
-        from .execution import run_to_end
+        from .execution import BackgroundRun, run_to_end
 
+        if args.background:
+            run = BackgroundRun(config, model, observers, on_done=self.background.remove)
+            self.background.append(run)
+            return run
         return run_to_end(config, model, observers)
 
     def experiment_config(self, args: Any, cell: str | None) -> ExperimentConfig:
@@ -153,22 +166,9 @@ class FedlessMagics(Magics):
                              "builds it) first, or leave it out to use the config's model.builder")
         value = self.shell.user_ns[name]
         if not callable(value):
-            raise UsageError(f"{name} holds a value of type {type(value).__name__}, not a Keras model or a function that builds one")
+            raise UsageError(f"{name} holds a value of type {type(value).__name__}, "
+                             "not a Keras model or a function that builds one")
         return value
-
-    def _start_background(self, config: ExperimentConfig, model: Any, observers: list[Any]) -> Any:
-        import asyncio
-
-        from .execution import BackgroundRun
-
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            raise UsageError("--background needs a running event loop, as in a Jupyter kernel; "
-                             "in a terminal IPython, leave --background out") from None
-        run = BackgroundRun(config, model, observers, on_done=self.background.remove)
-        self.background.append(run)
-        return run
 
     # %fedless_stop ----------------------------------------------------------------------------
     @magic_arguments()
@@ -253,9 +253,10 @@ class FedlessMagics(Magics):
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """`%load_ext fedless_nb`: register the magics, once, and make them configurable with %config."""
-    magics = next((c for c in ipython.configurables if isinstance(c, FedlessMagics)), None)
-    if magics is None:
-        magics = FedlessMagics(ipython)
-        ipython.configurables.append(magics)
-    ipython.register_magics(magics)
+    """`%load_ext fedless_nb`: register the magics and make them configurable with %config.
+
+    A reload replaces the previous instance (by name: a reloaded module defines a new class);
+    settings made with %config live in the shell's config and carry over.
+    """
+    ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != FedlessMagics.__name__]
+    ipython.register_magics(FedlessMagics(ipython))  # Magics.__init__ adds it to ipython.configurables
