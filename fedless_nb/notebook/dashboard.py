@@ -1,8 +1,8 @@
 """The live dashboard: an observer of the controller's events, shown as ipywidgets or as plain text.
 
 `RunProgress` folds events into what there is to show; `WidgetDashboard` and `TextDashboard`
-only draw it. Widgets need a frontend with a widget manager (JupyterLab, Notebook 7, classic
-Notebook): where none is connected, as under nbconvert or nbclient, the text form is used.
+only draw it. Widgets need an interactive frontend with a widget manager (JupyterLab, Notebook, VS Code);
+under batch execution (nbconvert, nbclient, papermill) the text form is used.
 """
 
 from __future__ import annotations
@@ -149,24 +149,27 @@ class WidgetDashboard:
         self.totals.value = " &nbsp; ".join(f"<b>{value}</b> {name}" for name, value in self.progress.totals().items())
 
 
-def widgets_frontend_connected(shell: Any) -> bool:
-    """True when this is a Jupyter kernel and a widget manager has connected to it.
+def frontend_renders_widgets(shell: Any) -> bool:
+    """True in a Jupyter kernel whose current frontend is an interactive one.
 
-    JupyterLab's and Notebook's widget managers open the "jupyter.widget.control" comm when they
-    attach to a kernel (to restore its widgets); nbconvert and nbclient never do, so there the
-    dashboard falls back to text instead of leaving an unrendered widget in the output.
+    Interactive frontends (JupyterLab, Notebook, VS Code) let the kernel ask for input; batch
+    execution (nbclient, nbconvert, papermill) sends its cells with allow_stdin false, and no
+    widget would ever render there. A widget manager that has opened ipywidgets' control comm
+    (to restore the kernel's widgets) is direct evidence too, whatever the stdin setting.
     """
-    if getattr(shell, "kernel", None) is None:
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
         return False
-    from ipywidgets import Widget
-
-    return Widget._control_comm is not None
+    if getattr(kernel, "_allow_stdin", False):
+        return True
+    widgets = sys.modules.get("ipywidgets")
+    return widgets is not None and widgets.Widget._control_comm is not None
 
 
 def make_dashboard(mode: str, shell: Any) -> Callable[[Event], None] | None:
     """The observer for `mode` (see DASHBOARD_MODES), shown in the current cell; None for "none"."""
     if mode == "auto":
-        mode = "widgets" if widgets_frontend_connected(shell) else "text"
+        mode = "widgets" if frontend_renders_widgets(shell) else "text"
     if mode == "none":
         return None
     if mode == "text":

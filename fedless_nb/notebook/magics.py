@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -252,6 +253,14 @@ class FedlessMagics(Magics):
         return frame
 
 
+class _RetracingWarnings(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning: every run in a kernel builds and
+    evaluates a fresh model by design, which TensorFlow mistakes for a function retraced in a loop."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext fedless_nb`: register the magics and make them configurable with %config.
 
@@ -260,3 +269,6 @@ def load_ipython_extension(ipython: Any) -> None:
     """
     ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != FedlessMagics.__name__]
     ipython.register_magics(FedlessMagics(ipython))  # Magics.__init__ adds it to ipython.configurables
+    tensorflow_log = logging.getLogger("tensorflow")
+    if not any(type(f).__name__ == _RetracingWarnings.__name__ for f in tensorflow_log.filters):
+        tensorflow_log.addFilter(_RetracingWarnings())
