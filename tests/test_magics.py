@@ -155,6 +155,7 @@ def test_cell_form_history_and_compare(shell):
     assert list(runs.columns) == ["run_id", "name", "status", "started", "rounds_completed", "rounds", "clients",
                                   "eval_accuracy", "eval_loss"]
     rounds = shell.run_line_magic("fedless_history", first.run_id)
+    assert {"round", "succeeded", "failed", "duration", "eval_accuracy", "train_loss"} <= set(rounds.columns)
     assert list(rounds["round"]) == [1, 2] and rounds["eval_accuracy"].iloc[-1] == pytest.approx(first.final_accuracy)
     with pytest.raises(UsageError, match="no run 'nope'"):
         shell.run_line_magic("fedless_history", "nope")

@@ -74,6 +74,7 @@ class BackgroundRun:
                  on_done: Callable[["BackgroundRun"], None] | None = None) -> None:
         self.config = config
         self.controller: Controller | None = None
+        self._stop_requested = False
         self.task = asyncio.get_running_loop().create_task(run_experiment_async(
             config, model=model, observers=observers, on_controller=self._attach,
         ))
@@ -82,6 +83,8 @@ class BackgroundRun:
 
     def _attach(self, controller: Controller) -> None:
         self.controller = controller
+        if self._stop_requested:
+            controller.request_stop()
 
     @property
     def run_id(self) -> str | None:
@@ -100,11 +103,10 @@ class BackgroundRun:
         return self.task.done()
 
     def stop(self) -> None:
-        """End the run after its current round; a run still preparing its data and model is cancelled."""
+        """End the run after its current round (after round 1 if it is still preparing its data and model)."""
+        self._stop_requested = True
         if self.controller is not None:
             self.controller.request_stop()
-        else:
-            self.task.cancel()
 
     def result(self) -> RunResult:
         if not self.task.done():

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -213,13 +215,11 @@ class FedlessMagics(Magics):
         with self._history(args.history) as history:
             if args.run_id:
                 history.run(args.run_id)  # refuses an unknown id by name
-                return history.rounds_frame(args.run_id)
+                return history.rounds_frame(args.run_id).drop(columns=["run_id", "started_at", "finished_at"])
             frame = history.runs_frame()
         if frame.empty:
             return frame
-        import pandas as pd
-
-        frame["started"] = pd.to_datetime(frame["started_at"], unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
+        frame["started"] = frame["started_at"].map(lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)))
         return frame[[column for column in RUNS_COLUMNS if column in frame]]
 
     @magic_arguments()
@@ -262,13 +262,14 @@ class _RetracingWarnings(logging.Filter):
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """`%load_ext fedless_nb`: register the magics and make them configurable with %config.
+    """`%load_ext fedless_nb`: register the magics, make them configurable with %config, quiet TensorFlow.
 
     A reload replaces the previous instance (by name: a reloaded module defines a new class);
     settings made with %config live in the shell's config and carry over.
     """
     ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != FedlessMagics.__name__]
     ipython.register_magics(FedlessMagics(ipython))  # Magics.__init__ adds it to ipython.configurables
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet even when the notebook imports TensorFlow itself
     tensorflow_log = logging.getLogger("tensorflow")
     if not any(type(f).__name__ == _RetracingWarnings.__name__ for f in tensorflow_log.filters):
         tensorflow_log.addFilter(_RetracingWarnings())
