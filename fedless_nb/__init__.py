@@ -4,4 +4,13 @@ Importing the package is cheap on purpose: TensorFlow loads only when a run star
 so a notebook can `import fedless_nb` (or `%load_ext fedless_nb`) instantly.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext fedless_nb`: the %fedless_train, %fedless_stop, %fedless_history and %fedless_compare magics."""
+    from .notebook.magics import load_ipython_extension as load
+
+    load(ipython)

@@ -145,7 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     package.add_argument("--provider", required=True, choices=list(PLATFORMS))
     package.add_argument("--out", required=True, help="folder to write the bundle into")
     package.add_argument("--name", default="fedless-client", help="the function's name on the platform")
+    kernel = commands.add_parser("kernel", help="the Jupyter kernel spec 'Python 3 (fedless)'")
+    kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
+    install = kernel_commands.add_parser("install", help="install it with jupyter_client's KernelSpecManager")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="for this user (the default)")
+    where.add_argument("--sys-prefix", action="store_true", help=f"into this environment ({sys.prefix})")
+    where.add_argument("--prefix", help="under PREFIX/share/jupyter/kernels")
     return parser
+
+
+def _install_kernel(arguments: argparse.Namespace, console: Console) -> int:
+    from .notebook.kernelspec import install_kernel_spec
+
+    path = install_kernel_spec(prefix=sys.prefix if arguments.sys_prefix else arguments.prefix)
+    console.print(f"Installed the kernel spec 'Python 3 (fedless)' in {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _show_history(arguments, console)
         if arguments.command == "package":
             return _package(arguments, console)
+        if arguments.command == "kernel":
+            return _install_kernel(arguments, console)
         if arguments.command == "run":
             config = load_config(arguments.config)
             if arguments.history:

@@ -189,16 +189,28 @@ class ExperimentConfig:
 
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a YAML config file."""
+    return ExperimentConfig.from_dict(read_config_data(path))
+
+
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's plain data, not yet validated (the notebook merges its options in first)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    return parse_config_yaml(text, str(path))
+
+
+def parse_config_yaml(text: str, source: str) -> dict[str, Any]:
+    """YAML text as plain data; `source` names it in the error (a file, a notebook cell)."""
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
-    return ExperimentConfig.from_dict(data or {})
+        raise ConfigError(f"{source} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    return data if data is not None else {}
 
 
 def _type_name(kind: Any) -> str:

@@ -58,6 +58,11 @@ class RunResult:
     def final_accuracy(self) -> float | None:
         return self.round_metrics[-1].get("accuracy") if self.round_metrics else None
 
+    def __repr__(self) -> str:  # the weights would drown a notebook cell's output
+        accuracy = "" if self.final_accuracy is None else f", accuracy={self.final_accuracy:.4f}"
+        return (f"RunResult(run_id={self.run_id!r}, status={self.status!r}, "
+                f"rounds={len(self.round_metrics)}/{self.config.rounds}{accuracy})")
+
     def history(self) -> History:
         return History(self.config.history)
 

@@ -1,0 +1,181 @@
+"""The live dashboard: an observer of the controller's events, shown as ipywidgets or as plain text.
+
+`RunProgress` folds events into what there is to show; `WidgetDashboard` and `TextDashboard`
+only draw it. Widgets need an interactive frontend with a widget manager (JupyterLab, Notebook, VS Code);
+under batch execution (nbconvert, nbclient, papermill) the text form is used.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
+from .chart import line_chart, timeline_chart
+
+DASHBOARD_MODES = ("auto", "widgets", "text", "none")
+TIMELINE_BARS = 400  # the newest invocations drawn; a long run's timeline stays a bounded SVG
+
+
+@dataclass
+class RunProgress:
+    """What the dashboard shows, folded from a run's events."""
+
+    run_id: str = ""
+    total_rounds: int = 0
+    rounds_done: int = 0
+    round_running: int = 0
+    started_at: float = 0.0
+    status: str = "starting"
+    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    bars: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TIMELINE_BARS))
+    invocations: int = 0
+    failures: int = 0
+    cold_starts: int = 0
+    last_round: RoundFinished | None = None
+
+    def update(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.run_id, self.total_rounds, self.started_at = event.run_id, event.rounds, event.started_at
+            self.status = "running"
+        elif isinstance(event, RoundStarted):
+            self.round_running = event.round
+        elif isinstance(event, InvocationFinished):
+            self.invocations += 1
+            self.failures += event.outcome == "failed"
+            self.cold_starts += bool(event.cold)
+            outcome = "failed" if event.outcome == "failed" else "cold" if event.cold else "warm"
+            self.bars.append((event.client_id, event.started_at - self.started_at,
+                              event.finished_at - self.started_at, event.provider, outcome))
+        elif isinstance(event, RoundFinished):
+            self.rounds_done, self.last_round = event.round, event
+            self.metrics.append((event.round, event.eval_metrics))
+        elif isinstance(event, RunFinished):
+            self.status = event.status
+
+    def series(self, name: str) -> dict[str, list[tuple[float, float]]]:
+        return {name: [(r, values[name]) for r, values in self.metrics if name in values]}
+
+    def totals(self) -> dict[str, int]:
+        return {"invocations": self.invocations, "failures": self.failures, "cold starts": self.cold_starts}
+
+    def round_line(self) -> str:
+        event = self.last_round
+        assert event is not None
+        metrics = "  ".join(f"{name} {value:.4f}" for name, value in event.eval_metrics.items())
+        return (f"Round {event.round}/{self.total_rounds}  {metrics}  {event.succeeded}/{event.selected} ok  "
+                f"{event.finished_at - event.started_at:.2f}s")
+
+    def summary_line(self) -> str:
+        totals = ", ".join(f"{value} {name}" for name, value in self.totals().items())
+        return f"Run {self.run_id} {self.status}: {self.rounds_done}/{self.total_rounds} rounds, {totals}"
+
+
+class TextDashboard:
+    """One line when the run starts, one per finished round, a summary at the end."""
+
+    def __init__(self, write: Callable[[str], None] | None = None) -> None:
+        self.progress = RunProgress()
+        self.write = write or (lambda line: print(line, file=sys.stdout, flush=True))
+
+    def __call__(self, event: Event) -> None:
+        self.progress.update(event)
+        if isinstance(event, RunStarted):
+            self.write(f"Run {event.run_id}: {event.clients} clients, {event.rounds} rounds")
+        elif isinstance(event, RoundFinished):
+            self.write(self.progress.round_line())
+        elif isinstance(event, RunFinished):
+            self.write(self.progress.summary_line())
+
+
+class WidgetDashboard:
+    """Round progress, accuracy and loss charts, the client timeline and running totals, updated in place."""
+
+    def __init__(self) -> None:
+        import ipywidgets as widgets
+
+        self.progress = RunProgress()
+        self.title = widgets.HTML("<b>fedless_nb</b>: starting")
+        self.bar = widgets.IntProgress(value=0, min=0, max=1, description="Round 0", bar_style="info")
+        self.accuracy = widgets.HTML()
+        self.loss = widgets.HTML()
+        self.timeline = widgets.HTML()
+        self.totals = widgets.HTML()
+        for widget, name in ((self.bar, "progress"), (self.accuracy, "accuracy"), (self.loss, "loss"),
+                             (self.timeline, "timeline"), (self.totals, "totals")):
+            widget.add_class(f"fedless-{name}")
+        self.widget = widgets.VBox([self.title, self.bar, widgets.HBox([self.accuracy, self.loss]),
+                                    self.timeline, self.totals])
+        self.widget.add_class("fedless-dashboard")
+        self._draw_charts()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def __call__(self, event: Event) -> None:
+        state = self.progress
+        state.update(event)
+        if isinstance(event, RunStarted):
+            self.bar.max = event.rounds
+            self._draw_title()
+        elif isinstance(event, RoundStarted):
+            self.bar.description = f"Round {event.round}/{state.total_rounds}"
+        elif isinstance(event, InvocationFinished):
+            self.timeline.value = timeline_chart(list(state.bars))
+            self._draw_totals()
+        elif isinstance(event, RoundFinished):
+            self.bar.value = event.round
+            self._draw_charts()
+        elif isinstance(event, RunFinished):
+            self.bar.bar_style = {"finished": "success", "stopped": "warning"}.get(event.status, "danger")
+            self._draw_title()
+
+    def _draw_title(self) -> None:
+        state = self.progress
+        self.title.value = f"<b>Run {state.run_id}</b>: {state.status}, {state.rounds_done}/{state.total_rounds} rounds"
+
+    def _draw_charts(self) -> None:
+        state = self.progress
+        self.accuracy.value = line_chart(state.series("accuracy"), title="test accuracy", y_label="accuracy",
+                                         y_range=(0.0, 1.0))
+        self.loss.value = line_chart(state.series("loss"), title="test loss", y_label="loss")
+        self._draw_title()
+
+    def _draw_totals(self) -> None:
+        self.totals.value = " &nbsp; ".join(f"<b>{value}</b> {name}" for name, value in self.progress.totals().items())
+
+
+def frontend_renders_widgets(shell: Any) -> bool:
+    """True in a Jupyter kernel whose current frontend is an interactive one.
+
+    Interactive frontends (JupyterLab, Notebook, VS Code) let the kernel ask for input; batch
+    execution (nbclient, nbconvert, papermill) sends its cells with allow_stdin false, and no
+    widget would ever render there. A widget manager that has opened ipywidgets' control comm
+    (to restore the kernel's widgets) is direct evidence too, whatever the stdin setting.
+    """
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return False
+    if getattr(kernel, "_allow_stdin", False):
+        return True
+    widgets = sys.modules.get("ipywidgets")
+    return widgets is not None and widgets.Widget._control_comm is not None
+
+
+def make_dashboard(mode: str, shell: Any) -> Callable[[Event], None] | None:
+    """The observer for `mode` (see DASHBOARD_MODES), shown in the current cell; None for "none"."""
+    if mode == "auto":
+        mode = "widgets" if frontend_renders_widgets(shell) else "text"
+    if mode == "none":
+        return None
+    if mode == "text":
+        return TextDashboard()
+    from IPython.display import display
+
+    dashboard = WidgetDashboard()
+    display(dashboard)
+    return dashboard

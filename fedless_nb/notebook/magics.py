@@ -1,0 +1,296 @@
+"""IPython magics: %fedless_train, %fedless_stop, %fedless_history, %fedless_compare, %fedless_deploy.
+
+Settings shared by every magic are traitlets, so `%config FedlessMagics.history = "runs.db"`
+(or an ipython_config.py) changes them. A mistake in the input is a one-line UsageError.
+Adding a magic is one more method here with its own @magic_arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import CaselessStrEnum, Unicode
+
+from ..errors import UserError
+from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data
+from ..history import DEFAULT_HISTORY, History
+from .dashboard import DASHBOARD_MODES, make_dashboard
+
+# %fedless_train option -> the config key it sets (the same schema as `fedless-nb run`'s YAML)
+OPTION_KEYS = {
+    "name": "name", "seed": "seed", "clients": "clients", "clients_per_round": "clients_per_round",
+    "rounds": "rounds", "round_deadline": "round_deadline", "builder": "model.builder",
+    "dataset": "data.dataset", "partition": "data.partition", "alpha": "data.alpha",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "optimizer": "train.optimizer",
+    "learning_rate": "train.learning_rate", "strategy": "strategy.name", "history": "history",
+}
+RUNS_COLUMNS = ["run_id", "name", "status", "started", "rounds_completed", "rounds", "clients",
+                "eval_accuracy", "eval_loss"]
+
+
+def user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A magic whose UserErrors (bad config, model, history file) show as one-line UsageErrors."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except UserError as error:
+            raise UsageError(str(error)) from None
+
+    return wrapper
+
+
+def set_key(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """data["train"]["learning_rate"] = value for dotted "train.learning_rate"."""
+    *path, last = dotted.split(".")
+    for part in path:
+        section = data.setdefault(part, {})
+        if not isinstance(section, dict):
+            raise UsageError(f"{dotted}: {part} is not a section of the config")
+        data = section
+    data[last] = value
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`, section by section."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _require_running_loop() -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise UsageError("--background needs a running event loop, as in a Jupyter kernel; "
+                         "in a terminal IPython, leave --background out") from None
+
+
+@magics_class
+class FedlessMagics(Magics):
+    """Federated training from a notebook; see `%fedless_train?`."""
+
+    history = Unicode(DEFAULT_HISTORY, help="SQLite history file every magic reads and writes").tag(config=True)
+    store = Unicode(".fedless/store", help="directory of the local parameter store").tag(config=True)
+    dashboard = CaselessStrEnum(
+        DASHBOARD_MODES, default_value="auto",
+        help="auto: widgets where the frontend renders them, else text; or widgets, text, none",
+    ).tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.background: list[Any] = []  # BackgroundRun objects still going on
+
+    # %fedless_train ---------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("model", nargs="?", help="a notebook variable holding a Keras model or a function that builds one "
+                                       "(default: the config's model.builder, mlp)")
+    @argument("--config", help="YAML file of the same schema as `fedless-nb run` (options below override it)")
+    @argument("--name", help="experiment name, the start of the run id")
+    @argument("--seed", type=int)
+    @argument("--clients", type=int, help="number of clients (default 20)")
+    @argument("--clients-per-round", type=int, help="clients selected per round (default 5)")
+    @argument("--rounds", type=int, help="default 10")
+    @argument("--round-deadline", type=float, help="seconds; slower invocations count as failed")
+    @argument("--builder", help="built-in model (mlp, logistic_regression, cnn) or 'module:function'")
+    @argument("--dataset", help="digits, breast_cancer, mnist, ... (default digits)")
+    @argument("--partition", help="iid, dirichlet, shards or natural (default iid)")
+    @argument("--alpha", type=float, help="Dirichlet concentration (smaller is more skewed)")
+    @argument("--epochs", type=int, help="local epochs per round")
+    @argument("--batch-size", type=int)
+    @argument("--optimizer", help="sgd, adam, rmsprop or adagrad")
+    @argument("--lr", "--learning-rate", dest="learning_rate", type=float)
+    @argument("--strategy", help="aggregation strategy (default fedavg)")
+    @argument("--provider", help="provider kind for every client (default local)")
+    @argument("--workers", type=int, help="invocations the provider runs at once")
+    @argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+              help="any config key, dotted, with a YAML value: --set train.epochs=2 (repeatable)")
+    @argument("--history", help="SQLite history file (default: FedlessMagics.history)")
+    @argument("--dashboard", choices=DASHBOARD_MODES, help="default: FedlessMagics.dashboard")
+    @argument("--background", action="store_true",
+              help="run on the kernel's event loop and return at once; %%fedless_stop ends it")
+    @line_cell_magic
+    @user_errors
+    def fedless_train(self, line: str, cell: str | None = None) -> Any:
+        """Train a model federated. `run = %fedless_train model --rounds 5` returns the run: run.rounds_frame(),
+        run.weights, run.model(). As a cell magic the cell body is a YAML config."""
+        args = parse_argstring(self.fedless_train, line)
+        config = self.experiment_config(args, cell)
+        model = self._user_model(args.model) if args.model else None
+        if args.background:
+            _require_running_loop()
+        dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell)
+        observers = [dashboard] if dashboard is not None else []
+        from .execution import BackgroundRun, run_to_end
+
+        if args.background:
+            run = BackgroundRun(config, model, observers, on_done=self.background.remove)
+            self.background.append(run)
+            return run
+        return run_to_end(config, model, observers)
+
+    def experiment_config(self, args: Any, cell: str | None) -> ExperimentConfig:
+        """The magics' settings, then the config file or cell, then the options, validated as one config."""
+        data: dict[str, Any] = {"history": self.history, "store": {"path": self.store}}
+        for source in (read_config_data(args.config) if args.config else None,
+                       parse_config_yaml(cell, "the cell") if cell and cell.strip() else None):
+            if source is not None:
+                if not isinstance(source, dict):
+                    ExperimentConfig.from_dict(source)  # raises the schema's own message
+                data = merge(data, source)
+        for option, key in OPTION_KEYS.items():
+            if getattr(args, option) is not None:
+                set_key(data, key, getattr(args, option))
+        if args.provider is not None or args.workers is not None:
+            kind = args.provider or "local"
+            data["providers"] = [{"kind": kind, "name": kind, **({"workers": args.workers} if args.workers else {})}]
+        for setting in args.settings:
+            key, equals, value = setting.partition("=")
+            if not equals or not key:
+                raise UsageError(f"--set {setting}: write KEY=VALUE, for example --set train.epochs=2")
+            set_key(data, key.strip(), parse_config_yaml(value, f"--set {key}") if value.strip() else None)
+        return ExperimentConfig.from_dict(data)
+
+    def _user_model(self, name: str) -> Any:
+        if name not in self.shell.user_ns:
+            raise UsageError(f"no variable named {name!r} in the notebook: define the model (or a function that "
+                             "builds it) first, or leave it out to use the config's model.builder")
+        value = self.shell.user_ns[name]
+        if not callable(value):
+            raise UsageError(f"{name} holds a value of type {type(value).__name__}, "
+                             "not a Keras model or a function that builds one")
+        return value
+
+    # %fedless_stop ----------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("run_id", nargs="*", help="runs to stop (default: every background run)")
+    @line_magic
+    def fedless_stop(self, line: str) -> None:
+        """Stop background runs after their current round; the history keeps every finished round."""
+        args = parse_argstring(self.fedless_stop, line)
+        if not self.background:
+            raise UsageError("no run is going on in the background")
+        known = {run.run_id for run in self.background}
+        unknown = [run_id for run_id in args.run_id if run_id not in known]
+        if unknown:
+            raise UsageError(f"no background run {unknown[0]!r}; running: {', '.join(str(r) for r in known)}")
+        for run in list(self.background):
+            if not args.run_id or run.run_id in args.run_id:
+                run.stop()
+                print(f"Run {run.run_id or '(starting)'} stops after its current round")
+
+    # %fedless_history, %fedless_compare -------------------------------------------------------
+    @contextlib.contextmanager
+    def _history(self, path: str | None) -> Iterator[History]:
+        path = path or self.history
+        if not Path(path).exists():
+            raise UsageError(f"no history file {path} yet: train a model first, or point --history "
+                             "(or %config FedlessMagics.history) at an existing one")
+        history = History(path)
+        try:
+            yield history
+        finally:
+            history.close()
+
+    @magic_arguments()
+    @argument("run_id", nargs="?", help="one run: its rounds (default: every run)")
+    @argument("--history", help="SQLite history file (default: FedlessMagics.history)")
+    @line_magic
+    @user_errors
+    def fedless_history(self, line: str) -> Any:
+        """Past runs as a DataFrame, newest first; with RUN_ID, that run's rounds."""
+        args = parse_argstring(self.fedless_history, line)
+        with self._history(args.history) as history:
+            if args.run_id:
+                history.run(args.run_id)  # refuses an unknown id by name
+                return history.rounds_frame(args.run_id).drop(columns=["run_id", "started_at", "finished_at"])
+            frame = history.runs_frame()
+        if frame.empty:
+            return frame
+        frame["started"] = frame["started_at"].map(lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)))
+        return frame[[column for column in RUNS_COLUMNS if column in frame]]
+
+    @magic_arguments()
+    @argument("run_id", nargs="+", help="two or more run ids")
+    @argument("--metric", default="accuracy", help="eval metric to plot (default accuracy)")
+    @argument("--history", help="SQLite history file (default: FedlessMagics.history)")
+    @line_magic
+    @user_errors
+    def fedless_compare(self, line: str) -> Any:
+        """Plot a metric per round of several runs in one chart; returns the values (round x run) as a DataFrame."""
+        import pandas as pd
+        from IPython.display import SVG, display
+
+        from .chart import line_chart
+
+        args = parse_argstring(self.fedless_compare, line)
+        column = f"eval_{args.metric}"
+        series: dict[str, list[tuple[float, float]]] = {}
+        with self._history(args.history) as history:
+            for run_id in args.run_id:
+                history.run(run_id)
+                series[run_id] = [(row["round"], row[column]) for row in history.rounds(run_id) if column in row]
+        missing = [run_id for run_id, points in series.items() if not points]
+        if missing:
+            raise UsageError(f"run {missing[0]} has no {args.metric!r} recorded; choose --metric from its eval metrics")
+        accuracy = args.metric == "accuracy"
+        display(SVG(line_chart(series, title=f"test {args.metric} per round", y_label=args.metric,
+                               y_range=(0.0, 1.0) if accuracy else None, width=640, height=320)))
+        frame = pd.DataFrame({run_id: dict(points) for run_id, points in series.items()})
+        frame.index.name = "round"
+        return frame
+
+
+    # %fedless_deploy -------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("provider", help="aws_lambda, google_cloud_functions, cloud_run, knative, functions_framework, "
+                               "openwhisk, openfaas or azure_functions")
+    @argument("--out", default="dist", help="folder to write the bundle into (default dist)")
+    @argument("--name", default="fedless-client", help="the function's name on the platform")
+    @line_magic
+    @user_errors
+    def fedless_deploy(self, line: str) -> Any:
+        """Build a deployable function bundle for a FaaS platform and print the platform's deploy command;
+        returns the Bundle (`.path`, `.files`, `.requirements`, `.deploy_command`), as `fedless-nb package` does."""
+        from ..packaging import build_bundle
+
+        args = parse_argstring(self.fedless_deploy, line)
+        bundle = build_bundle(args.provider, args.out, name=args.name)
+        print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)")
+        print("Deploy it with (the secret is read from your shell's FEDLESS_RUN_SECRET):")
+        print(bundle.deploy_command)
+        return bundle
+
+
+class _RetracingWarnings(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning: every run in a kernel builds and
+    evaluates a fresh model by design, which TensorFlow mistakes for a function retraced in a loop."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext fedless_nb`: register the magics, make them configurable with %config, quiet TensorFlow.
+
+    A reload replaces the previous instance (by name: a reloaded module defines a new class);
+    settings made with %config live in the shell's config and carry over.
+    """
+    ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != FedlessMagics.__name__]
+    ipython.register_magics(FedlessMagics(ipython))  # Magics.__init__ adds it to ipython.configurables
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet even when the notebook imports TensorFlow itself
+    tensorflow_log = logging.getLogger("tensorflow")
+    if not any(type(f).__name__ == _RetracingWarnings.__name__ for f in tensorflow_log.filters):
+        tensorflow_log.addFilter(_RetracingWarnings())

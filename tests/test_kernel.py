@@ -1,0 +1,187 @@
+"""The magics in a real Jupyter kernel, driven over its messaging protocol by jupyter_client."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from fedless_nb.history import History
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+TINY = "--clients 4 --clients-per-round 2 --workers 1 --set model.options.hidden_units=[8]"
+
+
+class Kernel:
+    """A started kernel and a client; `run` executes a cell and returns its stdout, raising on an error."""
+
+    def __init__(self, manager: KernelManager) -> None:
+        self.manager = manager
+        self.client = manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+        self.pid = int(self.run("import os; print(os.getpid())"))
+
+    def execute(self, code, timeout=300, on_message=None, allow_stdin=False):
+        """The reply and every iopub message of one cell."""
+        messages = []
+
+        def hook(message):
+            messages.append(message)
+            if on_message is not None:
+                on_message(message)
+
+        reply = self.client.execute_interactive(code, timeout=timeout, output_hook=hook, allow_stdin=allow_stdin)
+        return reply, messages
+
+    def run(self, code, timeout=300):
+        reply, messages = self.execute(code, timeout)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        return "".join(m["content"]["text"] for m in messages
+                       if m["msg_type"] == "stream" and m["content"]["name"] == "stdout").strip()
+
+    def open_widget_control_comm(self):
+        """What JupyterLab's and Notebook's widget managers do when they attach to a kernel."""
+        message = self.client.session.msg("comm_open", {
+            "comm_id": uuid.uuid4().hex, "target_name": "jupyter.widget.control", "data": {},
+        }, metadata={"version": "1.0.0"})
+        self.client.shell_channel.send(message)
+
+    def workers(self):
+        return psutil.Process(self.pid).children(recursive=True)
+
+    def shutdown(self):
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+def kernel_environment():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    """A python3 kernel working in the test's directory, with the extension loaded."""
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel(cwd=str(tmp_path), env=kernel_environment())
+    kernel = Kernel(manager)
+    kernel.run("%load_ext fedless_nb")
+    yield kernel
+    kernel.shutdown()
+
+
+def test_kernel_install_puts_a_spec_that_preloads_the_extension(tmp_path):
+    prefix, user_dir = tmp_path / "prefix", tmp_path / "user-data"
+    command = [sys.executable, "-m", "fedless_nb", "kernel", "install"]
+    environment = {**kernel_environment(), "JUPYTER_DATA_DIR": str(user_dir)}
+    subprocess.run([*command, "--prefix", str(prefix)], check=True, env=environment, capture_output=True)
+    subprocess.run([*command, "--user"], check=True, env=environment, capture_output=True)
+    installed = json.loads((user_dir / "kernels" / "fedless" / "kernel.json").read_text())
+    assert installed["argv"][0] == sys.executable and installed["display_name"] == "Python 3 (fedless)"
+
+    specs = KernelSpecManager(kernel_dirs=[str(prefix / "share" / "jupyter" / "kernels")])
+    spec = specs.get_kernel_spec("fedless")
+    assert spec.display_name == "Python 3 (fedless)" and spec.argv[0] == sys.executable
+    manager = KernelManager(kernel_name="fedless", kernel_spec_manager=specs)
+    manager.start_kernel(cwd=str(tmp_path), env=kernel_environment())
+    kernel = Kernel(manager)
+    try:
+        output = kernel.run("import os, sys\n"
+                            "print(get_ipython().find_line_magic('fedless_train') is not None, "
+                            "os.environ['TF_CPP_MIN_LOG_LEVEL'], 'tensorflow' in sys.modules)")
+        assert output == "True 3 False"
+    finally:
+        kernel.shutdown()
+
+
+def widget_states(messages):
+    """Every widget state the kernel sent, opened or updated, in order."""
+    return [m["content"]["data"]["state"] for m in messages
+            if m["msg_type"] in ("comm_open", "comm_msg") and "state" in m["content"].get("data", {})]
+
+
+def test_text_in_batch_execution_and_widgets_in_an_interactive_frontend(kernel):
+    def train(allow_stdin):
+        reply, messages = kernel.execute(f"run = %fedless_train {TINY} --rounds 2", allow_stdin=allow_stdin)
+        assert reply["content"]["status"] == "ok"
+        views = [m for m in messages if m["msg_type"] == "display_data"
+                 and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]]
+        stdout = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+        return views, widget_states(messages), stdout
+
+    views, states, stdout = train(allow_stdin=False)  # as nbclient and nbconvert execute
+    assert "Round 2/2" in stdout and not views and not states
+
+    views, states, stdout = train(allow_stdin=True)  # as JupyterLab and Notebook execute
+    assert len(views) == 1 and "Round 2/2" not in stdout
+    assert any(state.get("value") == 2 for state in states), "the progress bar reached the last round"
+    assert any(state.get("description") == "Round 2/2" for state in states)
+    assert any("fedless-timeline" in str(state.get("value", "")) for state in states), "the timeline was drawn"
+    assert any("fedless-chart" in str(state.get("value", "")) for state in states), "the charts were drawn"
+
+    kernel.open_widget_control_comm()  # a widget manager restoring the kernel's widgets (ipywidgets is loaded now)
+    views, states, stdout = train(allow_stdin=False)
+    assert len(views) == 1 and "Round 2/2" not in stdout
+
+
+@pytest.mark.slow
+def test_background_run_leaves_the_kernel_free_and_stops_after_a_round(kernel, tmp_path):
+    assert kernel.run(f"run = %fedless_train {TINY} --rounds 40 --background --dashboard none\nprint(run.status)") \
+        in ("starting", "running")
+    assert kernel.run("print(1 + 1, run.status)") in ("2 starting", "2 running")
+    deadline = time.time() + 240
+    while kernel.run("print(len(run.controller.round_metrics) if run.controller else 0)") == "0":
+        assert time.time() < deadline, "no round finished while the kernel was idle"
+        time.sleep(0.5)
+    assert kernel.workers(), "the run's worker process is up"
+    assert "stops after its current round" in kernel.run("%fedless_stop")
+    output = kernel.run("result = await run\nprint(result.status, len(result.round_metrics), run.run_id)")
+    status, rounds, run_id = output.split()
+    assert status == "stopped" and 1 <= int(rounds) < 40
+    history = History(tmp_path / "fedless_history.db")
+    assert history.run(run_id)["status"] == "stopped"
+    assert [r["round"] for r in history.rounds(run_id)] == list(range(1, int(rounds) + 1))
+    assert kernel.workers() == []
+    with pytest.raises(AssertionError, match="no run is going on in the background"):
+        kernel.run("%fedless_stop")
+
+
+@pytest.mark.slow
+def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_path):
+    def interrupt_after_round_one(message):
+        if message["msg_type"] == "stream" and "Round 1/40" in message["content"]["text"]:
+            kernel.manager.interrupt_kernel()
+
+    reply, _ = kernel.execute(f"%fedless_train {TINY} --rounds 40 --dashboard text", on_message=interrupt_after_round_one)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    assert kernel.workers() == []
+    (run,) = History(tmp_path / "fedless_history.db").runs()
+    assert run["status"] == "stopped" and run["error"] == "interrupted" and 1 <= run["rounds_completed"] < 40
+    assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
+
+
+@pytest.mark.slow
+def test_ten_runs_in_one_kernel_leave_no_processes_threads_or_growing_memory(kernel):
+    kernel.run("import gc")
+
+    def train_and_measure():
+        assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
+        kernel.run("gc.collect()")
+        process = psutil.Process(kernel.pid)
+        return len(process.children(recursive=True)), process.num_threads(), process.memory_info().rss
+
+    first = train_and_measure()
+    for _ in range(8):
+        train_and_measure()
+    last = train_and_measure()
+    print(f"after run 1: {first}; after run 10: {last}")
+    assert first[0] == last[0] == 0, "no worker process outlives its run"
+    assert last[1] <= first[1], "no thread outlives its run"
+    assert last[2] - first[2] < 64 * 2**20, "resident memory stays at its level after the first run"

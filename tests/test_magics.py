@@ -1,0 +1,188 @@
+"""The magics through a real IPython InteractiveShell: parsing, return values, errors, %config."""
+
+import subprocess
+import sys
+
+import pytest
+from IPython import get_ipython
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import parse_argstring
+from IPython.testing.globalipapp import start_ipython
+from IPython.utils.capture import capture_output
+
+from fedless_nb.history import History
+from fedless_nb.notebook.magics import FedlessMagics
+from fedless_nb.runner import RunResult
+
+TINY = "--clients 4 --clients-per-round 2 --rounds 2 --workers 1 --set model.options.hidden_units=[8]"
+
+
+@pytest.fixture
+def shell(tmp_path, monkeypatch):
+    """The test session's InteractiveShell with the extension loaded, working in the test's directory."""
+    monkeypatch.chdir(tmp_path)
+    ip = start_ipython() or get_ipython()  # one shell per test session; later calls return None
+    ip.run_line_magic("load_ext", "fedless_nb")
+    # a terminal shell formats text only; a kernel formats every type (the SVG of %fedless_compare)
+    monkeypatch.setattr(ip.display_formatter, "active_types", ip.display_formatter.format_types)
+    magics = magics_of(ip)
+    magics.history, magics.store, magics.dashboard = "fedless_history.db", ".fedless/store", "auto"
+    yield ip
+    ip.user_ns.pop("model", None)
+
+
+def magics_of(ip):
+    return next(c for c in ip.configurables if type(c).__name__ == FedlessMagics.__name__)
+
+
+def config_for(ip, line, cell=None):
+    magics = magics_of(ip)
+    return magics.experiment_config(parse_argstring(magics.fedless_train, line), cell)
+
+
+def test_importing_and_loading_the_extension_stays_light():
+    code = ("import sys; from IPython.core.interactiveshell import InteractiveShell; "
+            "ip = InteractiveShell.instance(); ip.run_line_magic('load_ext', 'fedless_nb'); "
+            "assert ip.find_line_magic('fedless_train') and ip.find_cell_magic('fedless_train'); "
+            "assert ip.find_line_magic('fedless_stop') and ip.find_line_magic('fedless_compare'); "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'ipywidgets') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"
+
+
+def test_reloading_keeps_one_configurable_and_its_settings(shell):
+    shell.run_line_magic("config", 'FedlessMagics.history = "kept.db"')
+    shell.run_line_magic("reload_ext", "fedless_nb")
+    magics = [c for c in shell.configurables if type(c).__name__ == "FedlessMagics"]
+    assert len(magics) == 1 and magics[0].history == "kept.db"
+
+
+def test_options_map_onto_the_config_schema(shell):
+    config = config_for(shell, "--name trial --seed 4 --clients 8 --clients-per-round 3 --rounds 2 --dataset digits "
+                               "--partition dirichlet --alpha 0.3 --epochs 2 --batch-size 8 --optimizer adam "
+                               "--lr 0.01 --strategy fedavg --workers 3 --round-deadline 30 "
+                               "--set train.epochs=3 --set model.options.hidden_units=[4,4]")
+    assert (config.name, config.seed, config.clients, config.clients_per_round, config.rounds) == ("trial", 4, 8, 3, 2)
+    assert (config.data.partition, config.data.alpha, config.round_deadline) == ("dirichlet", 0.3, 30.0)
+    assert (config.train.epochs, config.train.batch_size, config.train.optimizer, config.train.learning_rate) == \
+        (3, 8, "adam", 0.01)
+    assert config.model.options == {"hidden_units": [4, 4]}
+    assert [(p.kind, p.workers) for p in config.providers] == [("local", 3)]
+    assert config.history == "fedless_history.db" and config.store.path == ".fedless/store"
+
+
+def test_a_config_file_and_a_cell_are_the_yaml_schema_and_options_override_them(shell, tmp_path):
+    (tmp_path / "experiment.yaml").write_text("rounds: 7\nclients: 12\ntrain: {epochs: 4, batch_size: 16}\n")
+    config = config_for(shell, "--config experiment.yaml --rounds 3")
+    assert (config.rounds, config.clients, config.train.epochs, config.train.batch_size) == (3, 12, 4, 16)
+    config = config_for(shell, "--epochs 2", "data:\n  partition: shards\n  shards_per_client: 3\nrounds: 4\n")
+    assert (config.data.partition, config.data.shards_per_client, config.rounds, config.train.epochs) == \
+        ("shards", 3, 4, 2)
+
+
+def test_config_sets_the_history_every_magic_uses(shell, caplog):
+    shell.run_line_magic("config", 'FedlessMagics.history = "runs.db"')
+    shell.run_line_magic("config", 'FedlessMagics.store = "weights"')
+    assert magics_of(shell).history == "runs.db"
+    config = config_for(shell, "")
+    assert (config.history, config.store.path) == ("runs.db", "weights")
+    with pytest.raises(UsageError, match="no history file runs.db"):
+        shell.run_line_magic("fedless_history", "")
+    shell.run_line_magic("config", 'FedlessMagics.dashboard = "text"')
+    assert magics_of(shell).dashboard == "text"
+    shell.run_line_magic("config", 'FedlessMagics.dashboard = "fancy"')
+    assert magics_of(shell).dashboard == "text" and "expected any of ['auto', 'widgets', 'text', 'none']" in caplog.text
+
+
+@pytest.mark.parametrize("line, cell, message", [
+    ("nothere", None, "no variable named 'nothere'"),
+    ("number", None, "number holds a value of type int, not a Keras model"),
+    ("--rounds many", None, "argument --rounds: invalid int value: 'many'"),
+    ("--rounds 0", None, "rounds: must be >= 1, got 0"),
+    ("--lr -1", None, "train.learning_rate: must be > 0"),
+    ("--partition fancy", None, "data.partition: unknown value 'fancy'"),
+    ("--set train.epoch=2", None, "train.epoch: unknown key (did you mean 'epochs'?)"),
+    ("--set train.epochs", None, "--set train.epochs: write KEY=VALUE"),
+    ("--config missing.yaml", None, "config file missing.yaml does not exist"),
+    ("", "rounds: [1\n", "the cell is not valid YAML at line 2"),
+    ("", "- rounds\n", "config: must be a mapping"),
+    ("--bogus", None, "unrecognized arguments: --bogus"),
+])
+def test_bad_input_is_a_one_line_usage_error(shell, capsys, line, cell, message):
+    shell.user_ns["number"] = 3
+    result = shell.run_cell(f"%%fedless_train {line}\n{cell}" if cell else f"%fedless_train {line}")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert message in str(result.error_in_exec)
+    err = capsys.readouterr().err
+    assert err.startswith("UsageError:") and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_model_variable_trains_and_the_run_object_has_history_weights_and_model(shell):
+    shell.run_cell(
+        "from tensorflow import keras\n"
+        "model = keras.Sequential([keras.layers.Flatten(input_shape=(64,)), keras.layers.Dense(10, activation='softmax')])\n"
+    )
+    with capture_output() as captured:
+        result = shell.run_cell(f"run = %fedless_train model --name magic {TINY}")
+    assert result.success, result.error_in_exec
+    run = shell.user_ns["run"]
+    assert isinstance(run, RunResult) and run.status == "finished"
+    assert "Round 2/2" in captured.stdout and f"Run {run.run_id} finished" in captured.stdout
+    frame = run.rounds_frame()
+    assert list(frame["round"]) == [1, 2] and frame["eval_accuracy"].between(0, 1).all()
+    assert [w.shape for w in run.weights] == [(64, 10), (10,)]
+    assert [w.shape for w in run.model().get_weights()] == [(64, 10), (10,)]
+    assert repr(run).startswith(f"RunResult(run_id='{run.run_id}', status='finished', rounds=2/2, accuracy=")
+    recorded = History("fedless_history.db").run(run.run_id)
+    assert recorded["config"]["clients"] == 4 and recorded["name"] == "magic"
+
+
+def test_a_builder_that_returns_no_model_is_a_usage_error(shell):
+    shell.run_cell("def builder(input_shape, num_classes):\n    return 'not a model'\n")
+    with pytest.raises(UsageError, match="expected a Keras model or a function returning one, got str"):
+        shell.run_line_magic("fedless_train", f"builder {TINY} --dashboard none")
+
+
+def test_cell_form_history_and_compare(shell):
+    cell = "clients: 4\nclients_per_round: 2\nrounds: 2\nproviders: [{kind: local, workers: 1}]\n" \
+           "model: {builder: logistic_regression}\n"
+    first = shell.run_cell_magic("fedless_train", "--name iid --dashboard none", cell)
+    second = shell.run_cell_magic("fedless_train", "--name skewed --partition dirichlet --alpha 0.1 --dashboard none", cell)
+    assert first.status == second.status == "finished" and first.run_id != second.run_id
+
+    runs = shell.run_line_magic("fedless_history", "")
+    assert list(runs["run_id"]) == [second.run_id, first.run_id]
+    assert list(runs.columns) == ["run_id", "name", "status", "started", "rounds_completed", "rounds", "clients",
+                                  "eval_accuracy", "eval_loss"]
+    rounds = shell.run_line_magic("fedless_history", first.run_id)
+    assert {"round", "succeeded", "failed", "duration", "eval_accuracy", "train_loss"} <= set(rounds.columns)
+    assert list(rounds["round"]) == [1, 2] and rounds["eval_accuracy"].iloc[-1] == pytest.approx(first.final_accuracy)
+    with pytest.raises(UsageError, match="no run 'nope'"):
+        shell.run_line_magic("fedless_history", "nope")
+
+    with capture_output() as captured:
+        frame = shell.run_line_magic("fedless_compare", f"{first.run_id} {second.run_id}")
+    assert list(frame.columns) == [first.run_id, second.run_id] and list(frame.index) == [1, 2]
+    assert frame[second.run_id].iloc[-1] == pytest.approx(second.final_accuracy)
+    svg = captured.outputs[0].data["image/svg+xml"]
+    assert svg.count('class="fedless-series"') == 2 and first.run_id in svg
+    with pytest.raises(UsageError, match="has no 'f1' recorded"):
+        shell.run_line_magic("fedless_compare", f"{first.run_id} --metric f1")
+
+
+def test_stop_and_background_need_a_kernel(shell):
+    with pytest.raises(UsageError, match="no run is going on in the background"):
+        shell.run_line_magic("fedless_stop", "")
+    with pytest.raises(UsageError, match="--background needs a running event loop"):
+        shell.run_line_magic("fedless_train", f"{TINY} --background --dashboard none")
+
+
+def test_deploy_builds_a_bundle_and_prints_its_deploy_command(shell, tmp_path):
+    with capture_output() as captured:
+        bundle = shell.run_line_magic("fedless_deploy", f"openwhisk --out {tmp_path / 'dist'} --name fl")
+    assert bundle.path == tmp_path / "dist" / "fl-openwhisk.zip" and bundle.path.is_file()
+    assert "fedless_nb/client.py" in bundle.files
+    assert captured.stdout.strip().splitlines()[-1] == bundle.deploy_command
+    assert bundle.deploy_command.startswith("wsk action create fl ")
+    with pytest.raises(UsageError, match="unknown provider 'lambda'; choose one of aws_lambda"):
+        shell.run_line_magic("fedless_deploy", f"lambda --out {tmp_path}")
