@@ -19,7 +19,16 @@ PROVIDER_KINDS: dict[str, Callable[..., Provider]] = {"local": LocalProvider, "l
 
 
 def make_provider(config: Any) -> Provider:
-    """A provider from a `ProviderConfig`."""
+    """A provider from a `ProviderConfig`, wrapped in fault injection when the config asks for faults."""
+    provider = _platform_provider(config)
+    if config.faults:
+        from .faults import FaultRates, FaultyProvider
+
+        return FaultyProvider(provider, FaultRates.from_options(config.faults))
+    return provider
+
+
+def _platform_provider(config: Any) -> Provider:
     if config.kind == "local":
         return LocalProvider(config.name, workers=config.workers, timeout=config.timeout)
     if config.kind == "lambda":
