@@ -61,7 +61,9 @@ class StrategyConfig:
 class ProviderConfig:
     """One platform. `clients`: how many clients run here (omit on one provider to give it the rest);
     `workers`: how many invocations run at once. Kind "lambda" reads the AWS Lambda fields below
-    (`role` is needed only to create the function; credentials come from the AWS chain, never from here)."""
+    (`role` is needed only to create the function; credentials come from the AWS chain, never from here).
+    `faults`: injected fault rates (see providers/faults.py), e.g. {crash: 0.1, timeout: 0.05, seed: 1}.
+    `pricing`: prices that replace the kind's list prices in cost estimates (see cost.py), e.g. {gb_second: 0.00001}."""
 
     kind: str = "local"
     name: str = "local"
@@ -74,6 +76,8 @@ class ProviderConfig:
     memory_mb: int = 1024
     role: str | None = None
     handler: str | None = None
+    faults: dict[str, Any] = field(default_factory=dict)
+    pricing: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -242,6 +246,9 @@ def _validate_s3_store(store: StoreConfig) -> None:
 
 
 def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -> None:
+    from .cost import Pricing
+    from .providers.faults import FaultRates
+
     _require(bool(config.providers), "providers", "name at least one provider")
     names = [provider.name for provider in config.providers]
     _require(len(set(names)) == len(names), "providers", f"provider names must be unique, got {names}")
@@ -253,6 +260,8 @@ def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -
         _require(provider.clients is None or provider.clients >= 0, f"{key}.clients", "must be >= 0")
         if provider.kind == "lambda":
             _validate_lambda_provider(provider, key)
+        _validate_options(provider.faults, f"{key}.faults", FaultRates.from_options)
+        _validate_options(provider.pricing, f"{key}.pricing", Pricing.from_options)
     assigned = sum(provider.clients or 0 for provider in config.providers)
     open_ended = [provider for provider in config.providers if provider.clients is None]
     if len(open_ended) > 1:
@@ -264,6 +273,16 @@ def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -
             assigned == config.clients, "providers",
             f"assign {assigned} clients in all, but clients is {config.clients}",
         )
+
+
+def _validate_options(options: dict[str, Any], key: str, parse: typing.Callable[[dict[str, Any]], Any]) -> None:
+    """Check a provider's option mapping with the parser that will read it; its ValueError names the field."""
+    if not options:
+        return
+    try:
+        parse(options)
+    except ValueError as error:
+        raise ConfigError(f"{key}.{error}") from None
 
 
 def _validate_lambda_provider(provider: ProviderConfig, key: str) -> None:
