@@ -8,6 +8,7 @@ client, update key) and its update must have the model's shapes, or it counts as
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import zlib
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted
 from .model import ModelSpec
 from .providers.base import InvocationError, Provider
+from .resilience import RoundPolicy, check_quorum, invoke_with_retries
 from .selection import SelectionPolicy
 from .store import Store, decode_arrays, encode_arrays
 from .store.keys import global_weights_key, update_key
@@ -42,6 +44,7 @@ class RoundPlan:
     train: dict[str, Any]
     round_deadline: float
     seed: int = 0
+    policy: RoundPolicy = RoundPolicy()
 
 
 def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
@@ -140,6 +143,26 @@ class Controller:
         }
 
     async def _round(self, round_number: int, weights: Weights) -> Weights:
+        """One round, run again while it is below its quorum and repeats are left (see resilience.py)."""
+        runs = 0
+        while True:
+            runs += 1
+            started, selected, updates = await self._invoke_round(round_number, weights)
+            if check_quorum(round_number, len(updates), len(selected), self.plan.policy, runs):
+                break
+        if updates:
+            weights = self.strategy.aggregate(round_number, weights, updates)
+        await self.store.aput(global_weights_key(self.run_id, round_number), encode_arrays(weights))
+        eval_metrics = self.evaluate(weights)
+        self.round_metrics.append(eval_metrics)
+        self._emit(RoundFinished(
+            self.run_id, round_number, started, time.time(), len(selected), len(updates),
+            len(selected) - len(updates), eval_metrics, weighted_metrics(updates),
+        ))
+        return weights
+
+    async def _invoke_round(self, round_number: int, weights: Weights) -> tuple[float, list[str], list[ClientUpdate]]:
+        """Invoke the round's clients (retrying where safe) until they answer or the deadline passes."""
         started = time.time()
         selected = self.selection.select(round_number, list(self.clients), self.plan.clients_per_round)
         overrides = self.strategy.configure_round(round_number, selected)
@@ -149,7 +172,9 @@ class Controller:
         for client_id in selected:
             client = self.clients[client_id]
             task = self._task(round_number, client, overrides.get(client_id, {}), deadline)
-            calls[asyncio.ensure_future(self.providers[client.provider].invoke(task))] = client
+            retried = functools.partial(self._record_failure, round_number, client, started=started)
+            call = invoke_with_retries(self.providers[client.provider].invoke, task, self.plan.policy, deadline, retried)
+            calls[asyncio.ensure_future(call)] = client
 
         updates: list[ClientUpdate] = []
         pending = set(calls)
@@ -167,17 +192,7 @@ class Controller:
         for call in pending:
             missed = InvocationError(f"missed the round deadline of {self.plan.round_deadline:g}s", "deadline")
             self._record_failure(round_number, calls[call], missed, started)
-
-        if updates:
-            weights = self.strategy.aggregate(round_number, weights, updates)
-        await self.store.aput(global_weights_key(self.run_id, round_number), encode_arrays(weights))
-        eval_metrics = self.evaluate(weights)
-        self.round_metrics.append(eval_metrics)
-        self._emit(RoundFinished(
-            self.run_id, round_number, started, time.time(), len(selected), len(updates),
-            len(selected) - len(updates), eval_metrics, weighted_metrics(updates),
-        ))
-        return weights
+        return started, selected, updates
 
     async def _collect(
         self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], weights: Weights, started: float
@@ -206,6 +221,9 @@ class Controller:
         if not isinstance(result, dict):
             raise InvocationError(f"the function returned {type(result).__name__}, not a result object", "invalid")
         answered = (result.get("run_id"), result.get("round"), result.get("client_id"), result.get("update"))
+        late = answered[0] == self.run_id and isinstance(answered[1], int) and answered[1] < round_number
+        if late:  # an earlier round's result, delivered late: never mixed into this round
+            raise InvocationError(f"a late result of round {answered[1]} arrived in round {round_number}", "late")
         if answered != (self.run_id, round_number, client.client_id, expected):
             raise InvocationError(f"the result answers another task: {answered}", "invalid")
         num_examples = result.get("num_examples")
@@ -218,8 +236,9 @@ class Controller:
         return ClientUpdate(client.client_id, arrays, num_examples, metrics)
 
     def _record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
-        """A failed invocation; its start is the round's, since no function reported one."""
+        """A failed invocation, or a late result "discarded"; its start is the round's, since no function reported one."""
+        outcome = "discarded" if error.cause == "late" else "failed"
         self._emit(InvocationFinished(
-            self.run_id, round_number, client.client_id, client.provider, "failed", started, time.time(),
+            self.run_id, round_number, client.client_id, client.provider, outcome, started, time.time(),
             error=str(error), cause=error.cause,
         ))

@@ -33,7 +33,7 @@ class InvocationFinished:
     round: int
     client_id: str
     provider: str
-    outcome: str  # "succeeded" | "failed"
+    outcome: str  # "succeeded" | "failed" | "discarded" (a late result of an earlier round)
     started_at: float
     finished_at: float
     cold: bool | None = None

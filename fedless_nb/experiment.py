@@ -101,6 +101,10 @@ class ExperimentConfig:
     clients_per_round: int = 5
     rounds: int = 10
     round_deadline: float = 600.0
+    retries: int = 2
+    retry_backoff: float = 0.5
+    min_successful: int = 0
+    round_repeats: int = 0
     history: str = "fedless_history.db"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -209,6 +213,13 @@ def validate(config: ExperimentConfig) -> None:
     )
     _require(config.rounds >= 1, "rounds", f"must be >= 1, got {config.rounds}")
     _require(config.round_deadline > 0, "round_deadline", f"must be > 0 seconds, got {config.round_deadline}")
+    _require(config.retries >= 0, "retries", f"must be >= 0, got {config.retries}")
+    _require(config.retry_backoff >= 0, "retry_backoff", f"must be >= 0 seconds, got {config.retry_backoff}")
+    _require(
+        0 <= config.min_successful <= config.clients_per_round, "min_successful",
+        f"must be between 0 and clients_per_round ({config.clients_per_round}), got {config.min_successful}",
+    )
+    _require(config.round_repeats >= 0, "round_repeats", f"must be >= 0, got {config.round_repeats}")
     _require_choice(config.data.dataset, available_datasets(), "data.dataset")
     _require_choice(config.data.partition, PARTITION_KINDS, "data.partition")
     _require(config.data.alpha > 0, "data.alpha", f"must be > 0, got {config.data.alpha}")

@@ -104,8 +104,7 @@ class History:
         prices = self.cost_model(event.run_id)
         rows = [_invocation_row(invocation, prices) for invocation in invocations]
         with self.db.conn:
-            self.db.execute("delete from invocations where run_id = ? and round = ?", [event.run_id, event.round])
-            self.db["invocations"].insert_all(rows)
+            self._replace_invocations({(event.run_id, event.round)}, rows)
             self.db["rounds"].insert({
                 "run_id": event.run_id, "round": event.round, "started_at": event.started_at,
                 "finished_at": event.finished_at, "duration": event.finished_at - event.started_at,
@@ -123,6 +122,18 @@ class History:
                 "cost = (select coalesce(sum(cost), 0) from rounds where run_id = ?) where run_id = ?",
                 [event.round, event.run_id, event.run_id],
             )
+
+    def record_invocations(self, invocations: list[InvocationFinished]) -> None:
+        """Invocations of a round that never finished; they are replaced if the round is recorded later."""
+        rows = [_invocation_row(invocation, self.cost_model(invocation.run_id)) for invocation in invocations]
+        with self.db.conn:
+            self._replace_invocations({(row["run_id"], row["round"]) for row in rows}, rows)
+
+    def _replace_invocations(self, rounds: set[tuple[str, int]], rows: list[dict[str, Any]]) -> None:
+        """Inside a transaction: the invocations of `rounds` become `rows` (a rewrite never counts twice)."""
+        for run_id, round_number in rounds:
+            self.db.execute("delete from invocations where run_id = ? and round = ?", [run_id, round_number])
+        self.db["invocations"].insert_all(rows)
 
     def cost_model(self, run_id: str) -> CostModel:
         """The prices of a run's providers, as recorded at its start (see cost.py)."""
@@ -234,11 +245,13 @@ def _decode(data: dict[str, Any]) -> Any:
 
 def apply_write(history: History, write: dict[str, Any]) -> None:
     """One spilled write (see HistoryWriter) applied to `history`."""
-    event = _decode(write["event"])
-    if write["write"] == "record_round":
-        history.record_round(event, [_decode(invocation) for invocation in write["invocations"]])
+    invocations = [_decode(invocation) for invocation in write.get("invocations", ())]
+    if write["write"] == "record_invocations":
+        history.record_invocations(invocations)
+    elif write["write"] == "record_round":
+        history.record_round(_decode(write["event"]), invocations)
     else:
-        getattr(history, write["write"])(event)
+        getattr(history, write["write"])(_decode(write["event"]))
 
 
 class HistoryWriter:
@@ -266,6 +279,9 @@ class HistoryWriter:
             self._write(event.run_id, {"write": "record_round", "event": _encode(event),
                                        "invocations": [_encode(i) for i in invocations]})
         elif isinstance(event, RunFinished):
+            if self._pending:  # the invocations of a round the run ended in (quorum missed, interrupted)
+                self._write(event.run_id, {"write": "record_invocations", "invocations": [_encode(i) for i in self._pending]})
+                self._pending = []
             self._write(event.run_id, {"write": "finish_run", "event": _encode(event)})
 
     def _write(self, run_id: str, write: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from .history import History, HistoryWriter
 from .model import ModelSpec, build_model, model_spec_from
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
+from .resilience import RoundPolicy
 from .selection import RandomSelection
 from .store import Store, encode_arrays, make_store
 from .store.keys import client_data_key
@@ -131,7 +132,8 @@ async def run_experiment_async(
         selection=RandomSelection(config.seed),
         clients=[ClientRef(cid, key, assignment[cid]) for cid, key in data_keys.items()],
         providers=providers, store=store, evaluate=Evaluator(spec, dataset.x_test, dataset.y_test),
-        plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed),
+        plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed,
+                       RoundPolicy(config.retries, config.retry_backoff, config.min_successful, config.round_repeats)),
     )
     controller.subscribe(HistoryWriter(history))
     for observer in observers:

@@ -100,7 +100,7 @@ def test_config_faults_wrap_the_provider():
 
 def test_a_run_under_faults_records_every_injected_failure(tiny_config):
     """Crashes, throttling and each kind of garbage answer are recorded failures, never aggregated."""
-    config = tiny_config(rounds=3, providers=[{"kind": "local", "faults": {"crash": 0.15, "throttle": 0.1, "garbage": 0.25, "seed": 2}}])
+    config = tiny_config(rounds=3, retries=0, providers=[{"kind": "local", "faults": {"crash": 0.15, "throttle": 0.1, "garbage": 0.25, "seed": 2}}])
     result = run_experiment(config)
     assert result.status == "finished"
     invocations = History(config.history).invocations(result.run_id)

@@ -93,6 +93,11 @@ class FaultyProvider(Provider):
         self._attempts: collections.Counter[tuple[Any, Any]] = collections.Counter()
         self.injected: collections.Counter[str] = collections.Counter()
 
+    @property
+    def invoked(self) -> int:
+        """Invocations made through this provider, retries included (what the history must account for)."""
+        return sum(self._attempts.values())
+
     async def deploy(self, bundle: Any = None) -> None:
         await self.inner.deploy(bundle)
 
