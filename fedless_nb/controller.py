@@ -2,7 +2,7 @@
 
 The controller knows nothing of notebooks or terminals; observers subscribe to its events.
 It never trusts a result blindly: a result must answer the task it was given (run, round,
-client, update key) and its update must have the model's shapes, or it counts as failed.
+client, update key) and its update must pass validation.py's checks, or it counts as failed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted
+from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted, UpdateRejected
 from .model import ModelSpec
 from .providers.base import InvocationError, Provider
 from .resilience import RoundPolicy, check_quorum, invoke_with_retries
@@ -24,6 +24,7 @@ from .selection import SelectionPolicy
 from .store import Store, decode_arrays, encode_arrays
 from .store.keys import global_weights_key, update_key
 from .strategies.base import ClientUpdate, Strategy, Weights
+from .validation import norm_outliers, update_problem
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,10 @@ class Controller:
         for call in pending:
             missed = InvocationError(f"missed the round deadline of {self.plan.round_deadline:g}s", "deadline")
             self._record_failure(round_number, calls[call], missed, started)
-        return started, selected, updates
+        outliers = norm_outliers(updates, weights, self.plan.policy.max_norm_ratio)
+        for client_id, reason in outliers.items():
+            self._emit(UpdateRejected(self.run_id, round_number, client_id, reason))
+        return started, selected, [update for update in updates if update.client_id not in outliers]
 
     async def _collect(
         self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], weights: Weights, started: float
@@ -230,8 +234,8 @@ class Controller:
         if not isinstance(num_examples, int) or num_examples <= 0:
             raise InvocationError(f"the result has an invalid num_examples {num_examples!r}", "invalid")
         arrays = decode_arrays(await self.store.aget(expected))
-        if [(a.shape, a.dtype) for a in arrays] != [(w.shape, w.dtype) for w in weights]:
-            raise InvocationError("the update's shapes or dtypes do not match the global model", "invalid")
+        if problem := update_problem(arrays, weights):
+            raise InvocationError(problem, "rejected")
         metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}
         return ClientUpdate(client.client_id, arrays, num_examples, metrics)
 

@@ -45,6 +45,17 @@ class InvocationFinished:
 
 
 @dataclass(frozen=True)
+class UpdateRejected:
+    """A succeeded invocation's update refused after the fact, when the round's updates were compared
+    (validation.norm_outliers): it supersedes that success, which becomes failed with cause "rejected"."""
+
+    run_id: str
+    round: int
+    client_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RoundFinished:
     run_id: str
     round: int
@@ -67,5 +78,5 @@ class RunFinished:
     error: str | None = None
 
 
-Event = Union[RunStarted, RoundStarted, InvocationFinished, RoundFinished, RunFinished]
+Event = Union[RunStarted, RoundStarted, InvocationFinished, UpdateRejected, RoundFinished, RunFinished]
 Observer = Callable[[Event], None]

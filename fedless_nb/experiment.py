@@ -105,6 +105,7 @@ class ExperimentConfig:
     retry_backoff: float = 0.5
     min_successful: int = 0
     round_repeats: int = 0
+    max_norm_ratio: float = 10.0
     history: str = "fedless_history.db"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -220,6 +221,8 @@ def validate(config: ExperimentConfig) -> None:
         f"must be between 0 and clients_per_round ({config.clients_per_round}), got {config.min_successful}",
     )
     _require(config.round_repeats >= 0, "round_repeats", f"must be >= 0, got {config.round_repeats}")
+    _require(config.max_norm_ratio == 0 or config.max_norm_ratio > 1, "max_norm_ratio",
+             f"must be 0 (off) or > 1, got {config.max_norm_ratio}")
     _require_choice(config.data.dataset, available_datasets(), "data.dataset")
     _require_choice(config.data.partition, PARTITION_KINDS, "data.partition")
     _require(config.data.alpha > 0, "data.alpha", f"must be > 0, got {config.data.alpha}")

@@ -27,7 +27,7 @@ import sqlite_utils
 
 from .cost import CostModel
 from .errors import UserError
-from .events import Event, InvocationFinished, RoundFinished, RunFinished, RunStarted
+from .events import Event, InvocationFinished, RoundFinished, RunFinished, RunStarted, UpdateRejected
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction before giving up
@@ -273,6 +273,12 @@ class HistoryWriter:
             self._write(event.run_id, {"write": "start_run", "event": _encode(event)})
         elif isinstance(event, InvocationFinished):
             self._pending.append(event)
+        elif isinstance(event, UpdateRejected):  # the success it supersedes becomes a failure, timings kept
+            self._pending = [
+                dataclasses.replace(i, outcome="failed", cause="rejected", error=event.reason)
+                if (i.round, i.client_id, i.outcome) == (event.round, event.client_id, "succeeded") else i
+                for i in self._pending
+            ]
         elif isinstance(event, RoundFinished):
             invocations = [i for i in self._pending if i.round == event.round]
             self._pending = [i for i in self._pending if i.round != event.round]

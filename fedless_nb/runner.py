@@ -133,7 +133,8 @@ async def run_experiment_async(
         clients=[ClientRef(cid, key, assignment[cid]) for cid, key in data_keys.items()],
         providers=providers, store=store, evaluate=Evaluator(spec, dataset.x_test, dataset.y_test),
         plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed,
-                       RoundPolicy(config.retries, config.retry_backoff, config.min_successful, config.round_repeats)),
+                       RoundPolicy(config.retries, config.retry_backoff, config.min_successful, config.round_repeats,
+                                   config.max_norm_ratio)),
     )
     controller.subscribe(HistoryWriter(history))
     for observer in observers:

@@ -63,6 +63,36 @@ def answers_an_earlier_round(payload):
     return result
 
 
+def poisons_updates(payload):
+    """Trains for real, then clients 1-4 overwrite their update with a bad one: NaN, float64, a missing
+    array, a change 1000x the size of the others'. Clients 0 and 5 stay honest."""
+    import numpy as np
+
+    from fedless_nb.client import handle
+    from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
+
+    result = handle(payload)
+    store = store_from_descriptor(payload["store"])
+    update = [np.array(array) for array in decode_arrays(store.get(payload["update"]))]
+    index = int(payload["client_id"].rsplit("-", 1)[1])
+    if index == 1:
+        update[0][0, 0] = np.nan
+    elif index == 2:
+        update = [array.astype(np.float64) for array in update]
+    elif index == 3:
+        update = update[:-1]
+    elif index == 4:
+        current = decode_arrays(store.get(payload["weights"]))
+        update = [c + 1000 * (u - c) for u, c in zip(update, current)]
+    store.put(payload["update"], encode_arrays(update))
+    return result
+
+
+def oversized_reply(payload):
+    """Answers with a reply far bigger than a result should be when asked to."""
+    return {"blob": "x" * payload["size"]} if payload.get("size") else counting(payload)
+
+
 def probing(payload):
     """Trains for real, first recording what the function can see: its AWS settings and its task's store access."""
     import json
