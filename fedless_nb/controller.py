@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
 from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted, UpdateRejected
 from .model import ModelSpec
 from .providers.base import InvocationError, Provider
@@ -96,17 +97,23 @@ class Controller:
         """Finish the current round, then end the run as "stopped"."""
         self._stop_requested = True
 
-    async def run(self, weights: Weights) -> Weights:
-        """All rounds from `weights`; returns the final global model."""
-        weights = self.strategy.initialize(weights)
-        await self.store.aput(global_weights_key(self.run_id, 0), encode_arrays(weights))
+    async def run(self, weights: Weights, resume: Checkpoint | None = None) -> Weights:
+        """All rounds from `weights`; returns the final global model. With `resume` (the run's last
+        checkpoint, `weights` its global model), the rounds after the checkpoint's."""
+        if resume is None:
+            weights = self.strategy.initialize(weights)
+            await self.store.aput(global_weights_key(self.run_id, 0), encode_arrays(weights))
+        else:
+            self.strategy.load_state(resume.strategy_state)
+            self.round_metrics = list(resume.round_metrics)
+        completed = resume.round if resume else 0
         self._emit(RunStarted(
             self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
-            [provider.describe() for provider in self.providers.values()], time.time(),
+            [provider.describe() for provider in self.providers.values()], time.time(), resumed_from=completed,
         ))
-        status, error, completed = "finished", None, 0
+        status, error = "finished", None
         try:
-            for round_number in range(1, self.plan.rounds + 1):
+            for round_number in range(completed + 1, self.plan.rounds + 1):
                 weights = await self._round(round_number, weights)
                 completed = round_number
                 if self._stop_requested and round_number < self.plan.rounds:
@@ -160,6 +167,8 @@ class Controller:
             self.run_id, round_number, started, time.time(), len(selected), len(updates),
             len(selected) - len(updates), eval_metrics, weighted_metrics(updates),
         ))
+        checkpoint = Checkpoint(round_number, self.strategy.state(), self.round_metrics)
+        await self.store.aput(checkpoint_key(self.run_id), encode_checkpoint(checkpoint))
         return weights
 
     async def _invoke_round(self, round_number: int, weights: Weights) -> tuple[float, list[str], list[ClientUpdate]]:

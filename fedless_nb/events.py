@@ -15,6 +15,7 @@ class RunStarted:
     clients: int
     providers: list[dict[str, Any]]
     started_at: float
+    resumed_from: int = 0  # a resumed run: the last round its checkpoint had finished
 
 
 @dataclass(frozen=True)

@@ -64,39 +64,57 @@ class History:
     def __init__(self, path: str | Path = DEFAULT_HISTORY, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
         self._cost_models: dict[str, CostModel] = {}
-        try:
-            # Immediate write transactions take the write lock up front, so a busy writer waits
-            # (busy_timeout) rather than failing when its read snapshot went stale.
-            connection = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level="IMMEDIATE")
-            self.db = sqlite_utils.Database(connection)
-            self.db.enable_wal()
-            for table, (columns, pk) in _SCHEMA.items():
-                self.db[table].create(columns, pk=pk, if_not_exists=True)
-                self.db[table].add_missing_columns([columns])  # a history written before a column existed
-            self.db["invocations"].create_index(["run_id", "round"], if_not_exists=True)
-        except sqlite3.OperationalError as error:
-            if "locked" in str(error) or "busy" in str(error):
+        waited_until = time.monotonic() + busy_timeout
+        while True:
+            try:
+                self.db = self._open(busy_timeout)
+                break
+            except sqlite3.OperationalError as error:
+                locked = "locked" in str(error) or "busy" in str(error)
+                if locked and time.monotonic() < waited_until:  # SQLite skips its busy wait in some states
+                    time.sleep(0.05)
+                    continue
+                if not locked:
+                    raise HistoryError(f"{self.path} cannot be opened as a history database ({error}); "
+                                       "check the path and its permissions, or point history at another file") from None
                 raise HistoryError(f"{self.path} is locked by another process (waited {busy_timeout:g}s); "
                                    "close the program holding it or point history at another file") from None
-            raise HistoryError(f"{self.path} cannot be opened as a history database ({error}); "
-                               "check the path and its permissions, or point history at another file") from None
-        except sqlite3.DatabaseError as error:
-            raise HistoryError(f"{self.path} is not a usable fedless_nb history database ({error}); "
-                               "point history at another file") from None
+            except sqlite3.DatabaseError as error:
+                raise HistoryError(f"{self.path} is not a usable fedless_nb history database ({error}); "
+                                   "point history at another file") from None
         self.replay_pending()
+
+    def _open(self, busy_timeout: float) -> sqlite_utils.Database:
+        # Immediate write transactions take the write lock up front, so a busy writer waits
+        # (busy_timeout) rather than failing when its read snapshot went stale.
+        connection = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level="IMMEDIATE")
+        try:
+            db = sqlite_utils.Database(connection)
+            if db.journal_mode != "wal":
+                db.enable_wal()
+            for table, (columns, pk) in _SCHEMA.items():
+                db[table].create(columns, pk=pk, if_not_exists=True)
+                db[table].add_missing_columns([columns])  # a history written before a column existed
+            db["invocations"].create_index(["run_id", "round"], if_not_exists=True)
+        except sqlite3.DatabaseError:
+            connection.close()
+            raise
+        return db
 
     def close(self) -> None:
         self.db.close()
 
     # writing -------------------------------------------------------------------------------
     def start_run(self, event: RunStarted) -> None:
-        """The run's row; a run already recorded (a replay, a resumed run) is left as it is."""
+        """The run's row; a run already recorded is kept (a replay), or marked running again (a resumed run)."""
         with self.db.conn:
             self.db["runs"].insert({
                 "run_id": event.run_id, "name": event.name, "status": "running", "started_at": event.started_at,
                 "rounds": event.rounds, "rounds_completed": 0, "clients": event.clients,
                 "config": json.dumps(event.config), "providers": json.dumps(event.providers), "cost": 0.0,
             }, ignore=True)
+            if event.resumed_from:
+                self.db["runs"].update(event.run_id, {"status": "running", "finished_at": None, "error": None})
 
     def record_round(self, event: RoundFinished, invocations: list[InvocationFinished]) -> None:
         """A finished round and its invocations, in one transaction: a round is recorded whole or not at all,

@@ -12,23 +12,26 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .checkpoint import Checkpoint, checkpoint_key, decode_checkpoint
 from .controller import ClientRef, Controller, RoundPlan
 from .data import Dataset, load_dataset, partition_dataset
 from .events import Observer
 from .evaluation import Evaluator
 from .experiment import ExperimentConfig
-from .history import History, HistoryWriter
+from .errors import UserError
+from .history import DEFAULT_HISTORY, History, HistoryWriter
 from .model import ModelSpec, build_model, model_spec_from
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
 from .resilience import RoundPolicy
 from .selection import RandomSelection
-from .store import Store, encode_arrays, make_store
-from .store.keys import client_data_key
+from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_store
+from .store.keys import client_data_key, global_weights_key
 from .strategies import make_strategy
 from .zoo import resolve_builder
 
@@ -111,21 +114,27 @@ async def run_experiment_async(
     observers: Sequence[Observer] = (),
     providers: dict[str, Provider] | None = None,
     on_controller: Callable[[Controller], None] | None = None,
+    resume: str | None = None,
 ) -> RunResult:
     """Run `config` to the end on the running event loop.
 
     `model` (a Keras model or builder) overrides the config's builder, as the notebook does;
     `providers` replaces the ones the config names (tests and custom platforms);
-    `on_controller` receives the controller before round 1, e.g. to request a stop later.
+    `on_controller` receives the controller before round 1, e.g. to request a stop later;
+    `resume` is the id of a run of this config to continue after its last checkpoint
+    (see `resume_experiment`, which reads the config from the history).
     """
     dataset = load_dataset(config.data.dataset, **config.data.options)
     spec, initial = _model_spec(config, dataset, model)
     store = make_store(config.store)
     data_keys = write_client_data(store, dataset, config)
+    history = History(config.history)
+    run_id = resume or new_run_id(config.name)
+    checkpoint = _checkpoint(store, run_id) if resume else None
+    if checkpoint is not None:
+        initial = decode_arrays(store.get(global_weights_key(run_id, checkpoint.round)))
     providers = providers or {c.name: make_provider(c) for c in config.providers}
     assignment = assign_clients(list(data_keys), config.providers)
-    history = History(config.history)
-    run_id = new_run_id(config.name)
     controller = Controller(
         run_id=run_id, name=config.name, config=config.to_dict(), spec=spec,
         strategy=make_strategy(config.strategy.name, config.strategy.options),
@@ -144,7 +153,7 @@ async def run_experiment_async(
     try:
         for provider in providers.values():
             await provider.deploy()
-        weights = await controller.run(initial)
+        weights = await controller.run(initial, checkpoint)
         status = "stopped" if len(controller.round_metrics) < config.rounds else "finished"
     finally:
         await asyncio.gather(*(provider.close() for provider in providers.values()))
@@ -162,3 +171,41 @@ def _train_settings(config: ExperimentConfig) -> dict[str, Any]:
 def run_experiment(config: ExperimentConfig, **options: Any) -> RunResult:
     """Run `config` to the end (blocking); see `run_experiment_async` for the options."""
     return asyncio.run(run_experiment_async(config, **options))
+
+
+class ResumeError(UserError):
+    """A run cannot be resumed (unknown, already finished, or without a checkpoint)."""
+
+
+def _checkpoint(store: Store, run_id: str) -> Checkpoint | None:
+    """The run's last checkpoint; None when it finished no round yet (it restarts from round 1)."""
+    try:
+        return decode_checkpoint(store.get(checkpoint_key(run_id)))
+    except MissingKeyError:
+        return None
+
+
+def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY) -> ExperimentConfig:
+    """The config of a run recorded in `history`, checked to be resumable."""
+    recorded = History(history)
+    try:
+        run = recorded.run(run_id)
+    finally:
+        recorded.close()
+    if run["status"] == "finished" and run["rounds_completed"] >= run["rounds"]:
+        raise ResumeError(f"run {run_id!r} already finished all {run['rounds']} rounds; there is nothing to resume")
+    config = ExperimentConfig.from_dict(run["config"])
+    config.history = str(history)
+    return config
+
+
+async def resume_experiment_async(run_id: str, *, history: str | Path = DEFAULT_HISTORY, **options: Any) -> RunResult:
+    """Continue run `run_id` of `history` after its last checkpointed round, on the running event loop;
+    the options are `run_experiment_async`'s (pass `model=` again if the run was given a model object)."""
+    return await run_experiment_async(resume_config(run_id, history), resume=run_id, **options)
+
+
+def resume_experiment(run_id: str, *, history: str | Path = DEFAULT_HISTORY, **options: Any) -> RunResult:
+    """Continue run `run_id` after its process died or it was stopped (blocking): the same run id and
+    history, from the global weights and strategy state checkpointed after its last finished round."""
+    return asyncio.run(resume_experiment_async(run_id, history=history, **options))
