@@ -1,10 +1,10 @@
 """How a round copes with faults: which failed invocations are retried, and how many successes a round needs.
 
-Retrying is safe for a timeout, a crash or throttling: the task is the same, its update key is
-its own, so a second attempt can only overwrite the first attempt's update with an equivalent
-one. A function that raised or answered garbage would do so again, and a call that missed the
-round's deadline is too late; those are not retried. Every attempt is an invocation in the
-history, so succeeded + failed + discarded always equals the invocations made.
+Retrying is safe for a timeout, a crash, throttling or a network failure: the task is the same,
+its update key is its own, so a second attempt can only overwrite the first attempt's update
+with an equivalent one. A function that raised or answered garbage would do so again, and a
+call that missed the round's deadline is too late; those are not retried. Every attempt is an
+invocation in the history, so succeeded + failed + discarded always equals the invocations made.
 
 The quorum: a round needs `min_successful` valid updates. Below it the round is run again (up to
 `round_repeats` times) and then the run stops with a QuorumError naming the settings to change.
@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 from .errors import UserError
 from .providers.base import InvocationError
 
-RETRYABLE_CAUSES = frozenset({"timeout", "crash", "throttled"})
+RETRYABLE_CAUSES = frozenset({"timeout", "crash", "throttled", "network"})
 
 
 class QuorumError(UserError):

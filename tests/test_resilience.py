@@ -29,10 +29,12 @@ def _retrying(causes, policy, deadline_in=60.0):
     return asyncio.run(body()), calls, retried
 
 
-def test_timeouts_crashes_and_throttling_are_retried_with_backoff():
-    result, calls, retried = _retrying(["throttled", "crash"], RoundPolicy(retries=2, retry_backoff=0.01))
-    assert result == {"ok": 3} and len(calls) == 3
-    assert [(str(e), e.cause) for e in retried] == [("attempt 1 (retried)", "throttled"), ("attempt 2 (retried)", "crash")]
+def test_timeouts_crashes_throttling_and_network_failures_are_retried_with_backoff():
+    result, calls, retried = _retrying(["throttled", "crash", "network", "timeout"], RoundPolicy(retries=4, retry_backoff=0.01))
+    assert result == {"ok": 5} and len(calls) == 5
+    assert [(str(e), e.cause) for e in retried] == [
+        ("attempt 1 (retried)", "throttled"), ("attempt 2 (retried)", "crash"),
+        ("attempt 3 (retried)", "network"), ("attempt 4 (retried)", "timeout")]
 
 
 @pytest.mark.parametrize("causes, policy, deadline_in", [

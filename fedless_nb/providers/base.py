@@ -17,7 +17,8 @@ class InvocationError(Exception):
 
     Causes: "timeout" (the platform's per-invocation limit), "crash" (the function's process
     died), "error" (the function raised, or the platform rejected the call), "deadline" (the round
-    closed first), "throttled" (the platform still refused for capacity after retries), "invalid" (the
+    closed first), "throttled" (the platform still refused for capacity after retries), "network" (the
+    platform could not be reached), "invalid" (the
     result does not answer its task), "late" (a result of an earlier round, discarded).
     """
 
