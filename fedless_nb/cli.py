@@ -41,6 +41,8 @@ class TerminalProgress:
             self.console.print(f"[bold]Run {event.run_id}[/]: {event.clients} clients, {event.rounds} rounds{resumed}")
             self.progress.start()
         elif isinstance(event, RoundStarted):
+            if event.round in self.tasks:  # the round runs again, below its quorum
+                self.progress.remove_task(self.tasks.pop(event.round))
             description = f"Round {event.round}/{self.total_rounds}"
             self.tasks[event.round] = self.progress.add_task(description, total=len(event.client_ids), failed=0)
         elif isinstance(event, InvocationFinished) and event.round in self.tasks:

@@ -2,9 +2,12 @@
 
 import asyncio
 import collections
+import io
 
 import pytest
+from rich.console import Console
 
+from fedless_nb.cli import TerminalProgress
 from fedless_nb.history import History
 from fedless_nb.providers import InvocationError, LocalProvider
 from fedless_nb.providers.faults import FaultRates, FaultyProvider
@@ -76,8 +79,10 @@ def test_a_run_at_20_percent_failed_invocations_completes_with_its_quorum(tiny_c
 def test_a_round_below_quorum_is_repeated_then_the_run_stops_with_one_line(tiny_config):
     config = tiny_config(rounds=2, min_successful=2, round_repeats=1, retries=0)
     provider = FaultyProvider(LocalProvider("local", workers=2, entry_point="workloads:counting"), FaultRates(crash=1.0))
+    progress = TerminalProgress(Console(file=io.StringIO()))
     with pytest.raises(QuorumError) as raised:
-        run_experiment(config, providers={"local": provider})
+        run_experiment(config, providers={"local": provider}, observers=[progress])
+    assert len(progress.progress.tasks) == 1, "the repeated round replaces its progress bar"
     message = str(raised.value)
     assert "round 1 got 0 valid update(s) of 4 selected, fewer than min_successful (2), in 2 run(s)" in message
     assert "\n" not in message
