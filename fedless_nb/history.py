@@ -326,8 +326,13 @@ class HistoryWriter:
         """Keep the unwritten backlog on disk next to the history, replacing the previous copy whole."""
         side_file = self.history.path.with_name(f"{self.history.path.name}.{run_id}.pending.jsonl")
         partial = side_file.with_suffix(f".tmp{time.monotonic_ns()}")
-        partial.write_text("".join(json.dumps(write) + "\n" for write in self._backlog))
-        partial.replace(side_file)
+        try:
+            partial.write_text("".join(json.dumps(write) + "\n" for write in self._backlog))
+            partial.replace(side_file)
+        except OSError as side_error:  # the directory is gone or full too: keep the backlog in memory
+            log.error("cannot write history %s (%s) nor its side file (%s); %d writes wait in memory",
+                      self.history.path, error, side_error, len(self._backlog))
+            return
         if self.side_file is None:
             log.warning("cannot write history %s (%s); the run continues and keeps its record in %s until it can",
                         self.history.path, error, side_file)

@@ -98,6 +98,24 @@ def test_a_locked_history_mid_run_spills_to_a_side_file_and_catches_up(tmp_path,
     _assert_complete(History(path), "r1", 4)
 
 
+def test_when_the_side_file_cannot_be_written_either_the_writes_wait_in_memory(tmp_path, caplog):
+    path = tmp_path / "h.db"
+    writer = HistoryWriter(History(path, busy_timeout=0.1))
+    events = list(_events("r1", 2))
+    writer(events[0])
+    (tmp_path / "h.db.r1.pending.jsonl").mkdir()  # nothing can be written where the side file goes
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("begin immediate")
+    for event in events[1:4]:
+        writer(event)  # the run is not interrupted
+    assert "nor its side file" in caplog.text and writer.side_file is None
+    blocker.execute("rollback")
+    (tmp_path / "h.db.r1.pending.jsonl").rmdir()
+    for event in events[4:]:
+        writer(event)
+    _assert_complete(History(path), "r1", 2)
+
+
 def test_writes_spilled_by_a_dead_run_are_replayed_on_the_next_open(tmp_path):
     path = tmp_path / "h.db"
     writer = HistoryWriter(History(path, busy_timeout=0.1))
