@@ -15,45 +15,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
-
-import psutil
-
-
-class TreeMemorySampler:
-    """Samples the summed RSS of this process and all its descendants; keeps the peak."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self.interval, self.peak = interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        root = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for process in [root, *root.children(recursive=True)]:
-                try:
-                    total += process.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "TreeMemorySampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def measure(clients: int, rounds: int, workers: int) -> dict:
     from fedless_nb.experiment import ExperimentConfig
     from fedless_nb.history import History
+    from fedless_nb.memory import TreeMemorySampler
     from fedless_nb.runner import run_experiment
 
     directory = Path(tempfile.mkdtemp(prefix="fedless-bench-"))

@@ -38,9 +38,12 @@ class TerminalProgress:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.total_rounds = event.rounds
-            self.console.print(f"[bold]Run {event.run_id}[/]: {event.clients} clients, {event.rounds} rounds")
+            resumed = f", resumed after round {event.resumed_from}" if event.resumed_from else ""
+            self.console.print(f"[bold]Run {event.run_id}[/]: {event.clients} clients, {event.rounds} rounds{resumed}")
             self.progress.start()
         elif isinstance(event, RoundStarted):
+            if event.round in self.tasks:  # the round runs again, below its quorum
+                self.progress.remove_task(self.tasks.pop(event.round))
             description = f"Round {event.round}/{self.total_rounds}"
             self.tasks[event.round] = self.progress.add_task(description, total=len(event.client_ids), failed=0)
         elif isinstance(event, InvocationFinished) and event.round in self.tasks:
@@ -92,10 +95,10 @@ def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
     )
 
 
-def _run(config: ExperimentConfig, console: Console) -> int:
+def _run(config: ExperimentConfig, console: Console, resume: str | None = None) -> int:
     from .runner import run_experiment
 
-    result = run_experiment(config, observers=[TerminalProgress(console)])
+    result = run_experiment(config, observers=[TerminalProgress(console)], resume=resume)
     console.print(f"History: {config.history} (run {result.run_id})")
     return 0 if result.status == "finished" else 1
 
@@ -138,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clients-per-round", type=int, default=5)
     demo.add_argument("--rounds", type=int, default=10)
     demo.add_argument("--history", default=DEFAULT_HISTORY)
+    resume = commands.add_parser("resume", help="continue a run whose process died or was stopped")
+    resume.add_argument("run_id")
+    resume.add_argument("--history", default=DEFAULT_HISTORY)
     history = commands.add_parser("history", help="list past runs, or one run's rounds")
     history.add_argument("run_id", nargs="?")
     history.add_argument("--history", default=DEFAULT_HISTORY)
@@ -173,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _package(arguments, console)
         if arguments.command == "kernel":
             return _install_kernel(arguments, console)
+        if arguments.command == "resume":
+            from .runner import resume_config
+
+            return _run(resume_config(arguments.run_id, arguments.history), console, resume=arguments.run_id)
         if arguments.command == "run":
             config = load_config(arguments.config)
             if arguments.history:

@@ -2,13 +2,14 @@
 
 The controller knows nothing of notebooks or terminals; observers subscribe to its events.
 It never trusts a result blindly: a result must answer the task it was given (run, round,
-client, update key) and its update must have the model's shapes, or it counts as failed.
+client, update key) and its update must pass validation.py's checks, or it counts as failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import zlib
 from dataclasses import dataclass
@@ -16,15 +17,18 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 import numpy as np
 
-from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted
+from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
+from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted, UpdateRejected
 from .model import ModelSpec
 from .privacy import PrivacyBudgetExhausted
 from .providers.base import InvocationError, Provider
+from .resilience import RoundPolicy, check_quorum, invoke_with_retries
 from .security import ResultSignatureError, RunKey
 from .selection import SelectionPolicy
 from .store import Store, decode_arrays, encode_arrays
 from .store.keys import global_weights_key, update_key
 from .strategies.base import ClientUpdate, RunContext, Strategy, Weights
+from .validation import norm_outliers, update_problem
 
 
 # Produces the rounds of a run: given the initial weights, yields (round number, global weights) per round.
@@ -49,6 +53,7 @@ class RoundPlan:
     train: dict[str, Any]
     round_deadline: float
     seed: int = 0
+    policy: RoundPolicy = RoundPolicy()
 
 
 def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
@@ -88,6 +93,7 @@ class Controller:
         self._model_wire = spec.to_wire()
         self._observers: list[Observer] = []
         self._stop_requested = False
+        self._resumed_round = 0  # the checkpointed round a resumed run continues after
         self.round_metrics: list[dict[str, float]] = []
         # Sources of a round's "privacy" figures (the example-level accountant); called as source(round).
         self.privacy_sources: list[Callable[[int], dict[str, float]]] = []
@@ -103,13 +109,14 @@ class Controller:
         """Finish the current round, then end the run as "stopped"."""
         self._stop_requested = True
 
-    async def run(self, weights: Weights, schedule: Schedule | None = None) -> Weights:
+    async def run(self, weights: Weights, schedule: Schedule | None = None, resume: Checkpoint | None = None) -> Weights:
         """All rounds from `weights`; returns the final global model.
 
         `schedule` produces the rounds (default: synchronous rounds; fedless_nb.async_rounds has FedBuff).
+        With `resume` (the run's last checkpoint, `weights` its global model), the rounds after the checkpoint's.
         """
-        weights = await self._start(weights)
-        status, error, completed = "finished", None, 0
+        weights = await self._start(weights, resume)
+        status, error, completed = "finished", None, self._resumed_round
         try:
             async with contextlib.aclosing((schedule or self._sync_rounds)(weights)) as rounds:
                 async for round_number, weights in rounds:
@@ -131,19 +138,25 @@ class Controller:
         return weights
 
     async def _sync_rounds(self, weights: Weights) -> AsyncIterator[tuple[int, Weights]]:
-        for round_number in range(1, self.plan.rounds + 1):
+        for round_number in range(self._resumed_round + 1, self.plan.rounds + 1):
             weights = await self._round(round_number, weights)
             yield round_number, weights
 
-    async def _start(self, weights: Weights) -> Weights:
-        """Bind and initialize the strategy, store the initial model, announce the run."""
+    async def _start(self, weights: Weights, resume: Checkpoint | None) -> Weights:
+        """Bind the strategy; initialize it and store the initial model, or restore a checkpoint's state;
+        announce the run."""
         self.strategy.bind(RunContext(self.run_id, self.store, dict(self.plan.train), len(self.clients),
                                       self.plan.clients_per_round))
-        weights = self.strategy.initialize(weights)
-        await self.store.aput(global_weights_key(self.run_id, 0), encode_arrays(weights))
+        if resume is None:
+            weights = self.strategy.initialize(weights)
+            await self.store.aput(global_weights_key(self.run_id, 0), encode_arrays(weights))
+        else:
+            self.strategy.load_state(resume.strategy_state)
+            self.round_metrics = list(resume.round_metrics)
+        self._resumed_round = resume.round if resume else 0
         self._emit(RunStarted(
             self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
-            [provider.describe() for provider in self.providers.values()], time.time(),
+            [provider.describe() for provider in self.providers.values()], time.time(), resumed_from=self._resumed_round,
         ))
         return weights
 
@@ -175,6 +188,20 @@ class Controller:
         return task
 
     async def _round(self, round_number: int, weights: Weights) -> Weights:
+        """One round, run again while it is below its quorum and repeats are left (see resilience.py)."""
+        runs = 0
+        while True:
+            runs += 1
+            started, selected, updates = await self._invoke_round(round_number, weights)
+            if check_quorum(round_number, len(updates), len(selected), self.plan.policy, runs):
+                break
+        if updates:
+            weights = self.strategy.aggregate(round_number, weights, updates)
+        await self._publish(round_number, weights, started, len(selected), updates)
+        return weights
+
+    async def _invoke_round(self, round_number: int, weights: Weights) -> tuple[float, list[str], list[ClientUpdate]]:
+        """Invoke the round's clients (retrying where safe) until they answer or the deadline passes."""
         started = time.time()
         selected = self.selection.select(round_number, list(self.clients), self.plan.clients_per_round)
         overrides = self.strategy.configure_round(round_number, selected)
@@ -184,7 +211,9 @@ class Controller:
         for client_id in selected:
             client = self.clients[client_id]
             task = self._task(round_number, client, overrides.get(client_id, {}), deadline)
-            calls[asyncio.ensure_future(self.providers[client.provider].invoke(task))] = client
+            retried = functools.partial(self._record_failure, round_number, client, started=started)
+            call = invoke_with_retries(self.providers[client.provider].invoke, task, self.plan.policy, deadline, retried)
+            calls[asyncio.ensure_future(call)] = client
 
         updates: list[ClientUpdate] = []
         pending = set(calls)
@@ -202,15 +231,14 @@ class Controller:
         for call in pending:
             missed = InvocationError(f"missed the round deadline of {self.plan.round_deadline:g}s", "deadline")
             self._record_failure(round_number, calls[call], missed, started)
-
-        if updates:
-            weights = self.strategy.aggregate(round_number, weights, updates)
-        await self._publish(round_number, weights, started, len(selected), updates)
-        return weights
+        outliers = norm_outliers(updates, weights, self.plan.policy.max_norm_ratio)
+        for client_id, reason in outliers.items():
+            self._emit(UpdateRejected(self.run_id, round_number, client_id, reason))
+        return started, selected, [update for update in updates if update.client_id not in outliers]
 
     async def _publish(self, round_number: int, weights: Weights, started: float, selected: int,
                        updates: Sequence[ClientUpdate]) -> None:
-        """Store the new global model, evaluate it and announce the finished round."""
+        """Store the new global model, evaluate it, announce the finished round, then checkpoint it."""
         await self.store.aput(global_weights_key(self.run_id, round_number), encode_arrays(weights))
         eval_metrics = self.evaluate(weights)
         self.round_metrics.append(eval_metrics)
@@ -221,6 +249,8 @@ class Controller:
             self.run_id, round_number, started, time.time(), selected, len(updates),
             selected - len(updates), eval_metrics, weighted_metrics(updates), privacy,
         ))
+        checkpoint = Checkpoint(round_number, self.strategy.state(), self.round_metrics)
+        await self.store.aput(checkpoint_key(self.run_id), encode_checkpoint(checkpoint))
 
     async def _collect(
         self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], weights: Weights, started: float,
@@ -251,6 +281,9 @@ class Controller:
         if not isinstance(result, dict):
             raise InvocationError(f"the function returned {type(result).__name__}, not a result object", "invalid")
         answered = (result.get("run_id"), result.get("round"), result.get("client_id"), result.get("update"))
+        late = answered[0] == self.run_id and isinstance(answered[1], int) and answered[1] < round_number
+        if late:  # an earlier round's result, delivered late: never mixed into this round
+            raise InvocationError(f"a late result of round {answered[1]} arrived in round {round_number}", "late")
         if answered != (self.run_id, round_number, client.client_id, expected):
             raise InvocationError(f"the result answers another task: {answered}", "invalid")
         num_examples = result.get("num_examples")
@@ -264,14 +297,15 @@ class Controller:
             except ResultSignatureError as error:
                 raise InvocationError(str(error), "signature") from None
         arrays = decode_arrays(data)
-        if [(a.shape, a.dtype) for a in arrays] != [(w.shape, w.dtype) for w in weights]:
-            raise InvocationError("the update's shapes or dtypes do not match the global model", "invalid")
+        if problem := update_problem(arrays, weights):
+            raise InvocationError(problem, "rejected")
         metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}
         return ClientUpdate(client.client_id, arrays, num_examples, metrics)
 
     def _record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
-        """A failed invocation; its start is the round's, since no function reported one."""
+        """A failed invocation, or a late result "discarded"; its start is the round's, since no function reported one."""
+        outcome = "discarded" if error.cause == "late" else "failed"
         self._emit(InvocationFinished(
-            self.run_id, round_number, client.client_id, client.provider, "failed", started, time.time(),
+            self.run_id, round_number, client.client_id, client.provider, outcome, started, time.time(),
             error=str(error), cause=error.cause,
         ))

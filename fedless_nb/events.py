@@ -15,6 +15,7 @@ class RunStarted:
     clients: int
     providers: list[dict[str, Any]]
     started_at: float
+    resumed_from: int = 0  # a resumed run: the last round its checkpoint had finished
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class InvocationFinished:
     round: int
     client_id: str
     provider: str
-    outcome: str  # "succeeded" | "failed"
+    outcome: str  # "succeeded" | "failed" | "discarded" (a late result of an earlier round)
     started_at: float
     finished_at: float
     cold: bool | None = None
@@ -44,6 +45,17 @@ class InvocationFinished:
     cause: str | None = None
     privacy: dict[str, Any] | None = None  # the function's DP-SGD facts (steps, sampling rate, noise)
     staleness: int | None = None  # async rounds: global versions between dispatch and aggregation
+
+
+@dataclass(frozen=True)
+class UpdateRejected:
+    """A succeeded invocation's update refused after the fact, when the round's updates were compared
+    (validation.norm_outliers): it supersedes that success, which becomes failed with cause "rejected"."""
+
+    run_id: str
+    round: int
+    client_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -70,5 +82,5 @@ class RunFinished:
     error: str | None = None
 
 
-Event = Union[RunStarted, RoundStarted, InvocationFinished, RoundFinished, RunFinished]
+Event = Union[RunStarted, RoundStarted, InvocationFinished, UpdateRejected, RoundFinished, RunFinished]
 Observer = Callable[[Event], None]

@@ -121,7 +121,9 @@ class ProviderConfig:
     (`role` is needed only to create the function; credentials come from the AWS chain, never from here).
     Kind "http" POSTs tasks to `url` with `auth` none, function_key (Azure), basic (OpenWhisk) or bearer,
     its key read from the environment variable `key_env`. Remote kinds sign tasks with the secret in
-    the environment variable `secret_env` (null: unsigned); the local kind makes a fresh one per run."""
+    the environment variable `secret_env` (null: unsigned); the local kind makes a fresh one per run.
+    `faults`: injected fault rates (see providers/faults.py), e.g. {crash: 0.1, timeout: 0.05, seed: 1}.
+    `pricing`: prices that replace the kind's list prices in cost estimates (see cost.py), e.g. {gb_second: 0.00001}."""
 
     kind: str = "local"
     name: str = "local"
@@ -138,6 +140,8 @@ class ProviderConfig:
     auth: str = "none"
     key_env: str | None = None
     secret_env: str | None = "FEDLESS_RUN_SECRET"
+    faults: dict[str, Any] = field(default_factory=dict)
+    pricing: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,6 +165,11 @@ class ExperimentConfig:
     clients_per_round: int = 5
     rounds: int = 10
     round_deadline: float = 600.0
+    retries: int = 2
+    retry_backoff: float = 0.5
+    min_successful: int = 0
+    round_repeats: int = 0
+    max_norm_ratio: float = 10.0
     history: str = "fedless_history.db"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -285,6 +294,15 @@ def validate(config: ExperimentConfig) -> None:
     )
     _require(config.rounds >= 1, "rounds", f"must be >= 1, got {config.rounds}")
     _require(config.round_deadline > 0, "round_deadline", f"must be > 0 seconds, got {config.round_deadline}")
+    _require(config.retries >= 0, "retries", f"must be >= 0, got {config.retries}")
+    _require(config.retry_backoff >= 0, "retry_backoff", f"must be >= 0 seconds, got {config.retry_backoff}")
+    _require(
+        0 <= config.min_successful <= config.clients_per_round, "min_successful",
+        f"must be between 0 and clients_per_round ({config.clients_per_round}), got {config.min_successful}",
+    )
+    _require(config.round_repeats >= 0, "round_repeats", f"must be >= 0, got {config.round_repeats}")
+    _require(config.max_norm_ratio == 0 or config.max_norm_ratio > 1, "max_norm_ratio",
+             f"must be 0 (off) or > 1, got {config.max_norm_ratio}")
     _require_choice(config.data.dataset, available_datasets(), "data.dataset")
     _require_choice(config.data.partition, PARTITION_KINDS, "data.partition")
     _require(config.data.alpha > 0, "data.alpha", f"must be > 0, got {config.data.alpha}")
@@ -379,6 +397,9 @@ def _validate_s3_store(store: StoreConfig) -> None:
 
 
 def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -> None:
+    from .cost import Pricing
+    from .providers.faults import FaultRates
+
     _require(bool(config.providers), "providers", "name at least one provider")
     names = [provider.name for provider in config.providers]
     _require(len(set(names)) == len(names), "providers", f"provider names must be unique, got {names}")
@@ -392,6 +413,8 @@ def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -
             _validate_lambda_provider(provider, key)
         if provider.kind == "http":
             _validate_http_provider(provider, key)
+        _validate_options(provider.faults, f"{key}.faults", FaultRates.from_options)
+        _validate_options(provider.pricing, f"{key}.pricing", Pricing.from_options)
     assigned = sum(provider.clients or 0 for provider in config.providers)
     open_ended = [provider for provider in config.providers if provider.clients is None]
     if len(open_ended) > 1:
@@ -424,6 +447,16 @@ def _validate_http_provider(provider: ProviderConfig, key: str) -> None:
         value = getattr(provider, field_name)
         _require(value is None or bool(_ENVIRONMENT_NAME.match(value)), f"{key}.{field_name}",
                  f"must be an environment variable name, got {value!r}")
+
+
+def _validate_options(options: dict[str, Any], key: str, parse: typing.Callable[[dict[str, Any]], Any]) -> None:
+    """Check a provider's option mapping with the parser that will read it; its ValueError names the field."""
+    if not options:
+        return
+    try:
+        parse(options)
+    except ValueError as error:
+        raise ConfigError(f"{key}.{error}") from None
 
 
 def _validate_lambda_provider(provider: ProviderConfig, key: str) -> None:

@@ -2,22 +2,35 @@
 
 Tables: runs (one row per run, with its config), rounds (timing and counts per round),
 invocations (one row per function call: client, provider, cold or warm, each timing,
-outcome, error text, staleness in async runs) and metrics (per round, long form: scope "eval",
-"train" or "privacy", name, value).
-The file uses WAL mode so a notebook can read a run while another process writes one.
+outcome, error text, estimated cost, staleness in async runs) and metrics (per round, long form:
+scope "eval", "train" or "privacy", name, value). The file uses WAL mode so a notebook can read a
+run while another process writes one, and several runs may share one file: writers wait for each
+other (busy timeout, immediate write transactions) instead of failing on "database is locked".
+
+A run never loses its record to the history: when the file becomes unwritable mid-run (locked
+for too long, disk full, deleted), the writer keeps the run going and spills what it could not
+write to a side file `<history>.<run_id>.pending.jsonl`; the next time the history is opened it
+replays and removes such files. Every write is idempotent, so a replay never counts twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from .cost import CostModel
 from .errors import UserError
-from .events import Event, InvocationFinished, RoundFinished, RunFinished, RunStarted
+from .events import Event, InvocationFinished, RoundFinished, RunFinished, RunStarted, UpdateRejected
+
+log = logging.getLogger(__name__)
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction before giving up
 
 DEFAULT_HISTORY = "fedless_history.db"
 TIMINGS = ("cold_start", "build", "load", "train", "upload", "total")
@@ -25,16 +38,16 @@ TIMINGS = ("cold_start", "build", "load", "train", "upload", "total")
 _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
     "runs": ({
         "run_id": str, "name": str, "status": str, "started_at": float, "finished_at": float,
-        "rounds": int, "rounds_completed": int, "clients": int, "config": str, "providers": str, "error": str,
+        "rounds": int, "rounds_completed": int, "clients": int, "config": str, "providers": str, "error": str, "cost": float,
     }, "run_id"),
     "rounds": ({
         "run_id": str, "round": int, "started_at": float, "finished_at": float, "duration": float,
-        "selected": int, "succeeded": int, "failed": int,
+        "selected": int, "succeeded": int, "failed": int, "cost": float,
     }, ("run_id", "round")),
     "invocations": ({
         "id": int, "run_id": str, "round": int, "client_id": str, "provider": str, "outcome": str,
         "cold": int, "num_examples": int, "started_at": float, "finished_at": float,
-        **{f"t_{name}": float for name in TIMINGS}, "cause": str, "error": str, "staleness": int,
+        **{f"t_{name}": float for name in TIMINGS}, "cause": str, "error": str, "cost": float, "staleness": int,
     }, "id"),
     "metrics": ({"run_id": str, "round": int, "scope": str, "name": str, "value": float},
                 ("run_id", "round", "scope", "name")),
@@ -48,38 +61,73 @@ class HistoryError(UserError):
 class History:
     """Read and write the run history in a SQLite file (created on first use)."""
 
-    def __init__(self, path: str | Path = DEFAULT_HISTORY) -> None:
+    def __init__(self, path: str | Path = DEFAULT_HISTORY, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
+        self._cost_models: dict[str, CostModel] = {}
+        waited_until = time.monotonic() + busy_timeout
+        while True:
+            try:
+                self.db = self._open(busy_timeout)
+                break
+            except sqlite3.OperationalError as error:
+                locked = "locked" in str(error) or "busy" in str(error)
+                if locked and time.monotonic() < waited_until:  # SQLite skips its busy wait in some states
+                    time.sleep(0.05)
+                    continue
+                if not locked:
+                    raise HistoryError(f"{self.path} cannot be opened as a history database ({error}); "
+                                       "check the path and its permissions, or point history at another file") from None
+                raise HistoryError(f"{self.path} is locked by another process (waited {busy_timeout:g}s); "
+                                   "close the program holding it or point history at another file") from None
+            except sqlite3.DatabaseError as error:
+                raise HistoryError(f"{self.path} is not a usable fedless_nb history database ({error}); "
+                                   "point history at another file") from None
+        self.replay_pending()
+
+    def _open(self, busy_timeout: float) -> sqlite_utils.Database:
+        # Immediate write transactions take the write lock up front, so a busy writer waits
+        # (busy_timeout) rather than failing when its read snapshot went stale.
+        connection = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level="IMMEDIATE")
         try:
-            self.db = sqlite_utils.Database(self.path)
-            self.db.enable_wal()
+            db = sqlite_utils.Database(connection)
+            if db.journal_mode != "wal":
+                db.enable_wal()
             for table, (columns, pk) in _SCHEMA.items():
-                self.db[table].create(columns, pk=pk, if_not_exists=True)
-            self.db["invocations"].create_index(["run_id", "round"], if_not_exists=True)
-        except sqlite3.DatabaseError as error:
-            raise HistoryError(f"{self.path} is not a usable fedless_nb history database ({error}); "
-                               "point history at another file") from None
+                db[table].create(columns, pk=pk, if_not_exists=True)
+                db[table].add_missing_columns([columns])  # a history written before a column existed
+            db["invocations"].create_index(["run_id", "round"], if_not_exists=True)
+        except sqlite3.DatabaseError:
+            connection.close()
+            raise
+        return db
 
     def close(self) -> None:
         self.db.close()
 
     # writing -------------------------------------------------------------------------------
     def start_run(self, event: RunStarted) -> None:
+        """The run's row; a run already recorded is kept (a replay), or marked running again (a resumed run)."""
         with self.db.conn:
             self.db["runs"].insert({
                 "run_id": event.run_id, "name": event.name, "status": "running", "started_at": event.started_at,
                 "rounds": event.rounds, "rounds_completed": 0, "clients": event.clients,
-                "config": json.dumps(event.config), "providers": json.dumps(event.providers),
-            })
+                "config": json.dumps(event.config), "providers": json.dumps(event.providers), "cost": 0.0,
+            }, ignore=True)
+            if event.resumed_from:
+                self.db["runs"].update(event.run_id, {"status": "running", "finished_at": None, "error": None})
 
     def record_round(self, event: RoundFinished, invocations: list[InvocationFinished]) -> None:
-        """A finished round and its invocations, in one transaction: a round is recorded whole or not at all."""
+        """A finished round and its invocations, in one transaction: a round is recorded whole or not at all,
+        and recording it again replaces it (never counts it twice)."""
+        prices = self.cost_model(event.run_id)
+        rows = [_invocation_row(invocation, prices) for invocation in invocations]
         with self.db.conn:
-            self.db["invocations"].insert_all((_invocation_row(i) for i in invocations), alter=True)
+            self._replace_invocations({(event.run_id, event.round)}, rows)
             self.db["rounds"].insert({
                 "run_id": event.run_id, "round": event.round, "started_at": event.started_at,
                 "finished_at": event.finished_at, "duration": event.finished_at - event.started_at,
                 "selected": event.selected, "succeeded": event.succeeded, "failed": event.failed,
+                "cost": sum(row["cost"] for row in rows),
             }, replace=True)
             self.db["metrics"].insert_all(
                 ({"run_id": event.run_id, "round": event.round, "scope": scope, "name": name, "value": value}
@@ -88,7 +136,55 @@ class History:
                  for name, value in values.items()),
                 replace=True,
             )
-            self.db["runs"].update(event.run_id, {"rounds_completed": event.round})
+            self.db.execute(
+                "update runs set rounds_completed = max(coalesce(rounds_completed, 0), ?), "
+                "cost = (select coalesce(sum(cost), 0) from rounds where run_id = ?) where run_id = ?",
+                [event.round, event.run_id, event.run_id],
+            )
+
+    def record_invocations(self, invocations: list[InvocationFinished]) -> None:
+        """Invocations of a round that never finished; they are replaced if the round is recorded later."""
+        rows = [_invocation_row(invocation, self.cost_model(invocation.run_id)) for invocation in invocations]
+        with self.db.conn:
+            self._replace_invocations({(row["run_id"], row["round"]) for row in rows}, rows)
+
+    def _replace_invocations(self, rounds: set[tuple[str, int]], rows: list[dict[str, Any]]) -> None:
+        """Inside a transaction: the invocations of `rounds` become `rows` (a rewrite never counts twice)."""
+        for run_id, round_number in rounds:
+            self.db.execute("delete from invocations where run_id = ? and round = ?", [run_id, round_number])
+        for row in rows:  # a late arrival from an earlier round (async): replace only its own row
+            if (row["run_id"], row["round"]) not in rounds:
+                self.db.execute("delete from invocations where run_id = ? and round = ? and client_id = ? "
+                                "and started_at = ? and finished_at = ?",
+                                [row[name] for name in ("run_id", "round", "client_id", "started_at", "finished_at")])
+        self.db["invocations"].insert_all(rows)
+
+    def cost_model(self, run_id: str) -> CostModel:
+        """The prices of a run's providers, as recorded at its start (see cost.py)."""
+        if run_id not in self._cost_models:
+            rows = self.db.execute("select providers, config from runs where run_id = ?", [run_id]).fetchall()
+            providers, config = rows[0] if rows else ("[]", "{}")
+            self._cost_models[run_id] = CostModel.for_run(
+                {"providers": json.loads(providers or "[]"), "config": json.loads(config or "{}")})
+        return self._cost_models[run_id]
+
+    def pending_files(self) -> list[Path]:
+        """Side files of runs whose writes could not reach this history (see the module docstring)."""
+        return sorted(self.path.parent.glob(f"{self.path.name}.*.pending.jsonl"))
+
+    def replay_pending(self) -> None:
+        """Write what earlier runs spilled to side files, then remove them; a file that cannot be
+        written yet stays for the next time."""
+        for side_file in self.pending_files():
+            try:
+                for line in side_file.read_text().splitlines():
+                    if line.strip():
+                        apply_write(self, json.loads(line))
+            except (sqlite3.Error, OSError) as error:
+                log.warning("cannot replay %s into %s yet (%s)", side_file.name, self.path, error)
+                continue
+            side_file.unlink(missing_ok=True)
+            log.info("recovered the spilled history writes of %s", side_file.name)
 
     def finish_run(self, event: RunFinished) -> None:
         with self.db.conn:
@@ -148,32 +244,104 @@ def _frame(rows: list[dict[str, Any]]) -> Any:
     return pd.DataFrame(rows)
 
 
-def _invocation_row(event: InvocationFinished) -> dict[str, Any]:
+def _invocation_row(event: InvocationFinished, prices: CostModel) -> dict[str, Any]:
+    cost = prices.invocation(event.provider, event.started_at, event.finished_at, event.timings)
     return {
         "run_id": event.run_id, "round": event.round, "client_id": event.client_id, "provider": event.provider,
         "outcome": event.outcome, "cold": None if event.cold is None else int(event.cold),
         "num_examples": event.num_examples, "started_at": event.started_at, "finished_at": event.finished_at,
         **{f"t_{name}": event.timings.get(name) for name in TIMINGS}, "cause": event.cause, "error": event.error,
+        "cost": cost,
         "staleness": event.staleness,
     }
 
 
+_EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, RoundFinished, InvocationFinished, RunFinished)}
+
+
+def _encode(event: Any) -> dict[str, Any]:
+    return {"type": type(event).__name__, **dataclasses.asdict(event)}
+
+
+def _decode(data: dict[str, Any]) -> Any:
+    data = dict(data)
+    return _EVENT_TYPES[data.pop("type")](**data)
+
+
+def apply_write(history: History, write: dict[str, Any]) -> None:
+    """One spilled write (see HistoryWriter) applied to `history`."""
+    invocations = [_decode(invocation) for invocation in write.get("invocations", ())]
+    if write["write"] == "record_invocations":
+        history.record_invocations(invocations)
+    elif write["write"] == "record_round":
+        history.record_round(_decode(write["event"]), invocations)
+    else:
+        getattr(history, write["write"])(_decode(write["event"]))
+
+
 class HistoryWriter:
-    """Observer that records a run: invocations are buffered and written with their round."""
+    """Observer that records a run: invocations are buffered and written with their round.
+
+    A write the history refuses (locked beyond the busy timeout, disk full, file gone) does not end
+    the run: it stays in a backlog, retried before the next write, and the backlog is kept on disk
+    in the run's side file until it has been written (see the module docstring).
+    """
 
     def __init__(self, history: History) -> None:
         self.history = history
         self._pending: list[InvocationFinished] = []
+        self._backlog: list[dict[str, Any]] = []
+        self.side_file: Path | None = None
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            self.history.start_run(event)
+            self._write(event.run_id, {"write": "start_run", "event": _encode(event)})
         elif isinstance(event, InvocationFinished):
             self._pending.append(event)
+        elif isinstance(event, UpdateRejected):  # the success it supersedes becomes a failure, timings kept
+            self._pending = [
+                dataclasses.replace(i, outcome="failed", cause="rejected", error=event.reason)
+                if (i.round, i.client_id, i.outcome) == (event.round, event.client_id, "succeeded") else i
+                for i in self._pending
+            ]
         elif isinstance(event, RoundFinished):
             # <=: an async round also records the late updates dispatched in earlier rounds
             invocations = [i for i in self._pending if i.round <= event.round]
             self._pending = [i for i in self._pending if i.round > event.round]
-            self.history.record_round(event, invocations)
+            self._write(event.run_id, {"write": "record_round", "event": _encode(event),
+                                       "invocations": [_encode(i) for i in invocations]})
         elif isinstance(event, RunFinished):
-            self.history.finish_run(event)
+            if self._pending:  # the invocations of a round the run ended in (quorum missed, interrupted)
+                self._write(event.run_id, {"write": "record_invocations", "invocations": [_encode(i) for i in self._pending]})
+                self._pending = []
+            self._write(event.run_id, {"write": "finish_run", "event": _encode(event)})
+
+    def _write(self, run_id: str, write: dict[str, Any]) -> None:
+        self._backlog.append(write)
+        try:
+            while self._backlog:
+                apply_write(self.history, self._backlog[0])
+                self._backlog.pop(0)
+        except (sqlite3.Error, OSError) as error:
+            self._spill(run_id, error)
+            return
+        if self.side_file is not None:
+            self.side_file.unlink(missing_ok=True)
+            log.warning("history %s is writable again; the spilled writes are in it", self.history.path)
+            self.side_file = None
+
+    def _spill(self, run_id: str, error: Exception) -> None:
+        """Keep the unwritten backlog on disk next to the history, replacing the previous copy whole."""
+        side_file = self.history.path.with_name(f"{self.history.path.name}.{run_id}.pending.jsonl")
+        partial = side_file.with_suffix(f".tmp{time.monotonic_ns()}")
+        try:
+            partial.write_text("".join(json.dumps(write) + "\n" for write in self._backlog))
+            partial.replace(side_file)
+        except OSError as side_error:  # the directory is gone or full too: keep the backlog in memory
+            log.error("cannot write history %s (%s) nor its side file (%s); %d writes wait in memory",
+                      self.history.path, error, side_error, len(self._backlog))
+            return
+        if self.side_file is None:
+            log.warning("cannot write history %s (%s); the run continues and keeps its record in %s until it can",
+                        self.history.path, error, side_file)
+        self.side_file = side_file

@@ -12,24 +12,28 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .checkpoint import Checkpoint, checkpoint_key, decode_checkpoint
 from .client import privacy_facts
 from .controller import ClientRef, Controller, RoundPlan
 from .data import Dataset, load_dataset, partition_dataset
 from .events import Observer
 from .evaluation import Evaluator
 from .experiment import ExperimentConfig
-from .history import History, HistoryWriter
+from .errors import UserError
+from .history import DEFAULT_HISTORY, History, HistoryWriter
 from .model import ModelSpec, build_model, model_spec_from
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
 from .privacy import DpRound, ExampleLevelAccountant
+from .resilience import RoundPolicy
 from .selection import BudgetedSelection, SelectionPolicy, make_selection
-from .store import Store, encode_arrays, make_store
-from .store.keys import client_data_key
+from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_store
+from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
 from .strategies.central_dp import CentralDP
 from .zoo import resolve_builder
@@ -131,21 +135,27 @@ async def run_experiment_async(
     observers: Sequence[Observer] = (),
     providers: dict[str, Provider] | None = None,
     on_controller: Callable[[Controller], None] | None = None,
+    resume: str | None = None,
 ) -> RunResult:
     """Run `config` to the end on the running event loop.
 
     `model` (a Keras model or builder) overrides the config's builder, as the notebook does;
     `providers` replaces the ones the config names (tests and custom platforms);
-    `on_controller` receives the controller before round 1, e.g. to request a stop later.
+    `on_controller` receives the controller before round 1, e.g. to request a stop later;
+    `resume` is the id of a run of this config to continue after its last checkpoint
+    (see `resume_experiment`, which reads the config from the history).
     """
     dataset = load_dataset(config.data.dataset, **config.data.options)
     spec, initial = _model_spec(config, dataset, model)
     store = make_store(config.store)
     data_keys = write_client_data(store, dataset, config)
+    history = History(config.history)
+    run_id = resume or new_run_id(config.name)
+    checkpoint = _checkpoint(store, run_id) if resume else None
+    if checkpoint is not None:
+        initial = decode_arrays(store.get(global_weights_key(run_id, checkpoint.round)))
     providers = providers or {c.name: make_provider(c) for c in config.providers}
     assignment = assign_clients(list(data_keys), config.providers)
-    history = History(config.history)
-    run_id = new_run_id(config.name)
     accountant = _accountant(config, dataset)
     selection = _selection(config, accountant)
     controller = Controller(
@@ -153,7 +163,9 @@ async def run_experiment_async(
         strategy=_strategy(config), selection=selection,
         clients=[ClientRef(cid, key, assignment[cid]) for cid, key in data_keys.items()],
         providers=providers, store=store, evaluate=Evaluator(spec, dataset.x_test, dataset.y_test),
-        plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed),
+        plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed,
+                       RoundPolicy(config.retries, config.retry_backoff, config.min_successful, config.round_repeats,
+                                   config.max_norm_ratio)),
     )
     controller.subscribe(selection.observe)
     if accountant is not None:
@@ -167,7 +179,7 @@ async def run_experiment_async(
     try:
         for provider in providers.values():
             await provider.deploy()
-        weights = await controller.run(initial, _schedule(config, controller))
+        weights = await controller.run(initial, _schedule(config, controller), checkpoint)
         status = "stopped" if len(controller.round_metrics) < config.rounds else "finished"
     finally:
         await asyncio.gather(*(provider.close() for provider in providers.values()))
@@ -233,3 +245,47 @@ def _train_settings(config: ExperimentConfig) -> dict[str, Any]:
 def run_experiment(config: ExperimentConfig, **options: Any) -> RunResult:
     """Run `config` to the end (blocking); see `run_experiment_async` for the options."""
     return asyncio.run(run_experiment_async(config, **options))
+
+
+class ResumeError(UserError):
+    """A run cannot be resumed (unknown, already finished, or without a checkpoint)."""
+
+
+def _checkpoint(store: Store, run_id: str) -> Checkpoint | None:
+    """The run's last checkpoint; None when it finished no round yet (it restarts from round 1)."""
+    try:
+        return decode_checkpoint(store.get(checkpoint_key(run_id)))
+    except MissingKeyError:
+        return None
+
+
+def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY) -> ExperimentConfig:
+    """The config of a run recorded in `history`, checked to be resumable."""
+    recorded = History(history)
+    try:
+        run = recorded.run(run_id)
+    finally:
+        recorded.close()
+    if run["status"] == "finished" and run["rounds_completed"] >= run["rounds"]:
+        raise ResumeError(f"run {run_id!r} already finished all {run['rounds']} rounds; there is nothing to resume")
+    config = ExperimentConfig.from_dict(run["config"])
+    if config.mode == "async":
+        raise ResumeError(f"run {run_id!r} used asynchronous rounds (mode: async), whose buffer and in-flight "
+                          "clients are not checkpointed: start it again as a new run")
+    if config.train.dp is not None:
+        raise ResumeError(f"run {run_id!r} trained with DP-SGD (train.dp), whose per-client privacy accounting is "
+                          "not checkpointed, so a resumed run would under-report epsilon: start it again as a new run")
+    config.history = str(history)
+    return config
+
+
+async def resume_experiment_async(run_id: str, *, history: str | Path = DEFAULT_HISTORY, **options: Any) -> RunResult:
+    """Continue run `run_id` of `history` after its last checkpointed round, on the running event loop;
+    the options are `run_experiment_async`'s (pass `model=` again if the run was given a model object)."""
+    return await run_experiment_async(resume_config(run_id, history), resume=run_id, **options)
+
+
+def resume_experiment(run_id: str, *, history: str | Path = DEFAULT_HISTORY, **options: Any) -> RunResult:
+    """Continue run `run_id` after its process died or it was stopped (blocking): the same run id and
+    history, from the global weights and strategy state checkpointed after its last finished round."""
+    return asyncio.run(resume_experiment_async(run_id, history=history, **options))

@@ -80,8 +80,9 @@ def test_crashed_and_confused_functions_are_failed_invocations(tiny_config):
     crashing = LocalProvider("local", workers=2, entry_point="workloads:crashes_on_odd_clients")
     result = run_experiment(config, providers={"local": crashing})
     invocations = History(config.history).invocations(result.run_id)
-    assert sorted(i["outcome"] for i in invocations) == ["failed"] * 3 + ["succeeded"] * 3
+    assert sorted(i["outcome"] for i in invocations) == ["failed"] * 9 + ["succeeded"] * 3, "each crash is retried twice"
     assert all(i["cause"] == "crash" and "exited with code 9" in i["error"] for i in invocations if i["outcome"] == "failed")
+    assert sum("(retried)" in i["error"] for i in invocations if i["outcome"] == "failed") == 6
 
     confused = LocalProvider("local", workers=2, entry_point="workloads:answers_another_round")
     result = run_experiment(config, providers={"local": confused})

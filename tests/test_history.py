@@ -57,3 +57,125 @@ def test_unknown_run_and_foreign_file_are_clear_errors(tmp_path):
     with pytest.raises(HistoryError, match="notes.db is not a usable fedless_nb history"):
         History(foreign)
     assert foreign.read_text().startswith("these are my notes"), "the file is left untouched"
+
+
+def _events(run_id, rounds):
+    yield RunStarted(run_id, "test", {}, rounds, 2, [{"name": "local", "kind": "local"}], 100.0)
+    for round_number in range(1, rounds + 1):
+        for client in range(2):
+            yield InvocationFinished(run_id, round_number, f"client-{client:04d}", "local", "succeeded", 100.0, 101.0,
+                                     num_examples=10, timings={"total": 0.5})
+        yield RoundFinished(run_id, round_number, 100.0, 102.0, 2, 2, 0, {"accuracy": round_number / 100}, {})
+    yield RunFinished(run_id, "finished", 200.0, rounds, {"accuracy": rounds / 100})
+
+
+def _assert_complete(history, run_id, rounds):
+    assert history.run(run_id)["status"] == "finished"
+    assert [r["round"] for r in history.rounds(run_id)] == list(range(1, rounds + 1))
+    invocations = history.invocations(run_id)
+    assert len(invocations) == 2 * rounds
+    assert len({(i["round"], i["client_id"]) for i in invocations}) == 2 * rounds, "no invocation counted twice"
+
+
+def test_a_locked_history_mid_run_spills_to_a_side_file_and_catches_up(tmp_path, caplog):
+    """Another process holds the write lock past the busy timeout: the run goes on, nothing is lost."""
+    path = tmp_path / "h.db"
+    writer = HistoryWriter(History(path, busy_timeout=0.1))
+    events = list(_events("r1", 4))
+    for event in events[:4]:  # run start and round 1
+        writer(event)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("begin immediate")
+    for event in events[4:10]:  # rounds 2 and 3 while locked
+        writer(event)
+    assert writer.side_file is not None and writer.side_file.exists()
+    assert "cannot write history" in caplog.text and "the run continues" in caplog.text
+    assert sum(1 for _ in writer.side_file.open()) == 2, "both unwritten rounds are on disk"
+    blocker.execute("rollback")
+    for event in events[10:]:  # round 4 and the end, after the lock is gone
+        writer(event)
+    assert writer.side_file is None and not list(tmp_path.glob("*.pending.jsonl"))
+    _assert_complete(History(path), "r1", 4)
+
+
+def test_when_the_side_file_cannot_be_written_either_the_writes_wait_in_memory(tmp_path, caplog):
+    path = tmp_path / "h.db"
+    writer = HistoryWriter(History(path, busy_timeout=0.1))
+    events = list(_events("r1", 2))
+    writer(events[0])
+    (tmp_path / "h.db.r1.pending.jsonl").mkdir()  # nothing can be written where the side file goes
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("begin immediate")
+    for event in events[1:4]:
+        writer(event)  # the run is not interrupted
+    assert "nor its side file" in caplog.text and writer.side_file is None
+    blocker.execute("rollback")
+    (tmp_path / "h.db.r1.pending.jsonl").rmdir()
+    for event in events[4:]:
+        writer(event)
+    _assert_complete(History(path), "r1", 2)
+
+
+def test_writes_spilled_by_a_dead_run_are_replayed_on_the_next_open(tmp_path):
+    path = tmp_path / "h.db"
+    writer = HistoryWriter(History(path, busy_timeout=0.1))
+    events = list(_events("r1", 3))
+    writer(events[0])
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("begin immediate")
+    for event in events[1:]:
+        writer(event)
+    side_files = list(tmp_path.glob("h.db.r1.pending.jsonl"))
+    assert len(side_files) == 1
+    blocker.execute("rollback")
+    del writer  # the run's process ends with its record still in the side file
+    history = History(path)
+    assert not side_files[0].exists()
+    _assert_complete(history, "r1", 3)
+    History(path)  # opening again replays nothing twice
+    _assert_complete(History(path), "r1", 3)
+
+
+def test_a_history_locked_at_open_is_one_clear_line(tmp_path):
+    path = tmp_path / "h.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("create table notes (text)")
+    holder.execute("begin exclusive")  # a rollback-journal database held by another program
+    with pytest.raises(HistoryError, match=r"h\.db is locked by another process \(waited 0\.2s\)") as raised:
+        History(path, busy_timeout=0.2)
+    assert "\n" not in str(raised.value)
+    holder.execute("rollback")
+    assert holder.execute("select count(*) from notes").fetchone() == (0,)
+
+
+_WRITER = """
+import sys
+from fedless_nb.history import History, HistoryWriter
+sys.path.insert(0, sys.argv[3])
+from test_history import _events
+writer = HistoryWriter(History(sys.argv[1]))
+for event in _events(sys.argv[2], 150):
+    writer(event)
+assert writer.side_file is None, "every write reached the shared file"
+"""
+
+
+def test_two_processes_write_runs_to_one_history_at_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "shared.db"
+    History(path).close()
+    tests = str(Path(__file__).parent)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    processes = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), run_id, tests], env=environment,
+                                  stderr=subprocess.PIPE, text=True) for run_id in ("a", "b")]
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+    history = History(path)
+    for run_id in ("a", "b"):
+        _assert_complete(history, run_id, 150)
+    assert not list(tmp_path.glob("*.pending.jsonl"))

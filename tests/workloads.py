@@ -50,6 +50,52 @@ def answers_another_round(payload):
     return {**result, "round": result["round"] + 1}
 
 
+def answers_an_earlier_round(payload):
+    """A late delivery: from round 2 on, the function hands back a result of the round before."""
+    from fedless_nb.client import handle
+
+    from fedless_nb.store.keys import update_key
+
+    result = handle(payload)
+    if payload["round"] > 1:
+        earlier = payload["round"] - 1
+        result = {**result, "round": earlier, "update": update_key(payload["run_id"], earlier, payload["client_id"])}
+    return result
+
+
+def poisons_updates(payload):
+    """Trains for real, then clients 1-4 overwrite their update with a bad one: NaN, float64, a missing
+    array, a change 1000x the size of the others'. Clients 0 and 5 stay honest. A poisoning client holds
+    the run secret like any function, so it signs its bad update: only validation can catch it."""
+    import numpy as np
+
+    from fedless_nb.client import handle
+    from fedless_nb.security import RunKey, function_secret
+    from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
+
+    result = handle(payload)
+    store = store_from_descriptor(payload["store"])
+    update = [np.array(array) for array in decode_arrays(store.get(payload["update"]))]
+    index = int(payload["client_id"].rsplit("-", 1)[1])
+    if index == 1:
+        update[0][0, 0] = np.nan
+    elif index == 2:
+        update = [array.astype(np.float64) for array in update]
+    elif index == 3:
+        update = update[:-1]
+    elif index == 4:
+        current = decode_arrays(store.get(payload["weights"]))
+        update = [c + 1000 * (u - c) for u, c in zip(update, current)]
+    poisoned = encode_arrays(update)
+    store.put(payload["update"], poisoned)
+    return RunKey(function_secret(), payload["run_id"]).sign_result(result, bytes(poisoned))
+
+
+def oversized_reply(payload):
+    """Answers with a reply far bigger than a result should be when asked to."""
+    return {"blob": "x" * payload["size"]} if payload.get("size") else counting(payload)
+
+
 def probing(payload):
     """Trains for real, first recording what the function can see: its AWS settings and its task's store access."""
     import json

@@ -144,7 +144,7 @@ class LambdaProvider(Provider):
             except ReadTimeoutError:
                 raise InvocationError(f"no reply within {self.timeout + _REPLY_GRACE:g}s", "timeout") from None
             except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError) as error:
-                raise InvocationError(f"cannot reach Lambda: {error}", "error") from None
+                raise InvocationError(f"cannot reach Lambda: {error}", "network") from None
         if function_error:
             raise _function_failure(reply, function_error)
         try:

@@ -17,8 +17,10 @@ class InvocationError(Exception):
 
     Causes: "timeout" (the platform's per-invocation limit), "crash" (the function's process
     died), "error" (the function raised, or the platform rejected the call), "deadline" (the round
-    closed first), "throttled" (the platform still refused for capacity after retries), "auth" (the
-    function refused the task's token), "signature" (the result's signature or update digest did not match).
+    closed first), "throttled" (the platform still refused for capacity after retries), "network" (the
+    platform could not be reached), "auth" (the function refused the task's token), "signature" (the
+    result's signature or update digest did not match), "invalid" (the result does not answer its task),
+    "late" (a result of an earlier round, discarded).
     """
 
     def __init__(self, message: str, cause: str) -> None:

@@ -22,25 +22,25 @@ from ..security import SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
 from .base import InvocationError, Provider
 from .local_worker import DEFAULT_ENTRY_POINT
 
-_REPLY_LIMIT = 64 * 2**20  # a reply line may carry a large metrics dict; weights never travel here
+REPLY_LIMIT = 64 * 2**20  # a reply line may carry a large metrics dict; weights never travel here
 
 
 class _Worker:
     """One worker process and the tail of its stderr (for crash messages)."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
+    def __init__(self, process: asyncio.subprocess.Process, reply_limit: int) -> None:
+        self.process, self.reply_limit = process, reply_limit
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._drain = asyncio.ensure_future(self._drain_stderr())
 
     @classmethod
-    async def start(cls, entry_point: str, environment: dict[str, str]) -> "_Worker":
+    async def start(cls, entry_point: str, environment: dict[str, str], reply_limit: int) -> "_Worker":
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "fedless_nb.providers.local_worker", entry_point,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=environment, limit=_REPLY_LIMIT,
+            env=environment, limit=reply_limit,
         )
-        return cls(process)
+        return cls(process, reply_limit)
 
     async def _drain_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -62,10 +62,17 @@ class _Worker:
             raise InvocationError(f"timed out after {timeout:g}s; the worker was stopped", "timeout") from None
         except (BrokenPipeError, ConnectionResetError):
             line = b""
+        except ValueError:  # the reply overran the limit; the rest of it is still in the pipe
+            await self.kill()
+            raise InvocationError(f"the reply exceeded {self.reply_limit} bytes; the worker was stopped", "invalid") from None
         if not line:  # the process is gone or going: let it exit by itself so its exit code is kept
             await self.stop()
             raise InvocationError(self._crash_message(), "crash")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            await self.kill()
+            raise InvocationError(f"the reply is not JSON: {line[:80]!r}; the worker was stopped", "invalid") from None
         if not reply["ok"]:
             raise InvocationError(reply["error"], "error")
         return reply["result"]
@@ -106,6 +113,7 @@ class LocalProvider(Provider):
         threads_per_worker: int = 1,
         entry_point: str = DEFAULT_ENTRY_POINT,
         secret: str | None = None,
+        reply_limit: int = REPLY_LIMIT,
     ) -> None:
         if workers < 1:
             raise ValueError("a local provider needs at least 1 worker")
@@ -115,6 +123,7 @@ class LocalProvider(Provider):
         self.threads_per_worker = threads_per_worker
         self.entry_point = entry_point
         self.secret = secret or new_secret()  # fresh for each provider (the runner makes one per run); workers inherit it
+        self.reply_limit = reply_limit
         self._slots: asyncio.LifoQueue[_Worker | None] | None = None
         self._running: set[_Worker] = set()
 
@@ -143,7 +152,7 @@ class LocalProvider(Provider):
         worker = await slots.get()
         try:
             if worker is None or not worker.alive:
-                worker = await _Worker.start(self.entry_point, self._environment())
+                worker = await _Worker.start(self.entry_point, self._environment(), self.reply_limit)
                 self._running.add(worker)
             return await worker.call(task, self.timeout)
         except asyncio.CancelledError:

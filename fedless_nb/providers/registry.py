@@ -38,7 +38,16 @@ def _from_environment(variable: str | None, provider: str, what: str) -> str | N
 
 
 def make_provider(config: Any) -> Provider:
-    """A provider from a `ProviderConfig`."""
+    """A provider from a `ProviderConfig`, wrapped in fault injection when the config asks for faults."""
+    provider = _platform_provider(config)
+    if config.faults:
+        from .faults import FaultRates, FaultyProvider
+
+        return FaultyProvider(provider, FaultRates.from_options(config.faults))
+    return provider
+
+
+def _platform_provider(config: Any) -> Provider:
     if config.kind == "local":
         return LocalProvider(config.name, workers=config.workers, timeout=config.timeout)
     run_secret = "the run secret its functions were deployed with (or set secret_env: null to run unsigned)"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Flower's simulation engine (flwr + Ray) in the benchmark's own virtual environment,
+# next to this script, so it never touches the project's environment.
+#
+#     bash bench/setup_flower_env.sh        # creates bench/flower-venv
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+venv="$here/flower-venv"
+python="${PYTHON:-python3.11}"
+"$python" -m venv "$venv"
+"$venv/bin/pip" install --quiet --upgrade pip
+# TensorFlow 2.15 (Keras 2) as in the project; flwr's simulation extra brings Ray; psutil measures memory.
+"$venv/bin/pip" install --quiet "flwr[simulation]>=1.8,<2" "tensorflow-cpu==2.15.1" "scikit-learn>=1.3" "psutil>=5.9"
+"$venv/bin/pip" check
+"$venv/bin/python" -c "import flwr, ray, tensorflow; print('flwr', flwr.__version__, 'ray', ray.__version__, 'tensorflow', tensorflow.__version__)"

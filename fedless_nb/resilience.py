@@ -1,0 +1,80 @@
+"""How a round copes with faults: which failed invocations are retried, and how many successes a round needs.
+
+Retrying is safe for a timeout, a crash, throttling or a network failure: the task is the same,
+its update key is its own, so a second attempt can only overwrite the first attempt's update
+with an equivalent one. A function that raised or answered garbage would do so again, and a
+call that missed the round's deadline is too late; those are not retried. Every attempt is an
+invocation in the history, so succeeded + failed + discarded always equals the invocations made.
+
+The quorum: a round needs `min_successful` valid updates. Below it the round is run again (up to
+`round_repeats` times) and then the run stops with a QuorumError naming the settings to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from .errors import UserError
+from .providers.base import InvocationError
+
+RETRYABLE_CAUSES = frozenset({"timeout", "crash", "throttled", "network"})
+
+
+class QuorumError(UserError):
+    """A round did not get enough valid updates, even after its repeats."""
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """`retries`: extra attempts per invocation for a retryable cause, waiting `retry_backoff` * 2**n
+    (plus jitter) between them while the round's deadline allows; `min_successful`: the quorum
+    (0: none, a round with no update keeps the model); `round_repeats`: runs of a round below quorum;
+    `max_norm_ratio`: updates farther than this times the round's median are rejected (validation.py; 0: off)."""
+
+    retries: int = 2
+    retry_backoff: float = 0.5
+    min_successful: int = 0
+    round_repeats: int = 0
+    max_norm_ratio: float = 10.0
+
+
+async def invoke_with_retries(
+    invoke: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    task: dict[str, Any],
+    policy: RoundPolicy,
+    deadline: float,
+    on_failed_attempt: Callable[[InvocationError], None],
+) -> dict[str, Any]:
+    """`await invoke(task)`, again after a retryable failure while attempts and the deadline allow.
+
+    Each failed attempt that is retried is reported to `on_failed_attempt` (it is an invocation
+    of its own); the last failure is raised for the caller to record.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await invoke(task)
+        except InvocationError as error:
+            wait = policy.retry_backoff * 2**attempt + random.uniform(0, policy.retry_backoff)
+            if error.cause not in RETRYABLE_CAUSES or attempt == policy.retries or time.time() + wait >= deadline:
+                raise
+            on_failed_attempt(InvocationError(f"{error} (retried)", error.cause))
+        attempt += 1
+        await asyncio.sleep(wait)
+
+
+def check_quorum(round_number: int, succeeded: int, selected: int, policy: RoundPolicy, runs: int) -> bool:
+    """True when the round has its quorum; False when it should run again; QuorumError when it may not."""
+    if succeeded >= policy.min_successful:
+        return True
+    if runs <= policy.round_repeats:
+        return False
+    raise QuorumError(
+        f"round {round_number} got {succeeded} valid update(s) of {selected} selected, fewer than "
+        f"min_successful ({policy.min_successful}), in {runs} run(s); lower min_successful, raise "
+        "round_repeats or round_deadline, or see the failed invocations in the history"
+    )

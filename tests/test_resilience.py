@@ -1,0 +1,106 @@
+"""Faults in whole runs: retries where safe, the quorum rule, late results discarded, every invocation accounted for."""
+
+import asyncio
+import collections
+import io
+
+import pytest
+from rich.console import Console
+
+from fedless_nb.cli import TerminalProgress
+from fedless_nb.history import History
+from fedless_nb.providers import InvocationError, LocalProvider
+from fedless_nb.providers.faults import FaultRates, FaultyProvider
+from fedless_nb.resilience import QuorumError, RoundPolicy, invoke_with_retries
+from fedless_nb.runner import run_experiment
+
+
+def _retrying(causes, policy, deadline_in=60.0):
+    """invoke_with_retries over a call that fails with `causes` in turn, then answers."""
+    calls, retried = [], []
+
+    async def invoke(task):
+        calls.append(task)
+        if len(calls) <= len(causes):
+            raise InvocationError(f"attempt {len(calls)}", causes[len(calls) - 1])
+        return {"ok": len(calls)}
+
+    async def body():
+        loop_time = __import__("time").time()
+        return await invoke_with_retries(invoke, {"t": 1}, policy, loop_time + deadline_in, retried.append)
+
+    return asyncio.run(body()), calls, retried
+
+
+def test_timeouts_crashes_throttling_and_network_failures_are_retried_with_backoff():
+    result, calls, retried = _retrying(["throttled", "crash", "network", "timeout"], RoundPolicy(retries=4, retry_backoff=0.01))
+    assert result == {"ok": 5} and len(calls) == 5
+    assert [(str(e), e.cause) for e in retried] == [
+        ("attempt 1 (retried)", "throttled"), ("attempt 2 (retried)", "crash"),
+        ("attempt 3 (retried)", "network"), ("attempt 4 (retried)", "timeout")]
+
+
+@pytest.mark.parametrize("causes, policy, deadline_in", [
+    (["error"], RoundPolicy(retries=2, retry_backoff=0.01), 60.0),  # the function's own bug would repeat
+    (["invalid"], RoundPolicy(retries=2, retry_backoff=0.01), 60.0),
+    (["timeout"] * 3, RoundPolicy(retries=2, retry_backoff=0.01), 60.0),  # out of attempts
+    (["timeout"], RoundPolicy(retries=2, retry_backoff=5.0), 1.0),  # the wait would pass the deadline
+])
+def test_no_retry_where_it_cannot_help(causes, policy, deadline_in):
+    with pytest.raises(InvocationError) as raised:
+        _retrying(causes, policy, deadline_in)
+    assert raised.value.cause == causes[-1] and "(retried)" not in str(raised.value)
+
+
+@pytest.mark.slow
+def test_a_run_at_20_percent_failed_invocations_completes_with_its_quorum(tiny_config):
+    config = tiny_config(clients=8, clients_per_round=6, rounds=4, min_successful=4, round_repeats=2,
+                         retries=1, retry_backoff=0.05)
+    faults = FaultRates(crash=0.1, timeout=0.05, throttle=0.05, seed=11)
+    provider = FaultyProvider(LocalProvider("local", workers=2), faults)
+    result = run_experiment(config, providers={"local": provider})
+    assert result.status == "finished" and len(result.round_metrics) == 4
+
+    history = History(config.history)
+    invocations = history.invocations(result.run_id)
+    outcomes = collections.Counter(i["outcome"] for i in invocations)
+    invoked = provider.invoked
+    assert outcomes["succeeded"] + outcomes["failed"] + outcomes["discarded"] == invoked == len(invocations)
+    assert outcomes["failed"] == sum(provider.injected[name] for name in ("crash", "timeout", "throttle"))
+    assert 0.1 < outcomes["failed"] / invoked < 0.35, outcomes
+    assert {i["cause"] for i in invocations if i["outcome"] == "failed"} <= {"crash", "timeout", "throttled"}
+    rounds = history.rounds(result.run_id)
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    for row in rounds:
+        succeeded = [i for i in invocations if i["round"] == row["round"] and i["outcome"] == "succeeded"]
+        assert row["succeeded"] >= 4 and len(succeeded) >= row["succeeded"]
+
+
+def test_a_round_below_quorum_is_repeated_then_the_run_stops_with_one_line(tiny_config):
+    config = tiny_config(rounds=2, min_successful=2, round_repeats=1, retries=0)
+    provider = FaultyProvider(LocalProvider("local", workers=2, entry_point="workloads:counting"), FaultRates(crash=1.0))
+    progress = TerminalProgress(Console(file=io.StringIO()))
+    with pytest.raises(QuorumError) as raised:
+        run_experiment(config, providers={"local": provider}, observers=[progress])
+    assert len(progress.progress.tasks) == 1, "the repeated round replaces its progress bar"
+    message = str(raised.value)
+    assert "round 1 got 0 valid update(s) of 4 selected, fewer than min_successful (2), in 2 run(s)" in message
+    assert "\n" not in message
+    history = History(config.history)
+    (run,) = history.runs()
+    assert run["status"] == "failed" and run["rounds_completed"] == 0 and "QuorumError" in run["error"]
+    invocations = history.invocations(run["run_id"])
+    assert len(invocations) == 2 * 4 == provider.injected["crash"], "both runs of the round are in the history"
+    assert history.rounds(run["run_id"]) == []
+
+
+def test_a_late_result_of_an_earlier_round_is_discarded_not_aggregated(tiny_config):
+    config = tiny_config(rounds=2, clients_per_round=3)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:answers_an_earlier_round")
+    result = run_experiment(config, providers={"local": provider})
+    invocations = History(config.history).invocations(result.run_id)
+    by_round = {r: [i for i in invocations if i["round"] == r] for r in (1, 2)}
+    assert [i["outcome"] for i in by_round[1]] == ["succeeded"] * 3
+    assert [(i["outcome"], i["cause"]) for i in by_round[2]] == [("discarded", "late")] * 3
+    assert "a late result of round 1 arrived in round 2" in by_round[2][0]["error"]
+    assert result.round_metrics[1] == result.round_metrics[0], "round 2 kept round 1's model"

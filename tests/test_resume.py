@@ -1,0 +1,83 @@
+"""Resumable runs: a checkpoint after every round, and a run killed mid-way continues with every round once."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from fedless_nb.checkpoint import Checkpoint, decode_checkpoint, encode_checkpoint
+from fedless_nb.history import History
+from fedless_nb.runner import ResumeError, resume_experiment, run_experiment
+
+
+def test_a_checkpoint_keeps_strategy_arrays_and_metrics():
+    state = {"momentum": [np.arange(6, dtype=np.float32).reshape(2, 3)], "step": np.int64(4), "beta": 0.9}
+    decoded = decode_checkpoint(encode_checkpoint(Checkpoint(3, state, [{"accuracy": 0.5}])))
+    assert decoded.round == 3 and decoded.round_metrics == [{"accuracy": 0.5}]
+    assert decoded.strategy_state["step"] == 4 and decoded.strategy_state["beta"] == 0.9
+    (momentum,) = decoded.strategy_state["momentum"]
+    assert momentum.dtype == np.float32 and (momentum == state["momentum"][0]).all()
+
+
+def test_a_stopped_run_resumes_where_it_stopped(tiny_config):
+    config = tiny_config(rounds=3)
+    stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
+    assert stopped.status == "stopped" and len(stopped.round_metrics) == 1
+    resumed = resume_experiment(stopped.run_id, history=config.history)
+    assert resumed.run_id == stopped.run_id and resumed.status == "finished"
+    assert len(resumed.round_metrics) == 3 and resumed.round_metrics[0] == stopped.round_metrics[0]
+    history = History(config.history)
+    assert [r["round"] for r in history.rounds(stopped.run_id)] == [1, 2, 3]
+    assert len(history.invocations(stopped.run_id)) == 3 * 4
+    assert history.run(stopped.run_id)["status"] == "finished"
+    with pytest.raises(ResumeError, match="already finished all 3 rounds; there is nothing to resume"):
+        resume_experiment(stopped.run_id, history=config.history)
+
+
+def _cli(*arguments, **options):
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    return subprocess.Popen([sys.executable, "-m", "fedless_nb", *arguments], env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **options)
+
+
+@pytest.mark.slow
+def test_a_killed_controller_resumes_with_every_round_once(tmp_path, tiny_config):
+    rounds = 8
+    config = tiny_config(rounds=rounds, train={"epochs": 15, "batch_size": 32, "learning_rate": 0.05})
+    path = tmp_path / "experiment.yaml"
+    path.write_text(config.to_yaml())
+    process = _cli("run", str(path))
+    history_path = config.history
+    completed = 0
+    while process.poll() is None and completed < 3:
+        time.sleep(0.05)
+        if os.path.exists(history_path):
+            runs = History(history_path).runs()
+            completed = runs[0]["rounds_completed"] if runs else 0
+    assert process.poll() is None, "the run must still be going when it is killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (killed,) = History(history_path).runs()
+    assert killed["status"] == "running" and 3 <= killed["rounds_completed"] < rounds
+
+    resumed = _cli("resume", killed["run_id"], "--history", history_path)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert f"resumed after round {killed['rounds_completed']}" in output
+
+    history = History(history_path)
+    run = history.run(killed["run_id"])
+    assert run["status"] == "finished" and run["rounds_completed"] == rounds
+    assert [r["round"] for r in history.rounds(killed["run_id"])] == list(range(1, rounds + 1))
+    invocations = history.invocations(killed["run_id"])
+    assert len(invocations) == rounds * 4
+    assert len({(i["round"], i["client_id"]) for i in invocations}) == rounds * 4, "no invocation counted twice"
+
+    config.history = str(tmp_path / "uninterrupted.db")
+    uninterrupted = run_experiment(config)
+    assert abs(history.final_metrics(killed["run_id"])["eval_accuracy"] - uninterrupted.final_accuracy) <= 0.03
