@@ -39,6 +39,21 @@ def test_a_stopped_run_resumes_where_it_stopped(tiny_config):
         resume_experiment(stopped.run_id, history=config.history)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"mode": "async", "asynchronous": {"concurrency": 2, "buffer_size": 2}},
+     "used asynchronous rounds .mode: async., whose buffer and in-flight clients are not checkpointed"),
+    ({"train": {"batch_size": 16, "dp": {"noise_multiplier": 1.0, "num_microbatches": 4}}},
+     "trained with DP-SGD .train.dp., whose per-client privacy accounting is not checkpointed"),
+])
+def test_runs_whose_state_is_not_checkpointed_refuse_to_resume(tiny_config, overrides, message):
+    config = tiny_config(rounds=3, **overrides)
+    stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
+    assert stopped.status == "stopped"
+    with pytest.raises(ResumeError, match=message):
+        resume_experiment(stopped.run_id, history=config.history)
+    assert History(config.history).run(stopped.run_id)["status"] == "stopped", "a refused resume changes nothing"
+
+
 def _cli(*arguments, **options):
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     return subprocess.Popen([sys.executable, "-m", "fedless_nb", *arguments], env=environment,
