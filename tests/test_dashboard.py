@@ -3,7 +3,8 @@
 import xml.etree.ElementTree as ET
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
+from IPython import get_ipython
+from IPython.testing.globalipapp import start_ipython
 
 from fedless_nb.events import InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from fedless_nb.notebook.chart import line_chart, timeline_chart
@@ -104,7 +105,7 @@ def test_charts_are_well_formed_svg_with_escaped_labels():
 
 
 def test_outside_a_kernel_the_dashboard_is_text():
-    shell = InteractiveShell.instance()
+    shell = start_ipython() or get_ipython()  # a terminal IPython: no kernel, no widgets
     assert not frontend_renders_widgets(shell)
     assert isinstance(make_dashboard("auto", shell), TextDashboard)
     assert make_dashboard("none", shell) is None

@@ -78,7 +78,7 @@ class TextDashboard:
 
     def __init__(self, write: Callable[[str], None] | None = None) -> None:
         self.progress = RunProgress()
-        self.write = write or (lambda line: print(line, file=sys.stdout, flush=True))
+        self.write = write or (lambda line: print(line, flush=True))
 
     def __call__(self, event: Event) -> None:
         self.progress.update(event)
