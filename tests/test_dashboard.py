@@ -3,8 +3,10 @@
 import xml.etree.ElementTree as ET
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
+from IPython import get_ipython
+from IPython.testing.globalipapp import start_ipython
 
+from fedless_nb.cost import CostModel
 from fedless_nb.events import InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from fedless_nb.notebook.chart import line_chart, timeline_chart
 from fedless_nb.notebook.dashboard import (
@@ -40,6 +42,27 @@ def test_progress_folds_the_events():
     assert progress.series("accuracy") == {"accuracy": [(1, 0.3), (2, 0.6), (3, pytest.approx(0.9))]}
     assert [bar[4] for bar in progress.bars] == ["cold", "cold", "warm", "warm", "warm", "failed"]
     assert progress.bars[0][:3] == ("client-0000", 10.0, 12.0)
+
+
+def test_totals_show_estimated_cost_and_privacy_when_there_are_any():
+    """A priced platform adds its estimated cost (as the history prices it); DP rounds add their epsilon."""
+    lambda_provider = {"name": "aws", "kind": "lambda", "memory_mb": 2048}
+    progress = RunProgress()
+    progress.update(RunStarted("r2", "dp", {"providers": [{"name": "aws", "kind": "lambda"}]}, 1, 1, [lambda_provider], 0.0))
+    progress.update(InvocationFinished("r2", 1, "client-0000", "aws", "succeeded", 0.0, 2.0, cold=True,
+                                       timings={"total": 1.5}))
+    progress.update(RoundFinished("r2", 1, 0.0, 2.0, 1, 1, 0, {"accuracy": 0.5}, {},
+                                  {"epsilon_max": 3.14159, "epsilon_mean": 2.0}))
+    expected = CostModel.for_run({"providers": [lambda_provider]}).invocation("aws", 0.0, 2.0, {"total": 1.5})
+    assert expected > 0
+    totals = progress.totals()
+    assert totals["estimated cost (USD)"] == f"{expected:.6f}"
+    assert totals["epsilon, worst client (example-level)"] == "3.14"
+    assert "epsilon (client-level, central DP)" not in totals
+    local = RunProgress()
+    for event in run_events():
+        local.update(event)
+    assert set(local.totals()) == {"invocations", "failures", "cold starts"}, "a free local run shows no cost"
 
 
 def test_text_dashboard_writes_a_line_per_round_and_a_summary():
@@ -104,7 +127,7 @@ def test_charts_are_well_formed_svg_with_escaped_labels():
 
 
 def test_outside_a_kernel_the_dashboard_is_text():
-    shell = InteractiveShell.instance()
+    shell = start_ipython() or get_ipython()  # a terminal IPython: no kernel, no widgets
     assert not frontend_renders_widgets(shell)
     assert isinstance(make_dashboard("auto", shell), TextDashboard)
     assert make_dashboard("none", shell) is None

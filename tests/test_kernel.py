@@ -107,6 +107,7 @@ def widget_states(messages):
             if m["msg_type"] in ("comm_open", "comm_msg") and "state" in m["content"].get("data", {})]
 
 
+@pytest.mark.slow
 def test_text_in_batch_execution_and_widgets_in_an_interactive_frontend(kernel):
     def train(allow_stdin):
         reply, messages = kernel.execute(f"run = %fedless_train {TINY} --rounds 2", allow_stdin=allow_stdin)

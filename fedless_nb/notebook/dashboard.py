@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..cost import CostModel
 from ..events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from .chart import line_chart, timeline_chart
 
@@ -34,11 +35,15 @@ class RunProgress:
     invocations: int = 0
     failures: int = 0
     cold_starts: int = 0
+    cost: float = 0.0  # estimated from the providers' prices, as the history records it (see cost.py)
+    prices: CostModel | None = None
+    privacy: dict[str, float] = field(default_factory=dict)  # the last round's epsilon figures, when DP is on
     last_round: RoundFinished | None = None
 
     def update(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.run_id, self.total_rounds, self.started_at = event.run_id, event.rounds, event.started_at
+            self.prices = CostModel.for_run({"providers": event.providers, "config": event.config})
             self.status = "running"
         elif isinstance(event, RoundStarted):
             self.round_running = event.round
@@ -46,20 +51,32 @@ class RunProgress:
             self.invocations += 1
             self.failures += event.outcome == "failed"
             self.cold_starts += bool(event.cold)
+            if self.prices is not None:
+                self.cost += self.prices.invocation(event.provider, event.started_at, event.finished_at, event.timings)
             outcome = "failed" if event.outcome == "failed" else "cold" if event.cold else "warm"
             self.bars.append((event.client_id, event.started_at - self.started_at,
                               event.finished_at - self.started_at, event.provider, outcome))
         elif isinstance(event, RoundFinished):
             self.rounds_done, self.last_round = event.round, event
             self.metrics.append((event.round, event.eval_metrics))
+            self.privacy = dict(event.privacy_metrics)
         elif isinstance(event, RunFinished):
             self.status = event.status
 
     def series(self, name: str) -> dict[str, list[tuple[float, float]]]:
         return {name: [(r, values[name]) for r, values in self.metrics if name in values]}
 
-    def totals(self) -> dict[str, int]:
-        return {"invocations": self.invocations, "failures": self.failures, "cold starts": self.cold_starts}
+    def totals(self) -> dict[str, int | str]:
+        """Counts, plus the estimated cost on a priced platform and the privacy spent so far when DP is on."""
+        totals: dict[str, int | str] = {
+            "invocations": self.invocations, "failures": self.failures, "cold starts": self.cold_starts}
+        if self.cost > 0:
+            totals["estimated cost (USD)"] = f"{self.cost:.6f}"
+        if "epsilon_max" in self.privacy:
+            totals["epsilon, worst client (example-level)"] = f"{self.privacy['epsilon_max']:.3g}"
+        if "central_epsilon" in self.privacy:
+            totals["epsilon (client-level, central DP)"] = f"{self.privacy['central_epsilon']:.3g}"
+        return totals
 
     def round_line(self) -> str:
         event = self.last_round
@@ -78,7 +95,7 @@ class TextDashboard:
 
     def __init__(self, write: Callable[[str], None] | None = None) -> None:
         self.progress = RunProgress()
-        self.write = write or (lambda line: print(line, file=sys.stdout, flush=True))
+        self.write = write or (lambda line: print(line, flush=True))
 
     def __call__(self, event: Event) -> None:
         self.progress.update(event)

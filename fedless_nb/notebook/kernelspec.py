@@ -17,7 +17,8 @@ def kernel_spec_source() -> Path:
     """kernels/fedless in the clone this package is installed from (`pip install -e .`)."""
     source = Path(__file__).resolve().parents[2] / "kernels" / KERNEL_NAME
     if not (source / "kernel.json").exists():
-        raise UserError(f"the kernel spec {source} is missing: install fedless_nb from a clone with `pip install -e .`")
+        raise UserError(f"the kernel spec {source} is missing: install fedless_nb from a clone "
+                        "with `pip install -e .`")
     return source
 
 
