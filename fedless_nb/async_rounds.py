@@ -19,25 +19,16 @@ from typing import Any, AsyncIterator
 
 from .controller import ClientRef, Controller
 from .events import RoundStarted
+from .experiment import AsyncConfig
 from .providers.base import InvocationError
 from .strategies.aggregate import STALENESS_FUNCTIONS, fedbuff, staleness_weight, subtract
 from .strategies.base import ClientUpdate, Weights
 
-__all__ = ["FedBuff", "FedBuffOptions", "STALENESS_FUNCTIONS"]
+__all__ = ["FedBuff", "STALENESS_FUNCTIONS"]
 
 
-@dataclass(frozen=True)
-class FedBuffOptions:
-    concurrency: int = 4
-    buffer_size: int = 2
-    staleness: str = "polynomial"
-    exponent: float = 0.5
-    hinge_a: float = 10.0
-    hinge_b: float = 4.0
-    server_learning_rate: float = 1.0
-
-    def weight(self, staleness: int) -> float:
-        return staleness_weight(self.staleness, staleness, self.exponent, self.hinge_a, self.hinge_b)
+def _staleness_weight(options: AsyncConfig, staleness: int) -> float:
+    return staleness_weight(options.staleness, staleness, options.exponent, options.hinge_a, options.hinge_b)
 
 
 @dataclass(frozen=True)
@@ -58,7 +49,7 @@ class _Arrival:
 class FedBuff:
     """Schedule for Controller.run: `controller.plan.rounds` aggregations of `buffer_size` updates each."""
 
-    def __init__(self, controller: Controller, options: FedBuffOptions) -> None:
+    def __init__(self, controller: Controller, options: AsyncConfig) -> None:
         self.controller, self.options = controller, options
 
     def _dispatch(self, in_flight: dict[asyncio.Future[Any], _Dispatch], version: int, tasked: set[str]) -> None:
@@ -114,7 +105,7 @@ class FedBuff:
                 if not buffer or (len(buffer) < options.buffer_size and (in_flight or len(tasked) < len(controller.clients))):
                     continue
                 deltas = [subtract(a.update.weights, versions[a.version]) for a in buffer]
-                weights = fedbuff(weights, deltas, [options.weight(a.staleness) for a in buffer],
+                weights = fedbuff(weights, deltas, [_staleness_weight(options, a.staleness) for a in buffer],
                                   options.server_learning_rate)
                 version += 1
                 versions[version] = weights

@@ -225,13 +225,9 @@ def _schedule(config: ExperimentConfig, controller: Controller) -> Any:
     """FedBuff's asynchronous rounds when `mode: async`; None keeps the controller's synchronous rounds."""
     if config.mode != "async":
         return None
-    from .async_rounds import FedBuff, FedBuffOptions
+    from .async_rounds import FedBuff
 
-    options = config.asynchronous
-    return FedBuff(controller, FedBuffOptions(
-        options.concurrency, options.buffer_size, options.staleness, options.exponent,
-        options.hinge_a, options.hinge_b, options.server_learning_rate,
-    ))
+    return FedBuff(controller, config.asynchronous)
 
 
 def _train_settings(config: ExperimentConfig) -> dict[str, Any]:

@@ -1,14 +1,14 @@
 """The client step's extra objective terms: FedProx's proximal pull and SCAFFOLD's gradient correction."""
 
-import time
 
 import numpy as np
 import pytest
 
-from fedless_nb import client, zoo
+from fedless_nb import client
 from fedless_nb.client import PayloadError, handle
-from fedless_nb.model import model_spec_from
 from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
+
+from client_tasks import client_task
 
 
 @pytest.fixture(autouse=True)
@@ -18,17 +18,7 @@ def fresh_process_state(monkeypatch):
 
 @pytest.fixture
 def task(tmp_path):
-    store = LocalStore(tmp_path)
-    spec, weights = model_spec_from(zoo.mlp, builder_context={"input_shape": (8,), "num_classes": 3, "hidden_units": [4]})
-    store.put("global", encode_arrays(weights))
-    rng = np.random.default_rng(0)
-    store.put("data/a", encode_arrays([rng.random((64, 8), dtype=np.float32), rng.integers(0, 3, 64)]))
-    return {
-        "run_id": "r", "round": 1, "client_id": "client-0000", "model": spec.to_wire(), "weights": "global",
-        "data": "data/a", "update": "runs/r/u/client-0000",
-        "train": {"epochs": 5, "batch_size": 16, "optimizer": "sgd", "learning_rate": 0.5, "seed": 1},
-        "store": store.descriptor(), "token": None, "deadline": time.time() + 60,
-    }
+    return client_task(tmp_path, examples=64, epochs=5, learning_rate=0.5)
 
 
 def _moves(task):

@@ -1,17 +1,17 @@
 """DP-SGD in the client step, the accountant against tensorflow-privacy, budgets, reports, and a DP run on digits."""
 
 import re
-import time
 
 import numpy as np
 import pytest
 
-from fedless_nb import client, zoo
+from fedless_nb import client
 from fedless_nb.client import PayloadError, handle, local_steps
-from fedless_nb.model import model_spec_from
 from fedless_nb.privacy import DpRound, ExampleLevelAccountant, PrivacyBudgetExhausted, PrivacyReport, epsilon
 from fedless_nb.selection import BudgetedSelection, RandomSelection
-from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
+from fedless_nb.store import LocalStore, decode_arrays
+
+from client_tasks import client_task
 
 
 @pytest.fixture(autouse=True)
@@ -21,18 +21,7 @@ def fresh_process_state(monkeypatch):
 
 @pytest.fixture
 def dp_task(tmp_path):
-    store = LocalStore(tmp_path)
-    spec, weights = model_spec_from(zoo.mlp, builder_context={"input_shape": (8,), "num_classes": 3, "hidden_units": [4]})
-    store.put("global", encode_arrays(weights))
-    rng = np.random.default_rng(0)
-    store.put("data/a", encode_arrays([rng.random((40, 8), dtype=np.float32), rng.integers(0, 3, 40)]))
-    return {
-        "run_id": "r", "round": 1, "client_id": "client-0000", "model": spec.to_wire(), "weights": "global",
-        "data": "data/a", "update": "runs/r/u/client-0000",
-        "train": {"epochs": 2, "batch_size": 16, "optimizer": "sgd", "learning_rate": 0.1, "seed": 1,
-                  "dp": {"l2_norm_clip": 1.0, "noise_multiplier": 1.1, "num_microbatches": 4}},
-        "store": store.descriptor(), "token": None, "deadline": time.time() + 60,
-    }
+    return client_task(tmp_path, dp={"l2_norm_clip": 1.0, "noise_multiplier": 1.1, "num_microbatches": 4})
 
 
 def _change(task):

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
 from fedless_nb.checkpoint import Checkpoint, decode_checkpoint, encode_checkpoint
 from fedless_nb.history import History
