@@ -12,7 +12,6 @@ import json
 import time
 import uuid
 import zipfile
-from contextlib import asynccontextmanager
 
 import boto3
 import numpy as np
@@ -31,6 +30,7 @@ from fedless_nb.packaging import build_bundle
 from fedless_nb.security import RunKey
 from fedless_nb.store.s3 import S3Store
 
+from loopback import serving
 from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("aws_credentials")  # dummy credentials and region; nothing reaches AWS
@@ -126,18 +126,8 @@ class FakeLambda:
             return web.json_response(body, headers={"X-Amz-Function-Error": "Unhandled"})
         return web.json_response(result)
 
-    @asynccontextmanager
-    async def serving(self):
-        app = web.Application()
-        app.router.add_post("/2015-03-31/functions/{name}/invocations", self.invoke)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        finally:
-            await runner.cleanup()
+    def serving(self):
+        return serving(web.post("/2015-03-31/functions/{name}/invocations", self.invoke))
 
 
 def _invoke(fake: FakeLambda, task: dict, **options):

@@ -17,6 +17,8 @@ from fedless_nb.providers.http import HttpProvider
 from fedless_nb.providers.registry import make_provider
 from fedless_nb.providers.retry import RetryPolicy
 
+from loopback import serving
+
 FAST_RETRIES = RetryPolicy(attempts=4, initial_wait=0.01, max_wait=0.05)
 
 
@@ -43,16 +45,8 @@ class Endpoint:
         return web.json_response({"echo": task})
 
     async def serve(self, body):
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self.answer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        try:
-            return await body(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
-        finally:
-            await runner.cleanup()
+        async with serving(web.post("/{tail:.*}", self.answer)) as url:
+            return await body(url)
 
 
 def _invoke(endpoint, tasks, path="/", **options):
@@ -129,22 +123,16 @@ class OpenWhiskActivations:
 
     def run(self, body):
         async def serve():
-            app = web.Application()
-            app.router.add_post("/api/v1/namespaces/{namespace}/actions/{action}", self.invoke)
-            app.router.add_get("/api/v1/namespaces/{namespace}/activations/{id}", self.record)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]
-            provider = HttpProvider("ow", url=f"http://127.0.0.1:{port}/api/v1/namespaces/guest/actions/fedless-client"
-                                    "?blocking=true&result=true", auth="basic", key="user:pass", retry=FAST_RETRIES,
-                                    poll_interval=0.01)
-            try:
-                return await body(provider)
-            finally:
-                await provider.close()
-                await runner.cleanup()
+            routes = (web.post("/api/v1/namespaces/{namespace}/actions/{action}", self.invoke),
+                      web.get("/api/v1/namespaces/{namespace}/activations/{id}", self.record))
+            async with serving(*routes) as base:
+                provider = HttpProvider("ow", url=f"{base}/api/v1/namespaces/guest/actions/fedless-client"
+                                        "?blocking=true&result=true", auth="basic", key="user:pass",
+                                        retry=FAST_RETRIES, poll_interval=0.01)
+                try:
+                    return await body(provider)
+                finally:
+                    await provider.close()
 
         return asyncio.run(serve())
 
