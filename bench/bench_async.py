@@ -20,7 +20,7 @@ from pathlib import Path
 
 def straggler(payload: dict) -> dict:
     """The benchmark's function: client-0000 is slow by FEDLESS_BENCH_STRAGGLER_SECONDS, the rest train at once."""
-    from fedless_nb.client import handle
+    from fedless_nb.function.handler import handle
 
     if payload["client_id"] == "client-0000":
         time.sleep(float(os.environ["FEDLESS_BENCH_STRAGGLER_SECONDS"]))
@@ -29,7 +29,7 @@ def straggler(payload: dict) -> dict:
 
 def measure(mode: str, clients: int, rounds: int, buffer: int) -> dict:
     from fedless_nb.experiment import ExperimentConfig
-    from fedless_nb.history import History
+    from fedless_nb.records.history import History
     from fedless_nb.providers import LocalProvider
     from fedless_nb.runner import run_experiment
 

@@ -78,8 +78,8 @@ def bench_auth(repeats: int) -> None:
 
 
 def bench_http(repeats: int) -> None:
-    from fedless_nb import client
-    from fedless_nb.packaging import build_bundle
+    from fedless_nb.function import handler as client
+    from fedless_nb.deploy.packaging import build_bundle
     from fedless_nb.providers.http import HttpProvider
     from signed_tasks import make_task, write_inputs
     from test_functions_framework import functions_framework

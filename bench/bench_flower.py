@@ -59,7 +59,7 @@ def measure_flower(clients: int, rounds: int, training: str) -> dict:
     from flwr.server.strategy import FedAvg
     from flwr.simulation import start_simulation
 
-    from fedless_nb.memory import TreeMemorySampler
+    from fedless_nb.records.memory import TreeMemorySampler
 
     dataset, parts, spec, initial, new_model = _workload(clients)
     per_process: dict[str, object] = {}
@@ -75,7 +75,7 @@ def measure_flower(clients: int, rounds: int, training: str) -> dict:
 
         def fit(self, parameters, config):
             if training == "step":  # fedless_nb's warm, traced training step, cached per process
-                from fedless_nb.client import _compiled_model, _train
+                from fedless_nb.function.handler import _compiled_model, _train
 
                 compiled, _ = _compiled_model(spec.to_wire(), {"optimizer": "sgd", "learning_rate": 0.1})
                 compiled.model.set_weights(parameters)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 def measure(clients: int, rounds: int, workers: int) -> dict:
     from fedless_nb.experiment import ExperimentConfig
-    from fedless_nb.history import History
-    from fedless_nb.memory import TreeMemorySampler
+    from fedless_nb.records.history import History
+    from fedless_nb.records.memory import TreeMemorySampler
     from fedless_nb.runner import run_experiment
 
     directory = Path(tempfile.mkdtemp(prefix="fedless-bench-"))

@@ -10,11 +10,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
+from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from .errors import UserError
 from .experiment import DataConfig, ExperimentConfig, TrainConfig, load_config, validate
-from .history import DEFAULT_HISTORY, History
-from .packaging import PLATFORMS, build_bundle
+from .records.history import DEFAULT_HISTORY, History
+from .deploy.packaging import PLATFORMS, build_bundle
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:

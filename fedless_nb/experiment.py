@@ -123,7 +123,7 @@ class ProviderConfig:
     its key read from the environment variable `key_env`. Remote kinds sign tasks with the secret in
     the environment variable `secret_env` (null: unsigned); the local kind makes a fresh one per run.
     `faults`: injected fault rates (see providers/faults.py), e.g. {crash: 0.1, timeout: 0.05, seed: 1}.
-    `pricing`: prices that replace the kind's list prices in cost estimates (see cost.py), e.g. {gb_second: 0.00001}."""
+    `pricing`: prices that replace the kind's list prices in cost estimates (see records/cost.py), e.g. {gb_second: 0.00001}."""
 
     kind: str = "local"
     name: str = "local"
@@ -321,8 +321,9 @@ def validate(config: ExperimentConfig) -> None:
 
 def _validate_research_options(config: ExperimentConfig) -> None:
     """Strategy options, DP-SGD, central DP, selection and async rounds (issue 5's sections)."""
-    from .privacy import ACCOUNTANTS, DP_OPTIMIZERS
-    from .selection import POLICIES
+    from .privacy.accounting import ACCOUNTANTS
+    from .privacy.dp_sgd import DP_OPTIMIZERS
+    from .rounds.selection import POLICIES
     from .strategies import StrategyOptionError, make_strategy
     from .strategies.aggregate import STALENESS_FUNCTIONS
     from .strategies.central_dp import CENTRAL_DP_STRATEGIES
@@ -397,7 +398,7 @@ def _validate_s3_store(store: StoreConfig) -> None:
 
 
 def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -> None:
-    from .cost import Pricing
+    from .records.cost import Pricing
     from .providers.faults import FaultRates
 
     _require(bool(config.providers), "providers", "name at least one provider")

@@ -17,21 +17,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .checkpoint import Checkpoint, checkpoint_key, decode_checkpoint
-from .client import privacy_facts
-from .controller import ClientRef, Controller, RoundPlan
+from .rounds.checkpoint import Checkpoint, checkpoint_key, decode_checkpoint
+from .function.batching import privacy_facts
+from .rounds.controller import ClientRef, Controller, RoundPlan
 from .data import Dataset, load_dataset, partition_dataset
-from .events import Observer
-from .evaluation import Evaluator
+from .rounds.events import Observer
+from .rounds.evaluation import Evaluator
 from .experiment import ExperimentConfig
 from .errors import UserError
-from .history import DEFAULT_HISTORY, History, HistoryWriter
+from .records.history import DEFAULT_HISTORY, History, HistoryWriter
 from .model import ModelSpec, build_model, model_spec_from
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
-from .privacy import DpRound, ExampleLevelAccountant
-from .resilience import RoundPolicy
-from .selection import BudgetedSelection, SelectionPolicy, make_selection
+from .privacy.accounting import DpRound, ExampleLevelAccountant
+from .rounds.resilience import RoundPolicy
+from .rounds.selection import BudgetedSelection, SelectionPolicy, make_selection
 from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_store
 from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
@@ -225,7 +225,7 @@ def _schedule(config: ExperimentConfig, controller: Controller) -> Any:
     """FedBuff's asynchronous rounds when `mode: async`; None keeps the controller's synchronous rounds."""
     if config.mode != "async":
         return None
-    from .async_rounds import FedBuff
+    from .rounds.fedbuff import FedBuff
 
     return FedBuff(controller, config.asynchronous)
 

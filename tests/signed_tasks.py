@@ -5,7 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from fedless_nb import client, zoo
+from fedless_nb import zoo
+from fedless_nb.function import handler as client
 from fedless_nb.model import model_spec_from
 from fedless_nb.security import NonceCache, RunKey
 from fedless_nb.store import LocalStore, encode_arrays

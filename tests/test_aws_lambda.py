@@ -1,7 +1,7 @@
 """The AWS Lambda provider: deploy against moto's Lambda API, invoke against a local Invoke-API server.
 
 moto's Lambda invoke needs Docker, which this machine lacks, so invocations go to a small
-aiohttp server on 127.0.0.1 that speaks the Invoke REST API and runs `fedless_nb.client.handle`
+aiohttp server on 127.0.0.1 that speaks the Invoke REST API and runs `fedless_nb.function.handler.handle`
 the way the Lambda runtime runs a handler.
 """
 
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from fedless_nb import client, zoo
+from fedless_nb import zoo
+from fedless_nb.function import handler as client
 from fedless_nb.experiment import ConfigError, ExperimentConfig
 from fedless_nb.model import model_spec_from
 from fedless_nb.providers.aws_lambda import SECRET_VARIABLE, LambdaProvider
@@ -26,7 +27,7 @@ from fedless_nb.providers.base import InvocationError, ProviderSetupError
 from fedless_nb.providers.registry import make_provider
 from fedless_nb.providers.retry import RetryPolicy
 from fedless_nb.store import decode_arrays, encode_arrays
-from fedless_nb.packaging import build_bundle
+from fedless_nb.deploy.packaging import build_bundle
 from fedless_nb.security import RunKey
 from fedless_nb.store.s3 import S3Store
 

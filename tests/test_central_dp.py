@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedless_nb.privacy import DpRound, epsilon
+from fedless_nb.privacy.accounting import DpRound, epsilon
 from fedless_nb.strategies import ClientUpdate, FedAvg, RunContext, make_strategy
 from fedless_nb.strategies.central_dp import (
     CentralDP, adapted_clip_norm, clipped_noised_mean, update_noise_multiplier,

@@ -4,8 +4,9 @@
 import numpy as np
 import pytest
 
-from fedless_nb import client
-from fedless_nb.client import PayloadError, handle
+from fedless_nb.function import handler as client
+from fedless_nb.function.handler import handle
+from fedless_nb.wire import PayloadError
 from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
 
 from client_tasks import client_task

@@ -2,9 +2,9 @@
 
 import pytest
 
-from fedless_nb.cost import AWS_LAMBDA, GOOGLE_CLOUD_RUN, LIST_PRICES, CostModel, Pricing, function_price, run_cost
+from fedless_nb.records.cost import AWS_LAMBDA, GOOGLE_CLOUD_RUN, LIST_PRICES, CostModel, Pricing, function_price
 from fedless_nb.experiment import ConfigError, ExperimentConfig
-from fedless_nb.history import History
+from fedless_nb.records.history import History, run_cost
 from fedless_nb.runner import run_experiment
 
 

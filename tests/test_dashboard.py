@@ -6,8 +6,8 @@ import pytest
 from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
-from fedless_nb.cost import CostModel
-from fedless_nb.events import InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
+from fedless_nb.records.cost import CostModel
+from fedless_nb.rounds.events import InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from fedless_nb.notebook.chart import line_chart, timeline_chart
 from fedless_nb.notebook.dashboard import (
     TIMELINE_BARS, RunProgress, TextDashboard, WidgetDashboard, make_dashboard, frontend_renders_widgets,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedless_nb.history import History
+from fedless_nb.records.history import History
 from fedless_nb.providers import LocalProvider
 from fedless_nb.runner import run_experiment
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedless_nb.data import load_dataset
-from fedless_nb.evaluation import Evaluator
+from fedless_nb.rounds.evaluation import Evaluator
 from fedless_nb.model import build_model, model_spec_from
 from fedless_nb.zoo import mlp
 

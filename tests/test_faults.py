@@ -7,7 +7,7 @@ import time
 import pytest
 
 from fedless_nb.experiment import ConfigError, ExperimentConfig
-from fedless_nb.history import History
+from fedless_nb.records.history import History
 from fedless_nb.providers import InvocationError, LocalProvider
 from fedless_nb.providers.faults import FaultRates, FaultyProvider
 from fedless_nb.providers.registry import make_provider

@@ -17,7 +17,7 @@ import azure.functions as func
 import flask
 import pytest
 
-from fedless_nb.packaging import build_bundle
+from fedless_nb.deploy.packaging import build_bundle
 from fedless_nb.security import RunKey
 
 from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
@@ -190,8 +190,8 @@ def test_openfaas_python3_http_adapter(bundles, tasks):
 def test_every_failure_maps_to_the_status_that_tells_a_provider_whether_to_retry(monkeypatch):
     import logging
 
-    from fedless_nb import serving
-    from fedless_nb.client import PayloadError
+    from fedless_nb.function import serving
+    from fedless_nb.wire import PayloadError
     from fedless_nb.security import AuthError
     from fedless_nb.store import MissingKeyError
 

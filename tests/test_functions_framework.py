@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from fedless_nb.history import History
-from fedless_nb.packaging import build_bundle
+from fedless_nb.records.history import History
+from fedless_nb.deploy.packaging import build_bundle
 from fedless_nb.providers.base import InvocationError
 from fedless_nb.providers.http import HttpProvider
 from fedless_nb.runner import run_experiment

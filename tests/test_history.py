@@ -2,8 +2,8 @@ import sqlite3
 
 import pytest
 
-from fedless_nb.events import InvocationFinished, RoundFinished, RunFinished, RunStarted
-from fedless_nb.history import History, HistoryError, HistoryWriter
+from fedless_nb.rounds.events import InvocationFinished, RoundFinished, RunFinished, RunStarted
+from fedless_nb.records.history import History, HistoryError, HistoryWriter
 
 
 def _record_a_run(path, run_id="r1"):
@@ -150,7 +150,7 @@ def test_a_history_locked_at_open_is_one_clear_line(tmp_path):
 
 _WRITER = """
 import sys
-from fedless_nb.history import History, HistoryWriter
+from fedless_nb.records.history import History, HistoryWriter
 sys.path.insert(0, sys.argv[3])
 from test_history import _events
 writer = HistoryWriter(History(sys.argv[1]))

@@ -13,7 +13,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from fedless_nb.history import History
+from fedless_nb.records.history import History
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 TINY = "--clients 4 --clients-per-round 2 --workers 1 --set model.options.hidden_units=[8]"

@@ -10,7 +10,7 @@ from IPython.core.magic_arguments import parse_argstring
 from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
-from fedless_nb.history import History
+from fedless_nb.records.history import History
 from fedless_nb.notebook.magics import FedlessMagics
 from fedless_nb.runner import RunResult
 
@@ -181,7 +181,7 @@ def test_deploy_builds_a_bundle_and_prints_its_deploy_command(shell, tmp_path):
     with capture_output() as captured:
         bundle = shell.run_line_magic("fedless_deploy", f"openwhisk --out {tmp_path / 'dist'} --name fl")
     assert bundle.path == tmp_path / "dist" / "fl-openwhisk.zip" and bundle.path.is_file()
-    assert "fedless_nb/client.py" in bundle.files
+    assert "fedless_nb/function/handler.py" in bundle.files
     assert captured.stdout.strip().splitlines()[-1] == bundle.deploy_command
     assert bundle.deploy_command.startswith("wsk action create fl ")
     with pytest.raises(UsageError, match="unknown provider 'lambda'; choose one of aws_lambda"):

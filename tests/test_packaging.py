@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedless_nb.packaging import PLATFORMS, PackagingError, build_bundle
+from fedless_nb.deploy.packaging import PLATFORMS, PackagingError, build_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_LIBRARIES = {"IPython", "ipywidgets", "rich", "sqlite_utils"}
@@ -51,7 +51,7 @@ def test_each_bundle_holds_what_its_platform_needs(provider, tmp_path, monkeypat
     assert needs <= set(contents)
     package = PLATFORMS[provider].package_dir.strip(".").strip("/")
     prefix = f"{package}/" if package else ""
-    assert {f"{prefix}fedless_nb/{name}" for name in ("client.py", "serving.py", "security.py", "store/presigned.py")} <= set(contents)
+    assert {f"{prefix}fedless_nb/{name}" for name in ("function/handler.py", "function/serving.py", "security.py", "wire.py", "store/presigned.py")} <= set(contents)
     assert not any("/notebook/" in name or "__pycache__" in name for name in contents), "no notebook code, no caches"
 
     requirements = [line for line in contents[f"{prefix}requirements.txt"].decode().splitlines()
@@ -111,12 +111,29 @@ def _imported_modules(pythonpath, code, cwd=None):
 
 
 def test_the_function_side_imports_no_notebook_library(tmp_path):
-    imported = _imported_modules(ROOT, "import fedless_nb.client, fedless_nb.serving, fedless_nb.security")
+    imported = _imported_modules(ROOT, "import fedless_nb.function.handler, fedless_nb.function.serving, fedless_nb.security")
     assert "fedless_nb" in imported and not imported & NOTEBOOK_LIBRARIES
     bundle = build_bundle("google_cloud_functions", tmp_path).path
     code = "import os, fedless_nb, main\nassert fedless_nb.__file__.startswith(os.getcwd()), fedless_nb.__file__"
     imported = _imported_modules(bundle, code, cwd=bundle)  # the adapter, with the bundle's own fedless_nb
     assert "functions_framework" in imported and not imported & NOTEBOOK_LIBRARIES
+
+
+def test_the_function_side_imports_nothing_of_the_controller_side():
+    """function/ and what it imports, in a clean interpreter: no rounds, records, notebook or deploy code."""
+    code = ("import fedless_nb.function.handler, fedless_nb.function.serving, fedless_nb.function.batching, "
+            "fedless_nb.privacy.dp_sgd, fedless_nb.wire, fedless_nb.security")
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = f"import json, sys\n{code}\nprint(json.dumps(sorted(sys.modules)))"
+    output = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True,
+                            check=True).stdout
+    modules = set(json.loads(output.splitlines()[-1]))
+    controller_side = ("fedless_nb.rounds", "fedless_nb.records", "fedless_nb.notebook", "fedless_nb.deploy",
+                       "fedless_nb.runner", "fedless_nb.cli", "fedless_nb.experiment", "fedless_nb.providers",
+                       "fedless_nb.strategies", "fedless_nb.privacy.accounting")
+    assert "fedless_nb.function.handler" in modules
+    assert not [m for m in modules if m.startswith(controller_side)]
+    assert not {name.split(".")[0] for name in modules} & NOTEBOOK_LIBRARIES
 
 
 def test_the_cli_builds_a_bundle_and_prints_the_deploy_command(tmp_path):

@@ -5,10 +5,12 @@ import re
 import numpy as np
 import pytest
 
-from fedless_nb import client
-from fedless_nb.client import PayloadError, handle, local_steps
-from fedless_nb.privacy import DpRound, ExampleLevelAccountant, PrivacyBudgetExhausted, PrivacyReport, epsilon
-from fedless_nb.selection import BudgetedSelection, RandomSelection
+from fedless_nb.function import handler as client
+from fedless_nb.function.batching import local_steps
+from fedless_nb.function.handler import handle
+from fedless_nb.wire import PayloadError
+from fedless_nb.privacy.accounting import DpRound, ExampleLevelAccountant, PrivacyBudgetExhausted, PrivacyReport, epsilon
+from fedless_nb.rounds.selection import BudgetedSelection, RandomSelection
 from fedless_nb.store import LocalStore, decode_arrays
 
 from client_tasks import client_task
@@ -151,7 +153,7 @@ def test_privacy_report_states_what_dp_fy_ml_asks():
 
 @pytest.mark.slow
 def test_more_noise_means_lower_epsilon_and_lower_accuracy_on_digits(tiny_config):
-    from fedless_nb.history import History
+    from fedless_nb.records.history import History
     from fedless_nb.runner import run_experiment
 
     outcomes = []

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from fedless_nb.experiment import ConfigError, ExperimentConfig
-from fedless_nb.history import History
+from fedless_nb.records.history import History
 from fedless_nb.providers import LocalProvider
 from fedless_nb.runner import run_experiment
 from fedless_nb.store import LocalStore, decode_arrays

@@ -8,10 +8,10 @@ import pytest
 from rich.console import Console
 
 from fedless_nb.cli import TerminalProgress
-from fedless_nb.history import History
+from fedless_nb.records.history import History
 from fedless_nb.providers import InvocationError, LocalProvider
 from fedless_nb.providers.faults import FaultRates, FaultyProvider
-from fedless_nb.resilience import QuorumError, RoundPolicy, invoke_with_retries
+from fedless_nb.rounds.resilience import QuorumError, RoundPolicy, invoke_with_retries
 from fedless_nb.runner import run_experiment
 
 

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from fedless_nb.checkpoint import Checkpoint, decode_checkpoint, encode_checkpoint
-from fedless_nb.history import History
+from fedless_nb.rounds.checkpoint import Checkpoint, decode_checkpoint, encode_checkpoint
+from fedless_nb.records.history import History
 from fedless_nb.runner import ResumeError, resume_experiment, run_experiment
 
 

@@ -10,7 +10,7 @@ import uuid
 import boto3
 import numpy as np
 
-from fedless_nb.history import History
+from fedless_nb.records.history import History
 from fedless_nb.providers import LocalProvider
 from fedless_nb.runner import run_experiment
 from fedless_nb.store import decode_arrays

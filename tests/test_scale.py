@@ -7,8 +7,8 @@ grow with the number of clients: it is the controller plus one process per worke
 
 import pytest
 
-from fedless_nb.history import History
-from fedless_nb.memory import TreeMemorySampler
+from fedless_nb.records.history import History
+from fedless_nb.records.memory import TreeMemorySampler
 from fedless_nb.runner import run_experiment
 
 

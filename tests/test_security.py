@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from fedless_nb import client
-from fedless_nb.client import handle
-from fedless_nb.history import History
+from fedless_nb.function import handler as client
+from fedless_nb.function.handler import handle
+from fedless_nb.records.history import History
 from fedless_nb.providers import LocalProvider
 from fedless_nb.runner import run_experiment
 from fedless_nb.security import AuthError, NonceCache, ResultSignatureError, RunKey

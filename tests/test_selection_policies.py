@@ -1,7 +1,7 @@
 """FedLesScan-style selection learns from invocation events: fresh first, fast preferred, failures rest."""
 
-from fedless_nb.events import InvocationFinished
-from fedless_nb.selection import FedLesScanSelection, RandomSelection, make_selection
+from fedless_nb.rounds.events import InvocationFinished
+from fedless_nb.rounds.selection import FedLesScanSelection, RandomSelection, make_selection
 
 
 def _event(client_id, round_number, seconds, outcome="succeeded"):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedless_nb.selection import RandomSelection
+from fedless_nb.rounds.selection import RandomSelection
 from fedless_nb.strategies import ClientUpdate, FedAvg, fedavg, make_strategy
 
 

@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from fedless_nb.history import History
+from fedless_nb.records.history import History
 from fedless_nb.providers import InvocationError, LocalProvider
 from fedless_nb.providers.faults import FaultRates, FaultyProvider
 from fedless_nb.runner import run_experiment
 from fedless_nb.strategies.base import ClientUpdate
-from fedless_nb.validation import norm_outliers, update_problem
+from fedless_nb.rounds.screening import norm_outliers, update_problem
 
 REFERENCE = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
 

@@ -26,7 +26,7 @@ def raises(payload):
 
 def stalls_on_odd_clients(payload):
     """A straggler: odd-numbered clients hang past any deadline; the others train for real."""
-    from fedless_nb.client import handle
+    from fedless_nb.function.handler import handle
 
     if int(payload["client_id"].rsplit("-", 1)[1]) % 2:
         time.sleep(120)
@@ -35,7 +35,7 @@ def stalls_on_odd_clients(payload):
 
 def crashes_on_odd_clients(payload):
     """Odd-numbered clients' functions die mid-invocation; the others train for real."""
-    from fedless_nb.client import handle
+    from fedless_nb.function.handler import handle
 
     if int(payload["client_id"].rsplit("-", 1)[1]) % 2:
         os._exit(9)
@@ -44,7 +44,7 @@ def crashes_on_odd_clients(payload):
 
 def answers_another_round(payload):
     """A confused function: trains, then claims its result belongs to a different round."""
-    from fedless_nb.client import handle
+    from fedless_nb.function.handler import handle
 
     result = handle(payload)
     return {**result, "round": result["round"] + 1}
@@ -52,7 +52,7 @@ def answers_another_round(payload):
 
 def answers_an_earlier_round(payload):
     """A late delivery: from round 2 on, the function hands back a result of the round before."""
-    from fedless_nb.client import handle
+    from fedless_nb.function.handler import handle
 
     from fedless_nb.store.keys import update_key
 
@@ -69,7 +69,7 @@ def poisons_updates(payload):
     the run secret like any function, so it signs its bad update: only validation can catch it."""
     import numpy as np
 
-    from fedless_nb.client import handle
+    from fedless_nb.function.handler import handle
     from fedless_nb.security import RunKey, function_secret
     from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
 
@@ -101,7 +101,7 @@ def probing(payload):
     import json
     from pathlib import Path
 
-    from fedless_nb.client import handle
+    from fedless_nb.function.handler import handle
 
     seen = {"aws_env": sorted(name for name in os.environ if name.startswith("AWS_")), "task": payload}
     probe = Path(os.environ["FEDLESS_PROBE_DIR"]) / f"{payload['round']}-{payload['client_id']}.json"
@@ -111,7 +111,7 @@ def probing(payload):
 
 def tampers_with_odd_updates(payload):
     """Trains and signs for real; then, for odd clients, something rewrites the update in the store."""
-    from fedless_nb.client import handle
+    from fedless_nb.function.handler import handle
     from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
 
     result = handle(payload)
@@ -124,7 +124,7 @@ def tampers_with_odd_updates(payload):
 
 def inflates_counts_on_client_1(payload):
     """A man in the middle: client 1's signed result claims 1000x its examples, to weigh more in FedAvg."""
-    from fedless_nb.client import handle
+    from fedless_nb.function.handler import handle
 
     result = handle(payload)
     if payload["client_id"].endswith("-0001"):
@@ -134,7 +134,7 @@ def inflates_counts_on_client_1(payload):
 
 def sleeps_on_client_zero(payload):
     """A straggler by construction: client-0000 sleeps 10 s before training; the others train at once."""
-    from fedless_nb.client import handle
+    from fedless_nb.function.handler import handle
 
     if payload["client_id"] == "client-0000":
         time.sleep(10)

@@ -1,6 +1,7 @@
-"""Datasets and how they are split among clients.
+"""Datasets (registry, loaders) and how they are split among clients (partitions); controller side only.
 
-Importing this package is cheap: loaders import scikit-learn or Keras only when they run.
+Importing this package is cheap: loaders import scikit-learn or Keras only when they run. It imports
+nothing of rounds/, records/ or notebook/.
 """
 
 from .datasets import (

@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..cost import CostModel
-from ..events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
+from ..records.cost import CostModel
+from ..rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from .chart import line_chart, timeline_chart
 
 DASHBOARD_MODES = ("auto", "widgets", "text", "none")

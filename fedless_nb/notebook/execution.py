@@ -15,11 +15,11 @@ import threading
 import traceback
 from typing import Any, Callable, Sequence
 
-from ..controller import Controller
+from ..rounds.controller import Controller
 from ..errors import UserError
-from ..events import Observer
+from ..rounds.events import Observer
 from ..experiment import ExperimentConfig
-from ..history import History
+from ..records.history import History
 from ..runner import RunResult, run_experiment_async
 
 _DONE = object()

@@ -23,7 +23,7 @@ from traitlets import CaselessStrEnum, Unicode
 
 from ..errors import UserError
 from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data
-from ..history import DEFAULT_HISTORY, History
+from ..records.history import DEFAULT_HISTORY, History
 from .dashboard import DASHBOARD_MODES, make_dashboard
 
 # %fedless_train option -> the config key it sets (the same schema as `fedless-nb run`'s YAML)
@@ -264,7 +264,7 @@ class FedlessMagics(Magics):
     def fedless_deploy(self, line: str) -> Any:
         """Build a deployable function bundle for a FaaS platform and print the platform's deploy command;
         returns the Bundle (`.path`, `.files`, `.requirements`, `.deploy_command`), as `fedless-nb package` does."""
-        from ..packaging import build_bundle
+        from ..deploy.packaging import build_bundle
 
         args = parse_argstring(self.fedless_deploy, line)
         bundle = build_bundle(args.provider, args.out, name=args.name)

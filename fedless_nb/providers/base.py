@@ -29,7 +29,7 @@ class InvocationError(Exception):
 
 
 class Provider(ABC):
-    """A FaaS platform, or a stand-in for one, that runs `fedless_nb.client.handle` per task."""
+    """A FaaS platform, or a stand-in for one, that runs `fedless_nb.function.handler.handle` per task."""
 
     name: str
     kind: str

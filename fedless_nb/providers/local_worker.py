@@ -1,7 +1,7 @@
 """A local worker process: the embedded provider's stand-in for one FaaS container.
 
 It reads one JSON task per line on stdin, calls the entry point (by default
-`fedless_nb.client:handle`) and writes one JSON reply per line on its original stdout.
+`fedless_nb.function.handler:handle`) and writes one JSON reply per line on its original stdout.
 Anything else the process prints (TensorFlow's chatter included) goes to stderr, so it
 can never corrupt the reply stream. It exits when stdin closes, so a dead controller
 leaves no workers behind.
@@ -16,7 +16,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
-DEFAULT_ENTRY_POINT = "fedless_nb.client:handle"
+DEFAULT_ENTRY_POINT = "fedless_nb.function.handler:handle"
 
 
 def load_entry_point(spec: str) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Parameter stores: a local directory or an S3-compatible bucket, and the presigned view functions get of one.
 
 `S3Store` lives in `store.s3` and is imported only when a config asks for it, so a
-function bundle (which sees local or presigned stores only) needs no AWS library.
+function bundle (which sees local or presigned stores only) needs no AWS library. Both sides use it;
+it imports nothing else of fedless_nb.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Strategies: how client updates become the next global model."""
+"""Strategies: how client updates become the next global model; numeric kernels as pure functions (aggregate.py).
+
+Controller side: they may import store, privacy.accounting and function.batching, never rounds/ or records/.
+"""
 
 from __future__ import annotations
 

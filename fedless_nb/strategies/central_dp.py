@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..privacy import DpRound, PrivacyReport, epsilon
+from ..privacy.accounting import DpRound, PrivacyReport, epsilon
 from .aggregate import add_scaled, clip_to_norm, subtract
 from .base import ClientUpdate, RunContext, Strategy, Weights
 from .options import require

@@ -1,6 +1,6 @@
 """FedProx (Li et al. 2020): clients minimise loss + mu/2 ||w - w_global||^2; the server averages as FedAvg.
 
-The proximal term lives in the client's training step (fedless_nb/client.py); this strategy
+The proximal term lives in the client's training step (fedless_nb/function/handler.py); this strategy
 only sends `proximal_mu` with every task.
 """
 

@@ -2,7 +2,7 @@
 
 The server keeps its control variate c in memory (and in `state()`), every client's c_i in the
 store. Before a round it writes each selected client's correction c - c_i to the store; the
-client adds it to every gradient (fedless_nb/client.py). After the round the server derives
+client adds it to every gradient (fedless_nb/function/handler.py). After the round the server derives
 each c_i+ with option II from what it already knows (start and returned model, the client's
 local step count and learning rate), so clients never need write access beyond their update.
 """
@@ -58,7 +58,7 @@ class Scaffold(Strategy):
         return overrides
 
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
-        from ..client import local_steps
+        from ..function.batching import local_steps
 
         context, control = self._bound(), self.control or []
         deltas = []

@@ -2,14 +2,14 @@
 
 Direct invocations (the LambdaProvider's RequestResponse calls) return the result, or
 raise, so Lambda reports the error's type and message as a function error. HTTP events
-get a status code (see fedless_nb.serving) so a caller's retry policy can tell a refused
+get a status code (see fedless_nb.function.serving) so a caller's retry policy can tell a refused
 task from a transient failure.
 """
 
 import base64
 
-from fedless_nb import serving
-from fedless_nb.client import handle
+from fedless_nb.function import serving
+from fedless_nb.function.handler import handle
 
 
 def lambda_handler(event, context):

@@ -6,7 +6,7 @@ with Google's buildpacks (GOOGLE_FUNCTION_TARGET=fedless_client).
 
 import functions_framework
 
-from fedless_nb import serving
+from fedless_nb.function import serving
 
 
 @functions_framework.http

@@ -9,7 +9,7 @@ final parameter: it is taken out of args before the task is built.
 
 import os
 
-from fedless_nb import serving
+from fedless_nb.function import serving
 from fedless_nb.security import SECRET_VARIABLE
 
 

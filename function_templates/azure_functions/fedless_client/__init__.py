@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from fedless_nb import serving
+from fedless_nb.function import serving
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:

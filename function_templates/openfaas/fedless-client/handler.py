@@ -6,7 +6,7 @@ import sys
 # The template imports this file as function.handler; the bundled fedless_nb sits next to it.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fedless_nb import serving  # noqa: E402
+from fedless_nb.function import serving  # noqa: E402
 
 
 def handle(event, context):

@@ -15,6 +15,7 @@ replays and removes such files. Every write is idempotent, so a replay never cou
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,9 +26,9 @@ from typing import Any
 
 import sqlite_utils
 
-from .cost import CostModel
-from .errors import UserError
-from .events import Event, InvocationFinished, RoundFinished, RunFinished, RunStarted, UpdateRejected
+from .cost import CostModel, cost_report
+from ..errors import UserError
+from ..rounds.events import Event, InvocationFinished, RoundFinished, RunFinished, RunStarted, UpdateRejected
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction before giving up
@@ -236,6 +237,18 @@ class History:
 
     def invocations_frame(self, run_id: str) -> Any:
         return _frame(self.invocations(run_id))
+
+    def cost(self, run_id: str, server_hourly_price: float | None = None) -> dict[str, Any]:
+        """The run's cost report (records.cost.cost_report): per round, per provider, against a server."""
+        return cost_report(self.run(run_id), self.invocations(run_id), self.rounds(run_id), server_hourly_price)
+
+
+def run_cost(history: History | str | Path, run_id: str, server_hourly_price: float | None = None) -> dict[str, Any]:
+    """A run's cost report from a History or the path of a history file."""
+    if isinstance(history, History):
+        return history.cost(run_id, server_hourly_price)
+    with contextlib.closing(History(history)) as owned:
+        return owned.cost(run_id, server_hourly_price)
 
 
 def _frame(rows: list[dict[str, Any]]) -> Any:

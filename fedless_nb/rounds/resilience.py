@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from .errors import UserError
-from .providers.base import InvocationError
+from ..errors import UserError
+from ..providers.base import InvocationError
 
 RETRYABLE_CAUSES = frozenset({"timeout", "crash", "throttled", "network"})
 
@@ -33,7 +33,7 @@ class RoundPolicy:
     """`retries`: extra attempts per invocation for a retryable cause, waiting `retry_backoff` * 2**n
     (plus jitter) between them while the round's deadline allows; `min_successful`: the quorum
     (0: none, a round with no update keeps the model); `round_repeats`: runs of a round below quorum;
-    `max_norm_ratio`: updates farther than this times the round's median are rejected (validation.py; 0: off)."""
+    `max_norm_ratio`: updates farther than this times the round's median are rejected (screening.py; 0: off)."""
 
     retries: int = 2
     retry_backoff: float = 0.5

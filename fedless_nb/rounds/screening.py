@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .strategies.base import ClientUpdate, Weights
+from ..strategies.base import ClientUpdate, Weights
 
 MIN_UPDATES_FOR_NORM_RULE = 3
 

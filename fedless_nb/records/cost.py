@@ -141,23 +141,14 @@ def server_cost(seconds: float, hourly_price: float) -> float:
     return hourly_price * seconds / 3600.0
 
 
-def run_cost(history: Any, run_id: str, server_hourly_price: float | None = None) -> dict[str, Any]:
-    """A run's cost from its history: total, per round, per provider, and against an always-on server.
+def cost_report(run: dict[str, Any], invocations: Iterable[dict[str, Any]], rounds: Iterable[dict[str, Any]],
+                server_hourly_price: float | None = None) -> dict[str, Any]:
+    """A run's cost from its history rows: total, per round, per provider, and against an always-on server.
 
-    `history` is a History or the path of a history file. The server runs for the run's wall time
-    (its start to its end, or to its last recorded round while it is still running).
+    The server runs for the run's wall time (its start to its end, or to its last recorded round
+    while it is still running). records.history.run_cost reads the rows from a history file.
     """
-    from .history import History
-
-    owned = not hasattr(history, "invocations")
-    history = History(history) if owned else history
-    try:
-        run = history.run(run_id)
-        invocations = history.invocations(run_id)
-        rounds = history.rounds(run_id)
-    finally:
-        if owned:
-            history.close()
+    invocations = list(invocations)
     per_round: dict[int, float] = {}
     per_provider: dict[str, float] = {}
     for row in invocations:
@@ -168,7 +159,7 @@ def run_cost(history: Any, run_id: str, server_hourly_price: float | None = None
     seconds = max(ended - run["started_at"], 0.0)
     total = sum(per_round.values())
     report: dict[str, Any] = {
-        "run_id": run_id, "invocations": len(invocations), "serverless_cost": total, "per_round": per_round,
+        "run_id": run["run_id"], "invocations": len(invocations), "serverless_cost": total, "per_round": per_round,
         "per_provider": per_provider, "wall_seconds": seconds,
         "prices": {name: dataclasses.asdict(f.pricing) | {"memory_mb": f.memory_mb, "kind": f.kind}
                    for name, f in CostModel.for_run(run).functions.items()},

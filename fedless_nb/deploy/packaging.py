@@ -2,7 +2,7 @@
 
 A bundle is what a platform's own tool deploys: a zip for AWS Lambda and OpenWhisk, a
 source folder for the others. It carries the fedless_nb package without its notebook
-code (a function runs only `client.handle`, which imports no notebook library), and a
+code or its controller side (a function runs only `function.handler.handle`), and a
 requirements.txt whose every line is pinned to the version installed here, so the
 function trains with the same TensorFlow as the controller evaluates with. It never
 carries a secret: the printed deploy command reads $FEDLESS_RUN_SECRET from the shell.
@@ -19,11 +19,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = PACKAGE_ROOT.parent / "function_templates"
-_LEAVE_OUT = {"__pycache__", "notebook"}  # the notebook extras never travel to a function
+# A function runs function/ and what it imports; the controller's, notebook's and terminal's code stays home.
+_LEAVE_OUT = {"__pycache__", "notebook", "rounds", "records", "deploy", "runner.py", "cli.py", "__main__.py"}
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 

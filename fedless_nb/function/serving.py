@@ -21,10 +21,11 @@ import logging
 import threading
 from typing import Any
 
-from .client import PayloadError, handle
-from .errors import UserError
-from .security import AuthError
-from .store import CodecError, StoreError
+from ..wire import PayloadError
+from .handler import handle
+from ..errors import UserError
+from ..security import AuthError
+from ..store import CodecError, StoreError
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 _log = logging.getLogger("fedless_nb.function")

@@ -1,10 +1,10 @@
 """The client step: one task in, one result out. The only code a function runs.
 
-`handle(payload)` follows DESIGN.md's wire contract. It rebuilds the model from the
+`handle(payload)` follows the wire contract (fedless_nb/wire.py). It rebuilds the model from the
 task's spec, reads the global weights and its own data from the store, trains for the
 configured local epochs, writes its update to the one key the task names and returns
 counts, metrics and timings. It checks the task's token before it reads anything and
-signs its result (see `security.py`).
+signs its result (see fedless_nb/security.py).
 
 A warm function (the same process, a later invocation) keeps its compiled model, its
 traced training step and recently used data, and rebuilds nothing it already has.
@@ -24,18 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from .model import ModelSpec, build_model, make_optimizer
-from .security import NonceCache, TaskGuard
-from .store import decode_arrays, encode_arrays, store_from_descriptor
-
-TRAIN_SETTINGS = {"epochs", "batch_size", "optimizer", "learning_rate", "seed", "proximal_mu", "dp", "correction"}
-DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches")
-_REQUIRED = ("run_id", "round", "client_id", "model", "weights", "data", "update", "train", "store")
-
-
-class PayloadError(ValueError):
-    """The task is malformed or not for this function; nothing was read or written."""
-
+from ..model import ModelSpec, build_model, make_optimizer
+from ..security import NonceCache, TaskGuard
+from ..store import decode_arrays, encode_arrays, store_from_descriptor
+from ..wire import DP_SETTINGS, PayloadError, check_task
+from .batching import batch_size, privacy_facts
 
 @dataclass
 class _CompiledModel:
@@ -60,28 +53,6 @@ _STATE = _WarmState()
 _NONCES = NonceCache()  # tokens this process has spent: a replayed task is refused
 
 
-def _check_payload(payload: Any) -> None:
-    if not isinstance(payload, dict):
-        raise PayloadError(f"the task must be a JSON object, got {type(payload).__name__}")
-    missing = [key for key in _REQUIRED if key not in payload]
-    if missing:
-        raise PayloadError(f"the task lacks {', '.join(missing)}")
-    unknown = set(payload["train"]) - TRAIN_SETTINGS
-    if unknown:
-        raise PayloadError(
-            f"this function does not support the train setting(s) {', '.join(sorted(unknown))}; "
-            "redeploy it with the fedless_nb version of the controller"
-        )
-    dp = payload["train"].get("dp")
-    if dp is not None and (not isinstance(dp, dict) or not all(
-            isinstance(dp.get(name), (int, float)) and not isinstance(dp.get(name), bool)
-            for name in ("l2_norm_clip", "noise_multiplier"))):
-        raise PayloadError("the task's train.dp must give l2_norm_clip and noise_multiplier as numbers")
-    deadline = payload.get("deadline")
-    if deadline is not None and time.time() > float(deadline):
-        raise PayloadError("the task arrived after its round deadline")
-
-
 def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_CompiledModel, float]:
     """The cached model for this spec, optimizer and DP setting, built (and timed) only when they change."""
     spec = ModelSpec.from_wire(spec_wire)
@@ -91,14 +62,14 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_
     if _STATE.compiled is not None and _STATE.compiled.key == key:
         return _STATE.compiled, 0.0
     started = time.perf_counter()
-    from ._tf import tensorflow
+    from .._tf import tensorflow
 
     tf = tensorflow()
     learning_rate = float(train["learning_rate"])
     if dp is None:
         optimizer = make_optimizer(train["optimizer"], learning_rate)
     else:
-        from .privacy import make_dp_optimizer
+        from ..privacy.dp_sgd import make_dp_optimizer
 
         optimizer = make_dp_optimizer(train["optimizer"], learning_rate, float(dp["l2_norm_clip"]),
                                       float(dp["noise_multiplier"]), dp.get("num_microbatches"))
@@ -160,25 +131,6 @@ def _reset_optimizer(optimizer: Any) -> None:
         variable.assign(np.zeros(variable.shape, dtype=variable.dtype.as_numpy_dtype))
 
 
-def _batch_size(num_examples: int, train: dict[str, Any]) -> int:
-    """The batch size DP-SGD can use: microbatches must divide it, so it is cut to a multiple of them."""
-    batch_size = min(int(train["batch_size"]), num_examples)
-    dp = train.get("dp")
-    if dp is None or dp.get("num_microbatches") is None:
-        return batch_size
-    microbatches = int(dp["num_microbatches"])
-    if num_examples < microbatches:
-        raise PayloadError(f"this client has {num_examples} examples, fewer than dp.num_microbatches ({microbatches})")
-    return batch_size - batch_size % microbatches
-
-
-def local_steps(num_examples: int, train: dict[str, Any]) -> int:
-    """Optimizer steps one invocation takes: DP-SGD drops each epoch's last short batch, plain training keeps it."""
-    batch_size = _batch_size(num_examples, train)
-    per_epoch = num_examples // batch_size if train.get("dp") is not None else -(-num_examples // batch_size)
-    return int(train["epochs"]) * per_epoch
-
-
 def _arrays(store: Any, key: str | None, like: list[np.ndarray]) -> list[np.ndarray]:
     """Arrays the task names in the store (SCAFFOLD's correction), or zeros shaped like `like`."""
     if key is None:
@@ -205,35 +157,21 @@ def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[s
     correction = _arrays(store, train.get("correction"), anchor)
     mu = np.float32(train.get("proximal_mu") or 0.0)
     rng = np.random.default_rng(int(train.get("seed", 0)))
-    batch_size = _batch_size(len(x), train)
-    keep = len(x) - len(x) % batch_size if train.get("dp") is not None else len(x)
+    size = batch_size(len(x), train)
+    keep = len(x) - len(x) % size if train.get("dp") is not None else len(x)
     logs: dict[str, Any] = {}
     for _ in range(int(train["epochs"])):
         order = rng.permutation(len(x))[:keep]
-        for start in range(0, keep, batch_size):
-            batch = order[start : start + batch_size]
+        for start in range(0, keep, size):
+            batch = order[start : start + size]
             logs = compiled.train_step(x[batch], y[batch], anchor, correction, mu)
     return {name: float(value) for name, value in logs.items()}
-
-
-def privacy_facts(num_examples: int, train: dict[str, Any]) -> dict[str, Any] | None:
-    """What the accountant needs about this invocation's DP-SGD: its steps, sampling rate and noise."""
-    dp = train.get("dp")
-    if dp is None:
-        return None
-    batch_size = _batch_size(num_examples, train)
-    microbatches = dp.get("num_microbatches") or batch_size
-    return {
-        "steps": local_steps(num_examples, train), "sampling_rate": batch_size / num_examples,
-        "batch_size": batch_size, "num_examples": num_examples, "noise_multiplier": float(dp["noise_multiplier"]),
-        "l2_norm_clip": float(dp["l2_norm_clip"]), "microbatch_size": batch_size // int(microbatches),
-    }
 
 
 def handle(payload: dict[str, Any]) -> dict[str, Any]:
     """Run one client step of DESIGN.md's contract: task dict in, result dict out."""
     started = time.perf_counter()
-    _check_payload(payload)
+    check_task(payload)
     store = store_from_descriptor(payload["store"])
     guard = TaskGuard.admit(payload, store, _NONCES)  # before any data is read
     cold = _STATE.invocations == 0

@@ -7,7 +7,8 @@ client's model minus the global model it started from, weighted by a function of
 back only its own slot, never a round. Each update's staleness is recorded with its invocation.
 
 This is a schedule for the Controller (`controller.run(weights, schedule=FedBuff(...))`): it
-reuses the controller's tasks, result checks, events and round publication.
+uses only the controller's public round interface (tasks, invocations, result checks, events,
+round publication), as rounds/synchronous.py does.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any, AsyncIterator
 
 from .controller import ClientRef, Controller
 from .events import RoundStarted
-from .experiment import AsyncConfig
-from .providers.base import InvocationError
-from .strategies.aggregate import STALENESS_FUNCTIONS, fedbuff, staleness_weight, subtract
-from .strategies.base import ClientUpdate, Weights
+from ..experiment import AsyncConfig
+from ..providers.base import InvocationError
+from ..strategies.aggregate import STALENESS_FUNCTIONS, fedbuff, staleness_weight, subtract
+from ..strategies.base import ClientUpdate, Weights
 
 __all__ = ["FedBuff", "STALENESS_FUNCTIONS"]
 
@@ -66,8 +67,8 @@ class FedBuff:
             started = time.time()
             deadline = started + controller.plan.round_deadline
             overrides = controller.strategy.configure_round(version + 1, [client_id]).get(client_id, {})
-            task = controller._task(version + 1, client, overrides, deadline)
-            call = asyncio.ensure_future(controller.providers[client.provider].invoke(task))
+            task = controller.task(version + 1, client, overrides, deadline)
+            call = controller.invoke(version + 1, client, task, started, retry=False)
             in_flight[call] = _Dispatch(client, version, started, deadline)
             tasked.add(client_id)
 
@@ -85,7 +86,7 @@ class FedBuff:
                     raise RuntimeError(f"every client failed on global version {version}; no update to aggregate")
                 if not announced:
                     ids = [d.client.client_id for d in in_flight.values()]
-                    controller._emit(RoundStarted(controller.run_id, version + 1, ids, window_started))
+                    controller.emit(RoundStarted(controller.run_id, version + 1, ids, window_started))
                     announced = True
                 timeout = max(0.0, min(d.deadline for d in in_flight.values()) - time.time())
                 done, _ = await asyncio.wait(in_flight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -94,7 +95,7 @@ class FedBuff:
                         break  # the rest stay in flight and arrive against the next global version
                     dispatch = in_flight.pop(call)
                     staleness = version - dispatch.version
-                    update = await controller._collect(dispatch.version + 1, dispatch.client, call,
+                    update = await controller.collect(dispatch.version + 1, dispatch.client, call,
                                                        versions[dispatch.version], dispatch.started, staleness)
                     if update is None:
                         window_failed += 1
@@ -112,7 +113,7 @@ class FedBuff:
                 tasked = {dispatch.client.client_id for dispatch in in_flight.values()}
                 for old in [v for v in versions if v != version and v not in {d.version for d in in_flight.values()}]:
                     del versions[old]
-                await controller._publish(version, weights, window_started, len(buffer) + window_failed,
+                await controller.publish(version, weights, window_started, len(buffer) + window_failed,
                                           [a.update for a in buffer])
                 buffer, window_started, window_failed, announced = [], time.time(), 0, False
                 yield version, weights
@@ -130,5 +131,5 @@ class FedBuff:
             call.cancel()
             await asyncio.gather(call, return_exceptions=True)
             missed = InvocationError(f"missed its deadline of {self.controller.plan.round_deadline:g}s", "deadline")
-            self.controller._record_failure(dispatch.version + 1, dispatch.client, missed, dispatch.started)
+            self.controller.record_failure(dispatch.version + 1, dispatch.client, missed, dispatch.started)
         return len(expired)

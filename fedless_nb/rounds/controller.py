@@ -1,8 +1,11 @@
-"""The round loop: select clients, invoke their functions concurrently, aggregate, evaluate, announce.
+"""The controller of one run and its round interface: the primitives every schedule is built from.
 
-The controller knows nothing of notebooks or terminals; observers subscribe to its events.
-It never trusts a result blindly: a result must answer the task it was given (run, round,
-client, update key) and its update must pass validation.py's checks, or it counts as failed.
+A schedule (rounds/synchronous.py, rounds/fedbuff.py, a multi-stage round) decides which clients
+train when; the controller gives it the same primitives, all public: build a client's task,
+invoke it, collect and check its result, screen a round's updates, record a failure, publish a
+global version, emit an event. The controller knows nothing of notebooks or terminals; observers
+subscribe to its events. It never trusts a result blindly: a result must answer the task it was
+given (wire.check_result) and its update must pass screening.py's checks, or it counts as failed.
 """
 
 from __future__ import annotations
@@ -19,19 +22,22 @@ import numpy as np
 
 from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
 from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted, UpdateRejected
-from .model import ModelSpec
-from .privacy import PrivacyBudgetExhausted
-from .providers.base import InvocationError, Provider
-from .resilience import RoundPolicy, check_quorum, invoke_with_retries
-from .security import ResultSignatureError, RunKey
+from ..model import ModelSpec
+from ..privacy.accounting import PrivacyBudgetExhausted
+from ..providers.base import InvocationError, Provider
+from .resilience import RoundPolicy, invoke_with_retries
+from ..security import ResultSignatureError, RunKey
+from ..wire import ResultError, check_result, make_task, task_reads
 from .selection import SelectionPolicy
-from .store import Store, decode_arrays, encode_arrays
-from .store.keys import global_weights_key, update_key
-from .strategies.base import ClientUpdate, RunContext, Strategy, Weights
-from .validation import norm_outliers, update_problem
+from .synchronous import SynchronousRounds
+from ..store import Store, decode_arrays, encode_arrays
+from ..store.keys import global_weights_key, update_key
+from ..strategies.base import ClientUpdate, RunContext, Strategy, Weights
+from .screening import norm_outliers, update_problem
 
 
 # Produces the rounds of a run: given the initial weights, yields (round number, global weights) per round.
+# A schedule is built on a Controller and uses only its public round interface.
 Schedule = Callable[[Weights], AsyncIterator[tuple[int, Weights]]]
 
 
@@ -66,7 +72,12 @@ def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
 
 
 class Controller:
-    """Runs the rounds of one run over the given clients and providers."""
+    """Runs the rounds of one run over the given clients and providers.
+
+    The round interface, for schedules: `task`, `invoke`, `collect`, `screen`, `record_failure`,
+    `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
+    `run_id` and `resumed_round` (the checkpointed round a resumed run continues after).
+    """
 
     def __init__(
         self,
@@ -93,7 +104,7 @@ class Controller:
         self._model_wire = spec.to_wire()
         self._observers: list[Observer] = []
         self._stop_requested = False
-        self._resumed_round = 0  # the checkpointed round a resumed run continues after
+        self.resumed_round = 0  # the checkpointed round a resumed run continues after
         self.round_metrics: list[dict[str, float]] = []
         # Sources of a round's "privacy" figures (the example-level accountant); called as source(round).
         self.privacy_sources: list[Callable[[int], dict[str, float]]] = []
@@ -101,7 +112,8 @@ class Controller:
     def subscribe(self, observer: Observer) -> None:
         self._observers.append(observer)
 
-    def _emit(self, event: Any) -> None:
+    def emit(self, event: Any) -> None:
+        """Hand `event` to every observer (history, dashboard, accountant, progress)."""
         for observer in self._observers:
             observer(event)
 
@@ -112,13 +124,13 @@ class Controller:
     async def run(self, weights: Weights, schedule: Schedule | None = None, resume: Checkpoint | None = None) -> Weights:
         """All rounds from `weights`; returns the final global model.
 
-        `schedule` produces the rounds (default: synchronous rounds; fedless_nb.async_rounds has FedBuff).
+        `schedule` produces the rounds (default: rounds.synchronous.SynchronousRounds; rounds.fedbuff has FedBuff).
         With `resume` (the run's last checkpoint, `weights` its global model), the rounds after the checkpoint's.
         """
         weights = await self._start(weights, resume)
-        status, error, completed = "finished", None, self._resumed_round
+        status, error, completed = "finished", None, self.resumed_round
         try:
-            async with contextlib.aclosing((schedule or self._sync_rounds)(weights)) as rounds:
+            async with contextlib.aclosing((schedule or SynchronousRounds(self))(weights)) as rounds:
                 async for round_number, weights in rounds:
                     completed = round_number
                     if self._stop_requested and round_number < self.plan.rounds:
@@ -134,13 +146,8 @@ class Controller:
             raise
         finally:
             final = self.round_metrics[-1] if self.round_metrics else {}
-            self._emit(RunFinished(self.run_id, status, time.time(), completed, final, error))
+            self.emit(RunFinished(self.run_id, status, time.time(), completed, final, error))
         return weights
-
-    async def _sync_rounds(self, weights: Weights) -> AsyncIterator[tuple[int, Weights]]:
-        for round_number in range(self._resumed_round + 1, self.plan.rounds + 1):
-            weights = await self._round(round_number, weights)
-            yield round_number, weights
 
     async def _start(self, weights: Weights, resume: Checkpoint | None) -> Weights:
         """Bind the strategy; initialize it and store the initial model, or restore a checkpoint's state;
@@ -153,122 +160,80 @@ class Controller:
         else:
             self.strategy.load_state(resume.strategy_state)
             self.round_metrics = list(resume.round_metrics)
-        self._resumed_round = resume.round if resume else 0
-        self._emit(RunStarted(
+        self.resumed_round = resume.round if resume else 0
+        self.emit(RunStarted(
             self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
-            [provider.describe() for provider in self.providers.values()], time.time(), resumed_from=self._resumed_round,
+            [provider.describe() for provider in self.providers.values()], time.time(), resumed_from=self.resumed_round,
         ))
         return weights
 
-    def _task(self, round_number: int, client: ClientRef, overrides: dict[str, Any], deadline: float) -> dict[str, Any]:
-        """The task of DESIGN.md's contract; its shuffling seed differs per run seed, round and client."""
+    def task(self, round_number: int, client: ClientRef, overrides: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """The client's signed task for `round_number` (wire.make_task); its shuffling seed differs per
+        run seed, round and client."""
         seed = zlib.crc32(f"{self.plan.seed}/{round_number}/{client.client_id}".encode())
         train = {**self.plan.train, **overrides, "seed": seed}
         weights_key = global_weights_key(self.run_id, round_number - 1)
         update = update_key(self.run_id, round_number, client.client_id)
-        task = {
-            "run_id": self.run_id,
-            "round": round_number,
-            "client_id": client.client_id,
-            "model": self._model_wire,
-            "weights": weights_key,
-            "data": client.data_key,
-            "update": update,
-            "train": train,
-            # The function may read its own update key: it refuses a task whose update already exists (a replay).
-            "store": self.store.task_descriptor(
-                [weights_key, client.data_key, update, *([train["correction"]] if train.get("correction") else [])],
-                [update], deadline),
-            "token": None,
-            "deadline": deadline,
-        }
+        store = self.store.task_descriptor(task_reads(train, weights_key, client.data_key, update), [update], deadline)
+        task = make_task(run_id=self.run_id, round_number=round_number, client_id=client.client_id,
+                         model=self._model_wire, weights=weights_key, data=client.data_key, update=update,
+                         train=train, store=store, deadline=deadline)
         key = self._keys.get(client.provider)
         if key is not None:
             task["token"] = key.issue_token(task)
         return task
 
-    async def _round(self, round_number: int, weights: Weights) -> Weights:
-        """One round, run again while it is below its quorum and repeats are left (see resilience.py)."""
-        runs = 0
-        while True:
-            runs += 1
-            started, selected, updates = await self._invoke_round(round_number, weights)
-            if check_quorum(round_number, len(updates), len(selected), self.plan.policy, runs):
-                break
-        if updates:
-            weights = self.strategy.aggregate(round_number, weights, updates)
-        await self._publish(round_number, weights, started, len(selected), updates)
-        return weights
+    def invoke(self, round_number: int, client: ClientRef, task: dict[str, Any], started: float, *,
+               retry: bool = True) -> asyncio.Future[dict[str, Any]]:
+        """Start the client's invocation. With `retry`, safe failures are retried until the task's deadline
+        (resilience.py), each failed attempt recorded; collect the future's outcome with `collect`."""
+        invoke = self.providers[client.provider].invoke
+        if not retry:
+            return asyncio.ensure_future(invoke(task))
+        retried = functools.partial(self.record_failure, round_number, client, started=started)
+        return asyncio.ensure_future(invoke_with_retries(invoke, task, self.plan.policy, task["deadline"], retried))
 
-    async def _invoke_round(self, round_number: int, weights: Weights) -> tuple[float, list[str], list[ClientUpdate]]:
-        """Invoke the round's clients (retrying where safe) until they answer or the deadline passes."""
-        started = time.time()
-        selected = self.selection.select(round_number, list(self.clients), self.plan.clients_per_round)
-        overrides = self.strategy.configure_round(round_number, selected)
-        self._emit(RoundStarted(self.run_id, round_number, selected, started))
-        deadline = started + self.plan.round_deadline
-        calls: dict[asyncio.Future[dict[str, Any]], ClientRef] = {}
-        for client_id in selected:
-            client = self.clients[client_id]
-            task = self._task(round_number, client, overrides.get(client_id, {}), deadline)
-            retried = functools.partial(self._record_failure, round_number, client, started=started)
-            call = invoke_with_retries(self.providers[client.provider].invoke, task, self.plan.policy, deadline, retried)
-            calls[asyncio.ensure_future(call)] = client
-
-        updates: list[ClientUpdate] = []
-        pending = set(calls)
-        try:
-            while pending and (remaining := deadline - time.time()) > 0:
-                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                for call in done:
-                    update = await self._collect(round_number, calls[call], call, weights, started)
-                    if update is not None:
-                        updates.append(update)
-        finally:  # the deadline passed, or the run is being torn down: no call outlives its round
-            for call in pending:
-                call.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        for call in pending:
-            missed = InvocationError(f"missed the round deadline of {self.plan.round_deadline:g}s", "deadline")
-            self._record_failure(round_number, calls[call], missed, started)
+    def screen(self, round_number: int, updates: Sequence[ClientUpdate], weights: Weights) -> list[ClientUpdate]:
+        """The round's updates without norm outliers (screening.py); each rejection is announced."""
         outliers = norm_outliers(updates, weights, self.plan.policy.max_norm_ratio)
         for client_id, reason in outliers.items():
-            self._emit(UpdateRejected(self.run_id, round_number, client_id, reason))
-        return started, selected, [update for update in updates if update.client_id not in outliers]
+            self.emit(UpdateRejected(self.run_id, round_number, client_id, reason))
+        return [update for update in updates if update.client_id not in outliers]
 
-    async def _publish(self, round_number: int, weights: Weights, started: float, selected: int,
-                       updates: Sequence[ClientUpdate]) -> None:
-        """Store the new global model, evaluate it, announce the finished round, then checkpoint it."""
+    async def publish(self, round_number: int, weights: Weights, started: float, selected: int,
+                      updates: Sequence[ClientUpdate]) -> None:
+        """Store global version `round_number`, evaluate it, announce the finished round, then checkpoint it."""
         await self.store.aput(global_weights_key(self.run_id, round_number), encode_arrays(weights))
         eval_metrics = self.evaluate(weights)
         self.round_metrics.append(eval_metrics)
         privacy = dict(self.strategy.round_metrics())
         for source in self.privacy_sources:
             privacy.update(source(round_number))
-        self._emit(RoundFinished(
+        self.emit(RoundFinished(
             self.run_id, round_number, started, time.time(), selected, len(updates),
             selected - len(updates), eval_metrics, weighted_metrics(updates), privacy,
         ))
         checkpoint = Checkpoint(round_number, self.strategy.state(), self.round_metrics)
         await self.store.aput(checkpoint_key(self.run_id), encode_checkpoint(checkpoint))
 
-    async def _collect(
+    async def collect(
         self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], weights: Weights, started: float,
         staleness: int | None = None,
     ) -> ClientUpdate | None:
-        """The client's update if its call succeeded and the result checks out; else record why not."""
+        """The client's update if its finished call succeeded and the result checks out against `weights`
+        (the global model it trained from); otherwise the failure is recorded and the answer is None."""
         try:
             result = call.result()
             update = await self._read_update(round_number, client, result, weights)
         except InvocationError as error:
-            self._record_failure(round_number, client, error, started)
+            self.record_failure(round_number, client, error, started)
             return None
         except Exception as error:  # a function's bad reply must not end the round
-            self._record_failure(round_number, client, InvocationError(f"{type(error).__name__}: {error}", "error"), started)
+            self.record_failure(round_number, client, InvocationError(f"{type(error).__name__}: {error}", "error"), started)
             return None
         timings = {k: float(v) for k, v in (result.get("timings") or {}).items()}
         finished = time.time()
-        self._emit(InvocationFinished(
+        self.emit(InvocationFinished(
             self.run_id, round_number, client.client_id, client.provider, "succeeded",
             max(started, finished - timings.get("total", 0.0)), finished,
             cold=bool(result.get("cold")), num_examples=update.num_examples, metrics=update.metrics, timings=timings,
@@ -278,17 +243,11 @@ class Controller:
 
     async def _read_update(self, round_number: int, client: ClientRef, result: Any, weights: Weights) -> ClientUpdate:
         expected = update_key(self.run_id, round_number, client.client_id)
-        if not isinstance(result, dict):
-            raise InvocationError(f"the function returned {type(result).__name__}, not a result object", "invalid")
-        answered = (result.get("run_id"), result.get("round"), result.get("client_id"), result.get("update"))
-        late = answered[0] == self.run_id and isinstance(answered[1], int) and answered[1] < round_number
-        if late:  # an earlier round's result, delivered late: never mixed into this round
-            raise InvocationError(f"a late result of round {answered[1]} arrived in round {round_number}", "late")
-        if answered != (self.run_id, round_number, client.client_id, expected):
-            raise InvocationError(f"the result answers another task: {answered}", "invalid")
-        num_examples = result.get("num_examples")
-        if not isinstance(num_examples, int) or num_examples <= 0:
-            raise InvocationError(f"the result has an invalid num_examples {num_examples!r}", "invalid")
+        try:
+            num_examples = check_result(result, {"run_id": self.run_id, "round": round_number,
+                                                 "client_id": client.client_id, "update": expected})
+        except ResultError as error:
+            raise InvocationError(str(error), error.cause) from None
         data = await self.store.aget(expected)
         key = self._keys.get(client.provider)
         if key is not None:
@@ -302,10 +261,10 @@ class Controller:
         metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}
         return ClientUpdate(client.client_id, arrays, num_examples, metrics)
 
-    def _record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
+    def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
         """A failed invocation, or a late result "discarded"; its start is the round's, since no function reported one."""
         outcome = "discarded" if error.cause == "late" else "failed"
-        self._emit(InvocationFinished(
+        self.emit(InvocationFinished(
             self.run_id, round_number, client.client_id, client.provider, outcome, started, time.time(),
             error=str(error), cause=error.cause,
         ))

@@ -121,7 +121,7 @@ class BudgetedSelection(SelectionPolicy):
         self.inner.observe(event)
 
     def select(self, round_number: int, client_ids: Sequence[str], count: int) -> list[str]:
-        from .privacy import PrivacyBudgetExhausted
+        from ..privacy.accounting import PrivacyBudgetExhausted
 
         allowed = [c for c in client_ids if self.accountant.allows(c)]
         exhausted = [c for c in client_ids if c not in allowed]

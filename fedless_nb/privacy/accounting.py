@@ -1,10 +1,6 @@
-"""Differential privacy: DP-SGD optimizers for the client, accountants and reports for the controller.
+"""Privacy accounting on the controller's side: epsilon of DP-SGD rounds, budgets and reports.
 
-Client side (imported by client.py only when a task asks for DP-SGD): tensorflow-privacy's
-DPKeras*Optimizer, which clips each microbatch's gradient to `l2_norm_clip` and adds Gaussian
-noise of `noise_multiplier * l2_norm_clip` to their sum.
-
-Controller side: `ExampleLevelAccountant` turns each client's invocations (steps, sampling rate,
+`ExampleLevelAccountant` turns each client's invocations (steps, sampling rate,
 noise) into an epsilon at delta with dp-accounting (RDP, or PLD), and `PrivacyReport` states the
 guarantee the way "How to DP-fy ML" (Ponomareva et al. 2023, Sec. 5.3) asks: epsilon at delta,
 accountant, adjacency, sampling assumption, granularity, and the parameters behind it.
@@ -16,26 +12,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .errors import UserError
+from ..errors import UserError
 
 ACCOUNTANTS = ("rdp", "pld")
-DP_OPTIMIZERS = ("sgd", "adam", "adagrad")
 
 
 class PrivacyBudgetExhausted(UserError):
     """The next round would spend more privacy than `target_epsilon` allows; the run stops cleanly."""
-
-
-def make_dp_optimizer(name: str, learning_rate: float, l2_norm_clip: float, noise_multiplier: float,
-                      num_microbatches: int | None) -> Any:
-    """tensorflow-privacy's DP version of a Keras optimizer (its legacy-optimizer subclasses)."""
-    from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras as dp
-
-    classes = {"sgd": dp.DPKerasSGDOptimizer, "adam": dp.DPKerasAdamOptimizer, "adagrad": dp.DPKerasAdagradOptimizer}
-    if name not in classes:
-        raise ValueError(f"DP-SGD supports the optimizers {', '.join(DP_OPTIMIZERS)}, not {name!r}")
-    return classes[name](l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
-                         num_microbatches=num_microbatches, learning_rate=learning_rate)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .model import ModelSpec, build_model
+from ..model import ModelSpec, build_model
 
 
 class Evaluator:
@@ -24,7 +24,7 @@ class Evaluator:
 
     def __call__(self, weights: list[np.ndarray]) -> dict[str, float]:
         if self._model is None:
-            from ._tf import tensorflow
+            from .._tf import tensorflow
 
             self._model = build_model(self.spec)
             self._test_step = tensorflow().function(self._model.test_step, reduce_retracing=True)

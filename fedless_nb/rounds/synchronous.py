@@ -1,0 +1,77 @@
+"""Synchronous rounds (FedAvg's schedule): select clients, invoke them all, wait for the round, aggregate.
+
+A round that ends below its quorum runs again while repeats are left (resilience.py). The
+default schedule of Controller.run, built only on the controller's public round interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from ..providers.base import InvocationError
+from ..strategies.base import ClientUpdate, Weights
+from .events import RoundStarted
+from .resilience import check_quorum
+
+if TYPE_CHECKING:
+    from .controller import ClientRef, Controller
+
+
+class SynchronousRounds:
+    """Schedule for Controller.run: rounds `resumed_round + 1` to `plan.rounds`, one after the other."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    async def __call__(self, weights: Weights) -> AsyncIterator[tuple[int, Weights]]:
+        for round_number in range(self.controller.resumed_round + 1, self.controller.plan.rounds + 1):
+            weights = await self.round(round_number, weights)
+            yield round_number, weights
+
+    async def round(self, round_number: int, weights: Weights) -> Weights:
+        """One round, run again while it is below its quorum and repeats are left; returns the new global model."""
+        controller, runs = self.controller, 0
+        while True:
+            runs += 1
+            started, selected, updates = await self.invoke_round(round_number, weights)
+            if check_quorum(round_number, len(updates), len(selected), controller.plan.policy, runs):
+                break
+        if updates:
+            weights = controller.strategy.aggregate(round_number, weights, updates)
+        await controller.publish(round_number, weights, started, len(selected), updates)
+        return weights
+
+    async def invoke_round(self, round_number: int, weights: Weights) -> tuple[float, list[str], list[ClientUpdate]]:
+        """Invoke the round's clients (retrying where safe) until they answer or the deadline passes;
+        returns when it started, whom it selected and the screened updates."""
+        controller = self.controller
+        started = time.time()
+        selected = controller.selection.select(round_number, list(controller.clients), controller.plan.clients_per_round)
+        overrides = controller.strategy.configure_round(round_number, selected)
+        controller.emit(RoundStarted(controller.run_id, round_number, selected, started))
+        deadline = started + controller.plan.round_deadline
+        calls: dict[asyncio.Future[dict[str, Any]], ClientRef] = {}
+        for client_id in selected:
+            client = controller.clients[client_id]
+            task = controller.task(round_number, client, overrides.get(client_id, {}), deadline)
+            calls[controller.invoke(round_number, client, task, started)] = client
+
+        updates: list[ClientUpdate] = []
+        pending = set(calls)
+        try:
+            while pending and (remaining := deadline - time.time()) > 0:
+                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                for call in done:
+                    update = await controller.collect(round_number, calls[call], call, weights, started)
+                    if update is not None:
+                        updates.append(update)
+        finally:  # the deadline passed, or the run is being torn down: no call outlives its round
+            for call in pending:
+                call.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for call in pending:
+            missed = InvocationError(f"missed the round deadline of {controller.plan.round_deadline:g}s", "deadline")
+            controller.record_failure(round_number, calls[call], missed, started)
+        return started, selected, controller.screen(round_number, updates, weights)
