@@ -96,6 +96,15 @@ def _call_builder(builder: Callable[..., Any], context: dict[str, Any]) -> Any:
     return builder(**{k: v for k, v in context.items() if takes_any or k in parameters})
 
 
+def instantiate_model(model_or_builder: Any, *, seed: int = 0, builder_context: dict[str, Any] | None = None) -> Any:
+    """The model itself, or what a builder returns when called (under `seed`) with the facts it asks for."""
+    keras = _keras()
+    if callable(model_or_builder) and not isinstance(model_or_builder, keras.Model):
+        keras.utils.set_random_seed(seed)
+        return _call_builder(model_or_builder, builder_context or {})
+    return model_or_builder
+
+
 def model_spec_from(
     model_or_builder: Any,
     *,
@@ -109,10 +118,7 @@ def model_spec_from(
     A builder runs under `seed`, so the initial weights are reproducible.
     """
     keras = _keras()
-    model = model_or_builder
-    if callable(model_or_builder) and not isinstance(model_or_builder, keras.Model):
-        keras.utils.set_random_seed(seed)
-        model = _call_builder(model_or_builder, builder_context or {})
+    model = instantiate_model(model_or_builder, seed=seed, builder_context=builder_context)
     if not isinstance(model, keras.Model):
         raise ModelError(f"expected a Keras model or a function returning one, got {type(model).__name__}")
     if not model.built:

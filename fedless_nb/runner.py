@@ -20,13 +20,14 @@ import numpy as np
 from .rounds.checkpoint import Checkpoint, checkpoint_key, decode_checkpoint
 from .function.batching import privacy_facts
 from .rounds.controller import ClientRef, Controller, RoundPlan
-from .data import Dataset, load_dataset, partition_dataset
+from .data import Dataset, partition_dataset
 from .rounds.events import Observer
 from .rounds.evaluation import Evaluator
 from .experiment import ExperimentConfig
 from .errors import UserError
 from .records.history import DEFAULT_HISTORY, History, HistoryWriter
-from .model import ModelSpec, build_model, model_spec_from
+from .fit import preflight
+from .model import ModelSpec, build_model
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
 from .privacy.accounting import DpRound, ExampleLevelAccountant
@@ -36,7 +37,6 @@ from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_st
 from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
 from .strategies.central_dp import CentralDP
-from .zoo import resolve_builder
 
 
 @dataclass
@@ -122,12 +122,6 @@ def _partition(dataset: Dataset, config: ExperimentConfig) -> list[np.ndarray]:
     return partition_dataset(dataset, data.partition, config.clients, config.seed, **options.get(data.partition, {}))
 
 
-def _model_spec(config: ExperimentConfig, dataset: Dataset, model: Any) -> tuple[ModelSpec, list[np.ndarray]]:
-    context = {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes, **config.model.options}
-    source = model if model is not None else resolve_builder(config.model.builder)
-    return model_spec_from(source, seed=config.seed, builder_context=context)
-
-
 async def run_experiment_async(
     config: ExperimentConfig,
     *,
@@ -145,8 +139,8 @@ async def run_experiment_async(
     `resume` is the id of a run of this config to continue after its last checkpoint
     (see `resume_experiment`, which reads the config from the history).
     """
-    dataset = load_dataset(config.data.dataset, **config.data.options)
-    spec, initial = _model_spec(config, dataset, model)
+    prepared = preflight(config, model)  # a model that does not fit the data stops here, before anything starts
+    dataset, spec, initial = prepared.dataset, prepared.spec, prepared.weights
     store = make_store(config.store)
     data_keys = write_client_data(store, dataset, config)
     history = History(config.history)

@@ -37,6 +37,10 @@ class Dataset:
     `groups` holds, for every training example, the index of the writer/user it came from
     (LEAF datasets), so a natural partition can keep each writer on one client; `group_names`
     names those indices. eq=False: arrays have no single truth value to compare by.
+
+    A dataset also says what its examples are, so a model can be matched to it before a run
+    starts: `image_shape` (height, width, channels) for images, even when they are stored flat
+    (digits); `vocabulary_size` for token sequences; neither for a table of features.
     """
 
     name: str
@@ -47,10 +51,49 @@ class Dataset:
     num_classes: int
     groups: np.ndarray | None = None
     group_names: tuple[str, ...] = ()
+    image_shape: tuple[int, int, int] | None = None
+    vocabulary_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_shape is not None and self.vocabulary_size is not None:
+            raise DatasetError(f"dataset {self.name!r} is given both an image_shape and a vocabulary_size; it is one kind")
+        if self.image_shape is not None and (
+            len(self.image_shape) != 3 or int(np.prod(self.image_shape)) != int(np.prod(self.input_shape))
+        ):
+            raise DatasetError(f"dataset {self.name!r}: image_shape {self.image_shape} must be (height, width, "
+                               f"channels) holding the {int(np.prod(self.input_shape))} values of each example")
+        if self.vocabulary_size is not None and len(self.input_shape) != 1:
+            raise DatasetError(f"dataset {self.name!r}: token sequences must be (examples, length), "
+                               f"got examples of shape {self.input_shape}")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def kind(self) -> str:
+        """'image', 'text' or 'tabular': which family of models can learn from it."""
+        if self.image_shape is not None:
+            return "image"
+        return "text" if self.vocabulary_size is not None else "tabular"
+
+    @property
+    def feature_count(self) -> int:
+        """Values per example (a table's columns; an image's pixels times channels)."""
+        return int(np.prod(self.input_shape))
+
+    @property
+    def sequence_length(self) -> int | None:
+        return self.input_shape[0] if self.kind == "text" else None
+
+    def describe(self) -> str:
+        """What an example is, in words: '8x8x1 images stored flat', '30 features', ..."""
+        if self.image_shape is not None:
+            size = "x".join(str(side) for side in self.image_shape)
+            return f"{size} images" + (" stored flat" if self.input_shape != self.image_shape else "")
+        if self.vocabulary_size is not None:
+            return f"sequences of {self.sequence_length} tokens over a vocabulary of {self.vocabulary_size}"
+        return f"{self.feature_count} features"
 
 
 _LOADERS: dict[str, Callable[..., Dataset]] = {}
@@ -120,7 +163,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     raw = datasets.load_digits()
     x_train, x_test, y_train, y_test = _split(raw.data / 16.0, raw.target, test_fraction, seed)
     return Dataset("digits", x_train.astype(np.float32), y_train.astype(np.int64),
-                   x_test.astype(np.float32), y_test.astype(np.int64), num_classes=10)
+                   x_test.astype(np.float32), y_test.astype(np.int64), num_classes=10, image_shape=(8, 8, 1))
 
 
 @register_dataset("breast_cancer")
@@ -178,7 +221,7 @@ def _load_grayscale_28(name: str, path: str | os.PathLike | None) -> Dataset:
         source = _read_keras_npz(Path(path).expanduser())
     (x_train, y_train), (x_test, y_test) = source
     return Dataset(name, _scaled_images(x_train)[..., np.newaxis], _labels(y_train),
-                   _scaled_images(x_test)[..., np.newaxis], _labels(y_test), num_classes=10)
+                   _scaled_images(x_test)[..., np.newaxis], _labels(y_test), num_classes=10, image_shape=(28, 28, 1))
 
 
 @register_dataset("mnist")
@@ -217,7 +260,7 @@ def load_cifar10(*, path: str | os.PathLike | None = None) -> Dataset:
     source = _keras().datasets.cifar10.load_data() if path is None else _read_cifar_batches(Path(path).expanduser())
     (x_train, y_train), (x_test, y_test) = source
     return Dataset("cifar10", _scaled_images(x_train), _labels(y_train),
-                   _scaled_images(x_test), _labels(y_test), num_classes=10)
+                   _scaled_images(x_test), _labels(y_test), num_classes=10, image_shape=(32, 32, 3))
 
 
 # --- LEAF (FEMNIST, Shakespeare) -----------------------------------------------------------------
@@ -261,7 +304,7 @@ def _read_leaf_split(root: Path, split: str) -> _LeafSplit:
 
 
 def _load_leaf(name: str, path: str | os.PathLike, encode_x: Callable[[list[Any]], np.ndarray],
-               encode_y: Callable[[list[Any]], np.ndarray], num_classes: int) -> Dataset:
+               encode_y: Callable[[list[Any]], np.ndarray], num_classes: int, **kind: Any) -> Dataset:
     """Load a LEAF dataset, keeping who wrote each training example as `groups`."""
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -271,7 +314,7 @@ def _load_leaf(name: str, path: str | os.PathLike, encode_x: Callable[[list[Any]
     index = {user: i for i, user in enumerate(group_names)}
     groups = np.array([index[user] for user in train.users], dtype=np.int64)
     return Dataset(name, encode_x(train.x), encode_y(train.y), encode_x(test.x), encode_y(test.y),
-                   num_classes=num_classes, groups=groups, group_names=group_names)
+                   num_classes=num_classes, groups=groups, group_names=group_names, **kind)
 
 
 def _femnist_images(x: list[Any]) -> np.ndarray:
@@ -282,7 +325,7 @@ def _femnist_images(x: list[Any]) -> np.ndarray:
 @register_dataset("femnist")
 def load_femnist(*, path: str | os.PathLike) -> Dataset:
     """LEAF FEMNIST: 62 classes (digits, upper and lower case) written by ~3,500 writers."""
-    return _load_leaf("femnist", path, _femnist_images, _labels, FEMNIST_CLASSES)
+    return _load_leaf("femnist", path, _femnist_images, _labels, FEMNIST_CLASSES, image_shape=(28, 28, 1))
 
 
 _SORTED_CODES = np.array(sorted(ord(c) for c in ALL_LETTERS), dtype=np.uint32)
@@ -322,4 +365,5 @@ def _shakespeare_targets(y: list[str]) -> np.ndarray:
 @register_dataset("shakespeare")
 def load_shakespeare(*, path: str | os.PathLike) -> Dataset:
     """LEAF Shakespeare: next-character prediction, one user per play role."""
-    return _load_leaf("shakespeare", path, _shakespeare_sequences, _shakespeare_targets, len(ALL_LETTERS))
+    return _load_leaf("shakespeare", path, _shakespeare_sequences, _shakespeare_targets, len(ALL_LETTERS),
+                      vocabulary_size=len(ALL_LETTERS))

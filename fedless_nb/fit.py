@@ -1,0 +1,120 @@
+"""Does the model fit the dataset? Checked before a run starts: no history row, no store write, no worker.
+
+A model that cannot take the dataset's examples, or predicts another number of classes, would
+otherwise fail in every function with a Keras traceback after the run has begun. `preflight`
+loads the data, builds the model for it and refuses a misfit with one line naming what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .data import Dataset, load_dataset
+from .experiment import ExperimentConfig
+from .model import ModelError, ModelSpec, instantiate_model, model_spec_from
+from .zoo import FITS, builders_for, resolve_builder
+
+_BINARY_LOSSES = ("binary_crossentropy", "BinaryCrossentropy", "binary_focal_crossentropy", "BinaryFocalCrossentropy")
+
+
+class ModelFitError(ModelError):
+    """The model does not fit the dataset; the message names a builder that fits or the shape to build for."""
+
+
+@dataclass
+class Prepared:
+    """What a run needs from its config before it touches the store, the history or a provider."""
+
+    dataset: Dataset
+    spec: ModelSpec
+    weights: list[np.ndarray]
+
+
+def preflight(config: ExperimentConfig, model: Any = None, dataset: Dataset | None = None) -> Prepared:
+    """Load the dataset (unless given), build the model for it, and refuse a model that does not fit.
+
+    `model` (a Keras model or a builder) replaces the config's builder, as the notebook does.
+    Raises ModelFitError (a UserError) for a misfit, DatasetError or ModelError for other mistakes.
+    """
+    dataset = dataset if dataset is not None else load_dataset(config.data.dataset, **config.data.options)
+    if model is None:
+        check_builder_fits(config.model.builder, dataset)
+    source = model if model is not None else resolve_builder(config.model.builder)
+    built = _instantiate(source, config, dataset)
+    if getattr(built, "built", True) is False:
+        raise ModelFitError(f"model {built.name!r} has no input shape yet: give its first layer "
+                            f"input_shape={dataset.input_shape} (dataset {dataset.name!r}: {dataset.describe()})")
+    spec, weights = model_spec_from(built)
+    check_model_fits(built, dataset)
+    return Prepared(dataset, spec, weights)
+
+
+def builder_context(dataset: Dataset) -> dict[str, Any]:
+    """The dataset facts a builder may ask for by parameter name."""
+    facts: dict[str, Any] = {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes}
+    if dataset.image_shape is not None:
+        facts["image_shape"] = dataset.image_shape
+    if dataset.vocabulary_size is not None:
+        facts["vocabulary_size"] = dataset.vocabulary_size
+    return facts
+
+
+def check_builder_fits(builder: str, dataset: Dataset) -> None:
+    """Refuse a built-in builder made for another kind of data (cnn on a table); others are checked once built."""
+    kinds = FITS.get(builder)
+    if kinds is None or dataset.kind in kinds:
+        return
+    fitting = [repr(name) for name in sorted(builders_for(dataset.kind), key=lambda name: len(FITS[name]))]
+    choices = f"{', '.join(fitting[:-1])} or {fitting[-1]}" if len(fitting) > 1 else "".join(fitting)  # specific first
+    raise ModelFitError(f"model builder {builder!r} does not fit dataset {dataset.name!r} ({dataset.describe()}): "
+                        f"use builder {choices or 'of your own'}")
+
+
+def check_model_fits(model: Any, dataset: Dataset) -> None:
+    """Refuse a built model whose input shape or number of outputs differs from the dataset's."""
+    inputs, outputs = model.input_shape, model.output_shape
+    if isinstance(inputs, list) or isinstance(outputs, list):
+        raise ModelFitError(f"model {model.name!r} has several inputs or outputs; dataset {dataset.name!r} "
+                            f"gives one input of shape {dataset.input_shape} and one label per example")
+    taken, given = tuple(inputs[1:]), dataset.input_shape
+    if len(taken) != len(given) or any(side is not None and side != want for side, want in zip(taken, given)):
+        raise ModelFitError(f"model {model.name!r} takes inputs of shape {taken} but dataset {dataset.name!r} gives "
+                            f"{given} ({dataset.describe()}): give its first layer input_shape={given}"
+                            f"{_reshape_hint(dataset, 'keras.layers.Reshape')}")
+    units, classes = outputs[-1], dataset.num_classes
+    if units != classes and not (units == 1 and classes == 2 and _binary_loss(model)):
+        raise ModelFitError(f"model {model.name!r} ends in {units} outputs but dataset {dataset.name!r} has "
+                            f"{classes} classes: make its last layer Dense({classes}, activation='softmax')")
+
+
+def _instantiate(source: Any, config: ExperimentConfig, dataset: Dataset) -> Any:
+    """Build the model; a builder's shape error (Keras raises ValueError) becomes one line about the dataset."""
+    try:
+        return instantiate_model(source, seed=config.seed,
+                                 builder_context={**builder_context(dataset), **config.model.options})
+    except ModelError:
+        raise
+    except ValueError as error:
+        first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        name = getattr(source, "__name__", config.model.builder)
+        raise ModelFitError(f"model builder {name!r} cannot build for dataset {dataset.name!r}, input_shape="
+                            f"{dataset.input_shape} ({dataset.describe()}): {first_line}; let its first layer take "
+                            f"input_shape{_reshape_hint(dataset, 'keras.layers.Reshape(image_shape)')}") from error
+
+
+def _reshape_hint(dataset: Dataset, reshape: str) -> str:
+    """For images stored flat, how a convolutional model can take them."""
+    if dataset.image_shape is None or dataset.image_shape == dataset.input_shape:
+        return ""
+    layer = reshape if reshape.endswith(")") else f"{reshape}({dataset.image_shape})"
+    return f" and start with {layer}, or use builder 'cnn'"
+
+
+def _binary_loss(model: Any) -> bool:
+    """A single sigmoid output is a fair two-class head when the model is compiled with a binary loss."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
+    return name in _BINARY_LOSSES
