@@ -1,5 +1,3 @@
-import json
-import pickle
 import re
 import subprocess
 import sys
@@ -11,6 +9,8 @@ from sklearn.model_selection import train_test_split
 
 from fedless_nb.data import ALL_LETTERS, Dataset, DatasetError, available_datasets, load_dataset, register_dataset
 from fedless_nb.data import datasets as registry
+
+from dataset_files import femnist_user, write_cifar_batch, write_dataset_files, write_keras_npz, write_leaf
 
 
 def test_registry_lists_every_builtin_dataset():
@@ -82,18 +82,6 @@ def test_bad_test_fraction_is_refused(fraction):
 # --- Keras image sets, from small local files ----------------------------------------------------
 
 
-def write_keras_npz(path, train=12, test=4):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "x_train": rng.integers(0, 256, (train, 28, 28), dtype=np.uint8),
-        "y_train": rng.integers(0, 10, train, dtype=np.uint8),
-        "x_test": rng.integers(0, 256, (test, 28, 28), dtype=np.uint8),
-        "y_test": rng.integers(0, 10, test, dtype=np.uint8),
-    }
-    np.savez(path, **arrays)
-    return arrays
-
-
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_grayscale_sets_read_a_local_npz(tmp_path, name):
     raw = write_keras_npz(tmp_path / f"{name}.npz")
@@ -130,14 +118,6 @@ def test_without_path_mnist_comes_from_keras_own_loader(monkeypatch):
     np.testing.assert_array_equal(data.y_train, [1, 2, 3])
 
 
-def write_cifar_batch(path, images, labels):
-    """The exact layout of cifar-10-batches-py: a pickled dict with byte-string keys."""
-    batch = {b"batch_label": b"test", b"labels": list(labels), b"data": images.reshape(len(images), 3072),
-             b"filenames": [b"x.png"] * len(images)}
-    with open(path, "wb") as file:
-        pickle.dump(batch, file)
-
-
 def test_cifar10_reads_the_python_batch_directory(tmp_path):
     rng = np.random.default_rng(1)
     first = rng.integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)  # CIFAR rows: R plane, G plane, B plane
@@ -162,17 +142,6 @@ def test_cifar10_without_batches_names_the_directory(tmp_path):
 
 
 # --- LEAF JSON -----------------------------------------------------------------------------------
-
-
-def write_leaf(root, split, name, user_data):
-    (root / split).mkdir(parents=True, exist_ok=True)
-    content = {"users": list(user_data), "num_samples": [len(d["y"]) for d in user_data.values()],
-               "user_data": user_data}
-    (root / split / name).write_text(json.dumps(content))
-
-
-def femnist_user(label, count):
-    return {"x": [[label / 100.0] * 784 for _ in range(count)], "y": [label] * count}
 
 
 def test_femnist_reads_leaf_json_with_writers_as_groups(tmp_path):
@@ -225,6 +194,37 @@ def test_leaf_errors_name_the_path(tmp_path, name):
     (tmp_path / "train" / "bad.json").write_text('{"users": ["u"]}')
     with pytest.raises(DatasetError, match="bad.json is not LEAF JSON"):
         load_dataset(name, path=tmp_path)
+
+
+# --- what each dataset is ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "facts", "description"),
+    [
+        ("digits", "image", {"image_shape": (8, 8, 1), "input_shape": (64,)}, "8x8x1 images stored flat"),
+        ("breast_cancer", "tabular", {"feature_count": 30, "image_shape": None}, "30 features"),
+        ("mnist", "image", {"image_shape": (28, 28, 1), "input_shape": (28, 28, 1)}, "28x28x1 images"),
+        ("fashion_mnist", "image", {"image_shape": (28, 28, 1)}, "28x28x1 images"),
+        ("cifar10", "image", {"image_shape": (32, 32, 3), "input_shape": (32, 32, 3)}, "32x32x3 images"),
+        ("femnist", "image", {"image_shape": (28, 28, 1), "num_classes": 62}, "28x28x1 images"),
+        ("shakespeare", "text", {"sequence_length": 80, "vocabulary_size": 80, "image_shape": None},
+         "sequences of 80 tokens over a vocabulary of 80"),
+    ],
+)
+def test_every_builtin_dataset_says_what_its_examples_are(tmp_path, name, kind, facts, description):
+    data = load_dataset(name, **write_dataset_files(name, tmp_path))
+    assert data.kind == kind and data.describe() == description
+    assert {fact: getattr(data, fact) for fact in facts} == facts
+    assert data.sequence_length is None or kind == "text"
+
+
+def test_a_dataset_whose_stated_shape_does_not_hold_its_examples_is_refused():
+    x, y = np.zeros((4, 64), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(DatasetError, match=r"image_shape \(8, 8, 3\) must be \(height, width, channels\) holding the 64"):
+        Dataset("bad", x, y, x, y, num_classes=1, image_shape=(8, 8, 3))
+    with pytest.raises(DatasetError, match=r"token sequences must be \(examples, length\)"):
+        Dataset("bad", x.reshape(4, 8, 8), y, x.reshape(4, 8, 8), y, num_classes=1, vocabulary_size=80)
 
 
 # --- names and options ---------------------------------------------------------------------------
