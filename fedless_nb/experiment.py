@@ -29,7 +29,7 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class ModelConfig:
-    """`builder`: a built-in model (mlp, logistic_regression, cnn) or 'package.module:function'."""
+    """`builder`: a built-in model (mlp, logistic_regression, cnn, leaf_cnn, char_lstm) or 'package.module:function'."""
 
     builder: str = "mlp"
     options: dict[str, Any] = field(default_factory=dict)

@@ -13,6 +13,7 @@ from fedless_nb import zoo
 from fedless_nb.errors import UserError
 from fedless_nb.experiment import ExperimentConfig
 from fedless_nb.fit import ModelFitError, preflight
+from fedless_nb.model import ModelError
 from fedless_nb.runner import run_experiment
 
 from dataset_files import shakespeare_user, write_dataset_files, write_leaf
@@ -73,6 +74,14 @@ def test_a_builtin_model_that_cannot_fit_is_refused_before_anything_starts(tmp_p
     suggested = [name for name in zoo.BUILDERS if f"{name!r}" in message.split(": use builder ")[1]]
     assert suggested and all(KINDS[dataset] in zoo.FITS[name] for name in suggested)
     assert not (tmp_path / "history.db").exists() and not (tmp_path / "store").exists()
+
+
+def test_an_option_a_builtin_builder_does_not_take_is_refused_not_ignored(tmp_path):
+    config = experiment(tmp_path, "char_lstm", "shakespeare", options={"units": 16})
+    with pytest.raises(ModelError, match="model builder 'char_lstm' has no option 'units'; its options are: "
+                                         "embedding_dim, lstm_units$"):
+        run_experiment(config)
+    assert not (tmp_path / "history.db").exists()
 
 
 # --- a model of your own --------------------------------------------------------------------------
@@ -150,10 +159,13 @@ def test_char_lstm_learns_next_characters_of_shakespeare_over_two_rounds(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize(("builder", "dataset"), [("leaf_cnn", "femnist"), ("char_lstm", "shakespeare")])
 def test_the_leaf_models_train_with_dp_sgd(tmp_path, builder, dataset):
+    """DP-SGD's per-microbatch Jacobian through an LSTM takes minutes to trace here: long timeouts."""
     dp = {"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "num_microbatches": 2}
-    config = experiment(tmp_path, builder, dataset, train={"epochs": 1, "batch_size": 2, "learning_rate": 0.05, "dp": dp})
+    config = experiment(tmp_path, builder, dataset, train={"epochs": 1, "batch_size": 2, "learning_rate": 0.05, "dp": dp},
+                        round_deadline=1500, providers=[{"kind": "local", "workers": 1, "timeout": 1500}])
     result = run_experiment(config)
     assert result.status == "finished" and set(result.invocations_frame()["outcome"]) == {"succeeded"}
     assert math.isfinite(result.round_metrics[0]["loss"]) and result.privacy_report().epsilon > 0

@@ -104,7 +104,7 @@ class FedlessMagics(Magics):
     @argument("--clients-per-round", type=int, help="clients selected per round (default 5)")
     @argument("--rounds", type=int, help="default 10")
     @argument("--round-deadline", type=float, help="seconds; slower invocations count as failed")
-    @argument("--builder", help="built-in model (mlp, logistic_regression, cnn) or 'module:function'")
+    @argument("--builder", help="built-in model (mlp, logistic_regression, cnn, leaf_cnn, char_lstm) or 'module:function'")
     @argument("--dataset", help="digits, breast_cancer, mnist, ... (default digits)")
     @argument("--partition", help="iid, dirichlet, shards or natural (default iid)")
     @argument("--alpha", type=float, help="Dirichlet concentration (smaller is more skewed)")
