@@ -58,7 +58,8 @@ def write_dataset_files(name, root):
         write_keras_npz(root / f"{name}.npz")
         return {"path": str(root / f"{name}.npz")}
     if name == "cifar10":
-        write_cifar_batch(root / "data_batch_1", rng.integers(0, 256, (12, 3, 32, 32), dtype=np.uint8), range(12))
+        write_cifar_batch(root / "data_batch_1", rng.integers(0, 256, (12, 3, 32, 32), dtype=np.uint8),
+                          [index % 10 for index in range(12)])
         write_cifar_batch(root / "test_batch", rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8), [3, 1, 4, 1])
         return {"path": str(root)}
     if name == "femnist":
