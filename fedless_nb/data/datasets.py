@@ -36,7 +36,9 @@ class Dataset:
 
     `groups` holds, for every training example, the index of the writer/user it came from
     (LEAF datasets), so a natural partition can keep each writer on one client; `group_names`
-    names those indices. eq=False: arrays have no single truth value to compare by.
+    names those indices. `image_shape` is one input's shape as an image (height, width[, channels])
+    when the inputs are images, even flattened ones (digits), so feature skew can rotate them; None
+    for tables and text. eq=False: arrays have no single truth value to compare by.
     """
 
     name: str
@@ -47,6 +49,7 @@ class Dataset:
     num_classes: int
     groups: np.ndarray | None = None
     group_names: tuple[str, ...] = ()
+    image_shape: tuple[int, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -120,7 +123,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     raw = datasets.load_digits()
     x_train, x_test, y_train, y_test = _split(raw.data / 16.0, raw.target, test_fraction, seed)
     return Dataset("digits", x_train.astype(np.float32), y_train.astype(np.int64),
-                   x_test.astype(np.float32), y_test.astype(np.int64), num_classes=10)
+                   x_test.astype(np.float32), y_test.astype(np.int64), num_classes=10, image_shape=(8, 8))
 
 
 @register_dataset("breast_cancer")
@@ -178,7 +181,7 @@ def _load_grayscale_28(name: str, path: str | os.PathLike | None) -> Dataset:
         source = _read_keras_npz(Path(path).expanduser())
     (x_train, y_train), (x_test, y_test) = source
     return Dataset(name, _scaled_images(x_train)[..., np.newaxis], _labels(y_train),
-                   _scaled_images(x_test)[..., np.newaxis], _labels(y_test), num_classes=10)
+                   _scaled_images(x_test)[..., np.newaxis], _labels(y_test), num_classes=10, image_shape=(28, 28, 1))
 
 
 @register_dataset("mnist")
@@ -217,7 +220,7 @@ def load_cifar10(*, path: str | os.PathLike | None = None) -> Dataset:
     source = _keras().datasets.cifar10.load_data() if path is None else _read_cifar_batches(Path(path).expanduser())
     (x_train, y_train), (x_test, y_test) = source
     return Dataset("cifar10", _scaled_images(x_train), _labels(y_train),
-                   _scaled_images(x_test), _labels(y_test), num_classes=10)
+                   _scaled_images(x_test), _labels(y_test), num_classes=10, image_shape=(32, 32, 3))
 
 
 # --- LEAF (FEMNIST, Shakespeare) -----------------------------------------------------------------
@@ -261,7 +264,8 @@ def _read_leaf_split(root: Path, split: str) -> _LeafSplit:
 
 
 def _load_leaf(name: str, path: str | os.PathLike, encode_x: Callable[[list[Any]], np.ndarray],
-               encode_y: Callable[[list[Any]], np.ndarray], num_classes: int) -> Dataset:
+               encode_y: Callable[[list[Any]], np.ndarray], num_classes: int,
+               image_shape: tuple[int, ...] | None = None) -> Dataset:
     """Load a LEAF dataset, keeping who wrote each training example as `groups`."""
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -271,7 +275,7 @@ def _load_leaf(name: str, path: str | os.PathLike, encode_x: Callable[[list[Any]
     index = {user: i for i, user in enumerate(group_names)}
     groups = np.array([index[user] for user in train.users], dtype=np.int64)
     return Dataset(name, encode_x(train.x), encode_y(train.y), encode_x(test.x), encode_y(test.y),
-                   num_classes=num_classes, groups=groups, group_names=group_names)
+                   num_classes=num_classes, groups=groups, group_names=group_names, image_shape=image_shape)
 
 
 def _femnist_images(x: list[Any]) -> np.ndarray:
@@ -282,7 +286,7 @@ def _femnist_images(x: list[Any]) -> np.ndarray:
 @register_dataset("femnist")
 def load_femnist(*, path: str | os.PathLike) -> Dataset:
     """LEAF FEMNIST: 62 classes (digits, upper and lower case) written by ~3,500 writers."""
-    return _load_leaf("femnist", path, _femnist_images, _labels, FEMNIST_CLASSES)
+    return _load_leaf("femnist", path, _femnist_images, _labels, FEMNIST_CLASSES, image_shape=(28, 28, 1))
 
 
 _SORTED_CODES = np.array(sorted(ord(c) for c in ALL_LETTERS), dtype=np.uint32)
