@@ -99,7 +99,7 @@ def partition_dirichlet(
             return _sorted_parts(parts)
     raise PartitionError(
         f"no Dirichlet draw in {DIRICHLET_MAX_DRAWS} gave all {num_clients} clients >= {min_examples} examples "
-        f"at alpha={alpha}; raise alpha or lower num_clients"
+        f"at alpha={alpha}; raise alpha, or lower min_examples or num_clients"
     )
 
 
