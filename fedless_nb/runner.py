@@ -20,8 +20,7 @@ import numpy as np
 from .rounds.checkpoint import Checkpoint, checkpoint_key, decode_checkpoint
 from .function.batching import privacy_facts
 from .rounds.controller import ClientRef, Controller, RoundPlan
-from .data import Dataset, client_inputs, load_dataset, partition_from_settings, partition_options
-from .data.feature_skew import check_feature_skew
+from .data import Dataset, check_feature_skew, client_inputs, load_dataset, partition_from_settings, partition_options
 from .rounds.events import Observer
 from .rounds.evaluation import Evaluator
 from .experiment import ExperimentConfig
