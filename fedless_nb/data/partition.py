@@ -22,6 +22,7 @@ from .datasets import Dataset, check_options
 
 DIRICHLET_MAX_DRAWS = 100
 MIN_EXAMPLES = 2
+INNER_DIRICHLET_STEPS = 10
 
 
 class PartitionError(UserError, ValueError):
@@ -288,27 +289,30 @@ def partition_inner_dirichlet(
     """Sizes given, label mix Dirichlet(alpha) per client (Flower's InnerDirichletPartitioner, FedLab).
 
     `sizes` are relative (scaled to the training set, kept exactly when they add up to it; None:
-    equal). Each example slot of a client draws its class from that client's Dirichlet mix among
-    the classes with examples left, so sizes hold exactly while the mix follows the draw.
+    equal). Clients take their examples in INNER_DIRICHLET_STEPS steps, interleaved in random order,
+    each step drawn from the client's Dirichlet mix among the classes with examples left; a class
+    used up is thus shared out fairly, and sizes hold exactly while the mix follows the draw.
     """
     labels = _as_ids(labels, "labels")
     _check_clients(num_clients, len(labels))
     if not alpha > 0:
         raise PartitionError(f"alpha must be > 0, got {alpha}")
-    client_sizes = _given_sizes(sizes, num_clients, len(labels))
+    need = _given_sizes(sizes, num_clients, len(labels))
+    step = np.maximum(1, -(-need // INNER_DIRICHLET_STEPS))
     classes, class_of_example = np.unique(labels, return_inverse=True)
     rng = np.random.default_rng(seed)
     mixes = rng.dirichlet(np.full(len(classes), alpha), size=num_clients)
-    left = np.bincount(class_of_example).astype(np.float64)
+    left = np.bincount(class_of_example)
     taken = np.zeros((num_clients, len(classes)), dtype=np.int64)
-    for client, draw in zip(rng.permutation(np.repeat(np.arange(num_clients), client_sizes)), rng.random(len(labels))):
-        mix = mixes[client] * (left > 0)
-        if mix.sum() <= 0:  # every class of its mix is used up: it takes from what is left
-            mix = left
-        cumulative = np.cumsum(mix)
-        chosen = min(int(np.searchsorted(cumulative, draw * cumulative[-1], side="right")), len(classes) - 1)
-        left[chosen] -= 1
-        taken[client, chosen] += 1
+    while need.any():
+        for client in rng.permutation(np.flatnonzero(need)):
+            mix = mixes[client] * (left > 0)
+            if mix.sum() <= 0:  # every class of its mix is used up: it takes from what is left
+                mix = left.astype(np.float64)
+            take = np.minimum(rng.multinomial(min(need[client], step[client]), mix / mix.sum()), left)
+            left -= take
+            taken[client] += take
+            need[client] -= take.sum()
     parts: list[list[int]] = [[] for _ in range(num_clients)]
     for class_index in range(len(classes)):
         members = rng.permutation(np.flatnonzero(class_of_example == class_index))
