@@ -1,5 +1,7 @@
 """A look at a partition before training: preview_partition, its figure and %fedless_partition."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from IPython.core.error import UsageError
@@ -98,3 +100,12 @@ def test_train_options_for_the_new_partitions_map_onto_the_schema(shell):
     assert (data.partition, data.exponent, data.min_examples, data.max_noise) == ("power_law", 1.2, 5, 0.2)
     assert (data.labels_per_client, data.shards_per_client, data.base, data.sigma) == (3, 4, 2.0, 0.5)
     assert data.sizes == [1.0, 2.0]
+
+
+def test_the_non_iid_tutorial_carries_the_previews_as_static_images():
+    import nbformat
+
+    notebook = nbformat.read(Path(__file__).resolve().parents[1] / "tutorials" / "02_non_iid.ipynb", as_version=4)
+    previews = [cell for cell in notebook.cells if cell.cell_type == "code" and "%fedless_partition" in cell.source]
+    assert len(previews) >= 3
+    assert all(any("image/png" in output.get("data", {}) for output in cell.outputs) for cell in previews)
