@@ -40,6 +40,17 @@ def test_run_trains_on_a_new_partition_with_feature_skew(tmp_path):
     assert "Round 1/1" in completed.stdout and "final accuracy" in completed.stdout
 
 
+def test_partition_previews_a_configs_split_and_writes_only_the_figure(tmp_path):
+    data = {"dataset": "digits", "partition": "pathological", "labels_per_client": 3}
+    completed = fedless("partition", str(_write_config(tmp_path, data=data)), "--figure", "split.png", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in completed.stdout.splitlines() if line.startswith("│")]
+    assert [(row[0], row[2]) for row in rows] == [("0", "3"), ("1", "3"), ("2", "3"), ("3", "3")]  # 3 classes each
+    assert "label skew 0." in completed.stdout
+    assert (tmp_path / "split.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml", "split.png"], "no history, no store"
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"clients_per_round": 9}, "clients_per_round: must be between 1 and clients (4), got 9"),
     ({"data": {"alpha": 0}}, "data.alpha: must be > 0, got 0.0"),
