@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """`%load_ext fedless_nb`: the %fedless_train, %fedless_stop, %fedless_history and %fedless_compare magics."""
+    """`%load_ext fedless_nb`: the %fedless_train, %fedless_partition, %fedless_stop, %fedless_history and
+    %fedless_compare magics."""
     from .notebook.magics import load_ipython_extension as load
 
     load(ipython)

@@ -1,9 +1,11 @@
-"""The `fedless-nb` terminal tool: run a YAML experiment or the demo with rich progress, read the history."""
+"""The `fedless-nb` terminal tool: run a YAML experiment or the demo with rich progress, preview its partition,
+read the history."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
@@ -121,6 +123,26 @@ def _show_history(arguments: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
+    """The split a config's run would train on, per client, without training or writing a store or history."""
+    from .data import preview_config
+
+    preview = preview_config(load_config(arguments.config))
+    table = Table(title=preview.title())
+    for column in ("client", "examples", "classes", "largest class share"):
+        table.add_column(column, justify="right")
+    for client, counts in enumerate(preview.counts):
+        table.add_row(str(client), str(counts.sum()), str((counts > 0).sum()), f"{counts.max() / max(counts.sum(), 1):.2f}")
+    console.print(table)
+    console.print(f"label skew {preview.label_skew:.3f} (0: IID, towards 1: clients hold classes no one else has)")
+    if arguments.figure:
+        from .data.partition_view import figure_png
+
+        Path(arguments.figure).write_bytes(figure_png(preview.figure(shares=arguments.shares)))
+        console.print(f"Figure: {arguments.figure}", highlight=False)
+    return 0
+
+
 def _package(arguments: argparse.Namespace, console: Console) -> int:
     bundle = build_bundle(arguments.provider, arguments.out, name=arguments.name)
     console.print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)", highlight=False)
@@ -141,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clients-per-round", type=int, default=5)
     demo.add_argument("--rounds", type=int, default=10)
     demo.add_argument("--history", default=DEFAULT_HISTORY)
+    partition = commands.add_parser("partition", help="show how a config's partition splits its dataset, before training")
+    partition.add_argument("config", help="path to the YAML config")
+    partition.add_argument("--figure", help="also write the clients x classes figure to this PNG file")
+    partition.add_argument("--shares", action="store_true", help="the figure shows label shares instead of counts")
     resume = commands.add_parser("resume", help="continue a run whose process died or was stopped")
     resume.add_argument("run_id")
     resume.add_argument("--history", default=DEFAULT_HISTORY)
@@ -177,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _show_history(arguments, console)
         if arguments.command == "package":
             return _package(arguments, console)
+        if arguments.command == "partition":
+            return _show_partition(arguments, console)
         if arguments.command == "kernel":
             return _install_kernel(arguments, console)
         if arguments.command == "resume":

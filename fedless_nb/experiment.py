@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -37,11 +38,25 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """`partition` reads the keys it takes by name (see the README's partition table): `alpha` (dirichlet,
+    inner_dirichlet), `shards_per_client` (shards), `labels_per_client` (pathological), `min_examples`
+    (dirichlet and the size laws), `base` (exponential), `exponent` (power_law), `sigma` (lognormal),
+    `sizes` (inner_dirichlet: relative client sizes, null for equal). `max_rotation` (degrees) and
+    `max_noise` (Gaussian std) skew image clients' features on top of any partition."""
+
     dataset: str = "digits"
     options: dict[str, Any] = field(default_factory=dict)
     partition: str = "iid"
     alpha: float = 0.5
     shards_per_client: int = 2
+    labels_per_client: int = 2
+    min_examples: int = 2
+    base: float = math.e
+    exponent: float = 1.5
+    sigma: float = 1.0
+    sizes: list[float] | None = None
+    max_rotation: float = 0.0
+    max_noise: float = 0.0
 
 
 @dataclass
@@ -307,6 +322,16 @@ def validate(config: ExperimentConfig) -> None:
     _require_choice(config.data.partition, PARTITION_KINDS, "data.partition")
     _require(config.data.alpha > 0, "data.alpha", f"must be > 0, got {config.data.alpha}")
     _require(config.data.shards_per_client >= 1, "data.shards_per_client", "must be >= 1")
+    _require(config.data.labels_per_client >= 1, "data.labels_per_client", f"must be >= 1, got {config.data.labels_per_client}")
+    _require(config.data.min_examples >= 1, "data.min_examples", f"must be >= 1, got {config.data.min_examples}")
+    _require(config.data.base > 1, "data.base", f"must be > 1, got {config.data.base}")
+    _require(config.data.exponent > 0, "data.exponent", f"must be > 0, got {config.data.exponent}")
+    _require(config.data.sigma >= 0, "data.sigma", f"must be >= 0, got {config.data.sigma}")
+    _require(config.data.sizes is None or (len(config.data.sizes) == config.clients and min(config.data.sizes) > 0),
+             "data.sizes", f"must be {config.clients} positive numbers (one per client) or null, got {config.data.sizes}")
+    _require(0 <= config.data.max_rotation <= 360, "data.max_rotation",
+             f"must be between 0 and 360 degrees, got {config.data.max_rotation}")
+    _require(config.data.max_noise >= 0, "data.max_noise", f"must be >= 0, got {config.data.max_noise}")
     _require(config.train.epochs >= 1, "train.epochs", f"must be >= 1, got {config.train.epochs}")
     _require(config.train.batch_size >= 1, "train.batch_size", f"must be >= 1, got {config.train.batch_size}")
     _require(config.train.learning_rate > 0, "train.learning_rate", f"must be > 0, got {config.train.learning_rate}")

@@ -20,7 +20,7 @@ import numpy as np
 from .rounds.checkpoint import Checkpoint, checkpoint_key, decode_checkpoint
 from .function.batching import privacy_facts
 from .rounds.controller import ClientRef, Controller, RoundPlan
-from .data import Dataset, partition_dataset
+from .data import Dataset, check_feature_skew, client_inputs, partition_from_settings, partition_options
 from .rounds.events import Observer
 from .rounds.evaluation import Evaluator
 from .experiment import ExperimentConfig
@@ -94,8 +94,8 @@ def partition_id(config: ExperimentConfig) -> str:
     """Identifies a dataset split: runs with the same data settings reuse the data already in the store."""
     data = config.data
     facts = {"dataset": data.dataset, "options": data.options, "partition": data.partition, "clients": config.clients,
-             "seed": config.seed, "alpha": data.alpha if data.partition == "dirichlet" else None,
-             "shards": data.shards_per_client if data.partition == "shards" else None}
+             "seed": config.seed, **{name: getattr(data, name) for name in partition_options(data.partition)},
+             "max_rotation": data.max_rotation, "max_noise": data.max_noise}
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -104,22 +104,23 @@ def client_ids(count: int) -> list[str]:
 
 
 def write_client_data(store: Store, dataset: Dataset, config: ExperimentConfig) -> dict[str, str]:
-    """Partition the training split and put each client's share in the store once; client id -> data key."""
+    """Partition the training split and put each client's share, feature skew applied, in the store once;
+    client id -> data key."""
     ids = client_ids(config.clients)
     keys = {client_id: client_data_key(partition_id(config), client_id) for client_id in ids}
     if all(store.exists(key) for key in keys.values()):
         return keys
-    parts = _partition(dataset, config)
-    for client_id, indices in zip(ids, parts):
-        store.put(keys[client_id], encode_arrays([dataset.x_train[indices], dataset.y_train[indices]]))
+    data = config.data
+    check_feature_skew(dataset, data.max_rotation, data.max_noise)
+    for index, (client_id, indices) in enumerate(zip(ids, _partition(dataset, config))):
+        x = client_inputs(dataset, indices, index, config.clients, data.max_rotation, data.max_noise, config.seed)
+        store.put(keys[client_id], encode_arrays([x, dataset.y_train[indices]]))
     return keys
 
 
 def _partition(dataset: Dataset, config: ExperimentConfig) -> list[np.ndarray]:
     """Each client's training indices; deterministic under the config's seed."""
-    data = config.data
-    options = {"dirichlet": {"alpha": data.alpha}, "shards": {"shards_per_client": data.shards_per_client}}
-    return partition_dataset(dataset, data.partition, config.clients, config.seed, **options.get(data.partition, {}))
+    return partition_from_settings(dataset, config.data.partition, config.clients, config.seed, config.data)
 
 
 async def run_experiment_async(

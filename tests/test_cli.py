@@ -33,11 +33,32 @@ def test_run_prints_rounds_a_summary_and_records_history(tmp_path):
     assert shown.returncode == 0 and "finished, 2/2 rounds" in shown.stdout and "accuracy" in shown.stdout
 
 
+def test_run_trains_on_a_new_partition_with_feature_skew(tmp_path):
+    data = {"dataset": "digits", "partition": "pathological", "labels_per_client": 3, "max_rotation": 30}
+    completed = fedless("run", str(_write_config(tmp_path, rounds=1, data=data)), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert "Round 1/1" in completed.stdout and "final accuracy" in completed.stdout
+
+
+def test_partition_previews_a_configs_split_and_writes_only_the_figure(tmp_path):
+    data = {"dataset": "digits", "partition": "pathological", "labels_per_client": 3}
+    completed = fedless("partition", str(_write_config(tmp_path, data=data)), "--figure", "split.png", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in completed.stdout.splitlines() if line.startswith("│")]
+    assert [(row[0], row[2]) for row in rows] == [("0", "3"), ("1", "3"), ("2", "3"), ("3", "3")]  # 3 classes each
+    assert "label skew 0." in completed.stdout
+    assert (tmp_path / "split.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml", "split.png"], "no history, no store"
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"clients_per_round": 9}, "clients_per_round: must be between 1 and clients (4), got 9"),
     ({"data": {"alpha": 0}}, "data.alpha: must be > 0, got 0.0"),
     ({"trian": {}}, "trian: unknown key (did you mean 'train'?)"),
     ({"train": {"epochs": "many"}}, "train.epochs: must be int, got str 'many'"),
+    ({"data": {"partition": "pathological", "labels_per_client": 0}}, "data.labels_per_client: must be >= 1, got 0"),
+    ({"data": {"partition": "inner_dirichlet", "sizes": [1, 2]}},
+     "data.sizes: must be 4 positive numbers (one per client) or null, got [1.0, 2.0]"),
 ])
 def test_a_bad_config_is_one_line_and_writes_nothing(tmp_path, overrides, message):
     completed = fedless("run", str(_write_config(tmp_path, **overrides)), cwd=tmp_path)
@@ -66,6 +87,8 @@ def test_demo_trains_and_reports_the_final_accuracy(tmp_path):
     ({"data": {"dataset": "digits", "options": {"colour": 1}}}, "dataset 'digits' has no option 'colour'"),
     ({"model": {"builder": "no_such_module:build"}}, "model builder 'no_such_module:build' cannot be imported"),
     ({"clients": 2000, "clients_per_round": 2}, "num_clients (2000) is more than the 1437 training examples"),
+    ({"data": {"dataset": "breast_cancer", "max_rotation": 10}}, "'breast_cancer' is not images"),
+    ({"data": {"partition": "pathological", "labels_per_client": 1}}, "4 clients x 1 labels_per_client leave some"),
 ])
 def test_data_and_model_mistakes_are_one_line_and_write_nothing(tmp_path, overrides, message):
     completed = fedless("run", str(_write_config(tmp_path, **overrides)), cwd=tmp_path)

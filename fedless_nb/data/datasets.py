@@ -39,8 +39,9 @@ class Dataset:
     names those indices. eq=False: arrays have no single truth value to compare by.
 
     A dataset also says what its examples are, so a model can be matched to it before a run
-    starts: `image_shape` (height, width, channels) for images, even when they are stored flat
-    (digits); `vocabulary_size` for token sequences; neither for a table of features.
+    starts and feature skew can rotate its images: `image_shape` (height, width, channels) for
+    images, even when they are stored flat (digits); `vocabulary_size` for token sequences;
+    neither for a table of features.
     """
 
     name: str

@@ -1,4 +1,5 @@
-"""IPython magics: %fedless_train, %fedless_stop, %fedless_history, %fedless_compare, %fedless_deploy.
+"""IPython magics: %fedless_train, %fedless_partition, %fedless_stop, %fedless_history, %fedless_compare,
+%fedless_deploy.
 
 Settings shared by every magic are traitlets, so `%config FedlessMagics.history = "runs.db"`
 (or an ipython_config.py) changes them. A mistake in the input is a one-line UsageError.
@@ -31,11 +32,40 @@ OPTION_KEYS = {
     "name": "name", "seed": "seed", "clients": "clients", "clients_per_round": "clients_per_round",
     "rounds": "rounds", "round_deadline": "round_deadline", "builder": "model.builder",
     "dataset": "data.dataset", "partition": "data.partition", "alpha": "data.alpha",
+    "shards_per_client": "data.shards_per_client", "labels_per_client": "data.labels_per_client",
+    "min_examples": "data.min_examples", "base": "data.base", "exponent": "data.exponent", "sigma": "data.sigma",
+    "sizes": "data.sizes", "max_rotation": "data.max_rotation", "max_noise": "data.max_noise",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "optimizer": "train.optimizer",
     "learning_rate": "train.learning_rate", "strategy": "strategy.name", "history": "history",
 }
 RUNS_COLUMNS = ["run_id", "name", "status", "started", "rounds_completed", "rounds", "clients",
                 "eval_accuracy", "eval_loss"]
+
+
+def _numbers(text: str) -> list[float]:
+    """--sizes 100,200,300 as [100.0, 200.0, 300.0]."""
+    return [float(number) for number in text.split(",")]
+
+
+def partition_arguments(magic: Callable[..., Any]) -> Callable[..., Any]:
+    """The data and partition options %fedless_train and %fedless_partition share (data.* keys of the schema)."""
+    for decorate in reversed([
+        argument("--dataset", help="digits, breast_cancer, mnist, ... (default digits)"),
+        argument("--partition", help="iid, dirichlet, shards, natural, pathological, inner_dirichlet, linear, "
+                                     "square, exponential, power_law or lognormal (default iid)"),
+        argument("--alpha", type=float, help="Dirichlet concentration (smaller is more skewed)"),
+        argument("--shards-per-client", type=int, help="shards: label shards per client"),
+        argument("--labels-per-client", type=int, help="pathological: classes per client"),
+        argument("--min-examples", type=int, help="dirichlet and size laws: least examples per client"),
+        argument("--base", type=float, help="exponential: size ratio of neighbouring clients (default e)"),
+        argument("--exponent", type=float, help="power_law: tail exponent of client sizes (smaller is more skewed)"),
+        argument("--sigma", type=float, help="lognormal: std of log client sizes"),
+        argument("--sizes", type=_numbers, metavar="N,N,...", help="inner_dirichlet: relative size of each client"),
+        argument("--max-rotation", type=float, help="feature skew: degrees the last client's images turn"),
+        argument("--max-noise", type=float, help="feature skew: noise std on the last client's images"),
+    ]):
+        magic = decorate(magic)
+    return magic
 
 
 def user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -105,9 +135,7 @@ class FedlessMagics(Magics):
     @argument("--rounds", type=int, help="default 10")
     @argument("--round-deadline", type=float, help="seconds; slower invocations count as failed")
     @argument("--builder", help="built-in model (mlp, logistic_regression, cnn, leaf_cnn, char_lstm) or 'module:function'")
-    @argument("--dataset", help="digits, breast_cancer, mnist, ... (default digits)")
-    @argument("--partition", help="iid, dirichlet, shards or natural (default iid)")
-    @argument("--alpha", type=float, help="Dirichlet concentration (smaller is more skewed)")
+    @partition_arguments
     @argument("--epochs", type=int, help="local epochs per round")
     @argument("--batch-size", type=int)
     @argument("--optimizer", help="sgd, adam, rmsprop or adagrad")
@@ -172,6 +200,24 @@ class FedlessMagics(Magics):
             raise UsageError(f"{name} holds a value of type {type(value).__name__}, "
                              "not a Keras model or a function that builds one")
         return value
+
+    # %fedless_partition -----------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--clients", type=int, default=20, help="number of clients (default 20)")
+    @argument("--seed", type=int, default=0)
+    @partition_arguments
+    @line_magic
+    @user_errors
+    def fedless_partition(self, line: str) -> Any:
+        """Look at a partition before training: each client's examples per class (a heatmap), its size and the
+        label skew, cut as %fedless_train would with the same options. Writes nothing; returns the
+        PartitionPreview (.counts, .sizes, .label_skew, .figure(shares=True), .frame())."""
+        from ..data import preview_partition
+
+        args = parse_argstring(self.fedless_partition, line)
+        settings = {key.removeprefix("data."): getattr(args, option) for option, key in OPTION_KEYS.items()
+                    if key.startswith("data.") and getattr(args, option) is not None}
+        return preview_partition(clients=args.clients, seed=args.seed, **settings)
 
     # %fedless_stop ----------------------------------------------------------------------------
     @magic_arguments()
