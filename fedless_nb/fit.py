@@ -7,7 +7,6 @@ loads the data, builds the model for it and refuses a misfit with one line namin
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 from .data import Dataset, load_dataset
 from .data.datasets import check_options
 from .experiment import ExperimentConfig
-from .model import ModelError, ModelSpec, instantiate_model, model_spec_from
+from .model import ModelError, ModelSpec, instantiate_model, model_spec_from, takes_any_keyword
 from .zoo import FITS, builders_for, resolve_builder
 
 DATASET_FACTS = ("input_shape", "num_classes", "image_shape", "vocabulary_size")  # what builder_context fills in
@@ -46,7 +45,7 @@ def preflight(config: ExperimentConfig, model: Any = None, dataset: Dataset | No
     if model is None:
         check_builder_fits(config.model.builder, dataset)
     source = model if model is not None else resolve_builder(config.model.builder)
-    if model is None and not _takes_any_keyword(source):  # an option the builder ignores would pass unnoticed
+    if model is None and not takes_any_keyword(source):  # an option the builder ignores would pass unnoticed
         check_options(f"model builder {config.model.builder!r}", source, config.model.options, ModelError,
                       supplied=DATASET_FACTS)
     built = _instantiate(source, config, dataset)
@@ -56,10 +55,6 @@ def preflight(config: ExperimentConfig, model: Any = None, dataset: Dataset | No
     spec, weights = model_spec_from(built)
     check_model_fits(built, dataset)
     return Prepared(dataset, spec, weights)
-
-
-def _takes_any_keyword(function: Any) -> bool:
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
 
 
 def builder_context(dataset: Dataset) -> dict[str, Any]:

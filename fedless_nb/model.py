@@ -89,10 +89,15 @@ def _compile_settings(model: Any, loss: Any, metrics: Any) -> dict[str, Any]:
     }
 
 
+def takes_any_keyword(function: Callable[..., Any]) -> bool:
+    """Whether `function` has a **kwargs parameter (then it is given every fact and option)."""
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
+
+
 def _call_builder(builder: Callable[..., Any], context: dict[str, Any]) -> Any:
-    """Call a builder with the dataset facts (input_shape, num_classes) it asks for."""
+    """Call a builder with the dataset facts (input_shape, num_classes, ...) and options it asks for."""
     parameters = inspect.signature(builder).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    takes_any = takes_any_keyword(builder)
     return builder(**{k: v for k, v in context.items() if takes_any or k in parameters})
 
 

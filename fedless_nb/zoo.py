@@ -59,7 +59,8 @@ def _conv_net(name: str, input_shape: Sequence[int], num_classes: int, image_sha
     keras = _keras()
     shape = tuple(int(side) for side in (image_shape or input_shape))
     if len(shape) != 3:
-        raise ModelError(f"{name} needs images of shape (height, width, channels), got input shape {tuple(input_shape)}")
+        raise ModelError(f"{name} needs images of shape (height, width, channels), "
+                         f"got input shape {tuple(input_shape)}")
     layers: list[Any] = [keras.layers.InputLayer(input_shape=tuple(input_shape))]
     if tuple(input_shape) != shape:
         layers.append(keras.layers.Reshape(shape))

@@ -23,7 +23,8 @@ KINDS = {"digits": "image", "breast_cancer": "tabular", "mnist": "image", "fashi
 CLASSES = {"digits": 10, "breast_cancer": 2, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "femnist": 62,
            "shakespeare": 80}
 TINY_OPTIONS = {"mlp": {"hidden_units": [4]}, "logistic_regression": {}, "cnn": {"filters": [2]},
-                "leaf_cnn": {"filters": [2, 2], "dense_units": 4}, "char_lstm": {"embedding_dim": 2, "lstm_units": [4, 4]}}
+                "leaf_cnn": {"filters": [2, 2], "dense_units": 4},
+                "char_lstm": {"embedding_dim": 2, "lstm_units": [4, 4]}}
 FITTING = [(builder, name) for builder in zoo.BUILDERS for name in KINDS if KINDS[name] in zoo.FITS[builder]]
 NOT_FITTING = [(builder, name) for builder in zoo.BUILDERS for name in KINDS if (builder, name) not in FITTING]
 QUICK = {("mlp", "digits"), ("logistic_regression", "breast_cancer"), ("cnn", "mnist"), ("leaf_cnn", "femnist"),
@@ -35,6 +36,26 @@ def test_each_builtin_builder_names_the_kinds_of_data_it_fits():
                         "cnn": ("image",), "leaf_cnn": ("image",), "char_lstm": ("text",)}
     assert set(TINY_OPTIONS) == set(zoo.BUILDERS)
     assert len(FITTING) == 23 and len(NOT_FITTING) == 12
+
+
+def test_the_leaf_models_have_leaf_architectures_by_default():
+    femnist = zoo.leaf_cnn((28, 28, 1), 62)
+    convs = [layer for layer in femnist.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [(c.filters, c.kernel_size) for c in convs] == [(32, (5, 5)), (64, (5, 5))]
+    assert [layer.units for layer in femnist.layers if isinstance(layer, keras.layers.Dense)] == [2048, 62]
+    assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in femnist.layers) == 2
+    shakespeare = zoo.char_lstm((80,), 80)
+    embedding, first, second, output = shakespeare.layers
+    assert (embedding.input_dim, embedding.output_dim) == (80, 8)
+    assert (first.units, first.return_sequences, second.units, second.return_sequences) == (256, True, 256, False)
+    assert output.units == 80 and shakespeare.output_shape == (None, 80)
+
+
+def test_cnn_reshapes_a_flat_image_it_knows_the_shape_of():
+    flat = zoo.cnn((64,), 10, image_shape=(8, 8, 1), filters=[2, 2, 2, 2])  # pooling pads: 8 -> 4 -> 2 -> 1 -> 1
+    assert isinstance(flat.layers[0], keras.layers.Reshape) and flat.layers[0].target_shape == (8, 8, 1)
+    assert flat.output_shape == (None, 10)
+    assert not any(isinstance(layer, keras.layers.Reshape) for layer in zoo.cnn((28, 28, 1), 10).layers)
 
 
 def experiment(tmp_path, builder, dataset, options=None, **overrides):
@@ -103,7 +124,8 @@ def reshaping_builder(input_shape, num_classes, image_shape):
 @pytest.mark.parametrize(
     ("dataset", "model", "message"),
     [
-        ("digits", lambda: keras.Sequential([keras.layers.Flatten(input_shape=(28, 28, 1)), keras.layers.Dense(10)], name="mnist_net"),
+        ("digits", lambda: keras.Sequential([keras.layers.Flatten(input_shape=(28, 28, 1)), keras.layers.Dense(10)],
+                                            name="mnist_net"),
          r"model 'mnist_net' takes inputs of shape \(28, 28, 1\) but dataset 'digits' gives \(64,\) \(8x8x1 images "
          r"stored flat\): give its first layer input_shape=\(64,\) and start with keras.layers.Reshape\(\(8, 8, 1\)\), "
          r"or use builder 'cnn'$"),
@@ -164,7 +186,8 @@ def test_char_lstm_learns_next_characters_of_shakespeare_over_two_rounds(tmp_pat
 def test_the_leaf_models_train_with_dp_sgd(tmp_path, builder, dataset):
     """DP-SGD's per-microbatch Jacobian through an LSTM takes minutes to trace here: long timeouts."""
     dp = {"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "num_microbatches": 2}
-    config = experiment(tmp_path, builder, dataset, train={"epochs": 1, "batch_size": 2, "learning_rate": 0.05, "dp": dp},
+    train = {"epochs": 1, "batch_size": 2, "learning_rate": 0.05, "dp": dp}
+    config = experiment(tmp_path, builder, dataset, train=train,
                         round_deadline=1500, providers=[{"kind": "local", "workers": 1, "timeout": 1500}])
     result = run_experiment(config)
     assert result.status == "finished" and set(result.invocations_frame()["outcome"]) == {"succeeded"}

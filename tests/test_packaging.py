@@ -129,7 +129,7 @@ def test_the_function_side_imports_nothing_of_the_controller_side():
                             check=True).stdout
     modules = set(json.loads(output.splitlines()[-1]))
     controller_side = ("fedless_nb.rounds", "fedless_nb.records", "fedless_nb.notebook", "fedless_nb.deploy",
-                       "fedless_nb.runner", "fedless_nb.cli", "fedless_nb.experiment", "fedless_nb.providers",
+                       "fedless_nb.runner", "fedless_nb.fit", "fedless_nb.cli", "fedless_nb.experiment", "fedless_nb.providers",
                        "fedless_nb.strategies", "fedless_nb.privacy.accounting")
     assert "fedless_nb.function.handler" in modules
     assert not [m for m in modules if m.startswith(controller_side)]

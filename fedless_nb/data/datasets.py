@@ -57,7 +57,8 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.image_shape is not None and self.vocabulary_size is not None:
-            raise DatasetError(f"dataset {self.name!r} is given both an image_shape and a vocabulary_size; it is one kind")
+            raise DatasetError(f"dataset {self.name!r} is given both an image_shape and a vocabulary_size; "
+                               "give the one its examples are")
         if self.image_shape is not None and (
             len(self.image_shape) != 3 or int(np.prod(self.image_shape)) != int(np.prod(self.input_shape))
         ):

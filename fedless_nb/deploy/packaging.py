@@ -24,7 +24,7 @@ from ..errors import UserError
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = PACKAGE_ROOT.parent / "function_templates"
 # A function runs function/ and what it imports; the controller's, notebook's and terminal's code stays home.
-_LEAVE_OUT = {"__pycache__", "notebook", "rounds", "records", "deploy", "runner.py", "cli.py", "__main__.py"}
+_LEAVE_OUT = {"__pycache__", "notebook", "rounds", "records", "deploy", "runner.py", "fit.py", "cli.py", "__main__.py"}
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
