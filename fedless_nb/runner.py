@@ -149,6 +149,7 @@ async def run_experiment_async(
     spec, initial = _model_spec(config, dataset, model)
     store = make_store(config.store)
     data_keys = write_client_data(store, dataset, config)
+    sizes = dict(zip(client_ids(config.clients), map(len, _partition(dataset, config))))
     history = History(config.history)
     run_id = resume or new_run_id(config.name)
     checkpoint = _checkpoint(store, run_id) if resume else None
@@ -161,7 +162,7 @@ async def run_experiment_async(
     controller = Controller(
         run_id=run_id, name=config.name, config=config.to_dict(), spec=spec,
         strategy=_strategy(config), selection=selection,
-        clients=[ClientRef(cid, key, assignment[cid]) for cid, key in data_keys.items()],
+        clients=[ClientRef(cid, key, assignment[cid], sizes[cid]) for cid, key in data_keys.items()],
         providers=providers, store=store, evaluate=Evaluator(spec, dataset.x_test, dataset.y_test),
         plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed,
                        RoundPolicy(config.retries, config.retry_backoff, config.min_successful, config.round_repeats,

@@ -56,6 +56,8 @@ def invoke(body: bytes | str | dict[str, Any] | None) -> tuple[int, dict[str, An
         payload = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
     except ValueError as error:
         return 400, error_reply(400, PayloadError(f"the request body is not JSON: {error}"))
+    except RecursionError:
+        return 400, error_reply(400, PayloadError("the request body nests too deeply to be a task"))
     try:
         with _ONE_AT_A_TIME:
             return 200, handle(payload)

@@ -5,7 +5,9 @@ train when; the controller gives it the same primitives, all public: build a cli
 invoke it, collect and check its result, screen a round's updates, record a failure, publish a
 global version, emit an event. The controller knows nothing of notebooks or terminals; observers
 subscribe to its events. It never trusts a result blindly: a result must answer the task it was
-given (wire.check_result) and its update must pass screening.py's checks, or it counts as failed.
+given (wire.parse_result, a strict model), be signed with its client's key, claim the example count the
+controller wrote, and its update must pass screening.py's checks, or it counts as failed. Observers
+never end a run: an observer's error is logged once and counted in the run's record.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Sequence
-
-import numpy as np
 
 from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
 from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted, UpdateRejected
@@ -27,7 +28,7 @@ from ..privacy.accounting import PrivacyBudgetExhausted
 from ..providers.base import InvocationError, Provider
 from .resilience import RoundPolicy, invoke_with_retries
 from ..security import ResultSignatureError, RunKey
-from ..wire import ResultError, check_result, make_task, task_reads
+from ..wire import Result, ResultError, make_task, parse_result, task_reads
 from .selection import SelectionPolicy
 from .synchronous import SynchronousRounds
 from ..store import Store, decode_arrays, encode_arrays
@@ -36,6 +37,8 @@ from ..strategies.base import ClientUpdate, RunContext, Strategy, Weights
 from .screening import norm_outliers, update_problem
 
 
+log = logging.getLogger(__name__)
+
 # Produces the rounds of a run: given the initial weights, yields (round number, global weights) per round.
 # A schedule is built on a Controller and uses only its public round interface.
 Schedule = Callable[[Weights], AsyncIterator[tuple[int, Weights]]]
@@ -43,11 +46,13 @@ Schedule = Callable[[Weights], AsyncIterator[tuple[int, Weights]]]
 
 @dataclass(frozen=True)
 class ClientRef:
-    """A client function: its id, where its data lives and which provider runs it."""
+    """A client function: its id, where its data lives, which provider runs it and how many examples it has
+    (the controller's fact, which weights its update; the client's own claim is only cross-checked)."""
 
     client_id: str
     data_key: str
     provider: str
+    num_examples: int | None = None  # the size of the partition the controller wrote; None: not known here
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,11 @@ class RoundPlan:
     round_deadline: float
     seed: int = 0
     policy: RoundPolicy = RoundPolicy()
+
+
+def _observer_name(observer: Observer) -> str:
+    owner = getattr(observer, "__self__", observer)
+    return getattr(observer, "__qualname__", None) or type(owner).__name__
 
 
 def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
@@ -103,6 +113,7 @@ class Controller:
         self.plan = plan
         self._model_wire = spec.to_wire()
         self._observers: list[Observer] = []
+        self.observer_errors: dict[str, int] = {}  # observer name -> how many events it failed on
         self._stop_requested = False
         self.resumed_round = 0  # the checkpointed round a resumed run continues after
         self.round_metrics: list[dict[str, float]] = []
@@ -113,9 +124,17 @@ class Controller:
         self._observers.append(observer)
 
     def emit(self, event: Any) -> None:
-        """Hand `event` to every observer (history, dashboard, accountant, progress)."""
+        """Hand `event` to every observer (history, dashboard, accountant, progress). An observer that raises
+        is logged (once) and counted in `observer_errors`, which RunFinished carries; the run goes on."""
         for observer in self._observers:
-            observer(event)
+            try:
+                observer(event)
+            except Exception:
+                name = _observer_name(observer)
+                if name not in self.observer_errors:
+                    log.exception("observer %s failed on %s; the run goes on without its view of this event",
+                                  name, type(event).__name__)
+                self.observer_errors[name] = self.observer_errors.get(name, 0) + 1
 
     def request_stop(self) -> None:
         """Finish the current round, then end the run as "stopped"."""
@@ -146,7 +165,8 @@ class Controller:
             raise
         finally:
             final = self.round_metrics[-1] if self.round_metrics else {}
-            self.emit(RunFinished(self.run_id, status, time.time(), completed, final, error))
+            self.emit(RunFinished(self.run_id, status, time.time(), completed, final, error,
+                                  observer_errors=dict(self.observer_errors)))
         return weights
 
     async def _start(self, weights: Weights, resume: Checkpoint | None) -> Weights:
@@ -223,43 +243,48 @@ class Controller:
         """The client's update if its finished call succeeded and the result checks out against `weights`
         (the global model it trained from); otherwise the failure is recorded and the answer is None."""
         try:
-            result = call.result()
-            update = await self._read_update(round_number, client, result, weights)
+            update, result = await self._read_update(round_number, client, call.result(), weights)
         except InvocationError as error:
             self.record_failure(round_number, client, error, started)
             return None
         except Exception as error:  # a function's bad reply must not end the round
             self.record_failure(round_number, client, InvocationError(f"{type(error).__name__}: {error}", "error"), started)
             return None
-        timings = {k: float(v) for k, v in (result.get("timings") or {}).items()}
         finished = time.time()
         self.emit(InvocationFinished(
             self.run_id, round_number, client.client_id, client.provider, "succeeded",
-            max(started, finished - timings.get("total", 0.0)), finished,
-            cold=bool(result.get("cold")), num_examples=update.num_examples, metrics=update.metrics, timings=timings,
-            privacy=result.get("privacy") if isinstance(result.get("privacy"), dict) else None, staleness=staleness,
+            max(started, finished - result.timings.total), finished,
+            cold=result.cold, num_examples=update.num_examples, metrics=update.metrics,
+            timings=result.timings.model_dump(),
+            privacy=None if result.privacy is None else result.privacy.model_dump(), staleness=staleness,
         ))
         return update
 
-    async def _read_update(self, round_number: int, client: ClientRef, result: Any, weights: Weights) -> ClientUpdate:
+    async def _read_update(self, round_number: int, client: ClientRef, reply: Any,
+                           weights: Weights) -> tuple[ClientUpdate, Result]:
+        """The update a reply points at, weighted by what the controller knows: the reply must parse as a
+        Result for this very task, carry this client's signature over the update's bytes, claim the
+        client's true example count, and the update must fit the global model."""
         expected = update_key(self.run_id, round_number, client.client_id)
         try:
-            num_examples = check_result(result, {"run_id": self.run_id, "round": round_number,
-                                                 "client_id": client.client_id, "update": expected})
+            result = parse_result(reply, self.run_id, round_number, client.client_id, expected)
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
         data = await self.store.aget(expected)
         key = self._keys.get(client.provider)
         if key is not None:
             try:
-                key.verify_result(result, data)
+                key.verify_result(reply, data)
             except ResultSignatureError as error:
                 raise InvocationError(str(error), "signature") from None
+        if client.num_examples is not None and result.num_examples != client.num_examples:
+            raise InvocationError(f"the result claims {result.num_examples} examples, but the client's partition "
+                                  f"has {client.num_examples}", "rejected")
         arrays = decode_arrays(data)
         if problem := update_problem(arrays, weights):
             raise InvocationError(problem, "rejected")
-        metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}
-        return ClientUpdate(client.client_id, arrays, num_examples, metrics)
+        num_examples = client.num_examples if client.num_examples is not None else result.num_examples
+        return ClientUpdate(client.client_id, arrays, num_examples, dict(result.metrics)), result
 
     def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
         """A failed invocation, or a late result "discarded"; its start is the round's, since no function reported one."""
