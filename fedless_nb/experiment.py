@@ -1,23 +1,25 @@
-"""The experiment schema: dataclasses, validation, YAML in and out.
+"""The experiment schema: pydantic models, validation, YAML in and out, JSON Schema export.
 
 A config is checked completely before anything starts. An unknown key, a wrong type or
 an impossible value raises ConfigError with one line that names the key, for example
-`train.learning_rate: must be > 0, got -1`.
+`train.learning_rate: must be > 0, got -1`. The models check keys and types (strict: no
+"32" for an int, no true for a number; an int is taken for a float); `validate` checks the
+values and how they fit together. `config_schema()` is the JSON Schema editors complete
+and check YAML files with (`fedless-nb schema`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
-import types
 import typing
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import Field as field  # the spelling of the sections' default factories
 
 from .errors import UserError
 from .model import OPTIMIZERS
@@ -27,16 +29,20 @@ class ConfigError(UserError, ValueError):
     """A config value the user must change; the message names the key."""
 
 
-@dataclass
-class ModelConfig:
+class _Section(BaseModel):
+    """A config section: unknown keys refused, types strict (an int is still taken for a float)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelConfig(_Section):
     """`builder`: a built-in model (mlp, logistic_regression, cnn) or 'package.module:function'."""
 
     builder: str = "mlp"
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     dataset: str = "digits"
     options: dict[str, Any] = field(default_factory=dict)
     partition: str = "iid"
@@ -44,8 +50,7 @@ class DataConfig:
     shards_per_client: int = 2
 
 
-@dataclass
-class DPConfig:
+class DPConfig(_Section):
     """Client-side DP-SGD (tensorflow-privacy) and its example-level accounting (dp-accounting).
 
     `num_microbatches` must divide batch_size (omit it for one example per microbatch);
@@ -61,8 +66,7 @@ class DPConfig:
     on_budget: str = "skip_client"
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     epochs: int = 1
     batch_size: int = 32
     optimizer: str = "sgd"
@@ -70,14 +74,12 @@ class TrainConfig:
     dp: DPConfig | None = None
 
 
-@dataclass
-class StrategyConfig:
+class StrategyConfig(_Section):
     name: str = "fedavg"
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class CentralDPConfig:
+class CentralDPConfig(_Section):
     """Client-level DP on the server (McMahan et al. 2018): clip each update to `clip_norm`, add Gaussian
     noise of `noise_multiplier * clip_norm` to their sum; `adaptive` tracks the `target_quantile` of the
     update norms (Andrew et al. 2021) from `clip_norm` as the initial value."""
@@ -92,15 +94,13 @@ class CentralDPConfig:
     accountant: str = "rdp"
 
 
-@dataclass
-class SelectionConfig:
+class SelectionConfig(_Section):
     """`policy`: random, or fedlesscan (prefers fast, reliable clients, measured from past invocations)."""
 
     policy: str = "random"
 
 
-@dataclass
-class AsyncConfig:
+class AsyncConfig(_Section):
     """FedBuff (Nguyen et al. 2022), used when `mode: async`: `concurrency` clients train at all times, every
     `buffer_size` arrived updates make one round; each update is weighted by `staleness`: constant,
     polynomial ((1 + s)^-exponent) or hinge (1 if s <= hinge_b, else 1 / (hinge_a (s - hinge_b) + 1))."""
@@ -114,8 +114,7 @@ class AsyncConfig:
     server_learning_rate: float = 1.0
 
 
-@dataclass
-class ProviderConfig:
+class ProviderConfig(_Section):
     """One platform. `clients`: how many clients run here (omit on one provider to give it the rest);
     `workers`: how many invocations run at once. Kind "lambda" reads the AWS Lambda fields below
     (`role` is needed only to create the function; credentials come from the AWS chain, never from here).
@@ -144,8 +143,7 @@ class ProviderConfig:
     pricing: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class StoreConfig:
+class StoreConfig(_Section):
     """Kind "local" uses `path`; kind "s3" (AWS, MinIO, Ceph) uses `bucket`, `prefix`, `endpoint_url`
     and `region`, with credentials from the AWS chain (environment, profile, role), never from here."""
 
@@ -157,8 +155,7 @@ class StoreConfig:
     region: str | None = None
 
 
-@dataclass
-class ExperimentConfig:
+class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = 0
     clients: int = 20
@@ -185,15 +182,26 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: Any) -> "ExperimentConfig":
         """Build and validate a config from plain data (parsed YAML, a notebook's options)."""
-        config = _build(cls, data, "")
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: must be a mapping of keys to values, got {type(data).__name__}")
+        try:
+            config = cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(_config_problem(error)) from None
         validate(config)
         return config
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def config_schema() -> dict[str, Any]:
+    """The config's JSON Schema (draft 2020-12), for editors that complete and check YAML files."""
+    schema = ExperimentConfig.model_json_schema()
+    return {**schema, "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "fedless-nb experiment"}
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -222,51 +230,48 @@ def parse_config_yaml(text: str, source: str) -> dict[str, Any]:
     return data if data is not None else {}
 
 
-def _type_name(kind: Any) -> str:
-    return getattr(kind, "__name__", str(kind))
+_TYPE_NAMES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool",
+               "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping of keys to values"}
 
 
-def _convert(kind: Any, value: Any, key: str) -> Any:
-    """Check `value` against the annotated type `kind`, recursing into nested dataclasses."""
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(kind)
-        if value is None and type(None) in options:
+def _key(location: tuple[Any, ...]) -> str:
+    """('providers', 0, 'kind') -> 'providers[0].kind'."""
+    key = ""
+    for part in location:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+    return key or "config"
+
+
+def _section_at(location: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section class that holds the key at `location`, following the annotations from ExperimentConfig."""
+    section: Any = ExperimentConfig
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = section.model_fields[part].annotation
+        section = next((t for t in (annotation, *typing.get_args(annotation))
+                        if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if section is None:
             return None
-        return _convert(next(option for option in options if option is not type(None)), value, key)
-    if dataclasses.is_dataclass(kind):
-        return _build(kind, value, key + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: must be a list, got {type(value).__name__}")
-        (item,) = typing.get_args(kind)
-        return [_convert(item, element, f"{key}[{index}]") for index, element in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: must be a mapping, got {type(value).__name__}")
-        return dict(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
-    return value
+    return section
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    """A dataclass from a mapping, refusing unknown keys with a did-you-mean hint."""
-    section = prefix.rstrip(".") or "config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{section}: must be a mapping of keys to values, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in data.items():
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
-            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
-        values[key] = _convert(hints[key], value, prefix + key)
-    return cls(**values)
+def _config_problem(error: ValidationError) -> str:
+    """The first problem pydantic found, as one line naming the key."""
+    detail = error.errors(include_url=False)[0]
+    location, kind, value = detail["loc"], detail["type"], detail.get("input")
+    key = _key(location)
+    if kind == "extra_forbidden":
+        section = _section_at(location)
+        known = list(section.model_fields) if section else []
+        close = difflib.get_close_matches(str(location[-1]), known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
+        return f"{key}: unknown key{hint}"
+    if kind in ("list_type", "dict_type", "model_type"):
+        return f"{key}: must be {_TYPE_NAMES[kind]}, got {type(value).__name__}"
+    if kind in _TYPE_NAMES:
+        return f"{key}: must be {_TYPE_NAMES[kind]}, got {type(value).__name__} {value!r}"
+    return f"{key}: {detail['msg']}"
 
 
 def _require(condition: bool, key: str, message: str) -> None:

@@ -36,7 +36,7 @@ from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_st
 from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
 from .strategies.central_dp import CentralDP
-from .zoo import resolve_builder
+from .zoo import BUILDERS, resolve_builder
 
 
 @dataclass
@@ -256,8 +256,10 @@ def _checkpoint(store: Store, run_id: str) -> Checkpoint | None:
         return None
 
 
-def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY) -> ExperimentConfig:
-    """The config of a run recorded in `history`, checked to be resumable."""
+def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_builder: bool = False) -> ExperimentConfig:
+    """The config of a run recorded in `history`, checked to be resumable. A config is code: its model.builder
+    'package.module:function' is imported and run, so one read back from a history file (which anyone who
+    can write the file may have changed) runs only with `trust_builder`."""
     recorded = History(history)
     try:
         run = recorded.run(run_id)
@@ -266,6 +268,9 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY) -> Experim
     if run["status"] == "finished" and run["rounds_completed"] >= run["rounds"]:
         raise ResumeError(f"run {run_id!r} already finished all {run['rounds']} rounds; there is nothing to resume")
     config = ExperimentConfig.from_dict(run["config"])
+    if config.model.builder not in BUILDERS and not trust_builder:
+        raise ResumeError(f"run {run_id!r} builds its model with {config.model.builder!r}, code named in the history "
+                          "file: resume it with --trust-builder (trust_builder=True) if you trust that file")
     if config.mode == "async":
         raise ResumeError(f"run {run_id!r} used asynchronous rounds (mode: async), whose buffer and in-flight "
                           "clients are not checkpointed: start it again as a new run")
@@ -276,10 +281,12 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY) -> Experim
     return config
 
 
-async def resume_experiment_async(run_id: str, *, history: str | Path = DEFAULT_HISTORY, **options: Any) -> RunResult:
+async def resume_experiment_async(run_id: str, *, history: str | Path = DEFAULT_HISTORY, trust_builder: bool = False,
+                                  **options: Any) -> RunResult:
     """Continue run `run_id` of `history` after its last checkpointed round, on the running event loop;
     the options are `run_experiment_async`'s (pass `model=` again if the run was given a model object)."""
-    return await run_experiment_async(resume_config(run_id, history), resume=run_id, **options)
+    config = resume_config(run_id, history, trust_builder=trust_builder or options.get("model") is not None)
+    return await run_experiment_async(config, resume=run_id, **options)
 
 
 def resume_experiment(run_id: str, *, history: str | Path = DEFAULT_HISTORY, **options: Any) -> RunResult:
