@@ -16,6 +16,7 @@ from .errors import UserError
 from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
 from .records.history import DEFAULT_HISTORY, History
 from .deploy.packaging import PLATFORMS, build_bundle
+from .security import SECRET_VARIABLE, client_secret, function_secret
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -131,6 +132,14 @@ def _package(arguments: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _print_client_secret(client_id: str) -> int:
+    provider_secret = function_secret()
+    if provider_secret is None:
+        raise UserError(f"set {SECRET_VARIABLE} (the provider's secret, as the controller has it) to derive a client's")
+    print(client_secret(provider_secret, client_id))  # plain, for $(...) in a deploy command
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedless-nb", description="Serverless federated learning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="list past runs, or one run's rounds")
     history.add_argument("run_id", nargs="?")
     history.add_argument("--history", default=DEFAULT_HISTORY)
+    secret = commands.add_parser("client-secret", help="the secret to deploy one client's own function with "
+                                 "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
+    secret.add_argument("client_id")
     commands.add_parser("schema", help="print the config's JSON Schema (for editors that check YAML files)")
     package = commands.add_parser("package", help="build a deployable function bundle and print its deploy command")
     package.add_argument("--provider", required=True, choices=list(PLATFORMS))
@@ -183,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _package(arguments, console)
         if arguments.command == "kernel":
             return _install_kernel(arguments, console)
+        if arguments.command == "client-secret":
+            return _print_client_secret(arguments.client_id)
         if arguments.command == "schema":
             print(json.dumps(config_schema(), indent=2))  # plain, so it can be redirected to a file
             return 0

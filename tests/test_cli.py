@@ -106,3 +106,14 @@ def test_resume_refuses_a_builder_read_back_from_the_history_unless_trusted(tmp_
     from fedless_nb.runner import resume_config
 
     assert resume_config("planted", tmp_path / "runs.db", trust_builder=True).model.builder == "os:system"
+
+
+def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp_path, monkeypatch):
+    from fedless_nb.security import client_secret
+
+    monkeypatch.setenv("FEDLESS_RUN_SECRET", "provider-secret")
+    completed = fedless("client-secret", "client-0003", cwd=tmp_path)
+    assert completed.returncode == 0 and completed.stdout.strip() == client_secret("provider-secret", "client-0003")
+    monkeypatch.delenv("FEDLESS_RUN_SECRET")
+    completed = fedless("client-secret", "client-0003", cwd=tmp_path)
+    assert completed.returncode == 2 and "set FEDLESS_RUN_SECRET" in completed.stdout

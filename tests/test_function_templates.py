@@ -18,7 +18,7 @@ import flask
 import pytest
 
 from fedless_nb.deploy.packaging import build_bundle
-from fedless_nb.security import RunKey
+from fedless_nb.security import client_key
 
 from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
 
@@ -45,7 +45,7 @@ def tasks(tmp_path):
     task = make_task(store, spec)
 
     def signed(result):
-        RunKey(SECRET, task["run_id"]).verify_result(result, store.get(task["update"]))
+        client_key(SECRET, task["run_id"], task["client_id"]).verify_result(result, store.get(task["update"]))
         assert result["num_examples"] == 40
         return True
 

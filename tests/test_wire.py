@@ -12,7 +12,7 @@ from fedless_nb.providers import InvocationError, LocalProvider
 from fedless_nb.providers.base import Provider
 from fedless_nb.records.history import History
 from fedless_nb.runner import run_experiment
-from fedless_nb.security import RunKey
+from fedless_nb.security import client_key
 from fedless_nb.store import store_from_descriptor
 from fedless_nb.wire import PayloadError, ResultError, check_task, parse_result
 
@@ -111,7 +111,7 @@ class ReplyingAs(Provider):
         if task["client_id"] != self.client_id:
             return result
         update = store_from_descriptor(task["store"]).get(task["update"])
-        return RunKey(self.secret, task["run_id"]).sign_result(self.change(result), update)
+        return client_key(self.secret, task["run_id"], task["client_id"]).sign_result(self.change(result), update)
 
     async def close(self):
         await self.inner.close()

@@ -70,7 +70,7 @@ def poisons_updates(payload):
     import numpy as np
 
     from fedless_nb.function.handler import handle
-    from fedless_nb.security import RunKey, function_secret
+    from fedless_nb.security import client_key, function_secret
     from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
 
     result = handle(payload)
@@ -88,7 +88,8 @@ def poisons_updates(payload):
         update = [c + 1000 * (u - c) for u, c in zip(update, current)]
     poisoned = encode_arrays(update)
     store.put(payload["update"], poisoned)
-    return RunKey(function_secret(), payload["run_id"]).sign_result(result, bytes(poisoned))
+    key = client_key(function_secret(), payload["run_id"], payload["client_id"])
+    return key.sign_result(result, bytes(poisoned))
 
 
 def oversized_reply(payload):

@@ -27,7 +27,7 @@ from ..model import ModelSpec
 from ..privacy.accounting import PrivacyBudgetExhausted
 from ..providers.base import InvocationError, Provider
 from .resilience import RoundPolicy, invoke_with_retries
-from ..security import ResultSignatureError, RunKey
+from ..security import ResultSignatureError, RunKey, client_key
 from ..wire import Result, ResultError, make_task, parse_result, task_reads
 from .selection import SelectionPolicy
 from .synchronous import SynchronousRounds
@@ -108,8 +108,9 @@ class Controller:
         self.strategy, self.selection, self.store, self.evaluate = strategy, selection, store, evaluate
         self.clients = {client.client_id: client for client in clients}
         self.providers = providers
-        # Each provider's functions hold its secret; tokens and result signatures use the run's key from it.
-        self._keys = {name: RunKey(p.secret, run_id) for name, p in providers.items() if getattr(p, "secret", None)}
+        # Each provider's secret; a client's tokens and result signatures use its own key, derived from it.
+        self._secrets = {name: p.secret for name, p in providers.items() if getattr(p, "secret", None)}
+        self._client_keys: dict[str, RunKey] = {}
         self.plan = plan
         self._model_wire = spec.to_wire()
         self._observers: list[Observer] = []
@@ -198,10 +199,19 @@ class Controller:
         task = make_task(run_id=self.run_id, round_number=round_number, client_id=client.client_id,
                          model=self._model_wire, weights=weights_key, data=client.data_key, update=update,
                          train=train, store=store, deadline=deadline)
-        key = self._keys.get(client.provider)
+        key = self._key(client)
         if key is not None:
             task["token"] = key.issue_token(task)
         return task
+
+    def _key(self, client: ClientRef) -> RunKey | None:
+        """The client's own key in this run (None: its provider runs unsigned)."""
+        secret = self._secrets.get(client.provider)
+        if secret is None:
+            return None
+        if client.client_id not in self._client_keys:
+            self._client_keys[client.client_id] = client_key(secret, self.run_id, client.client_id)
+        return self._client_keys[client.client_id]
 
     def invoke(self, round_number: int, client: ClientRef, task: dict[str, Any], started: float, *,
                retry: bool = True) -> asyncio.Future[dict[str, Any]]:
@@ -271,7 +281,7 @@ class Controller:
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
         data = await self.store.aget(expected)
-        key = self._keys.get(client.provider)
+        key = self._key(client)
         if key is not None:
             try:
                 key.verify_result(reply, data)
