@@ -167,6 +167,7 @@ class ExperimentConfig(_Section):
     min_successful: int = 0
     round_repeats: int = 0
     max_norm_ratio: float = 10.0
+    max_update_norm: float = 1000.0
     history: str = "fedless_history.db"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -308,6 +309,7 @@ def validate(config: ExperimentConfig) -> None:
     _require(config.round_repeats >= 0, "round_repeats", f"must be >= 0, got {config.round_repeats}")
     _require(config.max_norm_ratio == 0 or config.max_norm_ratio > 1, "max_norm_ratio",
              f"must be 0 (off) or > 1, got {config.max_norm_ratio}")
+    _require(config.max_update_norm >= 0, "max_update_norm", f"must be >= 0 (0: off), got {config.max_update_norm}")
     _require_choice(config.data.dataset, available_datasets(), "data.dataset")
     _require_choice(config.data.partition, PARTITION_KINDS, "data.partition")
     _require(config.data.alpha > 0, "data.alpha", f"must be > 0, got {config.data.alpha}")

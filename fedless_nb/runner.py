@@ -166,7 +166,7 @@ async def run_experiment_async(
         providers=providers, store=store, evaluate=Evaluator(spec, dataset.x_test, dataset.y_test),
         plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed,
                        RoundPolicy(config.retries, config.retry_backoff, config.min_successful, config.round_repeats,
-                                   config.max_norm_ratio)),
+                                   config.max_norm_ratio, config.max_update_norm)),
     )
     controller.subscribe(selection.observe)
     if accountant is not None:

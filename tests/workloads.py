@@ -140,3 +140,24 @@ def sleeps_on_client_zero(payload):
     if payload["client_id"] == "client-0000":
         time.sleep(10)
     return handle(payload)
+
+
+def boosts_client_1(payload):
+    """Trains and signs for real, except client 1, a compromised function: it boosts its change to the global
+    model a million times and signs that, so only the controller's norm screening can catch it."""
+    import numpy as np
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
+
+    result = handle(payload)
+    if not payload["client_id"].endswith("-0001"):
+        return result
+    store = store_from_descriptor(payload["store"])
+    current = decode_arrays(store.get(payload["weights"]))
+    update = [(c + 1e6 * (u - c)).astype(u.dtype) for u, c in zip(decode_arrays(store.get(payload["update"])), current)]
+    boosted = encode_arrays(update)
+    store.put(payload["update"], boosted)
+    key = client_key(function_secret(), payload["run_id"], payload["client_id"])
+    return key.sign_result(result, bytes(boosted))

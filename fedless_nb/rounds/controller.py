@@ -34,7 +34,7 @@ from .synchronous import SynchronousRounds
 from ..store import Store, decode_arrays, encode_arrays
 from ..store.keys import global_weights_key, update_key
 from ..strategies.base import ClientUpdate, RunContext, Strategy, Weights
-from .screening import norm_outliers, update_problem
+from .screening import NormScreen, update_distance, update_problem
 
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class Controller:
         self._secrets = {name: p.secret for name, p in providers.items() if getattr(p, "secret", None)}
         self._client_keys: dict[str, RunKey] = {}
         self.plan = plan
+        self._norm_screen = NormScreen(plan.policy.max_norm_ratio, plan.policy.max_update_norm)
         self._model_wire = spec.to_wire()
         self._observers: list[Observer] = []
         self.observer_errors: dict[str, int] = {}  # observer name -> how many events it failed on
@@ -224,8 +225,10 @@ class Controller:
         return asyncio.ensure_future(invoke_with_retries(invoke, task, self.plan.policy, task["deadline"], retried))
 
     def screen(self, round_number: int, updates: Sequence[ClientUpdate], weights: Weights) -> list[ClientUpdate]:
-        """The round's updates without norm outliers (screening.py); each rejection is announced."""
-        outliers = norm_outliers(updates, weights, self.plan.policy.max_norm_ratio)
+        """The updates of `round_number`'s tasks, trained from `weights`, that pass the norm screening
+        (screening.NormScreen, which remembers recent rounds); each rejection is announced."""
+        distances = {update.client_id: update_distance(update.weights, weights) for update in updates}
+        outliers = self._norm_screen.outliers(distances)
         for client_id, reason in outliers.items():
             self.emit(UpdateRejected(self.run_id, round_number, client_id, reason))
         return [update for update in updates if update.client_id not in outliers]
