@@ -19,10 +19,8 @@ import sys
 from typing import Any
 
 from ..security import SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
-from .base import InvocationError, Provider
+from .base import REPLY_LIMIT, InvocationError, Provider
 from .local_worker import DEFAULT_ENTRY_POINT
-
-REPLY_LIMIT = 64 * 2**20  # a reply line may carry a large metrics dict; weights never travel here
 
 
 class _Worker:
