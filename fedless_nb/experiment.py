@@ -11,6 +11,7 @@ and check YAML files with (`fedless-nb schema`).
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import typing
 import urllib.parse
@@ -292,6 +293,8 @@ def validate(config: ExperimentConfig) -> None:
     from .store import STORE_KINDS
     from .strategies import STRATEGIES
 
+    _require(bool(_RUN_NAME.fullmatch(config.name)), "name",
+             f"must be 1-64 letters, digits and '._-' (it names the run's store keys), got {config.name!r}")
     _require(config.clients >= 1, "clients", f"must be >= 1, got {config.clients}")
     _require(
         1 <= config.clients_per_round <= config.clients,
@@ -299,7 +302,8 @@ def validate(config: ExperimentConfig) -> None:
         f"must be between 1 and clients ({config.clients}), got {config.clients_per_round}",
     )
     _require(config.rounds >= 1, "rounds", f"must be >= 1, got {config.rounds}")
-    _require(config.round_deadline > 0, "round_deadline", f"must be > 0 seconds, got {config.round_deadline}")
+    _require(0 < config.round_deadline < math.inf, "round_deadline",
+             f"must be a finite number of seconds > 0, got {config.round_deadline}")
     _require(config.retries >= 0, "retries", f"must be >= 0, got {config.retries}")
     _require(config.retry_backoff >= 0, "retry_backoff", f"must be >= 0 seconds, got {config.retry_backoff}")
     _require(
@@ -383,11 +387,23 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         _require(rounds.server_learning_rate > 0, "asynchronous.server_learning_rate", "must be > 0")
 
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+_SIGNATURE_PARAMETERS = {"code", "sig", "signature", "x-amz-signature", "x-amz-credential", "x-amz-security-token",
+                         "token", "access_token", "api_key", "apikey", "key"}
+
+
 def _validate_endpoint(url: str | None, key: str) -> None:
+    """An http(s) URL without credentials: it is recorded in the history, which is no place for secrets."""
     _require(url is None or url.startswith(("http://", "https://")), key, f"must start with http:// or https://, got {url!r}")
+    parts = urllib.parse.urlsplit(url or "")
+    _require(parts.username is None and parts.password is None, key,
+             "holds credentials (user:password@): remove them; keys come from the environment (key_env, the AWS chain)")
+    signed = sorted(name for name in urllib.parse.parse_qs(parts.query) if name.lower() in _SIGNATURE_PARAMETERS)
+    _require(not signed, key, f"holds a function key or signature ({', '.join(signed)}=...): remove it, put the key in an "
+             "environment variable and name that variable in key_env")
 
 
 def _validate_s3_store(store: StoreConfig) -> None:
@@ -415,7 +431,8 @@ def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -
         key = f"providers[{index}]"
         _require_choice(provider.kind, kinds, f"{key}.kind")
         _require(provider.workers >= 1, f"{key}.workers", f"must be >= 1, got {provider.workers}")
-        _require(provider.timeout > 0, f"{key}.timeout", f"must be > 0 seconds, got {provider.timeout}")
+        _require(0 < provider.timeout < math.inf, f"{key}.timeout",
+                 f"must be a finite number of seconds > 0, got {provider.timeout}")
         _require(provider.clients is None or provider.clients >= 0, f"{key}.clients", "must be >= 0")
         if provider.kind == "lambda":
             _validate_lambda_provider(provider, key)
@@ -444,9 +461,6 @@ def _validate_http_provider(provider: ProviderConfig, key: str) -> None:
 
     _require(provider.url is not None, f"{key}.url", "required for an http provider: the function's endpoint")
     _validate_endpoint(provider.url, f"{key}.url")
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(provider.url or "").query)
-    _require("code" not in query, f"{key}.url", "holds a function key (code=...): remove it, put the key in an "
-             "environment variable and name that variable in key_env")
     _require_choice(provider.auth, AUTH_STYLES, f"{key}.auth")
     if provider.auth != "none":
         _require(provider.key_env is not None, f"{key}.key_env",

@@ -28,7 +28,7 @@ class MissingKeyError(StoreError, KeyError):
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape the store's namespace ('..', absolute paths, odd characters)."""
-    if not isinstance(key, str) or not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+    if not isinstance(key, str) or not _KEY.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):
         raise StoreError(f"invalid store key {key!r}: use relative paths of letters, digits, '._=-'")
     return key
 
