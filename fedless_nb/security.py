@@ -210,9 +210,10 @@ class TaskGuard:
         self.key, self.nonce, self.nonces, self.expires_at = key, nonce, nonces, expires_at
 
     @classmethod
-    def admit(cls, task: Mapping[str, Any], store: Any, nonces: NonceCache) -> "TaskGuard":
-        """Check the task's token and that its update does not exist yet; AuthError otherwise."""
-        secret = function_secret()
+    def admit(cls, task: Mapping[str, Any], store: Any, nonces: NonceCache, secret: str | None = None) -> "TaskGuard":
+        """Check the task's token and that its update does not exist yet; AuthError otherwise. `secret`: one
+        the platform's adapter was given (OpenWhisk's bound parameter), else the deployment's (function_secret)."""
+        secret = secret or function_secret()
         if secret is None:
             if unsigned_allowed():
                 return cls(None, None, nonces, 0.0)

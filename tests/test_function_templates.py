@@ -105,6 +105,18 @@ def test_openwhisk_invoke_api_adapter(bundles, tasks, tmp_path):
     assert signed(main({**task, "FEDLESS_RUN_SECRET": SECRET}))
 
 
+def test_openwhisk_takes_its_secret_only_from_the_bound_parameter_and_never_keeps_it(bundles, tasks, tmp_path,
+                                                                                  monkeypatch):
+    task, _, signed = tasks
+    main = _load(_unzipped(bundles["openwhisk"], tmp_path) / "__main__.py", "openwhisk_main_bound").main
+    monkeypatch.delenv("FEDLESS_RUN_SECRET")
+    assert signed(main({**task, "FEDLESS_RUN_SECRET": SECRET}))
+    assert "FEDLESS_RUN_SECRET" not in os.environ, "the secret does not outlive its call in a warm container"
+    monkeypatch.setenv("FEDLESS_ALLOW_UNSIGNED", "1")  # even an open test setting does not make it run unsigned
+    refused = main({**task, "token": None})
+    assert refused["error"]["status"] == 401 and "no bound FEDLESS_RUN_SECRET" in refused["error"]["message"]
+
+
 # -- AWS Lambda --------------------------------------------------------------------------------
 
 
