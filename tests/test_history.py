@@ -189,3 +189,13 @@ def test_a_write_that_can_never_succeed_is_dropped_and_the_run_still_finishes(tm
     writer(RunFinished("r1", "finished", 110.0, 1, {}, observer_errors={"Dashboard": 2}))
     run = writer.history.run("r1")
     assert run["status"] == "finished" and run["observer_errors"] == '{"Dashboard": 2}' and writer.dropped_writes == 1
+
+
+def test_a_corrupt_side_file_is_quarantined_instead_of_failing_every_open(tmp_path):
+    path = tmp_path / "h.db"
+    _record_a_run(path)
+    side_file = tmp_path / "h.db.r2.pending.jsonl"
+    side_file.write_text('{"write": "finish_run", "event": {"type": "RunFinished"\n')
+    History(path).close()
+    assert not side_file.exists() and (tmp_path / "h.db.r2.pending.corrupt").exists()
+    assert History(path).run("r1")["status"] == "finished"

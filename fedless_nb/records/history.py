@@ -185,6 +185,12 @@ class History:
             except (sqlite3.Error, OSError) as error:
                 log.warning("cannot replay %s into %s yet (%s)", side_file.name, self.path, error)
                 continue
+            except (ValueError, KeyError, TypeError) as error:  # not ours, or cut short: never retried on every open
+                quarantined = side_file.with_name(side_file.name.removesuffix(".jsonl") + ".corrupt")
+                side_file.replace(quarantined)
+                log.error("%s is corrupt (%s: %s); moved aside to %s, its remaining writes are lost",
+                          side_file.name, type(error).__name__, error, quarantined.name)
+                continue
             side_file.unlink(missing_ok=True)
             log.info("recovered the spilled history writes of %s", side_file.name)
 
