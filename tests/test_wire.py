@@ -172,3 +172,12 @@ def test_a_raising_observer_never_ends_the_run_and_is_recorded(tiny_config, capl
     assert list(errors) == ["test_a_raising_observer_never_ends_the_run_and_is_recorded.<locals>.broken"]
     assert errors[next(iter(errors))] >= 6, "every event it failed on is counted"
     assert sum("dashboard went away" in r.getMessage() or "broken" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_an_update_larger_than_the_model_is_refused_before_it_is_read(tiny_config):
+    config = tiny_config(rounds=1, clients=3, clients_per_round=3, retries=0)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:oversized_update_on_client_1")
+    result = run_experiment(config, providers={"local": provider})
+    failed = [i for i in History(config.history).invocations(result.run_id) if i["outcome"] == "failed"]
+    assert [(i["client_id"], i["cause"]) for i in failed] == [("client-0001", "rejected")]
+    assert f"the update is {2**20} bytes" in failed[0]["error"] and "it was not read" in failed[0]["error"]

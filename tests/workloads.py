@@ -161,3 +161,14 @@ def boosts_client_1(payload):
     store.put(payload["update"], boosted)
     key = client_key(function_secret(), payload["run_id"], payload["client_id"])
     return key.sign_result(result, bytes(boosted))
+
+
+def oversized_update_on_client_1(payload):
+    """Trains for real; client 1 then replaces its update with a megabyte of zeros, far more than the model's size."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.store import store_from_descriptor
+
+    result = handle(payload)
+    if payload["client_id"].endswith("-0001"):
+        store_from_descriptor(payload["store"]).put(payload["update"], bytes(2**20))
+    return result

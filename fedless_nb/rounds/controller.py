@@ -113,6 +113,7 @@ class Controller:
         self._client_keys: dict[str, RunKey] = {}
         self.plan = plan
         self._norm_screen = NormScreen(plan.policy.max_norm_ratio, plan.policy.max_update_norm)
+        self._update_limit = 0  # bytes an update may have: set from the global model's encoding at the start
         self._model_wire = spec.to_wire()
         self._observers: list[Observer] = []
         self.observer_errors: dict[str, int] = {}  # observer name -> how many events it failed on
@@ -182,6 +183,7 @@ class Controller:
         else:
             self.strategy.load_state(resume.strategy_state)
             self.round_metrics = list(resume.round_metrics)
+        self._update_limit = 2 * len(encode_arrays(weights)) + 2**16
         self.resumed_round = resume.round if resume else 0
         self.emit(RunStarted(
             self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
@@ -283,6 +285,10 @@ class Controller:
             result = parse_result(reply, self.run_id, round_number, client.client_id, expected)
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
+        size = await self.store.asize(expected)
+        if size > self._update_limit:  # checked before reading: an update is the global model's size
+            raise InvocationError(f"the update is {size} bytes, more than the {self._update_limit} an update of this "
+                                  "model can take; it was not read", "rejected")
         data = await self.store.aget(expected)
         key = self._key(client)
         if key is not None:

@@ -77,6 +77,13 @@ class Store(ABC):
     async def aexists(self, key: str) -> bool:
         return self.exists(key)
 
+    def size(self, key: str) -> int:
+        """The blob's size in bytes; stores that can (a file's stat, S3's HEAD) answer without reading it."""
+        return len(self.get(key))
+
+    async def asize(self, key: str) -> int:
+        return self.size(key)
+
     async def adelete(self, key: str) -> None:
         self.delete(key)
 
