@@ -181,3 +181,17 @@ def test_an_update_larger_than_the_model_is_refused_before_it_is_read(tiny_confi
     failed = [i for i in History(config.history).invocations(result.run_id) if i["outcome"] == "failed"]
     assert [(i["client_id"], i["cause"]) for i in failed] == [("client-0001", "rejected")]
     assert f"the update is {2**20} bytes" in failed[0]["error"] and "it was not read" in failed[0]["error"]
+
+
+def test_a_privacy_block_the_task_rules_out_is_refused_and_the_dp_run_finishes(tiny_config):
+    config = tiny_config(rounds=2, clients=3, clients_per_round=3, retries=0,
+                         train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1,
+                                "dp": {"l2_norm_clip": 1.0, "noise_multiplier": 1.0}})
+    absurd = ReplyingAs(LocalProvider("local", workers=2), "client-0001",
+                        lambda result: {**result, "privacy": {**result["privacy"], "noise_multiplier": 1e6}})
+    result = run_experiment(config, providers={"local": absurd})
+    history = History(config.history)
+    assert result.status == "finished" and history.run(result.run_id)["status"] == "finished"
+    refused = [i for i in history.invocations(result.run_id) if i["outcome"] == "failed"]
+    assert [(i["client_id"], i["cause"]) for i in refused] == [("client-0001", "invalid")] * 2
+    assert "claims noise 1e+06" in refused[0]["error"] and math.isfinite(result.round_metrics[-1]["accuracy"])

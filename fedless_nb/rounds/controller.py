@@ -130,14 +130,18 @@ class Controller:
         """Hand `event` to every observer (history, dashboard, accountant, progress). An observer that raises
         is logged (once) and counted in `observer_errors`, which RunFinished carries; the run goes on."""
         for observer in self._observers:
-            try:
-                observer(event)
-            except Exception:
-                name = _observer_name(observer)
-                if name not in self.observer_errors:
-                    log.exception("observer %s failed on %s; the run goes on without its view of this event",
-                                  name, type(event).__name__)
-                self.observer_errors[name] = self.observer_errors.get(name, 0) + 1
+            self._observed(observer, event)
+
+    def _observed(self, observer: Callable[[Any], Any], argument: Any) -> Any:
+        """`observer(argument)`, or None when it raises (logged once per observer, counted)."""
+        try:
+            return observer(argument)
+        except Exception:
+            name = _observer_name(observer)
+            if name not in self.observer_errors:
+                log.exception("observer %s failed on %s; the run goes on without it", name, type(argument).__name__)
+            self.observer_errors[name] = self.observer_errors.get(name, 0) + 1
+            return None
 
     def request_stop(self) -> None:
         """Finish the current round, then end the run as "stopped"."""
@@ -243,7 +247,7 @@ class Controller:
         self.round_metrics.append(eval_metrics)
         privacy = dict(self.strategy.round_metrics())
         for source in self.privacy_sources:
-            privacy.update(source(round_number))
+            privacy.update(self._observed(source, round_number) or {})
         self.emit(RoundFinished(
             self.run_id, round_number, started, time.time(), selected, len(updates),
             selected - len(updates), eval_metrics, weighted_metrics(updates), privacy,
@@ -299,11 +303,28 @@ class Controller:
         if client.num_examples is not None and result.num_examples != client.num_examples:
             raise InvocationError(f"the result claims {result.num_examples} examples, but the client's partition "
                                   f"has {client.num_examples}", "rejected")
+        if problem := self._privacy_problem(result, client):
+            raise InvocationError(problem, "invalid")
         arrays = decode_arrays(data)
         if problem := update_problem(arrays, weights):
             raise InvocationError(problem, "rejected")
         num_examples = client.num_examples if client.num_examples is not None else result.num_examples
         return ClientUpdate(client.client_id, arrays, num_examples, dict(result.metrics)), result
+
+    def _privacy_problem(self, result: Result, client: ClientRef) -> str | None:
+        """Why the result's DP-SGD facts cannot be the ones of the task it was given, or None. Epsilon is
+        the accountant's business; this only keeps a claim the controller's settings rule out from reaching it."""
+        dp, facts = self.plan.train.get("dp"), result.privacy
+        if facts is None or dp is None:
+            return None if facts is None and dp is None else (
+                f"the result {'lacks' if facts is None else 'has'} a privacy block, but its task "
+                f"{'asked for' if dp is not None else 'did not ask for'} DP-SGD")
+        claimed = (facts.noise_multiplier, facts.l2_norm_clip, facts.num_examples)
+        expected = (float(dp["noise_multiplier"]), float(dp["l2_norm_clip"]), client.num_examples or facts.num_examples)
+        if claimed != expected:
+            return (f"the result's privacy block claims noise {claimed[0]:g}, clip {claimed[1]:g}, {claimed[2]} examples; "
+                    f"its task set noise {expected[0]:g}, clip {expected[1]:g}, {expected[2]} examples")
+        return None
 
     def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
         """A failed invocation, or a late result "discarded"; its start is the round's, since no function reported one."""
