@@ -4,6 +4,7 @@ read the history."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,9 +15,10 @@ from rich.table import Table
 
 from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from .errors import UserError
-from .experiment import DataConfig, ExperimentConfig, TrainConfig, load_config, validate
+from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
 from .records.history import DEFAULT_HISTORY, History
 from .deploy.packaging import PLATFORMS, build_bundle
+from .security import SECRET_VARIABLE, client_secret, function_secret
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -152,6 +154,14 @@ def _package(arguments: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _print_client_secret(client_id: str) -> int:
+    provider_secret = function_secret()
+    if provider_secret is None:
+        raise UserError(f"set {SECRET_VARIABLE} (the provider's secret, as the controller has it) to derive a client's")
+    print(client_secret(provider_secret, client_id))  # plain, for $(...) in a deploy command
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedless-nb", description="Serverless federated learning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -170,9 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue a run whose process died or was stopped")
     resume.add_argument("run_id")
     resume.add_argument("--history", default=DEFAULT_HISTORY)
+    resume.add_argument("--trust-builder", action="store_true",
+                        help="run the run's model.builder function even though it was read back from the history")
     history = commands.add_parser("history", help="list past runs, or one run's rounds")
     history.add_argument("run_id", nargs="?")
     history.add_argument("--history", default=DEFAULT_HISTORY)
+    secret = commands.add_parser("client-secret", help="the secret to deploy one client's own function with "
+                                 "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
+    secret.add_argument("client_id")
+    commands.add_parser("schema", help="print the config's JSON Schema (for editors that check YAML files)")
     package = commands.add_parser("package", help="build a deployable function bundle and print its deploy command")
     package.add_argument("--provider", required=True, choices=list(PLATFORMS))
     package.add_argument("--out", required=True, help="folder to write the bundle into")
@@ -207,10 +223,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _show_partition(arguments, console)
         if arguments.command == "kernel":
             return _install_kernel(arguments, console)
+        if arguments.command == "client-secret":
+            return _print_client_secret(arguments.client_id)
+        if arguments.command == "schema":
+            print(json.dumps(config_schema(), indent=2))  # plain, so it can be redirected to a file
+            return 0
         if arguments.command == "resume":
             from .runner import resume_config
 
-            return _run(resume_config(arguments.run_id, arguments.history), console, resume=arguments.run_id)
+            config = resume_config(arguments.run_id, arguments.history, trust_builder=arguments.trust_builder)
+            return _run(config, console, resume=arguments.run_id)
         if arguments.command == "run":
             config = load_config(arguments.config)
             if arguments.history:

@@ -1,24 +1,26 @@
-"""The experiment schema: dataclasses, validation, YAML in and out.
+"""The experiment schema: pydantic models, validation, YAML in and out, JSON Schema export.
 
 A config is checked completely before anything starts. An unknown key, a wrong type or
 an impossible value raises ConfigError with one line that names the key, for example
-`train.learning_rate: must be > 0, got -1`.
+`train.learning_rate: must be > 0, got -1`. The models check keys and types (strict: no
+"32" for an int, no true for a number; an int is taken for a float); `validate` checks the
+values and how they fit together. `config_schema()` is the JSON Schema editors complete
+and check YAML files with (`fedless-nb schema`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import re
-import types
 import typing
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import Field as field  # the spelling of the sections' default factories
 
 from .errors import UserError
 from .model import OPTIMIZERS
@@ -28,16 +30,20 @@ class ConfigError(UserError, ValueError):
     """A config value the user must change; the message names the key."""
 
 
-@dataclass
-class ModelConfig:
+class _Section(BaseModel):
+    """A config section: unknown keys refused, types strict (an int is still taken for a float)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelConfig(_Section):
     """`builder`: a built-in model (mlp, logistic_regression, cnn, leaf_cnn, char_lstm) or 'package.module:function'."""
 
     builder: str = "mlp"
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     """`partition` reads the keys it takes by name (see the README's partition table): `alpha` (dirichlet,
     inner_dirichlet), `shards_per_client` (shards), `labels_per_client` (pathological), `min_examples`
     (dirichlet and the size laws), `base` (exponential), `exponent` (power_law), `sigma` (lognormal),
@@ -59,8 +65,7 @@ class DataConfig:
     max_noise: float = 0.0
 
 
-@dataclass
-class DPConfig:
+class DPConfig(_Section):
     """Client-side DP-SGD (tensorflow-privacy) and its example-level accounting (dp-accounting).
 
     `num_microbatches` must divide batch_size (omit it for one example per microbatch);
@@ -76,8 +81,7 @@ class DPConfig:
     on_budget: str = "skip_client"
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     epochs: int = 1
     batch_size: int = 32
     optimizer: str = "sgd"
@@ -85,14 +89,12 @@ class TrainConfig:
     dp: DPConfig | None = None
 
 
-@dataclass
-class StrategyConfig:
+class StrategyConfig(_Section):
     name: str = "fedavg"
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class CentralDPConfig:
+class CentralDPConfig(_Section):
     """Client-level DP on the server (McMahan et al. 2018): clip each update to `clip_norm`, add Gaussian
     noise of `noise_multiplier * clip_norm` to their sum; `adaptive` tracks the `target_quantile` of the
     update norms (Andrew et al. 2021) from `clip_norm` as the initial value."""
@@ -107,15 +109,13 @@ class CentralDPConfig:
     accountant: str = "rdp"
 
 
-@dataclass
-class SelectionConfig:
+class SelectionConfig(_Section):
     """`policy`: random, or fedlesscan (prefers fast, reliable clients, measured from past invocations)."""
 
     policy: str = "random"
 
 
-@dataclass
-class AsyncConfig:
+class AsyncConfig(_Section):
     """FedBuff (Nguyen et al. 2022), used when `mode: async`: `concurrency` clients train at all times, every
     `buffer_size` arrived updates make one round; each update is weighted by `staleness`: constant,
     polynomial ((1 + s)^-exponent) or hinge (1 if s <= hinge_b, else 1 / (hinge_a (s - hinge_b) + 1))."""
@@ -129,8 +129,7 @@ class AsyncConfig:
     server_learning_rate: float = 1.0
 
 
-@dataclass
-class ProviderConfig:
+class ProviderConfig(_Section):
     """One platform. `clients`: how many clients run here (omit on one provider to give it the rest);
     `workers`: how many invocations run at once. Kind "lambda" reads the AWS Lambda fields below
     (`role` is needed only to create the function; credentials come from the AWS chain, never from here).
@@ -159,8 +158,7 @@ class ProviderConfig:
     pricing: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class StoreConfig:
+class StoreConfig(_Section):
     """Kind "local" uses `path`; kind "s3" (AWS, MinIO, Ceph) uses `bucket`, `prefix`, `endpoint_url`
     and `region`, with credentials from the AWS chain (environment, profile, role), never from here."""
 
@@ -172,8 +170,7 @@ class StoreConfig:
     region: str | None = None
 
 
-@dataclass
-class ExperimentConfig:
+class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = 0
     clients: int = 20
@@ -185,6 +182,7 @@ class ExperimentConfig:
     min_successful: int = 0
     round_repeats: int = 0
     max_norm_ratio: float = 10.0
+    max_update_norm: float = 1000.0
     history: str = "fedless_history.db"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -200,15 +198,26 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: Any) -> "ExperimentConfig":
         """Build and validate a config from plain data (parsed YAML, a notebook's options)."""
-        config = _build(cls, data, "")
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: must be a mapping of keys to values, got {type(data).__name__}")
+        try:
+            config = cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(_config_problem(error)) from None
         validate(config)
         return config
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def config_schema() -> dict[str, Any]:
+    """The config's JSON Schema (draft 2020-12), for editors that complete and check YAML files."""
+    schema = ExperimentConfig.model_json_schema()
+    return {**schema, "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "fedless-nb experiment"}
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -237,51 +246,48 @@ def parse_config_yaml(text: str, source: str) -> dict[str, Any]:
     return data if data is not None else {}
 
 
-def _type_name(kind: Any) -> str:
-    return getattr(kind, "__name__", str(kind))
+_TYPE_NAMES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool",
+               "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping of keys to values"}
 
 
-def _convert(kind: Any, value: Any, key: str) -> Any:
-    """Check `value` against the annotated type `kind`, recursing into nested dataclasses."""
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(kind)
-        if value is None and type(None) in options:
+def _key(location: tuple[Any, ...]) -> str:
+    """('providers', 0, 'kind') -> 'providers[0].kind'."""
+    key = ""
+    for part in location:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+    return key or "config"
+
+
+def _section_at(location: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section class that holds the key at `location`, following the annotations from ExperimentConfig."""
+    section: Any = ExperimentConfig
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = section.model_fields[part].annotation
+        section = next((t for t in (annotation, *typing.get_args(annotation))
+                        if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if section is None:
             return None
-        return _convert(next(option for option in options if option is not type(None)), value, key)
-    if dataclasses.is_dataclass(kind):
-        return _build(kind, value, key + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: must be a list, got {type(value).__name__}")
-        (item,) = typing.get_args(kind)
-        return [_convert(item, element, f"{key}[{index}]") for index, element in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: must be a mapping, got {type(value).__name__}")
-        return dict(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: must be {_type_name(kind)}, got {type(value).__name__} {value!r}")
-    return value
+    return section
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    """A dataclass from a mapping, refusing unknown keys with a did-you-mean hint."""
-    section = prefix.rstrip(".") or "config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{section}: must be a mapping of keys to values, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in data.items():
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
-            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
-        values[key] = _convert(hints[key], value, prefix + key)
-    return cls(**values)
+def _config_problem(error: ValidationError) -> str:
+    """The first problem pydantic found, as one line naming the key."""
+    detail = error.errors(include_url=False)[0]
+    location, kind, value = detail["loc"], detail["type"], detail.get("input")
+    key = _key(location)
+    if kind == "extra_forbidden":
+        section = _section_at(location)
+        known = list(section.model_fields) if section else []
+        close = difflib.get_close_matches(str(location[-1]), known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
+        return f"{key}: unknown key{hint}"
+    if kind in ("list_type", "dict_type", "model_type"):
+        return f"{key}: must be {_TYPE_NAMES[kind]}, got {type(value).__name__}"
+    if kind in _TYPE_NAMES:
+        return f"{key}: must be {_TYPE_NAMES[kind]}, got {type(value).__name__} {value!r}"
+    return f"{key}: {detail['msg']}"
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -301,6 +307,8 @@ def validate(config: ExperimentConfig) -> None:
     from .store import STORE_KINDS
     from .strategies import STRATEGIES
 
+    _require(bool(_RUN_NAME.fullmatch(config.name)), "name",
+             f"must be 1-64 letters, digits and '._-' (it names the run's store keys), got {config.name!r}")
     _require(config.clients >= 1, "clients", f"must be >= 1, got {config.clients}")
     _require(
         1 <= config.clients_per_round <= config.clients,
@@ -308,7 +316,8 @@ def validate(config: ExperimentConfig) -> None:
         f"must be between 1 and clients ({config.clients}), got {config.clients_per_round}",
     )
     _require(config.rounds >= 1, "rounds", f"must be >= 1, got {config.rounds}")
-    _require(config.round_deadline > 0, "round_deadline", f"must be > 0 seconds, got {config.round_deadline}")
+    _require(0 < config.round_deadline < math.inf, "round_deadline",
+             f"must be a finite number of seconds > 0, got {config.round_deadline}")
     _require(config.retries >= 0, "retries", f"must be >= 0, got {config.retries}")
     _require(config.retry_backoff >= 0, "retry_backoff", f"must be >= 0 seconds, got {config.retry_backoff}")
     _require(
@@ -318,6 +327,7 @@ def validate(config: ExperimentConfig) -> None:
     _require(config.round_repeats >= 0, "round_repeats", f"must be >= 0, got {config.round_repeats}")
     _require(config.max_norm_ratio == 0 or config.max_norm_ratio > 1, "max_norm_ratio",
              f"must be 0 (off) or > 1, got {config.max_norm_ratio}")
+    _require(config.max_update_norm >= 0, "max_update_norm", f"must be >= 0 (0: off), got {config.max_update_norm}")
     _require_choice(config.data.dataset, available_datasets(), "data.dataset")
     _require_choice(config.data.partition, PARTITION_KINDS, "data.partition")
     _require(config.data.alpha > 0, "data.alpha", f"must be > 0, got {config.data.alpha}")
@@ -401,11 +411,23 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         _require(rounds.server_learning_rate > 0, "asynchronous.server_learning_rate", "must be > 0")
 
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+_SIGNATURE_PARAMETERS = {"code", "sig", "signature", "x-amz-signature", "x-amz-credential", "x-amz-security-token",
+                         "token", "access_token", "api_key", "apikey", "key"}
+
+
 def _validate_endpoint(url: str | None, key: str) -> None:
+    """An http(s) URL without credentials: it is recorded in the history, which is no place for secrets."""
     _require(url is None or url.startswith(("http://", "https://")), key, f"must start with http:// or https://, got {url!r}")
+    parts = urllib.parse.urlsplit(url or "")
+    _require(parts.username is None and parts.password is None, key,
+             "holds credentials (user:password@): remove them; keys come from the environment (key_env, the AWS chain)")
+    signed = sorted(name for name in urllib.parse.parse_qs(parts.query) if name.lower() in _SIGNATURE_PARAMETERS)
+    _require(not signed, key, f"holds a function key or signature ({', '.join(signed)}=...): remove it, put the key in an "
+             "environment variable and name that variable in key_env")
 
 
 def _validate_s3_store(store: StoreConfig) -> None:
@@ -433,7 +455,8 @@ def _validate_providers(config: ExperimentConfig, kinds: typing.Iterable[str]) -
         key = f"providers[{index}]"
         _require_choice(provider.kind, kinds, f"{key}.kind")
         _require(provider.workers >= 1, f"{key}.workers", f"must be >= 1, got {provider.workers}")
-        _require(provider.timeout > 0, f"{key}.timeout", f"must be > 0 seconds, got {provider.timeout}")
+        _require(0 < provider.timeout < math.inf, f"{key}.timeout",
+                 f"must be a finite number of seconds > 0, got {provider.timeout}")
         _require(provider.clients is None or provider.clients >= 0, f"{key}.clients", "must be >= 0")
         if provider.kind == "lambda":
             _validate_lambda_provider(provider, key)
@@ -462,9 +485,6 @@ def _validate_http_provider(provider: ProviderConfig, key: str) -> None:
 
     _require(provider.url is not None, f"{key}.url", "required for an http provider: the function's endpoint")
     _validate_endpoint(provider.url, f"{key}.url")
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(provider.url or "").query)
-    _require("code" not in query, f"{key}.url", "holds a function key (code=...): remove it, put the key in an "
-             "environment variable and name that variable in key_env")
     _require_choice(provider.auth, AUTH_STYLES, f"{key}.auth")
     if provider.auth != "none":
         _require(provider.key_env is not None, f"{key}.key_env",

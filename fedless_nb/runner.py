@@ -37,6 +37,7 @@ from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_st
 from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
 from .strategies.central_dp import CentralDP
+from .zoo import BUILDERS
 
 
 @dataclass
@@ -103,16 +104,18 @@ def client_ids(count: int) -> list[str]:
     return [f"client-{index:04d}" for index in range(count)]
 
 
-def write_client_data(store: Store, dataset: Dataset, config: ExperimentConfig) -> dict[str, str]:
-    """Partition the training split and put each client's share, feature skew applied, in the store once;
-    client id -> data key."""
+def write_client_data(store: Store, dataset: Dataset, config: ExperimentConfig,
+                      partition: list[np.ndarray] | None = None) -> dict[str, str]:
+    """Put each client's share of the training split (`partition`, or the config's), feature skew applied,
+    in the store once; client id -> data key."""
     ids = client_ids(config.clients)
     keys = {client_id: client_data_key(partition_id(config), client_id) for client_id in ids}
     if all(store.exists(key) for key in keys.values()):
         return keys
     data = config.data
     check_feature_skew(dataset, data.max_rotation, data.max_noise)
-    for index, (client_id, indices) in enumerate(zip(ids, _partition(dataset, config))):
+    partition = _partition(dataset, config) if partition is None else partition
+    for index, (client_id, indices) in enumerate(zip(ids, partition)):
         x = client_inputs(dataset, indices, index, config.clients, data.max_rotation, data.max_noise, config.seed)
         store.put(keys[client_id], encode_arrays([x, dataset.y_train[indices]]))
     return keys
@@ -143,7 +146,9 @@ async def run_experiment_async(
     prepared = preflight(config, model)  # a model that does not fit the data stops here, before anything starts
     dataset, spec, initial = prepared.dataset, prepared.spec, prepared.weights
     store = make_store(config.store)
-    data_keys = write_client_data(store, dataset, config)
+    partition = _partition(dataset, config)
+    data_keys = write_client_data(store, dataset, config, partition)
+    sizes = dict(zip(client_ids(config.clients), map(len, partition)))
     history = History(config.history)
     run_id = resume or new_run_id(config.name)
     checkpoint = _checkpoint(store, run_id) if resume else None
@@ -156,11 +161,11 @@ async def run_experiment_async(
     controller = Controller(
         run_id=run_id, name=config.name, config=config.to_dict(), spec=spec,
         strategy=_strategy(config), selection=selection,
-        clients=[ClientRef(cid, key, assignment[cid]) for cid, key in data_keys.items()],
+        clients=[ClientRef(cid, key, assignment[cid], sizes[cid]) for cid, key in data_keys.items()],
         providers=providers, store=store, evaluate=Evaluator(spec, dataset.x_test, dataset.y_test),
         plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed,
                        RoundPolicy(config.retries, config.retry_backoff, config.min_successful, config.round_repeats,
-                                   config.max_norm_ratio)),
+                                   config.max_norm_ratio, config.max_update_norm)),
     )
     controller.subscribe(selection.observe)
     if accountant is not None:
@@ -250,8 +255,10 @@ def _checkpoint(store: Store, run_id: str) -> Checkpoint | None:
         return None
 
 
-def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY) -> ExperimentConfig:
-    """The config of a run recorded in `history`, checked to be resumable."""
+def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_builder: bool = False) -> ExperimentConfig:
+    """The config of a run recorded in `history`, checked to be resumable. A config is code: its model.builder
+    'package.module:function' is imported and run, so one read back from a history file (which anyone who
+    can write the file may have changed) runs only with `trust_builder`."""
     recorded = History(history)
     try:
         run = recorded.run(run_id)
@@ -260,6 +267,9 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY) -> Experim
     if run["status"] == "finished" and run["rounds_completed"] >= run["rounds"]:
         raise ResumeError(f"run {run_id!r} already finished all {run['rounds']} rounds; there is nothing to resume")
     config = ExperimentConfig.from_dict(run["config"])
+    if config.model.builder not in BUILDERS and not trust_builder:
+        raise ResumeError(f"run {run_id!r} builds its model with {config.model.builder!r}, code named in the history "
+                          "file: resume it with --trust-builder (trust_builder=True) if you trust that file")
     if config.mode == "async":
         raise ResumeError(f"run {run_id!r} used asynchronous rounds (mode: async), whose buffer and in-flight "
                           "clients are not checkpointed: start it again as a new run")
@@ -270,10 +280,12 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY) -> Experim
     return config
 
 
-async def resume_experiment_async(run_id: str, *, history: str | Path = DEFAULT_HISTORY, **options: Any) -> RunResult:
+async def resume_experiment_async(run_id: str, *, history: str | Path = DEFAULT_HISTORY, trust_builder: bool = False,
+                                  **options: Any) -> RunResult:
     """Continue run `run_id` of `history` after its last checkpointed round, on the running event loop;
     the options are `run_experiment_async`'s (pass `model=` again if the run was given a model object)."""
-    return await run_experiment_async(resume_config(run_id, history), resume=run_id, **options)
+    config = resume_config(run_id, history, trust_builder=trust_builder or options.get("model") is not None)
+    return await run_experiment_async(config, resume=run_id, **options)
 
 
 def resume_experiment(run_id: str, *, history: str | Path = DEFAULT_HISTORY, **options: Any) -> RunResult:

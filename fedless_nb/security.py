@@ -1,11 +1,18 @@
-"""Invocation tokens and result signatures: HMAC-SHA256 with a key per run.
+"""Invocation tokens and result signatures: HMAC-SHA256 with a key per client and run.
 
-The controller and a provider's functions share one secret: the local provider makes a
-fresh one for each run and hands it to its workers; a remote function gets it at deploy
-time in `FEDLESS_RUN_SECRET` (or a file named by `FEDLESS_RUN_SECRET_FILE`, for
-platforms that mount secrets as files). Neither side ever uses the secret itself: both
-derive the run's key from it and the run id, so a token or signature from one run is
-worthless in another.
+Each provider has one secret, which the controller holds: the local provider makes a fresh
+one for each run and hands it to its workers; a remote function gets a secret at deploy time
+in `FEDLESS_RUN_SECRET` (or a file named by `FEDLESS_RUN_SECRET_FILE`, for platforms that
+mount secrets as files). Nobody uses a secret itself: each client's secret is derived from
+the provider's and the client id (`client_secret`), and each run's key from that and the run
+id (`client_key`), so a token or signature is worthless for another client or another run.
+
+Two ways to deploy. A function shared by all of a provider's clients holds the provider's
+secret and derives the key of whichever client a task names: compromised, it can speak for
+every client of its provider. A function deployed for one client (FedLess deploys one per
+client) holds only that client's secret (`fedless-nb client-secret`) and names its client in
+`FEDLESS_CLIENT_ID`: it refuses tasks for other clients, and compromised, it can sign
+results in its own client's name only (README, "Threat model").
 
 A token binds one task: its run, round, client, update key, deadline, a random nonce and
 a digest of every other field of the task (so a token cannot carry an altered task). The
@@ -40,6 +47,7 @@ from typing import Any, Mapping
 
 SECRET_VARIABLE = "FEDLESS_RUN_SECRET"
 SECRET_FILE_VARIABLE = "FEDLESS_RUN_SECRET_FILE"
+CLIENT_ID_VARIABLE = "FEDLESS_CLIENT_ID"  # set: the function serves this client only, its secret is the client's
 ALLOW_UNSIGNED_VARIABLE = "FEDLESS_ALLOW_UNSIGNED"
 CLOCK_SKEW = 30.0  # seconds a remote function's clock may run ahead of the controller's
 _TOKEN_VERSION = "v1"
@@ -61,6 +69,17 @@ class ResultSignatureError(Exception):
 def new_secret() -> str:
     """A fresh random secret (256 bits), e.g. for `FEDLESS_RUN_SECRET` or a local provider's run."""
     return secrets.token_urlsafe(32)
+
+
+def client_secret(secret: str, client_id: str) -> str:
+    """The secret of one client, derived from its provider's: what a function deployed for that client alone holds."""
+    digest = hmac.new(secret.encode(), b"fedless-nb client secret\0" + client_id.encode(), hashlib.sha256).digest()
+    return _b64(digest)
+
+
+def client_key(secret: str, run_id: str, client_id: str) -> "RunKey":
+    """The key that signs `client_id`'s tokens and results in run `run_id`, from its provider's secret."""
+    return RunKey(client_secret(secret, client_id), run_id)
 
 
 def _plain(value: Any) -> Any:
@@ -191,15 +210,16 @@ class TaskGuard:
         self.key, self.nonce, self.nonces, self.expires_at = key, nonce, nonces, expires_at
 
     @classmethod
-    def admit(cls, task: Mapping[str, Any], store: Any, nonces: NonceCache) -> "TaskGuard":
-        """Check the task's token and that its update does not exist yet; AuthError otherwise."""
-        secret = function_secret()
+    def admit(cls, task: Mapping[str, Any], store: Any, nonces: NonceCache, secret: str | None = None) -> "TaskGuard":
+        """Check the task's token and that its update does not exist yet; AuthError otherwise. `secret`: one
+        the platform's adapter was given (OpenWhisk's bound parameter), else the deployment's (function_secret)."""
+        secret = secret or function_secret()
         if secret is None:
             if unsigned_allowed():
                 return cls(None, None, nonces, 0.0)
             raise AuthError(f"this function has no run secret, so it refuses every task: set {SECRET_VARIABLE} "
                             f"when deploying it (or {ALLOW_UNSIGNED_VARIABLE}=1 for an open test function)")
-        key = RunKey(secret, str(task["run_id"]))
+        key = _function_key(secret, str(task["run_id"]), str(task["client_id"]))
         nonce, expires_at = key.verify_token(task, nonces)
         if store.exists(task["update"]):
             raise AuthError("this task's update already exists: a replayed invocation")
@@ -211,6 +231,17 @@ class TaskGuard:
             return result
         self.nonces.spend(self.nonce, self.expires_at)
         return self.key.sign_result(result, update)
+
+
+def _function_key(secret: str, run_id: str, client_id: str, environment: Mapping[str, str] | None = None) -> RunKey:
+    """The key this function signs `client_id`'s task with: its own client's, or derived from its provider's secret."""
+    environment = os.environ if environment is None else environment
+    own = environment.get(CLIENT_ID_VARIABLE)
+    if not own:
+        return client_key(secret, run_id, client_id)
+    if own != client_id:
+        raise AuthError(f"this function serves {own} only, not {client_id}: invoke {client_id}'s own function")
+    return RunKey(secret, run_id)
 
 
 def function_secret(environment: Mapping[str, str] | None = None) -> str | None:

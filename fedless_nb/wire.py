@@ -1,18 +1,114 @@
 """The wire contract between the controller and a function: one task in, one result out (DESIGN.md).
 
-Both sides import this module, so it holds only the contract: the fields of a task and a
-result, the train settings a function understands, and the checks each side makes before it
-trusts what arrived. It imports nothing from either side.
+Both sides import this module, so it holds only the contract: pydantic models of a task and a
+result, and the checks each side makes before it trusts what arrived. Each model is strict
+(types as declared, finite numbers, bounds, lengths, string sizes): a reply that does not parse
+is untrusted input, refused as a whole. It imports nothing from either side.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-TASK_FIELDS = ("run_id", "round", "client_id", "model", "weights", "data", "update", "train", "store")
-TRAIN_SETTINGS = {"epochs", "batch_size", "optimizer", "learning_rate", "seed", "proximal_mu", "dp", "correction"}
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches")
+
+MAX_ROUND = 10**9
+MAX_EXAMPLES = 2**53  # an int every consumer (SQLite, float weights, JSON readers) holds exactly
+MAX_SECONDS = 7 * 24 * 3600.0  # no invocation runs for a week: a larger timing is nonsense
+MAX_METRICS = 64
+MAX_DEPTH = 100  # JSON nesting a task may have (a Keras architecture needs about 10)
+
+_Key = Annotated[str, Field(min_length=1, max_length=1024)]
+_Name = Annotated[str, Field(min_length=1, max_length=256)]
+_Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+_Count = Annotated[int, Field(ge=0, le=MAX_EXAMPLES)]
+_Positive = Annotated[float, Field(gt=0, le=1e12)]
+
+
+class _Strict(BaseModel):
+    """Strict types (no str -> int), no NaN or Inf, no unknown fields."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid", frozen=True)
+
+
+class DpSettings(_Strict):
+    """DP-SGD's settings in a task's train block."""
+
+    l2_norm_clip: _Positive
+    noise_multiplier: Annotated[float, Field(ge=0, le=1e12)]
+    num_microbatches: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] | None = None
+
+
+class TrainSettings(_Strict):
+    """The train settings a function understands; an unknown one means the function is older than the controller."""
+
+    epochs: Annotated[int, Field(ge=1, le=10**6)]
+    batch_size: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    optimizer: _Name
+    learning_rate: _Positive
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    proximal_mu: Annotated[float, Field(ge=0, le=1e12)] | None = None
+    dp: DpSettings | None = None
+    correction: _Key | None = None
+
+
+class Task(_Strict):
+    """Controller to function: what to train, from where, and the one key the function may write."""
+
+    run_id: _Name
+    round: Annotated[int, Field(ge=0, le=MAX_ROUND)]
+    client_id: _Name
+    model: dict[str, Any]
+    weights: _Key
+    data: _Key
+    update: _Key
+    train: TrainSettings
+    store: dict[str, Any]
+    token: Annotated[str, Field(max_length=16384)] | None = None
+    deadline: Annotated[float, Field(gt=0)] | None = None
+
+
+class Timings(_Strict):
+    """Seconds the function spent on each part of the invocation, as it measured them."""
+
+    cold_start: _Seconds = 0.0
+    build: _Seconds = 0.0
+    load: _Seconds = 0.0
+    train: _Seconds = 0.0
+    upload: _Seconds = 0.0
+    total: _Seconds = 0.0
+
+
+class PrivacyFacts(_Strict):
+    """The function's account of its DP-SGD (a claim: the controller's accountant uses its own settings)."""
+
+    steps: _Count
+    sampling_rate: Annotated[float, Field(gt=0, le=1)]
+    batch_size: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    noise_multiplier: Annotated[float, Field(ge=0, le=1e12)]
+    l2_norm_clip: _Positive
+    microbatch_size: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+
+
+class Result(_Strict):
+    """Function to controller: where the update is and what the function claims about it."""
+
+    run_id: _Name
+    round: Annotated[int, Field(ge=0, le=MAX_ROUND)]
+    client_id: _Name
+    update: _Key
+    update_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    metrics: Annotated[dict[Annotated[str, Field(min_length=1, max_length=128)], float],
+                       Field(max_length=MAX_METRICS)] = {}
+    timings: Timings = Timings()
+    cold: bool = False
+    privacy: PrivacyFacts | None = None
+    signature: Annotated[str, Field(max_length=512)] | None = None
 
 
 class PayloadError(ValueError):
@@ -43,41 +139,74 @@ def task_reads(task_train: dict[str, Any], weights: str, data: str, update: str)
     return [weights, data, update, *([correction] if correction else [])]
 
 
-def check_task(payload: Any) -> None:
-    """Refuse a task that is not one: missing fields, unknown train settings, a malformed DP block, past its deadline."""
+def _where(location: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in location) or "the message"
+
+
+def first_problem(error: ValidationError) -> str:
+    """One line for the first thing a model refused: where, and why (never the whole input)."""
+    detail = error.errors(include_url=False, include_input=False)[0]
+    return f"{_where(detail['loc'])}: {detail['msg']}"
+
+
+def check_task(payload: Any) -> Task:
+    """The task, if it is one: all fields, known train settings, a well-formed DP block, before its deadline."""
     if not isinstance(payload, dict):
         raise PayloadError(f"the task must be a JSON object, got {type(payload).__name__}")
-    missing = [key for key in TASK_FIELDS if key not in payload]
-    if missing:
-        raise PayloadError(f"the task lacks {', '.join(missing)}")
-    unknown = set(payload["train"]) - TRAIN_SETTINGS
-    if unknown:
-        raise PayloadError(
-            f"this function does not support the train setting(s) {', '.join(sorted(unknown))}; "
-            "redeploy it with the fedless_nb version of the controller"
-        )
-    dp = payload["train"].get("dp")
-    if dp is not None and (not isinstance(dp, dict) or not all(
-            isinstance(dp.get(name), (int, float)) and not isinstance(dp.get(name), bool)
-            for name in ("l2_norm_clip", "noise_multiplier"))):
-        raise PayloadError("the task's train.dp must give l2_norm_clip and noise_multiplier as numbers")
-    deadline = payload.get("deadline")
-    if deadline is not None and time.time() > float(deadline):
+    if _depth(payload) > MAX_DEPTH:
+        raise PayloadError(f"the task nests deeper than {MAX_DEPTH} levels")
+    try:
+        task = Task.model_validate(payload)
+    except ValidationError as error:
+        raise PayloadError(_task_problem(error)) from None
+    if task.deadline is not None and time.time() > task.deadline:
         raise PayloadError("the task arrived after its round deadline")
+    return task
 
 
-def check_result(result: Any, task: dict[str, Any]) -> int:
-    """The result's example count, if the result answers exactly `task`; ResultError otherwise."""
-    if not isinstance(result, dict):
-        raise ResultError(f"the function returned {type(result).__name__}, not a result object", "invalid")
-    answered = (result.get("run_id"), result.get("round"), result.get("client_id"), result.get("update"))
-    expected = (task["run_id"], task["round"], task["client_id"], task["update"])
-    if answered[0] == expected[0] and isinstance(answered[1], int) and answered[1] < expected[1]:
+def _depth(value: Any) -> int:
+    """How deeply JSON data nests, counted without recursion (a hostile body may nest a million levels)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _task_problem(error: ValidationError) -> str:
+    details = error.errors(include_url=False, include_input=False)
+    missing = [_where(d["loc"]) for d in details if d["type"] == "missing" and len(d["loc"]) == 1]
+    if missing:
+        return f"the task lacks {', '.join(missing)}"
+    unknown = sorted(str(d["loc"][1]) for d in details if d["type"] == "extra_forbidden" and d["loc"][0] == "train"
+                     and len(d["loc"]) == 2)
+    if unknown:
+        return (f"this function does not support the train setting(s) {', '.join(unknown)}; "
+                "redeploy it with the fedless_nb version of the controller")
+    if details[0]["loc"][:2] == ("train", "dp"):
+        return f"the task's train.dp must give l2_norm_clip and noise_multiplier as numbers ({first_problem(error)})"
+    return f"the task's {first_problem(error)}"
+
+
+def parse_result(reply: Any, run_id: str, round_number: int, client_id: str, update: str) -> Result:
+    """The reply as a Result, if it answers exactly that task; ResultError otherwise ("late" for an earlier round's)."""
+    if not isinstance(reply, dict):
+        raise ResultError(f"the function returned {type(reply).__name__}, not a result object", "invalid")
+    answered_round = reply.get("round")
+    if (reply.get("run_id") == run_id and type(answered_round) is int and answered_round < round_number
+            and reply.get("client_id") == client_id):
         # an earlier round's result, delivered late: never mixed into this round
-        raise ResultError(f"a late result of round {answered[1]} arrived in round {expected[1]}", "late")
-    if answered != expected:
+        raise ResultError(f"a late result of round {answered_round} arrived in round {round_number}", "late")
+    try:
+        result = Result.model_validate(reply)
+    except ValidationError as error:
+        raise ResultError(f"the result is malformed: {first_problem(error)}", "invalid") from None
+    answered = (result.run_id, result.round, result.client_id, result.update)
+    if answered != (run_id, round_number, client_id, update):
         raise ResultError(f"the result answers another task: {answered}", "invalid")
-    num_examples = result.get("num_examples")
-    if not isinstance(num_examples, int) or num_examples <= 0:
-        raise ResultError(f"the result has an invalid num_examples {num_examples!r}", "invalid")
-    return num_examples
+    return result
+

@@ -8,7 +8,7 @@ import pytest
 from fedless_nb import zoo
 from fedless_nb.function import handler as client
 from fedless_nb.model import model_spec_from
-from fedless_nb.security import NonceCache, RunKey
+from fedless_nb.security import NonceCache, client_key
 from fedless_nb.store import LocalStore, encode_arrays
 
 SECRET = "test-run-secret-0123456789abcdef"
@@ -33,7 +33,7 @@ def make_task(store, spec, client_id="client-0000", *, run_id="run-1", secret=SE
         "store": store.descriptor(), "token": None, "deadline": time.time() + 60 if deadline is None else deadline,
     }
     if secret is not None:
-        task["token"] = RunKey(secret, run_id).issue_token(task)
+        task["token"] = client_key(secret, run_id, client_id).issue_token(task)
     return task
 
 

@@ -28,7 +28,7 @@ from fedless_nb.providers.registry import make_provider
 from fedless_nb.providers.retry import RetryPolicy
 from fedless_nb.store import decode_arrays, encode_arrays
 from fedless_nb.deploy.packaging import build_bundle
-from fedless_nb.security import RunKey
+from fedless_nb.security import client_key
 from fedless_nb.store.s3 import S3Store
 
 from loopback import serving
@@ -294,7 +294,7 @@ def test_the_packaged_bundle_deploys_and_its_handler_answers_signed_tasks(moto_e
     task = make_task(store, model)
     fake = FakeLambda(lambda event: module.lambda_handler(event, None))
     result = _invoke(fake, task, secret=SECRET)
-    RunKey(SECRET, task["run_id"]).verify_result(result, store.get(task["update"]))
+    client_key(SECRET, task["run_id"], task["client_id"]).verify_result(result, store.get(task["update"]))
     with pytest.raises(InvocationError, match="AuthError: the task has no token") as caught:
         _invoke(fake, {**make_task(store, model, "client-0001"), "token": None})
     assert caught.value.cause == "auth" and len(fake.requests) == 2, "a refused token is not retried"

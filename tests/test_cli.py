@@ -96,3 +96,47 @@ def test_data_and_model_mistakes_are_one_line_and_write_nothing(tmp_path, overri
     lines = [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"], "no history, no store"
+
+
+def test_schema_prints_the_configs_json_schema_which_checks_a_config(tmp_path):
+    import json
+
+    import jsonschema
+
+    completed = fedless("schema", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    schema = json.loads(completed.stdout)
+    assert schema["title"] == "fedless-nb experiment" and "train" in schema["properties"]
+    jsonschema.validate(yaml.safe_load(_write_config(tmp_path).read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError, match="'trian' was unexpected"):
+        jsonschema.validate({"trian": {}}, schema)
+    with pytest.raises(jsonschema.ValidationError, match="'32' is not of type 'integer'"):
+        jsonschema.validate({"train": {"batch_size": "32"}}, schema)
+
+
+def test_resume_refuses_a_builder_read_back_from_the_history_unless_trusted(tmp_path):
+    from fedless_nb.experiment import ExperimentConfig
+    from fedless_nb.records.history import History, HistoryWriter
+    from fedless_nb.rounds.events import RunFinished, RunStarted
+
+    config = ExperimentConfig.from_dict({"model": {"builder": "os:system"}}).to_dict()
+    writer = HistoryWriter(History(tmp_path / "runs.db"))
+    writer(RunStarted("planted", "planted", config, 10, 20, [], 100.0))
+    writer(RunFinished("planted", "stopped", 110.0, 1, {}))
+    writer.history.close()
+    completed = fedless("resume", "planted", "--history", "runs.db", cwd=tmp_path)
+    assert completed.returncode == 2 and "'os:system'" in completed.stdout and "--trust-builder" in completed.stdout
+    from fedless_nb.runner import resume_config
+
+    assert resume_config("planted", tmp_path / "runs.db", trust_builder=True).model.builder == "os:system"
+
+
+def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp_path, monkeypatch):
+    from fedless_nb.security import client_secret
+
+    monkeypatch.setenv("FEDLESS_RUN_SECRET", "provider-secret")
+    completed = fedless("client-secret", "client-0003", cwd=tmp_path)
+    assert completed.returncode == 0 and completed.stdout.strip() == client_secret("provider-secret", "client-0003")
+    monkeypatch.delenv("FEDLESS_RUN_SECRET")
+    completed = fedless("client-secret", "client-0003", cwd=tmp_path)
+    assert completed.returncode == 2 and "set FEDLESS_RUN_SECRET" in completed.stdout

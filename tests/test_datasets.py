@@ -1,3 +1,6 @@
+import json
+import os
+import pickle
 import re
 import subprocess
 import sys
@@ -246,3 +249,21 @@ def test_name_and_option_errors_are_one_clear_line(call, message):
     with pytest.raises(DatasetError, match=message) as error:
         call()
     assert "\n" not in str(error.value)
+
+
+class _RunsCode:
+    """What a hostile batch file carries: a pickle that calls a function when it is loaded."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_cifar_batch_that_names_a_callable_is_refused_and_never_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    write_cifar_batch(tmp_path / "data_batch_1", rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8), [0, 1])
+    with open(tmp_path / "test_batch", "wb") as file:
+        pickle.dump({b"data": _RunsCode(), b"labels": [0]}, file)
+    with pytest.raises(DatasetError, match="posix.system in a CIFAR batch file: only numeric arrays"):
+        load_dataset("cifar10", path=tmp_path)
+    assert not (tmp_path / "pwned").exists()

@@ -54,3 +54,21 @@ def test_yaml_errors_name_the_file_and_line(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="config: must be a mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": "../other-run"}, "name: must be 1-64 letters, digits and '._-'"),
+    ({"name": "a/b"}, "name: must be 1-64 letters"),
+    ({"name": "run\n"}, "name: must be 1-64 letters"),
+    ({"round_deadline": float("inf")}, "round_deadline: must be a finite number of seconds"),
+    ({"round_deadline": float("nan")}, "round_deadline: must be a finite number of seconds"),
+    ({"providers": [{"timeout": float("inf")}]}, r"providers\[0\].timeout: must be a finite number"),
+    ({"store": {"kind": "s3", "bucket": "bkt", "endpoint_url": "https://user:pw@minio.local"}},
+     "store.endpoint_url: holds credentials"),
+    ({"providers": [{"kind": "http", "url": "https://fn.example/run?X-Amz-Signature=abc"}]},
+     r"providers\[0\].url: holds a function key or signature \(X-Amz-Signature=...\)"),
+    ({"providers": [{"kind": "http", "url": "https://me:secret@fn.example/run"}]}, r"providers\[0\].url: holds credentials"),
+])
+def test_names_deadlines_and_endpoints_that_would_leak_or_break_are_refused(data, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict(data)

@@ -18,7 +18,7 @@ import flask
 import pytest
 
 from fedless_nb.deploy.packaging import build_bundle
-from fedless_nb.security import RunKey
+from fedless_nb.security import client_key
 
 from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
 
@@ -45,7 +45,7 @@ def tasks(tmp_path):
     task = make_task(store, spec)
 
     def signed(result):
-        RunKey(SECRET, task["run_id"]).verify_result(result, store.get(task["update"]))
+        client_key(SECRET, task["run_id"], task["client_id"]).verify_result(result, store.get(task["update"]))
         assert result["num_examples"] == 40
         return True
 
@@ -103,6 +103,18 @@ def test_openwhisk_invoke_api_adapter(bundles, tasks, tmp_path):
     refused = main({**unsigned, "FEDLESS_RUN_SECRET": SECRET})
     assert refused == {"error": {"status": 401, "type": "AuthError", "message": refused["error"]["message"]}}
     assert signed(main({**task, "FEDLESS_RUN_SECRET": SECRET}))
+
+
+def test_openwhisk_takes_its_secret_only_from_the_bound_parameter_and_never_keeps_it(bundles, tasks, tmp_path,
+                                                                                  monkeypatch):
+    task, _, signed = tasks
+    main = _load(_unzipped(bundles["openwhisk"], tmp_path) / "__main__.py", "openwhisk_main_bound").main
+    monkeypatch.delenv("FEDLESS_RUN_SECRET")
+    assert signed(main({**task, "FEDLESS_RUN_SECRET": SECRET}))
+    assert "FEDLESS_RUN_SECRET" not in os.environ, "the secret does not outlive its call in a warm container"
+    monkeypatch.setenv("FEDLESS_ALLOW_UNSIGNED", "1")  # even an open test setting does not make it run unsigned
+    refused = main({**task, "token": None})
+    assert refused["error"]["status"] == 401 and "no bound FEDLESS_RUN_SECRET" in refused["error"]["message"]
 
 
 # -- AWS Lambda --------------------------------------------------------------------------------

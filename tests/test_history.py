@@ -179,3 +179,23 @@ def test_two_processes_write_runs_to_one_history_at_once(tmp_path):
     for run_id in ("a", "b"):
         _assert_complete(history, run_id, 150)
     assert not list(tmp_path.glob("*.pending.jsonl"))
+
+
+def test_a_write_that_can_never_succeed_is_dropped_and_the_run_still_finishes(tmp_path):
+    writer = HistoryWriter(History(tmp_path / "h.db"))
+    writer(RunStarted("r1", "test", {}, 1, 1, [], 100.0))
+    writer(InvocationFinished("r1", 1, "client-0000", "local", "succeeded", 100.0, 101.0, num_examples=2**63))
+    writer(RoundFinished("r1", 1, 100.0, 102.0, 1, 1, 0, {}, {}))  # SQLite cannot hold the count: OverflowError
+    writer(RunFinished("r1", "finished", 110.0, 1, {}, observer_errors={"Dashboard": 2}))
+    run = writer.history.run("r1")
+    assert run["status"] == "finished" and run["observer_errors"] == '{"Dashboard": 2}' and writer.dropped_writes == 1
+
+
+def test_a_corrupt_side_file_is_quarantined_instead_of_failing_every_open(tmp_path):
+    path = tmp_path / "h.db"
+    _record_a_run(path)
+    side_file = tmp_path / "h.db.r2.pending.jsonl"
+    side_file.write_text('{"write": "finish_run", "event": {"type": "RunFinished"\n')
+    History(path).close()
+    assert not side_file.exists() and (tmp_path / "h.db.r2.pending.corrupt").exists()
+    assert History(path).run("r1")["status"] == "finished"

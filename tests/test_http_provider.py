@@ -226,3 +226,37 @@ def test_http_provider_from_config_reads_its_secrets_from_the_environment(monkey
 def test_http_config_errors_name_the_key(provider, message):
     with pytest.raises(ConfigError, match=message):
         ExperimentConfig.from_dict({"providers": [provider]})
+
+
+def test_a_redirect_is_never_followed_so_the_task_and_key_stay_with_the_function():
+    received = []
+
+    async def elsewhere(request):
+        received.append(dict(request.headers))
+        return web.json_response({"stolen": await request.json()})
+
+    async def refused(provider):
+        try:
+            with pytest.raises(InvocationError, match="redirect \\(307\\), which is never followed") as caught:
+                await provider.invoke({"token": "secret-token"})
+            return caught.value.cause
+        finally:
+            await provider.close()
+
+    async def run():
+        async with serving(web.post("/collect", elsewhere)) as other:
+            async def redirect_to_other(request):
+                raise web.HTTPTemporaryRedirect(other + "/collect")
+
+            async with serving(web.post("/fn", redirect_to_other)) as url:
+                provider = HttpProvider("fn", url=url + "/fn", auth="function_key", key="k3y", retry=FAST_RETRIES)
+                return await refused(provider)
+
+    assert asyncio.run(run()) == "invalid" and received == []
+
+
+def test_an_oversized_reply_is_refused_without_reading_it_whole():
+    endpoint = Endpoint([(200, json.dumps({"blob": "x" * 3 * 2**20}))])
+    with pytest.raises(InvocationError, match=f"the reply exceeded {2**20} bytes") as caught:
+        _invoke(endpoint, [{"task": 1}], reply_limit=2**20)
+    assert caught.value.cause == "invalid"

@@ -102,3 +102,13 @@ def test_close_leaves_no_processes():
     pids = run(_with(provider, body))
     assert len(pids) == 2
     assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_workers_get_only_the_environment_a_function_needs(monkeypatch):
+    for name, value in {"GITHUB_TOKEN": "ghp_x", "AWS_SECRET_ACCESS_KEY": "s", "DATABASE_URL": "postgres://u:p@h/db",
+                        "FEDLESS_CLIENT_ID": "client-0000", "TF_ENABLE_ONEDNN_OPTS": "0", "FEDLESS_DATA_CACHE_MB": "64"}.items():
+        monkeypatch.setenv(name, value)
+    environment = LocalProvider("local")._environment()
+    assert {"GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "DATABASE_URL", "FEDLESS_CLIENT_ID"}.isdisjoint(environment)
+    assert environment["TF_ENABLE_ONEDNN_OPTS"] == "0" and environment["FEDLESS_DATA_CACHE_MB"] == "64"
+    assert {"PATH", "HOME", "PYTHONPATH", "FEDLESS_RUN_SECRET"} <= set(environment)

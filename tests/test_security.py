@@ -12,7 +12,7 @@ from fedless_nb.function.handler import handle
 from fedless_nb.records.history import History
 from fedless_nb.providers import LocalProvider
 from fedless_nb.runner import run_experiment
-from fedless_nb.security import AuthError, NonceCache, ResultSignatureError, RunKey
+from fedless_nb.security import AuthError, NonceCache, ResultSignatureError, RunKey, client_key, client_secret
 from fedless_nb.store import MissingKeyError
 
 from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
@@ -34,11 +34,11 @@ def test_a_valid_token_gives_a_signed_result_the_controller_accepts(function_env
     task = make_task(store, spec)
     result = handle(task)
     update = store.get(task["update"])
-    RunKey(SECRET, "run-1").verify_result(json.loads(json.dumps(result)), update)  # as it arrives over the wire
+    client_key(SECRET, "run-1", "client-0000").verify_result(json.loads(json.dumps(result)), update)  # as it arrives over the wire
     with pytest.raises(ResultSignatureError, match="signature does not match"):
-        RunKey("another-secret", "run-1").verify_result(result, update)
+        client_key("another-secret", "run-1", "client-0000").verify_result(result, update)
     with pytest.raises(ResultSignatureError, match="signature does not match"):
-        RunKey(SECRET, "run-2").verify_result(result, update)  # keys are per run
+        client_key(SECRET, "run-2", "client-0000").verify_result(result, update)  # keys are per run
 
 
 def test_missing_forged_altered_and_expired_tokens_are_refused_before_any_data_is_read(function_env, inputs):
@@ -49,14 +49,14 @@ def test_missing_forged_altered_and_expired_tokens_are_refused_before_any_data_i
     _refused(make_task(store, spec, weights="no/such/weights", secret="guessed-secret"), 403, "forged")
     _refused({**absent, "token": absent["token"][:-4] + "AAAA"}, 403, "forged")
     _refused({**absent, "token": "not-a-token"}, 403, "malformed")
-    _refused({**absent, "client_id": "client-0001"}, 403, "issued for another task")
+    _refused({**absent, "client_id": "client-0001"}, 403, "signed with another secret")  # keys are per client
     _refused({**absent, "train": {**absent["train"], "learning_rate": 10.0}}, 403, "issued for another task")
     expired = make_task(store, spec, weights="no/such/weights", deadline=time.time() - 1)
     with pytest.raises(client.PayloadError, match="after its round deadline"):  # the signed deadline has passed
         handle(expired)
     _refused({**expired, "deadline": time.time() + 60}, 403, "issued for another task")  # and cannot be extended
     with pytest.raises(AuthError, match="expired"):  # the token's own expiry (a function's clock may lag)
-        RunKey(SECRET, "run-1").verify_token(expired, NonceCache(), now=time.time() + 120)
+        client_key(SECRET, "run-1", "client-0000").verify_token(expired, NonceCache(), now=time.time() + 120)
     assert not store.exists(absent["update"])
     with pytest.raises(MissingKeyError):  # the same task, validly signed, does get as far as reading
         handle(absent)
@@ -69,7 +69,7 @@ def test_a_replayed_token_is_refused_by_the_warm_process_and_by_a_fresh_one(func
     _refused(task, 403, "already used: a replayed invocation")
     monkeypatch.setattr(client, "_NONCES", NonceCache())  # another process: no memory of the nonce
     _refused(task, 403, "update already exists: a replayed invocation")
-    RunKey(SECRET, "run-1").verify_result(first, store.get(task["update"]))  # the first update is untouched
+    client_key(SECRET, "run-1", "client-0000").verify_result(first, store.get(task["update"]))  # the first update is untouched
 
 
 def test_a_failed_attempt_leaves_its_token_unspent_for_a_retry(function_env, inputs):
@@ -146,3 +146,22 @@ def test_a_result_without_a_valid_signature_is_refused_with_a_reason():
         key.verify_result({"run_id": "run-1", "signature": None}, b"")
     with pytest.raises(ResultSignatureError, match="forged or altered"):
         key.verify_result({"run_id": "run-1", "signature": "ünïcode"}, b"")
+
+
+def test_a_function_deployed_for_one_client_serves_and_signs_for_that_client_only(function_env, inputs, monkeypatch):
+    store, spec = inputs
+    monkeypatch.setenv("FEDLESS_CLIENT_ID", "client-0000")
+    monkeypatch.setenv("FEDLESS_RUN_SECRET", client_secret(SECRET, "client-0000"))  # its own secret, not the provider's
+    result = handle(make_task(store, spec))  # the controller's token for client-0000, from the provider's secret
+    client_key(SECRET, "run-1", "client-0000").verify_result(result, store.get(result["update"]))
+    _refused(make_task(store, spec, "client-0001"), 403, "serves client-0000 only")
+    # Compromised, it can sign only with its own key: a result in client-0001's name fails that client's check.
+    forged = {**result, "client_id": "client-0001", "update": result["update"].replace("client-0000", "client-0001")}
+    forged = RunKey(client_secret(SECRET, "client-0000"), "run-1").sign_result(forged, store.get(result["update"]))
+    with pytest.raises(ResultSignatureError, match="signature does not match"):
+        client_key(SECRET, "run-1", "client-0001").verify_result(forged, store.get(result["update"]))
+
+
+def test_client_secrets_differ_per_client_and_reveal_nothing_of_the_provider_secret():
+    secrets_ = {client_secret(SECRET, f"client-{i:04d}") for i in range(100)}
+    assert len(secrets_) == 100 and all(SECRET not in s for s in secrets_)

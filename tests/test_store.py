@@ -21,10 +21,18 @@ def test_missing_key_names_the_key(tmp_path):
         LocalStore(tmp_path).get("nope")
 
 
-@pytest.mark.parametrize("key", ["../escape", "/abs", "a/../b", "a//b", "", "a b", "./a"])
+@pytest.mark.parametrize("key", ["../escape", "/abs", "a/../b", "a//b", "", "a b", "./a", "a\n", "runs/r1/a.bin\n"])
 def test_keys_cannot_escape_the_store(tmp_path, key):
     with pytest.raises(StoreError):
         LocalStore(tmp_path).put(key, b"x")
+
+
+def test_a_presigned_grant_that_is_not_http_is_never_fetched(tmp_path):
+    (tmp_path / "secret.txt").write_text("private")
+    store = store_from_descriptor({"kind": "presigned", "get": {"k": (tmp_path / "secret.txt").as_uri()}, "put": {},
+                                   "expires_at": 4e9})
+    with pytest.raises(StoreError, match="not http\\(s\\)"):
+        store.get("k")
 
 
 def test_descriptor_rebuilds_the_same_store(tmp_path):

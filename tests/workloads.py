@@ -70,7 +70,7 @@ def poisons_updates(payload):
     import numpy as np
 
     from fedless_nb.function.handler import handle
-    from fedless_nb.security import RunKey, function_secret
+    from fedless_nb.security import client_key, function_secret
     from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
 
     result = handle(payload)
@@ -88,7 +88,8 @@ def poisons_updates(payload):
         update = [c + 1000 * (u - c) for u, c in zip(update, current)]
     poisoned = encode_arrays(update)
     store.put(payload["update"], poisoned)
-    return RunKey(function_secret(), payload["run_id"]).sign_result(result, bytes(poisoned))
+    key = client_key(function_secret(), payload["run_id"], payload["client_id"])
+    return key.sign_result(result, bytes(poisoned))
 
 
 def oversized_reply(payload):
@@ -139,3 +140,35 @@ def sleeps_on_client_zero(payload):
     if payload["client_id"] == "client-0000":
         time.sleep(10)
     return handle(payload)
+
+
+def boosts_client_1(payload):
+    """Trains and signs for real, except client 1, a compromised function: it boosts its change to the global
+    model a million times and signs that, so only the controller's norm screening can catch it."""
+    import numpy as np
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
+
+    result = handle(payload)
+    if not payload["client_id"].endswith("-0001"):
+        return result
+    store = store_from_descriptor(payload["store"])
+    current = decode_arrays(store.get(payload["weights"]))
+    update = [(c + 1e6 * (u - c)).astype(u.dtype) for u, c in zip(decode_arrays(store.get(payload["update"])), current)]
+    boosted = encode_arrays(update)
+    store.put(payload["update"], boosted)
+    key = client_key(function_secret(), payload["run_id"], payload["client_id"])
+    return key.sign_result(result, bytes(boosted))
+
+
+def oversized_update_on_client_1(payload):
+    """Trains for real; client 1 then replaces its update with a megabyte of zeros, far more than the model's size."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.store import store_from_descriptor
+
+    result = handle(payload)
+    if payload["client_id"].endswith("-0001"):
+        store_from_descriptor(payload["store"]).put(payload["update"], bytes(2**20))
+    return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -238,28 +239,57 @@ def load_fashion_mnist(*, path: str | os.PathLike | None = None) -> Dataset:
     return _load_grayscale_28("fashion_mnist", path)
 
 
+class _NumericUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays, nothing else: a pickle can name any callable, so a
+    CIFAR batch file from elsewhere must not be loaded with pickle's (or keras.datasets') full unpickler."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise DatasetError(f"{module}.{name} in a CIFAR batch file: only numeric arrays are read from it")
+        return super().find_class(module, name)
+
+
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One cifar-10-batches-py file: (images as N x 3 x 32 x 32, labels)."""
+    try:
+        with open(path, "rb") as file:
+            batch = _NumericUnpickler(file, encoding="bytes").load()
+        data, labels = np.asarray(batch[b"data"], np.uint8), np.asarray(batch[b"labels"], np.int64)
+        return data.reshape(len(data), 3, 32, 32), labels
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+        raise DatasetError(f"{path} is not a CIFAR-10 batch file ({type(error).__name__}: {error})") from None
+
+
 def _read_cifar_batches(directory: Path) -> tuple[tuple[np.ndarray, Any], tuple[np.ndarray, Any]]:
-    """Read cifar-10-batches-py with the parser keras uses; every data_batch_N present, in order of N."""
+    """Read cifar-10-batches-py with the restricted unpickler; every data_batch_N present, in order of N."""
     matches = (re.fullmatch(r"data_batch_(\d+)", p.name) for p in directory.glob("data_batch_*"))
     numbered = [(int(m[1]), directory / m[0]) for m in matches if m]
     if not numbered or not (directory / "test_batch").is_file():
         raise DatasetError(
             f"{directory} is not a cifar-10-batches-py directory: it needs data_batch_1.. and test_batch"
         )
-    _keras()  # loads TensorFlow quietly before the import below
-    from keras.src.datasets.cifar import load_batch  # Keras 2.15 keeps it here, not under keras.datasets
-
-    train = [load_batch(str(batch)) for _, batch in sorted(numbered)]
+    train = [_load_cifar_batch(batch) for _, batch in sorted(numbered)]
     x_train = np.concatenate([data for data, _ in train]).transpose(0, 2, 3, 1)
-    y_train = np.concatenate([np.asarray(labels) for _, labels in train])
-    x_test, y_test = load_batch(str(directory / "test_batch"))
+    y_train = np.concatenate([labels for _, labels in train])
+    x_test, y_test = _load_cifar_batch(directory / "test_batch")
     return (x_train, y_train), (x_test.transpose(0, 2, 3, 1), y_test)
+
+
+CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"  # keras.datasets' own
 
 
 @register_dataset("cifar10")
 def load_cifar10(*, path: str | os.PathLike | None = None) -> Dataset:
-    """CIFAR-10 through keras.datasets.cifar10, or a local cifar-10-batches-py directory with `path`."""
-    source = _keras().datasets.cifar10.load_data() if path is None else _read_cifar_batches(Path(path).expanduser())
+    """CIFAR-10 downloaded (and checked) by keras' get_file, or a local cifar-10-batches-py directory with `path`;
+    either way read with the restricted unpickler."""
+    if path is None:
+        path = _keras().utils.get_file("cifar-10-batches-py", origin="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                                       untar=True, file_hash=CIFAR10_SHA256)
+    source = _read_cifar_batches(Path(path).expanduser())
     (x_train, y_train), (x_test, y_test) = source
     return Dataset("cifar10", _scaled_images(x_train), _labels(y_train),
                    _scaled_images(x_test), _labels(y_test), num_classes=10, image_shape=(32, 32, 3))

@@ -168,12 +168,13 @@ def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[s
     return {name: float(value) for name, value in logs.items()}
 
 
-def handle(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one client step of DESIGN.md's contract: task dict in, result dict out."""
+def handle(payload: dict[str, Any], *, secret: str | None = None) -> dict[str, Any]:
+    """Run one client step of DESIGN.md's contract: task dict in, result dict out. `secret`: the run secret
+    when the platform hands it to the adapter (OpenWhisk), rather than in the environment."""
     started = time.perf_counter()
     check_task(payload)
     store = store_from_descriptor(payload["store"])
-    guard = TaskGuard.admit(payload, store, _NONCES)  # before any data is read
+    guard = TaskGuard.admit(payload, store, _NONCES, secret)  # before any data is read
     cold = _STATE.invocations == 0
     _STATE.invocations += 1
     train = payload["train"]

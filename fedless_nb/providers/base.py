@@ -7,6 +7,8 @@ from typing import Any
 
 from ..errors import UserError
 
+REPLY_LIMIT = 64 * 2**20  # a reply may carry a large metrics dict; weights never travel in it
+
 
 class ProviderSetupError(UserError):
     """A provider cannot work as configured (no such function, no role to create one, no region)."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from .base import InvocationError, Provider, ProviderSetupError
+from .base import REPLY_LIMIT, InvocationError, Provider, ProviderSetupError
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 
 AUTH_STYLES = ("none", "function_key", "basic", "bearer")
@@ -104,6 +104,7 @@ class HttpProvider(Provider):
         secret: str | None = None,
         retry: RetryPolicy = RetryPolicy(),
         poll_interval: float = 1.0,
+        reply_limit: int = REPLY_LIMIT,
     ) -> None:
         if auth not in AUTH_STYLES:
             raise ProviderSetupError(f"provider {name!r}: unknown auth {auth!r}; choose one of {', '.join(AUTH_STYLES)}")
@@ -112,7 +113,7 @@ class HttpProvider(Provider):
         if auth == "basic" and ":" not in (key or ""):
             raise ProviderSetupError(f"provider {name!r}: a basic-auth key is 'user:password' (OpenWhisk's AUTH)")
         self.name, self.url, self.auth, self.timeout, self.concurrency = name, url, auth, timeout, concurrency
-        self.secret, self.retry, self.poll_interval = secret, retry, poll_interval
+        self.secret, self.retry, self.poll_interval, self.reply_limit = secret, retry, poll_interval, reply_limit
         self._key = key
         self._slots = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
@@ -136,8 +137,8 @@ class HttpProvider(Provider):
         return self._session
 
     async def _post(self, body: bytes) -> dict[str, Any]:
-        async with self._client().post(self.url, data=body) as response:
-            reply = await response.read()
+        async with self._client().post(self.url, data=body, allow_redirects=False) as response:
+            reply = await self._read(response)
             failure = _failure(response.status, reply)
             if failure is not None:
                 if failure.status == 202 and (record := self._activation(reply)) is not None:
@@ -147,6 +148,21 @@ class HttpProvider(Provider):
             return json.loads(reply)
         except ValueError:
             raise HttpCallError(response.status, f"the function replied with non-JSON: {reply[:200]!r}") from None
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The reply's body, refusing a redirect (it would carry the task, its token and the function key to
+        another origin) and a body over `reply_limit` bytes (read in chunks, never whole)."""
+        if 300 <= response.status < 400:
+            raise InvocationError(f"{public_url(self.url)} answered a redirect ({response.status}), which is never "
+                                  "followed: point the provider's url at the function itself", "invalid")
+        if (response.content_length or 0) > self.reply_limit:
+            raise InvocationError(f"the reply exceeded {self.reply_limit} bytes", "invalid")
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(2**16):
+            body += chunk
+            if len(body) > self.reply_limit:
+                raise InvocationError(f"the reply exceeded {self.reply_limit} bytes", "invalid")
+        return bytes(body)
 
     def _activation(self, reply: bytes) -> str | None:
         try:
@@ -161,10 +177,10 @@ class HttpProvider(Provider):
             while True:
                 await asyncio.sleep(self.poll_interval)
                 try:
-                    async with self._client().get(record_url) as response:
+                    async with self._client().get(record_url, allow_redirects=False) as response:
                         if response.status == 404 or response.status in TRANSIENT_STATUSES:
                             continue  # not finished yet, or the platform is briefly unavailable
-                        record = await response.read()
+                        record = await self._read(response)
                         if response.status != 200:
                             raise HttpCallError(response.status, record[:300].decode(errors="replace"))
                 except aiohttp.ClientConnectionError:

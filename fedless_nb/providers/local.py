@@ -15,14 +15,17 @@ import asyncio
 import collections
 import json
 import os
+import re
 import sys
 from typing import Any
 
-from ..security import SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
-from .base import InvocationError, Provider
+from ..security import CLIENT_ID_VARIABLE, SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
+from .base import REPLY_LIMIT, InvocationError, Provider
 from .local_worker import DEFAULT_ENTRY_POINT
 
-REPLY_LIMIT = 64 * 2**20  # a reply line may carry a large metrics dict; weights never travel here
+# What a worker inherits: the system's basics, Python's and TensorFlow's settings, fedless's own function settings.
+_WORKER_VARIABLES = re.compile(r"PATH|HOME|USER|LANG|LC_\w+|TZ|TMPDIR|VIRTUAL_ENV|PYTHON\w*|TF_\w+|OMP_\w+|KMP_\w+"
+                               r"|FEDLESS_\w+")
 
 
 class _Worker:
@@ -128,10 +131,11 @@ class LocalProvider(Provider):
         self._running: set[_Worker] = set()
 
     def _environment(self) -> dict[str, str]:
-        """The caller's environment without its AWS settings (a function holds no store credentials),
-        with the run secret, its import path (like multiprocessing's spawn) and quiet, lean TensorFlow."""
-        environment = {name: value for name, value in os.environ.items()
-                       if not name.startswith("AWS_") and name != SECRET_FILE_VARIABLE}
+        """Only what a function needs from the caller's environment (a worker is a function: it gets no store
+        or cloud credentials, no tokens of the user's), with the run secret, its import path (like
+        multiprocessing's spawn) and quiet, lean TensorFlow."""
+        environment = {name: value for name, value in os.environ.items() if _WORKER_VARIABLES.fullmatch(name)
+                       and name not in (SECRET_FILE_VARIABLE, CLIENT_ID_VARIABLE)}
         environment[SECRET_VARIABLE] = self.secret
         environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
         environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -40,6 +40,7 @@ _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
     "runs": ({
         "run_id": str, "name": str, "status": str, "started_at": float, "finished_at": float,
         "rounds": int, "rounds_completed": int, "clients": int, "config": str, "providers": str, "error": str, "cost": float,
+        "observer_errors": str,  # JSON: observers that raised during the run (name -> count)
     }, "run_id"),
     "rounds": ({
         "run_id": str, "round": int, "started_at": float, "finished_at": float, "duration": float,
@@ -184,6 +185,12 @@ class History:
             except (sqlite3.Error, OSError) as error:
                 log.warning("cannot replay %s into %s yet (%s)", side_file.name, self.path, error)
                 continue
+            except (ValueError, KeyError, TypeError) as error:  # not ours, or cut short: never retried on every open
+                quarantined = side_file.with_name(side_file.name.removesuffix(".jsonl") + ".corrupt")
+                side_file.replace(quarantined)
+                log.error("%s is corrupt (%s: %s); moved aside to %s, its remaining writes are lost",
+                          side_file.name, type(error).__name__, error, quarantined.name)
+                continue
             side_file.unlink(missing_ok=True)
             log.info("recovered the spilled history writes of %s", side_file.name)
 
@@ -192,6 +199,7 @@ class History:
             self.db["runs"].update(event.run_id, {
                 "status": event.status, "finished_at": event.finished_at,
                 "rounds_completed": event.rounds_completed, "error": event.error,
+                "observer_errors": json.dumps(event.observer_errors) if event.observer_errors else None,
             })
 
     # reading -------------------------------------------------------------------------------
@@ -305,6 +313,7 @@ class HistoryWriter:
         self._pending: list[InvocationFinished] = []
         self._backlog: list[dict[str, Any]] = []
         self.side_file: Path | None = None
+        self.dropped_writes = 0  # writes that failed for a reason other than the file (logged, never retried)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -331,13 +340,16 @@ class HistoryWriter:
 
     def _write(self, run_id: str, write: dict[str, Any]) -> None:
         self._backlog.append(write)
-        try:
-            while self._backlog:
+        while self._backlog:
+            try:
                 apply_write(self.history, self._backlog[0])
-                self._backlog.pop(0)
-        except (sqlite3.Error, OSError) as error:
-            self._spill(run_id, error)
-            return
+            except (sqlite3.Error, OSError) as error:
+                self._spill(run_id, error)
+                return
+            except Exception:  # a write that can never succeed must not hold back the ones after it
+                log.exception("history %s refused a %s write; it is dropped", self.history.path, self._backlog[0]["write"])
+                self.dropped_writes += 1
+            self._backlog.pop(0)
         if self.side_file is not None:
             self.side_file.unlink(missing_ok=True)
             log.warning("history %s is writable again; the spilled writes are in it", self.history.path)

@@ -5,7 +5,9 @@ train when; the controller gives it the same primitives, all public: build a cli
 invoke it, collect and check its result, screen a round's updates, record a failure, publish a
 global version, emit an event. The controller knows nothing of notebooks or terminals; observers
 subscribe to its events. It never trusts a result blindly: a result must answer the task it was
-given (wire.check_result) and its update must pass screening.py's checks, or it counts as failed.
+given (wire.parse_result, a strict model), be signed with its client's key, claim the example count the
+controller wrote, and its update must pass screening.py's checks, or it counts as failed. Observers
+never end a run: an observer's error is logged once and counted in the run's record.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Sequence
-
-import numpy as np
 
 from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
 from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted, UpdateRejected
@@ -26,15 +27,17 @@ from ..model import ModelSpec
 from ..privacy.accounting import PrivacyBudgetExhausted
 from ..providers.base import InvocationError, Provider
 from .resilience import RoundPolicy, invoke_with_retries
-from ..security import ResultSignatureError, RunKey
-from ..wire import ResultError, check_result, make_task, task_reads
+from ..security import ResultSignatureError, RunKey, client_key
+from ..wire import Result, ResultError, make_task, parse_result, task_reads
 from .selection import SelectionPolicy
 from .synchronous import SynchronousRounds
 from ..store import Store, decode_arrays, encode_arrays
 from ..store.keys import global_weights_key, update_key
 from ..strategies.base import ClientUpdate, RunContext, Strategy, Weights
-from .screening import norm_outliers, update_problem
+from .screening import NormScreen, update_distance, update_problem
 
+
+log = logging.getLogger(__name__)
 
 # Produces the rounds of a run: given the initial weights, yields (round number, global weights) per round.
 # A schedule is built on a Controller and uses only its public round interface.
@@ -43,11 +46,13 @@ Schedule = Callable[[Weights], AsyncIterator[tuple[int, Weights]]]
 
 @dataclass(frozen=True)
 class ClientRef:
-    """A client function: its id, where its data lives and which provider runs it."""
+    """A client function: its id, where its data lives, which provider runs it and how many examples it has
+    (the controller's fact, which weights its update; the client's own claim is only cross-checked)."""
 
     client_id: str
     data_key: str
     provider: str
+    num_examples: int | None = None  # the size of the partition the controller wrote; None: not known here
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,11 @@ class RoundPlan:
     round_deadline: float
     seed: int = 0
     policy: RoundPolicy = RoundPolicy()
+
+
+def _observer_name(observer: Observer) -> str:
+    owner = getattr(observer, "__self__", observer)
+    return getattr(observer, "__qualname__", None) or type(owner).__name__
 
 
 def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
@@ -98,11 +108,15 @@ class Controller:
         self.strategy, self.selection, self.store, self.evaluate = strategy, selection, store, evaluate
         self.clients = {client.client_id: client for client in clients}
         self.providers = providers
-        # Each provider's functions hold its secret; tokens and result signatures use the run's key from it.
-        self._keys = {name: RunKey(p.secret, run_id) for name, p in providers.items() if getattr(p, "secret", None)}
+        # Each provider's secret; a client's tokens and result signatures use its own key, derived from it.
+        self._secrets = {name: p.secret for name, p in providers.items() if getattr(p, "secret", None)}
+        self._client_keys: dict[str, RunKey] = {}
         self.plan = plan
+        self._norm_screen = NormScreen(plan.policy.max_norm_ratio, plan.policy.max_update_norm)
+        self._update_limit = 0  # bytes an update may have: set from the global model's encoding at the start
         self._model_wire = spec.to_wire()
         self._observers: list[Observer] = []
+        self.observer_errors: dict[str, int] = {}  # observer name -> how many events it failed on
         self._stop_requested = False
         self.resumed_round = 0  # the checkpointed round a resumed run continues after
         self.round_metrics: list[dict[str, float]] = []
@@ -113,9 +127,21 @@ class Controller:
         self._observers.append(observer)
 
     def emit(self, event: Any) -> None:
-        """Hand `event` to every observer (history, dashboard, accountant, progress)."""
+        """Hand `event` to every observer (history, dashboard, accountant, progress). An observer that raises
+        is logged (once) and counted in `observer_errors`, which RunFinished carries; the run goes on."""
         for observer in self._observers:
-            observer(event)
+            self._observed(observer, event)
+
+    def _observed(self, observer: Callable[[Any], Any], argument: Any) -> Any:
+        """`observer(argument)`, or None when it raises (logged once per observer, counted)."""
+        try:
+            return observer(argument)
+        except Exception:
+            name = _observer_name(observer)
+            if name not in self.observer_errors:
+                log.exception("observer %s failed on %s; the run goes on without it", name, type(argument).__name__)
+            self.observer_errors[name] = self.observer_errors.get(name, 0) + 1
+            return None
 
     def request_stop(self) -> None:
         """Finish the current round, then end the run as "stopped"."""
@@ -146,7 +172,8 @@ class Controller:
             raise
         finally:
             final = self.round_metrics[-1] if self.round_metrics else {}
-            self.emit(RunFinished(self.run_id, status, time.time(), completed, final, error))
+            self.emit(RunFinished(self.run_id, status, time.time(), completed, final, error,
+                                  observer_errors=dict(self.observer_errors)))
         return weights
 
     async def _start(self, weights: Weights, resume: Checkpoint | None) -> Weights:
@@ -160,6 +187,7 @@ class Controller:
         else:
             self.strategy.load_state(resume.strategy_state)
             self.round_metrics = list(resume.round_metrics)
+        self._update_limit = 2 * len(encode_arrays(weights)) + 2**16
         self.resumed_round = resume.round if resume else 0
         self.emit(RunStarted(
             self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
@@ -178,10 +206,19 @@ class Controller:
         task = make_task(run_id=self.run_id, round_number=round_number, client_id=client.client_id,
                          model=self._model_wire, weights=weights_key, data=client.data_key, update=update,
                          train=train, store=store, deadline=deadline)
-        key = self._keys.get(client.provider)
+        key = self._key(client)
         if key is not None:
             task["token"] = key.issue_token(task)
         return task
+
+    def _key(self, client: ClientRef) -> RunKey | None:
+        """The client's own key in this run (None: its provider runs unsigned)."""
+        secret = self._secrets.get(client.provider)
+        if secret is None:
+            return None
+        if client.client_id not in self._client_keys:
+            self._client_keys[client.client_id] = client_key(secret, self.run_id, client.client_id)
+        return self._client_keys[client.client_id]
 
     def invoke(self, round_number: int, client: ClientRef, task: dict[str, Any], started: float, *,
                retry: bool = True) -> asyncio.Future[dict[str, Any]]:
@@ -194,8 +231,10 @@ class Controller:
         return asyncio.ensure_future(invoke_with_retries(invoke, task, self.plan.policy, task["deadline"], retried))
 
     def screen(self, round_number: int, updates: Sequence[ClientUpdate], weights: Weights) -> list[ClientUpdate]:
-        """The round's updates without norm outliers (screening.py); each rejection is announced."""
-        outliers = norm_outliers(updates, weights, self.plan.policy.max_norm_ratio)
+        """The updates of `round_number`'s tasks, trained from `weights`, that pass the norm screening
+        (screening.NormScreen, which remembers recent rounds); each rejection is announced."""
+        distances = {update.client_id: update_distance(update.weights, weights) for update in updates}
+        outliers = self._norm_screen.outliers(distances)
         for client_id, reason in outliers.items():
             self.emit(UpdateRejected(self.run_id, round_number, client_id, reason))
         return [update for update in updates if update.client_id not in outliers]
@@ -208,7 +247,7 @@ class Controller:
         self.round_metrics.append(eval_metrics)
         privacy = dict(self.strategy.round_metrics())
         for source in self.privacy_sources:
-            privacy.update(source(round_number))
+            privacy.update(self._observed(source, round_number) or {})
         self.emit(RoundFinished(
             self.run_id, round_number, started, time.time(), selected, len(updates),
             selected - len(updates), eval_metrics, weighted_metrics(updates), privacy,
@@ -223,43 +262,69 @@ class Controller:
         """The client's update if its finished call succeeded and the result checks out against `weights`
         (the global model it trained from); otherwise the failure is recorded and the answer is None."""
         try:
-            result = call.result()
-            update = await self._read_update(round_number, client, result, weights)
+            update, result = await self._read_update(round_number, client, call.result(), weights)
         except InvocationError as error:
             self.record_failure(round_number, client, error, started)
             return None
         except Exception as error:  # a function's bad reply must not end the round
             self.record_failure(round_number, client, InvocationError(f"{type(error).__name__}: {error}", "error"), started)
             return None
-        timings = {k: float(v) for k, v in (result.get("timings") or {}).items()}
         finished = time.time()
         self.emit(InvocationFinished(
             self.run_id, round_number, client.client_id, client.provider, "succeeded",
-            max(started, finished - timings.get("total", 0.0)), finished,
-            cold=bool(result.get("cold")), num_examples=update.num_examples, metrics=update.metrics, timings=timings,
-            privacy=result.get("privacy") if isinstance(result.get("privacy"), dict) else None, staleness=staleness,
+            max(started, finished - result.timings.total), finished,
+            cold=result.cold, num_examples=update.num_examples, metrics=update.metrics,
+            timings=result.timings.model_dump(),
+            privacy=None if result.privacy is None else result.privacy.model_dump(), staleness=staleness,
         ))
         return update
 
-    async def _read_update(self, round_number: int, client: ClientRef, result: Any, weights: Weights) -> ClientUpdate:
+    async def _read_update(self, round_number: int, client: ClientRef, reply: Any,
+                           weights: Weights) -> tuple[ClientUpdate, Result]:
+        """The update a reply points at, weighted by what the controller knows: the reply must parse as a
+        Result for this very task, carry this client's signature over the update's bytes, claim the
+        client's true example count, and the update must fit the global model."""
         expected = update_key(self.run_id, round_number, client.client_id)
         try:
-            num_examples = check_result(result, {"run_id": self.run_id, "round": round_number,
-                                                 "client_id": client.client_id, "update": expected})
+            result = parse_result(reply, self.run_id, round_number, client.client_id, expected)
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
+        size = await self.store.asize(expected)
+        if size > self._update_limit:  # checked before reading: an update is the global model's size
+            raise InvocationError(f"the update is {size} bytes, more than the {self._update_limit} an update of this "
+                                  "model can take; it was not read", "rejected")
         data = await self.store.aget(expected)
-        key = self._keys.get(client.provider)
+        key = self._key(client)
         if key is not None:
             try:
-                key.verify_result(result, data)
+                key.verify_result(reply, data)
             except ResultSignatureError as error:
                 raise InvocationError(str(error), "signature") from None
+        if client.num_examples is not None and result.num_examples != client.num_examples:
+            raise InvocationError(f"the result claims {result.num_examples} examples, but the client's partition "
+                                  f"has {client.num_examples}", "rejected")
+        if problem := self._privacy_problem(result, client):
+            raise InvocationError(problem, "invalid")
         arrays = decode_arrays(data)
         if problem := update_problem(arrays, weights):
             raise InvocationError(problem, "rejected")
-        metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}
-        return ClientUpdate(client.client_id, arrays, num_examples, metrics)
+        num_examples = client.num_examples if client.num_examples is not None else result.num_examples
+        return ClientUpdate(client.client_id, arrays, num_examples, dict(result.metrics)), result
+
+    def _privacy_problem(self, result: Result, client: ClientRef) -> str | None:
+        """Why the result's DP-SGD facts cannot be the ones of the task it was given, or None. Epsilon is
+        the accountant's business; this only keeps a claim the controller's settings rule out from reaching it."""
+        dp, facts = self.plan.train.get("dp"), result.privacy
+        if facts is None or dp is None:
+            return None if facts is None and dp is None else (
+                f"the result {'lacks' if facts is None else 'has'} a privacy block, but its task "
+                f"{'asked for' if dp is not None else 'did not ask for'} DP-SGD")
+        claimed = (facts.noise_multiplier, facts.l2_norm_clip, facts.num_examples)
+        expected = (float(dp["noise_multiplier"]), float(dp["l2_norm_clip"]), client.num_examples or facts.num_examples)
+        if claimed != expected:
+            return (f"the result's privacy block claims noise {claimed[0]:g}, clip {claimed[1]:g}, {claimed[2]} examples; "
+                    f"its task set noise {expected[0]:g}, clip {expected[1]:g}, {expected[2]} examples")
+        return None
 
     def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
         """A failed invocation, or a late result "discarded"; its start is the round's, since no function reported one."""

@@ -80,6 +80,7 @@ class RunFinished:
     rounds_completed: int
     final_metrics: dict[str, float]
     error: str | None = None
+    observer_errors: dict[str, int] = field(default_factory=dict)  # observers that raised: name -> count
 
 
 Event = Union[RunStarted, RoundStarted, InvocationFinished, UpdateRejected, RoundFinished, RunFinished]

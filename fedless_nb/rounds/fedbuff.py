@@ -105,6 +105,11 @@ class FedBuff:
                 # Aggregate a full buffer, or a short one when every client has had its turn at this version.
                 if not buffer or (len(buffer) < options.buffer_size and (in_flight or len(tasked) < len(controller.clients))):
                     continue
+                screened = self._screen(buffer, versions)
+                window_failed += len(buffer) - len(screened)
+                buffer = screened
+                if not buffer:
+                    continue
                 deltas = [subtract(a.update.weights, versions[a.version]) for a in buffer]
                 weights = fedbuff(weights, deltas, [_staleness_weight(options, a.staleness) for a in buffer],
                                   options.server_learning_rate)
@@ -121,6 +126,15 @@ class FedBuff:
             for call in in_flight:
                 call.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _screen(self, buffer: list[_Arrival], versions: dict[int, Weights]) -> list[_Arrival]:
+        """The buffer's updates that pass the controller's norm screening, each against the global version it
+        trained from (and under its own task's round, where a rejection is recorded)."""
+        kept: set[str] = set()
+        for version in sorted({arrival.version for arrival in buffer}):
+            updates = [arrival.update for arrival in buffer if arrival.version == version]
+            kept.update(update.client_id for update in self.controller.screen(version + 1, updates, versions[version]))
+        return [arrival for arrival in buffer if arrival.update.client_id in kept]
 
     async def _expire(self, in_flight: dict[asyncio.Future[Any], _Dispatch]) -> int:
         """Cancel and record as failed the invocations past their deadline; returns how many."""

@@ -33,13 +33,15 @@ class RoundPolicy:
     """`retries`: extra attempts per invocation for a retryable cause, waiting `retry_backoff` * 2**n
     (plus jitter) between them while the round's deadline allows; `min_successful`: the quorum
     (0: none, a round with no update keeps the model); `round_repeats`: runs of a round below quorum;
-    `max_norm_ratio`: updates farther than this times the round's median are rejected (screening.py; 0: off)."""
+    `max_norm_ratio`: updates farther than this times the round's (or recent rounds') median are rejected,
+    `max_update_norm`: updates farther than this from the global model are rejected (screening.py; 0: off)."""
 
     retries: int = 2
     retry_backoff: float = 0.5
     min_successful: int = 0
     round_repeats: int = 0
     max_norm_ratio: float = 10.0
+    max_update_norm: float = 1000.0
 
 
 async def invoke_with_retries(

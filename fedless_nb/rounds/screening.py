@@ -5,13 +5,20 @@ update is checked on its own (shapes, dtypes, finite values) when it arrives, an
 round's other updates (its norm) before aggregation. A rejected update is a failed invocation
 with cause "rejected" and the reason in the history; its round goes on without it.
 
-The norm rule is median-based, so a minority of outliers cannot move it: an update whose L2
-distance from the current global model exceeds `ratio` times the median distance of the
-round's updates is rejected. It needs at least 3 updates, since a median of two says nothing.
+The norm rules look at an update's L2 distance from the global model it trained from, and work
+at any round size (`NormScreen`):
+- an absolute bound (`max_update_norm`), which holds from the first round on;
+- `ratio` times the median distance of the round's updates, from 3 updates on (a median of two
+  says nothing);
+- `ratio` times the median distance of the updates accepted in the last `window` rounds, so a
+  round of 1 or 2 updates (and FedBuff's buffers) is screened too. Medians, so a minority of
+  outliers cannot move them; an attacker who is the majority of the recent updates can raise
+  the bound by at most `ratio` per window, and the absolute bound still caps it.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Sequence
 
 import numpy as np
@@ -44,12 +51,41 @@ def update_distance(update: Weights, current: Weights) -> float:
 
 def norm_outliers(updates: Sequence[ClientUpdate], current: Weights, ratio: float) -> dict[str, str]:
     """Client id -> reason, for each update whose distance exceeds `ratio` times the round's median (0: off)."""
-    if ratio <= 0 or len(updates) < MIN_UPDATES_FOR_NORM_RULE:
+    return _round_outliers({update.client_id: update_distance(update.weights, current) for update in updates}, ratio)
+
+
+def _round_outliers(distances: dict[str, float], ratio: float) -> dict[str, str]:
+    if ratio <= 0 or len(distances) < MIN_UPDATES_FOR_NORM_RULE:
         return {}
-    distances = {update.client_id: update_distance(update.weights, current) for update in updates}
     median = float(np.median(list(distances.values())))
-    limit = ratio * median
     return {
         client_id: f"the update's L2 norm {distance:.4g} is more than {ratio:g}x the round's median {median:.4g}"
-        for client_id, distance in distances.items() if distance > limit
+        for client_id, distance in distances.items() if distance > ratio * median
     }
+
+
+class NormScreen:
+    """The three norm rules of the module docstring, with the memory of recent rounds they need."""
+
+    def __init__(self, ratio: float, absolute: float, window: int = 5) -> None:
+        self.ratio, self.absolute = ratio, absolute
+        self._recent: deque[list[float]] = deque(maxlen=window)  # accepted distances, one list per round
+
+    def outliers(self, distances: dict[str, float]) -> dict[str, str]:
+        """Client id -> reason for the round's updates given as distances; remembers the accepted ones."""
+        reasons = {client_id: f"the update's L2 norm {distance:.4g} exceeds max_update_norm {self.absolute:g}"
+                   for client_id, distance in distances.items()
+                   if self.absolute > 0 and (distance > self.absolute or not np.isfinite(distance))}
+        recent = [distance for distances_of_round in self._recent for distance in distances_of_round]
+        if self.ratio > 0 and recent:
+            limit = self.ratio * float(np.median(recent))
+            reasons.update({
+                client_id: f"the update's L2 norm {distance:.4g} is more than {self.ratio:g}x the median of the "
+                           f"recent rounds' updates {limit / self.ratio:.4g}"
+                for client_id, distance in distances.items() if distance > limit and client_id not in reasons})
+        reasons.update({client_id: reason for client_id, reason in _round_outliers(distances, self.ratio).items()
+                        if client_id not in reasons})
+        accepted = [distance for client_id, distance in distances.items() if client_id not in reasons]
+        if accepted:
+            self._recent.append(accepted)
+        return reasons

@@ -28,7 +28,7 @@ class MissingKeyError(StoreError, KeyError):
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape the store's namespace ('..', absolute paths, odd characters)."""
-    if not isinstance(key, str) or not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+    if not isinstance(key, str) or not _KEY.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):
         raise StoreError(f"invalid store key {key!r}: use relative paths of letters, digits, '._=-'")
     return key
 
@@ -76,6 +76,13 @@ class Store(ABC):
 
     async def aexists(self, key: str) -> bool:
         return self.exists(key)
+
+    def size(self, key: str) -> int:
+        """The blob's size in bytes; stores that can (a file's stat, S3's HEAD) answer without reading it."""
+        return len(self.get(key))
+
+    async def asize(self, key: str) -> int:
+        return self.size(key)
 
     async def adelete(self, key: str) -> None:
         self.delete(key)

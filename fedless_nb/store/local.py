@@ -42,6 +42,12 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise MissingKeyError(f"store {self.root} has no key {key!r}") from None
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ElementTree
 from typing import Any, Mapping
@@ -50,6 +51,8 @@ class PresignedStore(Store):
         if key not in grants:
             allowed = ", ".join(sorted(grants)) or "nothing"
             raise StoreError(f"this task grants no {access} access to {key!r}; it may {access} only: {allowed}")
+        if urllib.parse.urlsplit(grants[key]).scheme not in ("http", "https"):
+            raise StoreError(f"the task's URL for {key!r} is not http(s); a function fetches nothing else")
         if time.time() >= self.expires_at:
             expired = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.expires_at))
             raise StoreError(f"the task's store access expired at {expired} (its round deadline)")

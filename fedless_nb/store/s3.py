@@ -168,6 +168,15 @@ class S3Store(Store):
             raise
         return True
 
+    async def _size(self, key: str) -> int:
+        try:
+            response = await self._client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+        except ClientError as error:
+            if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                raise MissingKeyError(f"store has no key {key!r} ({self._where(key)})") from None
+            raise
+        return int(response["ContentLength"])
+
     async def _delete(self, key: str) -> None:
         await self._client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
 
@@ -198,6 +207,12 @@ class S3Store(Store):
 
     def delete(self, key: str) -> None:
         self._run(self._delete(key))
+
+    def size(self, key: str) -> int:
+        return self._run(self._size(key))
+
+    async def asize(self, key: str) -> int:
+        return await self._await(self._size(key))
 
     async def aput(self, key: str, data: bytes | bytearray | memoryview) -> None:
         await self._await(self._put(key, data))

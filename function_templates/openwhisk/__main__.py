@@ -3,27 +3,32 @@
 A web action's args hold the JSON body's fields next to __ow_method, __ow_headers and
 __ow_path; it answers with statusCode/headers/body. Through the blocking invoke API the
 args are the task itself, and a failure is returned as {"error": {...}} (OpenWhisk then
-answers 502 and the HTTP provider reads the status inside). The run secret is a bound,
-final parameter: it is taken out of args before the task is built.
+answers 502 and the HTTP provider reads the status inside).
+
+The run secret is a bound parameter annotated final (manifest.yaml), so a caller's arguments
+cannot replace it. It is taken out of args before the task is built and handed to the client
+step for this call only: never written into the environment, where it would outlive the call in
+a warm container. An action without it refuses every task (no fallback to an unsigned mode).
 """
 
-import os
-
 from fedless_nb.function import serving
-from fedless_nb.security import SECRET_VARIABLE
+from fedless_nb.security import SECRET_VARIABLE, AuthError
 
 
 def main(args):
     args = dict(args)
     secret = args.pop(SECRET_VARIABLE, None)
-    if secret:
-        os.environ[SECRET_VARIABLE] = secret
     web = "__ow_method" in args
-    if web and args.get("__ow_body"):  # a raw (non-JSON-merged) body
-        body = args["__ow_body"]
+    if not secret:
+        refusal = AuthError(f"this action has no bound {SECRET_VARIABLE} parameter, so it refuses every task: "
+                            "deploy it with manifest.yaml", status=401)
+        status, reply = refusal.status, serving.error_reply(refusal.status, refusal)
     else:
-        body = {name: value for name, value in args.items() if not name.startswith("__ow_")}
-    status, reply = serving.invoke(body)
+        if web and args.get("__ow_body"):  # a raw (non-JSON-merged) body
+            body = args["__ow_body"]
+        else:
+            body = {name: value for name, value in args.items() if not name.startswith("__ow_")}
+        status, reply = serving.invoke(body, secret=secret)
     if web:
         return {"statusCode": status, "headers": serving.JSON_HEADERS, "body": reply}
     return reply

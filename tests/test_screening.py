@@ -1,0 +1,58 @@
+"""Norm screening at any round size: an absolute bound, the round's median from 3 updates on, and the median
+of recent rounds' accepted updates, in synchronous rounds and in FedBuff's buffers."""
+
+import numpy as np
+import pytest
+
+from fedless_nb.experiment import ExperimentConfig
+from fedless_nb.providers import LocalProvider
+from fedless_nb.records.history import History
+from fedless_nb.rounds.screening import NormScreen
+from fedless_nb.runner import run_experiment
+from fedless_nb.store import LocalStore, decode_arrays
+from fedless_nb.store.keys import global_weights_key
+
+
+def test_the_absolute_bound_screens_even_the_first_round_of_two():
+    rejected = NormScreen(ratio=10, absolute=1000).outliers({"a": 1.0, "b": 1e6})
+    assert list(rejected) == ["b"] and "exceeds max_update_norm 1000" in rejected["b"]
+
+
+def test_recent_rounds_screen_a_round_of_one():
+    screen = NormScreen(ratio=10, absolute=0)
+    assert screen.outliers({"a": 1.0, "b": 1.2, "c": 0.9}) == {}
+    rejected = screen.outliers({"d": 50.0})
+    assert list(rejected) == ["d"] and "median of the recent rounds' updates 1" in rejected["d"]
+    assert screen.outliers({"e": 5.0}) == {}, "within 10x of the recent median"
+
+
+def test_a_minority_cannot_raise_the_recent_bound():
+    screen = NormScreen(ratio=10, absolute=0, window=5)
+    for _ in range(4):
+        screen.outliers({"honest-1": 1.0, "honest-2": 1.1, "attacker": 9.0})  # just under 10x, accepted
+    assert list(screen.outliers({"attacker": 80.0})) == ["attacker"]
+
+
+def test_zero_turns_each_rule_off():
+    screen = NormScreen(ratio=0, absolute=0)
+    assert screen.outliers({"a": 1.0}) == {} and screen.outliers({"b": 1e9}) == {}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_boosted_signed_update_is_rejected_with_two_clients(tiny_config, mode):
+    config = tiny_config(clients=2, clients_per_round=2, rounds=2, retries=0, mode=mode,
+                         asynchronous={"concurrency": 2, "buffer_size": 2})
+    result = run_experiment(config, providers={"local": LocalProvider("local", workers=2, entry_point="workloads:boosts_client_1")})
+    initial = decode_arrays(LocalStore(config.store.path).get(global_weights_key(result.run_id, 0)))
+    invocations = History(config.history).invocations(result.run_id)
+    boosted = [i for i in invocations if i["client_id"] == "client-0001"]
+    assert boosted and all(i["outcome"] == "failed" and i["cause"] == "rejected" for i in boosted)
+    assert all("max_update_norm" in i["error"] for i in boosted)
+    assert all(i["outcome"] == "succeeded" for i in invocations if i["client_id"] == "client-0000")
+    moved = max(float(np.max(np.abs(w - w0))) for w, w0 in zip(result.weights, initial))
+    assert moved < 10, f"the global model moved {moved:g}"
+
+
+def test_max_update_norm_is_checked():
+    with pytest.raises(ValueError, match="max_update_norm: must be >= 0"):
+        ExperimentConfig.from_dict({"max_update_norm": -1})
