@@ -11,7 +11,11 @@ import time
 from typing import Any
 
 TASK_FIELDS = ("run_id", "round", "client_id", "model", "weights", "data", "update", "train", "store")
-TRAIN_SETTINGS = {"epochs", "batch_size", "optimizer", "learning_rate", "seed", "proximal_mu", "dp", "correction"}
+TRAIN_SETTINGS = {"epochs", "batch_size", "optimizer", "learning_rate", "seed", "proximal_mu", "dp", "correction",
+                  "budget_seconds", "budget_epochs"}
+# What a result reports of its work besides its counts: the local steps it took and whether it stopped short
+# of its planned epochs (its time budget ran out, or it is a simulated straggler).
+PROGRESS_FIELDS = ("steps", "partial")
 DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches")
 
 
@@ -61,6 +65,10 @@ def check_task(payload: Any) -> None:
             isinstance(dp.get(name), (int, float)) and not isinstance(dp.get(name), bool)
             for name in ("l2_norm_clip", "noise_multiplier"))):
         raise PayloadError("the task's train.dp must give l2_norm_clip and noise_multiplier as numbers")
+    for budget in ("budget_seconds", "budget_epochs"):
+        value = payload["train"].get(budget)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise PayloadError(f"the task's train.{budget} must be a positive number or null, got {value!r}")
     deadline = payload.get("deadline")
     if deadline is not None and time.time() > float(deadline):
         raise PayloadError("the task arrived after its round deadline")
@@ -81,3 +89,19 @@ def check_result(result: Any, task: dict[str, Any]) -> int:
     if not isinstance(num_examples, int) or num_examples <= 0:
         raise ResultError(f"the result has an invalid num_examples {num_examples!r}", "invalid")
     return num_examples
+
+
+def check_progress(result: dict[str, Any], planned_steps: int) -> tuple[int, bool]:
+    """The (steps, partial) a result reports, checked against the `planned_steps` the controller expects.
+
+    A full update took exactly the planned steps; a partial one between 1 and the planned steps. A result
+    that reports neither field (a function older than partial work) did the planned work.
+    """
+    steps, partial = result.get("steps", planned_steps), result.get("partial", False)
+    if not isinstance(partial, bool):
+        raise ResultError(f"the result's partial must be true or false, got {partial!r}", "invalid")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= planned_steps:
+        raise ResultError(f"the result claims {steps!r} local steps; 1 to {planned_steps} were possible", "invalid")
+    if not partial and steps != planned_steps:
+        raise ResultError(f"the result claims full work in {steps} steps, not the planned {planned_steps}", "invalid")
+    return steps, partial

@@ -22,13 +22,15 @@ import numpy as np
 
 from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
 from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted, UpdateRejected
+from ..function.batching import local_steps
 from ..model import ModelSpec
 from ..privacy.accounting import PrivacyBudgetExhausted
 from ..providers.base import InvocationError, Provider
 from .resilience import RoundPolicy, invoke_with_retries
 from ..security import ResultSignatureError, RunKey
-from ..wire import ResultError, check_result, make_task, task_reads
+from ..wire import ResultError, check_progress, check_result, make_task, task_reads
 from .selection import SelectionPolicy
+from .stragglers import Stragglers
 from .synchronous import SynchronousRounds
 from ..store import Store, decode_arrays, encode_arrays
 from ..store.keys import global_weights_key, update_key
@@ -39,6 +41,10 @@ from .screening import norm_outliers, update_problem
 # Produces the rounds of a run: given the initial weights, yields (round number, global weights) per round.
 # A schedule is built on a Controller and uses only its public round interface.
 Schedule = Callable[[Weights], AsyncIterator[tuple[int, Weights]]]
+
+# The share of an invocation's time (the round's rest or the provider's timeout) a client may train before it
+# stops and returns partial work; the rest is for loading, uploading and the way back.
+BUDGET_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class RoundPlan:
     round_deadline: float
     seed: int = 0
     policy: RoundPolicy = RoundPolicy()
+    stragglers: Stragglers | None = None
 
 
 def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
@@ -171,7 +178,7 @@ class Controller:
         """The client's signed task for `round_number` (wire.make_task); its shuffling seed differs per
         run seed, round and client."""
         seed = zlib.crc32(f"{self.plan.seed}/{round_number}/{client.client_id}".encode())
-        train = {**self.plan.train, **overrides, "seed": seed}
+        train = {**self.plan.train, **overrides, "seed": seed, "budget_seconds": self.time_budget(client, deadline)}
         weights_key = global_weights_key(self.run_id, round_number - 1)
         update = update_key(self.run_id, round_number, client.client_id)
         store = self.store.task_descriptor(task_reads(train, weights_key, client.data_key, update), [update], deadline)
@@ -182,6 +189,14 @@ class Controller:
         if key is not None:
             task["token"] = key.issue_token(task)
         return task
+
+    def time_budget(self, client: ClientRef, deadline: float) -> float:
+        """Seconds the client may work before it stops and returns partial work: BUDGET_SHARE of the round's
+        rest or of its provider's timeout, whichever is shorter, and at most the config's train.budget_seconds."""
+        timeout = getattr(self.providers[client.provider], "timeout", None)
+        budget = BUDGET_SHARE * min(deadline - time.time(), timeout if timeout is not None else float("inf"))
+        configured = self.plan.train.get("budget_seconds")
+        return max(0.001, budget if configured is None else min(budget, float(configured)))
 
     def invoke(self, round_number: int, client: ClientRef, task: dict[str, Any], started: float, *,
                retry: bool = True) -> asyncio.Future[dict[str, Any]]:
@@ -238,6 +253,7 @@ class Controller:
             max(started, finished - timings.get("total", 0.0)), finished,
             cold=bool(result.get("cold")), num_examples=update.num_examples, metrics=update.metrics, timings=timings,
             privacy=result.get("privacy") if isinstance(result.get("privacy"), dict) else None, staleness=staleness,
+            steps=update.steps, partial=update.partial,
         ))
         return update
 
@@ -259,7 +275,11 @@ class Controller:
         if problem := update_problem(arrays, weights):
             raise InvocationError(problem, "rejected")
         metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}
-        return ClientUpdate(client.client_id, arrays, num_examples, metrics)
+        try:
+            steps, partial = check_progress(result, local_steps(num_examples, self.plan.train))
+        except ResultError as error:
+            raise InvocationError(str(error), error.cause) from None
+        return ClientUpdate(client.client_id, arrays, num_examples, metrics, steps, partial)
 
     def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
         """A failed invocation, or a late result "discarded"; its start is the round's, since no function reported one."""
