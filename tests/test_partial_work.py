@@ -158,3 +158,42 @@ def test_a_run_with_stragglers_aggregates_their_partial_work(tiny_config):
     for row in invocations:
         planned = 2 * -(-row["num_examples"] // 32)
         assert row["steps"] == (planned // 2 if row["partial"] else planned)
+
+
+# -- the budget a task carries -------------------------------------------------------------------------
+
+
+def _controller(tmp_path, provider_timeout, train):
+    from fedless_nb import zoo
+    from fedless_nb.model import model_spec_from
+    from fedless_nb.providers import LocalProvider
+    from fedless_nb.rounds.controller import ClientRef, Controller, RoundPlan
+    from fedless_nb.rounds.selection import make_selection
+    from fedless_nb.store import LocalStore
+
+    spec, _ = model_spec_from(zoo.mlp, builder_context={"input_shape": (8,), "num_classes": 3, "hidden_units": [4]})
+    client = ClientRef("client-0000", "data/a", "local")
+    controller = Controller(
+        run_id="r", name="budget", config={}, spec=spec, strategy=make_strategy("fedavg"),
+        selection=make_selection("random", 0), clients=[client],
+        providers={"local": LocalProvider("local", workers=1, timeout=provider_timeout)}, store=LocalStore(tmp_path),
+        evaluate=lambda weights: {}, plan=RoundPlan(1, 1, {**TRAIN, "budget_seconds": None, **train}, 600.0))
+    return controller, client
+
+
+@pytest.mark.parametrize("provider_timeout, rest, configured, expected", [
+    (120.0, 30.0, None, 24.0),   # the round's rest is shorter: 80% of it
+    (10.0, 30.0, None, 8.0),     # the provider's timeout is shorter: 80% of it
+    (120.0, 30.0, 5.0, 5.0),     # the config's train.budget_seconds caps both
+])
+def test_a_task_carries_its_invocations_time_budget(tmp_path, provider_timeout, rest, configured, expected):
+    import time
+
+    controller, client = _controller(tmp_path, provider_timeout, {"budget_seconds": configured})
+    task = controller.task(1, client, {}, deadline=time.time() + rest)
+    assert task["train"]["budget_seconds"] == pytest.approx(expected, abs=0.05)
+
+
+def test_a_budget_below_zero_is_refused_by_config(tiny_config):
+    with pytest.raises(ConfigError, match="train.budget_seconds: must be > 0 seconds or null"):
+        tiny_config(train={"epochs": 1, "budget_seconds": 0})
