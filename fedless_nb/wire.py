@@ -97,7 +97,9 @@ def check_progress(result: dict[str, Any], planned_steps: int) -> tuple[int, boo
     A full update took exactly the planned steps; a partial one between 1 and the planned steps. A result
     that reports neither field (a function older than partial work) did the planned work.
     """
-    steps, partial = result.get("steps", planned_steps), result.get("partial", False)
+    if not any(name in result for name in PROGRESS_FIELDS):
+        return planned_steps, False
+    steps, partial = result.get("steps"), result.get("partial")
     if not isinstance(partial, bool):
         raise ResultError(f"the result's partial must be true or false, got {partial!r}", "invalid")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= planned_steps:
