@@ -17,7 +17,7 @@ from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarte
 from .errors import UserError
 from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
 from .records.history import DEFAULT_HISTORY, History
-from .deploy.packaging import PLATFORMS, build_bundle
+from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
 from .security import SECRET_VARIABLE, client_secret, function_secret
 
 
@@ -145,10 +145,16 @@ def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _deploy_values(arguments: argparse.Namespace) -> dict[str, str | None]:
+    return {key: getattr(arguments, key) for key in ("role", "image", "app", "resource_group")}
+
+
 def _package(arguments: argparse.Namespace, console: Console) -> int:
-    bundle = build_bundle(arguments.provider, arguments.out, name=arguments.name)
+    bundle = build_bundle(arguments.provider, arguments.out, name=arguments.name, **_deploy_values(arguments))
     console.print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)", highlight=False)
     console.print(f"Pinned requirements: {', '.join(bundle.requirements)}", highlight=False, soft_wrap=True)
+    console.print(f"They take about {requirements_megabytes(list(bundle.requirements)):.0f} MB installed (measured from "
+                  "this machine's packages; tensorflow stands in for tensorflow-cpu)", highlight=False)
     console.print("Deploy it with (the secret is read from your shell's FEDLESS_RUN_SECRET):", highlight=False)
     print(bundle.deploy_command)  # plain, so it can be copied or piped as is
     return 0
@@ -160,6 +166,34 @@ def _print_client_secret(client_id: str) -> int:
         raise UserError(f"set {SECRET_VARIABLE} (the provider's secret, as the controller has it) to derive a client's")
     print(client_secret(provider_secret, client_id))  # plain, for $(...) in a deploy command
     return 0
+
+
+def _deploy(arguments: argparse.Namespace, console: Console) -> int:
+    from .deploy.deployment import LambdaDeployment, deploy
+
+    values = _deploy_values(arguments)
+    deployment = LambdaDeployment(
+        arguments.name, image=values.pop("image"), role=values.pop("role"), region=arguments.region,
+        endpoint_url=arguments.endpoint_url, memory_mb=arguments.memory_mb, timeout=arguments.timeout,
+        reserved_concurrency=arguments.concurrency)
+    outcome = deploy(arguments.provider, arguments.out, deployment, **values)
+    if arguments.provider in ("aws_lambda", "aws_lambda_zip"):
+        console.print(outcome, highlight=False)
+    else:
+        console.print(f"{arguments.provider} is deployed by its own tool; run (the secret is read from your "
+                      "shell's FEDLESS_RUN_SECRET):", highlight=False)
+        print(outcome)
+    return 0
+
+
+def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
+    """Which bundle, where, and the values its deploy command needs (never left as placeholders)."""
+    parser.add_argument("--provider", required=True, choices=list(PLATFORMS))
+    parser.add_argument("--name", default="fedless-client", help="the function's name on the platform")
+    parser.add_argument("--role", help="aws_lambda: the ARN of the IAM role the function runs as")
+    parser.add_argument("--image", help="aws_lambda, knative: the container image (registry/repository:tag)")
+    parser.add_argument("--app", help="azure_functions: the function app")
+    parser.add_argument("--resource-group", help="azure_functions: the function app's resource group")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,9 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("client_id")
     commands.add_parser("schema", help="print the config's JSON Schema (for editors that check YAML files)")
     package = commands.add_parser("package", help="build a deployable function bundle and print its deploy command")
-    package.add_argument("--provider", required=True, choices=list(PLATFORMS))
+    _add_bundle_options(package)
     package.add_argument("--out", required=True, help="folder to write the bundle into")
-    package.add_argument("--name", default="fedless-client", help="the function's name on the platform")
+    deploy = commands.add_parser("deploy", help="deploy the function: AWS Lambda directly (create or update, "
+                                                "wait until active, reserve concurrency); other platforms: print the command")
+    _add_bundle_options(deploy)
+    deploy.add_argument("--out", default="dist", help="folder for a bundle the deployment builds (default dist)")
+    deploy.add_argument("--region", help="aws_lambda: the AWS region (default: the AWS configuration's)")
+    deploy.add_argument("--endpoint-url", help="aws_lambda: a Lambda-compatible endpoint instead of AWS's")
+    deploy.add_argument("--memory-mb", type=int, default=2048, help="aws_lambda: memory size (default 2048)")
+    deploy.add_argument("--timeout", type=int, default=300, help="aws_lambda: seconds per invocation (default 300)")
+    deploy.add_argument("--concurrency", type=int, help="aws_lambda: reserved concurrency (invocations at once)")
     kernel = commands.add_parser("kernel", help="the Jupyter kernel spec 'Python 3 (fedless)'")
     kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
     install = kernel_commands.add_parser("install", help="install it with jupyter_client's KernelSpecManager")
@@ -221,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _package(arguments, console)
         if arguments.command == "partition":
             return _show_partition(arguments, console)
+        if arguments.command == "deploy":
+            return _deploy(arguments, console)
         if arguments.command == "kernel":
             return _install_kernel(arguments, console)
         if arguments.command == "client-secret":

@@ -87,6 +87,15 @@ class TrainConfig(_Section):
     optimizer: str = "sgd"
     learning_rate: float = 0.1
     dp: DPConfig | None = None
+    budget_seconds: float | None = None
+
+
+class StragglersConfig(_Section):
+    """Simulated systems heterogeneity (synchronous rounds): in every round `fraction` of the selected
+    clients straggle, each managing `work` of its epochs and returning that partial work."""
+
+    fraction: float = 0.5
+    work: float = 0.5
 
 
 class StrategyConfig(_Section):
@@ -192,6 +201,7 @@ class ExperimentConfig(_Section):
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     mode: str = "sync"
     asynchronous: AsyncConfig = field(default_factory=AsyncConfig)
+    stragglers: StragglersConfig | None = None
     providers: list[ProviderConfig] = field(default_factory=lambda: [ProviderConfig()])
     store: StoreConfig = field(default_factory=StoreConfig)
 
@@ -346,6 +356,8 @@ def validate(config: ExperimentConfig) -> None:
     _require(config.train.batch_size >= 1, "train.batch_size", f"must be >= 1, got {config.train.batch_size}")
     _require(config.train.learning_rate > 0, "train.learning_rate", f"must be > 0, got {config.train.learning_rate}")
     _require_choice(config.train.optimizer, OPTIMIZERS, "train.optimizer")
+    _require(config.train.budget_seconds is None or config.train.budget_seconds > 0, "train.budget_seconds",
+             f"must be > 0 seconds or null, got {config.train.budget_seconds}")
     _require_choice(config.strategy.name, STRATEGIES, "strategy.name")
     _validate_research_options(config)
     _require_choice(config.store.kind, STORE_KINDS, "store.kind")
@@ -396,6 +408,12 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         _require(config.strategy.name in CENTRAL_DP_STRATEGIES, "central_dp",
                  f"works with the strategies {', '.join(CENTRAL_DP_STRATEGIES)}, not {config.strategy.name!r}")
     _require_choice(config.selection.policy, POLICIES, "selection.policy")
+    if config.stragglers is not None:
+        _require(0 <= config.stragglers.fraction <= 1, "stragglers.fraction",
+                 f"must be between 0 and 1, got {config.stragglers.fraction}")
+        _require(0 < config.stragglers.work < 1, "stragglers.work",
+                 f"must be between 0 and 1 (the share of its epochs a straggler manages), got {config.stragglers.work}")
+        _require(config.mode == "sync", "stragglers", "are simulated in synchronous rounds (mode: sync) only")
     _require_choice(config.mode, ("sync", "async"), "mode")
     if config.mode == "async":
         rounds = config.asynchronous

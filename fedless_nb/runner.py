@@ -32,6 +32,7 @@ from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
 from .privacy.accounting import DpRound, ExampleLevelAccountant
 from .rounds.resilience import RoundPolicy
+from .rounds.stragglers import Stragglers
 from .rounds.selection import BudgetedSelection, SelectionPolicy, make_selection
 from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_store
 from .store.keys import client_data_key, global_weights_key
@@ -165,7 +166,7 @@ async def run_experiment_async(
         providers=providers, store=store, evaluate=Evaluator(spec, dataset.x_test, dataset.y_test),
         plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed,
                        RoundPolicy(config.retries, config.retry_backoff, config.min_successful, config.round_repeats,
-                                   config.max_norm_ratio, config.max_update_norm)),
+                                   config.max_norm_ratio, config.max_update_norm), _stragglers(config)),
     )
     controller.subscribe(selection.observe)
     if accountant is not None:
@@ -221,6 +222,11 @@ def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | No
     return BudgetedSelection(policy, accountant, stop_run=config.train.dp.on_budget == "stop_run")  # type: ignore[union-attr]
 
 
+def _stragglers(config: ExperimentConfig) -> Stragglers | None:
+    slow = config.stragglers
+    return None if slow is None or slow.fraction == 0 else Stragglers(slow.fraction, slow.work, config.seed)
+
+
 def _schedule(config: ExperimentConfig, controller: Controller) -> Any:
     """FedBuff's asynchronous rounds when `mode: async`; None keeps the controller's synchronous rounds."""
     if config.mode != "async":
@@ -235,7 +241,7 @@ def _train_settings(config: ExperimentConfig) -> dict[str, Any]:
     dp = None if train.dp is None else {"l2_norm_clip": train.dp.l2_norm_clip, "noise_multiplier": train.dp.noise_multiplier,
                                         "num_microbatches": train.dp.num_microbatches}
     return {"epochs": train.epochs, "batch_size": train.batch_size, "optimizer": train.optimizer,
-            "learning_rate": train.learning_rate, "dp": dp}
+            "learning_rate": train.learning_rate, "dp": dp, "budget_seconds": train.budget_seconds}
 
 
 def run_experiment(config: ExperimentConfig, **options: Any) -> RunResult:

@@ -53,6 +53,10 @@ class TrainSettings(_Strict):
     proximal_mu: Annotated[float, Field(ge=0, le=1e12)] | None = None
     dp: DpSettings | None = None
     correction: _Key | None = None
+    # Partial work: stop after this many seconds (the controller's share of the round) or this many epochs
+    # (a simulated straggler) and return what was done.
+    budget_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None = None
+    budget_epochs: Annotated[float, Field(gt=0, le=10**6)] | None = None
 
 
 class Task(_Strict):
@@ -108,6 +112,10 @@ class Result(_Strict):
     timings: Timings = Timings()
     cold: bool = False
     privacy: PrivacyFacts | None = None
+    # The local steps taken and whether they stopped short of the planned epochs (check_progress);
+    # a function older than partial work reports neither.
+    steps: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] | None = None
+    partial: bool | None = None
     signature: Annotated[str, Field(max_length=512)] | None = None
 
 
@@ -210,3 +218,21 @@ def parse_result(reply: Any, run_id: str, round_number: int, client_id: str, upd
         raise ResultError(f"the result answers another task: {answered}", "invalid")
     return result
 
+
+
+def check_progress(result: Result, planned_steps: int) -> tuple[int, bool]:
+    """The (steps, partial) a result reports, checked against the `planned_steps` the controller expects.
+
+    A full update took exactly the planned steps; a partial one between 1 and the planned steps. A result
+    that reports neither field (a function older than partial work) did the planned work.
+    """
+    steps, partial = result.steps, result.partial
+    if steps is None and partial is None:
+        return planned_steps, False
+    if partial is None:
+        raise ResultError(f"the result reports {steps} steps but not whether its work is partial", "invalid")
+    if steps is None or not 1 <= steps <= planned_steps:
+        raise ResultError(f"the result claims {steps!r} local steps; 1 to {planned_steps} were possible", "invalid")
+    if not partial and steps != planned_steps:
+        raise ResultError(f"the result claims full work in {steps} steps, not the planned {planned_steps}", "invalid")
+    return steps, partial

@@ -153,7 +153,7 @@ def test_strategies_registry_and_option_errors():
     from fedless_nb.strategies import STRATEGIES, StrategyOptionError
 
     assert set(STRATEGIES) == {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
-                               "trimmed_mean", "krum", "scaffold"}
+                               "trimmed_mean", "krum", "scaffold", "fednova"}
     with pytest.raises(StrategyOptionError, match="^etta: not an option of fedadam"):
         make_strategy("fedadam", {"etta": 0.1})
     with pytest.raises(StrategyOptionError, match="^server_momentum: must be in"):

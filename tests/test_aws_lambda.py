@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from fedless_nb import zoo
+from fedless_nb import cli, zoo
 from fedless_nb.function import handler as client
 from fedless_nb.experiment import ConfigError, ExperimentConfig
 from fedless_nb.model import model_spec_from
@@ -268,26 +268,52 @@ def test_a_missing_region_is_one_clear_line(monkeypatch):
         LambdaProvider("aws", function_name="f")
 
 
-def test_the_packaged_bundle_deploys_and_its_handler_answers_signed_tasks(moto_endpoint, role, tmp_path, function_env):
-    bundle = build_bundle("aws_lambda", tmp_path / "dist")
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fedless-client"
+
+
+def test_fedless_nb_deploy_creates_then_updates_an_image_function(moto_endpoint, role, function_env):
+    """`fedless-nb deploy --provider aws_lambda` against moto's Lambda API: create the container-image
+    function, wait until it is active, reserve its concurrency; a second deploy updates image and settings."""
     name = f"fedless-{uuid.uuid4().hex[:8]}"
+    lambda_api = boto3.client("lambda", endpoint_url=moto_endpoint, region_name="us-east-1")
+    common = ["deploy", "--provider", "aws_lambda", "--name", name, "--endpoint-url", moto_endpoint, "--region", "us-east-1"]
 
-    async def deploy():
-        provider = LambdaProvider("aws", function_name=name, endpoint_url=moto_endpoint, role=role, secret=SECRET)
-        try:
-            await provider.deploy(bundle.path)
-        finally:
-            await provider.close()
+    assert cli.main([*common, "--image", f"{IMAGE}:1", "--role", role, "--concurrency", "5"]) == 0
+    created = lambda_api.get_function(FunctionName=name)
+    configuration = created["Configuration"]
+    assert (configuration["PackageType"], created["Code"]["ImageUri"], configuration["State"]) == ("Image", f"{IMAGE}:1", "Active")
+    assert (configuration["MemorySize"], configuration["Timeout"], configuration["Role"]) == (2048, 300, role)
+    assert configuration["Environment"]["Variables"] == {SECRET_VARIABLE: SECRET}
+    assert lambda_api.get_function_concurrency(FunctionName=name)["ReservedConcurrentExecutions"] == 5
 
-    asyncio.run(deploy())
-    deployed = boto3.client("lambda", endpoint_url=moto_endpoint, region_name="us-east-1").get_function_configuration(
-        FunctionName=name)
-    assert deployed["Handler"] == "lambda_function.lambda_handler" and deployed["CodeSize"] == bundle.path.stat().st_size
-    assert deployed["Environment"]["Variables"] == {SECRET_VARIABLE: SECRET}
+    assert cli.main([*common, "--image", f"{IMAGE}:2", "--memory-mb", "3008", "--concurrency", "8"]) == 0  # no role: updates
+    updated = lambda_api.get_function(FunctionName=name)
+    assert (updated["Code"]["ImageUri"], updated["Configuration"]["MemorySize"]) == (f"{IMAGE}:2", 3008)
+    assert lambda_api.get_function_concurrency(FunctionName=name)["ReservedConcurrentExecutions"] == 8
 
-    with zipfile.ZipFile(bundle.path) as archive:  # the zip's own handler, run the way Lambda's runtime runs it
-        archive.extractall(tmp_path / "code")
-    spec = importlib.util.spec_from_file_location("bundled_lambda_function", tmp_path / "code" / "lambda_function.py")
+
+def test_fedless_nb_deploy_refuses_clearly(moto_endpoint, function_env, monkeypatch, tmp_path, capsys):
+    common = ["deploy", "--provider", "aws_lambda", "--endpoint-url", moto_endpoint, "--name", "fedless-absent"]
+    assert cli.main(common) == 2
+    assert "aws_lambda's deploy needs --image" in capsys.readouterr().out
+    assert cli.main([*common, "--image", f"{IMAGE}:1"]) == 2
+    assert "creating 'fedless-absent' needs a role" in capsys.readouterr().out
+    monkeypatch.delenv(SECRET_VARIABLE)
+    assert cli.main([*common, "--image", f"{IMAGE}:1"]) == 2
+    assert f"set {SECRET_VARIABLE} to the run secret" in capsys.readouterr().out
+    assert cli.main(["deploy", "--provider", "azure_functions", "--out", str(tmp_path), "--app", "fl"]) == 2
+    assert "azure_functions's deploy command needs --resource-group" in capsys.readouterr().out
+
+
+def test_fedless_nb_deploy_prints_the_command_of_other_platforms(tmp_path, capsys):
+    assert cli.main(["deploy", "--provider", "openwhisk", "--out", str(tmp_path), "--name", "fl"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"wsk action create fl {tmp_path / 'fl-openwhisk.zip'} ")
+
+
+def test_the_image_bundles_handler_answers_signed_tasks(tmp_path, function_env):
+    """The handler of the image's build context, run the way Lambda's runtime runs it, behind the Invoke API."""
+    bundle = build_bundle("aws_lambda", tmp_path / "dist", role="arn:aws:iam::123456789012:role/fl", image=f"{IMAGE}:1")
+    spec = importlib.util.spec_from_file_location("bundled_lambda_function", bundle.path / "lambda_function.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     store, model = write_inputs(tmp_path / "store")

@@ -35,7 +35,10 @@ def _load(path, name):
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles")
-    return {provider: build_bundle(provider, out) for provider in ("aws_lambda", "openwhisk", "openfaas", "azure_functions")}
+    values = {"role": "arn:aws:iam::123456789012:role/fedless", "image": "example.com/fedless-client:1",
+              "app": "fedless-app", "resource_group": "fedless-group"}
+    return {provider: build_bundle(provider, out, **values)
+            for provider in ("aws_lambda", "openwhisk", "openfaas", "azure_functions")}
 
 
 @pytest.fixture
@@ -146,7 +149,7 @@ def _function_url_event(body: bytes):
 
 def test_lambda_adapter_for_direct_invocations_and_function_urls(bundles, tasks, tmp_path):
     task, unsigned, signed = tasks
-    handler = _load(_unzipped(bundles["aws_lambda"], tmp_path) / "lambda_function.py", "lambda_function").lambda_handler
+    handler = _load(bundles["aws_lambda"].path / "lambda_function.py", "lambda_function").lambda_handler
     from fedless_nb.security import AuthError
 
     with pytest.raises(AuthError, match="has no token"):  # Lambda reports it as a function error of type AuthError
@@ -159,7 +162,7 @@ def test_lambda_adapter_for_direct_invocations_and_function_urls(bundles, tasks,
 
 def test_lambda_adapter_direct_invocation_returns_the_signed_result(bundles, tasks, tmp_path):
     task, _, signed = tasks
-    handler = _load(_unzipped(bundles["aws_lambda"], tmp_path) / "lambda_function.py", "lambda_function_direct").lambda_handler
+    handler = _load(bundles["aws_lambda"].path / "lambda_function.py", "lambda_function_direct").lambda_handler
     assert signed(handler(json.loads(json.dumps(task)), LambdaContext()))
 
 

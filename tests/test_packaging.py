@@ -1,10 +1,12 @@
-"""Bundles: each builds and holds what its platform needs, pins every requirement, carries no secret
-and no notebook code; the function side imports no notebook library; `fedless-nb package` prints the
-platform's deploy command."""
+"""Bundles: each builds and holds what its platform needs, pins every requirement (tensorflow-cpu where
+there is no GPU), carries no secret and no notebook code; the function side imports no notebook library;
+`fedless-nb package` prints the platform's deploy command, never with a placeholder; the Lambda image's
+build context is complete and its SAM template passes cfn-lint; the zip variant refuses what does not fit."""
 
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -13,14 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedless_nb.deploy.packaging import PLATFORMS, PackagingError, build_bundle
+from fedless_nb.deploy.packaging import CPU_BUILDS, PLATFORMS, PackagingError, build_bundle
+from fedless_nb.deploy.sizes import dependency_closure, installed_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_LIBRARIES = {"IPython", "ipywidgets", "rich", "sqlite_utils"}
 
 # What each platform loads: its adapter and manifest, relative to the bundle, and its own library.
 NEEDS = {
-    "aws_lambda": ({"lambda_function.py", "template.yaml"}, None),
+    "aws_lambda": ({"Dockerfile", "lambda_function.py", "template.yaml"}, None),
     "google_cloud_functions": ({"main.py", "service.yaml"}, "functions-framework"),
     "cloud_run": ({"main.py"}, "functions-framework"),
     "knative": ({"main.py", "service.yaml"}, "functions-framework"),
@@ -31,6 +34,13 @@ NEEDS = {
 }
 
 
+# The values deploy commands need, as a user passes them (--role, --image, --app, --resource-group).
+VALUES = {"role": "arn:aws:iam::123456789012:role/fedless-lambda",
+          "image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/fedless-client:1",
+          "app": "fedless-app", "resource_group": "fedless-group"}
+BUILDABLE = [provider for provider in PLATFORMS if PLATFORMS[provider].zip_limit_mb is None]  # the Lambda zip: below
+
+
 def _contents(bundle):
     """Relative path -> bytes of every file in the bundle, zip or folder."""
     if bundle.path.suffix == ".zip":
@@ -39,12 +49,12 @@ def _contents(bundle):
     return {str(path.relative_to(bundle.path)): path.read_bytes() for path in bundle.path.rglob("*") if path.is_file()}
 
 
-@pytest.mark.parametrize("provider", list(PLATFORMS))
+@pytest.mark.parametrize("provider", BUILDABLE)
 def test_each_bundle_holds_what_its_platform_needs(provider, tmp_path, monkeypatch):
     monkeypatch.setenv("FEDLESS_RUN_SECRET", "do-not-ship-this-secret-5f2b")
-    bundle = build_bundle(provider, tmp_path)
+    bundle = build_bundle(provider, tmp_path, **VALUES)
     contents = _contents(bundle)
-    assert (bundle.path.suffix == ".zip") == (provider in ("aws_lambda", "openwhisk"))
+    assert (bundle.path.suffix == ".zip") == (provider == "openwhisk")
     assert sorted(contents) == sorted(bundle.files)
 
     needs, library = NEEDS[provider]
@@ -57,20 +67,100 @@ def test_each_bundle_holds_what_its_platform_needs(provider, tmp_path, monkeypat
     requirements = [line for line in contents[f"{prefix}requirements.txt"].decode().splitlines()
                     if line and not line.startswith("#")]
     assert requirements == list(bundle.requirements)
+    installed_as = {cpu: full for full, cpu in CPU_BUILDS.items()}
     for line in requirements:
         name, _, version = line.partition("==")
-        assert version == importlib.metadata.version(name), f"{line} is pinned to the installed version"
-    assert {"tensorflow", "numpy"} <= {line.partition("==")[0] for line in requirements}
+        assert version == importlib.metadata.version(installed_as.get(name, name)), f"{line} is the installed version"
+    names = {line.partition("==")[0] for line in requirements}
+    tensorflow = "tensorflow" if PLATFORMS[provider].gpu else "tensorflow-cpu"
+    assert {tensorflow, "numpy"} <= names and not names & ({"tensorflow", "tensorflow-cpu"} - {tensorflow})
+    if not PLATFORMS[provider].gpu:  # tensorflow-privacy requires `tensorflow`: vendored, its other needs pinned
+        assert f"{prefix}tensorflow_privacy/__init__.py" in contents and "tensorflow-privacy" not in names
+        assert {"dp-accounting", "tensorflow-probability"} <= names
     if library:
         assert any(line.startswith(f"{library}==") for line in requirements)
 
     assert not any(b"do-not-ship-this-secret" in data for data in contents.values()), "no secret in the bundle"
     assert "do-not-ship-this-secret" not in bundle.deploy_command and "$FEDLESS_RUN_SECRET" in bundle.deploy_command
     assert str(bundle.path.resolve()) in bundle.deploy_command
+    assert not re.search(r"\b(ROLE_ARN|IMAGE|APP|GROUP)\b", bundle.deploy_command), "no placeholder left to fill"
+    for key in PLATFORMS[provider].needs:
+        assert VALUES[key] in bundle.deploy_command
+
+
+@pytest.mark.parametrize("provider, missing", [
+    (provider, key) for provider, platform in PLATFORMS.items() for key in platform.needs])
+def test_deploy_commands_refuse_to_print_placeholders(provider, missing, tmp_path):
+    option = "--" + missing.replace("_", "-")
+    with pytest.raises(PackagingError, match=f"^{provider}'s deploy command needs {option}: "):
+        build_bundle(provider, tmp_path, **{**VALUES, missing: None})
+    assert not list(tmp_path.iterdir()), "refused before anything was built"
+
+
+def test_the_lambda_zip_is_refused_when_its_requirements_exceed_the_limit(tmp_path):
+    with pytest.raises(PackagingError, match=r"aws_lambda_zip: its requirements take about \d+ MB unzipped .* "
+                                             r"over the platform's 250 MB limit .* --provider aws_lambda"):
+        build_bundle("aws_lambda_zip", tmp_path, role=VALUES["role"])
+
+
+def test_requirement_sizes_are_the_installed_files_of_the_whole_closure():
+    record = sum(file.size or 0 for file in importlib.metadata.distribution("numpy").files)
+    assert installed_bytes(["numpy"]) == record
+    closure = dependency_closure(["tensorflow-privacy"])
+    assert {"tensorflow", "tensorflow-probability", "dp-accounting", "numpy"} <= closure
+    assert installed_bytes(["tensorflow-cpu"], stand_ins={"tensorflow-cpu": "tensorflow"}) == installed_bytes(["tensorflow"])
+
+
+# -- the Lambda container image ---------------------------------------------------------------------------
+
+
+def _dockerfile(path):
+    """The Dockerfile's instructions as (keyword, argument) pairs, comments and blank lines left out."""
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return [tuple(line.split(None, 1)) for line in lines]
+
+
+def test_the_lambda_image_build_context_is_complete(tmp_path):
+    bundle = build_bundle("aws_lambda", tmp_path, **VALUES).path
+    instructions = _dockerfile(bundle / "Dockerfile")
+    assert instructions[0] == ("FROM", "public.ecr.aws/lambda/python:3.11"), "AWS's Lambda Python base image"
+    copies = [argument.split() for keyword, argument in instructions if keyword == "COPY"]
+    for *sources, _ in copies:
+        assert all((bundle / source).exists() for source in sources), f"COPY {sources}: not in the build context"
+    copied = {source for *sources, _ in copies for source in sources}
+    assert {path.name for path in bundle.iterdir()} - copied <= {"Dockerfile", "template.yaml"}, "everything else is in the image"
+    assert ("RUN", "pip install --no-cache-dir -r ${LAMBDA_TASK_ROOT}/requirements.txt") in instructions
+    assert instructions.index(("COPY", "requirements.txt ${LAMBDA_TASK_ROOT}/")) < instructions.index(
+        ("RUN", "pip install --no-cache-dir -r ${LAMBDA_TASK_ROOT}/requirements.txt"))
+    (handler,) = [json.loads(argument) for keyword, argument in instructions if keyword == "CMD"]
+    module, function = handler[0].rsplit(".", 1)
+    # The image's task root as Python sees it: the handler module, with the bundle's fedless_nb and its
+    # vendored tensorflow_privacy, importable with the pinned requirements installed (here: the venv's).
+    code = (f"import os, {module}, fedless_nb, tensorflow_privacy\n"
+            f"assert callable({module}.{function})\n"
+            "assert fedless_nb.__file__.startswith(os.getcwd()) and tensorflow_privacy.__file__.startswith(os.getcwd())")
+    assert {"fedless_nb", "tensorflow_privacy", module} <= _imported_modules(bundle, code, cwd=bundle)
+
+
+def _cfn_lint(text):
+    from cfnlint.api import ManualArgs, lint
+
+    return lint(text, config=ManualArgs(regions=["us-east-1", "eu-west-1"]))
+
+
+def test_the_sam_template_passes_cfn_lint(tmp_path):
+    template = (build_bundle("aws_lambda", tmp_path, **VALUES).path / "template.yaml").read_text()
+    assert _cfn_lint(template) == []
+    from cfnlint.decode import decode_str
+
+    function = decode_str(template)[0]["Resources"]["FedlessClient"]
+    assert function["Properties"]["PackageType"] == "Image" and function["Metadata"]["Dockerfile"] == "Dockerfile"
+    broken = template.replace("!Ref ReservedConcurrency", "!Ref ReservedConcurency")  # a parameter that does not exist
+    assert "E1020" in {match.rule.id for match in _cfn_lint(broken)}, "the check would catch a broken template"
 
 
 def test_manifests_are_what_the_platforms_read(tmp_path):
-    azure = build_bundle("azure_functions", tmp_path).path
+    azure = build_bundle("azure_functions", tmp_path, **VALUES).path
     binding = json.loads((azure / "fedless_client" / "function.json").read_text())["bindings"][0]
     assert (binding["type"], binding["authLevel"], binding["methods"]) == ("httpTrigger", "function", ["post"])
     assert json.loads((azure / "host.json").read_text())["version"] == "2.0"
@@ -84,8 +174,9 @@ def test_manifests_are_what_the_platforms_read(tmp_path):
         action = yaml.safe_load(archive.read("manifest.yaml"))["packages"]["fedless"]["actions"]["fedless-client"]
     assert action["runtime"] == "python:3.11" and action["web"] is True
 
-    knative = yaml.safe_load((build_bundle("knative", tmp_path).path / "service.yaml").read_text())
+    knative = yaml.safe_load((build_bundle("knative", tmp_path, image=VALUES["image"]).path / "service.yaml").read_text())
     assert knative["kind"] == "Service" and knative["spec"]["template"]["spec"]["containerConcurrency"] == 1
+    assert knative["spec"]["template"]["spec"]["containers"][0]["image"] == VALUES["image"], "the image it builds"
 
 
 def test_rebuilding_replaces_the_old_bundle(tmp_path):

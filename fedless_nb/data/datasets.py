@@ -185,6 +185,48 @@ def load_breast_cancer(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
                    ((x_test - mean) / std).astype(np.float32), y_test.astype(np.int64), num_classes=2)
 
 
+# --- Synthetic(alpha, beta), the FedProx paper's generator ----------------------------------------
+
+SYNTHETIC_FEATURES, SYNTHETIC_CLASSES = 60, 10
+
+
+@register_dataset("synthetic")
+def load_synthetic(*, alpha: float = 1.0, beta: float = 1.0, devices: int = 30, test_fraction: float = 0.1,
+                   seed: int = 0) -> Dataset:
+    """Synthetic(alpha, beta) of Li et al. (MLSys 2020), as their generate_synthetic.py draws it: device k has
+    its own logistic-regression model W_k ~ N(u_k, 1), b_k ~ N(u_k, 1), u_k ~ N(0, alpha) (alpha: how much
+    the models differ) and features x ~ N(v_k, diag(j^-1.2)), v_k ~ N(B_k, 1), B_k ~ N(0, beta) (beta: how
+    much the data differ); y = argmax(W_k x + b_k) over 10 classes, 60 features. Device sizes follow their
+    power law, lognormal(4, 2) + 50. Each device keeps `test_fraction` of its examples for the test split;
+    `groups` is the device of each training example, so partition "natural" gives each client its devices.
+    As in their generator, u_k shifts every class's logit by the same amount, so alpha changes the labels
+    only through the random draws; beta and the per-device W_k carry the heterogeneity.
+    """
+    if alpha < 0 or beta < 0:
+        raise DatasetError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+    if devices < 1:
+        raise DatasetError(f"devices must be >= 1, got {devices}")
+    if not 0 < test_fraction < 1:
+        raise DatasetError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    sizes = rng.lognormal(4, 2, devices).astype(np.int64) + 50
+    model_means, feature_means = rng.normal(0, alpha, devices), rng.normal(0, beta, devices)
+    scale = np.arange(1, SYNTHETIC_FEATURES + 1) ** -0.6  # the square root of the covariance's diagonal j^-1.2
+    splits: list[list[np.ndarray]] = [[], [], [], [], []]  # x_train, y_train, x_test, y_test, groups
+    for device, size in enumerate(sizes):
+        weights = rng.normal(model_means[device], 1, (SYNTHETIC_FEATURES, SYNTHETIC_CLASSES))
+        bias = rng.normal(model_means[device], 1, SYNTHETIC_CLASSES)
+        x = rng.normal(feature_means[device], 1, SYNTHETIC_FEATURES) + rng.standard_normal((size, SYNTHETIC_FEATURES)) * scale
+        y = np.argmax(x @ weights + bias, axis=1)
+        train = size - max(1, int(test_fraction * size))
+        for split, values in zip(splits, (x[:train], y[:train], x[train:], y[train:], np.full(train, device))):
+            split.append(values)
+    x_train, y_train, x_test, y_test, groups = (np.concatenate(split) for split in splits)
+    return Dataset("synthetic", x_train.astype(np.float32), y_train.astype(np.int64), x_test.astype(np.float32),
+                   y_test.astype(np.int64), num_classes=SYNTHETIC_CLASSES, groups=groups.astype(np.int64),
+                   group_names=tuple(f"f_{device:05d}" for device in range(devices)))
+
+
 # --- Keras image sets ----------------------------------------------------------------------------
 
 

@@ -362,7 +362,7 @@ def _partition_input(dataset: Dataset, kind: str) -> Any:
     if kind == "natural":
         if dataset.groups is None:
             raise PartitionError(
-                f"partition 'natural' needs a dataset with writers/users (femnist, shakespeare); "
+                f"partition 'natural' needs a dataset with writers/users (femnist, shakespeare, synthetic); "
                 f"{dataset.name!r} has none, choose another partition"
             )
         return dataset.groups

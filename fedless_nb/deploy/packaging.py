@@ -1,11 +1,14 @@
 """Deployable bundles from function_templates/: the adapter, its manifest, fedless_nb itself and pinned requirements.
 
-A bundle is what a platform's own tool deploys: a zip for AWS Lambda and OpenWhisk, a
-source folder for the others. It carries the fedless_nb package without its notebook
-code or its controller side (a function runs only `function.handler.handle`), and a
-requirements.txt whose every line is pinned to the version installed here, so the
-function trains with the same TensorFlow as the controller evaluates with. It never
-carries a secret: the printed deploy command reads $FEDLESS_RUN_SECRET from the shell.
+A bundle is what a platform's own tool deploys: a container build context for AWS Lambda (its
+Python base image; TensorFlow is far over the 250 MB a zip may hold), a zip for OpenWhisk (and
+Lambda's zip variant, refused when its requirements do not fit), a source folder for the others.
+It carries the fedless_nb package without its notebook code or its controller side (a function
+runs only `function.handler.handle`), and a requirements.txt whose every line is pinned to the
+version installed here, so the function trains with the same TensorFlow as the controller
+evaluates with (tensorflow-cpu where the platform has no GPU). Its deploy command takes every
+value it needs from the caller, never a placeholder, and it never carries a secret: the printed
+command reads $FEDLESS_RUN_SECRET from the shell.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from ..errors import UserError
+from .sizes import installed_bytes, requires
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = PACKAGE_ROOT.parent / "function_templates"
@@ -34,32 +40,53 @@ class PackagingError(UserError):
 
 @dataclass(frozen=True)
 class Platform:
-    """Where a platform's template lives, what its bundle is, where fedless_nb goes in it, how to deploy it."""
+    """Where a platform's template lives, what its bundle is, where fedless_nb goes in it, how to deploy it.
+
+    `needs`: the values its deploy command cannot do without, each an option of `fedless-nb package`
+    (never a placeholder in the printed command); `gpu`: whether the platform can give a function a GPU
+    (if not, TensorFlow is pinned as tensorflow-cpu of the same version); `zip_limit_mb`: the unzipped
+    size its zip bundles may reach, requirements included."""
 
     template: str
     archive: bool
     deploy: str
     package_dir: str = "."
+    needs: tuple[str, ...] = ()
+    gpu: bool = False
+    zip_limit_mb: int | None = None
 
 
+# What each needed value is, for the one-line error that asks for it.
+NEEDED_VALUES = {
+    "role": "the ARN of the IAM role the function runs as (arn:aws:iam::ACCOUNT:role/NAME)",
+    "image": "the container image to push and run, e.g. ACCOUNT.dkr.ecr.REGION.amazonaws.com/fedless-client:1",
+    "app": "the name of the Azure function app to publish to",
+    "resource_group": "the Azure resource group that holds the function app",
+}
+
+_LAMBDA_SETTINGS = ("--memory-size 2048 --timeout 300 --role {role} "
+                    "--environment \"Variables={{FEDLESS_RUN_SECRET={secret}}}\"")
 PLATFORMS: dict[str, Platform] = {  # {secret} is the shell's $FEDLESS_RUN_SECRET, never its value
-    "aws_lambda": Platform("aws_lambda", True,
+    "aws_lambda": Platform("aws_lambda", False,
+        "cd {bundle} && aws ecr get-login-password | docker login --username AWS --password-stdin {registry} "
+        "&& docker build --platform linux/amd64 --provenance=false -t {image} . && docker push {image} "
+        "&& aws lambda create-function --function-name {name} --package-type Image --code ImageUri={image} "
+        + _LAMBDA_SETTINGS, needs=("role", "image")),
+    "aws_lambda_zip": Platform("aws_lambda", True,
         "aws lambda create-function --function-name {name} --runtime python3.11 --handler lambda_function.lambda_handler "
-        "--zip-file fileb://{bundle} --memory-size 2048 --timeout 300 --role ROLE_ARN "
-        "--environment \"Variables={{FEDLESS_RUN_SECRET={secret}}}\"  "
-        "# TensorFlow needs a layer or a container image: Lambda's zip limit is 250 MB"),
+        "--zip-file fileb://{bundle} " + _LAMBDA_SETTINGS, needs=("role",), zip_limit_mb=250),
     "google_cloud_functions": Platform("google_cloud_functions", False,
         "gcloud functions deploy {name} --gen2 --runtime python311 --trigger-http --entry-point fedless_client "
         "--source {bundle} --memory 2Gi --timeout 300s --set-env-vars FEDLESS_RUN_SECRET={secret}"),
     "cloud_run": Platform("google_cloud_functions", False,
         "gcloud run deploy {name} --source {bundle} --memory 2Gi --timeout 300 --concurrency 1 "
-        "--set-env-vars GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret}"),
+        "--set-env-vars GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret}", gpu=True),
     "knative": Platform("google_cloud_functions", False,
-        "cd {bundle} && pack build IMAGE --builder gcr.io/buildpacks/builder --env GOOGLE_FUNCTION_TARGET=fedless_client "
-        "&& kubectl create secret generic fedless-run-secret --from-literal=secret={secret} "
-        "&& kubectl apply -f service.yaml  # set IMAGE in service.yaml first"),
+        "cd {bundle} && pack build {image} --builder gcr.io/buildpacks/builder --env GOOGLE_FUNCTION_TARGET=fedless_client "
+        "--publish && kubectl create secret generic fedless-run-secret --from-literal=secret={secret} "
+        "&& kubectl apply -f service.yaml", needs=("image",), gpu=True),
     "functions_framework": Platform("google_cloud_functions", False,
-        "cd {bundle} && FEDLESS_RUN_SECRET={secret} functions-framework --target fedless_client --port 8080"),
+        "cd {bundle} && FEDLESS_RUN_SECRET={secret} functions-framework --target fedless_client --port 8080", gpu=True),
     "openwhisk": Platform("openwhisk", True,
         "wsk action create {name} {bundle} --kind python:3.11 --web true --memory 2048 --timeout 300000 "
         "--param FEDLESS_RUN_SECRET \"{secret}\" --annotation final true"),
@@ -68,9 +95,12 @@ PLATFORMS: dict[str, Platform] = {  # {secret} is the shell's $FEDLESS_RUN_SECRE
         "&& faas-cli template store pull python3-http-debian && faas-cli up -f stack.yml",
         package_dir="fedless-client"),
     "azure_functions": Platform("azure_functions", False,
-        "az functionapp config appsettings set --name APP --resource-group GROUP --settings FEDLESS_RUN_SECRET={secret} "
-        "&& cd {bundle} && func azure functionapp publish APP --python"),
+        "az functionapp config appsettings set --name {app} --resource-group {resource_group} "
+        "--settings FEDLESS_RUN_SECRET={secret} && cd {bundle} && func azure functionapp publish {app} --python",
+        needs=("app", "resource_group")),
 }
+# No GPU: the same TensorFlow without its CUDA kernels.
+CPU_BUILDS = {"tensorflow": "tensorflow-cpu"}
 
 
 @dataclass(frozen=True)
@@ -84,20 +114,54 @@ class Bundle:
     deploy_command: str
 
 
-def pinned_requirements(lines: list[str]) -> list[str]:
-    """Each requirement pinned to the version installed here; comments kept."""
-    pinned = []
+def _installed_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise PackagingError(f"{name} is not installed here, so its version cannot be pinned: pip install {name}") from None
+
+
+def _requires_tensorflow(name: str) -> bool:
+    return "tensorflow" in {canonicalize_name(n) for n in requires(name)}
+
+
+def pinned_requirements(lines: list[str], *, gpu: bool = True) -> tuple[list[str], list[str]]:
+    """Each requirement pinned to the version installed here (comments kept), and the distributions to
+    vendor into the bundle instead of installing.
+
+    Without a GPU, tensorflow becomes tensorflow-cpu of the same version; a requirement that itself
+    requires `tensorflow` by name (tensorflow-privacy) would pull the GPU build back in, so it is vendored
+    (its pure-Python package copied into the bundle) and its other requirements are pinned in its place.
+    """
+    pinned, vendored = [], []
     for line in lines:
         match = _REQUIREMENT.match(line.strip())
         if not match:
             pinned.append(line)
             continue
         name = match.group(1)
-        try:
-            pinned.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            raise PackagingError(f"{name} is not installed here, so its version cannot be pinned: pip install {name}") from None
-    return pinned
+        version = _installed_version(name)
+        if gpu:
+            pinned.append(f"{name}=={version}")
+        elif name in CPU_BUILDS:
+            pinned.append(f"{CPU_BUILDS[name]}=={version}")
+        elif _requires_tensorflow(name):
+            vendored.append(name)
+            pinned.extend(f"{dependency}=={_installed_version(dependency)}" for dependency in requires(name)
+                          if canonicalize_name(dependency) != "tensorflow")
+        else:
+            pinned.append(f"{name}=={version}")
+    unique = list(dict.fromkeys(pinned))  # a vendored package's requirement may repeat one of the file's
+    return unique, vendored
+
+
+def _vendor(name: str, destination: Path) -> None:
+    """Copy the import packages of installed distribution `name` (pure Python) into `destination`."""
+    distribution = importlib.metadata.distribution(name)
+    packages = (distribution.read_text("top_level.txt") or "").split()
+    for package in packages:
+        source = Path(str(distribution.locate_file(package)))
+        shutil.copytree(source, destination / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def _copy_package(destination: Path) -> None:
@@ -105,31 +169,64 @@ def _copy_package(destination: Path) -> None:
                     ignore=lambda folder, names: [n for n in names if n in _LEAVE_OUT or n.endswith((".pyc", ".pyo"))])
 
 
-def _stage(platform: Platform, stage: Path, templates: Path) -> list[str]:
+def _stage(platform: Platform, stage: Path, templates: Path, values: dict[str, str]) -> list[str]:
     source = templates / platform.template
     if not source.is_dir():
         raise PackagingError(f"no function template at {source}: package from a clone of fedless_nb "
                              "or pass the function_templates folder")
     shutil.copytree(source, stage, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-    _copy_package(stage / platform.package_dir)
-    requirements = stage / platform.package_dir / "requirements.txt"
-    pinned = pinned_requirements(requirements.read_text().splitlines())
+    home = stage / platform.package_dir
+    _copy_package(home)
+    requirements = home / "requirements.txt"
+    pinned, vendored = pinned_requirements(requirements.read_text().splitlines(), gpu=platform.gpu)
+    for name in vendored:
+        _vendor(name, home)
     requirements.write_text("\n".join(pinned) + "\n")
+    manifest = stage / "service.yaml"
+    if "image" in values and manifest.is_file():  # Knative's service runs the image the command builds
+        manifest.write_text(manifest.read_text().replace("image: IMAGE", f"image: {values['image']}"))
     return [line for line in pinned if line and not line.startswith("#")]
 
 
+def requirements_megabytes(requirements: list[str]) -> float:
+    """The unzipped size of pinned `requirements` and all they pull in, measured from this machine's
+    installed packages (tensorflow-cpu, not installed here, by tensorflow: an upper bound)."""
+    names = [line.partition("==")[0] for line in requirements]
+    return installed_bytes(names, stand_ins={cpu: full for full, cpu in CPU_BUILDS.items()}) / 2**20
+
+
+def _needed_values(provider: str, platform: Platform, values: dict[str, str | None]) -> dict[str, str]:
+    """The deploy command's values, every one the platform needs given: never a placeholder."""
+    given = {key: value for key, value in values.items() if value}
+    for key in platform.needs:
+        if key not in given:
+            option = "--" + key.replace("_", "-")
+            raise PackagingError(f"{provider}'s deploy command needs {option}: {NEEDED_VALUES[key]}")
+    return given
+
+
 def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-client",
-                 templates: str | Path = TEMPLATES) -> Bundle:
-    """Build the bundle for `provider` (a key of PLATFORMS) under `out_dir`, replacing an older one."""
+                 templates: str | Path = TEMPLATES, **values: str | None) -> Bundle:
+    """Build the bundle for `provider` (a key of PLATFORMS) under `out_dir`, replacing an older one.
+
+    `values` fill its deploy command (role, image, app, resource_group: see Platform.needs); a needed one
+    that is missing is refused before anything is built.
+    """
     if provider not in PLATFORMS:
         raise PackagingError(f"unknown provider {provider!r}; choose one of {', '.join(PLATFORMS)}")
     platform = PLATFORMS[provider]
+    given = _needed_values(provider, platform, values)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / (f"{name}-{provider}.zip" if platform.archive else f"{name}-{provider}")
     with tempfile.TemporaryDirectory(dir=out_dir) as temporary:
         stage = Path(temporary) / "bundle"
-        requirements = _stage(platform, stage, Path(templates))
+        requirements = _stage(platform, stage, Path(templates), given)
+        if platform.zip_limit_mb is not None and (size := requirements_megabytes(requirements)) > platform.zip_limit_mb:
+            raise PackagingError(
+                f"{provider}: its requirements take about {size:.0f} MB unzipped (measured from the packages "
+                f"installed here, tensorflow standing in for tensorflow-cpu), over the platform's "
+                f"{platform.zip_limit_mb} MB limit for a zip and its layers; deploy the container image: --provider aws_lambda")
         files = sorted(str(path.relative_to(stage)) for path in stage.rglob("*") if path.is_file())
         if platform.archive:
             partial = Path(temporary) / "bundle.zip"
@@ -140,5 +237,9 @@ def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-cli
         else:
             shutil.rmtree(target, ignore_errors=True)
             stage.rename(target)
-    command = platform.deploy.format(name=name, bundle=shlex.quote(str(target.resolve())), secret="$FEDLESS_RUN_SECRET")
+    quoted = {key: shlex.quote(value) for key, value in given.items()}
+    if "image" in given:
+        quoted["registry"] = shlex.quote(given["image"].split("/")[0])
+    command = platform.deploy.format(name=shlex.quote(name), bundle=shlex.quote(str(target.resolve())),
+                                     secret="$FEDLESS_RUN_SECRET", **quoted)
     return Bundle(provider, target, tuple(files), tuple(requirements), command)

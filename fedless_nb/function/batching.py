@@ -23,11 +23,25 @@ def batch_size(num_examples: int, train: dict[str, Any]) -> int:
     return size - size % microbatches
 
 
-def local_steps(num_examples: int, train: dict[str, Any]) -> int:
-    """Optimizer steps one invocation takes: DP-SGD drops each epoch's last short batch, plain training keeps it."""
+def steps_per_epoch(num_examples: int, train: dict[str, Any]) -> int:
+    """Optimizer steps in one epoch: DP-SGD drops the last short batch, plain training keeps it."""
     size = batch_size(num_examples, train)
-    per_epoch = num_examples // size if train.get("dp") is not None else -(-num_examples // size)
-    return int(train["epochs"]) * per_epoch
+    return num_examples // size if train.get("dp") is not None else -(-num_examples // size)
+
+
+def local_steps(num_examples: int, train: dict[str, Any]) -> int:
+    """Optimizer steps one invocation plans: its epochs, whole."""
+    return int(train["epochs"]) * steps_per_epoch(num_examples, train)
+
+
+def step_budget(num_examples: int, train: dict[str, Any]) -> int:
+    """Steps this invocation may take before its time runs out: the planned ones, or for a simulated
+    straggler (`budget_epochs`, the epochs it manages) that share of them, at least one step."""
+    planned = local_steps(num_examples, train)
+    epochs = train.get("budget_epochs")
+    if epochs is None:
+        return planned
+    return min(planned, max(1, int(float(epochs) * steps_per_epoch(num_examples, train))))
 
 
 def privacy_facts(num_examples: int, train: dict[str, Any]) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from ..model import ModelSpec, build_model, make_optimizer
 from ..security import NonceCache, TaskGuard
 from ..store import decode_arrays, encode_arrays, store_from_descriptor
 from ..wire import DP_SETTINGS, PayloadError, check_task
-from .batching import batch_size, privacy_facts
+from .batching import batch_size, local_steps, privacy_facts, step_budget
 
 @dataclass
 class _CompiledModel:
@@ -141,8 +141,27 @@ def _arrays(store: Any, key: str | None, like: list[np.ndarray]) -> list[np.ndar
     return [a.astype(w.dtype, copy=False) for a, w in zip(arrays, like)]
 
 
-def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[str, Any], store: Any) -> dict[str, float]:
-    """Local epochs of minibatch training; returns the metrics of the last step.
+def _batches(rng: np.random.Generator, count: int, keep: int, size: int, epochs: int) -> Any:
+    """Each epoch's example indices in batches of `size`, reshuffled per epoch, the first `keep` examples used."""
+    for _ in range(epochs):
+        order = rng.permutation(count)[:keep]
+        for start in range(0, keep, size):
+            yield order[start : start + size]
+
+
+@dataclass(frozen=True)
+class _Training:
+    """What local training did: the last step's metrics, its steps, and whether it stopped short of its epochs."""
+
+    metrics: dict[str, float]
+    steps: int
+    partial: bool
+
+
+def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[str, Any], store: Any,
+           stop_at: float | None) -> _Training:
+    """Local epochs of minibatch training, stopped early at `stop_at` (a perf_counter time) or at the
+    task's step budget, after at least one step: a platform would kill the invocation, losing all its work.
 
     With DP-SGD every batch has exactly the (microbatch-divisible) batch size: the last short
     batch of an epoch is dropped, which is also what the accountant's sampling rate assumes.
@@ -159,13 +178,15 @@ def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[s
     rng = np.random.default_rng(int(train.get("seed", 0)))
     size = batch_size(len(x), train)
     keep = len(x) - len(x) % size if train.get("dp") is not None else len(x)
+    budget, steps = step_budget(len(x), train), 0
     logs: dict[str, Any] = {}
-    for _ in range(int(train["epochs"])):
-        order = rng.permutation(len(x))[:keep]
-        for start in range(0, keep, size):
-            batch = order[start : start + size]
-            logs = compiled.train_step(x[batch], y[batch], anchor, correction, mu)
-    return {name: float(value) for name, value in logs.items()}
+    for batch in _batches(rng, len(x), keep, size, int(train["epochs"])):
+        if steps == budget or (steps and stop_at is not None and time.perf_counter() >= stop_at):
+            break
+        logs = compiled.train_step(x[batch], y[batch], anchor, correction, mu)
+        steps += 1
+    metrics = {name: float(value) for name, value in logs.items()}
+    return _Training(metrics, steps, partial=steps < local_steps(len(x), train))
 
 
 def handle(payload: dict[str, Any], *, secret: str | None = None) -> dict[str, Any]:
@@ -184,7 +205,8 @@ def handle(payload: dict[str, Any], *, secret: str | None = None) -> dict[str, A
     compiled.model.set_weights(decode_arrays(store.get(payload["weights"])))
     x, y = _client_data(store, payload["data"])
     train_started = time.perf_counter()
-    metrics = _train(compiled, x, y, train, store)
+    budget_seconds = train.get("budget_seconds")
+    training = _train(compiled, x, y, train, store, None if budget_seconds is None else started + float(budget_seconds))
     upload_started = time.perf_counter()
     update = encode_arrays(compiled.model.get_weights())
     store.put(payload["update"], update)
@@ -196,7 +218,9 @@ def handle(payload: dict[str, Any], *, secret: str | None = None) -> dict[str, A
         "client_id": payload["client_id"],
         "update": payload["update"],
         "num_examples": int(len(x)),
-        "metrics": metrics,
+        "metrics": training.metrics,
+        "steps": training.steps,
+        "partial": training.partial,
         "cold": cold,
         "timings": {
             "cold_start": build_seconds if cold else 0.0,

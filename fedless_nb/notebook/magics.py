@@ -301,10 +301,14 @@ class FedlessMagics(Magics):
 
     # %fedless_deploy -------------------------------------------------------------------------------
     @magic_arguments()
-    @argument("provider", help="aws_lambda, google_cloud_functions, cloud_run, knative, functions_framework, "
+    @argument("provider", help="aws_lambda, aws_lambda_zip, google_cloud_functions, cloud_run, knative, functions_framework, "
                                "openwhisk, openfaas or azure_functions")
     @argument("--out", default="dist", help="folder to write the bundle into (default dist)")
     @argument("--name", default="fedless-client", help="the function's name on the platform")
+    @argument("--role", help="aws_lambda: the ARN of the IAM role the function runs as")
+    @argument("--image", help="aws_lambda, knative: the container image (registry/repository:tag)")
+    @argument("--app", help="azure_functions: the function app")
+    @argument("--resource-group", help="azure_functions: the function app's resource group")
     @line_magic
     @user_errors
     def fedless_deploy(self, line: str) -> Any:
@@ -313,7 +317,8 @@ class FedlessMagics(Magics):
         from ..deploy.packaging import build_bundle
 
         args = parse_argstring(self.fedless_deploy, line)
-        bundle = build_bundle(args.provider, args.out, name=args.name)
+        bundle = build_bundle(args.provider, args.out, name=args.name, role=args.role, image=args.image, app=args.app,
+                              resource_group=args.resource_group)
         print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)")
         print("Deploy it with (the secret is read from your shell's FEDLESS_RUN_SECRET):")
         print(bundle.deploy_command)

@@ -1,8 +1,9 @@
 """AWS Lambda behind the Provider interface, through aiobotocore.
 
 `invoke` makes one synchronous (RequestResponse) invocation per task and returns the
-function's result; `deploy` creates the function from a zip bundle, or updates its code
-and configuration when it exists. One client per provider, at most `concurrency`
+function's result; `deploy` creates the function from a container image (`LambdaImage`, the
+way TensorFlow fits) or a zip bundle, or updates its code and configuration when it exists,
+waits until it is active and sets its reserved concurrency when one is given. One client per provider, at most `concurrency`
 invocations in flight, throttling and transient failures retried with backoff (the
 shared policy in `retry.py`), rejected requests never. The run secret, when given,
 reaches the function as an environment variable and appears nowhere else.
@@ -14,6 +15,7 @@ import asyncio
 import json
 import os
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,13 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, ClientError):
         return _is_throttling(error) or _status(error) in TRANSIENT_STATUSES
     return isinstance(error, (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError))
+
+
+@dataclass(frozen=True)
+class LambdaImage:
+    """A container image already pushed to ECR, deployed with --package-type Image."""
+
+    uri: str
 
 
 def _zip_bytes(bundle: Any) -> bytes:
@@ -95,6 +104,7 @@ class LambdaProvider(Provider):
         runtime: str = DEFAULT_RUNTIME,
         environment: dict[str, str] | None = None,
         secret: str | None = None,
+        reserved_concurrency: int | None = None,
         retry: RetryPolicy = RetryPolicy(),
     ) -> None:
         self._session = get_session()
@@ -104,7 +114,7 @@ class LambdaProvider(Provider):
         self.name, self.function_name, self.endpoint_url = name, function_name, endpoint_url
         self.memory_mb, self.timeout, self.concurrency = memory_mb, timeout, concurrency
         self.role, self.handler, self.runtime, self.retry = role, handler or DEFAULT_HANDLER, runtime, retry
-        self.secret = secret
+        self.secret, self.reserved_concurrency = secret, reserved_concurrency
         self._environment = {**(environment or {}), **({SECRET_VARIABLE: secret} if secret else {})}
         self._slots = asyncio.Semaphore(concurrency)
         self._exit_stack: AsyncExitStack | None = None
@@ -161,7 +171,8 @@ class LambdaProvider(Provider):
     # -- deploy ---------------------------------------------------------------------------
 
     async def deploy(self, bundle: Any = None) -> None:
-        """Create or update the function from `bundle` (a zip); without one, check that it exists."""
+        """Create or update the function from `bundle` (a LambdaImage, or a zip's bytes or path), wait until
+        it is active and updated, then reserve its concurrency if asked; without a bundle, check it exists."""
         exists = await self._exists()
         if bundle is None:
             if not exists:
@@ -169,25 +180,29 @@ class LambdaProvider(Provider):
                     f"Lambda function {self.function_name!r} does not exist in {self.region}: "
                     "deploy a bundle first or fix the provider's function_name")
             return
-        code = _zip_bytes(bundle)
+        image = isinstance(bundle, LambdaImage)
+        code = {"ImageUri": bundle.uri} if image else {"ZipFile": _zip_bytes(bundle)}
         settings: dict[str, Any] = {
-            "FunctionName": self.function_name, "Handler": self.handler, "Runtime": self.runtime,
-            "MemorySize": self.memory_mb, "Timeout": max(1, round(self.timeout)),
+            "FunctionName": self.function_name, "MemorySize": self.memory_mb, "Timeout": max(1, round(self.timeout)),
             "Environment": {"Variables": self._environment},
+            **({} if image else {"Handler": self.handler, "Runtime": self.runtime}),
         }
         if self.role:
             settings["Role"] = self.role
         try:
             if exists:
-                await self._call("update_function_code", FunctionName=self.function_name, ZipFile=code)
+                await self._call("update_function_code", FunctionName=self.function_name, **code)
                 await self._wait("function_updated_v2")
                 await self._call("update_function_configuration", **settings)
             elif not self.role:
                 raise ProviderSetupError(f"provider {self.name!r}: creating {self.function_name!r} needs a role (an IAM role ARN)")
             else:
-                await self._call("create_function", Code={"ZipFile": code}, **settings)
+                await self._call("create_function", Code=code, PackageType="Image" if image else "Zip", **settings)
                 await self._wait("function_active_v2")
             await self._wait("function_updated_v2")
+            if self.reserved_concurrency is not None:
+                await self._call("put_function_concurrency", FunctionName=self.function_name,
+                                 ReservedConcurrentExecutions=self.reserved_concurrency)
         except ClientError as error:
             raise ProviderSetupError(f"Lambda rejected the deployment of {self.function_name!r}: {error}") from None
 

@@ -50,6 +50,7 @@ _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
         "id": int, "run_id": str, "round": int, "client_id": str, "provider": str, "outcome": str,
         "cold": int, "num_examples": int, "started_at": float, "finished_at": float,
         **{f"t_{name}": float for name in TIMINGS}, "cause": str, "error": str, "cost": float, "staleness": int,
+        "steps": int, "partial": int,
     }, "id"),
     "metrics": ({"run_id": str, "round": int, "scope": str, "name": str, "value": float},
                 ("run_id", "round", "scope", "name")),
@@ -274,6 +275,7 @@ def _invocation_row(event: InvocationFinished, prices: CostModel) -> dict[str, A
         **{f"t_{name}": event.timings.get(name) for name in TIMINGS}, "cause": event.cause, "error": event.error,
         "cost": cost,
         "staleness": event.staleness,
+        "steps": event.steps, "partial": None if event.partial is None else int(event.partial),
     }
 
 

@@ -23,13 +23,15 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
 from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted, UpdateRejected
+from ..function.batching import local_steps
 from ..model import ModelSpec
 from ..privacy.accounting import PrivacyBudgetExhausted
 from ..providers.base import InvocationError, Provider
 from .resilience import RoundPolicy, invoke_with_retries
 from ..security import ResultSignatureError, RunKey, client_key
-from ..wire import Result, ResultError, make_task, parse_result, task_reads
+from ..wire import Result, ResultError, check_progress, make_task, parse_result, task_reads
 from .selection import SelectionPolicy
+from .stragglers import Stragglers
 from .synchronous import SynchronousRounds
 from ..store import Store, decode_arrays, encode_arrays
 from ..store.keys import global_weights_key, update_key
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 # Produces the rounds of a run: given the initial weights, yields (round number, global weights) per round.
 # A schedule is built on a Controller and uses only its public round interface.
 Schedule = Callable[[Weights], AsyncIterator[tuple[int, Weights]]]
+
+# The share of an invocation's time (the round's rest or the provider's timeout) a client may train before it
+# stops and returns partial work; the rest is for loading, uploading and the way back.
+BUDGET_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class RoundPlan:
     round_deadline: float
     seed: int = 0
     policy: RoundPolicy = RoundPolicy()
+    stragglers: Stragglers | None = None
 
 
 def _observer_name(observer: Observer) -> str:
@@ -199,7 +206,7 @@ class Controller:
         """The client's signed task for `round_number` (wire.make_task); its shuffling seed differs per
         run seed, round and client."""
         seed = zlib.crc32(f"{self.plan.seed}/{round_number}/{client.client_id}".encode())
-        train = {**self.plan.train, **overrides, "seed": seed}
+        train = {**self.plan.train, **overrides, "seed": seed, "budget_seconds": self.time_budget(client, deadline)}
         weights_key = global_weights_key(self.run_id, round_number - 1)
         update = update_key(self.run_id, round_number, client.client_id)
         store = self.store.task_descriptor(task_reads(train, weights_key, client.data_key, update), [update], deadline)
@@ -219,6 +226,14 @@ class Controller:
         if client.client_id not in self._client_keys:
             self._client_keys[client.client_id] = client_key(secret, self.run_id, client.client_id)
         return self._client_keys[client.client_id]
+
+    def time_budget(self, client: ClientRef, deadline: float) -> float:
+        """Seconds the client may work before it stops and returns partial work: BUDGET_SHARE of the round's
+        rest or of its provider's timeout, whichever is shorter, and at most the config's train.budget_seconds."""
+        timeout = getattr(self.providers[client.provider], "timeout", None)
+        budget = BUDGET_SHARE * min(deadline - time.time(), timeout if timeout is not None else float("inf"))
+        configured = self.plan.train.get("budget_seconds")
+        return max(0.001, budget if configured is None else min(budget, float(configured)))
 
     def invoke(self, round_number: int, client: ClientRef, task: dict[str, Any], started: float, *,
                retry: bool = True) -> asyncio.Future[dict[str, Any]]:
@@ -276,6 +291,7 @@ class Controller:
             cold=result.cold, num_examples=update.num_examples, metrics=update.metrics,
             timings=result.timings.model_dump(),
             privacy=None if result.privacy is None else result.privacy.model_dump(), staleness=staleness,
+            steps=update.steps, partial=update.partial,
         ))
         return update
 
@@ -309,7 +325,11 @@ class Controller:
         if problem := update_problem(arrays, weights):
             raise InvocationError(problem, "rejected")
         num_examples = client.num_examples if client.num_examples is not None else result.num_examples
-        return ClientUpdate(client.client_id, arrays, num_examples, dict(result.metrics)), result
+        try:
+            steps, partial = check_progress(result, local_steps(num_examples, self.plan.train))
+        except ResultError as error:
+            raise InvocationError(str(error), error.cause) from None
+        return ClientUpdate(client.client_id, arrays, num_examples, dict(result.metrics), steps, partial), result
 
     def _privacy_problem(self, result: Result, client: ClientRef) -> str | None:
         """Why the result's DP-SGD facts cannot be the ones of the task it was given, or None. Epsilon is

@@ -45,6 +45,8 @@ class InvocationFinished:
     cause: str | None = None
     privacy: dict[str, Any] | None = None  # the function's DP-SGD facts (steps, sampling rate, noise)
     staleness: int | None = None  # async rounds: global versions between dispatch and aggregation
+    steps: int | None = None  # local steps the function took
+    partial: bool | None = None  # it stopped short of its epochs (time budget, or a simulated straggler)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,9 @@ class SynchronousRounds:
         started = time.time()
         selected = controller.selection.select(round_number, list(controller.clients), controller.plan.clients_per_round)
         overrides = controller.strategy.configure_round(round_number, selected)
+        if controller.plan.stragglers is not None:
+            slow = controller.plan.stragglers.overrides(round_number, selected, int(controller.plan.train["epochs"]))
+            overrides = {cid: {**overrides.get(cid, {}), **slow.get(cid, {})} for cid in {*overrides, *slow}}
         controller.emit(RoundStarted(controller.run_id, round_number, selected, started))
         deadline = started + controller.plan.round_deadline
         calls: dict[asyncio.Future[dict[str, Any]], ClientRef] = {}

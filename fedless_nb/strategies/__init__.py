@@ -11,6 +11,7 @@ from typing import Any, Callable
 from .base import ClientUpdate, RunContext, Strategy, Weights
 from .fedavg import FedAvg, fedavg
 from .fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from .fednova import FedNova
 from .fedprox import FedProx
 from .options import StrategyOptionError
 from .robust import FedMedian, Krum, TrimmedMean
@@ -18,11 +19,11 @@ from .scaffold import Scaffold
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     strategy.name: strategy
-    for strategy in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, Scaffold)
+    for strategy in (FedAvg, FedProx, FedNova, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, Scaffold)
 }
 
 __all__ = [
-    "STRATEGIES", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx", "FedYogi",
+    "STRATEGIES", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedNova", "FedProx", "FedYogi",
     "Krum", "RunContext", "Scaffold", "Strategy", "StrategyOptionError", "TrimmedMean", "Weights", "fedavg",
     "make_strategy",
 ]

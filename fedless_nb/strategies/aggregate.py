@@ -19,7 +19,8 @@ Layers = list[np.ndarray]
 
 __all__ = [
     "fedavg", "fedavgm", "fedopt", "median", "trimmed_mean", "krum", "scaffold_controls",
-    "subtract", "add_scaled", "global_norm", "clip_to_norm", "staleness_weight", "fedbuff",
+    "subtract", "add_scaled", "global_norm", "clip_to_norm", "staleness_weight", "fedbuff", "fednova",
+    "local_solver_norm",
 ]
 
 
@@ -170,3 +171,32 @@ def fedbuff(
     for delta, weight in zip(deltas, weights):
         total = [t + weight * np.asarray(d, np.float64) for t, d in zip(total, delta)]
     return add_scaled(current, total, server_learning_rate / len(deltas))
+
+
+def local_solver_norm(steps: int, learning_rate: float, proximal_mu: float = 0.0) -> float:
+    """||a_i||_1 of FedNova (Wang et al. 2020, section 4): the sum of the coefficients with which a client's
+    `steps` local gradients enter its change. Plain SGD: steps. With FedProx's term (alpha = lr * mu), each
+    gradient decays by (1 - alpha) per later step: sum_{k < steps} (1 - alpha)^k."""
+    if steps <= 0:
+        raise ValueError(f"a client update needs at least one local step, got {steps}")
+    alpha = learning_rate * proximal_mu
+    if alpha == 0.0:
+        return float(steps)
+    return float((1.0 - (1.0 - alpha) ** steps) / alpha)
+
+
+def fednova(
+    current: Sequence[np.ndarray], updates: Sequence[Sequence[np.ndarray]], num_examples: Sequence[int],
+    norms: Sequence[float],
+) -> Layers:
+    """FedNova's server step: x - tau_eff * sum_i p_i (x - y_i) / ||a_i||_1, with p_i = n_i / n and
+    tau_eff = sum_i p_i ||a_i||_1 (Wang et al. 2020, eq. 6 with the server learning rate 1)."""
+    if not updates:
+        raise ValueError("fednova needs at least one update")
+    shares = np.asarray(num_examples, np.float64) / float(np.sum(num_examples, dtype=np.float64))
+    tau_effective = float(np.dot(shares, norms))
+    step = [np.zeros(np.shape(layer), np.float64) for layer in current]
+    for update, share, norm in zip(updates, shares, norms):
+        step = [s + (share / norm) * (np.asarray(x, np.float64) - np.asarray(y, np.float64))
+                for s, x, y in zip(step, current, update)]
+    return add_scaled(current, step, -tau_effective)

@@ -24,12 +24,15 @@ class RunContext:
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """One client's returned model, with the sample count it was trained on."""
+    """One client's returned model, with the sample count it was trained on and the local steps it took
+    (`partial`: fewer than planned, its time budget ran out; None steps: the planned ones)."""
 
     client_id: str
     weights: Weights
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    steps: int | None = None
+    partial: bool = False
 
 
 class Strategy(ABC):

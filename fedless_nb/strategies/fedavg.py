@@ -1,12 +1,21 @@
-"""FedAvg (McMahan et al. 2017): the sample-weighted mean of the client models."""
+"""FedAvg (McMahan et al. 2017): the sample-weighted mean of the client models.
+
+Partial work (a client whose time budget ran out before its epochs ended) counts by `partial_work`:
+"weight" scales its sample count by the share of its planned steps it took, "drop" leaves it out
+(FedAvg as the FedProx paper runs it against stragglers), "accept" counts it as full work (FedProx).
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .base import ClientUpdate, Strategy, Weights
+from ..function.batching import local_steps
+from .base import ClientUpdate, RunContext, Strategy, Weights
+from .options import require
+
+PARTIAL_WORK = ("weight", "drop", "accept")
 
 
 def fedavg(updates: Sequence[Sequence[np.ndarray]], weights: Sequence[float]) -> Weights:
@@ -26,9 +35,29 @@ def fedavg(updates: Sequence[Sequence[np.ndarray]], weights: Sequence[float]) ->
 
 
 class FedAvg(Strategy):
-    """Average the updates weighted by how many examples each client trained on."""
+    """Average the updates weighted by how many examples each client trained on (see `partial_work`)."""
 
     name = "fedavg"
 
+    def __init__(self, partial_work: str = "weight") -> None:
+        require(partial_work in PARTIAL_WORK, "partial_work",
+                f"choose one of {', '.join(PARTIAL_WORK)}, got {partial_work!r}")
+        self.partial_work = partial_work
+        self.train: dict[str, Any] | None = None
+
+    def bind(self, context: RunContext) -> None:
+        self.train = context.train
+
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
-        return fedavg([update.weights for update in updates], [update.num_examples for update in updates])
+        kept = [update for update in updates if not (update.partial and self.partial_work == "drop")]
+        if not kept:  # every client stopped short and partial work is dropped: the model stays
+            return [np.array(layer) for layer in current]
+        return fedavg([update.weights for update in kept], [self.weight(update) for update in kept])
+
+    def weight(self, update: ClientUpdate) -> float:
+        """The update's weight: its sample count, scaled by its share of the planned steps under "weight"."""
+        if not update.partial or self.partial_work == "accept" or update.steps is None:
+            return float(update.num_examples)
+        if self.train is None:
+            raise RuntimeError("weighting partial work needs the run's train settings: call bind() before round 1")
+        return update.num_examples * update.steps / local_steps(update.num_examples, self.train)

@@ -64,7 +64,7 @@ class Scaffold(Strategy):
         deltas = []
         for update in updates:
             old = self._client_control(update.client_id)
-            steps = local_steps(update.num_examples, context.train)
+            steps = update.steps or local_steps(update.num_examples, context.train)
             new = scaffold_controls(old, control, current, update.weights, steps, float(context.train["learning_rate"]))
             context.store.put(control_variate_key(context.run_id, update.client_id),
                               encode_arrays([c.astype(np.float32) for c in new]))

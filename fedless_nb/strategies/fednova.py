@@ -1,0 +1,42 @@
+"""FedNova (Wang et al. 2020): normalize each client's update by its local steps before averaging.
+
+FedAvg over clients that took different numbers of local steps converges to the optimum of an
+objective weighted by those steps, not the true one. FedNova divides each client's change by the
+norm of its local solver's step coefficients a_i (its steps, for plain SGD) and rescales the
+average by their sample-weighted mean tau_eff, which removes that bias. The arithmetic is
+`aggregate.fednova`; the coefficients assume the plain SGD client optimizer (optional proximal term).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..function.batching import local_steps
+from .aggregate import fednova, local_solver_norm
+from .base import ClientUpdate, RunContext, Strategy, Weights
+from .options import require
+
+
+class FedNova(Strategy):
+    """`proximal_mu` > 0 runs FedProx's local objective under FedNova's normalization (the paper's FedNova-Prox)."""
+
+    name = "fednova"
+
+    def __init__(self, proximal_mu: float = 0.0) -> None:
+        require(proximal_mu >= 0, "proximal_mu", f"must be >= 0, got {proximal_mu}")
+        self.proximal_mu = float(proximal_mu)
+        self.train: dict[str, Any] | None = None
+
+    def bind(self, context: RunContext) -> None:
+        self.train = context.train
+
+    def configure_round(self, round_number: int, client_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {client_id: {"proximal_mu": self.proximal_mu} for client_id in client_ids} if self.proximal_mu else {}
+
+    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+        if self.train is None:
+            raise RuntimeError("FedNova needs the run's train settings: call bind() before round 1")
+        learning_rate = float(self.train["learning_rate"])
+        norms = [local_solver_norm(update.steps or local_steps(update.num_examples, self.train), learning_rate,
+                                   self.proximal_mu) for update in updates]
+        return fednova(current, [u.weights for u in updates], [u.num_examples for u in updates], norms)

@@ -1,0 +1,210 @@
+"""Partial work before the deadline: a function stops at its time (or simulated straggler) budget and says
+so; the controller checks the claim; FedAvg weights or drops it, FedProx accepts it, FedNova normalizes it."""
+
+import numpy as np
+import pytest
+
+from fedless_nb.experiment import ConfigError
+from fedless_nb.function import handler as client
+from fedless_nb.function.handler import handle
+from fedless_nb.records.history import History
+from fedless_nb.rounds.stragglers import Stragglers
+from fedless_nb.runner import run_experiment
+from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
+from fedless_nb.strategies.aggregate import fednova, local_solver_norm
+from fedless_nb.wire import PayloadError, ResultError, check_progress, parse_result
+
+from client_tasks import client_task
+
+TRAIN = {"epochs": 2, "batch_size": 10, "optimizer": "sgd", "learning_rate": 0.5}
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state(monkeypatch):
+    monkeypatch.setattr(client, "_STATE", client._WarmState())
+
+
+# -- the function -------------------------------------------------------------------------------
+
+
+def test_a_function_given_a_short_budget_returns_partial_work(tmp_path):
+    """40 examples in batches of 16: 3 steps an epoch, 60 planned over 20 epochs. Building the model alone
+    outlasts a 1 ms budget, so the function takes its one guaranteed step and stops."""
+    result = handle(client_task(tmp_path, epochs=20, budget_seconds=0.001))
+    assert (result["steps"], result["partial"]) == (1, True)
+    assert result["num_examples"] == 40 and np.isfinite(result["metrics"]["loss"])
+
+
+def test_a_generous_budget_does_all_the_work(tmp_path):
+    result = handle(client_task(tmp_path, epochs=2, budget_seconds=600.0))
+    assert (result["steps"], result["partial"]) == (6, False)
+
+
+def test_a_simulated_straggler_manages_its_share_of_the_epochs(tmp_path):
+    result = handle(client_task(tmp_path, epochs=4, budget_epochs=1.0))
+    assert (result["steps"], result["partial"]) == (3, True)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, "5", True])
+def test_a_malformed_budget_is_refused(tmp_path, value):
+    with pytest.raises(PayloadError, match=r"the task's train\.budget_seconds: "):
+        handle(client_task(tmp_path, budget_seconds=value))
+
+
+# -- the controller's check of the claim -----------------------------------------------------------
+
+
+def _reply(**progress):
+    return {"run_id": "r", "round": 1, "client_id": "c", "update": "u", "num_examples": 10, **progress}
+
+
+def _claim(**progress):
+    return parse_result(_reply(**progress), "r", 1, "c", "u")
+
+
+def test_progress_claims_are_checked_against_the_plan():
+    assert check_progress(_claim(), 6) == (6, False), "a result without the fields did the planned work"
+    assert check_progress(_claim(steps=2, partial=True), 6) == (2, True)
+    for claim, message in (({"steps": 7, "partial": True}, "1 to 6 were possible"),
+                           ({"steps": 2, "partial": False}, "full work in 2 steps"),
+                           ({"steps": 2}, "not whether its work is partial"),
+                           ({"partial": True}, "None local steps")):
+        with pytest.raises(ResultError, match=message):
+            check_progress(_claim(**claim), 6)
+    for claim in ({"steps": 0, "partial": True}, {"steps": 6, "partial": "yes"}):
+        with pytest.raises(ResultError, match="the result is malformed"):
+            _claim(**claim)
+
+
+# -- strategies ------------------------------------------------------------------------------------
+
+
+def _bound(name, **options):
+    strategy = make_strategy(name, options)
+    strategy.bind(RunContext("r", None, TRAIN, clients=2, clients_per_round=2))
+    return strategy
+
+
+# Two clients of 20 examples (2 steps an epoch, 4 planned): "full" did all 4 steps, "half" stopped after 1.
+CURRENT = [np.zeros(2, np.float32)]
+FULL = ClientUpdate("full", [np.array([-4.0, 4.0], np.float32)], 20, steps=4, partial=False)
+HALF = ClientUpdate("half", [np.array([-2.0, 0.0], np.float32)], 20, steps=1, partial=True)
+
+
+def test_fedavg_weights_partial_work_by_its_steps():
+    # weights 20 and 20 * 1/4 = 5: (20 * full + 5 * half) / 25
+    np.testing.assert_allclose(_bound("fedavg").aggregate(1, CURRENT, [FULL, HALF])[0], [-3.6, 3.2], rtol=1e-6)
+
+
+def test_fedavg_can_drop_partial_work():
+    strategy = _bound("fedavg", partial_work="drop")
+    np.testing.assert_array_equal(strategy.aggregate(1, CURRENT, [FULL, HALF])[0], FULL.weights[0])
+    np.testing.assert_array_equal(strategy.aggregate(1, CURRENT, [HALF])[0], CURRENT[0]), "nothing left: no change"
+
+
+def test_fedprox_accepts_partial_work_as_it_is():
+    np.testing.assert_allclose(_bound("fedprox", proximal_mu=1.0).aggregate(1, CURRENT, [FULL, HALF])[0], [-3.0, 2.0])
+
+
+def test_fednova_agrees_with_a_hand_computed_case():
+    """p = (1/2, 1/2); normalized changes (x - y_i) / tau_i: full (4, -4) / 4 = (1, -1), half (2, 0) / 1 = (2, 0);
+    their mean (1.5, -0.5); tau_eff = (4 + 1) / 2 = 2.5; x+ = 0 - 2.5 (1.5, -0.5) = (-3.75, 1.25)."""
+    expected = [-3.75, 1.25]
+    np.testing.assert_allclose(fednova(CURRENT, [FULL.weights, HALF.weights], [20, 20], [4, 1])[0], expected)
+    np.testing.assert_allclose(_bound("fednova").aggregate(1, CURRENT, [FULL, HALF])[0], expected)
+
+
+def test_fednova_equals_fedavg_when_every_client_did_the_same_steps():
+    other = ClientUpdate("other", [np.array([2.0, 2.0], np.float32)], 60, steps=4)
+    np.testing.assert_allclose(_bound("fednova").aggregate(1, CURRENT, [FULL, other])[0],
+                               _bound("fedavg").aggregate(1, CURRENT, [FULL, other])[0], rtol=1e-6)
+
+
+def test_fednova_norm_of_the_proximal_local_solver():
+    assert local_solver_norm(4, 0.5) == 4.0
+    # alpha = lr * mu = 0.5: 1 + 0.5 + 0.25 + 0.125
+    assert local_solver_norm(4, 0.5, proximal_mu=1.0) == pytest.approx(1.875)
+    assert _bound("fednova", proximal_mu=1.0).configure_round(1, ["a"]) == {"a": {"proximal_mu": 1.0}}
+
+
+def test_unknown_partial_work_choice_names_the_option(tiny_config):
+    with pytest.raises(ConfigError, match="strategy.options.partial_work: choose one of weight, drop, accept"):
+        tiny_config(strategy={"name": "fedavg", "options": {"partial_work": "keep"}})
+
+
+# -- simulated stragglers ----------------------------------------------------------------------------
+
+
+def test_stragglers_are_the_given_share_of_each_round_and_repeatable():
+    selected = [f"client-{i}" for i in range(10)]
+    stragglers = Stragglers(fraction=0.9, work=0.25, seed=3)
+    first = stragglers.overrides(1, selected, epochs=20)
+    assert len(first) == 9 and all(o == {"budget_epochs": 5.0} for o in first.values())
+    assert first == stragglers.overrides(1, selected, epochs=20)
+    assert Stragglers(0.5, 0.5, seed=3).overrides(1, selected, 4).keys() != Stragglers(0.5, 0.5, seed=3).overrides(2, selected, 4).keys()
+
+
+@pytest.mark.parametrize("stragglers, message", [
+    ({"fraction": 1.5}, "stragglers.fraction: must be between 0 and 1"),
+    ({"work": 1.0}, "stragglers.work: must be between 0 and 1"),
+])
+def test_straggler_settings_are_checked(tiny_config, stragglers, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(stragglers=stragglers)
+
+
+def test_a_run_with_stragglers_aggregates_their_partial_work(tiny_config):
+    """Half of each round's 4 clients straggle through the local provider's real function processes, each
+    doing one of its two epochs; the history records who stopped short and after how many steps."""
+    config = tiny_config(rounds=2, stragglers={"fraction": 0.5, "work": 0.5},
+                         train={"epochs": 2, "batch_size": 32, "learning_rate": 0.1},
+                         strategy={"name": "fedavg", "options": {"partial_work": "drop"}})
+    result = run_experiment(config)
+    history = History(config.history)
+    assert result.status == "finished" and [r["succeeded"] for r in history.rounds(result.run_id)] == [4, 4]
+    invocations = history.invocations(result.run_id)
+    # digits: 1437 training examples over 6 clients, about 240 each, 8 steps an epoch at batch 32
+    stragglers = [row for row in invocations if row["partial"]]
+    assert len(stragglers) == 4, "two stragglers a round"
+    for row in invocations:
+        planned = 2 * -(-row["num_examples"] // 32)
+        assert row["steps"] == (planned // 2 if row["partial"] else planned)
+
+
+# -- the budget a task carries -------------------------------------------------------------------------
+
+
+def _controller(tmp_path, provider_timeout, train):
+    from fedless_nb import zoo
+    from fedless_nb.model import model_spec_from
+    from fedless_nb.providers import LocalProvider
+    from fedless_nb.rounds.controller import ClientRef, Controller, RoundPlan
+    from fedless_nb.rounds.selection import make_selection
+    from fedless_nb.store import LocalStore
+
+    spec, _ = model_spec_from(zoo.mlp, builder_context={"input_shape": (8,), "num_classes": 3, "hidden_units": [4]})
+    client = ClientRef("client-0000", "data/a", "local")
+    controller = Controller(
+        run_id="r", name="budget", config={}, spec=spec, strategy=make_strategy("fedavg"),
+        selection=make_selection("random", 0), clients=[client],
+        providers={"local": LocalProvider("local", workers=1, timeout=provider_timeout)}, store=LocalStore(tmp_path),
+        evaluate=lambda weights: {}, plan=RoundPlan(1, 1, {**TRAIN, "budget_seconds": None, **train}, 600.0))
+    return controller, client
+
+
+@pytest.mark.parametrize("provider_timeout, rest, configured, expected", [
+    (120.0, 30.0, None, 24.0),   # the round's rest is shorter: 80% of it
+    (10.0, 30.0, None, 8.0),     # the provider's timeout is shorter: 80% of it
+    (120.0, 30.0, 5.0, 5.0),     # the config's train.budget_seconds caps both
+])
+def test_a_task_carries_its_invocations_time_budget(tmp_path, provider_timeout, rest, configured, expected):
+    import time
+
+    controller, client = _controller(tmp_path, provider_timeout, {"budget_seconds": configured})
+    task = controller.task(1, client, {}, deadline=time.time() + rest)
+    assert task["train"]["budget_seconds"] == pytest.approx(expected, abs=0.05)
+
+
+def test_a_budget_below_zero_is_refused_by_config(tiny_config):
+    with pytest.raises(ConfigError, match="train.budget_seconds: must be > 0 seconds or null"):
+        tiny_config(train={"epochs": 1, "budget_seconds": 0})
