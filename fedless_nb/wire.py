@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 TASK_FIELDS = ("run_id", "round", "client_id", "model", "weights", "data", "update", "train", "store")
-TRAIN_SETTINGS = {"epochs", "batch_size", "optimizer", "learning_rate", "seed", "proximal_mu", "dp", "correction"}
+TRAIN_SETTINGS = {"epochs", "batch_size", "optimizer", "learning_rate", "seed", "proximal_mu", "dp", "correction",
+                  "secagg"}  # secagg: a secure round's stage and its peers (function/secagg_stages.py)
 DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches")
 
 

@@ -74,8 +74,8 @@ def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
 class Controller:
     """Runs the rounds of one run over the given clients and providers.
 
-    The round interface, for schedules: `task`, `invoke`, `collect`, `screen`, `record_failure`,
-    `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
+    The round interface, for schedules: `task`, `invoke`, `collect` (or `receive` for a stage's object),
+    `screen`, `record_failure`, `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
     `run_id` and `resumed_round` (the checkpointed round a resumed run continues after).
     """
 
@@ -167,14 +167,17 @@ class Controller:
         ))
         return weights
 
-    def task(self, round_number: int, client: ClientRef, overrides: dict[str, Any], deadline: float) -> dict[str, Any]:
+    def task(self, round_number: int, client: ClientRef, overrides: dict[str, Any], deadline: float, *,
+             update: str | None = None, reads: Sequence[str] = ()) -> dict[str, Any]:
         """The client's signed task for `round_number` (wire.make_task); its shuffling seed differs per
-        run seed, round and client."""
+        run seed, round and client. A multi-stage round names the stage's own `update` key (default: the
+        round's update key) and the other objects the stage may `read` (e.g. its peers' public keys)."""
         seed = zlib.crc32(f"{self.plan.seed}/{round_number}/{client.client_id}".encode())
         train = {**self.plan.train, **overrides, "seed": seed}
         weights_key = global_weights_key(self.run_id, round_number - 1)
-        update = update_key(self.run_id, round_number, client.client_id)
-        store = self.store.task_descriptor(task_reads(train, weights_key, client.data_key, update), [update], deadline)
+        update = update or update_key(self.run_id, round_number, client.client_id)
+        granted = [*task_reads(train, weights_key, client.data_key, update), *reads]
+        store = self.store.task_descriptor(granted, [update], deadline)
         task = make_task(run_id=self.run_id, round_number=round_number, client_id=client.client_id,
                          model=self._model_wire, weights=weights_key, data=client.data_key, update=update,
                          train=train, store=store, deadline=deadline)
@@ -184,13 +187,14 @@ class Controller:
         return task
 
     def invoke(self, round_number: int, client: ClientRef, task: dict[str, Any], started: float, *,
-               retry: bool = True) -> asyncio.Future[dict[str, Any]]:
+               retry: bool = True, stage: str | None = None) -> asyncio.Future[dict[str, Any]]:
         """Start the client's invocation. With `retry`, safe failures are retried until the task's deadline
-        (resilience.py), each failed attempt recorded; collect the future's outcome with `collect`."""
+        (resilience.py), each failed attempt recorded (with its `stage` in a multi-stage round); collect
+        the future's outcome with `collect` (or `receive` for a stage that writes no model update)."""
         invoke = self.providers[client.provider].invoke
         if not retry:
             return asyncio.ensure_future(invoke(task))
-        retried = functools.partial(self.record_failure, round_number, client, started=started)
+        retried = functools.partial(self.record_failure, round_number, client, started=started, stage=stage)
         return asyncio.ensure_future(invoke_with_retries(invoke, task, self.plan.policy, task["deadline"], retried))
 
     def screen(self, round_number: int, updates: Sequence[ClientUpdate], weights: Weights) -> list[ClientUpdate]:
@@ -231,40 +235,72 @@ class Controller:
         except Exception as error:  # a function's bad reply must not end the round
             self.record_failure(round_number, client, InvocationError(f"{type(error).__name__}: {error}", "error"), started)
             return None
+        self._succeeded(round_number, client, result, started, update.num_examples, update.metrics, staleness=staleness)
+        return update
+
+    async def receive(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], started: float,
+                      key: str, *, stage: str) -> tuple[dict[str, Any], bytes] | None:
+        """A stage's result and the bytes it wrote at `key` (its task's update key), if its finished call
+        succeeded and the result answers the task and is signed over those bytes; otherwise the failure
+        is recorded and the answer is None. The schedule checks what the bytes mean."""
+        try:
+            result = call.result()
+            num_examples, data = await self._verified(round_number, client, result, key)
+        except InvocationError as error:
+            self.record_failure(round_number, client, error, started, stage=stage)
+            return None
+        except Exception as error:  # a function's bad reply must not end the round
+            failure = InvocationError(f"{type(error).__name__}: {error}", "error")
+            self.record_failure(round_number, client, failure, started, stage=stage)
+            return None
+        self._succeeded(round_number, client, result, started, num_examples, _metrics(result), stage=stage)
+        return result, data
+
+    def _succeeded(self, round_number: int, client: ClientRef, result: dict[str, Any], started: float,
+                   num_examples: int, metrics: dict[str, float], **facts: Any) -> None:
         timings = {k: float(v) for k, v in (result.get("timings") or {}).items()}
         finished = time.time()
         self.emit(InvocationFinished(
             self.run_id, round_number, client.client_id, client.provider, "succeeded",
             max(started, finished - timings.get("total", 0.0)), finished,
-            cold=bool(result.get("cold")), num_examples=update.num_examples, metrics=update.metrics, timings=timings,
-            privacy=result.get("privacy") if isinstance(result.get("privacy"), dict) else None, staleness=staleness,
+            cold=bool(result.get("cold")), num_examples=num_examples, metrics=metrics, timings=timings,
+            privacy=result.get("privacy") if isinstance(result.get("privacy"), dict) else None, **facts,
         ))
-        return update
 
-    async def _read_update(self, round_number: int, client: ClientRef, result: Any, weights: Weights) -> ClientUpdate:
-        expected = update_key(self.run_id, round_number, client.client_id)
+    async def _verified(self, round_number: int, client: ClientRef, result: Any, key: str) -> tuple[int, bytes]:
+        """The result's example count and the bytes at `key`, if the result answers its task and is signed over them."""
         try:
             num_examples = check_result(result, {"run_id": self.run_id, "round": round_number,
-                                                 "client_id": client.client_id, "update": expected})
+                                                 "client_id": client.client_id, "update": key})
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
-        data = await self.store.aget(expected)
-        key = self._keys.get(client.provider)
-        if key is not None:
+        data = await self.store.aget(key)
+        run_key = self._keys.get(client.provider)
+        if run_key is not None:
             try:
-                key.verify_result(result, data)
+                run_key.verify_result(result, data)
             except ResultSignatureError as error:
                 raise InvocationError(str(error), "signature") from None
+        return num_examples, data
+
+    async def _read_update(self, round_number: int, client: ClientRef, result: Any, weights: Weights) -> ClientUpdate:
+        num_examples, data = await self._verified(round_number, client, result,
+                                                  update_key(self.run_id, round_number, client.client_id))
         arrays = decode_arrays(data)
         if problem := update_problem(arrays, weights):
             raise InvocationError(problem, "rejected")
-        metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}
-        return ClientUpdate(client.client_id, arrays, num_examples, metrics)
+        return ClientUpdate(client.client_id, arrays, num_examples, _metrics(result))
 
-    def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
+    def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float, *,
+                       stage: str | None = None) -> None:
         """A failed invocation, or a late result "discarded"; its start is the round's, since no function reported one."""
         outcome = "discarded" if error.cause == "late" else "failed"
         self.emit(InvocationFinished(
             self.run_id, round_number, client.client_id, client.provider, outcome, started, time.time(),
-            error=str(error), cause=error.cause,
+            error=str(error), cause=error.cause, stage=stage,
         ))
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric training metrics a result reports."""
+    return {k: float(v) for k, v in (result.get("metrics") or {}).items() if np.isscalar(v)}

@@ -45,6 +45,7 @@ class InvocationFinished:
     cause: str | None = None
     privacy: dict[str, Any] | None = None  # the function's DP-SGD facts (steps, sampling rate, noise)
     staleness: int | None = None  # async rounds: global versions between dispatch and aggregation
+    stage: str | None = None  # secure aggregation: the protocol stage this invocation ran (keys, shares, masked, reveal)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,17 @@ class RoundFinished:
 
 
 @dataclass(frozen=True)
+class RoundFailed:
+    """A run of a round that could not finish (a secure round with too few clients left to unmask):
+    its reason goes to the history; the quorum rules decide whether the round runs again."""
+
+    run_id: str
+    round: int
+    failed_at: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class RunFinished:
     run_id: str
     status: str  # "finished" | "failed" | "stopped"
@@ -82,5 +94,5 @@ class RunFinished:
     error: str | None = None
 
 
-Event = Union[RunStarted, RoundStarted, InvocationFinished, UpdateRejected, RoundFinished, RunFinished]
+Event = Union[RunStarted, RoundStarted, InvocationFinished, UpdateRejected, RoundFinished, RoundFailed, RunFinished]
 Observer = Callable[[Event], None]
