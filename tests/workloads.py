@@ -142,12 +142,12 @@ def sleeps_on_client_zero(payload):
 
 
 def drops_in_secure_stages(payload):
-    """A client that goes away in a secure round: FEDLESS_TEST_SECAGG_DROPS lists "round:stage:client"
-    triples (comma-separated) at which the function fails instead of answering; otherwise it runs for real."""
+    """A client that goes away in a secure round: FEDLESS_TEST_SECAGG_DROPS lists "round/attempt:stage:client"
+    entries (comma-separated) at which the function fails instead of answering; otherwise it runs for real."""
     from fedless_nb.function.handler import handle
 
-    stage = (payload["train"].get("secagg") or {}).get("stage")
+    settings = payload["train"].get("secagg") or {}
     drops = set(filter(None, os.environ.get("FEDLESS_TEST_SECAGG_DROPS", "").split(",")))
-    if f"{payload['round']}:{stage}:{payload['client_id']}" in drops:
-        raise RuntimeError(f"client {payload['client_id']} dropped out in the {stage} stage")
+    if f"{payload['round']}/{settings.get('attempt')}:{settings.get('stage')}:{payload['client_id']}" in drops:
+        raise RuntimeError(f"client {payload['client_id']} dropped out in the {settings['stage']} stage")
     return handle(payload)

@@ -1,0 +1,154 @@
+"""Secure rounds end to end: real worker processes, the real store as the relay, the real history.
+
+Each stage is an invocation; clients drop out (the function fails) at each stage, below and above
+the threshold; a test reads every object the functions wrote and finds no update in the clear.
+"""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fedless_nb.experiment import ExperimentConfig
+from fedless_nb.privacy.secagg import QuantizationParams
+from fedless_nb.providers import LocalProvider
+from fedless_nb.records.history import History
+from fedless_nb.rounds.resilience import QuorumError
+from fedless_nb.runner import run_experiment
+from fedless_nb.store import CodecError, LocalStore, decode_arrays
+from fedless_nb.store.keys import global_weights_key, update_key
+
+STAGES = ("keys", "shares", "masked", "reveal")
+CLIENTS = [f"client-{index:04d}" for index in range(5)]
+
+
+def _config(tmp_path, name, secure=True, **overrides):
+    data = {
+        "name": name, "clients": 5, "clients_per_round": 5, "rounds": 1, "retries": 0, "max_norm_ratio": 0,
+        "history": str(tmp_path / "history.db"), "store": {"path": str(tmp_path / f"store-{name}")},
+        "model": {"builder": "mlp", "options": {"hidden_units": [16]}},
+        "train": {"epochs": 1, "batch_size": 32, "learning_rate": 0.1},
+        "providers": [{"kind": "local", "workers": 2}],
+        **({"secure_aggregation": {}} if secure else {}),
+    }
+    data.update(overrides)
+    return ExperimentConfig.from_dict(data)
+
+
+def _dropping_provider(monkeypatch, drops):
+    """The real local provider whose functions fail at the listed (round/attempt, stage, clients)."""
+    monkeypatch.setenv("FEDLESS_TEST_SECAGG_DROPS", ",".join(
+        f"{when}:{stage}:{client}" for when, stage, clients in drops for client in clients))
+    return {"local": LocalProvider("local", workers=2, entry_point="workloads:drops_in_secure_stages")}
+
+
+def _globals(config, run_id):
+    store = LocalStore(config.store.path)
+    return [decode_arrays(store.get(global_weights_key(run_id, r))) for r in range(config.rounds + 1)]
+
+
+def _largest_change(before, after):
+    return max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(after, before))
+
+
+def test_the_store_holds_no_update_in_the_clear_and_the_average_is_fedavgs(tmp_path):
+    model = {"builder": "mlp", "options": {"hidden_units": [64]}}  # 4,810 values: enough for the statistics
+    plain_config = _config(tmp_path, "plain", secure=False, model=model)
+    secure_config = _config(tmp_path, "secure", model=model)
+    plain = run_experiment(plain_config)
+    secure = run_experiment(secure_config)
+    assert plain.status == secure.status == "finished"
+
+    plain_store, secure_store = LocalStore(plain_config.store.path), LocalStore(secure_config.store.path)
+    start = decode_arrays(plain_store.get(global_weights_key(plain.run_id, 0)))
+    models = {c: decode_arrays(plain_store.get(update_key(plain.run_id, 1, c))) for c in CLIENTS}
+    deltas = {c: np.concatenate([(m.astype(np.float64) - s).ravel() for m, s in zip(models[c], start)]) for c in CLIENTS}
+
+    # Every object the functions wrote in the secure round: nothing under updates/, and no window of any
+    # client's trained model or update, as float32 or float64 bytes, anywhere.
+    round_dir = secure_store.root / "runs" / secure.run_id / "round-00001"
+    written = {path.relative_to(round_dir).as_posix(): path.read_bytes() for path in round_dir.rglob("*")
+               if path.is_file() and path.name != "global.weights"}
+    assert sorted(written) == sorted(f"secagg-1/{c}.{stage}" for c in CLIENTS for stage in STAGES)
+    needles = [np.concatenate([m.ravel() for m in models[c]])[:16].astype(np.float32).tobytes() for c in CLIENTS]
+    needles += [deltas[c][:8].tobytes() for c in CLIENTS] + [deltas[c][:16].astype(np.float32).tobytes() for c in CLIENTS]
+    model_bytes = sum(layer.nbytes for layer in start)
+    for name, data in written.items():
+        assert not any(needle in data for needle in needles), f"{name} holds an update in the clear"
+        try:
+            arrays = decode_arrays(data)
+        except CodecError:  # keys, shares, reveals: small JSON, far smaller than any update
+            assert data.startswith(b"{") and len(data) < model_bytes / 4, name
+            continue
+        # the masked vector: uniform over uint32 and uncorrelated with the client's update
+        assert name.endswith(".masked") and len(arrays) == 1 and arrays[0].dtype == np.uint32
+        vector = arrays[0].astype(np.float64)[1:]
+        client = name.split("/")[1].rsplit(".", 1)[0]
+        # independence: a correlation this far from 0 would arise by chance with probability 1e-4
+        assert stats.pearsonr(vector, deltas[client]).pvalue > 1e-4
+        assert stats.spearmanr(vector, deltas[client]).pvalue > 1e-4
+        counts, _ = np.histogram(vector, bins=32, range=(0, 2**32))
+        assert stats.chisquare(counts).pvalue > 1e-4
+
+    # The unmasked average is FedAvg's, within the quantization error.
+    examples = {row["client_id"]: row["num_examples"] for row in History(plain_config.history).invocations(plain.run_id)}
+    weight_sum = sum(examples[c] / 1000 for c in CLIENTS)  # max_weight 1000
+    largest = max(float(np.max(np.abs(d))) for d in deltas.values())
+    tolerance = len(CLIENTS) * QuantizationParams().step * (1 + largest) / weight_sum + 1e-6
+    difference = _largest_change(plain.weights, secure.weights)
+    assert difference <= tolerance, (difference, tolerance)
+    assert _largest_change(start, secure.weights) > 100 * tolerance  # the round did move the model
+
+
+def test_clients_dropping_at_each_stage_below_the_threshold_leave_the_round_complete(tmp_path, monkeypatch):
+    drops = [("1/1", "keys", ["client-0001"]), ("2/1", "shares", ["client-0002"]),
+             ("3/1", "masked", ["client-0003"]), ("4/1", "reveal", ["client-0004", "client-0000"])]
+    config = _config(tmp_path, "below", rounds=4)
+    result = run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
+    assert result.status == "finished"
+    history = History(config.history)
+    invocations = history.invocations(result.run_id)
+    failed = [(i["round"], i["stage"], i["client_id"]) for i in invocations if i["outcome"] == "failed"]
+    assert sorted(failed) == sorted((int(when[0]), stage, c) for when, stage, clients in drops for c in clients)
+    assert all(i["cause"] == "error" and "dropped out" in i["error"] for i in invocations if i["outcome"] == "failed")
+    # a client that dropped is invoked in no later stage of its round
+    assert not [i for i in invocations if i["round"] == 1 and i["client_id"] == "client-0001" and i["stage"] != "keys"]
+    assert {i["stage"] for i in invocations} == set(STAGES)
+    # masked vectors counted: 4 in rounds 1-3; in round 4 all 5 sent theirs before two dropped in reveal
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [4, 4, 4, 5]
+    assert history.round_failures(result.run_id) == []
+    globals_ = _globals(config, result.run_id)
+    for before, after in zip(globals_, globals_[1:]):  # a mask left in would move weights by thousands
+        assert 1e-4 < _largest_change(before, after) < 1.0
+
+
+def test_clients_dropping_at_each_stage_above_the_threshold_fail_the_round_with_its_reason(tmp_path, monkeypatch):
+    gone = ["client-0001", "client-0002", "client-0003"]  # 2 of 5 left, threshold 3
+    drops = [(f"{r}/1", stage, gone) for r, stage in enumerate(STAGES, start=1)]
+    config = _config(tmp_path, "above", rounds=4)
+    result = run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
+    assert result.status == "finished", "min_successful 0: a failed round keeps the model and the run goes on"
+    history = History(config.history)
+    failures = history.round_failures(result.run_id)
+    assert [f["round"] for f in failures] == [1, 2, 3, 4]
+    for failure, stage in zip(failures, STAGES):
+        assert f"2 of 5 clients finished the {stage} stage, fewer than the threshold 3" in failure["reason"]
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [0, 0, 0, 0]
+    globals_ = _globals(config, result.run_id)
+    assert all(_largest_change(before, after) == 0 for before, after in zip(globals_, globals_[1:]))
+
+
+def test_a_failed_secure_round_runs_again_under_the_quorum_rules(tmp_path, monkeypatch):
+    gone = ["client-0000", "client-0002", "client-0004"]
+    config = _config(tmp_path, "repeat", min_successful=3, round_repeats=1)
+    result = run_experiment(config, providers=_dropping_provider(monkeypatch, [("1/1", "shares", gone)]))
+    history = History(config.history)
+    assert result.status == "finished" and len(history.round_failures(result.run_id)) == 1
+    assert history.rounds(result.run_id)[0]["succeeded"] == 5  # the second run of the round had everyone
+    assert len([i for i in history.invocations(result.run_id) if i["stage"] == "keys"]) == 10
+
+    config = _config(tmp_path, "stops", min_successful=3, round_repeats=1)
+    drops = [("1/1", "keys", gone), ("1/2", "keys", gone)]
+    with pytest.raises(QuorumError, match="round 1 got 0 valid update"):
+        run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
+    run = History(config.history).runs()[0]
+    assert run["status"] == "failed" and len(History(config.history).round_failures(run["run_id"])) == 2
