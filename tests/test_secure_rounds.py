@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedless_nb.experiment import ExperimentConfig
+from fedless_nb.experiment import ConfigError, ExperimentConfig
 from fedless_nb.privacy.secagg import QuantizationParams
 from fedless_nb.providers import LocalProvider
 from fedless_nb.records.history import History
@@ -152,3 +152,80 @@ def test_a_failed_secure_round_runs_again_under_the_quorum_rules(tmp_path, monke
         run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
     run = History(config.history).runs()[0]
     assert run["status"] == "failed" and len(History(config.history).round_failures(run["run_id"])) == 2
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+def test_sum_only_strategies_give_the_same_model_from_the_secure_average(name):
+    """What a secure round hands a strategy (one update: the current model plus the weighted mean change)
+    leads to the model the individual updates would have given."""
+    from fedless_nb.rounds.secagg import SECURE_CLIENT_ID
+    from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
+
+    rng = np.random.default_rng(0)
+    current = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)]
+    updates = [ClientUpdate(f"c{i}", [w + rng.normal(0, 0.1, w.shape).astype(np.float32) for w in current], n)
+               for i, n in enumerate((10, 30, 60))]
+    total = sum(u.num_examples for u in updates)
+    average = [sum(u.weights[k].astype(np.float64) * u.num_examples for u in updates) / total for k in range(2)]
+    models = []
+    for given in (updates, [ClientUpdate(SECURE_CLIENT_ID, [a.astype(np.float32) for a in average], total)]):
+        strategy = make_strategy(name, {"server_learning_rate": 0.9, "server_momentum": 0.5} if name == "fedavgm" else {})
+        strategy.bind(RunContext("r", None, {}, 10, 3))
+        weights = strategy.initialize(current)
+        for round_number in (1, 2):
+            weights = strategy.aggregate(round_number, weights, given)
+        models.append(weights)
+    for plain, secure in zip(*models):
+        np.testing.assert_allclose(plain, secure, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"strategy": {"name": "fedmedian"}}, "strategy.name: fedmedian needs each client's update, which secure "
+                                          "aggregation hides; use one that needs only their sum: fedavg"),
+    ({"strategy": {"name": "krum"}}, "strategy.name: krum needs each client's update"),
+    ({"strategy": {"name": "trimmed_mean"}}, "strategy.name: trimmed_mean needs each client's update"),
+    ({"strategy": {"name": "scaffold"}}, "strategy.name: scaffold needs each client's update"),
+    ({"max_norm_ratio": 10}, "max_norm_ratio: the norm screening compares single updates, which secure aggregation "
+                             "hides: set max_norm_ratio: 0 and bound each update with secure_aggregation.clip_norm"),
+    ({"mode": "async"}, "mode: secure aggregation sums whole rounds"),
+    ({"central_dp": {"adaptive": True}}, "central_dp.adaptive: adaptive clipping needs each update's norm"),
+    ({"clients_per_round": 2}, "clients_per_round: secure aggregation needs at least 3 clients per round"),
+    ({"secure_aggregation": {"threshold": 2}}, r"secure_aggregation.threshold: must be 0 \(a majority\) or more than "
+                                               r"half of the 5 holders"),
+    ({"secure_aggregation": {"neighbours": 2, "threshold": 3}}, None),
+    ({"secure_aggregation": {"neighbours": 2, "threshold": 4}}, "at most 3, got 4"),
+    ({"secure_aggregation": {"quantization_range": 2**30}}, "secure_aggregation.quantization_range: must be >= 2 "
+                                                            "and clients_per_round x it below 2"),
+    ({"secure_aggregation": {"clip_norm": 0}}, "secure_aggregation.clip_norm: must be > 0 or null"),
+])
+def test_what_needs_single_updates_is_refused_in_one_line(tmp_path, overrides, message):
+    data = {"clients": 8, "clients_per_round": 5, "max_norm_ratio": 0, "secure_aggregation": {}, **overrides}
+    if message is None:
+        assert ExperimentConfig.from_dict(data).secure_aggregation.neighbours == 2
+        return
+    with pytest.raises(ConfigError, match=message) as raised:
+        ExperimentConfig.from_dict(data)
+    assert "\n" not in str(raised.value)
+
+
+def test_central_dp_clips_on_the_clients_and_adds_its_noise_after_unmasking(tmp_path):
+    central = {"noise_multiplier": 0.0, "clip_norm": 0.05}  # small enough that every client is clipped
+    plain = run_experiment(_config(tmp_path, "central-plain", secure=False, central_dp=central))
+    secure = run_experiment(_config(tmp_path, "central-secure", central_dp=central))
+    difference = _largest_change(plain.weights, secure.weights)
+    assert difference <= 5 * QuantizationParams().step / 5 + 1e-6  # 5 clients' rounding, over 5 expected clients
+    assert secure.privacy_report().granularity == "client-level"
+    assert History(secure.config.history).rounds(secure.run_id)[0]["privacy_central_clip_norm"] == 0.05
+
+
+def test_central_dp_noise_is_added_to_the_unmasked_sum():
+    from fedless_nb.strategies import FedAvg, RunContext
+    from fedless_nb.strategies.central_dp import CentralDP
+
+    strategy = CentralDP(FedAvg(), noise_multiplier=0.5, clip_norm=2.0)
+    strategy.bind(RunContext("r", None, {}, clients=10, clients_per_round=4))
+    current = [np.zeros(40000, np.float32)]
+    model = strategy.aggregate_sum(1, current, [np.full(40000, 4.0)])
+    assert np.mean(model[0]) == pytest.approx(1.0, abs=0.01)  # sum 4 over 4 expected clients
+    assert np.std(model[0]) == pytest.approx(0.5 * 2.0 / 4, rel=0.03)
+    assert strategy.round_metrics()["central_epsilon"] > 0
