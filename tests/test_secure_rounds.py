@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from fedless_nb.experiment import ConfigError, ExperimentConfig
+from fedless_nb.notebook.dashboard import RunProgress
 from fedless_nb.privacy.secagg import QuantizationParams
 from fedless_nb.providers import LocalProvider
 from fedless_nb.records.history import History
@@ -102,11 +103,20 @@ def test_the_store_holds_no_update_in_the_clear_and_the_average_is_fedavgs(tmp_p
 def test_clients_dropping_at_each_stage_below_the_threshold_leave_the_round_complete(tmp_path, monkeypatch):
     drops = [("1/1", "keys", ["client-0001"]), ("2/1", "shares", ["client-0002"]),
              ("3/1", "masked", ["client-0003"]), ("4/1", "reveal", ["client-0004", "client-0000"])]
-    config = _config(tmp_path, "below", rounds=4)
-    result = run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
+    config = _config(tmp_path, "below", rounds=4, providers=[{"kind": "local", "workers": 2, "pricing": {"request": 0.001}}])
+    progress = RunProgress()
+    result = run_experiment(config, providers=_dropping_provider(monkeypatch, drops), observers=[progress.update])
     assert result.status == "finished"
     history = History(config.history)
     invocations = history.invocations(result.run_id)
+    # every stage is an invocation: in the history, the dashboard's totals and the cost model
+    assert len(invocations) == 4 * 5 * 4 - 3 - 2 - 1  # a dropout is invoked in none of its round's later stages
+    assert progress.invocations == progress.stage_invocations == len(invocations)
+    assert progress.totals()["of them secure-aggregation stages"] == len(invocations)
+    report = history.cost(result.run_id)
+    assert sum(stage["invocations"] for stage in report["per_stage"].values()) == len(invocations)
+    assert report["per_stage"]["reveal"]["cost"] == pytest.approx(0.001 * report["per_stage"]["reveal"]["invocations"])
+    assert report["serverless_cost"] == pytest.approx(0.001 * len(invocations))
     failed = [(i["round"], i["stage"], i["client_id"]) for i in invocations if i["outcome"] == "failed"]
     assert sorted(failed) == sorted((int(when[0]), stage, c) for when, stage, clients in drops for c in clients)
     assert all(i["cause"] == "error" and "dropped out" in i["error"] for i in invocations if i["outcome"] == "failed")
@@ -229,3 +239,16 @@ def test_central_dp_noise_is_added_to_the_unmasked_sum():
     assert np.mean(model[0]) == pytest.approx(1.0, abs=0.01)  # sum 4 over 4 expected clients
     assert np.std(model[0]) == pytest.approx(0.5 * 2.0 / 4, rel=0.03)
     assert strategy.round_metrics()["central_epsilon"] > 0
+
+
+@pytest.mark.slow
+def test_digits_with_secure_aggregation_reaches_the_accuracy_of_plain_fedavg(tmp_path):
+    common = {"clients": 10, "clients_per_round": 5, "rounds": 5, "data": {"dataset": "digits", "partition": "iid"},
+              "train": {"epochs": 5, "batch_size": 16, "learning_rate": 0.05},
+              "model": {"builder": "mlp", "options": {"hidden_units": [32]}}}
+    plain = run_experiment(_config(tmp_path, "digits-plain", secure=False, max_norm_ratio=10, **common))
+    secure = run_experiment(_config(tmp_path, "digits-secure", **common))
+    assert plain.final_accuracy > 0.8
+    assert abs(secure.final_accuracy - plain.final_accuracy) <= 0.02
+    invocations = History(secure.config.history).invocations(secure.run_id)
+    assert len(invocations) == 5 * 5 * len(STAGES) and all(i["outcome"] == "succeeded" for i in invocations)
