@@ -252,3 +252,26 @@ def test_digits_with_secure_aggregation_reaches_the_accuracy_of_plain_fedavg(tmp
     assert abs(secure.final_accuracy - plain.final_accuracy) <= 0.02
     invocations = History(secure.config.history).invocations(secure.run_id)
     assert len(invocations) == 5 * 5 * len(STAGES) and all(i["outcome"] == "succeeded" for i in invocations)
+
+
+def test_a_secure_round_on_s3_relays_through_presigned_urls(tmp_path, moto_endpoint, aws_credentials):
+    """The functions reach the S3 store (moto on 127.0.0.1) only through the presigned URLs of their tasks:
+    each stage may write its own object and read only its own and its peers' earlier ones."""
+    import uuid
+
+    import boto3
+
+    bucket = f"fedless-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    config = _config(tmp_path, "s3", clients=4, clients_per_round=3,
+                     store={"kind": "s3", "bucket": bucket, "prefix": "fl", "endpoint_url": moto_endpoint})
+    result = run_experiment(config)
+    assert result.status == "finished"
+    invocations = History(config.history).invocations(result.run_id)
+    assert len(invocations) == 3 * len(STAGES) and all(i["outcome"] == "succeeded" for i in invocations)
+    objects = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    written = sorted(key.rsplit(".", 1)[1] for key in objects if f"{result.run_id}/round-00001/secagg-1/" in key)
+    assert written == sorted(STAGES * 3)
+    assert not [key for key in objects if "/updates/" in key]
+    assert not (tmp_path / "store-s3").exists()

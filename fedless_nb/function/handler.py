@@ -4,7 +4,8 @@
 task's spec, reads the global weights and its own data from the store, trains for the
 configured local epochs, writes its update to the one key the task names and returns
 counts, metrics and timings. It checks the task's token before it reads anything and
-signs its result (see fedless_nb/security.py).
+signs its result (see fedless_nb/security.py). In a secure round (train.secagg) a stage that trains
+nothing runs function/secagg_stages.py instead, and the training stage writes its masked update.
 
 A warm function (the same process, a later invocation) keeps its compiled model, its
 traced training step and recently used data, and rebuilds nothing it already has.

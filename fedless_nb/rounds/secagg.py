@@ -84,17 +84,15 @@ class SecureAggregationRounds:
             started = time.time()
             selected = controller.selection.select(round_number, list(controller.clients), controller.plan.clients_per_round)
             controller.emit(RoundStarted(controller.run_id, round_number, selected, started))
-            contributions: list[ClientUpdate] = []
+            new_weights, contributions = weights, []
             try:
                 new_weights, contributions = await self.secure_round(round_number, runs, selected, weights, started)
             except SecureRoundFailed as failure:
                 controller.emit(RoundFailed(controller.run_id, round_number, time.time(), str(failure)))
             if check_quorum(round_number, len(contributions), len(selected), controller.plan.policy, runs):
                 break
-        if contributions:
-            weights = new_weights
-        await controller.publish(round_number, weights, started, len(selected), contributions)
-        return weights
+        await controller.publish(round_number, new_weights, started, len(selected), contributions)
+        return new_weights
 
     async def secure_round(self, round_number: int, attempt_number: int, selected: list[str], weights: Weights,
                            started: float) -> tuple[Weights, list[ClientUpdate]]:
@@ -122,7 +120,7 @@ class SecureAggregationRounds:
         total = self._unmask(attempt)
         vector = secagg.dequantize_sum(total, self.params, len(masked))
         contributions = [ClientUpdate(client, [], int(attempt.results[client]["num_examples"]),
-                                      dict(attempt.results[client].get("metrics") or {}))
+                                      _numbers(attempt.results[client].get("metrics")))
                          for client in sorted(masked)]
         return self._aggregate(round_number, weights, vector, contributions), contributions
 
@@ -238,6 +236,13 @@ class SecureAggregationRounds:
         model = [(w + layer / vector[0]).astype(w.dtype) for w, layer in zip(weights, layers)]
         examples = sum(c.num_examples for c in contributions)
         return self.controller.strategy.aggregate(round_number, weights, [ClientUpdate(SECURE_CLIENT_ID, model, examples)])
+
+
+def _numbers(metrics: Any) -> dict[str, float]:
+    """The numeric metrics of a result (it is untrusted input)."""
+    if not isinstance(metrics, dict):
+        return {}
+    return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _unb64(text: str) -> bytes:
