@@ -118,6 +118,22 @@ class CentralDPConfig(_Section):
     accountant: str = "rdp"
 
 
+class SecureAggregationConfig(_Section):
+    """SecAgg+ (Bell et al. 2020): the controller sees only the sum of a round's updates. Each client
+    shares its secrets with `neighbours` peers (0: every other selected client, as SecAgg); `threshold`
+    of a secret's holders (0: a majority) must stay to unmask the round. Each update (model minus
+    global) is clipped to +-`clipping_range` per value and quantized to `quantization_range` levels
+    modulo 2^32 (Flower's defaults); FedAvg weights a client by min(examples / `max_weight`, 1);
+    `clip_norm`: the L2 norm each client clips its update to before quantization (null: none)."""
+
+    neighbours: int = 0
+    threshold: int = 0
+    clipping_range: float = 8.0
+    quantization_range: int = 4194304
+    max_weight: float = 1000.0
+    clip_norm: float | None = None
+
+
 class SelectionConfig(_Section):
     """`policy`: random, or fedlesscan (prefers fast, reliable clients, measured from past invocations)."""
 
@@ -198,6 +214,7 @@ class ExperimentConfig(_Section):
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     central_dp: CentralDPConfig | None = None
+    secure_aggregation: SecureAggregationConfig | None = None
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     mode: str = "sync"
     asynchronous: AsyncConfig = field(default_factory=AsyncConfig)
@@ -407,6 +424,8 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         _require_choice(central.accountant, ACCOUNTANTS, "central_dp.accountant")
         _require(config.strategy.name in CENTRAL_DP_STRATEGIES, "central_dp",
                  f"works with the strategies {', '.join(CENTRAL_DP_STRATEGIES)}, not {config.strategy.name!r}")
+    if config.secure_aggregation is not None:
+        _validate_secure_aggregation(config)
     _require_choice(config.selection.policy, POLICIES, "selection.policy")
     if config.stragglers is not None:
         _require(0 <= config.stragglers.fraction <= 1, "stragglers.fraction",
@@ -427,6 +446,38 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         _require(rounds.exponent >= 0, "asynchronous.exponent", f"must be >= 0, got {rounds.exponent}")
         _require(rounds.hinge_a >= 0 and rounds.hinge_b >= 0, "asynchronous.hinge_a", "hinge_a and hinge_b must be >= 0")
         _require(rounds.server_learning_rate > 0, "asynchronous.server_learning_rate", "must be > 0")
+
+
+def _validate_secure_aggregation(config: ExperimentConfig) -> None:
+    """Secure aggregation hides every single update, so whatever needs one is refused here."""
+    from .privacy.secagg import MODULUS_BITS
+    from .strategies import SUM_ONLY_STRATEGIES
+
+    secure, selected = config.secure_aggregation, config.clients_per_round
+    assert secure is not None
+    _require(selected >= 3, "clients_per_round",
+             f"secure aggregation needs at least 3 clients per round (a sum of 2 tells each the other's update), got {selected}")
+    _require(config.strategy.name in SUM_ONLY_STRATEGIES, "strategy.name",
+             f"{config.strategy.name} needs each client's update, which secure aggregation hides; "
+             f"use one that needs only their sum: {', '.join(SUM_ONLY_STRATEGIES)}")
+    _require(config.max_norm_ratio == 0, "max_norm_ratio",
+             "the norm screening compares single updates, which secure aggregation hides: set max_norm_ratio: 0 "
+             "and bound each update with secure_aggregation.clip_norm (clipped by the client before quantization)")
+    _require(config.mode == "sync", "mode", "secure aggregation sums whole rounds; use mode: sync, not async (FedBuff)")
+    _require(config.central_dp is None or not config.central_dp.adaptive, "central_dp.adaptive",
+             "adaptive clipping needs each update's norm, which secure aggregation hides; set it to false")
+    _require(secure.neighbours >= 0, "secure_aggregation.neighbours", f"must be >= 0 (0: all), got {secure.neighbours}")
+    degree = selected - 1 if secure.neighbours == 0 else min(secure.neighbours + secure.neighbours % 2, selected - 1)
+    _require(secure.threshold == 0 or (degree + 1) // 2 < secure.threshold <= degree + 1, "secure_aggregation.threshold",
+             f"must be 0 (a majority) or more than half of the {degree + 1} holders of a secret and at most "
+             f"{degree + 1}, got {secure.threshold}")
+    _require(secure.clipping_range > 0, "secure_aggregation.clipping_range", f"must be > 0, got {secure.clipping_range}")
+    _require(secure.quantization_range >= 2 and selected * secure.quantization_range < 2**MODULUS_BITS,
+             "secure_aggregation.quantization_range",
+             f"must be >= 2 and clients_per_round x it below 2^{MODULUS_BITS}, got {secure.quantization_range}")
+    _require(secure.max_weight >= 0, "secure_aggregation.max_weight", f"must be >= 0 (0: unweighted), got {secure.max_weight}")
+    _require(secure.clip_norm is None or secure.clip_norm > 0, "secure_aggregation.clip_norm",
+             f"must be > 0 or null, got {secure.clip_norm}")
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -228,7 +228,12 @@ def _stragglers(config: ExperimentConfig) -> Stragglers | None:
 
 
 def _schedule(config: ExperimentConfig, controller: Controller) -> Any:
-    """FedBuff's asynchronous rounds when `mode: async`; None keeps the controller's synchronous rounds."""
+    """FedBuff's asynchronous rounds when `mode: async`, secure rounds with `secure_aggregation`;
+    None keeps the controller's synchronous rounds."""
+    if config.secure_aggregation is not None:
+        from .rounds.secagg import SecureAggregationRounds
+
+        return SecureAggregationRounds(controller, config.secure_aggregation)
     if config.mode != "async":
         return None
     from .rounds.fedbuff import FedBuff

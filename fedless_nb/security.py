@@ -172,6 +172,17 @@ class RunKey:
         return {**signed, "signature": _b64(self._mac(b"result", canonical(signed)))}
 
 
+def sealing_key(key: RunKey, client_id: str, purpose: str) -> bytes:
+    """32 bytes for one client and one `purpose` (HKDF-SHA256 of the client's run key and its id), e.g. the
+    AES-GCM key a function seals its private secure-aggregation state with between stages. Whoever holds
+    the client's secret can derive it: the function, and the controller that holds its provider's secret."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    info = b"fedless-nb client secret\0" + purpose.encode() + b"\0" + client_id.encode()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key._key)
+
+
 def _task_digest(task: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical({name: value for name, value in task.items() if name != "token"})).hexdigest()
 

@@ -9,7 +9,7 @@ is untrusted input, refused as a whole. It imports nothing from either side.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -42,6 +42,20 @@ class DpSettings(_Strict):
     num_microbatches: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] | None = None
 
 
+class SecAggSettings(_Strict):
+    """A secure round's stage for one client (function/secagg_stages.py): its peers and the protocol's parameters."""
+
+    stage: Literal["keys", "shares", "masked", "reveal"]
+    attempt: Annotated[int, Field(ge=0, le=MAX_ROUND)]
+    threshold: Annotated[int, Field(ge=1, le=10**6)]
+    peers: Annotated[list[_Name], Field(max_length=10**6)] = []
+    dropped: Annotated[list[_Name], Field(max_length=10**6)] = []
+    clipping_range: _Positive
+    quantization_range: Annotated[int, Field(ge=2, le=2**32)]
+    max_weight: Annotated[float, Field(ge=0, le=1e12)] = 0.0
+    clip_norm: _Positive | None = None
+
+
 class TrainSettings(_Strict):
     """The train settings a function understands; an unknown one means the function is older than the controller."""
 
@@ -57,6 +71,7 @@ class TrainSettings(_Strict):
     # (a simulated straggler) and return what was done.
     budget_seconds: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None = None
     budget_epochs: Annotated[float, Field(gt=0, le=10**6)] | None = None
+    secagg: SecAggSettings | None = None  # a secure round's stage; its masked stage writes a masked update
 
 
 class Task(_Strict):

@@ -94,6 +94,12 @@ def test_config_sets_the_history_every_magic_uses(shell, caplog):
     assert magics_of(shell).dashboard == "text" and "expected any of ['auto', 'widgets', 'text', 'none']" in caplog.text
 
 
+def test_secagg_turns_on_secure_aggregation_and_the_cell_sets_its_options(shell):
+    config = config_for(shell, "--secagg --clients 6 --clients-per-round 4", "secure_aggregation: {clip_norm: 2.0}\n")
+    assert config.secure_aggregation.clip_norm == 2.0 and config.max_norm_ratio == 0
+    assert config_for(shell, "--clients 6").secure_aggregation is None
+
+
 @pytest.mark.parametrize("line, cell, message", [
     ("nothere", None, "no variable named 'nothere'"),
     ("number", None, "number holds a value of type int, not a Keras model"),
@@ -107,6 +113,7 @@ def test_config_sets_the_history_every_magic_uses(shell, caplog):
     ("", "rounds: [1\n", "the cell is not valid YAML at line 2"),
     ("", "- rounds\n", "config: must be a mapping"),
     ("--bogus", None, "unrecognized arguments: --bogus"),
+    ("--secagg --strategy krum", None, "strategy.name: krum needs each client's update, which secure aggregation hides"),
 ])
 def test_bad_input_is_a_one_line_usage_error(shell, capsys, line, cell, message):
     shell.user_ns["number"] = 3

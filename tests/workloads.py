@@ -172,3 +172,13 @@ def oversized_update_on_client_1(payload):
     if payload["client_id"].endswith("-0001"):
         store_from_descriptor(payload["store"]).put(payload["update"], bytes(2**20))
     return result
+def drops_in_secure_stages(payload):
+    """A client that goes away in a secure round: FEDLESS_TEST_SECAGG_DROPS lists "round/attempt:stage:client"
+    entries (comma-separated) at which the function fails instead of answering; otherwise it runs for real."""
+    from fedless_nb.function.handler import handle
+
+    settings = payload["train"].get("secagg") or {}
+    drops = set(filter(None, os.environ.get("FEDLESS_TEST_SECAGG_DROPS", "").split(",")))
+    if f"{payload['round']}/{settings.get('attempt')}:{settings.get('stage')}:{payload['client_id']}" in drops:
+        raise RuntimeError(f"client {payload['client_id']} dropped out in the {settings['stage']} stage")
+    return handle(payload)

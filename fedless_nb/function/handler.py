@@ -4,7 +4,8 @@
 task's spec, reads the global weights and its own data from the store, trains for the
 configured local epochs, writes its update to the one key the task names and returns
 counts, metrics and timings. It checks the task's token before it reads anything and
-signs its result (see fedless_nb/security.py).
+signs its result (see fedless_nb/security.py). In a secure round (train.secagg) a stage that trains
+nothing runs function/secagg_stages.py instead, and the training stage writes its masked update.
 
 A warm function (the same process, a later invocation) keeps its compiled model, its
 traced training step and recently used data, and rebuilds nothing it already has.
@@ -29,6 +30,7 @@ from ..security import NonceCache, TaskGuard
 from ..store import decode_arrays, encode_arrays, store_from_descriptor
 from ..wire import DP_SETTINGS, PayloadError, check_task
 from .batching import batch_size, local_steps, privacy_facts, step_budget
+from .secagg_stages import KEY_STAGES, key_stage, masked_update, stage_of
 
 @dataclass
 class _CompiledModel:
@@ -199,37 +201,44 @@ def handle(payload: dict[str, Any], *, secret: str | None = None) -> dict[str, A
     cold = _STATE.invocations == 0
     _STATE.invocations += 1
     train = payload["train"]
+    stage = stage_of(payload)  # a secure round's stage (function/secagg_stages.py), or None
+    if stage in KEY_STAGES:
+        update, num_examples = key_stage(payload, store, guard.key, lambda: len(_client_data(store, payload["data"])[0]))
+        store.put(payload["update"], update)
+        finished = time.perf_counter()
+        timings = dict.fromkeys(("cold_start", "build", "load", "train"), 0.0)
+        return guard.sign(_result(payload, num_examples, {}, cold, {**timings, "upload": 0.0, "total": finished - started},
+                                  None), update)
 
     compiled, build_seconds = _compiled_model(payload["model"], train)
     load_started = time.perf_counter()
-    compiled.model.set_weights(decode_arrays(store.get(payload["weights"])))
+    start = decode_arrays(store.get(payload["weights"]))
+    compiled.model.set_weights(start)
     x, y = _client_data(store, payload["data"])
     train_started = time.perf_counter()
     budget_seconds = train.get("budget_seconds")
     training = _train(compiled, x, y, train, store, None if budget_seconds is None else started + float(budget_seconds))
     upload_started = time.perf_counter()
-    update = encode_arrays(compiled.model.get_weights())
+    trained = compiled.model.get_weights()
+    update = encode_arrays(trained) if stage is None else masked_update(payload, store, guard.key, start, trained)
     store.put(payload["update"], update)
     finished = time.perf_counter()
 
-    return guard.sign({
-        "run_id": payload["run_id"],
-        "round": payload["round"],
-        "client_id": payload["client_id"],
-        "update": payload["update"],
-        "num_examples": int(len(x)),
-        "metrics": training.metrics,
-        "steps": training.steps,
-        "partial": training.partial,
-        "cold": cold,
-        "timings": {
-            "cold_start": build_seconds if cold else 0.0,
-            "build": build_seconds,
-            "load": train_started - load_started,
-            "train": upload_started - train_started,
-            "upload": finished - upload_started,
-            "total": finished - started,
-        },
-        "privacy": privacy_facts(len(x), train),
-        "signature": None,
-    }, update)
+    return guard.sign(_result(payload, int(len(x)), training.metrics, cold, {
+        "cold_start": build_seconds if cold else 0.0,
+        "build": build_seconds,
+        "load": train_started - load_started,
+        "train": upload_started - train_started,
+        "upload": finished - upload_started,
+        "total": finished - started,
+    }, privacy_facts(len(x), train), steps=training.steps, partial=training.partial), update)
+
+
+def _result(payload: dict[str, Any], num_examples: int, metrics: dict[str, float], cold: bool,
+            timings: dict[str, float], privacy: dict[str, Any] | None, **progress: Any) -> dict[str, Any]:
+    """The result of the contract, unsigned; `progress`: the steps a training stage took and whether they are partial."""
+    return {
+        "run_id": payload["run_id"], "round": payload["round"], "client_id": payload["client_id"],
+        "update": payload["update"], "num_examples": num_examples, "metrics": metrics, "cold": cold,
+        "timings": timings, "privacy": privacy, **progress, "signature": None,
+    }

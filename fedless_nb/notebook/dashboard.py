@@ -33,6 +33,7 @@ class RunProgress:
     metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     bars: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TIMELINE_BARS))
     invocations: int = 0
+    stage_invocations: int = 0  # secure aggregation's protocol stages (part of `invocations`)
     failures: int = 0
     cold_starts: int = 0
     cost: float = 0.0  # estimated from the providers' prices, as the history records it (see cost.py)
@@ -49,6 +50,7 @@ class RunProgress:
             self.round_running = event.round
         elif isinstance(event, InvocationFinished):
             self.invocations += 1
+            self.stage_invocations += event.stage is not None
             self.failures += event.outcome == "failed"
             self.cold_starts += bool(event.cold)
             if self.prices is not None:
@@ -70,6 +72,8 @@ class RunProgress:
         """Counts, plus the estimated cost on a priced platform and the privacy spent so far when DP is on."""
         totals: dict[str, int | str] = {
             "invocations": self.invocations, "failures": self.failures, "cold starts": self.cold_starts}
+        if self.stage_invocations:
+            totals["of them secure-aggregation stages"] = self.stage_invocations
         if self.cost > 0:
             totals["estimated cost (USD)"] = f"{self.cost:.6f}"
         if "epsilon_max" in self.privacy:

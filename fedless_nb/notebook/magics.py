@@ -141,6 +141,9 @@ class FedlessMagics(Magics):
     @argument("--optimizer", help="sgd, adam, rmsprop or adagrad")
     @argument("--lr", "--learning-rate", dest="learning_rate", type=float)
     @argument("--strategy", help="aggregation strategy (default fedavg)")
+    @argument("--secagg", action="store_true",
+              help="secure aggregation (SecAgg+): the controller sees only the sum of each round's updates "
+                   "(turns the norm screening off, as it needs single updates)")
     @argument("--provider", help="provider kind for every client (default local)")
     @argument("--workers", type=int, help="invocations the provider runs at once")
     @argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
@@ -181,6 +184,8 @@ class FedlessMagics(Magics):
         for option, key in OPTION_KEYS.items():
             if getattr(args, option) is not None:
                 set_key(data, key, getattr(args, option))
+        if args.secagg:
+            data["secure_aggregation"], data["max_norm_ratio"] = data.get("secure_aggregation") or {}, 0
         if args.provider is not None or args.workers is not None:
             kind = args.provider or "local"
             data["providers"] = [{"kind": kind, "name": kind, **({"workers": args.workers} if args.workers else {})}]

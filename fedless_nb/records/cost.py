@@ -143,7 +143,8 @@ def server_cost(seconds: float, hourly_price: float) -> float:
 
 def cost_report(run: dict[str, Any], invocations: Iterable[dict[str, Any]], rounds: Iterable[dict[str, Any]],
                 server_hourly_price: float | None = None) -> dict[str, Any]:
-    """A run's cost from its history rows: total, per round, per provider, and against an always-on server.
+    """A run's cost from its history rows: total, per round, per provider (per protocol stage in secure
+    rounds, whose stages are invocations of their own), and against an always-on server.
 
     The server runs for the run's wall time (its start to its end, or to its last recorded round
     while it is still running). records.history.run_cost reads the rows from a history file.
@@ -151,10 +152,15 @@ def cost_report(run: dict[str, Any], invocations: Iterable[dict[str, Any]], roun
     invocations = list(invocations)
     per_round: dict[int, float] = {}
     per_provider: dict[str, float] = {}
+    per_stage: dict[str, dict[str, float]] = {}  # secure rounds: invocations and cost of each protocol stage
     for row in invocations:
         cost = row.get("cost") or 0.0
         per_round[row["round"]] = per_round.get(row["round"], 0.0) + cost
         per_provider[row["provider"]] = per_provider.get(row["provider"], 0.0) + cost
+        if row.get("stage"):
+            stage = per_stage.setdefault(row["stage"], {"invocations": 0, "cost": 0.0})
+            stage["invocations"] += 1
+            stage["cost"] += cost
     ended = run.get("finished_at") or max((r["finished_at"] for r in rounds), default=run["started_at"])
     seconds = max(ended - run["started_at"], 0.0)
     total = sum(per_round.values())
@@ -164,6 +170,8 @@ def cost_report(run: dict[str, Any], invocations: Iterable[dict[str, Any]], roun
         "prices": {name: dataclasses.asdict(f.pricing) | {"memory_mb": f.memory_mb, "kind": f.kind}
                    for name, f in CostModel.for_run(run).functions.items()},
     }
+    if per_stage:
+        report["per_stage"] = per_stage
     if server_hourly_price is not None:
         server = server_cost(seconds, server_hourly_price)
         report.update(server_hourly_price=server_hourly_price, server_cost=server,

@@ -2,7 +2,8 @@
 
 Tables: runs (one row per run, with its config), rounds (timing and counts per round),
 invocations (one row per function call: client, provider, cold or warm, each timing,
-outcome, error text, estimated cost, staleness in async runs) and metrics (per round, long form:
+outcome, error text, estimated cost, staleness in async runs, the protocol stage in secure rounds),
+round_failures (why a run of a round could not finish, e.g. a secure round with too few clients left) and metrics (per round, long form:
 scope "eval", "train" or "privacy", name, value). The file uses WAL mode so a notebook can read a
 run while another process writes one, and several runs may share one file: writers wait for each
 other (busy timeout, immediate write transactions) instead of failing on "database is locked".
@@ -28,7 +29,7 @@ import sqlite_utils
 
 from .cost import CostModel, cost_report
 from ..errors import UserError
-from ..rounds.events import Event, InvocationFinished, RoundFinished, RunFinished, RunStarted, UpdateRejected
+from ..rounds.events import Event, InvocationFinished, RoundFailed, RoundFinished, RunFinished, RunStarted, UpdateRejected
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction before giving up
@@ -50,8 +51,9 @@ _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
         "id": int, "run_id": str, "round": int, "client_id": str, "provider": str, "outcome": str,
         "cold": int, "num_examples": int, "started_at": float, "finished_at": float,
         **{f"t_{name}": float for name in TIMINGS}, "cause": str, "error": str, "cost": float, "staleness": int,
-        "steps": int, "partial": int,
+        "steps": int, "partial": int, "stage": str,
     }, "id"),
+    "round_failures": ({"run_id": str, "round": int, "failed_at": float, "reason": str}, ("run_id", "round", "failed_at")),
     "metrics": ({"run_id": str, "round": int, "scope": str, "name": str, "value": float},
                 ("run_id", "round", "scope", "name")),
 }
@@ -195,6 +197,14 @@ class History:
             side_file.unlink(missing_ok=True)
             log.info("recovered the spilled history writes of %s", side_file.name)
 
+    def record_round_failure(self, event: RoundFailed) -> None:
+        """Why a run of a round could not finish; recording it again replaces it."""
+        with self.db.conn:
+            self.db["round_failures"].insert(dataclasses.asdict(event), replace=True)
+
+    def round_failures(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self.db["round_failures"].rows_where("run_id = ?", [run_id], order_by="failed_at"))
+
     def finish_run(self, event: RunFinished) -> None:
         with self.db.conn:
             self.db["runs"].update(event.run_id, {
@@ -274,12 +284,12 @@ def _invocation_row(event: InvocationFinished, prices: CostModel) -> dict[str, A
         "num_examples": event.num_examples, "started_at": event.started_at, "finished_at": event.finished_at,
         **{f"t_{name}": event.timings.get(name) for name in TIMINGS}, "cause": event.cause, "error": event.error,
         "cost": cost,
-        "staleness": event.staleness,
+        "staleness": event.staleness, "stage": event.stage,
         "steps": event.steps, "partial": None if event.partial is None else int(event.partial),
     }
 
 
-_EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, RoundFinished, InvocationFinished, RunFinished)}
+_EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, RoundFinished, RoundFailed, InvocationFinished, RunFinished)}
 
 
 def _encode(event: Any) -> dict[str, Any]:
@@ -334,6 +344,8 @@ class HistoryWriter:
             self._pending = [i for i in self._pending if i.round > event.round]
             self._write(event.run_id, {"write": "record_round", "event": _encode(event),
                                        "invocations": [_encode(i) for i in invocations]})
+        elif isinstance(event, RoundFailed):
+            self._write(event.run_id, {"write": "record_round_failure", "event": _encode(event)})
         elif isinstance(event, RunFinished):
             if self._pending:  # the invocations of a round the run ended in (quorum missed, interrupted)
                 self._write(event.run_id, {"write": "record_invocations", "invocations": [_encode(i) for i in self._pending]})

@@ -91,8 +91,8 @@ def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
 class Controller:
     """Runs the rounds of one run over the given clients and providers.
 
-    The round interface, for schedules: `task`, `invoke`, `collect`, `screen`, `record_failure`,
-    `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
+    The round interface, for schedules: `task`, `invoke`, `collect` (or `receive` for a stage's object),
+    `screen`, `record_failure`, `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
     `run_id` and `resumed_round` (the checkpointed round a resumed run continues after).
     """
 
@@ -202,14 +202,17 @@ class Controller:
         ))
         return weights
 
-    def task(self, round_number: int, client: ClientRef, overrides: dict[str, Any], deadline: float) -> dict[str, Any]:
+    def task(self, round_number: int, client: ClientRef, overrides: dict[str, Any], deadline: float, *,
+             update: str | None = None, reads: Sequence[str] = ()) -> dict[str, Any]:
         """The client's signed task for `round_number` (wire.make_task); its shuffling seed differs per
-        run seed, round and client."""
+        run seed, round and client. A multi-stage round names the stage's own `update` key (default: the
+        round's update key) and the other objects the stage may `read` (e.g. its peers' public keys)."""
         seed = zlib.crc32(f"{self.plan.seed}/{round_number}/{client.client_id}".encode())
         train = {**self.plan.train, **overrides, "seed": seed, "budget_seconds": self.time_budget(client, deadline)}
         weights_key = global_weights_key(self.run_id, round_number - 1)
-        update = update_key(self.run_id, round_number, client.client_id)
-        store = self.store.task_descriptor(task_reads(train, weights_key, client.data_key, update), [update], deadline)
+        update = update or update_key(self.run_id, round_number, client.client_id)
+        granted = [*task_reads(train, weights_key, client.data_key, update), *reads]
+        store = self.store.task_descriptor(granted, [update], deadline)
         task = make_task(run_id=self.run_id, round_number=round_number, client_id=client.client_id,
                          model=self._model_wire, weights=weights_key, data=client.data_key, update=update,
                          train=train, store=store, deadline=deadline)
@@ -236,13 +239,14 @@ class Controller:
         return max(0.001, budget if configured is None else min(budget, float(configured)))
 
     def invoke(self, round_number: int, client: ClientRef, task: dict[str, Any], started: float, *,
-               retry: bool = True) -> asyncio.Future[dict[str, Any]]:
+               retry: bool = True, stage: str | None = None) -> asyncio.Future[dict[str, Any]]:
         """Start the client's invocation. With `retry`, safe failures are retried until the task's deadline
-        (resilience.py), each failed attempt recorded; collect the future's outcome with `collect`."""
+        (resilience.py), each failed attempt recorded (with its `stage` in a multi-stage round); collect
+        the future's outcome with `collect` (or `receive` for a stage that writes no model update)."""
         invoke = self.providers[client.provider].invoke
         if not retry:
             return asyncio.ensure_future(invoke(task))
-        retried = functools.partial(self.record_failure, round_number, client, started=started)
+        retried = functools.partial(self.record_failure, round_number, client, started=started, stage=stage)
         return asyncio.ensure_future(invoke_with_retries(invoke, task, self.plan.policy, task["deadline"], retried))
 
     def screen(self, round_number: int, updates: Sequence[ClientUpdate], weights: Weights) -> list[ClientUpdate]:
@@ -284,52 +288,79 @@ class Controller:
         except Exception as error:  # a function's bad reply must not end the round
             self.record_failure(round_number, client, InvocationError(f"{type(error).__name__}: {error}", "error"), started)
             return None
+        self._succeeded(round_number, client, result, started, update.num_examples, update.metrics,
+                        staleness=staleness, steps=update.steps, partial=update.partial)
+        return update
+
+    async def receive(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], started: float,
+                      key: str, *, stage: str) -> tuple[dict[str, Any], bytes] | None:
+        """A stage's result and the bytes it wrote at `key` (its task's update key), if its finished call
+        succeeded and the result answers the task, claims the client's true example count and is signed
+        over those bytes; otherwise the failure is recorded and the answer is None. The schedule checks
+        what the bytes mean."""
+        try:
+            reply = call.result()
+            result, data = await self._verified(round_number, client, reply, key)
+        except InvocationError as error:
+            self.record_failure(round_number, client, error, started, stage=stage)
+            return None
+        except Exception as error:  # a function's bad reply must not end the round
+            failure = InvocationError(f"{type(error).__name__}: {error}", "error")
+            self.record_failure(round_number, client, failure, started, stage=stage)
+            return None
+        self._succeeded(round_number, client, result, started, result.num_examples, dict(result.metrics), stage=stage)
+        return reply, data
+
+    def _succeeded(self, round_number: int, client: ClientRef, result: Result, started: float,
+                   num_examples: int, metrics: dict[str, float], **facts: Any) -> None:
         finished = time.time()
         self.emit(InvocationFinished(
             self.run_id, round_number, client.client_id, client.provider, "succeeded",
             max(started, finished - result.timings.total), finished,
-            cold=result.cold, num_examples=update.num_examples, metrics=update.metrics,
-            timings=result.timings.model_dump(),
-            privacy=None if result.privacy is None else result.privacy.model_dump(), staleness=staleness,
-            steps=update.steps, partial=update.partial,
+            cold=result.cold, num_examples=num_examples, metrics=metrics, timings=result.timings.model_dump(),
+            privacy=None if result.privacy is None else result.privacy.model_dump(), **facts,
         ))
-        return update
 
-    async def _read_update(self, round_number: int, client: ClientRef, reply: Any,
-                           weights: Weights) -> tuple[ClientUpdate, Result]:
-        """The update a reply points at, weighted by what the controller knows: the reply must parse as a
-        Result for this very task, carry this client's signature over the update's bytes, claim the
-        client's true example count, and the update must fit the global model."""
-        expected = update_key(self.run_id, round_number, client.client_id)
+    async def _verified(self, round_number: int, client: ClientRef, reply: Any, key: str) -> tuple[Result, bytes]:
+        """The reply parsed as a Result for this very task and the bytes at `key`, if the result claims the
+        client's true example count and this client signed it over those bytes (read only when their size
+        is one an update of this model can have)."""
         try:
-            result = parse_result(reply, self.run_id, round_number, client.client_id, expected)
+            result = parse_result(reply, self.run_id, round_number, client.client_id, key)
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
-        size = await self.store.asize(expected)
+        size = await self.store.asize(key)
         if size > self._update_limit:  # checked before reading: an update is the global model's size
             raise InvocationError(f"the update is {size} bytes, more than the {self._update_limit} an update of this "
                                   "model can take; it was not read", "rejected")
-        data = await self.store.aget(expected)
-        key = self._key(client)
-        if key is not None:
+        data = await self.store.aget(key)
+        run_key = self._key(client)
+        if run_key is not None:
             try:
-                key.verify_result(reply, data)
+                run_key.verify_result(reply, data)
             except ResultSignatureError as error:
                 raise InvocationError(str(error), "signature") from None
         if client.num_examples is not None and result.num_examples != client.num_examples:
             raise InvocationError(f"the result claims {result.num_examples} examples, but the client's partition "
                                   f"has {client.num_examples}", "rejected")
+        return result, data
+
+    async def _read_update(self, round_number: int, client: ClientRef, reply: Any,
+                           weights: Weights) -> tuple[ClientUpdate, Result]:
+        """The update a reply points at, weighted by what the controller knows (_verified), whose DP facts
+        and progress fit its task and whose arrays fit the global model."""
+        result, data = await self._verified(round_number, client, reply, update_key(self.run_id, round_number,
+                                                                                      client.client_id))
         if problem := self._privacy_problem(result, client):
             raise InvocationError(problem, "invalid")
         arrays = decode_arrays(data)
         if problem := update_problem(arrays, weights):
             raise InvocationError(problem, "rejected")
-        num_examples = client.num_examples if client.num_examples is not None else result.num_examples
         try:
-            steps, partial = check_progress(result, local_steps(num_examples, self.plan.train))
+            steps, partial = check_progress(result, local_steps(result.num_examples, self.plan.train))
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
-        return ClientUpdate(client.client_id, arrays, num_examples, dict(result.metrics), steps, partial), result
+        return ClientUpdate(client.client_id, arrays, result.num_examples, dict(result.metrics), steps, partial), result
 
     def _privacy_problem(self, result: Result, client: ClientRef) -> str | None:
         """Why the result's DP-SGD facts cannot be the ones of the task it was given, or None. Epsilon is
@@ -346,10 +377,12 @@ class Controller:
                     f"its task set noise {expected[0]:g}, clip {expected[1]:g}, {expected[2]} examples")
         return None
 
-    def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float) -> None:
+    def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float, *,
+                       stage: str | None = None) -> None:
         """A failed invocation, or a late result "discarded"; its start is the round's, since no function reported one."""
         outcome = "discarded" if error.cause == "late" else "failed"
         self.emit(InvocationFinished(
             self.run_id, round_number, client.client_id, client.provider, outcome, started, time.time(),
-            error=str(error), cause=error.cause,
+            error=str(error), cause=error.cause, stage=stage,
         ))
+

@@ -47,6 +47,7 @@ class InvocationFinished:
     staleness: int | None = None  # async rounds: global versions between dispatch and aggregation
     steps: int | None = None  # local steps the function took
     partial: bool | None = None  # it stopped short of its epochs (time budget, or a simulated straggler)
+    stage: str | None = None  # secure aggregation: the protocol stage this invocation ran (keys, shares, masked, reveal)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,17 @@ class RoundFinished:
 
 
 @dataclass(frozen=True)
+class RoundFailed:
+    """A run of a round that could not finish (a secure round with too few clients left to unmask):
+    its reason goes to the history; the quorum rules decide whether the round runs again."""
+
+    run_id: str
+    round: int
+    failed_at: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class RunFinished:
     run_id: str
     status: str  # "finished" | "failed" | "stopped"
@@ -85,5 +97,5 @@ class RunFinished:
     observer_errors: dict[str, int] = field(default_factory=dict)  # observers that raised: name -> count
 
 
-Event = Union[RunStarted, RoundStarted, InvocationFinished, UpdateRejected, RoundFinished, RunFinished]
+Event = Union[RunStarted, RoundStarted, InvocationFinished, UpdateRejected, RoundFinished, RoundFailed, RunFinished]
 Observer = Callable[[Event], None]

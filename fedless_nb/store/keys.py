@@ -26,3 +26,9 @@ def control_variate_key(run_id: str, client_id: str) -> str:
 def correction_key(run_id: str, round_number: int, client_id: str) -> str:
     """SCAFFOLD's gradient correction c - c_i that a client reads in a round."""
     return f"runs/{run_id}/round-{round_number:05d}/corrections/{client_id}.weights"
+
+
+def secagg_key(run_id: str, round_number: int, client_id: str, stage: str, attempt: int = 1) -> str:
+    """What a client wrote in one stage of a secure round (`attempt`: the round's run, since a round
+    below its quorum runs again and a function refuses to overwrite an object)."""
+    return f"runs/{run_id}/round-{round_number:05d}/secagg-{attempt}/{client_id}.{stage}"

@@ -9,6 +9,7 @@ import inspect
 from typing import Any, Callable
 
 from .base import ClientUpdate, RunContext, Strategy, Weights
+from .central_dp import CENTRAL_DP_STRATEGIES
 from .fedavg import FedAvg, fedavg
 from .fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from .fednova import FedNova
@@ -22,8 +23,12 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     for strategy in (FedAvg, FedProx, FedNova, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, Scaffold)
 }
 
+# The strategies that need only the sum of the updates: they work under secure aggregation, which hides the rest.
+SUM_ONLY_STRATEGIES = CENTRAL_DP_STRATEGIES
+
 __all__ = [
-    "STRATEGIES", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedNova", "FedProx", "FedYogi",
+    "STRATEGIES", "SUM_ONLY_STRATEGIES", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedNova",
+    "FedProx", "FedYogi",
     "Krum", "RunContext", "Scaffold", "Strategy", "StrategyOptionError", "TrimmedMean", "Weights", "fedavg",
     "make_strategy",
 ]

@@ -37,8 +37,14 @@ def clipped_noised_mean(
         clipped, norm = clip_to_norm(subtract(model, current), clip_norm)
         norms.append(norm)
         total = [t + c for t, c in zip(total, clipped)]
-    noised = [t + rng.normal(0.0, noise_stddev, size=t.shape) for t in total]
-    return add_scaled(current, noised, 1.0 / expected_clients), norms
+    return noised_mean(current, total, noise_stddev, expected_clients, rng), norms
+
+
+def noised_mean(current: Sequence[np.ndarray], clipped_sum: Sequence[np.ndarray], noise_stddev: float,
+                expected_clients: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """current + (clipped_sum + N(0, noise_stddev^2)) / expected_clients."""
+    noised = [t + rng.normal(0.0, noise_stddev, size=np.shape(t)) for t in clipped_sum]
+    return add_scaled(current, noised, 1.0 / expected_clients)
 
 
 def adapted_clip_norm(
@@ -110,6 +116,16 @@ class CentralDP(Strategy):
         self.rounds += 1
         self.last = {"central_epsilon": self.epsilon(), "central_clip_norm": used,
                      "central_unclipped_fraction": sum(n <= used for n in norms) / len(norms)}
+        return self.inner.aggregate(round_number, current, [ClientUpdate("central-dp", average, 1)])
+
+    def aggregate_sum(self, round_number: int, current: Weights, clipped_sum: Weights) -> Weights:
+        """The round's model from the sum of updates the clients clipped to `clip_norm` themselves (secure
+        aggregation unmasks only that sum): the noise is added to the sum, after unmasking."""
+        rng = np.random.default_rng([self.seed, round_number])
+        average = noised_mean(current, clipped_sum, self.update_noise_multiplier * self.clip_norm,
+                              self.expected_clients, rng)
+        self.rounds += 1
+        self.last = {"central_epsilon": self.epsilon(), "central_clip_norm": self.clip_norm}
         return self.inner.aggregate(round_number, current, [ClientUpdate("central-dp", average, 1)])
 
     def epsilon(self) -> float:

@@ -1,0 +1,249 @@
+"""Secure rounds (SecAgg+ over serverless clients): the controller learns only the sum of the updates.
+
+Each round runs four stages, each one invocation per client still in the protocol, with the store
+as the relay between them (function/secagg_stages.py says what a function does in each):
+keys -> shares -> masked (the clients train here) -> reveal. Then the controller sums the masked
+vectors, removes the self-masks of the clients that sent one and the pairwise masks they added for
+neighbours that dropped, from the secrets it reconstructs out of the revealed Shamir shares;
+dequantizes; and hands the average (one update) to the strategy, or the clipped sum to central DP,
+which adds its noise after unmasking. It never reads a single update: none is written in the clear.
+
+A client that fails a stage drops out of the later ones. The round still completes while each
+stage keeps at least `threshold` clients and every secret to reconstruct keeps `threshold` holders;
+otherwise it fails with the reason in the history (RoundFailed), and the quorum rules
+(resilience.py) decide whether it runs again. Built only on the controller's public round interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import numpy as np
+
+from ..experiment import SecureAggregationConfig
+from ..privacy import secagg
+from ..providers.base import InvocationError
+from ..store import decode_arrays
+from ..store.keys import secagg_key
+from ..strategies.base import ClientUpdate, Weights
+from ..strategies.central_dp import CentralDP
+from .events import RoundFailed, RoundStarted, UpdateRejected
+from .resilience import check_quorum
+
+if TYPE_CHECKING:
+    from .controller import ClientRef, Controller
+
+STAGES = ("keys", "shares", "masked", "reveal")
+SECURE_CLIENT_ID = "secure-aggregate"  # the one update a strategy receives from a secure round
+
+
+class SecureRoundFailed(Exception):
+    """Too many clients dropped for this run of the round to be unmasked; the message says where."""
+
+
+@dataclass
+class _Attempt:
+    """One run of a secure round: its clients' neighbours and what each stage left in the store."""
+
+    round_number: int
+    attempt: int
+    started: float
+    graph: dict[str, list[str]]
+    threshold: int
+    size: int  # the model's number of values: a masked vector holds one more (the clients' weight)
+    objects: dict[str, dict[str, bytes]]  # stage -> client id -> the object it wrote
+    results: dict[str, dict[str, Any]]  # the masked stage's results (example counts, metrics)
+
+    def survivors(self, stage: str) -> list[str]:
+        return sorted(self.objects.get(stage, {}))
+
+
+class SecureAggregationRounds:
+    """Schedule for Controller.run: `plan.rounds` secure rounds (see the module docstring)."""
+
+    def __init__(self, controller: Controller, options: SecureAggregationConfig) -> None:
+        self.controller, self.options = controller, options
+        self.params = secagg.QuantizationParams(options.clipping_range, options.quantization_range)
+        self.central = controller.strategy if isinstance(controller.strategy, CentralDP) else None
+
+    async def __call__(self, weights: Weights) -> AsyncIterator[tuple[int, Weights]]:
+        for round_number in range(self.controller.resumed_round + 1, self.controller.plan.rounds + 1):
+            weights = await self.round(round_number, weights)
+            yield round_number, weights
+
+    async def round(self, round_number: int, weights: Weights) -> Weights:
+        """One secure round, run again while it fails or is below its quorum and repeats are left."""
+        controller, runs = self.controller, 0
+        while True:
+            runs += 1
+            started = time.time()
+            selected = controller.selection.select(round_number, list(controller.clients), controller.plan.clients_per_round)
+            controller.emit(RoundStarted(controller.run_id, round_number, selected, started))
+            new_weights, contributions = weights, []
+            try:
+                new_weights, contributions = await self.secure_round(round_number, runs, selected, weights, started)
+            except SecureRoundFailed as failure:
+                controller.emit(RoundFailed(controller.run_id, round_number, time.time(), str(failure)))
+            if check_quorum(round_number, len(contributions), len(selected), controller.plan.policy, runs):
+                break
+        await controller.publish(round_number, new_weights, started, len(selected), contributions)
+        return new_weights
+
+    async def secure_round(self, round_number: int, attempt_number: int, selected: list[str], weights: Weights,
+                           started: float) -> tuple[Weights, list[ClientUpdate]]:
+        """The four stages and the unmasking; the new global model and, per client whose masked update
+        is in it, its example count and training metrics (no weights)."""
+        degree = self.options.neighbours
+        graph = secagg.neighbours(selected, degree, seed=self.controller.plan.seed * 100_003 + round_number)
+        holders = len(graph[selected[0]]) + 1
+        threshold = self.options.threshold or secagg.majority(holders)
+        attempt = _Attempt(round_number, attempt_number, started, graph, threshold,
+                           sum(layer.size for layer in weights), {}, {})
+        overrides = self.controller.strategy.configure_round(round_number, selected)
+
+        await self._stage(attempt, "keys", {client: {"peers": []} for client in selected}, overrides)
+        advertised = set(attempt.survivors("keys"))
+        sharing = {client: sorted(set(graph[client]) & advertised) for client in advertised}
+        await self._stage(attempt, "shares", {c: {"peers": peers} for c, peers in sharing.items()
+                                              if len(peers) + 1 >= threshold}, overrides)
+        shared = set(attempt.survivors("shares"))
+        await self._stage(attempt, "masked", {c: {"peers": sorted(set(graph[c]) & shared)} for c in shared}, overrides)
+        masked = set(attempt.survivors("masked"))
+        await self._stage(attempt, "reveal", {c: {"peers": sorted(set(graph[c]) & shared),
+                                                  "dropped": sorted(set(graph[c]) & (shared - masked))}
+                                              for c in masked}, overrides)
+        total = self._unmask(attempt)
+        vector = secagg.dequantize_sum(total, self.params, len(masked))
+        contributions = [ClientUpdate(client, [], int(attempt.results[client]["num_examples"]),
+                                      _numbers(attempt.results[client].get("metrics")))
+                         for client in sorted(masked)]
+        return self._aggregate(round_number, weights, vector, contributions), contributions
+
+    def _settings(self, attempt: _Attempt, stage: str, peers: dict[str, Any]) -> dict[str, Any]:
+        options = self.options
+        return {"stage": stage, "attempt": attempt.attempt, "threshold": attempt.threshold, **peers,
+                "clipping_range": options.clipping_range, "quantization_range": options.quantization_range,
+                # central DP clips every client to its clip norm and weighs them equally
+                "max_weight": 0.0 if self.central else options.max_weight,
+                "clip_norm": self.central.clip_norm if self.central else options.clip_norm}
+
+    def _reads(self, attempt: _Attempt, stage: str, client: str, peers: list[str]) -> list[str]:
+        """The objects of earlier stages a client's stage reads: its own and its peers' keys, and the shares sealed for it."""
+        key = self.controller.run_id, attempt.round_number
+        earlier = {"keys": (), "shares": ("keys",), "masked": ("keys",), "reveal": ("keys", "shares")}[stage]
+        return [secagg_key(*key, owner, kind, attempt.attempt) for owner in sorted({client, *peers}) for kind in earlier]
+
+    async def _stage(self, attempt: _Attempt, stage: str, clients: dict[str, dict[str, Any]],
+                     overrides: dict[str, dict[str, Any]]) -> None:
+        """Invoke `stage` on `clients` (client id -> its peers) and keep what each successful one wrote;
+        SecureRoundFailed when fewer than the threshold are left."""
+        controller = self.controller
+        deadline = time.time() + controller.plan.round_deadline  # the round deadline applies to each stage
+        calls: dict[asyncio.Future[dict[str, Any]], tuple[ClientRef, str]] = {}
+        for client_id, peers in clients.items():
+            client = controller.clients[client_id]
+            key = secagg_key(controller.run_id, attempt.round_number, client_id, stage, attempt.attempt)
+            train = {**overrides.get(client_id, {}), "secagg": self._settings(attempt, stage, peers)}
+            task = controller.task(attempt.round_number, client, train, deadline, update=key,
+                                   reads=self._reads(attempt, stage, client_id, peers["peers"]))
+            calls[controller.invoke(attempt.round_number, client, task, attempt.started, stage=stage)] = (client, key)
+        kept: dict[str, bytes] = {}
+        pending = set(calls)
+        try:
+            while pending and (remaining := deadline - time.time()) > 0:
+                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                for call in done:
+                    client, key = calls[call]
+                    received = await controller.receive(attempt.round_number, client, call, attempt.started, key, stage=stage)
+                    if received is not None and self._accepted(attempt, stage, client.client_id, *received):
+                        kept[client.client_id] = received[1]
+        finally:  # no call outlives its stage
+            for call in pending:
+                call.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for call in pending:
+            missed = InvocationError(f"missed the stage deadline of {controller.plan.round_deadline:g}s", "deadline")
+            controller.record_failure(attempt.round_number, calls[call][0], missed, attempt.started, stage=stage)
+        attempt.objects[stage] = kept
+        if len(kept) < attempt.threshold:
+            raise SecureRoundFailed(
+                f"secure aggregation: {len(kept)} of {len(clients)} clients finished the {stage} stage, fewer than "
+                f"the threshold {attempt.threshold}; the round cannot be unmasked")
+
+    def _accepted(self, attempt: _Attempt, stage: str, client_id: str, result: dict[str, Any], data: bytes) -> bool:
+        """Whether a stage's object has the form the controller needs (a masked vector of the model's size
+        or a JSON object); a malformed one is rejected like a bad update."""
+        try:
+            if stage == "masked":
+                (vector,) = decode_arrays(data)
+                expected = 1 + attempt.size
+                if vector.dtype != np.uint32 or vector.shape != (expected,):
+                    raise ValueError(f"a masked vector of {expected} uint32 values, got {vector.dtype} {vector.shape}")
+                attempt.results[client_id] = result
+            elif not isinstance(json.loads(data), dict):
+                raise ValueError("a JSON object")
+        except ValueError as error:
+            self.controller.emit(UpdateRejected(self.controller.run_id, attempt.round_number, client_id,
+                                                f"the {stage} stage wrote a malformed object ({error})"))
+            return False
+        return True
+
+    def _unmask(self, attempt: _Attempt) -> np.ndarray:
+        """The sum of the surviving clients' quantized updates (SecureRoundFailed if a secret cannot be recovered)."""
+        keys = {client: json.loads(data) for client, data in attempt.objects["keys"].items()}
+        reveals = {client: json.loads(data) for client, data in attempt.objects["reveal"].items()}
+        masked, shared = set(attempt.survivors("masked")), set(attempt.survivors("shares"))
+
+        def recover(owner: str, kind: str) -> bytes:
+            shares = [_unb64(reveal[kind][owner]) for reveal in reveals.values() if owner in reveal.get(kind, {})]
+            try:
+                return secagg.recover_secret(shares, attempt.threshold)
+            except secagg.SecAggError as error:
+                raise SecureRoundFailed(f"secure aggregation: the masks of {owner} cannot be removed: {error}") from None
+
+        seeds = []
+        for client in sorted(masked):
+            seed = recover(client, "seed_shares")
+            if secagg.commitment(seed) != keys[client]["seed_commitment"]:
+                raise SecureRoundFailed(f"secure aggregation: the revealed shares of {client}'s self-mask do not match its commitment")
+            seeds.append(seed)
+        pairs = []
+        for gone in sorted(shared - masked):
+            private = recover(gone, "key_shares")
+            if secagg.public_key(private) != _unb64(keys[gone]["mask_public"]):
+                raise SecureRoundFailed(f"secure aggregation: the revealed shares of {gone}'s mask key do not match its public key")
+            pairs += [(peer, gone, secagg.pairwise_seed(private, _unb64(keys[peer]["mask_public"])))
+                      for peer in attempt.graph[gone] if peer in masked]
+        vectors = [decode_arrays(attempt.objects["masked"][client])[0] for client in sorted(masked)]
+        return secagg.remove_masks(np.sum(vectors, axis=0, dtype=np.uint32), seeds, pairs)
+
+    def _aggregate(self, round_number: int, weights: Weights, vector: np.ndarray,
+                   contributions: list[ClientUpdate]) -> Weights:
+        """The strategy's next model from the unmasked [sum of client weights, sum of weighted updates]."""
+        layers, offset = [], 1
+        for layer in weights:
+            layers.append(vector[offset:offset + layer.size].reshape(layer.shape))
+            offset += layer.size
+        if self.central is not None:
+            return self.central.aggregate_sum(round_number, weights, layers)
+        if vector[0] <= 0:
+            raise SecureRoundFailed("secure aggregation: the clients' weights sum to zero")
+        model = [(w + layer / vector[0]).astype(w.dtype) for w, layer in zip(weights, layers)]
+        examples = sum(c.num_examples for c in contributions)
+        return self.controller.strategy.aggregate(round_number, weights, [ClientUpdate(SECURE_CLIENT_ID, model, examples)])
+
+
+def _numbers(metrics: Any) -> dict[str, float]:
+    """The numeric metrics of a result (it is untrusted input)."""
+    if not isinstance(metrics, dict):
+        return {}
+    return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)

@@ -1,0 +1,277 @@
+"""Secure rounds end to end: real worker processes, the real store as the relay, the real history.
+
+Each stage is an invocation; clients drop out (the function fails) at each stage, below and above
+the threshold; a test reads every object the functions wrote and finds no update in the clear.
+"""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fedless_nb.experiment import ConfigError, ExperimentConfig
+from fedless_nb.notebook.dashboard import RunProgress
+from fedless_nb.privacy.secagg import QuantizationParams
+from fedless_nb.providers import LocalProvider
+from fedless_nb.records.history import History
+from fedless_nb.rounds.resilience import QuorumError
+from fedless_nb.runner import run_experiment
+from fedless_nb.store import CodecError, LocalStore, decode_arrays
+from fedless_nb.store.keys import global_weights_key, update_key
+
+STAGES = ("keys", "shares", "masked", "reveal")
+CLIENTS = [f"client-{index:04d}" for index in range(5)]
+
+
+def _config(tmp_path, name, secure=True, **overrides):
+    data = {
+        "name": name, "clients": 5, "clients_per_round": 5, "rounds": 1, "retries": 0, "max_norm_ratio": 0,
+        "history": str(tmp_path / "history.db"), "store": {"path": str(tmp_path / f"store-{name}")},
+        "model": {"builder": "mlp", "options": {"hidden_units": [16]}},
+        "train": {"epochs": 1, "batch_size": 32, "learning_rate": 0.1},
+        "providers": [{"kind": "local", "workers": 2}],
+        **({"secure_aggregation": {}} if secure else {}),
+    }
+    data.update(overrides)
+    return ExperimentConfig.from_dict(data)
+
+
+def _dropping_provider(monkeypatch, drops):
+    """The real local provider whose functions fail at the listed (round/attempt, stage, clients)."""
+    monkeypatch.setenv("FEDLESS_TEST_SECAGG_DROPS", ",".join(
+        f"{when}:{stage}:{client}" for when, stage, clients in drops for client in clients))
+    return {"local": LocalProvider("local", workers=2, entry_point="workloads:drops_in_secure_stages")}
+
+
+def _globals(config, run_id):
+    store = LocalStore(config.store.path)
+    return [decode_arrays(store.get(global_weights_key(run_id, r))) for r in range(config.rounds + 1)]
+
+
+def _largest_change(before, after):
+    return max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(after, before))
+
+
+def test_the_store_holds_no_update_in_the_clear_and_the_average_is_fedavgs(tmp_path):
+    model = {"builder": "mlp", "options": {"hidden_units": [64]}}  # 4,810 values: enough for the statistics
+    plain_config = _config(tmp_path, "plain", secure=False, model=model)
+    secure_config = _config(tmp_path, "secure", model=model)
+    plain = run_experiment(plain_config)
+    secure = run_experiment(secure_config)
+    assert plain.status == secure.status == "finished"
+
+    plain_store, secure_store = LocalStore(plain_config.store.path), LocalStore(secure_config.store.path)
+    start = decode_arrays(plain_store.get(global_weights_key(plain.run_id, 0)))
+    models = {c: decode_arrays(plain_store.get(update_key(plain.run_id, 1, c))) for c in CLIENTS}
+    deltas = {c: np.concatenate([(m.astype(np.float64) - s).ravel() for m, s in zip(models[c], start)]) for c in CLIENTS}
+
+    # Every object the functions wrote in the secure round: nothing under updates/, and no window of any
+    # client's trained model or update, as float32 or float64 bytes, anywhere.
+    round_dir = secure_store.root / "runs" / secure.run_id / "round-00001"
+    written = {path.relative_to(round_dir).as_posix(): path.read_bytes() for path in round_dir.rglob("*")
+               if path.is_file() and path.name != "global.weights"}
+    assert sorted(written) == sorted(f"secagg-1/{c}.{stage}" for c in CLIENTS for stage in STAGES)
+    needles = [np.concatenate([m.ravel() for m in models[c]])[:16].astype(np.float32).tobytes() for c in CLIENTS]
+    needles += [deltas[c][:8].tobytes() for c in CLIENTS] + [deltas[c][:16].astype(np.float32).tobytes() for c in CLIENTS]
+    model_bytes = sum(layer.nbytes for layer in start)
+    for name, data in written.items():
+        assert not any(needle in data for needle in needles), f"{name} holds an update in the clear"
+        try:
+            arrays = decode_arrays(data)
+        except CodecError:  # keys, shares, reveals: small JSON, far smaller than any update
+            assert data.startswith(b"{") and len(data) < model_bytes / 4, name
+            continue
+        # the masked vector: uniform over uint32 and uncorrelated with the client's update
+        assert name.endswith(".masked") and len(arrays) == 1 and arrays[0].dtype == np.uint32
+        vector = arrays[0].astype(np.float64)[1:]
+        client = name.split("/")[1].rsplit(".", 1)[0]
+        # independence: a correlation this far from 0 would arise by chance with probability 1e-4
+        assert stats.pearsonr(vector, deltas[client]).pvalue > 1e-4
+        assert stats.spearmanr(vector, deltas[client]).pvalue > 1e-4
+        counts, _ = np.histogram(vector, bins=32, range=(0, 2**32))
+        assert stats.chisquare(counts).pvalue > 1e-4
+
+    # The unmasked average is FedAvg's, within the quantization error.
+    examples = {row["client_id"]: row["num_examples"] for row in History(plain_config.history).invocations(plain.run_id)}
+    weight_sum = sum(examples[c] / 1000 for c in CLIENTS)  # max_weight 1000
+    largest = max(float(np.max(np.abs(d))) for d in deltas.values())
+    tolerance = len(CLIENTS) * QuantizationParams().step * (1 + largest) / weight_sum + 1e-6
+    difference = _largest_change(plain.weights, secure.weights)
+    assert difference <= tolerance, (difference, tolerance)
+    assert _largest_change(start, secure.weights) > 100 * tolerance  # the round did move the model
+
+
+def test_clients_dropping_at_each_stage_below_the_threshold_leave_the_round_complete(tmp_path, monkeypatch):
+    drops = [("1/1", "keys", ["client-0001"]), ("2/1", "shares", ["client-0002"]),
+             ("3/1", "masked", ["client-0003"]), ("4/1", "reveal", ["client-0004", "client-0000"])]
+    config = _config(tmp_path, "below", rounds=4, providers=[{"kind": "local", "workers": 2, "pricing": {"request": 0.001}}])
+    progress = RunProgress()
+    result = run_experiment(config, providers=_dropping_provider(monkeypatch, drops), observers=[progress.update])
+    assert result.status == "finished"
+    history = History(config.history)
+    invocations = history.invocations(result.run_id)
+    # every stage is an invocation: in the history, the dashboard's totals and the cost model
+    assert len(invocations) == 4 * 5 * 4 - 3 - 2 - 1  # a dropout is invoked in none of its round's later stages
+    assert progress.invocations == progress.stage_invocations == len(invocations)
+    assert progress.totals()["of them secure-aggregation stages"] == len(invocations)
+    report = history.cost(result.run_id)
+    assert sum(stage["invocations"] for stage in report["per_stage"].values()) == len(invocations)
+    assert report["per_stage"]["reveal"]["cost"] == pytest.approx(0.001 * report["per_stage"]["reveal"]["invocations"])
+    assert report["serverless_cost"] == pytest.approx(0.001 * len(invocations))
+    failed = [(i["round"], i["stage"], i["client_id"]) for i in invocations if i["outcome"] == "failed"]
+    assert sorted(failed) == sorted((int(when[0]), stage, c) for when, stage, clients in drops for c in clients)
+    assert all(i["cause"] == "error" and "dropped out" in i["error"] for i in invocations if i["outcome"] == "failed")
+    # a client that dropped is invoked in no later stage of its round
+    assert not [i for i in invocations if i["round"] == 1 and i["client_id"] == "client-0001" and i["stage"] != "keys"]
+    assert {i["stage"] for i in invocations} == set(STAGES)
+    # masked vectors counted: 4 in rounds 1-3; in round 4 all 5 sent theirs before two dropped in reveal
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [4, 4, 4, 5]
+    assert history.round_failures(result.run_id) == []
+    globals_ = _globals(config, result.run_id)
+    for before, after in zip(globals_, globals_[1:]):  # a mask left in would move weights by thousands
+        assert 1e-4 < _largest_change(before, after) < 1.0
+
+
+def test_clients_dropping_at_each_stage_above_the_threshold_fail_the_round_with_its_reason(tmp_path, monkeypatch):
+    gone = ["client-0001", "client-0002", "client-0003"]  # 2 of 5 left, threshold 3
+    drops = [(f"{r}/1", stage, gone) for r, stage in enumerate(STAGES, start=1)]
+    config = _config(tmp_path, "above", rounds=4)
+    result = run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
+    assert result.status == "finished", "min_successful 0: a failed round keeps the model and the run goes on"
+    history = History(config.history)
+    failures = history.round_failures(result.run_id)
+    assert [f["round"] for f in failures] == [1, 2, 3, 4]
+    for failure, stage in zip(failures, STAGES):
+        assert f"2 of 5 clients finished the {stage} stage, fewer than the threshold 3" in failure["reason"]
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [0, 0, 0, 0]
+    globals_ = _globals(config, result.run_id)
+    assert all(_largest_change(before, after) == 0 for before, after in zip(globals_, globals_[1:]))
+
+
+def test_a_failed_secure_round_runs_again_under_the_quorum_rules(tmp_path, monkeypatch):
+    gone = ["client-0000", "client-0002", "client-0004"]
+    config = _config(tmp_path, "repeat", min_successful=3, round_repeats=1)
+    result = run_experiment(config, providers=_dropping_provider(monkeypatch, [("1/1", "shares", gone)]))
+    history = History(config.history)
+    assert result.status == "finished" and len(history.round_failures(result.run_id)) == 1
+    assert history.rounds(result.run_id)[0]["succeeded"] == 5  # the second run of the round had everyone
+    assert len([i for i in history.invocations(result.run_id) if i["stage"] == "keys"]) == 10
+
+    config = _config(tmp_path, "stops", min_successful=3, round_repeats=1)
+    drops = [("1/1", "keys", gone), ("1/2", "keys", gone)]
+    with pytest.raises(QuorumError, match="round 1 got 0 valid update"):
+        run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
+    run = History(config.history).runs()[0]
+    assert run["status"] == "failed" and len(History(config.history).round_failures(run["run_id"])) == 2
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+def test_sum_only_strategies_give_the_same_model_from_the_secure_average(name):
+    """What a secure round hands a strategy (one update: the current model plus the weighted mean change)
+    leads to the model the individual updates would have given."""
+    from fedless_nb.rounds.secagg import SECURE_CLIENT_ID
+    from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
+
+    rng = np.random.default_rng(0)
+    current = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)]
+    updates = [ClientUpdate(f"c{i}", [w + rng.normal(0, 0.1, w.shape).astype(np.float32) for w in current], n)
+               for i, n in enumerate((10, 30, 60))]
+    total = sum(u.num_examples for u in updates)
+    average = [sum(u.weights[k].astype(np.float64) * u.num_examples for u in updates) / total for k in range(2)]
+    models = []
+    for given in (updates, [ClientUpdate(SECURE_CLIENT_ID, [a.astype(np.float32) for a in average], total)]):
+        strategy = make_strategy(name, {"server_learning_rate": 0.9, "server_momentum": 0.5} if name == "fedavgm" else {})
+        strategy.bind(RunContext("r", None, {}, 10, 3))
+        weights = strategy.initialize(current)
+        for round_number in (1, 2):
+            weights = strategy.aggregate(round_number, weights, given)
+        models.append(weights)
+    for plain, secure in zip(*models):
+        np.testing.assert_allclose(plain, secure, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"strategy": {"name": "fedmedian"}}, "strategy.name: fedmedian needs each client's update, which secure "
+                                          "aggregation hides; use one that needs only their sum: fedavg"),
+    ({"strategy": {"name": "krum"}}, "strategy.name: krum needs each client's update"),
+    ({"strategy": {"name": "trimmed_mean"}}, "strategy.name: trimmed_mean needs each client's update"),
+    ({"strategy": {"name": "scaffold"}}, "strategy.name: scaffold needs each client's update"),
+    ({"max_norm_ratio": 10}, "max_norm_ratio: the norm screening compares single updates, which secure aggregation "
+                             "hides: set max_norm_ratio: 0 and bound each update with secure_aggregation.clip_norm"),
+    ({"mode": "async"}, "mode: secure aggregation sums whole rounds"),
+    ({"central_dp": {"adaptive": True}}, "central_dp.adaptive: adaptive clipping needs each update's norm"),
+    ({"clients_per_round": 2}, "clients_per_round: secure aggregation needs at least 3 clients per round"),
+    ({"secure_aggregation": {"threshold": 2}}, r"secure_aggregation.threshold: must be 0 \(a majority\) or more than "
+                                               r"half of the 5 holders"),
+    ({"secure_aggregation": {"neighbours": 2, "threshold": 3}}, None),
+    ({"secure_aggregation": {"neighbours": 2, "threshold": 4}}, "at most 3, got 4"),
+    ({"secure_aggregation": {"quantization_range": 2**30}}, "secure_aggregation.quantization_range: must be >= 2 "
+                                                            "and clients_per_round x it below 2"),
+    ({"secure_aggregation": {"clip_norm": 0}}, "secure_aggregation.clip_norm: must be > 0 or null"),
+])
+def test_what_needs_single_updates_is_refused_in_one_line(tmp_path, overrides, message):
+    data = {"clients": 8, "clients_per_round": 5, "max_norm_ratio": 0, "secure_aggregation": {}, **overrides}
+    if message is None:
+        assert ExperimentConfig.from_dict(data).secure_aggregation.neighbours == 2
+        return
+    with pytest.raises(ConfigError, match=message) as raised:
+        ExperimentConfig.from_dict(data)
+    assert "\n" not in str(raised.value)
+
+
+def test_central_dp_clips_on_the_clients_and_adds_its_noise_after_unmasking(tmp_path):
+    central = {"noise_multiplier": 0.0, "clip_norm": 0.05}  # small enough that every client is clipped
+    plain = run_experiment(_config(tmp_path, "central-plain", secure=False, central_dp=central))
+    secure = run_experiment(_config(tmp_path, "central-secure", central_dp=central))
+    difference = _largest_change(plain.weights, secure.weights)
+    assert difference <= 5 * QuantizationParams().step / 5 + 1e-6  # 5 clients' rounding, over 5 expected clients
+    assert secure.privacy_report().granularity == "client-level"
+    assert History(secure.config.history).rounds(secure.run_id)[0]["privacy_central_clip_norm"] == 0.05
+
+
+def test_central_dp_noise_is_added_to_the_unmasked_sum():
+    from fedless_nb.strategies import FedAvg, RunContext
+    from fedless_nb.strategies.central_dp import CentralDP
+
+    strategy = CentralDP(FedAvg(), noise_multiplier=0.5, clip_norm=2.0)
+    strategy.bind(RunContext("r", None, {}, clients=10, clients_per_round=4))
+    current = [np.zeros(40000, np.float32)]
+    model = strategy.aggregate_sum(1, current, [np.full(40000, 4.0)])
+    assert np.mean(model[0]) == pytest.approx(1.0, abs=0.01)  # sum 4 over 4 expected clients
+    assert np.std(model[0]) == pytest.approx(0.5 * 2.0 / 4, rel=0.03)
+    assert strategy.round_metrics()["central_epsilon"] > 0
+
+
+@pytest.mark.slow
+def test_digits_with_secure_aggregation_reaches_the_accuracy_of_plain_fedavg(tmp_path):
+    common = {"clients": 10, "clients_per_round": 5, "rounds": 5, "data": {"dataset": "digits", "partition": "iid"},
+              "train": {"epochs": 5, "batch_size": 16, "learning_rate": 0.05},
+              "model": {"builder": "mlp", "options": {"hidden_units": [32]}}}
+    plain = run_experiment(_config(tmp_path, "digits-plain", secure=False, max_norm_ratio=10, **common))
+    secure = run_experiment(_config(tmp_path, "digits-secure", **common))
+    assert plain.final_accuracy > 0.8
+    assert abs(secure.final_accuracy - plain.final_accuracy) <= 0.02
+    invocations = History(secure.config.history).invocations(secure.run_id)
+    assert len(invocations) == 5 * 5 * len(STAGES) and all(i["outcome"] == "succeeded" for i in invocations)
+
+
+def test_a_secure_round_on_s3_relays_through_presigned_urls(tmp_path, moto_endpoint, aws_credentials):
+    """The functions reach the S3 store (moto on 127.0.0.1) only through the presigned URLs of their tasks:
+    each stage may write its own object and read only its own and its peers' earlier ones."""
+    import uuid
+
+    import boto3
+
+    bucket = f"fedless-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    config = _config(tmp_path, "s3", clients=4, clients_per_round=3,
+                     store={"kind": "s3", "bucket": bucket, "prefix": "fl", "endpoint_url": moto_endpoint})
+    result = run_experiment(config)
+    assert result.status == "finished"
+    invocations = History(config.history).invocations(result.run_id)
+    assert len(invocations) == 3 * len(STAGES) and all(i["outcome"] == "succeeded" for i in invocations)
+    objects = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    written = sorted(key.rsplit(".", 1)[1] for key in objects if f"{result.run_id}/round-00001/secagg-1/" in key)
+    assert written == sorted(STAGES * 3)
+    assert not [key for key in objects if "/updates/" in key]
+    assert not (tmp_path / "store-s3").exists()
