@@ -29,7 +29,7 @@ from .records.history import DEFAULT_HISTORY, History, HistoryWriter
 from .model import ModelSpec, build_model, model_spec_from
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
-from .privacy.accounting import DpRound, ExampleLevelAccountant
+from .privacy.accounting import ExampleLevelAccountant
 from .rounds.resilience import RoundPolicy
 from .rounds.selection import BudgetedSelection, SelectionPolicy, make_selection
 from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_store
@@ -170,7 +170,9 @@ async def run_experiment_async(
     controller.subscribe(selection.observe)
     if accountant is not None:
         controller.subscribe(accountant)
-        controller.privacy_sources.append(accountant.round_metrics)
+        controller.privacy_sources.append(accountant.round_metrics_async)
+        controller.result_checks.append(accountant.check_result)
+        controller.checkpointed["privacy"] = accountant
     controller.subscribe(HistoryWriter(history))
     for observer in observers:
         controller.subscribe(observer)
@@ -183,6 +185,8 @@ async def run_experiment_async(
         status = "stopped" if len(controller.round_metrics) < config.rounds else "finished"
     finally:
         await asyncio.gather(*(provider.close() for provider in providers.values()))
+        if accountant is not None:
+            accountant.close()
         history.close()
         store.close()
     return RunResult(run_id, status, config, spec, weights, controller.round_metrics, accountant, controller.strategy)
@@ -200,18 +204,17 @@ def _strategy(config: ExperimentConfig) -> Strategy:
 
 
 def _accountant(config: ExperimentConfig, dataset: Dataset) -> ExampleLevelAccountant | None:
-    """The example-level accountant when train.dp is set; with a budget it knows each client's planned round
-    (from its number of examples), so even a client's first round is checked before it trains."""
+    """The example-level accountant when train.dp is set, from the controller's own facts: each client's
+    round as the run's DP settings and the partition sizes it wrote make it (so even a client's first
+    round is checked against the budget before it trains, and a function's report is only cross-checked)."""
     dp = config.train.dp
     if dp is None:
         return None
-    planned = {}
-    if dp.target_epsilon is not None:
-        train = _train_settings(config)
-        for client_id, indices in zip(client_ids(config.clients), _partition(dataset, config)):
-            if len(indices) >= (dp.num_microbatches or 1):
-                planned[client_id] = DpRound.from_result(privacy_facts(len(indices), train) or {})
-    return ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, planned=planned)
+    train = _train_settings(config)
+    facts = {client_id: privacy_facts(len(indices), train)
+             for client_id, indices in zip(client_ids(config.clients), _partition(dataset, config))
+             if len(indices) >= (dp.num_microbatches or 1)}
+    return ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts)
 
 
 def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | None) -> SelectionPolicy:
@@ -268,9 +271,6 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY) -> Experim
     if config.mode == "async":
         raise ResumeError(f"run {run_id!r} used asynchronous rounds (mode: async), whose buffer and in-flight "
                           "clients are not checkpointed: start it again as a new run")
-    if config.train.dp is not None:
-        raise ResumeError(f"run {run_id!r} trained with DP-SGD (train.dp), whose per-client privacy accounting is "
-                          "not checkpointed, so a resumed run would under-report epsilon: start it again as a new run")
     config.history = str(history)
     return config
 

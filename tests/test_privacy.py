@@ -112,17 +112,22 @@ def test_epsilon_grows_with_rounds_and_falls_with_noise():
 
 
 class _Invocation:
-    def __init__(self, client_id, privacy, outcome="succeeded"):
-        self.client_id, self.privacy, self.outcome = client_id, privacy, outcome
+    def __init__(self, client_id, outcome="succeeded"):
+        self.client_id, self.outcome = client_id, outcome
+
+
+def _facts(steps=20, sampling_rate=0.1, noise=1.0, clip=1.0):
+    return {"steps": steps, "sampling_rate": sampling_rate, "batch_size": 4, "num_examples": 40,
+            "noise_multiplier": noise, "l2_norm_clip": clip, "microbatch_size": 1, "sampling": "poisson"}
 
 
 def test_budget_skips_exhausted_clients_or_stops_the_run():
-    privacy = {"steps": 20, "sampling_rate": 0.1, "noise_multiplier": 1.0, "l2_norm_clip": 1.0, "microbatch_size": 1}
     one_round = epsilon([DpRound(20, 0.1, 1.0)], 1e-5)
     two_rounds = epsilon([DpRound(20, 0.1, 1.0)] * 2, 1e-5)
-    accountant = ExampleLevelAccountant(1e-5, target_epsilon=(one_round + two_rounds) / 2)
-    accountant(_Invocation("a", privacy))
-    accountant(_Invocation("b", privacy, outcome="failed"))
+    accountant = ExampleLevelAccountant(1e-5, target_epsilon=(one_round + two_rounds) / 2,
+                                        expected_facts={c: _facts() for c in "abc"})
+    accountant(_Invocation("a"))
+    accountant(_Invocation("b", outcome="failed"))
     assert accountant.epsilon("a") == pytest.approx(one_round) and accountant.epsilon("b") == 0.0
     assert not accountant.allows("a") and accountant.allows("b") and accountant.allows("c")
 
@@ -135,18 +140,22 @@ def test_budget_skips_exhausted_clients_or_stops_the_run():
         BudgetedSelection(RandomSelection(0), accountant, stop_run=True).select(2, ["a", "b", "c"], 2)
     with pytest.raises(PrivacyBudgetExhausted):
         skipping.select(3, ["a"], 1)
+    accountant.close()
 
 
 def test_privacy_report_states_what_dp_fy_ml_asks():
-    accountant = ExampleLevelAccountant(1e-5, accountant="pld")
-    accountant(_Invocation("a", {"steps": 30, "sampling_rate": 0.05, "noise_multiplier": 1.3, "l2_norm_clip": 0.8}))
+    accountant = ExampleLevelAccountant(1e-5, accountant="pld",
+                                        expected_facts={"a": _facts(30, 0.05, 1.3, 0.8)})
+    accountant(_Invocation("a"))
     report = accountant.worst_case()
     assert isinstance(report, PrivacyReport) and report.granularity == "example-level"
     text = str(report)
-    for needle in ("epsilon = ", "delta = 1e-05", "PLD accountant", "add-or-remove-one adjacency", "Poisson",
-                   "example-level", "noise multiplier 1.3", "clip norm 0.8", "30 steps", "sampling rate 0.05"):
+    for needle in ("epsilon = ", "delta = 1e-05", "PLD accountant", "unit: one example", "add-or-remove-one adjacency",
+                   "Poisson", "example-level", "noise multiplier 1.3", "clip norm 0.8", "30 steps", "sampling rate 0.05"):
         assert needle in text, needle
     assert report.to_dict()["epsilon"] == pytest.approx(accountant.epsilon("a"))
+    assert report.to_dict()["unit"] == "example" and report.to_dict()["sampling"] == "poisson"
+    accountant.close()
 
 
 # a whole DP run ------------------------------------------------------------------------------

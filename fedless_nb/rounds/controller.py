@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import time
 import zlib
 from dataclasses import dataclass
@@ -106,8 +107,14 @@ class Controller:
         self._stop_requested = False
         self.resumed_round = 0  # the checkpointed round a resumed run continues after
         self.round_metrics: list[dict[str, float]] = []
-        # Sources of a round's "privacy" figures (the example-level accountant); called as source(round).
-        self.privacy_sources: list[Callable[[int], dict[str, float]]] = []
+        # Sources of a round's "privacy" figures (the example-level accountant); called as source(round),
+        # returning the figures or an awaitable of them (work done off the event loop).
+        self.privacy_sources: list[Callable[[int], Any]] = []
+        # Checks of a result against the controller's own facts (e.g. the accountant's privacy facts):
+        # check(client_id, result) -> why it is rejected, or None.
+        self.result_checks: list[Callable[[str, dict[str, Any]], str | None]] = []
+        # Observers whose state the checkpoint keeps (name -> object with state() and load_state(state)).
+        self.checkpointed: dict[str, Any] = {}
 
     def subscribe(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -160,6 +167,8 @@ class Controller:
         else:
             self.strategy.load_state(resume.strategy_state)
             self.round_metrics = list(resume.round_metrics)
+            for name, observer in self.checkpointed.items():
+                observer.load_state(resume.observer_state.get(name, {}))
         self.resumed_round = resume.round if resume else 0
         self.emit(RunStarted(
             self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
@@ -208,12 +217,14 @@ class Controller:
         self.round_metrics.append(eval_metrics)
         privacy = dict(self.strategy.round_metrics())
         for source in self.privacy_sources:
-            privacy.update(source(round_number))
+            figures = source(round_number)
+            privacy.update(await figures if inspect.isawaitable(figures) else figures)
         self.emit(RoundFinished(
             self.run_id, round_number, started, time.time(), selected, len(updates),
             selected - len(updates), eval_metrics, weighted_metrics(updates), privacy,
         ))
-        checkpoint = Checkpoint(round_number, self.strategy.state(), self.round_metrics)
+        checkpoint = Checkpoint(round_number, self.strategy.state(), self.round_metrics,
+                                {name: observer.state() for name, observer in self.checkpointed.items()})
         await self.store.aput(checkpoint_key(self.run_id), encode_checkpoint(checkpoint))
 
     async def collect(
@@ -248,6 +259,9 @@ class Controller:
                                                  "client_id": client.client_id, "update": expected})
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
+        for check in self.result_checks:
+            if problem := check(client.client_id, result):
+                raise InvocationError(problem, "rejected")
         data = await self.store.aget(expected)
         key = self._keys.get(client.provider)
         if key is not None:
