@@ -77,8 +77,8 @@ def measure_run(dp: dict | None, rounds: int) -> dict:
     result = run_experiment(config)
     history = History(config.history)
     rows = history.rounds(result.run_id)
-    seconds = [row["finished_at"] - row["started_at"] for row in rows]
-    train = [row["train_seconds"] for row in history.invocations(result.run_id) if row.get("train_seconds")]
+    seconds = [row["duration"] for row in rows]
+    train = [row["t_train"] for row in history.invocations(result.run_id) if row.get("t_train")]
     epsilon = rows[-1].get("privacy_epsilon_max")
     return {"bench": "run", "dp": dp, "rounds": len(rows),
             "round_seconds_median": round(statistics.median(seconds[1:]), 3),

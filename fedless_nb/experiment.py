@@ -48,7 +48,10 @@ class DataConfig:
 class DPConfig:
     """Client-side DP-SGD (tensorflow-privacy) and its example-level accounting (dp-accounting).
 
-    `num_microbatches` must divide batch_size (omit it for one example per microbatch);
+    `sampling`: poisson (each step takes every example with probability batch_size / n, examples
+    clipped one by one; add-or-remove-one adjacency) or shuffle (fixed-size batches drawn uniformly
+    without replacement at each step; replace-one adjacency, RDP accountant only).
+    `num_microbatches` (shuffle only) must divide batch_size (omit it for one example per microbatch);
     `target_epsilon`: a client whose next round would exceed it no longer trains
     (`on_budget: skip_client`), or the run stops (`stop_run`)."""
 
@@ -59,6 +62,7 @@ class DPConfig:
     accountant: str = "rdp"
     target_epsilon: float | None = None
     on_budget: str = "skip_client"
+    sampling: str = "poisson"
 
 
 @dataclass
@@ -322,6 +326,7 @@ def validate(config: ExperimentConfig) -> None:
 def _validate_research_options(config: ExperimentConfig) -> None:
     """Strategy options, DP-SGD, central DP, selection and async rounds (issue 5's sections)."""
     from .privacy.accounting import ACCOUNTANTS
+    from .function.batching import DP_SAMPLINGS
     from .privacy.dp_sgd import DP_OPTIMIZERS
     from .rounds.selection import POLICIES
     from .strategies import StrategyOptionError, make_strategy
@@ -336,6 +341,12 @@ def _validate_research_options(config: ExperimentConfig) -> None:
     if dp is not None:
         _require(dp.l2_norm_clip > 0, "train.dp.l2_norm_clip", f"must be > 0, got {dp.l2_norm_clip}")
         _require(dp.noise_multiplier >= 0, "train.dp.noise_multiplier", f"must be >= 0, got {dp.noise_multiplier}")
+        _require_choice(dp.sampling, DP_SAMPLINGS, "train.dp.sampling")
+        _require(dp.num_microbatches is None or dp.sampling == "shuffle", "train.dp.num_microbatches",
+                 "Poisson batches vary in size, so each example is clipped on its own: omit num_microbatches "
+                 "or set train.dp.sampling: shuffle")
+        _require(dp.sampling != "shuffle" or dp.accountant == "rdp", "train.dp.accountant",
+                 "sampling shuffle is accounted as sampling without replacement, which only the rdp accountant supports")
         if dp.num_microbatches is not None:
             _require(dp.num_microbatches >= 1 and config.train.batch_size % dp.num_microbatches == 0,
                      "train.dp.num_microbatches",

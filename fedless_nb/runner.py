@@ -236,7 +236,7 @@ def _schedule(config: ExperimentConfig, controller: Controller) -> Any:
 def _train_settings(config: ExperimentConfig) -> dict[str, Any]:
     train = config.train
     dp = None if train.dp is None else {"l2_norm_clip": train.dp.l2_norm_clip, "noise_multiplier": train.dp.noise_multiplier,
-                                        "num_microbatches": train.dp.num_microbatches}
+                                        "num_microbatches": train.dp.num_microbatches, "sampling": train.dp.sampling}
     return {"epochs": train.epochs, "batch_size": train.batch_size, "optimizer": train.optimizer,
             "learning_rate": train.learning_rate, "dp": dp}
 

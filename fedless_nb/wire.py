@@ -12,7 +12,7 @@ from typing import Any
 
 TASK_FIELDS = ("run_id", "round", "client_id", "model", "weights", "data", "update", "train", "store")
 TRAIN_SETTINGS = {"epochs", "batch_size", "optimizer", "learning_rate", "seed", "proximal_mu", "dp", "correction"}
-DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches")
+DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches", "sampling")
 
 
 class PayloadError(ValueError):

@@ -23,7 +23,8 @@ def fresh_process_state(monkeypatch):
 
 @pytest.fixture
 def dp_task(tmp_path):
-    return client_task(tmp_path, dp={"l2_norm_clip": 1.0, "noise_multiplier": 1.1, "num_microbatches": 4})
+    return client_task(tmp_path, dp={"l2_norm_clip": 1.0, "noise_multiplier": 1.1, "num_microbatches": 4,
+                                     "sampling": "shuffle"})
 
 
 def _change(task):
@@ -32,17 +33,18 @@ def _change(task):
                                                             decode_arrays(store.get("global"))))
 
 
-def test_dp_sgd_reports_its_steps_and_drops_the_last_short_batch(dp_task):
+def test_fixed_size_dp_sgd_reports_its_steps(dp_task):
     result = handle(dp_task)
-    # 40 examples, batch 16: two full batches per epoch, the short batch of 8 is dropped
+    # 40 examples, batch 16: two fixed-size batches per epoch
     assert result["privacy"] == {"steps": 4, "sampling_rate": 0.4, "batch_size": 16, "num_examples": 40,
-                                 "noise_multiplier": 1.1, "l2_norm_clip": 1.0, "microbatch_size": 4}
+                                 "noise_multiplier": 1.1, "l2_norm_clip": 1.0, "microbatch_size": 4, "sampling": "shuffle"}
     assert set(result["metrics"]) == {"loss", "accuracy"} and np.isfinite(result["metrics"]["loss"])
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_dp_optimizers_train_when_microbatches_do_not_divide_the_batch(dp_task, optimizer):
-    dp_task["train"].update(optimizer=optimizer, dp={"l2_norm_clip": 1.0, "noise_multiplier": 0.5, "num_microbatches": 3})
+    dp_task["train"].update(optimizer=optimizer, dp={"l2_norm_clip": 1.0, "noise_multiplier": 0.5, "num_microbatches": 3,
+                                                        "sampling": "shuffle"})
     result = handle(dp_task)
     assert result["privacy"]["batch_size"] == 15 and result["privacy"]["steps"] == 4
     assert _change(dp_task) > 0
@@ -53,12 +55,13 @@ def test_dp_optimizers_train_when_microbatches_do_not_divide_the_batch(dp_task, 
 
 
 def test_clipping_bounds_each_step_and_dp_settings_key_the_cache(dp_task):
-    dp_task["train"].update(epochs=1, dp={"l2_norm_clip": 1e-4, "noise_multiplier": 0.0, "num_microbatches": 16})
+    dp_task["train"].update(epochs=1, dp={"l2_norm_clip": 1e-4, "noise_multiplier": 0.0, "num_microbatches": 16,
+                                          "sampling": "shuffle"})
     handle(dp_task)
     first = client._STATE.compiled
     # SGD without noise moves a weight by at most lr * clip per step: 2 steps * 0.1 * 1e-4
     assert 0 < _change(dp_task) <= 2 * 0.1 * 1e-4 * 1.0001
-    dp_task["train"]["dp"] = {"l2_norm_clip": 1.0, "noise_multiplier": 0.0, "num_microbatches": 16}
+    dp_task["train"]["dp"] = {"l2_norm_clip": 1.0, "noise_multiplier": 0.0, "num_microbatches": 16, "sampling": "shuffle"}
     handle(dp_task)
     assert client._STATE.compiled is not first, "a new clip norm builds a new DP optimizer"
     assert _change(dp_task) > 2 * 0.1 * 1e-4
@@ -72,8 +75,9 @@ def test_a_client_with_fewer_examples_than_microbatches_is_refused(dp_task):
 
 def test_local_steps_with_and_without_dp():
     assert local_steps(40, {"epochs": 2, "batch_size": 16}) == 6
-    assert local_steps(40, {"epochs": 2, "batch_size": 16, "dp": {"num_microbatches": 4}}) == 4
-    assert local_steps(10, {"epochs": 1, "batch_size": 16, "dp": {"num_microbatches": None}}) == 1
+    assert local_steps(40, {"epochs": 2, "batch_size": 16, "dp": {"num_microbatches": 4, "sampling": "shuffle"}}) == 4
+    assert local_steps(40, {"epochs": 2, "batch_size": 16, "dp": {}}) == 5, "Poisson: ceil(epochs * n / batch)"
+    assert local_steps(10, {"epochs": 1, "batch_size": 16, "dp": {"sampling": "shuffle"}}) == 1
 
 
 # accounting ---------------------------------------------------------------------------------
@@ -171,7 +175,7 @@ def test_more_noise_means_lower_epsilon_and_lower_accuracy_on_digits(tiny_config
             name=f"dp-{noise}", clients=4, clients_per_round=4, rounds=3,
             model={"builder": "mlp", "options": {"hidden_units": [32]}},
             train={"epochs": 1, "batch_size": 16, "learning_rate": 0.5,
-                   "dp": {"l2_norm_clip": 1.0, "noise_multiplier": noise, "num_microbatches": 8}},
+                   "dp": {"l2_norm_clip": 1.0, "noise_multiplier": noise}},
         )
         result = run_experiment(config)
         rounds = History(config.history).rounds(result.run_id)

@@ -28,7 +28,7 @@ from ..model import ModelSpec, build_model, make_optimizer
 from ..security import NonceCache, TaskGuard
 from ..store import decode_arrays, encode_arrays, store_from_descriptor
 from ..wire import DP_SETTINGS, PayloadError, check_task
-from .batching import batch_size, privacy_facts
+from .batching import dp_sampling, privacy_facts, step_batches
 
 @dataclass
 class _CompiledModel:
@@ -71,8 +71,9 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_
     else:
         from ..privacy.dp_sgd import make_dp_optimizer
 
+        microbatches = dp.get("num_microbatches") if dp_sampling(train) == "shuffle" else None  # Poisson: per example
         optimizer = make_dp_optimizer(train["optimizer"], learning_rate, float(dp["l2_norm_clip"]),
-                                      float(dp["noise_multiplier"]), dp.get("num_microbatches"))
+                                      float(dp["noise_multiplier"]), microbatches)
     model = build_model(spec, optimizer)
     loss_tracker = tf.keras.metrics.Mean(name="loss")
     step = _make_train_step(tf, model, spec, loss_tracker, per_example=dp is not None)
@@ -86,23 +87,25 @@ def _make_train_step(tf: Any, model: Any, spec: ModelSpec, loss_tracker: Any, *,
     The objective per example is loss + mu/2 ||w - anchor||^2 + <w, correction>, so the gradient
     gains mu (w - anchor) + correction (both zero unless a strategy sends them). DP-SGD optimizers
     need that objective as a vector (one entry per example) to clip microbatches; the others get its mean.
+    `mask` zeroes an example's objective: an empty Poisson batch still takes its noise-only step,
+    through one masked example whose clipped gradient is zero.
     """
     keras = tf.keras
     loss_setting = spec.compile.get("loss", "sparse_categorical_crossentropy")
     loss = keras.losses.get(loss_setting if isinstance(loss_setting, str) else keras.losses.deserialize(loss_setting))
     per_example_loss = loss.call if isinstance(loss, keras.losses.Loss) else loss
 
-    def step(x: Any, y: Any, anchor: list[Any], correction: list[Any], mu: Any) -> dict[str, Any]:
+    def step(x: Any, y: Any, mask: Any, anchor: list[Any], correction: list[Any], mu: Any) -> dict[str, Any]:
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
             predictions = model(x, training=True)
             losses = tf.reshape(per_example_loss(y, predictions), [-1])
             extra = tf.add_n([0.5 * mu * tf.reduce_sum(tf.square(w - a)) + tf.reduce_sum(w * c)
                               for w, a, c in zip(variables, anchor, correction)] + list(model.losses) + [0.0])
-            objective = losses + extra if per_example else tf.reduce_mean(losses) + extra
+            objective = (losses + extra) * mask if per_example else tf.reduce_mean(losses) + extra
         model.optimizer.minimize(objective, variables, tape=tape)
-        loss_tracker.update_state(tf.reduce_mean(losses))
-        model.compiled_metrics.update_state(y, predictions)
+        loss_tracker.update_state(losses, sample_weight=mask)
+        model.compiled_metrics.update_state(y, predictions, sample_weight=mask)
         return {"loss": loss_tracker.result(), **{m.name: m.result() for m in model.compiled_metrics.metrics}}
 
     return step
@@ -142,10 +145,10 @@ def _arrays(store: Any, key: str | None, like: list[np.ndarray]) -> list[np.ndar
 
 
 def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[str, Any], store: Any) -> dict[str, float]:
-    """Local epochs of minibatch training; returns the metrics of the last step.
+    """Local training over function/batching.py's step batches; returns the metrics of the last step.
 
-    With DP-SGD every batch has exactly the (microbatch-divisible) batch size: the last short
-    batch of an epoch is dropped, which is also what the accountant's sampling rate assumes.
+    With DP-SGD the batches are the sampling the accountant assumes (Poisson or fixed-size); an
+    empty Poisson batch is a step too (noise only), as the accountant counts it.
     """
     if len(x) == 0:
         raise PayloadError("this client has no training examples")
@@ -157,14 +160,12 @@ def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[s
     correction = _arrays(store, train.get("correction"), anchor)
     mu = np.float32(train.get("proximal_mu") or 0.0)
     rng = np.random.default_rng(int(train.get("seed", 0)))
-    size = batch_size(len(x), train)
-    keep = len(x) - len(x) % size if train.get("dp") is not None else len(x)
     logs: dict[str, Any] = {}
-    for _ in range(int(train["epochs"])):
-        order = rng.permutation(len(x))[:keep]
-        for start in range(0, keep, size):
-            batch = order[start : start + size]
-            logs = compiled.train_step(x[batch], y[batch], anchor, correction, mu)
+    for batch in step_batches(len(x), train, rng):
+        mask = np.ones(len(batch), np.float32)
+        if len(batch) == 0:
+            batch, mask = np.zeros(1, np.int64), np.zeros(1, np.float32)
+        logs = compiled.train_step(x[batch], y[batch], mask, anchor, correction, mu)
     return {name: float(value) for name, value in logs.items()}
 
 
