@@ -84,7 +84,9 @@ class StrategyConfig:
 class CentralDPConfig:
     """Client-level DP on the server (McMahan et al. 2018): clip each update to `clip_norm`, add Gaussian
     noise of `noise_multiplier * clip_norm` to their sum; `adaptive` tracks the `target_quantile` of the
-    update norms (Andrew et al. 2021) from `clip_norm` as the initial value."""
+    update norms (Andrew et al. 2021) from `clip_norm` as the initial value. `sampling`: poisson (each
+    client joins a round with probability clients_per_round / clients) or fixed (exactly
+    clients_per_round, uniformly; RDP accountant only); the accountant assumes the one that runs."""
 
     noise_multiplier: float = 1.0
     clip_norm: float = 1.0
@@ -94,6 +96,7 @@ class CentralDPConfig:
     clipped_count_stddev: float | None = None
     delta: float = 1e-5
     accountant: str = "rdp"
+    sampling: str = "poisson"
 
 
 @dataclass
@@ -331,7 +334,7 @@ def _validate_research_options(config: ExperimentConfig) -> None:
     from .rounds.selection import POLICIES
     from .strategies import StrategyOptionError, make_strategy
     from .strategies.aggregate import STALENESS_FUNCTIONS
-    from .strategies.central_dp import CENTRAL_DP_STRATEGIES
+    from .strategies.central_dp import CENTRAL_DP_STRATEGIES, CLIENT_SAMPLINGS
 
     try:
         make_strategy(config.strategy.name, config.strategy.options)
@@ -369,6 +372,11 @@ def _validate_research_options(config: ExperimentConfig) -> None:
                  f"must exceed noise_multiplier / 2 ({central.noise_multiplier / 2:g}), got {central.clipped_count_stddev}")
         _require(0 < central.delta < 1, "central_dp.delta", f"must be in (0, 1), got {central.delta}")
         _require_choice(central.accountant, ACCOUNTANTS, "central_dp.accountant")
+        _require_choice(central.sampling, CLIENT_SAMPLINGS, "central_dp.sampling")
+        _require(central.sampling == "poisson" or central.accountant == "rdp", "central_dp.accountant",
+                 "sampling fixed is accounted as sampling without replacement, which only the rdp accountant supports")
+        _require(config.selection.policy == "random", "selection.policy",
+                 "central_dp's accountant assumes uniformly random clients; use random")
         _require(config.strategy.name in CENTRAL_DP_STRATEGIES, "central_dp",
                  f"works with the strategies {', '.join(CENTRAL_DP_STRATEGIES)}, not {config.strategy.name!r}")
     _require_choice(config.selection.policy, POLICIES, "selection.policy")

@@ -31,7 +31,7 @@ from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
 from .privacy.accounting import ExampleLevelAccountant
 from .rounds.resilience import RoundPolicy
-from .rounds.selection import BudgetedSelection, SelectionPolicy, make_selection
+from .rounds.selection import BudgetedSelection, PoissonSelection, SelectionPolicy, make_selection
 from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_store
 from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
@@ -200,7 +200,7 @@ def _strategy(config: ExperimentConfig) -> Strategy:
     return CentralDP(strategy, noise_multiplier=central.noise_multiplier, clip_norm=central.clip_norm,
                      adaptive=central.adaptive, target_quantile=central.target_quantile,
                      clip_learning_rate=central.clip_learning_rate, clipped_count_stddev=central.clipped_count_stddev,
-                     delta=central.delta, accountant=central.accountant, seed=config.seed)
+                     delta=central.delta, accountant=central.accountant, seed=config.seed, sampling=central.sampling)
 
 
 def _accountant(config: ExperimentConfig, dataset: Dataset) -> ExampleLevelAccountant | None:
@@ -218,7 +218,10 @@ def _accountant(config: ExperimentConfig, dataset: Dataset) -> ExampleLevelAccou
 
 
 def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | None) -> SelectionPolicy:
-    policy = make_selection(config.selection.policy, config.seed)
+    if config.central_dp is not None and config.central_dp.sampling == "poisson":
+        policy: SelectionPolicy = PoissonSelection(config.clients_per_round / config.clients, config.seed)
+    else:
+        policy = make_selection(config.selection.policy, config.seed)
     if accountant is None or accountant.target_epsilon is None:
         return policy
     return BudgetedSelection(policy, accountant, stop_run=config.train.dp.on_budget == "stop_run")  # type: ignore[union-attr]

@@ -51,7 +51,7 @@ def test_central_dp_records_its_client_level_epsilon(tiny_config, adaptive):
     assert (len(set(clip_norms)) > 1) == adaptive
     report = result.privacy_report()
     assert report.granularity == "client-level" and report.epsilon == pytest.approx(epsilons[-1])
-    assert report.sampling_rate == pytest.approx(4 / 6)
+    assert report.sampling_rate == pytest.approx(4 / 6) and report.sampling == "poisson" and report.unit == "client"
 
 
 @pytest.mark.slow
@@ -122,6 +122,8 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
     ({"central_dp": {"clip_norm": 0}}, r"^central_dp.clip_norm: must be > 0"),
     ({"central_dp": {"adaptive": True, "clipped_count_stddev": 0.2}}, r"^central_dp.clipped_count_stddev: must exceed"),
     ({"strategy": {"name": "krum"}, "central_dp": {}}, r"^central_dp: works with the strategies"),
+    ({"central_dp": {"sampling": "fixed", "accountant": "pld"}}, r"^central_dp.accountant: sampling fixed"),
+    ({"central_dp": {}, "selection": {"policy": "fedlesscan"}}, r"^selection.policy: central_dp's accountant assumes"),
     ({"selection": {"policy": "fastest"}}, r"^selection.policy: unknown value 'fastest'"),
     ({"mode": "asap"}, r"^mode: unknown value 'asap'"),
     ({"mode": "async", "strategy": {"name": "fedadam"}}, r"^strategy.name: mode async aggregates with FedBuff"),

@@ -32,6 +32,7 @@ ADJACENCY = {"poisson": "add-or-remove-one", "shuffle": "replace-one"}
 SAMPLING_DESCRIPTIONS = {
     "poisson": "Poisson (each {unit} joins each step independently with probability q)",
     "shuffle": "fixed-size, uniformly without replacement at each step",
+    "fixed": "a fixed number of clients per round, uniformly without replacement",
 }
 PLD_DISCRETIZATION = 1e-4  # dp-accounting's PLDAccountant default
 
