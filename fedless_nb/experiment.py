@@ -340,6 +340,10 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         make_strategy(config.strategy.name, config.strategy.options)
     except StrategyOptionError as error:
         raise ConfigError(f"strategy.options.{error}") from None
+    if config.strategy.name == "bulyan":
+        needed = 4 * int(config.strategy.options.get("num_malicious", 0)) + 3
+        _require(config.clients_per_round >= needed, "clients_per_round",
+                 f"bulyan needs at least 4 * num_malicious + 3 = {needed} clients per round, got {config.clients_per_round}")
     dp = config.train.dp
     if dp is not None:
         _require(dp.l2_norm_clip > 0, "train.dp.l2_norm_clip", f"must be > 0, got {dp.l2_norm_clip}")

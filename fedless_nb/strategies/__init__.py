@@ -13,16 +13,17 @@ from .fedavg import FedAvg, fedavg
 from .fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from .fedprox import FedProx
 from .options import StrategyOptionError
-from .robust import FedMedian, Krum, TrimmedMean
+from .robust import Bulyan, FedMedian, Krum, TrimmedMean
 from .scaffold import Scaffold
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     strategy.name: strategy
-    for strategy in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, Scaffold)
+    for strategy in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, Bulyan,
+                     Scaffold)
 }
 
 __all__ = [
-    "STRATEGIES", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx", "FedYogi",
+    "STRATEGIES", "Bulyan", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx", "FedYogi",
     "Krum", "RunContext", "Scaffold", "Strategy", "StrategyOptionError", "TrimmedMean", "Weights", "fedavg",
     "make_strategy",
 ]
