@@ -122,6 +122,14 @@ def _partition(dataset: Dataset, config: ExperimentConfig) -> list[np.ndarray]:
     return partition_dataset(dataset, data.partition, config.clients, config.seed, **options.get(data.partition, {}))
 
 
+def client_partition(config: ExperimentConfig, dataset: Dataset, client_id: str) -> np.ndarray:
+    """The training indices `client_id` was given (the run's deterministic partition)."""
+    ids = client_ids(config.clients)
+    if client_id not in ids:
+        raise UserError(f"{client_id!r} is not a client of this run (it has {ids[0]} to {ids[-1]})")
+    return _partition(dataset, config)[ids.index(client_id)]
+
+
 def _model_spec(config: ExperimentConfig, dataset: Dataset, model: Any) -> tuple[ModelSpec, list[np.ndarray]]:
     context = {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes, **config.model.options}
     source = model if model is not None else resolve_builder(config.model.builder)
