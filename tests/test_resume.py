@@ -113,38 +113,3 @@ def test_a_killed_controller_resumes_with_every_round_once(tmp_path, tiny_config
     config.history = str(tmp_path / "uninterrupted.db")
     uninterrupted = run_experiment(config)
     assert abs(history.final_metrics(killed["run_id"])["eval_accuracy"] - uninterrupted.final_accuracy) <= 0.03
-
-
-def _kill_after(process, history_path, rounds):
-    completed = 0
-    while process.poll() is None and completed < rounds:
-        time.sleep(0.05)
-        if os.path.exists(history_path):
-            runs = History(history_path).runs()
-            completed = runs[0]["rounds_completed"] if runs else 0
-    assert process.poll() is None, "the run must still be going when it is killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    (killed,) = History(history_path).runs()
-    return killed
-
-
-@pytest.mark.slow
-def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tmp_path, tiny_config):
-    rounds = 6
-    config = tiny_config(rounds=rounds, clients=4, clients_per_round=2,
-                         train={**DP_TRAIN, "epochs": 4, "dp": {"noise_multiplier": 1.5}})
-    path = tmp_path / "experiment.yaml"
-    path.write_text(config.to_yaml())
-    killed = _kill_after(_cli("run", str(path)), config.history, 2)
-    assert killed["status"] == "running" and 2 <= killed["rounds_completed"] < rounds
-    resumed = _cli("resume", killed["run_id"], "--history", config.history)
-    output, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, output
-    assert History(config.history).run(killed["run_id"])["rounds_completed"] == rounds
-
-    resumed_epsilons = _epsilons(config.history, killed["run_id"])
-    config.history = str(tmp_path / "uninterrupted.db")
-    uninterrupted = run_experiment(config)
-    assert resumed_epsilons == _epsilons(config.history, uninterrupted.run_id)
-    assert resumed_epsilons[-1] == uninterrupted.privacy_report().epsilon
