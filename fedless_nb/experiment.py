@@ -68,7 +68,10 @@ class DataConfig(_Section):
 class DPConfig(_Section):
     """Client-side DP-SGD (tensorflow-privacy) and its example-level accounting (dp-accounting).
 
-    `num_microbatches` must divide batch_size (omit it for one example per microbatch);
+    `sampling`: poisson (each step takes every example with probability batch_size / n, examples
+    clipped one by one; add-or-remove-one adjacency) or shuffle (fixed-size batches drawn uniformly
+    without replacement at each step; replace-one adjacency, RDP accountant only).
+    `num_microbatches` (shuffle only) must divide batch_size (omit it for one example per microbatch);
     `target_epsilon`: a client whose next round would exceed it no longer trains
     (`on_budget: skip_client`), or the run stops (`stop_run`)."""
 
@@ -79,6 +82,7 @@ class DPConfig(_Section):
     accountant: str = "rdp"
     target_epsilon: float | None = None
     on_budget: str = "skip_client"
+    sampling: str = "poisson"
 
 
 class TrainConfig(_Section):
@@ -106,7 +110,9 @@ class StrategyConfig(_Section):
 class CentralDPConfig(_Section):
     """Client-level DP on the server (McMahan et al. 2018): clip each update to `clip_norm`, add Gaussian
     noise of `noise_multiplier * clip_norm` to their sum; `adaptive` tracks the `target_quantile` of the
-    update norms (Andrew et al. 2021) from `clip_norm` as the initial value."""
+    update norms (Andrew et al. 2021) from `clip_norm` as the initial value. `sampling`: poisson (each
+    client joins a round with probability clients_per_round / clients) or fixed (exactly
+    clients_per_round, uniformly; RDP accountant only); the accountant assumes the one that runs."""
 
     noise_multiplier: float = 1.0
     clip_norm: float = 1.0
@@ -116,6 +122,7 @@ class CentralDPConfig(_Section):
     clipped_count_stddev: float | None = None
     delta: float = 1e-5
     accountant: str = "rdp"
+    sampling: str = "poisson"
 
 
 class SecureAggregationConfig(_Section):
@@ -386,20 +393,31 @@ def validate(config: ExperimentConfig) -> None:
 def _validate_research_options(config: ExperimentConfig) -> None:
     """Strategy options, DP-SGD, central DP, selection and async rounds (issue 5's sections)."""
     from .privacy.accounting import ACCOUNTANTS
+    from .function.batching import DP_SAMPLINGS
     from .privacy.dp_sgd import DP_OPTIMIZERS
     from .rounds.selection import POLICIES
     from .strategies import StrategyOptionError, make_strategy
     from .strategies.aggregate import STALENESS_FUNCTIONS
-    from .strategies.central_dp import CENTRAL_DP_STRATEGIES
+    from .strategies.central_dp import CENTRAL_DP_STRATEGIES, CLIENT_SAMPLINGS
 
     try:
         make_strategy(config.strategy.name, config.strategy.options)
     except StrategyOptionError as error:
         raise ConfigError(f"strategy.options.{error}") from None
+    if config.strategy.name == "bulyan":
+        needed = 4 * int(config.strategy.options.get("num_malicious", 0)) + 3
+        _require(config.clients_per_round >= needed, "clients_per_round",
+                 f"bulyan needs at least 4 * num_malicious + 3 = {needed} clients per round, got {config.clients_per_round}")
     dp = config.train.dp
     if dp is not None:
         _require(dp.l2_norm_clip > 0, "train.dp.l2_norm_clip", f"must be > 0, got {dp.l2_norm_clip}")
         _require(dp.noise_multiplier >= 0, "train.dp.noise_multiplier", f"must be >= 0, got {dp.noise_multiplier}")
+        _require_choice(dp.sampling, DP_SAMPLINGS, "train.dp.sampling")
+        _require(dp.num_microbatches is None or dp.sampling == "shuffle", "train.dp.num_microbatches",
+                 "Poisson batches vary in size, so each example is clipped on its own: omit num_microbatches "
+                 "or set train.dp.sampling: shuffle")
+        _require(dp.sampling != "shuffle" or dp.accountant == "rdp", "train.dp.accountant",
+                 "sampling shuffle is accounted as sampling without replacement, which only the rdp accountant supports")
         if dp.num_microbatches is not None:
             _require(dp.num_microbatches >= 1 and config.train.batch_size % dp.num_microbatches == 0,
                      "train.dp.num_microbatches",
@@ -422,6 +440,11 @@ def _validate_research_options(config: ExperimentConfig) -> None:
                  f"must exceed noise_multiplier / 2 ({central.noise_multiplier / 2:g}), got {central.clipped_count_stddev}")
         _require(0 < central.delta < 1, "central_dp.delta", f"must be in (0, 1), got {central.delta}")
         _require_choice(central.accountant, ACCOUNTANTS, "central_dp.accountant")
+        _require_choice(central.sampling, CLIENT_SAMPLINGS, "central_dp.sampling")
+        _require(central.sampling == "poisson" or central.accountant == "rdp", "central_dp.accountant",
+                 "sampling fixed is accounted as sampling without replacement, which only the rdp accountant supports")
+        _require(config.selection.policy == "random", "selection.policy",
+                 "central_dp's accountant assumes uniformly random clients; use random")
         _require(config.strategy.name in CENTRAL_DP_STRATEGIES, "central_dp",
                  f"works with the strategies {', '.join(CENTRAL_DP_STRATEGIES)}, not {config.strategy.name!r}")
     if config.secure_aggregation is not None:

@@ -30,10 +30,10 @@ from .fit import preflight
 from .model import ModelSpec, build_model
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
-from .privacy.accounting import DpRound, ExampleLevelAccountant
+from .privacy.accounting import ExampleLevelAccountant
 from .rounds.resilience import RoundPolicy
 from .rounds.stragglers import Stragglers
-from .rounds.selection import BudgetedSelection, SelectionPolicy, make_selection
+from .rounds.selection import BudgetedSelection, PoissonSelection, SelectionPolicy, make_selection
 from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_store
 from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
@@ -127,6 +127,14 @@ def _partition(dataset: Dataset, config: ExperimentConfig) -> list[np.ndarray]:
     return partition_from_settings(dataset, config.data.partition, config.clients, config.seed, config.data)
 
 
+def client_partition(config: ExperimentConfig, dataset: Dataset, client_id: str) -> np.ndarray:
+    """The training indices `client_id` was given (the run's deterministic partition)."""
+    ids = client_ids(config.clients)
+    if client_id not in ids:
+        raise UserError(f"{client_id!r} is not a client of this run (it has {ids[0]} to {ids[-1]})")
+    return _partition(dataset, config)[ids.index(client_id)]
+
+
 async def run_experiment_async(
     config: ExperimentConfig,
     *,
@@ -171,7 +179,9 @@ async def run_experiment_async(
     controller.subscribe(selection.observe)
     if accountant is not None:
         controller.subscribe(accountant)
-        controller.privacy_sources.append(accountant.round_metrics)
+        controller.privacy_sources.append(accountant.round_metrics_async)
+        controller.result_checks.append(accountant.check_result)
+        controller.checkpointed["privacy"] = accountant
     controller.subscribe(HistoryWriter(history))
     for observer in observers:
         controller.subscribe(observer)
@@ -184,6 +194,8 @@ async def run_experiment_async(
         status = "stopped" if len(controller.round_metrics) < config.rounds else "finished"
     finally:
         await asyncio.gather(*(provider.close() for provider in providers.values()))
+        if accountant is not None:
+            accountant.close()
         history.close()
         store.close()
     return RunResult(run_id, status, config, spec, weights, controller.round_metrics, accountant, controller.strategy)
@@ -197,26 +209,28 @@ def _strategy(config: ExperimentConfig) -> Strategy:
     return CentralDP(strategy, noise_multiplier=central.noise_multiplier, clip_norm=central.clip_norm,
                      adaptive=central.adaptive, target_quantile=central.target_quantile,
                      clip_learning_rate=central.clip_learning_rate, clipped_count_stddev=central.clipped_count_stddev,
-                     delta=central.delta, accountant=central.accountant, seed=config.seed)
+                     delta=central.delta, accountant=central.accountant, seed=config.seed, sampling=central.sampling)
 
 
 def _accountant(config: ExperimentConfig, dataset: Dataset) -> ExampleLevelAccountant | None:
-    """The example-level accountant when train.dp is set; with a budget it knows each client's planned round
-    (from its number of examples), so even a client's first round is checked before it trains."""
+    """The example-level accountant when train.dp is set, from the controller's own facts: each client's
+    round as the run's DP settings and the partition sizes it wrote make it (so even a client's first
+    round is checked against the budget before it trains, and a function's report is only cross-checked)."""
     dp = config.train.dp
     if dp is None:
         return None
-    planned = {}
-    if dp.target_epsilon is not None:
-        train = _train_settings(config)
-        for client_id, indices in zip(client_ids(config.clients), _partition(dataset, config)):
-            if len(indices) >= (dp.num_microbatches or 1):
-                planned[client_id] = DpRound.from_result(privacy_facts(len(indices), train) or {})
-    return ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, planned=planned)
+    train = _train_settings(config)
+    facts = {client_id: privacy_facts(len(indices), train)
+             for client_id, indices in zip(client_ids(config.clients), _partition(dataset, config))
+             if len(indices) >= (dp.num_microbatches or 1)}
+    return ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts)
 
 
 def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | None) -> SelectionPolicy:
-    policy = make_selection(config.selection.policy, config.seed)
+    if config.central_dp is not None and config.central_dp.sampling == "poisson":
+        policy: SelectionPolicy = PoissonSelection(config.clients_per_round / config.clients, config.seed)
+    else:
+        policy = make_selection(config.selection.policy, config.seed)
     if accountant is None or accountant.target_epsilon is None:
         return policy
     return BudgetedSelection(policy, accountant, stop_run=config.train.dp.on_budget == "stop_run")  # type: ignore[union-attr]
@@ -244,7 +258,7 @@ def _schedule(config: ExperimentConfig, controller: Controller) -> Any:
 def _train_settings(config: ExperimentConfig) -> dict[str, Any]:
     train = config.train
     dp = None if train.dp is None else {"l2_norm_clip": train.dp.l2_norm_clip, "noise_multiplier": train.dp.noise_multiplier,
-                                        "num_microbatches": train.dp.num_microbatches}
+                                        "num_microbatches": train.dp.num_microbatches, "sampling": train.dp.sampling}
     return {"epochs": train.epochs, "batch_size": train.batch_size, "optimizer": train.optimizer,
             "learning_rate": train.learning_rate, "dp": dp, "budget_seconds": train.budget_seconds}
 
@@ -284,9 +298,6 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_b
     if config.mode == "async":
         raise ResumeError(f"run {run_id!r} used asynchronous rounds (mode: async), whose buffer and in-flight "
                           "clients are not checkpointed: start it again as a new run")
-    if config.train.dp is not None:
-        raise ResumeError(f"run {run_id!r} trained with DP-SGD (train.dp), whose per-client privacy accounting is "
-                          "not checkpointed, so a resumed run would under-report epsilon: start it again as a new run")
     config.history = str(history)
     return config
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches")
+DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches", "sampling")
 
 MAX_ROUND = 10**9
 MAX_EXAMPLES = 2**53  # an int every consumer (SQLite, float weights, JSON readers) holds exactly
@@ -40,6 +40,7 @@ class DpSettings(_Strict):
     l2_norm_clip: _Positive
     noise_multiplier: Annotated[float, Field(ge=0, le=1e12)]
     num_microbatches: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] | None = None
+    sampling: Literal["poisson", "shuffle"] | None = None  # function/batching.py; None: poisson
 
 
 class SecAggSettings(_Strict):
@@ -111,6 +112,7 @@ class PrivacyFacts(_Strict):
     noise_multiplier: Annotated[float, Field(ge=0, le=1e12)]
     l2_norm_clip: _Positive
     microbatch_size: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    sampling: Literal["poisson", "shuffle"]
 
 
 class Result(_Strict):

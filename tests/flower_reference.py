@@ -7,8 +7,12 @@ from Flower's source (adap/flower, src/py/flwr/server/strategy/):
                  _compute_distances (squared L2 of the flattened models), aggregate_trimmed_avg
                  with _trim_mean (np.partition, int(proportiontocut * n) cut from each end)
   fedavgm.py     aggregate_fit: pseudo-gradient = current - fedavg; momentum v = m v + g after round 1
+  aggregate.py   aggregate_bulyan (Flower 1.13) with aggregate_krum as its rule and
+                 _aggregate_n_closest_weights (np.argpartition of |w - median| per coordinate)
   fedadam.py, fedyogi.py, fedadagrad.py   aggregate_fit: delta = fedavg - current, m, v, then
-                 current + eta m / (sqrt(v) + tau) (FedAdagrad: beta_1 = 0, v += delta^2)
+                 current + eta m / (sqrt(v) + tau) (FedAdagrad: beta_1 = 0, v += delta^2); FedAdam in
+                 Flower 1.13+ uses eta_norm = eta sqrt(1 - beta_2^(server_round + 1)) / (1 - beta_1^(server_round + 1))
+                 in place of eta (bias_correction=True here; False is Flower before 1.13, Reddi et al.'s rule)
 Each function keeps Flower's order of operations and dtypes (float32 in, float32 arithmetic).
 """
 
@@ -77,9 +81,44 @@ class FedAvgM:
         return self.current
 
 
+def _find_reference_weights(reference, list_of_weights):
+    for index, weights in enumerate(list_of_weights):
+        if len(weights) == len(reference) and all(np.array_equal(a, b) for a, b in zip(weights, reference)):
+            return index
+    raise ValueError("The reference weights not found in list_of_weights.")
+
+
+def _aggregate_n_closest_weights(reference_weights, results, beta_closest):
+    list_of_weights = [weights for weights, _ in results]
+    aggregated = []
+    for layer_id, layer_weights in enumerate(reference_weights):
+        others = np.array([other[layer_id] for other in list_of_weights])
+        diff = np.abs(layer_weights - others)
+        indices = np.argpartition(diff, kth=beta_closest - 1, axis=0)
+        aggregated.append(np.mean(np.take_along_axis(others, indices=indices, axis=0)[:beta_closest], axis=0))
+    return aggregated
+
+
+def aggregate_bulyan(results, num_malicious):
+    results = list(results)
+    if len(results) < 4 * num_malicious + 3:
+        raise ValueError("Bulyan needs 4 * num_malicious + 3 clients")
+    selected = []
+    theta = len(results) - 2 * num_malicious
+    beta = theta - 2 * num_malicious
+    for _ in range(theta):
+        best_model = aggregate_krum(results, num_malicious, 0)
+        best_idx = _find_reference_weights(best_model, [w for w, _ in results])
+        selected.append(results[best_idx])
+        results.pop(best_idx)
+    median_vect = aggregate_median(selected)
+    return _aggregate_n_closest_weights(median_vect, selected, beta_closest=beta)
+
+
 class FedOpt:
-    def __init__(self, kind, initial, eta, beta_1, beta_2, tau):
+    def __init__(self, kind, initial, eta, beta_1, beta_2, tau, bias_correction=False):
         self.kind, self.current, self.eta, self.beta_1, self.beta_2, self.tau = kind, initial, eta, beta_1, beta_2, tau
+        self.bias_correction = bias_correction
         self.m_t, self.v_t = None, None
 
     def aggregate_fit(self, server_round, results):
@@ -97,5 +136,9 @@ class FedOpt:
                         for x, y in zip(self.v_t, delta_t)]
         else:  # adagrad
             self.v_t = [x + np.multiply(y, y) for x, y in zip(self.v_t, delta_t)]
-        self.current = [x + self.eta * y / (np.sqrt(z) + self.tau) for x, y, z in zip(self.current, self.m_t, self.v_t)]
+        eta = self.eta
+        if self.bias_correction:
+            eta = (self.eta * np.sqrt(1 - np.power(self.beta_2, server_round + 1.0))
+                   / (1 - np.power(self.beta_1, server_round + 1.0)))
+        self.current = [x + eta * y / (np.sqrt(z) + self.tau) for x, y, z in zip(self.current, self.m_t, self.v_t)]
         return self.current

@@ -6,7 +6,7 @@ import pytest
 import flower_reference as flwr
 from fedless_nb.strategies import ClientUpdate, make_strategy
 from fedless_nb.strategies.aggregate import (
-    clip_to_norm, fedavg, fedavgm, fedbuff, fedopt, global_norm, krum, median, scaffold_controls,
+    bulyan, clip_to_norm, fedavg, fedavgm, fedbuff, fedopt, global_norm, krum, median, scaffold_controls,
     staleness_weight, trimmed_mean,
 )
 
@@ -125,13 +125,39 @@ def test_fedavg_median_trimmed_mean_krum_agree_with_flower():
                           flwr.aggregate_krum(results, num_malicious, to_keep))
 
 
+@pytest.mark.parametrize("clients, num_malicious", [(3, 0), (7, 1), (9, 1), (11, 2), (12, 2)])
+def test_bulyan_agrees_with_flower(clients, num_malicious):
+    models = random_models(clients, seed=clients)
+    models[0] = [layer * 50 for layer in models[0]]  # an outlier Krum must not pick
+    counts = list(range(1, clients + 1))
+    result, selected = bulyan(models, num_malicious)
+    assert_layers(result, flwr.aggregate_bulyan(list(zip(models, counts)), num_malicious))
+    assert len(selected) == clients - 2 * num_malicious and (num_malicious == 0 or 0 not in selected)
+    with pytest.raises(ValueError, match="at least 4 \\* num_malicious \\+ 3"):
+        bulyan(models[: 4 * num_malicious + 2], num_malicious)
+
+
+def test_fedadam_bias_correction_is_on_by_default_and_differs_from_reddi():
+    current = random_models(1, seed=1)[0]
+    updates = [ClientUpdate("a", random_models(1, seed=2)[0], 1)]
+    corrected = make_strategy("fedadam", {}).aggregate(1, current, updates)
+    plain = make_strategy("fedadam", {"bias_correction": False}).aggregate(1, current, updates)
+    # round 1: eta_t / eta = sqrt(1 - 0.99^2) / (1 - 0.9^2)
+    ratio = np.sqrt(1 - 0.99 ** 2) / (1 - 0.9 ** 2)
+    assert_layers([c - x for c, x in zip(corrected, current)], [ratio * (p - x) for p, x in zip(plain, current)],
+                  rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name, options, reference", [
     ("fedavgm", {"server_learning_rate": 0.7, "server_momentum": 0.9},
      lambda w: flwr.FedAvgM(w, 0.7, 0.9)),
     ("fedavgm", {}, lambda w: flwr.FedAvgM(w, 1.0, 0.0)),
     ("fedadam", {"eta": 0.05, "beta_1": 0.8, "beta_2": 0.95, "tau": 1e-3},
-     lambda w: flwr.FedOpt("adam", w, 0.05, 0.8, 0.95, 1e-3)),
-    ("fedadam", {}, lambda w: flwr.FedOpt("adam", w, 0.1, 0.9, 0.99, 1e-9)),
+     lambda w: flwr.FedOpt("adam", w, 0.05, 0.8, 0.95, 1e-3, bias_correction=True)),
+    ("fedadam", {}, lambda w: flwr.FedOpt("adam", w, 0.1, 0.9, 0.99, 1e-9, bias_correction=True)),
+    ("fedadam", {"bias_correction": False}, lambda w: flwr.FedOpt("adam", w, 0.1, 0.9, 0.99, 1e-9)),
+    ("fedadam", {"eta": 0.05, "beta_1": 0.8, "bias_correction": False},
+     lambda w: flwr.FedOpt("adam", w, 0.05, 0.8, 0.99, 1e-9)),
     ("fedyogi", {}, lambda w: flwr.FedOpt("yogi", w, 0.01, 0.9, 0.99, 1e-3)),
     ("fedadagrad", {"eta": 0.3}, lambda w: flwr.FedOpt("adagrad", w, 0.3, 0.0, 0.0, 1e-9)),
 ])
@@ -153,7 +179,7 @@ def test_strategies_registry_and_option_errors():
     from fedless_nb.strategies import STRATEGIES, StrategyOptionError
 
     assert set(STRATEGIES) == {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
-                               "trimmed_mean", "krum", "scaffold", "fednova"}
+                               "trimmed_mean", "krum", "bulyan", "scaffold", "fednova"}
     with pytest.raises(StrategyOptionError, match="^etta: not an option of fedadam"):
         make_strategy("fedadam", {"etta": 0.1})
     with pytest.raises(StrategyOptionError, match="^server_momentum: must be in"):

@@ -64,3 +64,60 @@ def test_adaptive_wrapper_defaults_a_count_noise_that_leaves_the_updates_noise()
     before = strategy.clip_norm
     strategy.aggregate(1, [np.zeros(2, np.float32)], [ClientUpdate("a", [np.ones(2, np.float32)], 1)])
     assert strategy.clip_norm != before
+
+
+# the sampling that runs is the sampling accounted ------------------------------------------------
+
+def test_poisson_client_selection_has_binomial_round_sizes_and_is_seeded_per_round():
+    from scipy import stats
+
+    from fedless_nb.rounds.selection import PoissonSelection
+
+    clients = [f"c{i}" for i in range(30)]
+    selection = PoissonSelection(0.2, seed=5)
+    sizes = np.array([len(selection.select(r, clients, 6)) for r in range(1, 3001)])
+    assert selection.select(7, clients, 6) == selection.select(7, clients, 6)
+    assert (sizes == 0).any(), "an empty round happens (0.8^30 per round)"
+    observed = np.bincount(sizes, minlength=31)
+    expected = stats.binom.pmf(np.arange(31), 30, 0.2) * len(sizes)
+    keep = expected >= 5
+    merged = np.append(observed[keep], observed[~keep].sum()), np.append(expected[keep], expected[~keep].sum())
+    assert stats.chisquare(merged[0], merged[1] * merged[0].sum() / merged[1].sum()).pvalue > 0.01
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+def test_client_level_epsilon_agrees_with_dp_accounting_for_the_selection_that_runs(sampling):
+    import dp_accounting
+
+    strategy = CentralDP(FedAvg(), noise_multiplier=1.3, clip_norm=1.0, delta=1e-5, sampling=sampling)
+    strategy.bind(RunContext("r", None, {}, clients=50, clients_per_round=5))
+    current = [np.zeros(2, np.float32)]
+    for round_number in range(1, 5):
+        strategy.aggregate(round_number, current, [ClientUpdate("a", [np.ones(2, np.float32)], 1)])
+    if sampling == "poisson":
+        event = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.3))
+        relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    else:  # replacing one client's update moves the clipped sum by up to 2C
+        event = dp_accounting.SampledWithoutReplacementDpEvent(50, 5, dp_accounting.GaussianDpEvent(0.65))
+        relation = dp_accounting.NeighboringRelation.REPLACE_ONE
+    accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+    expected = accountant.compose(dp_accounting.SelfComposedDpEvent(event, 4)).get_epsilon(1e-5)
+    assert strategy.epsilon() == pytest.approx(expected, rel=1e-9)
+    report = strategy.report()
+    assert report.unit == "client" and report.sampling == sampling and report.accountant == "rdp"
+    assert report.adjacency == ("add-or-remove-one" if sampling == "poisson" else "replace-one")
+    text = str(report)
+    assert "unit: one client" in text and report.adjacency in text
+
+    restored = CentralDP(FedAvg(), noise_multiplier=1.3, clip_norm=1.0, delta=1e-5, sampling=sampling)
+    restored.bind(RunContext("r", None, {}, clients=50, clients_per_round=5))
+    restored.load_state(strategy.state())
+    assert restored.epsilon() == strategy.epsilon()
+
+
+def test_an_empty_poisson_round_still_adds_its_noise_and_is_accounted():
+    strategy = CentralDP(FedAvg(), noise_multiplier=1.0, clip_norm=1.0)
+    strategy.bind(RunContext("r", None, {}, clients=10, clients_per_round=2))
+    current = [np.zeros(1000, np.float32)]
+    new = strategy.aggregate(1, current, [])
+    assert np.std(new[0]) == pytest.approx(1.0 / 2, rel=0.1) and strategy.rounds == 1 and strategy.epsilon() > 0

@@ -23,7 +23,8 @@ def fresh_process_state(monkeypatch):
 
 @pytest.fixture
 def dp_task(tmp_path):
-    return client_task(tmp_path, dp={"l2_norm_clip": 1.0, "noise_multiplier": 1.1, "num_microbatches": 4})
+    return client_task(tmp_path, dp={"l2_norm_clip": 1.0, "noise_multiplier": 1.1, "num_microbatches": 4,
+                                     "sampling": "shuffle"})
 
 
 def _change(task):
@@ -32,17 +33,18 @@ def _change(task):
                                                             decode_arrays(store.get("global"))))
 
 
-def test_dp_sgd_reports_its_steps_and_drops_the_last_short_batch(dp_task):
+def test_fixed_size_dp_sgd_reports_its_steps(dp_task):
     result = handle(dp_task)
-    # 40 examples, batch 16: two full batches per epoch, the short batch of 8 is dropped
+    # 40 examples, batch 16: two fixed-size batches per epoch
     assert result["privacy"] == {"steps": 4, "sampling_rate": 0.4, "batch_size": 16, "num_examples": 40,
-                                 "noise_multiplier": 1.1, "l2_norm_clip": 1.0, "microbatch_size": 4}
+                                 "noise_multiplier": 1.1, "l2_norm_clip": 1.0, "microbatch_size": 4, "sampling": "shuffle"}
     assert set(result["metrics"]) == {"loss", "accuracy"} and np.isfinite(result["metrics"]["loss"])
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_dp_optimizers_train_when_microbatches_do_not_divide_the_batch(dp_task, optimizer):
-    dp_task["train"].update(optimizer=optimizer, dp={"l2_norm_clip": 1.0, "noise_multiplier": 0.5, "num_microbatches": 3})
+    dp_task["train"].update(optimizer=optimizer, dp={"l2_norm_clip": 1.0, "noise_multiplier": 0.5, "num_microbatches": 3,
+                                                        "sampling": "shuffle"})
     result = handle(dp_task)
     assert result["privacy"]["batch_size"] == 15 and result["privacy"]["steps"] == 4
     assert _change(dp_task) > 0
@@ -53,12 +55,13 @@ def test_dp_optimizers_train_when_microbatches_do_not_divide_the_batch(dp_task, 
 
 
 def test_clipping_bounds_each_step_and_dp_settings_key_the_cache(dp_task):
-    dp_task["train"].update(epochs=1, dp={"l2_norm_clip": 1e-4, "noise_multiplier": 0.0, "num_microbatches": 16})
+    dp_task["train"].update(epochs=1, dp={"l2_norm_clip": 1e-4, "noise_multiplier": 0.0, "num_microbatches": 16,
+                                          "sampling": "shuffle"})
     handle(dp_task)
     first = client._STATE.compiled
     # SGD without noise moves a weight by at most lr * clip per step: 2 steps * 0.1 * 1e-4
     assert 0 < _change(dp_task) <= 2 * 0.1 * 1e-4 * 1.0001
-    dp_task["train"]["dp"] = {"l2_norm_clip": 1.0, "noise_multiplier": 0.0, "num_microbatches": 16}
+    dp_task["train"]["dp"] = {"l2_norm_clip": 1.0, "noise_multiplier": 0.0, "num_microbatches": 16, "sampling": "shuffle"}
     handle(dp_task)
     assert client._STATE.compiled is not first, "a new clip norm builds a new DP optimizer"
     assert _change(dp_task) > 2 * 0.1 * 1e-4
@@ -72,8 +75,9 @@ def test_a_client_with_fewer_examples_than_microbatches_is_refused(dp_task):
 
 def test_local_steps_with_and_without_dp():
     assert local_steps(40, {"epochs": 2, "batch_size": 16}) == 6
-    assert local_steps(40, {"epochs": 2, "batch_size": 16, "dp": {"num_microbatches": 4}}) == 4
-    assert local_steps(10, {"epochs": 1, "batch_size": 16, "dp": {"num_microbatches": None}}) == 1
+    assert local_steps(40, {"epochs": 2, "batch_size": 16, "dp": {"num_microbatches": 4, "sampling": "shuffle"}}) == 4
+    assert local_steps(40, {"epochs": 2, "batch_size": 16, "dp": {}}) == 5, "Poisson: ceil(epochs * n / batch)"
+    assert local_steps(10, {"epochs": 1, "batch_size": 16, "dp": {"sampling": "shuffle"}}) == 1
 
 
 # accounting ---------------------------------------------------------------------------------
@@ -112,17 +116,22 @@ def test_epsilon_grows_with_rounds_and_falls_with_noise():
 
 
 class _Invocation:
-    def __init__(self, client_id, privacy, outcome="succeeded"):
-        self.client_id, self.privacy, self.outcome = client_id, privacy, outcome
+    def __init__(self, client_id, outcome="succeeded"):
+        self.client_id, self.outcome = client_id, outcome
+
+
+def _facts(steps=20, sampling_rate=0.1, noise=1.0, clip=1.0):
+    return {"steps": steps, "sampling_rate": sampling_rate, "batch_size": 4, "num_examples": 40,
+            "noise_multiplier": noise, "l2_norm_clip": clip, "microbatch_size": 1, "sampling": "poisson"}
 
 
 def test_budget_skips_exhausted_clients_or_stops_the_run():
-    privacy = {"steps": 20, "sampling_rate": 0.1, "noise_multiplier": 1.0, "l2_norm_clip": 1.0, "microbatch_size": 1}
     one_round = epsilon([DpRound(20, 0.1, 1.0)], 1e-5)
     two_rounds = epsilon([DpRound(20, 0.1, 1.0)] * 2, 1e-5)
-    accountant = ExampleLevelAccountant(1e-5, target_epsilon=(one_round + two_rounds) / 2)
-    accountant(_Invocation("a", privacy))
-    accountant(_Invocation("b", privacy, outcome="failed"))
+    accountant = ExampleLevelAccountant(1e-5, target_epsilon=(one_round + two_rounds) / 2,
+                                        expected_facts={c: _facts() for c in "abc"})
+    accountant(_Invocation("a"))
+    accountant(_Invocation("b", outcome="failed"))
     assert accountant.epsilon("a") == pytest.approx(one_round) and accountant.epsilon("b") == 0.0
     assert not accountant.allows("a") and accountant.allows("b") and accountant.allows("c")
 
@@ -135,18 +144,22 @@ def test_budget_skips_exhausted_clients_or_stops_the_run():
         BudgetedSelection(RandomSelection(0), accountant, stop_run=True).select(2, ["a", "b", "c"], 2)
     with pytest.raises(PrivacyBudgetExhausted):
         skipping.select(3, ["a"], 1)
+    accountant.close()
 
 
 def test_privacy_report_states_what_dp_fy_ml_asks():
-    accountant = ExampleLevelAccountant(1e-5, accountant="pld")
-    accountant(_Invocation("a", {"steps": 30, "sampling_rate": 0.05, "noise_multiplier": 1.3, "l2_norm_clip": 0.8}))
+    accountant = ExampleLevelAccountant(1e-5, accountant="pld",
+                                        expected_facts={"a": _facts(30, 0.05, 1.3, 0.8)})
+    accountant(_Invocation("a"))
     report = accountant.worst_case()
     assert isinstance(report, PrivacyReport) and report.granularity == "example-level"
     text = str(report)
-    for needle in ("epsilon = ", "delta = 1e-05", "PLD accountant", "add-or-remove-one adjacency", "Poisson",
-                   "example-level", "noise multiplier 1.3", "clip norm 0.8", "30 steps", "sampling rate 0.05"):
+    for needle in ("epsilon = ", "delta = 1e-05", "PLD accountant", "unit: one example", "add-or-remove-one adjacency",
+                   "Poisson", "example-level", "noise multiplier 1.3", "clip norm 0.8", "30 steps", "sampling rate 0.05"):
         assert needle in text, needle
     assert report.to_dict()["epsilon"] == pytest.approx(accountant.epsilon("a"))
+    assert report.to_dict()["unit"] == "example" and report.to_dict()["sampling"] == "poisson"
+    accountant.close()
 
 
 # a whole DP run ------------------------------------------------------------------------------
@@ -162,7 +175,7 @@ def test_more_noise_means_lower_epsilon_and_lower_accuracy_on_digits(tiny_config
             name=f"dp-{noise}", clients=4, clients_per_round=4, rounds=3,
             model={"builder": "mlp", "options": {"hidden_units": [32]}},
             train={"epochs": 1, "batch_size": 16, "learning_rate": 0.5,
-                   "dp": {"l2_norm_clip": 1.0, "noise_multiplier": noise, "num_microbatches": 8}},
+                   "dp": {"l2_norm_clip": 1.0, "noise_multiplier": noise}},
         )
         result = run_experiment(config)
         rounds = History(config.history).rounds(result.run_id)

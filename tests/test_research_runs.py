@@ -51,7 +51,7 @@ def test_central_dp_records_its_client_level_epsilon(tiny_config, adaptive):
     assert (len(set(clip_norms)) > 1) == adaptive
     report = result.privacy_report()
     assert report.granularity == "client-level" and report.epsilon == pytest.approx(epsilons[-1])
-    assert report.sampling_rate == pytest.approx(4 / 6)
+    assert report.sampling_rate == pytest.approx(4 / 6) and report.sampling == "poisson" and report.unit == "client"
 
 
 @pytest.mark.slow
@@ -110,7 +110,12 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
 @pytest.mark.parametrize("overrides, message", [
     ({"strategy": {"name": "fedadam", "options": {"etta": 0.1}}}, r"^strategy.options.etta: not an option of fedadam"),
     ({"strategy": {"name": "krum", "options": {"to_keep": -1}}}, r"^strategy.options.to_keep: must be an int >= 0"),
-    ({"train": {"batch_size": 32, "dp": {"num_microbatches": 5}}}, r"^train.dp.num_microbatches: must divide"),
+    ({"strategy": {"name": "bulyan", "options": {"num_malicious": 1}}}, r"^clients_per_round: bulyan needs at least"),
+    ({"train": {"batch_size": 32, "dp": {"sampling": "shuffle", "num_microbatches": 5}}},
+     r"^train.dp.num_microbatches: must divide"),
+    ({"train": {"dp": {"num_microbatches": 4}}}, r"^train.dp.num_microbatches: Poisson batches vary in size"),
+    ({"train": {"dp": {"sampling": "shuffle", "accountant": "pld"}}}, r"^train.dp.accountant: sampling shuffle"),
+    ({"train": {"dp": {"sampling": "fixed"}}}, r"^train.dp.sampling: unknown value 'fixed'"),
     ({"train": {"dp": {"noise_multiplier": -1}}}, r"^train.dp.noise_multiplier: must be >= 0"),
     ({"train": {"dp": {"accountant": "gdp"}}}, r"^train.dp.accountant: unknown value 'gdp'"),
     ({"train": {"optimizer": "rmsprop", "dp": {}}}, r"^train.optimizer: DP-SGD supports"),
@@ -118,6 +123,8 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
     ({"central_dp": {"clip_norm": 0}}, r"^central_dp.clip_norm: must be > 0"),
     ({"central_dp": {"adaptive": True, "clipped_count_stddev": 0.2}}, r"^central_dp.clipped_count_stddev: must exceed"),
     ({"strategy": {"name": "krum"}, "central_dp": {}}, r"^central_dp: works with the strategies"),
+    ({"central_dp": {"sampling": "fixed", "accountant": "pld"}}, r"^central_dp.accountant: sampling fixed"),
+    ({"central_dp": {}, "selection": {"policy": "fedlesscan"}}, r"^selection.policy: central_dp's accountant assumes"),
     ({"selection": {"policy": "fastest"}}, r"^selection.policy: unknown value 'fastest'"),
     ({"mode": "asap"}, r"^mode: unknown value 'asap'"),
     ({"mode": "async", "strategy": {"name": "fedadam"}}, r"^strategy.name: mode async aggregates with FedBuff"),
@@ -134,12 +141,12 @@ def test_research_options_are_validated_with_one_line(overrides, message):
 def test_dp_budget_stops_the_run_cleanly(tiny_config):
     config = tiny_config(rounds=4, clients=4, clients_per_round=4, train={
         "epochs": 1, "batch_size": 32, "learning_rate": 0.1,
-        "dp": {"noise_multiplier": 1.0, "num_microbatches": 32, "target_epsilon": 4.2, "on_budget": "stop_run"}})
+        "dp": {"noise_multiplier": 1.0, "target_epsilon": 4.2, "on_budget": "stop_run"}})
     result = run_experiment(config)
     run = History(config.history).run(result.run_id)
     assert result.status == "stopped" and run["status"] == "stopped" and "target_epsilon" in run["error"]
     assert 1 <= run["rounds_completed"] < 4
-    assert max(result.accountant.epsilon(c) for c in result.accountant.rounds) <= 4.2
+    assert max(result.accountant.epsilon(c) for c in result.accountant.ledger.subjects) <= 4.2
 
 
 @pytest.mark.slow
@@ -147,10 +154,10 @@ def test_dp_budget_skips_clients_out_of_budget_even_before_their_first_round(tin
     """Clients of the same size reach the budget together; with skip_client the run ends when none is left."""
     config = tiny_config(rounds=3, clients=4, clients_per_round=2, train={
         "epochs": 1, "batch_size": 32, "learning_rate": 0.1,
-        "dp": {"noise_multiplier": 1.0, "num_microbatches": 32, "target_epsilon": 3.5}})
+        "dp": {"noise_multiplier": 1.0, "target_epsilon": 3.5}})
     result = run_experiment(config)
-    trained = sorted(result.accountant.rounds)
-    assert all(len(result.accountant.rounds[c]) == 1 for c in trained), "a second round would pass 3.5"
+    subjects = result.accountant.ledger.subjects
+    assert subjects and all(s.rounds == 1 for s in subjects.values()), "a second round would pass 3.5"
     rounds = History(config.history).rounds(result.run_id)
     assert rounds[-1]["privacy_clients_skipped"] == 2.0
     assert result.status == "stopped" and len(rounds) == 2

@@ -41,8 +41,6 @@ def test_a_stopped_run_resumes_where_it_stopped(tiny_config):
 @pytest.mark.parametrize("overrides, message", [
     ({"mode": "async", "asynchronous": {"concurrency": 2, "buffer_size": 2}},
      "used asynchronous rounds .mode: async., whose buffer and in-flight clients are not checkpointed"),
-    ({"train": {"batch_size": 16, "dp": {"noise_multiplier": 1.0, "num_microbatches": 4}}},
-     "trained with DP-SGD .train.dp., whose per-client privacy accounting is not checkpointed"),
 ])
 def test_runs_whose_state_is_not_checkpointed_refuse_to_resume(tiny_config, overrides, message):
     config = tiny_config(rounds=3, **overrides)
@@ -51,6 +49,26 @@ def test_runs_whose_state_is_not_checkpointed_refuse_to_resume(tiny_config, over
     with pytest.raises(ResumeError, match=message):
         resume_experiment(stopped.run_id, history=config.history)
     assert History(config.history).run(stopped.run_id)["status"] == "stopped", "a refused resume changes nothing"
+
+
+DP_TRAIN = {"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}}
+
+
+def _epsilons(history_path, run_id):
+    return [r["privacy_epsilon_max"] for r in History(history_path).rounds(run_id)]
+
+
+def test_a_stopped_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_config, tmp_path):
+    config = tiny_config(rounds=3, clients=4, clients_per_round=2, train=DP_TRAIN)
+    stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
+    assert stopped.status == "stopped" and len(stopped.round_metrics) == 1
+    resumed = resume_experiment(stopped.run_id, history=config.history)
+    config.history = str(tmp_path / "uninterrupted.db")
+    uninterrupted = run_experiment(config)
+    assert _epsilons(resumed.config.history, resumed.run_id) == _epsilons(config.history, uninterrupted.run_id)
+    for client_id in uninterrupted.accountant.ledger.subjects:
+        assert resumed.accountant.epsilon(client_id) == uninterrupted.accountant.epsilon(client_id)
+    assert resumed.privacy_report().epsilon == uninterrupted.privacy_report().epsilon
 
 
 def _cli(*arguments, **options):

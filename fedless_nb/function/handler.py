@@ -29,7 +29,7 @@ from ..model import ModelSpec, build_model, make_optimizer
 from ..security import NonceCache, TaskGuard
 from ..store import decode_arrays, encode_arrays, store_from_descriptor
 from ..wire import DP_SETTINGS, PayloadError, check_task
-from .batching import batch_size, local_steps, privacy_facts, step_budget
+from .batching import dp_sampling, local_steps, privacy_facts, step_batches, step_budget
 from .secagg_stages import KEY_STAGES, key_stage, masked_update, stage_of
 
 @dataclass
@@ -73,8 +73,9 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_
     else:
         from ..privacy.dp_sgd import make_dp_optimizer
 
+        microbatches = dp.get("num_microbatches") if dp_sampling(train) == "shuffle" else None  # Poisson: per example
         optimizer = make_dp_optimizer(train["optimizer"], learning_rate, float(dp["l2_norm_clip"]),
-                                      float(dp["noise_multiplier"]), dp.get("num_microbatches"))
+                                      float(dp["noise_multiplier"]), microbatches)
     model = build_model(spec, optimizer)
     loss_tracker = tf.keras.metrics.Mean(name="loss")
     step = _make_train_step(tf, model, spec, loss_tracker, per_example=dp is not None)
@@ -88,23 +89,25 @@ def _make_train_step(tf: Any, model: Any, spec: ModelSpec, loss_tracker: Any, *,
     The objective per example is loss + mu/2 ||w - anchor||^2 + <w, correction>, so the gradient
     gains mu (w - anchor) + correction (both zero unless a strategy sends them). DP-SGD optimizers
     need that objective as a vector (one entry per example) to clip microbatches; the others get its mean.
+    `mask` zeroes an example's objective: an empty Poisson batch still takes its noise-only step,
+    through one masked example whose clipped gradient is zero.
     """
     keras = tf.keras
     loss_setting = spec.compile.get("loss", "sparse_categorical_crossentropy")
     loss = keras.losses.get(loss_setting if isinstance(loss_setting, str) else keras.losses.deserialize(loss_setting))
     per_example_loss = loss.call if isinstance(loss, keras.losses.Loss) else loss
 
-    def step(x: Any, y: Any, anchor: list[Any], correction: list[Any], mu: Any) -> dict[str, Any]:
+    def step(x: Any, y: Any, mask: Any, anchor: list[Any], correction: list[Any], mu: Any) -> dict[str, Any]:
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
             predictions = model(x, training=True)
             losses = tf.reshape(per_example_loss(y, predictions), [-1])
             extra = tf.add_n([0.5 * mu * tf.reduce_sum(tf.square(w - a)) + tf.reduce_sum(w * c)
                               for w, a, c in zip(variables, anchor, correction)] + list(model.losses) + [0.0])
-            objective = losses + extra if per_example else tf.reduce_mean(losses) + extra
+            objective = (losses + extra) * mask if per_example else tf.reduce_mean(losses) + extra
         model.optimizer.minimize(objective, variables, tape=tape)
-        loss_tracker.update_state(tf.reduce_mean(losses))
-        model.compiled_metrics.update_state(y, predictions)
+        loss_tracker.update_state(losses, sample_weight=mask)
+        model.compiled_metrics.update_state(y, predictions, sample_weight=mask)
         return {"loss": loss_tracker.result(), **{m.name: m.result() for m in model.compiled_metrics.metrics}}
 
     return step
@@ -143,14 +146,6 @@ def _arrays(store: Any, key: str | None, like: list[np.ndarray]) -> list[np.ndar
     return [a.astype(w.dtype, copy=False) for a, w in zip(arrays, like)]
 
 
-def _batches(rng: np.random.Generator, count: int, keep: int, size: int, epochs: int) -> Any:
-    """Each epoch's example indices in batches of `size`, reshuffled per epoch, the first `keep` examples used."""
-    for _ in range(epochs):
-        order = rng.permutation(count)[:keep]
-        for start in range(0, keep, size):
-            yield order[start : start + size]
-
-
 @dataclass(frozen=True)
 class _Training:
     """What local training did: the last step's metrics, its steps, and whether it stopped short of its epochs."""
@@ -162,11 +157,12 @@ class _Training:
 
 def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[str, Any], store: Any,
            stop_at: float | None) -> _Training:
-    """Local epochs of minibatch training, stopped early at `stop_at` (a perf_counter time) or at the
-    task's step budget, after at least one step: a platform would kill the invocation, losing all its work.
+    """Local training over function/batching.py's step batches, stopped early at `stop_at` (a perf_counter
+    time) or at the task's step budget, after at least one step: a platform would kill the invocation,
+    losing all its work.
 
-    With DP-SGD every batch has exactly the (microbatch-divisible) batch size: the last short
-    batch of an epoch is dropped, which is also what the accountant's sampling rate assumes.
+    With DP-SGD the batches are the sampling the accountant assumes (Poisson or fixed-size); an
+    empty Poisson batch is a step too (noise only), as the accountant counts it.
     """
     if len(x) == 0:
         raise PayloadError("this client has no training examples")
@@ -178,14 +174,15 @@ def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[s
     correction = _arrays(store, train.get("correction"), anchor)
     mu = np.float32(train.get("proximal_mu") or 0.0)
     rng = np.random.default_rng(int(train.get("seed", 0)))
-    size = batch_size(len(x), train)
-    keep = len(x) - len(x) % size if train.get("dp") is not None else len(x)
     budget, steps = step_budget(len(x), train), 0
     logs: dict[str, Any] = {}
-    for batch in _batches(rng, len(x), keep, size, int(train["epochs"])):
+    for batch in step_batches(len(x), train, rng):
         if steps == budget or (steps and stop_at is not None and time.perf_counter() >= stop_at):
             break
-        logs = compiled.train_step(x[batch], y[batch], anchor, correction, mu)
+        mask = np.ones(len(batch), np.float32)
+        if len(batch) == 0:
+            batch, mask = np.zeros(1, np.int64), np.zeros(1, np.float32)
+        logs = compiled.train_step(x[batch], y[batch], mask, anchor, correction, mu)
         steps += 1
     metrics = {name: float(value) for name, value in logs.items()}
     return _Training(metrics, steps, partial=steps < local_steps(len(x), train))

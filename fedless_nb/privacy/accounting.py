@@ -1,20 +1,40 @@
-"""Privacy accounting on the controller's side: epsilon of DP-SGD rounds, budgets and reports.
+"""Privacy accounting on the controller's side: epsilon of DP rounds, budgets and reports.
 
-`ExampleLevelAccountant` turns each client's invocations (steps, sampling rate,
-noise) into an epsilon at delta with dp-accounting (RDP, or PLD), and `PrivacyReport` states the
-guarantee the way "How to DP-fy ML" (Ponomareva et al. 2023, Sec. 5.3) asks: epsilon at delta,
-accountant, adjacency, sampling assumption, granularity, and the parameters behind it.
+`DpRound` is one round of a DP mechanism as the controller planned it (steps, sampling, noise),
+and `epsilon(rounds)` composes a whole history with dp-accounting (RDP or PLD): the reference.
+`PrivacyLedger` keeps the same figure incrementally, one round at a time: per subject the RDP
+vector over the accountant's orders (additive under composition) or the running composed PLD,
+with each distinct round's loss computed once and shared (cached by its parameters), so a
+round's accounting costs the same in round 1 and round 1,000. `ExampleLevelAccountant` runs a
+ledger for DP-SGD clients in a worker thread, off the event loop, from the controller's own facts
+(its DP settings and the partition sizes it wrote); a function's reported facts are only
+cross-checked. `PrivacyReport` states the guarantee the way "How to DP-fy ML" (Ponomareva et al.
+2023, Sec. 5.3) asks: epsilon at delta, accountant, unit, sampling, adjacency and parameters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from dataclasses import dataclass, field
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
+
+import numpy as np
 
 from ..errors import UserError
 
 ACCOUNTANTS = ("rdp", "pld")
+SAMPLINGS = ("poisson", "shuffle")
+ADJACENCY = {"poisson": "add-or-remove-one", "shuffle": "replace-one"}
+SAMPLING_DESCRIPTIONS = {
+    "poisson": "Poisson (each {unit} joins each step independently with probability q)",
+    "shuffle": "fixed-size, uniformly without replacement at each step",
+    "fixed": "a fixed number of clients per round, uniformly without replacement",
+}
+PLD_DISCRETIZATION = 1e-4  # dp-accounting's PLDAccountant default
 
 
 class PrivacyBudgetExhausted(UserError):
@@ -23,11 +43,15 @@ class PrivacyBudgetExhausted(UserError):
 
 @dataclass(frozen=True)
 class DpRound:
-    """One DP-SGD invocation of a client: `steps` Poisson-sampled Gaussian steps at `sampling_rate`.
+    """One round of a subsampled Gaussian mechanism: `steps` steps, each sampling at `sampling_rate`
+    from `population` records (examples, or clients for client-level DP).
 
-    With microbatches of more than one example, add-or-remove-one changes a microbatch's gradient
-    by up to twice the clip norm, so the effective noise multiplier is halved (as tensorflow-privacy's
-    compute_dp_sgd_privacy_statement does, "How to DP-fy ML" Sec. 5.6).
+    Poisson sampling is accounted under add-or-remove-one adjacency. With microbatches of more than
+    one example, adding or removing one changes a microbatch's clipped gradient by up to twice the
+    clip norm, so the effective noise multiplier is halved (as tensorflow-privacy's
+    compute_dp_sgd_privacy_statement does). Fixed-size sampling without replacement is accounted
+    under replace-one adjacency, where one record's change moves the clipped sum by up to twice
+    the clip norm: the noise multiplier is halved too.
     """
 
     steps: int
@@ -35,36 +59,210 @@ class DpRound:
     noise_multiplier: float
     l2_norm_clip: float = 1.0
     microbatch_size: int = 1
+    sampling: str = "poisson"
+    population: int = 0
 
     @property
     def effective_noise_multiplier(self) -> float:
-        return self.noise_multiplier / 2 if self.microbatch_size > 1 else self.noise_multiplier
+        halved = self.sampling == "shuffle" or self.microbatch_size > 1
+        return self.noise_multiplier / 2 if halved else self.noise_multiplier
+
+    @property
+    def adjacency(self) -> str:
+        return ADJACENCY[self.sampling]
+
+    def event(self) -> Any:
+        """The round as a dp-accounting event: its steps as one self-composed subsampled Gaussian."""
+        import dp_accounting
+
+        gaussian = dp_accounting.GaussianDpEvent(self.effective_noise_multiplier)
+        if self.sampling == "poisson":
+            step = dp_accounting.PoissonSampledDpEvent(self.sampling_rate, gaussian)
+        else:
+            step = dp_accounting.SampledWithoutReplacementDpEvent(
+                self.population, round(self.sampling_rate * self.population), gaussian)
+        return dp_accounting.SelfComposedDpEvent(step, self.steps)
 
     @classmethod
-    def from_result(cls, privacy: dict[str, Any]) -> "DpRound":
-        return cls(int(privacy["steps"]), float(privacy["sampling_rate"]), float(privacy["noise_multiplier"]),
-                   float(privacy.get("l2_norm_clip", 1.0)), int(privacy.get("microbatch_size", 1)))
+    def from_facts(cls, facts: dict[str, Any]) -> "DpRound":
+        """From function/batching.py's privacy_facts (as the controller computes them)."""
+        return cls(int(facts["steps"]), float(facts["sampling_rate"]), float(facts["noise_multiplier"]),
+                   float(facts.get("l2_norm_clip", 1.0)), int(facts.get("microbatch_size", 1)),
+                   str(facts.get("sampling", "poisson")), int(facts.get("num_examples", 0)))
 
 
-def epsilon(rounds: Sequence[DpRound], delta: float, accountant: str = "rdp") -> float:
-    """Epsilon at `delta` of composing every round's Poisson-subsampled Gaussian mechanism."""
+def _engine(accountant: str, adjacency: str) -> Any:
+    """A fresh dp-accounting accountant for `adjacency`."""
     import dp_accounting
 
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
-    events = [
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(r.sampling_rate, dp_accounting.GaussianDpEvent(r.effective_noise_multiplier)),
-            r.steps,
-        )
-        for r in rounds if r.steps > 0
-    ]
-    if not events:
+    relation = (dp_accounting.NeighboringRelation.REPLACE_ONE if adjacency == "replace-one"
+                else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+    if accountant == "rdp":
+        return dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+    if adjacency == "replace-one":
+        raise ValueError("dp-accounting's PLD accountant cannot account sampling without replacement; use rdp")
+    return dp_accounting.pld.PLDAccountant(relation, value_discretization_interval=PLD_DISCRETIZATION)
+
+
+def _adjacency(rounds: Sequence[DpRound]) -> str:
+    kinds = {r.adjacency for r in rounds}
+    if len(kinds) > 1:
+        raise ValueError(f"cannot compose rounds under different adjacencies: {', '.join(sorted(kinds))}")
+    return kinds.pop() if kinds else "add-or-remove-one"
+
+
+def epsilon(rounds: Sequence[DpRound], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon at `delta` of composing every round, recomposed from scratch (the reference the
+    incremental `PrivacyLedger` is tested against)."""
+    import dp_accounting
+
+    active = [r for r in rounds if r.steps > 0]
+    if not active:
         return 0.0
-    if any(r.effective_noise_multiplier == 0 for r in rounds if r.steps > 0):
+    if any(r.effective_noise_multiplier == 0 for r in active):
         return math.inf
-    engine = dp_accounting.rdp.RdpAccountant() if accountant == "rdp" else dp_accounting.pld.PLDAccountant()
-    return float(engine.compose(dp_accounting.ComposedDpEvent(events)).get_epsilon(delta))
+    engine = _engine(accountant, _adjacency(active))
+    return float(engine.compose(dp_accounting.ComposedDpEvent([r.event() for r in active])).get_epsilon(delta))
+
+
+class _RoundLosses:
+    """Each distinct round's privacy loss, computed once: an RDP vector over the accountant's orders
+    or a PLD (None for a round that spends nothing, math.inf for a round without noise)."""
+
+    def __init__(self, accountant: str) -> None:
+        self.accountant = accountant
+        self._losses: dict[DpRound, Any] = {}
+        self._lock = threading.Lock()
+        self.orders = np.asarray(_engine("rdp", "add-or-remove-one").orders) if accountant == "rdp" else None
+
+    def __call__(self, round_: DpRound) -> Any:
+        with self._lock:
+            if round_ not in self._losses:
+                self._losses[round_] = self._compute(round_)
+            return self._losses[round_]
+
+    def _compute(self, round_: DpRound) -> Any:
+        if round_.steps <= 0 or round_.sampling_rate == 0:
+            return None
+        if round_.effective_noise_multiplier == 0:
+            return math.inf
+        engine = _engine(self.accountant, round_.adjacency)
+        if self.accountant == "rdp":
+            return engine.compose(round_.event()).rdp
+        from dp_accounting.pld import privacy_loss_distribution as pld
+
+        return pld.from_gaussian_mechanism(
+            standard_deviation=round_.effective_noise_multiplier, sampling_prob=round_.sampling_rate,
+            value_discretization_interval=PLD_DISCRETIZATION).self_compose(round_.steps)
+
+
+def _extended(history: tuple[tuple[DpRound, int], ...], round_: DpRound) -> tuple[tuple[DpRound, int], ...]:
+    """`history` (runs of identical rounds, in order) with one more `round_`."""
+    if history and history[-1][0] == round_:
+        return (*history[:-1], (round_, history[-1][1] + 1))
+    return (*history, (round_, 1))
+
+
+@dataclass
+class _Subject:
+    """One subject's composed loss and what it is made of (runs of identical rounds, in order)."""
+
+    total: Any = None  # RDP vector or PLD; None before any round
+    private: bool = True
+    history: tuple[tuple[DpRound, int], ...] = ()
+
+    @property
+    def rounds(self) -> int:
+        return sum(count for _, count in self.history)
+
+    @property
+    def steps(self) -> int:
+        return sum(r.steps * count for r, count in self.history)
+
+    @property
+    def last(self) -> DpRound | None:
+        return self.history[-1][0] if self.history else None
+
+
+class PrivacyLedger:
+    """Per subject (a client, or the run), the composition of its rounds so far, one round at a time.
+
+    Adding a round adds its cached RDP vector (or composes its cached PLD) into the subject's
+    total, exactly as dp-accounting's accountants do when they compose the whole history, so the
+    incremental epsilon equals `epsilon(history)`. Not thread-safe: one thread updates it.
+    """
+
+    def __init__(self, delta: float, accountant: str = "rdp") -> None:
+        self.delta, self.accountant = delta, accountant
+        self.losses = _RoundLosses(accountant)
+        self.orders = self.losses.orders
+        self.subjects: dict[str, _Subject] = {}
+        # Composed totals by history: subjects with the same rounds (e.g. equal partitions, equal
+        # participation) share one composition. Bounded, since a PLD total can be megabytes.
+        self._totals: OrderedDict[tuple[tuple[DpRound, int], ...], tuple[Any, bool]] = OrderedDict()
+        self.shared_histories = 256
+
+    def add(self, subject: str, round_: DpRound) -> None:
+        state = self.subjects.setdefault(subject, _Subject())
+        if state.last is not None and state.last.adjacency != round_.adjacency:
+            raise ValueError(f"{subject}: cannot compose rounds under different adjacencies")
+        history = _extended(state.history, round_)
+        if history in self._totals:  # another subject already composed this exact history
+            self._totals.move_to_end(history)
+            state.total, state.private = self._totals[history]
+        else:
+            state.total, state.private = self._compose(state, round_)
+            self._totals[history] = (state.total, state.private)
+            if len(self._totals) > self.shared_histories:
+                self._totals.popitem(last=False)
+        state.history = history
+
+    def _compose(self, state: _Subject, round_: DpRound) -> tuple[Any, bool]:
+        loss = self.losses(round_)
+        if loss is None:
+            return state.total, state.private
+        if isinstance(loss, float):  # math.inf: a round without noise
+            return state.total, False
+        if state.total is None:
+            if self.accountant == "pld":  # dp-accounting's PLDAccountant starts from the identity
+                from dp_accounting.pld import privacy_loss_distribution as pld
+
+                return pld.identity(value_discretization_interval=PLD_DISCRETIZATION).compose(loss), state.private
+            return np.zeros_like(loss) + loss, state.private
+        return (state.total + loss if self.accountant == "rdp" else state.total.compose(loss)), state.private
+
+    def _epsilon(self, total: Any, private: bool) -> float:
+        if not private:
+            return math.inf
+        if total is None:
+            return 0.0
+        if self.accountant == "rdp":
+            from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+            return float(compute_epsilon(self.orders, total, self.delta)[0])
+        return float(total.get_epsilon_for_delta(self.delta))
+
+    def epsilon(self, subject: str) -> float:
+        state = self.subjects.get(subject, _Subject())
+        return self._epsilon(state.total, state.private)
+
+    def projected_epsilon(self, subject: str, round_: DpRound) -> float:
+        """Epsilon after one more `round_`: the subject's state plus one round, nothing recomposed."""
+        return self._epsilon(*self._compose(self.subjects.get(subject, _Subject()), round_))
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: each subject's runs of rounds (replayed in order on load)."""
+        return {subject: [[asdict(r), count] for r, count in s.history] for subject, s in self.subjects.items()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replay a checkpoint's rounds in their order: the same sums as the run that wrote it."""
+        self.subjects = {}
+        for subject, runs in state.items():
+            for round_dict, count in runs:
+                for _ in range(int(count)):
+                    self.add(subject, DpRound(**round_dict))
 
 
 @dataclass(frozen=True)
@@ -76,7 +274,7 @@ class PrivacyReport:
     accountant: str
     granularity: str  # "example-level" | "client-level"
     adjacency: str = "add-or-remove-one"
-    sampling: str = "Poisson (assumed; data is shuffled each epoch)"
+    sampling: str = "poisson"
     noise_multiplier: float = 0.0
     clip_norm: float = 0.0
     steps: int = 0
@@ -84,49 +282,101 @@ class PrivacyReport:
     rounds: int = 0
     subject: str = ""
 
+    @property
+    def unit(self) -> str:
+        return "example" if self.granularity == "example-level" else "client"
+
     def __str__(self) -> str:
         who = f" for {self.subject}" if self.subject else ""
+        sampling = SAMPLING_DESCRIPTIONS.get(self.sampling, self.sampling).format(unit=self.unit)
         return (
             f"{self.granularity} DP{who}: epsilon = {self.epsilon:.3f} at delta = {self.delta:g} "
-            f"({self.accountant.upper()} accountant, {self.adjacency} adjacency, sampling {self.sampling}); "
-            f"noise multiplier {self.noise_multiplier:g}, clip norm {self.clip_norm:g}, "
+            f"({self.accountant.upper()} accountant, unit: one {self.unit}, {self.adjacency} adjacency, "
+            f"sampling {sampling}); noise multiplier {self.noise_multiplier:g}, clip norm {self.clip_norm:g}, "
             f"{self.steps} steps at sampling rate {self.sampling_rate:.4g} over {self.rounds} round(s)"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "unit": self.unit}
 
 
-@dataclass
 class ExampleLevelAccountant:
     """Per client, the DP-SGD rounds it took part in and their epsilon at `delta`.
 
-    An observer of the controller's InvocationFinished events (their `privacy` field). `allows`
-    answers whether a client may train once more without exceeding `target_epsilon`, projecting
-    its next round from its last one, or for a client that has not trained yet from `planned`
-    (its round as the run's settings and its number of examples make it).
+    `planned` is each client's round as the controller makes it (its DP settings, its partition
+    size); `expected_facts` the privacy facts a function must report for it. An observer of the
+    controller's InvocationFinished events: a client's succeeded invocation adds its planned round
+    to its ledger, in a worker thread. `allows` answers whether a client may train once more
+    without exceeding `target_epsilon` (its state plus one planned round). Reads wait for queued
+    work (usually microseconds: events are cached); the event loop awaits `settled()` instead.
     """
 
-    delta: float
-    accountant: str = "rdp"
-    target_epsilon: float | None = None
-    rounds: dict[str, list[DpRound]] = field(default_factory=dict)
-    skipped: dict[int, list[str]] = field(default_factory=dict)
-    planned: dict[str, DpRound] = field(default_factory=dict)
+    def __init__(self, delta: float, accountant: str = "rdp", target_epsilon: float | None = None, *,
+                 expected_facts: dict[str, dict[str, Any]] | None = None) -> None:
+        self.delta, self.accountant, self.target_epsilon = delta, accountant, target_epsilon
+        self.expected_facts = dict(expected_facts or {})
+        self.planned = {client: DpRound.from_facts(facts) for client, facts in self.expected_facts.items()}
+        self.ledger = PrivacyLedger(delta, accountant)
+        self.skipped: dict[int, list[str]] = {}
+        self._epsilon: dict[str, float] = {}
+        self._projected: dict[str, float] = {}
+        self._fresh_projection: dict[DpRound, float] = {}  # clients with no round yet share their projection
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="fedless-accountant")
+        self._pending: Future[Any] | None = None
 
     def __call__(self, event: Any) -> None:
-        privacy = getattr(event, "privacy", None)
-        if getattr(event, "outcome", None) == "succeeded" and privacy:
-            self.rounds.setdefault(event.client_id, []).append(DpRound.from_result(privacy))
+        if getattr(event, "outcome", None) == "succeeded" and event.client_id in self.planned:
+            self._pending = self._worker.submit(self._add, event.client_id)
+
+    def _add(self, client_id: str) -> None:
+        planned = self.planned[client_id]
+        self.ledger.add(client_id, planned)
+        self._epsilon[client_id] = self.ledger.epsilon(client_id)
+        if self.target_epsilon is not None:
+            self._projected[client_id] = self.ledger.projected_epsilon(client_id, planned)
+
+    def check_result(self, client_id: str, result: dict[str, Any]) -> str | None:
+        """Why a result's reported privacy facts cannot be accepted (they differ from the controller's), or None."""
+        expected, claimed = self.expected_facts.get(client_id), result.get("privacy")
+        if expected is None:
+            return f"{client_id} has no DP-SGD round planned (too few examples for its microbatches)"
+        if claimed != expected:
+            return f"its reported privacy facts {claimed} differ from the controller's {expected}"
+        return None
+
+    def settle(self) -> None:
+        """Wait until every queued round is in the ledger."""
+        if self._pending is not None:
+            self._pending.result()
+
+    async def settled(self) -> None:
+        """`settle` for the event loop: waits without blocking it."""
+        await asyncio.wrap_future(self._worker.submit(lambda: None))
+
+    async def round_metrics_async(self, round_number: int) -> dict[str, float]:
+        await self.settled()
+        return self.round_metrics(round_number)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
 
     def epsilon(self, client_id: str) -> float:
-        return epsilon(self.rounds.get(client_id, []), self.delta, self.accountant)
+        self.settle()
+        return self._epsilon.get(client_id, 0.0)
 
     def projected_epsilon(self, client_id: str) -> float | None:
-        """Epsilon after one more round like its last (or its planned one); None when neither is known."""
-        past = self.rounds.get(client_id, [])
-        upcoming = past[-1] if past else self.planned.get(client_id)
-        return None if upcoming is None else epsilon([*past, upcoming], self.delta, self.accountant)
+        """Epsilon after one more planned round; None when the client has no planned round."""
+        self.settle()
+        if client_id in self._projected:
+            return self._projected[client_id]
+        planned = self.planned.get(client_id)
+        if planned is None:
+            return None
+        if client_id in self.ledger.subjects:
+            return self.ledger.projected_epsilon(client_id, planned)
+        if planned not in self._fresh_projection:
+            self._fresh_projection[planned] = self.ledger.projected_epsilon(client_id, planned)
+        return self._fresh_projection[planned]
 
     def allows(self, client_id: str) -> bool:
         if self.target_epsilon is None:
@@ -136,24 +386,40 @@ class ExampleLevelAccountant:
 
     def round_metrics(self, round_number: int) -> dict[str, float]:
         """The run's worst-case and mean epsilon so far, for the history's "privacy" scope."""
-        values = [self.epsilon(client_id) for client_id in self.rounds]
+        self.settle()
+        values = list(self._epsilon.values())
         metrics = {"epsilon_max": max(values), "epsilon_mean": sum(values) / len(values)} if values else {}
         metrics["delta"] = self.delta
         metrics["clients_skipped"] = float(len(self.skipped.get(round_number, [])))
         return metrics
 
     def report(self, client_id: str) -> PrivacyReport:
-        past = self.rounds.get(client_id, [])
-        last = past[-1] if past else DpRound(0, 0.0, 0.0)
+        self.settle()
+        subject = self.ledger.subjects.get(client_id)
+        last = (subject.last if subject else None) or self.planned.get(client_id) or DpRound(0, 0.0, 0.0)
         return PrivacyReport(
             epsilon=self.epsilon(client_id), delta=self.delta, accountant=self.accountant,
-            granularity="example-level", noise_multiplier=last.noise_multiplier, clip_norm=last.l2_norm_clip,
-            steps=sum(r.steps for r in past), sampling_rate=last.sampling_rate, rounds=len(past),
-            subject=f"the examples of {client_id}",
+            granularity="example-level", adjacency=last.adjacency, sampling=last.sampling,
+            noise_multiplier=last.noise_multiplier, clip_norm=last.l2_norm_clip,
+            steps=subject.steps if subject else 0, sampling_rate=last.sampling_rate,
+            rounds=subject.rounds if subject else 0, subject=f"the examples of {client_id}",
         )
 
     def worst_case(self) -> PrivacyReport | None:
         """The report of the client with the largest epsilon (the run's guarantee for every example)."""
-        if not self.rounds:
+        self.settle()
+        if not self.ledger.subjects:
             return None
-        return max((self.report(client_id) for client_id in self.rounds), key=lambda report: report.epsilon)
+        return self.report(max(self.ledger.subjects, key=lambda client_id: self._epsilon[client_id]))
+
+    def state(self) -> dict[str, Any]:
+        self.settle()
+        return {"ledger": self.ledger.state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.settle()
+        self.ledger.load_state(state.get("ledger", {}))
+        for client_id in self.ledger.subjects:
+            self._epsilon[client_id] = self.ledger.epsilon(client_id)
+            if self.target_epsilon is not None and client_id in self.planned:
+                self._projected[client_id] = self.ledger.projected_epsilon(client_id, self.planned[client_id])

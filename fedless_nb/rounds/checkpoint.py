@@ -2,7 +2,8 @@
 
 The global weights of each round are already in the store (store/keys.py); the checkpoint adds
 what else the next round needs: the last finished round, the strategy's own state (momenta,
-control variates; arrays allowed) and the per-round metrics so far. It is written after the
+control variates; arrays allowed), the per-round metrics so far and the state of observers that
+need it to continue exactly (the privacy accountant's ledger). It is written after the
 round is in the history, so a crash between the two makes the resumed run redo that round, and
 the history's idempotent round writes keep it counted once.
 """
@@ -27,6 +28,7 @@ class Checkpoint:
     round: int
     strategy_state: dict[str, Any] = field(default_factory=dict)
     round_metrics: list[dict[str, float]] = field(default_factory=list)
+    observer_state: dict[str, Any] = field(default_factory=dict)
 
 
 def _to_json(value: Any) -> Any:
@@ -47,7 +49,8 @@ def _from_json(value: dict[str, Any]) -> Any:
 
 
 def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
-    data = {"round": checkpoint.round, "strategy_state": checkpoint.strategy_state, "round_metrics": checkpoint.round_metrics}
+    data = {"round": checkpoint.round, "strategy_state": checkpoint.strategy_state,
+            "round_metrics": checkpoint.round_metrics, "observer_state": checkpoint.observer_state}
     return json.dumps(data, default=_to_json).encode()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import time
 import zlib
@@ -127,8 +128,14 @@ class Controller:
         self._stop_requested = False
         self.resumed_round = 0  # the checkpointed round a resumed run continues after
         self.round_metrics: list[dict[str, float]] = []
-        # Sources of a round's "privacy" figures (the example-level accountant); called as source(round).
-        self.privacy_sources: list[Callable[[int], dict[str, float]]] = []
+        # Sources of a round's "privacy" figures (the example-level accountant); called as source(round),
+        # returning the figures or an awaitable of them (work done off the event loop).
+        self.privacy_sources: list[Callable[[int], Any]] = []
+        # Checks of a result against the controller's own facts (e.g. the accountant's privacy facts):
+        # check(client_id, result) -> why it is rejected, or None.
+        self.result_checks: list[Callable[[str, dict[str, Any]], str | None]] = []
+        # Observers whose state the checkpoint keeps (name -> object with state() and load_state(state)).
+        self.checkpointed: dict[str, Any] = {}
 
     def subscribe(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -144,10 +151,25 @@ class Controller:
         try:
             return observer(argument)
         except Exception:
-            name = _observer_name(observer)
-            if name not in self.observer_errors:
-                log.exception("observer %s failed on %s; the run goes on without it", name, type(argument).__name__)
-            self.observer_errors[name] = self.observer_errors.get(name, 0) + 1
+            self._observer_failed(observer, argument)
+            return None
+
+    def _observer_failed(self, observer: Callable[[Any], Any], argument: Any) -> None:
+        name = _observer_name(observer)
+        if name not in self.observer_errors:
+            log.exception("observer %s failed on %s; the run goes on without it", name, type(argument).__name__)
+        self.observer_errors[name] = self.observer_errors.get(name, 0) + 1
+
+    async def _observed_figures(self, source: Callable[[int], Any], round_number: int) -> Any:
+        """A privacy source's figures for the round (awaited when it computes them off the event loop), or
+        None when it fails (logged once per source, counted), like any observer."""
+        figures = self._observed(source, round_number)
+        if not inspect.isawaitable(figures):
+            return figures
+        try:
+            return await figures
+        except Exception:
+            self._observer_failed(source, round_number)
             return None
 
     def request_stop(self) -> None:
@@ -194,6 +216,8 @@ class Controller:
         else:
             self.strategy.load_state(resume.strategy_state)
             self.round_metrics = list(resume.round_metrics)
+            for name, observer in self.checkpointed.items():
+                observer.load_state(resume.observer_state.get(name, {}))
         self._update_limit = 2 * len(encode_arrays(weights)) + 2**16
         self.resumed_round = resume.round if resume else 0
         self.emit(RunStarted(
@@ -266,12 +290,13 @@ class Controller:
         self.round_metrics.append(eval_metrics)
         privacy = dict(self.strategy.round_metrics())
         for source in self.privacy_sources:
-            privacy.update(self._observed(source, round_number) or {})
+            privacy.update(await self._observed_figures(source, round_number) or {})
         self.emit(RoundFinished(
             self.run_id, round_number, started, time.time(), selected, len(updates),
             selected - len(updates), eval_metrics, weighted_metrics(updates), privacy,
         ))
-        checkpoint = Checkpoint(round_number, self.strategy.state(), self.round_metrics)
+        checkpoint = Checkpoint(round_number, self.strategy.state(), self.round_metrics,
+                                {name: observer.state() for name, observer in self.checkpointed.items()})
         await self.store.aput(checkpoint_key(self.run_id), encode_checkpoint(checkpoint))
 
     async def collect(
@@ -353,6 +378,10 @@ class Controller:
                                                                                       client.client_id))
         if problem := self._privacy_problem(result, client):
             raise InvocationError(problem, "invalid")
+        facts = result.model_dump()
+        for check in self.result_checks:
+            if problem := check(client.client_id, facts):
+                raise InvocationError(problem, "rejected")
         arrays = decode_arrays(data)
         if problem := update_problem(arrays, weights):
             raise InvocationError(problem, "rejected")
@@ -385,4 +414,3 @@ class Controller:
             self.run_id, round_number, client.client_id, client.provider, outcome, started, time.time(),
             error=str(error), cause=error.cause, stage=stage,
         ))
-

@@ -40,6 +40,18 @@ class RandomSelection(SelectionPolicy):
         return [client_ids[index] for index in sorted(chosen)]
 
 
+class PoissonSelection(SelectionPolicy):
+    """Each client joins a round independently with probability `rate` (seeded per round), so round
+    sizes vary and may be zero: the sampling central DP's Poisson accountant assumes. `count` is ignored."""
+
+    def __init__(self, rate: float, seed: int = 0) -> None:
+        self.rate, self.seed = rate, seed
+
+    def select(self, round_number: int, client_ids: Sequence[str], count: int) -> list[str]:
+        rng = np.random.default_rng([self.seed, round_number, 1])
+        return [client_id for client_id, draw in zip(client_ids, rng.random(len(client_ids))) if draw < self.rate]
+
+
 @dataclass
 class _ClientRecord:
     invocations: int = 0

@@ -36,9 +36,9 @@ class SynchronousRounds:
         while True:
             runs += 1
             started, selected, updates = await self.invoke_round(round_number, weights)
-            if check_quorum(round_number, len(updates), len(selected), controller.plan.policy, runs):
+            if not selected or check_quorum(round_number, len(updates), len(selected), controller.plan.policy, runs):
                 break
-        if updates:
+        if updates or not selected:  # a Poisson-sampled empty round still aggregates (central DP's noise)
             weights = controller.strategy.aggregate(round_number, weights, updates)
         await controller.publish(round_number, weights, started, len(selected), updates)
         return weights

@@ -15,20 +15,21 @@ from .fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from .fednova import FedNova
 from .fedprox import FedProx
 from .options import StrategyOptionError
-from .robust import FedMedian, Krum, TrimmedMean
+from .robust import Bulyan, FedMedian, Krum, TrimmedMean
 from .scaffold import Scaffold
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     strategy.name: strategy
-    for strategy in (FedAvg, FedProx, FedNova, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, Scaffold)
+    for strategy in (FedAvg, FedProx, FedNova, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, Bulyan,
+                     Scaffold)
 }
 
 # The strategies that need only the sum of the updates: they work under secure aggregation, which hides the rest.
 SUM_ONLY_STRATEGIES = CENTRAL_DP_STRATEGIES
 
 __all__ = [
-    "STRATEGIES", "SUM_ONLY_STRATEGIES", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedNova",
-    "FedProx", "FedYogi",
+    "STRATEGIES", "SUM_ONLY_STRATEGIES", "Bulyan", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedMedian",
+    "FedNova", "FedProx", "FedYogi",
     "Krum", "RunContext", "Scaffold", "Strategy", "StrategyOptionError", "TrimmedMean", "Weights", "fedavg",
     "make_strategy",
 ]

@@ -2,9 +2,10 @@
 
 Each function takes lists of layers (a model is a list of numpy arrays) and returns new
 arrays; server-side optimizer state goes in and comes out explicitly, so a strategy class
-only keeps it between rounds. Where Flower has the same rule, these follow its definitions
-(adap/flower, src/py/flwr/server/strategy/{aggregate,fedavgm,fedadam,fedyogi,fedadagrad}.py)
-and tests/test_aggregate.py checks them against transcriptions of that code.
+only keeps it between rounds. Where Flower has the same rule, these follow its definitions as of
+Flower 1.13 (adap/flower, src/py/flwr/server/strategy/{aggregate,fedavgm,fedadam,fedyogi,fedadagrad}.py:
+FedAdam with its bias-corrected server learning rate, Bulyan with Krum as its selection rule), and
+tests/test_aggregate.py checks them against restatements of that code (tests/flower_reference.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .fedavg import fedavg
 Layers = list[np.ndarray]
 
 __all__ = [
-    "fedavg", "fedavgm", "fedopt", "median", "trimmed_mean", "krum", "scaffold_controls",
+    "fedavg", "fedavgm", "fedopt", "median", "trimmed_mean", "krum", "bulyan", "scaffold_controls",
     "subtract", "add_scaled", "global_norm", "clip_to_norm", "staleness_weight", "fedbuff", "fednova",
     "local_solver_norm",
 ]
@@ -63,11 +64,14 @@ def fedavgm(
 def fedopt(
     kind: str, current: Sequence[np.ndarray], average: Sequence[np.ndarray],
     m: Layers | None, v: Layers | None, *, eta: float, beta_1: float, beta_2: float, tau: float,
+    bias_corrected_round: int | None = None,
 ) -> tuple[Layers, Layers, Layers]:
     """One server step of FedAdam, FedYogi or FedAdagrad (Reddi et al. 2021, Algorithm 2).
 
     delta = average - current; m = beta_1 m + (1 - beta_1) delta; v by the method's rule;
-    new = current + eta m / (sqrt(v) + tau). Returns (new model, m, v).
+    new = current + eta_t m / (sqrt(v) + tau). Returns (new model, m, v). eta_t = eta (Reddi et al.),
+    or with `bias_corrected_round` r Adam's bias-corrected rate as Flower 1.13+ computes it:
+    eta sqrt(1 - beta_2^(r+1)) / (1 - beta_1^(r+1)) (Kingma & Ba, the line before Sec. 2.1).
     """
     delta = subtract(average, current)
     m = [np.zeros_like(d) for d in delta] if m is None else m
@@ -81,6 +85,9 @@ def fedopt(
         v = [x + d * d for x, d in zip(v, delta)]
     else:
         raise ValueError(f"unknown server optimizer {kind!r}: choose adam, yogi or adagrad")
+    if bias_corrected_round is not None:
+        eta = eta * np.sqrt(1 - np.power(beta_2, bias_corrected_round + 1.0)) / (
+            1 - np.power(beta_1, bias_corrected_round + 1.0))
     new = [(np.asarray(x) + eta * y / (np.sqrt(z) + tau)).astype(np.asarray(x).dtype, copy=False)
            for x, y, z in zip(current, m, v)]
     return new, m, v
@@ -128,6 +135,31 @@ def krum(
         kept = order[:to_keep]
         return fedavg([updates[i] for i in kept], [num_examples[i] for i in kept]), kept
     return [np.array(layer) for layer in updates[order[0]]], order[:1]
+
+
+def bulyan(updates: Sequence[Sequence[np.ndarray]], num_malicious: int) -> tuple[Layers, list[int]]:
+    """Bulyan (El Mhamdi et al. 2018) with Krum as its selection rule, as Flower 1.13's aggregate_bulyan.
+
+    Needs n >= 4f + 3 models. Krum picks theta = n - 2f models one at a time (each pick leaves the
+    pool; Krum scores within what is left); then, per coordinate, the mean of the beta = theta - 2f
+    selected values closest to their median. Returns the result and the indices selected.
+    """
+    n = len(updates)
+    if n < 4 * num_malicious + 3:
+        raise ValueError(f"bulyan needs at least 4 * num_malicious + 3 = {4 * num_malicious + 3} updates, got {n}")
+    theta = n - 2 * num_malicious
+    beta = theta - 2 * num_malicious
+    remaining, selected = list(range(n)), []
+    for _ in range(theta):
+        _, (best,) = krum([updates[i] for i in remaining], [1] * len(remaining), num_malicious)
+        selected.append(remaining.pop(best))
+    result = []
+    for layers in zip(*(updates[i] for i in selected)):
+        stacked = np.stack(layers)
+        distance = np.abs(stacked - np.median(stacked, axis=0))
+        closest = np.take_along_axis(stacked, np.argsort(distance, axis=0, kind="stable")[:beta], axis=0)
+        result.append(np.mean(closest, axis=0).astype(layers[0].dtype, copy=False))
+    return result, selected
 
 
 def scaffold_controls(

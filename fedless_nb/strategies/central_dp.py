@@ -7,8 +7,14 @@ expected number of clients per round. The noised average goes to the wrapped str
 update, so FedAvgM / FedAdam / FedYogi / FedAdagrad run their server optimizer on it
 (post-processing keeps the guarantee). With adaptive clipping C follows the `target_quantile` of the
 update norms through a noised count of unclipped updates; the noise is split so the whole round
-still has noise multiplier z (Andrew et al., Sec. 3.1). The client-level accountant composes one
-Poisson-subsampled Gaussian per round at sampling rate clients_per_round / clients.
+still has noise multiplier z (Andrew et al., Sec. 3.1).
+
+The client-level accountant accounts the selection that actually runs (`sampling`): "poisson" (the
+controller's PoissonSelection takes each client with probability q = clients_per_round / clients,
+so round sizes vary and an empty round still adds its noise) as a Poisson-subsampled Gaussian per
+round under add-or-remove-one adjacency; "fixed" (exactly clients_per_round clients drawn uniformly)
+as sampling without replacement under replace-one adjacency, where one client's change moves the
+clipped sum by up to 2C (RDP accountant only). One incremental ledger (privacy/accounting.py).
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..privacy.accounting import DpRound, PrivacyReport, epsilon
+from ..privacy.accounting import DpRound, PrivacyLedger, PrivacyReport
 from .aggregate import add_scaled, clip_to_norm, subtract
 from .base import ClientUpdate, RunContext, Strategy, Weights
 from .options import require
 
 CENTRAL_DP_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+CLIENT_SAMPLINGS = ("poisson", "fixed")
 
 
 def clipped_noised_mean(
@@ -74,7 +81,7 @@ class CentralDP(Strategy):
     def __init__(
         self, inner: Strategy, *, noise_multiplier: float, clip_norm: float, adaptive: bool = False,
         target_quantile: float = 0.5, clip_learning_rate: float = 0.2, clipped_count_stddev: float | None = None,
-        delta: float = 1e-5, accountant: str = "rdp", seed: int = 0,
+        delta: float = 1e-5, accountant: str = "rdp", seed: int = 0, sampling: str = "poisson",
     ) -> None:
         require(noise_multiplier >= 0, "noise_multiplier", f"must be >= 0, got {noise_multiplier}")
         require(clip_norm > 0, "clip_norm", f"must be > 0, got {clip_norm}")
@@ -82,13 +89,17 @@ class CentralDP(Strategy):
         self.noise_multiplier, self.clip_norm, self.adaptive = float(noise_multiplier), float(clip_norm), adaptive
         self.target_quantile, self.clip_learning_rate = target_quantile, clip_learning_rate
         self.clipped_count_stddev, self.delta, self.accountant, self.seed = clipped_count_stddev, delta, accountant, seed
+        require(sampling in CLIENT_SAMPLINGS, "sampling", f"must be one of {', '.join(CLIENT_SAMPLINGS)}, got {sampling!r}")
+        self.sampling, self.population = sampling, 1
         self.sampling_rate, self.expected_clients, self.rounds = 1.0, 1, 0
+        self.ledger = PrivacyLedger(delta, accountant)
         self.last: dict[str, float] = {}
 
     def bind(self, context: RunContext) -> None:
         self.inner.bind(context)
         self.expected_clients = context.clients_per_round
         self.sampling_rate = context.clients_per_round / context.clients
+        self.population = context.clients
         if self.adaptive and self.clipped_count_stddev is None:
             # Andrew et al. suggest expected clients / 20; small cohorts need more to leave the updates noise.
             self.clipped_count_stddev = max(context.clients_per_round / 20, self.noise_multiplier)
@@ -113,9 +124,9 @@ class CentralDP(Strategy):
         if self.adaptive:
             self.clip_norm = adapted_clip_norm(used, norms, self.target_quantile, self.clip_learning_rate,
                                                float(self.clipped_count_stddev or 0.0), rng)
-        self.rounds += 1
+        self._account_round()
         self.last = {"central_epsilon": self.epsilon(), "central_clip_norm": used,
-                     "central_unclipped_fraction": sum(n <= used for n in norms) / len(norms)}
+                     "central_unclipped_fraction": sum(n <= used for n in norms) / max(1, len(norms))}
         return self.inner.aggregate(round_number, current, [ClientUpdate("central-dp", average, 1)])
 
     def aggregate_sum(self, round_number: int, current: Weights, clipped_sum: Weights) -> Weights:
@@ -124,12 +135,21 @@ class CentralDP(Strategy):
         rng = np.random.default_rng([self.seed, round_number])
         average = noised_mean(current, clipped_sum, self.update_noise_multiplier * self.clip_norm,
                               self.expected_clients, rng)
-        self.rounds += 1
+        self._account_round()
         self.last = {"central_epsilon": self.epsilon(), "central_clip_norm": self.clip_norm}
         return self.inner.aggregate(round_number, current, [ClientUpdate("central-dp", average, 1)])
 
+    def dp_round(self) -> DpRound:
+        """One round of this mechanism as the accountant sees it (one step over the clients)."""
+        return DpRound(1, self.sampling_rate, self.noise_multiplier,
+                       sampling="poisson" if self.sampling == "poisson" else "shuffle", population=self.population)
+
+    def _account_round(self) -> None:
+        self.rounds += 1
+        self.ledger.add("run", self.dp_round())
+
     def epsilon(self) -> float:
-        return epsilon([DpRound(self.rounds, self.sampling_rate, self.noise_multiplier)], self.delta, self.accountant)
+        return self.ledger.epsilon("run")
 
     def round_metrics(self) -> dict[str, float]:
         return {**self.inner.round_metrics(), **self.last}
@@ -137,7 +157,7 @@ class CentralDP(Strategy):
     def report(self) -> PrivacyReport:
         return PrivacyReport(
             epsilon=self.epsilon(), delta=self.delta, accountant=self.accountant, granularity="client-level",
-            sampling="Poisson (assumed; clients are sampled uniformly, a fixed number per round)",
+            sampling=self.sampling, adjacency=self.dp_round().adjacency,
             noise_multiplier=self.noise_multiplier, clip_norm=self.clip_norm, steps=self.rounds,
             sampling_rate=self.sampling_rate, rounds=self.rounds, subject="every client's whole dataset",
         )
@@ -147,4 +167,7 @@ class CentralDP(Strategy):
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.inner.load_state(state.get("inner", {}))
-        self.clip_norm, self.rounds = state.get("clip_norm", self.clip_norm), state.get("rounds", self.rounds)
+        self.clip_norm = state.get("clip_norm", self.clip_norm)
+        self.rounds, self.ledger = 0, PrivacyLedger(self.delta, self.accountant)
+        for _ in range(int(state.get("rounds", 0))):
+            self._account_round()

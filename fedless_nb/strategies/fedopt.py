@@ -1,5 +1,6 @@
 """Server-side optimizers over the FedAvg pseudo-gradient: FedAvgM (Hsu et al. 2019) and
-FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021). The arithmetic is in aggregate.py."""
+FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021), with Flower 1.13's defaults and FedAdam's
+bias-corrected server learning rate. The arithmetic is in aggregate.py."""
 
 from __future__ import annotations
 
@@ -51,9 +52,12 @@ class _FedOpt(Strategy):
         self.m: Weights | None = None
         self.v: Weights | None = None
 
+    bias_correction = False
+
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         weights, self.m, self.v = fedopt(self.kind, current, _average(updates), self.m, self.v,
-                                         eta=self.eta, beta_1=self.beta_1, beta_2=self.beta_2, tau=self.tau)
+                                         eta=self.eta, beta_1=self.beta_1, beta_2=self.beta_2, tau=self.tau,
+                                         bias_corrected_round=round_number if self.bias_correction else None)
         return weights
 
     def state(self) -> dict[str, Any]:
@@ -64,7 +68,16 @@ class _FedOpt(Strategy):
 
 
 class FedAdam(_FedOpt):
+    """`bias_correction` (default on, as Flower 1.13+ and Adam itself): the server learning rate is
+    eta sqrt(1 - beta_2^(t+1)) / (1 - beta_1^(t+1)) in round t; off: Reddi et al.'s constant eta."""
+
     name, kind = "fedadam", "adam"
+
+    def __init__(self, eta: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.99, tau: float = 1e-9,
+                 bias_correction: bool = True) -> None:
+        super().__init__(eta, beta_1, beta_2, tau)
+        require(isinstance(bias_correction, bool), "bias_correction", f"must be true or false, got {bias_correction!r}")
+        self.bias_correction = bias_correction
 
 
 class FedYogi(_FedOpt):

@@ -1,10 +1,11 @@
-"""Byzantine-robust aggregation: FedMedian, trimmed mean (Yin et al. 2018), Krum / Multi-Krum (Blanchard et al. 2017)."""
+"""Byzantine-robust aggregation: FedMedian, trimmed mean (Yin et al. 2018), Krum / Multi-Krum (Blanchard et al. 2017),
+Bulyan (El Mhamdi et al. 2018)."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from .aggregate import krum, median, trimmed_mean
+from .aggregate import bulyan, krum, median, trimmed_mean
 from .base import ClientUpdate, Strategy, Weights
 from .options import require
 
@@ -44,4 +45,20 @@ class Krum(Strategy):
         weights, kept = krum([u.weights for u in updates], [u.num_examples for u in updates],
                              self.num_malicious, min(self.to_keep, len(updates)))
         self.selected = [updates[i].client_id for i in kept]
+        return weights
+
+
+class Bulyan(Strategy):
+    """`num_malicious`: the f clients to tolerate; a round needs at least 4f + 3 updates (Flower's rule)."""
+
+    name = "bulyan"
+
+    def __init__(self, num_malicious: int = 0) -> None:
+        require(isinstance(num_malicious, int) and num_malicious >= 0, "num_malicious", f"must be an int >= 0, got {num_malicious!r}")
+        self.num_malicious = num_malicious
+        self.selected: list[str] = []
+
+    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+        weights, selected = bulyan([u.weights for u in updates], self.num_malicious)
+        self.selected = [updates[i].client_id for i in selected]
         return weights

@@ -1,0 +1,82 @@
+"""An empirical privacy audit: how well can an attacker tell a client's training examples from
+held-out ones, given the final model? (membership inference)
+
+Built after tensorflow-privacy's privacy_tests.membership_inference_attack (Shokri et al. 2017;
+Yeom et al. 2018), on scikit-learn rather than on that module: tensorflow-privacy 0.9.0's wheel
+does not ship privacy_tests, and the release that does requires Keras 3. Two attacks, each
+reported as the ROC AUC of telling members from non-members (0.5: no better than a coin):
+  loss threshold  the attacker's score is the negative per-example loss (Yeom et al.)
+  trained         a logistic regression on (loss, top probability, entropy, correct), trained on
+                  half of a balanced member / non-member sample and scored on the other half
+An AUC is evidence of leakage (or of its absence against these attacks), never a proof of
+privacy: epsilon is the guarantee.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MembershipAudit:
+    loss_threshold_auc: float
+    trained_attack_auc: float
+    members: int
+    non_members: int
+
+    @property
+    def auc(self) -> float:
+        """The stronger attack's AUC (tensorflow-privacy reports the maximum over its attacks)."""
+        return max(self.loss_threshold_auc, self.trained_attack_auc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "auc": self.auc}
+
+
+def _attack_features(model: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per example: loss, top probability, entropy and whether the prediction is right."""
+    probabilities = np.clip(np.asarray(model.predict(x, batch_size=1024, verbose=0), np.float64), 1e-12, 1.0)
+    truth = probabilities[np.arange(len(y)), np.asarray(y, np.int64).ravel()]
+    entropy = -np.sum(probabilities * np.log(probabilities), axis=1)
+    correct = (np.argmax(probabilities, axis=1) == np.asarray(y).ravel()).astype(np.float64)
+    return np.column_stack([-np.log(truth), probabilities.max(axis=1), entropy, correct])
+
+
+def membership_audit(model: Any, members: tuple[np.ndarray, np.ndarray], non_members: tuple[np.ndarray, np.ndarray],
+                     seed: int = 0) -> MembershipAudit:
+    """Both attacks against `model` (a Keras classifier with softmax outputs) on a balanced sample:
+    as many non-members as members, drawn under `seed`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    count = min(len(members[0]), len(non_members[0]))
+    if count < 4:
+        raise ValueError(f"a membership audit needs at least 4 members and non-members, got {count}")
+    take_in, take_out = rng.choice(len(members[0]), count, replace=False), rng.choice(len(non_members[0]), count, replace=False)
+    features = np.vstack([_attack_features(model, members[0][take_in], members[1][take_in]),
+                          _attack_features(model, non_members[0][take_out], non_members[1][take_out])])
+    labels = np.r_[np.ones(count), np.zeros(count)]
+    loss_auc = float(roc_auc_score(labels, -features[:, 0]))
+    train_x, test_x, train_y, test_y = train_test_split(features, labels, test_size=0.5, stratify=labels, random_state=seed)
+    attack = make_pipeline(StandardScaler(), LogisticRegression()).fit(train_x, train_y)
+    trained_auc = float(roc_auc_score(test_y, attack.predict_proba(test_x)[:, 1]))
+    return MembershipAudit(loss_auc, trained_auc, count, count)
+
+
+def audit_run(result: Any, client_id: str = "client-0000", seed: int = 0) -> MembershipAudit:
+    """Audit a finished run's final model against `client_id`'s training data vs the held-out test split."""
+    from ..data import load_dataset
+    from ..runner import client_partition
+
+    config = result.config
+    dataset = load_dataset(config.data.dataset, **config.data.options)
+    indices = client_partition(config, dataset, client_id)
+    return membership_audit(result.model(), (dataset.x_train[indices], dataset.y_train[indices]),
+                            (dataset.x_test, dataset.y_test), seed)
