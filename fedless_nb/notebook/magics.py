@@ -7,7 +7,7 @@ Adding a magic is one more method here with its own @magic_arguments.
 
 from __future__ import annotations
 
-import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -70,12 +70,10 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _require_running_loop() -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise UsageError("--background needs a running event loop, as in a Jupyter kernel; "
-                         "in a terminal IPython, leave --background out") from None
+def run_labels(names: dict[str, str]) -> dict[str, str]:
+    """Each run's name, with the end of its id where two runs share a name."""
+    counts = collections.Counter(names.values())
+    return {run_id: name if counts[name] == 1 else f"{name} ({run_id.rsplit('-', 1)[-1]})" for run_id, name in names.items()}
 
 
 @magics_class
@@ -120,7 +118,7 @@ class FedlessMagics(Magics):
     @argument("--history", help="SQLite history file (default: FedlessMagics.history)")
     @argument("--dashboard", choices=DASHBOARD_MODES, help="default: FedlessMagics.dashboard")
     @argument("--background", action="store_true",
-              help="run on the kernel's event loop and return at once; %%fedless_stop ends it")
+              help="return at once while the run trains on the kernel's run thread; %%fedless_stop ends it")
     @line_cell_magic
     @user_errors
     def fedless_train(self, line: str, cell: str | None = None) -> Any:
@@ -129,8 +127,6 @@ class FedlessMagics(Magics):
         args = parse_argstring(self.fedless_train, line)
         config = self.experiment_config(args, cell)
         model = self._user_model(args.model) if args.model else None
-        if args.background:
-            _require_running_loop()
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell)
         observers = [dashboard] if dashboard is not None else []
         from .execution import BackgroundRun, run_to_end
@@ -229,26 +225,27 @@ class FedlessMagics(Magics):
     @line_magic
     @user_errors
     def fedless_compare(self, line: str) -> Any:
-        """Plot a metric per round of several runs in one chart; returns the values (round x run) as a DataFrame."""
+        """Plot a metric per round of several runs in one chart, each named by its run's name; returns the
+        values (round x run name) as a DataFrame."""
         import pandas as pd
-        from IPython.display import SVG, display
+        from IPython.display import Image, display
 
-        from .chart import line_chart
+        from .record import compare_figure, figure_png
 
         args = parse_argstring(self.fedless_compare, line)
         column = f"eval_{args.metric}"
-        series: dict[str, list[tuple[float, float]]] = {}
+        runs: dict[str, tuple[str, list[tuple[float, float]]]] = {}
         with self._history(args.history) as history:
             for run_id in args.run_id:
-                history.run(run_id)
-                series[run_id] = [(row["round"], row[column]) for row in history.rounds(run_id) if column in row]
-        missing = [run_id for run_id, points in series.items() if not points]
+                name = history.run(run_id)["name"]
+                runs[run_id] = (name, [(row["round"], row[column]) for row in history.rounds(run_id) if column in row])
+        missing = [run_id for run_id, (_, points) in runs.items() if not points]
         if missing:
             raise UsageError(f"run {missing[0]} has no {args.metric!r} recorded; choose --metric from its eval metrics")
-        accuracy = args.metric == "accuracy"
-        display(SVG(line_chart(series, title=f"test {args.metric} per round", y_label=args.metric,
-                               y_range=(0.0, 1.0) if accuracy else None, width=640, height=320)))
-        frame = pd.DataFrame({run_id: dict(points) for run_id, points in series.items()})
+        labels = run_labels({run_id: name for run_id, (name, _) in runs.items()})
+        series = {labels[run_id]: points for run_id, (_, points) in runs.items()}
+        display(Image(figure_png(compare_figure(series, args.metric))))
+        frame = pd.DataFrame({label: dict(points) for label, points in series.items()})
         frame.index.name = "round"
         return frame
 
