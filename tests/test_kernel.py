@@ -108,28 +108,35 @@ def widget_states(messages):
 
 
 @pytest.mark.slow
-def test_text_in_batch_execution_and_widgets_in_an_interactive_frontend(kernel):
+def test_text_in_batch_execution_widgets_in_an_interactive_frontend_and_a_lasting_record(kernel):
     def train(allow_stdin):
         reply, messages = kernel.execute(f"run = %fedless_train {TINY} --rounds 2", allow_stdin=allow_stdin)
         assert reply["content"]["status"] == "ok"
         views = [m for m in messages if m["msg_type"] == "display_data"
                  and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]]
+        records = [m for m in messages if m["msg_type"] in ("display_data", "update_display_data")
+                   and "fedless-record" in m["content"]["data"].get("text/html", "")]
         stdout = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
-        return views, widget_states(messages), stdout
+        return views, records, widget_states(messages), stdout
 
-    views, states, stdout = train(allow_stdin=False)  # as nbclient and nbconvert execute
+    views, records, states, stdout = train(allow_stdin=False)  # as nbclient and nbconvert execute
     assert "Round 2/2" in stdout and not views and not states
+    (record,) = records
+    assert record["msg_type"] == "display_data" and "final test accuracy" in record["content"]["data"]["text/plain"]
+    assert "image/png" in record["content"]["data"]
 
-    views, states, stdout = train(allow_stdin=True)  # as JupyterLab and Notebook execute
+    views, records, states, stdout = train(allow_stdin=True)  # as JupyterLab and Notebook execute
     assert len(views) == 1 and "Round 2/2" not in stdout
     assert any(state.get("value") == 2 for state in states), "the progress bar reached the last round"
     assert any(state.get("description") == "Round 2/2" for state in states)
-    assert any("fedless-timeline" in str(state.get("value", "")) for state in states), "the timeline was drawn"
-    assert any("fedless-chart" in str(state.get("value", "")) for state in states), "the charts were drawn"
+    assert any(state.get("_model_name") == "LinesModel" for state in states), "bqplot drew the charts"
+    (record,) = records  # the widgets' output becomes the record, which a saved notebook keeps
+    assert record["msg_type"] == "update_display_data"
+    assert record["content"]["transient"]["display_id"] == views[0]["content"]["transient"]["display_id"]
 
     kernel.open_widget_control_comm()  # a widget manager restoring the kernel's widgets (ipywidgets is loaded now)
-    views, states, stdout = train(allow_stdin=False)
-    assert len(views) == 1 and "Round 2/2" not in stdout
+    views, records, states, stdout = train(allow_stdin=False)
+    assert len(views) == 1 and "Round 2/2" not in stdout and len(records) == 1
 
 
 @pytest.mark.slow
