@@ -205,3 +205,24 @@ def test_ten_runs_in_one_kernel_leave_no_processes_threads_or_growing_memory(ker
     assert first[0] == last[0] == 0, "no worker process outlives its run"
     assert last[1] <= first[1], "no thread outlives its run"
     assert last[2] - first[2] < 64 * 2**20, "resident memory stays at its level after the first run"
+
+
+def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(kernel):
+    kernel.run("from tensorflow import keras\n"
+               "unbuilt = keras.Sequential([keras.layers.Dense(10, activation='softmax')])")
+    for background in ("", "--background"):
+        reply, messages = kernel.execute(f"run = %fedless_train unbuilt {TINY} --dashboard widgets {background}")
+        assert reply["content"]["ename"] == "UsageError"
+        assert reply["content"]["evalue"].startswith("model 'sequential' has no input shape yet")
+        assert not [m for m in messages if m["msg_type"] == "display_data"], "no empty dashboard"
+    assert kernel.workers() == []
+
+    reply, messages = kernel.execute("%fedless_train --clients 4 --learnin-rate 0.1")
+    assert reply["content"]["evalue"] == "unrecognized arguments: --learnin-rate (did you mean --learning-rate?)"
+
+    reply, _ = kernel.execute("%fedless_train?")
+    (page,) = reply["content"]["payload"]
+    help_text = page["data"]["text/plain"]
+    for option, default in (("--clients-per-round", "min(5, clients)"), ("--epochs", "5"), ("--batch-size", "16"),
+                            ("--rounds", "10"), ("--lr", "0.1"), ("--workers", "2"), ("--partition", "iid")):
+        assert option in help_text and f"(default {default})" in help_text, option

@@ -108,6 +108,7 @@ def test_config_sets_the_history_every_magic_uses(shell, caplog):
     ("", "rounds: [1\n", "the cell is not valid YAML at line 2"),
     ("", "- rounds\n", "config: must be a mapping"),
     ("--bogus", None, "unrecognized arguments: --bogus"),
+    ("--learnin-rate 0.1", None, "unrecognized arguments: --learnin-rate (did you mean --learning-rate?)"),
 ])
 def test_bad_input_is_a_one_line_usage_error(shell, capsys, line, cell, message):
     shell.user_ns["number"] = 3

@@ -170,10 +170,25 @@ def _read_keras_npz(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np
         return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
+def _download(name: str, local_copy: str) -> Any:
+    """keras.datasets' `name`.load_data(), which downloads once into ~/.keras/datasets; without a network,
+    one line telling where a copy may go instead of urllib's traceback."""
+    try:
+        return getattr(_keras().datasets, name).load_data()
+    except Exception as error:  # keras wraps urllib's URLError and HTTPError in a bare Exception
+        if not isinstance(error, OSError) and "URL fetch failure" not in str(error):
+            raise
+        raise DatasetError(
+            f"{name} must be downloaded and the download failed (offline?): put {local_copy} anywhere "
+            f"(~/.keras/datasets/ is where keras looks) and pass --set data.options.path=THAT_PATH "
+            f"(in YAML: data: {{options: {{path: THAT_PATH}}}})"
+        ) from None
+
+
 def _load_grayscale_28(name: str, path: str | os.PathLike | None) -> Dataset:
     """MNIST and Fashion-MNIST share one format: keras' loader (or its .npz), 28x28 uint8, 10 classes."""
     if path is None:
-        source = getattr(_keras().datasets, name).load_data()
+        source = _download(name, f"{name}.npz (keys {', '.join(_KERAS_IMAGE_KEYS)})")
     else:
         source = _read_keras_npz(Path(path).expanduser())
     (x_train, y_train), (x_test, y_test) = source
@@ -214,7 +229,8 @@ def _read_cifar_batches(directory: Path) -> tuple[tuple[np.ndarray, Any], tuple[
 @register_dataset("cifar10")
 def load_cifar10(*, path: str | os.PathLike | None = None) -> Dataset:
     """CIFAR-10 through keras.datasets.cifar10, or a local cifar-10-batches-py directory with `path`."""
-    source = _keras().datasets.cifar10.load_data() if path is None else _read_cifar_batches(Path(path).expanduser())
+    source = (_download("cifar10", "the extracted cifar-10-batches-py directory") if path is None
+              else _read_cifar_batches(Path(path).expanduser()))
     (x_train, y_train), (x_test, y_test) = source
     return Dataset("cifar10", _scaled_images(x_train), _labels(y_train),
                    _scaled_images(x_test), _labels(y_test), num_classes=10)

@@ -123,13 +123,14 @@ class WidgetDashboard:
     """Round progress, the latest accuracy, accuracy and loss charts (bqplot), the client timeline and running
     totals, updated in place; when the run ends its display is replaced by the static RunRecord."""
 
-    def __init__(self) -> None:
+    def __init__(self, show: Callable[..., Any] | None = None) -> None:
         import ipywidgets as widgets
 
         from .live_charts import MetricChart, TimelineChart
 
         self.progress = RunProgress()
-        self.handle: Any = None  # the IPython DisplayHandle the widget was shown with, if any
+        self.show = show  # IPython's display: the widgets appear once the run has started, never empty above an error
+        self.handle: Any = None  # the DisplayHandle they were shown with
         self.title = widgets.HTML("<b>fedless_nb</b>: starting")
         self.score = widgets.HTML()
         self.bar = widgets.IntProgress(value=0, min=0, max=1, description="Round 0", bar_style="info",
@@ -146,17 +147,14 @@ class WidgetDashboard:
                                     self.timeline.view, self.totals])
         self.widget.add_class("fedless-dashboard")
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-
     def __call__(self, event: Event) -> None:
         state = self.progress
         state.update(event)
         if isinstance(event, RunStarted):
             self.bar.max = event.rounds
             self._draw_title()
+            if self.show is not None:
+                self.handle = self.show(self.widget, display_id=True)
         elif isinstance(event, RoundStarted):
             self.bar.description = f"Round {event.round}/{state.total_rounds}"
         elif isinstance(event, InvocationFinished):
@@ -213,7 +211,7 @@ def frontend_renders_widgets(shell: Any) -> bool:
 
 
 def make_dashboard(mode: str, shell: Any) -> Callable[[Event], None] | None:
-    """The observer for `mode` (see DASHBOARD_MODES), shown in the current cell; None for "none"."""
+    """The observer for `mode` (see DASHBOARD_MODES), shown in the current cell once the run starts; None for "none"."""
     if mode == "auto":
         mode = "widgets" if frontend_renders_widgets(shell) else "text"
     if mode == "none":
@@ -223,6 +221,4 @@ def make_dashboard(mode: str, shell: Any) -> Callable[[Event], None] | None:
     if mode == "text":
         return TextDashboard(show_record=display)
 
-    dashboard = WidgetDashboard()
-    dashboard.handle = display(dashboard.widget, display_id=True)
-    return dashboard
+    return WidgetDashboard(show=display)

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..experiment import ExperimentConfig
 from ..records.history import History
 from ..rounds.controller import Controller
-from ..rounds.events import Observer
+from ..rounds.events import Observer, RunStarted
 from ..runner import RunResult, run_experiment_async
 
 
@@ -96,20 +96,16 @@ def _rounds_done(controllers: list[Controller]) -> int:
     return len(controllers[0].round_metrics) if controllers else 0
 
 
-def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], **options: Any) -> RunResult:
-    """Run `config` on the run loop while the cell waits; `options` go to `run_experiment_async`.
-
-    An interrupt (the notebook's stop button, Ctrl-C) cancels the run: its invocations are stopped,
-    the history keeps every finished round and marks the run stopped, and the cell ends with one line.
-    """
-    controllers: list[Controller] = []
-    run = run_loop().submit(run_experiment_async(config, model=model, observers=observers,
-                                                 on_controller=controllers.append, **options))
+def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool]) -> None:
+    """Wait here until `until()` or the run's end; an interrupt (the notebook's stop button, Ctrl-C) cancels the
+    run, waits while it records its end (a second interrupt waits too) and ends the cell with one line."""
     try:
-        return run.future.result()
+        while not until() and not run.future.done():
+            concurrent.futures.wait([run.future], timeout=0.1)
+        return
     except KeyboardInterrupt:
         run.cancel()
-    while True:  # the run records its end before the cell moves on; a second interrupt waits too
+    while True:
         try:
             concurrent.futures.wait([run.future])
             break
@@ -118,25 +114,46 @@ def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observe
     raise RunStopped(f"Run stopped after round {_rounds_done(controllers)}; the history keeps every finished round")
 
 
+def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], **options: Any) -> RunResult:
+    """Run `config` on the run loop while the cell waits; `options` go to `run_experiment_async`.
+    An interrupt stops the run: its invocations are stopped, the history keeps every finished round."""
+    controllers: list[Controller] = []
+    run = run_loop().submit(run_experiment_async(config, model=model, observers=observers,
+                                                 on_controller=controllers.append, **options))
+    _stop_on_interrupt(run, controllers, until=lambda: False)
+    return run.future.result()
+
+
 class BackgroundRun:
-    """A run going on on the kernel's run loop while cells run. `await run` gives its RunResult;
-    `run.stop()` (or `%fedless_stop`) ends it after the current round."""
+    """A run going on on the kernel's run loop while cells run; it is returned once the run has started
+    (its data and model are ready). `await run` gives its RunResult; `run.stop()` (or `%fedless_stop`)
+    ends it after the current round."""
 
     def __init__(self, config: ExperimentConfig, model: Any, observers: Sequence[Observer],
                  on_done: Callable[["BackgroundRun"], None] | None = None, **options: Any) -> None:
         self.config = config
-        self.controller: Controller | None = None
+        self._controllers: list[Controller] = []
         self._stop_requested = False
         self._on_done = on_done
+        started = threading.Event()
+        observers = [lambda event: isinstance(event, RunStarted) and started.set(), *observers]
         self._run = run_loop().submit(run_experiment_async(
             config, model=model, observers=observers, on_controller=self._attach, **options))
         self.future = self._run.future
+        # the cell waits for the start, so a mistake found while preparing (data, model) is its one-line error
+        _stop_on_interrupt(self._run, self._controllers, until=started.is_set)
+        if self.future.done() and not self.future.cancelled() and self.future.exception() is not None:
+            raise self.future.exception()
         self.future.add_done_callback(self._finished)
 
     def _attach(self, controller: Controller) -> None:
-        self.controller = controller
+        self._controllers.append(controller)
         if self._stop_requested:
             controller.request_stop()
+
+    @property
+    def controller(self) -> Controller | None:
+        return self._controllers[0] if self._controllers else None
 
     @property
     def run_id(self) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import difflib
 import functools
 import logging
 import os
@@ -76,6 +77,38 @@ def run_labels(names: dict[str, str]) -> dict[str, str]:
     return {run_id: name if counts[name] == 1 else f"{name} ({run_id.rsplit('-', 1)[-1]})" for run_id, name in names.items()}
 
 
+_SCHEMA_DEFAULTS = ExperimentConfig()  # the dataclass defaults, for the options' help
+
+
+def schema_default(key: str) -> str:
+    """The default of a dotted config key as `%fedless_train?` shows it ("providers.kind": the first provider's)."""
+    value: Any = _SCHEMA_DEFAULTS
+    for part in key.split("."):
+        value = getattr(value[0] if isinstance(value, list) else value, part)
+    return "min(5, clients)" if key == "clients_per_round" and value is None else str(value)
+
+
+def documented(text: str, key: str) -> str:
+    return f"{text} (default {schema_default(key)})"
+
+
+def parse_options(magic: Callable[..., Any], line: str) -> Any:
+    """parse_argstring, with the closest known options named when one is misspelled."""
+    try:
+        return parse_argstring(magic, line)
+    except UsageError as error:
+        message = str(error)
+        if "unrecognized arguments:" not in message:
+            raise
+        known = list(magic.parser._option_string_actions)
+        unknown = message.split("unrecognized arguments:", 1)[1].split()
+        for word in (w for w in unknown if w.startswith("-")):
+            close = difflib.get_close_matches(word.split("=")[0], known, n=2, cutoff=0.6)
+            if close:
+                raise UsageError(f"{message} (did you mean {' or '.join(close)}?)") from None
+        raise
+
+
 @magics_class
 class FedlessMagics(Magics):
     """Federated training from a notebook; see `%fedless_train?`."""
@@ -94,29 +127,33 @@ class FedlessMagics(Magics):
     # %fedless_train ---------------------------------------------------------------------------
     @magic_arguments()
     @argument("model", nargs="?", help="a notebook variable holding a Keras model or a function that builds one "
-                                       "(default: the config's model.builder, mlp)")
+                                       f"(default: the config's model.builder, {schema_default('model.builder')})")
     @argument("--config", help="YAML file of the same schema as `fedless-nb run` (options below override it)")
-    @argument("--name", help="experiment name, the start of the run id")
-    @argument("--seed", type=int)
-    @argument("--clients", type=int, help="number of clients (default 20)")
-    @argument("--clients-per-round", type=int, help="clients selected per round (default 5)")
-    @argument("--rounds", type=int, help="default 10")
-    @argument("--round-deadline", type=float, help="seconds; slower invocations count as failed")
-    @argument("--builder", help="built-in model (mlp, logistic_regression, cnn) or 'module:function'")
-    @argument("--dataset", help="digits, breast_cancer, mnist, ... (default digits)")
-    @argument("--partition", help="iid, dirichlet, shards or natural (default iid)")
-    @argument("--alpha", type=float, help="Dirichlet concentration (smaller is more skewed)")
-    @argument("--epochs", type=int, help="local epochs per round")
-    @argument("--batch-size", type=int)
-    @argument("--optimizer", help="sgd, adam, rmsprop or adagrad")
-    @argument("--lr", "--learning-rate", dest="learning_rate", type=float)
-    @argument("--strategy", help="aggregation strategy (default fedavg)")
-    @argument("--provider", help="provider kind for every client (default local)")
-    @argument("--workers", type=int, help="invocations the provider runs at once")
+    @argument("--name", help=documented("experiment name, the start of the run id", "name"))
+    @argument("--seed", type=int, help=documented("seeds partitions, client sampling and initial weights", "seed"))
+    @argument("--clients", type=int, help=documented("number of clients", "clients"))
+    @argument("--clients-per-round", type=int, help=documented("clients selected per round", "clients_per_round"))
+    @argument("--rounds", type=int, help=documented("federated rounds", "rounds"))
+    @argument("--round-deadline", type=float, help=documented("seconds; slower invocations count as failed",
+                                                              "round_deadline"))
+    @argument("--builder", help=documented("built-in model (mlp, logistic_regression, cnn) or 'module:function'",
+                                           "model.builder"))
+    @argument("--dataset", help=documented("digits, breast_cancer, mnist, fashion_mnist, cifar10, femnist, shakespeare",
+                                           "data.dataset"))
+    @argument("--partition", help=documented("iid, dirichlet, shards or natural", "data.partition"))
+    @argument("--alpha", type=float, help=documented("Dirichlet concentration (smaller is more skewed)", "data.alpha"))
+    @argument("--epochs", type=int, help=documented("local epochs per round", "train.epochs"))
+    @argument("--batch-size", type=int, help=documented("local batch size", "train.batch_size"))
+    @argument("--optimizer", help=documented("sgd, adam, rmsprop or adagrad", "train.optimizer"))
+    @argument("--lr", "--learning-rate", dest="learning_rate", type=float,
+              help=documented("local learning rate", "train.learning_rate"))
+    @argument("--strategy", help=documented("aggregation strategy", "strategy.name"))
+    @argument("--provider", help=documented("provider kind for every client", "providers.kind"))
+    @argument("--workers", type=int, help=documented("invocations the provider runs at once", "providers.workers"))
     @argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
               help="any config key, dotted, with a YAML value: --set train.epochs=2 (repeatable)")
-    @argument("--history", help="SQLite history file (default: FedlessMagics.history)")
-    @argument("--dashboard", choices=DASHBOARD_MODES, help="default: FedlessMagics.dashboard")
+    @argument("--history", help="SQLite history file (default: FedlessMagics.history, fedless_history.db)")
+    @argument("--dashboard", choices=DASHBOARD_MODES, help="default: FedlessMagics.dashboard, auto")
     @argument("--background", action="store_true",
               help="return at once while the run trains on the kernel's run thread; %%fedless_stop ends it")
     @line_cell_magic
@@ -124,7 +161,7 @@ class FedlessMagics(Magics):
     def fedless_train(self, line: str, cell: str | None = None) -> Any:
         """Train a model federated. `run = %fedless_train model --rounds 5` returns the run: run.rounds_frame(),
         run.weights, run.model(). As a cell magic the cell body is a YAML config."""
-        args = parse_argstring(self.fedless_train, line)
+        args = parse_options(self.fedless_train, line)
         config = self.experiment_config(args, cell)
         model = self._user_model(args.model) if args.model else None
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell)
