@@ -165,7 +165,7 @@ def test_background_run_leaves_the_kernel_free_and_stops_after_a_round(kernel, t
     history = History(tmp_path / "fedless_history.db")
     assert history.run(run_id)["status"] == "stopped"
     assert [r["round"] for r in history.rounds(run_id)] == list(range(1, int(rounds) + 1))
-    assert kernel.workers() == []
+    assert len(kernel.workers()) == 1, "the worker stays warm for the next run"
     with pytest.raises(AssertionError, match="no run is going on in the background"):
         kernel.run("%fedless_stop")
 
@@ -188,23 +188,33 @@ def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_p
 
 
 @pytest.mark.slow
-def test_ten_runs_in_one_kernel_leave_no_processes_threads_or_growing_memory(kernel):
+def test_ten_runs_reuse_warm_workers_with_flat_threads_and_memory_and_the_pool_ends_them(kernel, tmp_path):
     kernel.run("import gc")
 
     def train_and_measure():
         assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
         kernel.run("gc.collect()")
         process = psutil.Process(kernel.pid)
-        return len(process.children(recursive=True)), process.num_threads(), process.memory_info().rss
+        return {child.pid for child in process.children(recursive=True)}, process.num_threads(), process.memory_info().rss
 
     first = train_and_measure()
     for _ in range(8):
         train_and_measure()
     last = train_and_measure()
     print(f"after run 1: {first}; after run 10: {last}")
-    assert first[0] == last[0] == 0, "no worker process outlives its run"
+    assert len(first[0]) == 1 and last[0] == first[0], "the one warm worker served every run"
     assert last[1] <= first[1], "no thread outlives its run"
     assert last[2] - first[2] < 64 * 2**20, "resident memory stays at its level after the first run"
+    history = History(tmp_path / "fedless_history.db")
+    runs = sorted(history.runs(), key=lambda run: run["started_at"])
+    colds = [sum(bool(row["cold"]) for row in history.invocations(run["run_id"])) for run in runs]
+    assert colds == [1] + [0] * 9, "only the first run paid a cold start"
+
+    (pid,) = first[0]
+    assert str(pid) in kernel.run("pool = %fedless_pool\nprint(pool.to_string())")
+    assert kernel.run("%fedless_pool --end") == "Stopped 1 warm workers"
+    assert kernel.workers() == []
+    assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
 
 
 def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(kernel):

@@ -1,4 +1,4 @@
-"""IPython magics: %fedless_train, %fedless_stop, %fedless_history, %fedless_compare, %fedless_deploy.
+"""IPython magics: %fedless_train, %fedless_stop, %fedless_pool, %fedless_history, %fedless_compare, %fedless_deploy.
 
 Settings shared by every magic are traitlets, so `%config FedlessMagics.history = "runs.db"`
 (or an ipython_config.py) changes them. A mistake in the input is a one-line UsageError.
@@ -167,12 +167,14 @@ class FedlessMagics(Magics):
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell)
         observers = [dashboard] if dashboard is not None else []
         from .execution import BackgroundRun, run_to_end
+        from .pool import warm_pool
 
+        providers = warm_pool().providers_for(config)
         if args.background:
-            run = BackgroundRun(config, model, observers, on_done=self.background.remove)
+            run = BackgroundRun(config, model, observers, on_done=self.background.remove, providers=providers)
             self.background.append(run)
             return run
-        return run_to_end(config, model, observers)
+        return run_to_end(config, model, observers, providers=providers)
 
     def experiment_config(self, args: Any, cell: str | None) -> ExperimentConfig:
         """The magics' settings, then the config file or cell, then the options, validated as one config."""
@@ -223,6 +225,23 @@ class FedlessMagics(Magics):
             if not args.run_id or run.run_id in args.run_id:
                 run.stop()
                 print(f"Run {run.run_id or '(starting)'} stops after its current round")
+
+    # %fedless_pool ----------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--end", action="store_true", help="stop every warm worker (the next run starts fresh ones)")
+    @line_magic
+    def fedless_pool(self, line: str) -> Any:
+        """The kernel's warm local workers, kept from one run to the next (see notebook/pool.py), as a DataFrame;
+        `--end` stops them. They also end with the kernel."""
+        import pandas as pd
+
+        from .pool import warm_pool
+
+        args = parse_argstring(self.fedless_pool, line)
+        if args.end:
+            print(f"Stopped {warm_pool().end()} warm workers")
+            return None
+        return pd.DataFrame(warm_pool().describe(), columns=["provider", "workers", "timeout", "builder", "worker_pids"])
 
     # %fedless_history, %fedless_compare -------------------------------------------------------
     @contextlib.contextmanager
