@@ -12,7 +12,8 @@ from fedless_nb.notebook.live_charts import whole_ticks
 from fedless_nb.notebook.magics import run_labels
 from fedless_nb.notebook.record import OUTCOME_COLORS, RunRecord, compare_figure, run_figure
 from fedless_nb.notebook.dashboard import (
-    TIMELINE_BARS, RunProgress, TextDashboard, WidgetDashboard, make_dashboard, frontend_renders_widgets,
+    TIMELINE_BARS, CompactDashboard, RunProgress, TextDashboard, WidgetDashboard, make_dashboard,
+    frontend_renders_widgets,
 )
 
 def run_events(rounds=3, clients=("client-0000", "client-0001"), fail_last=True):
@@ -73,6 +74,32 @@ def test_text_dashboard_writes_a_line_per_round_and_a_summary():
     assert lines[1] == "Round 1/3  loss 2.0000  accuracy 0.3000  2/2 ok  4.00s"
     assert lines[3].startswith("Round 3/3") and "1/2 ok" in lines[3]
     assert lines[4] == "Run r1 finished: 3/3 rounds, 6 invocations, 1 failures, 2 cold starts"
+
+
+class FakeHandle:
+    """What IPython's display(..., display_id=True) returns: a handle whose updates replace the output."""
+
+    def __init__(self, shown):
+        self.shown = shown
+
+    def update(self, data, raw=False):
+        self.shown.append(("update", data["text/plain"]))
+
+
+def test_compact_dashboard_is_one_line_rewritten_per_round():
+    shown = []
+
+    def show(data, raw, display_id):
+        shown.append(("display", data["text/plain"]))
+        return FakeHandle(shown)
+
+    dashboard = CompactDashboard(show, label="[1/2] alpha=0.1")
+    for event in run_events():
+        dashboard(event)
+    assert shown[0] == ("display", "[1/2] alpha=0.1 (r1): round 0/3")
+    assert shown[1] == ("update", "[1/2] alpha=0.1 (r1): round 1/3  accuracy 0.300")
+    assert shown[-1] == ("update", "[1/2] alpha=0.1 (r1): finished after 3/3 rounds  accuracy 0.900")
+    assert [kind for kind, _ in shown].count("display") == 1
 
 
 def test_widget_dashboard_updates_in_place():

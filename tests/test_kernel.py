@@ -236,3 +236,22 @@ def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(ker
     for option, default in (("--clients-per-round", "min(5, clients)"), ("--epochs", "5"), ("--batch-size", "16"),
                             ("--rounds", "10"), ("--lr", "0.1"), ("--workers", "2"), ("--partition", "iid")):
         assert option in help_text and f"(default {default})" in help_text, option
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_each_point_on_warm_workers_with_a_line_each_and_one_table(kernel, tmp_path):
+    reply, messages = kernel.execute(f"sweep = %%fedless_sweep {TINY} --rounds 1 --name grid\n"
+                                     "strategy.name: [fedavg, fedprox]\n")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    lines = [m for m in messages if m["msg_type"] == "display_data"]
+    assert [m["content"]["data"]["text/plain"].split(" (")[0] for m in lines] == [
+        "[1/2] name=fedavg", "[2/2] name=fedprox"], "one compact line per run"
+    updates = [m["content"]["data"]["text/plain"] for m in messages if m["msg_type"] == "update_display_data"]
+    assert sum("finished after 1/1 rounds  accuracy" in text for text in updates) == 2
+    history = History(tmp_path / "fedless_history.db")
+    runs = {run["name"]: run for run in history.runs()}
+    assert set(runs) == {"grid-fedavg", "grid-fedprox"}
+    assert [row["cold"] for row in history.invocations(runs["grid-fedprox"]["run_id"])] == [0, 0], "warm workers reused"
+    result = [m for m in kernel.execute("sweep")[1] if m["msg_type"] == "execute_result"][0]["content"]["data"]
+    assert "fedless-sweep" in result["text/html"] and 'src="data:image/png;base64,' in result["text/html"]
+    assert runs["grid-fedavg"]["run_id"] in result["text/plain"] and runs["grid-fedprox"]["run_id"] in result["text/plain"]

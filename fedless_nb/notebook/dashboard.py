@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ..records.cost import CostModel
 from ..rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
-DASHBOARD_MODES = ("auto", "widgets", "text", "none")
+DASHBOARD_MODES = ("auto", "widgets", "text", "compact", "none")
 TIMELINE_BARS = 400  # the newest invocations drawn; a long run's timeline stays bounded
 
 
@@ -117,6 +117,30 @@ class TextDashboard:
                 from .record import RunRecord
 
                 self.show_record(RunRecord(self.progress))
+
+
+class CompactDashboard:
+    """One line per run, rewritten in place as rounds finish: for loops and sweeps, where a dashboard per run
+    would stack up. `label` names the run in the line (a sweep's grid values); default the run's name."""
+
+    def __init__(self, show: Callable[..., Any], label: str | None = None) -> None:
+        self.progress = RunProgress()
+        self.show, self.label = show, label
+        self.handle: Any = None
+
+    def line(self) -> str:
+        state = self.progress
+        accuracy = "" if state.final_accuracy is None else f"  accuracy {state.final_accuracy:.3f}"
+        status = f"round {state.rounds_done}/{state.total_rounds}" if state.status == "running" else (
+            f"{state.status} after {state.rounds_done}/{state.total_rounds} rounds")
+        return f"{self.label or state.name} ({state.run_id}): {status}{accuracy}"
+
+    def __call__(self, event: Event) -> None:
+        self.progress.update(event)
+        if isinstance(event, RunStarted):
+            self.handle = self.show({"text/plain": self.line()}, raw=True, display_id=True)
+        elif isinstance(event, (RoundFinished, RunFinished)) and self.handle is not None:
+            self.handle.update({"text/plain": self.line()}, raw=True)
 
 
 class WidgetDashboard:
@@ -220,5 +244,7 @@ def make_dashboard(mode: str, shell: Any) -> Callable[[Event], None] | None:
 
     if mode == "text":
         return TextDashboard(show_record=display)
+    if mode == "compact":
+        return CompactDashboard(display)
 
     return WidgetDashboard(show=display)

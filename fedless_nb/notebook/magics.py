@@ -1,4 +1,4 @@
-"""IPython magics: %fedless_train, %fedless_stop, %fedless_pool, %fedless_history, %fedless_compare, %fedless_deploy.
+"""IPython magics: %fedless_train, %%fedless_sweep, %fedless_stop, %fedless_pool, %fedless_history, %fedless_compare, %fedless_deploy.
 
 Settings shared by every magic are traitlets, so `%config FedlessMagics.history = "runs.db"`
 (or an ipython_config.py) changes them. A mistake in the input is a one-line UsageError.
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import CaselessStrEnum, Unicode
 
@@ -117,7 +117,8 @@ class FedlessMagics(Magics):
     store = Unicode(".fedless/store", help="directory of the local parameter store").tag(config=True)
     dashboard = CaselessStrEnum(
         DASHBOARD_MODES, default_value="auto",
-        help="auto: widgets where the frontend renders them, else text; or widgets, text, none",
+        help="auto: widgets where the frontend renders them, else text; or widgets, text, compact (one line per "
+             "run, for loops), none",
     ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
@@ -178,6 +179,10 @@ class FedlessMagics(Magics):
 
     def experiment_config(self, args: Any, cell: str | None) -> ExperimentConfig:
         """The magics' settings, then the config file or cell, then the options, validated as one config."""
+        return ExperimentConfig.from_dict(self.config_data(args, cell))
+
+    def config_data(self, args: Any, cell: str | None) -> dict[str, Any]:
+        """What experiment_config validates: plain data, which a sweep varies before validating each point."""
         data: dict[str, Any] = {"history": self.history, "store": {"path": self.store}}
         for source in (read_config_data(args.config) if args.config else None,
                        parse_config_yaml(cell, "the cell") if cell and cell.strip() else None):
@@ -196,7 +201,7 @@ class FedlessMagics(Magics):
             if not equals or not key:
                 raise UsageError(f"--set {setting}: write KEY=VALUE, for example --set train.epochs=2")
             set_key(data, key.strip(), parse_config_yaml(value, f"--set {key}") if value.strip() else None)
-        return ExperimentConfig.from_dict(data)
+        return data
 
     def _user_model(self, name: str) -> Any:
         if name not in self.shell.user_ns:
@@ -207,6 +212,21 @@ class FedlessMagics(Magics):
             raise UsageError(f"{name} holds a value of type {type(value).__name__}, "
                              "not a Keras model or a function that builds one")
         return value
+
+    # %%fedless_sweep -------------------------------------------------------------------------
+    @cell_magic
+    @user_errors
+    def fedless_sweep(self, line: str, cell: str) -> Any:
+        """Run once per point of a grid: the cell is YAML mapping config keys to lists of values, e.g.
+        `strategy.name: [fedavg, fedprox]` and `data.alpha: [0.1, 1.0]`; the line takes %fedless_train's options
+        (`--rounds 3 --clients 10`, a model variable first). One compact line per run, then a table and a figure;
+        returns the SweepResult (`.frame()`, `.runs`)."""
+        from .sweep import run_sweep
+
+        args = parse_options(self.fedless_train, line)
+        grid = parse_config_yaml(cell, "the cell") if cell.strip() else None
+        model = self._user_model(args.model) if args.model else None
+        return run_sweep(self.config_data(args, None), grid, model=model)
 
     # %fedless_stop ----------------------------------------------------------------------------
     @magic_arguments()
