@@ -178,3 +178,15 @@ def test_outside_a_kernel_the_dashboard_is_text():
     assert not frontend_renders_widgets(shell)
     assert isinstance(make_dashboard("auto", shell), TextDashboard)
     assert make_dashboard("none", shell) is None
+
+
+def test_tables_show_three_decimals_and_no_all_zero_cost_column():
+    import pandas as pd
+
+    from fedless_nb.notebook.tables import tidy_table
+
+    frame = tidy_table(pd.DataFrame({"eval_accuracy": [0.123456, 0.9], "cost": [0.0, 0.0], "t_cost": [None, None],
+                                     "priced_cost": [0.0, 0.00012], "round": [1, 2]}))
+    assert list(frame.columns) == ["eval_accuracy", "priced_cost", "round"]
+    assert list(frame["eval_accuracy"]) == [0.123, 0.9] and list(frame["round"]) == [1, 2]
+    assert list(frame["priced_cost"]) == [0.0, 0.00012], "costs keep their digits"

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data
 from ..records.history import DEFAULT_HISTORY, History
 from .dashboard import DASHBOARD_MODES, make_dashboard
+from .tables import tidy_table
 
 # %fedless_train option -> the config key it sets (the same schema as `fedless-nb run`'s YAML)
 OPTION_KEYS = {
@@ -287,12 +288,12 @@ class FedlessMagics(Magics):
         with self._history(args.history) as history:
             if args.run_id:
                 history.run(args.run_id)  # refuses an unknown id by name
-                return history.rounds_frame(args.run_id).drop(columns=["run_id", "started_at", "finished_at"])
+                return tidy_table(history.rounds_frame(args.run_id).drop(columns=["run_id", "started_at", "finished_at"]))
             frame = history.runs_frame()
         if frame.empty:
             return frame
         frame["started"] = frame["started_at"].map(lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)))
-        return frame[[column for column in RUNS_COLUMNS if column in frame]]
+        return tidy_table(frame[[column for column in RUNS_COLUMNS if column in frame]])
 
     @magic_arguments()
     @argument("run_id", nargs="+", help="two or more run ids")
@@ -323,7 +324,7 @@ class FedlessMagics(Magics):
         display(Image(figure_png(compare_figure(series, args.metric))))
         frame = pd.DataFrame({label: dict(points) for label, points in series.items()})
         frame.index.name = "round"
-        return frame
+        return tidy_table(frame)
 
 
     # %fedless_deploy -------------------------------------------------------------------------------

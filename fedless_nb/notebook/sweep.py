@@ -18,6 +18,7 @@ from .dashboard import CompactDashboard
 from .execution import run_to_end
 from .pool import warm_pool
 from .record import compare_figure, figure_png
+from .tables import tidy_table
 
 
 class SweepError(UserError):
@@ -66,7 +67,7 @@ class SweepResult:
         rows = [{**point, "run_id": run.run_id, "status": run.status, "rounds": len(run.round_metrics),
                  **{f"final_{name}": value for name, value in (run.round_metrics[-1] if run.round_metrics else {}).items()}}
                 for point, run in zip(self.points, self.runs)]
-        return pd.DataFrame(rows).round(3)
+        return tidy_table(pd.DataFrame(rows))
 
     def figure_png(self, metric: str = "accuracy") -> bytes:
         series = {point_label(point): [(index + 1, m[metric]) for index, m in enumerate(run.round_metrics) if metric in m]
