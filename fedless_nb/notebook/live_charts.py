@@ -51,11 +51,12 @@ class TimelineChart:
 
     def __init__(self) -> None:
         self.x_scale = bqplot.LinearScale(min=0.0)
-        self.y_scale = bqplot.LinearScale()
+        self.y_scale = bqplot.LinearScale(min=-0.5, max=0.5)
         self.bars = bqplot.Lines(x=np.zeros((0, 2)), y=np.zeros((0, 2)), scales={"x": self.x_scale, "y": self.y_scale},
                                  stroke_width=7, colors=[OUTCOME_COLORS["warm"]])
-        self.x_axis = bqplot.Axis(scale=self.x_scale, label="seconds since the run started", tick_format=".0f")
-        self.y_axis = bqplot.Axis(scale=self.y_scale, side="left", label="client", tick_format="d")
+        self.x_axis = bqplot.Axis(scale=self.x_scale, label="seconds since the run started", tick_format="~g")
+        self.y_axis = bqplot.Axis(scale=self.y_scale, side="left", label="client", tick_format="d",
+                                  tick_values=np.zeros(0))
         legend = " &nbsp; ".join(f'<span style="color:{color}">&#9632;</span> {outcome}'
                                  for outcome, color in OUTCOME_COLORS.items())
         self.figure = bqplot.Figure(marks=[self.bars], axes=[self.x_axis, self.y_axis], title="client timeline",
