@@ -169,9 +169,9 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             assert "final test accuracy" in reopened.inner_text()
             assert reopened.locator("img").evaluate("image => image.naturalWidth") > 0
             (ARTIFACTS / f"{frontend.module}-console.log").write_text("\n".join(console))
-            mismatches = [line for line in console if re.search(r"version|mismatch", line, re.IGNORECASE)
-                          and re.search(r"widget|jupyter-widgets|bqplot", line, re.IGNORECASE)]
-            assert mismatches == [], mismatches
+            # an extension built for a newer JupyterLab than the one running (jupyterlab_widgets 3.0.17 wants ^4.6.2)
+            mismatches = [line for line in console if re.search(r"Unsatisfied version|No satisfying version", line)]
+            assert mismatches == [], "\n".join(mismatches[:3])
         except Exception:
             page.screenshot(path=str(ARTIFACTS / f"{frontend.module}-failure.png"))
             raise
