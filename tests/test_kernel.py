@@ -241,7 +241,7 @@ def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(ker
 
 @pytest.mark.slow
 def test_a_sweep_runs_each_point_on_warm_workers_with_a_line_each_and_one_table(kernel, tmp_path):
-    reply, messages = kernel.execute(f"sweep = %%fedless_sweep {TINY} --rounds 1 --name grid\n"
+    reply, messages = kernel.execute(f"%%fedless_sweep {TINY} --rounds 1 --name grid\n"
                                      "strategy.name: [fedavg, fedprox]\n")
     assert reply["content"]["status"] == "ok", reply["content"]
     lines = [m for m in messages if m["msg_type"] == "display_data"]
@@ -253,6 +253,6 @@ def test_a_sweep_runs_each_point_on_warm_workers_with_a_line_each_and_one_table(
     runs = {run["name"]: run for run in history.runs()}
     assert set(runs) == {"grid-fedavg", "grid-fedprox"}
     assert [row["cold"] for row in history.invocations(runs["grid-fedprox"]["run_id"])] == [0, 0], "warm workers reused"
-    result = [m for m in kernel.execute("sweep")[1] if m["msg_type"] == "execute_result"][0]["content"]["data"]
+    (result,) = [m["content"]["data"] for m in messages if m["msg_type"] == "execute_result"]  # one table and figure
     assert "fedless-sweep" in result["text/html"] and 'src="data:image/png;base64,' in result["text/html"]
     assert runs["grid-fedavg"]["run_id"] in result["text/plain"] and runs["grid-fedprox"]["run_id"] in result["text/plain"]
