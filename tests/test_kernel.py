@@ -89,7 +89,8 @@ def test_kernel_install_puts_a_spec_that_preloads_the_extension(tmp_path):
     specs = KernelSpecManager(kernel_dirs=[str(prefix / "share" / "jupyter" / "kernels")])
     spec = specs.get_kernel_spec("fedless")
     assert spec.display_name == "Python 3 (fedless)" and spec.argv[0] == sys.executable
-    assert {"logo-32x32", "logo-64x64"} <= set(specs.get_all_specs()["fedless"]["resources"]), "the launcher shows a logo"
+    for logo in ("logo-32x32.png", "logo-64x64.png"):  # what the launcher shows (Jupyter serves logo-* files)
+        assert (Path(spec.resource_dir) / logo).read_bytes().startswith(b"\x89PNG")
     manager = KernelManager(kernel_name="fedless", kernel_spec_manager=specs)
     manager.start_kernel(cwd=str(tmp_path), env=kernel_environment())
     kernel = Kernel(manager)
