@@ -86,8 +86,8 @@ class DPConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = 1
-    batch_size: int = 32
+    epochs: int = 5
+    batch_size: int = 16
     optimizer: str = "sgd"
     learning_rate: float = 0.1
     dp: DPConfig | None = None
@@ -206,7 +206,7 @@ class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = 0
     clients: int = 20
-    clients_per_round: int = 5
+    clients_per_round: int | None = None  # None: min(5, clients), set by validate
     rounds: int = 10
     round_deadline: float = 600.0
     retries: int = 2
@@ -344,6 +344,8 @@ def validate(config: ExperimentConfig) -> None:
     _require(bool(_RUN_NAME.fullmatch(config.name)), "name",
              f"must be 1-64 letters, digits and '._-' (it names the run's store keys), got {config.name!r}")
     _require(config.clients >= 1, "clients", f"must be >= 1, got {config.clients}")
+    if config.clients_per_round is None:
+        config.clients_per_round = min(5, config.clients)
     _require(
         1 <= config.clients_per_round <= config.clients,
         "clients_per_round",

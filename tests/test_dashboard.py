@@ -1,6 +1,6 @@
-"""The dashboard as an observer: events in, widgets or text out; its SVG charts are well-formed XML."""
+"""The dashboard as an observer: events in, widgets or text out; the static record a run leaves."""
 
-import xml.etree.ElementTree as ET
+import base64
 
 import pytest
 from IPython import get_ipython
@@ -8,13 +8,13 @@ from IPython.testing.globalipapp import start_ipython
 
 from fedless_nb.records.cost import CostModel
 from fedless_nb.rounds.events import InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
-from fedless_nb.notebook.chart import line_chart, timeline_chart
+from fedless_nb.notebook.live_charts import whole_ticks
+from fedless_nb.notebook.magics import run_labels
+from fedless_nb.notebook.record import OUTCOME_COLORS, RunRecord, compare_figure, run_figure
 from fedless_nb.notebook.dashboard import (
-    TIMELINE_BARS, RunProgress, TextDashboard, WidgetDashboard, make_dashboard, frontend_renders_widgets,
+    TIMELINE_BARS, CompactDashboard, RunProgress, TextDashboard, WidgetDashboard, make_dashboard,
+    frontend_renders_widgets,
 )
-
-SVG = "{http://www.w3.org/2000/svg}"
-
 
 def run_events(rounds=3, clients=("client-0000", "client-0001"), fail_last=True):
     """The events of a short run as the controller emits them: one cold start per client, the last call failing."""
@@ -76,25 +76,84 @@ def test_text_dashboard_writes_a_line_per_round_and_a_summary():
     assert lines[4] == "Run r1 finished: 3/3 rounds, 6 invocations, 1 failures, 2 cold starts"
 
 
+class FakeHandle:
+    """What IPython's display(..., display_id=True) returns: a handle whose updates replace the output."""
+
+    def __init__(self, shown):
+        self.shown = shown
+
+    def update(self, data, raw=False):
+        self.shown.append(("update", data["text/plain"]))
+
+
+def test_compact_dashboard_is_one_line_rewritten_per_round():
+    shown = []
+
+    def show(data, raw, display_id):
+        shown.append(("display", data["text/plain"]))
+        return FakeHandle(shown)
+
+    dashboard = CompactDashboard(show, label="[1/2] alpha=0.1")
+    for event in run_events():
+        dashboard(event)
+    assert shown[0] == ("display", "[1/2] alpha=0.1 (r1): round 0/3")
+    assert shown[1] == ("update", "[1/2] alpha=0.1 (r1): round 1/3  accuracy 0.300")
+    assert shown[-1] == ("update", "[1/2] alpha=0.1 (r1): finished after 3/3 rounds  accuracy 0.900")
+    assert [kind for kind, _ in shown].count("display") == 1
+
+
 def test_widget_dashboard_updates_in_place():
     dashboard = WidgetDashboard()
     events = list(run_events())
     for event in events[:8]:  # round 1, then round 2 started and its two invocations
         dashboard(event)
     assert dashboard.bar.max == 3 and dashboard.bar.value == 1 and dashboard.bar.description == "Round 2/3"
+    assert "0.300" in dashboard.score.value
     for event in events[8:]:
         dashboard(event)
     assert dashboard.bar.value == 3 and dashboard.bar.bar_style == "success"
-    assert "r1</b>: finished, 3/3 rounds" in dashboard.title.value
-    accuracy = ET.fromstring(dashboard.accuracy.value)
-    (line,) = accuracy.iter(f"{SVG}polyline")
-    assert len(line.get("points").split()) == 3 and line.get("data-name") == "accuracy"
-    timeline = ET.fromstring(dashboard.timeline.value)
-    outcomes = [rect.get("data-outcome") for rect in timeline.iter(f"{SVG}rect") if rect.get("data-outcome")]
-    assert outcomes == ["cold", "cold", "warm", "warm", "warm", "failed"]
+    assert "<b>Run demo</b> <code>r1</code>: finished, 3/3 rounds" in dashboard.title.value
+    assert list(dashboard.accuracy.line.x) == [1, 2, 3] and list(dashboard.accuracy.x_axis.tick_values) == [1, 2, 3]
+    assert list(dashboard.loss.line.y) == pytest.approx([2.0, 1.0, 2.0 / 3])
+    assert dashboard.timeline.bars.colors == [OUTCOME_COLORS[o] for o in ["cold", "cold", "warm", "warm", "warm", "failed"]]
+    assert dashboard.timeline.bars.x.shape == (6, 2) and list(dashboard.timeline.bars.y[:, 0]) == [0, 1] * 3
     assert "<b>1</b> failures" in dashboard.totals.value
     classes = {name for child in [dashboard.widget, *dashboard.widget.children] for name in child._dom_classes}
-    assert {"fedless-dashboard", "fedless-progress", "fedless-timeline", "fedless-totals"} <= classes
+    assert {"fedless-dashboard", "fedless-totals"} <= classes
+    assert "fedless-accuracy" in dashboard.accuracy.figure._dom_classes
+
+
+def test_ticks_are_whole_numbers_thinned_to_ten():
+    assert whole_ticks(1, 3) == [1, 2, 3]
+    assert whole_ticks(1, 50) == list(range(1, 51, 5))
+    assert whole_ticks(0, 19) == list(range(0, 20, 2))
+
+
+def test_the_record_is_a_paragraph_and_a_figure_any_viewer_renders():
+    progress = RunProgress()
+    for event in run_events():
+        progress.update(event)
+    record = RunRecord(progress)
+    bundle = record._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    assert bundle["text/plain"] == ("Run demo (r1) finished: final test accuracy 0.900; 3/3 rounds, "
+                                    "6 invocations, 1 failures, 2 cold starts.")
+    assert 'font-size:2.5em;font-weight:bold">0.900</span>' in bundle["text/html"]
+    assert 'src="data:image/png;base64,' in bundle["text/html"]
+    figure = run_figure(progress)
+    accuracy, loss, timeline = figure.axes
+    assert accuracy.get_ylim() == (0.0, 1.0) and [t.get_text() for t in timeline.get_yticklabels()] == ["0000", "0001"]
+    assert [t.get_text() for t in timeline.get_legend().get_texts()] == ["cold", "warm", "failed"]
+    assert all(tick == int(tick) for tick in accuracy.get_xticks()), "whole rounds only"
+
+
+def test_compare_names_each_run_in_a_legend_beside_the_data():
+    figure = compare_figure({"fedavg": [(1, 0.5), (2, 0.7)], "fedprox": [(1, 0.4), (2, 0.8)]}, "accuracy")
+    (axes,) = figure.axes
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["fedavg", "fedprox"]
+    assert axes.get_legend().get_bbox_to_anchor().x0 > axes.get_window_extent().x1 - 1, "the legend sits right of the axes"
+    assert run_labels({"a-1-x1": "a", "b-1-y2": "b"}) == {"a-1-x1": "a", "b-1-y2": "b"}
+    assert run_labels({"a-1-x1": "a", "a-2-y2": "a"}) == {"a-1-x1": "a (x1)", "a-2-y2": "a (y2)"}
 
 
 def test_a_stopped_run_shows_as_a_warning():
@@ -114,20 +173,20 @@ def test_the_timeline_keeps_only_the_newest_invocations():
     assert progress.invocations == TIMELINE_BARS + 50
 
 
-def test_charts_are_well_formed_svg_with_escaped_labels():
-    chart = ET.fromstring(line_chart({"a<b": [(1, 0.5), (2, 0.7)], "c": [(1, 0.1)]}, title="t & u", y_label="loss"))
-    assert chart.get("class") == "fedless-chart"
-    assert [p.get("data-name") for p in chart.iter(f"{SVG}polyline")] == ["a<b", "c"]
-    empty = ET.fromstring(line_chart({}, title="nothing yet", y_label="accuracy", y_range=(0.0, 1.0)))
-    assert list(empty.iter(f"{SVG}polyline")) == []
-    timeline = ET.fromstring(timeline_chart([("c1", 0.0, 1.5, "aws", "cold"), ("c2", 0.5, 0.5, "aws", "failed")]))
-    rects = [r for r in timeline.iter(f"{SVG}rect") if r.get("data-outcome")]
-    assert float(rects[1].get("width")) >= 1.0, "a zero-length invocation stays visible"
-    assert rects[0].find(f"{SVG}title").text == "c1 on aws: cold, 0.00s to 1.50s"
-
-
 def test_outside_a_kernel_the_dashboard_is_text():
     shell = start_ipython() or get_ipython()  # a terminal IPython: no kernel, no widgets
     assert not frontend_renders_widgets(shell)
     assert isinstance(make_dashboard("auto", shell), TextDashboard)
     assert make_dashboard("none", shell) is None
+
+
+def test_tables_show_three_decimals_and_no_all_zero_cost_column():
+    import pandas as pd
+
+    from fedless_nb.notebook.tables import tidy_table
+
+    frame = tidy_table(pd.DataFrame({"eval_accuracy": [0.123456, 0.9], "cost": [0.0, 0.0], "t_cost": [None, None],
+                                     "priced_cost": [0.0, 0.00012], "round": [1, 2]}))
+    assert list(frame.columns) == ["eval_accuracy", "priced_cost", "round"]
+    assert list(frame["eval_accuracy"]) == [0.123, 0.9] and list(frame["round"]) == [1, 2]
+    assert list(frame["priced_cost"]) == [0.0, 0.00012], "costs keep their digits"

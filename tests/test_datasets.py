@@ -121,6 +121,22 @@ def test_without_path_mnist_comes_from_keras_own_loader(monkeypatch):
     np.testing.assert_array_equal(data.y_train, [1, 2, 3])
 
 
+@pytest.mark.parametrize("name, local_copy", [("mnist", "mnist.npz"), ("cifar10", "cifar-10-batches-py")])
+def test_a_download_without_network_is_one_line_saying_where_the_files_go(monkeypatch, tmp_path, name, local_copy):
+    """Keras' real loader against an empty cache and a proxy that refuses every connection."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(name)
+    message = str(refused.value)
+    assert message.startswith(f"{name} must be downloaded and the download failed (offline?): put ")
+    assert local_copy in message and "--set data.options.path=" in message and "\n" not in message
+
+
 def test_cifar10_reads_the_python_batch_directory(tmp_path):
     rng = np.random.default_rng(1)
     first = rng.integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)  # CIFAR rows: R plane, G plane, B plane

@@ -10,6 +10,12 @@ def test_defaults_are_valid_and_round_trip_through_yaml(tmp_path):
     assert load_config(path) == config
 
 
+def test_clients_per_round_defaults_to_five_or_every_client():
+    assert ExperimentConfig.from_dict({}).clients_per_round == 5
+    assert ExperimentConfig.from_dict({"clients": 4}).clients_per_round == 4
+    assert ExperimentConfig.from_dict({"clients": 4, "clients_per_round": 2}).clients_per_round == 2
+
+
 def test_nested_values_are_read():
     config = ExperimentConfig.from_dict({
         "clients": 8, "clients_per_round": 4, "data": {"partition": "dirichlet", "alpha": 1},

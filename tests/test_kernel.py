@@ -89,6 +89,8 @@ def test_kernel_install_puts_a_spec_that_preloads_the_extension(tmp_path):
     specs = KernelSpecManager(kernel_dirs=[str(prefix / "share" / "jupyter" / "kernels")])
     spec = specs.get_kernel_spec("fedless")
     assert spec.display_name == "Python 3 (fedless)" and spec.argv[0] == sys.executable
+    for logo in ("logo-32x32.png", "logo-64x64.png"):  # what the launcher shows (Jupyter serves logo-* files)
+        assert (Path(spec.resource_dir) / logo).read_bytes().startswith(b"\x89PNG")
     manager = KernelManager(kernel_name="fedless", kernel_spec_manager=specs)
     manager.start_kernel(cwd=str(tmp_path), env=kernel_environment())
     kernel = Kernel(manager)
@@ -108,28 +110,35 @@ def widget_states(messages):
 
 
 @pytest.mark.slow
-def test_text_in_batch_execution_and_widgets_in_an_interactive_frontend(kernel):
+def test_text_in_batch_execution_widgets_in_an_interactive_frontend_and_a_lasting_record(kernel):
     def train(allow_stdin):
         reply, messages = kernel.execute(f"run = %fedless_train {TINY} --rounds 2", allow_stdin=allow_stdin)
         assert reply["content"]["status"] == "ok"
         views = [m for m in messages if m["msg_type"] == "display_data"
                  and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]]
+        records = [m for m in messages if m["msg_type"] in ("display_data", "update_display_data")
+                   and "fedless-record" in m["content"]["data"].get("text/html", "")]
         stdout = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
-        return views, widget_states(messages), stdout
+        return views, records, widget_states(messages), stdout
 
-    views, states, stdout = train(allow_stdin=False)  # as nbclient and nbconvert execute
+    views, records, states, stdout = train(allow_stdin=False)  # as nbclient and nbconvert execute
     assert "Round 2/2" in stdout and not views and not states
+    (record,) = records
+    assert record["msg_type"] == "display_data" and "final test accuracy" in record["content"]["data"]["text/plain"]
+    assert "image/png" in record["content"]["data"]
 
-    views, states, stdout = train(allow_stdin=True)  # as JupyterLab and Notebook execute
+    views, records, states, stdout = train(allow_stdin=True)  # as JupyterLab and Notebook execute
     assert len(views) == 1 and "Round 2/2" not in stdout
     assert any(state.get("value") == 2 for state in states), "the progress bar reached the last round"
     assert any(state.get("description") == "Round 2/2" for state in states)
-    assert any("fedless-timeline" in str(state.get("value", "")) for state in states), "the timeline was drawn"
-    assert any("fedless-chart" in str(state.get("value", "")) for state in states), "the charts were drawn"
+    assert any(state.get("_model_name") == "LinesModel" for state in states), "bqplot drew the charts"
+    (record,) = records  # the widgets' output becomes the record, which a saved notebook keeps
+    assert record["msg_type"] == "update_display_data"
+    assert record["content"]["transient"]["display_id"] == views[0]["content"]["transient"]["display_id"]
 
     kernel.open_widget_control_comm()  # a widget manager restoring the kernel's widgets (ipywidgets is loaded now)
-    views, states, stdout = train(allow_stdin=False)
-    assert len(views) == 1 and "Round 2/2" not in stdout
+    views, records, states, stdout = train(allow_stdin=False)
+    assert len(views) == 1 and "Round 2/2" not in stdout and len(records) == 1
 
 
 @pytest.mark.slow
@@ -142,6 +151,15 @@ def test_background_run_leaves_the_kernel_free_and_stops_after_a_round(kernel, t
         assert time.time() < deadline, "no round finished while the kernel was idle"
         time.sleep(0.5)
     assert kernel.workers(), "the run's worker process is up"
+    busy = ("before = len(run.controller.round_metrics)\n"
+            "started = time.time()\n"
+            "while len(run.controller.round_metrics) < before + 2:  # a cell computing, never yielding to the kernel\n"
+            "    sum(range(10_000))\n"
+            "print(before, len(run.controller.round_metrics), round(time.time() - started, 1))")
+    kernel.run("import time")
+    before, during, seconds = kernel.run(busy, timeout=240).split()
+    print(f"two rounds finished in {seconds}s while a cell computed")
+    assert int(during) >= int(before) + 2, "the run trained on while the cell computed"
     assert "stops after its current round" in kernel.run("%fedless_stop")
     output = kernel.run("result = await run\nprint(result.status, len(result.round_metrics), run.run_id)")
     status, rounds, run_id = output.split()
@@ -149,7 +167,7 @@ def test_background_run_leaves_the_kernel_free_and_stops_after_a_round(kernel, t
     history = History(tmp_path / "fedless_history.db")
     assert history.run(run_id)["status"] == "stopped"
     assert [r["round"] for r in history.rounds(run_id)] == list(range(1, int(rounds) + 1))
-    assert kernel.workers() == []
+    assert len(kernel.workers()) == 1, "the worker stays warm for the next run"
     with pytest.raises(AssertionError, match="no run is going on in the background"):
         kernel.run("%fedless_stop")
 
@@ -160,29 +178,82 @@ def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_p
         if message["msg_type"] == "stream" and "Round 1/40" in message["content"]["text"]:
             kernel.manager.interrupt_kernel()
 
-    reply, _ = kernel.execute(f"%fedless_train {TINY} --rounds 40 --dashboard text", on_message=interrupt_after_round_one)
-    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
-    assert kernel.workers() == []
+    reply, messages = kernel.execute(f"%fedless_train {TINY} --rounds 40 --dashboard text",
+                                     on_message=interrupt_after_round_one)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "UsageError"
     (run,) = History(tmp_path / "fedless_history.db").runs()
     assert run["status"] == "stopped" and run["error"] == "interrupted" and 1 <= run["rounds_completed"] < 40
+    stderr = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+    assert stderr == (f"UsageError: Run stopped after round {run['rounds_completed']}; "
+                      "the history keeps every finished round\n")
     assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
 
 
 @pytest.mark.slow
-def test_ten_runs_in_one_kernel_leave_no_processes_threads_or_growing_memory(kernel):
+def test_ten_runs_reuse_warm_workers_with_flat_threads_and_memory_and_the_pool_ends_them(kernel, tmp_path):
     kernel.run("import gc")
 
     def train_and_measure():
         assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
         kernel.run("gc.collect()")
         process = psutil.Process(kernel.pid)
-        return len(process.children(recursive=True)), process.num_threads(), process.memory_info().rss
+        return {child.pid for child in process.children(recursive=True)}, process.num_threads(), process.memory_info().rss
 
     first = train_and_measure()
     for _ in range(8):
         train_and_measure()
     last = train_and_measure()
     print(f"after run 1: {first}; after run 10: {last}")
-    assert first[0] == last[0] == 0, "no worker process outlives its run"
+    assert len(first[0]) == 1 and last[0] == first[0], "the one warm worker served every run"
     assert last[1] <= first[1], "no thread outlives its run"
     assert last[2] - first[2] < 64 * 2**20, "resident memory stays at its level after the first run"
+    history = History(tmp_path / "fedless_history.db")
+    runs = sorted(history.runs(), key=lambda run: run["started_at"])
+    colds = [sum(bool(row["cold"]) for row in history.invocations(run["run_id"])) for run in runs]
+    assert colds == [1] + [0] * 9, "only the first run paid a cold start"
+
+    (pid,) = first[0]
+    assert str(pid) in kernel.run("pool = %fedless_pool\nprint(pool.to_string())")
+    assert kernel.run("%fedless_pool --end") == "Stopped 1 warm workers"
+    assert kernel.workers() == []
+    assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
+
+
+def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(kernel):
+    kernel.run("from tensorflow import keras\n"
+               "unbuilt = keras.Sequential([keras.layers.Dense(10, activation='softmax')])")
+    for background in ("", "--background"):
+        reply, messages = kernel.execute(f"run = %fedless_train unbuilt {TINY} --dashboard widgets {background}")
+        assert reply["content"]["ename"] == "UsageError"
+        assert reply["content"]["evalue"].startswith("model 'sequential' has no input shape yet")
+        assert not [m for m in messages if m["msg_type"] == "display_data"], "no empty dashboard"
+    assert kernel.workers() == []
+
+    reply, messages = kernel.execute("%fedless_train --clients 4 --learnin-rate 0.1")
+    assert reply["content"]["evalue"] == "unrecognized arguments: --learnin-rate (did you mean --learning-rate?)"
+
+    reply, _ = kernel.execute("%fedless_train?")
+    (page,) = reply["content"]["payload"]
+    help_text = page["data"]["text/plain"]
+    for option, default in (("--clients-per-round", "min(5, clients)"), ("--epochs", "5"), ("--batch-size", "16"),
+                            ("--rounds", "10"), ("--lr", "0.1"), ("--workers", "2"), ("--partition", "iid")):
+        assert option in help_text and f"(default {default})" in help_text, option
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_each_point_on_warm_workers_with_a_line_each_and_one_table(kernel, tmp_path):
+    reply, messages = kernel.execute(f"%%fedless_sweep {TINY} --rounds 1 --name grid\n"
+                                     "strategy.name: [fedavg, fedprox]\n")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    lines = [m for m in messages if m["msg_type"] == "display_data"]
+    assert [m["content"]["data"]["text/plain"].split(" (")[0] for m in lines] == [
+        "[1/2] name=fedavg", "[2/2] name=fedprox"], "one compact line per run"
+    updates = [m["content"]["data"]["text/plain"] for m in messages if m["msg_type"] == "update_display_data"]
+    assert sum("finished after 1/1 rounds  accuracy" in text for text in updates) == 2
+    history = History(tmp_path / "fedless_history.db")
+    runs = {run["name"]: run for run in history.runs()}
+    assert set(runs) == {"grid-fedavg", "grid-fedprox"}
+    assert [row["cold"] for row in history.invocations(runs["grid-fedprox"]["run_id"])] == [0, 0], "warm workers reused"
+    (result,) = [m["content"]["data"] for m in messages if m["msg_type"] == "execute_result"]  # one table and figure
+    assert "fedless-sweep" in result["text/html"] and 'src="data:image/png;base64,' in result["text/html"]
+    assert runs["grid-fedavg"]["run_id"] in result["text/plain"] and runs["grid-fedprox"]["run_id"] in result["text/plain"]

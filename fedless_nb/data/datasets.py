@@ -258,10 +258,25 @@ def _read_keras_npz(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np
         return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
+def _download(name: str, local_copy: str, fetch: Callable[[], Any] | None = None) -> Any:
+    """`fetch()` (default: keras.datasets' `name`.load_data()), which downloads once into ~/.keras/datasets;
+    without a network, one line telling where a copy may go instead of urllib's traceback."""
+    try:
+        return (fetch or getattr(_keras().datasets, name).load_data)()
+    except Exception as error:  # keras wraps urllib's URLError and HTTPError in a bare Exception
+        if not isinstance(error, OSError) and "URL fetch failure" not in str(error):
+            raise
+        raise DatasetError(
+            f"{name} must be downloaded and the download failed (offline?): put {local_copy} anywhere "
+            f"(~/.keras/datasets/ is where keras looks) and pass --set data.options.path=THAT_PATH "
+            f"(in YAML: data: {{options: {{path: THAT_PATH}}}})"
+        ) from None
+
+
 def _load_grayscale_28(name: str, path: str | os.PathLike | None) -> Dataset:
     """MNIST and Fashion-MNIST share one format: keras' loader (or its .npz), 28x28 uint8, 10 classes."""
     if path is None:
-        source = getattr(_keras().datasets, name).load_data()
+        source = _download(name, f"{name}.npz (keys {', '.join(_KERAS_IMAGE_KEYS)})")
     else:
         source = _read_keras_npz(Path(path).expanduser())
     (x_train, y_train), (x_test, y_test) = source
@@ -329,8 +344,9 @@ def load_cifar10(*, path: str | os.PathLike | None = None) -> Dataset:
     """CIFAR-10 downloaded (and checked) by keras' get_file, or a local cifar-10-batches-py directory with `path`;
     either way read with the restricted unpickler."""
     if path is None:
-        path = _keras().utils.get_file("cifar-10-batches-py", origin="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                                       untar=True, file_hash=CIFAR10_SHA256)
+        path = _download("cifar10", "the extracted cifar-10-batches-py directory", lambda: _keras().utils.get_file(
+            "cifar-10-batches-py", origin="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", untar=True,
+            file_hash=CIFAR10_SHA256))
     source = _read_cifar_batches(Path(path).expanduser())
     (x_train, y_train), (x_test, y_test) = source
     return Dataset("cifar10", _scaled_images(x_train), _labels(y_train),

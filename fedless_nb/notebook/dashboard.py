@@ -2,22 +2,22 @@
 
 `RunProgress` folds events into what there is to show; `WidgetDashboard` and `TextDashboard`
 only draw it. Widgets need an interactive frontend with a widget manager (JupyterLab, Notebook, VS Code);
-under batch execution (nbconvert, nbclient, papermill) the text form is used.
+under batch execution (nbconvert, nbclient, papermill) the text form is used. Either way a run
+ends with its static record (record.py), which any notebook viewer renders.
 """
 
 from __future__ import annotations
 
 import collections
+import html
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..records.cost import CostModel
 from ..rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
-from .chart import line_chart, timeline_chart
-
-DASHBOARD_MODES = ("auto", "widgets", "text", "none")
-TIMELINE_BARS = 400  # the newest invocations drawn; a long run's timeline stays a bounded SVG
+DASHBOARD_MODES = ("auto", "widgets", "text", "compact", "none")
+TIMELINE_BARS = 400  # the newest invocations drawn; a long run's timeline stays bounded
 
 
 @dataclass
@@ -25,6 +25,7 @@ class RunProgress:
     """What the dashboard shows, folded from a run's events."""
 
     run_id: str = ""
+    name: str = ""
     total_rounds: int = 0
     rounds_done: int = 0
     round_running: int = 0
@@ -43,7 +44,7 @@ class RunProgress:
 
     def update(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            self.run_id, self.total_rounds, self.started_at = event.run_id, event.rounds, event.started_at
+            self.run_id, self.name, self.total_rounds, self.started_at = event.run_id, event.name, event.rounds, event.started_at
             self.prices = CostModel.for_run({"providers": event.providers, "config": event.config})
             self.status = "running"
         elif isinstance(event, RoundStarted):
@@ -67,6 +68,11 @@ class RunProgress:
 
     def series(self, name: str) -> dict[str, list[tuple[float, float]]]:
         return {name: [(r, values[name]) for r, values in self.metrics if name in values]}
+
+    @property
+    def final_accuracy(self) -> float | None:
+        """The accuracy after the last finished round."""
+        return self.metrics[-1][1].get("accuracy") if self.metrics else None
 
     def totals(self) -> dict[str, int | str]:
         """Counts, plus the estimated cost on a priced platform and the privacy spent so far when DP is on."""
@@ -97,9 +103,11 @@ class RunProgress:
 class TextDashboard:
     """One line when the run starts, one per finished round, a summary at the end."""
 
-    def __init__(self, write: Callable[[str], None] | None = None) -> None:
+    def __init__(self, write: Callable[[str], None] | None = None,
+                 show_record: Callable[[Any], Any] | None = None) -> None:
         self.progress = RunProgress()
         self.write = write or (lambda line: print(line, flush=True))
+        self.show_record = show_record  # IPython's display in a notebook: the run's RunRecord at its end
 
     def __call__(self, event: Event) -> None:
         self.progress.update(event)
@@ -109,33 +117,63 @@ class TextDashboard:
             self.write(self.progress.round_line())
         elif isinstance(event, RunFinished):
             self.write(self.progress.summary_line())
+            if self.show_record is not None:
+                from .record import RunRecord
+
+                self.show_record(RunRecord(self.progress))
+
+
+class CompactDashboard:
+    """One line per run, rewritten in place as rounds finish: for loops and sweeps, where a dashboard per run
+    would stack up. `label` names the run in the line (a sweep's grid values); default the run's name."""
+
+    def __init__(self, show: Callable[..., Any], label: str | None = None) -> None:
+        self.progress = RunProgress()
+        self.show, self.label = show, label
+        self.handle: Any = None
+
+    def line(self) -> str:
+        state = self.progress
+        accuracy = "" if state.final_accuracy is None else f"  accuracy {state.final_accuracy:.3f}"
+        status = f"round {state.rounds_done}/{state.total_rounds}" if state.status == "running" else (
+            f"{state.status} after {state.rounds_done}/{state.total_rounds} rounds")
+        return f"{self.label or state.name} ({state.run_id}): {status}{accuracy}"
+
+    def __call__(self, event: Event) -> None:
+        self.progress.update(event)
+        if isinstance(event, RunStarted):
+            self.handle = self.show({"text/plain": self.line()}, raw=True, display_id=True)
+        elif isinstance(event, (RoundFinished, RunFinished)) and self.handle is not None:
+            self.handle.update({"text/plain": self.line()}, raw=True)
 
 
 class WidgetDashboard:
-    """Round progress, accuracy and loss charts, the client timeline and running totals, updated in place."""
+    """Round progress, the latest accuracy, accuracy and loss charts (bqplot), the client timeline and running
+    totals, updated in place; when the run ends its display is replaced by the static RunRecord."""
 
-    def __init__(self) -> None:
+    def __init__(self, show: Callable[..., Any] | None = None) -> None:
         import ipywidgets as widgets
 
+        from .live_charts import MetricChart, TimelineChart
+
         self.progress = RunProgress()
+        self.show = show  # IPython's display: the widgets appear once the run has started, never empty above an error
+        self.handle: Any = None  # the DisplayHandle they were shown with
         self.title = widgets.HTML("<b>fedless_nb</b>: starting")
-        self.bar = widgets.IntProgress(value=0, min=0, max=1, description="Round 0", bar_style="info")
-        self.accuracy = widgets.HTML()
-        self.loss = widgets.HTML()
-        self.timeline = widgets.HTML()
+        self.score = widgets.HTML()
+        self.bar = widgets.IntProgress(value=0, min=0, max=1, description="Round 0", bar_style="info",
+                                       style={"description_width": "initial"}, layout=widgets.Layout(width="480px"))
+        self.accuracy = MetricChart("test accuracy", "accuracy", y_max=1.0)
+        self.loss = MetricChart("test loss", "loss")
+        self.timeline = TimelineChart()
         self.totals = widgets.HTML()
-        for widget, name in ((self.bar, "progress"), (self.accuracy, "accuracy"), (self.loss, "loss"),
-                             (self.timeline, "timeline"), (self.totals, "totals")):
+        for widget, name in ((self.bar, "progress"), (self.score, "score"), (self.accuracy.figure, "accuracy"),
+                             (self.loss.figure, "loss"), (self.timeline.figure, "timeline"), (self.totals, "totals")):
             widget.add_class(f"fedless-{name}")
-        self.widget = widgets.VBox([self.title, self.bar, widgets.HBox([self.accuracy, self.loss]),
-                                    self.timeline, self.totals])
+        self.widget = widgets.VBox([self.title, widgets.HBox([self.bar, self.score]),
+                                    widgets.HBox([self.accuracy.figure, self.loss.figure]),
+                                    self.timeline.view, self.totals])
         self.widget.add_class("fedless-dashboard")
-        self._draw_charts()
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
     def __call__(self, event: Event) -> None:
         state = self.progress
@@ -143,28 +181,41 @@ class WidgetDashboard:
         if isinstance(event, RunStarted):
             self.bar.max = event.rounds
             self._draw_title()
+            if self.show is not None:
+                self.handle = self.show(self.widget, display_id=True)
         elif isinstance(event, RoundStarted):
             self.bar.description = f"Round {event.round}/{state.total_rounds}"
         elif isinstance(event, InvocationFinished):
-            self.timeline.value = timeline_chart(list(state.bars))
+            self.timeline.draw(list(state.bars))
             self._draw_totals()
         elif isinstance(event, RoundFinished):
             self.bar.value = event.round
-            self._draw_charts()
+            self.accuracy.draw(state.series("accuracy")["accuracy"])
+            self.loss.draw(state.series("loss")["loss"])
+            if state.final_accuracy is not None:
+                self.score.value = (f'<span style="font-size:2em;font-weight:bold">{state.final_accuracy:.3f}</span>'
+                                    " test accuracy")
+            self._draw_title()
         elif isinstance(event, RunFinished):
             self.bar.bar_style = {"finished": "success", "stopped": "warning"}.get(event.status, "danger")
             self._draw_title()
+            self._leave_record()
+
+    def _leave_record(self) -> None:
+        """Put the static record where the widgets were, and free the widgets: the kernel keeps no view of a past run."""
+        if self.handle is None:
+            return
+        from .record import RunRecord
+
+        self.handle.update(RunRecord(self.progress))
+        for widget in (self.widget, *self.widget.children, *self.accuracy.widgets(), *self.loss.widgets(),
+                       *self.timeline.widgets()):
+            widget.close()
 
     def _draw_title(self) -> None:
         state = self.progress
-        self.title.value = f"<b>Run {state.run_id}</b>: {state.status}, {state.rounds_done}/{state.total_rounds} rounds"
-
-    def _draw_charts(self) -> None:
-        state = self.progress
-        self.accuracy.value = line_chart(state.series("accuracy"), title="test accuracy", y_label="accuracy",
-                                         y_range=(0.0, 1.0))
-        self.loss.value = line_chart(state.series("loss"), title="test loss", y_label="loss")
-        self._draw_title()
+        self.title.value = (f"<b>Run {html.escape(state.name)}</b> <code>{html.escape(state.run_id)}</code>: "
+                            f"{state.status}, {state.rounds_done}/{state.total_rounds} rounds")
 
     def _draw_totals(self) -> None:
         self.totals.value = " &nbsp; ".join(f"<b>{value}</b> {name}" for name, value in self.progress.totals().items())
@@ -188,15 +239,16 @@ def frontend_renders_widgets(shell: Any) -> bool:
 
 
 def make_dashboard(mode: str, shell: Any) -> Callable[[Event], None] | None:
-    """The observer for `mode` (see DASHBOARD_MODES), shown in the current cell; None for "none"."""
+    """The observer for `mode` (see DASHBOARD_MODES), shown in the current cell once the run starts; None for "none"."""
     if mode == "auto":
         mode = "widgets" if frontend_renders_widgets(shell) else "text"
     if mode == "none":
         return None
-    if mode == "text":
-        return TextDashboard()
     from IPython.display import display
 
-    dashboard = WidgetDashboard()
-    display(dashboard)
-    return dashboard
+    if mode == "text":
+        return TextDashboard(show_record=display)
+    if mode == "compact":
+        return CompactDashboard(display)
+
+    return WidgetDashboard(show=display)

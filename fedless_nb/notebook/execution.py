@@ -1,90 +1,159 @@
-"""Two ways to run from a notebook: to the end (the cell waits) or in the background (the kernel stays free).
+"""Where notebook runs execute: one thread and event loop per kernel, apart from the cells.
 
-A Jupyter kernel's event loop is already running in the cell's thread, so a blocking run cannot
-use it: `run_to_end` runs on a fresh loop in a helper thread and hands the events back to the
-cell's thread, where the dashboard draws them. `BackgroundRun` schedules the run as a task on the
-kernel's own loop, which keeps running between cells.
+A Jupyter kernel runs cells on its own event loop in its main thread, so a run on that loop stalls
+whenever a cell computes. Every run therefore goes to the kernel's run loop, a daemon thread that
+lives as long as the kernel: background runs keep training while cells compute, and the local
+workers a run leaves warm (see pool.py) stay bound to the loop that started them.
+
+A run is handed over from the cell's thread with `call_soon_threadsafe`, which carries a copy of the
+cell's context: ipykernel keeps a cell's output destination in a ContextVar, so the run's prints,
+displays and widget messages go to the cell that started it. ipykernel's iopub socket may be sent
+on from any thread; each run's dashboard is touched by its run's thread only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
+import concurrent.futures
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Coroutine, Sequence
 
-from ..rounds.controller import Controller
 from ..errors import UserError
-from ..rounds.events import Observer
 from ..experiment import ExperimentConfig
 from ..records.history import History
+from ..rounds.controller import Controller
+from ..rounds.events import Observer, RunStarted
 from ..runner import RunResult, run_experiment_async
 
-_DONE = object()
+
+class RunStopped(UserError):
+    """The stop button (or Ctrl-C) ended a run: one line, not a traceback through library code."""
 
 
-def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer]) -> RunResult:
-    """Run `config` to the end; the helper thread is joined before this returns, so nothing outlives the run.
+class RunLoop:
+    """An event loop running forever in a daemon thread; it ends with the kernel's process."""
 
-    An interrupt (the notebook's stop button, Ctrl-C) cancels the run: its workers are stopped,
-    the history keeps every finished round and marks the run stopped, and KeyboardInterrupt is re-raised.
-    """
-    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(run_experiment_async(config, model=model, observers=[events.put]))
-    outcome: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fedless-runs", daemon=True)
+        self.thread.start()
 
-    def work() -> None:
-        try:
-            outcome["result"] = loop.run_until_complete(task)
-        except BaseException as error:  # handed to the cell's thread, which raises it
-            outcome["error"] = error
-        finally:
-            loop.close()
-            events.put(_DONE)
+    def submit(self, coroutine: Coroutine[Any, Any, Any]) -> "Submitted":
+        return Submitted(self.loop, coroutine)
 
-    thread = threading.Thread(target=work, name="fedless-run")
-    thread.start()
-    interrupted = False
+    def call(self, function: Callable[..., Any], *args: Any) -> None:
+        """Call `function` on the run loop's thread, soon."""
+        self.loop.call_soon_threadsafe(function, *args)
+
+    def wait(self, coroutine: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+        """Run `coroutine` on the run loop and wait for its result here."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+
+_run_loop: RunLoop | None = None
+_run_loop_lock = threading.Lock()
+
+
+def run_loop() -> RunLoop:
+    """The kernel's run loop, started on first use."""
+    global _run_loop
+    with _run_loop_lock:
+        if _run_loop is None:
+            _run_loop = RunLoop()
+        return _run_loop
+
+
+class Submitted:
+    """A coroutine running as a task on another thread's loop; `future` settles when the task has
+    ended, cleanup included (a cancelled task's future is cancelled only once the task is done)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any]) -> None:
+        self.loop = loop
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self._task: asyncio.Task | None = None
+        loop.call_soon_threadsafe(self._start, coroutine)  # runs in a copy of the caller's context
+
+    def _start(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        self._task = self.loop.create_task(coroutine)
+        self._task.add_done_callback(self._settle)
+
+    def _settle(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            self.future.cancel()
+            self.future.set_running_or_notify_cancel()  # wakes concurrent.futures.wait as well
+        elif (error := task.exception()) is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(task.result())
+
+    def cancel(self) -> None:
+        self.loop.call_soon_threadsafe(lambda: self._task is not None and self._task.cancel())
+
+
+def _rounds_done(controllers: list[Controller]) -> int:
+    return len(controllers[0].round_metrics) if controllers else 0
+
+
+def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool]) -> None:
+    """Wait here until `until()` or the run's end; an interrupt (the notebook's stop button, Ctrl-C) cancels the
+    run, waits while it records its end (a second interrupt waits too) and ends the cell with one line."""
+    try:
+        while not until() and not run.future.done():
+            concurrent.futures.wait([run.future], timeout=0.1)
+        return
+    except KeyboardInterrupt:
+        run.cancel()
     while True:
         try:
-            event = events.get()
-            if event is _DONE:
-                break
-            for observer in observers:
-                observer(event)
+            concurrent.futures.wait([run.future])
+            break
         except KeyboardInterrupt:
-            interrupted = True
-            loop.call_soon_threadsafe(task.cancel)
-    thread.join()
-    if interrupted:
-        raise KeyboardInterrupt
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+            continue
+    raise RunStopped(f"Run stopped after round {_rounds_done(controllers)}; the history keeps every finished round")
+
+
+def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], **options: Any) -> RunResult:
+    """Run `config` on the run loop while the cell waits; `options` go to `run_experiment_async`.
+    An interrupt stops the run: its invocations are stopped, the history keeps every finished round."""
+    controllers: list[Controller] = []
+    run = run_loop().submit(run_experiment_async(config, model=model, observers=observers,
+                                                 on_controller=controllers.append, **options))
+    _stop_on_interrupt(run, controllers, until=lambda: False)
+    return run.future.result()
 
 
 class BackgroundRun:
-    """A run going on on the kernel's event loop. `await run` gives its RunResult;
-    `run.stop()` (or `%fedless_stop`) ends it after the current round."""
+    """A run going on on the kernel's run loop while cells run; it is returned once the run has started
+    (its data and model are ready). `await run` gives its RunResult; `run.stop()` (or `%fedless_stop`)
+    ends it after the current round."""
 
     def __init__(self, config: ExperimentConfig, model: Any, observers: Sequence[Observer],
-                 on_done: Callable[["BackgroundRun"], None] | None = None) -> None:
+                 on_done: Callable[["BackgroundRun"], None] | None = None, **options: Any) -> None:
         self.config = config
-        self.controller: Controller | None = None
+        self._controllers: list[Controller] = []
         self._stop_requested = False
-        self.task = asyncio.get_running_loop().create_task(run_experiment_async(
-            config, model=model, observers=observers, on_controller=self._attach,
-        ))
         self._on_done = on_done
-        self.task.add_done_callback(self._finished)
+        started = threading.Event()
+        observers = [lambda event: isinstance(event, RunStarted) and started.set(), *observers]
+        self._run = run_loop().submit(run_experiment_async(
+            config, model=model, observers=observers, on_controller=self._attach, **options))
+        self.future = self._run.future
+        # the cell waits for the start, so a mistake found while preparing (data, model) is its one-line error
+        _stop_on_interrupt(self._run, self._controllers, until=started.is_set)
+        if self.future.done() and not self.future.cancelled() and self.future.exception() is not None:
+            raise self.future.exception()
+        self.future.add_done_callback(self._finished)
 
     def _attach(self, controller: Controller) -> None:
-        self.controller = controller
+        self._controllers.append(controller)
         if self._stop_requested:
             controller.request_stop()
+
+    @property
+    def controller(self) -> Controller | None:
+        return self._controllers[0] if self._controllers else None
 
     @property
     def run_id(self) -> str | None:
@@ -92,26 +161,28 @@ class BackgroundRun:
 
     @property
     def status(self) -> str:
-        if not self.task.done():
+        if not self.future.done():
             return "running" if self.controller is not None else "starting"
-        if self.task.cancelled():
+        if self.future.cancelled():
             return "stopped"
-        error = self.task.exception()
-        return "failed" if error is not None else self.task.result().status
+        return "failed" if self.future.exception() is not None else self.future.result().status
 
     def done(self) -> bool:
-        return self.task.done()
+        return self.future.done()
 
     def stop(self) -> None:
         """End the run after its current round (after round 1 if it is still preparing its data and model)."""
+        run_loop().call(self._request_stop)
+
+    def _request_stop(self) -> None:
         self._stop_requested = True
         if self.controller is not None:
             self.controller.request_stop()
 
     def result(self) -> RunResult:
-        if not self.task.done():
+        if not self.future.done():
             raise UserError(f"run {self.run_id or '(starting)'} is still going on; `await run` waits for it")
-        return self.task.result()
+        return self.future.result()
 
     def rounds_frame(self) -> Any:
         """The rounds finished so far, from the history (it is written round by round)."""
@@ -124,18 +195,17 @@ class BackgroundRun:
             history.close()
 
     def __await__(self) -> Any:
-        return self.task.__await__()
+        return asyncio.wrap_future(self.future).__await__()
 
     def __repr__(self) -> str:
         return f"BackgroundRun(run_id={self.run_id!r}, status={self.status!r})"
 
-    def _finished(self, task: asyncio.Task) -> None:
+    def _finished(self, future: concurrent.futures.Future) -> None:
         """Say why a background run failed: no cell is waiting on it to show the error."""
-        if not task.cancelled() and (error := task.exception()) is not None:
+        if not future.cancelled() and (error := future.exception()) is not None:
             if isinstance(error, UserError):
                 print(f"error: {error}", file=sys.stderr)
             else:
                 traceback.print_exception(error, file=sys.stderr)
         if self._on_done is not None:
             self._on_done(self)
-

@@ -1,5 +1,5 @@
-"""IPython magics: %fedless_train, %fedless_partition, %fedless_stop, %fedless_history, %fedless_compare,
-%fedless_deploy.
+"""IPython magics: %fedless_train, %%fedless_sweep, %fedless_partition, %fedless_stop, %fedless_pool, %fedless_history,
+%fedless_compare, %fedless_deploy.
 
 Settings shared by every magic are traitlets, so `%config FedlessMagics.history = "runs.db"`
 (or an ipython_config.py) changes them. A mistake in the input is a one-line UsageError.
@@ -8,8 +8,9 @@ Adding a magic is one more method here with its own @magic_arguments.
 
 from __future__ import annotations
 
-import asyncio
+import collections
 import contextlib
+import difflib
 import functools
 import logging
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import CaselessStrEnum, Unicode
 
@@ -26,6 +27,7 @@ from ..errors import UserError
 from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data
 from ..records.history import DEFAULT_HISTORY, History
 from .dashboard import DASHBOARD_MODES, make_dashboard
+from .tables import tidy_table
 
 # %fedless_train option -> the config key it sets (the same schema as `fedless-nb run`'s YAML)
 OPTION_KEYS = {
@@ -50,19 +52,27 @@ def _numbers(text: str) -> list[float]:
 def partition_arguments(magic: Callable[..., Any]) -> Callable[..., Any]:
     """The data and partition options %fedless_train and %fedless_partition share (data.* keys of the schema)."""
     for decorate in reversed([
-        argument("--dataset", help="digits, breast_cancer, mnist, ... (default digits)"),
-        argument("--partition", help="iid, dirichlet, shards, natural, pathological, inner_dirichlet, linear, "
-                                     "square, exponential, power_law or lognormal (default iid)"),
-        argument("--alpha", type=float, help="Dirichlet concentration (smaller is more skewed)"),
-        argument("--shards-per-client", type=int, help="shards: label shards per client"),
-        argument("--labels-per-client", type=int, help="pathological: classes per client"),
-        argument("--min-examples", type=int, help="dirichlet and size laws: least examples per client"),
-        argument("--base", type=float, help="exponential: size ratio of neighbouring clients (default e)"),
-        argument("--exponent", type=float, help="power_law: tail exponent of client sizes (smaller is more skewed)"),
-        argument("--sigma", type=float, help="lognormal: std of log client sizes"),
-        argument("--sizes", type=_numbers, metavar="N,N,...", help="inner_dirichlet: relative size of each client"),
-        argument("--max-rotation", type=float, help="feature skew: degrees the last client's images turn"),
-        argument("--max-noise", type=float, help="feature skew: noise std on the last client's images"),
+        argument("--dataset", help=documented("digits, breast_cancer, mnist, fashion_mnist, cifar10, femnist, "
+                                              "shakespeare, synthetic", "data.dataset")),
+        argument("--partition", help=documented("iid, dirichlet, shards, natural, pathological, inner_dirichlet, "
+                                                "linear, square, exponential, power_law or lognormal", "data.partition")),
+        argument("--alpha", type=float, help=documented("Dirichlet concentration (smaller is more skewed)", "data.alpha")),
+        argument("--shards-per-client", type=int, help=documented("shards: label shards per client",
+                                                                   "data.shards_per_client")),
+        argument("--labels-per-client", type=int, help=documented("pathological: classes per client",
+                                                                   "data.labels_per_client")),
+        argument("--min-examples", type=int, help=documented("dirichlet and size laws: least examples per client",
+                                                              "data.min_examples")),
+        argument("--base", type=float, help=documented("exponential: size ratio of neighbouring clients", "data.base")),
+        argument("--exponent", type=float, help=documented("power_law: tail exponent of client sizes (smaller is "
+                                                           "more skewed)", "data.exponent")),
+        argument("--sigma", type=float, help=documented("lognormal: std of log client sizes", "data.sigma")),
+        argument("--sizes", type=_numbers, metavar="N,N,...", help=documented("inner_dirichlet: relative size of "
+                                                                             "each client", "data.sizes")),
+        argument("--max-rotation", type=float, help=documented("feature skew: degrees the last client's images turn",
+                                                               "data.max_rotation")),
+        argument("--max-noise", type=float, help=documented("feature skew: noise std on the last client's images",
+                                                            "data.max_noise")),
     ]):
         magic = decorate(magic)
     return magic
@@ -100,12 +110,42 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _require_running_loop() -> None:
+def run_labels(names: dict[str, str]) -> dict[str, str]:
+    """Each run's name, with the end of its id where two runs share a name."""
+    counts = collections.Counter(names.values())
+    return {run_id: name if counts[name] == 1 else f"{name} ({run_id.rsplit('-', 1)[-1]})" for run_id, name in names.items()}
+
+
+X
+
+
+def schema_default(key: str) -> str:
+    """The default of a dotted config key as `%fedless_train?` shows it ("providers.kind": the first provider's)."""
+    value: Any = _SCHEMA_DEFAULTS
+    for part in key.split("."):
+        value = getattr(value[0] if isinstance(value, list) else value, part)
+    return "min(5, clients)" if key == "clients_per_round" and value is None else str(value)
+
+
+def documented(text: str, key: str) -> str:
+    return f"{text} (default {schema_default(key)})"
+
+
+def parse_options(magic: Callable[..., Any], line: str) -> Any:
+    """parse_argstring, with the closest known options named when one is misspelled."""
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise UsageError("--background needs a running event loop, as in a Jupyter kernel; "
-                         "in a terminal IPython, leave --background out") from None
+        return parse_argstring(magic, line)
+    except UsageError as error:
+        message = str(error)
+        if "unrecognized arguments:" not in message:
+            raise
+        known = list(magic.parser._option_string_actions)
+        unknown = message.split("unrecognized arguments:", 1)[1].split()
+        for word in (w for w in unknown if w.startswith("-")):
+            close = difflib.get_close_matches(word.split("=")[0], known, n=2, cutoff=0.6)
+            if close:
+                raise UsageError(f"{message} (did you mean {' or '.join(close)}?)") from None
+        raise
 
 
 @magics_class
@@ -116,7 +156,8 @@ class FedlessMagics(Magics):
     store = Unicode(".fedless/store", help="directory of the local parameter store").tag(config=True)
     dashboard = CaselessStrEnum(
         DASHBOARD_MODES, default_value="auto",
-        help="auto: widgets where the frontend renders them, else text; or widgets, text, none",
+        help="auto: widgets where the frontend renders them, else text; or widgets, text, compact (one line per "
+             "run, for loops), none",
     ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
@@ -126,54 +167,61 @@ class FedlessMagics(Magics):
     # %fedless_train ---------------------------------------------------------------------------
     @magic_arguments()
     @argument("model", nargs="?", help="a notebook variable holding a Keras model or a function that builds one "
-                                       "(default: the config's model.builder, mlp)")
+                                       f"(default: the config's model.builder, {schema_default('model.builder')})")
     @argument("--config", help="YAML file of the same schema as `fedless-nb run` (options below override it)")
-    @argument("--name", help="experiment name, the start of the run id")
-    @argument("--seed", type=int)
-    @argument("--clients", type=int, help="number of clients (default 20)")
-    @argument("--clients-per-round", type=int, help="clients selected per round (default 5)")
-    @argument("--rounds", type=int, help="default 10")
-    @argument("--round-deadline", type=float, help="seconds; slower invocations count as failed")
-    @argument("--builder", help="built-in model (mlp, logistic_regression, cnn, leaf_cnn, char_lstm) or 'module:function'")
+    @argument("--name", help=documented("experiment name, the start of the run id", "name"))
+    @argument("--seed", type=int, help=documented("seeds partitions, client sampling and initial weights", "seed"))
+    @argument("--clients", type=int, help=documented("number of clients", "clients"))
+    @argument("--clients-per-round", type=int, help=documented("clients selected per round", "clients_per_round"))
+    @argument("--rounds", type=int, help=documented("federated rounds", "rounds"))
+    @argument("--round-deadline", type=float, help=documented("seconds; slower invocations count as failed",
+                                                              "round_deadline"))
+    @argument("--builder", help=documented("built-in model (mlp, logistic_regression, cnn, leaf_cnn, char_lstm) or "
+                                           "'module:function'", "model.builder"))
     @partition_arguments
-    @argument("--epochs", type=int, help="local epochs per round")
-    @argument("--batch-size", type=int)
-    @argument("--optimizer", help="sgd, adam, rmsprop or adagrad")
-    @argument("--lr", "--learning-rate", dest="learning_rate", type=float)
-    @argument("--strategy", help="aggregation strategy (default fedavg)")
+    @argument("--epochs", type=int, help=documented("local epochs per round", "train.epochs"))
+    @argument("--batch-size", type=int, help=documented("local batch size", "train.batch_size"))
+    @argument("--optimizer", help=documented("sgd, adam, rmsprop or adagrad", "train.optimizer"))
+    @argument("--lr", "--learning-rate", dest="learning_rate", type=float,
+              help=documented("local learning rate", "train.learning_rate"))
+    @argument("--strategy", help=documented("aggregation strategy", "strategy.name"))
     @argument("--secagg", action="store_true",
               help="secure aggregation (SecAgg+): the controller sees only the sum of each round's updates "
                    "(turns the norm screening off, as it needs single updates)")
-    @argument("--provider", help="provider kind for every client (default local)")
-    @argument("--workers", type=int, help="invocations the provider runs at once")
+    @argument("--provider", help=documented("provider kind for every client", "providers.kind"))
+    @argument("--workers", type=int, help=documented("invocations the provider runs at once", "providers.workers"))
     @argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
               help="any config key, dotted, with a YAML value: --set train.epochs=2 (repeatable)")
-    @argument("--history", help="SQLite history file (default: FedlessMagics.history)")
-    @argument("--dashboard", choices=DASHBOARD_MODES, help="default: FedlessMagics.dashboard")
+    @argument("--history", help="SQLite history file (default: FedlessMagics.history, fedless_history.db)")
+    @argument("--dashboard", choices=DASHBOARD_MODES, help="default: FedlessMagics.dashboard, auto")
     @argument("--background", action="store_true",
-              help="run on the kernel's event loop and return at once; %%fedless_stop ends it")
+              help="return at once while the run trains on the kernel's run thread; %%fedless_stop ends it")
     @line_cell_magic
     @user_errors
     def fedless_train(self, line: str, cell: str | None = None) -> Any:
         """Train a model federated. `run = %fedless_train model --rounds 5` returns the run: run.rounds_frame(),
         run.weights, run.model(). As a cell magic the cell body is a YAML config."""
-        args = parse_argstring(self.fedless_train, line)
+        args = parse_options(self.fedless_train, line)
         config = self.experiment_config(args, cell)
         model = self._user_model(args.model) if args.model else None
-        if args.background:
-            _require_running_loop()
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell)
         observers = [dashboard] if dashboard is not None else []
         from .execution import BackgroundRun, run_to_end
+        from .pool import warm_pool
 
+        providers = warm_pool().providers_for(config)
         if args.background:
-            run = BackgroundRun(config, model, observers, on_done=self.background.remove)
+            run = BackgroundRun(config, model, observers, on_done=self.background.remove, providers=providers)
             self.background.append(run)
             return run
-        return run_to_end(config, model, observers)
+        return run_to_end(config, model, observers, providers=providers)
 
     def experiment_config(self, args: Any, cell: str | None) -> ExperimentConfig:
         """The magics' settings, then the config file or cell, then the options, validated as one config."""
+        return ExperimentConfig.from_dict(self.config_data(args, cell))
+
+    def config_data(self, args: Any, cell: str | None) -> dict[str, Any]:
+        """What experiment_config validates: plain data, which a sweep varies before validating each point."""
         data: dict[str, Any] = {"history": self.history, "store": {"path": self.store}}
         for source in (read_config_data(args.config) if args.config else None,
                        parse_config_yaml(cell, "the cell") if cell and cell.strip() else None):
@@ -194,7 +242,7 @@ class FedlessMagics(Magics):
             if not equals or not key:
                 raise UsageError(f"--set {setting}: write KEY=VALUE, for example --set train.epochs=2")
             set_key(data, key.strip(), parse_config_yaml(value, f"--set {key}") if value.strip() else None)
-        return ExperimentConfig.from_dict(data)
+        return data
 
     def _user_model(self, name: str) -> Any:
         if name not in self.shell.user_ns:
@@ -219,10 +267,25 @@ class FedlessMagics(Magics):
         PartitionPreview (.counts, .sizes, .label_skew, .figure(shares=True), .frame())."""
         from ..data import preview_partition
 
-        args = parse_argstring(self.fedless_partition, line)
+        args = parse_options(self.fedless_partition, line)
         settings = {key.removeprefix("data."): getattr(args, option) for option, key in OPTION_KEYS.items()
                     if key.startswith("data.") and getattr(args, option) is not None}
         return preview_partition(clients=args.clients, seed=args.seed, **settings)
+
+    # %%fedless_sweep -------------------------------------------------------------------------
+    @cell_magic
+    @user_errors
+    def fedless_sweep(self, line: str, cell: str) -> Any:
+        """Run once per point of a grid: the cell is YAML mapping config keys to lists of values, e.g.
+        `strategy.name: [fedavg, fedprox]` and `data.alpha: [0.1, 1.0]`; the line takes %fedless_train's options
+        (`--rounds 3 --clients 10`, a model variable first). One compact line per run, then a table and a figure;
+        returns the SweepResult (`.frame()`, `.runs`)."""
+        from .sweep import run_sweep
+
+        args = parse_options(self.fedless_train, line)
+        grid = parse_config_yaml(cell, "the cell") if cell.strip() else None
+        model = self._user_model(args.model) if args.model else None
+        return run_sweep(self.config_data(args, None), grid, model=model)
 
     # %fedless_stop ----------------------------------------------------------------------------
     @magic_arguments()
@@ -241,6 +304,23 @@ class FedlessMagics(Magics):
             if not args.run_id or run.run_id in args.run_id:
                 run.stop()
                 print(f"Run {run.run_id or '(starting)'} stops after its current round")
+
+    # %fedless_pool ----------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--end", action="store_true", help="stop every warm worker (the next run starts fresh ones)")
+    @line_magic
+    def fedless_pool(self, line: str) -> Any:
+        """The kernel's warm local workers, kept from one run to the next (see notebook/pool.py), as a DataFrame;
+        `--end` stops them. They also end with the kernel."""
+        import pandas as pd
+
+        from .pool import warm_pool
+
+        args = parse_argstring(self.fedless_pool, line)
+        if args.end:
+            print(f"Stopped {warm_pool().end()} warm workers")
+            return None
+        return pd.DataFrame(warm_pool().describe(), columns=["provider", "workers", "timeout", "builder", "worker_pids"])
 
     # %fedless_history, %fedless_compare -------------------------------------------------------
     @contextlib.contextmanager
@@ -266,12 +346,12 @@ class FedlessMagics(Magics):
         with self._history(args.history) as history:
             if args.run_id:
                 history.run(args.run_id)  # refuses an unknown id by name
-                return history.rounds_frame(args.run_id).drop(columns=["run_id", "started_at", "finished_at"])
+                return tidy_table(history.rounds_frame(args.run_id).drop(columns=["run_id", "started_at", "finished_at"]))
             frame = history.runs_frame()
         if frame.empty:
             return frame
         frame["started"] = frame["started_at"].map(lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)))
-        return frame[[column for column in RUNS_COLUMNS if column in frame]]
+        return tidy_table(frame[[column for column in RUNS_COLUMNS if column in frame]])
 
     @magic_arguments()
     @argument("run_id", nargs="+", help="two or more run ids")
@@ -280,28 +360,29 @@ class FedlessMagics(Magics):
     @line_magic
     @user_errors
     def fedless_compare(self, line: str) -> Any:
-        """Plot a metric per round of several runs in one chart; returns the values (round x run) as a DataFrame."""
+        """Plot a metric per round of several runs in one chart, each named by its run's name; returns the
+        values (round x run name) as a DataFrame."""
         import pandas as pd
-        from IPython.display import SVG, display
+        from IPython.display import Image, display
 
-        from .chart import line_chart
+        from .record import compare_figure, figure_png
 
         args = parse_argstring(self.fedless_compare, line)
         column = f"eval_{args.metric}"
-        series: dict[str, list[tuple[float, float]]] = {}
+        runs: dict[str, tuple[str, list[tuple[float, float]]]] = {}
         with self._history(args.history) as history:
             for run_id in args.run_id:
-                history.run(run_id)
-                series[run_id] = [(row["round"], row[column]) for row in history.rounds(run_id) if column in row]
-        missing = [run_id for run_id, points in series.items() if not points]
+                name = history.run(run_id)["name"]
+                runs[run_id] = (name, [(row["round"], row[column]) for row in history.rounds(run_id) if column in row])
+        missing = [run_id for run_id, (_, points) in runs.items() if not points]
         if missing:
             raise UsageError(f"run {missing[0]} has no {args.metric!r} recorded; choose --metric from its eval metrics")
-        accuracy = args.metric == "accuracy"
-        display(SVG(line_chart(series, title=f"test {args.metric} per round", y_label=args.metric,
-                               y_range=(0.0, 1.0) if accuracy else None, width=640, height=320)))
-        frame = pd.DataFrame({run_id: dict(points) for run_id, points in series.items()})
+        labels = run_labels({run_id: name for run_id, (name, _) in runs.items()})
+        series = {labels[run_id]: points for run_id, (_, points) in runs.items()}
+        display(Image(figure_png(compare_figure(series, args.metric))))
+        frame = pd.DataFrame({label: dict(points) for label, points in series.items()})
         frame.index.name = "round"
-        return frame
+        return tidy_table(frame)
 
 
     # %fedless_deploy -------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""The lasting record of a run: a matplotlib figure and a one-paragraph summary.
+
+Live widgets need the kernel that drew them: a saved notebook shows "model not found" where they
+were, and GitHub or nbconvert's HTML show their text form. The record is plain HTML and PNG, so any
+viewer renders it; the dashboard puts it in place of the widgets when a run ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import TYPE_CHECKING, Sequence
+
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from .dashboard import RunProgress
+
+OUTCOME_COLORS = {"cold": "#1f77b4", "warm": "#2ca02c", "failed": "#d62728"}
+STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.spines.top": False, "axes.spines.right": False}
+
+Points = Sequence[tuple[float, float]]
+
+
+def _plot_metric(axes: "matplotlib.axes.Axes", series: dict[str, Points], metric: str) -> None:
+    """One line per series; whole rounds on x, accuracy on a fixed 0-1 axis, the legend outside the data."""
+    for label, points in series.items():
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
+    axes.set_xlabel("round")
+    axes.set_ylabel(metric)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if metric == "accuracy":
+        axes.set_ylim(0.0, 1.0)
+    else:
+        axes.set_ylim(bottom=0.0)
+    axes.grid(alpha=0.3)
+    if len(series) > 1:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def _plot_timeline(axes: "matplotlib.axes.Axes", bars: Sequence[tuple[str, float, float, str, str]]) -> None:
+    """A row per client, a bar per invocation from its start to its end, coloured cold, warm or failed."""
+    clients = sorted({bar[0] for bar in bars})
+    rows = {client: index for index, client in enumerate(clients)}
+    for outcome, color in OUTCOME_COLORS.items():
+        spans = [(start, max(finish - start, 1e-3), rows[client])
+                 for client, start, finish, _, kind in bars if kind == outcome]
+        for start, width, row in spans:
+            axes.broken_barh([(start, width)], (row - 0.4, 0.8), color=color)
+    axes.set_yticks(range(len(clients)), [client.removeprefix("client-") for client in clients])
+    if len(clients) > 20:
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+    axes.set_ylabel("client")
+    axes.set_xlabel("seconds since the run started")
+    axes.set_title("client timeline")
+    legend = [Patch(color=color, label=outcome) for outcome, color in OUTCOME_COLORS.items()]
+    axes.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def figure_png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=96)
+    return buffer.getvalue()
+
+
+def run_figure(progress: "RunProgress") -> Figure:
+    """Accuracy and loss per round side by side, the clients' timeline below."""
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(11, 6.5), layout="constrained")
+        grid = figure.add_gridspec(2, 2)
+        for column, metric in enumerate(("accuracy", "loss")):
+            axes = figure.add_subplot(grid[0, column])
+            _plot_metric(axes, progress.series(metric), metric)
+            axes.set_title(f"test {metric}")
+        _plot_timeline(figure.add_subplot(grid[1, :]), list(progress.bars))
+    return figure
+
+
+def compare_figure(series: dict[str, Points], metric: str) -> Figure:
+    """A metric per round of several runs, one line each, named in a legend beside the axes."""
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(9, 4.5), layout="constrained")
+        axes = figure.add_subplot()
+        _plot_metric(axes, series, metric)
+        axes.set_title(f"test {metric} per round")
+    return figure
+
+
+class RunRecord:
+    """The summary paragraph with the figure below it; `text/html` for notebooks, `image/png` and
+    `text/plain` for viewers that render no HTML."""
+
+    def __init__(self, progress: "RunProgress") -> None:
+        self.progress = progress
+        self.png = figure_png(run_figure(progress))
+
+    def facts(self) -> list[str]:
+        state = self.progress
+        facts = [f"{state.rounds_done}/{state.total_rounds} rounds"]
+        facts += [f"{value} {name}" for name, value in state.totals().items()]
+        return facts
+
+    def text(self) -> str:
+        state = self.progress
+        accuracy = state.final_accuracy
+        score = "no round finished" if accuracy is None else f"final test accuracy {accuracy:.3f}"
+        return f"Run {state.name} ({state.run_id}) {state.status}: {score}; {', '.join(self.facts())}."
+
+    def html(self) -> str:
+        state = self.progress
+        accuracy = "&ndash;" if state.final_accuracy is None else f"{state.final_accuracy:.3f}"
+        image = base64.b64encode(self.png).decode()
+        return (
+            f'<div class="fedless-record">'
+            f'<p><span style="font-size:2.5em;font-weight:bold">{accuracy}</span> final test accuracy &middot; '
+            f"run <b>{html.escape(state.name)}</b> <code>{html.escape(state.run_id)}</code> {html.escape(state.status)}: "
+            f"{html.escape(', '.join(self.facts()))}.</p>"
+            f'<img src="data:image/png;base64,{image}" alt="accuracy, loss and client timeline of the run" '
+            f'style="max-width:100%"/></div>'
+        )
+
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, str]:
+        return {"text/html": self.html(), "image/png": base64.b64encode(self.png).decode(), "text/plain": self.text()}

@@ -1,0 +1,105 @@
+"""Sweeps: one run per point of a grid over config keys, a compact line each, one table and one figure.
+
+`run_sweep(base, {"strategy.name": ["fedavg", "fedprox"], "data.alpha": [0.1, 1.0]})` from Python, or
+`%%fedless_sweep` with the grid as YAML in the cell. Every run is an ordinary run in the history; the runs
+share the kernel's warm workers (pool.py) when their settings match.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import UserError
+from ..experiment import ExperimentConfig
+from ..runner import RunResult
+from .dashboard import CompactDashboard
+from .execution import run_to_end
+from .pool import warm_pool
+from .record import compare_figure, figure_png
+from .tables import tidy_table
+
+
+class SweepError(UserError):
+    """A grid that is not a mapping of config keys to lists of values."""
+
+
+def grid_points(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, the first key varying slowest."""
+    if not isinstance(grid, dict) or not grid:
+        raise SweepError("a sweep needs a grid: a mapping of config keys to lists of values, "
+                         "for example {'strategy.name': ['fedavg', 'fedprox']}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{key}: give a list of values to sweep, for example {key}: [{values!r}]")
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def _with_values(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """`base` with each dotted key of `point` set; sections are copied, never shared between runs."""
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    for dotted, value in point.items():
+        *path, last = dotted.split(".")
+        section = data
+        for part in path:
+            section[part] = dict(section.get(part) or {})
+            section = section[part]
+        section[last] = value
+    return data
+
+
+def point_label(point: dict[str, Any]) -> str:
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in point.items())
+
+
+@dataclass
+class SweepResult:
+    """The runs of a sweep, in grid order; shows as a table and a figure of accuracy per round."""
+
+    points: list[dict[str, Any]]
+    runs: list[RunResult]
+
+    def frame(self) -> Any:
+        """One row per run: the grid's values, the run's id, its status and its final test metrics."""
+        import pandas as pd
+
+        rows = [{**point, "run_id": run.run_id, "status": run.status, "rounds": len(run.round_metrics),
+                 **{f"final_{name}": value for name, value in (run.round_metrics[-1] if run.round_metrics else {}).items()}}
+                for point, run in zip(self.points, self.runs)]
+        return tidy_table(pd.DataFrame(rows))
+
+    def figure_png(self, metric: str = "accuracy") -> bytes:
+        series = {point_label(point): [(index + 1, m[metric]) for index, m in enumerate(run.round_metrics) if metric in m]
+                  for point, run in zip(self.points, self.runs)}
+        return figure_png(compare_figure(series, metric))
+
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, str]:
+        import base64
+
+        frame, png = self.frame(), base64.b64encode(self.figure_png()).decode()
+        image = f'<img src="data:image/png;base64,{png}" alt="test accuracy per round of each run" style="max-width:100%"/>'
+        return {"text/html": f'<div class="fedless-sweep">{frame.to_html(index=False)}{image}</div>',
+                "text/plain": frame.to_string(index=False), "image/png": png}
+
+
+def run_sweep(base: ExperimentConfig | dict[str, Any], grid: dict[str, list[Any]], *, model: Any = None,
+              show: Callable[..., Any] | None = None) -> SweepResult:
+    """Run `base` once per point of `grid` (dotted config keys -> lists of values), one after another.
+
+    Each run is named `<base name>-<values>` in the history; `show` (IPython's display, the default in a
+    notebook) gets one compact line per run, rewritten as its rounds finish. Every config is validated
+    before the first run starts, so a bad value costs no training.
+    """
+    if show is None:
+        from IPython.display import display as show
+    data = base.to_dict() if isinstance(base, ExperimentConfig) else dict(base)
+    points = grid_points(grid)
+    name = data.get("name", "experiment")
+    configs = [ExperimentConfig.from_dict(_with_values(data, {
+        **point, "name": "-".join([name, *(str(value) for value in point.values())])})) for point in points]
+    runs = []
+    for index, (point, config) in enumerate(zip(points, configs), start=1):
+        line = CompactDashboard(show, label=f"[{index}/{len(points)}] {point_label(point)}")
+        runs.append(run_to_end(config, model, [line], providers=warm_pool().providers_for(config)))
+    return SweepResult(points, runs)

@@ -1,0 +1,34 @@
+"""Sweep grids: every combination, in order, each run's config its own; mistakes refused before any run."""
+
+import pytest
+
+from fedless_nb.notebook.sweep import SweepError, _with_values, grid_points, point_label, run_sweep
+
+
+def test_grid_points_are_every_combination_first_key_slowest():
+    points = grid_points({"strategy.name": ["fedavg", "fedprox"], "data.alpha": [0.1, 1.0]})
+    assert points == [{"strategy.name": "fedavg", "data.alpha": 0.1}, {"strategy.name": "fedavg", "data.alpha": 1.0},
+                      {"strategy.name": "fedprox", "data.alpha": 0.1}, {"strategy.name": "fedprox", "data.alpha": 1.0}]
+    assert point_label(points[1]) == "name=fedavg alpha=1.0"
+
+
+def test_each_point_gets_its_own_sections():
+    base = {"data": {"partition": "dirichlet"}, "rounds": 3}
+    first, second = (_with_values(base, {"data.alpha": alpha}) for alpha in (0.1, 1.0))
+    assert first["data"] == {"partition": "dirichlet", "alpha": 0.1} and second["data"]["alpha"] == 1.0
+    assert base == {"data": {"partition": "dirichlet"}, "rounds": 3}
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({}, "a sweep needs a grid"),
+    ({"data.alpha": 0.1}, r"data.alpha: give a list of values to sweep, for example data.alpha: \[0.1\]"),
+])
+def test_a_bad_grid_is_one_line(grid, message):
+    with pytest.raises(SweepError, match=message):
+        grid_points(grid)
+
+
+def test_every_point_is_validated_before_any_run(tmp_path):
+    with pytest.raises(Exception, match="data.alpha: must be > 0, got 0.0"):
+        run_sweep({"history": str(tmp_path / "h.db")}, {"data.alpha": [1.0, 0.0]}, show=print)
+    assert not (tmp_path / "h.db").exists()
