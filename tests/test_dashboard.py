@@ -1,6 +1,6 @@
 """The dashboard as an observer: events in, widgets or text out; the static record a run leaves."""
-
 import base64
+import dataclasses
 
 import pytest
 from IPython import get_ipython
@@ -10,7 +10,10 @@ from fedless_nb.records.cost import CostModel
 from fedless_nb.rounds.events import InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from fedless_nb.notebook.live_charts import whole_ticks
 from fedless_nb.notebook.magics import run_labels
-from fedless_nb.notebook.record import OUTCOME_COLORS, RunRecord, compare_figure, run_figure
+from fedless_nb.data import preview_config
+from fedless_nb.data.partition_view import figure_png
+from fedless_nb.experiment import ExperimentConfig
+from fedless_nb.notebook.record import OUTCOME_COLORS, RECORD_DPI, RunRecord, compare_figure, run_figure
 from fedless_nb.notebook.dashboard import (
     TIMELINE_BARS, CompactDashboard, RunProgress, TextDashboard, WidgetDashboard, make_dashboard,
     frontend_renders_widgets,
@@ -145,6 +148,21 @@ def test_the_record_is_a_paragraph_and_a_figure_any_viewer_renders():
     assert accuracy.get_ylim() == (0.0, 1.0) and [t.get_text() for t in timeline.get_yticklabels()] == ["0000", "0001"]
     assert [t.get_text() for t in timeline.get_legend().get_texts()] == ["cold", "warm", "failed"]
     assert all(tick == int(tick) for tick in accuracy.get_xticks()), "whole rounds only"
+
+
+def test_the_record_shows_the_split_the_run_trained_on():
+    """With the run's config, the record carries the partition's label-distribution figure (issue 17)."""
+    config = ExperimentConfig.from_dict({"clients": 6, "data": {"partition": "pathological", "labels_per_client": 2}})
+    progress = RunProgress()
+    for event in run_events():
+        progress.update(dataclasses.replace(event, config=config.to_dict()) if isinstance(event, RunStarted) else event)
+    record = RunRecord(progress)
+    assert record.partition is not None and record.partition.startswith(b"\x89PNG")
+    expected = figure_png(preview_config(config).figure(), dpi=RECORD_DPI)
+    assert record.partition == expected, "the same figure %fedless_partition shows for that split"
+    assert record.html().count('src="data:image/png;base64,') == 2
+    assert "label distribution of the clients" in record.html()
+    assert RunRecord(RunProgress()).partition is None, "no config, no partition figure"
 
 
 def test_compare_names_each_run_in_a_legend_beside_the_data():

@@ -26,6 +26,7 @@ class RunProgress:
 
     run_id: str = ""
     name: str = ""
+    config: dict[str, Any] = field(default_factory=dict)  # the run's config, for the record's partition figure
     total_rounds: int = 0
     rounds_done: int = 0
     round_running: int = 0
@@ -45,6 +46,7 @@ class RunProgress:
     def update(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.run_id, self.name, self.total_rounds, self.started_at = event.run_id, event.name, event.rounds, event.started_at
+            self.config = event.config
             self.prices = CostModel.for_run({"providers": event.providers, "config": event.config})
             self.status = "running"
         elif isinstance(event, RoundStarted):

@@ -116,7 +116,7 @@ def run_labels(names: dict[str, str]) -> dict[str, str]:
     return {run_id: name if counts[name] == 1 else f"{name} ({run_id.rsplit('-', 1)[-1]})" for run_id, name in names.items()}
 
 
-X
+_SCHEMA_DEFAULTS = ExperimentConfig()  # the schema's defaults, for the options' help
 
 
 def schema_default(key: str) -> str:

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from ..data.partition_view import figure_png
+
 if TYPE_CHECKING:
     from .dashboard import RunProgress
 
 OUTCOME_COLORS = {"cold": "#1f77b4", "warm": "#2ca02c", "failed": "#d62728"}
+RECORD_DPI = 96
 STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.spines.top": False, "axes.spines.right": False}
 
 Points = Sequence[tuple[float, float]]
@@ -61,10 +63,18 @@ def _plot_timeline(axes: "matplotlib.axes.Axes", bars: Sequence[tuple[str, float
     axes.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
-def figure_png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=96)
-    return buffer.getvalue()
+def partition_png(config: dict[str, Any]) -> bytes | None:
+    """The label distribution of the split the run trained on (data.preview_config, rebuilt from the run's
+    config), or None when it cannot be rebuilt here (e.g. a dataset file that has moved since)."""
+    from ..data import preview_config
+    from ..errors import UserError
+    from ..experiment import ExperimentConfig
+
+    try:
+        preview = preview_config(ExperimentConfig.from_dict(config))
+    except UserError:
+        return None
+    return figure_png(preview.figure(), dpi=RECORD_DPI)
 
 
 def run_figure(progress: "RunProgress") -> Figure:
@@ -96,7 +106,8 @@ class RunRecord:
 
     def __init__(self, progress: "RunProgress") -> None:
         self.progress = progress
-        self.png = figure_png(run_figure(progress))
+        self.png = figure_png(run_figure(progress), dpi=RECORD_DPI)
+        self.partition = partition_png(progress.config) if progress.config else None
 
     def facts(self) -> list[str]:
         state = self.progress
@@ -120,8 +131,15 @@ class RunRecord:
             f"run <b>{html.escape(state.name)}</b> <code>{html.escape(state.run_id)}</code> {html.escape(state.status)}: "
             f"{html.escape(', '.join(self.facts()))}.</p>"
             f'<img src="data:image/png;base64,{image}" alt="accuracy, loss and client timeline of the run" '
-            f'style="max-width:100%"/></div>'
+            f'style="max-width:100%"/>{self._partition_html()}</div>'
         )
+
+    def _partition_html(self) -> str:
+        if self.partition is None:
+            return ""
+        image = base64.b64encode(self.partition).decode()
+        return (f'<p>The split it trained on: examples per class of each client.</p><img src="data:image/png;base64,'
+                f'{image}" alt="label distribution of the clients\' data" style="max-width:100%"/>')
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, str]:
         return {"text/html": self.html(), "image/png": base64.b64encode(self.png).decode(), "text/plain": self.text()}
