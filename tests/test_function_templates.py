@@ -214,7 +214,7 @@ def test_every_failure_maps_to_the_status_that_tells_a_provider_whether_to_retry
         PayloadError("x"), AuthError("x", status=401), AuthError("x"), MissingKeyError("x"), RuntimeError("x"))] == [
         400, 401, 403, 424, 500]
 
-    def breaks(payload):
+    def breaks(payload, **_):
         raise RuntimeError("a bug inside the function")
 
     logged = []

@@ -1,4 +1,3 @@
-import dataclasses
 import math
 
 import numpy as np
@@ -294,7 +293,7 @@ def test_inner_dirichlet_skew_grows_as_alpha_shrinks():
 
 
 def test_every_partition_option_is_a_data_config_key_and_settings_reach_the_partitioner():
-    keys = {field.name for field in dataclasses.fields(DataConfig)}
+    keys = set(DataConfig.model_fields)
     assert all(set(partition_options(kind)) <= keys for kind in PARTITION_KINDS)
     assert partition_options("exponential") == ("base", "min_examples")
     settings = DataConfig(partition="pathological", labels_per_client=3, alpha=0.01)

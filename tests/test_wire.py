@@ -16,7 +16,7 @@ from fedless_nb.security import client_key
 from fedless_nb.store import store_from_descriptor
 from fedless_nb.wire import PayloadError, ResultError, check_task, parse_result
 
-from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
+from signed_tasks import function_env, make_task, write_inputs  # noqa: F401 (a fixture)
 
 RUN, KEY = "run-1", "runs/run-1/round-00001/updates/c.weights"
 GOOD = {"run_id": RUN, "round": 1, "client_id": "c", "update": KEY, "num_examples": 40,

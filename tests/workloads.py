@@ -145,8 +145,6 @@ def sleeps_on_client_zero(payload):
 def boosts_client_1(payload):
     """Trains and signs for real, except client 1, a compromised function: it boosts its change to the global
     model a million times and signs that, so only the controller's norm screening can catch it."""
-    import numpy as np
-
     from fedless_nb.function.handler import handle
     from fedless_nb.security import client_key, function_secret
     from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
-from .events import InvocationFinished, Observer, RoundFinished, RoundStarted, RunFinished, RunStarted, UpdateRejected
+from .events import InvocationFinished, Observer, RoundFinished, RunFinished, RunStarted, UpdateRejected
 from ..function.batching import local_steps
 from ..model import ModelSpec
 from ..privacy.accounting import PrivacyBudgetExhausted

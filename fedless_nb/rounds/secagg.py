@@ -21,7 +21,7 @@ import base64
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from ..strategies.base import ClientUpdate, Weights
 from ..strategies.central_dp import CentralDP
 from .events import RoundFailed, RoundStarted, UpdateRejected
 from .resilience import check_quorum
+from .synchronous import SynchronousRounds
 
 if TYPE_CHECKING:
     from .controller import ClientRef, Controller
@@ -63,18 +64,15 @@ class _Attempt:
         return sorted(self.objects.get(stage, {}))
 
 
-class SecureAggregationRounds:
-    """Schedule for Controller.run: `plan.rounds` secure rounds (see the module docstring)."""
+class SecureAggregationRounds(SynchronousRounds):
+    """Schedule for Controller.run: `plan.rounds` secure rounds (see the module docstring), one after the
+    other as synchronous rounds are; only a round itself differs."""
 
     def __init__(self, controller: Controller, options: SecureAggregationConfig) -> None:
-        self.controller, self.options = controller, options
+        super().__init__(controller)
+        self.options = options
         self.params = secagg.QuantizationParams(options.clipping_range, options.quantization_range)
         self.central = controller.strategy if isinstance(controller.strategy, CentralDP) else None
-
-    async def __call__(self, weights: Weights) -> AsyncIterator[tuple[int, Weights]]:
-        for round_number in range(self.controller.resumed_round + 1, self.controller.plan.rounds + 1):
-            weights = await self.round(round_number, weights)
-            yield round_number, weights
 
     async def round(self, round_number: int, weights: Weights) -> Weights:
         """One secure round, run again while it fails or is below its quorum and repeats are left."""
