@@ -1,6 +1,7 @@
-"""The controller side of a run: the controller's round interface, its schedules (synchronous, FedBuff), client
-selection, retries and quorum, update screening, checkpoints, evaluation and the events observers receive.
+"""The controller side of a run: the controller's round interface, its schedules (synchronous, FedBuff, secure
+aggregation), client selection, retries and quorum, update screening, stragglers, checkpoints, evaluation and
+the events observers receive.
 
-It may import the function-side contract (wire, security, store, model), strategies, providers and privacy;
-never records/ or notebook/ (they observe the controller through its events).
+It may import the function-side contract (wire, security, store, model), strategies, providers, privacy and the
+config's sections (experiment); never records/ or notebook/ (they observe the controller through its events).
 """
