@@ -156,7 +156,8 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             record = page.locator(".fedless-record").first  # the widgets gave way to the run's record
             record.scroll_into_view_if_needed()
             assert "5/5 rounds" in record.inner_text() and "25 invocations" in record.inner_text()
-            assert record.locator("img").evaluate("image => image.naturalWidth") > 0
+            widths = record.locator("img").evaluate_all("images => images.map(image => image.naturalWidth)")
+            assert len(widths) == 2 and min(widths) > 0, "the run's figure and its partition's figure render"
             page.screenshot(path=str(ARTIFACTS / f"{frontend.module}-record.png"))
 
             page.locator(".jp-Notebook").click()
@@ -167,7 +168,8 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             reopened = page.locator(".fedless-record").first
             reopened.wait_for(timeout=120_000)
             assert "final test accuracy" in reopened.inner_text()
-            assert reopened.locator("img").evaluate("image => image.naturalWidth") > 0
+            widths = reopened.locator("img").evaluate_all("images => images.map(image => image.naturalWidth)")
+            assert len(widths) == 2 and min(widths) > 0
             (ARTIFACTS / f"{frontend.module}-console.log").write_text("\n".join(console))
             # an extension built for a newer JupyterLab than the one running (jupyterlab_widgets 3.0.17 wants ^4.6.2)
             mismatches = [line for line in console if re.search(r"Unsatisfied version|No satisfying version", line)]
