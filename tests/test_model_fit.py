@@ -185,7 +185,7 @@ def test_char_lstm_learns_next_characters_of_shakespeare_over_two_rounds(tmp_pat
 @pytest.mark.parametrize(("builder", "dataset"), [("leaf_cnn", "femnist"), ("char_lstm", "shakespeare")])
 def test_the_leaf_models_train_with_dp_sgd(tmp_path, builder, dataset):
     """DP-SGD's per-microbatch Jacobian through an LSTM takes minutes to trace here: long timeouts."""
-    dp = {"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "num_microbatches": 2}
+    dp = {"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "num_microbatches": 2, "sampling": "shuffle"}  # microbatches: fixed-size batches
     train = {"epochs": 1, "batch_size": 2, "learning_rate": 0.05, "dp": dp}
     config = experiment(tmp_path, builder, dataset, train=train,
                         round_deadline=1500, providers=[{"kind": "local", "workers": 1, "timeout": 1500}])
