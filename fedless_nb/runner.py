@@ -165,7 +165,7 @@ async def run_experiment_async(
         initial = decode_arrays(store.get(global_weights_key(run_id, checkpoint.round)))
     providers = providers or {c.name: make_provider(c) for c in config.providers}
     assignment = assign_clients(list(data_keys), config.providers)
-    accountant = _accountant(config, dataset)
+    accountant = _accountant(config, sizes)
     selection = _selection(config, accountant)
     controller = Controller(
         run_id=run_id, name=config.name, config=config.to_dict(), spec=spec,
@@ -212,7 +212,7 @@ def _strategy(config: ExperimentConfig) -> Strategy:
                      delta=central.delta, accountant=central.accountant, seed=config.seed, sampling=central.sampling)
 
 
-def _accountant(config: ExperimentConfig, dataset: Dataset) -> ExampleLevelAccountant | None:
+def _accountant(config: ExperimentConfig, sizes: dict[str, int]) -> ExampleLevelAccountant | None:
     """The example-level accountant when train.dp is set, from the controller's own facts: each client's
     round as the run's DP settings and the partition sizes it wrote make it (so even a client's first
     round is checked against the budget before it trains, and a function's report is only cross-checked)."""
@@ -220,9 +220,8 @@ def _accountant(config: ExperimentConfig, dataset: Dataset) -> ExampleLevelAccou
     if dp is None:
         return None
     train = _train_settings(config)
-    facts = {client_id: privacy_facts(len(indices), train)
-             for client_id, indices in zip(client_ids(config.clients), _partition(dataset, config))
-             if len(indices) >= (dp.num_microbatches or 1)}
+    facts = {client_id: privacy_facts(size, train) for client_id, size in sizes.items()
+             if size >= (dp.num_microbatches or 1)}
     return ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts)
 
 
