@@ -32,6 +32,7 @@ from ..wire import DP_SETTINGS, PayloadError, check_task
 from .batching import dp_sampling, local_steps, privacy_facts, step_batches, step_budget
 from .secagg_stages import KEY_STAGES, key_stage, masked_update, stage_of
 
+
 @dataclass
 class _CompiledModel:
     key: tuple[Any, ...]
