@@ -46,9 +46,36 @@ class ModelSpec:
 
     @property
     def fingerprint(self) -> str:
-        """Stable hash: a warm function reuses its compiled model while this is unchanged."""
-        text = json.dumps(self.to_wire(), sort_keys=True)
+        """Stable hash: a warm function reuses its compiled model while this is unchanged.
+
+        Layer and model names are left out (see `_without_layer_names`): Keras numbers them per build
+        ("dense_7"), so the same model code run twice in a kernel must not cost every warm worker a rebuild
+        and a retrace of its training step.
+        """
+        wire = {**self.to_wire(), "architecture": _without_layer_names(self.architecture)}
+        text = json.dumps(wire, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _without_layer_names(architecture: str) -> Any:
+    """The architecture with each layer's (and the model's) name replaced by its position, everywhere the
+    name occurs (a functional model's inbound nodes and input/output lists refer to layers by name)."""
+    config = json.loads(architecture)
+    model_config = config.get("config", {})
+    layers = model_config.get("layers", []) if isinstance(model_config, dict) else []
+    names = [model_config.get("name")] + [layer.get("config", {}).get("name") for layer in layers]
+    positions = {name: f"<layer {index}>" for index, name in enumerate(names) if isinstance(name, str)}
+
+    def rename(value: Any) -> Any:
+        if isinstance(value, str):
+            return positions.get(value, value)
+        if isinstance(value, list):
+            return [rename(item) for item in value]
+        if isinstance(value, dict):
+            return {key: rename(item) for key, item in value.items()}
+        return value
+
+    return rename(config)
 
 
 def _is_builtin(cls: type) -> bool:

@@ -92,3 +92,24 @@ def test_fingerprint_changes_with_the_architecture():
     large, _ = model_spec_from(zoo.mlp, builder_context={**CONTEXT, "hidden_units": [16]})
     assert small.fingerprint != large.fingerprint
     assert small.fingerprint == ModelSpec.from_wire(small.to_wire()).fingerprint
+
+
+def _functional_model(units: int) -> keras.Model:
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(units, activation="relu")(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Concatenate()([hidden, inputs]))
+    model = keras.Model(inputs, outputs)
+    model.compile(loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_the_same_model_code_run_twice_keeps_its_fingerprint():
+    """Keras numbers layers per build (dense_3, dense_4): a warm worker must not rebuild for a second run."""
+    first, _ = model_spec_from(zoo.mlp, builder_context=CONTEXT)
+    second, _ = model_spec_from(zoo.mlp, builder_context=CONTEXT)
+    assert first.architecture != second.architecture  # the auto-generated names differ ...
+    assert first.fingerprint == second.fingerprint    # ... the model does not
+    functional = [model_spec_from(_functional_model(units))[0] for units in (5, 5, 6)]
+    assert functional[0].architecture != functional[1].architecture
+    assert functional[0].fingerprint == functional[1].fingerprint
+    assert functional[0].fingerprint != functional[2].fingerprint
