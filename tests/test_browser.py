@@ -56,10 +56,12 @@ def frontend_url(request, tmp_path):
     # every cell stays in the page (no windowing), and no news pop-up covers it. Both apps use JupyterLab's
     # plugins and settings layout; Notebook 7 with JupyterLab installed is served its settings by
     # JupyterLab's server extension, so the option goes to LabServerApp, the base class of both apps.
-    for name, value in (("notebook-extension/tracker", {"windowingMode": "none"}),
-                        ("apputils-extension/notification", {"fetchNews": "false"})):
-        (settings / "@jupyterlab" / name).parent.mkdir(parents=True, exist_ok=True)
-        (settings / "@jupyterlab" / f"{name}.jupyterlab-settings").write_text(json.dumps(value))
+    # The widget manager saves live widgets' state with the notebook when asked to (off by default).
+    for name, value in (("@jupyterlab/notebook-extension/tracker", {"windowingMode": "none"}),
+                        ("@jupyterlab/apputils-extension/notification", {"fetchNews": "false"}),
+                        ("@jupyter-widgets/jupyterlab-manager/plugin", {"saveState": True})):
+        (settings / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings / f"{name}.jupyterlab-settings").write_text(json.dumps(value))
     port, token = free_port(), secrets.token_hex(16)
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
                    "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
@@ -95,12 +97,17 @@ def frontend_url(request, tmp_path):
         server.wait()
 
 
-def saved_with_record(path):
-    """Until the file on disk holds a run's record (the app saves asynchronously)."""
+def saved_with(path, text, what):
+    """Until the file on disk holds `text` (the app saves asynchronously)."""
     deadline = time.time() + 60
-    while "fedless-record" not in path.read_text():
-        assert time.time() < deadline, "the saved notebook has no record"
+    while text not in path.read_text():
+        assert time.time() < deadline, f"the saved notebook has no {what}"
         time.sleep(0.5)
+
+
+def save(page):
+    page.locator(".jp-Notebook").click()
+    page.keyboard.press("Control+s")
 
 
 def run_all_cells(page):
@@ -150,6 +157,9 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             dashboard.locator(".fedless-progress").get_by_text("Round").wait_for()
             dashboard.locator(".fedless-accuracy svg").first.wait_for()
             page.screenshot(path=str(ARTIFACTS / f"{frontend.module}-dashboard.png"))
+            save(page)  # mid-run: the live widgets' state goes into the notebook's metadata
+            saved_with(notebook_file, "fedless-dashboard", "widget state of the live dashboard")
+            assert "application/vnd.jupyter.widget-state+json" in notebook_file.read_text()
 
             # the last cell awaits the background run; once its result shows, every cell has run
             page.get_by_text("status='stopped', rounds=1/50").wait_for(timeout=600_000)
@@ -158,17 +168,21 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             assert "5/5 rounds" in record.inner_text() and "25 invocations" in record.inner_text()
             widths = record.locator("img").evaluate_all("images => images.map(image => image.naturalWidth)")
             assert len(widths) == 2 and min(widths) > 0, "the run's figure and its partition's figure render"
+            # the background run's cell finished long before its run: its record still replaced its widgets
+            background = page.locator(".fedless-record").nth(1)
+            background.wait_for(timeout=120_000)
+            assert "stopped" in background.inner_text()
             page.screenshot(path=str(ARTIFACTS / f"{frontend.module}-record.png"))
 
-            page.locator(".jp-Notebook").click()
-            page.keyboard.press("Control+s")  # save, then open the saved notebook afresh
-            saved_with_record(notebook_file)
+            save(page)  # save, then open the saved notebook afresh
+            saved_with(notebook_file, "stopped: ", "record of the background run")
             page.reload()
             page.locator(".jp-Notebook").wait_for(timeout=120_000)
-            reopened = page.locator(".fedless-record").first
-            reopened.wait_for(timeout=120_000)
-            assert "final test accuracy" in reopened.inner_text()
-            widths = reopened.locator("img").evaluate_all("images => images.map(image => image.naturalWidth)")
+            reopened = page.locator(".fedless-record")
+            reopened.nth(1).wait_for(timeout=120_000)
+            assert reopened.count() == 2
+            assert "final test accuracy" in reopened.first.inner_text() and "stopped" in reopened.nth(1).inner_text()
+            widths = reopened.first.locator("img").evaluate_all("images => images.map(image => image.naturalWidth)")
             assert len(widths) == 2 and min(widths) > 0
             (ARTIFACTS / f"{frontend.module}-console.log").write_text("\n".join(console))
             # an extension built for a newer JupyterLab than the one running (jupyterlab_widgets 3.0.17 wants ^4.6.2)
