@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from typing import Any
 
 from aiohttp import web
@@ -63,6 +64,16 @@ class ClassroomService:
 
     def close(self) -> None:
         self._server.stop()
+
+    def wait_for_students(self, count: int, minutes: float = 5.0) -> int:
+        """Wait until `count` students are present or `minutes` pass; returns how many are present."""
+        deadline = time.time() + 60 * minutes
+        while len(self.roster.present()) < count and time.time() < deadline:
+            time.sleep(0.5)
+        return len(self.roster.present())
+
+    def __repr__(self) -> str:
+        return f"ClassroomService(url={self.url!r}, code={self.code!r}, present={len(self.roster.present())})"
 
     # -- what a run over the class needs ------------------------------------------------------
     def provider_configs(self) -> list[dict[str, Any]]:

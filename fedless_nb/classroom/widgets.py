@@ -11,12 +11,15 @@ import html
 from typing import Any, Callable
 
 
+_STYLE = "<style>.fedless-table td, .fedless-table th {padding: 2px 12px; text-align: left}</style>"
+
+
 def _table(rows: list[dict[str, Any]], empty: str) -> str:
     if not rows:
         return f"<i>{html.escape(empty)}</i>"
     import pandas as pd
 
-    return pd.DataFrame(rows).to_html(index=False, border=0, classes="fedless-table")
+    return _STYLE + pd.DataFrame(rows).to_html(index=False, border=0, classes="fedless-table")
 
 
 class LiveTable:
