@@ -38,10 +38,24 @@ class LiveTable:
     def refresh(self) -> None:
         self.widget.value = self._html()
 
+    def text(self) -> str:
+        """The table as plain text, for frontends without widgets (and saved notebooks read as text)."""
+        import pandas as pd
+
+        rows = self.rows()
+        return _strip(self.heading) + "\n" + (pd.DataFrame(rows).to_string(index=False) if rows else self.empty)
+
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        display(self.widget)
+        display({**self.widget._repr_mimebundle_(), "text/plain": self.text()}, raw=True)
+
+
+def _strip(markup: str) -> str:
+    """Markup as one line of text: tags dropped, entities decoded, blank runs collapsed."""
+    import re
+
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", markup)).split())
 
 
 def roster_table(service: Any) -> LiveTable:
