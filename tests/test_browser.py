@@ -271,7 +271,7 @@ def test_the_classroom_roster_and_the_drawing_pad_render(tmp_path):
             student.locator(".fedless-calls").get_by_text("Waiting for the teacher's first round").wait_for(timeout=300_000)
             alice = roster.locator("tr").filter(has_text="alice")
             alice.wait_for(timeout=60_000)
-            assert "joined" in alice.inner_text() and "own drawings" in alice.inner_text()
+            assert "joined" in alice.inner_text() and "own examples" in alice.inner_text()
             teacher.screenshot(path=str(ARTIFACTS / "classroom-teacher-roster.png"))
         except Exception:
             for name, page in pages.items():

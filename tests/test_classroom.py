@@ -153,3 +153,23 @@ def test_the_comparison_with_the_class_average():
     assert compare_with_class(start, [np.array([2.0, 0.0])], [np.array([1.0, 0.0])]) == \
         "cosine 1.00 with the class average, 2.0x its size"
     assert compare_with_class(start, [np.array([0.0, 1.0])], [np.array([1.0, 0.0])]).startswith("cosine 0.00")
+
+
+def test_a_student_who_left_is_a_failed_invocation_not_a_stuck_call(classroom, tmp_path):
+    import asyncio
+
+    from fedless_nb.providers.base import InvocationError
+
+    store, spec = write_inputs(tmp_path / "student-store")
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    provider = classroom.providers()["alice"]  # what a run holds from its start
+    student.leave()
+
+    async def call():
+        try:
+            return await provider.invoke(make_task(store, spec, secret=student._secret))
+        finally:
+            await provider.close()
+
+    with pytest.raises(InvocationError, match=r"cannot reach http://127\.0\.0\.1:\d+/: ClientConnectorError"):
+        asyncio.run(call())

@@ -45,8 +45,12 @@ def test_three_student_kernels_train_five_rounds_and_one_leaves(room, tmp_path):
     opened = teacher.run("classroom = %fedless_classroom open --host 127.0.0.1 --port 0 --timeout 120\n"
                          "print(classroom.url, classroom.code)")
     url, code = opened.splitlines()[-1].split()
+    # carol trains on examples of her own (60 digits she holds), which never enter any store
+    room["carol"].run("from sklearn.datasets import load_digits\ndigits = load_digits()\n"
+                      "mine = ((digits.data[:60] / 16).astype('float32'), digits.target[:60])")
     for name in STUDENTS:
-        joined = room[name].run(f"student = %fedless_join {url} {code} --name {name} --host 127.0.0.1")
+        own = " --data mine" if name == "carol" else ""
+        joined = room[name].run(f"student = %fedless_join {url} {code} --name {name} --host 127.0.0.1{own}")
         assert joined.startswith(f"Joined as {name}; your function listens at http://127.0.0.1:")
     assert teacher.run("print([row['name'] for row in classroom.roster.rows()])") == str(list(STUDENTS))
 
@@ -59,10 +63,11 @@ def test_three_student_kernels_train_five_rounds_and_one_leaves(room, tmp_path):
 
     history = History(tmp_path / "teacher" / "fedless_history.db")
     run_id = teacher.run("print(result.run_id)")
-    answered = {}
+    answered, examples = {}, {}
     for row in history.invocations(run_id):
         if row["outcome"] == "succeeded":
             answered.setdefault(row["round"], set()).add(row["provider"])
+            examples.setdefault(row["provider"], set()).add(row["num_examples"])
     failed = {(row["round"], row["provider"]) for row in history.invocations(run_id) if row["outcome"] == "failed"}
     accuracy = [row["eval_accuracy"] for row in history.rounds(run_id)]
     history.close()
@@ -71,9 +76,12 @@ def test_three_student_kernels_train_five_rounds_and_one_leaves(room, tmp_path):
     assert answered[1] == answered[2] == set(STUDENTS)
     assert answered[4] == answered[5] == {"alice", "carol"}
     assert {("bob", 4), ("bob", 5)} <= {(provider, round_number) for round_number, provider in failed}
-    assert accuracy[-1] > accuracy[0]
+    assert accuracy[-1] > accuracy[0], accuracy
+    assert examples["carol"] == {60} and len(examples["alice"]) == 1 and examples["alice"] != {60}
+    print("accuracy per round", accuracy)
     roster = json.loads(teacher.run("import json; print(json.dumps(classroom.roster.rows()))"))
     assert {row["name"]: row["status"] for row in roster} == {"alice": "joined", "bob": "left", "carol": "joined"}
+    assert {row["name"]: row["data"] for row in roster}["carol"] == "own examples"
     assert {row["name"]: row["answered"] for row in roster}["alice"] == ROUNDS
     calls = json.loads(room["alice"].run("import json; print(json.dumps(student.rows()))"))
     assert [call["round"] for call in calls] == list(range(1, ROUNDS + 1))

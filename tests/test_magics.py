@@ -198,6 +198,8 @@ def test_the_classroom_magics_open_join_train_options_and_leave(shell):
     magics = magics_of(shell)
     with pytest.raises(UsageError, match=r"--provider classroom needs an open classroom: run %fedless_classroom open"):
         shell.run_line_magic("fedless_train", "--provider classroom")
+    with pytest.raises(UsageError, match="a sweep does not run over a classroom"):
+        shell.run_cell_magic("fedless_sweep", "--provider classroom", "strategy.name: [fedavg, fedprox]")
     with capture_output():
         classroom = shell.run_line_magic("fedless_classroom", "open --host 127.0.0.1 --port 0 --minutes 5")
     try:

@@ -119,7 +119,7 @@ class Roster:
         with self._lock:
             return [{"name": s.name, "status": s.status,
                      "examples": s.own_examples if s.examples is None else s.examples,
-                     "data": "own drawings" if s.own_examples is not None else "teacher's share",
+                     "data": "own examples" if s.own_examples is not None else "teacher's share",
                      "answered": s.answered, "last answer": s.last_answer}
                     for s in sorted(self.students.values(), key=lambda s: s.joined_at)]
 

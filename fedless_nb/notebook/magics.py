@@ -306,6 +306,9 @@ class FedlessMagics(Magics):
         from .sweep import run_sweep
 
         args = parse_options(self.fedless_train, line)
+        if args.provider == "classroom":
+            raise UsageError("a sweep does not run over a classroom: run %fedless_train --provider classroom once "
+                             "per setting")
         grid = parse_config_yaml(cell, "the cell") if cell.strip() else None
         model = self._user_model(args.model) if args.model else None
         return run_sweep(self.config_data(args, None), grid, model=model)
