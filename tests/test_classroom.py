@@ -173,3 +173,19 @@ def test_a_student_who_left_is_a_failed_invocation_not_a_stuck_call(classroom, t
 
     with pytest.raises(InvocationError, match=r"cannot reach http://127\.0\.0\.1:\d+/: ClientConnectorError"):
         asyncio.run(call())
+
+
+def test_the_drawing_pad_keeps_labelled_8x8_examples_in_the_digits_format():
+    from fedless_nb.classroom.drawing import DrawingPad
+
+    pad = DrawingPad()
+    assert pad.data()[0].shape == (0, 64)
+    for index in (3, 11, 19):
+        pad.cells[index].value = True
+    assert pad.cells[3].button_style == "info"
+    pad.label.value = 7
+    pad.add_drawing()
+    x, y = pad.data()
+    assert x.shape == (1, 64) and x.dtype == np.float32 and set(np.flatnonzero(x[0])) == {3, 11, 19}
+    assert y.tolist() == [7] and not any(cell.value for cell in pad.cells)
+    assert pad.count.value == "1 examples drawn (7: 1)" and repr(pad) == "DrawingPad(1 examples drawn (7: 1))"
