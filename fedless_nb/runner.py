@@ -143,6 +143,8 @@ async def run_experiment_async(
     providers: dict[str, Provider] | None = None,
     on_controller: Callable[[Controller], None] | None = None,
     resume: str | None = None,
+    store: Store | None = None,
+    own_data_sizes: dict[str, int] | None = None,
 ) -> RunResult:
     """Run `config` to the end on the running event loop.
 
@@ -150,14 +152,17 @@ async def run_experiment_async(
     `providers` replaces the ones the config names (tests and custom platforms);
     `on_controller` receives the controller before round 1, e.g. to request a stop later;
     `resume` is the id of a run of this config to continue after its last checkpoint
-    (see `resume_experiment`, which reads the config from the history).
+    (see `resume_experiment`, which reads the config from the history);
+    `store` replaces the config's (a classroom serves its store to the students);
+    `own_data_sizes` names the clients that train on data of their own (a student's drawings) and how many
+    examples they have: the controller weights and checks their updates by these sizes, not their shares'.
     """
     prepared = preflight(config, model)  # a model that does not fit the data stops here, before anything starts
     dataset, spec, initial = prepared.dataset, prepared.spec, prepared.weights
-    store = make_store(config.store)
+    store = make_store(config.store) if store is None else store
     partition = _partition(dataset, config)
     data_keys = write_client_data(store, dataset, config, partition)
-    sizes = dict(zip(client_ids(config.clients), map(len, partition)))
+    sizes = {**dict(zip(client_ids(config.clients), map(len, partition))), **(own_data_sizes or {})}
     history = History(config.history)
     run_id = resume or new_run_id(config.name)
     checkpoint = _checkpoint(store, run_id) if resume else None

@@ -2,6 +2,7 @@
 package, driven by Playwright), the quickstart notebook run from the Run menu, and the live dashboard
 rendered in the page. Notebook 7 is the current "classic" Notebook, built from JupyterLab's components."""
 
+import contextlib
 import json
 import os
 import re
@@ -42,17 +43,13 @@ def free_port():
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def frontend_url(request, tmp_path):
-    """The frontend's server on 127.0.0.1 with a one-off token, serving a scratch copy of the quickstart;
-    yields the frontend and the notebook's URL."""
-    frontend = request.param
-    notebook = nbformat.read(QUICKSTART, as_version=4)
-    for cell in notebook.cells:  # a fresh notebook: every output the test sees comes from this run
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nbformat.write(notebook, tmp_path / QUICKSTART.name)
-    settings = tmp_path / "settings"
+@contextlib.contextmanager
+def serving(frontend, directory, notebooks):
+    """The frontend's server on 127.0.0.1 with a one-off token, serving `notebooks` (file name -> notebook)
+    written to `directory`, each with its kernel session started; yields the base URL and the token."""
+    for name, notebook in notebooks.items():
+        nbformat.write(notebook, directory / name)
+    settings = directory / "settings"
     # every cell stays in the page (no windowing), and no news pop-up covers it. Both apps use JupyterLab's
     # plugins and settings layout; Notebook 7 with JupyterLab installed is served its settings by
     # JupyterLab's server extension, so the option goes to LabServerApp, the base class of both apps.
@@ -64,13 +61,13 @@ def frontend_url(request, tmp_path):
         (settings / f"{name}.jupyterlab-settings").write_text(json.dumps(value))
     port, token = free_port(), secrets.token_hex(16)
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
-                   "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
-    log = tmp_path / f"{frontend.module}.log"
+                   "JUPYTER_RUNTIME_DIR": str(directory / "runtime"), "JUPYTER_CONFIG_DIR": str(directory / "config")}
+    log = directory / f"{frontend.module}.log"
     server = subprocess.Popen(
         [sys.executable, "-m", frontend.module, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--ServerApp.open_browser=False", "--allow-root",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={directory}", "--ServerApp.open_browser=False", "--allow-root",
          f"--LabServerApp.user_settings_dir={settings}"],
-        cwd=tmp_path, env=environment, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+        cwd=directory, env=environment, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -81,20 +78,35 @@ def frontend_url(request, tmp_path):
         except OSError:
             assert server.poll() is None and time.time() < deadline, log.read_text()
             time.sleep(0.5)
-    # start the notebook's kernel session through the REST API, so no kernel dialog can race the test
-    request = urllib.request.Request(
-        f"{base}/api/sessions?token={token}", method="POST", headers={"Content-Type": "application/json"},
-        data=json.dumps({"path": QUICKSTART.name, "type": "notebook", "kernel": {"name": "python3"}}).encode(),
-    )
-    urllib.request.urlopen(request, timeout=60)
-    yield frontend, f"{base}/{frontend.notebook_path}/{QUICKSTART.name}?token={token}", tmp_path / QUICKSTART.name
-    server.send_signal(signal.SIGINT)
-    server.send_signal(signal.SIGINT)  # the server asks for confirmation on the first one
+    # start each notebook's kernel session through the REST API, so no kernel dialog can race the test
+    for name in notebooks:
+        request = urllib.request.Request(
+            f"{base}/api/sessions?token={token}", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"path": name, "type": "notebook", "kernel": {"name": "python3"}}).encode(),
+        )
+        urllib.request.urlopen(request, timeout=60)
     try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+        yield base, token
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGINT)  # the server asks for confirmation on the first one
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture
+def frontend_url(request, tmp_path):
+    """A scratch copy of the quickstart served by the frontend; yields the frontend, the notebook's URL and file."""
+    frontend = request.param
+    notebook = nbformat.read(QUICKSTART, as_version=4)
+    for cell in notebook.cells:  # a fresh notebook: every output the test sees comes from this run
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    with serving(frontend, tmp_path, {QUICKSTART.name: notebook}) as (base, token):
+        yield frontend, f"{base}/{frontend.notebook_path}/{QUICKSTART.name}?token={token}", tmp_path / QUICKSTART.name
 
 
 def saved_with(path, text, what):
@@ -190,6 +202,94 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             assert mismatches == [], "\n".join(mismatches[:3])
         except Exception:
             page.screenshot(path=str(ARTIFACTS / f"{frontend.module}-failure.png"))
+            raise
+        finally:
+            browser.close()
+
+
+def run_cell(page, index):
+    """Run the notebook's code cell `index` (Shift+Enter in it) once the page shows its kernel idle; like
+    run_all_cells, again until its prompt shows it queued or run, since a key press made while the session
+    settles can be lost."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=0)
+    cell = page.locator(".jp-CodeCell").nth(index)
+    started = cell.locator(".jp-InputPrompt").filter(has_text=re.compile(r"\[(\*|\d+)\]"))
+    while not started.is_visible():
+        try:
+            cell.locator(".jp-InputArea-editor").click()
+            page.keyboard.press("Shift+Enter")
+            started.wait_for(timeout=30_000)
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+
+
+CLASSROOM_NOTEBOOKS = {
+    "teacher.ipynb": ["%load_ext fedless_nb",
+                      "classroom = %fedless_classroom open --host 127.0.0.1 --port 0\n"
+                      "import json, pathlib\n"
+                      "_ = pathlib.Path('classroom.json').write_text(json.dumps({'url': classroom.url, 'code': classroom.code}))"],
+    "student.ipynb": ["%load_ext fedless_nb\npad = %fedless_draw",
+                      "import json, pathlib\nroom = json.loads(pathlib.Path('classroom.json').read_text())\n"
+                      "student = get_ipython().run_line_magic(\n"
+                      "    'fedless_join', f\"{room['url']} {room['code']} --name alice --host 127.0.0.1 --data pad\")"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_classroom_roster_and_the_drawing_pad_render(tmp_path):
+    """The teacher's roster in one page and a student's drawing pad in another (Notebook 7, one page per
+    notebook, as a room would open them): the student draws an example, joins with it, and the teacher's
+    roster shows them with their own drawings."""
+    from playwright.sync_api import sync_playwright
+
+    frontend = FRONTENDS[1]
+    python3 = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    notebooks = {name: nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells],
+                                                metadata=python3) for name, cells in CLASSROOM_NOTEBOOKS.items()}
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium package is needed (.ci/run installs it)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serving(frontend, tmp_path, notebooks) as (base, token), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        pages = {}
+        try:
+            for name in notebooks:
+                pages[name] = browser.new_context(viewport={"width": 1200, "height": 1000}).new_page()
+                pages[name].goto(f"{base}/{frontend.notebook_path}/{name}?token={token}")
+                pages[name].locator(".jp-Notebook").wait_for(timeout=120_000)
+            teacher, student = pages["teacher.ipynb"], pages["student.ipynb"]
+
+            run_all_cells(teacher)
+            roster = teacher.locator(".fedless-roster")
+            roster.get_by_text("No student has joined yet.").wait_for(timeout=300_000)
+            join_command = teacher.locator(".fedless-join-command").inner_text()
+            assert re.fullmatch(r"%load_ext fedless_nb\n%fedless_join http://127\.0\.0\.1:\d+ [A-Z2-9]{6} --name YOUR_NAME",
+                                join_command.strip()), join_command
+
+            run_cell(student, 0)
+            pad = student.locator(".fedless-drawing")
+            pad.wait_for(timeout=300_000)
+            cells = pad.locator(".fedless-cell")
+            assert cells.count() == 64
+            for index in (3, 11, 19, 27, 35, 43, 51, 59):  # a vertical stroke: a one
+                cells.nth(index).click()
+            pad.locator("select").select_option("1")
+            student.screenshot(path=str(ARTIFACTS / "classroom-student-drawing.png"))
+            pad.get_by_role("button", name="Add example").click()
+            pad.get_by_text("1 examples drawn (1: 1)").wait_for(timeout=60_000)
+
+            run_cell(student, 1)
+            student.locator(".fedless-calls").get_by_text("Waiting for the teacher's first round").wait_for(timeout=300_000)
+            alice = roster.locator("tr").filter(has_text="alice")
+            alice.wait_for(timeout=60_000)
+            assert "joined" in alice.inner_text() and "own examples" in alice.inner_text()
+            teacher.screenshot(path=str(ARTIFACTS / "classroom-teacher-roster.png"))
+        except Exception:
+            for name, page in pages.items():
+                page.screenshot(path=str(ARTIFACTS / f"classroom-{name}-failure.png"))
             raise
         finally:
             browser.close()

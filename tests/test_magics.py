@@ -192,3 +192,36 @@ def test_deploy_builds_a_bundle_and_prints_its_deploy_command(shell, tmp_path):
     assert bundle.deploy_command.startswith("wsk action create fl ")
     with pytest.raises(UsageError, match="unknown provider 'lambda'; choose one of aws_lambda"):
         shell.run_line_magic("fedless_deploy", f"lambda --out {tmp_path}")
+
+
+def test_the_classroom_magics_open_join_train_options_and_leave(shell):
+    magics = magics_of(shell)
+    with pytest.raises(UsageError, match=r"--provider classroom needs an open classroom: run %fedless_classroom open"):
+        shell.run_line_magic("fedless_train", "--provider classroom")
+    with pytest.raises(UsageError, match="a sweep does not run over a classroom"):
+        shell.run_cell_magic("fedless_sweep", "--provider classroom", "strategy.name: [fedavg, fedprox]")
+    with capture_output():
+        classroom = shell.run_line_magic("fedless_classroom", "open --host 127.0.0.1 --port 0 --minutes 5")
+    try:
+        with pytest.raises(UsageError, match="no student has joined yet"):
+            shell.run_line_magic("fedless_train", "--provider classroom")
+        with pytest.raises(UsageError, match="--data drawn: no such variable in the notebook"):
+            shell.run_line_magic("fedless_join", f"{classroom.url} {classroom.code} --name alice --data drawn")
+        with capture_output() as joined:
+            shell.run_line_magic("fedless_join", f"{classroom.url} {classroom.code} --name alice --host 127.0.0.1")
+        assert joined.stdout.startswith("Joined as alice; your function listens at http://127.0.0.1:")
+        with pytest.raises(UsageError, match="this notebook already joined as alice: run %fedless_leave first"):
+            shell.run_line_magic("fedless_join", f"{classroom.url} {classroom.code} --name bob")
+        config = config_for(shell, "--provider classroom --rounds 2")
+        assert (config.clients, config.clients_per_round) == (1, 1)
+        assert [(p.kind, p.name, p.url, p.clients) for p in config.providers] == [
+            ("http", "alice", magics.student.url, 1)]
+        with capture_output() as left:
+            shell.run_line_magic("fedless_leave", "")
+        assert left.stdout.strip() == "alice left the class"
+        with pytest.raises(UsageError, match=r"this notebook has not joined a class \(%fedless_join\)"):
+            shell.run_line_magic("fedless_leave", "")
+    finally:
+        with capture_output():
+            shell.run_line_magic("fedless_classroom", "close")
+    assert magics.classroom is None

@@ -50,8 +50,9 @@ def status_of(error: BaseException) -> int:
     return 500
 
 
-def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = None) -> tuple[int, dict[str, Any]]:
-    """Run the client step on a request body (JSON text or an already parsed task); `secret` as in handle."""
+def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = None,
+           data: Any = None) -> tuple[int, dict[str, Any]]:
+    """Run the client step on a request body (JSON text or an already parsed task); `secret` and `data` as in handle."""
     try:
         payload = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
     except ValueError as error:
@@ -60,7 +61,7 @@ def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = No
         return 400, error_reply(400, PayloadError("the request body nests too deeply to be a task"))
     try:
         with _ONE_AT_A_TIME:
-            return 200, handle(payload, secret=secret)
+            return 200, handle(payload, secret=secret, data=data)
     except Exception as error:  # the platform gets a status and a message, never a crashed worker
         status = status_of(error)
         if status == 500:

@@ -1,5 +1,5 @@
 """IPython magics: %fedless_train, %%fedless_sweep, %fedless_partition, %fedless_stop, %fedless_pool, %fedless_history,
-%fedless_compare, %fedless_deploy.
+%fedless_compare, %fedless_deploy, and the live classroom's %fedless_classroom, %fedless_join, %fedless_draw, %fedless_leave.
 
 Settings shared by every magic are traitlets, so `%config FedlessMagics.history = "runs.db"`
 (or an ipython_config.py) changes them. A mistake in the input is a one-line UsageError.
@@ -163,6 +163,8 @@ class FedlessMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self.background: list[Any] = []  # BackgroundRun objects still going on
+        self.classroom: Any = None  # the open ClassroomService (teacher), see %fedless_classroom
+        self.student: Any = None  # this kernel's StudentFunction once joined, see %fedless_join
 
     # %fedless_train ---------------------------------------------------------------------------
     @magic_arguments()
@@ -188,7 +190,8 @@ class FedlessMagics(Magics):
     @argument("--secagg", action="store_true",
               help="secure aggregation (SecAgg+): the controller sees only the sum of each round's updates "
                    "(turns the norm screening off, as it needs single updates)")
-    @argument("--provider", help=documented("provider kind for every client", "providers.kind"))
+    @argument("--provider", help=documented("provider kind for every client; classroom: one client per student "
+                                            "joined to %%fedless_classroom", "providers.kind"))
     @argument("--workers", type=int, help=documented("invocations the provider runs at once", "providers.workers"))
     @argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
               help="any config key, dotted, with a YAML value: --set train.epochs=2 (repeatable)")
@@ -209,12 +212,28 @@ class FedlessMagics(Magics):
         from .execution import BackgroundRun, run_to_end
         from .pool import warm_pool
 
-        providers = warm_pool().providers_for(config)
+        options: dict[str, Any] = {"providers": warm_pool().providers_for(config)}
+        if args.provider == "classroom":
+            options = self._classroom_options(config)
+            observers.append(self.classroom.observe)
         if args.background:
-            run = BackgroundRun(config, model, observers, on_done=self.background.remove, providers=providers)
+            run = BackgroundRun(config, model, observers, on_done=self.background.remove, **options)
             self.background.append(run)
             return run
-        return run_to_end(config, model, observers, providers=providers)
+        return run_to_end(config, model, observers, **options)
+
+    def _open_classroom(self) -> Any:
+        if self.classroom is None:
+            raise UsageError("--provider classroom needs an open classroom: run %fedless_classroom open first")
+        return self.classroom
+
+    def _classroom_options(self, config: ExperimentConfig) -> dict[str, Any]:
+        """The run's students as providers, the store they reach through signed URLs, their own data's sizes."""
+        from ..runner import client_ids
+
+        classroom = self._open_classroom()
+        return {"providers": classroom.providers(), "store": classroom.store,
+                "own_data_sizes": classroom.own_data_sizes(client_ids(config.clients))}
 
     def experiment_config(self, args: Any, cell: str | None) -> ExperimentConfig:
         """The magics' settings, then the config file or cell, then the options, validated as one config."""
@@ -234,7 +253,11 @@ class FedlessMagics(Magics):
                 set_key(data, key, getattr(args, option))
         if args.secagg:
             data["secure_aggregation"], data["max_norm_ratio"] = data.get("secure_aggregation") or {}, 0
-        if args.provider is not None or args.workers is not None:
+        if args.provider == "classroom":
+            data["providers"] = self._open_classroom().provider_configs()
+            data["clients"] = len(data["providers"])
+            data.setdefault("clients_per_round", data["clients"])  # the whole class answers every round
+        elif args.provider is not None or args.workers is not None:
             kind = args.provider or "local"
             data["providers"] = [{"kind": kind, "name": kind, **({"workers": args.workers} if args.workers else {})}]
         for setting in args.settings:
@@ -283,6 +306,9 @@ class FedlessMagics(Magics):
         from .sweep import run_sweep
 
         args = parse_options(self.fedless_train, line)
+        if args.provider == "classroom":
+            raise UsageError("a sweep does not run over a classroom: run %fedless_train --provider classroom once "
+                             "per setting")
         grid = parse_config_yaml(cell, "the cell") if cell.strip() else None
         model = self._user_model(args.model) if args.model else None
         return run_sweep(self.config_data(args, None), grid, model=model)
@@ -409,6 +435,101 @@ class FedlessMagics(Magics):
         print("Deploy it with (the secret is read from your shell's FEDLESS_RUN_SECRET):")
         print(bundle.deploy_command)
         return bundle
+
+    # %fedless_classroom, %fedless_join, %fedless_draw, %fedless_leave -------------------------------
+    @magic_arguments()
+    @argument("action", choices=["open", "close"], help="open: start the join service and show the roster; "
+                                                         "close: stop it")
+    @argument("--host", help="address to listen on (default: this machine's address on the room's network; "
+                             "127.0.0.1 for one machine)")
+    @argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 picks a free one)")
+    @argument("--minutes", type=float, default=30, help="how long the join code admits students (default 30)")
+    @argument("--timeout", type=float, default=60, help="seconds a student's function may take per round (default 60)")
+    @line_magic
+    @user_errors
+    def fedless_classroom(self, line: str) -> Any:
+        """Teacher: open a live classroom, where every student's notebook serves one client function. Shows the
+        join command, its code and a live roster; train over the class with `%fedless_train --provider classroom`."""
+        from IPython.display import display
+
+        from ..classroom.service import ClassroomService
+        from ..classroom.widgets import roster_table
+
+        args = parse_argstring(self.fedless_classroom, line)
+        if self.classroom is not None:
+            self.classroom.close()
+            print(f"Closed the classroom at {self.classroom.url}")
+            self.classroom = None
+        if args.action == "close":
+            return None
+        try:
+            self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, timeout=args.timeout)
+        except OSError as error:
+            raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
+                             "choose another --port or --host") from None
+        print(f"Students join with: {self.classroom.join_command()}")
+        display(roster_table(self.classroom))
+        return self.classroom
+
+    @magic_arguments()
+    @argument("teacher", help="the teacher's address from the join command, http://HOST:PORT")
+    @argument("code", help="the join code on the teacher's screen")
+    @argument("--name", required=True, help="your name in the class (lowercase letters, digits, - or _)")
+    @argument("--data", help="a notebook variable with your own examples: a %%fedless_draw pad or an (x, y) pair "
+                             "(default: your share of the teacher's dataset)")
+    @argument("--host", help="address your function listens on (default: the one you reach the teacher from)")
+    @argument("--port", type=int, default=0, help="port your function listens on (default 0: a free one)")
+    @line_magic
+    @user_errors
+    def fedless_join(self, line: str) -> Any:
+        """Student: serve one client function of the teacher's run from this kernel (on its own thread, the
+        notebook stays usable) and see each call the teacher makes. Your data never leaves this kernel."""
+        from IPython.display import display
+
+        from ..classroom.student import StudentFunction
+        from ..classroom.widgets import calls_table
+
+        args = parse_argstring(self.fedless_join, line)
+        if self.student is not None:
+            raise UsageError(f"this notebook already joined as {self.student.name}: run %fedless_leave first")
+        data = self._own_examples(args.data) if args.data else None
+        self.student = StudentFunction(args.teacher, args.code, args.name, host=args.host, port=args.port, data=data)
+        print(f"Joined as {args.name}; your function listens at {self.student.url}")
+        display(calls_table(self.student))
+        return self.student
+
+    def _own_examples(self, name: str) -> Any:
+        if name not in self.shell.user_ns:
+            raise UsageError(f"--data {name}: no such variable in the notebook; make a pad first: pad = %fedless_draw")
+        value = self.shell.user_ns[name]
+        data = value.data() if hasattr(value, "data") and callable(value.data) else value
+        if not (isinstance(data, tuple) and len(data) == 2 and len(data[0]) == len(data[1])):
+            raise UsageError(f"--data {name}: give a %fedless_draw pad or an (x, y) pair of equal length")
+        if len(data[0]) == 0:
+            raise UsageError(f"--data {name} holds no examples yet: draw some and press 'Add example'")
+        return data
+
+    @line_magic
+    def fedless_draw(self, line: str) -> Any:
+        """Student: a pad of 8x8 cells (the digits dataset's format) to draw and label your own examples;
+        `pad = %fedless_draw`, then `%fedless_join ... --data pad`."""
+        from IPython.display import display
+
+        from ..classroom.drawing import DrawingPad
+
+        pad = DrawingPad()
+        display(pad.widget)
+        return pad
+
+    @line_magic
+    @user_errors
+    def fedless_leave(self, line: str) -> None:
+        """Student: leave the class; the teacher's next call to your function fails, the run goes on."""
+        if self.student is None:
+            raise UsageError("this notebook has not joined a class (%fedless_join)")
+        student, self.student = self.student, None
+        student.leave()
+        print(f"{student.name} left the class")
 
 
 class _RetracingWarnings(logging.Filter):

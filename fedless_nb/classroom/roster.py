@@ -1,0 +1,132 @@
+"""Who is in the class: each student's name, function URL, own key and last answer; and the join code.
+
+The roster is shared by the join service's thread (joins, leaves), the run thread (each
+invocation's outcome) and the widget; a lock keeps it consistent. Each student's key is
+derived from the classroom's secret and the student's name (`security.client_secret`), so a
+student can sign results in their own name only, and a task signed with another classroom's
+(another run's) key is refused by the student's function.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..security import client_secret, new_secret
+from .errors import ClassroomError
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread from a projector
+REGISTRATION_WINDOW = 120.0  # seconds a registration message stays valid (clock skew included)
+
+
+@dataclass
+class Student:
+    """One joined student as the teacher sees them."""
+
+    name: str
+    url: str
+    secret: str
+    own_examples: int | None  # examples the student drew themselves; None: their share of the teacher's dataset
+    joined_at: float
+    status: str = "joined"  # joined, left
+    examples: int | None = None
+    last_answer: str = "-"
+    answered: int = 0
+
+
+@dataclass
+class JoinCode:
+    """A short code that admits students until `expires_at`."""
+
+    code: str
+    expires_at: float
+
+    @classmethod
+    def fresh(cls, minutes: float) -> "JoinCode":
+        return cls("".join(secrets.choice(CODE_ALPHABET) for _ in range(6)), time.time() + 60 * minutes)
+
+
+@dataclass
+class Roster:
+    """The class: join code, students by name, and the registrations already used."""
+
+    code: JoinCode
+    secret: str = field(default_factory=new_secret)
+    students: dict[str, Student] = field(default_factory=dict)
+    _nonces: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    on_change: Callable[[], None] | None = None
+
+    def register(self, message: dict[str, Any], now: float | None = None) -> Student:
+        """Admit a registration {code, name, url, nonce, sent_at, own_examples}; ClassroomError with one line if not."""
+        now = time.time() if now is None else now
+        if not hmac.compare_digest(str(message.get("code", "")).strip().upper(), self.code.code):
+            raise ClassroomError("wrong join code: copy the code shown on the teacher's screen")
+        if now > self.code.expires_at:
+            raise ClassroomError("the join code expired: ask the teacher for a new one (%fedless_classroom open)")
+        nonce, name = str(message.get("nonce", "")), str(message.get("name", ""))
+        try:
+            sent_at = float(message.get("sent_at", 0))
+        except (TypeError, ValueError):
+            sent_at = 0.0
+        with self._lock:
+            if not nonce or nonce in self._nonces or abs(now - sent_at) > REGISTRATION_WINDOW:
+                raise ClassroomError("this registration was already used or is too old (a replay): "
+                                     "run %fedless_join again")
+            if not NAME.match(name):
+                raise ClassroomError(f"--name {name!r}: use 1-32 lowercase letters, digits, - or _, e.g. --name alice")
+            if name in self.students and self.students[name].status == "joined":
+                raise ClassroomError(f"the name {name!r} is taken in this class: choose another --name")
+            self._nonces.add(nonce)
+            own = message.get("own_examples")
+            student = Student(name, str(message.get("url", "")), client_secret(self.secret, name),
+                              None if own is None else int(own), now)
+            self.students[name] = student
+        self._changed()
+        return student
+
+    def leave(self, name: str, proof: str) -> None:
+        """Mark `name` as gone; `proof` is the student's own key's MAC of their name (nobody else can)."""
+        with self._lock:
+            student = self.students.get(name)
+            if student is None or not hmac.compare_digest(proof, leave_proof(student.secret, name)):
+                raise ClassroomError(f"no student {name!r} with that key in this class")
+            student.status = "left"
+        self._changed()
+
+    def present(self) -> list[Student]:
+        """The students who are in the class now, in the order they joined."""
+        with self._lock:
+            return sorted((s for s in self.students.values() if s.status == "joined"), key=lambda s: s.joined_at)
+
+    def record_answer(self, name: str, text: str, examples: int | None, answered: bool) -> None:
+        with self._lock:
+            student = self.students.get(name)
+            if student is None:
+                return
+            student.last_answer = text
+            student.examples = examples if examples is not None else student.examples
+            student.answered += int(answered)
+        self._changed()
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"name": s.name, "status": s.status,
+                     "examples": s.own_examples if s.examples is None else s.examples,
+                     "data": "own examples" if s.own_examples is not None else "teacher's share",
+                     "answered": s.answered, "last answer": s.last_answer}
+                    for s in sorted(self.students.values(), key=lambda s: s.joined_at)]
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+def leave_proof(secret: str, name: str) -> str:
+    return hmac.new(secret.encode(), b"fedless-nb leave\0" + name.encode(), "sha256").hexdigest()

@@ -1,0 +1,56 @@
+"""The teacher's local store, reachable by students through URLs signed for one key, one method and one deadline.
+
+A student's function is a remote function: it must not see the teacher's disk, only the
+global weights, its share of the data and its own update key. `ServedStore` grants exactly
+those, as the S3 store does with presigned URLs, but the URLs point at the join service
+(`service.py`), which checks each signature before it reads or writes the local directory.
+On the student's side the task's store is the ordinary `PresignedStore`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import urllib.parse
+from typing import Any, Sequence
+
+from ..store import LocalStore
+
+STORE_PATH = "/store/"
+
+
+class ServedStore(LocalStore):
+    """A LocalStore whose tasks get signed URLs under `base_url` instead of its directory."""
+
+    def __init__(self, root: str, base_url: str) -> None:
+        super().__init__(root)
+        self.base_url = base_url.rstrip("/")
+        self._secret = secrets.token_bytes(32)
+
+    def _signature(self, method: str, key: str, expires: int) -> str:
+        message = f"{method}\0{key}\0{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def signed_url(self, method: str, key: str, expires_at: float) -> str:
+        expires = int(expires_at) + 1
+        query = urllib.parse.urlencode({"expires": expires, "signature": self._signature(method, key, expires)})
+        return f"{self.base_url}{STORE_PATH}{urllib.parse.quote(key)}?{query}"
+
+    def task_descriptor(self, reads: Sequence[str], writes: Sequence[str], expires_at: float) -> dict[str, Any]:
+        return {"kind": "presigned", "expires_at": expires_at,
+                "get": {key: self.signed_url("GET", key, expires_at) for key in reads},
+                "put": {key: self.signed_url("PUT", key, expires_at) for key in writes}}
+
+    def allows(self, method: str, key: str, expires: str, signature: str) -> str | None:
+        """Why a request for `key` is refused, or None when its URL was signed for it and is still valid."""
+        try:
+            deadline = int(expires)
+        except ValueError:
+            return "the URL's expiry is not a number"
+        if not hmac.compare_digest(signature.encode(), self._signature(method, key, deadline).encode()):
+            return f"the URL was not signed for {method} {key}"
+        if time.time() > deadline:
+            return "the URL expired with its round deadline"
+        return None

@@ -1,0 +1,150 @@
+"""The teacher's join service: registrations, leaves, and the run's store through signed URLs.
+
+It listens where the teacher says (`--host`, `--port`) on its own thread, so it keeps
+answering while the run trains. Routes: POST /join (code, name, the student's function URL;
+answers the student's own key), POST /leave, and GET/PUT /store/KEY for signed URLs only.
+It serves nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ..providers.http import HttpProvider
+from ..providers.retry import RetryPolicy
+from ..rounds.events import InvocationFinished
+from ..store import MissingKeyError
+from .errors import ClassroomError
+from .roster import JoinCode, Roster
+from .served_store import STORE_PATH, ServedStore
+from .server_thread import ServerThread
+
+REGISTRATION_LIMIT = 4096  # bytes a join or leave message may have
+UPDATE_LIMIT = 64 * 2**20  # bytes a student's update may have
+
+
+def reachable_address(target: str = "192.0.2.1") -> str:
+    """This machine's address on the network that routes to `target` (no packet is sent); 127.0.0.1 without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((target, 9))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+class ClassroomService:
+    """An open classroom: its roster, its served store and its server thread."""
+
+    def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0) -> None:
+        self.roster = Roster(JoinCode.fresh(code_minutes))
+        self.timeout = timeout
+        app = web.Application(client_max_size=UPDATE_LIMIT)
+        app.router.add_post("/join", self._join)
+        app.router.add_post("/leave", self._leave)
+        app.router.add_get(STORE_PATH + "{key:.+}", self._get)
+        app.router.add_put(STORE_PATH + "{key:.+}", self._put)
+        bind = host or reachable_address()
+        self._server = ServerThread(app, bind, port)
+        shown = reachable_address() if bind in ("0.0.0.0", "") else bind
+        self.url = f"http://{shown}:{self._server.port}"
+        self.store = ServedStore(store_root, self.url)
+
+    @property
+    def code(self) -> str:
+        return self.roster.code.code
+
+    def join_command(self) -> str:
+        return f"%fedless_join {self.url} {self.code} --name YOUR_NAME"
+
+    def close(self) -> None:
+        self._server.stop()
+
+    def wait_for_students(self, count: int, minutes: float = 5.0) -> int:
+        """Wait until `count` students are present or `minutes` pass; returns how many are present."""
+        deadline = time.time() + 60 * minutes
+        while len(self.roster.present()) < count and time.time() < deadline:
+            time.sleep(0.5)
+        return len(self.roster.present())
+
+    def __repr__(self) -> str:
+        return f"ClassroomService(url={self.url!r}, code={self.code!r}, present={len(self.roster.present())})"
+
+    # -- what a run over the class needs ------------------------------------------------------
+    def provider_configs(self) -> list[dict[str, Any]]:
+        """One HTTP provider per student present, one client each, in joining order (client i is student i)."""
+        students = self.roster.present()
+        if not students:
+            raise ClassroomError("no student has joined yet: show the class the join command and wait for the roster")
+        return [{"kind": "http", "name": student.name, "url": student.url, "clients": 1, "workers": 1,
+                 "timeout": self.timeout, "secret_env": None} for student in students]
+
+    def providers(self) -> dict[str, HttpProvider]:
+        """The students' functions, each signing with that student's own key; a gone student fails fast."""
+        return {s.name: HttpProvider(s.name, url=s.url, timeout=self.timeout, concurrency=1, secret=s.secret,
+                                     retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0))
+                for s in self.roster.present()}
+
+    def own_data_sizes(self, client_ids: list[str]) -> dict[str, int]:
+        """Client id -> examples, for the students who train on their own drawings (client i is student i)."""
+        return {client_id: s.own_examples for client_id, s in zip(client_ids, self.roster.present())
+                if s.own_examples is not None}
+
+    def observe(self, event: Any) -> None:
+        """Each invocation's outcome on the roster (an observer of the run)."""
+        if not isinstance(event, InvocationFinished) or event.provider not in self.roster.students:
+            return
+        answered = event.outcome == "succeeded"
+        text = (f"round {event.round}: {event.num_examples} examples in {event.finished_at - event.started_at:.1f}s"
+                if answered else f"round {event.round}: {event.outcome} ({event.cause})")
+        self.roster.record_answer(event.provider, text, event.num_examples if answered else None, answered)
+
+    # -- routes --------------------------------------------------------------------------------
+    async def _message(self, request: web.Request) -> dict[str, Any]:
+        body = await request.content.read(REGISTRATION_LIMIT + 1)
+        try:
+            message = json.loads(body) if len(body) <= REGISTRATION_LIMIT else None
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            raise ClassroomError(f"a classroom message is a JSON object of at most {REGISTRATION_LIMIT} bytes")
+        return message
+
+    async def _join(self, request: web.Request) -> web.Response:
+        try:
+            student = self.roster.register(await self._message(request))
+        except ClassroomError as error:
+            return web.json_response({"error": str(error)}, status=403)
+        return web.json_response({"name": student.name, "secret": student.secret})
+
+    async def _leave(self, request: web.Request) -> web.Response:
+        try:
+            message = await self._message(request)
+            self.roster.leave(str(message.get("name", "")), str(message.get("proof", "")))
+        except ClassroomError as error:
+            return web.json_response({"error": str(error)}, status=403)
+        return web.json_response({"left": True})
+
+    def _refusal(self, request: web.Request, method: str) -> web.Response | None:
+        key = request.match_info["key"]
+        problem = self.store.allows(method, key, request.query.get("expires", ""), request.query.get("signature", ""))
+        return None if problem is None else web.Response(status=403, text=problem)
+
+    async def _get(self, request: web.Request) -> web.Response:
+        if (refused := self._refusal(request, "GET")) is not None:
+            return refused
+        try:
+            return web.Response(body=self.store.get(request.match_info["key"]), content_type="application/octet-stream")
+        except MissingKeyError:
+            return web.Response(status=404, text="no such key")
+
+    async def _put(self, request: web.Request) -> web.Response:
+        if (refused := self._refusal(request, "PUT")) is not None:
+            return refused
+        self.store.put(request.match_info["key"], await request.read())
+        return web.Response(status=200)

@@ -1,0 +1,163 @@
+"""The student's side: one client function served from the student's kernel, on its own thread.
+
+`StudentFunction.join` starts an aiohttp server that answers POST / with the ordinary client
+step (function/serving.py) and nothing else, registers its URL with the teacher's join service
+and keeps the student's own key, with which it checks every task's token: a task signed with
+any other key (another classroom, another run) is refused. The student's own drawings stay in
+this kernel (handed to the client step directly); a share of the teacher's dataset arrives
+through the task's signed URLs. Each call is logged for the student: round, examples, time
+and how the update compared to the class average (seen one round later, in the next global model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from aiohttp import web
+
+from ..function.serving import error_reply, invoke
+from ..store import PresignedStore, decode_arrays
+from ..wire import PayloadError
+from .errors import ClassroomError
+from .roster import leave_proof
+from .service import reachable_address
+from .server_thread import ServerThread
+
+TASK_LIMIT = 8 * 2**20  # bytes a task may have (the model's architecture, never its weights)
+
+
+@dataclass
+class Call:
+    """One invocation of the student's function, as the student sees it."""
+
+    round: int
+    examples: int
+    seconds: float
+    outcome: str  # succeeded, or the reason it failed
+    compared: str = ""  # the previous round's update against the class average
+
+
+def compare_with_class(start: list[np.ndarray], mine: list[np.ndarray], aggregated: list[np.ndarray]) -> str:
+    """How the student's step (start -> mine) compared to the class's (start -> aggregated): direction and size."""
+    own = np.concatenate([(m - s).ravel() for m, s in zip(mine, start)])
+    classes = np.concatenate([(a - s).ravel() for a, s in zip(aggregated, start)])
+    norms = float(np.linalg.norm(own)) * float(np.linalg.norm(classes))
+    cosine = float(own @ classes) / norms if norms else 0.0
+    ratio = float(np.linalg.norm(own)) / max(float(np.linalg.norm(classes)), 1e-12)
+    return f"cosine {cosine:.2f} with the class average, {ratio:.1f}x its size"
+
+
+class StudentFunction:
+    """A joined student's function server; `calls` lists every invocation, `on_call` hears of each."""
+
+    def __init__(self, teacher_url: str, code: str, name: str, *, host: str | None = None, port: int = 0,
+                 data: tuple[np.ndarray, np.ndarray] | None = None, timeout: float = 10.0) -> None:
+        self.teacher_url, self.name, self.data = teacher_url.rstrip("/"), name, data
+        self.calls: list[Call] = []
+        self.on_call: Callable[[Call], None] | None = None
+        self._previous: tuple[int, list[np.ndarray], list[np.ndarray]] | None = None  # round, start, mine
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fedless-student")
+        self._lock = threading.Lock()
+        teacher_host = urllib.parse.urlsplit(self.teacher_url).hostname
+        if not teacher_host:
+            raise ClassroomError(f"{teacher_url!r} is not the teacher's address: copy it from the join command")
+        app = web.Application(client_max_size=TASK_LIMIT)
+        app.router.add_post("/", self._call)
+        self._server = ServerThread(app, host or reachable_address(teacher_host), port)
+        self.url = f"http://{self._server.host}:{self._server.port}/"
+        try:
+            self._secret = self._register(code, timeout)
+        except BaseException:
+            self._server.stop()
+            raise
+
+    def _post(self, path: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        request = urllib.request.Request(self.teacher_url + path, data=json.dumps(message).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            try:
+                reason = json.loads(error.read()).get("error") or error.reason
+            except ValueError:
+                reason = error.reason
+            raise ClassroomError(f"the teacher refused: {reason}") from None
+        except (urllib.error.URLError, OSError) as error:
+            raise ClassroomError(f"cannot reach the teacher at {self.teacher_url}: {getattr(error, 'reason', error)}; "
+                                 "check the address in the join command and that you are on the room's network") from None
+
+    def registration(self, code: str) -> dict[str, Any]:
+        """The join message: a fresh nonce and the time, so that it cannot be replayed."""
+        return {"code": code, "name": self.name, "url": self.url, "nonce": secrets.token_hex(16), "sent_at": time.time(),
+                "own_examples": None if self.data is None else int(len(self.data[0]))}
+
+    def _register(self, code: str, timeout: float) -> str:
+        return str(self._post("/join", self.registration(code), timeout)["secret"])
+
+    def leave(self) -> None:
+        """Tell the teacher and stop serving; the teacher's next call to this function fails at once."""
+        try:
+            self._post("/leave", {"name": self.name, "proof": leave_proof(self._secret, self.name)}, timeout=10)
+        finally:
+            self._server.stop()
+            self._worker.shutdown(wait=False)
+
+    # -- the function ------------------------------------------------------------------------
+    async def _call(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        status, reply = await asyncio.get_running_loop().run_in_executor(self._worker, self._invoke, body)
+        return web.json_response(reply, status=status)
+
+    def _invoke(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        started = time.perf_counter()
+        try:
+            task = json.loads(body)
+            if not isinstance(task, dict):
+                raise ValueError("not an object")
+        except ValueError as error:
+            return 400, error_reply(400, PayloadError(f"the request body is not a task: {error}"))
+        status, reply = invoke(task, secret=self._secret, data=self.data)
+        self._log(task, status, reply, time.perf_counter() - started)
+        return status, reply
+
+    def _log(self, task: dict[str, Any], status: int, reply: dict[str, Any], seconds: float) -> None:
+        """Note the call for the student; compare last round's update with the class average when this task's
+        global model is the one that update went into."""
+        round_number = int(task.get("round", 0))
+        if status != 200:
+            call = Call(round_number, 0, seconds, reply.get("error", {}).get("message", "failed"))
+        else:
+            call = Call(round_number, int(reply["num_examples"]), seconds, "succeeded", self._compared(task))
+        with self._lock:
+            self.calls.append(call)
+        if self.on_call is not None:
+            self.on_call(call)
+
+    def _compared(self, task: dict[str, Any]) -> str:
+        try:
+            store = PresignedStore.from_descriptor(task["store"])
+            start = decode_arrays(store.get(task["weights"]))
+            mine = decode_arrays(store.get(task["update"]))
+        except Exception:  # the comparison is a courtesy: a failed read never fails the call
+            return ""
+        previous, self._previous = self._previous, (int(task["round"]), start, mine)
+        if previous is None or previous[0] != int(task["round"]) - 1:
+            return ""
+        return compare_with_class(previous[1], previous[2], start)
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"round": c.round, "examples": c.examples, "seconds": round(c.seconds, 2), "outcome": c.outcome,
+                     "your last update": c.compared} for c in self.calls]

@@ -1,0 +1,191 @@
+"""The classroom's join flow and its refusals, over real aiohttp servers on 127.0.0.1 in this process."""
+
+import json
+import secrets
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from fedless_nb.classroom.errors import ClassroomError
+from fedless_nb.classroom.service import ClassroomService
+from fedless_nb.classroom.student import StudentFunction, compare_with_class
+from fedless_nb.function import handler
+from fedless_nb.security import NonceCache, client_key, new_secret
+from fedless_nb.store import PresignedStore, decode_arrays, encode_arrays
+
+from signed_tasks import make_task, write_inputs
+
+
+@pytest.fixture
+def classroom(tmp_path):
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"))
+    yield service
+    service.close()
+
+
+@pytest.fixture
+def fresh_function_state(monkeypatch):
+    monkeypatch.setattr(handler, "_STATE", handler._WarmState())
+    monkeypatch.setattr(handler, "_NONCES", NonceCache())
+
+
+def post(url, message):
+    request = urllib.request.Request(url, data=json.dumps(message).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_student_joins_with_the_code_and_gets_their_own_key(classroom):
+    student = StudentFunction(classroom.url, classroom.code.lower(), "alice", host="127.0.0.1")
+    try:
+        assert [row["name"] for row in classroom.roster.rows()] == ["alice"]
+        assert student.url.startswith("http://127.0.0.1:")
+        assert student._secret == classroom.roster.students["alice"].secret != classroom.roster.secret
+        assert classroom.provider_configs()[0] == {"kind": "http", "name": "alice", "url": student.url, "clients": 1,
+                                                   "workers": 1, "timeout": 60.0, "secret_env": None}
+    finally:
+        student.leave()
+    assert classroom.roster.rows()[0]["status"] == "left"
+    with pytest.raises(ClassroomError, match="no student has joined yet"):
+        classroom.provider_configs()
+
+
+def test_a_wrong_code_is_refused_with_one_line(classroom):
+    with pytest.raises(ClassroomError) as refused:
+        StudentFunction(classroom.url, "WRONG1", "alice", host="127.0.0.1")
+    assert str(refused.value) == "the teacher refused: wrong join code: copy the code shown on the teacher's screen"
+    assert classroom.roster.rows() == []
+
+
+def test_an_expired_code_is_refused_with_one_line(classroom):
+    classroom.roster.code.expires_at = time.time() - 1
+    with pytest.raises(ClassroomError) as refused:
+        StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    assert "\n" not in str(refused.value)
+    assert "the join code expired: ask the teacher for a new one (%fedless_classroom open)" in str(refused.value)
+
+
+def test_a_replayed_registration_is_refused_with_one_line(classroom):
+    registration = {"code": classroom.code, "name": "bob", "url": "http://127.0.0.1:9/", "nonce": secrets.token_hex(16),
+                    "sent_at": time.time(), "own_examples": None}
+    status, reply = post(classroom.url + "/join", registration)
+    assert status == 200 and set(reply) == {"name", "secret"}
+    status, reply = post(classroom.url + "/join", {**registration, "name": "mallory"})
+    assert status == 403
+    assert reply["error"] == "this registration was already used or is too old (a replay): run %fedless_join again"
+    stale = {**registration, "name": "carol", "nonce": secrets.token_hex(16), "sent_at": time.time() - 3600}
+    assert post(classroom.url + "/join", stale)[0] == 403
+    assert [row["name"] for row in classroom.roster.rows()] == ["bob"]
+
+
+def test_a_taken_name_and_a_bad_name_are_refused(classroom):
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        with pytest.raises(ClassroomError, match="the name 'alice' is taken in this class: choose another --name"):
+            StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+        with pytest.raises(ClassroomError, match="--name 'Bob Smith': use 1-32 lowercase letters"):
+            StudentFunction(classroom.url, classroom.code, "Bob Smith", host="127.0.0.1")
+    finally:
+        student.leave()
+
+
+def test_a_task_signed_with_another_runs_key_is_refused_with_one_line(classroom, tmp_path, fresh_function_state):
+    store, spec = write_inputs(tmp_path / "student-store")
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        foreign = make_task(store, spec, secret=new_secret())  # another classroom's (another run's) key
+        status, reply = post(student.url, foreign)
+        assert status == 403
+        assert reply["error"]["message"] == ("the task's token is forged or signed with another secret "
+                                             "(check FEDLESS_RUN_SECRET)")
+        assert not store.exists(foreign["update"])
+        own = make_task(store, spec, secret=student._secret)  # the teacher's key for alice
+        status, reply = post(student.url, own)
+        assert status == 200 and reply["num_examples"] == 40
+        client_key(student._secret, own["run_id"], own["client_id"]).verify_result(reply, store.get(own["update"]))
+        assert [(call.round, call.examples, call.outcome) for call in student.calls][-1] == (1, 40, "succeeded")
+        assert student.calls[0].outcome.startswith("the task's token is forged")
+    finally:
+        student.leave()
+
+
+def test_the_student_trains_on_their_own_data_which_never_enters_the_store(classroom, tmp_path, fresh_function_state):
+    store, spec = write_inputs(tmp_path / "student-store")
+    rng = np.random.default_rng(1)
+    drawn = (rng.random((12, 8), dtype=np.float32), rng.integers(0, 3, 12))
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1", data=drawn)
+    try:
+        assert classroom.roster.rows()[0]["examples"] == 12
+        assert classroom.own_data_sizes(["client-0000"]) == {"client-0000": 12}
+        task = make_task(store, spec, secret=student._secret)
+        store.delete(task["data"])  # the task's data key is never read
+        status, reply = post(student.url, task)
+        assert status == 200 and reply["num_examples"] == 12
+    finally:
+        student.leave()
+
+
+def test_the_served_store_grants_exactly_the_signed_keys(classroom):
+    classroom.store.put("runs/r/global-0.weights", encode_arrays([np.ones(3, np.float32)]))
+    descriptor = classroom.store.task_descriptor(["runs/r/global-0.weights"], ["runs/r/update"], time.time() + 60)
+    remote = PresignedStore.from_descriptor(descriptor)
+    assert decode_arrays(remote.get("runs/r/global-0.weights"))[0].tolist() == [1, 1, 1]
+    remote.put("runs/r/update", b"bytes")
+    assert classroom.store.get("runs/r/update") == b"bytes"
+    forged = descriptor["get"]["runs/r/global-0.weights"].replace("global-0", "global-1")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(forged, timeout=10)
+    assert refused.value.code == 403 and refused.value.read() == b"the URL was not signed for GET runs/r/global-1.weights"
+    expired = classroom.store.signed_url("GET", "runs/r/global-0.weights", time.time() - 10)
+    with pytest.raises(urllib.error.HTTPError, match="403"):
+        urllib.request.urlopen(expired, timeout=10)
+
+
+def test_the_comparison_with_the_class_average():
+    start = [np.zeros(2)]
+    assert compare_with_class(start, [np.array([2.0, 0.0])], [np.array([1.0, 0.0])]) == \
+        "cosine 1.00 with the class average, 2.0x its size"
+    assert compare_with_class(start, [np.array([0.0, 1.0])], [np.array([1.0, 0.0])]).startswith("cosine 0.00")
+
+
+def test_a_student_who_left_is_a_failed_invocation_not_a_stuck_call(classroom, tmp_path):
+    import asyncio
+
+    from fedless_nb.providers.base import InvocationError
+
+    store, spec = write_inputs(tmp_path / "student-store")
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    provider = classroom.providers()["alice"]  # what a run holds from its start
+    student.leave()
+
+    async def call():
+        try:
+            return await provider.invoke(make_task(store, spec, secret=student._secret))
+        finally:
+            await provider.close()
+
+    with pytest.raises(InvocationError, match=r"cannot reach http://127\.0\.0\.1:\d+/: ClientConnectorError"):
+        asyncio.run(call())
+
+
+def test_the_drawing_pad_keeps_labelled_8x8_examples_in_the_digits_format():
+    from fedless_nb.classroom.drawing import DrawingPad
+
+    pad = DrawingPad()
+    assert pad.data()[0].shape == (0, 64)
+    for index in (3, 11, 19):
+        pad.cells[index].value = True
+    assert pad.cells[3].button_style == "info"
+    pad.label.value = 7
+    pad.add_drawing()
+    x, y = pad.data()
+    assert x.shape == (1, 64) and x.dtype == np.float32 and set(np.flatnonzero(x[0])) == {3, 11, 19}
+    assert y.tolist() == [7] and not any(cell.value for cell in pad.cells)
+    assert pad.count.value == "1 examples drawn (7: 1)" and repr(pad) == "DrawingPad(1 examples drawn (7: 1))"

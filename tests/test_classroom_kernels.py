@@ -1,0 +1,89 @@
+"""A live classroom in real kernels: a teacher and three students, each a Jupyter kernel, over 127.0.0.1 ports.
+
+The machine has no separate network namespaces to give each kernel, so every server binds
+127.0.0.1 on its own port; the join flow, the signed tasks and the signed store URLs are the
+ones a room's network would carry.
+"""
+
+import json
+
+import pytest
+from jupyter_client.manager import KernelManager
+
+from fedless_nb.records.history import History
+
+from test_kernel import Kernel, kernel_environment
+
+STUDENTS = ("alice", "bob", "carol")
+ROUNDS = 5
+
+
+def start_kernel(directory):
+    directory.mkdir()
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel(cwd=str(directory), env=kernel_environment())
+    kernel = Kernel(manager)
+    kernel.run("%load_ext fedless_nb")
+    return kernel
+
+
+@pytest.fixture
+def room(tmp_path):
+    kernels = {}
+    try:
+        for name in ("teacher", *STUDENTS):
+            kernels[name] = start_kernel(tmp_path / name)
+        yield kernels
+    finally:
+        for kernel in kernels.values():
+            kernel.shutdown()
+
+
+@pytest.mark.slow
+def test_three_student_kernels_train_five_rounds_and_one_leaves(room, tmp_path):
+    teacher = room["teacher"]
+    opened = teacher.run("classroom = %fedless_classroom open --host 127.0.0.1 --port 0 --timeout 120\n"
+                         "print(classroom.url, classroom.code)")
+    url, code = opened.splitlines()[-1].split()
+    # carol trains on examples of her own (60 digits she holds), which never enter any store
+    room["carol"].run("from sklearn.datasets import load_digits\ndigits = load_digits()\n"
+                      "mine = ((digits.data[:60] / 16).astype('float32'), digits.target[:60])")
+    for name in STUDENTS:
+        own = " --data mine" if name == "carol" else ""
+        joined = room[name].run(f"student = %fedless_join {url} {code} --name {name} --host 127.0.0.1{own}")
+        assert joined.startswith(f"Joined as {name}; your function listens at http://127.0.0.1:")
+    assert teacher.run("print([row['name'] for row in classroom.roster.rows()])") == str(list(STUDENTS))
+
+    teacher.run(f"run = %fedless_train --provider classroom --dataset digits --builder logistic_regression "
+                f"--rounds {ROUNDS} --epochs 1 --batch-size 32 --lr 0.05 --round-deadline 120 --dashboard none "
+                "--background")
+    teacher.run("import time\nwhile len(run.rounds_frame()) < 2 and not run.done(): time.sleep(0.5)", timeout=600)
+    assert room["bob"].run("%fedless_leave") == "bob left the class"
+    teacher.run("result = run.future.result(timeout=900)\nprint(result.status)", timeout=960)
+
+    history = History(tmp_path / "teacher" / "fedless_history.db")
+    run_id = teacher.run("print(result.run_id)")
+    answered, examples = {}, {}
+    for row in history.invocations(run_id):
+        if row["outcome"] == "succeeded":
+            answered.setdefault(row["round"], set()).add(row["provider"])
+            examples.setdefault(row["provider"], set()).add(row["num_examples"])
+    failed = {(row["round"], row["provider"]) for row in history.invocations(run_id) if row["outcome"] == "failed"}
+    accuracy = [row["eval_accuracy"] for row in history.rounds(run_id)]
+    history.close()
+
+    assert len(accuracy) == ROUNDS
+    assert answered[1] == answered[2] == set(STUDENTS)
+    assert answered[4] == answered[5] == {"alice", "carol"}
+    assert {("bob", 4), ("bob", 5)} <= {(provider, round_number) for round_number, provider in failed}
+    assert accuracy[-1] > accuracy[0], accuracy
+    assert examples["carol"] == {60} and len(examples["alice"]) == 1 and examples["alice"] != {60}
+    print("accuracy per round", accuracy)
+    roster = json.loads(teacher.run("import json; print(json.dumps(classroom.roster.rows()))"))
+    assert {row["name"]: row["status"] for row in roster} == {"alice": "joined", "bob": "left", "carol": "joined"}
+    assert {row["name"]: row["data"] for row in roster}["carol"] == "own examples"
+    assert {row["name"]: row["answered"] for row in roster}["alice"] == ROUNDS
+    calls = json.loads(room["alice"].run("import json; print(json.dumps(student.rows()))"))
+    assert [call["round"] for call in calls] == list(range(1, ROUNDS + 1))
+    assert all(call["outcome"] == "succeeded" and call["examples"] > 0 for call in calls)
+    assert calls[0]["your last update"] == "" and all("with the class average" in c["your last update"] for c in calls[1:])
