@@ -39,6 +39,16 @@ def test_a_stopped_run_resumes_where_it_stopped(tiny_config):
         resume_experiment(stopped.run_id, history=config.history)
 
 
+def test_a_resumed_fedlesscan_run_keeps_what_its_selection_learned(tiny_config, tmp_path):
+    config = tiny_config(rounds=2, selection={"policy": "fedlesscan"})
+    stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
+    checkpoint = decode_checkpoint((tmp_path / "store" / "runs" / stopped.run_id / "checkpoint.json").read_bytes())
+    learned = checkpoint.observer_state["selection"]["records"]
+    round_1 = {i["client_id"] for i in History(config.history).invocations(stopped.run_id)}
+    assert set(learned) == round_1 and all(r["invocations"] == 1 and r["duration"] > 0 for r in learned.values())
+    assert resume_experiment(stopped.run_id, history=config.history).status == "finished"
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"mode": "async", "asynchronous": {"concurrency": 2, "buffer_size": 2}},
      "used asynchronous rounds .mode: async., whose buffer and in-flight clients are not checkpointed"),
