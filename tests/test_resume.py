@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +105,11 @@ def test_a_dp_run_that_died_between_its_history_and_its_checkpoint_redoes_that_r
     config.history = str(tmp_path / "uninterrupted.db")
     uninterrupted = run_experiment(config)
     assert _epsilons(resumed.config.history, resumed.run_id) == _epsilons(config.history, uninterrupted.run_id)
-    assert len(History(resumed.config.history).invocations(resumed.run_id)) == 3 * 2, "round 2 counted once"
+    for client_id in uninterrupted.accountant.ledger.subjects:
+        assert resumed.accountant.epsilon(client_id) == uninterrupted.accountant.epsilon(client_id), client_id
+    invocations = History(resumed.config.history).invocations(resumed.run_id)
+    assert len(invocations) == 3 * 2, "round 2 counted once"
+    assert all(i["outcome"] == "succeeded" for i in invocations), "no function refused its redone task as a replay"
 
 
 @pytest.mark.parametrize("sampling", ["poisson", "fixed"])
@@ -166,30 +171,38 @@ def test_a_killed_controller_resumes_with_every_round_once(tmp_path, tiny_config
     assert abs(history.final_metrics(killed["run_id"])["eval_accuracy"] - uninterrupted.final_accuracy) <= 0.03
 
 
-def _kill_after_round(process, history_path, round_number):
-    """SIGKILL `process` once the history holds round `round_number` of its run (polled, not timed)."""
-    completed = 0
-    while process.poll() is None and completed < round_number:
+def _kill_while_round_runs(process, history_path, store_path, round_number):
+    """SIGKILL `process` once the history holds the round before `round_number` and a function has written its
+    update of `round_number` (polled, not timed): the controller dies with that round in flight. Its local
+    workers outlive it until their task is done; they are waited for, so what they leave behind is there."""
+    import psutil
+
+    def in_flight():
+        runs = History(history_path).runs() if os.path.exists(history_path) else []
+        updates = list(Path(store_path).glob(f"runs/*/round-{round_number:05d}/updates/*.weights"))
+        return bool(runs) and runs[0]["rounds_completed"] == round_number - 1 and bool(updates)
+
+    while process.poll() is None and not in_flight():
         time.sleep(0.02)
-        if os.path.exists(history_path):
-            runs = History(history_path).runs()
-            completed = runs[0]["rounds_completed"] if runs else 0
     assert process.poll() is None, "the run must still be going when it is killed"
+    workers = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    psutil.wait_procs(workers, timeout=120)
     (killed,) = History(history_path).runs()
-    assert killed["status"] == "running" and killed["rounds_completed"] >= round_number
+    assert killed["status"] == "running" and killed["rounds_completed"] == round_number - 1
     return killed
 
 
 @pytest.mark.slow
 def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tmp_path, tiny_config):
+    """Killed with round 3 in flight: the functions that finished after the controller died left their round-3
+    updates, which the resumed run clears, so every function trains round 3 again (none refuses a replay)."""
     rounds = 4
-    config = tiny_config(rounds=rounds, clients=4, clients_per_round=2,
-                         train={**DP_TRAIN, "epochs": 3})
+    config = tiny_config(rounds=rounds, clients=4, clients_per_round=2, train={**DP_TRAIN, "epochs": 3})
     path = tmp_path / "experiment.yaml"
     path.write_text(config.to_yaml())
-    killed = _kill_after_round(_cli("run", str(path)), config.history, 2)
+    killed = _kill_while_round_runs(_cli("run", str(path)), config.history, config.store.path, 3)
 
     resumed = _cli("resume", killed["run_id"], "--history", config.history)
     output, _ = resumed.communicate(timeout=300)
@@ -197,6 +210,9 @@ def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tmp_pa
     history = History(config.history)
     assert history.run(killed["run_id"])["status"] == "finished"
     assert [r["round"] for r in history.rounds(killed["run_id"])] == list(range(1, rounds + 1))
+
+    invocations = history.invocations(killed["run_id"])
+    assert len(invocations) == rounds * 2 and all(i["outcome"] == "succeeded" for i in invocations), invocations
 
     config.history = str(tmp_path / "uninterrupted.db")
     uninterrupted = run_experiment(config)

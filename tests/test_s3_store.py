@@ -219,3 +219,11 @@ def test_a_presigned_write_is_a_post_whose_signed_policy_caps_its_size(policed_s
     with pytest.raises(StoreError, match="HTTP 403 SignatureDoesNotMatch"):
         forged.put("updates/c1", b"x" * 2**20)
     assert policed_store.get("updates/c1") == b"u" * 1000, "neither refused write changed the object"
+
+
+def test_delete_prefix_removes_a_folder_of_keys_only(store):
+    keys = [f"runs/r/round-00002/updates/c{i}.weights" for i in range(3)] + ["runs/r/round-000020/x", "runs/r/round-00001/x"]
+    for key in keys:
+        store.put(key, b"v")
+    store.delete_prefix("runs/r/round-00002")
+    assert [store.exists(key) for key in keys] == [False, False, False, True, True]

@@ -57,3 +57,13 @@ def test_a_task_store_refuses_a_write_over_its_limit(tmp_path):
     with pytest.raises(StoreError, match="'u' is 9 bytes, more than the 8 this task may write"):
         function_store.put("u", b"123456789")
     assert LocalStore(tmp_path).get("u") == b"12345678"
+
+
+def test_delete_prefix_removes_a_folder_of_keys_only(tmp_path):
+    store = LocalStore(tmp_path)
+    for key in ("runs/r/round-00002/updates/a.weights", "runs/r/round-00002/global.weights", "runs/r/round-00001/x"):
+        store.put(key, b"v")
+    store.delete_prefix("runs/r/round-00002")
+    store.delete_prefix("runs/r/round-00009")  # nothing there: not an error
+    assert [store.exists(k) for k in ("runs/r/round-00002/updates/a.weights", "runs/r/round-00002/global.weights",
+                                      "runs/r/round-00001/x")] == [False, False, True]

@@ -35,7 +35,7 @@ from .selection import SelectionPolicy
 from .stragglers import Stragglers
 from .synchronous import SynchronousRounds
 from ..store import Store, decode_arrays, encode_arrays
-from ..store.keys import global_weights_key, update_key
+from ..store.keys import global_weights_key, round_prefix, update_key
 from ..strategies.base import ClientUpdate, RunContext, Strategy, Weights
 from .screening import NormScreen, update_distance, update_problem
 
@@ -222,6 +222,9 @@ class Controller:
             weights = self.strategy.initialize(weights)
             await self.store.aput(global_weights_key(self.run_id, 0), encode_arrays(weights))
         else:
+            # What the round after the checkpoint wrote before the process died (updates of functions that
+            # finished after it) would make each function refuse its task as a replay when the round runs again.
+            self.store.delete_prefix(round_prefix(self.run_id, resume.round + 1))
             self.strategy.load_state(resume.strategy_state)
             self.round_metrics = list(resume.round_metrics)
             for name, observer in self.checkpointed.items():

@@ -78,6 +78,10 @@ class Store(ABC):
         descriptor = self.descriptor()
         return descriptor if max_write_bytes is None else {**descriptor, "max_write_bytes": max_write_bytes}
 
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key under the folder `prefix` (a round that is to run again from scratch)."""
+        raise StoreError(f"this {self.kind} store cannot delete the keys under {prefix!r}")
+
     # Async twins for callers on an event loop. A local store's I/O is quick and stays
     # synchronous; a remote store overrides these so the loop never waits on the network.
     async def aput(self, key: str, data: bytes | bytearray | memoryview) -> None:

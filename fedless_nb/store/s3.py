@@ -181,6 +181,13 @@ class S3Store(Store):
     async def _delete(self, key: str) -> None:
         await self._client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
 
+    async def _delete_prefix(self, prefix: str) -> None:
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._object_key(prefix) + "/"):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:  # a page holds at most 1,000 keys, delete_objects' limit
+                await self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
     async def _presigned(self, reads: Sequence[str], writes: Sequence[str], expires_at: float,
                          max_write_bytes: int | None) -> dict[str, Any]:
         seconds = max(1, min(MAX_PRESIGN_SECONDS, math.ceil(expires_at - time.time())))
@@ -217,6 +224,9 @@ class S3Store(Store):
 
     def delete(self, key: str) -> None:
         self._run(self._delete(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._run(self._delete_prefix(prefix))
 
     def size(self, key: str) -> int:
         return self._run(self._size(key))
