@@ -52,7 +52,10 @@ def bench_auth(repeats: int) -> None:
                 "data": "d", "update": "u", "train": {"epochs": 1, "batch_size": 32, "optimizer": "sgd",
                                                       "learning_rate": 0.1, "seed": 1},
                 "store": {"kind": "presigned", "get": {k: "https://s3/" + "x" * 600 for k in "wdu"},
-                          "put": {"u": "https://s3/" + "x" * 600}, "expires_at": time.time() + 600},
+                          "post": {"u": {"url": "https://s3/bucket", "fields": {
+                              "key": "u", "x-amz-algorithm": "AWS4-HMAC-SHA256", "x-amz-credential": "x" * 60,
+                              "x-amz-date": "20260101T000000Z", "policy": "x" * 500, "x-amz-signature": "x" * 64}}},
+                          "max_write_bytes": 2**20, "expires_at": time.time() + 600},
                 "token": None, "deadline": time.time() + 600}
         key = RunKey(SECRET, "run")
         result = {"run_id": "run", "round": 1, "client_id": "client-0000", "update": "u", "num_examples": 90,

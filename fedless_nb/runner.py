@@ -182,6 +182,7 @@ async def run_experiment_async(
                                    config.max_norm_ratio, config.max_update_norm), _stragglers(config)),
     )
     controller.subscribe(selection.observe)
+    controller.checkpointed["selection"] = selection  # what FedLesScan learned about the clients
     if accountant is not None:
         controller.subscribe(accountant)
         controller.privacy_sources.append(accountant.round_metrics_async)

@@ -43,11 +43,25 @@ def moto_endpoint():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def policed_s3_endpoint():
+    """moto's S3 server behind S3's presigned-POST policy checks, which moto lacks (tests/s3_post_policy.py),
+    signed with the `aws_credentials` fixture's secret."""
+    from s3_post_policy import PolicedMotoServer
+
+    server = PolicedMotoServer(TEST_AWS_SECRET)
+    yield server.endpoint
+    server.stop()
+
+
+TEST_AWS_SECRET = "fedless-test-secret-value"
+
+
 @pytest.fixture
 def aws_credentials(monkeypatch, tmp_path):
     """Dummy credentials in the environment, and no profile or instance role to fall back on."""
     values = {
-        "AWS_ACCESS_KEY_ID": "fedless-test-key-id", "AWS_SECRET_ACCESS_KEY": "fedless-test-secret-value",
+        "AWS_ACCESS_KEY_ID": "fedless-test-key-id", "AWS_SECRET_ACCESS_KEY": TEST_AWS_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"), "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
     }

@@ -5,12 +5,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedless_nb.rounds.checkpoint import Checkpoint, decode_checkpoint, encode_checkpoint
 from fedless_nb.records.history import History
+from fedless_nb.rounds.events import RoundFinished
 from fedless_nb.runner import ResumeError, resume_experiment, run_experiment
 
 
@@ -36,6 +38,16 @@ def test_a_stopped_run_resumes_where_it_stopped(tiny_config):
     assert history.run(stopped.run_id)["status"] == "finished"
     with pytest.raises(ResumeError, match="already finished all 3 rounds; there is nothing to resume"):
         resume_experiment(stopped.run_id, history=config.history)
+
+
+def test_a_resumed_fedlesscan_run_keeps_what_its_selection_learned(tiny_config, tmp_path):
+    config = tiny_config(rounds=2, selection={"policy": "fedlesscan"})
+    stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
+    checkpoint = decode_checkpoint((tmp_path / "store" / "runs" / stopped.run_id / "checkpoint.json").read_bytes())
+    learned = checkpoint.observer_state["selection"]["records"]
+    round_1 = {i["client_id"] for i in History(config.history).invocations(stopped.run_id)}
+    assert set(learned) == round_1 and all(r["invocations"] == 1 and r["duration"] > 0 for r in learned.values())
+    assert resume_experiment(stopped.run_id, history=config.history).status == "finished"
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -70,6 +82,50 @@ def test_a_stopped_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_
         assert resumed.accountant.epsilon(client_id) == uninterrupted.accountant.epsilon(client_id)
     assert resumed.privacy_report().epsilon == uninterrupted.privacy_report().epsilon
 
+
+
+def _interrupt_after_recording(round_number):
+    """An observer (subscribed after the history) that ends the process's run as Ctrl-C would once round
+    `round_number` is in the history, before the controller checkpoints it: the crash window in between."""
+    def observer(event):
+        if isinstance(event, RoundFinished) and event.round == round_number:
+            raise KeyboardInterrupt
+    return observer
+
+
+def test_a_dp_run_that_died_between_its_history_and_its_checkpoint_redoes_that_round_once(tiny_config, tmp_path):
+    config = tiny_config(rounds=3, clients=4, clients_per_round=2, train=DP_TRAIN)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, observers=[_interrupt_after_recording(2)])
+    (died,) = History(config.history).runs()
+    assert [r["round"] for r in History(config.history).rounds(died["run_id"])] == [1, 2] and decode_checkpoint(
+        (tmp_path / "store" / "runs" / died["run_id"] / "checkpoint.json").read_bytes()).round == 1
+    resumed = resume_experiment(died["run_id"], history=config.history)
+    assert resumed.status == "finished"
+    config.history = str(tmp_path / "uninterrupted.db")
+    uninterrupted = run_experiment(config)
+    assert _epsilons(resumed.config.history, resumed.run_id) == _epsilons(config.history, uninterrupted.run_id)
+    for client_id in uninterrupted.accountant.ledger.subjects:
+        assert resumed.accountant.epsilon(client_id) == uninterrupted.accountant.epsilon(client_id), client_id
+    invocations = History(resumed.config.history).invocations(resumed.run_id)
+    assert len(invocations) == 3 * 2, "round 2 counted once"
+    assert all(i["outcome"] == "succeeded" for i in invocations), "no function refused its redone task as a replay"
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+def test_a_stopped_central_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_config, tmp_path, sampling):
+    config = tiny_config(rounds=3, clients=4, clients_per_round=2,
+                         central_dp={"noise_multiplier": 1.0, "clip_norm": 1.0, "sampling": sampling})
+    stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
+    assert stopped.status == "stopped" and len(stopped.round_metrics) == 1
+    resumed = resume_experiment(stopped.run_id, history=config.history)
+    config.history = str(tmp_path / "uninterrupted.db")
+    uninterrupted = run_experiment(config)
+    epsilons = [r["privacy_central_epsilon"] for r in History(resumed.config.history).rounds(resumed.run_id)]
+    expected = [r["privacy_central_epsilon"] for r in History(config.history).rounds(uninterrupted.run_id)]
+    assert len(expected) == 3 and expected[0] < expected[1] < expected[2]
+    assert epsilons == expected
+    assert resumed.privacy_report().epsilon == uninterrupted.privacy_report().epsilon == expected[-1]
 
 def _cli(*arguments, **options):
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -113,3 +169,53 @@ def test_a_killed_controller_resumes_with_every_round_once(tmp_path, tiny_config
     config.history = str(tmp_path / "uninterrupted.db")
     uninterrupted = run_experiment(config)
     assert abs(history.final_metrics(killed["run_id"])["eval_accuracy"] - uninterrupted.final_accuracy) <= 0.03
+
+
+def _kill_while_round_runs(process, history_path, store_path, round_number):
+    """SIGKILL `process` once the history holds the round before `round_number` and a function has written its
+    update of `round_number` (polled, not timed): the controller dies with that round in flight. Its local
+    workers outlive it until their task is done; they are waited for, so what they leave behind is there."""
+    import psutil
+
+    def in_flight():
+        runs = History(history_path).runs() if os.path.exists(history_path) else []
+        updates = list(Path(store_path).glob(f"runs/*/round-{round_number:05d}/updates/*.weights"))
+        return bool(runs) and runs[0]["rounds_completed"] == round_number - 1 and bool(updates)
+
+    while process.poll() is None and not in_flight():
+        time.sleep(0.02)
+    assert process.poll() is None, "the run must still be going when it is killed"
+    workers = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    psutil.wait_procs(workers, timeout=120)
+    (killed,) = History(history_path).runs()
+    assert killed["status"] == "running" and killed["rounds_completed"] == round_number - 1
+    return killed
+
+
+@pytest.mark.slow
+def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tmp_path, tiny_config):
+    """Killed with round 3 in flight: the functions that finished after the controller died left their round-3
+    updates, which the resumed run clears, so every function trains round 3 again (none refuses a replay)."""
+    rounds = 4
+    config = tiny_config(rounds=rounds, clients=4, clients_per_round=2, train={**DP_TRAIN, "epochs": 3})
+    path = tmp_path / "experiment.yaml"
+    path.write_text(config.to_yaml())
+    killed = _kill_while_round_runs(_cli("run", str(path)), config.history, config.store.path, 3)
+
+    resumed = _cli("resume", killed["run_id"], "--history", config.history)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    history = History(config.history)
+    assert history.run(killed["run_id"])["status"] == "finished"
+    assert [r["round"] for r in history.rounds(killed["run_id"])] == list(range(1, rounds + 1))
+
+    invocations = history.invocations(killed["run_id"])
+    assert len(invocations) == rounds * 2 and all(i["outcome"] == "succeeded" for i in invocations), invocations
+
+    config.history = str(tmp_path / "uninterrupted.db")
+    uninterrupted = run_experiment(config)
+    expected = _epsilons(config.history, uninterrupted.run_id)
+    assert len(expected) == rounds and all(e > 0 for e in expected)
+    assert _epsilons(history.path, killed["run_id"]) == expected

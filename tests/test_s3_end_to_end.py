@@ -1,7 +1,7 @@
 """A whole run whose store is S3 (moto on 127.0.0.1) while the functions run on the local provider.
 
 The workers get presigned URLs and nothing else: no AWS variables in their environment, no
-credentials in their tasks, a PUT for their own update only, and signed tasks.
+credentials in their tasks, a size-limited POST for their own update only, and signed tasks.
 """
 
 import json
@@ -47,10 +47,30 @@ def test_a_run_on_s3_gives_functions_presigned_access_only(tiny_config, tmp_path
         # Reads: the global weights, its data and its own update (to refuse a replayed task whose update exists).
         assert set(store["get"]) == {task["weights"], task["data"], task["update"]}
         assert task["token"], "the local provider's tasks are signed"
-        assert list(store["put"]) == [update_key(result.run_id, task["round"], task["client_id"])] == [task["update"]]
+        assert list(store["post"]) == [update_key(result.run_id, task["round"], task["client_id"])] == [task["update"]]
 
     objects = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     assert {f"fl/{global_weights_key(result.run_id, r)}" for r in range(3)} <= objects
     assert sum(key.startswith(f"fl/runs/{result.run_id}/") and "/updates/" in key for key in objects) == 4
     final = s3.get_object(Bucket=bucket, Key=f"fl/{global_weights_key(result.run_id, 2)}")["Body"].read()
     assert all(np.array_equal(a, b) for a, b in zip(decode_arrays(final), result.weights))
+
+
+def test_the_object_store_refuses_an_update_over_the_tasks_limit(tiny_config, policed_s3_endpoint, aws_credentials):
+    """Against S3's POST policy checks (tests/s3_post_policy.py): every honest update passes the content-length-range
+    the controller derives from the model's size, and client 1's megabyte is refused by the server; its invocation
+    fails with S3's reason and the run finishes with the others."""
+    bucket = f"fedless-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=policed_s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    config = tiny_config(clients=3, clients_per_round=3, rounds=1, retries=0,
+                         store={"kind": "s3", "bucket": bucket, "prefix": "fl", "endpoint_url": policed_s3_endpoint})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:oversized_post_on_client_1")
+    result = run_experiment(config, providers={"local": provider})
+
+    assert result.status == "finished"
+    invocations = {i["client_id"]: i for i in History(config.history).invocations(result.run_id)}
+    assert [c for c, i in sorted(invocations.items()) if i["outcome"] == "succeeded"] == ["client-0000", "client-0002"]
+    refused = invocations["client-0001"]
+    assert refused["outcome"] == "failed"
+    assert "HTTP 400 EntityTooLarge: Your proposed upload exceeds the maximum allowed size" in refused["error"]
+    assert History(config.history).rounds(result.run_id)[0]["succeeded"] == 2

@@ -1,6 +1,8 @@
 """The S3 store and the presigned view a function gets of it, against moto's S3 server on 127.0.0.1."""
 
 import asyncio
+import base64
+import json
 import time
 import uuid
 
@@ -108,14 +110,14 @@ def test_presigned_store_reads_and_writes_exactly_its_grants(store):
     store.put("data/c2", b"someone else's data")
     descriptor = store.task_descriptor(["global", "data/c1"], ["updates/c1"], time.time() + 60)
     assert descriptor["kind"] == "presigned" and set(descriptor["get"]) == {"global", "data/c1"}
-    assert list(descriptor["put"]) == ["updates/c1"]
+    assert list(descriptor["post"]) == ["updates/c1"]
 
     function_store = store_from_descriptor(descriptor)
     assert isinstance(function_store, PresignedStore)
     assert function_store.get("global") == b"weights" and function_store.get("data/c1") == b"data"
     assert function_store.exists("global")
     function_store.put("updates/c1", encode_arrays([np.ones(3, np.float32)]))
-    assert decode_arrays(store.get("updates/c1"))[0].tolist() == [1.0, 1.0, 1.0], "the PUT went through real HTTP"
+    assert decode_arrays(store.get("updates/c1"))[0].tolist() == [1.0, 1.0, 1.0], "the POST went through real HTTP"
 
     with pytest.raises(StoreError, match="grants no read access to 'data/c2'"):
         function_store.get("data/c2")
@@ -180,3 +182,48 @@ def test_s3_store_from_config(bucket, moto_endpoint, tmp_path):
 def test_s3_config_errors_name_the_key(store_config, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         ExperimentConfig.from_dict({"store": store_config})
+
+
+# -- a presigned write is a POST whose signed policy limits its size ------------------------------
+
+
+@pytest.fixture
+def policed_store(policed_s3_endpoint, aws_credentials):
+    name = f"fedless-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=policed_s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    store = S3Store(name, "experiments/a", endpoint_url=policed_s3_endpoint)
+    yield store
+    store.close()
+
+
+def test_a_presigned_write_is_a_post_whose_signed_policy_caps_its_size(policed_store):
+    descriptor = policed_store.task_descriptor([], ["updates/c1"], time.time() + 60, max_write_bytes=1000)
+    grant = descriptor["post"]["updates/c1"]
+    policy = json.loads(base64.b64decode(grant["fields"]["policy"]))
+    assert ["content-length-range", 0, 1000] in policy["conditions"] and descriptor["max_write_bytes"] == 1000
+
+    function_store = store_from_descriptor(descriptor)
+    function_store.put("updates/c1", b"u" * 1000)
+    assert policed_store.get("updates/c1") == b"u" * 1000, "a write up to the limit goes through"
+    with pytest.raises(StoreError, match="'updates/c1' is 1001 bytes, more than the 1000 this task may write"):
+        function_store.put("updates/c1", b"u" * 1001)
+
+    # A function that skips its own check, or widens its policy, is refused by the object store itself.
+    unchecked = PresignedStore(descriptor["get"], descriptor["post"], descriptor["expires_at"])
+    with pytest.raises(StoreError, match="refused POST 'updates/c1': HTTP 400 EntityTooLarge: Your proposed upload "
+                                         "exceeds the maximum allowed size"):
+        unchecked.put("updates/c1", b"x" * 2**20)
+    widened = {**grant["fields"], "policy": base64.b64encode(json.dumps(
+        {**policy, "conditions": [["content-length-range", 0, 2**30], *policy["conditions"][1:]]}).encode()).decode()}
+    forged = PresignedStore({}, {"updates/c1": {"url": grant["url"], "fields": widened}}, descriptor["expires_at"])
+    with pytest.raises(StoreError, match="HTTP 403 SignatureDoesNotMatch"):
+        forged.put("updates/c1", b"x" * 2**20)
+    assert policed_store.get("updates/c1") == b"u" * 1000, "neither refused write changed the object"
+
+
+def test_delete_prefix_removes_a_folder_of_keys_only(store):
+    keys = [f"runs/r/round-00002/updates/c{i}.weights" for i in range(3)] + ["runs/r/round-000020/x", "runs/r/round-00001/x"]
+    for key in keys:
+        store.put(key, b"v")
+    store.delete_prefix("runs/r/round-00002")
+    assert [store.exists(key) for key in keys] == [False, False, False, True, True]

@@ -1,5 +1,6 @@
 """FedLesScan-style selection learns from invocation events: fresh first, fast preferred, failures rest."""
 
+from fedless_nb.rounds.checkpoint import Checkpoint, decode_checkpoint, encode_checkpoint
 from fedless_nb.rounds.events import InvocationFinished
 from fedless_nb.rounds.selection import FedLesScanSelection, RandomSelection, make_selection
 
@@ -48,3 +49,18 @@ def test_failure_rate_and_waiting_shape_the_ranking():
 def test_make_selection_by_name():
     assert isinstance(make_selection("random", 1), RandomSelection)
     assert isinstance(make_selection("fedlesscan", 1), FedLesScanSelection)
+
+
+def test_what_fedlesscan_learned_survives_a_checkpoint():
+    policy = FedLesScanSelection(seed=0)
+    for client_id, seconds in (("a", 5.0), ("b", 1.0), ("c", 3.0)):
+        policy.observe(_event(client_id, 1, seconds))
+    policy.observe(_event("a", 2, 0.5, outcome="failed"))
+    restored = FedLesScanSelection(seed=0)
+    restored.load_state(decode_checkpoint(encode_checkpoint(Checkpoint(2, observer_state={"selection": policy.state()})))
+                        .observer_state["selection"])
+    assert restored.records == policy.records
+    for round_number in (3, 4, 5):
+        assert restored.select(round_number, ["a", "b", "c", "d"], 3) == policy.select(round_number, ["a", "b", "c", "d"], 3)
+    assert FedLesScanSelection(seed=0).select(3, ["a", "b", "c", "d"], 3) != policy.select(3, ["a", "b", "c", "d"], 3), \
+        "a policy that forgot would choose otherwise"

@@ -29,7 +29,7 @@ def test_keys_cannot_escape_the_store(tmp_path, key):
 
 def test_a_presigned_grant_that_is_not_http_is_never_fetched(tmp_path):
     (tmp_path / "secret.txt").write_text("private")
-    store = store_from_descriptor({"kind": "presigned", "get": {"k": (tmp_path / "secret.txt").as_uri()}, "put": {},
+    store = store_from_descriptor({"kind": "presigned", "get": {"k": (tmp_path / "secret.txt").as_uri()}, "post": {},
                                    "expires_at": 4e9})
     with pytest.raises(StoreError, match="not http\\(s\\)"):
         store.get("k")
@@ -48,3 +48,22 @@ def test_keys_are_namespaced_by_run_round_and_client():
     assert update_key("r", 3, "client-0001") != update_key("r", 3, "client-0002")
     assert global_weights_key("r", 0) != global_weights_key("q", 0)
     assert client_data_key("p", "client-0001").startswith("data/p/")
+
+
+def test_a_task_store_refuses_a_write_over_its_limit(tmp_path):
+    """The local store's twin of a presigned POST's content-length-range: a task's writes are capped."""
+    function_store = store_from_descriptor(LocalStore(tmp_path).task_descriptor([], ["u"], 4e9, max_write_bytes=8))
+    function_store.put("u", b"12345678")
+    with pytest.raises(StoreError, match="'u' is 9 bytes, more than the 8 this task may write"):
+        function_store.put("u", b"123456789")
+    assert LocalStore(tmp_path).get("u") == b"12345678"
+
+
+def test_delete_prefix_removes_a_folder_of_keys_only(tmp_path):
+    store = LocalStore(tmp_path)
+    for key in ("runs/r/round-00002/updates/a.weights", "runs/r/round-00002/global.weights", "runs/r/round-00001/x"):
+        store.put(key, b"v")
+    store.delete_prefix("runs/r/round-00002")
+    store.delete_prefix("runs/r/round-00009")  # nothing there: not an error
+    assert [store.exists(k) for k in ("runs/r/round-00002/updates/a.weights", "runs/r/round-00002/global.weights",
+                                      "runs/r/round-00001/x")] == [False, False, True]

@@ -13,7 +13,9 @@ from fedless_nb.providers.base import Provider
 from fedless_nb.records.history import History
 from fedless_nb.runner import run_experiment
 from fedless_nb.security import client_key
-from fedless_nb.store import store_from_descriptor
+from fedless_nb.store import LocalStore, decode_arrays, store_from_descriptor
+from fedless_nb.store.keys import global_weights_key, update_key
+from fedless_nb.strategies.fedavg import fedavg
 from fedless_nb.wire import PayloadError, ResultError, check_task, parse_result
 
 from signed_tasks import function_env, make_task, write_inputs  # noqa: F401 (a fixture)
@@ -92,11 +94,11 @@ def test_a_task_with_a_wrongly_typed_field_is_400_and_names_it(function_env, tmp
 
 
 class ReplyingAs(Provider):
-    """A compromised function: `inner` trains for real, then `client_id`'s reply is rewritten by `change`
-    and signed again with the function's secret, so only the controller's own checks can catch it."""
+    """Compromised functions: `inner` trains for real, then each client of `changes` has its reply rewritten by
+    its change and signed again with its key, so only the controller's own checks can catch it."""
 
-    def __init__(self, inner: LocalProvider, client_id: str, change) -> None:
-        self.inner, self.client_id, self.change = inner, client_id, change
+    def __init__(self, inner: LocalProvider, changes) -> None:
+        self.inner, self.changes = inner, dict(changes)
         self.name, self.kind = inner.name, inner.kind
 
     @property
@@ -108,10 +110,11 @@ class ReplyingAs(Provider):
 
     async def invoke(self, task):
         result = await self.inner.invoke(task)
-        if task["client_id"] != self.client_id:
+        if task["client_id"] not in self.changes:
             return result
         update = store_from_descriptor(task["store"]).get(task["update"])
-        return client_key(self.secret, task["run_id"], task["client_id"]).sign_result(self.change(result), update)
+        change = self.changes[task["client_id"]]
+        return client_key(self.secret, task["run_id"], task["client_id"]).sign_result(change(result), update)
 
     async def close(self):
         await self.inner.close()
@@ -120,36 +123,58 @@ class ReplyingAs(Provider):
         return self.inner.describe()
 
 
-# One of each family for the whole-run check (each is a real run of about half a minute on this machine).
-RUN_KINDS = ("timings_text", "timings_nan", "num_examples_overflow", "metrics_not_mapping", "privacy_absurd_noise",
-             "unknown_field")
+def _replacing(fields):
+    return lambda result: {**result, **fields}
 
 
-@pytest.mark.parametrize("kind", RUN_KINDS)
-def test_a_function_returning_a_malformed_result_fails_alone_and_the_run_finishes(tiny_config, kind):
-    config = tiny_config(rounds=2, clients=3, clients_per_round=3, retries=0)
-    provider = ReplyingAs(LocalProvider("local", workers=2), "client-0001", lambda result: {**result, **MALFORMED[kind]})
-    result = run_experiment(config, providers={"local": provider})
+def test_one_run_with_a_function_per_malformed_result_finishes_with_only_those_invocations_failed(tiny_config):
+    """Every kind of MALFORMED, and a claim of a billion examples, each from its own client of one run: each
+    of their invocations is failed with its reason, every round finishes and the run row is `finished`, and each
+    global model is exactly the FedAvg of the two honest clients' updates."""
+    kinds = [*sorted(MALFORMED), "billion_examples"]
+    honest = ["client-0000", f"client-{len(kinds) + 1:04d}"]
+    forged = {f"client-{index:04d}": kind for index, kind in enumerate(kinds, start=1)}
+    changes = {client: _replacing(MALFORMED.get(kind, {"num_examples": 10**9})) for client, kind in forged.items()}
+    clients = len(kinds) + 2
+    config = tiny_config(rounds=2, clients=clients, clients_per_round=clients, retries=0,
+                         model={"builder": "mlp", "options": {"hidden_units": [4]}})
+    result = run_experiment(config, providers={"local": ReplyingAs(LocalProvider("local", workers=2), changes)})
+
     history = History(config.history)
     assert result.status == "finished" and history.run(result.run_id)["status"] == "finished"
-    assert len(history.rounds(result.run_id)) == 2 and all(r["succeeded"] == 2 for r in history.rounds(result.run_id))
+    rounds = history.rounds(result.run_id)
+    assert [(r["round"], r["succeeded"], r["failed"]) for r in rounds] == [(1, 2, clients - 2), (2, 2, clients - 2)]
     invocations = history.invocations(result.run_id)
-    assert len(invocations) == 6
-    assert {(i["client_id"], i["outcome"]) for i in invocations} == {
-        ("client-0000", "succeeded"), ("client-0001", "failed"), ("client-0002", "succeeded")}
-    assert all(i["cause"] == "invalid" and "malformed" in i["error"] for i in invocations if i["outcome"] == "failed")
+    assert len(invocations) == 2 * clients, "every invocation is recorded, once"
+    for invocation in invocations:
+        kind = forged.get(invocation["client_id"])
+        if kind is None:
+            assert invocation["outcome"] == "succeeded", invocation
+        elif kind == "billion_examples":
+            assert (invocation["outcome"], invocation["cause"]) == ("failed", "rejected")
+            assert "claims 1000000000 examples" in invocation["error"]
+        else:
+            assert (invocation["outcome"], invocation["cause"]) == ("failed", "invalid"), (kind, invocation)
+            assert "malformed" in invocation["error"] and len(invocation["error"]) < 300, (kind, invocation["error"])
+
+    store = LocalStore(config.store.path)
+    sizes = {i["client_id"]: i["num_examples"] for i in invocations if i["outcome"] == "succeeded"}
+    for round_number in (1, 2):
+        updates = [decode_arrays(store.get(update_key(result.run_id, round_number, c))) for c in honest]
+        expected = fedavg(updates, [sizes[c] for c in honest])
+        for got, want in zip(decode_arrays(store.get(global_weights_key(result.run_id, round_number))), expected):
+            np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def _without_client_1(inner: LocalProvider) -> ReplyingAs:
     def fail(result):
         raise InvocationError("the function crashed", "crash")
 
-    return ReplyingAs(inner, "client-0001", fail)
+    return ReplyingAs(inner, {"client-0001": fail})
 
 
 def test_a_signed_claim_of_a_billion_examples_has_no_effect_on_the_global_model(tiny_config):
-    inflated = ReplyingAs(LocalProvider("local", workers=2), "client-0001",
-                          lambda result: {**result, "num_examples": 10**9})
+    inflated = ReplyingAs(LocalProvider("local", workers=2), {"client-0001": _replacing({"num_examples": 10**9})})
     config = tiny_config(rounds=1, clients=3, clients_per_round=3, retries=0)
     attacked = run_experiment(config, providers={"local": inflated})
     refused = [i for i in History(config.history).invocations(attacked.run_id) if i["outcome"] == "failed"]
@@ -187,8 +212,8 @@ def test_a_privacy_block_the_task_rules_out_is_refused_and_the_dp_run_finishes(t
     config = tiny_config(rounds=2, clients=3, clients_per_round=3, retries=0,
                          train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1,
                                 "dp": {"l2_norm_clip": 1.0, "noise_multiplier": 1.0}})
-    absurd = ReplyingAs(LocalProvider("local", workers=2), "client-0001",
-                        lambda result: {**result, "privacy": {**result["privacy"], "noise_multiplier": 1e6}})
+    absurd = ReplyingAs(LocalProvider("local", workers=2),
+                        {"client-0001": lambda result: {**result, "privacy": {**result["privacy"], "noise_multiplier": 1e6}}})
     result = run_experiment(config, providers={"local": absurd})
     history = History(config.history)
     assert result.status == "finished" and history.run(result.run_id)["status"] == "finished"

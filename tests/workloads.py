@@ -162,14 +162,28 @@ def boosts_client_1(payload):
 
 
 def oversized_update_on_client_1(payload):
-    """Trains for real; client 1 then replaces its update with a megabyte of zeros, far more than the model's size."""
+    """Trains for real; client 1 then replaces its update with a megabyte of zeros, far more than the model's size,
+    past its task store's write limit (a compromised function that shares the local directory can)."""
     from fedless_nb.function.handler import handle
-    from fedless_nb.store import store_from_descriptor
+    from fedless_nb.store import LocalStore
 
     result = handle(payload)
     if payload["client_id"].endswith("-0001"):
-        store_from_descriptor(payload["store"]).put(payload["update"], bytes(2**20))
+        LocalStore(payload["store"]["root"]).put(payload["update"], bytes(2**20))
     return result
+def oversized_post_on_client_1(payload):
+    """Trains for real; client 1 then posts a megabyte of zeros over its update, skipping its task store's own
+    size check (as a compromised function can): the object store's signed policy must refuse it."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.store import PresignedStore
+
+    result = handle(payload)
+    if payload["client_id"].endswith("-0001"):
+        store = payload["store"]
+        PresignedStore(store["get"], store["post"], store["expires_at"]).put(payload["update"], bytes(2**20))
+    return result
+
+
 def drops_in_secure_stages(payload):
     """A client that goes away in a secure round: FEDLESS_TEST_SECAGG_DROPS lists "round/attempt:stage:client"
     entries (comma-separated) at which the function fails instead of answering; otherwise it runs for real."""

@@ -5,7 +5,9 @@ what else the next round needs: the last finished round, the strategy's own stat
 control variates; arrays allowed), the per-round metrics so far and the state of observers that
 need it to continue exactly (the privacy accountant's ledger). It is written after the
 round is in the history, so a crash between the two makes the resumed run redo that round, and
-the history's idempotent round writes keep it counted once.
+the history's idempotent round writes keep it counted once. A resumed run first clears what the
+round after its checkpoint wrote (updates of functions that finished after the controller died),
+since a function refuses a task whose update already exists as a replay.
 """
 
 from __future__ import annotations

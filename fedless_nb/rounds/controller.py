@@ -35,7 +35,7 @@ from .selection import SelectionPolicy
 from .stragglers import Stragglers
 from .synchronous import SynchronousRounds
 from ..store import Store, decode_arrays, encode_arrays
-from ..store.keys import global_weights_key, update_key
+from ..store.keys import global_weights_key, round_prefix, update_key
 from ..strategies.base import ClientUpdate, RunContext, Strategy, Weights
 from .screening import NormScreen, update_distance, update_problem
 
@@ -49,6 +49,14 @@ Schedule = Callable[[Weights], AsyncIterator[tuple[int, Weights]]]
 # The share of an invocation's time (the round's rest or the provider's timeout) a client may train before it
 # stops and returns partial work; the rest is for loading, uploading and the way back.
 BUDGET_SHARE = 0.8
+
+
+def update_size_limit(model_bytes: int) -> int:
+    """The bytes a client's write may have: an update is the global model's encoding (the same arrays), a
+    secure round's masked vector no larger, its key and share objects a few kilobytes; so the model's size,
+    an eighth more and 64 KiB. Tasks carry it (a presigned POST's content-length-range, a local store's
+    write limit) and the controller checks it again before reading."""
+    return model_bytes + model_bytes // 8 + 2**16
 
 
 @dataclass(frozen=True)
@@ -214,11 +222,14 @@ class Controller:
             weights = self.strategy.initialize(weights)
             await self.store.aput(global_weights_key(self.run_id, 0), encode_arrays(weights))
         else:
+            # What the round after the checkpoint wrote before the process died (updates of functions that
+            # finished after it) would make each function refuse its task as a replay when the round runs again.
+            self.store.delete_prefix(round_prefix(self.run_id, resume.round + 1))
             self.strategy.load_state(resume.strategy_state)
             self.round_metrics = list(resume.round_metrics)
             for name, observer in self.checkpointed.items():
                 observer.load_state(resume.observer_state.get(name, {}))
-        self._update_limit = 2 * len(encode_arrays(weights)) + 2**16
+        self._update_limit = update_size_limit(len(encode_arrays(weights)))
         self.resumed_round = resume.round if resume else 0
         self.emit(RunStarted(
             self.run_id, self.name, self.config, self.plan.rounds, len(self.clients),
@@ -236,7 +247,7 @@ class Controller:
         weights_key = global_weights_key(self.run_id, round_number - 1)
         update = update or update_key(self.run_id, round_number, client.client_id)
         granted = [*task_reads(train, weights_key, client.data_key, update), *reads]
-        store = self.store.task_descriptor(granted, [update], deadline)
+        store = self.store.task_descriptor(granted, [update], deadline, max_write_bytes=self._update_limit)
         task = make_task(run_id=self.run_id, round_number=round_number, client_id=client.client_id,
                          model=self._model_wire, weights=weights_key, data=client.data_key, update=update,
                          train=train, store=store, deadline=deadline)

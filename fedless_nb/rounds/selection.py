@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,6 +20,13 @@ class SelectionPolicy(ABC):
 
     def observe(self, event: Any) -> None:
         """Learn from the controller's events (invocation durations, failures); nothing by default."""
+
+    def state(self) -> dict[str, Any]:
+        """What the run's checkpoint keeps, so a resumed run selects as the uninterrupted one would; none by default."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore `state()` from a checkpoint."""
 
 
 def _check_count(client_ids: Sequence[str], count: int) -> None:
@@ -93,6 +100,12 @@ class FedLesScanSelection(SelectionPolicy):
             record.consecutive_failures += 1
             record.last_failed_round = event.round
 
+    def state(self) -> dict[str, Any]:
+        return {"records": {client_id: asdict(record) for client_id, record in self.records.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.records = {client_id: _ClientRecord(**record) for client_id, record in state.get("records", {}).items()}
+
     def resting(self, client_id: str, round_number: int) -> bool:
         record = self.records.get(client_id)
         if record is None or record.consecutive_failures == 0:
@@ -131,6 +144,12 @@ class BudgetedSelection(SelectionPolicy):
 
     def observe(self, event: Any) -> None:
         self.inner.observe(event)
+
+    def state(self) -> dict[str, Any]:
+        return self.inner.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.inner.load_state(state)
 
     def select(self, round_number: int, client_ids: Sequence[str], count: int) -> list[str]:
         from ..privacy.accounting import PrivacyBudgetExhausted

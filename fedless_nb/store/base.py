@@ -15,6 +15,7 @@ from typing import Any, Sequence
 _KEY = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
 
 
+
 class StoreError(Exception):
     """A store operation failed for a reason the user can act on."""
 
@@ -31,6 +32,13 @@ def check_key(key: str) -> str:
     if not isinstance(key, str) or not _KEY.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):
         raise StoreError(f"invalid store key {key!r}: use relative paths of letters, digits, '._=-'")
     return key
+
+
+def check_write_size(key: str, size: int, max_write_bytes: int | None) -> None:
+    """Refuse a write longer than a task's limit (the update of this model is smaller), before it is sent."""
+    if max_write_bytes is not None and size > max_write_bytes:
+        raise StoreError(f"{key!r} is {size} bytes, more than the {max_write_bytes} this task may write "
+                         "(an update of this model is smaller); nothing was written")
 
 
 class Store(ABC):
@@ -58,13 +66,21 @@ class Store(ABC):
     def descriptor(self) -> dict[str, Any]:
         """How to reach this store again, with no secrets (for the history and local rebuilds)."""
 
-    def task_descriptor(self, reads: Sequence[str], writes: Sequence[str], expires_at: float) -> dict[str, Any]:
-        """One task's "store" field: access to `reads` and `writes` only, until `expires_at` (epoch seconds).
+    def task_descriptor(self, reads: Sequence[str], writes: Sequence[str], expires_at: float, *,
+                        max_write_bytes: int | None = None) -> dict[str, Any]:
+        """One task's "store" field: access to `reads` and `writes` only, until `expires_at` (epoch seconds),
+        each write at most `max_write_bytes` long.
 
-        A remote store grants exactly these keys (presigned URLs); a local directory is
-        shared with local functions as a whole, so it returns its plain descriptor.
+        A remote store grants exactly these keys (presigned URLs, the size limit enforced by the object
+        store); a local directory is shared with local functions as a whole, so it returns its plain
+        descriptor with the limit, which the function's store checks before it writes.
         """
-        return self.descriptor()
+        descriptor = self.descriptor()
+        return descriptor if max_write_bytes is None else {**descriptor, "max_write_bytes": max_write_bytes}
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key under the folder `prefix` (a round that is to run again from scratch)."""
+        raise StoreError(f"this {self.kind} store cannot delete the keys under {prefix!r}")
 
     # Async twins for callers on an event loop. A local store's I/O is quick and stays
     # synchronous; a remote store overrides these so the loop never waits on the network.

@@ -8,6 +8,11 @@ def global_weights_key(run_id: str, round_number: int) -> str:
     return f"runs/{run_id}/round-{round_number:05d}/global.weights"
 
 
+def round_prefix(run_id: str, round_number: int) -> str:
+    """Everything a round writes: its updates, corrections, secure-round objects and global model."""
+    return f"runs/{run_id}/round-{round_number:05d}"
+
+
 def update_key(run_id: str, round_number: int, client_id: str) -> str:
     """The one key a client may write in a round: its own update."""
     return f"runs/{run_id}/round-{round_number:05d}/updates/{client_id}.weights"

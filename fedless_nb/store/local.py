@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .base import MissingKeyError, Store, check_key
+from .base import MissingKeyError, Store, check_key, check_write_size
 
 
 class LocalStore(Store):
-    """Blobs as files under `root`; writes go to a temporary file and are renamed into place."""
+    """Blobs as files under `root`; writes go to a temporary file and are renamed into place.
+
+    `max_write_bytes` limits each write (a task's store: a function writes one update of a known size).
+    """
 
     kind = "local"
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, max_write_bytes: int | None = None) -> None:
         self.root = Path(root).resolve()  # created by the first put, so a run that fails early leaves nothing
+        self.max_write_bytes = max_write_bytes
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(key)
+        check_write_size(key, memoryview(data).nbytes, self.max_write_bytes)
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".put-")
         try:
@@ -50,6 +56,9 @@ class LocalStore(Store):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
 
     def descriptor(self) -> dict[str, Any]:
         return {"kind": self.kind, "root": str(self.root)}

@@ -1,9 +1,12 @@
-"""The function side of a remote store: plain HTTP GET/PUT on the presigned URLs its task carries.
+"""The function side of a remote store: plain HTTP GETs and form POSTs on the presigned URLs its task carries.
 
 A function holds no credentials. Its task grants a URL per key, so it can read only the
 global weights and its own data and write only its own update; asking for any other key
 fails here, before a request is made, and the object store refuses tampered or expired
-URLs on its side. Only the standard library is used, so a function bundle needs nothing more.
+URLs on its side. A write is a presigned POST (S3's browser-upload form): its signed policy
+carries a content-length-range, so the object store refuses a body over the task's
+`max_write_bytes` even from a function that skips the check made here first. The standard
+library makes the requests; urllib3 (installed with tensorflow's requests) encodes the form.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import urllib.request
 import xml.etree.ElementTree as ElementTree
 from typing import Any, Mapping
 
-from .base import MissingKeyError, Store, StoreError, check_key
+from .base import MissingKeyError, Store, StoreError, check_key, check_write_size
 
 
 def _s3_error(body: bytes) -> str:
@@ -28,25 +31,33 @@ def _s3_error(body: bytes) -> str:
 
 
 class PresignedStore(Store):
-    """Reads and writes exactly the keys a task grants, until the task's access expires."""
+    """Reads and writes exactly the keys a task grants, until the task's access expires.
+
+    `get` maps each readable key to its presigned GET URL, `post` each writable key to its presigned
+    POST ({"url": ..., "fields": {...}}, the form fields the signed policy expects).
+    """
 
     kind = "presigned"
 
     def __init__(
-        self, get: Mapping[str, str], put: Mapping[str, str], expires_at: float, *, timeout: float = 60.0
+        self, get: Mapping[str, str], post: Mapping[str, Mapping[str, Any]], expires_at: float, *,
+        max_write_bytes: int | None = None, timeout: float = 60.0,
     ) -> None:
-        self.reads, self.writes = dict(get), dict(put)
+        self.reads = dict(get)
+        self.writes = {key: {"url": str(grant["url"]), "fields": dict(grant["fields"])} for key, grant in post.items()}
         self.expires_at = float(expires_at)
+        self.max_write_bytes = None if max_write_bytes is None else int(max_write_bytes)
         self.timeout = timeout
 
     @classmethod
     def from_descriptor(cls, descriptor: Mapping[str, Any]) -> "PresignedStore":
         try:
-            return cls(descriptor["get"], descriptor["put"], descriptor["expires_at"])
+            return cls(descriptor["get"], descriptor["post"], descriptor["expires_at"],
+                       max_write_bytes=descriptor.get("max_write_bytes"))
         except (KeyError, TypeError, ValueError) as error:
             raise StoreError(f"malformed presigned store descriptor in the task: {error!r}") from None
 
-    def _url(self, grants: dict[str, str], key: str, access: str) -> str:
+    def _url(self, grants: Mapping[str, str], key: str, access: str) -> str:
         check_key(key)
         if key not in grants:
             allowed = ", ".join(sorted(grants)) or "nothing"
@@ -75,9 +86,14 @@ class PresignedStore(Store):
         return self._request(urllib.request.Request(self._url(self.reads, key, "read")), key)[1]
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        url = self._url(self.writes, key, "write")
-        headers = {"Content-Type": "application/octet-stream"}
-        self._request(urllib.request.Request(url, data=data, method="PUT", headers=headers), key)
+        """A multipart form POST: the policy's fields, then the file (S3 reads fields after the file as none)."""
+        from urllib3 import encode_multipart_formdata
+
+        url = self._url({k: grant["url"] for k, grant in self.writes.items()}, key, "write")
+        check_write_size(key, memoryview(data).nbytes, self.max_write_bytes)
+        fields = [*self.writes[key]["fields"].items(), ("file", ("update", bytes(data), "application/octet-stream"))]
+        body, content_type = encode_multipart_formdata(fields)
+        self._request(urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type}), key)
 
     def exists(self, key: str) -> bool:
         """A one-byte ranged GET: a presigned GET URL is valid for GET only, not HEAD."""
@@ -89,7 +105,8 @@ class PresignedStore(Store):
         raise StoreError(f"a function may not delete {key!r}: a task grants reads and its own update only")
 
     def descriptor(self) -> dict[str, Any]:
-        return {"kind": self.kind, "get": dict(self.reads), "put": dict(self.writes), "expires_at": self.expires_at}
+        return {"kind": self.kind, "get": dict(self.reads), "post": dict(self.writes),
+                "max_write_bytes": self.max_write_bytes, "expires_at": self.expires_at}
 
     def __repr__(self) -> str:  # the URLs are capabilities: keep them out of logs and tracebacks
         return f"PresignedStore(reads={sorted(self.reads)}, writes={sorted(self.writes)})"

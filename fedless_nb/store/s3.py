@@ -2,7 +2,8 @@
 
 Credentials come from the standard AWS chain (environment, profile, instance role) and
 are never part of the config, a descriptor or the history. Functions never see them
-either: `task_descriptor` hands each task presigned URLs for exactly its keys.
+either: `task_descriptor` hands each task presigned URLs for exactly its keys (a size-limited
+presigned POST for what it writes).
 
 The store owns one aiobotocore client on an event loop of its own, in one daemon thread.
 That is what lets the same client serve the sync methods (called by plain code, even from
@@ -180,17 +181,33 @@ class S3Store(Store):
     async def _delete(self, key: str) -> None:
         await self._client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
 
-    async def _presigned(self, reads: Sequence[str], writes: Sequence[str], expires_at: float) -> dict[str, Any]:
+    async def _delete_prefix(self, prefix: str) -> None:
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._object_key(prefix) + "/"):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:  # a page holds at most 1,000 keys, delete_objects' limit
+                await self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
+    async def _presigned(self, reads: Sequence[str], writes: Sequence[str], expires_at: float,
+                         max_write_bytes: int | None) -> dict[str, Any]:
         seconds = max(1, min(MAX_PRESIGN_SECONDS, math.ceil(expires_at - time.time())))
 
-        async def url(operation: str, key: str) -> str:
+        async def url(key: str) -> str:
             return await self._client.generate_presigned_url(
-                operation, Params={"Bucket": self.bucket, "Key": self._object_key(key)}, ExpiresIn=seconds)
+                "get_object", Params={"Bucket": self.bucket, "Key": self._object_key(key)}, ExpiresIn=seconds)
+
+        async def post(key: str) -> dict[str, Any]:
+            # A POST policy is signed with its conditions, so S3 itself refuses a longer body (EntityTooLarge);
+            # a presigned PUT cannot bound what is uploaded.
+            limit = [["content-length-range", 0, max_write_bytes]] if max_write_bytes is not None else []
+            return await self._client.generate_presigned_post(
+                Bucket=self.bucket, Key=self._object_key(key), Conditions=limit, ExpiresIn=seconds)
 
         return {
             "kind": "presigned",
-            "get": {key: await url("get_object", key) for key in reads},
-            "put": {key: await url("put_object", key) for key in writes},
+            "get": {key: await url(key) for key in reads},
+            "post": {key: await post(key) for key in writes},
+            "max_write_bytes": max_write_bytes,
             "expires_at": min(expires_at, time.time() + seconds),
         }
 
@@ -207,6 +224,9 @@ class S3Store(Store):
 
     def delete(self, key: str) -> None:
         self._run(self._delete(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._run(self._delete_prefix(prefix))
 
     def size(self, key: str) -> int:
         return self._run(self._size(key))
@@ -226,9 +246,11 @@ class S3Store(Store):
     async def adelete(self, key: str) -> None:
         await self._await(self._delete(key))
 
-    def task_descriptor(self, reads: Sequence[str], writes: Sequence[str], expires_at: float) -> dict[str, Any]:
-        """Presigned GETs for `reads` and PUTs for `writes`, valid until `expires_at`: no credentials leave."""
-        return self._run(self._presigned(reads, writes, expires_at))
+    def task_descriptor(self, reads: Sequence[str], writes: Sequence[str], expires_at: float, *,
+                        max_write_bytes: int | None = None) -> dict[str, Any]:
+        """Presigned GETs for `reads` and POSTs for `writes` (S3 refuses a body over `max_write_bytes`),
+        valid until `expires_at`: no credentials leave."""
+        return self._run(self._presigned(reads, writes, expires_at, max_write_bytes))
 
     def descriptor(self) -> dict[str, Any]:
         return {"kind": self.kind, "bucket": self.bucket, "prefix": self.prefix,
