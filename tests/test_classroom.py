@@ -14,7 +14,7 @@ from fedless_nb.classroom.service import ClassroomService
 from fedless_nb.classroom.student import StudentFunction, compare_with_class
 from fedless_nb.function import handler
 from fedless_nb.security import NonceCache, client_key, new_secret
-from fedless_nb.store import PresignedStore, decode_arrays, encode_arrays
+from fedless_nb.store import PresignedStore, StoreError, decode_arrays, encode_arrays
 
 from signed_tasks import make_task, write_inputs
 
@@ -134,11 +134,21 @@ def test_the_student_trains_on_their_own_data_which_never_enters_the_store(class
 
 def test_the_served_store_grants_exactly_the_signed_keys(classroom):
     classroom.store.put("runs/r/global-0.weights", encode_arrays([np.ones(3, np.float32)]))
-    descriptor = classroom.store.task_descriptor(["runs/r/global-0.weights"], ["runs/r/update"], time.time() + 60)
+    descriptor = classroom.store.task_descriptor(["runs/r/global-0.weights"], ["runs/r/update"], time.time() + 60,
+                                                 max_write_bytes=8)
     remote = PresignedStore.from_descriptor(descriptor)
     assert decode_arrays(remote.get("runs/r/global-0.weights"))[0].tolist() == [1, 1, 1]
-    remote.put("runs/r/update", b"bytes")
-    assert classroom.store.get("runs/r/update") == b"bytes"
+    remote.put("runs/r/update", b"8 bytes!")
+    assert classroom.store.get("runs/r/update") == b"8 bytes!"
+    # a function that skips its own size check is refused by the service, and cannot sign itself a larger limit
+    unchecked = PresignedStore.from_descriptor({**descriptor, "max_write_bytes": None})
+    with pytest.raises(StoreError, match="HTTP 400 EntityTooLarge"):
+        unchecked.put("runs/r/update", b"nine bytes")
+    widened = {**descriptor, "post": {"runs/r/update": {"url": descriptor["post"]["runs/r/update"]["url"].replace(
+        "limit=8", "limit=800"), "fields": {}}}, "max_write_bytes": None}
+    with pytest.raises(StoreError, match="HTTP 403"):
+        PresignedStore.from_descriptor(widened).put("runs/r/update", b"nine bytes")
+    assert classroom.store.get("runs/r/update") == b"8 bytes!"
     forged = descriptor["get"]["runs/r/global-0.weights"].replace("global-0", "global-1")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(forged, timeout=10)

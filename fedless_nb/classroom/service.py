@@ -2,7 +2,8 @@
 
 It listens where the teacher says (`--host`, `--port`) on its own thread, so it keeps
 answering while the run trains. Routes: POST /join (code, name, the student's function URL;
-answers the student's own key), POST /leave, and GET/PUT /store/KEY for signed URLs only.
+answers the student's own key), POST /leave, and GET/POST /store/KEY for signed URLs only (a POST is a form upload, as
+to S3, within the size its URL was signed for).
 It serves nothing else.
 """
 
@@ -48,7 +49,7 @@ class ClassroomService:
         app.router.add_post("/join", self._join)
         app.router.add_post("/leave", self._leave)
         app.router.add_get(STORE_PATH + "{key:.+}", self._get)
-        app.router.add_put(STORE_PATH + "{key:.+}", self._put)
+        app.router.add_post(STORE_PATH + "{key:.+}", self._post)
         bind = host or reachable_address()
         self._server = ServerThread(app, bind, port)
         shown = reachable_address() if bind in ("0.0.0.0", "") else bind
@@ -132,7 +133,8 @@ class ClassroomService:
 
     def _refusal(self, request: web.Request, method: str) -> web.Response | None:
         key = request.match_info["key"]
-        problem = self.store.allows(method, key, request.query.get("expires", ""), request.query.get("signature", ""))
+        problem = self.store.allows(method, key, request.query.get("expires", ""), request.query.get("signature", ""),
+                                    request.query.get("limit", ""))
         return None if problem is None else web.Response(status=403, text=problem)
 
     async def _get(self, request: web.Request) -> web.Response:
@@ -143,8 +145,25 @@ class ClassroomService:
         except MissingKeyError:
             return web.Response(status=404, text="no such key")
 
-    async def _put(self, request: web.Request) -> web.Response:
-        if (refused := self._refusal(request, "PUT")) is not None:
+    async def _post(self, request: web.Request) -> web.Response:
+        """The form's `file` part becomes the key's bytes, unless it is longer than the URL's signed limit."""
+        if (refused := self._refusal(request, "POST")) is not None:
             return refused
-        self.store.put(request.match_info["key"], await request.read())
+        limit = int(request.query.get("limit") or UPDATE_LIMIT)
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None and getattr(part, "name", None) != "file":
+                await part.release()
+        except (ValueError, AssertionError):
+            return web.Response(status=400, text="the upload is not a multipart form")
+        if part is None:
+            return web.Response(status=400, text="the form has no file part")
+        data = bytearray()
+        while chunk := await part.read_chunk():
+            data += chunk
+            if len(data) > limit:
+                return web.Response(status=400, content_type="application/xml",  # S3's shape: the function names the cause
+                                    text=f"<Error><Code>EntityTooLarge</Code><Message>the upload is over the {limit} "
+                                         "bytes its URL allows</Message></Error>")
+        self.store.put(request.match_info["key"], bytes(data))
         return web.Response(status=200)
