@@ -276,11 +276,17 @@ class Controller:
     def screen(self, round_number: int, updates: Sequence[ClientUpdate], weights: Weights) -> list[ClientUpdate]:
         """The updates of `round_number`'s tasks, trained from `weights`, that pass the norm screening
         (screening.NormScreen, which remembers recent rounds); each rejection is announced."""
-        distances = {update.client_id: update_distance(update.weights, weights) for update in updates}
+        outliers = self.screen_distances(round_number, {update.client_id: update_distance(update.weights, weights)
+                                                        for update in updates})
+        return [update for update in updates if update.client_id not in outliers]
+
+    def screen_distances(self, round_number: int, distances: dict[str, float]) -> set[str]:
+        """`screen` for updates given by their L2 distances from the global model (a streamed round's): the
+        client ids rejected, each rejection announced."""
         outliers = self._norm_screen.outliers(distances)
         for client_id, reason in outliers.items():
             self.emit(UpdateRejected(self.run_id, round_number, client_id, reason))
-        return [update for update in updates if update.client_id not in outliers]
+        return set(outliers)
 
     async def publish(self, round_number: int, weights: Weights, started: float, selected: int,
                       updates: Sequence[ClientUpdate]) -> None:
