@@ -116,6 +116,29 @@ class WeightedSum:
                    int(header["count"]), {str(k): float(v) for k, v in header["extras"].items()})
 
 
+def update_problem(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> str | None:
+    """Why `update` cannot be aggregated with `reference` (the global model), or None when it can."""
+    got = [(tuple(a.shape), str(a.dtype)) for a in update]
+    expected = [(tuple(w.shape), str(w.dtype)) for w in reference]
+    if got != expected:
+        wrong = next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), min(len(got), len(expected)))
+        found = got[wrong] if wrong < len(got) else "nothing"
+        wanted = expected[wrong] if wrong < len(expected) else "nothing"
+        return (f"the update's shapes or dtypes do not match the global model: {len(got)} arrays for {len(expected)}, "
+                f"array {wrong} is {found}, expected {wanted}")
+    for index, array in enumerate(update):
+        if not np.all(np.isfinite(array)):
+            return f"the update has NaN or Inf values (array {index})"
+    return None
+
+
+def norm_problem(distance: float, bound: float) -> str | None:
+    """Why an update at L2 `distance` from the global model breaks the absolute bound `bound` (0: off), or None."""
+    if bound > 0 and (distance > bound or not np.isfinite(distance)):
+        return f"the update's L2 norm {distance:.4g} exceeds max_update_norm {bound:g}"
+    return None
+
+
 def update_term(spec: SumSpec, update: Sequence[np.ndarray], current: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
     """The float64 layers `spec` adds for `update` trained from `current`, and the update's L2 distance from
     `current` (what the norm screening looks at), computed once for both."""
