@@ -78,22 +78,21 @@ class WeightedSum:
         """Take back what add(layers, term) added."""
         self.add(layers, term.negated(), count=-1)
 
-    def merge(self, other: "WeightedSum") -> "WeightedSum":
-        """Add another partial sum into this one (returns self)."""
+    def merge(self, other: "WeightedSum", sign: float = 1.0) -> "WeightedSum":
+        """Add another partial sum into this one, or with `sign` -1 take it out (returns self)."""
         if other.sums is not None:
             if self.sums is None:
-                self.sums = [np.array(layer, np.float64) for layer in other.sums]
-            else:
-                for total, layer in zip(self.sums, other.sums):
-                    total += layer
-        self.weight += other.weight
-        self.count += other.count
-        self._add_extras(other.extras)
+                self.sums = [np.zeros(np.shape(layer), np.float64) for layer in other.sums]
+            for total, layer in zip(self.sums, other.sums):
+                total += sign * layer
+        self.weight += sign * other.weight
+        self.count += int(sign) * other.count
+        self._add_extras(other.extras, sign)
         return self
 
-    def _add_extras(self, extras: dict[str, float]) -> None:
+    def _add_extras(self, extras: dict[str, float], sign: float = 1.0) -> None:
         for name, value in extras.items():
-            self.extras[name] = self.extras.get(name, 0.0) + float(value)
+            self.extras[name] = self.extras.get(name, 0.0) + sign * float(value)
 
     def layers(self, like: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The summed layers, zeros shaped like `like` when nothing was added (an empty round)."""

@@ -57,8 +57,6 @@ def _verified(task: AggregateTask, entry: AggregateEntry, data: bytes, secret: s
 def _add_update(task: AggregateTask, spec: SumSpec, entry: AggregateEntry, data: bytes, current: list[Any],
                 total: WeightedSum, secret: str | None) -> SummedUpdate:
     """Check one client update, screen its norm, add it to `total`; UpdateRefused when it may not be summed."""
-    if entry.term is None:
-        raise UpdateRefused("a level-0 entry needs the term the strategy gave its update", "invalid")
     _verified(task, entry, data, secret)
     try:
         arrays = decode_arrays(data)
@@ -69,7 +67,8 @@ def _add_update(task: AggregateTask, spec: SumSpec, entry: AggregateEntry, data:
     layers, distance = update_term(spec, arrays, current)
     if problem := norm_problem(distance, task.max_update_norm):
         raise UpdateRefused(problem, "rejected")
-    total.add(layers, SumTerm(entry.term.scale, entry.term.weight, dict(entry.term.extras)))
+    if entry.term is not None:  # None: checked and measured for the screening, but left out of the sum
+        total.add(layers, SumTerm(entry.term.scale, entry.term.weight, dict(entry.term.extras)))
     return SummedUpdate(client_id=entry.client_id, distance=distance, bytes=len(data),
                         sha256=hashlib.sha256(data).hexdigest())
 

@@ -35,6 +35,7 @@ from ..wire import Result, ResultError, check_progress, make_task, parse_result,
 from .selection import SelectionPolicy
 from .stragglers import Stragglers
 from .synchronous import SynchronousRounds
+from .tree import TreeOptions
 from ..store import Store, decode_arrays, encode_arrays
 from ..store.keys import global_weights_key, update_key
 from ..strategies.base import ClientUpdate, RunContext, Strategy, Weights
@@ -74,6 +75,7 @@ class RoundPlan:
     seed: int = 0
     policy: RoundPolicy = RoundPolicy()
     stragglers: Stragglers | None = None
+    aggregation: TreeOptions = TreeOptions()  # where a sum-based round is summed (rounds/tree.py)
 
 
 def _observer_name(observer: Observer) -> str:
@@ -241,12 +243,12 @@ class Controller:
         task = make_task(run_id=self.run_id, round_number=round_number, client_id=client.client_id,
                          model=self._model_wire, weights=weights_key, data=client.data_key, update=update,
                          train=train, store=store, deadline=deadline)
-        key = self._key(client)
+        key = self.signing_key(client)
         if key is not None:
             task["token"] = key.issue_token(task)
         return task
 
-    def _key(self, client: ClientRef) -> RunKey | None:
+    def signing_key(self, client: ClientRef) -> RunKey | None:
         """The client's own key in this run (None: its provider runs unsigned)."""
         secret = self._secrets.get(client.provider)
         if secret is None:
@@ -254,6 +256,11 @@ class Controller:
         if client.client_id not in self._client_keys:
             self._client_keys[client.client_id] = client_key(secret, self.run_id, client.client_id)
         return self._client_keys[client.client_id]
+
+    @property
+    def update_limit(self) -> int:
+        """Bytes an update of this run's model may have (twice its encoding, and some)."""
+        return self._update_limit
 
     def time_budget(self, client: ClientRef, deadline: float) -> float:
         """Seconds the client may work before it stops and returns partial work: BUDGET_SHARE of the round's
@@ -382,7 +389,7 @@ class Controller:
             raise InvocationError(f"the update is {size} bytes, more than the {self._update_limit} an update of this "
                                   "model can take; it was not read", "rejected")
         data = await self.store.aget(key)
-        run_key = self._key(client)
+        run_key = self.signing_key(client)
         if run_key is not None:
             try:
                 run_key.verify_result(reply, data)

@@ -15,6 +15,7 @@ from ..store.keys import update_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
 from .events import RoundStarted
 from .streaming import StreamingRound
+from .tree import Arrival, TreeAggregation, TreeRound
 from .resilience import check_quorum
 
 if TYPE_CHECKING:
@@ -48,15 +49,18 @@ class SynchronousRounds:
 
     async def invoke_round(
         self, round_number: int, weights: Weights,
-    ) -> tuple[float, list[str], list[ClientUpdate], StreamingRound | None]:
+    ) -> tuple[float, list[str], list[ClientUpdate], StreamingRound | TreeRound | None]:
         """Invoke the round's clients (retrying where safe) until they answer or the deadline passes;
         returns when it started, whom it selected, the screened updates and, for a sum-based strategy, the
-        streamed sum they were folded into as they came (the updates then carry no arrays)."""
+        streamed sum they were folded into as they came, or the sum aggregator functions made of them where
+        they are stored (rounds/tree.py; plan.aggregation says when): the updates then carry no arrays."""
         controller = self.controller
         started = time.time()
-        strategy = controller.strategy
-        streamed = StreamingRound(strategy, weights) if isinstance(strategy, SumStrategy) else None
         selected = controller.selection.select(round_number, list(controller.clients), controller.plan.clients_per_round)
+        strategy, options = controller.strategy, controller.plan.aggregation
+        in_functions = options.in_functions(strategy, len(selected), sum(layer.nbytes for layer in weights))
+        streamed = StreamingRound(strategy, weights) if isinstance(strategy, SumStrategy) and not in_functions else None
+        arrivals: list[Arrival] = []
         overrides = controller.strategy.configure_round(round_number, selected)
         if controller.plan.stragglers is not None:
             slow = controller.plan.stragglers.overrides(round_number, selected, int(controller.plan.train["epochs"]))
@@ -75,6 +79,10 @@ class SynchronousRounds:
             while pending and (remaining := deadline - time.time()) > 0:
                 done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 for call in done:
+                    if in_functions:
+                        arrived = await controller.collect_result(round_number, calls[call], call, started)
+                        arrivals.extend([Arrival(calls[call], *arrived)] if arrived else [])
+                        continue
                     update = await controller.collect(round_number, calls[call], call, weights, started)
                     if update is not None:
                         updates.append(update if streamed is None else streamed.add(update))
@@ -85,6 +93,8 @@ class SynchronousRounds:
         for call in pending:
             missed = InvocationError(f"missed the round deadline of {controller.plan.round_deadline:g}s", "deadline")
             controller.record_failure(round_number, calls[call], missed, started)
+        if in_functions:
+            return started, selected, *await TreeAggregation(controller, options).round_sum(round_number, weights, arrivals)
         if streamed is None:
             return started, selected, controller.screen(round_number, updates, weights), None
         rejected = controller.screen_distances(round_number, {u.client_id: streamed.distances[u.client_id] for u in updates})
