@@ -196,7 +196,8 @@ class TreeAggregation:
             "level": level, "weights": weights_key, "update": key, "spec": spec.to_wire(),
             "max_update_norm": controller.plan.policy.max_update_norm, "max_update_bytes": controller.update_limit,
             "entries": entries, "token": None, "deadline": deadline,
-            "store": controller.store.task_descriptor([weights_key, *(entry["key"] for entry in entries)], [key],
+            # it reads the model and its entries, and checks that its own key is still unwritten (a replay)
+            "store": controller.store.task_descriptor([weights_key, key, *(entry["key"] for entry in entries)], [key],
                                                       deadline),
         }
         signing_key = controller.signing_key(aggregator)
