@@ -12,11 +12,12 @@ from fedless_nb.aggregate_wire import parse_aggregate_result
 from fedless_nb.function import aggregator
 from fedless_nb.function.handler import handle
 from fedless_nb.function.serving import invoke
+from fedless_nb.providers.local import LocalProvider
 from fedless_nb.records.history import History
 from fedless_nb.reduction import WeightedSum
 from fedless_nb.runner import run_experiment
 from fedless_nb.security import NonceCache, client_key
-from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
+from fedless_nb.store import LocalStore, encode_arrays
 from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
 from fedless_nb.strategies.central_dp import CentralDP
 
@@ -172,3 +173,24 @@ def test_a_run_aggregates_through_functions_on_the_local_provider_as_the_control
     assert history.aggregations(central.run_id) == []
     assert history.cost(tree.run_id)["per_stage"]["aggregation"]["invocations"] == 10
     assert [r["succeeded"] for r in history.rounds(tree.run_id)] == [5, 5]
+
+
+def test_an_update_the_round_rule_rejects_is_taken_back_out_of_the_tree_sum(tiny_config):
+    """A compromised client boosts its signed update a millionfold, under no absolute bound: the aggregator sums it,
+    the round's median rule rejects it, a correction aggregator sums it again and the controller subtracts that."""
+    def run(where):
+        config = tiny_config(name=where, clients=4, clients_per_round=4, rounds=1, retries=0, max_update_norm=0,
+                             max_norm_ratio=3, aggregation={"where": where, "fan_in": 2})
+        provider = LocalProvider("local", workers=2, entry_point="workloads:boosts_client_1")
+        return config, run_experiment(config, providers={"local": provider})
+
+    _, central = run("controller")
+    config, tree = run("functions")
+    for got, want in zip(tree.weights, central.weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    history = History(config.history)
+    boosted = [i for i in history.invocations(tree.run_id) if i["client_id"] == "client-0001"]
+    assert [(i["outcome"], i["cause"]) for i in boosted] == [("failed", "rejected")]
+    assert "median" in boosted[0]["error"]
+    corrections = [a for a in history.aggregations(tree.run_id) if a["aggregator_id"].startswith("aggregator-c-")]
+    assert [(a["outcome"], a["shard_size"], a["summed"]) for a in corrections] == [("succeeded", 1, 1)]
