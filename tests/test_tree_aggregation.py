@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from fedless_nb.aggregate_wire import parse_aggregate_result
+from fedless_nb.experiment import ConfigError, ExperimentConfig
 from fedless_nb.function import aggregator
 from fedless_nb.function.handler import handle
 from fedless_nb.function.serving import invoke
 from fedless_nb.providers.local import LocalProvider
 from fedless_nb.records.history import History
 from fedless_nb.reduction import WeightedSum
+from fedless_nb.rounds.tree import TreeOptions
 from fedless_nb.runner import run_experiment
 from fedless_nb.security import NonceCache, client_key
 from fedless_nb.store import LocalStore, encode_arrays
@@ -194,3 +196,21 @@ def test_an_update_the_round_rule_rejects_is_taken_back_out_of_the_tree_sum(tiny
     assert "median" in boosted[0]["error"]
     corrections = [a for a in history.aggregations(tree.run_id) if a["aggregator_id"].startswith("aggregator-c-")]
     assert [(a["outcome"], a["shard_size"], a["summed"]) for a in corrections] == [("succeeded", 1, 1)]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"where": "cloud"}, "aggregation.where"), ({"fan_in": 1}, "aggregation.fan_in: must be >= 2"),
+    ({"threshold_mb": -1}, "aggregation.threshold_mb: must be >= 0")])
+def test_aggregation_options_are_checked(options, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict({"aggregation": options})
+
+
+def test_auto_switches_to_functions_by_the_rounds_bytes_and_only_for_sum_based_rules():
+    options = TreeOptions("auto", 50, 256 * 2**20)
+    fedavg, median = make_strategy("fedavg"), make_strategy("fedmedian")
+    assert not options.in_functions(fedavg, 100, 2**20) and options.in_functions(fedavg, 300, 2**20)
+    assert not options.in_functions(median, 10_000, 2**20)
+    assert not options.in_functions(median, 1, 1) and not TreeOptions("functions").in_functions(median, 1, 1)
+    assert TreeOptions("functions").in_functions(fedavg, 1, 1) and not TreeOptions("controller").in_functions(
+        fedavg, 10_000, 2**30)

@@ -95,8 +95,8 @@ def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
 class Controller:
     """Runs the rounds of one run over the given clients and providers.
 
-    The round interface, for schedules: `task`, `invoke`, `collect` (or `receive` for a stage's object),
-    `screen`, `record_failure`, `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
+    The round interface, for schedules: `task`, `invoke`, `collect` (or `receive` for a stage's object, or
+    `collect_result` when aggregator functions read the update), `screen` (or `screen_distances`), `record_failure`, `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
     `run_id` and `resumed_round` (the checkpointed round a resumed run continues after).
     """
 
