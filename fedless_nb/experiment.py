@@ -102,6 +102,16 @@ class StragglersConfig(_Section):
     work: float = 0.5
 
 
+class AggregationConfig(_Section):
+    """Where a sum-based round is summed (rounds/tree.py): "auto" in aggregator functions once the round's
+    clients x the model's size reach `threshold_mb`, else in the controller; "controller" or "functions" always.
+    `fan_in`: the updates (or partial sums) one aggregator function reads."""
+
+    where: str = "auto"
+    fan_in: int = 50
+    threshold_mb: float = 256.0
+
+
 class StrategyConfig(_Section):
     name: str = "fedavg"
     options: dict[str, Any] = field(default_factory=dict)
@@ -226,6 +236,7 @@ class ExperimentConfig(_Section):
     mode: str = "sync"
     asynchronous: AsyncConfig = field(default_factory=AsyncConfig)
     stragglers: StragglersConfig | None = None
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     providers: list[ProviderConfig] = field(default_factory=lambda: [ProviderConfig()])
     store: StoreConfig = field(default_factory=StoreConfig)
 
@@ -452,6 +463,10 @@ def _validate_research_options(config: ExperimentConfig) -> None:
     if config.secure_aggregation is not None:
         _validate_secure_aggregation(config)
     _require_choice(config.selection.policy, POLICIES, "selection.policy")
+    _require_choice(config.aggregation.where, ("auto", "controller", "functions"), "aggregation.where")
+    _require(config.aggregation.fan_in >= 2, "aggregation.fan_in", f"must be >= 2, got {config.aggregation.fan_in}")
+    _require(config.aggregation.threshold_mb >= 0, "aggregation.threshold_mb",
+             f"must be >= 0, got {config.aggregation.threshold_mb}")
     if config.stragglers is not None:
         _require(0 <= config.stragglers.fraction <= 1, "stragglers.fraction",
                  f"must be between 0 and 1, got {config.stragglers.fraction}")

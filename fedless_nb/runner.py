@@ -33,6 +33,7 @@ from .providers.registry import assign_clients, make_provider
 from .privacy.accounting import ExampleLevelAccountant
 from .rounds.resilience import RoundPolicy
 from .rounds.stragglers import Stragglers
+from .rounds.tree import TreeOptions
 from .rounds.selection import BudgetedSelection, PoissonSelection, SelectionPolicy, make_selection
 from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_store
 from .store.keys import client_data_key, global_weights_key
@@ -179,7 +180,8 @@ async def run_experiment_async(
         providers=providers, store=store, evaluate=Evaluator(spec, dataset.x_test, dataset.y_test),
         plan=RoundPlan(config.rounds, config.clients_per_round, _train_settings(config), config.round_deadline, config.seed,
                        RoundPolicy(config.retries, config.retry_backoff, config.min_successful, config.round_repeats,
-                                   config.max_norm_ratio, config.max_update_norm), _stragglers(config)),
+                                   config.max_norm_ratio, config.max_update_norm), _stragglers(config),
+                       _aggregation(config)),
     )
     controller.subscribe(selection.observe)
     controller.checkpointed["selection"] = selection  # what FedLesScan learned about the clients
@@ -244,6 +246,11 @@ def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | No
 def _stragglers(config: ExperimentConfig) -> Stragglers | None:
     slow = config.stragglers
     return None if slow is None or slow.fraction == 0 else Stragglers(slow.fraction, slow.work, config.seed)
+
+
+def _aggregation(config: ExperimentConfig) -> TreeOptions:
+    where = config.aggregation
+    return TreeOptions(where.where, where.fan_in, int(where.threshold_mb * 2**20))
 
 
 def _schedule(config: ExperimentConfig, controller: Controller) -> Any:

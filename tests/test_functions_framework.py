@@ -184,3 +184,29 @@ def test_functions_framework_functions_reach_an_s3_store_through_presigned_urls_
     invocations = History(config.history).invocations(result.run_id)
     assert result.status == "finished" and len(invocations) == 8
     assert all(i["outcome"] == "succeeded" for i in invocations)
+
+
+@pytest.mark.slow
+def test_functions_framework_servers_sum_the_rounds_in_aggregator_functions_through_presigned_urls(
+        server, tiny_config, monkeypatch, moto_endpoint, aws_credentials):
+    """The same server runs the client and the aggregator (the bundle's two entry points): 5 updates a round
+    in shards of 2, 2 and 1, their 3 partial sums merged by 2 aggregators a level up, all through S3 URLs."""
+    import uuid
+
+    import boto3
+
+    bucket = f"fedless-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    monkeypatch.setenv("FF_RUN_SECRET", SECRET)
+    config = tiny_config(clients=5, clients_per_round=5, rounds=2, aggregation={"where": "functions", "fan_in": 2},
+                         store={"kind": "s3", "bucket": bucket, "endpoint_url": moto_endpoint}, providers=[
+                             {"kind": "http", "name": "cloud-functions", "url": server, "workers": 2,
+                              "secret_env": "FF_RUN_SECRET"}])
+    result = run_experiment(config)
+    history = History(config.history)
+    assert result.status == "finished"
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [5, 5]
+    aggregations = history.aggregations(result.run_id)
+    assert sorted((a["round"], a["level"], a["shard_size"], a["outcome"]) for a in aggregations) == [
+        (r, level, size, "succeeded") for r in (1, 2) for level, size in ((0, 1), (0, 2), (0, 2), (1, 1), (1, 2))]
+    assert all(a["provider"] == "cloud-functions" and a["bytes_read"] > 0 for a in aggregations)

@@ -25,10 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from ..aggregate_wire import is_aggregate_task
 from ..model import ModelSpec, build_model, make_optimizer
 from ..security import NonceCache, TaskGuard
 from ..store import decode_arrays, encode_arrays, store_from_descriptor
 from ..wire import DP_SETTINGS, PayloadError, check_task
+from .aggregator import aggregate
 from .batching import dp_sampling, local_steps, privacy_facts, step_batches, step_budget
 from .secagg_stages import KEY_STAGES, key_stage, masked_update, stage_of
 
@@ -201,6 +203,8 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
     when the platform hands it to the adapter (OpenWhisk), rather than in the environment. `data`: the
     (x, y) a function holds itself (a classroom student's own drawings), which then never enter the store:
     the task's data key is not read."""
+    if is_aggregate_task(payload):  # the same bundle's other entry point: a shard of a round to sum
+        return aggregate(payload, secret=secret)
     started = time.perf_counter()
     check_task(payload)
     store = store_from_descriptor(payload["store"])

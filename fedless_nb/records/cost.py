@@ -142,14 +142,15 @@ def server_cost(seconds: float, hourly_price: float) -> float:
 
 
 def cost_report(run: dict[str, Any], invocations: Iterable[dict[str, Any]], rounds: Iterable[dict[str, Any]],
-                server_hourly_price: float | None = None) -> dict[str, Any]:
+                server_hourly_price: float | None = None, aggregations: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
     """A run's cost from its history rows: total, per round, per provider (per protocol stage in secure
-    rounds, whose stages are invocations of their own), and against an always-on server.
+    rounds, whose stages are invocations of their own; aggregator functions' invocations as the stage
+    "aggregation"), and against an always-on server.
 
     The server runs for the run's wall time (its start to its end, or to its last recorded round
     while it is still running). records.history.run_cost reads the rows from a history file.
     """
-    invocations = list(invocations)
+    invocations = [*invocations, *({**row, "stage": "aggregation"} for row in aggregations)]
     per_round: dict[int, float] = {}
     per_provider: dict[str, float] = {}
     per_stage: dict[str, dict[str, float]] = {}  # secure rounds: invocations and cost of each protocol stage

@@ -29,7 +29,7 @@ import sqlite_utils
 
 from .cost import CostModel, cost_report
 from ..errors import UserError
-from ..rounds.events import Event, InvocationFinished, RoundFailed, RoundFinished, RunFinished, RunStarted, UpdateRejected
+from ..rounds.events import AggregationFinished, Event, InvocationFinished, RoundFailed, RoundFinished, RunFinished, RunStarted, UpdateRejected
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction before giving up
@@ -52,6 +52,11 @@ _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
         "cold": int, "num_examples": int, "started_at": float, "finished_at": float,
         **{f"t_{name}": float for name in TIMINGS}, "cause": str, "error": str, "cost": float, "staleness": int,
         "steps": int, "partial": int, "stage": str,
+    }, "id"),
+    "aggregations": ({  # aggregator functions' invocations (tree aggregation, rounds/tree.py)
+        "id": int, "run_id": str, "round": int, "aggregator_id": str, "provider": str, "level": int, "outcome": str,
+        "started_at": float, "finished_at": float, "shard_size": int, "summed": int, "rejected": int,
+        "bytes_read": int, "bytes_written": int, "error": str, "cost": float,
     }, "id"),
     "round_failures": ({"run_id": str, "round": int, "failed_at": float, "reason": str}, ("run_id", "round", "failed_at")),
     "metrics": ({"run_id": str, "round": int, "scope": str, "name": str, "value": float},
@@ -152,6 +157,18 @@ class History:
         rows = [_invocation_row(invocation, self.cost_model(invocation.run_id)) for invocation in invocations]
         with self.db.conn:
             self._replace_invocations({(row["run_id"], row["round"]) for row in rows}, rows)
+
+    def record_aggregations(self, aggregations: list[AggregationFinished]) -> None:
+        """A round's aggregator invocations, each priced like a client invocation of its provider; recording
+        a round's again replaces them."""
+        rows = [_aggregation_row(event, self.cost_model(event.run_id)) for event in aggregations]
+        with self.db.conn:
+            for run_id, round_number in {(row["run_id"], row["round"]) for row in rows}:
+                self.db.execute("delete from aggregations where run_id = ? and round = ?", [run_id, round_number])
+            self.db["aggregations"].insert_all(rows)
+
+    def aggregations(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from aggregations where run_id = ? order by round, id", [run_id]))
 
     def _replace_invocations(self, rounds: set[tuple[str, int]], rows: list[dict[str, Any]]) -> None:
         """Inside a transaction: the invocations of `rounds` become `rows` (a rewrite never counts twice)."""
@@ -259,7 +276,8 @@ class History:
 
     def cost(self, run_id: str, server_hourly_price: float | None = None) -> dict[str, Any]:
         """The run's cost report (records.cost.cost_report): per round, per provider, against a server."""
-        return cost_report(self.run(run_id), self.invocations(run_id), self.rounds(run_id), server_hourly_price)
+        return cost_report(self.run(run_id), self.invocations(run_id), self.rounds(run_id), server_hourly_price,
+                           self.aggregations(run_id))
 
 
 def run_cost(history: History | str | Path, run_id: str, server_hourly_price: float | None = None) -> dict[str, Any]:
@@ -289,7 +307,12 @@ def _invocation_row(event: InvocationFinished, prices: CostModel) -> dict[str, A
     }
 
 
-_EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, RoundFinished, RoundFailed, InvocationFinished, RunFinished)}
+def _aggregation_row(event: AggregationFinished, prices: CostModel) -> dict[str, Any]:
+    return {**dataclasses.asdict(event), "cost": prices.invocation(event.provider, event.started_at, event.finished_at, None)}
+
+
+_EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, RoundFinished, RoundFailed, InvocationFinished, RunFinished,
+                                              AggregationFinished)}
 
 
 def _encode(event: Any) -> dict[str, Any]:
@@ -304,7 +327,9 @@ def _decode(data: dict[str, Any]) -> Any:
 def apply_write(history: History, write: dict[str, Any]) -> None:
     """One spilled write (see HistoryWriter) applied to `history`."""
     invocations = [_decode(invocation) for invocation in write.get("invocations", ())]
-    if write["write"] == "record_invocations":
+    if write["write"] == "record_aggregations":
+        history.record_aggregations([_decode(event) for event in write["aggregations"]])
+    elif write["write"] == "record_invocations":
         history.record_invocations(invocations)
     elif write["write"] == "record_round":
         history.record_round(_decode(write["event"]), invocations)
@@ -323,6 +348,7 @@ class HistoryWriter:
     def __init__(self, history: History) -> None:
         self.history = history
         self._pending: list[InvocationFinished] = []
+        self._aggregations: list[AggregationFinished] = []
         self._backlog: list[dict[str, Any]] = []
         self.side_file: Path | None = None
         self.dropped_writes = 0  # writes that failed for a reason other than the file (logged, never retried)
@@ -332,6 +358,8 @@ class HistoryWriter:
             self._write(event.run_id, {"write": "start_run", "event": _encode(event)})
         elif isinstance(event, InvocationFinished):
             self._pending.append(event)
+        elif isinstance(event, AggregationFinished):
+            self._aggregations.append(event)
         elif isinstance(event, UpdateRejected):  # the success it supersedes becomes a failure, timings kept
             self._pending = [
                 dataclasses.replace(i, outcome="failed", cause="rejected", error=event.reason)
@@ -344,6 +372,10 @@ class HistoryWriter:
             self._pending = [i for i in self._pending if i.round > event.round]
             self._write(event.run_id, {"write": "record_round", "event": _encode(event),
                                        "invocations": [_encode(i) for i in invocations]})
+            if self._aggregations:
+                self._write(event.run_id, {"write": "record_aggregations",
+                                           "aggregations": [_encode(a) for a in self._aggregations]})
+                self._aggregations = []
         elif isinstance(event, RoundFailed):
             self._write(event.run_id, {"write": "record_round_failure", "event": _encode(event)})
         elif isinstance(event, RunFinished):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
@@ -34,6 +35,7 @@ from ..wire import Result, ResultError, check_progress, make_task, parse_result,
 from .selection import SelectionPolicy
 from .stragglers import Stragglers
 from .synchronous import SynchronousRounds
+from .tree import TreeOptions
 from ..store import Store, decode_arrays, encode_arrays
 from ..store.keys import global_weights_key, round_prefix, update_key
 from ..strategies.base import ClientUpdate, RunContext, Strategy, Weights
@@ -81,6 +83,7 @@ class RoundPlan:
     seed: int = 0
     policy: RoundPolicy = RoundPolicy()
     stragglers: Stragglers | None = None
+    aggregation: TreeOptions = TreeOptions()  # where a sum-based round is summed (rounds/tree.py)
 
 
 def _observer_name(observer: Observer) -> str:
@@ -100,8 +103,8 @@ def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
 class Controller:
     """Runs the rounds of one run over the given clients and providers.
 
-    The round interface, for schedules: `task`, `invoke`, `collect` (or `receive` for a stage's object),
-    `screen`, `record_failure`, `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
+    The round interface, for schedules: `task`, `invoke`, `collect` (or `receive` for a stage's object, or
+    `collect_result` when aggregator functions read the update), `screen` (or `screen_distances`), `record_failure`, `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
     `run_id` and `resumed_round` (the checkpointed round a resumed run continues after).
     """
 
@@ -251,12 +254,12 @@ class Controller:
         task = make_task(run_id=self.run_id, round_number=round_number, client_id=client.client_id,
                          model=self._model_wire, weights=weights_key, data=client.data_key, update=update,
                          train=train, store=store, deadline=deadline)
-        key = self._key(client)
+        key = self.signing_key(client)
         if key is not None:
             task["token"] = key.issue_token(task)
         return task
 
-    def _key(self, client: ClientRef) -> RunKey | None:
+    def signing_key(self, client: ClientRef) -> RunKey | None:
         """The client's own key in this run (None: its provider runs unsigned)."""
         secret = self._secrets.get(client.provider)
         if secret is None:
@@ -264,6 +267,11 @@ class Controller:
         if client.client_id not in self._client_keys:
             self._client_keys[client.client_id] = client_key(secret, self.run_id, client.client_id)
         return self._client_keys[client.client_id]
+
+    @property
+    def update_limit(self) -> int:
+        """Bytes an update of this run's model may have (twice its encoding, and some)."""
+        return self._update_limit
 
     def time_budget(self, client: ClientRef, deadline: float) -> float:
         """Seconds the client may work before it stops and returns partial work: BUDGET_SHARE of the round's
@@ -287,11 +295,17 @@ class Controller:
     def screen(self, round_number: int, updates: Sequence[ClientUpdate], weights: Weights) -> list[ClientUpdate]:
         """The updates of `round_number`'s tasks, trained from `weights`, that pass the norm screening
         (screening.NormScreen, which remembers recent rounds); each rejection is announced."""
-        distances = {update.client_id: update_distance(update.weights, weights) for update in updates}
+        outliers = self.screen_distances(round_number, {update.client_id: update_distance(update.weights, weights)
+                                                        for update in updates})
+        return [update for update in updates if update.client_id not in outliers]
+
+    def screen_distances(self, round_number: int, distances: dict[str, float]) -> set[str]:
+        """`screen` for updates given by their L2 distances from the global model (a streamed round's): the
+        client ids rejected, each rejection announced."""
         outliers = self._norm_screen.outliers(distances)
         for client_id, reason in outliers.items():
             self.emit(UpdateRejected(self.run_id, round_number, client_id, reason))
-        return [update for update in updates if update.client_id not in outliers]
+        return set(outliers)
 
     async def publish(self, round_number: int, weights: Weights, started: float, selected: int,
                       updates: Sequence[ClientUpdate]) -> None:
@@ -316,17 +330,39 @@ class Controller:
     ) -> ClientUpdate | None:
         """The client's update if its finished call succeeded and the result checks out against `weights`
         (the global model it trained from); otherwise the failure is recorded and the answer is None."""
-        try:
-            update, result = await self._read_update(round_number, client, call.result(), weights)
-        except InvocationError as error:
-            self.record_failure(round_number, client, error, started)
+        checked = await self._checking(round_number, client, started, self._read_update(round_number, client, call,
+                                                                                           weights))
+        if checked is None:
             return None
-        except Exception as error:  # a function's bad reply must not end the round
-            self.record_failure(round_number, client, InvocationError(f"{type(error).__name__}: {error}", "error"), started)
-            return None
+        update, result = checked
         self._succeeded(round_number, client, result, started, update.num_examples, update.metrics,
                         staleness=staleness, steps=update.steps, partial=update.partial)
         return update
+
+    async def collect_result(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
+                             started: float) -> tuple[ClientUpdate, dict[str, Any]] | None:
+        """`collect` without reading the update (an aggregator function reads, verifies and sums it where it is
+        stored: rounds/tree.py): the update without arrays and the client's reply, if the result answers its task
+        and its claims check out; otherwise the failure is recorded and the answer is None."""
+        checked = await self._checking(round_number, client, started, self._checked_result(round_number, client, call))
+        if checked is None:
+            return None
+        update, result = checked
+        self._succeeded(round_number, client, result, started, update.num_examples, update.metrics,
+                        steps=update.steps, partial=update.partial)
+        return update, call.result()
+
+    async def _checking(self, round_number: int, client: ClientRef, started: float, check: Any, *,
+                        stage: str | None = None) -> Any:
+        """The awaited `check`, or None with its failure recorded: a function's bad reply never ends a round."""
+        try:
+            return await check
+        except InvocationError as error:
+            self.record_failure(round_number, client, error, started, stage=stage)
+        except Exception as error:
+            failure = InvocationError(f"{type(error).__name__}: {error}", "error")
+            self.record_failure(round_number, client, failure, started, stage=stage)
+        return None
 
     async def receive(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], started: float,
                       key: str, *, stage: str) -> tuple[dict[str, Any], bytes] | None:
@@ -334,18 +370,13 @@ class Controller:
         succeeded and the result answers the task, claims the client's true example count and is signed
         over those bytes; otherwise the failure is recorded and the answer is None. The schedule checks
         what the bytes mean."""
-        try:
-            reply = call.result()
-            result, data = await self._verified(round_number, client, reply, key)
-        except InvocationError as error:
-            self.record_failure(round_number, client, error, started, stage=stage)
+        checked = await self._checking(round_number, client, started, self._verified(round_number, client, call, key),
+                                       stage=stage)
+        if checked is None:
             return None
-        except Exception as error:  # a function's bad reply must not end the round
-            failure = InvocationError(f"{type(error).__name__}: {error}", "error")
-            self.record_failure(round_number, client, failure, started, stage=stage)
-            return None
+        result, data = checked
         self._succeeded(round_number, client, result, started, result.num_examples, dict(result.metrics), stage=stage)
-        return reply, data
+        return call.result(), data
 
     def _succeeded(self, round_number: int, client: ClientRef, result: Result, started: float,
                    num_examples: int, metrics: dict[str, float], **facts: Any) -> None:
@@ -357,50 +388,73 @@ class Controller:
             privacy=None if result.privacy is None else result.privacy.model_dump(), **facts,
         ))
 
-    async def _verified(self, round_number: int, client: ClientRef, reply: Any, key: str) -> tuple[Result, bytes]:
+    async def _verified(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
+                        key: str) -> tuple[Result, bytes]:
         """The reply parsed as a Result for this very task and the bytes at `key`, if the result claims the
         client's true example count and this client signed it over those bytes (read only when their size
         is one an update of this model can have)."""
-        try:
-            result = parse_result(reply, self.run_id, round_number, client.client_id, key)
-        except ResultError as error:
-            raise InvocationError(str(error), error.cause) from None
+        reply = call.result()
+        result = self._parsed(round_number, client, reply, key)
         size = await self.store.asize(key)
         if size > self._update_limit:  # checked before reading: an update is the global model's size
             raise InvocationError(f"the update is {size} bytes, more than the {self._update_limit} an update of this "
                                   "model can take; it was not read", "rejected")
         data = await self.store.aget(key)
-        run_key = self._key(client)
+        run_key = self.signing_key(client)
         if run_key is not None:
             try:
                 run_key.verify_result(reply, data)
             except ResultSignatureError as error:
                 raise InvocationError(str(error), "signature") from None
+        return self._example_count_checked(result, client), data
+
+    def _parsed(self, round_number: int, client: ClientRef, reply: Any, key: str) -> Result:
+        """The reply parsed as a Result for this very task."""
+        try:
+            return parse_result(reply, self.run_id, round_number, client.client_id, key)
+        except ResultError as error:
+            raise InvocationError(str(error), error.cause) from None
+
+    @staticmethod
+    def _example_count_checked(result: Result, client: ClientRef) -> Result:
+        """`result`, if it claims the client's true example count."""
         if client.num_examples is not None and result.num_examples != client.num_examples:
             raise InvocationError(f"the result claims {result.num_examples} examples, but the client's partition "
                                   f"has {client.num_examples}", "rejected")
-        return result, data
+        return result
 
-    async def _read_update(self, round_number: int, client: ClientRef, reply: Any,
+    async def _read_update(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
                            weights: Weights) -> tuple[ClientUpdate, Result]:
         """The update a reply points at, weighted by what the controller knows (_verified), whose DP facts
         and progress fit its task and whose arrays fit the global model."""
-        result, data = await self._verified(round_number, client, reply, update_key(self.run_id, round_number,
-                                                                                      client.client_id))
+        result, data = await self._verified(round_number, client, call,
+                                            update_key(self.run_id, round_number, client.client_id))
+        update = self._claims_checked(result, client)
+        arrays = decode_arrays(data)
+        if problem := update_problem(arrays, weights):
+            raise InvocationError(problem, "rejected")
+        return dataclasses.replace(update, weights=arrays), result
+
+    async def _checked_result(self, round_number: int, client: ClientRef,
+                              call: asyncio.Future[dict[str, Any]]) -> tuple[ClientUpdate, Result]:
+        """The result parsed and its claims checked, its update (no arrays) not read."""
+        result = self._parsed(round_number, client, call.result(), update_key(self.run_id, round_number,
+                                                                               client.client_id))
+        return self._claims_checked(self._example_count_checked(result, client), client), result
+
+    def _claims_checked(self, result: Result, client: ClientRef) -> ClientUpdate:
+        """The update (no arrays yet) of a result whose DP facts, other checks and progress fit its task."""
         if problem := self._privacy_problem(result, client):
             raise InvocationError(problem, "invalid")
         facts = result.model_dump()
         for check in self.result_checks:
             if problem := check(client.client_id, facts):
                 raise InvocationError(problem, "rejected")
-        arrays = decode_arrays(data)
-        if problem := update_problem(arrays, weights):
-            raise InvocationError(problem, "rejected")
         try:
             steps, partial = check_progress(result, local_steps(result.num_examples, self.plan.train))
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
-        return ClientUpdate(client.client_id, arrays, result.num_examples, dict(result.metrics), steps, partial), result
+        return ClientUpdate(client.client_id, [], result.num_examples, dict(result.metrics), steps, partial)
 
     def _privacy_problem(self, result: Result, client: ClientRef) -> str | None:
         """Why the result's DP-SGD facts cannot be the ones of the task it was given, or None. Epsilon is

@@ -62,6 +62,27 @@ class UpdateRejected:
 
 
 @dataclass(frozen=True)
+class AggregationFinished:
+    """An aggregator function's invocation (tree aggregation, rounds/tree.py): which shard it summed at which
+    level, what it read and wrote, how many updates it summed and refused."""
+
+    run_id: str
+    round: int
+    aggregator_id: str
+    provider: str
+    level: int
+    outcome: str  # "succeeded" | "failed"
+    started_at: float
+    finished_at: float
+    shard_size: int
+    summed: int = 0
+    rejected: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class RoundFinished:
     run_id: str
     round: int
@@ -97,5 +118,6 @@ class RunFinished:
     observer_errors: dict[str, int] = field(default_factory=dict)  # observers that raised: name -> count
 
 
-Event = Union[RunStarted, RoundStarted, InvocationFinished, UpdateRejected, RoundFinished, RoundFailed, RunFinished]
+Event = Union[RunStarted, RoundStarted, InvocationFinished, UpdateRejected, AggregationFinished, RoundFinished, RoundFailed,
+              RunFinished]
 Observer = Callable[[Event], None]

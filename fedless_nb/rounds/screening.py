@@ -23,25 +23,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ..reduction import norm_problem, update_problem
 from ..strategies.base import ClientUpdate, Weights
 
+__all__ = ["NormScreen", "norm_outliers", "update_distance", "update_problem"]
+
 MIN_UPDATES_FOR_NORM_RULE = 3
-
-
-def update_problem(update: Weights, reference: Weights) -> str | None:
-    """Why `update` cannot be aggregated with `reference` (the global model), or None when it can."""
-    got = [(tuple(a.shape), str(a.dtype)) for a in update]
-    expected = [(tuple(w.shape), str(w.dtype)) for w in reference]
-    if got != expected:
-        wrong = next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), min(len(got), len(expected)))
-        found = got[wrong] if wrong < len(got) else "nothing"
-        wanted = expected[wrong] if wrong < len(expected) else "nothing"
-        return (f"the update's shapes or dtypes do not match the global model: {len(got)} arrays for {len(expected)}, "
-                f"array {wrong} is {found}, expected {wanted}")
-    for index, array in enumerate(update):
-        if not np.all(np.isfinite(array)):
-            return f"the update has NaN or Inf values (array {index})"
-    return None
 
 
 def update_distance(update: Weights, current: Weights) -> float:
@@ -73,9 +60,8 @@ class NormScreen:
 
     def outliers(self, distances: dict[str, float]) -> dict[str, str]:
         """Client id -> reason for the round's updates given as distances; remembers the accepted ones."""
-        reasons = {client_id: f"the update's L2 norm {distance:.4g} exceeds max_update_norm {self.absolute:g}"
-                   for client_id, distance in distances.items()
-                   if self.absolute > 0 and (distance > self.absolute or not np.isfinite(distance))}
+        reasons = {client_id: problem for client_id, distance in distances.items()
+                   if (problem := norm_problem(distance, self.absolute))}
         recent = [distance for distances_of_round in self._recent for distance in distances_of_round]
         if self.ratio > 0 and recent:
             limit = self.ratio * float(np.median(recent))

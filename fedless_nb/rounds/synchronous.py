@@ -11,8 +11,11 @@ import time
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..providers.base import InvocationError
-from ..strategies.base import ClientUpdate, Weights
+from ..store.keys import update_key
+from ..strategies.base import ClientUpdate, SumStrategy, Weights
 from .events import RoundStarted
+from .streaming import StreamingRound
+from .tree import Arrival, TreeAggregation, TreeRound
 from .resilience import check_quorum
 
 if TYPE_CHECKING:
@@ -35,20 +38,29 @@ class SynchronousRounds:
         controller, runs = self.controller, 0
         while True:
             runs += 1
-            started, selected, updates = await self.invoke_round(round_number, weights)
+            started, selected, updates, streamed = await self.invoke_round(round_number, weights)
             if not selected or check_quorum(round_number, len(updates), len(selected), controller.plan.policy, runs):
                 break
         if updates or not selected:  # a Poisson-sampled empty round still aggregates (central DP's noise)
-            weights = controller.strategy.aggregate(round_number, weights, updates)
+            weights = (streamed.aggregate(round_number) if streamed is not None
+                       else controller.strategy.aggregate(round_number, weights, updates))
         await controller.publish(round_number, weights, started, len(selected), updates)
         return weights
 
-    async def invoke_round(self, round_number: int, weights: Weights) -> tuple[float, list[str], list[ClientUpdate]]:
+    async def invoke_round(
+        self, round_number: int, weights: Weights,
+    ) -> tuple[float, list[str], list[ClientUpdate], StreamingRound | TreeRound | None]:
         """Invoke the round's clients (retrying where safe) until they answer or the deadline passes;
-        returns when it started, whom it selected and the screened updates."""
+        returns when it started, whom it selected, the screened updates and, for a sum-based strategy, the
+        streamed sum they were folded into as they came, or the sum aggregator functions made of them where
+        they are stored (rounds/tree.py; plan.aggregation says when): the updates then carry no arrays."""
         controller = self.controller
         started = time.time()
         selected = controller.selection.select(round_number, list(controller.clients), controller.plan.clients_per_round)
+        strategy, options = controller.strategy, controller.plan.aggregation
+        in_functions = options.in_functions(strategy, len(selected), sum(layer.nbytes for layer in weights))
+        streamed = StreamingRound(strategy, weights) if isinstance(strategy, SumStrategy) and not in_functions else None
+        arrivals: list[Arrival] = []
         overrides = controller.strategy.configure_round(round_number, selected)
         if controller.plan.stragglers is not None:
             slow = controller.plan.stragglers.overrides(round_number, selected, int(controller.plan.train["epochs"]))
@@ -67,9 +79,13 @@ class SynchronousRounds:
             while pending and (remaining := deadline - time.time()) > 0:
                 done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 for call in done:
+                    if in_functions:
+                        arrived = await controller.collect_result(round_number, calls[call], call, started)
+                        arrivals.extend([Arrival(calls[call], *arrived)] if arrived else [])
+                        continue
                     update = await controller.collect(round_number, calls[call], call, weights, started)
                     if update is not None:
-                        updates.append(update)
+                        updates.append(update if streamed is None else streamed.add(update))
         finally:  # the deadline passed, or the run is being torn down: no call outlives its round
             for call in pending:
                 call.cancel()
@@ -77,4 +93,11 @@ class SynchronousRounds:
         for call in pending:
             missed = InvocationError(f"missed the round deadline of {controller.plan.round_deadline:g}s", "deadline")
             controller.record_failure(round_number, calls[call], missed, started)
-        return started, selected, controller.screen(round_number, updates, weights)
+        if in_functions:
+            return started, selected, *await TreeAggregation(controller, options).round_sum(round_number, weights, arrivals)
+        if streamed is None:
+            return started, selected, controller.screen(round_number, updates, weights), None
+        rejected = controller.screen_distances(round_number, {u.client_id: streamed.distances[u.client_id] for u in updates})
+        for client_id in rejected:
+            await streamed.remove(controller.store, update_key(controller.run_id, round_number, client_id), client_id)
+        return started, selected, [u for u in updates if u.client_id not in rejected], streamed

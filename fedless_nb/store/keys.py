@@ -37,3 +37,8 @@ def secagg_key(run_id: str, round_number: int, client_id: str, stage: str, attem
     """What a client wrote in one stage of a secure round (`attempt`: the round's run, since a round
     below its quorum runs again and a function refuses to overwrite an object)."""
     return f"runs/{run_id}/round-{round_number:05d}/secagg-{attempt}/{client_id}.{stage}"
+
+
+def aggregate_key(run_id: str, round_number: int, aggregator_id: str) -> str:
+    """Where an aggregator function writes its partial sum of a round (tree aggregation)."""
+    return f"runs/{run_id}/round-{round_number:05d}/aggregates/{aggregator_id}.sum"

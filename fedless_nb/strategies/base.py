@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..reduction import SumSpec, SumTerm, WeightedSum, update_term
+
 Weights = list[np.ndarray]
 
 
@@ -55,6 +57,11 @@ class Strategy(ABC):
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         """The next global model; `updates` holds at least one update."""
 
+    def sum_spec(self) -> SumSpec | None:
+        """How a round reduces by a weighted sum (SumStrategy), or None: the rule needs every update at once
+        (median, trimmed mean, Krum, Bulyan, SCAFFOLD), so the round's updates are held and aggregated centrally."""
+        return None
+
     def round_metrics(self) -> dict[str, float]:
         """Figures about the last aggregation for the history (e.g. a central-DP epsilon); none by default."""
         return {}
@@ -65,3 +72,32 @@ class Strategy(ABC):
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what `state()` returned."""
+
+
+class SumStrategy(Strategy):
+    """A strategy that needs only a weighted sum of the round's updates (reduction.py): the controller, or
+    aggregator functions over shards, fold each update into the sum as it comes (`sum_term` says how it
+    counts), and `aggregate_total` finishes the round from the sum alone. `aggregate` is that fold over a list."""
+
+    @abstractmethod
+    def sum_spec(self) -> SumSpec:
+        """What each update adds this round (its model or its clipped change)."""
+
+    @abstractmethod
+    def sum_term(self, update: ClientUpdate) -> SumTerm | None:
+        """How `update` (its counts and progress; its arrays are not looked at) counts; None: it is left out."""
+
+    @abstractmethod
+    def aggregate_total(self, round_number: int, current: Weights, total: WeightedSum,
+                        distances: Sequence[float]) -> Weights:
+        """The next global model from the round's sum; `distances`: the summed updates' L2 distances from `current`."""
+
+    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+        spec, total, distances = self.sum_spec(), WeightedSum(), []
+        for update in updates:
+            term = self.sum_term(update)
+            if term is not None:
+                layers, distance = update_term(spec, update.weights, current)
+                total.add(layers, term)
+                distances.append(distance)
+        return self.aggregate_total(round_number, current, total, distances)

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..privacy.accounting import DpRound, PrivacyLedger, PrivacyReport
 from .aggregate import add_scaled, clip_to_norm, subtract
-from .base import ClientUpdate, RunContext, Strategy, Weights
+from ..reduction import SumSpec, SumTerm, WeightedSum
+from .base import ClientUpdate, RunContext, Strategy, SumStrategy, Weights
 from .options import require
 
 CENTRAL_DP_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -75,8 +76,9 @@ def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> flo
     return remainder ** -0.5
 
 
-class CentralDP(Strategy):
-    """Wraps `inner` (one of CENTRAL_DP_STRATEGIES) with client-level DP; see the module docstring."""
+class CentralDP(SumStrategy):
+    """Wraps `inner` (one of CENTRAL_DP_STRATEGIES) with client-level DP; see the module docstring. As a
+    weighted sum: every update adds its change clipped to `clip_norm`, counted once; the noise comes after."""
 
     def __init__(
         self, inner: Strategy, *, noise_multiplier: float, clip_norm: float, adaptive: bool = False,
@@ -116,11 +118,18 @@ class CentralDP(Strategy):
     def configure_round(self, round_number: int, client_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return self.inner.configure_round(round_number, client_ids)
 
-    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+    def sum_spec(self) -> SumSpec:
+        return SumSpec("delta", self.clip_norm)
+
+    def sum_term(self, update: ClientUpdate) -> SumTerm | None:
+        return SumTerm(1.0, 1.0)
+
+    def aggregate_total(self, round_number: int, current: Weights, total: WeightedSum,
+                        distances: Sequence[float]) -> Weights:
         rng = np.random.default_rng([self.seed, round_number])
-        used = self.clip_norm
-        average, norms = clipped_noised_mean(current, [u.weights for u in updates], used,
-                                             self.update_noise_multiplier * used, self.expected_clients, rng)
+        used, norms = self.clip_norm, list(distances)
+        average = noised_mean(current, total.layers(current), self.update_noise_multiplier * used,
+                              self.expected_clients, rng)
         if self.adaptive:
             self.clip_norm = adapted_clip_norm(used, norms, self.target_quantile, self.clip_learning_rate,
                                                float(self.clipped_count_stddev or 0.0), rng)

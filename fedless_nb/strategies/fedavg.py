@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..function.batching import local_steps
-from .base import ClientUpdate, RunContext, Strategy, Weights
+from ..reduction import SumSpec, SumTerm, WeightedSum, weighted_mean
+from .base import ClientUpdate, RunContext, SumStrategy, Weights
 from .options import require
 
 PARTIAL_WORK = ("weight", "drop", "accept")
@@ -34,7 +35,7 @@ def fedavg(updates: Sequence[Sequence[np.ndarray]], weights: Sequence[float]) ->
     return layers
 
 
-class FedAvg(Strategy):
+class FedAvg(SumStrategy):
     """Average the updates weighted by how many examples each client trained on (see `partial_work`)."""
 
     name = "fedavg"
@@ -48,11 +49,20 @@ class FedAvg(Strategy):
     def bind(self, context: RunContext) -> None:
         self.train = context.train
 
-    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
-        kept = [update for update in updates if not (update.partial and self.partial_work == "drop")]
-        if not kept:  # every client stopped short and partial work is dropped: the model stays
+    def sum_spec(self) -> SumSpec:
+        return SumSpec("model")
+
+    def sum_term(self, update: ClientUpdate) -> SumTerm | None:
+        if update.partial and self.partial_work == "drop":
+            return None
+        weight = self.weight(update)
+        return SumTerm(weight, weight)
+
+    def aggregate_total(self, round_number: int, current: Weights, total: WeightedSum,
+                        distances: Sequence[float]) -> Weights:
+        if total.count == 0:  # every client stopped short and partial work is dropped: the model stays
             return [np.array(layer) for layer in current]
-        return fedavg([update.weights for update in kept], [self.weight(update) for update in kept])
+        return weighted_mean(total, current)
 
     def weight(self, update: ClientUpdate) -> float:
         """The update's weight: its sample count, scaled by its share of the planned steps under "weight"."""

@@ -12,13 +12,17 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..function.batching import local_steps
-from .aggregate import fednova, local_solver_norm
-from .base import ClientUpdate, RunContext, Strategy, Weights
+from ..reduction import SumSpec, SumTerm, WeightedSum
+from .aggregate import add_scaled, local_solver_norm
+from .base import ClientUpdate, RunContext, SumStrategy, Weights
 from .options import require
 
 
-class FedNova(Strategy):
-    """`proximal_mu` > 0 runs FedProx's local objective under FedNova's normalization (the paper's FedNova-Prox)."""
+class FedNova(SumStrategy):
+    """`proximal_mu` > 0 runs FedProx's local objective under FedNova's normalization (the paper's FedNova-Prox).
+
+    As a weighted sum: each change y_i - x counts -n_i / ||a_i||_1, each weight n_i, and the extra "tau"
+    sums n_i ||a_i||_1; the new model is x - (tau / n) * sum / n, `aggregate.fednova`'s step (eq. 6)."""
 
     name = "fednova"
 
@@ -33,10 +37,20 @@ class FedNova(Strategy):
     def configure_round(self, round_number: int, client_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {client_id: {"proximal_mu": self.proximal_mu} for client_id in client_ids} if self.proximal_mu else {}
 
-    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
+    def sum_spec(self) -> SumSpec:
+        return SumSpec("delta")
+
+    def sum_term(self, update: ClientUpdate) -> SumTerm | None:
         if self.train is None:
             raise RuntimeError("FedNova needs the run's train settings: call bind() before round 1")
-        learning_rate = float(self.train["learning_rate"])
-        norms = [local_solver_norm(update.steps or local_steps(update.num_examples, self.train), learning_rate,
-                                   self.proximal_mu) for update in updates]
-        return fednova(current, [u.weights for u in updates], [u.num_examples for u in updates], norms)
+        norm = local_solver_norm(update.steps or local_steps(update.num_examples, self.train),
+                                 float(self.train["learning_rate"]), self.proximal_mu)
+        examples = float(update.num_examples)
+        return SumTerm(-examples / norm, examples, {"tau": examples * norm})
+
+    def aggregate_total(self, round_number: int, current: Weights, total: WeightedSum,
+                        distances: Sequence[float]) -> Weights:
+        if total.count <= 0 or total.weight <= 0:
+            raise ValueError("fednova needs at least one update")
+        tau_effective = total.extras["tau"] / total.weight
+        return add_scaled(current, total.layers(current), -tau_effective / total.weight)

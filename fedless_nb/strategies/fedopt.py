@@ -6,16 +6,23 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .aggregate import fedavg, fedavgm, fedopt
-from .base import ClientUpdate, Strategy, Weights
+from ..reduction import SumSpec, SumTerm, WeightedSum, weighted_mean
+from .aggregate import fedavgm, fedopt
+from .base import ClientUpdate, SumStrategy, Weights
 from .options import require
 
 
-def _average(updates: Sequence[ClientUpdate]) -> Weights:
-    return fedavg([u.weights for u in updates], [u.num_examples for u in updates])
+class _ServerOptimizer(SumStrategy):
+    """A server step on the sample-weighted mean of the client models, reduced by a weighted sum."""
+
+    def sum_spec(self) -> SumSpec:
+        return SumSpec("model")
+
+    def sum_term(self, update: ClientUpdate) -> SumTerm | None:
+        return SumTerm(float(update.num_examples), float(update.num_examples))
 
 
-class FedAvgM(Strategy):
+class FedAvgM(_ServerOptimizer):
     """FedAvg followed by a server SGD step with momentum; Flower's defaults (lr 1, momentum 0)."""
 
     name = "fedavgm"
@@ -26,8 +33,9 @@ class FedAvgM(Strategy):
         self.server_learning_rate, self.server_momentum = float(server_learning_rate), float(server_momentum)
         self.momentum: Weights | None = None
 
-    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
-        weights, self.momentum = fedavgm(current, _average(updates), self.momentum,
+    def aggregate_total(self, round_number: int, current: Weights, total: WeightedSum,
+                        distances: Sequence[float]) -> Weights:
+        weights, self.momentum = fedavgm(current, weighted_mean(total, current), self.momentum,
                                          self.server_learning_rate, self.server_momentum)
         return weights
 
@@ -38,7 +46,7 @@ class FedAvgM(Strategy):
         self.momentum = state.get("momentum")
 
 
-class _FedOpt(Strategy):
+class _FedOpt(_ServerOptimizer):
     """Adaptive server optimizer: eta (server lr), beta_1, beta_2, tau as in Reddi et al. and Flower."""
 
     kind: str
@@ -54,8 +62,9 @@ class _FedOpt(Strategy):
 
     bias_correction = False
 
-    def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
-        weights, self.m, self.v = fedopt(self.kind, current, _average(updates), self.m, self.v,
+    def aggregate_total(self, round_number: int, current: Weights, total: WeightedSum,
+                        distances: Sequence[float]) -> Weights:
+        weights, self.m, self.v = fedopt(self.kind, current, weighted_mean(total, current), self.m, self.v,
                                          eta=self.eta, beta_1=self.beta_1, beta_2=self.beta_2, tau=self.tau,
                                          bias_corrected_round=round_number if self.bias_correction else None)
         return weights

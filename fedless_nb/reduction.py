@@ -1,0 +1,160 @@
+"""Aggregation by a weighted sum as a pure, mergeable fold, shared by both sides (like wire.py).
+
+Every sum-based strategy (FedAvg, FedProx, FedAvgM, FedAdam/Yogi/Adagrad, FedNova, central DP) turns
+a round's updates into sum_i scale_i * term_i plus a few summed scalars, then finishes from that
+alone. The fold keeps only the sum (float64), so the controller can add each update as it arrives
+and drop it, and aggregator functions can sum shards of a round where the updates are stored; the
+partial sums merge in any order and any tree shape. The strategies (strategies/) choose each
+update's scale and weight; this module only adds, and it imports nothing of either side.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from .store.codec import decode_arrays, encode_arrays
+
+_HEADER = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class SumSpec:
+    """What an update adds: its model ("model") or its change from the global model ("delta"), the change
+    first clipped to L2 norm `clip` (None: unclipped). Travels in an aggregator's task as a dict."""
+
+    term: Literal["model", "delta"] = "model"
+    clip: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"term": self.term, "clip": self.clip}
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> "SumSpec":
+        term, clip = wire.get("term"), wire.get("clip")
+        if term not in ("model", "delta") or not (clip is None or (isinstance(clip, (int, float)) and clip > 0)):
+            raise ValueError(f"a sum spec needs term model or delta and a positive clip or none, got {wire!r}")
+        return cls(term, None if clip is None else float(clip))
+
+
+@dataclass(frozen=True)
+class SumTerm:
+    """How one update counts: its term times `scale` goes into the sum, `weight` into the total weight,
+    each of `extras` into the summed scalar of that name (FedNova's tau, for instance)."""
+
+    scale: float
+    weight: float
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def negated(self) -> "SumTerm":
+        """The term that takes this one back out of a sum (an update screening rejected after it was added)."""
+        return SumTerm(-self.scale, -self.weight, {name: -value for name, value in self.extras.items()})
+
+
+@dataclass
+class WeightedSum:
+    """sum_i scale_i * term_i per layer (float64), the total weight, how many updates, the summed extras."""
+
+    sums: list[np.ndarray] | None = None
+    weight: float = 0.0
+    count: int = 0
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def add(self, layers: Sequence[np.ndarray], term: SumTerm, count: int = 1) -> None:
+        """Add `term.scale` * `layers` (float64 arrays), the term's weight and extras, and `count` updates."""
+        if self.sums is None:
+            self.sums = [np.zeros(np.shape(layer), np.float64) for layer in layers]
+        for total, layer in zip(self.sums, layers):
+            total += term.scale * layer
+        self.weight += term.weight
+        self.count += count
+        self._add_extras(term.extras)
+
+    def remove(self, layers: Sequence[np.ndarray], term: SumTerm) -> None:
+        """Take back what add(layers, term) added."""
+        self.add(layers, term.negated(), count=-1)
+
+    def merge(self, other: "WeightedSum", sign: float = 1.0) -> "WeightedSum":
+        """Add another partial sum into this one, or with `sign` -1 take it out (returns self)."""
+        if other.sums is not None:
+            if self.sums is None:
+                self.sums = [np.zeros(np.shape(layer), np.float64) for layer in other.sums]
+            for total, layer in zip(self.sums, other.sums):
+                total += sign * layer
+        self.weight += sign * other.weight
+        self.count += int(sign) * other.count
+        self._add_extras(other.extras, sign)
+        return self
+
+    def _add_extras(self, extras: dict[str, float], sign: float = 1.0) -> None:
+        for name, value in extras.items():
+            self.extras[name] = self.extras.get(name, 0.0) + sign * float(value)
+
+    def layers(self, like: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The summed layers, zeros shaped like `like` when nothing was added (an empty round)."""
+        return self.sums if self.sums is not None else [np.zeros(np.shape(layer), np.float64) for layer in like]
+
+    def to_bytes(self) -> bytes:
+        """The partial sum as one blob: a JSON header (weight, count, extras) and the layers (store/codec.py)."""
+        header = json.dumps({"weight": self.weight, "count": self.count, "extras": self.extras,
+                             "empty": self.sums is None}).encode()
+        return _HEADER.pack(len(header)) + header + bytes(encode_arrays(self.sums or []))
+
+    @classmethod
+    def from_bytes(cls, blob: bytes | bytearray | memoryview) -> "WeightedSum":
+        (length,) = _HEADER.unpack_from(blob)
+        header = json.loads(bytes(blob[_HEADER.size:_HEADER.size + length]))
+        arrays = decode_arrays(memoryview(blob)[_HEADER.size + length:])
+        if any(array.dtype != np.float64 for array in arrays):
+            raise ValueError("a partial sum holds float64 layers only")
+        return cls(None if header["empty"] else [np.array(array) for array in arrays], float(header["weight"]),
+                   int(header["count"]), {str(k): float(v) for k, v in header["extras"].items()})
+
+
+def update_problem(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> str | None:
+    """Why `update` cannot be aggregated with `reference` (the global model), or None when it can."""
+    got = [(tuple(a.shape), str(a.dtype)) for a in update]
+    expected = [(tuple(w.shape), str(w.dtype)) for w in reference]
+    if got != expected:
+        wrong = next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), min(len(got), len(expected)))
+        found = got[wrong] if wrong < len(got) else "nothing"
+        wanted = expected[wrong] if wrong < len(expected) else "nothing"
+        return (f"the update's shapes or dtypes do not match the global model: {len(got)} arrays for {len(expected)}, "
+                f"array {wrong} is {found}, expected {wanted}")
+    for index, array in enumerate(update):
+        if not np.all(np.isfinite(array)):
+            return f"the update has NaN or Inf values (array {index})"
+    return None
+
+
+def norm_problem(distance: float, bound: float) -> str | None:
+    """Why an update at L2 `distance` from the global model breaks the absolute bound `bound` (0: off), or None."""
+    if bound > 0 and (distance > bound or not np.isfinite(distance)):
+        return f"the update's L2 norm {distance:.4g} exceeds max_update_norm {bound:g}"
+    return None
+
+
+def update_term(spec: SumSpec, update: Sequence[np.ndarray], current: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    """The float64 layers `spec` adds for `update` trained from `current`, and the update's L2 distance from
+    `current` (what the norm screening looks at), computed once for both."""
+    delta = [np.asarray(u, np.float64) - np.asarray(c, np.float64) for u, c in zip(update, current)]
+    distance = float(np.sqrt(sum(float(np.sum(np.square(d))) for d in delta)))
+    if spec.term == "model":
+        return [np.asarray(u, np.float64) for u in update], distance
+    if spec.clip is not None and distance > spec.clip:
+        delta = [d * (spec.clip / distance) for d in delta]
+    return delta, distance
+
+
+def weighted_mean(total: WeightedSum, like: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The sum divided by its total weight, in the dtypes of `like` (the global model's layers)."""
+    if total.sums is None or total.count <= 0:
+        raise ValueError("a weighted mean needs at least one update")
+    if total.weight <= 0:
+        raise ValueError("a weighted mean needs a positive total weight")
+    return [(layer / total.weight).astype(np.asarray(reference).dtype, copy=False)
+            for layer, reference in zip(total.sums, like)]

@@ -1,0 +1,233 @@
+"""Tree aggregation: a sum-based round summed by aggregator functions where the updates are stored.
+
+The controller checks each result's claims without reading its update (Controller.collect_result),
+splits the round's results into shards of `fan_in` per provider (an aggregator can verify only the
+clients of its own provider's secret), invokes an aggregator function per shard in parallel
+(function/aggregator.py), and, while a provider has more than `fan_in` partial sums, merges them in
+further aggregators a level up; it merges the last few itself and hands the strategy the same sum
+the controller would have folded (reduction.py). What the controller downloads is one partial sum per
+shard instead of every update. An update an aggregator refuses is rejected with its reason; an
+aggregator that fails takes its shard's updates out of the round, which goes on. The norm screening's
+rules that need the whole round work on the distances the aggregators report; an update they reject
+is taken back out by summing it again in a correction aggregator and subtracting that partial sum.
+Rules that need every update (strategy.sum_spec() is None) never get here: they aggregate centrally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..aggregate_wire import AGGREGATE, AggregateResult, SummedUpdate, parse_aggregate_result
+from ..providers.base import InvocationError
+from ..reduction import SumSpec, WeightedSum
+from ..security import ResultSignatureError
+from ..store.keys import aggregate_key, global_weights_key
+from ..strategies.base import ClientUpdate, SumStrategy, Weights
+from ..wire import ResultError
+from .events import AggregationFinished, UpdateRejected
+from .resilience import invoke_with_retries
+
+if TYPE_CHECKING:
+    from .controller import ClientRef, Controller
+
+WHERE = ("auto", "controller", "functions")
+
+
+@dataclass(frozen=True)
+class TreeOptions:
+    """`where`: "controller" always folds in the controller, "functions" always sums in aggregator functions,
+    "auto" switches to functions when a round's updates (clients selected x the model's bytes) reach
+    `threshold_bytes`; `fan_in`: the updates (or partial sums) one aggregator reads."""
+
+    where: str = "auto"
+    fan_in: int = 50
+    threshold_bytes: int = 256 * 2**20
+
+    def in_functions(self, strategy: Any, updates: int, model_bytes: int) -> bool:
+        """Whether a round of `updates` updates of `model_bytes` each is summed by aggregator functions."""
+        if not isinstance(strategy, SumStrategy) or self.where == "controller":
+            return False
+        return self.where == "functions" or updates * model_bytes >= self.threshold_bytes
+
+
+@dataclass
+class Arrival:
+    """A client result whose claims checked out, waiting for its shard: the update without arrays, the reply."""
+
+    client: ClientRef
+    update: ClientUpdate
+    reply: dict[str, Any]
+
+
+@dataclass
+class TreeRound:
+    """A round summed by the tree: the merged sum, the distances of the updates in it and how each counted."""
+
+    strategy: SumStrategy
+    current: Weights
+    total: WeightedSum = field(default_factory=WeightedSum)
+    distances: dict[str, float] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # sha256 of each summed update's bytes
+    added: set[str] = field(default_factory=set)
+
+    def aggregate(self, round_number: int) -> Weights:
+        distances = [self.distances[client_id] for client_id in self.added]
+        return self.strategy.aggregate_total(round_number, self.current, self.total, distances)
+
+
+class TreeAggregation:
+    """Sums one round's arrivals through aggregator functions (the module docstring)."""
+
+    def __init__(self, controller: Controller, options: TreeOptions) -> None:
+        self.controller, self.options = controller, options
+        self._invocations = 0
+
+    async def reduce(self, round_number: int, current: Weights, arrivals: Sequence[Arrival],
+                     deadline: float) -> TreeRound:
+        """The round's sum over the arrivals the aggregators accept, with their distances; refusals are announced."""
+        strategy = self.controller.strategy
+        assert isinstance(strategy, SumStrategy)
+        spec, tree = strategy.sum_spec(), TreeRound(strategy, current)
+        entries = {}
+        for arrival in arrivals:
+            term = strategy.sum_term(arrival.update)
+            entries[arrival.update.client_id] = (arrival, term)
+            if term is not None:
+                tree.added.add(arrival.update.client_id)
+        by_provider: dict[str, list[dict[str, Any]]] = {}
+        for arrival, term in entries.values():
+            by_provider.setdefault(arrival.client.provider, []).append(self._entry(arrival, term))
+        partials = await asyncio.gather(*(self._reduce_provider(round_number, provider, spec, level_entries, deadline)
+                                          for provider, level_entries in by_provider.items()))
+        for summed, facts, refused in partials:
+            tree.total.merge(summed)
+            tree.distances.update({fact.client_id: fact.distance for fact in facts})
+            tree.digests.update({fact.client_id: fact.sha256 for fact in facts})
+            tree.added -= refused
+        return tree
+
+    async def round_sum(self, round_number: int, current: Weights,
+                        arrivals: Sequence[Arrival]) -> tuple[list[ClientUpdate], TreeRound]:
+        """The round's screened updates (no arrays) and their sum: `reduce`, then the controller's norm screening
+        on the reported distances, each update it rejects taken back out (`remove`)."""
+        deadline = time.time() + self.controller.plan.round_deadline
+        tree = await self.reduce(round_number, current, arrivals, deadline)
+        rejected = self.controller.screen_distances(round_number, tree.distances)
+        await self.remove(round_number, tree, [a for a in arrivals if a.update.client_id in rejected], deadline)
+        return [a.update for a in arrivals if a.update.client_id in tree.distances and
+                a.update.client_id not in rejected], tree
+
+    async def remove(self, round_number: int, tree: TreeRound, arrivals: Sequence[Arrival], deadline: float) -> None:
+        """Take `arrivals` back out of `tree`'s sum: sum them again in an aggregator and subtract that, if it summed
+        the very bytes it summed before (their digests)."""
+        strategy = tree.strategy
+        for arrival in arrivals:
+            client_id = arrival.update.client_id
+            if client_id not in tree.added:
+                continue
+            entry = self._entry(arrival, strategy.sum_term(arrival.update))
+            summed, result, _ = await self._invoke(round_number, arrival.client.provider, 0, strategy.sum_spec(),
+                                                [entry], deadline, correction=True)
+            if [s.sha256 for s in result.summed] != [tree.digests.get(client_id)]:
+                raise RuntimeError(f"{client_id}'s update changed after it was verified and summed; "
+                                   "the round's sum cannot be corrected")
+            tree.total.merge(summed, sign=-1.0)
+            tree.added.discard(client_id)
+
+    @staticmethod
+    def _entry(arrival: Arrival, term: Any) -> dict[str, Any]:
+        return {"client_id": arrival.update.client_id, "key": arrival.reply["update"], "result": arrival.reply,
+                "term": None if term is None else {"scale": term.scale, "weight": term.weight, "extras": term.extras}}
+
+    async def _reduce_provider(self, round_number: int, provider: str, spec: SumSpec, entries: list[dict[str, Any]],
+                               deadline: float) -> tuple[WeightedSum, list[SummedUpdate], set[str]]:
+        """One provider's updates summed level by level until at most `fan_in` partial sums are left."""
+        fan_in, level = self.options.fan_in, 0
+        shards = [entries[i:i + fan_in] for i in range(0, len(entries), fan_in)]
+        outcomes = await asyncio.gather(*(self._shard(round_number, provider, spec, shard, deadline)
+                                          for shard in shards))
+        facts = [fact for _, result, _ in outcomes if result for fact in result.summed]
+        refused = {entry["client_id"] for entry in entries} - {fact.client_id for fact in facts}
+        partials = [outcome for outcome in outcomes if outcome[1] is not None]
+        while len(partials) > fan_in:
+            level += 1
+            groups = [partials[i:i + fan_in] for i in range(0, len(partials), fan_in)]
+            partials = list(await asyncio.gather(*(
+                self._invoke(round_number, provider, level, spec, [
+                    {"client_id": result.client_id, "key": result.update, "result": reply}
+                    for _, result, reply in group], deadline) for group in groups)))
+        total = WeightedSum()
+        for summed, _, _ in partials:
+            total.merge(summed)
+        return total, facts, refused
+
+    async def _shard(self, round_number: int, provider: str, spec: SumSpec, shard: list[dict[str, Any]],
+                     deadline: float) -> tuple[WeightedSum, AggregateResult | None, dict[str, Any]]:
+        """A level-0 shard's partial sum, its refusals announced; a failed aggregator refuses its whole shard."""
+        try:
+            summed, result, reply = await self._invoke(round_number, provider, 0, spec, shard, deadline)
+        except InvocationError as error:
+            for entry in shard:
+                self.controller.emit(UpdateRejected(self.controller.run_id, round_number, entry["client_id"],
+                                                    f"its aggregator function failed: {error}"))
+            return WeightedSum(), None, {}
+        for refusal in result.rejected:
+            self.controller.emit(UpdateRejected(self.controller.run_id, round_number, refusal.client_id,
+                                                f"{refusal.cause}: {refusal.reason}"))
+        return summed, result, reply
+
+    async def _invoke(self, round_number: int, provider: str, level: int, spec: SumSpec,
+                      entries: list[dict[str, Any]], deadline: float, *,
+                      correction: bool = False) -> tuple[WeightedSum, AggregateResult, dict[str, Any]]:
+        """Invoke one aggregator (retrying where safe), check its signed result and read its partial sum;
+        returns the sum, the parsed result and the signed reply (a level up checks it again)."""
+        from .controller import ClientRef
+
+        controller = self.controller
+        self._invocations += 1
+        aggregator = ClientRef(f"aggregator-{'c' if correction else level}-{self._invocations:05d}", "", provider)
+        key = aggregate_key(controller.run_id, round_number, aggregator.client_id)
+        weights_key = global_weights_key(controller.run_id, round_number - 1)
+        task = {
+            "kind": AGGREGATE, "run_id": controller.run_id, "round": round_number, "client_id": aggregator.client_id,
+            "level": level, "weights": weights_key, "update": key, "spec": spec.to_wire(),
+            "max_update_norm": controller.plan.policy.max_update_norm, "max_update_bytes": controller.update_limit,
+            "entries": entries, "token": None, "deadline": deadline,
+            # it reads the model and its entries, and checks that its own key is still unwritten (a replay)
+            "store": controller.store.task_descriptor([weights_key, key, *(entry["key"] for entry in entries)], [key],
+                                                      deadline),
+        }
+        signing_key = controller.signing_key(aggregator)
+        if signing_key is not None:
+            task["token"] = signing_key.issue_token(task)
+        started = time.time()
+
+        def failed(error: InvocationError) -> None:
+            controller.emit(AggregationFinished(controller.run_id, round_number, aggregator.client_id, provider, level,
+                                                "failed", started, time.time(), len(entries), error=str(error)))
+
+        try:
+            reply = await invoke_with_retries(controller.providers[provider].invoke, task, controller.plan.policy,
+                                              deadline, failed)
+            result = parse_aggregate_result(reply, controller.run_id, round_number, aggregator.client_id, key)
+            if await controller.store.asize(key) > 4 * controller.update_limit:
+                raise InvocationError("the partial sum is larger than a model's float64 sum can be", "rejected")
+            data = await controller.store.aget(key)
+            if signing_key is not None:
+                signing_key.verify_result(reply, data)
+            summed = WeightedSum.from_bytes(data)
+        except (ResultError, ResultSignatureError, ValueError) as error:
+            failure = InvocationError(f"{type(error).__name__}: {error}", "invalid")
+            failed(failure)
+            raise failure from None
+        except InvocationError as error:
+            failed(error)
+            raise
+        controller.emit(AggregationFinished(
+            controller.run_id, round_number, aggregator.client_id, provider, level, "succeeded", started, time.time(),
+            len(entries), summed=len(result.summed) if level == 0 else result.count, rejected=len(result.rejected),
+            bytes_read=result.bytes_read, bytes_written=len(data)))
+        return summed, result, reply

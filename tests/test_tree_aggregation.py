@@ -1,0 +1,216 @@
+"""Tree aggregation: aggregator functions (function/aggregator.py) sum shards of a round where the updates are
+stored, checking each update as the controller does; their partial sums, merged level by level, give every
+sum-based strategy the model central aggregation gives; a forged or corrupt update is refused in its shard
+and the rest of the round goes on."""
+
+import time
+
+import numpy as np
+import pytest
+
+from fedless_nb.aggregate_wire import parse_aggregate_result
+from fedless_nb.experiment import ConfigError, ExperimentConfig
+from fedless_nb.function import aggregator
+from fedless_nb.function.handler import handle
+from fedless_nb.function.serving import invoke
+from fedless_nb.providers.local import LocalProvider
+from fedless_nb.records.history import History
+from fedless_nb.reduction import WeightedSum
+from fedless_nb.rounds.tree import TreeOptions
+from fedless_nb.runner import run_experiment
+from fedless_nb.security import NonceCache, client_key
+from fedless_nb.store import LocalStore, encode_arrays
+from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
+from fedless_nb.strategies.central_dp import CentralDP
+
+from signed_tasks import SECRET
+
+RUN, ROUND = "run-t", 1
+TRAIN = {"epochs": 1, "batch_size": 10, "optimizer": "sgd", "learning_rate": 0.1}
+RNG = np.random.default_rng(11)
+CURRENT = [RNG.normal(size=(5, 4)).astype(np.float32), RNG.normal(size=4).astype(np.float32)]
+
+
+@pytest.fixture
+def aggregator_env(monkeypatch):
+    monkeypatch.delenv("FEDLESS_ALLOW_UNSIGNED", raising=False)
+    monkeypatch.delenv("FEDLESS_CLIENT_ID", raising=False)
+    monkeypatch.setenv("FEDLESS_RUN_SECRET", SECRET)
+    monkeypatch.setattr(aggregator, "_NONCES", NonceCache())
+
+
+def _client_update(store, index, *, partial=False):
+    """A client's update in the store and its signed result, as a function leaves them."""
+    client_id = f"client-{index:04d}"
+    arrays = [(layer + RNG.normal(scale=0.3, size=layer.shape)).astype(np.float32) for layer in CURRENT]
+    key = f"runs/{RUN}/round-{ROUND:05d}/updates/{client_id}.weights"
+    data = encode_arrays(arrays)
+    store.put(key, data)
+    examples = 10 * (index + 1)
+    planned = -(-examples // TRAIN["batch_size"])
+    result = {"run_id": RUN, "round": ROUND, "client_id": client_id, "update": key, "num_examples": examples,
+              "metrics": {"loss": 1.0}, "cold": False, "timings": {}, "privacy": None,
+              "steps": max(1, planned - 1) if partial else planned, "partial": partial, "signature": None}
+    signed = client_key(SECRET, RUN, client_id).sign_result(result, data)
+    update = ClientUpdate(client_id, arrays, examples, {"loss": 1.0}, signed["steps"], partial)
+    return update, signed
+
+
+def _task(store, aggregator_id, level, spec, entries):
+    key = f"runs/{RUN}/round-{ROUND:05d}/aggregates/{aggregator_id}.sum"
+    task = {"kind": "aggregate", "run_id": RUN, "round": ROUND, "client_id": aggregator_id, "level": level,
+            "weights": "global", "update": key, "spec": spec.to_wire(), "max_update_norm": 100.0,
+            "max_update_bytes": 2**20, "entries": entries, "store": store.descriptor(), "token": None,
+            "deadline": time.time() + 60}
+    task["token"] = client_key(SECRET, RUN, aggregator_id).issue_token(task)
+    return task, key
+
+
+def _entry(update, result, strategy):
+    term = strategy.sum_term(update)
+    return {"client_id": update.client_id, "key": result["update"], "result": result,
+            "term": None if term is None else {"scale": term.scale, "weight": term.weight, "extras": term.extras}}
+
+
+def _summed(store, reply, aggregator_id, key):
+    result = parse_aggregate_result(reply, RUN, ROUND, aggregator_id, key)
+    data = store.get(key)
+    client_key(SECRET, RUN, aggregator_id).verify_result(reply, data)
+    return result, WeightedSum.from_bytes(data)
+
+
+def _bound(strategy):
+    strategy.bind(RunContext(RUN, None, dict(TRAIN), clients=20, clients_per_round=7))
+    return strategy
+
+
+STRATEGIES = [("fedavg", {}), ("fedavg", {"partial_work": "drop"}), ("fedprox", {}), ("fedavgm", {"server_momentum": 0.5}),
+              ("fedadam", {}), ("fedyogi", {}), ("fedadagrad", {}), ("fednova", {}), ("central_dp", {})]
+
+
+def _strategy(name, options):
+    if name == "central_dp":
+        return _bound(CentralDP(make_strategy("fedavg"), noise_multiplier=0.3, clip_norm=1.0, adaptive=True,
+                                clipped_count_stddev=1.0, seed=2))
+    return _bound(make_strategy(name, options))
+
+
+@pytest.mark.parametrize("name, options", STRATEGIES)
+def test_the_tree_gives_every_sum_based_strategy_the_central_model(tmp_path, aggregator_env, name, options):
+    """7 updates (2 of them partial work) in shards of 3, 3 and 1, merged by one aggregator a level up."""
+    store = LocalStore(tmp_path)
+    store.put("global", encode_arrays(CURRENT))
+    arrivals = [_client_update(store, i, partial=i in (2, 5)) for i in range(7)]
+    central = _strategy(name, options).aggregate(ROUND, CURRENT, [update for update, _ in arrivals])
+
+    strategy = _strategy(name, options)
+    spec, partials, distances = strategy.sum_spec(), [], []
+    for index, shard in enumerate((arrivals[:3], arrivals[3:6], arrivals[6:])):
+        task, key = _task(store, f"aggregator-0-{index}", 0, spec, [_entry(u, r, strategy) for u, r in shard])
+        reply = handle(task)
+        result, summed = _summed(store, reply, f"aggregator-0-{index}", key)
+        assert result.rejected == [] and len(result.summed) == len(shard)
+        distances += [fact.distance for fact in result.summed
+                      if strategy.sum_term(next(u for u, _ in shard if u.client_id == fact.client_id))]
+        partials.append({"client_id": f"aggregator-0-{index}", "key": key, "result": reply})
+    task, key = _task(store, "aggregator-1-0", 1, spec, partials)
+    result, merged = _summed(store, handle(task), "aggregator-1-0", key)
+    assert result.count == merged.count == sum(1 for u, _ in arrivals if strategy.sum_term(u) is not None)
+    tree = strategy.aggregate_total(ROUND, CURRENT, merged, distances)
+    for got, want in zip(tree, central):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_forged_and_a_corrupt_update_are_refused_in_their_shard_and_the_rest_is_summed(tmp_path, aggregator_env):
+    store = LocalStore(tmp_path)
+    store.put("global", encode_arrays(CURRENT))
+    arrivals = [_client_update(store, i) for i in range(5)]
+    forged = dict(arrivals[1][1], num_examples=999)  # a claim changed after signing
+    store.put(arrivals[2][1]["update"], encode_arrays([layer + 1 for layer in arrivals[2][0].weights]))  # swapped bytes
+    nan = [layer.copy() for layer in arrivals[3][0].weights]
+    nan[0][0, 0] = np.nan
+    store.put(arrivals[3][1]["update"], encode_arrays(nan))
+    arrivals[3] = (arrivals[3][0], client_key(SECRET, RUN, "client-0003").sign_result(
+        {**arrivals[3][1], "signature": None}, store.get(arrivals[3][1]["update"])))  # signed, but not finite
+    strategy = _bound(make_strategy("fedavg"))
+    entries = [_entry(u, r, strategy) for u, r in arrivals]
+    entries[1]["result"] = forged
+    task, key = _task(store, "aggregator-0-0", 0, strategy.sum_spec(), entries)
+    result, summed = _summed(store, handle(task), "aggregator-0-0", key)
+    refused = {r.client_id: (r.cause, r.reason) for r in result.rejected}
+    assert refused["client-0001"][0] == "signature" and "forged or altered" in refused["client-0001"][1]
+    assert refused["client-0002"][0] == "signature" and "tampered" in refused["client-0002"][1]
+    assert refused["client-0003"] == ("rejected", "the update has NaN or Inf values (array 0)")
+    assert [s.client_id for s in result.summed] == ["client-0000", "client-0004"]
+    expected = _bound(make_strategy("fedavg")).aggregate(ROUND, CURRENT, [arrivals[0][0], arrivals[4][0]])
+    for got, want in zip(strategy.aggregate_total(ROUND, CURRENT, summed, []), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_an_aggregator_task_signed_for_another_aggregator_is_refused(tmp_path, aggregator_env):
+    store = LocalStore(tmp_path)
+    store.put("global", encode_arrays(CURRENT))
+    update, result = _client_update(store, 0)
+    strategy = _bound(make_strategy("fedavg"))
+    task, _ = _task(store, "aggregator-0-0", 0, strategy.sum_spec(), [_entry(update, result, strategy)])
+    task["client_id"] = "aggregator-0-1"  # its token is aggregator-0-0's, whose key differs
+    status, reply = invoke(task)
+    assert status == 403 and "forged or signed with another secret" in reply["error"]["message"]
+
+
+def test_a_run_aggregates_through_functions_on_the_local_provider_as_the_controller_does(tiny_config):
+    """6 clients, 5 a round, fan-in 2: shards of 2, 2 and 1, then a level of aggregators over the 3 partial sums."""
+    options = dict(clients=6, clients_per_round=5, rounds=2, seed=4, strategy={"name": "fedavgm",
+                                                                               "options": {"server_momentum": 0.5}})
+    central = run_experiment(tiny_config(name="central", aggregation={"where": "controller"}, **options))
+    tree_config = tiny_config(name="tree", aggregation={"where": "functions", "fan_in": 2}, **options)
+    tree = run_experiment(tree_config)
+    for got, want in zip(tree.weights, central.weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    history = History(tree_config.history)
+    aggregations = history.aggregations(tree.run_id)
+    assert sorted((a["round"], a["level"], a["shard_size"]) for a in aggregations if a["outcome"] == "succeeded") == [
+        (r, level, size) for r in (1, 2) for level, size in ((0, 1), (0, 2), (0, 2), (1, 1), (1, 2))]
+    assert all(a["bytes_read"] > 0 and a["bytes_written"] > 0 for a in aggregations)
+    assert history.aggregations(central.run_id) == []
+    assert history.cost(tree.run_id)["per_stage"]["aggregation"]["invocations"] == 10
+    assert [r["succeeded"] for r in history.rounds(tree.run_id)] == [5, 5]
+
+
+def test_an_update_the_round_rule_rejects_is_taken_back_out_of_the_tree_sum(tiny_config):
+    """A compromised client boosts its signed update a millionfold, under no absolute bound: the aggregator sums it,
+    the round's median rule rejects it, a correction aggregator sums it again and the controller subtracts that."""
+    def run(where):
+        config = tiny_config(name=where, clients=4, clients_per_round=4, rounds=1, retries=0, max_update_norm=0,
+                             max_norm_ratio=3, aggregation={"where": where, "fan_in": 2})
+        provider = LocalProvider("local", workers=2, entry_point="workloads:boosts_client_1")
+        return config, run_experiment(config, providers={"local": provider})
+
+    _, central = run("controller")
+    config, tree = run("functions")
+    for got, want in zip(tree.weights, central.weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    history = History(config.history)
+    boosted = [i for i in history.invocations(tree.run_id) if i["client_id"] == "client-0001"]
+    assert [(i["outcome"], i["cause"]) for i in boosted] == [("failed", "rejected")]
+    assert "median" in boosted[0]["error"]
+    corrections = [a for a in history.aggregations(tree.run_id) if a["aggregator_id"].startswith("aggregator-c-")]
+    assert [(a["outcome"], a["shard_size"], a["summed"]) for a in corrections] == [("succeeded", 1, 1)]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"where": "cloud"}, "aggregation.where"), ({"fan_in": 1}, "aggregation.fan_in: must be >= 2"),
+    ({"threshold_mb": -1}, "aggregation.threshold_mb: must be >= 0")])
+def test_aggregation_options_are_checked(options, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict({"aggregation": options})
+
+
+def test_auto_switches_to_functions_by_the_rounds_bytes_and_only_for_sum_based_rules():
+    options = TreeOptions("auto", 50, 256 * 2**20)
+    fedavg, median = make_strategy("fedavg"), make_strategy("fedmedian")
+    assert not options.in_functions(fedavg, 100, 2**20) and options.in_functions(fedavg, 300, 2**20)
+    assert not options.in_functions(median, 10_000, 2**20)
+    assert not options.in_functions(median, 1, 1) and not TreeOptions("functions").in_functions(median, 1, 1)
+    assert TreeOptions("functions").in_functions(fedavg, 1, 1) and not TreeOptions("controller").in_functions(
+        fedavg, 10_000, 2**30)
