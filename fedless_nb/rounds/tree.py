@@ -197,8 +197,9 @@ class TreeAggregation:
             "max_update_norm": controller.plan.policy.max_update_norm, "max_update_bytes": controller.update_limit,
             "entries": entries, "token": None, "deadline": deadline,
             # it reads the model and its entries, and checks that its own key is still unwritten (a replay)
+            # its partial sum is the model in float64 plus a small header: at most twice an update's limit
             "store": controller.store.task_descriptor([weights_key, key, *(entry["key"] for entry in entries)], [key],
-                                                      deadline),
+                                                      deadline, max_write_bytes=2 * controller.update_limit),
         }
         signing_key = controller.signing_key(aggregator)
         if signing_key is not None:
