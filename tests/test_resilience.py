@@ -104,3 +104,28 @@ def test_a_late_result_of_an_earlier_round_is_discarded_not_aggregated(tiny_conf
     assert [(i["outcome"], i["cause"]) for i in by_round[2]] == [("discarded", "late")] * 3
     assert "a late result of round 1 arrived in round 2" in by_round[2][0]["error"]
     assert result.round_metrics[1] == result.round_metrics[0], "round 2 kept round 1's model"
+
+
+class _FailsFirstCall(LocalProvider):
+    """A local provider whose first call for `client_id` crashes: that round misses its quorum once."""
+
+    def __init__(self, client_id):
+        super().__init__("local", workers=2)
+        self.client_id, self.failed = client_id, False
+
+    async def invoke(self, task):
+        if task["client_id"] == self.client_id and not self.failed:
+            self.failed = True
+            raise InvocationError("injected fault: the function's process exited with code 137", "crash")
+        return await super().invoke(task)
+
+
+def test_a_repeated_round_is_answered_by_the_clients_that_succeeded_the_first_time(tiny_config):
+    """The repeat writes the same update keys; the first run's updates are cleared, so no function refuses
+    the repeat's task as a replay of its own earlier update."""
+    config = tiny_config(clients=3, clients_per_round=3, rounds=1, min_successful=3, round_repeats=1, retries=0)
+    result = run_experiment(config, providers={"local": _FailsFirstCall("client-0000")})
+    assert result.status == "finished"
+    invocations = History(config.history).invocations(result.run_id)
+    assert [i["outcome"] for i in invocations].count("succeeded") == 2 + 3, [(i["client_id"], i["error"]) for i in invocations]
+    assert [i["cause"] for i in invocations if i["outcome"] == "failed"] == ["crash"]

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..providers.base import InvocationError
-from ..store.keys import update_key
+from ..store.keys import round_updates_prefix, update_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
 from .events import RoundStarted
 from .streaming import StreamingRound
@@ -38,6 +38,8 @@ class SynchronousRounds:
         controller, runs = self.controller, 0
         while True:
             runs += 1
+            if runs > 1:  # the repeat writes the same update keys: clear the first run's, or functions refuse a replay
+                controller.store.delete_prefix(round_updates_prefix(controller.run_id, round_number))
             started, selected, updates, streamed = await self.invoke_round(round_number, weights)
             if not selected or check_quorum(round_number, len(updates), len(selected), controller.plan.policy, runs):
                 break

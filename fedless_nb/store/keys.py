@@ -13,9 +13,14 @@ def round_prefix(run_id: str, round_number: int) -> str:
     return f"runs/{run_id}/round-{round_number:05d}"
 
 
+def round_updates_prefix(run_id: str, round_number: int) -> str:
+    """The folder of a round's client updates (what a repeat of the round writes again)."""
+    return f"{round_prefix(run_id, round_number)}/updates"
+
+
 def update_key(run_id: str, round_number: int, client_id: str) -> str:
     """The one key a client may write in a round: its own update."""
-    return f"runs/{run_id}/round-{round_number:05d}/updates/{client_id}.weights"
+    return f"{round_updates_prefix(run_id, round_number)}/{client_id}.weights"
 
 
 def client_data_key(partition_id: str, client_id: str) -> str:
