@@ -75,12 +75,12 @@ def measure_flower(clients: int, rounds: int, training: str) -> dict:
 
         def fit(self, parameters, config):
             if training == "step":  # fedless_nb's warm, traced training step, cached per process
-                from fedless_nb.function.handler import _compiled_model, _train
+                from fedless_nb.function.handler import _compiled_model, train_client
 
                 compiled, _ = _compiled_model(spec.to_wire(), {"optimizer": "sgd", "learning_rate": 0.1})
-                compiled.model.set_weights(parameters)
-                metrics = _train(compiled, self.x, self.y, {"epochs": 1, "batch_size": 32, "seed": config.get("seed", 0)})
-                return compiled.model.get_weights(), len(self.x), {"loss": metrics["loss"]}
+                compiled.load(parameters)
+                training = train_client(compiled, self.x, self.y, {"epochs": 1, "batch_size": 32, "seed": config.get("seed", 0)})
+                return compiled.weights(), len(self.x), {"loss": training.metrics["loss"]}
             keras_model = model()
             keras_model.set_weights(parameters)
             history = keras_model.fit(self.x, self.y, epochs=1, batch_size=32, verbose=0)

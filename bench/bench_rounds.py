@@ -57,6 +57,12 @@ def measure(clients: int, per_round: int, rounds: int, workers: int, data: str) 
         return sum(i[column] for i in invocations if i["round"] > 1) / workers / len(warm)
 
     seconds = statistics.median(row["duration"] for row in warm)
+    calls = [i for i in invocations if i["round"] > 1]
+
+    def per_call(column: str) -> float:
+        """A function-side phase's median milliseconds per warm invocation."""
+        return round(1000 * statistics.median(i[column] for i in calls), 2)
+
     return {
         "bench": "rounds", "data": data, "clients": clients, "per_round": per_round, "workers": workers, "rounds": rounds,
         "seconds_per_round": round(seconds, 4),
@@ -64,6 +70,8 @@ def measure(clients: int, per_round: int, rounds: int, workers: int, data: str) 
         "train_seconds_per_round": round(spread("t_train"), 4),
         "function_seconds_per_round": round(spread("t_total"), 4),
         "overhead_seconds_per_round": round(seconds - spread("t_train"), 4),
+        "overhead_percent_of_train": round(100 * (seconds - spread("t_train")) / spread("t_train"), 1),
+        "per_invocation_ms": {phase: per_call(f"t_{phase}") for phase in ("load", "train", "upload", "total")},
         "peak_tree_rss_mb": round(sampler.peak / 2**20, 1),
         "final_accuracy": round(result.final_accuracy, 4),
     }

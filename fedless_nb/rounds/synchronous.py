@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..providers.base import InvocationError
 from ..strategies.base import ClientUpdate, Weights
+from .completion import finished_by
 from .events import RoundStarted
 from .resilience import check_quorum
 
@@ -64,12 +65,11 @@ class SynchronousRounds:
         updates: list[ClientUpdate] = []
         pending = set(calls)
         try:
-            while pending and (remaining := deadline - time.time()) > 0:
-                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                for call in done:
-                    update = await controller.collect(round_number, calls[call], call, weights, started)
-                    if update is not None:
-                        updates.append(update)
+            async for call in finished_by(calls, deadline):
+                pending.discard(call)
+                update = await controller.collect(round_number, calls[call], call, weights, started)
+                if update is not None:
+                    updates.append(update)
         finally:  # the deadline passed, or the run is being torn down: no call outlives its round
             for call in pending:
                 call.cancel()
