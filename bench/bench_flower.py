@@ -98,7 +98,15 @@ def measure_flower(clients: int, rounds: int, training: str) -> dict:
         evaluations.append((time.perf_counter(), float(accuracy)))
         return float(loss), {"accuracy": float(accuracy)}
 
-    strategy = FedAvg(
+    class CheckedFedAvg(FedAvg):
+        """FedAvg that stops the run when a client failed: a broken client must not pass for a fast round."""
+
+        def aggregate_fit(self, server_round, results, failures):
+            if failures:
+                raise RuntimeError(f"round {server_round}: {len(failures)} Flower clients failed, e.g. {failures[0]!r}")
+            return super().aggregate_fit(server_round, results, failures)
+
+    strategy = CheckedFedAvg(
         fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=clients, min_available_clients=clients,
         evaluate_fn=evaluate, initial_parameters=ndarrays_to_parameters([np.asarray(w) for w in initial]),
     )

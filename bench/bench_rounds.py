@@ -30,7 +30,9 @@ DATA = {
 }
 
 
-def measure(clients: int, per_round: int, rounds: int, workers: int, data: str) -> dict:
+def measure(clients: int, rounds: int, workers: int, per_round: int | None = None, data: str = "digits") -> dict:
+    """One run of `clients` (`per_round` of them each round, default all); bench_flower.py measures fedless_nb with it."""
+    per_round = per_round or clients
     from fedless_nb.experiment import ExperimentConfig
     from fedless_nb.records.history import History
     from fedless_nb.records.memory import TreeMemorySampler
@@ -90,7 +92,7 @@ def main() -> None:
     if len(per_round) != len(arguments.clients):
         parser.error("give one --per-round value for each --clients value")
     if arguments.single:
-        print(json.dumps(measure(arguments.clients[0], per_round[0], arguments.rounds, arguments.workers,
+        print(json.dumps(measure(arguments.clients[0], arguments.rounds, arguments.workers, per_round[0],
                                  arguments.data)), flush=True)
         return
     for clients, selected in zip(arguments.clients, per_round):
