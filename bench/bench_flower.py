@@ -79,8 +79,8 @@ def measure_flower(clients: int, rounds: int, training: str) -> dict:
 
                 compiled, _ = _compiled_model(spec.to_wire(), {"optimizer": "sgd", "learning_rate": 0.1})
                 compiled.load(parameters)
-                training = train_client(compiled, self.x, self.y, {"epochs": 1, "batch_size": 32, "seed": config.get("seed", 0)})
-                return compiled.weights(), len(self.x), {"loss": training.metrics["loss"]}
+                local = train_client(compiled, self.x, self.y, {"epochs": 1, "batch_size": 32, "seed": config.get("seed", 0)})
+                return compiled.weights(), len(self.x), {"loss": local.metrics["loss"]}
             keras_model = model()
             keras_model.set_weights(parameters)
             history = keras_model.fit(self.x, self.y, epochs=1, batch_size=32, verbose=0)
