@@ -75,12 +75,12 @@ def measure_flower(clients: int, rounds: int, training: str) -> dict:
 
         def fit(self, parameters, config):
             if training == "step":  # fedless_nb's warm, traced training step, cached per process
-                from fedless_nb.function.handler import _compiled_model, _train
+                from fedless_nb.function.handler import _compiled_model, train_client
 
                 compiled, _ = _compiled_model(spec.to_wire(), {"optimizer": "sgd", "learning_rate": 0.1})
-                compiled.model.set_weights(parameters)
-                metrics = _train(compiled, self.x, self.y, {"epochs": 1, "batch_size": 32, "seed": config.get("seed", 0)})
-                return compiled.model.get_weights(), len(self.x), {"loss": metrics["loss"]}
+                compiled.load(parameters)
+                local = train_client(compiled, self.x, self.y, {"epochs": 1, "batch_size": 32, "seed": config.get("seed", 0)})
+                return compiled.weights(), len(self.x), {"loss": local.metrics["loss"]}
             keras_model = model()
             keras_model.set_weights(parameters)
             history = keras_model.fit(self.x, self.y, epochs=1, batch_size=32, verbose=0)
@@ -98,7 +98,15 @@ def measure_flower(clients: int, rounds: int, training: str) -> dict:
         evaluations.append((time.perf_counter(), float(accuracy)))
         return float(loss), {"accuracy": float(accuracy)}
 
-    strategy = FedAvg(
+    class CheckedFedAvg(FedAvg):
+        """FedAvg that stops the run when a client failed: a broken client must not pass for a fast round."""
+
+        def aggregate_fit(self, server_round, results, failures):
+            if failures:
+                raise RuntimeError(f"round {server_round}: {len(failures)} Flower clients failed, e.g. {failures[0]!r}")
+            return super().aggregate_fit(server_round, results, failures)
+
+    strategy = CheckedFedAvg(
         fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=clients, min_available_clients=clients,
         evaluate_fn=evaluate, initial_parameters=ndarrays_to_parameters([np.asarray(w) for w in initial]),
     )

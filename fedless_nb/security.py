@@ -167,9 +167,10 @@ class RunKey:
         """`result` with the update's digest and the signature over every field."""
         signed = {name: value for name, value in result.items() if name != "signature"}
         signed["update_sha256"] = update_digest(update)
-        # Sign what the controller will parse, so a float's JSON form is the one both sides hash.
-        signed = json.loads(canonical(signed))
-        return {**signed, "signature": _b64(self._mac(b"result", canonical(signed)))}
+        # Sign what the controller will parse, so a float's JSON form is the one both sides hash (canonical JSON
+        # parsed and written again is the same bytes, so these are what the controller hashes).
+        body = canonical(signed)
+        return {**json.loads(body), "signature": _b64(self._mac(b"result", body))}
 
 
 def sealing_key(key: RunKey, client_id: str, purpose: str) -> bytes:

@@ -90,3 +90,16 @@ def test_malformed_tasks_are_refused_before_anything_is_written(task, change, me
 def test_non_object_task_is_refused():
     with pytest.raises(PayloadError, match="must be a JSON object"):
         handle(["not", "a", "task"])
+
+
+def test_a_warm_invocation_reports_only_its_own_metrics(task, monkeypatch):
+    """The metrics and optimizer state of the previous client never leak into the next one's result."""
+    store = LocalStore(task["store"]["root"])
+    rng = np.random.default_rng(7)
+    store.put("data/b", encode_arrays([rng.random((24, 8), dtype=np.float32), rng.integers(0, 3, 24)]))
+    other = {**task, "client_id": "client-0001", "data": "data/b", "update": "runs/r/u/client-0001"}
+    alone = handle(other)["metrics"]
+    monkeypatch.setattr(client, "_STATE", client._WarmState())
+    handle(task)
+    after_another = handle({**other, "update": "runs/r/u/client-0001-again"})["metrics"]
+    assert after_another == pytest.approx(alone, abs=1e-6)

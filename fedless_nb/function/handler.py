@@ -37,10 +37,46 @@ from .secagg_stages import KEY_STAGES, key_stage, masked_update, stage_of
 
 @dataclass
 class _CompiledModel:
+    """A built model with its traced steps: training, loading a client's start (weights in, optimizer and
+    metrics zeroed) and reading its weights, each one graph call instead of an eager op per variable."""
+
     key: tuple[Any, ...]
     model: Any
     train_step: Any
     loss_tracker: Any  # the mean training loss, reset per invocation
+    read_weights: Any
+    trainable_positions: list[int]  # where each trainable variable sits in model.weights
+    start: list[np.ndarray] = field(default_factory=list)  # the weights `load` set last: FedProx's anchor
+    _load: Any = None
+    _load_resets: int = -1  # how many optimizer and metric variables _load zeroes (both are created on first use)
+
+    def _state_variables(self) -> list[Any]:
+        optimizer = self.model.optimizer
+        variables = optimizer.variables() if callable(optimizer.variables) else optimizer.variables
+        metrics = [*self.model.metrics, self.loss_tracker]
+        return [*variables, *(variable for metric in metrics for variable in metric.variables)]
+
+    def load(self, weights: list[np.ndarray]) -> None:
+        """Start a client's training from `weights`: each invocation trains a different client, so its optimizer
+        state and metrics start from zero (every Keras metric's reset state, as Metric.reset_state sets it)."""
+        resets = self._state_variables()
+        if self._load is None or self._load_resets != len(resets):
+            from .._tf import tensorflow
+
+            tf = tensorflow()
+
+            def load(arrays: list[Any]) -> None:
+                for variable, array in zip(self.model.weights, arrays):
+                    variable.assign(tf.cast(array, variable.dtype))
+                for variable in resets:
+                    variable.assign(tf.zeros_like(variable))
+
+            self._load, self._load_resets = tf.function(load, reduce_retracing=True), len(resets)
+        self._load(list(weights))
+        self.start = list(weights)
+
+    def weights(self) -> list[np.ndarray]:
+        return [tensor.numpy() for tensor in self.read_weights()]
 
 
 @dataclass
@@ -82,7 +118,10 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_
     model = build_model(spec, optimizer)
     loss_tracker = tf.keras.metrics.Mean(name="loss")
     step = _make_train_step(tf, model, spec, loss_tracker, per_example=dp is not None)
-    _STATE.compiled = _CompiledModel(key, model, tf.function(step, reduce_retracing=True), loss_tracker)
+    positions = {variable.ref(): index for index, variable in enumerate(model.weights)}
+    read_weights = tf.function(lambda: [tf.identity(variable) for variable in model.weights])
+    _STATE.compiled = _CompiledModel(key, model, tf.function(step, reduce_retracing=True), loss_tracker, read_weights,
+                                     [positions[variable.ref()] for variable in model.trainable_variables])
     return _STATE.compiled, time.perf_counter() - started
 
 
@@ -138,13 +177,6 @@ def _own_or_stored(store: Any, payload: dict[str, Any],
     return data if data is not None else _client_data(store, payload["data"])
 
 
-def _reset_optimizer(optimizer: Any) -> None:
-    """Each invocation trains a different client: its optimizer starts from zero state."""
-    variables = optimizer.variables() if callable(optimizer.variables) else optimizer.variables
-    for variable in variables:
-        variable.assign(np.zeros(variable.shape, dtype=variable.dtype.as_numpy_dtype))
-
-
 def _arrays(store: Any, key: str | None, like: list[np.ndarray]) -> list[np.ndarray]:
     """Arrays the task names in the store (SCAFFOLD's correction), or zeros shaped like `like`."""
     if key is None:
@@ -164,22 +196,20 @@ class _Training:
     partial: bool
 
 
-def _train(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[str, Any], store: Any,
-           stop_at: float | None) -> _Training:
-    """Local training over function/batching.py's step batches, stopped early at `stop_at` (a perf_counter
-    time) or at the task's step budget, after at least one step: a platform would kill the invocation,
-    losing all its work.
+def train_client(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: dict[str, Any], store: Any = None,
+                 stop_at: float | None = None) -> _Training:
+    """One client's local training from the weights `compiled.load` set (read them after with `compiled.weights()`).
 
-    With DP-SGD the batches are the sampling the accountant assumes (Poisson or fixed-size); an
-    empty Poisson batch is a step too (noise only), as the accountant counts it.
+    The steps are function/batching.py's step batches, stopped early at `stop_at` (a perf_counter
+    time) or at the task's step budget, after at least one step: a platform would kill the invocation,
+    losing all its work. With DP-SGD the batches are the sampling the accountant assumes (Poisson or
+    fixed-size); an empty Poisson batch is a step too (noise only), as the accountant counts it.
     """
     if len(x) == 0:
         raise PayloadError("this client has no training examples")
-    model = compiled.model
-    model.reset_metrics()
-    compiled.loss_tracker.reset_state()
-    _reset_optimizer(model.optimizer)
-    anchor = [v.numpy() for v in model.trainable_variables]
+    variables = compiled.model.trainable_variables
+    anchor = [np.asarray(compiled.start[position], dtype=variable.dtype.as_numpy_dtype)
+              for position, variable in zip(compiled.trainable_positions, variables)]
     correction = _arrays(store, train.get("correction"), anchor)
     mu = np.float32(train.get("proximal_mu") or 0.0)
     rng = np.random.default_rng(int(train.get("seed", 0)))
@@ -224,13 +254,13 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
     compiled, build_seconds = _compiled_model(payload["model"], train)
     load_started = time.perf_counter()
     start = decode_arrays(store.get(payload["weights"]))
-    compiled.model.set_weights(start)
+    compiled.load(start)
     x, y = _own_or_stored(store, payload, data)
     train_started = time.perf_counter()
     budget_seconds = train.get("budget_seconds")
-    training = _train(compiled, x, y, train, store, None if budget_seconds is None else started + float(budget_seconds))
+    training = train_client(compiled, x, y, train, store, None if budget_seconds is None else started + float(budget_seconds))
     upload_started = time.perf_counter()
-    trained = compiled.model.get_weights()
+    trained = compiled.weights()
     update = encode_arrays(trained) if stage is None else masked_update(payload, store, guard.key, start, trained)
     store.put(payload["update"], update)
     finished = time.perf_counter()

@@ -179,7 +179,10 @@ class History:
                 self.db.execute("delete from invocations where run_id = ? and round = ? and client_id = ? "
                                 "and started_at = ? and finished_at = ?",
                                 [row[name] for name in ("run_id", "round", "client_id", "started_at", "finished_at")])
-        self.db["invocations"].insert_all(rows)
+        if rows:  # one prepared statement for the round's rows (sqlite-utils' insert_all rebuilds its SQL per chunk)
+            names = list(rows[0])
+            self.db.conn.executemany(f"insert into invocations ({', '.join(names)}) values ({', '.join('?' * len(names))})",
+                                     [[row[name] for name in names] for row in rows])
 
     def cost_model(self, run_id: str) -> CostModel:
         """The prices of a run's providers, as recorded at its start (see cost.py)."""
@@ -319,13 +322,22 @@ def _encode(event: Any) -> dict[str, Any]:
     return {"type": type(event).__name__, **dataclasses.asdict(event)}
 
 
-def _decode(data: dict[str, Any]) -> Any:
+def _decode(data: Any) -> Any:
+    """An event back from its spilled form (an event already is one)."""
+    if not isinstance(data, dict):
+        return data
     data = dict(data)
     return _EVENT_TYPES[data.pop("type")](**data)
 
 
+def _encoded_write(write: dict[str, Any]) -> dict[str, Any]:
+    """A write as its side file's JSON line holds it: the events as plain data."""
+    return {name: [_encode(event) for event in value] if name in ("invocations", "aggregations") else
+            _encode(value) if name == "event" else value for name, value in write.items()}
+
+
 def apply_write(history: History, write: dict[str, Any]) -> None:
-    """One spilled write (see HistoryWriter) applied to `history`."""
+    """One write (see HistoryWriter), its events as objects or as a side file spilled them, applied to `history`."""
     invocations = [_decode(invocation) for invocation in write.get("invocations", ())]
     if write["write"] == "record_aggregations":
         history.record_aggregations([_decode(event) for event in write["aggregations"]])
@@ -355,7 +367,7 @@ class HistoryWriter:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            self._write(event.run_id, {"write": "start_run", "event": _encode(event)})
+            self._write(event.run_id, {"write": "start_run", "event": event})
         elif isinstance(event, InvocationFinished):
             self._pending.append(event)
         elif isinstance(event, AggregationFinished):
@@ -370,19 +382,17 @@ class HistoryWriter:
             # <=: an async round also records the late updates dispatched in earlier rounds
             invocations = [i for i in self._pending if i.round <= event.round]
             self._pending = [i for i in self._pending if i.round > event.round]
-            self._write(event.run_id, {"write": "record_round", "event": _encode(event),
-                                       "invocations": [_encode(i) for i in invocations]})
+            self._write(event.run_id, {"write": "record_round", "event": event, "invocations": invocations})
             if self._aggregations:
-                self._write(event.run_id, {"write": "record_aggregations",
-                                           "aggregations": [_encode(a) for a in self._aggregations]})
+                self._write(event.run_id, {"write": "record_aggregations", "aggregations": self._aggregations})
                 self._aggregations = []
         elif isinstance(event, RoundFailed):
-            self._write(event.run_id, {"write": "record_round_failure", "event": _encode(event)})
+            self._write(event.run_id, {"write": "record_round_failure", "event": event})
         elif isinstance(event, RunFinished):
             if self._pending:  # the invocations of a round the run ended in (quorum missed, interrupted)
-                self._write(event.run_id, {"write": "record_invocations", "invocations": [_encode(i) for i in self._pending]})
+                self._write(event.run_id, {"write": "record_invocations", "invocations": self._pending})
                 self._pending = []
-            self._write(event.run_id, {"write": "finish_run", "event": _encode(event)})
+            self._write(event.run_id, {"write": "finish_run", "event": event})
 
     def _write(self, run_id: str, write: dict[str, Any]) -> None:
         self._backlog.append(write)
@@ -406,7 +416,7 @@ class HistoryWriter:
         side_file = self.history.path.with_name(f"{self.history.path.name}.{run_id}.pending.jsonl")
         partial = side_file.with_suffix(f".tmp{time.monotonic_ns()}")
         try:
-            partial.write_text("".join(json.dumps(write) + "\n" for write in self._backlog))
+            partial.write_text("".join(json.dumps(_encoded_write(write)) + "\n" for write in self._backlog))
             partial.replace(side_file)
         except OSError as side_error:  # the directory is gone or full too: keep the backlog in memory
             log.error("cannot write history %s (%s) nor its side file (%s); %d writes wait in memory",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 from ..providers.base import InvocationError
 from ..store.keys import round_updates_prefix, update_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
+from .completion import finished_by
 from .events import RoundStarted
 from .streaming import StreamingRound
 from .tree import Arrival, TreeAggregation, TreeRound
@@ -78,16 +79,15 @@ class SynchronousRounds:
         updates: list[ClientUpdate] = []
         pending = set(calls)
         try:
-            while pending and (remaining := deadline - time.time()) > 0:
-                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                for call in done:
-                    if in_functions:
-                        arrived = await controller.collect_result(round_number, calls[call], call, started)
-                        arrivals.extend([Arrival(calls[call], *arrived)] if arrived else [])
-                        continue
-                    update = await controller.collect(round_number, calls[call], call, weights, started)
-                    if update is not None:
-                        updates.append(update if streamed is None else streamed.add(update))
+            async for call in finished_by(calls, deadline):
+                pending.discard(call)
+                if in_functions:
+                    arrived = await controller.collect_result(round_number, calls[call], call, started)
+                    arrivals.extend([Arrival(calls[call], *arrived)] if arrived else [])
+                    continue
+                update = await controller.collect(round_number, calls[call], call, weights, started)
+                if update is not None:
+                    updates.append(update if streamed is None else streamed.add(update))
         finally:  # the deadline passed, or the run is being torn down: no call outlives its round
             for call in pending:
                 call.cancel()
