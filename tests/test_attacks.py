@@ -37,7 +37,7 @@ def test_malicious_results_are_signed_so_only_the_controllers_checks_stop_them(t
     result = run_experiment(config, providers={"local": provider})
     (bad,) = provider.malicious
     invocations = {i["client_id"]: i for i in History(config.history).invocations(result.run_id)}
-    assert (invocations[bad]["outcome"], invocations[bad]["cause"]) == (outcome, cause)
+    assert (invocations[bad]["outcome"], invocations[bad]["cause"]) == (outcome, cause), invocations[bad]["error"]
     assert all(i["outcome"] == "succeeded" for c, i in invocations.items() if c != bad)
     assert provider.attacked[bad] == 1 and result.status == "finished"
     if attack.kind == "label_flipping":

