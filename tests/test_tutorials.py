@@ -37,9 +37,12 @@ CLASSROOM = REPOSITORY / "tutorials" / "06_live_classroom"
 
 
 def with_parameters(notebook, **values):
-    """The notebook with its `parameters` cell set to `values` (papermill's convention, done by hand)."""
+    """The notebook with its `parameters` cell set to `values` (papermill's convention, done by hand), and
+    without the outputs it was saved with: a join command read from it must come from this run."""
     cell = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
     cell.source = "\n".join(f"{name} = {value!r}" for name, value in values.items())
+    for code in (cell for cell in notebook.cells if cell.cell_type == "code"):
+        code.outputs, code.execution_count = [], None
     return notebook
 
 
