@@ -32,6 +32,7 @@ from ..store import decode_arrays
 from ..store.keys import secagg_key
 from ..strategies.base import ClientUpdate, Weights
 from ..strategies.central_dp import CentralDP
+from .completion import finished_by
 from .events import RoundFailed, RoundStarted, UpdateRejected
 from .resilience import check_quorum
 from .synchronous import SynchronousRounds
@@ -153,13 +154,12 @@ class SecureAggregationRounds(SynchronousRounds):
         kept: dict[str, bytes] = {}
         pending = set(calls)
         try:
-            while pending and (remaining := deadline - time.time()) > 0:
-                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                for call in done:
-                    client, key = calls[call]
-                    received = await controller.receive(attempt.round_number, client, call, attempt.started, key, stage=stage)
-                    if received is not None and self._accepted(attempt, stage, client.client_id, *received):
-                        kept[client.client_id] = received[1]
+            async for call in finished_by(calls, deadline):
+                pending.discard(call)
+                client, key = calls[call]
+                received = await controller.receive(attempt.round_number, client, call, attempt.started, key, stage=stage)
+                if received is not None and self._accepted(attempt, stage, client.client_id, *received):
+                    kept[client.client_id] = received[1]
         finally:  # no call outlives its stage
             for call in pending:
                 call.cancel()
