@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 
-from .wire import MAX_EXAMPLES, MAX_ROUND, ResultError, Timings, _Count, _Key, _Name, _Strict, first_problem
+from .wire import MAX_EXAMPLES, MAX_ROUND, ResultError, SignedReply, _Count, _Key, _Name, _Strict, first_problem
 
 AGGREGATE = "aggregate"  # the `kind` that tells an aggregator's task from a client's
 _Real = Annotated[float, Field(ge=-1e300, le=1e300)]
@@ -68,21 +68,13 @@ class RejectedUpdate(_Strict):
     reason: Annotated[str, Field(max_length=2048)]
 
 
-class AggregateResult(_Strict):
+class AggregateResult(SignedReply):
     """Aggregator to controller: where its partial sum is, what went in and what was refused."""
 
-    run_id: _Name
-    round: Annotated[int, Field(ge=0, le=MAX_ROUND)]
-    client_id: _Name
-    update: _Key
-    update_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     count: Annotated[int, Field(ge=0, le=MAX_EXAMPLES)]
     summed: list[SummedUpdate] = []
     rejected: list[RejectedUpdate] = []
     bytes_read: _Count = 0
-    timings: Timings = Timings()
-    cold: bool = False
-    signature: Annotated[str, Field(max_length=512)] | None = None
 
 
 def is_aggregate_task(payload: Any) -> bool:

@@ -115,25 +115,32 @@ class PrivacyFacts(_Strict):
     sampling: Literal["poisson", "shuffle"]
 
 
-class Result(_Strict):
-    """Function to controller: where the update is and what the function claims about it."""
+class SignedReply(_Strict):
+    """What every function's reply says about itself: whose answer to which round it is, where its object
+    is in the store (and its digest), its timings and the signature over it. Client results and the
+    aggregator's partial sums (aggregate_wire.py) add their own claims."""
 
     run_id: _Name
     round: Annotated[int, Field(ge=0, le=MAX_ROUND)]
     client_id: _Name
     update: _Key
     update_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    timings: Timings = Timings()
+    cold: bool = False
+    signature: Annotated[str, Field(max_length=512)] | None = None
+
+
+class Result(SignedReply):
+    """Function to controller: where the update is and what the function claims about it."""
+
     num_examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
     metrics: Annotated[dict[Annotated[str, Field(min_length=1, max_length=128)], float],
                        Field(max_length=MAX_METRICS)] = {}
-    timings: Timings = Timings()
-    cold: bool = False
     privacy: PrivacyFacts | None = None
     # The local steps taken and whether they stopped short of the planned epochs (check_progress);
     # a function older than partial work reports neither.
     steps: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)] | None = None
     partial: bool | None = None
-    signature: Annotated[str, Field(max_length=512)] | None = None
 
 
 class PayloadError(ValueError):
