@@ -43,10 +43,35 @@ def free_port():
         return probe.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Server:
+    """A running frontend server: its base URL, its token and its log file."""
+
+    base: str
+    token: str
+    log: Path
+
+    def api(self, path):
+        with urllib.request.urlopen(f"{self.base}/api/{path}?token={self.token}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def wait_until_connected(self, notebook, timeout=600):
+        """Until the kernel of `notebook`'s session has a page connected to it and is idle. The page's own
+        execution indicator says "idle" before any kernel has answered, and the app may replace the session's
+        kernel with one of its own as it opens the notebook: only the server knows which kernel the page uses."""
+        deadline = time.time() + timeout
+        while True:
+            kernels = [session["kernel"] for session in self.api("sessions") if session["path"] == notebook]
+            if any(kernel["connections"] > 0 and kernel["execution_state"] == "idle" for kernel in kernels):
+                return
+            assert time.time() < deadline, f"no page connected to {notebook}'s kernel: {kernels}"
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def serving(frontend, directory, notebooks):
     """The frontend's server on 127.0.0.1 with a one-off token, serving `notebooks` (file name -> notebook)
-    written to `directory`, each with its kernel session started; yields the base URL and the token."""
+    written to `directory`, each with its kernel session started; yields the Server."""
     for name, notebook in notebooks.items():
         nbformat.write(notebook, directory / name)
     settings = directory / "settings"
@@ -86,7 +111,7 @@ def serving(frontend, directory, notebooks):
         )
         urllib.request.urlopen(request, timeout=60)
     try:
-        yield base, token
+        yield Server(base, token, log)
     finally:
         server.send_signal(signal.SIGINT)
         server.send_signal(signal.SIGINT)  # the server asks for confirmation on the first one
@@ -105,8 +130,8 @@ def frontend_url(request, tmp_path):
     for cell in notebook.cells:  # a fresh notebook: every output the test sees comes from this run
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    with serving(frontend, tmp_path, {QUICKSTART.name: notebook}) as (base, token):
-        yield frontend, f"{base}/{frontend.notebook_path}/{QUICKSTART.name}?token={token}", tmp_path / QUICKSTART.name
+    with serving(frontend, tmp_path, {QUICKSTART.name: notebook}) as server:
+        yield frontend, server, tmp_path / QUICKSTART.name
 
 
 def saved_with(path, text, what):
@@ -122,14 +147,17 @@ def save(page):
     page.keyboard.press("Control+s")
 
 
-def run_all_cells(page):
-    """Run > Run All Cells, the same menu in both apps, once the page shows its kernel connected and idle
-    (however long a loaded machine takes to start it). A click made while the session still settles can be
-    lost, so the menu is used again until a cell's prompt shows it queued or running ([*] or a number)."""
+QUEUED_OR_RUN = re.compile(r"\[(\*|\d+)\]")  # a code cell's prompt once it is queued, running or run
+
+
+def run_all_cells(page, server, notebook):
+    """Run > Run All Cells, the same menu in both apps, once the page is connected to its kernel and the
+    kernel is idle (however long a loaded machine takes to start it). A click made while the session still
+    settles can be lost, so the menu is used again until the last cell's prompt shows it queued or run."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=0)
-    started = page.locator(".jp-CodeCell .jp-InputPrompt").filter(has_text=re.compile(r"\[(\*|\d+)\]")).first
+    server.wait_until_connected(notebook)
+    started = page.locator(".jp-CodeCell .jp-InputPrompt").last.filter(has_text=QUEUED_OR_RUN)
     select_kernel = page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True)
     while not started.is_visible():
         try:
@@ -148,7 +176,8 @@ def run_all_cells(page):
 def test_the_quickstart_dashboard_renders(frontend_url):
     from playwright.sync_api import sync_playwright
 
-    frontend, url, notebook_file = frontend_url
+    frontend, server, notebook_file = frontend_url
+    url = f"{server.base}/{frontend.notebook_path}/{notebook_file.name}?token={server.token}"
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium package is needed (.ci/run installs it)"
     ARTIFACTS.mkdir(exist_ok=True)
@@ -162,7 +191,7 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             if frontend.splash:
                 page.locator(frontend.splash).wait_for(state="detached", timeout=120_000)  # the app has started
             page.locator(".jp-Notebook").wait_for(timeout=120_000)
-            run_all_cells(page)
+            run_all_cells(page, server, notebook_file.name)
 
             dashboard = page.locator(".fedless-dashboard").first  # the first run's live widgets, while it trains
             dashboard.wait_for(timeout=300_000)
@@ -202,20 +231,22 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             assert mismatches == [], "\n".join(mismatches[:3])
         except Exception:
             page.screenshot(path=str(ARTIFACTS / f"{frontend.module}-failure.png"))
+            (ARTIFACTS / f"{frontend.module}-failure-console.log").write_text("\n".join(console))
+            shutil.copy(server.log, ARTIFACTS / f"{frontend.module}-failure-server.log")
             raise
         finally:
             browser.close()
 
 
-def run_cell(page, index):
-    """Run the notebook's code cell `index` (Shift+Enter in it) once the page shows its kernel idle; like
+def run_cell(page, server, notebook, index):
+    """Run the notebook's code cell `index` (Shift+Enter in it) once its kernel is connected and idle; like
     run_all_cells, again until its prompt shows it queued or run, since a key press made while the session
     settles can be lost."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=0)
+    server.wait_until_connected(notebook)
     cell = page.locator(".jp-CodeCell").nth(index)
-    started = cell.locator(".jp-InputPrompt").filter(has_text=re.compile(r"\[(\*|\d+)\]"))
+    started = cell.locator(".jp-InputPrompt").filter(has_text=QUEUED_OR_RUN)
     while not started.is_visible():
         try:
             cell.locator(".jp-InputArea-editor").click()
@@ -252,24 +283,24 @@ def test_the_classroom_roster_and_the_drawing_pad_render(tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium package is needed (.ci/run installs it)"
     ARTIFACTS.mkdir(exist_ok=True)
-    with serving(frontend, tmp_path, notebooks) as (base, token), sync_playwright() as playwright:
+    with serving(frontend, tmp_path, notebooks) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         pages = {}
         try:
             for name in notebooks:
                 pages[name] = browser.new_context(viewport={"width": 1200, "height": 1000}).new_page()
-                pages[name].goto(f"{base}/{frontend.notebook_path}/{name}?token={token}")
+                pages[name].goto(f"{server.base}/{frontend.notebook_path}/{name}?token={server.token}")
                 pages[name].locator(".jp-Notebook").wait_for(timeout=120_000)
             teacher, student = pages["teacher.ipynb"], pages["student.ipynb"]
 
-            run_all_cells(teacher)
+            run_all_cells(teacher, server, "teacher.ipynb")
             roster = teacher.locator(".fedless-roster")
             roster.get_by_text("No student has joined yet.").wait_for(timeout=300_000)
             join_command = teacher.locator(".fedless-join-command").inner_text()
             assert re.fullmatch(r"%load_ext fedless_nb\n%fedless_join http://127\.0\.0\.1:\d+ [A-Z2-9]{6} --name YOUR_NAME",
                                 join_command.strip()), join_command
 
-            run_cell(student, 0)
+            run_cell(student, server, "student.ipynb", 0)
             pad = student.locator(".fedless-drawing")
             pad.wait_for(timeout=300_000)
             cells = pad.locator(".fedless-cell")
@@ -281,7 +312,7 @@ def test_the_classroom_roster_and_the_drawing_pad_render(tmp_path):
             pad.get_by_role("button", name="Add example").click()
             pad.get_by_text("1 examples drawn (1: 1)").wait_for(timeout=60_000)
 
-            run_cell(student, 1)
+            run_cell(student, server, "student.ipynb", 1)
             student.locator(".fedless-calls").get_by_text("Waiting for the teacher's first round").wait_for(timeout=300_000)
             alice = roster.locator("tr").filter(has_text="alice")
             alice.wait_for(timeout=60_000)
