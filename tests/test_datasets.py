@@ -141,7 +141,7 @@ def test_cifar10_reads_the_python_batch_directory(tmp_path):
     first = rng.integers(0, 256, (20, 3, 32, 32), dtype=np.uint8)  # CIFAR rows: R plane, G plane, B plane
     second = rng.integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
     test = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
-    write_cifar_batch(tmp_path / "data_batch_1", first, range(20))
+    write_cifar_batch(tmp_path / "data_batch_1", first, [i % 10 for i in range(20)])
     write_cifar_batch(tmp_path / "data_batch_2", second, [9] * 5)
     write_cifar_batch(tmp_path / "test_batch", test, [3, 1, 4, 1])
 
@@ -150,7 +150,7 @@ def test_cifar10_reads_the_python_batch_directory(tmp_path):
     assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64 and data.num_classes == 10
     np.testing.assert_allclose(data.x_train[:20], first.transpose(0, 2, 3, 1) / 255.0, rtol=1e-6)
     np.testing.assert_allclose(data.x_train[20:], second.transpose(0, 2, 3, 1) / 255.0, rtol=1e-6)
-    np.testing.assert_array_equal(data.y_train, [*range(20), *[9] * 5])
+    np.testing.assert_array_equal(data.y_train, [*(i % 10 for i in range(20)), *[9] * 5])
     np.testing.assert_array_equal(data.y_test, [3, 1, 4, 1])
 
 
@@ -243,6 +243,23 @@ def test_a_dataset_whose_stated_shape_does_not_hold_its_examples_is_refused():
         Dataset("bad", x, y, x, y, num_classes=1, image_shape=(8, 8, 3))
     with pytest.raises(DatasetError, match=r"token sequences must be \(examples, length\)"):
         Dataset("bad", x.reshape(4, 8, 8), y, x.reshape(4, 8, 8), y, num_classes=1, vocabulary_size=80)
+
+
+
+@pytest.mark.parametrize(
+    ("y_train", "message"),
+    [
+        (np.array([0, 1, 2, 10]), r"y_train holds labels from 0 to 10, outside 0..9; set num_classes"),
+        (np.array([-1, 0, 1, 2]), r"y_train holds labels from -1 to 2, outside 0..9"),
+        (np.array([0.0, 1.0, 2.0, 3.0]), r"y_train must hold integer class ids 0..9, got float64"),
+        (np.array([0, 1, 2]), r"y_train must hold one label per example, got shape \(3,\) for 4 examples"),
+        (np.zeros((4, 10), np.int64), r"y_train must hold one label per example, got shape \(4, 10\)"),
+    ],
+)
+def test_labels_a_classifier_cannot_train_on_are_refused(y_train, message):
+    x = np.zeros((4, 64), np.float32)
+    with pytest.raises(DatasetError, match=message):
+        Dataset("mine", x, y_train, x, np.zeros(4, np.int64), num_classes=10)
 
 
 # --- names and options ---------------------------------------------------------------------------

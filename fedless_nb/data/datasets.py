@@ -57,6 +57,8 @@ class Dataset:
     vocabulary_size: int | None = None
 
     def __post_init__(self) -> None:
+        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            self._check_labels(split, x, y)
         if self.image_shape is not None and self.vocabulary_size is not None:
             raise DatasetError(f"dataset {self.name!r} is given both an image_shape and a vocabulary_size; "
                                "give the one its examples are")
@@ -68,6 +70,20 @@ class Dataset:
         if self.vocabulary_size is not None and len(self.input_shape) != 1:
             raise DatasetError(f"dataset {self.name!r}: token sequences must be (examples, length), "
                                f"got examples of shape {self.input_shape}")
+
+    def _check_labels(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
+        """Refuse labels a classifier of `num_classes` outputs cannot train on: TensorFlow would fail inside
+        every function call with a message about a sparse loss instead."""
+        if np.ndim(y) != 1 or len(y) != len(x):
+            raise DatasetError(f"dataset {self.name!r}: y_{split} must hold one label per example, got shape "
+                               f"{np.shape(y)} for {len(x)} examples")
+        if not np.issubdtype(np.asarray(y).dtype, np.integer):
+            raise DatasetError(f"dataset {self.name!r}: y_{split} must hold integer class ids 0..{self.num_classes - 1}, "
+                               f"got {np.asarray(y).dtype}; encode the labels as integers first")
+        if len(y) and (int(np.min(y)) < 0 or int(np.max(y)) >= self.num_classes):
+            raise DatasetError(f"dataset {self.name!r}: y_{split} holds labels from {int(np.min(y))} to {int(np.max(y))}, "
+                               f"outside 0..{self.num_classes - 1}; set num_classes to the number of classes or "
+                               "re-encode the labels")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
