@@ -11,7 +11,7 @@ from fedless_nb.cli import TerminalProgress
 from fedless_nb.records.history import History
 from fedless_nb.providers import InvocationError, LocalProvider
 from fedless_nb.providers.faults import FaultRates, FaultyProvider
-from fedless_nb.rounds.resilience import QuorumError, RoundPolicy, invoke_with_retries
+from fedless_nb.rounds.resilience import NothingTrainedError, QuorumError, RoundPolicy, invoke_with_retries
 from fedless_nb.runner import run_experiment
 
 
@@ -93,6 +93,33 @@ def test_a_round_below_quorum_is_repeated_then_the_run_stops_with_one_line(tiny_
     assert len(invocations) == 2 * 4 == provider.injected["crash"], "both runs of the round are in the history"
     assert history.rounds(run["run_id"]) == []
 
+
+def test_a_run_whose_every_invocation_failed_ends_failed_with_the_first_reason(tiny_config):
+    """Without a quorum a round with no update keeps the model; a run in which no round got one trained nothing,
+    and says so instead of finishing with its initial model."""
+    config = tiny_config(rounds=2, retries=0)
+    provider = FaultyProvider(LocalProvider("local", workers=2, entry_point="workloads:counting"), FaultRates(crash=1.0))
+    with pytest.raises(NothingTrainedError) as raised:
+        run_experiment(config, providers={"local": provider})
+    message = str(raised.value)
+    assert message.startswith("no client function returned a valid update in 2 round(s) (8 invocation(s) failed")
+    assert "the first failed invocation: client-" in message and "in round 1 (crash): " in message
+    assert "\n" not in message
+    history = History(config.history)
+    (run,) = history.runs()
+    assert run["status"] == "failed" and run["rounds_completed"] == 2 and "NothingTrainedError" in run["error"]
+    assert len(history.rounds(run["run_id"])) == 2, "both rounds stay in the history"
+
+
+def test_a_run_with_one_valid_update_is_not_failed_for_its_empty_rounds(tiny_config):
+    config = tiny_config(rounds=3, clients=1, clients_per_round=1, retries=0)
+    # under this seed the one client crashes in rounds 1 and 3 and answers in round 2
+    provider = FaultyProvider(LocalProvider("local", workers=1), FaultRates(crash=0.5, seed=1))
+    result = run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    outcomes = [(row["round"], row["outcome"]) for row in history.invocations(result.run_id)]
+    assert sorted(outcomes) == [(1, "failed"), (2, "succeeded"), (3, "failed")]
+    assert result.status == "finished"
 
 def test_a_late_result_of_an_earlier_round_is_discarded_not_aggregated(tiny_config):
     config = tiny_config(rounds=2, clients_per_round=3)

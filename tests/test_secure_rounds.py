@@ -13,7 +13,7 @@ from fedless_nb.notebook.dashboard import RunProgress
 from fedless_nb.privacy.secagg import QuantizationParams
 from fedless_nb.providers import LocalProvider
 from fedless_nb.records.history import History
-from fedless_nb.rounds.resilience import QuorumError
+from fedless_nb.rounds.resilience import NothingTrainedError, QuorumError
 from fedless_nb.runner import run_experiment
 from fedless_nb.store import CodecError, LocalStore, decode_arrays
 from fedless_nb.store.keys import global_weights_key, update_key
@@ -135,15 +135,19 @@ def test_clients_dropping_at_each_stage_above_the_threshold_fail_the_round_with_
     gone = ["client-0001", "client-0002", "client-0003"]  # 2 of 5 left, threshold 3
     drops = [(f"{r}/1", stage, gone) for r, stage in enumerate(STAGES, start=1)]
     config = _config(tmp_path, "above", rounds=4)
-    result = run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
-    assert result.status == "finished", "min_successful 0: a failed round keeps the model and the run goes on"
+    # min_successful 0: a failed round keeps the model and the run goes on; with no round unmasked, the run failed
+    with pytest.raises(NothingTrainedError, match=r"in 4 round\(s\) .*; round 1 failed: secure aggregation: 2 of 5 "
+                                                  r"clients finished the keys stage"):
+        run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
     history = History(config.history)
-    failures = history.round_failures(result.run_id)
+    result = history.run(history.runs()[0]["run_id"])
+    assert result["status"] == "failed" and result["rounds_completed"] == 4
+    failures = history.round_failures(result["run_id"])
     assert [f["round"] for f in failures] == [1, 2, 3, 4]
     for failure, stage in zip(failures, STAGES):
         assert f"2 of 5 clients finished the {stage} stage, fewer than the threshold 3" in failure["reason"]
-    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [0, 0, 0, 0]
-    globals_ = _globals(config, result.run_id)
+    assert [r["succeeded"] for r in history.rounds(result["run_id"])] == [0, 0, 0, 0]
+    globals_ = _globals(config, result["run_id"])
     assert all(_largest_change(before, after) == 0 for before, after in zip(globals_, globals_[1:]))
 
 

@@ -11,6 +11,7 @@ from fedless_nb.providers import InvocationError, LocalProvider
 from fedless_nb.providers.faults import FaultRates, FaultyProvider
 from fedless_nb.runner import run_experiment
 from fedless_nb.strategies.base import ClientUpdate
+from fedless_nb.rounds.resilience import NothingTrainedError
 from fedless_nb.rounds.screening import norm_outliers, update_problem
 
 REFERENCE = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
@@ -90,8 +91,11 @@ def test_an_oversized_reply_is_a_failed_invocation_and_the_worker_is_replaced():
 def test_malformed_results_are_recorded_failures(tiny_config):
     config = tiny_config(rounds=1, retries=0)
     provider = FaultyProvider(LocalProvider("local", workers=2), FaultRates(garbage=1.0, seed=5))
-    result = run_experiment(config, providers={"local": provider})
-    invocations = History(config.history).invocations(result.run_id)
+    with pytest.raises(NothingTrainedError, match=r"no client function returned a valid update in 1 round\(s\) \(4 "):
+        run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    (run,) = history.runs()
+    invocations = history.invocations(run["run_id"])
     assert len(invocations) == 4 and all(i["outcome"] == "failed" for i in invocations)
     assert {i["cause"] for i in invocations} <= {"invalid", "error"} and all(i["error"] for i in invocations)
-    assert result.status == "finished", "a round with no valid update keeps the model"
+    assert run["status"] == "failed" and len(history.rounds(run["run_id"])) == 1, "the round is kept, the run failed"

@@ -29,7 +29,7 @@ from ..function.batching import local_steps
 from ..model import ModelSpec
 from ..privacy.accounting import PrivacyBudgetExhausted
 from ..providers.base import InvocationError, Provider
-from .resilience import RoundPolicy, invoke_with_retries
+from .resilience import FailureTally, RoundPolicy, invoke_with_retries
 from ..security import ResultSignatureError, RunKey, client_key
 from ..wire import Result, ResultError, check_progress, make_task, parse_result, task_reads
 from .selection import SelectionPolicy
@@ -134,7 +134,9 @@ class Controller:
         self._norm_screen = NormScreen(plan.policy.max_norm_ratio, plan.policy.max_update_norm)
         self._update_limit = 0  # bytes an update may have: set from the global model's encoding at the start
         self._model_wire = spec.to_wire()
-        self._observers: list[Observer] = []
+        self._failures = FailureTally()  # why a run that trained nothing failed
+        self._observers: list[Observer] = [self._failures]
+        self._updates_published = 0  # valid updates in the rounds this process ran
         self.observer_errors: dict[str, int] = {}  # observer name -> how many events it failed on
         self._stop_requested = False
         self.resumed_round = 0  # the checkpointed round a resumed run continues after
@@ -202,6 +204,8 @@ class Controller:
                     if self._stop_requested and round_number < self.plan.rounds:
                         status = "stopped"
                         break
+            if status == "finished" and completed > self.resumed_round and self._updates_published == 0:
+                raise self._failures.nothing_trained(completed - self.resumed_round)
         except PrivacyBudgetExhausted as exhausted:
             status, error = "stopped", str(exhausted)
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -311,6 +315,7 @@ class Controller:
                       updates: Sequence[ClientUpdate]) -> None:
         """Store global version `round_number`, evaluate it, announce the finished round, then checkpoint it."""
         await self.store.aput(global_weights_key(self.run_id, round_number), encode_arrays(weights))
+        self._updates_published += len(updates)
         eval_metrics = self.evaluate(weights)
         self.round_metrics.append(eval_metrics)
         privacy = dict(self.strategy.round_metrics())

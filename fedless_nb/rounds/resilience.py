@@ -20,12 +20,45 @@ from typing import Any, Awaitable, Callable
 
 from ..errors import UserError
 from ..providers.base import InvocationError
+from .events import InvocationFinished, RoundFailed, UpdateRejected
 
 RETRYABLE_CAUSES = frozenset({"timeout", "crash", "throttled", "network"})
 
 
 class QuorumError(UserError):
     """A round did not get enough valid updates, even after its repeats."""
+
+
+class NothingTrainedError(UserError):
+    """Every round of a run ended without one valid update: the run trained nothing, so it failed."""
+
+
+class FailureTally:
+    """An observer of the controller's events: how many invocations failed or had their update refused, the
+    first reason, and the first round that failed as a whole (secure aggregation): what a run that trained
+    nothing tells its user."""
+
+    def __init__(self) -> None:
+        self.count, self.first, self.round_failure = 0, "", ""
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, RoundFailed):
+            self.round_failure = self.round_failure or f"round {event.round} failed: {event.reason}"
+        elif isinstance(event, InvocationFinished) and event.outcome == "failed":
+            self._failed(event.client_id, event.round, event.cause, event.error)
+        elif isinstance(event, UpdateRejected):
+            self._failed(event.client_id, event.round, "rejected", event.reason)
+
+    def _failed(self, client_id: str, round_number: int, cause: str | None, reason: str | None) -> None:
+        self.count += 1
+        self.first = self.first or f"{client_id} in round {round_number} ({cause}): {reason}"
+
+    def nothing_trained(self, rounds: int) -> NothingTrainedError:
+        first = "; ".join(filter(None, [self.round_failure, self.first and f"the first failed invocation: {self.first}"]))
+        return NothingTrainedError(
+            f"no client function returned a valid update in {rounds} round(s) ({self.count} invocation(s) failed or "
+            f"were refused); {first or 'no client was invoked'}; fix that and run again (the history lists every "
+            "invocation with its reason)")
 
 
 @dataclass(frozen=True)
