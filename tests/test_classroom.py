@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedless_nb.classroom.errors import ClassroomError
+from fedless_nb.classroom.roster import leave_proof
 from fedless_nb.classroom.service import ClassroomService
 from fedless_nb.classroom.student import StudentFunction, compare_with_class
 from fedless_nb.function import handler
@@ -184,6 +185,20 @@ def test_a_student_who_left_is_a_failed_invocation_not_a_stuck_call(classroom, t
     with pytest.raises(InvocationError, match=r"cannot reach http://127\.0\.0\.1:\d+/: ClientConnectorError"):
         asyncio.run(call())
 
+
+def test_joining_under_a_name_that_left_gives_another_key(classroom, tmp_path):
+    """A name is free again once its student has left; whoever takes it gets a key of their own, so the
+    tasks and results of the student who left cannot be signed or checked with it."""
+    first = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    first.leave()
+    second = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        assert second._secret != first._secret and classroom.roster.students["alice"].secret == second._secret
+        with pytest.raises(ClassroomError, match="no student 'alice' with that key in this class"):
+            classroom.roster.leave("alice", leave_proof(first._secret, "alice"))
+        assert [(row["name"], row["status"]) for row in classroom.roster.rows()] == [("alice", "joined")]
+    finally:
+        second.leave()
 
 def test_the_drawing_pad_keeps_labelled_8x8_examples_in_the_digits_format():
     from fedless_nb.classroom.drawing import DrawingPad

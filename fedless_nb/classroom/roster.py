@@ -1,10 +1,11 @@
 """Who is in the class: each student's name, function URL, own key and last answer; and the join code.
 
 The roster is shared by the join service's thread (joins, leaves), the run thread (each
-invocation's outcome) and the widget; a lock keeps it consistent. Each student's key is
-derived from the classroom's secret and the student's name (`security.client_secret`), so a
-student can sign results in their own name only, and a task signed with another classroom's
-(another run's) key is refused by the student's function.
+invocation's outcome) and the widget; a lock keeps it consistent. Each registration gets a key of
+its own, fresh and random (never derived from the name: someone joining later under a name that
+has left gets another key than the student who held it), so a student can sign results in their
+own name only, and a task signed with another classroom's (another run's) key is refused by the
+student's function.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..security import client_secret, new_secret
+from ..security import new_secret
 from .errors import ClassroomError
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -85,8 +86,7 @@ class Roster:
                 raise ClassroomError(f"the name {name!r} is taken in this class: choose another --name")
             self._nonces.add(nonce)
             own = message.get("own_examples")
-            student = Student(name, str(message.get("url", "")), client_secret(self.secret, name),
-                              None if own is None else int(own), now)
+            student = Student(name, str(message.get("url", "")), new_secret(), None if own is None else int(own), now)
             self.students[name] = student
         self._changed()
         return student
