@@ -321,3 +321,37 @@ def test_a_presigned_store_tells_an_objects_size_without_reading_it(moto_endpoin
     assert (store.size("big"), store.size("empty")) == (3 * 2**20 + 7, 0)
     with pytest.raises(MissingKeyError):
         store.size("missing")
+
+
+def test_a_retried_aggregator_writes_its_own_key_and_the_rounds_cost_counts_every_aggregator(tiny_config, tmp_path,
+                                                                                             monkeypatch):
+    """Every aggregator's first attempt writes its partial sum and dies before answering: the retry, a task with
+    its own key and token, is not refused as a replay, and the round's sum is the controller's. Each round's
+    cost in the history is its client and aggregator invocations' (one request price each), as in the cost report."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("FEDLESS_TEST_MARKS", str(marks))
+    options = dict(clients=4, clients_per_round=4, rounds=1, seed=3,
+                   providers=[{"kind": "local", "workers": 2, "pricing": {"request": 0.001}}])
+    central = run_experiment(tiny_config(name="central", aggregation={"where": "controller"}, **options))
+    config = tiny_config(name="retried", aggregation={"where": "functions", "fan_in": 2}, **options)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:crashes_after_writing_first_aggregate")
+    tree = run_experiment(config, providers={"local": provider})
+    for got, want in zip(tree.weights, central.weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    history = History(config.history)
+    aggregations = history.aggregations(tree.run_id)
+    assert sorted((a["aggregator_id"], a["outcome"]) for a in aggregations) == [
+        (aggregator, outcome) for aggregator in ("aggregator-0-00001", "aggregator-0-00002")
+        for outcome in ("failed", "succeeded")]
+    assert all(a["error"].startswith("worker process exited with code 9") and a["error"].endswith("(retried)")
+               for a in aggregations if a["outcome"] == "failed")
+    written = sorted(path.name for path in (tmp_path / "store" / "runs" / tree.run_id).rglob("*.sum"))
+    assert written == [f"aggregator-0-0000{n}.{attempt}.sum" for n in (1, 2) for attempt in (1, 2)]
+
+    (round_row,) = history.rounds(tree.run_id)
+    invocations = history.invocations(tree.run_id)
+    assert round_row["succeeded"] == 4 and len(invocations) == 4 and len(aggregations) == 4
+    assert round_row["cost"] == pytest.approx(0.001 * (len(invocations) + len(aggregations)))
+    report = history.cost(tree.run_id)
+    assert history.run(tree.run_id)["cost"] == pytest.approx(report["serverless_cost"]) == pytest.approx(round_row["cost"])
