@@ -356,3 +356,22 @@ def test_a_tampered_masked_vector_is_refused_in_its_shard_and_its_client_unmaske
     start = _globals(config, tree.run_id)[0]
     tolerance = _quantization_tolerance(config, tree.run_id, start, tree.weights)
     assert _largest_change(central.weights, tree.weights) <= tolerance < _largest_change(start, tree.weights) / 100
+
+
+def test_the_clients_of_a_failed_aggregators_shard_are_unmasked_as_dropped(tmp_path, monkeypatch):
+    """The aggregator of the shard holding clients 0 and 1 fails: both count as dropped before the reveal stage
+    (their masked-stage invocations fail as rejected), and the other three's sum is unmasked."""
+    config = _config(tmp_path, "failing", aggregation={"where": "functions", "fan_in": 2})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:aggregator_fails_on_client_1s_shard")
+    result = run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    invocations = history.invocations(result.run_id)
+    failed = sorted((i["stage"], i["client_id"], i["cause"]) for i in invocations if i["outcome"] != "succeeded")
+    assert failed == [("masked", "client-0000", "rejected"), ("masked", "client-0001", "rejected")]
+    assert all("its aggregator function failed" in i["error"] for i in invocations if i["outcome"] != "succeeded")
+    assert sorted(i["client_id"] for i in invocations if i["stage"] == "reveal") == CLIENTS[2:]
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [3]
+    assert sorted((a["level"], a["shard_size"], a["outcome"]) for a in history.aggregations(result.run_id)) == [
+        (0, 1, "succeeded"), (0, 2, "failed"), (0, 2, "succeeded")]
+    before, after = _globals(config, result.run_id)
+    assert 1e-4 < _largest_change(before, after) < 1.0  # a mask left in would move weights by thousands

@@ -227,3 +227,12 @@ def crashes_after_writing_first_aggregate(payload):
             mark.touch()
             os._exit(9)
     return result
+
+
+def aggregator_fails_on_client_1s_shard(payload):
+    """Clients run for real; the aggregator of the shard that holds client 1's update raises (a bug of its own)."""
+    from fedless_nb.function.handler import handle
+
+    if payload.get("kind") == "aggregate" and any(e["client_id"].endswith("-0001") for e in payload["entries"]):
+        raise RuntimeError("the aggregator's own bug")
+    return handle(payload)
