@@ -355,3 +355,23 @@ def test_a_retried_aggregator_writes_its_own_key_and_the_rounds_cost_counts_ever
     assert round_row["cost"] == pytest.approx(0.001 * (len(invocations) + len(aggregations)))
     report = history.cost(tree.run_id)
     assert history.run(tree.run_id)["cost"] == pytest.approx(report["serverless_cost"]) == pytest.approx(round_row["cost"])
+
+
+def test_a_round_run_again_below_its_quorum_gives_its_aggregators_keys_of_their_own(tiny_config, tmp_path,
+                                                                                    monkeypatch):
+    """The first run of the round gets 2 of 4 updates, below min_successful 4: its aggregator wrote its partial
+    sum; the second run's aggregators write under the round's second run, so none is refused as a replay."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("FEDLESS_TEST_MARKS", str(marks))
+    config = tiny_config(clients=4, clients_per_round=4, rounds=1, retries=0, min_successful=4, round_repeats=1,
+                         aggregation={"where": "functions", "fan_in": 2})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:fails_odd_clients_once")
+    result = run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    assert result.status == "finished" and [r["succeeded"] for r in history.rounds(result.run_id)] == [4]
+    assert [a["outcome"] for a in history.aggregations(result.run_id)] == ["succeeded"] * 3
+    written = sorted(path.relative_to(tmp_path / "store" / "runs" / result.run_id / "round-00001").as_posix()
+                     for path in (tmp_path / "store" / "runs" / result.run_id).rglob("*.sum"))
+    assert written == ["aggregates-1/aggregator-0-00001.1.sum", "aggregates-2/aggregator-0-00001.1.sum",
+                       "aggregates-2/aggregator-0-00002.1.sum"]

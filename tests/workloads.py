@@ -236,3 +236,18 @@ def aggregator_fails_on_client_1s_shard(payload):
     if payload.get("kind") == "aggregate" and any(e["client_id"].endswith("-0001") for e in payload["entries"]):
         raise RuntimeError("the aggregator's own bug")
     return handle(payload)
+
+
+def fails_odd_clients_once(payload):
+    """Odd-numbered clients' first invocation raises; every later one, and every even client, runs for real.
+    FEDLESS_TEST_MARKS names a folder where it remembers whom it failed."""
+    from pathlib import Path
+
+    from fedless_nb.function.handler import handle
+
+    if payload.get("kind") != "aggregate" and int(payload["client_id"].rsplit("-", 1)[1]) % 2:
+        mark = Path(os.environ["FEDLESS_TEST_MARKS"]) / payload["client_id"]
+        if not mark.exists():
+            mark.touch()
+            raise RuntimeError(f"{payload['client_id']} fails its first invocation")
+    return handle(payload)

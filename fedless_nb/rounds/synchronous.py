@@ -97,7 +97,8 @@ class SynchronousRounds:
             missed = InvocationError(f"missed the round deadline of {controller.plan.round_deadline:g}s", "deadline")
             controller.record_failure(round_number, calls[call], missed, started)
         if in_functions:
-            return started, selected, *await TreeAggregation(controller, options, run).round_sum(round_number, weights, arrivals)
+            tree = TreeAggregation(controller, options, run)
+            return started, selected, *await tree.round_sum(round_number, weights, arrivals)
         if streamed is None:
             return started, selected, controller.screen(round_number, updates, weights), None
         rejected = controller.screen_distances(round_number, {u.client_id: streamed.distances[u.client_id] for u in updates})
