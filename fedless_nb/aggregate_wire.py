@@ -52,10 +52,11 @@ class AggregateTask(_Strict):
 
 
 class SummedUpdate(_Strict):
-    """An update the aggregator verified and summed: its distance from the global model, size and digest."""
+    """An update the aggregator verified and summed: its distance from the global model (None for a masked
+    vector, which looks random and is never screened), size and digest."""
 
     client_id: _Name
-    distance: Annotated[float, Field(ge=0)]
+    distance: Annotated[float, Field(ge=0)] | None = None
     bytes: _Count
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 

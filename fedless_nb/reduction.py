@@ -20,25 +20,53 @@ import numpy as np
 from .store.codec import decode_arrays, encode_arrays
 
 _HEADER = struct.Struct("<I")
+MAX_MASKED_LENGTH = 2**31  # a masked vector of more values would be an 8 GiB update
 
 
 @dataclass(frozen=True)
 class SumSpec:
     """What an update adds: its model ("model") or its change from the global model ("delta"), the change
-    first clipped to L2 norm `clip` (None: unclipped). Travels in an aggregator's task as a dict."""
+    first clipped to L2 norm `clip` (None: unclipped); or, for a secure round, its masked vector of `length`
+    uint32 values ("masked"), summed modulo 2^32 (MaskedSum). Travels in an aggregator's task as a dict."""
 
-    term: Literal["model", "delta"] = "model"
+    term: Literal["model", "delta", "masked"] = "model"
     clip: float | None = None
+    length: int | None = None  # a masked vector's values; only with term "masked"
+
+    @classmethod
+    def masked(cls, length: int) -> "SumSpec":
+        return cls("masked", None, length)
+
+    @property
+    def is_masked(self) -> bool:
+        return self.term == "masked"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"term": self.term, "clip": self.clip}
+        return {"term": self.term, "clip": self.clip, "length": self.length}
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> "SumSpec":
-        term, clip = wire.get("term"), wire.get("clip")
-        if term not in ("model", "delta") or not (clip is None or (isinstance(clip, (int, float)) and clip > 0)):
-            raise ValueError(f"a sum spec needs term model or delta and a positive clip or none, got {wire!r}")
-        return cls(term, None if clip is None else float(clip))
+        term, clip, length = wire.get("term"), wire.get("clip"), wire.get("length")
+        weighted = term in ("model", "delta") and length is None and (
+            clip is None or (isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip > 0))
+        masked = term == "masked" and clip is None and type(length) is int and 1 <= length <= MAX_MASKED_LENGTH
+        if set(wire) - {"term", "clip", "length"} or not (weighted or masked):
+            raise ValueError("a sum spec needs term model or delta with a positive clip or none, or term masked "
+                             f"with a length of 1 to {MAX_MASKED_LENGTH} values, got {wire!r}")
+        return cls(term, None if clip is None else float(clip), length)
+
+    def empty_sum(self) -> "WeightedSum | MaskedSum":
+        """The partial sum with nothing in it that this spec's updates add to."""
+        return MaskedSum(self.length) if self.is_masked else WeightedSum()
+
+    def read_sum(self, blob: bytes | bytearray | memoryview) -> "WeightedSum | MaskedSum":
+        """A partial sum of this spec's updates from its bytes (ValueError when it is not one)."""
+        if self.is_masked:
+            total = MaskedSum.from_bytes(blob)
+            if total.length != self.length:
+                raise ValueError(f"a partial sum of {total.length} masked values, not {self.length}")
+            return total
+        return WeightedSum.from_bytes(blob)
 
 
 @dataclass(frozen=True)
@@ -113,6 +141,63 @@ class WeightedSum:
             raise ValueError("a partial sum holds float64 layers only")
         return cls(None if header["empty"] else [np.array(array) for array in arrays], float(header["weight"]),
                    int(header["count"]), {str(k): float(v) for k, v in header["extras"].items()})
+
+
+@dataclass
+class MaskedSum:
+    """Secure aggregation's masked vectors summed modulo 2^32 (uint32 wraps around), and how many: the masks
+    cancel or are removed only from the whole round's sum, so this is a plain modular sum that merges in
+    any order (rounds/secagg.py unmasks it)."""
+
+    length: int
+    total: np.ndarray | None = None  # None: zeros
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if self.total is None:
+            self.total = np.zeros(self.length, np.uint32)
+        elif self.total.dtype != np.uint32 or self.total.shape != (self.length,):
+            raise ValueError(f"a masked sum holds {self.length} uint32 values, got {self.total.dtype} {self.total.shape}")
+
+    def add(self, arrays: Sequence[np.ndarray]) -> None:
+        """Add one client's masked vector (the arrays of its blob); ValueError when it is not one of this length."""
+        if problem := masked_vector_problem(arrays, self.length):
+            raise ValueError(problem)
+        self.total += arrays[0]
+        self.count += 1
+
+    def merge(self, other: "MaskedSum") -> "MaskedSum":
+        """Add another partial masked sum into this one (returns self)."""
+        if other.length != self.length:
+            raise ValueError(f"cannot merge a masked sum of {other.length} values into one of {self.length}")
+        self.total += other.total
+        self.count += other.count
+        return self
+
+    def to_bytes(self) -> bytes:
+        """A JSON header (count, length) and the sum (store/codec.py), like WeightedSum's."""
+        header = json.dumps({"count": self.count, "length": self.length}).encode()
+        return _HEADER.pack(len(header)) + header + bytes(encode_arrays([self.total]))
+
+    @classmethod
+    def from_bytes(cls, blob: bytes | bytearray | memoryview) -> "MaskedSum":
+        (length,) = _HEADER.unpack_from(blob)
+        header = json.loads(bytes(blob[_HEADER.size:_HEADER.size + length]))
+        arrays = decode_arrays(memoryview(blob)[_HEADER.size + length:])
+        size, count = header.get("length"), header.get("count")
+        if type(size) is not int or type(count) is not int or count < 0:
+            raise ValueError("a masked sum's header needs an integer length and count")
+        if problem := masked_vector_problem(arrays, size):
+            raise ValueError(f"not a masked sum: {problem}")
+        return cls(size, np.array(arrays[0]), count)
+
+
+def masked_vector_problem(arrays: Sequence[np.ndarray], length: int) -> str | None:
+    """Why `arrays` (a decoded blob) is not one masked vector of `length` uint32 values, or None."""
+    if len(arrays) != 1 or arrays[0].dtype != np.uint32 or arrays[0].shape != (length,):
+        found = ", ".join(f"{a.dtype} {a.shape}" for a in arrays) or "nothing"
+        return f"a masked vector of {length} uint32 values was expected, got {found}"
+    return None
 
 
 def update_problem(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> str | None:

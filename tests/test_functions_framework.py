@@ -210,3 +210,29 @@ def test_functions_framework_servers_sum_the_rounds_in_aggregator_functions_thro
     assert sorted((a["round"], a["level"], a["shard_size"], a["outcome"]) for a in aggregations) == [
         (r, level, size, "succeeded") for r in (1, 2) for level, size in ((0, 1), (0, 2), (0, 2), (1, 1), (1, 2))]
     assert all(a["provider"] == "cloud-functions" and a["bytes_read"] > 0 for a in aggregations)
+
+
+@pytest.mark.slow
+def test_functions_framework_servers_sum_a_secure_rounds_masked_vectors_through_presigned_urls(
+        server, tiny_config, monkeypatch, moto_endpoint, aws_credentials):
+    """A secure round over the same server: its four stages relay through S3, then aggregators sum the 4 masked
+    vectors in shards of 2 (each asks S3 for a vector's size before reading it) and the controller unmasks."""
+    import uuid
+
+    import boto3
+
+    bucket = f"fedless-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    monkeypatch.setenv("FF_RUN_SECRET", SECRET)
+    config = tiny_config(clients=4, clients_per_round=4, rounds=1, max_norm_ratio=0, secure_aggregation={},
+                         aggregation={"where": "functions", "fan_in": 2},
+                         store={"kind": "s3", "bucket": bucket, "endpoint_url": moto_endpoint}, providers=[
+                             {"kind": "http", "name": "cloud-functions", "url": server, "workers": 2,
+                              "secret_env": "FF_RUN_SECRET"}])
+    result = run_experiment(config)
+    history = History(config.history)
+    assert result.status == "finished" and [r["succeeded"] for r in history.rounds(result.run_id)] == [4]
+    invocations = history.invocations(result.run_id)
+    assert len(invocations) == 16 and all(i["outcome"] == "succeeded" for i in invocations)
+    assert sorted((a["level"], a["shard_size"], a["summed"], a["outcome"]) for a in history.aggregations(result.run_id)) == [
+        (0, 2, 2, "succeeded"), (0, 2, 2, "succeeded")]

@@ -13,6 +13,7 @@ from fedless_nb.notebook.dashboard import RunProgress
 from fedless_nb.privacy.secagg import QuantizationParams
 from fedless_nb.providers import LocalProvider
 from fedless_nb.records.history import History
+from fedless_nb.reduction import MaskedSum
 from fedless_nb.rounds.resilience import NothingTrainedError, QuorumError
 from fedless_nb.runner import run_experiment
 from fedless_nb.store import CodecError, LocalStore, decode_arrays
@@ -279,3 +280,102 @@ def test_a_secure_round_on_s3_relays_through_presigned_urls(tmp_path, moto_endpo
     assert written == sorted(STAGES * 3)
     assert not [key for key in objects if "/updates/" in key]
     assert not (tmp_path / "store-s3").exists()
+
+
+def _controller_reads(monkeypatch):
+    """The keys this process, the controller, reads from a local store (the functions are worker processes)."""
+    read = []
+    get = LocalStore.get
+    monkeypatch.setattr(LocalStore, "get", lambda self, key: read.append(key) or get(self, key))
+    return read
+
+
+def _quantization_tolerance(config, run_id, start, result):
+    """How far two secure runs of the same round may differ: each client's stochastic rounding moves the sum of
+    [weight, weight x update] by under one step per value, in both runs, divided by the summed weights."""
+    masked = [i for i in History(config.history).invocations(run_id) if i["stage"] == "masked" and i["outcome"] == "succeeded"]
+    weight_sum = sum(i["num_examples"] / 1000 for i in masked)  # max_weight 1000
+    return 2 * len(masked) * QuantizationParams().step * (1 + _largest_change(start, result)) / weight_sum + 1e-5
+
+
+def test_aggregator_functions_sum_the_masked_vectors_and_the_controller_reads_none(tmp_path, monkeypatch):
+    """5 clients, fan-in 2: shards of 2, 2 and 1 masked vectors, 2 aggregators a level up over their 3 partial
+    sums; the controller merges the last 2 modular sums and unmasks them. The same seed trains the same updates,
+    so the model is the controller's own secure round's but for the stochastic rounding (random in each run)."""
+    read = _controller_reads(monkeypatch)
+    central_config = _config(tmp_path, "central", aggregation={"where": "controller"})
+    central = run_experiment(central_config)
+    assert len([key for key in read if key.endswith(".masked")]) == 5
+    read.clear()
+    config = _config(tmp_path, "tree", aggregation={"where": "functions", "fan_in": 2})
+    tree = run_experiment(config)
+    assert tree.status == "finished" and not [key for key in read if key.endswith(".masked")]
+    assert sorted(key.split("/round-00001/")[1] for key in read if "/aggregates-" in key) == [  # each one's sum
+        f"aggregates-1/aggregator-{level}-0000{n}.1.sum" for level, n in ((0, 1), (0, 2), (0, 3), (1, 4), (1, 5))]
+
+    start = _globals(config, tree.run_id)[0]
+    tolerance = _quantization_tolerance(config, tree.run_id, start, tree.weights)
+    assert _largest_change(central.weights, tree.weights) <= tolerance < _largest_change(start, tree.weights) / 100
+    history = History(config.history)
+    aggregations = history.aggregations(tree.run_id)
+    assert sorted((a["level"], a["shard_size"], a["summed"], a["outcome"]) for a in aggregations) == [
+        (0, 1, 1, "succeeded"), (0, 2, 2, "succeeded"), (0, 2, 2, "succeeded"), (1, 1, 1, "succeeded"),
+        (1, 2, 4, "succeeded")]
+    assert [r["succeeded"] for r in history.rounds(tree.run_id)] == [5]
+    assert all(i["outcome"] == "succeeded" for i in history.invocations(tree.run_id))
+
+    # exact: the top aggregators' modular sums are the sum of the five masked vectors modulo 2^32
+    store = LocalStore(config.store.path)
+    round_dir = store.root / "runs" / tree.run_id / "round-00001"
+    vectors = [decode_arrays((round_dir / "secagg-1" / f"{c}.masked").read_bytes())[0] for c in CLIENTS]
+    top = [MaskedSum.from_bytes((round_dir / "aggregates-1" / f"{a['aggregator_id']}.1.sum").read_bytes())
+           for a in aggregations if a["level"] == 1]
+    merged = MaskedSum(len(vectors[0]))
+    for partial in top:
+        merged.merge(partial)
+    assert merged.count == 5 and np.array_equal(merged.total, np.sum(vectors, axis=0, dtype=np.uint32))
+
+
+def test_a_tampered_masked_vector_is_refused_in_its_shard_and_its_client_unmasked_as_dropped(tmp_path, monkeypatch):
+    """Client 1's masked vector is altered in the store after it was signed: its aggregator refuses it, the
+    history records why, its neighbours reveal its mask key as for a client that sent nothing, and the round
+    unmasks the other four's sum: the model the controller's secure round makes of the same run."""
+    def run(where):
+        config = _config(tmp_path, where, aggregation={"where": where, "fan_in": 2})
+        provider = LocalProvider("local", workers=2, entry_point="workloads:tampers_with_client_1s_masked_vector")
+        return config, run_experiment(config, providers={"local": provider})
+
+    central_config, central = run("controller")
+    config, tree = run("functions")
+    history = History(config.history)
+    for run_config, result, cause in ((central_config, central, "signature"), (config, tree, "rejected")):
+        invocations = History(run_config.history).invocations(result.run_id)
+        failed = [(i["stage"], i["client_id"], i["cause"]) for i in invocations if i["outcome"] != "succeeded"]
+        assert failed == [("masked", "client-0001", cause)]
+        assert "tampered with" in next(i["error"] for i in invocations if i["outcome"] != "succeeded")
+        assert not [i for i in invocations if i["stage"] == "reveal" and i["client_id"] == "client-0001"]
+        assert [r["succeeded"] for r in History(run_config.history).rounds(result.run_id)] == [4]
+    refusals = [a for a in history.aggregations(tree.run_id) if a["rejected"]]
+    assert [(a["level"], a["rejected"]) for a in refusals] == [(0, 1)]
+    start = _globals(config, tree.run_id)[0]
+    tolerance = _quantization_tolerance(config, tree.run_id, start, tree.weights)
+    assert _largest_change(central.weights, tree.weights) <= tolerance < _largest_change(start, tree.weights) / 100
+
+
+def test_the_clients_of_a_failed_aggregators_shard_are_unmasked_as_dropped(tmp_path, monkeypatch):
+    """The aggregator of the shard holding clients 0 and 1 fails: both count as dropped before the reveal stage
+    (their masked-stage invocations fail as rejected), and the other three's sum is unmasked."""
+    config = _config(tmp_path, "failing", aggregation={"where": "functions", "fan_in": 2})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:aggregator_fails_on_client_1s_shard")
+    result = run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    invocations = history.invocations(result.run_id)
+    failed = sorted((i["stage"], i["client_id"], i["cause"]) for i in invocations if i["outcome"] != "succeeded")
+    assert failed == [("masked", "client-0000", "rejected"), ("masked", "client-0001", "rejected")]
+    assert all("its aggregator function failed" in i["error"] for i in invocations if i["outcome"] != "succeeded")
+    assert sorted(i["client_id"] for i in invocations if i["stage"] == "reveal") == CLIENTS[2:]
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [3]
+    assert sorted((a["level"], a["shard_size"], a["outcome"]) for a in history.aggregations(result.run_id)) == [
+        (0, 1, "succeeded"), (0, 2, "failed"), (0, 2, "succeeded")]
+    before, after = _globals(config, result.run_id)
+    assert 1e-4 < _largest_change(before, after) < 1.0  # a mask left in would move weights by thousands

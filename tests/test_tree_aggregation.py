@@ -15,11 +15,12 @@ from fedless_nb.function.handler import handle
 from fedless_nb.function.serving import invoke
 from fedless_nb.providers.local import LocalProvider
 from fedless_nb.records.history import History
-from fedless_nb.reduction import WeightedSum
+from fedless_nb.reduction import MaskedSum, SumSpec
 from fedless_nb.rounds.tree import TreeOptions
 from fedless_nb.runner import run_experiment
 from fedless_nb.security import NonceCache, client_key
 from fedless_nb.store import LocalStore, encode_arrays
+from fedless_nb.store.keys import secagg_key
 from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
 from fedless_nb.strategies.central_dp import CentralDP
 
@@ -39,19 +40,23 @@ def aggregator_env(monkeypatch):
     monkeypatch.setattr(aggregator, "_NONCES", NonceCache())
 
 
+def _signed_result(store, client_id, key, data, examples, *, partial=False):
+    """`data` written at `key` and the signed result a function returns for it."""
+    store.put(key, data)
+    planned = -(-examples // TRAIN["batch_size"])
+    result = {"run_id": RUN, "round": ROUND, "client_id": client_id, "update": key, "num_examples": examples,
+              "metrics": {"loss": 1.0}, "cold": False, "timings": {}, "privacy": None,
+              "steps": max(1, planned - 1) if partial else planned, "partial": partial, "signature": None}
+    return client_key(SECRET, RUN, client_id).sign_result(result, data)
+
+
 def _client_update(store, index, *, partial=False):
     """A client's update in the store and its signed result, as a function leaves them."""
     client_id = f"client-{index:04d}"
     arrays = [(layer + RNG.normal(scale=0.3, size=layer.shape)).astype(np.float32) for layer in CURRENT]
     key = f"runs/{RUN}/round-{ROUND:05d}/updates/{client_id}.weights"
-    data = encode_arrays(arrays)
-    store.put(key, data)
     examples = 10 * (index + 1)
-    planned = -(-examples // TRAIN["batch_size"])
-    result = {"run_id": RUN, "round": ROUND, "client_id": client_id, "update": key, "num_examples": examples,
-              "metrics": {"loss": 1.0}, "cold": False, "timings": {}, "privacy": None,
-              "steps": max(1, planned - 1) if partial else planned, "partial": partial, "signature": None}
-    signed = client_key(SECRET, RUN, client_id).sign_result(result, data)
+    signed = _signed_result(store, client_id, key, encode_arrays(arrays), examples, partial=partial)
     update = ClientUpdate(client_id, arrays, examples, {"loss": 1.0}, signed["steps"], partial)
     return update, signed
 
@@ -72,11 +77,11 @@ def _entry(update, result, strategy):
             "term": None if term is None else {"scale": term.scale, "weight": term.weight, "extras": term.extras}}
 
 
-def _summed(store, reply, aggregator_id, key):
+def _summed(store, reply, aggregator_id, key, spec=SumSpec()):
     result = parse_aggregate_result(reply, RUN, ROUND, aggregator_id, key)
     data = store.get(key)
     client_key(SECRET, RUN, aggregator_id).verify_result(reply, data)
-    return result, WeightedSum.from_bytes(data)
+    return result, spec.read_sum(data)
 
 
 def _bound(strategy):
@@ -214,3 +219,159 @@ def test_auto_switches_to_functions_by_the_rounds_bytes_and_only_for_sum_based_r
     assert not options.in_functions(median, 1, 1) and not TreeOptions("functions").in_functions(median, 1, 1)
     assert TreeOptions("functions").in_functions(fedavg, 1, 1) and not TreeOptions("controller").in_functions(
         fedavg, 10_000, 2**30)
+
+
+MASKED_LENGTH = 1 + sum(layer.size for layer in CURRENT)
+
+
+def _masked_vector(store, index, vector=None):
+    """A secure round's masked-stage object (uniform uint32 values, as masks make them) and its signed result."""
+    client_id = f"client-{index:04d}"
+    vector = RNG.integers(0, 2**32, MASKED_LENGTH, dtype=np.uint32) if vector is None else vector
+    key = secagg_key(RUN, ROUND, client_id, "masked")
+    return vector, {"client_id": client_id, "key": key,
+                    "result": _signed_result(store, client_id, key, encode_arrays([vector]), 10 + index)}
+
+
+def test_masked_vectors_summed_in_uneven_shards_give_exactly_the_controllers_modular_sum(tmp_path, aggregator_env):
+    """A secure round's 7 masked vectors in shards of 3, 3 and 1, merged a level up: the very sum modulo 2^32
+    rounds/secagg.py takes of the vectors itself; a fourth shard's float vector, short vector and altered
+    vector are refused there, each with its reason, and left out."""
+    store = LocalStore(tmp_path)
+    vectors, entries = zip(*(_masked_vector(store, i) for i in range(7)))
+    spec, partials = SumSpec.masked(MASKED_LENGTH), []
+    for index, shard in enumerate((entries[:3], entries[3:6], entries[6:])):
+        task, key = _task(store, f"aggregator-0-{index}", 0, spec, list(shard))
+        reply = handle(task)
+        result, summed = _summed(store, reply, f"aggregator-0-{index}", key, spec)
+        assert result.rejected == [] and [(s.client_id, s.distance) for s in result.summed] == [
+            (entry["client_id"], None) for entry in shard]
+        partials.append({"client_id": f"aggregator-0-{index}", "key": key, "result": reply})
+    _, wrong_dtype = _masked_vector(store, 7, RNG.random(MASKED_LENGTH).astype(np.float32))
+    _, short = _masked_vector(store, 8, RNG.integers(0, 2**32, MASKED_LENGTH - 1, dtype=np.uint32))
+    _, altered = _masked_vector(store, 9)
+    store.put(altered["key"], encode_arrays([RNG.integers(0, 2**32, MASKED_LENGTH, dtype=np.uint32)]))
+    task, key = _task(store, "aggregator-0-3", 0, spec, [wrong_dtype, short, altered])
+    refused_reply = handle(task)
+    result, empty = _summed(store, refused_reply, "aggregator-0-3", key, spec)
+    assert result.summed == [] and empty.count == 0 and not empty.total.any()
+    expected = f"a masked vector of {MASKED_LENGTH} uint32 values was expected, got"
+    assert [(r.client_id, r.cause, r.reason) for r in result.rejected] == [
+        ("client-0007", "rejected", f"{expected} float32 ({MASKED_LENGTH},)"),
+        ("client-0008", "rejected", f"{expected} uint32 ({MASKED_LENGTH - 1},)"),
+        ("client-0009", "signature", "the update in the store is not the one the function signed: it was tampered with")]
+    partials.append({"client_id": "aggregator-0-3", "key": key, "result": refused_reply})
+
+    task, key = _task(store, "aggregator-1-0", 1, spec, partials)
+    result, merged = _summed(store, handle(task), "aggregator-1-0", key, spec)
+    assert result.count == merged.count == 7
+    central = np.sum(vectors, axis=0, dtype=np.uint32)  # rounds/secagg.py's own sum when the controller reads them
+    assert merged.total.dtype == np.uint32 and np.array_equal(merged.total, central)
+    assert np.array_equal(MaskedSum.from_bytes(merged.to_bytes()).total, central)
+
+
+def test_a_masked_shard_refuses_weighted_terms_and_a_masked_sum_of_another_length(tmp_path, aggregator_env):
+    store = LocalStore(tmp_path)
+    _, entry = _masked_vector(store, 0)
+    task, _ = _task(store, "aggregator-0-0", 0, SumSpec.masked(MASKED_LENGTH),
+                    [{**entry, "term": {"scale": 1.0, "weight": 1.0}}])
+    status, reply = invoke(task)
+    assert status == 400 and "a masked vector counts once, so its entries carry no term" in reply["error"]["message"]
+    task, _ = _task(store, "aggregator-0-0", 0, SumSpec.masked(MASKED_LENGTH), [entry])
+    status, reply = invoke({**task, "spec": {"term": "masked", "clip": None, "length": 0}})
+    assert status == 400 and "spec: a sum spec needs" in reply["error"]["message"]
+    with pytest.raises(ValueError, match="a partial sum of 3 masked values, not 4"):
+        SumSpec.masked(4).read_sum(MaskedSum(3).to_bytes())
+
+
+def test_an_oversized_update_is_refused_from_its_size_without_being_read(tmp_path, aggregator_env, monkeypatch):
+    store = LocalStore(tmp_path)
+    store.put("global", encode_arrays(CURRENT))
+    (update, result), (big, big_result) = _client_update(store, 0), _client_update(store, 1)
+    store.put(big_result["update"], bytes(2**21))  # 2 MiB, over the task's 1 MiB limit
+    read = []
+    get = LocalStore.get
+    monkeypatch.setattr(LocalStore, "get", lambda self, key: read.append(key) or get(self, key))
+    strategy = _bound(make_strategy("fedavg"))
+    task, key = _task(store, "aggregator-0-0", 0, strategy.sum_spec(),
+                      [_entry(update, result, strategy), _entry(big, big_result, strategy)])
+    summed, _ = _summed(store, handle(task), "aggregator-0-0", key)
+    assert [(r.client_id, r.cause, r.reason) for r in summed.rejected] == [
+        ("client-0001", "rejected", f"the update is {2**21} bytes, more than the {2**20} an update of this model "
+                                    "can take; it was not read")]
+    assert big_result["update"] not in read and result["update"] in read
+
+
+def test_a_presigned_store_tells_an_objects_size_without_reading_it(moto_endpoint, aws_credentials):
+    import uuid
+
+    import boto3
+
+    from fedless_nb.store import MissingKeyError
+    from fedless_nb.store.presigned import PresignedStore
+
+    bucket = f"fedless-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    for key, size in (("big", 3 * 2**20 + 7), ("empty", 0)):
+        s3.put_object(Bucket=bucket, Key=key, Body=bytes(size))
+    urls = {key: s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key})
+            for key in ("big", "empty", "missing")}
+    store = PresignedStore(urls, {}, time.time() + 60)
+    assert (store.size("big"), store.size("empty")) == (3 * 2**20 + 7, 0)
+    with pytest.raises(MissingKeyError):
+        store.size("missing")
+
+
+def test_a_retried_aggregator_writes_its_own_key_and_the_rounds_cost_counts_every_aggregator(tiny_config, tmp_path,
+                                                                                             monkeypatch):
+    """Every aggregator's first attempt writes its partial sum and dies before answering: the retry, a task with
+    its own key and token, is not refused as a replay, and the round's sum is the controller's. Each round's
+    cost in the history is its client and aggregator invocations' (one request price each), as in the cost report."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("FEDLESS_TEST_MARKS", str(marks))
+    options = dict(clients=4, clients_per_round=4, rounds=1, seed=3,
+                   providers=[{"kind": "local", "workers": 2, "pricing": {"request": 0.001}}])
+    central = run_experiment(tiny_config(name="central", aggregation={"where": "controller"}, **options))
+    config = tiny_config(name="retried", aggregation={"where": "functions", "fan_in": 2}, **options)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:crashes_after_writing_first_aggregate")
+    tree = run_experiment(config, providers={"local": provider})
+    for got, want in zip(tree.weights, central.weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    history = History(config.history)
+    aggregations = history.aggregations(tree.run_id)
+    assert sorted((a["aggregator_id"], a["outcome"]) for a in aggregations) == [
+        (aggregator, outcome) for aggregator in ("aggregator-0-00001", "aggregator-0-00002")
+        for outcome in ("failed", "succeeded")]
+    assert all(a["error"].startswith("worker process exited with code 9") and a["error"].endswith("(retried)")
+               for a in aggregations if a["outcome"] == "failed")
+    written = sorted(path.name for path in (tmp_path / "store" / "runs" / tree.run_id).rglob("*.sum"))
+    assert written == [f"aggregator-0-0000{n}.{attempt}.sum" for n in (1, 2) for attempt in (1, 2)]
+
+    (round_row,) = history.rounds(tree.run_id)
+    invocations = history.invocations(tree.run_id)
+    assert round_row["succeeded"] == 4 and len(invocations) == 4 and len(aggregations) == 4
+    assert round_row["cost"] == pytest.approx(0.001 * (len(invocations) + len(aggregations)))
+    report = history.cost(tree.run_id)
+    assert history.run(tree.run_id)["cost"] == pytest.approx(report["serverless_cost"]) == pytest.approx(round_row["cost"])
+
+
+def test_a_round_run_again_below_its_quorum_gives_its_aggregators_keys_of_their_own(tiny_config, tmp_path,
+                                                                                    monkeypatch):
+    """The first run of the round gets 2 of 4 updates, below min_successful 4: its aggregator wrote its partial
+    sum; the second run's aggregators write under the round's second run, so none is refused as a replay."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("FEDLESS_TEST_MARKS", str(marks))
+    config = tiny_config(clients=4, clients_per_round=4, rounds=1, retries=0, min_successful=4, round_repeats=1,
+                         aggregation={"where": "functions", "fan_in": 2})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:fails_odd_clients_once")
+    result = run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    assert result.status == "finished" and [r["succeeded"] for r in history.rounds(result.run_id)] == [4]
+    assert [a["outcome"] for a in history.aggregations(result.run_id)] == ["succeeded"] * 3
+    written = sorted(path.relative_to(tmp_path / "store" / "runs" / result.run_id / "round-00001").as_posix()
+                     for path in (tmp_path / "store" / "runs" / result.run_id).rglob("*.sum"))
+    assert written == ["aggregates-1/aggregator-0-00001.1.sum", "aggregates-2/aggregator-0-00001.1.sum",
+                       "aggregates-2/aggregator-0-00002.1.sum"]

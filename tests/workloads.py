@@ -194,3 +194,60 @@ def drops_in_secure_stages(payload):
     if f"{payload['round']}/{settings.get('attempt')}:{settings.get('stage')}:{payload['client_id']}" in drops:
         raise RuntimeError(f"client {payload['client_id']} dropped out in the {settings['stage']} stage")
     return handle(payload)
+
+
+def tampers_with_client_1s_masked_vector(payload):
+    """A secure round run for real, except that something rewrites client 1's masked vector in the store after
+    its function signed it (one added to every value: still a uint32 vector of the right length)."""
+    import numpy as np
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
+
+    result = handle(payload)
+    settings = payload.get("train", {}).get("secagg") or {}
+    if settings.get("stage") == "masked" and payload["client_id"].endswith("-0001"):
+        store = store_from_descriptor(payload["store"])
+        (vector,) = decode_arrays(store.get(payload["update"]))
+        store.put(payload["update"], encode_arrays([vector + np.uint32(1)]))
+    return result
+
+
+def crashes_after_writing_first_aggregate(payload):
+    """Clients run for real; an aggregator's first attempt at each task writes its partial sum and then dies before
+    it answers (the reply is lost). FEDLESS_TEST_MARKS names a folder where it remembers whom it crashed."""
+    from pathlib import Path
+
+    from fedless_nb.function.handler import handle
+
+    result = handle(payload)
+    if payload.get("kind") == "aggregate":
+        mark = Path(os.environ["FEDLESS_TEST_MARKS"]) / f"{payload['round']}-{payload['client_id']}"
+        if not mark.exists():
+            mark.touch()
+            os._exit(9)
+    return result
+
+
+def aggregator_fails_on_client_1s_shard(payload):
+    """Clients run for real; the aggregator of the shard that holds client 1's update raises (a bug of its own)."""
+    from fedless_nb.function.handler import handle
+
+    if payload.get("kind") == "aggregate" and any(e["client_id"].endswith("-0001") for e in payload["entries"]):
+        raise RuntimeError("the aggregator's own bug")
+    return handle(payload)
+
+
+def fails_odd_clients_once(payload):
+    """Odd-numbered clients' first invocation raises; every later one, and every even client, runs for real.
+    FEDLESS_TEST_MARKS names a folder where it remembers whom it failed."""
+    from pathlib import Path
+
+    from fedless_nb.function.handler import handle
+
+    if payload.get("kind") != "aggregate" and int(payload["client_id"].rsplit("-", 1)[1]) % 2:
+        mark = Path(os.environ["FEDLESS_TEST_MARKS"]) / payload["client_id"]
+        if not mark.exists():
+            mark.touch()
+            raise RuntimeError(f"{payload['client_id']} fails its first invocation")
+    return handle(payload)

@@ -137,7 +137,7 @@ class History:
                 "run_id": event.run_id, "round": event.round, "started_at": event.started_at,
                 "finished_at": event.finished_at, "duration": event.finished_at - event.started_at,
                 "selected": event.selected, "succeeded": event.succeeded, "failed": event.failed,
-                "cost": sum(row["cost"] for row in rows),
+                "cost": sum(row["cost"] for row in rows) + self._aggregations_cost(event.run_id, event.round),
             }, replace=True)
             self.db["metrics"].insert_all(
                 ({"run_id": event.run_id, "round": event.round, "scope": scope, "name": name, "value": value}
@@ -146,11 +146,18 @@ class History:
                  for name, value in values.items()),
                 replace=True,
             )
-            self.db.execute(
-                "update runs set rounds_completed = max(coalesce(rounds_completed, 0), ?), "
-                "cost = (select coalesce(sum(cost), 0) from rounds where run_id = ?) where run_id = ?",
-                [event.round, event.run_id, event.run_id],
-            )
+            self.db.execute("update runs set rounds_completed = max(coalesce(rounds_completed, 0), ?) where run_id = ?",
+                            [event.round, event.run_id])
+            self._sum_run_cost(event.run_id)
+
+    def _sum_run_cost(self, run_id: str) -> None:
+        """Inside a transaction: the run's cost is its rounds' (client and aggregator invocations)."""
+        self.db.execute("update runs set cost = (select coalesce(sum(cost), 0) from rounds where run_id = ?) "
+                        "where run_id = ?", [run_id, run_id])
+
+    def _aggregations_cost(self, run_id: str, round_number: int) -> float:
+        return self.db.execute("select coalesce(sum(cost), 0) from aggregations where run_id = ? and round = ?",
+                               [run_id, round_number]).fetchone()[0]
 
     def record_invocations(self, invocations: list[InvocationFinished]) -> None:
         """Invocations of a round that never finished; they are replaced if the round is recorded later."""
@@ -159,13 +166,21 @@ class History:
             self._replace_invocations({(row["run_id"], row["round"]) for row in rows}, rows)
 
     def record_aggregations(self, aggregations: list[AggregationFinished]) -> None:
-        """A round's aggregator invocations, each priced like a client invocation of its provider; recording
-        a round's again replaces them."""
+        """A round's aggregator invocations, each priced like a client invocation of its provider and counted in
+        its round's and run's cost (whichever is recorded first); recording a round's again replaces them."""
         rows = [_aggregation_row(event, self.cost_model(event.run_id)) for event in aggregations]
         with self.db.conn:
-            for run_id, round_number in {(row["run_id"], row["round"]) for row in rows}:
+            rounds = {(row["run_id"], row["round"]) for row in rows}
+            before = {key: self._aggregations_cost(*key) for key in rounds}
+            for run_id, round_number in rounds:
                 self.db.execute("delete from aggregations where run_id = ? and round = ?", [run_id, round_number])
             self.db["aggregations"].insert_all(rows)
+            for run_id, round_number in rounds:  # a round already recorded: its cost gains (or replaces) these
+                self.db.execute("update rounds set cost = cost + ? where run_id = ? and round = ?",
+                                [self._aggregations_cost(run_id, round_number) - before[run_id, round_number],
+                                 run_id, round_number])
+            for run_id in {run_id for run_id, _ in rounds}:
+                self._sum_run_cost(run_id)
 
     def aggregations(self, run_id: str) -> list[dict[str, Any]]:
         return list(self.db.query("select * from aggregations where run_id = ? order by round, id", [run_id]))
@@ -375,7 +390,8 @@ class HistoryWriter:
         elif isinstance(event, UpdateRejected):  # the success it supersedes becomes a failure, timings kept
             self._pending = [
                 dataclasses.replace(i, outcome="failed", cause="rejected", error=event.reason)
-                if (i.round, i.client_id, i.outcome) == (event.round, event.client_id, "succeeded") else i
+                if (i.round, i.client_id, i.outcome, i.stage) == (event.round, event.client_id, "succeeded", event.stage)
+                else i
                 for i in self._pending
             ]
         elif isinstance(event, RoundFinished):
@@ -392,6 +408,9 @@ class HistoryWriter:
             if self._pending:  # the invocations of a round the run ended in (quorum missed, interrupted)
                 self._write(event.run_id, {"write": "record_invocations", "invocations": self._pending})
                 self._pending = []
+            if self._aggregations:  # and its aggregators'
+                self._write(event.run_id, {"write": "record_aggregations", "aggregations": self._aggregations})
+                self._aggregations = []
             self._write(event.run_id, {"write": "finish_run", "event": event})
 
     def _write(self, run_id: str, write: dict[str, Any]) -> None:

@@ -104,7 +104,7 @@ class Controller:
     """Runs the rounds of one run over the given clients and providers.
 
     The round interface, for schedules: `task`, `invoke`, `collect` (or `receive` for a stage's object, or
-    `collect_result` when aggregator functions read the update), `screen` (or `screen_distances`), `record_failure`, `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
+    `collect_result` and `receive_result` when aggregator functions read the update), `screen` (or `screen_distances`), `record_failure`, `publish` and `emit`, plus the run's `clients`, `providers`, `strategy`, `selection`, `plan`,
     `run_id` and `resumed_round` (the checkpointed round a resumed run continues after).
     """
 
@@ -382,6 +382,23 @@ class Controller:
         result, data = checked
         self._succeeded(round_number, client, result, started, result.num_examples, dict(result.metrics), stage=stage)
         return call.result(), data
+
+    async def receive_result(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
+                             started: float, key: str, *, stage: str) -> dict[str, Any] | None:
+        """`receive` without reading the bytes at `key` (aggregator functions read, verify and sum them where they
+        are stored: rounds/tree.py): the stage's reply, if it answers the task and claims the client's true
+        example count; otherwise the failure is recorded and the answer is None."""
+        checked = await self._checking(round_number, client, started, self._counted(round_number, client, call, key),
+                                       stage=stage)
+        if checked is None:
+            return None
+        self._succeeded(round_number, client, checked, started, checked.num_examples, dict(checked.metrics), stage=stage)
+        return call.result()
+
+    async def _counted(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
+                       key: str) -> Result:
+        """The reply parsed as a Result for this very task, if it claims the client's true example count."""
+        return self._example_count_checked(self._parsed(round_number, client, call.result(), key), client)
 
     def _succeeded(self, round_number: int, client: ClientRef, result: Result, started: float,
                    num_examples: int, metrics: dict[str, float], **facts: Any) -> None:

@@ -59,6 +59,7 @@ class UpdateRejected:
     round: int
     client_id: str
     reason: str
+    stage: str | None = None  # a secure round's stage whose object was refused (its other stages' successes stand)
 
 
 @dataclass(frozen=True)

@@ -79,12 +79,13 @@ class RoundPolicy:
 
 async def invoke_with_retries(
     invoke: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
-    task: dict[str, Any],
+    task: dict[str, Any] | Callable[[], dict[str, Any]],
     policy: RoundPolicy,
     deadline: float,
     on_failed_attempt: Callable[[InvocationError], None],
 ) -> dict[str, Any]:
-    """`await invoke(task)`, again after a retryable failure while attempts and the deadline allow.
+    """`await invoke(task)`, again after a retryable failure while attempts and the deadline allow. `task` may
+    be a function that makes each attempt's task (an aggregator's: each attempt writes a key of its own).
 
     Each failed attempt that is retried is reported to `on_failed_attempt` (it is an invocation
     of its own); the last failure is raised for the caller to record.
@@ -92,7 +93,7 @@ async def invoke_with_retries(
     attempt = 0
     while True:
         try:
-            return await invoke(task)
+            return await invoke(task() if callable(task) else task)
         except InvocationError as error:
             wait = policy.retry_backoff * 2**attempt + random.uniform(0, policy.retry_backoff)
             if error.cause not in RETRYABLE_CAUSES or attempt == policy.retries or time.time() + wait >= deadline:

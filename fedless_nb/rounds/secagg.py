@@ -7,6 +7,11 @@ vectors, removes the self-masks of the clients that sent one and the pairwise ma
 neighbours that dropped, from the secrets it reconstructs out of the revealed Shamir shares;
 dequantizes; and hands the average (one update) to the strategy, or the clipped sum to central DP,
 which adds its noise after unmasking. It never reads a single update: none is written in the clear.
+When plan.aggregation says so (TreeOptions.in_functions, by the masked vectors' bytes), aggregator
+functions read, verify and sum the masked vectors modulo 2^32 where they are stored (rounds/tree.py):
+the controller then checks each masked-stage result without reading its vector, reads only the
+round's masked sum, and counts a client whose vector an aggregator refused (or whose aggregator
+failed) as dropped, so its neighbours reveal its mask key and its pairwise masks leave the sum.
 
 A client that fails a stage drops out of the later ones. The round still completes while each
 stage keeps at least `threshold` clients and every secret to reconstruct keeps `threshold` holders;
@@ -28,6 +33,7 @@ import numpy as np
 from ..experiment import SecureAggregationConfig
 from ..privacy import secagg
 from ..providers.base import InvocationError
+from ..reduction import MaskedSum, masked_vector_problem
 from ..store import decode_arrays
 from ..store.keys import secagg_key
 from ..strategies.base import ClientUpdate, Weights
@@ -36,6 +42,7 @@ from .completion import finished_by
 from .events import RoundFailed, RoundStarted, UpdateRejected
 from .resilience import check_quorum
 from .synchronous import SynchronousRounds
+from .tree import Arrival, TreeAggregation
 
 if TYPE_CHECKING:
     from .controller import ClientRef, Controller
@@ -58,11 +65,13 @@ class _Attempt:
     graph: dict[str, list[str]]
     threshold: int
     size: int  # the model's number of values: a masked vector holds one more (the clients' weight)
-    objects: dict[str, dict[str, bytes]]  # stage -> client id -> the object it wrote
+    objects: dict[str, dict[str, bytes]]  # stage -> client id -> the object it wrote (masked: controller sums only)
     results: dict[str, dict[str, Any]]  # the masked stage's results (example counts, metrics)
+    in_functions: bool = False  # aggregator functions sum the masked vectors (rounds/tree.py)
+    total: MaskedSum | None = None  # their sum, when they did
 
     def survivors(self, stage: str) -> list[str]:
-        return sorted(self.objects.get(stage, {}))
+        return sorted(self.results if stage == "masked" else self.objects.get(stage, {}))
 
 
 class SecureAggregationRounds(SynchronousRounds):
@@ -101,8 +110,10 @@ class SecureAggregationRounds(SynchronousRounds):
         graph = secagg.neighbours(selected, degree, seed=self.controller.plan.seed * 100_003 + round_number)
         holders = len(graph[selected[0]]) + 1
         threshold = self.options.threshold or secagg.majority(holders)
-        attempt = _Attempt(round_number, attempt_number, started, graph, threshold,
-                           sum(layer.size for layer in weights), {}, {})
+        size = sum(layer.size for layer in weights)
+        in_functions = self.controller.plan.aggregation.in_functions(self.controller.strategy, len(selected),
+                                                                     4 * (1 + size))
+        attempt = _Attempt(round_number, attempt_number, started, graph, threshold, size, {}, {}, in_functions)
         overrides = self.controller.strategy.configure_round(round_number, selected)
 
         await self._stage(attempt, "keys", {client: {"peers": []} for client in selected}, overrides)
@@ -112,6 +123,8 @@ class SecureAggregationRounds(SynchronousRounds):
                                               if len(peers) + 1 >= threshold}, overrides)
         shared = set(attempt.survivors("shares"))
         await self._stage(attempt, "masked", {c: {"peers": sorted(set(graph[c]) & shared)} for c in shared}, overrides)
+        if attempt.in_functions:
+            await self._sum_in_functions(attempt)
         masked = set(attempt.survivors("masked"))
         await self._stage(attempt, "reveal", {c: {"peers": sorted(set(graph[c]) & shared),
                                                   "dropped": sorted(set(graph[c]) & (shared - masked))}
@@ -151,12 +164,18 @@ class SecureAggregationRounds(SynchronousRounds):
             task = controller.task(attempt.round_number, client, train, deadline, update=key,
                                    reads=self._reads(attempt, stage, client_id, peers["peers"]))
             calls[controller.invoke(attempt.round_number, client, task, attempt.started, stage=stage)] = (client, key)
+        summing = stage == "masked" and attempt.in_functions  # aggregator functions read the masked vectors
         kept: dict[str, bytes] = {}
         pending = set(calls)
         try:
             async for call in finished_by(calls, deadline):
                 pending.discard(call)
                 client, key = calls[call]
+                if summing:
+                    reply = await controller.receive_result(attempt.round_number, client, call, attempt.started, key,
+                                                            stage=stage)
+                    attempt.results.update({client.client_id: reply} if reply is not None else {})
+                    continue
                 received = await controller.receive(attempt.round_number, client, call, attempt.started, key, stage=stage)
                 if received is not None and self._accepted(attempt, stage, client.client_id, *received):
                     kept[client.client_id] = received[1]
@@ -168,31 +187,42 @@ class SecureAggregationRounds(SynchronousRounds):
             missed = InvocationError(f"missed the stage deadline of {controller.plan.round_deadline:g}s", "deadline")
             controller.record_failure(attempt.round_number, calls[call][0], missed, attempt.started, stage=stage)
         attempt.objects[stage] = kept
-        if len(kept) < attempt.threshold:
-            raise SecureRoundFailed(
-                f"secure aggregation: {len(kept)} of {len(clients)} clients finished the {stage} stage, fewer than "
-                f"the threshold {attempt.threshold}; the round cannot be unmasked")
+        _check_threshold(attempt, len(attempt.survivors(stage)), len(clients), f"finished the {stage} stage")
+
+    async def _sum_in_functions(self, attempt: _Attempt) -> None:
+        """The masked vectors summed by aggregator functions (rounds/tree.py); a client whose vector is not in
+        the sum (refused, or its aggregator failed) leaves the round's survivors of the masked stage."""
+        controller, sent = self.controller, len(attempt.results)
+        arrivals = [Arrival(controller.clients[client], ClientUpdate(client, [], int(reply["num_examples"])), reply)
+                    for client, reply in sorted(attempt.results.items())]
+        tree = TreeAggregation(controller, controller.plan.aggregation, attempt.attempt)
+        deadline = time.time() + controller.plan.round_deadline
+        attempt.total, summed = await tree.masked_sum(attempt.round_number, arrivals, 1 + attempt.size, deadline)
+        attempt.results = {client: reply for client, reply in attempt.results.items() if client in summed}
+        if attempt.total.count != len(attempt.results):
+            raise RuntimeError(f"the aggregators' masked sum counts {attempt.total.count} vectors, "
+                               f"their results {len(attempt.results)}")
+        _check_threshold(attempt, len(attempt.results), sent, "sent a masked vector the aggregators accepted")
 
     def _accepted(self, attempt: _Attempt, stage: str, client_id: str, result: dict[str, Any], data: bytes) -> bool:
         """Whether a stage's object has the form the controller needs (a masked vector of the model's size
         or a JSON object); a malformed one is rejected like a bad update."""
         try:
             if stage == "masked":
-                (vector,) = decode_arrays(data)
-                expected = 1 + attempt.size
-                if vector.dtype != np.uint32 or vector.shape != (expected,):
-                    raise ValueError(f"a masked vector of {expected} uint32 values, got {vector.dtype} {vector.shape}")
+                if problem := masked_vector_problem(decode_arrays(data), 1 + attempt.size):
+                    raise ValueError(problem)
                 attempt.results[client_id] = result
             elif not isinstance(json.loads(data), dict):
                 raise ValueError("a JSON object")
         except ValueError as error:
             self.controller.emit(UpdateRejected(self.controller.run_id, attempt.round_number, client_id,
-                                                f"the {stage} stage wrote a malformed object ({error})"))
+                                                f"the {stage} stage wrote a malformed object ({error})", stage=stage))
             return False
         return True
 
     def _unmask(self, attempt: _Attempt) -> np.ndarray:
-        """The sum of the surviving clients' quantized updates (SecureRoundFailed if a secret cannot be recovered)."""
+        """The sum of the surviving clients' quantized updates (SecureRoundFailed if a secret cannot be recovered):
+        the aggregators' masked sum, or the controller's own of the masked vectors, less the masks."""
         keys = {client: json.loads(data) for client, data in attempt.objects["keys"].items()}
         reveals = {client: json.loads(data) for client, data in attempt.objects["reveal"].items()}
         masked, shared = set(attempt.survivors("masked")), set(attempt.survivors("shares"))
@@ -217,6 +247,8 @@ class SecureAggregationRounds(SynchronousRounds):
                 raise SecureRoundFailed(f"secure aggregation: the revealed shares of {gone}'s mask key do not match its public key")
             pairs += [(peer, gone, secagg.pairwise_seed(private, _unb64(keys[peer]["mask_public"])))
                       for peer in attempt.graph[gone] if peer in masked]
+        if attempt.total is not None:
+            return secagg.remove_masks(attempt.total.total, seeds, pairs)
         vectors = [decode_arrays(attempt.objects["masked"][client])[0] for client in sorted(masked)]
         return secagg.remove_masks(np.sum(vectors, axis=0, dtype=np.uint32), seeds, pairs)
 
@@ -234,6 +266,13 @@ class SecureAggregationRounds(SynchronousRounds):
         model = [(w + layer / vector[0]).astype(w.dtype) for w, layer in zip(weights, layers)]
         examples = sum(c.num_examples for c in contributions)
         return self.controller.strategy.aggregate(round_number, weights, [ClientUpdate(SECURE_CLIENT_ID, model, examples)])
+
+
+def _check_threshold(attempt: _Attempt, kept: int, of: int, what: str) -> None:
+    """SecureRoundFailed when fewer than the threshold of `of` clients `what`."""
+    if kept < attempt.threshold:
+        raise SecureRoundFailed(f"secure aggregation: {kept} of {of} clients {what}, fewer than the threshold "
+                                f"{attempt.threshold}; the round cannot be unmasked")
 
 
 def _numbers(metrics: Any) -> dict[str, float]:

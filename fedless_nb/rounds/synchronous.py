@@ -41,7 +41,7 @@ class SynchronousRounds:
             runs += 1
             if runs > 1:  # the repeat writes the same update keys: clear the first run's, or functions refuse a replay
                 controller.store.delete_prefix(round_updates_prefix(controller.run_id, round_number))
-            started, selected, updates, streamed = await self.invoke_round(round_number, weights)
+            started, selected, updates, streamed = await self.invoke_round(round_number, weights, runs)
             if not selected or check_quorum(round_number, len(updates), len(selected), controller.plan.policy, runs):
                 break
         if updates or not selected:  # a Poisson-sampled empty round still aggregates (central DP's noise)
@@ -51,12 +51,13 @@ class SynchronousRounds:
         return weights
 
     async def invoke_round(
-        self, round_number: int, weights: Weights,
+        self, round_number: int, weights: Weights, run: int = 1,
     ) -> tuple[float, list[str], list[ClientUpdate], StreamingRound | TreeRound | None]:
         """Invoke the round's clients (retrying where safe) until they answer or the deadline passes;
         returns when it started, whom it selected, the screened updates and, for a sum-based strategy, the
         streamed sum they were folded into as they came, or the sum aggregator functions made of them where
-        they are stored (rounds/tree.py; plan.aggregation says when): the updates then carry no arrays."""
+        they are stored (rounds/tree.py; plan.aggregation says when): the updates then carry no arrays. `run`:
+        which run of the round this is (a round below its quorum runs again)."""
         controller = self.controller
         started = time.time()
         selected = controller.selection.select(round_number, list(controller.clients), controller.plan.clients_per_round)
@@ -96,7 +97,8 @@ class SynchronousRounds:
             missed = InvocationError(f"missed the round deadline of {controller.plan.round_deadline:g}s", "deadline")
             controller.record_failure(round_number, calls[call], missed, started)
         if in_functions:
-            return started, selected, *await TreeAggregation(controller, options).round_sum(round_number, weights, arrivals)
+            tree = TreeAggregation(controller, options, run)
+            return started, selected, *await tree.round_sum(round_number, weights, arrivals)
         if streamed is None:
             return started, selected, controller.screen(round_number, updates, weights), None
         rejected = controller.screen_distances(round_number, {u.client_id: streamed.distances[u.client_id] for u in updates})

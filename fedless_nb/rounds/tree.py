@@ -11,6 +11,10 @@ aggregator that fails takes its shard's updates out of the round, which goes on.
 rules that need the whole round work on the distances the aggregators report; an update they reject
 is taken back out by summing it again in a correction aggregator and subtracting that partial sum.
 Rules that need every update (strategy.sum_spec() is None) never get here: they aggregate centrally.
+A secure round's masked vectors go through the same tree (`masked_sum`): summed modulo 2^32, with no
+screening and no weights, so the controller reads the round's masked sum and never a single vector.
+Each attempt at an aggregator invocation writes its own key and carries its own token, so a retry is
+never refused as a replay of the attempt before.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..aggregate_wire import AGGREGATE, AggregateResult, SummedUpdate, parse_aggregate_result
 from ..providers.base import InvocationError
-from ..reduction import SumSpec, WeightedSum
+from ..reduction import MaskedSum, SumSpec, WeightedSum
 from ..security import ResultSignatureError
 from ..store.keys import aggregate_key, global_weights_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
@@ -81,8 +85,10 @@ class TreeRound:
 class TreeAggregation:
     """Sums one round's arrivals through aggregator functions (the module docstring)."""
 
-    def __init__(self, controller: Controller, options: TreeOptions) -> None:
-        self.controller, self.options = controller, options
+    def __init__(self, controller: Controller, options: TreeOptions, round_run: int = 1) -> None:
+        """`round_run`: which run of the round this is (a round below its quorum runs again): it names the
+        aggregators' keys, which the first run's functions already wrote."""
+        self.controller, self.options, self.round_run = controller, options, round_run
         self._invocations = 0
 
     async def reduce(self, round_number: int, current: Weights, arrivals: Sequence[Arrival],
@@ -97,17 +103,36 @@ class TreeAggregation:
             entries[arrival.update.client_id] = (arrival, term)
             if term is not None:
                 tree.added.add(arrival.update.client_id)
-        by_provider: dict[str, list[dict[str, Any]]] = {}
-        for arrival, term in entries.values():
-            by_provider.setdefault(arrival.client.provider, []).append(self._entry(arrival, term))
-        partials = await asyncio.gather(*(self._reduce_provider(round_number, provider, spec, level_entries, deadline)
-                                          for provider, level_entries in by_provider.items()))
+        partials = await self._reduce(round_number, spec, [(a, self._entry(a, term)) for a, term in entries.values()],
+                                      deadline)
         for summed, facts, refused in partials:
-            tree.total.merge(summed)
-            tree.distances.update({fact.client_id: fact.distance for fact in facts})
+            tree.total.merge(summed)  # type: ignore[arg-type]
+            tree.distances.update({fact.client_id: fact.distance for fact in facts})  # type: ignore[misc]
             tree.digests.update({fact.client_id: fact.sha256 for fact in facts})
             tree.added -= refused
         return tree
+
+    async def masked_sum(self, round_number: int, arrivals: Sequence[Arrival], length: int,
+                         deadline: float) -> tuple[MaskedSum, set[str]]:
+        """A secure round's masked vectors of `length` values summed modulo 2^32 by aggregator functions, and
+        the clients whose vectors are in the sum; each refused vector is announced (rounds/secagg.py then
+        counts its client as dropped)."""
+        partials = await self._reduce(round_number, SumSpec.masked(length),
+                                      [(arrival, self._entry(arrival, None)) for arrival in arrivals], deadline)
+        total, summed = MaskedSum(length), set()
+        for partial, facts, _ in partials:
+            total.merge(partial)  # type: ignore[arg-type]
+            summed |= {fact.client_id for fact in facts}
+        return total, summed
+
+    async def _reduce(self, round_number: int, spec: SumSpec, entries: Sequence[tuple[Arrival, dict[str, Any]]],
+                      deadline: float) -> list[tuple[WeightedSum | MaskedSum, list[SummedUpdate], set[str]]]:
+        """Each provider's entries reduced by its own aggregators (they can verify only its clients)."""
+        by_provider: dict[str, list[dict[str, Any]]] = {}
+        for arrival, entry in entries:
+            by_provider.setdefault(arrival.client.provider, []).append(entry)
+        return list(await asyncio.gather(*(self._reduce_provider(round_number, provider, spec, level_entries, deadline)
+                                           for provider, level_entries in by_provider.items())))
 
     async def round_sum(self, round_number: int, current: Weights,
                         arrivals: Sequence[Arrival]) -> tuple[list[ClientUpdate], TreeRound]:
@@ -143,7 +168,7 @@ class TreeAggregation:
                 "term": None if term is None else {"scale": term.scale, "weight": term.weight, "extras": term.extras}}
 
     async def _reduce_provider(self, round_number: int, provider: str, spec: SumSpec, entries: list[dict[str, Any]],
-                               deadline: float) -> tuple[WeightedSum, list[SummedUpdate], set[str]]:
+                               deadline: float) -> tuple[WeightedSum | MaskedSum, list[SummedUpdate], set[str]]:
         """One provider's updates summed level by level until at most `fan_in` partial sums are left."""
         fan_in, level = self.options.fan_in, 0
         shards = [entries[i:i + fan_in] for i in range(0, len(entries), fan_in)]
@@ -159,51 +184,59 @@ class TreeAggregation:
                 self._invoke(round_number, provider, level, spec, [
                     {"client_id": result.client_id, "key": result.update, "result": reply}
                     for _, result, reply in group], deadline) for group in groups)))
-        total = WeightedSum()
+        total = spec.empty_sum()
         for summed, _, _ in partials:
-            total.merge(summed)
+            total.merge(summed)  # type: ignore[arg-type]
         return total, facts, refused
 
     async def _shard(self, round_number: int, provider: str, spec: SumSpec, shard: list[dict[str, Any]],
-                     deadline: float) -> tuple[WeightedSum, AggregateResult | None, dict[str, Any]]:
+                     deadline: float) -> tuple[WeightedSum | MaskedSum, AggregateResult | None, dict[str, Any]]:
         """A level-0 shard's partial sum, its refusals announced; a failed aggregator refuses its whole shard."""
+        stage = "masked" if spec.is_masked else None  # a secure round's masked stage: its other stages stand
         try:
             summed, result, reply = await self._invoke(round_number, provider, 0, spec, shard, deadline)
         except InvocationError as error:
             for entry in shard:
                 self.controller.emit(UpdateRejected(self.controller.run_id, round_number, entry["client_id"],
-                                                    f"its aggregator function failed: {error}"))
-            return WeightedSum(), None, {}
+                                                    f"its aggregator function failed: {error}", stage))
+            return spec.empty_sum(), None, {}
         for refusal in result.rejected:
             self.controller.emit(UpdateRejected(self.controller.run_id, round_number, refusal.client_id,
-                                                f"{refusal.cause}: {refusal.reason}"))
+                                                f"{refusal.cause}: {refusal.reason}", stage))
         return summed, result, reply
 
     async def _invoke(self, round_number: int, provider: str, level: int, spec: SumSpec,
                       entries: list[dict[str, Any]], deadline: float, *,
-                      correction: bool = False) -> tuple[WeightedSum, AggregateResult, dict[str, Any]]:
-        """Invoke one aggregator (retrying where safe), check its signed result and read its partial sum;
-        returns the sum, the parsed result and the signed reply (a level up checks it again)."""
+                      correction: bool = False) -> tuple[WeightedSum | MaskedSum, AggregateResult, dict[str, Any]]:
+        """Invoke one aggregator (retrying where safe, each attempt with its own key and token), check its signed
+        result and read its partial sum; returns the sum, the parsed result and the signed reply (a level up
+        checks it again)."""
         from .controller import ClientRef
 
         controller = self.controller
         self._invocations += 1
         aggregator = ClientRef(f"aggregator-{'c' if correction else level}-{self._invocations:05d}", "", provider)
-        key = aggregate_key(controller.run_id, round_number, aggregator.client_id)
         weights_key = global_weights_key(controller.run_id, round_number - 1)
-        task = {
-            "kind": AGGREGATE, "run_id": controller.run_id, "round": round_number, "client_id": aggregator.client_id,
-            "level": level, "weights": weights_key, "update": key, "spec": spec.to_wire(),
-            "max_update_norm": controller.plan.policy.max_update_norm, "max_update_bytes": controller.update_limit,
-            "entries": entries, "token": None, "deadline": deadline,
-            # it reads the model and its entries, and checks that its own key is still unwritten (a replay)
-            # its partial sum is the model in float64 plus a small header: at most twice an update's limit
-            "store": controller.store.task_descriptor([weights_key, key, *(entry["key"] for entry in entries)], [key],
-                                                      deadline, max_write_bytes=2 * controller.update_limit),
-        }
         signing_key = controller.signing_key(aggregator)
-        if signing_key is not None:
-            task["token"] = signing_key.issue_token(task)
+        attempts: list[str] = []  # the key of each attempt; the last one answered
+
+        def attempt_task() -> dict[str, Any]:
+            key = aggregate_key(controller.run_id, round_number, aggregator.client_id, self.round_run, len(attempts) + 1)
+            attempts.append(key)
+            task = {
+                "kind": AGGREGATE, "run_id": controller.run_id, "round": round_number,
+                "client_id": aggregator.client_id, "level": level, "weights": weights_key, "update": key,
+                "spec": spec.to_wire(), "max_update_norm": controller.plan.policy.max_update_norm,
+                "max_update_bytes": controller.update_limit, "entries": entries, "token": None, "deadline": deadline,
+                # it reads the model and its entries, and checks that its own key is still unwritten (a replay)
+                # its partial sum is the model in float64 plus a small header: at most twice an update's limit
+                "store": controller.store.task_descriptor([weights_key, key, *(entry["key"] for entry in entries)],
+                                                          [key], deadline, max_write_bytes=2 * controller.update_limit),
+            }
+            if signing_key is not None:
+                task["token"] = signing_key.issue_token(task)
+            return task
+
         started = time.time()
 
         def failed(error: InvocationError) -> None:
@@ -211,15 +244,18 @@ class TreeAggregation:
                                                 "failed", started, time.time(), len(entries), error=str(error)))
 
         try:
-            reply = await invoke_with_retries(controller.providers[provider].invoke, task, controller.plan.policy,
+            reply = await invoke_with_retries(controller.providers[provider].invoke, attempt_task, controller.plan.policy,
                                               deadline, failed)
+            key = attempts[-1]
             result = parse_aggregate_result(reply, controller.run_id, round_number, aggregator.client_id, key)
+            if level == 0 and not spec.is_masked and any(fact.distance is None for fact in result.summed):
+                raise ResultError("the aggregator's result lacks an update's distance", "invalid")
             if await controller.store.asize(key) > 4 * controller.update_limit:
                 raise InvocationError("the partial sum is larger than a model's float64 sum can be", "rejected")
             data = await controller.store.aget(key)
             if signing_key is not None:
                 signing_key.verify_result(reply, data)
-            summed = WeightedSum.from_bytes(data)
+            summed = spec.read_sum(data)
         except (ResultError, ResultSignatureError, ValueError) as error:
             failure = InvocationError(f"{type(error).__name__}: {error}", "invalid")
             failed(failure)

@@ -44,6 +44,8 @@ def secagg_key(run_id: str, round_number: int, client_id: str, stage: str, attem
     return f"runs/{run_id}/round-{round_number:05d}/secagg-{attempt}/{client_id}.{stage}"
 
 
-def aggregate_key(run_id: str, round_number: int, aggregator_id: str) -> str:
-    """Where an aggregator function writes its partial sum of a round (tree aggregation)."""
-    return f"runs/{run_id}/round-{round_number:05d}/aggregates/{aggregator_id}.sum"
+def aggregate_key(run_id: str, round_number: int, aggregator_id: str, round_run: int = 1, attempt: int = 1) -> str:
+    """Where an aggregator function writes its partial sum of a round (tree aggregation): per run of the round
+    (`round_run`: a round below its quorum runs again) and per `attempt` of the invocation, since a function
+    refuses to overwrite an object (a replay), so a retried aggregator writes a key of its own."""
+    return f"{round_prefix(run_id, round_number)}/aggregates-{round_run}/{aggregator_id}.{attempt}.sum"

@@ -69,10 +69,14 @@ class PresignedStore(Store):
             raise StoreError(f"the task's store access expired at {expired} (its round deadline)")
         return grants[key]
 
-    def _request(self, request: urllib.request.Request, key: str, tolerated: tuple[int, ...] = ()) -> tuple[int, bytes]:
-        """(status, body); an HTTP error becomes a StoreError unless its status is `tolerated`."""
+    def _request(self, request: urllib.request.Request, key: str, tolerated: tuple[int, ...] = (),
+                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """(status, body); an HTTP error becomes a StoreError unless its status is `tolerated`. `headers`, when
+        given, receives the response's headers."""
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                if headers is not None:
+                    headers.update(response.headers.items())
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             if error.code in tolerated:
@@ -97,9 +101,25 @@ class PresignedStore(Store):
 
     def exists(self, key: str) -> bool:
         """A one-byte ranged GET: a presigned GET URL is valid for GET only, not HEAD."""
+        return self._first_byte(key, {}) != 404
+
+    def size(self, key: str) -> int:
+        """The object's size from a one-byte ranged GET's Content-Range ("bytes 0-0/SIZE"), without reading it."""
+        headers: dict[str, str] = {}
+        status = self._first_byte(key, headers)
+        if status == 404:
+            raise MissingKeyError(f"store has no key {key!r}")
+        if status == 416:  # an empty object has no byte 0
+            return 0
+        ranged = {name.lower(): value for name, value in headers.items()}
+        total = ranged.get("content-range", "").rpartition("/")[2] if status == 206 else ranged.get("content-length", "")
+        if not total.isdigit():
+            raise StoreError(f"the store did not say how large {key!r} is (HTTP {status})")
+        return int(total)
+
+    def _first_byte(self, key: str, headers: dict[str, str]) -> int:
         request = urllib.request.Request(self._url(self.reads, key, "read"), headers={"Range": "bytes=0-0"})
-        status, _ = self._request(request, key, tolerated=(404, 416))  # 416: an empty object has no byte 0
-        return status != 404
+        return self._request(request, key, tolerated=(404, 416), headers=headers)[0]
 
     def delete(self, key: str) -> None:
         raise StoreError(f"a function may not delete {key!r}: a task grants reads and its own update only")
