@@ -121,6 +121,19 @@ def test_a_run_with_one_valid_update_is_not_failed_for_its_empty_rounds(tiny_con
     assert sorted(outcomes) == [(1, "failed"), (2, "succeeded"), (3, "failed")]
     assert result.status == "finished"
 
+def test_a_function_that_wrote_its_update_and_then_died_is_retried_not_refused_as_a_replay(tiny_config):
+    """The retry gets a fresh token and the update the dead attempt left is deleted first: otherwise the
+    function would refuse the retry as a replay of a task whose update exists."""
+    config = tiny_config(rounds=1, clients_per_round=4)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:crashes_after_writing_once")
+    result = run_experiment(config, providers={"local": provider})
+    invocations = History(config.history).invocations(result.run_id)
+    outcomes = collections.Counter((i["client_id"], i["outcome"], i["cause"]) for i in invocations)
+    assert len(outcomes) == 8 and set(outcomes.values()) == {1}
+    assert {outcome for _, outcome, _ in outcomes} == {"failed", "succeeded"}
+    assert {cause for _, outcome, cause in outcomes if outcome == "failed"} == {"crash"}
+    assert History(config.history).rounds(result.run_id)[0]["succeeded"] == 4
+
 def test_a_late_result_of_an_earlier_round_is_discarded_not_aggregated(tiny_config):
     config = tiny_config(rounds=2, clients_per_round=3)
     provider = LocalProvider("local", workers=2, entry_point="workloads:answers_an_earlier_round")

@@ -42,6 +42,21 @@ def crashes_on_odd_clients(payload):
     return handle(payload)
 
 
+def crashes_after_writing_once(payload):
+    """Trains, writes its update and signs its result, then dies before replying, the first time each client is
+    called in a round (a marker in the local store remembers it across the worker's restart)."""
+    from pathlib import Path
+
+    from fedless_nb.function.handler import handle
+
+    reply = handle(payload)
+    marker = Path(payload["store"]["root"]) / f"crashed-{payload['round']}-{payload['client_id']}"
+    if not marker.exists():
+        marker.touch()
+        os._exit(9)
+    return reply
+
+
 def answers_another_round(payload):
     """A confused function: trains, then claims its result belongs to a different round."""
     from fedless_nb.function.handler import handle

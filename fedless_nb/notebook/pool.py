@@ -17,7 +17,7 @@ from typing import Any
 from ..experiment import ExperimentConfig
 from ..providers.base import Provider
 from ..providers.local import LocalProvider
-from ..providers.local_worker import DEFAULT_ENTRY_POINT
+from ..providers.local import DEFAULT_ENTRY_POINT
 from .execution import run_loop
 
 

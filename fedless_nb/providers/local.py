@@ -21,8 +21,8 @@ from typing import Any
 
 from ..security import CLIENT_ID_VARIABLE, SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
 from .base import REPLY_LIMIT, InvocationError, Provider
-from .local_worker import DEFAULT_ENTRY_POINT
 
+DEFAULT_ENTRY_POINT = "fedless_nb.function.handler:handle"  # what a worker calls: the client function
 # What a worker inherits: the system's basics, Python's and TensorFlow's settings, fedless's own function settings.
 _WORKER_VARIABLES = re.compile(r"PATH|HOME|USER|LANG|LC_\w+|TZ|TMPDIR|VIRTUAL_ENV|PYTHON\w*|TF_\w+|OMP_\w+|KMP_\w+"
                                r"|FEDLESS_\w+")

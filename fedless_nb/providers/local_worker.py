@@ -1,7 +1,7 @@
 """A local worker process: the embedded provider's stand-in for one FaaS container.
 
-It reads one JSON task per line on stdin, calls the entry point (by default
-`fedless_nb.function.handler:handle`) and writes one JSON reply per line on its original stdout.
+It reads one JSON task per line on stdin, calls the entry point named by its argument
+('package.module:function', see LocalProvider) and writes one JSON reply per line on its original stdout.
 Anything else the process prints (TensorFlow's chatter included) goes to stderr, so it
 can never corrupt the reply stream. It exits when stdin closes, so a dead controller
 leaves no workers behind.
@@ -15,9 +15,6 @@ import os
 import sys
 import traceback
 from typing import Any, Callable
-
-DEFAULT_ENTRY_POINT = "fedless_nb.function.handler:handle"
-
 
 def load_entry_point(spec: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The function named 'package.module:function'."""
@@ -36,7 +33,7 @@ def main() -> None:
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    invoke = load_entry_point(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_ENTRY_POINT)
+    invoke = load_entry_point(sys.argv[1])
     for line in sys.stdin:
         replies.write(json.dumps(_reply(invoke, line)) + "\n")
         replies.flush()

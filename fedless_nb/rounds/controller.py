@@ -294,7 +294,24 @@ class Controller:
         if not retry:
             return asyncio.ensure_future(invoke(task))
         retried = functools.partial(self.record_failure, round_number, client, started=started, stage=stage)
-        return asyncio.ensure_future(invoke_with_retries(invoke, task, self.plan.policy, task["deadline"], retried))
+        attempts = 0
+
+        async def attempt(task: dict[str, Any]) -> dict[str, Any]:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                return await invoke(task)
+            await self.store.adelete(task["update"])  # what a failed attempt wrote must not make this a replay
+            return await invoke(self._reissued(client, task))
+
+        return asyncio.ensure_future(invoke_with_retries(attempt, task, self.plan.policy, task["deadline"], retried))
+
+    def _reissued(self, client: ClientRef, task: dict[str, Any]) -> dict[str, Any]:
+        """`task` with a fresh token, for its retry. A function refuses a task whose token it has spent or whose
+        update exists (a replay), and an attempt that timed out or crashed may have done either before it failed;
+        the controller deletes that update before the retry, the token is new."""
+        key = self.signing_key(client)
+        return task if key is None else {**task, "token": key.issue_token(task)}
 
     def screen(self, round_number: int, updates: Sequence[ClientUpdate], weights: Weights) -> list[ClientUpdate]:
         """The updates of `round_number`'s tasks, trained from `weights`, that pass the norm screening

@@ -1,8 +1,10 @@
 """How a round copes with faults: which failed invocations are retried, and how many successes a round needs.
 
 Retrying is safe for a timeout, a crash, throttling or a network failure: the task is the same,
-its update key is its own, so a second attempt can only overwrite the first attempt's update
-with an equivalent one. A function that raised or answered garbage would do so again, and a
+its update key is its own. A function refuses a task whose token it has spent or whose update
+already exists (a replay), and the failed attempt may have done either before it died or while
+its reply was lost, so a retry carries a fresh token and the controller first deletes what the
+failed attempt wrote (Controller.invoke). A function that raised or answered garbage would do so again, and a
 call that missed the round's deadline is too late; those are not retried. Every attempt is an
 invocation in the history, so succeeded + failed + discarded always equals the invocations made.
 
