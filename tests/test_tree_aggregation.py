@@ -163,13 +163,19 @@ def test_an_aggregator_task_signed_for_another_aggregator_is_refused(tmp_path, a
     assert status == 403 and "forged or signed with another secret" in reply["error"]["message"]
 
 
-def test_a_run_aggregates_through_functions_on_the_local_provider_as_the_controller_does(tiny_config):
-    """6 clients, 5 a round, fan-in 2: shards of 2, 2 and 1, then a level of aggregators over the 3 partial sums."""
+def test_a_run_aggregates_through_functions_on_the_local_provider_as_the_controller_does(tiny_config, monkeypatch):
+    """6 clients, 5 a round, fan-in 2: shards of 2, 2 and 1, then a level of aggregators over the 3 partial sums;
+    the controller reads only the last level's 2 partial sums (each level-0 one is read and checked a level up)."""
     options = dict(clients=6, clients_per_round=5, rounds=2, seed=4, strategy={"name": "fedavgm",
                                                                                "options": {"server_momentum": 0.5}})
     central = run_experiment(tiny_config(name="central", aggregation={"where": "controller"}, **options))
     tree_config = tiny_config(name="tree", aggregation={"where": "functions", "fan_in": 2}, **options)
+    read, get = [], LocalStore.get  # the controller's reads (the functions run in worker processes)
+    monkeypatch.setattr(LocalStore, "get", lambda self, key: read.append(key) or get(self, key))
     tree = run_experiment(tree_config)
+    partial_sums = [key for key in read if "/aggregates-" in key]
+    assert len(partial_sums) == 2 * 2 and all("/aggregator-1-" in key for key in partial_sums), partial_sums
+    assert not any(key.endswith(".weights") and "/updates" in key for key in read), "no client update is read"
     for got, want in zip(tree.weights, central.weights):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     history = History(tree_config.history)

@@ -169,11 +169,13 @@ class TreeAggregation:
 
     async def _reduce_provider(self, round_number: int, provider: str, spec: SumSpec, entries: list[dict[str, Any]],
                                deadline: float) -> tuple[WeightedSum | MaskedSum, list[SummedUpdate], set[str]]:
-        """One provider's updates summed level by level until at most `fan_in` partial sums are left."""
+        """One provider's updates summed level by level until at most `fan_in` partial sums are left. The controller
+        reads only those last partial sums: each lower one is read, and its signature checked, by the aggregator a
+        level up that merges it."""
         fan_in, level = self.options.fan_in, 0
         shards = [entries[i:i + fan_in] for i in range(0, len(entries), fan_in)]
-        outcomes = await asyncio.gather(*(self._shard(round_number, provider, spec, shard, deadline)
-                                          for shard in shards))
+        outcomes = await asyncio.gather(*(self._shard(round_number, provider, spec, shard, deadline,
+                                                      read=len(shards) <= fan_in) for shard in shards))
         facts = [fact for _, result, _ in outcomes if result for fact in result.summed]
         refused = {entry["client_id"] for entry in entries} - {fact.client_id for fact in facts}
         partials = [outcome for outcome in outcomes if outcome[1] is not None]
@@ -183,18 +185,19 @@ class TreeAggregation:
             partials = list(await asyncio.gather(*(
                 self._invoke(round_number, provider, level, spec, [
                     {"client_id": result.client_id, "key": result.update, "result": reply}
-                    for _, result, reply in group], deadline) for group in groups)))
+                    for _, result, reply in group], deadline, read=len(groups) <= fan_in) for group in groups)))
         total = spec.empty_sum()
         for summed, _, _ in partials:
             total.merge(summed)  # type: ignore[arg-type]
         return total, facts, refused
 
     async def _shard(self, round_number: int, provider: str, spec: SumSpec, shard: list[dict[str, Any]],
-                     deadline: float) -> tuple[WeightedSum | MaskedSum, AggregateResult | None, dict[str, Any]]:
-        """A level-0 shard's partial sum, its refusals announced; a failed aggregator refuses its whole shard."""
+                     deadline: float, *, read: bool) -> tuple[WeightedSum | MaskedSum | None, AggregateResult | None,
+                                                              dict[str, Any]]:
+        """A level-0 shard's partial sum (if `read`), its refusals announced; a failed aggregator refuses its whole shard."""
         stage = "masked" if spec.is_masked else None  # a secure round's masked stage: its other stages stand
         try:
-            summed, result, reply = await self._invoke(round_number, provider, 0, spec, shard, deadline)
+            summed, result, reply = await self._invoke(round_number, provider, 0, spec, shard, deadline, read=read)
         except InvocationError as error:
             for entry in shard:
                 self.controller.emit(UpdateRejected(self.controller.run_id, round_number, entry["client_id"],
@@ -206,11 +209,11 @@ class TreeAggregation:
         return summed, result, reply
 
     async def _invoke(self, round_number: int, provider: str, level: int, spec: SumSpec,
-                      entries: list[dict[str, Any]], deadline: float, *,
-                      correction: bool = False) -> tuple[WeightedSum | MaskedSum, AggregateResult, dict[str, Any]]:
+                      entries: list[dict[str, Any]], deadline: float, *, correction: bool = False,
+                      read: bool = True) -> tuple[WeightedSum | MaskedSum | None, AggregateResult, dict[str, Any]]:
         """Invoke one aggregator (retrying where safe, each attempt with its own key and token), check its signed
-        result and read its partial sum; returns the sum, the parsed result and the signed reply (a level up
-        checks it again)."""
+        result and, if `read`, read its partial sum; returns the sum (None unread), the parsed result and the
+        signed reply (a level up checks it again)."""
         from .controller import ClientRef
 
         controller = self.controller
@@ -250,12 +253,15 @@ class TreeAggregation:
             result = parse_aggregate_result(reply, controller.run_id, round_number, aggregator.client_id, key)
             if level == 0 and not spec.is_masked and any(fact.distance is None for fact in result.summed):
                 raise ResultError("the aggregator's result lacks an update's distance", "invalid")
-            if await controller.store.asize(key) > 4 * controller.update_limit:
+            size = await controller.store.asize(key)
+            if size > 4 * controller.update_limit:
                 raise InvocationError("the partial sum is larger than a model's float64 sum can be", "rejected")
-            data = await controller.store.aget(key)
-            if signing_key is not None:
-                signing_key.verify_result(reply, data)
-            summed = spec.read_sum(data)
+            summed = None
+            if read:
+                data = await controller.store.aget(key)
+                if signing_key is not None:
+                    signing_key.verify_result(reply, data)
+                summed = spec.read_sum(data)
         except (ResultError, ResultSignatureError, ValueError) as error:
             failure = InvocationError(f"{type(error).__name__}: {error}", "invalid")
             failed(failure)
@@ -266,5 +272,5 @@ class TreeAggregation:
         controller.emit(AggregationFinished(
             controller.run_id, round_number, aggregator.client_id, provider, level, "succeeded", started, time.time(),
             len(entries), summed=len(result.summed) if level == 0 else result.count, rejected=len(result.rejected),
-            bytes_read=result.bytes_read, bytes_written=len(data)))
+            bytes_read=result.bytes_read, bytes_written=size))
         return summed, result, reply
