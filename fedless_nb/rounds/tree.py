@@ -179,7 +179,8 @@ class TreeAggregation:
         facts = [fact for _, result, _ in outcomes if result for fact in result.summed]
         refused = {entry["client_id"] for entry in entries} - {fact.client_id for fact in facts}
         partials = [outcome for outcome in outcomes if outcome[1] is not None]
-        while len(partials) > fan_in:
+        # unread sums (more shards than fan_in) go a level up even when failed shards leave fan_in or fewer
+        while len(partials) > fan_in or any(summed is None for summed, _, _ in partials):
             level += 1
             groups = [partials[i:i + fan_in] for i in range(0, len(partials), fan_in)]
             partials = list(await asyncio.gather(*(
