@@ -204,8 +204,8 @@ class Controller:
                     if self._stop_requested and round_number < self.plan.rounds:
                         status = "stopped"
                         break
-            if status == "finished" and completed > self.resumed_round and self._updates_published == 0:
-                raise self._failures.nothing_trained(completed - self.resumed_round)
+            if status == "finished" and not self.resumed_round and completed and not self._updates_published:
+                raise self._failures.nothing_trained(completed)  # a resumed run trained before its checkpoint
         except PrivacyBudgetExhausted as exhausted:
             status, error = "stopped", str(exhausted)
         except (asyncio.CancelledError, KeyboardInterrupt):
