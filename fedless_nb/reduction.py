@@ -23,6 +23,12 @@ _HEADER = struct.Struct("<I")
 MAX_MASKED_LENGTH = 2**31  # a masked vector of more values would be an 8 GiB update
 
 
+def partial_sum_limit(update_limit: int) -> int:
+    """Bytes a partial sum may have when an update may have `update_limit`: the model in float64 (or a masked
+    vector) and a small header. The aggregator merging it and the controller reading it both check it."""
+    return 4 * update_limit
+
+
 @dataclass(frozen=True)
 class SumSpec:
     """What an update adds: its model ("model") or its change from the global model ("delta"), the change

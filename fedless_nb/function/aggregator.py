@@ -26,7 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..aggregate_wire import AggregateEntry, AggregateTask, RejectedUpdate, SummedUpdate, parse_aggregate_result
-from ..reduction import MaskedSum, SumSpec, SumTerm, WeightedSum, norm_problem, update_problem, update_term
+from ..reduction import (MaskedSum, SumSpec, SumTerm, WeightedSum, norm_problem, partial_sum_limit, update_problem,
+                         update_term)
 from ..security import NonceCache, ResultSignatureError, TaskGuard, client_key, function_secret
 from ..store import CodecError, MissingKeyError, Store, decode_arrays, store_from_descriptor
 from ..wire import PayloadError, ResultError, first_problem, parse_result
@@ -110,7 +111,7 @@ def _add_partial(task: AggregateTask, spec: SumSpec, entry: AggregateEntry, stor
     """Merge a lower aggregator's partial sum, if that aggregator signed it; returns the bytes read."""
     parse_aggregate_result(entry.result, task.run_id, task.round, entry.client_id, entry.key)
     size = store.size(entry.key)
-    if size > 4 * task.max_update_bytes:  # a float64 sum of the model, or a masked vector, and a small header
+    if size > partial_sum_limit(task.max_update_bytes):
         raise PayloadError(f"the partial sum at {entry.key} is {size} bytes, more than a sum of this model can be")
     data = store.get(entry.key)
     if secret is not None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..aggregate_wire import AGGREGATE, AggregateResult, SummedUpdate, parse_aggregate_result
 from ..providers.base import InvocationError
-from ..reduction import MaskedSum, SumSpec, WeightedSum
+from ..reduction import MaskedSum, SumSpec, WeightedSum, partial_sum_limit
 from ..security import ResultSignatureError
 from ..store.keys import aggregate_key, global_weights_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
@@ -255,7 +255,7 @@ class TreeAggregation:
             if level == 0 and not spec.is_masked and any(fact.distance is None for fact in result.summed):
                 raise ResultError("the aggregator's result lacks an update's distance", "invalid")
             size = await controller.store.asize(key)
-            if size > 4 * controller.update_limit:
+            if size > partial_sum_limit(controller.update_limit):
                 raise InvocationError("the partial sum is larger than a model's float64 sum can be", "rejected")
             summed = None
             if read:
