@@ -266,3 +266,15 @@ def test_invalid_strategy_options_name_themselves_in_one_line(name, options, mes
     with pytest.raises(StrategyOptionError, match=message) as raised:
         make_strategy(name, options)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("clients", [1, 2, 3, 4, 5, 10])
+def test_trimmed_mean_and_median_are_flowers_to_the_bit(clients):
+    # np.partition as Flower's _trim_mean: the same values summed in the same order; int(beta * n) may be 0
+    for group in (random_models(clients, seed=clients), tied_models(clients, seed=clients)):
+        results = [(m, 1) for m in group]
+        for beta in (0.0, 0.1, 0.2, 0.25, 0.3, 0.49):
+            for ours, theirs in zip(trimmed_mean(group, beta), flwr.aggregate_trimmed_avg(results, beta)):
+                np.testing.assert_array_equal(ours, theirs)
+        for ours, theirs in zip(median(group), flwr.aggregate_median(results)):
+            np.testing.assert_array_equal(ours, theirs)
