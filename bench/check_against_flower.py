@@ -299,16 +299,16 @@ def differences(rng: np.random.Generator) -> list[dict[str, Any]]:
                   "why": "Flower's slice argsort(scores)[::-1][n - to_keep:] starts at a negative index and keeps "
                          "the to_keep - n = 2 best models; fedless_nb keeps min(to_keep, n) = all 3"})
 
-    agreeing = [np.array([1.0, -2.0, 0.5], np.float32)]
-    agreeing_models = [[np.array([1.0, -2.0, 3.0], np.float32)], [np.array([1.0, -2.0, -1.0], np.float32)]]
-    mine = make_strategy("fedadagrad").aggregate(1, agreeing, updates(agreeing_models, [7, 13]))
+    agreeing = [np.array([0.1, 1.7, 0.5], np.float32)]
+    agreeing_models = [[np.array([0.1, 1.7, 3.0], np.float32)], [np.array([0.1, 1.7, -1.0], np.float32)]]
+    mine = make_strategy("fedadagrad").aggregate(1, agreeing, updates(agreeing_models, [1, 2]))
     default = flower.FedAdagrad(initial_parameters=ndarrays_to_parameters(agreeing))
     exact = exact_mean(flower.FedAdagrad(initial_parameters=ndarrays_to_parameters(agreeing)))
     lines.append({"strategy": "fedadagrad", "kind": "difference",
-                  "case": "both clients equal the global model in 2 of 3 values (counts 7, 13)",
-                  "max_abs_diff": max_abs_diff(mine, flower_aggregate(default, 1, agreeing_models, [7, 13])),
+                  "case": "both clients equal the global model (0.1, 1.7) in 2 of 3 values, counts 1 and 2",
+                  "max_abs_diff": max_abs_diff(mine, flower_aggregate(default, 1, agreeing_models, [1, 2])),
                   "max_abs_diff_flower_inplace_false": max_abs_diff(
-                      mine, flower_aggregate(exact, 1, agreeing_models, [7, 13])),
+                      mine, flower_aggregate(exact, 1, agreeing_models, [1, 2])),
                   "why": "Flower's default in-place FedAvg multiplies float32 models by n_i / n and leaves an ulp "
                          "where all agree; tau 1e-9 turns it into a step of eta. fedless_nb sums in float64: delta 0"})
 

@@ -235,9 +235,10 @@ def test_fedopt_does_not_move_where_every_client_agrees_with_the_global_model():
     # Deliberate: fedless_nb sums in float64, so the mean of values equal to the global model is that value
     # and delta is exactly 0. Flower's default in-place FedAvg (float32 products by n_i / n) can leave a
     # residue of an ulp, which FedAdagrad's tau = 1e-9 turns into a step of +-eta.
-    current = [np.array([1.0, -2.0, 0.5], np.float32)]
-    models = [[np.array([1.0, -2.0, 3.0], np.float32)], [np.array([1.0, -2.0, -1.0], np.float32)]]
-    updates = [ClientUpdate(f"c{i}", m, n) for i, (m, n) in enumerate(zip(models, [7, 13]))]
+    # (0.1 with counts 1 and 2 is such a value: Flower's mean is 0.10000001.)
+    current = [np.array([0.1, 1.7, 0.5], np.float32)]
+    models = [[np.array([0.1, 1.7, 3.0], np.float32)], [np.array([0.1, 1.7, -1.0], np.float32)]]
+    updates = [ClientUpdate(f"c{i}", m, n) for i, (m, n) in enumerate(zip(models, [1, 2]))]
     for name in ("fedadam", "fedyogi", "fedadagrad"):
         new = make_strategy(name).aggregate(1, current, updates)
         np.testing.assert_array_equal(new[0][:2], current[0][:2])
