@@ -77,9 +77,11 @@ def fit_results(models: list, counts: list) -> list:
     return [(None, FitRes(status, ndarrays_to_parameters(m), int(n), {})) for m, n in zip(models, counts)]
 
 
-def exact_mean(strategy: Any) -> Any:
-    """Flower's strategy with its FedAvg step on `aggregate` (float32 products by n_i, one division) rather than
-    the default in-place float32 mean, whose residue where every client agrees FedOpt's tiny tau magnifies."""
+def plain_mean(strategy: Any) -> Any:
+    """Flower's strategy with its FedAvg step on `aggregate` (float32 n_i x_i summed, then one division) rather
+    than the default in-place mean (float32 x_i n_i / n summed). Both leave a residue of an ulp where every client
+    agrees with the global model, which FedOpt's tiny tau turns into a step of eta; the plain one is exact for
+    the small integers of the "ties" cases, so the agreement runs use it and a difference line measures the rest."""
     strategy.inplace = False
     return strategy
 
@@ -189,11 +191,11 @@ def server_optimizers() -> list[tuple[str, dict, Callable[[list], Any], float]]:
         for options in settings:
             # eta_l is the clients' learning rate; Flower keeps it but its aggregation never reads it
             runs.append((name, options,
-                         lambda w, cls=cls, o=options: exact_mean(cls(initial_parameters=params(w), eta_l=0.37, **o)),
+                         lambda w, cls=cls, o=options: plain_mean(cls(initial_parameters=params(w), eta_l=0.37, **o)),
                          TOLERANCE["rounds"]))
     for options in ({}, {"eta": 0.3}, {"eta": 1.0, "tau": 0.01}):
         runs.append(("fedadagrad", options,
-                     lambda w, o=options: exact_mean(flower.FedAdagrad(initial_parameters=params(w), **o)),
+                     lambda w, o=options: plain_mean(flower.FedAdagrad(initial_parameters=params(w), **o)),
                      TOLERANCE["rounds"]))
     return runs
 
@@ -303,14 +305,14 @@ def differences(rng: np.random.Generator) -> list[dict[str, Any]]:
     agreeing_models = [[np.array([0.1, 1.7, 3.0], np.float32)], [np.array([0.1, 1.7, -1.0], np.float32)]]
     mine = make_strategy("fedadagrad").aggregate(1, agreeing, updates(agreeing_models, [1, 2]))
     default = flower.FedAdagrad(initial_parameters=ndarrays_to_parameters(agreeing))
-    exact = exact_mean(flower.FedAdagrad(initial_parameters=ndarrays_to_parameters(agreeing)))
+    plain = plain_mean(flower.FedAdagrad(initial_parameters=ndarrays_to_parameters(agreeing)))
     lines.append({"strategy": "fedadagrad", "kind": "difference",
                   "case": "both clients equal the global model (0.1, 1.7) in 2 of 3 values, counts 1 and 2",
                   "max_abs_diff": max_abs_diff(mine, flower_aggregate(default, 1, agreeing_models, [1, 2])),
                   "max_abs_diff_flower_inplace_false": max_abs_diff(
-                      mine, flower_aggregate(exact, 1, agreeing_models, [1, 2])),
-                  "why": "Flower's default in-place FedAvg multiplies float32 models by n_i / n and leaves an ulp "
-                         "where all agree; tau 1e-9 turns it into a step of eta. fedless_nb sums in float64: delta 0"})
+                      mine, flower_aggregate(plain, 1, agreeing_models, [1, 2])),
+                  "why": "Flower's float32 mean (in place or not) of 0.1 with counts 1 and 2 is 0.10000001; tau 1e-9 "
+                         "turns that ulp into a step of eta. fedless_nb sums in float64: delta 0, no step"})
 
     counts = [1, 5, 50]
     with unit_noise():

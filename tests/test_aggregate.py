@@ -233,9 +233,9 @@ def test_multi_krum_keeps_every_model_when_to_keep_exceeds_the_clients():
 
 def test_fedopt_does_not_move_where_every_client_agrees_with_the_global_model():
     # Deliberate: fedless_nb sums in float64, so the mean of values equal to the global model is that value
-    # and delta is exactly 0. Flower's default in-place FedAvg (float32 products by n_i / n) can leave a
-    # residue of an ulp, which FedAdagrad's tau = 1e-9 turns into a step of +-eta.
-    # (0.1 with counts 1 and 2 is such a value: Flower's mean is 0.10000001.)
+    # and delta is exactly 0. Flower's float32 mean (in place or not) can leave a residue of an ulp, which
+    # FedAdagrad's tau = 1e-9 turns into a step of +-eta.
+    # (0.1 with counts 1 and 2 is such a value: Flower's mean is 0.10000001 either way.)
     current = [np.array([0.1, 1.7, 0.5], np.float32)]
     models = [[np.array([0.1, 1.7, 3.0], np.float32)], [np.array([0.1, 1.7, -1.0], np.float32)]]
     updates = [ClientUpdate(f"c{i}", m, n) for i, (m, n) in enumerate(zip(models, [1, 2]))]
@@ -245,7 +245,7 @@ def test_fedopt_does_not_move_where_every_client_agrees_with_the_global_model():
         assert new[0][2] != current[0][2]
 
 
-def test_squared_distances_match_flower_and_need_no_n_by_n_by_d_array():
+def test_squared_distances_are_flowers_to_the_bit():
     from fedless_nb.strategies.aggregate import squared_distances
 
     models = random_models(6, seed=3) + tied_models(4, seed=1)
