@@ -1,21 +1,32 @@
 """Flower's published aggregation rules, restated as plain numpy for the agreement tests.
 
-flwr is not a dependency: the newest release that accepts TensorFlow 2.15's protobuf<5 (1.11)
-would downgrade cryptography and rich in this environment, so the rules are restated here
-from Flower's source (adap/flower, src/py/flwr/server/strategy/):
-  aggregate.py   aggregate (sample-weighted mean), aggregate_median, aggregate_krum with
-                 _compute_distances (squared L2 of the flattened models), aggregate_trimmed_avg
-                 with _trim_mean (np.partition, int(proportiontocut * n) cut from each end)
-  fedavgm.py     aggregate_fit: pseudo-gradient = current - fedavg; momentum v = m v + g after round 1
-  aggregate.py   aggregate_bulyan (Flower 1.13) with aggregate_krum as its rule and
-                 _aggregate_n_closest_weights (np.argpartition of |w - median| per coordinate)
+flwr is not a dependency of the project or its CI, so the rules are restated here from Flower's
+source as released in flwr 1.23.0 (flwr/server/strategy/ and flwr/common/differential_privacy.py);
+bench/check_against_flower.py runs fedless_nb against the real flwr in its own environment, and every
+disagreement it found is a case in tests/test_aggregate.py or tests/test_central_dp.py.
+  aggregate.py   aggregate (sample-weighted mean; FedAvg's default in-place variant computes the same
+                 mean in float32 and differs by rounding only), aggregate_median, aggregate_krum with
+                 _compute_distances (the float32 norm of each difference, squared: exact ties come out
+                 as its rounding makes them), aggregate_trimmed_avg with _trim_mean (np.partition,
+                 int(proportiontocut * n) cut from each end)
+  fedavgm.py     aggregate_fit: plain FedAvg unless lr != 1 or momentum != 0; pseudo-gradient =
+                 current - fedavg; momentum v = m v + g after round 1
+  aggregate.py   aggregate_bulyan with aggregate_krum as its rule (Flower's Bulyan must be given
+                 to_keep=0 for it) and _aggregate_n_closest_weights (np.argpartition of |median - w|)
   fedadam.py, fedyogi.py, fedadagrad.py   aggregate_fit: delta = fedavg - current, m, v, then
-                 current + eta m / (sqrt(v) + tau) (FedAdagrad: beta_1 = 0, v += delta^2); FedAdam in
-                 Flower 1.13+ uses eta_norm = eta sqrt(1 - beta_2^(server_round + 1)) / (1 - beta_1^(server_round + 1))
-                 in place of eta (bias_correction=True here; False is Flower before 1.13, Reddi et al.'s rule)
+                 current + eta m / (sqrt(v) + tau) (FedAdagrad: beta_1 = 0, v += delta^2); FedAdam
+                 uses eta_norm = eta sqrt(1 - beta_2^(server_round + 1)) / (1 - beta_1^(server_round + 1))
+                 in place of eta (bias_correction=True here; False is Flower before 1.13, Reddi et al.'s
+                 rule); FedYogi and FedAdagrad have no bias correction
+  dp_fixed_clipping.py, dp_adaptive_clipping.py, common/differential_privacy.py   server-side clipping
+                 of each update (FlatClip), the inner strategy on the clipped models, noise of std
+                 z C / num_sampled_clients on its output; adaptive: norm_bit = the update was clipped,
+                 C *= exp(-lr (noised clipped fraction - target_clipped_quantile)), noise from the new C,
+                 and compute_adaptive_noise_params
 Each function keeps Flower's order of operations and dtypes (float32 in, float32 arithmetic).
 """
 
+import math
 from functools import reduce
 
 import numpy as np
@@ -70,6 +81,9 @@ class FedAvgM:
 
     def aggregate_fit(self, server_round, results):
         fedavg_result = aggregate(results)
+        if self.momentum == 0.0 and self.lr == 1.0:  # Flower's server_opt is False: plain FedAvg
+            self.current = fedavg_result
+            return self.current
         pseudo_gradient = [x - y for x, y in zip(self.current, fedavg_result)]
         if self.momentum > 0.0:
             if server_round > 1:
@@ -142,3 +156,42 @@ class FedOpt:
                    / (1 - np.power(self.beta_1, server_round + 1.0)))
         self.current = [x + eta * y / (np.sqrt(z) + self.tau) for x, y, z in zip(self.current, self.m_t, self.v_t)]
         return self.current
+
+
+def get_norm(arrays):
+    return float(np.sqrt(sum(np.linalg.norm(array.flat) ** 2 for array in arrays)))
+
+
+def clip_update(model, current, clipping_norm):
+    """compute_clip_model_update: current + the update scaled by min(1, C / norm) (ZeroDivisionError at norm 0)."""
+    update = [np.subtract(x, y) for x, y in zip(model, current)]
+    factor = min(1, clipping_norm / get_norm(update))
+    return [c + u * factor for c, u in zip(current, update)], factor < 1
+
+
+def compute_stdv(noise_multiplier, clipping_norm, num_sampled_clients):
+    return float((noise_multiplier * clipping_norm) / num_sampled_clients)
+
+
+def dp_fixed_clipping_fedavg(current, results, noise_multiplier, clipping_norm, num_sampled_clients, noise):
+    """DifferentialPrivacyServerSideFixedClipping around FedAvg; `noise(std, shape)` stands for the normal draw."""
+    clipped = [(clip_update(weights, current, clipping_norm)[0], n) for weights, n in results]
+    std = compute_stdv(noise_multiplier, clipping_norm, num_sampled_clients)
+    return [layer + noise(std, layer.shape).astype(layer.dtype) for layer in aggregate(clipped)]
+
+
+def adaptive_clip_norm_update(current, models, clipping_norm, target_clipped_quantile, clip_norm_lr, count_noise):
+    """DifferentialPrivacyServerSideAdaptiveClipping's geometric update; `count_noise` stands for the count's noise."""
+    clipped_count = sum(clip_update(model, current, clipping_norm)[1] for model in models)
+    fraction = (clipped_count + count_noise) / len(models)
+    return clipping_norm * math.exp(-clip_norm_lr * (fraction - target_clipped_quantile))
+
+
+def compute_adaptive_noise_params(noise_multiplier, num_sampled_clients, clipped_count_stddev):
+    if noise_multiplier > 0:
+        if clipped_count_stddev is None:
+            clipped_count_stddev = num_sampled_clients / 20
+        if noise_multiplier >= 2 * clipped_count_stddev:
+            raise ValueError("clipped_count_stddev too low")
+        return clipped_count_stddev, (noise_multiplier ** (-2) - (2 * clipped_count_stddev) ** (-2)) ** -0.5
+    return (0.0 if clipped_count_stddev is None else clipped_count_stddev), 0.0

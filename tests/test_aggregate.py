@@ -185,3 +185,97 @@ def test_strategies_registry_and_option_errors():
     with pytest.raises(StrategyOptionError, match="^server_momentum: must be in"):
         make_strategy("fedavgm", {"server_momentum": 1.5})
     assert make_strategy("fedprox", {"proximal_mu": 0.1}).configure_round(1, ["a"]) == {"a": {"proximal_mu": 0.1}}
+
+
+# cases bench/check_against_flower.py found against flwr 1.23 ------------------------------------
+
+def tied_models(count, seed):
+    """Small integer values: Krum scores and distances to the median tie in exact arithmetic."""
+    rng = np.random.default_rng(seed)
+    current = [rng.integers(-2, 3, (4, 3)).astype(np.float32), rng.integers(-2, 3, 3).astype(np.float32)]
+    return [[c + rng.integers(-2, 3, c.shape).astype(np.float32) for c in current] for _ in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_krum_multi_krum_and_bulyan_break_exact_ties_as_flower(seed):
+    # Flower squares the float32 norm of each difference, so scores equal in exact arithmetic differ by its
+    # rounding and Multi-Krum keeps the models that rounding favours; Bulyan's argpartition picks among values
+    # equally far from the median. fedless_nb used to keep exact float64 scores and a stable sort.
+    clients = 7 + seed % 6
+    models = tied_models(clients, seed)
+    counts = [int(n) for n in np.random.default_rng(seed).integers(1, 50, clients)]
+    results = list(zip(models, counts))
+    for num_malicious in (0, 1, 2):
+        for to_keep in (0, 2, 3, 5):
+            assert_layers(krum(models, counts, num_malicious, to_keep)[0],
+                          flwr.aggregate_krum(results, num_malicious, to_keep))
+    for num_malicious in range((clients - 3) // 4 + 1):
+        assert_layers(bulyan(models, num_malicious)[0], flwr.aggregate_bulyan(results, num_malicious))
+
+
+def test_krum_scores_a_model_identical_to_others_like_flower():
+    models = [layers([1.0, 2.0])] * 3 + [layers([1.0, 2.5]), layers([9.0, -3.0])]
+    for to_keep in (0, 1, 2, 4):
+        chosen, kept = krum(models, [3, 1, 2, 5, 1], num_malicious=1, to_keep=to_keep)
+        assert_layers(chosen, flwr.aggregate_krum(list(zip(models, [3, 1, 2, 5, 1])), 1, to_keep))
+    assert krum(models, [1] * 5, num_malicious=1)[1] == [0]
+
+
+def test_multi_krum_keeps_every_model_when_to_keep_exceeds_the_clients():
+    # Deliberate: Flower's slice argsort(scores)[::-1][n - to_keep:] starts at a negative index and keeps the
+    # to_keep - n best models when n < to_keep <= 2n; fedless_nb keeps them all (README, "Where fedless_nb and
+    # Flower differ").
+    models = [layers([0.0]), layers([1.0]), layers([5.0])]
+    averaged, kept = krum(models, [1, 1, 2], num_malicious=0, to_keep=5)
+    assert sorted(kept) == [0, 1, 2] and averaged[0][0] == pytest.approx(11 / 4)
+    assert flwr.aggregate_krum(list(zip(models, [1, 1, 2])), 0, 5)[0][0] == pytest.approx(0.5)  # Flower: 2 models
+
+
+def test_fedopt_does_not_move_where_every_client_agrees_with_the_global_model():
+    # Deliberate: fedless_nb sums in float64, so the mean of values equal to the global model is that value
+    # and delta is exactly 0. Flower's float32 mean (in place or not) can leave a residue of an ulp, which
+    # FedAdagrad's tau = 1e-9 turns into a step of +-eta.
+    # (0.1 with counts 1 and 2 is such a value: Flower's mean is 0.10000001 either way.)
+    current = [np.array([0.1, 1.7, 0.5], np.float32)]
+    models = [[np.array([0.1, 1.7, 3.0], np.float32)], [np.array([0.1, 1.7, -1.0], np.float32)]]
+    updates = [ClientUpdate(f"c{i}", m, n) for i, (m, n) in enumerate(zip(models, [1, 2]))]
+    for name in ("fedadam", "fedyogi", "fedadagrad"):
+        new = make_strategy(name).aggregate(1, current, updates)
+        np.testing.assert_array_equal(new[0][:2], current[0][:2])
+        assert new[0][2] != current[0][2]
+
+
+def test_squared_distances_are_flowers_to_the_bit():
+    from fedless_nb.strategies.aggregate import squared_distances
+
+    models = random_models(6, seed=3) + tied_models(4, seed=1)
+    np.testing.assert_array_equal(squared_distances(models), flwr._distances(models))
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("krum", {"num_malicious": True}, "^num_malicious: must be a finite number, got True"),
+    ("fedadam", {"eta": 0.1, "beta_1": "a"}, "^beta_1: must be a finite number, got 'a'"),
+    ("fedadam", {"eta": float("inf")}, "^eta: must be a finite number, got inf"),
+    ("fedavgm", {"server_learning_rate": None}, "^server_learning_rate: must be a finite number, got None"),
+    ("trimmed_mean", {"beta": 0.5}, r"^beta: must be in \[0, 0.5\), got 0.5"),
+    ("krum", {"to_keep": 1.5}, "^to_keep: must be an int >= 0, got 1.5"),
+    ("fedadam", {"eta_l": 0.1}, "^eta_l: not an option of fedadam"),
+])
+def test_invalid_strategy_options_name_themselves_in_one_line(name, options, message):
+    from fedless_nb.strategies import StrategyOptionError
+
+    with pytest.raises(StrategyOptionError, match=message) as raised:
+        make_strategy(name, options)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("clients", [1, 2, 3, 4, 5, 10])
+def test_trimmed_mean_and_median_are_flowers_to_the_bit(clients):
+    # np.partition as Flower's _trim_mean: the same values summed in the same order; int(beta * n) may be 0
+    for group in (random_models(clients, seed=clients), tied_models(clients, seed=clients)):
+        results = [(m, 1) for m in group]
+        for beta in (0.0, 0.1, 0.2, 0.25, 0.3, 0.49):
+            for ours, theirs in zip(trimmed_mean(group, beta), flwr.aggregate_trimmed_avg(results, beta)):
+                np.testing.assert_array_equal(ours, theirs)
+        for ours, theirs in zip(median(group), flwr.aggregate_median(results)):
+            np.testing.assert_array_equal(ours, theirs)

@@ -121,3 +121,91 @@ def test_an_empty_poisson_round_still_adds_its_noise_and_is_accounted():
     current = [np.zeros(1000, np.float32)]
     new = strategy.aggregate(1, current, [])
     assert np.std(new[0]) == pytest.approx(1.0 / 2, rel=0.1) and strategy.rounds == 1 and strategy.epsilon() > 0
+
+
+# against Flower's DifferentialPrivacyServerSide{Fixed,Adaptive}Clipping (tests/flower_reference.py) -------
+
+class UnitNoise(np.random.Generator):
+    """Normal draws of exactly one standard deviation: the noise's std compared as a number."""
+
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        return loc + scale if size is None else loc + scale * np.ones(size)
+
+
+def models_around(current, count, seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return [[(c + rng.standard_normal(c.shape) * scale).astype(np.float32) for c in current] for _ in range(count)]
+
+
+@pytest.mark.parametrize("clients, noise_multiplier, clip_norm", [(1, 0.0, 1.0), (3, 1.3, 0.5), (4, 0.7, 100.0),
+                                                                   (10, 2.0, 1e-3)])
+def test_fixed_clipping_agrees_with_flower_for_equal_counts(monkeypatch, clients, noise_multiplier, clip_norm):
+    import flower_reference as flwr
+
+    current = [np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), np.zeros(3, np.float32)]
+    models = models_around(current, clients, seed=clients)
+    monkeypatch.setattr(np.random, "default_rng", lambda *args: UnitNoise(np.random.PCG64(0)))
+    strategy = CentralDP(FedAvg(), noise_multiplier=noise_multiplier, clip_norm=clip_norm)
+    strategy.bind(RunContext("r", None, {}, clients=2 * clients, clients_per_round=clients))
+    ours = strategy.aggregate(1, current, [ClientUpdate(f"c{i}", m, 10) for i, m in enumerate(models)])
+    theirs = flwr.dp_fixed_clipping_fedavg(current, [(m, 10) for m in models], noise_multiplier, clip_norm, clients,
+                                          lambda std, shape: std * np.ones(shape))
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_adaptive_clip_norm_step_is_flowers_with_the_unclipped_count():
+    # Deliberate: Flower counts the clipped updates against target_clipped_quantile with Andrew et al.'s sign,
+    # which moves C away from the target; fedless_nb counts the unclipped ones (Andrew et al., TF Privacy).
+    # Without count noise the two log-steps are exact negatives at target_clipped_quantile = 1 - target_quantile.
+    import flower_reference as flwr
+
+    current = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32)]
+    rng = np.random.default_rng(0)
+    for clients, target, learning_rate, clip_norm in ((1, 0.5, 0.2, 1.0), (5, 0.3, 0.5, 3.0), (10, 0.9, 0.05, 2.5)):
+        models = models_around(current, clients, seed=clients, scale=0.8)
+        norms = [float(np.sqrt(sum(np.sum(np.square(layer, dtype=np.float64)) for layer in m))) for m in models]
+        ours = adapted_clip_norm(clip_norm, norms, target, learning_rate, 0.0, rng)
+        theirs = flwr.adaptive_clip_norm_update(current, models, clip_norm, 1 - target, learning_rate, 0.0)
+        assert np.log(ours / clip_norm) == pytest.approx(-np.log(theirs / clip_norm), abs=1e-12)
+        # the direction Andrew et al. want: more unclipped than the target shrinks C
+        unclipped = sum(n <= clip_norm for n in norms) / clients
+        assert (ours < clip_norm) == (unclipped > target) or unclipped == target
+
+
+@pytest.mark.parametrize("noise_multiplier", [0.1, 0.5, 1.0, 2.0])
+def test_update_noise_multiplier_is_flowers(noise_multiplier):
+    import flower_reference as flwr
+
+    for count_stddev in (noise_multiplier / 2 + 0.01, noise_multiplier, 3 * noise_multiplier, 10.0):
+        _, theirs = flwr.compute_adaptive_noise_params(noise_multiplier, 10, count_stddev)
+        assert update_noise_multiplier(noise_multiplier, count_stddev) == pytest.approx(theirs, rel=1e-12)
+
+
+@pytest.mark.parametrize("clients_per_round, noise_multiplier, expected", [(40, 1.0, 2.0), (10, 1.0, 1.0),
+                                                                           (30, 2.0, 2.0), (10, 0.0, 0.0)])
+def test_default_count_noise_is_flowers_where_flowers_leaves_the_updates_noise(clients_per_round, noise_multiplier,
+                                                                              expected):
+    # m / 20 (Andrew et al., Flower) when that is at least z; z where Flower would raise (z >= m / 10) or
+    # inflate the updates' noise multiplier without bound; and, as Flower, no count noise without privacy.
+    strategy = CentralDP(FedAvg(), noise_multiplier=noise_multiplier, clip_norm=1.0, adaptive=True)
+    strategy.bind(RunContext("r", None, {}, clients=2 * clients_per_round, clients_per_round=clients_per_round))
+    assert strategy.clipped_count_stddev == expected
+    if noise_multiplier == 0 or clients_per_round / 20 >= noise_multiplier:
+        import flower_reference as flwr
+
+        assert flwr.compute_adaptive_noise_params(noise_multiplier, clients_per_round, None)[0] == expected
+
+
+def test_a_zero_update_and_a_0d_layer_are_clipped():
+    # Flower raises ZeroDivisionError on the first and leaves the second unclipped (`array *= factor` rebinds
+    # a 0-d layer's numpy scalar); fedless_nb clips the whole update.
+    current = [np.zeros(3, np.float32), np.asarray(0.0, np.float32)]
+    unchanged = [layer.copy() for layer in current]
+    moved = [np.ones(3, np.float32), np.asarray(10.0, np.float32)]
+    strategy = CentralDP(FedAvg(), noise_multiplier=0.0, clip_norm=1.0)
+    strategy.bind(RunContext("r", None, {}, clients=4, clients_per_round=2))
+    new = strategy.aggregate(1, current, [ClientUpdate("a", unchanged, 1), ClientUpdate("b", moved, 1)])
+    scale = 1.0 / np.sqrt(103.0) / 2  # clipped to norm 1, over 2 expected clients
+    np.testing.assert_allclose(new[0], np.full(3, scale), rtol=1e-6)
+    assert float(new[1]) == pytest.approx(10 * scale, rel=1e-6)

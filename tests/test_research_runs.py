@@ -110,6 +110,9 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
 @pytest.mark.parametrize("overrides, message", [
     ({"strategy": {"name": "fedadam", "options": {"etta": 0.1}}}, r"^strategy.options.etta: not an option of fedadam"),
     ({"strategy": {"name": "krum", "options": {"to_keep": -1}}}, r"^strategy.options.to_keep: must be an int >= 0"),
+    ({"strategy": {"name": "fedadam", "options": {"eta": 0.1, "beta_1": "0.9"}}},
+     r"^strategy.options.beta_1: must be a finite number, got '0.9'$"),
+    ({"strategy": {"name": "trimmed_mean", "options": {"beta": 0.5}}}, r"^strategy.options.beta: must be in \[0, 0.5\)"),
     ({"strategy": {"name": "bulyan", "options": {"num_malicious": 1}}}, r"^clients_per_round: bulyan needs at least"),
     ({"train": {"batch_size": 32, "dp": {"sampling": "shuffle", "num_microbatches": 5}}},
      r"^train.dp.num_microbatches: must divide"),

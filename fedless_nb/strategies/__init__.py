@@ -14,7 +14,7 @@ from .fedavg import FedAvg, fedavg
 from .fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from .fednova import FedNova
 from .fedprox import FedProx
-from .options import StrategyOptionError
+from .options import StrategyOptionError, require_numbers
 from .robust import Bulyan, FedMedian, Krum, TrimmedMean
 from .scaffold import Scaffold
 
@@ -44,9 +44,5 @@ def make_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
     for option in options:
         if option not in known:
             raise StrategyOptionError(f"{option}: not an option of {name} (options: {', '.join(known) or 'none'})")
-    try:
-        return factory(**options)
-    except TypeError:  # a comparison in a check met a value of the wrong type
-        raise StrategyOptionError(
-            f"{', '.join(options)}: must be numbers, got {options}"
-        ) from None
+    require_numbers(factory, options)
+    return factory(**options)

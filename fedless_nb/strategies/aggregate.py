@@ -3,9 +3,11 @@
 Each function takes lists of layers (a model is a list of numpy arrays) and returns new
 arrays; server-side optimizer state goes in and comes out explicitly, so a strategy class
 only keeps it between rounds. Where Flower has the same rule, these follow its definitions as of
-Flower 1.13 (adap/flower, src/py/flwr/server/strategy/{aggregate,fedavgm,fedadam,fedyogi,fedadagrad}.py:
-FedAdam with its bias-corrected server learning rate, Bulyan with Krum as its selection rule), and
-tests/test_aggregate.py checks them against restatements of that code (tests/flower_reference.py).
+Flower 1.23 (flwr/server/strategy/{aggregate,fedavgm,fedadam,fedyogi,fedadagrad}.py: FedAdam with its
+bias-corrected server learning rate, Bulyan with Krum as its selection rule, Krum's distances and ties
+computed as Flower computes them); tests/test_aggregate.py checks them against restatements of that code
+(tests/flower_reference.py) and bench/check_against_flower.py against flwr itself. Where they differ on
+purpose (float64 sums, Multi-Krum's to_keep above n), the README's "Where fedless_nb and Flower differ" says.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .fedavg import fedavg
 Layers = list[np.ndarray]
 
 __all__ = [
-    "fedavg", "fedavgm", "fedopt", "median", "trimmed_mean", "krum", "bulyan", "scaffold_controls",
+    "fedavg", "fedavgm", "fedopt", "median", "trimmed_mean", "squared_distances", "krum", "bulyan", "scaffold_controls",
     "subtract", "add_scaled", "global_norm", "clip_to_norm", "staleness_weight", "fedbuff", "fednova",
     "local_solver_norm",
 ]
@@ -101,7 +103,8 @@ def median(updates: Sequence[Sequence[np.ndarray]]) -> Layers:
 
 
 def trimmed_mean(updates: Sequence[Sequence[np.ndarray]], beta: float) -> Layers:
-    """Coordinate-wise mean after dropping the int(beta * n) smallest and largest values (Yin et al. 2018)."""
+    """Coordinate-wise mean after dropping the int(beta * n) smallest and largest values (Yin et al. 2018),
+    found by np.partition as Flower's _trim_mean finds them, so the same values are summed in the same order."""
     n = len(updates)
     if n == 0:
         raise ValueError("trimmed_mean needs at least one update")
@@ -110,9 +113,22 @@ def trimmed_mean(updates: Sequence[Sequence[np.ndarray]], beta: float) -> Layers
     cut = int(beta * n)
     result = []
     for layers in zip(*updates):
-        ordered = np.sort(np.stack(layers), axis=0)
-        result.append(np.mean(ordered[cut : n - cut], axis=0).astype(layers[0].dtype, copy=False))
+        parted = np.partition(np.stack(layers), (cut, n - cut - 1), axis=0)
+        result.append(np.mean(parted[cut : n - cut], axis=0).astype(layers[0].dtype, copy=False))
     return result
+
+
+def squared_distances(updates: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """Squared L2 distances between the flattened models, computed as Flower's _compute_distances does: the
+    norm of the difference in the models' dtype (float32 for float32 models), then squared. Exact ties in
+    exact arithmetic come out as Flower's rounding makes them, so Krum breaks them the same way. One pair
+    at a time: memory stays at a few models, whatever the number of clients."""
+    flat = [np.concatenate([np.ravel(layer) for layer in update]) for update in updates]
+    matrix = np.zeros((len(flat), len(flat)))
+    for i, a in enumerate(flat):
+        for j in range(i + 1, len(flat)):
+            matrix[i, j] = matrix[j, i] = np.linalg.norm(a - flat[j]) ** 2
+    return matrix
 
 
 def krum(
@@ -121,28 +137,30 @@ def krum(
     """Krum (Blanchard et al. 2017), or Multi-Krum when `to_keep` > 0.
 
     Each model scores the sum of squared distances to its n - f - 2 nearest others; Krum returns
-    the best-scoring model, Multi-Krum the sample-weighted mean of the `to_keep` best.
+    the best-scoring model (the first of equal ones), Multi-Krum the sample-weighted mean of the
+    `to_keep` best (chosen by np.argsort, as Flower's aggregate_krum, so ties fall alike).
     Returns the result and the indices it was built from.
     """
     if not updates:
         raise ValueError("krum needs at least one update")
-    flat = np.stack([np.concatenate([np.ravel(layer).astype(np.float64) for layer in update]) for update in updates])
-    squared = np.sum(np.square(flat[:, None, :] - flat[None, :, :]), axis=-1)
+    squared = squared_distances(updates)
     closest = max(1, len(updates) - num_malicious - 2)
-    scores = np.array([np.sum(np.sort(np.delete(row, i))[:closest]) for i, row in enumerate(squared)])
-    order = [int(i) for i in np.argsort(scores, kind="stable")]
+    scores = [np.sum(np.sort(np.delete(row, i))[:closest]) for i, row in enumerate(squared)]
     if to_keep > 0:
-        kept = order[:to_keep]
+        kept = [int(i) for i in np.argsort(scores)[:to_keep]]
         return fedavg([updates[i] for i in kept], [num_examples[i] for i in kept]), kept
-    return [np.array(layer) for layer in updates[order[0]]], order[:1]
+    best = int(np.argmin(scores))
+    return [np.array(layer) for layer in updates[best]], [best]
 
 
 def bulyan(updates: Sequence[Sequence[np.ndarray]], num_malicious: int) -> tuple[Layers, list[int]]:
-    """Bulyan (El Mhamdi et al. 2018) with Krum as its selection rule, as Flower 1.13's aggregate_bulyan.
+    """Bulyan (El Mhamdi et al. 2018) with Krum as its selection rule, as Flower's aggregate_bulyan.
 
     Needs n >= 4f + 3 models. Krum picks theta = n - 2f models one at a time (each pick leaves the
     pool; Krum scores within what is left); then, per coordinate, the mean of the beta = theta - 2f
-    selected values closest to their median. Returns the result and the indices selected.
+    selected values closest to their median, the beta found by np.argpartition as Flower finds them
+    (values equally far from the median are a tie either way; this takes the ones Flower takes).
+    Returns the result and the indices selected.
     """
     n = len(updates)
     if n < 4 * num_malicious + 3:
@@ -156,8 +174,9 @@ def bulyan(updates: Sequence[Sequence[np.ndarray]], num_malicious: int) -> tuple
     result = []
     for layers in zip(*(updates[i] for i in selected)):
         stacked = np.stack(layers)
-        distance = np.abs(stacked - np.median(stacked, axis=0))
-        closest = np.take_along_axis(stacked, np.argsort(distance, axis=0, kind="stable")[:beta], axis=0)
+        distance = np.abs(np.median(stacked, axis=0) - stacked)
+        nearest = np.argpartition(distance, kth=beta - 1, axis=0)
+        closest = np.take_along_axis(stacked, nearest, axis=0)[:beta]
         result.append(np.mean(closest, axis=0).astype(layers[0].dtype, copy=False))
     return result, selected
 

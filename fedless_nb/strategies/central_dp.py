@@ -9,6 +9,20 @@ update, so FedAvgM / FedAdam / FedYogi / FedAdagrad run their server optimizer o
 update norms through a noised count of unclipped updates; the noise is split so the whole round
 still has noise multiplier z (Andrew et al., Sec. 3.1).
 
+Against Flower's DifferentialPrivacyServerSide{Fixed,Adaptive}Clipping (flwr 1.23, checked by
+bench/check_against_flower.py): the same clipping, the same noise std z C / m and the same update noise
+multiplier; with equal sample counts, every sampled client answering and FedAvg inside, the same model.
+On purpose, because the noise must match the sensitivity it protects: (1) each clipped update counts
+1 / clients_per_round, where Flower's inner FedAvg weights the clipped models by sample count; (2) the
+noise goes on the clipped mean before the inner server optimizer (post-processing), where Flower noises
+the inner strategy's output; (3) adaptive clipping counts the updates *not* clipped against
+`target_quantile` (Andrew et al.; TF Privacy's target_unclipped_quantile): Flower counts the clipped ones
+against its target_clipped_quantile with the same sign, which moves C away from its target (its log-step
+is exactly the negative of ours at target_clipped_quantile = 1 - target_quantile); (4) a round's noise uses
+the clip norm its updates were clipped to, Flower's the norm after that round's update; (5) the default
+clipped_count_stddev (see bind). A zero update and a 0-d layer are clipped here; Flower raises
+ZeroDivisionError on the first and leaves the second unclipped.
+
 The client-level accountant accounts the selection that actually runs (`sampling`): "poisson" (the
 controller's PoissonSelection takes each client with probability q = clients_per_round / clients,
 so round sizes vary and an empty round still adds its noise) as a Poisson-subsampled Gaussian per
@@ -103,8 +117,11 @@ class CentralDP(SumStrategy):
         self.sampling_rate = context.clients_per_round / context.clients
         self.population = context.clients
         if self.adaptive and self.clipped_count_stddev is None:
-            # Andrew et al. suggest expected clients / 20; small cohorts need more to leave the updates noise.
-            self.clipped_count_stddev = max(context.clients_per_round / 20, self.noise_multiplier)
+            # Andrew et al. (and Flower) take expected clients / 20; where that is below z, Flower would raise or
+            # multiply the updates' noise without bound, so z: the updates keep at most 1.155 z. No privacy (z 0):
+            # no noise on the count either, as Flower.
+            self.clipped_count_stddev = 0.0 if self.noise_multiplier == 0 else \
+                max(context.clients_per_round / 20, self.noise_multiplier)
 
     @property
     def update_noise_multiplier(self) -> float:

@@ -18,7 +18,8 @@ class FedMedian(Strategy):
 
 
 class TrimmedMean(Strategy):
-    """`beta`: the fraction cut from each end per coordinate (Flower's FedTrimmedAvg default 0.2)."""
+    """`beta`: the fraction cut from each end per coordinate, int(beta * n) values (Flower's FedTrimmedAvg
+    default 0.2; beta >= 0.5 is refused, where Flower gives nan or fails at run time)."""
 
     name = "trimmed_mean"
 
@@ -31,7 +32,8 @@ class TrimmedMean(Strategy):
 
 
 class Krum(Strategy):
-    """`num_malicious`: the f clients to tolerate; `to_keep` > 0 makes it Multi-Krum."""
+    """`num_malicious`: the f clients to tolerate; `to_keep` > 0 makes it Multi-Krum. A round with fewer updates
+    than `to_keep` keeps them all (Flower 1.23 keeps to_keep - n of them, an artefact of its slice)."""
 
     name = "krum"
 
