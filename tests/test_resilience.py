@@ -84,7 +84,7 @@ def test_a_round_below_quorum_is_repeated_then_the_run_stops_with_one_line(tiny_
         run_experiment(config, providers={"local": provider}, observers=[progress])
     assert len(progress.progress.tasks) == 1, "the repeated round replaces its progress bar"
     message = str(raised.value)
-    assert "round 1 got 0 valid update(s) of 4 selected, fewer than min_successful (2), in 2 run(s)" in message
+    assert "round 1 got 0 valid update(s) of 4 selected in 2 run(s), fewer than min_successful (2)" in message
     assert "\n" not in message
     history = History(config.history)
     (run,) = history.runs()
@@ -92,6 +92,24 @@ def test_a_round_below_quorum_is_repeated_then_the_run_stops_with_one_line(tiny_
     invocations = history.invocations(run["run_id"])
     assert len(invocations) == 2 * 4 == provider.injected["crash"], "both runs of the round are in the history"
     assert history.rounds(run["run_id"]) == []
+
+
+def test_a_bulyan_round_with_fewer_updates_than_bulyan_needs_is_below_its_quorum(tiny_config):
+    """Bulyan cannot aggregate fewer than 4f + 3 updates: a round that lost some is run again, then the run
+    stops with one line (not Bulyan's ValueError from inside the round), even with min_successful at 0."""
+    config = tiny_config(clients=8, clients_per_round=7, rounds=2, round_repeats=1, retries=0,
+                         strategy={"name": "bulyan", "options": {"num_malicious": 1}})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:tampers_with_odd_updates")
+    with pytest.raises(QuorumError) as raised:
+        run_experiment(config, providers={"local": provider})
+    message = str(raised.value)
+    assert "of 7 selected in 2 run(s), fewer than bulyan needs (4 * num_malicious + 3 = 7)" in message
+    assert "lower strategy.options.num_malicious" in message and "\n" not in message
+    history = History(config.history)
+    (run,) = history.runs()
+    assert run["status"] == "failed" and "QuorumError" in run["error"]
+    invocations = history.invocations(run["run_id"])
+    assert len(invocations) == 2 * 7 and any(i["outcome"] == "succeeded" for i in invocations)
 
 
 def test_a_run_whose_every_invocation_failed_ends_failed_with_the_first_reason(tiny_config):

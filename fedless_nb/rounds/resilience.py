@@ -105,14 +105,18 @@ async def invoke_with_retries(
         await asyncio.sleep(wait)
 
 
-def check_quorum(round_number: int, succeeded: int, selected: int, policy: RoundPolicy, runs: int) -> bool:
-    """True when the round has its quorum; False when it should run again; QuorumError when it may not."""
-    if succeeded >= policy.min_successful:
+def check_quorum(round_number: int, succeeded: int, selected: int, policy: RoundPolicy, runs: int,
+                 shortfall: str | None = None) -> bool:
+    """True when the round has its quorum; False when it should run again; QuorumError when it may not.
+    `shortfall`: why the strategy cannot aggregate `succeeded` updates (Strategy.too_few_updates), a quorum
+    of its own that min_successful cannot lower."""
+    if succeeded >= policy.min_successful and shortfall is None:
         return True
     if runs <= policy.round_repeats:
         return False
+    below = shortfall or (f"fewer than min_successful ({policy.min_successful}); lower min_successful, "
+                          "raise round_repeats or round_deadline")
     raise QuorumError(
-        f"round {round_number} got {succeeded} valid update(s) of {selected} selected, fewer than "
-        f"min_successful ({policy.min_successful}), in {runs} run(s); lower min_successful, raise "
-        "round_repeats or round_deadline, or see the failed invocations in the history"
+        f"round {round_number} got {succeeded} valid update(s) of {selected} selected in {runs} run(s), "
+        f"{below}, or see the failed invocations in the history"
     )

@@ -42,7 +42,9 @@ class SynchronousRounds:
             if runs > 1:  # the repeat writes the same update keys: clear the first run's, or functions refuse a replay
                 controller.store.delete_prefix(round_updates_prefix(controller.run_id, round_number))
             started, selected, updates, streamed = await self.invoke_round(round_number, weights, runs)
-            if not selected or check_quorum(round_number, len(updates), len(selected), controller.plan.policy, runs):
+            shortfall = controller.strategy.too_few_updates(len(updates)) if selected else None
+            if not selected or check_quorum(round_number, len(updates), len(selected), controller.plan.policy, runs,
+                                            shortfall):
                 break
         if updates or not selected:  # a Poisson-sampled empty round still aggregates (central DP's noise)
             weights = (streamed.aggregate(round_number) if streamed is not None

@@ -57,6 +57,11 @@ class Strategy(ABC):
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         """The next global model; `updates` holds at least one update."""
 
+    def too_few_updates(self, count: int) -> str | None:
+        """Why the rule cannot aggregate `count` updates, naming what to change, or None when it can (any
+        count by default; none keeps the model). A round with too few runs again while repeats are left."""
+        return None
+
     def sum_spec(self) -> SumSpec | None:
         """How a round reduces by a weighted sum (SumStrategy), or None: the rule needs every update at once
         (median, trimmed mean, Krum, Bulyan, SCAFFOLD), so the round's updates are held and aggregated centrally."""
