@@ -108,7 +108,7 @@ def _run(config: ExperimentConfig, console: Console, resume: str | None = None) 
 
 
 def _show_history(arguments: argparse.Namespace, console: Console) -> int:
-    history = History(arguments.history)
+    history = History.existing(arguments.history)
     if arguments.run_id is None:
         table = Table(title=f"Runs in {arguments.history}")
         for column in ("run_id", "status", "rounds", "clients", "accuracy"):
@@ -212,13 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     partition.add_argument("--figure", help="also write the clients x classes figure to this PNG file")
     partition.add_argument("--shares", action="store_true", help="the figure shows label shares instead of counts")
     resume = commands.add_parser("resume", help="continue a run whose process died or was stopped")
-    resume.add_argument("run_id")
-    resume.add_argument("--history", default=DEFAULT_HISTORY)
+    resume.add_argument("run_id", help="the run to continue (fedless-nb history lists them)")
+    resume.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
     resume.add_argument("--trust-builder", action="store_true",
                         help="run the run's model.builder function even though it was read back from the history")
     history = commands.add_parser("history", help="list past runs, or one run's rounds")
-    history.add_argument("run_id", nargs="?")
-    history.add_argument("--history", default=DEFAULT_HISTORY)
+    history.add_argument("run_id", nargs="?", help="one run: its rounds (default: every run)")
+    history.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
     secret = commands.add_parser("client-secret", help="the secret to deploy one client's own function with "
                                  "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
     secret.add_argument("client_id")

@@ -296,7 +296,7 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_b
     """The config of a run recorded in `history`, checked to be resumable. A config is code: its model.builder
     'package.module:function' is imported and run, so one read back from a history file (which anyone who
     can write the file may have changed) runs only with `trust_builder`."""
-    recorded = History(history)
+    recorded = History.existing(history)
     try:
         run = recorded.run(run_id)
     finally:

@@ -131,6 +131,15 @@ def test_resume_refuses_a_builder_read_back_from_the_history_unless_trusted(tmp_
     assert resume_config("planted", tmp_path / "runs.db", trust_builder=True).model.builder == "os:system"
 
 
+
+def test_reading_commands_refuse_a_missing_history_and_leave_no_file_behind(tmp_path):
+    for command in (["history"], ["history", "some-run"], ["resume", "some-run"]):
+        completed = fedless(*command, "--history", "runs.db", cwd=tmp_path)
+        assert completed.returncode == 2, command
+        assert "no history file runs.db yet: run an experiment first" in completed.stdout, command
+        assert "Traceback" not in completed.stdout + completed.stderr
+    assert list(tmp_path.iterdir()) == []
+
 def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp_path, monkeypatch):
     from fedless_nb.security import client_secret
 

@@ -71,6 +71,15 @@ class HistoryError(UserError):
 class History:
     """Read and write the run history in a SQLite file (created on first use)."""
 
+    @classmethod
+    def existing(cls, path: str | Path = DEFAULT_HISTORY) -> "History":
+        """The history at `path` for reading: a missing file is one line naming it, and is not created empty
+        (a command that only reads, such as `fedless-nb history` or `resume`, leaves nothing behind)."""
+        if not Path(path).is_file():
+            raise HistoryError(f"no history file {path} yet: run an experiment first, or name an existing file "
+                               "with --history PATH (history=... in Python)")
+        return cls(path)
+
     def __init__(self, path: str | Path = DEFAULT_HISTORY, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
         self._cost_models: dict[str, CostModel] = {}
