@@ -381,3 +381,29 @@ def test_a_round_run_again_below_its_quorum_gives_its_aggregators_keys_of_their_
                      for path in (tmp_path / "store" / "runs" / result.run_id).rglob("*.sum"))
     assert written == ["aggregates-1/aggregator-0-00001.1.sum", "aggregates-2/aggregator-0-00001.1.sum",
                        "aggregates-2/aggregator-0-00002.1.sum"]
+
+
+@pytest.mark.parametrize("header", [
+    b'{"not": "a list"}', b'[{"dtype": "<f4"}]', b'[{"dtype": "<f4", "shape": [-1], "offset": 0}]',
+    b'[{"dtype": "<f4", "shape": [4294967296, 4294967296], "offset": 0}]', b"[" * 100_000 + b"]" * 100_000,
+], ids=["not-a-list", "no-shape", "negative-shape", "overflowing-shape", "nested"])
+def test_a_signed_blob_with_a_hostile_header_is_refused_alone_and_its_shard_is_summed(tmp_path, aggregator_env, header):
+    """A compromised client signs a blob whose header is malformed, nests deeply or claims a huge array: the
+    aggregator refuses that one update (cause rejected) instead of failing, so its honest shard mates are summed."""
+    import struct
+
+    from fedless_nb.store.codec import MAGIC
+
+    store = LocalStore(tmp_path)
+    store.put("global", encode_arrays(CURRENT))
+    arrivals = [_client_update(store, i) for i in range(3)]
+    hostile = MAGIC + struct.pack("<I", len(header)) + header + bytes(64)
+    arrivals[1] = (arrivals[1][0], _signed_result(store, "client-0001", arrivals[1][1]["update"], hostile, 20))
+    strategy = _bound(make_strategy("fedavg"))
+    task, key = _task(store, "aggregator-0-0", 0, strategy.sum_spec(), [_entry(u, r, strategy) for u, r in arrivals])
+    status, reply = invoke(task)
+    assert status == 200, reply
+    result, _ = _summed(store, reply, "aggregator-0-0", key)
+    assert [(r.client_id, r.cause) for r in result.rejected] == [("client-0001", "rejected")]
+    assert "not a weights blob" in result.rejected[0].reason
+    assert [s.client_id for s in result.summed] == ["client-0000", "client-0002"]
