@@ -260,3 +260,17 @@ def test_an_oversized_reply_is_refused_without_reading_it_whole():
     with pytest.raises(InvocationError, match=f"the reply exceeded {2**20} bytes") as caught:
         _invoke(endpoint, [{"task": 1}], reply_limit=2**20)
     assert caught.value.cause == "invalid"
+
+
+@pytest.mark.parametrize("status, body, cause, message", [
+    (200, "[" * 100_000 + "]" * 100_000, "invalid", "nests too deeply"),  # 200 KB past the JSON parser's recursion limit
+    (500, "[" * 100_000 + "]" * 100_000, "error", "HTTP 500"),  # the same as an error body, read for its envelope
+    (200, "not json at all", "invalid", "non-JSON"),
+], ids=["nested-result", "nested-error", "not-json"])
+def test_a_reply_that_is_not_json_data_is_one_invalid_invocation(status, body, cause, message):
+    """A hostile function's reply must end as an InvocationError, never another exception that escapes the
+    provider (a RecursionError used to: an aggregator's would end the run)."""
+    endpoint = Endpoint([(status, body)] * 10)
+    with pytest.raises(InvocationError, match=message) as caught:
+        _invoke(endpoint, [{"task": 1}])
+    assert caught.value.cause == cause

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from typing import Any
 
 from ..errors import UserError
 
 REPLY_LIMIT = 64 * 2**20  # a reply may carry a large metrics dict; weights never travel in it
+
+
+def reply_json(data: bytes | str) -> Any:
+    """A function's reply as JSON data; ValueError when it is not JSON, or nests too deeply to parse (a hostile
+    reply of 100,000 opening brackets is only 200 KB, and the parser would raise RecursionError)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("the reply nests too deeply to be a result") from None
 
 
 class ProviderSetupError(UserError):
