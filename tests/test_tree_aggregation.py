@@ -407,3 +407,26 @@ def test_a_signed_blob_with_a_hostile_header_is_refused_alone_and_its_shard_is_s
     assert [(r.client_id, r.cause) for r in result.rejected] == [("client-0001", "rejected")]
     assert "not a weights blob" in result.rejected[0].reason
     assert [s.client_id for s in result.summed] == ["client-0000", "client-0002"]
+
+
+def test_an_update_rewritten_between_its_sum_and_its_correction_is_left_out_and_the_run_goes_on(tiny_config):
+    """The boosted client rewrites its update after its aggregator summed it: the correction aggregator refuses the
+    new bytes, so the controller cannot subtract it; it sums the round again without it (this used to end the run
+    with a RuntimeError) and gives the model the controller gives without that client."""
+    def run(where, entry_point):
+        config = tiny_config(name=where, clients=4, clients_per_round=4, rounds=1, retries=0, max_update_norm=0,
+                             max_norm_ratio=3, aggregation={"where": where, "fan_in": 2})
+        provider = LocalProvider("local", workers=2, entry_point=entry_point)
+        return config, run_experiment(config, providers={"local": provider})
+
+    _, central = run("controller", "workloads:boosts_client_1")
+    config, tree = run("functions", "workloads:boosts_client_1_then_rewrites_it_before_its_correction")
+    assert tree.status == "finished"
+    for got, want in zip(tree.weights, central.weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    history = History(config.history)
+    boosted = [i for i in history.invocations(tree.run_id) if i["client_id"] == "client-0001"]
+    assert [(i["outcome"], i["cause"]) for i in boosted] == [("failed", "rejected")] and "median" in boosted[0]["error"]
+    assert history.rounds(tree.run_id)[0]["succeeded"] == 3
+    level0 = [a for a in history.aggregations(tree.run_id) if a["aggregator_id"].startswith("aggregator-0-")]
+    assert len(level0) == 2 + 2, "the round was summed twice: with the boosted update, then without it"

@@ -266,3 +266,17 @@ def fails_odd_clients_once(payload):
             mark.touch()
             raise RuntimeError(f"{payload['client_id']} fails its first invocation")
     return handle(payload)
+
+
+def boosts_client_1_then_rewrites_it_before_its_correction(payload):
+    """boosts_client_1, and client 1 (a compromised function, which may write its update key until the deadline)
+    rewrites its update once its boosted one was summed: here, just before the correction aggregator that would
+    take it back out reads it (the rewrite lands between the sum and its correction, deterministically)."""
+    from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
+
+    if payload.get("kind") == "aggregate" and payload["client_id"].startswith("aggregator-c-"):
+        store = store_from_descriptor(payload["store"])
+        for entry in payload["entries"]:
+            arrays = decode_arrays(store.get(entry["key"]))
+            store.put(entry["key"], encode_arrays([array * 0 for array in arrays]))
+    return boosts_client_1(payload)

@@ -141,26 +141,34 @@ class TreeAggregation:
         deadline = time.time() + self.controller.plan.round_deadline
         tree = await self.reduce(round_number, current, arrivals, deadline)
         rejected = self.controller.screen_distances(round_number, tree.distances)
-        await self.remove(round_number, tree, [a for a in arrivals if a.update.client_id in rejected], deadline)
+        if not await self.remove(round_number, tree, [a for a in arrivals if a.update.client_id in rejected], deadline):
+            # a rejected update changed in the store after it was summed, so it cannot be subtracted: sum the
+            # round again without the rejected ones (the aggregators refuse any update whose bytes changed)
+            kept = [a for a in arrivals if a.update.client_id in tree.distances and a.update.client_id not in rejected]
+            tree = await self.reduce(round_number, current, kept, deadline)
         return [a.update for a in arrivals if a.update.client_id in tree.distances and
                 a.update.client_id not in rejected], tree
 
-    async def remove(self, round_number: int, tree: TreeRound, arrivals: Sequence[Arrival], deadline: float) -> None:
+    async def remove(self, round_number: int, tree: TreeRound, arrivals: Sequence[Arrival], deadline: float) -> bool:
         """Take `arrivals` back out of `tree`'s sum: sum them again in an aggregator and subtract that, if it summed
-        the very bytes it summed before (their digests)."""
+        the very bytes it summed before (their digests). False when one's bytes changed since (its client may
+        write its key until the deadline) or its correction aggregator failed: the sum cannot be corrected."""
         strategy = tree.strategy
         for arrival in arrivals:
             client_id = arrival.update.client_id
             if client_id not in tree.added:
                 continue
             entry = self._entry(arrival, strategy.sum_term(arrival.update))
-            summed, result, _ = await self._invoke(round_number, arrival.client.provider, 0, strategy.sum_spec(),
-                                                [entry], deadline, correction=True)
+            try:
+                summed, result, _ = await self._invoke(round_number, arrival.client.provider, 0, strategy.sum_spec(),
+                                                    [entry], deadline, correction=True)
+            except InvocationError:
+                return False
             if [s.sha256 for s in result.summed] != [tree.digests.get(client_id)]:
-                raise RuntimeError(f"{client_id}'s update changed after it was verified and summed; "
-                                   "the round's sum cannot be corrected")
-            tree.total.merge(summed, sign=-1.0)
+                return False
+            tree.total.merge(summed, sign=-1.0)  # type: ignore[arg-type]
             tree.added.discard(client_id)
+        return True
 
     @staticmethod
     def _entry(arrival: Arrival, term: Any) -> dict[str, Any]:
