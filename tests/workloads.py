@@ -280,3 +280,19 @@ def boosts_client_1_then_rewrites_it_before_its_correction(payload):
             arrays = decode_arrays(store.get(entry["key"]))
             store.put(entry["key"], encode_arrays([array * 0 for array in arrays]))
     return boosts_client_1(payload)
+
+
+def writes_a_hollow_secagg_object_on_client_1(payload):
+    """A secure round run for real, except client 1, a compromised function: in the stage FEDLESS_TEST_HOLLOW_STAGE
+    names it writes FEDLESS_TEST_HOLLOW_OBJECT (JSON) instead of its object, and signs that."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import store_from_descriptor
+
+    result = handle(payload)
+    settings = payload.get("train", {}).get("secagg") or {}
+    if settings.get("stage") == os.environ["FEDLESS_TEST_HOLLOW_STAGE"] and payload["client_id"].endswith("-0001"):
+        hollow = os.environ["FEDLESS_TEST_HOLLOW_OBJECT"].encode()
+        store_from_descriptor(payload["store"]).put(payload["update"], hollow)
+        return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, hollow)
+    return result
