@@ -430,3 +430,24 @@ def test_an_update_rewritten_between_its_sum_and_its_correction_is_left_out_and_
     assert history.rounds(tree.run_id)[0]["succeeded"] == 3
     level0 = [a for a in history.aggregations(tree.run_id) if a["aggregator_id"].startswith("aggregator-0-")]
     assert len(level0) == 2 + 2, "the round was summed twice: with the boosted update, then without it"
+
+
+@pytest.mark.parametrize("lie, message", [
+    ("weight", "is not the"), ("nan", "NaN or Inf"), ("double", "accounts for 3 updates (2 distinct)"),
+])
+def test_an_aggregator_that_signs_a_lie_is_refused_like_a_failed_one(tiny_config, monkeypatch, lie, message):
+    """A compromised aggregator (it holds its provider's secret, so its signature is valid) inflates its partial
+    sum's weight, puts a NaN in it or counts an update twice: the controller checks the sum against what it handed
+    out (rounds/partial_sums.py), refuses that aggregator with the reason and the round goes on without its shard
+    (an inflated weight used to rescale the whole round's average; a NaN, to become the global model)."""
+    monkeypatch.setenv("FEDLESS_TEST_AGGREGATOR_LIE", lie)
+    config = tiny_config(clients=4, clients_per_round=4, rounds=1, retries=0, aggregation={"where": "functions", "fan_in": 2})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:aggregator_lies_about_client_1s_shard")
+    result = run_experiment(config, providers={"local": provider})
+    assert result.status == "finished" and all(np.all(np.isfinite(w)) for w in result.weights)
+    history = History(config.history)
+    failed = [a for a in history.aggregations(result.run_id) if a["outcome"] == "failed"]
+    assert len(failed) == 1 and message in failed[0]["error"], failed
+    assert history.rounds(result.run_id)[0]["succeeded"] == 2
+    rejected = {i["client_id"] for i in history.invocations(result.run_id) if i["outcome"] == "failed"}
+    assert "client-0001" in rejected and len(rejected) == 2

@@ -296,3 +296,31 @@ def writes_a_hollow_secagg_object_on_client_1(payload):
         store_from_descriptor(payload["store"]).put(payload["update"], hollow)
         return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, hollow)
     return result
+
+
+def aggregator_lies_about_client_1s_shard(payload):
+    """Clients and aggregators run for real, except the level-0 aggregator of client 1's shard, compromised (it
+    holds its provider's secret): it signs a lie, FEDLESS_TEST_AGGREGATOR_LIE: "weight" (its partial sum's total
+    weight x100), "nan" (a NaN in its sum) or "double" (an update listed as summed twice)."""
+    import numpy as np
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.reduction import SumSpec
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import store_from_descriptor
+
+    result = handle(payload)
+    if (payload.get("kind") != "aggregate" or payload["level"] != 0 or payload["client_id"].startswith("aggregator-c")
+            or not any(entry["client_id"].endswith("-0001") for entry in payload["entries"])):
+        return result
+    lie, store = os.environ["FEDLESS_TEST_AGGREGATOR_LIE"], store_from_descriptor(payload["store"])
+    total = SumSpec.from_wire(payload["spec"]).read_sum(store.get(payload["update"]))
+    if lie == "weight":
+        total.weight *= 100
+    elif lie == "nan":
+        total.sums[0][(0,) * total.sums[0].ndim] = np.nan
+    else:
+        result["summed"] = result["summed"] + result["summed"][:1]
+    blob = total.to_bytes()
+    store.put(payload["update"], blob)
+    return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, blob)
