@@ -274,3 +274,13 @@ def test_a_reply_that_is_not_json_data_is_one_invalid_invocation(status, body, c
     with pytest.raises(InvocationError, match=message) as caught:
         _invoke(endpoint, [{"task": 1}])
     assert caught.value.cause == cause
+
+
+def test_a_functions_huge_error_message_is_cut_before_it_reaches_the_history():
+    """A hostile function answers every task with a 1 MB error message (within the reply limit): the failure
+    keeps its first 2,000 characters and says how much was cut, so the history's row per failed invocation
+    (and the dashboard, and NothingTrainedError, which quotes it) stays small."""
+    endpoint = Endpoint([(400, _envelope(400, "PayloadError", "x" * 2**20))])
+    with pytest.raises(InvocationError) as caught:
+        _invoke(endpoint, [{"task": 1}])
+    assert len(str(caught.value)) < 2100 and str(caught.value).endswith("more characters)")
