@@ -434,10 +434,12 @@ def test_an_update_rewritten_between_its_sum_and_its_correction_is_left_out_and_
 
 @pytest.mark.parametrize("lie, message", [
     ("weight", "is not the"), ("nan", "NaN or Inf"), ("double", "accounts for 3 updates (2 distinct)"),
+    ("boost", "farther than the"),
 ])
 def test_an_aggregator_that_signs_a_lie_is_refused_like_a_failed_one(tiny_config, monkeypatch, lie, message):
     """A compromised aggregator (it holds its provider's secret, so its signature is valid) inflates its partial
-    sum's weight, puts a NaN in it or counts an update twice: the controller checks the sum against what it handed
+    sum's weight, puts a NaN in it, moves it far beyond what its updates' norm bound allows or counts an update
+    twice: the controller checks the sum against what it handed
     out (rounds/partial_sums.py), refuses that aggregator with the reason and the round goes on without its shard
     (an inflated weight used to rescale the whole round's average; a NaN, to become the global model)."""
     monkeypatch.setenv("FEDLESS_TEST_AGGREGATOR_LIE", lie)

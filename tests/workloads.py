@@ -301,7 +301,8 @@ def writes_a_hollow_secagg_object_on_client_1(payload):
 def aggregator_lies_about_client_1s_shard(payload):
     """Clients and aggregators run for real, except the level-0 aggregator of client 1's shard, compromised (it
     holds its provider's secret): it signs a lie, FEDLESS_TEST_AGGREGATOR_LIE: "weight" (its partial sum's total
-    weight x100), "nan" (a NaN in its sum) or "double" (an update listed as summed twice)."""
+    weight x100), "nan" (a NaN in its sum), "boost" (its sum moved far beyond what its updates can reach) or
+    "double" (an update listed as summed twice)."""
     import numpy as np
 
     from fedless_nb.function.handler import handle
@@ -319,6 +320,8 @@ def aggregator_lies_about_client_1s_shard(payload):
         total.weight *= 100
     elif lie == "nan":
         total.sums[0][(0,) * total.sums[0].ndim] = np.nan
+    elif lie == "boost":
+        total.sums[0] += 1e9
     else:
         result["summed"] = result["summed"] + result["summed"][:1]
     blob = total.to_bytes()

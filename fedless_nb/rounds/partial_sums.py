@@ -4,9 +4,12 @@ An aggregator function holds its provider's secret, so a compromised one could s
 controller cannot check the summed layers without reading the updates, but it knows what it handed out: which
 entries each aggregator got and how each counts (its term's weight and extras). So a result must account for
 every entry it was given exactly once (summed or refused, nothing else), and the partial sum it wrote must hold
-exactly the count, total weight and extras of the updates it says it summed, in the model's shapes, finite.
-A lie there (an inflated weight, a client counted twice or taken from another shard, NaN) refuses the
-aggregator like a failed one; what remains possible is bounded by what its provider's clients could send.
+exactly the count, total weight and extras of the updates it says it summed, in the model's shapes, finite, and
+no farther from what those updates can add up to than their norm bound allows: each update is within
+`max_update_norm` (or its clip) of the global model, so sum_i scale_i * term_i is within sum_i |scale_i| * bound
+of sum_i scale_i * (the global model for a "model" term, zero for a "delta"). A lie there (an inflated weight, a
+client counted twice or taken from another shard, NaN, a boosted sum) refuses the aggregator like a failed one;
+what remains possible is what its provider's clients could send anyway.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ class Contents:
     count: int
     weight: float = 0.0
     extras: dict[str, float] = field(default_factory=dict)
+    scale: float = 0.0  # sum of the terms' scales: how many global models a "model" sum holds
+    reach: float = 0.0  # sum of |scale| x the norm bound of each update: how far the sum may lie from that
 
     @classmethod
-    def of_shard(cls, entries: Sequence[dict[str, Any]], result: AggregateResult, masked: bool) -> "Contents":
+    def of_shard(cls, entries: Sequence[dict[str, Any]], result: AggregateResult, masked: bool,
+                 bound: float) -> "Contents":
         """A level-0 partial sum's: the entries the result says it summed (a masked vector counts once; a
-        weighted update counts when the strategy gave it a term)."""
+        weighted update counts when the strategy gave it a term), each within `bound` of the global model."""
         summed = {fact.client_id for fact in result.summed}
         terms = [entry["term"] for entry in entries if entry["client_id"] in summed]
         if masked:
@@ -43,7 +49,8 @@ class Contents:
         for term in counted:
             for name, value in term["extras"].items():
                 extras[name] = extras.get(name, 0.0) + float(value)
-        return cls(frozenset(summed), len(counted), float(sum(term["weight"] for term in counted)), extras)
+        return cls(frozenset(summed), len(counted), float(sum(term["weight"] for term in counted)), extras,
+                   float(sum(term["scale"] for term in counted)), sum(abs(term["scale"]) * bound for term in counted))
 
     @classmethod
     def merged(cls, parts: Sequence["Contents"]) -> "Contents":
@@ -52,7 +59,8 @@ class Contents:
             for name, value in part.extras.items():
                 extras[name] = extras.get(name, 0.0) + value
         return cls(frozenset().union(*(part.clients for part in parts)), sum(part.count for part in parts),
-                   float(sum(part.weight for part in parts)), extras)
+                   float(sum(part.weight for part in parts)), extras, float(sum(part.scale for part in parts)),
+                   sum(part.reach for part in parts))
 
 
 def accounting_problem(level: int, entries: Sequence[dict[str, Any]], result: AggregateResult) -> str | None:
@@ -76,8 +84,16 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
-def sum_problem(total: WeightedSum | MaskedSum, contents: Contents, shapes: Sequence[tuple[int, ...]]) -> str | None:
-    """Why the partial sum read from the store is not the one `contents` adds up to, or None."""
+def update_bound(max_update_norm: float, clip: float | None) -> float:
+    """How far one summed term may lie from the global model (a "delta" clipped to `clip`); inf: no bound."""
+    bounds = [bound for bound in (max_update_norm, clip) if bound]
+    return min(bounds) if bounds else math.inf
+
+
+def sum_problem(total: WeightedSum | MaskedSum, contents: Contents, current: Sequence[np.ndarray],
+                term: str) -> str | None:
+    """Why the partial sum read from the store is not the one `contents` adds up to (from `current`, the global
+    model, with terms of kind `term`), or None."""
     if total.count != contents.count:
         return f"the partial sum counts {total.count} updates; the ones it says it summed are {contents.count}"
     if isinstance(total, MaskedSum):
@@ -88,8 +104,17 @@ def sum_problem(total: WeightedSum | MaskedSum, contents: Contents, shapes: Sequ
                 "updates it says it summed")
     if (total.sums is None) != (total.count == 0):
         return "the partial sum's layers do not match its count"
-    if total.sums is not None and [tuple(layer.shape) for layer in total.sums] != [tuple(s) for s in shapes]:
+    if total.sums is None:
+        return None
+    if [tuple(layer.shape) for layer in total.sums] != [tuple(np.shape(layer)) for layer in current]:
         return "the partial sum's layers do not have the model's shapes"
-    if total.sums is not None and not all(np.all(np.isfinite(layer)) for layer in total.sums):
+    if not all(np.all(np.isfinite(layer)) for layer in total.sums):
         return "the partial sum has NaN or Inf values"
+    if math.isfinite(contents.reach):
+        base = contents.scale if term == "model" else 0.0
+        distance = math.sqrt(sum(float(np.sum(np.square(layer - base * np.asarray(c, np.float64))))
+                                 for layer, c in zip(total.sums, current)))
+        if distance > contents.reach * (1 + 1e-6) + 1e-6:
+            return (f"the partial sum lies {distance:.4g} from the global model's share, farther than the "
+                    f"{contents.reach:.4g} its updates' norm bound allows")
     return None

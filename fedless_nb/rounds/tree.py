@@ -32,7 +32,7 @@ from ..store.keys import aggregate_key, global_weights_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
 from ..wire import ResultError
 from .events import AggregationFinished, UpdateRejected
-from .partial_sums import Contents, accounting_problem, sum_problem
+from .partial_sums import Contents, accounting_problem, sum_problem, update_bound
 from .resilience import invoke_with_retries
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class TreeAggregation:
         self.controller, self.options, self.round_run = controller, options, round_run
         self._invocations = 0
         self._contents: dict[str, Contents] = {}  # partial sum key -> what it must hold (rounds/partial_sums.py)
-        self._shapes: list[tuple[int, ...]] = []  # the model's layers' shapes, which a weighted partial sum has
+        self._current: Weights = []  # the global model the round trained from
 
     async def reduce(self, round_number: int, current: Weights, arrivals: Sequence[Arrival],
                      deadline: float) -> TreeRound:
@@ -100,7 +100,7 @@ class TreeAggregation:
         strategy = self.controller.strategy
         assert isinstance(strategy, SumStrategy)
         spec, tree = strategy.sum_spec(), TreeRound(strategy, current)
-        self._shapes = [tuple(layer.shape) for layer in current]
+        self._current = current
         entries = {}
         for arrival in arrivals:
             term = strategy.sum_term(arrival.update)
@@ -286,7 +286,8 @@ class TreeAggregation:
                 raise ResultError("the aggregator's result lacks an update's distance", "invalid")
             if problem := accounting_problem(level, entries, result):
                 raise ResultError(problem, "invalid")
-            contents = (Contents.of_shard(entries, result, spec.is_masked) if level == 0
+            bound = update_bound(controller.plan.policy.max_update_norm, spec.clip)
+            contents = (Contents.of_shard(entries, result, spec.is_masked, bound) if level == 0
                         else Contents.merged([self._contents[entry["key"]] for entry in entries]))
             self._contents[key] = contents
             size = await controller.store.asize(key)
@@ -298,7 +299,7 @@ class TreeAggregation:
                 if signing_key is not None:
                     signing_key.verify_result(reply, data)
                 summed = spec.read_sum(data)
-                if problem := sum_problem(summed, contents, self._shapes):
+                if problem := sum_problem(summed, contents, self._current, spec.term):
                     raise ResultError(problem, "invalid")
         except (ResultError, ResultSignatureError, ValueError) as error:
             failure = InvocationError(f"{type(error).__name__}: {error}", "invalid")
