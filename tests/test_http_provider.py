@@ -284,3 +284,28 @@ def test_a_functions_huge_error_message_is_cut_before_it_reaches_the_history():
     with pytest.raises(InvocationError) as caught:
         _invoke(endpoint, [{"task": 1}])
     assert len(str(caught.value)) < 2100 and str(caught.value).endswith("more characters)")
+
+
+def test_a_slow_loris_reply_that_dribbles_its_body_fails_as_timeout_at_the_calls_limit():
+    """A hostile function answers at once but sends its body a byte at a time, each well within any read timeout:
+    the call's total timeout still ends it, so it holds a slot no longer than the provider's timeout."""
+    async def dribble(request):
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b" ")
+            await asyncio.sleep(0.05)
+        await response.write(b"{}")
+        return response
+
+    async def run():
+        async with serving(web.post("/fn", dribble)) as url:
+            provider = HttpProvider("fn", url=url + "/fn", retry=FAST_RETRIES, timeout=0.5)
+            try:
+                with pytest.raises(InvocationError, match="within 0.5s") as caught:  # the whole body takes 5 s
+                    await provider.invoke({"x": 1})
+            finally:
+                await provider.close()
+            return caught.value.cause
+
+    assert asyncio.run(run()) == "timeout"
