@@ -66,7 +66,14 @@ class SumSpec:
         return MaskedSum(self.length) if self.is_masked else WeightedSum()
 
     def read_sum(self, blob: bytes | bytearray | memoryview) -> "WeightedSum | MaskedSum":
-        """A partial sum of this spec's updates from its bytes (ValueError when it is not one)."""
+        """A partial sum of this spec's updates from its bytes (ValueError when it is not one, whatever is wrong
+        with it: it comes from an aggregator function, untrusted like any reply)."""
+        try:
+            return self._read_sum(blob)
+        except (struct.error, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as error:
+            raise ValueError(f"not a partial sum: {type(error).__name__}") from None
+
+    def _read_sum(self, blob: bytes | bytearray | memoryview) -> "WeightedSum | MaskedSum":
         if self.is_masked:
             total = MaskedSum.from_bytes(blob)
             if total.length != self.length:

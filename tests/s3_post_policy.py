@@ -1,8 +1,10 @@
 """What S3 does with a presigned POST and moto 5 does not: moto stores any body a form POST carries, whatever
 its policy says (checked: a body over the policy's content-length-range is stored). This WSGI layer in front
 of moto's own server applies S3's documented checks to a browser-form POST before moto sees it: the policy's
-SigV4 signature with the test credentials (so a function cannot widen its policy), its expiry and its
-content-length-range, answering with S3's error codes. Everything else goes to moto unchanged.
+SigV4 signature with the test credentials (so a function cannot widen its policy), its expiry, its
+content-length-range and its exact-match and starts-with conditions on the form's fields and the bucket (so a
+function cannot point its grant at another key), answering with S3's error codes. Everything else goes to moto
+unchanged.
 """
 
 from __future__ import annotations
@@ -62,8 +64,27 @@ class PostPolicyChecks:
                 if size < condition[1]:
                     return _error(start_response, "400 Bad Request", "EntityTooSmall",
                                   "Your proposed upload is smaller than the minimum allowed size")
+        fields = {**form.to_dict(), "bucket": environ.get("PATH_INFO", "/").strip("/").split("/")[0]}
+        for condition in document["conditions"]:
+            if failed := _unmet(condition, fields):
+                return _error(start_response, "403 Forbidden", "AccessDenied",
+                              f"Invalid according to Policy: Policy Condition failed: {failed}")
         environ["wsgi.input"] = io.BytesIO(body)
         return self.app(environ, start_response)
+
+
+def _unmet(condition: Any, fields: dict[str, str]) -> str | None:
+    """The condition as S3 names it when the form's `fields` break it ({"key": k}, ["eq", "$key", k],
+    ["starts-with", "$key", prefix]), else None; content-length-range is checked on the file above."""
+    if isinstance(condition, dict):
+        (name, value), = condition.items()
+        return None if fields.get(name.lower()) == value else json.dumps(["eq", f"${name}", value])
+    operator, name, value = condition
+    if operator == "eq" and fields.get(name.lstrip("$").lower()) != value:
+        return json.dumps(condition)
+    if operator == "starts-with" and not fields.get(name.lstrip("$").lower(), "").startswith(value):
+        return json.dumps(condition)
+    return None
 
 
 class PolicedMotoServer:

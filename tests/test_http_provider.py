@@ -260,3 +260,52 @@ def test_an_oversized_reply_is_refused_without_reading_it_whole():
     with pytest.raises(InvocationError, match=f"the reply exceeded {2**20} bytes") as caught:
         _invoke(endpoint, [{"task": 1}], reply_limit=2**20)
     assert caught.value.cause == "invalid"
+
+
+@pytest.mark.parametrize("status, body, cause, message", [
+    (200, "[" * 100_000 + "]" * 100_000, "invalid", "nests too deeply"),  # 200 KB past the JSON parser's recursion limit
+    (500, "[" * 100_000 + "]" * 100_000, "error", "HTTP 500"),  # the same as an error body, read for its envelope
+    (200, "not json at all", "invalid", "non-JSON"),
+], ids=["nested-result", "nested-error", "not-json"])
+def test_a_reply_that_is_not_json_data_is_one_invalid_invocation(status, body, cause, message):
+    """A hostile function's reply must end as an InvocationError, never another exception that escapes the
+    provider (a RecursionError used to: an aggregator's would end the run)."""
+    endpoint = Endpoint([(status, body)] * 10)
+    with pytest.raises(InvocationError, match=message) as caught:
+        _invoke(endpoint, [{"task": 1}])
+    assert caught.value.cause == cause
+
+
+def test_a_functions_huge_error_message_is_cut_before_it_reaches_the_history():
+    """A hostile function answers every task with a 1 MB error message (within the reply limit): the failure
+    keeps its first 2,000 characters and says how much was cut, so the history's row per failed invocation
+    (and the dashboard, and NothingTrainedError, which quotes it) stays small."""
+    endpoint = Endpoint([(400, _envelope(400, "PayloadError", "x" * 2**20))])
+    with pytest.raises(InvocationError) as caught:
+        _invoke(endpoint, [{"task": 1}])
+    assert len(str(caught.value)) < 2100 and str(caught.value).endswith("more characters)")
+
+
+def test_a_slow_loris_reply_that_dribbles_its_body_fails_as_timeout_at_the_calls_limit():
+    """A hostile function answers at once but sends its body a byte at a time, each well within any read timeout:
+    the call's total timeout still ends it, so it holds a slot no longer than the provider's timeout."""
+    async def dribble(request):
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b" ")
+            await asyncio.sleep(0.05)
+        await response.write(b"{}")
+        return response
+
+    async def run():
+        async with serving(web.post("/fn", dribble)) as url:
+            provider = HttpProvider("fn", url=url + "/fn", retry=FAST_RETRIES, timeout=0.5)
+            try:
+                with pytest.raises(InvocationError, match="within 0.5s") as caught:  # the whole body takes 5 s
+                    await provider.invoke({"x": 1})
+            finally:
+                await provider.close()
+            return caught.value.cause
+
+    assert asyncio.run(run()) == "timeout"

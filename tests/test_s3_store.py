@@ -221,6 +221,22 @@ def test_a_presigned_write_is_a_post_whose_signed_policy_caps_its_size(policed_s
     assert policed_store.get("updates/c1") == b"u" * 1000, "neither refused write changed the object"
 
 
+def test_a_presigned_post_grant_cannot_be_pointed_at_another_key(policed_store):
+    """A compromised function edits the form's key of its own POST grant to write another client's update: the
+    signed policy binds the key (botocore adds {"key": ...}), so the object store refuses it."""
+    descriptor = policed_store.task_descriptor([], ["updates/c1"], time.time() + 60, max_write_bytes=1000)
+    policed_store.put("updates/c2", b"c2's own update")
+    grant = descriptor["post"]["updates/c1"]
+    assert {"key": "experiments/a/updates/c1"} in json.loads(base64.b64decode(grant["fields"]["policy"]))["conditions"]
+    for other in ("experiments/a/updates/c2", "experiments/a/updates/c1/../c2", "experiments/a/global"):
+        pointed = {"updates/c2": {"url": grant["url"], "fields": {**grant["fields"], "key": other}}}
+        with pytest.raises(StoreError, match="HTTP 403 AccessDenied: Invalid according to Policy: Policy Condition"):
+            PresignedStore({}, pointed, descriptor["expires_at"]).put("updates/c2", b"forged")
+    assert policed_store.get("updates/c2") == b"c2's own update"
+    store_from_descriptor(descriptor).put("updates/c1", b"c1's update")  # the grant itself still works
+    assert policed_store.get("updates/c1") == b"c1's update"
+
+
 def test_delete_prefix_removes_a_folder_of_keys_only(store):
     keys = [f"runs/r/round-00002/updates/c{i}.weights" for i in range(3)] + ["runs/r/round-000020/x", "runs/r/round-00001/x"]
     for key in keys:

@@ -381,3 +381,26 @@ def test_the_clients_of_a_failed_aggregators_shard_are_unmasked_as_dropped(tmp_p
         (0, 1, "succeeded"), (0, 2, "failed"), (0, 2, "succeeded"), (1, 2, "succeeded")]
     before, after = _globals(config, result.run_id)
     assert 1e-4 < _largest_change(before, after) < 1.0  # a mask left in would move weights by thousands
+
+
+@pytest.mark.parametrize("stage, hollow, succeeded", [
+    ("keys", "{}", 4),  # its peers would fail reading its keys in their shares stage
+    ("reveal", '{"seed_shares": {"client-0000": 5}, "key_shares": {}}', 5),  # used to end the run (TypeError)
+], ids=["keys", "reveal"])
+def test_a_signed_malformed_stage_object_is_rejected_and_the_secure_round_completes(tmp_path, monkeypatch, stage,
+                                                                                   hollow, succeeded):
+    """A compromised client signs a stage object of the wrong form: the controller rejects it (its client drops
+    out at that stage) before any peer reads it or the unmasking uses it; the round completes without it."""
+    monkeypatch.setenv("FEDLESS_TEST_HOLLOW_STAGE", stage)
+    monkeypatch.setenv("FEDLESS_TEST_HOLLOW_OBJECT", hollow)
+    config = _config(tmp_path, stage)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:writes_a_hollow_secagg_object_on_client_1")
+    result = run_experiment(config, providers={"local": provider})
+    assert result.status == "finished"
+    history = History(config.history)
+    failed = [i for i in history.invocations(result.run_id) if i["outcome"] == "failed"]
+    assert [(i["client_id"], i["stage"], i["cause"]) for i in failed] == [("client-0001", stage, "rejected")]
+    assert f"the {stage} stage wrote a malformed object" in failed[0]["error"]
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [succeeded]
+    (before, after) = _globals(config, result.run_id)
+    assert 1e-4 < _largest_change(before, after) < 1.0  # unmasked: a mask left in would move weights by thousands

@@ -381,3 +381,75 @@ def test_a_round_run_again_below_its_quorum_gives_its_aggregators_keys_of_their_
                      for path in (tmp_path / "store" / "runs" / result.run_id).rglob("*.sum"))
     assert written == ["aggregates-1/aggregator-0-00001.1.sum", "aggregates-2/aggregator-0-00001.1.sum",
                        "aggregates-2/aggregator-0-00002.1.sum"]
+
+
+@pytest.mark.parametrize("header", [
+    b'{"not": "a list"}', b'[{"dtype": "<f4"}]', b'[{"dtype": "<f4", "shape": [-1], "offset": 0}]',
+    b'[{"dtype": "<f4", "shape": [4294967296, 4294967296], "offset": 0}]', b"[" * 100_000 + b"]" * 100_000,
+], ids=["not-a-list", "no-shape", "negative-shape", "overflowing-shape", "nested"])
+def test_a_signed_blob_with_a_hostile_header_is_refused_alone_and_its_shard_is_summed(tmp_path, aggregator_env, header):
+    """A compromised client signs a blob whose header is malformed, nests deeply or claims a huge array: the
+    aggregator refuses that one update (cause rejected) instead of failing, so its honest shard mates are summed."""
+    import struct
+
+    from fedless_nb.store.codec import MAGIC
+
+    store = LocalStore(tmp_path)
+    store.put("global", encode_arrays(CURRENT))
+    arrivals = [_client_update(store, i) for i in range(3)]
+    hostile = MAGIC + struct.pack("<I", len(header)) + header + bytes(64)
+    arrivals[1] = (arrivals[1][0], _signed_result(store, "client-0001", arrivals[1][1]["update"], hostile, 20))
+    strategy = _bound(make_strategy("fedavg"))
+    task, key = _task(store, "aggregator-0-0", 0, strategy.sum_spec(), [_entry(u, r, strategy) for u, r in arrivals])
+    status, reply = invoke(task)
+    assert status == 200, reply
+    result, _ = _summed(store, reply, "aggregator-0-0", key)
+    assert [(r.client_id, r.cause) for r in result.rejected] == [("client-0001", "rejected")]
+    assert "not a weights blob" in result.rejected[0].reason
+    assert [s.client_id for s in result.summed] == ["client-0000", "client-0002"]
+
+
+def test_an_update_rewritten_between_its_sum_and_its_correction_is_left_out_and_the_run_goes_on(tiny_config):
+    """The boosted client rewrites its update after its aggregator summed it: the correction aggregator refuses the
+    new bytes, so the controller cannot subtract it; it sums the round again without it (this used to end the run
+    with a RuntimeError) and gives the model the controller gives without that client."""
+    def run(where, entry_point):
+        config = tiny_config(name=where, clients=4, clients_per_round=4, rounds=1, retries=0, max_update_norm=0,
+                             max_norm_ratio=3, aggregation={"where": where, "fan_in": 2})
+        provider = LocalProvider("local", workers=2, entry_point=entry_point)
+        return config, run_experiment(config, providers={"local": provider})
+
+    _, central = run("controller", "workloads:boosts_client_1")
+    config, tree = run("functions", "workloads:boosts_client_1_then_rewrites_it_before_its_correction")
+    assert tree.status == "finished"
+    for got, want in zip(tree.weights, central.weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    history = History(config.history)
+    boosted = [i for i in history.invocations(tree.run_id) if i["client_id"] == "client-0001"]
+    assert [(i["outcome"], i["cause"]) for i in boosted] == [("failed", "rejected")] and "median" in boosted[0]["error"]
+    assert history.rounds(tree.run_id)[0]["succeeded"] == 3
+    level0 = [a for a in history.aggregations(tree.run_id) if a["aggregator_id"].startswith("aggregator-0-")]
+    assert len(level0) == 2 + 2, "the round was summed twice: with the boosted update, then without it"
+
+
+@pytest.mark.parametrize("lie, message", [
+    ("weight", "is not the"), ("nan", "NaN or Inf"), ("double", "accounts for 3 updates (2 distinct)"),
+    ("boost", "farther than the"),
+])
+def test_an_aggregator_that_signs_a_lie_is_refused_like_a_failed_one(tiny_config, monkeypatch, lie, message):
+    """A compromised aggregator (it holds its provider's secret, so its signature is valid) inflates its partial
+    sum's weight, puts a NaN in it, moves it far beyond what its updates' norm bound allows or counts an update
+    twice: the controller checks the sum against what it handed
+    out (rounds/partial_sums.py), refuses that aggregator with the reason and the round goes on without its shard
+    (an inflated weight used to rescale the whole round's average; a NaN, to become the global model)."""
+    monkeypatch.setenv("FEDLESS_TEST_AGGREGATOR_LIE", lie)
+    config = tiny_config(clients=4, clients_per_round=4, rounds=1, retries=0, aggregation={"where": "functions", "fan_in": 2})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:aggregator_lies_about_client_1s_shard")
+    result = run_experiment(config, providers={"local": provider})
+    assert result.status == "finished" and all(np.all(np.isfinite(w)) for w in result.weights)
+    history = History(config.history)
+    failed = [a for a in history.aggregations(result.run_id) if a["outcome"] == "failed"]
+    assert len(failed) == 1 and message in failed[0]["error"], failed
+    assert history.rounds(result.run_id)[0]["succeeded"] == 2
+    rejected = {i["client_id"] for i in history.invocations(result.run_id) if i["outcome"] == "failed"}
+    assert "client-0001" in rejected and len(rejected) == 2

@@ -99,3 +99,15 @@ def test_malformed_results_are_recorded_failures(tiny_config):
     assert len(invocations) == 4 and all(i["outcome"] == "failed" for i in invocations)
     assert {i["cause"] for i in invocations} <= {"invalid", "error"} and all(i["error"] for i in invocations)
     assert run["status"] == "failed" and len(history.rounds(run["run_id"])) == 1, "the round is kept, the run failed"
+
+
+def test_a_huge_but_finite_metric_claim_cannot_overflow_the_rounds_training_metrics():
+    """A client's metrics are its claim: finite (the wire refuses NaN and Inf) but up to 1.8e308; weighted by its
+    examples, such a claim used to overflow the round's average to Inf in the history and the dashboard."""
+    from fedless_nb.rounds.controller import weighted_metrics
+
+    updates = [ClientUpdate("honest", [], 40, {"loss": 0.5}), ClientUpdate("liar", [], 60, {"loss": 1.7e308})]
+    averaged = weighted_metrics(updates)["loss"]
+    assert math.isfinite(averaged) and averaged == pytest.approx(0.6 * 1.7e308)
+    assert weighted_metrics([ClientUpdate("a", [], 1, {"acc": 0.25}), ClientUpdate("b", [], 3, {"acc": 0.75})]) == {
+        "acc": pytest.approx(0.625)}

@@ -266,3 +266,64 @@ def fails_odd_clients_once(payload):
             mark.touch()
             raise RuntimeError(f"{payload['client_id']} fails its first invocation")
     return handle(payload)
+
+
+def boosts_client_1_then_rewrites_it_before_its_correction(payload):
+    """boosts_client_1, and client 1 (a compromised function, which may write its update key until the deadline)
+    rewrites its update once its boosted one was summed: here, just before the correction aggregator that would
+    take it back out reads it (the rewrite lands between the sum and its correction, deterministically)."""
+    from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
+
+    if payload.get("kind") == "aggregate" and payload["client_id"].startswith("aggregator-c-"):
+        store = store_from_descriptor(payload["store"])
+        for entry in payload["entries"]:
+            arrays = decode_arrays(store.get(entry["key"]))
+            store.put(entry["key"], encode_arrays([array * 0 for array in arrays]))
+    return boosts_client_1(payload)
+
+
+def writes_a_hollow_secagg_object_on_client_1(payload):
+    """A secure round run for real, except client 1, a compromised function: in the stage FEDLESS_TEST_HOLLOW_STAGE
+    names it writes FEDLESS_TEST_HOLLOW_OBJECT (JSON) instead of its object, and signs that."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import store_from_descriptor
+
+    result = handle(payload)
+    settings = payload.get("train", {}).get("secagg") or {}
+    if settings.get("stage") == os.environ["FEDLESS_TEST_HOLLOW_STAGE"] and payload["client_id"].endswith("-0001"):
+        hollow = os.environ["FEDLESS_TEST_HOLLOW_OBJECT"].encode()
+        store_from_descriptor(payload["store"]).put(payload["update"], hollow)
+        return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, hollow)
+    return result
+
+
+def aggregator_lies_about_client_1s_shard(payload):
+    """Clients and aggregators run for real, except the level-0 aggregator of client 1's shard, compromised (it
+    holds its provider's secret): it signs a lie, FEDLESS_TEST_AGGREGATOR_LIE: "weight" (its partial sum's total
+    weight x100), "nan" (a NaN in its sum), "boost" (its sum moved far beyond what its updates can reach) or
+    "double" (an update listed as summed twice)."""
+    import numpy as np
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.reduction import SumSpec
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import store_from_descriptor
+
+    result = handle(payload)
+    if (payload.get("kind") != "aggregate" or payload["level"] != 0 or payload["client_id"].startswith("aggregator-c")
+            or not any(entry["client_id"].endswith("-0001") for entry in payload["entries"])):
+        return result
+    lie, store = os.environ["FEDLESS_TEST_AGGREGATOR_LIE"], store_from_descriptor(payload["store"])
+    total = SumSpec.from_wire(payload["spec"]).read_sum(store.get(payload["update"]))
+    if lie == "weight":
+        total.weight *= 100
+    elif lie == "nan":
+        total.sums[0][(0,) * total.sums[0].ndim] = np.nan
+    elif lie == "boost":
+        total.sums[0] += 1e9
+    else:
+        result["summed"] = result["summed"] + result["summed"][:1]
+    blob = total.to_bytes()
+    store.put(payload["update"], blob)
+    return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, blob)

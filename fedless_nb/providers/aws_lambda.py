@@ -24,7 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
 from ..security import SECRET_VARIABLE
-from .base import InvocationError, Provider, ProviderSetupError
+from .base import InvocationError, Provider, ProviderSetupError, reply_json
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 
 DEFAULT_HANDLER = "lambda_function.lambda_handler"
@@ -74,7 +74,7 @@ def _zip_bytes(bundle: Any) -> bytes:
 def _function_failure(reply: bytes, function_error: str) -> InvocationError:
     """The function raised (or Lambda stopped it): its errorType and errorMessage, as Lambda reports them."""
     try:
-        details = json.loads(reply)
+        details = reply_json(reply)
     except ValueError:
         details = None
     if not isinstance(details, dict):
@@ -158,9 +158,9 @@ class LambdaProvider(Provider):
         if function_error:
             raise _function_failure(reply, function_error)
         try:
-            return json.loads(reply)
-        except ValueError:
-            raise InvocationError(f"the function replied with non-JSON: {reply[:200]!r}", "invalid") from None
+            return reply_json(reply)
+        except ValueError as error:
+            raise InvocationError(f"the function replied with non-JSON ({error}): {reply[:80]!r}", "invalid") from None
 
     async def _invoke_once(self, body: bytes) -> tuple[bytes, str | None]:
         client = await self._client()

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from typing import Any
 
 from ..errors import UserError
 
 REPLY_LIMIT = 64 * 2**20  # a reply may carry a large metrics dict; weights never travel in it
+MESSAGE_LIMIT = 2000  # characters of a failure's message kept (the history records one per failed invocation)
+
+
+def reply_json(data: bytes | str) -> Any:
+    """A function's reply as JSON data; ValueError when it is not JSON, or nests too deeply to parse (a hostile
+    reply of 100,000 opening brackets is only 200 KB, and the parser would raise RecursionError)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("the reply nests too deeply to be a result") from None
 
 
 class ProviderSetupError(UserError):
@@ -26,6 +37,8 @@ class InvocationError(Exception):
     """
 
     def __init__(self, message: str, cause: str) -> None:
+        if len(message) > MESSAGE_LIMIT:  # a function's own text: bounded before it reaches the history
+            message = f"{message[:MESSAGE_LIMIT]}... ({len(message) - MESSAGE_LIMIT} more characters)"
         super().__init__(message)
         self.cause = cause
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from .base import REPLY_LIMIT, InvocationError, Provider, ProviderSetupError
+from .base import REPLY_LIMIT, InvocationError, Provider, ProviderSetupError, reply_json
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 
 AUTH_STYLES = ("none", "function_key", "basic", "bearer")
@@ -56,7 +56,7 @@ def is_transient(error: BaseException) -> bool:
 def _failure(status: int, body: bytes) -> HttpCallError | None:
     """The error a reply carries, or None when it is a result."""
     try:
-        reply = json.loads(body)
+        reply = reply_json(body)
     except ValueError:
         reply = None
     error = reply.get("error") if isinstance(reply, dict) else None
@@ -145,9 +145,9 @@ class HttpProvider(Provider):
                     return await self._wait_for_activation(record)
                 raise failure
         try:
-            return json.loads(reply)
-        except ValueError:
-            raise HttpCallError(response.status, f"the function replied with non-JSON: {reply[:200]!r}") from None
+            return reply_json(reply)
+        except ValueError as error:
+            raise InvocationError(f"the function replied with non-JSON ({error}): {reply[:80]!r}", "invalid") from None
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         """The reply's body, refusing a redirect (it would carry the task, its token and the function key to
@@ -166,7 +166,7 @@ class HttpProvider(Provider):
 
     def _activation(self, reply: bytes) -> str | None:
         try:
-            activation = json.loads(reply).get("activationId")
+            activation = reply_json(reply).get("activationId")
         except (ValueError, AttributeError):
             return None
         return activation_url(self.url, str(activation)) if activation else None
@@ -185,9 +185,12 @@ class HttpProvider(Provider):
                             raise HttpCallError(response.status, record[:300].decode(errors="replace"))
                 except aiohttp.ClientConnectionError:
                     continue
-                outcome = json.loads(record).get("response", {})
-                result = outcome.get("result")
-                failure = _failure(200 if outcome.get("success") else 502, json.dumps(result).encode())
+                try:
+                    outcome = reply_json(record).get("response", {})
+                    result, succeeded = outcome.get("result"), outcome.get("success")
+                except (ValueError, AttributeError):
+                    raise InvocationError(f"the activation record is not one: {record[:80]!r}", "invalid") from None
+                failure = _failure(200 if succeeded else 502, json.dumps(result).encode())
                 if failure is not None:
                     raise failure
                 return result

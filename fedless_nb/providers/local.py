@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from ..security import CLIENT_ID_VARIABLE, SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
-from .base import REPLY_LIMIT, InvocationError, Provider
+from .base import REPLY_LIMIT, InvocationError, Provider, reply_json
 
 DEFAULT_ENTRY_POINT = "fedless_nb.function.handler:handle"  # what a worker calls: the client function
 # What a worker inherits: the system's basics, Python's and TensorFlow's settings, fedless's own function settings.
@@ -72,13 +72,16 @@ class _Worker:
             await self.stop()
             raise InvocationError(self._crash_message(), "crash")
         try:
-            reply = json.loads(line)
-        except ValueError:
+            reply = reply_json(line)
+            if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+                raise ValueError("not a worker's reply")
+        except ValueError as error:
             await self.kill()
-            raise InvocationError(f"the reply is not JSON: {line[:80]!r}; the worker was stopped", "invalid") from None
+            raise InvocationError(f"the reply is not JSON ({error}): {line[:80]!r}; the worker was stopped",
+                                  "invalid") from None
         if not reply["ok"]:
-            raise InvocationError(reply["error"], "error")
-        return reply["result"]
+            raise InvocationError(str(reply.get("error")), "error")
+        return reply.get("result")
 
     def _crash_message(self) -> str:
         code = self.process.returncode

@@ -92,11 +92,12 @@ def _observer_name(observer: Observer) -> str:
 
 
 def weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
-    """Each training metric averaged over clients, weighted by their sample counts."""
+    """Each training metric averaged over clients, weighted by their sample counts (as shares of the total, so
+    a client's huge but finite claim cannot overflow the average to Inf)."""
     total = sum(update.num_examples for update in updates)
     names = {name for update in updates for name in update.metrics}
     return {
-        name: sum(u.metrics.get(name, 0.0) * u.num_examples for u in updates) / total for name in sorted(names)
+        name: sum(u.metrics.get(name, 0.0) * (u.num_examples / total) for u in updates) for name in sorted(names)
     } if total else {}
 
 
@@ -439,6 +440,9 @@ class Controller:
             raise InvocationError(f"the update is {size} bytes, more than the {self._update_limit} an update of this "
                                   "model can take; it was not read", "rejected")
         data = await self.store.aget(key)
+        if len(data) > self._update_limit:  # rewritten between the two calls: refused all the same
+            raise InvocationError(f"the update grew to {len(data)} bytes while it was read, more than the "
+                                  f"{self._update_limit} an update of this model can take", "rejected")
         run_key = self.signing_key(client)
         if run_key is not None:
             try:

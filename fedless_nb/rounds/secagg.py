@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ..experiment import SecureAggregationConfig
 from ..privacy import secagg
@@ -36,6 +38,7 @@ from ..providers.base import InvocationError
 from ..reduction import MaskedSum, masked_vector_problem
 from ..store import decode_arrays
 from ..store.keys import secagg_key
+from ..wire import first_problem
 from ..strategies.base import ClientUpdate, Weights
 from ..strategies.central_dp import CentralDP
 from .completion import finished_by
@@ -49,6 +52,50 @@ if TYPE_CHECKING:
 
 STAGES = ("keys", "shares", "masked", "reveal")
 SECURE_CLIENT_ID = "secure-aggregate"  # the one update a strategy receives from a secure round
+
+
+def _base64_of(size: int) -> AfterValidator:
+    """A base64 text that decodes to exactly `size` bytes."""
+    def check(text: str) -> str:
+        try:
+            decoded = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not base64") from None
+        if len(decoded) != size:
+            raise ValueError(f"{len(decoded)} bytes, not {size}")
+        return text
+    return AfterValidator(check)
+
+
+_Key = Annotated[str, Field(max_length=64), _base64_of(32)]  # an X25519 public key
+_Share = Annotated[str, Field(max_length=64), _base64_of(2 + secagg.SECRET_BYTES)]  # a Shamir share: index, two halves
+_Peer = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _StageObject(BaseModel):
+    """What a client of a secure round wrote in a stage other than the masked one: untrusted input, parsed
+    strictly before the controller keeps it (and before any peer is granted to read it)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class _KeysObject(_StageObject):
+    share_public: _Key
+    mask_public: _Key
+    seed_commitment: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    state: Annotated[str, Field(max_length=4096)]  # sealed for the client itself: only it can tell
+
+
+class _SharesObject(_StageObject):
+    shares: dict[_Peer, Annotated[str, Field(max_length=4096)]]  # each sealed for its holder
+
+
+class _RevealObject(_StageObject):
+    seed_shares: dict[_Peer, _Share]
+    key_shares: dict[_Peer, _Share]
+
+
+_STAGE_OBJECTS: dict[str, type[_StageObject]] = {"keys": _KeysObject, "shares": _SharesObject, "reveal": _RevealObject}
 
 
 class SecureRoundFailed(Exception):
@@ -177,7 +224,8 @@ class SecureAggregationRounds(SynchronousRounds):
                     attempt.results.update({client.client_id: reply} if reply is not None else {})
                     continue
                 received = await controller.receive(attempt.round_number, client, call, attempt.started, key, stage=stage)
-                if received is not None and self._accepted(attempt, stage, client.client_id, *received):
+                if received is not None and self._accepted(attempt, stage, client.client_id, clients[client.client_id],
+                                                           *received):
                     kept[client.client_id] = received[1]
         finally:  # no call outlives its stage
             for call in pending:
@@ -204,21 +252,34 @@ class SecureAggregationRounds(SynchronousRounds):
                                f"their results {len(attempt.results)}")
         _check_threshold(attempt, len(attempt.results), sent, "sent a masked vector the aggregators accepted")
 
-    def _accepted(self, attempt: _Attempt, stage: str, client_id: str, result: dict[str, Any], data: bytes) -> bool:
-        """Whether a stage's object has the form the controller needs (a masked vector of the model's size
-        or a JSON object); a malformed one is rejected like a bad update."""
+    def _accepted(self, attempt: _Attempt, stage: str, client_id: str, peers: dict[str, Any], result: dict[str, Any],
+                  data: bytes) -> bool:
+        """Whether a stage's object has the form the controller and the client's peers need (a masked vector of
+        the model's size, or the stage's JSON object: its keys, a share sealed for each of its holders, shares
+        revealed of its peers and itself only); a malformed one is rejected like a bad update."""
         try:
             if stage == "masked":
                 if problem := masked_vector_problem(decode_arrays(data), 1 + attempt.size):
                     raise ValueError(problem)
                 attempt.results[client_id] = result
-            elif not isinstance(json.loads(data), dict):
-                raise ValueError("a JSON object")
+            else:
+                parsed = _STAGE_OBJECTS[stage].model_validate_json(data)
+                holders = {client_id, *peers.get("peers", [])}
+                if isinstance(parsed, _SharesObject) and set(parsed.shares) != holders:
+                    raise ValueError("shares for other clients than its peers and itself")
+                if isinstance(parsed, _RevealObject) and not {*parsed.seed_shares, *parsed.key_shares} <= holders:
+                    raise ValueError("shares of other clients than its peers and itself")
+        except ValidationError as error:
+            self._rejected(attempt, stage, client_id, first_problem(error))
+            return False
         except ValueError as error:
-            self.controller.emit(UpdateRejected(self.controller.run_id, attempt.round_number, client_id,
-                                                f"the {stage} stage wrote a malformed object ({error})", stage=stage))
+            self._rejected(attempt, stage, client_id, str(error))
             return False
         return True
+
+    def _rejected(self, attempt: _Attempt, stage: str, client_id: str, problem: str) -> None:
+        self.controller.emit(UpdateRejected(self.controller.run_id, attempt.round_number, client_id,
+                                            f"the {stage} stage wrote a malformed object ({problem})", stage=stage))
 
     def _unmask(self, attempt: _Attempt) -> np.ndarray:
         """The sum of the surviving clients' quantized updates (SecureRoundFailed if a secret cannot be recovered):
@@ -231,7 +292,7 @@ class SecureAggregationRounds(SynchronousRounds):
             shares = [_unb64(reveal[kind][owner]) for reveal in reveals.values() if owner in reveal.get(kind, {})]
             try:
                 return secagg.recover_secret(shares, attempt.threshold)
-            except secagg.SecAggError as error:
+            except (secagg.SecAggError, ValueError) as error:  # too few shares, or a holder revealed a bad one
                 raise SecureRoundFailed(f"secure aggregation: the masks of {owner} cannot be removed: {error}") from None
 
         seeds = []
@@ -243,7 +304,11 @@ class SecureAggregationRounds(SynchronousRounds):
         pairs = []
         for gone in sorted(shared - masked):
             private = recover(gone, "key_shares")
-            if secagg.public_key(private) != _unb64(keys[gone]["mask_public"]):
+            try:
+                matches = secagg.public_key(private) == _unb64(keys[gone]["mask_public"])
+            except ValueError:  # not an X25519 private key: a bad share
+                matches = False
+            if not matches:
                 raise SecureRoundFailed(f"secure aggregation: the revealed shares of {gone}'s mask key do not match its public key")
             pairs += [(peer, gone, secagg.pairwise_seed(private, _unb64(keys[peer]["mask_public"])))
                       for peer in attempt.graph[gone] if peer in masked]

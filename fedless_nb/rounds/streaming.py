@@ -4,19 +4,21 @@ never the round's list. Rules that need every update (strategy.sum_spec() is Non
 
 The norm screening's round rule needs the whole round's distances, which the fold records; an update it
 rejects after being added is read again from the store, checked to be the very arrays that were added
-(a digest of them), and taken back out of the sum.
+(a digest of them), and taken back out of the sum. Its client can still write its update key until the
+deadline: when the bytes changed (or are gone), the difference cannot be taken out, so the sum is built
+again from the updates kept, each read again and checked against its digest; any that changed too is left out.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..reduction import SumTerm, WeightedSum, update_term
-from ..store import Store, decode_arrays
+from ..store import CodecError, Store, StoreError, decode_arrays
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
 
 
@@ -49,16 +51,36 @@ class StreamingRound:
             self._added[update.client_id] = (term, arrays_digest(update.weights))
         return replace(update, weights=[])
 
-    async def remove(self, store: Store, key: str, client_id: str) -> None:
-        """Take a folded update back out of the sum, reading its arrays again from `key`."""
-        if client_id not in self._added:
-            return
-        term, digest = self._added.pop(client_id)
-        arrays = decode_arrays(await store.aget(key))
-        if arrays_digest(arrays) != digest:
-            raise RuntimeError(f"{client_id}'s update at {key} changed after it was verified and summed; "
-                               "the round's sum cannot be corrected")
-        self.total.remove(update_term(self.spec, arrays, self.current)[0], term)
+    async def remove(self, store: Store, keys: Mapping[str, str], rejected: Iterable[str]) -> set[str]:
+        """Take the `rejected` updates back out of the sum, reading each again at `keys[client id]`; returns the
+        kept clients left out as well because their bytes changed after they were summed (module docstring)."""
+        removed = [(client_id, *self._added.pop(client_id)) for client_id in rejected if client_id in self._added]
+        for client_id, term, digest in removed:
+            arrays = await self._read(store, keys[client_id])
+            if arrays is None or arrays_digest(arrays) != digest:
+                return await self._rebuild(store, keys)
+            self.total.remove(update_term(self.spec, arrays, self.current)[0], term)
+        return set()
+
+    async def _rebuild(self, store: Store, keys: Mapping[str, str]) -> set[str]:
+        """The sum again from the updates still in it whose bytes are the ones summed; returns those that are not."""
+        self.total, changed = WeightedSum(), set()
+        for client_id, (term, digest) in list(self._added.items()):
+            arrays = await self._read(store, keys[client_id])
+            if arrays is None or arrays_digest(arrays) != digest:
+                del self._added[client_id]
+                changed.add(client_id)
+            else:
+                self.total.add(update_term(self.spec, arrays, self.current)[0], term)
+        return changed
+
+    @staticmethod
+    async def _read(store: Store, key: str) -> list[np.ndarray] | None:
+        """The arrays at `key`, or None when they are gone or no longer a weights blob."""
+        try:
+            return decode_arrays(await store.aget(key))
+        except (StoreError, CodecError):
+            return None
 
     def aggregate(self, round_number: int) -> Weights:
         """The strategy's next model from the sum of the updates still in it."""

@@ -14,7 +14,7 @@ from ..providers.base import InvocationError
 from ..store.keys import round_updates_prefix, update_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
 from .completion import finished_by
-from .events import RoundStarted
+from .events import RoundStarted, UpdateRejected
 from .streaming import StreamingRound
 from .tree import Arrival, TreeAggregation, TreeRound
 from .resilience import check_quorum
@@ -104,6 +104,9 @@ class SynchronousRounds:
         if streamed is None:
             return started, selected, controller.screen(round_number, updates, weights), None
         rejected = controller.screen_distances(round_number, {u.client_id: streamed.distances[u.client_id] for u in updates})
-        for client_id in rejected:
-            await streamed.remove(controller.store, update_key(controller.run_id, round_number, client_id), client_id)
-        return started, selected, [u for u in updates if u.client_id not in rejected], streamed
+        keys = {u.client_id: update_key(controller.run_id, round_number, u.client_id) for u in updates}
+        changed = await streamed.remove(controller.store, keys, rejected)
+        for client_id in changed:
+            controller.emit(UpdateRejected(controller.run_id, round_number, client_id,
+                                           "its update changed in the store after it was verified and summed"))
+        return started, selected, [u for u in updates if u.client_id not in rejected | changed], streamed

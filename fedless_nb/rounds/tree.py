@@ -32,6 +32,7 @@ from ..store.keys import aggregate_key, global_weights_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
 from ..wire import ResultError
 from .events import AggregationFinished, UpdateRejected
+from .partial_sums import Contents, accounting_problem, sum_problem, update_bound
 from .resilience import invoke_with_retries
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class TreeAggregation:
         aggregators' keys, which the first run's functions already wrote."""
         self.controller, self.options, self.round_run = controller, options, round_run
         self._invocations = 0
+        self._contents: dict[str, Contents] = {}  # partial sum key -> what it must hold (rounds/partial_sums.py)
+        self._current: Weights = []  # the global model the round trained from
 
     async def reduce(self, round_number: int, current: Weights, arrivals: Sequence[Arrival],
                      deadline: float) -> TreeRound:
@@ -97,6 +100,7 @@ class TreeAggregation:
         strategy = self.controller.strategy
         assert isinstance(strategy, SumStrategy)
         spec, tree = strategy.sum_spec(), TreeRound(strategy, current)
+        self._current = current
         entries = {}
         for arrival in arrivals:
             term = strategy.sum_term(arrival.update)
@@ -141,26 +145,34 @@ class TreeAggregation:
         deadline = time.time() + self.controller.plan.round_deadline
         tree = await self.reduce(round_number, current, arrivals, deadline)
         rejected = self.controller.screen_distances(round_number, tree.distances)
-        await self.remove(round_number, tree, [a for a in arrivals if a.update.client_id in rejected], deadline)
+        if not await self.remove(round_number, tree, [a for a in arrivals if a.update.client_id in rejected], deadline):
+            # a rejected update changed in the store after it was summed, so it cannot be subtracted: sum the
+            # round again without the rejected ones (the aggregators refuse any update whose bytes changed)
+            kept = [a for a in arrivals if a.update.client_id in tree.distances and a.update.client_id not in rejected]
+            tree = await self.reduce(round_number, current, kept, deadline)
         return [a.update for a in arrivals if a.update.client_id in tree.distances and
                 a.update.client_id not in rejected], tree
 
-    async def remove(self, round_number: int, tree: TreeRound, arrivals: Sequence[Arrival], deadline: float) -> None:
+    async def remove(self, round_number: int, tree: TreeRound, arrivals: Sequence[Arrival], deadline: float) -> bool:
         """Take `arrivals` back out of `tree`'s sum: sum them again in an aggregator and subtract that, if it summed
-        the very bytes it summed before (their digests)."""
+        the very bytes it summed before (their digests). False when one's bytes changed since (its client may
+        write its key until the deadline) or its correction aggregator failed: the sum cannot be corrected."""
         strategy = tree.strategy
         for arrival in arrivals:
             client_id = arrival.update.client_id
             if client_id not in tree.added:
                 continue
             entry = self._entry(arrival, strategy.sum_term(arrival.update))
-            summed, result, _ = await self._invoke(round_number, arrival.client.provider, 0, strategy.sum_spec(),
-                                                [entry], deadline, correction=True)
+            try:
+                summed, result, _ = await self._invoke(round_number, arrival.client.provider, 0, strategy.sum_spec(),
+                                                    [entry], deadline, correction=True)
+            except InvocationError:
+                return False
             if [s.sha256 for s in result.summed] != [tree.digests.get(client_id)]:
-                raise RuntimeError(f"{client_id}'s update changed after it was verified and summed; "
-                                   "the round's sum cannot be corrected")
-            tree.total.merge(summed, sign=-1.0)
+                return False
+            tree.total.merge(summed, sign=-1.0)  # type: ignore[arg-type]
             tree.added.discard(client_id)
+        return True
 
     @staticmethod
     def _entry(arrival: Arrival, term: Any) -> dict[str, Any]:
@@ -177,20 +189,38 @@ class TreeAggregation:
         outcomes = await asyncio.gather(*(self._shard(round_number, provider, spec, shard, deadline,
                                                       read=len(shards) <= fan_in) for shard in shards))
         facts = [fact for _, result, _ in outcomes if result for fact in result.summed]
-        refused = {entry["client_id"] for entry in entries} - {fact.client_id for fact in facts}
         partials = [outcome for outcome in outcomes if outcome[1] is not None]
+        lost: set[str] = set()  # clients in partial sums whose merging aggregator failed
         # unread sums (more shards than fan_in) go a level up even when failed shards leave fan_in or fewer
         while len(partials) > fan_in or any(summed is None for summed, _, _ in partials):
             level += 1
             groups = [partials[i:i + fan_in] for i in range(0, len(partials), fan_in)]
-            partials = list(await asyncio.gather(*(
-                self._invoke(round_number, provider, level, spec, [
-                    {"client_id": result.client_id, "key": result.update, "result": reply}
-                    for _, result, reply in group], deadline, read=len(groups) <= fan_in) for group in groups)))
+            merged = await asyncio.gather(*(self._merge(round_number, provider, level, spec, group, deadline,
+                                                        read=len(groups) <= fan_in, lost=lost) for group in groups))
+            partials = [outcome for outcome in merged if outcome is not None]
+        facts = [fact for fact in facts if fact.client_id not in lost]
+        refused = {entry["client_id"] for entry in entries} - {fact.client_id for fact in facts}
         total = spec.empty_sum()
         for summed, _, _ in partials:
             total.merge(summed)  # type: ignore[arg-type]
         return total, facts, refused
+
+    async def _merge(self, round_number: int, provider: str, level: int, spec: SumSpec, group: list[Any],
+                     deadline: float, *, read: bool, lost: set[str]) -> Any:
+        """A level-up aggregator's merge of `group`'s partial sums, or None when it failed: then the updates in
+        them are out of the round (added to `lost`), each announced, and the round goes on."""
+        try:
+            return await self._invoke(round_number, provider, level, spec, [
+                {"client_id": result.client_id, "key": result.update, "result": reply}
+                for _, result, reply in group], deadline, read=read)
+        except InvocationError as error:
+            stage = "masked" if spec.is_masked else None
+            for _, result, _ in group:
+                for client_id in sorted(self._contents[result.update].clients):
+                    lost.add(client_id)
+                    self.controller.emit(UpdateRejected(self.controller.run_id, round_number, client_id,
+                                                        f"the aggregator merging its shard failed: {error}", stage))
+            return None
 
     async def _shard(self, round_number: int, provider: str, spec: SumSpec, shard: list[dict[str, Any]],
                      deadline: float, *, read: bool) -> tuple[WeightedSum | MaskedSum | None, AggregateResult | None,
@@ -254,6 +284,12 @@ class TreeAggregation:
             result = parse_aggregate_result(reply, controller.run_id, round_number, aggregator.client_id, key)
             if level == 0 and not spec.is_masked and any(fact.distance is None for fact in result.summed):
                 raise ResultError("the aggregator's result lacks an update's distance", "invalid")
+            if problem := accounting_problem(level, entries, result):
+                raise ResultError(problem, "invalid")
+            bound = update_bound(controller.plan.policy.max_update_norm, spec.clip)
+            contents = (Contents.of_shard(entries, result, spec.is_masked, bound) if level == 0
+                        else Contents.merged([self._contents[entry["key"]] for entry in entries]))
+            self._contents[key] = contents
             size = await controller.store.asize(key)
             if size > partial_sum_limit(controller.update_limit):
                 raise InvocationError("the partial sum is larger than a model's float64 sum can be", "rejected")
@@ -263,6 +299,8 @@ class TreeAggregation:
                 if signing_key is not None:
                     signing_key.verify_result(reply, data)
                 summed = spec.read_sum(data)
+                if problem := sum_problem(summed, contents, self._current, spec.term):
+                    raise ResultError(problem, "invalid")
         except (ResultError, ResultSignatureError, ValueError) as error:
             failure = InvocationError(f"{type(error).__name__}: {error}", "invalid")
             failed(failure)

@@ -50,24 +50,40 @@ def encode_arrays(arrays: Sequence[np.ndarray]) -> bytearray:
 
 
 def decode_arrays(blob: bytes | bytearray | memoryview) -> list[np.ndarray]:
-    """Read-only array views into `blob` (copy one before mutating it in place)."""
+    """Read-only array views into `blob` (copy one before mutating it in place). A blob is untrusted input
+    (a client writes its update): every malformed header is a CodecError, never another exception."""
     view = memoryview(blob)
     prefix = len(MAGIC) + _LENGTH.size
     if len(view) < prefix or bytes(view[: len(MAGIC)]) != MAGIC:
         raise CodecError("not a fedless_nb weights blob (bad magic bytes)")
     (header_length,) = _LENGTH.unpack_from(view, len(MAGIC))
+    if prefix + header_length > len(view):
+        raise CodecError(f"weights blob is truncated: its header needs {prefix + header_length} bytes, "
+                         f"blob has {len(view)}")
     try:
         entries = json.loads(bytes(view[prefix : prefix + header_length]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CodecError(f"weights blob header is corrupt: {error}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise CodecError(f"weights blob header is corrupt: {type(error).__name__}") from None
+    if not isinstance(entries, list):
+        raise CodecError("weights blob header is corrupt: not a list of arrays")
     start = _aligned(prefix + header_length)
-    arrays = []
-    for index, entry in enumerate(entries):
-        dtype = np.dtype(entry["dtype"])
-        count = int(np.prod(entry["shape"], dtype=np.int64))
-        end = start + entry["offset"] + count * dtype.itemsize
-        if end > len(view):
-            raise CodecError(f"weights blob is truncated: array {index} needs {end} bytes, blob has {len(view)}")
-        array = np.frombuffer(view, dtype=dtype, count=count, offset=start + entry["offset"])
-        arrays.append(array.reshape(entry["shape"]))
-    return arrays
+    return [_array(view, start, index, entry) for index, entry in enumerate(entries)]
+
+
+def _array(view: memoryview, start: int, index: int, entry: object) -> np.ndarray:
+    """Array `index` of the blob, if its header entry is a plain dtype, a shape of sizes >= 0 and an offset
+    inside the blob (a view, never a copy: a blob claiming a huge array is refused before any memory is used)."""
+    try:
+        dtype, shape, offset = np.dtype(entry["dtype"]), entry["shape"], entry["offset"]  # type: ignore[index]
+    except (TypeError, KeyError, ValueError) as error:
+        raise CodecError(f"weights blob header is corrupt: array {index}: {type(error).__name__}") from None
+    if (dtype.hasobject or dtype.fields is not None or dtype.itemsize == 0 or not isinstance(shape, list)
+            or not all(type(size) is int and size >= 0 for size in shape) or type(offset) is not int or offset < 0):
+        raise CodecError(f"weights blob header is corrupt: array {index} is not a plain array at an offset")
+    count = 1
+    for size in shape:  # Python ints: a product of huge sizes cannot wrap around
+        count *= size
+    end = start + offset + count * dtype.itemsize
+    if end > len(view):
+        raise CodecError(f"weights blob is truncated: array {index} needs {end} bytes, blob has {len(view)}")
+    return np.frombuffer(view, dtype=dtype, count=count, offset=start + offset).reshape(shape)
