@@ -230,7 +230,9 @@ def _accountant(config: ExperimentConfig, sizes: dict[str, int]) -> ExampleLevel
     train = _train_settings(config)
     facts = {client_id: privacy_facts(size, train) for client_id, size in sizes.items()
              if size >= (dp.num_microbatches or 1)}
-    return ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts)
+    accountant = ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts)
+    accountant.check_reachable(stop_run=dp.on_budget == "stop_run")  # before anything is deployed or trained
+    return accountant
 
 
 def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | None) -> SelectionPolicy:
