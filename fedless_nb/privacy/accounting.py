@@ -8,9 +8,10 @@ with each distinct round's loss computed once and shared (cached by its paramete
 round's accounting costs the same in round 1 and round 1,000. `ExampleLevelAccountant` runs a
 ledger for DP-SGD clients in a worker thread, off the event loop, from the controller's own facts
 (its DP settings and the partition sizes it wrote); a function's reported facts are only
-cross-checked. With PLD, composing round by round truncates each composition's tail pessimistically, so
-the figure can differ from dp-accounting's one-shot self-composition of the same steps by about the
-discretization (1e-4); in the audit (/tmp/privacy_check, tests/test_accounting.py) it was never below it.
+cross-checked. With PLD, composing round by round (as a PLDAccountant fed one round at a time does)
+discretizes and truncates each composition, so the figure differs from dp-accounting's one-shot
+self-composition of all the steps by a relative 1e-5 or so, either way; both are dp-accounting's
+pessimistic estimates, upper bounds on the same mechanism's epsilon. RDP figures agree to float rounding.
 `PrivacyReport` states the guarantee the way "How to DP-fy ML" (Ponomareva et al.
 2023, Sec. 5.3) asks: epsilon at delta, accountant, unit, sampling, adjacency and parameters.
 """
