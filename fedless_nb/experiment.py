@@ -424,7 +424,8 @@ def _validate_research_options(config: ExperimentConfig) -> None:
     dp = config.train.dp
     if dp is not None:
         _require(dp.l2_norm_clip > 0, "train.dp.l2_norm_clip", f"must be > 0, got {dp.l2_norm_clip}")
-        _require(dp.noise_multiplier >= 0, "train.dp.noise_multiplier", f"must be >= 0, got {dp.noise_multiplier}")
+        _require(0 <= dp.noise_multiplier < math.inf, "train.dp.noise_multiplier",
+                 f"must be a finite number >= 0, got {dp.noise_multiplier}")
         _require_choice(dp.sampling, DP_SAMPLINGS, "train.dp.sampling")
         _require(dp.num_microbatches is None or dp.sampling == "shuffle", "train.dp.num_microbatches",
                  "Poisson batches vary in size, so each example is clipped on its own: omit num_microbatches "
@@ -444,7 +445,8 @@ def _validate_research_options(config: ExperimentConfig) -> None:
                  f"DP-SGD supports {', '.join(DP_OPTIMIZERS)}, got {config.train.optimizer!r}")
     central = config.central_dp
     if central is not None:
-        _require(central.noise_multiplier >= 0, "central_dp.noise_multiplier", f"must be >= 0, got {central.noise_multiplier}")
+        _require(0 <= central.noise_multiplier < math.inf, "central_dp.noise_multiplier",
+                 f"must be a finite number >= 0, got {central.noise_multiplier}")
         _require(central.clip_norm > 0, "central_dp.clip_norm", f"must be > 0, got {central.clip_norm}")
         _require(0 < central.target_quantile < 1, "central_dp.target_quantile", f"must be in (0, 1), got {central.target_quantile}")
         _require(central.clip_learning_rate > 0, "central_dp.clip_learning_rate", "must be > 0")

@@ -160,10 +160,11 @@ async def run_experiment_async(
     """
     prepared = preflight(config, model)  # a model that does not fit the data stops here, before anything starts
     dataset, spec, initial = prepared.dataset, prepared.spec, prepared.weights
-    store = make_store(config.store) if store is None else store
     partition = _partition(dataset, config)
-    data_keys = write_client_data(store, dataset, config, partition)
     sizes = {**dict(zip(client_ids(config.clients), map(len, partition))), **(own_data_sizes or {})}
+    accountant = _accountant(config, sizes)  # an unreachable privacy budget stops here, before anything is written
+    store = make_store(config.store) if store is None else store
+    data_keys = write_client_data(store, dataset, config, partition)
     history = History(config.history)
     run_id = resume or new_run_id(config.name)
     checkpoint = _checkpoint(store, run_id) if resume else None
@@ -171,7 +172,6 @@ async def run_experiment_async(
         initial = decode_arrays(store.get(global_weights_key(run_id, checkpoint.round)))
     providers = providers or {c.name: make_provider(c) for c in config.providers}
     assignment = assign_clients(list(data_keys), config.providers)
-    accountant = _accountant(config, sizes)
     selection = _selection(config, accountant)
     controller = Controller(
         run_id=run_id, name=config.name, config=config.to_dict(), spec=spec,
@@ -230,7 +230,9 @@ def _accountant(config: ExperimentConfig, sizes: dict[str, int]) -> ExampleLevel
     train = _train_settings(config)
     facts = {client_id: privacy_facts(size, train) for client_id, size in sizes.items()
              if size >= (dp.num_microbatches or 1)}
-    return ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts)
+    accountant = ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts)
+    accountant.check_reachable(stop_run=dp.on_budget == "stop_run")  # before anything is deployed or trained
+    return accountant
 
 
 def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | None) -> SelectionPolicy:

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from fedless_nb.function.batching import privacy_facts
 from fedless_nb.privacy.accounting import DpRound, ExampleLevelAccountant, PrivacyLedger, epsilon
 
 MIXED = [DpRound(5, 0.01, 1.5), DpRound(10, 0.02, 1.2), DpRound(4, 0.01, 1.1, microbatch_size=2)]
@@ -116,3 +117,150 @@ def test_the_accountant_uses_its_own_facts_and_rejects_a_mismatching_report():
     accountant(_Invocation("a", outcome="failed"))
     assert accountant.report("a").rounds == 1 and accountant.report("a").steps == 20
     accountant.close()
+
+
+# the figures a run states, against dp-accounting and tensorflow-privacy on their own terms -------------------
+
+def _reference(n, batch, epochs, noise, sampling, num_microbatches, rounds, delta, accountant):
+    """dp-accounting's accountant for `rounds` invocations, with the event built from the README's rules
+    (not from fedless_nb's facts): Poisson at q = min(batch, n) / n for ceil(epochs * n / batch) steps under
+    add-or-remove-one; shuffle as fixed-size sampling without replacement of the batch cut to a multiple
+    of the microbatches, epochs * (n // size) steps, under replace-one (sensitivity 2C: noise halved)."""
+    import dp_accounting as dpa
+
+    size = min(batch, n)
+    if sampling == "poisson":
+        event, steps = dpa.PoissonSampledDpEvent(size / n, dpa.GaussianDpEvent(noise)), math.ceil(epochs * n / size)
+        relation = dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+    else:
+        size -= size % (num_microbatches or 1)
+        event, steps = dpa.SampledWithoutReplacementDpEvent(n, size, dpa.GaussianDpEvent(noise / 2)), epochs * (n // size)
+        relation = dpa.NeighboringRelation.REPLACE_ONE
+    engine = (dpa.rdp.RdpAccountant(neighboring_relation=relation) if accountant == "rdp"
+              else dpa.pld.PLDAccountant(relation))
+    return engine.compose(dpa.SelfComposedDpEvent(event, steps * rounds)).get_epsilon(delta)
+
+
+def _train(batch, epochs, noise, sampling="poisson", num_microbatches=None):
+    return {"epochs": epochs, "batch_size": batch, "dp": {"l2_norm_clip": 1.0, "noise_multiplier": noise,
+                                                          "sampling": sampling, "num_microbatches": num_microbatches}}
+
+
+@pytest.mark.parametrize("n, batch, epochs, noise, sampling, microbatches, delta, accountant", [
+    (60000, 32, 1, 1.1, "poisson", None, 1e-5, "rdp"),
+    (10, 7, 5, 0.5, "poisson", None, 1e-9, "rdp"),
+    (100, 7, 5, 4.0, "poisson", None, 1e-2, "pld"),  # delta = 1/n
+    (1, 1, 3, 1.1, "poisson", None, 1e-5, "rdp"),  # one example: q = 1
+    (5, 32, 3, 1.1, "poisson", None, 1e-5, "pld"),  # batch larger than the data: q = 1
+    (1000, 32, 1, 1.1, "shuffle", None, 1e-5, "rdp"),
+    (1000, 32, 5, 0.5, "shuffle", 32, 1e-9, "rdp"),
+    (100, 10, 1, 1.1, "shuffle", 5, 1e-5, "rdp"),  # microbatches of 2
+    (5, 32, 3, 1.1, "shuffle", 4, 1e-5, "rdp"),  # batch larger than the data, cut to a multiple of 4
+])
+def test_a_clients_stated_epsilon_equals_dp_accountings_round_by_round(n, batch, epochs, noise, sampling,
+                                                                       microbatches, delta, accountant):
+    facts = privacy_facts(n, _train(batch, epochs, noise, sampling, microbatches))
+    ledger = ExampleLevelAccountant(delta, accountant, expected_facts={"a": facts})
+    for rounds in (1, 2, 3):
+        ledger(_Invocation("a"))
+        expected = _reference(n, batch, epochs, noise, sampling, microbatches, rounds, delta, accountant)
+        assert ledger.epsilon("a") == pytest.approx(expected, rel=1e-6)
+    report = ledger.report("a")
+    assert report.adjacency == ("add-or-remove-one" if sampling == "poisson" else "replace-one")
+    assert (report.sampling, report.accountant, report.unit, report.rounds) == (sampling, accountant, "example", 3)
+    ledger.close()
+
+
+@pytest.mark.parametrize("n, batch, epochs, noise, delta, accountant", [
+    (60000, 1, 1, 20.0, 1e-5, "rdp"), (100, 7, 50, 0.3, 1e-9, "rdp"), (1000, 32, 5, 1.1, 1e-3, "pld"),
+])
+def test_one_poisson_invocation_equals_tensorflow_privacys_dp_sgd_epsilon(n, batch, epochs, noise, delta, accountant):
+    from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib as lib
+
+    expected = lib._compute_dp_sgd_example_privacy(  # what compute_dp_sgd_privacy_statement prints, unrounded
+        epochs, noise, delta, used_microbatching=False, poisson_subsampling_probability=batch / n,
+        accountant_type=lib.AccountantType[accountant.upper()])
+    round_ = DpRound.from_facts(privacy_facts(n, _train(batch, epochs, noise)))
+    assert epsilon([round_], delta, accountant) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_the_run_states_the_worst_client_of_unequal_clients(accountant):
+    sizes, joined = {"a": 10, "b": 37, "c": 200}, {"a": 1, "b": 2, "c": 3}
+    train = _train(8, 2, 1.1)
+    ledger = ExampleLevelAccountant(1e-5, accountant, expected_facts={c: privacy_facts(n, train) for c, n in sizes.items()})
+    for client, times in joined.items():
+        for _ in range(times):
+            ledger(_Invocation(client))
+    expected = {c: _reference(n, 8, 2, 1.1, "poisson", None, joined[c], 1e-5, accountant) for c, n in sizes.items()}
+    for client, value in expected.items():
+        assert ledger.epsilon(client) == pytest.approx(value, rel=1e-6)
+    worst = max(expected, key=expected.get)
+    assert ledger.worst_case().epsilon == pytest.approx(expected[worst], rel=1e-6)
+    assert ledger.worst_case().subject == f"the examples of {worst}"
+    assert ledger.round_metrics(3)["epsilon_max"] == pytest.approx(expected[worst], rel=1e-6)
+    ledger.close()
+
+
+@pytest.mark.parametrize("accountant, sampling", [("rdp", "poisson"), ("pld", "poisson"), ("rdp", "shuffle")])
+def test_no_noise_is_stated_as_infinite_epsilon(accountant, sampling):
+    ledger = ExampleLevelAccountant(1e-5, accountant, expected_facts={"a": privacy_facts(100, _train(10, 1, 0.0, sampling))})
+    ledger(_Invocation("a"))
+    if sampling == "poisson":  # dp-accounting's without-replacement kernel divides by the noise: no reference there
+        assert _reference(100, 10, 1, 0.0, sampling, None, 1, 1e-5, accountant) == math.inf
+    assert ledger.epsilon("a") == math.inf and ledger.round_metrics(1)["epsilon_max"] == math.inf
+    assert "epsilon = inf at delta" in str(ledger.report("a"))
+    ledger.close()
+
+
+@pytest.mark.parametrize("target", [1.5, 3.0, 8.0])  # 1.5: below one round, no round fits
+def test_a_budget_stops_a_client_at_the_last_round_that_fits(target):
+    ledger = ExampleLevelAccountant(1e-5, target_epsilon=target, expected_facts={"a": privacy_facts(200, _train(20, 1, 1.1))})
+    rounds = 0
+    while ledger.allows("a"):
+        ledger(_Invocation("a"))
+        rounds += 1
+    assert rounds == 0 or _reference(200, 20, 1, 1.1, "poisson", None, rounds, 1e-5, "rdp") <= target
+    assert _reference(200, 20, 1, 1.1, "poisson", None, rounds + 1, 1e-5, "rdp") > target
+    ledger.close()
+
+
+def test_a_target_epsilon_below_one_round_is_one_line_naming_what_to_change():
+    from fedless_nb.privacy.accounting import PrivacyBudgetUnreachable
+
+    facts = {"small": privacy_facts(20, _train(10, 1, 1.1)), "large": privacy_facts(2000, _train(10, 1, 1.1))}
+    one_round = {c: epsilon([DpRound.from_facts(f)], 1e-5) for c, f in facts.items()}
+    assert one_round["small"] > one_round["large"]
+    between = ExampleLevelAccountant(1e-5, target_epsilon=(one_round["small"] + one_round["large"]) / 2,
+                                     expected_facts=facts)
+    between.check_reachable()  # the large client can train: skip_client goes on without the small one
+    with pytest.raises(PrivacyBudgetUnreachable, match=r"^train.dp.target_epsilon .* stop_run .*raise train.dp.target_epsilon"):
+        between.check_reachable(stop_run=True)
+    below = ExampleLevelAccountant(1e-5, target_epsilon=one_round["large"] / 2, expected_facts=facts)
+    with pytest.raises(PrivacyBudgetUnreachable, match="for every client") as raised:
+        below.check_reachable()
+    assert "\n" not in str(raised.value) and f"{one_round['large']:.3g}" in str(raised.value)
+
+
+def test_a_delta_not_below_one_over_n_warns_naming_the_key():
+    from fedless_nb.privacy.accounting import WeakDeltaWarning
+
+    with pytest.warns(WeakDeltaWarning, match=r"train.dp.delta 0.05 is not below 1/n = 1/20"):
+        ExampleLevelAccountant(0.05, expected_facts={"a": privacy_facts(20, _train(10, 1, 1.1))}).close()
+    from fedless_nb.strategies import FedAvg, RunContext
+    from fedless_nb.strategies.central_dp import CentralDP
+
+    with pytest.warns(WeakDeltaWarning, match=r"central_dp.delta 0.1 is not below 1/n = 1/10"):
+        CentralDP(FedAvg(), noise_multiplier=1.0, clip_norm=1.0, delta=0.1).bind(
+            RunContext("r", None, {}, clients=10, clients_per_round=2))
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"noise_multiplier": -1.0}, "noise_multiplier must be >= 0"),
+    ({"sampling_rate": 1.5}, "sampling_rate must be in"),
+    ({"sampling": "shuffle"}, "population"),
+    ({"microbatch_size": 0}, "microbatch_size"),
+])
+def test_a_round_with_impossible_parameters_is_refused_not_accounted(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        DpRound(**{"steps": 10, "sampling_rate": 0.1, "noise_multiplier": 1.0, **arguments})

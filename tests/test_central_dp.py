@@ -28,9 +28,9 @@ def test_noise_has_the_stated_standard_deviation():
 def test_adaptive_clip_norm_moves_towards_the_target_quantile():
     rng = np.random.default_rng(0)
     # all norms below C: fraction 1 > 0.5, C shrinks by exp(-0.2 * 0.5)
-    assert adapted_clip_norm(1.0, [0.1, 0.2], 0.5, 0.2, 0.0, rng) == pytest.approx(np.exp(-0.1))
+    assert adapted_clip_norm(1.0, [0.1, 0.2], 0.5, 0.2, 0.0, 2, rng) == pytest.approx(np.exp(-0.1))
     # none below C: C grows by exp(0.2 * 0.5)
-    assert adapted_clip_norm(1.0, [3.0, 4.0], 0.5, 0.2, 0.0, rng) == pytest.approx(np.exp(0.1))
+    assert adapted_clip_norm(1.0, [3.0, 4.0], 0.5, 0.2, 0.0, 2, rng) == pytest.approx(np.exp(0.1))
     # Andrew et al.: z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2
     assert update_noise_multiplier(1.0, 1.0) == pytest.approx((1 - 0.25) ** -0.5)
     with pytest.raises(ValueError, match="clipped_count_stddev"):
@@ -55,6 +55,27 @@ def test_wrapper_feeds_the_noised_average_to_the_inner_strategy_and_accounts_per
     report = noisy.report()
     assert report.granularity == "client-level" and report.rounds == 3 and report.sampling_rate == 0.2
     assert "client-level DP" in str(report)
+
+
+def test_adaptive_clipping_count_matches_tensorflow_privacys_quantile_estimator():
+    """The privacy of Theorem 1 (Andrew et al.) rests on each update moving the noised count by at most 1/2
+    and on a public denominator: tensorflow-privacy's QuantileEstimatorQuery, run here on the same records,
+    moves the clip norm exactly as adapted_clip_norm does (noise 0, so both are deterministic)."""
+    import tensorflow as tf
+    from tensorflow_privacy.privacy.dp_query.quantile_estimator_query import QuantileEstimatorQuery
+
+    norms, expected_clients = [0.2, 0.7, 3.0], 5  # a Poisson round that drew 3 clients, 5 expected
+    query = QuantileEstimatorQuery(initial_estimate=1.0, target_quantile=0.4, learning_rate=0.2,
+                                   below_estimate_stddev=0.0, expected_num_records=expected_clients,
+                                   geometric_update=True)
+    state = query.initial_global_state()
+    params = query.derive_sample_params(state)
+    sample = query.initial_sample_state()
+    for norm in norms:
+        sample = query.accumulate_record(params, sample, tf.constant(norm))
+    estimate, _, _ = query.get_noised_result(sample, state)
+    ours = adapted_clip_norm(1.0, norms, 0.4, 0.2, 0.0, expected_clients, np.random.default_rng(0))
+    assert ours == pytest.approx(float(estimate), rel=1e-6)
 
 
 def test_adaptive_wrapper_defaults_a_count_noise_that_leaves_the_updates_noise():

@@ -68,6 +68,17 @@ def test_a_bad_config_is_one_line_and_writes_nothing(tmp_path, overrides, messag
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"], "no history, no store"
 
 
+def test_a_privacy_budget_below_one_round_is_one_line_and_writes_nothing(tmp_path):
+    train = {"epochs": 1, "batch_size": 16, "dp": {"noise_multiplier": 1.0, "target_epsilon": 0.01}}
+    completed = fedless("run", str(_write_config(tmp_path, train=train)), cwd=tmp_path)
+    assert completed.returncode == 2
+    lines = [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: train.dp.target_epsilon 0.01 is below the epsilon of one "
+                                                   "round for every client"), lines
+    assert "raise train.dp.target_epsilon or train.dp.noise_multiplier" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"], "no history, no store"
+
+
 def test_missing_config_file_and_unknown_run_are_clear(tmp_path):
     completed = fedless("run", "nope.yaml", cwd=tmp_path)
     assert completed.returncode == 2 and "config file nope.yaml does not exist" in completed.stdout

@@ -109,7 +109,7 @@ def test_central_dp_equals_clip_sum_noise_whole_and_sharded(inner, adaptive):
     average, norms = clipped_noised_mean(CURRENT, [u.weights for u in UPDATES], 1.5,
                                          reference.update_noise_multiplier * 1.5, 7, rng)
     expected = reference.inner.aggregate(1, CURRENT, [ClientUpdate("central-dp", average, 1)])
-    clip_after = adapted_clip_norm(1.5, norms, 0.5, 0.2, 1.0, rng) if adaptive else 1.5
+    clip_after = adapted_clip_norm(1.5, norms, 0.5, 0.2, 1.0, 7, rng) if adaptive else 1.5
 
     whole = central()
     assert whole.sum_spec() == SumSpec("delta", 1.5)

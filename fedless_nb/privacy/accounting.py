@@ -8,7 +8,11 @@ with each distinct round's loss computed once and shared (cached by its paramete
 round's accounting costs the same in round 1 and round 1,000. `ExampleLevelAccountant` runs a
 ledger for DP-SGD clients in a worker thread, off the event loop, from the controller's own facts
 (its DP settings and the partition sizes it wrote); a function's reported facts are only
-cross-checked. `PrivacyReport` states the guarantee the way "How to DP-fy ML" (Ponomareva et al.
+cross-checked. With PLD, composing round by round (as a PLDAccountant fed one round at a time does)
+discretizes and truncates each composition, so the figure differs from dp-accounting's one-shot
+self-composition of all the steps by a relative 1e-5 or so, either way; both are dp-accounting's
+pessimistic estimates, upper bounds on the same mechanism's epsilon. RDP figures agree to float rounding.
+`PrivacyReport` states the guarantee the way "How to DP-fy ML" (Ponomareva et al.
 2023, Sec. 5.3) asks: epsilon at delta, accountant, unit, sampling, adjacency and parameters.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -41,6 +46,22 @@ class PrivacyBudgetExhausted(UserError):
     """The next round would spend more privacy than `target_epsilon` allows; the run stops cleanly."""
 
 
+class PrivacyBudgetUnreachable(UserError):
+    """`target_epsilon` is below what a single round costs, so the run would stop before training anything."""
+
+
+class WeakDeltaWarning(UserWarning):
+    """delta is not below 1/n: a mechanism that publishes one record in the clear meets such a delta."""
+
+
+def warn_if_weak_delta(delta: float, records: int, key: str, unit: str) -> None:
+    """Warn when `delta` >= 1/`records` ("How to DP-fy ML", Sec. 5.3 asks delta well below 1/n)."""
+    if records > 0 and delta >= 1.0 / records:
+        warnings.warn(f"{key} {delta:g} is not below 1/n = 1/{records} (one {unit} of {records}): such a delta "
+                      f"allows publishing one {unit} in the clear; set it well below {1.0 / records:.2g}",
+                      WeakDeltaWarning, stacklevel=3)
+
+
 @dataclass(frozen=True)
 class DpRound:
     """One round of a subsampled Gaussian mechanism: `steps` steps, each sampling at `sampling_rate`
@@ -61,6 +82,18 @@ class DpRound:
     microbatch_size: int = 1
     sampling: str = "poisson"
     population: int = 0
+
+    def __post_init__(self) -> None:
+        problems = [text for bad, text in (
+            (self.steps < 0, f"steps must be >= 0, got {self.steps}"),
+            (not 0 <= self.sampling_rate <= 1, f"sampling_rate must be in [0, 1], got {self.sampling_rate}"),
+            (not self.noise_multiplier >= 0, f"noise_multiplier must be >= 0, got {self.noise_multiplier}"),
+            (self.microbatch_size < 1, f"microbatch_size must be >= 1, got {self.microbatch_size}"),
+            (self.sampling not in SAMPLINGS, f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}"),
+            (self.sampling == "shuffle" and self.population < 1, "shuffle sampling needs the population size"),
+        ) if bad]
+        if problems:
+            raise ValueError(f"DpRound: {problems[0]}")
 
     @property
     def effective_noise_multiplier(self) -> float:
@@ -316,6 +349,9 @@ class ExampleLevelAccountant:
         self.delta, self.accountant, self.target_epsilon = delta, accountant, target_epsilon
         self.expected_facts = dict(expected_facts or {})
         self.planned = {client: DpRound.from_facts(facts) for client, facts in self.expected_facts.items()}
+        if self.planned:
+            warn_if_weak_delta(delta, min(r.population for r in self.planned.values()), "train.dp.delta",
+                               "example of the smallest client's")
         self.ledger = PrivacyLedger(delta, accountant)
         self.skipped: dict[int, list[str]] = {}
         self._epsilon: dict[str, float] = {}
@@ -377,6 +413,21 @@ class ExampleLevelAccountant:
         if planned not in self._fresh_projection:
             self._fresh_projection[planned] = self.ledger.projected_epsilon(client_id, planned)
         return self._fresh_projection[planned]
+
+    def check_reachable(self, stop_run: bool = False) -> None:
+        """Refuse a `target_epsilon` that a single round already exceeds for every client (or, when the run
+        stops at the first exhausted client, for any): the run would end before it trained anything."""
+        if self.target_epsilon is None or not self.planned:
+            return
+        first = {client: self.projected_epsilon(client) or 0.0 for client in self.planned}
+        over = [epsilon for epsilon in first.values() if epsilon > self.target_epsilon]
+        if over and (stop_run or len(over) == len(first)):
+            who, cost = ("every client", min(first.values())) if len(over) == len(first) else (
+                f"{len(over)} client(s), and on_budget: stop_run ends the run there", max(over))
+            raise PrivacyBudgetUnreachable(
+                f"train.dp.target_epsilon {self.target_epsilon:g} is below the epsilon of one round for {who} "
+                f"(one round spends {cost:.3g}): raise train.dp.target_epsilon or train.dp.noise_multiplier, "
+                "or lower train.epochs")
 
     def allows(self, client_id: str) -> bool:
         if self.target_epsilon is None:

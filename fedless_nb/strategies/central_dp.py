@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..privacy.accounting import DpRound, PrivacyLedger, PrivacyReport
+from ..privacy.accounting import DpRound, PrivacyLedger, PrivacyReport, warn_if_weak_delta
 from .aggregate import add_scaled, clip_to_norm, subtract
 from ..reduction import SumSpec, SumTerm, WeightedSum
 from .base import ClientUpdate, RunContext, Strategy, SumStrategy, Weights
@@ -71,11 +71,17 @@ def noised_mean(current: Sequence[np.ndarray], clipped_sum: Sequence[np.ndarray]
 
 def adapted_clip_norm(
     clip_norm: float, norms: Sequence[float], target_quantile: float, learning_rate: float,
-    count_stddev: float, rng: np.random.Generator,
+    count_stddev: float, expected_clients: float, rng: np.random.Generator,
 ) -> float:
-    """Geometric update of Andrew et al.: C * exp(-lr * (noised fraction of norms <= C - target quantile))."""
-    unclipped = sum(1 for norm in norms if norm <= clip_norm) + rng.normal(0.0, count_stddev)
-    return clip_norm * math.exp(-learning_rate * (unclipped / max(1, len(norms)) - target_quantile))
+    """Geometric update of Andrew et al.: C * exp(-lr * (noised fraction of norms <= C - target quantile)).
+
+    As tensorflow-privacy's QuantileEstimatorQuery does, each update counts +1/2 (unclipped) or -1/2, so
+    one client moves the noised count by at most 1/2 (the sensitivity behind Theorem 1's 2 * count_stddev),
+    and the count is divided by the expected number of clients, which is public: the round's realized
+    number of updates is not (Poisson selection keeps it private). The fraction is kept in [0, 1], as there."""
+    centered = sum(0.5 if norm <= clip_norm else -0.5 for norm in norms) + rng.normal(0.0, count_stddev)
+    unclipped_fraction = min(1.0, max(0.0, centered / expected_clients + 0.5))
+    return clip_norm * math.exp(-learning_rate * (unclipped_fraction - target_quantile))
 
 
 def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:
@@ -116,6 +122,7 @@ class CentralDP(SumStrategy):
         self.expected_clients = context.clients_per_round
         self.sampling_rate = context.clients_per_round / context.clients
         self.population = context.clients
+        warn_if_weak_delta(self.delta, context.clients, "central_dp.delta", "client")
         if self.adaptive and self.clipped_count_stddev is None:
             # Andrew et al. (and Flower) take expected clients / 20; where that is below z, Flower would raise or
             # multiply the updates' noise without bound, so z: the updates keep at most 1.155 z. No privacy (z 0):
@@ -149,7 +156,7 @@ class CentralDP(SumStrategy):
                               self.expected_clients, rng)
         if self.adaptive:
             self.clip_norm = adapted_clip_norm(used, norms, self.target_quantile, self.clip_learning_rate,
-                                               float(self.clipped_count_stddev or 0.0), rng)
+                                               float(self.clipped_count_stddev or 0.0), self.expected_clients, rng)
         self._account_round()
         self.last = {"central_epsilon": self.epsilon(), "central_clip_norm": used,
                      "central_unclipped_fraction": sum(n <= used for n in norms) / max(1, len(norms))}
