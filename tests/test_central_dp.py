@@ -186,7 +186,7 @@ def test_adaptive_clip_norm_step_is_flowers_with_the_unclipped_count():
     for clients, target, learning_rate, clip_norm in ((1, 0.5, 0.2, 1.0), (5, 0.3, 0.5, 3.0), (10, 0.9, 0.05, 2.5)):
         models = models_around(current, clients, seed=clients, scale=0.8)
         norms = [float(np.sqrt(sum(np.sum(np.square(layer, dtype=np.float64)) for layer in m))) for m in models]
-        ours = adapted_clip_norm(clip_norm, norms, target, learning_rate, 0.0, rng)
+        ours = adapted_clip_norm(clip_norm, norms, target, learning_rate, 0.0, clients, rng)  # every expected client came
         theirs = flwr.adaptive_clip_norm_update(current, models, clip_norm, 1 - target, learning_rate, 0.0)
         assert np.log(ours / clip_norm) == pytest.approx(-np.log(theirs / clip_norm), abs=1e-12)
         # the direction Andrew et al. want: more unclipped than the target shrinks C

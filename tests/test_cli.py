@@ -82,6 +82,9 @@ def test_a_privacy_budget_below_one_round_is_one_line_and_writes_nothing(tmp_pat
 def test_missing_config_file_and_unknown_run_are_clear(tmp_path):
     completed = fedless("run", "nope.yaml", cwd=tmp_path)
     assert completed.returncode == 2 and "config file nope.yaml does not exist" in completed.stdout
+    from fedless_nb.records.history import History
+
+    History(tmp_path / "fedless_history.db").close()
     completed = fedless("history", "no-such-run", cwd=tmp_path)
     assert completed.returncode == 2 and "no run 'no-such-run'" in completed.stdout
 
