@@ -103,6 +103,9 @@ def _run(config: ExperimentConfig, console: Console, resume: str | None = None) 
     from .runner import run_experiment
 
     result = run_experiment(config, observers=[TerminalProgress(console)], resume=resume)
+    report = result.privacy_report()  # a DP run states its guarantee where it ends, as the notebook's record does
+    if report is not None:
+        console.print(f"Privacy: {report}", highlight=False, soft_wrap=True)
     console.print(f"History: {config.history} (run {result.run_id})")
     return 0 if result.status == "finished" else 1
 

@@ -32,6 +32,20 @@ def test_run_prints_rounds_a_summary_and_records_history(tmp_path):
     shown = fedless("history", run_id.rstrip(":)"), "--history", "runs.db", cwd=tmp_path)
     assert shown.returncode == 0 and "finished, 2/2 rounds" in shown.stdout and "accuracy" in shown.stdout
 
+    assert "Privacy:" not in out, "a run without DP states no guarantee"
+
+
+def test_a_dp_run_states_its_guarantee_at_the_end(tmp_path):
+    from fedless_nb.records.history import History
+
+    train = {"epochs": 1, "batch_size": 16, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}}
+    completed = fedless("run", str(_write_config(tmp_path, rounds=1, train=train)), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    (line,) = [line for line in completed.stdout.splitlines() if line.startswith("Privacy:")]
+    (run,) = History(tmp_path / "runs.db").runs()
+    (round_,) = History(tmp_path / "runs.db").rounds(run["run_id"])
+    assert "example-level DP" in line and f"epsilon = {round_['privacy_epsilon_max']:.3f} at delta = 1e-05" in line
+
 
 def test_run_trains_on_a_new_partition_with_feature_skew(tmp_path):
     data = {"dataset": "digits", "partition": "pathological", "labels_per_client": 3, "max_rotation": 30}
