@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -45,22 +45,24 @@ class Contents:
         if masked:
             return cls(frozenset(summed), len(summed))
         counted = [term for term in terms if term is not None]
-        extras: dict[str, float] = {}
-        for term in counted:
-            for name, value in term["extras"].items():
-                extras[name] = extras.get(name, 0.0) + float(value)
-        return cls(frozenset(summed), len(counted), float(sum(term["weight"] for term in counted)), extras,
-                   float(sum(term["scale"] for term in counted)), sum(abs(term["scale"]) * bound for term in counted))
+        return cls(frozenset(summed), len(counted), float(sum(term["weight"] for term in counted)),
+                   _summed_extras(term["extras"] for term in counted), float(sum(term["scale"] for term in counted)),
+                   sum(abs(term["scale"]) * bound for term in counted))
 
     @classmethod
     def merged(cls, parts: Sequence["Contents"]) -> "Contents":
-        extras: dict[str, float] = {}
-        for part in parts:
-            for name, value in part.extras.items():
-                extras[name] = extras.get(name, 0.0) + value
         return cls(frozenset().union(*(part.clients for part in parts)), sum(part.count for part in parts),
-                   float(sum(part.weight for part in parts)), extras, float(sum(part.scale for part in parts)),
-                   sum(part.reach for part in parts))
+                   float(sum(part.weight for part in parts)), _summed_extras(part.extras for part in parts),
+                   float(sum(part.scale for part in parts)), sum(part.reach for part in parts))
+
+
+def _summed_extras(extras: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Each extra's total over `extras` (a term's or a partial sum's named figures, e.g. FedNova's steps)."""
+    total: dict[str, float] = {}
+    for named in extras:
+        for name, value in named.items():
+            total[name] = total.get(name, 0.0) + float(value)
+    return total
 
 
 def accounting_problem(level: int, entries: Sequence[dict[str, Any]], result: AggregateResult) -> str | None:
