@@ -409,16 +409,16 @@ def _validate_research_options(config: ExperimentConfig) -> None:
     from .function.batching import DP_SAMPLINGS
     from .privacy.dp_sgd import DP_OPTIMIZERS
     from .rounds.selection import POLICIES
-    from .strategies import StrategyOptionError, make_strategy
+    from .strategies import Bulyan, StrategyOptionError, make_strategy
     from .strategies.aggregate import STALENESS_FUNCTIONS
     from .strategies.central_dp import CENTRAL_DP_STRATEGIES, CLIENT_SAMPLINGS
 
     try:
-        make_strategy(config.strategy.name, config.strategy.options)
+        strategy = make_strategy(config.strategy.name, config.strategy.options)
     except StrategyOptionError as error:
         raise ConfigError(f"strategy.options.{error}") from None
-    if config.strategy.name == "bulyan":
-        needed = 4 * int(config.strategy.options.get("num_malicious", 0)) + 3
+    if isinstance(strategy, Bulyan):
+        needed = strategy.needed_updates
         _require(config.clients_per_round >= needed, "clients_per_round",
                  f"bulyan needs at least 4 * num_malicious + 3 = {needed} clients per round, got {config.clients_per_round}")
     dp = config.train.dp

@@ -60,12 +60,16 @@ class Bulyan(Strategy):
         self.num_malicious = num_malicious
         self.selected: list[str] = []
 
+    @property
+    def needed_updates(self) -> int:
+        """The fewest updates Bulyan can aggregate: 4f + 3."""
+        return 4 * self.num_malicious + 3
+
     def too_few_updates(self, count: int) -> str | None:
-        needed = 4 * self.num_malicious + 3
-        if count >= needed:
+        if count >= self.needed_updates:
             return None
-        return (f"fewer than bulyan needs (4 * num_malicious + 3 = {needed}); raise clients_per_round or "
-                "round_repeats, lower strategy.options.num_malicious")
+        return (f"fewer than bulyan needs (4 * num_malicious + 3 = {self.needed_updates}); raise clients_per_round "
+                "or round_repeats, lower strategy.options.num_malicious")
 
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         weights, selected = bulyan([u.weights for u in updates], self.num_malicious)
