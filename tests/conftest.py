@@ -1,6 +1,23 @@
 import pytest
 
 from fedless_nb.experiment import ExperimentConfig
+from fedless_nb.providers.zygote import ZYGOTE_VARIABLE, shared_zygote
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_zygote():
+    """Local workers fork from one zygote with TensorFlow imported (providers/zygote.py), for this process
+    and the terminal runs and kernels it starts: a worker starts in a fraction of a second, not seconds.
+    Tests that look at a run's process tree ask for `exec_workers`."""
+    with shared_zygote() as zygote:
+        yield zygote
+
+
+@pytest.fixture
+def exec_workers(monkeypatch):
+    """Local workers start as fresh interpreters, children of their controller (as without a zygote): for tests
+    of a run's process tree, its memory, and what its workers do when the controller dies."""
+    monkeypatch.delenv(ZYGOTE_VARIABLE, raising=False)
 
 
 @pytest.fixture(autouse=True)

@@ -67,7 +67,7 @@ def test_data_cache_is_bounded_in_bytes(task, monkeypatch):
     store = LocalStore(task["store"]["root"])
     for name in ("b", "c"):
         store.put(f"data/{name}", encode_arrays([np.ones((40, 8), np.float32), np.zeros(40, np.int64)]))
-    monkeypatch.setattr(client._STATE, "data_limit", 2 * (40 * 8 * 4 + 40 * 8))
+    monkeypatch.setenv("FEDLESS_DATA_CACHE_MB", str(2 * (40 * 8 * 4 + 40 * 8) / 2**20))
     for name in ("a", "b", "c"):
         handle({**task, "data": f"data/{name}"})
     assert list(client._STATE.data) == ["data/b", "data/c"]

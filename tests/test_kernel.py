@@ -142,7 +142,7 @@ def test_text_in_batch_execution_widgets_in_an_interactive_frontend_and_a_lastin
 
 
 @pytest.mark.slow
-def test_background_run_leaves_the_kernel_free_and_stops_after_a_round(kernel, tmp_path):
+def test_background_run_leaves_the_kernel_free_and_stops_after_a_round(exec_workers, kernel, tmp_path):
     assert kernel.run(f"run = %fedless_train {TINY} --rounds 40 --background --dashboard none\nprint(run.status)") \
         in ("starting", "running")
     assert kernel.run("print(1 + 1, run.status)") in ("2 starting", "2 running")
@@ -190,7 +190,7 @@ def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_p
 
 
 @pytest.mark.slow
-def test_ten_runs_reuse_warm_workers_with_flat_threads_and_memory_and_the_pool_ends_them(kernel, tmp_path):
+def test_ten_runs_reuse_warm_workers_with_flat_threads_and_memory_and_the_pool_ends_them(exec_workers, kernel, tmp_path):
     kernel.run("import gc")
 
     def train_and_measure():
@@ -219,7 +219,7 @@ def test_ten_runs_reuse_warm_workers_with_flat_threads_and_memory_and_the_pool_e
     assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
 
 
-def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(kernel):
+def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(exec_workers, kernel):
     kernel.run("from tensorflow import keras\n"
                "unbuilt = keras.Sequential([keras.layers.Dense(10, activation='softmax')])")
     for background in ("", "--background"):

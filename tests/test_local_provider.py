@@ -6,6 +6,15 @@ import time
 import pytest
 
 from fedless_nb.providers import InvocationError, LocalProvider
+from fedless_nb.providers.zygote import ZYGOTE_VARIABLE
+
+
+@pytest.fixture(autouse=True, params=["forked", "exec"])
+def worker_start(request, monkeypatch):
+    """Every behaviour holds whether workers fork from the session's zygote or start as fresh interpreters."""
+    if request.param == "exec":
+        monkeypatch.delenv(ZYGOTE_VARIABLE, raising=False)
+    return request.param
 
 
 def run(coroutine):

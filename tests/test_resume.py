@@ -195,7 +195,7 @@ def _kill_while_round_runs(process, history_path, store_path, round_number):
 
 
 @pytest.mark.slow
-def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tmp_path, tiny_config):
+def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(exec_workers, tmp_path, tiny_config):
     """Killed with round 3 in flight: the functions that finished after the controller died left their round-3
     updates, which the resumed run clears, so every function trains round 3 again (none refuses a replay)."""
     rounds = 4

@@ -27,7 +27,7 @@ def _run(tiny_config, clients, per_round, rounds):
 
 
 @pytest.mark.slow
-def test_200_clients_50_per_round_and_1000_clients_in_bounded_memory(tiny_config):
+def test_200_clients_50_per_round_and_1000_clients_in_bounded_memory(exec_workers, tiny_config):
     baseline, _ = _run(tiny_config, 20, 20, 2)
     peak_200, result_200 = _run(tiny_config, 200, 50, 3)
     peak_1000, result_1000 = _run(tiny_config, 1000, 1000, 2)

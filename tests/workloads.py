@@ -327,3 +327,13 @@ def aggregator_lies_about_client_1s_shard(payload):
     blob = total.to_bytes()
     store.put(payload["update"], blob)
     return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, blob)
+
+
+def reports_its_start(payload):
+    """What its process started with: parent, directory, environment and first draw of numpy's legacy generator."""
+    import numpy as np
+
+    global _calls
+    _calls += 1
+    return {"pid": os.getpid(), "parent": os.getppid(), "cwd": os.getcwd(), "environment": dict(os.environ),
+            "draw": float(np.random.random()) if _calls == 1 else None}

@@ -87,7 +87,12 @@ class _WarmState:
     compiled: _CompiledModel | None = None
     data: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=OrderedDict)
     data_bytes: int = 0
-    data_limit: int = int(float(os.environ.get("FEDLESS_DATA_CACHE_MB", "256")) * 2**20)
+
+    @property
+    def data_limit(self) -> int:
+        """FEDLESS_DATA_CACHE_MB, read when used: a worker forked from a zygote (providers/zygote.py) got its
+        environment after this module was imported."""
+        return int(float(os.environ.get("FEDLESS_DATA_CACHE_MB", "256")) * 2**20)
 
 
 _STATE = _WarmState()

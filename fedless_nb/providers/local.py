@@ -4,7 +4,8 @@
 - warm reuse: later invocations on the same worker find their model and data already loaded;
 - a concurrency limit: at most `workers` invocations run at once, the rest wait for a free worker;
 - a per-invocation timeout: a worker that overruns is killed and the invocation reported failed;
-- a crashed worker is replaced on the next invocation and its invocation reported failed.
+- a crashed worker is replaced on the next invocation and its invocation reported failed;
+- snap start, when FEDLESS_WORKER_ZYGOTE names a zygote (zygote.py): workers are forked with TensorFlow imported.
 
 Memory therefore grows with the pool size, never with the number of clients.
 """
@@ -17,15 +18,31 @@ import json
 import os
 import re
 import sys
+import warnings
 from typing import Any
 
 from ..security import CLIENT_ID_VARIABLE, SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
 from .base import REPLY_LIMIT, InvocationError, Provider, reply_json
+from .zygote import ZYGOTE_VARIABLE, ZygoteError, fork_worker
 
 DEFAULT_ENTRY_POINT = "fedless_nb.function.handler:handle"  # what a worker calls: the client function
 # What a worker inherits: the system's basics, Python's and TensorFlow's settings, fedless's own function settings.
 _WORKER_VARIABLES = re.compile(r"PATH|HOME|USER|LANG|LC_\w+|TZ|TMPDIR|VIRTUAL_ENV|PYTHON\w*|TF_\w+|OMP_\w+|KMP_\w+"
                                r"|FEDLESS_\w+")
+
+
+def function_environment(threads: int) -> dict[str, str]:
+    """Only what a function needs from the caller's environment (a worker is a function: it gets no store
+    or cloud credentials, no tokens of the user's, no run secret but its provider's), with its import path
+    (like multiprocessing's spawn) and quiet, lean TensorFlow on `threads` threads."""
+    environment = {name: value for name, value in os.environ.items() if _WORKER_VARIABLES.fullmatch(name)
+                   and name not in (SECRET_VARIABLE, SECRET_FILE_VARIABLE, CLIENT_ID_VARIABLE, ZYGOTE_VARIABLE)}
+    environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+    environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    environment["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    environment["TF_NUM_INTEROP_THREADS"] = str(threads)
+    environment["OMP_NUM_THREADS"] = str(threads)
+    return environment
 
 
 class _Worker:
@@ -38,6 +55,15 @@ class _Worker:
 
     @classmethod
     async def start(cls, entry_point: str, environment: dict[str, str], reply_limit: int) -> "_Worker":
+        """A new worker process: forked from the zygote FEDLESS_WORKER_ZYGOTE names (zygote.py), else a fresh
+        interpreter; a zygote that does not answer is passed over with a warning."""
+        zygote = os.environ.get(ZYGOTE_VARIABLE)
+        if zygote:
+            try:
+                return cls(await fork_worker(zygote, entry_point, environment, reply_limit), reply_limit)
+            except ZygoteError as error:
+                warnings.warn(f"{error}; starting the worker without it (unset {ZYGOTE_VARIABLE} to stop trying)",
+                              RuntimeWarning, stacklevel=2)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "fedless_nb.providers.local_worker", entry_point,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -134,18 +160,7 @@ class LocalProvider(Provider):
         self._running: set[_Worker] = set()
 
     def _environment(self) -> dict[str, str]:
-        """Only what a function needs from the caller's environment (a worker is a function: it gets no store
-        or cloud credentials, no tokens of the user's), with the run secret, its import path (like
-        multiprocessing's spawn) and quiet, lean TensorFlow."""
-        environment = {name: value for name, value in os.environ.items() if _WORKER_VARIABLES.fullmatch(name)
-                       and name not in (SECRET_FILE_VARIABLE, CLIENT_ID_VARIABLE)}
-        environment[SECRET_VARIABLE] = self.secret
-        environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
-        environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        environment["TF_NUM_INTRAOP_THREADS"] = str(self.threads_per_worker)
-        environment["TF_NUM_INTEROP_THREADS"] = str(self.threads_per_worker)
-        environment["OMP_NUM_THREADS"] = str(self.threads_per_worker)
-        return environment
+        return {**function_environment(self.threads_per_worker), SECRET_VARIABLE: self.secret}
 
     def _pool(self) -> asyncio.LifoQueue[_Worker | None]:
         if self._slots is None:

@@ -29,15 +29,16 @@ def _reply(invoke: Callable[[dict[str, Any]], dict[str, Any]], line: str) -> dic
         return {"ok": False, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
 
 
-def main() -> None:
+def main(entry_point: str) -> None:
+    """Serve tasks on stdin until it closes (also what a worker forked by a zygote runs, see zygote.py)."""
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    invoke = load_entry_point(sys.argv[1])
+    invoke = load_entry_point(entry_point)
     for line in sys.stdin:
         replies.write(json.dumps(_reply(invoke, line)) + "\n")
         replies.flush()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1])
