@@ -23,7 +23,7 @@ import math
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -157,7 +157,11 @@ def epsilon(rounds: Sequence[DpRound], delta: float, accountant: str = "rdp") ->
     if any(r.effective_noise_multiplier == 0 for r in active):
         return math.inf
     engine = _engine(accountant, _adjacency(active))
-    return float(engine.compose(dp_accounting.ComposedDpEvent([r.event() for r in active])).get_epsilon(delta))
+    # Equal rounds compose as one event times their count: exactly so under RDP (it adds up); under PLD the
+    # self-composition discretizes in its own way (1.7e-9 apart from round by round over 200 rounds), at a
+    # fraction of the time, since each round's loss distribution is built once.
+    events = [dp_accounting.SelfComposedDpEvent(r.event(), count) for r, count in Counter(active).items()]
+    return float(engine.compose(dp_accounting.ComposedDpEvent(events)).get_epsilon(delta))
 
 
 class _RoundLosses:
