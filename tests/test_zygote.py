@@ -106,3 +106,16 @@ def test_malformed_requests_are_answered_and_the_zygote_keeps_serving(worker_zyg
         return await asyncio.wait_for(worker.wait(), 30)
 
     assert asyncio.run(body()) == 0
+
+
+def test_a_caller_that_connects_and_stalls_does_not_stall_the_zygote(worker_zygote):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled:
+        stalled.connect(worker_zygote.socket_path)  # and sends nothing
+
+        async def body():
+            worker = await fork_worker(worker_zygote.socket_path, "workloads:counting", function_environment(1), 2**20)
+            worker.stdin.close()
+            return await asyncio.wait_for(worker.wait(), 60)
+
+        assert asyncio.run(body()) == 0
+        assert b"bad request" in stalled.makefile("rb").readline(), "the stalled caller was answered, then dropped"

@@ -42,6 +42,7 @@ from typing import Any, Iterator
 
 ZYGOTE_VARIABLE = "FEDLESS_WORKER_ZYGOTE"
 _REQUEST_LIMIT = 1 << 20
+_REQUEST_SECONDS = 5.0
 
 
 class ZygoteError(RuntimeError):
@@ -86,7 +87,7 @@ class _Zygote:
 
     def _accept(self) -> None:
         connection, _ = self.listener.accept()
-        connection.setblocking(True)
+        connection.settimeout(_REQUEST_SECONDS)  # a caller that connects and stalls must not stall every fork
         try:
             request, fds = _receive_request(connection)
         except (OSError, ValueError) as error:
@@ -159,22 +160,23 @@ class _Zygote:
 
 def _receive_request(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
     data, fds, _, _ = socket.recv_fds(connection, _REQUEST_LIMIT, 3)
-    while not data.endswith(b"\n") and len(data) < _REQUEST_LIMIT:
-        more = connection.recv(_REQUEST_LIMIT)
-        if not more:
-            break
-        data += more
-    if len(fds) != 3:
+    try:
+        while not data.endswith(b"\n") and len(data) < _REQUEST_LIMIT:
+            more = connection.recv(_REQUEST_LIMIT)
+            if not more:
+                break
+            data += more
+        if len(fds) != 3:
+            raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
+        request = json.loads(data)
+        if not (isinstance(request, dict) and isinstance(request.get("entry_point"), str)
+                and isinstance(request.get("cwd"), str) and isinstance(request.get("environment"), dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in request["environment"].items())):
+            raise ValueError("a request gives entry_point, cwd and environment (names to strings)")
+    except (OSError, ValueError):  # the zygote keeps no descriptor of a request it refuses
         for fd in fds:
             os.close(fd)
-        raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
-    request = json.loads(data)
-    if not (isinstance(request, dict) and isinstance(request.get("entry_point"), str) and isinstance(request.get("cwd"), str)
-            and isinstance(request.get("environment"), dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in request["environment"].items())):
-        for fd in fds:
-            os.close(fd)
-        raise ValueError("a request gives entry_point, cwd and environment (names to strings)")
+        raise
     return request, fds
 
 
