@@ -119,3 +119,17 @@ def test_a_caller_that_connects_and_stalls_does_not_stall_the_zygote(worker_zygo
 
         assert asyncio.run(body()) == 0
         assert b"bad request" in stalled.makefile("rb").readline(), "the stalled caller was answered, then dropped"
+
+
+def test_a_forked_worker_exits_as_an_interpreter_does_and_leaves_no_temporary_files(tiny_config, tmp_path, monkeypatch):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    zygote = Zygote.start(function_environment(1))
+    monkeypatch.setenv(ZYGOTE_VARIABLE, zygote.socket_path)
+    try:
+        result = run_experiment(tiny_config(rounds=1))
+    finally:
+        zygote.close()
+    assert result.status == "finished"
+    assert not list(temporary.glob("__autograph_generated_file*")), "TensorFlow's exit handlers ran in each worker"

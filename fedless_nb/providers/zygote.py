@@ -25,6 +25,7 @@ signal as subprocess reports it. The zygote exits when its stdin closes, that is
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import importlib
 import json
@@ -139,7 +140,8 @@ class _Zygote:
         except BaseException:
             traceback.print_exc()
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):  # what an interpreter's exit does: TensorFlow deletes the
+                atexit._run_exitfuncs()  # source files autograph wrote to the temporary directory
                 sys.stderr.flush()
             os._exit(code)
 
