@@ -113,8 +113,9 @@ def serving(frontend, directory, notebooks):
     try:
         yield Server(base, token, log)
     finally:
-        server.send_signal(signal.SIGINT)
-        server.send_signal(signal.SIGINT)  # the server asks for confirmation on the first one
+        # SIGTERM stops the server at once, kernels shut down; SIGINT without a terminal is a KeyboardInterrupt
+        # that a second one (sent to skip a confirmation only asked on a terminal) could cut short mid-cleanup
+        server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
