@@ -10,8 +10,8 @@ model build).
 
 `shared_zygote()` starts one and names its socket in FEDLESS_WORKER_ZYGOTE, so every LocalProvider of the
 process and of the processes it starts (terminal runs, kernels) forks its workers there: a sweep, a script
-of runs, the test suite. Those workers are the zygote's children, not the controller's, so a run's
-process-tree memory figure leaves them out; unset the variable to measure a run alone.
+of runs, the test suite. Those workers are the zygote's children, not their controller's: the process-tree
+memory (records/memory.py) of a terminal run or kernel leaves them out; unset the variable to measure one alone.
 
 Written by hand because multiprocessing's forkserver serves only the process that started it, and cannot
 give a worker the stdin, stdout and stderr pipes the local worker protocol runs on.
