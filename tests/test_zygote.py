@@ -2,6 +2,7 @@
 import time, and a zygote that is gone never stops a run (providers/zygote.py)."""
 
 import asyncio
+import json
 import os
 import socket
 
@@ -95,10 +96,13 @@ def test_malformed_requests_are_answered_and_the_zygote_keeps_serving(worker_zyg
     read, write = os.pipe()
     try:
         answer = _ask(worker_zygote.socket_path, b'{"entry_point": "x:y", "cwd": "/", "environment": {}}\n', (read, write))
+        other_checkout = json.dumps({"entry_point": "x:y", "cwd": "/", "environment": {}, "package": "/elsewhere/fedless_nb"})
+        refused = _ask(worker_zygote.socket_path, other_checkout.encode() + b"\n", (read, write, write))
     finally:
         os.close(read)
         os.close(write)
     assert b"expected 3 file descriptors, got 2" in answer
+    assert b"the caller from /elsewhere/fedless_nb" in refused, "a fork would run the zygote's code, not the caller's"
 
     async def body():
         worker = await fork_worker(worker_zygote.socket_path, "workloads:counting", function_environment(1), 2**20)

@@ -17,8 +17,8 @@ Written by hand because multiprocessing's forkserver serves only the process tha
 give a worker the stdin, stdout and stderr pipes the local worker protocol runs on.
 
 Protocol, one Unix-socket connection per worker: the caller sends one JSON line {"entry_point",
-"environment", "cwd"} with three file descriptors (the worker's stdin, stdout and stderr); the zygote
-answers {"pid": N} (or {"error": "..."}) and, when that worker exits, {"exit": code}, negative for a
+"environment", "cwd", "package" (its fedless_nb's directory, which must be the zygote's)} with three file
+descriptors (the worker's stdin, stdout and stderr); the zygote answers {"pid": N} (or {"error": "..."}) and, when that worker exits, {"exit": code}, negative for a
 signal as subprocess reports it. The zygote exits when its stdin closes, that is when whoever started it ends.
 """
 
@@ -44,6 +44,7 @@ from typing import Any, Iterator
 ZYGOTE_VARIABLE = "FEDLESS_WORKER_ZYGOTE"
 _REQUEST_LIMIT = 1 << 20
 _REQUEST_SECONDS = 5.0
+_PACKAGE = str(Path(__file__).resolve().parents[1])  # the fedless_nb this process runs
 
 
 class ZygoteError(RuntimeError):
@@ -93,6 +94,11 @@ class _Zygote:
             request, fds = _receive_request(connection)
         except (OSError, ValueError) as error:
             _answer(connection, {"error": f"bad request: {error}"})
+            return
+        if request.get("package") != _PACKAGE:  # a fork runs the zygote's code, which must be the caller's
+            for fd in fds:
+                os.close(fd)
+            _answer(connection, {"error": f"it runs fedless_nb from {_PACKAGE}, the caller from {request.get('package')}"})
             return
         try:
             pid = os.fork()
@@ -248,7 +254,8 @@ async def fork_worker(socket_path: str, entry_point: str, environment: dict[str,
     try:
         connection.setblocking(False)
         await loop.sock_connect(connection, socket_path)
-        request = json.dumps({"entry_point": entry_point, "environment": environment, "cwd": os.getcwd()}).encode()
+        request = json.dumps({"entry_point": entry_point, "environment": environment, "cwd": os.getcwd(),
+                              "package": _PACKAGE}).encode()
         connection.setblocking(True)
         socket.send_fds(connection, [request + b"\n"], list(theirs))
         connection.setblocking(False)
