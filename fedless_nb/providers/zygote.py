@@ -297,7 +297,9 @@ class Zygote:
     @classmethod
     def start(cls, environment: dict[str, str], timeout: float = 300.0) -> "Zygote":
         """Start a zygote with `environment` (a function's, without any run secret) and wait until it is ready."""
-        directory = tempfile.mkdtemp(prefix="fedless-zygote-")  # private (0700): only this user may ask for forks
+        # private (0700): only this user may ask for forks; under /tmp when TMPDIR is too deep for a socket's path
+        # (about 100 bytes on Linux and macOS)
+        directory = tempfile.mkdtemp(prefix="fedless-zygote-", dir=None if len(tempfile.gettempdir()) < 64 else "/tmp")
         log = Path(directory) / "zygote.log"  # a file, not a pipe nobody reads: the zygote must never block on it
         with log.open("wb") as stderr:
             process = subprocess.Popen([sys.executable, "-m", "fedless_nb.providers.zygote", str(Path(directory) / "zygote.sock")],
