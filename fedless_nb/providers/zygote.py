@@ -18,8 +18,9 @@ give a worker the stdin, stdout and stderr pipes the local worker protocol runs 
 
 Protocol, one Unix-socket connection per worker: the caller sends one JSON line {"entry_point",
 "environment", "cwd", "package" (its fedless_nb's directory, which must be the zygote's)} with three file
-descriptors (the worker's stdin, stdout and stderr); the zygote answers {"pid": N} (or {"error": "..."}) and, when that worker exits, {"exit": code}, negative for a
-signal as subprocess reports it. The zygote exits when its stdin closes, that is when whoever started it ends.
+descriptors (the worker's stdin, stdout and stderr); the zygote answers {"pid": N} (or {"error": "..."})
+and, when that worker exits, {"exit": code}, negative for a signal as subprocess reports it. The zygote
+exits when its stdin closes, that is when whoever started it ends.
 """
 
 from __future__ import annotations
@@ -94,11 +95,6 @@ class _Zygote:
             request, fds = _receive_request(connection)
         except (OSError, ValueError) as error:
             _answer(connection, {"error": f"bad request: {error}"})
-            return
-        if request.get("package") != _PACKAGE:  # a fork runs the zygote's code, which must be the caller's
-            for fd in fds:
-                os.close(fd)
-            _answer(connection, {"error": f"it runs fedless_nb from {_PACKAGE}, the caller from {request.get('package')}"})
             return
         try:
             pid = os.fork()
@@ -181,6 +177,8 @@ def _receive_request(connection: socket.socket) -> tuple[dict[str, Any], list[in
                 and isinstance(request.get("cwd"), str) and isinstance(request.get("environment"), dict)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in request["environment"].items())):
             raise ValueError("a request gives entry_point, cwd and environment (names to strings)")
+        if request.get("package") != _PACKAGE:  # a fork runs the zygote's code, which must be the caller's
+            raise ValueError(f"the zygote runs fedless_nb from {_PACKAGE}, the caller from {request.get('package')}")
     except (OSError, ValueError):  # the zygote keeps no descriptor of a request it refuses
         for fd in fds:
             os.close(fd)
@@ -226,8 +224,7 @@ class ForkedWorker:
         try:
             self.returncode = int(json.loads(await report.readline())["exit"])
         except (ValueError, KeyError, TypeError, ConnectionError):  # the zygote ended first: make sure the worker does
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+            self.kill()
             self.returncode = -signal.SIGKILL
         finally:
             self._report_writer.close()
@@ -290,21 +287,22 @@ async def _reader(loop: asyncio.AbstractEventLoop, fd: int, limit: int) -> async
 class Zygote:
     """A running zygote process (started by `start`), its socket path, and `close()` to end it."""
 
-    def __init__(self, process: subprocess.Popen[bytes], directory: str) -> None:
-        self.process, self.directory = process, directory
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
         self.socket_path = str(Path(directory) / "zygote.sock")
+        self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def start(cls, environment: dict[str, str], timeout: float = 300.0) -> "Zygote":
         """Start a zygote with `environment` (a function's, without any run secret) and wait until it is ready."""
         # private (0700): only this user may ask for forks; under /tmp when TMPDIR is too deep for a socket's path
         # (about 100 bytes on Linux and macOS)
-        directory = tempfile.mkdtemp(prefix="fedless-zygote-", dir=None if len(tempfile.gettempdir()) < 64 else "/tmp")
-        log = Path(directory) / "zygote.log"  # a file, not a pipe nobody reads: the zygote must never block on it
+        zygote = cls(tempfile.mkdtemp(prefix="fedless-zygote-", dir=None if len(tempfile.gettempdir()) < 64 else "/tmp"))
+        log = Path(zygote.directory) / "zygote.log"  # a file, not a pipe nobody reads: the zygote must never block on it
         with log.open("wb") as stderr:
-            process = subprocess.Popen([sys.executable, "-m", "fedless_nb.providers.zygote", str(Path(directory) / "zygote.sock")],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=environment)
-        zygote = cls(process, directory)
+            process = zygote.process = subprocess.Popen(
+                [sys.executable, "-m", "fedless_nb.providers.zygote", zygote.socket_path],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=environment)
         assert process.stdout is not None
         try:
             ready = _readline(process.stdout, timeout)
@@ -321,6 +319,7 @@ class Zygote:
     def close(self) -> None:
         """End the zygote. Its workers end with it: their callers stop them when it is gone (they could no longer
         learn how a worker exited), and a LocalProvider starts the next ones without it."""
+        assert self.process is not None, "a Zygote comes from Zygote.start"
         if self.process.stdin is not None:
             with contextlib.suppress(OSError):
                 self.process.stdin.close()
