@@ -34,7 +34,10 @@ from unittest import mock
 import numpy as np
 import flwr
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.differential_privacy import compute_adaptive_noise_params
+try:  # flwr 1.23 and earlier
+    from flwr.common.differential_privacy import compute_adaptive_noise_params
+except ImportError:  # later releases moved it
+    from flwr.supercore.differential_privacy import compute_adaptive_noise_params
 from flwr.server import strategy as flower
 
 from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
