@@ -306,8 +306,10 @@ def test_fedless_nb_deploy_refuses_clearly(moto_endpoint, function_env, monkeypa
 
 
 def test_fedless_nb_deploy_prints_the_command_of_other_platforms(tmp_path, capsys):
-    assert cli.main(["deploy", "--provider", "openwhisk", "--out", str(tmp_path), "--name", "fl"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"wsk action create fl {tmp_path / 'fl-openwhisk.zip'} ")
+    assert cli.main(["deploy", "--provider", "openwhisk", "--out", str(tmp_path), "--name", "fl", "--image", "you/fl:1"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"cd {tmp_path / 'fl-openwhisk'} && docker build ")
+    assert cli.main(["deploy", "--provider", "openwhisk", "--out", str(tmp_path), "--name", "fl"]) == 2
+    assert "openwhisk's deploy command needs --image" in capsys.readouterr().out
 
 
 def test_the_image_bundles_handler_answers_signed_tasks(tmp_path, function_env):

@@ -58,7 +58,7 @@ def tasks(tmp_path):
 def _unzipped(bundle, tmp_path):
     import zipfile
 
-    with zipfile.ZipFile(bundle.path) as archive:
+    with zipfile.ZipFile(bundle.path / "action.zip") as archive:  # the action's code, beside its image's build files
         archive.extractall(tmp_path / "unzipped")
     return tmp_path / "unzipped"
 

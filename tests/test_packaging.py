@@ -41,12 +41,19 @@ VALUES = {"role": "arn:aws:iam::123456789012:role/fedless-lambda",
 BUILDABLE = [provider for provider in PLATFORMS if PLATFORMS[provider].zip_limit_mb is None]  # the Lambda zip: below
 
 
+def _zipped(path):
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
 def _contents(bundle):
-    """Relative path -> bytes of every file in the bundle, zip or folder."""
+    """Relative path -> bytes of every file the platform gets from the bundle, zip or folder; a code zip inside
+    the folder (OpenWhisk's action.zip) is read as the files it holds."""
     if bundle.path.suffix == ".zip":
-        with zipfile.ZipFile(bundle.path) as archive:
-            return {name: archive.read(name) for name in archive.namelist()}
-    return {str(path.relative_to(bundle.path)): path.read_bytes() for path in bundle.path.rglob("*") if path.is_file()}
+        return _zipped(bundle.path)
+    files = {str(path.relative_to(bundle.path)): path.read_bytes() for path in bundle.path.rglob("*") if path.is_file()}
+    code_zip = PLATFORMS[bundle.provider].code_zip
+    return {**files, **_zipped(bundle.path / code_zip)} if code_zip else files
 
 
 @pytest.mark.parametrize("provider", BUILDABLE)
@@ -54,8 +61,8 @@ def test_each_bundle_holds_what_its_platform_needs(provider, tmp_path, monkeypat
     monkeypatch.setenv("FEDLESS_RUN_SECRET", "do-not-ship-this-secret-5f2b")
     bundle = build_bundle(provider, tmp_path, **VALUES)
     contents = _contents(bundle)
-    assert (bundle.path.suffix == ".zip") == (provider == "openwhisk")
-    assert sorted(contents) == sorted(bundle.files)
+    assert bundle.path.is_dir() and sorted(bundle.files) == sorted(
+        str(path.relative_to(bundle.path)) for path in bundle.path.rglob("*") if path.is_file())
 
     needs, library = NEEDS[provider]
     assert needs <= set(contents)
@@ -142,6 +149,28 @@ def test_the_lambda_image_build_context_is_complete(tmp_path):
     assert {"fedless_nb", "tensorflow_privacy", module} <= _imported_modules(bundle, code, cwd=bundle)
 
 
+def test_the_openwhisk_runtime_image_and_action_zip_are_complete(tmp_path):
+    """OpenWhisk caps an action's code at 48 MB: the requirements go into an image on OpenWhisk's Python 3.11
+    runtime, the code into action.zip, deployed together with `wsk action create NAME action.zip --docker IMAGE`."""
+    bundle = build_bundle("openwhisk", tmp_path, image=VALUES["image"])
+    assert {path.name for path in bundle.path.iterdir()} == {"Dockerfile", "requirements.txt", "manifest.yaml", "action.zip"}
+    instructions = _dockerfile(bundle.path / "Dockerfile")
+    assert instructions[0] == ("FROM", "openwhisk/action-python-v3.11:nightly"), "the image OpenWhisk runs python:3.11 on"
+    assert instructions[1:] == [("COPY", "requirements.txt /fedless/requirements.txt"),
+                                ("RUN", "pip install --no-cache-dir -r /fedless/requirements.txt")]
+    code = _zipped(bundle.path / "action.zip")
+    assert not {"Dockerfile", "requirements.txt", "manifest.yaml"} & set(code), "the build and deploy files stay beside it"
+    assert f"action.zip --docker {VALUES['image']} " in bundle.deploy_command
+    # The action as OpenWhisk's runtime loads it: the zip's root on the path, __main__.main called.
+    unzipped = tmp_path / "action"
+    with zipfile.ZipFile(bundle.path / "action.zip") as archive:
+        archive.extractall(unzipped)
+    run = ("import os, runpy, fedless_nb, tensorflow_privacy\n"
+           "assert callable(runpy.run_path('__main__.py', run_name='action')['main'])\n"
+           "assert fedless_nb.__file__.startswith(os.getcwd()) and tensorflow_privacy.__file__.startswith(os.getcwd())")
+    assert {"fedless_nb", "tensorflow_privacy"} <= _imported_modules(unzipped, run, cwd=unzipped)
+
+
 def _cfn_lint(text):
     from cfnlint.api import ManualArgs, lint
 
@@ -170,13 +199,21 @@ def test_manifests_are_what_the_platforms_read(tmp_path):
     assert function["lang"] == "python3-http-debian" and (openfaas / function["handler"]).is_dir()
     assert function["environment"]["FEDLESS_RUN_SECRET_FILE"] == "/var/openfaas/secrets/fedless-run-secret"
 
-    with zipfile.ZipFile(build_bundle("openwhisk", tmp_path).path) as archive:
-        action = yaml.safe_load(archive.read("manifest.yaml"))["packages"]["fedless"]["actions"]["fedless-client"]
-    assert action["runtime"] == "python:3.11" and action["web"] is True
+    openwhisk = build_bundle("openwhisk", tmp_path, image="fedless/client:1").path
+    action = yaml.safe_load((openwhisk / "manifest.yaml").read_text())["packages"]["fedless"]["actions"]["fedless-client"]
+    assert (action["function"], action["docker"], action["web"]) == ("action.zip", "fedless/client:1", True)
+    assert "runtime" not in action, "a docker action's kind is blackbox: the image is its runtime"
 
     knative = yaml.safe_load((build_bundle("knative", tmp_path, image=VALUES["image"]).path / "service.yaml").read_text())
     assert knative["kind"] == "Service" and knative["spec"]["template"]["spec"]["containerConcurrency"] == 1
     assert knative["spec"]["template"]["spec"]["containers"][0]["image"] == VALUES["image"], "the image it builds"
+
+
+@pytest.mark.parametrize("provider", ["google_cloud_functions", "cloud_run"])
+def test_google_deploy_commands_do_not_stop_to_ask_who_may_call(provider, tmp_path):
+    """Without --[no-]allow-unauthenticated gcloud asks, and a "no" makes Google refuse the controller's calls:
+    the function's token check is what refuses callers the controller did not sign."""
+    assert " --allow-unauthenticated " in build_bundle(provider, tmp_path).deploy_command
 
 
 def test_rebuilding_replaces_the_old_bundle(tmp_path):
@@ -190,7 +227,7 @@ def test_packaging_errors_are_one_clear_line(tmp_path):
     with pytest.raises(PackagingError, match="unknown provider 'lambda'; choose one of aws_lambda"):
         build_bundle("lambda", tmp_path)
     with pytest.raises(PackagingError, match="no function template at"):
-        build_bundle("openwhisk", tmp_path, templates=tmp_path / "nowhere")
+        build_bundle("openfaas", tmp_path, templates=tmp_path / "nowhere")
 
 
 def _imported_modules(pythonpath, code, cwd=None):
@@ -229,10 +266,13 @@ def test_the_function_side_imports_nothing_of_the_controller_side():
 
 def test_the_cli_builds_a_bundle_and_prints_the_deploy_command(tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "fedless_nb", "package", "--provider", "openwhisk", "--out", str(tmp_path), "--name", "fl"],
+        [sys.executable, "-m", "fedless_nb", "package", "--provider", "openwhisk", "--out", str(tmp_path), "--name", "fl",
+         "--image", "fedless/client:1"],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.strip().splitlines()
-    assert lines[-1] == (f"wsk action create fl {tmp_path / 'fl-openwhisk.zip'} --kind python:3.11 --web true --memory 2048 "
-                         "--timeout 300000 --param FEDLESS_RUN_SECRET \"$FEDLESS_RUN_SECRET\" --annotation final true")
-    assert (tmp_path / "fl-openwhisk.zip").is_file()
+    assert lines[-1] == (f"cd {tmp_path / 'fl-openwhisk'} && docker build --platform linux/amd64 -t fedless/client:1 . "
+                         "&& docker push fedless/client:1 && wsk action create fl action.zip --docker fedless/client:1 "
+                         "--web true --memory 2048 --timeout 300000 --param FEDLESS_RUN_SECRET \"$FEDLESS_RUN_SECRET\" "
+                         "--annotation final true")
+    assert (tmp_path / "fl-openwhisk" / "action.zip").is_file()

@@ -1,8 +1,9 @@
 """Deployable bundles from function_templates/: the adapter, its manifest, fedless_nb itself and pinned requirements.
 
 A bundle is what a platform's own tool deploys: a container build context for AWS Lambda (its
-Python base image; TensorFlow is far over the 250 MB a zip may hold), a zip for OpenWhisk (and
-Lambda's zip variant, refused when its requirements do not fit), a source folder for the others.
+Python base image; TensorFlow is far over the 250 MB a zip may hold), a runtime image's build context
+beside the action's code zip for OpenWhisk (TensorFlow is far over its 48 MB action limit), a zip for
+Lambda's zip variant (refused when its requirements do not fit), a source folder for the others.
 It carries the fedless_nb package without its notebook code or its controller side (a function
 runs only `function.handler.handle`), and a requirements.txt whose every line is pinned to the
 version installed here, so the function trains with the same TensorFlow as the controller
@@ -45,7 +46,9 @@ class Platform:
     `needs`: the values its deploy command cannot do without, each an option of `fedless-nb package`
     (never a placeholder in the printed command); `gpu`: whether the platform can give a function a GPU
     (if not, TensorFlow is pinned as tensorflow-cpu of the same version); `zip_limit_mb`: the unzipped
-    size its zip bundles may reach, requirements included."""
+    size its zip bundles may reach, requirements included; `code_zip`: the name under which the bundle's code
+    (everything but its build and deploy files, BESIDE_CODE_ZIP) is zipped inside the bundle folder, for a
+    platform that takes the code apart from the image that holds its requirements (OpenWhisk's --docker)."""
 
     template: str
     archive: bool
@@ -54,6 +57,11 @@ class Platform:
     needs: tuple[str, ...] = ()
     gpu: bool = False
     zip_limit_mb: int | None = None
+    code_zip: str | None = None
+
+
+# What stays beside a code zip: the image's build files and the platform's manifest.
+BESIDE_CODE_ZIP = ("Dockerfile", "requirements.txt", "manifest.yaml")
 
 
 # What each needed value is, for the one-line error that asks for it.
@@ -66,7 +74,10 @@ NEEDED_VALUES = {
 
 _LAMBDA_SETTINGS = ("--memory-size 2048 --timeout 300 --role {role} "
                     "--environment \"Variables={{FEDLESS_RUN_SECRET={secret}}}\"")
-PLATFORMS: dict[str, Platform] = {  # {secret} is the shell's $FEDLESS_RUN_SECRET, never its value
+# {secret} is the shell's $FEDLESS_RUN_SECRET, never its value. Google's functions take unauthenticated calls
+# (gcloud would otherwise stop to ask): the function's own token check refuses every task the controller did not
+# sign, and a Google identity token, which expires within the hour, would not last a long run.
+PLATFORMS: dict[str, Platform] = {
     "aws_lambda": Platform("aws_lambda", False,
         "cd {bundle} && aws ecr get-login-password | docker login --username AWS --password-stdin {registry} "
         "&& docker build --platform linux/amd64 --provenance=false -t {image} . && docker push {image} "
@@ -76,10 +87,10 @@ PLATFORMS: dict[str, Platform] = {  # {secret} is the shell's $FEDLESS_RUN_SECRE
         "aws lambda create-function --function-name {name} --runtime python3.11 --handler lambda_function.lambda_handler "
         "--zip-file fileb://{bundle} " + _LAMBDA_SETTINGS, needs=("role",), zip_limit_mb=250),
     "google_cloud_functions": Platform("google_cloud_functions", False,
-        "gcloud functions deploy {name} --gen2 --runtime python311 --trigger-http --entry-point fedless_client "
-        "--source {bundle} --memory 2Gi --timeout 300s --set-env-vars FEDLESS_RUN_SECRET={secret}"),
+        "gcloud functions deploy {name} --gen2 --runtime python311 --trigger-http --allow-unauthenticated "
+        "--entry-point fedless_client --source {bundle} --memory 2Gi --timeout 300s --set-env-vars FEDLESS_RUN_SECRET={secret}"),
     "cloud_run": Platform("google_cloud_functions", False,
-        "gcloud run deploy {name} --source {bundle} --memory 2Gi --timeout 300 --concurrency 1 "
+        "gcloud run deploy {name} --source {bundle} --allow-unauthenticated --memory 2Gi --timeout 300 --concurrency 1 "
         "--set-env-vars GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret}", gpu=True),
     "knative": Platform("google_cloud_functions", False,
         "cd {bundle} && pack build {image} --builder gcr.io/buildpacks/builder --env GOOGLE_FUNCTION_TARGET=fedless_client "
@@ -87,9 +98,10 @@ PLATFORMS: dict[str, Platform] = {  # {secret} is the shell's $FEDLESS_RUN_SECRE
         "&& kubectl apply -f service.yaml", needs=("image",), gpu=True),
     "functions_framework": Platform("google_cloud_functions", False,
         "cd {bundle} && FEDLESS_RUN_SECRET={secret} functions-framework --target fedless_client --port 8080", gpu=True),
-    "openwhisk": Platform("openwhisk", True,
-        "wsk action create {name} {bundle} --kind python:3.11 --web true --memory 2048 --timeout 300000 "
-        "--param FEDLESS_RUN_SECRET \"{secret}\" --annotation final true"),
+    "openwhisk": Platform("openwhisk", False,
+        "cd {bundle} && docker build --platform linux/amd64 -t {image} . && docker push {image} "
+        "&& wsk action create {name} action.zip --docker {image} --web true --memory 2048 --timeout 300000 "
+        "--param FEDLESS_RUN_SECRET \"{secret}\" --annotation final true", needs=("image",), code_zip="action.zip"),
     "openfaas": Platform("openfaas", False,
         "cd {bundle} && faas-cli secret create fedless-run-secret --from-literal \"{secret}\" "
         "&& faas-cli template store pull python3-http-debian && faas-cli up -f stack.yml",
@@ -182,10 +194,27 @@ def _stage(platform: Platform, stage: Path, templates: Path, values: dict[str, s
     for name in vendored:
         _vendor(name, home)
     requirements.write_text("\n".join(pinned) + "\n")
-    manifest = stage / "service.yaml"
-    if "image" in values and manifest.is_file():  # Knative's service runs the image the command builds
-        manifest.write_text(manifest.read_text().replace("image: IMAGE", f"image: {values['image']}"))
+    for manifest, field in ((stage / "service.yaml", "image"), (stage / "manifest.yaml", "docker")):
+        if "image" in values and manifest.is_file():  # Knative's service, OpenWhisk's action: the image the command builds
+            manifest.write_text(manifest.read_text().replace(f"{field}: IMAGE", f"{field}: {values['image']}"))
+    if platform.code_zip:
+        _zip_code(stage, platform.code_zip)
     return [line for line in pinned if line and not line.startswith("#")]
+
+
+def _zip(folder: Path, files: list[Path], target: Path) -> None:
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in files:
+            archive.write(file, file.relative_to(folder))
+
+
+def _zip_code(stage: Path, name: str) -> None:
+    """Move everything staged but the build and deploy files into the zip `name` in the stage."""
+    code = sorted(path for path in stage.rglob("*") if path.is_file() and path.relative_to(stage).parts[0] not in BESIDE_CODE_ZIP)
+    _zip(stage, code, stage / name)
+    for entry in stage.iterdir():
+        if entry.name not in (*BESIDE_CODE_ZIP, name):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def requirements_megabytes(requirements: list[str]) -> float:
@@ -230,9 +259,7 @@ def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-cli
         files = sorted(str(path.relative_to(stage)) for path in stage.rglob("*") if path.is_file())
         if platform.archive:
             partial = Path(temporary) / "bundle.zip"
-            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-                for file in files:
-                    archive.write(stage / file, file)
+            _zip(stage, [stage / file for file in files], partial)
             partial.replace(target)
         else:
             shutil.rmtree(target, ignore_errors=True)
