@@ -194,7 +194,7 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", required=True, choices=list(PLATFORMS))
     parser.add_argument("--name", default="fedless-client", help="the function's name on the platform")
     parser.add_argument("--role", help="aws_lambda: the ARN of the IAM role the function runs as")
-    parser.add_argument("--image", help="aws_lambda, knative, openwhisk: the container image (registry/repository:tag)")
+    parser.add_argument("--image", help="aws_lambda, knative, openwhisk, openfaas: the container image (registry/repository:tag)")
     parser.add_argument("--app", help="azure_functions: the function app")
     parser.add_argument("--resource-group", help="azure_functions: the function app's resource group")
 

@@ -185,11 +185,11 @@ def test_stop_without_a_background_run_is_a_usage_error(shell):
 
 def test_deploy_builds_a_bundle_and_prints_its_deploy_command(shell, tmp_path):
     with capture_output() as captured:
-        bundle = shell.run_line_magic("fedless_deploy", f"openfaas --out {tmp_path / 'dist'} --name fl")
-    assert bundle.path == tmp_path / "dist" / "fl-openfaas" and bundle.path.is_dir()
-    assert "fedless-client/fedless_nb/function/handler.py" in bundle.files
+        bundle = shell.run_line_magic("fedless_deploy", f"google_cloud_functions --out {tmp_path / 'dist'} --name fl")
+    assert bundle.path == tmp_path / "dist" / "fl-google_cloud_functions" and bundle.path.is_dir()
+    assert "fedless_nb/function/handler.py" in bundle.files
     assert captured.stdout.strip().splitlines()[-1] == bundle.deploy_command
-    assert bundle.deploy_command.startswith(f"cd {bundle.path} && faas-cli secret create ")
+    assert bundle.deploy_command.startswith("gcloud functions deploy fl ")
     with pytest.raises(UsageError, match="openwhisk's deploy command needs --image"):
         shell.run_line_magic("fedless_deploy", f"openwhisk --out {tmp_path / 'dist'}")
     with pytest.raises(UsageError, match="unknown provider 'lambda'; choose one of aws_lambda"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedless_nb.deploy.packaging import CPU_BUILDS, PLATFORMS, PackagingError, build_bundle
+from fedless_nb.deploy.packaging import CPU_BUILDS, MANIFESTS, PLATFORMS, PackagingError, build_bundle
 from fedless_nb.deploy.sizes import dependency_closure, installed_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +91,11 @@ def test_each_bundle_holds_what_its_platform_needs(provider, tmp_path, monkeypat
     assert "do-not-ship-this-secret" not in bundle.deploy_command and "$FEDLESS_RUN_SECRET" in bundle.deploy_command
     assert str(bundle.path.resolve()) in bundle.deploy_command
     assert not re.search(r"\b(ROLE_ARN|IMAGE|APP|GROUP)\b", bundle.deploy_command), "no placeholder left to fill"
-    for key in PLATFORMS[provider].needs:
-        assert VALUES[key] in bundle.deploy_command
+    manifests = {name: contents[name].decode() for name in MANIFESTS if name in contents}
+    for key in PLATFORMS[provider].needs:  # in the command, or in the manifest the command deploys
+        assert VALUES[key] in bundle.deploy_command or any(VALUES[key] in text for text in manifests.values())
+    for name, text in manifests.items():
+        assert "FUNCTION_NAME" not in text and ("image" not in PLATFORMS[provider].needs or not re.search(r"\bIMAGE\b", text))
 
 
 @pytest.mark.parametrize("provider, missing", [
@@ -194,19 +197,36 @@ def test_manifests_are_what_the_platforms_read(tmp_path):
     assert (binding["type"], binding["authLevel"], binding["methods"]) == ("httpTrigger", "function", ["post"])
     assert json.loads((azure / "host.json").read_text())["version"] == "2.0"
 
-    openfaas = build_bundle("openfaas", tmp_path).path
-    function = yaml.safe_load((openfaas / "stack.yml").read_text())["functions"]["fedless-client"]
+    openfaas = build_bundle("openfaas", tmp_path, name="fl-digits", image="you/fl-digits:1").path
+    function = yaml.safe_load((openfaas / "stack.yml").read_text())["functions"]["fl-digits"]
     assert function["lang"] == "python3-http-debian" and (openfaas / function["handler"]).is_dir()
+    assert function["image"] == "you/fl-digits:1", "faas-cli up pushes and deploys the image it is given"
     assert function["environment"]["FEDLESS_RUN_SECRET_FILE"] == "/var/openfaas/secrets/fedless-run-secret"
 
-    openwhisk = build_bundle("openwhisk", tmp_path, image="fedless/client:1").path
-    action = yaml.safe_load((openwhisk / "manifest.yaml").read_text())["packages"]["fedless"]["actions"]["fedless-client"]
+    openwhisk = build_bundle("openwhisk", tmp_path, name="fl-digits", image="fedless/client:1").path
+    action = yaml.safe_load((openwhisk / "manifest.yaml").read_text())["packages"]["fedless"]["actions"]["fl-digits"]
     assert (action["function"], action["docker"], action["web"]) == ("action.zip", "fedless/client:1", True)
     assert "runtime" not in action, "a docker action's kind is blackbox: the image is its runtime"
 
-    knative = yaml.safe_load((build_bundle("knative", tmp_path, image=VALUES["image"]).path / "service.yaml").read_text())
+    knative = yaml.safe_load((build_bundle("knative", tmp_path, name="fl-digits", image=VALUES["image"]).path
+                              / "service.yaml").read_text())
     assert knative["kind"] == "Service" and knative["spec"]["template"]["spec"]["containerConcurrency"] == 1
+    assert knative["metadata"]["name"] == "fl-digits", "the service is the function --name names"
     assert knative["spec"]["template"]["spec"]["containers"][0]["image"] == VALUES["image"], "the image it builds"
+
+    sam = (build_bundle("aws_lambda", tmp_path, name="fl_digits", **VALUES).path / "template.yaml").read_text()
+    assert "FunctionName: fl_digits\n" in sam
+
+
+@pytest.mark.parametrize("provider, name, rule", [
+    ("knative", "FL-Digits", "Kubernetes object"), ("openfaas", "fl_digits", "Kubernetes object"),
+    ("cloud_run", "fl-", "Kubernetes object"), ("aws_lambda", "../fl", "letters, digits"),
+    ("openwhisk", "fl digits", "letters, digits"), ("google_cloud_functions", "x" * 64, "letters, digits"),
+])
+def test_a_name_the_platform_would_refuse_is_refused_before_anything_is_built(provider, name, rule, tmp_path):
+    with pytest.raises(PackagingError, match=f"^--name {re.escape(repr(name))}: .*{rule}"):
+        build_bundle(provider, tmp_path, name=name, **VALUES)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("provider", ["google_cloud_functions", "cloud_run"])
@@ -227,7 +247,7 @@ def test_packaging_errors_are_one_clear_line(tmp_path):
     with pytest.raises(PackagingError, match="unknown provider 'lambda'; choose one of aws_lambda"):
         build_bundle("lambda", tmp_path)
     with pytest.raises(PackagingError, match="no function template at"):
-        build_bundle("openfaas", tmp_path, templates=tmp_path / "nowhere")
+        build_bundle("google_cloud_functions", tmp_path, templates=tmp_path / "nowhere")
 
 
 def _imported_modules(pythonpath, code, cwd=None):

@@ -58,10 +58,16 @@ class Platform:
     gpu: bool = False
     zip_limit_mb: int | None = None
     code_zip: str | None = None
+    kubernetes_name: bool = False  # its name is a Kubernetes object's (a Knative service, an OpenFaaS function)
 
 
 # What stays beside a code zip: the image's build files and the platform's manifest.
 BESIDE_CODE_ZIP = ("Dockerfile", "requirements.txt", "manifest.yaml")
+# The manifests that name the function or its image, by the words FUNCTION_NAME and IMAGE.
+MANIFESTS = ("service.yaml", "stack.yml", "manifest.yaml", "template.yaml")
+# A name every platform takes (Lambda, Cloud Functions, OpenWhisk, ...), and a Kubernetes object's name (RFC 1123 label).
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
+_KUBERNETES_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 # What each needed value is, for the one-line error that asks for it.
@@ -91,11 +97,11 @@ PLATFORMS: dict[str, Platform] = {
         "--entry-point fedless_client --source {bundle} --memory 2Gi --timeout 300s --set-env-vars FEDLESS_RUN_SECRET={secret}"),
     "cloud_run": Platform("google_cloud_functions", False,
         "gcloud run deploy {name} --source {bundle} --allow-unauthenticated --memory 2Gi --timeout 300 --concurrency 1 "
-        "--set-env-vars GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret}", gpu=True),
+        "--set-env-vars GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret}", gpu=True, kubernetes_name=True),
     "knative": Platform("google_cloud_functions", False,
         "cd {bundle} && pack build {image} --builder gcr.io/buildpacks/builder --env GOOGLE_FUNCTION_TARGET=fedless_client "
         "--publish && kubectl create secret generic fedless-run-secret --from-literal=secret={secret} "
-        "&& kubectl apply -f service.yaml", needs=("image",), gpu=True),
+        "&& kubectl apply -f service.yaml", needs=("image",), gpu=True, kubernetes_name=True),
     "functions_framework": Platform("google_cloud_functions", False,
         "cd {bundle} && FEDLESS_RUN_SECRET={secret} functions-framework --target fedless_client --port 8080", gpu=True),
     "openwhisk": Platform("openwhisk", False,
@@ -105,7 +111,7 @@ PLATFORMS: dict[str, Platform] = {
     "openfaas": Platform("openfaas", False,
         "cd {bundle} && faas-cli secret create fedless-run-secret --from-literal \"{secret}\" "
         "&& faas-cli template store pull python3-http-debian && faas-cli up -f stack.yml",
-        package_dir="fedless-client"),
+        package_dir="fedless-client", needs=("image",), kubernetes_name=True),
     "azure_functions": Platform("azure_functions", False,
         "az functionapp config appsettings set --name {app} --resource-group {resource_group} "
         "--settings FEDLESS_RUN_SECRET={secret} && cd {bundle} && func azure functionapp publish {app} --python",
@@ -181,7 +187,7 @@ def _copy_package(destination: Path) -> None:
                     ignore=lambda folder, names: [n for n in names if n in _LEAVE_OUT or n.endswith((".pyc", ".pyo"))])
 
 
-def _stage(platform: Platform, stage: Path, templates: Path, values: dict[str, str]) -> list[str]:
+def _stage(platform: Platform, stage: Path, templates: Path, name: str, values: dict[str, str]) -> list[str]:
     source = templates / platform.template
     if not source.is_dir():
         raise PackagingError(f"no function template at {source}: package from a clone of fedless_nb "
@@ -191,15 +197,33 @@ def _stage(platform: Platform, stage: Path, templates: Path, values: dict[str, s
     _copy_package(home)
     requirements = home / "requirements.txt"
     pinned, vendored = pinned_requirements(requirements.read_text().splitlines(), gpu=platform.gpu)
-    for name in vendored:
-        _vendor(name, home)
+    for distribution in vendored:
+        _vendor(distribution, home)
     requirements.write_text("\n".join(pinned) + "\n")
-    for manifest, field in ((stage / "service.yaml", "image"), (stage / "manifest.yaml", "docker")):
-        if "image" in values and manifest.is_file():  # Knative's service, OpenWhisk's action: the image the command builds
-            manifest.write_text(manifest.read_text().replace(f"{field}: IMAGE", f"{field}: {values['image']}"))
+    _fill_manifests(stage, {"FUNCTION_NAME": name, "IMAGE": values.get("image")})
     if platform.code_zip:
         _zip_code(stage, platform.code_zip)
     return [line for line in pinned if line and not line.startswith("#")]
+
+
+def _fill_manifests(stage: Path, words: dict[str, str | None]) -> None:
+    """Write the function's name and the image the command builds into the bundle's manifests (an image not
+    given stays IMAGE: a manifest of another platform that shares the template, e.g. Knative's beside Cloud Run's)."""
+    given = {word: value for word, value in words.items() if value}
+    pattern = re.compile(r"\b(" + "|".join(given) + r")\b")
+    for manifest in (stage / file for file in MANIFESTS):
+        if manifest.is_file():
+            manifest.write_text(pattern.sub(lambda match: given[match.group(1)], manifest.read_text()))
+
+
+def _check_name(provider: str, platform: Platform, name: str) -> None:
+    if platform.kubernetes_name and not _KUBERNETES_NAME.fullmatch(name):
+        raise PackagingError(f"--name {name!r}: {provider} names the function as a Kubernetes object: lowercase "
+                             "letters, digits and hyphens, starting with a letter and not ending with a hyphen, "
+                             "at most 63 characters")
+    if not _NAME.fullmatch(name):
+        raise PackagingError(f"--name {name!r}: a function's name is letters, digits, hyphens and underscores, "
+                             "starting with a letter, at most 63 characters")
 
 
 def _zip(folder: Path, files: list[Path], target: Path) -> None:
@@ -244,13 +268,14 @@ def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-cli
     if provider not in PLATFORMS:
         raise PackagingError(f"unknown provider {provider!r}; choose one of {', '.join(PLATFORMS)}")
     platform = PLATFORMS[provider]
+    _check_name(provider, platform, name)
     given = _needed_values(provider, platform, values)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / (f"{name}-{provider}.zip" if platform.archive else f"{name}-{provider}")
     with tempfile.TemporaryDirectory(dir=out_dir) as temporary:
         stage = Path(temporary) / "bundle"
-        requirements = _stage(platform, stage, Path(templates), given)
+        requirements = _stage(platform, stage, Path(templates), name, given)
         if platform.zip_limit_mb is not None and (size := requirements_megabytes(requirements)) > platform.zip_limit_mb:
             raise PackagingError(
                 f"{provider}: its requirements take about {size:.0f} MB unzipped (measured from the packages "

@@ -418,7 +418,7 @@ class FedlessMagics(Magics):
     @argument("--out", default="dist", help="folder to write the bundle into (default dist)")
     @argument("--name", default="fedless-client", help="the function's name on the platform")
     @argument("--role", help="aws_lambda: the ARN of the IAM role the function runs as")
-    @argument("--image", help="aws_lambda, knative, openwhisk: the container image (registry/repository:tag)")
+    @argument("--image", help="aws_lambda, knative, openwhisk, openfaas: the container image (registry/repository:tag)")
     @argument("--app", help="azure_functions: the function app")
     @argument("--resource-group", help="azure_functions: the function app's resource group")
     @line_magic
