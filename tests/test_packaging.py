@@ -154,7 +154,7 @@ def test_the_lambda_image_build_context_is_complete(tmp_path):
 
 def test_the_openwhisk_runtime_image_and_action_zip_are_complete(tmp_path):
     """OpenWhisk caps an action's code at 48 MB: the requirements go into an image on OpenWhisk's Python 3.11
-    runtime, the code into action.zip, deployed together with `wsk action create NAME action.zip --docker IMAGE`."""
+    runtime, the code into action.zip, deployed together with `wsk action update NAME action.zip --docker IMAGE`."""
     bundle = build_bundle("openwhisk", tmp_path, image=VALUES["image"])
     assert {path.name for path in bundle.path.iterdir()} == {"Dockerfile", "requirements.txt", "manifest.yaml", "action.zip"}
     instructions = _dockerfile(bundle.path / "Dockerfile")
@@ -292,7 +292,7 @@ def test_the_cli_builds_a_bundle_and_prints_the_deploy_command(tmp_path):
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.strip().splitlines()
     assert lines[-1] == (f"cd {tmp_path / 'fl-openwhisk'} && docker build --platform linux/amd64 -t fedless/client:1 . "
-                         "&& docker push fedless/client:1 && wsk action create fl action.zip --docker fedless/client:1 "
+                         "&& docker push fedless/client:1 && wsk action update fl action.zip --docker fedless/client:1 "
                          "--web true --memory 2048 --timeout 300000 --param FEDLESS_RUN_SECRET \"$FEDLESS_RUN_SECRET\" "
                          "--annotation final true")
     assert (tmp_path / "fl-openwhisk" / "action.zip").is_file()

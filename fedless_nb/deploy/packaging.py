@@ -80,7 +80,8 @@ NEEDED_VALUES = {
 
 _LAMBDA_SETTINGS = ("--memory-size 2048 --timeout 300 --role {role} "
                     "--environment \"Variables={{FEDLESS_RUN_SECRET={secret}}}\"")
-# {secret} is the shell's $FEDLESS_RUN_SECRET, never its value. Google's functions take unauthenticated calls
+# {secret} is the shell's $FEDLESS_RUN_SECRET, never its value. A command run again updates what it created
+# (wsk action update creates or updates; the Kubernetes secret is applied, not created). Google's functions take unauthenticated calls
 # (gcloud would otherwise stop to ask): the function's own token check refuses every task the controller did not
 # sign, and a Google identity token, which expires within the hour, would not last a long run.
 PLATFORMS: dict[str, Platform] = {
@@ -100,13 +101,13 @@ PLATFORMS: dict[str, Platform] = {
         "--set-env-vars GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret}", gpu=True, kubernetes_name=True),
     "knative": Platform("google_cloud_functions", False,
         "cd {bundle} && pack build {image} --builder gcr.io/buildpacks/builder --env GOOGLE_FUNCTION_TARGET=fedless_client "
-        "--publish && kubectl create secret generic fedless-run-secret --from-literal=secret={secret} "
-        "&& kubectl apply -f service.yaml", needs=("image",), gpu=True, kubernetes_name=True),
+        "--publish && kubectl create secret generic fedless-run-secret --from-literal=secret={secret} --dry-run=client "
+        "-o yaml | kubectl apply -f - && kubectl apply -f service.yaml", needs=("image",), gpu=True, kubernetes_name=True),
     "functions_framework": Platform("google_cloud_functions", False,
         "cd {bundle} && FEDLESS_RUN_SECRET={secret} functions-framework --target fedless_client --port 8080", gpu=True),
     "openwhisk": Platform("openwhisk", False,
         "cd {bundle} && docker build --platform linux/amd64 -t {image} . && docker push {image} "
-        "&& wsk action create {name} action.zip --docker {image} --web true --memory 2048 --timeout 300000 "
+        "&& wsk action update {name} action.zip --docker {image} --web true --memory 2048 --timeout 300000 "
         "--param FEDLESS_RUN_SECRET \"{secret}\" --annotation final true", needs=("image",), code_zip="action.zip"),
     "openfaas": Platform("openfaas", False,
         "cd {bundle} && faas-cli secret create fedless-run-secret --from-literal \"{secret}\" "
