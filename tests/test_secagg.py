@@ -59,6 +59,19 @@ def test_shares_reconstruct_at_the_threshold_and_fail_below():
     assert below != secret[:16]
 
 
+def test_a_secret_is_recovered_past_holders_that_reveal_wrong_shares_and_they_are_named():
+    secret = bytes(range(32))
+    shares = dict(zip("abcde", secagg.share_secret(secret, threshold=3, holders=5)))
+    lies = {**shares, "a": shares["a"][:2] + bytes(32), "c": shares["b"]}  # a wrong value; another holder's share
+    indices = {holder: index for index, holder in enumerate("abcde", start=1)}
+    assert secagg.recover_checked(lies, 3, secret.__eq__, indices) == (secret, ["a", "c"])
+    assert secagg.recover_checked(shares, 3, secret.__eq__, indices) == (secret, [])
+    with pytest.raises(SecAggError, match="too many of its holders revealed a wrong share"):
+        secagg.recover_checked({**lies, "d": lies["a"]}, 3, secret.__eq__, indices)  # 2 honest of 5, threshold 3
+    with pytest.raises(SecAggError, match="none of 1 sets"):
+        secagg.recover_checked({**shares, "a": lies["a"]}, 3, secret.__eq__, indices, tries=1)
+
+
 def test_quantization_error_is_bounded_by_one_level_and_unbiased():
     params = QuantizationParams(clipping_range=2.0, quantization_range=2**16)
     rng = np.random.default_rng(0)

@@ -404,3 +404,21 @@ def test_a_signed_malformed_stage_object_is_rejected_and_the_secure_round_comple
     assert [r["succeeded"] for r in history.rounds(result.run_id)] == [succeeded]
     (before, after) = _globals(config, result.run_id)
     assert 1e-4 < _largest_change(before, after) < 1.0  # unmasked: a mask left in would move weights by thousands
+
+
+def test_a_client_revealing_wrong_shares_is_refused_and_the_secure_round_completes(tmp_path, monkeypatch):
+    """A compromised client reveals a wrong share of every peer's secret (well formed, its own index): the controller
+    recovers each secret from the honest holders' shares (the commitment tells which set is right), refuses that
+    client's reveal, and the round completes; it used to fail as a whole (one client took down the round)."""
+    config = _config(tmp_path, "liar")
+    provider = LocalProvider("local", workers=2, entry_point="workloads:reveals_wrong_shares_on_client_1")
+    result = run_experiment(config, providers={"local": provider})
+    assert result.status == "finished"
+    history = History(config.history)
+    assert history.round_failures(result.run_id) == []
+    failed = [i for i in history.invocations(result.run_id) if i["outcome"] == "failed"]
+    assert [(i["client_id"], i["stage"], i["cause"]) for i in failed] == [("client-0001", "reveal", "rejected")]
+    assert "secret that does not recover it" in failed[0]["error"]
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [5]  # its own masked vector stays in the sum
+    (before, after) = _globals(config, result.run_id)
+    assert 1e-4 < _largest_change(before, after) < 1.0  # unmasked: a mask left in would move weights by thousands

@@ -26,8 +26,8 @@ import base64
 import binascii
 import json
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -115,6 +115,7 @@ class _Attempt:
     objects: dict[str, dict[str, bytes]]  # stage -> client id -> the object it wrote (masked: controller sums only)
     results: dict[str, dict[str, Any]]  # the masked stage's results (example counts, metrics)
     in_functions: bool = False  # aggregator functions sum the masked vectors (rounds/tree.py)
+    holders: dict[str, list[str]] = field(default_factory=dict)  # client -> who holds its shares, in their order
     total: MaskedSum | None = None  # their sum, when they did
 
     def survivors(self, stage: str) -> list[str]:
@@ -166,6 +167,7 @@ class SecureAggregationRounds(SynchronousRounds):
         await self._stage(attempt, "keys", {client: {"peers": []} for client in selected}, overrides)
         advertised = set(attempt.survivors("keys"))
         sharing = {client: sorted(set(graph[client]) & advertised) for client in advertised}
+        attempt.holders = {client: sorted({client, *peers}) for client, peers in sharing.items()}
         await self._stage(attempt, "shares", {c: {"peers": peers} for c, peers in sharing.items()
                                               if len(peers) + 1 >= threshold}, overrides)
         shared = set(attempt.survivors("shares"))
@@ -287,29 +289,26 @@ class SecureAggregationRounds(SynchronousRounds):
         keys = {client: json.loads(data) for client, data in attempt.objects["keys"].items()}
         reveals = {client: json.loads(data) for client, data in attempt.objects["reveal"].items()}
         masked, shared = set(attempt.survivors("masked")), set(attempt.survivors("shares"))
+        refused: set[str] = set()
 
-        def recover(owner: str, kind: str) -> bytes:
-            shares = [_unb64(reveal[kind][owner]) for reveal in reveals.values() if owner in reveal.get(kind, {})]
+        def recover(owner: str, kind: str, is_secret: Callable[[bytes], bool]) -> bytes:
+            shares = {holder: _unb64(reveal[kind][owner]) for holder, reveal in reveals.items() if owner in reveal[kind]}
             try:
-                return secagg.recover_secret(shares, attempt.threshold)
-            except (secagg.SecAggError, ValueError) as error:  # too few shares, or a holder revealed a bad one
+                indices = {holder: index for index, holder in enumerate(attempt.holders[owner], start=1)}
+                secret, liars = secagg.recover_checked(shares, attempt.threshold, is_secret, indices)
+            except secagg.SecAggError as error:  # too few shares, or too many holders revealed a bad one
                 raise SecureRoundFailed(f"secure aggregation: the masks of {owner} cannot be removed: {error}") from None
+            for liar in sorted(set(liars) - refused):  # its reveal is refused; its own masked vector stays in the sum
+                refused.add(liar)
+                self._rejected(attempt, "reveal", liar, f"a share of {owner}'s secret that does not recover it")
+            return secret
 
-        seeds = []
-        for client in sorted(masked):
-            seed = recover(client, "seed_shares")
-            if secagg.commitment(seed) != keys[client]["seed_commitment"]:
-                raise SecureRoundFailed(f"secure aggregation: the revealed shares of {client}'s self-mask do not match its commitment")
-            seeds.append(seed)
+        seeds = [recover(client, "seed_shares", lambda seed, client=client:
+                         secagg.commitment(seed) == keys[client]["seed_commitment"]) for client in sorted(masked)]
         pairs = []
         for gone in sorted(shared - masked):
-            private = recover(gone, "key_shares")
-            try:
-                matches = secagg.public_key(private) == _unb64(keys[gone]["mask_public"])
-            except ValueError:  # not an X25519 private key: a bad share
-                matches = False
-            if not matches:
-                raise SecureRoundFailed(f"secure aggregation: the revealed shares of {gone}'s mask key do not match its public key")
+            public = _unb64(keys[gone]["mask_public"])
+            private = recover(gone, "key_shares", lambda private, public=public: _is_private_key(private, public))
             pairs += [(peer, gone, secagg.pairwise_seed(private, _unb64(keys[peer]["mask_public"])))
                       for peer in attempt.graph[gone] if peer in masked]
         if attempt.total is not None:
@@ -345,6 +344,14 @@ def _numbers(metrics: Any) -> dict[str, float]:
     if not isinstance(metrics, dict):
         return {}
     return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _is_private_key(private: bytes, public: bytes) -> bool:
+    """Whether `private` is the X25519 private key of `public` (a wrong share recovers other bytes)."""
+    try:
+        return secagg.public_key(private) == public
+    except ValueError:
+        return False
 
 
 def _unb64(text: str) -> bytes:
