@@ -70,7 +70,8 @@ def test_the_store_holds_no_update_in_the_clear_and_the_average_is_fedavgs(tmp_p
     round_dir = secure_store.root / "runs" / secure.run_id / "round-00001"
     written = {path.relative_to(round_dir).as_posix(): path.read_bytes() for path in round_dir.rglob("*")
                if path.is_file() and path.name != "global.weights"}
-    assert sorted(written) == sorted(f"secagg-1/{c}.{stage}" for c in CLIENTS for stage in STAGES)
+    assert sorted(written) == sorted([f"secagg-1/{c}.{stage}" for c in CLIENTS for stage in STAGES]
+                                     + [f"secagg-1-relayed/{c}.{stage}" for c in CLIENTS for stage in ("keys", "shares")])
     needles = [np.concatenate([m.ravel() for m in models[c]])[:16].astype(np.float32).tobytes() for c in CLIENTS]
     needles += [deltas[c][:8].tobytes() for c in CLIENTS] + [deltas[c][:16].astype(np.float32).tobytes() for c in CLIENTS]
     model_bytes = sum(layer.nbytes for layer in start)
@@ -280,6 +281,29 @@ def test_a_secure_round_on_s3_relays_through_presigned_urls(tmp_path, moto_endpo
     assert written == sorted(STAGES * 3)
     assert not [key for key in objects if "/updates/" in key]
     assert not (tmp_path / "store-s3").exists()
+
+
+def test_a_client_rewriting_its_accepted_keys_object_cannot_fail_its_peers(tmp_path, monkeypatch, moto_endpoint,
+                                                                            aws_credentials):
+    """A compromised client's grant to write its keys object lasts to the stage deadline, so it can write over the
+    object after the controller accepted it: its peers used to read that (`{}`) in their shares stage, fail, and
+    take the round down. They read the controller's relayed copy of what it accepted now."""
+    import uuid
+
+    import boto3
+
+    bucket = f"fedless-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    monkeypatch.setenv("FEDLESS_TEST_GRANTS", str(tmp_path))
+    config = _config(tmp_path, "rewrite", clients=3, clients_per_round=3,
+                     store={"kind": "s3", "bucket": bucket, "prefix": "fl", "endpoint_url": moto_endpoint})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:rewrites_its_keys_after_they_were_accepted_on_client_1")
+    result = run_experiment(config, providers={"local": provider})
+    assert (tmp_path / "client-1-keys.json").exists()  # the attack ran
+    assert result.status == "finished"
+    history = History(config.history)
+    assert all(i["outcome"] == "succeeded" for i in history.invocations(result.run_id))
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [3]
 
 
 def _controller_reads(monkeypatch):

@@ -325,6 +325,27 @@ def reveals_wrong_shares_on_client_1(payload):
     return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, lie)
 
 
+def rewrites_its_keys_after_they_were_accepted_on_client_1(payload):
+    """A secure round run for real, except client 1, a compromised function: it keeps its keys stage's grant (in
+    the folder FEDLESS_TEST_GRANTS names) and, once the controller accepted its keys object, writes `{}` over it
+    with that grant, which lasts to the stage deadline; here just before any shares stage reads it."""
+    import json
+    from pathlib import Path
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.store import store_from_descriptor
+
+    kept = Path(os.environ["FEDLESS_TEST_GRANTS"]) / "client-1-keys.json"
+    stage = (payload.get("train", {}).get("secagg") or {}).get("stage")
+    if stage == "shares" and kept.exists():
+        grant = json.loads(kept.read_text())
+        store_from_descriptor(grant["store"]).put(grant["update"], b"{}")
+    result = handle(payload)
+    if stage == "keys" and payload["client_id"].endswith("-0001"):
+        kept.write_text(json.dumps({"store": payload["store"], "update": payload["update"]}))
+    return result
+
+
 def aggregator_lies_about_client_1s_shard(payload):
     """Clients and aggregators run for real, except the level-0 aggregator of client 1's shard, compromised (it
     holds its provider's secret): it signs a lie, FEDLESS_TEST_AGGREGATOR_LIE: "weight" (its partial sum's total

@@ -13,7 +13,10 @@ the controller then checks each masked-stage result without reading its vector, 
 round's masked sum, and counts a client whose vector an aggregator refused (or whose aggregator
 failed) as dropped, so its neighbours reveal its mask key and its pairwise masks leave the sum.
 
-A client that fails a stage drops out of the later ones. The round still completes while each
+The keys and shares objects a client's peers read are the controller's copies of what it accepted (a
+client may overwrite its own key until the stage deadline), and a secret is recovered from whichever
+`threshold` of its revealed shares its commitment or public key accepts, so a client that reveals wrong
+shares loses its reveal, not the round. A client that fails a stage drops out of the later ones. The round still completes while each
 stage keeps at least `threshold` clients and every secret to reconstruct keeps `threshold` holders;
 otherwise it fails with the reason in the history (RoundFailed), and the quorum rules
 (resilience.py) decide whether it runs again. Built only on the controller's public round interface.
@@ -37,7 +40,7 @@ from ..privacy import secagg
 from ..providers.base import InvocationError
 from ..reduction import MaskedSum, masked_vector_problem
 from ..store import decode_arrays
-from ..store.keys import secagg_key
+from ..store.keys import secagg_key, secagg_relay_key
 from ..wire import first_problem
 from ..strategies.base import ClientUpdate, Weights
 from ..strategies.central_dp import CentralDP
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
     from .controller import ClientRef, Controller
 
 STAGES = ("keys", "shares", "masked", "reveal")
+RELAYED_STAGES = ("keys", "shares")  # the stages whose objects later stages' peers read
 SECURE_CLIENT_ID = "secure-aggregate"  # the one update a strategy receives from a secure round
 
 
@@ -194,10 +198,12 @@ class SecureAggregationRounds(SynchronousRounds):
                 "clip_norm": self.central.clip_norm if self.central else options.clip_norm}
 
     def _reads(self, attempt: _Attempt, stage: str, client: str, peers: list[str]) -> list[str]:
-        """The objects of earlier stages a client's stage reads: its own and its peers' keys, and the shares sealed for it."""
+        """The objects of earlier stages a client's stage reads, as the controller relayed them: its own and its peers'
+        keys, and the shares sealed for it."""
         key = self.controller.run_id, attempt.round_number
         earlier = {"keys": (), "shares": ("keys",), "masked": ("keys",), "reveal": ("keys", "shares")}[stage]
-        return [secagg_key(*key, owner, kind, attempt.attempt) for owner in sorted({client, *peers}) for kind in earlier]
+        return [secagg_relay_key(*key, owner, kind, attempt.attempt) for owner in sorted({client, *peers})
+                for kind in earlier]
 
     async def _stage(self, attempt: _Attempt, stage: str, clients: dict[str, dict[str, Any]],
                      overrides: dict[str, dict[str, Any]]) -> None:
@@ -229,6 +235,10 @@ class SecureAggregationRounds(SynchronousRounds):
                 if received is not None and self._accepted(attempt, stage, client.client_id, clients[client.client_id],
                                                            *received):
                     kept[client.client_id] = received[1]
+                    if stage in RELAYED_STAGES:  # the bytes checked, out of reach of their writer's grant
+                        relayed = secagg_relay_key(controller.run_id, attempt.round_number, client.client_id, stage,
+                                                   attempt.attempt)
+                        await controller.store.aput(relayed, received[1])
         finally:  # no call outlives its stage
             for call in pending:
                 call.cancel()
