@@ -306,6 +306,33 @@ def test_a_client_rewriting_its_accepted_keys_object_cannot_fail_its_peers(tmp_p
     assert [r["succeeded"] for r in history.rounds(result.run_id)] == [3]
 
 
+def test_a_masked_vector_with_values_out_of_range_fails_the_round_instead_of_moving_the_model(tmp_path):
+    """Masking hides each value, so a compromised client can send one far outside the quantization range: its
+    round's model used to move by thousands. The unmasked sum cannot hold such a value: the round fails with
+    that reason and the model stays where it was."""
+    config = _config(tmp_path, "range", rounds=1)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:masks_values_out_of_range_on_client_1")
+    with pytest.raises(NothingTrainedError, match="values of the unmasked sum of 5 clients are larger than"):
+        run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    run_id = history.runs()[0]["run_id"]
+    assert "a client sent values outside its quantization range" in history.round_failures(run_id)[0]["reason"]
+    (before, after) = _globals(config, run_id)
+    assert _largest_change(before, after) == 0
+
+
+def test_the_unmasked_sums_range_check_passes_every_honest_sum_and_refuses_what_exceeds_it():
+    from fedless_nb.privacy import secagg
+
+    params = QuantizationParams(clipping_range=8.0, quantization_range=2**10)
+    # 3 clients' weights of 1 (each quantized (1 + 8) x 2^10 / 16), then values at the middle, bottom and top
+    honest = np.array([2**10 * (3 * 8 + 3) // 16, 3 * 2**10 // 2, 0, 3 * 2**10], np.uint32)
+    assert secagg.sum_range_problem(honest, params, 3) is None
+    assert "1 values" in secagg.sum_range_problem(honest + np.array([0, 0, 0, 1], np.uint32), params, 3)
+    weights = np.array([2**10 * (3 * 8 + 4) // 16, 0, 0, 0], np.uint32)  # weights summing to 4 (dequantized)
+    assert "weights add up to 4" in secagg.sum_range_problem(weights, params, 3)
+
+
 def _controller_reads(monkeypatch):
     """The keys this process, the controller, reads from a local store (the functions are worker processes)."""
     read = []

@@ -346,6 +346,27 @@ def rewrites_its_keys_after_they_were_accepted_on_client_1(payload):
     return result
 
 
+def masks_values_out_of_range_on_client_1(payload):
+    """A secure round run for real, except client 1, a compromised function: its masked vector carries 2^31 more
+    in its second value (modulo 2^32, as masking adds), far outside any quantized value, and it signs that."""
+    import numpy as np
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
+
+    result = handle(payload)
+    settings = payload.get("train", {}).get("secagg") or {}
+    if settings.get("stage") != "masked" or not payload["client_id"].endswith("-0001"):
+        return result
+    store = store_from_descriptor(payload["store"])
+    vector = np.array(decode_arrays(store.get(payload["update"]))[0])
+    vector[1] += np.uint32(2**31)
+    lie = bytes(encode_arrays([vector]))
+    store.put(payload["update"], lie)
+    return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, lie)
+
+
 def aggregator_lies_about_client_1s_shard(payload):
     """Clients and aggregators run for real, except the level-0 aggregator of client 1's shard, compromised (it
     holds its provider's secret): it signs a lie, FEDLESS_TEST_AGGREGATOR_LIE: "weight" (its partial sum's total

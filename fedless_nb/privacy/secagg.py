@@ -217,6 +217,21 @@ def dequantize_sum(total: np.ndarray, params: QuantizationParams, count: int) ->
     return np.asarray(total, np.uint32).astype(np.float64) / scale - count * params.clipping_range
 
 
+def sum_range_problem(total: np.ndarray, params: QuantizationParams, count: int) -> str | None:
+    """Why an unmasked sum of `count` clients' vectors cannot be one (each value of each is in [0,
+    quantization_range], its weight at most 1), or None. Masking hides a client that sends values outside that
+    range (its values are not checked one by one), so only their sum can show it."""
+    total = np.asarray(total, np.uint32)
+    outside = int(np.count_nonzero(total > count * params.quantization_range))
+    if outside:
+        return (f"{outside} values of the unmasked sum of {count} clients are larger than {count} quantized values "
+                "can add up to: a client sent values outside its quantization range")
+    weights = float(dequantize_sum(total[:1], params, count)[0])
+    if weights > count * (1 + params.step):
+        return f"the clients' weights add up to {weights:.4g}, more than the {count} that {count} clients can have"
+    return None
+
+
 def max_clients(params: QuantizationParams) -> int:
     """How many quantized vectors fit in a sum before it wraps modulo 2^32."""
     return (2**MODULUS_BITS - 1) // params.quantization_range

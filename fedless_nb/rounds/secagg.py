@@ -16,7 +16,9 @@ failed) as dropped, so its neighbours reveal its mask key and its pairwise masks
 The keys and shares objects a client's peers read are the controller's copies of what it accepted (a
 client may overwrite its own key until the stage deadline), and a secret is recovered from whichever
 `threshold` of its revealed shares its commitment or public key accepts, so a client that reveals wrong
-shares loses its reveal, not the round. A client that fails a stage drops out of the later ones. The round still completes while each
+shares loses its reveal, not the round. An unmasked sum out of the range its clients' quantized values can
+add up to (a client that skipped its quantization: masking hides it) fails the round rather than move the
+model. A client that fails a stage drops out of the later ones. The round still completes while each
 stage keeps at least `threshold` clients and every secret to reconstruct keeps `threshold` holders;
 otherwise it fails with the reason in the history (RoundFailed), and the quorum rules
 (resilience.py) decide whether it runs again. Built only on the controller's public round interface.
@@ -183,6 +185,8 @@ class SecureAggregationRounds(SynchronousRounds):
                                                   "dropped": sorted(set(graph[c]) & (shared - masked))}
                                               for c in masked}, overrides)
         total = self._unmask(attempt)
+        if problem := secagg.sum_range_problem(total, self.params, len(masked)):
+            raise SecureRoundFailed(f"secure aggregation: {problem}; the round's sum is refused")
         vector = secagg.dequantize_sum(total, self.params, len(masked))
         contributions = [ClientUpdate(client, [], int(attempt.results[client]["num_examples"]),
                                       _numbers(attempt.results[client].get("metrics")))
