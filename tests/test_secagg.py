@@ -48,12 +48,14 @@ def test_shares_reconstruct_at_the_threshold_and_fail_below():
     secret = bytes(range(32))
     shares = secagg.share_secret(secret, threshold=3, holders=5)
     assert len(shares) == 5 and len({share[:2] for share in shares}) == 5
-    for chosen in (shares[:3], shares[2:], [shares[0], shares[4], shares[2]]):
-        assert secagg.recover_secret(chosen, 3) == secret
+    holders = dict(zip("abcde", shares))
+    indices = {holder: index for index, holder in enumerate("abcde", start=1)}
+    for chosen in ("abc", "cde", "aec"):
+        assert secagg.recover_checked({h: holders[h] for h in chosen}, 3, secret.__eq__, indices) == (secret, [])
     with pytest.raises(SecAggError, match="2 share"):
-        secagg.recover_secret(shares[:2], 3)
+        secagg.recover_checked({h: holders[h] for h in "ab"}, 3, secret.__eq__, indices)
     with pytest.raises(SecAggError):  # a duplicated share is not a second share
-        secagg.recover_secret([shares[0], shares[0], shares[1]], 3)
+        secagg.recover_checked({"a": holders["a"], "b": holders["a"], "c": holders["b"]}, 3, secret.__eq__, indices)
     # below the threshold Shamir itself yields a value unrelated to the secret
     below = Shamir.combine([(int.from_bytes(s[:2], "big"), s[2:18]) for s in shares[:2]])
     assert below != secret[:16]

@@ -148,15 +148,6 @@ def share_secret(secret: bytes, threshold: int, holders: int) -> list[bytes]:
     return [index.to_bytes(2, "big") + first + second for (index, first), (_, second) in zip(*halves)]
 
 
-def recover_secret(shares: Iterable[bytes], threshold: int) -> bytes:
-    """The secret from at least `threshold` distinct shares; SecAggError with fewer (Shamir would
-    silently return a wrong value)."""
-    distinct = {share[:2]: share for share in shares}
-    if len(distinct) < threshold:
-        raise SecAggError(f"{len(distinct)} share(s) of a secret arrived, the threshold is {threshold}")
-    return _combine(list(distinct.values())[:threshold])
-
-
 def _combine(chosen: Sequence[bytes]) -> bytes:
     halves = [Shamir.combine([(int.from_bytes(s[:2], "big"), s[2 + start:2 + start + _HALF]) for s in chosen])
               for start in (0, _HALF)]
@@ -178,7 +169,10 @@ def recover_checked(shares: Mapping[str, bytes], threshold: int, is_secret: Call
     peer): a share without its holder's index in `indices` (the owner dealt share i to its i-th holder) is wrong;
     of the others, sets of `threshold` are combined, those that leave out the fewest holders first, until
     `is_secret` (the owner's commitment or public key) accepts one. Returns it and the holders whose share
-    disagrees with it; SecAggError when no set among the first `tries` recovers it (too few honest holders)."""
+    disagrees with it (sought only when the first set failed: a wrong share that no set used did no harm, and
+    checking each share costs a combination); SecAggError with fewer than `threshold` shares, or when no set
+    among the first `tries` recovers it (too few honest holders). Below the threshold Shamir itself would
+    silently return a wrong value."""
     misplaced = [h for h, share in shares.items() if int.from_bytes(share[:2], "big") != indices.get(h)]
     holders = sorted(set(shares) - set(misplaced))
     if len(holders) < threshold:
@@ -192,6 +186,8 @@ def recover_checked(shares: Mapping[str, bytes], threshold: int, is_secret: Call
             tried += 1
             chosen = [h for h in window if h not in excluded]
             secret = _matches([shares[h] for h in chosen], is_secret)
+            if secret is not None and tried == 1:
+                return secret, sorted(misplaced)
             if secret is not None:
                 base = [shares[h] for h in chosen[:threshold - 1]]
                 liars = [h for h in holders if h not in chosen and _matches([*base, shares[h]], secret.__eq__) is None]
