@@ -130,6 +130,34 @@ def test_the_function_answers_refusals_with_statuses_a_retry_policy_can_read(ser
     assert first["signature"] and first["num_examples"] == 40 and cause == "auth"
 
 
+def _raw_post(url: str, head: bytes, body_chunks) -> int:
+    """The status of a POST sent by hand: `head` (its headers), then `body_chunks` as they come."""
+    host, port = url.split("//")[1].strip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n" + head)
+        try:
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):  # the server answered and closed before the body ended
+            pass
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def test_a_body_longer_than_any_task_is_refused_before_it_is_read_whole(server):
+    """Anyone who can reach a function (no secret needed) used to make it read and parse any body: 400 MB cost the
+    process 1.7 GB, so a few such requests ended it with the honest invocation it was running. It answers 413 now."""
+    from fedless_nb.function.serving import MAX_TASK_BYTES
+
+    # a declared length over the limit: refused on its headers, the body never sent (it used to wait for it)
+    assert _raw_post(server, f"Content-Length: {8 * MAX_TASK_BYTES}\r\n\r\n".encode(), []) == 413
+    # a chunked body with no declared length: read no further than the limit
+    chunk = b" " * 2**20
+    chunks = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(MAX_TASK_BYTES // len(chunk) + 8))
+    assert _raw_post(server, b"Transfer-Encoding: chunked\r\n\r\n", chunks) == 413
+    status, reply = _post(server, b"{}")  # and the function still serves
+    assert status == 400 and reply["error"]["type"] == "PayloadError"
+
+
 @pytest.mark.slow
 def test_federated_training_through_functions_framework_servers(server, tiny_config, monkeypatch):
     monkeypatch.setenv("FF_RUN_SECRET", SECRET)

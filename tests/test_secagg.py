@@ -48,15 +48,30 @@ def test_shares_reconstruct_at_the_threshold_and_fail_below():
     secret = bytes(range(32))
     shares = secagg.share_secret(secret, threshold=3, holders=5)
     assert len(shares) == 5 and len({share[:2] for share in shares}) == 5
-    for chosen in (shares[:3], shares[2:], [shares[0], shares[4], shares[2]]):
-        assert secagg.recover_secret(chosen, 3) == secret
+    holders = dict(zip("abcde", shares))
+    indices = {holder: index for index, holder in enumerate("abcde", start=1)}
+    for chosen in ("abc", "cde", "aec"):
+        assert secagg.recover_checked({h: holders[h] for h in chosen}, 3, secret.__eq__, indices) == (secret, [])
     with pytest.raises(SecAggError, match="2 share"):
-        secagg.recover_secret(shares[:2], 3)
+        secagg.recover_checked({h: holders[h] for h in "ab"}, 3, secret.__eq__, indices)
     with pytest.raises(SecAggError):  # a duplicated share is not a second share
-        secagg.recover_secret([shares[0], shares[0], shares[1]], 3)
+        secagg.recover_checked({"a": holders["a"], "b": holders["a"], "c": holders["b"]}, 3, secret.__eq__, indices)
     # below the threshold Shamir itself yields a value unrelated to the secret
     below = Shamir.combine([(int.from_bytes(s[:2], "big"), s[2:18]) for s in shares[:2]])
     assert below != secret[:16]
+
+
+def test_a_secret_is_recovered_past_holders_that_reveal_wrong_shares_and_they_are_named():
+    secret = bytes(range(32))
+    shares = dict(zip("abcde", secagg.share_secret(secret, threshold=3, holders=5)))
+    lies = {**shares, "a": shares["a"][:2] + bytes(32), "c": shares["b"]}  # a wrong value; another holder's share
+    indices = {holder: index for index, holder in enumerate("abcde", start=1)}
+    assert secagg.recover_checked(lies, 3, secret.__eq__, indices) == (secret, ["a", "c"])
+    assert secagg.recover_checked(shares, 3, secret.__eq__, indices) == (secret, [])
+    with pytest.raises(SecAggError, match="too many of its holders revealed a wrong share"):
+        secagg.recover_checked({**lies, "d": lies["a"]}, 3, secret.__eq__, indices)  # 2 honest of 5, threshold 3
+    with pytest.raises(SecAggError, match="none of 1 sets"):
+        secagg.recover_checked({**shares, "a": lies["a"]}, 3, secret.__eq__, indices, tries=1)
 
 
 def test_quantization_error_is_bounded_by_one_level_and_unbiased():

@@ -70,7 +70,8 @@ def test_the_store_holds_no_update_in_the_clear_and_the_average_is_fedavgs(tmp_p
     round_dir = secure_store.root / "runs" / secure.run_id / "round-00001"
     written = {path.relative_to(round_dir).as_posix(): path.read_bytes() for path in round_dir.rglob("*")
                if path.is_file() and path.name != "global.weights"}
-    assert sorted(written) == sorted(f"secagg-1/{c}.{stage}" for c in CLIENTS for stage in STAGES)
+    assert sorted(written) == sorted([f"secagg-1/{c}.{stage}" for c in CLIENTS for stage in STAGES]
+                                     + [f"secagg-1-relayed/{c}.{stage}" for c in CLIENTS for stage in ("keys", "shares")])
     needles = [np.concatenate([m.ravel() for m in models[c]])[:16].astype(np.float32).tobytes() for c in CLIENTS]
     needles += [deltas[c][:8].tobytes() for c in CLIENTS] + [deltas[c][:16].astype(np.float32).tobytes() for c in CLIENTS]
     model_bytes = sum(layer.nbytes for layer in start)
@@ -282,6 +283,56 @@ def test_a_secure_round_on_s3_relays_through_presigned_urls(tmp_path, moto_endpo
     assert not (tmp_path / "store-s3").exists()
 
 
+def test_a_client_rewriting_its_accepted_keys_object_cannot_fail_its_peers(tmp_path, monkeypatch, moto_endpoint,
+                                                                            aws_credentials):
+    """A compromised client's grant to write its keys object lasts to the stage deadline, so it can write over the
+    object after the controller accepted it: its peers used to read that (`{}`) in their shares stage, fail, and
+    take the round down. They read the controller's relayed copy of what it accepted now."""
+    import uuid
+
+    import boto3
+
+    bucket = f"fedless-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    monkeypatch.setenv("FEDLESS_TEST_GRANTS", str(tmp_path))
+    config = _config(tmp_path, "rewrite", clients=3, clients_per_round=3,
+                     store={"kind": "s3", "bucket": bucket, "prefix": "fl", "endpoint_url": moto_endpoint})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:rewrites_its_keys_after_they_were_accepted_on_client_1")
+    result = run_experiment(config, providers={"local": provider})
+    assert (tmp_path / "client-1-keys.json").exists()  # the attack ran
+    assert result.status == "finished"
+    history = History(config.history)
+    assert all(i["outcome"] == "succeeded" for i in history.invocations(result.run_id))
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [3]
+
+
+def test_a_masked_vector_with_values_out_of_range_fails_the_round_instead_of_moving_the_model(tmp_path):
+    """Masking hides each value, so a compromised client can send one far outside the quantization range: its
+    round's model used to move by thousands. The unmasked sum cannot hold such a value: the round fails with
+    that reason and the model stays where it was."""
+    config = _config(tmp_path, "range", rounds=1)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:masks_values_out_of_range_on_client_1")
+    with pytest.raises(NothingTrainedError, match="values of the unmasked sum of 5 clients are larger than"):
+        run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    run_id = history.runs()[0]["run_id"]
+    assert "a client sent values outside its quantization range" in history.round_failures(run_id)[0]["reason"]
+    (before, after) = _globals(config, run_id)
+    assert _largest_change(before, after) == 0
+
+
+def test_the_unmasked_sums_range_check_passes_every_honest_sum_and_refuses_what_exceeds_it():
+    from fedless_nb.privacy import secagg
+
+    params = QuantizationParams(clipping_range=8.0, quantization_range=2**10)
+    # 3 clients' weights of 1 (each quantized (1 + 8) x 2^10 / 16), then values at the middle, bottom and top
+    honest = np.array([2**10 * (3 * 8 + 3) // 16, 3 * 2**10 // 2, 0, 3 * 2**10], np.uint32)
+    assert secagg.sum_range_problem(honest, params, 3) is None
+    assert "1 values" in secagg.sum_range_problem(honest + np.array([0, 0, 0, 1], np.uint32), params, 3)
+    weights = np.array([2**10 * (3 * 8 + 4) // 16, 0, 0, 0], np.uint32)  # weights summing to 4 (dequantized)
+    assert "weights add up to 4" in secagg.sum_range_problem(weights, params, 3)
+
+
 def _controller_reads(monkeypatch):
     """The keys this process, the controller, reads from a local store (the functions are worker processes)."""
     read = []
@@ -402,5 +453,23 @@ def test_a_signed_malformed_stage_object_is_rejected_and_the_secure_round_comple
     assert [(i["client_id"], i["stage"], i["cause"]) for i in failed] == [("client-0001", stage, "rejected")]
     assert f"the {stage} stage wrote a malformed object" in failed[0]["error"]
     assert [r["succeeded"] for r in history.rounds(result.run_id)] == [succeeded]
+    (before, after) = _globals(config, result.run_id)
+    assert 1e-4 < _largest_change(before, after) < 1.0  # unmasked: a mask left in would move weights by thousands
+
+
+def test_a_client_revealing_wrong_shares_is_refused_and_the_secure_round_completes(tmp_path, monkeypatch):
+    """A compromised client reveals a wrong share of every peer's secret (well formed, its own index): the controller
+    recovers each secret from the honest holders' shares (the commitment tells which set is right), refuses that
+    client's reveal, and the round completes; it used to fail as a whole (one client took down the round)."""
+    config = _config(tmp_path, "liar")
+    provider = LocalProvider("local", workers=2, entry_point="workloads:reveals_wrong_shares_on_client_1")
+    result = run_experiment(config, providers={"local": provider})
+    assert result.status == "finished"
+    history = History(config.history)
+    assert history.round_failures(result.run_id) == []
+    failed = [i for i in history.invocations(result.run_id) if i["outcome"] == "failed"]
+    assert [(i["client_id"], i["stage"], i["cause"]) for i in failed] == [("client-0001", "reveal", "rejected")]
+    assert "secret that does not recover it" in failed[0]["error"]
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [5]  # its own masked vector stays in the sum
     (before, after) = _globals(config, result.run_id)
     assert 1e-4 < _largest_change(before, after) < 1.0  # unmasked: a mask left in would move weights by thousands

@@ -298,6 +298,75 @@ def writes_a_hollow_secagg_object_on_client_1(payload):
     return result
 
 
+def reveals_wrong_shares_on_client_1(payload):
+    """A secure round run for real, except client 1, a compromised function: in the reveal stage it reveals every
+    share it holds with its bytes flipped (its index kept, so each still looks like its share), and signs that."""
+    import base64
+    import json
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import store_from_descriptor
+
+    result = handle(payload)
+    settings = payload.get("train", {}).get("secagg") or {}
+    if settings.get("stage") != "reveal" or not payload["client_id"].endswith("-0001"):
+        return result
+    store = store_from_descriptor(payload["store"])
+    revealed = json.loads(store.get(payload["update"]))
+
+    def flipped(text):
+        share = base64.b64decode(text)
+        return base64.b64encode(share[:2] + bytes(byte ^ 0x5A for byte in share[2:])).decode()
+
+    lie = json.dumps({kind: {owner: flipped(share) for owner, share in shares.items()}
+                      for kind, shares in revealed.items()}).encode()
+    store.put(payload["update"], lie)
+    return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, lie)
+
+
+def rewrites_its_keys_after_they_were_accepted_on_client_1(payload):
+    """A secure round run for real, except client 1, a compromised function: it keeps its keys stage's grant (in
+    the folder FEDLESS_TEST_GRANTS names) and, once the controller accepted its keys object, writes `{}` over it
+    with that grant, which lasts to the stage deadline; here just before any shares stage reads it."""
+    import json
+    from pathlib import Path
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.store import store_from_descriptor
+
+    kept = Path(os.environ["FEDLESS_TEST_GRANTS"]) / "client-1-keys.json"
+    stage = (payload.get("train", {}).get("secagg") or {}).get("stage")
+    if stage == "shares" and kept.exists():
+        grant = json.loads(kept.read_text())
+        store_from_descriptor(grant["store"]).put(grant["update"], b"{}")
+    result = handle(payload)
+    if stage == "keys" and payload["client_id"].endswith("-0001"):
+        kept.write_text(json.dumps({"store": payload["store"], "update": payload["update"]}))
+    return result
+
+
+def masks_values_out_of_range_on_client_1(payload):
+    """A secure round run for real, except client 1, a compromised function: its masked vector carries 2^31 more
+    in its second value (modulo 2^32, as masking adds), far outside any quantized value, and it signs that."""
+    import numpy as np
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import decode_arrays, encode_arrays, store_from_descriptor
+
+    result = handle(payload)
+    settings = payload.get("train", {}).get("secagg") or {}
+    if settings.get("stage") != "masked" or not payload["client_id"].endswith("-0001"):
+        return result
+    store = store_from_descriptor(payload["store"])
+    vector = np.array(decode_arrays(store.get(payload["update"]))[0])
+    vector[1] += np.uint32(2**31)
+    lie = bytes(encode_arrays([vector]))
+    store.put(payload["update"], lie)
+    return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, lie)
+
+
 def aggregator_lies_about_client_1s_shard(payload):
     """Clients and aggregators run for real, except the level-0 aggregator of client 1's shard, compromised (it
     holds its provider's secret): it signs a lie, FEDLESS_TEST_AGGREGATOR_LIE: "weight" (its partial sum's total

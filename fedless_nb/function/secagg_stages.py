@@ -30,7 +30,7 @@ import numpy as np
 from ..privacy import secagg
 from ..security import RunKey, sealing_key
 from ..store import encode_arrays
-from ..store.keys import secagg_key
+from ..store.keys import secagg_key, secagg_relay_key
 from ..wire import PayloadError
 
 KEY_STAGES = ("keys", "shares", "reveal")  # the stages that train nothing
@@ -75,7 +75,9 @@ class _Round:
         return secagg_key(self.task["run_id"], self.task["round"], client, stage, int(self.settings["attempt"]))
 
     def read(self, client: str, stage: str) -> dict[str, Any]:
-        return json.loads(self.store.get(self.key(client, stage)))
+        """A stage object as the controller accepted it (its relayed copy, which no client can write)."""
+        relayed = secagg_relay_key(self.task["run_id"], self.task["round"], client, stage, int(self.settings["attempt"]))
+        return json.loads(self.store.get(relayed))
 
     def context(self, sender: str, holder: str) -> str:
         """What a sealed share is bound to: the run, round, attempt, sender and holder."""

@@ -6,6 +6,7 @@ who must act, which is what a provider's retry policy needs to know:
 
 - 400: the task is malformed or not for this function (asking again cannot help);
 - 401 / 403: the token is missing, or forged, expired, replayed (see security.py);
+- 413: the request body is longer than any task (MAX_TASK_BYTES), refused before it is read whole;
 - 424: the parameter store refused (a missing key, an expired or foreign grant), so the
   task cannot succeed as given; a retry would train again for nothing;
 - 500: anything else, a failure inside the function or a dropped connection to the store
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..wire import PayloadError
 from .handler import handle
@@ -28,6 +29,9 @@ from ..security import AuthError
 from ..store import CodecError, StoreError
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+# A task carries store keys, URLs and a model's architecture, never weights: a few MB for the largest rounds. A
+# longer body is refused before it is read, since parsing one costs several times its size in memory.
+MAX_TASK_BYTES = 64 * 2**20
 _log = logging.getLogger("fedless_nb.function")
 # One task at a time per process, like a FaaS instance with concurrency 1: the warm model and
 # its traced step are shared state. Threaded servers (gunicorn under the Functions Framework,
@@ -67,6 +71,26 @@ def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = No
         if status == 500:
             _log.exception("the client step failed")
         return status, error_reply(status, error)
+
+
+def read_body(stream: BinaryIO, length: int | None) -> bytes | None:
+    """A request's body from its `stream`, or None when it is longer than MAX_TASK_BYTES (its declared `length`
+    says so before anything is read; a body without one is read no further than one byte past the limit)."""
+    if length is not None and length > MAX_TASK_BYTES:
+        return None
+    body = bytearray()
+    while len(body) <= MAX_TASK_BYTES and (chunk := stream.read(min(2**20, MAX_TASK_BYTES + 1 - len(body)))):
+        body += chunk
+    return bytes(body) if len(body) <= MAX_TASK_BYTES else None
+
+
+def invoke_stream(stream: BinaryIO, length: int | None) -> tuple[int, str]:
+    """`invoke_json` on a web request's body (`read_body`); 413 without running anything when it is too long."""
+    body = read_body(stream, length)
+    if body is None:
+        refused = PayloadError(f"the request body is longer than the {MAX_TASK_BYTES} bytes a task can have")
+        return 413, json.dumps(error_reply(413, refused))
+    return invoke_json(body)
 
 
 def invoke_json(body: bytes | str | dict[str, Any] | None) -> tuple[int, str]:

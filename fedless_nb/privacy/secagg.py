@@ -21,10 +21,11 @@ of those that dropped from the secrets it reconstructs out of the neighbours' sh
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from Crypto.Protocol.SecretSharing import Shamir
@@ -39,6 +40,7 @@ MODULUS_BITS = 32  # the masked arithmetic is uint32's: numpy wraps modulo 2^32 
 SECRET_BYTES = 32
 _HALF = 16  # pycryptodome's Shamir shares 16-byte secrets (GF(2^128))
 _NONCE = 12
+MAX_RECOVERY_TRIES = 2000  # sets of shares tried per secret before its holders are deemed too dishonest
 
 
 class SecAggError(ValueError):
@@ -146,16 +148,52 @@ def share_secret(secret: bytes, threshold: int, holders: int) -> list[bytes]:
     return [index.to_bytes(2, "big") + first + second for (index, first), (_, second) in zip(*halves)]
 
 
-def recover_secret(shares: Iterable[bytes], threshold: int) -> bytes:
-    """The secret from at least `threshold` distinct shares; SecAggError with fewer (Shamir would
-    silently return a wrong value)."""
-    distinct = {share[:2]: share for share in shares}
-    if len(distinct) < threshold:
-        raise SecAggError(f"{len(distinct)} share(s) of a secret arrived, the threshold is {threshold}")
-    chosen = list(distinct.values())[:threshold]
+def _combine(chosen: Sequence[bytes]) -> bytes:
     halves = [Shamir.combine([(int.from_bytes(s[:2], "big"), s[2 + start:2 + start + _HALF]) for s in chosen])
               for start in (0, _HALF)]
     return halves[0] + halves[1]
+
+
+def _matches(chosen: Sequence[bytes], is_secret: Callable[[bytes], bool]) -> bytes | None:
+    """The secret `chosen` combine to, if `is_secret` accepts it (a wrong share makes Shamir return garbage)."""
+    try:
+        secret = _combine(chosen)
+    except ValueError:  # two shares with one index, or a share of the wrong length
+        return None
+    return secret if is_secret(secret) else None
+
+
+def recover_checked(shares: Mapping[str, bytes], threshold: int, is_secret: Callable[[bytes], bool],
+                    indices: Mapping[str, int], tries: int = MAX_RECOVERY_TRIES) -> tuple[bytes, list[str]]:
+    """The secret from holder -> revealed share, when some holders may have revealed a wrong one (a compromised
+    peer): a share without its holder's index in `indices` (the owner dealt share i to its i-th holder) is wrong;
+    of the others, sets of `threshold` are combined, those that leave out the fewest holders first, until
+    `is_secret` (the owner's commitment or public key) accepts one. Returns it and the holders whose share
+    disagrees with it (sought only when the first set failed: a wrong share that no set used did no harm, and
+    checking each share costs a combination); SecAggError with fewer than `threshold` shares, or when no set
+    among the first `tries` recovers it (too few honest holders). Below the threshold Shamir itself would
+    silently return a wrong value."""
+    misplaced = [h for h, share in shares.items() if int.from_bytes(share[:2], "big") != indices.get(h)]
+    holders = sorted(set(shares) - set(misplaced))
+    if len(holders) < threshold:
+        raise SecAggError(f"{len(holders)} share(s) of a secret arrived, the threshold is {threshold}")
+    tried = 0
+    for left_out in range(len(holders) - threshold + 1):
+        window = holders[:threshold + left_out]  # each set once: the window's last holder in it, `left_out` before it not
+        for excluded in itertools.combinations(window[:-1], left_out):
+            if tried == tries:
+                break
+            tried += 1
+            chosen = [h for h in window if h not in excluded]
+            secret = _matches([shares[h] for h in chosen], is_secret)
+            if secret is not None and tried == 1:
+                return secret, sorted(misplaced)
+            if secret is not None:
+                base = [shares[h] for h in chosen[:threshold - 1]]
+                liars = [h for h in holders if h not in chosen and _matches([*base, shares[h]], secret.__eq__) is None]
+                return secret, sorted(liars + misplaced)
+    raise SecAggError(f"none of {tried} sets of {threshold} of its {len(holders)} revealed shares recovers it: "
+                      "too many of its holders revealed a wrong share")
 
 
 # -- quantization and masks ------------------------------------------------------------------
@@ -173,6 +211,21 @@ def dequantize_sum(total: np.ndarray, params: QuantizationParams, count: int) ->
     """The float sum of `count` clients' values from the sum of their quantized vectors (mod 2^32)."""
     scale = params.quantization_range / (2 * params.clipping_range)
     return np.asarray(total, np.uint32).astype(np.float64) / scale - count * params.clipping_range
+
+
+def sum_range_problem(total: np.ndarray, params: QuantizationParams, count: int) -> str | None:
+    """Why an unmasked sum of `count` clients' vectors cannot be one (each value of each is in [0,
+    quantization_range], its weight at most 1), or None. Masking hides a client that sends values outside that
+    range (its values are not checked one by one), so only their sum can show it."""
+    total = np.asarray(total, np.uint32)
+    outside = int(np.count_nonzero(total > count * params.quantization_range))
+    if outside:
+        return (f"{outside} values of the unmasked sum of {count} clients are larger than {count} quantized values "
+                "can add up to: a client sent values outside its quantization range")
+    weights = float(dequantize_sum(total[:1], params, count)[0])
+    if weights > count * (1 + params.step):
+        return f"the clients' weights add up to {weights:.4g}, more than the {count} that {count} clients can have"
+    return None
 
 
 def max_clients(params: QuantizationParams) -> int:

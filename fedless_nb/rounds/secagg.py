@@ -13,7 +13,12 @@ the controller then checks each masked-stage result without reading its vector, 
 round's masked sum, and counts a client whose vector an aggregator refused (or whose aggregator
 failed) as dropped, so its neighbours reveal its mask key and its pairwise masks leave the sum.
 
-A client that fails a stage drops out of the later ones. The round still completes while each
+The keys and shares objects a client's peers read are the controller's copies of what it accepted (a
+client may overwrite its own key until the stage deadline), and a secret is recovered from whichever
+`threshold` of its revealed shares its commitment or public key accepts, so a client that reveals wrong
+shares loses its reveal, not the round. An unmasked sum out of the range its clients' quantized values can
+add up to (a client that skipped its quantization: masking hides it) fails the round rather than move the
+model. A client that fails a stage drops out of the later ones. The round still completes while each
 stage keeps at least `threshold` clients and every secret to reconstruct keeps `threshold` holders;
 otherwise it fails with the reason in the history (RoundFailed), and the quorum rules
 (resilience.py) decide whether it runs again. Built only on the controller's public round interface.
@@ -26,8 +31,8 @@ import base64
 import binascii
 import json
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -37,7 +42,7 @@ from ..privacy import secagg
 from ..providers.base import InvocationError
 from ..reduction import MaskedSum, masked_vector_problem
 from ..store import decode_arrays
-from ..store.keys import secagg_key
+from ..store.keys import secagg_key, secagg_relay_key
 from ..wire import first_problem
 from ..strategies.base import ClientUpdate, Weights
 from ..strategies.central_dp import CentralDP
@@ -51,6 +56,7 @@ if TYPE_CHECKING:
     from .controller import ClientRef, Controller
 
 STAGES = ("keys", "shares", "masked", "reveal")
+RELAYED_STAGES = ("keys", "shares")  # the stages whose objects later stages' peers read
 SECURE_CLIENT_ID = "secure-aggregate"  # the one update a strategy receives from a secure round
 
 
@@ -115,6 +121,7 @@ class _Attempt:
     objects: dict[str, dict[str, bytes]]  # stage -> client id -> the object it wrote (masked: controller sums only)
     results: dict[str, dict[str, Any]]  # the masked stage's results (example counts, metrics)
     in_functions: bool = False  # aggregator functions sum the masked vectors (rounds/tree.py)
+    holders: dict[str, list[str]] = field(default_factory=dict)  # client -> who holds its shares, in their order
     total: MaskedSum | None = None  # their sum, when they did
 
     def survivors(self, stage: str) -> list[str]:
@@ -166,6 +173,7 @@ class SecureAggregationRounds(SynchronousRounds):
         await self._stage(attempt, "keys", {client: {"peers": []} for client in selected}, overrides)
         advertised = set(attempt.survivors("keys"))
         sharing = {client: sorted(set(graph[client]) & advertised) for client in advertised}
+        attempt.holders = {client: sorted({client, *peers}) for client, peers in sharing.items()}
         await self._stage(attempt, "shares", {c: {"peers": peers} for c, peers in sharing.items()
                                               if len(peers) + 1 >= threshold}, overrides)
         shared = set(attempt.survivors("shares"))
@@ -177,6 +185,8 @@ class SecureAggregationRounds(SynchronousRounds):
                                                   "dropped": sorted(set(graph[c]) & (shared - masked))}
                                               for c in masked}, overrides)
         total = self._unmask(attempt)
+        if problem := secagg.sum_range_problem(total, self.params, len(masked)):
+            raise SecureRoundFailed(f"secure aggregation: {problem}; the round's sum is refused")
         vector = secagg.dequantize_sum(total, self.params, len(masked))
         contributions = [ClientUpdate(client, [], int(attempt.results[client]["num_examples"]),
                                       _numbers(attempt.results[client].get("metrics")))
@@ -192,10 +202,12 @@ class SecureAggregationRounds(SynchronousRounds):
                 "clip_norm": self.central.clip_norm if self.central else options.clip_norm}
 
     def _reads(self, attempt: _Attempt, stage: str, client: str, peers: list[str]) -> list[str]:
-        """The objects of earlier stages a client's stage reads: its own and its peers' keys, and the shares sealed for it."""
+        """The objects of earlier stages a client's stage reads, as the controller relayed them: its own and its peers'
+        keys, and the shares sealed for it."""
         key = self.controller.run_id, attempt.round_number
         earlier = {"keys": (), "shares": ("keys",), "masked": ("keys",), "reveal": ("keys", "shares")}[stage]
-        return [secagg_key(*key, owner, kind, attempt.attempt) for owner in sorted({client, *peers}) for kind in earlier]
+        return [secagg_relay_key(*key, owner, kind, attempt.attempt) for owner in sorted({client, *peers})
+                for kind in earlier]
 
     async def _stage(self, attempt: _Attempt, stage: str, clients: dict[str, dict[str, Any]],
                      overrides: dict[str, dict[str, Any]]) -> None:
@@ -227,6 +239,10 @@ class SecureAggregationRounds(SynchronousRounds):
                 if received is not None and self._accepted(attempt, stage, client.client_id, clients[client.client_id],
                                                            *received):
                     kept[client.client_id] = received[1]
+                    if stage in RELAYED_STAGES:  # the bytes checked, out of reach of their writer's grant
+                        relayed = secagg_relay_key(controller.run_id, attempt.round_number, client.client_id, stage,
+                                                   attempt.attempt)
+                        await controller.store.aput(relayed, received[1])
         finally:  # no call outlives its stage
             for call in pending:
                 call.cancel()
@@ -287,29 +303,26 @@ class SecureAggregationRounds(SynchronousRounds):
         keys = {client: json.loads(data) for client, data in attempt.objects["keys"].items()}
         reveals = {client: json.loads(data) for client, data in attempt.objects["reveal"].items()}
         masked, shared = set(attempt.survivors("masked")), set(attempt.survivors("shares"))
+        refused: set[str] = set()
 
-        def recover(owner: str, kind: str) -> bytes:
-            shares = [_unb64(reveal[kind][owner]) for reveal in reveals.values() if owner in reveal.get(kind, {})]
+        def recover(owner: str, kind: str, is_secret: Callable[[bytes], bool]) -> bytes:
+            shares = {holder: _unb64(reveal[kind][owner]) for holder, reveal in reveals.items() if owner in reveal[kind]}
             try:
-                return secagg.recover_secret(shares, attempt.threshold)
-            except (secagg.SecAggError, ValueError) as error:  # too few shares, or a holder revealed a bad one
+                indices = {holder: index for index, holder in enumerate(attempt.holders[owner], start=1)}
+                secret, liars = secagg.recover_checked(shares, attempt.threshold, is_secret, indices)
+            except secagg.SecAggError as error:  # too few shares, or too many holders revealed a bad one
                 raise SecureRoundFailed(f"secure aggregation: the masks of {owner} cannot be removed: {error}") from None
+            for liar in sorted(set(liars) - refused):  # its reveal is refused; its own masked vector stays in the sum
+                refused.add(liar)
+                self._rejected(attempt, "reveal", liar, f"a share of {owner}'s secret that does not recover it")
+            return secret
 
-        seeds = []
-        for client in sorted(masked):
-            seed = recover(client, "seed_shares")
-            if secagg.commitment(seed) != keys[client]["seed_commitment"]:
-                raise SecureRoundFailed(f"secure aggregation: the revealed shares of {client}'s self-mask do not match its commitment")
-            seeds.append(seed)
+        seeds = [recover(client, "seed_shares", lambda seed, client=client:
+                         secagg.commitment(seed) == keys[client]["seed_commitment"]) for client in sorted(masked)]
         pairs = []
         for gone in sorted(shared - masked):
-            private = recover(gone, "key_shares")
-            try:
-                matches = secagg.public_key(private) == _unb64(keys[gone]["mask_public"])
-            except ValueError:  # not an X25519 private key: a bad share
-                matches = False
-            if not matches:
-                raise SecureRoundFailed(f"secure aggregation: the revealed shares of {gone}'s mask key do not match its public key")
+            public = _unb64(keys[gone]["mask_public"])
+            private = recover(gone, "key_shares", lambda private, public=public: _is_private_key(private, public))
             pairs += [(peer, gone, secagg.pairwise_seed(private, _unb64(keys[peer]["mask_public"])))
                       for peer in attempt.graph[gone] if peer in masked]
         if attempt.total is not None:
@@ -345,6 +358,14 @@ def _numbers(metrics: Any) -> dict[str, float]:
     if not isinstance(metrics, dict):
         return {}
     return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _is_private_key(private: bytes, public: bytes) -> bool:
+    """Whether `private` is the X25519 private key of `public` (a wrong share recovers other bytes)."""
+    try:
+        return secagg.public_key(private) == public
+    except ValueError:
+        return False
 
 
 def _unb64(text: str) -> bytes:

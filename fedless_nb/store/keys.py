@@ -44,6 +44,12 @@ def secagg_key(run_id: str, round_number: int, client_id: str, stage: str, attem
     return f"runs/{run_id}/round-{round_number:05d}/secagg-{attempt}/{client_id}.{stage}"
 
 
+def secagg_relay_key(run_id: str, round_number: int, client_id: str, stage: str, attempt: int = 1) -> str:
+    """The controller's copy of a client's stage object once it accepted it: what the client's peers read, since
+    the client may still write its own key (its grant lasts to the stage deadline) after the controller checked it."""
+    return f"runs/{run_id}/round-{round_number:05d}/secagg-{attempt}-relayed/{client_id}.{stage}"
+
+
 def aggregate_key(run_id: str, round_number: int, aggregator_id: str, round_run: int = 1, attempt: int = 1) -> str:
     """Where an aggregator function writes its partial sum of a round (tree aggregation): per run of the round
     (`round_run`: a round below its quorum runs again) and per `attempt` of the invocation, since a function

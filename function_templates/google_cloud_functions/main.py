@@ -4,6 +4,7 @@
 with Google's buildpacks (GOOGLE_FUNCTION_TARGET=fedless_client).
 """
 
+import flask
 import functions_framework
 
 from fedless_nb.function import serving
@@ -11,5 +12,7 @@ from fedless_nb.function import serving
 
 @functions_framework.http
 def fedless_client(request):
-    status, reply = serving.invoke_json(request.get_data())
+    status, reply = serving.invoke_stream(request.stream, request.content_length)
+    if status == 413:  # a streamed reply, which the framework sends without reading the refused body whole first
+        return flask.Response(iter([reply]), status, {**serving.JSON_HEADERS, "Connection": "close"})
     return reply, status, serving.JSON_HEADERS
