@@ -149,8 +149,8 @@ def test_epsilon_grows_with_rounds_and_falls_with_noise():
 
 
 class _Invocation:
-    def __init__(self, client_id, outcome="succeeded"):
-        self.client_id, self.outcome = client_id, outcome
+    def __init__(self, client_id, outcome="succeeded", stage=None):
+        self.client_id, self.outcome, self.stage = client_id, outcome, stage
 
 
 def _facts(steps=20, sampling_rate=0.1, noise=1.0, clip=1.0):
@@ -177,6 +177,19 @@ def test_budget_skips_exhausted_clients_or_stops_the_run():
         BudgetedSelection(RandomSelection(0), accountant, stop_run=True).select(2, ["a", "b", "c"], 2)
     with pytest.raises(PrivacyBudgetExhausted):
         skipping.select(3, ["a"], 1)
+    accountant.close()
+
+
+def test_a_secure_round_spends_one_dp_round_though_four_stages_succeed():
+    import dp_accounting
+
+    accountant = ExampleLevelAccountant(1e-5, expected_facts={"a": _facts()})
+    for stage in ("keys", "shares", "masked", "reveal"):
+        accountant(_Invocation("a", stage=stage))
+    step = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))
+    reference = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(step, 20)).get_epsilon(1e-5)
+    assert accountant.epsilon("a") == pytest.approx(reference, rel=1e-9)
+    assert accountant.report("a").rounds == 1
     accountant.close()
 
 
