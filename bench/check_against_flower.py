@@ -237,7 +237,7 @@ class UnitNoise(np.random.Generator):
 @contextlib.contextmanager
 def unit_noise() -> Iterator[None]:
     """Every numpy normal draw on both sides becomes mean + one std (Flower draws with np.random.normal,
-    fedless_nb with a seeded Generator)."""
+    fedless_nb with a Generator)."""
     with mock.patch("numpy.random.normal", unit_normal), \
             mock.patch("numpy.random.default_rng", lambda *args, **kwargs: UnitNoise(np.random.PCG64(0))):
         yield

@@ -403,9 +403,16 @@ def validate(config: ExperimentConfig) -> None:
     _validate_providers(config, PROVIDER_KINDS)
 
 
+def _require_pld_noise(accountant: str, noise_multiplier: float, section: str, floor: float) -> None:
+    """The PLD accountant's loss distribution grows as 1 / noise_multiplier^2: below `floor` it would not fit in memory."""
+    _require(accountant != "pld" or noise_multiplier == 0 or noise_multiplier >= floor, f"{section}.accountant",
+             f"pld cannot account noise_multiplier {noise_multiplier:g} (below {floor:g} its privacy loss distribution "
+             f"outgrows memory): use accountant rdp or raise {section}.noise_multiplier")
+
+
 def _validate_research_options(config: ExperimentConfig) -> None:
     """Strategy options, DP-SGD, central DP, selection and async rounds (issue 5's sections)."""
-    from .privacy.accounting import ACCOUNTANTS
+    from .privacy.accounting import ACCOUNTANTS, PLD_MIN_NOISE_MULTIPLIER
     from .function.batching import DP_SAMPLINGS
     from .privacy.dp_sgd import DP_OPTIMIZERS
     from .rounds.selection import POLICIES
@@ -438,6 +445,7 @@ def _validate_research_options(config: ExperimentConfig) -> None:
                      f"must divide train.batch_size ({config.train.batch_size}), got {dp.num_microbatches}")
         _require(0 < dp.delta < 1, "train.dp.delta", f"must be in (0, 1), got {dp.delta}")
         _require_choice(dp.accountant, ACCOUNTANTS, "train.dp.accountant")
+        _require_pld_noise(dp.accountant, dp.noise_multiplier, "train.dp", PLD_MIN_NOISE_MULTIPLIER)
         _require(dp.target_epsilon is None or dp.target_epsilon > 0, "train.dp.target_epsilon",
                  f"must be > 0, got {dp.target_epsilon}")
         _require_choice(dp.on_budget, ("skip_client", "stop_run"), "train.dp.on_budget")
@@ -455,6 +463,7 @@ def _validate_research_options(config: ExperimentConfig) -> None:
                  f"must exceed noise_multiplier / 2 ({central.noise_multiplier / 2:g}), got {central.clipped_count_stddev}")
         _require(0 < central.delta < 1, "central_dp.delta", f"must be in (0, 1), got {central.delta}")
         _require_choice(central.accountant, ACCOUNTANTS, "central_dp.accountant")
+        _require_pld_noise(central.accountant, central.noise_multiplier, "central_dp", PLD_MIN_NOISE_MULTIPLIER)
         _require_choice(central.sampling, CLIENT_SAMPLINGS, "central_dp.sampling")
         _require(central.sampling == "poisson" or central.accountant == "rdp", "central_dp.accountant",
                  "sampling fixed is accounted as sampling without replacement, which only the rdp accountant supports")

@@ -217,7 +217,7 @@ def _strategy(config: ExperimentConfig) -> Strategy:
     return CentralDP(strategy, noise_multiplier=central.noise_multiplier, clip_norm=central.clip_norm,
                      adaptive=central.adaptive, target_quantile=central.target_quantile,
                      clip_learning_rate=central.clip_learning_rate, clipped_count_stddev=central.clipped_count_stddev,
-                     delta=central.delta, accountant=central.accountant, seed=config.seed, sampling=central.sampling)
+                     delta=central.delta, accountant=central.accountant, sampling=central.sampling)
 
 
 def _accountant(config: ExperimentConfig, sizes: dict[str, int]) -> ExampleLevelAccountant | None:

@@ -1,5 +1,7 @@
 """Central (client-level) DP: clipping, noise, adaptive clipping and its accountant, by hand."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -230,3 +232,16 @@ def test_a_zero_update_and_a_0d_layer_are_clipped():
     scale = 1.0 / np.sqrt(103.0) / 2  # clipped to norm 1, over 2 expected clients
     np.testing.assert_allclose(new[0], np.full(3, scale), rtol=1e-6)
     assert float(new[1]) == pytest.approx(10 * scale, rel=1e-6)
+
+
+def test_central_noise_cannot_be_drawn_again_from_the_runs_seed():
+    """Two runs of one config (one seed) aggregating the same updates get independent noise of std z C / m:
+    noise drawn from the seed in the config could be drawn again by anyone holding it and subtracted."""
+    current = [np.zeros(4000, np.float32)]
+    models = [[np.full(4000, 0.1, np.float32)] for _ in range(2)]
+    results = []
+    for _ in range(2):
+        strategy = CentralDP(FedAvg(), noise_multiplier=1.0, clip_norm=1.0)
+        strategy.bind(RunContext("r", None, {}, clients=4, clients_per_round=2))
+        results.append(strategy.aggregate(1, current, [ClientUpdate(f"c{i}", m, 10) for i, m in enumerate(models)])[0])
+    assert np.std(results[0] - results[1]) == pytest.approx(math.sqrt(2) * 1.0 * 1.0 / 2, rel=0.05)

@@ -44,10 +44,21 @@ def test_nested_values_are_read():
     ({"providers": "local"}, "providers: must be a list"),
     ({"clients": 4, "clients_per_round": 2, "providers": [{"name": "a", "clients": 3}]}, "assign 3 clients in all"),
     ({"train": []}, "train: must be a mapping"),
+    ({"train": {"dp": {"accountant": "pld", "noise_multiplier": 0.001}}},
+     r"train.dp.accountant: pld cannot account noise_multiplier 0.001 .*use accountant rdp or raise train.dp.noise_multiplier"),
+    ({"central_dp": {"accountant": "pld", "noise_multiplier": 0.05}},
+     r"central_dp.accountant: pld cannot account noise_multiplier 0.05 .*raise central_dp.noise_multiplier"),
 ])
 def test_bad_values_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
         ExperimentConfig.from_dict(data)
+
+
+def test_pld_accepts_noise_it_can_account_and_no_noise():
+    for noise in (0.0, 0.1, 1.0):
+        config = ExperimentConfig.from_dict({"train": {"dp": {"accountant": "pld", "noise_multiplier": noise}},
+                                             "central_dp": {"accountant": "pld", "noise_multiplier": noise}})
+        assert config.train.dp.noise_multiplier == config.central_dp.noise_multiplier == noise
 
 
 def test_yaml_errors_name_the_file_and_line(tmp_path):

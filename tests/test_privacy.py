@@ -67,6 +67,39 @@ def test_clipping_bounds_each_step_and_dp_settings_key_the_cache(dp_task):
     assert _change(dp_task) > 2 * 0.1 * 1e-4
 
 
+@pytest.mark.parametrize("realized", [1, 4])
+def test_poisson_dp_sgd_noise_does_not_scale_with_the_realized_batch_size(realized):
+    """Under Poisson sampling the realized batch size is secret (it tells whether an example was drawn):
+    the noised sum is divided by the expected size, so the noise an update shows is the same for any batch."""
+    from fedless_nb._tf import tensorflow
+    from fedless_nb.privacy.dp_sgd import make_dp_optimizer, set_expected_batch_size
+
+    tf = tensorflow()
+    x = tf.constant([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [3.0, 0.0]])
+    w = tf.Variable([0.0, 0.0])
+    exact = make_dp_optimizer("sgd", 1.0, 100.0, 0.0, None, poisson=True)
+    set_expected_batch_size(exact, 5)
+    with tf.GradientTape() as tape:
+        loss = tf.linalg.matvec(x[:realized], w)
+    exact.minimize(loss, [w], tape=tape)
+    np.testing.assert_allclose(w.numpy(), -np.sum(x[:realized], axis=0) / 5, rtol=1e-6)
+
+    wide = tf.Variable(tf.zeros([40_000]))
+    noisy = make_dp_optimizer("sgd", 1.0, 1.0, 2.0, None, poisson=True)
+    set_expected_batch_size(noisy, 5)
+    with tf.GradientTape() as tape:
+        loss = tf.linalg.matvec(tf.zeros([realized, 40_000]), wide)
+    noisy.minimize(loss, [wide], tape=tape)
+    assert np.std(wide.numpy()) == pytest.approx(2.0 * 1.0 / 5, rel=0.03)
+
+
+def test_a_poisson_client_divides_by_its_expected_batch_size(tmp_path):
+    task = client_task(tmp_path, examples=40, epochs=1, batch_size=6,
+                       dp={"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "sampling": "poisson"})
+    handle(task)
+    assert float(client._STATE.compiled.model.optimizer.expected_batch_size.numpy()) == 6.0
+
+
 def test_a_client_with_fewer_examples_than_microbatches_is_refused(dp_task):
     dp_task["train"]["dp"]["num_microbatches"] = 64
     with pytest.raises(PayloadError, match="40 examples, fewer than dp.num_microbatches"):
@@ -116,8 +149,8 @@ def test_epsilon_grows_with_rounds_and_falls_with_noise():
 
 
 class _Invocation:
-    def __init__(self, client_id, outcome="succeeded"):
-        self.client_id, self.outcome = client_id, outcome
+    def __init__(self, client_id, outcome="succeeded", stage=None):
+        self.client_id, self.outcome, self.stage = client_id, outcome, stage
 
 
 def _facts(steps=20, sampling_rate=0.1, noise=1.0, clip=1.0):
@@ -144,6 +177,19 @@ def test_budget_skips_exhausted_clients_or_stops_the_run():
         BudgetedSelection(RandomSelection(0), accountant, stop_run=True).select(2, ["a", "b", "c"], 2)
     with pytest.raises(PrivacyBudgetExhausted):
         skipping.select(3, ["a"], 1)
+    accountant.close()
+
+
+def test_a_secure_round_spends_one_dp_round_though_four_stages_succeed():
+    import dp_accounting
+
+    accountant = ExampleLevelAccountant(1e-5, expected_facts={"a": _facts()})
+    for stage in ("keys", "shares", "masked", "reveal"):
+        accountant(_Invocation("a", stage=stage))
+    step = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))
+    reference = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(step, 20)).get_epsilon(1e-5)
+    assert accountant.epsilon("a") == pytest.approx(reference, rel=1e-9)
+    assert accountant.report("a").rounds == 1
     accountant.close()
 
 

@@ -31,7 +31,7 @@ from ..security import NonceCache, TaskGuard
 from ..store import decode_arrays, encode_arrays, store_from_descriptor
 from ..wire import DP_SETTINGS, PayloadError, check_task
 from .aggregator import aggregate
-from .batching import dp_sampling, local_steps, privacy_facts, step_batches, step_budget
+from .batching import batch_size, dp_sampling, local_steps, privacy_facts, step_batches, step_budget
 from .secagg_stages import KEY_STAGES, key_stage, masked_update, stage_of
 
 
@@ -119,7 +119,7 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_
 
         microbatches = dp.get("num_microbatches") if dp_sampling(train) == "shuffle" else None  # Poisson: per example
         optimizer = make_dp_optimizer(train["optimizer"], learning_rate, float(dp["l2_norm_clip"]),
-                                      float(dp["noise_multiplier"]), microbatches)
+                                      float(dp["noise_multiplier"]), microbatches, poisson=dp_sampling(train) == "poisson")
     model = build_model(spec, optimizer)
     loss_tracker = tf.keras.metrics.Mean(name="loss")
     step = _make_train_step(tf, model, spec, loss_tracker, per_example=dp is not None)
@@ -218,6 +218,10 @@ def train_client(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: 
     correction = _arrays(store, train.get("correction"), anchor)
     mu = np.float32(train.get("proximal_mu") or 0.0)
     rng = np.random.default_rng(int(train.get("seed", 0)))
+    if dp_sampling(train) == "poisson":
+        from ..privacy.dp_sgd import set_expected_batch_size
+
+        set_expected_batch_size(compiled.model.optimizer, batch_size(len(x), train))
     budget, steps = step_budget(len(x), train), 0
     logs: dict[str, Any] = {}
     for batch in step_batches(len(x), train, rng):

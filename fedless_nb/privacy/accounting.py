@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..function.secagg_stages import KEY_STAGES
 
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "shuffle")
@@ -40,6 +41,9 @@ SAMPLING_DESCRIPTIONS = {
     "fixed": "a fixed number of clients per round, uniformly without replacement",
 }
 PLD_DISCRETIZATION = 1e-4  # dp-accounting's PLDAccountant default
+# dp-accounting's PLD of a Gaussian of noise multiplier z spans about 1 / z^2 / PLD_DISCRETIZATION values:
+# 1.5 million (0.4 GB, half a minute per distinct round) at 0.1, 76 GiB (a MemoryError) at 0.001.
+PLD_MIN_NOISE_MULTIPLIER = 0.1
 
 
 class PrivacyBudgetExhausted(UserError):
@@ -342,8 +346,8 @@ class ExampleLevelAccountant:
 
     `planned` is each client's round as the controller makes it (its DP settings, its partition
     size); `expected_facts` the privacy facts a function must report for it. An observer of the
-    controller's InvocationFinished events: a client's succeeded invocation adds its planned round
-    to its ledger, in a worker thread. `allows` answers whether a client may train once more
+    controller's InvocationFinished events: a client's succeeded training invocation adds its planned
+    round to its ledger, in a worker thread. `allows` answers whether a client may train once more
     without exceeding `target_epsilon` (its state plus one planned round). Reads wait for queued
     work (usually microseconds: events are cached); the event loop awaits `settled()` instead.
     """
@@ -365,7 +369,9 @@ class ExampleLevelAccountant:
         self._pending: Future[Any] | None = None
 
     def __call__(self, event: Any) -> None:
-        if getattr(event, "outcome", None) == "succeeded" and event.client_id in self.planned:
+        # A secure round's key stages (keys, shares, reveal) succeed without training: only its masked stage spends.
+        trained = getattr(event, "stage", None) not in KEY_STAGES
+        if getattr(event, "outcome", None) == "succeeded" and trained and event.client_id in self.planned:
             self._pending = self._worker.submit(self._add, event.client_id)
 
     def _add(self, client_id: str) -> None:

@@ -62,6 +62,12 @@ def clipped_noised_mean(
     return noised_mean(current, total, noise_stddev, expected_clients, rng), norms
 
 
+def secret_noise_rng() -> np.random.Generator:
+    """A generator seeded from the operating system's entropy. DP noise must be secret: noise drawn from the
+    run's seed (in its config and history) can be drawn again by anyone who reads them and subtracted."""
+    return np.random.default_rng()
+
+
 def noised_mean(current: Sequence[np.ndarray], clipped_sum: Sequence[np.ndarray], noise_stddev: float,
                 expected_clients: float, rng: np.random.Generator) -> list[np.ndarray]:
     """current + (clipped_sum + N(0, noise_stddev^2)) / expected_clients."""
@@ -103,14 +109,14 @@ class CentralDP(SumStrategy):
     def __init__(
         self, inner: Strategy, *, noise_multiplier: float, clip_norm: float, adaptive: bool = False,
         target_quantile: float = 0.5, clip_learning_rate: float = 0.2, clipped_count_stddev: float | None = None,
-        delta: float = 1e-5, accountant: str = "rdp", seed: int = 0, sampling: str = "poisson",
+        delta: float = 1e-5, accountant: str = "rdp", sampling: str = "poisson",
     ) -> None:
         require(noise_multiplier >= 0, "noise_multiplier", f"must be >= 0, got {noise_multiplier}")
         require(clip_norm > 0, "clip_norm", f"must be > 0, got {clip_norm}")
         self.inner, self.name = inner, f"central_dp({inner.name})"
         self.noise_multiplier, self.clip_norm, self.adaptive = float(noise_multiplier), float(clip_norm), adaptive
         self.target_quantile, self.clip_learning_rate = target_quantile, clip_learning_rate
-        self.clipped_count_stddev, self.delta, self.accountant, self.seed = clipped_count_stddev, delta, accountant, seed
+        self.clipped_count_stddev, self.delta, self.accountant = clipped_count_stddev, delta, accountant
         require(sampling in CLIENT_SAMPLINGS, "sampling", f"must be one of {', '.join(CLIENT_SAMPLINGS)}, got {sampling!r}")
         self.sampling, self.population = sampling, 1
         self.sampling_rate, self.expected_clients, self.rounds = 1.0, 1, 0
@@ -150,7 +156,7 @@ class CentralDP(SumStrategy):
 
     def aggregate_total(self, round_number: int, current: Weights, total: WeightedSum,
                         distances: Sequence[float]) -> Weights:
-        rng = np.random.default_rng([self.seed, round_number])
+        rng = secret_noise_rng()
         used, norms = self.clip_norm, list(distances)
         average = noised_mean(current, total.layers(current), self.update_noise_multiplier * used,
                               self.expected_clients, rng)
@@ -165,7 +171,7 @@ class CentralDP(SumStrategy):
     def aggregate_sum(self, round_number: int, current: Weights, clipped_sum: Weights) -> Weights:
         """The round's model from the sum of updates the clients clipped to `clip_norm` themselves (secure
         aggregation unmasks only that sum): the noise is added to the sum, after unmasking."""
-        rng = np.random.default_rng([self.seed, round_number])
+        rng = secret_noise_rng()
         average = noised_mean(current, clipped_sum, self.update_noise_multiplier * self.clip_norm,
                               self.expected_clients, rng)
         self._account_round()
