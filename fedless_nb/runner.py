@@ -236,10 +236,14 @@ def _accountant(config: ExperimentConfig, sizes: dict[str, int]) -> ExampleLevel
 
 
 def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | None) -> SelectionPolicy:
+    """Central DP's guarantee counts on amplification by sampling, which holds only while nobody knows which
+    clients a round took: its selection is seeded from the operating system's entropy, not from the config's
+    seed (in the config and the history), and is not kept, so a resumed run draws afresh."""
+    seed = secrets.randbits(63) if config.central_dp is not None else config.seed
     if config.central_dp is not None and config.central_dp.sampling == "poisson":
-        policy: SelectionPolicy = PoissonSelection(config.clients_per_round / config.clients, config.seed)
+        policy: SelectionPolicy = PoissonSelection(config.clients_per_round / config.clients, seed)
     else:
-        policy = make_selection(config.selection.policy, config.seed)
+        policy = make_selection(config.selection.policy, seed)
     if accountant is None or accountant.target_epsilon is None:
         return policy
     return BudgetedSelection(policy, accountant, stop_run=config.train.dp.on_budget == "stop_run")  # type: ignore[union-attr]

@@ -245,3 +245,18 @@ def test_central_noise_cannot_be_drawn_again_from_the_runs_seed():
         strategy.bind(RunContext("r", None, {}, clients=4, clients_per_round=2))
         results.append(strategy.aggregate(1, current, [ClientUpdate(f"c{i}", m, 10) for i, m in enumerate(models)])[0])
     assert np.std(results[0] - results[1]) == pytest.approx(math.sqrt(2) * 1.0 * 1.0 / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+def test_which_clients_a_round_takes_cannot_be_drawn_again_from_the_runs_seed(sampling):
+    """Client-level epsilon counts on amplification by sampling: a selection that the config's seed repeats would
+    tell anyone holding the config which clients each round took. Without central DP, a seed repeats its run."""
+    from fedless_nb.experiment import ExperimentConfig
+    from fedless_nb.runner import _selection
+
+    clients = [f"client-{i:04d}" for i in range(200)]
+    central = {"noise_multiplier": 1.0, "clip_norm": 1.0, "sampling": sampling}
+    for dp, repeats in ((central, False), (None, True)):
+        config = ExperimentConfig.from_dict({"clients": 200, "clients_per_round": 20, "seed": 3, "central_dp": dp})
+        rounds = [[_selection(config, None).select(r, clients, 20) for r in (1, 2)] for _ in range(2)]
+        assert (rounds[0] == rounds[1]) == repeats

@@ -87,6 +87,35 @@ def test_the_client_trains_on_poisson_batches_including_empty_ones(tmp_path):
     assert all(math.isfinite(v) for v in result["metrics"].values())
 
 
+def _batches_of_one_invocation(task, update_key):
+    """The example indices of each step one invocation of `task` trains on."""
+    seen = []
+    step = client._STATE.compiled.train_step
+
+    def recording(x, y, mask, *rest):
+        seen.append(tuple(np.round(x[:, 0], 6)[mask > 0]))  # the rows taken, known by their first feature
+        return step(x, y, mask, *rest)
+
+    client._STATE.compiled.train_step = recording
+    try:
+        handle({**task, "update": update_key, "deadline": time.time() + 600})
+    finally:
+        client._STATE.compiled.train_step = step
+    return seen
+
+
+@pytest.mark.parametrize("dp", [None, {"l2_norm_clip": 1.0, "noise_multiplier": 0.5, "sampling": "poisson"},
+                                {"l2_norm_clip": 1.0, "noise_multiplier": 0.5, "sampling": "shuffle"}])
+def test_dp_batches_are_secret_while_other_batches_repeat_under_the_tasks_seed(dp, tmp_path):
+    """The task's seed is in the run's config and history: a DP client whose batches followed it would tell anyone
+    which steps took each example, and amplification by sampling (the epsilon's premise) would not hold."""
+    task = client_task(tmp_path, examples=40, epochs=3, batch_size=4, seed=11, dp=dp)
+    handle(task)  # builds and traces the model
+    first, second = (_batches_of_one_invocation(task, f"runs/r/u/client-0000-{n}") for n in (1, 2))
+    assert len(first) == len(second) > 10
+    assert (first == second) == (dp is None)
+
+
 def _dp_accounting_epsilon(event, relation, delta, accountant):
     import dp_accounting
 

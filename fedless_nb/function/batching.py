@@ -10,6 +10,10 @@ batches are exactly what the accountant assumes (train.dp.sampling):
            replace-one adjacency.
 The controller imports these too (to plan the accountant's rounds and SCAFFOLD's step counts), so
 they are pure functions of the example count and the task's train settings.
+
+The batches repeat under the task's seed, except under DP-SGD (`batch_rng`): privacy amplification by
+sampling holds only while nobody knows which steps took an example, and the seed is in the run's config
+and history, so a DP client draws its batches from the operating system's entropy.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ def dp_sampling(train: dict[str, Any]) -> str | None:
     """The task's DP-SGD sampling ("poisson" unless it says "shuffle"); None without DP."""
     dp = train.get("dp")
     return None if dp is None else str(dp.get("sampling") or "poisson")
+
+
+def batch_rng(train: dict[str, Any]) -> np.random.Generator:
+    """The generator of a client's batches: the task's seed, or under DP-SGD a secret one (module docstring)."""
+    return np.random.default_rng() if train.get("dp") is not None else np.random.default_rng(int(train.get("seed", 0)))
 
 
 def batch_size(num_examples: int, train: dict[str, Any]) -> int:

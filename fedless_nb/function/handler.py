@@ -31,7 +31,7 @@ from ..security import NonceCache, TaskGuard
 from ..store import decode_arrays, encode_arrays, store_from_descriptor
 from ..wire import DP_SETTINGS, PayloadError, check_task
 from .aggregator import aggregate
-from .batching import batch_size, dp_sampling, local_steps, privacy_facts, step_batches, step_budget
+from .batching import batch_rng, batch_size, dp_sampling, local_steps, privacy_facts, step_batches, step_budget
 from .secagg_stages import KEY_STAGES, key_stage, masked_update, stage_of
 
 
@@ -217,7 +217,7 @@ def train_client(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: 
               for position, variable in zip(compiled.trainable_positions, variables)]
     correction = _arrays(store, train.get("correction"), anchor)
     mu = np.float32(train.get("proximal_mu") or 0.0)
-    rng = np.random.default_rng(int(train.get("seed", 0)))
+    rng = batch_rng(train)
     if dp_sampling(train) == "poisson":
         from ..privacy.dp_sgd import set_expected_batch_size
 
