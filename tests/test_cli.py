@@ -103,6 +103,17 @@ def test_missing_config_file_and_unknown_run_are_clear(tmp_path):
     assert completed.returncode == 2 and "no run 'no-such-run'" in completed.stdout
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.mkdir(), "config file experiment.yaml is a directory: name the YAML file in it"),
+    (lambda path: path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe"), "config file experiment.yaml is not a text file: give a YAML config"),
+])
+def test_a_config_path_that_is_no_yaml_file_is_one_line(tmp_path, make, message):
+    make(tmp_path / "experiment.yaml")
+    completed = fedless("run", "experiment.yaml", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()] == [f"error: {message}"]
+
+
 @pytest.mark.slow
 def test_demo_trains_and_reports_the_final_accuracy(tmp_path):
     completed = fedless("demo", "--rounds", "3", "--history", "demo.db", cwd=tmp_path)
