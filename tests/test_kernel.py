@@ -173,6 +173,26 @@ def test_background_run_leaves_the_kernel_free_and_stops_after_a_round(exec_work
 
 
 @pytest.mark.slow
+def test_showing_a_background_run_again_shows_its_live_dashboard_then_its_record(kernel):
+    """After a browser reload that lost the starting cell's output, a cell ending in `run` brings the dashboard back."""
+    def shown(messages, kind="display_data"):
+        return [m["content"] for m in messages if m["msg_type"] == kind]
+
+    reply, started = kernel.execute(f"run = %fedless_train {TINY} --rounds 40 --dashboard widgets --background")
+    assert reply["content"]["status"] == "ok"
+    (first,) = [c for c in shown(started) if "application/vnd.jupyter.widget-view+json" in c["data"]]
+    reply, again = kernel.execute("run")
+    (second,) = shown(again)
+    assert second["data"]["application/vnd.jupyter.widget-view+json"] == \
+        first["data"]["application/vnd.jupyter.widget-view+json"], "the same live widgets, another view"
+    assert second["transient"]["display_id"] == first["transient"]["display_id"], "the record will replace it too"
+    kernel.run("%fedless_stop")
+    reply, finished = kernel.execute("result = await run\nrun")
+    (record,) = shown(finished)
+    assert "fedless-record" in record["data"]["text/html"] and "stopped" in record["data"]["text/html"]
+
+
+@pytest.mark.slow
 def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_path):
     def interrupt_after_round_one(message):
         if message["msg_type"] == "stream" and "Round 1/40" in message["content"]["text"]:

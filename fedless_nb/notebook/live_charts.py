@@ -55,8 +55,10 @@ class TimelineChart:
         self.bars = bqplot.Lines(x=np.zeros((0, 2)), y=np.zeros((0, 2)), scales={"x": self.x_scale, "y": self.y_scale},
                                  stroke_width=7, colors=[OUTCOME_COLORS["warm"]])
         self.x_axis = bqplot.Axis(scale=self.x_scale, label="seconds since the run started", tick_format="~g")
+        # no tick until a client has a row: empty tick_values mean automatic ticks, which label the empty
+        # -0.5..0.5 range "-1 0 0 0 ... 1" under the whole-number format; num_ticks=0 draws none
         self.y_axis = bqplot.Axis(scale=self.y_scale, side="left", label="client", tick_format="d",
-                                  tick_values=np.zeros(0))
+                                  tick_values=np.zeros(0), num_ticks=0)
         legend = " &nbsp; ".join(f'<span style="color:{color}">&#9632;</span> {outcome}'
                                  for outcome, color in OUTCOME_COLORS.items())
         self.figure = bqplot.Figure(marks=[self.bars], axes=[self.x_axis, self.y_axis], title="client timeline",

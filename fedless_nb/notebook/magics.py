@@ -235,7 +235,7 @@ class FedlessMagics(Magics):
             options = self._classroom_options(config)
             observers.append(self.classroom.observe)
         if args.background:
-            run = BackgroundRun(config, model, observers, on_done=self.background.remove, **options)
+            run = BackgroundRun(config, model, observers, on_done=self.background.remove, dashboard=dashboard, **options)
             self.background.append(run)
             return run
         return run_to_end(config, model, observers, **options)
