@@ -101,6 +101,19 @@ def test_secagg_turns_on_secure_aggregation_and_the_cell_sets_its_options(shell)
     assert config_for(shell, "--clients 6").secure_aggregation is None
 
 
+class TorchLikeModule:
+    """What a PyTorch user passes: a callable module (torch.nn.Module's shape, without installing torch)."""
+
+    def __call__(self, *inputs, **options):
+        return self.forward(*inputs)
+
+    def forward(self, x):
+        return x
+
+    def parameters(self):
+        return iter(())
+
+
 @pytest.mark.parametrize("line, cell, message", [
     ("nothere", None, "no variable named 'nothere'"),
     ("number", None, "number holds a value of type int, not a Keras model"),
@@ -116,6 +129,8 @@ def test_secagg_turns_on_secure_aggregation_and_the_cell_sets_its_options(shell)
     ("--bogus", None, "unrecognized arguments: --bogus"),
     ("--secagg --strategy krum", None, "strategy.name: krum needs each client's update, which secure aggregation hides"),
     ("--learnin-rate 0.1", None, "unrecognized arguments: --learnin-rate (did you mean --learning-rate?)"),
+    ("torchlike --clients 4", None, "a TorchLikeModule looks like a PyTorch module (it has forward() and parameters()): "
+                                    "fedless_nb trains Keras models"),
     ("--lr inf", None, "train.learning_rate: must be > 0 and finite, got inf"),
     ("--seed -1", None, "seed: must be between 0 and 2**32 - 1, got -1"),
     ("--workers 0", None, "providers[0].workers: must be >= 1, got 0"),
@@ -125,6 +140,7 @@ def test_secagg_turns_on_secure_aggregation_and_the_cell_sets_its_options(shell)
 ])
 def test_bad_input_is_a_one_line_usage_error(shell, capsys, line, cell, message):
     shell.user_ns["number"] = 3
+    shell.user_ns["torchlike"] = TorchLikeModule()
     result = shell.run_cell(f"%%fedless_train {line}\n{cell}" if cell else f"%fedless_train {line}")
     assert isinstance(result.error_in_exec, UsageError)
     assert message in str(result.error_in_exec)
