@@ -231,6 +231,13 @@ def test_cell_form_history_and_compare(shell):
         shell.run_line_magic("fedless_compare", f"{first.run_id} --metric f1")
 
 
+def test_history_of_a_file_without_runs_says_so_and_keeps_the_columns(shell, capsys, tmp_path):
+    History(tmp_path / "empty.db").close()
+    runs = shell.run_line_magic("fedless_history", "--history empty.db")
+    assert capsys.readouterr().out == "No run in empty.db yet: train one with %fedless_train\n"
+    assert runs.empty and list(runs.columns)[:3] == ["run_id", "name", "status"]
+
+
 def test_stop_without_a_background_run_is_a_usage_error(shell):
     with pytest.raises(UsageError, match="no run is going on in the background"):
         shell.run_line_magic("fedless_stop", "")

@@ -396,8 +396,9 @@ class FedlessMagics(Magics):
                 history.run(args.run_id)  # refuses an unknown id by name
                 return tidy_table(history.rounds_frame(args.run_id).drop(columns=["run_id", "started_at", "finished_at"]))
             frame = history.runs_frame()
-        if frame.empty:
-            return frame
+            if frame.empty:  # a file created by a run that failed before it started, or by History(path) itself
+                print(f"No run in {history.path} yet: train one with %fedless_train")
+                return frame.reindex(columns=RUNS_COLUMNS)
         frame["started"] = frame["started_at"].map(lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)))
         return tidy_table(frame[[column for column in RUNS_COLUMNS if column in frame]])
 
