@@ -38,10 +38,12 @@ class TerminalProgress:
         self.failed: dict[int, int] = {}
         self.rounds: list[RoundFinished] = []
         self.total_rounds = 0
+        self.run_id: str | None = None
+        self.last_round = 0  # the last round finished, counting those before a resume
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            self.total_rounds = event.rounds
+            self.total_rounds, self.run_id, self.last_round = event.rounds, event.run_id, event.resumed_from or 0
             resumed = f", resumed after round {event.resumed_from}" if event.resumed_from else ""
             self.console.print(f"[bold]Run {event.run_id}[/]: {event.clients} clients, {event.rounds} rounds{resumed}")
             self.progress.start()
@@ -56,6 +58,7 @@ class TerminalProgress:
         elif isinstance(event, RoundFinished):
             self.progress.remove_task(self.tasks.pop(event.round))
             self.rounds.append(event)
+            self.last_round = event.round
             self.progress.console.print(
                 f"Round {event.round}/{self.total_rounds}  {_format_metrics(event.eval_metrics)}  "
                 f"{event.succeeded}/{event.selected} ok  {event.finished_at - event.started_at:.2f}s"
@@ -102,7 +105,19 @@ def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
 def _run(config: ExperimentConfig, console: Console, resume: str | None = None) -> int:
     from .runner import run_experiment
 
-    result = run_experiment(config, observers=[TerminalProgress(console)], resume=resume)
+    progress = TerminalProgress(console)
+    try:
+        result = run_experiment(config, observers=[progress], resume=resume)
+    except KeyboardInterrupt:  # Ctrl-C: the run has recorded its end; say where it stopped, not a traceback
+        progress.progress.stop()
+        if progress.run_id is None:
+            console.print("Stopped before the first round; nothing was recorded")
+        else:
+            history = "" if config.history == DEFAULT_HISTORY else f" --history {config.history}"
+            console.print(f"Run {progress.run_id} stopped after round {progress.last_round}; the history keeps every "
+                          f"finished round. Continue it with: fedless-nb resume {progress.run_id}{history}",
+                          highlight=False, soft_wrap=True)
+        return 130
     report = result.privacy_report()  # a DP run states its guarantee where it ends, as the notebook's record does
     if report is not None:
         console.print(f"Privacy: {report}", highlight=False, soft_wrap=True)

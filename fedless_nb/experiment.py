@@ -277,6 +277,12 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory: name the YAML file in it") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file: give a YAML config") from None
     return parse_config_yaml(text, str(path))
 
 
@@ -353,7 +359,9 @@ def validate(config: ExperimentConfig) -> None:
     from .strategies import STRATEGIES
 
     _require(bool(_RUN_NAME.fullmatch(config.name)), "name",
-             f"must be 1-64 letters, digits and '._-' (it names the run's store keys), got {config.name!r}")
+             f"must be 1-64 letters, digits and '._-' (it names the run's store keys), got "
+             + (repr(config.name) if len(config.name) <= 80 else f"{len(config.name)} characters"))
+    _require(0 <= config.seed < 2**32, "seed", f"must be between 0 and 2**32 - 1, got {config.seed}")
     _require(config.clients >= 1, "clients", f"must be >= 1, got {config.clients}")
     if config.clients_per_round is None:
         config.clients_per_round = min(5, config.clients)
@@ -391,7 +399,8 @@ def validate(config: ExperimentConfig) -> None:
     _require(config.data.max_noise >= 0, "data.max_noise", f"must be >= 0, got {config.data.max_noise}")
     _require(config.train.epochs >= 1, "train.epochs", f"must be >= 1, got {config.train.epochs}")
     _require(config.train.batch_size >= 1, "train.batch_size", f"must be >= 1, got {config.train.batch_size}")
-    _require(config.train.learning_rate > 0, "train.learning_rate", f"must be > 0, got {config.train.learning_rate}")
+    _require(0 < config.train.learning_rate < math.inf, "train.learning_rate",
+             f"must be > 0 and finite, got {config.train.learning_rate}")
     _require_choice(config.train.optimizer, OPTIMIZERS, "train.optimizer")
     _require(config.train.budget_seconds is None or config.train.budget_seconds > 0, "train.budget_seconds",
              f"must be > 0 seconds or null, got {config.train.budget_seconds}")

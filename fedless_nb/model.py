@@ -131,6 +131,10 @@ def _call_builder(builder: Callable[..., Any], context: dict[str, Any]) -> Any:
 def instantiate_model(model_or_builder: Any, *, seed: int = 0, builder_context: dict[str, Any] | None = None) -> Any:
     """The model itself, or what a builder returns when called (under `seed`) with the facts it asks for."""
     keras = _keras()
+    if hasattr(model_or_builder, "forward") and hasattr(model_or_builder, "parameters"):  # callable, but no builder
+        raise ModelError(f"a {type(model_or_builder).__name__} looks like a PyTorch module (it has forward() and "
+                         "parameters()): fedless_nb trains Keras models; define it with keras (keras.Sequential([...])) "
+                         "or pass a function that returns one")
     if callable(model_or_builder) and not isinstance(model_or_builder, keras.Model):
         keras.utils.set_random_seed(seed)
         return _call_builder(model_or_builder, builder_context or {})

@@ -26,6 +26,7 @@ from .rounds.evaluation import Evaluator
 from .experiment import ExperimentConfig
 from .errors import UserError
 from .records.history import DEFAULT_HISTORY, History, HistoryWriter
+from .records.owner import owner_state
 from .fit import preflight
 from .model import ModelSpec, build_model
 from .providers.base import Provider
@@ -281,9 +282,21 @@ def _train_settings(config: ExperimentConfig) -> dict[str, Any]:
             "learning_rate": train.learning_rate, "dp": dp, "budget_seconds": train.budget_seconds}
 
 
+def _run_blocking(coroutine: Any, name: str) -> Any:
+    """asyncio.run(coroutine), or, in a thread whose event loop already runs (a notebook cell's), one line saying
+    to await the async form there instead (asyncio.run would fail with a traceback)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    coroutine.close()
+    raise UserError(f"{name}() cannot block where an event loop already runs, as in a notebook cell: write "
+                    f"`await {name}_async(...)` with the same arguments (or train with %fedless_train)")
+
+
 def run_experiment(config: ExperimentConfig, **options: Any) -> RunResult:
     """Run `config` to the end (blocking); see `run_experiment_async` for the options."""
-    return asyncio.run(run_experiment_async(config, **options))
+    return _run_blocking(run_experiment_async(config, **options), "run_experiment")
 
 
 class ResumeError(UserError):
@@ -309,6 +322,9 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_b
         recorded.close()
     if run["status"] == "finished" and run["rounds_completed"] >= run["rounds"]:
         raise ResumeError(f"run {run_id!r} already finished all {run['rounds']} rounds; there is nothing to resume")
+    if run["status"] == "running" and owner_state(run.get("owner")) == "alive":
+        raise ResumeError(f"run {run_id!r} is still training (process {run['owner'].split(':')[1]}): stop it first "
+                          "(Ctrl-C, the notebook's stop button or %fedless_stop), or let it finish")
     config = ExperimentConfig.from_dict(run["config"])
     if config.model.builder not in BUILDERS and not trust_builder:
         raise ResumeError(f"run {run_id!r} builds its model with {config.model.builder!r}, code named in the history "
@@ -331,4 +347,4 @@ async def resume_experiment_async(run_id: str, *, history: str | Path = DEFAULT_
 def resume_experiment(run_id: str, *, history: str | Path = DEFAULT_HISTORY, **options: Any) -> RunResult:
     """Continue run `run_id` after its process died or it was stopped (blocking): the same run id and
     history, from the global weights and strategy state checkpointed after its last finished round."""
-    return asyncio.run(resume_experiment_async(run_id, history=history, **options))
+    return _run_blocking(resume_experiment_async(run_id, history=history, **options), "resume_experiment")

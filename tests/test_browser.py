@@ -107,7 +107,7 @@ def serving(frontend, directory, notebooks):
     for name in notebooks:
         request = urllib.request.Request(
             f"{base}/api/sessions?token={token}", method="POST", headers={"Content-Type": "application/json"},
-            data=json.dumps({"path": name, "type": "notebook", "kernel": {"name": "python3"}}).encode(),
+            data=json.dumps({"path": name, "name": name, "type": "notebook", "kernel": {"name": "python3"}}).encode(),
         )
         urllib.request.urlopen(request, timeout=60)
     try:

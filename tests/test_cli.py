@@ -103,6 +103,41 @@ def test_missing_config_file_and_unknown_run_are_clear(tmp_path):
     assert completed.returncode == 2 and "no run 'no-such-run'" in completed.stdout
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.mkdir(), "config file experiment.yaml is a directory: name the YAML file in it"),
+    (lambda path: path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe"), "config file experiment.yaml is not a text file: give a YAML config"),
+])
+def test_a_config_path_that_is_no_yaml_file_is_one_line(tmp_path, make, message):
+    make(tmp_path / "experiment.yaml")
+    completed = fedless("run", "experiment.yaml", cwd=tmp_path)
+    assert completed.returncode == 2
+    assert [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()] == [f"error: {message}"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_with_one_line_naming_the_resume_command_which_finishes_it(tmp_path):
+    import signal
+
+    from fedless_nb.records.history import History
+
+    process = subprocess.Popen([sys.executable, "-m", "fedless_nb", "run", str(_write_config(tmp_path, rounds=20))],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("Round 1/20"):
+            process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+            break
+    out, err = process.communicate(timeout=300)
+    (run,) = History(tmp_path / "runs.db").runs()
+    assert process.returncode == 130 and run["status"] == "stopped" and 1 <= run["rounds_completed"] < 20
+    assert "Traceback" not in out + err and err == ""
+    assert (f"Run {run['run_id']} stopped after round {run['rounds_completed']}; the history keeps every finished "
+            f"round. Continue it with: fedless-nb resume {run['run_id']} --history runs.db") in out.replace("\n", " ")
+
+    resumed = fedless("resume", run["run_id"], "--history", "runs.db", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [row["round"] for row in History(tmp_path / "runs.db").rounds(run["run_id"])] == list(range(1, 21))
+
+
 @pytest.mark.slow
 def test_demo_trains_and_reports_the_final_accuracy(tmp_path):
     completed = fedless("demo", "--rounds", "3", "--history", "demo.db", cwd=tmp_path)

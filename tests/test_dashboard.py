@@ -107,6 +107,8 @@ def test_compact_dashboard_is_one_line_rewritten_per_round():
 
 def test_widget_dashboard_updates_in_place():
     dashboard = WidgetDashboard()
+    axis = dashboard.timeline.y_axis
+    assert list(axis.tick_values) == [] and axis.num_ticks == 0, "no client row yet: no (automatic) ticks"
     events = list(run_events())
     for event in events[:8]:  # round 1, then round 2 started and its two invocations
         dashboard(event)
@@ -120,6 +122,8 @@ def test_widget_dashboard_updates_in_place():
     assert list(dashboard.loss.line.y) == pytest.approx([2.0, 1.0, 2.0 / 3])
     assert dashboard.timeline.bars.colors == [OUTCOME_COLORS[o] for o in ["cold", "cold", "warm", "warm", "warm", "failed"]]
     assert dashboard.timeline.bars.x.shape == (6, 2) and list(dashboard.timeline.bars.y[:, 0]) == [0, 1] * 3
+    assert list(axis.tick_values) == [0, 1] and axis.num_ticks is None, "a tick per client row (bqplot draws no " \
+                                                                          "tick_values under num_ticks < 2)"
     assert "<b>1</b> failures" in dashboard.totals.value
     classes = {name for child in [dashboard.widget, *dashboard.widget.children] for name in child._dom_classes}
     assert {"fedless-dashboard", "fedless-totals"} <= classes

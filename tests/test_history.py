@@ -199,3 +199,34 @@ def test_a_corrupt_side_file_is_quarantined_instead_of_failing_every_open(tmp_pa
     History(path).close()
     assert not side_file.exists() and (tmp_path / "h.db.r2.pending.corrupt").exists()
     assert History(path).run("r1")["status"] == "finished"
+
+
+def test_a_running_run_whose_process_is_gone_reads_interrupted_and_only_such_a_run_resumes(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from fedless_nb.experiment import ExperimentConfig
+    from fedless_nb.records.owner import this_process
+    from fedless_nb.runner import ResumeError, resume_config
+
+    dead = subprocess.run([sys.executable, "-c", "from fedless_nb.records.owner import this_process; "
+                           "print(this_process())"], capture_output=True, text=True, check=True).stdout.strip()
+    assert dead.startswith(f"{socket.gethostname()}:")
+    config = ExperimentConfig.from_dict({"rounds": 5}).to_dict()
+    path = tmp_path / "h.db"
+    writer = HistoryWriter(History(path))
+    for run_id, owner in (("killed", dead), ("alive", this_process()), ("elsewhere", "other-host:1:1.00"),
+                          ("before-owners", "")):
+        writer(RunStarted(run_id, "test", config, 5, 20, [], 100.0, owner=owner))
+    writer.history.close()
+
+    history = History(path)
+    statuses = {run["run_id"]: run["status"] for run in history.runs()}
+    assert statuses == {"killed": "interrupted", "alive": "running", "elsewhere": "running", "before-owners": "running"}
+    assert history.run("killed")["status"] == "interrupted"
+    assert set(history.runs_frame()["status"]) == {"interrupted", "running"}
+    history.close()
+    assert resume_config("killed", path).rounds == 5
+    with pytest.raises(ResumeError, match=r"run 'alive' is still training \(process \d+\): stop it first"):
+        resume_config("alive", path)

@@ -173,6 +173,26 @@ def test_background_run_leaves_the_kernel_free_and_stops_after_a_round(exec_work
 
 
 @pytest.mark.slow
+def test_showing_a_background_run_again_shows_its_live_dashboard_then_its_record(kernel):
+    """After a browser reload that lost the starting cell's output, a cell ending in `run` brings the dashboard back."""
+    def shown(messages, kind="display_data"):
+        return [m["content"] for m in messages if m["msg_type"] == kind]
+
+    reply, started = kernel.execute(f"run = %fedless_train {TINY} --rounds 40 --dashboard widgets --background")
+    assert reply["content"]["status"] == "ok"
+    (first,) = [c for c in shown(started) if "application/vnd.jupyter.widget-view+json" in c["data"]]
+    reply, again = kernel.execute("run")
+    (second,) = shown(again)
+    assert second["data"]["application/vnd.jupyter.widget-view+json"] == \
+        first["data"]["application/vnd.jupyter.widget-view+json"], "the same live widgets, another view"
+    assert second["transient"]["display_id"] == first["transient"]["display_id"], "the record will replace it too"
+    kernel.run("%fedless_stop")
+    reply, finished = kernel.execute("result = await run\nrun")
+    (record,) = shown(finished)
+    assert "fedless-record" in record["data"]["text/html"] and "stopped" in record["data"]["text/html"]
+
+
+@pytest.mark.slow
 def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_path):
     def interrupt_after_round_one(message):
         if message["msg_type"] == "stream" and "Round 1/40" in message["content"]["text"]:
@@ -187,6 +207,42 @@ def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_p
     assert stderr == (f"UsageError: Run stopped after round {run['rounds_completed']}; "
                       "the history keeps every finished round\n")
     assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
+
+
+@pytest.mark.slow
+def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_and_resumes(kernel, tmp_path):
+    kernel.run(f"run = %fedless_train {TINY} --rounds 40 --dashboard none --background")
+    history_path = tmp_path / "fedless_history.db"
+    deadline = time.time() + 300
+    while not (runs := History(history_path).runs()) or runs[0]["rounds_completed"] < 1:
+        assert time.time() < deadline, "the background run finished no round"
+        time.sleep(0.2)
+    kernel.manager.restart_kernel(now=True)  # Kernel > Restart Kernel while it trains
+    kernel.client.wait_for_ready(timeout=60)
+    kernel.run("%load_ext fedless_nb")
+    (run_id, status), = [line.split() for line in kernel.run(
+        "runs = %fedless_history\nprint(runs.run_id[0], runs.status[0])").splitlines()]
+    assert status == "interrupted", "the dead kernel's run trains no more; the history does not say running"
+    assert kernel.run(f"from fedless_nb.runner import resume_experiment_async\n"
+                      f"print((await resume_experiment_async('{run_id}')).status)", timeout=600).endswith("finished")
+    assert History(history_path).run(run_id)["rounds_completed"] == 40
+
+
+def test_a_user_error_from_python_in_a_cell_is_one_line_and_says_what_to_change(kernel):
+    for code, line in (
+        ("from fedless_nb.experiment import ExperimentConfig\nExperimentConfig.from_dict({'rounds': 0})",
+         "ConfigError: rounds: must be >= 1, got 0"),
+        ("from fedless_nb.runner import run_experiment\nrun_experiment(ExperimentConfig())",
+         "UserError: run_experiment() cannot block where an event loop already runs, as in a notebook cell: write "
+         "`await run_experiment_async(...)` with the same arguments (or train with %fedless_train)"),
+        ("from fedless_nb.runner import resume_experiment\nresume_experiment('some-run')",
+         "UserError: resume_experiment() cannot block where an event loop already runs, as in a notebook cell: "
+         "write `await resume_experiment_async(...)` with the same arguments (or train with %fedless_train)"),
+    ):
+        reply, messages = kernel.execute(code)
+        (error,) = [m["content"] for m in messages if m["msg_type"] == "error"]
+        assert error["traceback"] == [line], error["traceback"]
+    assert not any(kernel.workers()), "nothing started"
 
 
 @pytest.mark.slow

@@ -101,6 +101,19 @@ def test_secagg_turns_on_secure_aggregation_and_the_cell_sets_its_options(shell)
     assert config_for(shell, "--clients 6").secure_aggregation is None
 
 
+class TorchLikeModule:
+    """What a PyTorch user passes: a callable module (torch.nn.Module's shape, without installing torch)."""
+
+    def __call__(self, *inputs, **options):
+        return self.forward(*inputs)
+
+    def forward(self, x):
+        return x
+
+    def parameters(self):
+        return iter(())
+
+
 @pytest.mark.parametrize("line, cell, message", [
     ("nothere", None, "no variable named 'nothere'"),
     ("number", None, "number holds a value of type int, not a Keras model"),
@@ -116,14 +129,54 @@ def test_secagg_turns_on_secure_aggregation_and_the_cell_sets_its_options(shell)
     ("--bogus", None, "unrecognized arguments: --bogus"),
     ("--secagg --strategy krum", None, "strategy.name: krum needs each client's update, which secure aggregation hides"),
     ("--learnin-rate 0.1", None, "unrecognized arguments: --learnin-rate (did you mean --learning-rate?)"),
+    ("torchlike --clients 4", None, "a TorchLikeModule looks like a PyTorch module (it has forward() and parameters()): "
+                                    "fedless_nb trains Keras models"),
+    ("--lr inf", None, "train.learning_rate: must be > 0 and finite, got inf"),
+    ("--seed -1", None, "seed: must be between 0 and 2**32 - 1, got -1"),
+    ("--workers 0", None, "providers[0].workers: must be >= 1, got 0"),
+    ("--name 'my run'", None, "name: must be 1-64 letters, digits and '._-' (it names the run's store keys), got 'my run'"),
+    ("--name " + "x" * 300, None, "got 300 characters"),
+    ("--name 'baseline", None, "No closing quotation: close the quote in --name 'baseline"),
 ])
 def test_bad_input_is_a_one_line_usage_error(shell, capsys, line, cell, message):
     shell.user_ns["number"] = 3
+    shell.user_ns["torchlike"] = TorchLikeModule()
     result = shell.run_cell(f"%%fedless_train {line}\n{cell}" if cell else f"%fedless_train {line}")
     assert isinstance(result.error_in_exec, UsageError)
     assert message in str(result.error_in_exec)
     err = capsys.readouterr().err
     assert err.startswith("UsageError:") and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_quoted_option_values_lose_their_quotes_as_in_a_shell(shell, tmp_path):
+    (tmp_path / "my experiment.yaml").write_text("rounds: 3\n")
+    magics = magics_of(shell)
+    from fedless_nb.notebook.magics import parse_options
+
+    args = parse_options(magics.fedless_train, "--name \"baseline\" --config 'my experiment.yaml' --set 'train.epochs=2'")
+    assert (args.name, args.config, args.settings) == ("baseline", "my experiment.yaml", ["train.epochs=2"])
+    config = magics.experiment_config(args, None)
+    assert (config.name, config.rounds, config.train.epochs) == ("baseline", 3, 2)
+
+
+MAGICS_WITH_OPTIONS = ["fedless_train", "fedless_partition", "fedless_stop", "fedless_pool", "fedless_history",
+                       "fedless_compare", "fedless_deploy", "fedless_classroom", "fedless_join"]
+
+
+@pytest.mark.parametrize("magic", MAGICS_WITH_OPTIONS)
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_shows_the_magics_help_page_and_runs_nothing(shell, capsys, tmp_path, magic, flag):
+    result = shell.run_cell(f"%{magic} {flag}")
+    assert result.success, result.error_in_exec
+    out = capsys.readouterr().out
+    assert out.strip().startswith(getattr(magics_of(shell), magic).__doc__.strip()[:60]) and f"%{magic}" in out
+    assert list(tmp_path.iterdir()) == [], "nothing trained, written or deployed"
+
+
+def test_sweep_help_explains_the_grid_and_lists_the_train_options(shell, capsys):
+    assert shell.run_cell("%%fedless_sweep --help\nstrategy.name: [fedavg, fedprox]\n").success
+    out = capsys.readouterr().out
+    assert "Run once per point of a grid" in out and "--clients-per-round" in out
 
 
 def test_a_model_variable_trains_and_the_run_object_has_history_weights_and_model(shell):
@@ -176,6 +229,13 @@ def test_cell_form_history_and_compare(shell):
     assert base64.b64decode(captured.outputs[0].data["image/png"]).startswith(b"\x89PNG")
     with pytest.raises(UsageError, match="has no 'f1' recorded"):
         shell.run_line_magic("fedless_compare", f"{first.run_id} --metric f1")
+
+
+def test_history_of_a_file_without_runs_says_so_and_keeps_the_columns(shell, capsys, tmp_path):
+    History(tmp_path / "empty.db").close()
+    runs = shell.run_line_magic("fedless_history", "--history empty.db")
+    assert capsys.readouterr().out == "No run in empty.db yet: train one with %fedless_train\n"
+    assert runs.empty and list(runs.columns)[:3] == ["run_id", "name", "status"]
 
 
 def test_stop_without_a_background_run_is_a_usage_error(shell):

@@ -151,7 +151,7 @@ def test_a_killed_controller_resumes_with_every_round_once(tmp_path, tiny_config
     process.send_signal(signal.SIGKILL)
     process.wait()
     (killed,) = History(history_path).runs()
-    assert killed["status"] == "running" and 3 <= killed["rounds_completed"] < rounds
+    assert killed["status"] == "interrupted" and 3 <= killed["rounds_completed"] < rounds
 
     resumed = _cli("resume", killed["run_id"], "--history", history_path)
     output, _ = resumed.communicate(timeout=300)
@@ -190,7 +190,7 @@ def _kill_while_round_runs(process, history_path, store_path, round_number):
     process.wait()
     psutil.wait_procs(workers, timeout=120)
     (killed,) = History(history_path).runs()
-    assert killed["status"] == "running" and killed["rounds_completed"] == round_number - 1
+    assert killed["status"] == "interrupted" and killed["rounds_completed"] == round_number - 1
     return killed
 
 

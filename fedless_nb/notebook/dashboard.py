@@ -161,6 +161,7 @@ class WidgetDashboard:
         self.progress = RunProgress()
         self.show = show  # IPython's display: the widgets appear once the run has started, never empty above an error
         self.handle: Any = None  # the DisplayHandle they were shown with
+        self.ended = False  # the run has ended and its record replaced the widgets
         self.title = widgets.HTML("<b>fedless_nb</b>: starting")
         self.score = widgets.HTML()
         self.bar = widgets.IntProgress(value=0, min=0, max=1, description="Round 0", bar_style="info",
@@ -203,8 +204,20 @@ class WidgetDashboard:
             self._draw_title()
             self._leave_record()
 
+    def show_again(self) -> bool:
+        """Show the dashboard once more in the current cell (a page reloaded before the notebook was saved has lost
+        its view): the live widgets while the run trains, its record once it has ended. Shown under the same display
+        id, so the record replaces this view too. False if the dashboard was never shown."""
+        if self.handle is None or self.show is None:
+            return False
+        from .record import RunRecord
+
+        self.show(RunRecord(self.progress) if self.ended else self.widget, display_id=self.handle.display_id)
+        return True
+
     def _leave_record(self) -> None:
         """Put the static record where the widgets were, and free the widgets: the kernel keeps no view of a past run."""
+        self.ended = True
         if self.handle is None:
             return
         from .record import RunRecord

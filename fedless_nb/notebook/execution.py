@@ -130,8 +130,10 @@ class BackgroundRun:
     ends it after the current round."""
 
     def __init__(self, config: ExperimentConfig, model: Any, observers: Sequence[Observer],
-                 on_done: Callable[["BackgroundRun"], None] | None = None, **options: Any) -> None:
+                 on_done: Callable[["BackgroundRun"], None] | None = None, dashboard: Any = None,
+                 **options: Any) -> None:
         self.config = config
+        self.dashboard = dashboard  # one of `observers`; a cell that shows the run shows it again (see _ipython_display_)
         self._controllers: list[Controller] = []
         self._stop_requested = False
         self._on_done = on_done
@@ -199,6 +201,13 @@ class BackgroundRun:
 
     def __repr__(self) -> str:
         return f"BackgroundRun(run_id={self.run_id!r}, status={self.status!r})"
+
+    def _ipython_display_(self) -> None:
+        """A cell ending in `run` shows its live dashboard again (a browser reload before saving loses the view the
+        starting cell had), or its record once it has ended; without a widget dashboard, the line above."""
+        show_again = getattr(self.dashboard, "show_again", None)
+        if show_again is None or not show_again():
+            print(repr(self))
 
     def _finished(self, future: concurrent.futures.Future) -> None:
         """Say why a background run failed: no cell is waiting on it to show the error."""

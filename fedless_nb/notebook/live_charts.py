@@ -55,8 +55,11 @@ class TimelineChart:
         self.bars = bqplot.Lines(x=np.zeros((0, 2)), y=np.zeros((0, 2)), scales={"x": self.x_scale, "y": self.y_scale},
                                  stroke_width=7, colors=[OUTCOME_COLORS["warm"]])
         self.x_axis = bqplot.Axis(scale=self.x_scale, label="seconds since the run started", tick_format="~g")
+        # no tick until a client has a row: empty tick_values mean automatic ticks, which label the empty
+        # -0.5..0.5 range "-1 0 0 0 ... 1" under the whole-number format; num_ticks=0 draws none (and hides
+        # tick_values too, so draw() lifts it)
         self.y_axis = bqplot.Axis(scale=self.y_scale, side="left", label="client", tick_format="d",
-                                  tick_values=np.zeros(0))
+                                  tick_values=np.zeros(0), num_ticks=0)
         legend = " &nbsp; ".join(f'<span style="color:{color}">&#9632;</span> {outcome}'
                                  for outcome, color in OUTCOME_COLORS.items())
         self.figure = bqplot.Figure(marks=[self.bars], axes=[self.x_axis, self.y_axis], title="client timeline",
@@ -72,7 +75,10 @@ class TimelineChart:
             self.bars.y = np.array([[rows[client]] * 2 for client, *_ in bars], dtype=float)
             self.bars.colors = [OUTCOME_COLORS[outcome] for *_, outcome in bars]
         self.y_scale.min, self.y_scale.max = -0.5, len(clients) - 0.5
-        self.y_axis.tick_values = np.array(whole_ticks(0, len(clients) - 1))
+        ticks = whole_ticks(0, len(clients) - 1)
+        with self.y_axis.hold_sync():
+            self.y_axis.tick_values = np.array(ticks)
+            self.y_axis.num_ticks = None if ticks else 0
 
     def widgets(self) -> list[Any]:
         return [self.view, self.figure, self.bars, self.x_axis, self.y_axis, self.x_scale, self.y_scale, self.legend]

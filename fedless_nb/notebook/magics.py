@@ -20,7 +20,9 @@ from typing import Any, Callable, Iterator
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core import page
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.utils.process import arg_split
 from traitlets import CaselessStrEnum, Unicode
 
 from ..errors import UserError
@@ -78,13 +80,21 @@ def partition_arguments(magic: Callable[..., Any]) -> Callable[..., Any]:
     return magic
 
 
+class HelpRequested(Exception):
+    """`-h` or `--help` among a magic's options: show its help instead of running it."""
+
+
 def user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A magic whose UserErrors (bad config, model, history file) show as one-line UsageErrors."""
+    """A magic as its user sees it: UserErrors (bad config, model, history file) as one-line UsageErrors, and
+    `--help` as the magic's help page (the same as `%magic?`) rather than an unknown option."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
+        except HelpRequested as help_page:
+            page.page(str(help_page))
+            return None
         except UserError as error:
             raise UsageError(str(error)) from None
 
@@ -131,10 +141,18 @@ def documented(text: str, key: str) -> str:
     return f"{text} (default {schema_default(key)})"
 
 
-def parse_options(magic: Callable[..., Any], line: str) -> Any:
-    """parse_argstring, with the closest known options named when one is misspelled."""
+def parse_options(magic: Callable[..., Any], line: str, help_page: str | None = None) -> Any:
+    """The magic's options, split as a shell splits them (quotes group words and are dropped: `--name "run 1"`
+    is the name run 1, not '"run'), with the closest known options named when one is misspelled; `--help` shows
+    `help_page` (default: the magic's own)."""
     try:
-        return parse_argstring(magic, line)
+        argv = arg_split(line, posix=True)
+    except ValueError as error:  # an unclosed quote
+        raise UsageError(f"{error}: close the quote in {line.strip()}") from None
+    if "-h" in argv or "--help" in argv:
+        raise HelpRequested(help_page or magic.__doc__)
+    try:
+        return magic.parser.parse_args(argv)
     except UsageError as error:
         message = str(error)
         if "unrecognized arguments:" not in message:
@@ -217,7 +235,7 @@ class FedlessMagics(Magics):
             options = self._classroom_options(config)
             observers.append(self.classroom.observe)
         if args.background:
-            run = BackgroundRun(config, model, observers, on_done=self.background.remove, **options)
+            run = BackgroundRun(config, model, observers, on_done=self.background.remove, dashboard=dashboard, **options)
             self.background.append(run)
             return run
         return run_to_end(config, model, observers, **options)
@@ -259,7 +277,8 @@ class FedlessMagics(Magics):
             data.setdefault("clients_per_round", data["clients"])  # the whole class answers every round
         elif args.provider is not None or args.workers is not None:
             kind = args.provider or "local"
-            data["providers"] = [{"kind": kind, "name": kind, **({"workers": args.workers} if args.workers else {})}]
+            workers = {"workers": args.workers} if args.workers is not None else {}  # --workers 0 is refused, not dropped
+            data["providers"] = [{"kind": kind, "name": kind, **workers}]
         for setting in args.settings:
             key, equals, value = setting.partition("=")
             if not equals or not key:
@@ -305,7 +324,8 @@ class FedlessMagics(Magics):
         returns the SweepResult (`.frame()`, `.runs`)."""
         from .sweep import run_sweep
 
-        args = parse_options(self.fedless_train, line)
+        args = parse_options(self.fedless_train, line, help_page=f"{self.fedless_sweep.__doc__}\n\nOptions, as "
+                             f"%fedless_train's:\n{self.fedless_train.__doc__}")
         if args.provider == "classroom":
             raise UsageError("a sweep does not run over a classroom: run %fedless_train --provider classroom once "
                              "per setting")
@@ -317,9 +337,10 @@ class FedlessMagics(Magics):
     @magic_arguments()
     @argument("run_id", nargs="*", help="runs to stop (default: every background run)")
     @line_magic
+    @user_errors
     def fedless_stop(self, line: str) -> None:
         """Stop background runs after their current round; the history keeps every finished round."""
-        args = parse_argstring(self.fedless_stop, line)
+        args = parse_options(self.fedless_stop, line)
         if not self.background:
             raise UsageError("no run is going on in the background")
         known = {run.run_id for run in self.background}
@@ -335,6 +356,7 @@ class FedlessMagics(Magics):
     @magic_arguments()
     @argument("--end", action="store_true", help="stop every warm worker (the next run starts fresh ones)")
     @line_magic
+    @user_errors
     def fedless_pool(self, line: str) -> Any:
         """The kernel's warm local workers, kept from one run to the next (see notebook/pool.py), as a DataFrame;
         `--end` stops them. They also end with the kernel."""
@@ -342,7 +364,7 @@ class FedlessMagics(Magics):
 
         from .pool import warm_pool
 
-        args = parse_argstring(self.fedless_pool, line)
+        args = parse_options(self.fedless_pool, line)
         if args.end:
             print(f"Stopped {warm_pool().end()} warm workers")
             return None
@@ -368,14 +390,15 @@ class FedlessMagics(Magics):
     @user_errors
     def fedless_history(self, line: str) -> Any:
         """Past runs as a DataFrame, newest first; with RUN_ID, that run's rounds."""
-        args = parse_argstring(self.fedless_history, line)
+        args = parse_options(self.fedless_history, line)
         with self._history(args.history) as history:
             if args.run_id:
                 history.run(args.run_id)  # refuses an unknown id by name
                 return tidy_table(history.rounds_frame(args.run_id).drop(columns=["run_id", "started_at", "finished_at"]))
             frame = history.runs_frame()
-        if frame.empty:
-            return frame
+            if frame.empty:  # a file created by a run that failed before it started, or by History(path) itself
+                print(f"No run in {history.path} yet: train one with %fedless_train")
+                return frame.reindex(columns=RUNS_COLUMNS)
         frame["started"] = frame["started_at"].map(lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)))
         return tidy_table(frame[[column for column in RUNS_COLUMNS if column in frame]])
 
@@ -393,7 +416,7 @@ class FedlessMagics(Magics):
 
         from .record import compare_figure, figure_png
 
-        args = parse_argstring(self.fedless_compare, line)
+        args = parse_options(self.fedless_compare, line)
         column = f"eval_{args.metric}"
         runs: dict[str, tuple[str, list[tuple[float, float]]]] = {}
         with self._history(args.history) as history:
@@ -428,7 +451,7 @@ class FedlessMagics(Magics):
         returns the Bundle (`.path`, `.files`, `.requirements`, `.deploy_command`), as `fedless-nb package` does."""
         from ..deploy.packaging import build_bundle
 
-        args = parse_argstring(self.fedless_deploy, line)
+        args = parse_options(self.fedless_deploy, line)
         bundle = build_bundle(args.provider, args.out, name=args.name, role=args.role, image=args.image, app=args.app,
                               resource_group=args.resource_group)
         print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)")
@@ -455,7 +478,7 @@ class FedlessMagics(Magics):
         from ..classroom.service import ClassroomService
         from ..classroom.widgets import roster_table
 
-        args = parse_argstring(self.fedless_classroom, line)
+        args = parse_options(self.fedless_classroom, line)
         if self.classroom is not None:
             self.classroom.close()
             print(f"Closed the classroom at {self.classroom.url}")
@@ -489,7 +512,7 @@ class FedlessMagics(Magics):
         from ..classroom.student import StudentFunction
         from ..classroom.widgets import calls_table
 
-        args = parse_argstring(self.fedless_join, line)
+        args = parse_options(self.fedless_join, line)
         if self.student is not None:
             raise UsageError(f"this notebook already joined as {self.student.name}: run %fedless_leave first")
         data = self._own_examples(args.data) if args.data else None

@@ -28,6 +28,7 @@ from typing import Any
 import sqlite_utils
 
 from .cost import CostModel, cost_report
+from .owner import owner_state
 from ..errors import UserError
 from ..rounds.events import AggregationFinished, Event, InvocationFinished, RoundFailed, RoundFinished, RunFinished, RunStarted, UpdateRejected
 
@@ -42,6 +43,7 @@ _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
         "run_id": str, "name": str, "status": str, "started_at": float, "finished_at": float,
         "rounds": int, "rounds_completed": int, "clients": int, "config": str, "providers": str, "error": str, "cost": float,
         "observer_errors": str,  # JSON: observers that raised during the run (name -> count)
+        "owner": str,  # the process running it (owner.py): a "running" run whose owner is gone reads "interrupted"
     }, "run_id"),
     "rounds": ({
         "run_id": str, "round": int, "started_at": float, "finished_at": float, "duration": float,
@@ -131,9 +133,11 @@ class History:
                 "run_id": event.run_id, "name": event.name, "status": "running", "started_at": event.started_at,
                 "rounds": event.rounds, "rounds_completed": 0, "clients": event.clients,
                 "config": json.dumps(event.config), "providers": json.dumps(event.providers), "cost": 0.0,
+                "owner": event.owner,
             }, ignore=True)
             if event.resumed_from:
-                self.db["runs"].update(event.run_id, {"status": "running", "finished_at": None, "error": None})
+                self.db["runs"].update(event.run_id, {"status": "running", "finished_at": None, "error": None,
+                                                      "owner": event.owner})
 
     def record_round(self, event: RoundFinished, invocations: list[InvocationFinished]) -> None:
         """A finished round and its invocations, in one transaction: a round is recorded whole or not at all,
@@ -260,7 +264,7 @@ class History:
     # reading -------------------------------------------------------------------------------
     def runs(self) -> list[dict[str, Any]]:
         """Every run, newest first, with its final eval metrics."""
-        runs = list(self.db["runs"].rows_where(order_by="started_at desc"))
+        runs = [_with_live_status(run) for run in self.db["runs"].rows_where(order_by="started_at desc")]
         for run in runs:
             run.update(self.final_metrics(run["run_id"]))
         return runs
@@ -269,7 +273,7 @@ class History:
         rows = list(self.db["runs"].rows_where("run_id = ?", [run_id]))
         if not rows:
             raise HistoryError(f"no run {run_id!r} in {self.path}")
-        run = rows[0]
+        run = _with_live_status(rows[0])
         run["config"] = json.loads(run["config"])
         run["providers"] = json.loads(run["providers"])
         return run
@@ -313,6 +317,14 @@ def run_cost(history: History | str | Path, run_id: str, server_hourly_price: fl
         return history.cost(run_id, server_hourly_price)
     with contextlib.closing(History(history)) as owned:
         return owned.cost(run_id, server_hourly_price)
+
+
+def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
+    """A run recorded as running whose process is gone (a restarted kernel, a killed process) as "interrupted":
+    it trains no more, and `fedless-nb resume` continues it. The file is not changed (a reader never writes)."""
+    if run["status"] == "running" and owner_state(run.get("owner")) == "gone":
+        run["status"] = "interrupted"
+    return run
 
 
 def _frame(rows: list[dict[str, Any]]) -> Any:

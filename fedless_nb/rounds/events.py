@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
+from ..records.owner import this_process
+
 
 @dataclass(frozen=True)
 class RunStarted:
@@ -16,6 +18,7 @@ class RunStarted:
     providers: list[dict[str, Any]]
     started_at: float
     resumed_from: int = 0  # a resumed run: the last round its checkpoint had finished
+    owner: str = field(default_factory=this_process)  # the process running it (records/owner.py)
 
 
 @dataclass(frozen=True)
