@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -113,7 +114,7 @@ def _run(config: ExperimentConfig, console: Console, resume: str | None = None) 
         if progress.run_id is None:
             console.print("Stopped before the first round; nothing was recorded")
         else:
-            history = "" if config.history == DEFAULT_HISTORY else f" --history {config.history}"
+            history = "" if config.history == DEFAULT_HISTORY else f" --history {shlex.quote(str(config.history))}"
             console.print(f"Run {progress.run_id} stopped after round {progress.last_round}; the history keeps every "
                           f"finished round. Continue it with: fedless-nb resume {progress.run_id}{history}",
                           highlight=False, soft_wrap=True)
