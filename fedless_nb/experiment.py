@@ -359,7 +359,7 @@ def validate(config: ExperimentConfig) -> None:
     from .strategies import STRATEGIES
 
     _require(bool(_RUN_NAME.fullmatch(config.name)), "name",
-             f"must be 1-64 letters, digits and '._-' (it names the run's store keys), got "
+             "must be 1-64 letters, digits and '._-' (it names the run's store keys), got "
              + (repr(config.name) if len(config.name) <= 80 else f"{len(config.name)} characters"))
     _require(0 <= config.seed < 2**32, "seed", f"must be between 0 and 2**32 - 1, got {config.seed}")
     _require(config.clients >= 1, "clients", f"must be >= 1, got {config.clients}")
