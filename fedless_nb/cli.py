@@ -119,8 +119,7 @@ def _run(config: ExperimentConfig, console: Console, resume: str | None = None) 
                           f"finished round. Continue it with: fedless-nb resume {progress.run_id}{history}",
                           highlight=False, soft_wrap=True)
         return 130
-    report = result.privacy_report()  # a DP run states its guarantee where it ends, as the notebook's record does
-    if report is not None:
+    for report in result.privacy_reports():  # a DP run states its guarantees where it ends, as the dashboard does
         console.print(f"Privacy: {report}", highlight=False, soft_wrap=True)
     console.print(f"History: {config.history} (run {result.run_id})")
     return 0 if result.status == "finished" else 1

@@ -58,9 +58,15 @@ class RunResult:
 
     def privacy_report(self) -> Any:
         """The run's DP guarantee: client-level with central_dp, else the worst client's example-level one."""
-        if isinstance(self.strategy, CentralDP):
-            return self.strategy.report()
-        return self.accountant.worst_case() if self.accountant is not None else None
+        reports = self.privacy_reports()
+        return reports[0] if reports else None
+
+    def privacy_reports(self) -> list[Any]:
+        """Every DP guarantee the run holds: client-level (central_dp) first, then the worst client's example-level
+        one (train.dp); a run with both has both, each for its own neighbouring datasets."""
+        reports = [self.strategy.report()] if isinstance(self.strategy, CentralDP) else []
+        worst = self.accountant.worst_case() if self.accountant is not None else None
+        return reports + ([worst] if worst is not None else [])
 
     @property
     def final_accuracy(self) -> float | None:

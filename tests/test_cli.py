@@ -35,16 +35,21 @@ def test_run_prints_rounds_a_summary_and_records_history(tmp_path):
     assert "Privacy:" not in out, "a run without DP states no guarantee"
 
 
-def test_a_dp_run_states_its_guarantee_at_the_end(tmp_path):
+def test_a_dp_run_states_each_of_its_guarantees_at_the_end(tmp_path):
+    """DP-SGD in the clients and central DP on their updates protect different neighbours (one example, one
+    client's whole dataset): a run with both states both."""
     from fedless_nb.records.history import History
 
     train = {"epochs": 1, "batch_size": 16, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}}
-    completed = fedless("run", str(_write_config(tmp_path, rounds=1, train=train)), cwd=tmp_path)
+    central = {"noise_multiplier": 1.0, "clip_norm": 5.0, "delta": 1e-3}
+    config = _write_config(tmp_path, rounds=1, clients_per_round=4, train=train, central_dp=central)  # every client: rate 1
+    completed = fedless("run", str(config), cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
-    (line,) = [line for line in completed.stdout.splitlines() if line.startswith("Privacy:")]
+    client_level, example_level = [line for line in completed.stdout.splitlines() if line.startswith("Privacy:")]
     (run,) = History(tmp_path / "runs.db").runs()
     (round_,) = History(tmp_path / "runs.db").rounds(run["run_id"])
-    assert "example-level DP" in line and f"epsilon = {round_['privacy_epsilon_max']:.3f} at delta = 1e-05" in line
+    assert "client-level DP" in client_level and f"epsilon = {round_['privacy_central_epsilon']:.3f} at delta = 0.001" in client_level
+    assert "example-level DP" in example_level and f"epsilon = {round_['privacy_epsilon_max']:.3f} at delta = 1e-05" in example_level
 
 
 def test_run_trains_on_a_new_partition_with_feature_skew(tmp_path):
