@@ -48,6 +48,10 @@ def test_shares_reconstruct_at_the_threshold_and_fail_below():
     secret = bytes(range(32))
     shares = secagg.share_secret(secret, threshold=3, holders=5)
     assert len(shares) == 5 and len({share[:2] for share in shares}) == 5
+    for chosen in (shares[:3], shares[2:], [shares[0], shares[4], shares[2]]):
+        assert secagg.recover_secret(chosen, 3) == secret
+    with pytest.raises(SecAggError, match="2 share"):
+        secagg.recover_secret([shares[0], shares[0], shares[1]], 3)  # a duplicated share is not a second share
     holders = dict(zip("abcde", shares))
     indices = {holder: index for index, holder in enumerate("abcde", start=1)}
     for chosen in ("abc", "cde", "aec"):

@@ -148,6 +148,15 @@ def share_secret(secret: bytes, threshold: int, holders: int) -> list[bytes]:
     return [index.to_bytes(2, "big") + first + second for (index, first), (_, second) in zip(*halves)]
 
 
+def recover_secret(shares: Iterable[bytes], threshold: int) -> bytes:
+    """The secret from at least `threshold` distinct shares, every one as dealt (`recover_checked` when a holder
+    may have revealed a wrong one); SecAggError with fewer, where Shamir would silently return a wrong value."""
+    distinct = {share[:2]: share for share in shares}
+    if len(distinct) < threshold:
+        raise SecAggError(f"{len(distinct)} share(s) of a secret arrived, the threshold is {threshold}")
+    return _combine(list(distinct.values())[:threshold])
+
+
 def _combine(chosen: Sequence[bytes]) -> bytes:
     halves = [Shamir.combine([(int.from_bytes(s[:2], "big"), s[2 + start:2 + start + _HALF]) for s in chosen])
               for start in (0, _HALF)]
