@@ -81,9 +81,9 @@ NEEDED_VALUES = {
 _LAMBDA_SETTINGS = ("--memory-size 2048 --timeout 300 --role {role} "
                     "--environment \"Variables={{FEDLESS_RUN_SECRET={secret}}}\"")
 # {secret} is the shell's $FEDLESS_RUN_SECRET, never its value. A command run again updates what it created
-# (wsk action update creates or updates; the Kubernetes secret is applied, not created). Google's functions take unauthenticated calls
-# (gcloud would otherwise stop to ask): the function's own token check refuses every task the controller did not
-# sign, and a Google identity token, which expires within the hour, would not last a long run.
+# (wsk action update creates or updates; the Kubernetes secret is applied, not created). Google's functions take
+# unauthenticated calls (gcloud would otherwise stop to ask): the function's own token check refuses every task the
+# controller did not sign, and a Google identity token, which expires within the hour, would not last a long run.
 PLATFORMS: dict[str, Platform] = {
     "aws_lambda": Platform("aws_lambda", False,
         "cd {bundle} && aws ecr get-login-password | docker login --username AWS --password-stdin {registry} "
@@ -235,11 +235,10 @@ def _zip(folder: Path, files: list[Path], target: Path) -> None:
 
 def _zip_code(stage: Path, name: str) -> None:
     """Move everything staged but the build and deploy files into the zip `name` in the stage."""
-    code = sorted(path for path in stage.rglob("*") if path.is_file() and path.relative_to(stage).parts[0] not in BESIDE_CODE_ZIP)
-    _zip(stage, code, stage / name)
-    for entry in stage.iterdir():
-        if entry.name not in (*BESIDE_CODE_ZIP, name):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    moved = [entry for entry in stage.iterdir() if entry.name not in BESIDE_CODE_ZIP]
+    _zip(stage, sorted(path for entry in moved for path in [entry, *entry.rglob("*")] if path.is_file()), stage / name)
+    for entry in moved:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def requirements_megabytes(requirements: list[str]) -> float:
