@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches", "sampling")
+SECAGG_STAGES = ("keys", "shares", "masked", "reveal")  # a secure round's stages, in the order they run
+SECAGG_KEY_STAGES = ("keys", "shares", "reveal")  # the stages that train nothing: they spend no privacy
 
 MAX_ROUND = 10**9
 MAX_EXAMPLES = 2**53  # an int every consumer (SQLite, float weights, JSON readers) holds exactly
@@ -46,7 +48,7 @@ class DpSettings(_Strict):
 class SecAggSettings(_Strict):
     """A secure round's stage for one client (function/secagg_stages.py): its peers and the protocol's parameters."""
 
-    stage: Literal["keys", "shares", "masked", "reveal"]
+    stage: Literal[SECAGG_STAGES]
     attempt: Annotated[int, Field(ge=0, le=MAX_ROUND)]
     threshold: Annotated[int, Field(ge=1, le=10**6)]
     peers: Annotated[list[_Name], Field(max_length=10**6)] = []

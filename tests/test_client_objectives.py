@@ -53,3 +53,27 @@ def test_a_correction_of_the_wrong_shape_is_refused(task):
     store.put("correction", encode_arrays([np.zeros(3, np.float32)]))
     with pytest.raises(PayloadError, match="do not match the model's trainable weights"):
         handle({**task, "train": {**task["train"], "correction": "correction"}})
+
+
+def test_a_warm_function_pulls_towards_this_tasks_model_with_this_tasks_correction(task):
+    """The anchor and the correction are kept in variables between steps: a warm invocation must not keep the last
+    client's. Trained warm after another client's FedProx + SCAFFOLD task, a task gives what a fresh process gives."""
+    store = LocalStore(task["store"]["root"])
+    weights = decode_arrays(store.get("global"))
+    store.put("other-global", encode_arrays([w + 3.0 for w in weights]))
+    store.put("other-correction", encode_arrays([np.full(w.shape, 4.0, np.float32) for w in weights]))
+    store.put("correction", encode_arrays([np.full(w.shape, -0.5, np.float32) for w in weights]))
+    mine = {**task, "train": {**task["train"], "proximal_mu": 0.7, "correction": "correction"}}
+    handle(mine)
+    fresh = decode_arrays(store.get(task["update"]))
+    handle({**task, "weights": "other-global", "update": "runs/r/u/other",
+            "train": {**task["train"], "proximal_mu": 2.0, "correction": "other-correction"}})
+    handle({**task, "update": "runs/r/u/plain"})  # neither term: the last correction must not linger either
+    handle(mine)
+    for warm, cold in zip(decode_arrays(store.get(task["update"])), fresh):
+        np.testing.assert_allclose(warm, cold, rtol=1e-6, atol=1e-6)
+    plain_fresh = client._WarmState()
+    client._STATE = plain_fresh
+    handle({**task, "update": "runs/r/u/plain-fresh"})
+    for warm, cold in zip(decode_arrays(store.get("runs/r/u/plain")), decode_arrays(store.get("runs/r/u/plain-fresh"))):
+        np.testing.assert_allclose(warm, cold, rtol=1e-6, atol=1e-6)

@@ -18,8 +18,8 @@ from fedless_nb.rounds.resilience import NothingTrainedError, QuorumError
 from fedless_nb.runner import run_experiment
 from fedless_nb.store import CodecError, LocalStore, decode_arrays
 from fedless_nb.store.keys import global_weights_key, update_key
+from fedless_nb.wire import SECAGG_STAGES
 
-STAGES = ("keys", "shares", "masked", "reveal")
 CLIENTS = [f"client-{index:04d}" for index in range(5)]
 
 
@@ -70,7 +70,7 @@ def test_the_store_holds_no_update_in_the_clear_and_the_average_is_fedavgs(tmp_p
     round_dir = secure_store.root / "runs" / secure.run_id / "round-00001"
     written = {path.relative_to(round_dir).as_posix(): path.read_bytes() for path in round_dir.rglob("*")
                if path.is_file() and path.name != "global.weights"}
-    assert sorted(written) == sorted([f"secagg-1/{c}.{stage}" for c in CLIENTS for stage in STAGES]
+    assert sorted(written) == sorted([f"secagg-1/{c}.{stage}" for c in CLIENTS for stage in SECAGG_STAGES]
                                      + [f"secagg-1-relayed/{c}.{stage}" for c in CLIENTS for stage in ("keys", "shares")])
     needles = [np.concatenate([m.ravel() for m in models[c]])[:16].astype(np.float32).tobytes() for c in CLIENTS]
     needles += [deltas[c][:8].tobytes() for c in CLIENTS] + [deltas[c][:16].astype(np.float32).tobytes() for c in CLIENTS]
@@ -124,7 +124,7 @@ def test_clients_dropping_at_each_stage_below_the_threshold_leave_the_round_comp
     assert all(i["cause"] == "error" and "dropped out" in i["error"] for i in invocations if i["outcome"] == "failed")
     # a client that dropped is invoked in no later stage of its round
     assert not [i for i in invocations if i["round"] == 1 and i["client_id"] == "client-0001" and i["stage"] != "keys"]
-    assert {i["stage"] for i in invocations} == set(STAGES)
+    assert {i["stage"] for i in invocations} == set(SECAGG_STAGES)
     # masked vectors counted: 4 in rounds 1-3; in round 4 all 5 sent theirs before two dropped in reveal
     assert [r["succeeded"] for r in history.rounds(result.run_id)] == [4, 4, 4, 5]
     assert history.round_failures(result.run_id) == []
@@ -135,7 +135,7 @@ def test_clients_dropping_at_each_stage_below_the_threshold_leave_the_round_comp
 
 def test_clients_dropping_at_each_stage_above_the_threshold_fail_the_round_with_its_reason(tmp_path, monkeypatch):
     gone = ["client-0001", "client-0002", "client-0003"]  # 2 of 5 left, threshold 3
-    drops = [(f"{r}/1", stage, gone) for r, stage in enumerate(STAGES, start=1)]
+    drops = [(f"{r}/1", stage, gone) for r, stage in enumerate(SECAGG_STAGES, start=1)]
     config = _config(tmp_path, "above", rounds=4)
     # min_successful 0: a failed round keeps the model and the run goes on; with no round unmasked, the run failed
     with pytest.raises(NothingTrainedError, match=r"in 4 round\(s\) .*; round 1 failed: secure aggregation: 2 of 5 "
@@ -146,7 +146,7 @@ def test_clients_dropping_at_each_stage_above_the_threshold_fail_the_round_with_
     assert result["status"] == "failed" and result["rounds_completed"] == 4
     failures = history.round_failures(result["run_id"])
     assert [f["round"] for f in failures] == [1, 2, 3, 4]
-    for failure, stage in zip(failures, STAGES):
+    for failure, stage in zip(failures, SECAGG_STAGES):
         assert f"2 of 5 clients finished the {stage} stage, fewer than the threshold 3" in failure["reason"]
     assert [r["succeeded"] for r in history.rounds(result["run_id"])] == [0, 0, 0, 0]
     globals_ = _globals(config, result["run_id"])
@@ -257,7 +257,7 @@ def test_digits_with_secure_aggregation_reaches_the_accuracy_of_plain_fedavg(tmp
     assert plain.final_accuracy > 0.8
     assert abs(secure.final_accuracy - plain.final_accuracy) <= 0.02
     invocations = History(secure.config.history).invocations(secure.run_id)
-    assert len(invocations) == 5 * 5 * len(STAGES) and all(i["outcome"] == "succeeded" for i in invocations)
+    assert len(invocations) == 5 * 5 * len(SECAGG_STAGES) and all(i["outcome"] == "succeeded" for i in invocations)
 
 
 def test_a_secure_round_on_s3_relays_through_presigned_urls(tmp_path, moto_endpoint, aws_credentials):
@@ -275,10 +275,10 @@ def test_a_secure_round_on_s3_relays_through_presigned_urls(tmp_path, moto_endpo
     result = run_experiment(config)
     assert result.status == "finished"
     invocations = History(config.history).invocations(result.run_id)
-    assert len(invocations) == 3 * len(STAGES) and all(i["outcome"] == "succeeded" for i in invocations)
+    assert len(invocations) == 3 * len(SECAGG_STAGES) and all(i["outcome"] == "succeeded" for i in invocations)
     objects = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     written = sorted(key.rsplit(".", 1)[1] for key in objects if f"{result.run_id}/round-00001/secagg-1/" in key)
-    assert written == sorted(STAGES * 3)
+    assert written == sorted(SECAGG_STAGES * 3)
     assert not [key for key in objects if "/updates/" in key]
     assert not (tmp_path / "store-s3").exists()
 

@@ -29,26 +29,45 @@ from ..aggregate_wire import is_aggregate_task
 from ..model import ModelSpec, build_model, make_optimizer
 from ..security import NonceCache, TaskGuard
 from ..store import decode_arrays, encode_arrays, store_from_descriptor
-from ..wire import DP_SETTINGS, PayloadError, check_task
+from ..wire import DP_SETTINGS, SECAGG_KEY_STAGES, PayloadError, check_task
 from .aggregator import aggregate
 from .batching import batch_rng, batch_size, dp_sampling, local_steps, privacy_facts, step_batches, step_budget
-from .secagg_stages import KEY_STAGES, key_stage, masked_update, stage_of
+from .secagg_stages import key_stage, masked_update, stage_of
+
+
+def _concrete(function: Any, *specs: Any) -> Any:
+    """`function` traced once for `specs`, to be called as a concrete function.
+
+    Why not call the tf.function itself: its per-call dispatch (canonicalizing each argument's type,
+    looking up its trace cache) cost as much as the graph it runs for the bench's MLP, three times per
+    invocation (load, train, read)."""
+    from .._tf import tensorflow
+
+    return tensorflow().function(function).get_concrete_function(*specs)
 
 
 @dataclass
 class _CompiledModel:
     """A built model with its traced steps: training, loading a client's start (weights in, optimizer and
-    metrics zeroed) and reading its weights, each one graph call instead of an eager op per variable."""
+    metrics zeroed) and reading its weights, each one graph call instead of an eager op per variable.
+
+    FedProx's anchor and SCAFFOLD's correction live in variables beside the model's, set by `load` and
+    `correct`: passed to the training step as arrays, they were converted to tensors at every step
+    (about 2 ms of a 3 ms step for the bench's MLP)."""
 
     key: tuple[Any, ...]
     model: Any
-    train_step: Any
+    step: Any  # the training step's Python function, traced per input type by `train_step`
     loss_tracker: Any  # the mean training loss, reset per invocation
-    read_weights: Any
     trainable_positions: list[int]  # where each trainable variable sits in model.weights
-    start: list[np.ndarray] = field(default_factory=list)  # the weights `load` set last: FedProx's anchor
+    anchor: list[Any]  # the trainable weights `load` set last
+    correction: list[Any]  # the correction `correct` set last
+    wire: dict[str, Any]  # the model spec as the last task sent it
+    _steps: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     _load: Any = None
     _load_resets: int = -1  # how many optimizer and metric variables _load zeroes (both are created on first use)
+    _correct: Any = None
+    _read: Any = None
 
     def _state_variables(self) -> list[Any]:
         optimizer = self.model.optimizer
@@ -59,6 +78,9 @@ class _CompiledModel:
     def load(self, weights: list[np.ndarray]) -> None:
         """Start a client's training from `weights`: each invocation trains a different client, so its optimizer
         state and metrics start from zero (every Keras metric's reset state, as Metric.reset_state sets it)."""
+        variables = self.model.weights
+        if len(weights) != len(variables) or any(w.shape != tuple(v.shape) for w, v in zip(weights, variables)):
+            raise PayloadError("the task's weights do not match its model's layers")
         resets = self._state_variables()
         if self._load is None or self._load_resets != len(resets):
             from .._tf import tensorflow
@@ -66,17 +88,53 @@ class _CompiledModel:
             tf = tensorflow()
 
             def load(arrays: list[Any]) -> None:
-                for variable, array in zip(self.model.weights, arrays):
-                    variable.assign(tf.cast(array, variable.dtype))
+                for variable, array in zip(variables, arrays):
+                    variable.assign(array)
+                for anchor, position in zip(self.anchor, self.trainable_positions):
+                    anchor.assign(arrays[position])
                 for variable in resets:
                     variable.assign(tf.zeros_like(variable))
 
-            self._load, self._load_resets = tf.function(load, reduce_retracing=True), len(resets)
-        self._load(list(weights))
-        self.start = list(weights)
+            self._load = _concrete(load, [tf.TensorSpec(v.shape, v.dtype) for v in variables])
+            self._load_resets = len(resets)
+        self._load([np.asarray(w, v.dtype.as_numpy_dtype) for w, v in zip(weights, variables)])
+
+    def correct(self, arrays: list[np.ndarray]) -> None:
+        """Set SCAFFOLD's correction for the next training (one per trainable variable, shapes checked by the caller)."""
+        if self._correct is None:
+            from .._tf import tensorflow
+
+            tf = tensorflow()
+
+            def correct(values: list[Any]) -> None:
+                for variable, value in zip(self.correction, values):
+                    variable.assign(value)
+
+            self._correct = _concrete(correct, [tf.TensorSpec(v.shape, v.dtype) for v in self.correction])
+        self._correct([np.asarray(a, v.dtype.as_numpy_dtype) for a, v in zip(arrays, self.correction)])
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, mu: np.float32, proximal: bool,
+                   corrected: bool) -> dict[str, Any]:
+        """One optimizer step on (x, y); the trace is picked by the inputs' types and the two objective flags."""
+        key = (x.dtype, x.shape[1:], y.dtype, y.shape[1:], proximal, corrected)
+        step = self._steps.get(key)
+        if step is None:
+            from .._tf import tensorflow
+
+            tf = tensorflow()
+            step = self._steps[key] = _concrete(
+                lambda x, y, mask, mu: self.step(x, y, mask, mu, proximal, corrected),
+                tf.TensorSpec((None, *x.shape[1:]), x.dtype), tf.TensorSpec((None, *y.shape[1:]), y.dtype),
+                tf.TensorSpec((None,), tf.float32), tf.TensorSpec((), tf.float32))
+        return step(x, y, mask, mu)
 
     def weights(self) -> list[np.ndarray]:
-        return [tensor.numpy() for tensor in self.read_weights()]
+        if self._read is None:
+            from .._tf import tensorflow
+
+            tf = tensorflow()
+            self._read = _concrete(lambda: [tf.identity(variable) for variable in self.model.weights])
+        return [tensor.numpy() for tensor in self._read()]
 
 
 @dataclass
@@ -101,12 +159,17 @@ _NONCES = NonceCache()  # tokens this process has spent: a replayed task is refu
 
 def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_CompiledModel, float]:
     """The cached model for this spec, optimizer and DP setting, built (and timed) only when they change."""
-    spec = ModelSpec.from_wire(spec_wire)
     dp = train.get("dp")
     dp_key = None if dp is None else tuple(sorted((k, dp.get(k)) for k in DP_SETTINGS))
-    key = (spec.fingerprint, train["optimizer"], float(train["learning_rate"]), dp_key)
-    if _STATE.compiled is not None and _STATE.compiled.key == key:
-        return _STATE.compiled, 0.0
+    settings = (train["optimizer"], float(train["learning_rate"]), dp_key)
+    cached = _STATE.compiled
+    if cached is not None and cached.key[1:] == settings and cached.wire == spec_wire:
+        return cached, 0.0  # the spec the last task sent: no fingerprint (a JSON dump and a hash) to compute
+    spec = ModelSpec.from_wire(spec_wire)
+    key = (spec.fingerprint, *settings)
+    if cached is not None and cached.key == key:
+        cached.wire = spec_wire
+        return cached, 0.0
     started = time.perf_counter()
     from .._tf import tensorflow
 
@@ -122,19 +185,23 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_
                                       float(dp["noise_multiplier"]), microbatches, poisson=dp_sampling(train) == "poisson")
     model = build_model(spec, optimizer)
     loss_tracker = tf.keras.metrics.Mean(name="loss")
-    step = _make_train_step(tf, model, spec, loss_tracker, per_example=dp is not None)
+    anchor, correction = ([tf.Variable(tf.zeros_like(variable), trainable=False) for variable in model.trainable_variables]
+                          for _ in range(2))
+    step = _make_train_step(tf, model, spec, loss_tracker, anchor, correction, per_example=dp is not None)
     positions = {variable.ref(): index for index, variable in enumerate(model.weights)}
-    read_weights = tf.function(lambda: [tf.identity(variable) for variable in model.weights])
-    _STATE.compiled = _CompiledModel(key, model, tf.function(step, reduce_retracing=True), loss_tracker, read_weights,
-                                     [positions[variable.ref()] for variable in model.trainable_variables])
+    _STATE.compiled = _CompiledModel(key, model, step, loss_tracker,
+                                     [positions[variable.ref()] for variable in model.trainable_variables],
+                                     anchor, correction, spec_wire)
     return _STATE.compiled, time.perf_counter() - started
 
 
-def _make_train_step(tf: Any, model: Any, spec: ModelSpec, loss_tracker: Any, *, per_example: bool) -> Any:
+def _make_train_step(tf: Any, model: Any, spec: ModelSpec, loss_tracker: Any, anchor: list[Any], correction: list[Any],
+                     *, per_example: bool) -> Any:
     """Keras' train_step plus FedProx's proximal term and SCAFFOLD's gradient correction.
 
     The objective per example is loss + mu/2 ||w - anchor||^2 + <w, correction>, so the gradient
-    gains mu (w - anchor) + correction (both zero unless a strategy sends them). DP-SGD optimizers
+    gains mu (w - anchor) + correction. `proximal` and `corrected` (Python bools, one trace each way)
+    leave out a term a strategy does not send, so plain FedAvg pays for neither. DP-SGD optimizers
     need that objective as a vector (one entry per example) to clip microbatches; the others get its mean.
     `mask` zeroes an example's objective: an empty Poisson batch still takes its noise-only step,
     through one masked example whose clipped gradient is zero.
@@ -144,13 +211,17 @@ def _make_train_step(tf: Any, model: Any, spec: ModelSpec, loss_tracker: Any, *,
     loss = keras.losses.get(loss_setting if isinstance(loss_setting, str) else keras.losses.deserialize(loss_setting))
     per_example_loss = loss.call if isinstance(loss, keras.losses.Loss) else loss
 
-    def step(x: Any, y: Any, mask: Any, anchor: list[Any], correction: list[Any], mu: Any) -> dict[str, Any]:
+    def step(x: Any, y: Any, mask: Any, mu: Any, proximal: bool, corrected: bool) -> dict[str, Any]:
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
             predictions = model(x, training=True)
             losses = tf.reshape(per_example_loss(y, predictions), [-1])
-            extra = tf.add_n([0.5 * mu * tf.reduce_sum(tf.square(w - a)) + tf.reduce_sum(w * c)
-                              for w, a, c in zip(variables, anchor, correction)] + list(model.losses) + [0.0])
+            extra = list(model.losses) + [0.0]
+            if proximal:
+                extra += [0.5 * mu * tf.reduce_sum(tf.square(w - a)) for w, a in zip(variables, anchor)]
+            if corrected:
+                extra += [tf.reduce_sum(w * c) for w, c in zip(variables, correction)]
+            extra = tf.add_n(extra)
             objective = (losses + extra) * mask if per_example else tf.reduce_mean(losses) + extra
         model.optimizer.minimize(objective, variables, tape=tape)
         loss_tracker.update_state(losses, sample_weight=mask)
@@ -182,14 +253,12 @@ def _own_or_stored(store: Any, payload: dict[str, Any],
     return data if data is not None else _client_data(store, payload["data"])
 
 
-def _arrays(store: Any, key: str | None, like: list[np.ndarray]) -> list[np.ndarray]:
-    """Arrays the task names in the store (SCAFFOLD's correction), or zeros shaped like `like`."""
-    if key is None:
-        return [np.zeros(w.shape, w.dtype) for w in like]
+def _correction(store: Any, key: str, like: list[Any]) -> list[np.ndarray]:
+    """SCAFFOLD's correction the task names in the store, one array per trainable variable in `like`."""
     arrays = decode_arrays(store.get(key))
-    if [a.shape for a in arrays] != [w.shape for w in like]:
+    if [a.shape for a in arrays] != [tuple(w.shape) for w in like]:
         raise PayloadError(f"the arrays at {key} do not match the model's trainable weights")
-    return [a.astype(w.dtype, copy=False) for a, w in zip(arrays, like)]
+    return [a.astype(w.dtype.as_numpy_dtype, copy=False) for a, w in zip(arrays, like)]
 
 
 @dataclass(frozen=True)
@@ -212,10 +281,9 @@ def train_client(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: 
     """
     if len(x) == 0:
         raise PayloadError("this client has no training examples")
-    variables = compiled.model.trainable_variables
-    anchor = [np.asarray(compiled.start[position], dtype=variable.dtype.as_numpy_dtype)
-              for position, variable in zip(compiled.trainable_positions, variables)]
-    correction = _arrays(store, train.get("correction"), anchor)
+    corrected = train.get("correction") is not None
+    if corrected:
+        compiled.correct(_correction(store, train["correction"], compiled.model.trainable_variables))
     mu = np.float32(train.get("proximal_mu") or 0.0)
     rng = batch_rng(train)
     if dp_sampling(train) == "poisson":
@@ -230,7 +298,7 @@ def train_client(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: 
         mask = np.ones(len(batch), np.float32)
         if len(batch) == 0:
             batch, mask = np.zeros(1, np.int64), np.zeros(1, np.float32)
-        logs = compiled.train_step(x[batch], y[batch], mask, anchor, correction, mu)
+        logs = compiled.train_step(x[batch], y[batch], mask, mu, bool(mu), corrected)
         steps += 1
     metrics = {name: float(value) for name, value in logs.items()}
     return _Training(metrics, steps, partial=steps < local_steps(len(x), train))
@@ -252,7 +320,7 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
     _STATE.invocations += 1
     train = payload["train"]
     stage = stage_of(payload)  # a secure round's stage (function/secagg_stages.py), or None
-    if stage in KEY_STAGES:
+    if stage in SECAGG_KEY_STAGES:
         update, num_examples = key_stage(payload, store, guard.key, lambda: len(_own_or_stored(store, payload, data)[0]))
         store.put(payload["update"], update)
         finished = time.perf_counter()

@@ -31,11 +31,9 @@ from ..privacy import secagg
 from ..security import RunKey, sealing_key
 from ..store import encode_arrays
 from ..store.keys import secagg_key, secagg_relay_key
-from ..wire import PayloadError
+from ..wire import SECAGG_STAGES, PayloadError
 
-KEY_STAGES = ("keys", "shares", "reveal")  # the stages that train nothing
 MASKED_STAGE = "masked"
-STAGES = ("keys", "shares", "masked", "reveal")
 
 
 def _b64(data: bytes) -> str:
@@ -51,8 +49,8 @@ def stage_of(task: dict[str, Any]) -> str | None:
     settings = task["train"].get("secagg")
     if settings is None:
         return None
-    if not isinstance(settings, dict) or settings.get("stage") not in STAGES:
-        raise PayloadError(f"the task's train.secagg must name a stage ({', '.join(STAGES)})")
+    if not isinstance(settings, dict) or settings.get("stage") not in SECAGG_STAGES:
+        raise PayloadError(f"the task's train.secagg must name a stage ({', '.join(SECAGG_STAGES)})")
     return settings["stage"]
 
 

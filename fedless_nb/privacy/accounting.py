@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..function.secagg_stages import KEY_STAGES
+from ..wire import SECAGG_KEY_STAGES
 
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "shuffle")
@@ -370,7 +370,7 @@ class ExampleLevelAccountant:
 
     def __call__(self, event: Any) -> None:
         # A secure round's key stages (keys, shares, reveal) succeed without training: only its masked stage spends.
-        trained = getattr(event, "stage", None) not in KEY_STAGES
+        trained = getattr(event, "stage", None) not in SECAGG_KEY_STAGES
         if getattr(event, "outcome", None) == "succeeded" and trained and event.client_id in self.planned:
             self._pending = self._worker.submit(self._add, event.client_id)
 

@@ -55,7 +55,6 @@ from .tree import Arrival, TreeAggregation
 if TYPE_CHECKING:
     from .controller import ClientRef, Controller
 
-STAGES = ("keys", "shares", "masked", "reveal")
 RELAYED_STAGES = ("keys", "shares")  # the stages whose objects later stages' peers read
 SECURE_CLIENT_ID = "secure-aggregate"  # the one update a strategy receives from a secure round
 
