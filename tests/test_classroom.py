@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedless_nb.classroom.errors import ClassroomError
+from fedless_nb.classroom import roster
 from fedless_nb.classroom.roster import leave_proof
 from fedless_nb.classroom.service import ClassroomService
 from fedless_nb.classroom.student import StudentFunction, compare_with_class
@@ -84,6 +85,52 @@ def test_a_replayed_registration_is_refused_with_one_line(classroom):
     stale = {**registration, "name": "carol", "nonce": secrets.token_hex(16), "sent_at": time.time() - 3600}
     assert post(classroom.url + "/join", stale)[0] == 403
     assert [row["name"] for row in classroom.roster.rows()] == ["bob"]
+
+
+def registration(classroom, name, **fields):
+    return {"code": classroom.code, "name": name, "url": "http://127.0.0.1:9/", "nonce": secrets.token_hex(16),
+            "sent_at": time.time(), "own_examples": None, **fields}
+
+
+@pytest.mark.parametrize("fields, refusal", [
+    ({"own_examples": "abc"}, "own examples 'abc': train on 1 to 10000 examples of your own"),
+    ({"own_examples": -5}, "own examples '-5': train on 1 to 10000"),  # a negative FedAvg weight
+    ({"own_examples": 0}, "own examples '0': train on 1 to 10000"),
+    ({"own_examples": 10**12}, "own examples '1000000000000': train on 1 to 10000"),  # the whole average's weight
+    ({"own_examples": 2.5}, "own examples '2.5': train on 1 to 10000"),
+    ({"url": "file:///etc/passwd"}, "the function URL 'file:///etc/passwd' is not an http(s) URL with a host"),
+    ({"url": "http://127.0.0.1:notaport/"}, "is not an http(s) URL with a host"),
+    ({"url": None}, "the function URL '' is not an http(s) URL with a host"),
+    ({"sent_at": float("nan")}, "this registration was already used or is too old (a replay)"),
+])
+def test_a_malformed_registration_is_refused_with_one_line(classroom, fields, refusal):
+    status, reply = post(classroom.url + "/join", registration(classroom, "mallory", **fields))
+    assert status == 403 and refusal in reply["error"] and "\n" not in reply["error"]
+    assert classroom.roster.rows() == []
+
+
+def test_deeply_nested_json_is_refused_with_one_line(classroom):
+    request = urllib.request.Request(classroom.url + "/join", data=b"[" * 4000, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 403
+    assert json.loads(refused.value.read())["error"] == "a classroom message is a JSON object of at most 4096 bytes"
+
+
+def test_a_class_admits_a_bounded_number_of_names_and_remembers_nonces_only_while_they_could_be_replayed(
+        classroom, monkeypatch):
+    monkeypatch.setattr(roster, "CLASS_LIMIT", 3)
+    for name in ("s1", "s2", "s3"):
+        assert post(classroom.url + "/join", registration(classroom, name))[0] == 200
+    status, reply = post(classroom.url + "/join", registration(classroom, "s4"))
+    assert (status, reply["error"]) == (403, "the class is full (3 students): ask the teacher to open another one")
+    assert len(classroom.provider_configs()) == 3
+    later = time.time() + 3 * roster.REGISTRATION_WINDOW  # every registration above is too old to replay by then
+    classroom.roster.code.expires_at = later + 60
+    student = classroom.roster.students["s1"]
+    classroom.roster.leave("s1", leave_proof(student.secret, "s1"))
+    classroom.roster.register(registration(classroom, "s1", sent_at=later), now=later)  # a name that left comes back
+    assert len(classroom.roster._nonces) == 1
 
 
 def test_a_taken_name_and_a_bad_name_are_refused(classroom):

@@ -110,7 +110,7 @@ class ClassroomService:
         body = await request.content.read(REGISTRATION_LIMIT + 1)
         try:
             message = json.loads(body) if len(body) <= REGISTRATION_LIMIT else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a few thousand nested brackets
             message = None
         if not isinstance(message, dict):
             raise ClassroomError(f"a classroom message is a JSON object of at most {REGISTRATION_LIMIT} bytes")
