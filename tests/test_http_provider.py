@@ -276,6 +276,17 @@ def test_a_reply_that_is_not_json_data_is_one_invalid_invocation(status, body, c
     assert caught.value.cause == cause
 
 
+@pytest.mark.parametrize("claimed", ["abc", [1], 1e400, 10**30, True], ids=["text", "list", "inf", "huge", "bool"])
+def test_an_error_envelope_whose_status_is_not_one_keeps_the_transports(claimed):
+    """A hostile function's envelope claims a status that is no HTTP status: the call fails as one invocation with
+    the status the transport saw (a ValueError or OverflowError used to escape the provider)."""
+    body = json.dumps({"error": {"status": claimed, "type": "X", "message": "m"}}).replace("Infinity", "1e400")
+    endpoint = Endpoint([(403, body)])
+    with pytest.raises(InvocationError, match="answered HTTP 403: X: m") as caught:
+        _invoke(endpoint, [{"task": 1}])
+    assert caught.value.cause == "auth" and len(endpoint.requests) == 1
+
+
 def test_a_functions_huge_error_message_is_cut_before_it_reaches_the_history():
     """A hostile function answers every task with a 1 MB error message (within the reply limit): the failure
     keeps its first 2,000 characters and says how much was cut, so the history's row per failed invocation

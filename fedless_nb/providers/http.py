@@ -60,8 +60,10 @@ def _failure(status: int, body: bytes) -> HttpCallError | None:
     except ValueError:
         reply = None
     error = reply.get("error") if isinstance(reply, dict) else None
-    if isinstance(error, dict):  # a fedless adapter's envelope: its status is the function's own
-        return HttpCallError(int(error.get("status", status)), f"{error.get('type', 'Error')}: {error.get('message', '')}")
+    if isinstance(error, dict):  # a fedless adapter's envelope: its status is the function's own, if it is one
+        claimed = error.get("status")
+        own = claimed if type(claimed) is int and 100 <= claimed <= 599 else status
+        return HttpCallError(own, f"{error.get('type', 'Error')}: {error.get('message', '')}")
     if isinstance(error, str):  # OpenWhisk's own errors (an action that raised, a missing action)
         return HttpCallError(status if status >= 400 else 502, error)
     if status >= 400:
