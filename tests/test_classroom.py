@@ -2,6 +2,7 @@
 
 import json
 import secrets
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from fedless_nb.classroom.errors import ClassroomError
-from fedless_nb.classroom import roster
+from fedless_nb.classroom import roster, server_thread
+from fedless_nb.classroom import service as service_module
 from fedless_nb.classroom.roster import leave_proof
 from fedless_nb.classroom.service import ClassroomService
 from fedless_nb.classroom.student import StudentFunction, compare_with_class
@@ -131,6 +133,48 @@ def test_a_class_admits_a_bounded_number_of_names_and_remembers_nonces_only_whil
     classroom.roster.leave("s1", leave_proof(student.secret, "s1"))
     classroom.roster.register(registration(classroom, "s1", sent_at=later), now=later)  # a name that left comes back
     assert len(classroom.roster._nonces) == 1
+
+
+def test_the_join_service_drops_slow_loris_connections_and_holds_a_bounded_number(tmp_path, monkeypatch):
+    """A student opens connections and sends nothing, or trickles a request's headers or a join's body: each is
+    closed after the idle limit (aiohttp's default kept them an hour), and connections past the limit are closed
+    at once, so a flood cannot take the teacher's kernel's file descriptors. Students join again once it ends."""
+    monkeypatch.setattr(server_thread, "IDLE_TIMEOUT", 1.0)
+    monkeypatch.setattr(server_thread, "CONNECTION_LIMIT", 20)
+    monkeypatch.setattr(service_module, "MESSAGE_SECONDS", 1.0)
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"))
+    host, port = "127.0.0.1", service._server.port
+    try:
+        silent = socket.create_connection((host, port))
+        trickling = socket.create_connection((host, port))
+        slow_body = socket.create_connection((host, port))
+        slow_body.sendall(b"POST /join HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n{")
+        trickling.sendall(b"POST /join HTTP/1.1\r\nHost: x\r\n")
+        with pytest.raises(OSError):  # the service closes it while its headers still trickle in
+            for _ in range(20):
+                time.sleep(0.5)
+                trickling.sendall(b"X-Slow: 1\r\n")
+        silent.settimeout(5)
+        assert silent.recv(100) == b"", "the service closed it"
+        slow_body.settimeout(5)
+        assert b"the message did not arrive within 1 s" in slow_body.recv(1000)
+        split = socket.create_connection((host, port))  # a join whose body arrives in two pieces is read whole
+        body = json.dumps(registration(service, "bob")).encode()
+        split.sendall(b"POST /join HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+        time.sleep(0.3)
+        split.sendall(body[10:])
+        split.settimeout(5)
+        assert split.recv(1000).startswith(b"HTTP/1.1 200")
+        split.close()
+        flood = [socket.create_connection((host, port)) for _ in range(100)]
+        time.sleep(0.5)
+        assert service._server.connections <= 20 + 2 * server_thread.ACCEPT_BACKLOG < len(flood)
+        for connection in flood + [silent, trickling, slow_body]:
+            connection.close()
+        time.sleep(1.5)
+        assert post(service.url + "/join", registration(service, "alice"))[0] == 200
+    finally:
+        service.close()
 
 
 def test_a_taken_name_and_a_bad_name_are_refused(classroom):

@@ -9,6 +9,7 @@ It serves nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -26,6 +27,7 @@ from .served_store import STORE_PATH, ServedStore
 from .server_thread import ServerThread
 
 REGISTRATION_LIMIT = 4096  # bytes a join or leave message may have
+MESSAGE_SECONDS = 10.0  # a join or leave message arrives within this, or the connection is not held for it
 UPDATE_LIMIT = 64 * 2**20  # bytes a student's update may have
 
 
@@ -107,7 +109,14 @@ class ClassroomService:
 
     # -- routes --------------------------------------------------------------------------------
     async def _message(self, request: web.Request) -> dict[str, Any]:
-        body = await request.content.read(REGISTRATION_LIMIT + 1)
+        body = bytearray()  # read to its end (a body may arrive in several pieces), or one byte past the limit
+        try:
+            async with asyncio.timeout(MESSAGE_SECONDS):
+                while len(body) <= REGISTRATION_LIMIT and (chunk := await request.content.read(
+                        REGISTRATION_LIMIT + 1 - len(body))):
+                    body += chunk
+        except TimeoutError:
+            raise ClassroomError(f"the message did not arrive within {MESSAGE_SECONDS:g} s") from None
         try:
             message = json.loads(body) if len(body) <= REGISTRATION_LIMIT else None
         except (ValueError, RecursionError):  # RecursionError: a few thousand nested brackets
@@ -149,7 +158,13 @@ class ClassroomService:
         """The form's `file` part becomes the key's bytes, unless it is longer than the URL's signed limit."""
         if (refused := self._refusal(request, "POST")) is not None:
             return refused
-        limit = int(request.query.get("limit") or UPDATE_LIMIT)
+        try:  # a slow upload holds its connection until its URL expires, no longer
+            async with asyncio.timeout(max(0.0, int(request.query["expires"]) - time.time())):
+                return await self._upload(request, int(request.query.get("limit") or UPDATE_LIMIT))
+        except TimeoutError:
+            return web.Response(status=408, text="the upload did not finish before its URL expired")
+
+    async def _upload(self, request: web.Request, limit: int) -> web.Response:
         try:
             reader = await request.multipart()
             while (part := await reader.next()) is not None and getattr(part, "name", None) != "file":
