@@ -5,6 +5,7 @@ import secrets
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -248,6 +249,37 @@ def test_the_served_store_grants_exactly_the_signed_keys(classroom):
     expired = classroom.store.signed_url("GET", "runs/r/global-0.weights", time.time() - 10)
     with pytest.raises(urllib.error.HTTPError, match="403"):
         urllib.request.urlopen(expired, timeout=10)
+
+
+def _start_upload(url, body_bytes, sent):
+    """A multipart upload to the signed `url` that announces `body_bytes` of file and sends only `sent` of them."""
+    parts = urllib.parse.urlsplit(url)
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="u"\r\n\r\n'
+    length = len(head) + body_bytes + len(b"\r\n--b--\r\n")
+    connection = socket.create_connection((parts.hostname, parts.port))
+    connection.sendall(f"POST {parts.path}?{parts.query} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                       "Content-Type: multipart/form-data; boundary=b\r\n\r\n".encode() + head + b"x" * sent)
+    connection.settimeout(10)
+    return connection
+
+
+def test_one_upload_per_key_at_a_time_and_none_past_its_urls_deadline(classroom):
+    """A student holding their upload URL opens many uploads at once: each would buffer up to the URL's limit in
+    the teacher's kernel, so a second one to the same key is refused while the first lasts; and a slow upload
+    ends with its URL's deadline instead of holding its connection and buffer."""
+    url = classroom.store.signed_url("POST", "runs/r/update", time.time() + 2, max_bytes=2**20)
+    slow = _start_upload(url, 2**20, 1000)
+    time.sleep(0.3)
+    second = _start_upload(url, 10, 10)
+    assert second.recv(1000).split(b"\r\n")[0] == b"HTTP/1.1 409 Conflict"
+    assert slow.recv(1000).split(b"\r\n")[0] == b"HTTP/1.1 408 Request Timeout"
+    assert not classroom.store.exists("runs/r/update")
+    later = classroom.store.signed_url("POST", "runs/r/update", time.time() + 60, max_bytes=2**20)
+    PresignedStore.from_descriptor({"kind": "presigned", "expires_at": time.time() + 60, "max_write_bytes": 2**20,
+                                    "get": {}, "post": {"runs/r/update": {"url": later, "fields": {}}}}).put(
+        "runs/r/update", b"whole")
+    assert classroom.store.get("runs/r/update") == b"whole"
+    slow.close(), second.close()
 
 
 def test_the_comparison_with_the_class_average():

@@ -47,6 +47,7 @@ class ClassroomService:
     def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0) -> None:
         self.roster = Roster(JoinCode.fresh(code_minutes))
         self.timeout = timeout
+        self._uploading: set[str] = set()  # keys with an upload in progress (the server's loop is its only user)
         app = web.Application(client_max_size=UPDATE_LIMIT)
         app.router.add_post("/join", self._join)
         app.router.add_post("/leave", self._leave)
@@ -158,11 +159,17 @@ class ClassroomService:
         """The form's `file` part becomes the key's bytes, unless it is longer than the URL's signed limit."""
         if (refused := self._refusal(request, "POST")) is not None:
             return refused
+        key = request.match_info["key"]
+        if key in self._uploading:  # one upload per key at a time: parallel ones would each hold `limit` bytes here
+            return web.Response(status=409, text=f"an upload to {key} is already in progress")
+        self._uploading.add(key)
         try:  # a slow upload holds its connection until its URL expires, no longer
             async with asyncio.timeout(max(0.0, int(request.query["expires"]) - time.time())):
                 return await self._upload(request, int(request.query.get("limit") or UPDATE_LIMIT))
         except TimeoutError:
             return web.Response(status=408, text="the upload did not finish before its URL expired")
+        finally:
+            self._uploading.discard(key)
 
     async def _upload(self, request: web.Request, limit: int) -> web.Response:
         try:
