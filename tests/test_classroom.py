@@ -1,6 +1,7 @@
 """The classroom's join flow and its refusals, over real aiohttp servers on 127.0.0.1 in this process."""
 
 import json
+import os
 import secrets
 import socket
 import time
@@ -280,6 +281,33 @@ def test_one_upload_per_key_at_a_time_and_none_past_its_urls_deadline(classroom)
         "runs/r/update", b"whole")
     assert classroom.store.get("runs/r/update") == b"whole"
     slow.close(), second.close()
+
+
+def _resident_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_reader_that_never_reads_holds_a_connection_not_a_copy_of_the_model(classroom):
+    """A student asks for the global model on many connections and reads none: the service streams the key from
+    disk, so the teacher's kernel holds no copy per connection (it held the body per connection: 30 readers
+    of an 8 MiB model grew it by 377 MiB here)."""
+    classroom.store.put("runs/r/global.weights", os.urandom(8 * 2**20))
+    url = urllib.parse.urlsplit(classroom.store.signed_url("GET", "runs/r/global.weights", time.time() + 60))
+    before = _resident_bytes()
+    readers = []
+    for _ in range(30):
+        reader = socket.create_connection((url.hostname, url.port))
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.sendall(f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        readers.append(reader)
+    time.sleep(2)
+    grown = _resident_bytes() - before
+    for reader in readers:
+        reader.close()
+    assert grown < 64 * 2**20, f"the service holds {grown / 2**20:.0f} MiB for 30 readers that never read"
+    with urllib.request.urlopen(urllib.parse.urlunsplit(url), timeout=30) as response:  # a reader gets it whole
+        assert response.read() == classroom.store.get("runs/r/global.weights")
 
 
 def test_the_comparison_with_the_class_average():

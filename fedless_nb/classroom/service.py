@@ -20,7 +20,6 @@ from aiohttp import web
 from ..providers.http import HttpProvider
 from ..providers.retry import RetryPolicy
 from ..rounds.events import InvocationFinished
-from ..store import MissingKeyError
 from .errors import ClassroomError
 from .roster import JoinCode, Roster
 from .served_store import STORE_PATH, ServedStore
@@ -150,10 +149,10 @@ class ClassroomService:
     async def _get(self, request: web.Request) -> web.Response:
         if (refused := self._refusal(request, "GET")) is not None:
             return refused
-        try:
-            return web.Response(body=self.store.get(request.match_info["key"]), content_type="application/octet-stream")
-        except MissingKeyError:
+        path = self.store.file(request.match_info["key"])  # streamed from disk: a reader that never reads holds
+        if not path.is_file():                              # a connection, not a copy of the model
             return web.Response(status=404, text="no such key")
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
     async def _post(self, request: web.Request) -> web.Response:
         """The form's `file` part becomes the key's bytes, unless it is longer than the URL's signed limit."""
