@@ -1,5 +1,6 @@
 """The classroom's join flow and its refusals, over real aiohttp servers on 127.0.0.1 in this process."""
 
+import asyncio
 import json
 import os
 import secrets
@@ -11,6 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from aiohttp import web
 
 from fedless_nb.classroom.errors import ClassroomError
 from fedless_nb.classroom import roster, server_thread
@@ -19,9 +21,11 @@ from fedless_nb.classroom.roster import leave_proof
 from fedless_nb.classroom.service import ClassroomService
 from fedless_nb.classroom.student import StudentFunction, compare_with_class
 from fedless_nb.function import handler
+from fedless_nb.providers.base import InvocationError
 from fedless_nb.security import NonceCache, client_key, new_secret
 from fedless_nb.store import PresignedStore, StoreError, decode_arrays, encode_arrays
 
+from loopback import serving
 from signed_tasks import make_task, write_inputs
 
 
@@ -308,6 +312,27 @@ def test_a_reader_that_never_reads_holds_a_connection_not_a_copy_of_the_model(cl
     assert grown < 64 * 2**20, f"the service holds {grown / 2**20:.0f} MiB for 30 readers that never read"
     with urllib.request.urlopen(urllib.parse.urlunsplit(url), timeout=30) as response:  # a reader gets it whole
         assert response.read() == classroom.store.get("runs/r/global.weights")
+
+
+def test_a_students_oversized_reply_is_refused_unparsed(classroom):
+    """A student's function answers with 2 MiB of JSON: a result is a few KB, and parsing a reply costs the teacher's
+    kernel several times its size (a 64 MiB one, the HTTP provider's own limit, about 0.5 GB), once per name a
+    student joined under; the class's providers refuse one over 1 MiB as that invocation's failure."""
+    async def bloated(request):
+        return web.Response(body=b"[" + b"0," * 2**20 + b"0]", content_type="application/json")
+
+    async def call():
+        async with serving(web.post("/", bloated)) as url:
+            assert post(classroom.url + "/join", registration(classroom, "mallory", url=url + "/"))[0] == 200
+            provider = classroom.providers()["mallory"]
+            try:
+                await provider.invoke({"task": 1})
+            finally:
+                await provider.close()
+
+    with pytest.raises(InvocationError, match=f"the reply exceeded {2**20} bytes") as refused:
+        asyncio.run(call())
+    assert refused.value.cause == "invalid"
 
 
 def test_the_comparison_with_the_class_average():
