@@ -149,8 +149,8 @@ def _function_url(value: Any) -> str:
     url = str(value or "")
     try:
         parts = urllib.parse.urlsplit(url)
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != -1
-    except ValueError:  # a port that is not a number in 0-65535 (parts.port), a malformed IPv6 host
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # parts.port: a port that is not a number in 0-65535; urlsplit: a malformed IPv6 host
         usable = False
     if not usable:
         raise ClassroomError(f"the function URL {url[:80]!r} is not an http(s) URL with a host: run %fedless_join again")
