@@ -1,22 +1,31 @@
 """The classroom's join flow and its refusals, over real aiohttp servers on 127.0.0.1 in this process."""
 
+import asyncio
 import json
+import os
 import secrets
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
 import pytest
+from aiohttp import web
 
 from fedless_nb.classroom.errors import ClassroomError
+from fedless_nb.classroom import roster, server_thread
+from fedless_nb.classroom import service as service_module
 from fedless_nb.classroom.roster import leave_proof
 from fedless_nb.classroom.service import ClassroomService
 from fedless_nb.classroom.student import StudentFunction, compare_with_class
 from fedless_nb.function import handler
+from fedless_nb.providers.base import InvocationError
 from fedless_nb.security import NonceCache, client_key, new_secret
 from fedless_nb.store import PresignedStore, StoreError, decode_arrays, encode_arrays
 
+from loopback import serving
 from signed_tasks import make_task, write_inputs
 
 
@@ -84,6 +93,94 @@ def test_a_replayed_registration_is_refused_with_one_line(classroom):
     stale = {**registration, "name": "carol", "nonce": secrets.token_hex(16), "sent_at": time.time() - 3600}
     assert post(classroom.url + "/join", stale)[0] == 403
     assert [row["name"] for row in classroom.roster.rows()] == ["bob"]
+
+
+def registration(classroom, name, **fields):
+    return {"code": classroom.code, "name": name, "url": "http://127.0.0.1:9/", "nonce": secrets.token_hex(16),
+            "sent_at": time.time(), "own_examples": None, **fields}
+
+
+@pytest.mark.parametrize("fields, refusal", [
+    ({"own_examples": "abc"}, "own examples 'abc': train on 1 to 10000 examples of your own"),
+    ({"own_examples": -5}, "own examples '-5': train on 1 to 10000"),  # a negative FedAvg weight
+    ({"own_examples": 0}, "own examples '0': train on 1 to 10000"),
+    ({"own_examples": 10**12}, "own examples '1000000000000': train on 1 to 10000"),  # the whole average's weight
+    ({"own_examples": 2.5}, "own examples '2.5': train on 1 to 10000"),
+    ({"url": "file:///etc/passwd"}, "the function URL 'file:///etc/passwd' is not an http(s) URL with a host"),
+    ({"url": "http://127.0.0.1:notaport/"}, "is not an http(s) URL with a host"),
+    ({"url": None}, "the function URL '' is not an http(s) URL with a host"),
+    ({"sent_at": float("nan")}, "this registration was already used or is too old (a replay)"),
+])
+def test_a_malformed_registration_is_refused_with_one_line(classroom, fields, refusal):
+    status, reply = post(classroom.url + "/join", registration(classroom, "mallory", **fields))
+    assert status == 403 and refusal in reply["error"] and "\n" not in reply["error"]
+    assert classroom.roster.rows() == []
+
+
+def test_deeply_nested_json_is_refused_with_one_line(classroom):
+    request = urllib.request.Request(classroom.url + "/join", data=b"[" * 4000, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 403
+    assert json.loads(refused.value.read())["error"] == "a classroom message is a JSON object of at most 4096 bytes"
+
+
+def test_a_class_admits_a_bounded_number_of_names_and_remembers_nonces_only_while_they_could_be_replayed(
+        classroom, monkeypatch):
+    monkeypatch.setattr(roster, "CLASS_LIMIT", 3)
+    for name in ("s1", "s2", "s3"):
+        assert post(classroom.url + "/join", registration(classroom, name))[0] == 200
+    status, reply = post(classroom.url + "/join", registration(classroom, "s4"))
+    assert (status, reply["error"]) == (403, "the class is full (3 students): ask the teacher to open another one")
+    assert len(classroom.provider_configs()) == 3
+    later = time.time() + 3 * roster.REGISTRATION_WINDOW  # every registration above is too old to replay by then
+    classroom.roster.code.expires_at = later + 60
+    student = classroom.roster.students["s1"]
+    classroom.roster.leave("s1", leave_proof(student.secret, "s1"))
+    classroom.roster.register(registration(classroom, "s1", sent_at=later), now=later)  # a name that left comes back
+    assert len(classroom.roster._nonces) == 1
+
+
+def test_the_join_service_drops_slow_loris_connections_and_holds_a_bounded_number(tmp_path, monkeypatch):
+    """A student opens connections and sends nothing, or trickles a request's headers or a join's body: each is
+    closed after the idle limit (aiohttp's default kept them an hour), and connections past the limit are closed
+    at once, so a flood cannot take the teacher's kernel's file descriptors. Students join again once it ends."""
+    monkeypatch.setattr(server_thread, "IDLE_TIMEOUT", 1.0)
+    monkeypatch.setattr(server_thread, "CONNECTION_LIMIT", 20)
+    monkeypatch.setattr(service_module, "MESSAGE_SECONDS", 1.0)
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"))
+    host, port = "127.0.0.1", service._server.port
+    try:
+        silent = socket.create_connection((host, port))
+        trickling = socket.create_connection((host, port))
+        slow_body = socket.create_connection((host, port))
+        slow_body.sendall(b"POST /join HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n{")
+        trickling.sendall(b"POST /join HTTP/1.1\r\nHost: x\r\n")
+        with pytest.raises(OSError):  # the service closes it while its headers still trickle in
+            for _ in range(20):
+                time.sleep(0.5)
+                trickling.sendall(b"X-Slow: 1\r\n")
+        silent.settimeout(5)
+        assert silent.recv(100) == b"", "the service closed it"
+        slow_body.settimeout(5)
+        assert b"the message did not arrive within 1 s" in slow_body.recv(1000)
+        split = socket.create_connection((host, port))  # a join whose body arrives in two pieces is read whole
+        body = json.dumps(registration(service, "bob")).encode()
+        split.sendall(b"POST /join HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+        time.sleep(0.3)
+        split.sendall(body[10:])
+        split.settimeout(5)
+        assert split.recv(1000).startswith(b"HTTP/1.1 200")
+        split.close()
+        flood = [socket.create_connection((host, port)) for _ in range(100)]
+        time.sleep(0.5)
+        assert service._server.connections <= 20 + 2 * server_thread.ACCEPT_BACKLOG < len(flood)
+        for connection in flood + [silent, trickling, slow_body]:
+            connection.close()
+        time.sleep(1.5)
+        assert post(service.url + "/join", registration(service, "alice"))[0] == 200
+    finally:
+        service.close()
 
 
 def test_a_taken_name_and_a_bad_name_are_refused(classroom):
@@ -157,6 +254,85 @@ def test_the_served_store_grants_exactly_the_signed_keys(classroom):
     expired = classroom.store.signed_url("GET", "runs/r/global-0.weights", time.time() - 10)
     with pytest.raises(urllib.error.HTTPError, match="403"):
         urllib.request.urlopen(expired, timeout=10)
+
+
+def _start_upload(url, body_bytes, sent):
+    """A multipart upload to the signed `url` that announces `body_bytes` of file and sends only `sent` of them."""
+    parts = urllib.parse.urlsplit(url)
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="u"\r\n\r\n'
+    length = len(head) + body_bytes + len(b"\r\n--b--\r\n")
+    connection = socket.create_connection((parts.hostname, parts.port))
+    connection.sendall(f"POST {parts.path}?{parts.query} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                       "Content-Type: multipart/form-data; boundary=b\r\n\r\n".encode() + head + b"x" * sent)
+    connection.settimeout(10)
+    return connection
+
+
+def test_one_upload_per_key_at_a_time_and_none_past_its_urls_deadline(classroom):
+    """A student holding their upload URL opens many uploads at once: each would buffer up to the URL's limit in
+    the teacher's kernel, so a second one to the same key is refused while the first lasts; and a slow upload
+    ends with its URL's deadline instead of holding its connection and buffer."""
+    url = classroom.store.signed_url("POST", "runs/r/update", time.time() + 2, max_bytes=2**20)
+    slow = _start_upload(url, 2**20, 1000)
+    time.sleep(0.3)
+    second = _start_upload(url, 10, 10)
+    assert second.recv(1000).split(b"\r\n")[0] == b"HTTP/1.1 409 Conflict"
+    assert slow.recv(1000).split(b"\r\n")[0] == b"HTTP/1.1 408 Request Timeout"
+    assert not classroom.store.exists("runs/r/update")
+    later = classroom.store.signed_url("POST", "runs/r/update", time.time() + 60, max_bytes=2**20)
+    PresignedStore.from_descriptor({"kind": "presigned", "expires_at": time.time() + 60, "max_write_bytes": 2**20,
+                                    "get": {}, "post": {"runs/r/update": {"url": later, "fields": {}}}}).put(
+        "runs/r/update", b"whole")
+    assert classroom.store.get("runs/r/update") == b"whole"
+    slow.close(), second.close()
+
+
+def _resident_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_reader_that_never_reads_holds_a_connection_not_a_copy_of_the_model(classroom):
+    """A student asks for the global model on many connections and reads none: the service streams the key from
+    disk, so the teacher's kernel holds no copy per connection (it held the body per connection: 30 readers
+    of an 8 MiB model grew it by 377 MiB here)."""
+    classroom.store.put("runs/r/global.weights", os.urandom(8 * 2**20))
+    url = urllib.parse.urlsplit(classroom.store.signed_url("GET", "runs/r/global.weights", time.time() + 60))
+    before = _resident_bytes()
+    readers = []
+    for _ in range(30):
+        reader = socket.create_connection((url.hostname, url.port))
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.sendall(f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        readers.append(reader)
+    time.sleep(2)
+    grown = _resident_bytes() - before
+    for reader in readers:
+        reader.close()
+    assert grown < 64 * 2**20, f"the service holds {grown / 2**20:.0f} MiB for 30 readers that never read"
+    with urllib.request.urlopen(urllib.parse.urlunsplit(url), timeout=30) as response:  # a reader gets it whole
+        assert response.read() == classroom.store.get("runs/r/global.weights")
+
+
+def test_a_students_oversized_reply_is_refused_unparsed(classroom):
+    """A student's function answers with 2 MiB of JSON: a result is a few KB, and parsing a reply costs the teacher's
+    kernel several times its size (a 64 MiB one, the HTTP provider's own limit, about 0.5 GB), once per name a
+    student joined under; the class's providers refuse one over 1 MiB as that invocation's failure."""
+    async def bloated(request):
+        return web.Response(body=b"[" + b"0," * 2**20 + b"0]", content_type="application/json")
+
+    async def call():
+        async with serving(web.post("/", bloated)) as url:
+            assert post(classroom.url + "/join", registration(classroom, "mallory", url=url + "/"))[0] == 200
+            provider = classroom.providers()["mallory"]
+            try:
+                await provider.invoke({"task": 1})
+            finally:
+                await provider.close()
+
+    with pytest.raises(InvocationError, match=f"the reply exceeded {2**20} bytes") as refused:
+        asyncio.run(call())
+    assert refused.value.cause == "invalid"
 
 
 def test_the_comparison_with_the_class_average():

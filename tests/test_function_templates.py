@@ -79,8 +79,22 @@ def test_azure_http_trigger_adapter(bundles, tasks):
 
     assert call(json.dumps(unsigned).encode())[0] == 401
     assert call(b"[1, 2")[0] == 400
+    assert_too_long_is_refused_unparsed(lambda body: call(body.encode()))
     status, result = call(json.dumps(task).encode())
     assert status == 200 and signed(result)
+
+
+def assert_too_long_is_refused_unparsed(call, limit=4096):
+    """Azure's host passes bodies up to 100 MB and OpenFaaS's template any body: a body over the task limit (lowered
+    here to `limit` bytes) is answered 413, as the Functions Framework adapter answers, without being parsed."""
+    from fedless_nb.function import serving
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(serving, "MAX_TASK_BYTES", limit)
+        patch.setattr(serving, "invoke", lambda *_, **__: pytest.fail("a body over the limit was parsed"))
+        status, reply = call(json.dumps({"padding": "x" * limit}))
+    assert status == 413
+    assert reply["error"]["message"] == f"the request body is longer than the {limit} bytes a task can have"
 
 
 # -- Apache OpenWhisk --------------------------------------------------------------------------
@@ -198,6 +212,7 @@ def test_openfaas_python3_http_adapter(bundles, tasks):
 
     assert call(json.dumps(unsigned))[0] == 401
     assert call("")[0] == 400
+    assert_too_long_is_refused_unparsed(call)
     status, result = call(json.dumps(task))
     assert status == 200 and signed(result)
 

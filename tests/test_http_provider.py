@@ -154,6 +154,38 @@ def test_a_polled_activation_that_refused_its_token_is_not_retried():
     assert caught.value.cause == "auth" and activations.invocations == 1
 
 
+def test_an_activation_id_that_is_not_one_is_never_polled():
+    """A hostile action answers 202 with an "activation id" that walks out of /activations/ (to read another API
+    path with the controller's OpenWhisk key): the provider polls only a plain id and fails the call otherwise."""
+    fetched = []
+
+    class Traversing(OpenWhiskActivations):
+        async def invoke(self, request):
+            self.invocations += 1
+            return web.json_response({"activationId": "../../actions/other-action?code=true"}, status=202)
+
+    async def anything(request):
+        fetched.append(request.path)
+        return web.json_response({"response": {"success": True, "result": {"code": "someone else's"}}})
+
+    activations = Traversing(None)
+
+    async def serve():
+        routes = (web.post("/api/v1/namespaces/{namespace}/actions/{action}", activations.invoke),
+                  web.get("/{tail:.*}", anything))
+        async with serving(*routes) as base:
+            provider = HttpProvider("ow", url=f"{base}/api/v1/namespaces/guest/actions/fedless-client?blocking=true",
+                                    auth="basic", key="user:pass", retry=FAST_RETRIES, poll_interval=0.01)
+            try:
+                return await provider.invoke({"x": 1})
+            finally:
+                await provider.close()
+
+    with pytest.raises(InvocationError, match="no activation to wait for"):
+        asyncio.run(serve())
+    assert fetched == [] and activations.invocations == 1
+
+
 def test_a_call_past_its_timeout_fails_as_timeout():
     with pytest.raises(InvocationError, match="within 0.2s") as caught:
         _invoke(Endpoint(delay=1.0), [{"x": 1}], timeout=0.2)
@@ -274,6 +306,17 @@ def test_a_reply_that_is_not_json_data_is_one_invalid_invocation(status, body, c
     with pytest.raises(InvocationError, match=message) as caught:
         _invoke(endpoint, [{"task": 1}])
     assert caught.value.cause == cause
+
+
+@pytest.mark.parametrize("claimed", ["abc", [1], 1e400, 10**30, True], ids=["text", "list", "inf", "huge", "bool"])
+def test_an_error_envelope_whose_status_is_not_one_keeps_the_transports(claimed):
+    """A hostile function's envelope claims a status that is no HTTP status: the call fails as one invocation with
+    the status the transport saw (a ValueError or OverflowError used to escape the provider)."""
+    body = json.dumps({"error": {"status": claimed, "type": "X", "message": "m"}}).replace("Infinity", "1e400")
+    endpoint = Endpoint([(403, body)])
+    with pytest.raises(InvocationError, match="answered HTTP 403: X: m") as caught:
+        _invoke(endpoint, [{"task": 1}])
+    assert caught.value.cause == "auth" and len(endpoint.requests) == 1
 
 
 def test_a_functions_huge_error_message_is_cut_before_it_reaches_the_history():

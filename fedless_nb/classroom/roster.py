@@ -11,10 +11,12 @@ student's function.
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import secrets
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -24,6 +26,8 @@ from .errors import ClassroomError
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread from a projector
 REGISTRATION_WINDOW = 120.0  # seconds a registration message stays valid (clock skew included)
+CLASS_LIMIT = 200  # names a class admits (a name that left may come back): each is a client and a roster row
+OWN_EXAMPLES_LIMIT = 10_000  # a student's own examples: FedAvg weighs their update by this claim, which nobody can check
 
 
 @dataclass
@@ -60,7 +64,7 @@ class Roster:
     code: JoinCode
     secret: str = field(default_factory=new_secret)
     students: dict[str, Student] = field(default_factory=dict)
-    _nonces: set[str] = field(default_factory=set)
+    _nonces: dict[str, float] = field(default_factory=dict)  # the registrations used, by their sent_at
     _lock: threading.Lock = field(default_factory=threading.Lock)
     on_change: Callable[[], None] | None = None
 
@@ -71,25 +75,29 @@ class Roster:
             raise ClassroomError("wrong join code: copy the code shown on the teacher's screen")
         if now > self.code.expires_at:
             raise ClassroomError("the join code expired: ask the teacher for a new one (%fedless_classroom open)")
-        nonce, name = str(message.get("nonce", "")), str(message.get("name", ""))
-        try:
-            sent_at = float(message.get("sent_at", 0))
-        except (TypeError, ValueError):
-            sent_at = 0.0
+        nonce, name, sent_at = str(message.get("nonce", "")), str(message.get("name", "")), _sent_at(message)
         with self._lock:
-            if not nonce or nonce in self._nonces or abs(now - sent_at) > REGISTRATION_WINDOW:
+            self._forget_nonces_before(now - 2 * REGISTRATION_WINDOW)
+            if not nonce or nonce in self._nonces or not abs(now - sent_at) <= REGISTRATION_WINDOW:
                 raise ClassroomError("this registration was already used or is too old (a replay): "
                                      "run %fedless_join again")
             if not NAME.match(name):
                 raise ClassroomError(f"--name {name!r}: use 1-32 lowercase letters, digits, - or _, e.g. --name alice")
             if name in self.students and self.students[name].status == "joined":
                 raise ClassroomError(f"the name {name!r} is taken in this class: choose another --name")
-            self._nonces.add(nonce)
-            own = message.get("own_examples")
-            student = Student(name, str(message.get("url", "")), new_secret(), None if own is None else int(own), now)
+            url, own = _function_url(message.get("url")), _own_examples(message.get("own_examples"))
+            if name not in self.students and len(self.students) >= CLASS_LIMIT:
+                raise ClassroomError(f"the class is full ({CLASS_LIMIT} students): ask the teacher to open another one")
+            self._nonces[nonce] = sent_at
+            student = Student(name, url, new_secret(), own, now)
             self.students[name] = student
         self._changed()
         return student
+
+    def _forget_nonces_before(self, oldest: float) -> None:
+        """Drop the nonces of registrations too old to be admitted anyway, so that joins cannot fill memory."""
+        for nonce in [nonce for nonce, sent_at in self._nonces.items() if sent_at < oldest]:
+            del self._nonces[nonce]
 
     def leave(self, name: str, proof: str) -> None:
         """Mark `name` as gone; `proof` is the student's own key's MAC of their name (nobody else can)."""
@@ -126,6 +134,37 @@ class Roster:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+
+def _sent_at(message: dict[str, Any]) -> float:
+    """The registration's time, or NaN (never admitted) when it is not a number."""
+    try:
+        return float(message.get("sent_at", "nan"))
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _function_url(value: Any) -> str:
+    """The student's function URL, if it is an http(s) URL with a host: the teacher's kernel POSTs every task there."""
+    url = str(value or "")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # parts.port: a port that is not a number in 0-65535; urlsplit: a malformed IPv6 host
+        usable = False
+    if not usable:
+        raise ClassroomError(f"the function URL {url[:80]!r} is not an http(s) URL with a host: run %fedless_join again")
+    return url
+
+
+def _own_examples(value: Any) -> int | None:
+    """How many examples of their own the student trains on (None: their share of the teacher's dataset)."""
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= OWN_EXAMPLES_LIMIT:
+        raise ClassroomError(f"own examples {str(value)[:40]!r}: train on 1 to {OWN_EXAMPLES_LIMIT} examples of your own "
+                             "(--data), or none to get a share of the teacher's dataset")
+    return value
 
 
 def leave_proof(secret: str, name: str) -> str:

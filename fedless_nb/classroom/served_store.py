@@ -14,6 +14,7 @@ import hmac
 import secrets
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..store import LocalStore
@@ -49,6 +50,10 @@ class ServedStore(LocalStore):
                 "get": {key: self.signed_url("GET", key, expires_at) for key in reads},
                 "post": {key: {"url": self.signed_url("POST", key, expires_at, max_write_bytes), "fields": {}}
                          for key in writes}}
+
+    def file(self, key: str) -> Path:
+        """Where `key`'s bytes lie on disk: the service streams a GET from there, never holding them whole."""
+        return self._path(key)
 
     def allows(self, method: str, key: str, expires: str, signature: str, limit: str = "") -> str | None:
         """Why a request for `key` is refused, or None when its URL was signed for it and is still valid."""

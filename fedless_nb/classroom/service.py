@@ -9,6 +9,7 @@ It serves nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -19,14 +20,17 @@ from aiohttp import web
 from ..providers.http import HttpProvider
 from ..providers.retry import RetryPolicy
 from ..rounds.events import InvocationFinished
-from ..store import MissingKeyError
 from .errors import ClassroomError
 from .roster import JoinCode, Roster
 from .served_store import STORE_PATH, ServedStore
 from .server_thread import ServerThread
 
 REGISTRATION_LIMIT = 4096  # bytes a join or leave message may have
+MESSAGE_SECONDS = 10.0  # a join or leave message arrives within this, or the connection is not held for it
 UPDATE_LIMIT = 64 * 2**20  # bytes a student's update may have
+# Bytes a student's reply may have: a result is a few KB (its update goes to the store), while parsing a hostile 64 MiB
+# reply (the HTTP provider's default limit) costs the teacher's kernel about 0.5 GB, once per name a student joined.
+REPLY_LIMIT = 2**20
 
 
 def reachable_address(target: str = "192.0.2.1") -> str:
@@ -45,6 +49,7 @@ class ClassroomService:
     def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0) -> None:
         self.roster = Roster(JoinCode.fresh(code_minutes))
         self.timeout = timeout
+        self._uploading: set[str] = set()  # keys with an upload in progress (the server's loop is its only user)
         app = web.Application(client_max_size=UPDATE_LIMIT)
         app.router.add_post("/join", self._join)
         app.router.add_post("/leave", self._leave)
@@ -88,7 +93,8 @@ class ClassroomService:
     def providers(self) -> dict[str, HttpProvider]:
         """The students' functions, each signing with that student's own key; a gone student fails fast."""
         return {s.name: HttpProvider(s.name, url=s.url, timeout=self.timeout, concurrency=1, secret=s.secret,
-                                     retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0))
+                                     retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0),
+                                     reply_limit=REPLY_LIMIT)
                 for s in self.roster.present()}
 
     def own_data_sizes(self, client_ids: list[str]) -> dict[str, int]:
@@ -107,10 +113,17 @@ class ClassroomService:
 
     # -- routes --------------------------------------------------------------------------------
     async def _message(self, request: web.Request) -> dict[str, Any]:
-        body = await request.content.read(REGISTRATION_LIMIT + 1)
+        body = bytearray()  # read to its end (a body may arrive in several pieces), or one byte past the limit
+        try:
+            async with asyncio.timeout(MESSAGE_SECONDS):
+                while len(body) <= REGISTRATION_LIMIT and (chunk := await request.content.read(
+                        REGISTRATION_LIMIT + 1 - len(body))):
+                    body += chunk
+        except TimeoutError:
+            raise ClassroomError(f"the message did not arrive within {MESSAGE_SECONDS:g} s") from None
         try:
             message = json.loads(body) if len(body) <= REGISTRATION_LIMIT else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a few thousand nested brackets
             message = None
         if not isinstance(message, dict):
             raise ClassroomError(f"a classroom message is a JSON object of at most {REGISTRATION_LIMIT} bytes")
@@ -140,16 +153,28 @@ class ClassroomService:
     async def _get(self, request: web.Request) -> web.Response:
         if (refused := self._refusal(request, "GET")) is not None:
             return refused
-        try:
-            return web.Response(body=self.store.get(request.match_info["key"]), content_type="application/octet-stream")
-        except MissingKeyError:
+        path = self.store.file(request.match_info["key"])  # streamed from disk: a reader that never reads holds
+        if not path.is_file():                              # a connection, not a copy of the model
             return web.Response(status=404, text="no such key")
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
     async def _post(self, request: web.Request) -> web.Response:
         """The form's `file` part becomes the key's bytes, unless it is longer than the URL's signed limit."""
         if (refused := self._refusal(request, "POST")) is not None:
             return refused
-        limit = int(request.query.get("limit") or UPDATE_LIMIT)
+        key = request.match_info["key"]
+        if key in self._uploading:  # one upload per key at a time: parallel ones would each hold `limit` bytes here
+            return web.Response(status=409, text=f"an upload to {key} is already in progress")
+        self._uploading.add(key)
+        try:  # a slow upload holds its connection until its URL expires, no longer
+            async with asyncio.timeout(max(0.0, int(request.query["expires"]) - time.time())):
+                return await self._upload(request, int(request.query.get("limit") or UPDATE_LIMIT))
+        except TimeoutError:
+            return web.Response(status=408, text="the upload did not finish before its URL expired")
+        finally:
+            self._uploading.discard(key)
+
+    async def _upload(self, request: web.Request, limit: int) -> web.Response:
         try:
             reader = await request.multipart()
             while (part := await reader.next()) is not None and getattr(part, "name", None) != "file":

@@ -35,6 +35,7 @@ from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 AUTH_STYLES = ("none", "function_key", "basic", "bearer")
 _CAUSES = {202: "timeout", 401: "auth", 403: "auth", 429: "throttled", 504: "timeout"}
 _OPENWHISK_ACTION = re.compile(r"^(/api/v1/namespaces/[^/]+)/actions/")
+_ACTIVATION_ID = re.compile(r"[0-9A-Za-z]{1,64}")  # OpenWhisk's are 32 hex digits; never a path or a query
 
 
 class HttpCallError(Exception):
@@ -60,8 +61,10 @@ def _failure(status: int, body: bytes) -> HttpCallError | None:
     except ValueError:
         reply = None
     error = reply.get("error") if isinstance(reply, dict) else None
-    if isinstance(error, dict):  # a fedless adapter's envelope: its status is the function's own
-        return HttpCallError(int(error.get("status", status)), f"{error.get('type', 'Error')}: {error.get('message', '')}")
+    if isinstance(error, dict):  # a fedless adapter's envelope: its status is the function's own, if it is one
+        claimed = error.get("status")
+        own = claimed if type(claimed) is int and 100 <= claimed <= 599 else status
+        return HttpCallError(own, f"{error.get('type', 'Error')}: {error.get('message', '')}")
     if isinstance(error, str):  # OpenWhisk's own errors (an action that raised, a missing action)
         return HttpCallError(status if status >= 400 else 502, error)
     if status >= 400:
@@ -169,7 +172,9 @@ class HttpProvider(Provider):
             activation = reply_json(reply).get("activationId")
         except (ValueError, AttributeError):
             return None
-        return activation_url(self.url, str(activation)) if activation else None
+        if not isinstance(activation, str) or not _ACTIVATION_ID.fullmatch(activation):
+            return None  # a reply's "id" that walks out of /activations/ would be fetched with the platform's key
+        return activation_url(self.url, activation)
 
     async def _wait_for_activation(self, record_url: str) -> dict[str, Any]:
         """Poll an OpenWhisk activation record until it holds the result; transient failures only delay it."""
