@@ -114,6 +114,8 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
      r"^strategy.options.beta_1: must be a finite number, got '0.9'$"),
     ({"strategy": {"name": "trimmed_mean", "options": {"beta": 0.5}}}, r"^strategy.options.beta: must be in \[0, 0.5\)"),
     ({"strategy": {"name": "bulyan", "options": {"num_malicious": 1}}}, r"^clients_per_round: bulyan needs at least"),
+    ({"strategy": {"name": "fednova"}, "train": {"optimizer": "adam"}},
+     r"^train.optimizer: fednova normalizes by plain SGD's local steps; use sgd, not 'adam'$"),
     ({"train": {"batch_size": 32, "dp": {"sampling": "shuffle", "num_microbatches": 5}}},
      r"^train.dp.num_microbatches: must divide"),
     ({"train": {"dp": {"num_microbatches": 4}}}, r"^train.dp.num_microbatches: Poisson batches vary in size"),
