@@ -1,4 +1,4 @@
-"""Utility, epsilon and membership-inference AUC on digits at several DP-SGD noise levels (and without DP).
+"""Utility, epsilon and membership-inference AUC, advantage and PPV on digits at several DP-SGD noise levels (and without DP).
 
 Workload: digits IID over C clients, every client in every round, MLP 64-64-10, SGD lr 0.3, E local
 epochs, batch 16, Poisson-sampled DP-SGD (clip 1.0, delta 1e-5, RDP). The audit attacks client-0000's
@@ -36,8 +36,9 @@ def measure(noise: float | None, clients: int, rounds: int, epochs: int) -> dict
     audit = audit_run(result, "client-0000")
     report = result.privacy_report()
     return {"noise_multiplier": noise, "epsilon": None if report is None else round(report.epsilon, 3),
-            "accuracy": round(result.final_accuracy or 0.0, 4), "loss_threshold_auc": round(audit.loss_threshold_auc, 4),
-            "trained_attack_auc": round(audit.trained_attack_auc, 4), "audited_examples": audit.members,
+            "accuracy": round(result.final_accuracy or 0.0, 4),
+            **{name: round(value, 4) for name, value in audit.to_dict().items() if name.startswith(("loss", "trained"))},
+            "audited_examples": audit.members,
             "run_seconds": round(seconds, 1)}
 
 

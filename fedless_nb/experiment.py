@@ -437,6 +437,10 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         needed = strategy.needed_updates
         _require(config.clients_per_round >= needed, "clients_per_round",
                  f"bulyan needs at least 4 * num_malicious + 3 = {needed} clients per round, got {config.clients_per_round}")
+    # FedNova's normalization counts each local step's gradient once (plain SGD); an adaptive client optimizer
+    # scales its steps by its own state, which the coefficients a_i of Wang et al. 2020 do not describe.
+    _require(config.strategy.name != "fednova" or config.train.optimizer == "sgd", "train.optimizer",
+             f"fednova normalizes by plain SGD's local steps; use sgd, not {config.train.optimizer!r}")
     dp = config.train.dp
     if dp is not None:
         _require(dp.l2_norm_clip > 0, "train.dp.l2_norm_clip", f"must be > 0, got {dp.l2_norm_clip}")

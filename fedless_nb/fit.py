@@ -54,6 +54,8 @@ def preflight(config: ExperimentConfig, model: Any = None, dataset: Dataset | No
                             f"input_shape={dataset.input_shape} (dataset {dataset.name!r}: {dataset.describe()})")
     spec, weights = model_spec_from(built)
     check_model_fits(built, dataset)
+    if config.train.dp is not None:
+        check_dp_sgd_can_train(built)
     return Prepared(dataset, spec, weights)
 
 
@@ -93,6 +95,19 @@ def check_model_fits(model: Any, dataset: Dataset) -> None:
     if units != classes and not (units == 1 and classes == 2 and _binary_loss(model)):
         raise ModelFitError(f"model {model.name!r} ends in {units} outputs but dataset {dataset.name!r} has "
                             f"{classes} classes: make its last layer Dense({classes}, activation='softmax')")
+
+
+def check_dp_sgd_can_train(model: Any) -> None:
+    """Refuse batch normalization under DP-SGD (privacy/dp_sgd.py's batch_statistics_layers says why): the
+    published model would carry each client's raw batch statistics, and the run's epsilon would not hold."""
+    from .privacy.dp_sgd import batch_statistics_layers
+
+    layers = batch_statistics_layers(model)
+    if layers:
+        raise ModelError(f"train.dp: model {model.name!r} has BatchNormalization layer(s) {', '.join(layers)}, whose "
+                         "batch statistics DP-SGD does not clip or noise (the epsilon would not hold): use "
+                         "keras.layers.LayerNormalization or GroupNormalization, freeze them (trainable=False), "
+                         "or drop train.dp")
 
 
 def _instantiate(source: Any, config: ExperimentConfig, dataset: Dataset) -> Any:

@@ -2,7 +2,9 @@
 
 import time
 
+import numpy as np
 import pytest
+from sklearn import metrics
 
 from fedless_nb import zoo
 from fedless_nb.data import load_dataset
@@ -50,3 +52,26 @@ def test_strong_dp_sgd_leaves_the_attacker_near_a_coin_flip(tmp_path):
         dp={"l2_norm_clip": 1.0, "noise_multiplier": 4.0, "sampling": "poisson"})
     audit = membership_audit(model, members, non_members)
     assert abs(audit.loss_threshold_auc - 0.5) < 0.1 and abs(audit.trained_attack_auc - 0.5) < 0.12, audit
+
+
+def test_the_loss_threshold_figures_are_tensorflow_privacys_computed_independently(tmp_path):
+    """AUC, attacker advantage and PPV as tensorflow-privacy's threshold attack computes them (its log_loss, labels
+    0 for members and 1 for non-members scored by loss, metrics.auc, max |tpr - fpr|), and PPV by brute force as the
+    precision of calling an example a member (TP / (TP + FP) over every threshold; the sample is balanced)."""
+    model, members, non_members = _train_client(tmp_path, 60, epochs=60, batch_size=10, learning_rate=0.3)
+    non_members = (non_members[0][:60], non_members[1][:60])  # as many as members: the audit takes them all
+    audit = membership_audit(model, members, non_members)
+
+    def log_loss(x, y):
+        return -np.log(np.maximum(np.float64(model.predict(x, verbose=0))[np.arange(len(y)), y], 1e-8))
+
+    loss_in, loss_out = log_loss(*members), log_loss(*non_members)
+    fpr, tpr, _ = metrics.roc_curve(np.r_[np.zeros(60), np.ones(60)], np.r_[loss_in, loss_out])
+    scores, is_member = -np.r_[loss_in, loss_out], np.r_[np.ones(60), np.zeros(60)]
+    precision = [is_member[scores >= t].mean() for t in np.unique(scores)]
+    figures = audit.loss_threshold
+    assert figures.auc == pytest.approx(metrics.auc(fpr, tpr), abs=1e-12)
+    assert figures.advantage == pytest.approx(np.max(np.abs(tpr - fpr)), abs=1e-12)
+    assert figures.ppv == pytest.approx(max(0.5, max(precision)), abs=1e-12)
+    assert 0.5 < figures.auc and 0 < figures.advantage <= 1 and audit.advantage >= figures.advantage
+    assert audit.to_dict()["loss_threshold_ppv"] == figures.ppv and audit.loss_threshold_auc == figures.auc

@@ -163,6 +163,27 @@ def test_models_of_your_own_that_fit_pass_the_check(tmp_path):
     assert preflight(experiment(tmp_path, "mlp", "shakespeare"), model=variable_length).dataset.sequence_length == 80
 
 
+def normalized_builder(input_shape, num_classes, trainable=True):
+    """A digits model with batch normalization (frozen when `trainable` is false)."""
+    return keras.Sequential([keras.layers.Input(tuple(input_shape)), keras.layers.BatchNormalization(trainable=trainable),
+                             keras.layers.Dense(num_classes, activation="softmax")], name="normalized")
+
+
+def test_dp_sgd_refuses_batch_normalization_whose_statistics_it_cannot_noise(tmp_path):
+    """In training a BatchNormalization layer normalizes by its batch and keeps the batch's raw statistics in
+    its moving averages, which leave with the update: under DP-SGD a model published with epsilon 0.01 carried
+    every client's data means (probe: moving_mean 0.15 after one round at noise multiplier 50)."""
+    private = experiment(tmp_path, "mlp", "digits", train={"epochs": 1, "batch_size": 8, "learning_rate": 0.05,
+                                                           "dp": {"noise_multiplier": 1.0}})
+    with pytest.raises(ModelError, match=r"^train.dp: model 'normalized' has BatchNormalization layer\(s\) "
+                                         r"batch_normalization\w*, whose batch statistics DP-SGD does not clip or noise"):
+        run_experiment(private, model=normalized_builder)
+    assert not (tmp_path / "history.db").exists() and not (tmp_path / "store").exists()
+    frozen = lambda input_shape, num_classes: normalized_builder(input_shape, num_classes, trainable=False)
+    assert preflight(private, model=frozen).weights  # a frozen layer runs in inference mode: nothing learned
+    assert preflight(experiment(tmp_path, "mlp", "digits"), model=normalized_builder).weights  # no DP, no refusal
+
+
 # --- the LEAF tasks -------------------------------------------------------------------------------
 
 

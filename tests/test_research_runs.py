@@ -29,10 +29,12 @@ def test_every_strategy_trains_digits(tiny_config, name, options):
 def test_scaffold_keeps_client_control_variates_in_the_store(tiny_config, tmp_path):
     result = run_experiment(tiny_config(strategy={"name": "scaffold"}, rounds=2))
     store = LocalStore(tmp_path / "store")
-    controls = sorted((tmp_path / "store" / "runs" / result.run_id / "scaffold").glob("*.control"))
-    assert len(controls) >= 4, "one control variate per client that trained"
-    assert any(abs(layer).max() > 0 for layer in decode_arrays(store.get(
-        f"runs/{result.run_id}/scaffold/{controls[0].stem}.control")))
+    controls = sorted((tmp_path / "store" / "runs" / result.run_id).glob("round-*/scaffold/*.control"))
+    assert {path.stem for path in controls} == set(result.strategy.written), "a control variate per client that trained"
+    latest = {client: f"runs/{result.run_id}/round-{r:05d}/scaffold/{client}.control"
+              for client, r in result.strategy.written.items()}
+    assert len(latest) >= 4 and all(any(abs(layer).max() > 0 for layer in decode_arrays(store.get(key)))
+                                    for key in latest.values())
     corrections = list((tmp_path / "store" / "runs" / result.run_id).rglob("corrections/*.weights"))
     assert len(corrections) == 8, "a correction per client and round"
     assert result.strategy.control is not None and result.final_accuracy > 0.2
@@ -114,6 +116,8 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
      r"^strategy.options.beta_1: must be a finite number, got '0.9'$"),
     ({"strategy": {"name": "trimmed_mean", "options": {"beta": 0.5}}}, r"^strategy.options.beta: must be in \[0, 0.5\)"),
     ({"strategy": {"name": "bulyan", "options": {"num_malicious": 1}}}, r"^clients_per_round: bulyan needs at least"),
+    ({"strategy": {"name": "fednova"}, "train": {"optimizer": "adam"}},
+     r"^train.optimizer: fednova normalizes by plain SGD's local steps; use sgd, not 'adam'$"),
     ({"train": {"batch_size": 32, "dp": {"sampling": "shuffle", "num_microbatches": 5}}},
      r"^train.dp.num_microbatches: must divide"),
     ({"train": {"dp": {"num_microbatches": 4}}}, r"^train.dp.num_microbatches: Poisson batches vary in size"),

@@ -112,6 +112,25 @@ def test_a_dp_run_that_died_between_its_history_and_its_checkpoint_redoes_that_r
     assert all(i["outcome"] == "succeeded" for i in invocations), "no function refused its redone task as a replay"
 
 
+def test_a_scaffold_run_that_died_between_its_history_and_its_checkpoint_resumes_to_the_uninterrupted_model(
+        tiny_config, tmp_path):
+    """Round 2's aggregation had written the clients' new c_i when the run died before checkpointing round 2: under
+    one fixed key per client the resumed round 2 started from those, not from round 1's (max difference 0.09)."""
+    config = tiny_config(rounds=3, clients=4, clients_per_round=2, strategy={"name": "scaffold"})
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, observers=[_interrupt_after_recording(2)])
+    (died,) = History(config.history).runs()
+    resumed = resume_experiment(died["run_id"], history=config.history)
+    config.history = str(tmp_path / "uninterrupted.db")
+    uninterrupted = run_experiment(config)
+    for layer, expected in zip(resumed.weights, uninterrupted.weights):
+        np.testing.assert_allclose(layer, expected, rtol=0, atol=1e-6)
+    controls = [path.name for path in (tmp_path / "store" / "runs" / died["run_id"]).glob("round-*/scaffold/*.control")]
+    trained = {i["client_id"] for i in History(config.history).invocations(uninterrupted.run_id)}
+    assert {name.removesuffix(".control") for name in controls} == trained
+    assert max(controls.count(name) for name in controls) <= 2, "a replaced c_i is deleted a round later"
+
+
 @pytest.mark.parametrize("sampling", ["poisson", "fixed"])
 def test_a_stopped_central_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_config, tmp_path, sampling):
     config = tiny_config(rounds=3, clients=4, clients_per_round=2,

@@ -28,9 +28,10 @@ def client_data_key(partition_id: str, client_id: str) -> str:
     return f"data/{partition_id}/{client_id}.arrays"
 
 
-def control_variate_key(run_id: str, client_id: str) -> str:
-    """SCAFFOLD's control variate c_i of one client, kept across rounds by the server."""
-    return f"runs/{run_id}/scaffold/{client_id}.control"
+def control_variate_key(run_id: str, round_number: int, client_id: str) -> str:
+    """SCAFFOLD's control variate c_i of one client as round `round_number` left it: under the round that wrote
+    it, so a resumed run, which clears the rounds after its checkpoint, never reads a newer c_i than its c."""
+    return f"{round_prefix(run_id, round_number)}/scaffold/{client_id}.control"
 
 
 def correction_key(run_id: str, round_number: int, client_id: str) -> str:

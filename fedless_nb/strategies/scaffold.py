@@ -1,7 +1,9 @@
 """SCAFFOLD (Karimireddy et al. 2020): control variates correct the client drift of non-IID data.
 
 The server keeps its control variate c in memory (and in `state()`), every client's c_i in the
-store. Before a round it writes each selected client's correction c - c_i to the store; the
+store under the round that wrote it (`state()` keeps which round that is: a run that died after a round's
+aggregation but before its checkpoint resumes with the c_i that its checkpointed c goes with; a c_i kept
+under one fixed key was already the next round's). Before a round it writes each selected client's correction c - c_i to the store; the
 client adds it to every gradient (fedless_nb/function/handler.py). After the round the server derives
 each c_i+ with option II from what it already knows (start and returned model, the client's
 local step count and learning rate), so clients never need write access beyond their update.
@@ -30,6 +32,8 @@ class Scaffold(Strategy):
         self.server_learning_rate = float(server_learning_rate)
         self.context: RunContext | None = None
         self.control: Weights | None = None
+        self.written: dict[str, int] = {}  # client -> the round whose aggregation wrote its c_i
+        self.superseded: list[tuple[int, str]] = []  # (round that replaced it, key) of c_i no checkpoint needs soon
 
     def bind(self, context: RunContext) -> None:
         self.context = context
@@ -39,9 +43,20 @@ class Scaffold(Strategy):
         return weights
 
     def _client_control(self, client_id: str) -> Weights:
-        key = control_variate_key(self._bound().run_id, client_id)
-        store = self._bound().store
-        return decode_arrays(store.get(key)) if store.exists(key) else [np.zeros_like(c) for c in self.control or []]
+        if client_id not in self.written:
+            return [np.zeros_like(c) for c in self.control or []]
+        return decode_arrays(self._bound().store.get(control_variate_key(self._bound().run_id,
+                                                                         self.written[client_id], client_id)))
+
+    def _store_client_control(self, round_number: int, client_id: str, control: Weights) -> None:
+        """Write c_i under this round; the c_i it replaces is deleted a round later, once this round's
+        checkpoint (which points past it) is written."""
+        context = self._bound()
+        if client_id in self.written and self.written[client_id] != round_number:
+            self.superseded.append((round_number, control_variate_key(context.run_id, self.written[client_id], client_id)))
+        context.store.put(control_variate_key(context.run_id, round_number, client_id),
+                          encode_arrays([c.astype(np.float32) for c in control]))
+        self.written[client_id] = round_number
 
     def _bound(self) -> RunContext:
         if self.context is None:
@@ -61,20 +76,23 @@ class Scaffold(Strategy):
         from ..function.batching import local_steps
 
         context, control = self._bound(), self.control or []
+        for key in [key for replaced, key in self.superseded if replaced < round_number]:
+            context.store.delete(key)
+        self.superseded = [(replaced, key) for replaced, key in self.superseded if replaced >= round_number]
         deltas = []
         for update in updates:
             old = self._client_control(update.client_id)
             steps = update.steps or local_steps(update.num_examples, context.train)
             new = scaffold_controls(old, control, current, update.weights, steps, float(context.train["learning_rate"]))
-            context.store.put(control_variate_key(context.run_id, update.client_id),
-                              encode_arrays([c.astype(np.float32) for c in new]))
+            self._store_client_control(round_number, update.client_id, new)
             deltas.append(subtract(new, old))
         average = fedavg([u.weights for u in updates], [u.num_examples for u in updates])
         self.control = add_scaled(control, fedavg(deltas, [1.0] * len(deltas)), len(updates) / context.clients)
         return add_scaled(current, subtract(average, current), self.server_learning_rate)
 
     def state(self) -> dict[str, Any]:
-        return {"control": self.control}
+        return {"control": self.control, "written": dict(self.written), "superseded": [list(s) for s in self.superseded]}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.control = state.get("control")
+        self.control, self.written = state.get("control"), {c: int(r) for c, r in state.get("written", {}).items()}
+        self.superseded = [(int(replaced), str(key)) for replaced, key in state.get("superseded", [])]
