@@ -40,6 +40,7 @@ from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_st
 from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
 from .strategies.central_dp import CentralDP
+from .wire import SECAGG_KEY_STAGES
 from .zoo import BUILDERS
 
 
@@ -197,6 +198,9 @@ async def run_experiment_async(
         controller.privacy_sources.append(accountant.round_metrics_async)
         controller.result_checks.append(accountant.check_result)
         controller.checkpointed["privacy"] = accountant
+    if checkpoint is not None:
+        released = _released_after(history, run_id, checkpoint.round)
+        controller.on_restore.append(lambda _: _charge_released(released, accountant, controller.strategy))
     controller.subscribe(HistoryWriter(history))
     for observer in observers:
         controller.subscribe(observer)
@@ -214,6 +218,27 @@ async def run_experiment_async(
         history.close()
         store.close()
     return RunResult(run_id, status, config, spec, weights, controller.round_metrics, accountant, controller.strategy)
+
+
+def _released_after(history: History, run_id: str, checkpointed: int) -> dict[int, list[str]]:
+    """The rounds the history holds after the checkpoint, each with the clients that trained in it: such a round
+    was published (its model stored, its metrics recorded) before the process died, and the resumed run redoes it."""
+    released: dict[int, list[str]] = {row["round"]: [] for row in history.rounds(run_id) if row["round"] > checkpointed}
+    for row in history.invocations(run_id):
+        if row["round"] in released and row["outcome"] == "succeeded" and row["stage"] not in SECAGG_KEY_STAGES:
+            released[row["round"]].append(row["client_id"])
+    return released
+
+
+def _charge_released(released: dict[int, list[str]], accountant: ExampleLevelAccountant | None,
+                     strategy: Strategy) -> None:
+    """Charge the rounds published before a crash to the restored accountants (their checkpoint predates them):
+    redoing a round releases its clients' data a second time, so its first release is not free."""
+    for clients in released.values():
+        if accountant is not None:
+            accountant.charge(clients)
+        if isinstance(strategy, CentralDP):
+            strategy.charge_released_round()
 
 
 def _strategy(config: ExperimentConfig) -> Strategy:

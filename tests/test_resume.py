@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedless_nb.privacy.accounting import PrivacyLedger
 from fedless_nb.rounds.checkpoint import Checkpoint, decode_checkpoint, encode_checkpoint
 from fedless_nb.records.history import History
 from fedless_nb.rounds.events import RoundFinished
@@ -93,23 +94,56 @@ def _interrupt_after_recording(round_number):
     return observer
 
 
-def test_a_dp_run_that_died_between_its_history_and_its_checkpoint_redoes_that_round_once(tiny_config, tmp_path):
+def _ledger_epsilon(planned, rounds, delta, accountant="rdp"):
+    """Epsilon of `rounds` rounds of `planned`, composed afresh."""
+    ledger = PrivacyLedger(delta, accountant)
+    for _ in range(rounds):
+        ledger.add("subject", planned)
+    return ledger.epsilon("subject")
+
+
+def test_a_dp_run_that_died_between_its_history_and_its_checkpoint_redoes_that_round_and_charges_both(
+        tiny_config, tmp_path):
+    """Round 2 was published (its model stored, its metrics recorded) before the run died; the resumed run redoes
+    it, releasing its clients' data again: each client is charged the rounds it trained in, the first round 2
+    included (the checkpoint predates it), while the history counts round 2 once."""
     config = tiny_config(rounds=3, clients=4, clients_per_round=2, train=DP_TRAIN)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, observers=[_interrupt_after_recording(2)])
     (died,) = History(config.history).runs()
     assert [r["round"] for r in History(config.history).rounds(died["run_id"])] == [1, 2] and decode_checkpoint(
         (tmp_path / "store" / "runs" / died["run_id"] / "checkpoint.json").read_bytes()).round == 1
+    first_round_2 = [i["client_id"] for i in History(config.history).invocations(died["run_id"]) if i["round"] == 2]
     resumed = resume_experiment(died["run_id"], history=config.history)
     assert resumed.status == "finished"
-    config.history = str(tmp_path / "uninterrupted.db")
-    uninterrupted = run_experiment(config)
-    assert _epsilons(resumed.config.history, resumed.run_id) == _epsilons(config.history, uninterrupted.run_id)
-    for client_id in uninterrupted.accountant.ledger.subjects:
-        assert resumed.accountant.epsilon(client_id) == uninterrupted.accountant.epsilon(client_id), client_id
     invocations = History(resumed.config.history).invocations(resumed.run_id)
-    assert len(invocations) == 3 * 2, "round 2 counted once"
+    assert len(invocations) == 3 * 2, "round 2 counted once in the history"
     assert all(i["outcome"] == "succeeded" for i in invocations), "no function refused its redone task as a replay"
+    accountant = resumed.accountant
+    for client_id in accountant.planned:
+        rounds = sum(i["client_id"] == client_id for i in invocations) + first_round_2.count(client_id)
+        assert accountant.ledger.subjects.get(client_id) is None if rounds == 0 else (
+            accountant.ledger.subjects[client_id].rounds == rounds), client_id
+        expected = _ledger_epsilon(accountant.planned[client_id], rounds, accountant.delta) if rounds else 0.0
+        assert accountant.epsilon(client_id) == pytest.approx(expected, rel=1e-12), client_id
+    assert len(first_round_2) == 2 and _epsilons(resumed.config.history, resumed.run_id)[-1] == pytest.approx(
+        max(accountant.epsilon(c) for c in accountant.planned), rel=1e-12)
+
+
+def test_a_central_dp_run_that_died_between_its_history_and_its_checkpoint_charges_the_published_round_too(
+        tiny_config, tmp_path):
+    config = tiny_config(rounds=3, clients=4, clients_per_round=2,
+                         central_dp={"noise_multiplier": 1.0, "clip_norm": 1.0})
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, observers=[_interrupt_after_recording(2)])
+    (died,) = History(config.history).runs()
+    resumed = resume_experiment(died["run_id"], history=config.history)
+    central = resumed.strategy
+    assert resumed.status == "finished" and central.rounds == 4, "3 rounds trained and published, round 2 twice"
+    assert central.epsilon() == pytest.approx(
+        _ledger_epsilon(central.dp_round(), 4, central.delta, central.accountant), rel=1e-12)
+    assert History(config.history).rounds(died["run_id"])[-1]["privacy_central_epsilon"] == pytest.approx(
+        central.epsilon(), rel=1e-12)
 
 
 def test_a_scaffold_run_that_died_between_its_history_and_its_checkpoint_resumes_to_the_uninterrupted_model(

@@ -371,8 +371,15 @@ class ExampleLevelAccountant:
     def __call__(self, event: Any) -> None:
         # A secure round's key stages (keys, shares, reveal) succeed without training: only its masked stage spends.
         trained = getattr(event, "stage", None) not in SECAGG_KEY_STAGES
-        if getattr(event, "outcome", None) == "succeeded" and trained and event.client_id in self.planned:
-            self._pending = self._worker.submit(self._add, event.client_id)
+        if getattr(event, "outcome", None) == "succeeded" and trained:
+            self.charge([event.client_id])
+
+    def charge(self, client_ids: Sequence[str]) -> None:
+        """Add a planned round to each client's ledger: a succeeded training invocation, or one no event reports
+        again (a round published before a crash and redone after it)."""
+        for client_id in client_ids:
+            if client_id in self.planned:
+                self._pending = self._worker.submit(self._add, client_id)
 
     def _add(self, client_id: str) -> None:
         planned = self.planned[client_id]

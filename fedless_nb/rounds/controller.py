@@ -150,6 +150,8 @@ class Controller:
         self.result_checks: list[Callable[[str, dict[str, Any]], str | None]] = []
         # Observers whose state the checkpoint keeps (name -> object with state() and load_state(state)).
         self.checkpointed: dict[str, Any] = {}
+        # Called with a resumed run's checkpoint once its state is restored, before the first round runs again.
+        self.on_restore: list[Callable[[Checkpoint], None]] = []
 
     def subscribe(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -237,6 +239,8 @@ class Controller:
             self.round_metrics = list(resume.round_metrics)
             for name, observer in self.checkpointed.items():
                 observer.load_state(resume.observer_state.get(name, {}))
+            for restored in self.on_restore:
+                restored(resume)
         self._update_limit = update_size_limit(len(encode_arrays(weights)))
         self.resumed_round = resume.round if resume else 0
         self.emit(RunStarted(

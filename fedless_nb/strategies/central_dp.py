@@ -183,6 +183,11 @@ class CentralDP(SumStrategy):
         return DpRound(1, self.sampling_rate, self.noise_multiplier,
                        sampling="poisson" if self.sampling == "poisson" else "shuffle", population=self.population)
 
+    def charge_released_round(self) -> None:
+        """Account a round this strategy's restored state does not hold: one published before a crash and
+        redone after it (a second release of that round's clients spends privacy again)."""
+        self._account_round()
+
     def _account_round(self) -> None:
         self.rounds += 1
         self.ledger.add("run", self.dp_round())
