@@ -12,6 +12,7 @@ from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
 from fedless_nb.records.history import History
+from fedless_nb.records.owner import this_process
 from fedless_nb.notebook.magics import FedlessMagics
 from fedless_nb.runner import RunResult
 
@@ -159,7 +160,7 @@ def test_quoted_option_values_lose_their_quotes_as_in_a_shell(shell, tmp_path):
     assert (config.name, config.rounds, config.train.epochs) == ("baseline", 3, 2)
 
 
-MAGICS_WITH_OPTIONS = ["fedless_train", "fedless_partition", "fedless_stop", "fedless_pool", "fedless_history",
+MAGICS_WITH_OPTIONS = ["fedless_train", "fedless_resume", "fedless_partition", "fedless_stop", "fedless_pool", "fedless_history",
                        "fedless_compare", "fedless_deploy", "fedless_classroom", "fedless_join"]
 
 
@@ -197,6 +198,43 @@ def test_a_model_variable_trains_and_the_run_object_has_history_weights_and_mode
     assert repr(run).startswith(f"RunResult(run_id='{run.run_id}', status='finished', rounds=2/2, accuracy=")
     recorded = History("fedless_history.db").run(run.run_id)
     assert recorded["config"]["clients"] == 4 and recorded["name"] == "magic"
+
+
+def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_line_what_it_cannot(shell, capsys):
+    shell.run_cell(
+        "from tensorflow import keras\n"
+        "model = keras.Sequential([keras.layers.Flatten(input_shape=(64,)), keras.layers.Dense(10, activation='softmax')])\n"
+        f"run = %fedless_train model --name cut {TINY} --rounds 3 --dashboard none --background\n"
+        "%fedless_stop\n"
+        "stopped = run.future.result(timeout=600)\n"
+    )
+    stopped = shell.user_ns["stopped"]
+    assert stopped.status == "stopped" and len(stopped.round_metrics) == 1
+    history = History("fedless_history.db")
+
+    def refused(line):
+        capsys.readouterr()
+        result = shell.run_cell(f"%fedless_resume {line}")
+        err = capsys.readouterr().err
+        assert isinstance(result.error_in_exec, UsageError) and err.count("\n") == 1 and "Traceback" not in err
+        return str(result.error_in_exec)
+
+    assert refused("nosuch") == "no run 'nosuch' in fedless_history.db"
+    assert refused(f"{stopped.run_id} --history other.db").startswith("no history file other.db yet")
+    assert refused(stopped.run_id) == (  # the history keeps the config, whose default builder is not the model
+        f"run {stopped.run_id!r} was trained with another model than the one built to resume it (its checkpointed "
+        f"weights have other shapes): give the model it was trained with, %fedless_resume {stopped.run_id} MODEL "
+        "in a notebook (model=... in Python)")
+    history.db["runs"].update(stopped.run_id, {"status": "running", "owner": this_process()})
+    assert refused(f"{stopped.run_id} model").startswith(f"run {stopped.run_id!r} is still training (process ")
+    history.db["runs"].update(stopped.run_id, {"status": "stopped"})
+
+    resumed = shell.run_line_magic("fedless_resume", f"{stopped.run_id} model --dashboard none")
+    assert isinstance(resumed, RunResult) and resumed.run_id == stopped.run_id and resumed.status == "finished"
+    assert [r["round"] for r in history.rounds(stopped.run_id)] == [1, 2, 3]
+    assert history.run(stopped.run_id)["rounds_completed"] == 3 and len(history.runs()) == 1
+    assert refused(f"{stopped.run_id} model") == (f"run {stopped.run_id!r} already finished all 3 rounds; there is "
+                                                  "nothing to resume")
 
 
 def test_a_builder_that_returns_no_model_is_a_usage_error(shell):

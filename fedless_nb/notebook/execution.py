@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import shlex
 import sys
 import threading
 import traceback
@@ -22,7 +23,7 @@ from typing import Any, Callable, Coroutine, Sequence
 
 from ..errors import UserError
 from ..experiment import ExperimentConfig
-from ..records.history import History
+from ..records.history import DEFAULT_HISTORY, History
 from ..rounds.controller import Controller
 from ..rounds.events import Observer, RunStarted
 from ..runner import RunResult, run_experiment_async
@@ -96,9 +97,18 @@ def _rounds_done(controllers: list[Controller]) -> int:
     return len(controllers[0].round_metrics) if controllers else 0
 
 
-def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool]) -> None:
+def resume_command(run_id: str, history: str, model_name: str | None = None) -> str:
+    """The magic that continues run `run_id`: `%fedless_resume RUN_ID [MODEL] [--history FILE]`."""
+    words = ["%fedless_resume", run_id, *([model_name] if model_name else []),
+             *(["--history", shlex.quote(history)] if history != DEFAULT_HISTORY else [])]
+    return " ".join(words)
+
+
+def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool], history: str,
+                       model_name: str | None = None) -> None:
     """Wait here until `until()` or the run's end; an interrupt (the notebook's stop button, Ctrl-C) cancels the
-    run, waits while it records its end (a second interrupt waits too) and ends the cell with one line."""
+    run, waits while it records its end (a second interrupt waits too) and ends the cell with one line, which
+    names the magic that continues the run once it has a round to continue from."""
     try:
         while not until() and not run.future.done():
             concurrent.futures.wait([run.future], timeout=0.1)
@@ -111,16 +121,23 @@ def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Cal
             break
         except KeyboardInterrupt:
             continue
-    raise RunStopped(f"Run stopped after round {_rounds_done(controllers)}; the history keeps every finished round")
+    rounds = _rounds_done(controllers)
+    if rounds == 0:
+        raise RunStopped("Run stopped after round 0; the history keeps every finished round")
+    run_id = controllers[0].run_id
+    raise RunStopped(f"Run {run_id} stopped after round {rounds}; the history keeps every finished round. "
+                     f"Continue it with: {resume_command(run_id, history, model_name)}")
 
 
-def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], **options: Any) -> RunResult:
+def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], model_name: str | None = None,
+               **options: Any) -> RunResult:
     """Run `config` on the run loop while the cell waits; `options` go to `run_experiment_async`.
-    An interrupt stops the run: its invocations are stopped, the history keeps every finished round."""
+    An interrupt stops the run: its invocations are stopped, the history keeps every finished round;
+    `model_name` (the notebook variable holding `model`) goes into the line that says how to continue it."""
     controllers: list[Controller] = []
     run = run_loop().submit(run_experiment_async(config, model=model, observers=observers,
                                                  on_controller=controllers.append, **options))
-    _stop_on_interrupt(run, controllers, until=lambda: False)
+    _stop_on_interrupt(run, controllers, until=lambda: False, history=config.history, model_name=model_name)
     return run.future.result()
 
 
@@ -143,7 +160,7 @@ class BackgroundRun:
             config, model=model, observers=observers, on_controller=self._attach, **options))
         self.future = self._run.future
         # the cell waits for the start, so a mistake found while preparing (data, model) is its one-line error
-        _stop_on_interrupt(self._run, self._controllers, until=started.is_set)
+        _stop_on_interrupt(self._run, self._controllers, until=started.is_set, history=config.history)
         if self.future.done() and not self.future.cancelled() and self.future.exception() is not None:
             raise self.future.exception()
         self.future.add_done_callback(self._finished)
