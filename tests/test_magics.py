@@ -138,6 +138,9 @@ class TorchLikeModule:
     ("--name 'my run'", None, "name: must be 1-64 letters, digits and '._-' (it names the run's store keys), got 'my run'"),
     ("--name " + "x" * 300, None, "got 300 characters"),
     ("--name 'baseline", None, "No closing quotation: close the quote in --name 'baseline"),
+    ("--partition inner_dirichlet --sizes 1,x", None,
+     "argument --sizes: write numbers separated by commas, such as 100,200,300; got '1,x'"),
+    ("--set .rounds=2", None, ".rounds: write a dotted key without empty parts, for example train.epochs"),
 ])
 def test_bad_input_is_a_one_line_usage_error(shell, capsys, line, cell, message):
     shell.user_ns["number"] = 3

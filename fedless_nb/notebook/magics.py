@@ -9,6 +9,7 @@ Adding a magic is one more method here with its own @magic_arguments.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
 import difflib
@@ -49,7 +50,10 @@ RUNS_COLUMNS = ["run_id", "name", "status", "started", "rounds_completed", "roun
 
 def _numbers(text: str) -> list[float]:
     """--sizes 100,200,300 as [100.0, 200.0, 300.0]."""
-    return [float(number) for number in text.split(",")]
+    try:
+        return [float(number) for number in text.split(",")]
+    except ValueError:  # argparse would name this function in its message
+        raise argparse.ArgumentTypeError(f"write numbers separated by commas, such as 100,200,300; got {text!r}") from None
 
 
 def partition_arguments(magic: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,6 +108,8 @@ def user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def set_key(data: dict[str, Any], dotted: str, value: Any) -> None:
     """data["train"]["learning_rate"] = value for dotted "train.learning_rate"."""
+    if "" in dotted.split("."):
+        raise UsageError(f"{dotted}: write a dotted key without empty parts, for example train.epochs")
     *path, last = dotted.split(".")
     for part in path:
         section = data.setdefault(part, {})
