@@ -4,6 +4,7 @@ import base64
 import subprocess
 import sys
 
+import psutil
 import pytest
 from IPython import get_ipython
 from IPython.core.error import UsageError
@@ -238,6 +239,20 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
     assert history.run(stopped.run_id)["rounds_completed"] == 3 and len(history.runs()) == 1
     assert refused(f"{stopped.run_id} model") == (f"run {stopped.run_id!r} already finished all 3 rounds; there is "
                                                   "nothing to resume")
+
+
+def test_the_pool_keeps_the_two_latest_settings_warm_and_stops_the_idle_workers_of_older_ones(shell):
+    shell.run_line_magic("fedless_pool", "--end")
+    pids = {}
+    for workers in (1, 2, 1, 3):  # a student trying one option after another, and back
+        shell.run_line_magic("fedless_train", f"{TINY} --rounds 1 --workers {workers} --dashboard none")
+        pool = shell.run_line_magic("fedless_pool", "")
+        pids[workers] = pids.get(workers, set()) | set(pool.set_index("workers").loc[workers, "worker_pids"])
+    assert list(pool["workers"]) == [1, 3], "the two settings used last stay warm, the least recently used went"
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids[2] if psutil.pid_exists(pid)], timeout=60)
+    assert pids[2] and not alive, "the workers of the setting that dropped out are stopped, not left idle"
+    assert all(psutil.pid_exists(pid) for pid in pids[3])
+    assert shell.run_line_magic("fedless_pool", "--end") is None
 
 
 def test_a_builder_that_returns_no_model_is_a_usage_error(shell):
