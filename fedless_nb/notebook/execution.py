@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import shlex
 import sys
 import threading
@@ -104,11 +105,11 @@ def resume_command(run_id: str, history: str, model_name: str | None = None) -> 
     return " ".join(words)
 
 
-def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool], history: str,
-                       model_name: str | None = None) -> None:
+def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool],
+                       continue_with: Callable[[str], str] | None = None) -> None:
     """Wait here until `until()` or the run's end; an interrupt (the notebook's stop button, Ctrl-C) cancels the
     run, waits while it records its end (a second interrupt waits too) and ends the cell with one line, which
-    names the magic that continues the run once it has a round to continue from."""
+    names the magic that continues the run (`continue_with(run_id)`) once it has a round to continue from."""
     try:
         while not until() and not run.future.done():
             concurrent.futures.wait([run.future], timeout=0.1)
@@ -122,11 +123,11 @@ def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Cal
         except KeyboardInterrupt:
             continue
     rounds = _rounds_done(controllers)
-    if rounds == 0:
-        raise RunStopped("Run stopped after round 0; the history keeps every finished round")
+    if rounds == 0 or continue_with is None:
+        raise RunStopped(f"Run stopped after round {rounds}; the history keeps every finished round")
     run_id = controllers[0].run_id
     raise RunStopped(f"Run {run_id} stopped after round {rounds}; the history keeps every finished round. "
-                     f"Continue it with: {resume_command(run_id, history, model_name)}")
+                     f"Continue it with: {continue_with(run_id)}")
 
 
 def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], model_name: str | None = None,
@@ -137,7 +138,10 @@ def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observe
     controllers: list[Controller] = []
     run = run_loop().submit(run_experiment_async(config, model=model, observers=observers,
                                                  on_controller=controllers.append, **options))
-    _stop_on_interrupt(run, controllers, until=lambda: False, history=config.history, model_name=model_name)
+    resumable = config.mode != "async"  # async rounds' buffer is not checkpointed (runner.resume_config)
+    _stop_on_interrupt(run, controllers, until=lambda: False,
+                       continue_with=functools.partial(resume_command, history=config.history, model_name=model_name)
+                       if resumable else None)
     return run.future.result()
 
 
@@ -160,7 +164,7 @@ class BackgroundRun:
             config, model=model, observers=observers, on_controller=self._attach, **options))
         self.future = self._run.future
         # the cell waits for the start, so a mistake found while preparing (data, model) is its one-line error
-        _stop_on_interrupt(self._run, self._controllers, until=started.is_set, history=config.history)
+        _stop_on_interrupt(self._run, self._controllers, until=started.is_set)
         if self.future.done() and not self.future.cancelled() and self.future.exception() is not None:
             raise self.future.exception()
         self.future.add_done_callback(self._finished)
