@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """`%load_ext fedless_nb`: the %fedless_train, %fedless_partition, %fedless_stop, %fedless_history and
-    %fedless_compare magics."""
+    """`%load_ext fedless_nb`: %fedless_train, %fedless_resume, %fedless_stop, %fedless_history and the other
+    magics (fedless_nb/notebook/magics.py)."""
     from .notebook.magics import load_ipython_extension as load
 
     load(ipython)

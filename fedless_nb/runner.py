@@ -173,11 +173,11 @@ async def run_experiment_async(
     accountant = _accountant(config, sizes)  # an unreachable privacy budget stops here, before anything is written
     store = make_store(config.store) if store is None else store
     data_keys = write_client_data(store, dataset, config, partition)
-    history = History(config.history)
     run_id = resume or new_run_id(config.name)
     checkpoint = _checkpoint(store, run_id) if resume else None
     if checkpoint is not None:
-        initial = decode_arrays(store.get(global_weights_key(run_id, checkpoint.round)))
+        initial = _checkpointed_weights(store, run_id, checkpoint.round, built=initial)
+    history = History(config.history)
     providers = providers or {c.name: make_provider(c) for c in config.providers}
     assignment = assign_clients(list(data_keys), config.providers)
     selection = _selection(config, accountant)
@@ -340,6 +340,17 @@ def _checkpoint(store: Store, run_id: str) -> Checkpoint | None:
         return decode_checkpoint(store.get(checkpoint_key(run_id)))
     except MissingKeyError:
         return None
+
+
+def _checkpointed_weights(store: Store, run_id: str, round_number: int, built: list[np.ndarray]) -> list[np.ndarray]:
+    """The global weights a resumed run continues from, refused when they do not fit the model built for it: the
+    history keeps the config, not a model given as an object, so such a run resumes only when given it again."""
+    weights = decode_arrays(store.get(global_weights_key(run_id, round_number)))
+    if [w.shape for w in weights] != [w.shape for w in built]:
+        raise ResumeError(f"run {run_id!r} was trained with another model than the one built to resume it (its "
+                          f"checkpointed weights have other shapes): give the model it was trained with, "
+                          f"%fedless_resume {run_id} MODEL in a notebook (model=... in Python)")
+    return weights
 
 
 def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_builder: bool = False) -> ExperimentConfig:

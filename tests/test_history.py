@@ -57,6 +57,12 @@ def test_unknown_run_and_foreign_file_are_clear_errors(tmp_path):
     with pytest.raises(HistoryError, match="notes.db is not a usable fedless_nb history"):
         History(foreign)
     assert foreign.read_text().startswith("these are my notes"), "the file is left untouched"
+    with pytest.raises(HistoryError, match=f"^{tmp_path / 'runs' / 'h.db'}: the folder {tmp_path / 'runs'} does not "
+                       "exist; create it or point history at another file$"):
+        History(tmp_path / "runs" / "h.db")
+    with pytest.raises(HistoryError, match=f"^{tmp_path} is a folder: point history at a file, for example "
+                                           f"{tmp_path / 'fedless_history.db'}$"):
+        History(tmp_path)
 
 
 def _events(run_id, rounds):

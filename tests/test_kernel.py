@@ -204,27 +204,30 @@ def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_p
     (run,) = History(tmp_path / "fedless_history.db").runs()
     assert run["status"] == "stopped" and run["error"] == "interrupted" and 1 <= run["rounds_completed"] < 40
     stderr = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
-    assert stderr == (f"UsageError: Run stopped after round {run['rounds_completed']}; "
-                      "the history keeps every finished round\n")
+    assert stderr == (f"UsageError: Run {run['run_id']} stopped after round {run['rounds_completed']}; the history keeps "
+                      f"every finished round. Continue it with: %fedless_resume {run['run_id']}\n")
     assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
 
 
 @pytest.mark.slow
-def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_and_resumes(kernel, tmp_path):
+def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_and_resumes(exec_workers, kernel, tmp_path):
     kernel.run(f"run = %fedless_train {TINY} --rounds 40 --dashboard none --background")
     history_path = tmp_path / "fedless_history.db"
     deadline = time.time() + 300
     while not (runs := History(history_path).runs()) or runs[0]["rounds_completed"] < 1:
         assert time.time() < deadline, "the background run finished no round"
         time.sleep(0.2)
+    workers = kernel.workers()
+    assert workers, "the run's local workers are the kernel's children"
     kernel.manager.restart_kernel(now=True)  # Kernel > Restart Kernel while it trains
     kernel.client.wait_for_ready(timeout=60)
+    _, alive = psutil.wait_procs(workers, timeout=120)  # a worker ends when its stdin (the dead kernel's pipe) closes
+    assert not alive, f"workers outlived their kernel: {[p.pid for p in alive]}"
     kernel.run("%load_ext fedless_nb")
     (run_id, status), = [line.split() for line in kernel.run(
         "runs = %fedless_history\nprint(runs.run_id[0], runs.status[0])").splitlines()]
     assert status == "interrupted", "the dead kernel's run trains no more; the history does not say running"
-    assert kernel.run(f"from fedless_nb.runner import resume_experiment_async\n"
-                      f"print((await resume_experiment_async('{run_id}')).status)", timeout=600).endswith("finished")
+    assert kernel.run(f"resumed = %fedless_resume {run_id} --dashboard none\nprint(resumed.status)", timeout=600).endswith("finished")
     assert History(history_path).run(run_id)["rounds_completed"] == 40
 
 

@@ -4,6 +4,7 @@ import base64
 import subprocess
 import sys
 
+import psutil
 import pytest
 from IPython import get_ipython
 from IPython.core.error import UsageError
@@ -12,6 +13,7 @@ from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
 from fedless_nb.records.history import History
+from fedless_nb.records.owner import this_process
 from fedless_nb.notebook.magics import FedlessMagics
 from fedless_nb.runner import RunResult
 
@@ -137,6 +139,9 @@ class TorchLikeModule:
     ("--name 'my run'", None, "name: must be 1-64 letters, digits and '._-' (it names the run's store keys), got 'my run'"),
     ("--name " + "x" * 300, None, "got 300 characters"),
     ("--name 'baseline", None, "No closing quotation: close the quote in --name 'baseline"),
+    ("--partition inner_dirichlet --sizes 1,x", None,
+     "argument --sizes: write numbers separated by commas, such as 100,200,300; got '1,x'"),
+    ("--set .rounds=2", None, ".rounds: write a dotted key without empty parts, for example train.epochs"),
 ])
 def test_bad_input_is_a_one_line_usage_error(shell, capsys, line, cell, message):
     shell.user_ns["number"] = 3
@@ -159,7 +164,7 @@ def test_quoted_option_values_lose_their_quotes_as_in_a_shell(shell, tmp_path):
     assert (config.name, config.rounds, config.train.epochs) == ("baseline", 3, 2)
 
 
-MAGICS_WITH_OPTIONS = ["fedless_train", "fedless_partition", "fedless_stop", "fedless_pool", "fedless_history",
+MAGICS_WITH_OPTIONS = ["fedless_train", "fedless_resume", "fedless_partition", "fedless_stop", "fedless_pool", "fedless_history",
                        "fedless_compare", "fedless_deploy", "fedless_classroom", "fedless_join"]
 
 
@@ -197,6 +202,57 @@ def test_a_model_variable_trains_and_the_run_object_has_history_weights_and_mode
     assert repr(run).startswith(f"RunResult(run_id='{run.run_id}', status='finished', rounds=2/2, accuracy=")
     recorded = History("fedless_history.db").run(run.run_id)
     assert recorded["config"]["clients"] == 4 and recorded["name"] == "magic"
+
+
+def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_line_what_it_cannot(shell, capsys):
+    shell.run_cell(
+        "from tensorflow import keras\n"
+        "model = keras.Sequential([keras.layers.Flatten(input_shape=(64,)), keras.layers.Dense(10, activation='softmax')])\n"
+        f"run = %fedless_train model --name cut {TINY} --rounds 3 --dashboard none --background\n"
+        "%fedless_stop\n"
+        "stopped = run.future.result(timeout=600)\n"
+    )
+    stopped = shell.user_ns["stopped"]
+    assert stopped.status == "stopped" and len(stopped.round_metrics) == 1
+    history = History("fedless_history.db")
+
+    def refused(line):
+        capsys.readouterr()
+        result = shell.run_cell(f"%fedless_resume {line}")
+        err = capsys.readouterr().err
+        assert isinstance(result.error_in_exec, UsageError) and err.count("\n") == 1 and "Traceback" not in err
+        return str(result.error_in_exec)
+
+    assert refused("nosuch") == "no run 'nosuch' in fedless_history.db"
+    assert refused(f"{stopped.run_id} --history other.db").startswith("no history file other.db yet")
+    assert refused(stopped.run_id) == (  # the history keeps the config, whose default builder is not the model
+        f"run {stopped.run_id!r} was trained with another model than the one built to resume it (its checkpointed "
+        f"weights have other shapes): give the model it was trained with, %fedless_resume {stopped.run_id} MODEL "
+        "in a notebook (model=... in Python)")
+    history.db["runs"].update(stopped.run_id, {"status": "running", "owner": this_process()})
+    assert refused(f"{stopped.run_id} model").startswith(f"run {stopped.run_id!r} is still training (process ")
+    history.db["runs"].update(stopped.run_id, {"status": "stopped"})
+
+    resumed = shell.run_line_magic("fedless_resume", f"{stopped.run_id} model --dashboard none")
+    assert isinstance(resumed, RunResult) and resumed.run_id == stopped.run_id and resumed.status == "finished"
+    assert [r["round"] for r in history.rounds(stopped.run_id)] == [1, 2, 3]
+    assert history.run(stopped.run_id)["rounds_completed"] == 3 and len(history.runs()) == 1
+    assert refused(f"{stopped.run_id} model") == (f"run {stopped.run_id!r} already finished all 3 rounds; there is "
+                                                  "nothing to resume")
+
+
+def test_the_pool_keeps_the_two_latest_settings_warm_and_stops_the_idle_workers_of_older_ones(shell):
+    shell.run_line_magic("fedless_pool", "--end")
+    pids = {}
+    for workers in (1, 2, 1, 3):  # a student trying one option after another, and back
+        shell.run_line_magic("fedless_train", f"{TINY} --rounds 1 --workers {workers} --dashboard none")
+        pool = shell.run_line_magic("fedless_pool", "")
+        pids[workers] = pids.get(workers, set()) | set(pool.set_index("workers").loc[workers, "worker_pids"])
+    assert list(pool["workers"]) == [1, 3], "the two settings used last stay warm, the least recently used went"
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids[2] if psutil.pid_exists(pid)], timeout=60)
+    assert pids[2] and not alive, "the workers of the setting that dropped out are stopped, not left idle"
+    assert all(psutil.pid_exists(pid) for pid in pids[3])
+    assert shell.run_line_magic("fedless_pool", "--end") is None
 
 
 def test_a_builder_that_returns_no_model_is_a_usage_error(shell):

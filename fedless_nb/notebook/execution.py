@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import shlex
 import sys
 import threading
 import traceback
@@ -22,7 +24,7 @@ from typing import Any, Callable, Coroutine, Sequence
 
 from ..errors import UserError
 from ..experiment import ExperimentConfig
-from ..records.history import History
+from ..records.history import DEFAULT_HISTORY, History
 from ..rounds.controller import Controller
 from ..rounds.events import Observer, RunStarted
 from ..runner import RunResult, run_experiment_async
@@ -96,9 +98,18 @@ def _rounds_done(controllers: list[Controller]) -> int:
     return len(controllers[0].round_metrics) if controllers else 0
 
 
-def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool]) -> None:
+def resume_command(run_id: str, history: str, model_name: str | None = None) -> str:
+    """The magic that continues run `run_id`: `%fedless_resume RUN_ID [MODEL] [--history FILE]`."""
+    words = ["%fedless_resume", run_id, *([model_name] if model_name else []),
+             *(["--history", shlex.quote(history)] if history != DEFAULT_HISTORY else [])]
+    return " ".join(words)
+
+
+def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool],
+                       continue_with: Callable[[str], str] | None = None) -> None:
     """Wait here until `until()` or the run's end; an interrupt (the notebook's stop button, Ctrl-C) cancels the
-    run, waits while it records its end (a second interrupt waits too) and ends the cell with one line."""
+    run, waits while it records its end (a second interrupt waits too) and ends the cell with one line, which
+    names the magic that continues the run (`continue_with(run_id)`) once it has a round to continue from."""
     try:
         while not until() and not run.future.done():
             concurrent.futures.wait([run.future], timeout=0.1)
@@ -111,16 +122,26 @@ def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Cal
             break
         except KeyboardInterrupt:
             continue
-    raise RunStopped(f"Run stopped after round {_rounds_done(controllers)}; the history keeps every finished round")
+    rounds = _rounds_done(controllers)
+    if rounds == 0 or continue_with is None:
+        raise RunStopped(f"Run stopped after round {rounds}; the history keeps every finished round")
+    run_id = controllers[0].run_id
+    raise RunStopped(f"Run {run_id} stopped after round {rounds}; the history keeps every finished round. "
+                     f"Continue it with: {continue_with(run_id)}")
 
 
-def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], **options: Any) -> RunResult:
+def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], model_name: str | None = None,
+               **options: Any) -> RunResult:
     """Run `config` on the run loop while the cell waits; `options` go to `run_experiment_async`.
-    An interrupt stops the run: its invocations are stopped, the history keeps every finished round."""
+    An interrupt stops the run: its invocations are stopped, the history keeps every finished round;
+    `model_name` (the notebook variable holding `model`) goes into the line that says how to continue it."""
     controllers: list[Controller] = []
     run = run_loop().submit(run_experiment_async(config, model=model, observers=observers,
                                                  on_controller=controllers.append, **options))
-    _stop_on_interrupt(run, controllers, until=lambda: False)
+    resumable = config.mode != "async"  # async rounds' buffer is not checkpointed (runner.resume_config)
+    _stop_on_interrupt(run, controllers, until=lambda: False,
+                       continue_with=functools.partial(resume_command, history=config.history, model_name=model_name)
+                       if resumable else None)
     return run.future.result()
 
 

@@ -1,5 +1,6 @@
-"""IPython magics: %fedless_train, %%fedless_sweep, %fedless_partition, %fedless_stop, %fedless_pool, %fedless_history,
-%fedless_compare, %fedless_deploy, and the live classroom's %fedless_classroom, %fedless_join, %fedless_draw, %fedless_leave.
+"""IPython magics: %fedless_train, %fedless_resume, %%fedless_sweep, %fedless_partition, %fedless_stop, %fedless_pool,
+%fedless_history, %fedless_compare, %fedless_deploy, and the live classroom's %fedless_classroom, %fedless_join,
+%fedless_draw, %fedless_leave.
 
 Settings shared by every magic are traitlets, so `%config FedlessMagics.history = "runs.db"`
 (or an ipython_config.py) changes them. A mistake in the input is a one-line UsageError.
@@ -8,6 +9,7 @@ Adding a magic is one more method here with its own @magic_arguments.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
 import difflib
@@ -48,7 +50,10 @@ RUNS_COLUMNS = ["run_id", "name", "status", "started", "rounds_completed", "roun
 
 def _numbers(text: str) -> list[float]:
     """--sizes 100,200,300 as [100.0, 200.0, 300.0]."""
-    return [float(number) for number in text.split(",")]
+    try:
+        return [float(number) for number in text.split(",")]
+    except ValueError:  # argparse would name this function in its message
+        raise argparse.ArgumentTypeError(f"write numbers separated by commas, such as 100,200,300; got {text!r}") from None
 
 
 def partition_arguments(magic: Callable[..., Any]) -> Callable[..., Any]:
@@ -103,6 +108,8 @@ def user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def set_key(data: dict[str, Any], dotted: str, value: Any) -> None:
     """data["train"]["learning_rate"] = value for dotted "train.learning_rate"."""
+    if "" in dotted.split("."):
+        raise UsageError(f"{dotted}: write a dotted key without empty parts, for example train.epochs")
     *path, last = dotted.split(".")
     for part in path:
         section = data.setdefault(part, {})
@@ -238,7 +245,7 @@ class FedlessMagics(Magics):
             run = BackgroundRun(config, model, observers, on_done=self.background.remove, dashboard=dashboard, **options)
             self.background.append(run)
             return run
-        return run_to_end(config, model, observers, **options)
+        return run_to_end(config, model, observers, model_name=args.model, **options)
 
     def _open_classroom(self) -> Any:
         if self.classroom is None:
@@ -295,6 +302,33 @@ class FedlessMagics(Magics):
             raise UsageError(f"{name} holds a value of type {type(value).__name__}, "
                              "not a Keras model or a function that builds one")
         return value
+
+    # %fedless_resume ------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("run_id", help="the run to continue (%%fedless_history lists them)")
+    @argument("model", nargs="?", help="the notebook variable the run was trained with, if it was given one "
+                                       "(a run of the config's model.builder needs none)")
+    @argument("--history", help="SQLite history file (default: FedlessMagics.history)")
+    @argument("--dashboard", choices=DASHBOARD_MODES, help="default: FedlessMagics.dashboard, auto")
+    @argument("--trust-builder", action="store_true",
+              help="run the run's model.builder 'module:function' even though it is read back from the history")
+    @line_magic
+    @user_errors
+    def fedless_resume(self, line: str) -> Any:
+        """Continue a run that was stopped, interrupted or cut off by a kernel restart, after its last finished
+        round: the same run id, history and config, on the kernel's warm workers. Returns the run, as
+        %fedless_train does; `fedless-nb resume RUN_ID` does the same from a terminal."""
+        from ..runner import resume_config
+        from .execution import run_to_end
+        from .pool import warm_pool
+
+        args = parse_options(self.fedless_resume, line)
+        model = self._user_model(args.model) if args.model else None
+        config = resume_config(args.run_id, args.history or self.history,
+                               trust_builder=args.trust_builder or model is not None)
+        dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell)
+        return run_to_end(config, model, [dashboard] if dashboard is not None else [], model_name=args.model,
+                          resume=args.run_id, providers=warm_pool().providers_for(config))
 
     # %fedless_partition -----------------------------------------------------------------------
     @magic_arguments()

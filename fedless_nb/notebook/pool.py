@@ -6,6 +6,10 @@ and the next run whose settings match reuses them. What must match: the provider
 timeout (its pool's shape), the handler it runs, and the model builder (a 'module:function' builder is
 imported by the workers, so a different one gets fresh workers). The workers are bound to the kernel's run
 loop (execution.py); they end with `%fedless_pool --end`, or with the kernel, whose exit closes their stdin.
+
+Only the WARM_SETTINGS most recently used settings stay warm: a student who tries --workers 1, 2, 4 and 8
+would otherwise keep fifteen idle TensorFlow processes. An older setting's workers stop when a run with a
+new setting starts, unless a run (a background one) still uses them, as a platform reclaims idle containers.
 """
 
 from __future__ import annotations
@@ -21,11 +25,23 @@ from ..providers.local import DEFAULT_ENTRY_POINT
 from .execution import run_loop
 
 
+WARM_SETTINGS = 2  # how many settings (PoolKeys) keep their workers warm, most recently used first
+
+
 class WarmLocalProvider(LocalProvider):
     """A LocalProvider whose workers stay up when its run ends; `shutdown()` stops them."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.runs = 0  # runs using it now: deployed (a run's start) and not yet closed (its end)
+
+    async def deploy(self, bundle: Any = None) -> None:
+        self.runs += 1
+        await super().deploy(bundle)
+
     async def close(self) -> None:
         """A run ending releases the provider; the workers stay warm for the next run."""
+        self.runs = max(self.runs - 1, 0)  # a run that failed while deploying closes providers it never deployed
 
     async def shutdown(self) -> None:
         await super().close()
@@ -56,11 +72,20 @@ class WarmPool:
         chosen: dict[str, Provider] = {}
         for provider in config.providers:
             key = PoolKey(provider.name, provider.workers, provider.timeout, DEFAULT_ENTRY_POINT, config.model.builder)
-            if key not in self.providers:
-                self.providers[key] = WarmLocalProvider(provider.name, workers=provider.workers,
-                                                        timeout=provider.timeout)
+            warm = self.providers.pop(key, None)  # re-inserted last: the dict runs from least to most recently used
+            self.providers[key] = warm or WarmLocalProvider(provider.name, workers=provider.workers,
+                                                            timeout=provider.timeout)
             chosen[provider.name] = self.providers[key]
+        self._stop_idle_beyond(WARM_SETTINGS, keep=set(chosen.values()))
         return chosen
+
+    def _stop_idle_beyond(self, settings: int, keep: set[Provider]) -> None:
+        """Stop the workers of the least recently used settings beyond `settings`, skipping any a run still uses."""
+        for key in list(self.providers)[:-settings]:
+            provider = self.providers[key]
+            if provider not in keep and provider.runs == 0:
+                del self.providers[key]
+                run_loop().wait(provider.shutdown(), timeout=30)
 
     def describe(self) -> list[dict[str, Any]]:
         """One row per warm provider: its key and its live worker processes."""

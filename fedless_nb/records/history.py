@@ -96,8 +96,7 @@ class History:
                     time.sleep(0.05)
                     continue
                 if not locked:
-                    raise HistoryError(f"{self.path} cannot be opened as a history database ({error}); "
-                                       "check the path and its permissions, or point history at another file") from None
+                    raise HistoryError(_unopenable(self.path, error)) from None
                 raise HistoryError(f"{self.path} is locked by another process (waited {busy_timeout:g}s); "
                                    "close the program holding it or point history at another file") from None
             except sqlite3.DatabaseError as error:
@@ -317,6 +316,17 @@ def run_cost(history: History | str | Path, run_id: str, server_hourly_price: fl
         return history.cost(run_id, server_hourly_price)
     with contextlib.closing(History(history)) as owned:
         return owned.cost(run_id, server_hourly_price)
+
+
+def _unopenable(path: Path, error: sqlite3.Error) -> str:
+    """Why SQLite cannot open `path`, in the user's terms where they can be told (its own words say only
+    "unable to open database file")."""
+    if path.is_dir():
+        return f"{path} is a folder: point history at a file, for example {path / DEFAULT_HISTORY}"
+    if not path.parent.is_dir():
+        return f"{path}: the folder {path.parent} does not exist; create it or point history at another file"
+    return (f"{path} cannot be opened as a history database ({error}); check the path and its permissions, or point "
+            "history at another file")
 
 
 def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:
