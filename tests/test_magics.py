@@ -214,6 +214,8 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
     )
     stopped = shell.user_ns["stopped"]
     assert stopped.status == "stopped" and len(stopped.round_metrics) == 1
+    assert (f"Run {stopped.run_id} stops after its current round; continue it later with: "
+            f"%fedless_resume {stopped.run_id} model\n") in capsys.readouterr().out
     history = History("fedless_history.db")
 
     def refused(line):

@@ -105,6 +105,12 @@ def resume_command(run_id: str, history: str, model_name: str | None = None) -> 
     return " ".join(words)
 
 
+def resumable(config: ExperimentConfig) -> bool:
+    """Whether a stopped run of `config` can be continued: async rounds' buffer is not checkpointed
+    (runner.resume_config refuses them)."""
+    return config.mode != "async"
+
+
 def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool],
                        continue_with: Callable[[str], str] | None = None) -> None:
     """Wait here until `until()` or the run's end; an interrupt (the notebook's stop button, Ctrl-C) cancels the
@@ -138,10 +144,9 @@ def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observe
     controllers: list[Controller] = []
     run = run_loop().submit(run_experiment_async(config, model=model, observers=observers,
                                                  on_controller=controllers.append, **options))
-    resumable = config.mode != "async"  # async rounds' buffer is not checkpointed (runner.resume_config)
     _stop_on_interrupt(run, controllers, until=lambda: False,
                        continue_with=functools.partial(resume_command, history=config.history, model_name=model_name)
-                       if resumable else None)
+                       if resumable(config) else None)
     return run.future.result()
 
 
@@ -152,8 +157,8 @@ class BackgroundRun:
 
     def __init__(self, config: ExperimentConfig, model: Any, observers: Sequence[Observer],
                  on_done: Callable[["BackgroundRun"], None] | None = None, dashboard: Any = None,
-                 **options: Any) -> None:
-        self.config = config
+                 model_name: str | None = None, **options: Any) -> None:
+        self.config, self.model_name = config, model_name  # model_name: the notebook variable holding `model`
         self.dashboard = dashboard  # one of `observers`; a cell that shows the run shows it again (see _ipython_display_)
         self._controllers: list[Controller] = []
         self._stop_requested = False
@@ -192,6 +197,12 @@ class BackgroundRun:
 
     def done(self) -> bool:
         return self.future.done()
+
+    def continue_with(self) -> str | None:
+        """The magic that continues this run after it stopped, or None (no run id yet, or async rounds)."""
+        if self.run_id is None or not resumable(self.config):
+            return None
+        return resume_command(self.run_id, self.config.history, self.model_name)
 
     def stop(self) -> None:
         """End the run after its current round (after round 1 if it is still preparing its data and model)."""

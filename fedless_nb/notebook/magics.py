@@ -242,7 +242,8 @@ class FedlessMagics(Magics):
             options = self._classroom_options(config)
             observers.append(self.classroom.observe)
         if args.background:
-            run = BackgroundRun(config, model, observers, on_done=self.background.remove, dashboard=dashboard, **options)
+            run = BackgroundRun(config, model, observers, on_done=self.background.remove, dashboard=dashboard,
+                                model_name=args.model, **options)
             self.background.append(run)
             return run
         return run_to_end(config, model, observers, model_name=args.model, **options)
@@ -384,7 +385,9 @@ class FedlessMagics(Magics):
         for run in list(self.background):
             if not args.run_id or run.run_id in args.run_id:
                 run.stop()
-                print(f"Run {run.run_id or '(starting)'} stops after its current round")
+                command = run.continue_with()
+                print(f"Run {run.run_id or '(starting)'} stops after its current round"
+                      + (f"; continue it later with: {command}" if command else ""))
 
     # %fedless_pool ----------------------------------------------------------------------------
     @magic_arguments()

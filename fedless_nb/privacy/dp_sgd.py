@@ -21,9 +21,11 @@ def batch_statistics_layers(model: Any) -> list[str]:
     normalize each example by its batch's statistics (so one example's clipped gradient moves with the
     others') and keep those statistics, unclipped and un-noised, in moving averages that leave with the
     update. A frozen one (trainable=False) runs in inference mode in Keras 2 and learns nothing."""
-    return [layer.name for layer in model.submodules
-            if getattr(layer, "trainable", False) and any(cls.__name__ == "BatchNormalizationBase" or cls.__name__.endswith("BatchNormalization")
-                                       for cls in type(layer).__mro__)]
+    def normalizes_by_batch(layer: Any) -> bool:
+        return any(cls.__name__ == "BatchNormalizationBase" or cls.__name__.endswith("BatchNormalization")
+                   for cls in type(layer).__mro__)
+
+    return [layer.name for layer in model.submodules if getattr(layer, "trainable", False) and normalizes_by_batch(layer)]
 
 
 def make_dp_optimizer(name: str, learning_rate: float, l2_norm_clip: float, noise_multiplier: float,
