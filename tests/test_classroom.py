@@ -317,7 +317,8 @@ def test_a_reader_that_never_reads_holds_a_connection_not_a_copy_of_the_model(cl
 def test_a_students_oversized_reply_is_refused_unparsed(classroom):
     """A student's function answers with 2 MiB of JSON: a result is a few KB, and parsing a reply costs the teacher's
     kernel several times its size (a 64 MiB one, the HTTP provider's own limit, about 0.5 GB), once per name a
-    student joined under; the class's providers refuse one over 1 MiB as that invocation's failure."""
+    student joined under; the class's providers (HTTP providers, which read at most 1 MiB of a client step's reply)
+    refuse it as that invocation's failure."""
     async def bloated(request):
         return web.Response(body=b"[" + b"0," * 2**20 + b"0]", content_type="application/json")
 

@@ -11,6 +11,7 @@ import json
 import pytest
 from aiohttp import web
 
+from fedless_nb.aggregate_wire import AGGREGATE
 from fedless_nb.experiment import ConfigError, ExperimentConfig
 from fedless_nb.providers.base import InvocationError, ProviderSetupError
 from fedless_nb.providers.http import HttpProvider
@@ -285,6 +286,20 @@ def test_a_redirect_is_never_followed_so_the_task_and_key_stay_with_the_function
                 return await refused(provider)
 
     assert asyncio.run(run()) == "invalid" and received == []
+
+
+def test_a_client_steps_reply_is_read_up_to_1_mib_and_an_aggregators_up_to_the_providers_limit():
+    """A result's fields are bounded by the wire contract (well under 64 KB); a function holding its secret that
+    answers 64 MiB of JSON would cost the controller about 0.5 GB to parse, per call in flight. An aggregator lists
+    every update it summed, so its reply may use the provider's whole limit."""
+    blob = json.dumps({"blob": "x" * 3 * 2**20})
+    with pytest.raises(InvocationError, match=f"the reply exceeded {2**20} bytes") as caught:
+        _invoke(Endpoint([(200, blob)]), [{"task": 1}])
+    assert caught.value.cause == "invalid"
+    (reply,) = _invoke(Endpoint([(200, blob)]), [{"kind": AGGREGATE, "task": 1}])
+    assert len(reply["blob"]) == 3 * 2**20
+    with pytest.raises(InvocationError, match=f"the reply exceeded {2 * 2**20} bytes"):
+        _invoke(Endpoint([(200, blob)]), [{"kind": AGGREGATE, "task": 1}], reply_limit=2 * 2**20)
 
 
 def test_an_oversized_reply_is_refused_without_reading_it_whole():

@@ -28,9 +28,6 @@ from .server_thread import ServerThread
 REGISTRATION_LIMIT = 4096  # bytes a join or leave message may have
 MESSAGE_SECONDS = 10.0  # a join or leave message arrives within this, or the connection is not held for it
 UPDATE_LIMIT = 64 * 2**20  # bytes a student's update may have
-# Bytes a student's reply may have: a result is a few KB (its update goes to the store), while parsing a hostile 64 MiB
-# reply (the HTTP provider's default limit) costs the teacher's kernel about 0.5 GB, once per name a student joined.
-REPLY_LIMIT = 2**20
 
 
 def reachable_address(target: str = "192.0.2.1") -> str:
@@ -93,8 +90,7 @@ class ClassroomService:
     def providers(self) -> dict[str, HttpProvider]:
         """The students' functions, each signing with that student's own key; a gone student fails fast."""
         return {s.name: HttpProvider(s.name, url=s.url, timeout=self.timeout, concurrency=1, secret=s.secret,
-                                     retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0),
-                                     reply_limit=REPLY_LIMIT)
+                                     retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0))
                 for s in self.roster.present()}
 
     def own_data_sizes(self, client_ids: list[str]) -> dict[str, int]:

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..errors import UserError
 
-REPLY_LIMIT = 64 * 2**20  # a reply may carry a large metrics dict; weights never travel in it
+REPLY_LIMIT = 64 * 2**20  # an aggregator's reply lists each update it summed (up to 100,000); weights never travel in it
+RESULT_REPLY_LIMIT = 2**20  # a client step's result: its fields are bounded by the wire contract to well under 64 KB
 MESSAGE_LIMIT = 2000  # characters of a failure's message kept (the history records one per failed invocation)
 
 
@@ -19,6 +20,15 @@ def reply_json(data: bytes | str) -> Any:
         return json.loads(data)
     except RecursionError:
         raise ValueError("the reply nests too deeply to be a result") from None
+
+
+def reply_limit_for(task: dict[str, Any], limit: int) -> int:
+    """The most bytes of the reply to `task` worth reading. A client step's result is small (wire.Result), and a
+    function holding its secret could otherwise answer every task with `limit` bytes of JSON, which costs the
+    controller about 8 bytes of memory per byte parsed; an aggregator's reply grows with its shard."""
+    from ..aggregate_wire import is_aggregate_task
+
+    return limit if is_aggregate_task(task) else min(limit, RESULT_REPLY_LIMIT)
 
 
 class ProviderSetupError(UserError):

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from .base import REPLY_LIMIT, InvocationError, Provider, ProviderSetupError, reply_json
+from .base import REPLY_LIMIT, InvocationError, Provider, ProviderSetupError, reply_json, reply_limit_for
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 
 AUTH_STYLES = ("none", "function_key", "basic", "bearer")
@@ -139,9 +139,9 @@ class HttpProvider(Provider):
                 timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
 
-    async def _post(self, body: bytes) -> dict[str, Any]:
+    async def _post(self, body: bytes, limit: int) -> dict[str, Any]:
         async with self._client().post(self.url, data=body, allow_redirects=False) as response:
-            reply = await self._read(response)
+            reply = await self._read(response, limit)
             failure = _failure(response.status, reply)
             if failure is not None:
                 if failure.status == 202 and (record := self._activation(reply)) is not None:
@@ -152,19 +152,19 @@ class HttpProvider(Provider):
         except ValueError as error:
             raise InvocationError(f"the function replied with non-JSON ({error}): {reply[:80]!r}", "invalid") from None
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
         """The reply's body, refusing a redirect (it would carry the task, its token and the function key to
-        another origin) and a body over `reply_limit` bytes (read in chunks, never whole)."""
+        another origin) and a body over `limit` bytes (read in chunks, never whole)."""
         if 300 <= response.status < 400:
             raise InvocationError(f"{public_url(self.url)} answered a redirect ({response.status}), which is never "
                                   "followed: point the provider's url at the function itself", "invalid")
-        if (response.content_length or 0) > self.reply_limit:
-            raise InvocationError(f"the reply exceeded {self.reply_limit} bytes", "invalid")
+        if (response.content_length or 0) > limit:
+            raise InvocationError(f"the reply exceeded {limit} bytes", "invalid")
         body = bytearray()
         async for chunk in response.content.iter_chunked(2**16):
             body += chunk
-            if len(body) > self.reply_limit:
-                raise InvocationError(f"the reply exceeded {self.reply_limit} bytes", "invalid")
+            if len(body) > limit:
+                raise InvocationError(f"the reply exceeded {limit} bytes", "invalid")
         return bytes(body)
 
     def _activation(self, reply: bytes) -> str | None:
@@ -185,7 +185,7 @@ class HttpProvider(Provider):
                     async with self._client().get(record_url, allow_redirects=False) as response:
                         if response.status == 404 or response.status in TRANSIENT_STATUSES:
                             continue  # not finished yet, or the platform is briefly unavailable
-                        record = await self._read(response)
+                        record = await self._read(response, self.reply_limit)  # with the action's logs
                         if response.status != 200:
                             raise HttpCallError(response.status, record[:300].decode(errors="replace"))
                 except aiohttp.ClientConnectionError:
@@ -204,7 +204,8 @@ class HttpProvider(Provider):
         body = json.dumps(task).encode()
         async with self._slots:
             try:
-                return await call_with_retries(lambda: self._post(body), is_transient, self.retry)
+                limit = reply_limit_for(task, self.reply_limit)
+                return await call_with_retries(lambda: self._post(body, limit), is_transient, self.retry)
             except HttpCallError as error:
                 raise InvocationError(f"{public_url(self.url)} answered {error}", _CAUSES.get(error.status, "error")) from None
             except asyncio.TimeoutError:
