@@ -335,10 +335,10 @@ def test_an_error_envelope_whose_status_is_not_one_keeps_the_transports(claimed)
 
 
 def test_a_functions_huge_error_message_is_cut_before_it_reaches_the_history():
-    """A hostile function answers every task with a 1 MB error message (within the reply limit): the failure
-    keeps its first 2,000 characters and says how much was cut, so the history's row per failed invocation
-    (and the dashboard, and NothingTrainedError, which quotes it) stays small."""
-    endpoint = Endpoint([(400, _envelope(400, "PayloadError", "x" * 2**20))])
+    """A hostile function answers every task with a 0.5 MB error message (within a client step's 1 MiB reply limit):
+    the failure keeps its first 2,000 characters and says how much was cut, so the history's row per failed
+    invocation (and the dashboard, and NothingTrainedError, which quotes it) stays small."""
+    endpoint = Endpoint([(400, _envelope(400, "PayloadError", "x" * 2**19))])
     with pytest.raises(InvocationError) as caught:
         _invoke(endpoint, [{"task": 1}])
     assert len(str(caught.value)) < 2100 and str(caught.value).endswith("more characters)")
