@@ -31,7 +31,7 @@ from .fit import preflight
 from .model import ModelSpec, build_model
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
-from .privacy.accounting import ExampleLevelAccountant
+from .privacy.accounting import ExampleLevelAccountant, spent_privacy
 from .rounds.resilience import RoundPolicy
 from .rounds.stragglers import Stragglers
 from .rounds.tree import TreeOptions
@@ -40,7 +40,6 @@ from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_st
 from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
 from .strategies.central_dp import CentralDP
-from .wire import SECAGG_KEY_STAGES
 from .zoo import BUILDERS
 
 
@@ -198,7 +197,7 @@ async def run_experiment_async(
         controller.privacy_sources.append(accountant.round_metrics_async)
         controller.result_checks.append(accountant.check_result)
         controller.checkpointed["privacy"] = accountant
-    if checkpoint is not None:
+    if checkpoint is not None and (accountant is not None or isinstance(controller.strategy, CentralDP)):
         released = _released_after(history, run_id, checkpoint.round)
         controller.on_restore.append(lambda _: _charge_released(released, accountant, controller.strategy))
     controller.subscribe(HistoryWriter(history))
@@ -225,7 +224,7 @@ def _released_after(history: History, run_id: str, checkpointed: int) -> dict[in
     was published (its model stored, its metrics recorded) before the process died, and the resumed run redoes it."""
     released: dict[int, list[str]] = {row["round"]: [] for row in history.rounds(run_id) if row["round"] > checkpointed}
     for row in history.invocations(run_id):
-        if row["round"] in released and row["outcome"] == "succeeded" and row["stage"] not in SECAGG_KEY_STAGES:
+        if row["round"] in released and spent_privacy(row["outcome"], row["stage"]):
             released[row["round"]].append(row["client_id"])
     return released
 

@@ -254,11 +254,12 @@ def _own_or_stored(store: Any, payload: dict[str, Any],
 
 
 def _correction(store: Any, key: str, like: list[Any]) -> list[np.ndarray]:
-    """SCAFFOLD's correction the task names in the store, one array per trainable variable in `like`."""
+    """SCAFFOLD's correction the task names in the store, one array per trainable variable in `like` (`correct`
+    casts them to the variables' dtypes)."""
     arrays = decode_arrays(store.get(key))
     if [a.shape for a in arrays] != [tuple(w.shape) for w in like]:
         raise PayloadError(f"the arrays at {key} do not match the model's trainable weights")
-    return [a.astype(w.dtype.as_numpy_dtype, copy=False) for a, w in zip(arrays, like)]
+    return arrays
 
 
 @dataclass(frozen=True)

@@ -341,6 +341,13 @@ class PrivacyReport:
         return {**self.__dict__, "unit": self.unit}
 
 
+def spent_privacy(outcome: str | None, stage: str | None) -> bool:
+    """Whether an invocation (its outcome and secure-round stage, as events and the history give them) trained on
+    its client's data: a succeeded one, unless it is a secure round's key stage (keys, shares, reveal), which
+    succeeds without training; only the masked stage spends."""
+    return outcome == "succeeded" and stage not in SECAGG_KEY_STAGES
+
+
 class ExampleLevelAccountant:
     """Per client, the DP-SGD rounds it took part in and their epsilon at `delta`.
 
@@ -369,9 +376,7 @@ class ExampleLevelAccountant:
         self._pending: Future[Any] | None = None
 
     def __call__(self, event: Any) -> None:
-        # A secure round's key stages (keys, shares, reveal) succeed without training: only its masked stage spends.
-        trained = getattr(event, "stage", None) not in SECAGG_KEY_STAGES
-        if getattr(event, "outcome", None) == "succeeded" and trained:
+        if spent_privacy(getattr(event, "outcome", None), getattr(event, "stage", None)):
             self.charge([event.client_id])
 
     def charge(self, client_ids: Sequence[str]) -> None:
