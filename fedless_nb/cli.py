@@ -17,7 +17,7 @@ from rich.table import Table
 from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from .errors import UserError
 from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
-from .records.history import DEFAULT_HISTORY, History
+from .records.history import DEFAULT_HISTORY, History, pending_file
 from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
 from .security import SECRET_VARIABLE, client_secret, function_secret
 
@@ -121,7 +121,13 @@ def _run(config: ExperimentConfig, console: Console, resume: str | None = None) 
         return 130
     for report in result.privacy_reports():  # a DP run states its guarantees where it ends, as the dashboard does
         console.print(f"Privacy: {report}", highlight=False, soft_wrap=True)
-    console.print(f"History: {config.history} (run {result.run_id})")
+    waiting = pending_file(Path(config.history), result.run_id)
+    if waiting.exists():  # the history refused the run's writes (read-only, locked): say where the record is
+        console.print(f"History: {config.history} could not be written; run {result.run_id}'s record waits in "
+                      f"{waiting} and moves into the history the next time it is opened writable",
+                      highlight=False, soft_wrap=True)
+    else:
+        console.print(f"History: {config.history} (run {result.run_id})")
     return 0 if result.status == "finished" else 1
 
 

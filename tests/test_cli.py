@@ -1,5 +1,7 @@
 """The `fedless-nb` command, run as a real subprocess the way a user runs it."""
 
+import contextlib
+import os
 import subprocess
 import sys
 
@@ -217,3 +219,40 @@ def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp
     monkeypatch.delenv("FEDLESS_RUN_SECRET")
     completed = fedless("client-secret", "client-0003", cwd=tmp_path)
     assert completed.returncode == 2 and "set FEDLESS_RUN_SECRET" in completed.stdout
+
+
+@contextlib.contextmanager
+def _unwritable(path):
+    """`path` made unwritable for this process: immutable (chattr +i) for root, whom file modes do not stop."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(0o644)
+
+
+def test_a_run_into_a_read_only_history_finishes_and_says_where_its_record_waits(tmp_path):
+    from fedless_nb.records.history import History
+
+    History(tmp_path / "runs.db").close()  # a history another user made, which this one may read but not write
+    config = _write_config(tmp_path, rounds=1)
+    with _unwritable(tmp_path / "runs.db"):
+        completed = fedless("run", str(config), cwd=tmp_path)
+        assert completed.returncode == 0, completed.stderr
+        run_id = next(word for word in completed.stdout.split() if word.startswith("cli-")).rstrip(":)")
+        waiting = f"runs.db.{run_id}.pending.jsonl"
+        assert f"runs.db could not be written; run {run_id}'s record waits in {waiting}" in completed.stdout
+        assert (tmp_path / waiting).is_file()
+        assert "cannot write history runs.db (attempt to write a readonly database)" in completed.stderr
+        listing = fedless("history", "--history", "runs.db", cwd=tmp_path)
+        assert listing.returncode == 0 and run_id not in listing.stdout, "a read-only history lists what it holds"
+    listing = fedless("history", "--history", "runs.db", cwd=tmp_path)
+    assert listing.returncode == 0 and run_id in listing.stdout and "finished" in listing.stdout
+    assert not (tmp_path / waiting).exists(), "the record moved into the history once it could be written"

@@ -318,6 +318,12 @@ def run_cost(history: History | str | Path, run_id: str, server_hourly_price: fl
         return owned.cost(run_id, server_hourly_price)
 
 
+def pending_file(history: Path, run_id: str) -> Path:
+    """Where a run's writes wait while its history cannot take them (HistoryWriter), until the history is next
+    opened writable (History.replay_pending)."""
+    return history.with_name(f"{history.name}.{run_id}.pending.jsonl")
+
+
 def _unopenable(path: Path, error: sqlite3.Error) -> str:
     """Why SQLite cannot open `path`, in the user's terms where they can be told (its own words say only
     "unable to open database file")."""
@@ -463,7 +469,7 @@ class HistoryWriter:
 
     def _spill(self, run_id: str, error: Exception) -> None:
         """Keep the unwritten backlog on disk next to the history, replacing the previous copy whole."""
-        side_file = self.history.path.with_name(f"{self.history.path.name}.{run_id}.pending.jsonl")
+        side_file = pending_file(self.history.path, run_id)
         partial = side_file.with_suffix(f".tmp{time.monotonic_ns()}")
         try:
             partial.write_text("".join(json.dumps(_encoded_write(write)) + "\n" for write in self._backlog))
