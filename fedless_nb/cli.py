@@ -93,10 +93,15 @@ def rounds_table(rows: list[dict[str, Any]], title: str = "Rounds") -> Table:
     return table
 
 
+DEMO_CLIENTS_PER_ROUND = 5
+
+
 def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
     """The demo: digits split over clients with Dirichlet label skew, trained on the local provider."""
     return ExperimentConfig(
-        name="demo", clients=arguments.clients, clients_per_round=arguments.clients_per_round,
+        name="demo", clients=arguments.clients,
+        clients_per_round=(min(DEMO_CLIENTS_PER_ROUND, max(arguments.clients, 1)) if arguments.clients_per_round is None
+                           else arguments.clients_per_round),
         rounds=arguments.rounds, history=arguments.history,
         data=DataConfig(dataset="digits", partition="dirichlet", alpha=0.5),
         train=TrainConfig(epochs=10, batch_size=16, learning_rate=0.05),
@@ -227,10 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="path to the YAML config")
     run.add_argument("--history", help="SQLite history file (overrides the config's)")
     demo = commands.add_parser("demo", help="federated training on the bundled digits data, non-IID")
-    demo.add_argument("--clients", type=int, default=20)
-    demo.add_argument("--clients-per-round", type=int, default=5)
-    demo.add_argument("--rounds", type=int, default=10)
-    demo.add_argument("--history", default=DEFAULT_HISTORY)
+    demo.add_argument("--clients", type=int, default=20, help="clients the digits are split over (default 20)")
+    demo.add_argument("--clients-per-round", type=int,
+                      help=f"clients trained each round (default {DEMO_CLIENTS_PER_ROUND}, or all when fewer)")
+    demo.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
+    demo.add_argument("--history", default=DEFAULT_HISTORY, help=f"the run's history file (default {DEFAULT_HISTORY})")
     partition = commands.add_parser("partition", help="show how a config's partition splits its dataset, before training")
     partition.add_argument("config", help="path to the YAML config")
     partition.add_argument("--figure", help="also write the clients x classes figure to this PNG file")
