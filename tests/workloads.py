@@ -406,3 +406,25 @@ def reports_its_start(payload):
     _calls += 1
     return {"pid": os.getpid(), "parent": os.getppid(), "cwd": os.getcwd(), "environment": dict(os.environ),
             "draw": float(np.random.random()) if _calls == 1 else None}
+
+
+def seals_garbage_shares_on_client_1(payload):
+    """A secure round run for real (clients drop where drops_in_secure_stages says), except client 1, a compromised
+    function: in the shares stage it writes, for each of its holders, random bytes of a sealed share's length (well
+    formed, but no holder can open them), and signs that."""
+    import base64
+    import json
+
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import store_from_descriptor
+
+    result = drops_in_secure_stages(payload)
+    settings = payload.get("train", {}).get("secagg") or {}
+    if settings.get("stage") != "shares" or not payload["client_id"].endswith("-0001"):
+        return result
+    store = store_from_descriptor(payload["store"])
+    shares = json.loads(store.get(payload["update"]))["shares"]
+    garbage = json.dumps({"shares": {holder: base64.b64encode(os.urandom(len(base64.b64decode(sealed)))).decode()
+                                     for holder, sealed in shares.items()}}).encode()
+    store.put(payload["update"], garbage)
+    return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, garbage)
