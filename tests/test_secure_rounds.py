@@ -521,7 +521,10 @@ def test_a_client_sealing_garbage_shares_is_dropped_before_masking_and_the_round
     assert (seeds, keys) == (set(kept), {"client-0003"})
 
 
-def test_garbage_shares_that_leave_fewer_than_the_threshold_fail_the_round_in_one_line(tmp_path):
+@pytest.mark.parametrize("garbage", ["random", "short"])
+def test_garbage_shares_that_leave_fewer_than_the_threshold_fail_the_round_in_one_line(tmp_path, monkeypatch, garbage):
+    """Sealed shares that do not open, or that open to something other than two shares, are reported alike."""
+    monkeypatch.setenv("FEDLESS_TEST_GARBAGE", garbage)
     config = _config(tmp_path, "too-few", clients=4, clients_per_round=4, secure_aggregation={"threshold": 4})
     provider = LocalProvider("local", workers=2, entry_point="workloads:seals_garbage_shares_on_client_1")
     with pytest.raises(NothingTrainedError, match="secure aggregation: 3 of 4 clients sealed shares that all their "
