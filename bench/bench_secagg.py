@@ -5,7 +5,7 @@ Workload: digits IID over C clients, all C selected in each round, MLP 64-16-10 
 the workers' cold starts fall in the first) is measured. Secure rounds run with neighbours 0 (SecAgg: every other client) and,
 with --neighbours K, with a Harary graph of degree K (SecAgg+). Prints one JSON line per mode:
 the round's wall time, the function seconds per stage, the bytes the round's objects take in
-the store (updates, or the four stages' objects) and the invocations.
+the store (updates, or the five stages' objects) and the invocations.
 
     python bench/bench_secagg.py --clients 20 --workers 2
     python bench/bench_secagg.py --clients 100 --workers 2 --neighbours 10

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches", "sampling")
-SECAGG_STAGES = ("keys", "shares", "masked", "reveal")  # a secure round's stages, in the order they run
-SECAGG_KEY_STAGES = ("keys", "shares", "reveal")  # the stages that train nothing: they spend no privacy
+SECAGG_STAGES = ("keys", "shares", "check", "masked", "reveal")  # a secure round's stages, in the order they run
+SECAGG_KEY_STAGES = ("keys", "shares", "check", "reveal")  # the stages that train nothing: they spend no privacy
 
 MAX_ROUND = 10**9
 MAX_EXAMPLES = 2**53  # an int every consumer (SQLite, float weights, JSON readers) holds exactly

@@ -292,10 +292,19 @@ def _resident_bytes():
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def test_a_reader_that_never_reads_holds_a_connection_not_a_copy_of_the_model(classroom):
+def test_a_reader_that_never_reads_holds_a_connection_not_a_copy_of_the_model(tmp_path):
     """A student asks for the global model on many connections and reads none: the service streams the key from
     disk, so the teacher's kernel holds no copy per connection (it held the body per connection: 30 readers
-    of an 8 MiB model grew it by 377 MiB here)."""
+    of an 8 MiB model grew it by 377 MiB here). The per-address limit is off: 30 readers from 127.0.0.1 stand for
+    readers on many machines."""
+    classroom = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), per_address=0)
+    try:
+        _read_nothing_on_many_connections(classroom)
+    finally:
+        classroom.close()
+
+
+def _read_nothing_on_many_connections(classroom):
     classroom.store.put("runs/r/global.weights", os.urandom(8 * 2**20))
     url = urllib.parse.urlsplit(classroom.store.signed_url("GET", "runs/r/global.weights", time.time() + 60))
     before = _resident_bytes()
@@ -391,3 +400,100 @@ def test_the_drawing_pad_keeps_labelled_8x8_examples_in_the_digits_format():
     assert x.shape == (1, 64) and x.dtype == np.float32 and set(np.flatnonzero(x[0])) == {3, 11, 19}
     assert y.tolist() == [7] and not any(cell.value for cell in pad.cells)
     assert pad.count.value == "1 examples drawn (7: 1)" and repr(pad) == "DrawingPad(1 examples drawn (7: 1))"
+
+
+def _join_from(service, address, name):
+    """POST /join from the source `address` (a 127.0.0.0/8 address: another machine of the room, on loopback)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", service._server.port, timeout=10, source_address=(address, 0))
+    try:
+        connection.request("POST", "/join", json.dumps(registration(service, name)), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_one_address_holds_a_bounded_number_of_connections_and_the_rest_of_the_class_still_joins(tmp_path,
+                                                                                                 monkeypatch):
+    """One student's machine opens as many connections as the server holds and keeps them: past the per-address limit
+    each is answered 429 with one line and closed, so a student from another address still joins; with the limit off
+    (0: a class behind one address) the same machine is served past it. It used to take all the server's connections
+    (256; 8 here) and lock the class out."""
+    monkeypatch.setattr(server_thread, "CONNECTION_LIMIT", 8)
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), per_address=4)
+    held = [socket.create_connection(("127.0.0.1", service._server.port)) for _ in range(8)]
+    try:
+        time.sleep(0.3)
+        status, text = _join_from(service, "127.0.0.1", "mallory")
+        assert (status, text) == (429, "more than 4 connections from your address: close some and try again "
+                                       "(a class behind one address: the teacher raises --per-address)")
+        assert _join_from(service, "127.0.0.2", "alice")[0] == 200
+        assert [row["name"] for row in service.roster.rows()] == ["alice"]
+    finally:
+        for connection in held:
+            connection.close()
+        service.close()
+
+    unlimited = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), per_address=0)
+    held = [socket.create_connection(("127.0.0.1", unlimited._server.port)) for _ in range(6)]
+    try:
+        time.sleep(0.3)
+        assert _join_from(unlimited, "127.0.0.1", "bob")[0] == 200
+        assert unlimited._server.connections >= 6
+    finally:
+        for connection in held:
+            connection.close()
+        unlimited.close()
+    with pytest.raises(ClassroomError, match="--per-address -1: give the connections one address may hold"):
+        ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), per_address=-1)
+
+
+def test_the_teacher_removes_a_student_whose_next_result_and_rejoin_are_refused(classroom, tmp_path):
+    """The teacher removes bob after round 1 of a run over the class: his result in round 2 is refused (the run goes
+    on with alice), what he gave in round 1 stays, the roster and its widget say so, and bob can neither join again
+    under his name nor leave with his old key."""
+    from fedless_nb.classroom.widgets import roster_table
+    from fedless_nb.experiment import ExperimentConfig
+    from fedless_nb.records.history import History
+    from fedless_nb.rounds.events import RoundFinished
+    from fedless_nb.runner import run_experiment
+
+    students = [StudentFunction(classroom.url, classroom.code, name, host="127.0.0.1") for name in ("alice", "bob")]
+    table = roster_table(classroom)
+    config = ExperimentConfig.from_dict({
+        "name": "removal", "clients": 2, "clients_per_round": 2, "rounds": 2, "retries": 0, "min_successful": 1,
+        "data": {"dataset": "digits"}, "model": {"builder": "logistic_regression"},
+        "train": {"epochs": 1, "batch_size": 32, "learning_rate": 0.05},
+        "history": str(tmp_path / "history.db"), "store": {"path": str(tmp_path / "unused")},
+        "providers": classroom.provider_configs()})
+
+    def remove_bob_after_round_one(event):
+        if isinstance(event, RoundFinished) and event.round == 1:
+            classroom.remove("bob")
+
+    try:
+        result = run_experiment(config, providers=classroom.providers(), store=classroom.store,
+                                observers=[classroom.observe, remove_bob_after_round_one])
+        assert result.status == "finished"
+        history = History(config.history)
+        outcomes = [(i["round"], i["provider"], i["outcome"]) for i in history.invocations(result.run_id)]
+        assert sorted(outcomes) == [(1, "alice", "succeeded"), (1, "bob", "succeeded"),
+                                    (2, "alice", "succeeded"), (2, "bob", "failed")]
+        refused = next(i for i in history.invocations(result.run_id) if i["outcome"] == "failed")
+        assert refused["error"].startswith("the teacher removed bob from the class")
+        assert [r["succeeded"] for r in history.rounds(result.run_id)] == [2, 1]  # round 1 keeps bob's update
+
+        assert [(row["name"], row["status"]) for row in classroom.roster.rows()] == [("alice", "joined"),
+                                                                                     ("bob", "removed")]
+        assert "removed" in table.widget.value and "removed" in table.text()
+        assert [s.name for s in classroom.roster.present()] == ["alice"]
+        status, reply = post(classroom.url + "/join", registration(classroom, "bob"))
+        assert (status, reply) == (403, {"error": "the teacher removed 'bob' from this class: ask the teacher"})
+        with pytest.raises(ClassroomError, match="the teacher removed 'bob' from this class"):
+            students[1].leave()
+        with pytest.raises(ClassroomError, match="no student 'nobody' in this class: the roster lists the names"):
+            classroom.remove("nobody")
+    finally:
+        students[0].leave()

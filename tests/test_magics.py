@@ -345,3 +345,32 @@ def test_the_classroom_magics_open_join_train_options_and_leave(shell):
         with capture_output():
             shell.run_line_magic("fedless_classroom", "close")
     assert magics.classroom is None
+
+
+def test_the_teacher_removes_a_student_with_the_classroom_magic(shell):
+    """%fedless_classroom remove NAME takes a student out of the open classroom (the roster says so); --per-address
+    sets the join service's limit per address; a missing or unknown name is one line."""
+    from fedless_nb.classroom.student import StudentFunction
+
+    magics = magics_of(shell)
+    with pytest.raises(UsageError, match="%fedless_classroom remove needs an open classroom: run %fedless_classroom open"):
+        shell.run_line_magic("fedless_classroom", "remove bob")
+    with capture_output():
+        classroom = shell.run_line_magic("fedless_classroom", "open --host 127.0.0.1 --port 0 --per-address 2")
+    try:
+        assert classroom._server.per_address == 2
+        bob = StudentFunction(classroom.url, classroom.code, "bob", host="127.0.0.1")
+        with capture_output() as removed:
+            shell.run_line_magic("fedless_classroom", "remove bob")
+        assert removed.stdout.strip() == ("Removed bob: their function's next result is refused and the name cannot "
+                                          "join again")
+        assert [(row["name"], row["status"]) for row in classroom.roster.rows()] == [("bob", "removed")]
+        assert magics.classroom is classroom  # still open for the others
+        with pytest.raises(UsageError, match="%fedless_classroom remove NAME: name the student to remove"):
+            shell.run_line_magic("fedless_classroom", "remove")
+        with pytest.raises(UsageError, match="no student 'carol' in this class: the roster lists the names"):
+            shell.run_line_magic("fedless_classroom", "remove carol")
+        bob._server.stop()
+    finally:
+        with capture_output():
+            shell.run_line_magic("fedless_classroom", "close")

@@ -8,7 +8,7 @@ import pytest
 from fedless_nb.function import handler as client
 from fedless_nb.function.batching import local_steps
 from fedless_nb.function.handler import handle
-from fedless_nb.wire import PayloadError
+from fedless_nb.wire import SECAGG_STAGES, PayloadError
 from fedless_nb.privacy.accounting import DpRound, ExampleLevelAccountant, PrivacyBudgetExhausted, PrivacyReport, epsilon
 from fedless_nb.rounds.selection import BudgetedSelection, RandomSelection
 from fedless_nb.store import LocalStore, decode_arrays
@@ -180,11 +180,11 @@ def test_budget_skips_exhausted_clients_or_stops_the_run():
     accountant.close()
 
 
-def test_a_secure_round_spends_one_dp_round_though_four_stages_succeed():
+def test_a_secure_round_spends_one_dp_round_though_every_stage_succeeds():
     import dp_accounting
 
     accountant = ExampleLevelAccountant(1e-5, expected_facts={"a": _facts()})
-    for stage in ("keys", "shares", "masked", "reveal"):
+    for stage in SECAGG_STAGES:
         accountant(_Invocation("a", stage=stage))
     step = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))
     reference = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(step, 20)).get_epsilon(1e-5)

@@ -4,6 +4,8 @@ Each stage is an invocation; clients drop out (the function fails) at each stage
 the threshold; a test reads every object the functions wrote and finds no update in the clear.
 """
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -41,6 +43,15 @@ def _dropping_provider(monkeypatch, drops):
     monkeypatch.setenv("FEDLESS_TEST_SECAGG_DROPS", ",".join(
         f"{when}:{stage}:{client}" for when, stage, clients in drops for client in clients))
     return {"local": LocalProvider("local", workers=2, entry_point="workloads:drops_in_secure_stages")}
+
+
+def _finished_without_round_failures(config, entry_point):
+    """`config` run on the real local provider with a test entry point: it finished, no round failed; result, history."""
+    result = run_experiment(config, providers={"local": LocalProvider("local", workers=2, entry_point=entry_point)})
+    assert result.status == "finished"
+    history = History(config.history)
+    assert history.round_failures(result.run_id) == []
+    return result, history
 
 
 def _globals(config, run_id):
@@ -112,7 +123,7 @@ def test_clients_dropping_at_each_stage_below_the_threshold_leave_the_round_comp
     history = History(config.history)
     invocations = history.invocations(result.run_id)
     # every stage is an invocation: in the history, the dashboard's totals and the cost model
-    assert len(invocations) == 4 * 5 * 4 - 3 - 2 - 1  # a dropout is invoked in none of its round's later stages
+    assert len(invocations) == 4 * 5 * 5 - 4 - 3 - 1  # a dropout is invoked in none of its round's later stages
     assert progress.invocations == progress.stage_invocations == len(invocations)
     assert progress.totals()["of them secure-aggregation stages"] == len(invocations)
     report = history.cost(result.run_id)
@@ -136,19 +147,19 @@ def test_clients_dropping_at_each_stage_below_the_threshold_leave_the_round_comp
 def test_clients_dropping_at_each_stage_above_the_threshold_fail_the_round_with_its_reason(tmp_path, monkeypatch):
     gone = ["client-0001", "client-0002", "client-0003"]  # 2 of 5 left, threshold 3
     drops = [(f"{r}/1", stage, gone) for r, stage in enumerate(SECAGG_STAGES, start=1)]
-    config = _config(tmp_path, "above", rounds=4)
+    config = _config(tmp_path, "above", rounds=len(SECAGG_STAGES))
     # min_successful 0: a failed round keeps the model and the run goes on; with no round unmasked, the run failed
-    with pytest.raises(NothingTrainedError, match=r"in 4 round\(s\) .*; round 1 failed: secure aggregation: 2 of 5 "
+    with pytest.raises(NothingTrainedError, match=r"in 5 round\(s\) .*; round 1 failed: secure aggregation: 2 of 5 "
                                                   r"clients finished the keys stage"):
         run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
     history = History(config.history)
     result = history.run(history.runs()[0]["run_id"])
-    assert result["status"] == "failed" and result["rounds_completed"] == 4
+    assert result["status"] == "failed" and result["rounds_completed"] == 5
     failures = history.round_failures(result["run_id"])
-    assert [f["round"] for f in failures] == [1, 2, 3, 4]
+    assert [f["round"] for f in failures] == [1, 2, 3, 4, 5]
     for failure, stage in zip(failures, SECAGG_STAGES):
         assert f"2 of 5 clients finished the {stage} stage, fewer than the threshold 3" in failure["reason"]
-    assert [r["succeeded"] for r in history.rounds(result["run_id"])] == [0, 0, 0, 0]
+    assert [r["succeeded"] for r in history.rounds(result["run_id"])] == [0, 0, 0, 0, 0]
     globals_ = _globals(config, result["run_id"])
     assert all(_largest_change(before, after) == 0 for before, after in zip(globals_, globals_[1:]))
 
@@ -462,14 +473,65 @@ def test_a_client_revealing_wrong_shares_is_refused_and_the_secure_round_complet
     recovers each secret from the honest holders' shares (the commitment tells which set is right), refuses that
     client's reveal, and the round completes; it used to fail as a whole (one client took down the round)."""
     config = _config(tmp_path, "liar")
-    provider = LocalProvider("local", workers=2, entry_point="workloads:reveals_wrong_shares_on_client_1")
-    result = run_experiment(config, providers={"local": provider})
-    assert result.status == "finished"
-    history = History(config.history)
-    assert history.round_failures(result.run_id) == []
+    result, history = _finished_without_round_failures(config, "workloads:reveals_wrong_shares_on_client_1")
     failed = [i for i in history.invocations(result.run_id) if i["outcome"] == "failed"]
     assert [(i["client_id"], i["stage"], i["cause"]) for i in failed] == [("client-0001", "reveal", "rejected")]
     assert "secret that does not recover it" in failed[0]["error"]
     assert [r["succeeded"] for r in history.rounds(result.run_id)] == [5]  # its own masked vector stays in the sum
     (before, after) = _globals(config, result.run_id)
     assert 1e-4 < _largest_change(before, after) < 1.0  # unmasked: a mask left in would move weights by thousands
+
+
+def test_a_client_sealing_garbage_shares_is_dropped_before_masking_and_the_round_sums_the_others(tmp_path, monkeypatch):
+    """A compromised client seals garbage for every holder: they report it in the check stage, it is dropped before
+    anyone masks with it (its shares stage recorded as rejected), and the round unmasks the honest clients' sum, here
+    with another client dropping at the masked stage too. It used to fail the round: no holder could reveal."""
+    plain_config = _config(tmp_path, "plain", secure=False)
+    plain = run_experiment(plain_config)
+    monkeypatch.setenv("FEDLESS_TEST_SECAGG_DROPS", "1/1:masked:client-0003")
+    config = _config(tmp_path, "garbage")
+    result, history = _finished_without_round_failures(config, "workloads:seals_garbage_shares_on_client_1")
+    invocations = history.invocations(result.run_id)
+    failed = [(i["client_id"], i["stage"], i["cause"]) for i in invocations if i["outcome"] == "failed"]
+    assert failed == [("client-0001", "shares", "rejected"), ("client-0003", "masked", "error")]
+    rejection = next(i["error"] for i in invocations if i["cause"] == "rejected")
+    assert "its sealed shares for client-0000, client-0002, client-0003, client-0004 do not open" in rejection
+    assert {i["stage"] for i in invocations if i["client_id"] == "client-0001"} == {"keys", "shares", "check"}
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [3]
+
+    # The new model is FedAvg over the kept honest clients only (0, 2 and 4), within the quantization error.
+    kept = ["client-0000", "client-0002", "client-0004"]
+    store = LocalStore(plain_config.store.path)
+    start = decode_arrays(store.get(global_weights_key(plain.run_id, 0)))
+    examples = {i["client_id"]: i["num_examples"] for i in History(plain_config.history).invocations(plain.run_id)}
+    weights = {c: examples[c] / 1000 for c in kept}  # max_weight 1000
+    deltas = {c: [m.astype(np.float64) - s for m, s in zip(decode_arrays(store.get(update_key(plain.run_id, 1, c))), start)]
+              for c in kept}
+    expected = [s + sum(weights[c] * deltas[c][layer] for c in kept) / sum(weights.values())
+                for layer, s in enumerate(start)]
+    largest = max(float(np.max(np.abs(d))) for c in kept for d in deltas[c])
+    tolerance = len(kept) * QuantizationParams().step * (1 + largest) / sum(weights.values()) + 1e-6
+    assert _largest_change(expected, result.weights) <= tolerance
+
+    # No client's self-mask seed and mask key were both revealed; the garbage sealer's were never asked for.
+    round_dir = LocalStore(config.store.path).root / "runs" / result.run_id / "round-00001" / "secagg-1"
+    reveals = [json.loads(path.read_bytes()) for path in round_dir.glob("*.reveal")]
+    seeds = {owner for reveal in reveals for owner in reveal["seed_shares"]}
+    keys = {owner for reveal in reveals for owner in reveal["key_shares"]}
+    assert (seeds, keys) == (set(kept), {"client-0003"})
+
+
+@pytest.mark.parametrize("garbage", ["random", "short"])
+def test_garbage_shares_that_leave_fewer_than_the_threshold_fail_the_round_in_one_line(tmp_path, monkeypatch, garbage):
+    """Sealed shares that do not open, or that open to something other than two shares, are reported alike."""
+    monkeypatch.setenv("FEDLESS_TEST_GARBAGE", garbage)
+    config = _config(tmp_path, "too-few", clients=4, clients_per_round=4, secure_aggregation={"threshold": 4})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:seals_garbage_shares_on_client_1")
+    with pytest.raises(NothingTrainedError, match="secure aggregation: 3 of 4 clients sealed shares that all their "
+                                                  "holders could open, fewer than the threshold 4"):
+        run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    run_id = history.runs()[0]["run_id"]
+    failed = [(i["client_id"], i["stage"], i["cause"]) for i in history.invocations(run_id) if i["outcome"] == "failed"]
+    assert failed == [("client-0001", "shares", "rejected")]
+    assert {i["stage"] for i in history.invocations(run_id)} == {"keys", "shares", "check"}  # nobody trained

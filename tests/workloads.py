@@ -406,3 +406,36 @@ def reports_its_start(payload):
     _calls += 1
     return {"pid": os.getpid(), "parent": os.getppid(), "cwd": os.getcwd(), "environment": dict(os.environ),
             "draw": float(np.random.random()) if _calls == 1 else None}
+
+
+def seals_garbage_shares_on_client_1(payload):
+    """A secure round run for real (clients drop where drops_in_secure_stages says), except client 1, a compromised
+    function: in the shares stage it writes, for each of its holders, what no holder can use, and signs that:
+    random bytes of a sealed share's length (FEDLESS_TEST_GARBAGE unset), or a few bytes properly sealed for the
+    holder (FEDLESS_TEST_GARBAGE=short: it opens, but holds no shares)."""
+    import base64
+    import json
+
+    from fedless_nb.function.secagg_stages import _Round
+    from fedless_nb.privacy import secagg
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import store_from_descriptor
+
+    result = drops_in_secure_stages(payload)
+    settings = payload.get("train", {}).get("secagg") or {}
+    if settings.get("stage") != "shares" or not payload["client_id"].endswith("-0001"):
+        return result
+    store = store_from_descriptor(payload["store"])
+    key = client_key(function_secret(), payload["run_id"], payload["client_id"])
+    shares = json.loads(store.get(payload["update"]))["shares"]
+    if os.environ.get("FEDLESS_TEST_GARBAGE") == "short":
+        client = _Round(payload, store, key)
+        state = client.state()
+        shares = {holder: secagg.seal(secagg.agree(state["share_private"], base64.b64decode(
+                      client.read(holder, "keys")["share_public"]), "fedless-nb secagg shares"),
+                      b"too short", client.context(client.client, holder)) for holder in shares}
+    else:
+        shares = {holder: os.urandom(len(base64.b64decode(sealed))) for holder, sealed in shares.items()}
+    garbage = json.dumps({"shares": {holder: base64.b64encode(sealed).decode() for holder, sealed in shares.items()}})
+    store.put(payload["update"], garbage.encode())
+    return key.sign_result(result, garbage.encode())

@@ -39,7 +39,7 @@ class Student:
     secret: str
     own_examples: int | None  # examples the student drew themselves; None: their share of the teacher's dataset
     joined_at: float
-    status: str = "joined"  # joined, left
+    status: str = "joined"  # joined, left, removed (by the teacher)
     examples: int | None = None
     last_answer: str = "-"
     answered: int = 0
@@ -83,6 +83,8 @@ class Roster:
                                      "run %fedless_join again")
             if not NAME.match(name):
                 raise ClassroomError(f"--name {name!r}: use 1-32 lowercase letters, digits, - or _, e.g. --name alice")
+            if name in self.students and self.students[name].status == "removed":
+                raise ClassroomError(f"the teacher removed {name!r} from this class: ask the teacher")
             if name in self.students and self.students[name].status == "joined":
                 raise ClassroomError(f"the name {name!r} is taken in this class: choose another --name")
             url, own = _function_url(message.get("url")), _own_examples(message.get("own_examples"))
@@ -105,8 +107,25 @@ class Roster:
             student = self.students.get(name)
             if student is None or not hmac.compare_digest(proof, leave_proof(student.secret, name)):
                 raise ClassroomError(f"no student {name!r} with that key in this class")
+            if student.status == "removed":
+                raise ClassroomError(f"the teacher removed {name!r} from this class")
             student.status = "left"
         self._changed()
+
+    def remove(self, name: str) -> None:
+        """The teacher takes `name` out of the class: their key is refused from now on (their function's next results,
+        a leave), the name cannot join again here, and what they gave to rounds that finished stays."""
+        with self._lock:
+            if name not in self.students:
+                raise ClassroomError(f"no student {name!r} in this class: the roster lists the names")
+            self.students[name].status = "removed"
+        self._changed()
+
+    def admits(self, name: str, secret: str) -> bool:
+        """Whether `secret` is still `name`'s key: the teacher did not remove them, nor has the name joined again since."""
+        with self._lock:
+            student = self.students.get(name)
+            return student is not None and student.status != "removed" and hmac.compare_digest(student.secret, secret)
 
     def present(self) -> list[Student]:
         """The students who are in the class now, in the order they joined."""

@@ -17,17 +17,39 @@ from typing import Any
 
 from aiohttp import web
 
+from ..providers.base import InvocationError
 from ..providers.http import HttpProvider
 from ..providers.retry import RetryPolicy
 from ..rounds.events import InvocationFinished
 from .errors import ClassroomError
 from .roster import JoinCode, Roster
 from .served_store import STORE_PATH, ServedStore
-from .server_thread import ServerThread
+from .server_thread import PER_ADDRESS_LIMIT, ServerThread
 
 REGISTRATION_LIMIT = 4096  # bytes a join or leave message may have
 MESSAGE_SECONDS = 10.0  # a join or leave message arrives within this, or the connection is not held for it
 UPDATE_LIMIT = 64 * 2**20  # bytes a student's update may have
+
+
+class _StudentProvider(HttpProvider):
+    """A student's function, refused once the teacher removed the student (or their name joined again with another
+    key): a run holds its providers from its start, so the roster is asked on every call and again on its result."""
+
+    def __init__(self, roster: Roster, name: str, **options: Any) -> None:
+        super().__init__(name, **options)
+        self._roster = roster
+
+    def _check(self) -> None:
+        if not self._roster.admits(self.name, self.secret or ""):
+            raise InvocationError(f"the teacher removed {self.name} from the class (or the name joined again with another key): "
+                                  "their function's result is refused",
+                                  "error")
+
+    async def invoke(self, task: dict[str, Any]) -> dict[str, Any]:
+        self._check()
+        result = await super().invoke(task)
+        self._check()
+        return result
 
 
 def reachable_address(target: str = "192.0.2.1") -> str:
@@ -43,7 +65,10 @@ def reachable_address(target: str = "192.0.2.1") -> str:
 class ClassroomService:
     """An open classroom: its roster, its served store and its server thread."""
 
-    def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0) -> None:
+    def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0,
+                 per_address: int = PER_ADDRESS_LIMIT) -> None:
+        if per_address < 0:
+            raise ClassroomError(f"--per-address {per_address}: give the connections one address may hold (0: no limit)")
         self.roster = Roster(JoinCode.fresh(code_minutes))
         self.timeout = timeout
         self._uploading: set[str] = set()  # keys with an upload in progress (the server's loop is its only user)
@@ -53,7 +78,7 @@ class ClassroomService:
         app.router.add_get(STORE_PATH + "{key:.+}", self._get)
         app.router.add_post(STORE_PATH + "{key:.+}", self._post)
         bind = host or reachable_address()
-        self._server = ServerThread(app, bind, port)
+        self._server = ServerThread(app, bind, port, per_address)
         shown = reachable_address() if bind in ("0.0.0.0", "") else bind
         self.url = f"http://{shown}:{self._server.port}"
         self.store = ServedStore(store_root, self.url)
@@ -89,9 +114,13 @@ class ClassroomService:
 
     def providers(self) -> dict[str, HttpProvider]:
         """The students' functions, each signing with that student's own key; a gone student fails fast."""
-        return {s.name: HttpProvider(s.name, url=s.url, timeout=self.timeout, concurrency=1, secret=s.secret,
-                                     retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0))
+        return {s.name: _StudentProvider(self.roster, s.name, url=s.url, timeout=self.timeout, concurrency=1,
+                                         secret=s.secret, retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0))
                 for s in self.roster.present()}
+
+    def remove(self, name: str) -> None:
+        """Take a student out of the class (Roster.remove): a run in progress refuses their function's next result."""
+        self.roster.remove(name)
 
     def own_data_sizes(self, client_ids: list[str]) -> dict[str, int]:
         """Client id -> examples, for the students who train on their own drawings (client i is student i)."""

@@ -12,6 +12,8 @@ Stages (train.secagg.stage), after Bell et al. 2020:
            publishes the public keys and a commitment to the seed
   shares   Shamir-shares the seed and the mask private key among its peers and itself, each share
            sealed for its holder under the key they agree on
+  check    opens the shares its peers sealed for it and reports the peers whose share does not open (or
+           does not hold two shares): the controller drops those before anyone masks with them
   masked   trains, quantizes its update and adds the pairwise masks and its self-mask: only the
            masked vector is written
   reveal   opens the shares its peers sealed for it and reveals, per peer, the seed share of one that
@@ -125,17 +127,35 @@ class _Round:
                     for peer in self.peers}
         return encode_arrays([secagg.masked_vector(quantized, state["seed"], pairwise, self.client)])
 
+    def opened(self, state: dict[str, Any], sender: str) -> bytes:
+        """The seed share and key share `sender` sealed for this client; SecAggError if they do not open or are
+        not two shares."""
+        public = _unb64(self.read(sender, "keys")["share_public"])
+        key = secagg.agree(state["share_private"], public, "fedless-nb secagg shares")
+        sealed = _unb64(self.read(sender, "shares")["shares"][self.client])
+        opened = secagg.unseal(key, sealed, self.context(sender, self.client))
+        if len(opened) != 2 * secagg.SHARE_BYTES:
+            raise secagg.SecAggError(f"{sender}'s sealed share holds {len(opened)} bytes, not two shares")
+        return opened
+
+    def check(self, state: dict[str, Any]) -> bytes:
+        """The peers whose sealed shares this client cannot open: reported so that no one masks with them."""
+        unopened = []
+        for sender in self.peers:
+            try:
+                self.opened(state, sender)
+            except secagg.SecAggError:
+                unopened.append(sender)
+        return json.dumps({"unopened": sorted(unopened)}).encode()
+
     def reveal(self, state: dict[str, Any]) -> bytes:
         dropped = {str(peer) for peer in self.settings.get("dropped", [])}
         if not dropped <= set(self.peers):
             raise PayloadError("train.secagg.dropped must name peers only")
         seeds, keys = {}, {}
         for sender in sorted({*self.peers, self.client}):
-            public = _unb64(self.read(sender, "keys")["share_public"])
-            key = secagg.agree(state["share_private"], public, "fedless-nb secagg shares")
-            sealed = _unb64(self.read(sender, "shares")["shares"][self.client])
-            opened = secagg.unseal(key, sealed, self.context(sender, self.client))
-            half = len(opened) // 2
+            opened = self.opened(state, sender)
+            half = secagg.SHARE_BYTES
             if sender in dropped:
                 keys[sender] = _b64(opened[half:])
             else:
@@ -151,7 +171,7 @@ def key_stage(task: dict[str, Any], store: Any, key: RunKey | None, num_examples
         count = num_examples()
         return client.publish_keys(count), count
     state = client.state()
-    output = client.share(state) if stage == "shares" else client.reveal(state)
+    output = {"shares": client.share, "check": client.check, "reveal": client.reveal}[stage](state)
     return output, int(state["num_examples"])
 
 

@@ -248,9 +248,9 @@ class FedlessMagics(Magics):
             return run
         return run_to_end(config, model, observers, model_name=args.model, **options)
 
-    def _open_classroom(self) -> Any:
+    def _open_classroom(self, needing: str = "--provider classroom") -> Any:
         if self.classroom is None:
-            raise UsageError("--provider classroom needs an open classroom: run %fedless_classroom open first")
+            raise UsageError(f"{needing} needs an open classroom: run %fedless_classroom open first")
         return self.classroom
 
     def _classroom_options(self, config: ExperimentConfig) -> dict[str, Any]:
@@ -498,13 +498,16 @@ class FedlessMagics(Magics):
 
     # %fedless_classroom, %fedless_join, %fedless_draw, %fedless_leave -------------------------------
     @magic_arguments()
-    @argument("action", choices=["open", "close"], help="open: start the join service and show the roster; "
-                                                         "close: stop it")
+    @argument("action", choices=["open", "close", "remove"], help="open: start the join service and show the roster; "
+                                                                   "close: stop it; remove NAME: take a student out")
+    @argument("name", nargs="?", help="remove: the student's name, as the roster shows it")
     @argument("--host", help="address to listen on (default: this machine's address on the room's network; "
                              "127.0.0.1 for one machine)")
     @argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 picks a free one)")
     @argument("--minutes", type=float, default=30, help="how long the join code admits students (default 30)")
     @argument("--timeout", type=float, default=60, help="seconds a student's function may take per round (default 60)")
+    @argument("--per-address", type=int, default=16, help="connections the join service holds from one address "
+                                                          "(default 16; 0: no limit, for a class behind one address)")
     @line_magic
     @user_errors
     def fedless_classroom(self, line: str) -> Any:
@@ -516,6 +519,12 @@ class FedlessMagics(Magics):
         from ..classroom.widgets import roster_table
 
         args = parse_options(self.fedless_classroom, line)
+        if args.action == "remove":
+            if not args.name:
+                raise UsageError("%fedless_classroom remove NAME: name the student to remove, as the roster shows it")
+            self._open_classroom("%fedless_classroom remove").remove(args.name)
+            print(f"Removed {args.name}: their function's next result is refused and the name cannot join again")
+            return None
         if self.classroom is not None:
             self.classroom.close()
             print(f"Closed the classroom at {self.classroom.url}")
@@ -523,7 +532,8 @@ class FedlessMagics(Magics):
         if args.action == "close":
             return None
         try:
-            self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, timeout=args.timeout)
+            self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, timeout=args.timeout,
+                                              per_address=args.per_address)
         except OSError as error:
             raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
                              "choose another --port or --host") from None

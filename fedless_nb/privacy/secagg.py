@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 MODULUS_BITS = 32  # the masked arithmetic is uint32's: numpy wraps modulo 2^32 for free
 SECRET_BYTES = 32
+SHARE_BYTES = 2 + SECRET_BYTES  # a Shamir share of a secret: its 1-based index, then one share per half
 _HALF = 16  # pycryptodome's Shamir shares 16-byte secrets (GF(2^128))
 _NONCE = 12
 MAX_RECOVERY_TRIES = 2000  # sets of shares tried per secret before its holders are deemed too dishonest

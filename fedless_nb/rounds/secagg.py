@@ -1,8 +1,9 @@
 """Secure rounds (SecAgg+ over serverless clients): the controller learns only the sum of the updates.
 
-Each round runs four stages, each one invocation per client still in the protocol, with the store
+Each round runs five stages, each one invocation per client still in the protocol, with the store
 as the relay between them (function/secagg_stages.py says what a function does in each):
-keys -> shares -> masked (the clients train here) -> reveal. Then the controller sums the masked
+keys -> shares -> check -> masked (the clients train here) -> reveal. A client whose sealed shares a
+holder reports it cannot open (check) is dropped before anyone masks with it. Then the controller sums the masked
 vectors, removes the self-masks of the clients that sent one and the pairwise masks they added for
 neighbours that dropped, from the secrets it reconstructs out of the revealed Shamir shares;
 dequantizes; and hands the average (one update) to the strategy, or the clipped sum to central DP,
@@ -73,7 +74,7 @@ def _base64_of(size: int) -> AfterValidator:
 
 
 _Key = Annotated[str, Field(max_length=64), _base64_of(32)]  # an X25519 public key
-_Share = Annotated[str, Field(max_length=64), _base64_of(2 + secagg.SECRET_BYTES)]  # a Shamir share: index, two halves
+_Share = Annotated[str, Field(max_length=64), _base64_of(secagg.SHARE_BYTES)]  # a Shamir share: index, two halves
 _Peer = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -95,12 +96,17 @@ class _SharesObject(_StageObject):
     shares: dict[_Peer, Annotated[str, Field(max_length=4096)]]  # each sealed for its holder
 
 
+class _CheckObject(_StageObject):
+    unopened: Annotated[list[_Peer], Field(max_length=10**6)]  # peers whose sealed share for the client does not open
+
+
 class _RevealObject(_StageObject):
     seed_shares: dict[_Peer, _Share]
     key_shares: dict[_Peer, _Share]
 
 
-_STAGE_OBJECTS: dict[str, type[_StageObject]] = {"keys": _KeysObject, "shares": _SharesObject, "reveal": _RevealObject}
+_STAGE_OBJECTS: dict[str, type[_StageObject]] = {"keys": _KeysObject, "shares": _SharesObject, "check": _CheckObject,
+                                                  "reveal": _RevealObject}
 
 
 class SecureRoundFailed(Exception):
@@ -121,6 +127,7 @@ class _Attempt:
     results: dict[str, dict[str, Any]]  # the masked stage's results (example counts, metrics)
     in_functions: bool = False  # aggregator functions sum the masked vectors (rounds/tree.py)
     holders: dict[str, list[str]] = field(default_factory=dict)  # client -> who holds its shares, in their order
+    masking: set[str] = field(default_factory=set)  # the clients invoked to mask: their shares all opened
     total: MaskedSum | None = None  # their sum, when they did
 
     def survivors(self, stage: str) -> list[str]:
@@ -157,8 +164,14 @@ class SecureAggregationRounds(SynchronousRounds):
 
     async def secure_round(self, round_number: int, attempt_number: int, selected: list[str], weights: Weights,
                            started: float) -> tuple[Weights, list[ClientUpdate]]:
-        """The four stages and the unmasking; the new global model and, per client whose masked update
-        is in it, its example count and training metrics (no weights)."""
+        """The five stages and the unmasking; the new global model and, per client whose masked update
+        is in it, its example count and training metrics (no weights).
+
+        The invariant that keeps every update hidden: for no client does the controller obtain both the shares of its
+        self-mask seed and its pairwise-mask secret. A client whose masked vector is in the sum has only its seed
+        revealed (and only its pairwise seeds with dropped peers removed); one that dropped after the check stage has
+        only its mask key revealed; one dropped before (its shares do not open) has neither. Each reveal task names
+        the dropped peers, and a reveal with a share of the other secret is rejected (_accepted)."""
         degree = self.options.neighbours
         graph = secagg.neighbours(selected, degree, seed=self.controller.plan.seed * 100_003 + round_number)
         holders = len(graph[selected[0]]) + 1
@@ -176,12 +189,14 @@ class SecureAggregationRounds(SynchronousRounds):
         await self._stage(attempt, "shares", {c: {"peers": peers} for c, peers in sharing.items()
                                               if len(peers) + 1 >= threshold}, overrides)
         shared = set(attempt.survivors("shares"))
-        await self._stage(attempt, "masked", {c: {"peers": sorted(set(graph[c]) & shared)} for c in shared}, overrides)
+        await self._stage(attempt, "check", {c: {"peers": sorted(set(graph[c]) & shared)} for c in shared}, overrides)
+        masking = attempt.masking = self._drop_unopened(attempt)
+        await self._stage(attempt, "masked", {c: {"peers": sorted(set(graph[c]) & masking)} for c in masking}, overrides)
         if attempt.in_functions:
             await self._sum_in_functions(attempt)
         masked = set(attempt.survivors("masked"))
-        await self._stage(attempt, "reveal", {c: {"peers": sorted(set(graph[c]) & shared),
-                                                  "dropped": sorted(set(graph[c]) & (shared - masked))}
+        await self._stage(attempt, "reveal", {c: {"peers": sorted(set(graph[c]) & masking),
+                                                  "dropped": sorted(set(graph[c]) & (masking - masked))}
                                               for c in masked}, overrides)
         total = self._unmask(attempt)
         if problem := secagg.sum_range_problem(total, self.params, len(masked)):
@@ -204,7 +219,8 @@ class SecureAggregationRounds(SynchronousRounds):
         """The objects of earlier stages a client's stage reads, as the controller relayed them: its own and its peers'
         keys, and the shares sealed for it."""
         key = self.controller.run_id, attempt.round_number
-        earlier = {"keys": (), "shares": ("keys",), "masked": ("keys",), "reveal": ("keys", "shares")}[stage]
+        earlier = {"keys": (), "shares": ("keys",), "check": ("keys", "shares"), "masked": ("keys",),
+                   "reveal": ("keys", "shares")}[stage]
         return [secagg_relay_key(*key, owner, kind, attempt.attempt) for owner in sorted({client, *peers})
                 for kind in earlier]
 
@@ -282,8 +298,12 @@ class SecureAggregationRounds(SynchronousRounds):
                 holders = {client_id, *peers.get("peers", [])}
                 if isinstance(parsed, _SharesObject) and set(parsed.shares) != holders:
                     raise ValueError("shares for other clients than its peers and itself")
-                if isinstance(parsed, _RevealObject) and not {*parsed.seed_shares, *parsed.key_shares} <= holders:
-                    raise ValueError("shares of other clients than its peers and itself")
+                if isinstance(parsed, _CheckObject) and not set(parsed.unopened) <= holders - {client_id}:
+                    raise ValueError("a report of other clients than its peers")
+                dropped = set(peers.get("dropped", []))
+                if isinstance(parsed, _RevealObject) and not (set(parsed.seed_shares) <= holders - dropped
+                                                              and set(parsed.key_shares) <= dropped):
+                    raise ValueError("shares of other clients than its peers and itself, or of the wrong secret")
         except ValidationError as error:
             self._rejected(attempt, stage, client_id, first_problem(error))
             return False
@@ -291,6 +311,27 @@ class SecureAggregationRounds(SynchronousRounds):
             self._rejected(attempt, stage, client_id, str(error))
             return False
         return True
+
+    def _drop_unopened(self, attempt: _Attempt) -> set[str]:
+        """The clients that finished the check stage, less those whose sealed shares a holder reported it cannot open.
+        As Bonawitz et al.'s U2 holds only clients whose shares reached their holders, those are dropped before the
+        masked stage: no one masks with them, so none of their secrets is ever needed, and their shares stage is
+        recorded as rejected. The controller cannot tell a holder that lies from a sender that sealed garbage (it
+        would need a private key to check), so a compromised holder can have an honest peer dropped, by name."""
+        reports = {holder: _CheckObject.model_validate_json(data).unopened
+                   for holder, data in attempt.objects["check"].items()}
+        accusers: dict[str, list[str]] = {}
+        for holder, unopened in sorted(reports.items()):
+            for sender in unopened:
+                accusers.setdefault(sender, []).append(holder)
+        for sender, holders in sorted(accusers.items()):
+            self.controller.emit(UpdateRejected(
+                self.controller.run_id, attempt.round_number, sender,
+                f"its sealed shares for {', '.join(holders)} do not open (they reported it); "
+                "dropped before the masked stage", stage="shares"))
+        masking = set(reports) - set(accusers)
+        _check_threshold(attempt, len(masking), len(reports), "sealed shares that all their holders could open")
+        return masking
 
     def _rejected(self, attempt: _Attempt, stage: str, client_id: str, problem: str) -> None:
         self.controller.emit(UpdateRejected(self.controller.run_id, attempt.round_number, client_id,
@@ -301,7 +342,7 @@ class SecureAggregationRounds(SynchronousRounds):
         the aggregators' masked sum, or the controller's own of the masked vectors, less the masks."""
         keys = {client: json.loads(data) for client, data in attempt.objects["keys"].items()}
         reveals = {client: json.loads(data) for client, data in attempt.objects["reveal"].items()}
-        masked, shared = set(attempt.survivors("masked")), set(attempt.survivors("shares"))
+        masked, masking = set(attempt.survivors("masked")), attempt.masking
         refused: set[str] = set()
 
         def recover(owner: str, kind: str, is_secret: Callable[[bytes], bool]) -> bytes:
@@ -319,7 +360,7 @@ class SecureAggregationRounds(SynchronousRounds):
         seeds = [recover(client, "seed_shares", lambda seed, client=client:
                          secagg.commitment(seed) == keys[client]["seed_commitment"]) for client in sorted(masked)]
         pairs = []
-        for gone in sorted(shared - masked):
+        for gone in sorted(masking - masked):
             public = _unb64(keys[gone]["mask_public"])
             private = recover(gone, "key_shares", lambda private, public=public: _is_private_key(private, public))
             pairs += [(peer, gone, secagg.pairwise_seed(private, _unb64(keys[peer]["mask_public"])))
