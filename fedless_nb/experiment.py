@@ -497,6 +497,8 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         _require(0 < config.stragglers.work < 1, "stragglers.work",
                  f"must be between 0 and 1 (the share of its epochs a straggler manages), got {config.stragglers.work}")
         _require(config.mode == "sync", "stragglers", "are simulated in synchronous rounds (mode: sync) only")
+        _require(config.secure_aggregation is None, "stragglers",
+                 "are not simulated in secure aggregation's rounds; remove stragglers or secure_aggregation")
     _require_choice(config.mode, ("sync", "async"), "mode")
     if config.mode == "async":
         rounds = config.asynchronous
