@@ -85,6 +85,30 @@ def test_a_stopped_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_
 
 
 
+@pytest.mark.parametrize("on_budget", ["stop_run", "skip_client"])
+def test_a_resumed_dp_run_stops_at_its_target_epsilon_where_dp_accounting_says(tiny_config, on_budget):
+    """Stopped after round 1 and resumed: every client (about 359 digits, 12 Poisson steps a round at q = 32 / n) is
+    charged 3 rounds, dp-accounting's epsilon for them, and a 4th would pass the target set between the two."""
+    import dp_accounting as dpa
+
+    def reference(n, rounds):
+        event = dpa.PoissonSampledDpEvent(32 / n, dpa.GaussianDpEvent(1.0))
+        return dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(event, -(-n // 32) * rounds)).get_epsilon(1e-4)
+
+    target = (reference(359, 3) + reference(359, 4)) / 2
+    config = tiny_config(rounds=8, clients=4, clients_per_round=4, train={**DP_TRAIN, "dp": {
+        "noise_multiplier": 1.0, "delta": 1e-4, "target_epsilon": target, "on_budget": on_budget}})
+    stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
+    resumed = resume_experiment(stopped.run_id, history=config.history)
+    assert resumed.status == "stopped" and len(resumed.round_metrics) == 3
+    rows = [row for row in History(config.history).invocations(stopped.run_id) if row["outcome"] == "succeeded"]
+    for client_id in resumed.accountant.ledger.subjects:
+        n = next(row["num_examples"] for row in rows if row["client_id"] == client_id)
+        assert sum(row["client_id"] == client_id for row in rows) == 3
+        assert resumed.accountant.epsilon(client_id) == pytest.approx(reference(n, 3), rel=1e-9)
+        assert reference(n, 3) <= target < reference(n, 4)
+
+
 def _interrupt_after_recording(round_number):
     """An observer (subscribed after the history) that ends the process's run as Ctrl-C would once round
     `round_number` is in the history, before the controller checkpoints it: the crash window in between."""
