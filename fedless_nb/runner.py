@@ -262,7 +262,7 @@ def _accountant(config: ExperimentConfig, sizes: dict[str, int]) -> ExampleLevel
     facts = {client_id: privacy_facts(size, train) for client_id, size in sizes.items()
              if size >= (dp.num_microbatches or 1)}
     accountant = ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts,
-                                        straggler_steps=_straggler_steps(config, sizes, train))
+                                        straggler_steps=_straggler_steps(config, {c: sizes[c] for c in facts}, train))
     accountant.check_reachable(stop_run=dp.on_budget == "stop_run")  # before anything is deployed or trained
     return accountant
 
@@ -287,15 +287,17 @@ def _stragglers(config: ExperimentConfig) -> Stragglers | None:
 
 
 def _straggler_steps(config: ExperimentConfig, sizes: dict[str, int], train: dict[str, Any]) -> StragglerSteps | None:
-    """A round's simulated stragglers and the steps each may take (the accountant charges those): the same draw and
-    step budget the synchronous rounds and the function make of the config."""
+    """A round's simulated stragglers among the clients of `sizes` (those with a DP-SGD round planned) and the steps
+    each may take (the accountant charges those): the same draw and step budget the synchronous rounds and the
+    function make of the config."""
     stragglers = _stragglers(config)
     if stragglers is None:
         return None
 
     def steps(round_number: int, selected: Sequence[str]) -> dict[str, int]:
         slow = stragglers.overrides(round_number, selected, int(train["epochs"]))
-        return {client_id: step_budget(sizes[client_id], {**train, **override}) for client_id, override in slow.items()}
+        return {client_id: step_budget(sizes[client_id], {**train, **override}) for client_id, override in slow.items()
+                if client_id in sizes}
 
     return steps
 
