@@ -293,6 +293,9 @@ def test_a_delta_not_below_one_over_n_warns_naming_the_key():
 
     with pytest.warns(WeakDeltaWarning, match=r"train.dp.delta 0.05 is not below 1/n = 1/20"):
         ExampleLevelAccountant(0.05, expected_facts={"a": privacy_facts(20, _train(10, 1, 1.1))}).close()
+    sizes = {"small": 9, "large": 9_000}  # 1e-3 is below 1/9 but not below 1/9009: the large client's examples count
+    with pytest.warns(WeakDeltaWarning, match=r"train.dp.delta 0.001 is not below 1/n = 1/9009 \(one example of 9009\)"):
+        ExampleLevelAccountant(1e-3, expected_facts={c: privacy_facts(n, _train(8, 1, 1.1)) for c, n in sizes.items()}).close()
     from fedless_nb.strategies import FedAvg, RunContext
     from fedless_nb.strategies.central_dp import CentralDP
 

@@ -379,9 +379,9 @@ class ExampleLevelAccountant:
         self.straggler_steps = straggler_steps
         self._straggling: tuple[int, dict[str, int]] = (0, {})  # the latest round's stragglers and their steps
         self.planned = {client: DpRound.from_facts(facts) for client, facts in self.expected_facts.items()}
-        if self.planned:
-            warn_if_weak_delta(delta, min(r.population for r in self.planned.values()), "train.dp.delta",
-                               "example of the smallest client's")
+        if self.planned:  # n: the examples the model is trained on, every client's (a mechanism that publishes each
+            # with probability delta leaks delta * n of them; the smallest client's n was the most lenient test)
+            warn_if_weak_delta(delta, sum(r.population for r in self.planned.values()), "train.dp.delta", "example")
         self.ledger = PrivacyLedger(delta, accountant)
         self.skipped: dict[int, list[str]] = {}
         self._epsilon: dict[str, float] = {}
