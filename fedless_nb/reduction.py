@@ -248,11 +248,19 @@ def update_term(spec: SumSpec, update: Sequence[np.ndarray], current: Sequence[n
     return delta, distance
 
 
+def in_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`values` (an aggregate in float64) in a layer's `dtype`. An integer layer (a counter, such as a Normalization
+    layer's `count`) gets the nearest integer: a plain cast truncates toward zero, so a mean of equal 7s that float
+    arithmetic made 6.9999999 became 6, and a mean of 5.67 became 5."""
+    if np.dtype(dtype).kind in "iu":
+        values = np.rint(values)
+    return np.asarray(values).astype(dtype, copy=False)
+
+
 def weighted_mean(total: WeightedSum, like: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The sum divided by its total weight, in the dtypes of `like` (the global model's layers)."""
     if total.sums is None or total.count <= 0:
         raise ValueError("a weighted mean needs at least one update")
     if total.weight <= 0:
         raise ValueError("a weighted mean needs a positive total weight")
-    return [(layer / total.weight).astype(np.asarray(reference).dtype, copy=False)
-            for layer, reference in zip(total.sums, like)]
+    return [in_dtype(layer / total.weight, np.asarray(reference).dtype) for layer, reference in zip(total.sums, like)]

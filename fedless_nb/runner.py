@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .rounds.checkpoint import Checkpoint, checkpoint_key, decode_checkpoint
-from .function.batching import privacy_facts
+from .function.batching import privacy_facts, step_budget
 from .rounds.controller import ClientRef, Controller, RoundPlan
 from .data import Dataset, check_feature_skew, client_inputs, partition_from_settings, partition_options
 from .rounds.events import Observer
@@ -31,7 +31,7 @@ from .fit import preflight
 from .model import ModelSpec, build_model
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
-from .privacy.accounting import ExampleLevelAccountant, spent_privacy
+from .privacy.accounting import ExampleLevelAccountant, StragglerSteps, spent_privacy
 from .rounds.resilience import RoundPolicy
 from .rounds.stragglers import Stragglers
 from .rounds.tree import TreeOptions
@@ -261,7 +261,8 @@ def _accountant(config: ExperimentConfig, sizes: dict[str, int]) -> ExampleLevel
     train = _train_settings(config)
     facts = {client_id: privacy_facts(size, train) for client_id, size in sizes.items()
              if size >= (dp.num_microbatches or 1)}
-    accountant = ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts)
+    accountant = ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts,
+                                        straggler_steps=_straggler_steps(config, {c: sizes[c] for c in facts}, train))
     accountant.check_reachable(stop_run=dp.on_budget == "stop_run")  # before anything is deployed or trained
     return accountant
 
@@ -283,6 +284,22 @@ def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | No
 def _stragglers(config: ExperimentConfig) -> Stragglers | None:
     slow = config.stragglers
     return None if slow is None or slow.fraction == 0 else Stragglers(slow.fraction, slow.work, config.seed)
+
+
+def _straggler_steps(config: ExperimentConfig, sizes: dict[str, int], train: dict[str, Any]) -> StragglerSteps | None:
+    """A round's simulated stragglers among the clients of `sizes` (those with a DP-SGD round planned) and the steps
+    each may take (the accountant charges those): the same draw and step budget the synchronous rounds and the
+    function make of the config."""
+    stragglers = _stragglers(config)
+    if stragglers is None:
+        return None
+
+    def steps(round_number: int, selected: Sequence[str]) -> dict[str, int]:
+        slow = stragglers.overrides(round_number, selected, int(train["epochs"]))
+        return {client_id: step_budget(sizes[client_id], {**train, **override}) for client_id, override in slow.items()
+                if client_id in sizes}
+
+    return steps
 
 
 def _aggregation(config: ExperimentConfig) -> TreeOptions:

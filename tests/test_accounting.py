@@ -81,8 +81,8 @@ def test_a_replayed_checkpoint_gives_the_same_epsilon_to_the_last_bit():
 
 
 class _Invocation:
-    def __init__(self, client_id, outcome="succeeded"):
-        self.client_id, self.outcome = client_id, outcome
+    def __init__(self, client_id, outcome="succeeded", round_number=None):
+        self.client_id, self.outcome, self.round = client_id, outcome, round_number
 
 
 FACTS = {"steps": 20, "sampling_rate": 0.1, "batch_size": 4, "num_examples": 40, "noise_multiplier": 1.0,
@@ -173,6 +173,34 @@ def test_a_clients_stated_epsilon_equals_dp_accountings_round_by_round(n, batch,
     ledger.close()
 
 
+def test_a_rounds_simulated_stragglers_are_charged_their_steps_and_the_others_as_planned():
+    """Fixed-size batches of 32 from 1000 examples, 31 steps an epoch, 4 epochs planned (124 steps); round 1 makes
+    "a" a straggler of 40 steps. Its epsilon is dp-accounting's for 40 + 124 steps, "b"'s for 2 * 124; an invocation
+    of a round the accountant has not seen start (a round redone on resume) is charged as planned."""
+    import dp_accounting as dpa
+    from fedless_nb.rounds.events import RoundStarted
+
+    def reference(steps):
+        event = dpa.SampledWithoutReplacementDpEvent(1000, 32, dpa.GaussianDpEvent(1.1 / 2))
+        accountant = dpa.rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+        return accountant.compose(dpa.SelfComposedDpEvent(event, steps)).get_epsilon(1e-5)
+
+    facts = privacy_facts(1000, _train(32, 4, 1.1, "shuffle"))
+    assert facts["steps"] == 124
+    ledger = ExampleLevelAccountant(1e-5, expected_facts={"a": facts, "b": facts},
+                                    straggler_steps=lambda round_number, selected: {"a": 40} if round_number == 1 else {})
+    ledger(RoundStarted("r", 1, ["a", "b"], 0.0))
+    ledger(_Invocation("a", round_number=1))
+    ledger(_Invocation("b", round_number=1))
+    ledger(RoundStarted("r", 2, ["a", "b"], 0.0))
+    ledger(_Invocation("b", round_number=2))
+    ledger(_Invocation("a", round_number=1))  # round 1 is no longer the round that started last: planned
+    assert ledger.epsilon("a") == pytest.approx(reference(40 + 124), rel=1e-9)
+    assert ledger.epsilon("b") == pytest.approx(reference(2 * 124), rel=1e-9)
+    assert ledger.report("a").steps == 164
+    ledger.close()
+
+
 @pytest.mark.parametrize("n, batch, epochs, noise, delta, accountant", [
     (60000, 1, 1, 20.0, 1e-5, "rdp"), (100, 7, 50, 0.3, 1e-9, "rdp"), (1000, 32, 5, 1.1, 1e-3, "pld"),
 ])
@@ -186,9 +214,24 @@ def test_one_poisson_invocation_equals_tensorflow_privacys_dp_sgd_epsilon(n, bat
     assert epsilon([round_], delta, accountant) == pytest.approx(expected, rel=1e-6)
 
 
+def test_steps_over_several_epochs_are_counted_exactly_where_tensorflow_privacys_statement_counts_one_more():
+    """2998 examples in expected batches of 16 over 8 epochs: 8 * 2998 / 16 = 1499 steps exactly. tensorflow-privacy's
+    statement counts ceil(epochs / q) with q = 16 / 2998 a float, ceil(1499.0000000000002) = 1500 (one too many in
+    3876 cases of n < 3000, 13 batch sizes and 1 to 10 epochs); the epsilon stated is dp-accounting's for the 1499
+    steps taken."""
+    import dp_accounting as dpa
+
+    facts = privacy_facts(2998, _train(16, 8, 1.1))
+    assert facts["steps"] == 1499 and math.ceil(8 / (16 / 2998)) == 1500
+    expected = dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(
+        dpa.PoissonSampledDpEvent(16 / 2998, dpa.GaussianDpEvent(1.1)), 1499)).get_epsilon(1e-5)
+    assert epsilon([DpRound.from_facts(facts)], 1e-5) == pytest.approx(expected, rel=1e-9)
+
+
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
-def test_the_run_states_the_worst_client_of_unequal_clients(accountant):
-    sizes, joined = {"a": 10, "b": 37, "c": 200}, {"a": 1, "b": 2, "c": 3}
+@pytest.mark.parametrize("sizes", [{"a": 10, "b": 37, "c": 200}, {"a": 9, "b": 900, "c": 90_000}])
+def test_the_run_states_the_worst_client_of_unequal_clients(accountant, sizes):
+    joined = {"a": 1, "b": 2, "c": 3}
     train = _train(8, 2, 1.1)
     ledger = ExampleLevelAccountant(1e-5, accountant, expected_facts={c: privacy_facts(n, train) for c, n in sizes.items()})
     for client, times in joined.items():
@@ -200,6 +243,7 @@ def test_the_run_states_the_worst_client_of_unequal_clients(accountant):
     worst = max(expected, key=expected.get)
     assert ledger.worst_case().epsilon == pytest.approx(expected[worst], rel=1e-6)
     assert ledger.worst_case().subject == f"the examples of {worst}"
+    assert ledger.worst_case().sampling_rate == 8 / sizes[worst], "the worst client's own q"
     assert ledger.round_metrics(3)["epsilon_max"] == pytest.approx(expected[worst], rel=1e-6)
     ledger.close()
 
@@ -249,6 +293,9 @@ def test_a_delta_not_below_one_over_n_warns_naming_the_key():
 
     with pytest.warns(WeakDeltaWarning, match=r"train.dp.delta 0.05 is not below 1/n = 1/20"):
         ExampleLevelAccountant(0.05, expected_facts={"a": privacy_facts(20, _train(10, 1, 1.1))}).close()
+    sizes = {"small": 9, "large": 9_000}  # 1e-3 is below 1/9 but not below 1/9009: the large client's examples count
+    with pytest.warns(WeakDeltaWarning, match=r"train.dp.delta 0.001 is not below 1/n = 1/9009 \(one example of 9009\)"):
+        ExampleLevelAccountant(1e-3, expected_facts={c: privacy_facts(n, _train(8, 1, 1.1)) for c, n in sizes.items()}).close()
     from fedless_nb.strategies import FedAvg, RunContext
     from fedless_nb.strategies.central_dp import CentralDP
 

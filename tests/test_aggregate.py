@@ -279,3 +279,41 @@ def test_trimmed_mean_and_median_are_flowers_to_the_bit(clients):
                 np.testing.assert_array_equal(ours, theirs)
         for ours, theirs in zip(median(group), flwr.aggregate_median(results)):
             np.testing.assert_array_equal(ours, theirs)
+
+
+# integer layers (a Normalization layer's `count`, a custom counter) beside float ones --------------------------
+
+INTEGER_SAFE = [("fedavg", {}), ("fedprox", {"proximal_mu": 0.1}), ("fedavgm", {"server_momentum": 0.9}),
+                ("fedadam", {}), ("fedyogi", {}), ("fedadagrad", {}), ("fedmedian", {}), ("trimmed_mean", {}),
+                ("krum", {}), ("krum", {"to_keep": 3}), ("bulyan", {})]
+
+
+@pytest.mark.parametrize("counts", [[3, 3, 3], [1, 2, 10**6]])
+@pytest.mark.parametrize("name, options", INTEGER_SAFE)
+def test_an_integer_layer_every_client_agrees_on_comes_back_exactly(name, options, counts):
+    """Multi-Krum's mean of three equal 7s of 3 examples each came back 6 (float arithmetic gave 6.9999999 and the
+    cast truncated); the float layer is what the same strategy makes of the float layer alone."""
+    count = np.array([7, 14, -7, 10**6 + 7], np.int64)
+    floats = random_models(3, seed=4)
+    current = [np.zeros((4, 3), np.float32), count]
+    mixed = [ClientUpdate(f"c{i}", [m[0], count.copy()], n) for i, (m, n) in enumerate(zip(floats, counts))]
+    alone = [ClientUpdate(f"c{i}", [m[0]], n) for i, (m, n) in enumerate(zip(floats, counts))]
+    for round_number in (1, 2):  # the server optimizers' second step runs on their state
+        result = make_strategy(name, options).aggregate(round_number, current, mixed)
+        assert result[1].dtype == np.int64 and result[1].tolist() == count.tolist()
+        np.testing.assert_array_equal(result[0], make_strategy(name, options).aggregate(round_number, current[:1], alone)[0])
+
+
+def test_an_integer_layer_the_clients_disagree_on_gets_the_nearest_integer_of_the_exact_aggregate():
+    """Hand computed: FedAvg of 4, 6, 7 with equal counts is 17/3 = 5.67 (the cast made it 5), the median of 4 and 7
+    is 5.5 (numpy rounds half to even: 6), of -4 and -7 is -5.5 (-6); trimmed mean at beta 0 is the mean."""
+    def aggregate(name, values, **options):
+        updates = [ClientUpdate(f"c{i}", [np.array([v], np.int32)], 5) for i, v in enumerate(values)]
+        (layer,) = make_strategy(name, options).aggregate(1, [np.array([0], np.int32)], updates)
+        assert layer.dtype == np.int32
+        return int(layer[0])
+
+    assert aggregate("fedavg", [4, 6, 7]) == 6 and aggregate("fedavg", [-4, -6, -7]) == -6
+    assert aggregate("trimmed_mean", [4, 6, 7], beta=0.0) == 6
+    assert aggregate("fedmedian", [4, 7]) == 6 and aggregate("fedmedian", [-4, -7]) == -6
+    assert aggregate("krum", [4, 6, 7], to_keep=3) == 6

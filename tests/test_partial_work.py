@@ -208,3 +208,55 @@ def test_a_task_carries_its_invocations_time_budget(tmp_path, provider_timeout, 
 def test_a_budget_below_zero_is_refused_by_config(tiny_config):
     with pytest.raises(ConfigError, match="train.budget_seconds: must be > 0 seconds or null"):
         tiny_config(train={"epochs": 1, "budget_seconds": 0})
+
+
+# -- what DP-SGD charges a client that stopped short ---------------------------------------------------
+
+
+def _dp_run(tiny_config, **overrides):
+    """A DP-SGD run of 4 clients (about 360 digits each, q = 32 / n, 23 planned Poisson steps over 2 epochs),
+    its history's invocations and the epsilon the run states per client."""
+    config = tiny_config(clients=4, clients_per_round=4, rounds=2,
+                         train={"epochs": 2, "batch_size": 32, "learning_rate": 0.1, **overrides.pop("train", {}),
+                                "dp": {"noise_multiplier": 1.1, "l2_norm_clip": 1.0, "delta": 1e-3}}, **overrides)
+    result = run_experiment(config)
+    rows = [row for row in History(config.history).invocations(result.run_id) if row["outcome"] == "succeeded"]
+    return rows, {row["client_id"]: result.accountant.epsilon(row["client_id"]) for row in rows}
+
+
+def _dp_accounting_epsilon(steps_by_round, num_examples):
+    """dp-accounting's RDP epsilon at delta 1e-3 of Poisson rounds at q = 32 / n and noise 1.1."""
+    import dp_accounting as dpa
+
+    accountant = dpa.rdp.RdpAccountant()
+    for steps in steps_by_round:
+        accountant.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(32 / num_examples, dpa.GaussianDpEvent(1.1)), steps))
+    return accountant.get_epsilon(1e-3)
+
+
+def test_a_simulated_straggler_is_charged_the_steps_it_took(tiny_config):
+    """Half of each round's clients straggle (one of two epochs): the config fixes that cut before any example is
+    read, so each client's epsilon is dp-accounting's for the steps it took, not for the planned 23 a round."""
+    rows, stated = _dp_run(tiny_config, stragglers={"fraction": 0.5, "work": 0.5})
+    assert sum(row["partial"] for row in rows) == 4, "two stragglers a round"
+    for client_id, epsilon in stated.items():
+        own = [row for row in rows if row["client_id"] == client_id]
+        assert any(row["partial"] for row in own)
+        assert epsilon == pytest.approx(_dp_accounting_epsilon([row["steps"] for row in own], own[0]["num_examples"]),
+                                        rel=1e-9)
+
+
+def test_a_time_budget_stop_is_charged_the_planned_steps(tiny_config):
+    """A 1 ms time budget stops every client after its one guaranteed step; how many steps fit in the time depends
+    on the secret Poisson batch sizes, so each is charged the planned steps all the same."""
+    rows, stated = _dp_run(tiny_config, train={"budget_seconds": 0.001})
+    assert all((row["steps"], row["partial"]) == (1, True) for row in rows)
+    for client_id, epsilon in stated.items():
+        n = next(row["num_examples"] for row in rows if row["client_id"] == client_id)
+        assert epsilon == pytest.approx(_dp_accounting_epsilon([-(-2 * n // 32)] * 2, n), rel=1e-9)
+
+
+def test_stragglers_are_refused_with_secure_aggregation(tiny_config):
+    with pytest.raises(ConfigError, match="stragglers: are not simulated in secure aggregation's rounds"):
+        tiny_config(stragglers={"fraction": 0.5, "work": 0.5}, strategy={"name": "fedavg"},
+                    max_norm_ratio=0, secure_aggregation={"clip_norm": 1.0})

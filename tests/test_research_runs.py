@@ -21,7 +21,9 @@ FAST_TRAIN = {"epochs": 3, "batch_size": 32, "learning_rate": 0.1}
     for name in STRATEGIES
 ])
 def test_every_strategy_trains_digits(tiny_config, name, options):
-    result = run_experiment(tiny_config(strategy={"name": name, "options": options}, rounds=3, train=FAST_TRAIN))
+    selected = 5 if name == "krum" else 4  # krum with num_malicious 1 needs 2 * 1 + 3
+    result = run_experiment(tiny_config(strategy={"name": name, "options": options}, rounds=3, train=FAST_TRAIN,
+                                        clients_per_round=selected))
     assert result.status == "finished"
     assert result.final_accuracy > 0.5, f"{name} should learn digits well above chance (0.1)"
 
@@ -116,6 +118,9 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
      r"^strategy.options.beta_1: must be a finite number, got '0.9'$"),
     ({"strategy": {"name": "trimmed_mean", "options": {"beta": 0.5}}}, r"^strategy.options.beta: must be in \[0, 0.5\)"),
     ({"strategy": {"name": "bulyan", "options": {"num_malicious": 1}}}, r"^clients_per_round: bulyan needs at least"),
+    ({"strategy": {"name": "krum", "options": {"num_malicious": 1}}},
+     r"^clients_per_round: krum tolerates num_malicious clients only among at least 2 \* num_malicious \+ 3 = 5 clients "
+     r"per round, got 4; raise clients_per_round or lower num_malicious$"),
     ({"strategy": {"name": "fednova"}, "train": {"optimizer": "adam"}},
      r"^train.optimizer: fednova normalizes by plain SGD's local steps; use sgd, not 'adam'$"),
     ({"train": {"batch_size": 32, "dp": {"sampling": "shuffle", "num_microbatches": 5}}},

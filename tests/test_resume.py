@@ -85,6 +85,30 @@ def test_a_stopped_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_
 
 
 
+@pytest.mark.parametrize("on_budget", ["stop_run", "skip_client"])
+def test_a_resumed_dp_run_stops_at_its_target_epsilon_where_dp_accounting_says(tiny_config, on_budget):
+    """Stopped after round 1 and resumed: every client (about 359 digits, 12 Poisson steps a round at q = 32 / n) is
+    charged 3 rounds, dp-accounting's epsilon for them, and a 4th would pass the target set between the two."""
+    import dp_accounting as dpa
+
+    def reference(n, rounds):
+        event = dpa.PoissonSampledDpEvent(32 / n, dpa.GaussianDpEvent(1.0))
+        return dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(event, -(-n // 32) * rounds)).get_epsilon(1e-4)
+
+    target = (reference(359, 3) + reference(359, 4)) / 2
+    config = tiny_config(rounds=8, clients=4, clients_per_round=4, train={**DP_TRAIN, "dp": {
+        "noise_multiplier": 1.0, "delta": 1e-4, "target_epsilon": target, "on_budget": on_budget}})
+    stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
+    resumed = resume_experiment(stopped.run_id, history=config.history)
+    assert resumed.status == "stopped" and len(resumed.round_metrics) == 3
+    rows = [row for row in History(config.history).invocations(stopped.run_id) if row["outcome"] == "succeeded"]
+    for client_id in resumed.accountant.ledger.subjects:
+        n = next(row["num_examples"] for row in rows if row["client_id"] == client_id)
+        assert sum(row["client_id"] == client_id for row in rows) == 3
+        assert resumed.accountant.epsilon(client_id) == pytest.approx(reference(n, 3), rel=1e-9)
+        assert reference(n, 3) <= target < reference(n, 4)
+
+
 def _interrupt_after_recording(round_number):
     """An observer (subscribed after the history) that ends the process's run as Ctrl-C would once round
     `round_number` is in the history, before the controller checkpoints it: the crash window in between."""
@@ -163,6 +187,33 @@ def test_a_scaffold_run_that_died_between_its_history_and_its_checkpoint_resumes
     trained = {i["client_id"] for i in History(config.history).invocations(uninterrupted.run_id)}
     assert {name.removesuffix(".control") for name in controls} == trained
     assert max(controls.count(name) for name in controls) <= 2, "a replaced c_i is deleted a round later"
+
+
+def _to_legacy_scaffold_layout(store, run_id):
+    """Rewrite a SCAFFOLD run's checkpoint and c_i as the code before per-round c_i left them: the state holds only
+    c, and each c_i sits under one fixed key per client."""
+    path = store / "runs" / run_id / "checkpoint.json"
+    checkpoint = decode_checkpoint(path.read_bytes())
+    checkpoint.strategy_state = {"control": checkpoint.strategy_state["control"]}
+    path.write_bytes(encode_checkpoint(checkpoint))
+    (store / "runs" / run_id / "scaffold").mkdir()
+    for control in (store / "runs" / run_id).glob("round-*/scaffold/*.control"):
+        control.rename(store / "runs" / run_id / "scaffold" / control.name)
+    return checkpoint
+
+
+def test_a_scaffold_checkpoint_from_before_per_round_control_variates_resumes_with_its_clients_c_i(tiny_config, tmp_path):
+    """The old layout's c_i are read, not taken as zero (taken as zero, the model ended 0.08 off the uninterrupted one): resumed
+    twice, so a client first selected after the second resume still finds its old c_i."""
+    config = tiny_config(rounds=4, clients=4, clients_per_round=2, strategy={"name": "scaffold"})
+    stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
+    _to_legacy_scaffold_layout(tmp_path / "store", stopped.run_id)
+    resume_experiment(stopped.run_id, history=config.history, on_controller=lambda c: c.request_stop())
+    resumed = resume_experiment(stopped.run_id, history=config.history)
+    config.history = str(tmp_path / "uninterrupted.db")
+    uninterrupted = run_experiment(config)
+    for layer, expected in zip(resumed.weights, uninterrupted.weights):
+        np.testing.assert_allclose(layer, expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("sampling", ["poisson", "fixed"])

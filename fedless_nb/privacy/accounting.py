@@ -24,8 +24,8 @@ import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter, OrderedDict
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -348,25 +348,40 @@ def spent_privacy(outcome: str | None, stage: str | None) -> bool:
     return outcome == "succeeded" and stage not in SECAGG_KEY_STAGES
 
 
+StragglerSteps = Callable[[int, Sequence[str]], dict[str, int]]
+
+
 class ExampleLevelAccountant:
     """Per client, the DP-SGD rounds it took part in and their epsilon at `delta`.
 
     `planned` is each client's round as the controller makes it (its DP settings, its partition
     size); `expected_facts` the privacy facts a function must report for it. An observer of the
-    controller's InvocationFinished events: a client's succeeded training invocation adds its planned
-    round to its ledger, in a worker thread. `allows` answers whether a client may train once more
-    without exceeding `target_epsilon` (its state plus one planned round). Reads wait for queued
-    work (usually microseconds: events are cached); the event loop awaits `settled()` instead.
+    controller's events: a client's succeeded training invocation adds its planned round to its
+    ledger, in a worker thread. `allows` answers whether a client may train once more without
+    exceeding `target_epsilon` (its state plus one planned round). Reads wait for queued work
+    (usually microseconds: events are cached); the event loop awaits `settled()` instead.
+
+    `straggler_steps(round, selected)` names a round's simulated stragglers (the `stragglers` option)
+    and the steps each may take; such a client is charged those steps, not its planned ones. That is
+    exact and safe: the cut is drawn from the config's seed and the partition sizes, before any
+    example is read, so the mechanism released is a shorter run fixed in advance. A real time budget's
+    stop (train.budget_seconds, the round's deadline) stays charged as planned: how many steps fit in
+    the time depends on the secret Poisson batch sizes, so the count taken is itself data-dependent,
+    and the planned steps bound it. A round redone on resume (`charge` without a round) is charged as
+    planned too: the history does not keep whom that round's draw made stragglers.
     """
 
     def __init__(self, delta: float, accountant: str = "rdp", target_epsilon: float | None = None, *,
-                 expected_facts: dict[str, dict[str, Any]] | None = None) -> None:
+                 expected_facts: dict[str, dict[str, Any]] | None = None,
+                 straggler_steps: StragglerSteps | None = None) -> None:
         self.delta, self.accountant, self.target_epsilon = delta, accountant, target_epsilon
         self.expected_facts = dict(expected_facts or {})
+        self.straggler_steps = straggler_steps
+        self._straggling: tuple[int, dict[str, int]] = (0, {})  # the latest round's stragglers and their steps
         self.planned = {client: DpRound.from_facts(facts) for client, facts in self.expected_facts.items()}
-        if self.planned:
-            warn_if_weak_delta(delta, min(r.population for r in self.planned.values()), "train.dp.delta",
-                               "example of the smallest client's")
+        if self.planned:  # n: the examples the model is trained on, every client's (a mechanism that publishes each
+            # with probability delta leaks delta * n of them; the smallest client's n was the most lenient test)
+            warn_if_weak_delta(delta, sum(r.population for r in self.planned.values()), "train.dp.delta", "example")
         self.ledger = PrivacyLedger(delta, accountant)
         self.skipped: dict[int, list[str]] = {}
         self._epsilon: dict[str, float] = {}
@@ -376,19 +391,25 @@ class ExampleLevelAccountant:
         self._pending: Future[Any] | None = None
 
     def __call__(self, event: Any) -> None:
-        if spent_privacy(getattr(event, "outcome", None), getattr(event, "stage", None)):
-            self.charge([event.client_id])
+        if self.straggler_steps is not None and isinstance(getattr(event, "client_ids", None), list):  # RoundStarted
+            self._straggling = (event.round, self.straggler_steps(event.round, event.client_ids))
+        elif spent_privacy(getattr(event, "outcome", None), getattr(event, "stage", None)):
+            self.charge([event.client_id], getattr(event, "round", None))
 
-    def charge(self, client_ids: Sequence[str]) -> None:
-        """Add a planned round to each client's ledger: a succeeded training invocation, or one no event reports
-        again (a round published before a crash and redone after it)."""
+    def charge(self, client_ids: Sequence[str], round_number: int | None = None) -> None:
+        """Add a round to each client's ledger: a succeeded training invocation of `round_number` (its planned
+        round, or a simulated straggler's shorter one), or one no event reports again (a round published before
+        a crash and redone after it: charged as planned)."""
+        straggling = self._straggling[1] if round_number == self._straggling[0] else {}
         for client_id in client_ids:
             if client_id in self.planned:
-                self._pending = self._worker.submit(self._add, client_id)
+                planned = self.planned[client_id]
+                taken = planned if client_id not in straggling else replace(planned, steps=straggling[client_id])
+                self._pending = self._worker.submit(self._add, client_id, taken)
 
-    def _add(self, client_id: str) -> None:
+    def _add(self, client_id: str, taken: DpRound) -> None:
         planned = self.planned[client_id]
-        self.ledger.add(client_id, planned)
+        self.ledger.add(client_id, taken)
         self._epsilon[client_id] = self.ledger.epsilon(client_id)
         if self.target_epsilon is not None:
             self._projected[client_id] = self.ledger.projected_epsilon(client_id, planned)

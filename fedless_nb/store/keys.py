@@ -34,6 +34,11 @@ def control_variate_key(run_id: str, round_number: int, client_id: str) -> str:
     return f"{round_prefix(run_id, round_number)}/scaffold/{client_id}.control"
 
 
+def legacy_control_variate_key(run_id: str, client_id: str) -> str:
+    """Where SCAFFOLD kept a client's c_i before it was stored per round: one fixed key, rewritten every round."""
+    return f"runs/{run_id}/scaffold/{client_id}.control"
+
+
 def correction_key(run_id: str, round_number: int, client_id: str) -> str:
     """SCAFFOLD's gradient correction c - c_i that a client reads in a round."""
     return f"runs/{run_id}/round-{round_number:05d}/corrections/{client_id}.weights"

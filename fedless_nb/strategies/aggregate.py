@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..reduction import in_dtype
 from .fedavg import fedavg
 
 Layers = list[np.ndarray]
@@ -32,8 +33,8 @@ def subtract(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> Layers:
 
 
 def add_scaled(base: Sequence[np.ndarray], direction: Sequence[np.ndarray], scale: float) -> Layers:
-    """base + scale * direction, layer by layer, in base's dtype."""
-    return [(np.asarray(x) + scale * np.asarray(d)).astype(np.asarray(x).dtype, copy=False) for x, d in zip(base, direction)]
+    """base + scale * direction, layer by layer, in base's dtype (an integer layer rounded: reduction.in_dtype)."""
+    return [in_dtype(np.asarray(x) + scale * np.asarray(d), np.asarray(x).dtype) for x, d in zip(base, direction)]
 
 
 def global_norm(layers: Sequence[np.ndarray]) -> float:
@@ -90,8 +91,7 @@ def fedopt(
     if bias_corrected_round is not None:
         eta = eta * np.sqrt(1 - np.power(beta_2, bias_corrected_round + 1.0)) / (
             1 - np.power(beta_1, bias_corrected_round + 1.0))
-    new = [(np.asarray(x) + eta * y / (np.sqrt(z) + tau)).astype(np.asarray(x).dtype, copy=False)
-           for x, y, z in zip(current, m, v)]
+    new = [in_dtype(np.asarray(x) + eta * y / (np.sqrt(z) + tau), np.asarray(x).dtype) for x, y, z in zip(current, m, v)]
     return new, m, v
 
 
@@ -99,7 +99,7 @@ def median(updates: Sequence[Sequence[np.ndarray]]) -> Layers:
     """Coordinate-wise median of the client models (FedMedian, Yin et al. 2018); sample counts are ignored."""
     if not updates:
         raise ValueError("median needs at least one update")
-    return [np.median(np.stack(layers), axis=0).astype(layers[0].dtype, copy=False) for layers in zip(*updates)]
+    return [in_dtype(np.median(np.stack(layers), axis=0), layers[0].dtype) for layers in zip(*updates)]
 
 
 def trimmed_mean(updates: Sequence[Sequence[np.ndarray]], beta: float) -> Layers:
@@ -114,7 +114,7 @@ def trimmed_mean(updates: Sequence[Sequence[np.ndarray]], beta: float) -> Layers
     result = []
     for layers in zip(*updates):
         parted = np.partition(np.stack(layers), (cut, n - cut - 1), axis=0)
-        result.append(np.mean(parted[cut : n - cut], axis=0).astype(layers[0].dtype, copy=False))
+        result.append(in_dtype(np.mean(parted[cut : n - cut], axis=0), layers[0].dtype))
     return result
 
 
@@ -177,7 +177,7 @@ def bulyan(updates: Sequence[Sequence[np.ndarray]], num_malicious: int) -> tuple
         distance = np.abs(np.median(stacked, axis=0) - stacked)
         nearest = np.argpartition(distance, kth=beta - 1, axis=0)
         closest = np.take_along_axis(stacked, nearest, axis=0)[:beta]
-        result.append(np.mean(closest, axis=0).astype(layers[0].dtype, copy=False))
+        result.append(in_dtype(np.mean(closest, axis=0), layers[0].dtype))
     return result, selected
 
 

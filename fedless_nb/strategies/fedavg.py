@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..function.batching import local_steps
-from ..reduction import SumSpec, SumTerm, WeightedSum, weighted_mean
+from ..reduction import SumSpec, SumTerm, WeightedSum, in_dtype, weighted_mean
 from .base import ClientUpdate, RunContext, SumStrategy, Weights
 from .options import require
 
@@ -20,7 +20,8 @@ PARTIAL_WORK = ("weight", "drop", "accept")
 
 
 def fedavg(updates: Sequence[Sequence[np.ndarray]], weights: Sequence[float]) -> Weights:
-    """Weighted mean of each layer over clients, accumulated in float64 and returned in the layers' dtype."""
+    """Weighted mean of each layer over clients, accumulated in float64 and returned in the layers' dtype
+    (integer layers rounded to the nearest integer: reduction.in_dtype)."""
     if not updates:
         raise ValueError("fedavg needs at least one update")
     total = float(np.sum(weights, dtype=np.float64))
@@ -31,7 +32,7 @@ def fedavg(updates: Sequence[Sequence[np.ndarray]], weights: Sequence[float]) ->
         mean = np.zeros(reference.shape, dtype=np.float64)
         for update, weight in zip(updates, weights):
             mean += np.asarray(update[position], dtype=np.float64) * (float(weight) / total)
-        layers.append(mean.astype(reference.dtype, copy=False))
+        layers.append(in_dtype(mean, reference.dtype))
     return layers
 
 

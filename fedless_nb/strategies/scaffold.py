@@ -7,6 +7,10 @@ under one fixed key was already the next round's). Before a round it writes each
 client adds it to every gradient (fedless_nb/function/handler.py). After the round the server derives
 each c_i+ with option II from what it already knows (start and returned model, the client's
 local step count and learning rate), so clients never need write access beyond their update.
+
+A checkpoint written before c_i were stored per round has no "written" in its state; its c_i are under one fixed
+key per client (store/keys.py's legacy_control_variate_key), which a resumed run reads until it replaces them
+(its own checkpoints say so, for the clients it has not selected yet).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..store import decode_arrays, encode_arrays
-from ..store.keys import control_variate_key, correction_key
+from ..store.keys import control_variate_key, correction_key, legacy_control_variate_key
 from .aggregate import add_scaled, fedavg, scaffold_controls, subtract
 from .base import ClientUpdate, RunContext, Strategy, Weights
 from .options import require
@@ -34,6 +38,7 @@ class Scaffold(Strategy):
         self.control: Weights | None = None
         self.written: dict[str, int] = {}  # client -> the round whose aggregation wrote its c_i
         self.superseded: list[tuple[int, str]] = []  # (round that replaced it, key) of c_i no checkpoint needs soon
+        self.legacy = False  # resumed from a checkpoint whose c_i are under legacy_control_variate_key
 
     def bind(self, context: RunContext) -> None:
         self.context = context
@@ -43,10 +48,13 @@ class Scaffold(Strategy):
         return weights
 
     def _client_control(self, client_id: str) -> Weights:
-        if client_id not in self.written:
-            return [np.zeros_like(c) for c in self.control or []]
-        return decode_arrays(self._bound().store.get(control_variate_key(self._bound().run_id,
-                                                                         self.written[client_id], client_id)))
+        context = self._bound()
+        if client_id in self.written:
+            return decode_arrays(context.store.get(control_variate_key(context.run_id, self.written[client_id], client_id)))
+        legacy = legacy_control_variate_key(context.run_id, client_id)
+        if self.legacy and context.store.exists(legacy):
+            return decode_arrays(context.store.get(legacy))
+        return [np.zeros_like(c) for c in self.control or []]
 
     def _store_client_control(self, round_number: int, client_id: str, control: Weights) -> None:
         """Write c_i under this round; the c_i it replaces is deleted a round later, once this round's
@@ -54,6 +62,8 @@ class Scaffold(Strategy):
         context = self._bound()
         if client_id in self.written and self.written[client_id] != round_number:
             self.superseded.append((round_number, control_variate_key(context.run_id, self.written[client_id], client_id)))
+        elif client_id not in self.written and self.legacy:
+            self.superseded.append((round_number, legacy_control_variate_key(context.run_id, client_id)))
         context.store.put(control_variate_key(context.run_id, round_number, client_id),
                           encode_arrays([c.astype(np.float32) for c in control]))
         self.written[client_id] = round_number
@@ -91,8 +101,10 @@ class Scaffold(Strategy):
         return add_scaled(current, subtract(average, current), self.server_learning_rate)
 
     def state(self) -> dict[str, Any]:
-        return {"control": self.control, "written": dict(self.written), "superseded": [list(s) for s in self.superseded]}
+        return {"control": self.control, "written": dict(self.written), "superseded": [list(s) for s in self.superseded],
+                "legacy": self.legacy}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.control, self.written = state.get("control"), {c: int(r) for c, r in state.get("written", {}).items()}
+        self.legacy = bool(state.get("legacy", "written" not in state))  # later checkpoints keep saying so
         self.superseded = [(int(replaced), str(key)) for replaced, key in state.get("superseded", [])]
