@@ -4,11 +4,13 @@ read the history."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -114,15 +116,20 @@ def _run(config: ExperimentConfig, console: Console, resume: str | None = None) 
         if progress.run_id is None:
             console.print("Stopped before the first round; nothing was recorded")
         else:
-            history = "" if config.history == DEFAULT_HISTORY else f" --history {shlex.quote(str(config.history))}"
             console.print(f"Run {progress.run_id} stopped after round {progress.last_round}; the history keeps every "
-                          f"finished round. Continue it with: fedless-nb resume {progress.run_id}{history}",
+                          f"finished round. Continue it with: fedless-nb resume {progress.run_id}{_history_option(config)}",
                           highlight=False, soft_wrap=True)
         return 130
     for report in result.privacy_reports():  # a DP run states its guarantees where it ends, as the dashboard does
         console.print(f"Privacy: {report}", highlight=False, soft_wrap=True)
-    console.print(f"History: {config.history} (run {result.run_id})")
+    console.print(f"History: {config.history} (run {result.run_id}); its rounds: fedless-nb history {result.run_id}"
+                  f"{_history_option(config)}", highlight=False, soft_wrap=True)
     return 0 if result.status == "finished" else 1
+
+
+def _history_option(config: ExperimentConfig) -> str:
+    """The --history option a follow-up command needs to find this run (none for the default file)."""
+    return "" if str(config.history) == DEFAULT_HISTORY else f" --history {shlex.quote(str(config.history))}"
 
 
 def _show_history(arguments: argparse.Namespace, console: Console) -> int:
@@ -181,7 +188,8 @@ def _package(arguments: argparse.Namespace, console: Console) -> int:
 def _print_client_secret(client_id: str) -> int:
     provider_secret = function_secret()
     if provider_secret is None:
-        raise UserError(f"set {SECRET_VARIABLE} (the provider's secret, as the controller has it) to derive a client's")
+        raise UserError(f"set {SECRET_VARIABLE} (the provider's secret, as the controller has it) to derive a client's "
+                        "secret from it")
     print(client_secret(provider_secret, client_id))  # plain, for $(...) in a deploy command
     return 0
 
@@ -214,17 +222,30 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resource-group", help="azure_functions: the function app's resource group")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line (its usage block of a dozen lines buries the error): what is wrong,
+    the closest choice to a mistyped one, and where the options are listed."""
+
+    def error(self, message: str) -> NoReturn:
+        mistyped = re.fullmatch(r"argument .*: invalid choice: '(.*)' \(choose from (.*)\)", message)
+        if mistyped:
+            typed, choices = mistyped.group(1), re.findall(r"'([^']*)'", mistyped.group(2))
+            closest = difflib.get_close_matches(typed, choices, n=1) or [c for c in choices if c.startswith(typed)][:1]
+            message += f"; did you mean '{closest[0]}'?" if closest else ""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedless-nb", description="Serverless federated learning.")
+    parser = _Parser(prog="fedless-nb", description="Serverless federated learning.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the experiment described by a YAML config file")
     run.add_argument("config", help="path to the YAML config")
     run.add_argument("--history", help="SQLite history file (overrides the config's)")
     demo = commands.add_parser("demo", help="federated training on the bundled digits data, non-IID")
-    demo.add_argument("--clients", type=int, default=20)
-    demo.add_argument("--clients-per-round", type=int, default=5)
-    demo.add_argument("--rounds", type=int, default=10)
-    demo.add_argument("--history", default=DEFAULT_HISTORY)
+    demo.add_argument("--clients", type=int, default=20, help="client functions the data is split over (default 20)")
+    demo.add_argument("--clients-per-round", type=int, default=5, help="clients trained each round (default 5)")
+    demo.add_argument("--rounds", type=int, default=10, help="rounds to train (default 10)")
+    demo.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
     partition = commands.add_parser("partition", help="show how a config's partition splits its dataset, before training")
     partition.add_argument("config", help="path to the YAML config")
     partition.add_argument("--figure", help="also write the clients x classes figure to this PNG file")
@@ -239,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
     secret = commands.add_parser("client-secret", help="the secret to deploy one client's own function with "
                                  "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
-    secret.add_argument("client_id")
+    secret.add_argument("client_id", help="the client the function serves, e.g. client-0003")
     commands.add_parser("schema", help="print the config's JSON Schema (for editors that check YAML files)")
     package = commands.add_parser("package", help="build a deployable function bundle and print its deploy command")
     _add_bundle_options(package)
@@ -254,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--timeout", type=int, default=300, help="aws_lambda: seconds per invocation (default 300)")
     deploy.add_argument("--concurrency", type=int, help="aws_lambda: reserved concurrency (invocations at once)")
     kernel = commands.add_parser("kernel", help="the Jupyter kernel spec 'Python 3 (fedless)'")
-    kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
+    kernel_commands = kernel.add_subparsers(dest="kernel_command", metavar="install", required=True)
     install = kernel_commands.add_parser("install", help="install it with jupyter_client's KernelSpecManager")
     where = install.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for this user (the default)")
@@ -306,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while a command reads data or loads TensorFlow (a run catches its own)
+        console.print("Interrupted")
+        return 130
 
 
 if __name__ == "__main__":

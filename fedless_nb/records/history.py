@@ -77,6 +77,9 @@ class History:
     def existing(cls, path: str | Path = DEFAULT_HISTORY) -> "History":
         """The history at `path` for reading: a missing file is one line naming it, and is not created empty
         (a command that only reads, such as `fedless-nb history` or `resume`, leaves nothing behind)."""
+        if Path(path).is_dir():
+            raise HistoryError(f"{path} is a folder: name the history file in it with --history PATH, for example "
+                               f"{Path(path) / DEFAULT_HISTORY}")
         if not Path(path).is_file():
             raise HistoryError(f"no history file {path} yet: run an experiment first, or name an existing file "
                                "with --history PATH (history=... in Python)")
