@@ -30,6 +30,7 @@ from traitlets import CaselessStrEnum, Unicode
 from ..errors import UserError
 from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data
 from ..records.history import DEFAULT_HISTORY, History
+from .completion import register_option_completers
 from .dashboard import DASHBOARD_MODES, make_dashboard
 from .tables import tidy_table
 
@@ -607,7 +608,9 @@ def load_ipython_extension(ipython: Any) -> None:
     settings made with %config live in the shell's config and carry over.
     """
     ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != FedlessMagics.__name__]
-    ipython.register_magics(FedlessMagics(ipython))  # Magics.__init__ adds it to ipython.configurables
+    magics = FedlessMagics(ipython)  # Magics.__init__ adds it to ipython.configurables
+    ipython.register_magics(magics)
+    register_option_completers(ipython, magics)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet even when the notebook imports TensorFlow itself
     tensorflow_log = logging.getLogger("tensorflow")
     if not any(type(f).__name__ == _RetracingWarnings.__name__ for f in tensorflow_log.filters):
