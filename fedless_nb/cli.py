@@ -137,11 +137,14 @@ def _show_history(arguments: argparse.Namespace, console: Console) -> int:
     if arguments.run_id is None:
         table = Table(title=f"Runs in {arguments.history}")
         for column in ("run_id", "status", "rounds", "clients", "accuracy"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=True)
         for run in history.runs():
             accuracy = run.get("eval_accuracy")
             table.add_row(run["run_id"], run["status"], f"{run['rounds_completed']}/{run['rounds']}",
                           str(run["clients"]), "" if accuracy is None else f"{accuracy:.4f}")
+        # never cut to fit a narrow terminal or a pipe's 80 columns: a run id is what the reader copies into
+        # `history RUN_ID` or `resume RUN_ID` (a long line wraps in the terminal instead)
+        console.width = max(console.width, console.measure(table, options=console.options.update_width(10_000)).maximum)
         console.print(table)
         return 0
     run = history.run(arguments.run_id)

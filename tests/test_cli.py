@@ -259,3 +259,17 @@ def test_ctrl_c_while_a_command_loads_its_data_is_one_line(tmp_path):
                                timeout=300)
     assert completed.returncode == 130 and completed.stdout.strip() == "Interrupted", completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_the_run_listing_never_cuts_a_run_id_a_reader_copies(tmp_path):
+    """Piped (80 columns) the listing cut a long run id to `...-b4b…`, which `history RUN_ID` then did not know."""
+    from fedless_nb.records.history import History, HistoryWriter
+    from fedless_nb.rounds.events import RunStarted
+
+    run_id = "non-iid-digits-with-a-long-name-20261127-002010-b4be1c"
+    history = History(tmp_path / "runs.db")
+    HistoryWriter(history)(RunStarted(run_id, "non-iid-digits-with-a-long-name", {}, 10, 20, [], 100.0))
+    history.close()
+    listing = fedless("history", "--history", "runs.db", cwd=tmp_path)
+    assert listing.returncode == 0 and run_id in listing.stdout and "…" not in listing.stdout, listing.stdout
+    assert fedless("history", run_id, "--history", "runs.db", cwd=tmp_path).returncode == 0
