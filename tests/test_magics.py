@@ -330,6 +330,11 @@ def test_the_classroom_magics_open_join_train_options_and_leave(shell):
         with capture_output() as joined:
             shell.run_line_magic("fedless_join", f"{classroom.url} {classroom.code} --name alice --host 127.0.0.1")
         assert joined.stdout.startswith("Joined as alice; your function listens at http://127.0.0.1:")
+        student = magics.student
+        with capture_output() as again:  # the student's notebook run again (Run All): still the same function
+            rejoined = shell.run_line_magic("fedless_join", f"{classroom.url} {classroom.code} --name alice --host 127.0.0.1")
+        assert rejoined is student and magics.student is student
+        assert again.stdout.startswith(f"Already joined as alice; your function listens at {student.url} ")
         with pytest.raises(UsageError, match="this notebook already joined as alice: run %fedless_leave first"):
             shell.run_line_magic("fedless_join", f"{classroom.url} {classroom.code} --name bob")
         config = config_for(shell, "--provider classroom --rounds 2")

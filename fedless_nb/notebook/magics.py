@@ -551,11 +551,18 @@ class FedlessMagics(Magics):
         from ..classroom.widgets import calls_table
 
         args = parse_options(self.fedless_join, line)
-        if self.student is not None:
-            raise UsageError(f"this notebook already joined as {self.student.name}: run %fedless_leave first")
-        data = self._own_examples(args.data) if args.data else None
-        self.student = StudentFunction(args.teacher, args.code, args.name, host=args.host, port=args.port, data=data)
-        print(f"Joined as {args.name}; your function listens at {self.student.url}")
+        joined = self.student
+        same_class = joined is not None and (joined.teacher_url, joined.code.upper(), joined.name) == (
+            args.teacher.rstrip("/"), args.code.upper(), args.name)
+        if same_class:  # the notebook run again (Run All): still joined to this class
+            print(f"Already joined as {joined.name}; your function listens at {joined.url} (to join with other data, "
+                  "run %fedless_leave first)")
+        elif joined is not None:
+            raise UsageError(f"this notebook already joined as {joined.name}: run %fedless_leave first")
+        else:
+            data = self._own_examples(args.data) if args.data else None
+            self.student = StudentFunction(args.teacher, args.code, args.name, host=args.host, port=args.port, data=data)
+            print(f"Joined as {args.name}; your function listens at {self.student.url}")
         display(calls_table(self.student))
         return self.student
 
