@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
+from . import __version__
 from .errors import UserError
 from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
 from .records.history import DEFAULT_HISTORY, History
@@ -237,9 +238,21 @@ class _Parser(argparse.ArgumentParser):
             message += f"; did you mean '{closest[0]}'?" if closest else ""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        """A command's words it does not know are its own error, named by it with its closest option (argparse
+        leaves them to the top parser, which says `fedless-nb: error: unrecognized arguments` and no more)."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:
+            options = [option for action in self._actions for option in action.option_strings]
+            closest = [match for extra in extras if extra.startswith("-")
+                       for match in difflib.get_close_matches(extra.split("=")[0], options, n=1)]
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {closest[0]}?" if closest else ""))
+        return namespace, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedless-nb", description="Serverless federated learning.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the experiment described by a YAML config file")
     run.add_argument("config", help="path to the YAML config")

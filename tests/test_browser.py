@@ -208,6 +208,7 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             record = page.locator(".fedless-record").first  # the widgets gave way to the run's record
             record.scroll_into_view_if_needed()
             assert "5/5 rounds" in record.inner_text() and "25 invocations" in record.inner_text()
+            assert "History: fedless_history.db; its rounds: %fedless_history experiment-" in record.inner_text()
             widths = record.locator("img").evaluate_all("images => images.map(image => image.naturalWidth)")
             assert len(widths) == 2 and min(widths) > 0, "the run's figure and its partition's figure render"
             # the background run's cell finished long before its run: its record still replaced its widgets

@@ -229,13 +229,25 @@ def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp
     (["kernel"], "fedless-nb kernel: error: the following arguments are required: install"),
     (["demo", "--rounds", "x"], "fedless-nb demo: error: argument --rounds: invalid int value: 'x' (see fedless-nb demo"),
     (["history", "--history", "."], "error: . is a folder: name the history file in it with --history PATH"),
+    (["run", "experiment.yaml", "--histroy", "x.db"],
+     "fedless-nb run: error: unrecognized arguments: --histroy x.db; did you mean --history? (see fedless-nb run --help)"),
+    (["package", "--provider", "functions_framework", "--out", "bundle/x"],
+     "error: --out bundle/x: cannot create it (Not a directory); name a folder you can write to"),
 ])
 def test_command_line_mistakes_are_one_line_naming_what_to_change(tmp_path, arguments, message):
     """argparse's usage block (a dozen lines for deploy) buried the error; a mistyped choice names the closest."""
+    (tmp_path / "bundle").write_text("a file where a folder is asked for")
     completed = fedless(*arguments, cwd=tmp_path)
     lines = [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()]
     assert completed.returncode == 2 and len(lines) == 1 and message in lines[0], lines
-    assert list(tmp_path.iterdir()) == []
+    assert [path.name for path in tmp_path.iterdir()] == ["bundle"], "nothing written"
+
+
+def test_version_names_the_installed_release(tmp_path):
+    from fedless_nb import __version__
+
+    completed = fedless("--version", cwd=tmp_path)
+    assert completed.returncode == 0 and completed.stdout.strip() == f"fedless-nb {__version__}"
 
 
 def test_a_store_folder_that_cannot_be_made_is_one_line_naming_store_path(tmp_path):
