@@ -243,6 +243,8 @@ def test_tab_completes_the_magics_options_their_choices_and_the_model_variable(k
     kernel.run("%reload_ext fedless_nb\nmy_model = None")
     assert complete(kernel, "%fedless_train --cl") == (["--clients", "--clients-per-round"], "--cl")
     assert complete(kernel, "%fedless_train --dashboard ")[0] == ["auto", "compact", "none", "text", "widgets"]
+    assert complete(kernel, "%fedless_partition --partition d") == (["dirichlet"], "d"), "a registry's values"
+    assert complete(kernel, "%fedless_train --strategy fedprox --dataset f")[0] == ["fashion_mnist", "femnist"]
     assert complete(kernel, "%%fedless_sweep --ro") == (["--round-deadline", "--rounds"], "--ro")
     assert complete(kernel, "%fedless_history --") == (["--history"], "--")
     assert complete(kernel, "%fedless_classroom ")[0] == ["close", "open"]

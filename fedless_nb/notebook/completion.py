@@ -5,24 +5,38 @@ parser says what it takes, so the completer reads it there and cannot drift from
 from __future__ import annotations
 
 import argparse
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from IPython.core.completer import CompletionContext, SimpleCompletion, SimpleMatcherResult, context_matcher
 
 MATCHER_NAME = "fedless_magic_options"
 
 
-def next_words(parser: argparse.ArgumentParser, line: str, variables: Iterable[str] = ()) -> list[str]:
+def config_values() -> dict[str, list[str]]:
+    """The values the options naming a registry take, from the registries the config is checked against (none
+    imports TensorFlow, so the first Tab stays quick)."""
+    from ..data import PARTITION_KINDS, available_datasets
+    from ..model import OPTIMIZERS
+    from ..providers.registry import PROVIDER_KINDS
+    from ..strategies import STRATEGIES
+
+    return {"--dataset": list(available_datasets()), "--partition": list(PARTITION_KINDS), "--optimizer": list(OPTIMIZERS),
+            "--strategy": list(STRATEGIES), "--provider": [*PROVIDER_KINDS, "classroom"]}
+
+
+def next_words(parser: argparse.ArgumentParser, line: str, variables: Iterable[str] = (),
+               values: Mapping[str, list[str]] | None = None) -> list[str]:
     """What may complete the word being typed at the end of a magic's `line` (the magic's name first): an option's
-    choices right after it (`--dashboard c`), option names for a word that starts with `-`, else the choices of
-    the magic's positional arguments (`%fedless_classroom o`), or for a `model` positional the notebook's
-    `variables` (IPython completes no Python name after a magic)."""
+    choices right after it (`--dashboard c`, or its `values`: `--partition d`), option names for a word that
+    starts with `-`, else the choices of the magic's positional arguments (`%fedless_classroom o`), or for a
+    `model` positional the notebook's `variables` (IPython completes no Python name after a magic)."""
     words = line.split()
     typing = "" if line[-1:].isspace() else words[-1]
     previous = words[-1] if typing == "" else (words[-2] if len(words) > 1 else "")
     for action in parser._actions:
         if previous in action.option_strings:
-            return [str(choice) for choice in action.choices or () if str(choice).startswith(typing)]
+            choices = action.choices or (values or {}).get(action.option_strings[-1], ())
+            return [str(choice) for choice in choices if str(choice).startswith(typing)]
     if typing.startswith("-"):
         return [option for action in parser._actions for option in action.option_strings
                 if option.startswith(typing) and option not in ("-h", "--help")]
@@ -45,7 +59,7 @@ def register_option_completers(shell: Any, magics: Any) -> None:
         words = context.text_until_cursor.split()
         parser = parsers.get(words[0].lstrip("%")) if words and words[0].startswith("%") else None
         variables = [name for name in shell.user_ns if name not in shell.user_ns_hidden]
-        matches = next_words(parser, context.text_until_cursor, variables) if parser is not None else []
+        matches = next_words(parser, context.text_until_cursor, variables, config_values()) if parser is not None else []
         # the options alone: Jedi would add Python names (`--cl` read as an expression offers classmethod)
         return {"completions": [SimpleCompletion(match, type="param") for match in matches], "suppress": bool(matches)}
 
