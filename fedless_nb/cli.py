@@ -12,17 +12,21 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C meanwhile is one line, as later on
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
 
-from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
-from . import __version__
-from .errors import UserError
-from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
-from .records.history import DEFAULT_HISTORY, History
-from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
-from .security import SECRET_VARIABLE, client_secret, function_secret
+    from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
+    from . import __version__
+    from .errors import UserError
+    from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
+    from .records.history import DEFAULT_HISTORY, History
+    from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
+    from .security import SECRET_VARIABLE, client_secret, function_secret
+except KeyboardInterrupt:
+    print("Interrupted")
+    sys.exit(130)
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:

@@ -273,6 +273,16 @@ def test_ctrl_c_while_a_command_loads_its_data_is_one_line(tmp_path):
     assert "Traceback" not in completed.stderr
 
 
+def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
+    """Ctrl-C a moment after `fedless-nb` starts, while it imports its libraries (seconds on a loaded machine)."""
+    interrupt_now = ("import os, signal, threading\nthreading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+                     "import fedless_nb.cli")
+    completed = subprocess.run([sys.executable, "-c", interrupt_now], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 130 and completed.stdout.strip() == "Interrupted", completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
 def test_the_run_listing_never_cuts_a_run_id_a_reader_copies(tmp_path):
     """Piped (80 columns) the listing cut a long run id to `...-b4b…`, which `history RUN_ID` then did not know."""
     from fedless_nb.records.history import History, HistoryWriter
