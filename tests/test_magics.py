@@ -225,7 +225,10 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
         assert isinstance(result.error_in_exec, UsageError) and err.count("\n") == 1 and "Traceback" not in err
         return str(result.error_in_exec)
 
-    assert refused("nosuch") == "no run 'nosuch' in fedless_history.db"
+    assert refused("nosuch") == ("no run 'nosuch' in fedless_history.db; a run recorded in another file needs "
+                                 "--history PATH (history=... in Python)")
+    assert refused(stopped.run_id[:-1]) == (f"no run {stopped.run_id[:-1]!r} in fedless_history.db; "
+                                            f"did you mean {stopped.run_id!r}?")
     assert refused(f"{stopped.run_id} --history other.db").startswith("no history file other.db yet")
     assert refused(stopped.run_id) == (  # the history keeps the config, whose default builder is not the model
         f"run {stopped.run_id!r} was trained with another model than the one built to resume it (its checkpointed "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import sqlite3
@@ -274,7 +275,10 @@ class History:
     def run(self, run_id: str) -> dict[str, Any]:
         rows = list(self.db["runs"].rows_where("run_id = ?", [run_id]))
         if not rows:
-            raise HistoryError(f"no run {run_id!r} in {self.path}")
+            close = difflib.get_close_matches(run_id, [row["run_id"] for row in self.db["runs"].rows], n=1)
+            hint = (f"; did you mean {close[0]!r}?" if close else
+                    "; a run recorded in another file needs --history PATH (history=... in Python)")
+            raise HistoryError(f"no run {run_id!r} in {self.path}{hint}")
         run = _with_live_status(rows[0])
         run["config"] = json.loads(run["config"])
         run["providers"] = json.loads(run["providers"])
