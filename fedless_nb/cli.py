@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
 import shlex
 import sys
@@ -314,7 +315,8 @@ def _install_kernel(arguments: argparse.Namespace, console: Console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    console = Console()
+    # NO_COLOR (no-color.org) asks for plain text: rich drops its colours but keeps bold and italic escapes
+    console = Console(color_system=None if os.environ.get("NO_COLOR") else "auto")
     try:
         if arguments.command == "history":
             return _show_history(arguments, console)

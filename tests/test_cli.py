@@ -295,3 +295,16 @@ def test_the_run_listing_never_cuts_a_run_id_a_reader_copies(tmp_path):
     listing = fedless("history", "--history", "runs.db", cwd=tmp_path)
     assert listing.returncode == 0 and run_id in listing.stdout and "…" not in listing.stdout, listing.stdout
     assert fedless("history", run_id, "--history", "runs.db", cwd=tmp_path).returncode == 0
+
+
+def test_no_color_means_no_escape_codes_even_on_a_terminal(tmp_path, monkeypatch):
+    """NO_COLOR dropped rich's colours but left its bold and italic escapes in the tables (FORCE_COLOR stands in
+    for a terminal here)."""
+    from fedless_nb.records.history import History
+
+    History(tmp_path / "runs.db").close()
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert "\x1b[" in fedless("history", "--history", "runs.db", cwd=tmp_path).stdout, "a terminal gets styles"
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = fedless("history", "--history", "runs.db", cwd=tmp_path)
+    assert plain.returncode == 0 and "Runs in runs.db" in plain.stdout and "\x1b" not in plain.stdout, plain.stdout
