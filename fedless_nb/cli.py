@@ -163,6 +163,9 @@ def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
     """The split a config's run would train on, per client, without training or writing a store or history."""
     from .data import preview_config
 
+    figure = Path(arguments.figure) if arguments.figure else None
+    if figure is not None and not figure.parent.is_dir():  # said before the preview's seconds, not after them
+        raise UserError(f"--figure {figure}: the folder {figure.parent} does not exist; create it or name another file")
     preview = preview_config(load_config(arguments.config))
     table = Table(title=preview.title())
     for column in ("client", "examples", "classes", "largest class share"):
@@ -171,11 +174,14 @@ def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
         table.add_row(str(client), str(counts.sum()), str((counts > 0).sum()), f"{counts.max() / max(counts.sum(), 1):.2f}")
     console.print(table)
     console.print(f"label skew {preview.label_skew:.3f} (0: IID, towards 1: clients hold classes no one else has)")
-    if arguments.figure:
+    if figure is not None:
         from .data.partition_view import figure_png
 
-        Path(arguments.figure).write_bytes(figure_png(preview.figure(shares=arguments.shares)))
-        console.print(f"Figure: {arguments.figure}", highlight=False)
+        try:
+            figure.write_bytes(figure_png(preview.figure(shares=arguments.shares)))
+        except OSError as error:
+            raise UserError(f"--figure {figure}: cannot write it ({error.strerror}); name a file you can write") from None
+        console.print(f"Figure: {figure}", highlight=False)
     return 0
 
 

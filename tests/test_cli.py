@@ -233,6 +233,8 @@ def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp
      "fedless-nb run: error: unrecognized arguments: --histroy x.db; did you mean --history? (see fedless-nb run --help)"),
     (["package", "--provider", "functions_framework", "--out", "bundle/x"],
      "error: --out bundle/x: cannot create it (Not a directory); name a folder you can write to"),
+    (["partition", "experiment.yaml", "--figure", "figures/split.png"],
+     "error: --figure figures/split.png: the folder figures does not exist; create it or name another file"),
 ])
 def test_command_line_mistakes_are_one_line_naming_what_to_change(tmp_path, arguments, message):
     """argparse's usage block (a dozen lines for deploy) buried the error; a mistyped choice names the closest."""
