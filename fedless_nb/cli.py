@@ -4,22 +4,30 @@ read the history."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
+import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C meanwhile is one line, as later on
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
 
-from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
-from .errors import UserError
-from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
-from .records.history import DEFAULT_HISTORY, History, pending_file
-from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
-from .security import SECRET_VARIABLE, client_secret, function_secret
+    from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
+    from . import __version__
+    from .errors import UserError
+    from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
+    from .records.history import DEFAULT_HISTORY, History, pending_file
+    from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
+    from .security import SECRET_VARIABLE, client_secret, function_secret
+except KeyboardInterrupt:
+    print("Interrupted")
+    sys.exit(130)
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -119,9 +127,8 @@ def _run(config: ExperimentConfig, console: Console, resume: str | None = None) 
         if progress.run_id is None:
             console.print("Stopped before the first round; nothing was recorded")
         else:
-            history = "" if config.history == DEFAULT_HISTORY else f" --history {shlex.quote(str(config.history))}"
             console.print(f"Run {progress.run_id} stopped after round {progress.last_round}; the history keeps every "
-                          f"finished round. Continue it with: fedless-nb resume {progress.run_id}{history}",
+                          f"finished round. Continue it with: fedless-nb resume {progress.run_id}{_history_option(config)}",
                           highlight=False, soft_wrap=True)
         return 130
     for report in result.privacy_reports():  # a DP run states its guarantees where it ends, as the dashboard does
@@ -132,8 +139,14 @@ def _run(config: ExperimentConfig, console: Console, resume: str | None = None) 
                       f"{waiting} and moves into the history the next time it is opened writable",
                       highlight=False, soft_wrap=True)
     else:
-        console.print(f"History: {config.history} (run {result.run_id})")
+        console.print(f"History: {config.history} (run {result.run_id}); its rounds: fedless-nb history "
+                      f"{result.run_id}{_history_option(config)}", highlight=False, soft_wrap=True)
     return 0 if result.status == "finished" else 1
+
+
+def _history_option(config: ExperimentConfig) -> str:
+    """The --history option a follow-up command needs to find this run (none for the default file)."""
+    return "" if str(config.history) == DEFAULT_HISTORY else f" --history {shlex.quote(str(config.history))}"
 
 
 def _show_history(arguments: argparse.Namespace, console: Console) -> int:
@@ -141,11 +154,14 @@ def _show_history(arguments: argparse.Namespace, console: Console) -> int:
     if arguments.run_id is None:
         table = Table(title=f"Runs in {arguments.history}")
         for column in ("run_id", "status", "rounds", "clients", "accuracy"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=True)
         for run in history.runs():
             accuracy = run.get("eval_accuracy")
             table.add_row(run["run_id"], run["status"], f"{run['rounds_completed']}/{run['rounds']}",
                           str(run["clients"]), "" if accuracy is None else f"{accuracy:.4f}")
+        # never cut to fit a narrow terminal or a pipe's 80 columns: a run id is what the reader copies into
+        # `history RUN_ID` or `resume RUN_ID` (a long line wraps in the terminal instead)
+        console.width = max(console.width, console.measure(table, options=console.options.update_width(10_000)).maximum)
         console.print(table)
         return 0
     run = history.run(arguments.run_id)
@@ -158,6 +174,9 @@ def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
     """The split a config's run would train on, per client, without training or writing a store or history."""
     from .data import preview_config
 
+    figure = Path(arguments.figure) if arguments.figure else None
+    if figure is not None and not figure.parent.is_dir():  # said before the preview's seconds, not after them
+        raise UserError(f"--figure {figure}: the folder {figure.parent} does not exist; create it or name another file")
     preview = preview_config(load_config(arguments.config))
     table = Table(title=preview.title())
     for column in ("client", "examples", "classes", "largest class share"):
@@ -166,11 +185,14 @@ def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
         table.add_row(str(client), str(counts.sum()), str((counts > 0).sum()), f"{counts.max() / max(counts.sum(), 1):.2f}")
     console.print(table)
     console.print(f"label skew {preview.label_skew:.3f} (0: IID, towards 1: clients hold classes no one else has)")
-    if arguments.figure:
+    if figure is not None:
         from .data.partition_view import figure_png
 
-        Path(arguments.figure).write_bytes(figure_png(preview.figure(shares=arguments.shares)))
-        console.print(f"Figure: {arguments.figure}", highlight=False)
+        try:
+            figure.write_bytes(figure_png(preview.figure(shares=arguments.shares)))
+        except OSError as error:
+            raise UserError(f"--figure {figure}: cannot write it ({error.strerror}); name a file you can write") from None
+        console.print(f"Figure: {figure}", highlight=False)
     return 0
 
 
@@ -192,7 +214,8 @@ def _package(arguments: argparse.Namespace, console: Console) -> int:
 def _print_client_secret(client_id: str) -> int:
     provider_secret = function_secret()
     if provider_secret is None:
-        raise UserError(f"set {SECRET_VARIABLE} (the provider's secret, as the controller has it) to derive a client's")
+        raise UserError(f"set {SECRET_VARIABLE} (the provider's secret, as the controller has it) to derive a client's "
+                        "secret from it")
     print(client_secret(provider_secret, client_id))  # plain, for $(...) in a deploy command
     return 0
 
@@ -225,18 +248,43 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resource-group", help="azure_functions: the function app's resource group")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line (its usage block of a dozen lines buries the error): what is wrong,
+    the closest choice to a mistyped one, and where the options are listed."""
+
+    def error(self, message: str) -> NoReturn:
+        mistyped = re.fullmatch(r"argument .*: invalid choice: '(.*)' \(choose from (.*)\)", message)
+        if mistyped:
+            typed, choices = mistyped.group(1), re.findall(r"'([^']*)'", mistyped.group(2))
+            closest = difflib.get_close_matches(typed, choices, n=1) or [c for c in choices if c.startswith(typed)][:1]
+            message += f"; did you mean '{closest[0]}'?" if closest else ""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        """A command's words it does not know are its own error, named by it with its closest option (argparse
+        leaves them to the top parser, which says `fedless-nb: error: unrecognized arguments` and no more)."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:
+            options = [option for action in self._actions for option in action.option_strings]
+            closest = [match for extra in extras if extra.startswith("-")
+                       for match in difflib.get_close_matches(extra.split("=")[0], options, n=1)]
+            self.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; did you mean {closest[0]}?" if closest else ""))
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedless-nb", description="Serverless federated learning.")
+    parser = _Parser(prog="fedless-nb", description="Serverless federated learning.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the experiment described by a YAML config file")
     run.add_argument("config", help="path to the YAML config")
     run.add_argument("--history", help="SQLite history file (overrides the config's)")
     demo = commands.add_parser("demo", help="federated training on the bundled digits data, non-IID")
-    demo.add_argument("--clients", type=int, default=20, help="clients the digits are split over (default 20)")
+    demo.add_argument("--clients", type=int, default=20, help="client functions the data is split over (default 20)")
     demo.add_argument("--clients-per-round", type=int,
                       help=f"clients trained each round (default {DEMO_CLIENTS_PER_ROUND}, or all when fewer)")
-    demo.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
-    demo.add_argument("--history", default=DEFAULT_HISTORY, help=f"the run's history file (default {DEFAULT_HISTORY})")
+    demo.add_argument("--rounds", type=int, default=10, help="rounds to train (default 10)")
+    demo.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
     partition = commands.add_parser("partition", help="show how a config's partition splits its dataset, before training")
     partition.add_argument("config", help="path to the YAML config")
     partition.add_argument("--figure", help="also write the clients x classes figure to this PNG file")
@@ -251,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
     secret = commands.add_parser("client-secret", help="the secret to deploy one client's own function with "
                                  "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
-    secret.add_argument("client_id")
+    secret.add_argument("client_id", help="the client the function serves, e.g. client-0003")
     commands.add_parser("schema", help="print the config's JSON Schema (for editors that check YAML files)")
     package = commands.add_parser("package", help="build a deployable function bundle and print its deploy command")
     _add_bundle_options(package)
@@ -266,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--timeout", type=int, default=300, help="aws_lambda: seconds per invocation (default 300)")
     deploy.add_argument("--concurrency", type=int, help="aws_lambda: reserved concurrency (invocations at once)")
     kernel = commands.add_parser("kernel", help="the Jupyter kernel spec 'Python 3 (fedless)'")
-    kernel_commands = kernel.add_subparsers(dest="kernel_command", required=True)
+    kernel_commands = kernel.add_subparsers(dest="kernel_command", metavar="install", required=True)
     install = kernel_commands.add_parser("install", help="install it with jupyter_client's KernelSpecManager")
     where = install.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for this user (the default)")
@@ -285,7 +333,8 @@ def _install_kernel(arguments: argparse.Namespace, console: Console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    console = Console()
+    # NO_COLOR (no-color.org) asks for plain text: rich drops its colours but keeps bold and italic escapes
+    console = Console(color_system=None if os.environ.get("NO_COLOR") else "auto")
     try:
         if arguments.command == "history":
             return _show_history(arguments, console)
@@ -318,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while a command reads data or loads TensorFlow (a run catches its own)
+        console.print("Interrupted")
+        return 130
 
 
 if __name__ == "__main__":

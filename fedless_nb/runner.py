@@ -36,7 +36,7 @@ from .rounds.resilience import RoundPolicy
 from .rounds.stragglers import Stragglers
 from .rounds.tree import TreeOptions
 from .rounds.selection import BudgetedSelection, PoissonSelection, SelectionPolicy, make_selection
-from .store import MissingKeyError, Store, decode_arrays, encode_arrays, make_store
+from .store import LocalStore, MissingKeyError, Store, decode_arrays, encode_arrays, make_store
 from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
 from .strategies.central_dp import CentralDP
@@ -113,6 +113,17 @@ def client_ids(count: int) -> list[str]:
     return [f"client-{index:04d}" for index in range(count)]
 
 
+def _make_store_folder(store: Store) -> None:
+    """A local store's folder, made before its first write, so that one the user cannot write to (a run started in a
+    read-only directory) is one line naming store.path rather than a traceback from mkdir."""
+    if isinstance(store, LocalStore):
+        try:
+            store.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"store.path: cannot create {store.root} ({error.strerror}); run from a folder you can "
+                            "write to, or set store.path to one") from None
+
+
 def write_client_data(store: Store, dataset: Dataset, config: ExperimentConfig,
                       partition: list[np.ndarray] | None = None) -> dict[str, str]:
     """Put each client's share of the training split (`partition`, or the config's), feature skew applied,
@@ -124,6 +135,7 @@ def write_client_data(store: Store, dataset: Dataset, config: ExperimentConfig,
     data = config.data
     check_feature_skew(dataset, data.max_rotation, data.max_noise)
     partition = _partition(dataset, config) if partition is None else partition
+    _make_store_folder(store)
     for index, (client_id, indices) in enumerate(zip(ids, partition)):
         x = client_inputs(dataset, indices, index, config.clients, data.max_rotation, data.max_noise, config.seed)
         store.put(keys[client_id], encode_arrays([x, dataset.y_train[indices]]))

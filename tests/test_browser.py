@@ -208,6 +208,7 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             record = page.locator(".fedless-record").first  # the widgets gave way to the run's record
             record.scroll_into_view_if_needed()
             assert "5/5 rounds" in record.inner_text() and "25 invocations" in record.inner_text()
+            assert "History: fedless_history.db; its rounds: %fedless_history experiment-" in record.inner_text()
             widths = record.locator("img").evaluate_all("images => images.map(image => image.naturalWidth)")
             assert len(widths) == 2 and min(widths) > 0, "the run's figure and its partition's figure render"
             # the background run's cell finished long before its run: its record still replaced its widgets
@@ -230,6 +231,10 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             # an extension built for a newer JupyterLab than the one running (jupyterlab_widgets 3.0.17 wants ^4.6.2)
             mismatches = [line for line in console if re.search(r"Unsatisfied version|No satisfying version", line)]
             assert mismatches == [], "\n".join(mismatches[:3])
+            # the page's own errors (a widget that fails to render logs one); an empty notebook logs none
+            errors = [line for line in console if line.startswith("error:")]
+            assert errors == [], "\n".join(errors[:3])
+            assert page.get_by_text(re.compile("Error displaying widget|Loading widget")).count() == 0
         except Exception:
             page.screenshot(path=str(ARTIFACTS / f"{frontend.module}-failure.png"))
             (ARTIFACTS / f"{frontend.module}-failure-console.log").write_text("\n".join(console))

@@ -30,8 +30,9 @@ def test_run_prints_rounds_a_summary_and_records_history(tmp_path):
     assert "Round 1/2" in out and "Round 2/2" in out and "final accuracy" in out and "Rounds" in out
     listing = fedless("history", "--history", "runs.db", cwd=tmp_path)
     assert listing.returncode == 0 and "cli-" in listing.stdout and "finished" in listing.stdout
-    run_id = next(word for word in out.split() if word.startswith("cli-"))
-    shown = fedless("history", run_id.rstrip(":)"), "--history", "runs.db", cwd=tmp_path)
+    run_id = next(word for word in out.split() if word.startswith("cli-")).rstrip(":)")
+    assert f"its rounds: fedless-nb history {run_id} --history runs.db" in out, "where to look at the run next"
+    shown = fedless("history", run_id, "--history", "runs.db", cwd=tmp_path)
     assert shown.returncode == 0 and "finished, 2/2 rounds" in shown.stdout and "accuracy" in shown.stdout
 
     assert "Privacy:" not in out, "a run without DP states no guarantee"
@@ -220,6 +221,98 @@ def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp
     monkeypatch.delenv("FEDLESS_RUN_SECRET")
     completed = fedless("client-secret", "client-0003", cwd=tmp_path)
     assert completed.returncode == 2 and "set FEDLESS_RUN_SECRET" in completed.stdout
+    assert completed.stdout.rstrip().endswith("to derive a client's secret from it"), completed.stdout
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["rnu", "experiment.yaml"], "fedless-nb: error: argument command: invalid choice: 'rnu' (choose from 'run', "),
+    (["rnu", "experiment.yaml"], "; did you mean 'run'? (see fedless-nb --help)"),
+    (["run"], "fedless-nb run: error: the following arguments are required: config (see fedless-nb run --help)"),
+    (["deploy", "--provider", "aws"], "did you mean 'aws_lambda'? (see fedless-nb deploy --help)"),
+    (["kernel"], "fedless-nb kernel: error: the following arguments are required: install"),
+    (["demo", "--rounds", "x"], "fedless-nb demo: error: argument --rounds: invalid int value: 'x' (see fedless-nb demo"),
+    (["history", "--history", "."], "error: . is a folder: name the history file in it with --history PATH"),
+    (["run", "experiment.yaml", "--histroy", "x.db"],
+     "fedless-nb run: error: unrecognized arguments: --histroy x.db; did you mean --history? (see fedless-nb run --help)"),
+    (["package", "--provider", "functions_framework", "--out", "bundle/x"],
+     "error: --out bundle/x: cannot create it (Not a directory); name a folder you can write to"),
+    (["partition", "experiment.yaml", "--figure", "figures/split.png"],
+     "error: --figure figures/split.png: the folder figures does not exist; create it or name another file"),
+])
+def test_command_line_mistakes_are_one_line_naming_what_to_change(tmp_path, arguments, message):
+    """argparse's usage block (a dozen lines for deploy) buried the error; a mistyped choice names the closest."""
+    (tmp_path / "bundle").write_text("a file where a folder is asked for")
+    completed = fedless(*arguments, cwd=tmp_path)
+    lines = [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()]
+    assert completed.returncode == 2 and len(lines) == 1 and message in lines[0], lines
+    assert [path.name for path in tmp_path.iterdir()] == ["bundle"], "nothing written"
+
+
+def test_version_names_the_installed_release(tmp_path):
+    from fedless_nb import __version__
+
+    completed = fedless("--version", cwd=tmp_path)
+    assert completed.returncode == 0 and completed.stdout.strip() == f"fedless-nb {__version__}"
+
+
+def test_a_store_folder_that_cannot_be_made_is_one_line_naming_store_path(tmp_path):
+    """A run started where it cannot write its store (a read-only folder; here a file in the way, which stops
+    root too) says so and which key to change, instead of a traceback from mkdir."""
+    (tmp_path / "blocked").write_text("a file where the store's folder would go")
+    completed = fedless("run", str(_write_config(tmp_path, store={"path": "blocked/store"})), cwd=tmp_path)
+    lines = [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()]
+    assert completed.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: store.path: cannot create ") and "set store.path to one" in lines[0], lines
+    assert not (tmp_path / "runs.db").exists()
+
+
+def test_ctrl_c_while_a_command_loads_its_data_is_one_line(tmp_path):
+    """Ctrl-C half a second into `fedless-nb partition` (reading the dataset, before any run catches it)."""
+    config = _write_config(tmp_path)
+    interrupt_soon = ("import os, signal, sys, threading\nfrom fedless_nb.cli import main\n"
+                      "threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+                      f"sys.exit(main(['partition', {str(config)!r}]))")
+    completed = subprocess.run([sys.executable, "-c", interrupt_soon], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 130 and completed.stdout.strip() == "Interrupted", completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
+    """Ctrl-C a moment after `fedless-nb` starts, while it imports its libraries (seconds on a loaded machine)."""
+    interrupt_now = ("import os, signal, threading\nthreading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+                     "import fedless_nb.cli")
+    completed = subprocess.run([sys.executable, "-c", interrupt_now], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 130 and completed.stdout.strip() == "Interrupted", completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_the_run_listing_never_cuts_a_run_id_a_reader_copies(tmp_path):
+    """Piped (80 columns) the listing cut a long run id to `...-b4b…`, which `history RUN_ID` then did not know."""
+    from fedless_nb.records.history import History, HistoryWriter
+    from fedless_nb.rounds.events import RunStarted
+
+    run_id = "non-iid-digits-with-a-long-name-20261127-002010-b4be1c"
+    history = History(tmp_path / "runs.db")
+    HistoryWriter(history)(RunStarted(run_id, "non-iid-digits-with-a-long-name", {}, 10, 20, [], 100.0))
+    history.close()
+    listing = fedless("history", "--history", "runs.db", cwd=tmp_path)
+    assert listing.returncode == 0 and run_id in listing.stdout and "…" not in listing.stdout, listing.stdout
+    assert fedless("history", run_id, "--history", "runs.db", cwd=tmp_path).returncode == 0
+
+
+def test_no_color_means_no_escape_codes_even_on_a_terminal(tmp_path, monkeypatch):
+    """NO_COLOR dropped rich's colours but left its bold and italic escapes in the tables (FORCE_COLOR stands in
+    for a terminal here)."""
+    from fedless_nb.records.history import History
+
+    History(tmp_path / "runs.db").close()
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert "\x1b[" in fedless("history", "--history", "runs.db", cwd=tmp_path).stdout, "a terminal gets styles"
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = fedless("history", "--history", "runs.db", cwd=tmp_path)
+    assert plain.returncode == 0 and "Runs in runs.db" in plain.stdout and "\x1b" not in plain.stdout, plain.stdout
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The dashboard as an observer: events in, widgets or text out; the static record a run leaves."""
 import base64
 import dataclasses
+import html
 
 import pytest
 from IPython import get_ipython
@@ -167,6 +168,21 @@ def test_the_record_shows_the_split_the_run_trained_on():
     assert record.html().count('src="data:image/png;base64,') == 2
     assert "label distribution of the clients" in record.html()
     assert RunRecord(RunProgress()).partition is None, "no config, no partition figure"
+
+
+@pytest.mark.parametrize("history, where", [
+    ("fedless_history.db", " History: fedless_history.db; its rounds: %fedless_history r1"),
+    ("runs/my runs.db", " History: runs/my runs.db; its rounds: %fedless_history r1 --history 'runs/my runs.db'"),
+])
+def test_the_record_says_where_the_run_is_recorded_and_which_magic_shows_it(history, where):
+    """A new user's first run ended without a word on the history: where it went and how to look at it."""
+    config = ExperimentConfig.from_dict({"clients": 4, "history": history}).to_dict()
+    progress = RunProgress()
+    for event in run_events():
+        progress.update(dataclasses.replace(event, config=config) if isinstance(event, RunStarted) else event)
+    record = RunRecord(progress)
+    assert record.text().endswith(f"2 cold starts.{where}")
+    assert f"2 cold starts.{html.escape(where)}</p>" in record.html()
 
 
 def test_compare_names_each_run_in_a_legend_beside_the_data():

@@ -231,6 +231,27 @@ def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_an
     assert History(history_path).run(run_id)["rounds_completed"] == 40
 
 
+def complete(kernel, code):
+    """The kernel's answer to a frontend's Tab at the end of `code` (a complete_request, as JupyterLab sends)."""
+    reply = kernel.client.complete(code, len(code), reply=True, timeout=120)["content"]
+    return reply["matches"], code[reply["cursor_start"]:reply["cursor_end"]]
+
+
+def test_tab_completes_the_magics_options_their_choices_and_the_model_variable(kernel):
+    """Before, IPython completed the magics' names only: `--cl` offered classmethod, `--dashboard ` Python's
+    keywords, and no variable after a magic. A reloaded extension answers once, not twice."""
+    kernel.run("%reload_ext fedless_nb\nmy_model = None")
+    assert complete(kernel, "%fedless_train --cl") == (["--clients", "--clients-per-round"], "--cl")
+    assert complete(kernel, "%fedless_train --dashboard ")[0] == ["auto", "compact", "none", "text", "widgets"]
+    assert complete(kernel, "%fedless_partition --partition d") == (["dirichlet"], "d"), "a registry's values"
+    assert complete(kernel, "%fedless_train --strategy fedprox --dataset f")[0] == ["fashion_mnist", "femnist"]
+    assert complete(kernel, "%%fedless_sweep --ro") == (["--round-deadline", "--rounds"], "--ro")
+    assert complete(kernel, "%fedless_history --") == (["--history"], "--")
+    assert complete(kernel, "%fedless_classroom ")[0] == ["close", "open"]
+    assert complete(kernel, "%fedless_tr")[0] == ["%fedless_train", "%%fedless_train"], "IPython's own, as before"
+    assert complete(kernel, "%fedless_train my_m") == (["my_model"], "my_m"), "the model: a notebook variable"
+
+
 def test_a_user_error_from_python_in_a_cell_is_one_line_and_says_what_to_change(kernel):
     for code, line in (
         ("from fedless_nb.experiment import ExperimentConfig\nExperimentConfig.from_dict({'rounds': 0})",

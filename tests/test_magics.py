@@ -225,7 +225,10 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
         assert isinstance(result.error_in_exec, UsageError) and err.count("\n") == 1 and "Traceback" not in err
         return str(result.error_in_exec)
 
-    assert refused("nosuch") == "no run 'nosuch' in fedless_history.db"
+    assert refused("nosuch") == ("no run 'nosuch' in fedless_history.db; a run recorded in another file needs "
+                                 "--history PATH (history=... in Python)")
+    assert refused(stopped.run_id[:-1]) == (f"no run {stopped.run_id[:-1]!r} in fedless_history.db; "
+                                            f"did you mean {stopped.run_id!r}?")
     assert refused(f"{stopped.run_id} --history other.db").startswith("no history file other.db yet")
     assert refused(stopped.run_id) == (  # the history keeps the config, whose default builder is not the model
         f"run {stopped.run_id!r} was trained with another model than the one built to resume it (its checkpointed "
@@ -330,6 +333,11 @@ def test_the_classroom_magics_open_join_train_options_and_leave(shell):
         with capture_output() as joined:
             shell.run_line_magic("fedless_join", f"{classroom.url} {classroom.code} --name alice --host 127.0.0.1")
         assert joined.stdout.startswith("Joined as alice; your function listens at http://127.0.0.1:")
+        student = magics.student
+        with capture_output() as again:  # the student's notebook run again (Run All): still the same function
+            rejoined = shell.run_line_magic("fedless_join", f"{classroom.url} {classroom.code} --name alice --host 127.0.0.1")
+        assert rejoined is student and magics.student is student
+        assert again.stdout.startswith(f"Already joined as alice; your function listens at {student.url} ")
         with pytest.raises(UsageError, match="this notebook already joined as alice: run %fedless_leave first"):
             shell.run_line_magic("fedless_join", f"{classroom.url} {classroom.code} --name bob")
         config = config_for(shell, "--provider classroom --rounds 2")

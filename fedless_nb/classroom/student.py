@@ -63,7 +63,7 @@ class StudentFunction:
 
     def __init__(self, teacher_url: str, code: str, name: str, *, host: str | None = None, port: int = 0,
                  data: tuple[np.ndarray, np.ndarray] | None = None, timeout: float = 10.0) -> None:
-        self.teacher_url, self.name, self.data = teacher_url.rstrip("/"), name, data
+        self.teacher_url, self.code, self.name, self.data = teacher_url.rstrip("/"), code, name, data
         self.calls: list[Call] = []
         self.on_call: Callable[[Call], None] | None = None
         self._previous: tuple[int, list[np.ndarray], list[np.ndarray]] | None = None  # round, start, mine

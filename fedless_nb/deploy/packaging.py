@@ -271,7 +271,10 @@ def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-cli
     _check_name(provider, platform, name)
     given = _needed_values(provider, platform, values)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a read-only folder, a file in the way: the user's to change, not a traceback
+        raise PackagingError(f"--out {out_dir}: cannot create it ({error.strerror}); name a folder you can write to") from None
     target = out_dir / (f"{name}-{provider}.zip" if platform.archive else f"{name}-{provider}")
     with tempfile.TemporaryDirectory(dir=out_dir) as temporary:
         stage = Path(temporary) / "bundle"

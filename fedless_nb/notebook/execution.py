@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import shlex
 import sys
 import threading
 import traceback
@@ -24,10 +23,11 @@ from typing import Any, Callable, Coroutine, Sequence
 
 from ..errors import UserError
 from ..experiment import ExperimentConfig
-from ..records.history import DEFAULT_HISTORY, History
+from ..records.history import History
 from ..rounds.controller import Controller
 from ..rounds.events import Observer, RunStarted
 from ..runner import RunResult, run_experiment_async
+from .record import magic_on_run
 
 
 class RunStopped(UserError):
@@ -100,9 +100,7 @@ def _rounds_done(controllers: list[Controller]) -> int:
 
 def resume_command(run_id: str, history: str, model_name: str | None = None) -> str:
     """The magic that continues run `run_id`: `%fedless_resume RUN_ID [MODEL] [--history FILE]`."""
-    words = ["%fedless_resume", run_id, *([model_name] if model_name else []),
-             *(["--history", shlex.quote(history)] if history != DEFAULT_HISTORY else [])]
-    return " ".join(words)
+    return magic_on_run("%fedless_resume", run_id, history, *([model_name] if model_name else []))
 
 
 def resumable(config: ExperimentConfig) -> bool:

@@ -30,6 +30,7 @@ from traitlets import CaselessStrEnum, Unicode
 from ..errors import UserError
 from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data
 from ..records.history import DEFAULT_HISTORY, History
+from .completion import register_option_completers
 from .dashboard import DASHBOARD_MODES, make_dashboard
 from .tables import tidy_table
 
@@ -560,11 +561,18 @@ class FedlessMagics(Magics):
         from ..classroom.widgets import calls_table
 
         args = parse_options(self.fedless_join, line)
-        if self.student is not None:
-            raise UsageError(f"this notebook already joined as {self.student.name}: run %fedless_leave first")
-        data = self._own_examples(args.data) if args.data else None
-        self.student = StudentFunction(args.teacher, args.code, args.name, host=args.host, port=args.port, data=data)
-        print(f"Joined as {args.name}; your function listens at {self.student.url}")
+        joined = self.student
+        same_class = joined is not None and (joined.teacher_url, joined.code.upper(), joined.name) == (
+            args.teacher.rstrip("/"), args.code.upper(), args.name)
+        if same_class:  # the notebook run again (Run All): still joined to this class
+            print(f"Already joined as {joined.name}; your function listens at {joined.url} (to join with other data, "
+                  "run %fedless_leave first)")
+        elif joined is not None:
+            raise UsageError(f"this notebook already joined as {joined.name}: run %fedless_leave first")
+        else:
+            data = self._own_examples(args.data) if args.data else None
+            self.student = StudentFunction(args.teacher, args.code, args.name, host=args.host, port=args.port, data=data)
+            print(f"Joined as {args.name}; your function listens at {self.student.url}")
         display(calls_table(self.student))
         return self.student
 
@@ -617,7 +625,9 @@ def load_ipython_extension(ipython: Any) -> None:
     settings made with %config live in the shell's config and carry over.
     """
     ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != FedlessMagics.__name__]
-    ipython.register_magics(FedlessMagics(ipython))  # Magics.__init__ adds it to ipython.configurables
+    magics = FedlessMagics(ipython)  # Magics.__init__ adds it to ipython.configurables
+    ipython.register_magics(magics)
+    register_option_completers(ipython, magics)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet even when the notebook imports TensorFlow itself
     tensorflow_log = logging.getLogger("tensorflow")
     if not any(type(f).__name__ == _RetracingWarnings.__name__ for f in tensorflow_log.filters):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import shlex
 from typing import TYPE_CHECKING, Any, Sequence
 
 import matplotlib
@@ -17,6 +18,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..data.partition_view import figure_png
+from ..records.history import DEFAULT_HISTORY
 
 if TYPE_CHECKING:
     from .dashboard import RunProgress
@@ -100,6 +102,11 @@ def compare_figure(series: dict[str, Points], metric: str) -> Figure:
     return figure
 
 
+def magic_on_run(magic: str, run_id: str, history: str, *arguments: str) -> str:
+    """`%MAGIC RUN_ID [ARGUMENTS] [--history FILE]`, naming the history file unless it is the default."""
+    return " ".join([magic, run_id, *arguments, *(["--history", shlex.quote(history)] if history != DEFAULT_HISTORY else [])])
+
+
 class RunRecord:
     """The summary paragraph with the figure below it; `text/html` for notebooks, `image/png` and
     `text/plain` for viewers that render no HTML."""
@@ -119,7 +126,14 @@ class RunRecord:
         state = self.progress
         accuracy = state.final_accuracy
         score = "no round finished" if accuracy is None else f"final test accuracy {accuracy:.3f}"
-        return f"Run {state.name} ({state.run_id}) {state.status}: {score}; {', '.join(self.facts())}."
+        return f"Run {state.name} ({state.run_id}) {state.status}: {score}; {', '.join(self.facts())}.{self._where()}"
+
+    def _where(self) -> str:
+        """Where the run is recorded and the magic that shows it, for a user who has not met %fedless_history."""
+        history = (self.progress.config or {}).get("history")
+        if history is None:
+            return ""
+        return f" History: {history}; its rounds: {magic_on_run('%fedless_history', self.progress.run_id, str(history))}"
 
     def html(self) -> str:
         state = self.progress
@@ -129,7 +143,7 @@ class RunRecord:
             f'<div class="fedless-record">'
             f'<p><span style="font-size:2.5em;font-weight:bold">{accuracy}</span> final test accuracy &middot; '
             f"run <b>{html.escape(state.name)}</b> <code>{html.escape(state.run_id)}</code> {html.escape(state.status)}: "
-            f"{html.escape(', '.join(self.facts()))}.</p>"
+            f"{html.escape(', '.join(self.facts()))}.{html.escape(self._where())}</p>"
             f'<img src="data:image/png;base64,{image}" alt="accuracy, loss and client timeline of the run" '
             f'style="max-width:100%"/>{self._partition_html()}</div>'
         )

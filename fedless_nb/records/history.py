@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import sqlite3
@@ -77,6 +78,9 @@ class History:
     def existing(cls, path: str | Path = DEFAULT_HISTORY) -> "History":
         """The history at `path` for reading: a missing file is one line naming it, and is not created empty
         (a command that only reads, such as `fedless-nb history` or `resume`, leaves nothing behind)."""
+        if Path(path).is_dir():
+            raise HistoryError(f"{path} is a folder: name the history file in it with --history PATH, for example "
+                               f"{Path(path) / DEFAULT_HISTORY}")
         if not Path(path).is_file():
             raise HistoryError(f"no history file {path} yet: run an experiment first, or name an existing file "
                                "with --history PATH (history=... in Python)")
@@ -271,7 +275,10 @@ class History:
     def run(self, run_id: str) -> dict[str, Any]:
         rows = list(self.db["runs"].rows_where("run_id = ?", [run_id]))
         if not rows:
-            raise HistoryError(f"no run {run_id!r} in {self.path}")
+            close = difflib.get_close_matches(run_id, [row["run_id"] for row in self.db["runs"].rows], n=1)
+            hint = (f"; did you mean {close[0]!r}?" if close else
+                    "; a run recorded in another file needs --history PATH (history=... in Python)")
+            raise HistoryError(f"no run {run_id!r} in {self.path}{hint}")
         run = _with_live_status(rows[0])
         run["config"] = json.loads(run["config"])
         run["providers"] = json.loads(run["providers"])
