@@ -247,7 +247,7 @@ def test_tab_completes_the_magics_options_their_choices_and_the_model_variable(k
     assert complete(kernel, "%fedless_train --strategy fedprox --dataset f")[0] == ["fashion_mnist", "femnist"]
     assert complete(kernel, "%%fedless_sweep --ro") == (["--round-deadline", "--rounds"], "--ro")
     assert complete(kernel, "%fedless_history --") == (["--history"], "--")
-    assert complete(kernel, "%fedless_classroom ")[0] == ["close", "open"]
+    assert complete(kernel, "%fedless_classroom ")[0] == ["close", "open", "remove"]
     assert complete(kernel, "%fedless_tr")[0] == ["%fedless_train", "%%fedless_train"], "IPython's own, as before"
     assert complete(kernel, "%fedless_train my_m") == (["my_model"], "my_m"), "the model: a notebook variable"
 
