@@ -243,7 +243,7 @@ def test_functions_framework_servers_sum_the_rounds_in_aggregator_functions_thro
 @pytest.mark.slow
 def test_functions_framework_servers_sum_a_secure_rounds_masked_vectors_through_presigned_urls(
         server, tiny_config, monkeypatch, moto_endpoint, aws_credentials):
-    """A secure round over the same server: its four stages relay through S3, then aggregators sum the 4 masked
+    """A secure round over the same server: its five stages relay through S3, then aggregators sum the 4 masked
     vectors in shards of 2 (each asks S3 for a vector's size before reading it) and the controller unmasks."""
     import uuid
 
@@ -261,6 +261,6 @@ def test_functions_framework_servers_sum_a_secure_rounds_masked_vectors_through_
     history = History(config.history)
     assert result.status == "finished" and [r["succeeded"] for r in history.rounds(result.run_id)] == [4]
     invocations = history.invocations(result.run_id)
-    assert len(invocations) == 16 and all(i["outcome"] == "succeeded" for i in invocations)
+    assert len(invocations) == 20 and all(i["outcome"] == "succeeded" for i in invocations)  # 5 stages x 4
     assert sorted((a["level"], a["shard_size"], a["summed"], a["outcome"]) for a in history.aggregations(result.run_id)) == [
         (0, 2, 2, "succeeded"), (0, 2, 2, "succeeded")]
