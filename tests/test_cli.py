@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -12,6 +13,13 @@ import yaml
 def fedless(*arguments, cwd):
     return subprocess.run([sys.executable, "-m", "fedless_nb", *arguments], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
+
+
+def as_a_terminal_starts_it():
+    """A shell's foreground command gets Ctrl-C at its default disposition, unblocked. A child keeps an ignored or
+    blocked SIGINT across exec, and the test runner's process may have inherited either (seen only in the whole suite)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _write_config(tmp_path, **overrides):
@@ -124,12 +132,11 @@ def test_a_config_path_that_is_no_yaml_file_is_one_line(tmp_path, make, message)
 
 @pytest.mark.slow
 def test_ctrl_c_stops_a_run_with_one_line_naming_the_resume_command_which_finishes_it(tmp_path):
-    import signal
-
     from fedless_nb.records.history import History
 
     process = subprocess.Popen([sys.executable, "-m", "fedless_nb", "run", str(_write_config(tmp_path, rounds=20))],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=as_a_terminal_starts_it)
     for line in process.stdout:
         if line.startswith("Round 1/20"):
             process.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -273,6 +280,7 @@ def test_ctrl_c_while_a_command_loads_its_data_is_one_line(tmp_path):
                       "threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
                       f"sys.exit(main(['partition', {str(config)!r}]))")
     completed = subprocess.run([sys.executable, "-c", interrupt_soon], cwd=tmp_path, capture_output=True, text=True,
+                               preexec_fn=as_a_terminal_starts_it,
                                timeout=300)
     assert completed.returncode == 130 and completed.stdout.strip() == "Interrupted", completed.stderr
     assert "Traceback" not in completed.stderr
@@ -283,6 +291,7 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
     interrupt_now = ("import os, signal, threading\nthreading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
                      "import fedless_nb.cli")
     completed = subprocess.run([sys.executable, "-c", interrupt_now], cwd=tmp_path, capture_output=True, text=True,
+                               preexec_fn=as_a_terminal_starts_it,
                                timeout=300)
     assert completed.returncode == 130 and completed.stdout.strip() == "Interrupted", completed.stderr
     assert "Traceback" not in completed.stderr
