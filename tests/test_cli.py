@@ -273,28 +273,28 @@ def test_a_store_folder_that_cannot_be_made_is_one_line_naming_store_path(tmp_pa
     assert not (tmp_path / "runs.db").exists()
 
 
+def _assert_interrupted_in_one_line(script, cwd):
+    """`script` (which sends itself Ctrl-C) run as a terminal starts it ends with exit 130 and "Interrupted" alone."""
+    completed = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True,
+                               preexec_fn=as_a_terminal_starts_it, timeout=300)
+    assert completed.returncode == 130 and completed.stdout.strip() == "Interrupted", completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
 def test_ctrl_c_while_a_command_loads_its_data_is_one_line(tmp_path):
     """Ctrl-C half a second into `fedless-nb partition` (reading the dataset, before any run catches it)."""
     config = _write_config(tmp_path)
     interrupt_soon = ("import os, signal, sys, threading\nfrom fedless_nb.cli import main\n"
                       "threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
                       f"sys.exit(main(['partition', {str(config)!r}]))")
-    completed = subprocess.run([sys.executable, "-c", interrupt_soon], cwd=tmp_path, capture_output=True, text=True,
-                               preexec_fn=as_a_terminal_starts_it,
-                               timeout=300)
-    assert completed.returncode == 130 and completed.stdout.strip() == "Interrupted", completed.stderr
-    assert "Traceback" not in completed.stderr
+    _assert_interrupted_in_one_line(interrupt_soon, tmp_path)
 
 
 def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
     """Ctrl-C a moment after `fedless-nb` starts, while it imports its libraries (seconds on a loaded machine)."""
     interrupt_now = ("import os, signal, threading\nthreading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
                      "import fedless_nb.cli")
-    completed = subprocess.run([sys.executable, "-c", interrupt_now], cwd=tmp_path, capture_output=True, text=True,
-                               preexec_fn=as_a_terminal_starts_it,
-                               timeout=300)
-    assert completed.returncode == 130 and completed.stdout.strip() == "Interrupted", completed.stderr
-    assert "Traceback" not in completed.stderr
+    _assert_interrupted_in_one_line(interrupt_now, tmp_path)
 
 
 def test_the_run_listing_never_cuts_a_run_id_a_reader_copies(tmp_path):
