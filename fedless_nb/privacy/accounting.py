@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..rounds.events import RoundStarted
 from ..wire import SECAGG_KEY_STAGES
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -391,7 +392,7 @@ class ExampleLevelAccountant:
         self._pending: Future[Any] | None = None
 
     def __call__(self, event: Any) -> None:
-        if self.straggler_steps is not None and isinstance(getattr(event, "client_ids", None), list):  # RoundStarted
+        if self.straggler_steps is not None and isinstance(event, RoundStarted):
             self._straggling = (event.round, self.straggler_steps(event.round, event.client_ids))
         elif spent_privacy(getattr(event, "outcome", None), getattr(event, "stage", None)):
             self.charge([event.client_id], getattr(event, "round", None))
