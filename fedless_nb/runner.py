@@ -231,23 +231,27 @@ async def run_experiment_async(
     return RunResult(run_id, status, config, spec, weights, controller.round_metrics, accountant, controller.strategy)
 
 
-def _released_after(history: History, run_id: str, checkpointed: int) -> dict[int, list[str]]:
-    """The rounds the history holds after the checkpoint, each with the clients that trained in it: such a round
-    was published (its model stored, its metrics recorded) before the process died, and the resumed run redoes it."""
-    released: dict[int, list[str]] = {row["round"]: [] for row in history.rounds(run_id) if row["round"] > checkpointed}
+def _released_after(history: History, run_id: str, checkpointed: int) -> dict[int, list[tuple[str, float | None]]]:
+    """The rounds the history holds after the checkpoint, each with the clients that trained in it and their
+    straggler cuts (None: a full round; also in a history from before the column): such a round was published
+    (its model stored, its metrics recorded) before the process died, and the resumed run redoes it."""
+    released: dict[int, list[tuple[str, float | None]]] = {
+        row["round"]: [] for row in history.rounds(run_id) if row["round"] > checkpointed}
     for row in history.invocations(run_id):
         if row["round"] in released and spent_privacy(row["outcome"], row["stage"]):
-            released[row["round"]].append(row["client_id"])
+            released[row["round"]].append((row["client_id"], row.get("budget_epochs")))
     return released
 
 
-def _charge_released(released: dict[int, list[str]], accountant: ExampleLevelAccountant | None,
+def _charge_released(released: dict[int, list[tuple[str, float | None]]], accountant: ExampleLevelAccountant | None,
                      strategy: Strategy) -> None:
     """Charge the rounds published before a crash to the restored accountants (their checkpoint predates them):
-    redoing a round releases its clients' data a second time, so its first release is not free."""
-    for clients in released.values():
+    redoing a round releases its clients' data a second time, so its first release is not free. Each invocation
+    is charged what it used: its planned round, or a straggler's cut."""
+    for invocations in released.values():
         if accountant is not None:
-            accountant.charge(clients)
+            for client_id, budget_epochs in invocations:
+                accountant.charge(client_id, budget_epochs)
         if isinstance(strategy, CentralDP):
             strategy.charge_released_round()
 
@@ -299,19 +303,11 @@ def _stragglers(config: ExperimentConfig) -> Stragglers | None:
 
 
 def _straggler_steps(config: ExperimentConfig, sizes: dict[str, int], train: dict[str, Any]) -> StragglerSteps | None:
-    """A round's simulated stragglers among the clients of `sizes` (those with a DP-SGD round planned) and the steps
-    each may take (the accountant charges those): the same draw and step budget the synchronous rounds and the
-    function make of the config."""
-    stragglers = _stragglers(config)
-    if stragglers is None:
+    """The steps a simulated straggler among the clients of `sizes` may take under its cut (its task's
+    budget_epochs): the same step budget the function makes of it, which the accountant charges."""
+    if _stragglers(config) is None:
         return None
-
-    def steps(round_number: int, selected: Sequence[str]) -> dict[str, int]:
-        slow = stragglers.overrides(round_number, selected, int(train["epochs"]))
-        return {client_id: step_budget(sizes[client_id], {**train, **override}) for client_id, override in slow.items()
-                if client_id in sizes}
-
-    return steps
+    return lambda client_id, budget_epochs: step_budget(sizes[client_id], {**train, "budget_epochs": budget_epochs})
 
 
 def _aggregation(config: ExperimentConfig) -> TreeOptions:

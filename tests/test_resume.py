@@ -154,6 +154,34 @@ def test_a_dp_run_that_died_between_its_history_and_its_checkpoint_redoes_that_r
         max(accountant.epsilon(c) for c in accountant.planned), rel=1e-12)
 
 
+def test_a_redone_straggler_round_charges_each_release_the_steps_its_draw_allowed(tiny_config, tmp_path):
+    """Half of each round's 4 clients straggle (one of two epochs). Round 2 was published before the run died and is
+    redone on resume: each client's epsilon is dp-accounting's composed by hand over every release it made, the
+    first round 2 included, each at the steps it took (the history keeps each invocation's straggler cut; the first
+    release was charged as if every client had run its full epochs)."""
+    import dp_accounting as dpa
+
+    config = tiny_config(rounds=3, clients=4, clients_per_round=4, stragglers={"fraction": 0.5, "work": 0.5},
+                         train={**DP_TRAIN, "epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, observers=[_interrupt_after_recording(2)])
+    (died,) = History(config.history).runs()
+    first_round_2 = [i for i in History(config.history).invocations(died["run_id"]) if i["round"] == 2]
+    assert sum(i["partial"] for i in first_round_2) == 2, "two stragglers in the first release of round 2"
+    resumed = resume_experiment(died["run_id"], history=config.history)
+    releases = [i for i in History(config.history).invocations(died["run_id"]) if i["outcome"] == "succeeded"]
+    for client_id in resumed.accountant.planned:
+        own = [i for i in [*releases, *first_round_2] if i["client_id"] == client_id]
+        assert len(own) == 4, "rounds 1 to 3, round 2 twice"
+        q = 32 / own[0]["num_examples"]
+        reference = dpa.rdp.RdpAccountant()
+        for invocation in own:
+            reference.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(1.0)),
+                                                      invocation["steps"]))
+        assert resumed.accountant.epsilon(client_id) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9), client_id
+    assert [i["budget_epochs"] for i in first_round_2] == [1.0 if i["partial"] else None for i in first_round_2]
+
+
 def test_a_central_dp_run_that_died_between_its_history_and_its_checkpoint_charges_the_published_round_too(
         tiny_config, tmp_path):
     config = tiny_config(rounds=3, clients=4, clients_per_round=2,

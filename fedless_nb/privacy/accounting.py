@@ -30,7 +30,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..rounds.events import RoundStarted
 from ..wire import SECAGG_KEY_STAGES
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -349,7 +348,7 @@ def spent_privacy(outcome: str | None, stage: str | None) -> bool:
     return outcome == "succeeded" and stage not in SECAGG_KEY_STAGES
 
 
-StragglerSteps = Callable[[int, Sequence[str]], dict[str, int]]
+StragglerSteps = Callable[[str, float], int]  # (client, its task's budget_epochs) -> the steps that cut allows it
 
 
 class ExampleLevelAccountant:
@@ -362,14 +361,14 @@ class ExampleLevelAccountant:
     exceeding `target_epsilon` (its state plus one planned round). Reads wait for queued work
     (usually microseconds: events are cached); the event loop awaits `settled()` instead.
 
-    `straggler_steps(round, selected)` names a round's simulated stragglers (the `stragglers` option)
-    and the steps each may take; such a client is charged those steps, not its planned ones. That is
-    exact and safe: the cut is drawn from the config's seed and the partition sizes, before any
-    example is read, so the mechanism released is a shorter run fixed in advance. A real time budget's
-    stop (train.budget_seconds, the round's deadline) stays charged as planned: how many steps fit in
-    the time depends on the secret Poisson batch sizes, so the count taken is itself data-dependent,
-    and the planned steps bound it. A round redone on resume (`charge` without a round) is charged as
-    planned too: the history does not keep whom that round's draw made stragglers.
+    A simulated straggler (the `stragglers` option) is charged the steps its cut allows
+    (`straggler_steps(client, budget_epochs)`, the cut its invocation event carries), not its planned
+    ones. That is exact and safe: the cut is drawn from the config's seed and the partition sizes,
+    before any example is read, so the mechanism released is a shorter run fixed in advance. A real
+    time budget's stop (train.budget_seconds, the round's deadline) stays charged as planned: how many
+    steps fit in the time depends on the secret Poisson batch sizes, so the count taken is itself
+    data-dependent, and the planned steps bound it. A round redone on resume is charged from the
+    history's invocations, each with the cut it had (a history from before that column: as planned).
     """
 
     def __init__(self, delta: float, accountant: str = "rdp", target_epsilon: float | None = None, *,
@@ -378,7 +377,6 @@ class ExampleLevelAccountant:
         self.delta, self.accountant, self.target_epsilon = delta, accountant, target_epsilon
         self.expected_facts = dict(expected_facts or {})
         self.straggler_steps = straggler_steps
-        self._straggling: tuple[int, dict[str, int]] = (0, {})  # the latest round's stragglers and their steps
         self.planned = {client: DpRound.from_facts(facts) for client, facts in self.expected_facts.items()}
         if self.planned:  # n: the examples the model is trained on, every client's (a mechanism that publishes each
             # with probability delta leaks delta * n of them; the smallest client's n was the most lenient test)
@@ -392,28 +390,28 @@ class ExampleLevelAccountant:
         self._pending: Future[Any] | None = None
 
     def __call__(self, event: Any) -> None:
-        if self.straggler_steps is not None and isinstance(event, RoundStarted):
-            self._straggling = (event.round, self.straggler_steps(event.round, event.client_ids))
-        elif spent_privacy(getattr(event, "outcome", None), getattr(event, "stage", None)):
-            self.charge([event.client_id], getattr(event, "round", None))
+        if spent_privacy(getattr(event, "outcome", None), getattr(event, "stage", None)):
+            self.charge(event.client_id, getattr(event, "budget_epochs", None))
 
-    def charge(self, client_ids: Sequence[str], round_number: int | None = None) -> None:
-        """Add a round to each client's ledger: a succeeded training invocation of `round_number` (its planned
-        round, or a simulated straggler's shorter one), or one no event reports again (a round published before
-        a crash and redone after it: charged as planned)."""
-        straggling = self._straggling[1] if round_number == self._straggling[0] else {}
-        for client_id in client_ids:
-            if client_id in self.planned:
-                planned = self.planned[client_id]
-                taken = planned if client_id not in straggling else replace(planned, steps=straggling[client_id])
-                self._pending = self._worker.submit(self._add, client_id, taken)
+    def charge(self, client_id: str, budget_epochs: float | None = None) -> None:
+        """Add a succeeded training invocation to the client's ledger (one an event reports, or one of a round
+        published before a crash and redone after it): its planned round, or with a simulated straggler's cut
+        (`budget_epochs`) the shorter one that cut allows."""
+        if client_id in self.planned:
+            self._pending = self._worker.submit(self._add, client_id, self._taken(client_id, budget_epochs))
+
+    def _taken(self, client_id: str, budget_epochs: float | None) -> DpRound:
+        """The client's planned round, or the shorter one a straggler's cut (`budget_epochs`) allows."""
+        planned = self.planned[client_id]
+        if budget_epochs is None or self.straggler_steps is None:
+            return planned
+        return replace(planned, steps=self.straggler_steps(client_id, budget_epochs))
 
     def _add(self, client_id: str, taken: DpRound) -> None:
-        planned = self.planned[client_id]
         self.ledger.add(client_id, taken)
         self._epsilon[client_id] = self.ledger.epsilon(client_id)
         if self.target_epsilon is not None:
-            self._projected[client_id] = self.ledger.projected_epsilon(client_id, planned)
+            self._projected[client_id] = self.ledger.projected_epsilon(client_id, self.planned[client_id])
 
     def check_result(self, client_id: str, result: dict[str, Any]) -> str | None:
         """Why a result's reported privacy facts cannot be accepted (they differ from the controller's), or None."""

@@ -55,6 +55,7 @@ _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
         "cold": int, "num_examples": int, "started_at": float, "finished_at": float,
         **{f"t_{name}": float for name in TIMINGS}, "cause": str, "error": str, "cost": float, "staleness": int,
         "steps": int, "partial": int, "stage": str,
+        "budget_epochs": float,  # a simulated straggler's cut: a redone round's first release is charged by it
     }, "id"),
     "aggregations": ({  # aggregator functions' invocations (tree aggregation, rounds/tree.py)
         "id": int, "run_id": str, "round": int, "aggregator_id": str, "provider": str, "level": int, "outcome": str,
@@ -366,6 +367,7 @@ def _invocation_row(event: InvocationFinished, prices: CostModel) -> dict[str, A
         "cost": cost,
         "staleness": event.staleness, "stage": event.stage,
         "steps": event.steps, "partial": None if event.partial is None else int(event.partial),
+        "budget_epochs": event.budget_epochs,
     }
 
 

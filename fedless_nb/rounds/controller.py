@@ -353,21 +353,23 @@ class Controller:
 
     async def collect(
         self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]], weights: Weights, started: float,
-        staleness: int | None = None,
+        staleness: int | None = None, budget_epochs: float | None = None,
     ) -> ClientUpdate | None:
         """The client's update if its finished call succeeded and the result checks out against `weights`
-        (the global model it trained from); otherwise the failure is recorded and the answer is None."""
+        (the global model it trained from); otherwise the failure is recorded and the answer is None.
+        `budget_epochs`: the task's simulated straggler cut, which the event carries (the accountant charges by it)."""
         checked = await self._checking(round_number, client, started, self._read_update(round_number, client, call,
                                                                                            weights))
         if checked is None:
             return None
         update, result = checked
         self._succeeded(round_number, client, result, started, update.num_examples, update.metrics,
-                        staleness=staleness, steps=update.steps, partial=update.partial)
+                        staleness=staleness, steps=update.steps, partial=update.partial, budget_epochs=budget_epochs)
         return update
 
     async def collect_result(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
-                             started: float) -> tuple[ClientUpdate, dict[str, Any]] | None:
+                             started: float, budget_epochs: float | None = None,
+                             ) -> tuple[ClientUpdate, dict[str, Any]] | None:
         """`collect` without reading the update (an aggregator function reads, verifies and sums it where it is
         stored: rounds/tree.py): the update without arrays and the client's reply, if the result answers its task
         and its claims check out; otherwise the failure is recorded and the answer is None."""
@@ -376,7 +378,7 @@ class Controller:
             return None
         update, result = checked
         self._succeeded(round_number, client, result, started, update.num_examples, update.metrics,
-                        steps=update.steps, partial=update.partial)
+                        steps=update.steps, partial=update.partial, budget_epochs=budget_epochs)
         return update, call.result()
 
     async def _checking(self, round_number: int, client: ClientRef, started: float, check: Any, *,

@@ -50,6 +50,7 @@ class InvocationFinished:
     staleness: int | None = None  # async rounds: global versions between dispatch and aggregation
     steps: int | None = None  # local steps the function took
     partial: bool | None = None  # it stopped short of its epochs (time budget, or a simulated straggler)
+    budget_epochs: float | None = None  # a simulated straggler's share of its epochs (its task's train.budget_epochs)
     stage: str | None = None  # secure aggregation: the protocol stage this invocation ran (keys, shares, check, masked, reveal)
 
 

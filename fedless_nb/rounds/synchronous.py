@@ -84,11 +84,12 @@ class SynchronousRounds:
         try:
             async for call in finished_by(calls, deadline):
                 pending.discard(call)
+                cut = overrides.get(calls[call].client_id, {}).get("budget_epochs")  # a straggler's, kept in its record
                 if in_functions:
-                    arrived = await controller.collect_result(round_number, calls[call], call, started)
+                    arrived = await controller.collect_result(round_number, calls[call], call, started, cut)
                     arrivals.extend([Arrival(calls[call], *arrived)] if arrived else [])
                     continue
-                update = await controller.collect(round_number, calls[call], call, weights, started)
+                update = await controller.collect(round_number, calls[call], call, weights, started, budget_epochs=cut)
                 if update is not None:
                     updates.append(update if streamed is None else streamed.add(update))
         finally:  # the deadline passed, or the run is being torn down: no call outlives its round
