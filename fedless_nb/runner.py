@@ -278,7 +278,8 @@ def _accountant(config: ExperimentConfig, sizes: dict[str, int]) -> ExampleLevel
     facts = {client_id: privacy_facts(size, train) for client_id, size in sizes.items()
              if size >= (dp.num_microbatches or 1)}
     accountant = ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts,
-                                        straggler_steps=_straggler_steps(config, {c: sizes[c] for c in facts}, train))
+                                        straggler_steps=_straggler_steps(config, {c: sizes[c] for c in facts}, train),
+                                        every_round_cut=_every_round_cut(config))
     accountant.check_reachable(stop_run=dp.on_budget == "stop_run")  # before anything is deployed or trained
     return accountant
 
@@ -308,6 +309,17 @@ def _straggler_steps(config: ExperimentConfig, sizes: dict[str, int], train: dic
     if _stragglers(config) is None:
         return None
     return lambda client_id, budget_epochs: step_budget(sizes[client_id], {**train, "budget_epochs": budget_epochs})
+
+
+def _every_round_cut(config: ExperimentConfig) -> float | None:
+    """The straggler cut every client gets in every round it trains, if the stragglers' fraction leaves no selected
+    client its full epochs (what the budget then projects a round to cost); None otherwise. Central DP's Poisson
+    selection may take every client in a round."""
+    stragglers = _stragglers(config)
+    if stragglers is None:
+        return None
+    poisson = config.central_dp is not None and config.central_dp.sampling == "poisson"
+    return stragglers.cut_for_all(config.clients if poisson else config.clients_per_round, config.train.epochs)
 
 
 def _aggregation(config: ExperimentConfig) -> TreeOptions:

@@ -215,13 +215,14 @@ def test_a_budget_below_zero_is_refused_by_config(tiny_config):
 
 def _dp_run(tiny_config, **overrides):
     """A DP-SGD run of 4 clients (about 360 digits each, q = 32 / n, 23 planned Poisson steps over 2 epochs),
-    its history's invocations and the epsilon the run states per client."""
+    its history's invocations, the epsilon the run states per client and its status."""
     config = tiny_config(clients=4, clients_per_round=4, rounds=2,
                          train={"epochs": 2, "batch_size": 32, "learning_rate": 0.1, **overrides.pop("train", {}),
-                                "dp": {"noise_multiplier": 1.1, "l2_norm_clip": 1.0, "delta": 1e-3}}, **overrides)
+                                "dp": {"noise_multiplier": 1.1, "l2_norm_clip": 1.0, "delta": 1e-3,
+                                       **overrides.pop("dp", {})}}, **overrides)
     result = run_experiment(config)
     rows = [row for row in History(config.history).invocations(result.run_id) if row["outcome"] == "succeeded"]
-    return rows, {row["client_id"]: result.accountant.epsilon(row["client_id"]) for row in rows}
+    return rows, {row["client_id"]: result.accountant.epsilon(row["client_id"]) for row in rows}, result.status
 
 
 def _dp_accounting_epsilon(steps_by_round, num_examples):
@@ -237,7 +238,7 @@ def _dp_accounting_epsilon(steps_by_round, num_examples):
 def test_a_simulated_straggler_is_charged_the_steps_it_took(tiny_config):
     """Half of each round's clients straggle (one of two epochs): the config fixes that cut before any example is
     read, so each client's epsilon is dp-accounting's for the steps it took, not for the planned 23 a round."""
-    rows, stated = _dp_run(tiny_config, stragglers={"fraction": 0.5, "work": 0.5})
+    rows, stated, _ = _dp_run(tiny_config, stragglers={"fraction": 0.5, "work": 0.5})
     assert sum(row["partial"] for row in rows) == 4, "two stragglers a round"
     for client_id, epsilon in stated.items():
         own = [row for row in rows if row["client_id"] == client_id]
@@ -246,10 +247,33 @@ def test_a_simulated_straggler_is_charged_the_steps_it_took(tiny_config):
                                         rel=1e-9)
 
 
+def test_a_target_epsilon_is_projected_with_the_cut_when_every_selected_client_straggles(tiny_config):
+    """90% of 4 clients a round rounds to all 4, so every round is every client's straggler round: 11 of its 23
+    planned steps. A target between one and two such rounds trains one round and stops, each client charged
+    dp-accounting's epsilon for its 11 steps (the budget projected a planned round of 23 steps, which passes the
+    target, and refused the run before it trained)."""
+    one, two = ([_dp_accounting_epsilon([11] * rounds, n) for n in (359, 360)] for rounds in (1, 2))
+    assert max(one) < min(two)
+    target = (max(one) + min(two)) / 2
+    rows, stated, status = _dp_run(tiny_config, stragglers={"fraction": 0.9, "work": 0.5},
+                                   dp={"target_epsilon": target, "on_budget": "skip_client"})
+    assert status == "stopped" and len(rows) == 4 and all((row["steps"], row["partial"]) == (11, 1) for row in rows)
+    for row in rows:
+        assert row["num_examples"] in (359, 360)
+        assert stated[row["client_id"]] == pytest.approx(_dp_accounting_epsilon([11], row["num_examples"]), rel=1e-9)
+        assert stated[row["client_id"]] <= target < _dp_accounting_epsilon([11, 11], row["num_examples"])
+
+
+def test_the_cut_every_selected_client_gets_is_known_only_when_no_selection_leaves_one_out():
+    assert Stragglers(0.9, 0.5).cut_for_all(4, epochs=2) == 1.0, "90% of 1 to 4 clients rounds to all of them"
+    assert Stragglers(0.9, 0.5).cut_for_all(5, epochs=2) is None, "90% of 5 is 4 (round half to even)"
+    assert Stragglers(1.0, 0.25).cut_for_all(1000, epochs=4) == 1.0
+
+
 def test_a_time_budget_stop_is_charged_the_planned_steps(tiny_config):
     """A 1 ms time budget stops every client after its one guaranteed step; how many steps fit in the time depends
     on the secret Poisson batch sizes, so each is charged the planned steps all the same."""
-    rows, stated = _dp_run(tiny_config, train={"budget_seconds": 0.001})
+    rows, stated, _ = _dp_run(tiny_config, train={"budget_seconds": 0.001})
     assert all((row["steps"], row["partial"]) == (1, True) for row in rows)
     for client_id, epsilon in stated.items():
         n = next(row["num_examples"] for row in rows if row["client_id"] == client_id)

@@ -358,8 +358,9 @@ class ExampleLevelAccountant:
     size); `expected_facts` the privacy facts a function must report for it. An observer of the
     controller's events: a client's succeeded training invocation adds its planned round to its
     ledger, in a worker thread. `allows` answers whether a client may train once more without
-    exceeding `target_epsilon` (its state plus one planned round). Reads wait for queued work
-    (usually microseconds: events are cached); the event loop awaits `settled()` instead.
+    exceeding `target_epsilon` (its state plus its `next_round`: the planned round, or a straggler's
+    round where every round cuts every selected client, `every_round_cut`). Reads wait for queued
+    work (usually microseconds: events are cached); the event loop awaits `settled()` instead.
 
     A simulated straggler (the `stragglers` option) is charged the steps its cut allows
     (`straggler_steps(client, budget_epochs)`, the cut its invocation event carries), not its planned
@@ -373,11 +374,14 @@ class ExampleLevelAccountant:
 
     def __init__(self, delta: float, accountant: str = "rdp", target_epsilon: float | None = None, *,
                  expected_facts: dict[str, dict[str, Any]] | None = None,
-                 straggler_steps: StragglerSteps | None = None) -> None:
+                 straggler_steps: StragglerSteps | None = None, every_round_cut: float | None = None) -> None:
         self.delta, self.accountant, self.target_epsilon = delta, accountant, target_epsilon
         self.expected_facts = dict(expected_facts or {})
         self.straggler_steps = straggler_steps
         self.planned = {client: DpRound.from_facts(facts) for client, facts in self.expected_facts.items()}
+        # What one more round costs each client, as the budget projects it: its planned round, or its cut one where
+        # every round cuts every selected client (one that a draw may leave to run its full epochs: as planned)
+        self.next_round = {client: self._taken(client, every_round_cut) for client in self.planned}
         if self.planned:  # n: the examples the model is trained on, every client's (a mechanism that publishes each
             # with probability delta leaks delta * n of them; the smallest client's n was the most lenient test)
             warn_if_weak_delta(delta, sum(r.population for r in self.planned.values()), "train.dp.delta", "example")
@@ -411,7 +415,7 @@ class ExampleLevelAccountant:
         self.ledger.add(client_id, taken)
         self._epsilon[client_id] = self.ledger.epsilon(client_id)
         if self.target_epsilon is not None:
-            self._projected[client_id] = self.ledger.projected_epsilon(client_id, self.planned[client_id])
+            self._projected[client_id] = self.ledger.projected_epsilon(client_id, self.next_round[client_id])
 
     def check_result(self, client_id: str, result: dict[str, Any]) -> str | None:
         """Why a result's reported privacy facts cannot be accepted (they differ from the controller's), or None."""
@@ -443,18 +447,18 @@ class ExampleLevelAccountant:
         return self._epsilon.get(client_id, 0.0)
 
     def projected_epsilon(self, client_id: str) -> float | None:
-        """Epsilon after one more planned round; None when the client has no planned round."""
+        """Epsilon after one more round (`next_round`); None when the client has no planned round."""
         self.settle()
         if client_id in self._projected:
             return self._projected[client_id]
-        planned = self.planned.get(client_id)
-        if planned is None:
+        next_round = self.next_round.get(client_id)
+        if next_round is None:
             return None
         if client_id in self.ledger.subjects:
-            return self.ledger.projected_epsilon(client_id, planned)
-        if planned not in self._fresh_projection:
-            self._fresh_projection[planned] = self.ledger.projected_epsilon(client_id, planned)
-        return self._fresh_projection[planned]
+            return self.ledger.projected_epsilon(client_id, next_round)
+        if next_round not in self._fresh_projection:
+            self._fresh_projection[next_round] = self.ledger.projected_epsilon(client_id, next_round)
+        return self._fresh_projection[next_round]
 
     def check_reachable(self, stop_run: bool = False) -> None:
         """Refuse a `target_epsilon` that a single round already exceeds for every client (or, when the run
@@ -515,4 +519,4 @@ class ExampleLevelAccountant:
         for client_id in self.ledger.subjects:
             self._epsilon[client_id] = self.ledger.epsilon(client_id)
             if self.target_epsilon is not None and client_id in self.planned:
-                self._projected[client_id] = self.ledger.projected_epsilon(client_id, self.planned[client_id])
+                self._projected[client_id] = self.ledger.projected_epsilon(client_id, self.next_round[client_id])
