@@ -56,3 +56,27 @@ def test_the_natural_partition_gives_each_client_its_own_devices():
 def test_bad_options_are_one_clear_line(options, message):
     with pytest.raises(DatasetError, match=message):
         load_dataset("synthetic", **options)
+
+
+def test_each_device_splits_as_their_generator_does():
+    """generate_synthetic.py trains on int(0.9 n) of a device's n examples and tests on the rest (ceil-like: 6 of
+    57); the device sizes are the seed's first draw, lognormal(4, 2) + 50."""
+    data = load_dataset("synthetic", seed=5)
+    sizes = np.random.default_rng(5).lognormal(4, 2, 30).astype(np.int64) + 50
+    train = np.array([int(0.9 * n) for n in sizes])
+    np.testing.assert_array_equal(np.bincount(data.groups, minlength=30), train)
+    assert len(data.y_test) == int(np.sum(sizes - train))
+
+
+def test_the_features_follow_the_papers_distributions():
+    """x ~ N(v_k, diag(j^-1.2)) within device k, v_k ~ N(B_k, 1) per feature, B_k ~ N(0, beta) across devices: the
+    pooled within-device variance of feature j is j^-1.2, a device's feature means spread by 1 around their
+    average, and those averages by beta (here 2) across the 200 devices."""
+    data = load_dataset("synthetic", alpha=0, beta=2, devices=200, seed=1)
+    x, groups = data.x_train.astype(np.float64), data.groups
+    means = np.array([x[groups == device].mean(axis=0) for device in range(200)])
+    within = ((x - means[groups]) ** 2).sum(axis=0) / (len(x) - 200)
+    np.testing.assert_allclose(within, np.arange(1, 61) ** -1.2, rtol=0.05)
+    centres = means.mean(axis=1)
+    assert (means - centres[:, None]).std() == pytest.approx(np.sqrt(59 / 60), rel=0.05)
+    assert centres.std(ddof=1) == pytest.approx(np.sqrt(4 + 1 / 60), rel=0.2)

@@ -213,7 +213,8 @@ def load_synthetic(*, alpha: float = 1.0, beta: float = 1.0, devices: int = 30, 
     its own logistic-regression model W_k ~ N(u_k, 1), b_k ~ N(u_k, 1), u_k ~ N(0, alpha) (alpha: how much
     the models differ) and features x ~ N(v_k, diag(j^-1.2)), v_k ~ N(B_k, 1), B_k ~ N(0, beta) (beta: how
     much the data differ); y = argmax(W_k x + b_k) over 10 classes, 60 features. Device sizes follow their
-    power law, lognormal(4, 2) + 50. Each device keeps `test_fraction` of its examples for the test split;
+    power law, lognormal(4, 2) + 50. Each device keeps `test_fraction` of its examples for the test split (as
+    theirs: int((1 - test_fraction) n) examples train, the rest test, at least one each);
     `groups` is the device of each training example, so partition "natural" gives each client its devices.
     As in their generator, u_k shifts every class's logit by the same amount, so alpha changes the labels
     only through the random draws; beta and the per-device W_k carry the heterogeneity.
@@ -234,7 +235,7 @@ def load_synthetic(*, alpha: float = 1.0, beta: float = 1.0, devices: int = 30, 
         bias = rng.normal(model_means[device], 1, SYNTHETIC_CLASSES)
         x = rng.normal(feature_means[device], 1, SYNTHETIC_FEATURES) + rng.standard_normal((size, SYNTHETIC_FEATURES)) * scale
         y = np.argmax(x @ weights + bias, axis=1)
-        train = size - max(1, int(test_fraction * size))
+        train = min(size - 1, max(1, int((1 - test_fraction) * size)))  # theirs: int(0.9 n) train, the rest test
         for split, values in zip(splits, (x[:train], y[:train], x[train:], y[train:], np.full(train, device))):
             split.append(values)
     x_train, y_train, x_test, y_test, groups = (np.concatenate(split) for split in splits)
