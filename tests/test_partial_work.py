@@ -127,6 +127,18 @@ def test_fednova_norm_of_the_proximal_local_solver():
     assert _bound("fednova", proximal_mu=1.0).configure_round(1, ["a"]) == {"a": {"proximal_mu": 1.0}}
 
 
+def test_fednova_with_a_proximal_term_is_refused_under_dp_sgd(tiny_config):
+    """FedNova-Prox divides by sum_k (1 - lr mu)^k, the coefficients of steps that each pull by lr * mu (w - x). DP-SGD
+    clips that pull with each example's gradient and scales it by the batch's size over the expected one, so no such
+    coefficients describe the client's change; plain FedNova (mu 0) still counts each step once."""
+    dp = {"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}}
+    with pytest.raises(ConfigError, match=r"^strategy.options.proximal_mu: fednova cannot normalize a proximal term "
+                                          r"that DP-SGD clips .*; set proximal_mu to 0 or remove train.dp$"):
+        tiny_config(strategy={"name": "fednova", "options": {"proximal_mu": 0.1}}, train=dp)
+    tiny_config(strategy={"name": "fednova"}, train=dp)
+    tiny_config(strategy={"name": "fedprox", "options": {"proximal_mu": 0.1}}, train=dp)
+
+
 def test_unknown_partial_work_choice_names_the_option(tiny_config):
     with pytest.raises(ConfigError, match="strategy.options.partial_work: choose one of weight, drop, accept"):
         tiny_config(strategy={"name": "fedavg", "options": {"partial_work": "keep"}})
