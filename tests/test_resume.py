@@ -13,7 +13,7 @@ import pytest
 from fedless_nb.privacy.accounting import PrivacyLedger
 from fedless_nb.rounds.checkpoint import Checkpoint, decode_checkpoint, encode_checkpoint
 from fedless_nb.records.history import History
-from fedless_nb.rounds.events import RoundFinished
+from fedless_nb.rounds.events import InvocationFinished, RoundFinished
 from fedless_nb.runner import ResumeError, resume_experiment, run_experiment
 
 
@@ -180,6 +180,25 @@ def test_a_redone_straggler_round_charges_each_release_the_steps_its_draw_allowe
                                                       invocation["steps"]))
         assert resumed.accountant.epsilon(client_id) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9), client_id
     assert [i["budget_epochs"] for i in first_round_2] == [1.0 if i["partial"] else None for i in first_round_2]
+
+
+def test_a_history_from_before_the_straggler_column_charges_a_redone_round_as_planned(tmp_path):
+    """A history written before invocations kept their straggler cut opens with the column added and empty: each
+    invocation of a round to redo reads as a full round (charged as planned, as before); a new one keeps its cut."""
+    import sqlite3
+
+    from fedless_nb.records.history import HistoryWriter
+    from fedless_nb.runner import _released_after
+
+    path = tmp_path / "old.db"
+    writer = HistoryWriter(History(path))
+    writer(InvocationFinished("r", 1, "client-0000", "local", "succeeded", 100.0, 101.0, budget_epochs=0.5))
+    writer(RoundFinished("r", 1, 100.0, 102.0, 1, 1, 0, {}, {}))
+    writer.history.close()
+    assert _released_after(History(path), "r", 0) == {1: [("client-0000", 0.5)]}
+    with sqlite3.connect(path) as connection:
+        connection.execute("alter table invocations drop column budget_epochs")
+    assert _released_after(History(path), "r", 0) == {1: [("client-0000", None)]}
 
 
 def test_a_central_dp_run_that_died_between_its_history_and_its_checkpoint_charges_the_published_round_too(
