@@ -9,7 +9,7 @@ from fedless_nb.function.handler import handle
 from fedless_nb.wire import PayloadError
 from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
 
-from client_tasks import client_task
+from client_tasks import client_task, softmax_regression_dp_steps
 
 
 @pytest.fixture(autouse=True)
@@ -77,3 +77,47 @@ def test_a_warm_function_pulls_towards_this_tasks_model_with_this_tasks_correcti
     handle({**task, "update": "runs/r/u/plain-fresh"})
     for warm, cold in zip(decode_arrays(store.get("runs/r/u/plain")), decode_arrays(store.get("runs/r/u/plain-fresh"))):
         np.testing.assert_allclose(warm, cold, rtol=1e-6, atol=1e-6)
+
+
+# -- under DP-SGD: the local terms are added after clipping and noise ----------------------------------------------
+
+
+def _dp(clip):
+    """DP-SGD without noise, every example its own microbatch, fixed-size batches (the whole data set below)."""
+    return {"l2_norm_clip": clip, "noise_multiplier": 0.0, "sampling": "shuffle"}
+
+
+def _put_correction(task, value):
+    store = LocalStore(task["store"]["root"])
+    store.put("correction", encode_arrays([np.full(w.shape, value, np.float32) for w in decode_arrays(store.get("global"))]))
+    return "correction"
+
+
+def test_a_clip_that_never_bites_gives_the_non_dp_fedprox_scaffold_update(tmp_path):
+    """With noise 0 and a clip above every example's gradient, DP-SGD's step is the mean gradient: a FedProx + SCAFFOLD
+    client (5 full-batch steps, so both sides see the same batches) moves as it does without DP."""
+    task = client_task(tmp_path, examples=24, epochs=5, batch_size=24, learning_rate=0.5, proximal_mu=0.7)
+    task["train"]["correction"] = _put_correction(task, -0.3)
+    store = LocalStore(task["store"]["root"])
+    handle({**task, "update": "plain"})
+    handle({**task, "update": "private", "train": {**task["train"], "dp": _dp(1e6)}})
+    for private, plain in zip(decode_arrays(store.get("private")), decode_arrays(store.get("plain"))):
+        np.testing.assert_allclose(private, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mu, correction", [(1.5, None), (0.0, 0.4), (1.5, 0.4)])
+def test_under_dp_sgd_the_local_terms_are_not_clipped(tmp_path, mu, correction):
+    """A clip of 0.3 bites every example (their gradients are about 1 to 2): the clipped mean gradient is the data's
+    part of each step, and FedProx's pull mu (w - w_0) and SCAFFOLD's correction are added whole (by hand, two steps:
+    the second pulls towards the global model)."""
+    task = client_task(tmp_path, examples=12, hidden_units=(), epochs=2, batch_size=12, learning_rate=0.5,
+                       proximal_mu=mu, dp=_dp(0.3))
+    if correction is not None:
+        task["train"]["correction"] = _put_correction(task, correction)
+    handle(task)
+    store = LocalStore(task["store"]["root"])
+    x, y = decode_arrays(store.get("data/a"))
+    trained_by_hand, _ = softmax_regression_dp_steps(x, y, decode_arrays(store.get("global")), 2, 0.5, 0.3, mu,
+                                                     correction or 0.0)
+    for trained, expected in zip(decode_arrays(store.get(task["update"])), trained_by_hand):
+        np.testing.assert_allclose(trained, expected, rtol=1e-5, atol=1e-6)

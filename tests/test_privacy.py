@@ -211,6 +211,24 @@ def test_privacy_report_states_what_dp_fy_ml_asks():
 # a whole DP run ------------------------------------------------------------------------------
 
 @pytest.mark.slow
+def test_fedprox_and_scaffold_spend_the_epsilon_fedavg_spends(tiny_config):
+    """Their local terms depend on no example and join DP-SGD's gradient after its clip and noise (post-processing):
+    each round's epsilon is FedAvg's, from the same accountant facts, which every client reports as FedAvg's do."""
+    from fedless_nb.records.history import History
+    from fedless_nb.runner import run_experiment
+
+    epsilons = {}
+    for strategy in ({"name": "fedavg"}, {"name": "fedprox", "options": {"proximal_mu": 0.5}}, {"name": "scaffold"}):
+        config = tiny_config(name=strategy["name"], strategy=strategy, clients=4, clients_per_round=2,
+                             train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1,
+                                    "dp": {"l2_norm_clip": 1.0, "noise_multiplier": 1.0}})
+        result = run_experiment(config)
+        epsilons[strategy["name"]] = [r["privacy_epsilon_max"] for r in History(config.history).rounds(result.run_id)]
+    assert len(epsilons["fedavg"]) == 2 and all(0 < epsilon < np.inf for epsilon in epsilons["fedavg"])
+    assert epsilons["fedprox"] == epsilons["fedavg"] and epsilons["scaffold"] == epsilons["fedavg"]
+
+
+@pytest.mark.slow
 def test_more_noise_means_lower_epsilon_and_lower_accuracy_on_digits(tiny_config):
     from fedless_nb.records.history import History
     from fedless_nb.runner import run_experiment

@@ -199,12 +199,14 @@ def _make_train_step(tf: Any, model: Any, spec: ModelSpec, loss_tracker: Any, an
                      *, per_example: bool) -> Any:
     """Keras' train_step plus FedProx's proximal term and SCAFFOLD's gradient correction.
 
-    The objective per example is loss + mu/2 ||w - anchor||^2 + <w, correction>, so the gradient
-    gains mu (w - anchor) + correction. `proximal` and `corrected` (Python bools, one trace each way)
-    leave out a term a strategy does not send, so plain FedAvg pays for neither. DP-SGD optimizers
-    need that objective as a vector (one entry per example) to clip microbatches; the others get its mean.
-    `mask` zeroes an example's objective: an empty Poisson batch still takes its noise-only step,
-    through one masked example whose clipped gradient is zero.
+    The local objective is loss + mu/2 ||w - anchor||^2 + <w, correction>, so the gradient gains
+    mu (w - anchor) + correction. `proximal` and `corrected` (Python bools, one trace each way) leave out a
+    term a strategy does not send, so plain FedAvg pays for neither. Without DP the terms join the mean loss.
+    DP-SGD optimizers take the examples' losses as a vector, to clip each example (or microbatch) and noise
+    their sum; the two terms depend on no example, so their gradient is added to that private gradient
+    after it, as post-processing: the epsilon is the same and each step is the papers' (inside the vector,
+    they were clipped and scaled with each example's gradient). `mask` zeroes an example's loss: an empty
+    Poisson batch still takes its noise-only step (with the terms), through one masked example.
     """
     keras = tf.keras
     loss_setting = spec.compile.get("loss", "sparse_categorical_crossentropy")
@@ -217,13 +219,25 @@ def _make_train_step(tf: Any, model: Any, spec: ModelSpec, loss_tracker: Any, an
             predictions = model(x, training=True)
             losses = tf.reshape(per_example_loss(y, predictions), [-1])
             extra = list(model.losses) + [0.0]
+            if per_example:
+                objective = (losses + tf.add_n(extra)) * mask
+            else:
+                if proximal:
+                    extra += [0.5 * mu * tf.reduce_sum(tf.square(w - a)) for w, a in zip(variables, anchor)]
+                if corrected:
+                    extra += [tf.reduce_sum(w * c) for w, c in zip(variables, correction)]
+                objective = tf.reduce_mean(losses) + tf.add_n(extra)
+        if per_example:
+            from ..privacy.dp_sgd import private_gradients
+
+            gradients = private_gradients(model.optimizer, objective, variables, tape)
             if proximal:
-                extra += [0.5 * mu * tf.reduce_sum(tf.square(w - a)) for w, a in zip(variables, anchor)]
+                gradients = [g + tf.cast(mu, w.dtype) * (w - a) for g, w, a in zip(gradients, variables, anchor)]
             if corrected:
-                extra += [tf.reduce_sum(w * c) for w, c in zip(variables, correction)]
-            extra = tf.add_n(extra)
-            objective = (losses + extra) * mask if per_example else tf.reduce_mean(losses) + extra
-        model.optimizer.minimize(objective, variables, tape=tape)
+                gradients = [g + c for g, c in zip(gradients, correction)]
+            model.optimizer.apply_gradients(zip(gradients, variables))
+        else:
+            model.optimizer.minimize(objective, variables, tape=tape)
         loss_tracker.update_state(losses, sample_weight=mask)
         model.compiled_metrics.update_state(y, predictions, sample_weight=mask)
         return {"loss": loss_tracker.result(), **{m.name: m.result() for m in model.compiled_metrics.metrics}}

@@ -44,6 +44,12 @@ def make_dp_optimizer(name: str, learning_rate: float, l2_norm_clip: float, nois
         learning_rate=learning_rate)
 
 
+def private_gradients(optimizer: Any, per_example_objective: Any, variables: list[Any], tape: Any) -> list[Any]:
+    """The DP optimizer's clipped and noised gradient of `per_example_objective` (one entry per example), what its
+    `minimize` would apply: a term that depends on no example can be added to it before `apply_gradients`."""
+    return [gradient for gradient, _ in optimizer._compute_gradients(per_example_objective, variables, tape=tape)]
+
+
 def set_expected_batch_size(optimizer: Any, expected: float) -> None:
     """The divisor of a Poisson optimizer's noised gradient sum for this client: q * n."""
     optimizer.expected_batch_size.assign(float(expected))
