@@ -425,7 +425,7 @@ def _validate_research_options(config: ExperimentConfig) -> None:
     from .function.batching import DP_SAMPLINGS
     from .privacy.dp_sgd import DP_OPTIMIZERS
     from .rounds.selection import POLICIES
-    from .strategies import Bulyan, FedNova, Krum, StrategyOptionError, make_strategy
+    from .strategies import Bulyan, Krum, StrategyOptionError, make_strategy
     from .strategies.aggregate import STALENESS_FUNCTIONS
     from .strategies.central_dp import CENTRAL_DP_STRATEGIES, CLIENT_SAMPLINGS
 
@@ -447,11 +447,6 @@ def _validate_research_options(config: ExperimentConfig) -> None:
     _require(config.strategy.name != "fednova" or config.train.optimizer == "sgd", "train.optimizer",
              f"fednova normalizes by plain SGD's local steps; use sgd, not {config.train.optimizer!r}")
     dp = config.train.dp
-    # FedNova-Prox's coefficients (1 - lr mu)^k assume each step pulls by lr * mu (w - x); DP-SGD clips that pull with
-    # each example's gradient and divides the sum by the expected batch size, so the pull is data-dependent and secret.
-    _require(dp is None or not isinstance(strategy, FedNova) or not strategy.proximal_mu, "strategy.options.proximal_mu",
-             "fednova cannot normalize a proximal term that DP-SGD clips with each example's gradient; set proximal_mu "
-             "to 0 or remove train.dp")
     if dp is not None:
         _require(dp.l2_norm_clip > 0, "train.dp.l2_norm_clip", f"must be > 0, got {dp.l2_norm_clip}")
         _require(0 <= dp.noise_multiplier < math.inf, "train.dp.noise_multiplier",

@@ -10,11 +10,12 @@ from fedless_nb.function.handler import handle
 from fedless_nb.records.history import History
 from fedless_nb.rounds.stragglers import Stragglers
 from fedless_nb.runner import run_experiment
+from fedless_nb.store import LocalStore, decode_arrays
 from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
 from fedless_nb.strategies.aggregate import fednova, local_solver_norm
 from fedless_nb.wire import PayloadError, ResultError, check_progress, parse_result
 
-from client_tasks import client_task
+from client_tasks import client_task, softmax_regression_dp_steps
 
 TRAIN = {"epochs": 2, "batch_size": 10, "optimizer": "sgd", "learning_rate": 0.5}
 
@@ -127,16 +128,33 @@ def test_fednova_norm_of_the_proximal_local_solver():
     assert _bound("fednova", proximal_mu=1.0).configure_round(1, ["a"]) == {"a": {"proximal_mu": 1.0}}
 
 
-def test_fednova_with_a_proximal_term_is_refused_under_dp_sgd(tiny_config):
-    """FedNova-Prox divides by sum_k (1 - lr mu)^k, the coefficients of steps that each pull by lr * mu (w - x). DP-SGD
-    clips that pull with each example's gradient and scales it by the batch's size over the expected one, so no such
-    coefficients describe the client's change; plain FedNova (mu 0) still counts each step once."""
-    dp = {"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}}
-    with pytest.raises(ConfigError, match=r"^strategy.options.proximal_mu: fednova cannot normalize a proximal term "
-                                          r"that DP-SGD clips .*; set proximal_mu to 0 or remove train.dp$"):
-        tiny_config(strategy={"name": "fednova", "options": {"proximal_mu": 0.1}}, train=dp)
-    tiny_config(strategy={"name": "fednova"}, train=dp)
-    tiny_config(strategy={"name": "fedprox", "options": {"proximal_mu": 0.1}}, train=dp)
+def test_fednova_prox_normalizes_dp_sgd_clients_by_the_proximal_solvers_coefficients(tmp_path, tiny_config):
+    """Under DP-SGD the proximal pull joins each step after the clip and noise, so every step pulls by exactly
+    lr mu (w - x) and a client's change is lr sum_k (1 - lr mu)^(K-1-k) g_k over its private gradients g_k: FedNova-Prox's
+    normalization holds. By hand: two clients on the same 12 examples (noise 0, a clip that bites every example, whole
+    batches), one taking its 3 steps, a straggler 1 (the other's first); p = (1/2, 1/2)."""
+    mu, lr = 0.5, 0.5
+    task = client_task(tmp_path, examples=12, hidden_units=(), epochs=3, batch_size=12, learning_rate=lr,
+                       proximal_mu=mu, dp={"l2_norm_clip": 0.3, "noise_multiplier": 0.0, "sampling": "shuffle"})
+    results = [handle({**task, "update": "full"}),
+               handle({**task, "update": "straggler", "train": {**task["train"], "budget_epochs": 1.0}})]
+    assert [(r["steps"], r["partial"]) for r in results] == [(3, False), (1, True)]
+    store = LocalStore(task["store"]["root"])
+    current = decode_arrays(store.get("global"))
+    _, gradients = softmax_regression_dp_steps(*decode_arrays(store.get("data/a")), current, 3, lr, 0.3, mu, 0.0)
+    coefficients = [(1 - lr * mu) ** (2 - k) for k in range(3)]  # a step's gradient decays by (1 - lr mu) per later step
+    full = [sum(c * g[layer] for c, g in zip(coefficients, gradients)) / sum(coefficients) for layer in range(2)]
+    straggler = gradients[0]  # normalized by its one coefficient, 1
+    tau_effective = (sum(coefficients) + 1) / 2
+    expected = [w - lr * tau_effective * (a + b) / 2 for w, a, b in zip(current, full, straggler)]
+    strategy = make_strategy("fednova", {"proximal_mu": mu})
+    strategy.bind(RunContext("r", None, task["train"], clients=2, clients_per_round=2))
+    updates = [ClientUpdate(r["update"], decode_arrays(store.get(r["update"])), 12, steps=r["steps"], partial=r["partial"])
+               for r in results]
+    for aggregated, by_hand in zip(strategy.aggregate(1, current, updates), expected):
+        np.testing.assert_allclose(aggregated, by_hand, rtol=1e-5, atol=1e-6)
+    tiny_config(strategy={"name": "fednova", "options": {"proximal_mu": 0.1}},
+                train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}})
 
 
 def test_unknown_partial_work_choice_names_the_option(tiny_config):
@@ -192,7 +210,6 @@ def _controller(tmp_path, provider_timeout, train):
     from fedless_nb.providers import LocalProvider
     from fedless_nb.rounds.controller import ClientRef, Controller, RoundPlan
     from fedless_nb.rounds.selection import make_selection
-    from fedless_nb.store import LocalStore
 
     spec, _ = model_spec_from(zoo.mlp, builder_context={"input_shape": (8,), "num_classes": 3, "hidden_units": [4]})
     client = ClientRef("client-0000", "data/a", "local")
