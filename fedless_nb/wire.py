@@ -246,19 +246,24 @@ def parse_result(reply: Any, run_id: str, round_number: int, client_id: str, upd
 
 
 
-def check_progress(result: Result, planned_steps: int) -> tuple[int, bool]:
-    """The (steps, partial) a result reports, checked against the `planned_steps` the controller expects.
+def check_progress(result: Result, planned_steps: int, allowed_steps: int | None = None) -> tuple[int, bool]:
+    """The (steps, partial) a result reports, checked against the `planned_steps` the controller expects and
+    the `allowed_steps` a simulated straggler's cut (its task's budget_epochs) leaves of them.
 
     A full update took exactly the planned steps; a partial one between 1 and the planned steps. A result
-    that reports neither field (a function older than partial work) did the planned work.
+    that reports neither field (a function older than partial work) did the planned work. No claim may pass
+    the cut: the accountant charges a straggler the steps its cut allows.
     """
     steps, partial = result.steps, result.partial
     if steps is None and partial is None:
-        return planned_steps, False
-    if partial is None:
+        steps, partial = planned_steps, False
+    elif partial is None:
         raise ResultError(f"the result reports {steps} steps but not whether its work is partial", "invalid")
-    if steps is None or not 1 <= steps <= planned_steps:
+    elif steps is None or not 1 <= steps <= planned_steps:
         raise ResultError(f"the result claims {steps!r} local steps; 1 to {planned_steps} were possible", "invalid")
-    if not partial and steps != planned_steps:
+    elif not partial and steps != planned_steps:
         raise ResultError(f"the result claims full work in {steps} steps, not the planned {planned_steps}", "invalid")
+    if allowed_steps is not None and steps > allowed_steps:
+        raise ResultError(f"the result claims {steps} local steps; its straggler cut (train.budget_epochs) allows at "
+                          f"most {allowed_steps}", "invalid")
     return steps, partial

@@ -77,6 +77,40 @@ def test_progress_claims_are_checked_against_the_plan():
             _claim(**claim)
 
 
+def test_a_straggler_claiming_more_steps_than_its_cut_allows_is_refused():
+    """A cut of 2 of 6 planned steps: a claim of 3 is within the plan but not the cut, and a reply without the fields
+    claims the planned work; both are over-claims (the accountant charges a straggler by its cut)."""
+    assert check_progress(_claim(steps=2, partial=True), 6, 2) == (2, True)
+    for claim in ({"steps": 3, "partial": True}, {"steps": 6, "partial": False}, {}):
+        with pytest.raises(ResultError, match=r"^the result claims \d local steps; its straggler cut "
+                                              r"\(train\.budget_epochs\) allows at most 2$"):
+            check_progress(_claim(**claim), 6, 2)
+
+
+def test_the_controller_checks_a_stragglers_steps_against_its_cut(tmp_path):
+    """40 examples in batches of 10 over 2 epochs: 8 planned steps; a straggler cut to 1 epoch may take 4. Its reply
+    claiming 5 is refused as invalid, naming the cut; 4 pass, as 5 do for a client without a cut."""
+    import asyncio
+    import time
+
+    from fedless_nb.store.keys import update_key
+
+    controller, client = _controller(tmp_path, 60.0, {})
+    failures = []
+    controller.subscribe(lambda event: failures.append(event) if getattr(event, "outcome", None) == "failed" else None)
+
+    async def collected(steps, cut):
+        call = asyncio.get_running_loop().create_future()
+        call.set_result({**_reply(steps=steps, partial=True), "client_id": client.client_id, "num_examples": 40,
+                         "update": update_key("r", 1, client.client_id)})
+        return await controller.collect_result(1, client, call, time.time(), cut)
+
+    assert asyncio.run(collected(4, 1.0)) is not None and asyncio.run(collected(5, None)) is not None
+    assert asyncio.run(collected(5, 1.0)) is None
+    assert [(event.cause, event.error) for event in failures] == [
+        ("invalid", "the result claims 5 local steps; its straggler cut (train.budget_epochs) allows at most 4")]
+
+
 # -- strategies ------------------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
 from .events import InvocationFinished, Observer, RoundFinished, RunFinished, RunStarted, UpdateRejected
-from ..function.batching import local_steps
+from ..function.batching import local_steps, step_budget
 from ..model import ModelSpec
 from ..privacy.accounting import PrivacyBudgetExhausted
 from ..providers.base import InvocationError, Provider
@@ -359,7 +359,7 @@ class Controller:
         (the global model it trained from); otherwise the failure is recorded and the answer is None.
         `budget_epochs`: the task's simulated straggler cut, which the event carries (the accountant charges by it)."""
         checked = await self._checking(round_number, client, started, self._read_update(round_number, client, call,
-                                                                                           weights))
+                                                                                           weights, budget_epochs))
         if checked is None:
             return None
         update, result = checked
@@ -373,7 +373,8 @@ class Controller:
         """`collect` without reading the update (an aggregator function reads, verifies and sums it where it is
         stored: rounds/tree.py): the update without arrays and the client's reply, if the result answers its task
         and its claims check out; otherwise the failure is recorded and the answer is None."""
-        checked = await self._checking(round_number, client, started, self._checked_result(round_number, client, call))
+        checked = await self._checking(round_number, client, started, self._checked_result(round_number, client, call,
+                                                                                              budget_epochs))
         if checked is None:
             return None
         update, result = checked
@@ -473,26 +474,27 @@ class Controller:
         return result
 
     async def _read_update(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
-                           weights: Weights) -> tuple[ClientUpdate, Result]:
+                           weights: Weights, budget_epochs: float | None) -> tuple[ClientUpdate, Result]:
         """The update a reply points at, weighted by what the controller knows (_verified), whose DP facts
         and progress fit its task and whose arrays fit the global model."""
         result, data = await self._verified(round_number, client, call,
                                             update_key(self.run_id, round_number, client.client_id))
-        update = self._claims_checked(result, client)
+        update = self._claims_checked(result, client, budget_epochs)
         arrays = decode_arrays(data)
         if problem := update_problem(arrays, weights):
             raise InvocationError(problem, "rejected")
         return dataclasses.replace(update, weights=arrays), result
 
-    async def _checked_result(self, round_number: int, client: ClientRef,
-                              call: asyncio.Future[dict[str, Any]]) -> tuple[ClientUpdate, Result]:
+    async def _checked_result(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
+                              budget_epochs: float | None) -> tuple[ClientUpdate, Result]:
         """The result parsed and its claims checked, its update (no arrays) not read."""
         result = self._parsed(round_number, client, call.result(), update_key(self.run_id, round_number,
                                                                                client.client_id))
-        return self._claims_checked(self._example_count_checked(result, client), client), result
+        return self._claims_checked(self._example_count_checked(result, client), client, budget_epochs), result
 
-    def _claims_checked(self, result: Result, client: ClientRef) -> ClientUpdate:
-        """The update (no arrays yet) of a result whose DP facts, other checks and progress fit its task."""
+    def _claims_checked(self, result: Result, client: ClientRef, budget_epochs: float | None) -> ClientUpdate:
+        """The update (no arrays yet) of a result whose DP facts, other checks and progress fit its task, a
+        simulated straggler's (`budget_epochs`, its cut) within the steps that cut allows."""
         if problem := self._privacy_problem(result, client):
             raise InvocationError(problem, "invalid")
         facts = result.model_dump()
@@ -500,7 +502,9 @@ class Controller:
             if problem := check(client.client_id, facts):
                 raise InvocationError(problem, "rejected")
         try:
-            steps, partial = check_progress(result, local_steps(result.num_examples, self.plan.train))
+            train, examples = self.plan.train, result.num_examples
+            steps, partial = check_progress(result, local_steps(examples, train),
+                                            step_budget(examples, {**train, "budget_epochs": budget_epochs}))
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
         return ClientUpdate(client.client_id, [], result.num_examples, dict(result.metrics), steps, partial)
