@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from fedless_nb.classroom.errors import ClassroomError
+from fedless_nb.classroom.function_hosts import FunctionHosts
 from fedless_nb.classroom import roster, server_thread
 from fedless_nb.classroom import service as service_module
 from fedless_nb.classroom.roster import leave_proof
@@ -117,6 +118,58 @@ def test_a_malformed_registration_is_refused_with_one_line(classroom, fields, re
     assert classroom.roster.rows() == []
 
 
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.5:8080/",  # another machine on the teacher's network
+    "http://[::ffff:10.0.0.5]:8080/",  # the same, IPv4-mapped
+    "http://0.0.0.0:8080/",  # the teacher's own machine, as a destination
+    "http://localhost:8080/",  # a name: resolved at each call, it could point anywhere by then
+    "http://127.1:8080/",  # a name to the URL parser, 127.0.0.1 to the resolver
+])
+def test_a_function_url_elsewhere_than_the_students_own_address_is_refused(classroom, url):
+    """The teacher's kernel POSTs every task to the function URL: a student joining from 127.0.0.1 may name their own
+    address (loopback counts as one), not another machine, nor a name, unless the teacher allowed it."""
+    status, reply = post(classroom.url + "/join", registration(classroom, "mallory", url=url))
+    host = urllib.parse.urlsplit(url).hostname.removeprefix("::ffff:")  # named as the IPv4 address it maps
+    assert (status, reply["error"]) == (403, f"the function URL's host {host} is not the address you join from "
+                                             "(127.0.0.1): run %fedless_join again without --host, or ask the "
+                                             f"teacher to allow it (%fedless_classroom open --allow-host {host})")
+    assert classroom.roster.rows() == []
+    assert post(classroom.url + "/join", registration(classroom, "alice", url="http://[::1]:8080/"))[0] == 200
+
+
+def test_a_student_listening_on_every_address_registers_the_one_they_join_from(classroom):
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="0.0.0.0")
+    try:
+        assert student.url.startswith("http://127.0.0.1:")  # 0.0.0.0 as a destination is the teacher's own machine
+        assert classroom.roster.students["alice"].url == student.url
+    finally:
+        student.leave()
+
+
+def test_the_teacher_allows_other_function_hosts_explicitly(tmp_path):
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"),
+                               allow_hosts=("10.0.0.0/8", "*.run.app", "fn.example.com", "2001:db8::/32"))
+    try:
+        admitted = ["http://10.1.2.3:8080/", "https://alice-7f3.a.run.app/", "https://FN.example.com./x",
+                    "http://[2001:db8::5]:80/", "http://[::ffff:10.9.9.9]/"]
+        for number, url in enumerate(admitted):
+            assert post(service.url + "/join", registration(service, f"s{number}", url=url))[0] == 200, url
+        for url in ["https://run.app/", "https://evilrun.app/", "http://192.168.1.2/", "https://example.com/"]:
+            status, reply = post(service.url + "/join", registration(service, "mallory", url=url))
+            assert status == 403 and reply["error"].startswith("the function URL's host"), url
+    finally:
+        service.close()
+    with pytest.raises(ClassroomError, match=r"--allow-host 'http://x/': give a host name, \*.domain, an address"):
+        ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), allow_hosts=("http://x/",))
+
+
+def test_a_registration_from_an_ipv4_mapped_address_names_its_ipv4_address():
+    hosts = FunctionHosts()
+    assert hosts.refusal("10.0.0.7", "::ffff:10.0.0.7") is None
+    assert hosts.refusal("::ffff:10.0.0.7", "10.0.0.7") is None
+    assert hosts.refusal("10.0.0.8", "::ffff:10.0.0.7") is not None
+
+
 def test_deeply_nested_json_is_refused_with_one_line(classroom):
     request = urllib.request.Request(classroom.url + "/join", data=b"[" * 4000, method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -137,7 +190,8 @@ def test_a_class_admits_a_bounded_number_of_names_and_remembers_nonces_only_whil
     classroom.roster.code.expires_at = later + 60
     student = classroom.roster.students["s1"]
     classroom.roster.leave("s1", leave_proof(student.secret, "s1"))
-    classroom.roster.register(registration(classroom, "s1", sent_at=later), now=later)  # a name that left comes back
+    classroom.roster.register(registration(classroom, "s1", sent_at=later), "127.0.0.1", now=later)  # a name that
+    # left comes back
     assert len(classroom.roster._nonces) == 1
 
 

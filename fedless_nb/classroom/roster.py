@@ -16,12 +16,14 @@ import re
 import secrets
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from yarl import URL
+
 from ..security import new_secret
 from .errors import ClassroomError
+from .function_hosts import FunctionHosts
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread from a projector
@@ -59,17 +61,20 @@ class JoinCode:
 
 @dataclass
 class Roster:
-    """The class: join code, students by name, and the registrations already used."""
+    """The class: join code, students by name, the registrations already used, and the hosts a function URL may
+    name besides its student's own address."""
 
     code: JoinCode
+    hosts: FunctionHosts = field(default_factory=FunctionHosts)
     secret: str = field(default_factory=new_secret)
     students: dict[str, Student] = field(default_factory=dict)
     _nonces: dict[str, float] = field(default_factory=dict)  # the registrations used, by their sent_at
     _lock: threading.Lock = field(default_factory=threading.Lock)
     on_change: Callable[[], None] | None = None
 
-    def register(self, message: dict[str, Any], now: float | None = None) -> Student:
-        """Admit a registration {code, name, url, nonce, sent_at, own_examples}; ClassroomError with one line if not."""
+    def register(self, message: dict[str, Any], address: str, now: float | None = None) -> Student:
+        """Admit a registration {code, name, url, nonce, sent_at, own_examples} that came from `address`;
+        ClassroomError with one line if not."""
         now = time.time() if now is None else now
         if not hmac.compare_digest(str(message.get("code", "")).strip().upper(), self.code.code):
             raise ClassroomError("wrong join code: copy the code shown on the teacher's screen")
@@ -87,7 +92,7 @@ class Roster:
                 raise ClassroomError(f"the teacher removed {name!r} from this class: ask the teacher")
             if name in self.students and self.students[name].status == "joined":
                 raise ClassroomError(f"the name {name!r} is taken in this class: choose another --name")
-            url, own = _function_url(message.get("url")), _own_examples(message.get("own_examples"))
+            url, own = _function_url(message.get("url"), address, self.hosts), _own_examples(message.get("own_examples"))
             if name not in self.students and len(self.students) >= CLASS_LIMIT:
                 raise ClassroomError(f"the class is full ({CLASS_LIMIT} students): ask the teacher to open another one")
             self._nonces[nonce] = sent_at
@@ -163,16 +168,20 @@ def _sent_at(message: dict[str, Any]) -> float:
         return math.nan
 
 
-def _function_url(value: Any) -> str:
-    """The student's function URL, if it is an http(s) URL with a host: the teacher's kernel POSTs every task there."""
+def _function_url(value: Any, address: str, hosts: FunctionHosts) -> str:
+    """The student's function URL, if it is an http(s) URL whose host `hosts` lets a student at `address` name: the
+    teacher's kernel POSTs every task there. Parsed as the teacher's HTTP client parses it (yarl), so the host
+    checked is the host called."""
     url = str(value or "")
     try:
-        parts = urllib.parse.urlsplit(url)
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
-    except ValueError:  # parts.port: a port that is not a number in 0-65535; urlsplit: a malformed IPv6 host
+        parts = URL(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.host) and bool(parts.port)
+    except (ValueError, TypeError):  # a port that is not a number in 0-65535, a malformed IPv6 host, a backslash
         usable = False
     if not usable:
         raise ClassroomError(f"the function URL {url[:80]!r} is not an http(s) URL with a host: run %fedless_join again")
+    if problem := hosts.refusal(str(parts.host), address):
+        raise ClassroomError(problem)
     return url
 
 

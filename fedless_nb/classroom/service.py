@@ -22,6 +22,7 @@ from ..providers.http import HttpProvider
 from ..providers.retry import RetryPolicy
 from ..rounds.events import InvocationFinished
 from .errors import ClassroomError
+from .function_hosts import FunctionHosts
 from .roster import JoinCode, Roster
 from .served_store import STORE_PATH, ServedStore
 from .server_thread import PER_ADDRESS_LIMIT, ServerThread
@@ -63,13 +64,14 @@ def reachable_address(target: str = "192.0.2.1") -> str:
 
 
 class ClassroomService:
-    """An open classroom: its roster, its served store and its server thread."""
+    """An open classroom: its roster, its served store and its server thread. A student's function URL must name
+    the address they join from, or one of `allow_hosts` (names, *.domains, addresses, networks: function_hosts.py)."""
 
     def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0,
-                 per_address: int = PER_ADDRESS_LIMIT) -> None:
+                 per_address: int = PER_ADDRESS_LIMIT, allow_hosts: tuple[str, ...] = ()) -> None:
         if per_address < 0:
             raise ClassroomError(f"--per-address {per_address}: give the connections one address may hold (0: no limit)")
-        self.roster = Roster(JoinCode.fresh(code_minutes))
+        self.roster = Roster(JoinCode.fresh(code_minutes), FunctionHosts.parse(allow_hosts))
         self.timeout = timeout
         self._uploading: set[str] = set()  # keys with an upload in progress (the server's loop is its only user)
         app = web.Application(client_max_size=UPDATE_LIMIT)
@@ -156,7 +158,7 @@ class ClassroomService:
 
     async def _join(self, request: web.Request) -> web.Response:
         try:
-            student = self.roster.register(await self._message(request))
+            student = self.roster.register(await self._message(request), request.remote or "")
         except ClassroomError as error:
             return web.json_response({"error": str(error)}, status=403)
         return web.json_response({"name": student.name, "secret": student.secret})

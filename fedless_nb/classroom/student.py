@@ -58,6 +58,11 @@ def compare_with_class(start: list[np.ndarray], mine: list[np.ndarray], aggregat
     return f"cosine {cosine:.2f} with the class average, {ratio:.1f}x its size"
 
 
+def _url_host(host: str) -> str:
+    """`host` as a URL writes it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 class StudentFunction:
     """A joined student's function server; `calls` lists every invocation, `on_call` hears of each."""
 
@@ -74,8 +79,10 @@ class StudentFunction:
             raise ClassroomError(f"{teacher_url!r} is not the teacher's address: copy it from the join command")
         app = web.Application(client_max_size=TASK_LIMIT)
         app.router.add_post("/", self._call)
-        self._server = ServerThread(app, host or reachable_address(teacher_host), port)
-        self.url = f"http://{self._server.host}:{self._server.port}/"
+        own_address = reachable_address(teacher_host)  # what the teacher sees a registration come from
+        self._server = ServerThread(app, host or own_address, port)
+        shown = own_address if self._server.host in ("0.0.0.0", "::") else self._server.host  # listening everywhere
+        self.url = f"http://{_url_host(shown)}:{self._server.port}/"
         try:
             self._secret = self._register(code, timeout)
         except BaseException:

@@ -509,6 +509,9 @@ class FedlessMagics(Magics):
     @argument("--timeout", type=float, default=60, help="seconds a student's function may take per round (default 60)")
     @argument("--per-address", type=int, default=16, help="connections the join service holds from one address "
                                                           "(default 16; 0: no limit, for a class behind one address)")
+    @argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="HOST",
+              help="a host students' functions may run on besides their own machine: a name, *.domain, an address or "
+                   "a network such as 10.0.0.0/8 (repeat for several; e.g. *.run.app for Cloud Run)")
     @line_magic
     @user_errors
     def fedless_classroom(self, line: str) -> Any:
@@ -534,7 +537,7 @@ class FedlessMagics(Magics):
             return None
         try:
             self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, timeout=args.timeout,
-                                              per_address=args.per_address)
+                                              per_address=args.per_address, allow_hosts=tuple(args.allow_hosts))
         except OSError as error:
             raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
                              "choose another --port or --host") from None
