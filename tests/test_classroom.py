@@ -504,6 +504,31 @@ def test_one_address_holds_a_bounded_number_of_connections_and_the_rest_of_the_c
         ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), per_address=-1)
 
 
+def test_a_removed_student_cannot_join_again_under_another_name(classroom):
+    """Removing bob renews the join code (its expiry unchanged), which the teacher's widget shows: bob's code no longer
+    admits any name, alice stays in with her key, and a classmate joins with the new code."""
+    from fedless_nb.classroom.widgets import roster_table
+
+    table = roster_table(classroom)
+    alice, bob = (StudentFunction(classroom.url, classroom.code, name, host="127.0.0.1") for name in ("alice", "bob"))
+    old_code, expires_at = classroom.code, classroom.roster.code.expires_at
+    classroom.remove("bob")
+    carol = None
+    try:
+        assert classroom.code != old_code and classroom.roster.code.expires_at == expires_at
+        assert classroom.code in table.widget.value and classroom.join_command() in table.text()
+        assert old_code not in table.widget.value
+        with pytest.raises(ClassroomError, match="^the teacher refused: wrong join code: copy the code shown on the "):
+            StudentFunction(classroom.url, old_code, "bob2", host="127.0.0.1")
+        assert classroom.roster.admits("alice", alice._secret)
+        carol = StudentFunction(classroom.url, classroom.code, "carol", host="127.0.0.1")
+        assert [s.name for s in classroom.roster.present()] == ["alice", "carol"]
+    finally:
+        for student in (alice, carol):
+            if student is not None:
+                student.leave()
+
+
 def test_the_teacher_removes_a_student_whose_next_result_and_rejoin_are_refused(classroom, tmp_path):
     """The teacher removes bob after round 1 of a run over the class: his result in round 2 is refused (the run goes
     on with alice), what he gave in round 1 stays, the roster and its widget say so, and bob can neither join again

@@ -56,7 +56,17 @@ class JoinCode:
 
     @classmethod
     def fresh(cls, minutes: float) -> "JoinCode":
-        return cls("".join(secrets.choice(CODE_ALPHABET) for _ in range(6)), time.time() + 60 * minutes)
+        return cls(_new_code(), time.time() + 60 * minutes)
+
+    def renewed(self) -> "JoinCode":
+        """Another code, valid until the same time: whoever knew this one (a removed student) cannot join with it."""
+        while (code := _new_code()) == self.code:
+            pass
+        return JoinCode(code, self.expires_at)
+
+
+def _new_code() -> str:
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(6))
 
 
 @dataclass
@@ -119,11 +129,13 @@ class Roster:
 
     def remove(self, name: str) -> None:
         """The teacher takes `name` out of the class: their key is refused from now on (their function's next results,
-        a leave), the name cannot join again here, and what they gave to rounds that finished stays."""
+        a leave), the name cannot join again here, and what they gave to rounds that finished stays. The join code
+        is renewed (same expiry), so that they cannot join again under another name; the others keep their keys."""
         with self._lock:
             if name not in self.students:
                 raise ClassroomError(f"no student {name!r} in this class: the roster lists the names")
             self.students[name].status = "removed"
+            self.code = self.code.renewed()
         self._changed()
 
     def admits(self, name: str, secret: str) -> bool:

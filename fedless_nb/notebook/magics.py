@@ -526,8 +526,10 @@ class FedlessMagics(Magics):
         if args.action == "remove":
             if not args.name:
                 raise UsageError("%fedless_classroom remove NAME: name the student to remove, as the roster shows it")
-            self._open_classroom("%fedless_classroom remove").remove(args.name)
-            print(f"Removed {args.name}: their function's next result is refused and the name cannot join again")
+            classroom = self._open_classroom("%fedless_classroom remove")
+            classroom.remove(args.name)
+            print(f"Removed {args.name}: their function's next result is refused and the name cannot join again; "
+                  f"the join code is now {classroom.code} (the others stay joined): {classroom.join_command()}")
             return None
         if self.classroom is not None:
             self.classroom.close()
