@@ -21,6 +21,7 @@ from fedless_nb.classroom import service as service_module
 from fedless_nb.classroom.roster import leave_proof
 from fedless_nb.classroom.service import ClassroomService
 from fedless_nb.classroom.student import StudentFunction, compare_with_class
+from fedless_nb.experiment import ExperimentConfig
 from fedless_nb.function import handler
 from fedless_nb.providers.base import InvocationError
 from fedless_nb.security import NonceCache, client_key, new_secret
@@ -275,13 +276,35 @@ def test_the_student_trains_on_their_own_data_which_never_enters_the_store(class
     student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1", data=drawn)
     try:
         assert classroom.roster.rows()[0]["examples"] == 12
-        assert classroom.own_data_sizes(["client-0000"]) == {"client-0000": 12}
+        config = ExperimentConfig.from_dict({"clients": 1, "providers": classroom.provider_configs()})
+        assert classroom.run_options(config)["own_data_sizes"] == {"client-0000": 12}
         task = make_task(store, spec, secret=student._secret)
         store.delete(task["data"])  # the task's data key is never read
         status, reply = post(student.url, task)
         assert status == 200 and reply["num_examples"] == 12
     finally:
         student.leave()
+
+
+def test_a_student_who_leaves_as_the_run_starts_shifts_nobodys_figures(classroom):
+    """The run's config lists the class (alice, bob with 60 examples of his own, carol); alice leaves before the run
+    takes its functions and sizes: each client still gets its own student's function and example count (read by
+    name, not by place among those present: bob's 60 went to client 0, alice's client, so that the controller
+    refused both bob's and carol's results as claiming the wrong count, every round)."""
+    drawn = (np.zeros((60, 64), dtype=np.float32), np.zeros(60, dtype=np.int64))
+    alice, bob, carol = (StudentFunction(classroom.url, classroom.code, name, host="127.0.0.1", data=data)
+                         for name, data in (("alice", None), ("bob", drawn), ("carol", None)))
+    config = ExperimentConfig.from_dict({"clients": 3, "providers": classroom.provider_configs()})
+    alice.leave()
+    try:
+        options = classroom.run_options(config)
+        assert options["own_data_sizes"] == {"client-0001": 60}
+        assert {name: provider.url for name, provider in options["providers"].items()} == {
+            "alice": alice.url, "bob": bob.url, "carol": carol.url}
+        assert options["store"] is classroom.store
+    finally:
+        bob.leave()
+        carol.leave()
 
 
 def test_the_served_store_grants_exactly_the_signed_keys(classroom):
@@ -534,7 +557,6 @@ def test_the_teacher_removes_a_student_whose_next_result_and_rejoin_are_refused(
     on with alice), what he gave in round 1 stays, the roster and its widget say so, and bob can neither join again
     under his name nor leave with his old key."""
     from fedless_nb.classroom.widgets import roster_table
-    from fedless_nb.experiment import ExperimentConfig
     from fedless_nb.records.history import History
     from fedless_nb.rounds.events import RoundFinished
     from fedless_nb.runner import run_experiment

@@ -149,6 +149,15 @@ class Roster:
         with self._lock:
             return sorted((s for s in self.students.values() if s.status == "joined"), key=lambda s: s.joined_at)
 
+    def named(self, names: list[str]) -> list[Student]:
+        """The students with these names, as they are now (whatever their status), in that order."""
+        with self._lock:
+            missing = [name for name in names if name not in self.students]
+            if missing:
+                raise ClassroomError(f"no student {missing[0]!r} in this class: train over the class as the roster "
+                                     "lists it (%fedless_train --provider classroom)")
+            return [self.students[name] for name in names]
+
     def record_answer(self, name: str, text: str, examples: int | None, answered: bool) -> None:
         with self._lock:
             student = self.students.get(name)

@@ -13,7 +13,7 @@ import asyncio
 import json
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -23,9 +23,12 @@ from ..providers.retry import RetryPolicy
 from ..rounds.events import InvocationFinished
 from .errors import ClassroomError
 from .function_hosts import FunctionHosts
-from .roster import JoinCode, Roster
+from .roster import JoinCode, Roster, Student
 from .served_store import STORE_PATH, ServedStore
 from .server_thread import PER_ADDRESS_LIMIT, ServerThread
+
+if TYPE_CHECKING:
+    from ..experiment import ExperimentConfig
 
 REGISTRATION_LIMIT = 4096  # bytes a join or leave message may have
 MESSAGE_SECONDS = 10.0  # a join or leave message arrives within this, or the connection is not held for it
@@ -115,19 +118,28 @@ class ClassroomService:
                  "timeout": self.timeout, "secret_env": None} for student in students]
 
     def providers(self) -> dict[str, HttpProvider]:
-        """The students' functions, each signing with that student's own key; a gone student fails fast."""
-        return {s.name: _StudentProvider(self.roster, s.name, url=s.url, timeout=self.timeout, concurrency=1,
-                                         secret=s.secret, retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0))
-                for s in self.roster.present()}
+        """The functions of the students present, each signing with that student's own key; a gone student fails fast."""
+        return {s.name: self._provider(s) for s in self.roster.present()}
+
+    def _provider(self, student: Student) -> HttpProvider:
+        return _StudentProvider(self.roster, student.name, url=student.url, timeout=self.timeout, concurrency=1,
+                                secret=student.secret, retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0))
+
+    def run_options(self, config: ExperimentConfig) -> dict[str, Any]:
+        """What a run of `config` (its providers from provider_configs(), client i on provider i) takes besides it: the
+        store, each provider's student's function and, for those who train on their own examples, how many. Read by
+        the providers' names in one look at the roster: a student who leaves or joins after the config was made
+        shifts nobody's function or example count onto another client."""
+        from ..runner import client_ids
+
+        students = self.roster.named([provider.name for provider in config.providers])
+        return {"store": self.store, "providers": {s.name: self._provider(s) for s in students},
+                "own_data_sizes": {client_id: s.own_examples for client_id, s in zip(client_ids(config.clients), students)
+                                   if s.own_examples is not None}}
 
     def remove(self, name: str) -> None:
         """Take a student out of the class (Roster.remove): a run in progress refuses their function's next result."""
         self.roster.remove(name)
-
-    def own_data_sizes(self, client_ids: list[str]) -> dict[str, int]:
-        """Client id -> examples, for the students who train on their own drawings (client i is student i)."""
-        return {client_id: s.own_examples for client_id, s in zip(client_ids, self.roster.present())
-                if s.own_examples is not None}
 
     def observe(self, event: Any) -> None:
         """Each invocation's outcome on the roster (an observer of the run)."""

@@ -240,7 +240,7 @@ class FedlessMagics(Magics):
 
         options: dict[str, Any] = {"providers": warm_pool().providers_for(config)}
         if args.provider == "classroom":
-            options = self._classroom_options(config)
+            options = self._open_classroom().run_options(config)  # students' functions, signed store, own data
             observers.append(self.classroom.observe)
         if args.background:
             run = BackgroundRun(config, model, observers, on_done=self.background.remove, dashboard=dashboard,
@@ -253,14 +253,6 @@ class FedlessMagics(Magics):
         if self.classroom is None:
             raise UsageError(f"{needing} needs an open classroom: run %fedless_classroom open first")
         return self.classroom
-
-    def _classroom_options(self, config: ExperimentConfig) -> dict[str, Any]:
-        """The run's students as providers, the store they reach through signed URLs, their own data's sizes."""
-        from ..runner import client_ids
-
-        classroom = self._open_classroom()
-        return {"providers": classroom.providers(), "store": classroom.store,
-                "own_data_sizes": classroom.own_data_sizes(client_ids(config.clients))}
 
     def experiment_config(self, args: Any, cell: str | None) -> ExperimentConfig:
         """The magics' settings, then the config file or cell, then the options, validated as one config."""
