@@ -138,6 +138,20 @@ def test_a_function_url_elsewhere_than_the_students_own_address_is_refused(class
     assert post(classroom.url + "/join", registration(classroom, "alice", url="http://[::1]:8080/"))[0] == 200
 
 
+def test_the_teacher_bounds_the_examples_a_student_may_claim_as_their_own(tmp_path):
+    """FedAvg weighs a student's own examples by their claim: the teacher sets how large it may be."""
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), max_own_examples=100)
+    try:
+        assert post(service.url + "/join", registration(service, "alice", own_examples=100))[0] == 200
+        status, reply = post(service.url + "/join", registration(service, "mallory", own_examples=101))
+        assert (status, reply["error"]) == (403, "own examples '101': train on 1 to 100 examples of your own (--data), "
+                                                 "or none to get a share of the teacher's dataset")
+    finally:
+        service.close()
+    with pytest.raises(ClassroomError, match="^--max-own-examples 0: give the most examples of their own a student"):
+        ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), max_own_examples=0)
+
+
 def test_a_student_listening_on_every_address_registers_the_one_they_join_from(classroom):
     student = StudentFunction(classroom.url, classroom.code, "alice", host="0.0.0.0")
     try:

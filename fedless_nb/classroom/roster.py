@@ -29,7 +29,8 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread from a projector
 REGISTRATION_WINDOW = 120.0  # seconds a registration message stays valid (clock skew included)
 CLASS_LIMIT = 200  # names a class admits (a name that left may come back): each is a client and a roster row
-OWN_EXAMPLES_LIMIT = 10_000  # a student's own examples: FedAvg weighs their update by this claim, which nobody can check
+OWN_EXAMPLES_LIMIT = 10_000  # a student's own examples by default: FedAvg weighs their update by this claim, which
+# nobody can check (the teacher lowers it with --max-own-examples)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Roster:
 
     code: JoinCode
     hosts: FunctionHosts = field(default_factory=FunctionHosts)
+    max_own_examples: int = OWN_EXAMPLES_LIMIT
     secret: str = field(default_factory=new_secret)
     students: dict[str, Student] = field(default_factory=dict)
     _nonces: dict[str, float] = field(default_factory=dict)  # the registrations used, by their sent_at
@@ -102,7 +104,8 @@ class Roster:
                 raise ClassroomError(f"the teacher removed {name!r} from this class: ask the teacher")
             if name in self.students and self.students[name].status == "joined":
                 raise ClassroomError(f"the name {name!r} is taken in this class: choose another --name")
-            url, own = _function_url(message.get("url"), address, self.hosts), _own_examples(message.get("own_examples"))
+            url = _function_url(message.get("url"), address, self.hosts)
+            own = _own_examples(message.get("own_examples"), self.max_own_examples)
             if name not in self.students and len(self.students) >= CLASS_LIMIT:
                 raise ClassroomError(f"the class is full ({CLASS_LIMIT} students): ask the teacher to open another one")
             self._nonces[nonce] = sent_at
@@ -206,12 +209,12 @@ def _function_url(value: Any, address: str, hosts: FunctionHosts) -> str:
     return url
 
 
-def _own_examples(value: Any) -> int | None:
+def _own_examples(value: Any, limit: int) -> int | None:
     """How many examples of their own the student trains on (None: their share of the teacher's dataset)."""
     if value is None:
         return None
-    if type(value) is not int or not 1 <= value <= OWN_EXAMPLES_LIMIT:
-        raise ClassroomError(f"own examples {str(value)[:40]!r}: train on 1 to {OWN_EXAMPLES_LIMIT} examples of your own "
+    if type(value) is not int or not 1 <= value <= limit:
+        raise ClassroomError(f"own examples {str(value)[:40]!r}: train on 1 to {limit} examples of your own "
                              "(--data), or none to get a share of the teacher's dataset")
     return value
 

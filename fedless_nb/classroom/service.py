@@ -23,7 +23,7 @@ from ..providers.retry import RetryPolicy
 from ..rounds.events import InvocationFinished
 from .errors import ClassroomError
 from .function_hosts import FunctionHosts
-from .roster import JoinCode, Roster, Student
+from .roster import OWN_EXAMPLES_LIMIT, JoinCode, Roster, Student
 from .served_store import STORE_PATH, ServedStore
 from .server_thread import PER_ADDRESS_LIMIT, ServerThread
 
@@ -68,13 +68,18 @@ def reachable_address(target: str = "192.0.2.1") -> str:
 
 class ClassroomService:
     """An open classroom: its roster, its served store and its server thread. A student's function URL must name
-    the address they join from, or one of `allow_hosts` (names, *.domains, addresses, networks: function_hosts.py)."""
+    the address they join from, or one of `allow_hosts` (names, *.domains, addresses, networks: function_hosts.py);
+    a student training on examples of their own may claim at most `max_own_examples` (FedAvg's weight)."""
 
     def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0,
-                 per_address: int = PER_ADDRESS_LIMIT, allow_hosts: tuple[str, ...] = ()) -> None:
+                 per_address: int = PER_ADDRESS_LIMIT, allow_hosts: tuple[str, ...] = (),
+                 max_own_examples: int = OWN_EXAMPLES_LIMIT) -> None:
         if per_address < 0:
             raise ClassroomError(f"--per-address {per_address}: give the connections one address may hold (0: no limit)")
-        self.roster = Roster(JoinCode.fresh(code_minutes), FunctionHosts.parse(allow_hosts))
+        if max_own_examples < 1:
+            raise ClassroomError(f"--max-own-examples {max_own_examples}: give the most examples of their own a student "
+                                 "may train on (1 or more)")
+        self.roster = Roster(JoinCode.fresh(code_minutes), FunctionHosts.parse(allow_hosts), max_own_examples)
         self.timeout = timeout
         self._uploading: set[str] = set()  # keys with an upload in progress (the server's loop is its only user)
         app = web.Application(client_max_size=UPDATE_LIMIT)

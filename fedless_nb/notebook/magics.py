@@ -504,6 +504,8 @@ class FedlessMagics(Magics):
     @argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="HOST",
               help="a host students' functions may run on besides their own machine: a name, *.domain, an address or "
                    "a network such as 10.0.0.0/8 (repeat for several; e.g. *.run.app for Cloud Run)")
+    @argument("--max-own-examples", type=int, default=10_000, help="the most examples of their own a student may "
+              "train on (default 10000): FedAvg weighs their update by that claim, which nobody can check")
     @line_magic
     @user_errors
     def fedless_classroom(self, line: str) -> Any:
@@ -531,7 +533,8 @@ class FedlessMagics(Magics):
             return None
         try:
             self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, timeout=args.timeout,
-                                              per_address=args.per_address, allow_hosts=tuple(args.allow_hosts))
+                                              per_address=args.per_address, allow_hosts=tuple(args.allow_hosts),
+                                              max_own_examples=args.max_own_examples)
         except OSError as error:
             raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
                              "choose another --port or --host") from None
