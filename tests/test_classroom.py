@@ -493,17 +493,47 @@ def test_the_drawing_pad_keeps_labelled_8x8_examples_in_the_digits_format():
     assert pad.count.value == "1 examples drawn (7: 1)" and repr(pad) == "DrawingPad(1 examples drawn (7: 1))"
 
 
-def _join_from(service, address, name):
-    """POST /join from the source `address` (a 127.0.0.0/8 address: another machine of the room, on loopback)."""
+def _join_from(service, address, name, **fields):
+    """POST /join from the source `address` (a 127.0.0.0/8 address: another machine of the room, on loopback):
+    status, body, Retry-After."""
     import http.client
 
     connection = http.client.HTTPConnection("127.0.0.1", service._server.port, timeout=10, source_address=(address, 0))
     try:
-        connection.request("POST", "/join", json.dumps(registration(service, name)), {"Content-Type": "application/json"})
+        connection.request("POST", "/join", json.dumps(registration(service, name, **fields)),
+                           {"Content-Type": "application/json"})
         response = connection.getresponse()
-        return response.status, response.read().decode()
+        return response.status, response.read().decode(), response.getheader("Retry-After")
     finally:
         connection.close()
+
+
+def test_wrong_join_codes_are_bounded_per_address_and_in_all_without_locking_the_class_out(classroom):
+    """Someone guessing the join code (32^6 codes, valid 30 minutes) had as many tries as the service could answer.
+    Now an address spends 10 wrong codes, then waits (429, one line, its code not even looked at, the right one
+    included); all addresses together spend 30 a minute, but an address a student joined from is held to its own
+    budget only; a class behind one address, mistyping 8 times, all joins, and can still mistype once."""
+    wrong = {"code": "WRONG2"}
+    for _ in range(10):
+        assert _join_from(classroom, "127.0.0.2", "mallory", **wrong)[0] == 403
+    for fields in (wrong, {}):  # the right code too: looking at it would let the guessing go on
+        status, text, retry_after = _join_from(classroom, "127.0.0.2", "mallory", **fields)
+        assert status == 429 and retry_after is not None and 1 <= int(retry_after) <= 7
+        assert json.loads(text)["error"] == (f"too many wrong join codes: try again in {retry_after} s, with the code "
+                                             "shown on the teacher's screen")
+    for _ in range(8):  # a class behind one address mistypes, and every student joins
+        assert _join_from(classroom, "127.0.0.3", "typo", **wrong)[0] == 403
+    for student in range(30):
+        assert _join_from(classroom, "127.0.0.3", f"s{student}")[0] == 200
+    for address in ("127.0.0.4", "127.0.0.5"):  # 30 wrong codes from fresh addresses in all: the overall budget
+        for _ in range(10):
+            assert _join_from(classroom, address, "mallory", **wrong)[0] in (403, 429)
+    assert _join_from(classroom, "127.0.0.6", "dave")[0] == 429  # a fresh address waits too
+    assert _join_from(classroom, "127.0.0.3", "typo", **wrong)[0] == 403  # the class's address still tries codes
+    assert _join_from(classroom, "127.0.0.3", "carol")[0] == 200
+    a_minute_later = time.time() + 60  # the budgets refill
+    classroom.roster.register(registration(classroom, "mallory"), "127.0.0.2", now=a_minute_later)
+    classroom.roster.register(registration(classroom, "dave"), "127.0.0.6", now=a_minute_later)
 
 
 def test_one_address_holds_a_bounded_number_of_connections_and_the_rest_of_the_class_still_joins(tmp_path,
@@ -517,7 +547,7 @@ def test_one_address_holds_a_bounded_number_of_connections_and_the_rest_of_the_c
     held = [socket.create_connection(("127.0.0.1", service._server.port)) for _ in range(8)]
     try:
         time.sleep(0.3)
-        status, text = _join_from(service, "127.0.0.1", "mallory")
+        status, text, _ = _join_from(service, "127.0.0.1", "mallory")
         assert (status, text) == (429, "more than 4 connections from your address: close some and try again "
                                        "(a class behind one address: the teacher raises --per-address)")
         assert _join_from(service, "127.0.0.2", "alice")[0] == 200

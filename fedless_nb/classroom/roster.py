@@ -24,6 +24,7 @@ from yarl import URL
 from ..security import new_secret
 from .errors import ClassroomError
 from .function_hosts import FunctionHosts
+from .join_limit import WrongCodes
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread from a projector
@@ -81,19 +82,22 @@ class Roster:
     secret: str = field(default_factory=new_secret)
     students: dict[str, Student] = field(default_factory=dict)
     _nonces: dict[str, float] = field(default_factory=dict)  # the registrations used, by their sent_at
+    _wrong_codes: WrongCodes = field(default_factory=WrongCodes)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     on_change: Callable[[], None] | None = None
 
     def register(self, message: dict[str, Any], address: str, now: float | None = None) -> Student:
         """Admit a registration {code, name, url, nonce, sent_at, own_examples} that came from `address`;
-        ClassroomError with one line if not."""
+        ClassroomError with one line if not (TooManyWrongCodes, unread, past the wrong codes `address` may send)."""
         now = time.time() if now is None else now
-        if not hmac.compare_digest(str(message.get("code", "")).strip().upper(), self.code.code):
-            raise ClassroomError("wrong join code: copy the code shown on the teacher's screen")
-        if now > self.code.expires_at:
-            raise ClassroomError("the join code expired: ask the teacher for a new one (%fedless_classroom open)")
         nonce, name, sent_at = str(message.get("nonce", "")), str(message.get("name", "")), _sent_at(message)
         with self._lock:
+            self._wrong_codes.check(address, now)
+            if not hmac.compare_digest(str(message.get("code", "")).strip().upper(), self.code.code):
+                self._wrong_codes.spend(address, now)
+                raise ClassroomError("wrong join code: copy the code shown on the teacher's screen")
+            if now > self.code.expires_at:
+                raise ClassroomError("the join code expired: ask the teacher for a new one (%fedless_classroom open)")
             self._forget_nonces_before(now - 2 * REGISTRATION_WINDOW)
             if not nonce or nonce in self._nonces or not abs(now - sent_at) <= REGISTRATION_WINDOW:
                 raise ClassroomError("this registration was already used or is too old (a replay): "
@@ -111,6 +115,7 @@ class Roster:
             self._nonces[nonce] = sent_at
             student = Student(name, url, new_secret(), own, now)
             self.students[name] = student
+            self._wrong_codes.joined(address)
         self._changed()
         return student
 

@@ -23,6 +23,7 @@ from ..providers.retry import RetryPolicy
 from ..rounds.events import InvocationFinished
 from .errors import ClassroomError
 from .function_hosts import FunctionHosts
+from .join_limit import TooManyWrongCodes
 from .roster import OWN_EXAMPLES_LIMIT, JoinCode, Roster, Student
 from .served_store import STORE_PATH, ServedStore
 from .server_thread import PER_ADDRESS_LIMIT, ServerThread
@@ -176,6 +177,8 @@ class ClassroomService:
     async def _join(self, request: web.Request) -> web.Response:
         try:
             student = self.roster.register(await self._message(request), request.remote or "")
+        except TooManyWrongCodes as error:
+            return web.json_response({"error": str(error)}, status=429, headers={"Retry-After": str(error.seconds)})
         except ClassroomError as error:
             return web.json_response({"error": str(error)}, status=403)
         return web.json_response({"name": student.name, "secret": student.secret})
