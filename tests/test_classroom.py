@@ -185,6 +185,40 @@ def test_a_registration_from_an_ipv4_mapped_address_names_its_ipv4_address():
     assert hosts.refusal("10.0.0.8", "::ffff:10.0.0.7") is not None
 
 
+def _ipv6_loopback_refusal():
+    """Why this machine cannot serve on IPv6 loopback, or None when it can."""
+    if not socket.has_ipv6:
+        return "this Python was built without IPv6 (socket.has_ipv6 is False)"
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as error:
+        return f"binding ::1 fails here ({error}): IPv6 is disabled on this machine's loopback"
+    return None
+
+
+@pytest.mark.skipif(_ipv6_loopback_refusal() is not None, reason=str(_ipv6_loopback_refusal()))
+@pytest.mark.parametrize("host", ["::1", "::"])
+def test_a_teacher_on_ipv6_shows_a_join_url_a_student_joins_and_is_called_through(tmp_path, host):
+    """The join URL wrote an IPv6 address without brackets (http://::1:8765, whose port reads as part of the
+    address); listening on every IPv6 address (::) it showed an IPv4 one, where it does not listen."""
+    service = ClassroomService(host, 0, code_minutes=5, store_root=str(tmp_path / "store"))
+    student = None
+    try:
+        shown = urllib.parse.urlsplit(service.url)
+        assert service.url.startswith("http://[") and ":" in shown.hostname and shown.port == service._server.port
+        assert service.join_command().startswith(f"%fedless_join {service.url} ")
+        student = StudentFunction(service.url, service.code, "alice")
+        assert urllib.parse.urlsplit(student.url).hostname == shown.hostname  # the address it joined from
+        with pytest.raises(InvocationError) as refused:  # not a task: the student's function answers through its URL
+            asyncio.run(service.providers()["alice"].invoke({"round": 1}))
+        assert str(refused.value).startswith(f"{student.url} answered HTTP 400: PayloadError: the task lacks")
+    finally:
+        if student is not None:
+            student.leave()
+        service.close()
+
+
 def test_deeply_nested_json_is_refused_with_one_line(classroom):
     request = urllib.request.Request(classroom.url + "/join", data=b"[" * 4000, method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from ..providers.base import InvocationError
 from ..providers.http import HttpProvider
 from ..providers.retry import RetryPolicy
 from ..rounds.events import InvocationFinished
+from .addresses import reachable_address, shown_address, url_host
 from .errors import ClassroomError
 from .function_hosts import FunctionHosts
 from .join_limit import TooManyWrongCodes
@@ -57,16 +57,6 @@ class _StudentProvider(HttpProvider):
         return result
 
 
-def reachable_address(target: str = "192.0.2.1") -> str:
-    """This machine's address on the network that routes to `target` (no packet is sent); 127.0.0.1 without one."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((target, 9))
-            return str(probe.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
-
-
 class ClassroomService:
     """An open classroom: its roster, its served store and its server thread. A student's function URL must name
     the address they join from, or one of `allow_hosts` (names, *.domains, addresses, networks: function_hosts.py);
@@ -90,8 +80,7 @@ class ClassroomService:
         app.router.add_post(STORE_PATH + "{key:.+}", self._post)
         bind = host or reachable_address()
         self._server = ServerThread(app, bind, port, per_address)
-        shown = reachable_address() if bind in ("0.0.0.0", "") else bind
-        self.url = f"http://{shown}:{self._server.port}"
+        self.url = f"http://{url_host(shown_address(bind))}:{self._server.port}"
         self.store = ServedStore(store_root, self.url)
 
     @property

@@ -29,9 +29,9 @@ from aiohttp import web
 from ..function.serving import error_reply, invoke
 from ..store import PresignedStore, decode_arrays
 from ..wire import PayloadError
+from .addresses import reachable_address, shown_address, url_host
 from .errors import ClassroomError
 from .roster import leave_proof
-from .service import reachable_address
 from .server_thread import ServerThread
 
 TASK_LIMIT = 8 * 2**20  # bytes a task may have (the model's architecture, never its weights)
@@ -58,11 +58,6 @@ def compare_with_class(start: list[np.ndarray], mine: list[np.ndarray], aggregat
     return f"cosine {cosine:.2f} with the class average, {ratio:.1f}x its size"
 
 
-def _url_host(host: str) -> str:
-    """`host` as a URL writes it (an IPv6 address in brackets)."""
-    return f"[{host}]" if ":" in host else host
-
-
 class StudentFunction:
     """A joined student's function server; `calls` lists every invocation, `on_call` hears of each."""
 
@@ -81,8 +76,7 @@ class StudentFunction:
         app.router.add_post("/", self._call)
         own_address = reachable_address(teacher_host)  # what the teacher sees a registration come from
         self._server = ServerThread(app, host or own_address, port)
-        shown = own_address if self._server.host in ("0.0.0.0", "::") else self._server.host  # listening everywhere
-        self.url = f"http://{_url_host(shown)}:{self._server.port}/"
+        self.url = f"http://{url_host(shown_address(self._server.host, teacher_host))}:{self._server.port}/"
         try:
             self._secret = self._register(code, timeout)
         except BaseException:
