@@ -199,7 +199,8 @@ def _ipv6_loopback_refusal():
 
 @pytest.mark.skipif(_ipv6_loopback_refusal() is not None, reason=str(_ipv6_loopback_refusal()))
 @pytest.mark.parametrize("host", ["::1", "::"])
-def test_a_teacher_on_ipv6_shows_a_join_url_a_student_joins_and_is_called_through(tmp_path, host):
+def test_a_teacher_on_ipv6_shows_a_join_url_a_student_joins_and_is_called_through(tmp_path, host,
+                                                                                   fresh_function_state):
     """The join URL wrote an IPv6 address without brackets (http://::1:8765, whose port reads as part of the
     address); listening on every IPv6 address (::) it showed an IPv4 one, where it does not listen."""
     service = ClassroomService(host, 0, code_minutes=5, store_root=str(tmp_path / "store"))
@@ -210,9 +211,9 @@ def test_a_teacher_on_ipv6_shows_a_join_url_a_student_joins_and_is_called_throug
         assert service.join_command().startswith(f"%fedless_join {service.url} ")
         student = StudentFunction(service.url, service.code, "alice")
         assert urllib.parse.urlsplit(student.url).hostname == shown.hostname  # the address it joined from
-        with pytest.raises(InvocationError) as refused:  # not a task: the student's function answers through its URL
-            asyncio.run(service.providers()["alice"].invoke({"round": 1}))
-        assert str(refused.value).startswith(f"{student.url} answered HTTP 400: PayloadError: the task lacks")
+        store, spec = write_inputs(tmp_path / "store")  # the task's inputs and update go through [...] URLs too
+        result = asyncio.run(service.providers()["alice"].invoke(served_task(service, store, spec, student._secret)))
+        assert result["num_examples"] == 40 and [call.outcome for call in student.calls] == ["succeeded"]
     finally:
         if student is not None:
             student.leave()
@@ -297,17 +298,27 @@ def test_a_taken_name_and_a_bad_name_are_refused(classroom):
         student.leave()
 
 
+def served_task(classroom, store, spec, secret):
+    """A task of the classroom's: its inputs in the join service's store (`store`, on the same folder), reached
+    through the URLs the service signs, with a token from `secret`."""
+    task = make_task(store, spec, secret=None)
+    task["store"] = classroom.store.task_descriptor([task["weights"], task["data"], task["update"]], [task["update"]],
+                                                   task["deadline"])
+    task["token"] = client_key(secret, task["run_id"], task["client_id"]).issue_token(task)
+    return task
+
+
 def test_a_task_signed_with_another_runs_key_is_refused_with_one_line(classroom, tmp_path, fresh_function_state):
-    store, spec = write_inputs(tmp_path / "student-store")
+    store, spec = write_inputs(tmp_path / "store")
     student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
     try:
-        foreign = make_task(store, spec, secret=new_secret())  # another classroom's (another run's) key
+        foreign = served_task(classroom, store, spec, new_secret())  # another classroom's (another run's) key
         status, reply = post(student.url, foreign)
         assert status == 403
         assert reply["error"]["message"] == ("the task's token is forged or signed with another secret "
                                              "(check FEDLESS_RUN_SECRET)")
         assert not store.exists(foreign["update"])
-        own = make_task(store, spec, secret=student._secret)  # the teacher's key for alice
+        own = served_task(classroom, store, spec, student._secret)  # the teacher's key for alice
         status, reply = post(student.url, own)
         assert status == 200 and reply["num_examples"] == 40
         client_key(student._secret, own["run_id"], own["client_id"]).verify_result(reply, store.get(own["update"]))
@@ -317,8 +328,26 @@ def test_a_task_signed_with_another_runs_key_is_refused_with_one_line(classroom,
         student.leave()
 
 
+def test_a_task_naming_the_students_own_files_is_refused_though_signed_with_their_key(classroom, tmp_path,
+                                                                                       fresh_function_state):
+    """Whoever holds a student's key (the teacher, or someone who read it off the room's plain-HTTP network) could
+    send their function a task with a local store: it read a folder of the student's machine as its data and wrote
+    its update there, any folder the student's kernel can write. A classroom task goes through signed URLs only."""
+    store, spec = write_inputs(tmp_path / "students-disk")
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        task = make_task(store, spec, secret=student._secret)  # {"kind": "local", "root": a folder of the student's}
+        status, reply = post(student.url, task)
+        assert (status, reply["error"]["message"]) == (400, "a classroom task reads and writes through the join "
+                                                            "service's signed URLs (store kind 'presigned'), never "
+                                                            "this machine's files")
+        assert not store.exists(task["update"])
+    finally:
+        student.leave()
+
+
 def test_the_student_trains_on_their_own_data_which_never_enters_the_store(classroom, tmp_path, fresh_function_state):
-    store, spec = write_inputs(tmp_path / "student-store")
+    store, spec = write_inputs(tmp_path / "store")
     rng = np.random.default_rng(1)
     drawn = (rng.random((12, 8), dtype=np.float32), rng.integers(0, 3, 12))
     student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1", data=drawn)
@@ -326,7 +355,7 @@ def test_the_student_trains_on_their_own_data_which_never_enters_the_store(class
         assert classroom.roster.rows()[0]["examples"] == 12
         config = ExperimentConfig.from_dict({"clients": 1, "providers": classroom.provider_configs()})
         assert classroom.run_options(config)["own_data_sizes"] == {"client-0000": 12}
-        task = make_task(store, spec, secret=student._secret)
+        task = served_task(classroom, store, spec, student._secret)
         store.delete(task["data"])  # the task's data key is never read
         status, reply = post(student.url, task)
         assert status == 200 and reply["num_examples"] == 12

@@ -35,6 +35,8 @@ from .roster import leave_proof
 from .server_thread import ServerThread
 
 TASK_LIMIT = 8 * 2**20  # bytes a task may have (the model's architecture, never its weights)
+SIGNED_URLS_ONLY = ("a classroom task reads and writes through the join service's signed URLs (store kind "
+                    "'presigned'), never this machine's files")  # a "local" store names a folder of this machine
 
 
 @dataclass
@@ -129,6 +131,8 @@ class StudentFunction:
                 raise ValueError("not an object")
         except ValueError as error:
             return 400, error_reply(400, PayloadError(f"the request body is not a task: {error}"))
+        if not isinstance(task.get("store"), dict) or task["store"].get("kind") != "presigned":
+            return 400, error_reply(400, PayloadError(SIGNED_URLS_ONLY))
         status, reply = invoke(task, secret=self._secret, data=self.data)
         self._log(task, status, reply, time.perf_counter() - started)
         return status, reply
