@@ -328,22 +328,29 @@ def test_a_task_signed_with_another_runs_key_is_refused_with_one_line(classroom,
         student.leave()
 
 
-def test_a_task_naming_the_students_own_files_is_refused_though_signed_with_their_key(classroom, tmp_path,
-                                                                                       fresh_function_state):
+@pytest.mark.parametrize("where", ["local", "elsewhere"])
+def test_a_task_naming_the_students_files_or_other_services_is_refused_though_signed_with_their_key(
+        classroom, tmp_path, fresh_function_state, where):
     """Whoever holds a student's key (the teacher, or someone who read it off the room's plain-HTTP network) could
     send their function a task with a local store: it read a folder of the student's machine as its data and wrote
-    its update there, any folder the student's kernel can write. A classroom task goes through signed URLs only."""
-    store, spec = write_inputs(tmp_path / "students-disk")
+    its update there, any folder the student's kernel can write; or with URLs signed elsewhere (here another join
+    service, standing for any service of the student's machine or the room's), which the student's kernel called.
+    A classroom task goes through the join service's own signed URLs only."""
+    other = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "elsewhere"))
+    store, spec = write_inputs(tmp_path / ("students-disk" if where == "local" else "elsewhere"))
     student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
     try:
-        task = make_task(store, spec, secret=student._secret)  # {"kind": "local", "root": a folder of the student's}
+        task = (make_task(store, spec, secret=student._secret) if where == "local"  # {"kind": "local", "root": ...}
+                else served_task(other, store, spec, student._secret))
         status, reply = post(student.url, task)
+        found = "a 'local' store" if where == "local" else f"a URL elsewhere (127.0.0.1:{other._server.port})"
         assert (status, reply["error"]["message"]) == (400, "a classroom task reads and writes through the join "
-                                                            "service's signed URLs (store kind 'presigned'), never "
-                                                            "this machine's files")
+                                                            f"service's signed URLs ({classroom.url}/store/...) only, "
+                                                            f"not {found}")
         assert not store.exists(task["update"])
     finally:
         student.leave()
+        other.close()
 
 
 def test_the_student_trains_on_their_own_data_which_never_enters_the_store(classroom, tmp_path, fresh_function_state):

@@ -32,11 +32,10 @@ from ..wire import PayloadError
 from .addresses import reachable_address, shown_address, url_host
 from .errors import ClassroomError
 from .roster import leave_proof
+from .served_store import STORE_PATH
 from .server_thread import ServerThread
 
 TASK_LIMIT = 8 * 2**20  # bytes a task may have (the model's architecture, never its weights)
-SIGNED_URLS_ONLY = ("a classroom task reads and writes through the join service's signed URLs (store kind "
-                    "'presigned'), never this machine's files")  # a "local" store names a folder of this machine
 
 
 @dataclass
@@ -48,6 +47,27 @@ class Call:
     seconds: float
     outcome: str  # succeeded, or the reason it failed
     compared: str = ""  # the previous round's update against the class average
+
+
+def _store_urls(store: dict[str, Any]) -> list[Any]:
+    """Every URL a presigned store descriptor names (None for a part that is not a URL's place)."""
+    gets, posts = store.get("get"), store.get("post")
+    if not isinstance(gets, dict) or not isinstance(posts, dict):
+        return [None]
+    return [*gets.values(), *(form.get("url") if isinstance(form, dict) else None for form in posts.values())]
+
+
+def _store_refusal(store: Any, served: str) -> str | None:
+    """Why a task's store is not the join service's signed URLs (under `served`), or None. Whoever holds the
+    student's key signs tasks: a "local" store would name a folder of this machine, and URLs elsewhere would make
+    this kernel call this machine's or the room's other services."""
+    if not isinstance(store, dict) or store.get("kind") != "presigned":
+        found = f"a {store.get('kind')!r} store" if isinstance(store, dict) else "no store"
+    elif elsewhere := [str(url) for url in _store_urls(store) if not (isinstance(url, str) and url.startswith(served))]:
+        found = f"a URL elsewhere ({urllib.parse.urlsplit(elsewhere[0]).netloc or elsewhere[0][:40]})"
+    else:
+        return None
+    return f"a classroom task reads and writes through the join service's signed URLs ({served}...) only, not {found}"
 
 
 def compare_with_class(start: list[np.ndarray], mine: list[np.ndarray], aggregated: list[np.ndarray]) -> str:
@@ -131,8 +151,8 @@ class StudentFunction:
                 raise ValueError("not an object")
         except ValueError as error:
             return 400, error_reply(400, PayloadError(f"the request body is not a task: {error}"))
-        if not isinstance(task.get("store"), dict) or task["store"].get("kind") != "presigned":
-            return 400, error_reply(400, PayloadError(SIGNED_URLS_ONLY))
+        if problem := _store_refusal(task.get("store"), self.teacher_url + STORE_PATH):
+            return 400, error_reply(400, PayloadError(problem))
         status, reply = invoke(task, secret=self._secret, data=self.data)
         self._log(task, status, reply, time.perf_counter() - started)
         return status, reply
