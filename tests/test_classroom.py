@@ -15,11 +15,13 @@ import pytest
 from aiohttp import web
 
 from fedless_nb.classroom.errors import ClassroomError
+from fedless_nb.classroom.function_hosts import FunctionHosts
 from fedless_nb.classroom import roster, server_thread
 from fedless_nb.classroom import service as service_module
 from fedless_nb.classroom.roster import leave_proof
 from fedless_nb.classroom.service import ClassroomService
 from fedless_nb.classroom.student import StudentFunction, compare_with_class
+from fedless_nb.experiment import ExperimentConfig
 from fedless_nb.function import handler
 from fedless_nb.providers.base import InvocationError
 from fedless_nb.security import NonceCache, client_key, new_secret
@@ -117,6 +119,107 @@ def test_a_malformed_registration_is_refused_with_one_line(classroom, fields, re
     assert classroom.roster.rows() == []
 
 
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.5:8080/",  # another machine on the teacher's network
+    "http://[::ffff:10.0.0.5]:8080/",  # the same, IPv4-mapped
+    "http://0.0.0.0:8080/",  # the teacher's own machine, as a destination
+    "http://localhost:8080/",  # a name: resolved at each call, it could point anywhere by then
+    "http://127.1:8080/",  # a name to the URL parser, 127.0.0.1 to the resolver
+])
+def test_a_function_url_elsewhere_than_the_students_own_address_is_refused(classroom, url):
+    """The teacher's kernel POSTs every task to the function URL: a student joining from 127.0.0.1 may name their own
+    address (loopback counts as one), not another machine, nor a name, unless the teacher allowed it."""
+    status, reply = post(classroom.url + "/join", registration(classroom, "mallory", url=url))
+    host = urllib.parse.urlsplit(url).hostname.removeprefix("::ffff:")  # named as the IPv4 address it maps
+    assert (status, reply["error"]) == (403, f"the function URL's host {host} is not the address you join from "
+                                             "(127.0.0.1): run %fedless_join again without --host, or ask the "
+                                             f"teacher to allow it (%fedless_classroom open --allow-host {host})")
+    assert classroom.roster.rows() == []
+    assert post(classroom.url + "/join", registration(classroom, "alice", url="http://[::1]:8080/"))[0] == 200
+
+
+def test_the_teacher_bounds_the_examples_a_student_may_claim_as_their_own(tmp_path):
+    """FedAvg weighs a student's own examples by their claim: the teacher sets how large it may be."""
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), max_own_examples=100)
+    try:
+        assert post(service.url + "/join", registration(service, "alice", own_examples=100))[0] == 200
+        status, reply = post(service.url + "/join", registration(service, "mallory", own_examples=101))
+        assert (status, reply["error"]) == (403, "own examples '101': train on 1 to 100 examples of your own (--data), "
+                                                 "or none to get a share of the teacher's dataset")
+    finally:
+        service.close()
+    with pytest.raises(ClassroomError, match="^--max-own-examples 0: give the most examples of their own a student"):
+        ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), max_own_examples=0)
+
+
+def test_a_student_listening_on_every_address_registers_the_one_they_join_from(classroom):
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="0.0.0.0")
+    try:
+        assert student.url.startswith("http://127.0.0.1:")  # 0.0.0.0 as a destination is the teacher's own machine
+        assert classroom.roster.students["alice"].url == student.url
+    finally:
+        student.leave()
+
+
+def test_the_teacher_allows_other_function_hosts_explicitly(tmp_path):
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"),
+                               allow_hosts=("10.0.0.0/8", "*.run.app", "fn.example.com", "2001:db8::/32"))
+    try:
+        admitted = ["http://10.1.2.3:8080/", "https://alice-7f3.a.run.app/", "https://FN.example.com./x",
+                    "http://[2001:db8::5]:80/", "http://[::ffff:10.9.9.9]/"]
+        for number, url in enumerate(admitted):
+            assert post(service.url + "/join", registration(service, f"s{number}", url=url))[0] == 200, url
+        for url in ["https://run.app/", "https://evilrun.app/", "http://192.168.1.2/", "https://example.com/"]:
+            status, reply = post(service.url + "/join", registration(service, "mallory", url=url))
+            assert status == 403 and reply["error"].startswith("the function URL's host"), url
+    finally:
+        service.close()
+    with pytest.raises(ClassroomError, match=r"--allow-host 'http://x/': give a host name, \*.domain, an address"):
+        ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), allow_hosts=("http://x/",))
+
+
+def test_a_registration_from_an_ipv4_mapped_address_names_its_ipv4_address():
+    hosts = FunctionHosts()
+    assert hosts.refusal("10.0.0.7", "::ffff:10.0.0.7") is None
+    assert hosts.refusal("::ffff:10.0.0.7", "10.0.0.7") is None
+    assert hosts.refusal("10.0.0.8", "::ffff:10.0.0.7") is not None
+
+
+def _ipv6_loopback_refusal():
+    """Why this machine cannot serve on IPv6 loopback, or None when it can."""
+    if not socket.has_ipv6:
+        return "this Python was built without IPv6 (socket.has_ipv6 is False)"
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as error:
+        return f"binding ::1 fails here ({error}): IPv6 is disabled on this machine's loopback"
+    return None
+
+
+@pytest.mark.skipif(_ipv6_loopback_refusal() is not None, reason=str(_ipv6_loopback_refusal()))
+@pytest.mark.parametrize("host", ["::1", "::"])
+def test_a_teacher_on_ipv6_shows_a_join_url_a_student_joins_and_is_called_through(tmp_path, host,
+                                                                                   fresh_function_state):
+    """The join URL wrote an IPv6 address without brackets (http://::1:8765, whose port reads as part of the
+    address); listening on every IPv6 address (::) it showed an IPv4 one, where it does not listen."""
+    service = ClassroomService(host, 0, code_minutes=5, store_root=str(tmp_path / "store"))
+    student = None
+    try:
+        shown = urllib.parse.urlsplit(service.url)
+        assert service.url.startswith("http://[") and ":" in shown.hostname and shown.port == service._server.port
+        assert service.join_command().startswith(f"%fedless_join {service.url} ")
+        student = StudentFunction(service.url, service.code, "alice")
+        assert urllib.parse.urlsplit(student.url).hostname == shown.hostname  # the address it joined from
+        store, spec = write_inputs(tmp_path / "store")  # the task's inputs and update go through [...] URLs too
+        result = asyncio.run(service.providers()["alice"].invoke(served_task(service, store, spec, student._secret)))
+        assert result["num_examples"] == 40 and [call.outcome for call in student.calls] == ["succeeded"]
+    finally:
+        if student is not None:
+            student.leave()
+        service.close()
+
+
 def test_deeply_nested_json_is_refused_with_one_line(classroom):
     request = urllib.request.Request(classroom.url + "/join", data=b"[" * 4000, method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -137,7 +240,8 @@ def test_a_class_admits_a_bounded_number_of_names_and_remembers_nonces_only_whil
     classroom.roster.code.expires_at = later + 60
     student = classroom.roster.students["s1"]
     classroom.roster.leave("s1", leave_proof(student.secret, "s1"))
-    classroom.roster.register(registration(classroom, "s1", sent_at=later), now=later)  # a name that left comes back
+    classroom.roster.register(registration(classroom, "s1", sent_at=later), "127.0.0.1", now=later)  # a name that
+    # left comes back
     assert len(classroom.roster._nonces) == 1
 
 
@@ -194,17 +298,27 @@ def test_a_taken_name_and_a_bad_name_are_refused(classroom):
         student.leave()
 
 
+def served_task(classroom, store, spec, secret):
+    """A task of the classroom's: its inputs in the join service's store (`store`, on the same folder), reached
+    through the URLs the service signs, with a token from `secret`."""
+    task = make_task(store, spec, secret=None)
+    task["store"] = classroom.store.task_descriptor([task["weights"], task["data"], task["update"]], [task["update"]],
+                                                   task["deadline"])
+    task["token"] = client_key(secret, task["run_id"], task["client_id"]).issue_token(task)
+    return task
+
+
 def test_a_task_signed_with_another_runs_key_is_refused_with_one_line(classroom, tmp_path, fresh_function_state):
-    store, spec = write_inputs(tmp_path / "student-store")
+    store, spec = write_inputs(tmp_path / "store")
     student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
     try:
-        foreign = make_task(store, spec, secret=new_secret())  # another classroom's (another run's) key
+        foreign = served_task(classroom, store, spec, new_secret())  # another classroom's (another run's) key
         status, reply = post(student.url, foreign)
         assert status == 403
         assert reply["error"]["message"] == ("the task's token is forged or signed with another secret "
                                              "(check FEDLESS_RUN_SECRET)")
         assert not store.exists(foreign["update"])
-        own = make_task(store, spec, secret=student._secret)  # the teacher's key for alice
+        own = served_task(classroom, store, spec, student._secret)  # the teacher's key for alice
         status, reply = post(student.url, own)
         assert status == 200 and reply["num_examples"] == 40
         client_key(student._secret, own["run_id"], own["client_id"]).verify_result(reply, store.get(own["update"]))
@@ -214,20 +328,67 @@ def test_a_task_signed_with_another_runs_key_is_refused_with_one_line(classroom,
         student.leave()
 
 
+@pytest.mark.parametrize("where", ["local", "elsewhere"])
+def test_a_task_naming_the_students_files_or_other_services_is_refused_though_signed_with_their_key(
+        classroom, tmp_path, fresh_function_state, where):
+    """Whoever holds a student's key (the teacher, or someone who read it off the room's plain-HTTP network) could
+    send their function a task with a local store: it read a folder of the student's machine as its data and wrote
+    its update there, any folder the student's kernel can write; or with URLs signed elsewhere (here another join
+    service, standing for any service of the student's machine or the room's), which the student's kernel called.
+    A classroom task goes through the join service's own signed URLs only."""
+    other = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "elsewhere"))
+    store, spec = write_inputs(tmp_path / ("students-disk" if where == "local" else "elsewhere"))
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        task = (make_task(store, spec, secret=student._secret) if where == "local"  # {"kind": "local", "root": ...}
+                else served_task(other, store, spec, student._secret))
+        status, reply = post(student.url, task)
+        found = "a 'local' store" if where == "local" else f"a URL elsewhere (127.0.0.1:{other._server.port})"
+        assert (status, reply["error"]["message"]) == (400, "a classroom task reads and writes through the join "
+                                                            f"service's signed URLs ({classroom.url}/store/...) only, "
+                                                            f"not {found}")
+        assert not store.exists(task["update"])
+    finally:
+        student.leave()
+        other.close()
+
+
 def test_the_student_trains_on_their_own_data_which_never_enters_the_store(classroom, tmp_path, fresh_function_state):
-    store, spec = write_inputs(tmp_path / "student-store")
+    store, spec = write_inputs(tmp_path / "store")
     rng = np.random.default_rng(1)
     drawn = (rng.random((12, 8), dtype=np.float32), rng.integers(0, 3, 12))
     student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1", data=drawn)
     try:
         assert classroom.roster.rows()[0]["examples"] == 12
-        assert classroom.own_data_sizes(["client-0000"]) == {"client-0000": 12}
-        task = make_task(store, spec, secret=student._secret)
+        config = ExperimentConfig.from_dict({"clients": 1, "providers": classroom.provider_configs()})
+        assert classroom.run_options(config)["own_data_sizes"] == {"client-0000": 12}
+        task = served_task(classroom, store, spec, student._secret)
         store.delete(task["data"])  # the task's data key is never read
         status, reply = post(student.url, task)
         assert status == 200 and reply["num_examples"] == 12
     finally:
         student.leave()
+
+
+def test_a_student_who_leaves_as_the_run_starts_shifts_nobodys_figures(classroom):
+    """The run's config lists the class (alice, bob with 60 examples of his own, carol); alice leaves before the run
+    takes its functions and sizes: each client still gets its own student's function and example count (read by
+    name, not by place among those present: bob's 60 went to client 0, alice's client, so that the controller
+    refused both bob's and carol's results as claiming the wrong count, every round)."""
+    drawn = (np.zeros((60, 64), dtype=np.float32), np.zeros(60, dtype=np.int64))
+    alice, bob, carol = (StudentFunction(classroom.url, classroom.code, name, host="127.0.0.1", data=data)
+                         for name, data in (("alice", None), ("bob", drawn), ("carol", None)))
+    config = ExperimentConfig.from_dict({"clients": 3, "providers": classroom.provider_configs()})
+    alice.leave()
+    try:
+        options = classroom.run_options(config)
+        assert options["own_data_sizes"] == {"client-0001": 60}
+        assert {name: provider.url for name, provider in options["providers"].items()} == {
+            "alice": alice.url, "bob": bob.url, "carol": carol.url}
+        assert options["store"] is classroom.store
+    finally:
+        bob.leave()
+        carol.leave()
 
 
 def test_the_served_store_grants_exactly_the_signed_keys(classroom):
@@ -402,17 +563,47 @@ def test_the_drawing_pad_keeps_labelled_8x8_examples_in_the_digits_format():
     assert pad.count.value == "1 examples drawn (7: 1)" and repr(pad) == "DrawingPad(1 examples drawn (7: 1))"
 
 
-def _join_from(service, address, name):
-    """POST /join from the source `address` (a 127.0.0.0/8 address: another machine of the room, on loopback)."""
+def _join_from(service, address, name, **fields):
+    """POST /join from the source `address` (a 127.0.0.0/8 address: another machine of the room, on loopback):
+    status, body, Retry-After."""
     import http.client
 
     connection = http.client.HTTPConnection("127.0.0.1", service._server.port, timeout=10, source_address=(address, 0))
     try:
-        connection.request("POST", "/join", json.dumps(registration(service, name)), {"Content-Type": "application/json"})
+        connection.request("POST", "/join", json.dumps(registration(service, name, **fields)),
+                           {"Content-Type": "application/json"})
         response = connection.getresponse()
-        return response.status, response.read().decode()
+        return response.status, response.read().decode(), response.getheader("Retry-After")
     finally:
         connection.close()
+
+
+def test_wrong_join_codes_are_bounded_per_address_and_in_all_without_locking_the_class_out(classroom):
+    """Someone guessing the join code (32^6 codes, valid 30 minutes) had as many tries as the service could answer.
+    Now an address spends 10 wrong codes, then waits (429, one line, its code not even looked at, the right one
+    included); all addresses together spend 30 a minute, but an address a student joined from is held to its own
+    budget only; a class behind one address, mistyping 8 times, all joins, and can still mistype once."""
+    wrong = {"code": "WRONG2"}
+    for _ in range(10):
+        assert _join_from(classroom, "127.0.0.2", "mallory", **wrong)[0] == 403
+    for fields in (wrong, {}):  # the right code too: looking at it would let the guessing go on
+        status, text, retry_after = _join_from(classroom, "127.0.0.2", "mallory", **fields)
+        assert status == 429 and retry_after is not None and 1 <= int(retry_after) <= 7
+        assert json.loads(text)["error"] == (f"too many wrong join codes: try again in {retry_after} s, with the code "
+                                             "shown on the teacher's screen")
+    for _ in range(8):  # a class behind one address mistypes, and every student joins
+        assert _join_from(classroom, "127.0.0.3", "typo", **wrong)[0] == 403
+    for student in range(30):
+        assert _join_from(classroom, "127.0.0.3", f"s{student}")[0] == 200
+    for address in ("127.0.0.4", "127.0.0.5"):  # 30 wrong codes from fresh addresses in all: the overall budget
+        for _ in range(10):
+            assert _join_from(classroom, address, "mallory", **wrong)[0] in (403, 429)
+    assert _join_from(classroom, "127.0.0.6", "dave")[0] == 429  # a fresh address waits too
+    assert _join_from(classroom, "127.0.0.3", "typo", **wrong)[0] == 403  # the class's address still tries codes
+    assert _join_from(classroom, "127.0.0.3", "carol")[0] == 200
+    a_minute_later = time.time() + 60  # the budgets refill
+    classroom.roster.register(registration(classroom, "mallory"), "127.0.0.2", now=a_minute_later)
+    classroom.roster.register(registration(classroom, "dave"), "127.0.0.6", now=a_minute_later)
 
 
 def test_one_address_holds_a_bounded_number_of_connections_and_the_rest_of_the_class_still_joins(tmp_path,
@@ -426,7 +617,7 @@ def test_one_address_holds_a_bounded_number_of_connections_and_the_rest_of_the_c
     held = [socket.create_connection(("127.0.0.1", service._server.port)) for _ in range(8)]
     try:
         time.sleep(0.3)
-        status, text = _join_from(service, "127.0.0.1", "mallory")
+        status, text, _ = _join_from(service, "127.0.0.1", "mallory")
         assert (status, text) == (429, "more than 4 connections from your address: close some and try again "
                                        "(a class behind one address: the teacher raises --per-address)")
         assert _join_from(service, "127.0.0.2", "alice")[0] == 200
@@ -450,12 +641,36 @@ def test_one_address_holds_a_bounded_number_of_connections_and_the_rest_of_the_c
         ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), per_address=-1)
 
 
+def test_a_removed_student_cannot_join_again_under_another_name(classroom):
+    """Removing bob renews the join code (its expiry unchanged), which the teacher's widget shows: bob's code no longer
+    admits any name, alice stays in with her key, and a classmate joins with the new code."""
+    from fedless_nb.classroom.widgets import roster_table
+
+    table = roster_table(classroom)
+    alice, bob = (StudentFunction(classroom.url, classroom.code, name, host="127.0.0.1") for name in ("alice", "bob"))
+    old_code, expires_at = classroom.code, classroom.roster.code.expires_at
+    classroom.remove("bob")
+    carol = None
+    try:
+        assert classroom.code != old_code and classroom.roster.code.expires_at == expires_at
+        assert classroom.code in table.widget.value and classroom.join_command() in table.text()
+        assert old_code not in table.widget.value
+        with pytest.raises(ClassroomError, match="^the teacher refused: wrong join code: copy the code shown on the "):
+            StudentFunction(classroom.url, old_code, "bob2", host="127.0.0.1")
+        assert classroom.roster.admits("alice", alice._secret)
+        carol = StudentFunction(classroom.url, classroom.code, "carol", host="127.0.0.1")
+        assert [s.name for s in classroom.roster.present()] == ["alice", "carol"]
+    finally:
+        for student in (alice, carol):
+            if student is not None:
+                student.leave()
+
+
 def test_the_teacher_removes_a_student_whose_next_result_and_rejoin_are_refused(classroom, tmp_path):
     """The teacher removes bob after round 1 of a run over the class: his result in round 2 is refused (the run goes
     on with alice), what he gave in round 1 stays, the roster and its widget say so, and bob can neither join again
     under his name nor leave with his old key."""
     from fedless_nb.classroom.widgets import roster_table
-    from fedless_nb.experiment import ExperimentConfig
     from fedless_nb.records.history import History
     from fedless_nb.rounds.events import RoundFinished
     from fedless_nb.runner import run_experiment

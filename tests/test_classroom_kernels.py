@@ -55,8 +55,12 @@ def room(tmp_path):
 @pytest.mark.slow
 def test_three_student_kernels_train_five_rounds_and_one_leaves(room, tmp_path):
     teacher = room["teacher"]
-    opened = teacher.run("classroom = %fedless_classroom open --host 127.0.0.1 --port 0 --timeout 120\n"
+    opened = teacher.run("classroom = %fedless_classroom open --host 127.0.0.1 --port 0 --timeout 120 "
+                         "--allow-host '*.run.app' --allow-host 10.0.0.0/8 --max-own-examples 100\n"
+                         "print(classroom.roster.hosts.suffixes, [str(n) for n in classroom.roster.hosts.networks], "
+                         "classroom.roster.max_own_examples)\n"
                          "print(classroom.url, classroom.code)")
+    assert opened.splitlines()[-2] == "('.run.app',) ['10.0.0.0/8'] 100"  # carol's 60 examples are within it
     url, code = opened.splitlines()[-1].split()
     # carol trains on examples of her own (60 digits she holds), which never enter any store
     room["carol"].run("from sklearn.datasets import load_digits\ndigits = load_digits()\n"

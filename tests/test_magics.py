@@ -367,11 +367,14 @@ def test_the_teacher_removes_a_student_with_the_classroom_magic(shell):
         classroom = shell.run_line_magic("fedless_classroom", "open --host 127.0.0.1 --port 0 --per-address 2")
     try:
         assert classroom._server.per_address == 2
-        bob = StudentFunction(classroom.url, classroom.code, "bob", host="127.0.0.1")
+        bob, code = StudentFunction(classroom.url, classroom.code, "bob", host="127.0.0.1"), classroom.code
         with capture_output() as removed:
             shell.run_line_magic("fedless_classroom", "remove bob")
-        assert removed.stdout.strip() == ("Removed bob: their function's next result is refused and the name cannot "
-                                          "join again")
+        assert classroom.code != code  # renewed: bob cannot come back under another name with the code he had
+        assert removed.stdout.strip() == (
+            "Removed bob: their function's next result is refused and the name cannot join again; the join code is "
+            f"now {classroom.code} (the others stay joined): %fedless_join {classroom.url} {classroom.code} "
+            "--name YOUR_NAME")
         assert [(row["name"], row["status"]) for row in classroom.roster.rows()] == [("bob", "removed")]
         assert magics.classroom is classroom  # still open for the others
         with pytest.raises(UsageError, match="%fedless_classroom remove NAME: name the student to remove"):

@@ -187,3 +187,30 @@ def test_a_repeated_round_is_answered_by_the_clients_that_succeeded_the_first_ti
     invocations = History(config.history).invocations(result.run_id)
     assert [i["outcome"] for i in invocations].count("succeeded") == 2 + 3, [(i["client_id"], i["error"]) for i in invocations]
     assert [i["cause"] for i in invocations if i["outcome"] == "failed"] == ["crash"]
+
+
+class _ResendsItsFirstResult(LocalProvider):
+    """A compromised function of client-0001 that answers every task after its first with its first signed result."""
+
+    def __init__(self):
+        super().__init__("local", workers=2)
+        self.first = None
+
+    async def invoke(self, task):
+        if task["client_id"] != "client-0001" or self.first is None:
+            result = await super().invoke(task)
+            self.first = result if task["client_id"] == "client-0001" else self.first
+            return result
+        return self.first
+
+
+def test_an_async_client_resending_its_first_signed_result_is_discarded_as_late(tiny_config):
+    """FedBuff takes a result for the task it dispatched only: the same signed result sent again for a later global
+    version is late, never a second update in the buffer (its staleness is the controller's count, not a claim)."""
+    config = tiny_config(clients=2, clients_per_round=2, rounds=3, retries=0, mode="async",
+                         asynchronous={"concurrency": 2, "buffer_size": 2})
+    result = run_experiment(config, providers={"local": _ResendsItsFirstResult()})
+    resent = [i for i in History(config.history).invocations(result.run_id) if i["client_id"] == "client-0001"]
+    assert [(i["round"], i["outcome"], i["cause"]) for i in resent] == [(1, "succeeded", None), (2, "discarded", "late"),
+                                                                         (3, "discarded", "late")]
+    assert "a late result of round 1 arrived in round 2" in resent[1]["error"]

@@ -18,7 +18,7 @@ from fedless_nb.records.history import History
 from fedless_nb.reduction import MaskedSum, SumSpec
 from fedless_nb.rounds.tree import TreeOptions
 from fedless_nb.runner import run_experiment
-from fedless_nb.security import NonceCache, client_key
+from fedless_nb.security import NonceCache, client_key, client_secret
 from fedless_nb.store import LocalStore, encode_arrays
 from fedless_nb.store.keys import secagg_key
 from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
@@ -164,6 +164,25 @@ def test_an_aggregator_task_signed_for_another_aggregator_is_refused(tmp_path, a
     task["client_id"] = "aggregator-0-1"  # its token is aggregator-0-0's, whose key differs
     status, reply = invoke(task)
     assert status == 403 and "forged or signed with another secret" in reply["error"]["message"]
+
+
+def test_a_function_deployed_for_one_client_refuses_to_aggregate_naming_the_remedy(tmp_path, aggregator_env,
+                                                                                  monkeypatch):
+    """It holds no other client's key, so it can check no update it would sum; it refused the task as another
+    client's, telling the operator to "invoke aggregator-0-0's own function", which does not exist."""
+    store = LocalStore(tmp_path)
+    store.put("global", encode_arrays(CURRENT))
+    update, result = _client_update(store, 0)
+    strategy = _bound(make_strategy("fedavg"))
+    task, key = _task(store, "aggregator-0-0", 0, strategy.sum_spec(), [_entry(update, result, strategy)])
+    monkeypatch.setenv("FEDLESS_CLIENT_ID", "client-0000")
+    monkeypatch.setenv("FEDLESS_RUN_SECRET", client_secret(SECRET, "client-0000"))
+    status, reply = invoke(task)
+    assert (status, reply["error"]["message"]) == (403, "this function serves client-0000 only, so it cannot aggregate: "
+                                                        "aggregate in the controller (aggregation: {where: controller}), "
+                                                        "or give the aggregators the provider's shared function (its "
+                                                        "secret, without FEDLESS_CLIENT_ID)")
+    assert not store.exists(key)
 
 
 def test_a_run_aggregates_through_functions_on_the_local_provider_as_the_controller_does(tiny_config, monkeypatch):

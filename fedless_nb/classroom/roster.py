@@ -16,18 +16,22 @@ import re
 import secrets
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from yarl import URL
+
 from ..security import new_secret
 from .errors import ClassroomError
+from .function_hosts import FunctionHosts
+from .join_limit import WrongCodes
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread from a projector
 REGISTRATION_WINDOW = 120.0  # seconds a registration message stays valid (clock skew included)
 CLASS_LIMIT = 200  # names a class admits (a name that left may come back): each is a client and a roster row
-OWN_EXAMPLES_LIMIT = 10_000  # a student's own examples: FedAvg weighs their update by this claim, which nobody can check
+OWN_EXAMPLES_LIMIT = 10_000  # a student's own examples by default: FedAvg weighs their update by this claim, which
+# nobody can check (the teacher lowers it with --max-own-examples)
 
 
 @dataclass
@@ -54,29 +58,46 @@ class JoinCode:
 
     @classmethod
     def fresh(cls, minutes: float) -> "JoinCode":
-        return cls("".join(secrets.choice(CODE_ALPHABET) for _ in range(6)), time.time() + 60 * minutes)
+        return cls(_new_code(), time.time() + 60 * minutes)
+
+    def renewed(self) -> "JoinCode":
+        """Another code, valid until the same time: whoever knew this one (a removed student) cannot join with it."""
+        while (code := _new_code()) == self.code:
+            pass
+        return JoinCode(code, self.expires_at)
+
+
+def _new_code() -> str:
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(6))
 
 
 @dataclass
 class Roster:
-    """The class: join code, students by name, and the registrations already used."""
+    """The class: join code, students by name, the registrations already used, and the hosts a function URL may
+    name besides its student's own address."""
 
     code: JoinCode
+    hosts: FunctionHosts = field(default_factory=FunctionHosts)
+    max_own_examples: int = OWN_EXAMPLES_LIMIT
     secret: str = field(default_factory=new_secret)
     students: dict[str, Student] = field(default_factory=dict)
     _nonces: dict[str, float] = field(default_factory=dict)  # the registrations used, by their sent_at
+    _wrong_codes: WrongCodes = field(default_factory=WrongCodes)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     on_change: Callable[[], None] | None = None
 
-    def register(self, message: dict[str, Any], now: float | None = None) -> Student:
-        """Admit a registration {code, name, url, nonce, sent_at, own_examples}; ClassroomError with one line if not."""
+    def register(self, message: dict[str, Any], address: str, now: float | None = None) -> Student:
+        """Admit a registration {code, name, url, nonce, sent_at, own_examples} that came from `address`;
+        ClassroomError with one line if not (TooManyWrongCodes, unread, past the wrong codes `address` may send)."""
         now = time.time() if now is None else now
-        if not hmac.compare_digest(str(message.get("code", "")).strip().upper(), self.code.code):
-            raise ClassroomError("wrong join code: copy the code shown on the teacher's screen")
-        if now > self.code.expires_at:
-            raise ClassroomError("the join code expired: ask the teacher for a new one (%fedless_classroom open)")
         nonce, name, sent_at = str(message.get("nonce", "")), str(message.get("name", "")), _sent_at(message)
         with self._lock:
+            self._wrong_codes.check(address, now)
+            if not hmac.compare_digest(str(message.get("code", "")).strip().upper(), self.code.code):
+                self._wrong_codes.spend(address, now)
+                raise ClassroomError("wrong join code: copy the code shown on the teacher's screen")
+            if now > self.code.expires_at:
+                raise ClassroomError("the join code expired: ask the teacher for a new one (%fedless_classroom open)")
             self._forget_nonces_before(now - 2 * REGISTRATION_WINDOW)
             if not nonce or nonce in self._nonces or not abs(now - sent_at) <= REGISTRATION_WINDOW:
                 raise ClassroomError("this registration was already used or is too old (a replay): "
@@ -87,12 +108,14 @@ class Roster:
                 raise ClassroomError(f"the teacher removed {name!r} from this class: ask the teacher")
             if name in self.students and self.students[name].status == "joined":
                 raise ClassroomError(f"the name {name!r} is taken in this class: choose another --name")
-            url, own = _function_url(message.get("url")), _own_examples(message.get("own_examples"))
+            url = _function_url(message.get("url"), address, self.hosts)
+            own = _own_examples(message.get("own_examples"), self.max_own_examples)
             if name not in self.students and len(self.students) >= CLASS_LIMIT:
                 raise ClassroomError(f"the class is full ({CLASS_LIMIT} students): ask the teacher to open another one")
             self._nonces[nonce] = sent_at
             student = Student(name, url, new_secret(), own, now)
             self.students[name] = student
+            self._wrong_codes.joined(address)
         self._changed()
         return student
 
@@ -114,11 +137,13 @@ class Roster:
 
     def remove(self, name: str) -> None:
         """The teacher takes `name` out of the class: their key is refused from now on (their function's next results,
-        a leave), the name cannot join again here, and what they gave to rounds that finished stays."""
+        a leave), the name cannot join again here, and what they gave to rounds that finished stays. The join code
+        is renewed (same expiry), so that they cannot join again under another name; the others keep their keys."""
         with self._lock:
             if name not in self.students:
                 raise ClassroomError(f"no student {name!r} in this class: the roster lists the names")
             self.students[name].status = "removed"
+            self.code = self.code.renewed()
         self._changed()
 
     def admits(self, name: str, secret: str) -> bool:
@@ -131,6 +156,15 @@ class Roster:
         """The students who are in the class now, in the order they joined."""
         with self._lock:
             return sorted((s for s in self.students.values() if s.status == "joined"), key=lambda s: s.joined_at)
+
+    def named(self, names: list[str]) -> list[Student]:
+        """The students with these names, as they are now (whatever their status), in that order."""
+        with self._lock:
+            missing = [name for name in names if name not in self.students]
+            if missing:
+                raise ClassroomError(f"no student {missing[0]!r} in this class: train over the class as the roster "
+                                     "lists it (%fedless_train --provider classroom)")
+            return [self.students[name] for name in names]
 
     def record_answer(self, name: str, text: str, examples: int | None, answered: bool) -> None:
         with self._lock:
@@ -163,25 +197,29 @@ def _sent_at(message: dict[str, Any]) -> float:
         return math.nan
 
 
-def _function_url(value: Any) -> str:
-    """The student's function URL, if it is an http(s) URL with a host: the teacher's kernel POSTs every task there."""
+def _function_url(value: Any, address: str, hosts: FunctionHosts) -> str:
+    """The student's function URL, if it is an http(s) URL whose host `hosts` lets a student at `address` name: the
+    teacher's kernel POSTs every task there. Parsed as the teacher's HTTP client parses it (yarl), so the host
+    checked is the host called."""
     url = str(value or "")
     try:
-        parts = urllib.parse.urlsplit(url)
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
-    except ValueError:  # parts.port: a port that is not a number in 0-65535; urlsplit: a malformed IPv6 host
+        parts = URL(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.host) and bool(parts.port)
+    except (ValueError, TypeError):  # a port that is not a number in 0-65535, a malformed IPv6 host, a backslash
         usable = False
     if not usable:
         raise ClassroomError(f"the function URL {url[:80]!r} is not an http(s) URL with a host: run %fedless_join again")
+    if problem := hosts.refusal(str(parts.host), address):
+        raise ClassroomError(problem)
     return url
 
 
-def _own_examples(value: Any) -> int | None:
+def _own_examples(value: Any, limit: int) -> int | None:
     """How many examples of their own the student trains on (None: their share of the teacher's dataset)."""
     if value is None:
         return None
-    if type(value) is not int or not 1 <= value <= OWN_EXAMPLES_LIMIT:
-        raise ClassroomError(f"own examples {str(value)[:40]!r}: train on 1 to {OWN_EXAMPLES_LIMIT} examples of your own "
+    if type(value) is not int or not 1 <= value <= limit:
+        raise ClassroomError(f"own examples {str(value)[:40]!r}: train on 1 to {limit} examples of your own "
                              "(--data), or none to get a share of the teacher's dataset")
     return value
 

@@ -20,6 +20,8 @@ from typing import Any, Coroutine
 
 from aiohttp import web
 
+from .addresses import url_host
+
 CONNECTION_LIMIT = 256  # connections a server holds at once; one past it is closed as soon as it is accepted
 PER_ADDRESS_LIMIT = 16  # connections it holds from one address; one past it is answered 429 and closed (0: no limit)
 REFUSAL_SECONDS = 1.0  # a refused connection is closed once its client is done, or after this
@@ -89,7 +91,7 @@ class _BoundedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"http://{url_host(self._host)}:{self._port}"
 
     def admit(self, address: str) -> asyncio.Protocol | None:
         """What serves a new connection from `address`: the server's handler, a refusal past the address's limit,

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -21,10 +20,16 @@ from ..providers.base import InvocationError
 from ..providers.http import HttpProvider
 from ..providers.retry import RetryPolicy
 from ..rounds.events import InvocationFinished
+from .addresses import reachable_address, shown_address, url_host
 from .errors import ClassroomError
-from .roster import JoinCode, Roster
+from .function_hosts import FunctionHosts
+from .join_limit import TooManyWrongCodes
+from .roster import OWN_EXAMPLES_LIMIT, JoinCode, Roster, Student
 from .served_store import STORE_PATH, ServedStore
 from .server_thread import PER_ADDRESS_LIMIT, ServerThread
+
+if TYPE_CHECKING:
+    from ..experiment import ExperimentConfig
 
 REGISTRATION_LIMIT = 4096  # bytes a join or leave message may have
 MESSAGE_SECONDS = 10.0  # a join or leave message arrives within this, or the connection is not held for it
@@ -52,24 +57,20 @@ class _StudentProvider(HttpProvider):
         return result
 
 
-def reachable_address(target: str = "192.0.2.1") -> str:
-    """This machine's address on the network that routes to `target` (no packet is sent); 127.0.0.1 without one."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((target, 9))
-            return str(probe.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
-
-
 class ClassroomService:
-    """An open classroom: its roster, its served store and its server thread."""
+    """An open classroom: its roster, its served store and its server thread. A student's function URL must name
+    the address they join from, or one of `allow_hosts` (names, *.domains, addresses, networks: function_hosts.py);
+    a student training on examples of their own may claim at most `max_own_examples` (FedAvg's weight)."""
 
     def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0,
-                 per_address: int = PER_ADDRESS_LIMIT) -> None:
+                 per_address: int = PER_ADDRESS_LIMIT, allow_hosts: tuple[str, ...] = (),
+                 max_own_examples: int = OWN_EXAMPLES_LIMIT) -> None:
         if per_address < 0:
             raise ClassroomError(f"--per-address {per_address}: give the connections one address may hold (0: no limit)")
-        self.roster = Roster(JoinCode.fresh(code_minutes))
+        if max_own_examples < 1:
+            raise ClassroomError(f"--max-own-examples {max_own_examples}: give the most examples of their own a student "
+                                 "may train on (1 or more)")
+        self.roster = Roster(JoinCode.fresh(code_minutes), FunctionHosts.parse(allow_hosts), max_own_examples)
         self.timeout = timeout
         self._uploading: set[str] = set()  # keys with an upload in progress (the server's loop is its only user)
         app = web.Application(client_max_size=UPDATE_LIMIT)
@@ -79,8 +80,7 @@ class ClassroomService:
         app.router.add_post(STORE_PATH + "{key:.+}", self._post)
         bind = host or reachable_address()
         self._server = ServerThread(app, bind, port, per_address)
-        shown = reachable_address() if bind in ("0.0.0.0", "") else bind
-        self.url = f"http://{shown}:{self._server.port}"
+        self.url = f"http://{url_host(shown_address(bind))}:{self._server.port}"
         self.store = ServedStore(store_root, self.url)
 
     @property
@@ -113,19 +113,28 @@ class ClassroomService:
                  "timeout": self.timeout, "secret_env": None} for student in students]
 
     def providers(self) -> dict[str, HttpProvider]:
-        """The students' functions, each signing with that student's own key; a gone student fails fast."""
-        return {s.name: _StudentProvider(self.roster, s.name, url=s.url, timeout=self.timeout, concurrency=1,
-                                         secret=s.secret, retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0))
-                for s in self.roster.present()}
+        """The functions of the students present, each signing with that student's own key; a gone student fails fast."""
+        return {s.name: self._provider(s) for s in self.roster.present()}
+
+    def _provider(self, student: Student) -> HttpProvider:
+        return _StudentProvider(self.roster, student.name, url=student.url, timeout=self.timeout, concurrency=1,
+                                secret=student.secret, retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=1.0))
+
+    def run_options(self, config: ExperimentConfig) -> dict[str, Any]:
+        """What a run of `config` (its providers from provider_configs(), client i on provider i) takes besides it: the
+        store, each provider's student's function and, for those who train on their own examples, how many. Read by
+        the providers' names in one look at the roster: a student who leaves or joins after the config was made
+        shifts nobody's function or example count onto another client."""
+        from ..runner import client_ids
+
+        students = self.roster.named([provider.name for provider in config.providers])
+        return {"store": self.store, "providers": {s.name: self._provider(s) for s in students},
+                "own_data_sizes": {client_id: s.own_examples for client_id, s in zip(client_ids(config.clients), students)
+                                   if s.own_examples is not None}}
 
     def remove(self, name: str) -> None:
         """Take a student out of the class (Roster.remove): a run in progress refuses their function's next result."""
         self.roster.remove(name)
-
-    def own_data_sizes(self, client_ids: list[str]) -> dict[str, int]:
-        """Client id -> examples, for the students who train on their own drawings (client i is student i)."""
-        return {client_id: s.own_examples for client_id, s in zip(client_ids, self.roster.present())
-                if s.own_examples is not None}
 
     def observe(self, event: Any) -> None:
         """Each invocation's outcome on the roster (an observer of the run)."""
@@ -156,7 +165,9 @@ class ClassroomService:
 
     async def _join(self, request: web.Request) -> web.Response:
         try:
-            student = self.roster.register(await self._message(request))
+            student = self.roster.register(await self._message(request), request.remote or "")
+        except TooManyWrongCodes as error:
+            return web.json_response({"error": str(error)}, status=429, headers={"Retry-After": str(error.seconds)})
         except ClassroomError as error:
             return web.json_response({"error": str(error)}, status=403)
         return web.json_response({"name": student.name, "secret": student.secret})

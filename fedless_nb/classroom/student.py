@@ -29,9 +29,10 @@ from aiohttp import web
 from ..function.serving import error_reply, invoke
 from ..store import PresignedStore, decode_arrays
 from ..wire import PayloadError
+from .addresses import reachable_address, shown_address, url_host
 from .errors import ClassroomError
 from .roster import leave_proof
-from .service import reachable_address
+from .served_store import STORE_PATH
 from .server_thread import ServerThread
 
 TASK_LIMIT = 8 * 2**20  # bytes a task may have (the model's architecture, never its weights)
@@ -46,6 +47,27 @@ class Call:
     seconds: float
     outcome: str  # succeeded, or the reason it failed
     compared: str = ""  # the previous round's update against the class average
+
+
+def _store_urls(store: dict[str, Any]) -> list[Any]:
+    """Every URL a presigned store descriptor names (None for a part that is not a URL's place)."""
+    gets, posts = store.get("get"), store.get("post")
+    if not isinstance(gets, dict) or not isinstance(posts, dict):
+        return [None]
+    return [*gets.values(), *(form.get("url") if isinstance(form, dict) else None for form in posts.values())]
+
+
+def _store_refusal(store: Any, served: str) -> str | None:
+    """Why a task's store is not the join service's signed URLs (under `served`), or None. Whoever holds the
+    student's key signs tasks: a "local" store would name a folder of this machine, and URLs elsewhere would make
+    this kernel call this machine's or the room's other services."""
+    if not isinstance(store, dict) or store.get("kind") != "presigned":
+        found = f"a {store.get('kind')!r} store" if isinstance(store, dict) else "no store"
+    elif elsewhere := [str(url) for url in _store_urls(store) if not (isinstance(url, str) and url.startswith(served))]:
+        found = f"a URL elsewhere ({urllib.parse.urlsplit(elsewhere[0]).netloc or elsewhere[0][:40]})"
+    else:
+        return None
+    return f"a classroom task reads and writes through the join service's signed URLs ({served}...) only, not {found}"
 
 
 def compare_with_class(start: list[np.ndarray], mine: list[np.ndarray], aggregated: list[np.ndarray]) -> str:
@@ -74,8 +96,9 @@ class StudentFunction:
             raise ClassroomError(f"{teacher_url!r} is not the teacher's address: copy it from the join command")
         app = web.Application(client_max_size=TASK_LIMIT)
         app.router.add_post("/", self._call)
-        self._server = ServerThread(app, host or reachable_address(teacher_host), port)
-        self.url = f"http://{self._server.host}:{self._server.port}/"
+        own_address = reachable_address(teacher_host)  # what the teacher sees a registration come from
+        self._server = ServerThread(app, host or own_address, port)
+        self.url = f"http://{url_host(shown_address(self._server.host, teacher_host))}:{self._server.port}/"
         try:
             self._secret = self._register(code, timeout)
         except BaseException:
@@ -128,6 +151,8 @@ class StudentFunction:
                 raise ValueError("not an object")
         except ValueError as error:
             return 400, error_reply(400, PayloadError(f"the request body is not a task: {error}"))
+        if problem := _store_refusal(task.get("store"), self.teacher_url + STORE_PATH):
+            return 400, error_reply(400, PayloadError(problem))
         status, reply = invoke(task, secret=self._secret, data=self.data)
         self._log(task, status, reply, time.perf_counter() - started)
         return status, reply

@@ -23,9 +23,10 @@ def _table(rows: list[dict[str, Any]], empty: str) -> str:
 
 
 class LiveTable:
-    """`heading` over a table of `rows()`, redrawn by `refresh()`."""
+    """`heading()` over a table of `rows()`, both redrawn by `refresh()`."""
 
-    def __init__(self, heading: str, rows: Callable[[], list[dict[str, Any]]], empty: str, css_class: str) -> None:
+    def __init__(self, heading: Callable[[], str], rows: Callable[[], list[dict[str, Any]]], empty: str,
+                 css_class: str) -> None:
         import ipywidgets as widgets
 
         self.heading, self.rows, self.empty = heading, rows, empty
@@ -33,7 +34,7 @@ class LiveTable:
         self.widget.add_class(css_class)
 
     def _html(self) -> str:
-        return f"{self.heading}{_table(self.rows(), self.empty)}"
+        return f"{self.heading()}{_table(self.rows(), self.empty)}"
 
     def refresh(self) -> None:
         self.widget.value = self._html()
@@ -43,7 +44,7 @@ class LiveTable:
         import pandas as pd
 
         rows = self.rows()
-        return _strip(self.heading) + "\n" + (pd.DataFrame(rows).to_string(index=False) if rows else self.empty)
+        return _strip(self.heading()) + "\n" + (pd.DataFrame(rows).to_string(index=False) if rows else self.empty)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -59,14 +60,16 @@ def _strip(markup: str) -> str:
 
 
 def roster_table(service: Any) -> LiveTable:
-    """The teacher's widget: how to join (command and code, with its expiry) and who has joined."""
+    """The teacher's widget: how to join (command and the current code, with its expiry) and who has joined."""
     import time
 
-    expires = time.strftime("%H:%M", time.localtime(service.roster.code.expires_at))
-    heading = (f"<h4>Classroom open at {html.escape(service.url)}</h4>"
-               f"<p>Join code <b class='fedless-join-code' style='font-size:150%'>{service.code}</b> "
-               f"(valid until {expires}). In your notebook run:</p>"
-               f"<pre class='fedless-join-command'>%load_ext fedless_nb\n{html.escape(service.join_command())}</pre>")
+    def heading() -> str:
+        expires = time.strftime("%H:%M", time.localtime(service.roster.code.expires_at))
+        return (f"<h4>Classroom open at {html.escape(service.url)}</h4>"
+                f"<p>Join code <b class='fedless-join-code' style='font-size:150%'>{service.code}</b> "
+                f"(valid until {expires}). In your notebook run:</p>"
+                f"<pre class='fedless-join-command'>%load_ext fedless_nb\n{html.escape(service.join_command())}</pre>")
+
     table = LiveTable(heading, service.roster.rows, "No student has joined yet.", "fedless-roster")
     service.roster.on_change = table.refresh
     return table
@@ -75,6 +78,6 @@ def roster_table(service: Any) -> LiveTable:
 def calls_table(student: Any) -> LiveTable:
     """The student's widget: every call the teacher's run made to their function."""
     heading = f"<h4>{html.escape(student.name)}: your function at {html.escape(student.url)}</h4>"
-    table = LiveTable(heading, student.rows, "Waiting for the teacher's first round...", "fedless-calls")
+    table = LiveTable(lambda: heading, student.rows, "Waiting for the teacher's first round...", "fedless-calls")
     student.on_call = lambda _call: table.refresh()
     return table

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from ..aggregate_wire import AggregateEntry, AggregateTask, RejectedUpdate, SummedUpdate, parse_aggregate_result
 from ..reduction import (MaskedSum, SumSpec, SumTerm, WeightedSum, norm_problem, partial_sum_limit, update_problem,
                          update_term)
-from ..security import NonceCache, ResultSignatureError, TaskGuard, client_key, function_secret
+from ..security import NonceCache, ResultSignatureError, TaskGuard, check_may_aggregate, client_key, function_secret
 from ..store import CodecError, MissingKeyError, Store, decode_arrays, store_from_descriptor
 from ..wire import PayloadError, ResultError, first_problem, parse_result
 
@@ -139,6 +139,7 @@ def aggregate(payload: dict[str, Any], *, secret: str | None = None) -> dict[str
     started = time.perf_counter()
     task, spec = check_aggregate_task(payload)
     store: Store = store_from_descriptor(task.store)
+    check_may_aggregate()
     guard = TaskGuard.admit(payload, store, _NONCES, secret)  # before any update is read
     secret = (secret or function_secret()) if guard.key is not None else None
     cold = _INVOCATIONS[0] == 0

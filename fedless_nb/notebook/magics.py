@@ -240,7 +240,7 @@ class FedlessMagics(Magics):
 
         options: dict[str, Any] = {"providers": warm_pool().providers_for(config)}
         if args.provider == "classroom":
-            options = self._classroom_options(config)
+            options = self._open_classroom().run_options(config)  # students' functions, signed store, own data
             observers.append(self.classroom.observe)
         if args.background:
             run = BackgroundRun(config, model, observers, on_done=self.background.remove, dashboard=dashboard,
@@ -253,14 +253,6 @@ class FedlessMagics(Magics):
         if self.classroom is None:
             raise UsageError(f"{needing} needs an open classroom: run %fedless_classroom open first")
         return self.classroom
-
-    def _classroom_options(self, config: ExperimentConfig) -> dict[str, Any]:
-        """The run's students as providers, the store they reach through signed URLs, their own data's sizes."""
-        from ..runner import client_ids
-
-        classroom = self._open_classroom()
-        return {"providers": classroom.providers(), "store": classroom.store,
-                "own_data_sizes": classroom.own_data_sizes(client_ids(config.clients))}
 
     def experiment_config(self, args: Any, cell: str | None) -> ExperimentConfig:
         """The magics' settings, then the config file or cell, then the options, validated as one config."""
@@ -509,6 +501,11 @@ class FedlessMagics(Magics):
     @argument("--timeout", type=float, default=60, help="seconds a student's function may take per round (default 60)")
     @argument("--per-address", type=int, default=16, help="connections the join service holds from one address "
                                                           "(default 16; 0: no limit, for a class behind one address)")
+    @argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="HOST",
+              help="a host students' functions may run on besides their own machine: a name, *.domain, an address or "
+                   "a network such as 10.0.0.0/8 (repeat for several; e.g. *.run.app for Cloud Run)")
+    @argument("--max-own-examples", type=int, default=10_000, help="the most examples of their own a student may "
+              "train on (default 10000): FedAvg weighs their update by that claim, which nobody can check")
     @line_magic
     @user_errors
     def fedless_classroom(self, line: str) -> Any:
@@ -523,8 +520,10 @@ class FedlessMagics(Magics):
         if args.action == "remove":
             if not args.name:
                 raise UsageError("%fedless_classroom remove NAME: name the student to remove, as the roster shows it")
-            self._open_classroom("%fedless_classroom remove").remove(args.name)
-            print(f"Removed {args.name}: their function's next result is refused and the name cannot join again")
+            classroom = self._open_classroom("%fedless_classroom remove")
+            classroom.remove(args.name)
+            print(f"Removed {args.name}: their function's next result is refused and the name cannot join again; "
+                  f"the join code is now {classroom.code} (the others stay joined): {classroom.join_command()}")
             return None
         if self.classroom is not None:
             self.classroom.close()
@@ -534,7 +533,8 @@ class FedlessMagics(Magics):
             return None
         try:
             self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, timeout=args.timeout,
-                                              per_address=args.per_address)
+                                              per_address=args.per_address, allow_hosts=tuple(args.allow_hosts),
+                                              max_own_examples=args.max_own_examples)
         except OSError as error:
             raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
                              "choose another --port or --host") from None

@@ -85,9 +85,8 @@ def activation_url(url: str, activation: str) -> str | None:
 
 def public_url(url: str) -> str:
     """The URL without its query string and credentials, fit for the history."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    return urllib.parse.urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
+    parts = urllib.parse.urlsplit(url)  # the host as written: an IPv6 address keeps its brackets
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 class HttpProvider(Provider):
