@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+from fedless_nb.notebook.completion import config_values
 from fedless_nb.records.history import History
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -319,8 +321,19 @@ def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(exe
     (page,) = reply["content"]["payload"]
     help_text = page["data"]["text/plain"]
     for option, default in (("--clients-per-round", "min(5, clients)"), ("--epochs", "5"), ("--batch-size", "16"),
-                            ("--rounds", "10"), ("--lr", "0.1"), ("--workers", "2"), ("--partition", "iid")):
-        assert option in help_text and f"(default {default})" in help_text, option
+                            ("--rounds", "10"), ("--lr", "0.1"), ("--workers", "2"), ("--partition", "iid"),
+                            ("--round-deadline", "600"), ("--base", "2.71828"), ("--sizes", "equal sizes")):
+        assert f"(default {default})" in option_help(help_text, option), option
+    for option, values in config_values().items():  # what Tab offers, the help names
+        assert set(values) <= set(re.findall(r"\w+", option_help(help_text, option))), option
+
+
+def option_help(help_text, option):
+    """The words of `option`'s entry in an argparse help page (its lines up to the next option's)."""
+    lines = help_text.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.lstrip().startswith(option + " "))
+    end = next((index for index in range(start + 1, len(lines)) if lines[index].lstrip().startswith("-")), len(lines))
+    return " ".join(" ".join(lines[start:end]).split())
 
 
 @pytest.mark.slow
