@@ -311,6 +311,13 @@ def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(exe
         assert not [m for m in messages if m["msg_type"] == "display_data"], "no empty dashboard"
     assert kernel.workers() == []
 
+    kernel.run("def build(layers, width):\n    return keras.Sequential([keras.layers.Dense(10)] * layers)")
+    reply, _ = kernel.execute(f"run = %fedless_train build {TINY}")
+    assert reply["content"]["evalue"] == (
+        "build() asks for layers, width, which the run does not give: a function that builds the model may ask for "
+        "input_shape, num_classes, image_shape, hidden_units by name (add others with --set model.options.NAME=VALUE), "
+        "or give it defaults"), "was a TypeError's traceback"
+
     reply, messages = kernel.execute("%fedless_train --clients 4 --learnin-rate 0.1")
     assert reply["content"]["evalue"] == "unrecognized arguments: --learnin-rate (did you mean --learning-rate?)"
 
