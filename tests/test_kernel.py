@@ -318,6 +318,11 @@ def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(exe
         "input_shape, num_classes, image_shape, hidden_units by name (add others with --set model.options.NAME=VALUE), "
         "or give it defaults"), "was a TypeError's traceback"
 
+    kernel.run("logits = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, name='scores')], name='logits')")
+    reply, _ = kernel.execute(f"run = %fedless_train logits {TINY}")
+    assert reply["content"]["evalue"].startswith("model 'logits' ends in layer 'scores' without an activation (logits), "
+                                                 "but its loss expects probabilities"), "it trained to chance, silently"
+
     reply, messages = kernel.execute("%fedless_train --clients 4 --learnin-rate 0.1")
     assert reply["content"]["evalue"] == "unrecognized arguments: --learnin-rate (did you mean --learning-rate?)"
 
