@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -209,6 +210,29 @@ def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_p
     assert stderr == (f"UsageError: Run {run['run_id']} stopped after round {run['rounds_completed']}; the history keeps "
                       f"every finished round. Continue it with: %fedless_resume {run['run_id']}\n")
     assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
+
+
+@pytest.mark.slow
+def test_interrupting_a_cell_that_awaits_a_background_run_stops_the_run_with_one_line(kernel, tmp_path):
+    """ipykernel cancels an awaiting cell from another thread: awaiting the run's future, the interrupt did nothing
+    until all 300 rounds had run, then showed an empty CancelledError."""
+    kernel.run(f"run = %fedless_train {TINY} --rounds 300 --dashboard none --background")
+    history_path = tmp_path / "fedless_history.db"
+
+    def interrupt_after_round_one():
+        while not (runs := History(history_path).runs()) or runs[0]["rounds_completed"] < 1:
+            time.sleep(0.2)
+        kernel.manager.interrupt_kernel()
+
+    interrupter = threading.Thread(target=interrupt_after_round_one, daemon=True)
+    interrupter.start()
+    reply, messages = kernel.execute("result = await run")
+    (run,) = History(history_path).runs()
+    assert run["status"] == "stopped" and 1 <= run["rounds_completed"] < 300
+    (error,) = [m["content"] for m in messages if m["msg_type"] == "error"]
+    assert error["traceback"] == [f"RunStopped: Run {run['run_id']} stopped after round {run['rounds_completed']}; the "
+                                  f"history keeps every finished round. Continue it with: %fedless_resume {run['run_id']}"]
+    assert kernel.run("print(run.status)") == "stopped"
 
 
 @pytest.mark.slow
