@@ -347,8 +347,12 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 
 def _require_choice(value: str, choices: typing.Iterable[str], key: str) -> None:
+    """A value from `choices`; a misspelled one is refused naming the closest (mnsit: did you mean 'mnist'?)."""
     choices = list(choices)
-    _require(value in choices, key, f"unknown value {value!r}; choose one of {', '.join(choices)}")
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{key}: unknown value {value!r}{hint}; choose one of {', '.join(choices)}")
 
 
 def validate(config: ExperimentConfig) -> None:

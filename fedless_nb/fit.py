@@ -95,6 +95,11 @@ def check_model_fits(model: Any, dataset: Dataset) -> None:
     if units != classes and not (units == 1 and classes == 2 and _binary_loss(model)):
         raise ModelFitError(f"model {model.name!r} ends in {units} outputs but dataset {dataset.name!r} has "
                             f"{classes} classes: make its last layer Dense({classes}, activation='softmax')")
+    if _logits_into_a_probability_loss(model):
+        head = "sigmoid" if units == 1 else "softmax"
+        raise ModelFitError(f"model {model.name!r} ends in layer {model.layers[-1].name!r} without an activation (logits), "
+                            "but its loss expects probabilities, so it would train to chance: give that layer "
+                            f"activation='{head}', or compile the model with a loss made with from_logits=True")
 
 
 def check_dp_sgd_can_train(model: Any) -> None:
@@ -131,6 +136,20 @@ def _reshape_hint(dataset: Dataset, reshape: str) -> str:
         return ""
     layer = reshape if reshape.endswith(")") else f"{reshape}({dataset.image_shape})"
     return f" and start with {layer}, or use builder 'cnn'"
+
+
+def _logits_into_a_probability_loss(model: Any) -> bool:
+    """A last layer with a linear activation under a cross-entropy that reads probabilities (the default, or a loss
+    compiled without from_logits): Keras takes the logits for probabilities and training goes nowhere, silently.
+    A last layer without an `activation` (a custom layer) and a loss function of the user's own are trusted."""
+    activation = getattr(model.layers[-1], "activation", None) if model.layers else None
+    if getattr(activation, "__name__", None) != "linear":
+        return False
+    loss = getattr(model, "loss", None) or "sparse_categorical_crossentropy"
+    if isinstance(loss, str):
+        return "crossentropy" in loss
+    config = loss.get_config() if hasattr(loss, "get_config") else {}
+    return config.get("from_logits") is False
 
 
 def _binary_loss(model: Any) -> bool:

@@ -122,8 +122,16 @@ def takes_any_keyword(function: Callable[..., Any]) -> bool:
 
 
 def _call_builder(builder: Callable[..., Any], context: dict[str, Any]) -> Any:
-    """Call a builder with the dataset facts (input_shape, num_classes, ...) and options it asks for."""
+    """Call a builder with the dataset facts (input_shape, num_classes, ...) and options it asks for; a parameter
+    without a default that neither fills is one line naming what it may ask for (Python's TypeError named neither)."""
     parameters = inspect.signature(builder).parameters
+    unfilled = [name for name, parameter in parameters.items() if name not in context and parameter.default is
+                parameter.empty and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
+    if unfilled:
+        name = getattr(builder, "__name__", type(builder).__name__)
+        raise ModelError(f"{name}() asks for {', '.join(unfilled)}, which the run does not give: a function that builds "
+                         f"the model may ask for {', '.join(context)} by name (add others with --set "
+                         "model.options.NAME=VALUE), or give it defaults")
     takes_any = takes_any_keyword(builder)
     return builder(**{k: v for k, v in context.items() if takes_any or k in parameters})
 

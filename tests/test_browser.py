@@ -10,6 +10,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -45,11 +46,12 @@ def free_port():
 
 @dataclass(frozen=True)
 class Server:
-    """A running frontend server: its base URL, its token and its log file."""
+    """A running frontend server: its base URL, its token, its log file and its process id (its kernels are its children)."""
 
     base: str
     token: str
     log: Path
+    pid: int
 
     def api(self, path):
         with urllib.request.urlopen(f"{self.base}/api/{path}?token={self.token}", timeout=30) as response:
@@ -111,7 +113,7 @@ def serving(frontend, directory, notebooks):
         )
         urllib.request.urlopen(request, timeout=60)
     try:
-        yield Server(base, token, log)
+        yield Server(base, token, log, server.pid)
     finally:
         # SIGTERM stops the server at once, kernels shut down; SIGINT without a terminal is a KeyboardInterrupt
         # that a second one (sent to skip a confirmation only asked on a terminal) could cut short mid-cleanup
@@ -327,6 +329,106 @@ def test_the_classroom_roster_and_the_drawing_pad_render(tmp_path):
         except Exception:
             for name, page in pages.items():
                 page.screenshot(path=str(ARTIFACTS / f"classroom-{name}-failure.png"))
+            raise
+        finally:
+            browser.close()
+
+
+TINY = "--clients 4 --clients-per-round 2 --workers 2 --set model.options.hidden_units=[8]"
+STOPPED_LINE = re.compile(r"UsageError: Run (\S+) stopped after round (\d+); the history keeps every finished round\. "
+                          r"Continue it with: (%fedless_resume \S+)")
+INTERRUPTED_NOTEBOOK = ["%load_ext fedless_nb", f"run = %fedless_train {TINY} --rounds 40",
+                        "",  # the user pastes the resume line here
+                        "%fedless_pool --end", f"run = %fedless_train {TINY} --rounds 40"]
+
+
+def kernel_menu(page, item):
+    """Kernel > `item` in JupyterLab's menu bar, as a user stops or restarts a kernel."""
+    page.get_by_role("menuitem", name="Kernel", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(rf"^{re.escape(item)}")).click()  # its name ends in the shortcut
+
+
+def rounds_done(page, cell, rounds):
+    """Until the live dashboard in code cell `cell` shows a finished round of its `rounds`."""
+    title = page.locator(".jp-CodeCell").nth(cell).locator(".fedless-dashboard")
+    title.get_by_text(re.compile(rf"running, [1-9]\d*/{rounds} rounds")).wait_for(timeout=300_000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_interrupt_and_restart_from_the_kernel_menu_keep_the_history_and_leave_no_worker(exec_workers, tmp_path):
+    """JupyterLab's Kernel > Interrupt Kernel mid-run: one line naming the resume magic, the finished rounds in the
+    history, and the pasted line continues the run to its last round. Kernel > Restart Kernel mid-run: every worker
+    ends with the old kernel, the history still reads (the run is `interrupted`)."""
+    import psutil
+    from playwright.sync_api import sync_playwright
+
+    from fedless_nb.records.history import History
+
+    frontend = FRONTENDS[0]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in INTERRUPTED_NOTEBOOK],
+                                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium package is needed (.ci/run installs it)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serving(frontend, tmp_path, {"interrupted.ipynb": notebook}) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+        def workers():
+            (kernel,) = psutil.Process(server.pid).children()
+            return kernel.children(recursive=True)
+
+        try:
+            page.goto(f"{server.base}/{frontend.notebook_path}/interrupted.ipynb?token={server.token}")
+            page.locator(frontend.splash).wait_for(state="detached", timeout=120_000)
+            page.locator(".jp-Notebook").wait_for(timeout=120_000)
+            run_cell(page, server, "interrupted.ipynb", 0)
+            run_cell(page, server, "interrupted.ipynb", 1)
+            rounds_done(page, 1, 40)
+            kernel_menu(page, "Interrupt Kernel")
+            stopped = page.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output").filter(has_text="stopped after round")
+            stopped.wait_for(timeout=300_000)
+            line = stopped.inner_text().strip()
+            match = STOPPED_LINE.fullmatch(line)
+            assert match, f"one line, no traceback: {line!r}"
+            run_id, rounds, resume = match.group(1), int(match.group(2)), match.group(3)
+            history = History(tmp_path / "fedless_history.db")
+            run = history.run(run_id)
+            assert run["status"] == "stopped" and run["rounds_completed"] == rounds < 40
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-interrupted.png"))
+
+            page.locator(".jp-CodeCell").nth(2).locator(".jp-InputArea-editor").click()
+            page.keyboard.type(f"resumed = {resume}")
+            run_cell(page, server, "interrupted.ipynb", 2)
+            record = page.locator(".jp-CodeCell").nth(2).locator(".fedless-record")
+            record.wait_for(timeout=600_000)
+            assert "40/40 rounds" in record.inner_text()
+            assert [row["round"] for row in history.rounds(run_id)] == list(range(1, 41)), "each round once"
+            run_cell(page, server, "interrupted.ipynb", 3)
+            page.locator(".jp-CodeCell").nth(3).get_by_text(re.compile(r"Stopped \d+ warm workers")).wait_for(timeout=120_000)
+            assert workers() == [], "every worker the interrupted and the resumed run used was the pool's"
+
+            run_cell(page, server, "interrupted.ipynb", 4)
+            rounds_done(page, 4, 40)
+            training = workers()
+            assert training, "the run's local workers are the kernel's children"
+            kernel_menu(page, "Restart Kernel…")
+            page.locator(".jp-Dialog .jp-mod-accept").click()  # "Restart" in the dialog that asks
+            _, alive = psutil.wait_procs(training, timeout=120)
+            assert not alive, f"workers outlived their kernel: {[worker.pid for worker in alive]}"
+            server.wait_until_connected("interrupted.ipynb")
+            (cut_off,) = [run for run in History(tmp_path / "fedless_history.db").runs() if run["run_id"] != run_id]
+            # the server interrupts a kernel before it shuts it down: the run records its end ("stopped") if the
+            # kernel lives long enough, else the history finds its process gone ("interrupted"); both resume
+            assert cut_off["status"] in ("stopped", "interrupted") and 1 <= cut_off["rounds_completed"] < 40, cut_off
+            assert history.run(run_id)["rounds_completed"] == 40
+            with sqlite3.connect(tmp_path / "fedless_history.db") as database:
+                assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-interrupted-failure.png"))
+            shutil.copy(server.log, ARTIFACTS / "jupyterlab-interrupted-failure-server.log")
             raise
         finally:
             browser.close()

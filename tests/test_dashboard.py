@@ -155,6 +155,16 @@ def test_the_record_is_a_paragraph_and_a_figure_any_viewer_renders():
     assert all(tick == int(tick) for tick in accuracy.get_xticks()), "whole rounds only"
 
 
+def test_a_run_stopped_after_one_round_has_whole_rounds_on_its_axis():
+    """One point on the axis: matplotlib's integer ticks need two whole numbers in view and fell back to 0.945, 0.96..."""
+    progress = RunProgress()
+    for event in [event for event in run_events(rounds=40) if getattr(event, "round", 1) == 1]:
+        progress.update(event)
+    for axes in run_figure(progress).axes[:2]:
+        low, high = axes.get_xlim()
+        assert [tick for tick in axes.get_xticks() if low <= tick <= high] == [1.0]
+
+
 def test_the_record_shows_the_split_the_run_trained_on():
     """With the run's config, the record carries the partition's label-distribution figure (issue 17)."""
     config = ExperimentConfig.from_dict({"clients": 6, "data": {"partition": "pathological", "labels_per_client": 2}})

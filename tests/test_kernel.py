@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+from fedless_nb.notebook.completion import config_values
 from fedless_nb.records.history import History
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -210,6 +213,29 @@ def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_p
 
 
 @pytest.mark.slow
+def test_interrupting_a_cell_that_awaits_a_background_run_stops_the_run_with_one_line(kernel, tmp_path):
+    """ipykernel cancels an awaiting cell from another thread: awaiting the run's future, the interrupt did nothing
+    until all 300 rounds had run, then showed an empty CancelledError."""
+    kernel.run(f"run = %fedless_train {TINY} --rounds 300 --dashboard none --background")
+    history_path = tmp_path / "fedless_history.db"
+
+    def interrupt_after_round_one():
+        while not (runs := History(history_path).runs()) or runs[0]["rounds_completed"] < 1:
+            time.sleep(0.2)
+        kernel.manager.interrupt_kernel()
+
+    interrupter = threading.Thread(target=interrupt_after_round_one, daemon=True)
+    interrupter.start()
+    reply, messages = kernel.execute("result = await run")
+    (run,) = History(history_path).runs()
+    assert run["status"] == "stopped" and 1 <= run["rounds_completed"] < 300
+    (error,) = [m["content"] for m in messages if m["msg_type"] == "error"]
+    assert error["traceback"] == [f"RunStopped: Run {run['run_id']} stopped after round {run['rounds_completed']}; the "
+                                  f"history keeps every finished round. Continue it with: %fedless_resume {run['run_id']}"]
+    assert kernel.run("print(run.status)") == "stopped"
+
+
+@pytest.mark.slow
 def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_and_resumes(exec_workers, kernel, tmp_path):
     kernel.run(f"run = %fedless_train {TINY} --rounds 40 --dashboard none --background")
     history_path = tmp_path / "fedless_history.db"
@@ -309,15 +335,41 @@ def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(exe
         assert not [m for m in messages if m["msg_type"] == "display_data"], "no empty dashboard"
     assert kernel.workers() == []
 
+    kernel.run("def build(layers, width):\n    return keras.Sequential([keras.layers.Dense(10)] * layers)")
+    reply, _ = kernel.execute(f"run = %fedless_train build {TINY}")
+    assert reply["content"]["evalue"] == (
+        "build() asks for layers, width, which the run does not give: a function that builds the model may ask for "
+        "input_shape, num_classes, image_shape, hidden_units by name (add others with --set model.options.NAME=VALUE), "
+        "or give it defaults"), "was a TypeError's traceback"
+
+    kernel.run("logits = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, name='scores')], name='logits')")
+    reply, _ = kernel.execute(f"run = %fedless_train logits {TINY}")
+    assert reply["content"]["evalue"].startswith("model 'logits' ends in layer 'scores' without an activation (logits), "
+                                                 "but its loss expects probabilities"), "it trained to chance, silently"
+
     reply, messages = kernel.execute("%fedless_train --clients 4 --learnin-rate 0.1")
     assert reply["content"]["evalue"] == "unrecognized arguments: --learnin-rate (did you mean --learning-rate?)"
+
+    reply, _ = kernel.execute("%fedless_train --dataset mnsit")
+    assert reply["content"]["evalue"].startswith("data.dataset: unknown value 'mnsit' (did you mean 'mnist'?); choose one of")
 
     reply, _ = kernel.execute("%fedless_train?")
     (page,) = reply["content"]["payload"]
     help_text = page["data"]["text/plain"]
     for option, default in (("--clients-per-round", "min(5, clients)"), ("--epochs", "5"), ("--batch-size", "16"),
-                            ("--rounds", "10"), ("--lr", "0.1"), ("--workers", "2"), ("--partition", "iid")):
-        assert option in help_text and f"(default {default})" in help_text, option
+                            ("--rounds", "10"), ("--lr", "0.1"), ("--workers", "2"), ("--partition", "iid"),
+                            ("--round-deadline", "600"), ("--base", "2.71828"), ("--sizes", "equal sizes")):
+        assert f"(default {default})" in option_help(help_text, option), option
+    for option, values in config_values().items():  # what Tab offers, the help names
+        assert set(values) <= set(re.findall(r"\w+", option_help(help_text, option))), option
+
+
+def option_help(help_text, option):
+    """The words of `option`'s entry in an argparse help page (its lines up to the next option's)."""
+    lines = help_text.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.lstrip().startswith(option + " "))
+    end = next((index for index in range(start + 1, len(lines)) if lines[index].lstrip().startswith("-")), len(lines))
+    return " ".join(" ".join(lines[start:end]).split())
 
 
 @pytest.mark.slow

@@ -139,8 +139,12 @@ def reshaping_builder(input_shape, num_classes, image_shape):
          r"model builder 'image_builder' cannot build for dataset 'digits', input_shape=\(64,\) \(8x8x1 images "
          r"stored flat\): Input 0 of layer .* is incompatible .*; let its first layer take input_shape and start "
          r"with keras.layers.Reshape\(image_shape\), or use builder 'cnn'$"),
+        ("digits", lambda: keras.Sequential([keras.layers.Input((64,)), keras.layers.Dense(10, name="scores")]),
+         r"model 'sequential\w*' ends in layer 'scores' without an activation \(logits\), but its loss expects "
+         r"probabilities, so it would train to chance: give that layer activation='softmax', or compile the model "
+         r"with a loss made with from_logits=True$"),
     ],
-    ids=["input-shape", "outputs", "no-input-shape", "builder-error"],
+    ids=["input-shape", "outputs", "no-input-shape", "builder-error", "logits"],
 )
 def test_a_model_of_your_own_that_does_not_fit_is_refused_with_the_shape_to_build_for(
     tmp_path, dataset, model, message
@@ -159,6 +163,9 @@ def test_models_of_your_own_that_fit_pass_the_check(tmp_path):
     binary.compile(loss="binary_crossentropy")  # one sigmoid output is a fair two-class head
     prepared = preflight(experiment(tmp_path, "mlp", "breast_cancer"), model=binary)
     assert prepared.dataset.num_classes == 2 and prepared.spec.compile["loss"] == "binary_crossentropy"
+    logits = keras.Sequential([keras.layers.Input((64,)), keras.layers.Dense(10)])
+    logits.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    assert preflight(digits, model=logits).spec.compile["loss"]["config"]["from_logits"] is True, "logits, said so"
     variable_length = zoo.char_lstm((None,), 80, lstm_units=[2])  # takes sequences of any length
     assert preflight(experiment(tmp_path, "mlp", "shakespeare"), model=variable_length).dataset.sequence_length == 80
 

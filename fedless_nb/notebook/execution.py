@@ -126,12 +126,18 @@ def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Cal
             break
         except KeyboardInterrupt:
             continue
+    raise _stopped(controllers, continue_with)
+
+
+def _stopped(controllers: list[Controller], continue_with: Callable[[str], str] | None) -> RunStopped:
+    """The one line an interrupted run ends its cell with; it names the magic that continues the run
+    (`continue_with(run_id)`) once it has a round to continue from."""
     rounds = _rounds_done(controllers)
     if rounds == 0 or continue_with is None:
-        raise RunStopped(f"Run stopped after round {rounds}; the history keeps every finished round")
+        return RunStopped(f"Run stopped after round {rounds}; the history keeps every finished round")
     run_id = controllers[0].run_id
-    raise RunStopped(f"Run {run_id} stopped after round {rounds}; the history keeps every finished round. "
-                     f"Continue it with: {continue_with(run_id)}")
+    return RunStopped(f"Run {run_id} stopped after round {rounds}; the history keeps every finished round. "
+                      f"Continue it with: {continue_with(run_id)}")
 
 
 def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], model_name: str | None = None,
@@ -227,7 +233,23 @@ class BackgroundRun:
             history.close()
 
     def __await__(self) -> Any:
-        return asyncio.wrap_future(self.future).__await__()
+        return self._wait().__await__()
+
+    async def _wait(self) -> RunResult:
+        """The run's result, awaited in a cell. An interrupt stops the run, as a foreground run's does, with the same
+        one line. ipykernel interrupts an awaiting cell by cancelling its task from another thread, which wakes no
+        loop: awaiting the run's future itself, the stop button did nothing until the run ended, then showed an
+        empty CancelledError. Waking every 0.1 s lets the cancellation land."""
+        try:
+            while not self.future.done():
+                await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            self._run.cancel()
+            while not self.future.done():
+                await asyncio.sleep(0.1)
+            resume = functools.partial(resume_command, history=self.config.history, model_name=self.model_name)
+            raise _stopped(self._controllers, resume if resumable(self.config) else None) from None
+        return self.future.result()
 
     def __repr__(self) -> str:
         return f"BackgroundRun(run_id={self.run_id!r}, status={self.status!r})"

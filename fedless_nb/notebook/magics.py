@@ -30,7 +30,7 @@ from traitlets import CaselessStrEnum, Unicode
 from ..errors import UserError
 from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data
 from ..records.history import DEFAULT_HISTORY, History
-from .completion import register_option_completers
+from .completion import config_values, register_option_completers
 from .dashboard import DASHBOARD_MODES, make_dashboard
 from .tables import tidy_table
 
@@ -60,10 +60,8 @@ def _numbers(text: str) -> list[float]:
 def partition_arguments(magic: Callable[..., Any]) -> Callable[..., Any]:
     """The data and partition options %fedless_train and %fedless_partition share (data.* keys of the schema)."""
     for decorate in reversed([
-        argument("--dataset", help=documented("digits, breast_cancer, mnist, fashion_mnist, cifar10, femnist, "
-                                              "shakespeare, synthetic", "data.dataset")),
-        argument("--partition", help=documented("iid, dirichlet, shards, natural, pathological, inner_dirichlet, "
-                                                "linear, square, exponential, power_law or lognormal", "data.partition")),
+        argument("--dataset", help=documented(one_of("--dataset"), "data.dataset")),
+        argument("--partition", help=documented(one_of("--partition"), "data.partition")),
         argument("--alpha", type=float, help=documented("Dirichlet concentration (smaller is more skewed)", "data.alpha")),
         argument("--shards-per-client", type=int, help=documented("shards: label shards per client",
                                                                    "data.shards_per_client")),
@@ -142,11 +140,22 @@ def schema_default(key: str) -> str:
     value: Any = _SCHEMA_DEFAULTS
     for part in key.split("."):
         value = getattr(value[0] if isinstance(value, list) else value, part)
-    return "min(5, clients)" if key == "clients_per_round" and value is None else str(value)
+    if value is None:
+        return {"clients_per_round": "min(5, clients)", "data.sizes": "equal sizes"}[key]
+    return f"{value:g}" if isinstance(value, float) else str(value)  # 600 seconds, not 600.0; e as 2.71828
 
 
 def documented(text: str, key: str) -> str:
     return f"{text} (default {schema_default(key)})"
+
+
+_CHOICES = config_values()  # what Tab completes after the options that name a registry
+
+
+def one_of(option: str) -> str:
+    """The values `option` takes, as its help lists them: "sgd, adam, rmsprop or adagrad"."""
+    *first, last = _CHOICES[option]
+    return f"{', '.join(first)} or {last}"
 
 
 def parse_options(magic: Callable[..., Any], line: str, help_page: str | None = None) -> Any:
@@ -209,15 +218,15 @@ class FedlessMagics(Magics):
     @partition_arguments
     @argument("--epochs", type=int, help=documented("local epochs per round", "train.epochs"))
     @argument("--batch-size", type=int, help=documented("local batch size", "train.batch_size"))
-    @argument("--optimizer", help=documented("sgd, adam, rmsprop or adagrad", "train.optimizer"))
+    @argument("--optimizer", help=documented(one_of("--optimizer"), "train.optimizer"))
     @argument("--lr", "--learning-rate", dest="learning_rate", type=float,
               help=documented("local learning rate", "train.learning_rate"))
-    @argument("--strategy", help=documented("aggregation strategy", "strategy.name"))
+    @argument("--strategy", help=documented(f"aggregation strategy: {one_of('--strategy')}", "strategy.name"))
     @argument("--secagg", action="store_true",
               help="secure aggregation (SecAgg+): the controller sees only the sum of each round's updates "
                    "(turns the norm screening off, as it needs single updates)")
-    @argument("--provider", help=documented("provider kind for every client; classroom: one client per student "
-                                            "joined to %%fedless_classroom", "providers.kind"))
+    @argument("--provider", help=documented(f"provider kind for every client: {one_of('--provider')}; classroom: one "
+                                            "client per student joined to %%fedless_classroom", "providers.kind"))
     @argument("--workers", type=int, help=documented("invocations the provider runs at once", "providers.workers"))
     @argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
               help="any config key, dotted, with a YAML value: --set train.epochs=2 (repeatable)")

@@ -36,7 +36,7 @@ def _plot_metric(axes: "matplotlib.axes.Axes", series: dict[str, Points], metric
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
     axes.set_xlabel("round")
     axes.set_ylabel(metric)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one round in view is one tick
     if metric == "accuracy":
         axes.set_ylim(0.0, 1.0)
     else:
