@@ -45,10 +45,6 @@ class RunLoop:
     def submit(self, coroutine: Coroutine[Any, Any, Any]) -> "Submitted":
         return Submitted(self.loop, coroutine)
 
-    def call(self, function: Callable[..., Any], *args: Any) -> None:
-        """Call `function` on the run loop's thread, soon."""
-        self.loop.call_soon_threadsafe(function, *args)
-
     def wait(self, coroutine: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
         """Run `coroutine` on the run loop and wait for its result here."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
@@ -209,10 +205,10 @@ class BackgroundRun:
         return resume_command(self.run_id, self.config.history, self.model_name)
 
     def stop(self) -> None:
-        """End the run after its current round (after round 1 if it is still preparing its data and model)."""
-        run_loop().call(self._request_stop)
-
-    def _request_stop(self) -> None:
+        """End the run after its current round (after round 1 if it is still preparing its data and model).
+        The flags are set here, in the caller's thread: a stop handed to the run's loop waited for its next turn,
+        which a round that had just finished did not give before the next round began, so that round ran too.
+        The flag goes first and `_attach` appends first, so a controller attached meanwhile is stopped by one."""
         self._stop_requested = True
         if self.controller is not None:
             self.controller.request_stop()

@@ -189,7 +189,8 @@ class Controller:
             return None
 
     def request_stop(self) -> None:
-        """Finish the current round, then end the run as "stopped"."""
+        """Finish the current round, then end the run as "stopped". Any thread may call it (a notebook's cell):
+        the flag is read after each round."""
         self._stop_requested = True
 
     async def run(self, weights: Weights, schedule: Schedule | None = None, resume: Checkpoint | None = None) -> Weights:
