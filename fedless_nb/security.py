@@ -245,12 +245,15 @@ class TaskGuard:
         return self.key.sign_result(result, update)
 
 
+CANNOT_AGGREGATE = "so it cannot aggregate"  # in a per-client function's refusal; `where: auto` then sums in the controller
+
+
 def check_may_aggregate(environment: Mapping[str, str] | None = None) -> None:
     """AuthError for a function deployed for one client: it holds no other client's key, so it can check none of the
     updates an aggregator sums (its own task would be refused as another client's, naming the wrong remedy)."""
     environment = os.environ if environment is None else environment
     if own := environment.get(CLIENT_ID_VARIABLE):
-        raise AuthError(f"this function serves {own} only, so it cannot aggregate: aggregate in the controller "
+        raise AuthError(f"this function serves {own} only, {CANNOT_AGGREGATE}: aggregate in the controller "
                         f"(aggregation: {{where: controller}}), or give the aggregators the provider's shared function "
                         f"(its secret, without {CLIENT_ID_VARIABLE})")
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedless_nb.aggregate_wire import parse_aggregate_result
+from fedless_nb.errors import UserError
 from fedless_nb.experiment import ConfigError, ExperimentConfig
 from fedless_nb.function import aggregator
 from fedless_nb.function.handler import handle
@@ -229,6 +230,42 @@ def test_an_update_the_round_rule_rejects_is_taken_back_out_of_the_tree_sum(tiny
     assert "median" in boosted[0]["error"]
     corrections = [a for a in history.aggregations(tree.run_id) if a["aggregator_id"].startswith("aggregator-c-")]
     assert [(a["outcome"], a["shard_size"], a["summed"]) for a in corrections] == [("succeeded", 1, 1)]
+
+
+def test_auto_sums_in_the_controller_when_the_functions_serve_one_client_each(tiny_config):
+    """Functions deployed for one client each refuse an aggregator's task: `where: auto` past its threshold sums the
+    round in the controller (its updates read there, none lost) and every later round too, and the history's
+    aggregations table says why; the model is the controller's."""
+    options = dict(clients=4, clients_per_round=4, rounds=2, seed=5)
+    central = run_experiment(tiny_config(name="central", aggregation={"where": "controller"}, **options))
+    config = tiny_config(name="auto", aggregation={"where": "auto", "threshold_mb": 0}, **options)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:serves_one_client_each")
+    result = run_experiment(config, providers={"local": provider})
+    assert result.status == "finished"
+    for got, want in zip(result.weights, central.weights):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    history = History(config.history)
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [4, 4]
+    (refused,) = history.aggregations(result.run_id)
+    assert (refused["round"], refused["outcome"]) == (1, "failed")
+    assert "this function serves client-0000 only, so it cannot aggregate" in refused["error"]
+    assert refused["error"].endswith("aggregation: {where: auto} sums this run's rounds in the controller from this one on")
+
+
+def test_functions_asked_for_by_name_on_functions_that_serve_one_client_end_the_run_in_one_line(tiny_config):
+    """The run ends at the first refusal, naming the remedy; it went on training every round for nothing, then
+    failed as a run in which nothing trained."""
+    config = tiny_config(clients=4, clients_per_round=4, rounds=3, retries=0, aggregation={"where": "functions"})
+    provider = LocalProvider("local", workers=2, entry_point="workloads:serves_one_client_each")
+    with pytest.raises(UserError) as raised:
+        run_experiment(config, providers={"local": provider})
+    assert str(raised.value) == (
+        "aggregation: {where: functions}, but the functions of provider 'local' cannot aggregate: AuthError: this "
+        "function serves client-0000 only, so it cannot aggregate: aggregate in the controller (aggregation: {where: "
+        "controller}), or give the aggregators the provider's shared function (its secret, without FEDLESS_CLIENT_ID)")
+    (run,) = History(config.history).runs()
+    assert run["status"] == "failed" and run["rounds_completed"] == 0
+    assert len(History(config.history).invocations(run["run_id"])) == 4, "round 1 only"
 
 
 @pytest.mark.parametrize("options, message", [

@@ -439,3 +439,17 @@ def seals_garbage_shares_on_client_1(payload):
     garbage = json.dumps({"shares": {holder: base64.b64encode(sealed).decode() for holder, sealed in shares.items()}})
     store.put(payload["update"], garbage.encode())
     return key.sign_result(result, garbage.encode())
+
+
+def serves_one_client_each(payload):
+    """Clients run for real; each function is deployed for one client (FEDLESS_CLIENT_ID set, as `fedless-nb
+    client-secret` deploys it), so an aggregator's task is refused as such a function refuses it."""
+    from fedless_nb.function.handler import handle
+
+    if payload.get("kind") != "aggregate":
+        return handle(payload)
+    os.environ["FEDLESS_CLIENT_ID"] = "client-0000"
+    try:
+        return handle(payload)
+    finally:
+        del os.environ["FEDLESS_CLIENT_ID"]

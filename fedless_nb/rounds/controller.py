@@ -438,10 +438,14 @@ class Controller:
 
     async def _verified(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
                         key: str) -> tuple[Result, bytes]:
+        """`_verified_reply` of the finished call's reply (a failed call raises its error here, inside `_checking`)."""
+        return await self._verified_reply(round_number, client, call.result(), key)
+
+    async def _verified_reply(self, round_number: int, client: ClientRef, reply: dict[str, Any],
+                              key: str) -> tuple[Result, bytes]:
         """The reply parsed as a Result for this very task and the bytes at `key`, if the result claims the
         client's true example count and this client signed it over those bytes (read only when their size
         is one an update of this model can have)."""
-        reply = call.result()
         result = self._parsed(round_number, client, reply, key)
         size = await self.store.asize(key)
         if size > self._update_limit:  # checked before reading: an update is the global model's size
@@ -481,10 +485,32 @@ class Controller:
         result, data = await self._verified(round_number, client, call,
                                             update_key(self.run_id, round_number, client.client_id))
         update = self._claims_checked(result, client, budget_epochs)
+        return self._with_arrays(update, data, weights), result
+
+    @staticmethod
+    def _with_arrays(update: ClientUpdate, data: bytes, weights: Weights) -> ClientUpdate:
+        """`update` with the arrays `data` holds, if they fit the global model `weights`."""
         arrays = decode_arrays(data)
         if problem := update_problem(arrays, weights):
             raise InvocationError(problem, "rejected")
-        return dataclasses.replace(update, weights=arrays), result
+        return dataclasses.replace(update, weights=arrays)
+
+    async def read_collected(self, round_number: int, client: ClientRef, update: ClientUpdate, reply: dict[str, Any],
+                             weights: Weights) -> ClientUpdate | None:
+        """The arrays of an update `collect_result` checked without reading (its aggregators refused to sum it), read
+        and verified as `collect` does; None when they fail, the update announced as rejected (its invocation stands)."""
+        try:
+            _, data = await self._verified_reply(round_number, client, reply,
+                                                 update_key(self.run_id, round_number, client.client_id))
+            return self._with_arrays(update, data, weights)
+        except (InvocationError, ValueError) as error:
+            self.emit(UpdateRejected(self.run_id, round_number, client.client_id, str(error)))
+            return None
+
+    def aggregate_in_controller(self) -> None:
+        """Sum every later round in the controller: `where: auto` met functions that cannot aggregate."""
+        self.plan = dataclasses.replace(self.plan, aggregation=dataclasses.replace(self.plan.aggregation,
+                                                                                  where="controller"))
 
     async def _checked_result(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
                               budget_epochs: float | None) -> tuple[ClientUpdate, Result]:

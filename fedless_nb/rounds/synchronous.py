@@ -10,13 +10,14 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
+from ..errors import UserError
 from ..providers.base import InvocationError
 from ..store.keys import round_updates_prefix, update_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
 from .completion import finished_by
 from .events import RoundStarted, UpdateRejected
 from .streaming import StreamingRound
-from .tree import Arrival, TreeAggregation, TreeRound
+from .tree import AggregatorsRefused, Arrival, TreeAggregation, TreeRound
 from .resilience import check_quorum
 
 if TYPE_CHECKING:
@@ -100,8 +101,18 @@ class SynchronousRounds:
             missed = InvocationError(f"missed the round deadline of {controller.plan.round_deadline:g}s", "deadline")
             controller.record_failure(round_number, calls[call], missed, started)
         if in_functions:
-            tree = TreeAggregation(controller, options, run)
-            return started, selected, *await tree.round_sum(round_number, weights, arrivals)
+            try:
+                tree = TreeAggregation(controller, options, run, refusal_ends_tree=True)
+                return started, selected, *await tree.round_sum(round_number, weights, arrivals)
+            except AggregatorsRefused as refused:  # functions that serve one client each
+                if options.where != "auto":
+                    raise UserError(str(refused)) from None
+                controller.aggregate_in_controller()
+                streamed = StreamingRound(strategy, weights)
+                for arrival in arrivals:
+                    update = await controller.read_collected(round_number, arrival.client, arrival.update,
+                                                             arrival.reply, weights)
+                    updates.extend([streamed.add(update)] if update is not None else [])
         if streamed is None:
             return started, selected, controller.screen(round_number, updates, weights), None
         rejected = controller.screen_distances(round_number, {u.client_id: streamed.distances[u.client_id] for u in updates})

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ..aggregate_wire import AGGREGATE, AggregateResult, SummedUpdate, parse_aggregate_result
 from ..providers.base import InvocationError
 from ..reduction import MaskedSum, SumSpec, WeightedSum, partial_sum_limit
-from ..security import ResultSignatureError
+from ..security import CANNOT_AGGREGATE, ResultSignatureError
 from ..store.keys import aggregate_key, global_weights_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
 from ..wire import ResultError
@@ -58,6 +58,15 @@ class TreeOptions:
         return self.where == "functions" or updates * model_bytes >= self.threshold_bytes
 
 
+class AggregatorsRefused(Exception):
+    """A provider's function refused an aggregator's task because it serves one client (security.check_may_aggregate):
+    under `where: auto` the controller sums the round instead; asked for by name, the run ends (rounds/synchronous.py)."""
+
+    def __init__(self, provider: str, refusal: str) -> None:
+        super().__init__(f"aggregation: {{where: functions}}, but the functions of provider {provider!r} cannot "
+                         f"aggregate: {refusal}")
+
+
 @dataclass
 class Arrival:
     """A client result whose claims checked out, waiting for its shard: the update without arrays, the reply."""
@@ -86,10 +95,13 @@ class TreeRound:
 class TreeAggregation:
     """Sums one round's arrivals through aggregator functions (the module docstring)."""
 
-    def __init__(self, controller: Controller, options: TreeOptions, round_run: int = 1) -> None:
+    def __init__(self, controller: Controller, options: TreeOptions, round_run: int = 1, *,
+                 refusal_ends_tree: bool = False) -> None:
         """`round_run`: which run of the round this is (a round below its quorum runs again): it names the
-        aggregators' keys, which the first run's functions already wrote."""
+        aggregators' keys, which the first run's functions already wrote. `refusal_ends_tree`: a function that cannot
+        aggregate (it serves one client) raises AggregatorsRefused instead of failing its shard."""
         self.controller, self.options, self.round_run = controller, options, round_run
+        self.refusal_ends_tree = refusal_ends_tree
         self._invocations = 0
         self._contents: dict[str, Contents] = {}  # partial sum key -> what it must hold (rounds/partial_sums.py)
         self._current: Weights = []  # the global model the round trained from
@@ -306,6 +318,11 @@ class TreeAggregation:
             failed(failure)
             raise failure from None
         except InvocationError as error:
+            if self.refusal_ends_tree and CANNOT_AGGREGATE in str(error):
+                fallback = ("; aggregation: {where: auto} sums this run's rounds in the controller from this one on"
+                            if self.options.where == "auto" else "")
+                failed(InvocationError(f"{error}{fallback}", error.cause))
+                raise AggregatorsRefused(provider, str(error)) from None
             failed(error)
             raise
         controller.emit(AggregationFinished(
