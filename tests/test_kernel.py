@@ -213,6 +213,23 @@ def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_p
 
 
 @pytest.mark.slow
+def test_interrupting_a_run_before_its_first_round_names_it_and_says_to_run_it_again(kernel, tmp_path):
+    """It said 'Run stopped after round 0; the history keeps every finished round': no run id, and no round to keep."""
+    def interrupt_at_the_start(message):
+        if message["msg_type"] == "stream" and "4 clients, 40 rounds" in message["content"]["text"]:
+            kernel.manager.interrupt_kernel()  # the worker's cold start alone outlasts this
+
+    reply, messages = kernel.execute(f"%fedless_train {TINY} --rounds 40 --epochs 50 --dashboard text",
+                                     on_message=interrupt_at_the_start)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "UsageError"
+    (run,) = History(tmp_path / "fedless_history.db").runs()
+    assert run["status"] == "stopped" and run["rounds_completed"] == 0
+    stderr = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+    assert stderr == (f"UsageError: Run {run['run_id']} stopped after round 0; no round finished, so there is nothing "
+                      "to continue: run %fedless_train again\n")
+
+
+@pytest.mark.slow
 def test_interrupting_a_cell_that_awaits_a_background_run_stops_the_run_with_one_line(kernel, tmp_path):
     """ipykernel cancels an awaiting cell from another thread: awaiting the run's future, the interrupt did nothing
     until all 300 rounds had run, then showed an empty CancelledError."""

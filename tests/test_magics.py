@@ -14,6 +14,7 @@ from IPython.utils.capture import capture_output
 
 from fedless_nb.records.history import History
 from fedless_nb.records.owner import this_process
+from fedless_nb.notebook.execution import stopped_line
 from fedless_nb.notebook.magics import FedlessMagics
 from fedless_nb.runner import RunResult
 
@@ -297,6 +298,17 @@ def test_history_of_a_file_without_runs_says_so_and_keeps_the_columns(shell, cap
     runs = shell.run_line_magic("fedless_history", "--history empty.db")
     assert capsys.readouterr().out == "No run in empty.db yet: train one with %fedless_train\n"
     assert runs.empty and list(runs.columns)[:3] == ["run_id", "name", "status"]
+
+
+def test_the_stop_line_names_the_run_and_what_to_do_next():
+    """Before, a run stopped before its first round or under async rounds was 'Run stopped after round N', no run id."""
+    assert stopped_line("r1", 2, "%fedless_resume r1") == ("Run r1 stopped after round 2; the history keeps every "
+                                                           "finished round. Continue it with: %fedless_resume r1")
+    assert stopped_line("r1", 2, None) == "Run r1 stopped after round 2; the history keeps every finished round"
+    assert stopped_line("r1", 0, "%fedless_resume r1") == ("Run r1 stopped after round 0; no round finished, so there "
+                                                           "is nothing to continue: run %fedless_train again")
+    assert stopped_line(None, 0, None) == ("Run stopped while preparing its data and model, before its first round; "
+                                           "nothing was recorded: run %fedless_train again")
 
 
 def test_stop_without_a_background_run_is_a_usage_error(shell):

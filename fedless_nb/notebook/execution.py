@@ -130,14 +130,23 @@ def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Cal
 
 
 def _stopped(controllers: list[Controller], continue_with: Callable[[str], str] | None) -> RunStopped:
-    """The one line an interrupted run ends its cell with; it names the magic that continues the run
-    (`continue_with(run_id)`) once it has a round to continue from."""
-    rounds = _rounds_done(controllers)
-    if rounds == 0 or continue_with is None:
-        return RunStopped(f"Run stopped after round {rounds}; the history keeps every finished round")
-    run_id = controllers[0].run_id
-    return RunStopped(f"Run {run_id} stopped after round {rounds}; the history keeps every finished round. "
-                      f"Continue it with: {continue_with(run_id)}")
+    """The one line an interrupted run ends its cell with (see stopped_line)."""
+    run_id = controllers[0].run_id if controllers else None
+    return RunStopped(stopped_line(run_id, _rounds_done(controllers),
+                                   continue_with(run_id) if continue_with is not None and run_id is not None else None))
+
+
+def stopped_line(run_id: str | None, rounds: int, continue_with: str | None) -> str:
+    """Where a stopped run stopped and what to do next: the command that continues it (`continue_with`, None for a
+    run that cannot be resumed), or, with no round finished, to start it again: there is nothing to continue."""
+    if run_id is None:
+        return ("Run stopped while preparing its data and model, before its first round; nothing was recorded: "
+                "run %fedless_train again")
+    if rounds == 0:
+        return (f"Run {run_id} stopped after round 0; no round finished, so there is nothing to continue: "
+                "run %fedless_train again")
+    line = f"Run {run_id} stopped after round {rounds}; the history keeps every finished round"
+    return line if continue_with is None else f"{line}. Continue it with: {continue_with}"
 
 
 def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], model_name: str | None = None,
