@@ -247,6 +247,24 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
                                                   "nothing to resume")
 
 
+@pytest.mark.parametrize("reads_comms, labels", [(True, ["Run finished"]),
+                                                  (False, ["Stop: interrupt the kernel", "Run finished"])])
+def test_awaiting_a_background_run_disables_its_stop_button_where_the_kernel_reads_no_click_then(
+        shell, monkeypatch, reads_comms, labels):
+    """Before ipykernel 7.4 a click made while a cell awaits the run is read only once the run has ended: the button
+    says to interrupt the kernel instead of doing nothing; ipykernel 7.4 reads it, and the button stays."""
+    from fedless_nb.notebook import execution
+
+    monkeypatch.setattr(execution, "kernel_reads_comms_while_a_cell_awaits", lambda: reads_comms)
+    shell.run_cell(f"run = %fedless_train {TINY} --rounds 5 --dashboard widgets --background\n"
+                   "labels = []\n"
+                   "run.dashboard.stop_button.observe(lambda change: labels.append(change['new']), names='description')")
+    assert shell.user_ns["run"].dashboard.stop_button.description == "Stop after this round"
+    result = shell.run_cell("result = await run")
+    assert result.error_in_exec is None and shell.user_ns["result"].status == "finished"
+    assert shell.user_ns["labels"] == labels
+
+
 def test_the_pool_keeps_the_two_latest_settings_warm_and_stops_the_idle_workers_of_older_ones(shell):
     shell.run_line_magic("fedless_pool", "--end")
     pids = {}

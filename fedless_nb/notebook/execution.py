@@ -163,6 +163,13 @@ def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observe
     return run.future.result()
 
 
+def kernel_reads_comms_while_a_cell_awaits() -> bool:
+    """Whether a widget's click reaches the kernel while a cell awaits: ipykernel 7.4 reads comm messages then, earlier
+    ones only once the cell has ended."""
+    ipykernel = sys.modules.get("ipykernel")
+    return ipykernel is not None and getattr(ipykernel, "version_info", (0,)) >= (7, 4)
+
+
 class BackgroundRun:
     """A run going on on the kernel's run loop while cells run; it is returned once the run has started
     (its data and model are ready). `await run` gives its RunResult; `run.stop()` (or `%fedless_stop`)
@@ -176,6 +183,9 @@ class BackgroundRun:
         self._controllers: list[Controller] = []
         self._stop_requested = False
         self._on_done = on_done
+        offer_stop = getattr(dashboard, "offer_stop", None)  # the widget dashboard's Stop button
+        if offer_stop is not None:
+            offer_stop(self.stop)
         started = threading.Event()
         observers = [lambda event: isinstance(event, RunStarted) and started.set(), *observers]
         self._run = run_loop().submit(run_experiment_async(
@@ -217,14 +227,22 @@ class BackgroundRun:
             return None
         return resume_command(self.run_id, self.config.history, self.model_name)
 
-    def stop(self) -> None:
-        """End the run after its current round (after round 1 if it is still preparing its data and model)."""
-        run_loop().call(self._request_stop)
+    def stop(self) -> str:
+        """End the run after its current round (after round 1 if it is still preparing its data and model); the line
+        that says so and how to continue the run, which %fedless_stop prints and the dashboard shows."""
+        command = self.continue_with()
+        line = (f"Run {self.run_id or '(starting)'} stops after its current round"
+                + (f"; continue it later with: {command}" if command else ""))
+        run_loop().call(self._request_stop, line)
+        return line
 
-    def _request_stop(self) -> None:
+    def _request_stop(self, line: str) -> None:
         self._stop_requested = True
         if self.controller is not None:
             self.controller.request_stop()
+        stopping = getattr(self.dashboard, "stopping", None)  # on the run thread, which alone touches the widgets
+        if stopping is not None:
+            stopping(line)
 
     def result(self) -> RunResult:
         if not self.future.done():
@@ -249,6 +267,9 @@ class BackgroundRun:
         one line. ipykernel interrupts an awaiting cell by cancelling its task from another thread, which wakes no
         loop: awaiting the run's future itself, the stop button did nothing until the run ended, then showed an
         empty CancelledError. Waking every 0.1 s lets the cancellation land."""
+        offer_interrupt = getattr(self.dashboard, "offer_interrupt", None)
+        if offer_interrupt is not None and not kernel_reads_comms_while_a_cell_awaits():
+            run_loop().call(offer_interrupt)  # the Stop button's click would be read only once the run has ended
         try:
             while not self.future.done():
                 await asyncio.sleep(0.1)
