@@ -125,6 +125,41 @@ def serving(frontend, directory, notebooks):
             server.wait()
 
 
+def chromium_for_tests():
+    """Debian's chromium, which Playwright drives; the screenshots' folder made."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium package is needed (.ci/run installs it)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    return chromium
+
+
+def python3_notebook(cells):
+    """A notebook of code cells with the sources `cells`, for the python3 kernel."""
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells],
+                                    metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                             "language": "python"}})
+
+
+@contextlib.contextmanager
+def jupyterlab_page(playwright, server, notebook, artifact):
+    """A headless Chromium page showing `notebook` in JupyterLab, once the app has started; on a failure, its
+    screenshot and the server's log go to test-artifacts/ARTIFACT-failure.*"""
+    frontend = FRONTENDS[0]
+    browser = playwright.chromium.launch(executable_path=chromium_for_tests(), headless=True, args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{server.base}/{frontend.notebook_path}/{notebook}?token={server.token}")
+        page.locator(frontend.splash).wait_for(state="detached", timeout=120_000)
+        page.locator(".jp-Notebook").wait_for(timeout=120_000)
+        yield page
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / f"{artifact}-failure.png"))
+        shutil.copy(server.log, ARTIFACTS / f"{artifact}-failure-server.log")
+        raise
+    finally:
+        browser.close()
+
+
 @pytest.fixture
 def frontend_url(request, tmp_path):
     """A scratch copy of the quickstart served by the frontend; yields the frontend, the notebook's URL and file."""
@@ -181,9 +216,7 @@ def test_the_quickstart_dashboard_renders(frontend_url):
 
     frontend, server, notebook_file = frontend_url
     url = f"{server.base}/{frontend.notebook_path}/{notebook_file.name}?token={server.token}"
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium package is needed (.ci/run installs it)"
-    ARTIFACTS.mkdir(exist_ok=True)
+    chromium = chromium_for_tests()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -287,12 +320,8 @@ def test_the_classroom_roster_and_the_drawing_pad_render(tmp_path):
     from playwright.sync_api import sync_playwright
 
     frontend = FRONTENDS[1]
-    python3 = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-    notebooks = {name: nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells],
-                                                metadata=python3) for name, cells in CLASSROOM_NOTEBOOKS.items()}
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium package is needed (.ci/run installs it)"
-    ARTIFACTS.mkdir(exist_ok=True)
+    notebooks = {name: python3_notebook(cells) for name, cells in CLASSROOM_NOTEBOOKS.items()}
+    chromium = chromium_for_tests()
     with serving(frontend, tmp_path, notebooks) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         pages = {}
@@ -367,70 +396,85 @@ def test_interrupt_and_restart_from_the_kernel_menu_keep_the_history_and_leave_n
 
     from fedless_nb.records.history import History
 
-    frontend = FRONTENDS[0]
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in INTERRUPTED_NOTEBOOK],
-                                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                 "language": "python"}})
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium package is needed (.ci/run installs it)"
-    ARTIFACTS.mkdir(exist_ok=True)
-    with serving(frontend, tmp_path, {"interrupted.ipynb": notebook}) as server, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-
+    notebook = python3_notebook(INTERRUPTED_NOTEBOOK)
+    with serving(FRONTENDS[0], tmp_path, {"interrupted.ipynb": notebook}) as server, sync_playwright() as playwright, \
+            jupyterlab_page(playwright, server, "interrupted.ipynb", "jupyterlab-interrupted") as page:
         def workers():
             (kernel,) = psutil.Process(server.pid).children()
             return kernel.children(recursive=True)
 
-        try:
-            page.goto(f"{server.base}/{frontend.notebook_path}/interrupted.ipynb?token={server.token}")
-            page.locator(frontend.splash).wait_for(state="detached", timeout=120_000)
-            page.locator(".jp-Notebook").wait_for(timeout=120_000)
-            run_cell(page, server, "interrupted.ipynb", 0)
-            run_cell(page, server, "interrupted.ipynb", 1)
-            rounds_done(page, 1, 40)
-            kernel_menu(page, "Interrupt Kernel")
-            stopped = page.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output").filter(has_text="stopped after round")
-            stopped.wait_for(timeout=300_000)
-            line = stopped.inner_text().strip()
-            match = STOPPED_LINE.fullmatch(line)
-            assert match, f"one line, no traceback: {line!r}"
-            run_id, rounds, resume = match.group(1), int(match.group(2)), match.group(3)
-            history = History(tmp_path / "fedless_history.db")
-            run = history.run(run_id)
-            assert run["status"] == "stopped" and run["rounds_completed"] == rounds < 40
-            page.screenshot(path=str(ARTIFACTS / "jupyterlab-interrupted.png"))
+        run_cell(page, server, "interrupted.ipynb", 0)
+        run_cell(page, server, "interrupted.ipynb", 1)
+        rounds_done(page, 1, 40)
+        kernel_menu(page, "Interrupt Kernel")
+        stopped = page.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output").filter(has_text="stopped after round")
+        stopped.wait_for(timeout=300_000)
+        line = stopped.inner_text().strip()
+        match = STOPPED_LINE.fullmatch(line)
+        assert match, f"one line, no traceback: {line!r}"
+        run_id, rounds, resume = match.group(1), int(match.group(2)), match.group(3)
+        history = History(tmp_path / "fedless_history.db")
+        run = history.run(run_id)
+        assert run["status"] == "stopped" and run["rounds_completed"] == rounds < 40
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-interrupted.png"))
 
-            page.locator(".jp-CodeCell").nth(2).locator(".jp-InputArea-editor").click()
-            page.keyboard.type(f"resumed = {resume}")
-            run_cell(page, server, "interrupted.ipynb", 2)
-            record = page.locator(".jp-CodeCell").nth(2).locator(".fedless-record")
-            record.wait_for(timeout=600_000)
-            assert "40/40 rounds" in record.inner_text()
-            assert [row["round"] for row in history.rounds(run_id)] == list(range(1, 41)), "each round once"
-            run_cell(page, server, "interrupted.ipynb", 3)
-            page.locator(".jp-CodeCell").nth(3).get_by_text(re.compile(r"Stopped \d+ warm workers")).wait_for(timeout=120_000)
-            assert workers() == [], "every worker the interrupted and the resumed run used was the pool's"
+        page.locator(".jp-CodeCell").nth(2).locator(".jp-InputArea-editor").click()
+        page.keyboard.type(f"resumed = {resume}")
+        run_cell(page, server, "interrupted.ipynb", 2)
+        record = page.locator(".jp-CodeCell").nth(2).locator(".fedless-record")
+        record.wait_for(timeout=600_000)
+        assert "40/40 rounds" in record.inner_text()
+        assert [row["round"] for row in history.rounds(run_id)] == list(range(1, 41)), "each round once"
+        run_cell(page, server, "interrupted.ipynb", 3)
+        page.locator(".jp-CodeCell").nth(3).get_by_text(re.compile(r"Stopped \d+ warm workers")).wait_for(timeout=120_000)
+        assert workers() == [], "every worker the interrupted and the resumed run used was the pool's"
 
-            run_cell(page, server, "interrupted.ipynb", 4)
-            rounds_done(page, 4, 40)
-            training = workers()
-            assert training, "the run's local workers are the kernel's children"
-            kernel_menu(page, "Restart Kernel…")
-            page.locator(".jp-Dialog .jp-mod-accept").click()  # "Restart" in the dialog that asks
-            _, alive = psutil.wait_procs(training, timeout=120)
-            assert not alive, f"workers outlived their kernel: {[worker.pid for worker in alive]}"
-            server.wait_until_connected("interrupted.ipynb")
-            (cut_off,) = [run for run in History(tmp_path / "fedless_history.db").runs() if run["run_id"] != run_id]
-            # the server interrupts a kernel before it shuts it down: the run records its end ("stopped") if the
-            # kernel lives long enough, else the history finds its process gone ("interrupted"); both resume
-            assert cut_off["status"] in ("stopped", "interrupted") and 1 <= cut_off["rounds_completed"] < 40, cut_off
-            assert history.run(run_id)["rounds_completed"] == 40
-            with sqlite3.connect(tmp_path / "fedless_history.db") as database:
-                assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "jupyterlab-interrupted-failure.png"))
-            shutil.copy(server.log, ARTIFACTS / "jupyterlab-interrupted-failure-server.log")
-            raise
-        finally:
-            browser.close()
+        run_cell(page, server, "interrupted.ipynb", 4)
+        rounds_done(page, 4, 40)
+        training = workers()
+        assert training, "the run's local workers are the kernel's children"
+        kernel_menu(page, "Restart Kernel…")
+        page.locator(".jp-Dialog .jp-mod-accept").click()  # "Restart" in the dialog that asks
+        _, alive = psutil.wait_procs(training, timeout=120)
+        assert not alive, f"workers outlived their kernel: {[worker.pid for worker in alive]}"
+        server.wait_until_connected("interrupted.ipynb")
+        (cut_off,) = [run for run in History(tmp_path / "fedless_history.db").runs() if run["run_id"] != run_id]
+        # the server interrupts a kernel before it shuts it down: the run records its end ("stopped") if the
+        # kernel lives long enough, else the history finds its process gone ("interrupted"); both resume
+        assert cut_off["status"] in ("stopped", "interrupted") and 1 <= cut_off["rounds_completed"] < 40, cut_off
+        assert history.run(run_id)["rounds_completed"] == 40
+        with sqlite3.connect(tmp_path / "fedless_history.db") as database:
+            assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+STOP_BUTTON_NOTEBOOK = ["%load_ext fedless_nb", f"run = %fedless_train {TINY} --rounds 40 --background",
+                        "result = await run\nresult"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_dashboards_stop_button_stops_a_background_run_in_jupyterlab(tmp_path):
+    """A click on the live dashboard's Stop button, made while another cell awaits the run, ends the run after its
+    current round: the awaiting cell gets the stopped run, the widgets give way to its record, the history keeps it."""
+    from playwright.sync_api import sync_playwright
+
+    from fedless_nb.records.history import History
+
+    notebook = python3_notebook(STOP_BUTTON_NOTEBOOK)
+    with serving(FRONTENDS[0], tmp_path, {"stop.ipynb": notebook}) as server, sync_playwright() as playwright, \
+            jupyterlab_page(playwright, server, "stop.ipynb", "jupyterlab-stop-button") as page:
+        run_cell(page, server, "stop.ipynb", 0)
+        run_cell(page, server, "stop.ipynb", 1)
+        rounds_done(page, 1, 40)
+        run_cell(page, server, "stop.ipynb", 2)  # the kernel reads the click while this cell awaits the run
+        stop = page.locator(".jp-CodeCell").nth(1).get_by_role("button", name="Stop after this round")
+        stop.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-stop-button-live.png"))
+        stop.click()
+        page.locator(".jp-CodeCell").nth(2).get_by_text("status='stopped'").wait_for(timeout=300_000)
+        record = page.locator(".jp-CodeCell").nth(1).locator(".fedless-record")
+        record.wait_for(timeout=120_000)
+        assert "stopped" in record.inner_text()
+        (run,) = History(tmp_path / "fedless_history.db").runs()
+        assert run["status"] == "stopped" and 1 <= run["rounds_completed"] < 40
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-stop-button.png"))

@@ -212,6 +212,48 @@ def test_a_stopped_run_shows_as_a_warning():
     assert dashboard.bar.bar_style == "warning"
 
 
+def test_the_stop_button_says_to_interrupt_a_foreground_run_and_stops_a_background_run_once():
+    """A foreground run's cell blocks the kernel, which reads no click until the run ends: the button is disabled and
+    says what stops the run. A background run's button calls its stop, and is spent once a stop was asked."""
+    foreground = WidgetDashboard()
+    for event in list(run_events())[:3]:
+        foreground(event)
+    assert foreground.stop_button.disabled and foreground.stop_button.description == "Stop: interrupt the kernel"
+    assert "fedless-stop" in foreground.stop_button._dom_classes
+
+    stops = []
+    background = WidgetDashboard()
+    background.offer_stop(lambda: stops.append("stop"))
+    for event in list(run_events())[:3]:
+        background(event)
+    assert not background.stop_button.disabled and background.stop_button.description == "Stop after this round"
+    awaited = WidgetDashboard()
+    awaited.offer_stop(lambda: stops.append("awaited"))
+    awaited.offer_interrupt()  # a cell awaits the run where the kernel reads no click then
+    awaited.stop_button.click()
+    assert awaited.stop_button.disabled and awaited.stop_button.description == "Stop: interrupt the kernel"
+    background.stop_button.click()
+    assert stops == ["stop"]
+    background.stopping("Run r1 stops after its current round; continue it later with: %fedless_resume r1")
+    assert background.stop_button.disabled and background.stop_button.description == "Stopping after this round"
+    assert background.stop_note.value.endswith("continue it later with: %fedless_resume r1")
+    background.stop_button.click()  # what a late comm message does: the frontend sends no click to a disabled button
+    background.offer_interrupt()  # a cell awaits the run now: the stop asked stays on the button
+    assert stops == ["stop"] and background.stop_button.description == "Stopping after this round"
+    background(RunFinished("r1", "stopped", 200.0, 1, {}))
+    assert background.stop_button.disabled and background.stop_button.description == "Run stopped"
+
+
+def test_a_finished_runs_stop_button_is_disabled_and_says_so():
+    dashboard = WidgetDashboard()
+    dashboard.offer_stop(lambda: None)
+    for event in run_events():
+        dashboard(event)
+    assert dashboard.stop_button.disabled and dashboard.stop_button.description == "Run finished"
+    dashboard.stopping("Run r1 stops after its current round")  # %fedless_stop racing the end changes nothing
+    assert dashboard.stop_button.description == "Run finished" and dashboard.stop_note.value == ""
+
+
 def test_the_timeline_keeps_only_the_newest_invocations():
     progress = RunProgress()
     progress.update(RunStarted("r1", "demo", {}, 1, 1, [], 0.0))

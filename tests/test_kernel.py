@@ -112,6 +112,14 @@ def widget_states(messages):
             if m["msg_type"] in ("comm_open", "comm_msg") and "state" in m["content"].get("data", {})]
 
 
+def stop_button(messages):
+    """The dashboard's Stop button: its comm id and its state after `messages` (opened, then updated)."""
+    (comm_id,) = [m["content"]["comm_id"] for m in messages if m["msg_type"] == "comm_open"
+                  and m["content"]["data"]["state"].get("_model_name") == "ButtonModel"]
+    return comm_id, {key: value for m in messages if m["msg_type"] in ("comm_open", "comm_msg")
+                     and m["content"]["comm_id"] == comm_id for key, value in m["content"]["data"].get("state", {}).items()}
+
+
 @pytest.mark.slow
 def test_text_in_batch_execution_widgets_in_an_interactive_frontend_and_a_lasting_record(kernel):
     def train(allow_stdin):
@@ -135,6 +143,9 @@ def test_text_in_batch_execution_widgets_in_an_interactive_frontend_and_a_lastin
     assert any(state.get("value") == 2 for state in states), "the progress bar reached the last round"
     assert any(state.get("description") == "Round 2/2" for state in states)
     assert any(state.get("_model_name") == "LinesModel" for state in states), "bqplot drew the charts"
+    (stop,) = [state for state in states if state.get("_model_name") == "ButtonModel"]  # as it opened
+    assert stop["disabled"] and stop["description"] == "Stop: interrupt the kernel", "the cell blocks the kernel: " \
+                                                                                       "no click is read before the end"
     (record,) = records  # the widgets' output becomes the record, which a saved notebook keeps
     assert record["msg_type"] == "update_display_data"
     assert record["content"]["transient"]["display_id"] == views[0]["content"]["transient"]["display_id"]
@@ -196,6 +207,38 @@ def test_showing_a_background_run_again_shows_its_live_dashboard_then_its_record
 
 
 @pytest.mark.slow
+def test_the_dashboards_stop_button_stops_a_background_run_clicked_while_a_cell_awaits_it(kernel, tmp_path):
+    """The click is a comm message, read by the kernel while a cell awaits (ipykernel reads comms then) or no cell
+    runs; it asks the stop %fedless_stop asks, and the run ends after its current round with its record."""
+    reply, started = kernel.execute(f"run = %fedless_train {TINY} --rounds 40 --dashboard widgets --background")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    comm_id, state = stop_button(started)
+    assert not state["disabled"] and state["description"] == "Stop after this round"
+    history_path = tmp_path / "fedless_history.db"
+
+    def click_after_round_one():  # as JupyterLab's widget manager sends a click
+        while not (runs := History(history_path).runs()) or runs[0]["rounds_completed"] < 1:
+            time.sleep(0.2)
+        kernel.client.shell_channel.send(kernel.client.session.msg("comm_msg", {
+            "comm_id": comm_id, "data": {"method": "custom", "content": {"event": "click"}}}))
+
+    clicker = threading.Thread(target=click_after_round_one, daemon=True)
+    clicker.start()
+    output = kernel.run("result = await run\nprint(result.status, len(result.round_metrics), run.run_id)")
+    status, rounds, run_id = output.split()
+    assert status == "stopped" and 1 <= int(rounds) < 40
+    (run,) = History(history_path).runs()
+    assert run["run_id"] == run_id and run["status"] == "stopped" and run["rounds_completed"] == int(rounds)
+    assert kernel.run("print(run.dashboard.stop_note.value)") == (
+        f"Run {run_id} stops after its current round; continue it later with: %fedless_resume {run_id}")
+    assert kernel.run("print(run.dashboard.stop_button.disabled, run.dashboard.stop_button.description)") == \
+        "True Run stopped"
+    reply, shown = kernel.execute("run")
+    (record,) = [m["content"] for m in shown if m["msg_type"] == "display_data"]
+    assert "fedless-record" in record["data"]["text/html"] and "stopped" in record["data"]["text/html"]
+
+
+@pytest.mark.slow
 def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_path):
     def interrupt_after_round_one(message):
         if message["msg_type"] == "stream" and "Round 1/40" in message["content"]["text"]:
@@ -210,6 +253,23 @@ def test_interrupting_a_run_keeps_its_rounds_and_the_kernel_usable(kernel, tmp_p
     assert stderr == (f"UsageError: Run {run['run_id']} stopped after round {run['rounds_completed']}; the history keeps "
                       f"every finished round. Continue it with: %fedless_resume {run['run_id']}\n")
     assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
+
+
+@pytest.mark.slow
+def test_interrupting_a_run_before_its_first_round_names_it_and_says_to_run_it_again(kernel, tmp_path):
+    """It said 'Run stopped after round 0; the history keeps every finished round': no run id, and no round to keep."""
+    def interrupt_at_the_start(message):
+        if message["msg_type"] == "stream" and "4 clients, 40 rounds" in message["content"]["text"]:
+            kernel.manager.interrupt_kernel()  # the worker's cold start alone outlasts this
+
+    reply, messages = kernel.execute(f"%fedless_train {TINY} --rounds 40 --epochs 50 --dashboard text",
+                                     on_message=interrupt_at_the_start)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "UsageError"
+    (run,) = History(tmp_path / "fedless_history.db").runs()
+    assert run["status"] == "stopped" and run["rounds_completed"] == 0
+    stderr = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+    assert stderr == (f"UsageError: Run {run['run_id']} stopped after round 0; no round finished, so there is nothing "
+                      "to continue: run %fedless_train again\n")
 
 
 @pytest.mark.slow

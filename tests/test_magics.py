@@ -14,6 +14,7 @@ from IPython.utils.capture import capture_output
 
 from fedless_nb.records.history import History
 from fedless_nb.records.owner import this_process
+from fedless_nb.notebook.execution import stopped_line
 from fedless_nb.notebook.magics import FedlessMagics
 from fedless_nb.runner import RunResult
 
@@ -246,6 +247,24 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
                                                   "nothing to resume")
 
 
+@pytest.mark.parametrize("reads_comms, labels", [(True, ["Run finished"]),
+                                                  (False, ["Stop: interrupt the kernel", "Run finished"])])
+def test_awaiting_a_background_run_disables_its_stop_button_where_the_kernel_reads_no_click_then(
+        shell, monkeypatch, reads_comms, labels):
+    """Before ipykernel 7.4 a click made while a cell awaits the run is read only once the run has ended: the button
+    says to interrupt the kernel instead of doing nothing; ipykernel 7.4 reads it, and the button stays."""
+    from fedless_nb.notebook import execution
+
+    monkeypatch.setattr(execution, "kernel_reads_comms_while_a_cell_awaits", lambda: reads_comms)
+    shell.run_cell(f"run = %fedless_train {TINY} --rounds 5 --dashboard widgets --background\n"
+                   "labels = []\n"
+                   "run.dashboard.stop_button.observe(lambda change: labels.append(change['new']), names='description')")
+    assert shell.user_ns["run"].dashboard.stop_button.description == "Stop after this round"
+    result = shell.run_cell("result = await run")
+    assert result.error_in_exec is None and shell.user_ns["result"].status == "finished"
+    assert shell.user_ns["labels"] == labels
+
+
 def test_the_pool_keeps_the_two_latest_settings_warm_and_stops_the_idle_workers_of_older_ones(shell):
     shell.run_line_magic("fedless_pool", "--end")
     pids = {}
@@ -297,6 +316,17 @@ def test_history_of_a_file_without_runs_says_so_and_keeps_the_columns(shell, cap
     runs = shell.run_line_magic("fedless_history", "--history empty.db")
     assert capsys.readouterr().out == "No run in empty.db yet: train one with %fedless_train\n"
     assert runs.empty and list(runs.columns)[:3] == ["run_id", "name", "status"]
+
+
+def test_the_stop_line_names_the_run_and_what_to_do_next():
+    """Before, a run stopped before its first round or under async rounds was 'Run stopped after round N', no run id."""
+    assert stopped_line("r1", 2, "%fedless_resume r1") == ("Run r1 stopped after round 2; the history keeps every "
+                                                           "finished round. Continue it with: %fedless_resume r1")
+    assert stopped_line("r1", 2, None) == "Run r1 stopped after round 2; the history keeps every finished round"
+    assert stopped_line("r1", 0, "%fedless_resume r1") == ("Run r1 stopped after round 0; no round finished, so there "
+                                                           "is nothing to continue: run %fedless_train again")
+    assert stopped_line(None, 0, None) == ("Run stopped while preparing its data and model, before its first round; "
+                                           "nothing was recorded: run %fedless_train again")
 
 
 def test_stop_without_a_background_run_is_a_usage_error(shell):

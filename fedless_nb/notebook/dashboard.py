@@ -149,9 +149,21 @@ class CompactDashboard:
             self.handle.update({"text/plain": self.line()}, raw=True)
 
 
+STOP_BY_INTERRUPT = "Stop: interrupt the kernel"
+STOP_AFTER_ROUND = "Stop after this round"
+STOPPING = "Stopping after this round"
+INTERRUPT_TOOLTIP = ("A cell waits for this run, so the kernel reads no click until the run ends: interrupt the kernel "
+                     "(the toolbar's ■, or I, I) to stop the run. A --background run's Stop button works while no cell "
+                     "waits for it.")
+
+
 class WidgetDashboard:
-    """Round progress, the latest accuracy, accuracy and loss charts (bqplot), the client timeline and running
-    totals, updated in place; when the run ends its display is replaced by the static RunRecord."""
+    """Round progress, a Stop button, the latest accuracy, accuracy and loss charts (bqplot), the client timeline and
+    running totals, updated in place; when the run ends its display is replaced by the static RunRecord.
+
+    The kernel reads a click (a comm message) only while no cell blocks it: a foreground run's cell waits for the run,
+    so its button stays disabled and says to interrupt the kernel; a background run offers its stop (`offer_stop`)
+    until a cell waits for it where the kernel reads no comm then (`offer_interrupt`)."""
 
     def __init__(self, show: Callable[..., Any] | None = None) -> None:
         import ipywidgets as widgets
@@ -170,13 +182,49 @@ class WidgetDashboard:
         self.loss = MetricChart("test loss", "loss")
         self.timeline = TimelineChart()
         self.totals = widgets.HTML()
+        self.stop_button = widgets.Button(description=STOP_BY_INTERRUPT, tooltip=INTERRUPT_TOOLTIP, disabled=True,
+                                          icon="stop", layout=widgets.Layout(width="auto"))  # until offer_stop
+        self.stop_button.on_click(self._stop_clicked)
+        self.stop_note = widgets.HTML()  # the line a stop prints: what comes next
+        self._stop: Callable[[], Any] | None = None
+        self.stop_asked = False
         for widget, name in ((self.bar, "progress"), (self.score, "score"), (self.accuracy.figure, "accuracy"),
-                             (self.loss.figure, "loss"), (self.timeline.figure, "timeline"), (self.totals, "totals")):
+                             (self.loss.figure, "loss"), (self.timeline.figure, "timeline"), (self.totals, "totals"),
+                             (self.stop_button, "stop"), (self.stop_note, "stop-note")):
             widget.add_class(f"fedless-{name}")
-        self.widget = widgets.VBox([self.title, widgets.HBox([self.bar, self.score]),
+        self.widget = widgets.VBox([self.title, widgets.HBox([self.bar, self.stop_button, self.score]), self.stop_note,
                                     widgets.HBox([self.accuracy.figure, self.loss.figure]),
                                     self.timeline.view, self.totals])
         self.widget.add_class("fedless-dashboard")
+
+    def offer_interrupt(self) -> None:
+        """The kernel reads no click while a cell waits for the run: the button is disabled and says to interrupt the
+        kernel, which stops the run. Called on the run thread once the run has started."""
+        if self.ended or self.stop_asked:
+            return
+        self.stop_button.disabled, self.stop_button.description = True, STOP_BY_INTERRUPT
+        self.stop_button.tooltip = INTERRUPT_TOOLTIP
+
+    def offer_stop(self, stop: Callable[[], Any]) -> None:
+        """Let the Stop button call `stop` (a background run's `stop`, as %fedless_stop does): no cell waits for the
+        run, so the kernel reads the click. Call it before the run starts: the widgets are then the run thread's."""
+        self._stop = stop
+        self.stop_button.disabled = False
+        self.stop_button.description = STOP_AFTER_ROUND
+        self.stop_button.tooltip = "End the run after its current round; the history keeps every finished round"
+
+    def _stop_clicked(self, _: Any) -> None:
+        if self._stop is not None and not self.stop_button.disabled:  # a comm message can click a disabled button
+            self._stop()
+
+    def stopping(self, line: str) -> None:
+        """A stop was asked (the button, %fedless_stop, run.stop()): the button is spent and `line` says what comes
+        next. Called on the run thread, which alone touches the widgets."""
+        if self.ended:
+            return
+        self.stop_asked = True
+        self.stop_button.disabled, self.stop_button.description = True, STOPPING
+        self.stop_note.value = html.escape(line)
 
     def __call__(self, event: Event) -> None:
         state = self.progress
@@ -201,6 +249,7 @@ class WidgetDashboard:
             self._draw_title()
         elif isinstance(event, RunFinished):
             self.bar.bar_style = {"finished": "success", "stopped": "warning"}.get(event.status, "danger")
+            self.stop_button.disabled, self.stop_button.description = True, f"Run {event.status}"
             self._draw_title()
             self._leave_record()
 
@@ -223,7 +272,7 @@ class WidgetDashboard:
         from .record import RunRecord
 
         self.handle.update(RunRecord(self.progress))
-        for widget in (self.widget, *self.widget.children, *self.accuracy.widgets(), *self.loss.widgets(),
+        for widget in (*_descendants(self.widget), *self.accuracy.widgets(), *self.loss.widgets(),
                        *self.timeline.widgets()):
             widget.close()
 
@@ -234,6 +283,11 @@ class WidgetDashboard:
 
     def _draw_totals(self) -> None:
         self.totals.value = " &nbsp; ".join(f"<b>{value}</b> {name}" for name, value in self.progress.totals().items())
+
+
+def _descendants(widget: Any) -> list[Any]:
+    """`widget` and every widget in its boxes, nested."""
+    return [widget, *(child for box in getattr(widget, "children", ()) for child in _descendants(box))]
 
 
 def frontend_renders_widgets(shell: Any) -> bool:

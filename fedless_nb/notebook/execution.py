@@ -45,6 +45,10 @@ class RunLoop:
     def submit(self, coroutine: Coroutine[Any, Any, Any]) -> "Submitted":
         return Submitted(self.loop, coroutine)
 
+    def call(self, function: Callable[..., Any], *args: Any) -> None:
+        """Call `function` on the run loop's thread, soon."""
+        self.loop.call_soon_threadsafe(function, *args)
+
     def wait(self, coroutine: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
         """Run `coroutine` on the run loop and wait for its result here."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
@@ -126,14 +130,23 @@ def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Cal
 
 
 def _stopped(controllers: list[Controller], continue_with: Callable[[str], str] | None) -> RunStopped:
-    """The one line an interrupted run ends its cell with; it names the magic that continues the run
-    (`continue_with(run_id)`) once it has a round to continue from."""
-    rounds = _rounds_done(controllers)
-    if rounds == 0 or continue_with is None:
-        return RunStopped(f"Run stopped after round {rounds}; the history keeps every finished round")
-    run_id = controllers[0].run_id
-    return RunStopped(f"Run {run_id} stopped after round {rounds}; the history keeps every finished round. "
-                      f"Continue it with: {continue_with(run_id)}")
+    """The one line an interrupted run ends its cell with (see stopped_line)."""
+    run_id = controllers[0].run_id if controllers else None
+    return RunStopped(stopped_line(run_id, _rounds_done(controllers),
+                                   continue_with(run_id) if continue_with is not None and run_id is not None else None))
+
+
+def stopped_line(run_id: str | None, rounds: int, continue_with: str | None) -> str:
+    """Where a stopped run stopped and what to do next: the command that continues it (`continue_with`, None for a
+    run that cannot be resumed), or, with no round finished, to start it again: there is nothing to continue."""
+    if run_id is None:
+        return ("Run stopped while preparing its data and model, before its first round; nothing was recorded: "
+                "run %fedless_train again")
+    if rounds == 0:
+        return (f"Run {run_id} stopped after round 0; no round finished, so there is nothing to continue: "
+                "run %fedless_train again")
+    line = f"Run {run_id} stopped after round {rounds}; the history keeps every finished round"
+    return line if continue_with is None else f"{line}. Continue it with: {continue_with}"
 
 
 def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], model_name: str | None = None,
@@ -150,6 +163,13 @@ def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observe
     return run.future.result()
 
 
+def kernel_reads_comms_while_a_cell_awaits() -> bool:
+    """Whether a widget's click reaches the kernel while a cell awaits: ipykernel 7.4 reads comm messages then, earlier
+    ones only once the cell has ended."""
+    ipykernel = sys.modules.get("ipykernel")
+    return ipykernel is not None and getattr(ipykernel, "version_info", (0,)) >= (7, 4)
+
+
 class BackgroundRun:
     """A run going on on the kernel's run loop while cells run; it is returned once the run has started
     (its data and model are ready). `await run` gives its RunResult; `run.stop()` (or `%fedless_stop`)
@@ -163,6 +183,9 @@ class BackgroundRun:
         self._controllers: list[Controller] = []
         self._stop_requested = False
         self._on_done = on_done
+        offer_stop = getattr(dashboard, "offer_stop", None)  # the widget dashboard's Stop button
+        if offer_stop is not None:
+            offer_stop(self.stop)
         started = threading.Event()
         observers = [lambda event: isinstance(event, RunStarted) and started.set(), *observers]
         self._run = run_loop().submit(run_experiment_async(
@@ -204,14 +227,23 @@ class BackgroundRun:
             return None
         return resume_command(self.run_id, self.config.history, self.model_name)
 
-    def stop(self) -> None:
-        """End the run after its current round (after round 1 if it is still preparing its data and model).
+    def stop(self) -> str:
+        """End the run after its current round (after round 1 if it is still preparing its data and model); the line
+        that says so and how to continue the run, which %fedless_stop prints and the dashboard shows.
         The flags are set here, in the caller's thread: a stop handed to the run's loop waited for its next turn,
         which a round that had just finished did not give before the next round began, so that round ran too.
-        The flag goes first and `_attach` appends first, so a controller attached meanwhile is stopped by one."""
+        The flag goes first and `_attach` appends first, so a controller attached meanwhile is stopped by one.
+        The dashboard hears of it on the run's thread, which alone touches its widgets."""
+        command = self.continue_with()
+        line = (f"Run {self.run_id or '(starting)'} stops after its current round"
+                + (f"; continue it later with: {command}" if command else ""))
         self._stop_requested = True
         if self.controller is not None:
             self.controller.request_stop()
+        stopping = getattr(self.dashboard, "stopping", None)
+        if stopping is not None:
+            run_loop().call(stopping, line)
+        return line
 
     def result(self) -> RunResult:
         if not self.future.done():
@@ -236,6 +268,9 @@ class BackgroundRun:
         one line. ipykernel interrupts an awaiting cell by cancelling its task from another thread, which wakes no
         loop: awaiting the run's future itself, the stop button did nothing until the run ended, then showed an
         empty CancelledError. Waking every 0.1 s lets the cancellation land."""
+        offer_interrupt = getattr(self.dashboard, "offer_interrupt", None)
+        if offer_interrupt is not None and not kernel_reads_comms_while_a_cell_awaits():
+            run_loop().call(offer_interrupt)  # the Stop button's click would be read only once the run has ended
         try:
             while not self.future.done():
                 await asyncio.sleep(0.1)

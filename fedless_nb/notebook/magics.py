@@ -386,10 +386,7 @@ class FedlessMagics(Magics):
             raise UsageError(f"no background run {unknown[0]!r}; running: {', '.join(str(r) for r in known)}")
         for run in list(self.background):
             if not args.run_id or run.run_id in args.run_id:
-                run.stop()
-                command = run.continue_with()
-                print(f"Run {run.run_id or '(starting)'} stops after its current round"
-                      + (f"; continue it later with: {command}" if command else ""))
+                print(run.stop())
 
     # %fedless_pool ----------------------------------------------------------------------------
     @magic_arguments()
