@@ -334,6 +334,30 @@ def test_stop_without_a_background_run_is_a_usage_error(shell):
         shell.run_line_magic("fedless_stop", "")
 
 
+def test_a_background_run_that_ended_before_its_cell_listed_it_is_not_going_on(shell, monkeypatch):
+    """A short run can end before the cell that started it has listed it. It used to remove itself from the list
+    when it ended, on the run's thread, so it failed to (not listed yet), stayed listed, and %fedless_stop claimed
+    to stop a finished run. Here the run has ended by the time the constructor returns."""
+    from fedless_nb.notebook import execution
+
+    class EndedAtOnce:
+        run_id = "run-ended"
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def done(self):
+            return True
+
+    monkeypatch.setattr(execution, "BackgroundRun", EndedAtOnce)
+    shell.run_cell("from tensorflow import keras\n"
+                   "model = keras.Sequential([keras.layers.Flatten(input_shape=(64,)), keras.layers.Dense(10, activation='softmax')])\n"
+                   f"run = %fedless_train model {TINY} --rounds 1 --dashboard none --background\n")
+    assert isinstance(shell.user_ns["run"], EndedAtOnce)
+    with pytest.raises(UsageError, match="no run is going on in the background"):
+        shell.run_line_magic("fedless_stop", "")
+
+
 def test_deploy_builds_a_bundle_and_prints_its_deploy_command(shell, tmp_path):
     with capture_output() as captured:
         bundle = shell.run_line_magic("fedless_deploy", f"google_cloud_functions --out {tmp_path / 'dist'} --name fl")

@@ -175,14 +175,12 @@ class BackgroundRun:
     (its data and model are ready). `await run` gives its RunResult; `run.stop()` (or `%fedless_stop`)
     ends it after the current round."""
 
-    def __init__(self, config: ExperimentConfig, model: Any, observers: Sequence[Observer],
-                 on_done: Callable[["BackgroundRun"], None] | None = None, dashboard: Any = None,
+    def __init__(self, config: ExperimentConfig, model: Any, observers: Sequence[Observer], dashboard: Any = None,
                  model_name: str | None = None, **options: Any) -> None:
         self.config, self.model_name = config, model_name  # model_name: the notebook variable holding `model`
         self.dashboard = dashboard  # one of `observers`; a cell that shows the run shows it again (see _ipython_display_)
         self._controllers: list[Controller] = []
         self._stop_requested = False
-        self._on_done = on_done
         offer_stop = getattr(dashboard, "offer_stop", None)  # the widget dashboard's Stop button
         if offer_stop is not None:
             offer_stop(self.stop)
@@ -299,5 +297,3 @@ class BackgroundRun:
                 print(f"error: {error}", file=sys.stderr)
             else:
                 traceback.print_exception(error, file=sys.stderr)
-        if self._on_done is not None:
-            self._on_done(self)

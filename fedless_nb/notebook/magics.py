@@ -197,7 +197,7 @@ class FedlessMagics(Magics):
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.background: list[Any] = []  # BackgroundRun objects still going on
+        self._background: list[Any] = []  # BackgroundRun objects started here; see `background`
         self.classroom: Any = None  # the open ClassroomService (teacher), see %fedless_classroom
         self.student: Any = None  # this kernel's StudentFunction once joined, see %fedless_join
 
@@ -252,11 +252,18 @@ class FedlessMagics(Magics):
             options = self._open_classroom().run_options(config)  # students' functions, signed store, own data
             observers.append(self.classroom.observe)
         if args.background:
-            run = BackgroundRun(config, model, observers, on_done=self.background.remove, dashboard=dashboard,
-                                model_name=args.model, **options)
-            self.background.append(run)
+            run = BackgroundRun(config, model, observers, dashboard=dashboard, model_name=args.model, **options)
+            self._background = [*self.background, run]
             return run
         return run_to_end(config, model, observers, model_name=args.model, **options)
+
+    @property
+    def background(self) -> list[Any]:
+        """The background runs still going on. Ended runs are dropped when asked, on the kernel's thread: a run
+        removing itself when it ended, on the run's thread, could end before the cell that started it had listed it
+        (it stayed listed, a finished run that %fedless_stop claimed to stop)."""
+        self._background = [run for run in self._background if not run.done()]
+        return self._background
 
     def _open_classroom(self, needing: str = "--provider classroom") -> Any:
         if self.classroom is None:
