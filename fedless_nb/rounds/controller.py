@@ -530,8 +530,8 @@ class Controller:
                 raise InvocationError(problem, "rejected")
         try:
             train, examples = self.plan.train, result.num_examples
-            steps, partial = check_progress(result, local_steps(examples, train),
-                                            step_budget(examples, {**train, "budget_epochs": budget_epochs}))
+            allowed = None if budget_epochs is None else step_budget(examples, {**train, "budget_epochs": budget_epochs})
+            steps, partial = check_progress(result, local_steps(examples, train), allowed)
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
         return ClientUpdate(client.client_id, [], result.num_examples, dict(result.metrics), steps, partial)
