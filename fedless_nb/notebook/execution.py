@@ -270,15 +270,17 @@ class BackgroundRun:
         if offer_interrupt is not None and not kernel_reads_comms_while_a_cell_awaits():
             run_loop().call(offer_interrupt)  # the Stop button's click would be read only once the run has ended
         try:
-            while not self.future.done():
-                await asyncio.sleep(0.1)
+            await self._until_done()
         except asyncio.CancelledError:
             self._run.cancel()
-            while not self.future.done():
-                await asyncio.sleep(0.1)
+            await self._until_done()
             resume = functools.partial(resume_command, history=self.config.history, model_name=self.model_name)
             raise _stopped(self._controllers, resume if resumable(self.config) else None) from None
         return self.future.result()
+
+    async def _until_done(self) -> None:
+        while not self.future.done():
+            await asyncio.sleep(0.1)
 
     def __repr__(self) -> str:
         return f"BackgroundRun(run_id={self.run_id!r}, status={self.status!r})"
