@@ -161,6 +161,18 @@ def test_a_student_listening_on_every_address_registers_the_one_they_join_from(c
         student.leave()
 
 
+def test_a_student_listening_on_every_address_of_the_other_family_is_told_which_host_to_give(classroom):
+    """A student on `--host ::` (every IPv6 address only, as asyncio binds it) joining an IPv4 teacher registered an
+    IPv4 URL where nothing listened: the join succeeded and every task of the run then failed to connect."""
+    with pytest.raises(ClassroomError, match=r"^--host :: listens on every IPv6 address only, and 127.0.0.1 reaches "
+                                             r"this machine over IPv4: use --host 0.0.0.0, or leave --host out$"):
+        StudentFunction(classroom.url, classroom.code, "alice", host="::")
+    with pytest.raises(ClassroomError, match=r"^--host 0.0.0.0 listens on every IPv4 address only, and ::1 reaches "
+                                             r"this machine over IPv6: use --host ::, or leave --host out$"):
+        StudentFunction("http://[::1]:9", "ABCDEF", "alice", host="0.0.0.0")
+    assert classroom.roster.students == {}  # refused before joining: the roster holds no unreachable student
+
+
 def test_the_teacher_allows_other_function_hosts_explicitly(tmp_path):
     service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"),
                                allow_hosts=("10.0.0.0/8", "*.run.app", "fn.example.com", "2001:db8::/32"))

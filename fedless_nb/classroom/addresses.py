@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 
+from .errors import ClassroomError
+
 EVERY_ADDRESS = ("", "0.0.0.0", "::")
 ANYWHERE = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}  # documentation addresses: never reached
 
@@ -31,6 +33,16 @@ def shown_address(bind: str, toward: str | None = None) -> str:
     if bind not in EVERY_ADDRESS:
         return bind
     return reachable_address(toward or ANYWHERE[socket.AF_INET6 if bind == "::" else socket.AF_INET])
+
+
+def check_reaches(bind: str, peer: str) -> None:
+    """ClassroomError if a server bound to every address of one family (0.0.0.0, or ::, IPv6 only) would register
+    a URL of `peer`'s other family, where it does not listen: the peer's calls would all be refused."""
+    if bind not in ("0.0.0.0", "::") or (":" in bind) == (":" in peer):
+        return
+    family, other = ("IPv6", "IPv4") if bind == "::" else ("IPv4", "IPv6")
+    raise ClassroomError(f"--host {bind} listens on every {family} address only, and {peer} reaches this machine over "
+                         f"{other}: use --host {'0.0.0.0' if bind == '::' else '::'}, or leave --host out")
 
 
 def url_host(host: str) -> str:

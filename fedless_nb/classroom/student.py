@@ -29,7 +29,7 @@ from aiohttp import web
 from ..function.serving import error_reply, invoke
 from ..store import PresignedStore, decode_arrays
 from ..wire import PayloadError
-from .addresses import reachable_address, shown_address, url_host
+from .addresses import check_reaches, reachable_address, shown_address, url_host
 from .errors import ClassroomError
 from .roster import leave_proof
 from .served_store import STORE_PATH
@@ -97,6 +97,7 @@ class StudentFunction:
         app = web.Application(client_max_size=TASK_LIMIT)
         app.router.add_post("/", self._call)
         own_address = reachable_address(teacher_host)  # what the teacher sees a registration come from
+        check_reaches(host or own_address, teacher_host)
         self._server = ServerThread(app, host or own_address, port)
         self.url = f"http://{url_host(shown_address(self._server.host, teacher_host))}:{self._server.port}/"
         try:
