@@ -382,3 +382,28 @@ def test_a_function_with_store_roots_trains_a_run_on_the_s3_bucket_they_name(
     assert result.status == "finished" and len(invocations) == 8
     assert all(i["outcome"] == "succeeded" for i in invocations)
 
+
+def _calling(spec, module: str, function: str, arguments: dict, *, listed: bool):
+    """`spec` with a Lambda layer that makes Keras import `module` and call its `function` on the layer's input with
+    `arguments` (the task's own JSON); `listed`: the module also in the spec's custom-layer modules."""
+    architecture = json.loads(spec.architecture)
+    architecture["config"]["layers"].insert(1, {"module": "keras.layers", "class_name": "Lambda", "registered_name": None,
+        "config": {"name": "call", "trainable": True, "dtype": "float32", "function_type": "function", "module": None,
+                   "function": {"module": module, "class_name": "function", "config": function, "registered_name": "function"},
+                   "output_shape": None, "output_shape_type": "raw", "output_shape_module": None, "arguments": arguments}})
+    return type(spec)(json.dumps(architecture), spec.compile, (module,) if listed else ())
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_a_signed_tasks_model_cannot_make_the_function_run_a_command(server, tmp_path, listed):
+    """Keras imports the module a serialized object names and takes any attribute of it: a task (signed with the
+    function's secret) whose model had a Lambda layer calling pydoc.pipepager ran a shell command on the function. The
+    function now imports Keras's modules and those its deployer lists (FEDLESS_MODEL_MODULES) only, and refuses the task."""
+    store, spec = write_inputs(tmp_path)
+    ran = tmp_path / "ran"
+    spec = _calling(spec, "pydoc", "pipepager", {"cmd": f"echo ran > {ran}"}, listed=listed)
+    status, reply = _post(server, json.dumps(make_task(store, spec, secret=SECRET)).encode())
+    time.sleep(1)  # the command, had it started, runs on in its own process
+    assert not ran.exists(), "the task ran a shell command on the function"
+    assert status == 400 and reply["error"]["type"] == "ModelError", reply
+    assert "pydoc" in reply["error"]["message"] and "FEDLESS_MODEL_MODULES" in reply["error"]["message"]

@@ -21,6 +21,7 @@ import sys
 import warnings
 from typing import Any
 
+from ..model import ANY_MODULE, MODEL_MODULES_VARIABLE
 from ..security import CLIENT_ID_VARIABLE, SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
 from ..store.roots import STORE_ROOTS_VARIABLE
 from .base import REPLY_LIMIT, InvocationError, Provider, reply_json
@@ -164,7 +165,9 @@ class LocalProvider(Provider):
         self._running: set[_Worker] = set()
 
     def _environment(self) -> dict[str, str]:
-        return {**function_environment(self.threads_per_worker), SECRET_VARIABLE: self.secret}
+        # Its workers are reached by the controller only (the run's own secret): they import the model's modules.
+        return {**function_environment(self.threads_per_worker), SECRET_VARIABLE: self.secret,
+                MODEL_MODULES_VARIABLE: ANY_MODULE}
 
     def _pool(self) -> asyncio.LifoQueue[_Worker | None]:
         if self._slots is None:
