@@ -407,3 +407,21 @@ def test_a_signed_tasks_model_cannot_make_the_function_run_a_command(server, tmp
     assert not ran.exists(), "the task ran a shell command on the function"
     assert status == 400 and reply["error"]["type"] == "ModelError", reply
     assert "pydoc" in reply["error"]["message"] and "FEDLESS_MODEL_MODULES" in reply["error"]["message"]
+
+
+def test_a_large_body_is_parsed_only_once_its_token_checks(server, tmp_path):
+    """Anyone who can reach a function could make it parse up to 64 MiB of JSON before its token was checked: 64 MiB of
+    empty objects took 1.5 GB and 9 s of the function's process. A body over 1 MiB is now refused on the token in its
+    text (none: 401, forged: 403) before it is parsed; a signed task of that size still runs."""
+    from fedless_nb.function.serving import PARSED_UNSIGNED_BYTES
+
+    objects = b"[" + b"{}," * (PARSED_UNSIGNED_BYTES // 3 + 8) + b"{}]"
+    status, reply = _post(server, objects)
+    assert status == 401 and "no token" in reply["error"]["message"], reply
+    store, spec = write_inputs(tmp_path)
+    forged = json.dumps(make_task(store, spec, secret="guessed")).encode()
+    status, reply = _post(server, forged[:-1] + b", \"padding\": " + objects + b"}")
+    assert status == 403 and "forged" in reply["error"]["message"], reply
+    task = json.dumps(make_task(store, spec, secret=SECRET)).encode()
+    status, reply = _post(server, task + b" " * PARSED_UNSIGNED_BYTES)
+    assert status == 200 and reply["num_examples"] == 40, reply
