@@ -336,7 +336,7 @@ def _manifest_roots(bundle):
 
 
 @pytest.mark.parametrize("root, problem", [
-    ("relative/folder", "neither an http(s) URL nor an absolute folder"), ("ftp://host/", "not an http(s) URL prefix"),
+    ("relative/folder", "neither an http(s) URL prefix nor an absolute folder"), ("ftp://host/", "not an http(s) URL prefix"),
     ("https://host/a/../b/", "not an http(s) URL prefix"), ("https://host/?x=1", "not an http(s) URL prefix"),
     ("/srv/a b", "without spaces, quotes"), ("https://host/$(id)/", "without spaces, quotes"),
 ])

@@ -277,7 +277,7 @@ def store_roots_value(store_roots: Sequence[str]) -> str:
     try:
         StoreRoots.parse(store_roots)
     except StoreRootsError as error:
-        raise PackagingError(f"--store-root: {error}") from None
+        raise PackagingError(f"--store-root {error}") from None
     return ";".join(store_roots)
 
 

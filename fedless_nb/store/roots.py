@@ -96,13 +96,13 @@ class StoreRoots:
         for entry in entries:
             if "://" not in entry:
                 if not os.path.isabs(entry):
-                    raise StoreRootsError(f"store root {entry!r} is neither an http(s) URL nor an absolute folder")
+                    raise StoreRootsError(f"{entry!r} is neither an http(s) URL prefix nor an absolute folder")
                 folders.append(Path(entry).resolve())
                 continue
             url = _parsed(entry)
             segments = None if url is None else _segments(url)
             if url is None or segments is None or url.raw_query_string or url.raw_fragment:
-                raise StoreRootsError(f"store root {entry!r} is not an http(s) URL prefix without user, query or "
+                raise StoreRootsError(f"{entry!r} is not an http(s) URL prefix without user, query or "
                                       "'..' (e.g. https://my-bucket.s3.eu-central-1.amazonaws.com/)")
             urls.append(UrlRoot(url.scheme, url.host, url.port, tuple(part for part in segments if part)))
         return cls(tuple(urls), tuple(folders))
