@@ -201,7 +201,8 @@ def _deploy_values(arguments: argparse.Namespace) -> dict[str, str | None]:
 
 
 def _package(arguments: argparse.Namespace, console: Console) -> int:
-    bundle = build_bundle(arguments.provider, arguments.out, name=arguments.name, **_deploy_values(arguments))
+    bundle = build_bundle(arguments.provider, arguments.out, name=arguments.name, store_roots=arguments.store_roots,
+                          **_deploy_values(arguments))
     console.print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)", highlight=False)
     console.print(f"Pinned requirements: {', '.join(bundle.requirements)}", highlight=False, soft_wrap=True)
     console.print(f"They take about {requirements_megabytes(list(bundle.requirements)):.0f} MB installed (measured from "
@@ -227,7 +228,7 @@ def _deploy(arguments: argparse.Namespace, console: Console) -> int:
     deployment = LambdaDeployment(
         arguments.name, image=values.pop("image"), role=values.pop("role"), region=arguments.region,
         endpoint_url=arguments.endpoint_url, memory_mb=arguments.memory_mb, timeout=arguments.timeout,
-        reserved_concurrency=arguments.concurrency)
+        reserved_concurrency=arguments.concurrency, store_roots=tuple(arguments.store_roots))
     outcome = deploy(arguments.provider, arguments.out, deployment, **values)
     if arguments.provider in ("aws_lambda", "aws_lambda_zip"):
         console.print(outcome, highlight=False)
@@ -246,6 +247,8 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="aws_lambda, knative, openwhisk, openfaas: the container image (registry/repository:tag)")
     parser.add_argument("--app", help="azure_functions: the function app")
     parser.add_argument("--resource-group", help="azure_functions: the function app's resource group")
+    parser.add_argument("--store-root", dest="store_roots", action="append", default=[], metavar="ROOT",
+                        help="the only store a task may name: a URL prefix (https://BUCKET.s3.REGION.amazonaws.com/) or a folder, repeated for more; sets FEDLESS_STORE_ROOTS (default: any store)")
 
 
 class _Parser(argparse.ArgumentParser):

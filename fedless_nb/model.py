@@ -12,8 +12,10 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 
@@ -21,6 +23,8 @@ from ._tf import keras as _keras
 from .errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
+MODEL_MODULES_VARIABLE = "FEDLESS_MODEL_MODULES"
+ANY_MODULE = "*"
 _BUILTIN_PREFIXES = ("keras.", "keras", "tf_keras", "tensorflow")
 
 
@@ -192,9 +196,53 @@ def make_optimizer(name: str, learning_rate: float) -> Any:
     return _keras().optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
 
 
-def build_model(spec: ModelSpec, optimizer: Any = None) -> Any:
-    """Rebuild a model from its spec, compiled with `optimizer` (default SGD) and the spec's loss and metrics."""
+def _object_modules(value: Any) -> list[str]:
+    """Every module a serialized Keras config names (an object's "module"), which Keras imports to find the object."""
+    if isinstance(value, dict):
+        own = [value["module"]] if isinstance(value.get("module"), str) else []
+        return own + [module for item in value.values() for module in _object_modules(item)]
+    if isinstance(value, list):
+        return [module for item in value for module in _object_modules(item)]
+    return []
+
+
+def _is_keras_api(module: str) -> bool:
+    """Keras's public API (keras.layers, keras.losses, ...), as Keras serializes its own objects; not its internals."""
+    parts = module.split(".")
+    return parts[0] == "keras" and not any(part == "src" or part.startswith("_") for part in parts[1:])
+
+
+def model_modules_allowed(environment: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The modules with custom layers a function's deployer lets its tasks import (FEDLESS_MODEL_MODULES, separated by
+    ';', ',' or spaces; `*`: any, as the local provider's workers, which only the controller reaches)."""
+    environment = os.environ if environment is None else environment
+    return frozenset(name for name in re.split(r"[\s;,]+", environment.get(MODEL_MODULES_VARIABLE, "")) if name)
+
+
+def check_model_modules(spec: ModelSpec, allowed: Collection[str]) -> None:
+    """ModelError unless every module the spec makes Python import is Keras's API or `allowed`: Keras imports the
+    module a serialized object names and takes any attribute of it, which a layer such as Lambda then calls (a
+    task naming `pydoc`'s pipepager ran a shell command), and importing a module runs its code."""
+    if ANY_MODULE in allowed:
+        return
+    try:
+        named = [*spec.modules, *_object_modules(json.loads(spec.architecture)), *_object_modules(spec.compile)]
+    except (TypeError, ValueError, RecursionError):
+        raise ModelError("the model spec does not rebuild: its architecture is not JSON") from None
+    foreign = [module for module in dict.fromkeys(named) if not _is_keras_api(str(module)) and module not in allowed]
+    if foreign:
+        raise ModelError(f"the model names module {', '.join(map(str, foreign[:3]))}, which this function does not import: "
+                         f"it imports Keras's and the custom-layer modules listed in {MODEL_MODULES_VARIABLE} where it "
+                         "is deployed")
+
+
+def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: Collection[str] | None = None) -> Any:
+    """Rebuild a model from its spec, compiled with `optimizer` (default SGD) and the spec's loss and metrics.
+    `allowed_modules`: the modules besides Keras's a task's spec may import (a function's FEDLESS_MODEL_MODULES);
+    None: any, for a spec this process made (model_spec_from) or read from its own config."""
     keras = _keras()
+    if allowed_modules is not None:
+        check_model_modules(spec, allowed_modules)
     for module in spec.modules:
         importlib.import_module(module)
     try:

@@ -286,9 +286,12 @@ def test_fedless_nb_deploy_creates_then_updates_an_image_function(moto_endpoint,
     assert configuration["Environment"]["Variables"] == {SECRET_VARIABLE: SECRET}
     assert lambda_api.get_function_concurrency(FunctionName=name)["ReservedConcurrentExecutions"] == 5
 
-    assert cli.main([*common, "--image", f"{IMAGE}:2", "--memory-mb", "3008", "--concurrency", "8"]) == 0  # no role: updates
+    assert cli.main([*common, "--image", f"{IMAGE}:2", "--memory-mb", "3008", "--concurrency", "8",  # no role: updates
+                     "--store-root", "https://my-bucket.s3.us-east-1.amazonaws.com/", "--store-root", "/srv/fl"]) == 0
     updated = lambda_api.get_function(FunctionName=name)
     assert (updated["Code"]["ImageUri"], updated["Configuration"]["MemorySize"]) == (f"{IMAGE}:2", 3008)
+    assert updated["Configuration"]["Environment"]["Variables"] == {
+        SECRET_VARIABLE: SECRET, "FEDLESS_STORE_ROOTS": "https://my-bucket.s3.us-east-1.amazonaws.com/;/srv/fl"}
     assert lambda_api.get_function_concurrency(FunctionName=name)["ReservedConcurrentExecutions"] == 8
 
 

@@ -38,14 +38,16 @@ def _free_port():
 
 
 @contextmanager
-def functions_framework(bundle: Path, log: Path, secret: str = SECRET):
-    """`functions-framework --target fedless_client` in the bundle's folder, holding `secret`, until the block ends."""
+def functions_framework(bundle: Path, log: Path, secret: str = SECRET, settings: dict[str, str] | None = None):
+    """`functions-framework --target fedless_client` in the bundle's folder, holding `secret` (and the environment
+    `settings`, e.g. FEDLESS_STORE_ROOTS), until the block ends."""
     port = _free_port()
     executable = shutil.which("functions-framework") or str(Path(sys.executable).parent / "functions-framework")
     environment = {name: value for name, value in os.environ.items()
                    if not name.startswith(("FEDLESS_", "AWS_", "PYTHON"))}
     environment.update(PYTHONPATH=str(bundle), FEDLESS_RUN_SECRET=secret, TF_CPP_MIN_LOG_LEVEL="3",
                        TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1", THREADS="4")
+    environment.update(settings or {})
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [executable, "--target", "fedless_client", "--source", "main.py", "--host", "127.0.0.1", "--port", str(port)],
@@ -264,3 +266,162 @@ def test_functions_framework_servers_sum_a_secure_rounds_masked_vectors_through_
     assert len(invocations) == 20 and all(i["outcome"] == "succeeded" for i in invocations)  # 5 stages x 4
     assert sorted((a["level"], a["shard_size"], a["summed"], a["outcome"]) for a in history.aggregations(result.run_id)) == [
         (0, 2, 2, "succeeded"), (0, 2, 2, "succeeded")]
+
+
+class _StoreHost:
+    """An HTTP server on 127.0.0.1 that records every path asked of it and answers 404: where a task's URLs point."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.paths = []
+        paths = self.paths
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self):
+                paths.append(self.path)
+                self.send_error(404)
+
+            do_GET = do_POST = do_HEAD = _record
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+ROOTED_BUCKET = f"fedless-rooted-{os.getpid()}"
+
+
+@pytest.fixture(scope="module")
+def rooted(bundle, tmp_path_factory, moto_endpoint):
+    """A server deployed with FEDLESS_STORE_ROOTS: one folder, a bucket on a store host here and one on moto's S3."""
+    allowed = tmp_path_factory.mktemp("allowed-store")
+    host = _StoreHost()
+    roots = f"{allowed};http://127.0.0.1:{host.port}/bucket/ {moto_endpoint}/{ROOTED_BUCKET}/"
+    with functions_framework(bundle, tmp_path_factory.mktemp("logs") / "ff-rooted.log",
+                             settings={"FEDLESS_STORE_ROOTS": roots}) as url:
+        yield url, allowed, host
+    host.server.shutdown()
+
+
+def _presigned_task(spec, urls_at: str):
+    """A task signed with the function's secret whose every store URL is under `urls_at`."""
+    from types import SimpleNamespace
+
+    update = "runs/run-1/round-00001/updates/client-0000.weights"
+    descriptor = {"kind": "presigned", "expires_at": time.time() + 60, "max_write_bytes": None,
+                  "get": {"global": urls_at + "global?X-Amz-Signature=1", "data/a": urls_at + "data/a", update: urls_at + update},
+                  "post": {update: {"url": urls_at, "fields": {"key": update}}}}
+    return make_task(SimpleNamespace(descriptor=lambda: descriptor), spec, secret=SECRET)
+
+
+@pytest.mark.parametrize("urls_at", [
+    "http://localhost:{port}/bucket/",  # another host (the same machine, by another name)
+    "http://127.0.0.1:{other}/bucket/",  # another port
+    "http://127.0.0.1:{port}/bucket-2/",  # another folder whose name starts like the root's
+    "http://127.0.0.1:{port}/bucket/../bucket-2/",  # out of the root by a '..'
+    "http://127.0.0.1:{port}/bucket/%2e%2e/bucket-2/",  # the same, encoded
+    "http://127.0.0.1:{port}/bucket%2F..%2Fbucket-2/",  # an encoded slash
+    "http://127.0.0.1:{port}@localhost:{port}/bucket/",  # user info, which a parser may take for the host
+])
+def test_a_function_with_store_roots_refuses_a_signed_task_whose_urls_lie_elsewhere(rooted, tmp_path, urls_at):
+    """A task signed with the function's own secret used to make it GET and POST wherever its URLs pointed; under
+    FEDLESS_STORE_ROOTS it is refused (403) before any request is made."""
+    url, _, host = rooted
+    _, spec = write_inputs(tmp_path)
+    asked = len(host.paths)
+    status, reply = _post(url, json.dumps(_presigned_task(spec, urls_at.format(port=host.port, other=_free_port()))).encode())
+    assert status == 403 and reply["error"]["type"] == "AuthError", reply
+    assert "FEDLESS_STORE_ROOTS" in reply["error"]["message"] and "\n" not in reply["error"]["message"]
+    assert len(host.paths) == asked, f"the function asked the store host for {host.paths[asked:]}"
+
+
+def test_a_function_with_store_roots_takes_urls_under_them(rooted, tmp_path):
+    """The same task with URLs under the root passes the check and reaches the store host (which has no such key)."""
+    url, _, host = rooted
+    _, spec = write_inputs(tmp_path)
+    asked = len(host.paths)
+    status, reply = _post(url, json.dumps(_presigned_task(spec, f"http://127.0.0.1:{host.port}/bucket/")).encode())
+    assert status == 424 and reply["error"]["type"] == "MissingKeyError", reply
+    assert host.paths[asked:] and all(path.startswith("/bucket/") for path in host.paths[asked:])
+
+
+def test_a_function_with_store_roots_reads_and_writes_only_its_own_folder(rooted, tmp_path):
+    """A `local` store names a folder of the function's machine: one outside the root is refused, nothing written."""
+    url, allowed, _ = rooted
+    store, spec = write_inputs(tmp_path / "elsewhere")
+    task = make_task(store, spec, secret=SECRET)
+    status, reply = _post(url, json.dumps(task).encode())
+    assert status == 403 and "a folder elsewhere" in reply["error"]["message"], reply
+    assert not store.exists(task["update"])
+    for outside in (f"{allowed}/../elsewhere", f"{allowed}-2"):  # out by '..', and a sibling whose name starts alike
+        escaped = make_task(type(store)(outside), spec, secret=SECRET)
+        assert _post(url, json.dumps(escaped).encode())[0] == 403
+    store, spec = write_inputs(allowed / "run-store")
+    task = make_task(store, spec, secret=SECRET)
+    status, reply = _post(url, json.dumps(task).encode())
+    assert status == 200 and reply["num_examples"] == 40 and store.exists(task["update"]), reply
+
+
+@pytest.mark.slow
+def test_a_function_with_store_roots_trains_a_run_on_the_s3_bucket_they_name(
+        rooted, tiny_config, monkeypatch, moto_endpoint, aws_credentials):
+    import boto3
+
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=ROOTED_BUCKET)
+    monkeypatch.setenv("FF_RUN_SECRET", SECRET)
+    config = tiny_config(rounds=2, store={"kind": "s3", "bucket": ROOTED_BUCKET, "endpoint_url": moto_endpoint},
+                         providers=[{"kind": "http", "name": "rooted", "url": rooted[0], "workers": 2,
+                                     "secret_env": "FF_RUN_SECRET"}])
+    result = run_experiment(config)
+    invocations = History(config.history).invocations(result.run_id)
+    assert result.status == "finished" and len(invocations) == 8
+    assert all(i["outcome"] == "succeeded" for i in invocations)
+
+
+def _calling(spec, module: str, function: str, arguments: dict, *, listed: bool):
+    """`spec` with a Lambda layer that makes Keras import `module` and call its `function` on the layer's input with
+    `arguments` (the task's own JSON); `listed`: the module also in the spec's custom-layer modules."""
+    architecture = json.loads(spec.architecture)
+    architecture["config"]["layers"].insert(1, {"module": "keras.layers", "class_name": "Lambda", "registered_name": None,
+        "config": {"name": "call", "trainable": True, "dtype": "float32", "function_type": "function", "module": None,
+                   "function": {"module": module, "class_name": "function", "config": function, "registered_name": "function"},
+                   "output_shape": None, "output_shape_type": "raw", "output_shape_module": None, "arguments": arguments}})
+    return type(spec)(json.dumps(architecture), spec.compile, (module,) if listed else ())
+
+
+@pytest.mark.parametrize("listed", [False, True])
+def test_a_signed_tasks_model_cannot_make_the_function_run_a_command(server, tmp_path, listed):
+    """Keras imports the module a serialized object names and takes any attribute of it: a task (signed with the
+    function's secret) whose model had a Lambda layer calling pydoc.pipepager ran a shell command on the function. The
+    function now imports Keras's modules and those its deployer lists (FEDLESS_MODEL_MODULES) only, and refuses the task."""
+    store, spec = write_inputs(tmp_path)
+    ran = tmp_path / "ran"
+    spec = _calling(spec, "pydoc", "pipepager", {"cmd": f"echo ran > {ran}"}, listed=listed)
+    status, reply = _post(server, json.dumps(make_task(store, spec, secret=SECRET)).encode())
+    time.sleep(1)  # the command, had it started, runs on in its own process
+    assert not ran.exists(), "the task ran a shell command on the function"
+    assert status == 400 and reply["error"]["type"] == "ModelError", reply
+    assert "pydoc" in reply["error"]["message"] and "FEDLESS_MODEL_MODULES" in reply["error"]["message"]
+
+
+def test_a_large_body_is_parsed_only_once_its_token_checks(server, tmp_path):
+    """Anyone who can reach a function could make it parse up to 64 MiB of JSON before its token was checked: 64 MiB of
+    empty objects took 1.5 GB and 9 s of the function's process. A body over 1 MiB is now refused on the token in its
+    text (none: 401, forged: 403) before it is parsed; a signed task of that size still runs."""
+    from fedless_nb.function.serving import PARSED_UNSIGNED_BYTES
+
+    objects = b"[" + b"{}," * (PARSED_UNSIGNED_BYTES // 3 + 8) + b"{}]"
+    status, reply = _post(server, objects)
+    assert status == 401 and "no token" in reply["error"]["message"], reply
+    store, spec = write_inputs(tmp_path)
+    forged = json.dumps(make_task(store, spec, secret="guessed")).encode()
+    status, reply = _post(server, forged[:-1] + b", \"padding\": " + objects + b"}")
+    assert status == 403 and "forged" in reply["error"]["message"], reply
+    task = json.dumps(make_task(store, spec, secret=SECRET)).encode()
+    status, reply = _post(server, task + b" " * PARSED_UNSIGNED_BYTES)
+    assert status == 200 and reply["num_examples"] == 40, reply

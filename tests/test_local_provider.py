@@ -115,9 +115,12 @@ def test_close_leaves_no_processes():
 
 def test_workers_get_only_the_environment_a_function_needs(monkeypatch):
     for name, value in {"GITHUB_TOKEN": "ghp_x", "AWS_SECRET_ACCESS_KEY": "s", "DATABASE_URL": "postgres://u:p@h/db",
-                        "FEDLESS_CLIENT_ID": "client-0000", "TF_ENABLE_ONEDNN_OPTS": "0", "FEDLESS_DATA_CACHE_MB": "64"}.items():
+                        "FEDLESS_CLIENT_ID": "client-0000", "TF_ENABLE_ONEDNN_OPTS": "0", "FEDLESS_DATA_CACHE_MB": "64",
+                        "FEDLESS_STORE_ROOTS": "https://my-bucket.s3.amazonaws.com/", "FEDLESS_MODEL_MODULES": "x"}.items():
         monkeypatch.setenv(name, value)
     environment = LocalProvider("local")._environment()
-    assert {"GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "DATABASE_URL", "FEDLESS_CLIENT_ID"}.isdisjoint(environment)
+    assert {"GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "DATABASE_URL", "FEDLESS_CLIENT_ID", "FEDLESS_STORE_ROOTS"}.isdisjoint(
+        environment), "a deployed function's store roots would refuse the run's own store"
+    assert environment["FEDLESS_MODEL_MODULES"] == "*", "only the controller reaches its workers: they import its model's modules"
     assert environment["TF_ENABLE_ONEDNN_OPTS"] == "0" and environment["FEDLESS_DATA_CACHE_MB"] == "64"
     assert {"PATH", "HOME", "PYTHONPATH", "FEDLESS_RUN_SECRET"} <= set(environment)

@@ -365,6 +365,12 @@ def test_deploy_builds_a_bundle_and_prints_its_deploy_command(shell, tmp_path):
     assert "fedless_nb/function/handler.py" in bundle.files
     assert captured.stdout.strip().splitlines()[-1] == bundle.deploy_command
     assert bundle.deploy_command.startswith("gcloud functions deploy fl ")
+    with capture_output():
+        rooted = shell.run_line_magic("fedless_deploy", f"google_cloud_functions --out {tmp_path / 'dist'} --name fl "
+                                      "--store-root https://my-bucket.s3.eu-west-1.amazonaws.com/")
+    assert ",FEDLESS_STORE_ROOTS=https://my-bucket.s3.eu-west-1.amazonaws.com/\"" in rooted.deploy_command
+    with pytest.raises(UsageError, match="--store-root 'my-bucket' is neither an http"):
+        shell.run_line_magic("fedless_deploy", f"google_cloud_functions --out {tmp_path / 'dist'} --store-root my-bucket")
     with pytest.raises(UsageError, match="openwhisk's deploy command needs --image"):
         shell.run_line_magic("fedless_deploy", f"openwhisk --out {tmp_path / 'dist'}")
     with pytest.raises(UsageError, match="unknown provider 'lambda'; choose one of aws_lambda"):

@@ -1,3 +1,6 @@
+import json
+import re
+
 import numpy as np
 import pytest
 from tensorflow import keras
@@ -113,3 +116,23 @@ def test_the_same_model_code_run_twice_keeps_its_fingerprint():
     assert functional[0].architecture != functional[1].architecture
     assert functional[0].fingerprint == functional[1].fingerprint
     assert functional[0].fingerprint != functional[2].fingerprint
+
+
+def test_a_function_imports_keras_and_the_modules_its_deployer_lists_only():
+    """What a task's model may make a function import (see test_functions_framework for the attack itself)."""
+    from fedless_nb.model import check_model_modules, model_modules_allowed
+
+    def spec(module):
+        layer = {"module": module, "class_name": "function", "config": "f", "registered_name": "function"}
+        return ModelSpec(json.dumps({"config": {"layers": [{"config": {"function": layer}}]}}), {})
+
+    check_model_modules(spec("keras.activations"), frozenset())
+    for module in ("os", "pydoc", "keras.src.utils.generic_utils", "keras._impl", "kerasx"):
+        with pytest.raises(ModelError, match=f"names module {re.escape(module)}, .*FEDLESS_MODEL_MODULES"):
+            check_model_modules(spec(module), frozenset())
+    with pytest.raises(ModelError, match="names module registered_layers"):
+        check_model_modules(ModelSpec("{}", {}, ("registered_layers",)), frozenset())
+    allowed = model_modules_allowed({"FEDLESS_MODEL_MODULES": "registered_layers; my.layers"})
+    assert allowed == {"registered_layers", "my.layers"}
+    check_model_modules(ModelSpec("{}", {}, ("registered_layers",)), allowed)
+    check_model_modules(spec("os"), model_modules_allowed({"FEDLESS_MODEL_MODULES": "*"}))

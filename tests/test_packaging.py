@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -17,6 +18,7 @@ import yaml
 
 from fedless_nb.deploy.packaging import CPU_BUILDS, MANIFESTS, PLATFORMS, PackagingError, build_bundle
 from fedless_nb.deploy.sizes import dependency_closure, installed_bytes
+from fedless_nb.store.roots import StoreRoots
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_LIBRARIES = {"IPython", "ipywidgets", "rich", "sqlite_utils"}
@@ -160,7 +162,8 @@ def test_the_openwhisk_runtime_image_and_action_zip_are_complete(tmp_path):
     instructions = _dockerfile(bundle.path / "Dockerfile")
     assert instructions[0] == ("FROM", "openwhisk/action-python-v3.11:nightly"), "the image OpenWhisk runs python:3.11 on"
     assert instructions[1:] == [("COPY", "requirements.txt /fedless/requirements.txt"),
-                                ("RUN", "pip install --no-cache-dir -r /fedless/requirements.txt")]
+                                ("RUN", "pip install --no-cache-dir -r /fedless/requirements.txt"),
+                                ("ARG", 'FEDLESS_STORE_ROOTS=""'), ("ENV", "FEDLESS_STORE_ROOTS=$FEDLESS_STORE_ROOTS")]
     code = _zipped(bundle.path / "action.zip")
     assert not {"Dockerfile", "requirements.txt", "manifest.yaml"} & set(code), "the build and deploy files stay beside it"
     assert f"action.zip --docker {VALUES['image']} " in bundle.deploy_command
@@ -296,3 +299,48 @@ def test_the_cli_builds_a_bundle_and_prints_the_deploy_command(tmp_path):
                          "--web true --memory 2048 --timeout 300000 --param FEDLESS_RUN_SECRET \"$FEDLESS_RUN_SECRET\" "
                          "--annotation final true")
     assert (tmp_path / "fl-openwhisk" / "action.zip").is_file()
+
+
+ROOTS = ["https://my-bucket.s3.eu-central-1.amazonaws.com/", "/srv/fedless-store"]
+
+
+@pytest.mark.parametrize("provider", BUILDABLE)
+def test_store_roots_reach_the_function_as_fedless_store_roots(provider, tmp_path):
+    """--store-root sets FEDLESS_STORE_ROOTS where the platform takes it: in one word of its shell command (quoted
+    where ';' would end the command), or in its manifest; without it, the command leaves it out and a manifest's is
+    empty (any store)."""
+
+    bundle = build_bundle(provider, tmp_path, store_roots=ROOTS, **VALUES)
+    plain = build_bundle(provider, tmp_path / "plain", **VALUES)
+    if provider in ("knative", "openfaas"):
+        assert (_manifest_roots(bundle), _manifest_roots(plain)) == (";".join(ROOTS), "")
+        assert "FEDLESS_STORE_ROOTS" not in bundle.deploy_command
+    else:
+        setting = "FEDLESS_STORE_ROOTS=" + ";".join(ROOTS)
+        assert any(setting in word for word in shlex.split(bundle.deploy_command)), bundle.deploy_command
+        assert "FEDLESS_STORE_ROOTS" not in plain.deploy_command
+    if provider == "aws_lambda":
+        assert f'Default: "{";".join(ROOTS)}"' in (bundle.path / "template.yaml").read_text()
+    if provider == "openwhisk":
+        assert "ENV FEDLESS_STORE_ROOTS=$FEDLESS_STORE_ROOTS" in (bundle.path / "Dockerfile").read_text()
+    assert StoreRoots.deployed({"FEDLESS_STORE_ROOTS": ";".join(ROOTS)}) == StoreRoots.parse(ROOTS)
+
+
+def _manifest_roots(bundle):
+    """FEDLESS_STORE_ROOTS as a Knative service's or an OpenFaaS stack's manifest sets it."""
+    if bundle.provider == "openfaas":
+        return yaml.safe_load((bundle.path / "stack.yml").read_text())["functions"]["fedless-client"]["environment"][
+            "FEDLESS_STORE_ROOTS"]
+    container = yaml.safe_load((bundle.path / "service.yaml").read_text())["spec"]["template"]["spec"]["containers"][0]
+    return next(entry["value"] for entry in container["env"] if entry["name"] == "FEDLESS_STORE_ROOTS")
+
+
+@pytest.mark.parametrize("root, problem", [
+    ("relative/folder", "neither an http(s) URL prefix nor an absolute folder"), ("ftp://host/", "not an http(s) URL prefix"),
+    ("https://host/a/../b/", "not an http(s) URL prefix"), ("https://host/?x=1", "not an http(s) URL prefix"),
+    ("/srv/a b", "without spaces, quotes"), ("https://host/$(id)/", "without spaces, quotes"),
+])
+def test_a_store_root_the_function_could_not_read_is_refused_before_anything_is_built(root, problem, tmp_path):
+    with pytest.raises(PackagingError, match=f"^--store-root.*{re.escape(problem)}"):
+        build_bundle("functions_framework", tmp_path, store_roots=[root])
+    assert not list(tmp_path.iterdir())

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from fedless_nb.store import LocalStore, MissingKeyError, StoreError, store_from_descriptor
@@ -67,3 +69,17 @@ def test_delete_prefix_removes_a_folder_of_keys_only(tmp_path):
     store.delete_prefix("runs/r/round-00009")  # nothing there: not an error
     assert [store.exists(k) for k in ("runs/r/round-00002/updates/a.weights", "runs/r/round-00002/global.weights",
                                       "runs/r/round-00001/x")] == [False, False, True]
+
+
+def test_a_function_whose_store_roots_do_not_parse_refuses_every_task_naming_the_variable(tmp_path, monkeypatch):
+    from fedless_nb.function.task_store import task_store
+    from fedless_nb.security import AuthError
+
+    monkeypatch.setenv("FEDLESS_STORE_ROOTS", f"{tmp_path};relative/folder")
+    with pytest.raises(AuthError, match="^FEDLESS_STORE_ROOTS: 'relative/folder' is neither .*where the function is deployed$") as caught:
+        task_store(LocalStore(tmp_path).descriptor())
+    assert caught.value.status == 500
+    monkeypatch.setenv("FEDLESS_STORE_ROOTS", f" {tmp_path} ;; ")
+    assert task_store(LocalStore(tmp_path / "run").descriptor()).root == tmp_path / "run"
+    monkeypatch.setenv("FEDLESS_STORE_ROOTS", "")
+    assert task_store({"kind": "local", "root": "/anywhere"}).root == Path("/anywhere")

@@ -26,8 +26,10 @@ from typing import Any, Callable
 import numpy as np
 from aiohttp import web
 
-from ..function.serving import error_reply, invoke
+from ..function.serving import PARSED_UNSIGNED_BYTES, error_reply, invoke
+from ..security import AuthError, check_body_token
 from ..store import PresignedStore, decode_arrays
+from ..store.roots import StoreRoots, StoreRootsError
 from ..wire import PayloadError
 from .addresses import check_reaches, reachable_address, shown_address, url_host
 from .errors import ClassroomError
@@ -49,25 +51,13 @@ class Call:
     compared: str = ""  # the previous round's update against the class average
 
 
-def _store_urls(store: dict[str, Any]) -> list[Any]:
-    """Every URL a presigned store descriptor names (None for a part that is not a URL's place)."""
-    gets, posts = store.get("get"), store.get("post")
-    if not isinstance(gets, dict) or not isinstance(posts, dict):
-        return [None]
-    return [*gets.values(), *(form.get("url") if isinstance(form, dict) else None for form in posts.values())]
-
-
-def _store_refusal(store: Any, served: str) -> str | None:
-    """Why a task's store is not the join service's signed URLs (under `served`), or None. Whoever holds the
+def _store_refusal(store: Any, roots: StoreRoots, served: str) -> str | None:
+    """Why a task's store is not the join service's signed URLs (`roots`, under `served`), or None. Whoever holds the
     student's key signs tasks: a "local" store would name a folder of this machine, and URLs elsewhere would make
     this kernel call this machine's or the room's other services."""
-    if not isinstance(store, dict) or store.get("kind") != "presigned":
-        found = f"a {store.get('kind')!r} store" if isinstance(store, dict) else "no store"
-    elif elsewhere := [str(url) for url in _store_urls(store) if not (isinstance(url, str) and url.startswith(served))]:
-        found = f"a URL elsewhere ({urllib.parse.urlsplit(elsewhere[0]).netloc or elsewhere[0][:40]})"
-    else:
-        return None
-    return f"a classroom task reads and writes through the join service's signed URLs ({served}...) only, not {found}"
+    if found := roots.outside(store):
+        return f"a classroom task reads and writes through the join service's signed URLs ({served}...) only, not {found}"
+    return None
 
 
 def compare_with_class(start: list[np.ndarray], mine: list[np.ndarray], aggregated: list[np.ndarray]) -> str:
@@ -94,6 +84,10 @@ class StudentFunction:
         teacher_host = urllib.parse.urlsplit(self.teacher_url).hostname
         if not teacher_host:
             raise ClassroomError(f"{teacher_url!r} is not the teacher's address: copy it from the join command")
+        try:
+            self._store_roots = StoreRoots.parse([self.teacher_url + STORE_PATH])
+        except StoreRootsError:
+            raise ClassroomError(f"{teacher_url!r} is not the teacher's address: copy it from the join command") from None
         app = web.Application(client_max_size=TASK_LIMIT)
         app.router.add_post("/", self._call)
         own_address = reachable_address(teacher_host)  # what the teacher sees a registration come from
@@ -147,12 +141,17 @@ class StudentFunction:
     def _invoke(self, body: bytes) -> tuple[int, dict[str, Any]]:
         started = time.perf_counter()
         try:
+            if len(body) > PARSED_UNSIGNED_BYTES:
+                check_body_token(body, self._secret)
+        except AuthError as error:
+            return error.status, error_reply(error.status, error)
+        try:
             task = json.loads(body)
             if not isinstance(task, dict):
                 raise ValueError("not an object")
         except ValueError as error:
             return 400, error_reply(400, PayloadError(f"the request body is not a task: {error}"))
-        if problem := _store_refusal(task.get("store"), self.teacher_url + STORE_PATH):
+        if problem := _store_refusal(task.get("store"), self._store_roots, self.teacher_url + STORE_PATH):
             return 400, error_reply(400, PayloadError(problem))
         status, reply = invoke(task, secret=self._secret, data=self.data)
         self._log(task, status, reply, time.perf_counter() - started)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..security import SECRET_VARIABLE
-from .packaging import build_bundle
+from ..store.roots import STORE_ROOTS_VARIABLE
+from .packaging import build_bundle, store_roots_value
 
 LAMBDA_PROVIDERS = ("aws_lambda", "aws_lambda_zip")
 
@@ -33,6 +34,7 @@ class LambdaDeployment:
     memory_mb: int = 2048
     timeout: int = 300
     reserved_concurrency: int | None = None
+    store_roots: tuple[str, ...] = ()  # FEDLESS_STORE_ROOTS: the only stores its tasks may name (none: any)
 
 
 async def deploy_lambda(deployment: LambdaDeployment) -> None:
@@ -44,9 +46,11 @@ async def deploy_lambda(deployment: LambdaDeployment) -> None:
         raise DeployError(f"set {SECRET_VARIABLE} to the run secret the controller signs tasks with before deploying")
     if (deployment.image is None) == (deployment.zip_path is None):
         raise DeployError("deploy either a pushed image (--image) or a zip bundle, not both or neither")
+    roots = store_roots_value(deployment.store_roots)
     provider = LambdaProvider(
         "aws", function_name=deployment.name, region=deployment.region, endpoint_url=deployment.endpoint_url,
         memory_mb=deployment.memory_mb, timeout=deployment.timeout, role=deployment.role, secret=secret,
+        environment={STORE_ROOTS_VARIABLE: roots} if roots else None,
         reserved_concurrency=deployment.reserved_concurrency)
     try:
         await provider.deploy(LambdaImage(deployment.image) if deployment.image else deployment.zip_path)
@@ -63,7 +67,8 @@ def deploy(provider: str, out: str | Path, deployment: LambdaDeployment, **value
                               "with the commands `fedless-nb package --provider aws_lambda` prints)")
         asyncio.run(deploy_lambda(deployment))
         return f"Deployed {deployment.name} from {deployment.image}"
-    bundle = build_bundle(provider, out, name=deployment.name, role=deployment.role, image=deployment.image, **values)
+    bundle = build_bundle(provider, out, name=deployment.name, role=deployment.role, image=deployment.image,
+                          store_roots=deployment.store_roots, **values)
     if provider == "aws_lambda_zip":
         asyncio.run(deploy_lambda(replace(deployment, image=None, zip_path=bundle.path)))
         return f"Deployed {deployment.name} from {bundle.path}"

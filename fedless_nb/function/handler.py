@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 
 from ..aggregate_wire import is_aggregate_task
-from ..model import ModelSpec, build_model, make_optimizer
+from ..model import ModelSpec, build_model, make_optimizer, model_modules_allowed
 from ..security import NonceCache, TaskGuard
-from ..store import decode_arrays, encode_arrays, store_from_descriptor
+from ..store import decode_arrays, encode_arrays
 from ..wire import DP_SETTINGS, SECAGG_KEY_STAGES, PayloadError, check_task
 from .aggregator import aggregate
 from .batching import batch_rng, batch_size, dp_sampling, local_steps, privacy_facts, step_batches, step_budget
 from .secagg_stages import key_stage, masked_update, stage_of
+from .task_store import task_store
 
 
 def _concrete(function: Any, *specs: Any) -> Any:
@@ -183,7 +184,7 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_
         microbatches = dp.get("num_microbatches") if dp_sampling(train) == "shuffle" else None  # Poisson: per example
         optimizer = make_dp_optimizer(train["optimizer"], learning_rate, float(dp["l2_norm_clip"]),
                                       float(dp["noise_multiplier"]), microbatches, poisson=dp_sampling(train) == "poisson")
-    model = build_model(spec, optimizer)
+    model = build_model(spec, optimizer, allowed_modules=model_modules_allowed())
     loss_tracker = tf.keras.metrics.Mean(name="loss")
     anchor, correction = ([tf.Variable(tf.zeros_like(variable), trainable=False) for variable in model.trainable_variables]
                           for _ in range(2))
@@ -329,7 +330,7 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
         return aggregate(payload, secret=secret)
     started = time.perf_counter()
     check_task(payload)
-    store = store_from_descriptor(payload["store"])
+    store = task_store(payload["store"])
     guard = TaskGuard.admit(payload, store, _NONCES, secret)  # before any data is read
     cold = _STATE.invocations == 0
     _STATE.invocations += 1

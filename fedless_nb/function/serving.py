@@ -5,7 +5,8 @@ and this module's (status, reply) back into their platform's response. The statu
 who must act, which is what a provider's retry policy needs to know:
 
 - 400: the task is malformed or not for this function (asking again cannot help);
-- 401 / 403: the token is missing, or forged, expired, replayed (see security.py);
+- 401 / 403: the token is missing, or forged, expired, replayed (see security.py); a body over 1 MiB is parsed only
+  once the token in its text checks;
 - 413: the request body is longer than any task (MAX_TASK_BYTES), refused before it is read whole;
 - 424: the parameter store refused (a missing key, an expired or foreign grant), so the
   task cannot succeed as given; a retry would train again for nothing;
@@ -25,13 +26,16 @@ from typing import Any, BinaryIO
 from ..wire import PayloadError
 from .handler import handle
 from ..errors import UserError
-from ..security import AuthError
+from ..security import AuthError, check_body_token
 from ..store import CodecError, StoreError
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 # A task carries store keys, URLs and a model's architecture, never weights: a few MB for the largest rounds. A
 # longer body is refused before it is read, since parsing one costs several times its size in memory.
 MAX_TASK_BYTES = 64 * 2**20
+# A body longer than this is parsed only once the token in its text checks (security.check_body_token): parsing costs up
+# to twenty times a body's size, which someone without the secret must not make a function spend. Tasks are far smaller.
+PARSED_UNSIGNED_BYTES = 2**20
 _log = logging.getLogger("fedless_nb.function")
 # One task at a time per process, like a FaaS instance with concurrency 1: the warm model and
 # its traced step are shared state. Threaded servers (gunicorn under the Functions Framework,
@@ -58,7 +62,11 @@ def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = No
            data: Any = None) -> tuple[int, dict[str, Any]]:
     """Run the client step on a request body (JSON text or an already parsed task); `secret` and `data` as in handle."""
     try:
+        if isinstance(body, (bytes, bytearray, str)) and len(body) > PARSED_UNSIGNED_BYTES:
+            check_body_token(body, secret)
         payload = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
+    except AuthError as error:
+        return error.status, error_reply(error.status, error)
     except ValueError as error:
         return 400, error_reply(400, PayloadError(f"the request body is not JSON: {error}"))
     except RecursionError:

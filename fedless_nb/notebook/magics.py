@@ -487,6 +487,8 @@ class FedlessMagics(Magics):
     @argument("--image", help="aws_lambda, knative, openwhisk, openfaas: the container image (registry/repository:tag)")
     @argument("--app", help="azure_functions: the function app")
     @argument("--resource-group", help="azure_functions: the function app's resource group")
+    @argument("--store-root", dest="store_roots", action="append", default=[], metavar="ROOT",
+              help="the only store a task may name: a URL prefix (https://BUCKET.s3.REGION.amazonaws.com/) or a folder, repeated for more; sets FEDLESS_STORE_ROOTS (default: any store)")
     @line_magic
     @user_errors
     def fedless_deploy(self, line: str) -> Any:
@@ -496,7 +498,7 @@ class FedlessMagics(Magics):
 
         args = parse_options(self.fedless_deploy, line)
         bundle = build_bundle(args.provider, args.out, name=args.name, role=args.role, image=args.image, app=args.app,
-                              resource_group=args.resource_group)
+                              resource_group=args.resource_group, store_roots=args.store_roots)
         print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)")
         print("Deploy it with (the secret is read from your shell's FEDLESS_RUN_SECRET):")
         print(bundle.deploy_command)

@@ -21,7 +21,9 @@ import sys
 import warnings
 from typing import Any
 
+from ..model import ANY_MODULE, MODEL_MODULES_VARIABLE
 from ..security import CLIENT_ID_VARIABLE, SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
+from ..store.roots import STORE_ROOTS_VARIABLE
 from .base import REPLY_LIMIT, InvocationError, Provider, reply_json
 from .zygote import ZYGOTE_VARIABLE, ZygoteError, fork_worker
 
@@ -29,6 +31,9 @@ DEFAULT_ENTRY_POINT = "fedless_nb.function.handler:handle"  # what a worker call
 # What a worker inherits: the system's basics, Python's and TensorFlow's settings, fedless's own function settings.
 _WORKER_VARIABLES = re.compile(r"PATH|HOME|USER|LANG|LC_\w+|TZ|TMPDIR|VIRTUAL_ENV|PYTHON\w*|TF_\w+|OMP_\w+|KMP_\w+"
                                r"|FEDLESS_\w+")
+# Never a worker's: the secrets and client id (its provider gives its own), the zygote's socket, and a deployed function's
+# store roots (exported for a deploy command, they would refuse the run's own store).
+_NOT_INHERITED = (SECRET_VARIABLE, SECRET_FILE_VARIABLE, CLIENT_ID_VARIABLE, STORE_ROOTS_VARIABLE, ZYGOTE_VARIABLE)
 
 
 def function_environment(threads: int) -> dict[str, str]:
@@ -36,7 +41,7 @@ def function_environment(threads: int) -> dict[str, str]:
     or cloud credentials, no tokens of the user's, no run secret but its provider's), with its import path
     (like multiprocessing's spawn) and quiet, lean TensorFlow on `threads` threads."""
     environment = {name: value for name, value in os.environ.items() if _WORKER_VARIABLES.fullmatch(name)
-                   and name not in (SECRET_VARIABLE, SECRET_FILE_VARIABLE, CLIENT_ID_VARIABLE, ZYGOTE_VARIABLE)}
+                   and name not in _NOT_INHERITED}
     environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
     environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     environment["TF_NUM_INTRAOP_THREADS"] = str(threads)
@@ -160,7 +165,9 @@ class LocalProvider(Provider):
         self._running: set[_Worker] = set()
 
     def _environment(self) -> dict[str, str]:
-        return {**function_environment(self.threads_per_worker), SECRET_VARIABLE: self.secret}
+        # Its workers are reached by the controller only (the run's own secret): they import the model's modules.
+        return {**function_environment(self.threads_per_worker), SECRET_VARIABLE: self.secret,
+                MODEL_MODULES_VARIABLE: ANY_MODULE}
 
     def _pool(self) -> asyncio.LifoQueue[_Worker | None]:
         if self._slots is None:
