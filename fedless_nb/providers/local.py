@@ -22,6 +22,7 @@ import warnings
 from typing import Any
 
 from ..security import CLIENT_ID_VARIABLE, SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
+from ..wire import declared_cause
 from .base import REPLY_LIMIT, InvocationError, Provider, reply_json
 from .zygote import ZYGOTE_VARIABLE, ZygoteError, fork_worker
 
@@ -106,7 +107,7 @@ class _Worker:
             raise InvocationError(f"the reply is not JSON ({error}): {line[:80]!r}; the worker was stopped",
                                   "invalid") from None
         if not reply["ok"]:
-            raise InvocationError(str(reply.get("error")), "error")
+            raise InvocationError(str(reply.get("error")), declared_cause(reply.get("cause")) or "error")
         return reply.get("result")
 
     def _crash_message(self) -> str:

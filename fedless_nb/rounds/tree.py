@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ..aggregate_wire import AGGREGATE, AggregateResult, SummedUpdate, parse_aggregate_result
 from ..providers.base import InvocationError
 from ..reduction import MaskedSum, SumSpec, WeightedSum, partial_sum_limit
-from ..security import CANNOT_AGGREGATE, ResultSignatureError
+from ..security import ResultSignatureError
 from ..store.keys import aggregate_key, global_weights_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
-from ..wire import ResultError
+from ..wire import CANNOT_AGGREGATE, ResultError
 from .events import AggregationFinished, UpdateRejected
 from .partial_sums import Contents, accounting_problem, sum_problem, update_bound
 from .resilience import invoke_with_retries
@@ -59,7 +59,8 @@ class TreeOptions:
 
 
 class AggregatorsRefused(Exception):
-    """A provider's function refused an aggregator's task because it serves one client (security.check_may_aggregate):
+    """A provider's function refused an aggregator's task because it serves one client (security.check_may_aggregate;
+    the invocation's cause is CANNOT_AGGREGATE, as the function declared it):
     under `where: auto` the controller sums the round instead; asked for by name, the run ends (rounds/synchronous.py)."""
 
     def __init__(self, provider: str, refusal: str) -> None:
@@ -318,7 +319,7 @@ class TreeAggregation:
             failed(failure)
             raise failure from None
         except InvocationError as error:
-            if self.refusal_ends_tree and CANNOT_AGGREGATE in str(error):
+            if self.refusal_ends_tree and error.cause == CANNOT_AGGREGATE:
                 fallback = ("; aggregation: {where: auto} sums this run's rounds in the controller from this one on"
                             if self.options.where == "auto" else "")
                 failed(InvocationError(f"{error}{fallback}", error.cause))
