@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
 from .events import InvocationFinished, Observer, RoundFinished, RunFinished, RunStarted, UpdateRejected
-from ..function.batching import local_steps, step_budget
+from ..function.batching import local_steps, steps_under_cut
 from ..model import ModelSpec
 from ..privacy.accounting import PrivacyBudgetExhausted
 from ..providers.base import InvocationError, Provider
@@ -530,7 +530,7 @@ class Controller:
                 raise InvocationError(problem, "rejected")
         try:
             train, examples = self.plan.train, result.num_examples
-            allowed = None if budget_epochs is None else step_budget(examples, {**train, "budget_epochs": budget_epochs})
+            allowed = None if budget_epochs is None else steps_under_cut(examples, train, budget_epochs)
             steps, partial = check_progress(result, local_steps(examples, train), allowed)
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None
