@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from fedless_nb.aggregate_wire import parse_aggregate_result
-from fedless_nb.errors import UserError
 from fedless_nb.experiment import ConfigError, ExperimentConfig
 from fedless_nb.function import aggregator
 from fedless_nb.function.handler import handle
@@ -28,6 +27,7 @@ from fedless_nb.strategies import central_dp
 from fedless_nb.strategies.central_dp import CentralDP
 
 from signed_tasks import SECRET
+from one_client_functions import ended_at_the_refusal
 
 RUN, ROUND = "run-t", 1
 TRAIN = {"epochs": 1, "batch_size": 10, "optimizer": "sgd", "learning_rate": 0.1}
@@ -257,16 +257,7 @@ def test_functions_asked_for_by_name_on_functions_that_serve_one_client_end_the_
     """The run ends at the first refusal, naming the remedy; it went on training every round for nothing, then
     failed as a run in which nothing trained."""
     config = tiny_config(clients=4, clients_per_round=4, rounds=3, retries=0, aggregation={"where": "functions"})
-    provider = LocalProvider("local", workers=2, entry_point="workloads:serves_one_client_each")
-    with pytest.raises(UserError) as raised:
-        run_experiment(config, providers={"local": provider})
-    assert str(raised.value) == (
-        "aggregation: {where: functions}, but the functions of provider 'local' cannot aggregate: AggregatorTaskRefused: "
-        "this function serves client-0000 only, so it cannot aggregate: aggregate in the controller (aggregation: "
-        "{where: controller}), or give the aggregators the provider's shared function (its secret, without "
-        "FEDLESS_CLIENT_ID)")
-    (run,) = History(config.history).runs()
-    assert run["status"] == "failed" and run["rounds_completed"] == 0
+    run = ended_at_the_refusal(config)
     assert len(History(config.history).invocations(run["run_id"])) == 4, "round 1 only"
 
 

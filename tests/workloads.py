@@ -475,3 +475,14 @@ def says_it_cannot_aggregate_without_the_cause(payload):
     if payload.get("kind") == "aggregate":
         raise AuthError("this function serves client-0000 only, so it cannot aggregate: aggregate in the controller")
     return handle(payload)
+
+
+def refuses_secure_stages(payload):
+    """A function that knows no secure aggregation (a bundle older than it): it refuses every stage's task as
+    malformed, as the strict task model refuses an unknown train.secagg; plain tasks train for real."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.wire import PayloadError
+
+    if "secagg" in payload.get("train", {}):
+        raise PayloadError("the task's train: unknown field secagg")
+    return handle(payload)

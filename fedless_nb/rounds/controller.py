@@ -499,12 +499,20 @@ class Controller:
                              weights: Weights) -> ClientUpdate | None:
         """The arrays of an update `collect_result` checked without reading (its aggregators refused to sum it), read
         and verified as `collect` does; None when they fail, the update announced as rejected (its invocation stands)."""
+        return await self.read_received(round_number, client, reply, update_key(self.run_id, round_number,
+                                                                               client.client_id),
+                                        lambda data: self._with_arrays(update, data, weights))
+
+    async def read_received(self, round_number: int, client: ClientRef, reply: dict[str, Any], key: str,
+                            accept: Callable[[bytes], Any], *, stage: str | None = None) -> Any:
+        """`accept` of the bytes at `key` of a reply checked without reading them (`collect_result`, `receive_result`:
+        their aggregators refused to sum them), verified as `receive` does; None when they fail or `accept` raises
+        ValueError, announced as rejected (the invocation stands)."""
         try:
-            _, data = await self._verified_reply(round_number, client, reply,
-                                                 update_key(self.run_id, round_number, client.client_id))
-            return self._with_arrays(update, data, weights)
+            _, data = await self._verified_reply(round_number, client, reply, key)
+            return accept(data)
         except (InvocationError, ValueError) as error:
-            self.emit(UpdateRejected(self.run_id, round_number, client.client_id, str(error)))
+            self.emit(UpdateRejected(self.run_id, round_number, client.client_id, str(error), stage))
             return None
 
     def aggregate_in_controller(self) -> None:

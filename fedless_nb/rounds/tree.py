@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..errors import UserError
 from ..aggregate_wire import AGGREGATE, AggregateResult, SummedUpdate, parse_aggregate_result
 from ..providers.base import InvocationError
 from ..reduction import MaskedSum, SumSpec, WeightedSum, partial_sum_limit
@@ -61,11 +62,19 @@ class TreeOptions:
 class AggregatorsRefused(Exception):
     """A provider's function refused an aggregator's task because it serves one client (security.check_may_aggregate;
     the invocation's cause is CANNOT_AGGREGATE, as the function declared it):
-    under `where: auto` the controller sums the round instead; asked for by name, the run ends (rounds/synchronous.py)."""
+    under `where: auto` the controller sums the round instead; asked for by name, the run ends (`fall_back`, which
+    rounds/synchronous.py and rounds/secagg.py call)."""
 
     def __init__(self, provider: str, refusal: str) -> None:
         super().__init__(f"aggregation: {{where: functions}}, but the functions of provider {provider!r} cannot "
                          f"aggregate: {refusal}")
+
+    def fall_back(self, controller: Controller) -> None:
+        """Under `where: auto`, have the controller sum this round (the caller's part) and every later one; asked for
+        by name (`where: functions`), end the run in one line naming the remedy."""
+        if controller.plan.aggregation.where != "auto":
+            raise UserError(str(self)) from None
+        controller.aggregate_in_controller()
 
 
 @dataclass
