@@ -40,16 +40,16 @@ def _free_port():
 
 
 @contextmanager
-def functions_framework(bundle: Path, log: Path, secret: str = SECRET, serves: str | None = None):
-    """`functions-framework --target fedless_client` in the bundle's folder, holding `secret` (deployed for the one
-    client `serves` names, if any: FEDLESS_CLIENT_ID), until the block ends."""
+def functions_framework(bundle: Path, log: Path, secret: str = SECRET, settings: dict[str, str] | None = None):
+    """`functions-framework --target fedless_client` in the bundle's folder, holding `secret` (and the environment
+    `settings`, e.g. FEDLESS_STORE_ROOTS), until the block ends."""
     port = _free_port()
     executable = shutil.which("functions-framework") or str(Path(sys.executable).parent / "functions-framework")
     environment = {name: value for name, value in os.environ.items()
                    if not name.startswith(("FEDLESS_", "AWS_", "PYTHON"))}
     environment.update(PYTHONPATH=str(bundle), FEDLESS_RUN_SECRET=secret, TF_CPP_MIN_LOG_LEVEL="3",
                        TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1", THREADS="4")
-    environment.update({"FEDLESS_CLIENT_ID": serves} if serves else {})
+    environment.update(settings or {})
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [executable, "--target", "fedless_client", "--source", "main.py", "--host", "127.0.0.1", "--port", str(port)],
@@ -95,7 +95,7 @@ def second_server(bundle, tmp_path_factory):
 def one_client_server(bundle, tmp_path_factory):
     """A function deployed for client-0000 only, as `fedless-nb client-secret client-0000` deploys it."""
     with functions_framework(bundle, tmp_path_factory.mktemp("logs") / "ff-one.log",
-                             client_secret(SECRET, "client-0000"), serves="client-0000") as url:
+                             client_secret(SECRET, "client-0000"), {"FEDLESS_CLIENT_ID": "client-0000"}) as url:
         yield url
 
 

@@ -22,9 +22,9 @@ import warnings
 from typing import Any
 
 from ..security import CLIENT_ID_VARIABLE, SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
-from ..wire import declared_cause
 from .base import REPLY_LIMIT, InvocationError, Provider, reply_json
 from .zygote import ZYGOTE_VARIABLE, ZygoteError, fork_worker
+from ..wire import declared_cause
 
 DEFAULT_ENTRY_POINT = "fedless_nb.function.handler:handle"  # what a worker calls: the client function
 # What a worker inherits: the system's basics, Python's and TensorFlow's settings, fedless's own function settings.
