@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .rounds.checkpoint import Checkpoint, checkpoint_key, decode_checkpoint
-from .function.batching import privacy_facts, step_budget
+from .function.batching import privacy_facts, steps_under_cut
 from .rounds.controller import ClientRef, Controller, RoundPlan
 from .data import Dataset, check_feature_skew, client_inputs, partition_from_settings, partition_options
 from .rounds.events import Observer
@@ -308,7 +308,7 @@ def _straggler_steps(config: ExperimentConfig, sizes: dict[str, int], train: dic
     budget_epochs): the same step budget the function makes of it, which the accountant charges."""
     if _stragglers(config) is None:
         return None
-    return lambda client_id, budget_epochs: step_budget(sizes[client_id], {**train, "budget_epochs": budget_epochs})
+    return lambda client_id, budget_epochs: steps_under_cut(sizes[client_id], train, budget_epochs)
 
 
 def _every_round_cut(config: ExperimentConfig) -> float | None:

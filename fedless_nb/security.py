@@ -46,6 +46,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
+from .wire import CANNOT_AGGREGATE
+
 SECRET_VARIABLE = "FEDLESS_RUN_SECRET"
 SECRET_FILE_VARIABLE = "FEDLESS_RUN_SECRET_FILE"
 CLIENT_ID_VARIABLE = "FEDLESS_CLIENT_ID"  # set: the function serves this client only, its secret is the client's
@@ -62,6 +64,12 @@ class AuthError(Exception):
     def __init__(self, message: str, status: int = 403) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AggregatorTaskRefused(AuthError):
+    """A function deployed for one client refuses an aggregator's task (403), declaring why in its reply (`cause`)."""
+
+    cause = CANNOT_AGGREGATE
 
 
 class ResultSignatureError(Exception):
@@ -288,17 +296,16 @@ class TaskGuard:
         return self.key.sign_result(result, update)
 
 
-CANNOT_AGGREGATE = "so it cannot aggregate"  # in a per-client function's refusal; `where: auto` then sums in the controller
-
-
 def check_may_aggregate(environment: Mapping[str, str] | None = None) -> None:
-    """AuthError for a function deployed for one client: it holds no other client's key, so it can check none of the
-    updates an aggregator sums (its own task would be refused as another client's, naming the wrong remedy)."""
+    """AggregatorTaskRefused for a function deployed for one client: it holds no other client's key, so it can check
+    none of the updates an aggregator sums (its own task would be refused as another client's, naming the wrong
+    remedy). Its cause, not its words, tells `where: auto` to sum in the controller (rounds/tree.py)."""
     environment = os.environ if environment is None else environment
     if own := environment.get(CLIENT_ID_VARIABLE):
-        raise AuthError(f"this function serves {own} only, {CANNOT_AGGREGATE}: aggregate in the controller "
-                        f"(aggregation: {{where: controller}}), or give the aggregators the provider's shared function "
-                        f"(its secret, without {CLIENT_ID_VARIABLE})")
+        raise AggregatorTaskRefused(
+            f"this function serves {own} only, so it cannot aggregate: aggregate in the controller (aggregation: "
+            f"{{where: controller}}), or give the aggregators the provider's shared function (its secret, without "
+            f"{CLIENT_ID_VARIABLE})")
 
 
 def _function_key(secret: str, run_id: str, client_id: str, environment: Mapping[str, str] | None = None) -> RunKey:

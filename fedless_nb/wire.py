@@ -145,6 +145,19 @@ class Result(SignedReply):
     partial: bool | None = None
 
 
+# Why a function refused a task, declared in its error reply ({"error": {..., "cause"}}; a Lambda error, which carries
+# no field of ours, by its type): the controller decides by the cause, never by the message's words, which anyone may
+# reword and a platform may wrap.
+CANNOT_AGGREGATE = "cannot_aggregate"  # a function deployed for one client refused an aggregator's task
+DECLARED_CAUSES = frozenset({CANNOT_AGGREGATE})
+
+
+def declared_cause(value: Any) -> str | None:
+    """`value` if it is a cause a function declares (DECLARED_CAUSES), else None: a reply is untrusted input, and an
+    exception's own `cause` (a ResultError's, say) is no declaration."""
+    return value if isinstance(value, str) and value in DECLARED_CAUSES else None
+
+
 class PayloadError(ValueError):
     """The task is malformed or not for this function; nothing was read or written."""
 

@@ -8,6 +8,7 @@ import pytest
 from fedless_nb import zoo
 from fedless_nb.function import handler as client
 from fedless_nb.model import model_spec_from
+from fedless_nb.reduction import SumSpec
 from fedless_nb.security import NonceCache, client_key
 from fedless_nb.store import LocalStore, encode_arrays
 
@@ -34,6 +35,19 @@ def make_task(store, spec, client_id="client-0000", *, run_id="run-1", secret=SE
     }
     if secret is not None:
         task["token"] = client_key(secret, run_id, client_id).issue_token(task)
+    return task
+
+
+def make_aggregator_task(store, *, run_id="run-1", secret=SECRET):
+    """An aggregator's task of one shard (aggregate_wire.py) over client-0000's update, with a token from `secret`."""
+    task = {
+        "kind": "aggregate", "run_id": run_id, "round": 1, "client_id": "aggregator-0-00001", "level": 0,
+        "weights": "global", "update": f"runs/{run_id}/round-00001/aggregates/aggregator-0-00001.sum",
+        "spec": SumSpec().to_wire(), "max_update_bytes": 2**20, "store": store.descriptor(), "token": None,
+        "entries": [{"client_id": "client-0000", "key": f"runs/{run_id}/round-00001/updates/client-0000.weights",
+                     "result": {}}], "deadline": time.time() + 60,
+    }
+    task["token"] = client_key(secret, run_id, task["client_id"]).issue_token(task)
     return task
 
 

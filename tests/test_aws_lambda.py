@@ -26,13 +26,13 @@ from fedless_nb.providers.aws_lambda import SECRET_VARIABLE, LambdaProvider
 from fedless_nb.providers.base import InvocationError, ProviderSetupError
 from fedless_nb.providers.registry import make_provider
 from fedless_nb.providers.retry import RetryPolicy
-from fedless_nb.store import decode_arrays, encode_arrays
+from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
 from fedless_nb.deploy.packaging import build_bundle
 from fedless_nb.security import client_key
 from fedless_nb.store.s3 import S3Store
 
 from loopback import serving
-from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
+from signed_tasks import SECRET, function_env, make_aggregator_task, make_task, write_inputs  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("aws_credentials")  # dummy credentials and region; nothing reaches AWS
 
@@ -329,3 +329,14 @@ def test_the_image_bundles_handler_answers_signed_tasks(tmp_path, function_env):
     with pytest.raises(InvocationError, match="AuthError: the task has no token") as caught:
         _invoke(fake, {**make_task(store, model, "client-0001"), "token": None})
     assert caught.value.cause == "auth" and len(fake.requests) == 2, "a refused token is not retried"
+
+
+def test_a_function_deployed_for_one_client_refuses_an_aggregators_task_with_its_declared_cause(tmp_path, function_env,
+                                                                                              monkeypatch):
+    """Lambda passes on only an error's type and message: the type carries the cause `where: auto` decides by
+    (rounds/tree.py), never the message's words."""
+    monkeypatch.setenv("FEDLESS_CLIENT_ID", "client-0000")
+    fake = FakeLambda(client.handle)
+    with pytest.raises(InvocationError, match="AggregatorTaskRefused: this function serves client-0000 only") as caught:
+        _invoke(fake, make_aggregator_task(LocalStore(tmp_path)), secret=SECRET)
+    assert caught.value.cause == "cannot_aggregate" and len(fake.requests) == 1

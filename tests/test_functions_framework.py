@@ -25,8 +25,10 @@ from fedless_nb.deploy.packaging import build_bundle
 from fedless_nb.providers.base import InvocationError
 from fedless_nb.providers.http import HttpProvider
 from fedless_nb.runner import run_experiment
+from fedless_nb.security import client_secret
+from fedless_nb.store import LocalStore
 
-from signed_tasks import make_task, write_inputs
+from signed_tasks import make_aggregator_task, make_task, write_inputs
 
 SECRET = "functions-framework-test-secret"
 
@@ -86,6 +88,14 @@ def server(bundle, tmp_path_factory):
 @pytest.fixture(scope="module")
 def second_server(bundle, tmp_path_factory):
     with functions_framework(bundle, tmp_path_factory.mktemp("logs") / "ff-2.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def one_client_server(bundle, tmp_path_factory):
+    """A function deployed for client-0000 only, as `fedless-nb client-secret client-0000` deploys it."""
+    with functions_framework(bundle, tmp_path_factory.mktemp("logs") / "ff-one.log",
+                             client_secret(SECRET, "client-0000"), {"FEDLESS_CLIENT_ID": "client-0000"}) as url:
         yield url
 
 
@@ -196,6 +206,29 @@ def test_one_run_mixes_the_local_provider_and_functions_framework_endpoints(serv
     described = history.run(result.run_id)["providers"]
     assert [(p["name"], p["kind"]) for p in described] == [("laptop", "local"), ("cloud-run", "http"), ("knative", "http")]
     assert SECRET not in json.dumps(history.run(result.run_id), default=str)
+
+
+@pytest.mark.slow
+def test_a_function_deployed_for_one_client_declares_why_it_refuses_to_aggregate_and_auto_sums_in_the_controller(
+        one_client_server, tiny_config, monkeypatch, tmp_path):
+    """The refusal's cause travels in the function's error reply (its words are for people) and the HTTP provider
+    makes it the invocation's: under `where: auto` the controller then sums every round itself, none lost. Without
+    the cause (matching the words instead) the test fails on the reply's cause."""
+    monkeypatch.setenv("FF_RUN_SECRET", SECRET)
+    config = tiny_config(clients=1, clients_per_round=1, rounds=2, retries=0,
+                         aggregation={"where": "auto", "threshold_mb": 0}, providers=[
+                             {"kind": "http", "name": "client-0000", "url": one_client_server, "workers": 1,
+                              "secret_env": "FF_RUN_SECRET"}])
+    result = run_experiment(config)
+    history = History(config.history)
+    assert result.status == "finished" and [r["succeeded"] for r in history.rounds(result.run_id)] == [1, 1]
+    (refused,) = history.aggregations(result.run_id)
+    assert refused["error"].startswith(f"{one_client_server} answered HTTP 403: AggregatorTaskRefused: this function "
+                                       "serves client-0000 only, so it cannot aggregate: aggregate in the controller")
+    assert refused["error"].endswith("; aggregation: {where: auto} sums this run's rounds in the controller from this "
+                                     "one on")
+    status, reply = _post(one_client_server, json.dumps(make_aggregator_task(LocalStore(tmp_path))).encode())
+    assert (status, reply["error"]["type"], reply["error"]["cause"]) == (403, "AggregatorTaskRefused", "cannot_aggregate")
 
 
 @pytest.mark.slow

@@ -61,8 +61,8 @@ def _invoke(endpoint, tasks, path="/", **options):
     return asyncio.run(endpoint.serve(body))
 
 
-def _envelope(status, kind, message):
-    return {"error": {"status": status, "type": kind, "message": message}}
+def _envelope(status, kind, message, **declared):
+    return {"error": {"status": status, "type": kind, "message": message, **declared}}
 
 
 def test_throttling_and_server_failures_are_retried_until_a_result_arrives():
@@ -78,6 +78,9 @@ def test_throttling_and_server_failures_are_retried_until_a_result_arrives():
     # OpenWhisk's invoke API reports an action's error as 502: the status inside is the function's.
     (502, _envelope(403, "AuthError", "already used: a replayed invocation"), "auth"),
     (404, {"error": "The requested resource does not exist.", "code": "x1"}, "error"),
+    # a cause the function declares is the invocation's; one no function declares (a retryable one) is not read
+    (403, _envelope(403, "AggregatorTaskRefused", "serves client-0000 only", cause="cannot_aggregate"), "cannot_aggregate"),
+    (403, _envelope(403, "AuthError", "the task's token is forged", cause="timeout"), "auth"),
 ])
 def test_client_errors_are_not_retried_and_keep_the_functions_message(status, body, cause):
     endpoint = Endpoint([(status, body)])

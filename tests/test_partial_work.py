@@ -6,6 +6,7 @@ import pytest
 
 from fedless_nb.experiment import ConfigError
 from fedless_nb.function import handler as client
+from fedless_nb.function.batching import steps_under_cut
 from fedless_nb.function.handler import handle
 from fedless_nb.records.history import History
 from fedless_nb.rounds.stragglers import Stragglers
@@ -42,8 +43,12 @@ def test_a_generous_budget_does_all_the_work(tmp_path):
 
 
 def test_a_simulated_straggler_manages_its_share_of_the_epochs(tmp_path):
-    result = handle(client_task(tmp_path, epochs=4, budget_epochs=1.0))
+    task = client_task(tmp_path, epochs=4, budget_epochs=1.0)
+    result = handle(task)
     assert (result["steps"], result["partial"]) == (3, True)
+    # the steps the controller allows the claim and the accountant charges are the ones the function took
+    settings = {name: value for name, value in task["train"].items() if name != "budget_epochs"}
+    assert steps_under_cut(result["num_examples"], settings, 1.0) == 3
 
 
 @pytest.mark.parametrize("value", [0, -1.0, "5", True])

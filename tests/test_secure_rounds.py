@@ -22,6 +22,8 @@ from fedless_nb.store import CodecError, LocalStore, decode_arrays
 from fedless_nb.store.keys import global_weights_key, update_key
 from fedless_nb.wire import SECAGG_STAGES
 
+from one_client_functions import ended_at_the_refusal
+
 CLIENTS = [f"client-{index:04d}" for index in range(5)]
 
 
@@ -397,6 +399,49 @@ def test_aggregator_functions_sum_the_masked_vectors_and_the_controller_reads_no
     for partial in top:
         merged.merge(partial)
     assert merged.count == 5 and np.array_equal(merged.total, np.sum(vectors, axis=0, dtype=np.uint32))
+
+
+def test_auto_sums_the_masked_vectors_in_the_controller_when_the_functions_serve_one_client_each(tmp_path):
+    """Functions deployed for one client each refuse the aggregators' tasks: under `where: auto` the controller reads
+    and sums that round's masked vectors itself (still masked: it learns their sum, as under `where: controller`)
+    and every later round's. Each refusal counted its clients as dropped, so no round could be unmasked."""
+    config = _config(tmp_path, "auto", clients=4, clients_per_round=4, rounds=2,
+                     aggregation={"where": "auto", "threshold_mb": 0})
+    result, history = _finished_without_round_failures(config, "workloads:serves_one_client_each")
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [4, 4]
+    assert all(i["outcome"] == "succeeded" for i in history.invocations(result.run_id))
+    (refused,) = history.aggregations(result.run_id)
+    assert (refused["round"], refused["outcome"]) == (1, "failed")
+    assert refused["error"].endswith("aggregation: {where: auto} sums this run's rounds in the controller from this one on")
+    before, _, after = _globals(config, result.run_id)
+    assert 1e-4 < _largest_change(before, after) < 1.0  # a mask left in would move weights by thousands
+
+
+def test_functions_asked_for_by_name_that_serve_one_client_each_end_a_secure_run_in_one_line(tmp_path):
+    """Under `where: functions` the controller must not read a masked vector: the run ends at the refusal, naming
+    the remedy, rather than failing every round as one whose clients all dropped."""
+    config = _config(tmp_path, "functions", clients=4, clients_per_round=4, rounds=2,
+                     aggregation={"where": "functions"})
+    ended_at_the_refusal(config)
+
+
+def test_functions_that_refuse_the_secure_stages_end_the_run_in_one_line_and_never_aggregate_in_the_clear(tmp_path):
+    """Every round fails at its keys stage, which trains nothing; the run ends failed in one line with the reason,
+    and the model is never moved: no plain update is asked for or summed in place of the secure round."""
+    config = _config(tmp_path, "refused", clients=4, clients_per_round=4, rounds=2)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:refuses_secure_stages")
+    with pytest.raises(NothingTrainedError, match=r"in 2 round\(s\) .*; round 1 failed: secure aggregation: 0 of 4 "
+                                                  r"clients finished the keys stage, .*PayloadError: the task's train: "
+                                                  "unknown field secagg"):
+        run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    (run,) = history.runs()
+    invocations = history.invocations(run["run_id"])
+    assert {(i["stage"], i["outcome"]) for i in invocations} == {("keys", "failed")} and len(invocations) == 8
+    store = LocalStore(config.store.path)
+    assert not store.exists(global_weights_key(run["run_id"], 1)) or all(
+        np.array_equal(a, b) for a, b in zip(*(decode_arrays(store.get(global_weights_key(run["run_id"], r)))
+                                               for r in (0, 1))))
 
 
 def test_a_tampered_masked_vector_is_refused_in_its_shard_and_its_client_unmasked_as_dropped(tmp_path, monkeypatch):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from fedless_nb.aggregate_wire import parse_aggregate_result
-from fedless_nb.errors import UserError
 from fedless_nb.experiment import ConfigError, ExperimentConfig
 from fedless_nb.function import aggregator
 from fedless_nb.function.handler import handle
@@ -17,6 +16,7 @@ from fedless_nb.function.serving import invoke
 from fedless_nb.providers.local import LocalProvider
 from fedless_nb.records.history import History
 from fedless_nb.reduction import MaskedSum, SumSpec
+from fedless_nb.rounds.resilience import NothingTrainedError
 from fedless_nb.rounds.tree import TreeOptions
 from fedless_nb.runner import run_experiment
 from fedless_nb.security import NonceCache, client_key, client_secret
@@ -27,6 +27,7 @@ from fedless_nb.strategies import central_dp
 from fedless_nb.strategies.central_dp import CentralDP
 
 from signed_tasks import SECRET
+from one_client_functions import ended_at_the_refusal
 
 RUN, ROUND = "run-t", 1
 TRAIN = {"epochs": 1, "batch_size": 10, "optimizer": "sgd", "learning_rate": 0.1}
@@ -256,16 +257,41 @@ def test_functions_asked_for_by_name_on_functions_that_serve_one_client_end_the_
     """The run ends at the first refusal, naming the remedy; it went on training every round for nothing, then
     failed as a run in which nothing trained."""
     config = tiny_config(clients=4, clients_per_round=4, rounds=3, retries=0, aggregation={"where": "functions"})
-    provider = LocalProvider("local", workers=2, entry_point="workloads:serves_one_client_each")
-    with pytest.raises(UserError) as raised:
-        run_experiment(config, providers={"local": provider})
-    assert str(raised.value) == (
-        "aggregation: {where: functions}, but the functions of provider 'local' cannot aggregate: AuthError: this "
-        "function serves client-0000 only, so it cannot aggregate: aggregate in the controller (aggregation: {where: "
-        "controller}), or give the aggregators the provider's shared function (its secret, without FEDLESS_CLIENT_ID)")
-    (run,) = History(config.history).runs()
-    assert run["status"] == "failed" and run["rounds_completed"] == 0
+    run = ended_at_the_refusal(config)
     assert len(History(config.history).invocations(run["run_id"])) == 4, "round 1 only"
+
+
+def _auto_over(tiny_config, workload):
+    """A run under `where: auto` past its threshold whose aggregators are refused by `workload` (tests/workloads.py)."""
+    config = tiny_config(clients=2, clients_per_round=2, rounds=1, retries=0,
+                         aggregation={"where": "auto", "threshold_mb": 0})
+    return config, LocalProvider("local", workers=2, entry_point=f"workloads:{workload}")
+
+
+def test_auto_sums_in_the_controller_by_the_refusals_declared_cause_whatever_its_words(tiny_config):
+    """The refusal's cause travels in the worker's reply; it fell back only when the message held the words
+    'so it cannot aggregate', which rewording the message (or a platform wrapping it) broke."""
+    config, provider = _auto_over(tiny_config, "refuses_to_aggregate_in_other_words")
+    result = run_experiment(config, providers={"local": provider})
+    assert result.status == "finished"
+    history = History(config.history)
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [2]
+    (refused,) = history.aggregations(result.run_id)
+    assert refused["error"] == ("AggregatorTaskRefused: not here; aggregation: {where: auto} sums this run's rounds in "
+                                "the controller from this one on")
+
+
+def test_a_refusals_words_without_its_cause_fail_the_aggregator_like_any_failure(tiny_config):
+    """The words of a per-client function's refusal, with no declared cause, are an aggregator that failed: its shard
+    leaves the round (here every update, so nothing trained); matching the words, auto summed in the controller."""
+    config, provider = _auto_over(tiny_config, "says_it_cannot_aggregate_without_the_cause")
+    with pytest.raises(NothingTrainedError):
+        run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    (run,) = history.runs()
+    (failed,) = history.aggregations(run["run_id"])
+    assert failed["error"] == ("AuthError: this function serves client-0000 only, so it cannot aggregate: aggregate "
+                               "in the controller")
 
 
 @pytest.mark.parametrize("options, message", [

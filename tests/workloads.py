@@ -453,3 +453,36 @@ def serves_one_client_each(payload):
         return handle(payload)
     finally:
         del os.environ["FEDLESS_CLIENT_ID"]
+
+
+def refuses_to_aggregate_in_other_words(payload):
+    """Clients run for real; an aggregator's task is refused with the cause a function deployed for one client
+    declares, in words that say nothing of aggregating (the controller must decide by the cause)."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import AggregatorTaskRefused
+
+    if payload.get("kind") == "aggregate":
+        raise AggregatorTaskRefused("not here")
+    return handle(payload)
+
+
+def says_it_cannot_aggregate_without_the_cause(payload):
+    """Clients run for real; an aggregator's task fails with the very words of a per-client function's refusal but
+    no declared cause: an aggregator failure like any other, never a reason to sum in the controller."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import AuthError
+
+    if payload.get("kind") == "aggregate":
+        raise AuthError("this function serves client-0000 only, so it cannot aggregate: aggregate in the controller")
+    return handle(payload)
+
+
+def refuses_secure_stages(payload):
+    """A function that knows no secure aggregation (a bundle older than it): it refuses every stage's task as
+    malformed, as the strict task model refuses an unknown train.secagg; plain tasks train for real."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.wire import PayloadError
+
+    if "secagg" in payload.get("train", {}):
+        raise PayloadError("the task's train: unknown field secagg")
+    return handle(payload)

@@ -91,6 +91,12 @@ def step_budget(num_examples: int, train: dict[str, Any]) -> int:
     return min(planned, max(1, int(float(epochs) / int(train["epochs"]) * planned)))
 
 
+def steps_under_cut(num_examples: int, train: dict[str, Any], budget_epochs: float) -> int:
+    """The steps a simulated straggler cut to `budget_epochs` may take with the run's `train` settings: its task's
+    step_budget, which the function stops at, the controller checks a claim against and the accountant charges."""
+    return step_budget(num_examples, {**train, "budget_epochs": budget_epochs})
+
+
 def privacy_facts(num_examples: int, train: dict[str, Any]) -> dict[str, Any] | None:
     """What the accountant needs about this invocation's DP-SGD: its steps, sampling and noise."""
     dp = train.get("dp")

@@ -13,7 +13,8 @@ who must act, which is what a provider's retry policy needs to know:
 - 500: anything else, a failure inside the function or a dropped connection to the store
   (its traceback goes to the platform's log); providers retry 5xx.
 
-A failed reply is `{"error": {"status", "type", "message"}}`, never a traceback or a secret.
+A failed reply is `{"error": {"status", "type", "message"}}`, never a traceback or a secret, with a `"cause"` when
+the function declares why it refused (wire.DECLARED_CAUSES: one deployed for one client cannot aggregate).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import threading
 from typing import Any, BinaryIO
 
-from ..wire import PayloadError
+from ..wire import PayloadError, declared_cause
 from .handler import handle
 from ..errors import UserError
 from ..security import AuthError, check_body_token
@@ -44,7 +45,10 @@ _ONE_AT_A_TIME = threading.Lock()
 
 
 def error_reply(status: int, error: BaseException) -> dict[str, Any]:
-    return {"error": {"status": status, "type": type(error).__name__, "message": str(error)}}
+    reply = {"status": status, "type": type(error).__name__, "message": str(error)}
+    if cause := declared_cause(getattr(error, "cause", None)):
+        reply["cause"] = cause
+    return {"error": reply}
 
 
 def status_of(error: BaseException) -> int:

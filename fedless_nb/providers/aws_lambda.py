@@ -23,13 +23,14 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
-from ..security import SECRET_VARIABLE
+from ..security import SECRET_VARIABLE, AggregatorTaskRefused, AuthError
 from .base import InvocationError, Provider, ProviderSetupError, reply_json
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 
 DEFAULT_HANDLER = "lambda_function.lambda_handler"
 DEFAULT_RUNTIME = "python3.11"
 _THROTTLING = frozenset({"TooManyRequestsException", "ThrottlingException", "Throttling"})
+_CAUSE_OF_TYPE = {AuthError.__name__: "auth", AggregatorTaskRefused.__name__: AggregatorTaskRefused.cause}
 _REPLY_GRACE = 30.0  # seconds past the function's own timeout before a silent reply counts as lost
 
 
@@ -72,7 +73,8 @@ def _zip_bytes(bundle: Any) -> bytes:
 
 
 def _function_failure(reply: bytes, function_error: str) -> InvocationError:
-    """The function raised (or Lambda stopped it): its errorType and errorMessage, as Lambda reports them."""
+    """The function raised (or Lambda stopped it): its errorType and errorMessage, as Lambda reports them. The
+    type is the only field of a function's error that Lambda passes on, so it carries the cause, a declared one too."""
     try:
         details = reply_json(reply)
     except ValueError:
@@ -80,7 +82,7 @@ def _function_failure(reply: bytes, function_error: str) -> InvocationError:
     if not isinstance(details, dict):
         details = {"errorMessage": reply.decode(errors="replace")}
     message, error_type = str(details.get("errorMessage", "")), details.get("errorType", function_error)
-    cause = "timeout" if "Task timed out" in message else "auth" if error_type == "AuthError" else "error"
+    cause = "timeout" if "Task timed out" in message else _CAUSE_OF_TYPE.get(error_type, "error")
     return InvocationError(f"{error_type}: {message}", cause)
 
 

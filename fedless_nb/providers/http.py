@@ -14,7 +14,7 @@ call, and retries (the shared policy in `retry.py`) on throttling, server-side f
 and dropped connections only. A function's adapter reports its own failures as
 `{"error": {"status", "type", "message"}}`; that status wins over the transport's (an
 OpenWhisk action's error arrives as a 502, but a refused token inside it is a 403 and is
-not retried). Keys and passwords come from the environment, never from the config, and
+not retried), and the `cause` it declares, if any, is the invocation's. Keys and passwords come from the environment, never from the config, and
 are kept out of `describe()` and every message.
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from ..wire import declared_cause
 from .base import REPLY_LIMIT, InvocationError, Provider, ProviderSetupError, reply_json, reply_limit_for
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 
@@ -39,11 +40,12 @@ _ACTIVATION_ID = re.compile(r"[0-9A-Za-z]{1,64}")  # OpenWhisk's are 32 hex digi
 
 
 class HttpCallError(Exception):
-    """A reply that is not a result: the function's (or the platform's) status and message."""
+    """A reply that is not a result: the function's (or the platform's) status and message, and the cause the
+    function declared (wire.DECLARED_CAUSES), if any."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, cause: str | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
-        self.status = status
+        self.status, self.cause = status, cause
 
 
 def is_transient(error: BaseException) -> bool:
@@ -64,7 +66,8 @@ def _failure(status: int, body: bytes) -> HttpCallError | None:
     if isinstance(error, dict):  # a fedless adapter's envelope: its status is the function's own, if it is one
         claimed = error.get("status")
         own = claimed if type(claimed) is int and 100 <= claimed <= 599 else status
-        return HttpCallError(own, f"{error.get('type', 'Error')}: {error.get('message', '')}")
+        return HttpCallError(own, f"{error.get('type', 'Error')}: {error.get('message', '')}",
+                             declared_cause(error.get("cause")))
     if isinstance(error, str):  # OpenWhisk's own errors (an action that raised, a missing action)
         return HttpCallError(status if status >= 400 else 502, error)
     if status >= 400:
@@ -206,7 +209,8 @@ class HttpProvider(Provider):
                 limit = reply_limit_for(task, self.reply_limit)
                 return await call_with_retries(lambda: self._post(body, limit), is_transient, self.retry)
             except HttpCallError as error:
-                raise InvocationError(f"{public_url(self.url)} answered {error}", _CAUSES.get(error.status, "error")) from None
+                raise InvocationError(f"{public_url(self.url)} answered {error}",
+                                      error.cause or _CAUSES.get(error.status, "error")) from None
             except asyncio.TimeoutError:
                 raise InvocationError(f"no reply from {public_url(self.url)} within {self.timeout:g}s", "timeout") from None
             except aiohttp.ClientError as error:

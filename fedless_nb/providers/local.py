@@ -26,6 +26,7 @@ from ..security import CLIENT_ID_VARIABLE, SECRET_FILE_VARIABLE, SECRET_VARIABLE
 from ..store.roots import STORE_ROOTS_VARIABLE
 from .base import REPLY_LIMIT, InvocationError, Provider, reply_json
 from .zygote import ZYGOTE_VARIABLE, ZygoteError, fork_worker
+from ..wire import declared_cause
 
 DEFAULT_ENTRY_POINT = "fedless_nb.function.handler:handle"  # what a worker calls: the client function
 # What a worker inherits: the system's basics, Python's and TensorFlow's settings, fedless's own function settings.
@@ -111,7 +112,7 @@ class _Worker:
             raise InvocationError(f"the reply is not JSON ({error}): {line[:80]!r}; the worker was stopped",
                                   "invalid") from None
         if not reply["ok"]:
-            raise InvocationError(str(reply.get("error")), "error")
+            raise InvocationError(str(reply.get("error")), declared_cause(reply.get("cause")) or "error")
         return reply.get("result")
 
     def _crash_message(self) -> str:

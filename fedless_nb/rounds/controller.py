@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
 from .events import InvocationFinished, Observer, RoundFinished, RunFinished, RunStarted, UpdateRejected
-from ..function.batching import local_steps, step_budget
+from ..function.batching import local_steps, steps_under_cut
 from ..model import ModelSpec
 from ..privacy.accounting import PrivacyBudgetExhausted
 from ..providers.base import InvocationError, Provider
@@ -499,12 +499,20 @@ class Controller:
                              weights: Weights) -> ClientUpdate | None:
         """The arrays of an update `collect_result` checked without reading (its aggregators refused to sum it), read
         and verified as `collect` does; None when they fail, the update announced as rejected (its invocation stands)."""
+        return await self.read_received(round_number, client, reply, update_key(self.run_id, round_number,
+                                                                               client.client_id),
+                                        lambda data: self._with_arrays(update, data, weights))
+
+    async def read_received(self, round_number: int, client: ClientRef, reply: dict[str, Any], key: str,
+                            accept: Callable[[bytes], Any], *, stage: str | None = None) -> Any:
+        """`accept` of the bytes at `key` of a reply checked without reading them (`collect_result`, `receive_result`:
+        their aggregators refused to sum them), verified as `receive` does; None when they fail or `accept` raises
+        ValueError, announced as rejected (the invocation stands)."""
         try:
-            _, data = await self._verified_reply(round_number, client, reply,
-                                                 update_key(self.run_id, round_number, client.client_id))
-            return self._with_arrays(update, data, weights)
+            _, data = await self._verified_reply(round_number, client, reply, key)
+            return accept(data)
         except (InvocationError, ValueError) as error:
-            self.emit(UpdateRejected(self.run_id, round_number, client.client_id, str(error)))
+            self.emit(UpdateRejected(self.run_id, round_number, client.client_id, str(error), stage))
             return None
 
     def aggregate_in_controller(self) -> None:
@@ -530,7 +538,7 @@ class Controller:
                 raise InvocationError(problem, "rejected")
         try:
             train, examples = self.plan.train, result.num_examples
-            allowed = None if budget_epochs is None else step_budget(examples, {**train, "budget_epochs": budget_epochs})
+            allowed = None if budget_epochs is None else steps_under_cut(examples, train, budget_epochs)
             steps, partial = check_progress(result, local_steps(examples, train), allowed)
         except ResultError as error:
             raise InvocationError(str(error), error.cause) from None

@@ -12,7 +12,9 @@ When plan.aggregation says so (TreeOptions.in_functions, by the masked vectors' 
 functions read, verify and sum the masked vectors modulo 2^32 where they are stored (rounds/tree.py):
 the controller then checks each masked-stage result without reading its vector, reads only the
 round's masked sum, and counts a client whose vector an aggregator refused (or whose aggregator
-failed) as dropped, so its neighbours reveal its mask key and its pairwise masks leave the sum.
+failed) as dropped, so its neighbours reveal its mask key and its pairwise masks leave the sum. Functions that
+cannot aggregate (deployed for one client each) end the run under `where: functions`; under `auto` the controller
+reads the masked vectors itself, as under `where: controller`.
 
 The keys and shares objects a client's peers read are the controller's copies of what it accepted (a
 client may overwrite its own key until the stage deadline), and a secret is recovered from whichever
@@ -51,7 +53,7 @@ from .completion import finished_by
 from .events import RoundFailed, RoundStarted, UpdateRejected
 from .resilience import check_quorum
 from .synchronous import SynchronousRounds
-from .tree import Arrival, TreeAggregation
+from .tree import AggregatorsRefused, Arrival, TreeAggregation
 
 if TYPE_CHECKING:
     from .controller import ClientRef, Controller
@@ -270,18 +272,38 @@ class SecureAggregationRounds(SynchronousRounds):
 
     async def _sum_in_functions(self, attempt: _Attempt) -> None:
         """The masked vectors summed by aggregator functions (rounds/tree.py); a client whose vector is not in
-        the sum (refused, or its aggregator failed) leaves the round's survivors of the masked stage."""
+        the sum (refused, or its aggregator failed) leaves the round's survivors of the masked stage. Functions that
+        cannot aggregate (deployed for one client each) end the run under `where: functions`; under `auto` the
+        controller reads the masked vectors (`_read_masked`): still masked, so it learns only their sum."""
         controller, sent = self.controller, len(attempt.results)
         arrivals = [Arrival(controller.clients[client], ClientUpdate(client, [], int(reply["num_examples"])), reply)
                     for client, reply in sorted(attempt.results.items())]
-        tree = TreeAggregation(controller, controller.plan.aggregation, attempt.attempt)
+        tree = TreeAggregation(controller, controller.plan.aggregation, attempt.attempt, refusal_ends_tree=True)
         deadline = time.time() + controller.plan.round_deadline
-        attempt.total, summed = await tree.masked_sum(attempt.round_number, arrivals, 1 + attempt.size, deadline)
+        try:
+            attempt.total, summed = await tree.masked_sum(attempt.round_number, arrivals, 1 + attempt.size, deadline)
+        except AggregatorsRefused as refused:
+            refused.fall_back(controller)
+            await self._read_masked(attempt)
+            _check_threshold(attempt, len(attempt.results), sent, "sent a masked vector the controller accepted")
+            return
         attempt.results = {client: reply for client, reply in attempt.results.items() if client in summed}
         if attempt.total.count != len(attempt.results):
             raise RuntimeError(f"the aggregators' masked sum counts {attempt.total.count} vectors, "
                                f"their results {len(attempt.results)}")
         _check_threshold(attempt, len(attempt.results), sent, "sent a masked vector the aggregators accepted")
+
+    async def _read_masked(self, attempt: _Attempt) -> None:
+        """The masked vectors of the masked stage's results read and checked by the controller, as a round it sums
+        itself reads them (`_stage`); a client whose vector fails leaves the stage's survivors, announced."""
+        controller, kept = self.controller, {}
+        for client_id, reply in sorted(attempt.results.items()):
+            key = secagg_key(controller.run_id, attempt.round_number, client_id, "masked", attempt.attempt)
+            data = await controller.read_received(attempt.round_number, controller.clients[client_id], reply, key,
+                                                  lambda data: _masked_vector(data, attempt.size), stage="masked")
+            kept.update({client_id: data} if data is not None else {})
+        attempt.objects["masked"] = kept
+        attempt.results = {client: reply for client, reply in attempt.results.items() if client in kept}
 
     def _accepted(self, attempt: _Attempt, stage: str, client_id: str, peers: dict[str, Any], result: dict[str, Any],
                   data: bytes) -> bool:
@@ -290,8 +312,7 @@ class SecureAggregationRounds(SynchronousRounds):
         revealed of its peers and itself only); a malformed one is rejected like a bad update."""
         try:
             if stage == "masked":
-                if problem := masked_vector_problem(decode_arrays(data), 1 + attempt.size):
-                    raise ValueError(problem)
+                _masked_vector(data, attempt.size)
                 attempt.results[client_id] = result
             else:
                 parsed = _STAGE_OBJECTS[stage].model_validate_json(data)
@@ -391,6 +412,13 @@ def _check_threshold(attempt: _Attempt, kept: int, of: int, what: str) -> None:
     if kept < attempt.threshold:
         raise SecureRoundFailed(f"secure aggregation: {kept} of {of} clients {what}, fewer than the threshold "
                                 f"{attempt.threshold}; the round cannot be unmasked")
+
+
+def _masked_vector(data: bytes, size: int) -> bytes:
+    """`data`, if it is one masked vector of a model of `size` values (and the weight); ValueError naming why not."""
+    if problem := masked_vector_problem(decode_arrays(data), 1 + size):
+        raise ValueError(problem)
+    return data
 
 
 def _numbers(metrics: Any) -> dict[str, float]:

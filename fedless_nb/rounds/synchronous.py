@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from ..errors import UserError
 from ..providers.base import InvocationError
 from ..store.keys import round_updates_prefix, update_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
@@ -105,9 +104,7 @@ class SynchronousRounds:
                 tree = TreeAggregation(controller, options, run, refusal_ends_tree=True)
                 return started, selected, *await tree.round_sum(round_number, weights, arrivals)
             except AggregatorsRefused as refused:  # functions that serve one client each
-                if options.where != "auto":
-                    raise UserError(str(refused)) from None
-                controller.aggregate_in_controller()
+                refused.fall_back(controller)
                 streamed = StreamingRound(strategy, weights)
                 for arrival in arrivals:
                     update = await controller.read_collected(round_number, arrival.client, arrival.update,

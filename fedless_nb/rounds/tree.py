@@ -24,13 +24,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..errors import UserError
 from ..aggregate_wire import AGGREGATE, AggregateResult, SummedUpdate, parse_aggregate_result
 from ..providers.base import InvocationError
 from ..reduction import MaskedSum, SumSpec, WeightedSum, partial_sum_limit
-from ..security import CANNOT_AGGREGATE, ResultSignatureError
+from ..security import ResultSignatureError
 from ..store.keys import aggregate_key, global_weights_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
-from ..wire import ResultError
+from ..wire import CANNOT_AGGREGATE, ResultError
 from .events import AggregationFinished, UpdateRejected
 from .partial_sums import Contents, accounting_problem, sum_problem, update_bound
 from .resilience import invoke_with_retries
@@ -59,12 +60,21 @@ class TreeOptions:
 
 
 class AggregatorsRefused(Exception):
-    """A provider's function refused an aggregator's task because it serves one client (security.check_may_aggregate):
-    under `where: auto` the controller sums the round instead; asked for by name, the run ends (rounds/synchronous.py)."""
+    """A provider's function refused an aggregator's task because it serves one client (security.check_may_aggregate;
+    the invocation's cause is CANNOT_AGGREGATE, as the function declared it):
+    under `where: auto` the controller sums the round instead; asked for by name, the run ends (`fall_back`, which
+    rounds/synchronous.py and rounds/secagg.py call)."""
 
     def __init__(self, provider: str, refusal: str) -> None:
         super().__init__(f"aggregation: {{where: functions}}, but the functions of provider {provider!r} cannot "
                          f"aggregate: {refusal}")
+
+    def fall_back(self, controller: Controller) -> None:
+        """Under `where: auto`, have the controller sum this round (the caller's part) and every later one; asked for
+        by name (`where: functions`), end the run in one line naming the remedy."""
+        if controller.plan.aggregation.where != "auto":
+            raise UserError(str(self)) from None
+        controller.aggregate_in_controller()
 
 
 @dataclass
@@ -318,7 +328,7 @@ class TreeAggregation:
             failed(failure)
             raise failure from None
         except InvocationError as error:
-            if self.refusal_ends_tree and CANNOT_AGGREGATE in str(error):
+            if self.refusal_ends_tree and error.cause == CANNOT_AGGREGATE:
                 fallback = ("; aggregation: {where: auto} sums this run's rounds in the controller from this one on"
                             if self.options.where == "auto" else "")
                 failed(InvocationError(f"{error}{fallback}", error.cause))
