@@ -25,6 +25,7 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .records.history import DEFAULT_HISTORY, History, pending_file
     from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
     from .security import SECRET_VARIABLE, client_secret, function_secret
+    from .stopping import resumable, stopped_line
 except KeyboardInterrupt:
     print("Interrupted")
     sys.exit(130)
@@ -116,7 +117,9 @@ def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
     )
 
 
-def _run(config: ExperimentConfig, console: Console, resume: str | None = None) -> int:
+def _run(config: ExperimentConfig, console: Console, command: str, resume: str | None = None) -> int:
+    """Run `config` (or resume run `resume`) with live progress; `command` is the command line that started it, which
+    a run stopped before its first round finished is told to run again."""
     from .runner import run_experiment
 
     progress = TerminalProgress(console)
@@ -124,12 +127,9 @@ def _run(config: ExperimentConfig, console: Console, resume: str | None = None) 
         result = run_experiment(config, observers=[progress], resume=resume)
     except KeyboardInterrupt:  # Ctrl-C: the run has recorded its end; say where it stopped, not a traceback
         progress.progress.stop()
-        if progress.run_id is None:
-            console.print("Stopped before the first round; nothing was recorded")
-        else:
-            console.print(f"Run {progress.run_id} stopped after round {progress.last_round}; the history keeps every "
-                          f"finished round. Continue it with: fedless-nb resume {progress.run_id}{_history_option(config)}",
-                          highlight=False, soft_wrap=True)
+        continue_with = f"fedless-nb resume {progress.run_id}{_history_option(config)}" if resumable(config) else None
+        console.print(stopped_line(progress.run_id, progress.last_round, continue_with, run_again=command),
+                      highlight=False, soft_wrap=True)
         return 130
     for report in result.privacy_reports():  # a DP run states its guarantees where it ends, as the dashboard does
         console.print(f"Privacy: {report}", highlight=False, soft_wrap=True)
@@ -332,7 +332,9 @@ def _install_kernel(arguments: argparse.Namespace, console: Console) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     arguments = build_parser().parse_args(argv)
+    command = shlex.join(["fedless-nb", *argv])
     # NO_COLOR (no-color.org) asks for plain text: rich drops its colours but keeps bold and italic escapes
     console = Console(color_system=None if os.environ.get("NO_COLOR") else "auto")
     try:
@@ -355,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .runner import resume_config
 
             config = resume_config(arguments.run_id, arguments.history, trust_builder=arguments.trust_builder)
-            return _run(config, console, resume=arguments.run_id)
+            return _run(config, console, command, resume=arguments.run_id)
         if arguments.command == "run":
             config = load_config(arguments.config)
             if arguments.history:
@@ -363,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             config = demo_config(arguments)
             validate(config)
-        return _run(config, console)
+        return _run(config, console, command)
     except UserError as error:
         console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2

@@ -153,6 +153,65 @@ def test_ctrl_c_stops_a_run_with_one_line_naming_the_resume_command_which_finish
     assert [row["round"] for row in History(tmp_path / "runs.db").rounds(run["run_id"])] == list(range(1, 21))
 
 
+SLOW_BUILDER = """
+import signal
+import threading
+
+from fedless_nb.zoo import mlp
+
+
+def build(input_shape, num_classes):
+    # a model that takes until Ctrl-C to build; the command's own handler (asyncio's: the run stops at its next
+    # await) gets the signal, as during a long build
+    interrupted, handler = threading.Event(), signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda *signal_and_frame: (interrupted.set(), handler(*signal_and_frame)))
+    print("building the model", flush=True)
+    while not interrupted.wait(0.05):
+        pass
+    signal.signal(signal.SIGINT, handler)
+    return mlp(input_shape, num_classes, hidden_units=[8])
+"""
+
+
+def _interrupted_at(marker, tmp_path, builder):
+    """`fedless-nb run` sent Ctrl-C once its output shows `marker`: its output and the command it was told to run again."""
+    (tmp_path / "slow_model.py").write_text(SLOW_BUILDER)
+    config = _write_config(tmp_path, rounds=20, model={"builder": builder}, train={"epochs": 200})  # a long round 1
+    process = subprocess.Popen([sys.executable, "-m", "fedless_nb", "run", str(config), "--history", "runs.db"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=as_a_terminal_starts_it)
+    for line in process.stdout:
+        if marker in line:
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in out + err and err == "", out + err
+    return out.replace("\n", " "), f"run fedless-nb run {config} --history runs.db again"
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_run_prepares_says_nothing_was_recorded_and_to_run_the_command_again(tmp_path):
+    """asyncio.run's Ctrl-C cancels the run's task, which went on preparing until its first await, inside round 1:
+    the run was recorded and stopped after round 0, with the line that said to continue it."""
+    out, again = _interrupted_at("building the model", tmp_path, builder="slow_model:build")
+    assert out.strip() == f"Run stopped while preparing its data and model, before its first round; nothing was recorded: {again}"
+    assert not (tmp_path / "runs.db").exists() and not (tmp_path / "store").exists(), "the stop landed before any write"
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_round_1_finished_says_there_is_nothing_to_continue(tmp_path):
+    """It said 'Run X stopped after round 0; the history keeps every finished round. Continue it with: fedless-nb
+    resume X': no round finished, so there was nothing to continue. The line is the notebook's (stopping.py), naming
+    the command the user typed."""
+    from fedless_nb.records.history import History
+
+    out, again = _interrupted_at("4 clients, 20 rounds", tmp_path, builder="mlp")
+    (run,) = History(tmp_path / "runs.db").runs()
+    assert run["status"] == "stopped" and run["rounds_completed"] == 0
+    assert f"Run {run['run_id']} stopped after round 0; no round finished, so there is nothing to continue: {again}" in out
+    assert "fedless-nb resume" not in out
+
+
 @pytest.mark.slow
 def test_demo_trains_and_reports_the_final_accuracy(tmp_path):
     """With fewer clients than the demo's 5 per round, a round takes them all (it once refused to start)."""
