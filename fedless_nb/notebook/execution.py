@@ -28,7 +28,7 @@ from ..rounds.controller import Controller
 from ..rounds.events import Observer, RunStarted
 from ..runner import RunResult, run_experiment_async
 from ..stopping import resumable, stopped_line
-from .record import magic_on_run
+from .record import resume_command
 
 
 class RunStopped(UserError):
@@ -97,11 +97,6 @@ class Submitted:
 
 def _rounds_done(controllers: list[Controller]) -> int:
     return len(controllers[0].round_metrics) if controllers else 0
-
-
-def resume_command(run_id: str, history: str, model_name: str | None = None) -> str:
-    """The magic that continues run `run_id`: `%fedless_resume RUN_ID [MODEL] [--history FILE]`."""
-    return magic_on_run("%fedless_resume", run_id, history, *([model_name] if model_name else []))
 
 
 def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool],
