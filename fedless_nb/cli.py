@@ -43,6 +43,7 @@ class TerminalProgress:
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), console=console,
+            disable=not console.is_terminal,  # piped, a bar is no record: its last frame was left at a stop
         )
         self.tasks: dict[int, Any] = {}
         self.failed: dict[int, int] = {}
@@ -75,7 +76,8 @@ class TerminalProgress:
             )
         elif isinstance(event, RunFinished):
             self.progress.stop()
-            self.console.print(self.summary())
+            if self.rounds:  # a run stopped before its first round has no table, not its empty frame
+                self.console.print(self.summary())
             accuracy = event.final_metrics.get("accuracy")
             ending = f"final accuracy {accuracy:.4f}" if accuracy is not None else "no round finished"
             self.console.print(f"[bold]Run {event.status}[/]: {event.rounds_completed} rounds, {ending}")
