@@ -77,7 +77,7 @@ class TerminalProgress:
         elif isinstance(event, RunFinished):
             self.progress.stop()
             if self.rounds:  # a run stopped before its first round has no table, not its empty frame
-                self.console.print(self.summary())
+                print_uncut(self.console, self.summary())
             accuracy = event.final_metrics.get("accuracy")
             ending = f"final accuracy {accuracy:.4f}" if accuracy is not None else "no round finished"
             self.console.print(f"[bold]Run {event.status}[/]: {event.rounds_completed} rounds, {ending}")
@@ -161,15 +161,20 @@ def _show_history(arguments: argparse.Namespace, console: Console) -> int:
             accuracy = run.get("eval_accuracy")
             table.add_row(run["run_id"], run["status"], f"{run['rounds_completed']}/{run['rounds']}",
                           str(run["clients"]), "" if accuracy is None else f"{accuracy:.4f}")
-        # never cut to fit a narrow terminal or a pipe's 80 columns: a run id is what the reader copies into
-        # `history RUN_ID` or `resume RUN_ID` (a long line wraps in the terminal instead)
-        console.width = max(console.width, console.measure(table, options=console.options.update_width(10_000)).maximum)
-        console.print(table)
+        print_uncut(console, table)
         return 0
     run = history.run(arguments.run_id)
     title = f"{run['run_id']}: {run['status']}, {run['rounds_completed']}/{run['rounds']} rounds"
-    console.print(rounds_table(history.rounds(arguments.run_id), title=title))
+    print_uncut(console, rounds_table(history.rounds(arguments.run_id), title=title))
     return 0
+
+
+def print_uncut(console: Console, table: Table) -> None:
+    """`table` at its full width, never cut to fit a narrow terminal or a pipe's 80 columns: a run id is what the
+    reader copies into `history RUN_ID` or `resume RUN_ID`, and an accuracy cut to `0.…` says nothing (a long line
+    wraps in the terminal instead)."""
+    console.width = max(console.width, console.measure(table, options=console.options.update_width(10_000)).maximum)
+    console.print(table)
 
 
 def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
@@ -185,7 +190,7 @@ def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
         table.add_column(column, justify="right")
     for client, counts in enumerate(preview.counts):
         table.add_row(str(client), str(counts.sum()), str((counts > 0).sum()), f"{counts.max() / max(counts.sum(), 1):.2f}")
-    console.print(table)
+    print_uncut(console, table)
     console.print(f"label skew {preview.label_skew:.3f} (0: IID, towards 1: clients hold classes no one else has)")
     if figure is not None:
         from .data.partition_view import figure_png

@@ -420,3 +420,20 @@ def test_a_run_into_a_read_only_history_finishes_and_says_where_its_record_waits
     listing = fedless("history", "--history", "runs.db", cwd=tmp_path)
     assert listing.returncode == 0 and run_id in listing.stdout and "finished" in listing.stdout
     assert not (tmp_path / waiting).exists(), "the record moved into the history once it could be written"
+
+
+def test_a_narrow_terminal_gets_the_rounds_whole(tmp_path):
+    """At COLUMNS=40 the rounds table cut its figures to '0.…' and '58.…'; a long line wraps in the terminal instead."""
+    from fedless_nb.records.history import History, HistoryWriter
+    from fedless_nb.rounds.events import RoundFinished, RunStarted
+
+    writer = HistoryWriter(History(tmp_path / "runs.db"))
+    writer(RunStarted("cli-20261127-073435-98f98c", "cli", {}, 1, 4, [], 100.0))
+    writer(RoundFinished("cli-20261127-073435-98f98c", 1, 100.0, 158.97, 2, 2, 0,
+                         {"loss": 1.543, "accuracy": 0.6139}, {}))
+    writer.history.close()
+    shown = subprocess.run([sys.executable, "-m", "fedless_nb", "history", "cli-20261127-073435-98f98c", "--history",
+                            "runs.db"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "COLUMNS": "40"})
+    assert shown.returncode == 0 and "…" not in shown.stdout, shown.stdout
+    assert [cell.strip() for cell in shown.stdout.splitlines()[-2].split("│")[1:-1]] == \
+        ["1", "2", "0", "58.97", "0.6139", "1.5430"]
