@@ -265,6 +265,8 @@ class _Parser(argparse.ArgumentParser):
             typed, choices = mistyped.group(1), re.findall(r"'([^']*)'", mistyped.group(2))
             closest = difflib.get_close_matches(typed, choices, n=1) or [c for c in choices if c.startswith(typed)][:1]
             message += f"; did you mean '{closest[0]}'?" if closest else ""
+        if message == "the following arguments are required: command":  # `fedless-nb` alone
+            message = f"name a command: {', '.join(self._subparsers._group_actions[0].choices)}"  # type: ignore[union-attr]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
@@ -279,40 +281,45 @@ class _Parser(argparse.ArgumentParser):
         return namespace, extras
 
 
+def _command(commands: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    """A command whose --help opens with what it does: argparse shows `help` only in the list of commands."""
+    return commands.add_parser(name, help=summary, description=summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedless-nb", description="Serverless federated learning.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the experiment described by a YAML config file")
+    run = _command(commands, "run", "run the experiment described by a YAML config file")
     run.add_argument("config", help="path to the YAML config")
     run.add_argument("--history", help="SQLite history file (overrides the config's)")
-    demo = commands.add_parser("demo", help="federated training on the bundled digits data, non-IID")
+    demo = _command(commands, "demo", "federated training on the bundled digits data, non-IID")
     demo.add_argument("--clients", type=int, default=20, help="client functions the data is split over (default 20)")
     demo.add_argument("--clients-per-round", type=int,
                       help=f"clients trained each round (default {DEMO_CLIENTS_PER_ROUND}, or all when fewer)")
     demo.add_argument("--rounds", type=int, default=10, help="rounds to train (default 10)")
     demo.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
-    partition = commands.add_parser("partition", help="show how a config's partition splits its dataset, before training")
+    partition = _command(commands, "partition", "show how a config's partition splits its dataset, before training")
     partition.add_argument("config", help="path to the YAML config")
     partition.add_argument("--figure", help="also write the clients x classes figure to this PNG file")
     partition.add_argument("--shares", action="store_true", help="the figure shows label shares instead of counts")
-    resume = commands.add_parser("resume", help="continue a run whose process died or was stopped")
+    resume = _command(commands, "resume", "continue a run whose process died or was stopped")
     resume.add_argument("run_id", help="the run to continue (fedless-nb history lists them)")
     resume.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
     resume.add_argument("--trust-builder", action="store_true",
                         help="run the run's model.builder function even though it was read back from the history")
-    history = commands.add_parser("history", help="list past runs, or one run's rounds")
+    history = _command(commands, "history", "list past runs, or one run's rounds")
     history.add_argument("run_id", nargs="?", help="one run: its rounds (default: every run)")
     history.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
-    secret = commands.add_parser("client-secret", help="the secret to deploy one client's own function with "
-                                 "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
+    secret = _command(commands, "client-secret", "the secret to deploy one client's own function with "
+                      "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
     secret.add_argument("client_id", help="the client the function serves, e.g. client-0003")
-    commands.add_parser("schema", help="print the config's JSON Schema (for editors that check YAML files)")
-    package = commands.add_parser("package", help="build a deployable function bundle and print its deploy command")
+    _command(commands, "schema", "print the config's JSON Schema (for editors that check YAML files)")
+    package = _command(commands, "package", "build a deployable function bundle and print its deploy command")
     _add_bundle_options(package)
     package.add_argument("--out", required=True, help="folder to write the bundle into")
-    deploy = commands.add_parser("deploy", help="deploy the function: AWS Lambda directly (create or update, "
-                                                "wait until active, reserve concurrency); other platforms: print the command")
+    deploy = _command(commands, "deploy", "deploy the function: AWS Lambda directly (create or update, "
+                      "wait until active, reserve concurrency); other platforms: print the command")
     _add_bundle_options(deploy)
     deploy.add_argument("--out", default="dist", help="folder for a bundle the deployment builds (default dist)")
     deploy.add_argument("--region", help="aws_lambda: the AWS region (default: the AWS configuration's)")
@@ -320,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--memory-mb", type=int, default=2048, help="aws_lambda: memory size (default 2048)")
     deploy.add_argument("--timeout", type=int, default=300, help="aws_lambda: seconds per invocation (default 300)")
     deploy.add_argument("--concurrency", type=int, help="aws_lambda: reserved concurrency (invocations at once)")
-    kernel = commands.add_parser("kernel", help="the Jupyter kernel spec 'Python 3 (fedless)'")
+    kernel = _command(commands, "kernel", "the Jupyter kernel spec 'Python 3 (fedless)'")
     kernel_commands = kernel.add_subparsers(dest="kernel_command", metavar="install", required=True)
-    install = kernel_commands.add_parser("install", help="install it with jupyter_client's KernelSpecManager")
+    install = _command(kernel_commands, "install", "install it with jupyter_client's KernelSpecManager")
     where = install.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for this user (the default)")
     where.add_argument("--sys-prefix", action="store_true", help=f"into this environment ({sys.prefix})")

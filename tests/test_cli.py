@@ -295,6 +295,8 @@ def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp
 @pytest.mark.parametrize("arguments, message", [
     (["rnu", "experiment.yaml"], "fedless-nb: error: argument command: invalid choice: 'rnu' (choose from 'run', "),
     (["rnu", "experiment.yaml"], "; did you mean 'run'? (see fedless-nb --help)"),
+    ([], "fedless-nb: error: name a command: run, demo, partition, resume, history, client-secret, schema, package, "
+         "deploy, kernel (see fedless-nb --help)"),  # it said 'the following arguments are required: command'
     (["run"], "fedless-nb run: error: the following arguments are required: config (see fedless-nb run --help)"),
     (["deploy", "--provider", "aws"], "did you mean 'aws_lambda'? (see fedless-nb deploy --help)"),
     (["kernel"], "fedless-nb kernel: error: the following arguments are required: install"),
@@ -420,6 +422,24 @@ def test_a_run_into_a_read_only_history_finishes_and_says_where_its_record_waits
     listing = fedless("history", "--history", "runs.db", cwd=tmp_path)
     assert listing.returncode == 0 and run_id in listing.stdout and "finished" in listing.stdout
     assert not (tmp_path / waiting).exists(), "the record moved into the history once it could be written"
+
+
+@pytest.mark.parametrize("command, summary", [
+    (["run"], "run the experiment described by a YAML config file"), (["demo"], "federated training on the bundled"),
+    (["partition"], "show how a config's partition splits"), (["resume"], "continue a run whose process died"),
+    (["history"], "list past runs, or one run's rounds"), (["client-secret"], "the secret to deploy one client's"),
+    (["schema"], "print the config's JSON Schema"), (["package"], "build a deployable function bundle"),
+    (["deploy"], "deploy the function: AWS Lambda directly"), (["kernel"], "the Jupyter kernel spec"),
+    (["kernel", "install"], "install it with jupyter_client's KernelSpecManager"),
+])
+def test_each_commands_help_says_what_it_does(command, summary, capsys):
+    """`fedless-nb schema --help` showed only its usage line: what a command does was in the top --help alone."""
+    from fedless_nb.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.split("\n\n")[1].replace("\n", " ").startswith(summary), out
 
 
 def test_a_narrow_terminal_gets_the_rounds_whole(tmp_path):
