@@ -119,17 +119,22 @@ def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
     )
 
 
-def _run(config: ExperimentConfig, console: Console, command: str, resume: str | None = None) -> int:
-    """Run `config` (or resume run `resume`) with live progress; `command` is the command line that started it, which
-    a run stopped before its first round finished is told to run again."""
+def _run(config: ExperimentConfig, console: Console, command: str, resume: str | None = None,
+         rounds_done: int = 0) -> int:
+    """Run `config` (or resume run `resume`, `rounds_done` rounds recorded) with live progress; `command` is the
+    command line that started it, which a run stopped before its first round finished is told to run again, and
+    which continues a resumed run."""
     from .runner import run_experiment
 
     progress = TerminalProgress(console)
+    if resume is not None:  # stopped while it prepares, a resumed run is still the run it was: its rounds are kept
+        progress.run_id, progress.last_round = resume, rounds_done
     try:
         result = run_experiment(config, observers=[progress], resume=resume)
     except KeyboardInterrupt:  # Ctrl-C: the run has recorded its end; say where it stopped, not a traceback
         progress.progress.stop()
-        continue_with = f"fedless-nb resume {progress.run_id}{_history_option(config)}" if resumable(config) else None
+        continue_with = command if resume else f"fedless-nb resume {progress.run_id}{_history_option(config)}"
+        continue_with = continue_with if resumable(config) else None
         console.print(stopped_line(progress.run_id, progress.last_round, continue_with, run_again=command),
                       highlight=False, soft_wrap=True)
         return 130
@@ -144,6 +149,14 @@ def _run(config: ExperimentConfig, console: Console, command: str, resume: str |
         console.print(f"History: {config.history} (run {result.run_id}); its rounds: fedless-nb history "
                       f"{result.run_id}{_history_option(config)}", highlight=False, soft_wrap=True)
     return 0 if result.status == "finished" else 1
+
+
+def _rounds_completed(run_id: str, history_path: str) -> int:
+    history = History.existing(history_path)
+    try:
+        return history.run(run_id)["rounds_completed"]
+    finally:
+        history.close()
 
 
 def _history_option(config: ExperimentConfig) -> str:
@@ -371,7 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .runner import resume_config
 
             config = resume_config(arguments.run_id, arguments.history, trust_builder=arguments.trust_builder)
-            return _run(config, console, command, resume=arguments.run_id)
+            return _run(config, console, command, resume=arguments.run_id,
+                        rounds_done=_rounds_completed(arguments.run_id, arguments.history))
         if arguments.command == "run":
             config = load_config(arguments.config)
             if arguments.history:

@@ -215,6 +215,36 @@ def test_ctrl_c_before_round_1_finished_says_there_is_nothing_to_continue(tmp_pa
 
 
 @pytest.mark.slow
+def test_ctrl_c_while_a_resume_prepares_keeps_the_runs_rounds_and_names_the_same_resume(tmp_path):
+    """It said 'Run stopped while preparing its data and model, before its first round; nothing was recorded' of a
+    run with a round in the history. The resume's command continues it (with its --trust-builder, which a bare
+    `fedless-nb resume RUN_ID` would lack)."""
+    from fedless_nb.experiment import ExperimentConfig
+    from fedless_nb.records.history import History, HistoryWriter
+    from fedless_nb.rounds.events import RunFinished, RunStarted
+
+    (tmp_path / "slow_model.py").write_text(SLOW_BUILDER)
+    config = ExperimentConfig.from_dict({"clients": 4, "clients_per_round": 2, "rounds": 5, "store": {"path": "store"},
+                                         "model": {"builder": "slow_model:build"}}).to_dict()
+    writer = HistoryWriter(History(tmp_path / "runs.db"))
+    writer(RunStarted("planted", "planted", config, 5, 4, [], 100.0))
+    writer(RunFinished("planted", "stopped", 110.0, 1, {}))
+    writer.history.close()
+    command = ["resume", "planted", "--history", "runs.db", "--trust-builder"]
+    process = subprocess.Popen([sys.executable, "-m", "fedless_nb", *command], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=as_a_terminal_starts_it)
+    for line in process.stdout:
+        if "building the model" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130 and err == "", out + err
+    assert out.splitlines() == ["Run planted stopped after round 1; the history keeps every finished round. Continue it "
+                                "with: fedless-nb resume planted --history runs.db --trust-builder"]
+    assert History(tmp_path / "runs.db").run("planted")["rounds_completed"] == 1
+
+
+@pytest.mark.slow
 def test_demo_trains_and_reports_the_final_accuracy(tmp_path):
     """With fewer clients than the demo's 5 per round, a round takes them all (it once refused to start)."""
     completed = fedless("demo", "--clients", "3", "--rounds", "2", "--history", "demo.db", cwd=tmp_path)
