@@ -21,7 +21,7 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
     from . import __version__
     from .errors import UserError
-    from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
+    from .experiment import ConfigError, DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
     from .records.history import DEFAULT_HISTORY, History, pending_file
     from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
     from .security import SECRET_VARIABLE, client_secret, function_secret
@@ -107,7 +107,24 @@ def rounds_table(rows: list[dict[str, Any]], title: str = "Rounds") -> Table:
 DEMO_CLIENTS_PER_ROUND = 5
 
 
+DEMO_OPTIONS = {"clients": "--clients", "clients_per_round": "--clients-per-round", "rounds": "--rounds"}
+
+
 def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
+    """The demo's config, validated; a value refused is named by the option it came from, which the user typed
+    (the config's key, `clients_per_round: must be ...`, is no word of the demo's command line)."""
+    config = _demo_settings(arguments)
+    try:
+        validate(config)
+    except ConfigError as error:
+        key, _, problem = str(error).partition(": ")
+        if key in DEMO_OPTIONS:
+            raise ConfigError(f"{DEMO_OPTIONS[key]}: {problem}") from None
+        raise
+    return config
+
+
+def _demo_settings(arguments: argparse.Namespace) -> ExperimentConfig:
     """The demo: digits split over clients with Dirichlet label skew, trained on the local provider."""
     return ExperimentConfig(
         name="demo", clients=arguments.clients,
@@ -392,7 +409,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config.history = arguments.history
         else:
             config = demo_config(arguments)
-            validate(config)
         return _run(config, console, command)
     except UserError as error:
         console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)

@@ -331,6 +331,9 @@ def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp
     (["deploy", "--provider", "aws"], "did you mean 'aws_lambda'? (see fedless-nb deploy --help)"),
     (["kernel"], "fedless-nb kernel: error: the following arguments are required: install"),
     (["demo", "--rounds", "x"], "fedless-nb demo: error: argument --rounds: invalid int value: 'x' (see fedless-nb demo"),
+    (["demo", "--clients", "3", "--clients-per-round", "5"],  # it named the config's key, clients_per_round
+     "error: --clients-per-round: must be between 1 and clients (3), got 5"),
+    (["demo", "--rounds", "0"], "error: --rounds: must be >= 1, got 0"),
     (["history", "--history", "."], "error: . is a folder: name the history file in it with --history PATH"),
     (["run", "experiment.yaml", "--histroy", "x.db"],
      "fedless-nb run: error: unrecognized arguments: --histroy x.db; did you mean --history? (see fedless-nb run --help)"),
