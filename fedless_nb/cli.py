@@ -21,10 +21,11 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
     from . import __version__
     from .errors import UserError
-    from .experiment import DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
+    from .experiment import ConfigError, DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
     from .records.history import DEFAULT_HISTORY, History, pending_file
     from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
     from .security import SECRET_VARIABLE, client_secret, function_secret
+    from .stopping import resumable, stopped_line
 except KeyboardInterrupt:
     print("Interrupted")
     sys.exit(130)
@@ -42,6 +43,7 @@ class TerminalProgress:
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), console=console,
+            disable=not console.is_terminal,  # piped, a bar is no record: its last frame was left at a stop
         )
         self.tasks: dict[int, Any] = {}
         self.failed: dict[int, int] = {}
@@ -74,7 +76,8 @@ class TerminalProgress:
             )
         elif isinstance(event, RunFinished):
             self.progress.stop()
-            self.console.print(self.summary())
+            if self.rounds:  # a run stopped before its first round has no table, not its empty frame
+                print_uncut(self.console, self.summary())
             accuracy = event.final_metrics.get("accuracy")
             ending = f"final accuracy {accuracy:.4f}" if accuracy is not None else "no round finished"
             self.console.print(f"[bold]Run {event.status}[/]: {event.rounds_completed} rounds, {ending}")
@@ -104,7 +107,24 @@ def rounds_table(rows: list[dict[str, Any]], title: str = "Rounds") -> Table:
 DEMO_CLIENTS_PER_ROUND = 5
 
 
+DEMO_OPTIONS = {"clients": "--clients", "clients_per_round": "--clients-per-round", "rounds": "--rounds"}
+
+
 def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
+    """The demo's config, validated; a value refused is named by the option it came from, which the user typed
+    (the config's key, `clients_per_round: must be ...`, is no word of the demo's command line)."""
+    config = _demo_settings(arguments)
+    try:
+        validate(config)
+    except ConfigError as error:
+        key, _, problem = str(error).partition(": ")
+        if key in DEMO_OPTIONS:
+            raise ConfigError(f"{DEMO_OPTIONS[key]}: {problem}") from None
+        raise
+    return config
+
+
+def _demo_settings(arguments: argparse.Namespace) -> ExperimentConfig:
     """The demo: digits split over clients with Dirichlet label skew, trained on the local provider."""
     return ExperimentConfig(
         name="demo", clients=arguments.clients,
@@ -116,20 +136,24 @@ def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
     )
 
 
-def _run(config: ExperimentConfig, console: Console, resume: str | None = None) -> int:
+def _run(config: ExperimentConfig, console: Console, command: str, resume: str | None = None,
+         rounds_done: int = 0) -> int:
+    """Run `config` (or resume run `resume`, `rounds_done` rounds recorded) with live progress; `command` is the
+    command line that started it, which a run stopped before its first round finished is told to run again, and
+    which continues a resumed run."""
     from .runner import run_experiment
 
     progress = TerminalProgress(console)
+    if resume is not None:  # stopped while it prepares, a resumed run is still the run it was: its rounds are kept
+        progress.run_id, progress.last_round = resume, rounds_done
     try:
         result = run_experiment(config, observers=[progress], resume=resume)
     except KeyboardInterrupt:  # Ctrl-C: the run has recorded its end; say where it stopped, not a traceback
         progress.progress.stop()
-        if progress.run_id is None:
-            console.print("Stopped before the first round; nothing was recorded")
-        else:
-            console.print(f"Run {progress.run_id} stopped after round {progress.last_round}; the history keeps every "
-                          f"finished round. Continue it with: fedless-nb resume {progress.run_id}{_history_option(config)}",
-                          highlight=False, soft_wrap=True)
+        continue_with = command if resume else f"fedless-nb resume {progress.run_id}{_history_option(config)}"
+        continue_with = continue_with if resumable(config) else None
+        console.print(stopped_line(progress.run_id, progress.last_round, continue_with, run_again=command),
+                      highlight=False, soft_wrap=True)
         return 130
     for report in result.privacy_reports():  # a DP run states its guarantees where it ends, as the dashboard does
         console.print(f"Privacy: {report}", highlight=False, soft_wrap=True)
@@ -142,6 +166,14 @@ def _run(config: ExperimentConfig, console: Console, resume: str | None = None) 
         console.print(f"History: {config.history} (run {result.run_id}); its rounds: fedless-nb history "
                       f"{result.run_id}{_history_option(config)}", highlight=False, soft_wrap=True)
     return 0 if result.status == "finished" else 1
+
+
+def _rounds_completed(run_id: str, history_path: str) -> int:
+    history = History.existing(history_path)
+    try:
+        return history.run(run_id)["rounds_completed"]
+    finally:
+        history.close()
 
 
 def _history_option(config: ExperimentConfig) -> str:
@@ -159,15 +191,20 @@ def _show_history(arguments: argparse.Namespace, console: Console) -> int:
             accuracy = run.get("eval_accuracy")
             table.add_row(run["run_id"], run["status"], f"{run['rounds_completed']}/{run['rounds']}",
                           str(run["clients"]), "" if accuracy is None else f"{accuracy:.4f}")
-        # never cut to fit a narrow terminal or a pipe's 80 columns: a run id is what the reader copies into
-        # `history RUN_ID` or `resume RUN_ID` (a long line wraps in the terminal instead)
-        console.width = max(console.width, console.measure(table, options=console.options.update_width(10_000)).maximum)
-        console.print(table)
+        print_uncut(console, table)
         return 0
     run = history.run(arguments.run_id)
     title = f"{run['run_id']}: {run['status']}, {run['rounds_completed']}/{run['rounds']} rounds"
-    console.print(rounds_table(history.rounds(arguments.run_id), title=title))
+    print_uncut(console, rounds_table(history.rounds(arguments.run_id), title=title))
     return 0
+
+
+def print_uncut(console: Console, table: Table) -> None:
+    """`table` at its full width, never cut to fit a narrow terminal or a pipe's 80 columns: a run id is what the
+    reader copies into `history RUN_ID` or `resume RUN_ID`, and an accuracy cut to `0.…` says nothing (a long line
+    wraps in the terminal instead)."""
+    console.width = max(console.width, console.measure(table, options=console.options.update_width(10_000)).maximum)
+    console.print(table)
 
 
 def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
@@ -183,7 +220,7 @@ def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
         table.add_column(column, justify="right")
     for client, counts in enumerate(preview.counts):
         table.add_row(str(client), str(counts.sum()), str((counts > 0).sum()), f"{counts.max() / max(counts.sum(), 1):.2f}")
-    console.print(table)
+    print_uncut(console, table)
     console.print(f"label skew {preview.label_skew:.3f} (0: IID, towards 1: clients hold classes no one else has)")
     if figure is not None:
         from .data.partition_view import figure_png
@@ -261,6 +298,8 @@ class _Parser(argparse.ArgumentParser):
             typed, choices = mistyped.group(1), re.findall(r"'([^']*)'", mistyped.group(2))
             closest = difflib.get_close_matches(typed, choices, n=1) or [c for c in choices if c.startswith(typed)][:1]
             message += f"; did you mean '{closest[0]}'?" if closest else ""
+        if message == "the following arguments are required: command":  # `fedless-nb` alone
+            message = f"name a command: {', '.join(self._subparsers._group_actions[0].choices)}"  # type: ignore[union-attr]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
@@ -275,40 +314,45 @@ class _Parser(argparse.ArgumentParser):
         return namespace, extras
 
 
+def _command(commands: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    """A command whose --help opens with what it does: argparse shows `help` only in the list of commands."""
+    return commands.add_parser(name, help=summary, description=summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedless-nb", description="Serverless federated learning.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the experiment described by a YAML config file")
+    run = _command(commands, "run", "run the experiment described by a YAML config file")
     run.add_argument("config", help="path to the YAML config")
     run.add_argument("--history", help="SQLite history file (overrides the config's)")
-    demo = commands.add_parser("demo", help="federated training on the bundled digits data, non-IID")
+    demo = _command(commands, "demo", "federated training on the bundled digits data, non-IID")
     demo.add_argument("--clients", type=int, default=20, help="client functions the data is split over (default 20)")
     demo.add_argument("--clients-per-round", type=int,
                       help=f"clients trained each round (default {DEMO_CLIENTS_PER_ROUND}, or all when fewer)")
     demo.add_argument("--rounds", type=int, default=10, help="rounds to train (default 10)")
     demo.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
-    partition = commands.add_parser("partition", help="show how a config's partition splits its dataset, before training")
+    partition = _command(commands, "partition", "show how a config's partition splits its dataset, before training")
     partition.add_argument("config", help="path to the YAML config")
     partition.add_argument("--figure", help="also write the clients x classes figure to this PNG file")
     partition.add_argument("--shares", action="store_true", help="the figure shows label shares instead of counts")
-    resume = commands.add_parser("resume", help="continue a run whose process died or was stopped")
+    resume = _command(commands, "resume", "continue a run whose process died or was stopped")
     resume.add_argument("run_id", help="the run to continue (fedless-nb history lists them)")
     resume.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
     resume.add_argument("--trust-builder", action="store_true",
                         help="run the run's model.builder function even though it was read back from the history")
-    history = commands.add_parser("history", help="list past runs, or one run's rounds")
+    history = _command(commands, "history", "list past runs, or one run's rounds")
     history.add_argument("run_id", nargs="?", help="one run: its rounds (default: every run)")
     history.add_argument("--history", default=DEFAULT_HISTORY, help="SQLite history file (default: %(default)s)")
-    secret = commands.add_parser("client-secret", help="the secret to deploy one client's own function with "
-                                 "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
+    secret = _command(commands, "client-secret", "the secret to deploy one client's own function with "
+                      "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
     secret.add_argument("client_id", help="the client the function serves, e.g. client-0003")
-    commands.add_parser("schema", help="print the config's JSON Schema (for editors that check YAML files)")
-    package = commands.add_parser("package", help="build a deployable function bundle and print its deploy command")
+    _command(commands, "schema", "print the config's JSON Schema (for editors that check YAML files)")
+    package = _command(commands, "package", "build a deployable function bundle and print its deploy command")
     _add_bundle_options(package)
     package.add_argument("--out", required=True, help="folder to write the bundle into")
-    deploy = commands.add_parser("deploy", help="deploy the function: AWS Lambda directly (create or update, "
-                                                "wait until active, reserve concurrency); other platforms: print the command")
+    deploy = _command(commands, "deploy", "deploy the function: AWS Lambda directly (create or update, "
+                      "wait until active, reserve concurrency); other platforms: print the command")
     _add_bundle_options(deploy)
     deploy.add_argument("--out", default="dist", help="folder for a bundle the deployment builds (default dist)")
     deploy.add_argument("--region", help="aws_lambda: the AWS region (default: the AWS configuration's)")
@@ -316,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--memory-mb", type=int, default=2048, help="aws_lambda: memory size (default 2048)")
     deploy.add_argument("--timeout", type=int, default=300, help="aws_lambda: seconds per invocation (default 300)")
     deploy.add_argument("--concurrency", type=int, help="aws_lambda: reserved concurrency (invocations at once)")
-    kernel = commands.add_parser("kernel", help="the Jupyter kernel spec 'Python 3 (fedless)'")
+    kernel = _command(commands, "kernel", "the Jupyter kernel spec 'Python 3 (fedless)'")
     kernel_commands = kernel.add_subparsers(dest="kernel_command", metavar="install", required=True)
-    install = kernel_commands.add_parser("install", help="install it with jupyter_client's KernelSpecManager")
+    install = _command(kernel_commands, "install", "install it with jupyter_client's KernelSpecManager")
     where = install.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for this user (the default)")
     where.add_argument("--sys-prefix", action="store_true", help=f"into this environment ({sys.prefix})")
@@ -335,7 +379,9 @@ def _install_kernel(arguments: argparse.Namespace, console: Console) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     arguments = build_parser().parse_args(argv)
+    command = shlex.join(["fedless-nb", *argv])
     # NO_COLOR (no-color.org) asks for plain text: rich drops its colours but keeps bold and italic escapes
     console = Console(color_system=None if os.environ.get("NO_COLOR") else "auto")
     try:
@@ -358,15 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .runner import resume_config
 
             config = resume_config(arguments.run_id, arguments.history, trust_builder=arguments.trust_builder)
-            return _run(config, console, resume=arguments.run_id)
+            return _run(config, console, command, resume=arguments.run_id,
+                        rounds_done=_rounds_completed(arguments.run_id, arguments.history))
         if arguments.command == "run":
             config = load_config(arguments.config)
             if arguments.history:
                 config.history = arguments.history
         else:
             config = demo_config(arguments)
-            validate(config)
-        return _run(config, console)
+        return _run(config, console, command)
     except UserError as error:
         console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2

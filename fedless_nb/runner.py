@@ -182,6 +182,7 @@ async def run_experiment_async(
     partition = _partition(dataset, config)
     sizes = {**dict(zip(client_ids(config.clients), map(len, partition))), **(own_data_sizes or {})}
     accountant = _accountant(config, sizes)  # an unreachable privacy budget stops here, before anything is written
+    await asyncio.sleep(0)  # a stop asked while preparing (Ctrl-C under asyncio.run, a notebook's interrupt) lands here
     store = make_store(config.store) if store is None else store
     data_keys = write_client_data(store, dataset, config, partition)
     run_id = resume or new_run_id(config.name)

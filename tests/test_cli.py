@@ -153,6 +153,97 @@ def test_ctrl_c_stops_a_run_with_one_line_naming_the_resume_command_which_finish
     assert [row["round"] for row in History(tmp_path / "runs.db").rounds(run["run_id"])] == list(range(1, 21))
 
 
+SLOW_BUILDER = """
+import signal
+import threading
+
+from fedless_nb.zoo import mlp
+
+
+def build(input_shape, num_classes):
+    # a model that takes until Ctrl-C to build; the command's own handler (asyncio's: the run stops at its next
+    # await) gets the signal, as during a long build
+    interrupted, handler = threading.Event(), signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda *signal_and_frame: (interrupted.set(), handler(*signal_and_frame)))
+    print("building the model", flush=True)
+    while not interrupted.wait(0.05):
+        pass
+    signal.signal(signal.SIGINT, handler)
+    return mlp(input_shape, num_classes, hidden_units=[8])
+"""
+
+
+def _interrupted_at(marker, tmp_path, builder):
+    """`fedless-nb run` sent Ctrl-C once its output shows `marker`: its output after the marker's line and the command
+    it was told to run again."""
+    (tmp_path / "slow_model.py").write_text(SLOW_BUILDER)
+    config = _write_config(tmp_path, rounds=20, model={"builder": builder}, train={"epochs": 200})  # a long round 1
+    process = subprocess.Popen([sys.executable, "-m", "fedless_nb", "run", str(config), "--history", "runs.db"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=as_a_terminal_starts_it)
+    for line in process.stdout:
+        if marker in line:
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in out + err and err == "", out + err
+    return out, f"run fedless-nb run {config} --history runs.db again"
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_run_prepares_says_nothing_was_recorded_and_to_run_the_command_again(tmp_path):
+    """asyncio.run's Ctrl-C cancels the run's task, which went on preparing until its first await, inside round 1:
+    the run was recorded and stopped after round 0, with the line that said to continue it."""
+    out, again = _interrupted_at("building the model", tmp_path, builder="slow_model:build")
+    assert out.strip() == f"Run stopped while preparing its data and model, before its first round; nothing was recorded: {again}"
+    assert not (tmp_path / "runs.db").exists() and not (tmp_path / "store").exists(), "the stop landed before any write"
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_round_1_finished_says_there_is_nothing_to_continue(tmp_path):
+    """It said 'Run X stopped after round 0; the history keeps every finished round. Continue it with: fedless-nb
+    resume X': no round finished, so there was nothing to continue. The line is the notebook's (stopping.py), naming
+    the command the user typed."""
+    from fedless_nb.records.history import History
+
+    out, again = _interrupted_at("4 clients, 20 rounds", tmp_path, builder="mlp")
+    (run,) = History(tmp_path / "runs.db").runs()
+    assert run["status"] == "stopped" and run["rounds_completed"] == 0
+    assert out.splitlines() == ["Run stopped: 0 rounds, no round finished",  # after the start line, the marker
+                                f"Run {run['run_id']} stopped after round 0; no round finished, so there is nothing to "
+                                f"continue: {again}"], "piped: no bar left at the stop, no empty table"
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_resume_prepares_keeps_the_runs_rounds_and_names_the_same_resume(tmp_path):
+    """It said 'Run stopped while preparing its data and model, before its first round; nothing was recorded' of a
+    run with a round in the history. The resume's command continues it (with its --trust-builder, which a bare
+    `fedless-nb resume RUN_ID` would lack)."""
+    from fedless_nb.experiment import ExperimentConfig
+    from fedless_nb.records.history import History, HistoryWriter
+    from fedless_nb.rounds.events import RunFinished, RunStarted
+
+    (tmp_path / "slow_model.py").write_text(SLOW_BUILDER)
+    config = ExperimentConfig.from_dict({"clients": 4, "clients_per_round": 2, "rounds": 5, "store": {"path": "store"},
+                                         "model": {"builder": "slow_model:build"}}).to_dict()
+    writer = HistoryWriter(History(tmp_path / "runs.db"))
+    writer(RunStarted("planted", "planted", config, 5, 4, [], 100.0))
+    writer(RunFinished("planted", "stopped", 110.0, 1, {}))
+    writer.history.close()
+    command = ["resume", "planted", "--history", "runs.db", "--trust-builder"]
+    process = subprocess.Popen([sys.executable, "-m", "fedless_nb", *command], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=as_a_terminal_starts_it)
+    for line in process.stdout:
+        if "building the model" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130 and err == "", out + err
+    assert out.splitlines() == ["Run planted stopped after round 1; the history keeps every finished round. Continue it "
+                                "with: fedless-nb resume planted --history runs.db --trust-builder"]
+    assert History(tmp_path / "runs.db").run("planted")["rounds_completed"] == 1
+
+
 @pytest.mark.slow
 def test_demo_trains_and_reports_the_final_accuracy(tmp_path):
     """With fewer clients than the demo's 5 per round, a round takes them all (it once refused to start)."""
@@ -234,10 +325,15 @@ def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp
 @pytest.mark.parametrize("arguments, message", [
     (["rnu", "experiment.yaml"], "fedless-nb: error: argument command: invalid choice: 'rnu' (choose from 'run', "),
     (["rnu", "experiment.yaml"], "; did you mean 'run'? (see fedless-nb --help)"),
+    ([], "fedless-nb: error: name a command: run, demo, partition, resume, history, client-secret, schema, package, "
+         "deploy, kernel (see fedless-nb --help)"),  # it said 'the following arguments are required: command'
     (["run"], "fedless-nb run: error: the following arguments are required: config (see fedless-nb run --help)"),
     (["deploy", "--provider", "aws"], "did you mean 'aws_lambda'? (see fedless-nb deploy --help)"),
     (["kernel"], "fedless-nb kernel: error: the following arguments are required: install"),
     (["demo", "--rounds", "x"], "fedless-nb demo: error: argument --rounds: invalid int value: 'x' (see fedless-nb demo"),
+    (["demo", "--clients", "3", "--clients-per-round", "5"],  # it named the config's key, clients_per_round
+     "error: --clients-per-round: must be between 1 and clients (3), got 5"),
+    (["demo", "--rounds", "0"], "error: --rounds: must be >= 1, got 0"),
     (["history", "--history", "."], "error: . is a folder: name the history file in it with --history PATH"),
     (["run", "experiment.yaml", "--histroy", "x.db"],
      "fedless-nb run: error: unrecognized arguments: --histroy x.db; did you mean --history? (see fedless-nb run --help)"),
@@ -359,3 +455,38 @@ def test_a_run_into_a_read_only_history_finishes_and_says_where_its_record_waits
     listing = fedless("history", "--history", "runs.db", cwd=tmp_path)
     assert listing.returncode == 0 and run_id in listing.stdout and "finished" in listing.stdout
     assert not (tmp_path / waiting).exists(), "the record moved into the history once it could be written"
+
+
+@pytest.mark.parametrize("command, summary", [
+    (["run"], "run the experiment described by a YAML config file"), (["demo"], "federated training on the bundled"),
+    (["partition"], "show how a config's partition splits"), (["resume"], "continue a run whose process died"),
+    (["history"], "list past runs, or one run's rounds"), (["client-secret"], "the secret to deploy one client's"),
+    (["schema"], "print the config's JSON Schema"), (["package"], "build a deployable function bundle"),
+    (["deploy"], "deploy the function: AWS Lambda directly"), (["kernel"], "the Jupyter kernel spec"),
+    (["kernel", "install"], "install it with jupyter_client's KernelSpecManager"),
+])
+def test_each_commands_help_says_what_it_does(command, summary, capsys):
+    """`fedless-nb schema --help` showed only its usage line: what a command does was in the top --help alone."""
+    from fedless_nb.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.split("\n\n")[1].replace("\n", " ").startswith(summary), out
+
+
+def test_a_narrow_terminal_gets_the_rounds_whole(tmp_path):
+    """At COLUMNS=40 the rounds table cut its figures to '0.…' and '58.…'; a long line wraps in the terminal instead."""
+    from fedless_nb.records.history import History, HistoryWriter
+    from fedless_nb.rounds.events import RoundFinished, RunStarted
+
+    writer = HistoryWriter(History(tmp_path / "runs.db"))
+    writer(RunStarted("cli-20261127-073435-98f98c", "cli", {}, 1, 4, [], 100.0))
+    writer(RoundFinished("cli-20261127-073435-98f98c", 1, 100.0, 158.97, 2, 2, 0,
+                         {"loss": 1.543, "accuracy": 0.6139}, {}))
+    writer.history.close()
+    shown = subprocess.run([sys.executable, "-m", "fedless_nb", "history", "cli-20261127-073435-98f98c", "--history",
+                            "runs.db"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "COLUMNS": "40"})
+    assert shown.returncode == 0 and "…" not in shown.stdout, shown.stdout
+    assert [cell.strip() for cell in shown.stdout.splitlines()[-2].split("│")[1:-1]] == \
+        ["1", "2", "0", "58.97", "0.6139", "1.5430"]

@@ -14,7 +14,7 @@ from fedless_nb.notebook.magics import run_labels
 from fedless_nb.data import preview_config
 from fedless_nb.data.partition_view import figure_png
 from fedless_nb.experiment import ExperimentConfig
-from fedless_nb.notebook.record import OUTCOME_COLORS, RECORD_DPI, RunRecord, compare_figure, run_figure
+from fedless_nb.notebook.record import OUTCOME_COLORS, RECORD_DPI, RunRecord, compare_figure, magic_on_run, run_figure
 from fedless_nb.notebook.dashboard import (
     TIMELINE_BARS, CompactDashboard, RunProgress, TextDashboard, WidgetDashboard, make_dashboard,
     frontend_renders_widgets,
@@ -193,6 +193,31 @@ def test_the_record_says_where_the_run_is_recorded_and_which_magic_shows_it(hist
     record = RunRecord(progress)
     assert record.text().endswith(f"2 cold starts.{where}")
     assert f"2 cold starts.{html.escape(where)}</p>" in record.html()
+
+
+@pytest.mark.parametrize("config, model_name, rounds, next_step", [
+    ({}, None, 2, "Run r1 stopped after round 2; the history keeps every finished round. Continue it with: "
+                  "%fedless_resume r1"),
+    ({"history": "runs.db"}, "net", 2, "Run r1 stopped after round 2; the history keeps every finished round. Continue "
+                                       "it with: %fedless_resume r1 net --history runs.db"),
+    ({"mode": "async"}, None, 2, "Run r1 stopped after round 2; the history keeps every finished round"),
+    ({}, None, 0, "Run r1 stopped after round 0; no round finished, so there is nothing to continue: run "
+                  "%fedless_train again"),
+])
+def test_a_stopped_runs_record_ends_with_what_to_do_next(config, model_name, rounds, next_step):
+    """A background run's record replaced its dashboard and the line its Stop button had put there: a saved notebook
+    kept 'stopped' and no word on how to continue (test_kernel clicks the button)."""
+    config = ExperimentConfig.from_dict({"clients": 4, **config}).to_dict()
+    progress = RunProgress(model_name=model_name)
+    for event in run_events(rounds=5):
+        if isinstance(event, RunStarted):
+            progress.update(dataclasses.replace(event, config=config))
+        elif getattr(event, "round", 0) <= rounds and not isinstance(event, RunFinished):
+            progress.update(event)
+    progress.update(RunFinished("r1", "stopped", 200.0, rounds, {}))
+    text = RunRecord(progress).text()
+    assert text.endswith(f"{magic_on_run('%fedless_history', 'r1', config['history'])}. {next_step}"), text
+    assert html.escape(next_step) + "</p>" in RunRecord(progress).html()
 
 
 def test_compare_names_each_run_in_a_legend_beside_the_data():

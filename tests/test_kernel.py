@@ -236,6 +236,9 @@ def test_the_dashboards_stop_button_stops_a_background_run_clicked_while_a_cell_
     reply, shown = kernel.execute("run")
     (record,) = [m["content"] for m in shown if m["msg_type"] == "display_data"]
     assert "fedless-record" in record["data"]["text/html"] and "stopped" in record["data"]["text/html"]
+    next_step = (f"Run {run_id} stopped after round {rounds}; the history keeps every finished round. Continue it with: "
+                 f"%fedless_resume {run_id}")  # the line under the button, which the record replaced (it had none)
+    assert record["data"]["text/plain"].endswith(f". {next_step}") and f"{next_step}</p>" in record["data"]["text/html"]
 
 
 @pytest.mark.slow

@@ -14,9 +14,9 @@ from IPython.utils.capture import capture_output
 
 from fedless_nb.records.history import History
 from fedless_nb.records.owner import this_process
-from fedless_nb.notebook.execution import stopped_line
 from fedless_nb.notebook.magics import FedlessMagics
 from fedless_nb.runner import RunResult
+from fedless_nb.stopping import stopped_line
 
 TINY = "--clients 4 --clients-per-round 2 --rounds 2 --workers 1 --set model.options.hidden_units=[8]"
 
@@ -319,14 +319,16 @@ def test_history_of_a_file_without_runs_says_so_and_keeps_the_columns(shell, cap
 
 
 def test_the_stop_line_names_the_run_and_what_to_do_next():
-    """Before, a run stopped before its first round or under async rounds was 'Run stopped after round N', no run id."""
-    assert stopped_line("r1", 2, "%fedless_resume r1") == ("Run r1 stopped after round 2; the history keeps every "
-                                                           "finished round. Continue it with: %fedless_resume r1")
-    assert stopped_line("r1", 2, None) == "Run r1 stopped after round 2; the history keeps every finished round"
-    assert stopped_line("r1", 0, "%fedless_resume r1") == ("Run r1 stopped after round 0; no round finished, so there "
-                                                           "is nothing to continue: run %fedless_train again")
-    assert stopped_line(None, 0, None) == ("Run stopped while preparing its data and model, before its first round; "
-                                           "nothing was recorded: run %fedless_train again")
+    """Before, a run stopped before its first round or under async rounds was 'Run stopped after round N', no run id.
+    The terminal words it alike (test_cli), naming its own command to run again."""
+    again = "%fedless_train"
+    assert stopped_line("r1", 2, "%fedless_resume r1", again) == (
+        "Run r1 stopped after round 2; the history keeps every finished round. Continue it with: %fedless_resume r1")
+    assert stopped_line("r1", 2, None, again) == "Run r1 stopped after round 2; the history keeps every finished round"
+    assert stopped_line("r1", 0, "%fedless_resume r1", again) == (
+        "Run r1 stopped after round 0; no round finished, so there is nothing to continue: run %fedless_train again")
+    assert stopped_line(None, 0, None, again) == ("Run stopped while preparing its data and model, before its first "
+                                                  "round; nothing was recorded: run %fedless_train again")
 
 
 def test_stop_without_a_background_run_is_a_usage_error(shell):

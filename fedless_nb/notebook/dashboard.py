@@ -42,6 +42,7 @@ class RunProgress:
     prices: CostModel | None = None
     privacy: dict[str, float] = field(default_factory=dict)  # the last round's epsilon figures, when DP is on
     last_round: RoundFinished | None = None
+    model_name: str | None = None  # the notebook variable holding the run's model, which resuming it needs again
 
     def update(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -307,8 +308,9 @@ def frontend_renders_widgets(shell: Any) -> bool:
     return widgets is not None and widgets.Widget._control_comm is not None
 
 
-def make_dashboard(mode: str, shell: Any) -> Callable[[Event], None] | None:
-    """The observer for `mode` (see DASHBOARD_MODES), shown in the current cell once the run starts; None for "none"."""
+def make_dashboard(mode: str, shell: Any, model_name: str | None = None) -> Callable[[Event], None] | None:
+    """The observer for `mode` (see DASHBOARD_MODES), shown in the current cell once the run starts; None for "none".
+    `model_name` (the notebook variable holding the model) goes into the line of a stopped run's record that resumes it."""
     if mode == "auto":
         mode = "widgets" if frontend_renders_widgets(shell) else "text"
     if mode == "none":
@@ -316,8 +318,10 @@ def make_dashboard(mode: str, shell: Any) -> Callable[[Event], None] | None:
     from IPython.display import display
 
     if mode == "text":
-        return TextDashboard(show_record=display)
-    if mode == "compact":
-        return CompactDashboard(display)
-
-    return WidgetDashboard(show=display)
+        dashboard: TextDashboard | CompactDashboard | WidgetDashboard = TextDashboard(show_record=display)
+    elif mode == "compact":
+        dashboard = CompactDashboard(display)
+    else:
+        dashboard = WidgetDashboard(show=display)
+    dashboard.progress.model_name = model_name
+    return dashboard

@@ -27,7 +27,8 @@ from ..records.history import History
 from ..rounds.controller import Controller
 from ..rounds.events import Observer, RunStarted
 from ..runner import RunResult, run_experiment_async
-from .record import magic_on_run
+from ..stopping import resumable, stopped_line
+from .record import resume_command
 
 
 class RunStopped(UserError):
@@ -98,17 +99,6 @@ def _rounds_done(controllers: list[Controller]) -> int:
     return len(controllers[0].round_metrics) if controllers else 0
 
 
-def resume_command(run_id: str, history: str, model_name: str | None = None) -> str:
-    """The magic that continues run `run_id`: `%fedless_resume RUN_ID [MODEL] [--history FILE]`."""
-    return magic_on_run("%fedless_resume", run_id, history, *([model_name] if model_name else []))
-
-
-def resumable(config: ExperimentConfig) -> bool:
-    """Whether a stopped run of `config` can be continued: async rounds' buffer is not checkpointed
-    (runner.resume_config refuses them)."""
-    return config.mode != "async"
-
-
 def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool],
                        continue_with: Callable[[str], str] | None = None) -> None:
     """Wait here until `until()` or the run's end; an interrupt (the notebook's stop button, Ctrl-C) cancels the
@@ -133,20 +123,8 @@ def _stopped(controllers: list[Controller], continue_with: Callable[[str], str] 
     """The one line an interrupted run ends its cell with (see stopped_line)."""
     run_id = controllers[0].run_id if controllers else None
     return RunStopped(stopped_line(run_id, _rounds_done(controllers),
-                                   continue_with(run_id) if continue_with is not None and run_id is not None else None))
-
-
-def stopped_line(run_id: str | None, rounds: int, continue_with: str | None) -> str:
-    """Where a stopped run stopped and what to do next: the command that continues it (`continue_with`, None for a
-    run that cannot be resumed), or, with no round finished, to start it again: there is nothing to continue."""
-    if run_id is None:
-        return ("Run stopped while preparing its data and model, before its first round; nothing was recorded: "
-                "run %fedless_train again")
-    if rounds == 0:
-        return (f"Run {run_id} stopped after round 0; no round finished, so there is nothing to continue: "
-                "run %fedless_train again")
-    line = f"Run {run_id} stopped after round {rounds}; the history keeps every finished round"
-    return line if continue_with is None else f"{line}. Continue it with: {continue_with}"
+                                   continue_with(run_id) if continue_with is not None and run_id is not None else None,
+                                   run_again="%fedless_train"))
 
 
 def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], model_name: str | None = None,

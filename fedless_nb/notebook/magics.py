@@ -242,7 +242,7 @@ class FedlessMagics(Magics):
         args = parse_options(self.fedless_train, line)
         config = self.experiment_config(args, cell)
         model = self._user_model(args.model) if args.model else None
-        dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell)
+        dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell, model_name=args.model)
         observers = [dashboard] if dashboard is not None else []
         from .execution import BackgroundRun, run_to_end
         from .pool import warm_pool
@@ -336,7 +336,7 @@ class FedlessMagics(Magics):
         model = self._user_model(args.model) if args.model else None
         config = resume_config(args.run_id, args.history or self.history,
                                trust_builder=args.trust_builder or model is not None)
-        dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell)
+        dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell, model_name=args.model)
         return run_to_end(config, model, [dashboard] if dashboard is not None else [], model_name=args.model,
                           resume=args.run_id, providers=warm_pool().providers_for(config))
 

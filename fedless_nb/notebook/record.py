@@ -18,7 +18,9 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..data.partition_view import figure_png
+from ..experiment import ExperimentConfig
 from ..records.history import DEFAULT_HISTORY
+from ..stopping import resumable, stopped_line
 
 if TYPE_CHECKING:
     from .dashboard import RunProgress
@@ -70,7 +72,6 @@ def partition_png(config: dict[str, Any]) -> bytes | None:
     config), or None when it cannot be rebuilt here (e.g. a dataset file that has moved since)."""
     from ..data import preview_config
     from ..errors import UserError
-    from ..experiment import ExperimentConfig
 
     try:
         preview = preview_config(ExperimentConfig.from_dict(config))
@@ -107,6 +108,11 @@ def magic_on_run(magic: str, run_id: str, history: str, *arguments: str) -> str:
     return " ".join([magic, run_id, *arguments, *(["--history", shlex.quote(history)] if history != DEFAULT_HISTORY else [])])
 
 
+def resume_command(run_id: str, history: str, model_name: str | None = None) -> str:
+    """The magic that continues run `run_id`: `%fedless_resume RUN_ID [MODEL] [--history FILE]`."""
+    return magic_on_run("%fedless_resume", run_id, history, *([model_name] if model_name else []))
+
+
 class RunRecord:
     """The summary paragraph with the figure below it; `text/html` for notebooks, `image/png` and
     `text/plain` for viewers that render no HTML."""
@@ -126,14 +132,30 @@ class RunRecord:
         state = self.progress
         accuracy = state.final_accuracy
         score = "no round finished" if accuracy is None else f"final test accuracy {accuracy:.3f}"
-        return f"Run {state.name} ({state.run_id}) {state.status}: {score}; {', '.join(self.facts())}.{self._where()}"
+        return f"Run {state.name} ({state.run_id}) {state.status}: {score}; {', '.join(self.facts())}.{self._tail()}"
+
+    def _tail(self) -> str:
+        """Where the run is recorded and, for a stopped run, what to do next; no full stop after the last command,
+        which is copied as it stands."""
+        sentences = [sentence for sentence in (self._where(), self._next()) if sentence]
+        return f" {'. '.join(sentences)}" if sentences else ""
 
     def _where(self) -> str:
         """Where the run is recorded and the magic that shows it, for a user who has not met %fedless_history."""
         history = (self.progress.config or {}).get("history")
         if history is None:
             return ""
-        return f" History: {history}; its rounds: {magic_on_run('%fedless_history', self.progress.run_id, str(history))}"
+        return f"History: {history}; its rounds: {magic_on_run('%fedless_history', self.progress.run_id, str(history))}"
+
+    def _next(self) -> str:
+        """A stopped run's line of what to do next, as its cell's interrupt words it (stopping.stopped_line): the record
+        replaces the dashboard, and with it the line a Stop button or %fedless_stop had put under the button."""
+        state = self.progress
+        if state.status != "stopped" or not state.config:
+            return ""
+        config = ExperimentConfig.from_dict(state.config)
+        command = resume_command(state.run_id, config.history, state.model_name) if resumable(config) else None
+        return stopped_line(state.run_id, state.rounds_done, command, run_again="%fedless_train")
 
     def html(self) -> str:
         state = self.progress
@@ -143,7 +165,7 @@ class RunRecord:
             f'<div class="fedless-record">'
             f'<p><span style="font-size:2.5em;font-weight:bold">{accuracy}</span> final test accuracy &middot; '
             f"run <b>{html.escape(state.name)}</b> <code>{html.escape(state.run_id)}</code> {html.escape(state.status)}: "
-            f"{html.escape(', '.join(self.facts()))}.{html.escape(self._where())}</p>"
+            f"{html.escape(', '.join(self.facts()))}.{html.escape(self._tail())}</p>"
             f'<img src="data:image/png;base64,{image}" alt="accuracy, loss and client timeline of the run" '
             f'style="max-width:100%"/>{self._partition_html()}</div>'
         )
