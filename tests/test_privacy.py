@@ -180,6 +180,28 @@ def test_budget_skips_exhausted_clients_or_stops_the_run():
     accountant.close()
 
 
+def test_a_budget_checks_each_selected_client_at_the_round_its_straggler_draw_gave_it():
+    """A cut round (10 steps) fits the target, a planned one (20) does not: every client may be selected, and the
+    draw decides; a client it leaves its full epochs sits the round out (skip_client) or ends the run (stop_run)."""
+    cut, planned = epsilon([DpRound(10, 0.1, 1.0)], 1e-5), epsilon([DpRound(20, 0.1, 1.0)], 1e-5)
+    accountant = ExampleLevelAccountant(1e-5, target_epsilon=(cut + planned) / 2,
+                                        expected_facts={c: _facts() for c in "abcd"},
+                                        straggler_steps=lambda client, budget_epochs: 10, straggler_cut=0.5)
+    accountant.check_reachable(stop_run=True)  # one cut round fits every client
+    skipping = BudgetedSelection(RandomSelection(0), accountant)
+    assert skipping.select(1, list("abcd"), 4) == list("abcd")
+    assert skipping.admit(1, list("abcd"), {"a": 0.5, "c": 0.5}) == ["a", "c"]
+    assert accountant.round_metrics(1)["clients_skipped"] == 2.0
+    with pytest.raises(PrivacyBudgetExhausted, match="round 1's straggler draw leaves 2 of its 4 client"):
+        BudgetedSelection(RandomSelection(0), accountant, stop_run=True).admit(1, list("abcd"), {"a": 0.5, "c": 0.5})
+    with pytest.raises(PrivacyBudgetExhausted, match="leaves 2 of its 2 client"):  # none fits: the run ends
+        skipping.admit(2, ["b", "d"], {})
+    accountant.charge("a", 0.5)
+    assert accountant.epsilon("a") == pytest.approx(cut)
+    assert not accountant.allows("a") and accountant.allows("b"), "a second cut round is a planned one's 20 steps"
+    accountant.close()
+
+
 def test_a_secure_round_spends_one_dp_round_though_every_stage_succeeds():
     import dp_accounting
 

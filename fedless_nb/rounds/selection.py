@@ -18,6 +18,11 @@ class SelectionPolicy(ABC):
     def select(self, round_number: int, client_ids: Sequence[str], count: int) -> list[str]:
         """The clients for `round_number`, in a deterministic order."""
 
+    def admit(self, round_number: int, selected: Sequence[str], cuts: dict[str, float]) -> list[str]:
+        """The selected clients that may train the round as its draw made it (`cuts`: each simulated straggler's
+        budget_epochs); all of them by default."""
+        return list(selected)
+
     def observe(self, event: Any) -> None:
         """Learn from the controller's events (invocation durations, failures); nothing by default."""
 
@@ -135,8 +140,12 @@ class FedLesScanSelection(SelectionPolicy):
 class BudgetedSelection(SelectionPolicy):
     """Wraps a policy so that clients whose privacy budget the next round would exceed do not train.
 
-    `stop_run`: end the run (PrivacyBudgetExhausted) as soon as any client is out of budget,
-    instead of training the others. The run also ends when no client has budget left.
+    `select` leaves out the clients whose cheapest next round (a straggler's cut one, where a draw may cut
+    them) would pass the target; `admit`, once the round's straggler draw is made, the selected clients whose
+    round as drawn would: so each client is charged exactly what the round spends, and trains every round that
+    fits. `stop_run`: end the run (PrivacyBudgetExhausted) as soon as any client is out of budget, or a round's
+    draw would take a selected client past it, instead of training the others. The run also ends when no
+    client has budget left, or a round's draw leaves none of its selected clients within it.
     """
 
     def __init__(self, inner: SelectionPolicy, accountant: Any, stop_run: bool = False) -> None:
@@ -163,6 +172,19 @@ class BudgetedSelection(SelectionPolicy):
                 f"round {round_number} would take {len(exhausted)} client(s) past target_epsilon {target:g}; "
                 "raise train.dp.target_epsilon or the noise to train longer")
         return self.inner.select(round_number, allowed, min(count, len(allowed)))
+
+    def admit(self, round_number: int, selected: Sequence[str], cuts: dict[str, float]) -> list[str]:
+        from ..privacy.accounting import PrivacyBudgetExhausted
+
+        admitted = [c for c in selected if self.accountant.fits(c, cuts.get(c))]
+        over = [c for c in selected if c not in admitted]
+        self.accountant.skipped.setdefault(round_number, []).extend(over)
+        if over and (self.stop_run or not admitted):
+            raise PrivacyBudgetExhausted(
+                f"round {round_number}'s straggler draw leaves {len(over)} of its {len(selected)} client(s) their full "
+                f"epochs, which would take them past target_epsilon {self.accountant.target_epsilon:g}; "
+                "raise train.dp.target_epsilon or the noise to train longer")
+        return admitted
 
 
 def make_selection(policy: str, seed: int) -> SelectionPolicy:
