@@ -295,7 +295,8 @@ def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | No
         policy = make_selection(config.selection.policy, seed)
     if accountant is None or accountant.target_epsilon is None:
         return policy
-    return BudgetedSelection(policy, accountant, stop_run=config.train.dp.on_budget == "stop_run")  # type: ignore[union-attr]
+    return BudgetedSelection(policy, accountant, stop_run=config.train.dp.on_budget == "stop_run",  # type: ignore[union-attr]
+                             draw_from_all=config.central_dp is not None)
 
 
 def _stragglers(config: ExperimentConfig) -> Stragglers | None:

@@ -146,10 +146,16 @@ class BudgetedSelection(SelectionPolicy):
     fits. `stop_run`: end the run (PrivacyBudgetExhausted) as soon as any client is out of budget, or a round's
     draw would take a selected client past it, instead of training the others. The run also ends when no
     client has budget left, or a round's draw leaves none of its selected clients within it.
+
+    `draw_from_all` (central DP): the inner policy draws from every client, and a drawn client out of budget
+    sits the round out. Drawing `count` among only the clients with budget left would take each of them with
+    a higher probability than the client-level accountant's q = clients_per_round / clients (all of them,
+    once no more than `count` are left), so the epsilon it states would not hold.
     """
 
-    def __init__(self, inner: SelectionPolicy, accountant: Any, stop_run: bool = False) -> None:
-        self.inner, self.accountant, self.stop_run = inner, accountant, stop_run
+    def __init__(self, inner: SelectionPolicy, accountant: Any, stop_run: bool = False,
+                 draw_from_all: bool = False) -> None:
+        self.inner, self.accountant, self.stop_run, self.draw_from_all = inner, accountant, stop_run, draw_from_all
 
     def observe(self, event: Any) -> None:
         self.inner.observe(event)
@@ -171,6 +177,8 @@ class BudgetedSelection(SelectionPolicy):
             raise PrivacyBudgetExhausted(
                 f"round {round_number} would take {len(exhausted)} client(s) past target_epsilon {target:g}; "
                 "raise train.dp.target_epsilon or the noise to train longer")
+        if self.draw_from_all:
+            return [c for c in self.inner.select(round_number, client_ids, count) if c in allowed]
         return self.inner.select(round_number, allowed, min(count, len(allowed)))
 
     def admit(self, round_number: int, selected: Sequence[str], cuts: dict[str, float]) -> list[str]:
