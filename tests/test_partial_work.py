@@ -155,6 +155,15 @@ def test_fednova_equals_fedavg_when_every_client_did_the_same_steps():
                                _bound("fedavg").aggregate(1, CURRENT, [FULL, other])[0], rtol=1e-6)
 
 
+def test_fednova_refuses_an_update_of_zero_steps_rather_than_take_it_for_the_planned_ones():
+    """No client takes 0 steps (the controller refuses such a claim), but given one through the strategy API FedNova
+    (and SCAFFOLD) took it for the planned 4 steps (0 is falsy) and weighted it as a full client's."""
+    zero = ClientUpdate("zero", [np.array([0.0, 0.0], np.float32)], 20, steps=0, partial=True)
+    with pytest.raises(ValueError, match="at least one local step, got 0"):
+        _bound("fednova").aggregate(1, CURRENT, [FULL, zero])
+    assert zero.steps_taken(TRAIN) == 0 and ClientUpdate("unreported", [], 20).steps_taken(TRAIN) == 4
+
+
 def test_fednova_norm_of_the_proximal_local_solver():
     assert local_solver_norm(4, 0.5) == 4.0
     # alpha = lr * mu = 0.5: 1 + 0.5 + 0.25 + 0.125
