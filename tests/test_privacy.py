@@ -275,3 +275,32 @@ def test_more_noise_means_lower_epsilon_and_lower_accuracy_on_digits(tiny_config
     assert [eps for _, _, eps in outcomes] == sorted([eps for _, _, eps in outcomes], reverse=True)
     assert low_noise_eps > high_noise_eps
     assert low_noise_accuracy > high_noise_accuracy + 0.1
+
+
+def test_fedbuff_with_a_privacy_budget_lets_the_clients_in_flight_finish(tiny_config):
+    """FedBuff, two clients training at a time, one update per version, a target that fits one round per client. The
+    third version leaves every client not training out of budget while the fourth still trains: the run ended there
+    and cancelled it (3 versions, one client never charged); now it ends once that client is back, each client charged
+    dp-accounting's epsilon for its one round."""
+    import dp_accounting as dpa
+
+    from fedless_nb.records.history import History
+    from fedless_nb.runner import run_experiment
+
+    def reference(n, rounds):
+        event = dpa.PoissonSampledDpEvent(32 / n, dpa.GaussianDpEvent(1.0))
+        return dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(event, -(-n // 32) * rounds)).get_epsilon(1e-4)
+
+    sizes = (359, 360)
+    target = (max(reference(n, 1) for n in sizes) + min(reference(n, 2) for n in sizes)) / 2
+    config = tiny_config(clients=4, clients_per_round=2, rounds=10, mode="async",
+                         asynchronous={"concurrency": 2, "buffer_size": 1},
+                         train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1,
+                                "dp": {"noise_multiplier": 1.0, "delta": 1e-4, "target_epsilon": target}})
+    result = run_experiment(config)
+    rows = [row for row in History(config.history).invocations(result.run_id) if row["outcome"] == "succeeded"]
+    assert result.status == "stopped" and len(result.round_metrics) == 4
+    assert sorted(row["client_id"] for row in rows) == [f"client-{i:04d}" for i in range(4)]
+    for row in rows:
+        epsilon = result.accountant.epsilon(row["client_id"])
+        assert epsilon == pytest.approx(reference(row["num_examples"], 1), rel=1e-9) and epsilon <= target
