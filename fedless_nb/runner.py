@@ -280,7 +280,7 @@ def _accountant(config: ExperimentConfig, sizes: dict[str, int]) -> ExampleLevel
              if size >= (dp.num_microbatches or 1)}
     accountant = ExampleLevelAccountant(dp.delta, dp.accountant, dp.target_epsilon, expected_facts=facts,
                                         straggler_steps=_straggler_steps(config, {c: sizes[c] for c in facts}, train),
-                                        every_round_cut=_every_round_cut(config))
+                                        straggler_cut=_straggler_cut(config))
     accountant.check_reachable(stop_run=dp.on_budget == "stop_run")  # before anything is deployed or trained
     return accountant
 
@@ -296,7 +296,8 @@ def _selection(config: ExperimentConfig, accountant: ExampleLevelAccountant | No
         policy = make_selection(config.selection.policy, seed)
     if accountant is None or accountant.target_epsilon is None:
         return policy
-    return BudgetedSelection(policy, accountant, stop_run=config.train.dp.on_budget == "stop_run")  # type: ignore[union-attr]
+    return BudgetedSelection(policy, accountant, stop_run=config.train.dp.on_budget == "stop_run",  # type: ignore[union-attr]
+                             draw_from_all=config.central_dp is not None)
 
 
 def _stragglers(config: ExperimentConfig) -> Stragglers | None:
@@ -312,15 +313,15 @@ def _straggler_steps(config: ExperimentConfig, sizes: dict[str, int], train: dic
     return lambda client_id, budget_epochs: steps_under_cut(sizes[client_id], train, budget_epochs)
 
 
-def _every_round_cut(config: ExperimentConfig) -> float | None:
-    """The straggler cut every client gets in every round it trains, if the stragglers' fraction leaves no selected
-    client its full epochs (what the budget then projects a round to cost); None otherwise. Central DP's Poisson
+def _straggler_cut(config: ExperimentConfig) -> float | None:
+    """The straggler cut a round's draw may give a selected client (a client that can afford only its cut round may
+    still be selected: the budget checks its round as drawn); None when no draw cuts one. Central DP's Poisson
     selection may take every client in a round."""
     stragglers = _stragglers(config)
     if stragglers is None:
         return None
     poisson = config.central_dp is not None and config.central_dp.sampling == "poisson"
-    return stragglers.cut_for_all(config.clients if poisson else config.clients_per_round, config.train.epochs)
+    return stragglers.possible_cut(config.clients if poisson else config.clients_per_round, config.train.epochs)
 
 
 def _aggregation(config: ExperimentConfig) -> TreeOptions:

@@ -317,3 +317,22 @@ def test_an_integer_layer_the_clients_disagree_on_gets_the_nearest_integer_of_th
     assert aggregate("trimmed_mean", [4, 6, 7], beta=0.0) == 6
     assert aggregate("fedmedian", [4, 7]) == 6 and aggregate("fedmedian", [-4, -7]) == -6
     assert aggregate("krum", [4, 6, 7], to_keep=3) == 6
+
+
+def test_median_trimmed_mean_and_bulyan_stay_finite_where_a_float32_sum_overflows():
+    """Values near float32's largest are finite, and so is any mean of them; the median's two middle values, the
+    trimmed mean's and Bulyan's kept values summed in float32 (as Flower sums them) overflowed to inf, which the
+    next round turns into nan. Elsewhere the sums are still Flower's, to the bit (the tests above)."""
+    big = np.float32(3e38)
+    models = [layers([big, -big, float(i)]) for i in range(5)]
+    expected = layers([big, -big, 2.0])
+    results = [(m, 1) for m in models]
+    with np.errstate(over="ignore"):
+        assert np.isinf(flwr.aggregate_median(results[:4])[0][0]) and np.isinf(flwr.aggregate_trimmed_avg(results, 0.2)[0][0])
+    assert_layers(median(models[:4]), layers([big, -big, 1.5]))
+    assert_layers(trimmed_mean(models, 0.2), expected)
+    assert_layers(trimmed_mean(models, 0.0), expected)
+    assert_layers(bulyan(models, 0)[0], expected)
+    for name, options in (("fedmedian", {}), ("trimmed_mean", {"beta": 0.2}), ("bulyan", {})):
+        updates = [ClientUpdate(f"c{i}", m, 1) for i, m in enumerate(models)]
+        assert all(np.isfinite(layer).all() for layer in make_strategy(name, options).aggregate(1, models[0], updates))

@@ -260,3 +260,33 @@ def test_which_clients_a_round_takes_cannot_be_drawn_again_from_the_runs_seed(sa
         config = ExperimentConfig.from_dict({"clients": 200, "clients_per_round": 20, "seed": 3, "central_dp": dp})
         rounds = [[_selection(config, None).select(r, clients, 20) for r in (1, 2)] for _ in range(2)]
         assert (rounds[0] == rounds[1]) == repeats
+
+
+@pytest.mark.parametrize("sampling", ["fixed", "poisson"])
+def test_a_privacy_budget_leaves_each_client_the_rate_the_client_level_accountant_assumes(sampling):
+    """Two of four clients are out of their example-level budget. Central DP accounts each round as q = 2 / 4 of the
+    clients: drawing the round's 2 among the 2 left took both every round (q = 1), so the stated client-level epsilon
+    did not hold; now the round draws from all four and a drawn client out of budget sits it out."""
+    from collections import Counter
+
+    from fedless_nb.experiment import ExperimentConfig
+    from fedless_nb.privacy.accounting import DpRound, ExampleLevelAccountant, epsilon
+    from fedless_nb.runner import _selection
+
+    clients = [f"client-{i:04d}" for i in range(4)]
+    facts = {"steps": 20, "sampling_rate": 0.1, "batch_size": 4, "num_examples": 40, "noise_multiplier": 1.0,
+             "l2_norm_clip": 1.0, "microbatch_size": 1, "sampling": "poisson"}
+    target = epsilon([DpRound(20, 0.1, 1.0)], 1e-5) * 1.01  # one round fits, two do not
+    accountant = ExampleLevelAccountant(1e-5, target_epsilon=target, expected_facts={c: facts for c in clients})
+    for client_id in clients[:2]:
+        accountant.charge(client_id)
+    config = ExperimentConfig.from_dict({
+        "clients": 4, "clients_per_round": 2,
+        "central_dp": {"noise_multiplier": 1.0, "clip_norm": 1.0, "sampling": sampling},
+        "train": {"epochs": 1, "batch_size": 4, "dp": {"noise_multiplier": 1.0, "target_epsilon": target}}})
+    selection = _selection(config, accountant)
+    taken = Counter(client_id for round_number in range(1, 401) for client_id in selection.select(round_number, clients, 2))
+    assert taken[clients[0]] == taken[clients[1]] == 0
+    for client_id in clients[2:]:  # binomial(400, 1/2): 200 +- 10; the old draw took each in all 400
+        assert 140 < taken[client_id] < 260
+    accountant.close()

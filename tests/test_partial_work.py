@@ -160,6 +160,15 @@ def test_fednova_equals_fedavg_when_every_client_did_the_same_steps():
                                _bound("fedavg").aggregate(1, CURRENT, [FULL, other])[0], rtol=1e-6)
 
 
+def test_fednova_refuses_an_update_of_zero_steps_rather_than_take_it_for_the_planned_ones():
+    """No client takes 0 steps (the controller refuses such a claim), but given one through the strategy API FedNova
+    (and SCAFFOLD) took it for the planned 4 steps (0 is falsy) and weighted it as a full client's."""
+    zero = ClientUpdate("zero", [np.array([0.0, 0.0], np.float32)], 20, steps=0, partial=True)
+    with pytest.raises(ValueError, match="at least one local step, got 0"):
+        _bound("fednova").aggregate(1, CURRENT, [FULL, zero])
+    assert zero.steps_taken(TRAIN) == 0 and ClientUpdate("unreported", [], 20).steps_taken(TRAIN) == 4
+
+
 def test_fednova_norm_of_the_proximal_local_solver():
     assert local_solver_norm(4, 0.5) == 4.0
     # alpha = lr * mu = 0.5: 1 + 0.5 + 0.25 + 0.125
@@ -281,10 +290,10 @@ def test_a_budget_below_zero_is_refused_by_config(tiny_config):
 # -- what DP-SGD charges a client that stopped short ---------------------------------------------------
 
 
-def _dp_run(tiny_config, **overrides):
+def _dp_run(tiny_config, rounds=2, **overrides):
     """A DP-SGD run of 4 clients (about 360 digits each, q = 32 / n, 23 planned Poisson steps over 2 epochs),
     its history's invocations, the epsilon the run states per client and its status."""
-    config = tiny_config(clients=4, clients_per_round=4, rounds=2,
+    config = tiny_config(clients=4, clients_per_round=4, rounds=rounds,
                          train={"epochs": 2, "batch_size": 32, "learning_rate": 0.1, **overrides.pop("train", {}),
                                 "dp": {"noise_multiplier": 1.1, "l2_norm_clip": 1.0, "delta": 1e-3,
                                        **overrides.pop("dp", {})}}, **overrides)
@@ -332,10 +341,44 @@ def test_a_target_epsilon_is_projected_with_the_cut_when_every_selected_client_s
         assert stated[row["client_id"]] <= target < _dp_accounting_epsilon([11, 11], row["num_examples"])
 
 
-def test_the_cut_every_selected_client_gets_is_known_only_when_no_selection_leaves_one_out():
-    assert Stragglers(0.9, 0.5).cut_for_all(4, epochs=2) == 1.0, "90% of 1 to 4 clients rounds to all of them"
-    assert Stragglers(0.9, 0.5).cut_for_all(5, epochs=2) is None, "90% of 5 is 4 (round half to even)"
-    assert Stragglers(1.0, 0.25).cut_for_all(1000, epochs=4) == 1.0
+def test_a_target_epsilon_charges_each_round_as_its_straggler_draw_made_it(tiny_config):
+    """Half of each round's 4 clients straggle (11 of their 23 planned steps). The target lets a client take two cut
+    rounds (22 steps) but never a full one (23): the budget used to project a full round before the draw and refused
+    the run before it trained. Now each round trains exactly the clients its draw cuts while they have budget
+    left (the others sit it out, counted as skipped), every client is charged dp-accounting's epsilon for the
+    steps it took, within the target, and the run ends at the first round whose draw cuts none of them."""
+    def reference(steps, n):
+        return _dp_accounting_epsilon([steps], n)
+
+    sizes = (359, 360)
+    assert max(reference(22, n) for n in sizes) < min(reference(23, n) for n in sizes)
+    target = (max(reference(22, n) for n in sizes) + min(reference(23, n) for n in sizes)) / 2
+    rows, stated, status = _dp_run(tiny_config, rounds=6, stragglers={"fraction": 0.5, "work": 0.5},
+                                   dp={"target_epsilon": target, "on_budget": "skip_client"})
+    assert rows and all((row["steps"], row["partial"]) == (11, 1) for row in rows), "no full round fits"
+    for client_id, epsilon in stated.items():
+        own = [row for row in rows if row["client_id"] == client_id]
+        assert epsilon == pytest.approx(_dp_accounting_epsilon([11] * len(own), own[0]["num_examples"]), rel=1e-9)
+        assert epsilon <= target and len(own) <= 2
+    # every round that fits: replay the run's draws (every client with budget left is selected, 4 a round)
+    steps = {f"client-{index:04d}": 0 for index in range(4)}
+    for round_number in range(1, 7):
+        selected = [client for client, taken in steps.items() if taken + 11 <= 22]
+        cut = Stragglers(0.5, 0.5, seed=0).overrides(round_number, selected, 2) if selected else {}
+        trained = sorted(row["client_id"] for row in rows if row["round"] == round_number)
+        assert trained == sorted(cut), f"round {round_number}"
+        if not cut:
+            assert status == "stopped" and not any(row["round"] > round_number for row in rows)
+            break
+        steps.update({client: steps[client] + 11 for client in cut})
+
+
+def test_the_cut_a_draw_may_give_is_known_unless_no_selection_has_a_straggler():
+    assert Stragglers(0.9, 0.5).possible_cut(5, epochs=2) == 1.0
+    assert Stragglers(0.5, 0.5).possible_cut(4, epochs=2) == 1.0, "half of 2 to 4 clients rounds to one or more"
+    assert Stragglers(0.4, 0.5).possible_cut(1, epochs=2) is None, "40% of one client rounds to none"
+    assert Stragglers(0.5, 0.5).possible_cut(1, epochs=2) is None, "half of one rounds to none (half to even)"
+    assert Stragglers(1.0, 0.25).possible_cut(1000, epochs=4) == 1.0
 
 
 def test_a_time_budget_stop_is_charged_the_planned_steps(tiny_config):

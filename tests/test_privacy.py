@@ -180,6 +180,28 @@ def test_budget_skips_exhausted_clients_or_stops_the_run():
     accountant.close()
 
 
+def test_a_budget_checks_each_selected_client_at_the_round_its_straggler_draw_gave_it():
+    """A cut round (10 steps) fits the target, a planned one (20) does not: every client may be selected, and the
+    draw decides; a client it leaves its full epochs sits the round out (skip_client) or ends the run (stop_run)."""
+    cut, planned = epsilon([DpRound(10, 0.1, 1.0)], 1e-5), epsilon([DpRound(20, 0.1, 1.0)], 1e-5)
+    accountant = ExampleLevelAccountant(1e-5, target_epsilon=(cut + planned) / 2,
+                                        expected_facts={c: _facts() for c in "abcd"},
+                                        straggler_steps=lambda client, budget_epochs: 10, straggler_cut=0.5)
+    accountant.check_reachable(stop_run=True)  # one cut round fits every client
+    skipping = BudgetedSelection(RandomSelection(0), accountant)
+    assert skipping.select(1, list("abcd"), 4) == list("abcd")
+    assert skipping.admit(1, list("abcd"), {"a": 0.5, "c": 0.5}) == ["a", "c"]
+    assert accountant.round_metrics(1)["clients_skipped"] == 2.0
+    with pytest.raises(PrivacyBudgetExhausted, match="round 1's straggler draw leaves 2 of its 4 client"):
+        BudgetedSelection(RandomSelection(0), accountant, stop_run=True).admit(1, list("abcd"), {"a": 0.5, "c": 0.5})
+    with pytest.raises(PrivacyBudgetExhausted, match="leaves 2 of its 2 client"):  # none fits: the run ends
+        skipping.admit(2, ["b", "d"], {})
+    accountant.charge("a", 0.5)
+    assert accountant.epsilon("a") == pytest.approx(cut)
+    assert not accountant.allows("a") and accountant.allows("b"), "a second cut round is a planned one's 20 steps"
+    accountant.close()
+
+
 def test_a_secure_round_spends_one_dp_round_though_every_stage_succeeds():
     import dp_accounting
 
@@ -253,3 +275,32 @@ def test_more_noise_means_lower_epsilon_and_lower_accuracy_on_digits(tiny_config
     assert [eps for _, _, eps in outcomes] == sorted([eps for _, _, eps in outcomes], reverse=True)
     assert low_noise_eps > high_noise_eps
     assert low_noise_accuracy > high_noise_accuracy + 0.1
+
+
+def test_fedbuff_with_a_privacy_budget_lets_the_clients_in_flight_finish(tiny_config):
+    """FedBuff, two clients training at a time, one update per version, a target that fits one round per client. The
+    third version leaves every client not training out of budget while the fourth still trains: the run ended there
+    and cancelled it (3 versions, one client never charged); now it ends once that client is back, each client charged
+    dp-accounting's epsilon for its one round."""
+    import dp_accounting as dpa
+
+    from fedless_nb.records.history import History
+    from fedless_nb.runner import run_experiment
+
+    def reference(n, rounds):
+        event = dpa.PoissonSampledDpEvent(32 / n, dpa.GaussianDpEvent(1.0))
+        return dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(event, -(-n // 32) * rounds)).get_epsilon(1e-4)
+
+    sizes = (359, 360)
+    target = (max(reference(n, 1) for n in sizes) + min(reference(n, 2) for n in sizes)) / 2
+    config = tiny_config(clients=4, clients_per_round=2, rounds=10, mode="async",
+                         asynchronous={"concurrency": 2, "buffer_size": 1},
+                         train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1,
+                                "dp": {"noise_multiplier": 1.0, "delta": 1e-4, "target_epsilon": target}})
+    result = run_experiment(config)
+    rows = [row for row in History(config.history).invocations(result.run_id) if row["outcome"] == "succeeded"]
+    assert result.status == "stopped" and len(result.round_metrics) == 4
+    assert sorted(row["client_id"] for row in rows) == [f"client-{i:04d}" for i in range(4)]
+    for row in rows:
+        epsilon = result.accountant.epsilon(row["client_id"])
+        assert epsilon == pytest.approx(reference(row["num_examples"], 1), rel=1e-9) and epsilon <= target

@@ -357,10 +357,11 @@ class ExampleLevelAccountant:
     `planned` is each client's round as the controller makes it (its DP settings, its partition
     size); `expected_facts` the privacy facts a function must report for it. An observer of the
     controller's events: a client's succeeded training invocation adds its planned round to its
-    ledger, in a worker thread. `allows` answers whether a client may train once more without
-    exceeding `target_epsilon` (its state plus its `next_round`: the planned round, or a straggler's
-    round where every round cuts every selected client, `every_round_cut`). Reads wait for queued
-    work (usually microseconds: events are cached); the event loop awaits `settled()` instead.
+    ledger, in a worker thread. `fits` answers whether a client may train once more, in the round a
+    round's draw gives it (its planned round, or a straggler's with its cut), without exceeding
+    `target_epsilon`; `allows` whether its cheapest next round does (the cut one where a draw may cut it,
+    `straggler_cut`): who may be selected before the draw. Reads wait for queued work (usually
+    microseconds: events are cached); the event loop awaits `settled()` instead.
 
     A simulated straggler (the `stragglers` option) is charged the steps its cut allows
     (`straggler_steps(client, budget_epochs)`, the cut its invocation event carries), not its planned
@@ -374,21 +375,21 @@ class ExampleLevelAccountant:
 
     def __init__(self, delta: float, accountant: str = "rdp", target_epsilon: float | None = None, *,
                  expected_facts: dict[str, dict[str, Any]] | None = None,
-                 straggler_steps: StragglerSteps | None = None, every_round_cut: float | None = None) -> None:
+                 straggler_steps: StragglerSteps | None = None, straggler_cut: float | None = None) -> None:
         self.delta, self.accountant, self.target_epsilon = delta, accountant, target_epsilon
         self.expected_facts = dict(expected_facts or {})
         self.straggler_steps = straggler_steps
         self.planned = {client: DpRound.from_facts(facts) for client, facts in self.expected_facts.items()}
-        # What one more round costs each client, as the budget projects it: its planned round, or its cut one where
-        # every round cuts every selected client (one that a draw may leave to run its full epochs: as planned)
-        self.next_round = {client: self._taken(client, every_round_cut) for client in self.planned}
+        # The cuts a client's next round may have: none (its planned round) and the one a straggler draw may give it
+        self.cheapest_cut = straggler_cut if straggler_steps is not None else None
+        self._next_cuts = (None,) if self.cheapest_cut is None else (None, self.cheapest_cut)
         if self.planned:  # n: the examples the model is trained on, every client's (a mechanism that publishes each
             # with probability delta leaks delta * n of them; the smallest client's n was the most lenient test)
             warn_if_weak_delta(delta, sum(r.population for r in self.planned.values()), "train.dp.delta", "example")
         self.ledger = PrivacyLedger(delta, accountant)
         self.skipped: dict[int, list[str]] = {}
         self._epsilon: dict[str, float] = {}
-        self._projected: dict[str, float] = {}
+        self._projected: dict[str, dict[float | None, float]] = {}  # client -> cut -> epsilon after that round
         self._fresh_projection: dict[DpRound, float] = {}  # clients with no round yet share their projection
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fedless-accountant")
         self._pending: Future[Any] | None = None
@@ -414,8 +415,13 @@ class ExampleLevelAccountant:
     def _add(self, client_id: str, taken: DpRound) -> None:
         self.ledger.add(client_id, taken)
         self._epsilon[client_id] = self.ledger.epsilon(client_id)
-        if self.target_epsilon is not None:
-            self._projected[client_id] = self.ledger.projected_epsilon(client_id, self.next_round[client_id])
+        self._project(client_id)
+
+    def _project(self, client_id: str) -> None:
+        """Keep the client's epsilon after each round it may be given next (the budget's questions), from its state."""
+        if self.target_epsilon is not None and client_id in self.planned:
+            self._projected[client_id] = {cut: self.ledger.projected_epsilon(client_id, self._taken(client_id, cut))
+                                          for cut in self._next_cuts}
 
     def check_result(self, client_id: str, result: dict[str, Any]) -> str | None:
         """Why a result's reported privacy facts cannot be accepted (they differ from the controller's), or None."""
@@ -446,14 +452,15 @@ class ExampleLevelAccountant:
         self.settle()
         return self._epsilon.get(client_id, 0.0)
 
-    def projected_epsilon(self, client_id: str) -> float | None:
-        """Epsilon after one more round (`next_round`); None when the client has no planned round."""
+    def projected_epsilon(self, client_id: str, budget_epochs: float | None = None) -> float | None:
+        """Epsilon after one more round: the planned one, or the shorter one a straggler's cut (`budget_epochs`)
+        allows; None when the client has no planned round."""
         self.settle()
-        if client_id in self._projected:
-            return self._projected[client_id]
-        next_round = self.next_round.get(client_id)
-        if next_round is None:
+        if budget_epochs in self._projected.get(client_id, {}):
+            return self._projected[client_id][budget_epochs]
+        if client_id not in self.planned:
             return None
+        next_round = self._taken(client_id, budget_epochs)
         if client_id in self.ledger.subjects:
             return self.ledger.projected_epsilon(client_id, next_round)
         if next_round not in self._fresh_projection:
@@ -465,7 +472,7 @@ class ExampleLevelAccountant:
         stops at the first exhausted client, for any): the run would end before it trained anything."""
         if self.target_epsilon is None or not self.planned:
             return
-        first = {client: self.projected_epsilon(client) or 0.0 for client in self.planned}
+        first = {client: self.projected_epsilon(client, self.cheapest_cut) or 0.0 for client in self.planned}
         over = [epsilon for epsilon in first.values() if epsilon > self.target_epsilon]
         if over and (stop_run or len(over) == len(first)):
             who, cost = ("every client", min(first.values())) if len(over) == len(first) else (
@@ -475,11 +482,17 @@ class ExampleLevelAccountant:
                 f"(one round spends {cost:.3g}): raise train.dp.target_epsilon or train.dp.noise_multiplier, "
                 "or lower train.epochs")
 
-    def allows(self, client_id: str) -> bool:
+    def fits(self, client_id: str, budget_epochs: float | None = None) -> bool:
+        """Whether the client stays within `target_epsilon` after one more round: the planned one, or the shorter one
+        a straggler's cut (`budget_epochs`) allows, which is what the round's draw will charge it."""
         if self.target_epsilon is None:
             return True
-        projected = self.projected_epsilon(client_id)
+        projected = self.projected_epsilon(client_id, budget_epochs)
         return projected is None or projected <= self.target_epsilon
+
+    def allows(self, client_id: str) -> bool:
+        """Whether the client may be selected: its cheapest next round (its cut one, where a draw may cut it) fits."""
+        return self.fits(client_id, self.cheapest_cut)
 
     def round_metrics(self, round_number: int) -> dict[str, float]:
         """The run's worst-case and mean epsilon so far, for the history's "privacy" scope."""
@@ -518,5 +531,4 @@ class ExampleLevelAccountant:
         self.ledger.load_state(state.get("ledger", {}))
         for client_id in self.ledger.subjects:
             self._epsilon[client_id] = self.ledger.epsilon(client_id)
-            if self.target_epsilon is not None and client_id in self.planned:
-                self._projected[client_id] = self.ledger.projected_epsilon(client_id, self.next_round[client_id])
+            self._project(client_id)

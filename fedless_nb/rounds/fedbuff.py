@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator
 from .controller import ClientRef, Controller
 from .events import RoundStarted
 from ..experiment import AsyncConfig
+from ..privacy.accounting import PrivacyBudgetExhausted
 from ..providers.base import InvocationError
 from ..strategies.aggregate import STALENESS_FUNCTIONS, fedbuff, staleness_weight, subtract
 from ..strategies.base import ClientUpdate, Weights
@@ -56,13 +57,20 @@ class FedBuff:
     def _dispatch(self, in_flight: dict[asyncio.Future[Any], _Dispatch], version: int, tasked: set[str]) -> None:
         """Start clients until `concurrency` are training. A client trains at most once at a time and once
         per global version: a second task from the same model would redo the same work under the same
-        update key, which the function rightly refuses as a replay."""
+        update key, which the function rightly refuses as a replay. Where the privacy budget refuses every
+        client not training, the ones training still finish (each fitted the budget when it started, and
+        may fit it again): the run ends once none is left training."""
         controller = self.controller
         while len(in_flight) < self.options.concurrency:
             idle = [client_id for client_id in controller.clients if client_id not in tasked]
             if not idle:
                 return
-            (client_id,) = controller.selection.select(version + 1, idle, 1)
+            try:
+                (client_id,) = controller.selection.select(version + 1, idle, 1)
+            except PrivacyBudgetExhausted:
+                if in_flight:
+                    return
+                raise
             client = controller.clients[client_id]
             started = time.time()
             deadline = started + controller.plan.round_deadline

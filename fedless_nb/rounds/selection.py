@@ -18,6 +18,11 @@ class SelectionPolicy(ABC):
     def select(self, round_number: int, client_ids: Sequence[str], count: int) -> list[str]:
         """The clients for `round_number`, in a deterministic order."""
 
+    def admit(self, round_number: int, selected: Sequence[str], cuts: dict[str, float]) -> list[str]:
+        """The selected clients that may train the round as its draw made it (`cuts`: each simulated straggler's
+        budget_epochs); all of them by default."""
+        return list(selected)
+
     def observe(self, event: Any) -> None:
         """Learn from the controller's events (invocation durations, failures); nothing by default."""
 
@@ -135,12 +140,22 @@ class FedLesScanSelection(SelectionPolicy):
 class BudgetedSelection(SelectionPolicy):
     """Wraps a policy so that clients whose privacy budget the next round would exceed do not train.
 
-    `stop_run`: end the run (PrivacyBudgetExhausted) as soon as any client is out of budget,
-    instead of training the others. The run also ends when no client has budget left.
+    `select` leaves out the clients whose cheapest next round (a straggler's cut one, where a draw may cut
+    them) would pass the target; `admit`, once the round's straggler draw is made, the selected clients whose
+    round as drawn would: so each client is charged exactly what the round spends, and trains every round that
+    fits. `stop_run`: end the run (PrivacyBudgetExhausted) as soon as any client is out of budget, or a round's
+    draw would take a selected client past it, instead of training the others. The run also ends when no
+    client has budget left, or a round's draw leaves none of its selected clients within it.
+
+    `draw_from_all` (central DP): the inner policy draws from every client, and a drawn client out of budget
+    sits the round out. Drawing `count` among only the clients with budget left would take each of them with
+    a higher probability than the client-level accountant's q = clients_per_round / clients (all of them,
+    once no more than `count` are left), so the epsilon it states would not hold.
     """
 
-    def __init__(self, inner: SelectionPolicy, accountant: Any, stop_run: bool = False) -> None:
-        self.inner, self.accountant, self.stop_run = inner, accountant, stop_run
+    def __init__(self, inner: SelectionPolicy, accountant: Any, stop_run: bool = False,
+                 draw_from_all: bool = False) -> None:
+        self.inner, self.accountant, self.stop_run, self.draw_from_all = inner, accountant, stop_run, draw_from_all
 
     def observe(self, event: Any) -> None:
         self.inner.observe(event)
@@ -162,7 +177,22 @@ class BudgetedSelection(SelectionPolicy):
             raise PrivacyBudgetExhausted(
                 f"round {round_number} would take {len(exhausted)} client(s) past target_epsilon {target:g}; "
                 "raise train.dp.target_epsilon or the noise to train longer")
+        if self.draw_from_all:
+            return [c for c in self.inner.select(round_number, client_ids, count) if c in allowed]
         return self.inner.select(round_number, allowed, min(count, len(allowed)))
+
+    def admit(self, round_number: int, selected: Sequence[str], cuts: dict[str, float]) -> list[str]:
+        from ..privacy.accounting import PrivacyBudgetExhausted
+
+        admitted = [c for c in selected if self.accountant.fits(c, cuts.get(c))]
+        over = [c for c in selected if c not in admitted]
+        self.accountant.skipped.setdefault(round_number, []).extend(over)
+        if over and (self.stop_run or not admitted):
+            raise PrivacyBudgetExhausted(
+                f"round {round_number}'s straggler draw leaves {len(over)} of its {len(selected)} client(s) their full "
+                f"epochs, which would take them past target_epsilon {self.accountant.target_epsilon:g}; "
+                "raise train.dp.target_epsilon or the noise to train longer")
+        return admitted
 
 
 def make_selection(policy: str, seed: int) -> SelectionPolicy:

@@ -27,10 +27,9 @@ class Stragglers:
         chosen = np.random.default_rng([self.seed, round_number]).choice(len(selected), size=count, replace=False)
         return {selected[int(index)]: {"budget_epochs": self.work * epochs} for index in sorted(chosen)}
 
-    def cut_for_all(self, most_selected: int, epochs: int) -> float | None:
-        """The cut (budget_epochs) every selected client gets in every round, when `fraction` of any selection of up
-        to `most_selected` clients rounds to all of them (fraction 1, or near it with few clients a round); None when
-        a draw may leave some client its full epochs."""
-        if all(round(self.fraction * count) == count for count in range(1, most_selected + 1)):
+    def possible_cut(self, most_selected: int, epochs: int) -> float | None:
+        """The cut (budget_epochs) a round's draw may give a selected client, or None when `fraction` of every
+        selection of up to `most_selected` clients rounds to no straggler (e.g. 0.4 of 1)."""
+        if any(round(self.fraction * count) > 0 for count in range(1, most_selected + 1)):
             return self.work * epochs
         return None

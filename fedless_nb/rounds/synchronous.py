@@ -63,14 +63,17 @@ class SynchronousRounds:
         controller = self.controller
         started = time.time()
         selected = controller.selection.select(round_number, list(controller.clients), controller.plan.clients_per_round)
+        slow = ({} if controller.plan.stragglers is None else
+                controller.plan.stragglers.overrides(round_number, selected, int(controller.plan.train["epochs"])))
+        # the privacy budget checks each client's round as drawn: a straggler is charged its cut
+        selected = controller.selection.admit(round_number, selected,
+                                              {cid: cut["budget_epochs"] for cid, cut in slow.items()})
         strategy, options = controller.strategy, controller.plan.aggregation
         in_functions = options.in_functions(strategy, len(selected), sum(layer.nbytes for layer in weights))
         streamed = StreamingRound(strategy, weights) if isinstance(strategy, SumStrategy) and not in_functions else None
         arrivals: list[Arrival] = []
         overrides = controller.strategy.configure_round(round_number, selected)
-        if controller.plan.stragglers is not None:
-            slow = controller.plan.stragglers.overrides(round_number, selected, int(controller.plan.train["epochs"]))
-            overrides = {cid: {**overrides.get(cid, {}), **slow.get(cid, {})} for cid in {*overrides, *slow}}
+        overrides = {cid: {**overrides.get(cid, {}), **slow.get(cid, {})} for cid in {*overrides, *slow}}
         controller.emit(RoundStarted(controller.run_id, round_number, selected, started))
         deadline = started + controller.plan.round_deadline
         calls: dict[asyncio.Future[dict[str, Any]], ClientRef] = {}

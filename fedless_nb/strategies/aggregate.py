@@ -95,11 +95,28 @@ def fedopt(
     return new, m, v
 
 
+def _median(stacked: np.ndarray) -> np.ndarray:
+    """np.median over axis 0, taken in float64 and returned in the values' float dtype: Flower's float32 median to
+    the bit (the mean of the two middle values, rounded once either way), but finite where their float32 sum
+    overflows (two values near float32's largest)."""
+    dtype = stacked.dtype if np.issubdtype(stacked.dtype, np.floating) else np.float64
+    return np.median(stacked.astype(np.float64), axis=0).astype(dtype)
+
+
+def _mean(values: np.ndarray) -> np.ndarray:
+    """np.mean over axis 0 in the values' dtype, the sums Flower makes to the bit, except in a coordinate where that
+    sum overflows the dtype though every value is finite: there the float64 mean, finite as the values are."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = np.mean(values, axis=0)
+    overflowed = ~np.isfinite(mean)
+    return np.where(overflowed, np.mean(values, axis=0, dtype=np.float64), mean) if overflowed.any() else mean
+
+
 def median(updates: Sequence[Sequence[np.ndarray]]) -> Layers:
     """Coordinate-wise median of the client models (FedMedian, Yin et al. 2018); sample counts are ignored."""
     if not updates:
         raise ValueError("median needs at least one update")
-    return [in_dtype(np.median(np.stack(layers), axis=0), layers[0].dtype) for layers in zip(*updates)]
+    return [in_dtype(_median(np.stack(layers)), layers[0].dtype) for layers in zip(*updates)]
 
 
 def trimmed_mean(updates: Sequence[Sequence[np.ndarray]], beta: float) -> Layers:
@@ -114,7 +131,7 @@ def trimmed_mean(updates: Sequence[Sequence[np.ndarray]], beta: float) -> Layers
     result = []
     for layers in zip(*updates):
         parted = np.partition(np.stack(layers), (cut, n - cut - 1), axis=0)
-        result.append(in_dtype(np.mean(parted[cut : n - cut], axis=0), layers[0].dtype))
+        result.append(in_dtype(_mean(parted[cut : n - cut]), layers[0].dtype))
     return result
 
 
@@ -174,10 +191,11 @@ def bulyan(updates: Sequence[Sequence[np.ndarray]], num_malicious: int) -> tuple
     result = []
     for layers in zip(*(updates[i] for i in selected)):
         stacked = np.stack(layers)
-        distance = np.abs(np.median(stacked, axis=0) - stacked)
+        with np.errstate(over="ignore"):  # a distance past float32's range is inf: farthest, as it is
+            distance = np.abs(_median(stacked) - stacked)
         nearest = np.argpartition(distance, kth=beta - 1, axis=0)
         closest = np.take_along_axis(stacked, nearest, axis=0)[:beta]
-        result.append(in_dtype(np.mean(closest, axis=0), layers[0].dtype))
+        result.append(in_dtype(_mean(closest), layers[0].dtype))
     return result, selected
 
 

@@ -36,6 +36,13 @@ class ClientUpdate:
     steps: int | None = None
     partial: bool = False
 
+    def steps_taken(self, train: dict[str, Any]) -> int:
+        """The local steps it took: the ones it reported, or the planned ones (`train`) where it reported none. A
+        reported 0 stays 0 (a client always takes one step), which the rules that divide by the steps refuse."""
+        from ..function.batching import local_steps
+
+        return local_steps(self.num_examples, train) if self.steps is None else self.steps
+
 
 class Strategy(ABC):
     """Turns the current global model and the clients' updates into the next global model."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..function.batching import local_steps
 from ..reduction import SumSpec, SumTerm, WeightedSum
 from .aggregate import add_scaled, local_solver_norm
 from .base import ClientUpdate, RunContext, SumStrategy, Weights
@@ -43,8 +42,7 @@ class FedNova(SumStrategy):
     def sum_term(self, update: ClientUpdate) -> SumTerm | None:
         if self.train is None:
             raise RuntimeError("FedNova needs the run's train settings: call bind() before round 1")
-        norm = local_solver_norm(update.steps or local_steps(update.num_examples, self.train),
-                                 float(self.train["learning_rate"]), self.proximal_mu)
+        norm = local_solver_norm(update.steps_taken(self.train), float(self.train["learning_rate"]), self.proximal_mu)
         examples = float(update.num_examples)
         return SumTerm(-examples / norm, examples, {"tau": examples * norm})
 

@@ -83,8 +83,6 @@ class Scaffold(Strategy):
         return overrides
 
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
-        from ..function.batching import local_steps
-
         context, control = self._bound(), self.control or []
         for key in [key for replaced, key in self.superseded if replaced < round_number]:
             context.store.delete(key)
@@ -92,8 +90,8 @@ class Scaffold(Strategy):
         deltas = []
         for update in updates:
             old = self._client_control(update.client_id)
-            steps = update.steps or local_steps(update.num_examples, context.train)
-            new = scaffold_controls(old, control, current, update.weights, steps, float(context.train["learning_rate"]))
+            new = scaffold_controls(old, control, current, update.weights, update.steps_taken(context.train),
+                                    float(context.train["learning_rate"]))
             self._store_client_control(round_number, update.client_id, new)
             deltas.append(subtract(new, old))
         average = fedavg([u.weights for u in updates], [u.num_examples for u in updates])
