@@ -634,11 +634,14 @@ class _RetracingWarnings(logging.Filter):
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext fedless_nb`: register the magics, make them configurable with %config, quiet TensorFlow.
 
-    A reload replaces the previous instance (by name: a reloaded module defines a new class);
-    settings made with %config live in the shell's config and carry over.
+    A reload replaces the previous instance (by name: a reloaded module defines a new class) and takes over its
+    background runs; settings made with %config live in the shell's config and carry over.
     """
-    ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != FedlessMagics.__name__]
+    previous = [c for c in ipython.configurables if type(c).__name__ == FedlessMagics.__name__]
+    ipython.configurables[:] = [c for c in ipython.configurables if c not in previous]
     magics = FedlessMagics(ipython)  # Magics.__init__ adds it to ipython.configurables
+    for replaced in previous:  # its background runs train on: %fedless_stop must still find them
+        magics._background.extend(replaced._background)
     ipython.register_magics(magics)
     register_option_completers(ipython, magics)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet even when the notebook imports TensorFlow itself
