@@ -46,3 +46,17 @@ def test_a_stop_asked_at_any_stage_ends_the_run_after_the_round_in_progress(tiny
     result = runs[0].future.result(300)
     assert result.status == "stopped"
     assert len(result.round_metrics) == (2 if stage == "round 2 set up" else 1)
+
+
+def test_a_stop_asked_in_the_last_round_says_the_run_finishes(tiny_config):
+    """A stop asked in the last round skips no round: the run finishes. The line used to say it stops after its current
+    round and how to continue it, while it finished every round."""
+    hold = HoldAt(lambda event: isinstance(event, RoundStarted) and event.round == 2)
+    run = BackgroundRun(tiny_config(rounds=2), None, [hold])
+    assert hold.reached.wait(300), "the run never began its last round"
+    try:
+        line = run.stop()
+    finally:
+        hold.release.set()
+    assert line == f"Run {run.run_id} has no round left to skip: it finishes after round 2"
+    assert run.future.result(300).status == "finished"

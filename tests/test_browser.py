@@ -186,26 +186,58 @@ def save(page):
 
 
 QUEUED_OR_RUN = re.compile(r"\[(\*|\d+)\]")  # a code cell's prompt once it is queued, running or run
+RUN = re.compile(r"\[\d+\]")  # a code cell's prompt once it has run (its execution count)
+
+
+def kernel_ready(page, server, notebook):
+    """Until the server reports a page connected to the notebook's idle kernel and the page itself shows that kernel
+    idle. Until then the page says "No Kernel": a cell run then waits for a kernel of its own, and a Run All made
+    again meanwhile would send the notebook's cells twice, interleaved."""
+    server.wait_until_connected(notebook)
+    page.locator(".jp-Toolbar-kernelName").filter(has_not_text="No Kernel").wait_for(timeout=300_000)
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=300_000)
+
+
+def cells_seen(page):
+    """Each code cell as the page shows it, one line each (prompt, first source line, output), for failure messages."""
+    return "\n".join(page.locator(".jp-CodeCell").evaluate_all("""cells => cells.map(cell => {
+        const text = selector => [...cell.querySelectorAll(selector)].map(node => node.innerText.trim()).join(' | ');
+        return `${text('.jp-InputPrompt')} ${text('.jp-InputArea-editor').split('\\n')[0]} -> ${text('.jp-OutputArea-output').slice(0, 300)}`;
+    })"""))
+
+
+def each_cell_ran_once_in_order(page):
+    """Every code cell has run, once and in order: execution counts 1, 2, ... in a fresh kernel."""
+    counts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+    assert counts == [f"[{count}]:" for count in range(1, len(counts) + 1)], f"the cells ran:\n{cells_seen(page)}"
 
 
 def run_all_cells(page, server, notebook):
-    """Run > Run All Cells, the same menu in both apps, once the page is connected to its kernel and the
-    kernel is idle (however long a loaded machine takes to start it). A click made while the session still
-    settles can be lost, so the menu is used again until the last cell's prompt shows it queued or run."""
+    """Run > Run All Cells, the same menu in both apps, once the page shows its kernel idle (however long a loaded
+    machine takes to start it). The menu is used again only while no code cell shows it queued or run (a click
+    made while the page settles can be lost): a second Run All once cells were queued would run them twice."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    server.wait_until_connected(notebook)
-    started = page.locator(".jp-CodeCell .jp-InputPrompt").last.filter(has_text=QUEUED_OR_RUN)
+    kernel_ready(page, server, notebook)
+    queued = page.locator(".jp-CodeCell .jp-InputPrompt").filter(has_text=QUEUED_OR_RUN)
     select_kernel = page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True)
-    while not started.is_visible():
+    while queued.count() == 0:
         try:
             if select_kernel.is_visible():  # the app may ask which kernel to run while its session settles
                 select_kernel.click()
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-            started.wait_for(timeout=30_000)
+            queued.first.wait_for(timeout=30_000)
         except PlaywrightTimeout:
-            page.keyboard.press("Escape")  # close a menu left open
+            if not select_kernel.is_visible():
+                page.keyboard.press("Escape")  # close a menu left open (Escape would cancel the kernel's choice)
+
+
+def last_cell_output(page):
+    """The last code cell's output once it has run (its prompt shows its execution count)."""
+    last = page.locator(".jp-CodeCell").last
+    last.locator(".jp-InputPrompt").filter(has_text=RUN).wait_for(timeout=900_000)
+    return [text.strip() for text in last.locator(".jp-OutputArea-output").all_inner_texts()]
 
 
 @pytest.mark.slow
@@ -238,10 +270,13 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             saved_with(notebook_file, "fedless-dashboard", "widget state of the live dashboard")
             assert "application/vnd.jupyter.widget-state+json" in notebook_file.read_text()
 
-            # the last cell awaits the background run; once its result shows, every cell has run
-            # %fedless_stop ends it after the round in progress: round 1, or a later one when round 1 finished
-            # before the stop's cell ran (a loaded machine runs cells slowly)
-            page.get_by_text(re.compile(r"status='stopped', rounds=([1-9]|[1-4]\d)/50")).wait_for(timeout=600_000)
+            # the last cell awaits the background run; once it has run, every cell has. %fedless_stop ends the run
+            # after the round in progress: round 1, or a later one when round 1 finished before the stop's cell ran
+            # (a loaded machine runs cells slowly)
+            result = last_cell_output(page)
+            assert len(result) == 1 and re.fullmatch(r"RunResult\(run_id='\S+', status='stopped', rounds=([1-9]|[1-4]\d)/50, "
+                                                     r"accuracy=[\d.]+\)", result[0]), f"the cells ran:\n{cells_seen(page)}"
+            each_cell_ran_once_in_order(page)
             record = page.locator(".fedless-record").first  # the widgets gave way to the run's record
             record.scroll_into_view_if_needed()
             assert "5/5 rounds" in record.inner_text() and "25 invocations" in record.inner_text()
@@ -275,6 +310,7 @@ def test_the_quickstart_dashboard_renders(frontend_url):
         except Exception:
             page.screenshot(path=str(ARTIFACTS / f"{frontend.module}-failure.png"))
             (ARTIFACTS / f"{frontend.module}-failure-console.log").write_text("\n".join(console))
+            (ARTIFACTS / f"{frontend.module}-failure-cells.txt").write_text(cells_seen(page))
             shutil.copy(server.log, ARTIFACTS / f"{frontend.module}-failure-server.log")
             raise
         finally:
@@ -282,12 +318,11 @@ def test_the_quickstart_dashboard_renders(frontend_url):
 
 
 def run_cell(page, server, notebook, index):
-    """Run the notebook's code cell `index` (Shift+Enter in it) once its kernel is connected and idle; like
-    run_all_cells, again until its prompt shows it queued or run, since a key press made while the session
-    settles can be lost."""
+    """Run the notebook's code cell `index` (Shift+Enter in it) once the page shows its kernel idle; like
+    run_all_cells, again only while its prompt does not show it queued or run (a key press can be lost)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    server.wait_until_connected(notebook)
+    kernel_ready(page, server, notebook)
     cell = page.locator(".jp-CodeCell").nth(index)
     started = cell.locator(".jp-InputPrompt").filter(has_text=QUEUED_OR_RUN)
     while not started.is_visible():

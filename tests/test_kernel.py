@@ -187,6 +187,28 @@ def test_background_run_leaves_the_kernel_free_and_stops_after_a_round(exec_work
 
 
 @pytest.mark.slow
+def test_a_background_run_started_before_the_extension_was_reloaded_still_stops(kernel):
+    """%reload_ext fedless_nb makes new magics, which used to start with no background run: %fedless_stop said none was
+    going on while the run trained on to its last round."""
+    kernel.run(f"run = %fedless_train {TINY} --rounds 40 --background --dashboard none")
+    kernel.run("%reload_ext fedless_nb")
+    assert "stops after its current round" in kernel.run("%fedless_stop")
+    status, rounds = kernel.run("result = await run\nprint(result.status, len(result.round_metrics))").split()
+    assert status == "stopped" and int(rounds) < 40
+
+
+@pytest.mark.slow
+def test_a_stop_cell_queued_behind_a_cell_awaiting_the_run_names_the_run_that_ended(kernel):
+    """The kernel runs one cell at a time: %fedless_stop run while a cell awaits the run waits behind it, and runs once
+    the run has ended. It used to say only that no run was going on; it names the run and how it ended."""
+    kernel.run(f"run = %fedless_train {TINY} --rounds 2 --background --dashboard none")
+    kernel.client.execute("result = await run")  # not waited for: the stop's cell is queued behind it
+    reply, _ = kernel.execute("%fedless_stop")
+    run_id = kernel.run("print(result.run_id)")
+    assert reply["content"]["evalue"] == f"no run is going on in the background; the last one, {run_id}, has ended (finished)"
+
+
+@pytest.mark.slow
 def test_showing_a_background_run_again_shows_its_live_dashboard_then_its_record(kernel):
     """After a browser reload that lost the starting cell's output, a cell ending in `run` brings the dashboard back."""
     def shown(messages, kind="display_data"):

@@ -339,11 +339,12 @@ def test_stop_without_a_background_run_is_a_usage_error(shell):
 def test_a_background_run_that_ended_before_its_cell_listed_it_is_not_going_on(shell, monkeypatch):
     """A short run can end before the cell that started it has listed it. It used to remove itself from the list
     when it ended, on the run's thread, so it failed to (not listed yet), stayed listed, and %fedless_stop claimed
-    to stop a finished run. Here the run has ended by the time the constructor returns."""
+    to stop a finished run. Here the run has ended by the time the constructor returns. %fedless_stop names it, as it
+    names a run that ended while its cell waited behind another (it used to say only that none was going on)."""
     from fedless_nb.notebook import execution
 
     class EndedAtOnce:
-        run_id = "run-ended"
+        run_id, status = "run-ended", "finished"
 
         def __init__(self, *args, **kwargs):
             pass
@@ -356,7 +357,8 @@ def test_a_background_run_that_ended_before_its_cell_listed_it_is_not_going_on(s
                    "model = keras.Sequential([keras.layers.Flatten(input_shape=(64,)), keras.layers.Dense(10, activation='softmax')])\n"
                    f"run = %fedless_train model {TINY} --rounds 1 --dashboard none --background\n")
     assert isinstance(shell.user_ns["run"], EndedAtOnce)
-    with pytest.raises(UsageError, match="no run is going on in the background"):
+    with pytest.raises(UsageError, match=r"^no run is going on in the background; the last one, run-ended, has ended "
+                                         r"\(finished\)$"):
         shell.run_line_magic("fedless_stop", "")
 
 

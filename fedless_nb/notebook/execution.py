@@ -209,13 +209,17 @@ class BackgroundRun:
         The flags are set here, in the caller's thread: a stop handed to the run's loop waited for its next turn,
         which a round that had just finished did not give before the next round began, so that round ran too.
         The flag goes first and `_attach` appends first, so a controller attached meanwhile is stopped by one.
+        In its last round there is no round left to skip: the run finishes, and the line says so, not that it stops.
         The dashboard hears of it on the run's thread, which alone touches its widgets."""
-        command = self.continue_with()
-        line = (f"Run {self.run_id or '(starting)'} stops after its current round"
-                + (f"; continue it later with: {command}" if command else ""))
-        self._stop_requested = True
-        if self.controller is not None:
-            self.controller.request_stop()
+        if self.controller is not None and _rounds_done(self._controllers) >= self.config.rounds - 1:
+            line = f"Run {self.run_id} has no round left to skip: it finishes after round {self.config.rounds}"
+        else:
+            command = self.continue_with()
+            line = (f"Run {self.run_id or '(starting)'} stops after its current round"
+                    + (f"; continue it later with: {command}" if command else ""))
+            self._stop_requested = True
+            if self.controller is not None:
+                self.controller.request_stop()
         stopping = getattr(self.dashboard, "stopping", None)
         if stopping is not None:
             run_loop().call(stopping, line)

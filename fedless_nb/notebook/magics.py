@@ -198,6 +198,7 @@ class FedlessMagics(Magics):
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self._background: list[Any] = []  # BackgroundRun objects started here; see `background`
+        self._last_ended: Any = None  # the latest of them found ended, which %fedless_stop names when none is going on
         self.classroom: Any = None  # the open ClassroomService (teacher), see %fedless_classroom
         self.student: Any = None  # this kernel's StudentFunction once joined, see %fedless_join
 
@@ -262,6 +263,7 @@ class FedlessMagics(Magics):
         """The background runs still going on. Ended runs are dropped when asked, on the kernel's thread: a run
         removing itself when it ended, on the run's thread, could end before the cell that started it had listed it
         (it stayed listed, a finished run that %fedless_stop claimed to stop)."""
+        self._last_ended = next((run for run in reversed(self._background) if run.done()), self._last_ended)
         self._background = [run for run in self._background if not run.done()]
         return self._background
 
@@ -386,7 +388,9 @@ class FedlessMagics(Magics):
         """Stop background runs after their current round; the history keeps every finished round."""
         args = parse_options(self.fedless_stop, line)
         if not self.background:
-            raise UsageError("no run is going on in the background")
+            ended = self._last_ended
+            raise UsageError("no run is going on in the background" + (
+                "" if ended is None else f"; the last one, {ended.run_id}, has ended ({ended.status})"))
         known = {run.run_id for run in self.background}
         unknown = [run_id for run_id in args.run_id if run_id not in known]
         if unknown:
@@ -636,11 +640,15 @@ class _RetracingWarnings(logging.Filter):
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext fedless_nb`: register the magics, make them configurable with %config, quiet TensorFlow.
 
-    A reload replaces the previous instance (by name: a reloaded module defines a new class);
-    settings made with %config live in the shell's config and carry over.
+    A reload replaces the previous instance (by name: a reloaded module defines a new class) and takes over its
+    background runs; settings made with %config live in the shell's config and carry over.
     """
-    ipython.configurables[:] = [c for c in ipython.configurables if type(c).__name__ != FedlessMagics.__name__]
+    previous = [c for c in ipython.configurables if type(c).__name__ == FedlessMagics.__name__]
+    ipython.configurables[:] = [c for c in ipython.configurables if c not in previous]
     magics = FedlessMagics(ipython)  # Magics.__init__ adds it to ipython.configurables
+    for replaced in previous:  # its background runs train on: %fedless_stop must still find them
+        magics._background.extend(replaced._background)
+        magics._last_ended = replaced._last_ended
     ipython.register_magics(magics)
     register_option_completers(ipython, magics)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet even when the notebook imports TensorFlow itself
