@@ -23,7 +23,7 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .errors import UserError
     from .experiment import ConfigError, DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
     from .records.history import DEFAULT_HISTORY, History, pending_file
-    from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
+    from .deploy.packaging import MODEL_MODULE_HELP, PLATFORMS, build_bundle, requirements_megabytes
     from .security import SECRET_VARIABLE, client_secret, function_secret
     from .stopping import resumable, stopped_line
 except KeyboardInterrupt:
@@ -239,7 +239,7 @@ def _deploy_values(arguments: argparse.Namespace) -> dict[str, str | None]:
 
 def _package(arguments: argparse.Namespace, console: Console) -> int:
     bundle = build_bundle(arguments.provider, arguments.out, name=arguments.name, store_roots=arguments.store_roots,
-                          **_deploy_values(arguments))
+                          model_modules=arguments.model_modules, **_deploy_values(arguments))
     console.print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)", highlight=False)
     console.print(f"Pinned requirements: {', '.join(bundle.requirements)}", highlight=False, soft_wrap=True)
     console.print(f"They take about {requirements_megabytes(list(bundle.requirements)):.0f} MB installed (measured from "
@@ -265,7 +265,8 @@ def _deploy(arguments: argparse.Namespace, console: Console) -> int:
     deployment = LambdaDeployment(
         arguments.name, image=values.pop("image"), role=values.pop("role"), region=arguments.region,
         endpoint_url=arguments.endpoint_url, memory_mb=arguments.memory_mb, timeout=arguments.timeout,
-        reserved_concurrency=arguments.concurrency, store_roots=tuple(arguments.store_roots))
+        reserved_concurrency=arguments.concurrency, store_roots=tuple(arguments.store_roots),
+        model_modules=tuple(arguments.model_modules))
     outcome = deploy(arguments.provider, arguments.out, deployment, **values)
     if arguments.provider in ("aws_lambda", "aws_lambda_zip"):
         console.print(outcome, highlight=False)
@@ -286,6 +287,8 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resource-group", help="azure_functions: the function app's resource group")
     parser.add_argument("--store-root", dest="store_roots", action="append", default=[], metavar="ROOT",
                         help="the only store a task may name: a URL prefix (https://BUCKET.s3.REGION.amazonaws.com/) or a folder, repeated for more; sets FEDLESS_STORE_ROOTS (default: any store)")
+    parser.add_argument("--model-module", dest="model_modules", action="append", default=[], metavar="MODULE",
+                        help=MODEL_MODULE_HELP)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -86,7 +86,7 @@ def _is_builtin(cls: type) -> bool:
     return cls.__module__.startswith(_BUILTIN_PREFIXES)
 
 
-def _custom_layer_modules(model: Any) -> tuple[str, ...]:
+def custom_layer_modules(model: Any) -> tuple[str, ...]:
     """Modules a function must import to rebuild the model; refuses classes it cannot import."""
     keras = _keras()
     modules = []
@@ -179,7 +179,7 @@ def model_spec_from(
             f"model {model.name!r} is a subclassed keras.Model, whose architecture cannot be serialized: "
             "define it with keras.Sequential or the functional API"
         )
-    modules = _custom_layer_modules(model)
+    modules = custom_layer_modules(model)
     architecture = model.to_json()
     spec = ModelSpec(architecture, _compile_settings(model, loss, metrics), modules)
     weights = [np.array(w, dtype=w.dtype) for w in model.get_weights()]
@@ -231,9 +231,11 @@ def check_model_modules(spec: ModelSpec, allowed: Collection[str]) -> None:
         raise ModelError("the model spec does not rebuild: its architecture is not JSON") from None
     foreign = [module for module in dict.fromkeys(named) if not _is_keras_api(str(module)) and module not in allowed]
     if foreign:
-        raise ModelError(f"the model names module {', '.join(map(str, foreign[:3]))}, which this function does not import: "
-                         f"it imports Keras's and the custom-layer modules listed in {MODEL_MODULES_VARIABLE} where it "
-                         "is deployed")
+        named = ", ".join(map(str, foreign[:3]))
+        options = " ".join(f"--model-module {module}" for module in foreign[:3])
+        raise ModelError(f"the model names module {named}, which this function does not import: it imports Keras's and "
+                         f"the custom-layer modules its deployer lists; if {named} holds your custom layers, deploy it "
+                         f"with {options} (sets {MODEL_MODULES_VARIABLE})")
 
 
 def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: Collection[str] | None = None) -> Any:

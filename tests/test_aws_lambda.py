@@ -287,11 +287,13 @@ def test_fedless_nb_deploy_creates_then_updates_an_image_function(moto_endpoint,
     assert lambda_api.get_function_concurrency(FunctionName=name)["ReservedConcurrentExecutions"] == 5
 
     assert cli.main([*common, "--image", f"{IMAGE}:2", "--memory-mb", "3008", "--concurrency", "8",  # no role: updates
-                     "--store-root", "https://my-bucket.s3.us-east-1.amazonaws.com/", "--store-root", "/srv/fl"]) == 0
+                     "--store-root", "https://my-bucket.s3.us-east-1.amazonaws.com/", "--store-root", "/srv/fl",
+                     "--model-module", "my_layers"]) == 0
     updated = lambda_api.get_function(FunctionName=name)
     assert (updated["Code"]["ImageUri"], updated["Configuration"]["MemorySize"]) == (f"{IMAGE}:2", 3008)
     assert updated["Configuration"]["Environment"]["Variables"] == {
-        SECRET_VARIABLE: SECRET, "FEDLESS_STORE_ROOTS": "https://my-bucket.s3.us-east-1.amazonaws.com/;/srv/fl"}
+        SECRET_VARIABLE: SECRET, "FEDLESS_STORE_ROOTS": "https://my-bucket.s3.us-east-1.amazonaws.com/;/srv/fl",
+        "FEDLESS_MODEL_MODULES": "my_layers"}
     assert lambda_api.get_function_concurrency(FunctionName=name)["ReservedConcurrentExecutions"] == 8
 
 

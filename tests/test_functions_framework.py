@@ -8,6 +8,7 @@ is what `fedless-nb package --provider google_cloud_functions` ships.
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -440,6 +441,52 @@ def test_a_signed_tasks_model_cannot_make_the_function_run_a_command(server, tmp
     assert not ran.exists(), "the task ran a shell command on the function"
     assert status == 400 and reply["error"]["type"] == "ModelError", reply
     assert "pydoc" in reply["error"]["message"] and "FEDLESS_MODEL_MODULES" in reply["error"]["message"]
+
+
+def _custom_layer_inputs(root):
+    """A model with tests/registered_layers.py's Scale layer, its weights and one client's data in a store at `root`."""
+    from tensorflow import keras
+
+    from fedless_nb.model import model_spec_from
+    from fedless_nb.store import encode_arrays
+    from registered_layers import Scale
+
+    store, _ = write_inputs(root)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), Scale(0.5), keras.layers.Dense(3, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy")
+    spec, weights = model_spec_from(model)
+    store.put("global", encode_arrays(weights))
+    return store, spec
+
+
+def _printed_settings(command: str) -> dict[str, str]:
+    """The variables the printed functions_framework command sets on the function (NAME=VALUE before the program)."""
+    words = shlex.split(command.partition(" && ")[2])
+    return dict(word.split("=", 1) for word in words[:words.index("functions-framework")])
+
+
+def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bundle, tmp_path):
+    """Since a function imports only Keras's and FEDLESS_MODEL_MODULES' modules, a bundle with the user's custom-layer
+    module installed refused its tasks, and no deploy command set the variable: --model-module now sets it."""
+    store, spec = _custom_layer_inputs(tmp_path / "store")
+    assert spec.modules == ("registered_layers",)
+    task = json.dumps(make_task(store, spec, secret=SECRET)).encode()
+    plain = build_bundle("functions_framework", tmp_path / "plain")
+    shutil.copy(Path(__file__).with_name("registered_layers.py"), plain.path)  # the user's module, installed
+    assert "FEDLESS_MODEL_MODULES" not in plain.deploy_command
+    with functions_framework(plain.path, tmp_path / "ff-plain.log") as url:
+        status, reply = _post(url, task)
+    message = reply["error"]["message"]
+    assert status == 400 and reply["error"]["type"] == "ModelError" and "\n" not in message, reply
+    assert "deploy it with --model-module registered_layers (sets FEDLESS_MODEL_MODULES)" in message, message
+    deployed = build_bundle("functions_framework", tmp_path / "dist", model_modules=spec.modules)
+    shutil.copy(Path(__file__).with_name("registered_layers.py"), deployed.path)
+    settings = _printed_settings(deployed.deploy_command)
+    assert settings["FEDLESS_MODEL_MODULES"] == "registered_layers", deployed.deploy_command
+    with functions_framework(deployed.path, tmp_path / "ff.log", settings={
+            name: value for name, value in settings.items() if name != "FEDLESS_RUN_SECRET"}) as url:
+        status, reply = _post(url, task)
+    assert status == 200 and reply["num_examples"] == 40 and store.exists(json.loads(task)["update"]), reply
 
 
 def test_a_large_body_is_parsed_only_once_its_token_checks(server, tmp_path):

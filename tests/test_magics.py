@@ -377,6 +377,27 @@ def test_deploy_builds_a_bundle_and_prints_its_deploy_command(shell, tmp_path):
         shell.run_line_magic("fedless_deploy", f"google_cloud_functions --out {tmp_path / 'dist'} --store-root my-bucket")
     with pytest.raises(UsageError, match="openwhisk's deploy command needs --image"):
         shell.run_line_magic("fedless_deploy", f"openwhisk --out {tmp_path / 'dist'}")
+
+
+def test_deploy_sets_the_modules_of_the_notebook_models_custom_layers(shell, tmp_path):
+    """A function imports Keras's modules and FEDLESS_MODEL_MODULES' only: the model's custom-layer modules (given, or
+    read off --model) are set in the printed command, so that it deploys a function that takes the model's tasks."""
+    shell.run_cell("from tensorflow import keras\nfrom registered_layers import Scale\n"
+                   "model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), Scale(2.0)])\n"
+                   "plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])\n"
+                   "def build(): return model\n")
+    out = f"google_cloud_functions --out {tmp_path / 'dist'}"
+    with capture_output():
+        given = shell.run_line_magic("fedless_deploy", f"{out} --model-module my_layers --model-module my.more_layers")
+        read = shell.run_line_magic("fedless_deploy", f"{out} --model model")
+        built_in = shell.run_line_magic("fedless_deploy", f"{out} --model plain")
+    assert ",FEDLESS_MODEL_MODULES=my_layers;my.more_layers\"" in given.deploy_command
+    assert ",FEDLESS_MODEL_MODULES=registered_layers\"" in read.deploy_command
+    assert "FEDLESS_MODEL_MODULES" not in built_in.deploy_command
+    with pytest.raises(UsageError, match=r"^--model-module '\*': give the dotted name of the installed module"):
+        shell.run_line_magic("fedless_deploy", f"{out} --model-module '*'")
+    with pytest.raises(UsageError, match="^--model build: give the built Keras model, not a function that builds one$"):
+        shell.run_line_magic("fedless_deploy", f"{out} --model build")
     with pytest.raises(UsageError, match="unknown provider 'lambda'; choose one of aws_lambda"):
         shell.run_line_magic("fedless_deploy", f"lambda --out {tmp_path}")
 

@@ -163,7 +163,8 @@ def test_the_openwhisk_runtime_image_and_action_zip_are_complete(tmp_path):
     assert instructions[0] == ("FROM", "openwhisk/action-python-v3.11:nightly"), "the image OpenWhisk runs python:3.11 on"
     assert instructions[1:] == [("COPY", "requirements.txt /fedless/requirements.txt"),
                                 ("RUN", "pip install --no-cache-dir -r /fedless/requirements.txt"),
-                                ("ARG", 'FEDLESS_STORE_ROOTS=""'), ("ENV", "FEDLESS_STORE_ROOTS=$FEDLESS_STORE_ROOTS")]
+                                ("ARG", 'FEDLESS_STORE_ROOTS=""'), ("ENV", "FEDLESS_STORE_ROOTS=$FEDLESS_STORE_ROOTS"),
+                                ("ARG", 'FEDLESS_MODEL_MODULES=""'), ("ENV", "FEDLESS_MODEL_MODULES=$FEDLESS_MODEL_MODULES")]
     code = _zipped(bundle.path / "action.zip")
     assert not {"Dockerfile", "requirements.txt", "manifest.yaml"} & set(code), "the build and deploy files stay beside it"
     assert f"action.zip --docker {VALUES['image']} " in bundle.deploy_command
@@ -302,37 +303,38 @@ def test_the_cli_builds_a_bundle_and_prints_the_deploy_command(tmp_path):
 
 
 ROOTS = ["https://my-bucket.s3.eu-central-1.amazonaws.com/", "/srv/fedless-store"]
+MODULES = ["my_layers", "my.more_layers"]
 
 
 @pytest.mark.parametrize("provider", BUILDABLE)
-def test_store_roots_reach_the_function_as_fedless_store_roots(provider, tmp_path):
-    """--store-root sets FEDLESS_STORE_ROOTS where the platform takes it: in one word of its shell command (quoted
+def test_store_roots_and_model_modules_reach_the_function_as_its_variables(provider, tmp_path):
+    """--store-root sets FEDLESS_STORE_ROOTS (and --model-module FEDLESS_MODEL_MODULES) where the platform takes it: in one word of its shell command (quoted
     where ';' would end the command), or in its manifest; without it, the command leaves it out and a manifest's is
     empty (any store)."""
 
-    bundle = build_bundle(provider, tmp_path, store_roots=ROOTS, **VALUES)
+    bundle = build_bundle(provider, tmp_path, store_roots=ROOTS, model_modules=MODULES, **VALUES)
     plain = build_bundle(provider, tmp_path / "plain", **VALUES)
-    if provider in ("knative", "openfaas"):
-        assert (_manifest_roots(bundle), _manifest_roots(plain)) == (";".join(ROOTS), "")
-        assert "FEDLESS_STORE_ROOTS" not in bundle.deploy_command
-    else:
-        setting = "FEDLESS_STORE_ROOTS=" + ";".join(ROOTS)
-        assert any(setting in word for word in shlex.split(bundle.deploy_command)), bundle.deploy_command
-        assert "FEDLESS_STORE_ROOTS" not in plain.deploy_command
-    if provider == "aws_lambda":
-        assert f'Default: "{";".join(ROOTS)}"' in (bundle.path / "template.yaml").read_text()
-    if provider == "openwhisk":
-        assert "ENV FEDLESS_STORE_ROOTS=$FEDLESS_STORE_ROOTS" in (bundle.path / "Dockerfile").read_text()
+    for variable, value in (("FEDLESS_STORE_ROOTS", ";".join(ROOTS)), ("FEDLESS_MODEL_MODULES", ";".join(MODULES))):
+        if provider in ("knative", "openfaas"):
+            assert (_manifest_value(bundle, variable), _manifest_value(plain, variable)) == (value, "")
+            assert variable not in bundle.deploy_command
+        else:
+            setting = f"{variable}={value}"
+            assert any(setting in word for word in shlex.split(bundle.deploy_command)), bundle.deploy_command
+            assert variable not in plain.deploy_command
+        if provider == "aws_lambda":
+            assert f'Default: "{value}"' in (bundle.path / "template.yaml").read_text()
+        if provider == "openwhisk":
+            assert f"ENV {variable}=${variable}" in (bundle.path / "Dockerfile").read_text()
     assert StoreRoots.deployed({"FEDLESS_STORE_ROOTS": ";".join(ROOTS)}) == StoreRoots.parse(ROOTS)
 
 
-def _manifest_roots(bundle):
-    """FEDLESS_STORE_ROOTS as a Knative service's or an OpenFaaS stack's manifest sets it."""
+def _manifest_value(bundle, variable):
+    """`variable` as a Knative service's or an OpenFaaS stack's manifest sets it."""
     if bundle.provider == "openfaas":
-        return yaml.safe_load((bundle.path / "stack.yml").read_text())["functions"]["fedless-client"]["environment"][
-            "FEDLESS_STORE_ROOTS"]
+        return yaml.safe_load((bundle.path / "stack.yml").read_text())["functions"]["fedless-client"]["environment"][variable]
     container = yaml.safe_load((bundle.path / "service.yaml").read_text())["spec"]["template"]["spec"]["containers"][0]
-    return next(entry["value"] for entry in container["env"] if entry["name"] == "FEDLESS_STORE_ROOTS")
+    return next(entry["value"] for entry in container["env"] if entry["name"] == variable)
 
 
 @pytest.mark.parametrize("root, problem", [

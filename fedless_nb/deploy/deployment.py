@@ -11,8 +11,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..security import SECRET_VARIABLE
-from ..store.roots import STORE_ROOTS_VARIABLE
-from .packaging import build_bundle, store_roots_value
+from .packaging import build_bundle, function_settings
 
 LAMBDA_PROVIDERS = ("aws_lambda", "aws_lambda_zip")
 
@@ -35,6 +34,7 @@ class LambdaDeployment:
     timeout: int = 300
     reserved_concurrency: int | None = None
     store_roots: tuple[str, ...] = ()  # FEDLESS_STORE_ROOTS: the only stores its tasks may name (none: any)
+    model_modules: tuple[str, ...] = ()  # FEDLESS_MODEL_MODULES: the custom-layer modules its tasks may import
 
 
 async def deploy_lambda(deployment: LambdaDeployment) -> None:
@@ -46,11 +46,12 @@ async def deploy_lambda(deployment: LambdaDeployment) -> None:
         raise DeployError(f"set {SECRET_VARIABLE} to the run secret the controller signs tasks with before deploying")
     if (deployment.image is None) == (deployment.zip_path is None):
         raise DeployError("deploy either a pushed image (--image) or a zip bundle, not both or neither")
-    roots = store_roots_value(deployment.store_roots)
+    settings = {variable: value for variable, value in
+                function_settings(deployment.store_roots, deployment.model_modules).items() if value}
     provider = LambdaProvider(
         "aws", function_name=deployment.name, region=deployment.region, endpoint_url=deployment.endpoint_url,
         memory_mb=deployment.memory_mb, timeout=deployment.timeout, role=deployment.role, secret=secret,
-        environment={STORE_ROOTS_VARIABLE: roots} if roots else None,
+        environment=settings or None,
         reserved_concurrency=deployment.reserved_concurrency)
     try:
         await provider.deploy(LambdaImage(deployment.image) if deployment.image else deployment.zip_path)
@@ -68,7 +69,7 @@ def deploy(provider: str, out: str | Path, deployment: LambdaDeployment, **value
         asyncio.run(deploy_lambda(deployment))
         return f"Deployed {deployment.name} from {deployment.image}"
     bundle = build_bundle(provider, out, name=deployment.name, role=deployment.role, image=deployment.image,
-                          store_roots=deployment.store_roots, **values)
+                          store_roots=deployment.store_roots, model_modules=deployment.model_modules, **values)
     if provider == "aws_lambda_zip":
         asyncio.run(deploy_lambda(replace(deployment, image=None, zip_path=bundle.path)))
         return f"Deployed {deployment.name} from {bundle.path}"

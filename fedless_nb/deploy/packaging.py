@@ -27,7 +27,8 @@ from typing import Sequence
 from packaging.utils import canonicalize_name
 
 from ..errors import UserError
-from ..store.roots import StoreRoots, StoreRootsError
+from ..model import MODEL_MODULES_VARIABLE
+from ..store.roots import STORE_ROOTS_VARIABLE, StoreRoots, StoreRootsError
 from .sizes import installed_bytes, requires
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ class Platform:
     zip_limit_mb: int | None = None
     code_zip: str | None = None
     kubernetes_name: bool = False  # its name is a Kubernetes object's (a Knative service, an OpenFaaS function)
-    roots_setting: str = ""  # how its command sets FEDLESS_STORE_ROOTS ({value}); "": its manifest sets it (STORE_ROOTS)
+    setting: str = ""  # how its command sets one of the function's variables ({variable}, {value}); "": its manifest does
 
 
 # What stays beside a code zip: the image's build files and the platform's manifest.
@@ -73,6 +74,13 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 _KUBERNETES_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 # A store root as a deploy command and a manifest carry it unquoted: no space, quote, ';', '$', '`' or backslash.
 _PLAIN_ROOT = re.compile(r"[^\s\"';$`\\]+")
+# A custom-layer module as Python imports it: a dotted name (never '*', which would let a task import any module).
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
+# --model-module, as `fedless-nb package|deploy` and %fedless_deploy describe it.
+MODEL_MODULE_HELP = ("an installed module with your model's custom layers that its tasks may import, repeated for more; "
+                     "sets FEDLESS_MODEL_MODULES (default: Keras's layers only)")
+# Each variable the deployer sets on the function, and the word its manifests hold it by.
+_MANIFEST_WORDS = {STORE_ROOTS_VARIABLE: "STORE_ROOTS", MODEL_MODULES_VARIABLE: "MODEL_MODULES"}
 
 
 # What each needed value is, for the one-line error that asks for it.
@@ -84,8 +92,8 @@ NEEDED_VALUES = {
 }
 
 _LAMBDA_SETTINGS = ("--memory-size 2048 --timeout 300 --role {role} "
-                    "--environment \"Variables={{FEDLESS_RUN_SECRET={secret}{roots}}}\"")
-_LAMBDA_ROOTS = ",FEDLESS_STORE_ROOTS={value}"
+                    "--environment \"Variables={{FEDLESS_RUN_SECRET={secret}{settings}}}\"")
+_LAMBDA_SETTING = ",{variable}={value}"
 # {secret} is the shell's $FEDLESS_RUN_SECRET, never its value. A command run again updates what it created
 # (wsk action update creates or updates; the Kubernetes secret is applied, not created). Google's functions take
 # unauthenticated calls (gcloud would otherwise stop to ask): the function's own token check refuses every task the
@@ -95,38 +103,38 @@ PLATFORMS: dict[str, Platform] = {
         "cd {bundle} && aws ecr get-login-password | docker login --username AWS --password-stdin {registry} "
         "&& docker build --platform linux/amd64 --provenance=false -t {image} . && docker push {image} "
         "&& aws lambda create-function --function-name {name} --package-type Image --code ImageUri={image} "
-        + _LAMBDA_SETTINGS, needs=("role", "image"), roots_setting=_LAMBDA_ROOTS),
+        + _LAMBDA_SETTINGS, needs=("role", "image"), setting=_LAMBDA_SETTING),
     "aws_lambda_zip": Platform("aws_lambda", True,
         "aws lambda create-function --function-name {name} --runtime python3.11 --handler lambda_function.lambda_handler "
-        "--zip-file fileb://{bundle} " + _LAMBDA_SETTINGS, needs=("role",), zip_limit_mb=250, roots_setting=_LAMBDA_ROOTS),
+        "--zip-file fileb://{bundle} " + _LAMBDA_SETTINGS, needs=("role",), zip_limit_mb=250, setting=_LAMBDA_SETTING),
     "google_cloud_functions": Platform("google_cloud_functions", False,
         "gcloud functions deploy {name} --gen2 --runtime python311 --trigger-http --allow-unauthenticated "
         "--entry-point fedless_client --source {bundle} --memory 2Gi --timeout 300s "
-        "--set-env-vars \"FEDLESS_RUN_SECRET={secret}{roots}\"", roots_setting=",FEDLESS_STORE_ROOTS={value}"),
+        "--set-env-vars \"FEDLESS_RUN_SECRET={secret}{settings}\"", setting=",{variable}={value}"),
     "cloud_run": Platform("google_cloud_functions", False,
         "gcloud run deploy {name} --source {bundle} --allow-unauthenticated --memory 2Gi --timeout 300 --concurrency 1 "
-        "--set-env-vars \"GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret}{roots}\"", gpu=True,
-        kubernetes_name=True, roots_setting=",FEDLESS_STORE_ROOTS={value}"),
+        "--set-env-vars \"GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret}{settings}\"", gpu=True,
+        kubernetes_name=True, setting=",{variable}={value}"),
     "knative": Platform("google_cloud_functions", False,
         "cd {bundle} && pack build {image} --builder gcr.io/buildpacks/builder --env GOOGLE_FUNCTION_TARGET=fedless_client "
         "--publish && kubectl create secret generic fedless-run-secret --from-literal=secret={secret} --dry-run=client "
         "-o yaml | kubectl apply -f - && kubectl apply -f service.yaml", needs=("image",), gpu=True, kubernetes_name=True),
     "functions_framework": Platform("google_cloud_functions", False,
-        "cd {bundle} && FEDLESS_RUN_SECRET={secret}{roots} functions-framework --target fedless_client --port 8080", gpu=True,
-        roots_setting=" FEDLESS_STORE_ROOTS=\"{value}\""),
+        "cd {bundle} && FEDLESS_RUN_SECRET={secret}{settings} functions-framework --target fedless_client --port 8080", gpu=True,
+        setting=" {variable}=\"{value}\""),
     "openwhisk": Platform("openwhisk", False,
-        "cd {bundle} && docker build --platform linux/amd64{roots} -t {image} . && docker push {image} "
+        "cd {bundle} && docker build --platform linux/amd64{settings} -t {image} . && docker push {image} "
         "&& wsk action update {name} action.zip --docker {image} --web true --memory 2048 --timeout 300000 "
         "--param FEDLESS_RUN_SECRET \"{secret}\" --annotation final true", needs=("image",), code_zip="action.zip",
-        roots_setting=" --build-arg FEDLESS_STORE_ROOTS=\"{value}\""),
+        setting=" --build-arg {variable}=\"{value}\""),
     "openfaas": Platform("openfaas", False,
         "cd {bundle} && faas-cli secret create fedless-run-secret --from-literal \"{secret}\" "
         "&& faas-cli template store pull python3-http-debian && faas-cli up -f stack.yml",
         package_dir="fedless-client", needs=("image",), kubernetes_name=True),
     "azure_functions": Platform("azure_functions", False,
         "az functionapp config appsettings set --name {app} --resource-group {resource_group} "
-        "--settings FEDLESS_RUN_SECRET={secret}{roots} && cd {bundle} && func azure functionapp publish {app} --python",
-        needs=("app", "resource_group"), roots_setting=" \"FEDLESS_STORE_ROOTS={value}\""),
+        "--settings FEDLESS_RUN_SECRET={secret}{settings} && cd {bundle} && func azure functionapp publish {app} --python",
+        needs=("app", "resource_group"), setting=" \"{variable}={value}\""),
 }
 # No GPU: the same TensorFlow without its CUDA kernels.
 CPU_BUILDS = {"tensorflow": "tensorflow-cpu"}
@@ -198,7 +206,8 @@ def _copy_package(destination: Path) -> None:
                     ignore=lambda folder, names: [n for n in names if n in _LEAVE_OUT or n.endswith((".pyc", ".pyo"))])
 
 
-def _stage(platform: Platform, stage: Path, templates: Path, name: str, values: dict[str, str], roots: str) -> list[str]:
+def _stage(platform: Platform, stage: Path, templates: Path, name: str, values: dict[str, str],
+           settings: dict[str, str]) -> list[str]:
     source = templates / platform.template
     if not source.is_dir():
         raise PackagingError(f"no function template at {source}: package from a clone of fedless_nb "
@@ -211,16 +220,17 @@ def _stage(platform: Platform, stage: Path, templates: Path, name: str, values: 
     for distribution in vendored:
         _vendor(distribution, home)
     requirements.write_text("\n".join(pinned) + "\n")
-    _fill_manifests(stage, {"FUNCTION_NAME": name, "IMAGE": values.get("image"), "STORE_ROOTS": roots})
+    _fill_manifests(stage, {"FUNCTION_NAME": name, "IMAGE": values.get("image"),
+                            **{_MANIFEST_WORDS[variable]: value for variable, value in settings.items()}})
     if platform.code_zip:
         _zip_code(stage, platform.code_zip)
     return [line for line in pinned if line and not line.startswith("#")]
 
 
 def _fill_manifests(stage: Path, words: dict[str, str | None]) -> None:
-    """Write the function's name, the image the command builds and its store roots into the bundle's manifests (an
+    """Write the function's name, the image the command builds and its settings into the bundle's manifests (an
     image not given stays IMAGE: a manifest of another platform that shares the template, e.g. Knative's beside Cloud
-    Run's; roots not given are empty, which takes any store)."""
+    Run's; settings not given are empty: any store, Keras's modules only)."""
     given = {word: value for word, value in words.items() if value is not None}
     pattern = re.compile(r"\b(" + "|".join(given) + r")\b")
     for manifest in (stage / file for file in MANIFESTS):
@@ -281,20 +291,42 @@ def store_roots_value(store_roots: Sequence[str]) -> str:
     return ";".join(store_roots)
 
 
+def _command_settings(platform: Platform, settings: dict[str, str]) -> str:
+    """The given settings as the platform's command sets them ('' where its manifest does)."""
+    return "".join(platform.setting.format(variable=variable, value=value)
+                   for variable, value in settings.items() if value and platform.setting)
+
+
+def model_modules_value(model_modules: Sequence[str]) -> str:
+    """FEDLESS_MODEL_MODULES for `model_modules` (each --model-module, a dotted module name), '' for none."""
+    for module in model_modules:
+        if not _MODULE_NAME.fullmatch(module):
+            raise PackagingError(f"--model-module {module!r}: give the dotted name of the installed module that holds "
+                                 "your custom layers, such as my_layers")
+    return ";".join(dict.fromkeys(model_modules))
+
+
+def function_settings(store_roots: Sequence[str] = (), model_modules: Sequence[str] = ()) -> dict[str, str]:
+    """The variables a deploy sets on the function (FEDLESS_STORE_ROOTS, FEDLESS_MODEL_MODULES), each checked as the
+    function will read it; '' where none was given."""
+    return {STORE_ROOTS_VARIABLE: store_roots_value(store_roots), MODEL_MODULES_VARIABLE: model_modules_value(model_modules)}
+
+
 def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-client", store_roots: Sequence[str] = (),
-                 templates: str | Path = TEMPLATES, **values: str | None) -> Bundle:
+                 model_modules: Sequence[str] = (), templates: str | Path = TEMPLATES, **values: str | None) -> Bundle:
     """Build the bundle for `provider` (a key of PLATFORMS) under `out_dir`, replacing an older one.
 
     `values` fill its deploy command (role, image, app, resource_group: see Platform.needs); a needed one
     that is missing is refused before anything is built. `store_roots` (URL prefixes, folders) become the
-    function's FEDLESS_STORE_ROOTS, in its command or its manifest: the only stores its tasks may name.
+    function's FEDLESS_STORE_ROOTS, in its command or its manifest: the only stores its tasks may name;
+    `model_modules` (the modules of the model's custom layers, installed in the bundle) its FEDLESS_MODEL_MODULES.
     """
     if provider not in PLATFORMS:
         raise PackagingError(f"unknown provider {provider!r}; choose one of {', '.join(PLATFORMS)}")
     platform = PLATFORMS[provider]
     _check_name(provider, platform, name)
     given = _needed_values(provider, platform, values)
-    roots = store_roots_value(store_roots)
+    settings = function_settings(store_roots, model_modules)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -303,7 +335,7 @@ def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-cli
     target = out_dir / (f"{name}-{provider}.zip" if platform.archive else f"{name}-{provider}")
     with tempfile.TemporaryDirectory(dir=out_dir) as temporary:
         stage = Path(temporary) / "bundle"
-        requirements = _stage(platform, stage, Path(templates), name, given, roots)
+        requirements = _stage(platform, stage, Path(templates), name, given, settings)
         if platform.zip_limit_mb is not None and (size := requirements_megabytes(requirements)) > platform.zip_limit_mb:
             raise PackagingError(
                 f"{provider}: its requirements take about {size:.0f} MB unzipped (measured from the packages "
@@ -321,6 +353,5 @@ def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-cli
     if "image" in given:
         quoted["registry"] = shlex.quote(given["image"].split("/")[0])
     command = platform.deploy.format(name=shlex.quote(name), bundle=shlex.quote(str(target.resolve())),
-                                     secret="$FEDLESS_RUN_SECRET", roots=platform.roots_setting.format(value=roots) if roots
-                                     else "", **quoted)
+                                     secret="$FEDLESS_RUN_SECRET", settings=_command_settings(platform, settings), **quoted)
     return Bundle(provider, target, tuple(files), tuple(requirements), command)

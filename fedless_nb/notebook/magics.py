@@ -315,6 +315,15 @@ class FedlessMagics(Magics):
                              "not a Keras model or a function that builds one")
         return value
 
+    def _custom_layer_modules(self, name: str) -> tuple[str, ...]:
+        """The modules of the custom layers of the Keras model in notebook variable `name`, which a function imports."""
+        from ..model import custom_layer_modules
+
+        model = self._user_model(name)
+        if not hasattr(model, "_flatten_layers"):
+            raise UsageError(f"--model {name}: give the built Keras model, not a function that builds one")
+        return custom_layer_modules(model)
+
     # %fedless_resume ------------------------------------------------------------------------
     @magic_arguments()
     @argument("run_id", help="the run to continue (%%fedless_history lists them)")
@@ -493,6 +502,11 @@ class FedlessMagics(Magics):
     @argument("--resource-group", help="azure_functions: the function app's resource group")
     @argument("--store-root", dest="store_roots", action="append", default=[], metavar="ROOT",
               help="the only store a task may name: a URL prefix (https://BUCKET.s3.REGION.amazonaws.com/) or a folder, repeated for more; sets FEDLESS_STORE_ROOTS (default: any store)")
+    @argument("--model-module", dest="model_modules", action="append", default=[], metavar="MODULE",
+              help="an installed module with your model's custom layers that its tasks may import, repeated for more; "
+                   "sets FEDLESS_MODEL_MODULES (default: Keras's layers only)")
+    @argument("--model", help="a notebook variable holding the Keras model the function will train: its custom "
+                              "layers' modules are added to --model-module")
     @line_magic
     @user_errors
     def fedless_deploy(self, line: str) -> Any:
@@ -501,8 +515,9 @@ class FedlessMagics(Magics):
         from ..deploy.packaging import build_bundle
 
         args = parse_options(self.fedless_deploy, line)
+        modules = [*args.model_modules, *(self._custom_layer_modules(args.model) if args.model else ())]
         bundle = build_bundle(args.provider, args.out, name=args.name, role=args.role, image=args.image, app=args.app,
-                              resource_group=args.resource_group, store_roots=args.store_roots)
+                              resource_group=args.resource_group, store_roots=args.store_roots, model_modules=modules)
         print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)")
         print("Deploy it with (the secret is read from your shell's FEDLESS_RUN_SECRET):")
         print(bundle.deploy_command)
