@@ -15,7 +15,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -30,6 +30,29 @@ _BUILTIN_PREFIXES = ("keras.", "keras", "tf_keras", "tensorflow")
 
 class ModelError(UserError, ValueError):
     """The model cannot be used as given; the message says what to change."""
+
+
+# A module as Python imports it: a dotted name (never '*', which would let a task import any module).
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
+
+
+def is_module_name(name: str) -> bool:
+    """Whether `name` is one module's dotted name, as --model-module takes it."""
+    return bool(_MODULE_NAME.fullmatch(name))
+
+
+# What a deployed function's refusal of a module tells the task's sender to change ({named}: the modules, {options}).
+DEPLOYED_REMEDY = ("it imports Keras's and the custom-layer modules its deployer lists; if {named} holds your custom "
+                   "layers, deploy it with {options} (sets " + MODEL_MODULES_VARIABLE + ")")
+
+
+@dataclass(frozen=True)
+class ModelModules:
+    """The modules besides Keras's API a function imports for a task's model, and what its refusal of any other
+    tells the task's sender to change (a deployed function's deployer, a classroom student)."""
+
+    names: frozenset[str] = frozenset()
+    remedy: str = DEPLOYED_REMEDY
 
 
 @dataclass(frozen=True)
@@ -212,33 +235,32 @@ def _is_keras_api(module: str) -> bool:
     return parts[0] == "keras" and not any(part == "src" or part.startswith("_") for part in parts[1:])
 
 
-def model_modules_allowed(environment: Mapping[str, str] | None = None) -> frozenset[str]:
+def model_modules_allowed(environment: Mapping[str, str] | None = None) -> ModelModules:
     """The modules with custom layers a function's deployer lets its tasks import (FEDLESS_MODEL_MODULES, separated by
     ';', ',' or spaces; `*`: any, as the local provider's workers, which only the controller reaches)."""
     environment = os.environ if environment is None else environment
-    return frozenset(name for name in re.split(r"[\s;,]+", environment.get(MODEL_MODULES_VARIABLE, "")) if name)
+    return ModelModules(frozenset(name for name in re.split(r"[\s;,]+", environment.get(MODEL_MODULES_VARIABLE, "")) if name))
 
 
-def check_model_modules(spec: ModelSpec, allowed: Collection[str]) -> None:
+def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> None:
     """ModelError unless every module the spec makes Python import is Keras's API or `allowed`: Keras imports the
     module a serialized object names and takes any attribute of it, which a layer such as Lambda then calls (a
     task naming `pydoc`'s pipepager ran a shell command), and importing a module runs its code."""
-    if ANY_MODULE in allowed:
+    if ANY_MODULE in allowed.names:
         return
     try:
         named = [*spec.modules, *_object_modules(json.loads(spec.architecture)), *_object_modules(spec.compile)]
     except (TypeError, ValueError, RecursionError):
         raise ModelError("the model spec does not rebuild: its architecture is not JSON") from None
-    foreign = [module for module in dict.fromkeys(named) if not _is_keras_api(str(module)) and module not in allowed]
+    foreign = [module for module in dict.fromkeys(named) if not _is_keras_api(str(module)) and module not in allowed.names]
     if foreign:
         named = ", ".join(map(str, foreign[:3]))
         options = " ".join(f"--model-module {module}" for module in foreign[:3])
-        raise ModelError(f"the model names module {named}, which this function does not import: it imports Keras's and "
-                         f"the custom-layer modules its deployer lists; if {named} holds your custom layers, deploy it "
-                         f"with {options} (sets {MODEL_MODULES_VARIABLE})")
+        raise ModelError(f"the model names module {named}, which this function does not import: "
+                         + allowed.remedy.format(named=named, options=options))
 
 
-def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: Collection[str] | None = None) -> Any:
+def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: ModelModules | None = None) -> Any:
     """Rebuild a model from its spec, compiled with `optimizer` (default SGD) and the spec's loss and metrics.
     `allowed_modules`: the modules besides Keras's a task's spec may import (a function's FEDLESS_MODEL_MODULES);
     None: any, for a spec this process made (model_spec_from) or read from its own config."""

@@ -25,6 +25,20 @@ def write_inputs(root):
     return store, spec
 
 
+def write_custom_layer_inputs(root):
+    """write_inputs with a model of tests/registered_layers.py's custom Scale layer instead of the built-in MLP."""
+    from tensorflow import keras
+
+    from registered_layers import Scale
+
+    store, _ = write_inputs(root)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), Scale(0.5), keras.layers.Dense(3, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy")
+    spec, weights = model_spec_from(model)
+    store.put("global", encode_arrays(weights))
+    return store, spec
+
+
 def make_task(store, spec, client_id="client-0000", *, run_id="run-1", secret=SECRET, deadline=None, weights="global"):
     """A task of the wire contract, with a token from `secret` (None: unsigned)."""
     task = {

@@ -28,7 +28,7 @@ from fedless_nb.security import NonceCache, client_key, new_secret
 from fedless_nb.store import PresignedStore, StoreError, decode_arrays, encode_arrays
 
 from loopback import serving
-from signed_tasks import make_task, write_inputs
+from signed_tasks import make_task, write_custom_layer_inputs, write_inputs
 
 
 @pytest.fixture
@@ -338,6 +338,35 @@ def test_a_task_signed_with_another_runs_key_is_refused_with_one_line(classroom,
         assert student.calls[0].outcome.startswith("the task's token is forged")
     finally:
         student.leave()
+
+
+def test_a_teachers_custom_layer_is_refused_in_words_for_a_classroom_unless_the_student_allowed_its_module(
+        classroom, tmp_path, fresh_function_state):
+    """A student's function imports Keras's layers only: a teacher whose model had a custom layer was refused in a
+    deployed function's words (FEDLESS_MODEL_MODULES 'where it is deployed'), nothing a classroom can act on. The
+    refusal now names what the teacher can do, and a student who installed the module opts in when joining."""
+    store, spec = write_custom_layer_inputs(tmp_path / "store")
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        task = served_task(classroom, store, spec, student._secret)
+        status, reply = post(student.url, task)
+        assert (status, reply["error"]["message"]) == (400, (
+            "the model names module registered_layers, which this function does not import: a student's function "
+            "imports Keras's layers and the modules the student allowed when joining: build the model from Keras's "
+            "built-in layers, or have each student install registered_layers and join again with %fedless_join ... "
+            "--model-module registered_layers"))
+        assert not store.exists(task["update"])
+    finally:
+        student.leave()
+    with pytest.raises(ClassroomError, match=r"^--model-module '\*': give the dotted name"):
+        StudentFunction(classroom.url, classroom.code, "bob", host="127.0.0.1", model_modules=["*"])
+    allowing = StudentFunction(classroom.url, classroom.code, "carol", host="127.0.0.1", model_modules=["registered_layers"])
+    try:
+        task = served_task(classroom, store, spec, allowing._secret)
+        status, reply = post(allowing.url, task)
+        assert status == 200 and reply["num_examples"] == 40 and store.exists(task["update"]), reply
+    finally:
+        allowing.leave()
 
 
 @pytest.mark.parametrize("where", ["local", "elsewhere"])

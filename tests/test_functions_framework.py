@@ -29,7 +29,7 @@ from fedless_nb.runner import run_experiment
 from fedless_nb.security import client_secret
 from fedless_nb.store import LocalStore
 
-from signed_tasks import make_aggregator_task, make_task, write_inputs
+from signed_tasks import make_aggregator_task, make_task, write_custom_layer_inputs, write_inputs
 
 SECRET = "functions-framework-test-secret"
 
@@ -443,22 +443,6 @@ def test_a_signed_tasks_model_cannot_make_the_function_run_a_command(server, tmp
     assert "pydoc" in reply["error"]["message"] and "FEDLESS_MODEL_MODULES" in reply["error"]["message"]
 
 
-def _custom_layer_inputs(root):
-    """A model with tests/registered_layers.py's Scale layer, its weights and one client's data in a store at `root`."""
-    from tensorflow import keras
-
-    from fedless_nb.model import model_spec_from
-    from fedless_nb.store import encode_arrays
-    from registered_layers import Scale
-
-    store, _ = write_inputs(root)
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), Scale(0.5), keras.layers.Dense(3, activation="softmax")])
-    model.compile(loss="sparse_categorical_crossentropy")
-    spec, weights = model_spec_from(model)
-    store.put("global", encode_arrays(weights))
-    return store, spec
-
-
 def _printed_settings(command: str) -> dict[str, str]:
     """The variables the printed functions_framework command sets on the function (NAME=VALUE before the program)."""
     words = shlex.split(command.partition(" && ")[2])
@@ -468,7 +452,7 @@ def _printed_settings(command: str) -> dict[str, str]:
 def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bundle, tmp_path):
     """Since a function imports only Keras's and FEDLESS_MODEL_MODULES' modules, a bundle with the user's custom-layer
     module installed refused its tasks, and no deploy command set the variable: --model-module now sets it."""
-    store, spec = _custom_layer_inputs(tmp_path / "store")
+    store, spec = write_custom_layer_inputs(tmp_path / "store")
     assert spec.modules == ("registered_layers",)
     task = json.dumps(make_task(store, spec, secret=SECRET)).encode()
     plain = build_bundle("functions_framework", tmp_path / "plain")

@@ -120,19 +120,19 @@ def test_the_same_model_code_run_twice_keeps_its_fingerprint():
 
 def test_a_function_imports_keras_and_the_modules_its_deployer_lists_only():
     """What a task's model may make a function import (see test_functions_framework for the attack itself)."""
-    from fedless_nb.model import check_model_modules, model_modules_allowed
+    from fedless_nb.model import ModelModules, check_model_modules, model_modules_allowed
 
     def spec(module):
         layer = {"module": module, "class_name": "function", "config": "f", "registered_name": "function"}
         return ModelSpec(json.dumps({"config": {"layers": [{"config": {"function": layer}}]}}), {})
 
-    check_model_modules(spec("keras.activations"), frozenset())
+    check_model_modules(spec("keras.activations"), ModelModules())
     for module in ("os", "pydoc", "keras.src.utils.generic_utils", "keras._impl", "kerasx"):
         with pytest.raises(ModelError, match=f"names module {re.escape(module)}, .*FEDLESS_MODEL_MODULES"):
-            check_model_modules(spec(module), frozenset())
+            check_model_modules(spec(module), ModelModules())
     with pytest.raises(ModelError, match="names module registered_layers"):
-        check_model_modules(ModelSpec("{}", {}, ("registered_layers",)), frozenset())
+        check_model_modules(ModelSpec("{}", {}, ("registered_layers",)), ModelModules())
     allowed = model_modules_allowed({"FEDLESS_MODEL_MODULES": "registered_layers; my.layers"})
-    assert allowed == {"registered_layers", "my.layers"}
+    assert allowed.names == {"registered_layers", "my.layers"}
     check_model_modules(ModelSpec("{}", {}, ("registered_layers",)), allowed)
     check_model_modules(spec("os"), model_modules_allowed({"FEDLESS_MODEL_MODULES": "*"}))

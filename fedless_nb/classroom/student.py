@@ -21,12 +21,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from aiohttp import web
 
 from ..function.serving import PARSED_UNSIGNED_BYTES, error_reply, invoke
+from ..model import ModelModules, is_module_name
 from ..security import AuthError, check_body_token
 from ..store import PresignedStore, decode_arrays
 from ..store.roots import StoreRoots, StoreRootsError
@@ -38,6 +39,10 @@ from .served_store import STORE_PATH
 from .server_thread import ServerThread
 
 TASK_LIMIT = 8 * 2**20  # bytes a task may have (the model's architecture, never its weights)
+# What a student's function tells the teacher whose model names a module the student did not allow at joining.
+CLASSROOM_REMEDY = ("a student's function imports Keras's layers and the modules the student allowed when joining: "
+                    "build the model from Keras's built-in layers, or have each student install {named} and join "
+                    "again with %fedless_join ... {options}")
 
 
 @dataclass
@@ -74,8 +79,14 @@ class StudentFunction:
     """A joined student's function server; `calls` lists every invocation, `on_call` hears of each."""
 
     def __init__(self, teacher_url: str, code: str, name: str, *, host: str | None = None, port: int = 0,
-                 data: tuple[np.ndarray, np.ndarray] | None = None, timeout: float = 10.0) -> None:
+                 data: tuple[np.ndarray, np.ndarray] | None = None, timeout: float = 10.0,
+                 model_modules: Sequence[str] = ()) -> None:
         self.teacher_url, self.code, self.name, self.data = teacher_url.rstrip("/"), code, name, data
+        if refused := [module for module in model_modules if not is_module_name(module)]:
+            raise ClassroomError(f"--model-module {refused[0]!r}: give the dotted name of the installed module that "
+                                 "holds the teacher's custom layers, such as my_layers")
+        # Only what the student names here: the teacher, and whoever holds the student's key, cannot widen it.
+        self.model_modules = ModelModules(frozenset(model_modules), CLASSROOM_REMEDY)
         self.calls: list[Call] = []
         self.on_call: Callable[[Call], None] | None = None
         self._previous: tuple[int, list[np.ndarray], list[np.ndarray]] | None = None  # round, start, mine
@@ -153,7 +164,7 @@ class StudentFunction:
             return 400, error_reply(400, PayloadError(f"the request body is not a task: {error}"))
         if problem := _store_refusal(task.get("store"), self._store_roots, self.teacher_url + STORE_PATH):
             return 400, error_reply(400, PayloadError(problem))
-        status, reply = invoke(task, secret=self._secret, data=self.data)
+        status, reply = invoke(task, secret=self._secret, data=self.data, model_modules=self.model_modules)
         self._log(task, status, reply, time.perf_counter() - started)
         return status, reply
 

@@ -27,7 +27,7 @@ from typing import Sequence
 from packaging.utils import canonicalize_name
 
 from ..errors import UserError
-from ..model import MODEL_MODULES_VARIABLE
+from ..model import MODEL_MODULES_VARIABLE, is_module_name
 from ..store.roots import STORE_ROOTS_VARIABLE, StoreRoots, StoreRootsError
 from .sizes import installed_bytes, requires
 
@@ -74,8 +74,6 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 _KUBERNETES_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 # A store root as a deploy command and a manifest carry it unquoted: no space, quote, ';', '$', '`' or backslash.
 _PLAIN_ROOT = re.compile(r"[^\s\"';$`\\]+")
-# A custom-layer module as Python imports it: a dotted name (never '*', which would let a task import any module).
-_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
 # --model-module, as `fedless-nb package|deploy` and %fedless_deploy describe it.
 MODEL_MODULE_HELP = ("an installed module with your model's custom layers that its tasks may import, repeated for more; "
                      "sets FEDLESS_MODEL_MODULES (default: Keras's layers only)")
@@ -300,7 +298,7 @@ def _command_settings(platform: Platform, settings: dict[str, str]) -> str:
 def model_modules_value(model_modules: Sequence[str]) -> str:
     """FEDLESS_MODEL_MODULES for `model_modules` (each --model-module, a dotted module name), '' for none."""
     for module in model_modules:
-        if not _MODULE_NAME.fullmatch(module):
+        if not is_module_name(module):
             raise PackagingError(f"--model-module {module!r}: give the dotted name of the installed module that holds "
                                  "your custom layers, such as my_layers")
     return ";".join(dict.fromkeys(model_modules))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..aggregate_wire import is_aggregate_task
-from ..model import ModelSpec, build_model, make_optimizer, model_modules_allowed
+from ..model import ModelModules, ModelSpec, build_model, make_optimizer, model_modules_allowed
 from ..security import NonceCache, TaskGuard
 from ..store import decode_arrays, encode_arrays
 from ..wire import DP_SETTINGS, SECAGG_KEY_STAGES, PayloadError, check_task
@@ -158,7 +158,8 @@ _STATE = _WarmState()
 _NONCES = NonceCache()  # tokens this process has spent: a replayed task is refused
 
 
-def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_CompiledModel, float]:
+def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any],
+                    model_modules: ModelModules | None) -> tuple[_CompiledModel, float]:
     """The cached model for this spec, optimizer and DP setting, built (and timed) only when they change."""
     dp = train.get("dp")
     dp_key = None if dp is None else tuple(sorted((k, dp.get(k)) for k in DP_SETTINGS))
@@ -184,7 +185,7 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any]) -> tuple[_
         microbatches = dp.get("num_microbatches") if dp_sampling(train) == "shuffle" else None  # Poisson: per example
         optimizer = make_dp_optimizer(train["optimizer"], learning_rate, float(dp["l2_norm_clip"]),
                                       float(dp["noise_multiplier"]), microbatches, poisson=dp_sampling(train) == "poisson")
-    model = build_model(spec, optimizer, allowed_modules=model_modules_allowed())
+    model = build_model(spec, optimizer, allowed_modules=model_modules if model_modules is not None else model_modules_allowed())
     loss_tracker = tf.keras.metrics.Mean(name="loss")
     anchor, correction = ([tf.Variable(tf.zeros_like(variable), trainable=False) for variable in model.trainable_variables]
                           for _ in range(2))
@@ -321,11 +322,12 @@ def train_client(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: 
 
 
 def handle(payload: dict[str, Any], *, secret: str | None = None,
-           data: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+           data: tuple[np.ndarray, np.ndarray] | None = None, model_modules: ModelModules | None = None) -> dict[str, Any]:
     """Run one client step of DESIGN.md's contract: task dict in, result dict out. `secret`: the run secret
     when the platform hands it to the adapter (OpenWhisk), rather than in the environment. `data`: the
     (x, y) a function holds itself (a classroom student's own drawings), which then never enter the store:
-    the task's data key is not read."""
+    the task's data key is not read. `model_modules`: the custom-layer modules its tasks may import, where the
+    function is not a deployed one (default: FEDLESS_MODEL_MODULES)."""
     if is_aggregate_task(payload):  # the same bundle's other entry point: a shard of a round to sum
         return aggregate(payload, secret=secret)
     started = time.perf_counter()
@@ -344,7 +346,7 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
         return guard.sign(_result(payload, num_examples, {}, cold, {**timings, "upload": 0.0, "total": finished - started},
                                   None), update)
 
-    compiled, build_seconds = _compiled_model(payload["model"], train)
+    compiled, build_seconds = _compiled_model(payload["model"], train, model_modules)
     load_started = time.perf_counter()
     start = decode_arrays(store.get(payload["weights"]))
     compiled.load(start)

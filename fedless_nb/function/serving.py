@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 from ..wire import PayloadError, declared_cause
 from .handler import handle
 from ..errors import UserError
+from ..model import ModelModules
 from ..security import AuthError, check_body_token
 from ..store import CodecError, StoreError
 
@@ -63,8 +64,9 @@ def status_of(error: BaseException) -> int:
 
 
 def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = None,
-           data: Any = None) -> tuple[int, dict[str, Any]]:
-    """Run the client step on a request body (JSON text or an already parsed task); `secret` and `data` as in handle."""
+           data: Any = None, model_modules: ModelModules | None = None) -> tuple[int, dict[str, Any]]:
+    """Run the client step on a request body (JSON text or an already parsed task); `secret`, `data` and
+    `model_modules` as in handle."""
     try:
         if isinstance(body, (bytes, bytearray, str)) and len(body) > PARSED_UNSIGNED_BYTES:
             check_body_token(body, secret)
@@ -77,7 +79,7 @@ def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = No
         return 400, error_reply(400, PayloadError("the request body nests too deeply to be a task"))
     try:
         with _ONE_AT_A_TIME:
-            return 200, handle(payload, secret=secret, data=data)
+            return 200, handle(payload, secret=secret, data=data, model_modules=model_modules)
     except Exception as error:  # the platform gets a status and a message, never a crashed worker
         status = status_of(error)
         if status == 500:

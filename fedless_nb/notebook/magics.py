@@ -584,6 +584,9 @@ class FedlessMagics(Magics):
                              "(default: your share of the teacher's dataset)")
     @argument("--host", help="address your function listens on (default: the one you reach the teacher from)")
     @argument("--port", type=int, default=0, help="port your function listens on (default 0: a free one)")
+    @argument("--model-module", dest="model_modules", action="append", default=[], metavar="MODULE",
+              help="an installed module with the teacher's custom layers that your function may import (its code "
+                   "runs in this kernel, so only one you trust; default: Keras's layers only)")
     @line_magic
     @user_errors
     def fedless_join(self, line: str) -> Any:
@@ -605,7 +608,8 @@ class FedlessMagics(Magics):
             raise UsageError(f"this notebook already joined as {joined.name}: run %fedless_leave first")
         else:
             data = self._own_examples(args.data) if args.data else None
-            self.student = StudentFunction(args.teacher, args.code, args.name, host=args.host, port=args.port, data=data)
+            self.student = StudentFunction(args.teacher, args.code, args.name, host=args.host, port=args.port, data=data,
+                                           model_modules=args.model_modules)
             print(f"Joined as {args.name}; your function listens at {self.student.url}")
         display(calls_table(self.student))
         return self.student
