@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,51 @@ def test_a_function_whose_store_roots_do_not_parse_refuses_every_task_naming_the
     assert task_store(LocalStore(tmp_path / "run").descriptor()).root == tmp_path / "run"
     monkeypatch.setenv("FEDLESS_STORE_ROOTS", "")
     assert task_store({"kind": "local", "root": "/anywhere"}).root == Path("/anywhere")
+
+
+class _Redirecting:
+    """A real HTTP server on 127.0.0.1 that answers every GET and POST with `code` to `location`, and records them."""
+
+    def __init__(self, code: int, location: str):
+        import http.server
+        import threading
+
+        paths = self.paths = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _redirect(self):
+                paths.append(self.path)
+                self.send_response(code)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _redirect
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/bucket/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_presigned_store_follows_no_redirect(code):
+    """The roots check covers a task's URLs, and urllib followed a redirect from a server under them to anywhere
+    (this machine's and its network's services included); S3's presigned URLs need none. A redirect is refused."""
+    from fedless_nb.store import PresignedStore
+
+    elsewhere = _Redirecting(302, "http://127.0.0.1:9/")  # stands for any other service: it records what reaches it
+    redirecting = _Redirecting(code, elsewhere.url + "secret")
+    try:
+        store = PresignedStore({"global": redirecting.url + "global"}, {"update": {"url": redirecting.url, "fields": {}}},
+                               time.time() + 60)
+        refusal = f"redirect \\(HTTP {code} to 127.0.0.1:{elsewhere.server.server_address[1]}\\), which a function does not follow"
+        for attempt in (lambda: store.get("global"), lambda: store.exists("global"), lambda: store.put("update", b"x")):
+            with pytest.raises(StoreError, match=refusal):
+                attempt()
+        assert len(redirecting.paths) == 3 and elsewhere.paths == [], elsewhere.paths
+    finally:
+        redirecting.server.shutdown()
+        elsewhere.server.shutdown()

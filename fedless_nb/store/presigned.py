@@ -3,7 +3,9 @@
 A function holds no credentials. Its task grants a URL per key, so it can read only the
 global weights and its own data and write only its own update; asking for any other key
 fails here, before a request is made, and the object store refuses tampered or expired
-URLs on its side. A write is a presigned POST (S3's browser-upload form): its signed policy
+URLs on its side. It follows no redirect: the roots a deployer allows (store/roots.py) are checked on
+the task's URLs, and a server under them could otherwise send the function anywhere; S3 has no need
+of one (a presigned URL names the bucket's regional endpoint, and its signature covers the host). A write is a presigned POST (S3's browser-upload form): its signed policy
 carries a content-length-range, so the object store refuses a body over the task's
 `max_write_bytes` even from a function that skips the check made here first. The standard
 library makes the requests; urllib3 (installed with tensorflow's requests) encodes the form.
@@ -28,6 +30,16 @@ def _s3_error(body: bytes) -> str:
     except ElementTree.ParseError:
         return ""
     return ": ".join(part for part in (root.findtext("Code"), root.findtext("Message")) if part)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx stays the response (an HTTPError), never a request to its Location."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        return None
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
 class PresignedStore(Store):
@@ -74,13 +86,18 @@ class PresignedStore(Store):
         """(status, body); an HTTP error becomes a StoreError unless its status is `tolerated`. `headers`, when
         given, receives the response's headers."""
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 if headers is not None:
                     headers.update(response.headers.items())
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             if error.code in tolerated:
                 return error.code, b""
+            if 300 <= error.code < 400:
+                where = urllib.parse.urlsplit(error.headers.get("Location") or "").netloc or "nowhere named"
+                raise StoreError(f"the store answered {request.get_method()} {key!r} with a redirect (HTTP {error.code} "
+                                 f"to {where}), which a function does not follow: give it URLs that need none (an S3 "
+                                 "bucket's regional endpoint, https://BUCKET.s3.REGION.amazonaws.com/)") from None
             detail = _s3_error(error.read()) or error.reason
             if error.code == 404:
                 raise MissingKeyError(f"store has no key {key!r} ({detail})") from None
