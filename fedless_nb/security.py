@@ -66,6 +66,16 @@ class AuthError(Exception):
         self.status = status
 
 
+class MisconfiguredError(AuthError):
+    """The function's own settings are wrong (500). Checked before a task's token is, so its caller may hold no
+    secret: the reply says only `PUBLIC_MESSAGE`, the message itself (a path, a setting's value) goes to the log."""
+
+    PUBLIC_MESSAGE = "this function is misconfigured where it is deployed; its log says what to fix"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=500)
+
+
 class AggregatorTaskRefused(AuthError):
     """A function deployed for one client refuses an aggregator's task (403), declaring why in its reply (`cause`)."""
 
@@ -329,8 +339,8 @@ def function_secret(environment: Mapping[str, str] | None = None) -> str | None:
         try:
             return Path(path).read_text().strip() or None
         except OSError as error:
-            raise AuthError(f"cannot read the run secret from {SECRET_FILE_VARIABLE}={path}: {error.strerror}",
-                            status=500) from None
+            raise MisconfiguredError(f"cannot read the run secret from {SECRET_FILE_VARIABLE}={path}: "
+                                     f"{error.strerror}") from None
     return None
 
 

@@ -1,3 +1,4 @@
+import json
 import time
 from pathlib import Path
 
@@ -84,6 +85,41 @@ def test_a_function_whose_store_roots_do_not_parse_refuses_every_task_naming_the
     assert task_store(LocalStore(tmp_path / "run").descriptor()).root == tmp_path / "run"
     monkeypatch.setenv("FEDLESS_STORE_ROOTS", "")
     assert task_store({"kind": "local", "root": "/anywhere"}).root == Path("/anywhere")
+
+
+@pytest.mark.parametrize("setting", ["store roots", "secret file"])
+def test_a_misconfigured_function_tells_its_caller_only_that_and_its_log_what(tmp_path, monkeypatch, caplog, setting):
+    """Checked before the task's token, a function's wrong FEDLESS_STORE_ROOTS or unreadable secret file answered any
+    caller, one without the secret too, with the setting's value or the file's path; the reply now says only that the
+    function is misconfigured (500), and the deployer's log keeps the detail."""
+    from fedless_nb.function import handler
+    from fedless_nb.function.serving import invoke
+    from fedless_nb.security import NonceCache
+    from signed_tasks import make_task, write_inputs
+
+    monkeypatch.setattr(handler, "_STATE", handler._WarmState())
+    monkeypatch.setattr(handler, "_NONCES", NonceCache())
+    monkeypatch.delenv("FEDLESS_ALLOW_UNSIGNED", raising=False)
+    if setting == "store roots":
+        monkeypatch.setenv("FEDLESS_RUN_SECRET", "the-secret")
+        monkeypatch.setenv("FEDLESS_STORE_ROOTS", "/srv/private-store-name;relative/folder")
+        detail = "relative/folder"
+    else:
+        monkeypatch.delenv("FEDLESS_RUN_SECRET", raising=False)
+        monkeypatch.setenv("FEDLESS_RUN_SECRET_FILE", str(tmp_path / "private-mount" / "secret"))
+        detail = "private-mount"
+    store, spec = write_inputs(tmp_path / "store")
+    task = make_task(store, spec, secret="not-the-functions-secret")
+    large = json.dumps({**task, "padding": "x" * 2**20})  # its token is checked before it is parsed: the secret first
+    for body in (task, large) if setting == "secret file" else (task,):
+        with caplog.at_level("ERROR", logger="fedless_nb.function"):
+            status, reply = invoke(body)
+        assert (status, reply["error"]["message"]) == (
+            500, "this function is misconfigured where it is deployed; its log says what to fix"), reply
+        assert detail not in json.dumps(reply)
+        assert detail in caplog.text
+        caplog.clear()
+    assert not store.exists(task["update"])
 
 
 class _Redirecting:

@@ -28,7 +28,7 @@ from ..wire import PayloadError, declared_cause
 from .handler import handle
 from ..errors import UserError
 from ..model import ModelModules
-from ..security import AuthError, check_body_token
+from ..security import AuthError, MisconfiguredError, check_body_token
 from ..store import CodecError, StoreError
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -46,7 +46,9 @@ _ONE_AT_A_TIME = threading.Lock()
 
 
 def error_reply(status: int, error: BaseException) -> dict[str, Any]:
-    reply = {"status": status, "type": type(error).__name__, "message": str(error)}
+    """The reply to a refused or failed task; a misconfigured function's detail stays in its log (see invoke)."""
+    message = error.PUBLIC_MESSAGE if isinstance(error, MisconfiguredError) else str(error)
+    reply = {"status": status, "type": type(error).__name__, "message": message}
     if cause := declared_cause(getattr(error, "cause", None)):
         reply["cause"] = cause
     return {"error": reply}
@@ -72,6 +74,8 @@ def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = No
             check_body_token(body, secret)
         payload = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
     except AuthError as error:
+        if isinstance(error, MisconfiguredError):
+            _log.error("the function is misconfigured: %s", error)
         return error.status, error_reply(error.status, error)
     except ValueError as error:
         return 400, error_reply(400, PayloadError(f"the request body is not JSON: {error}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..security import AuthError
+from ..security import AuthError, MisconfiguredError
 from ..store import Store, store_from_descriptor
 from ..store.roots import STORE_ROOTS_VARIABLE, StoreRoots, StoreRootsError
 
@@ -19,7 +19,7 @@ def task_store(descriptor: Any) -> Store:
     try:
         roots = StoreRoots.deployed()
     except StoreRootsError as error:
-        raise AuthError(f"{error}: fix it where the function is deployed", status=500) from None
+        raise MisconfiguredError(f"{error}: fix it where the function is deployed") from None
     if roots is not None and (found := roots.outside(descriptor)):
         raise AuthError(f"this function reads and writes only under its {STORE_ROOTS_VARIABLE}, not {found}: send it "
                         f"tasks of a store there, or add that store to {STORE_ROOTS_VARIABLE} where it is deployed")
