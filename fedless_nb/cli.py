@@ -25,7 +25,7 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .records.history import DEFAULT_HISTORY, History, pending_file
     from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
     from .security import SECRET_VARIABLE, client_secret, function_secret
-    from .stopping import resumable, stopped_line
+    from .stopping import builder_needs_trust, resumable, stopped_line
 except KeyboardInterrupt:
     print("Interrupted")
     sys.exit(130)
@@ -150,7 +150,7 @@ def _run(config: ExperimentConfig, console: Console, command: str, resume: str |
         result = run_experiment(config, observers=[progress], resume=resume)
     except KeyboardInterrupt:  # Ctrl-C: the run has recorded its end; say where it stopped, not a traceback
         progress.progress.stop()
-        continue_with = command if resume else f"fedless-nb resume {progress.run_id}{_history_option(config)}"
+        continue_with = command if resume else f"fedless-nb resume {progress.run_id}{_resume_options(config)}"
         continue_with = continue_with if resumable(config) else None
         console.print(stopped_line(progress.run_id, progress.last_round, continue_with, run_again=command),
                       highlight=False, soft_wrap=True)
@@ -174,6 +174,12 @@ def _rounds_completed(run_id: str, history_path: str) -> int:
         return history.run(run_id)["rounds_completed"]
     finally:
         history.close()
+
+
+def _resume_options(config: ExperimentConfig) -> str:
+    """What `fedless-nb resume RUN_ID` needs to continue a run of `config`: its history and, for a 'module:function'
+    builder, --trust-builder (without it the command is refused)."""
+    return f"{' --trust-builder' if builder_needs_trust(config) else ''}{_history_option(config)}"
 
 
 def _history_option(config: ExperimentConfig) -> str:

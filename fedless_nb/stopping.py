@@ -14,6 +14,13 @@ def resumable(config: "ExperimentConfig") -> bool:
     return config.mode != "async"
 
 
+def builder_needs_trust(config: "ExperimentConfig") -> bool:
+    """Whether resuming a run of `config` needs --trust-builder: its model.builder is code named in the history
+    ('package.module:function'), which runner.resume_config runs only when trusted. A built-in is named by its bare
+    name, never with a colon (zoo.builder refuses any other), so this is known without importing the zoo's Keras."""
+    return ":" in config.model.builder
+
+
 def stopped_line(run_id: str | None, rounds: int, continue_with: str | None, run_again: str) -> str:
     """Where a stopped run stopped and what to do next: the command that continues it (`continue_with`, None for a
     run that cannot be resumed) or, with no round finished, the command that starts it again (`run_again`): a run

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -151,6 +152,32 @@ def test_ctrl_c_stops_a_run_with_one_line_naming_the_resume_command_which_finish
     resumed = fedless("resume", run["run_id"], "--history", "runs.db", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert [row["round"] for row in History(tmp_path / "runs.db").rounds(run["run_id"])] == list(range(1, 21))
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_a_resume_with_trust_builder_for_a_builder_of_the_users_own_which_finishes_it(tmp_path):
+    """A 'module:function' builder is code read back from the history, which `fedless-nb resume` runs only with
+    --trust-builder: the line named `fedless-nb resume RUN_ID`, which was refused."""
+    from fedless_nb.records.history import History
+
+    (tmp_path / "own_model.py").write_text("from fedless_nb.zoo import mlp as build\n")
+    config = _write_config(tmp_path, rounds=4, model={"builder": "own_model:build"})
+    process = subprocess.Popen([sys.executable, "-m", "fedless_nb", "run", str(config)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=as_a_terminal_starts_it)
+    for line in process.stdout:
+        if line.startswith("Round 1/4"):
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=300)
+    (run,) = History(tmp_path / "runs.db").runs()
+    assert process.returncode == 130 and err == "", out + err
+    suggested = f"fedless-nb resume {run['run_id']} --trust-builder --history runs.db"
+    assert out.replace("\n", " ").endswith(f"Continue it with: {suggested} "), out
+
+    resumed = fedless(*shlex.split(suggested)[1:], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [row["round"] for row in History(tmp_path / "runs.db").rounds(run["run_id"])] == [1, 2, 3, 4]
 
 
 SLOW_BUILDER = """

@@ -201,6 +201,11 @@ def test_the_record_says_where_the_run_is_recorded_and_which_magic_shows_it(hist
     ({"history": "runs.db"}, "net", 2, "Run r1 stopped after round 2; the history keeps every finished round. Continue "
                                        "it with: %fedless_resume r1 net --history runs.db"),
     ({"mode": "async"}, None, 2, "Run r1 stopped after round 2; the history keeps every finished round"),
+    ({"model": {"builder": "own_model:build"}}, None, 2, "Run r1 stopped after round 2; the history keeps every "
+                                                       "finished round. Continue it with: %fedless_resume r1 "
+                                                       "--trust-builder"),
+    ({"model": {"builder": "own_model:build"}}, "net", 2, "Run r1 stopped after round 2; the history keeps every "
+                                                        "finished round. Continue it with: %fedless_resume r1 net"),
     ({}, None, 0, "Run r1 stopped after round 0; no round finished, so there is nothing to continue: run "
                   "%fedless_train again"),
 ])

@@ -136,7 +136,7 @@ def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observe
     run = run_loop().submit(run_experiment_async(config, model=model, observers=observers,
                                                  on_controller=controllers.append, **options))
     _stop_on_interrupt(run, controllers, until=lambda: False,
-                       continue_with=functools.partial(resume_command, history=config.history, model_name=model_name)
+                       continue_with=functools.partial(resume_command, config=config, model_name=model_name)
                        if resumable(config) else None)
     return run.future.result()
 
@@ -201,7 +201,7 @@ class BackgroundRun:
         """The magic that continues this run after it stopped, or None (no run id yet, or async rounds)."""
         if self.run_id is None or not resumable(self.config):
             return None
-        return resume_command(self.run_id, self.config.history, self.model_name)
+        return resume_command(self.run_id, self.config, self.model_name)
 
     def stop(self) -> str:
         """End the run after its current round (after round 1 if it is still preparing its data and model); the line
@@ -256,7 +256,7 @@ class BackgroundRun:
         except asyncio.CancelledError:
             self._run.cancel()
             await self._until_done()
-            resume = functools.partial(resume_command, history=self.config.history, model_name=self.model_name)
+            resume = functools.partial(resume_command, config=self.config, model_name=self.model_name)
             raise _stopped(self._controllers, resume if resumable(self.config) else None) from None
         return self.future.result()
 
