@@ -25,7 +25,7 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .records.history import DEFAULT_HISTORY, History, pending_file
     from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
     from .security import SECRET_VARIABLE, client_secret, function_secret
-    from .stopping import builder_needs_trust, resumable, stopped_line
+    from .stopping import builder_needs_trust, resumable, rounds_recorded, stopped_line
 except KeyboardInterrupt:
     print("Interrupted")
     sys.exit(130)
@@ -166,14 +166,6 @@ def _run(config: ExperimentConfig, console: Console, command: str, resume: str |
         console.print(f"History: {config.history} (run {result.run_id}); its rounds: fedless-nb history "
                       f"{result.run_id}{_history_option(config)}", highlight=False, soft_wrap=True)
     return 0 if result.status == "finished" else 1
-
-
-def _rounds_completed(run_id: str, history_path: str) -> int:
-    history = History.existing(history_path)
-    try:
-        return history.run(run_id)["rounds_completed"]
-    finally:
-        history.close()
 
 
 def _resume_options(config: ExperimentConfig) -> str:
@@ -411,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config = resume_config(arguments.run_id, arguments.history, trust_builder=arguments.trust_builder)
             return _run(config, console, command, resume=arguments.run_id,
-                        rounds_done=_rounds_completed(arguments.run_id, arguments.history))
+                        rounds_done=rounds_recorded(arguments.run_id, arguments.history))
         if arguments.command == "run":
             config = load_config(arguments.config)
             if arguments.history:

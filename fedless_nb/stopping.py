@@ -21,6 +21,19 @@ def builder_needs_trust(config: "ExperimentConfig") -> bool:
     return ":" in config.model.builder
 
 
+def rounds_recorded(run_id: str, history: str) -> int:
+    """The rounds run `run_id` has finished, as `history` records them: where a resume interrupted while it prepares
+    its data and model stands (the controller that would count them is not built yet), so its stop line names the
+    run and its rounds, not a run that recorded nothing."""
+    from .records.history import History
+
+    recorded = History.existing(history)
+    try:
+        return recorded.run(run_id)["rounds_completed"]
+    finally:
+        recorded.close()
+
+
 def stopped_line(run_id: str | None, rounds: int, continue_with: str | None, run_again: str) -> str:
     """Where a stopped run stopped and what to do next: the command that continues it (`continue_with`, None for a
     run that cannot be resumed) or, with no round finished, the command that starts it again (`run_again`): a run
