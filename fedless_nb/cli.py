@@ -25,7 +25,7 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .records.history import DEFAULT_HISTORY, History, pending_file
     from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
     from .security import SECRET_VARIABLE, client_secret, function_secret
-    from .stopping import builder_needs_trust, resumable, rounds_recorded, stopped_line
+    from .stopping import builder_needs_trust, ended_early, resumable, rounds_recorded, stopped_line
 except KeyboardInterrupt:
     print("Interrupted")
     sys.exit(130)
@@ -80,7 +80,9 @@ class TerminalProgress:
                 print_uncut(self.console, self.summary())
             accuracy = event.final_metrics.get("accuracy")
             ending = f"final accuracy {accuracy:.4f}" if accuracy is not None else "no round finished"
-            self.console.print(f"[bold]Run {event.status}[/]: {event.rounds_completed} rounds, {ending}")
+            reason = ended_early(event.status, event.error)
+            self.console.print(f"[bold]Run {event.status}[/]: {event.rounds_completed} rounds, {ending}"
+                               + (f"; {reason}" if reason else ""), highlight=False, soft_wrap=True)
 
     def summary(self) -> Table:
         return rounds_table([

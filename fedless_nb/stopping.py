@@ -21,6 +21,13 @@ def builder_needs_trust(config: "ExperimentConfig") -> bool:
     return ":" in config.model.builder
 
 
+def ended_early(status: str, error: str | None) -> str | None:
+    """Why a run ended before its last round without a mistake (its privacy budget spent: the reason, with what to do,
+    that the history keeps in its error column), said where the run ends; None for a run that finished or failed
+    (its error is its own line), or that was stopped by its user (the stop line says where it stopped)."""
+    return error if status == "stopped" and error not in (None, "interrupted") else None
+
+
 def rounds_recorded(run_id: str, history: str) -> int:
     """The rounds run `run_id` has finished, as `history` records them: where a resume interrupted while it prepares
     its data and model stands (the controller that would count them is not built yet), so its stop line names the

@@ -110,6 +110,29 @@ def test_a_privacy_budget_below_one_round_is_one_line_and_writes_nothing(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"], "no history, no store"
 
 
+@pytest.mark.slow
+def test_a_run_its_privacy_budget_stopped_says_why_and_what_to_do_where_it_ends(tmp_path):
+    """It ended 'Run stopped: 1 rounds, final accuracy ...', the reason only in the history's error column. A target
+    between one round's epsilon and two rounds' (every client trains each round): round 2 would pass it."""
+    import dp_accounting as dpa
+
+    def reference(n, rounds):
+        event = dpa.PoissonSampledDpEvent(32 / n, dpa.GaussianDpEvent(1.0))
+        return dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(event, -(-n // 32) * rounds)).get_epsilon(1e-4)
+
+    sizes = (359, 360)  # the digits' training examples over 4 clients
+    target = float((max(reference(n, 1) for n in sizes) + min(reference(n, 2) for n in sizes)) / 2)  # numpy's: no YAML
+    train = {"epochs": 1, "batch_size": 32, "dp": {"noise_multiplier": 1.0, "delta": 1e-4, "target_epsilon": target,
+                                                   "on_budget": "stop_run"}}
+    completed = fedless("run", str(_write_config(tmp_path, rounds=5, clients_per_round=4, train=train)), cwd=tmp_path)
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    (ending,) = [line for line in completed.stdout.splitlines() if line.startswith("Run stopped")]
+    assert ending.startswith("Run stopped: 1 round") and (
+        f"; privacy budget spent: round 2 would take 4 client(s) past target_epsilon {target:g} (epsilon reached: "
+        f"{max(reference(n, 1) for n in sizes):.3g}); the run is done within its budget; to train longer, raise "
+        "train.dp.target_epsilon or the noise and start a new run") in ending, ending
+
+
 def test_missing_config_file_and_unknown_run_are_clear(tmp_path):
     completed = fedless("run", "nope.yaml", cwd=tmp_path)
     assert completed.returncode == 2 and "config file nope.yaml does not exist" in completed.stdout

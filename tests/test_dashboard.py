@@ -225,6 +225,23 @@ def test_a_stopped_runs_record_ends_with_what_to_do_next(config, model_name, rou
     assert html.escape(next_step) + "</p>" in RunRecord(progress).html()
 
 
+def test_a_run_its_privacy_budget_stopped_says_why_in_its_summary_and_record_not_to_resume_it():
+    """Its record said 'Continue it with: %fedless_resume r1', which stops again at once: the reason was only in the
+    history's error column."""
+    reason = ("privacy budget spent: round 3 would take 4 client(s) past target_epsilon 2 (epsilon reached: 1.9); the "
+              "run is done within its budget; to train longer, raise train.dp.target_epsilon or the noise and start a "
+              "new run")
+    progress = RunProgress()
+    for event in run_events(rounds=5):
+        if isinstance(event, RunStarted):
+            progress.update(dataclasses.replace(event, config=ExperimentConfig.from_dict({"clients": 4}).to_dict()))
+        elif getattr(event, "round", 0) <= 2 and not isinstance(event, RunFinished):
+            progress.update(event)
+    progress.update(RunFinished("r1", "stopped", 200.0, 2, {}, error=reason))
+    assert progress.summary_line().endswith(f"; {reason}")
+    assert RunRecord(progress).text().endswith(f". {reason}") and "%fedless_resume" not in RunRecord(progress).text()
+
+
 def test_compare_names_each_run_in_a_legend_beside_the_data():
     figure = compare_figure({"fedavg": [(1, 0.5), (2, 0.7)], "fedprox": [(1, 0.4), (2, 0.8)]}, "accuracy")
     (axes,) = figure.axes

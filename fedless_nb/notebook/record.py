@@ -154,6 +154,8 @@ class RunRecord:
         """A stopped run's line of what to do next, as its cell's interrupt words it (stopping.stopped_line): the record
         replaces the dashboard, and with it the line a Stop button or %fedless_stop had put under the button."""
         state = self.progress
+        if state.stop_reason:  # no stop of the user's: why it ended is what to know, and resuming would end it again
+            return state.stop_reason
         if state.status != "stopped" or not state.config:
             return ""
         config = ExperimentConfig.from_dict(state.config)
