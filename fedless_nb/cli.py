@@ -26,6 +26,7 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
     from .security import SECRET_VARIABLE, client_secret, function_secret
     from .stopping import builder_needs_trust, ended_early, resumable, rounds_recorded, stopped_line
+    from .wording import counted
 except KeyboardInterrupt:
     print("Interrupted")
     sys.exit(130)
@@ -56,7 +57,8 @@ class TerminalProgress:
         if isinstance(event, RunStarted):
             self.total_rounds, self.run_id, self.last_round = event.rounds, event.run_id, event.resumed_from or 0
             resumed = f", resumed after round {event.resumed_from}" if event.resumed_from else ""
-            self.console.print(f"[bold]Run {event.run_id}[/]: {event.clients} clients, {event.rounds} rounds{resumed}")
+            self.console.print(f"[bold]Run {event.run_id}[/]: {counted(event.clients, 'client')}, "
+                               f"{counted(event.rounds, 'round')}{resumed}")
             self.progress.start()
         elif isinstance(event, RoundStarted):
             if event.round in self.tasks:  # the round runs again, below its quorum
@@ -81,7 +83,7 @@ class TerminalProgress:
             accuracy = event.final_metrics.get("accuracy")
             ending = f"final accuracy {accuracy:.4f}" if accuracy is not None else "no round finished"
             reason = ended_early(event.status, event.error)
-            self.console.print(f"[bold]Run {event.status}[/]: {event.rounds_completed} rounds, {ending}"
+            self.console.print(f"[bold]Run {event.status}[/]: {counted(event.rounds_completed, 'round')}, {ending}"
                                + (f"; {reason}" if reason else ""), highlight=False, soft_wrap=True)
 
     def summary(self) -> Table:

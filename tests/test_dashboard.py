@@ -37,6 +37,15 @@ def run_events(rounds=3, clients=("client-0000", "client-0001"), fail_last=True)
     yield RunFinished("r1", "finished", 200.0, rounds, {"accuracy": 0.9})
 
 
+def test_a_run_of_one_client_and_one_round_is_counted_in_the_singular():
+    """It read 'Run r1: 1 clients, 1 rounds' (a quick try of one round)."""
+    lines = []
+    dashboard = TextDashboard(lines.append)
+    for event in run_events(rounds=1, clients=("client-0000",), fail_last=False):
+        dashboard(event)
+    assert lines[0] == "Run r1: 1 client, 1 round"
+
+
 def test_progress_folds_the_events():
     progress = RunProgress()
     for event in run_events():

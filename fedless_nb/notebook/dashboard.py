@@ -17,6 +17,7 @@ from typing import Any, Callable
 from ..records.cost import CostModel
 from ..rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from ..stopping import ended_early
+from ..wording import counted
 DASHBOARD_MODES = ("auto", "widgets", "text", "compact", "none")
 TIMELINE_BARS = 400  # the newest invocations drawn; a long run's timeline stays bounded
 
@@ -118,7 +119,7 @@ class TextDashboard:
     def __call__(self, event: Event) -> None:
         self.progress.update(event)
         if isinstance(event, RunStarted):
-            self.write(f"Run {event.run_id}: {event.clients} clients, {event.rounds} rounds")
+            self.write(f"Run {event.run_id}: {counted(event.clients, 'client')}, {counted(event.rounds, 'round')}")
         elif isinstance(event, RoundFinished):
             self.write(self.progress.round_line())
         elif isinstance(event, RunFinished):
