@@ -269,17 +269,11 @@ def test_ctrl_c_while_a_resume_prepares_keeps_the_runs_rounds_and_names_the_same
     """It said 'Run stopped while preparing its data and model, before its first round; nothing was recorded' of a
     run with a round in the history. The resume's command continues it (with its --trust-builder, which a bare
     `fedless-nb resume RUN_ID` would lack)."""
-    from fedless_nb.experiment import ExperimentConfig
-    from fedless_nb.records.history import History, HistoryWriter
-    from fedless_nb.rounds.events import RunFinished, RunStarted
+    from fedless_nb.records.history import History
+    from planted_runs import plant_stopped_run
 
     (tmp_path / "slow_model.py").write_text(SLOW_BUILDER)
-    config = ExperimentConfig.from_dict({"clients": 4, "clients_per_round": 2, "rounds": 5, "store": {"path": "store"},
-                                         "model": {"builder": "slow_model:build"}}).to_dict()
-    writer = HistoryWriter(History(tmp_path / "runs.db"))
-    writer(RunStarted("planted", "planted", config, 5, 4, [], 100.0))
-    writer(RunFinished("planted", "stopped", 110.0, 1, {}))
-    writer.history.close()
+    plant_stopped_run(tmp_path / "runs.db", builder="slow_model:build")
     command = ["resume", "planted", "--history", "runs.db", "--trust-builder"]
     process = subprocess.Popen([sys.executable, "-m", "fedless_nb", *command], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, preexec_fn=as_a_terminal_starts_it)

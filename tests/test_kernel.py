@@ -301,20 +301,13 @@ def test_interrupting_a_run_before_its_first_round_names_it_and_says_to_run_it_a
 def test_interrupting_a_resume_while_it_prepares_names_the_run_its_rounds_and_the_resume(kernel, tmp_path):
     """It said 'Run stopped while preparing its data and model, before its first round; nothing was recorded: run
     %fedless_train again' of a run with a round in the history (as `fedless-nb resume` did, see test_cli)."""
-    from fedless_nb.experiment import ExperimentConfig
-    from fedless_nb.records.history import HistoryWriter
-    from fedless_nb.rounds.events import RunFinished, RunStarted
+    from planted_runs import plant_stopped_run
 
     (tmp_path / "slow_model.py").write_text(
         "import time\nfrom fedless_nb.zoo import mlp\n\n\ndef build(input_shape, num_classes):\n"
         "    print('building the model', flush=True)\n    time.sleep(5)  # the interrupt lands meanwhile\n"
         "    return mlp(input_shape, num_classes, hidden_units=[8])\n")
-    config = ExperimentConfig.from_dict({"clients": 4, "clients_per_round": 2, "rounds": 5, "store": {"path": "store"},
-                                         "model": {"builder": "slow_model:build"}}).to_dict()
-    writer = HistoryWriter(History(tmp_path / "fedless_history.db"))
-    writer(RunStarted("planted", "planted", config, 5, 4, [], 100.0))
-    writer(RunFinished("planted", "stopped", 110.0, 1, {}))
-    writer.history.close()
+    plant_stopped_run(tmp_path / "fedless_history.db", builder="slow_model:build")
 
     def interrupt_while_it_builds(message):
         if message["msg_type"] == "stream" and "building the model" in message["content"]["text"]:
