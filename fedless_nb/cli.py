@@ -25,7 +25,8 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .records.history import DEFAULT_HISTORY, History, pending_file
     from .deploy.packaging import MODEL_MODULE_HELP, PLATFORMS, build_bundle, requirements_megabytes
     from .security import SECRET_VARIABLE, client_secret, function_secret
-    from .stopping import resumable, stopped_line
+    from .stopping import builder_needs_trust, ended_early, resumable, rounds_recorded, stopped_line
+    from .wording import counted
 except KeyboardInterrupt:
     print("Interrupted")
     sys.exit(130)
@@ -56,7 +57,8 @@ class TerminalProgress:
         if isinstance(event, RunStarted):
             self.total_rounds, self.run_id, self.last_round = event.rounds, event.run_id, event.resumed_from or 0
             resumed = f", resumed after round {event.resumed_from}" if event.resumed_from else ""
-            self.console.print(f"[bold]Run {event.run_id}[/]: {event.clients} clients, {event.rounds} rounds{resumed}")
+            self.console.print(f"[bold]Run {event.run_id}[/]: {counted(event.clients, 'client')}, "
+                               f"{counted(event.rounds, 'round')}{resumed}")
             self.progress.start()
         elif isinstance(event, RoundStarted):
             if event.round in self.tasks:  # the round runs again, below its quorum
@@ -80,7 +82,9 @@ class TerminalProgress:
                 print_uncut(self.console, self.summary())
             accuracy = event.final_metrics.get("accuracy")
             ending = f"final accuracy {accuracy:.4f}" if accuracy is not None else "no round finished"
-            self.console.print(f"[bold]Run {event.status}[/]: {event.rounds_completed} rounds, {ending}")
+            reason = ended_early(event.status, event.error)
+            self.console.print(f"[bold]Run {event.status}[/]: {counted(event.rounds_completed, 'round')}, {ending}"
+                               + (f"; {reason}" if reason else ""), highlight=False, soft_wrap=True)
 
     def summary(self) -> Table:
         return rounds_table([
@@ -150,7 +154,7 @@ def _run(config: ExperimentConfig, console: Console, command: str, resume: str |
         result = run_experiment(config, observers=[progress], resume=resume)
     except KeyboardInterrupt:  # Ctrl-C: the run has recorded its end; say where it stopped, not a traceback
         progress.progress.stop()
-        continue_with = command if resume else f"fedless-nb resume {progress.run_id}{_history_option(config)}"
+        continue_with = command if resume else f"fedless-nb resume {progress.run_id}{_resume_options(config)}"
         continue_with = continue_with if resumable(config) else None
         console.print(stopped_line(progress.run_id, progress.last_round, continue_with, run_again=command),
                       highlight=False, soft_wrap=True)
@@ -168,12 +172,10 @@ def _run(config: ExperimentConfig, console: Console, command: str, resume: str |
     return 0 if result.status == "finished" else 1
 
 
-def _rounds_completed(run_id: str, history_path: str) -> int:
-    history = History.existing(history_path)
-    try:
-        return history.run(run_id)["rounds_completed"]
-    finally:
-        history.close()
+def _resume_options(config: ExperimentConfig) -> str:
+    """What `fedless-nb resume RUN_ID` needs to continue a run of `config`: its history and, for a 'module:function'
+    builder, --trust-builder (without it the command is refused)."""
+    return f"{' --trust-builder' if builder_needs_trust(config) else ''}{_history_option(config)}"
 
 
 def _history_option(config: ExperimentConfig) -> str:
@@ -408,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config = resume_config(arguments.run_id, arguments.history, trust_builder=arguments.trust_builder)
             return _run(config, console, command, resume=arguments.run_id,
-                        rounds_done=_rounds_completed(arguments.run_id, arguments.history))
+                        rounds_done=rounds_recorded(arguments.run_id, arguments.history))
         if arguments.command == "run":
             config = load_config(arguments.config)
             if arguments.history:

@@ -40,6 +40,7 @@ from .store import LocalStore, MissingKeyError, Store, decode_arrays, encode_arr
 from .store.keys import client_data_key, global_weights_key
 from .strategies import Strategy, make_strategy
 from .strategies.central_dp import CentralDP
+from .wording import counted
 from .zoo import BUILDERS
 
 
@@ -401,7 +402,7 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_b
     finally:
         recorded.close()
     if run["status"] == "finished" and run["rounds_completed"] >= run["rounds"]:
-        raise ResumeError(f"run {run_id!r} already finished all {run['rounds']} rounds; there is nothing to resume")
+        raise ResumeError(f"run {run_id!r} already finished all {counted(run['rounds'], 'round')}; there is nothing to resume")
     if run["status"] == "running" and owner_state(run.get("owner")) == "alive":
         raise ResumeError(f"run {run_id!r} is still training (process {run['owner'].split(':')[1]}): stop it first "
                           "(Ctrl-C, the notebook's stop button or %fedless_stop), or let it finish")

@@ -14,6 +14,33 @@ def resumable(config: "ExperimentConfig") -> bool:
     return config.mode != "async"
 
 
+def builder_needs_trust(config: "ExperimentConfig") -> bool:
+    """Whether resuming a run of `config` needs --trust-builder: its model.builder is code named in the history
+    ('package.module:function'), which runner.resume_config runs only when trusted. A built-in is named by its bare
+    name, never with a colon (zoo.builder refuses any other), so this is known without importing the zoo's Keras."""
+    return ":" in config.model.builder
+
+
+def ended_early(status: str, error: str | None) -> str | None:
+    """Why a run ended before its last round without a mistake (its privacy budget spent: the reason, with what to do,
+    that the history keeps in its error column), said where the run ends; None for a run that finished or failed
+    (its error is its own line), or that was stopped by its user (the stop line says where it stopped)."""
+    return error if status == "stopped" and error not in (None, "interrupted") else None
+
+
+def rounds_recorded(run_id: str, history: str) -> int:
+    """The rounds run `run_id` has finished, as `history` records them: where a resume interrupted while it prepares
+    its data and model stands (the controller that would count them is not built yet), so its stop line names the
+    run and its rounds, not a run that recorded nothing."""
+    from .records.history import History
+
+    recorded = History.existing(history)
+    try:
+        return recorded.run(run_id)["rounds_completed"]
+    finally:
+        recorded.close()
+
+
 def stopped_line(run_id: str | None, rounds: int, continue_with: str | None, run_again: str) -> str:
     """Where a stopped run stopped and what to do next: the command that continues it (`continue_with`, None for a
     run that cannot be resumed) or, with no round finished, the command that starts it again (`run_again`): a run

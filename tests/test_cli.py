@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -109,6 +110,29 @@ def test_a_privacy_budget_below_one_round_is_one_line_and_writes_nothing(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"], "no history, no store"
 
 
+@pytest.mark.slow
+def test_a_run_its_privacy_budget_stopped_says_why_and_what_to_do_where_it_ends(tmp_path):
+    """It ended 'Run stopped: 1 rounds, final accuracy ...', the reason only in the history's error column. A target
+    between one round's epsilon and two rounds' (every client trains each round): round 2 would pass it."""
+    import dp_accounting as dpa
+
+    def reference(n, rounds):
+        event = dpa.PoissonSampledDpEvent(32 / n, dpa.GaussianDpEvent(1.0))
+        return dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(event, -(-n // 32) * rounds)).get_epsilon(1e-4)
+
+    sizes = (359, 360)  # the digits' training examples over 4 clients
+    target = float((max(reference(n, 1) for n in sizes) + min(reference(n, 2) for n in sizes)) / 2)  # numpy's: no YAML
+    train = {"epochs": 1, "batch_size": 32, "dp": {"noise_multiplier": 1.0, "delta": 1e-4, "target_epsilon": target,
+                                                   "on_budget": "stop_run"}}
+    completed = fedless("run", str(_write_config(tmp_path, rounds=5, clients_per_round=4, train=train)), cwd=tmp_path)
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    (ending,) = [line for line in completed.stdout.splitlines() if line.startswith("Run stopped")]
+    assert ending.startswith("Run stopped: 1 round, final accuracy") and (
+        f"; privacy budget spent: round 2 would take 4 client(s) past target_epsilon {target:g} (epsilon reached: "
+        f"{max(reference(n, 1) for n in sizes):.3g}); the run is done within its budget; to train longer, raise "
+        "train.dp.target_epsilon or the noise and start a new run") in ending, ending
+
+
 def test_missing_config_file_and_unknown_run_are_clear(tmp_path):
     completed = fedless("run", "nope.yaml", cwd=tmp_path)
     assert completed.returncode == 2 and "config file nope.yaml does not exist" in completed.stdout
@@ -151,6 +175,32 @@ def test_ctrl_c_stops_a_run_with_one_line_naming_the_resume_command_which_finish
     resumed = fedless("resume", run["run_id"], "--history", "runs.db", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert [row["round"] for row in History(tmp_path / "runs.db").rounds(run["run_id"])] == list(range(1, 21))
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_a_resume_with_trust_builder_for_a_builder_of_the_users_own_which_finishes_it(tmp_path):
+    """A 'module:function' builder is code read back from the history, which `fedless-nb resume` runs only with
+    --trust-builder: the line named `fedless-nb resume RUN_ID`, which was refused."""
+    from fedless_nb.records.history import History
+
+    (tmp_path / "own_model.py").write_text("from fedless_nb.zoo import mlp as build\n")
+    config = _write_config(tmp_path, rounds=4, model={"builder": "own_model:build"})
+    process = subprocess.Popen([sys.executable, "-m", "fedless_nb", "run", str(config)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=as_a_terminal_starts_it)
+    for line in process.stdout:
+        if line.startswith("Round 1/4"):
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=300)
+    (run,) = History(tmp_path / "runs.db").runs()
+    assert process.returncode == 130 and err == "", out + err
+    suggested = f"fedless-nb resume {run['run_id']} --trust-builder --history runs.db"
+    assert out.replace("\n", " ").endswith(f"Continue it with: {suggested} "), out
+
+    resumed = fedless(*shlex.split(suggested)[1:], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [row["round"] for row in History(tmp_path / "runs.db").rounds(run["run_id"])] == [1, 2, 3, 4]
 
 
 SLOW_BUILDER = """
@@ -219,17 +269,11 @@ def test_ctrl_c_while_a_resume_prepares_keeps_the_runs_rounds_and_names_the_same
     """It said 'Run stopped while preparing its data and model, before its first round; nothing was recorded' of a
     run with a round in the history. The resume's command continues it (with its --trust-builder, which a bare
     `fedless-nb resume RUN_ID` would lack)."""
-    from fedless_nb.experiment import ExperimentConfig
-    from fedless_nb.records.history import History, HistoryWriter
-    from fedless_nb.rounds.events import RunFinished, RunStarted
+    from fedless_nb.records.history import History
+    from planted_runs import plant_stopped_run
 
     (tmp_path / "slow_model.py").write_text(SLOW_BUILDER)
-    config = ExperimentConfig.from_dict({"clients": 4, "clients_per_round": 2, "rounds": 5, "store": {"path": "store"},
-                                         "model": {"builder": "slow_model:build"}}).to_dict()
-    writer = HistoryWriter(History(tmp_path / "runs.db"))
-    writer(RunStarted("planted", "planted", config, 5, 4, [], 100.0))
-    writer(RunFinished("planted", "stopped", 110.0, 1, {}))
-    writer.history.close()
+    plant_stopped_run(tmp_path / "runs.db", builder="slow_model:build")
     command = ["resume", "planted", "--history", "runs.db", "--trust-builder"]
     process = subprocess.Popen([sys.executable, "-m", "fedless_nb", *command], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, preexec_fn=as_a_terminal_starts_it)

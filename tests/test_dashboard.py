@@ -37,6 +37,15 @@ def run_events(rounds=3, clients=("client-0000", "client-0001"), fail_last=True)
     yield RunFinished("r1", "finished", 200.0, rounds, {"accuracy": 0.9})
 
 
+def test_a_run_of_one_client_and_one_round_is_counted_in_the_singular():
+    """It read 'Run r1: 1 clients, 1 rounds' (a quick try of one round)."""
+    lines = []
+    dashboard = TextDashboard(lines.append)
+    for event in run_events(rounds=1, clients=("client-0000",), fail_last=False):
+        dashboard(event)
+    assert lines[0] == "Run r1: 1 client, 1 round"
+
+
 def test_progress_folds_the_events():
     progress = RunProgress()
     for event in run_events():
@@ -201,6 +210,11 @@ def test_the_record_says_where_the_run_is_recorded_and_which_magic_shows_it(hist
     ({"history": "runs.db"}, "net", 2, "Run r1 stopped after round 2; the history keeps every finished round. Continue "
                                        "it with: %fedless_resume r1 net --history runs.db"),
     ({"mode": "async"}, None, 2, "Run r1 stopped after round 2; the history keeps every finished round"),
+    ({"model": {"builder": "own_model:build"}}, None, 2, "Run r1 stopped after round 2; the history keeps every "
+                                                       "finished round. Continue it with: %fedless_resume r1 "
+                                                       "--trust-builder"),
+    ({"model": {"builder": "own_model:build"}}, "net", 2, "Run r1 stopped after round 2; the history keeps every "
+                                                        "finished round. Continue it with: %fedless_resume r1 net"),
     ({}, None, 0, "Run r1 stopped after round 0; no round finished, so there is nothing to continue: run "
                   "%fedless_train again"),
 ])
@@ -218,6 +232,23 @@ def test_a_stopped_runs_record_ends_with_what_to_do_next(config, model_name, rou
     text = RunRecord(progress).text()
     assert text.endswith(f"{magic_on_run('%fedless_history', 'r1', config['history'])}. {next_step}"), text
     assert html.escape(next_step) + "</p>" in RunRecord(progress).html()
+
+
+def test_a_run_its_privacy_budget_stopped_says_why_in_its_summary_and_record_not_to_resume_it():
+    """Its record said 'Continue it with: %fedless_resume r1', which stops again at once: the reason was only in the
+    history's error column."""
+    reason = ("privacy budget spent: round 3 would take 4 client(s) past target_epsilon 2 (epsilon reached: 1.9); the "
+              "run is done within its budget; to train longer, raise train.dp.target_epsilon or the noise and start a "
+              "new run")
+    progress = RunProgress()
+    for event in run_events(rounds=5):
+        if isinstance(event, RunStarted):
+            progress.update(dataclasses.replace(event, config=ExperimentConfig.from_dict({"clients": 4}).to_dict()))
+        elif getattr(event, "round", 0) <= 2 and not isinstance(event, RunFinished):
+            progress.update(event)
+    progress.update(RunFinished("r1", "stopped", 200.0, 2, {}, error=reason))
+    assert progress.summary_line().endswith(f"; {reason}")
+    assert RunRecord(progress).text().endswith(f". {reason}") and "%fedless_resume" not in RunRecord(progress).text()
 
 
 def test_compare_names_each_run_in_a_legend_beside_the_data():

@@ -58,10 +58,10 @@ def test_unknown_run_and_foreign_file_are_clear_errors(tmp_path):
         History(foreign)
     assert foreign.read_text().startswith("these are my notes"), "the file is left untouched"
     with pytest.raises(HistoryError, match=f"^{tmp_path / 'runs' / 'h.db'}: the folder {tmp_path / 'runs'} does not "
-                       "exist; create it or point history at another file$"):
+                       r"exist; create it or name another file with --history PATH \(history=\.\.\. in Python\)$"):
         History(tmp_path / "runs" / "h.db")
-    with pytest.raises(HistoryError, match=f"^{tmp_path} is a folder: point history at a file, for example "
-                                           f"{tmp_path / 'fedless_history.db'}$"):
+    with pytest.raises(HistoryError, match=f"^{tmp_path} is a folder: name a file in it with --history PATH "
+                                           rf"\(history=\.\.\. in Python\), for example {tmp_path / 'fedless_history.db'}$"):
         History(tmp_path)
 
 

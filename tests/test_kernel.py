@@ -298,6 +298,31 @@ def test_interrupting_a_run_before_its_first_round_names_it_and_says_to_run_it_a
 
 
 @pytest.mark.slow
+def test_interrupting_a_resume_while_it_prepares_names_the_run_its_rounds_and_the_resume(kernel, tmp_path):
+    """It said 'Run stopped while preparing its data and model, before its first round; nothing was recorded: run
+    %fedless_train again' of a run with a round in the history (as `fedless-nb resume` did, see test_cli)."""
+    from planted_runs import plant_stopped_run
+
+    (tmp_path / "slow_model.py").write_text(
+        "import time\nfrom fedless_nb.zoo import mlp\n\n\ndef build(input_shape, num_classes):\n"
+        "    print('building the model', flush=True)\n    time.sleep(5)  # the interrupt lands meanwhile\n"
+        "    return mlp(input_shape, num_classes, hidden_units=[8])\n")
+    plant_stopped_run(tmp_path / "fedless_history.db", builder="slow_model:build")
+
+    def interrupt_while_it_builds(message):
+        if message["msg_type"] == "stream" and "building the model" in message["content"]["text"]:
+            kernel.manager.interrupt_kernel()
+
+    reply, messages = kernel.execute("%fedless_resume planted --trust-builder --dashboard text",
+                                     on_message=interrupt_while_it_builds)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "UsageError"
+    stderr = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+    assert stderr == ("UsageError: Run planted stopped after round 1; the history keeps every finished round. Continue "
+                      "it with: %fedless_resume planted --trust-builder\n")
+    assert History(tmp_path / "fedless_history.db").run("planted")["rounds_completed"] == 1
+
+
+@pytest.mark.slow
 def test_interrupting_a_cell_that_awaits_a_background_run_stops_the_run_with_one_line(kernel, tmp_path):
     """ipykernel cancels an awaiting cell from another thread: awaiting the run's future, the interrupt did nothing
     until all 300 rounds had run, then showed an empty CancelledError."""

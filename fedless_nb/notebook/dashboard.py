@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from ..records.cost import CostModel
 from ..rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
+from ..stopping import ended_early
+from ..wording import counted
 DASHBOARD_MODES = ("auto", "widgets", "text", "compact", "none")
 TIMELINE_BARS = 400  # the newest invocations drawn; a long run's timeline stays bounded
 
@@ -43,6 +45,7 @@ class RunProgress:
     privacy: dict[str, float] = field(default_factory=dict)  # the last round's epsilon figures, when DP is on
     last_round: RoundFinished | None = None
     model_name: str | None = None  # the notebook variable holding the run's model, which resuming it needs again
+    stop_reason: str | None = None  # why the run stopped before its last round on its own (stopping.ended_early)
 
     def update(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -67,7 +70,7 @@ class RunProgress:
             self.metrics.append((event.round, event.eval_metrics))
             self.privacy = dict(event.privacy_metrics)
         elif isinstance(event, RunFinished):
-            self.status = event.status
+            self.status, self.stop_reason = event.status, ended_early(event.status, event.error)
 
     def series(self, name: str) -> dict[str, list[tuple[float, float]]]:
         return {name: [(r, values[name]) for r, values in self.metrics if name in values]}
@@ -100,7 +103,8 @@ class RunProgress:
 
     def summary_line(self) -> str:
         totals = ", ".join(f"{value} {name}" for name, value in self.totals().items())
-        return f"Run {self.run_id} {self.status}: {self.rounds_done}/{self.total_rounds} rounds, {totals}"
+        reason = f"; {self.stop_reason}" if self.stop_reason else ""
+        return f"Run {self.run_id} {self.status}: {self.rounds_done}/{self.total_rounds} rounds, {totals}{reason}"
 
 
 class TextDashboard:
@@ -115,7 +119,7 @@ class TextDashboard:
     def __call__(self, event: Event) -> None:
         self.progress.update(event)
         if isinstance(event, RunStarted):
-            self.write(f"Run {event.run_id}: {event.clients} clients, {event.rounds} rounds")
+            self.write(f"Run {event.run_id}: {counted(event.clients, 'client')}, {counted(event.rounds, 'round')}")
         elif isinstance(event, RoundFinished):
             self.write(self.progress.round_line())
         elif isinstance(event, RunFinished):

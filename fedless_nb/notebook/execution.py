@@ -27,7 +27,7 @@ from ..records.history import History
 from ..rounds.controller import Controller
 from ..rounds.events import Observer, RunStarted
 from ..runner import RunResult, run_experiment_async
-from ..stopping import resumable, stopped_line
+from ..stopping import resumable, rounds_recorded, stopped_line
 from .record import resume_command
 
 
@@ -100,10 +100,11 @@ def _rounds_done(controllers: list[Controller]) -> int:
 
 
 def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool],
-                       continue_with: Callable[[str], str] | None = None) -> None:
+                       continue_with: Callable[[str], str] | None = None, resumed: tuple[str, int] | None = None) -> None:
     """Wait here until `until()` or the run's end; an interrupt (the notebook's stop button, Ctrl-C) cancels the
     run, waits while it records its end (a second interrupt waits too) and ends the cell with one line, which
-    names the magic that continues the run (`continue_with(run_id)`) once it has a round to continue from."""
+    names the magic that continues the run (`continue_with(run_id)`) once it has a round to continue from;
+    `resumed` is the run a resume continues and its rounds recorded, where it stands until its controller is built."""
     try:
         while not until() and not run.future.done():
             concurrent.futures.wait([run.future], timeout=0.1)
@@ -116,13 +117,16 @@ def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Cal
             break
         except KeyboardInterrupt:
             continue
-    raise _stopped(controllers, continue_with)
+    raise _stopped(controllers, continue_with, resumed)
 
 
-def _stopped(controllers: list[Controller], continue_with: Callable[[str], str] | None) -> RunStopped:
-    """The one line an interrupted run ends its cell with (see stopped_line)."""
-    run_id = controllers[0].run_id if controllers else None
-    return RunStopped(stopped_line(run_id, _rounds_done(controllers),
+def _stopped(controllers: list[Controller], continue_with: Callable[[str], str] | None,
+             resumed: tuple[str, int] | None = None) -> RunStopped:
+    """The one line an interrupted run ends its cell with (see stopped_line); a resume stopped before its controller
+    was built, or had restored its checkpoint, is still the run it continues (`resumed`: its id and rounds recorded)."""
+    resumed_id, recorded = resumed or (None, 0)
+    run_id = controllers[0].run_id if controllers else resumed_id
+    return RunStopped(stopped_line(run_id, max(_rounds_done(controllers), recorded),
                                    continue_with(run_id) if continue_with is not None and run_id is not None else None,
                                    run_again="%fedless_train"))
 
@@ -133,11 +137,13 @@ def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observe
     An interrupt stops the run: its invocations are stopped, the history keeps every finished round;
     `model_name` (the notebook variable holding `model`) goes into the line that says how to continue it."""
     controllers: list[Controller] = []
+    resume = options.get("resume")
+    resumed = (resume, rounds_recorded(resume, str(config.history))) if resume is not None else None
     run = run_loop().submit(run_experiment_async(config, model=model, observers=observers,
                                                  on_controller=controllers.append, **options))
     _stop_on_interrupt(run, controllers, until=lambda: False,
-                       continue_with=functools.partial(resume_command, history=config.history, model_name=model_name)
-                       if resumable(config) else None)
+                       continue_with=functools.partial(resume_command, config=config, model_name=model_name)
+                       if resumable(config) else None, resumed=resumed)
     return run.future.result()
 
 
@@ -201,7 +207,7 @@ class BackgroundRun:
         """The magic that continues this run after it stopped, or None (no run id yet, or async rounds)."""
         if self.run_id is None or not resumable(self.config):
             return None
-        return resume_command(self.run_id, self.config.history, self.model_name)
+        return resume_command(self.run_id, self.config, self.model_name)
 
     def stop(self) -> str:
         """End the run after its current round (after round 1 if it is still preparing its data and model); the line
@@ -256,7 +262,7 @@ class BackgroundRun:
         except asyncio.CancelledError:
             self._run.cancel()
             await self._until_done()
-            resume = functools.partial(resume_command, history=self.config.history, model_name=self.model_name)
+            resume = functools.partial(resume_command, config=self.config, model_name=self.model_name)
             raise _stopped(self._controllers, resume if resumable(self.config) else None) from None
         return self.future.result()
 

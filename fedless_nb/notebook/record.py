@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from ..data.partition_view import figure_png
 from ..experiment import ExperimentConfig
 from ..records.history import DEFAULT_HISTORY
-from ..stopping import resumable, stopped_line
+from ..stopping import builder_needs_trust, resumable, stopped_line
 
 if TYPE_CHECKING:
     from .dashboard import RunProgress
@@ -108,9 +108,12 @@ def magic_on_run(magic: str, run_id: str, history: str, *arguments: str) -> str:
     return " ".join([magic, run_id, *arguments, *(["--history", shlex.quote(history)] if history != DEFAULT_HISTORY else [])])
 
 
-def resume_command(run_id: str, history: str, model_name: str | None = None) -> str:
-    """The magic that continues run `run_id`: `%fedless_resume RUN_ID [MODEL] [--history FILE]`."""
-    return magic_on_run("%fedless_resume", run_id, history, *([model_name] if model_name else []))
+def resume_command(run_id: str, config: ExperimentConfig, model_name: str | None = None) -> str:
+    """The magic that continues run `run_id` of `config`: `%fedless_resume RUN_ID [MODEL] [--trust-builder]
+    [--history FILE]`. A model given again is trusted as it is; without one, a 'module:function' builder read back
+    from the history runs only with --trust-builder, and the line without it was refused."""
+    trust = ["--trust-builder"] if model_name is None and builder_needs_trust(config) else []
+    return magic_on_run("%fedless_resume", run_id, str(config.history), *([model_name] if model_name else []), *trust)
 
 
 class RunRecord:
@@ -151,10 +154,12 @@ class RunRecord:
         """A stopped run's line of what to do next, as its cell's interrupt words it (stopping.stopped_line): the record
         replaces the dashboard, and with it the line a Stop button or %fedless_stop had put under the button."""
         state = self.progress
+        if state.stop_reason:  # no stop of the user's: why it ended is what to know, and resuming would end it again
+            return state.stop_reason
         if state.status != "stopped" or not state.config:
             return ""
         config = ExperimentConfig.from_dict(state.config)
-        command = resume_command(state.run_id, config.history, state.model_name) if resumable(config) else None
+        command = resume_command(state.run_id, config, state.model_name) if resumable(config) else None
         return stopped_line(state.run_id, state.rounds_done, command, run_again="%fedless_train")
 
     def html(self) -> str:

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction before giving up
 
 DEFAULT_HISTORY = "fedless_history.db"
+# the option that names the history, as the terminal and the magics spell it (a Python call's keyword after it): the
+# errors said "point history at another file", which names no option a terminal user can type
+HISTORY_OPTION = "--history PATH (history=... in Python)"
+ANOTHER_FILE = f"name another file with {HISTORY_OPTION}"
 TIMINGS = ("cold_start", "build", "load", "train", "upload", "total")
 
 _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
@@ -80,11 +84,11 @@ class History:
         """The history at `path` for reading: a missing file is one line naming it, and is not created empty
         (a command that only reads, such as `fedless-nb history` or `resume`, leaves nothing behind)."""
         if Path(path).is_dir():
-            raise HistoryError(f"{path} is a folder: name the history file in it with --history PATH, for example "
+            raise HistoryError(f"{path} is a folder: name the history file in it with {HISTORY_OPTION}, for example "
                                f"{Path(path) / DEFAULT_HISTORY}")
         if not Path(path).is_file():
             raise HistoryError(f"no history file {path} yet: run an experiment first, or name an existing file "
-                               "with --history PATH (history=... in Python)")
+                               f"with {HISTORY_OPTION}")
         return cls(path)
 
     def __init__(self, path: str | Path = DEFAULT_HISTORY, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
@@ -103,10 +107,10 @@ class History:
                 if not locked:
                     raise HistoryError(_unopenable(self.path, error)) from None
                 raise HistoryError(f"{self.path} is locked by another process (waited {busy_timeout:g}s); "
-                                   "close the program holding it or point history at another file") from None
+                                   f"close the program holding it or {ANOTHER_FILE}") from None
             except sqlite3.DatabaseError as error:
                 raise HistoryError(f"{self.path} is not a usable fedless_nb history database ({error}); "
-                                   "point history at another file") from None
+                                   f"{ANOTHER_FILE}") from None
         self.replay_pending()
 
     def _open(self, busy_timeout: float) -> sqlite_utils.Database:
@@ -278,7 +282,7 @@ class History:
         if not rows:
             close = difflib.get_close_matches(run_id, [row["run_id"] for row in self.db["runs"].rows], n=1)
             hint = (f"; did you mean {close[0]!r}?" if close else
-                    "; a run recorded in another file needs --history PATH (history=... in Python)")
+                    f"; a run recorded in another file needs {HISTORY_OPTION}")
             raise HistoryError(f"no run {run_id!r} in {self.path}{hint}")
         run = _with_live_status(rows[0])
         run["config"] = json.loads(run["config"])
@@ -336,11 +340,10 @@ def _unopenable(path: Path, error: sqlite3.Error) -> str:
     """Why SQLite cannot open `path`, in the user's terms where they can be told (its own words say only
     "unable to open database file")."""
     if path.is_dir():
-        return f"{path} is a folder: point history at a file, for example {path / DEFAULT_HISTORY}"
+        return f"{path} is a folder: name a file in it with {HISTORY_OPTION}, for example {path / DEFAULT_HISTORY}"
     if not path.parent.is_dir():
-        return f"{path}: the folder {path.parent} does not exist; create it or point history at another file"
-    return (f"{path} cannot be opened as a history database ({error}); check the path and its permissions, or point "
-            "history at another file")
+        return f"{path}: the folder {path.parent} does not exist; create it or {ANOTHER_FILE}"
+    return f"{path} cannot be opened as a history database ({error}); check the path and its permissions, or {ANOTHER_FILE}"
 
 
 def _with_live_status(run: dict[str, Any]) -> dict[str, Any]:

@@ -137,6 +137,10 @@ class FedLesScanSelection(SelectionPolicy):
         return (fresh + ready + resting)[:count]
 
 
+BUDGET_NEXT_STEP = ("the run is done within its budget; to train longer, raise train.dp.target_epsilon or the noise "
+                    "and start a new run")
+
+
 class BudgetedSelection(SelectionPolicy):
     """Wraps a policy so that clients whose privacy budget the next round would exceed do not train.
 
@@ -175,8 +179,8 @@ class BudgetedSelection(SelectionPolicy):
         target = self.accountant.target_epsilon
         if exhausted and (self.stop_run or not allowed):
             raise PrivacyBudgetExhausted(
-                f"round {round_number} would take {len(exhausted)} client(s) past target_epsilon {target:g}; "
-                "raise train.dp.target_epsilon or the noise to train longer")
+                f"privacy budget spent: round {round_number} would take {len(exhausted)} client(s) past target_epsilon "
+                f"{target:g}{self._reached(exhausted)}; {BUDGET_NEXT_STEP}")
         if self.draw_from_all:
             return [c for c in self.inner.select(round_number, client_ids, count) if c in allowed]
         return self.inner.select(round_number, allowed, min(count, len(allowed)))
@@ -189,10 +193,14 @@ class BudgetedSelection(SelectionPolicy):
         self.accountant.skipped.setdefault(round_number, []).extend(over)
         if over and (self.stop_run or not admitted):
             raise PrivacyBudgetExhausted(
-                f"round {round_number}'s straggler draw leaves {len(over)} of its {len(selected)} client(s) their full "
-                f"epochs, which would take them past target_epsilon {self.accountant.target_epsilon:g}; "
-                "raise train.dp.target_epsilon or the noise to train longer")
+                f"privacy budget spent: round {round_number}'s straggler draw leaves {len(over)} of its {len(selected)} "
+                f"client(s) their full epochs, which would take them past target_epsilon "
+                f"{self.accountant.target_epsilon:g}{self._reached(over)}; {BUDGET_NEXT_STEP}")
         return admitted
+
+    def _reached(self, clients: Sequence[str]) -> str:
+        """The epsilon the most charged of `clients` has reached, which the target stopped from growing."""
+        return f" (epsilon reached: {max(self.accountant.epsilon(c) for c in clients):.3g})"
 
 
 def make_selection(policy: str, seed: int) -> SelectionPolicy:

@@ -1,0 +1,6 @@
+"""Words a line shares between the terminal and the notebook."""
+
+
+def counted(number: int, noun: str) -> str:
+    """`1 round`, `2 rounds`: a run of one round (a quick try) read '1 rounds'."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
