@@ -442,12 +442,16 @@ def test_interrupt_and_restart_from_the_kernel_menu_keep_the_history_and_leave_n
         run_cell(page, server, "interrupted.ipynb", 1)
         rounds_done(page, 1, 40)
         kernel_menu(page, "Interrupt Kernel")
-        stopped = page.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output").filter(has_text="stopped after round")
+        outputs = page.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
+        stopped = outputs.and_(page.locator('[data-mime-type="application/vnd.jupyter.stderr"]')).filter(
+            has_text="stopped after round")
         stopped.wait_for(timeout=300_000)
         line = stopped.inner_text().strip()
         match = STOPPED_LINE.fullmatch(line)
         assert match, f"one line, no traceback: {line!r}"
         run_id, rounds, resume = match.group(1), int(match.group(2)), match.group(3)
+        record = outputs.and_(page.locator('[data-mime-type="text/html"]')).filter(has_text="stopped after round")
+        assert f"Run {run_id} stopped after round {rounds};" in record.inner_text()  # the record says it too
         history = History(tmp_path / "fedless_history.db")
         run = history.run(run_id)
         assert run["status"] == "stopped" and run["rounds_completed"] == rounds < 40
