@@ -23,7 +23,9 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .errors import UserError
     from .experiment import ConfigError, DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
     from .records.history import DEFAULT_HISTORY, History, pending_file
-    from .deploy.packaging import MODEL_MODULE_HELP, PLATFORMS, build_bundle, requirements_megabytes
+    from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
+    from .model import MODEL_MODULE_HELP
+    from .store.roots import STORE_ROOT_HELP
     from .security import SECRET_VARIABLE, client_secret, function_secret
     from .stopping import builder_needs_trust, ended_early, resumable, rounds_recorded, stopped_line
     from .wording import counted
@@ -288,7 +290,7 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app", help="azure_functions: the function app")
     parser.add_argument("--resource-group", help="azure_functions: the function app's resource group")
     parser.add_argument("--store-root", dest="store_roots", action="append", default=[], metavar="ROOT",
-                        help="the only store a task may name: a URL prefix (https://BUCKET.s3.REGION.amazonaws.com/) or a folder, repeated for more; sets FEDLESS_STORE_ROOTS (default: any store)")
+                        help=STORE_ROOT_HELP)
     parser.add_argument("--model-module", dest="model_modules", action="append", default=[], metavar="MODULE",
                         help=MODEL_MODULE_HELP)
 

@@ -74,9 +74,6 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 _KUBERNETES_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 # A store root as a deploy command and a manifest carry it unquoted: no space, quote, ';', '$', '`' or backslash.
 _PLAIN_ROOT = re.compile(r"[^\s\"';$`\\]+")
-# --model-module, as `fedless-nb package|deploy` and %fedless_deploy describe it.
-MODEL_MODULE_HELP = ("an installed module with your model's custom layers that its tasks may import, repeated for more; "
-                     "sets FEDLESS_MODEL_MODULES (default: Keras's layers only)")
 # Each variable the deployer sets on the function, and the word its manifests hold it by.
 _MANIFEST_WORDS = {STORE_ROOTS_VARIABLE: "STORE_ROOTS", MODEL_MODULES_VARIABLE: "MODEL_MODULES"}
 

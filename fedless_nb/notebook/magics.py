@@ -29,7 +29,9 @@ from traitlets import CaselessStrEnum, Unicode
 
 from ..errors import UserError
 from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data
+from ..model import MODEL_MODULE_HELP
 from ..records.history import DEFAULT_HISTORY, History
+from ..store.roots import STORE_ROOT_HELP
 from .completion import config_values, register_option_completers
 from .dashboard import DASHBOARD_MODES, make_dashboard
 from .tables import tidy_table
@@ -501,10 +503,9 @@ class FedlessMagics(Magics):
     @argument("--app", help="azure_functions: the function app")
     @argument("--resource-group", help="azure_functions: the function app's resource group")
     @argument("--store-root", dest="store_roots", action="append", default=[], metavar="ROOT",
-              help="the only store a task may name: a URL prefix (https://BUCKET.s3.REGION.amazonaws.com/) or a folder, repeated for more; sets FEDLESS_STORE_ROOTS (default: any store)")
+              help=STORE_ROOT_HELP)
     @argument("--model-module", dest="model_modules", action="append", default=[], metavar="MODULE",
-              help="an installed module with your model's custom layers that its tasks may import, repeated for more; "
-                   "sets FEDLESS_MODEL_MODULES (default: Keras's layers only)")
+              help=MODEL_MODULE_HELP)
     @argument("--model", help="a notebook variable holding the Keras model the function will train: its custom "
                               "layers' modules are added to --model-module")
     @line_magic

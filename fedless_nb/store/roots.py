@@ -21,6 +21,9 @@ from typing import Any, Iterable, Mapping
 import yarl
 
 STORE_ROOTS_VARIABLE = "FEDLESS_STORE_ROOTS"
+# --store-root, as `fedless-nb package|deploy` and %fedless_deploy describe it.
+STORE_ROOT_HELP = ("the only store a task may name: a URL prefix (https://BUCKET.s3.REGION.amazonaws.com/) or a folder, "
+                   f"repeated for more; sets {STORE_ROOTS_VARIABLE} (default: any store)")
 
 
 def _segments(url: yarl.URL) -> list[str] | None:
