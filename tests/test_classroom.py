@@ -1,6 +1,7 @@
 """The classroom's join flow and its refusals, over real aiohttp servers on 127.0.0.1 in this process."""
 
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -523,6 +524,26 @@ def _read_nothing_on_many_connections(classroom):
     assert grown < 64 * 2**20, f"the service holds {grown / 2**20:.0f} MiB for 30 readers that never read"
     with urllib.request.urlopen(urllib.parse.urlunsplit(url), timeout=30) as response:  # a reader gets it whole
         assert response.read() == classroom.store.get("runs/r/global.weights")
+
+
+def test_a_students_function_parses_a_large_body_only_once_its_token_checks(classroom):
+    """Parsing costs many times a body's size; a student's function, reachable by anyone in the room, refuses a body
+    over 1 MiB whose text carries no token of its key (401) or a forged one (403) before parsing it."""
+    from fedless_nb.function.serving import PARSED_UNSIGNED_BYTES
+
+    student = StudentFunction(classroom.url, classroom.code, "alice")
+    try:
+        objects = b"[" + b"{}," * (PARSED_UNSIGNED_BYTES // 3 + 8) + b"{}]"
+        status, reply = student._invoke(objects)
+        assert (status, reply["error"]["message"]) == (401, "the task has no token; this function accepts signed tasks only")
+        claims = base64.urlsafe_b64encode(json.dumps({"run_id": "r", "client_id": "alice"}).encode()).rstrip(b"=")
+        token = b"v1." + claims + b"." + base64.urlsafe_b64encode(bytes(32)).rstrip(b"=")
+        forged = b'{"token": "' + token + b'", "pad": "' + b" " * PARSED_UNSIGNED_BYTES + b'"}'
+        status, reply = student._invoke(forged)
+        assert status == 403 and "forged" in reply["error"]["message"]
+        assert student.calls == []  # refused unparsed: no task was logged as a call
+    finally:
+        student.leave()
 
 
 def test_a_students_oversized_reply_is_refused_unparsed(classroom):

@@ -26,9 +26,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from aiohttp import web
 
-from ..function.serving import PARSED_UNSIGNED_BYTES, error_reply, invoke
+from ..function.serving import error_reply, invoke, refused_unparsed
 from ..model import ModelModules, is_module_name
-from ..security import AuthError, check_body_token
 from ..store import PresignedStore, decode_arrays
 from ..store.roots import StoreRoots, StoreRootsError
 from ..wire import PayloadError
@@ -151,11 +150,8 @@ class StudentFunction:
 
     def _invoke(self, body: bytes) -> tuple[int, dict[str, Any]]:
         started = time.perf_counter()
-        try:
-            if len(body) > PARSED_UNSIGNED_BYTES:
-                check_body_token(body, self._secret)
-        except AuthError as error:
-            return error.status, error_reply(error.status, error)
+        if (refusal := refused_unparsed(body, self._secret)) is not None:
+            return refusal
         try:
             task = json.loads(body)
             if not isinstance(task, dict):

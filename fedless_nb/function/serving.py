@@ -65,18 +65,28 @@ def status_of(error: BaseException) -> int:
     return 500
 
 
-def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = None,
-           data: Any = None, model_modules: ModelModules | None = None) -> tuple[int, dict[str, Any]]:
-    """Run the client step on a request body (JSON text or an already parsed task); `secret`, `data` and
-    `model_modules` as in handle."""
+def refused_unparsed(body: bytes | bytearray | str, secret: str | None) -> tuple[int, dict[str, Any]] | None:
+    """The (status, reply) refusing, before it is parsed, a body over PARSED_UNSIGNED_BYTES whose token does not check
+    (security.check_body_token); None when it may be parsed. A misconfigured function's detail goes to its log."""
+    if len(body) <= PARSED_UNSIGNED_BYTES:
+        return None
     try:
-        if isinstance(body, (bytes, bytearray, str)) and len(body) > PARSED_UNSIGNED_BYTES:
-            check_body_token(body, secret)
-        payload = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
+        check_body_token(body, secret)
     except AuthError as error:
         if isinstance(error, MisconfiguredError):
             _log.error("the function is misconfigured: %s", error)
         return error.status, error_reply(error.status, error)
+    return None
+
+
+def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = None,
+           data: Any = None, model_modules: ModelModules | None = None) -> tuple[int, dict[str, Any]]:
+    """Run the client step on a request body (JSON text or an already parsed task); `secret`, `data` and
+    `model_modules` as in handle."""
+    if isinstance(body, (bytes, bytearray, str)) and (refusal := refused_unparsed(body, secret)) is not None:
+        return refusal
+    try:
+        payload = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
     except ValueError as error:
         return 400, error_reply(400, PayloadError(f"the request body is not JSON: {error}"))
     except RecursionError:
