@@ -9,23 +9,66 @@ the store (updates, or the five stages' objects) and the invocations.
 
     python bench/bench_secagg.py --clients 20 --workers 2
     python bench/bench_secagg.py --clients 100 --workers 2 --neighbours 10
+
+With --read-latency-ms L, one secure mode (neighbours 0) over functions deployed for one client each, under
+`aggregation: {where: auto, threshold_mb: 0}`: their aggregators refuse, so the controller reads the round's masked
+vectors itself in round 1 (and sums every later round's as under `where: controller`), each read taking L ms more
+(a remote store's round trip); its line adds `masked_read_seconds`, the controller's time reading them in round 1.
+
+    python bench/bench_secagg.py --clients 20 --workers 2 --read-latency-ms 50
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"  # workloads.serves_one_client_each
 
 
-def measure(clients: int, workers: int, secure: dict | None) -> dict:
+def fallback_options(directory: Path, workers: int, latency: float) -> tuple[dict, dict[str, Any]]:
+    """The config's aggregation and run_experiment's providers and store for --read-latency-ms, and a record of the
+    controller's seconds in each round's read of the masked vectors."""
+    from fedless_nb.providers import LocalProvider
+    from fedless_nb.rounds.secagg import SecureAggregationRounds
+    from fedless_nb.store import LocalStore
+
+    class RemoteLikeStore(LocalStore):
+        async def aget(self, key: str) -> bytes:
+            await asyncio.sleep(latency)
+            return self.get(key)
+
+    reading = SecureAggregationRounds._read_masked
+    seconds: list[float] = []
+
+    async def timed(self: SecureAggregationRounds, attempt: Any) -> None:
+        started = time.monotonic()
+        await reading(self, attempt)
+        seconds.append(time.monotonic() - started)
+
+    SecureAggregationRounds._read_masked = timed  # type: ignore[method-assign]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    sys.path.insert(0, str(TESTS))
+    provider = LocalProvider("local", workers=workers, entry_point="workloads:serves_one_client_each")
+    return ({"aggregation": {"where": "auto", "threshold_mb": 0}},
+            {"providers": {"local": provider}, "store": RemoteLikeStore(directory / "store"), "seconds": seconds})
+
+
+def measure(clients: int, workers: int, secure: dict | None, latency: float | None = None) -> dict:
     from fedless_nb.experiment import ExperimentConfig
     from fedless_nb.records.history import History
     from fedless_nb.runner import run_experiment
 
     directory = Path(tempfile.mkdtemp(prefix="fedless-bench-secagg-"))
+    aggregation, options = fallback_options(directory, workers, latency) if latency is not None else ({}, {})
+    read_seconds = options.pop("seconds", None)
     config = ExperimentConfig.from_dict({
         "name": "secure" if secure is not None else "plain", "clients": clients, "clients_per_round": clients,
         "rounds": 2, "round_deadline": 1800.0, "max_norm_ratio": 0,
@@ -33,10 +76,10 @@ def measure(clients: int, workers: int, secure: dict | None) -> dict:
         "model": {"builder": "mlp", "options": {"hidden_units": [16]}},
         "train": {"epochs": 1, "batch_size": 32, "learning_rate": 0.1},
         "providers": [{"kind": "local", "workers": workers}],
-        **({"secure_aggregation": secure} if secure is not None else {}),
+        **({"secure_aggregation": secure} if secure is not None else {}), **aggregation,
     })
     started = time.monotonic()
-    result = run_experiment(config)
+    result = run_experiment(config, **options)
     seconds = time.monotonic() - started
     history = History(config.history)
     measured = history.rounds(result.run_id)[1]
@@ -51,7 +94,9 @@ def measure(clients: int, workers: int, secure: dict | None) -> dict:
             "clients": clients, "workers": workers, "round_seconds": round(measured["duration"], 2),
             "run_seconds": round(seconds, 2), "function_seconds": per_stage, "bytes_stored": stored,
             "invocations": len(invocations), "succeeded": measured["succeeded"],
-            "accuracy": round(result.final_accuracy or 0.0, 4)}
+            "accuracy": round(result.final_accuracy or 0.0, 4),
+            **({"read_latency_ms": latency * 1000, "masked_read_seconds": round(read_seconds[0], 3)}
+               if read_seconds is not None else {})}
 
 
 def main() -> None:
@@ -60,7 +105,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--neighbours", type=int, default=0, help="also run SecAgg+ with this degree (0: skip)")
     parser.add_argument("--skip-complete", action="store_true", help="skip the complete graph (SecAgg)")
+    parser.add_argument("--read-latency-ms", type=float, default=None,
+                        help="only: the controller reads the masked vectors itself, each read this much slower")
     options = parser.parse_args()
+    if options.read_latency_ms is not None:
+        print(json.dumps(measure(options.clients, options.workers, {"neighbours": 0}, options.read_latency_ms / 1000)))
+        return
     modes: list[dict | None] = [None]
     if not options.skip_complete:
         modes.append({"neighbours": 0})

@@ -4,6 +4,7 @@ Each stage is an invocation; clients drop out (the function fails) at each stage
 the threshold; a test reads every object the functions wrote and finds no update in the clear.
 """
 
+import asyncio
 import json
 
 import numpy as np
@@ -415,6 +416,39 @@ def test_auto_sums_the_masked_vectors_in_the_controller_when_the_functions_serve
     assert refused["error"].endswith("aggregation: {where: auto} sums this run's rounds in the controller from this one on")
     before, _, after = _globals(config, result.run_id)
     assert 1e-4 < _largest_change(before, after) < 1.0  # a mask left in would move weights by thousands
+
+
+class _ReadCountingStore(LocalStore):
+    """The local store whose async reads of masked vectors take a while, as a remote store's do, counting how many
+    are in flight at once."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.in_flight = self.most_in_flight = 0
+
+    async def aget(self, key):
+        if not key.endswith(".masked"):
+            return self.get(key)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.05)
+            return self.get(key)
+        finally:
+            self.in_flight -= 1
+
+
+def test_the_controller_reads_a_rounds_masked_vectors_at_once_when_it_sums_them_itself(tmp_path):
+    """Under `where: auto` over functions that cannot aggregate, the controller read the masked vectors one after
+    another: a round over a remote store waited one round trip per client. It now reads them concurrently."""
+    config = _config(tmp_path, "concurrent", clients=4, clients_per_round=4, rounds=1,
+                     aggregation={"where": "auto", "threshold_mb": 0})
+    store = _ReadCountingStore(config.store.path)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:serves_one_client_each")
+    result = run_experiment(config, providers={"local": provider}, store=store)
+    assert result.status == "finished"
+    assert [r["succeeded"] for r in History(config.history).rounds(result.run_id)] == [4]
+    assert store.most_in_flight == 4
 
 
 def test_functions_asked_for_by_name_that_serve_one_client_each_end_a_secure_run_in_one_line(tmp_path):

@@ -1,4 +1,5 @@
-"""Calls as they finish, until a deadline, in time proportional to the number of calls.
+"""Calls as they finish, until a deadline, in time proportional to the number of calls; and calls that
+stand or fall together.
 
 `asyncio.wait(pending, return_when=FIRST_COMPLETED)` in a loop registers and removes a callback on every
 pending call each time one finishes: O(n) per finished call, O(n^2) per round, which at 1,000 clients
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
+
+T = TypeVar("T")
 
 
 async def finished_by(calls: Iterable[asyncio.Future[Any]], deadline: float) -> AsyncIterator[asyncio.Future[Any]]:
@@ -27,3 +30,17 @@ async def finished_by(calls: Iterable[asyncio.Future[Any]], deadline: float) -> 
             yield await asyncio.wait_for(finished.get(), remaining)
         except asyncio.TimeoutError:
             return
+
+
+async def all_or_none(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """The results of `calls`, run concurrently, in their order. When one raises (or the caller is cancelled), the
+    others are cancelled and awaited before the error goes on: none outlives the step that needed them all, so
+    nothing one of them would write or announce later is read or counted."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -49,7 +49,7 @@ from ..store.keys import secagg_key, secagg_relay_key
 from ..wire import first_problem
 from ..strategies.base import ClientUpdate, Weights
 from ..strategies.central_dp import CentralDP
-from .completion import finished_by
+from .completion import all_or_none, finished_by
 from .events import RoundFailed, RoundStarted, UpdateRejected
 from .resilience import check_quorum
 from .synchronous import SynchronousRounds
@@ -295,13 +295,17 @@ class SecureAggregationRounds(SynchronousRounds):
 
     async def _read_masked(self, attempt: _Attempt) -> None:
         """The masked vectors of the masked stage's results read and checked by the controller, as a round it sums
-        itself reads them (`_stage`); a client whose vector fails leaves the stage's survivors, announced."""
-        controller, kept = self.controller, {}
-        for client_id, reply in sorted(attempt.results.items()):
+        itself reads them (`_stage`), all at once; a client whose vector fails leaves the stage's survivors, announced."""
+        controller = self.controller
+
+        async def read(client_id: str, reply: dict[str, Any]) -> bytes | None:
             key = secagg_key(controller.run_id, attempt.round_number, client_id, "masked", attempt.attempt)
-            data = await controller.read_received(attempt.round_number, controller.clients[client_id], reply, key,
+            return await controller.read_received(attempt.round_number, controller.clients[client_id], reply, key,
                                                   lambda data: _masked_vector(data, attempt.size), stage="masked")
-            kept.update({client_id: data} if data is not None else {})
+
+        clients = sorted(attempt.results)  # read concurrently: a remote store bounds its own connections
+        vectors = await all_or_none(read(client_id, attempt.results[client_id]) for client_id in clients)
+        kept = {client_id: data for client_id, data in zip(clients, vectors) if data is not None}
         attempt.objects["masked"] = kept
         attempt.results = {client: reply for client, reply in attempt.results.items() if client in kept}
 
