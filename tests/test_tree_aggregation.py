@@ -4,6 +4,7 @@ sum-based strategy the model central aggregation gives; a forged or corrupt upda
 and the rest of the round goes on."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,6 +280,28 @@ def test_auto_sums_in_the_controller_by_the_refusals_declared_cause_whatever_its
     (refused,) = history.aggregations(result.run_id)
     assert refused["error"] == ("AggregatorTaskRefused: not here; aggregation: {where: auto} sums this run's rounds in "
                                 "the controller from this one on")
+
+
+def test_one_providers_refusal_cancels_the_other_providers_aggregators(tiny_config):
+    """Provider `one`'s functions serve one client each and refuse their aggregator; provider `slow`'s aggregator
+    takes two minutes. Under `where: auto` the round falls back to the controller at the refusal: `slow`'s aggregator
+    kept running (and wrote its sum) after the round had summed its updates without it, unrecorded. It is now
+    cancelled there, recorded as such, and the round sums all four updates in the controller."""
+    config = tiny_config(clients=4, clients_per_round=4, rounds=1, retries=0, round_deadline=300,
+                         aggregation={"where": "auto", "threshold_mb": 0},
+                         providers=[{"kind": "local", "name": "one", "clients": 2},
+                                    {"kind": "local", "name": "slow", "clients": 2}])
+    providers = {"one": LocalProvider("one", workers=2, entry_point="workloads:serves_one_client_each"),
+                 "slow": LocalProvider("slow", workers=2, entry_point="workloads:aggregates_slowly")}
+    result = run_experiment(config, providers=providers)
+    assert result.status == "finished"
+    history = History(config.history)
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [4]
+    outcomes = {row["provider"]: (row["outcome"], row["error"]) for row in history.aggregations(result.run_id)}
+    assert outcomes["one"][0] == "failed" and "sums this run's rounds in the controller" in outcomes["one"][1]
+    assert outcomes["slow"] == ("failed", "cancelled before it answered: the round stopped waiting for its aggregators")
+    round_dir = Path(config.store.path) / "runs" / result.run_id / "round-00001"
+    assert not list(round_dir.rglob("*.sum"))  # the cancelled aggregator's worker was stopped before it wrote
 
 
 def test_a_refusals_words_without_its_cause_fail_the_aggregator_like_any_failure(tiny_config):

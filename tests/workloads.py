@@ -455,6 +455,16 @@ def serves_one_client_each(payload):
         del os.environ["FEDLESS_CLIENT_ID"]
 
 
+def aggregates_slowly(payload):
+    """Clients run for real; an aggregator takes two minutes before it sums its shard (another provider's refusal
+    should have ended the tree long before)."""
+    from fedless_nb.function.handler import handle
+
+    if payload.get("kind") == "aggregate":
+        time.sleep(120)
+    return handle(payload)
+
+
 def refuses_to_aggregate_in_other_words(payload):
     """Clients run for real; an aggregator's task is refused with the cause a function deployed for one client
     declares, in words that say nothing of aggregating (the controller must decide by the cause)."""

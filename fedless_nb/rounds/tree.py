@@ -33,6 +33,7 @@ from ..store.keys import aggregate_key, global_weights_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
 from ..wire import CANNOT_AGGREGATE, ResultError
 from .events import AggregationFinished, UpdateRejected
+from .completion import all_or_none
 from .partial_sums import Contents, accounting_problem, sum_problem, update_bound
 from .resilience import invoke_with_retries
 
@@ -157,8 +158,9 @@ class TreeAggregation:
         by_provider: dict[str, list[dict[str, Any]]] = {}
         for arrival, entry in entries:
             by_provider.setdefault(arrival.client.provider, []).append(entry)
-        return list(await asyncio.gather(*(self._reduce_provider(round_number, provider, spec, level_entries, deadline)
-                                           for provider, level_entries in by_provider.items())))
+        # one provider's refusal (AggregatorsRefused) ends the tree: the others' aggregators are cancelled with it
+        return await all_or_none(self._reduce_provider(round_number, provider, spec, level_entries, deadline)
+                                 for provider, level_entries in by_provider.items())
 
     async def round_sum(self, round_number: int, current: Weights,
                         arrivals: Sequence[Arrival]) -> tuple[list[ClientUpdate], TreeRound]:
@@ -208,8 +210,8 @@ class TreeAggregation:
         level up that merges it."""
         fan_in, level = self.options.fan_in, 0
         shards = [entries[i:i + fan_in] for i in range(0, len(entries), fan_in)]
-        outcomes = await asyncio.gather(*(self._shard(round_number, provider, spec, shard, deadline,
-                                                      read=len(shards) <= fan_in) for shard in shards))
+        outcomes = await all_or_none(self._shard(round_number, provider, spec, shard, deadline,
+                                                 read=len(shards) <= fan_in) for shard in shards)
         facts = [fact for _, result, _ in outcomes if result for fact in result.summed]
         partials = [outcome for outcome in outcomes if outcome[1] is not None]
         lost: set[str] = set()  # clients in partial sums whose merging aggregator failed
@@ -217,8 +219,8 @@ class TreeAggregation:
         while len(partials) > fan_in or any(summed is None for summed, _, _ in partials):
             level += 1
             groups = [partials[i:i + fan_in] for i in range(0, len(partials), fan_in)]
-            merged = await asyncio.gather(*(self._merge(round_number, provider, level, spec, group, deadline,
-                                                        read=len(groups) <= fan_in, lost=lost) for group in groups))
+            merged = await all_or_none(self._merge(round_number, provider, level, spec, group, deadline,
+                                                   read=len(groups) <= fan_in, lost=lost) for group in groups)
             partials = [outcome for outcome in merged if outcome is not None]
         facts = [fact for fact in facts if fact.client_id not in lost]
         refused = {entry["client_id"] for entry in entries} - {fact.client_id for fact in facts}
@@ -327,6 +329,10 @@ class TreeAggregation:
             failure = InvocationError(f"{type(error).__name__}: {error}", "invalid")
             failed(failure)
             raise failure from None
+        except asyncio.CancelledError:  # the tree ended (another aggregator's refusal) or the run is torn down
+            failed(InvocationError("cancelled before it answered: the round stopped waiting for its aggregators",
+                                   "cancelled"))
+            raise
         except InvocationError as error:
             if self.refusal_ends_tree and error.cause == CANNOT_AGGREGATE:
                 fallback = ("; aggregation: {where: auto} sums this run's rounds in the controller from this one on"
