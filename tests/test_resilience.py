@@ -129,6 +129,21 @@ def test_a_run_whose_every_invocation_failed_ends_failed_with_the_first_reason(t
     assert len(history.rounds(run["run_id"])) == 2, "both rounds stay in the history"
 
 
+def test_a_run_whose_first_rounds_all_failed_stops_after_three_of_them(tiny_config):
+    """Every invocation crashes: the run went on through all its rounds, each failing the same way, before it said
+    so. It stops after its first three, in the same one line, which says it stopped there."""
+    config = tiny_config(rounds=10, retries=0)
+    provider = FaultyProvider(LocalProvider("local", workers=2, entry_point="workloads:counting"), FaultRates(crash=1.0))
+    with pytest.raises(NothingTrainedError) as raised:
+        run_experiment(config, providers={"local": provider})
+    assert str(raised.value).startswith("no client function returned a valid update in its first 3 round(s) of 10, so "
+                                        "it stopped there (12 invocation(s) failed")
+    history = History(config.history)
+    (run,) = history.runs()
+    assert run["status"] == "failed" and run["rounds_completed"] == 3 and "NothingTrainedError" in run["error"]
+    assert len(history.rounds(run["run_id"])) == 3
+
+
 def test_a_run_with_one_valid_update_is_not_failed_for_its_empty_rounds(tiny_config):
     config = tiny_config(rounds=3, clients=1, clients_per_round=1, retries=0)
     # under this seed the one client crashes in rounds 1 and 3 and answers in round 2

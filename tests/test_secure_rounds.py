@@ -149,22 +149,19 @@ def test_clients_dropping_at_each_stage_below_the_threshold_leave_the_round_comp
 
 def test_clients_dropping_at_each_stage_above_the_threshold_fail_the_round_with_its_reason(tmp_path, monkeypatch):
     gone = ["client-0001", "client-0002", "client-0003"]  # 2 of 5 left, threshold 3
-    drops = [(f"{r}/1", stage, gone) for r, stage in enumerate(SECAGG_STAGES, start=1)]
-    config = _config(tmp_path, "above", rounds=len(SECAGG_STAGES))
-    # min_successful 0: a failed round keeps the model and the run goes on; with no round unmasked, the run failed
-    with pytest.raises(NothingTrainedError, match=r"in 5 round\(s\) .*; round 1 failed: secure aggregation: 2 of 5 "
-                                                  r"clients finished the keys stage"):
-        run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
+    drops = [(f"{r}/1", stage, gone) for r, stage in enumerate(SECAGG_STAGES, start=2)]  # round 1 trains
+    config = _config(tmp_path, "above", rounds=1 + len(SECAGG_STAGES))
+    # min_successful 0: a failed round keeps the model and the run goes on
+    result = run_experiment(config, providers=_dropping_provider(monkeypatch, drops))
+    assert result.status == "finished"
     history = History(config.history)
-    result = history.run(history.runs()[0]["run_id"])
-    assert result["status"] == "failed" and result["rounds_completed"] == 5
-    failures = history.round_failures(result["run_id"])
-    assert [f["round"] for f in failures] == [1, 2, 3, 4, 5]
+    failures = history.round_failures(result.run_id)
+    assert [f["round"] for f in failures] == [2, 3, 4, 5, 6]
     for failure, stage in zip(failures, SECAGG_STAGES):
         assert f"2 of 5 clients finished the {stage} stage, fewer than the threshold 3" in failure["reason"]
-    assert [r["succeeded"] for r in history.rounds(result["run_id"])] == [0, 0, 0, 0, 0]
-    globals_ = _globals(config, result["run_id"])
-    assert all(_largest_change(before, after) == 0 for before, after in zip(globals_, globals_[1:]))
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [5, 0, 0, 0, 0, 0]
+    globals_ = _globals(config, result.run_id)
+    assert all(_largest_change(before, after) == 0 for before, after in zip(globals_[1:], globals_[2:]))
 
 
 def test_a_failed_secure_round_runs_again_under_the_quorum_rules(tmp_path, monkeypatch):
@@ -460,22 +457,25 @@ def test_functions_asked_for_by_name_that_serve_one_client_each_end_a_secure_run
 
 
 def test_functions_that_refuse_the_secure_stages_end_the_run_in_one_line_and_never_aggregate_in_the_clear(tmp_path):
-    """Every round fails at its keys stage, which trains nothing; the run ends failed in one line with the reason,
-    and the model is never moved: no plain update is asked for or summed in place of the secure round."""
-    config = _config(tmp_path, "refused", clients=4, clients_per_round=4, rounds=2)
+    """Every round fails at its keys stage, which trains nothing; the run ends failed in one line with the reason
+    after its first three rounds (it went through all ten, each failing the same way), and the model is never
+    moved: no plain update is asked for or summed in place of the secure round."""
+    config = _config(tmp_path, "refused", clients=4, clients_per_round=4, rounds=10)
     provider = LocalProvider("local", workers=2, entry_point="workloads:refuses_secure_stages")
-    with pytest.raises(NothingTrainedError, match=r"in 2 round\(s\) .*; round 1 failed: secure aggregation: 0 of 4 "
+    with pytest.raises(NothingTrainedError, match=r"in its first 3 round\(s\) of 10, so it stopped there \(12 "
+                                                  r".*; round 1 failed: secure aggregation: 0 of 4 "
                                                   r"clients finished the keys stage, .*PayloadError: the task's train: "
                                                   "unknown field secagg"):
         run_experiment(config, providers={"local": provider})
     history = History(config.history)
     (run,) = history.runs()
+    assert run["status"] == "failed" and run["rounds_completed"] == 3
+    assert [f["round"] for f in history.round_failures(run["run_id"])] == [1, 2, 3]
     invocations = history.invocations(run["run_id"])
-    assert {(i["stage"], i["outcome"]) for i in invocations} == {("keys", "failed")} and len(invocations) == 8
+    assert {(i["stage"], i["outcome"]) for i in invocations} == {("keys", "failed")} and len(invocations) == 12
     store = LocalStore(config.store.path)
-    assert not store.exists(global_weights_key(run["run_id"], 1)) or all(
-        np.array_equal(a, b) for a, b in zip(*(decode_arrays(store.get(global_weights_key(run["run_id"], r)))
-                                               for r in (0, 1))))
+    globals_ = [decode_arrays(store.get(global_weights_key(run["run_id"], r))) for r in range(4)]  # the rounds it ran
+    assert all(_largest_change(globals_[0], later) == 0 for later in globals_[1:])
 
 
 def test_a_tampered_masked_vector_is_refused_in_its_shard_and_its_client_unmasked_as_dropped(tmp_path, monkeypatch):

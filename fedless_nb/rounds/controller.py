@@ -205,11 +205,13 @@ class Controller:
             async with contextlib.aclosing((schedule or SynchronousRounds(self))(weights)) as rounds:
                 async for round_number, weights in rounds:
                     completed = round_number
+                    if not self.resumed_round and self._failures.futile() and round_number < self.plan.rounds:
+                        raise self._failures.nothing_trained(completed, self.plan.rounds)
                     if self._stop_requested and round_number < self.plan.rounds:
                         status = "stopped"
                         break
             if status == "finished" and not self.resumed_round and completed and not self._updates_published:
-                raise self._failures.nothing_trained(completed)  # a resumed run trained before its checkpoint
+                raise self._failures.nothing_trained(completed, self.plan.rounds)  # a resumed run trained before its checkpoint
         except PrivacyBudgetExhausted as exhausted:
             status, error = "stopped", str(exhausted)
         except (asyncio.CancelledError, KeyboardInterrupt):

@@ -10,6 +10,10 @@ invocation in the history, so succeeded + failed + discarded always equals the i
 
 The quorum: a round needs `min_successful` valid updates. Below it the round is run again (up to
 `round_repeats` times) and then the run stops with a QuorumError naming the settings to change.
+Without one (min_successful 0) a round with no valid update keeps the model and the run goes on, but a run whose
+first FUTILE_ROUNDS rounds all failed (every invocation, or a secure round as a whole) stops there with a
+NothingTrainedError, whatever its schedule: what failed every round from the start (functions that refuse the
+task, a deadline shorter than any function takes, too few clients left to unmask) fails the next round too.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Any, Awaitable, Callable
 
 from ..errors import UserError
 from ..providers.base import InvocationError
-from .events import InvocationFinished, RoundFailed, UpdateRejected
+from .events import InvocationFinished, RoundFailed, RoundFinished, UpdateRejected
 
 RETRYABLE_CAUSES = frozenset({"timeout", "crash", "throttled", "network"})
+FUTILE_ROUNDS = 3  # a run whose first rounds all failed stops after this many
 
 
 class QuorumError(UserError):
@@ -42,9 +47,13 @@ class FailureTally:
 
     def __init__(self) -> None:
         self.count, self.first, self.round_failure = 0, "", ""
+        self.failed_rounds: int | None = 0  # rounds, from the run's start, with clients and no valid update; None once one had
 
     def __call__(self, event: Any) -> None:
-        if isinstance(event, RoundFailed):
+        if isinstance(event, RoundFinished) and self.failed_rounds is not None:
+            # an empty round (a Poisson draw of no client) neither fails nor trains
+            self.failed_rounds = None if event.succeeded else self.failed_rounds + bool(event.selected)
+        elif isinstance(event, RoundFailed):
             self.round_failure = self.round_failure or f"round {event.round} failed: {event.reason}"
         elif isinstance(event, InvocationFinished) and event.outcome == "failed":
             self._failed(event.client_id, event.round, event.cause, event.error)
@@ -55,10 +64,16 @@ class FailureTally:
         self.count += 1
         self.first = self.first or f"{client_id} in round {round_number} ({cause}): {reason}"
 
-    def nothing_trained(self, rounds: int) -> NothingTrainedError:
+    def futile(self) -> bool:
+        """Whether the run's first FUTILE_ROUNDS rounds all failed (and none trained): the next would fail too."""
+        return self.failed_rounds is not None and self.failed_rounds >= FUTILE_ROUNDS
+
+    def nothing_trained(self, rounds: int, planned: int) -> NothingTrainedError:
+        """The run's end after `rounds` of its `planned` rounds, none of which got a valid update."""
         first = "; ".join(filter(None, [self.round_failure, self.first and f"the first failed invocation: {self.first}"]))
+        which = f"{rounds} round(s)" if rounds >= planned else f"its first {rounds} round(s) of {planned}, so it stopped there"
         return NothingTrainedError(
-            f"no client function returned a valid update in {rounds} round(s) ({self.count} invocation(s) failed or "
+            f"no client function returned a valid update in {which} ({self.count} invocation(s) failed or "
             f"were refused); {first or 'no client was invoked'}; fix that and run again (the history lists every "
             "invocation with its reason)")
 
