@@ -561,6 +561,30 @@ def test_a_client_revealing_wrong_shares_is_refused_and_the_secure_round_complet
     assert 1e-4 < _largest_change(before, after) < 1.0  # unmasked: a mask left in would move weights by thousands
 
 
+def test_a_client_falsely_reporting_an_honest_peer_has_it_dropped_by_name_and_learns_nothing(tmp_path):
+    """The stated limit (README, threat model): the controller cannot tell a false report from garbage sealed by the
+    reported peer, so client 1 reporting client 2's good shares gets client 2 dropped before the masked stage, as
+    Bonawitz et al.'s holders abort on a share that does not open. What that does and does not give it: client 2's
+    rejection names client 1, client 2 trains in no stage, none of client 2's secrets is revealed (so nothing about
+    it can be unmasked), and the round sums the other four, client 1 included."""
+    config = _config(tmp_path, "accused")
+    result, history = _finished_without_round_failures(config, "workloads:reports_client_2_falsely_on_client_1")
+    invocations = history.invocations(result.run_id)
+    failed = [(i["client_id"], i["stage"], i["cause"]) for i in invocations if i["outcome"] == "failed"]
+    assert failed == [("client-0002", "shares", "rejected")]
+    rejection = next(i["error"] for i in invocations if i["outcome"] == "failed")
+    assert rejection.startswith("its sealed shares for client-0001 do not open (they reported it)")
+    assert {i["stage"] for i in invocations if i["client_id"] == "client-0002"} == {"keys", "shares", "check"}
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [4]
+    round_dir = LocalStore(config.store.path).root / "runs" / result.run_id / "round-00001" / "secagg-1"
+    reveals = [json.loads(path.read_bytes()) for path in round_dir.glob("*.reveal")]
+    assert not any("client-0002" in reveal["seed_shares"] or "client-0002" in reveal["key_shares"] for reveal in reveals)
+    assert {path.stem for path in round_dir.glob("*.masked")} == {"client-0000", "client-0001", "client-0003",
+                                                                  "client-0004"}
+    (before, after) = _globals(config, result.run_id)
+    assert 1e-4 < _largest_change(before, after) < 1.0  # unmasked: a mask left in would move weights by thousands
+
+
 def test_a_client_sealing_garbage_shares_is_dropped_before_masking_and_the_round_sums_the_others(tmp_path, monkeypatch):
     """A compromised client seals garbage for every holder: they report it in the check stage, it is dropped before
     anyone masks with it (its shares stage recorded as rejected), and the round unmasks the honest clients' sum, here

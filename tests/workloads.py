@@ -441,6 +441,24 @@ def seals_garbage_shares_on_client_1(payload):
     return key.sign_result(result, garbage.encode())
 
 
+def reports_client_2_falsely_on_client_1(payload):
+    """A secure round run for real, except client 1, a compromised function: in the check stage it reports that
+    client 2's sealed shares do not open (they do), and signs that."""
+    import json
+
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import client_key, function_secret
+    from fedless_nb.store import store_from_descriptor
+
+    result = handle(payload)
+    settings = payload.get("train", {}).get("secagg") or {}
+    if settings.get("stage") != "check" or not payload["client_id"].endswith("-0001"):
+        return result
+    report = json.dumps({"unopened": ["client-0002"]}).encode()
+    store_from_descriptor(payload["store"]).put(payload["update"], report)
+    return client_key(function_secret(), payload["run_id"], payload["client_id"]).sign_result(result, report)
+
+
 def serves_one_client_each(payload):
     """Clients run for real; each function is deployed for one client (FEDLESS_CLIENT_ID set, as `fedless-nb
     client-secret` deploys it), so an aggregator's task is refused as such a function refuses it."""
