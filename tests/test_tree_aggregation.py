@@ -304,6 +304,20 @@ def test_one_providers_refusal_cancels_the_other_providers_aggregators(tiny_conf
     assert not list(round_dir.rglob("*.sum"))  # the cancelled aggregator's worker was stopped before it wrote
 
 
+def test_an_aggregator_past_the_deadline_fails_there_whatever_its_providers_timeout(tiny_config):
+    """An aggregator that hangs held the round until its provider's timeout (here 150 s, Lambda's may be 900 s), far
+    past round_deadline, which bounded only the retries; it now fails at the deadline, its shard out of the round."""
+    config = tiny_config(clients=2, clients_per_round=2, rounds=1, retries=0, round_deadline=30,
+                         aggregation={"where": "functions"})
+    provider = LocalProvider("local", workers=2, timeout=150, entry_point="workloads:aggregates_slowly")
+    with pytest.raises(NothingTrainedError, match="its aggregator function failed: missed the aggregation deadline"):
+        run_experiment(config, providers={"local": provider})
+    history = History(config.history)
+    (run,) = history.runs()
+    (aggregation,) = history.aggregations(run["run_id"])
+    assert (aggregation["outcome"], aggregation["error"]) == ("failed", "missed the aggregation deadline of 30s")
+
+
 def test_a_refusals_words_without_its_cause_fail_the_aggregator_like_any_failure(tiny_config):
     """The words of a per-client function's refusal, with no declared cause, are an aggregator that failed: its shard
     leaves the round (here every update, so nothing trained); matching the words, auto summed in the controller."""

@@ -301,9 +301,16 @@ class TreeAggregation:
             controller.emit(AggregationFinished(controller.run_id, round_number, aggregator.client_id, provider, level,
                                                 "failed", started, time.time(), len(entries), error=str(error)))
 
+        async def invoke_by_deadline(task: dict[str, Any]) -> dict[str, Any]:
+            """The provider's call, cut at the deadline (a provider's own timeout may be far longer)."""
+            try:
+                return await asyncio.wait_for(controller.providers[provider].invoke(task), max(0.0, deadline - time.time()))
+            except asyncio.TimeoutError:
+                raise InvocationError(f"missed the aggregation deadline of {controller.plan.round_deadline:g}s",
+                                      "deadline") from None
+
         try:
-            reply = await invoke_with_retries(controller.providers[provider].invoke, attempt_task, controller.plan.policy,
-                                              deadline, failed)
+            reply = await invoke_with_retries(invoke_by_deadline, attempt_task, controller.plan.policy, deadline, failed)
             key = attempts[-1]
             result = parse_aggregate_result(reply, controller.run_id, round_number, aggregator.client_id, key)
             if level == 0 and not spec.is_masked and any(fact.distance is None for fact in result.summed):
