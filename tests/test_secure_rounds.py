@@ -18,7 +18,8 @@ from fedless_nb.providers import LocalProvider
 from fedless_nb.records.history import History
 from fedless_nb.reduction import MaskedSum
 from fedless_nb.rounds.resilience import NothingTrainedError, QuorumError
-from fedless_nb.runner import run_experiment
+from fedless_nb.rounds.events import InvocationFinished
+from fedless_nb.runner import resume_experiment, run_experiment, run_experiment_async
 from fedless_nb.store import CodecError, LocalStore, decode_arrays
 from fedless_nb.store.keys import global_weights_key, update_key
 from fedless_nb.wire import SECAGG_STAGES
@@ -559,6 +560,40 @@ def test_a_client_revealing_wrong_shares_is_refused_and_the_secure_round_complet
     assert [r["succeeded"] for r in history.rounds(result.run_id)] == [5]  # its own masked vector stays in the sum
     (before, after) = _globals(config, result.run_id)
     assert 1e-4 < _largest_change(before, after) < 1.0  # unmasked: a mask left in would move weights by thousands
+
+
+def test_a_secure_run_cancelled_in_a_rounds_masked_stage_resumes_with_every_round_once(tmp_path):
+    """Ctrl-C (the run's task cancelled) while round 2's clients train in its masked stage: the run is stopped after
+    round 1 with no call left running, and resuming it runs round 2 from its keys stage (the objects the cancelled
+    round wrote cleared) to the end, each round and each stage's invocation counted once."""
+    config = _config(tmp_path, "cancelled", rounds=3)
+
+    async def cancelled_in_round_2():
+        running = []
+
+        def stop_at_masked_stage_of_round_2(event):
+            if isinstance(event, InvocationFinished) and (event.round, event.stage) == (2, "masked"):
+                running[0].cancel()
+
+        running.append(asyncio.ensure_future(run_experiment_async(config, observers=[stop_at_masked_stage_of_round_2])))
+        with pytest.raises(asyncio.CancelledError):
+            await running[0]
+
+    asyncio.run(cancelled_in_round_2())
+    history = History(config.history)
+    (stopped,) = history.runs()
+    assert (stopped["status"], stopped["rounds_completed"], stopped["error"]) == ("stopped", 1, "interrupted")
+    resumed = resume_experiment(stopped["run_id"], history=config.history)
+    assert resumed.status == "finished"
+    assert [r["round"] for r in history.rounds(resumed.run_id)] == [1, 2, 3]
+    assert [r["succeeded"] for r in history.rounds(resumed.run_id)] == [5, 5, 5]
+    invocations = history.invocations(resumed.run_id)
+    assert sorted((i["round"], i["stage"], i["client_id"]) for i in invocations) == sorted(
+        (r, stage, c) for r in (1, 2, 3) for stage in SECAGG_STAGES for c in CLIENTS)
+    assert all(i["outcome"] == "succeeded" for i in invocations) and history.round_failures(resumed.run_id) == []
+    globals_ = _globals(config, resumed.run_id)
+    for before, after in zip(globals_, globals_[1:]):  # a mask left in would move weights by thousands
+        assert 1e-4 < _largest_change(before, after) < 1.0
 
 
 def test_a_client_falsely_reporting_an_honest_peer_has_it_dropped_by_name_and_learns_nothing(tmp_path):
