@@ -525,13 +525,14 @@ def _validate_research_options(config: ExperimentConfig) -> None:
 
 def _validate_secure_aggregation(config: ExperimentConfig) -> None:
     """Secure aggregation hides every single update, so whatever needs one is refused here."""
-    from .privacy.secagg import MODULUS_BITS
+    from .privacy.secagg import MIN_CLIENTS, MODULUS_BITS
     from .strategies import SUM_ONLY_STRATEGIES
 
     secure, selected = config.secure_aggregation, config.clients_per_round
     assert secure is not None
-    _require(selected >= 3, "clients_per_round",
-             f"secure aggregation needs at least 3 clients per round (a sum of 2 tells each the other's update), got {selected}")
+    _require(selected >= MIN_CLIENTS, "clients_per_round",
+             f"secure aggregation needs at least {MIN_CLIENTS} clients per round (a sum of 2 tells each the other's "
+             f"update), got {selected}")
     _require(config.strategy.name in SUM_ONLY_STRATEGIES, "strategy.name",
              f"{config.strategy.name} needs each client's update, which secure aggregation hides; "
              f"use one that needs only their sum: {', '.join(SUM_ONLY_STRATEGIES)}")
@@ -541,6 +542,10 @@ def _validate_secure_aggregation(config: ExperimentConfig) -> None:
     _require(config.mode == "sync", "mode", "secure aggregation sums whole rounds; use mode: sync, not async (FedBuff)")
     _require(config.central_dp is None or not config.central_dp.adaptive, "central_dp.adaptive",
              "adaptive clipping needs each update's norm, which secure aggregation hides; set it to false")
+    _require(config.central_dp is None or config.central_dp.sampling == "fixed" or selected == config.clients,
+             "central_dp.sampling", f"poisson draws a varying number of clients per round, at times fewer than the "
+             f"{MIN_CLIENTS} a secure round needs to hide each update; set central_dp.sampling: fixed (or "
+             "clients_per_round to clients: then every round takes every client)")
     _require(secure.neighbours >= 0, "secure_aggregation.neighbours", f"must be >= 0 (0: all), got {secure.neighbours}")
     degree = selected - 1 if secure.neighbours == 0 else min(secure.neighbours + secure.neighbours % 2, selected - 1)
     _require(secure.threshold == 0 or (degree + 1) // 2 < secure.threshold <= degree + 1, "secure_aggregation.threshold",

@@ -218,6 +218,10 @@ def test_sum_only_strategies_give_the_same_model_from_the_secure_average(name):
     ({"mode": "async"}, "mode: secure aggregation sums whole rounds"),
     ({"central_dp": {"adaptive": True}}, "central_dp.adaptive: adaptive clipping needs each update's norm"),
     ({"clients_per_round": 2}, "clients_per_round: secure aggregation needs at least 3 clients per round"),
+    ({"central_dp": {}}, "central_dp.sampling: poisson draws a varying number of clients per round, at times fewer "
+                         "than the 3 a secure round needs to hide each update; set central_dp.sampling: fixed"),
+    ({"central_dp": {"sampling": "fixed"}}, None),
+    ({"central_dp": {}, "clients": 5}, None),
     ({"secure_aggregation": {"threshold": 2}}, r"secure_aggregation.threshold: must be 0 \(a majority\) or more than "
                                                r"half of the 5 holders"),
     ({"secure_aggregation": {"neighbours": 2, "threshold": 3}}, None),
@@ -229,7 +233,7 @@ def test_sum_only_strategies_give_the_same_model_from_the_secure_average(name):
 def test_what_needs_single_updates_is_refused_in_one_line(tmp_path, overrides, message):
     data = {"clients": 8, "clients_per_round": 5, "max_norm_ratio": 0, "secure_aggregation": {}, **overrides}
     if message is None:
-        assert ExperimentConfig.from_dict(data).secure_aggregation.neighbours == 2
+        assert ExperimentConfig.from_dict(data).secure_aggregation is not None
         return
     with pytest.raises(ConfigError, match=message) as raised:
         ExperimentConfig.from_dict(data)
@@ -560,6 +564,38 @@ def test_a_client_revealing_wrong_shares_is_refused_and_the_secure_round_complet
     assert [r["succeeded"] for r in history.rounds(result.run_id)] == [5]  # its own masked vector stays in the sum
     (before, after) = _globals(config, result.run_id)
     assert 1e-4 < _largest_change(before, after) < 1.0  # unmasked: a mask left in would move weights by thousands
+
+
+class _DrawsTwoInRound1:
+    """The run's selection, except that round 1 draws two clients: as a privacy budget that has left only two of
+    them does (train.dp's target_epsilon with on_budget: skip_client)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def select(self, round_number, client_ids, count):
+        return self.inner.select(round_number, client_ids, count)[:2 if round_number == 1 else None]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_secure_round_drawn_with_fewer_than_three_clients_invokes_none(tmp_path):
+    """A round drawn with two clients ran the protocol and published their sum, which tells each the other's update
+    (and a round of one, the controller its update). It now fails with that reason, invoking no one, and the next
+    round, drawn whole, trains."""
+    config = _config(tmp_path, "two", rounds=2)
+    result = run_experiment(config, on_controller=lambda c: setattr(c, "selection", _DrawsTwoInRound1(c.selection)))
+    assert result.status == "finished"
+    history = History(config.history)
+    (failure,) = history.round_failures(result.run_id)
+    assert failure["round"] == 1 and failure["reason"] == (
+        "secure aggregation: the round drew 2 client(s), fewer than the 3 it needs to hide each update; no client was "
+        "invoked")
+    assert {i["round"] for i in history.invocations(result.run_id)} == {2}
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [0, 5]
+    before, unchanged, after = _globals(config, result.run_id)
+    assert _largest_change(before, unchanged) == 0 and 1e-4 < _largest_change(unchanged, after) < 1.0
 
 
 def test_a_secure_run_cancelled_in_a_rounds_masked_stage_resumes_with_every_round_once(tmp_path):

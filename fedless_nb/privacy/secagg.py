@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 MODULUS_BITS = 32  # the masked arithmetic is uint32's: numpy wraps modulo 2^32 for free
+MIN_CLIENTS = 3  # a secure round's fewest clients: the sum of two tells each the other's update
 SECRET_BYTES = 32
 SHARE_BYTES = 2 + SECRET_BYTES  # a Shamir share of a secret: its 1-based index, then one share per half
 _HALF = 16  # pycryptodome's Shamir shares 16-byte secrets (GF(2^128))

@@ -173,7 +173,12 @@ class SecureAggregationRounds(SynchronousRounds):
         self-mask seed and its pairwise-mask secret. A client whose masked vector is in the sum has only its seed
         revealed (and only its pairwise seeds with dropped peers removed); one that dropped after the check stage has
         only its mask key revealed; one dropped before (its shares do not open) has neither. Each reveal task names
-        the dropped peers, and a reveal with a share of the other secret is rejected (_accepted)."""
+        the dropped peers, and a reveal with a share of the other secret is rejected (_accepted). A round drawn with
+        fewer than secagg.MIN_CLIENTS clients (a privacy budget left only these) invokes none: their sum would
+        tell each of them the others' updates, or the controller the one's."""
+        if len(selected) < secagg.MIN_CLIENTS:
+            raise SecureRoundFailed(f"secure aggregation: the round drew {len(selected)} client(s), fewer than the "
+                                    f"{secagg.MIN_CLIENTS} it needs to hide each update; no client was invoked")
         degree = self.options.neighbours
         graph = secagg.neighbours(selected, degree, seed=self.controller.plan.seed * 100_003 + round_number)
         holders = len(graph[selected[0]]) + 1
