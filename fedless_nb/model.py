@@ -273,7 +273,11 @@ def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: Mode
     for module in spec.modules:
         importlib.import_module(module)
     try:
-        model = keras.models.model_from_json(spec.architecture)
+        # keras.layers.deserialize, not model_from_json: Keras 2's JSON decoding deserializes any object marked
+        # "__passive_serialization__" as it parses, outside Keras's safe mode, so a Lambda layer there (its "module"
+        # left out, unchecked) ran the Python bytecode it carried. Deserialized here, every object is built in safe mode,
+        # which refuses bytecode wherever it sits.
+        model = keras.layers.deserialize(json.loads(spec.architecture))
     except (ValueError, TypeError) as error:
         raise ModelError(f"the model spec does not rebuild: {error}") from None
     settings = spec.compile

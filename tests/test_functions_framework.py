@@ -443,6 +443,39 @@ def test_a_signed_tasks_model_cannot_make_the_function_run_a_command(server, tmp
     assert "pydoc" in reply["error"]["message"] and "FEDLESS_MODEL_MODULES" in reply["error"]["message"]
 
 
+def _carrying_bytecode(spec, marker: Path, *, passive: bool):
+    """`spec` with a Lambda layer whose Python bytecode (Keras's marshalled `function_type: lambda`) writes `marker`, no
+    module named anywhere: as the Dense layer's activation, marked for Keras 2's JSON decoding to build as it parses
+    (`passive`), or as a layer of its own."""
+    from keras.src.utils.generic_utils import func_dump
+
+    writes = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]")
+    code = {"class_name": "Lambda", "config": {"name": "code", "function": func_dump(writes), "function_type": "lambda",
+                                               "arguments": {}, "output_shape": None, "output_shape_type": "raw"}}
+    architecture = json.loads(spec.architecture)
+    layers = architecture["config"]["layers"]
+    if passive:
+        layers[-1]["config"]["activation"] = {**code, "__passive_serialization__": True}
+    else:
+        layers.insert(1, code)
+    return type(spec)(json.dumps(architecture), spec.compile, spec.modules)
+
+
+@pytest.mark.parametrize("passive", [True, False])
+def test_a_signed_tasks_model_cannot_make_the_function_run_its_bytecode(server, tmp_path, passive):
+    """Keras 2 parsed a model's JSON with a hook that built any object marked "__passive_serialization__" as it went,
+    outside Keras's safe mode: a task (signed with the function's secret) whose Dense activation was such a Lambda
+    layer, carrying marshalled bytecode and naming no module, ran that code on the function. Its model is now
+    deserialized in safe mode throughout, which refuses bytecode there and as a layer of its own."""
+    store, spec = write_inputs(tmp_path)
+    ran = tmp_path / "ran"
+    status, reply = _post(server, json.dumps(make_task(store, _carrying_bytecode(spec, ran, passive=passive),
+                                                       secret=SECRET)).encode())
+    assert not ran.exists(), "the task ran its bytecode on the function"
+    assert status == 400 and reply["error"]["type"] == "ModelError", reply
+    assert reply["error"]["message"].startswith("the model spec does not rebuild: "), reply
+
+
 def _printed_settings(command: str) -> dict[str, str]:
     """The variables the printed functions_framework command sets on the function (NAME=VALUE before the program)."""
     words = shlex.split(command.partition(" && ")[2])
