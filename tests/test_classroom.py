@@ -25,6 +25,7 @@ from fedless_nb.classroom.student import StudentFunction, compare_with_class
 from fedless_nb.experiment import ExperimentConfig
 from fedless_nb.function import handler
 from fedless_nb.providers.base import InvocationError
+from fedless_nb import security
 from fedless_nb.security import NonceCache, client_key, new_secret
 from fedless_nb.store import PresignedStore, StoreError, decode_arrays, encode_arrays
 
@@ -42,12 +43,15 @@ def classroom(tmp_path):
 @pytest.fixture
 def fresh_function_state(monkeypatch):
     monkeypatch.setattr(handler, "_STATE", handler._WarmState())
-    monkeypatch.setattr(handler, "_NONCES", NonceCache())
+    monkeypatch.setattr(security, "SPENT_TOKENS", NonceCache())
 
 
 def post(url, message):
-    request = urllib.request.Request(url, data=json.dumps(message).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    return post_body(url, json.dumps(message).encode())
+
+
+def post_body(url, body):
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -542,6 +546,40 @@ def test_a_students_function_parses_a_large_body_only_once_its_token_checks(clas
         status, reply = student._invoke(forged)
         assert status == 403 and "forged" in reply["error"]["message"]
         assert student.calls == []  # refused unparsed: no task was logged as a call
+    finally:
+        student.leave()
+
+
+def test_a_students_function_parses_a_large_task_once_and_no_body_its_token_was_not_issued_for(
+        classroom, tmp_path, fresh_function_state, monkeypatch):
+    """A body over 1 MiB whose token checked was parsed before its nonce and task digest were: the same body again (a
+    replay) or another body carrying a valid token cost the function a parse of up to 64 MiB each. Both are refused
+    unparsed now (the token's nonce is looked up, and its digest compared with the body's text as the controller sends
+    it); the task itself, large by its architecture, is parsed once and trains."""
+    from fedless_nb.function.serving import PARSED_UNSIGNED_BYTES
+    from fedless_nb.security import canonical
+
+    store, spec = write_inputs(tmp_path / "store")
+    large = type(spec)(spec.architecture + " " * PARSED_UNSIGNED_BYTES, spec.compile, spec.modules)
+    real_loads, parsed = json.loads, []
+
+    def counting_loads(text, *args, **kwargs):
+        if isinstance(text, (bytes, bytearray)) and len(text) > PARSED_UNSIGNED_BYTES:
+            parsed.append(len(text))
+        return real_loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting_loads)
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        body = canonical(served_task(classroom, store, large, student._secret))
+        status, reply = post_body(student.url, body)
+        assert status == 200 and reply["num_examples"] == 40 and len(parsed) == 1, reply
+        status, reply = post_body(student.url, body)
+        assert (status, reply["error"]["message"]) == (403, "the task's token was already used: a replayed invocation")
+        other = canonical(served_task(classroom, store, spec, student._secret))  # a small task's unspent token
+        status, reply = post_body(student.url, other[:-1] + b',"zz":"' + b" " * PARSED_UNSIGNED_BYTES + b'"}')
+        assert status == 403 and reply["error"]["message"].startswith("the task's token was issued for another task")
+        assert len(parsed) == 1, "a body was parsed before its token's nonce and digest were checked"
     finally:
         student.leave()
 

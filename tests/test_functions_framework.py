@@ -509,8 +509,10 @@ def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bun
 def test_a_large_body_is_parsed_only_once_its_token_checks(server, tmp_path):
     """Anyone who can reach a function could make it parse up to 64 MiB of JSON before its token was checked: 64 MiB of
     empty objects took 1.5 GB and 9 s of the function's process. A body over 1 MiB is now refused on the token in its
-    text (none: 401, forged: 403) before it is parsed; a signed task of that size still runs."""
+    text (none: 401, forged: 403) before it is parsed; a signed task of that size (its architecture), as the controller
+    sends it, still runs, once."""
     from fedless_nb.function.serving import PARSED_UNSIGNED_BYTES
+    from fedless_nb.security import canonical
 
     objects = b"[" + b"{}," * (PARSED_UNSIGNED_BYTES // 3 + 8) + b"{}]"
     status, reply = _post(server, objects)
@@ -519,6 +521,9 @@ def test_a_large_body_is_parsed_only_once_its_token_checks(server, tmp_path):
     forged = json.dumps(make_task(store, spec, secret="guessed")).encode()
     status, reply = _post(server, forged[:-1] + b", \"padding\": " + objects + b"}")
     assert status == 403 and "forged" in reply["error"]["message"], reply
-    task = json.dumps(make_task(store, spec, secret=SECRET)).encode()
-    status, reply = _post(server, task + b" " * PARSED_UNSIGNED_BYTES)
+    large = type(spec)(spec.architecture + " " * PARSED_UNSIGNED_BYTES, spec.compile, spec.modules)
+    task = canonical(make_task(store, large, secret=SECRET))
+    status, reply = _post(server, task)
     assert status == 200 and reply["num_examples"] == 40, reply
+    status, reply = _post(server, task)
+    assert (status, reply["error"]["message"]) == (403, "the task's token was already used: a replayed invocation")

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from fedless_nb import security
 from fedless_nb.function import handler as client
 from fedless_nb.function.handler import handle
 from fedless_nb.records.history import History
@@ -67,7 +68,7 @@ def test_a_replayed_token_is_refused_by_the_warm_process_and_by_a_fresh_one(func
     task = make_task(store, spec)
     first = handle(task)
     _refused(task, 403, "already used: a replayed invocation")
-    monkeypatch.setattr(client, "_NONCES", NonceCache())  # another process: no memory of the nonce
+    monkeypatch.setattr(security, "SPENT_TOKENS", NonceCache())  # another process: no memory of the nonce
     _refused(task, 403, "update already exists: a replayed invocation")
     client_key(SECRET, "run-1", "client-0000").verify_result(first, store.get(task["update"]))  # the first update is untouched
 
