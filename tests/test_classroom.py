@@ -706,6 +706,31 @@ def test_wrong_join_codes_are_bounded_per_address_and_in_all_without_locking_the
     classroom.roster.register(registration(classroom, "dave"), "127.0.0.6", now=a_minute_later)
 
 
+def test_an_ipv6_network_spends_one_addresss_wrong_codes_however_many_addresses_it_uses():
+    """Wrong codes were counted per address, and whoever holds an IPv6 /64 has 2^64 of them: each fresh one got 10
+    guesses, so one machine spent the whole overall budget and kept every student not joined yet waiting. An IPv6
+    address now counts as its /64 (a class on one such network is one address, as behind a NAT); IPv4-mapped
+    addresses stay their IPv4 ones, never one ::ffff:0:0/64 for every IPv4 client."""
+    from fedless_nb.classroom.join_limit import TooManyWrongCodes, WrongCodes
+
+    codes, now = WrongCodes(), time.time()
+    for host in range(10):
+        codes.check(f"2001:db8:1:2::{host + 1:x}", now)
+        codes.spend(f"2001:db8:1:2::{host + 1:x}", now)
+    with pytest.raises(TooManyWrongCodes, match="^too many wrong join codes: try again in 7 s"):
+        codes.check("2001:db8:1:2:abcd::99", now)  # a fresh address of the same /64
+    codes.check("2001:db8:1:3::1", now)  # another network still tries: the overall budget has 20 left
+    for address in ("::ffff:192.0.2.1", "192.0.2.1") * 5:  # one IPv4 address, however it is written
+        codes.spend(address, now)
+    with pytest.raises(TooManyWrongCodes):
+        codes.check("192.0.2.1", now)
+    codes.check("::ffff:192.0.2.2", now)  # another IPv4 address: its own budget (the overall one has 10 left)
+    codes.joined("2001:db8:5:6::1")  # a student of a class on 2001:db8:5:6::/64 joined
+    for _ in range(10):
+        codes.spend("2001:db8:ff:ff::1", now)  # the overall budget is spent...
+    codes.check("2001:db8:5:6::77", now)  # ...but not by the class's network, whose classmates still join
+
+
 def test_one_address_holds_a_bounded_number_of_connections_and_the_rest_of_the_class_still_joins(tmp_path,
                                                                                                  monkeypatch):
     """One student's machine opens as many connections as the server holds and keeps them: past the per-address limit
