@@ -237,19 +237,31 @@ def check_body_token(body: bytes | bytearray | str, secret: str | None = None) -
         try:
             claimed = json.loads(_token_parts(token)[0])
             claims = _function_key(secret, str(claimed["run_id"]), str(claimed["client_id"])).token_claims(token)
-            now = time.time()
-            if now > float(claims["exp"]) + CLOCK_SKEW:
-                raise AuthError("the task's token expired with its round deadline")
-            SPENT_TOKENS.check(str(claims["nonce"]), now)
-            if _digest_without(raw, found.start(), found.end()) == claims["task"]:
-                return
-            refusal = AuthError("the task's token was issued for another task (a body over 1 MiB is checked byte for "
-                                "byte as the controller sends it)")
         except AuthError as error:
             refusal = error
+            continue
         except (ValueError, TypeError, KeyError):
             refusal = AuthError("the task's token is malformed")
+            continue
+        # The first token signed with this key decides: the body is hashed once, however often a token repeats in it.
+        _check_unparsed_claims(claims, raw, found.start(), found.end())
+        return
     raise refusal
+
+
+def _check_unparsed_claims(claims: Mapping[str, Any], raw: bytes, start: int, end: int) -> None:
+    """AuthError unless the verified `claims` of the token at `raw[start:end]` are unexpired, unspent and for `raw`."""
+    try:
+        now = time.time()
+        if now > float(claims["exp"]) + CLOCK_SKEW:
+            raise AuthError("the task's token expired with its round deadline")
+        SPENT_TOKENS.check(str(claims["nonce"]), now)
+        task_digest = claims["task"]
+    except (ValueError, TypeError, KeyError):
+        raise AuthError("the task's token is malformed") from None
+    if _digest_without(raw, start, end) != task_digest:
+        raise AuthError("the task's token was issued for another task (a body over 1 MiB is checked byte for byte as "
+                        "the controller sends it)")
 
 
 def _digest_without(raw: bytes, start: int, end: int) -> str:
