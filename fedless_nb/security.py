@@ -240,7 +240,7 @@ def check_body_token(body: bytes | bytearray | str, secret: str | None = None) -
         except AuthError as error:
             refusal = error
             continue
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):  # claims nested past Python's stack, from anyone
             refusal = AuthError("the task's token is malformed")
             continue
         # The first token signed with this key decides: the body is hashed once, however often a token repeats in it.

@@ -6,6 +6,7 @@ is what `fedless-nb package --provider google_cloud_functions` ships.
 """
 
 import asyncio
+import base64
 import json
 import os
 import shlex
@@ -504,6 +505,18 @@ def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bun
             name: value for name, value in settings.items() if name != "FEDLESS_RUN_SECRET"}) as url:
         status, reply = _post(url, task)
     assert status == 200 and reply["num_examples"] == 40 and store.exists(json.loads(task)["update"]), reply
+
+
+def test_a_large_bodys_token_nested_past_pythons_stack_is_one_refusal(server):
+    """The claims of a token in a large body's text are parsed before its signature can be checked (they name the client
+    whose key checks it): anyone could send claims of 3,000 nested arrays, whose RecursionError escaped the function's
+    checks (a 500 with the framework's HTML page). It is one refusal now, and the function serves on."""
+    from fedless_nb.function.serving import PARSED_UNSIGNED_BYTES
+
+    claims = base64.urlsafe_b64encode(b"[" * 3000).rstrip(b"=")
+    status, reply = _post(server, b'{"token":"v1.' + claims + b'.AAAA","pad":"' + b" " * PARSED_UNSIGNED_BYTES + b'"}')
+    assert (status, reply["error"]["message"]) == (403, "the task's token is malformed"), reply
+    assert _post(server, b"{}")[0] == 400
 
 
 def test_a_large_body_is_parsed_only_once_its_token_checks(server, tmp_path):
