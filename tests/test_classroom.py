@@ -584,6 +584,17 @@ def test_a_students_function_parses_a_large_task_once_and_no_body_its_token_was_
         student.leave()
 
 
+def test_a_students_function_answers_a_body_nested_past_pythons_stack_in_one_line(classroom):
+    """Anyone in the room can reach a student's function: a body of 100,000 opening brackets (under 1 MiB, so parsed)
+    raised a RecursionError that escaped its checks (a 500 and a traceback in the student's kernel). One line now."""
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        status, reply = post_body(student.url, b"[" * 100_000)
+        assert (status, reply["error"]["message"]) == (400, "the request body nests too deeply to be a task"), reply
+    finally:
+        student.leave()
+
+
 def test_a_students_oversized_reply_is_refused_unparsed(classroom):
     """A student's function answers with 2 MiB of JSON: a result is a few KB, and parsing a reply costs the teacher's
     kernel several times its size (a 64 MiB one, the HTTP provider's own limit, about 0.5 GB), once per name a
