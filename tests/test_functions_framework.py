@@ -444,6 +444,26 @@ def test_a_signed_tasks_model_cannot_make_the_function_run_a_command(server, tmp
     assert "pydoc" in reply["error"]["message"] and "FEDLESS_MODEL_MODULES" in reply["error"]["message"]
 
 
+def test_a_listed_module_lends_a_task_only_what_it_registers_with_keras(tmp_path):
+    """Keras takes an object from the module a config names by attribute, one dot deep too: a task could take anything
+    a module its deployer listed had imported, and a layer module that imports pydoc lent pydoc.pipepager, which a
+    Lambda layer called with the task's shell command. A task now takes from a listed module only the objects it
+    registers with Keras (Keras then returns them without looking in the module), and is refused in one line."""
+    store, spec = write_inputs(tmp_path / "store")
+    deployed = build_bundle("functions_framework", tmp_path / "dist", model_modules=("my_layers",))
+    (deployed.path / "my_layers.py").write_text('"""Custom layers, documented with pydoc."""\n\nimport pydoc  # noqa: F401\n')
+    ran = tmp_path / "ran"
+    task = make_task(store, _calling(spec, "my_layers", "pydoc.pipepager", {"cmd": f"echo ran > {ran}"}, listed=True),
+                     secret=SECRET)
+    with functions_framework(deployed.path, tmp_path / "ff.log", settings={"FEDLESS_MODEL_MODULES": "my_layers"}) as url:
+        status, reply = _post(url, json.dumps(task).encode())
+    time.sleep(1)  # the command, had it started, runs on in its own process
+    assert not ran.exists(), "the task ran a shell command on the function"
+    assert status == 400 and reply["error"]["message"] == (
+        "the model takes 'pydoc.pipepager' from module my_layers, which registers no such object with Keras: a task may "
+        "take from a listed module only what it registers with @keras.saving.register_keras_serializable()"), reply
+
+
 def _carrying_bytecode(spec, marker: Path, *, passive: bool):
     """`spec` with a Lambda layer whose Python bytecode (Keras's marshalled `function_type: lambda`) writes `marker`, no
     module named anywhere: as the Dense layer's activation, marked for Keras 2's JSON decoding to build as it parses
