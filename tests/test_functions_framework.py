@@ -362,6 +362,7 @@ def _presigned_task(spec, urls_at: str):
     "http://127.0.0.1:{port}/bucket/%2e%2e/bucket-2/",  # the same, encoded
     "http://127.0.0.1:{port}/bucket%2F..%2Fbucket-2/",  # an encoded slash
     "http://127.0.0.1:{port}@localhost:{port}/bucket/",  # user info, which a parser may take for the host
+    "http://b\u00fccket\uff0elocalhost:{port}/bucket/",  # a host that is not ASCII (IDNA): was a 500, unchecked
 ])
 def test_a_function_with_store_roots_refuses_a_signed_task_whose_urls_lie_elsewhere(rooted, tmp_path, urls_at):
     """A task signed with the function's own secret used to make it GET and POST wherever its URLs pointed; under
