@@ -263,6 +263,37 @@ def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> None:
                          + allowed.remedy.format(named=named, options=options))
 
 
+def _objects_from(value: Any, modules: frozenset[str]) -> list[tuple[str, Any]]:
+    """(module, name Keras looks that object up by in its registry before it looks in the module) of every serialized
+    object in `value` whose module is in `modules`: a function's name, a class's registered name (its class name when
+    the config has none)."""
+    found = []
+    if isinstance(value, dict):
+        if value.get("module") in modules and "class_name" in value:
+            name = value.get("config") if value["class_name"] == "function" else value.get("registered_name",
+                                                                                            value["class_name"])
+            found.append((value["module"], name))
+        found += [item for child in value.values() for item in _objects_from(child, modules)]
+    elif isinstance(value, list):
+        found += [item for child in value for item in _objects_from(child, modules)]
+    return found
+
+
+def _check_registered_objects(spec: ModelSpec, allowed: ModelModules) -> None:
+    """ModelError unless every object the spec takes from a listed module is one Keras's registry holds, which Keras
+    then returns without looking in the module: by attribute, a task could take anything the module imported
+    (a layer module that imports pydoc lent `pydoc.pipepager`, which a Lambda layer called with a shell command).
+    Run after the listed modules are imported (their decorators fill the registry)."""
+    if ANY_MODULE in allowed.names:
+        return
+    get_registered = _keras().saving.get_registered_object
+    for module, name in _objects_from([json.loads(spec.architecture), spec.compile], allowed.names):
+        if not isinstance(name, str) or get_registered(name) is None:
+            raise ModelError(f"the model takes {str(name)[:80]!r} from module {module}, which registers no such object "
+                             "with Keras: a task may take from a listed module only what it registers with "
+                             "@keras.saving.register_keras_serializable()")
+
+
 def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: ModelModules | None = None) -> Any:
     """Rebuild a model from its spec, compiled with `optimizer` (default SGD) and the spec's loss and metrics.
     `allowed_modules`: the modules besides Keras's a task's spec may import (a function's FEDLESS_MODEL_MODULES);
@@ -272,8 +303,14 @@ def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: Mode
         check_model_modules(spec, allowed_modules)
     for module in spec.modules:
         importlib.import_module(module)
+    if allowed_modules is not None:
+        _check_registered_objects(spec, allowed_modules)
     try:
-        model = keras.models.model_from_json(spec.architecture)
+        # keras.layers.deserialize, not model_from_json: Keras 2's JSON decoding deserializes any object marked
+        # "__passive_serialization__" as it parses, outside Keras's safe mode, so a Lambda layer there (its "module"
+        # left out, unchecked) ran the Python bytecode it carried. Deserialized here, every object is built in safe mode,
+        # which refuses bytecode wherever it sits.
+        model = keras.layers.deserialize(json.loads(spec.architecture))
     except (ValueError, TypeError) as error:
         raise ModelError(f"the model spec does not rebuild: {error}") from None
     settings = spec.compile

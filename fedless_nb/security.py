@@ -21,7 +21,7 @@ fields, including the SHA-256 of the update bytes the function wrote; the contro
 checks the signature and that the bytes in the store still have that digest.
 
 Replays. A token is valid only until its round deadline. Within that window a warm
-process refuses a nonce it has already spent (`NonceCache`), and `client.handle` refuses
+process refuses a nonce it has already spent (`SPENT_TOKENS`, for client and aggregator tasks alike), and `client.handle` refuses
 a task whose update is already in the store, which catches a replay to another
 process after the first run finished. Limits: a replay to another, cold process while
 the first is still running is not caught (it recomputes the same task, and the
@@ -222,9 +222,11 @@ _RAW_TOKEN = re.compile(rb'"token"\s*:\s*"(' + _TOKEN_VERSION.encode() + rb'\.[A
 
 
 def check_body_token(body: bytes | bytearray | str, secret: str | None = None) -> None:
-    """AuthError unless `body`, a task's JSON text not parsed yet, carries an unexpired token signed with this function's
-    key (`secret` as in TaskGuard.admit). Parsing costs up to twenty times a body's size in memory (64 MiB of empty
-    objects: 1.5 GB), so a large body is parsed only for someone holding the secret; the whole task is checked after."""
+    """AuthError unless `body`, a task's JSON text not parsed yet, carries an unexpired, unspent token signed with this
+    function's key (`secret` as in TaskGuard.admit) for exactly this text. Parsing costs up to twenty times a body's size
+    in memory (64 MiB of empty objects: 1.5 GB), so a large body is parsed only when it is the task its token was issued
+    for, sent once: the controller sends a task as `canonical` JSON, so the body without its token member is the JSON the
+    token's task digest hashes. The parsed task is checked again after."""
     secret = secret or function_secret()
     if secret is None:
         return  # unsigned: TaskGuard.admit refuses or allows the parsed task
@@ -234,15 +236,45 @@ def check_body_token(body: bytes | bytearray | str, secret: str | None = None) -
         token = found.group(1).decode()
         try:
             claimed = json.loads(_token_parts(token)[0])
-            key = _function_key(secret, str(claimed["run_id"]), str(claimed["client_id"]))
-            if time.time() <= float(key.token_claims(token)["exp"]) + CLOCK_SKEW:
-                return
-            refusal = AuthError("the task's token expired with its round deadline")
+            claims = _function_key(secret, str(claimed["run_id"]), str(claimed["client_id"])).token_claims(token)
         except AuthError as error:
             refusal = error
-        except (ValueError, TypeError, KeyError):
+            continue
+        except (ValueError, TypeError, KeyError, RecursionError):  # claims nested past Python's stack, from anyone
             refusal = AuthError("the task's token is malformed")
+            continue
+        # The first token signed with this key decides: the body is hashed once, however often a token repeats in it.
+        _check_unparsed_claims(claims, raw, found.start(), found.end())
+        return
     raise refusal
+
+
+def _check_unparsed_claims(claims: Mapping[str, Any], raw: bytes, start: int, end: int) -> None:
+    """AuthError unless the verified `claims` of the token at `raw[start:end]` are unexpired, unspent and for `raw`."""
+    try:
+        now = time.time()
+        if now > float(claims["exp"]) + CLOCK_SKEW:
+            raise AuthError("the task's token expired with its round deadline")
+        SPENT_TOKENS.check(str(claims["nonce"]), now)
+        task_digest = claims["task"]
+    except (ValueError, TypeError, KeyError):
+        raise AuthError("the task's token is malformed") from None
+    if _digest_without(raw, start, end) != task_digest:
+        raise AuthError("the task's token was issued for another task (a body over 1 MiB is checked byte for byte as "
+                        "the controller sends it)")
+
+
+def _digest_without(raw: bytes, start: int, end: int) -> str:
+    """The task digest of the JSON text `raw` with its member `raw[start:end]` (and the comma that joins it) taken out:
+    `_task_digest` of the task, when `raw` is its `canonical` JSON."""
+    if raw[start - 1:start] == b",":
+        start -= 1
+    elif raw[end:end + 1] == b",":
+        end += 1
+    view = memoryview(raw)
+    digest = hashlib.sha256(view[:start])
+    digest.update(view[end:])
+    return digest.hexdigest()
 
 
 def _task_digest(task: Mapping[str, Any]) -> str:
@@ -276,6 +308,9 @@ class NonceCache:
             self._expiry[nonce] = expires_at
 
 
+SPENT_TOKENS = NonceCache()  # the tokens this process has spent as a function: a replayed task is refused
+
+
 class TaskGuard:
     """The function side of one invocation: admitted before any data is read, signs the result at the end."""
 
@@ -283,9 +318,10 @@ class TaskGuard:
         self.key, self.nonce, self.nonces, self.expires_at = key, nonce, nonces, expires_at
 
     @classmethod
-    def admit(cls, task: Mapping[str, Any], store: Any, nonces: NonceCache, secret: str | None = None) -> "TaskGuard":
+    def admit(cls, task: Mapping[str, Any], store: Any, secret: str | None = None) -> "TaskGuard":
         """Check the task's token and that its update does not exist yet; AuthError otherwise. `secret`: one
         the platform's adapter was given (OpenWhisk's bound parameter), else the deployment's (function_secret)."""
+        nonces = SPENT_TOKENS
         secret = secret or function_secret()
         if secret is None:
             if unsigned_allowed():

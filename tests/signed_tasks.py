@@ -9,6 +9,7 @@ from fedless_nb import zoo
 from fedless_nb.function import handler as client
 from fedless_nb.model import model_spec_from
 from fedless_nb.reduction import SumSpec
+from fedless_nb import security
 from fedless_nb.security import NonceCache, client_key
 from fedless_nb.store import LocalStore, encode_arrays
 
@@ -71,4 +72,4 @@ def function_env(monkeypatch):
     monkeypatch.delenv("FEDLESS_ALLOW_UNSIGNED", raising=False)
     monkeypatch.setenv("FEDLESS_RUN_SECRET", SECRET)
     monkeypatch.setattr(client, "_STATE", client._WarmState())
-    monkeypatch.setattr(client, "_NONCES", NonceCache())
+    monkeypatch.setattr(security, "SPENT_TOKENS", NonceCache())

@@ -25,6 +25,7 @@ from fedless_nb.classroom.student import StudentFunction, compare_with_class
 from fedless_nb.experiment import ExperimentConfig
 from fedless_nb.function import handler
 from fedless_nb.providers.base import InvocationError
+from fedless_nb import security
 from fedless_nb.security import NonceCache, client_key, new_secret
 from fedless_nb.store import PresignedStore, StoreError, decode_arrays, encode_arrays
 
@@ -42,12 +43,15 @@ def classroom(tmp_path):
 @pytest.fixture
 def fresh_function_state(monkeypatch):
     monkeypatch.setattr(handler, "_STATE", handler._WarmState())
-    monkeypatch.setattr(handler, "_NONCES", NonceCache())
+    monkeypatch.setattr(security, "SPENT_TOKENS", NonceCache())
 
 
 def post(url, message):
-    request = urllib.request.Request(url, data=json.dumps(message).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    return post_body(url, json.dumps(message).encode())
+
+
+def post_body(url, body):
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -546,6 +550,51 @@ def test_a_students_function_parses_a_large_body_only_once_its_token_checks(clas
         student.leave()
 
 
+def test_a_students_function_parses_a_large_task_once_and_no_body_its_token_was_not_issued_for(
+        classroom, tmp_path, fresh_function_state, monkeypatch):
+    """A body over 1 MiB whose token checked was parsed before its nonce and task digest were: the same body again (a
+    replay) or another body carrying a valid token cost the function a parse of up to 64 MiB each. Both are refused
+    unparsed now (the token's nonce is looked up, and its digest compared with the body's text as the controller sends
+    it); the task itself, large by its architecture, is parsed once and trains."""
+    from fedless_nb.function.serving import PARSED_UNSIGNED_BYTES
+    from fedless_nb.security import canonical
+
+    store, spec = write_inputs(tmp_path / "store")
+    large = type(spec)(spec.architecture + " " * PARSED_UNSIGNED_BYTES, spec.compile, spec.modules)
+    real_loads, parsed = json.loads, []
+
+    def counting_loads(text, *args, **kwargs):
+        if isinstance(text, (bytes, bytearray)) and len(text) > PARSED_UNSIGNED_BYTES:
+            parsed.append(len(text))
+        return real_loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting_loads)
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        body = canonical(served_task(classroom, store, large, student._secret))
+        status, reply = post_body(student.url, body)
+        assert status == 200 and reply["num_examples"] == 40 and len(parsed) == 1, reply
+        status, reply = post_body(student.url, body)
+        assert (status, reply["error"]["message"]) == (403, "the task's token was already used: a replayed invocation")
+        other = canonical(served_task(classroom, store, spec, student._secret))  # a small task's unspent token
+        status, reply = post_body(student.url, other[:-1] + b',"zz":"' + b" " * PARSED_UNSIGNED_BYTES + b'"}')
+        assert status == 403 and reply["error"]["message"].startswith("the task's token was issued for another task")
+        assert len(parsed) == 1, "a body was parsed before its token's nonce and digest were checked"
+    finally:
+        student.leave()
+
+
+def test_a_students_function_answers_a_body_nested_past_pythons_stack_in_one_line(classroom):
+    """Anyone in the room can reach a student's function: a body of 100,000 opening brackets (under 1 MiB, so parsed)
+    raised a RecursionError that escaped its checks (a 500 and a traceback in the student's kernel). One line now."""
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        status, reply = post_body(student.url, b"[" * 100_000)
+        assert (status, reply["error"]["message"]) == (400, "the request body nests too deeply to be a task"), reply
+    finally:
+        student.leave()
+
+
 def test_a_students_oversized_reply_is_refused_unparsed(classroom):
     """A student's function answers with 2 MiB of JSON: a result is a few KB, and parsing a reply costs the teacher's
     kernel several times its size (a 64 MiB one, the HTTP provider's own limit, about 0.5 GB), once per name a
@@ -666,6 +715,31 @@ def test_wrong_join_codes_are_bounded_per_address_and_in_all_without_locking_the
     a_minute_later = time.time() + 60  # the budgets refill
     classroom.roster.register(registration(classroom, "mallory"), "127.0.0.2", now=a_minute_later)
     classroom.roster.register(registration(classroom, "dave"), "127.0.0.6", now=a_minute_later)
+
+
+def test_an_ipv6_network_spends_one_addresss_wrong_codes_however_many_addresses_it_uses():
+    """Wrong codes were counted per address, and whoever holds an IPv6 /64 has 2^64 of them: each fresh one got 10
+    guesses, so one machine spent the whole overall budget and kept every student not joined yet waiting. An IPv6
+    address now counts as its /64 (a class on one such network is one address, as behind a NAT); IPv4-mapped
+    addresses stay their IPv4 ones, never one ::ffff:0:0/64 for every IPv4 client."""
+    from fedless_nb.classroom.join_limit import TooManyWrongCodes, WrongCodes
+
+    codes, now = WrongCodes(), time.time()
+    for host in range(10):
+        codes.check(f"2001:db8:1:2::{host + 1:x}", now)
+        codes.spend(f"2001:db8:1:2::{host + 1:x}", now)
+    with pytest.raises(TooManyWrongCodes, match="^too many wrong join codes: try again in 7 s"):
+        codes.check("2001:db8:1:2:abcd::99", now)  # a fresh address of the same /64
+    codes.check("2001:db8:1:3::1", now)  # another network still tries: the overall budget has 20 left
+    for address in ("::ffff:192.0.2.1", "192.0.2.1") * 5:  # one IPv4 address, however it is written
+        codes.spend(address, now)
+    with pytest.raises(TooManyWrongCodes):
+        codes.check("192.0.2.1", now)
+    codes.check("::ffff:192.0.2.2", now)  # another IPv4 address: its own budget (the overall one has 10 left)
+    codes.joined("2001:db8:5:6::1")  # a student of a class on 2001:db8:5:6::/64 joined
+    for _ in range(10):
+        codes.spend("2001:db8:ff:ff::1", now)  # the overall budget is spent...
+    codes.check("2001:db8:5:6::77", now)  # ...but not by the class's network, whose classmates still join
 
 
 def test_one_address_holds_a_bounded_number_of_connections_and_the_rest_of_the_class_still_joins(tmp_path,

@@ -6,6 +6,7 @@ is what `fedless-nb package --provider google_cloud_functions` ships.
 """
 
 import asyncio
+import base64
 import json
 import os
 import shlex
@@ -361,6 +362,7 @@ def _presigned_task(spec, urls_at: str):
     "http://127.0.0.1:{port}/bucket/%2e%2e/bucket-2/",  # the same, encoded
     "http://127.0.0.1:{port}/bucket%2F..%2Fbucket-2/",  # an encoded slash
     "http://127.0.0.1:{port}@localhost:{port}/bucket/",  # user info, which a parser may take for the host
+    "http://b\u00fccket\uff0elocalhost:{port}/bucket/",  # a host that is not ASCII (IDNA): was a 500, unchecked
 ])
 def test_a_function_with_store_roots_refuses_a_signed_task_whose_urls_lie_elsewhere(rooted, tmp_path, urls_at):
     """A task signed with the function's own secret used to make it GET and POST wherever its URLs pointed; under
@@ -443,6 +445,59 @@ def test_a_signed_tasks_model_cannot_make_the_function_run_a_command(server, tmp
     assert "pydoc" in reply["error"]["message"] and "FEDLESS_MODEL_MODULES" in reply["error"]["message"]
 
 
+def test_a_listed_module_lends_a_task_only_what_it_registers_with_keras(tmp_path):
+    """Keras takes an object from the module a config names by attribute, one dot deep too: a task could take anything
+    a module its deployer listed had imported, and a layer module that imports pydoc lent pydoc.pipepager, which a
+    Lambda layer called with the task's shell command. A task now takes from a listed module only the objects it
+    registers with Keras (Keras then returns them without looking in the module), and is refused in one line."""
+    store, spec = write_inputs(tmp_path / "store")
+    deployed = build_bundle("functions_framework", tmp_path / "dist", model_modules=("my_layers",))
+    (deployed.path / "my_layers.py").write_text('"""Custom layers, documented with pydoc."""\n\nimport pydoc  # noqa: F401\n')
+    ran = tmp_path / "ran"
+    task = make_task(store, _calling(spec, "my_layers", "pydoc.pipepager", {"cmd": f"echo ran > {ran}"}, listed=True),
+                     secret=SECRET)
+    with functions_framework(deployed.path, tmp_path / "ff.log", settings={"FEDLESS_MODEL_MODULES": "my_layers"}) as url:
+        status, reply = _post(url, json.dumps(task).encode())
+    time.sleep(1)  # the command, had it started, runs on in its own process
+    assert not ran.exists(), "the task ran a shell command on the function"
+    assert status == 400 and reply["error"]["message"] == (
+        "the model takes 'pydoc.pipepager' from module my_layers, which registers no such object with Keras: a task may "
+        "take from a listed module only what it registers with @keras.saving.register_keras_serializable()"), reply
+
+
+def _carrying_bytecode(spec, marker: Path, *, passive: bool):
+    """`spec` with a Lambda layer whose Python bytecode (Keras's marshalled `function_type: lambda`) writes `marker`, no
+    module named anywhere: as the Dense layer's activation, marked for Keras 2's JSON decoding to build as it parses
+    (`passive`), or as a layer of its own."""
+    from keras.src.utils.generic_utils import func_dump
+
+    writes = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]")
+    code = {"class_name": "Lambda", "config": {"name": "code", "function": func_dump(writes), "function_type": "lambda",
+                                               "arguments": {}, "output_shape": None, "output_shape_type": "raw"}}
+    architecture = json.loads(spec.architecture)
+    layers = architecture["config"]["layers"]
+    if passive:
+        layers[-1]["config"]["activation"] = {**code, "__passive_serialization__": True}
+    else:
+        layers.insert(1, code)
+    return type(spec)(json.dumps(architecture), spec.compile, spec.modules)
+
+
+@pytest.mark.parametrize("passive", [True, False])
+def test_a_signed_tasks_model_cannot_make_the_function_run_its_bytecode(server, tmp_path, passive):
+    """Keras 2 parsed a model's JSON with a hook that built any object marked "__passive_serialization__" as it went,
+    outside Keras's safe mode: a task (signed with the function's secret) whose Dense activation was such a Lambda
+    layer, carrying marshalled bytecode and naming no module, ran that code on the function. Its model is now
+    deserialized in safe mode throughout, which refuses bytecode there and as a layer of its own."""
+    store, spec = write_inputs(tmp_path)
+    ran = tmp_path / "ran"
+    status, reply = _post(server, json.dumps(make_task(store, _carrying_bytecode(spec, ran, passive=passive),
+                                                       secret=SECRET)).encode())
+    assert not ran.exists(), "the task ran its bytecode on the function"
+    assert status == 400 and reply["error"]["type"] == "ModelError", reply
+    assert reply["error"]["message"].startswith("the model spec does not rebuild: "), reply
+
+
 def _printed_settings(command: str) -> dict[str, str]:
     """The variables the printed functions_framework command sets on the function (NAME=VALUE before the program)."""
     words = shlex.split(command.partition(" && ")[2])
@@ -473,11 +528,25 @@ def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bun
     assert status == 200 and reply["num_examples"] == 40 and store.exists(json.loads(task)["update"]), reply
 
 
+def test_a_large_bodys_token_nested_past_pythons_stack_is_one_refusal(server):
+    """The claims of a token in a large body's text are parsed before its signature can be checked (they name the client
+    whose key checks it): anyone could send claims of 3,000 nested arrays, whose RecursionError escaped the function's
+    checks (a 500 with the framework's HTML page). It is one refusal now, and the function serves on."""
+    from fedless_nb.function.serving import PARSED_UNSIGNED_BYTES
+
+    claims = base64.urlsafe_b64encode(b"[" * 3000).rstrip(b"=")
+    status, reply = _post(server, b'{"token":"v1.' + claims + b'.AAAA","pad":"' + b" " * PARSED_UNSIGNED_BYTES + b'"}')
+    assert (status, reply["error"]["message"]) == (403, "the task's token is malformed"), reply
+    assert _post(server, b"{}")[0] == 400
+
+
 def test_a_large_body_is_parsed_only_once_its_token_checks(server, tmp_path):
     """Anyone who can reach a function could make it parse up to 64 MiB of JSON before its token was checked: 64 MiB of
     empty objects took 1.5 GB and 9 s of the function's process. A body over 1 MiB is now refused on the token in its
-    text (none: 401, forged: 403) before it is parsed; a signed task of that size still runs."""
+    text (none: 401, forged: 403) before it is parsed; a signed task of that size (its architecture), as the controller
+    sends it, still runs, once."""
     from fedless_nb.function.serving import PARSED_UNSIGNED_BYTES
+    from fedless_nb.security import canonical
 
     objects = b"[" + b"{}," * (PARSED_UNSIGNED_BYTES // 3 + 8) + b"{}]"
     status, reply = _post(server, objects)
@@ -486,6 +555,9 @@ def test_a_large_body_is_parsed_only_once_its_token_checks(server, tmp_path):
     forged = json.dumps(make_task(store, spec, secret="guessed")).encode()
     status, reply = _post(server, forged[:-1] + b", \"padding\": " + objects + b"}")
     assert status == 403 and "forged" in reply["error"]["message"], reply
-    task = json.dumps(make_task(store, spec, secret=SECRET)).encode()
-    status, reply = _post(server, task + b" " * PARSED_UNSIGNED_BYTES)
+    large = type(spec)(spec.architecture + " " * PARSED_UNSIGNED_BYTES, spec.compile, spec.modules)
+    task = canonical(make_task(store, large, secret=SECRET))
+    status, reply = _post(server, task)
     assert status == 200 and reply["num_examples"] == 40, reply
+    status, reply = _post(server, task)
+    assert (status, reply["error"]["message"]) == (403, "the task's token was already used: a replayed invocation")

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from fedless_nb import security
 from fedless_nb.function import handler as client
 from fedless_nb.function.handler import handle
 from fedless_nb.records.history import History
@@ -67,7 +68,7 @@ def test_a_replayed_token_is_refused_by_the_warm_process_and_by_a_fresh_one(func
     task = make_task(store, spec)
     first = handle(task)
     _refused(task, 403, "already used: a replayed invocation")
-    monkeypatch.setattr(client, "_NONCES", NonceCache())  # another process: no memory of the nonce
+    monkeypatch.setattr(security, "SPENT_TOKENS", NonceCache())  # another process: no memory of the nonce
     _refused(task, 403, "update already exists: a replayed invocation")
     client_key(SECRET, "run-1", "client-0000").verify_result(first, store.get(task["update"]))  # the first update is untouched
 
@@ -165,3 +166,21 @@ def test_a_function_deployed_for_one_client_serves_and_signs_for_that_client_onl
 def test_client_secrets_differ_per_client_and_reveal_nothing_of_the_provider_secret():
     secrets_ = {client_secret(SECRET, f"client-{i:04d}") for i in range(100)}
     assert len(secrets_) == 100 and all(SECRET not in s for s in secrets_)
+
+
+def test_a_large_bodys_text_is_hashed_once_however_often_its_token_repeats(function_env, inputs, monkeypatch):
+    """A body over 1 MiB is checked unparsed against its token's task digest, which hashes the whole body: a token
+    repeated in the text (one seen valid token, copied a thousand times) must not make the function hash it a thousand
+    times. The first token signed with the function's key decides."""
+    from fedless_nb.security import canonical, check_body_token
+
+    hashed, real_digest = [], security._digest_without
+    monkeypatch.setattr(security, "_digest_without", lambda *args: hashed.append(1) or real_digest(*args))
+    store, spec = inputs
+    task = canonical(make_task(store, spec))
+    token = json.loads(task)["token"].encode()
+    repeated = task[:-1] + b',"z":[' + b",".join([b'{"token":"' + token + b'"}'] * 1000) + b"]}"
+    with pytest.raises(AuthError, match="issued for another task") as caught:
+        check_body_token(repeated)
+    assert caught.value.status == 403 and hashed == [1]
+    check_body_token(task)  # the task as the controller sends it passes

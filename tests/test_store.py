@@ -94,11 +94,12 @@ def test_a_misconfigured_function_tells_its_caller_only_that_and_its_log_what(tm
     function is misconfigured (500), and the deployer's log keeps the detail."""
     from fedless_nb.function import handler
     from fedless_nb.function.serving import invoke
+    from fedless_nb import security
     from fedless_nb.security import NonceCache
     from signed_tasks import make_task, write_inputs
 
     monkeypatch.setattr(handler, "_STATE", handler._WarmState())
-    monkeypatch.setattr(handler, "_NONCES", NonceCache())
+    monkeypatch.setattr(security, "SPENT_TOKENS", NonceCache())
     monkeypatch.delenv("FEDLESS_ALLOW_UNSIGNED", raising=False)
     if setting == "store roots":
         monkeypatch.setenv("FEDLESS_RUN_SECRET", "the-secret")

@@ -11,7 +11,7 @@ import pytest
 
 from fedless_nb.aggregate_wire import parse_aggregate_result
 from fedless_nb.experiment import ConfigError, ExperimentConfig
-from fedless_nb.function import aggregator
+from fedless_nb import security
 from fedless_nb.function.handler import handle
 from fedless_nb.function.serving import invoke
 from fedless_nb.providers.local import LocalProvider
@@ -41,7 +41,7 @@ def aggregator_env(monkeypatch):
     monkeypatch.delenv("FEDLESS_ALLOW_UNSIGNED", raising=False)
     monkeypatch.delenv("FEDLESS_CLIENT_ID", raising=False)
     monkeypatch.setenv("FEDLESS_RUN_SECRET", SECRET)
-    monkeypatch.setattr(aggregator, "_NONCES", NonceCache())
+    monkeypatch.setattr(security, "SPENT_TOKENS", NonceCache())
 
 
 def _signed_result(store, client_id, key, data, examples, *, partial=False):

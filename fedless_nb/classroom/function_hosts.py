@@ -23,7 +23,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _ip_of(text: str) -> Address | None:
+def ip_of(text: str) -> Address | None:
     """`text` as an IP address (an IPv4-mapped IPv6 address as its IPv4 one), or None when it is not one."""
     try:
         address = ipaddress.ip_address(text)
@@ -66,7 +66,7 @@ class FunctionHosts:
 
     def refusal(self, host: str, address: str) -> str | None:
         """Why a function URL naming `host` may not be called for a student registering from `address`, or None."""
-        ip, own = _ip_of(host), _ip_of(address)
+        ip, own = ip_of(host), ip_of(address)
         if ip is not None and own is not None and (ip == own or (ip.is_loopback and own.is_loopback)):
             return None
         if ip is not None and any(ip in network for network in self.networks if network.version == ip.version):

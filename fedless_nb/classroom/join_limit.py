@@ -8,16 +8,24 @@ the overall one, is answered 429 with the seconds to wait, its code not looked a
 let the guessing go on). A class behind one NAT address, thirty students typing the code, fits in
 the address's budget with mistypes to spare; an address a student already joined from is not held
 to the overall budget, so that wrong codes from many addresses cannot lock the class out.
+
+An IPv6 address is counted by its /64 network: one machine picks any of its network's 2^64 addresses
+(SLAAC, privacy addresses), so counted one by one it would spend the overall budget alone, from
+fresh addresses that lock out every student not joined yet. A class on one IPv6 network is then one
+address, like a class behind one NAT address.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from .errors import ClassroomError
+from .function_hosts import ip_of
 
 PER_ADDRESS = (10, 10.0)  # wrong codes one address may spend at once, and how many more each minute
 OVERALL = (30, 30.0)  # the same for all addresses together (but those a student joined from)
+IPV6_NETWORK_BITS = 64  # an IPv6 address counts as its network of this prefix
 
 
 class TooManyWrongCodes(ClassroomError):
@@ -65,6 +73,7 @@ class WrongCodes:
 
     def check(self, address: str, now: float) -> None:
         """TooManyWrongCodes, with one line saying when to try again, if `address` may not try a code now."""
+        address = counted_as(address)
         budget = self._addresses.get(address)
         wait = 0.0 if budget is None else budget.wait(now)
         if wait == 0.0 and address not in self._joined_from:
@@ -74,6 +83,7 @@ class WrongCodes:
 
     def spend(self, address: str, now: float) -> None:
         """Count one wrong code from `address` (after check() let it through)."""
+        address = counted_as(address)
         self._forget_refilled(now)
         self._addresses.setdefault(address, _Budget(*self.per_address, at=now)).refill(now)
         self._addresses[address].left -= 1
@@ -83,10 +93,19 @@ class WrongCodes:
 
     def joined(self, address: str) -> None:
         """A student joined from `address`: from now on it spends only its own budget."""
-        self._joined_from.add(address)
+        self._joined_from.add(counted_as(address))
 
     def _forget_refilled(self, now: float) -> None:
         """Drop the budgets that are full again, so that many addresses cannot fill memory (at most the overall
         budget's worth of addresses are remembered at a time)."""
         for address in [a for a, budget in self._addresses.items() if budget.refill(now) >= budget.size]:
             del self._addresses[address]
+
+
+def counted_as(address: str) -> str:
+    """What a budget counts `address` as: an IPv4 address (IPv4-mapped too) itself, an IPv6 one its /64 network."""
+    ip = ip_of(address)
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return address if ip is None else str(ip)
+    return str(ipaddress.IPv6Network((int(ip) >> (128 - IPV6_NETWORK_BITS) << (128 - IPV6_NETWORK_BITS),
+                                      IPV6_NETWORK_BITS)))

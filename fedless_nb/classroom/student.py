@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from aiohttp import web
 
-from ..function.serving import error_reply, invoke, refused_unparsed
+from ..function.serving import NESTED_TOO_DEEPLY, error_reply, invoke, refused_unparsed
 from ..model import ModelModules, is_module_name
 from ..store import PresignedStore, decode_arrays
 from ..store.roots import StoreRoots, StoreRootsError
@@ -158,6 +158,8 @@ class StudentFunction:
                 raise ValueError("not an object")
         except ValueError as error:
             return 400, error_reply(400, PayloadError(f"the request body is not a task: {error}"))
+        except RecursionError:  # a few thousand nested brackets, which anyone in the room may send
+            return 400, error_reply(400, PayloadError(NESTED_TOO_DEEPLY))
         if problem := _store_refusal(task.get("store"), self._store_roots, self.teacher_url + STORE_PATH):
             return 400, error_reply(400, PayloadError(problem))
         status, reply = invoke(task, secret=self._secret, data=self.data, model_modules=self.model_modules)

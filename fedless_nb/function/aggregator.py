@@ -28,12 +28,11 @@ from pydantic import ValidationError
 from ..aggregate_wire import AggregateEntry, AggregateTask, RejectedUpdate, SummedUpdate, parse_aggregate_result
 from ..reduction import (MaskedSum, SumSpec, SumTerm, WeightedSum, norm_problem, partial_sum_limit, update_problem,
                          update_term)
-from ..security import NonceCache, ResultSignatureError, TaskGuard, check_may_aggregate, client_key, function_secret
+from ..security import ResultSignatureError, TaskGuard, check_may_aggregate, client_key, function_secret
 from ..store import CodecError, MissingKeyError, Store, decode_arrays
 from ..wire import PayloadError, ResultError, first_problem, parse_result
 from .task_store import task_store
 
-_NONCES = NonceCache()
 _INVOCATIONS = [0]  # this process's aggregator invocations: the first is the cold one
 
 
@@ -141,7 +140,7 @@ def aggregate(payload: dict[str, Any], *, secret: str | None = None) -> dict[str
     task, spec = check_aggregate_task(payload)
     store: Store = task_store(task.store)
     check_may_aggregate()
-    guard = TaskGuard.admit(payload, store, _NONCES, secret)  # before any update is read
+    guard = TaskGuard.admit(payload, store, secret)  # before any update is read
     secret = (secret or function_secret()) if guard.key is not None else None
     cold = _INVOCATIONS[0] == 0
     _INVOCATIONS[0] += 1

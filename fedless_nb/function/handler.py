@@ -27,7 +27,7 @@ import numpy as np
 
 from ..aggregate_wire import is_aggregate_task
 from ..model import ModelModules, ModelSpec, build_model, make_optimizer, model_modules_allowed
-from ..security import NonceCache, TaskGuard
+from ..security import TaskGuard
 from ..store import decode_arrays, encode_arrays
 from ..wire import DP_SETTINGS, SECAGG_KEY_STAGES, PayloadError, check_task
 from .aggregator import aggregate
@@ -155,7 +155,6 @@ class _WarmState:
 
 
 _STATE = _WarmState()
-_NONCES = NonceCache()  # tokens this process has spent: a replayed task is refused
 
 
 def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any],
@@ -333,7 +332,7 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
     started = time.perf_counter()
     check_task(payload)
     store = task_store(payload["store"])
-    guard = TaskGuard.admit(payload, store, _NONCES, secret)  # before any data is read
+    guard = TaskGuard.admit(payload, store, secret)  # before any data is read
     cold = _STATE.invocations == 0
     _STATE.invocations += 1
     train = payload["train"]

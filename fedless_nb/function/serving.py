@@ -38,6 +38,7 @@ MAX_TASK_BYTES = 64 * 2**20
 # A body longer than this is parsed only once the token in its text checks (security.check_body_token): parsing costs up
 # to twenty times a body's size, which someone without the secret must not make a function spend. Tasks are far smaller.
 PARSED_UNSIGNED_BYTES = 2**20
+NESTED_TOO_DEEPLY = "the request body nests too deeply to be a task"  # JSON past Python's stack (RecursionError)
 _log = logging.getLogger("fedless_nb.function")
 # One task at a time per process, like a FaaS instance with concurrency 1: the warm model and
 # its traced step are shared state. Threaded servers (gunicorn under the Functions Framework,
@@ -90,7 +91,7 @@ def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = No
     except ValueError as error:
         return 400, error_reply(400, PayloadError(f"the request body is not JSON: {error}"))
     except RecursionError:
-        return 400, error_reply(400, PayloadError("the request body nests too deeply to be a task"))
+        return 400, error_reply(400, PayloadError(NESTED_TOO_DEEPLY))
     try:
         with _ONE_AT_A_TIME:
             return 200, handle(payload, secret=secret, data=data, model_modules=model_modules)

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from ..security import canonical
 from ..wire import declared_cause
 from .base import REPLY_LIMIT, InvocationError, Provider, ProviderSetupError, reply_json, reply_limit_for
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
@@ -203,7 +204,7 @@ class HttpProvider(Provider):
                 return result
 
     async def invoke(self, task: dict[str, Any]) -> dict[str, Any]:
-        body = json.dumps(task).encode()
+        body = canonical(task)  # as its token's digest hashes it: a body over 1 MiB is checked unparsed (security.py)
         async with self._slots:
             try:
                 limit = reply_limit_for(task, self.reply_limit)

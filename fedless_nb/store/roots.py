@@ -38,9 +38,10 @@ def _parsed(text: str) -> yarl.URL | None:
     """`text` as an http(s) URL with a host and no user info (which a parser may read as the host), or None."""
     try:
         url = yarl.URL(text, encoded=True)
+        host = url.host  # decoded lazily: a host that is not ASCII (a fullwidth dot) fails here, as UnicodeError
     except (ValueError, TypeError):
         return None
-    if url.scheme not in ("http", "https") or not url.host or url.user is not None or url.password is not None:
+    if url.scheme not in ("http", "https") or not host or url.user is not None or url.password is not None:
         return None
     return url
 
