@@ -9,7 +9,13 @@ def test_grid_points_are_every_combination_first_key_slowest():
     points = grid_points({"strategy.name": ["fedavg", "fedprox"], "data.alpha": [0.1, 1.0]})
     assert points == [{"strategy.name": "fedavg", "data.alpha": 0.1}, {"strategy.name": "fedavg", "data.alpha": 1.0},
                       {"strategy.name": "fedprox", "data.alpha": 0.1}, {"strategy.name": "fedprox", "data.alpha": 1.0}]
-    assert point_label(points[1]) == "name=fedavg alpha=1.0"
+    assert point_label(points[1]) == "strategy=fedavg alpha=1.0"
+
+
+def test_a_point_is_labelled_by_short_names_unless_two_are_the_same():
+    """A strategy's name reads as the strategy, not as the run's name (the sweep's --name)."""
+    assert point_label({"name": "a", "train.dp.noise_multiplier": 1.1}) == "name=a noise_multiplier=1.1"
+    assert point_label({"data.alpha": 0.1, "strategy.options.alpha": 2}) == "data.alpha=0.1 strategy.options.alpha=2"
 
 
 def test_each_point_gets_its_own_sections():
