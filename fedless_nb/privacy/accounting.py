@@ -318,6 +318,7 @@ class PrivacyReport:
     sampling: str = "poisson"
     noise_multiplier: float = 0.0
     clip_norm: float = 0.0
+    adaptive_clipping: bool = False  # clip_norm is then the last round's, as the history's clip-norm column shows
     steps: int = 0
     sampling_rate: float = 0.0
     rounds: int = 0
@@ -330,10 +331,11 @@ class PrivacyReport:
     def __str__(self) -> str:
         who = f" for {self.subject}" if self.subject else ""
         sampling = SAMPLING_DESCRIPTIONS.get(self.sampling, self.sampling).format(unit=self.unit)
+        clipping = f"clip norm {self.clip_norm:g}" + (" in the last round (adaptive)" if self.adaptive_clipping else "")
         return (
             f"{self.granularity} DP{who}: epsilon = {self.epsilon:.3f} at delta = {self.delta:g} "
             f"({self.accountant.upper()} accountant, unit: one {self.unit}, {self.adjacency} adjacency, "
-            f"sampling {sampling}); noise multiplier {self.noise_multiplier:g}, clip norm {self.clip_norm:g}, "
+            f"sampling {sampling}); noise multiplier {self.noise_multiplier:g}, {clipping}, "
             f"{self.steps} steps at sampling rate {self.sampling_rate:.4g} over {self.rounds} round(s)"
         )
 
