@@ -2,6 +2,7 @@
 
 import pytest
 
+from fedless_nb.data import PartitionError, check_options_read
 from fedless_nb.notebook.sweep import SweepError, _with_values, grid_points, point_label, run_sweep
 
 
@@ -32,6 +33,17 @@ def test_each_point_gets_its_own_sections():
 def test_a_bad_grid_is_one_line(grid, message):
     with pytest.raises(SweepError, match=message):
         grid_points(grid)
+
+
+def test_a_swept_partition_option_needs_a_partition_that_reads_it(tmp_path):
+    """Swept over an iid split, alpha would give the same run at every value; options of the grid's partitions pass."""
+    with pytest.raises(PartitionError, match=r"^data.alpha: partition iid does not read it, so it would change nothing"):
+        run_sweep({"history": str(tmp_path / "h.db")}, {"data.alpha": [0.1, 1.0]}, show=print)
+    with pytest.raises(PartitionError, match=r"^data.labels_per_client: partition dirichlet or iid does not read it"):
+        run_sweep({"history": str(tmp_path / "h.db"), "data": {"labels_per_client": 2}},
+                  {"data.partition": ["iid", "dirichlet"]}, show=print)
+    assert not (tmp_path / "h.db").exists()
+    check_options_read({"alpha", "labels_per_client"}, ["iid", "dirichlet", "pathological"])  # tutorial 02's sweep
 
 
 def test_every_point_is_validated_before_any_run(tmp_path):
