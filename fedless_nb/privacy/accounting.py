@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..wire import SECAGG_KEY_STAGES
+from ..wording import counted
 
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "shuffle")
@@ -336,7 +337,7 @@ class PrivacyReport:
             f"{self.granularity} DP{who}: epsilon = {self.epsilon:.3f} at delta = {self.delta:g} "
             f"({self.accountant.upper()} accountant, unit: one {self.unit}, {self.adjacency} adjacency, "
             f"sampling {sampling}); noise multiplier {self.noise_multiplier:g}, {clipping}, "
-            f"{self.steps} steps at sampling rate {self.sampling_rate:.4g} over {self.rounds} round(s)"
+            f"{counted(self.steps, 'step')} at sampling rate {self.sampling_rate:.4g} over {counted(self.rounds, 'round')}"
         )
 
     def to_dict(self) -> dict[str, Any]:
