@@ -120,7 +120,7 @@ def test_a_run_whose_every_invocation_failed_ends_failed_with_the_first_reason(t
     with pytest.raises(NothingTrainedError) as raised:
         run_experiment(config, providers={"local": provider})
     message = str(raised.value)
-    assert message.startswith("no client function returned a valid update in 2 round(s) (8 invocation(s) failed")
+    assert message.startswith("no client function returned a valid update in 2 rounds (8 invocations failed")
     assert "the first failed invocation: client-" in message and "in round 1 (crash): " in message
     assert "\n" not in message
     history = History(config.history)

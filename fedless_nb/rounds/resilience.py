@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 
 from ..errors import UserError
 from ..providers.base import InvocationError
+from ..wording import counted
 from .events import InvocationFinished, RoundFailed, UpdateRejected
 
 RETRYABLE_CAUSES = frozenset({"timeout", "crash", "throttled", "network"})
@@ -57,10 +58,11 @@ class FailureTally:
 
     def nothing_trained(self, rounds: int) -> NothingTrainedError:
         first = "; ".join(filter(None, [self.round_failure, self.first and f"the first failed invocation: {self.first}"]))
+        failed = f"{counted(self.count, 'invocation')} failed or {'was' if self.count == 1 else 'were'} refused"
         return NothingTrainedError(
-            f"no client function returned a valid update in {rounds} round(s) ({self.count} invocation(s) failed or "
-            f"were refused); {first or 'no client was invoked'}; fix that and run again (the history lists every "
-            "invocation with its reason)")
+            f"no client function returned a valid update in {counted(rounds, 'round')} ({failed}); "
+            f"{first or 'no client was invoked'}; fix that and run again (the history lists every invocation with its "
+            "reason)")
 
 
 @dataclass(frozen=True)
