@@ -213,12 +213,14 @@ def print_uncut(console: Console, table: Table) -> None:
 
 def _show_partition(arguments: argparse.Namespace, console: Console) -> int:
     """The split a config's run would train on, per client, without training or writing a store or history."""
-    from .data import preview_config
+    from .data import check_data_section_read, preview_config
 
     figure = Path(arguments.figure) if arguments.figure else None
     if figure is not None and not figure.parent.is_dir():  # said before the preview's seconds, not after them
         raise UserError(f"--figure {figure}: the folder {figure.parent} does not exist; create it or name another file")
-    preview = preview_config(load_config(arguments.config))
+    config = load_config(arguments.config)
+    check_data_section_read(config.data)
+    preview = preview_config(config)
     table = Table(title=preview.title())
     for column in ("client", "examples", "classes", "largest class share"):
         table.add_column(column, justify="right")
@@ -414,7 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(config, console, command, resume=arguments.run_id,
                         rounds_done=rounds_recorded(arguments.run_id, arguments.history))
         if arguments.command == "run":
+            from .data import check_data_section_read
+
             config = load_config(arguments.config)
+            check_data_section_read(config.data)
             if arguments.history:
                 config.history = arguments.history
         else:

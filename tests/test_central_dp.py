@@ -290,3 +290,20 @@ def test_a_privacy_budget_leaves_each_client_the_rate_the_client_level_accountan
     for client_id in clients[2:]:  # binomial(400, 1/2): 200 +- 10; the old draw took each in all 400
         assert 140 < taken[client_id] < 260
     accountant.close()
+
+
+def test_an_adaptive_report_names_the_clip_norm_its_last_round_used():
+    """The report agrees with the history's clip-norm column: the last round's C, not the next round's."""
+    strategy = CentralDP(FedAvg(), noise_multiplier=0.0, clip_norm=1.0, adaptive=True)
+    strategy.bind(RunContext("r", None, {}, clients=4, clients_per_round=2))
+    current = strategy.initialize([np.zeros(2, np.float32)])
+    small = [ClientUpdate(name, [np.array([0.03, 0.04], np.float32)], 10) for name in ("a", "b")]
+    for round_number in (1, 2):
+        strategy.aggregate(round_number, current, small)
+    report, last_round = strategy.report(), strategy.round_metrics()["central_clip_norm"]
+    assert last_round == pytest.approx(math.exp(-0.1)) and strategy.clip_norm == pytest.approx(math.exp(-0.2))
+    assert report.clip_norm == last_round
+    assert f"clip norm {last_round:g} in the last round (adaptive)" in str(report)
+    fixed = CentralDP(FedAvg(), noise_multiplier=1.0, clip_norm=1.0)
+    fixed.bind(RunContext("r", None, {}, clients=4, clients_per_round=2))
+    assert "clip norm 1, " in str(fixed.report())

@@ -90,6 +90,8 @@ def test_partition_previews_a_configs_split_and_writes_only_the_figure(tmp_path)
     ({"data": {"partition": "pathological", "labels_per_client": 0}}, "data.labels_per_client: must be >= 1, got 0"),
     ({"data": {"partition": "inner_dirichlet", "sizes": [1, 2]}},
      "data.sizes: must be 4 positive numbers (one per client) or null, got [1.0, 2.0]"),
+    ({"data": {"alpha": 0.1}}, "data.alpha: partition iid does not read it, so it would change nothing: choose a "
+                               "partition that does (dirichlet, inner_dirichlet), or leave it out"),
 ])
 def test_a_bad_config_is_one_line_and_writes_nothing(tmp_path, overrides, message):
     completed = fedless("run", str(_write_config(tmp_path, **overrides)), cwd=tmp_path)
@@ -97,6 +99,13 @@ def test_a_bad_config_is_one_line_and_writes_nothing(tmp_path, overrides, messag
     lines = [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()]
     assert lines == [f"error: {message}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"], "no history, no store"
+
+
+def test_partition_refuses_an_option_its_partition_does_not_read(tmp_path):
+    completed = fedless("partition", str(_write_config(tmp_path, data={"labels_per_client": 3})), cwd=tmp_path)
+    assert completed.returncode == 2
+    assert completed.stdout.strip() == ("error: data.labels_per_client: partition iid does not read it, so it would "
+                                        "change nothing: choose a partition that does (pathological), or leave it out")
 
 
 def test_a_privacy_budget_below_one_round_is_one_line_and_writes_nothing(tmp_path):

@@ -489,7 +489,7 @@ def test_a_sweep_runs_each_point_on_warm_workers_with_a_line_each_and_one_table(
     assert reply["content"]["status"] == "ok", reply["content"]
     lines = [m for m in messages if m["msg_type"] == "display_data"]
     assert [m["content"]["data"]["text/plain"].split(" (")[0] for m in lines] == [
-        "[1/2] name=fedavg", "[2/2] name=fedprox"], "one compact line per run"
+        "[1/2] strategy=fedavg", "[2/2] strategy=fedprox"], "one compact line per run"
     updates = [m["content"]["data"]["text/plain"] for m in messages if m["msg_type"] == "update_display_data"]
     assert sum("finished after 1/1 rounds  accuracy" in text for text in updates) == 2
     history = History(tmp_path / "fedless_history.db")

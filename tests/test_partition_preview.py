@@ -109,3 +109,16 @@ def test_the_non_iid_tutorial_carries_the_previews_as_static_images():
     previews = [cell for cell in notebook.cells if cell.cell_type == "code" and "%fedless_partition" in cell.source]
     assert len(previews) >= 3
     assert all(any("image/png" in output.get("data", {}) for output in cell.outputs) for cell in previews)
+
+
+def test_an_option_the_partition_does_not_read_is_one_line_that_names_the_partitions_reading_it(shell, tmp_path):
+    """--alpha with the default iid split would train IID data while the student believes it skewed."""
+    with pytest.raises(UsageError, match=r"^data.min_examples: partition iid does not read it, so it would change "
+                                         r"nothing: choose a partition that does \(dirichlet, linear, square, "
+                                         r"exponential, power_law, lognormal\), or leave it out$"):
+        shell.run_line_magic("fedless_partition", "--min-examples 5 --clients 4")
+    for magic in ("fedless_partition", "fedless_train"):
+        with pytest.raises(UsageError, match=r"^data.alpha: partition iid does not read it"):
+            shell.run_line_magic(magic, "--alpha 0.1 --clients 4")
+    assert list(tmp_path.iterdir()) == [], "no history, no store"
+    assert preview_partition("digits", "dirichlet", clients=4, alpha=0.3, min_examples=5).options["alpha"] == 0.3

@@ -223,8 +223,10 @@ def test_privacy_report_states_what_dp_fy_ml_asks():
     assert isinstance(report, PrivacyReport) and report.granularity == "example-level"
     text = str(report)
     for needle in ("epsilon = ", "delta = 1e-05", "PLD accountant", "unit: one example", "add-or-remove-one adjacency",
-                   "Poisson", "example-level", "noise multiplier 1.3", "clip norm 0.8", "30 steps", "sampling rate 0.05"):
+                   "Poisson", "example-level", "noise multiplier 1.3", "clip norm 0.8", "30 steps", "sampling rate 0.05",
+                   "over 1 round"):  # one round, counted in the singular (it read 'over 1 round(s)')
         assert needle in text, needle
+    assert "round(s)" not in text
     assert report.to_dict()["epsilon"] == pytest.approx(accountant.epsilon("a"))
     assert report.to_dict()["unit"] == "example" and report.to_dict()["sampling"] == "poisson"
     accountant.close()

@@ -120,7 +120,7 @@ def test_a_run_whose_every_invocation_failed_ends_failed_with_the_first_reason(t
     with pytest.raises(NothingTrainedError) as raised:
         run_experiment(config, providers={"local": provider})
     message = str(raised.value)
-    assert message.startswith("no client function returned a valid update in 2 round(s) (8 invocation(s) failed")
+    assert message.startswith("no client function returned a valid update in 2 rounds (8 invocations failed")
     assert "the first failed invocation: client-" in message and "in round 1 (crash): " in message
     assert "\n" not in message
     history = History(config.history)
@@ -136,8 +136,8 @@ def test_a_run_whose_first_rounds_all_failed_stops_after_three_of_them(tiny_conf
     provider = FaultyProvider(LocalProvider("local", workers=2, entry_point="workloads:counting"), FaultRates(crash=1.0))
     with pytest.raises(NothingTrainedError) as raised:
         run_experiment(config, providers={"local": provider})
-    assert str(raised.value).startswith("no client function returned a valid update in its first 3 round(s) of 10, so "
-                                        "it stopped there (12 invocation(s) failed")
+    assert str(raised.value).startswith("no client function returned a valid update in its first 3 rounds of 10, so "
+                                        "it stopped there (12 invocations failed")
     history = History(config.history)
     (run,) = history.runs()
     assert run["status"] == "failed" and run["rounds_completed"] == 3 and "NothingTrainedError" in run["error"]

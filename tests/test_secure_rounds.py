@@ -467,7 +467,7 @@ def test_functions_that_refuse_the_secure_stages_end_the_run_in_one_line_and_nev
     moved: no plain update is asked for or summed in place of the secure round."""
     config = _config(tmp_path, "refused", clients=4, clients_per_round=4, rounds=10)
     provider = LocalProvider("local", workers=2, entry_point="workloads:refuses_secure_stages")
-    with pytest.raises(NothingTrainedError, match=r"in its first 3 round\(s\) of 10, so it stopped there \(12 "
+    with pytest.raises(NothingTrainedError, match=r"in its first 3 rounds of 10, so it stopped there \(12 "
                                                   r".*; round 1 failed: secure aggregation: 0 of 4 "
                                                   r"clients finished the keys stage, .*PayloadError: the task's train: "
                                                   "unknown field secagg"):

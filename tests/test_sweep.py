@@ -2,6 +2,7 @@
 
 import pytest
 
+from fedless_nb.data import PartitionError, check_options_read
 from fedless_nb.notebook.sweep import SweepError, _with_values, grid_points, point_label, run_sweep
 
 
@@ -9,7 +10,13 @@ def test_grid_points_are_every_combination_first_key_slowest():
     points = grid_points({"strategy.name": ["fedavg", "fedprox"], "data.alpha": [0.1, 1.0]})
     assert points == [{"strategy.name": "fedavg", "data.alpha": 0.1}, {"strategy.name": "fedavg", "data.alpha": 1.0},
                       {"strategy.name": "fedprox", "data.alpha": 0.1}, {"strategy.name": "fedprox", "data.alpha": 1.0}]
-    assert point_label(points[1]) == "name=fedavg alpha=1.0"
+    assert point_label(points[1]) == "strategy=fedavg alpha=1.0"
+
+
+def test_a_point_is_labelled_by_short_names_unless_two_are_the_same():
+    """A strategy's name reads as the strategy, not as the run's name (the sweep's --name)."""
+    assert point_label({"name": "a", "train.dp.noise_multiplier": 1.1}) == "name=a noise_multiplier=1.1"
+    assert point_label({"data.alpha": 0.1, "strategy.options.alpha": 2}) == "data.alpha=0.1 strategy.options.alpha=2"
 
 
 def test_each_point_gets_its_own_sections():
@@ -26,6 +33,17 @@ def test_each_point_gets_its_own_sections():
 def test_a_bad_grid_is_one_line(grid, message):
     with pytest.raises(SweepError, match=message):
         grid_points(grid)
+
+
+def test_a_swept_partition_option_needs_a_partition_that_reads_it(tmp_path):
+    """Swept over an iid split, alpha would give the same run at every value; options of the grid's partitions pass."""
+    with pytest.raises(PartitionError, match=r"^data.alpha: partition iid does not read it, so it would change nothing"):
+        run_sweep({"history": str(tmp_path / "h.db")}, {"data.alpha": [0.1, 1.0]}, show=print)
+    with pytest.raises(PartitionError, match=r"^data.labels_per_client: partition dirichlet or iid does not read it"):
+        run_sweep({"history": str(tmp_path / "h.db"), "data": {"labels_per_client": 2}},
+                  {"data.partition": ["iid", "dirichlet"]}, show=print)
+    assert not (tmp_path / "h.db").exists()
+    check_options_read({"alpha", "labels_per_client"}, ["iid", "dirichlet", "pathological"])  # tutorial 02's sweep
 
 
 def test_every_point_is_validated_before_any_run(tmp_path):

@@ -91,7 +91,7 @@ def test_an_oversized_reply_is_a_failed_invocation_and_the_worker_is_replaced():
 def test_malformed_results_are_recorded_failures(tiny_config):
     config = tiny_config(rounds=1, retries=0)
     provider = FaultyProvider(LocalProvider("local", workers=2), FaultRates(garbage=1.0, seed=5))
-    with pytest.raises(NothingTrainedError, match=r"no client function returned a valid update in 1 round\(s\) \(4 "):
+    with pytest.raises(NothingTrainedError, match=r"no client function returned a valid update in 1 round \(4 invocations failed or were refused\); "):
         run_experiment(config, providers={"local": provider})
     history = History(config.history)
     (run,) = history.runs()

@@ -16,6 +16,8 @@ from .feature_skew import check_feature_skew, client_inputs, client_skew, skew_i
 from .partition import (
     PARTITION_KINDS,
     PartitionError,
+    check_data_section_read,
+    check_options_read,
     label_skew,
     partition_dataset,
     partition_dirichlet,
@@ -43,7 +45,9 @@ __all__ = [
     "PartitionError",
     "PartitionPreview",
     "available_datasets",
+    "check_data_section_read",
     "check_feature_skew",
+    "check_options_read",
     "client_inputs",
     "client_skew",
     "label_skew",

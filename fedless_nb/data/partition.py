@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -348,6 +348,22 @@ def partition_options(kind: str) -> tuple[str, ...]:
     _check_kind(kind)
     supplied = (_split_by(kind), *_SUPPLIED)
     return tuple(name for name in inspect.signature(_PARTITIONERS[kind]).parameters if name not in supplied)
+
+
+def check_options_read(given: Iterable[str], partitions: Iterable[str]) -> None:
+    """Refuse a partition option given to runs none of whose partitions reads it (alpha with an iid split): those
+    runs would ignore it, and a sweep over it would train the same split at every value."""
+    partitions = sorted(set(partitions))
+    for name in given:
+        readers = [kind for kind in PARTITION_KINDS if name in partition_options(kind)]
+        if readers and not set(readers) & set(partitions):
+            raise PartitionError(f"data.{name}: partition {' or '.join(partitions)} does not read it, so it would "
+                                 f"change nothing: choose a partition that does ({', '.join(readers)}), or leave it out")
+
+
+def check_data_section_read(data: Any) -> None:
+    """check_options_read for one run: the keys its config's data section was given, against its partition."""
+    check_options_read(data.model_fields_set, [data.partition])
 
 
 def _check_kind(kind: str) -> None:

@@ -242,8 +242,11 @@ class FedlessMagics(Magics):
     def fedless_train(self, line: str, cell: str | None = None) -> Any:
         """Train a model federated. `run = %fedless_train model --rounds 5` returns the run: run.rounds_frame(),
         run.weights, run.model(). As a cell magic the cell body is a YAML config."""
+        from ..data import check_data_section_read
+
         args = parse_options(self.fedless_train, line)
         config = self.experiment_config(args, cell)
+        check_data_section_read(config.data)  # --alpha with an iid split would change nothing
         model = self._user_model(args.model) if args.model else None
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell, model_name=args.model)
         observers = [dashboard] if dashboard is not None else []
@@ -364,11 +367,13 @@ class FedlessMagics(Magics):
         """Look at a partition before training: each client's examples per class (a heatmap), its size and the
         label skew, cut as %fedless_train would with the same options. Writes nothing; returns the
         PartitionPreview (.counts, .sizes, .label_skew, .figure(shares=True), .frame())."""
-        from ..data import preview_partition
+        from ..data import check_options_read, preview_partition
+        from ..experiment import DataConfig
 
         args = parse_options(self.fedless_partition, line)
         settings = {key.removeprefix("data."): getattr(args, option) for option, key in OPTION_KEYS.items()
                     if key.startswith("data.") and getattr(args, option) is not None}
+        check_options_read(settings, [settings.get("partition", DataConfig().partition)])  # as %fedless_train does
         return preview_partition(clients=args.clients, seed=args.seed, **settings)
 
     # %%fedless_sweep -------------------------------------------------------------------------
@@ -377,8 +382,8 @@ class FedlessMagics(Magics):
     def fedless_sweep(self, line: str, cell: str) -> Any:
         """Run once per point of a grid: the cell is YAML mapping config keys to lists of values, e.g.
         `strategy.name: [fedavg, fedprox]` and `data.alpha: [0.1, 1.0]`; the line takes %fedless_train's options
-        (`--rounds 3 --clients 10`, a model variable first). One compact line per run, then a table and a figure;
-        returns the SweepResult (`.frame()`, `.runs`)."""
+        (`--partition dirichlet --rounds 3 --clients 10`, a model variable first). One compact line per run, then a
+        table and a figure; returns the SweepResult (`.frame()`, `.runs`)."""
         from .sweep import run_sweep
 
         args = parse_options(self.fedless_train, line, help_page=f"{self.fedless_sweep.__doc__}\n\nOptions, as "

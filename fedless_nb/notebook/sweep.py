@@ -11,6 +11,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..data import check_options_read
 from ..errors import UserError
 from ..experiment import ExperimentConfig
 from ..runner import RunResult
@@ -49,8 +50,19 @@ def _with_values(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def key_label(key: str) -> str:
+    """A dotted key's short name in a run's line and the figure's legend: its last part ("data.alpha": alpha), or
+    its section for a `name` ("strategy.name": strategy), which would otherwise read as the run's own name."""
+    *sections, last = key.split(".")
+    return sections[-1] if last == "name" and sections else last
+
+
 def point_label(point: dict[str, Any]) -> str:
-    return " ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in point.items())
+    """The point's values by their short names, or by their whole keys where two short names are the same."""
+    labels = [key_label(key) for key in point]
+    if len(set(labels)) < len(labels):
+        labels = list(point)
+    return " ".join(f"{label}={value}" for label, value in zip(labels, point.values()))
 
 
 @dataclass
@@ -98,6 +110,8 @@ def run_sweep(base: ExperimentConfig | dict[str, Any], grid: dict[str, list[Any]
     name = data.get("name", "experiment")
     configs = [ExperimentConfig.from_dict(_with_values(data, {
         **point, "name": "-".join([name, *(str(value) for value in point.values())])})) for point in points]
+    check_options_read(set().union(*(config.data.model_fields_set for config in configs)),
+                       [config.data.partition for config in configs])
     runs = []
     for index, (point, config) in enumerate(zip(points, configs), start=1):
         line = CompactDashboard(show, label=f"[{index}/{len(points)}] {point_label(point)}")

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..wire import SECAGG_KEY_STAGES
+from ..wording import counted
 
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "shuffle")
@@ -318,6 +319,7 @@ class PrivacyReport:
     sampling: str = "poisson"
     noise_multiplier: float = 0.0
     clip_norm: float = 0.0
+    adaptive_clipping: bool = False  # clip_norm is then the last round's, as the history's clip-norm column shows
     steps: int = 0
     sampling_rate: float = 0.0
     rounds: int = 0
@@ -330,11 +332,12 @@ class PrivacyReport:
     def __str__(self) -> str:
         who = f" for {self.subject}" if self.subject else ""
         sampling = SAMPLING_DESCRIPTIONS.get(self.sampling, self.sampling).format(unit=self.unit)
+        clipping = f"clip norm {self.clip_norm:g}" + (" in the last round (adaptive)" if self.adaptive_clipping else "")
         return (
             f"{self.granularity} DP{who}: epsilon = {self.epsilon:.3f} at delta = {self.delta:g} "
             f"({self.accountant.upper()} accountant, unit: one {self.unit}, {self.adjacency} adjacency, "
-            f"sampling {sampling}); noise multiplier {self.noise_multiplier:g}, clip norm {self.clip_norm:g}, "
-            f"{self.steps} steps at sampling rate {self.sampling_rate:.4g} over {self.rounds} round(s)"
+            f"sampling {sampling}); noise multiplier {self.noise_multiplier:g}, {clipping}, "
+            f"{counted(self.steps, 'step')} at sampling rate {self.sampling_rate:.4g} over {counted(self.rounds, 'round')}"
         )
 
     def to_dict(self) -> dict[str, Any]:

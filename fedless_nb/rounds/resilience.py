@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable
 
 from ..errors import UserError
 from ..providers.base import InvocationError
+from ..wording import counted
 from .events import InvocationFinished, RoundFailed, RoundFinished, UpdateRejected
 
 RETRYABLE_CAUSES = frozenset({"timeout", "crash", "throttled", "network"})
@@ -71,11 +72,13 @@ class FailureTally:
     def nothing_trained(self, rounds: int, planned: int) -> NothingTrainedError:
         """The run's end after `rounds` of its `planned` rounds, none of which got a valid update."""
         first = "; ".join(filter(None, [self.round_failure, self.first and f"the first failed invocation: {self.first}"]))
-        which = f"{rounds} round(s)" if rounds >= planned else f"its first {rounds} round(s) of {planned}, so it stopped there"
+        which = (counted(rounds, "round") if rounds >= planned
+                 else f"its first {counted(rounds, 'round')} of {planned}, so it stopped there")
+        failed = f"{counted(self.count, 'invocation')} failed or {'was' if self.count == 1 else 'were'} refused"
         return NothingTrainedError(
-            f"no client function returned a valid update in {which} ({self.count} invocation(s) failed or "
-            f"were refused); {first or 'no client was invoked'}; fix that and run again (the history lists every "
-            "invocation with its reason)")
+            f"no client function returned a valid update in {which} ({failed}); "
+            f"{first or 'no client was invoked'}; fix that and run again (the history lists every invocation with its "
+            "reason)")
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,8 @@ class CentralDP(SumStrategy):
         return PrivacyReport(
             epsilon=self.epsilon(), delta=self.delta, accountant=self.accountant, granularity="client-level",
             sampling=self.sampling, adjacency=self.dp_round().adjacency,
-            noise_multiplier=self.noise_multiplier, clip_norm=self.clip_norm, steps=self.rounds,
+            noise_multiplier=self.noise_multiplier, clip_norm=self.last.get("central_clip_norm", self.clip_norm),
+            adaptive_clipping=self.adaptive, steps=self.rounds,
             sampling_rate=self.sampling_rate, rounds=self.rounds, subject="every client's whole dataset",
         )
 
