@@ -154,6 +154,25 @@ def test_a_history_locked_at_open_is_one_clear_line(tmp_path):
     assert holder.execute("select count(*) from notes").fetchone() == (0,)
 
 
+def test_a_lock_is_told_by_its_sqlite_code_not_its_words(tmp_path):
+    """A second connection holding the write lock is a lock (SQLITE_BUSY); an error whose words say "locked" but whose
+    code is another is not, so opening does not wait out the busy timeout and then blame another process."""
+    from fedless_nb.records.history import is_locked
+
+    path = tmp_path / "h.db"
+    History(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("begin immediate")
+    writer = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError) as busy:
+        writer.execute("begin immediate")
+    assert busy.value.sqlite_errorname == "SQLITE_BUSY" and is_locked(busy.value)
+    holder.execute("rollback")
+    with pytest.raises(sqlite3.OperationalError, match="locked_runs") as other:
+        writer.execute("select * from locked_runs")
+    assert other.value.sqlite_errorname == "SQLITE_ERROR" and not is_locked(other.value)
+
+
 _WRITER = """
 import sys
 from fedless_nb.records.history import History, HistoryWriter

@@ -100,7 +100,7 @@ class History:
                 self.db = self._open(busy_timeout)
                 break
             except sqlite3.OperationalError as error:
-                locked = "locked" in str(error) or "busy" in str(error)
+                locked = is_locked(error)
                 if locked and time.monotonic() < waited_until:  # SQLite skips its busy wait in some states
                     time.sleep(0.05)
                     continue
@@ -334,6 +334,13 @@ def pending_file(history: Path, run_id: str) -> Path:
     """Where a run's writes wait while its history cannot take them (HistoryWriter), until the history is next
     opened writable (History.replay_pending)."""
     return history.with_name(f"{history.name}.{run_id}.pending.jsonl")
+
+
+def is_locked(error: sqlite3.Error) -> bool:
+    """Whether `error` is another connection's lock (SQLITE_BUSY, SQLITE_LOCKED and their extended codes, such as
+    SQLITE_BUSY_SNAPSHOT), told by SQLite's result code: its message is words that may change, and any other
+    error whose words held "locked" or "busy" was waited on for the whole busy timeout, then called a lock."""
+    return ((getattr(error, "sqlite_errorcode", None) or 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _unopenable(path: Path, error: sqlite3.Error) -> str:
