@@ -233,7 +233,7 @@ def test_a_running_run_whose_process_is_gone_reads_interrupted_and_only_such_a_r
 
     from fedless_nb.experiment import ExperimentConfig
     from fedless_nb.records.owner import this_process
-    from fedless_nb.runner import ResumeError, resume_config
+    from fedless_nb.runner import ResumeError, resume_point
 
     dead = subprocess.run([sys.executable, "-c", "from fedless_nb.records.owner import this_process; "
                            "print(this_process())"], capture_output=True, text=True, check=True).stdout.strip()
@@ -252,6 +252,6 @@ def test_a_running_run_whose_process_is_gone_reads_interrupted_and_only_such_a_r
     assert history.run("killed")["status"] == "interrupted"
     assert set(history.runs_frame()["status"]) == {"interrupted", "running"}
     history.close()
-    assert resume_config("killed", path).rounds == 5
+    assert resume_point("killed", path).config.rounds == 5
     with pytest.raises(ResumeError, match=r"run 'alive' is still training \(process \d+\): stop it first"):
-        resume_config("alive", path)
+        resume_point("alive", path)

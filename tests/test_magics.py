@@ -247,6 +247,20 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
                                                   "nothing to resume")
 
 
+
+def test_resume_reads_the_run_from_its_history_once(shell, tmp_path, monkeypatch):
+    """As fedless-nb resume: the run's config and its rounds finished come from one read of the history (they were
+    two, which another process could change in between)."""
+    from planted_runs import plant_stopped_run
+
+    plant_stopped_run(tmp_path / "runs.db", builder="no_such_module:build")
+    reads = []
+    existing = History.existing.__func__
+    monkeypatch.setattr(History, "existing", classmethod(lambda cls, path: reads.append(path) or existing(cls, path)))
+    result = shell.run_cell("%fedless_resume planted --history runs.db --trust-builder --dashboard none")
+    assert "model builder 'no_such_module:build' cannot be imported" in str(result.error_in_exec)
+    assert reads == ["runs.db"]
+
 @pytest.mark.parametrize("reads_comms, labels", [(True, ["Run finished"]),
                                                   (False, ["Stop: interrupt the kernel", "Run finished"])])
 def test_awaiting_a_background_run_disables_its_stop_button_where_the_kernel_reads_no_click_then(

@@ -341,17 +341,17 @@ class FedlessMagics(Magics):
         """Continue a run that was stopped, interrupted or cut off by a kernel restart, after its last finished
         round: the same run id, history and config, on the kernel's warm workers. Returns the run, as
         %fedless_train does; `fedless-nb resume RUN_ID` does the same from a terminal."""
-        from ..runner import resume_config
+        from ..runner import resume_point
         from .execution import run_to_end
         from .pool import warm_pool
 
         args = parse_options(self.fedless_resume, line)
         model = self._user_model(args.model) if args.model else None
-        config = resume_config(args.run_id, args.history or self.history,
-                               trust_builder=args.trust_builder or model is not None)
+        point = resume_point(args.run_id, args.history or self.history,
+                             trust_builder=args.trust_builder or model is not None)
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell, model_name=args.model)
-        return run_to_end(config, model, [dashboard] if dashboard is not None else [], model_name=args.model,
-                          resume=args.run_id, providers=warm_pool().providers_for(config))
+        return run_to_end(point.config, model, [dashboard] if dashboard is not None else [], model_name=args.model,
+                          resumed=point, providers=warm_pool().providers_for(point.config))
 
     # %fedless_partition -----------------------------------------------------------------------
     @magic_arguments()
