@@ -200,7 +200,7 @@ def _show_history(arguments: argparse.Namespace, console: Console) -> int:
         return 0
     run = history.run(arguments.run_id)
     title = f"{run['run_id']}: {run['status']}, {run['rounds_completed']}/{run['rounds']} rounds"
-    print_uncut(console, rounds_table(history.rounds(arguments.run_id), title=title))
+    print_uncut(console, rounds_table(history.rounds(run["run_id"]), title=title))
     return 0
 
 

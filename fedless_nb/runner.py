@@ -411,6 +411,7 @@ def resume_point(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_bu
         run = recorded.run(run_id)
     finally:
         recorded.close()
+    run_id = run["run_id"]  # the whole id, where a beginning of it named the run
     if run["status"] == "finished" and run["rounds_completed"] >= run["rounds"]:
         raise ResumeError(f"run {run_id!r} already finished all {counted(run['rounds'], 'round')}; there is nothing to resume")
     if run["status"] == "running" and owner_state(run.get("owner")) == "alive":
@@ -424,7 +425,7 @@ def resume_point(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_bu
         raise ResumeError(f"run {run_id!r} used asynchronous rounds (mode: async), whose buffer and in-flight "
                           "clients are not checkpointed: start it again as a new run")
     config.history = str(history)
-    return ResumePoint(run["run_id"], config, run["rounds_completed"])
+    return ResumePoint(run_id, config, run["rounds_completed"])
 
 
 async def resume_experiment_async(run_id: str, *, history: str | Path = DEFAULT_HISTORY, trust_builder: bool = False,

@@ -364,6 +364,21 @@ def test_resume_reads_the_run_from_its_history_once(tmp_path, monkeypatch, capsy
     assert "model builder 'no_such_module:build' cannot be imported" in capsys.readouterr().out
     assert reads == ["runs.db"]
 
+
+def test_history_and_resume_name_a_run_by_a_beginning_of_its_id_no_other_shares(tmp_path):
+    from planted_runs import plant_stopped_run
+
+    for run_id in ("planted-aa11", "planted-bb22"):
+        plant_stopped_run(tmp_path / "runs.db", builder="no_such_module:build", run_id=run_id)
+    shown = fedless("history", "planted-b", "--history", "runs.db", cwd=tmp_path)
+    assert shown.returncode == 0 and "planted-bb22: stopped, 1/5 rounds" in shown.stdout
+    for command in ("history", "resume"):
+        refused = fedless(command, "planted", "--history", "runs.db", cwd=tmp_path)
+        assert refused.returncode == 2 and refused.stdout == (
+            "error: 'planted' begins the ids of 2 runs (planted-aa11, planted-bb22): give more of the id\n")
+    resumed = fedless("resume", "planted-a", "--history", "runs.db", cwd=tmp_path)
+    assert resumed.returncode == 2 and "'planted-aa11' builds its model with 'no_such_module:build'" in resumed.stdout
+
 def test_reading_commands_refuse_a_missing_history_and_leave_no_file_behind(tmp_path):
     for command in (["history"], ["history", "some-run"], ["resume", "some-run"]):
         completed = fedless(*command, "--history", "runs.db", cwd=tmp_path)

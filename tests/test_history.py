@@ -3,6 +3,7 @@ import sqlite3
 import pytest
 
 from fedless_nb.rounds.events import InvocationFinished, RoundFinished, RunFinished, RunStarted
+from fedless_nb.errors import UserError
 from fedless_nb.records.history import History, HistoryError, HistoryWriter
 
 
@@ -153,6 +154,21 @@ def test_a_history_locked_at_open_is_one_clear_line(tmp_path):
     holder.execute("rollback")
     assert holder.execute("select count(*) from notes").fetchone() == (0,)
 
+
+def test_a_run_is_named_by_its_id_or_a_beginning_of_it_no_other_run_shares(tmp_path):
+    """As fedless-nb history, resume and the magics read it: a beginning several ids share, or none, is one line."""
+    path = tmp_path / "h.db"
+    for run_id in ("demo-20261127-101500-aa11", "demo-20261127-101500-bb22", "sweep-20261127-1030-cc33"):
+        _record_a_run(path, run_id)
+    history = History(path)
+    assert history.run("demo-20261127-101500-b")["run_id"] == "demo-20261127-101500-bb22"
+    assert history.run("sweep")["run_id"] == "sweep-20261127-1030-cc33"
+    assert history.cost("sweep")["run_id"] == "sweep-20261127-1030-cc33"
+    with pytest.raises(UserError, match=r"^'demo' begins the ids of 2 runs \(demo-20261127-101500-aa11, "
+                                        r"demo-20261127-101500-bb22\): give more of the id$"):
+        history.run("demo")
+    with pytest.raises(HistoryError, match=r"^no run 'other' in .*h\.db; a run recorded in another file needs --history"):
+        history.run("other")
 
 def test_a_lock_is_told_by_its_sqlite_code_not_its_words(tmp_path):
     """A second connection holding the write lock is a lock (SQLITE_BUSY); an error whose words say "locked" but whose

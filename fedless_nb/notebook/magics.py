@@ -392,22 +392,28 @@ class FedlessMagics(Magics):
 
     # %fedless_stop ----------------------------------------------------------------------------
     @magic_arguments()
-    @argument("run_id", nargs="*", help="runs to stop (default: every background run)")
+    @argument("run_id", nargs="*", help="runs to stop, each by its id or a beginning of it no other background run's "
+                                        "id shares (default: every background run)")
     @line_magic
     @user_errors
     def fedless_stop(self, line: str) -> None:
         """Stop background runs after their current round; the history keeps every finished round."""
+        from ..run_ids import matching_run_id
+
         args = parse_options(self.fedless_stop, line)
         if not self.background:
             ended = self._last_ended
             raise UsageError("no run is going on in the background" + (
                 "" if ended is None else f"; the last one, {ended.run_id}, has ended ({ended.status})"))
-        known = {run.run_id for run in self.background}
-        unknown = [run_id for run_id in args.run_id if run_id not in known]
-        if unknown:
-            raise UsageError(f"no background run {unknown[0]!r}; running: {', '.join(str(r) for r in known)}")
+        known = [str(run.run_id) for run in self.background]
+        named = set()
+        for given in args.run_id:
+            run_id = matching_run_id(given, known)
+            if run_id is None:
+                raise UsageError(f"no background run {given!r}; running: {', '.join(known)}")
+            named.add(run_id)
         for run in list(self.background):
-            if not args.run_id or run.run_id in args.run_id:
+            if not named or str(run.run_id) in named:
                 print(run.stop())
 
     # %fedless_pool ----------------------------------------------------------------------------
@@ -451,8 +457,8 @@ class FedlessMagics(Magics):
         args = parse_options(self.fedless_history, line)
         with self._history(args.history) as history:
             if args.run_id:
-                history.run(args.run_id)  # refuses an unknown id by name
-                return tidy_table(history.rounds_frame(args.run_id).drop(columns=["run_id", "started_at", "finished_at"]))
+                run_id = history.run(args.run_id)["run_id"]  # refuses an unknown id by name
+                return tidy_table(history.rounds_frame(run_id).drop(columns=["run_id", "started_at", "finished_at"]))
             frame = history.runs_frame()
             if frame.empty:  # a file created by a run that failed before it started, or by History(path) itself
                 print(f"No run in {history.path} yet: train one with %fedless_train")
@@ -478,9 +484,9 @@ class FedlessMagics(Magics):
         column = f"eval_{args.metric}"
         runs: dict[str, tuple[str, list[tuple[float, float]]]] = {}
         with self._history(args.history) as history:
-            for run_id in args.run_id:
-                name = history.run(run_id)["name"]
-                runs[run_id] = (name, [(row["round"], row[column]) for row in history.rounds(run_id) if column in row])
+            for run in map(history.run, args.run_id):
+                runs[run["run_id"]] = (run["name"], [(row["round"], row[column]) for row in history.rounds(run["run_id"])
+                                                     if column in row])
         missing = [run_id for run_id, (_, points) in runs.items() if not points]
         if missing:
             raise UsageError(f"run {missing[0]} has no {args.metric!r} recorded; choose --metric from its eval metrics")
