@@ -260,6 +260,15 @@ class FedlessMagics(Magics):
             return run
         return run_to_end(config, model, observers, model_name=args.model, **options)
 
+    def take_over(self, replaced: "FedlessMagics") -> None:
+        """What the magics a reload replaces still run, which the new ones must find: background runs train on
+        (%fedless_stop), the classroom's join service and a joined student's function still serve (%fedless_train
+        --provider classroom, %fedless_classroom close, %fedless_leave); they said nothing was running."""
+        self._background.extend(replaced._background)
+        self._last_ended = replaced._last_ended
+        self.classroom = self.classroom or replaced.classroom
+        self.student = self.student or replaced.student
+
     @property
     def background(self) -> list[Any]:
         """The background runs still going on. Ended runs are dropped when asked, on the kernel's thread: a run
@@ -570,6 +579,8 @@ class FedlessMagics(Magics):
             self.classroom.close()
             print(f"Closed the classroom at {self.classroom.url}")
             self.classroom = None
+        elif args.action == "close":  # it said nothing, as if it had closed one
+            print("No classroom is open in this notebook; there is nothing to close")
         if args.action == "close":
             return None
         try:
@@ -666,15 +677,14 @@ class _RetracingWarnings(logging.Filter):
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext fedless_nb`: register the magics, make them configurable with %config, quiet TensorFlow.
 
-    A reload replaces the previous instance (by name: a reloaded module defines a new class) and takes over its
-    background runs; settings made with %config live in the shell's config and carry over.
+    A reload replaces the previous instance (by name: a reloaded module defines a new class) and takes over what it
+    still runs (FedlessMagics.take_over); settings made with %config live in the shell's config and carry over.
     """
     previous = [c for c in ipython.configurables if type(c).__name__ == FedlessMagics.__name__]
     ipython.configurables[:] = [c for c in ipython.configurables if c not in previous]
     magics = FedlessMagics(ipython)  # Magics.__init__ adds it to ipython.configurables
-    for replaced in previous:  # its background runs train on: %fedless_stop must still find them
-        magics._background.extend(replaced._background)
-        magics._last_ended = replaced._last_ended
+    for replaced in previous:
+        magics.take_over(replaced)
     ipython.register_magics(magics)
     register_option_completers(ipython, magics)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet even when the notebook imports TensorFlow itself
