@@ -413,7 +413,7 @@ def resume_point(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_bu
         recorded.close()
     run_id = run["run_id"]  # the whole id, where a beginning of it named the run
     if run["status"] == "finished" and run["rounds_completed"] >= run["rounds"]:
-        raise ResumeError(f"run {run_id!r} already finished all {counted(run['rounds'], 'round')}; there is nothing to resume")
+        raise ResumeError(f"run {run_id!r} already finished its {counted(run['rounds'], 'round')}; there is nothing to resume")
     if run["status"] == "running" and owner_state(run.get("owner")) == "alive":
         raise ResumeError(f"run {run_id!r} is still training (process {run['owner'].split(':')[1]}): stop it first "
                           "(Ctrl-C, the notebook's stop button or %fedless_stop), or let it finish")

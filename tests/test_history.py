@@ -271,3 +271,13 @@ def test_a_running_run_whose_process_is_gone_reads_interrupted_and_only_such_a_r
     assert resume_point("killed", path).config.rounds == 5
     with pytest.raises(ResumeError, match=r"run 'alive' is still training \(process \d+\): stop it first"):
         resume_point("alive", path)
+
+
+def test_a_finished_run_of_one_round_is_not_resumed_in_words_that_read_right(tmp_path):
+    """It said 'already finished all 1 round'."""
+    from fedless_nb.runner import ResumeError, resume_point
+
+    _record_a_run(tmp_path / "h.db", "short")
+    History(tmp_path / "h.db").db["runs"].update("short", {"rounds": 1, "rounds_completed": 1})
+    with pytest.raises(ResumeError, match=r"^run 'short' already finished its 1 round; there is nothing to resume$"):
+        resume_point("short", tmp_path / "h.db")

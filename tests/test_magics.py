@@ -244,7 +244,7 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
     assert isinstance(resumed, RunResult) and resumed.run_id == stopped.run_id and resumed.status == "finished"
     assert [r["round"] for r in history.rounds(stopped.run_id)] == [1, 2, 3]
     assert history.run(stopped.run_id)["rounds_completed"] == 3 and len(history.runs()) == 1
-    assert refused(f"{stopped.run_id} model") == (f"run {stopped.run_id!r} already finished all 3 rounds; there is "
+    assert refused(f"{stopped.run_id} model") == (f"run {stopped.run_id!r} already finished its 3 rounds; there is "
                                                   "nothing to resume")
 
 
