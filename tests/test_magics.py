@@ -419,6 +419,9 @@ def test_deploy_builds_a_bundle_and_prints_its_deploy_command(shell, tmp_path):
 def test_deploy_sets_the_modules_of_the_notebook_models_custom_layers(shell, tmp_path):
     """A function imports Keras's modules and FEDLESS_MODEL_MODULES' only: the model's custom-layer modules (given, or
     read off --model) are set in the printed command, so that it deploys a function that takes the model's tasks."""
+    from test_packaging import write_model_modules
+
+    write_model_modules(tmp_path)  # the notebook's folder
     shell.run_cell("from tensorflow import keras\nfrom registered_layers import Scale\n"
                    "model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), Scale(2.0)])\n"
                    "plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])\n"
