@@ -372,3 +372,18 @@ def test_the_model_modules_code_goes_into_the_bundle_or_its_requirements(tmp_pat
                                              r"the bundle; run from the folder that holds no_such_layers\.py"):
         build_bundle("functions_framework", tmp_path / "missing", model_modules=["no_such_layers"])
     assert not (tmp_path / "missing" / "fedless-client-functions_framework").exists()
+
+
+def test_a_model_module_installed_editable_is_copied_not_required(tmp_path, monkeypatch):
+    """pip install -e of the user's own layers: no index has the distribution, so its code goes into the bundle."""
+    (tmp_path / "own_layers").mkdir()
+    (tmp_path / "own_layers" / "__init__.py").write_text("SCALE = 3\n")
+    info = tmp_path / "own_layers-0.1.dist-info"  # what pip writes for an editable install (PEP 610, PEP 660)
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: own-layers\nVersion: 0.1\n")
+    (info / "top_level.txt").write_text("own_layers\n")
+    (info / "direct_url.json").write_text(json.dumps({"url": f"file://{tmp_path}", "dir_info": {"editable": True}}))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bundle = build_bundle("functions_framework", tmp_path / "dist", model_modules=["own_layers", "fedless_nb.model"])
+    assert "own_layers/__init__.py" in bundle.files
+    assert not any(line.startswith("own") for line in bundle.requirements), bundle.requirements

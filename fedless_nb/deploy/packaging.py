@@ -207,13 +207,16 @@ def _copy_package(destination: Path) -> None:
 def model_module_code(model_modules: Sequence[str]) -> tuple[list[str], list[Path]]:
     """Where the bundle gets the code of the model's custom-layer modules, which FEDLESS_MODEL_MODULES lets its tasks
     import (a function without it failed them, and the printed command did not say to add it): the distribution that
-    installed a module here, a requirement the platform installs; else its file or package folder as this machine
-    imports it (the current folder included, as a notebook's kernel imports it), copied beside fedless_nb."""
+    installed a module here from a package index, a requirement the platform installs by name; else its file or
+    package folder as this machine imports it (the current folder included, as a notebook's kernel imports it; an
+    editable or local install, which no index has), copied beside fedless_nb (which every bundle holds already)."""
     installed = importlib.metadata.packages_distributions()
     distributions, sources = [], []
-    for top in dict.fromkeys(module.split(".")[0] for module in model_modules):
-        if top in installed:
-            distributions.append(installed[top][0])
+    for top in dict.fromkeys(module.split(".")[0] for module in model_modules if module.split(".")[0] != "fedless_nb"):
+        indexed = [name for name in installed.get(top, ())
+                   if importlib.metadata.distribution(name).read_text("direct_url.json") is None]  # PEP 610
+        if indexed:
+            distributions.append(indexed[0])
             continue
         spec = importlib.machinery.PathFinder.find_spec(top, [*sys.path, os.getcwd()])
         origin = Path(spec.origin) if spec is not None and spec.origin else None
