@@ -11,7 +11,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C meanwhile is one line, as later on
     from rich.console import Console
@@ -27,11 +27,14 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .model import MODEL_MODULE_HELP
     from .store.roots import STORE_ROOT_HELP
     from .security import SECRET_VARIABLE, client_secret, function_secret
-    from .stopping import builder_needs_trust, ended_early, resumable, rounds_recorded, stopped_line
+    from .stopping import builder_needs_trust, ended_early, resumable, stopped_line
     from .wording import counted
 except KeyboardInterrupt:
     print("Interrupted")
     sys.exit(130)
+
+if TYPE_CHECKING:  # the runner loads only when a command runs
+    from .runner import ResumePoint
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:
@@ -142,21 +145,19 @@ def _demo_settings(arguments: argparse.Namespace) -> ExperimentConfig:
     )
 
 
-def _run(config: ExperimentConfig, console: Console, command: str, resume: str | None = None,
-         rounds_done: int = 0) -> int:
-    """Run `config` (or resume run `resume`, `rounds_done` rounds recorded) with live progress; `command` is the
-    command line that started it, which a run stopped before its first round finished is told to run again, and
-    which continues a resumed run."""
+def _run(config: ExperimentConfig, console: Console, command: str, resumed: "ResumePoint | None" = None) -> int:
+    """Run `config` (or continue the run `resumed`) with live progress; `command` is the command line that started
+    it, which a run stopped before its first round finished is told to run again, and which continues a resumed run."""
     from .runner import run_experiment
 
     progress = TerminalProgress(console)
-    if resume is not None:  # stopped while it prepares, a resumed run is still the run it was: its rounds are kept
-        progress.run_id, progress.last_round = resume, rounds_done
+    if resumed is not None:  # stopped while it prepares, a resumed run is still the run it was: its rounds are kept
+        progress.run_id, progress.last_round = resumed.run_id, resumed.rounds_completed
     try:
-        result = run_experiment(config, observers=[progress], resume=resume)
+        result = run_experiment(config, observers=[progress], resume=resumed.run_id if resumed else None)
     except KeyboardInterrupt:  # Ctrl-C: the run has recorded its end; say where it stopped, not a traceback
         progress.progress.stop()
-        continue_with = command if resume else f"fedless-nb resume {progress.run_id}{_resume_options(config)}"
+        continue_with = command if resumed else f"fedless-nb resume {progress.run_id}{_resume_options(config)}"
         continue_with = continue_with if resumable(config) else None
         console.print(stopped_line(progress.run_id, progress.last_round, continue_with, run_again=command),
                       highlight=False, soft_wrap=True)
@@ -199,7 +200,7 @@ def _show_history(arguments: argparse.Namespace, console: Console) -> int:
         return 0
     run = history.run(arguments.run_id)
     title = f"{run['run_id']}: {run['status']}, {run['rounds_completed']}/{run['rounds']} rounds"
-    print_uncut(console, rounds_table(history.rounds(arguments.run_id), title=title))
+    print_uncut(console, rounds_table(history.rounds(run["run_id"]), title=title))
     return 0
 
 
@@ -410,11 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(config_schema(), indent=2))  # plain, so it can be redirected to a file
             return 0
         if arguments.command == "resume":
-            from .runner import resume_config
+            from .runner import resume_point
 
-            config = resume_config(arguments.run_id, arguments.history, trust_builder=arguments.trust_builder)
-            return _run(config, console, command, resume=arguments.run_id,
-                        rounds_done=rounds_recorded(arguments.run_id, arguments.history))
+            point = resume_point(arguments.run_id, arguments.history, trust_builder=arguments.trust_builder)
+            return _run(point.config, console, command, resumed=point)
         if arguments.command == "run":
             from .data import check_data_section_read
 

@@ -26,8 +26,9 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
 MODEL_MODULES_VARIABLE = "FEDLESS_MODEL_MODULES"
 ANY_MODULE = "*"
 # --model-module, as `fedless-nb package|deploy` and %fedless_deploy describe it.
-MODEL_MODULE_HELP = ("an installed module with your model's custom layers that its tasks may import, repeated for more; "
-                     f"sets {MODEL_MODULES_VARIABLE} (default: Keras's layers only)")
+MODEL_MODULE_HELP = ("a module with your model's custom layers that its tasks may import, repeated for more; sets "
+                     f"{MODEL_MODULES_VARIABLE} and puts its code in the bundle (its distribution as a requirement, "
+                     "else its file or package from here) (default: Keras's layers only)")
 _BUILTIN_PREFIXES = ("keras.", "keras", "tf_keras", "tensorflow")
 
 

@@ -392,8 +392,18 @@ def _checkpointed_weights(store: Store, run_id: str, round_number: int, built: l
     return weights
 
 
-def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_builder: bool = False) -> ExperimentConfig:
-    """The config of a run recorded in `history`, checked to be resumable. A config is code: its model.builder
+@dataclass(frozen=True)
+class ResumePoint:
+    """A recorded run checked to be resumable, as one read of its history gives it: its config, and the rounds it
+    finished, where a resume interrupted before its controller is built (or has restored its checkpoint) stands."""
+
+    run_id: str
+    config: ExperimentConfig
+    rounds_completed: int
+
+
+def resume_point(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_builder: bool = False) -> ResumePoint:
+    """Run `run_id` of `history`, checked to be resumable. A config is code: its model.builder
     'package.module:function' is imported and run, so one read back from a history file (which anyone who
     can write the file may have changed) runs only with `trust_builder`."""
     recorded = History.existing(history)
@@ -401,8 +411,9 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_b
         run = recorded.run(run_id)
     finally:
         recorded.close()
+    run_id = run["run_id"]  # the whole id, where a beginning of it named the run
     if run["status"] == "finished" and run["rounds_completed"] >= run["rounds"]:
-        raise ResumeError(f"run {run_id!r} already finished all {counted(run['rounds'], 'round')}; there is nothing to resume")
+        raise ResumeError(f"run {run_id!r} already finished its {counted(run['rounds'], 'round')}; there is nothing to resume")
     if run["status"] == "running" and owner_state(run.get("owner")) == "alive":
         raise ResumeError(f"run {run_id!r} is still training (process {run['owner'].split(':')[1]}): stop it first "
                           "(Ctrl-C, the notebook's stop button or %fedless_stop), or let it finish")
@@ -414,15 +425,15 @@ def resume_config(run_id: str, history: str | Path = DEFAULT_HISTORY, *, trust_b
         raise ResumeError(f"run {run_id!r} used asynchronous rounds (mode: async), whose buffer and in-flight "
                           "clients are not checkpointed: start it again as a new run")
     config.history = str(history)
-    return config
+    return ResumePoint(run_id, config, run["rounds_completed"])
 
 
 async def resume_experiment_async(run_id: str, *, history: str | Path = DEFAULT_HISTORY, trust_builder: bool = False,
                                   **options: Any) -> RunResult:
     """Continue run `run_id` of `history` after its last checkpointed round, on the running event loop;
     the options are `run_experiment_async`'s (pass `model=` again if the run was given a model object)."""
-    config = resume_config(run_id, history, trust_builder=trust_builder or options.get("model") is not None)
-    return await run_experiment_async(config, resume=run_id, **options)
+    point = resume_point(run_id, history, trust_builder=trust_builder or options.get("model") is not None)
+    return await run_experiment_async(point.config, resume=point.run_id, **options)
 
 
 def resume_experiment(run_id: str, *, history: str | Path = DEFAULT_HISTORY, **options: Any) -> RunResult:

@@ -10,13 +10,13 @@ if TYPE_CHECKING:
 
 def resumable(config: "ExperimentConfig") -> bool:
     """Whether a stopped run of `config` can be continued: async rounds' buffer is not checkpointed
-    (runner.resume_config refuses them)."""
+    (runner.resume_point refuses them)."""
     return config.mode != "async"
 
 
 def builder_needs_trust(config: "ExperimentConfig") -> bool:
     """Whether resuming a run of `config` needs --trust-builder: its model.builder is code named in the history
-    ('package.module:function'), which runner.resume_config runs only when trusted. A built-in is named by its bare
+    ('package.module:function'), which runner.resume_point runs only when trusted. A built-in is named by its bare
     name, never with a colon (zoo.builder refuses any other), so this is known without importing the zoo's Keras."""
     return ":" in config.model.builder
 
@@ -26,19 +26,6 @@ def ended_early(status: str, error: str | None) -> str | None:
     that the history keeps in its error column), said where the run ends; None for a run that finished or failed
     (its error is its own line), or that was stopped by its user (the stop line says where it stopped)."""
     return error if status == "stopped" and error not in (None, "interrupted") else None
-
-
-def rounds_recorded(run_id: str, history: str) -> int:
-    """The rounds run `run_id` has finished, as `history` records them: where a resume interrupted while it prepares
-    its data and model stands (the controller that would count them is not built yet), so its stop line names the
-    run and its rounds, not a run that recorded nothing."""
-    from .records.history import History
-
-    recorded = History.existing(history)
-    try:
-        return recorded.run(run_id)["rounds_completed"]
-    finally:
-        recorded.close()
 
 
 def stopped_line(run_id: str | None, rounds: int, continue_with: str | None, run_again: str) -> str:

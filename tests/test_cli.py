@@ -349,11 +349,44 @@ def test_resume_refuses_a_builder_read_back_from_the_history_unless_trusted(tmp_
     writer.history.close()
     completed = fedless("resume", "planted", "--history", "runs.db", cwd=tmp_path)
     assert completed.returncode == 2 and "'os:system'" in completed.stdout and "--trust-builder" in completed.stdout
-    from fedless_nb.runner import resume_config
+    from fedless_nb.runner import resume_point
 
-    assert resume_config("planted", tmp_path / "runs.db", trust_builder=True).model.builder == "os:system"
+    assert resume_point("planted", tmp_path / "runs.db", trust_builder=True).config.model.builder == "os:system"
 
 
+
+
+def test_resume_reads_the_run_from_its_history_once(tmp_path, monkeypatch, capsys):
+    """The run's config and the rounds it finished (where a resume stopped while it prepares stands) come from one
+    read of the history: they were two (resume_config, then stopping.rounds_recorded), which another process could
+    change in between."""
+    from fedless_nb.cli import main
+    from fedless_nb.records.history import History
+    from planted_runs import plant_stopped_run
+
+    plant_stopped_run(tmp_path / "runs.db", builder="no_such_module:build")
+    monkeypatch.chdir(tmp_path)
+    reads = []
+    existing = History.existing.__func__
+    monkeypatch.setattr(History, "existing", classmethod(lambda cls, path: reads.append(path) or existing(cls, path)))
+    assert main(["resume", "planted", "--history", "runs.db", "--trust-builder"]) == 2
+    assert "model builder 'no_such_module:build' cannot be imported" in capsys.readouterr().out
+    assert reads == ["runs.db"]
+
+
+def test_history_and_resume_name_a_run_by_a_beginning_of_its_id_no_other_shares(tmp_path):
+    from planted_runs import plant_stopped_run
+
+    for run_id in ("planted-aa11", "planted-bb22"):
+        plant_stopped_run(tmp_path / "runs.db", builder="no_such_module:build", run_id=run_id)
+    shown = fedless("history", "planted-b", "--history", "runs.db", cwd=tmp_path)
+    assert shown.returncode == 0 and "planted-bb22: stopped, 1/5 rounds" in shown.stdout
+    for command in ("history", "resume"):
+        refused = fedless(command, "planted", "--history", "runs.db", cwd=tmp_path)
+        assert refused.returncode == 2 and refused.stdout == (
+            "error: 'planted' begins the ids of 2 runs (planted-aa11, planted-bb22): give more of the id\n")
+    resumed = fedless("resume", "planted-a", "--history", "runs.db", cwd=tmp_path)
+    assert resumed.returncode == 2 and "'planted-aa11' builds its model with 'no_such_module:build'" in resumed.stdout
 
 def test_reading_commands_refuse_a_missing_history_and_leave_no_file_behind(tmp_path):
     for command in (["history"], ["history", "some-run"], ["resume", "some-run"]):

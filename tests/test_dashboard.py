@@ -46,6 +46,30 @@ def test_a_run_of_one_client_and_one_round_is_counted_in_the_singular():
     assert lines[0] == "Run r1: 1 client, 1 round"
 
 
+
+def test_totals_of_one_read_in_the_singular_in_the_summary_the_record_and_the_widget():
+    """'1 failures', '1 cold starts': the three places that word the totals each wrote '{value} {name}'."""
+    events = list(run_events(rounds=1))  # two invocations, the second failing: one failure, one cold start
+    lines = []
+    text = TextDashboard(lines.append)
+    widgets = WidgetDashboard()
+    for event in events:
+        text(event)
+        widgets(event)
+    assert lines[-1] == "Run r1 finished: 1/1 rounds, 2 invocations, 1 failure, 1 cold start"
+    assert RunRecord(text.progress).text().endswith("; 1/1 rounds, 2 invocations, 1 failure, 1 cold start.")
+    assert widgets.totals.value == "<b>2</b> invocations &nbsp; <b>1</b> failure &nbsp; <b>1</b> cold start"
+
+
+def test_secure_aggregation_stages_are_named_next_to_the_invocations_they_are_part_of():
+    progress = RunProgress()
+    for event in run_events(rounds=1):
+        progress.update(dataclasses.replace(event, stage="share") if isinstance(event, InvocationFinished) else event)
+    assert progress.total_phrases() == ["2 invocations", "2 of them secure-aggregation stages", "1 failure",
+                                        "1 cold start"]
+    progress.stage_invocations = 1
+    assert progress.total_phrases()[1] == "1 of them a secure-aggregation stage"
+
 def test_progress_folds_the_events():
     progress = RunProgress()
     for event in run_events():
@@ -86,7 +110,7 @@ def test_text_dashboard_writes_a_line_per_round_and_a_summary():
     assert lines[0] == "Run r1: 2 clients, 3 rounds"
     assert lines[1] == "Round 1/3  loss 2.0000  accuracy 0.3000  2/2 ok  4.00s"
     assert lines[3].startswith("Round 3/3") and "1/2 ok" in lines[3]
-    assert lines[4] == "Run r1 finished: 3/3 rounds, 6 invocations, 1 failures, 2 cold starts"
+    assert lines[4] == "Run r1 finished: 3/3 rounds, 6 invocations, 1 failure, 2 cold starts"
 
 
 class FakeHandle:
@@ -134,7 +158,7 @@ def test_widget_dashboard_updates_in_place():
     assert dashboard.timeline.bars.x.shape == (6, 2) and list(dashboard.timeline.bars.y[:, 0]) == [0, 1] * 3
     assert list(axis.tick_values) == [0, 1] and axis.num_ticks is None, "a tick per client row (bqplot draws no " \
                                                                           "tick_values under num_ticks < 2)"
-    assert "<b>1</b> failures" in dashboard.totals.value
+    assert "<b>1</b> failure " in dashboard.totals.value
     classes = {name for child in [dashboard.widget, *dashboard.widget.children] for name in child._dom_classes}
     assert {"fedless-dashboard", "fedless-totals"} <= classes
     assert "fedless-accuracy" in dashboard.accuracy.figure._dom_classes
@@ -154,7 +178,7 @@ def test_the_record_is_a_paragraph_and_a_figure_any_viewer_renders():
     bundle = record._repr_mimebundle_()
     assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
     assert bundle["text/plain"] == ("Run demo (r1) finished: final test accuracy 0.900; 3/3 rounds, "
-                                    "6 invocations, 1 failures, 2 cold starts.")
+                                    "6 invocations, 1 failure, 2 cold starts.")
     assert 'font-size:2.5em;font-weight:bold">0.900</span>' in bundle["text/html"]
     assert 'src="data:image/png;base64,' in bundle["text/html"]
     figure = run_figure(progress)

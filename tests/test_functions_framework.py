@@ -506,7 +506,8 @@ def _printed_settings(command: str) -> dict[str, str]:
 
 def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bundle, tmp_path):
     """Since a function imports only Keras's and FEDLESS_MODEL_MODULES' modules, a bundle with the user's custom-layer
-    module installed refused its tasks, and no deploy command set the variable: --model-module now sets it."""
+    module installed refused its tasks, and no deploy command set the variable: --model-module now sets it. The
+    module's code had to be copied into the bundle by hand, which nothing said: the bundle now holds it."""
     store, spec = write_custom_layer_inputs(tmp_path / "store")
     assert spec.modules == ("registered_layers",)
     task = json.dumps(make_task(store, spec, secret=SECRET)).encode()
@@ -519,7 +520,7 @@ def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bun
     assert status == 400 and reply["error"]["type"] == "ModelError" and "\n" not in message, reply
     assert "deploy it with --model-module registered_layers (sets FEDLESS_MODEL_MODULES)" in message, message
     deployed = build_bundle("functions_framework", tmp_path / "dist", model_modules=spec.modules)
-    shutil.copy(Path(__file__).with_name("registered_layers.py"), deployed.path)
+    assert "registered_layers.py" in deployed.files  # this machine's copy, found where the test imports it
     settings = _printed_settings(deployed.deploy_command)
     assert settings["FEDLESS_MODEL_MODULES"] == "registered_layers", deployed.deploy_command
     with functions_framework(deployed.path, tmp_path / "ff.log", settings={

@@ -3,6 +3,7 @@ import sqlite3
 import pytest
 
 from fedless_nb.rounds.events import InvocationFinished, RoundFinished, RunFinished, RunStarted
+from fedless_nb.errors import UserError
 from fedless_nb.records.history import History, HistoryError, HistoryWriter
 
 
@@ -154,6 +155,40 @@ def test_a_history_locked_at_open_is_one_clear_line(tmp_path):
     assert holder.execute("select count(*) from notes").fetchone() == (0,)
 
 
+def test_a_run_is_named_by_its_id_or_a_beginning_of_it_no_other_run_shares(tmp_path):
+    """As fedless-nb history, resume and the magics read it: a beginning several ids share, or none, is one line."""
+    path = tmp_path / "h.db"
+    for run_id in ("demo-20261127-101500-aa11", "demo-20261127-101500-bb22", "sweep-20261127-1030-cc33"):
+        _record_a_run(path, run_id)
+    history = History(path)
+    assert history.run("demo-20261127-101500-b")["run_id"] == "demo-20261127-101500-bb22"
+    assert history.run("sweep")["run_id"] == "sweep-20261127-1030-cc33"
+    assert history.cost("sweep")["run_id"] == "sweep-20261127-1030-cc33"
+    with pytest.raises(UserError, match=r"^'demo' begins the ids of 2 runs \(demo-20261127-101500-aa11, "
+                                        r"demo-20261127-101500-bb22\): give more of the id$"):
+        history.run("demo")
+    with pytest.raises(HistoryError, match=r"^no run 'other' in .*h\.db; a run recorded in another file needs --history"):
+        history.run("other")
+
+def test_a_lock_is_told_by_its_sqlite_code_not_its_words(tmp_path):
+    """A second connection holding the write lock is a lock (SQLITE_BUSY); an error whose words say "locked" but whose
+    code is another is not, so opening does not wait out the busy timeout and then blame another process."""
+    from fedless_nb.records.history import is_locked
+
+    path = tmp_path / "h.db"
+    History(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("begin immediate")
+    writer = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError) as busy:
+        writer.execute("begin immediate")
+    assert busy.value.sqlite_errorname == "SQLITE_BUSY" and is_locked(busy.value)
+    holder.execute("rollback")
+    with pytest.raises(sqlite3.OperationalError, match="locked_runs") as other:
+        writer.execute("select * from locked_runs")
+    assert other.value.sqlite_errorname == "SQLITE_ERROR" and not is_locked(other.value)
+
+
 _WRITER = """
 import sys
 from fedless_nb.records.history import History, HistoryWriter
@@ -214,7 +249,7 @@ def test_a_running_run_whose_process_is_gone_reads_interrupted_and_only_such_a_r
 
     from fedless_nb.experiment import ExperimentConfig
     from fedless_nb.records.owner import this_process
-    from fedless_nb.runner import ResumeError, resume_config
+    from fedless_nb.runner import ResumeError, resume_point
 
     dead = subprocess.run([sys.executable, "-c", "from fedless_nb.records.owner import this_process; "
                            "print(this_process())"], capture_output=True, text=True, check=True).stdout.strip()
@@ -233,6 +268,16 @@ def test_a_running_run_whose_process_is_gone_reads_interrupted_and_only_such_a_r
     assert history.run("killed")["status"] == "interrupted"
     assert set(history.runs_frame()["status"]) == {"interrupted", "running"}
     history.close()
-    assert resume_config("killed", path).rounds == 5
+    assert resume_point("killed", path).config.rounds == 5
     with pytest.raises(ResumeError, match=r"run 'alive' is still training \(process \d+\): stop it first"):
-        resume_config("alive", path)
+        resume_point("alive", path)
+
+
+def test_a_finished_run_of_one_round_is_not_resumed_in_words_that_read_right(tmp_path):
+    """It said 'already finished all 1 round'."""
+    from fedless_nb.runner import ResumeError, resume_point
+
+    _record_a_run(tmp_path / "h.db", "short")
+    History(tmp_path / "h.db").db["runs"].update("short", {"rounds": 1, "rounds_completed": 1})
+    with pytest.raises(ResumeError, match=r"^run 'short' already finished its 1 round; there is nothing to resume$"):
+        resume_point("short", tmp_path / "h.db")

@@ -198,6 +198,22 @@ def test_a_background_run_started_before_the_extension_was_reloaded_still_stops(
 
 
 @pytest.mark.slow
+def test_a_classroom_and_a_joined_students_function_outlive_a_reload_of_the_extension(kernel):
+    """%reload_ext fedless_nb kept background runs only: the open classroom's join service and the student's function
+    went on serving while %fedless_train --provider classroom said no classroom was open, %fedless_leave that the
+    notebook had not joined, and %fedless_classroom close closed nothing (and said nothing)."""
+    url, code = kernel.run("classroom = %fedless_classroom open --host 127.0.0.1 --port 0\n"
+                           "print(classroom.url, classroom.code)").splitlines()[-1].split()
+    assert kernel.run(f"student = %fedless_join {url} {code} --name alice --host 127.0.0.1").startswith("Joined as alice")
+    kernel.run("%reload_ext fedless_nb")
+    trained = kernel.run("result = %fedless_train --provider classroom --dataset digits --builder logistic_regression "
+                         "--rounds 1 --epochs 1 --dashboard none\nprint(result.status, len(result.round_metrics))")
+    assert trained.splitlines()[-1] == "finished 1"
+    assert kernel.run("%fedless_leave") == "alice left the class"
+    assert kernel.run("%fedless_classroom close") == f"Closed the classroom at {url}"
+    assert kernel.run("%fedless_classroom close") == "No classroom is open in this notebook; there is nothing to close"
+
+@pytest.mark.slow
 def test_a_stop_cell_queued_behind_a_cell_awaiting_the_run_names_the_run_that_ended(kernel):
     """The kernel runs one cell at a time: %fedless_stop run while a cell awaits the run waits behind it, and runs once
     the run has ended. It used to say only that no run was going on; it names the run and how it ended."""

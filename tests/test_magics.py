@@ -228,10 +228,11 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
 
     assert refused("nosuch") == ("no run 'nosuch' in fedless_history.db; a run recorded in another file needs "
                                  "--history PATH (history=... in Python)")
-    assert refused(stopped.run_id[:-1]) == (f"no run {stopped.run_id[:-1]!r} in fedless_history.db; "
-                                            f"did you mean {stopped.run_id!r}?")
+    mistyped = stopped.run_id.replace("cut", "cat")
+    assert refused(mistyped) == f"no run {mistyped!r} in fedless_history.db; did you mean {stopped.run_id!r}?"
     assert refused(f"{stopped.run_id} --history other.db").startswith("no history file other.db yet")
-    assert refused(stopped.run_id) == (  # the history keeps the config, whose default builder is not the model
+    assert refused(stopped.run_id[:-2]) == refused(stopped.run_id) == (  # a beginning of the id names it too; the
+        # history keeps the config, whose default builder is not the model
         f"run {stopped.run_id!r} was trained with another model than the one built to resume it (its checkpointed "
         f"weights have other shapes): give the model it was trained with, %fedless_resume {stopped.run_id} MODEL "
         "in a notebook (model=... in Python)")
@@ -243,9 +244,23 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
     assert isinstance(resumed, RunResult) and resumed.run_id == stopped.run_id and resumed.status == "finished"
     assert [r["round"] for r in history.rounds(stopped.run_id)] == [1, 2, 3]
     assert history.run(stopped.run_id)["rounds_completed"] == 3 and len(history.runs()) == 1
-    assert refused(f"{stopped.run_id} model") == (f"run {stopped.run_id!r} already finished all 3 rounds; there is "
+    assert refused(f"{stopped.run_id} model") == (f"run {stopped.run_id!r} already finished its 3 rounds; there is "
                                                   "nothing to resume")
 
+
+
+def test_resume_reads_the_run_from_its_history_once(shell, tmp_path, monkeypatch):
+    """As fedless-nb resume: the run's config and its rounds finished come from one read of the history (they were
+    two, which another process could change in between)."""
+    from planted_runs import plant_stopped_run
+
+    plant_stopped_run(tmp_path / "runs.db", builder="no_such_module:build")
+    reads = []
+    existing = History.existing.__func__
+    monkeypatch.setattr(History, "existing", classmethod(lambda cls, path: reads.append(path) or existing(cls, path)))
+    result = shell.run_cell("%fedless_resume planted --history runs.db --trust-builder --dashboard none")
+    assert "model builder 'no_such_module:build' cannot be imported" in str(result.error_in_exec)
+    assert reads == ["runs.db"]
 
 @pytest.mark.parametrize("reads_comms, labels", [(True, ["Run finished"]),
                                                   (False, ["Stop: interrupt the kernel", "Run finished"])])
@@ -336,6 +351,28 @@ def test_stop_without_a_background_run_is_a_usage_error(shell):
         shell.run_line_magic("fedless_stop", "")
 
 
+
+def test_stop_names_a_background_run_by_a_beginning_of_its_id_no_other_shares(shell, capsys):
+    """%fedless_stop took whole ids only, while a run id is long: a beginning of one that no other background run's id
+    shares names it; one that several share, or none, is one line and stops nothing."""
+    shell.run_cell(f"first = %fedless_train --name cut-a {TINY} --rounds 40 --dashboard none --background\n"
+                   f"second = %fedless_train --name cut-b {TINY} --rounds 40 --dashboard none --background\n")
+    first, second = shell.user_ns["first"], shell.user_ns["second"]
+    try:
+        for line, message in [("cut", f"'cut' begins the ids of 2 runs ({first.run_id}, {second.run_id}): give more "
+                                      "of the id"),
+                              ("cut-c", f"no background run 'cut-c'; running: {first.run_id}, {second.run_id}")]:
+            result = shell.run_cell(f"%fedless_stop {line}")
+            assert isinstance(result.error_in_exec, UsageError) and str(result.error_in_exec) == message
+        assert first.status == second.status == "running"
+        capsys.readouterr()
+        shell.run_line_magic("fedless_stop", "cut-a")
+        assert capsys.readouterr().out.startswith(f"Run {first.run_id} stops after its current round")
+        assert first.future.result(timeout=600).status == "stopped" and second.status == "running"
+    finally:
+        shell.run_line_magic("fedless_stop", "")
+        second.future.result(timeout=600)
+
 def test_a_background_run_that_ended_before_its_cell_listed_it_is_not_going_on(shell, monkeypatch):
     """A short run can end before the cell that started it has listed it. It used to remove itself from the list
     when it ended, on the run's thread, so it failed to (not listed yet), stayed listed, and %fedless_stop claimed
@@ -382,6 +419,9 @@ def test_deploy_builds_a_bundle_and_prints_its_deploy_command(shell, tmp_path):
 def test_deploy_sets_the_modules_of_the_notebook_models_custom_layers(shell, tmp_path):
     """A function imports Keras's modules and FEDLESS_MODEL_MODULES' only: the model's custom-layer modules (given, or
     read off --model) are set in the printed command, so that it deploys a function that takes the model's tasks."""
+    from test_packaging import write_model_modules
+
+    write_model_modules(tmp_path)  # the notebook's folder
     shell.run_cell("from tensorflow import keras\nfrom registered_layers import Scale\n"
                    "model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), Scale(2.0)])\n"
                    "plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])\n"

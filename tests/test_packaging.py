@@ -306,13 +306,22 @@ ROOTS = ["https://my-bucket.s3.eu-central-1.amazonaws.com/", "/srv/fedless-store
 MODULES = ["my_layers", "my.more_layers"]
 
 
+def write_model_modules(folder):
+    """MODULES' code in `folder`: my_layers.py and the package my with more_layers.py."""
+    (folder / "my_layers.py").write_text("SCALE = 2\n")
+    (folder / "my").mkdir()
+    (folder / "my" / "__init__.py").write_text("")
+    (folder / "my" / "more_layers.py").write_text("SHIFT = 1\n")
+
+
 @pytest.mark.parametrize("provider", BUILDABLE)
-def test_store_roots_and_model_modules_reach_the_function_as_its_variables(provider, tmp_path):
+def test_store_roots_and_model_modules_reach_the_function_as_its_variables(provider, tmp_path, monkeypatch):
     """--store-root sets FEDLESS_STORE_ROOTS (and --model-module FEDLESS_MODEL_MODULES) where the platform takes it: in one word of its shell command (quoted
     where ';' would end the command), or in its manifest; without it, the command leaves it out and a manifest's is
     empty (any store)."""
-
-    bundle = build_bundle(provider, tmp_path, store_roots=ROOTS, model_modules=MODULES, **VALUES)
+    write_model_modules(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    bundle = build_bundle(provider, tmp_path / "dist", store_roots=ROOTS, model_modules=MODULES, **VALUES)
     plain = build_bundle(provider, tmp_path / "plain", **VALUES)
     for variable, value in (("FEDLESS_STORE_ROOTS", ";".join(ROOTS)), ("FEDLESS_MODEL_MODULES", ";".join(MODULES))):
         if provider in ("knative", "openfaas"):
@@ -346,3 +355,35 @@ def test_a_store_root_the_function_could_not_read_is_refused_before_anything_is_
     with pytest.raises(PackagingError, match=f"^--store-root.*{re.escape(problem)}"):
         build_bundle("functions_framework", tmp_path, store_roots=[root])
     assert not list(tmp_path.iterdir())
+
+
+def test_the_model_modules_code_goes_into_the_bundle_or_its_requirements(tmp_path, monkeypatch):
+    """--model-module set FEDLESS_MODEL_MODULES only: a function deployed as printed failed the tasks of a model whose
+    module it did not hold. The module's file or package folder, as this machine imports it (the current folder
+    included), goes beside fedless_nb; one an installed distribution provides becomes a pinned requirement; one that
+    is nowhere here is one line naming it, and nothing is built."""
+    write_model_modules(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    bundle = build_bundle("functions_framework", tmp_path / "dist", model_modules=[*MODULES, "yaml.constructor"])
+    assert {"my_layers.py", "my/__init__.py", "my/more_layers.py"} <= set(bundle.files)
+    assert (bundle.path / "my_layers.py").read_text() == "SCALE = 2\n"
+    assert any(line.startswith("PyYAML==") for line in bundle.requirements), bundle.requirements
+    with pytest.raises(PackagingError, match=r"^--model-module no_such_layers: no module no_such_layers here to put in "
+                                             r"the bundle; run from the folder that holds no_such_layers\.py"):
+        build_bundle("functions_framework", tmp_path / "missing", model_modules=["no_such_layers"])
+    assert not (tmp_path / "missing" / "fedless-client-functions_framework").exists()
+
+
+def test_a_model_module_installed_editable_is_copied_not_required(tmp_path, monkeypatch):
+    """pip install -e of the user's own layers: no index has the distribution, so its code goes into the bundle."""
+    (tmp_path / "own_layers").mkdir()
+    (tmp_path / "own_layers" / "__init__.py").write_text("SCALE = 3\n")
+    info = tmp_path / "own_layers-0.1.dist-info"  # what pip writes for an editable install (PEP 610, PEP 660)
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: own-layers\nVersion: 0.1\n")
+    (info / "top_level.txt").write_text("own_layers\n")
+    (info / "direct_url.json").write_text(json.dumps({"url": f"file://{tmp_path}", "dir_info": {"editable": True}}))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bundle = build_bundle("functions_framework", tmp_path / "dist", model_modules=["own_layers", "fedless_nb.model"])
+    assert "own_layers/__init__.py" in bundle.files
+    assert not any(line.startswith("own") for line in bundle.requirements), bundle.requirements

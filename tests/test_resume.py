@@ -37,7 +37,7 @@ def test_a_stopped_run_resumes_where_it_stopped(tiny_config):
     assert [r["round"] for r in history.rounds(stopped.run_id)] == [1, 2, 3]
     assert len(history.invocations(stopped.run_id)) == 3 * 4
     assert history.run(stopped.run_id)["status"] == "finished"
-    with pytest.raises(ResumeError, match="already finished all 3 rounds; there is nothing to resume"):
+    with pytest.raises(ResumeError, match="already finished its 3 rounds; there is nothing to resume"):
         resume_experiment(stopped.run_id, history=config.history)
 
 

@@ -14,10 +14,13 @@ command reads $FEDLESS_RUN_SECRET from the shell.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.metadata
+import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -201,8 +204,31 @@ def _copy_package(destination: Path) -> None:
                     ignore=lambda folder, names: [n for n in names if n in _LEAVE_OUT or n.endswith((".pyc", ".pyo"))])
 
 
+def model_module_code(model_modules: Sequence[str]) -> tuple[list[str], list[Path]]:
+    """Where the bundle gets the code of the model's custom-layer modules, which FEDLESS_MODEL_MODULES lets its tasks
+    import (a function without it failed them, and the printed command did not say to add it): the distribution that
+    installed a module here from a package index, a requirement the platform installs by name; else its file or
+    package folder as this machine imports it (the current folder included, as a notebook's kernel imports it; an
+    editable or local install, which no index has), copied beside fedless_nb (which every bundle holds already)."""
+    installed = importlib.metadata.packages_distributions()
+    distributions, sources = [], []
+    for top in dict.fromkeys(module.split(".")[0] for module in model_modules if module.split(".")[0] != "fedless_nb"):
+        indexed = [name for name in installed.get(top, ())
+                   if importlib.metadata.distribution(name).read_text("direct_url.json") is None]  # PEP 610
+        if indexed:
+            distributions.append(indexed[0])
+            continue
+        spec = importlib.machinery.PathFinder.find_spec(top, [*sys.path, os.getcwd()])
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        if origin is None or not origin.is_file():
+            raise PackagingError(f"--model-module {top}: no module {top} here to put in the bundle; run from the folder "
+                                 f"that holds {top}.py (or its package folder), or install it")
+        sources.append(origin.parent if spec.submodule_search_locations else origin)
+    return distributions, sources
+
+
 def _stage(platform: Platform, stage: Path, templates: Path, name: str, values: dict[str, str],
-           settings: dict[str, str]) -> list[str]:
+           settings: dict[str, str], model_modules: Sequence[str] = ()) -> list[str]:
     source = templates / platform.template
     if not source.is_dir():
         raise PackagingError(f"no function template at {source}: package from a clone of fedless_nb "
@@ -210,8 +236,14 @@ def _stage(platform: Platform, stage: Path, templates: Path, name: str, values: 
     shutil.copytree(source, stage, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     home = stage / platform.package_dir
     _copy_package(home)
+    distributions, sources = model_module_code(model_modules)
+    for source in sources:
+        if source.is_dir():
+            shutil.copytree(source, home / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, home / source.name)
     requirements = home / "requirements.txt"
-    pinned, vendored = pinned_requirements(requirements.read_text().splitlines(), gpu=platform.gpu)
+    pinned, vendored = pinned_requirements([*requirements.read_text().splitlines(), *distributions], gpu=platform.gpu)
     for distribution in vendored:
         _vendor(distribution, home)
     requirements.write_text("\n".join(pinned) + "\n")
@@ -314,7 +346,8 @@ def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-cli
     `values` fill its deploy command (role, image, app, resource_group: see Platform.needs); a needed one
     that is missing is refused before anything is built. `store_roots` (URL prefixes, folders) become the
     function's FEDLESS_STORE_ROOTS, in its command or its manifest: the only stores its tasks may name;
-    `model_modules` (the modules of the model's custom layers, installed in the bundle) its FEDLESS_MODEL_MODULES.
+    `model_modules` (the modules of the model's custom layers, whose code goes into the bundle: model_module_code) its
+    FEDLESS_MODEL_MODULES.
     """
     if provider not in PLATFORMS:
         raise PackagingError(f"unknown provider {provider!r}; choose one of {', '.join(PLATFORMS)}")
@@ -330,7 +363,7 @@ def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-cli
     target = out_dir / (f"{name}-{provider}.zip" if platform.archive else f"{name}-{provider}")
     with tempfile.TemporaryDirectory(dir=out_dir) as temporary:
         stage = Path(temporary) / "bundle"
-        requirements = _stage(platform, stage, Path(templates), name, given, settings)
+        requirements = _stage(platform, stage, Path(templates), name, given, settings, model_modules)
         if platform.zip_limit_mb is not None and (size := requirements_megabytes(requirements)) > platform.zip_limit_mb:
             raise PackagingError(
                 f"{provider}: its requirements take about {size:.0f} MB unzipped (measured from the packages "

@@ -19,6 +19,10 @@ from ..rounds.events import Event, InvocationFinished, RoundFinished, RoundStart
 from ..stopping import ended_early
 from ..wording import counted
 DASHBOARD_MODES = ("auto", "widgets", "text", "compact", "none")
+# RunProgress.totals' counts as one of them reads: '1 failures', '1 invocations' read wrong (the other totals, cost
+# and epsilon, are figures, whose name reads the same whatever the value)
+ONE_OF = {"invocations": "invocation", "failures": "failure", "cold starts": "cold start",
+          "of them secure-aggregation stages": "of them a secure-aggregation stage"}
 TIMELINE_BARS = 400  # the newest invocations drawn; a long run's timeline stays bounded
 
 
@@ -82,10 +86,10 @@ class RunProgress:
 
     def totals(self) -> dict[str, int | str]:
         """Counts, plus the estimated cost on a priced platform and the privacy spent so far when DP is on."""
-        totals: dict[str, int | str] = {
-            "invocations": self.invocations, "failures": self.failures, "cold starts": self.cold_starts}
-        if self.stage_invocations:
+        totals: dict[str, int | str] = {"invocations": self.invocations}
+        if self.stage_invocations:  # named next to the invocations they are part of
             totals["of them secure-aggregation stages"] = self.stage_invocations
+        totals.update({"failures": self.failures, "cold starts": self.cold_starts})
         if self.cost > 0:
             totals["estimated cost (USD)"] = f"{self.cost:.6f}"
         if "epsilon_max" in self.privacy:
@@ -93,6 +97,12 @@ class RunProgress:
         if "central_epsilon" in self.privacy:
             totals["epsilon (client-level, central DP)"] = f"{self.privacy['central_epsilon']:.3g}"
         return totals
+
+    def total_phrases(self, shown: Callable[[str], str] = str) -> list[str]:
+        """The totals as the summary line, the record and the widget word them ('1 failure', '2 cold starts'), each
+        value through `shown` (the widget's bold)."""
+        return [f"{shown(str(value))} {ONE_OF.get(name, name) if value == 1 else name}"
+                for name, value in self.totals().items()]
 
     def round_line(self) -> str:
         event = self.last_round
@@ -102,7 +112,7 @@ class RunProgress:
                 f"{event.finished_at - event.started_at:.2f}s")
 
     def summary_line(self) -> str:
-        totals = ", ".join(f"{value} {name}" for name, value in self.totals().items())
+        totals = ", ".join(self.total_phrases())
         reason = f"; {self.stop_reason}" if self.stop_reason else ""
         return f"Run {self.run_id} {self.status}: {self.rounds_done}/{self.total_rounds} rounds, {totals}{reason}"
 
@@ -287,7 +297,7 @@ class WidgetDashboard:
                             f"{state.status}, {state.rounds_done}/{state.total_rounds} rounds")
 
     def _draw_totals(self) -> None:
-        self.totals.value = " &nbsp; ".join(f"<b>{value}</b> {name}" for name, value in self.progress.totals().items())
+        self.totals.value = " &nbsp; ".join(self.progress.total_phrases(lambda value: f"<b>{value}</b>"))
 
 
 def _descendants(widget: Any) -> list[Any]:

@@ -26,8 +26,8 @@ from ..experiment import ExperimentConfig
 from ..records.history import History
 from ..rounds.controller import Controller
 from ..rounds.events import Observer, RunStarted
-from ..runner import RunResult, run_experiment_async
-from ..stopping import resumable, rounds_recorded, stopped_line
+from ..runner import ResumePoint, RunResult, run_experiment_async
+from ..stopping import resumable, stopped_line
 from .record import resume_command
 
 
@@ -100,11 +100,11 @@ def _rounds_done(controllers: list[Controller]) -> int:
 
 
 def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Callable[[], bool],
-                       continue_with: Callable[[str], str] | None = None, resumed: tuple[str, int] | None = None) -> None:
+                       continue_with: Callable[[str], str] | None = None, resumed: ResumePoint | None = None) -> None:
     """Wait here until `until()` or the run's end; an interrupt (the notebook's stop button, Ctrl-C) cancels the
     run, waits while it records its end (a second interrupt waits too) and ends the cell with one line, which
     names the magic that continues the run (`continue_with(run_id)`) once it has a round to continue from;
-    `resumed` is the run a resume continues and its rounds recorded, where it stands until its controller is built."""
+    `resumed` is the run a resume continues, which stands where its history left it until its controller is built."""
     try:
         while not until() and not run.future.done():
             concurrent.futures.wait([run.future], timeout=0.1)
@@ -121,10 +121,10 @@ def _stop_on_interrupt(run: Submitted, controllers: list[Controller], until: Cal
 
 
 def _stopped(controllers: list[Controller], continue_with: Callable[[str], str] | None,
-             resumed: tuple[str, int] | None = None) -> RunStopped:
+             resumed: ResumePoint | None = None) -> RunStopped:
     """The one line an interrupted run ends its cell with (see stopped_line); a resume stopped before its controller
-    was built, or had restored its checkpoint, is still the run it continues (`resumed`: its id and rounds recorded)."""
-    resumed_id, recorded = resumed or (None, 0)
+    was built, or had restored its checkpoint, is still the run it continues (`resumed`)."""
+    resumed_id, recorded = (resumed.run_id, resumed.rounds_completed) if resumed else (None, 0)
     run_id = controllers[0].run_id if controllers else resumed_id
     return RunStopped(stopped_line(run_id, max(_rounds_done(controllers), recorded),
                                    continue_with(run_id) if continue_with is not None and run_id is not None else None,
@@ -132,15 +132,14 @@ def _stopped(controllers: list[Controller], continue_with: Callable[[str], str] 
 
 
 def run_to_end(config: ExperimentConfig, model: Any, observers: Sequence[Observer], model_name: str | None = None,
-               **options: Any) -> RunResult:
-    """Run `config` on the run loop while the cell waits; `options` go to `run_experiment_async`.
-    An interrupt stops the run: its invocations are stopped, the history keeps every finished round;
-    `model_name` (the notebook variable holding `model`) goes into the line that says how to continue it."""
+               resumed: ResumePoint | None = None, **options: Any) -> RunResult:
+    """Run `config` (continuing the run `resumed`) on the run loop while the cell waits; `options` go to
+    `run_experiment_async`. An interrupt stops the run: its invocations are stopped, the history keeps every finished
+    round; `model_name` (the notebook variable holding `model`) goes into the line that says how to continue it."""
     controllers: list[Controller] = []
-    resume = options.get("resume")
-    resumed = (resume, rounds_recorded(resume, str(config.history))) if resume is not None else None
     run = run_loop().submit(run_experiment_async(config, model=model, observers=observers,
-                                                 on_controller=controllers.append, **options))
+                                                 on_controller=controllers.append,
+                                                 resume=resumed.run_id if resumed else None, **options))
     _stop_on_interrupt(run, controllers, until=lambda: False,
                        continue_with=functools.partial(resume_command, config=config, model_name=model_name)
                        if resumable(config) else None, resumed=resumed)

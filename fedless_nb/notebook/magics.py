@@ -263,6 +263,15 @@ class FedlessMagics(Magics):
             return run
         return run_to_end(config, model, observers, model_name=args.model, **options)
 
+    def take_over(self, replaced: "FedlessMagics") -> None:
+        """What the magics a reload replaces still run, which the new ones must find: background runs train on
+        (%fedless_stop), the classroom's join service and a joined student's function still serve (%fedless_train
+        --provider classroom, %fedless_classroom close, %fedless_leave); they said nothing was running."""
+        self._background.extend(replaced._background)
+        self._last_ended = replaced._last_ended
+        self.classroom = self.classroom or replaced.classroom
+        self.student = self.student or replaced.student
+
     @property
     def background(self) -> list[Any]:
         """The background runs still going on. Ended runs are dropped when asked, on the kernel's thread: a run
@@ -344,17 +353,17 @@ class FedlessMagics(Magics):
         """Continue a run that was stopped, interrupted or cut off by a kernel restart, after its last finished
         round: the same run id, history and config, on the kernel's warm workers. Returns the run, as
         %fedless_train does; `fedless-nb resume RUN_ID` does the same from a terminal."""
-        from ..runner import resume_config
+        from ..runner import resume_point
         from .execution import run_to_end
         from .pool import warm_pool
 
         args = parse_options(self.fedless_resume, line)
         model = self._user_model(args.model) if args.model else None
-        config = resume_config(args.run_id, args.history or self.history,
-                               trust_builder=args.trust_builder or model is not None)
+        point = resume_point(args.run_id, args.history or self.history,
+                             trust_builder=args.trust_builder or model is not None)
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell, model_name=args.model)
-        return run_to_end(config, model, [dashboard] if dashboard is not None else [], model_name=args.model,
-                          resume=args.run_id, providers=warm_pool().providers_for(config))
+        return run_to_end(point.config, model, [dashboard] if dashboard is not None else [], model_name=args.model,
+                          resumed=point, providers=warm_pool().providers_for(point.config))
 
     # %fedless_partition -----------------------------------------------------------------------
     @magic_arguments()
@@ -397,22 +406,28 @@ class FedlessMagics(Magics):
 
     # %fedless_stop ----------------------------------------------------------------------------
     @magic_arguments()
-    @argument("run_id", nargs="*", help="runs to stop (default: every background run)")
+    @argument("run_id", nargs="*", help="runs to stop, each by its id or a beginning of it no other background run's "
+                                        "id shares (default: every background run)")
     @line_magic
     @user_errors
     def fedless_stop(self, line: str) -> None:
         """Stop background runs after their current round; the history keeps every finished round."""
+        from ..run_ids import matching_run_id
+
         args = parse_options(self.fedless_stop, line)
         if not self.background:
             ended = self._last_ended
             raise UsageError("no run is going on in the background" + (
                 "" if ended is None else f"; the last one, {ended.run_id}, has ended ({ended.status})"))
-        known = {run.run_id for run in self.background}
-        unknown = [run_id for run_id in args.run_id if run_id not in known]
-        if unknown:
-            raise UsageError(f"no background run {unknown[0]!r}; running: {', '.join(str(r) for r in known)}")
+        known = [str(run.run_id) for run in self.background]
+        named = set()
+        for given in args.run_id:
+            run_id = matching_run_id(given, known)
+            if run_id is None:
+                raise UsageError(f"no background run {given!r}; running: {', '.join(known)}")
+            named.add(run_id)
         for run in list(self.background):
-            if not args.run_id or run.run_id in args.run_id:
+            if not named or str(run.run_id) in named:
                 print(run.stop())
 
     # %fedless_pool ----------------------------------------------------------------------------
@@ -456,8 +471,8 @@ class FedlessMagics(Magics):
         args = parse_options(self.fedless_history, line)
         with self._history(args.history) as history:
             if args.run_id:
-                history.run(args.run_id)  # refuses an unknown id by name
-                return tidy_table(history.rounds_frame(args.run_id).drop(columns=["run_id", "started_at", "finished_at"]))
+                run_id = history.run(args.run_id)["run_id"]  # refuses an unknown id by name
+                return tidy_table(history.rounds_frame(run_id).drop(columns=["run_id", "started_at", "finished_at"]))
             frame = history.runs_frame()
             if frame.empty:  # a file created by a run that failed before it started, or by History(path) itself
                 print(f"No run in {history.path} yet: train one with %fedless_train")
@@ -483,9 +498,9 @@ class FedlessMagics(Magics):
         column = f"eval_{args.metric}"
         runs: dict[str, tuple[str, list[tuple[float, float]]]] = {}
         with self._history(args.history) as history:
-            for run_id in args.run_id:
-                name = history.run(run_id)["name"]
-                runs[run_id] = (name, [(row["round"], row[column]) for row in history.rounds(run_id) if column in row])
+            for run in map(history.run, args.run_id):
+                runs[run["run_id"]] = (run["name"], [(row["round"], row[column]) for row in history.rounds(run["run_id"])
+                                                     if column in row])
         missing = [run_id for run_id, (_, points) in runs.items() if not points]
         if missing:
             raise UsageError(f"run {missing[0]} has no {args.metric!r} recorded; choose --metric from its eval metrics")
@@ -569,6 +584,8 @@ class FedlessMagics(Magics):
             self.classroom.close()
             print(f"Closed the classroom at {self.classroom.url}")
             self.classroom = None
+        elif args.action == "close":  # it said nothing, as if it had closed one
+            print("No classroom is open in this notebook; there is nothing to close")
         if args.action == "close":
             return None
         try:
@@ -665,15 +682,14 @@ class _RetracingWarnings(logging.Filter):
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext fedless_nb`: register the magics, make them configurable with %config, quiet TensorFlow.
 
-    A reload replaces the previous instance (by name: a reloaded module defines a new class) and takes over its
-    background runs; settings made with %config live in the shell's config and carry over.
+    A reload replaces the previous instance (by name: a reloaded module defines a new class) and takes over what it
+    still runs (FedlessMagics.take_over); settings made with %config live in the shell's config and carry over.
     """
     previous = [c for c in ipython.configurables if type(c).__name__ == FedlessMagics.__name__]
     ipython.configurables[:] = [c for c in ipython.configurables if c not in previous]
     magics = FedlessMagics(ipython)  # Magics.__init__ adds it to ipython.configurables
-    for replaced in previous:  # its background runs train on: %fedless_stop must still find them
-        magics._background.extend(replaced._background)
-        magics._last_ended = replaced._last_ended
+    for replaced in previous:
+        magics.take_over(replaced)
     ipython.register_magics(magics)
     register_option_completers(ipython, magics)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet even when the notebook imports TensorFlow itself

@@ -128,7 +128,7 @@ class RunRecord:
     def facts(self) -> list[str]:
         state = self.progress
         facts = [f"{state.rounds_done}/{state.total_rounds} rounds"]
-        facts += [f"{value} {name}" for name, value in state.totals().items()]
+        facts += state.total_phrases()
         return facts
 
     def text(self) -> str:

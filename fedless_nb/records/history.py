@@ -31,6 +31,7 @@ import sqlite_utils
 from .cost import CostModel, cost_report
 from .owner import owner_state
 from ..errors import UserError
+from ..run_ids import matching_run_id
 from ..rounds.events import AggregationFinished, Event, InvocationFinished, RoundFailed, RoundFinished, RunFinished, RunStarted, UpdateRejected
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class History:
                 self.db = self._open(busy_timeout)
                 break
             except sqlite3.OperationalError as error:
-                locked = "locked" in str(error) or "busy" in str(error)
+                locked = is_locked(error)
                 if locked and time.monotonic() < waited_until:  # SQLite skips its busy wait in some states
                     time.sleep(0.05)
                     continue
@@ -278,9 +279,12 @@ class History:
         return runs
 
     def run(self, run_id: str) -> dict[str, Any]:
-        rows = list(self.db["runs"].rows_where("run_id = ?", [run_id]))
+        """Run `run_id`, or the one run whose id begins with it (run_ids.py); its "run_id" is the whole id."""
+        known = [row[0] for row in self.db.execute("select run_id from runs")]
+        matched = matching_run_id(run_id, known)
+        rows = list(self.db["runs"].rows_where("run_id = ?", [matched]))
         if not rows:
-            close = difflib.get_close_matches(run_id, [row["run_id"] for row in self.db["runs"].rows], n=1)
+            close = difflib.get_close_matches(run_id, known, n=1)
             hint = (f"; did you mean {close[0]!r}?" if close else
                     f"; a run recorded in another file needs {HISTORY_OPTION}")
             raise HistoryError(f"no run {run_id!r} in {self.path}{hint}")
@@ -318,8 +322,9 @@ class History:
 
     def cost(self, run_id: str, server_hourly_price: float | None = None) -> dict[str, Any]:
         """The run's cost report (records.cost.cost_report): per round, per provider, against a server."""
-        return cost_report(self.run(run_id), self.invocations(run_id), self.rounds(run_id), server_hourly_price,
-                           self.aggregations(run_id))
+        run = self.run(run_id)
+        return cost_report(run, self.invocations(run["run_id"]), self.rounds(run["run_id"]), server_hourly_price,
+                           self.aggregations(run["run_id"]))
 
 
 def run_cost(history: History | str | Path, run_id: str, server_hourly_price: float | None = None) -> dict[str, Any]:
@@ -334,6 +339,13 @@ def pending_file(history: Path, run_id: str) -> Path:
     """Where a run's writes wait while its history cannot take them (HistoryWriter), until the history is next
     opened writable (History.replay_pending)."""
     return history.with_name(f"{history.name}.{run_id}.pending.jsonl")
+
+
+def is_locked(error: sqlite3.Error) -> bool:
+    """Whether `error` is another connection's lock (SQLITE_BUSY, SQLITE_LOCKED and their extended codes, such as
+    SQLITE_BUSY_SNAPSHOT), told by SQLite's result code: its message is words that may change, and any other
+    error whose words held "locked" or "busy" was waited on for the whole busy timeout, then called a lock."""
+    return ((getattr(error, "sqlite_errorcode", None) or 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _unopenable(path: Path, error: sqlite3.Error) -> str:
