@@ -108,6 +108,21 @@ def test_partition_refuses_an_option_its_partition_does_not_read(tmp_path):
                                         "change nothing: choose a partition that does (pathological), or leave it out")
 
 
+def test_a_config_written_out_whole_previews_and_runs_its_iid_split(tmp_path):
+    """A config written whole (to_yaml, as a run's record holds it) names every data key at its default, alpha
+    included: with an iid split that is no option given, so it previews and trains (refused as unread before)."""
+    from fedless_nb.experiment import ExperimentConfig
+
+    whole = ExperimentConfig.from_dict(yaml.safe_load(_write_config(tmp_path, rounds=1).read_text()))
+    (tmp_path / "experiment.yaml").write_text(whole.to_yaml())
+    assert "alpha:" in whole.to_yaml() and "labels_per_client:" in whole.to_yaml()
+    previewed = fedless("partition", "experiment.yaml", cwd=tmp_path)
+    assert previewed.returncode == 0, previewed.stdout + previewed.stderr
+    completed = fedless("run", "experiment.yaml", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "Round 1/1" in completed.stdout
+
+
 def test_a_privacy_budget_below_one_round_is_one_line_and_writes_nothing(tmp_path):
     train = {"epochs": 1, "batch_size": 16, "dp": {"noise_multiplier": 1.0, "target_epsilon": 0.01}}
     completed = fedless("run", str(_write_config(tmp_path, train=train)), cwd=tmp_path)

@@ -361,9 +361,17 @@ def check_options_read(given: Iterable[str], partitions: Iterable[str]) -> None:
                                  f"change nothing: choose a partition that does ({', '.join(readers)}), or leave it out")
 
 
+def options_changed(data: Any) -> set[str]:
+    """The keys a config's data section sets to other than their defaults: a config written out whole (`to_yaml`,
+    a run's record) names every key, and a default value changes nothing whichever partition reads it."""
+    fields = type(data).model_fields
+    return {name for name in data.model_fields_set
+            if getattr(data, name) != fields[name].get_default(call_default_factory=True)}
+
+
 def check_data_section_read(data: Any) -> None:
-    """check_options_read for one run: the keys its config's data section was given, against its partition."""
-    check_options_read(data.model_fields_set, [data.partition])
+    """check_options_read for one run: the keys its config's data section changes, against its partition."""
+    check_options_read(options_changed(data), [data.partition])
 
 
 def _check_kind(kind: str) -> None:

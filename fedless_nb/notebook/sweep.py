@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..data import check_options_read
+from ..data import check_options_read, options_changed
 from ..errors import UserError
 from ..experiment import ExperimentConfig
 from ..runner import RunResult
@@ -110,7 +110,7 @@ def run_sweep(base: ExperimentConfig | dict[str, Any], grid: dict[str, list[Any]
     name = data.get("name", "experiment")
     configs = [ExperimentConfig.from_dict(_with_values(data, {
         **point, "name": "-".join([name, *(str(value) for value in point.values())])})) for point in points]
-    check_options_read(set().union(*(config.data.model_fields_set for config in configs)),
+    check_options_read(set().union(*(options_changed(config.data) for config in configs)),
                        [config.data.partition for config in configs])
     runs = []
     for index, (point, config) in enumerate(zip(points, configs), start=1):
