@@ -40,8 +40,10 @@ def test_a_swept_partition_option_needs_a_partition_that_reads_it(tmp_path):
     with pytest.raises(PartitionError, match=r"^data.alpha: partition iid does not read it, so it would change nothing"):
         run_sweep({"history": str(tmp_path / "h.db")}, {"data.alpha": [0.1, 1.0]}, show=print)
     with pytest.raises(PartitionError, match=r"^data.labels_per_client: partition dirichlet or iid does not read it"):
-        run_sweep({"history": str(tmp_path / "h.db"), "data": {"labels_per_client": 2}},
+        run_sweep({"history": str(tmp_path / "h.db"), "data": {"labels_per_client": 3}},
                   {"data.partition": ["iid", "dirichlet"]}, show=print)
+    with pytest.raises(PartitionError, match=r"^data.alpha: partition iid does not read it"):  # a swept key counts
+        run_sweep({"history": str(tmp_path / "h.db")}, {"data.alpha": [0.5]}, show=print)  # at its default too
     assert not (tmp_path / "h.db").exists()
     check_options_read({"alpha", "labels_per_client"}, ["iid", "dirichlet", "pathological"])  # tutorial 02's sweep
 

@@ -110,7 +110,8 @@ def run_sweep(base: ExperimentConfig | dict[str, Any], grid: dict[str, list[Any]
     name = data.get("name", "experiment")
     configs = [ExperimentConfig.from_dict(_with_values(data, {
         **point, "name": "-".join([name, *(str(value) for value in point.values())])})) for point in points]
-    check_options_read(set().union(*(options_changed(config.data) for config in configs)),
+    swept = {key.removeprefix("data.") for key in grid if key.startswith("data.")}
+    check_options_read(swept.union(*(options_changed(config.data) for config in configs)),
                        [config.data.partition for config in configs])
     runs = []
     for index, (point, config) in enumerate(zip(points, configs), start=1):
