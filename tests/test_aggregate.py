@@ -175,6 +175,36 @@ def test_server_optimizers_agree_with_flower_over_rounds(name, options, referenc
         assert all(layer.dtype == np.float32 for layer in current)
 
 
+@pytest.mark.parametrize("name, options, reference", [
+    ("fedadam", {}, lambda w: flwr.FedOpt("adam", w, 0.1, 0.9, 0.99, 1e-9, bias_correction=True)),
+    ("fedadam", {"bias_correction": False}, lambda w: flwr.FedOpt("adam", w, 0.1, 0.9, 0.99, 1e-9)),
+    ("fedyogi", {}, lambda w: flwr.FedOpt("yogi", w, 0.01, 0.9, 0.99, 1e-3)),
+    ("fedadagrad", {}, lambda w: flwr.FedOpt("adagrad", w, 0.1, 0.0, 0.0, 1e-9)),
+])
+@pytest.mark.parametrize("scale", [1.0, 1e20, 1e30])
+def test_server_optimizers_keep_their_moments_in_float64_and_agree_with_flower_in_float64(name, options, reference, scale):
+    """Changes of 1e20 are finite in float32, their squares are not: FedAdagrad's v was inf (the model never moved),
+    FedYogi's nan from round 2 (a nan model). The moments are float64 now, the model stays float32, and every round
+    is Flower's rule computed in float64, to float32 rounding; Flower's own float32 arithmetic goes wrong there."""
+    strategy = make_strategy(name, options)
+    current = random_models(1, seed=7)[0]
+    flower64 = reference([layer.astype(np.float64) for layer in current])
+    flower32 = reference([layer.copy() for layer in current])
+    for round_number in range(1, 6):
+        models = [[c + scale * layer for c, layer in zip(current, model)] for model in random_models(4, seed=round_number)]
+        counts = [5, 1, 9, 3]
+        updates = [ClientUpdate(f"c{i}", m, n) for i, (m, n) in enumerate(zip(models, counts))]
+        current = strategy.aggregate(round_number, current, updates)
+        expected = flower64.aggregate_fit(round_number, [([l.astype(np.float64) for l in m], n) for m, n in zip(models, counts)])
+        assert all(layer.dtype == np.float32 and np.isfinite(layer).all() for layer in current)
+        assert_layers(current, expected, rtol=1e-5, atol=1e-6)
+        with np.errstate(over="ignore", invalid="ignore"):
+            in_float32 = flower32.aggregate_fit(round_number, list(zip(models, counts)))
+    assert all(moment.dtype == np.float64 for moment in strategy.state()["m"] + strategy.state()["v"])
+    if scale >= 1e20 and name != "fedadam":  # FedAdam's (1 - beta_2) d d stays finite at 1e20, not at 1e30
+        assert not all(np.allclose(a, e) for a, e in zip(in_float32, expected))
+
+
 def test_strategies_registry_and_option_errors():
     from fedless_nb.strategies import STRATEGIES, StrategyOptionError
 

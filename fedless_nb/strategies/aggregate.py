@@ -37,6 +37,10 @@ def add_scaled(base: Sequence[np.ndarray], direction: Sequence[np.ndarray], scal
     return [in_dtype(np.asarray(x) + scale * np.asarray(d), np.asarray(x).dtype) for x, d in zip(base, direction)]
 
 
+def _float64(layers: Sequence[np.ndarray]) -> Layers:
+    return [np.asarray(layer, np.float64) for layer in layers]
+
+
 def global_norm(layers: Sequence[np.ndarray]) -> float:
     """The L2 norm of all layers flattened into one vector."""
     return float(np.sqrt(sum(np.sum(np.square(np.asarray(layer, dtype=np.float64))) for layer in layers)))
@@ -72,13 +76,15 @@ def fedopt(
     """One server step of FedAdam, FedYogi or FedAdagrad (Reddi et al. 2021, Algorithm 2).
 
     delta = average - current; m = beta_1 m + (1 - beta_1) delta; v by the method's rule;
-    new = current + eta_t m / (sqrt(v) + tau). Returns (new model, m, v). eta_t = eta (Reddi et al.),
-    or with `bias_corrected_round` r Adam's bias-corrected rate as Flower 1.13+ computes it:
+    new = current + eta_t m / (sqrt(v) + tau). Returns (new model in the model's dtypes, m, v). eta_t = eta
+    (Reddi et al.), or with `bias_corrected_round` r Adam's bias-corrected rate as Flower 1.13+ computes it:
     eta sqrt(1 - beta_2^(r+1)) / (1 - beta_1^(r+1)) (Kingma & Ba, the line before Sec. 2.1).
+    delta, m and v are float64 (m and v from an earlier float32 state too): a float32 model's squared change
+    overflows float32 from |delta| ~ 1.8e19, which left v inf (the model stuck) or, for Yogi, nan the round after.
     """
-    delta = subtract(average, current)
-    m = [np.zeros_like(d) for d in delta] if m is None else m
-    v = [np.zeros_like(d) for d in delta] if v is None else v
+    delta = subtract(_float64(average), _float64(current))
+    m = [np.zeros_like(d) for d in delta] if m is None else _float64(m)
+    v = [np.zeros_like(d) for d in delta] if v is None else _float64(v)
     m = [beta_1 * x + (1 - beta_1) * d for x, d in zip(m, delta)]
     if kind == "adam":
         v = [beta_2 * x + (1 - beta_2) * d * d for x, d in zip(v, delta)]
