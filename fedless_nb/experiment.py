@@ -429,7 +429,7 @@ def _validate_research_options(config: ExperimentConfig) -> None:
     from .function.batching import DP_SAMPLINGS
     from .privacy.dp_sgd import DP_OPTIMIZERS
     from .rounds.selection import POLICIES
-    from .strategies import Bulyan, Krum, StrategyOptionError, make_strategy
+    from .strategies import StrategyOptionError, make_strategy
     from .strategies.aggregate import STALENESS_FUNCTIONS
     from .strategies.central_dp import CENTRAL_DP_STRATEGIES, CLIENT_SAMPLINGS
 
@@ -437,15 +437,10 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         strategy = make_strategy(config.strategy.name, config.strategy.options)
     except StrategyOptionError as error:
         raise ConfigError(f"strategy.options.{error}") from None
-    if isinstance(strategy, Bulyan):
-        needed = strategy.needed_updates
-        _require(config.clients_per_round >= needed, "clients_per_round",
-                 f"bulyan needs at least 4 * num_malicious + 3 = {needed} clients per round, got {config.clients_per_round}")
-    if isinstance(strategy, Krum) and strategy.num_malicious > 0:  # Blanchard et al. 2017 prove it for n > 2f + 2
-        needed = 2 * strategy.num_malicious + 3
-        _require(config.clients_per_round >= needed, "clients_per_round",
-                 f"krum tolerates num_malicious clients only among at least 2 * num_malicious + 3 = {needed} clients "
-                 f"per round, got {config.clients_per_round}; raise clients_per_round or lower num_malicious")
+    fewest = strategy.fewest_updates()  # what Krum's and Bulyan's guarantees need, what a trimmed mean trims from
+    if fewest is not None:
+        _require(config.clients_per_round >= fewest.count, "clients_per_round",
+                 fewest.planned_shortfall(config.clients_per_round))
     # FedNova's normalization counts each local step's gradient once (plain SGD); an adaptive client optimizer
     # scales its steps by its own state, which the coefficients a_i of Wang et al. 2020 do not describe.
     _require(config.strategy.name != "fednova" or config.train.optimizer == "sgd", "train.optimizer",

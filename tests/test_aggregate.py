@@ -366,3 +366,27 @@ def test_median_trimmed_mean_and_bulyan_stay_finite_where_a_float32_sum_overflow
     for name, options in (("fedmedian", {}), ("trimmed_mean", {"beta": 0.2}), ("bulyan", {})):
         updates = [ClientUpdate(f"c{i}", m, 1) for i, m in enumerate(models)]
         assert all(np.isfinite(layer).all() for layer in make_strategy(name, options).aggregate(1, models[0], updates))
+
+
+# rounds with fewer updates than a robust rule needs ------------------------------------------------------------
+
+@pytest.mark.parametrize("beta", [0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 1 / 3, 0.45, 0.49])
+def test_a_trimmed_mean_round_is_below_its_quorum_exactly_where_it_would_trim_nothing(beta):
+    strategy = make_strategy("trimmed_mean", {"beta": beta})
+    for count in range(1, 250):
+        assert (strategy.too_few_updates(count) is None) == (beta == 0 or int(beta * count) >= 1), count
+
+
+@pytest.mark.parametrize("num_malicious", [0, 1, 2, 5])
+@pytest.mark.parametrize("to_keep", [0, 3])
+def test_krum_and_bulyan_rounds_are_below_their_quorum_where_their_guarantee_needs_more(num_malicious, to_keep):
+    """Blanchard et al. prove Krum (and Multi-Krum) tolerates f among n >= 2f + 3; Bulyan needs n >= 4f + 3."""
+    krum_rule, bulyan_rule = make_strategy("krum", {"num_malicious": num_malicious, "to_keep": to_keep}), \
+        make_strategy("bulyan", {"num_malicious": num_malicious})
+    for count in range(1, 30):
+        assert (krum_rule.too_few_updates(count) is None) == (num_malicious == 0 or count >= 2 * num_malicious + 3)
+        assert (bulyan_rule.too_few_updates(count) is None) == (count >= 4 * num_malicious + 3)
+    if num_malicious:
+        assert krum_rule.too_few_updates(2 * num_malicious + 2) == (
+            f"fewer than krum needs 2 * num_malicious + 3 = {2 * num_malicious + 3} updates a round to tolerate "
+            f"num_malicious {num_malicious}; raise clients_per_round or round_repeats, lower strategy.options.num_malicious")
