@@ -390,3 +390,72 @@ def test_krum_and_bulyan_rounds_are_below_their_quorum_where_their_guarantee_nee
         assert krum_rule.too_few_updates(2 * num_malicious + 2) == (
             f"fewer than krum needs 2 * num_malicious + 3 = {2 * num_malicious + 3} updates a round to tolerate "
             f"num_malicious {num_malicious}; raise clients_per_round or round_repeats, lower strategy.options.num_malicious")
+
+
+# small integer and float16 layers --------------------------------------------------------------------------------
+
+EVERY_RULE = [("fedavg", {}), ("fednova", {}), ("fedavgm", {"server_learning_rate": 0.5}),
+              ("fedavgm", {"server_momentum": 0.5}), ("fedadam", {}), ("fedyogi", {}), ("fedadagrad", {}),
+              ("fedmedian", {}), ("trimmed_mean", {}), ("krum", {}), ("krum", {"to_keep": 3}), ("bulyan", {}),
+              ("scaffold", {"server_learning_rate": 0.5})]
+
+
+def bound(name, options, dtype, tmp_path):
+    from fedless_nb.store import LocalStore
+    from fedless_nb.strategies import RunContext
+
+    strategy = make_strategy(name, options)
+    strategy.bind(RunContext(f"run-{dtype}", LocalStore(tmp_path), {"epochs": 1, "batch_size": 8, "learning_rate": 0.1},
+                             5, 5))
+    return strategy
+
+
+@pytest.mark.parametrize("dtype, low, high", [("uint8", 0, 255), ("int8", -100, 100), ("int16", -20000, 20000),
+                                             ("float16", -30000, 30000)])
+@pytest.mark.parametrize("name, options", EVERY_RULE)
+def test_a_small_integer_or_float16_layer_is_aggregated_as_in_float64(tmp_path, name, options, dtype, low, high):
+    """Each rule on a layer of uint8, int8, int16 or float16 gives what it gives on the same values in float64, in
+    the layer's dtype. The differences were taken in the layer's dtype, where they wrap or overflow: FedAvgM's and
+    SCAFFOLD's uint8 3 - 5 was 254 (the model jumped across the range), and Krum scored float16 models by norms
+    that overflowed to inf, so it took the first model (FedBuff and central DP share the subtraction)."""
+    rng = np.random.default_rng(3)
+    start = rng.integers(low, high, 6)
+    rounds = [[rng.integers(low, high, 6) for _ in range(5)] for _ in range(2)]
+    results, strategies = {}, {}
+    for as_type in (dtype, "float64"):
+        strategies[as_type] = strategy = bound(name, options, as_type, tmp_path / as_type)
+        current = strategy.initialize([start.astype(as_type)])
+        for round_number, models in enumerate(rounds, 1):
+            updates = [ClientUpdate(f"c{i}", [m.astype(as_type)], 5 + i, steps=1) for i, m in enumerate(models)]
+            strategy.configure_round(round_number, [u.client_id for u in updates])
+            current = strategy.aggregate(round_number, current, updates)
+        results[as_type] = current[0]
+    assert results[dtype].dtype == np.dtype(dtype)
+    tolerance = {"rtol": 2e-3, "atol": 1} if dtype == "float16" else {"rtol": 0, "atol": 2}  # round 2 starts rounded
+    np.testing.assert_allclose(results[dtype].astype(np.float64), results["float64"], **tolerance)
+    if name == "scaffold":  # its server control variate c, in float16 up to 30000 / (1 step * 0.1): inf, then nan
+        (control,), (expected,) = strategies[dtype].control, strategies["float64"].control
+        assert np.isfinite(control).all() and control.dtype == np.float64
+        np.testing.assert_allclose(control, expected, rtol=2e-3, atol=20)
+
+
+def test_an_integer_layer_past_its_range_gets_the_nearest_end_of_it():
+    """FedAvgM's momentum can overshoot a counter's range; a cast wrapped int8's -144 to 112."""
+    from fedless_nb.reduction import in_dtype
+
+    assert in_dtype(np.array([-1e30, -144.4, -2.5, 3.5, 1e30]), np.int8).tolist() == [-128, -128, -2, 4, 127]
+    assert in_dtype(np.array([-3.0, 300.0]), np.uint8).tolist() == [0, 255]
+    assert in_dtype(np.array([-1e30, 1e30]), np.int64).tolist() == [np.iinfo(np.int64).min, 2**63 - 1024]
+    momentum = make_strategy("fedavgm", {"server_momentum": 0.9})
+    current = [np.array([100], np.int8)]
+    for round_number in (1, 2, 3):
+        current = momentum.aggregate(round_number, current, [ClientUpdate("a", [np.array([-100], np.int8)], 1)])
+    assert current[0].tolist() == [-128]
+
+
+def test_krum_compares_small_integer_and_float16_models_in_float32_and_float32_ones_as_flower():
+    models = [layers([60000.0, 0.0]), layers([59000.0, 1.0]), layers([-60000.0, 0.0]), layers([59500.0, 0.0])]
+    halves = [[layer.astype(np.float16) for layer in model] for model in models]
+    assert krum(halves, [1] * 4, num_malicious=0)[1] == krum(models, [1] * 4, num_malicious=0)[1] == [3]
+    small = [[np.array([v], np.uint8)] for v in (3, 5, 250, 4)]
+    assert krum(small, [1] * 4, num_malicious=0)[1] == [3]

@@ -29,7 +29,9 @@ __all__ = [
 
 
 def subtract(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> Layers:
-    return [np.asarray(x) - np.asarray(y) for x, y in zip(a, b)]
+    """a - b layer by layer, in float64: in a layer's own dtype an integer difference wraps (uint8's 3 - 5 was 254)
+    and a float16 one overflows from 65504."""
+    return [np.asarray(x, np.float64) - np.asarray(y, np.float64) for x, y in zip(a, b)]
 
 
 def add_scaled(base: Sequence[np.ndarray], direction: Sequence[np.ndarray], scale: float) -> Layers:
@@ -82,7 +84,7 @@ def fedopt(
     delta, m and v are float64 (m and v from an earlier float32 state too): a float32 model's squared change
     overflows float32 from |delta| ~ 1.8e19, which left v inf (the model stuck) or, for Yogi, nan the round after.
     """
-    delta = subtract(_float64(average), _float64(current))
+    delta = subtract(average, current)
     m = [np.zeros_like(d) for d in delta] if m is None else _float64(m)
     v = [np.zeros_like(d) for d in delta] if v is None else _float64(v)
     m = [beta_1 * x + (1 - beta_1) * d for x, d in zip(m, delta)]
@@ -145,8 +147,11 @@ def squared_distances(updates: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
     """Squared L2 distances between the flattened models, computed as Flower's _compute_distances does: the
     norm of the difference in the models' dtype (float32 for float32 models), then squared. Exact ties in
     exact arithmetic come out as Flower's rounding makes them, so Krum breaks them the same way. One pair
-    at a time: memory stays at a few models, whatever the number of clients."""
+    at a time: memory stays at a few models, whatever the number of clients. A model of integer or float16 layers
+    only is compared in float32 at least (Flower's own dtype wrapped uint8's differences, and float16's norms
+    overflowed from 256, so every score was inf and Krum took the first model)."""
     flat = [np.concatenate([np.ravel(layer) for layer in update]) for update in updates]
+    flat = [vector.astype(np.result_type(vector.dtype, np.float32), copy=False) for vector in flat]
     matrix = np.zeros((len(flat), len(flat)))
     for i, a in enumerate(flat):
         for j in range(i + 1, len(flat)):
