@@ -423,6 +423,16 @@ def _require_pld_noise(accountant: str, noise_multiplier: float, section: str, f
              f"outgrows memory): use accountant rdp or raise {section}.noise_multiplier")
 
 
+def _require_contracting_proximal_step(config: ExperimentConfig, mu: float) -> None:
+    """A plain SGD step scales the model's distance from the global one by 1 - lr mu (the proximal term's share):
+    from lr mu = 2 on that never shrinks, so the local solver diverges, and FedNova's step norm is 0 or negative."""
+    alpha = config.train.learning_rate * mu
+    _require(config.train.optimizer != "sgd" or alpha < 2, "strategy.options.proximal_mu",
+             f"{mu:g} with train.learning_rate {config.train.learning_rate:g} makes each SGD step scale the distance "
+             f"to the global model by 1 - {alpha:g}, which never shrinks it (the local solver diverges); keep "
+             "train.learning_rate x proximal_mu below 2 (below 1 to pull back without overshooting)")
+
+
 def _validate_research_options(config: ExperimentConfig) -> None:
     """Strategy options, DP-SGD, central DP, selection and async rounds (issue 5's sections)."""
     from .privacy.accounting import ACCOUNTANTS, PLD_MIN_NOISE_MULTIPLIER
@@ -445,6 +455,7 @@ def _validate_research_options(config: ExperimentConfig) -> None:
     # scales its steps by its own state, which the coefficients a_i of Wang et al. 2020 do not describe.
     _require(config.strategy.name != "fednova" or config.train.optimizer == "sgd", "train.optimizer",
              f"fednova normalizes by plain SGD's local steps; use sgd, not {config.train.optimizer!r}")
+    _require_contracting_proximal_step(config, float(getattr(strategy, "proximal_mu", 0.0)))
     dp = config.train.dp
     if dp is not None:
         _require(dp.l2_norm_clip > 0, "train.dp.l2_norm_clip", f"must be > 0, got {dp.l2_norm_clip}")

@@ -260,6 +260,8 @@ def local_solver_norm(steps: int, learning_rate: float, proximal_mu: float = 0.0
     if steps <= 0:
         raise ValueError(f"a client update needs at least one local step, got {steps}")
     alpha = learning_rate * proximal_mu
+    if alpha >= 2:  # |1 - alpha| >= 1: the proximal solver does not contract, and the norm is 0 or negative
+        raise ValueError(f"learning_rate x proximal_mu must be below 2, got {alpha:g}")
     if alpha == 0.0:
         return float(steps)
     return float((1.0 - (1.0 - alpha) ** steps) / alpha)
