@@ -205,6 +205,17 @@ def test_server_optimizers_keep_their_moments_in_float64_and_agree_with_flower_i
         assert not all(np.allclose(a, e) for a, e in zip(in_float32, expected))
 
 
+@pytest.mark.parametrize("tau", [1e-46, 1e-300, 5e-324])
+def test_a_tau_below_float32s_range_leaves_a_coordinate_every_client_agrees_on_where_it_is(tau):
+    """Any tau > 0 is allowed; one below float32's smallest (1.4e-45) was 0 in the float32 arithmetic, so where
+    every client agreed with the global model (m = v = 0) the step was 0 / 0: a nan model. Float64 moments keep it."""
+    current = [np.array([0.5, 1.0], np.float32)]
+    updates = [ClientUpdate("a", [np.array([0.5, 2.0], np.float32)], 1)]
+    for name in ("fedadam", "fedyogi", "fedadagrad"):
+        new = make_strategy(name, {"tau": tau}).aggregate(1, current, updates)
+        assert new[0][0] == 0.5 and 1.0 < new[0][1] < 1.2, name
+
+
 def test_strategies_registry_and_option_errors():
     from fedless_nb.strategies import STRATEGIES, StrategyOptionError
 
