@@ -388,6 +388,16 @@ def test_a_trimmed_mean_round_is_below_its_quorum_exactly_where_it_would_trim_no
         assert (strategy.too_few_updates(count) is None) == (beta == 0 or int(beta * count) >= 1), count
 
 
+@pytest.mark.parametrize("beta", [1e-9, 1 / 3e15, 2.0**-53, 1e-300, 5e-324])
+def test_a_tiny_trimmed_mean_beta_needs_its_exact_count(beta):
+    """The count was searched from 1 / beta in steps of 1, forever where that is past float64's exact integers."""
+    fewest = make_strategy("trimmed_mean", {"beta": beta}).fewest_updates().count
+    if beta * 2**53 < 1:  # trims nothing of any count a run could have
+        assert fewest == 2**53 and int(beta * fewest) == 0
+    else:
+        assert int(beta * fewest) >= 1 and int(beta * (fewest - 1)) == 0
+
+
 @pytest.mark.parametrize("num_malicious", [0, 1, 2, 5])
 @pytest.mark.parametrize("to_keep", [0, 3])
 def test_krum_and_bulyan_rounds_are_below_their_quorum_where_their_guarantee_needs_more(num_malicious, to_keep):

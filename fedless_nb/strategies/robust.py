@@ -18,6 +18,9 @@ class FedMedian(Strategy):
         return median([u.weights for u in updates])
 
 
+EXACT_COUNTS = 2**53  # counts float64 holds exactly: past them beta * n moves in steps of more than 1
+
+
 class TrimmedMean(Strategy):
     """`beta`: the fraction cut from each end per coordinate, int(beta * n) values (Flower's FedTrimmedAvg
     default 0.2; beta >= 0.5 is refused, where Flower gives nan or fails at run time). A beta > 0 that trims
@@ -32,11 +35,13 @@ class TrimmedMean(Strategy):
     def fewest_updates(self) -> FewestUpdates | None:
         if self.beta == 0:
             return None
-        fewest = math.ceil(1 / self.beta)  # then exactly as int(beta * n) rounds
-        while int(self.beta * fewest) < 1:
-            fewest += 1
-        while fewest > 1 and int(self.beta * (fewest - 1)) >= 1:
-            fewest -= 1
+        fewest = EXACT_COUNTS
+        if self.beta * EXACT_COUNTS >= 1:  # then 1 / beta is within a step or two of it, exactly as int(beta * n) rounds
+            fewest = math.ceil(1 / self.beta)
+            while int(self.beta * fewest) < 1:
+                fewest += 1
+            while fewest > 1 and int(self.beta * (fewest - 1)) >= 1:
+                fewest -= 1
         return FewestUpdates(fewest, f"trimmed_mean with beta {self.beta:g} needs {fewest} updates a round to trim "
                                      "any (int(beta * n) from each end)",
                              "raise strategy.options.beta (or set it to 0 for the plain mean)")
