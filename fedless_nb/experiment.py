@@ -423,13 +423,23 @@ def _require_pld_noise(accountant: str, noise_multiplier: float, section: str, f
              f"outgrows memory): use accountant rdp or raise {section}.noise_multiplier")
 
 
+def _require_contracting_proximal_step(config: ExperimentConfig, mu: float) -> None:
+    """A plain SGD step scales the model's distance from the global one by 1 - lr mu (the proximal term's share):
+    from lr mu = 2 on that never shrinks, so the local solver diverges, and FedNova's step norm is 0 or negative."""
+    alpha = config.train.learning_rate * mu
+    _require(config.train.optimizer != "sgd" or alpha < 2, "strategy.options.proximal_mu",
+             f"{mu:g} with train.learning_rate {config.train.learning_rate:g} makes each SGD step scale the distance "
+             f"to the global model by 1 - {alpha:g}, which never shrinks it (the local solver diverges); keep "
+             "train.learning_rate x proximal_mu below 2 (below 1 to pull back without overshooting)")
+
+
 def _validate_research_options(config: ExperimentConfig) -> None:
     """Strategy options, DP-SGD, central DP, selection and async rounds (issue 5's sections)."""
     from .privacy.accounting import ACCOUNTANTS, PLD_MIN_NOISE_MULTIPLIER
     from .function.batching import DP_SAMPLINGS
     from .privacy.dp_sgd import DP_OPTIMIZERS
     from .rounds.selection import POLICIES
-    from .strategies import Bulyan, Krum, StrategyOptionError, make_strategy
+    from .strategies import StrategyOptionError, make_strategy
     from .strategies.aggregate import STALENESS_FUNCTIONS
     from .strategies.central_dp import CENTRAL_DP_STRATEGIES, CLIENT_SAMPLINGS
 
@@ -437,19 +447,15 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         strategy = make_strategy(config.strategy.name, config.strategy.options)
     except StrategyOptionError as error:
         raise ConfigError(f"strategy.options.{error}") from None
-    if isinstance(strategy, Bulyan):
-        needed = strategy.needed_updates
-        _require(config.clients_per_round >= needed, "clients_per_round",
-                 f"bulyan needs at least 4 * num_malicious + 3 = {needed} clients per round, got {config.clients_per_round}")
-    if isinstance(strategy, Krum) and strategy.num_malicious > 0:  # Blanchard et al. 2017 prove it for n > 2f + 2
-        needed = 2 * strategy.num_malicious + 3
-        _require(config.clients_per_round >= needed, "clients_per_round",
-                 f"krum tolerates num_malicious clients only among at least 2 * num_malicious + 3 = {needed} clients "
-                 f"per round, got {config.clients_per_round}; raise clients_per_round or lower num_malicious")
+    fewest = strategy.fewest_updates()  # what Krum's and Bulyan's guarantees need, what a trimmed mean trims from
+    if fewest is not None:
+        _require(config.clients_per_round >= fewest.count, "clients_per_round",
+                 fewest.planned_shortfall(config.clients_per_round))
     # FedNova's normalization counts each local step's gradient once (plain SGD); an adaptive client optimizer
     # scales its steps by its own state, which the coefficients a_i of Wang et al. 2020 do not describe.
     _require(config.strategy.name != "fednova" or config.train.optimizer == "sgd", "train.optimizer",
              f"fednova normalizes by plain SGD's local steps; use sgd, not {config.train.optimizer!r}")
+    _require_contracting_proximal_step(config, float(getattr(strategy, "proximal_mu", 0.0)))
     dp = config.train.dp
     if dp is not None:
         _require(dp.l2_norm_clip > 0, "train.dp.l2_norm_clip", f"must be > 0, got {dp.l2_norm_clip}")

@@ -251,9 +251,12 @@ def update_term(spec: SumSpec, update: Sequence[np.ndarray], current: Sequence[n
 def in_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """`values` (an aggregate in float64) in a layer's `dtype`. An integer layer (a counter, such as a Normalization
     layer's `count`) gets the nearest integer: a plain cast truncates toward zero, so a mean of equal 7s that float
-    arithmetic made 6.9999999 became 6, and a mean of 5.67 became 5."""
+    arithmetic made 6.9999999 became 6, and a mean of 5.67 became 5; one past the dtype's range (a server momentum
+    overshooting) gets its nearest end, where a cast wrapped (int8's -144 became 112)."""
     if np.dtype(dtype).kind in "iu":
-        values = np.rint(values)
+        limits = np.iinfo(dtype)
+        largest = float(limits.max) if limits.bits < 64 else np.nextafter(float(limits.max), 0.0)  # 2^63 - 1 rounds up
+        values = np.clip(np.rint(values), limits.min, largest)
     return np.asarray(values).astype(dtype, copy=False)
 
 

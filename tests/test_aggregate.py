@@ -175,6 +175,47 @@ def test_server_optimizers_agree_with_flower_over_rounds(name, options, referenc
         assert all(layer.dtype == np.float32 for layer in current)
 
 
+@pytest.mark.parametrize("name, options, reference", [
+    ("fedadam", {}, lambda w: flwr.FedOpt("adam", w, 0.1, 0.9, 0.99, 1e-9, bias_correction=True)),
+    ("fedadam", {"bias_correction": False}, lambda w: flwr.FedOpt("adam", w, 0.1, 0.9, 0.99, 1e-9)),
+    ("fedyogi", {}, lambda w: flwr.FedOpt("yogi", w, 0.01, 0.9, 0.99, 1e-3)),
+    ("fedadagrad", {}, lambda w: flwr.FedOpt("adagrad", w, 0.1, 0.0, 0.0, 1e-9)),
+])
+@pytest.mark.parametrize("scale", [1.0, 1e20, 1e30])
+def test_server_optimizers_keep_their_moments_in_float64_and_agree_with_flower_in_float64(name, options, reference, scale):
+    """Changes of 1e20 are finite in float32, their squares are not: FedAdagrad's v was inf (the model never moved),
+    FedYogi's nan from round 2 (a nan model). The moments are float64 now, the model stays float32, and every round
+    is Flower's rule computed in float64, to float32 rounding; Flower's own float32 arithmetic goes wrong there."""
+    strategy = make_strategy(name, options)
+    current = random_models(1, seed=7)[0]
+    flower64 = reference([layer.astype(np.float64) for layer in current])
+    flower32 = reference([layer.copy() for layer in current])
+    for round_number in range(1, 6):
+        models = [[c + scale * layer for c, layer in zip(current, model)] for model in random_models(4, seed=round_number)]
+        counts = [5, 1, 9, 3]
+        updates = [ClientUpdate(f"c{i}", m, n) for i, (m, n) in enumerate(zip(models, counts))]
+        current = strategy.aggregate(round_number, current, updates)
+        expected = flower64.aggregate_fit(round_number, [([l.astype(np.float64) for l in m], n) for m, n in zip(models, counts)])
+        assert all(layer.dtype == np.float32 and np.isfinite(layer).all() for layer in current)
+        assert_layers(current, expected, rtol=1e-5, atol=1e-6)
+        with np.errstate(over="ignore", invalid="ignore"):
+            in_float32 = flower32.aggregate_fit(round_number, list(zip(models, counts)))
+    assert all(moment.dtype == np.float64 for moment in strategy.state()["m"] + strategy.state()["v"])
+    if scale >= 1e20 and name != "fedadam":  # FedAdam's (1 - beta_2) d d stays finite at 1e20, not at 1e30
+        assert not all(np.allclose(a, e) for a, e in zip(in_float32, expected))
+
+
+@pytest.mark.parametrize("tau", [1e-46, 1e-300, 5e-324])
+def test_a_tau_below_float32s_range_leaves_a_coordinate_every_client_agrees_on_where_it_is(tau):
+    """Any tau > 0 is allowed; one below float32's smallest (1.4e-45) was 0 in the float32 arithmetic, so where
+    every client agreed with the global model (m = v = 0) the step was 0 / 0: a nan model. Float64 moments keep it."""
+    current = [np.array([0.5, 1.0], np.float32)]
+    updates = [ClientUpdate("a", [np.array([0.5, 2.0], np.float32)], 1)]
+    for name in ("fedadam", "fedyogi", "fedadagrad"):
+        new = make_strategy(name, {"tau": tau}).aggregate(1, current, updates)
+        assert new[0][0] == 0.5 and 1.0 < new[0][1] < 1.2, name
+
+
 def test_strategies_registry_and_option_errors():
     from fedless_nb.strategies import STRATEGIES, StrategyOptionError
 
@@ -336,3 +377,106 @@ def test_median_trimmed_mean_and_bulyan_stay_finite_where_a_float32_sum_overflow
     for name, options in (("fedmedian", {}), ("trimmed_mean", {"beta": 0.2}), ("bulyan", {})):
         updates = [ClientUpdate(f"c{i}", m, 1) for i, m in enumerate(models)]
         assert all(np.isfinite(layer).all() for layer in make_strategy(name, options).aggregate(1, models[0], updates))
+
+
+# rounds with fewer updates than a robust rule needs ------------------------------------------------------------
+
+@pytest.mark.parametrize("beta", [0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 1 / 3, 0.45, 0.49])
+def test_a_trimmed_mean_round_is_below_its_quorum_exactly_where_it_would_trim_nothing(beta):
+    strategy = make_strategy("trimmed_mean", {"beta": beta})
+    for count in range(1, 250):
+        assert (strategy.too_few_updates(count) is None) == (beta == 0 or int(beta * count) >= 1), count
+
+
+@pytest.mark.parametrize("beta", [1e-9, 1 / 3e15, 2.0**-53, 1e-300, 5e-324])
+def test_a_tiny_trimmed_mean_beta_needs_its_exact_count(beta):
+    """The count was searched from 1 / beta in steps of 1, forever where that is past float64's exact integers."""
+    fewest = make_strategy("trimmed_mean", {"beta": beta}).fewest_updates().count
+    if beta * 2**53 < 1:  # trims nothing of any count a run could have
+        assert fewest == 2**53 and int(beta * fewest) == 0
+    else:
+        assert int(beta * fewest) >= 1 and int(beta * (fewest - 1)) == 0
+
+
+@pytest.mark.parametrize("num_malicious", [0, 1, 2, 5])
+@pytest.mark.parametrize("to_keep", [0, 3])
+def test_krum_and_bulyan_rounds_are_below_their_quorum_where_their_guarantee_needs_more(num_malicious, to_keep):
+    """Blanchard et al. prove Krum (and Multi-Krum) tolerates f among n >= 2f + 3; Bulyan needs n >= 4f + 3."""
+    krum_rule, bulyan_rule = make_strategy("krum", {"num_malicious": num_malicious, "to_keep": to_keep}), \
+        make_strategy("bulyan", {"num_malicious": num_malicious})
+    for count in range(1, 30):
+        assert (krum_rule.too_few_updates(count) is None) == (num_malicious == 0 or count >= 2 * num_malicious + 3)
+        assert (bulyan_rule.too_few_updates(count) is None) == (count >= 4 * num_malicious + 3)
+    if num_malicious:
+        assert krum_rule.too_few_updates(2 * num_malicious + 2) == (
+            f"fewer than krum needs 2 * num_malicious + 3 = {2 * num_malicious + 3} updates a round to tolerate "
+            f"num_malicious {num_malicious}; raise clients_per_round or round_repeats, lower strategy.options.num_malicious")
+
+
+# small integer and float16 layers --------------------------------------------------------------------------------
+
+EVERY_RULE = [("fedavg", {}), ("fednova", {}), ("fedavgm", {"server_learning_rate": 0.5}),
+              ("fedavgm", {"server_momentum": 0.5}), ("fedadam", {}), ("fedyogi", {}), ("fedadagrad", {}),
+              ("fedmedian", {}), ("trimmed_mean", {}), ("krum", {}), ("krum", {"to_keep": 3}), ("bulyan", {}),
+              ("scaffold", {"server_learning_rate": 0.5})]
+
+
+def bound(name, options, dtype, tmp_path):
+    from fedless_nb.store import LocalStore
+    from fedless_nb.strategies import RunContext
+
+    strategy = make_strategy(name, options)
+    strategy.bind(RunContext(f"run-{dtype}", LocalStore(tmp_path), {"epochs": 1, "batch_size": 8, "learning_rate": 0.1},
+                             5, 5))
+    return strategy
+
+
+@pytest.mark.parametrize("dtype, low, high", [("uint8", 0, 255), ("int8", -100, 100), ("int16", -20000, 20000),
+                                             ("float16", -30000, 30000)])
+@pytest.mark.parametrize("name, options", EVERY_RULE)
+def test_a_small_integer_or_float16_layer_is_aggregated_as_in_float64(tmp_path, name, options, dtype, low, high):
+    """Each rule on a layer of uint8, int8, int16 or float16 gives what it gives on the same values in float64, in
+    the layer's dtype. The differences were taken in the layer's dtype, where they wrap or overflow: FedAvgM's and
+    SCAFFOLD's uint8 3 - 5 was 254 (the model jumped across the range), and Krum scored float16 models by norms
+    that overflowed to inf, so it took the first model (FedBuff and central DP share the subtraction)."""
+    rng = np.random.default_rng(3)
+    start = rng.integers(low, high, 6)
+    rounds = [[rng.integers(low, high, 6) for _ in range(5)] for _ in range(2)]
+    results, strategies = {}, {}
+    for as_type in (dtype, "float64"):
+        strategies[as_type] = strategy = bound(name, options, as_type, tmp_path / as_type)
+        current = strategy.initialize([start.astype(as_type)])
+        for round_number, models in enumerate(rounds, 1):
+            updates = [ClientUpdate(f"c{i}", [m.astype(as_type)], 5 + i, steps=1) for i, m in enumerate(models)]
+            strategy.configure_round(round_number, [u.client_id for u in updates])
+            current = strategy.aggregate(round_number, current, updates)
+        results[as_type] = current[0]
+    assert results[dtype].dtype == np.dtype(dtype)
+    tolerance = {"rtol": 2e-3, "atol": 1} if dtype == "float16" else {"rtol": 0, "atol": 2}  # round 2 starts rounded
+    np.testing.assert_allclose(results[dtype].astype(np.float64), results["float64"], **tolerance)
+    if name == "scaffold":  # its server control variate c, in float16 up to 30000 / (1 step * 0.1): inf, then nan
+        (control,), (expected,) = strategies[dtype].control, strategies["float64"].control
+        assert np.isfinite(control).all() and control.dtype == np.float64
+        np.testing.assert_allclose(control, expected, rtol=2e-3, atol=20)
+
+
+def test_an_integer_layer_past_its_range_gets_the_nearest_end_of_it():
+    """FedAvgM's momentum can overshoot a counter's range; a cast wrapped int8's -144 to 112."""
+    from fedless_nb.reduction import in_dtype
+
+    assert in_dtype(np.array([-1e30, -144.4, -2.5, 3.5, 1e30]), np.int8).tolist() == [-128, -128, -2, 4, 127]
+    assert in_dtype(np.array([-3.0, 300.0]), np.uint8).tolist() == [0, 255]
+    assert in_dtype(np.array([-1e30, 1e30]), np.int64).tolist() == [np.iinfo(np.int64).min, 2**63 - 1024]
+    momentum = make_strategy("fedavgm", {"server_momentum": 0.9})
+    current = [np.array([100], np.int8)]
+    for round_number in (1, 2, 3):
+        current = momentum.aggregate(round_number, current, [ClientUpdate("a", [np.array([-100], np.int8)], 1)])
+    assert current[0].tolist() == [-128]
+
+
+def test_krum_compares_small_integer_and_float16_models_in_float32_and_float32_ones_as_flower():
+    models = [layers([60000.0, 0.0]), layers([59000.0, 1.0]), layers([-60000.0, 0.0]), layers([59500.0, 0.0])]
+    halves = [[layer.astype(np.float16) for layer in model] for model in models]
+    assert krum(halves, [1] * 4, num_malicious=0)[1] == krum(models, [1] * 4, num_malicious=0)[1] == [3]
+    small = [[np.array([v], np.uint8)] for v in (3, 5, 250, 4)]
+    assert krum(small, [1] * 4, num_malicious=0)[1] == [3]

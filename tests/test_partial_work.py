@@ -176,6 +176,30 @@ def test_fednova_norm_of_the_proximal_local_solver():
     assert _bound("fednova", proximal_mu=1.0).configure_round(1, ["a"]) == {"a": {"proximal_mu": 1.0}}
 
 
+@pytest.mark.parametrize("name", ["fednova", "fedprox"])
+def test_a_proximal_step_that_does_not_contract_is_refused_before_the_run(name):
+    """A plain SGD step scales w - w_global by 1 - lr mu: at lr mu = 2 FedNova-Prox's step norm sum_k (1 - lr mu)^k
+    was 0 for an even number of steps (a ZeroDivisionError inside the round), above 2 negative (negative weights),
+    and the clients' proximal iteration diverges. Refused in one line; below 2, and with Adam (whose steps the
+    coefficients do not describe), accepted."""
+    from fedless_nb.experiment import ConfigError, ExperimentConfig
+
+    def config(mu, optimizer="sgd"):
+        return ExperimentConfig.from_dict({"clients": 4, "strategy": {"name": name, "options": {"proximal_mu": mu}},
+                                           "train": {"learning_rate": 0.1, "optimizer": optimizer}})
+
+    with pytest.raises(ConfigError, match=r"^strategy.options.proximal_mu: 20 with train.learning_rate 0.1 makes each "
+                                          r"SGD step scale the distance to the global model by 1 - 2, which never "
+                                          r"shrinks it .*; keep train.learning_rate x proximal_mu below 2") as raised:
+        config(20)
+    assert "\n" not in str(raised.value)
+    assert config(19.9).strategy.options == {"proximal_mu": 19.9}
+    if name == "fedprox":
+        assert config(20, "adam").strategy.options == {"proximal_mu": 20}
+    with pytest.raises(ValueError, match="learning_rate x proximal_mu must be below 2, got 2"):
+        local_solver_norm(2, 0.1, proximal_mu=20)
+
+
 def test_fednova_prox_normalizes_dp_sgd_clients_by_the_proximal_solvers_coefficients(tmp_path, tiny_config):
     """Under DP-SGD the proximal pull joins each step after the clip and noise, so every step pulls by exactly
     lr mu (w - x) and a client's change is lr sum_k (1 - lr mu)^(K-1-k) g_k over its private gradients g_k: FedNova-Prox's

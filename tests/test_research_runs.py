@@ -21,7 +21,8 @@ FAST_TRAIN = {"epochs": 3, "batch_size": 32, "learning_rate": 0.1}
     for name in STRATEGIES
 ])
 def test_every_strategy_trains_digits(tiny_config, name, options):
-    selected = 5 if name == "krum" else 4  # krum with num_malicious 1 needs 2 * 1 + 3
+    # krum with num_malicious 1 needs 2 * 1 + 3, trimmed_mean's beta 0.2 trims one of each end from 5
+    selected = 5 if name in ("krum", "trimmed_mean") else 4
     result = run_experiment(tiny_config(strategy={"name": name, "options": options}, rounds=3, train=FAST_TRAIN,
                                         clients_per_round=selected))
     assert result.status == "finished"
@@ -117,10 +118,19 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
     ({"strategy": {"name": "fedadam", "options": {"eta": 0.1, "beta_1": "0.9"}}},
      r"^strategy.options.beta_1: must be a finite number, got '0.9'$"),
     ({"strategy": {"name": "trimmed_mean", "options": {"beta": 0.5}}}, r"^strategy.options.beta: must be in \[0, 0.5\)"),
-    ({"strategy": {"name": "bulyan", "options": {"num_malicious": 1}}}, r"^clients_per_round: bulyan needs at least"),
+    ({"strategy": {"name": "bulyan", "options": {"num_malicious": 1}}},
+     r"^clients_per_round: bulyan needs 4 \* num_malicious \+ 3 = 7 updates a round, got 4 clients per round; "
+     r"raise clients_per_round or lower strategy.options.num_malicious$"),
+    ({"strategy": {"name": "bulyan"}, "clients_per_round": 2},
+     r"^clients_per_round: bulyan needs 4 \* num_malicious \+ 3 = 3 updates a round, got 2 clients per round; "
+     r"raise clients_per_round$"),
     ({"strategy": {"name": "krum", "options": {"num_malicious": 1}}},
-     r"^clients_per_round: krum tolerates num_malicious clients only among at least 2 \* num_malicious \+ 3 = 5 clients "
-     r"per round, got 4; raise clients_per_round or lower num_malicious$"),
+     r"^clients_per_round: krum needs 2 \* num_malicious \+ 3 = 5 updates a round to tolerate num_malicious 1, got 4 "
+     r"clients per round; raise clients_per_round or lower strategy.options.num_malicious$"),
+    ({"strategy": {"name": "trimmed_mean"}},
+     r"^clients_per_round: trimmed_mean with beta 0.2 needs 5 updates a round to trim any \(int\(beta \* n\) from each "
+     r"end\), got 4 clients per round; raise clients_per_round or raise strategy.options.beta \(or set it to 0 for the "
+     r"plain mean\)$"),
     ({"strategy": {"name": "fednova"}, "train": {"optimizer": "adam"}},
      r"^train.optimizer: fednova normalizes by plain SGD's local steps; use sgd, not 'adam'$"),
     ({"train": {"batch_size": 32, "dp": {"sampling": "shuffle", "num_microbatches": 5}}},

@@ -94,22 +94,33 @@ def test_a_round_below_quorum_is_repeated_then_the_run_stops_with_one_line(tiny_
     assert history.rounds(run["run_id"]) == []
 
 
-def test_a_bulyan_round_with_fewer_updates_than_bulyan_needs_is_below_its_quorum(tiny_config):
-    """Bulyan cannot aggregate fewer than 4f + 3 updates: a round that lost some is run again, then the run
-    stops with one line (not Bulyan's ValueError from inside the round), even with min_successful at 0."""
-    config = tiny_config(clients=8, clients_per_round=7, rounds=2, round_repeats=1, retries=0,
-                         strategy={"name": "bulyan", "options": {"num_malicious": 1}})
+@pytest.mark.parametrize("strategy, selected, shortfall, remedy", [
+    ({"name": "bulyan", "options": {"num_malicious": 1}}, 7, "bulyan needs 4 * num_malicious + 3 = 7 updates a round",
+     "lower strategy.options.num_malicious"),
+    ({"name": "krum", "options": {"num_malicious": 1, "to_keep": 2}}, 5,
+     "krum needs 2 * num_malicious + 3 = 5 updates a round to tolerate num_malicious 1", "lower strategy.options.num_malicious"),
+    ({"name": "trimmed_mean", "options": {"beta": 0.2}}, 5, "trimmed_mean with beta 0.2 needs 5 updates a round to trim any",
+     "raise strategy.options.beta"),
+])
+def test_a_robust_round_with_fewer_updates_than_its_rule_needs_is_below_its_quorum(tiny_config, strategy, selected,
+                                                                                   shortfall, remedy):
+    """Bulyan cannot aggregate fewer than 4f + 3 updates, Krum tolerates f only among 2f + 3 (below, Flower's Krum
+    scores by max(1, n - f - 2) neighbours, which two colluding clients win), and a trimmed mean of fewer than
+    1 / beta trims nothing (the plain mean). A round that lost some (here the odd clients' updates, tampered in the
+    store) is run again, then the run stops with one line (not Bulyan's ValueError from inside the round, nor a
+    silently weaker rule), even with min_successful at 0."""
+    config = tiny_config(clients=8, clients_per_round=selected, rounds=2, round_repeats=1, retries=0, strategy=strategy)
     provider = LocalProvider("local", workers=2, entry_point="workloads:tampers_with_odd_updates")
     with pytest.raises(QuorumError) as raised:
         run_experiment(config, providers={"local": provider})
     message = str(raised.value)
-    assert "of 7 selected in 2 run(s), fewer than bulyan needs (4 * num_malicious + 3 = 7)" in message
-    assert "lower strategy.options.num_malicious" in message and "\n" not in message
+    assert f"of {selected} selected in 2 run(s), fewer than {shortfall}" in message
+    assert f"raise clients_per_round or round_repeats, {remedy}" in message and "\n" not in message
     history = History(config.history)
     (run,) = history.runs()
     assert run["status"] == "failed" and "QuorumError" in run["error"]
     invocations = history.invocations(run["run_id"])
-    assert len(invocations) == 2 * 7 and any(i["outcome"] == "succeeded" for i in invocations)
+    assert len(invocations) == 2 * selected and any(i["outcome"] == "succeeded" for i in invocations)
 
 
 def test_a_run_whose_every_invocation_failed_ends_failed_with_the_first_reason(tiny_config):

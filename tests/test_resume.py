@@ -71,13 +71,18 @@ def _epsilons(history_path, run_id):
     return [r["privacy_epsilon_max"] for r in History(history_path).rounds(run_id)]
 
 
-def test_a_stopped_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_config, tmp_path):
-    config = tiny_config(rounds=3, clients=4, clients_per_round=2, train=DP_TRAIN)
+def _stopped_resumed_and_uninterrupted(config, tmp_path):
+    """The run of `config` stopped after round 1 and resumed, and the same config run without a stop (its own history)."""
     stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
     assert stopped.status == "stopped" and len(stopped.round_metrics) == 1
     resumed = resume_experiment(stopped.run_id, history=config.history)
     config.history = str(tmp_path / "uninterrupted.db")
-    uninterrupted = run_experiment(config)
+    return resumed, run_experiment(config)
+
+
+def test_a_stopped_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_config, tmp_path):
+    config = tiny_config(rounds=3, clients=4, clients_per_round=2, train=DP_TRAIN)
+    resumed, uninterrupted = _stopped_resumed_and_uninterrupted(config, tmp_path)
     assert _epsilons(resumed.config.history, resumed.run_id) == _epsilons(config.history, uninterrupted.run_id)
     for client_id in uninterrupted.accountant.ledger.subjects:
         assert resumed.accountant.epsilon(client_id) == uninterrupted.accountant.epsilon(client_id)
@@ -215,6 +220,22 @@ def test_a_central_dp_run_that_died_between_its_history_and_its_checkpoint_charg
         _ledger_epsilon(central.dp_round(), 4, central.delta, central.accountant), rel=1e-12)
     assert History(config.history).rounds(died["run_id"])[-1]["privacy_central_epsilon"] == pytest.approx(
         central.epsilon(), rel=1e-12)
+
+
+@pytest.mark.parametrize("strategy", [{"name": "fedadam"}, {"name": "fedavgm", "options": {"server_momentum": 0.9}},
+                                      {"name": "scaffold"}])
+def test_a_stopped_run_with_server_state_resumes_to_the_uninterrupted_model_bit_for_bit(tiny_config, tmp_path, strategy):
+    """FedAdam's moments, FedAvgM's momentum and SCAFFOLD's control variates go through the checkpoint (float64
+    arrays, as .npy) and the clients train deterministically under the seed, so nothing may differ at all."""
+    config = tiny_config(rounds=3, clients=4, clients_per_round=2, strategy=strategy)
+    resumed, uninterrupted = _stopped_resumed_and_uninterrupted(config, tmp_path)
+    for layer, expected in zip(resumed.weights, uninterrupted.weights):
+        np.testing.assert_array_equal(layer, expected)
+    for name, arrays in resumed.strategy.state().items():
+        if isinstance(arrays, list) and arrays and isinstance(arrays[0], np.ndarray):
+            for array, expected in zip(arrays, uninterrupted.strategy.state()[name]):
+                assert array.dtype == np.float64
+                np.testing.assert_array_equal(array, expected)
 
 
 def test_a_scaffold_run_that_died_between_its_history_and_its_checkpoint_resumes_to_the_uninterrupted_model(

@@ -29,12 +29,18 @@ __all__ = [
 
 
 def subtract(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> Layers:
-    return [np.asarray(x) - np.asarray(y) for x, y in zip(a, b)]
+    """a - b layer by layer, in float64: in a layer's own dtype an integer difference wraps (uint8's 3 - 5 was 254)
+    and a float16 one overflows from 65504."""
+    return [np.asarray(x, np.float64) - np.asarray(y, np.float64) for x, y in zip(a, b)]
 
 
 def add_scaled(base: Sequence[np.ndarray], direction: Sequence[np.ndarray], scale: float) -> Layers:
     """base + scale * direction, layer by layer, in base's dtype (an integer layer rounded: reduction.in_dtype)."""
     return [in_dtype(np.asarray(x) + scale * np.asarray(d), np.asarray(x).dtype) for x, d in zip(base, direction)]
+
+
+def _float64(layers: Sequence[np.ndarray]) -> Layers:
+    return [np.asarray(layer, np.float64) for layer in layers]
 
 
 def global_norm(layers: Sequence[np.ndarray]) -> float:
@@ -72,13 +78,15 @@ def fedopt(
     """One server step of FedAdam, FedYogi or FedAdagrad (Reddi et al. 2021, Algorithm 2).
 
     delta = average - current; m = beta_1 m + (1 - beta_1) delta; v by the method's rule;
-    new = current + eta_t m / (sqrt(v) + tau). Returns (new model, m, v). eta_t = eta (Reddi et al.),
-    or with `bias_corrected_round` r Adam's bias-corrected rate as Flower 1.13+ computes it:
+    new = current + eta_t m / (sqrt(v) + tau). Returns (new model in the model's dtypes, m, v). eta_t = eta
+    (Reddi et al.), or with `bias_corrected_round` r Adam's bias-corrected rate as Flower 1.13+ computes it:
     eta sqrt(1 - beta_2^(r+1)) / (1 - beta_1^(r+1)) (Kingma & Ba, the line before Sec. 2.1).
+    delta, m and v are float64 (m and v from an earlier float32 state too): a float32 model's squared change
+    overflows float32 from |delta| ~ 1.8e19, which left v inf (the model stuck) or, for Yogi, nan the round after.
     """
     delta = subtract(average, current)
-    m = [np.zeros_like(d) for d in delta] if m is None else m
-    v = [np.zeros_like(d) for d in delta] if v is None else v
+    m = [np.zeros_like(d) for d in delta] if m is None else _float64(m)
+    v = [np.zeros_like(d) for d in delta] if v is None else _float64(v)
     m = [beta_1 * x + (1 - beta_1) * d for x, d in zip(m, delta)]
     if kind == "adam":
         v = [beta_2 * x + (1 - beta_2) * d * d for x, d in zip(v, delta)]
@@ -139,8 +147,11 @@ def squared_distances(updates: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
     """Squared L2 distances between the flattened models, computed as Flower's _compute_distances does: the
     norm of the difference in the models' dtype (float32 for float32 models), then squared. Exact ties in
     exact arithmetic come out as Flower's rounding makes them, so Krum breaks them the same way. One pair
-    at a time: memory stays at a few models, whatever the number of clients."""
+    at a time: memory stays at a few models, whatever the number of clients. A model of integer or float16 layers
+    only is compared in float32 at least (Flower's own dtype wrapped uint8's differences, and float16's norms
+    overflowed from 256, so every score was inf and Krum took the first model)."""
     flat = [np.concatenate([np.ravel(layer) for layer in update]) for update in updates]
+    flat = [vector.astype(np.result_type(vector.dtype, np.float32), copy=False) for vector in flat]
     matrix = np.zeros((len(flat), len(flat)))
     for i, a in enumerate(flat):
         for j in range(i + 1, len(flat)):
@@ -249,6 +260,8 @@ def local_solver_norm(steps: int, learning_rate: float, proximal_mu: float = 0.0
     if steps <= 0:
         raise ValueError(f"a client update needs at least one local step, got {steps}")
     alpha = learning_rate * proximal_mu
+    if alpha >= 2:  # |1 - alpha| >= 1: the proximal solver does not contract, and the norm is 0 or negative
+        raise ValueError(f"learning_rate x proximal_mu must be below 2, got {alpha:g}")
     if alpha == 0.0:
         return float(steps)
     return float((1.0 - (1.0 - alpha) ** steps) / alpha)

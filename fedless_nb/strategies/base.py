@@ -44,6 +44,27 @@ class ClientUpdate:
         return local_steps(self.num_examples, train) if self.steps is None else self.steps
 
 
+@dataclass(frozen=True)
+class FewestUpdates:
+    """The fewest updates a rule aggregates as configured: below them its guarantee is void (Krum's, Bulyan's) or it
+    is another rule (a trimmed mean that trims nothing is the plain mean). `rule` says so, naming the options;
+    `remedy` is the option to change besides clients_per_round (None: there is none)."""
+
+    count: int
+    rule: str
+    remedy: str | None = None
+
+    def round_shortfall(self) -> str:
+        """Why a round with fewer updates may not aggregate, naming what to change."""
+        return f"fewer than {self.rule}; raise clients_per_round or round_repeats" + (
+            f", {self.remedy}" if self.remedy else "")
+
+    def planned_shortfall(self, clients_per_round: int) -> str:
+        """Why a run planning `clients_per_round` (fewer) may not start, naming what to change."""
+        return f"{self.rule}, got {clients_per_round} clients per round; raise clients_per_round" + (
+            f" or {self.remedy}" if self.remedy else "")
+
+
 class Strategy(ABC):
     """Turns the current global model and the clients' updates into the next global model."""
 
@@ -64,10 +85,15 @@ class Strategy(ABC):
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         """The next global model; `updates` holds at least one update."""
 
-    def too_few_updates(self, count: int) -> str | None:
-        """Why the rule cannot aggregate `count` updates, naming what to change, or None when it can (any
-        count by default; none keeps the model). A round with too few runs again while repeats are left."""
+    def fewest_updates(self) -> FewestUpdates | None:
+        """The fewest updates the rule aggregates, or None: any count (none keeps the model)."""
         return None
+
+    def too_few_updates(self, count: int) -> str | None:
+        """Why the rule cannot aggregate `count` updates, naming what to change, or None when it can. A round
+        with too few runs again while repeats are left; a run planning too few per round is refused."""
+        fewest = self.fewest_updates()
+        return fewest.round_shortfall() if fewest is not None and count < fewest.count else None
 
     def sum_spec(self) -> SumSpec | None:
         """How a round reduces by a weighted sum (SumStrategy), or None: the rule needs every update at once

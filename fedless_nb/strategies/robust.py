@@ -3,10 +3,11 @@ Bulyan (El Mhamdi et al. 2018)."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from .aggregate import bulyan, krum, median, trimmed_mean
-from .base import ClientUpdate, Strategy, Weights
+from .base import ClientUpdate, FewestUpdates, Strategy, Weights
 from .options import require
 
 
@@ -17,9 +18,13 @@ class FedMedian(Strategy):
         return median([u.weights for u in updates])
 
 
+EXACT_COUNTS = 2**53  # counts float64 holds exactly: past them beta * n moves in steps of more than 1
+
+
 class TrimmedMean(Strategy):
     """`beta`: the fraction cut from each end per coordinate, int(beta * n) values (Flower's FedTrimmedAvg
-    default 0.2; beta >= 0.5 is refused, where Flower gives nan or fails at run time)."""
+    default 0.2; beta >= 0.5 is refused, where Flower gives nan or fails at run time). A beta > 0 that trims
+    nothing of a round's n updates (n < 1 / beta) would be the plain mean: such a round is below its quorum."""
 
     name = "trimmed_mean"
 
@@ -27,13 +32,29 @@ class TrimmedMean(Strategy):
         require(0 <= beta < 0.5, "beta", f"must be in [0, 0.5), got {beta}")
         self.beta = float(beta)
 
+    def fewest_updates(self) -> FewestUpdates | None:
+        if self.beta == 0:
+            return None
+        fewest = EXACT_COUNTS
+        if self.beta * EXACT_COUNTS >= 1:  # then 1 / beta is within a step or two of it, exactly as int(beta * n) rounds
+            fewest = math.ceil(1 / self.beta)
+            while int(self.beta * fewest) < 1:
+                fewest += 1
+            while fewest > 1 and int(self.beta * (fewest - 1)) >= 1:
+                fewest -= 1
+        return FewestUpdates(fewest, f"trimmed_mean with beta {self.beta:g} needs {fewest} updates a round to trim "
+                                     "any (int(beta * n) from each end)",
+                             "raise strategy.options.beta (or set it to 0 for the plain mean)")
+
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         return trimmed_mean([u.weights for u in updates], self.beta)
 
 
 class Krum(Strategy):
     """`num_malicious`: the f clients to tolerate; `to_keep` > 0 makes it Multi-Krum. A round with fewer updates
-    than `to_keep` keeps them all (Flower 1.23 keeps to_keep - n of them, an artefact of its slice)."""
+    than `to_keep` keeps them all (Flower 1.23 keeps to_keep - n of them, an artefact of its slice). With f > 0 a
+    round needs n >= 2f + 3 updates, where Blanchard et al. 2017 prove Krum tolerates f (below, Flower scores each
+    model by its max(1, n - f - 2) nearest, as few as f colluding clients agree among themselves)."""
 
     name = "krum"
 
@@ -42,6 +63,13 @@ class Krum(Strategy):
         require(isinstance(to_keep, int) and to_keep >= 0, "to_keep", f"must be an int >= 0, got {to_keep!r}")
         self.num_malicious, self.to_keep = num_malicious, to_keep
         self.selected: list[str] = []
+
+    def fewest_updates(self) -> FewestUpdates | None:
+        if self.num_malicious == 0:
+            return None
+        return FewestUpdates(2 * self.num_malicious + 3, f"krum needs 2 * num_malicious + 3 = "
+                             f"{2 * self.num_malicious + 3} updates a round to tolerate num_malicious {self.num_malicious}",
+                             "lower strategy.options.num_malicious")
 
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         weights, kept = krum([u.weights for u in updates], [u.num_examples for u in updates],
@@ -60,16 +88,10 @@ class Bulyan(Strategy):
         self.num_malicious = num_malicious
         self.selected: list[str] = []
 
-    @property
-    def needed_updates(self) -> int:
-        """The fewest updates Bulyan can aggregate: 4f + 3."""
-        return 4 * self.num_malicious + 3
-
-    def too_few_updates(self, count: int) -> str | None:
-        if count >= self.needed_updates:
-            return None
-        return (f"fewer than bulyan needs (4 * num_malicious + 3 = {self.needed_updates}); raise clients_per_round "
-                "or round_repeats, lower strategy.options.num_malicious")
+    def fewest_updates(self) -> FewestUpdates:
+        needed = 4 * self.num_malicious + 3
+        return FewestUpdates(needed, f"bulyan needs 4 * num_malicious + 3 = {needed} updates a round",
+                             "lower strategy.options.num_malicious" if self.num_malicious else None)
 
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         weights, selected = bulyan([u.weights for u in updates], self.num_malicious)

@@ -44,7 +44,9 @@ class Scaffold(Strategy):
         self.context = context
 
     def initialize(self, weights: Weights) -> Weights:
-        self.control = [np.zeros_like(w) for w in weights]
+        # c in float64 whatever the layers' dtypes: in float16 a c of (x - y_i) / (K eta_l) overflowed to inf (then
+        # nan corrections), and an integer layer's was rounded
+        self.control = [np.zeros(np.shape(w), np.float64) for w in weights]
         return weights
 
     def _client_control(self, client_id: str) -> Weights:
@@ -103,6 +105,8 @@ class Scaffold(Strategy):
                 "legacy": self.legacy}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.control, self.written = state.get("control"), {c: int(r) for c, r in state.get("written", {}).items()}
+        control = state.get("control")
+        self.control = None if control is None else [np.asarray(c, np.float64) for c in control]  # float32 before
+        self.written = {c: int(r) for c, r in state.get("written", {}).items()}
         self.legacy = bool(state.get("legacy", "written" not in state))  # later checkpoints keep saying so
         self.superseded = [(int(replaced), str(key)) for replaced, key in state.get("superseded", [])]
