@@ -349,19 +349,19 @@ def test_a_killed_controller_resumes_with_every_round_once(tmp_path, tiny_config
 
 
 def _kill_while_round_runs(process, history_path, store_path, round_number):
-    """SIGKILL `process` once the history holds the round before `round_number` and a function has written its
-    update of `round_number` (polled, not timed): the controller dies with that round in flight. Its local
-    workers outlive it until their task is done; they are waited for, so what they leave behind is there."""
+    """SIGKILL `process` once a function has written its update of `round_number` while the history holds the round
+    before (polled, not timed): the controller dies with that round in flight. It is stopped (SIGSTOP) as soon as the
+    update appears, and the history is read while it cannot move: read first, the round could finish between the
+    read and the kill. Its local workers outlive it until their task is done; they are waited for, so what they
+    leave behind is there."""
     import psutil
 
-    def in_flight():
-        runs = History(history_path).runs() if os.path.exists(history_path) else []
-        updates = list(Path(store_path).glob(f"runs/*/round-{round_number:05d}/updates/*.weights"))
-        return bool(runs) and runs[0]["rounds_completed"] == round_number - 1 and bool(updates)
-
-    while process.poll() is None and not in_flight():
-        time.sleep(0.02)
+    while process.poll() is None and not list(Path(store_path).glob(f"runs/*/round-{round_number:05d}/updates/*.weights")):
+        time.sleep(0.005)
     assert process.poll() is None, "the run must still be going when it is killed"
+    process.send_signal(signal.SIGSTOP)
+    (frozen,) = History(history_path).runs()
+    assert frozen["rounds_completed"] == round_number - 1, f"round {round_number} finished before the controller stopped"
     workers = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(signal.SIGKILL)
     process.wait()
