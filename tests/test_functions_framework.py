@@ -445,14 +445,17 @@ def test_a_signed_tasks_model_cannot_make_the_function_run_a_command(server, tmp
     assert "pydoc" in reply["error"]["message"] and "FEDLESS_MODEL_MODULES" in reply["error"]["message"]
 
 
-def test_a_listed_module_lends_a_task_only_what_it_registers_with_keras(tmp_path):
+def test_a_listed_module_lends_a_task_only_what_it_registers_with_keras(tmp_path, monkeypatch):
     """Keras takes an object from the module a config names by attribute, one dot deep too: a task could take anything
     a module its deployer listed had imported, and a layer module that imports pydoc lent pydoc.pipepager, which a
     Lambda layer called with the task's shell command. A task now takes from a listed module only the objects it
     registers with Keras (Keras then returns them without looking in the module), and is refused in one line."""
     store, spec = write_inputs(tmp_path / "store")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "my_layers.py").write_text('"""Custom layers, documented with pydoc."""\n\nimport pydoc  # noqa: F401\n')
+    monkeypatch.chdir(tmp_path / "src")  # the bundle takes the module's code from the deployer's folder
     deployed = build_bundle("functions_framework", tmp_path / "dist", model_modules=("my_layers",))
-    (deployed.path / "my_layers.py").write_text('"""Custom layers, documented with pydoc."""\n\nimport pydoc  # noqa: F401\n')
+    assert "import pydoc" in (deployed.path / "my_layers.py").read_text()
     ran = tmp_path / "ran"
     task = make_task(store, _calling(spec, "my_layers", "pydoc.pipepager", {"cmd": f"echo ran > {ran}"}, listed=True),
                      secret=SECRET)
