@@ -107,5 +107,4 @@ def counted_as(address: str) -> str:
     ip = ip_of(address)
     if not isinstance(ip, ipaddress.IPv6Address):
         return address if ip is None else str(ip)
-    return str(ipaddress.IPv6Network((int(ip) >> (128 - IPV6_NETWORK_BITS) << (128 - IPV6_NETWORK_BITS),
-                                      IPV6_NETWORK_BITS)))
+    return str(ipaddress.IPv6Network(f"{ip}/{IPV6_NETWORK_BITS}", strict=False))

@@ -280,9 +280,11 @@ class History:
 
     def run(self, run_id: str) -> dict[str, Any]:
         """Run `run_id`, or the one run whose id begins with it (run_ids.py); its "run_id" is the whole id."""
-        known = [row[0] for row in self.db.execute("select run_id from runs")]
-        matched = matching_run_id(run_id, known)
-        rows = list(self.db["runs"].rows_where("run_id = ?", [matched]))
+        rows = list(self.db["runs"].rows_where("run_id = ?", [run_id]))
+        if not rows:  # a beginning of an id (or a mistyped one): only then are all the ids read
+            known = [row[0] for row in self.db.execute("select run_id from runs")]
+            matched = matching_run_id(run_id, known)
+            rows = list(self.db["runs"].rows_where("run_id = ?", [matched])) if matched else []
         if not rows:
             close = difflib.get_close_matches(run_id, known, n=1)
             hint = (f"; did you mean {close[0]!r}?" if close else
