@@ -310,3 +310,30 @@ def test_a_delta_not_below_one_over_n_warns_naming_the_key():
 def test_a_round_with_impossible_parameters_is_refused_not_accounted(arguments, message):
     with pytest.raises(ValueError, match=message):
         DpRound(**{"steps": 10, "sampling_rate": 0.1, "noise_multiplier": 1.0, **arguments})
+
+
+@pytest.mark.parametrize("noise, rate", [(1e6, 0.1), (1e8, 0.001)])
+def test_a_huge_noise_multiplier_is_accounted_where_dp_accountings_rdp_arithmetic_breaks(noise, rate):
+    """dp-accounting's subsampled-Gaussian RDP cancels below 0 at such noise (its RdpAccountant then raises 'Renyi
+    divergence cannot be negative', or fails inside its log-space subtraction): the epsilon is the un-subsampled
+    Gaussian's, which bounds it, as dp-accounting computes that one; a central-DP round with it aggregates."""
+    import dp_accounting as dpa
+
+    round_ = DpRound(15, rate, noise)
+    with pytest.raises(ValueError):
+        dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(round_.event(), 3)).get_epsilon(1e-5)
+    unsampled = dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(noise), 45)).get_epsilon(1e-5)
+    ledger = PrivacyLedger(1e-5, "rdp")
+    for _ in range(3):
+        ledger.add("a", round_)
+    assert ledger.epsilon("a") == pytest.approx(unsampled, abs=1e-12) and epsilon([round_] * 3, 1e-5) == ledger.epsilon("a")
+
+    import numpy as np
+    from fedless_nb.strategies import ClientUpdate, FedAvg, RunContext
+    from fedless_nb.strategies.central_dp import CentralDP
+
+    central = CentralDP(FedAvg(), noise_multiplier=noise, clip_norm=1.0)
+    central.bind(RunContext("r", None, {}, clients=1000, clients_per_round=round(rate * 1000)))
+    central.aggregate(1, [np.zeros(2, np.float32)], [ClientUpdate("a", [np.ones(2, np.float32)], 1)])
+    assert central.epsilon() == pytest.approx(dpa.rdp.RdpAccountant().compose(dpa.GaussianDpEvent(noise)).get_epsilon(1e-5),
+                                              abs=1e-12)
