@@ -307,3 +307,34 @@ def test_an_adaptive_report_names_the_clip_norm_its_last_round_used():
     fixed = CentralDP(FedAvg(), noise_multiplier=1.0, clip_norm=1.0)
     fixed.bind(RunContext("r", None, {}, clients=4, clients_per_round=2))
     assert "clip norm 1, " in str(fixed.report())
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+def test_adaptive_clipping_is_accounted_as_both_releases_of_andrew_et_al_not_the_updates_noise_alone(sampling):
+    """A round releases the noised sum (noise z_delta C, sensitivity C) and the noised unclipped count (noise
+    sigma_b, sensitivity 1/2), from one sample of clients: dp-accounting's event is the sampled composition of the
+    two Gaussians. Andrew et al.'s split, z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2, makes it the nominal z's epsilon;
+    accounting z_delta alone (the noise the model update carries) would state less than the round spends."""
+    import dp_accounting as dpa
+
+    strategy = CentralDP(FedAvg(), noise_multiplier=1.0, clip_norm=1.0, adaptive=True, delta=1e-5, sampling=sampling)
+    strategy.bind(RunContext("r", None, {}, clients=100, clients_per_round=10))
+    count_stddev, z_delta = strategy.clipped_count_stddev, strategy.update_noise_multiplier
+    assert (count_stddev, z_delta) == (1.0, pytest.approx((1.0 - 0.25) ** -0.5))
+    for round_number in range(1, 6):
+        strategy.aggregate(round_number, [np.zeros(2, np.float32)], [ClientUpdate("a", [np.ones(2, np.float32)], 1)])
+
+    def stated(update_noise, count_noise=None):
+        if sampling == "poisson":  # add-or-remove-one: sensitivities C and 1/2
+            gaussians = [dpa.GaussianDpEvent(update_noise)] + ([dpa.GaussianDpEvent(2 * count_noise)] if count_noise else [])
+            event, relation = dpa.PoissonSampledDpEvent(0.1, dpa.ComposedDpEvent(gaussians)), dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+        else:  # replace-one: sensitivities 2C and 1
+            gaussians = [dpa.GaussianDpEvent(update_noise / 2)] + ([dpa.GaussianDpEvent(count_noise)] if count_noise else [])
+            event = dpa.SampledWithoutReplacementDpEvent(100, 10, dpa.ComposedDpEvent(gaussians))
+            relation = dpa.NeighboringRelation.REPLACE_ONE
+        accountant = dpa.rdp.RdpAccountant(neighboring_relation=relation)
+        return accountant.compose(dpa.SelfComposedDpEvent(event, 5)).get_epsilon(1e-5)
+
+    assert strategy.epsilon() == pytest.approx(stated(z_delta, count_stddev), rel=1e-9)
+    assert strategy.epsilon() > 1.05 * stated(z_delta)
+    assert strategy.report().noise_multiplier == 1.0
