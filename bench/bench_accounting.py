@@ -6,12 +6,17 @@ budget check of every client and the round's figures (worst and mean epsilon). P
 vary (30-300 examples, batch 16, 1 epoch), so the clients' rounds and histories differ. Prints
 the milliseconds per client per round at a few round numbers, to show they stay flat.
 
+`resume`: the checkpointed ledger of C clients after R rounds (each client in a seeded half of them, its
+partition one of `--sizes` distinct sizes) loaded back, as a resumed run does: seconds to replay it, with
+each distinct round's RDP vector already computed (what the run computed once) and from scratch.
+
 `run`: digits over 8 clients, FedBuff (concurrency 4, buffer 2), local provider with 2 workers,
 MLP 64-32-10, 1 local epoch, batch 16; with DP-SGD (noise 1.0, sampling and microbatches as given)
 and without. Prints the median round seconds (rounds 2 onwards) of each.
 
     python bench/bench_accounting.py ledger --clients 20 200 1000 --rounds 100
     python bench/bench_accounting.py run --rounds 10
+    python bench/bench_accounting.py resume --clients 1000 --rounds 2000 --sizes 1
 """
 
 from __future__ import annotations
@@ -60,6 +65,30 @@ def measure_ledger(clients: int, rounds: int, accountant: str) -> dict:
             **marks, "final_epsilon_max": round(figures["epsilon_max"], 4)}
 
 
+def measure_resume(clients: int, rounds: int, sizes: int, accountant: str) -> dict:
+    from fedless_nb.function.batching import privacy_facts
+    from fedless_nb.privacy.accounting import DpRound, PrivacyLedger
+
+    rng = np.random.default_rng(0)
+    train = {"epochs": 1, "batch_size": 16, "dp": {"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "sampling": "poisson"}}
+    planned = [DpRound.from_facts(privacy_facts(30 + 10 * index, train)) for index in range(sizes)]
+    ledger = PrivacyLedger(1e-5, accountant)
+    for round_number in range(rounds):
+        for index in rng.choice(clients, size=max(1, clients // 2), replace=False):
+            ledger.add(f"client-{index:04d}", planned[index % sizes])
+    state = ledger.state()
+    figures = {}
+    for name, losses in (("seconds_with_round_vectors_cached", ledger.losses), ("seconds_from_scratch", None)):
+        restored = PrivacyLedger(1e-5, accountant)
+        restored.losses = losses or restored.losses
+        started = time.perf_counter()
+        restored.load_state(state)
+        figures[name] = round(time.perf_counter() - started, 3)
+    assert all(restored.epsilon(c) == ledger.epsilon(c) for c in ledger.subjects)
+    return {"bench": "resume", "accountant": accountant, "clients": clients, "rounds": rounds, "distinct_sizes": sizes,
+            "client_rounds": sum(s.rounds for s in ledger.subjects.values()), **figures}
+
+
 def measure_run(dp: dict | None, rounds: int) -> dict:
     from fedless_nb.experiment import ExperimentConfig
     from fedless_nb.records.history import History
@@ -90,16 +119,19 @@ def measure_run(dp: dict | None, rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("ledger", "run"))
+    parser.add_argument("what", choices=("ledger", "run", "resume"))
     parser.add_argument("--clients", type=int, nargs="+", default=[20, 200, 1000])
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--accountant", default="rdp")
+    parser.add_argument("--sizes", type=int, default=1, help="resume: distinct partition sizes among the clients")
     parser.add_argument("--sampling", default="shuffle", help="the DP run's train.dp.sampling")
     parser.add_argument("--microbatches", type=int, default=16, help="the DP run's num_microbatches (shuffle only)")
     options = parser.parse_args()
-    if options.what == "ledger":
+    if options.what in ("ledger", "resume"):
         for clients in options.clients:
-            print(json.dumps(measure_ledger(clients, options.rounds, options.accountant)), flush=True)
+            figures = measure_ledger(clients, options.rounds, options.accountant) if options.what == "ledger" else \
+                measure_resume(clients, options.rounds, options.sizes, options.accountant)
+            print(json.dumps(figures), flush=True)
         return
     dp = {"noise_multiplier": 1.0, "l2_norm_clip": 1.0, "sampling": options.sampling}
     if options.sampling == "shuffle":

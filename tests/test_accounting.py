@@ -80,6 +80,23 @@ def test_a_replayed_checkpoint_gives_the_same_epsilon_to_the_last_bit():
     assert restored.subjects["a"].rounds == 30
 
 
+def test_a_checkpoint_replays_each_run_of_equal_rounds_in_one_composition():
+    """A resumed run of thousands of rounds replays each subject's runs of equal rounds as one call each, and subjects
+    with the same runs share it: the replay looked up each round on its own (2,000 lookups and sums for "a", and most
+    again for "b", whose intermediate histories the shared cache had dropped). Same bits as the run composed them."""
+    ledger = PrivacyLedger(1e-5, "rdp")
+    for round_ in [MIXED[0]] * 1000 + [MIXED[1]] * 1000:
+        ledger.add("a", round_)
+        ledger.add("b", round_)
+    restored, looked_up = PrivacyLedger(1e-5, "rdp"), []
+    losses = restored.losses
+    restored.losses = lambda round_: looked_up.append(round_) or losses(round_)
+    restored.load_state(ledger.state())
+    assert looked_up == MIXED[:2], "one composition per run of equal rounds, and none again for b"
+    assert restored.epsilon("a") == restored.epsilon("b") == ledger.epsilon("a") == ledger.epsilon("b")
+    assert restored.subjects["b"].total is restored.subjects["a"].total and restored.subjects["b"].rounds == 2000
+
+
 class _Invocation:
     def __init__(self, client_id, outcome="succeeded", round_number=None, budget_epochs=None):
         self.client_id, self.outcome, self.round, self.budget_epochs = client_id, outcome, round_number, budget_epochs

@@ -218,11 +218,12 @@ class _RoundLosses:
             value_discretization_interval=PLD_DISCRETIZATION).self_compose(round_.steps)
 
 
-def _extended(history: tuple[tuple[DpRound, int], ...], round_: DpRound) -> tuple[tuple[DpRound, int], ...]:
-    """`history` (runs of identical rounds, in order) with one more `round_`."""
+def _extended(history: tuple[tuple[DpRound, int], ...], round_: DpRound,
+              count: int = 1) -> tuple[tuple[DpRound, int], ...]:
+    """`history` (runs of identical rounds, in order) with `count` more `round_`s."""
     if history and history[-1][0] == round_:
-        return (*history[:-1], (round_, history[-1][1] + 1))
-    return (*history, (round_, 1))
+        return (*history[:-1], (round_, history[-1][1] + count))
+    return (*history, (round_, count))
 
 
 @dataclass
@@ -264,34 +265,37 @@ class PrivacyLedger:
         self._totals: OrderedDict[tuple[tuple[DpRound, int], ...], tuple[Any, bool]] = OrderedDict()
         self.shared_histories = 256
 
-    def add(self, subject: str, round_: DpRound) -> None:
+    def add(self, subject: str, round_: DpRound, count: int = 1) -> None:
+        """Compose `count` more `round_`s into the subject's total (a checkpoint's run of equal rounds in one call)."""
         state = self.subjects.setdefault(subject, _Subject())
         if state.last is not None and state.last.adjacency != round_.adjacency:
             raise ValueError(f"{subject}: cannot compose rounds under different adjacencies")
-        history = _extended(state.history, round_)
+        history = _extended(state.history, round_, count)
         if history in self._totals:  # another subject already composed this exact history
             self._totals.move_to_end(history)
             state.total, state.private = self._totals[history]
         else:
-            state.total, state.private = self._compose(state, round_)
+            state.total, state.private = self._compose(state, round_, count)
             self._totals[history] = (state.total, state.private)
             if len(self._totals) > self.shared_histories:
                 self._totals.popitem(last=False)
         state.history = history
 
-    def _compose(self, state: _Subject, round_: DpRound) -> tuple[Any, bool]:
+    def _compose(self, state: _Subject, round_: DpRound, count: int = 1) -> tuple[Any, bool]:
         loss = self.losses(round_)
         if loss is None:
             return state.total, state.private
         if isinstance(loss, float):  # math.inf: a round without noise
             return state.total, False
-        if state.total is None:
-            if self.accountant == "pld":  # dp-accounting's PLDAccountant starts from the identity
-                from dp_accounting.pld import privacy_loss_distribution as pld
+        total = state.total
+        if total is None:  # dp-accounting's accountants start from zeros (RDP) or the identity (PLD)
+            from dp_accounting.pld import privacy_loss_distribution as pld
 
-                return pld.identity(value_discretization_interval=PLD_DISCRETIZATION).compose(loss), state.private
-            return np.zeros_like(loss) + loss, state.private
-        return (state.total + loss if self.accountant == "rdp" else state.total.compose(loss)), state.private
+            total = np.zeros_like(loss) if self.accountant == "rdp" else \
+                pld.identity(value_discretization_interval=PLD_DISCRETIZATION)
+        for _ in range(count):  # one round at a time, as `count` calls of add compose them: the same bits
+            total = total + loss if self.accountant == "rdp" else total.compose(loss)
+        return total, state.private
 
     def _epsilon(self, total: Any, private: bool) -> float:
         if not private:
@@ -317,12 +321,12 @@ class PrivacyLedger:
         return {subject: [[asdict(r), count] for r, count in s.history] for subject, s in self.subjects.items()}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Replay a checkpoint's rounds in their order: the same sums as the run that wrote it."""
+        """Replay a checkpoint's rounds in their order: the same sums as the run that wrote it, each run of equal
+        rounds in one call (subjects with the same runs share their composition, however long the run was)."""
         self.subjects = {}
         for subject, runs in state.items():
             for round_dict, count in runs:
-                for _ in range(int(count)):
-                    self.add(subject, DpRound(**round_dict))
+                self.add(subject, DpRound(**round_dict), int(count))
 
 
 @dataclass(frozen=True)
