@@ -264,7 +264,11 @@ def test_the_run_states_the_worst_client_of_unequal_clients(accountant, sizes):
 
 @pytest.mark.parametrize("accountant, sampling", [("rdp", "poisson"), ("pld", "poisson"), ("rdp", "shuffle")])
 def test_no_noise_is_stated_as_infinite_epsilon(accountant, sampling):
-    ledger = ExampleLevelAccountant(1e-5, accountant, expected_facts={"a": privacy_facts(100, _train(10, 1, 0.0, sampling))})
+    from fedless_nb.privacy.accounting import NoPrivacyWarning
+
+    with pytest.warns(NoPrivacyWarning, match=r"^train.dp.noise_multiplier is 0: no noise is added, so this run has no "
+                                              r"differential privacy \(its epsilon is inf\); set train.dp.noise_multiplier"):
+        ledger = ExampleLevelAccountant(1e-5, accountant, expected_facts={"a": privacy_facts(100, _train(10, 1, 0.0, sampling))})
     ledger(_Invocation("a"))
     if sampling == "poisson":  # dp-accounting's without-replacement kernel divides by the noise: no reference there
         assert _reference(100, 10, 1, 0.0, sampling, None, 1, 1e-5, accountant) == math.inf

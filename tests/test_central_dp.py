@@ -338,3 +338,14 @@ def test_adaptive_clipping_is_accounted_as_both_releases_of_andrew_et_al_not_the
     assert strategy.epsilon() == pytest.approx(stated(z_delta, count_stddev), rel=1e-9)
     assert strategy.epsilon() > 1.05 * stated(z_delta)
     assert strategy.report().noise_multiplier == 1.0
+
+
+def test_central_dp_without_noise_says_it_gives_no_privacy_and_states_infinite_epsilon():
+    from fedless_nb.privacy.accounting import NoPrivacyWarning
+
+    strategy = CentralDP(FedAvg(), noise_multiplier=0.0, clip_norm=1.0)
+    with pytest.warns(NoPrivacyWarning, match=r"^central_dp.noise_multiplier is 0: no noise is added, so this run has no "
+                                              r"differential privacy"):
+        strategy.bind(RunContext("r", None, {}, clients=10, clients_per_round=2))
+    strategy.aggregate(1, [np.zeros(2, np.float32)], [ClientUpdate("a", [np.ones(2, np.float32)], 1)])
+    assert strategy.epsilon() == math.inf and "epsilon = inf" in str(strategy.report())

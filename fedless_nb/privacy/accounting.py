@@ -59,6 +59,17 @@ class WeakDeltaWarning(UserWarning):
     """delta is not below 1/n: a mechanism that publishes one record in the clear meets such a delta."""
 
 
+class NoPrivacyWarning(UserWarning):
+    """A noise multiplier of 0: nothing is noised, so the run has no differential privacy (its epsilon is inf)."""
+
+
+def warn_if_no_noise(noise_multiplier: float, key: str) -> None:
+    """Say so when `noise_multiplier` is 0: DP settings without noise clip but give no privacy guarantee."""
+    if noise_multiplier == 0:
+        warnings.warn(f"{key} is 0: no noise is added, so this run has no differential privacy (its epsilon is inf); "
+                      f"set {key} above 0 for a guarantee", NoPrivacyWarning, stacklevel=3)
+
+
 def warn_if_weak_delta(delta: float, records: int, key: str, unit: str) -> None:
     """Warn when `delta` >= 1/`records` ("How to DP-fy ML", Sec. 5.3 asks delta well below 1/n)."""
     if records > 0 and delta >= 1.0 / records:
@@ -408,6 +419,8 @@ class ExampleLevelAccountant:
         # The cuts a client's next round may have: none (its planned round) and the one a straggler draw may give it
         self.cheapest_cut = straggler_cut if straggler_steps is not None else None
         self._next_cuts = (None,) if self.cheapest_cut is None else (None, self.cheapest_cut)
+        for noise in {r.noise_multiplier for r in self.planned.values()}:
+            warn_if_no_noise(noise, "train.dp.noise_multiplier")
         if self.planned:  # n: the examples the model is trained on, every client's (a mechanism that publishes each
             # with probability delta leaks delta * n of them; the smallest client's n was the most lenient test)
             warn_if_weak_delta(delta, sum(r.population for r in self.planned.values()), "train.dp.delta", "example")

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..privacy.accounting import DpRound, PrivacyLedger, PrivacyReport, warn_if_weak_delta
+from ..privacy.accounting import DpRound, PrivacyLedger, PrivacyReport, warn_if_no_noise, warn_if_weak_delta
 from .aggregate import add_scaled, clip_to_norm, subtract
 from ..reduction import SumSpec, SumTerm, WeightedSum
 from .base import ClientUpdate, RunContext, Strategy, SumStrategy, Weights
@@ -129,6 +129,7 @@ class CentralDP(SumStrategy):
         self.sampling_rate = context.clients_per_round / context.clients
         self.population = context.clients
         warn_if_weak_delta(self.delta, context.clients, "central_dp.delta", "client")
+        warn_if_no_noise(self.noise_multiplier, "central_dp.noise_multiplier")
         if self.adaptive and self.clipped_count_stddev is None:
             # Andrew et al. (and Flower) take expected clients / 20; where that is below z, Flower would raise or
             # multiply the updates' noise without bound, so z: the updates keep at most 1.155 z. No privacy (z 0):
