@@ -215,6 +215,22 @@ def test_a_rounds_simulated_stragglers_are_charged_their_steps_and_the_others_as
     ledger.close()
 
 
+def test_partial_work_stopped_by_a_real_time_budget_is_charged_its_planned_steps():
+    """A function that reached train.budget_seconds took 7 of its 125 Poisson steps; how many fit in the time depends
+    on the secret batch sizes, so the epsilon is dp-accounting's for the 125 planned (a simulated straggler's cut,
+    drawn before any example is read, is charged its own steps: the test above). A failed invocation spends nothing."""
+    facts = privacy_facts(1000, _train(32, 4, 1.1))
+    assert facts["steps"] == 125
+    ledger = ExampleLevelAccountant(1e-5, expected_facts={"a": facts}, straggler_steps=lambda client_id, epochs: 40)
+    stopped = _Invocation("a", round_number=1)
+    stopped.partial, stopped.steps = True, 7
+    ledger(stopped)
+    ledger(_Invocation("a", outcome="failed", round_number=2))
+    assert ledger.epsilon("a") == pytest.approx(_reference(1000, 32, 4, 1.1, "poisson", None, 1, 1e-5, "rdp"), rel=1e-9)
+    assert (ledger.report("a").steps, ledger.report("a").rounds) == (125, 1)
+    ledger.close()
+
+
 @pytest.mark.parametrize("n, batch, epochs, noise, delta, accountant", [
     (60000, 1, 1, 20.0, 1e-5, "rdp"), (100, 7, 50, 0.3, 1e-9, "rdp"), (1000, 32, 5, 1.1, 1e-3, "pld"),
 ])
