@@ -21,6 +21,7 @@ import numpy as np
 
 from ._tf import keras as _keras
 from .errors import UserError
+from .refused_layers import layer_refusal
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
 MODEL_MODULES_VARIABLE = "FEDLESS_MODEL_MODULES"
@@ -249,13 +250,18 @@ def model_modules_allowed(environment: Mapping[str, str] | None = None) -> Model
 def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> None:
     """ModelError unless every module the spec makes Python import is Keras's API or `allowed`: Keras imports the
     module a serialized object names and takes any attribute of it, which a layer such as Lambda then calls (a
-    task naming `pydoc`'s pipepager ran a shell command), and importing a module runs its code."""
+    task naming `pydoc`'s pipepager ran a shell command), and importing a module runs its code. Nor may it build
+    one of Keras's own layers that reach past the model (refused_layers.py: a TF op layer read the function's files)."""
     if ANY_MODULE in allowed.names:
         return
     try:
-        named = [*spec.modules, *_object_modules(json.loads(spec.architecture)), *_object_modules(spec.compile)]
+        architecture = json.loads(spec.architecture)
+        refusal = layer_refusal([architecture, spec.compile])
+        named = [*spec.modules, *_object_modules(architecture), *_object_modules(spec.compile)]
     except (TypeError, ValueError, RecursionError):
         raise ModelError("the model spec does not rebuild: its architecture is not JSON") from None
+    if refusal:
+        raise ModelError(refusal)
     foreign = [module for module in dict.fromkeys(named) if not _is_keras_api(str(module)) and module not in allowed.names]
     if foreign:
         named = ", ".join(map(str, foreign[:3]))

@@ -501,6 +501,54 @@ def test_a_signed_tasks_model_cannot_make_the_function_run_its_bytecode(server, 
     assert reply["error"]["message"].startswith("the model spec does not rebuild: "), reply
 
 
+def _reading_file(path: Path):
+    """A spec whose TF op layers (Keras's record of `tf.strings.strip(x)` in a functional model, one renamed to
+    io.read_file, no module named) read `path` on the function into a number, so TensorFlow's error carries its text."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    from fedless_nb.model import ModelSpec
+
+    inputs = keras.Input((8,))
+    name = tf.strings.regex_replace(tf.strings.reduce_join(tf.strings.as_string(inputs)), ".*", str(path),
+                                    replace_global=False)
+    number = tf.reshape(tf.strings.to_number(tf.strings.strip(name)), [1, 1])
+    hidden = keras.layers.Dense(4, activation="relu")(inputs + number)  # the weights' shapes of write_inputs' model
+    architecture = json.loads(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden)).to_json())
+    for layer in architecture["config"]["layers"]:
+        layer.pop("module")
+        if layer["config"].get("function") == "strings.strip":
+            layer["config"]["function"] = "io.read_file"
+    return ModelSpec(json.dumps(architecture), {"loss": "sparse_categorical_crossentropy", "metrics": []})
+
+
+def _reading_vocabulary(path: Path):
+    """A spec whose StringLookup layer takes its vocabulary from the file at `path`."""
+    from tensorflow import keras
+
+    from fedless_nb.model import model_spec_from
+
+    model = keras.Sequential([keras.Input((1,), dtype="string"), keras.layers.StringLookup(vocabulary=["a"], name="words")])
+    spec, _ = model_spec_from(model, loss="mse", metrics=[])
+    return type(spec)(spec.architecture.replace('"vocabulary": ["a"]', json.dumps({"vocabulary": str(path)})[1:-1]),
+                      spec.compile)
+
+
+@pytest.mark.parametrize("reading", [_reading_file, _reading_vocabulary])
+def test_a_signed_tasks_model_cannot_read_the_functions_files(server, tmp_path, reading):
+    """A TF op layer (what Keras records for tf.strings.strip(x)) calls whatever TensorFlow function its config names:
+    a task whose layers read a file of the function's (io.read_file) into a number got its text back in TensorFlow's
+    error (500), as a StringLookup given a vocabulary file with a repeated line did (400): /proc/self/environ holds the
+    function's secret and, on Lambda, its role's credentials. Both layers are refused before anything is built."""
+    store, _ = write_inputs(tmp_path)
+    private = tmp_path / "private.txt"
+    private.write_text("alpha\nprivate-line-42\nprivate-line-42\n")
+    status, reply = _post(server, json.dumps(make_task(store, reading(private), secret=SECRET)).encode())
+    assert "private-line-42" not in json.dumps(reply), reply
+    assert status == 400 and reply["error"]["type"] == "ModelError", reply
+    assert reply["error"]["message"].startswith("the model's layer "), reply
+
+
 def _printed_settings(command: str) -> dict[str, str]:
     """The variables the printed functions_framework command sets on the function (NAME=VALUE before the program)."""
     words = shlex.split(command.partition(" && ")[2])

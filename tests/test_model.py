@@ -136,3 +136,41 @@ def test_a_function_imports_keras_and_the_modules_its_deployer_lists_only():
     assert allowed.names == {"registered_layers", "my.layers"}
     check_model_modules(ModelSpec("{}", {}, ("registered_layers",)), allowed)
     check_model_modules(spec("os"), model_modules_allowed({"FEDLESS_MODEL_MODULES": "*"}))
+
+
+def _with_layer(serialized):
+    return ModelSpec(json.dumps({"class_name": "Sequential", "config": {"layers": [serialized]}}), {})
+
+
+@pytest.mark.parametrize("serialized", [
+    {"class_name": "TFOpLambda", "config": {"name": "read", "function": "io.read_file"}},
+    {"module": "keras.layers", "class_name": "Dense", "registered_name": "TFOpLambda", "config": {"name": "read"}},
+    {"module": "keras", "class_name": "layers.DenseFeatures", "config": {"name": "read"}},
+    {"class_name": "Bidirectional", "config": {"name": "read", "layer": {"class_name": "TensorFlowOpLayer", "config": {}}}},
+    {"class_name": "RNN", "config": {"name": "read", "cell": {"class_name": "DropoutWrapper", "config": {}}}},
+    {"class_name": "SlicingOpLambda", "config": {"name": "read"}},
+])
+def test_a_function_builds_none_of_the_keras_layers_that_call_tensorflow_by_name(serialized):
+    """Keras finds a layer by its class name, its registered name or a dotted name under a module: each way to a TF op
+    layer (which calls any TensorFlow function, io.read_file included), a feature-column layer or a TF 1 cell wrapper is
+    refused before anything is built (the attack itself: test_functions_framework)."""
+    from fedless_nb.model import ModelModules, check_model_modules
+
+    with pytest.raises(ModelError, match=r"^the model's layer .* which a function does not build: it is a "):
+        check_model_modules(_with_layer(serialized), ModelModules())
+
+
+@pytest.mark.parametrize("layer", ["StringLookup", "IntegerLookup", "TextVectorization"])
+def test_a_function_takes_a_lookup_layers_vocabulary_as_a_list_never_a_file(layer):
+    from fedless_nb.model import ModelModules, check_model_modules
+
+    def spec(vocabulary):
+        return _with_layer({"module": "keras.layers", "class_name": layer, "config": {"name": "words", "vocabulary": vocabulary}})
+
+    for listed in (None, ["a", "b"], [1, 2]):
+        check_model_modules(spec(listed), ModelModules())
+    with pytest.raises(ModelError, match="^the model's layer 'words' reads its vocabulary from the file '/etc/passwd', "
+                                         r".*give the vocabulary itself, a list of its tokens"):
+        check_model_modules(spec("/etc/passwd"), ModelModules())
+    with pytest.raises(ModelError, match="reads its vocabulary from a value that is not a list"):
+        check_model_modules(spec({"class_name": "__bytes__", "config": {"value": "/etc/passwd"}}), ModelModules())
