@@ -21,7 +21,7 @@ import numpy as np
 
 from ._tf import keras as _keras
 from .errors import UserError
-from .refused_layers import layer_refusal
+from .refused_layers import layer_refusal, serialized_objects
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
 MODEL_MODULES_VARIABLE = "FEDLESS_MODEL_MODULES"
@@ -114,8 +114,9 @@ def _is_builtin(cls: type) -> bool:
     return cls.__module__.startswith(_BUILTIN_PREFIXES)
 
 
-def custom_layer_modules(model: Any) -> tuple[str, ...]:
-    """Modules a function must import to rebuild the model; refuses classes it cannot import."""
+def custom_layer_modules(model: Any, compile_settings: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """Modules a function must import to rebuild the model (its custom layers', custom functions' and those of its
+    loss and metrics, `compile_settings` or else the model's own); refuses what a function cannot import."""
     keras = _keras()
     modules = []
     for layer in [model, *model._flatten_layers(include_self=False)]:
@@ -131,7 +132,52 @@ def custom_layer_modules(model: Any) -> tuple[str, ...]:
             )
         if cls.__module__ not in modules:
             modules.append(cls.__module__)
-    return tuple(modules)
+    compile_settings = _compile_settings(model, None, None) if compile_settings is None else compile_settings
+    functions = _function_modules([json.loads(model.to_json()), compile_settings])
+    classes = [module for module in _object_modules(compile_settings) if not module.startswith(_BUILTIN_PREFIXES)]
+    return tuple(dict.fromkeys([*modules, *functions, *classes]))
+
+
+def _keras_function(name: str) -> bool:
+    """Whether `name` is one of Keras's own functions (an activation, loss, metric, ...), as Keras finds a function
+    recorded under module "builtins" when no registered object has that exact name."""
+    keras = _keras()
+    return any(inspect.isfunction(getattr(getattr(keras, kind), name, None))
+               for kind in ("activations", "losses", "metrics", "initializers", "regularizers", "constraints"))
+
+
+def _functions_by_name(config: Any) -> list[Any]:
+    """The names of the functions a config takes by name alone: Keras records its own functions and the custom ones
+    registered with @keras.saving.register_keras_serializable() (an activation, a loss) under module "builtins"."""
+    return [serialized.get("config") for serialized in serialized_objects(config)
+            if serialized["class_name"] == "function" and serialized.get("module") == "builtins"]
+
+
+def _function_module(name: Any) -> str | None:
+    """The module of the custom function Keras finds by `name` (its registered name, looked up exactly), None for one
+    of Keras's own; ModelError for any other name: Keras would search every registered object for a name ending in it,
+    then Python's builtins (eval, open)."""
+    registered = _keras().saving.get_registered_object(name) if isinstance(name, str) else None
+    if registered is not None:
+        return registered.__module__
+    if isinstance(name, str) and _keras_function(name):
+        return None
+    raise ModelError(f"the model takes the function {str(name)[:80]!r} by name, which is neither Keras's nor a registered "
+                     "custom function: define it in an importable module, decorated with "
+                     "@keras.saving.register_keras_serializable()")
+
+
+def _function_modules(config: Any) -> list[str]:
+    """The modules of the custom functions `config` takes by name; ModelError for one a function could not import."""
+    modules = []
+    for name in _functions_by_name(config):
+        module = _function_module(name)
+        if module == "__main__":
+            raise ModelError(f"the model uses the custom function {name!r} (defined in __main__), which a function "
+                             "cannot rebuild: move it into an importable module")
+        if module is not None and module not in modules:
+            modules.append(module)
+    return modules
 
 
 def _compile_settings(model: Any, loss: Any, metrics: Any) -> dict[str, Any]:
@@ -142,10 +188,19 @@ def _compile_settings(model: Any, loss: Any, metrics: Any) -> dict[str, Any]:
         metrics = getattr(compiled, "_user_metrics", None) or ["accuracy"]
     if isinstance(metrics, dict):
         raise ModelError("per-output metrics dicts are not supported; pass a list such as ['accuracy']")
-    return {
-        "loss": loss if isinstance(loss, str) else keras.losses.serialize(loss),
-        "metrics": [m if isinstance(m, str) else keras.metrics.serialize(m) for m in metrics],
-    }
+    return {"loss": _serialized(loss, keras.losses.serialize), "metrics": [_serialized(m, keras.metrics.serialize)
+                                                                          for m in metrics]}
+
+
+def _serialized(value: Any, serialize: Callable[[Any], Any]) -> Any:
+    """A loss or metric as a spec carries it; a function by its registered name ("package>name"), which a function
+    looks up exactly (Keras's own serialize gives a custom function's plain name)."""
+    if isinstance(value, str):
+        return value
+    if inspect.isfunction(value):
+        return {"module": "builtins", "class_name": "function", "config": _keras().saving.get_registered_name(value),
+                "registered_name": "function"}
+    return serialize(value)
 
 
 def takes_any_keyword(function: Callable[..., Any]) -> bool:
@@ -207,9 +262,9 @@ def model_spec_from(
             f"model {model.name!r} is a subclassed keras.Model, whose architecture cannot be serialized: "
             "define it with keras.Sequential or the functional API"
         )
-    modules = custom_layer_modules(model)
     architecture = model.to_json()
-    spec = ModelSpec(architecture, _compile_settings(model, loss, metrics), modules)
+    compile_settings = _compile_settings(model, loss, metrics)
+    spec = ModelSpec(architecture, compile_settings, custom_layer_modules(model, compile_settings))
     weights = [np.array(w, dtype=w.dtype) for w in model.get_weights()]
     rebuilt = build_model(spec)
     if [w.shape for w in rebuilt.get_weights()] != [w.shape for w in weights]:
@@ -227,7 +282,8 @@ def make_optimizer(name: str, learning_rate: float) -> Any:
 def _object_modules(value: Any) -> list[str]:
     """Every module a serialized Keras config names (an object's "module"), which Keras imports to find the object."""
     if isinstance(value, dict):
-        own = [value["module"]] if isinstance(value.get("module"), str) else []
+        by_name = value.get("module") == "builtins" and value.get("class_name") == "function"  # see _function_module
+        own = [value["module"]] if isinstance(value.get("module"), str) and not by_name else []
         return own + [module for item in value.values() for module in _object_modules(item)]
     if isinstance(value, list):
         return [module for item in value for module in _object_modules(item)]
@@ -294,11 +350,17 @@ def _check_registered_objects(spec: ModelSpec, allowed: ModelModules) -> None:
     if ANY_MODULE in allowed.names:
         return
     get_registered = _keras().saving.get_registered_object
-    for module, name in _objects_from([json.loads(spec.architecture), spec.compile], allowed.names):
+    config = [json.loads(spec.architecture), spec.compile]
+    for module, name in _objects_from(config, allowed.names):
         if not isinstance(name, str) or get_registered(name) is None:
             raise ModelError(f"the model takes {str(name)[:80]!r} from module {module}, which registers no such object "
                              "with Keras: a task may take from a listed module only what it registers with "
                              "@keras.saving.register_keras_serializable()")
+    for name in _functions_by_name(config):
+        module = _function_module(name)
+        if module is not None and not any(module == listed or module.startswith(listed + ".") for listed in allowed.names):
+            raise ModelError(f"the model takes the function {name!r} from module {module}, which this function does not "
+                             "import: " + allowed.remedy.format(named=module, options=f"--model-module {module}"))
 
 
 def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: ModelModules | None = None) -> Any:

@@ -32,16 +32,16 @@ _WHY = {
 }
 
 
-def _objects(value: Any) -> Iterator[dict[str, Any]]:
+def serialized_objects(value: Any) -> Iterator[dict[str, Any]]:
     """Every serialized Keras object in a config (a dict with a class_name), at any depth."""
     if isinstance(value, dict):
         if isinstance(value.get("class_name"), str):
             yield value
         for item in value.values():
-            yield from _objects(item)
+            yield from serialized_objects(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _objects(item)
+            yield from serialized_objects(item)
 
 
 def _looked_up_as(serialized: dict[str, Any]) -> set[str]:
@@ -62,7 +62,7 @@ def _layer_name(serialized: dict[str, Any]) -> str:
 def layer_refusal(config: Any) -> str | None:
     """Why a function refuses to build the model `config` (an architecture or compile settings, parsed), in one line;
     None when it builds nothing listed above."""
-    for serialized in _objects(config):
+    for serialized in serialized_objects(config):
         names = _looked_up_as(serialized)
         if refused := sorted(names & _WHY.keys()):
             return (f"the model's layer {_layer_name(serialized)} is a {refused[0]}, which a function does not build: "

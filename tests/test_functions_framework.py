@@ -28,7 +28,7 @@ from fedless_nb.providers.base import InvocationError
 from fedless_nb.providers.http import HttpProvider
 from fedless_nb.runner import run_experiment
 from fedless_nb.security import client_secret
-from fedless_nb.store import LocalStore
+from fedless_nb.store import LocalStore, encode_arrays
 
 from signed_tasks import make_aggregator_task, make_task, write_custom_layer_inputs, write_inputs
 
@@ -578,6 +578,33 @@ def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bun
             name: value for name, value in settings.items() if name != "FEDLESS_RUN_SECRET"}) as url:
         status, reply = _post(url, task)
     assert status == 200 and reply["num_examples"] == 40 and store.exists(json.loads(task)["update"]), reply
+
+
+def test_a_models_custom_functions_train_on_a_function_that_lists_their_module(tmp_path):
+    """Keras 2.15 records a registered custom activation or loss under module "builtins", which a function refused
+    whatever its deployer listed (`the model names module builtins`, and --model-module builtins could not help), so no
+    custom function reached one. The spec now names the function's module, and a function takes it by its registered
+    name from a module it lists; any other name Keras would look up among Python's builtins (eval) is refused."""
+    from tensorflow import keras
+
+    from fedless_nb.model import model_spec_from
+    from registered_layers import halved_crossentropy, scaled_tanh
+
+    store, _ = write_inputs(tmp_path / "store")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation=scaled_tanh),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(loss=halved_crossentropy)
+    spec, weights = model_spec_from(model)
+    assert spec.modules == ("registered_layers",)
+    store.put("global", encode_arrays(weights))
+    evaluating = type(spec)(spec.architecture.replace("fedless_tests>scaled_tanh", "eval"), spec.compile, spec.modules)
+    deployed = build_bundle("functions_framework", tmp_path / "dist", model_modules=spec.modules)
+    with functions_framework(deployed.path, tmp_path / "ff.log", settings={"FEDLESS_MODEL_MODULES": "registered_layers"}) as url:
+        trained = _post(url, json.dumps(make_task(store, spec, secret=SECRET)).encode())
+        refused = _post(url, json.dumps(make_task(store, evaluating, secret=SECRET, run_id="run-2")).encode())
+    assert trained[0] == 200 and trained[1]["num_examples"] == 40, trained
+    assert refused[0] == 400 and refused[1]["error"]["message"].startswith(
+        "the model takes the function 'eval' by name, which is neither Keras's nor a registered custom function"), refused
 
 
 def test_a_large_bodys_token_nested_past_pythons_stack_is_one_refusal(server):

@@ -174,3 +174,27 @@ def test_a_function_takes_a_lookup_layers_vocabulary_as_a_list_never_a_file(laye
         check_model_modules(spec("/etc/passwd"), ModelModules())
     with pytest.raises(ModelError, match="reads its vocabulary from a value that is not a list"):
         check_model_modules(spec({"class_name": "__bytes__", "config": {"value": "/etc/passwd"}}), ModelModules())
+
+
+def test_custom_functions_travel_by_their_registered_name_from_their_module():
+    """A registered activation or loss names its module in the spec, and a function takes it only from a module it
+    lists; an unregistered function is refused where the spec is made (test_functions_framework trains one)."""
+    from fedless_nb.model import ModelModules
+    from registered_layers import halved_crossentropy, scaled_tanh
+
+    def plain(x):
+        return x
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation=scaled_tanh)])
+    spec, _ = model_spec_from(model, loss=halved_crossentropy)
+    assert spec.modules == ("registered_layers",)
+    assert spec.compile["loss"]["config"] == "fedless_tests>halved_crossentropy"
+    build_model(spec, allowed_modules=ModelModules(frozenset({"registered_layers"})))
+    unlisted = ModelSpec(spec.architecture, spec.compile)  # a task that leaves the module out of its list
+    with pytest.raises(ModelError, match="^the model takes the function 'fedless_tests>scaled_tanh' from module "
+                                         "registered_layers, which this function does not import: .*--model-module "
+                                         "registered_layers"):
+        build_model(unlisted, allowed_modules=ModelModules(frozenset({"other_layers"})))
+    with pytest.raises(ModelError, match="^the model takes the function 'plain' by name, which is neither Keras's nor "
+                                         "a registered custom function"):
+        model_spec_from(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation=plain)]))
