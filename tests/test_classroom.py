@@ -124,6 +124,17 @@ def test_a_malformed_registration_is_refused_with_one_line(classroom, fields, re
     assert classroom.roster.rows() == []
 
 
+def test_a_code_or_proof_past_ascii_is_refused_with_one_line(classroom):
+    """hmac.compare_digest raises TypeError on a str with a character past ASCII: a join code 'ÄÖ1234' (from anyone)
+    and a leave's proof 'é' were a 500 with a traceback in the teacher's log, and the wrong code went uncounted."""
+    assert post(classroom.url + "/join", registration(classroom, "alice"))[0] == 200
+    status, reply = post(classroom.url + "/join", registration(classroom, "mallory", code="ÄÖ1234"))
+    assert (status, reply["error"]) == (403, "wrong join code: copy the code shown on the teacher's screen")
+    status, reply = post(classroom.url + "/leave", {"name": "alice", "proof": "é"})
+    assert (status, reply["error"]) == (403, "no student 'alice' with that key in this class")
+    assert [row["name"] for row in classroom.roster.rows()] == ["alice"]
+
+
 @pytest.mark.parametrize("url", [
     "http://10.0.0.5:8080/",  # another machine on the teacher's network
     "http://[::ffff:10.0.0.5]:8080/",  # the same, IPv4-mapped
