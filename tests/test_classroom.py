@@ -30,7 +30,7 @@ from fedless_nb.security import NonceCache, client_key, new_secret
 from fedless_nb.store import PresignedStore, StoreError, decode_arrays, encode_arrays
 
 from loopback import serving
-from signed_tasks import make_task, write_custom_layer_inputs, write_inputs
+from signed_tasks import make_task, reading_file, write_custom_layer_inputs, write_inputs
 
 
 @pytest.fixture
@@ -408,6 +408,21 @@ def test_a_task_naming_the_students_files_or_other_services_is_refused_though_si
     finally:
         student.leave()
         other.close()
+
+
+def test_a_task_cannot_make_a_students_function_read_their_files(classroom, tmp_path, fresh_function_state):
+    """Whoever holds a student's key (the teacher) could send their function a model whose TF op layers read a file of
+    the student's machine (io.read_file) into TensorFlow's error, which the reply carried; it is refused unbuilt."""
+    store, _ = write_inputs(tmp_path / "store")
+    private = tmp_path / "private.txt"
+    private.write_text("private-line-42")
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        status, reply = post(student.url, served_task(classroom, store, reading_file(private), student._secret))
+    finally:
+        student.leave()
+    assert "private-line-42" not in json.dumps(reply), reply
+    assert status == 400 and reply["error"]["message"].startswith("the model's layer "), reply
 
 
 def test_the_student_trains_on_their_own_data_which_never_enters_the_store(classroom, tmp_path, fresh_function_state):

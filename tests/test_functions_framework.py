@@ -30,7 +30,7 @@ from fedless_nb.runner import run_experiment
 from fedless_nb.security import client_secret
 from fedless_nb.store import LocalStore, encode_arrays
 
-from signed_tasks import make_aggregator_task, make_task, write_custom_layer_inputs, write_inputs
+from signed_tasks import make_aggregator_task, make_task, reading_file, write_custom_layer_inputs, write_inputs
 
 SECRET = "functions-framework-test-secret"
 
@@ -501,27 +501,6 @@ def test_a_signed_tasks_model_cannot_make_the_function_run_its_bytecode(server, 
     assert reply["error"]["message"].startswith("the model spec does not rebuild: "), reply
 
 
-def _reading_file(path: Path):
-    """A spec whose TF op layers (Keras's record of `tf.strings.strip(x)` in a functional model, one renamed to
-    io.read_file, no module named) read `path` on the function into a number, so TensorFlow's error carries its text."""
-    import tensorflow as tf
-    from tensorflow import keras
-
-    from fedless_nb.model import ModelSpec
-
-    inputs = keras.Input((8,))
-    name = tf.strings.regex_replace(tf.strings.reduce_join(tf.strings.as_string(inputs)), ".*", str(path),
-                                    replace_global=False)
-    number = tf.reshape(tf.strings.to_number(tf.strings.strip(name)), [1, 1])
-    hidden = keras.layers.Dense(4, activation="relu")(inputs + number)  # the weights' shapes of write_inputs' model
-    architecture = json.loads(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden)).to_json())
-    for layer in architecture["config"]["layers"]:
-        layer.pop("module")
-        if layer["config"].get("function") == "strings.strip":
-            layer["config"]["function"] = "io.read_file"
-    return ModelSpec(json.dumps(architecture), {"loss": "sparse_categorical_crossentropy", "metrics": []})
-
-
 def _reading_vocabulary(path: Path):
     """A spec whose StringLookup layer takes its vocabulary from the file at `path`."""
     from tensorflow import keras
@@ -534,7 +513,7 @@ def _reading_vocabulary(path: Path):
                       spec.compile)
 
 
-@pytest.mark.parametrize("reading", [_reading_file, _reading_vocabulary])
+@pytest.mark.parametrize("reading", [reading_file, _reading_vocabulary])
 def test_a_signed_tasks_model_cannot_read_the_functions_files(server, tmp_path, reading):
     """A TF op layer (what Keras records for tf.strings.strip(x)) calls whatever TensorFlow function its config names:
     a task whose layers read a file of the function's (io.read_file) into a number got its text back in TensorFlow's
