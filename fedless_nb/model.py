@@ -74,7 +74,7 @@ class ModelSpec:
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> "ModelSpec":
-        return cls(wire["architecture"], wire.get("compile") or {}, tuple(wire.get("modules") or ()))
+        return cls(wire.get("architecture"), wire.get("compile") or {}, tuple(map(str, wire.get("modules") or ())))
 
     @property
     def fingerprint(self) -> str:
@@ -89,13 +89,31 @@ class ModelSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _architecture(text: Any) -> dict[str, Any]:
+    """A spec's architecture parsed: a Keras model's JSON object, whose "config" is an object; ModelError for anything
+    else a task sends (a list, a string, text that is not JSON were a 500, an AttributeError or a JSONDecodeError)."""
+    try:
+        config = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        config = None
+    if not isinstance(config, dict) or not isinstance(config.get("config", {}), dict):
+        raise ModelError("the model spec does not rebuild: its architecture is not a Keras model's JSON object")
+    return config
+
+
+def _member(value: Any, name: str) -> Any:
+    """`value[name]` where `value` is an object that has it (a task's layer may be any JSON), else None."""
+    return value.get(name) if isinstance(value, dict) else None
+
+
 def _without_layer_names(architecture: str) -> Any:
     """The architecture with each layer's (and the model's) name replaced by its position, everywhere the
     name occurs (a functional model's inbound nodes and input/output lists refer to layers by name)."""
-    config = json.loads(architecture)
+    config = _architecture(architecture)
     model_config = config.get("config", {})
-    layers = model_config.get("layers", []) if isinstance(model_config, dict) else []
-    names = [model_config.get("name")] + [layer.get("config", {}).get("name") for layer in layers]
+    layers = model_config.get("layers", [])
+    names = [model_config.get("name")] + [_member(_member(layer, "config"), "name")
+                                          for layer in (layers if isinstance(layers, list) else [])]
     positions = {name: f"<layer {index}>" for index, name in enumerate(names) if isinstance(name, str)}
 
     def rename(value: Any) -> Any:
@@ -310,12 +328,12 @@ def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> None:
     one of Keras's own layers that reach past the model (refused_layers.py: a TF op layer read the function's files)."""
     if ANY_MODULE in allowed.names:
         return
+    architecture = _architecture(spec.architecture)
     try:
-        architecture = json.loads(spec.architecture)
         refusal = layer_refusal([architecture, spec.compile])
         named = [*spec.modules, *_object_modules(architecture), *_object_modules(spec.compile)]
-    except (TypeError, ValueError, RecursionError):
-        raise ModelError("the model spec does not rebuild: its architecture is not JSON") from None
+    except RecursionError:
+        raise ModelError("the model spec does not rebuild: its architecture nests too deeply") from None
     if refusal:
         raise ModelError(refusal)
     foreign = [module for module in dict.fromkeys(named) if not _is_keras_api(str(module)) and module not in allowed.names]
@@ -374,19 +392,28 @@ def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: Mode
         importlib.import_module(module)
     if allowed_modules is not None:
         _check_registered_objects(spec, allowed_modules)
+    architecture = _architecture(spec.architecture)
     try:
         # keras.layers.deserialize, not model_from_json: Keras 2's JSON decoding deserializes any object marked
         # "__passive_serialization__" as it parses, outside Keras's safe mode, so a Lambda layer there (its "module"
         # left out, unchecked) ran the Python bytecode it carried. Deserialized here, every object is built in safe mode,
         # which refuses bytecode wherever it sits.
-        model = keras.layers.deserialize(json.loads(spec.architecture))
-    except (ValueError, TypeError) as error:
+        model = keras.layers.deserialize(architecture)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:  # a config Keras cannot read
         raise ModelError(f"the model spec does not rebuild: {error}") from None
     settings = spec.compile
-    loss = settings.get("loss", "sparse_categorical_crossentropy")
-    model.compile(
-        optimizer=optimizer if optimizer is not None else make_optimizer("sgd", 0.01),
-        loss=loss if isinstance(loss, str) else keras.losses.deserialize(loss),
-        metrics=[m if isinstance(m, str) else keras.metrics.deserialize(m) for m in settings.get("metrics", [])],
-    )
+    loss = _member(settings, "loss") or "sparse_categorical_crossentropy"
+    metrics = settings.get("metrics", []) if isinstance(settings, dict) else None
+    if not isinstance(metrics, list) or not all(isinstance(m, (str, dict)) for m in [loss, *metrics]):
+        raise ModelError("the model's compile settings do not work: give a loss (a name or a serialized Keras loss) "
+                         "and a list of metrics")
+    try:
+        keras.losses.get(loss)  # an unknown name fails here, not in the first training step
+        model.compile(
+            optimizer=optimizer if optimizer is not None else make_optimizer("sgd", 0.01),
+            loss=loss if isinstance(loss, str) else keras.losses.deserialize(loss),
+            metrics=[m if isinstance(m, str) else keras.metrics.deserialize(m) for m in metrics],
+        )
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:  # a loss or metric Keras cannot find
+        raise ModelError(f"the model's compile settings do not work: {error}") from None
     return model

@@ -27,7 +27,7 @@ from fedless_nb.deploy.packaging import build_bundle
 from fedless_nb.providers.base import InvocationError
 from fedless_nb.providers.http import HttpProvider
 from fedless_nb.runner import run_experiment
-from fedless_nb.security import client_secret
+from fedless_nb.security import client_key, client_secret
 from fedless_nb.store import LocalStore, encode_arrays
 
 from signed_tasks import make_aggregator_task, make_task, reading_file, write_custom_layer_inputs, write_inputs
@@ -526,6 +526,31 @@ def test_a_signed_tasks_model_cannot_read_the_functions_files(server, tmp_path, 
     assert "private-line-42" not in json.dumps(reply), reply
     assert status == 400 and reply["error"]["type"] == "ModelError", reply
     assert reply["error"]["message"].startswith("the model's layer "), reply
+
+
+@pytest.mark.parametrize("model, refusal", [
+    ({"architecture": "[1, 2]"}, "the model spec does not rebuild: its architecture is not a Keras model's JSON object"),
+    ({"architecture": "not JSON"}, "the model spec does not rebuild: its architecture is not a Keras model's JSON object"),
+    ({}, "the model spec does not rebuild: its architecture is not a Keras model's JSON object"),
+    ({"architecture": json.dumps({"class_name": "Sequential", "config": {"layers": "x"}})},
+     "the model spec does not rebuild: "),
+    ({"compile": {"loss": "nope"}}, "the model's compile settings do not work: Unknown loss function: 'nope'"),
+    ({"compile": {"metrics": "accuracy"}}, "the model's compile settings do not work: give a loss (a name or a "
+                                           "serialized Keras loss) and a list of metrics"),
+])
+def test_a_model_spec_a_function_cannot_read_is_refused_not_a_failure(server, tmp_path, model, refusal):
+    """An architecture that is JSON but not an object, or not JSON, or missing, a Sequential whose layers are a string,
+    and compile settings Keras cannot read were 500s (AttributeError, JSONDecodeError, KeyError, ValueError in the
+    first training step), which providers retry as the function's own failure; each is now a 400 in one line."""
+    store, spec = write_inputs(tmp_path)
+    task = make_task(store, spec, secret=None)
+    task["model"] = {**task["model"], **model}
+    if "architecture" not in model and "compile" not in model:
+        del task["model"]["architecture"]
+    task["token"] = client_key(SECRET, task["run_id"], task["client_id"]).issue_token(task)
+    status, reply = _post(server, json.dumps(task).encode())
+    assert status == 400 and reply["error"]["type"] == "ModelError", reply
+    assert reply["error"]["message"].startswith(refusal) and "\n" not in reply["error"]["message"], reply
 
 
 def _printed_settings(command: str) -> dict[str, str]:
