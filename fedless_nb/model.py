@@ -21,6 +21,7 @@ import numpy as np
 
 from ._tf import keras as _keras
 from .errors import UserError
+from .refused_layers import layer_refusal, serialized_objects
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad")
 MODEL_MODULES_VARIABLE = "FEDLESS_MODEL_MODULES"
@@ -73,7 +74,7 @@ class ModelSpec:
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> "ModelSpec":
-        return cls(wire["architecture"], wire.get("compile") or {}, tuple(wire.get("modules") or ()))
+        return cls(wire.get("architecture"), wire.get("compile") or {}, tuple(map(str, wire.get("modules") or ())))
 
     @property
     def fingerprint(self) -> str:
@@ -88,13 +89,31 @@ class ModelSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _architecture(text: Any) -> dict[str, Any]:
+    """A spec's architecture parsed: a Keras model's JSON object, whose "config" is an object; ModelError for anything
+    else a task sends (a list, a string, text that is not JSON were a 500, an AttributeError or a JSONDecodeError)."""
+    try:
+        config = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        config = None
+    if not isinstance(config, dict) or not isinstance(config.get("config", {}), dict):
+        raise ModelError("the model spec does not rebuild: its architecture is not a Keras model's JSON object")
+    return config
+
+
+def _member(value: Any, name: str) -> Any:
+    """`value[name]` where `value` is an object that has it (a task's layer may be any JSON), else None."""
+    return value.get(name) if isinstance(value, dict) else None
+
+
 def _without_layer_names(architecture: str) -> Any:
     """The architecture with each layer's (and the model's) name replaced by its position, everywhere the
     name occurs (a functional model's inbound nodes and input/output lists refer to layers by name)."""
-    config = json.loads(architecture)
+    config = _architecture(architecture)
     model_config = config.get("config", {})
-    layers = model_config.get("layers", []) if isinstance(model_config, dict) else []
-    names = [model_config.get("name")] + [layer.get("config", {}).get("name") for layer in layers]
+    layers = model_config.get("layers", [])
+    names = [model_config.get("name")] + [_member(_member(layer, "config"), "name")
+                                          for layer in (layers if isinstance(layers, list) else [])]
     positions = {name: f"<layer {index}>" for index, name in enumerate(names) if isinstance(name, str)}
 
     def rename(value: Any) -> Any:
@@ -113,8 +132,9 @@ def _is_builtin(cls: type) -> bool:
     return cls.__module__.startswith(_BUILTIN_PREFIXES)
 
 
-def custom_layer_modules(model: Any) -> tuple[str, ...]:
-    """Modules a function must import to rebuild the model; refuses classes it cannot import."""
+def custom_layer_modules(model: Any, compile_settings: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """Modules a function must import to rebuild the model (its custom layers', custom functions' and those of its
+    loss and metrics, `compile_settings` or else the model's own); refuses what a function cannot import."""
     keras = _keras()
     modules = []
     for layer in [model, *model._flatten_layers(include_self=False)]:
@@ -130,7 +150,52 @@ def custom_layer_modules(model: Any) -> tuple[str, ...]:
             )
         if cls.__module__ not in modules:
             modules.append(cls.__module__)
-    return tuple(modules)
+    compile_settings = _compile_settings(model, None, None) if compile_settings is None else compile_settings
+    functions = _function_modules([json.loads(model.to_json()), compile_settings])
+    classes = [module for module in _object_modules(compile_settings) if not module.startswith(_BUILTIN_PREFIXES)]
+    return tuple(dict.fromkeys([*modules, *functions, *classes]))
+
+
+def _keras_function(name: str) -> bool:
+    """Whether `name` is one of Keras's own functions (an activation, loss, metric, ...), as Keras finds a function
+    recorded under module "builtins" when no registered object has that exact name."""
+    keras = _keras()
+    return any(inspect.isfunction(getattr(getattr(keras, kind), name, None))
+               for kind in ("activations", "losses", "metrics", "initializers", "regularizers", "constraints"))
+
+
+def _functions_by_name(config: Any) -> list[Any]:
+    """The names of the functions a config takes by name alone: Keras records its own functions and the custom ones
+    registered with @keras.saving.register_keras_serializable() (an activation, a loss) under module "builtins"."""
+    return [serialized.get("config") for serialized in serialized_objects(config)
+            if serialized["class_name"] == "function" and serialized.get("module") == "builtins"]
+
+
+def _function_module(name: Any) -> str | None:
+    """The module of the custom function Keras finds by `name` (its registered name, looked up exactly), None for one
+    of Keras's own; ModelError for any other name: Keras would search every registered object for a name ending in it,
+    then Python's builtins (eval, open)."""
+    registered = _keras().saving.get_registered_object(name) if isinstance(name, str) else None
+    if registered is not None:
+        return registered.__module__
+    if isinstance(name, str) and _keras_function(name):
+        return None
+    raise ModelError(f"the model takes the function {str(name)[:80]!r} by name, which is neither Keras's nor a registered "
+                     "custom function: define it in an importable module, decorated with "
+                     "@keras.saving.register_keras_serializable()")
+
+
+def _function_modules(config: Any) -> list[str]:
+    """The modules of the custom functions `config` takes by name; ModelError for one a function could not import."""
+    modules = []
+    for name in _functions_by_name(config):
+        module = _function_module(name)
+        if module == "__main__":
+            raise ModelError(f"the model uses the custom function {name!r} (defined in __main__), which a function "
+                             "cannot rebuild: move it into an importable module")
+        if module is not None and module not in modules:
+            modules.append(module)
+    return modules
 
 
 def _compile_settings(model: Any, loss: Any, metrics: Any) -> dict[str, Any]:
@@ -141,10 +206,19 @@ def _compile_settings(model: Any, loss: Any, metrics: Any) -> dict[str, Any]:
         metrics = getattr(compiled, "_user_metrics", None) or ["accuracy"]
     if isinstance(metrics, dict):
         raise ModelError("per-output metrics dicts are not supported; pass a list such as ['accuracy']")
-    return {
-        "loss": loss if isinstance(loss, str) else keras.losses.serialize(loss),
-        "metrics": [m if isinstance(m, str) else keras.metrics.serialize(m) for m in metrics],
-    }
+    return {"loss": _serialized(loss, keras.losses.serialize), "metrics": [_serialized(m, keras.metrics.serialize)
+                                                                          for m in metrics]}
+
+
+def _serialized(value: Any, serialize: Callable[[Any], Any]) -> Any:
+    """A loss or metric as a spec carries it; a function by its registered name ("package>name"), which a function
+    looks up exactly (Keras's own serialize gives a custom function's plain name)."""
+    if isinstance(value, str):
+        return value
+    if inspect.isfunction(value):
+        return {"module": "builtins", "class_name": "function", "config": _keras().saving.get_registered_name(value),
+                "registered_name": "function"}
+    return serialize(value)
 
 
 def takes_any_keyword(function: Callable[..., Any]) -> bool:
@@ -206,9 +280,9 @@ def model_spec_from(
             f"model {model.name!r} is a subclassed keras.Model, whose architecture cannot be serialized: "
             "define it with keras.Sequential or the functional API"
         )
-    modules = custom_layer_modules(model)
     architecture = model.to_json()
-    spec = ModelSpec(architecture, _compile_settings(model, loss, metrics), modules)
+    compile_settings = _compile_settings(model, loss, metrics)
+    spec = ModelSpec(architecture, compile_settings, custom_layer_modules(model, compile_settings))
     weights = [np.array(w, dtype=w.dtype) for w in model.get_weights()]
     rebuilt = build_model(spec)
     if [w.shape for w in rebuilt.get_weights()] != [w.shape for w in weights]:
@@ -226,7 +300,8 @@ def make_optimizer(name: str, learning_rate: float) -> Any:
 def _object_modules(value: Any) -> list[str]:
     """Every module a serialized Keras config names (an object's "module"), which Keras imports to find the object."""
     if isinstance(value, dict):
-        own = [value["module"]] if isinstance(value.get("module"), str) else []
+        by_name = value.get("module") == "builtins" and value.get("class_name") == "function"  # see _function_module
+        own = [value["module"]] if isinstance(value.get("module"), str) and not by_name else []
         return own + [module for item in value.values() for module in _object_modules(item)]
     if isinstance(value, list):
         return [module for item in value for module in _object_modules(item)]
@@ -249,13 +324,18 @@ def model_modules_allowed(environment: Mapping[str, str] | None = None) -> Model
 def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> None:
     """ModelError unless every module the spec makes Python import is Keras's API or `allowed`: Keras imports the
     module a serialized object names and takes any attribute of it, which a layer such as Lambda then calls (a
-    task naming `pydoc`'s pipepager ran a shell command), and importing a module runs its code."""
+    task naming `pydoc`'s pipepager ran a shell command), and importing a module runs its code. Nor may it build
+    one of Keras's own layers that reach past the model (refused_layers.py: a TF op layer read the function's files)."""
     if ANY_MODULE in allowed.names:
         return
+    architecture = _architecture(spec.architecture)
     try:
-        named = [*spec.modules, *_object_modules(json.loads(spec.architecture)), *_object_modules(spec.compile)]
-    except (TypeError, ValueError, RecursionError):
-        raise ModelError("the model spec does not rebuild: its architecture is not JSON") from None
+        refusal = layer_refusal([architecture, spec.compile])
+        named = [*spec.modules, *_object_modules(architecture), *_object_modules(spec.compile)]
+    except RecursionError:
+        raise ModelError("the model spec does not rebuild: its architecture nests too deeply") from None
+    if refusal:
+        raise ModelError(refusal)
     foreign = [module for module in dict.fromkeys(named) if not _is_keras_api(str(module)) and module not in allowed.names]
     if foreign:
         named = ", ".join(map(str, foreign[:3]))
@@ -288,11 +368,17 @@ def _check_registered_objects(spec: ModelSpec, allowed: ModelModules) -> None:
     if ANY_MODULE in allowed.names:
         return
     get_registered = _keras().saving.get_registered_object
-    for module, name in _objects_from([json.loads(spec.architecture), spec.compile], allowed.names):
+    config = [json.loads(spec.architecture), spec.compile]
+    for module, name in _objects_from(config, allowed.names):
         if not isinstance(name, str) or get_registered(name) is None:
             raise ModelError(f"the model takes {str(name)[:80]!r} from module {module}, which registers no such object "
                              "with Keras: a task may take from a listed module only what it registers with "
                              "@keras.saving.register_keras_serializable()")
+    for name in _functions_by_name(config):
+        module = _function_module(name)
+        if module is not None and not any(module == listed or module.startswith(listed + ".") for listed in allowed.names):
+            raise ModelError(f"the model takes the function {name!r} from module {module}, which this function does not "
+                             "import: " + allowed.remedy.format(named=module, options=f"--model-module {module}"))
 
 
 def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: ModelModules | None = None) -> Any:
@@ -306,19 +392,28 @@ def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: Mode
         importlib.import_module(module)
     if allowed_modules is not None:
         _check_registered_objects(spec, allowed_modules)
+    architecture = _architecture(spec.architecture)
     try:
         # keras.layers.deserialize, not model_from_json: Keras 2's JSON decoding deserializes any object marked
         # "__passive_serialization__" as it parses, outside Keras's safe mode, so a Lambda layer there (its "module"
         # left out, unchecked) ran the Python bytecode it carried. Deserialized here, every object is built in safe mode,
         # which refuses bytecode wherever it sits.
-        model = keras.layers.deserialize(json.loads(spec.architecture))
-    except (ValueError, TypeError) as error:
+        model = keras.layers.deserialize(architecture)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:  # a config Keras cannot read
         raise ModelError(f"the model spec does not rebuild: {error}") from None
     settings = spec.compile
-    loss = settings.get("loss", "sparse_categorical_crossentropy")
-    model.compile(
-        optimizer=optimizer if optimizer is not None else make_optimizer("sgd", 0.01),
-        loss=loss if isinstance(loss, str) else keras.losses.deserialize(loss),
-        metrics=[m if isinstance(m, str) else keras.metrics.deserialize(m) for m in settings.get("metrics", [])],
-    )
+    loss = _member(settings, "loss") or "sparse_categorical_crossentropy"
+    metrics = settings.get("metrics", []) if isinstance(settings, dict) else None
+    if not isinstance(metrics, list) or not all(isinstance(m, (str, dict)) for m in [loss, *metrics]):
+        raise ModelError("the model's compile settings do not work: give a loss (a name or a serialized Keras loss) "
+                         "and a list of metrics")
+    try:
+        keras.losses.get(loss)  # an unknown name fails here, not in the first training step
+        model.compile(
+            optimizer=optimizer if optimizer is not None else make_optimizer("sgd", 0.01),
+            loss=loss if isinstance(loss, str) else keras.losses.deserialize(loss),
+            metrics=[m if isinstance(m, str) else keras.metrics.deserialize(m) for m in metrics],
+        )
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:  # a loss or metric Keras cannot find
+        raise ModelError(f"the model's compile settings do not work: {error}") from None
     return model

@@ -1,5 +1,6 @@
 """Real client tasks on a local store, signed the way the controller signs them (for security and adapter tests)."""
 
+import json
 import time
 
 import numpy as np
@@ -38,6 +39,27 @@ def write_custom_layer_inputs(root):
     spec, weights = model_spec_from(model)
     store.put("global", encode_arrays(weights))
     return store, spec
+
+
+def reading_file(path):
+    """A spec whose TF op layers (Keras's record of `tf.strings.strip(x)` in a functional model, one renamed to
+    io.read_file, no module named) read `path` on the function into a number, so TensorFlow's error carries its text."""
+    import tensorflow as tf
+    from tensorflow import keras
+
+    from fedless_nb.model import ModelSpec
+
+    inputs = keras.Input((8,))
+    name = tf.strings.regex_replace(tf.strings.reduce_join(tf.strings.as_string(inputs)), ".*", str(path),
+                                    replace_global=False)
+    number = tf.reshape(tf.strings.to_number(tf.strings.strip(name)), [1, 1])
+    hidden = keras.layers.Dense(4, activation="relu")(inputs + number)  # the weights' shapes of write_inputs' model
+    architecture = json.loads(keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden)).to_json())
+    for layer in architecture["config"]["layers"]:
+        layer.pop("module")
+        if layer["config"].get("function") == "strings.strip":
+            layer["config"]["function"] = "io.read_file"
+    return ModelSpec(json.dumps(architecture), {"loss": "sparse_categorical_crossentropy", "metrics": []})
 
 
 def make_task(store, spec, client_id="client-0000", *, run_id="run-1", secret=SECRET, deadline=None, weights="global"):

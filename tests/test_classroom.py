@@ -30,7 +30,7 @@ from fedless_nb.security import NonceCache, client_key, new_secret
 from fedless_nb.store import PresignedStore, StoreError, decode_arrays, encode_arrays
 
 from loopback import serving
-from signed_tasks import make_task, write_custom_layer_inputs, write_inputs
+from signed_tasks import make_task, reading_file, write_custom_layer_inputs, write_inputs
 
 
 @pytest.fixture
@@ -122,6 +122,17 @@ def test_a_malformed_registration_is_refused_with_one_line(classroom, fields, re
     status, reply = post(classroom.url + "/join", registration(classroom, "mallory", **fields))
     assert status == 403 and refusal in reply["error"] and "\n" not in reply["error"]
     assert classroom.roster.rows() == []
+
+
+def test_a_code_or_proof_past_ascii_is_refused_with_one_line(classroom):
+    """hmac.compare_digest raises TypeError on a str with a character past ASCII: a join code 'ÄÖ1234' (from anyone)
+    and a leave's proof 'é' were a 500 with a traceback in the teacher's log, and the wrong code went uncounted."""
+    assert post(classroom.url + "/join", registration(classroom, "alice"))[0] == 200
+    status, reply = post(classroom.url + "/join", registration(classroom, "mallory", code="ÄÖ1234"))
+    assert (status, reply["error"]) == (403, "wrong join code: copy the code shown on the teacher's screen")
+    status, reply = post(classroom.url + "/leave", {"name": "alice", "proof": "é"})
+    assert (status, reply["error"]) == (403, "no student 'alice' with that key in this class")
+    assert [row["name"] for row in classroom.roster.rows()] == ["alice"]
 
 
 @pytest.mark.parametrize("url", [
@@ -397,6 +408,21 @@ def test_a_task_naming_the_students_files_or_other_services_is_refused_though_si
     finally:
         student.leave()
         other.close()
+
+
+def test_a_task_cannot_make_a_students_function_read_their_files(classroom, tmp_path, fresh_function_state):
+    """Whoever holds a student's key (the teacher) could send their function a model whose TF op layers read a file of
+    the student's machine (io.read_file) into TensorFlow's error, which the reply carried; it is refused unbuilt."""
+    store, _ = write_inputs(tmp_path / "store")
+    private = tmp_path / "private.txt"
+    private.write_text("private-line-42")
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        status, reply = post(student.url, served_task(classroom, store, reading_file(private), student._secret))
+    finally:
+        student.leave()
+    assert "private-line-42" not in json.dumps(reply), reply
+    assert status == 400 and reply["error"]["message"].startswith("the model's layer "), reply
 
 
 def test_the_student_trains_on_their_own_data_which_never_enters_the_store(classroom, tmp_path, fresh_function_state):

@@ -27,10 +27,10 @@ from fedless_nb.deploy.packaging import build_bundle
 from fedless_nb.providers.base import InvocationError
 from fedless_nb.providers.http import HttpProvider
 from fedless_nb.runner import run_experiment
-from fedless_nb.security import client_secret
-from fedless_nb.store import LocalStore
+from fedless_nb.security import client_key, client_secret
+from fedless_nb.store import LocalStore, encode_arrays
 
-from signed_tasks import make_aggregator_task, make_task, write_custom_layer_inputs, write_inputs
+from signed_tasks import make_aggregator_task, make_task, reading_file, write_custom_layer_inputs, write_inputs
 
 SECRET = "functions-framework-test-secret"
 
@@ -501,6 +501,58 @@ def test_a_signed_tasks_model_cannot_make_the_function_run_its_bytecode(server, 
     assert reply["error"]["message"].startswith("the model spec does not rebuild: "), reply
 
 
+def _reading_vocabulary(path: Path):
+    """A spec whose StringLookup layer takes its vocabulary from the file at `path`."""
+    from tensorflow import keras
+
+    from fedless_nb.model import model_spec_from
+
+    model = keras.Sequential([keras.Input((1,), dtype="string"), keras.layers.StringLookup(vocabulary=["a"], name="words")])
+    spec, _ = model_spec_from(model, loss="mse", metrics=[])
+    return type(spec)(spec.architecture.replace('"vocabulary": ["a"]', json.dumps({"vocabulary": str(path)})[1:-1]),
+                      spec.compile)
+
+
+@pytest.mark.parametrize("reading", [reading_file, _reading_vocabulary])
+def test_a_signed_tasks_model_cannot_read_the_functions_files(server, tmp_path, reading):
+    """A TF op layer (what Keras records for tf.strings.strip(x)) calls whatever TensorFlow function its config names:
+    a task whose layers read a file of the function's (io.read_file) into a number got its text back in TensorFlow's
+    error (500), as a StringLookup given a vocabulary file with a repeated line did (400): /proc/self/environ holds the
+    function's secret and, on Lambda, its role's credentials. Both layers are refused before anything is built."""
+    store, _ = write_inputs(tmp_path)
+    private = tmp_path / "private.txt"
+    private.write_text("alpha\nprivate-line-42\nprivate-line-42\n")
+    status, reply = _post(server, json.dumps(make_task(store, reading(private), secret=SECRET)).encode())
+    assert "private-line-42" not in json.dumps(reply), reply
+    assert status == 400 and reply["error"]["type"] == "ModelError", reply
+    assert reply["error"]["message"].startswith("the model's layer "), reply
+
+
+@pytest.mark.parametrize("model, refusal", [
+    ({"architecture": "[1, 2]"}, "the model spec does not rebuild: its architecture is not a Keras model's JSON object"),
+    ({"architecture": "not JSON"}, "the model spec does not rebuild: its architecture is not a Keras model's JSON object"),
+    ({}, "the model spec does not rebuild: its architecture is not a Keras model's JSON object"),
+    ({"architecture": json.dumps({"class_name": "Sequential", "config": {"layers": "x"}})},
+     "the model spec does not rebuild: "),
+    ({"compile": {"loss": "nope"}}, "the model's compile settings do not work: Unknown loss function: 'nope'"),
+    ({"compile": {"metrics": "accuracy"}}, "the model's compile settings do not work: give a loss (a name or a "
+                                           "serialized Keras loss) and a list of metrics"),
+])
+def test_a_model_spec_a_function_cannot_read_is_refused_not_a_failure(server, tmp_path, model, refusal):
+    """An architecture that is JSON but not an object, or not JSON, or missing, a Sequential whose layers are a string,
+    and compile settings Keras cannot read were 500s (AttributeError, JSONDecodeError, KeyError, ValueError in the
+    first training step), which providers retry as the function's own failure; each is now a 400 in one line."""
+    store, spec = write_inputs(tmp_path)
+    task = make_task(store, spec, secret=None)
+    task["model"] = {**task["model"], **model}
+    if "architecture" not in model and "compile" not in model:
+        del task["model"]["architecture"]
+    task["token"] = client_key(SECRET, task["run_id"], task["client_id"]).issue_token(task)
+    status, reply = _post(server, json.dumps(task).encode())
+    assert status == 400 and reply["error"]["type"] == "ModelError", reply
+    assert reply["error"]["message"].startswith(refusal) and "\n" not in reply["error"]["message"], reply
+
+
 def _printed_settings(command: str) -> dict[str, str]:
     """The variables the printed functions_framework command sets on the function (NAME=VALUE before the program)."""
     words = shlex.split(command.partition(" && ")[2])
@@ -530,6 +582,33 @@ def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bun
             name: value for name, value in settings.items() if name != "FEDLESS_RUN_SECRET"}) as url:
         status, reply = _post(url, task)
     assert status == 200 and reply["num_examples"] == 40 and store.exists(json.loads(task)["update"]), reply
+
+
+def test_a_models_custom_functions_train_on_a_function_that_lists_their_module(tmp_path):
+    """Keras 2.15 records a registered custom activation or loss under module "builtins", which a function refused
+    whatever its deployer listed (`the model names module builtins`, and --model-module builtins could not help), so no
+    custom function reached one. The spec now names the function's module, and a function takes it by its registered
+    name from a module it lists; any other name Keras would look up among Python's builtins (eval) is refused."""
+    from tensorflow import keras
+
+    from fedless_nb.model import model_spec_from
+    from registered_layers import halved_crossentropy, scaled_tanh
+
+    store, _ = write_inputs(tmp_path / "store")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation=scaled_tanh),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(loss=halved_crossentropy)
+    spec, weights = model_spec_from(model)
+    assert spec.modules == ("registered_layers",)
+    store.put("global", encode_arrays(weights))
+    evaluating = type(spec)(spec.architecture.replace("fedless_tests>scaled_tanh", "eval"), spec.compile, spec.modules)
+    deployed = build_bundle("functions_framework", tmp_path / "dist", model_modules=spec.modules)
+    with functions_framework(deployed.path, tmp_path / "ff.log", settings={"FEDLESS_MODEL_MODULES": "registered_layers"}) as url:
+        trained = _post(url, json.dumps(make_task(store, spec, secret=SECRET)).encode())
+        refused = _post(url, json.dumps(make_task(store, evaluating, secret=SECRET, run_id="run-2")).encode())
+    assert trained[0] == 200 and trained[1]["num_examples"] == 40, trained
+    assert refused[0] == 400 and refused[1]["error"]["message"].startswith(
+        "the model takes the function 'eval' by name, which is neither Keras's nor a registered custom function"), refused
 
 
 def test_a_large_bodys_token_nested_past_pythons_stack_is_one_refusal(server):

@@ -136,3 +136,65 @@ def test_a_function_imports_keras_and_the_modules_its_deployer_lists_only():
     assert allowed.names == {"registered_layers", "my.layers"}
     check_model_modules(ModelSpec("{}", {}, ("registered_layers",)), allowed)
     check_model_modules(spec("os"), model_modules_allowed({"FEDLESS_MODEL_MODULES": "*"}))
+
+
+def _with_layer(serialized):
+    return ModelSpec(json.dumps({"class_name": "Sequential", "config": {"layers": [serialized]}}), {})
+
+
+@pytest.mark.parametrize("serialized", [
+    {"class_name": "TFOpLambda", "config": {"name": "read", "function": "io.read_file"}},
+    {"module": "keras.layers", "class_name": "Dense", "registered_name": "TFOpLambda", "config": {"name": "read"}},
+    {"module": "keras", "class_name": "layers.DenseFeatures", "config": {"name": "read"}},
+    {"class_name": "Bidirectional", "config": {"name": "read", "layer": {"class_name": "TensorFlowOpLayer", "config": {}}}},
+    {"class_name": "RNN", "config": {"name": "read", "cell": {"class_name": "DropoutWrapper", "config": {}}}},
+    {"class_name": "SlicingOpLambda", "config": {"name": "read"}},
+])
+def test_a_function_builds_none_of_the_keras_layers_that_call_tensorflow_by_name(serialized):
+    """Keras finds a layer by its class name, its registered name or a dotted name under a module: each way to a TF op
+    layer (which calls any TensorFlow function, io.read_file included), a feature-column layer or a TF 1 cell wrapper is
+    refused before anything is built (the attack itself: test_functions_framework)."""
+    from fedless_nb.model import ModelModules, check_model_modules
+
+    with pytest.raises(ModelError, match=r"^the model's layer .* which a function does not build: it is a "):
+        check_model_modules(_with_layer(serialized), ModelModules())
+
+
+@pytest.mark.parametrize("layer", ["StringLookup", "IntegerLookup", "TextVectorization"])
+def test_a_function_takes_a_lookup_layers_vocabulary_as_a_list_never_a_file(layer):
+    from fedless_nb.model import ModelModules, check_model_modules
+
+    def spec(vocabulary):
+        return _with_layer({"module": "keras.layers", "class_name": layer, "config": {"name": "words", "vocabulary": vocabulary}})
+
+    for listed in (None, ["a", "b"], [1, 2]):
+        check_model_modules(spec(listed), ModelModules())
+    with pytest.raises(ModelError, match="^the model's layer 'words' reads its vocabulary from the file '/etc/passwd', "
+                                         r".*give the vocabulary itself, a list of its tokens"):
+        check_model_modules(spec("/etc/passwd"), ModelModules())
+    with pytest.raises(ModelError, match="reads its vocabulary from a value that is not a list"):
+        check_model_modules(spec({"class_name": "__bytes__", "config": {"value": "/etc/passwd"}}), ModelModules())
+
+
+def test_custom_functions_travel_by_their_registered_name_from_their_module():
+    """A registered activation or loss names its module in the spec, and a function takes it only from a module it
+    lists; an unregistered function is refused where the spec is made (test_functions_framework trains one)."""
+    from fedless_nb.model import ModelModules
+    from registered_layers import halved_crossentropy, scaled_tanh
+
+    def plain(x):
+        return x
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation=scaled_tanh)])
+    spec, _ = model_spec_from(model, loss=halved_crossentropy)
+    assert spec.modules == ("registered_layers",)
+    assert spec.compile["loss"]["config"] == "fedless_tests>halved_crossentropy"
+    build_model(spec, allowed_modules=ModelModules(frozenset({"registered_layers"})))
+    unlisted = ModelSpec(spec.architecture, spec.compile)  # a task that leaves the module out of its list
+    with pytest.raises(ModelError, match="^the model takes the function 'fedless_tests>scaled_tanh' from module "
+                                         "registered_layers, which this function does not import: .*--model-module "
+                                         "registered_layers"):
+        build_model(unlisted, allowed_modules=ModelModules(frozenset({"other_layers"})))
+    with pytest.raises(ModelError, match="^the model takes the function 'plain' by name, which is neither Keras's nor "
+                                         "a registered custom function"):
+        model_spec_from(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation=plain)]))

@@ -93,7 +93,7 @@ class Roster:
         nonce, name, sent_at = str(message.get("nonce", "")), str(message.get("name", "")), _sent_at(message)
         with self._lock:
             self._wrong_codes.check(address, now)
-            if not hmac.compare_digest(str(message.get("code", "")).strip().upper(), self.code.code):
+            if not _same(str(message.get("code", "")).strip().upper(), self.code.code):
                 self._wrong_codes.spend(address, now)
                 raise ClassroomError("wrong join code: copy the code shown on the teacher's screen")
             if now > self.code.expires_at:
@@ -128,7 +128,7 @@ class Roster:
         """Mark `name` as gone; `proof` is the student's own key's MAC of their name (nobody else can)."""
         with self._lock:
             student = self.students.get(name)
-            if student is None or not hmac.compare_digest(proof, leave_proof(student.secret, name)):
+            if student is None or not _same(proof, leave_proof(student.secret, name)):
                 raise ClassroomError(f"no student {name!r} with that key in this class")
             if student.status == "removed":
                 raise ClassroomError(f"the teacher removed {name!r} from this class")
@@ -187,6 +187,12 @@ class Roster:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+
+def _same(given: str, expected: str) -> bool:
+    """Whether a message's `given` text is `expected`, in constant time; as UTF-8, since hmac.compare_digest raises
+    TypeError on a str with a character past ASCII (a join code 'É1' was a 500 with its traceback in the log)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def _sent_at(message: dict[str, Any]) -> float:
