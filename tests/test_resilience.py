@@ -99,6 +99,9 @@ def test_a_round_below_quorum_is_repeated_then_the_run_stops_with_one_line(tiny_
      "lower strategy.options.num_malicious"),
     ({"name": "krum", "options": {"num_malicious": 1, "to_keep": 2}}, 5,
      "krum needs 2 * num_malicious + 3 = 5 updates a round to tolerate num_malicious 1", "lower strategy.options.num_malicious"),
+    ({"name": "krum", "options": {"to_keep": 4}}, 4,
+     "multi-krum keeps to_keep 4 of the n - num_malicious updates it trusts, so it needs to_keep + num_malicious = 4 "
+     "updates a round", "lower strategy.options.to_keep"),
     ({"name": "trimmed_mean", "options": {"beta": 0.2}}, 5, "trimmed_mean with beta 0.2 needs 5 updates a round to trim any",
      "raise strategy.options.beta"),
 ])
