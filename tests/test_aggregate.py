@@ -481,6 +481,29 @@ def test_a_small_integer_or_float16_layer_is_aggregated_as_in_float64(tmp_path, 
         np.testing.assert_allclose(control, expected, rtol=2e-3, atol=20)
 
 
+def test_scaffolds_server_control_variate_stays_the_mean_of_the_clients_in_float64(tmp_path):
+    """c = (1/N) sum c_i holds exactly in SCAFFOLD (each round c moves by the mean change of the c_i over N). The c_i
+    were stored in float32 while c was float64, so each round's rounding of the c_i drifted c away from their mean
+    (2e-8 after ten rounds of float32 models); they now stay float64, and the corrections still travel in float32."""
+    from fedless_nb.store import decode_arrays
+    from fedless_nb.store.keys import correction_key
+
+    rng = np.random.default_rng(7)
+    strategy = bound("scaffold", {}, "float32", tmp_path)  # 5 clients
+    current = strategy.initialize([rng.standard_normal(8).astype(np.float32)])
+    clients = [f"c{i}" for i in range(5)]
+    for round_number in range(1, 11):
+        chosen = [clients[i] for i in rng.choice(5, 3, replace=False)]
+        strategy.configure_round(round_number, chosen)
+        updates = [ClientUpdate(cid, [current[0] + rng.standard_normal(8).astype(np.float32) / 3], 10, steps=3)
+                   for cid in chosen]
+        current = strategy.aggregate(round_number, current, updates)
+        mean = np.mean([strategy._client_control(cid)[0] for cid in clients], axis=0)
+        np.testing.assert_allclose(strategy.control[0], mean, rtol=1e-13, atol=1e-15)
+    (sent,) = decode_arrays(strategy.context.store.get(correction_key(strategy.context.run_id, 10, chosen[0])))
+    assert sent.dtype == np.float32
+
+
 def test_an_integer_layer_past_its_range_gets_the_nearest_end_of_it():
     """FedAvgM's momentum can overshoot a counter's range; a cast wrapped int8's -144 to 112."""
     from fedless_nb.reduction import in_dtype
