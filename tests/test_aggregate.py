@@ -272,6 +272,11 @@ def test_multi_krum_refuses_to_keep_more_than_the_updates_it_trusts():
         krum(models, [1, 1, 2, 1], num_malicious=1, to_keep=4)
     with pytest.raises(ValueError, match="got to_keep 5"):
         krum(models[:3], [1, 1, 2], num_malicious=0, to_keep=5)
+    with pytest.raises(ValueError, match=r"^multi-krum keeps at most n - num_malicious = 1 of 1 update, got to_keep 2$"):
+        krum(models[:1], [1], num_malicious=0, to_keep=2)
+    assert make_strategy("krum", {"to_keep": 1}).too_few_updates(0).startswith(
+        "fewer than multi-krum keeps to_keep 1 of the n - num_malicious updates it trusts, so it needs to_keep + "
+        "num_malicious = 1 update a round;")
     assert sorted(krum(models, [1, 1, 2, 1], num_malicious=1, to_keep=3)[1]) == [0, 1, 3]  # not the outlier 5
     assert flwr.aggregate_krum(list(zip(models[:3], [1, 1, 2])), 0, 5)[0][0] == pytest.approx(0.5)  # Flower: 2 models
 
@@ -420,7 +425,8 @@ def test_krum_and_bulyan_rounds_are_below_their_quorum_where_their_guarantee_nee
     if to_keep >= num_malicious + 3 or (to_keep and not num_malicious):
         assert krum_rule.too_few_updates(krum_needs - 1) == (
             f"fewer than multi-krum keeps to_keep {to_keep} of the n - num_malicious updates it trusts, so it needs "
-            f"to_keep + num_malicious = {krum_needs} updates a round; raise clients_per_round or round_repeats, "
+            f"to_keep + num_malicious = {'1 update' if krum_needs == 1 else f'{krum_needs} updates'} a round; raise "
+            "clients_per_round or round_repeats, "
             "lower strategy.options.to_keep" + (" or num_malicious" if num_malicious else ""))
 
 

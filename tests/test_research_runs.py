@@ -125,6 +125,9 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
     ({"strategy": {"name": "bulyan", "options": {"num_malicious": 1}}},
      r"^clients_per_round: bulyan needs 4 \* num_malicious \+ 3 = 7 updates a round, got 4 clients per round; "
      r"raise clients_per_round or lower strategy.options.num_malicious$"),
+    ({"strategy": {"name": "bulyan"}, "clients_per_round": 1},
+     r"^clients_per_round: bulyan needs 4 \* num_malicious \+ 3 = 3 updates a round, got 1 client per round; "
+     r"raise clients_per_round$"),
     ({"strategy": {"name": "bulyan"}, "clients_per_round": 2},
      r"^clients_per_round: bulyan needs 4 \* num_malicious \+ 3 = 3 updates a round, got 2 clients per round; "
      r"raise clients_per_round$"),

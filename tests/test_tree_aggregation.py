@@ -621,3 +621,19 @@ def test_the_refused_updates_are_summed_in_the_arrivals_order_whatever_read_fini
             one_by_one.add(ClientUpdate(arrival.client.client_id, models[arrival.client.client_id],
                                         arrival.update.num_examples))
     np.testing.assert_array_equal(streamed.aggregate(1)[0], one_by_one.aggregate(1)[0])
+
+
+def test_a_partial_sum_that_miscounts_one_update_says_so_in_words():
+    """'reports 1 updates', 'merge of 1 partial sums': counts read in words (wording.counted)."""
+    from types import SimpleNamespace
+
+    from fedless_nb.rounds.partial_sums import accounting_problem, sum_problem
+
+    merged = SimpleNamespace(summed=[], rejected=[], count=1)
+    assert accounting_problem(1, [{"result": {"count": 2}}], merged) == (
+        "the aggregator's merge of 1 partial sum reports 1 update, 0 summed and 0 refused; its inputs hold 2")
+    assert accounting_problem(0, [{"client_id": "c0"}, {"client_id": "c1"}],
+                              SimpleNamespace(summed=[SimpleNamespace(client_id="c0")], rejected=[])) == (
+        "the aggregator's result accounts for 1 update (1 distinct), not the 2 it was given, each once")
+    assert sum_problem(SimpleNamespace(count=1), SimpleNamespace(count=2), [], "model") == (
+        "the partial sum counts 1 update; the ones it says it summed are 2")

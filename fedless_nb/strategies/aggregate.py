@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..reduction import in_dtype
+from ..wording import counted
 from .fedavg import fedavg
 
 Layers = list[np.ndarray]
@@ -174,7 +175,7 @@ def krum(
         raise ValueError("krum needs at least one update")
     if to_keep > len(updates) - num_malicious:
         raise ValueError(f"multi-krum keeps at most n - num_malicious = {len(updates) - num_malicious} of "
-                         f"{len(updates)} updates, got to_keep {to_keep}")
+                         f"{counted(len(updates), 'update')}, got to_keep {to_keep}")
     squared = squared_distances(updates)
     closest = max(1, len(updates) - num_malicious - 2)
     scores = [np.sum(np.sort(np.delete(row, i))[:closest]) for i, row in enumerate(squared)]

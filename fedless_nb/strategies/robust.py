@@ -9,6 +9,7 @@ from typing import Sequence
 from .aggregate import bulyan, krum, median, trimmed_mean
 from .base import ClientUpdate, FewestUpdates, Strategy, Weights
 from .options import require
+from ..wording import counted
 
 
 class FedMedian(Strategy):
@@ -72,7 +73,7 @@ class Krum(Strategy):
         krum_needs = 2 * f + 3 if f else 0
         if m and m + f >= krum_needs:
             return FewestUpdates(m + f, f"multi-krum keeps to_keep {m} of the n - num_malicious updates it trusts, so "
-                                 f"it needs to_keep + num_malicious = {m + f} updates a round",
+                                 f"it needs to_keep + num_malicious = {counted(m + f, 'update')} a round",
                                  "lower strategy.options.to_keep" + (" or num_malicious" if f else ""))
         if not krum_needs:
             return None
