@@ -158,7 +158,7 @@ def one_round_rules() -> list[tuple[str, Callable[[dict], Any], Callable[[dict],
             rules.append((f"multi_krum(num_malicious={f}, to_keep={keep})",
                           lambda c, f=f, k=keep: make_strategy("krum", {"num_malicious": f, "to_keep": k}),
                           lambda c, f=f, k=keep: flower.Krum(num_malicious_clients=f, num_clients_to_keep=k),
-                          lambda c, k=keep: k <= len(c["models"])))
+                          lambda c, f=f, k=keep: k + f <= len(c["models"])))
     for f in (0, 1, 2):
         rules.append((f"bulyan(num_malicious={f})", lambda c, f=f: make_strategy("bulyan", {"num_malicious": f}),
                       lambda c, f=f: flower.Bulyan(num_malicious_clients=f, to_keep=0),  # its Krum needs to_keep
@@ -297,12 +297,14 @@ def differences(rng: np.random.Generator) -> list[dict[str, Any]]:
     case = random_case(rng, 3)
     current, models = case["current"], case["models"]
 
-    mine = make_strategy("krum", {"num_malicious": 0, "to_keep": 5}).aggregate(1, current, updates(models, [1, 2, 3]))
+    rule = make_strategy("krum", {"num_malicious": 0, "to_keep": 5})
     reference = flower_aggregate(flower.Krum(num_malicious_clients=0, num_clients_to_keep=5), 1, models, [1, 2, 3])
     lines.append({"strategy": "multi_krum", "kind": "difference", "case": "to_keep 5 > 3 clients",
-                  "max_abs_diff": max_abs_diff(mine, reference),
+                  "fedless_nb": rule.too_few_updates(len(models)),
+                  "flower_kept_mean": float(np.mean([np.mean(layer) for layer in reference])),
                   "why": "Flower's slice argsort(scores)[::-1][n - to_keep:] starts at a negative index and keeps "
-                         "the to_keep - n = 2 best models; fedless_nb keeps min(to_keep, n) = all 3"})
+                         "the to_keep - n = 2 best models; fedless_nb needs to_keep + num_malicious updates a round "
+                         "(Multi-Krum keeps m <= n - f): the round is below its quorum"})
 
     agreeing = [np.array([0.1, 1.7, 0.5], np.float32)]
     agreeing_models = [[np.array([0.1, 1.7, 3.0], np.float32)], [np.array([0.1, 1.7, -1.0], np.float32)]]

@@ -1,11 +1,14 @@
 """Runs over functions deployed for one client each (workloads.serves_one_client_each), which cannot aggregate."""
 
+import asyncio
+
 import pytest
 
 from fedless_nb.errors import UserError
 from fedless_nb.providers.local import LocalProvider
 from fedless_nb.records.history import History
 from fedless_nb.runner import run_experiment
+from fedless_nb.store import LocalStore
 
 
 def ended_at_the_refusal(config):
@@ -22,3 +25,23 @@ def ended_at_the_refusal(config):
     (run,) = History(config.history).runs()
     assert run["status"] == "failed" and run["rounds_completed"] == 0
     return run
+
+
+class SlowReadsStore(LocalStore):
+    """The local store whose async reads of the keys `slow(key)` picks (what the controller reads where those functions
+    refused to aggregate) take a while, as a remote store's do, counting how many are in flight at once."""
+
+    def __init__(self, root, slow):
+        super().__init__(root)
+        self.slow, self.in_flight, self.most_in_flight = slow, 0, 0
+
+    async def aget(self, key):
+        if not self.slow(key):
+            return self.get(key)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.05)
+            return self.get(key)
+        finally:
+            self.in_flight -= 1

@@ -262,14 +262,23 @@ def test_krum_scores_a_model_identical_to_others_like_flower():
     assert krum(models, [1] * 5, num_malicious=1)[1] == [0]
 
 
-def test_multi_krum_keeps_every_model_when_to_keep_exceeds_the_clients():
-    # Deliberate: Flower's slice argsort(scores)[::-1][n - to_keep:] starts at a negative index and keeps the
-    # to_keep - n best models when n < to_keep <= 2n; fedless_nb keeps them all (README, "Where fedless_nb and
-    # Flower differ").
-    models = [layers([0.0]), layers([1.0]), layers([5.0])]
-    averaged, kept = krum(models, [1, 1, 2], num_malicious=0, to_keep=5)
-    assert sorted(kept) == [0, 1, 2] and averaged[0][0] == pytest.approx(11 / 4)
-    assert flwr.aggregate_krum(list(zip(models, [1, 1, 2])), 0, 5)[0][0] == pytest.approx(0.5)  # Flower: 2 models
+def test_multi_krum_refuses_to_keep_more_than_the_updates_it_trusts():
+    # Deliberate: Multi-Krum averages m <= n - f models (Blanchard et al., El Mhamdi et al.); the round's quorum
+    # (robust.Krum.fewest_updates) never asks more. Flower averages any m it is given, and from m > n its slice
+    # argsort(scores)[::-1][n - to_keep:] starts at a negative index and keeps the to_keep - n best (README,
+    # "Where fedless_nb and Flower differ"). fedless_nb averaged all n where m > n.
+    models = [layers([0.0]), layers([1.0]), layers([5.0]), layers([1.5])]
+    with pytest.raises(ValueError, match=r"^multi-krum keeps at most n - num_malicious = 3 of 4 updates, got to_keep 4$"):
+        krum(models, [1, 1, 2, 1], num_malicious=1, to_keep=4)
+    with pytest.raises(ValueError, match="got to_keep 5"):
+        krum(models[:3], [1, 1, 2], num_malicious=0, to_keep=5)
+    with pytest.raises(ValueError, match=r"^multi-krum keeps at most n - num_malicious = 1 of 1 update, got to_keep 2$"):
+        krum(models[:1], [1], num_malicious=0, to_keep=2)
+    assert make_strategy("krum", {"to_keep": 1}).too_few_updates(0).startswith(
+        "fewer than multi-krum keeps to_keep 1 of the n - num_malicious updates it trusts, so it needs to_keep + "
+        "num_malicious = 1 update a round;")
+    assert sorted(krum(models, [1, 1, 2, 1], num_malicious=1, to_keep=3)[1]) == [0, 1, 3]  # not the outlier 5
+    assert flwr.aggregate_krum(list(zip(models[:3], [1, 1, 2])), 0, 5)[0][0] == pytest.approx(0.5)  # Flower: 2 models
 
 
 def test_fedopt_does_not_move_where_every_client_agrees_with_the_global_model():
@@ -399,18 +408,36 @@ def test_a_tiny_trimmed_mean_beta_needs_its_exact_count(beta):
 
 
 @pytest.mark.parametrize("num_malicious", [0, 1, 2, 5])
-@pytest.mark.parametrize("to_keep", [0, 3])
+@pytest.mark.parametrize("to_keep", [0, 1, 3, 6])
 def test_krum_and_bulyan_rounds_are_below_their_quorum_where_their_guarantee_needs_more(num_malicious, to_keep):
-    """Blanchard et al. prove Krum (and Multi-Krum) tolerates f among n >= 2f + 3; Bulyan needs n >= 4f + 3."""
+    """Blanchard et al. prove Krum (and Multi-Krum) tolerates f among n >= 2f + 3, Multi-Krum keeps m <= n - f;
+    Bulyan needs n >= 4f + 3."""
     krum_rule, bulyan_rule = make_strategy("krum", {"num_malicious": num_malicious, "to_keep": to_keep}), \
         make_strategy("bulyan", {"num_malicious": num_malicious})
+    krum_needs = max(2 * num_malicious + 3 if num_malicious else 0, to_keep + num_malicious if to_keep else 0)
     for count in range(1, 30):
-        assert (krum_rule.too_few_updates(count) is None) == (num_malicious == 0 or count >= 2 * num_malicious + 3)
+        assert (krum_rule.too_few_updates(count) is None) == (count >= krum_needs)
         assert (bulyan_rule.too_few_updates(count) is None) == (count >= 4 * num_malicious + 3)
-    if num_malicious:
+    if num_malicious and to_keep < num_malicious + 3:
         assert krum_rule.too_few_updates(2 * num_malicious + 2) == (
             f"fewer than krum needs 2 * num_malicious + 3 = {2 * num_malicious + 3} updates a round to tolerate "
             f"num_malicious {num_malicious}; raise clients_per_round or round_repeats, lower strategy.options.num_malicious")
+    if to_keep >= num_malicious + 3 or (to_keep and not num_malicious):
+        assert krum_rule.too_few_updates(krum_needs - 1) == (
+            f"fewer than multi-krum keeps to_keep {to_keep} of the n - num_malicious updates it trusts, so it needs "
+            f"to_keep + num_malicious = {'1 update' if krum_needs == 1 else f'{krum_needs} updates'} a round; raise "
+            "clients_per_round or round_repeats, "
+            "lower strategy.options.to_keep" + (" or num_malicious" if num_malicious else ""))
+
+
+def test_multi_krum_aggregates_the_updates_its_quorum_lets_through():
+    """At its quorum, n = to_keep + f, it keeps the n - f best; Flower's aggregate_krum gives the same."""
+    models, counts = random_models(6, seed=3), [3, 1, 4, 1, 5, 9]
+    rule = make_strategy("krum", {"num_malicious": 1, "to_keep": 5})
+    assert rule.too_few_updates(6) is None
+    updates = [ClientUpdate(f"c{i}", m, n) for i, (m, n) in enumerate(zip(models, counts))]
+    assert_layers(rule.aggregate(1, models[0], updates), flwr.aggregate_krum(list(zip(models, counts)), 1, 5))
+    assert len(rule.selected) == 5
 
 
 # small integer and float16 layers --------------------------------------------------------------------------------
@@ -458,6 +485,29 @@ def test_a_small_integer_or_float16_layer_is_aggregated_as_in_float64(tmp_path, 
         (control,), (expected,) = strategies[dtype].control, strategies["float64"].control
         assert np.isfinite(control).all() and control.dtype == np.float64
         np.testing.assert_allclose(control, expected, rtol=2e-3, atol=20)
+
+
+def test_scaffolds_server_control_variate_stays_the_mean_of_the_clients_in_float64(tmp_path):
+    """c = (1/N) sum c_i holds exactly in SCAFFOLD (each round c moves by the mean change of the c_i over N). The c_i
+    were stored in float32 while c was float64, so each round's rounding of the c_i drifted c away from their mean
+    (2e-8 after ten rounds of float32 models); they now stay float64, and the corrections still travel in float32."""
+    from fedless_nb.store import decode_arrays
+    from fedless_nb.store.keys import correction_key
+
+    rng = np.random.default_rng(7)
+    strategy = bound("scaffold", {}, "float32", tmp_path)  # 5 clients
+    current = strategy.initialize([rng.standard_normal(8).astype(np.float32)])
+    clients = [f"c{i}" for i in range(5)]
+    for round_number in range(1, 11):
+        chosen = [clients[i] for i in rng.choice(5, 3, replace=False)]
+        strategy.configure_round(round_number, chosen)
+        updates = [ClientUpdate(cid, [current[0] + rng.standard_normal(8).astype(np.float32) / 3], 10, steps=3)
+                   for cid in chosen]
+        current = strategy.aggregate(round_number, current, updates)
+        mean = np.mean([strategy._client_control(cid)[0] for cid in clients], axis=0)
+        np.testing.assert_allclose(strategy.control[0], mean, rtol=1e-13, atol=1e-15)
+    (sent,) = decode_arrays(strategy.context.store.get(correction_key(strategy.context.run_id, 10, chosen[0])))
+    assert sent.dtype == np.float32
 
 
 def test_an_integer_layer_past_its_range_gets_the_nearest_end_of_it():

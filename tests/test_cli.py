@@ -157,6 +157,21 @@ def test_a_run_its_privacy_budget_stopped_says_why_and_what_to_do_where_it_ends(
         "train.dp.target_epsilon or the noise and start a new run") in ending, ending
 
 
+def test_an_async_run_whose_every_client_failed_ends_in_one_line_naming_the_first_failure(tmp_path):
+    """It ended with a RuntimeError's traceback ('every client failed on global version 0'); now as a synchronous run."""
+    providers = [{"kind": "local", "workers": 2, "faults": {"crash": 1.0, "seed": 1}}]
+    config = _write_config(tmp_path, rounds=5, retries=0, mode="async", providers=providers,
+                           asynchronous={"concurrency": 2, "buffer_size": 2})
+    completed = fedless("run", str(config), cwd=tmp_path)
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    (line,) = [line for line in completed.stdout.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: no client function returned a valid update in its first 3 rounds of 5, so it "
+                           "stopped there (") and "in round 1 (crash): " in line, line
+    assert "Traceback" not in completed.stdout + completed.stderr
+    shown = fedless("history", "--history", "runs.db", cwd=tmp_path)
+    assert "failed" in shown.stdout and "3/5" in shown.stdout, shown.stdout
+
+
 def test_missing_config_file_and_unknown_run_are_clear(tmp_path):
     completed = fedless("run", "nope.yaml", cwd=tmp_path)
     assert completed.returncode == 2 and "config file nope.yaml does not exist" in completed.stdout

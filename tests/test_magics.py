@@ -154,6 +154,21 @@ def test_bad_input_is_a_one_line_usage_error(shell, capsys, line, cell, message)
     assert err.startswith("UsageError:") and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_an_async_run_whose_every_client_failed_is_a_one_line_usage_error_naming_the_first_failure(shell, capsys):
+    """FedBuff's end was a RuntimeError with its traceback; it is the NothingTrainedError a synchronous run ends with."""
+    cell = ("mode: async\nasynchronous: {concurrency: 2, buffer_size: 2}\nretries: 0\n"
+            "providers: [{kind: local, workers: 1, faults: {crash: 1.0, seed: 1}}]\n")
+    line = "--clients 4 --clients-per-round 2 --rounds 4 --set model.options.hidden_units=[8] --dashboard none"
+    result = shell.run_cell(f"%%fedless_train {line}\n{cell}")  # no --workers: it replaces the cell's providers
+    assert isinstance(result.error_in_exec, UsageError)
+    assert str(result.error_in_exec).startswith("no client function returned a valid update in its first 3 rounds of 4")
+    assert "in round 1 (crash): " in str(result.error_in_exec)
+    err = capsys.readouterr().err
+    assert err.startswith("UsageError:") and "Traceback" not in err and err.count("\n") == 1
+    (run,) = History("fedless_history.db").runs()
+    assert run["status"] == "failed" and run["rounds_completed"] == 3
+
+
 def test_quoted_option_values_lose_their_quotes_as_in_a_shell(shell, tmp_path):
     (tmp_path / "my experiment.yaml").write_text("rounds: 3\n")
     magics = magics_of(shell)

@@ -115,12 +115,19 @@ def test_fedlesscan_selection_runs_and_measures_clients(tiny_config):
 @pytest.mark.parametrize("overrides, message", [
     ({"strategy": {"name": "fedadam", "options": {"etta": 0.1}}}, r"^strategy.options.etta: not an option of fedadam"),
     ({"strategy": {"name": "krum", "options": {"to_keep": -1}}}, r"^strategy.options.to_keep: must be an int >= 0"),
+    ({"strategy": {"name": "krum", "options": {"to_keep": 4, "num_malicious": 1}}},
+     r"^clients_per_round: multi-krum keeps to_keep 4 of the n - num_malicious updates it trusts, so it needs "
+     r"to_keep \+ num_malicious = 5 updates a round, got 4 clients per round; raise clients_per_round or lower "
+     r"strategy.options.to_keep or num_malicious$"),
     ({"strategy": {"name": "fedadam", "options": {"eta": 0.1, "beta_1": "0.9"}}},
      r"^strategy.options.beta_1: must be a finite number, got '0.9'$"),
     ({"strategy": {"name": "trimmed_mean", "options": {"beta": 0.5}}}, r"^strategy.options.beta: must be in \[0, 0.5\)"),
     ({"strategy": {"name": "bulyan", "options": {"num_malicious": 1}}},
      r"^clients_per_round: bulyan needs 4 \* num_malicious \+ 3 = 7 updates a round, got 4 clients per round; "
      r"raise clients_per_round or lower strategy.options.num_malicious$"),
+    ({"strategy": {"name": "bulyan"}, "clients_per_round": 1},
+     r"^clients_per_round: bulyan needs 4 \* num_malicious \+ 3 = 3 updates a round, got 1 client per round; "
+     r"raise clients_per_round$"),
     ({"strategy": {"name": "bulyan"}, "clients_per_round": 2},
      r"^clients_per_round: bulyan needs 4 \* num_malicious \+ 3 = 3 updates a round, got 2 clients per round; "
      r"raise clients_per_round$"),

@@ -99,6 +99,9 @@ def test_a_round_below_quorum_is_repeated_then_the_run_stops_with_one_line(tiny_
      "lower strategy.options.num_malicious"),
     ({"name": "krum", "options": {"num_malicious": 1, "to_keep": 2}}, 5,
      "krum needs 2 * num_malicious + 3 = 5 updates a round to tolerate num_malicious 1", "lower strategy.options.num_malicious"),
+    ({"name": "krum", "options": {"to_keep": 4}}, 4,
+     "multi-krum keeps to_keep 4 of the n - num_malicious updates it trusts, so it needs to_keep + num_malicious = 4 "
+     "updates a round", "lower strategy.options.to_keep"),
     ({"name": "trimmed_mean", "options": {"beta": 0.2}}, 5, "trimmed_mean with beta 0.2 needs 5 updates a round to trim any",
      "raise strategy.options.beta"),
 ])
@@ -153,6 +156,53 @@ def test_a_run_whose_first_rounds_all_failed_stops_after_three_of_them(tiny_conf
     (run,) = history.runs()
     assert run["status"] == "failed" and run["rounds_completed"] == 3 and "NothingTrainedError" in run["error"]
     assert len(history.rounds(run["run_id"])) == 3
+
+
+def test_an_async_run_whose_every_client_failed_ends_as_a_synchronous_one_keeping_its_rounds(tiny_config, tmp_path):
+    """FedBuff ended with a RuntimeError ('every client failed on global version 0; no update to aggregate', a
+    traceback) where a synchronous run ends with NothingTrainedError quoting the first failure. A version every
+    client failed on keeps the model, as a synchronous round without an update does, so the same rule stops it."""
+    from fedless_nb.rounds.checkpoint import checkpoint_key, decode_checkpoint
+    from fedless_nb.store import LocalStore
+
+    config = tiny_config(rounds=10, clients=4, retries=0, mode="async", asynchronous={"concurrency": 2, "buffer_size": 2})
+    provider = FaultyProvider(LocalProvider("local", workers=2, entry_point="workloads:counting"), FaultRates(crash=1.0))
+    with pytest.raises(NothingTrainedError) as raised:
+        run_experiment(config, providers={"local": provider})
+    message = str(raised.value)
+    assert message.startswith("no client function returned a valid update in its first 3 rounds of 10, so it stopped "
+                              "there (12 invocations failed or were refused); the first failed invocation: client-")
+    assert "in round 1 (crash): " in message and message.endswith("fix that and run again (the history lists every "
+                                                                   "invocation with its reason)")
+    history = History(config.history)
+    (run,) = history.runs()
+    assert run["status"] == "failed" and run["rounds_completed"] == 3 and "NothingTrainedError" in run["error"]
+    assert [r["succeeded"] for r in history.rounds(run["run_id"])] == [0, 0, 0]
+    assert len(history.invocations(run["run_id"])) == 12
+    assert decode_checkpoint(LocalStore(tmp_path / "store").get(checkpoint_key(run["run_id"]))).round == 3
+
+
+class _CrashesAfter(LocalProvider):
+    """A local provider that answers its first `answers` calls and crashes every later one."""
+
+    def __init__(self, answers):
+        super().__init__("local", workers=2)
+        self.answers = answers
+
+    async def invoke(self, task):
+        self.answers -= 1
+        if self.answers < 0:
+            raise InvocationError("injected fault: the function's process exited with code 137", "crash")
+        return await super().invoke(task)
+
+
+def test_an_async_version_every_client_failed_on_keeps_the_model_and_the_run_goes_on(tiny_config):
+    config = tiny_config(rounds=3, clients=2, clients_per_round=2, retries=0, mode="async",
+                         asynchronous={"concurrency": 2, "buffer_size": 2})
+    result = run_experiment(config, providers={"local": _CrashesAfter(2)})
+    assert result.status == "finished"
+    assert [r["succeeded"] for r in History(config.history).rounds(result.run_id)] == [2, 0, 0]
+    assert result.round_metrics[2] == result.round_metrics[1] == result.round_metrics[0], "2 and 3 kept version 1's model"
 
 
 def test_a_run_with_one_valid_update_is_not_failed_for_its_empty_rounds(tiny_config):

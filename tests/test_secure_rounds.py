@@ -24,7 +24,7 @@ from fedless_nb.store import CodecError, LocalStore, decode_arrays
 from fedless_nb.store.keys import global_weights_key, update_key
 from fedless_nb.wire import SECAGG_STAGES
 
-from one_client_functions import ended_at_the_refusal
+from one_client_functions import SlowReadsStore, ended_at_the_refusal
 
 CLIENTS = [f"client-{index:04d}" for index in range(5)]
 
@@ -420,32 +420,12 @@ def test_auto_sums_the_masked_vectors_in_the_controller_when_the_functions_serve
     assert 1e-4 < _largest_change(before, after) < 1.0  # a mask left in would move weights by thousands
 
 
-class _ReadCountingStore(LocalStore):
-    """The local store whose async reads of masked vectors take a while, as a remote store's do, counting how many
-    are in flight at once."""
-
-    def __init__(self, root):
-        super().__init__(root)
-        self.in_flight = self.most_in_flight = 0
-
-    async def aget(self, key):
-        if not key.endswith(".masked"):
-            return self.get(key)
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep(0.05)
-            return self.get(key)
-        finally:
-            self.in_flight -= 1
-
-
 def test_the_controller_reads_a_rounds_masked_vectors_at_once_when_it_sums_them_itself(tmp_path):
     """Under `where: auto` over functions that cannot aggregate, the controller read the masked vectors one after
     another: a round over a remote store waited one round trip per client. It now reads them concurrently."""
     config = _config(tmp_path, "concurrent", clients=4, clients_per_round=4, rounds=1,
                      aggregation={"where": "auto", "threshold_mb": 0})
-    store = _ReadCountingStore(config.store.path)
+    store = SlowReadsStore(config.store.path, lambda key: key.endswith(".masked"))
     provider = LocalProvider("local", workers=2, entry_point="workloads:serves_one_client_each")
     result = run_experiment(config, providers={"local": provider}, store=store)
     assert result.status == "finished"

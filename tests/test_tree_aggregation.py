@@ -3,6 +3,7 @@ stored, checking each update as the controller does; their partial sums, merged 
 sum-based strategy the model central aggregation gives; a forged or corrupt update is refused in its shard
 and the rest of the round goes on."""
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from fedless_nb.strategies import central_dp
 from fedless_nb.strategies.central_dp import CentralDP
 
 from signed_tasks import SECRET
-from one_client_functions import ended_at_the_refusal
+from one_client_functions import SlowReadsStore, ended_at_the_refusal
 
 RUN, ROUND = "run-t", 1
 TRAIN = {"epochs": 1, "batch_size": 10, "optimizer": "sgd", "learning_rate": 0.1}
@@ -575,3 +576,64 @@ def test_an_aggregator_that_signs_a_lie_is_refused_like_a_failed_one(tiny_config
     assert history.rounds(result.run_id)[0]["succeeded"] == 2
     rejected = {i["client_id"] for i in history.invocations(result.run_id) if i["outcome"] == "failed"}
     assert "client-0001" in rejected and len(rejected) == 2
+
+
+def test_auto_reads_the_refused_updates_a_window_at_a_time_when_it_sums_them_in_the_controller(tiny_config):
+    """Where the aggregators refused, the controller read the round's updates one after another: a remote store took
+    one round trip per client. It reads READS_IN_FLIGHT (8) at once, never more (what it holds at once)."""
+    config = tiny_config(clients=10, clients_per_round=10, rounds=1, aggregation={"where": "auto", "threshold_mb": 0})
+    store = SlowReadsStore(config.store.path, lambda key: "/updates/" in key)
+    provider = LocalProvider("local", workers=2, entry_point="workloads:serves_one_client_each")
+    result = run_experiment(config, providers={"local": provider}, store=store)
+    assert [r["succeeded"] for r in History(config.history).rounds(result.run_id)] == [10]
+    assert store.most_in_flight == 8
+
+
+def test_the_refused_updates_are_summed_in_the_arrivals_order_whatever_read_finishes_first():
+    """The sum is the one of the updates folded one after the other, to the bit, though the later reads finish
+    first; a read that fails its checks is left out (Controller.read_collected announces it), the others kept."""
+    from fedless_nb.rounds.controller import ClientRef
+    from fedless_nb.rounds.streaming import StreamingRound
+    from fedless_nb.rounds.synchronous import SynchronousRounds
+    from fedless_nb.rounds.tree import Arrival
+
+    rng = np.random.default_rng(2)
+    current = [rng.standard_normal(50).astype(np.float32)]
+    models = {f"c{i}": [current[0] + rng.standard_normal(50).astype(np.float32) * 10.0 ** (i % 5)] for i in range(20)}
+    arrivals = [Arrival(ClientRef(cid, f"data/{cid}", "local"), ClientUpdate(cid, [], 3 + i), {})
+                for i, cid in enumerate(models)]
+
+    class Reads:
+        """read_collected as the controller's: the update with its arrays, None for one that fails its checks."""
+
+        async def read_collected(self, round_number, client, update, reply, weights):
+            await asyncio.sleep(0.001 * (20 - int(client.client_id[1:]) % 10))
+            return None if client.client_id == "c7" else ClientUpdate(update.client_id, models[client.client_id],
+                                                                      update.num_examples)
+
+    strategy = make_strategy("fedavg")
+    streamed = StreamingRound(strategy, current)
+    updates = asyncio.run(SynchronousRounds(Reads()).read_refused(1, current, arrivals, streamed))
+    assert [u.client_id for u in updates] == [cid for cid in models if cid != "c7"]
+    one_by_one = StreamingRound(strategy, current)
+    for arrival in arrivals:
+        if arrival.client.client_id != "c7":
+            one_by_one.add(ClientUpdate(arrival.client.client_id, models[arrival.client.client_id],
+                                        arrival.update.num_examples))
+    np.testing.assert_array_equal(streamed.aggregate(1)[0], one_by_one.aggregate(1)[0])
+
+
+def test_a_partial_sum_that_miscounts_one_update_says_so_in_words():
+    """'reports 1 updates', 'merge of 1 partial sums': counts read in words (wording.counted)."""
+    from types import SimpleNamespace
+
+    from fedless_nb.rounds.partial_sums import accounting_problem, sum_problem
+
+    merged = SimpleNamespace(summed=[], rejected=[], count=1)
+    assert accounting_problem(1, [{"result": {"count": 2}}], merged) == (
+        "the aggregator's merge of 1 partial sum reports 1 update, 0 summed and 0 refused; its inputs hold 2")
+    assert accounting_problem(0, [{"client_id": "c0"}, {"client_id": "c1"}],
+                              SimpleNamespace(summed=[SimpleNamespace(client_id="c0")], rejected=[])) == (
+        "the aggregator's result accounts for 1 update (1 distinct), not the 2 it was given, each once")
+    assert sum_problem(SimpleNamespace(count=1), SimpleNamespace(count=2), [], "model") == (
+        "the partial sum counts 1 update; the ones it says it summed are 2")

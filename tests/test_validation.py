@@ -111,3 +111,20 @@ def test_a_huge_but_finite_metric_claim_cannot_overflow_the_rounds_training_metr
     assert math.isfinite(averaged) and averaged == pytest.approx(0.6 * 1.7e308)
     assert weighted_metrics([ClientUpdate("a", [], 1, {"acc": 0.25}), ClientUpdate("b", [], 3, {"acc": 0.75})]) == {
         "acc": pytest.approx(0.625)}
+
+
+def test_a_result_claiming_one_example_is_refused_in_words():
+    """'the result claims 1 examples' read as a slip; counts read in words (wording.counted)."""
+    from types import SimpleNamespace
+
+    from fedless_nb.rounds.controller import ClientRef, Controller
+
+    client = ClientRef("client-0000", "data/client-0000", "local", num_examples=1)
+    with pytest.raises(InvocationError, match=r"^the result claims 2 examples, but the client's partition has 1$"):
+        Controller._example_count_checked(SimpleNamespace(num_examples=2), client)
+    with pytest.raises(InvocationError, match=r"^the result claims 1 example, but the client's partition has 2$"):
+        Controller._example_count_checked(SimpleNamespace(num_examples=1), ClientRef("c", "d", "local", num_examples=2))
+    facts = SimpleNamespace(noise_multiplier=1.0, l2_norm_clip=1.0, num_examples=1)
+    controller = SimpleNamespace(plan=SimpleNamespace(train={"dp": {"noise_multiplier": 2.0, "l2_norm_clip": 1.0}}))
+    assert Controller._privacy_problem(controller, SimpleNamespace(privacy=facts), client) == (
+        "the result's privacy block claims noise 1, clip 1, 1 example; its task set noise 2, clip 1, 1 example")

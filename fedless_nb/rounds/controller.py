@@ -40,6 +40,7 @@ from ..store import Store, decode_arrays, encode_arrays
 from ..store.keys import global_weights_key, round_prefix, update_key
 from ..strategies.base import ClientUpdate, RunContext, Strategy, Weights
 from .screening import NormScreen, update_distance, update_problem
+from ..wording import counted
 
 
 log = logging.getLogger(__name__)
@@ -476,7 +477,7 @@ class Controller:
     def _example_count_checked(result: Result, client: ClientRef) -> Result:
         """`result`, if it claims the client's true example count."""
         if client.num_examples is not None and result.num_examples != client.num_examples:
-            raise InvocationError(f"the result claims {result.num_examples} examples, but the client's partition "
+            raise InvocationError(f"the result claims {counted(result.num_examples, 'example')}, but the client's partition "
                                   f"has {client.num_examples}", "rejected")
         return result
 
@@ -557,8 +558,9 @@ class Controller:
         claimed = (facts.noise_multiplier, facts.l2_norm_clip, facts.num_examples)
         expected = (float(dp["noise_multiplier"]), float(dp["l2_norm_clip"]), client.num_examples or facts.num_examples)
         if claimed != expected:
-            return (f"the result's privacy block claims noise {claimed[0]:g}, clip {claimed[1]:g}, {claimed[2]} examples; "
-                    f"its task set noise {expected[0]:g}, clip {expected[1]:g}, {expected[2]} examples")
+            return (f"the result's privacy block claims noise {claimed[0]:g}, clip {claimed[1]:g}, "
+                    f"{counted(claimed[2], 'example')}; its task set noise {expected[0]:g}, clip {expected[1]:g}, "
+                    f"{counted(expected[2], 'example')}")
         return None
 
     def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float, *,

@@ -90,37 +90,39 @@ class FedBuff:
         try:
             while version < controller.plan.rounds:
                 self._dispatch(in_flight, version, tasked)
-                if not in_flight and not buffer:
-                    raise RuntimeError(f"every client failed on global version {version}; no update to aggregate")
-                if not announced:
-                    ids = [d.client.client_id for d in in_flight.values()]
-                    controller.emit(RoundStarted(controller.run_id, version + 1, ids, window_started))
-                    announced = True
-                timeout = max(0.0, min(d.deadline for d in in_flight.values()) - time.time())
-                done, _ = await asyncio.wait(in_flight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                for call in done:
-                    if len(buffer) == options.buffer_size:
-                        break  # the rest stay in flight and arrive against the next global version
-                    dispatch = in_flight.pop(call)
-                    staleness = version - dispatch.version
-                    update = await controller.collect(dispatch.version + 1, dispatch.client, call,
-                                                       versions[dispatch.version], dispatch.started, staleness)
-                    if update is None:
-                        window_failed += 1
-                    else:
-                        buffer.append(_Arrival(update, dispatch.version, staleness))
-                window_failed += await self._expire(in_flight)
-                # Aggregate a full buffer, or a short one when every client has had its turn at this version.
-                if not buffer or (len(buffer) < options.buffer_size and (in_flight or len(tasked) < len(controller.clients))):
-                    continue
-                screened = self._screen(buffer, versions)
-                window_failed += len(buffer) - len(screened)
-                buffer = screened
-                if not buffer:
-                    continue
-                deltas = [subtract(a.update.weights, versions[a.version]) for a in buffer]
-                weights = fedbuff(weights, deltas, [_staleness_weight(options, a.staleness) for a in buffer],
-                                  options.server_learning_rate)
+                if in_flight or buffer:
+                    if not announced:
+                        ids = [d.client.client_id for d in in_flight.values()]
+                        controller.emit(RoundStarted(controller.run_id, version + 1, ids, window_started))
+                        announced = True
+                    timeout = max(0.0, min(d.deadline for d in in_flight.values()) - time.time())
+                    done, _ = await asyncio.wait(in_flight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    for call in done:
+                        if len(buffer) == options.buffer_size:
+                            break  # the rest stay in flight and arrive against the next global version
+                        dispatch = in_flight.pop(call)
+                        staleness = version - dispatch.version
+                        update = await controller.collect(dispatch.version + 1, dispatch.client, call,
+                                                           versions[dispatch.version], dispatch.started, staleness)
+                        if update is None:
+                            window_failed += 1
+                        else:
+                            buffer.append(_Arrival(update, dispatch.version, staleness))
+                    window_failed += await self._expire(in_flight)
+                    # Aggregate a full buffer, or a short one when every client has had its turn at this version.
+                    if not buffer or (len(buffer) < options.buffer_size and (in_flight or len(tasked) < len(controller.clients))):
+                        continue
+                    screened = self._screen(buffer, versions)
+                    window_failed += len(buffer) - len(screened)
+                    buffer = screened
+                    if not buffer:
+                        continue
+                    deltas = [subtract(a.update.weights, versions[a.version]) for a in buffer]
+                    weights = fedbuff(weights, deltas, [_staleness_weight(options, a.staleness) for a in buffer],
+                                      options.server_learning_rate)
+                # else every client had its turn at this version and none gave a valid update: the version keeps the
+                # model, as a synchronous round with none does, and every client trains from it again; the controller
+                # ends a run whose first rounds all failed (resilience.FailureTally) with its NothingTrainedError
                 version += 1
                 versions[version] = weights
                 tasked = {dispatch.client.client_id for dispatch in in_flight.values()}

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..aggregate_wire import AggregateResult
 from ..reduction import MaskedSum, WeightedSum
+from ..wording import counted
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,14 @@ def accounting_problem(level: int, entries: Sequence[dict[str, Any]], result: Ag
     if level > 0:
         expected = sum(int(entry["result"].get("count", 0)) for entry in entries)
         if result.summed or result.rejected or result.count != expected:
-            return (f"the aggregator's merge of {len(entries)} partial sums reports {result.count} updates, "
+            return (f"the aggregator's merge of {counted(len(entries), 'partial sum')} reports "
+                    f"{counted(result.count, 'update')}, "
                     f"{len(result.summed)} summed and {len(result.rejected)} refused; its inputs hold {expected}")
         return None
     given = sorted(entry["client_id"] for entry in entries)
     answered = sorted([fact.client_id for fact in result.summed] + [refusal.client_id for refusal in result.rejected])
     if answered != given:
-        return (f"the aggregator's result accounts for {len(answered)} updates ({len(set(answered))} distinct), "
+        return (f"the aggregator's result accounts for {counted(len(answered), 'update')} ({len(set(answered))} distinct), "
                 f"not the {len(given)} it was given, each once")
     return None
 
@@ -97,7 +99,8 @@ def sum_problem(total: WeightedSum | MaskedSum, contents: Contents, current: Seq
     """Why the partial sum read from the store is not the one `contents` adds up to (from `current`, the global
     model, with terms of kind `term`), or None."""
     if total.count != contents.count:
-        return f"the partial sum counts {total.count} updates; the ones it says it summed are {contents.count}"
+        return (f"the partial sum counts {counted(total.count, 'update')}; the ones it says it summed are "
+                f"{contents.count}")
     if isinstance(total, MaskedSum):
         return None
     if not _close(total.weight, contents.weight) or set(total.extras) != set(contents.extras) or not all(

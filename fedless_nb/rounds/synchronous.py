@@ -7,13 +7,14 @@ default schedule of Controller.run, built only on the controller's public round 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..providers.base import InvocationError
 from ..store.keys import round_updates_prefix, update_key
 from ..strategies.base import ClientUpdate, SumStrategy, Weights
-from .completion import finished_by
+from .completion import finished_by, in_order
 from .events import RoundStarted, UpdateRejected
 from .streaming import StreamingRound
 from .tree import AggregatorsRefused, Arrival, TreeAggregation, TreeRound
@@ -21,6 +22,8 @@ from .resilience import check_quorum
 
 if TYPE_CHECKING:
     from .controller import ClientRef, Controller
+
+READS_IN_FLIGHT = 8  # updates the controller reads at once where it sums what aggregator functions refused
 
 
 class SynchronousRounds:
@@ -109,10 +112,7 @@ class SynchronousRounds:
             except AggregatorsRefused as refused:  # functions that serve one client each
                 refused.fall_back(controller)
                 streamed = StreamingRound(strategy, weights)
-                for arrival in arrivals:
-                    update = await controller.read_collected(round_number, arrival.client, arrival.update,
-                                                             arrival.reply, weights)
-                    updates.extend([streamed.add(update)] if update is not None else [])
+                updates = await self.read_refused(round_number, weights, arrivals, streamed)
         if streamed is None:
             return started, selected, controller.screen(round_number, updates, weights), None
         rejected = controller.screen_distances(round_number, {u.client_id: streamed.distances[u.client_id] for u in updates})
@@ -122,3 +122,17 @@ class SynchronousRounds:
             controller.emit(UpdateRejected(controller.run_id, round_number, client_id,
                                            "its update changed in the store after it was verified and summed"))
         return started, selected, [u for u in updates if u.client_id not in rejected | changed], streamed
+
+    async def read_refused(self, round_number: int, weights: Weights, arrivals: list[Arrival],
+                           streamed: StreamingRound) -> list[ClientUpdate]:
+        """The updates the aggregator functions refused to sum, read from the store READS_IN_FLIGHT at a time (one
+        after the other, a remote store took N round trips) and folded into `streamed` in the arrivals' order, so
+        the sum is the same whatever read finishes first and at most READS_IN_FLIGHT updates are held; an update
+        that fails its checks is left out, announced as rejected (Controller.read_collected)."""
+        controller, updates = self.controller, []
+        reads = (controller.read_collected(round_number, arrival.client, arrival.update, arrival.reply, weights)
+                 for arrival in arrivals)
+        async with contextlib.aclosing(in_order(reads, READS_IN_FLIGHT)) as read:
+            async for update in read:
+                updates.extend([streamed.add(update)] if update is not None else [])
+        return updates

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..reduction import in_dtype
+from ..wording import counted
 from .fedavg import fedavg
 
 Layers = list[np.ndarray]
@@ -166,11 +167,15 @@ def krum(
 
     Each model scores the sum of squared distances to its n - f - 2 nearest others; Krum returns
     the best-scoring model (the first of equal ones), Multi-Krum the sample-weighted mean of the
-    `to_keep` best (chosen by np.argsort, as Flower's aggregate_krum, so ties fall alike).
+    `to_keep` best (chosen by np.argsort, as Flower's aggregate_krum, so ties fall alike), at most the
+    n - f that are not the f (Flower takes any to_keep: robust.Krum says where it differs).
     Returns the result and the indices it was built from.
     """
     if not updates:
         raise ValueError("krum needs at least one update")
+    if to_keep > len(updates) - num_malicious:
+        raise ValueError(f"multi-krum keeps at most n - num_malicious = {len(updates) - num_malicious} of "
+                         f"{counted(len(updates), 'update')}, got to_keep {to_keep}")
     squared = squared_distances(updates)
     closest = max(1, len(updates) - num_malicious - 2)
     scores = [np.sum(np.sort(np.delete(row, i))[:closest]) for i, row in enumerate(squared)]

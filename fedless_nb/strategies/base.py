@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..reduction import SumSpec, SumTerm, WeightedSum, update_term
+from ..wording import counted
 
 Weights = list[np.ndarray]
 
@@ -61,7 +62,7 @@ class FewestUpdates:
 
     def planned_shortfall(self, clients_per_round: int) -> str:
         """Why a run planning `clients_per_round` (fewer) may not start, naming what to change."""
-        return f"{self.rule}, got {clients_per_round} clients per round; raise clients_per_round" + (
+        return f"{self.rule}, got {counted(clients_per_round, 'client')} per round; raise clients_per_round" + (
             f" or {self.remedy}" if self.remedy else "")
 
 

@@ -9,6 +9,7 @@ from typing import Sequence
 from .aggregate import bulyan, krum, median, trimmed_mean
 from .base import ClientUpdate, FewestUpdates, Strategy, Weights
 from .options import require
+from ..wording import counted
 
 
 class FedMedian(Strategy):
@@ -51,10 +52,13 @@ class TrimmedMean(Strategy):
 
 
 class Krum(Strategy):
-    """`num_malicious`: the f clients to tolerate; `to_keep` > 0 makes it Multi-Krum. A round with fewer updates
-    than `to_keep` keeps them all (Flower 1.23 keeps to_keep - n of them, an artefact of its slice). With f > 0 a
-    round needs n >= 2f + 3 updates, where Blanchard et al. 2017 prove Krum tolerates f (below, Flower scores each
-    model by its max(1, n - f - 2) nearest, as few as f colluding clients agree among themselves)."""
+    """`num_malicious`: the f clients to tolerate; `to_keep` m > 0 makes it Multi-Krum, which averages the m best of
+    n updates. Blanchard et al. 2017 prove Krum tolerates f among n >= 2f + 3, and Multi-Krum keeps at most the
+    n - f updates that are not the f (El Mhamdi et al. 2018): m <= n - f. Both are the rule's quorum, as Bulyan's
+    4f + 3: a config whose clients_per_round is below it is refused, and a round with fewer valid updates runs
+    again, then the run stops with one line (QuorumError). Flower 1.23 checks neither: its Krum scores each model by
+    its max(1, n - f - 2) nearest (as few as f colluding clients agree among themselves), its Multi-Krum averages
+    m > n - f models (one of the f among them), and with m > n its slice keeps m - n of them."""
 
     name = "krum"
 
@@ -65,15 +69,20 @@ class Krum(Strategy):
         self.selected: list[str] = []
 
     def fewest_updates(self) -> FewestUpdates | None:
-        if self.num_malicious == 0:
+        f, m = self.num_malicious, self.to_keep
+        krum_needs = 2 * f + 3 if f else 0
+        if m and m + f >= krum_needs:
+            return FewestUpdates(m + f, f"multi-krum keeps to_keep {m} of the n - num_malicious updates it trusts, so "
+                                 f"it needs to_keep + num_malicious = {counted(m + f, 'update')} a round",
+                                 "lower strategy.options.to_keep" + (" or num_malicious" if f else ""))
+        if not krum_needs:
             return None
-        return FewestUpdates(2 * self.num_malicious + 3, f"krum needs 2 * num_malicious + 3 = "
-                             f"{2 * self.num_malicious + 3} updates a round to tolerate num_malicious {self.num_malicious}",
-                             "lower strategy.options.num_malicious")
+        return FewestUpdates(krum_needs, f"krum needs 2 * num_malicious + 3 = {krum_needs} updates a round to "
+                             f"tolerate num_malicious {f}", "lower strategy.options.num_malicious")
 
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         weights, kept = krum([u.weights for u in updates], [u.num_examples for u in updates],
-                             self.num_malicious, min(self.to_keep, len(updates)))
+                             self.num_malicious, self.to_keep)
         self.selected = [updates[i].client_id for i in kept]
         return weights
 

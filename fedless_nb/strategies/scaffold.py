@@ -50,24 +50,27 @@ class Scaffold(Strategy):
         return weights
 
     def _client_control(self, client_id: str) -> Weights:
+        """c_i in float64, as c: one written before c_i were stored in float64 is widened."""
         context = self._bound()
         if client_id in self.written:
-            return decode_arrays(context.store.get(control_variate_key(context.run_id, self.written[client_id], client_id)))
-        legacy = legacy_control_variate_key(context.run_id, client_id)
-        if self.legacy and context.store.exists(legacy):
-            return decode_arrays(context.store.get(legacy))
-        return [np.zeros_like(c) for c in self.control or []]
+            stored = context.store.get(control_variate_key(context.run_id, self.written[client_id], client_id))
+        elif self.legacy and context.store.exists(legacy := legacy_control_variate_key(context.run_id, client_id)):
+            stored = context.store.get(legacy)
+        else:
+            return [np.zeros_like(c) for c in self.control or []]
+        return [np.asarray(c, np.float64) for c in decode_arrays(stored)]
 
     def _store_client_control(self, round_number: int, client_id: str, control: Weights) -> None:
-        """Write c_i under this round; the c_i it replaces is deleted a round later, once this round's
-        checkpoint (which points past it) is written."""
+        """Write c_i under this round, in float64 as c (only the controller reads it; in float32 each round's
+        rounding drifted c away from the mean of the c_i it sums); the c_i it replaces is deleted a round later,
+        once this round's checkpoint (which points past it) is written."""
         context = self._bound()
         if client_id in self.written and self.written[client_id] != round_number:
             self.superseded.append((round_number, control_variate_key(context.run_id, self.written[client_id], client_id)))
         elif client_id not in self.written and self.legacy:
             self.superseded.append((round_number, legacy_control_variate_key(context.run_id, client_id)))
         context.store.put(control_variate_key(context.run_id, round_number, client_id),
-                          encode_arrays([c.astype(np.float32) for c in control]))
+                          encode_arrays([np.asarray(c, np.float64) for c in control]))
         self.written[client_id] = round_number
 
     def _bound(self) -> RunContext:
@@ -80,6 +83,8 @@ class Scaffold(Strategy):
         for client_id in client_ids:
             key = correction_key(context.run_id, round_number, client_id)
             correction = subtract(self.control or [], self._client_control(client_id))
+            # the correction travels in float32: the function adds it to float32 gradients (handler.py casts it to
+            # each variable's dtype), so float64 would double what it reads for nothing
             context.store.put(key, encode_arrays([c.astype(np.float32) for c in correction]))
             overrides[client_id] = {"correction": key}
         return overrides
