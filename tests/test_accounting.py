@@ -277,7 +277,8 @@ def test_a_target_epsilon_below_one_round_is_one_line_naming_what_to_change():
     between = ExampleLevelAccountant(1e-5, target_epsilon=(one_round["small"] + one_round["large"]) / 2,
                                      expected_facts=facts)
     between.check_reachable()  # the large client can train: skip_client goes on without the small one
-    with pytest.raises(PrivacyBudgetUnreachable, match=r"^train.dp.target_epsilon .* stop_run .*raise train.dp.target_epsilon"):
+    with pytest.raises(PrivacyBudgetUnreachable,
+                       match=r"^train.dp.target_epsilon .* for 1 client, and on_budget: stop_run .*raise train.dp.target_epsilon"):
         between.check_reachable(stop_run=True)
     below = ExampleLevelAccountant(1e-5, target_epsilon=one_round["large"] / 2, expected_facts=facts)
     with pytest.raises(PrivacyBudgetUnreachable, match="for every client") as raised:

@@ -479,7 +479,7 @@ class ExampleLevelAccountant:
         over = [epsilon for epsilon in first.values() if epsilon > self.target_epsilon]
         if over and (stop_run or len(over) == len(first)):
             who, cost = ("every client", min(first.values())) if len(over) == len(first) else (
-                f"{len(over)} client(s), and on_budget: stop_run ends the run there", max(over))
+                f"{counted(len(over), 'client')}, and on_budget: stop_run ends the run there", max(over))
             raise PrivacyBudgetUnreachable(
                 f"train.dp.target_epsilon {self.target_epsilon:g} is below the epsilon of one round for {who} "
                 f"(one round spends {cost:.3g}): raise train.dp.target_epsilon or train.dp.noise_multiplier, "
