@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from fedless_nb.function.batching import privacy_facts
-from fedless_nb.privacy.accounting import DpRound, ExampleLevelAccountant, PrivacyLedger, WeakDeltaWarning, epsilon
+from fedless_nb.privacy.accounting import (DpRound, ExampleLevelAccountant, PrivacyLedger, PrivacyReport, WeakDeltaWarning,
+                                           epsilon)
 
 MIXED = [DpRound(5, 0.01, 1.5), DpRound(10, 0.02, 1.2), DpRound(4, 0.01, 1.1, microbatch_size=2)]
 PLD_MIXED = [DpRound(5, 0.01, 3.0), DpRound(8, 0.02, 2.5), DpRound(4, 0.01, 2.0, microbatch_size=2)]
@@ -311,3 +312,16 @@ def test_a_delta_not_below_one_over_n_warns_naming_the_key():
 def test_a_round_with_impossible_parameters_is_refused_not_accounted(arguments, message):
     with pytest.raises(ValueError, match=message):
         DpRound(**{"steps": 10, "sampling_rate": 0.1, "noise_multiplier": 1.0, **arguments})
+
+
+def test_a_client_level_report_counts_rounds_where_an_example_level_one_counts_steps():
+    """Central DP noises the average once a round, so its accountant's steps are rounds: its report read
+    '3 steps at sampling rate 0.5 over 3 rounds' and 'each client joins each step'."""
+    client_level = PrivacyReport(epsilon=13.5, delta=1e-3, accountant="rdp", granularity="client-level",
+                                 noise_multiplier=0.5, clip_norm=2.0, steps=3, sampling_rate=0.5, rounds=3)
+    assert "each client joins each round independently" in str(client_level)
+    assert str(client_level).endswith("clip norm 2, 3 rounds at sampling rate 0.5") and "step" not in str(client_level)
+    example_level = PrivacyReport(epsilon=14.8, delta=1e-5, accountant="rdp", granularity="example-level",
+                                  noise_multiplier=0.5, clip_norm=1.0, steps=46, sampling_rate=0.04457, rounds=2)
+    assert "each example joins each step independently" in str(example_level)
+    assert str(example_level).endswith("46 steps at sampling rate 0.04457 over 2 rounds")

@@ -61,6 +61,8 @@ def test_a_dp_run_states_each_of_its_guarantees_at_the_end(tmp_path):
     (run,) = History(tmp_path / "runs.db").runs()
     (round_,) = History(tmp_path / "runs.db").rounds(run["run_id"])
     assert "client-level DP" in client_level and f"epsilon = {round_['privacy_central_epsilon']:.3f} at delta = 0.001" in client_level
+    assert "each client joins each round" in client_level and client_level.endswith("1 round at sampling rate 1")
+    assert "step" not in client_level, "central DP's mechanism runs once a round: it has no steps"
     assert "example-level DP" in example_level and f"epsilon = {round_['privacy_epsilon_max']:.3f} at delta = 1e-05" in example_level
 
 
