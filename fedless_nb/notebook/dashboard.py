@@ -271,8 +271,9 @@ class WidgetDashboard:
         state.update(event)
         if isinstance(event, RunStarted):
             self.bar.max = event.rounds
-            self._draw_rounds()  # a resumed run's rounds before its checkpoint
-            self._draw_totals()
+            self._draw_rounds()  # a resumed run's rounds before its checkpoint, and its totals so far
+            if state.resumed_from:
+                self._draw_totals()
             if self.show is not None:
                 self.handle = self.show(self.widget, display_id=True)
         elif isinstance(event, RoundStarted):
