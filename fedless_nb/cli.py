@@ -28,7 +28,8 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .store.roots import STORE_ROOT_HELP
     from .security import SECRET_VARIABLE, client_secret, function_secret
     from .stopping import builder_needs_trust, ended_early, resumable, stopped_line
-    from .wording import counted
+    from .records.earlier import earlier_rounds
+    from .wording import counted, run_start_words
 except KeyboardInterrupt:
     print("Interrupted")
     sys.exit(130)
@@ -54,6 +55,7 @@ class TerminalProgress:
         self.tasks: dict[int, Any] = {}
         self.failed: dict[int, int] = {}
         self.rounds: list[RoundFinished] = []
+        self.earlier: list[dict[str, Any]] = []  # a resumed run's rounds before its checkpoint, as its history has them
         self.total_rounds = 0
         self.run_id: str | None = None
         self.last_round = 0  # the last round finished, counting those before a resume
@@ -61,9 +63,9 @@ class TerminalProgress:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.total_rounds, self.run_id, self.last_round = event.rounds, event.run_id, event.resumed_from or 0
-            resumed = f", resumed after round {event.resumed_from}" if event.resumed_from else ""
-            self.console.print(f"[bold]Run {event.run_id}[/]: {counted(event.clients, 'client')}, "
-                               f"{counted(event.rounds, 'round')}{resumed}")
+            self.earlier = earlier_rounds(event.config.get("history"), event.run_id, event.resumed_from).rounds
+            self.console.print(f"[bold]Run {event.run_id}[/]"
+                               f"{run_start_words(event.clients, event.rounds, event.resumed_from)}", soft_wrap=True)
             self.progress.start()
         elif isinstance(event, RoundStarted):
             if event.round in self.tasks:  # the round runs again, below its quorum
@@ -92,7 +94,8 @@ class TerminalProgress:
                                + (f"; {reason}" if reason else ""), highlight=False, soft_wrap=True)
 
     def summary(self) -> Table:
-        return rounds_table([
+        """Every round of the run, those a resumed run did before it resumed included."""
+        return rounds_table(self.earlier + [
             {"round": e.round, "succeeded": e.succeeded, "failed": e.failed, "duration": e.finished_at - e.started_at,
              **{f"eval_{name}": value for name, value in e.eval_metrics.items()}}
             for e in self.rounds

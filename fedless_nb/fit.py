@@ -16,6 +16,7 @@ from .data import Dataset, load_dataset
 from .data.datasets import check_options
 from .experiment import ExperimentConfig
 from .model import ModelError, ModelSpec, instantiate_model, model_spec_from, takes_any_keyword
+from .wording import noun_for
 from .zoo import FITS, builders_for, resolve_builder
 
 DATASET_FACTS = ("input_shape", "num_classes", "image_shape", "vocabulary_size")  # what builder_context fills in
@@ -109,7 +110,8 @@ def check_dp_sgd_can_train(model: Any) -> None:
 
     layers = batch_statistics_layers(model)
     if layers:
-        raise ModelError(f"train.dp: model {model.name!r} has BatchNormalization layer(s) {', '.join(layers)}, whose "
+        raise ModelError(f"train.dp: model {model.name!r} has {noun_for(len(layers), 'BatchNormalization layer')} "
+                         f"{', '.join(layers)}, whose "
                          "batch statistics DP-SGD does not clip or noise (the epsilon would not hold): use "
                          "keras.layers.LayerNormalization or GroupNormalization, freeze them (trainable=False), "
                          "or drop train.dp")

@@ -78,6 +78,16 @@ class RunResult:
         return (f"RunResult(run_id={self.run_id!r}, status={self.status!r}, "
                 f"rounds={len(self.round_metrics)}/{self.config.rounds}{accuracy})")
 
+    def _repr_html_(self) -> str:
+        from .result_view import result_html
+
+        return result_html(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        from .result_view import result_text
+
+        printer.text(repr(self) if cycle else result_text(self))
+
     def history(self) -> History:
         return History(self.config.history)
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .wording import counted, noun_for
+
 DP_SETTINGS = ("l2_norm_clip", "noise_multiplier", "num_microbatches", "sampling")
 SECAGG_STAGES = ("keys", "shares", "check", "masked", "reveal")  # a secure round's stages, in the order they run
 SECAGG_KEY_STAGES = ("keys", "shares", "check", "reveal")  # the stages that train nothing: they spend no privacy
@@ -232,7 +234,8 @@ def _task_problem(error: ValidationError) -> str:
     unknown = sorted(str(d["loc"][1]) for d in details if d["type"] == "extra_forbidden" and d["loc"][0] == "train"
                      and len(d["loc"]) == 2)
     if unknown:
-        return (f"this function does not support the train setting(s) {', '.join(unknown)}; "
+        return (f"this function does not support the train {noun_for(len(unknown), 'setting')} "
+                f"{', '.join(unknown)}; "
                 "redeploy it with the fedless_nb version of the controller")
     if details[0]["loc"][:2] == ("train", "dp"):
         return f"the task's train.dp must give l2_norm_clip and noise_multiplier as numbers ({first_problem(error)})"
@@ -271,12 +274,12 @@ def check_progress(result: Result, planned_steps: int, allowed_steps: int | None
     if steps is None and partial is None:
         steps, partial = planned_steps, False
     elif partial is None:
-        raise ResultError(f"the result reports {steps} steps but not whether its work is partial", "invalid")
+        raise ResultError(f"the result reports {counted(steps, 'step')} but not whether its work is partial", "invalid")
     elif steps is None or not 1 <= steps <= planned_steps:
         raise ResultError(f"the result claims {steps!r} local steps; 1 to {planned_steps} were possible", "invalid")
     elif not partial and steps != planned_steps:
-        raise ResultError(f"the result claims full work in {steps} steps, not the planned {planned_steps}", "invalid")
+        raise ResultError(f"the result claims full work in {counted(steps, 'step')}, not the planned {planned_steps}", "invalid")
     if allowed_steps is not None and steps > allowed_steps:
-        raise ResultError(f"the result claims {steps} local steps; its straggler cut (train.budget_epochs) allows at "
+        raise ResultError(f"the result claims {counted(steps, 'local step')}; its straggler cut (train.budget_epochs) allows at "
                           f"most {allowed_steps}", "invalid")
     return steps, partial

@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from fedless_nb.function.batching import privacy_facts
-from fedless_nb.privacy.accounting import DpRound, ExampleLevelAccountant, PrivacyLedger, WeakDeltaWarning, epsilon
+from fedless_nb.privacy.accounting import (DpRound, ExampleLevelAccountant, PrivacyLedger, PrivacyReport, WeakDeltaWarning,
+                                           epsilon)
 
 MIXED = [DpRound(5, 0.01, 1.5), DpRound(10, 0.02, 1.2), DpRound(4, 0.01, 1.1, microbatch_size=2)]
 PLD_MIXED = [DpRound(5, 0.01, 3.0), DpRound(8, 0.02, 2.5), DpRound(4, 0.01, 2.0, microbatch_size=2)]
@@ -314,7 +315,8 @@ def test_a_target_epsilon_below_one_round_is_one_line_naming_what_to_change():
     between = ExampleLevelAccountant(1e-5, target_epsilon=(one_round["small"] + one_round["large"]) / 2,
                                      expected_facts=facts)
     between.check_reachable()  # the large client can train: skip_client goes on without the small one
-    with pytest.raises(PrivacyBudgetUnreachable, match=r"^train.dp.target_epsilon .* stop_run .*raise train.dp.target_epsilon"):
+    with pytest.raises(PrivacyBudgetUnreachable,
+                       match=r"^train.dp.target_epsilon .* for 1 client, and on_budget: stop_run .*raise train.dp.target_epsilon"):
         between.check_reachable(stop_run=True)
     below = ExampleLevelAccountant(1e-5, target_epsilon=one_round["large"] / 2, expected_facts=facts)
     with pytest.raises(PrivacyBudgetUnreachable, match="for every client") as raised:
@@ -374,3 +376,16 @@ def test_a_huge_noise_multiplier_is_accounted_where_dp_accountings_rdp_arithmeti
     central.aggregate(1, [np.zeros(2, np.float32)], [ClientUpdate("a", [np.ones(2, np.float32)], 1)])
     assert central.epsilon() == pytest.approx(dpa.rdp.RdpAccountant().compose(dpa.GaussianDpEvent(noise)).get_epsilon(1e-5),
                                               abs=1e-12)
+
+
+def test_a_client_level_report_counts_rounds_where_an_example_level_one_counts_steps():
+    """Central DP noises the average once a round, so its accountant's steps are rounds: its report read
+    '3 steps at sampling rate 0.5 over 3 rounds' and 'each client joins each step'."""
+    client_level = PrivacyReport(epsilon=13.5, delta=1e-3, accountant="rdp", granularity="client-level",
+                                 noise_multiplier=0.5, clip_norm=2.0, steps=3, sampling_rate=0.5, rounds=3)
+    assert "each client joins each round independently" in str(client_level)
+    assert str(client_level).endswith("clip norm 2, 3 rounds at sampling rate 0.5") and "step" not in str(client_level)
+    example_level = PrivacyReport(epsilon=14.8, delta=1e-5, accountant="rdp", granularity="example-level",
+                                  noise_multiplier=0.5, clip_norm=1.0, steps=46, sampling_rate=0.04457, rounds=2)
+    assert "each example joins each step independently" in str(example_level)
+    assert str(example_level).endswith("46 steps at sampling rate 0.04457 over 2 rounds")

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -9,6 +10,8 @@ import sys
 
 import pytest
 import yaml
+
+from fedless_nb.wording import counted
 
 
 def fedless(*arguments, cwd):
@@ -61,6 +64,8 @@ def test_a_dp_run_states_each_of_its_guarantees_at_the_end(tmp_path):
     (run,) = History(tmp_path / "runs.db").runs()
     (round_,) = History(tmp_path / "runs.db").rounds(run["run_id"])
     assert "client-level DP" in client_level and f"epsilon = {round_['privacy_central_epsilon']:.3f} at delta = 0.001" in client_level
+    assert "each client joins each round" in client_level and client_level.endswith("1 round at sampling rate 1")
+    assert "step" not in client_level, "central DP's mechanism runs once a round: it has no steps"
     assert "example-level DP" in example_level and f"epsilon = {round_['privacy_epsilon_max']:.3f} at delta = 1e-05" in example_level
 
 
@@ -214,6 +219,13 @@ def test_ctrl_c_stops_a_run_with_one_line_naming_the_resume_command_which_finish
     resumed = fedless("resume", run["run_id"], "--history", "runs.db", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert [row["round"] for row in History(tmp_path / "runs.db").rounds(run["run_id"])] == list(range(1, 21))
+    # a resume says so, and its totals are the whole run's: its table listed only the rounds after the resume
+    done = run["rounds_completed"]
+    lines = resumed.stdout.splitlines()
+    assert lines[0] == (f"Run {run['run_id']} resumes from round {done + 1} of 20: 4 clients, "
+                        f"{counted(done, 'round')} done before")
+    table_rounds = [int(line.split()[1]) for line in lines if re.match(r"^│\s+\d+ │", line)]
+    assert table_rounds == list(range(1, 21)) and "Run finished: 20 rounds, final accuracy" in resumed.stdout
 
 
 @pytest.mark.slow

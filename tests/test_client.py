@@ -76,7 +76,8 @@ def test_data_cache_is_bounded_in_bytes(task, monkeypatch):
 
 @pytest.mark.parametrize("change, message", [
     (lambda t: t.pop("weights"), "lacks weights"),
-    (lambda t: t["train"].update(momentum=0.9), "does not support the train setting.*momentum"),
+    (lambda t: t["train"].update(momentum=0.9), "does not support the train setting momentum; redeploy"),
+    (lambda t: t["train"].update(momentum=0.9, nesterov=True), "does not support the train settings momentum, nesterov;"),
     (lambda t: t["train"].update(dp={"noise_multiplier": 1.0}), "train.dp must give l2_norm_clip"),
     (lambda t: t.update(deadline=time.time() - 1), "after its round deadline"),
 ])

@@ -360,3 +360,37 @@ def test_tables_show_three_decimals_and_no_all_zero_cost_column():
     assert list(frame.columns) == ["eval_accuracy", "priced_cost", "round"]
     assert list(frame["eval_accuracy"]) == [0.123, 0.9] and list(frame["round"]) == [1, 2]
     assert list(frame["priced_cost"]) == [0.0, 0.00012], "costs keep their digits"
+
+
+def test_a_resumed_run_says_it_resumes_and_its_totals_and_charts_are_the_whole_runs(tmp_path):
+    """Its first line read as a new run's ('Run r1: 2 clients, 3 rounds') and its totals, charts and bar held only
+    the rounds after the resume; the rounds before it are read back from the history."""
+    from fedless_nb.records.history import History
+
+    config = {"history": str(tmp_path / "runs.db")}
+    events = [dataclasses.replace(event, config=config) if isinstance(event, RunStarted) else event
+              for event in run_events(rounds=3)]
+    history = History(config["history"])
+    history.start_run(events[0])
+    invocations = []
+    for event in events[1:]:  # rounds 1 and 2 were recorded before the run stopped
+        if isinstance(event, InvocationFinished):
+            invocations.append(event)
+        elif isinstance(event, RoundFinished) and event.round <= 2:
+            history.record_round(event, invocations)
+            invocations = []
+    history.close()
+    resumed = [dataclasses.replace(events[0], resumed_from=2),
+               *(event for event in events[1:] if getattr(event, "round", 3) == 3)]
+    lines = []
+    text, widgets = TextDashboard(lines.append), WidgetDashboard()
+    text(resumed[0])
+    widgets(resumed[0])
+    assert lines == ["Run r1 resumes from round 3 of 3: 2 clients, 2 rounds done before"]
+    assert widgets.bar.value == 2 and list(widgets.accuracy.line.x) == [1, 2]
+    assert "2/3 rounds (resumed after round 2)" in widgets.title.value and "<b>4</b> invocations" in widgets.totals.value
+    for event in resumed[1:]:
+        text(event)
+        widgets(event)
+    assert lines[-1] == "Run r1 finished: 3/3 rounds (resumed after round 2), 6 invocations, 1 failure, 2 cold starts"
+    assert [round_number for round_number, _ in text.progress.metrics] == [1, 2, 3]

@@ -156,6 +156,26 @@ def test_text_in_batch_execution_widgets_in_an_interactive_frontend_and_a_lastin
 
 
 @pytest.mark.slow
+def test_a_run_result_as_a_cells_value_names_its_run_and_what_to_call_on_it(kernel):
+    """Tutorial 03's cell ends in its RunResult, which showed under the run's record as a bare repr
+    ('RunResult(run_id=..., status=..., rounds=5/5, accuracy=0.9111)'): a cell's value shows as the record words the
+    run, with what to call on the object to read its rounds, invocations and model."""
+    kernel.run(f"run = %fedless_train {TINY} --name shown --rounds 1 --dashboard none")
+    reply, messages = kernel.execute("run")
+    assert reply["content"]["status"] == "ok"
+    (shown,) = [m["content"]["data"] for m in messages if m["msg_type"] == "execute_result"]
+    run_id = kernel.run("print(run.run_id)")
+    accuracy = float(kernel.run("print(run.final_accuracy)"))
+    summary = f"run shown ({run_id}) finished: 1/1 rounds, final test accuracy {accuracy:.3f}"
+    lines = shown["text/plain"].splitlines()
+    assert lines[0] == f"RunResult: {summary}" and [line.split()[0] for line in lines[1:]] == [
+        ".rounds_frame()", ".invocations_frame()", ".model()"]
+    assert shown["text/html"].startswith(f'<div class="fedless-result"><p><b>RunResult</b>: {summary}</p><table>')
+    assert "<code>.model()</code>" in shown["text/html"]
+    assert kernel.run("print(repr(run))").startswith(f"RunResult(run_id='{run_id}', status='finished', rounds=1/1")
+
+
+@pytest.mark.slow
 def test_background_run_leaves_the_kernel_free_and_stops_after_a_round(exec_workers, kernel, tmp_path):
     assert kernel.run(f"run = %fedless_train {TINY} --rounds 40 --background --dashboard none\nprint(run.status)") \
         in ("starting", "running")

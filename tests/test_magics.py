@@ -255,9 +255,18 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
     assert refused(f"{stopped.run_id} model").startswith(f"run {stopped.run_id!r} is still training (process ")
     history.db["runs"].update(stopped.run_id, {"status": "stopped"})
 
-    resumed = shell.run_line_magic("fedless_resume", f"{stopped.run_id} model --dashboard none")
+    capsys.readouterr()
+    resumed = shell.run_line_magic("fedless_resume", f"{stopped.run_id} model --dashboard text")
     assert isinstance(resumed, RunResult) and resumed.run_id == stopped.run_id and resumed.status == "finished"
     assert [r["round"] for r in history.rounds(stopped.run_id)] == [1, 2, 3]
+    # it says it resumes, and its totals are the whole run's: they counted only the invocations after the resume
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Run {stopped.run_id} resumes from round 2 of 3: 4 clients, 1 round done before"
+    invocations = history.invocations(stopped.run_id)
+    (summary,) = [line for line in lines if line.startswith(f"Run {stopped.run_id} finished:")]
+    assert summary.startswith(f"Run {stopped.run_id} finished: 3/3 rounds (resumed after round 1), "
+                              f"{len(invocations)} invocations, ") and len(invocations) == 6
+    assert f"{sum(bool(i['cold']) for i in invocations)} cold start" in summary
     assert history.run(stopped.run_id)["rounds_completed"] == 3 and len(history.runs()) == 1
     assert refused(f"{stopped.run_id} model") == (f"run {stopped.run_id!r} already finished its 3 rounds; there is "
                                                   "nothing to resume")

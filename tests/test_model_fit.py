@@ -182,7 +182,7 @@ def test_dp_sgd_refuses_batch_normalization_whose_statistics_it_cannot_noise(tmp
     every client's data means (probe: moving_mean 0.15 after one round at noise multiplier 50)."""
     private = experiment(tmp_path, "mlp", "digits", train={"epochs": 1, "batch_size": 8, "learning_rate": 0.05,
                                                            "dp": {"noise_multiplier": 1.0}})
-    with pytest.raises(ModelError, match=r"^train.dp: model 'normalized' has BatchNormalization layer\(s\) "
+    with pytest.raises(ModelError, match=r"^train.dp: model 'normalized' has BatchNormalization layer "
                                          r"batch_normalization\w*, whose batch statistics DP-SGD does not clip or noise"):
         run_experiment(private, model=normalized_builder)
     assert not (tmp_path / "history.db").exists() and not (tmp_path / "store").exists()

@@ -73,7 +73,9 @@ def test_progress_claims_are_checked_against_the_plan():
     assert check_progress(_claim(steps=2, partial=True), 6) == (2, True)
     for claim, message in (({"steps": 7, "partial": True}, "1 to 6 were possible"),
                            ({"steps": 2, "partial": False}, "full work in 2 steps"),
-                           ({"steps": 2}, "not whether its work is partial"),
+                           ({"steps": 2}, "reports 2 steps but not whether its work is partial"),
+                           ({"steps": 1}, "reports 1 step but not whether"),
+                           ({"steps": 1, "partial": False}, "full work in 1 step, not the planned 6"),
                            ({"partial": True}, "None local steps")):
         with pytest.raises(ResultError, match=message):
             check_progress(_claim(**claim), 6)

@@ -50,14 +50,18 @@ def test_shares_reconstruct_at_the_threshold_and_fail_below():
     assert len(shares) == 5 and len({share[:2] for share in shares}) == 5
     for chosen in (shares[:3], shares[2:], [shares[0], shares[4], shares[2]]):
         assert secagg.recover_secret(chosen, 3) == secret
-    with pytest.raises(SecAggError, match="2 share"):
+    with pytest.raises(SecAggError, match="^2 shares of a secret arrived, the threshold is 3$"):
         secagg.recover_secret([shares[0], shares[0], shares[1]], 3)  # a duplicated share is not a second share
+    with pytest.raises(SecAggError, match="^1 share of a secret arrived, the threshold is 3$"):
+        secagg.recover_secret([shares[0]], 3)
     holders = dict(zip("abcde", shares))
     indices = {holder: index for index, holder in enumerate("abcde", start=1)}
     for chosen in ("abc", "cde", "aec"):
         assert secagg.recover_checked({h: holders[h] for h in chosen}, 3, secret.__eq__, indices) == (secret, [])
-    with pytest.raises(SecAggError, match="2 share"):
+    with pytest.raises(SecAggError, match="^2 shares of a secret arrived"):
         secagg.recover_checked({h: holders[h] for h in "ab"}, 3, secret.__eq__, indices)
+    with pytest.raises(SecAggError, match="^1 share of a secret arrived"):
+        secagg.recover_checked({"a": holders["a"]}, 3, secret.__eq__, indices)
     with pytest.raises(SecAggError):  # a duplicated share is not a second share
         secagg.recover_checked({"a": holders["a"], "b": holders["a"], "c": holders["b"]}, 3, secret.__eq__, indices)
     # below the threshold Shamir itself yields a value unrelated to the secret

@@ -328,7 +328,7 @@ def test_a_masked_vector_with_values_out_of_range_fails_the_round_instead_of_mov
     that reason and the model stays where it was."""
     config = _config(tmp_path, "range", rounds=1)
     provider = LocalProvider("local", workers=2, entry_point="workloads:masks_values_out_of_range_on_client_1")
-    with pytest.raises(NothingTrainedError, match="values of the unmasked sum of 5 clients are larger than"):
+    with pytest.raises(NothingTrainedError, match=r"the unmasked sum of 5 clients has \d+ values? larger than"):
         run_experiment(config, providers={"local": provider})
     history = History(config.history)
     run_id = history.runs()[0]["run_id"]
@@ -344,7 +344,7 @@ def test_the_unmasked_sums_range_check_passes_every_honest_sum_and_refuses_what_
     # 3 clients' weights of 1 (each quantized (1 + 8) x 2^10 / 16), then values at the middle, bottom and top
     honest = np.array([2**10 * (3 * 8 + 3) // 16, 3 * 2**10 // 2, 0, 3 * 2**10], np.uint32)
     assert secagg.sum_range_problem(honest, params, 3) is None
-    assert "1 values" in secagg.sum_range_problem(honest + np.array([0, 0, 0, 1], np.uint32), params, 3)
+    assert "has 1 value larger than" in secagg.sum_range_problem(honest + np.array([0, 0, 0, 1], np.uint32), params, 3)
     weights = np.array([2**10 * (3 * 8 + 4) // 16, 0, 0, 0], np.uint32)  # weights summing to 4 (dequantized)
     assert "weights add up to 4" in secagg.sum_range_problem(weights, params, 3)
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..records.cost import CostModel
+from ..records.earlier import EarlierRounds, earlier_rounds
 from ..rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
 from ..stopping import ended_early
-from ..wording import counted
+from ..wording import run_start_words
 DASHBOARD_MODES = ("auto", "widgets", "text", "compact", "none")
 # RunProgress.totals' counts as one of them reads: '1 failures', '1 invocations' read wrong (the other totals, cost
 # and epsilon, are figures, whose name reads the same whatever the value)
@@ -50,6 +51,7 @@ class RunProgress:
     last_round: RoundFinished | None = None
     model_name: str | None = None  # the notebook variable holding the run's model, which resuming it needs again
     stop_reason: str | None = None  # why the run stopped before its last round on its own (stopping.ended_early)
+    resumed_from: int = 0  # a resumed run: the round its checkpoint had finished; its totals count the rounds before
 
     def update(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -57,6 +59,9 @@ class RunProgress:
             self.config = event.config
             self.prices = CostModel.for_run({"providers": event.providers, "config": event.config})
             self.status = "running"
+            if event.resumed_from:
+                self.resumed_from = self.rounds_done = event.resumed_from
+                self._count_earlier(earlier_rounds(event.config.get("history"), event.run_id, event.resumed_from))
         elif isinstance(event, RoundStarted):
             self.round_running = event.round
         elif isinstance(event, InvocationFinished):
@@ -75,6 +80,21 @@ class RunProgress:
             self.privacy = dict(event.privacy_metrics)
         elif isinstance(event, RunFinished):
             self.status, self.stop_reason = event.status, ended_early(event.status, event.error)
+
+    def _count_earlier(self, earlier: EarlierRounds) -> None:
+        """A resumed run's rounds before its checkpoint, from its history, in its metrics and totals: the run's id and
+        round numbers are the whole run's, and so are its totals (its timeline shows this session's invocations)."""
+        self.metrics = [(row["round"], {name.removeprefix("eval_"): value for name, value in row.items()
+                                        if name.startswith("eval_") and value is not None}) for row in earlier.rounds]
+        if earlier.rounds:
+            self.privacy = {name.removeprefix("privacy_"): value for name, value in earlier.rounds[-1].items()
+                            if name.startswith("privacy_") and value is not None}
+        for row in earlier.invocations:
+            self.invocations += 1
+            self.stage_invocations += row["stage"] is not None
+            self.failures += row["outcome"] == "failed"
+            self.cold_starts += bool(row["cold"])
+            self.cost += row["cost"] or 0.0
 
     def series(self, name: str) -> dict[str, list[tuple[float, float]]]:
         return {name: [(r, values[name]) for r, values in self.metrics if name in values]}
@@ -104,6 +124,11 @@ class RunProgress:
         return [f"{shown(str(value))} {ONE_OF.get(name, name) if value == 1 else name}"
                 for name, value in self.totals().items()]
 
+    def rounds_count(self) -> str:
+        """`3/5 rounds`, and where a resumed run resumed: its rounds count the whole run."""
+        resumed = f" (resumed after round {self.resumed_from})" if self.resumed_from else ""
+        return f"{self.rounds_done}/{self.total_rounds} rounds{resumed}"
+
     def round_line(self) -> str:
         event = self.last_round
         assert event is not None
@@ -114,7 +139,7 @@ class RunProgress:
     def summary_line(self) -> str:
         totals = ", ".join(self.total_phrases())
         reason = f"; {self.stop_reason}" if self.stop_reason else ""
-        return f"Run {self.run_id} {self.status}: {self.rounds_done}/{self.total_rounds} rounds, {totals}{reason}"
+        return f"Run {self.run_id} {self.status}: {self.rounds_count()}, {totals}{reason}"
 
 
 class TextDashboard:
@@ -129,7 +154,7 @@ class TextDashboard:
     def __call__(self, event: Event) -> None:
         self.progress.update(event)
         if isinstance(event, RunStarted):
-            self.write(f"Run {event.run_id}: {counted(event.clients, 'client')}, {counted(event.rounds, 'round')}")
+            self.write(f"Run {event.run_id}{run_start_words(event.clients, event.rounds, event.resumed_from)}")
         elif isinstance(event, RoundFinished):
             self.write(self.progress.round_line())
         elif isinstance(event, RunFinished):
@@ -246,7 +271,9 @@ class WidgetDashboard:
         state.update(event)
         if isinstance(event, RunStarted):
             self.bar.max = event.rounds
-            self._draw_title()
+            self._draw_rounds()  # a resumed run's rounds before its checkpoint, and its totals so far
+            if state.resumed_from:
+                self._draw_totals()
             if self.show is not None:
                 self.handle = self.show(self.widget, display_id=True)
         elif isinstance(event, RoundStarted):
@@ -255,13 +282,7 @@ class WidgetDashboard:
             self.timeline.draw(list(state.bars))
             self._draw_totals()
         elif isinstance(event, RoundFinished):
-            self.bar.value = event.round
-            self.accuracy.draw(state.series("accuracy")["accuracy"])
-            self.loss.draw(state.series("loss")["loss"])
-            if state.final_accuracy is not None:
-                self.score.value = (f'<span style="font-size:2em;font-weight:bold">{state.final_accuracy:.3f}</span>'
-                                    " test accuracy")
-            self._draw_title()
+            self._draw_rounds()
         elif isinstance(event, RunFinished):
             self.bar.bar_style = {"finished": "success", "stopped": "warning"}.get(event.status, "danger")
             self.stop_button.disabled, self.stop_button.description = True, f"Run {event.status}"
@@ -291,10 +312,21 @@ class WidgetDashboard:
                        *self.timeline.widgets()):
             widget.close()
 
+    def _draw_rounds(self) -> None:
+        """The bar, the charts, the score and the title as of the last finished round."""
+        state = self.progress
+        self.bar.value = state.rounds_done
+        self.accuracy.draw(state.series("accuracy")["accuracy"])
+        self.loss.draw(state.series("loss")["loss"])
+        if state.final_accuracy is not None:
+            self.score.value = (f'<span style="font-size:2em;font-weight:bold">{state.final_accuracy:.3f}</span>'
+                                " test accuracy")
+        self._draw_title()
+
     def _draw_title(self) -> None:
         state = self.progress
         self.title.value = (f"<b>Run {html.escape(state.name)}</b> <code>{html.escape(state.run_id)}</code>: "
-                            f"{state.status}, {state.rounds_done}/{state.total_rounds} rounds")
+                            f"{state.status}, {state.rounds_count()}")
 
     def _draw_totals(self) -> None:
         self.totals.value = " &nbsp; ".join(self.progress.total_phrases(lambda value: f"<b>{value}</b>"))

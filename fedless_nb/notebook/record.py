@@ -48,8 +48,10 @@ def _plot_metric(axes: "matplotlib.axes.Axes", series: dict[str, Points], metric
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
-def _plot_timeline(axes: "matplotlib.axes.Axes", bars: Sequence[tuple[str, float, float, str, str]]) -> None:
-    """A row per client, a bar per invocation from its start to its end, coloured cold, warm or failed."""
+def _plot_timeline(axes: "matplotlib.axes.Axes", bars: Sequence[tuple[str, float, float, str, str]],
+                   since: str) -> None:
+    """A row per client, a bar per invocation from its start to its end, coloured cold, warm or failed; `since` names
+    when its clock starts (a resumed run's, at the resume: its earlier invocations ran in another session)."""
     clients = sorted({bar[0] for bar in bars})
     rows = {client: index for index, client in enumerate(clients)}
     for outcome, color in OUTCOME_COLORS.items():
@@ -61,7 +63,7 @@ def _plot_timeline(axes: "matplotlib.axes.Axes", bars: Sequence[tuple[str, float
     if len(clients) > 20:
         axes.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
     axes.set_ylabel("client")
-    axes.set_xlabel("seconds since the run started")
+    axes.set_xlabel(f"seconds since {since}")
     axes.set_title("client timeline")
     legend = [Patch(color=color, label=outcome) for outcome, color in OUTCOME_COLORS.items()]
     axes.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -89,7 +91,8 @@ def run_figure(progress: "RunProgress") -> Figure:
             axes = figure.add_subplot(grid[0, column])
             _plot_metric(axes, progress.series(metric), metric)
             axes.set_title(f"test {metric}")
-        _plot_timeline(figure.add_subplot(grid[1, :]), list(progress.bars))
+        _plot_timeline(figure.add_subplot(grid[1, :]), list(progress.bars),
+                       f"the resume after round {progress.resumed_from}" if progress.resumed_from else "the run started")
     return figure
 
 
@@ -127,7 +130,7 @@ class RunRecord:
 
     def facts(self) -> list[str]:
         state = self.progress
-        facts = [f"{state.rounds_done}/{state.total_rounds} rounds"]
+        facts = [state.rounds_count()]
         facts += state.total_phrases()
         return facts
 

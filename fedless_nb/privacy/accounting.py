@@ -37,8 +37,8 @@ ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "shuffle")
 ADJACENCY = {"poisson": "add-or-remove-one", "shuffle": "replace-one"}
 SAMPLING_DESCRIPTIONS = {
-    "poisson": "Poisson (each {unit} joins each step independently with probability q)",
-    "shuffle": "fixed-size, uniformly without replacement at each step",
+    "poisson": "Poisson (each {unit} joins each {step} independently with probability q)",
+    "shuffle": "fixed-size, uniformly without replacement at each {step}",
     "fixed": "a fixed number of clients per round, uniformly without replacement",
 }
 PLD_DISCRETIZATION = 1e-4  # dp-accounting's PLDAccountant default
@@ -362,15 +362,21 @@ class PrivacyReport:
     def unit(self) -> str:
         return "example" if self.granularity == "example-level" else "client"
 
+    @property
+    def step(self) -> str:
+        """What the mechanism runs once per: a DP-SGD step, or a round for client-level DP (its steps are rounds)."""
+        return "step" if self.granularity == "example-level" else "round"
+
     def __str__(self) -> str:
         who = f" for {self.subject}" if self.subject else ""
-        sampling = SAMPLING_DESCRIPTIONS.get(self.sampling, self.sampling).format(unit=self.unit)
+        sampling = SAMPLING_DESCRIPTIONS.get(self.sampling, self.sampling).format(unit=self.unit, step=self.step)
         clipping = f"clip norm {self.clip_norm:g}" + (" in the last round (adaptive)" if self.adaptive_clipping else "")
+        rounds = "" if self.step == "round" else f" over {counted(self.rounds, 'round')}"
         return (
             f"{self.granularity} DP{who}: epsilon = {self.epsilon:.3f} at delta = {self.delta:g} "
             f"({self.accountant.upper()} accountant, unit: one {self.unit}, {self.adjacency} adjacency, "
             f"sampling {sampling}); noise multiplier {self.noise_multiplier:g}, {clipping}, "
-            f"{counted(self.steps, 'step')} at sampling rate {self.sampling_rate:.4g} over {counted(self.rounds, 'round')}"
+            f"{counted(self.steps, self.step)} at sampling rate {self.sampling_rate:.4g}{rounds}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -514,7 +520,7 @@ class ExampleLevelAccountant:
         over = [epsilon for epsilon in first.values() if epsilon > self.target_epsilon]
         if over and (stop_run or len(over) == len(first)):
             who, cost = ("every client", min(first.values())) if len(over) == len(first) else (
-                f"{len(over)} client(s), and on_budget: stop_run ends the run there", max(over))
+                f"{counted(len(over), 'client')}, and on_budget: stop_run ends the run there", max(over))
             raise PrivacyBudgetUnreachable(
                 f"train.dp.target_epsilon {self.target_epsilon:g} is below the epsilon of one round for {who} "
                 f"(one round spends {cost:.3g}): raise train.dp.target_epsilon or train.dp.noise_multiplier, "

@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from ..wording import counted
+
 MODULUS_BITS = 32  # the masked arithmetic is uint32's: numpy wraps modulo 2^32 for free
 MIN_CLIENTS = 3  # a secure round's fewest clients: the sum of two tells each the other's update
 SECRET_BYTES = 32
@@ -155,7 +157,7 @@ def recover_secret(shares: Iterable[bytes], threshold: int) -> bytes:
     may have revealed a wrong one); SecAggError with fewer, where Shamir would silently return a wrong value."""
     distinct = {share[:2]: share for share in shares}
     if len(distinct) < threshold:
-        raise SecAggError(f"{len(distinct)} share(s) of a secret arrived, the threshold is {threshold}")
+        raise SecAggError(f"{counted(len(distinct), 'share')} of a secret arrived, the threshold is {threshold}")
     return _combine(list(distinct.values())[:threshold])
 
 
@@ -187,7 +189,7 @@ def recover_checked(shares: Mapping[str, bytes], threshold: int, is_secret: Call
     misplaced = [h for h, share in shares.items() if int.from_bytes(share[:2], "big") != indices.get(h)]
     holders = sorted(set(shares) - set(misplaced))
     if len(holders) < threshold:
-        raise SecAggError(f"{len(holders)} share(s) of a secret arrived, the threshold is {threshold}")
+        raise SecAggError(f"{counted(len(holders), 'share')} of a secret arrived, the threshold is {threshold}")
     tried = 0
     for left_out in range(len(holders) - threshold + 1):
         window = holders[:threshold + left_out]  # each set once: the window's last holder in it, `left_out` before it not
@@ -231,8 +233,8 @@ def sum_range_problem(total: np.ndarray, params: QuantizationParams, count: int)
     total = np.asarray(total, np.uint32)
     outside = int(np.count_nonzero(total > count * params.quantization_range))
     if outside:
-        return (f"{outside} values of the unmasked sum of {count} clients are larger than {count} quantized values "
-                "can add up to: a client sent values outside its quantization range")
+        return (f"the unmasked sum of {count} clients has {counted(outside, 'value')} larger than {count} quantized "
+                "values can add up to: a client sent values outside its quantization range")
     weights = float(dequantize_sum(total[:1], params, count)[0])
     if weights > count * (1 + params.step):
         return f"the clients' weights add up to {weights:.4g}, more than the {count} that {count} clients can have"
