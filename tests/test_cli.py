@@ -157,7 +157,7 @@ def test_a_run_its_privacy_budget_stopped_says_why_and_what_to_do_where_it_ends(
     assert completed.returncode == 1, completed.stdout + completed.stderr
     (ending,) = [line for line in completed.stdout.splitlines() if line.startswith("Run stopped")]
     assert ending.startswith("Run stopped: 1 round, final accuracy") and (
-        f"; privacy budget spent: round 2 would take 4 client(s) past target_epsilon {target:g} (epsilon reached: "
+        f"; privacy budget spent: round 2 would take 4 clients past target_epsilon {target:g} (epsilon reached: "
         f"{max(reference(n, 1) for n in sizes):.3g}); the run is done within its budget; to train longer, raise "
         "train.dp.target_epsilon or the noise and start a new run") in ending, ending
 

@@ -261,7 +261,7 @@ def test_a_stopped_runs_record_ends_with_what_to_do_next(config, model_name, rou
 def test_a_run_its_privacy_budget_stopped_says_why_in_its_summary_and_record_not_to_resume_it():
     """Its record said 'Continue it with: %fedless_resume r1', which stops again at once: the reason was only in the
     history's error column."""
-    reason = ("privacy budget spent: round 3 would take 4 client(s) past target_epsilon 2 (epsilon reached: 1.9); the "
+    reason = ("privacy budget spent: round 3 would take 4 clients past target_epsilon 2 (epsilon reached: 1.9); the "
               "run is done within its budget; to train longer, raise train.dp.target_epsilon or the noise and start a "
               "new run")
     progress = RunProgress()

@@ -173,7 +173,7 @@ def test_budget_skips_exhausted_clients_or_stops_the_run():
     assert accountant.round_metrics(2)["clients_skipped"] == 1.0
     assert accountant.round_metrics(2)["epsilon_max"] == pytest.approx(one_round)
     assert skipping.select(2, ["a", "b"], 2) == ["b"], "fewer clients when too few have budget"
-    with pytest.raises(PrivacyBudgetExhausted, match="target_epsilon"):
+    with pytest.raises(PrivacyBudgetExhausted, match="round 2 would take 1 client past target_epsilon"):
         BudgetedSelection(RandomSelection(0), accountant, stop_run=True).select(2, ["a", "b", "c"], 2)
     with pytest.raises(PrivacyBudgetExhausted):
         skipping.select(3, ["a"], 1)
@@ -192,9 +192,9 @@ def test_a_budget_checks_each_selected_client_at_the_round_its_straggler_draw_ga
     assert skipping.select(1, list("abcd"), 4) == list("abcd")
     assert skipping.admit(1, list("abcd"), {"a": 0.5, "c": 0.5}) == ["a", "c"]
     assert accountant.round_metrics(1)["clients_skipped"] == 2.0
-    with pytest.raises(PrivacyBudgetExhausted, match="round 1's straggler draw leaves 2 of its 4 client"):
+    with pytest.raises(PrivacyBudgetExhausted, match="round 1's straggler draw leaves 2 of its 4 clients their full epochs"):
         BudgetedSelection(RandomSelection(0), accountant, stop_run=True).admit(1, list("abcd"), {"a": 0.5, "c": 0.5})
-    with pytest.raises(PrivacyBudgetExhausted, match="leaves 2 of its 2 client"):  # none fits: the run ends
+    with pytest.raises(PrivacyBudgetExhausted, match="leaves 2 of its 2 clients their full epochs"):  # none fits: the run ends
         skipping.admit(2, ["b", "d"], {})
     accountant.charge("a", 0.5)
     assert accountant.epsilon("a") == pytest.approx(cut)

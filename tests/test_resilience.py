@@ -11,7 +11,7 @@ from fedless_nb.cli import TerminalProgress
 from fedless_nb.records.history import History
 from fedless_nb.providers import InvocationError, LocalProvider
 from fedless_nb.providers.faults import FaultRates, FaultyProvider
-from fedless_nb.rounds.resilience import NothingTrainedError, QuorumError, RoundPolicy, invoke_with_retries
+from fedless_nb.rounds.resilience import NothingTrainedError, QuorumError, RoundPolicy, check_quorum, invoke_with_retries
 from fedless_nb.runner import run_experiment
 
 
@@ -84,7 +84,7 @@ def test_a_round_below_quorum_is_repeated_then_the_run_stops_with_one_line(tiny_
         run_experiment(config, providers={"local": provider}, observers=[progress])
     assert len(progress.progress.tasks) == 1, "the repeated round replaces its progress bar"
     message = str(raised.value)
-    assert "round 1 got 0 valid update(s) of 4 selected in 2 run(s), fewer than min_successful (2)" in message
+    assert "round 1 got 0 valid updates of 4 selected in 2 runs, fewer than min_successful (2)" in message
     assert "\n" not in message
     history = History(config.history)
     (run,) = history.runs()
@@ -92,6 +92,14 @@ def test_a_round_below_quorum_is_repeated_then_the_run_stops_with_one_line(tiny_
     invocations = history.invocations(run["run_id"])
     assert len(invocations) == 2 * 4 == provider.injected["crash"], "both runs of the round are in the history"
     assert history.rounds(run["run_id"]) == []
+
+
+@pytest.mark.parametrize("succeeded, runs, counts", [(1, 1, "got 1 valid update of 3 selected in 1 run"),
+                                                       (2, 2, "got 2 valid updates of 3 selected in 2 runs")])
+def test_the_quorum_line_counts_updates_and_runs_in_words(succeeded, runs, counts):
+    """It read 'got 1 valid update(s) of 3 selected in 1 run(s)'."""
+    with pytest.raises(QuorumError, match=f"^round 4 {counts}, fewer than min_successful \\(3\\)"):
+        check_quorum(4, succeeded, 3, RoundPolicy(min_successful=3, round_repeats=runs - 1), runs)
 
 
 @pytest.mark.parametrize("strategy, selected, shortfall, remedy", [
@@ -117,7 +125,7 @@ def test_a_robust_round_with_fewer_updates_than_its_rule_needs_is_below_its_quor
     with pytest.raises(QuorumError) as raised:
         run_experiment(config, providers={"local": provider})
     message = str(raised.value)
-    assert f"of {selected} selected in 2 run(s), fewer than {shortfall}" in message
+    assert f"of {selected} selected in 2 runs, fewer than {shortfall}" in message
     assert f"raise clients_per_round or round_repeats, {remedy}" in message and "\n" not in message
     history = History(config.history)
     (run,) = history.runs()

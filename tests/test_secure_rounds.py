@@ -570,7 +570,7 @@ def test_a_secure_round_drawn_with_fewer_than_three_clients_invokes_none(tmp_pat
     history = History(config.history)
     (failure,) = history.round_failures(result.run_id)
     assert failure["round"] == 1 and failure["reason"] == (
-        "secure aggregation: the round drew 2 client(s), fewer than the 3 it needs to hide each update; no client was "
+        "secure aggregation: the round drew 2 clients, fewer than the 3 it needs to hide each update; no client was "
         "invoked")
     assert {i["round"] for i in history.invocations(result.run_id)} == {2}
     assert [r["succeeded"] for r in history.rounds(result.run_id)] == [0, 5]

@@ -135,6 +135,6 @@ def check_quorum(round_number: int, succeeded: int, selected: int, policy: Round
     below = shortfall or (f"fewer than min_successful ({policy.min_successful}); lower min_successful, "
                           "raise round_repeats or round_deadline")
     raise QuorumError(
-        f"round {round_number} got {succeeded} valid update(s) of {selected} selected in {runs} run(s), "
+        f"round {round_number} got {counted(succeeded, 'valid update')} of {selected} selected in {counted(runs, 'run')}, "
         f"{below}, or see the failed invocations in the history"
     )

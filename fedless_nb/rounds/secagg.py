@@ -47,6 +47,7 @@ from ..reduction import MaskedSum, masked_vector_problem
 from ..store import decode_arrays
 from ..store.keys import secagg_key, secagg_relay_key
 from ..wire import first_problem
+from ..wording import counted
 from ..strategies.base import ClientUpdate, Weights
 from ..strategies.central_dp import CentralDP
 from .completion import all_or_none, finished_by
@@ -177,7 +178,7 @@ class SecureAggregationRounds(SynchronousRounds):
         fewer than secagg.MIN_CLIENTS clients (a privacy budget left only these) invokes none: their sum would
         tell each of them the others' updates, or the controller the one's."""
         if len(selected) < secagg.MIN_CLIENTS:
-            raise SecureRoundFailed(f"secure aggregation: the round drew {len(selected)} client(s), fewer than the "
+            raise SecureRoundFailed(f"secure aggregation: the round drew {counted(len(selected), 'client')}, fewer than the "
                                     f"{secagg.MIN_CLIENTS} it needs to hide each update; no client was invoked")
         degree = self.options.neighbours
         graph = secagg.neighbours(selected, degree, seed=self.controller.plan.seed * 100_003 + round_number)

@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..wording import counted, noun_for
+
 POLICIES = ("random", "fedlesscan")
 
 
@@ -179,7 +181,7 @@ class BudgetedSelection(SelectionPolicy):
         target = self.accountant.target_epsilon
         if exhausted and (self.stop_run or not allowed):
             raise PrivacyBudgetExhausted(
-                f"privacy budget spent: round {round_number} would take {len(exhausted)} client(s) past target_epsilon "
+                f"privacy budget spent: round {round_number} would take {counted(len(exhausted), 'client')} past target_epsilon "
                 f"{target:g}{self._reached(exhausted)}; {BUDGET_NEXT_STEP}")
         if self.draw_from_all:
             return [c for c in self.inner.select(round_number, client_ids, count) if c in allowed]
@@ -194,7 +196,7 @@ class BudgetedSelection(SelectionPolicy):
         if over and (self.stop_run or not admitted):
             raise PrivacyBudgetExhausted(
                 f"privacy budget spent: round {round_number}'s straggler draw leaves {len(over)} of its {len(selected)} "
-                f"client(s) their full epochs, which would take them past target_epsilon "
+                f"{noun_for(len(selected), 'client')} their full epochs, which would take them past target_epsilon "
                 f"{self.accountant.target_epsilon:g}{self._reached(over)}; {BUDGET_NEXT_STEP}")
         return admitted
 
