@@ -39,12 +39,16 @@ def test_warm_reuse_keeps_one_process():
 
 
 def test_concurrency_is_bounded_by_the_pool():
+    """Both workers start (two calls at once) before six calls share them: started with the six, one worker's cold
+    start could outlast the other's three 0.3 s calls under load (it served four, [1, 1, 2, 2, 3, 4])."""
     async def body(provider):
-        return await asyncio.gather(*(provider.invoke({"sleep": 0.3}) for _ in range(6)))
+        started = await asyncio.gather(*(provider.invoke({}) for _ in range(2)))
+        return started, await asyncio.gather(*(provider.invoke({"sleep": 0.3}) for _ in range(6)))
 
-    results = run(_with(LocalProvider(workers=2, entry_point="workloads:counting"), body))
-    assert len({r["pid"] for r in results}) == 2
-    assert sorted(r["calls"] for r in results) == [1, 1, 2, 2, 3, 3]
+    started, results = run(_with(LocalProvider(workers=2, entry_point="workloads:counting"), body))
+    assert len({r["pid"] for r in started + results}) == 2
+    assert sorted(r["calls"] for r in started) == [1, 1]
+    assert sorted(r["calls"] for r in results) == [2, 2, 3, 3, 4, 4]
 
 
 def test_timeout_kills_the_worker_and_a_fresh_one_takes_over():

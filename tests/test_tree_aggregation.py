@@ -15,12 +15,13 @@ from fedless_nb.experiment import ConfigError, ExperimentConfig
 from fedless_nb import security
 from fedless_nb.function.handler import handle
 from fedless_nb.function.serving import invoke
+from fedless_nb.notebook.pool import WarmLocalProvider
 from fedless_nb.providers.local import LocalProvider
 from fedless_nb.records.history import History
 from fedless_nb.reduction import MaskedSum, SumSpec
 from fedless_nb.rounds.resilience import NothingTrainedError
 from fedless_nb.rounds.tree import TreeOptions
-from fedless_nb.runner import run_experiment
+from fedless_nb.runner import run_experiment, run_experiment_async
 from fedless_nb.security import NonceCache, client_key, client_secret
 from fedless_nb.store import LocalStore, encode_arrays
 from fedless_nb.store.keys import secagg_key
@@ -305,18 +306,34 @@ def test_one_providers_refusal_cancels_the_other_providers_aggregators(tiny_conf
     assert not list(round_dir.rglob("*.sum"))  # the cancelled aggregator's worker was stopped before it wrote
 
 
-def test_an_aggregator_past_the_deadline_fails_there_whatever_its_providers_timeout(tiny_config):
+def test_an_aggregator_past_the_deadline_fails_there_whatever_its_providers_timeout(tiny_config, tmp_path):
     """An aggregator that hangs held the round until its provider's timeout (here 150 s, Lambda's may be 900 s), far
-    past round_deadline, which bounded only the retries; it now fails at the deadline, its shard out of the round."""
-    config = tiny_config(clients=2, clients_per_round=2, rounds=1, retries=0, round_deadline=30,
+    past round_deadline, which bounded only the retries; it now fails at the deadline, its shard out of the round.
+    The workers train once first (a run summed in the controller) and stay warm, so the run under test trains in
+    well under its short deadline, which then bounds only the hanging aggregator."""
+    provider = WarmLocalProvider("local", workers=2, timeout=150, entry_point="workloads:aggregates_slowly")
+    warm_up = tiny_config(clients=2, clients_per_round=2, rounds=1, history=str(tmp_path / "warm-up.db"),
+                          aggregation={"where": "controller"})
+    config = tiny_config(clients=2, clients_per_round=2, rounds=1, retries=0, round_deadline=8,
                          aggregation={"where": "functions"})
-    provider = LocalProvider("local", workers=2, timeout=150, entry_point="workloads:aggregates_slowly")
+
+    async def warm_then_hang():
+        try:
+            assert (await run_experiment_async(warm_up, providers={"local": provider})).status == "finished"
+            assert len(provider.worker_pids) == 2, "both workers trained in the warm-up and stay up"
+            await run_experiment_async(config, providers={"local": provider})
+        finally:
+            await provider.shutdown()
+
     with pytest.raises(NothingTrainedError, match="its aggregator function failed: missed the aggregation deadline"):
-        run_experiment(config, providers={"local": provider})
+        asyncio.run(warm_then_hang())
     history = History(config.history)
     (run,) = history.runs()
     (aggregation,) = history.aggregations(run["run_id"])
-    assert (aggregation["outcome"], aggregation["error"]) == ("failed", "missed the aggregation deadline of 30s")
+    assert (aggregation["outcome"], aggregation["error"]) == ("failed", "missed the aggregation deadline of 8s")
+    # both clients trained in time (a success the failed aggregator's shard then rejected), not past the deadline
+    assert [(i["cause"], i["error"]) for i in history.invocations(run["run_id"])] == \
+        [("rejected", "its aggregator function failed: missed the aggregation deadline of 8s")] * 2
 
 
 def test_a_refusals_words_without_its_cause_fail_the_aggregator_like_any_failure(tiny_config):
