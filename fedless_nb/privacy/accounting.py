@@ -10,8 +10,9 @@ ledger for DP-SGD clients in a worker thread, off the event loop, from the contr
 (its DP settings and the partition sizes it wrote); a function's reported facts are only
 cross-checked. With PLD, composing round by round (as a PLDAccountant fed one round at a time does)
 discretizes and truncates each composition, so the figure differs from dp-accounting's one-shot
-self-composition of all the steps by a relative 1e-5 or so, either way; both are dp-accounting's
-pessimistic estimates, upper bounds on the same mechanism's epsilon. RDP figures agree to float rounding.
+self-composition of all the steps, either way: by a relative 2e-10 at 1,000 steps, 1.5e-6 at 100,000 steps a round
+(measured 2026-11-27); both are dp-accounting's pessimistic estimates, upper bounds on the same mechanism's
+epsilon. RDP figures agree to float rounding.
 `PrivacyReport` states the guarantee the way "How to DP-fy ML" (Ponomareva et al.
 2023, Sec. 5.3) asks: epsilon at delta, accountant, unit, sampling, adjacency and parameters.
 """
