@@ -274,8 +274,9 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             # after the round in progress: round 1, or a later one when round 1 finished before the stop's cell ran
             # (a loaded machine runs cells slowly)
             result = last_cell_output(page)
-            assert len(result) == 1 and re.fullmatch(r"RunResult\(run_id='\S+', status='stopped', rounds=([1-9]|[1-4]\d)/50, "
-                                                     r"accuracy=[\d.]+\)", result[0]), f"the cells ran:\n{cells_seen(page)}"
+            assert len(result) == 1 and re.match(r"RunResult: run .+ \(\S+\) stopped: ([1-9]|[1-4]\d)/50 rounds, final test "
+                                                 r"accuracy [\d.]+\n", result[0]), f"the cells ran:\n{cells_seen(page)}"
+            assert ".rounds_frame()" in result[0] and ".model()" in result[0], "the result's view says what to call on it"
             each_cell_ran_once_in_order(page)
             record = page.locator(".fedless-record").first  # the widgets gave way to the run's record
             record.scroll_into_view_if_needed()
