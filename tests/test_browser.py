@@ -511,7 +511,8 @@ def test_the_dashboards_stop_button_stops_a_background_run_in_jupyterlab(tmp_pat
         stop.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "jupyterlab-stop-button-live.png"))
         stop.click()
-        page.locator(".jp-CodeCell").nth(2).get_by_text("status='stopped'").wait_for(timeout=300_000)
+        page.locator(".jp-CodeCell").nth(2).get_by_text(re.compile(r"RunResult: run .+ stopped: \d+/40 rounds")).wait_for(
+            timeout=300_000)
         record = page.locator(".jp-CodeCell").nth(1).locator(".fedless-record")
         record.wait_for(timeout=120_000)
         assert "stopped" in record.inner_text()
