@@ -333,7 +333,7 @@ def test_a_killed_controller_resumes_with_every_round_once(tmp_path, tiny_config
     resumed = _cli("resume", killed["run_id"], "--history", history_path)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    assert f"resumed after round {checkpointed}" in output
+    assert f" resumes from round {checkpointed + 1} of {rounds}: " in output
 
     history = History(history_path)
     run = history.run(killed["run_id"])
