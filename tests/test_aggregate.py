@@ -281,6 +281,17 @@ def test_multi_krum_refuses_to_keep_more_than_the_updates_it_trusts():
     assert flwr.aggregate_krum(list(zip(models[:3], [1, 1, 2])), 0, 5)[0][0] == pytest.approx(0.5)  # Flower: 2 models
 
 
+def test_plain_krum_on_fewer_updates_than_num_malicious_picks_as_flower():
+    # Plain Krum (to_keep 0) scores each model by its max(1, n - f - 2) nearest, whatever n; the strategy's quorum,
+    # not the kernel, asks 2f + 3. The Multi-Krum check (to_keep <= n - f) refused it where n < f: 'multi-krum keeps
+    # at most n - num_malicious = -1 of 1 update, got to_keep 0' (the check against Flower stopped there).
+    models = random_models(3, seed=5)
+    for clients, num_malicious in ((1, 2), (1, 3), (2, 3), (3, 5)):
+        results = list(zip(models[:clients], [1, 4, 2][:clients]))
+        assert_layers(krum(models[:clients], [1, 4, 2][:clients], num_malicious)[0],
+                      flwr.aggregate_krum(results, num_malicious, 0))
+
+
 def test_fedopt_does_not_move_where_every_client_agrees_with_the_global_model():
     # Deliberate: fedless_nb sums in float64, so the mean of values equal to the global model is that value
     # and delta is exactly 0. Flower's float32 mean (in place or not) can leave a residue of an ulp, which

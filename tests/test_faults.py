@@ -109,3 +109,23 @@ def test_a_run_under_faults_records_every_injected_failure(tiny_config):
     assert causes["crash"] and causes["throttled"] and causes["invalid"], causes
     succeeded = [i for i in invocations if i["outcome"] == "succeeded"]
     assert succeeded and all(i["num_examples"] > 0 for i in succeeded)
+
+
+@pytest.mark.slow
+def test_a_deadline_shorter_than_every_cold_start_ends_the_run_naming_round_deadline(tiny_config):
+    """Every call starts slowly (3 s) past a 1 s round deadline: deadline misses are transient (a warm platform may
+    make it), so the run goes on past three rounds, but not forever: it ends after 10, naming round_deadline."""
+    from fedless_nb.rounds.resilience import TRANSIENT_FUTILE_ROUNDS, NothingTrainedError
+
+    config = tiny_config(rounds=TRANSIENT_FUTILE_ROUNDS + 2, clients=2, clients_per_round=2, retries=0,
+                         round_deadline=1, providers=[{"kind": "local", "faults": {"slow_start": 1.0,
+                                                                                   "slow_start_seconds": 3}}])
+    with pytest.raises(NothingTrainedError) as raised:
+        run_experiment(config)
+    assert str(raised.value).startswith(f"no client function returned a valid update in its first "
+                                        f"{TRANSIENT_FUTILE_ROUNDS} rounds of {TRANSIENT_FUTILE_ROUNDS + 2}, so it "
+                                        f"stopped there ({2 * TRANSIENT_FUTILE_ROUNDS} invocations failed")
+    assert str(raised.value).endswith(f"; by cause: {2 * TRANSIENT_FUTILE_ROUNDS} deadline; for deadline, raise "
+                                      "round_deadline; then run again (the history lists every invocation with its reason)")
+    (run,) = History(config.history).runs()
+    assert run["status"] == "failed" and run["rounds_completed"] == TRANSIENT_FUTILE_ROUNDS

@@ -11,7 +11,10 @@ from fedless_nb.cli import TerminalProgress
 from fedless_nb.records.history import History
 from fedless_nb.providers import InvocationError, LocalProvider
 from fedless_nb.providers.faults import FaultRates, FaultyProvider
-from fedless_nb.rounds.resilience import NothingTrainedError, QuorumError, RoundPolicy, check_quorum, invoke_with_retries
+from fedless_nb.rounds.events import InvocationFinished, RoundFinished
+from fedless_nb.rounds.resilience import (
+    TRANSIENT_FUTILE_ROUNDS, FailureTally, NothingTrainedError, QuorumError, RoundPolicy, check_quorum, invoke_with_retries,
+)
 from fedless_nb.runner import run_experiment
 
 
@@ -188,6 +191,81 @@ def test_an_async_run_whose_every_client_failed_ends_as_a_synchronous_one_keepin
     assert [r["succeeded"] for r in history.rounds(run["run_id"])] == [0, 0, 0]
     assert len(history.invocations(run["run_id"])) == 12
     assert decode_checkpoint(LocalStore(tmp_path / "store").get(checkpoint_key(run["run_id"]))).round == 3
+
+
+class _FaultyUntil(FaultyProvider):
+    """Fault injection in the run's first `rounds` rounds only (a platform warming up, a burst of throttling)."""
+
+    def __init__(self, rates, rounds):
+        super().__init__(LocalProvider("local", workers=2), rates)
+        self.rounds = rounds
+
+    async def invoke(self, task):
+        return await (super().invoke(task) if task["round"] <= self.rounds else self.inner.invoke(task))
+
+
+def test_a_run_whose_first_rounds_failed_only_transiently_goes_on_and_trains():
+    """Three rounds of throttling and cold starts past the deadline stopped the run as futile, though round 4 trained."""
+    tally = FailureTally()
+    for round_number, cause in ((1, "throttled"), (2, "deadline"), (3, "timeout"), (4, "network")):
+        tally(InvocationFinished("r", round_number, "client-0001", "local", "failed", 0.0, 1.0, cause=cause))
+        tally(RoundFinished("r", round_number, 0.0, 1.0, 1, 0, 1, {}, {}))
+        assert not tally.futile(), round_number
+
+
+def test_a_run_whose_failures_turned_lasting_stops_three_rounds_after_the_last_transient_one():
+    tally = FailureTally()
+    for round_number, cause in enumerate(["throttled", "error", "invalid", "rejected"], start=1):
+        tally(InvocationFinished("r", round_number, "client-0001", "local", "failed", 0.0, 1.0, cause=cause))
+        tally(RoundFinished("r", round_number, 0.0, 1.0, 1, 0, 1, {}, {}))
+        assert tally.futile() == (round_number == 4), round_number
+    assert tally.nothing_trained(4, 10).args[0].endswith(
+        "; by cause: 1 throttled, 1 error, 1 invalid, 1 rejected; fix what failed with error or invalid or rejected; for "
+        "throttled, lower the calls at once (the providers' workers or clients_per_round) or raise the platform's limits; "
+        "then run again (the history lists every invocation with its reason)")
+
+
+def test_throttled_first_rounds_do_not_stop_a_run_that_trains_after_them(tiny_config):
+    config = tiny_config(rounds=5, clients=4, retries=0)
+    result = run_experiment(config, providers={"local": _FaultyUntil(FaultRates(throttle=1.0), rounds=4)})
+    assert result.status == "finished"
+    assert [r["succeeded"] for r in History(config.history).rounds(result.run_id)] == [0, 0, 0, 0, 4]
+
+
+def test_a_run_of_only_transient_failures_ends_after_more_rounds_naming_what_to_change(tiny_config):
+    """Never forever: it ends after TRANSIENT_FUTILE_ROUNDS failed rounds, the line naming each cause's remedy."""
+    config = tiny_config(rounds=TRANSIENT_FUTILE_ROUNDS + 2, clients=4, retries=0)
+    provider = _FaultyUntil(FaultRates(throttle=0.5, timeout=0.5, seed=3), rounds=config.rounds)
+    with pytest.raises(NothingTrainedError) as raised:
+        run_experiment(config, providers={"local": provider})
+    message = str(raised.value)
+    assert message.startswith(f"no client function returned a valid update in its first {TRANSIENT_FUTILE_ROUNDS} "
+                              f"rounds of {config.rounds}, so it stopped there ({4 * TRANSIENT_FUTILE_ROUNDS} invocations")
+    assert "; by cause: " in message and "throttled" in message and "timeout" in message and "\n" not in message
+    assert message.endswith("; for throttled, lower the calls at once (the providers' workers or clients_per_round) "
+                            "or raise the platform's limits; for timeout, raise the providers' timeout; then run again "
+                            "(the history lists every invocation with its reason)") or message.endswith(
+        "; for timeout, raise the providers' timeout; for throttled, lower the calls at once (the providers' workers or "
+        "clients_per_round) or raise the platform's limits; then run again (the history lists every invocation with "
+        "its reason)")
+    (run,) = History(config.history).runs()
+    assert run["status"] == "failed" and run["rounds_completed"] == TRANSIENT_FUTILE_ROUNDS
+
+
+def test_an_async_run_of_only_transient_failures_follows_the_same_rule(tiny_config):
+    config = tiny_config(rounds=TRANSIENT_FUTILE_ROUNDS + 2, clients=4, retries=0, mode="async",
+                         asynchronous={"concurrency": 2, "buffer_size": 2})
+    provider = _FaultyUntil(FaultRates(throttle=1.0), rounds=4)
+    result = run_experiment(config, providers={"local": provider})
+    assert result.status == "finished"
+    succeeded = [r["succeeded"] for r in History(config.history).rounds(result.run_id)]
+    assert succeeded[:3] == [0, 0, 0] and sum(succeeded) > 0, succeeded
+    config = tiny_config(rounds=TRANSIENT_FUTILE_ROUNDS + 2, clients=4, retries=0, mode="async",
+                         asynchronous={"concurrency": 2, "buffer_size": 2}, history=str(config.history) + ".2")
+    with pytest.raises(NothingTrainedError, match=f"in its first {TRANSIENT_FUTILE_ROUNDS} rounds of "
+                                                  f"{TRANSIENT_FUTILE_ROUNDS + 2}, so it stopped there .*; by cause: "
+                                                  r"\d+ throttled; for throttled, lower the calls at once"):
+        run_experiment(config, providers={"local": _FaultyUntil(FaultRates(throttle=1.0), rounds=config.rounds)})
 
 
 class _CrashesAfter(LocalProvider):

@@ -33,6 +33,17 @@ def test_a_minority_cannot_raise_the_recent_bound():
     assert list(screen.outliers({"attacker": 80.0})) == ["attacker"]
 
 
+def test_a_round_whose_every_update_grew_together_moves_the_recent_bound():
+    """Every update of round 2 is 20x round 1's (warm functions take more steps): the recent rule rejected them all,
+    and, learning from accepted updates only, every later round too; the model stopped without a word."""
+    screen = NormScreen(ratio=10, absolute=0)
+    assert screen.outliers({"a": 1.0, "b": 1.1, "c": 0.9}) == {}
+    grown = {"a": 20.0, "b": 22.0, "c": 21.0, "d": 500.0}
+    assert list(screen.outliers(grown)) == ["d"], "the round's own median still rejects its outlier"
+    assert screen.outliers({"a": 19.0}) == {}, "the window learned the new scale"
+    assert list(screen.outliers({"a": 1.0, "b": 1.1, "c": 30.0})) == ["c"], "a minority that grew is still rejected"
+
+
 def test_zero_turns_each_rule_off():
     screen = NormScreen(ratio=0, absolute=0)
     assert screen.outliers({"a": 1.0}) == {} and screen.outliers({"b": 1e9}) == {}

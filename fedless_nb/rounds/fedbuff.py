@@ -122,7 +122,7 @@ class FedBuff:
                                       options.server_learning_rate)
                 # else every client had its turn at this version and none gave a valid update: the version keeps the
                 # model, as a synchronous round with none does, and every client trains from it again; the controller
-                # ends a run whose first rounds all failed (resilience.FailureTally) with its NothingTrainedError
+                # ends a run whose first rounds all failed, by their causes (resilience.FailureTally): NothingTrainedError
                 version += 1
                 versions[version] = weights
                 tasked = {dispatch.client.client_id for dispatch in in_flight.values()}

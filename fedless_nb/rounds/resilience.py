@@ -11,14 +11,18 @@ invocation in the history, so succeeded + failed + discarded always equals the i
 The quorum: a round needs `min_successful` valid updates. Below it the round is run again (up to
 `round_repeats` times) and then the run stops with a QuorumError naming the settings to change.
 Without one (min_successful 0) a round with no valid update keeps the model and the run goes on, but a run whose
-first FUTILE_ROUNDS rounds all failed (every invocation, or a secure round as a whole) stops there with a
-NothingTrainedError, whatever its schedule: what failed every round from the start (functions that refuse the
-task, a deadline shorter than any function takes, too few clients left to unmask) fails the next round too.
+first rounds all failed (every invocation, or a secure round as a whole) stops with a NothingTrainedError, whatever
+its schedule. After FUTILE_ROUNDS of them in a row without a transient failure: what refused the task, raised or
+crashed every round from the start (a bad task, a function's bug, too little memory) fails the next round too.
+Transient failures (TRANSIENT_CAUSES: cold starts past a timeout or the deadline, throttling, the network) can
+pass as a platform warms up or a burst of throttling ends, so a run that had them goes on, and stops only after
+TRANSIENT_FUTILE_ROUNDS failed rounds, its line naming what to change (the deadline, the timeout, the concurrency).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import time
 from dataclasses import dataclass
@@ -30,7 +34,16 @@ from ..wording import counted
 from .events import InvocationFinished, RoundFailed, RoundFinished, UpdateRejected
 
 RETRYABLE_CAUSES = frozenset({"timeout", "crash", "throttled", "network"})
-FUTILE_ROUNDS = 3  # a run whose first rounds all failed stops after this many
+# Causes that can pass by the next round, each with what makes it less likely. A crash is retried (one process may be
+# lost) but not one of them: a function whose every process died for rounds runs out of memory or faults each time.
+TRANSIENT_CAUSES = {
+    "timeout": "raise the providers' timeout",
+    "deadline": "raise round_deadline",
+    "throttled": "lower the calls at once (the providers' workers or clients_per_round) or raise the platform's limits",
+    "network": "check that the platform can be reached",
+}
+FUTILE_ROUNDS = 3  # a run whose first rounds all failed, none of them transiently, stops after this many
+TRANSIENT_FUTILE_ROUNDS = 10  # ...and one whose failures were transient too, after this many
 
 
 class QuorumError(UserError):
@@ -48,12 +61,18 @@ class FailureTally:
 
     def __init__(self) -> None:
         self.count, self.first, self.round_failure = 0, "", ""
+        self.causes: collections.Counter[str] = collections.Counter()  # failed invocations by cause
         self.failed_rounds: int | None = 0  # rounds, from the run's start, with clients and no valid update; None once one had
+        self.lasting_rounds = 0  # how many of the last of those, in a row, had no transient failure
+        self._transient = False  # a transient failure since the last round finished
 
     def __call__(self, event: Any) -> None:
         if isinstance(event, RoundFinished) and self.failed_rounds is not None:
             # an empty round (a Poisson draw of no client) neither fails nor trains
-            self.failed_rounds = None if event.succeeded else self.failed_rounds + bool(event.selected)
+            failed = bool(event.selected) and not event.succeeded
+            self.failed_rounds = None if event.succeeded else self.failed_rounds + failed
+            self.lasting_rounds = 0 if self._transient else self.lasting_rounds + failed
+            self._transient = False
         elif isinstance(event, RoundFailed):
             self.round_failure = self.round_failure or f"round {event.round} failed: {event.reason}"
         elif isinstance(event, InvocationFinished) and event.outcome == "failed":
@@ -63,11 +82,27 @@ class FailureTally:
 
     def _failed(self, client_id: str, round_number: int, cause: str | None, reason: str | None) -> None:
         self.count += 1
+        self.causes[cause or "unknown"] += 1
+        self._transient |= cause in TRANSIENT_CAUSES
         self.first = self.first or f"{client_id} in round {round_number} ({cause}): {reason}"
 
     def futile(self) -> bool:
-        """Whether the run's first FUTILE_ROUNDS rounds all failed (and none trained): the next would fail too."""
-        return self.failed_rounds is not None and self.failed_rounds >= FUTILE_ROUNDS
+        """Whether the rounds so far, all failed from the run's start, say the next fails too: FUTILE_ROUNDS of them in
+        a row without a transient failure, or TRANSIENT_FUTILE_ROUNDS whatever their causes."""
+        return self.failed_rounds is not None and (self.lasting_rounds >= FUTILE_ROUNDS
+                                                   or self.failed_rounds >= TRANSIENT_FUTILE_ROUNDS)
+
+    def remedy(self) -> str:
+        """What to change: where the failures had transient causes, each one's remedy (and the others to fix), else the
+        first failure."""
+        transient = [cause for cause, _ in self.causes.most_common() if cause in TRANSIENT_CAUSES]
+        if not transient:
+            return "fix that and run again"
+        seen = ", ".join(f"{count} {cause}" for cause, count in self.causes.most_common())
+        lasting = [cause for cause in self.causes if cause not in TRANSIENT_CAUSES]
+        remedies = [f"fix what failed with {' or '.join(lasting)}"] if lasting else []
+        remedies += [f"for {cause}, {TRANSIENT_CAUSES[cause]}" for cause in transient]
+        return f"by cause: {seen}; {'; '.join(remedies)}; then run again"
 
     def nothing_trained(self, rounds: int, planned: int) -> NothingTrainedError:
         """The run's end after `rounds` of its `planned` rounds, none of which got a valid update."""
@@ -77,8 +112,7 @@ class FailureTally:
         failed = f"{counted(self.count, 'invocation')} failed or {'was' if self.count == 1 else 'were'} refused"
         return NothingTrainedError(
             f"no client function returned a valid update in {which} ({failed}); "
-            f"{first or 'no client was invoked'}; fix that and run again (the history lists every invocation with its "
-            "reason)")
+            f"{first or 'no client was invoked'}; {self.remedy()} (the history lists every invocation with its reason)")
 
 
 @dataclass(frozen=True)

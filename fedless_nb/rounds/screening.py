@@ -14,6 +14,12 @@ at any round size (`NormScreen`):
   round of 1 or 2 updates (and FedBuff's buffers) is screened too. Medians, so a minority of
   outliers cannot move them; an attacker who is the majority of the recent updates can raise
   the bound by at most `ratio` per window, and the absolute bound still caps it.
+  A round of 3 or more updates that this rule would reject entirely, though they agree among themselves
+  (the round's own median rule keeps them), shows that the updates' scale has moved (more local steps once
+  the functions are warm, a learning-rate phase): the window learns only from accepted updates, so it
+  would reject every later round too, and the model would stop without a word. Such a round is screened by
+  the other two rules alone, and its accepted updates move the window. Only a round whose every client
+  agrees on the new scale does so, and every client of it would have to be an attacker.
 """
 
 from __future__ import annotations
@@ -62,15 +68,17 @@ class NormScreen:
         """Client id -> reason for the round's updates given as distances; remembers the accepted ones."""
         reasons = {client_id: problem for client_id, distance in distances.items()
                    if (problem := norm_problem(distance, self.absolute))}
+        round_outliers = _round_outliers(distances, self.ratio)
         recent = [distance for distances_of_round in self._recent for distance in distances_of_round]
         if self.ratio > 0 and recent:
             limit = self.ratio * float(np.median(recent))
-            reasons.update({
-                client_id: f"the update's L2 norm {distance:.4g} is more than {self.ratio:g}x the median of the "
-                           f"recent rounds' updates {limit / self.ratio:.4g}"
-                for client_id, distance in distances.items() if distance > limit and client_id not in reasons})
-        reasons.update({client_id: reason for client_id, reason in _round_outliers(distances, self.ratio).items()
-                        if client_id not in reasons})
+            stale = {client_id: f"the update's L2 norm {distance:.4g} is more than {self.ratio:g}x the median of the "
+                                f"recent rounds' updates {limit / self.ratio:.4g}"
+                     for client_id, distance in distances.items() if distance > limit and client_id not in reasons}
+            moved = (len(distances) >= MIN_UPDATES_FOR_NORM_RULE and len(stale) + len(reasons) == len(distances)
+                     and set(stale) - set(round_outliers))
+            reasons.update({} if moved else stale)
+        reasons.update({client_id: reason for client_id, reason in round_outliers.items() if client_id not in reasons})
         accepted = [distance for client_id, distance in distances.items() if client_id not in reasons]
         if accepted:
             self._recent.append(accepted)

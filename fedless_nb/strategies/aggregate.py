@@ -173,7 +173,7 @@ def krum(
     """
     if not updates:
         raise ValueError("krum needs at least one update")
-    if to_keep > len(updates) - num_malicious:
+    if to_keep > 0 and to_keep > len(updates) - num_malicious:  # plain Krum's 2f + 3 is the strategy's quorum
         raise ValueError(f"multi-krum keeps at most n - num_malicious = {len(updates) - num_malicious} of "
                          f"{counted(len(updates), 'update')}, got to_keep {to_keep}")
     squared = squared_distances(updates)
