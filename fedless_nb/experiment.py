@@ -522,7 +522,9 @@ def _validate_research_options(config: ExperimentConfig) -> None:
         _require(config.central_dp is None, "central_dp", "is not supported with mode async")
         _require(1 <= rounds.concurrency <= config.clients, "asynchronous.concurrency",
                  f"must be between 1 and clients ({config.clients}), got {rounds.concurrency}")
-        _require(rounds.buffer_size >= 1, "asynchronous.buffer_size", f"must be >= 1, got {rounds.buffer_size}")
+        _require(1 <= rounds.buffer_size <= config.clients, "asynchronous.buffer_size",
+                 f"must be between 1 and clients ({config.clients}), got {rounds.buffer_size}: each client trains "
+                 "once per global version, so a larger buffer never fills and every version would be published short")
         _require_choice(rounds.staleness, STALENESS_FUNCTIONS, "asynchronous.staleness")
         _require(rounds.exponent >= 0, "asynchronous.exponent", f"must be >= 0, got {rounds.exponent}")
         _require(rounds.hinge_a >= 0 and rounds.hinge_b >= 0, "asynchronous.hinge_a", "hinge_a and hinge_b must be >= 0")

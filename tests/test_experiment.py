@@ -28,6 +28,9 @@ def test_nested_values_are_read():
 @pytest.mark.parametrize("data, message", [
     ({"rounds": 0}, "rounds: must be >= 1"),
     ({"clients": 5, "clients_per_round": 6}, r"clients_per_round: must be between 1 and clients \(5\)"),
+    ({"clients": 4, "mode": "async", "asynchronous": {"buffer_size": 6}},
+     r"asynchronous.buffer_size: must be between 1 and clients \(4\), got 6: each client trains once per global"),
+    ({"mode": "async", "asynchronous": {"buffer_size": 0}}, r"asynchronous.buffer_size: must be between 1 and clients"),
     ({"data": {"alpha": 0}}, "data.alpha: must be > 0"),
     ({"data": {"alpha": -1.5}}, "data.alpha: must be > 0"),
     ({"train": {"epoch": 3}}, "train.epoch: unknown key \\(did you mean 'epochs'\\?\\)"),
