@@ -389,6 +389,7 @@ def test_a_resumed_run_says_it_resumes_and_its_totals_and_charts_are_the_whole_r
     assert lines == ["Run r1 resumes from round 3 of 3: 2 clients, 2 rounds done before"]
     assert widgets.bar.value == 2 and list(widgets.accuracy.line.x) == [1, 2]
     assert "2/3 rounds (resumed after round 2)" in widgets.title.value and "<b>4</b> invocations" in widgets.totals.value
+    assert widgets.timeline.x_axis.label == "seconds since the resume after round 2", "its bars start at the resume"
     for event in resumed[1:]:
         text(event)
         widgets(event)

@@ -91,8 +91,7 @@ def run_figure(progress: "RunProgress") -> Figure:
             axes = figure.add_subplot(grid[0, column])
             _plot_metric(axes, progress.series(metric), metric)
             axes.set_title(f"test {metric}")
-        _plot_timeline(figure.add_subplot(grid[1, :]), list(progress.bars),
-                       f"the resume after round {progress.resumed_from}" if progress.resumed_from else "the run started")
+        _plot_timeline(figure.add_subplot(grid[1, :]), list(progress.bars), progress.timeline_start())
     return figure
 
 
