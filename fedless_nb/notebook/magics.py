@@ -212,7 +212,7 @@ class FedlessMagics(Magics):
     @argument("--name", help=documented("experiment name, the start of the run id", "name"))
     @argument("--seed", type=int, help=documented(
         "seeds partitions, client sampling and the initial weights of a model a function builds; a model variable "
-        "starts from the weights it holds (seed them with keras.utils.set_random_seed before building it)", "seed"))
+        "keeps the weights it holds, so call keras.utils.set_random_seed before building it", "seed"))
     @argument("--clients", type=int, help=documented("number of clients", "clients"))
     @argument("--clients-per-round", type=int, help=documented("clients selected per round", "clients_per_round"))
     @argument("--rounds", type=int, help=documented("federated rounds", "rounds"))
