@@ -486,7 +486,7 @@ def test_ten_runs_reuse_warm_workers_with_flat_threads_and_memory_and_the_pool_e
 
     (pid,) = first[0]
     assert str(pid) in kernel.run("pool = %fedless_pool\nprint(pool.to_string())")
-    assert kernel.run("%fedless_pool --end") == "Stopped 1 warm workers"
+    assert kernel.run("%fedless_pool --end") == "Stopped 1 warm worker"
     assert kernel.workers() == []
     assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
 
