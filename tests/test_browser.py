@@ -509,6 +509,10 @@ def test_the_dashboards_stop_button_stops_a_background_run_in_jupyterlab(tmp_pat
         run_cell(page, server, "stop.ipynb", 2)  # the kernel reads the click while this cell awaits the run
         stop = page.locator(".jp-CodeCell").nth(1).get_by_role("button", name="Stop after this round")
         stop.scroll_into_view_if_needed()
+        # the timeline's rows are named by their clients' numbers (they read 0, 1, ... by row, as the x axis's seconds)
+        ticks = page.locator(".jp-CodeCell").nth(1).locator(".fedless-timeline .tick text").all_text_contents()
+        rows = [tick for tick in ticks if re.fullmatch(r"\d{4}", tick)]
+        assert len(rows) >= 2 and set(rows) <= {"0000", "0001", "0002", "0003"}, ticks
         page.screenshot(path=str(ARTIFACTS / "jupyterlab-stop-button-live.png"))
         stop.click()
         page.locator(".jp-CodeCell").nth(2).get_by_text(re.compile(r"RunResult: run .+ stopped: \d+/40 rounds")).wait_for(

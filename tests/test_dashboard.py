@@ -164,6 +164,16 @@ def test_widget_dashboard_updates_in_place():
     assert "fedless-accuracy" in dashboard.accuracy.figure._dom_classes
 
 
+def test_the_live_timeline_names_each_row_by_its_clients_number():
+    """Its rows hold the clients seen so far, in order, and were labelled by row (0, 1): client-0003 and client-0007
+    read as clients 0 and 1. The record already named them by number."""
+    dashboard = WidgetDashboard()
+    for event in run_events(rounds=1, clients=("client-0007", "client-0003")):
+        dashboard(event)
+    assert list(dashboard.timeline.y_axis.tick_values) == [0, 1]
+    assert dashboard.timeline.y_axis.tick_labels == {0: "0003", 1: "0007"}
+
+
 def test_ticks_are_whole_numbers_thinned_to_ten():
     assert whole_ticks(1, 3) == [1, 2, 3]
     assert whole_ticks(1, 50) == list(range(1, 51, 5))
