@@ -513,6 +513,12 @@ def test_the_dashboards_stop_button_stops_a_background_run_in_jupyterlab(tmp_pat
         ticks = page.locator(".jp-CodeCell").nth(1).locator(".fedless-timeline .tick text").all_text_contents()
         rows = [tick for tick in ticks if re.fullmatch(r"\d{4}", tick)]
         assert len(rows) >= 2 and set(rows) <= {"0000", "0001", "0002", "0003"}, ticks
+        overlap = page.locator(".jp-CodeCell").nth(1).locator(".fedless-timeline").evaluate("""figure => {
+            const label = [...figure.querySelectorAll('text.axislabel')].find(text => text.textContent === 'client');
+            const rows = [...figure.querySelectorAll('.tick text')].filter(text => /^\\d{4}$/.test(text.textContent));
+            return label.getBoundingClientRect().right - Math.min(...rows.map(row => row.getBoundingClientRect().left));
+        }""")
+        assert overlap < 0, f"the axis label 'client' runs {overlap:.0f}px into the rows' numbers"
         page.screenshot(path=str(ARTIFACTS / "jupyterlab-stop-button-live.png"))
         stop.click()
         page.locator(".jp-CodeCell").nth(2).get_by_text(re.compile(r"RunResult: run .+ stopped: \d+/40 rounds")).wait_for(

@@ -59,7 +59,7 @@ class TimelineChart:
         # -0.5..0.5 range "-1 0 0 0 ... 1" under the whole-number format; num_ticks=0 draws none (and hides
         # tick_values too, so draw() lifts it)
         self.y_axis = bqplot.Axis(scale=self.y_scale, side="left", label="client", tick_format="d",
-                                  tick_values=np.zeros(0), num_ticks=0)
+                                  tick_values=np.zeros(0), num_ticks=0, label_offset="6ex")  # clear of '0003'
         legend = " &nbsp; ".join(f'<span style="color:{color}">&#9632;</span> {outcome}'
                                  for outcome, color in OUTCOME_COLORS.items())
         self.figure = bqplot.Figure(marks=[self.bars], axes=[self.x_axis, self.y_axis], title="client timeline",
