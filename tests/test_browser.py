@@ -466,7 +466,7 @@ def test_interrupt_and_restart_from_the_kernel_menu_keep_the_history_and_leave_n
         assert "40/40 rounds" in record.inner_text()
         assert [row["round"] for row in history.rounds(run_id)] == list(range(1, 41)), "each round once"
         run_cell(page, server, "interrupted.ipynb", 3)
-        page.locator(".jp-CodeCell").nth(3).get_by_text(re.compile(r"Stopped \d+ warm workers")).wait_for(timeout=120_000)
+        page.locator(".jp-CodeCell").nth(3).get_by_text(re.compile(r"Stopped \d+ warm workers?")).wait_for(timeout=120_000)
         assert workers() == [], "every worker the interrupted and the resumed run used was the pool's"
 
         run_cell(page, server, "interrupted.ipynb", 4)
@@ -509,6 +509,16 @@ def test_the_dashboards_stop_button_stops_a_background_run_in_jupyterlab(tmp_pat
         run_cell(page, server, "stop.ipynb", 2)  # the kernel reads the click while this cell awaits the run
         stop = page.locator(".jp-CodeCell").nth(1).get_by_role("button", name="Stop after this round")
         stop.scroll_into_view_if_needed()
+        # the timeline's rows are named by their clients' numbers (they read 0, 1, ... by row, as the x axis's seconds)
+        ticks = page.locator(".jp-CodeCell").nth(1).locator(".fedless-timeline .tick text").all_text_contents()
+        rows = [tick for tick in ticks if re.fullmatch(r"\d{4}", tick)]
+        assert len(rows) >= 2 and set(rows) <= {"0000", "0001", "0002", "0003"}, ticks
+        overlap = page.locator(".jp-CodeCell").nth(1).locator(".fedless-timeline").evaluate("""figure => {
+            const label = [...figure.querySelectorAll('text.axislabel')].find(text => text.textContent === 'client');
+            const rows = [...figure.querySelectorAll('.tick text')].filter(text => /^\\d{4}$/.test(text.textContent));
+            return label.getBoundingClientRect().right - Math.min(...rows.map(row => row.getBoundingClientRect().left));
+        }""")
+        assert overlap < 0, f"the axis label 'client' runs {overlap:.0f}px into the rows' numbers"
         page.screenshot(path=str(ARTIFACTS / "jupyterlab-stop-button-live.png"))
         stop.click()
         page.locator(".jp-CodeCell").nth(2).get_by_text(re.compile(r"RunResult: run .+ stopped: \d+/40 rounds")).wait_for(

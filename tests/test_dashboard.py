@@ -164,6 +164,16 @@ def test_widget_dashboard_updates_in_place():
     assert "fedless-accuracy" in dashboard.accuracy.figure._dom_classes
 
 
+def test_the_live_timeline_names_each_row_by_its_clients_number():
+    """Its rows hold the clients seen so far, in order, and were labelled by row (0, 1): client-0003 and client-0007
+    read as clients 0 and 1. The record already named them by number."""
+    dashboard = WidgetDashboard()
+    for event in run_events(rounds=1, clients=("client-0007", "client-0003")):
+        dashboard(event)
+    assert list(dashboard.timeline.y_axis.tick_values) == [0, 1]
+    assert dashboard.timeline.y_axis.tick_labels == {0: "0003", 1: "0007"}
+
+
 def test_ticks_are_whole_numbers_thinned_to_ten():
     assert whole_ticks(1, 3) == [1, 2, 3]
     assert whole_ticks(1, 50) == list(range(1, 51, 5))
@@ -389,6 +399,7 @@ def test_a_resumed_run_says_it_resumes_and_its_totals_and_charts_are_the_whole_r
     assert lines == ["Run r1 resumes from round 3 of 3: 2 clients, 2 rounds done before"]
     assert widgets.bar.value == 2 and list(widgets.accuracy.line.x) == [1, 2]
     assert "2/3 rounds (resumed after round 2)" in widgets.title.value and "<b>4</b> invocations" in widgets.totals.value
+    assert widgets.timeline.x_axis.label == "seconds since the resume after round 2", "its bars start at the resume"
     for event in resumed[1:]:
         text(event)
         widgets(event)

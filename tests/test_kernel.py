@@ -265,6 +265,26 @@ def test_showing_a_background_run_again_shows_its_live_dashboard_then_its_record
 
 
 @pytest.mark.slow
+def test_a_resumed_runs_live_timeline_counts_its_seconds_from_the_resume(kernel):
+    """Its timeline starts at the resume (the invocations before it ran in another session), but the live axis read
+    'seconds since the run started'; the saved record's axis already named the resume."""
+    kernel.run(f"run = %fedless_train {TINY} --rounds 3 --dashboard none --background\n%fedless_stop\n"
+               "stopped = run.future.result(timeout=600)")
+    rounds_done = kernel.run("print(len(stopped.round_metrics))")
+    reply, messages = kernel.execute("resumed = %fedless_resume {stopped.run_id}", allow_stdin=True)  # as JupyterLab
+    assert reply["content"]["status"] == "ok", reply["content"]
+    (timeline_axis,) = [m["content"]["comm_id"] for m in messages if m["msg_type"] == "comm_open"
+                        and "seconds" in m["content"]["data"]["state"].get("label", "")]
+    (shown,) = [m for m in messages if m["msg_type"] == "display_data"
+                and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]]
+    labels = [m["content"]["data"]["state"]["label"] for m in messages[:messages.index(shown)]
+              if m["msg_type"] in ("comm_open", "comm_msg") and m["content"]["comm_id"] == timeline_axis
+              and "label" in m["content"]["data"].get("state", {})]
+    assert labels[-1] == f"seconds since the resume after round {rounds_done}", "as the dashboard is first shown"
+    assert kernel.run("print(resumed.status)") == "finished"
+
+
+@pytest.mark.slow
 def test_the_dashboards_stop_button_stops_a_background_run_clicked_while_a_cell_awaits_it(kernel, tmp_path):
     """The click is a comm message, read by the kernel while a cell awaits (ipykernel reads comms then) or no cell
     runs; it asks the stop %fedless_stop asks, and the run ends after its current round with its record."""
@@ -466,7 +486,7 @@ def test_ten_runs_reuse_warm_workers_with_flat_threads_and_memory_and_the_pool_e
 
     (pid,) = first[0]
     assert str(pid) in kernel.run("pool = %fedless_pool\nprint(pool.to_string())")
-    assert kernel.run("%fedless_pool --end") == "Stopped 1 warm workers"
+    assert kernel.run("%fedless_pool --end") == "Stopped 1 warm worker"
     assert kernel.workers() == []
     assert kernel.run(f"run = %fedless_train {TINY} --rounds 1 --dashboard none\nprint(run.status)") == "finished"
 

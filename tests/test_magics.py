@@ -318,6 +318,20 @@ def test_the_pool_keeps_the_two_latest_settings_warm_and_stops_the_idle_workers_
     assert shell.run_line_magic("fedless_pool", "--end") is None
 
 
+def test_the_pool_says_when_no_worker_is_warm_and_counts_the_workers_it_stops(shell, capsys):
+    """An empty pool printed pandas' 'Empty DataFrame / Columns: [...] / Index: []', and stopping one worker said
+    'Stopped 1 warm workers'."""
+    shell.run_line_magic("fedless_pool", "--end")
+    capsys.readouterr()
+    assert shell.run_line_magic("fedless_pool", "").empty
+    assert capsys.readouterr().out == ("No warm workers in this kernel: a run on local workers leaves them warm here "
+                                       "for the next run\n")
+    shell.run_line_magic("fedless_train", f"{TINY} --rounds 1 --workers 1 --dashboard none")
+    capsys.readouterr()
+    shell.run_line_magic("fedless_pool", "--end")
+    assert capsys.readouterr().out == "Stopped 1 warm worker\n"
+
+
 def test_a_builder_that_returns_no_model_is_a_usage_error(shell):
     shell.run_cell("def builder(input_shape, num_classes):\n    return 'not a model'\n")
     with pytest.raises(UsageError, match="expected a Keras model or a function returning one, got str"):

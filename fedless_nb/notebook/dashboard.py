@@ -129,6 +129,11 @@ class RunProgress:
         resumed = f" (resumed after round {self.resumed_from})" if self.resumed_from else ""
         return f"{self.rounds_done}/{self.total_rounds} rounds{resumed}"
 
+    def timeline_start(self) -> str:
+        """When the timeline's clock starts, as its axis names it: a resumed run's at the resume, since its earlier
+        invocations ran in another session and are not drawn."""
+        return f"the resume after round {self.resumed_from}" if self.resumed_from else "the run started"
+
     def round_line(self) -> str:
         event = self.last_round
         assert event is not None
@@ -271,6 +276,7 @@ class WidgetDashboard:
         state.update(event)
         if isinstance(event, RunStarted):
             self.bar.max = event.rounds
+            self.timeline.x_axis.label = f"seconds since {state.timeline_start()}"
             self._draw_rounds()  # a resumed run's rounds before its checkpoint, and its totals so far
             if state.resumed_from:
                 self._draw_totals()

@@ -9,7 +9,7 @@ import bqplot
 import ipywidgets as widgets
 import numpy as np
 
-from .record import OUTCOME_COLORS
+from .record import OUTCOME_COLORS, client_label
 
 LINE_COLOR = "#1f77b4"
 MARGIN = {"top": 40, "bottom": 50, "left": 60, "right": 20}
@@ -59,7 +59,7 @@ class TimelineChart:
         # -0.5..0.5 range "-1 0 0 0 ... 1" under the whole-number format; num_ticks=0 draws none (and hides
         # tick_values too, so draw() lifts it)
         self.y_axis = bqplot.Axis(scale=self.y_scale, side="left", label="client", tick_format="d",
-                                  tick_values=np.zeros(0), num_ticks=0)
+                                  tick_values=np.zeros(0), num_ticks=0, label_offset="6ex")  # clear of '0003'
         legend = " &nbsp; ".join(f'<span style="color:{color}">&#9632;</span> {outcome}'
                                  for outcome, color in OUTCOME_COLORS.items())
         self.figure = bqplot.Figure(marks=[self.bars], axes=[self.x_axis, self.y_axis], title="client timeline",
@@ -76,6 +76,9 @@ class TimelineChart:
             self.bars.colors = [OUTCOME_COLORS[outcome] for *_, outcome in bars]
         self.y_scale.min, self.y_scale.max = -0.5, len(clients) - 0.5
         ticks = whole_ticks(0, len(clients) - 1)
+        # the labels in a message of their own, before the ticks: bqplot draws new ticks in a transition that writes
+        # their text as it starts, with the labels it had when the ticks arrived (in one message: the old ones)
+        self.y_axis.tick_labels = {row: client_label(clients[row]) for row in ticks}
         with self.y_axis.hold_sync():
             self.y_axis.tick_values = np.array(ticks)
             self.y_axis.num_ticks = None if ticks else 0

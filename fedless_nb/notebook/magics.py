@@ -32,6 +32,7 @@ from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data
 from ..model import MODEL_MODULE_HELP
 from ..records.history import DEFAULT_HISTORY, History
 from ..store.roots import STORE_ROOT_HELP
+from ..wording import counted
 from .completion import config_values, register_option_completers
 from .dashboard import DASHBOARD_MODES, make_dashboard
 from .tables import tidy_table
@@ -210,7 +211,9 @@ class FedlessMagics(Magics):
                                        f"(default: the config's model.builder, {schema_default('model.builder')})")
     @argument("--config", help="YAML file of the same schema as `fedless-nb run` (options below override it)")
     @argument("--name", help=documented("experiment name, the start of the run id", "name"))
-    @argument("--seed", type=int, help=documented("seeds partitions, client sampling and initial weights", "seed"))
+    @argument("--seed", type=int, help=documented(
+        "seeds partitions, client sampling and the initial weights of a model a function builds; a model variable "
+        "keeps the weights it holds, so call keras.utils.set_random_seed before building it", "seed"))
     @argument("--clients", type=int, help=documented("number of clients", "clients"))
     @argument("--clients-per-round", type=int, help=documented("clients selected per round", "clients_per_round"))
     @argument("--rounds", type=int, help=documented("federated rounds", "rounds"))
@@ -444,9 +447,12 @@ class FedlessMagics(Magics):
 
         args = parse_options(self.fedless_pool, line)
         if args.end:
-            print(f"Stopped {warm_pool().end()} warm workers")
+            print(f"Stopped {counted(warm_pool().end(), 'warm worker')}")
             return None
-        return pd.DataFrame(warm_pool().describe(), columns=["provider", "workers", "timeout", "builder", "worker_pids"])
+        warm = warm_pool().describe()
+        if not warm:  # an empty frame's plain text reads 'Empty DataFrame, Columns: [...], Index: []'
+            print("No warm workers in this kernel: a run on local workers leaves them warm here for the next run")
+        return pd.DataFrame(warm, columns=["provider", "workers", "timeout", "builder", "worker_pids"])
 
     # %fedless_history, %fedless_compare -------------------------------------------------------
     @contextlib.contextmanager

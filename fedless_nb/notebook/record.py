@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from .dashboard import RunProgress
 
 OUTCOME_COLORS = {"cold": "#1f77b4", "warm": "#2ca02c", "failed": "#d62728"}
+
+
+def client_label(client_id: str) -> str:
+    """A timeline row's name: the client's own number ('0003' for client-0003), since rows hold only the clients
+    seen so far, in order, and a row's index is not the client's."""
+    return client_id.removeprefix("client-")
 RECORD_DPI = 96
 STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.spines.top": False, "axes.spines.right": False}
 
@@ -59,7 +65,7 @@ def _plot_timeline(axes: "matplotlib.axes.Axes", bars: Sequence[tuple[str, float
                  for client, start, finish, _, kind in bars if kind == outcome]
         for start, width, row in spans:
             axes.broken_barh([(start, width)], (row - 0.4, 0.8), color=color)
-    axes.set_yticks(range(len(clients)), [client.removeprefix("client-") for client in clients])
+    axes.set_yticks(range(len(clients)), [client_label(client) for client in clients])
     if len(clients) > 20:
         axes.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
     axes.set_ylabel("client")
@@ -91,8 +97,7 @@ def run_figure(progress: "RunProgress") -> Figure:
             axes = figure.add_subplot(grid[0, column])
             _plot_metric(axes, progress.series(metric), metric)
             axes.set_title(f"test {metric}")
-        _plot_timeline(figure.add_subplot(grid[1, :]), list(progress.bars),
-                       f"the resume after round {progress.resumed_from}" if progress.resumed_from else "the run started")
+        _plot_timeline(figure.add_subplot(grid[1, :]), list(progress.bars), progress.timeline_start())
     return figure
 
 
