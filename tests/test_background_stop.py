@@ -60,3 +60,17 @@ def test_a_stop_asked_in_the_last_round_says_the_run_finishes(tiny_config):
         hold.release.set()
     assert line == f"Run {run.run_id} has no round left to skip: it finishes after round 2"
     assert run.future.result(300).status == "finished"
+
+
+def test_a_second_stop_says_the_run_is_already_stopping(tiny_config):
+    """A second %fedless_stop repeated the first one's line, as if the first had not been heard."""
+    hold = HoldAt(lambda event: isinstance(event, RoundStarted) and event.round == 1)
+    run = BackgroundRun(tiny_config(rounds=4), None, [hold])
+    assert hold.reached.wait(300), "the run never began its first round"
+    try:
+        first, second = run.stop(), run.stop()
+    finally:
+        hold.release.set()
+    assert first.startswith(f"Run {run.run_id} stops after its current round")
+    assert second.startswith(f"Run {run.run_id} is already stopping after its current round")
+    assert run.future.result(300).status == "stopped"

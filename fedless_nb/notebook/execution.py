@@ -215,13 +215,14 @@ class BackgroundRun:
         which a round that had just finished did not give before the next round began, so that round ran too.
         The flag goes first and `_attach` appends first, so a controller attached meanwhile is stopped by one.
         In its last round there is no round left to skip: the run finishes, and the line says so, not that it stops.
+        A second stop says the run is already stopping (it repeated the first line, as if the first had not taken).
         The dashboard hears of it on the run's thread, which alone touches its widgets."""
         if self.controller is not None and _rounds_done(self._controllers) >= self.config.rounds - 1:
             line = f"Run {self.run_id} has no round left to skip: it finishes after round {self.config.rounds}"
         else:
             command = self.continue_with()
-            line = (f"Run {self.run_id or '(starting)'} stops after its current round"
-                    + (f"; continue it later with: {command}" if command else ""))
+            stops = "is already stopping after its current round" if self._stop_requested else "stops after its current round"
+            line = f"Run {self.run_id or '(starting)'} {stops}" + (f"; continue it later with: {command}" if command else "")
             self._stop_requested = True
             if self.controller is not None:
                 self.controller.request_stop()

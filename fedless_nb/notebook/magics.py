@@ -487,7 +487,7 @@ class FedlessMagics(Magics):
         return tidy_table(frame[[column for column in RUNS_COLUMNS if column in frame]])
 
     @magic_arguments()
-    @argument("run_id", nargs="+", help="two or more run ids")
+    @argument("run_id", nargs="+", help="the runs to plot together: one or more run ids (or unique starts of them)")
     @argument("--metric", default="accuracy", help="eval metric to plot (default accuracy)")
     @argument("--history", help="SQLite history file (default: FedlessMagics.history)")
     @line_magic
