@@ -323,6 +323,13 @@ def _section_at(location: tuple[Any, ...]) -> type[BaseModel] | None:
     return section
 
 
+# Names Keras, Flower, tensorflow-privacy and the papers use for keys this config spells otherwise, which difflib
+# finds no match for (train.dp says l2_norm_clip as tensorflow-privacy does, central_dp clip_norm as Flower does).
+KEYS_OTHER_TOOLS_USE = {"lr": "learning_rate", "num_rounds": "rounds", "num_clients": "clients", "local_epochs": "epochs",
+                        "batch": "batch_size", "noise": "noise_multiplier", "sigma": "noise_multiplier",
+                        "epsilon": "target_epsilon", "l2_norm_clip": "clip_norm", "clip_norm": "l2_norm_clip"}
+
+
 def _config_problem(error: ValidationError) -> str:
     """The first problem pydantic found, as one line naming the key."""
     detail = error.errors(include_url=False)[0]
@@ -331,7 +338,9 @@ def _config_problem(error: ValidationError) -> str:
     if kind == "extra_forbidden":
         section = _section_at(location)
         known = list(section.model_fields) if section else []
-        close = difflib.get_close_matches(str(location[-1]), known, n=1)
+        typed = str(location[-1])
+        close = [KEYS_OTHER_TOOLS_USE[typed]] if KEYS_OTHER_TOOLS_USE.get(typed) in known else []  # only where it exists
+        close = close or difflib.get_close_matches(typed, known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
         return f"{key}: unknown key{hint}"
     if kind in ("list_type", "dict_type", "model_type"):
