@@ -283,7 +283,10 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not a text file: give a YAML config") from None
-    return parse_config_yaml(text, str(path))
+    data = parse_config_yaml(text, str(path))
+    if not text.strip() or (data == {} and "{" not in text):  # an unsaved or wrong file would silently run every default
+        raise ConfigError(f"config file {path} is empty: write the settings to change in it ({{}} runs every default)")
+    return data
 
 
 def parse_config_yaml(text: str, source: str) -> dict[str, Any]:

@@ -75,6 +75,12 @@ def test_yaml_errors_name_the_file_and_line(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+    for text in ("", "\n  \n", "# rounds: 3\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=r"empty.yaml is empty: write the settings to change in it \(\{\} runs every"):
+            load_config(tmp_path / "empty.yaml")
+    (tmp_path / "defaults.yaml").write_text("{}\n")
+    assert load_config(tmp_path / "defaults.yaml") == ExperimentConfig.from_dict({})
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="config: must be a mapping"):
         load_config(tmp_path / "list.yaml")
