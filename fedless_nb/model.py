@@ -321,14 +321,15 @@ def model_modules_allowed(environment: Mapping[str, str] | None = None) -> Model
     return ModelModules(frozenset(name for name in re.split(r"[\s;,]+", environment.get(MODEL_MODULES_VARIABLE, "")) if name))
 
 
-def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> None:
-    """ModelError unless every module the spec makes Python import is Keras's API or `allowed`: Keras imports the
-    module a serialized object names and takes any attribute of it, which a layer such as Lambda then calls (a
-    task naming `pydoc`'s pipepager ran a shell command), and importing a module runs its code. Nor may it build
-    one of Keras's own layers that reach past the model (refused_layers.py: a TF op layer read the function's files)."""
-    if ANY_MODULE in allowed.names:
-        return
+def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> dict[str, Any]:
+    """The spec's architecture, parsed (build_model's to deserialize), once checked: ModelError unless every module the
+    spec makes Python import is Keras's API or `allowed`: Keras imports the module a serialized object names and takes
+    any attribute of it, which a layer such as Lambda then calls (a task naming `pydoc`'s pipepager ran a shell
+    command), and importing a module runs its code. Nor may it build one of Keras's own layers that reach past the
+    model (refused_layers.py: a TF op layer read the function's files)."""
     architecture = _architecture(spec.architecture)
+    if ANY_MODULE in allowed.names:
+        return architecture
     try:
         refusal = layer_refusal([architecture, spec.compile])
         named = [*spec.modules, *_object_modules(architecture), *_object_modules(spec.compile)]
@@ -342,6 +343,7 @@ def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> None:
         options = " ".join(f"--model-module {module}" for module in foreign[:3])
         raise ModelError(f"the model names module {named}, which this function does not import: "
                          + allowed.remedy.format(named=named, options=options))
+    return architecture
 
 
 def _objects_from(value: Any, modules: frozenset[str]) -> list[tuple[str, Any]]:
@@ -360,15 +362,15 @@ def _objects_from(value: Any, modules: frozenset[str]) -> list[tuple[str, Any]]:
     return found
 
 
-def _check_registered_objects(spec: ModelSpec, allowed: ModelModules) -> None:
+def _check_registered_objects(spec: ModelSpec, architecture: dict[str, Any], allowed: ModelModules) -> None:
     """ModelError unless every object the spec takes from a listed module is one Keras's registry holds, which Keras
     then returns without looking in the module: by attribute, a task could take anything the module imported
     (a layer module that imports pydoc lent `pydoc.pipepager`, which a Lambda layer called with a shell command).
-    Run after the listed modules are imported (their decorators fill the registry)."""
+    Run after the listed modules are imported (their decorators fill the registry); `architecture`: the spec's, parsed."""
     if ANY_MODULE in allowed.names:
         return
     get_registered = _keras().saving.get_registered_object
-    config = [json.loads(spec.architecture), spec.compile]
+    config = [architecture, spec.compile]
     for module, name in _objects_from(config, allowed.names):
         if not isinstance(name, str) or get_registered(name) is None:
             raise ModelError(f"the model takes {str(name)[:80]!r} from module {module}, which registers no such object "
@@ -386,13 +388,11 @@ def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: Mode
     `allowed_modules`: the modules besides Keras's a task's spec may import (a function's FEDLESS_MODEL_MODULES);
     None: any, for a spec this process made (model_spec_from) or read from its own config."""
     keras = _keras()
-    if allowed_modules is not None:
-        check_model_modules(spec, allowed_modules)
+    architecture = _architecture(spec.architecture) if allowed_modules is None else check_model_modules(spec, allowed_modules)
     for module in spec.modules:
         importlib.import_module(module)
     if allowed_modules is not None:
-        _check_registered_objects(spec, allowed_modules)
-    architecture = _architecture(spec.architecture)
+        _check_registered_objects(spec, architecture, allowed_modules)
     try:
         # keras.layers.deserialize, not model_from_json: Keras 2's JSON decoding deserializes any object marked
         # "__passive_serialization__" as it parses, outside Keras's safe mode, so a Lambda layer there (its "module"

@@ -138,6 +138,19 @@ def test_a_function_imports_keras_and_the_modules_its_deployer_lists_only():
     check_model_modules(spec("os"), model_modules_allowed({"FEDLESS_MODEL_MODULES": "*"}))
 
 
+@pytest.mark.parametrize("listed", [frozenset(), frozenset({"*"})])
+def test_a_function_parses_a_tasks_architecture_once(listed, monkeypatch):
+    """The check returns the architecture it parsed and build_model deserializes that: it was parsed three times (the
+    module check, the registered objects' check, the build), JSON of up to a few MB each time."""
+    from fedless_nb import model as model_module
+
+    spec, _ = model_spec_from(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    parsed = []
+    monkeypatch.setattr(model_module.json, "loads", lambda text, loads=json.loads: parsed.append(text) or loads(text))
+    build_model(spec, allowed_modules=model_module.ModelModules(listed))
+    assert parsed == [spec.architecture]
+
+
 def _with_layer(serialized):
     return ModelSpec(json.dumps({"class_name": "Sequential", "config": {"layers": [serialized]}}), {})
 
