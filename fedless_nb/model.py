@@ -156,12 +156,34 @@ def custom_layer_modules(model: Any, compile_settings: dict[str, Any] | None = N
     return tuple(dict.fromkeys([*modules, *functions, *classes]))
 
 
-def _keras_function(name: str) -> bool:
-    """Whether `name` is one of Keras's own functions (an activation, loss, metric, ...), as Keras finds a function
-    recorded under module "builtins" when no registered object has that exact name."""
+# The kinds of Keras's own functions a model takes by name (keras.activations.relu, keras.losses.mse, ...).
+_FUNCTION_KINDS = ("activations", "losses", "metrics", "initializers", "regularizers", "constraints")
+_LOOKUPS = ("get", "serialize", "deserialize")  # functions of those modules that no model takes: they look objects up
+
+
+def _keras_function(name: str, kinds: tuple[str, ...] = _FUNCTION_KINDS) -> bool:
+    """Whether `name` is one of Keras's own functions of `kinds` (an activation, loss, metric, ...), as Keras finds a
+    function recorded under module "builtins" when no registered object has that exact name."""
     keras = _keras()
-    return any(inspect.isfunction(getattr(getattr(keras, kind), name, None))
-               for kind in ("activations", "losses", "metrics", "initializers", "regularizers", "constraints"))
+    return name not in _LOOKUPS and any(inspect.isfunction(getattr(getattr(keras, kind), name, None)) for kind in kinds)
+
+
+def _keras_api_function_refusal(config: Any) -> str | None:
+    """Why a function refuses a function object `config` takes from a module of Keras's API, in one line; None when
+    each is one of Keras's activations, losses, metrics, ... A Lambda layer calls the function it names with the task's
+    own arguments, and Keras's API holds more than layers' functions: keras.backend.set_epsilon, which a Lambda called
+    with its input, set the whole process's epsilon (the function's later tasks', a classroom student's kernel's)."""
+    for serialized in serialized_objects(config):
+        module, name = serialized.get("module"), serialized.get("config")
+        if serialized["class_name"] != "function" or not isinstance(module, str) or not _is_keras_api(module):
+            continue
+        kind = module.split(".")[1] if module.count(".") == 1 else None
+        if not (kind in _FUNCTION_KINDS and isinstance(name, str) and _keras_function(name, (kind,))):
+            return (f"the model takes the function {module}.{str(name)[:80]}, which is not one of Keras's activations, "
+                    "losses, metrics, initializers, regularizers or constraints: a function calls only those and the "
+                    "registered functions of its custom-layer modules; write the operation in a custom layer of a "
+                    "--model-module")
+    return None
 
 
 def _functions_by_name(config: Any) -> list[Any]:
@@ -326,12 +348,13 @@ def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> dict[str, Any
     spec makes Python import is Keras's API or `allowed`: Keras imports the module a serialized object names and takes
     any attribute of it, which a layer such as Lambda then calls (a task naming `pydoc`'s pipepager ran a shell
     command), and importing a module runs its code. Nor may it build one of Keras's own layers that reach past the
-    model (refused_layers.py: a TF op layer read the function's files)."""
+    model (refused_layers.py: a TF op layer read the function's files), nor call a function of Keras's API that is not
+    a layer's (an activation, a loss, ...)."""
     architecture = _architecture(spec.architecture)
     if ANY_MODULE in allowed.names:
         return architecture
     try:
-        refusal = layer_refusal([architecture, spec.compile])
+        refusal = layer_refusal([architecture, spec.compile]) or _keras_api_function_refusal([architecture, spec.compile])
         named = [*spec.modules, *_object_modules(architecture), *_object_modules(spec.compile)]
     except RecursionError:
         raise ModelError("the model spec does not rebuild: its architecture nests too deeply") from None

@@ -468,6 +468,18 @@ def test_a_listed_module_lends_a_task_only_what_it_registers_with_keras(tmp_path
         "take from a listed module only what it registers with @keras.saving.register_keras_serializable()"), reply
 
 
+def test_a_signed_tasks_model_calls_no_function_of_keras_api_but_its_activations_losses_and_such(server, tmp_path):
+    """A Lambda layer calls the function it names with the task's own arguments, and the module check let it name any
+    function of Keras's API: keras.backend.print_tensor trained (200), keras.backend.set_epsilon set the process's
+    epsilon for its later tasks (a classroom student's kernel's own). Refused in one line (test_model: which ones)."""
+    store, spec = write_inputs(tmp_path)
+    spec = _calling(spec, "keras.backend", "print_tensor", {"message": "called"}, listed=False)
+    status, reply = _post(server, json.dumps(make_task(store, spec, secret=SECRET)).encode())
+    assert status == 400 and reply["error"]["message"].startswith(
+        "the model takes the function keras.backend.print_tensor, which is not one of Keras's activations, losses, "
+        "metrics, initializers, regularizers or constraints: "), reply
+
+
 def _carrying_bytecode(spec, marker: Path, *, passive: bool):
     """`spec` with a Lambda layer whose Python bytecode (Keras's marshalled `function_type: lambda`) writes `marker`, no
     module named anywhere: as the Dense layer's activation, marked for Keras 2's JSON decoding to build as it parses

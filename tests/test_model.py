@@ -123,7 +123,7 @@ def test_a_function_imports_keras_and_the_modules_its_deployer_lists_only():
     from fedless_nb.model import ModelModules, check_model_modules, model_modules_allowed
 
     def spec(module):
-        layer = {"module": module, "class_name": "function", "config": "f", "registered_name": "function"}
+        layer = {"module": module, "class_name": "function", "config": "relu", "registered_name": "function"}
         return ModelSpec(json.dumps({"config": {"layers": [{"config": {"function": layer}}]}}), {})
 
     check_model_modules(spec("keras.activations"), ModelModules())
@@ -136,6 +136,27 @@ def test_a_function_imports_keras_and_the_modules_its_deployer_lists_only():
     assert allowed.names == {"registered_layers", "my.layers"}
     check_model_modules(ModelSpec("{}", {}, ("registered_layers",)), allowed)
     check_model_modules(spec("os"), model_modules_allowed({"FEDLESS_MODEL_MODULES": "*"}))
+
+
+@pytest.mark.parametrize("module, function", [
+    ("keras.backend", "set_epsilon"), ("keras.backend", "print_tensor"), ("keras", "utils.get_file"),
+    ("keras.utils", "get_file"), ("keras.losses", "deserialize"), ("keras.activations", "no_such_function"),
+])
+def test_a_function_calls_of_keras_api_only_its_activations_losses_and_such(module, function):
+    """A Lambda layer calls the function it names with the task's arguments, and Keras's API holds more than layers'
+    functions: keras.backend.set_epsilon set the whole process's epsilon (the attack: test_functions_framework)."""
+    from fedless_nb.model import ModelModules, check_model_modules
+
+    def spec(module, function):
+        named = {"module": module, "class_name": "function", "config": function, "registered_name": "function"}
+        return _with_layer({"class_name": "Lambda", "config": {"name": "call", "function": named}})
+
+    check_model_modules(spec("keras.activations", "relu"), ModelModules())
+    check_model_modules(spec("keras.losses", "mean_squared_error"), ModelModules())
+    with pytest.raises(ModelError, match=f"^the model takes the function {re.escape(module)}.{re.escape(function)}, "
+                                         "which is not one of Keras's activations, losses, .*a custom layer of a "
+                                         "--model-module$"):
+        check_model_modules(spec(module, function), ModelModules())
 
 
 @pytest.mark.parametrize("listed", [frozenset(), frozenset({"*"})])
