@@ -20,6 +20,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedless_nb.records.history import History
@@ -28,7 +29,7 @@ from fedless_nb.providers.base import InvocationError
 from fedless_nb.providers.http import HttpProvider
 from fedless_nb.runner import run_experiment
 from fedless_nb.security import client_key, client_secret
-from fedless_nb.store import LocalStore, encode_arrays
+from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
 
 from signed_tasks import make_aggregator_task, make_task, reading_file, write_custom_layer_inputs, write_inputs
 
@@ -478,6 +479,19 @@ def test_a_signed_tasks_model_calls_no_function_of_keras_api_but_its_activations
     assert status == 400 and reply["error"]["message"].startswith(
         "the model takes the function keras.backend.print_tensor, which is not one of Keras's activations, losses, "
         "metrics, initializers, regularizers or constraints: "), reply
+
+
+@pytest.mark.parametrize("dtype, named", [("<U2", "<U2"), (np.complex64, "complex64"), ("M8[s]", "datetime64[s]")])
+def test_weights_of_a_dtype_the_model_cannot_hold_are_refused(server, tmp_path, dtype, named):
+    """Global weights of the model's shapes in another kind of dtype were cast into its float32 variables: strings
+    failed there (500, which providers retry as the function's failure), complex numbers lost their imaginary part
+    and datetimes became numbers, silently (200). Each is a 400 naming the array."""
+    store, spec = write_inputs(tmp_path)
+    weights = [np.zeros(w.shape, dtype) for w in decode_arrays(store.get("global"))]
+    store.put("global", encode_arrays(weights))
+    status, reply = _post(server, json.dumps(make_task(store, spec, secret=SECRET)).encode())
+    assert status == 400 and reply["error"]["message"] == (
+        f"the task's weights do not match its model's layers: array 0 holds {named}, which is not a float32 number"), reply
 
 
 def _carrying_bytecode(spec, marker: Path, *, passive: bool):
