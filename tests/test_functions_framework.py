@@ -494,6 +494,20 @@ def test_weights_of_a_dtype_the_model_cannot_hold_are_refused(server, tmp_path, 
         f"the task's weights do not match its model's layers: array 0 holds {named}, which is not a float32 number"), reply
 
 
+def test_a_model_whose_weights_the_function_cannot_allocate_is_refused_not_a_failure(server, tmp_path):
+    """An Embedding of 10^12 rows (a few bytes of a task's JSON) failed in TensorFlow's allocation (ResourceExhaustedError),
+    a 500 that providers retry, each retry failing the same way. It is a 400 in one line naming what to change."""
+    store, spec = write_inputs(tmp_path)
+    architecture = json.loads(spec.architecture)
+    architecture["config"]["layers"].insert(1, {"module": "keras.layers", "class_name": "Embedding", "registered_name": None,
+                                                "config": {"name": "huge", "input_dim": 10**12, "output_dim": 1}})
+    spec = type(spec)(json.dumps(architecture), spec.compile)
+    status, reply = _post(server, json.dumps(make_task(store, spec, secret=SECRET)).encode())
+    assert status == 400 and reply["error"]["message"] == (
+        "the model does not fit in this function's memory: TensorFlow could not allocate its weights; give the function "
+        "more memory where it is deployed, or the model fewer weights"), reply
+
+
 def _carrying_bytecode(spec, marker: Path, *, passive: bool):
     """`spec` with a Lambda layer whose Python bytecode (Keras's marshalled `function_type: lambda`) writes `marker`, no
     module named anywhere: as the Dense layer's activation, marked for Keras 2's JSON decoding to build as it parses

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..aggregate_wire import is_aggregate_task
-from ..model import ModelModules, ModelSpec, build_model, make_optimizer, model_modules_allowed
+from ..model import ModelError, ModelModules, ModelSpec, build_model, make_optimizer, model_modules_allowed
 from ..security import TaskGuard
 from ..store import decode_arrays, encode_arrays
 from ..wire import DP_SETTINGS, SECAGG_KEY_STAGES, PayloadError, check_task
@@ -198,7 +198,11 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any],
         microbatches = dp.get("num_microbatches") if dp_sampling(train) == "shuffle" else None  # Poisson: per example
         optimizer = make_dp_optimizer(train["optimizer"], learning_rate, float(dp["l2_norm_clip"]),
                                       float(dp["noise_multiplier"]), microbatches, poisson=dp_sampling(train) == "poisson")
-    model = build_model(spec, optimizer, allowed_modules=model_modules if model_modules is not None else model_modules_allowed())
+    try:
+        model = build_model(spec, optimizer, allowed_modules=model_modules if model_modules is not None else model_modules_allowed())
+    except tf.errors.ResourceExhaustedError:  # the same task would fail the same way again: not a 500 to retry
+        raise ModelError("the model does not fit in this function's memory: TensorFlow could not allocate its weights; "
+                         "give the function more memory where it is deployed, or the model fewer weights") from None
     loss_tracker = tf.keras.metrics.Mean(name="loss")
     anchor, correction = ([tf.Variable(tf.zeros_like(variable), trainable=False) for variable in model.trainable_variables]
                           for _ in range(2))
