@@ -175,7 +175,7 @@ class StudentFunction:
     def _log(self, task: dict[str, Any], status: int, reply: dict[str, Any], seconds: float) -> None:
         """Note the call for the student; compare last round's update with the class average when this task's
         global model is the one that update went into."""
-        round_number = int(task.get("round", 0))
+        round_number = task["round"] if type(task.get("round")) is int else 0  # a refused task's may be any JSON
         if status != 200:
             call = Call(round_number, 0, seconds, reply.get("error", {}).get("message", "failed"))
         else:
