@@ -107,13 +107,15 @@ def _member(value: Any, name: str) -> Any:
 
 
 def _without_layer_names(architecture: str) -> Any:
-    """The architecture with each layer's (and the model's) name replaced by its position, everywhere the
-    name occurs (a functional model's inbound nodes and input/output lists refer to layers by name)."""
+    """The architecture with each layer's (and the model's) name replaced by its position where a name stands: the
+    names themselves and a functional model's inbound nodes and input/output lists, which refer to layers by name.
+    Nowhere else: an Activation('relu', name='relu') and an Activation('tanh', name='tanh') had one fingerprint (their
+    activation, equal to a layer's name, was replaced too), and a warm function trained the second with the first's."""
     config = _architecture(architecture)
     model_config = config.get("config", {})
     layers = model_config.get("layers", [])
-    names = [model_config.get("name")] + [_member(_member(layer, "config"), "name")
-                                          for layer in (layers if isinstance(layers, list) else [])]
+    layers = layers if isinstance(layers, list) else []
+    names = [model_config.get("name")] + [_member(_member(layer, "config"), "name") for layer in layers]
     positions = {name: f"<layer {index}>" for index, name in enumerate(names) if isinstance(name, str)}
 
     def rename(value: Any) -> Any:
@@ -125,7 +127,15 @@ def _without_layer_names(architecture: str) -> Any:
             return {key: rename(item) for key, item in value.items()}
         return value
 
-    return rename(config)
+    def renamed(value: Any, keys: tuple[str, ...]) -> Any:
+        """`value` with its members `keys` renamed, if it is an object."""
+        return {**value, **{key: rename(value[key]) for key in keys if key in value}} if isinstance(value, dict) else value
+
+    unnamed = [{**renamed(layer, ("name", "inbound_nodes")), "config": renamed(layer["config"], ("name",))}
+               if isinstance(_member(layer, "config"), dict) else renamed(layer, ("name", "inbound_nodes"))
+               for layer in layers]
+    model_config = renamed(model_config, ("name", "input_layers", "output_layers"))
+    return {**config, "config": {**model_config, "layers": unnamed} if "layers" in model_config else model_config}
 
 
 def _is_builtin(cls: type) -> bool:

@@ -508,6 +508,26 @@ def test_a_model_whose_weights_the_function_cannot_allocate_is_refused_not_a_fai
         "more memory where it is deployed, or the model fewer weights"), reply
 
 
+def test_a_warm_function_builds_a_model_that_differs_only_where_a_layer_is_named_like_its_value_anew(server, tmp_path):
+    """A warm function reuses its compiled model while the spec's fingerprint, which leaves layer names out, is
+    unchanged. Every string equal to a layer's name was left out, so an Activation('tanh', name='tanh') and an
+    Activation('sigmoid', name='sigmoid') had one fingerprint, and a warm function trained the sigmoid model with tanh."""
+    store, spec = write_inputs(tmp_path)
+
+    def trained(activation, run_id):
+        architecture = json.loads(spec.architecture)
+        architecture["config"]["layers"].insert(2, {"module": "keras.layers", "class_name": "Activation", "registered_name":
+                                                    None, "config": {"name": activation, "activation": activation}})
+        task = make_task(store, type(spec)(json.dumps(architecture), spec.compile), run_id=run_id, secret=SECRET)
+        status, reply = _post(server, json.dumps(task).encode())
+        assert status == 200, reply
+        return reply["metrics"]["loss"]
+
+    tanh = trained("tanh", "tanh-first")  # the same weights, data and batches each time: only the model differs
+    assert trained("sigmoid", "sigmoid-after-tanh") != pytest.approx(tanh, rel=1e-3)  # equal: tanh's model, reused
+    assert trained("tanh", "tanh-again") == pytest.approx(tanh, rel=1e-6)
+
+
 def _carrying_bytecode(spec, marker: Path, *, passive: bool):
     """`spec` with a Lambda layer whose Python bytecode (Keras's marshalled `function_type: lambda`) writes `marker`, no
     module named anywhere: as the Dense layer's activation, marked for Keras 2's JSON decoding to build as it parses

@@ -97,6 +97,17 @@ def test_fingerprint_changes_with_the_architecture():
     assert small.fingerprint == ModelSpec.from_wire(small.to_wire()).fingerprint
 
 
+def test_a_value_equal_to_a_layers_name_stays_in_the_fingerprint():
+    """Names are left out of the fingerprint where they stand, nowhere else: a layer named like its activation had the
+    activation left out too, so relu and tanh models had one fingerprint (the warm function: test_functions_framework)."""
+    def named_like_its_activation(activation):
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Activation(activation, name=activation)])
+
+    relu, tanh = (model_spec_from(named_like_its_activation(name))[0] for name in ("relu", "tanh"))
+    assert relu.fingerprint != tanh.fingerprint
+    assert relu.fingerprint == model_spec_from(named_like_its_activation("relu"))[0].fingerprint
+
+
 def _functional_model(units: int) -> keras.Model:
     inputs = keras.Input((4,))
     hidden = keras.layers.Dense(units, activation="relu")(inputs)
