@@ -107,13 +107,15 @@ def _member(value: Any, name: str) -> Any:
 
 
 def _without_layer_names(architecture: str) -> Any:
-    """The architecture with each layer's (and the model's) name replaced by its position, everywhere the
-    name occurs (a functional model's inbound nodes and input/output lists refer to layers by name)."""
+    """The architecture with each layer's (and the model's) name replaced by its position where a name stands: the
+    names themselves and a functional model's inbound nodes and input/output lists, which refer to layers by name.
+    Nowhere else: an Activation('relu', name='relu') and an Activation('tanh', name='tanh') had one fingerprint (their
+    activation, equal to a layer's name, was replaced too), and a warm function trained the second with the first's."""
     config = _architecture(architecture)
     model_config = config.get("config", {})
     layers = model_config.get("layers", [])
-    names = [model_config.get("name")] + [_member(_member(layer, "config"), "name")
-                                          for layer in (layers if isinstance(layers, list) else [])]
+    layers = layers if isinstance(layers, list) else []
+    names = [model_config.get("name")] + [_member(_member(layer, "config"), "name") for layer in layers]
     positions = {name: f"<layer {index}>" for index, name in enumerate(names) if isinstance(name, str)}
 
     def rename(value: Any) -> Any:
@@ -125,7 +127,15 @@ def _without_layer_names(architecture: str) -> Any:
             return {key: rename(item) for key, item in value.items()}
         return value
 
-    return rename(config)
+    def renamed(value: Any, keys: tuple[str, ...]) -> Any:
+        """`value` with its members `keys` renamed, if it is an object."""
+        return {**value, **{key: rename(value[key]) for key in keys if key in value}} if isinstance(value, dict) else value
+
+    unnamed = [{**renamed(layer, ("name", "inbound_nodes")), "config": renamed(layer["config"], ("name",))}
+               if isinstance(_member(layer, "config"), dict) else renamed(layer, ("name", "inbound_nodes"))
+               for layer in layers]
+    model_config = renamed(model_config, ("name", "input_layers", "output_layers"))
+    return {**config, "config": {**model_config, "layers": unnamed} if "layers" in model_config else model_config}
 
 
 def _is_builtin(cls: type) -> bool:
@@ -156,12 +166,34 @@ def custom_layer_modules(model: Any, compile_settings: dict[str, Any] | None = N
     return tuple(dict.fromkeys([*modules, *functions, *classes]))
 
 
-def _keras_function(name: str) -> bool:
-    """Whether `name` is one of Keras's own functions (an activation, loss, metric, ...), as Keras finds a function
-    recorded under module "builtins" when no registered object has that exact name."""
+# The kinds of Keras's own functions a model takes by name (keras.activations.relu, keras.losses.mse, ...).
+_FUNCTION_KINDS = ("activations", "losses", "metrics", "initializers", "regularizers", "constraints")
+_LOOKUPS = ("get", "serialize", "deserialize")  # functions of those modules that no model takes: they look objects up
+
+
+def _keras_function(name: str, kinds: tuple[str, ...] = _FUNCTION_KINDS) -> bool:
+    """Whether `name` is one of Keras's own functions of `kinds` (an activation, loss, metric, ...), as Keras finds a
+    function recorded under module "builtins" when no registered object has that exact name."""
     keras = _keras()
-    return any(inspect.isfunction(getattr(getattr(keras, kind), name, None))
-               for kind in ("activations", "losses", "metrics", "initializers", "regularizers", "constraints"))
+    return name not in _LOOKUPS and any(inspect.isfunction(getattr(getattr(keras, kind), name, None)) for kind in kinds)
+
+
+def _keras_api_function_refusal(config: Any) -> str | None:
+    """Why a function refuses a function object `config` takes from a module of Keras's API, in one line; None when
+    each is one of Keras's activations, losses, metrics, ... A Lambda layer calls the function it names with the task's
+    own arguments, and Keras's API holds more than layers' functions: keras.backend.set_epsilon, which a Lambda called
+    with its input, set the whole process's epsilon (the function's later tasks', a classroom student's kernel's)."""
+    for serialized in serialized_objects(config):
+        module, name = serialized.get("module"), serialized.get("config")
+        if serialized["class_name"] != "function" or not isinstance(module, str) or not _is_keras_api(module):
+            continue
+        kind = module.split(".")[1] if module.count(".") == 1 else None
+        if not (kind in _FUNCTION_KINDS and isinstance(name, str) and _keras_function(name, (kind,))):
+            return (f"the model takes the function {module}.{str(name)[:80]}, which is not one of Keras's activations, "
+                    "losses, metrics, initializers, regularizers or constraints: a function calls only those and the "
+                    "registered functions of its custom-layer modules; write the operation in a custom layer of a "
+                    "--model-module")
+    return None
 
 
 def _functions_by_name(config: Any) -> list[Any]:
@@ -321,16 +353,18 @@ def model_modules_allowed(environment: Mapping[str, str] | None = None) -> Model
     return ModelModules(frozenset(name for name in re.split(r"[\s;,]+", environment.get(MODEL_MODULES_VARIABLE, "")) if name))
 
 
-def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> None:
-    """ModelError unless every module the spec makes Python import is Keras's API or `allowed`: Keras imports the
-    module a serialized object names and takes any attribute of it, which a layer such as Lambda then calls (a
-    task naming `pydoc`'s pipepager ran a shell command), and importing a module runs its code. Nor may it build
-    one of Keras's own layers that reach past the model (refused_layers.py: a TF op layer read the function's files)."""
-    if ANY_MODULE in allowed.names:
-        return
+def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> dict[str, Any]:
+    """The spec's architecture, parsed (build_model's to deserialize), once checked: ModelError unless every module the
+    spec makes Python import is Keras's API or `allowed`: Keras imports the module a serialized object names and takes
+    any attribute of it, which a layer such as Lambda then calls (a task naming `pydoc`'s pipepager ran a shell
+    command), and importing a module runs its code. Nor may it build one of Keras's own layers that reach past the
+    model (refused_layers.py: a TF op layer read the function's files), nor call a function of Keras's API that is not
+    a layer's (an activation, a loss, ...)."""
     architecture = _architecture(spec.architecture)
+    if ANY_MODULE in allowed.names:
+        return architecture
     try:
-        refusal = layer_refusal([architecture, spec.compile])
+        refusal = layer_refusal([architecture, spec.compile]) or _keras_api_function_refusal([architecture, spec.compile])
         named = [*spec.modules, *_object_modules(architecture), *_object_modules(spec.compile)]
     except RecursionError:
         raise ModelError("the model spec does not rebuild: its architecture nests too deeply") from None
@@ -342,6 +376,7 @@ def check_model_modules(spec: ModelSpec, allowed: ModelModules) -> None:
         options = " ".join(f"--model-module {module}" for module in foreign[:3])
         raise ModelError(f"the model names module {named}, which this function does not import: "
                          + allowed.remedy.format(named=named, options=options))
+    return architecture
 
 
 def _objects_from(value: Any, modules: frozenset[str]) -> list[tuple[str, Any]]:
@@ -360,15 +395,15 @@ def _objects_from(value: Any, modules: frozenset[str]) -> list[tuple[str, Any]]:
     return found
 
 
-def _check_registered_objects(spec: ModelSpec, allowed: ModelModules) -> None:
+def _check_registered_objects(spec: ModelSpec, architecture: dict[str, Any], allowed: ModelModules) -> None:
     """ModelError unless every object the spec takes from a listed module is one Keras's registry holds, which Keras
     then returns without looking in the module: by attribute, a task could take anything the module imported
     (a layer module that imports pydoc lent `pydoc.pipepager`, which a Lambda layer called with a shell command).
-    Run after the listed modules are imported (their decorators fill the registry)."""
+    Run after the listed modules are imported (their decorators fill the registry); `architecture`: the spec's, parsed."""
     if ANY_MODULE in allowed.names:
         return
     get_registered = _keras().saving.get_registered_object
-    config = [json.loads(spec.architecture), spec.compile]
+    config = [architecture, spec.compile]
     for module, name in _objects_from(config, allowed.names):
         if not isinstance(name, str) or get_registered(name) is None:
             raise ModelError(f"the model takes {str(name)[:80]!r} from module {module}, which registers no such object "
@@ -386,13 +421,11 @@ def build_model(spec: ModelSpec, optimizer: Any = None, *, allowed_modules: Mode
     `allowed_modules`: the modules besides Keras's a task's spec may import (a function's FEDLESS_MODEL_MODULES);
     None: any, for a spec this process made (model_spec_from) or read from its own config."""
     keras = _keras()
-    if allowed_modules is not None:
-        check_model_modules(spec, allowed_modules)
+    architecture = _architecture(spec.architecture) if allowed_modules is None else check_model_modules(spec, allowed_modules)
     for module in spec.modules:
         importlib.import_module(module)
     if allowed_modules is not None:
-        _check_registered_objects(spec, allowed_modules)
-    architecture = _architecture(spec.architecture)
+        _check_registered_objects(spec, architecture, allowed_modules)
     try:
         # keras.layers.deserialize, not model_from_json: Keras 2's JSON decoding deserializes any object marked
         # "__passive_serialization__" as it parses, outside Keras's safe mode, so a Lambda layer there (its "module"

@@ -356,6 +356,41 @@ def test_a_task_signed_with_another_runs_key_is_refused_with_one_line(classroom,
         student.leave()
 
 
+def test_a_students_function_keeps_its_latest_calls_however_many_anyone_in_the_room_sends(classroom, tmp_path,
+                                                                                        fresh_function_state):
+    """Anyone in the room may call a student's function, and each call, refused ones too, was kept and redrew the
+    student's table with all of them: a loop of forged tasks grew it without end. It keeps the latest CALLS_KEPT."""
+    from fedless_nb.classroom.student import CALLS_KEPT
+
+    store, spec = write_inputs(tmp_path / "store")
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        forged = json.dumps(served_task(classroom, store, spec, new_secret())).encode()
+        for _ in range(CALLS_KEPT + 5):
+            assert post_body(student.url, forged)[0] == 403
+        own = served_task(classroom, store, spec, student._secret)
+        assert post(student.url, own)[0] == 200
+        assert len(student.calls) == CALLS_KEPT and len(student.rows()) == CALLS_KEPT
+        assert student.calls[-1].outcome == "succeeded" and student.calls[0].outcome.startswith("the task's token is forged")
+    finally:
+        student.leave()
+
+
+@pytest.mark.parametrize("round_number", ["x", [1], 1e309])
+def test_a_task_whose_round_is_not_a_number_is_refused_in_one_line(classroom, tmp_path, round_number):
+    """A refused task was logged with int() of its round: a round anyone in the room sends as text or a list failed
+    the function's handler (HTTP 500 and aiohttp's page, not a reply). It is one refusal, listed as round 0."""
+    store, spec = write_inputs(tmp_path / "store")
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        task = {**served_task(classroom, store, spec, new_secret()), "round": round_number}
+        status, reply = post(student.url, task)
+        assert status == 400 and reply["error"]["type"] == "PayloadError", reply
+        assert [call.round for call in student.calls] == [0]
+    finally:
+        student.leave()
+
+
 def test_a_teachers_custom_layer_is_refused_in_words_for_a_classroom_unless_the_student_allowed_its_module(
         classroom, tmp_path, fresh_function_state):
     """A student's function imports Keras's layers only: a teacher whose model had a custom layer was refused in a

@@ -20,6 +20,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedless_nb.records.history import History
@@ -28,7 +29,7 @@ from fedless_nb.providers.base import InvocationError
 from fedless_nb.providers.http import HttpProvider
 from fedless_nb.runner import run_experiment
 from fedless_nb.security import client_key, client_secret
-from fedless_nb.store import LocalStore, encode_arrays
+from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
 
 from signed_tasks import make_aggregator_task, make_task, reading_file, write_custom_layer_inputs, write_inputs
 
@@ -466,6 +467,65 @@ def test_a_listed_module_lends_a_task_only_what_it_registers_with_keras(tmp_path
     assert status == 400 and reply["error"]["message"] == (
         "the model takes 'pydoc.pipepager' from module my_layers, which registers no such object with Keras: a task may "
         "take from a listed module only what it registers with @keras.saving.register_keras_serializable()"), reply
+
+
+def test_a_signed_tasks_model_calls_no_function_of_keras_api_but_its_activations_losses_and_such(server, tmp_path):
+    """A Lambda layer calls the function it names with the task's own arguments, and the module check let it name any
+    function of Keras's API: keras.backend.print_tensor trained (200), keras.backend.set_epsilon set the process's
+    epsilon for its later tasks (a classroom student's kernel's own). Refused in one line (test_model: which ones)."""
+    store, spec = write_inputs(tmp_path)
+    spec = _calling(spec, "keras.backend", "print_tensor", {"message": "called"}, listed=False)
+    status, reply = _post(server, json.dumps(make_task(store, spec, secret=SECRET)).encode())
+    assert status == 400 and reply["error"]["message"].startswith(
+        "the model takes the function keras.backend.print_tensor, which is not one of Keras's activations, losses, "
+        "metrics, initializers, regularizers or constraints: "), reply
+
+
+@pytest.mark.parametrize("dtype, named", [("<U2", "<U2"), (np.complex64, "complex64"), ("M8[s]", "datetime64[s]")])
+def test_weights_of_a_dtype_the_model_cannot_hold_are_refused(server, tmp_path, dtype, named):
+    """Global weights of the model's shapes in another kind of dtype were cast into its float32 variables: strings
+    failed there (500, which providers retry as the function's failure), complex numbers lost their imaginary part
+    and datetimes became numbers, silently (200). Each is a 400 naming the array."""
+    store, spec = write_inputs(tmp_path)
+    weights = [np.zeros(w.shape, dtype) for w in decode_arrays(store.get("global"))]
+    store.put("global", encode_arrays(weights))
+    status, reply = _post(server, json.dumps(make_task(store, spec, secret=SECRET)).encode())
+    assert status == 400 and reply["error"]["message"] == (
+        f"the task's weights do not match its model's layers: array 0 holds {named}, which is not a float32 number"), reply
+
+
+def test_a_model_whose_weights_the_function_cannot_allocate_is_refused_not_a_failure(server, tmp_path):
+    """An Embedding of 10^12 rows (a few bytes of a task's JSON) failed in TensorFlow's allocation (ResourceExhaustedError),
+    a 500 that providers retry, each retry failing the same way. It is a 400 in one line naming what to change."""
+    store, spec = write_inputs(tmp_path)
+    architecture = json.loads(spec.architecture)
+    architecture["config"]["layers"].insert(1, {"module": "keras.layers", "class_name": "Embedding", "registered_name": None,
+                                                "config": {"name": "huge", "input_dim": 10**12, "output_dim": 1}})
+    spec = type(spec)(json.dumps(architecture), spec.compile)
+    status, reply = _post(server, json.dumps(make_task(store, spec, secret=SECRET)).encode())
+    assert status == 400 and reply["error"]["message"] == (
+        "the model does not fit in this function's memory: TensorFlow could not allocate its weights; give the function "
+        "more memory where it is deployed, or the model fewer weights"), reply
+
+
+def test_a_warm_function_builds_a_model_that_differs_only_where_a_layer_is_named_like_its_value_anew(server, tmp_path):
+    """A warm function reuses its compiled model while the spec's fingerprint, which leaves layer names out, is
+    unchanged. Every string equal to a layer's name was left out, so an Activation('tanh', name='tanh') and an
+    Activation('sigmoid', name='sigmoid') had one fingerprint, and a warm function trained the sigmoid model with tanh."""
+    store, spec = write_inputs(tmp_path)
+
+    def trained(activation, run_id):
+        architecture = json.loads(spec.architecture)
+        architecture["config"]["layers"].insert(2, {"module": "keras.layers", "class_name": "Activation", "registered_name":
+                                                    None, "config": {"name": activation, "activation": activation}})
+        task = make_task(store, type(spec)(json.dumps(architecture), spec.compile), run_id=run_id, secret=SECRET)
+        status, reply = _post(server, json.dumps(task).encode())
+        assert status == 200, reply
+        return reply["metrics"]["loss"]
+
+    tanh = trained("tanh", "tanh-first")  # the same weights, data and batches each time: only the model differs
+    assert trained("sigmoid", "sigmoid-after-tanh") != pytest.approx(tanh, rel=1e-3)  # equal: tanh's model, reused
+    assert trained("tanh", "tanh-again") == pytest.approx(tanh, rel=1e-6)
 
 
 def _carrying_bytecode(spec, marker: Path, *, passive: bool):

@@ -97,6 +97,17 @@ def test_fingerprint_changes_with_the_architecture():
     assert small.fingerprint == ModelSpec.from_wire(small.to_wire()).fingerprint
 
 
+def test_a_value_equal_to_a_layers_name_stays_in_the_fingerprint():
+    """Names are left out of the fingerprint where they stand, nowhere else: a layer named like its activation had the
+    activation left out too, so relu and tanh models had one fingerprint (the warm function: test_functions_framework)."""
+    def named_like_its_activation(activation):
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Activation(activation, name=activation)])
+
+    relu, tanh = (model_spec_from(named_like_its_activation(name))[0] for name in ("relu", "tanh"))
+    assert relu.fingerprint != tanh.fingerprint
+    assert relu.fingerprint == model_spec_from(named_like_its_activation("relu"))[0].fingerprint
+
+
 def _functional_model(units: int) -> keras.Model:
     inputs = keras.Input((4,))
     hidden = keras.layers.Dense(units, activation="relu")(inputs)
@@ -123,7 +134,7 @@ def test_a_function_imports_keras_and_the_modules_its_deployer_lists_only():
     from fedless_nb.model import ModelModules, check_model_modules, model_modules_allowed
 
     def spec(module):
-        layer = {"module": module, "class_name": "function", "config": "f", "registered_name": "function"}
+        layer = {"module": module, "class_name": "function", "config": "relu", "registered_name": "function"}
         return ModelSpec(json.dumps({"config": {"layers": [{"config": {"function": layer}}]}}), {})
 
     check_model_modules(spec("keras.activations"), ModelModules())
@@ -136,6 +147,40 @@ def test_a_function_imports_keras_and_the_modules_its_deployer_lists_only():
     assert allowed.names == {"registered_layers", "my.layers"}
     check_model_modules(ModelSpec("{}", {}, ("registered_layers",)), allowed)
     check_model_modules(spec("os"), model_modules_allowed({"FEDLESS_MODEL_MODULES": "*"}))
+
+
+@pytest.mark.parametrize("module, function", [
+    ("keras.backend", "set_epsilon"), ("keras.backend", "print_tensor"), ("keras", "utils.get_file"),
+    ("keras.utils", "get_file"), ("keras.losses", "deserialize"), ("keras.activations", "no_such_function"),
+])
+def test_a_function_calls_of_keras_api_only_its_activations_losses_and_such(module, function):
+    """A Lambda layer calls the function it names with the task's arguments, and Keras's API holds more than layers'
+    functions: keras.backend.set_epsilon set the whole process's epsilon (the attack: test_functions_framework)."""
+    from fedless_nb.model import ModelModules, check_model_modules
+
+    def spec(module, function):
+        named = {"module": module, "class_name": "function", "config": function, "registered_name": "function"}
+        return _with_layer({"class_name": "Lambda", "config": {"name": "call", "function": named}})
+
+    check_model_modules(spec("keras.activations", "relu"), ModelModules())
+    check_model_modules(spec("keras.losses", "mean_squared_error"), ModelModules())
+    with pytest.raises(ModelError, match=f"^the model takes the function {re.escape(module)}.{re.escape(function)}, "
+                                         "which is not one of Keras's activations, losses, .*a custom layer of a "
+                                         "--model-module$"):
+        check_model_modules(spec(module, function), ModelModules())
+
+
+@pytest.mark.parametrize("listed", [frozenset(), frozenset({"*"})])
+def test_a_function_parses_a_tasks_architecture_once(listed, monkeypatch):
+    """The check returns the architecture it parsed and build_model deserializes that: it was parsed three times (the
+    module check, the registered objects' check, the build), JSON of up to a few MB each time."""
+    from fedless_nb import model as model_module
+
+    spec, _ = model_spec_from(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+    parsed = []
+    monkeypatch.setattr(model_module.json, "loads", lambda text, loads=json.loads: parsed.append(text) or loads(text))
+    build_model(spec, allowed_modules=model_module.ModelModules(listed))
+    assert parsed == [spec.architecture]
 
 
 def _with_layer(serialized):

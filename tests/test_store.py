@@ -169,3 +169,14 @@ def test_a_presigned_store_follows_no_redirect(code):
     finally:
         redirecting.server.shutdown()
         elsewhere.server.shutdown()
+
+
+@pytest.mark.parametrize("path", ["gl\u00f6bal", "a b", "a\tb"])
+def test_a_presigned_url_a_request_cannot_carry_is_one_store_error(path):
+    """A task's URL past ASCII or with a space failed in urllib (UnicodeEncodeError, InvalidURL): a 500, which
+    providers retry as the function's failure. It is a store error naming the key, before any request."""
+    from fedless_nb.store import PresignedStore
+
+    store = PresignedStore({"global": f"http://127.0.0.1:9/bucket/{path}"}, {}, time.time() + 60)
+    with pytest.raises(StoreError, match="^the task's URL for 'global' holds characters a request cannot carry"):
+        store.get("global")

@@ -44,6 +44,12 @@ CLASSROOM_REMEDY = ("a student's function imports Keras's layers and the modules
                     "again with %fedless_join ... {options}")
 
 
+# The calls a student's function keeps, the latest, for its table: anyone in the room may call it (a refused call is
+# listed too, as the student should see it), and each call redraws the table; unbounded, a loop of forged tasks grew
+# it without end and made every redraw send the browser all of it.
+CALLS_KEPT = 200
+
+
 @dataclass
 class Call:
     """One invocation of the student's function, as the student sees it."""
@@ -75,7 +81,7 @@ def compare_with_class(start: list[np.ndarray], mine: list[np.ndarray], aggregat
 
 
 class StudentFunction:
-    """A joined student's function server; `calls` lists every invocation, `on_call` hears of each."""
+    """A joined student's function server; `calls` lists its latest CALLS_KEPT invocations, `on_call` hears of each."""
 
     def __init__(self, teacher_url: str, code: str, name: str, *, host: str | None = None, port: int = 0,
                  data: tuple[np.ndarray, np.ndarray] | None = None, timeout: float = 10.0,
@@ -169,13 +175,14 @@ class StudentFunction:
     def _log(self, task: dict[str, Any], status: int, reply: dict[str, Any], seconds: float) -> None:
         """Note the call for the student; compare last round's update with the class average when this task's
         global model is the one that update went into."""
-        round_number = int(task.get("round", 0))
+        round_number = task["round"] if type(task.get("round")) is int else 0  # a refused task's may be any JSON
         if status != 200:
             call = Call(round_number, 0, seconds, reply.get("error", {}).get("message", "failed"))
         else:
             call = Call(round_number, int(reply["num_examples"]), seconds, "succeeded", self._compared(task))
         with self._lock:
             self.calls.append(call)
+            del self.calls[:-CALLS_KEPT]
         if self.on_call is not None:
             self.on_call(call)
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..aggregate_wire import is_aggregate_task
-from ..model import ModelModules, ModelSpec, build_model, make_optimizer, model_modules_allowed
+from ..model import ModelError, ModelModules, ModelSpec, build_model, make_optimizer, model_modules_allowed
 from ..security import TaskGuard
 from ..store import decode_arrays, encode_arrays
 from ..wire import DP_SETTINGS, SECAGG_KEY_STAGES, PayloadError, check_task
@@ -45,6 +45,20 @@ def _concrete(function: Any, *specs: Any) -> Any:
     from .._tf import tensorflow
 
     return tensorflow().function(function).get_concrete_function(*specs)
+
+
+def arrays_problem(arrays: list[np.ndarray], variables: list[Any]) -> str | None:
+    """Why `arrays` (a blob from the store) cannot be loaded into `variables`, in words; None when they fit: one array per
+    variable, of its shape, in a dtype that casts to the variable's within its kind (float64 or int to float32). A
+    string array was a 500 (ValueError) and a complex or datetime one was loaded silently, its imaginary part dropped."""
+    if len(arrays) != len(variables):
+        return f"{len(arrays)} arrays for {len(variables)} variables"
+    for index, (array, variable) in enumerate(zip(arrays, variables)):
+        if array.shape != tuple(variable.shape):
+            return f"array {index} has shape {array.shape}, its variable {tuple(variable.shape)}"
+        if not np.can_cast(array.dtype, variable.dtype.as_numpy_dtype, "same_kind"):
+            return f"array {index} holds {array.dtype}, which is not a {variable.dtype.name} number"
+    return None
 
 
 @dataclass
@@ -80,8 +94,8 @@ class _CompiledModel:
         """Start a client's training from `weights`: each invocation trains a different client, so its optimizer
         state and metrics start from zero (every Keras metric's reset state, as Metric.reset_state sets it)."""
         variables = self.model.weights
-        if len(weights) != len(variables) or any(w.shape != tuple(v.shape) for w, v in zip(weights, variables)):
-            raise PayloadError("the task's weights do not match its model's layers")
+        if problem := arrays_problem(weights, variables):
+            raise PayloadError(f"the task's weights do not match its model's layers: {problem}")
         resets = self._state_variables()
         if self._load is None or self._load_resets != len(resets):
             from .._tf import tensorflow
@@ -184,7 +198,11 @@ def _compiled_model(spec_wire: dict[str, Any], train: dict[str, Any],
         microbatches = dp.get("num_microbatches") if dp_sampling(train) == "shuffle" else None  # Poisson: per example
         optimizer = make_dp_optimizer(train["optimizer"], learning_rate, float(dp["l2_norm_clip"]),
                                       float(dp["noise_multiplier"]), microbatches, poisson=dp_sampling(train) == "poisson")
-    model = build_model(spec, optimizer, allowed_modules=model_modules if model_modules is not None else model_modules_allowed())
+    try:
+        model = build_model(spec, optimizer, allowed_modules=model_modules if model_modules is not None else model_modules_allowed())
+    except tf.errors.ResourceExhaustedError:  # the same task would fail the same way again: not a 500 to retry
+        raise ModelError("the model does not fit in this function's memory: TensorFlow could not allocate its weights; "
+                         "give the function more memory where it is deployed, or the model fewer weights") from None
     loss_tracker = tf.keras.metrics.Mean(name="loss")
     anchor, correction = ([tf.Variable(tf.zeros_like(variable), trainable=False) for variable in model.trainable_variables]
                           for _ in range(2))
@@ -272,8 +290,8 @@ def _correction(store: Any, key: str, like: list[Any]) -> list[np.ndarray]:
     """SCAFFOLD's correction the task names in the store, one array per trainable variable in `like` (`correct`
     casts them to the variables' dtypes)."""
     arrays = decode_arrays(store.get(key))
-    if [a.shape for a in arrays] != [tuple(w.shape) for w in like]:
-        raise PayloadError(f"the arrays at {key} do not match the model's trainable weights")
+    if problem := arrays_problem(arrays, like):
+        raise PayloadError(f"the arrays at {key} do not match the model's trainable weights: {problem}")
     return arrays
 
 

@@ -76,6 +76,9 @@ class PresignedStore(Store):
             raise StoreError(f"this task grants no {access} access to {key!r}; it may {access} only: {allowed}")
         if urllib.parse.urlsplit(grants[key]).scheme not in ("http", "https"):
             raise StoreError(f"the task's URL for {key!r} is not http(s); a function fetches nothing else")
+        if not grants[key].isascii() or any(char.isspace() or not char.isprintable() for char in grants[key]):
+            raise StoreError(f"the task's URL for {key!r} holds characters a request cannot carry (past ASCII, spaces or "
+                             "control characters): percent-encode them, as a presigned URL is")
         if time.time() >= self.expires_at:
             expired = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.expires_at))
             raise StoreError(f"the task's store access expired at {expired} (its round deadline)")
