@@ -391,6 +391,9 @@ def test_a_client_level_report_counts_rounds_where_an_example_level_one_counts_s
                                   noise_multiplier=0.5, clip_norm=1.0, steps=46, sampling_rate=0.04457, rounds=2)
     assert "each example joins each step independently" in str(example_level)
     assert str(example_level).endswith("46 steps at sampling rate 0.04457 over 2 releases")
+    assert "steps" not in client_level.to_dict() and client_level.to_dict()["rounds"] == 3, \
+        "a client-level report's count is its rounds: no DP-SGD step is behind it"
+    assert (example_level.to_dict()["steps"], example_level.to_dict()["rounds"]) == (46, 2)
 
 
 @pytest.mark.parametrize("outcome, cause, stage, trained", [

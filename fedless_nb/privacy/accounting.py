@@ -383,7 +383,12 @@ class PrivacyReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "unit": self.unit}
+        """The report's fields and its unit. Client-level DP runs its mechanism once a round, so its count is `rounds`
+        alone: no DP-SGD step is behind it (its `steps` field, the same number, only words `str`)."""
+        fields = {**self.__dict__, "unit": self.unit}
+        if self.step == "round":
+            del fields["steps"]
+        return fields
 
 
 # A failed invocation's causes that show its function never trained: it refused the task's token before reading
