@@ -31,7 +31,7 @@ from .fit import preflight
 from .model import ModelSpec, build_model
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
-from .privacy.accounting import ExampleLevelAccountant, StragglerSteps, spent_privacy
+from .privacy.accounting import ExampleLevelAccountant, StragglerSteps, charged
 from .rounds.resilience import RoundPolicy
 from .rounds.stragglers import Stragglers
 from .rounds.tree import TreeOptions
@@ -223,7 +223,8 @@ async def run_experiment_async(
         controller.checkpointed["privacy"] = accountant
     if checkpoint is not None and (accountant is not None or isinstance(controller.strategy, CentralDP)):
         released = _released_after(history, run_id, checkpoint.round)
-        controller.on_restore.append(lambda _: _charge_released(released, accountant, controller.strategy))
+        published = _published_after(store, run_id, checkpoint.round)  # before the resume clears those rounds
+        controller.on_restore.append(lambda _: _charge_released(released, published, accountant, controller.strategy))
     controller.subscribe(HistoryWriter(history))
     for observer in observers:
         controller.subscribe(observer)
@@ -244,27 +245,39 @@ async def run_experiment_async(
 
 
 def _released_after(history: History, run_id: str, checkpointed: int) -> dict[int, list[tuple[str, float | None]]]:
-    """The rounds the history holds after the checkpoint, each with the clients that trained in it and their
-    straggler cuts (None: a full round; also in a history from before the column): such a round was published
-    (its model stored, its metrics recorded) before the process died, and the resumed run redoes it."""
-    released: dict[int, list[tuple[str, float | None]]] = {
-        row["round"]: [] for row in history.rounds(run_id) if row["round"] > checkpointed}
+    """The invocations recorded after the checkpoint that privacy accounting charged, by round, each with its client
+    and straggler cut (None: a full round; also in a history from before that column): those of a round published
+    (its model stored, its metrics recorded) before the process died, which the resumed run redoes, and those of the
+    round it was interrupted in, whose updates may have been read before the resume clears them. A history from
+    before the charged column charges by accounting.charged's rule."""
+    released: dict[int, list[tuple[str, float | None]]] = {}
     for row in history.invocations(run_id):
-        if row["round"] in released and spent_privacy(row["outcome"], row["stage"]):
-            released[row["round"]].append((row["client_id"], row.get("budget_epochs")))
+        decided = None if row.get("charged") is None else bool(row["charged"])
+        if row["round"] > checkpointed and charged(row["outcome"], row["cause"], row["stage"], decided):
+            released.setdefault(row["round"], []).append((row["client_id"], row.get("budget_epochs")))
     return released
 
 
-def _charge_released(released: dict[int, list[tuple[str, float | None]]], accountant: ExampleLevelAccountant | None,
-                     strategy: Strategy) -> None:
-    """Charge the rounds published before a crash to the restored accountants (their checkpoint predates them):
+def _published_after(store: Store, run_id: str, checkpointed: int) -> int:
+    """How many global models the store holds after the checkpoint's: rounds central DP noised and released (whoever
+    reads the store may have read them) that the checkpoint does not count, published in the history or not."""
+    published = 0
+    while store.exists(global_weights_key(run_id, checkpointed + published + 1)):
+        published += 1
+    return published
+
+
+def _charge_released(released: dict[int, list[tuple[str, float | None]]], published: int,
+                     accountant: ExampleLevelAccountant | None, strategy: Strategy) -> None:
+    """Charge what was released after the checkpoint to the restored accountants (their checkpoint predates it):
     redoing a round releases its clients' data a second time, so its first release is not free. Each invocation
-    is charged what it used: its planned round, or a straggler's cut."""
-    for invocations in released.values():
-        if accountant is not None:
+    is charged what it used: its planned round, or a straggler's cut; central DP each global model it noised."""
+    if accountant is not None:
+        for invocations in released.values():
             for client_id, budget_epochs in invocations:
                 accountant.charge(client_id, budget_epochs)
-        if isinstance(strategy, CentralDP):
+    if isinstance(strategy, CentralDP):
+        for _ in range(published):
             strategy.charge_released_round()
 
 

@@ -165,11 +165,12 @@ class PayloadError(ValueError):
 
 
 class ResultError(ValueError):
-    """A result does not answer its task; `cause` is the history's name for why ("late" or "invalid")."""
+    """A result does not answer its task; `cause` is the history's name for why ("late" or "invalid"); a late one
+    names the earlier round it answers (`answered_round`)."""
 
-    def __init__(self, message: str, cause: str) -> None:
+    def __init__(self, message: str, cause: str, answered_round: int | None = None) -> None:
         super().__init__(message)
-        self.cause = cause
+        self.cause, self.answered_round = cause, answered_round
 
 
 def make_task(*, run_id: str, round_number: int, client_id: str, model: dict[str, Any], weights: str, data: str,
@@ -250,7 +251,8 @@ def parse_result(reply: Any, run_id: str, round_number: int, client_id: str, upd
     if (reply.get("run_id") == run_id and type(answered_round) is int and answered_round < round_number
             and reply.get("client_id") == client_id):
         # an earlier round's result, delivered late: never mixed into this round
-        raise ResultError(f"a late result of round {answered_round} arrived in round {round_number}", "late")
+        raise ResultError(f"a late result of round {answered_round} arrived in round {round_number}", "late",
+                          answered_round)
     try:
         result = Result.model_validate(reply)
     except ValidationError as error:

@@ -99,8 +99,9 @@ def test_a_checkpoint_replays_each_run_of_equal_rounds_in_one_composition():
 
 
 class _Invocation:
-    def __init__(self, client_id, outcome="succeeded", round_number=None, budget_epochs=None):
+    def __init__(self, client_id, outcome="succeeded", round_number=None, budget_epochs=None, cause=None):
         self.client_id, self.outcome, self.round, self.budget_epochs = client_id, outcome, round_number, budget_epochs
+        self.cause = cause
 
 
 FACTS = {"steps": 20, "sampling_rate": 0.1, "batch_size": 4, "num_examples": 40, "noise_multiplier": 1.0,
@@ -133,7 +134,7 @@ def test_the_accountant_uses_its_own_facts_and_rejects_a_mismatching_report():
     assert "differ" in accountant.check_result("a", {"privacy": None})
     assert "no DP-SGD round planned" in accountant.check_result("z", {"privacy": FACTS})
     accountant(_Invocation("a"))
-    accountant(_Invocation("a", outcome="failed"))
+    accountant(_Invocation("a", outcome="failed", cause="auth"))  # refused before it read anything
     assert accountant.report("a").rounds == 1 and accountant.report("a").steps == 20
     accountant.close()
 
@@ -219,14 +220,15 @@ def test_a_rounds_simulated_stragglers_are_charged_their_steps_and_the_others_as
 def test_partial_work_stopped_by_a_real_time_budget_is_charged_its_planned_steps():
     """A function that reached train.budget_seconds took 7 of its 125 Poisson steps; how many fit in the time depends
     on the secret batch sizes, so the epsilon is dp-accounting's for the 125 planned (a simulated straggler's cut,
-    drawn before any example is read, is charged its own steps: the test above). A failed invocation spends nothing."""
+    drawn before any example is read, is charged its own steps: the test above). A throttled invocation, which never
+    ran, spends nothing."""
     facts = privacy_facts(1000, _train(32, 4, 1.1))
     assert facts["steps"] == 125
     ledger = ExampleLevelAccountant(1e-5, expected_facts={"a": facts}, straggler_steps=lambda client_id, epochs: 40)
     stopped = _Invocation("a", round_number=1)
     stopped.partial, stopped.steps = True, 7
     ledger(stopped)
-    ledger(_Invocation("a", outcome="failed", round_number=2))
+    ledger(_Invocation("a", outcome="failed", round_number=2, cause="throttled"))
     assert ledger.epsilon("a") == pytest.approx(_reference(1000, 32, 4, 1.1, "poisson", None, 1, 1e-5, "rdp"), rel=1e-9)
     assert (ledger.report("a").steps, ledger.report("a").rounds) == (125, 1)
     ledger.close()
@@ -388,4 +390,28 @@ def test_a_client_level_report_counts_rounds_where_an_example_level_one_counts_s
     example_level = PrivacyReport(epsilon=14.8, delta=1e-5, accountant="rdp", granularity="example-level",
                                   noise_multiplier=0.5, clip_norm=1.0, steps=46, sampling_rate=0.04457, rounds=2)
     assert "each example joins each step independently" in str(example_level)
-    assert str(example_level).endswith("46 steps at sampling rate 0.04457 over 2 rounds")
+    assert str(example_level).endswith("46 steps at sampling rate 0.04457 over 2 releases")
+    assert "steps" not in client_level.to_dict() and client_level.to_dict()["rounds"] == 3, \
+        "a client-level report's count is its rounds: no DP-SGD step is behind it"
+    assert (example_level.to_dict()["steps"], example_level.to_dict()["rounds"]) == (46, 2)
+
+
+@pytest.mark.parametrize("outcome, cause, stage, trained", [
+    ("succeeded", None, None, True), ("succeeded", None, "masked", True), ("succeeded", None, "keys", False),
+    *[("failed", cause, None, True) for cause in ("timeout", "crash", "deadline", "network", "error", "interrupted",
+                                                  "rejected", "invalid", "signature")],
+    ("failed", "timeout", "masked", True), ("failed", "timeout", "shares", False),
+    *[("failed", cause, None, False) for cause in ("auth", "throttled", "cannot_aggregate")],
+    ("discarded", "late", None, True),
+])
+def test_an_invocation_is_charged_when_its_function_may_have_trained(outcome, cause, stage, trained):
+    """What a failure's cause says about the training: a timeout, a crash, a missed deadline, a lost connection, an
+    error, an interrupted run or a refused result may all come after the update was written; a refused token, a
+    throttled call and a declared refusal never trained. A late reply trained, but is charged only where the
+    controller finds nothing charged for it (its decision, the event's `charged`; without one, never)."""
+    from fedless_nb.privacy.accounting import charged, may_have_trained
+
+    assert may_have_trained(outcome, cause, stage) is trained
+    assert charged(outcome, cause, stage, None) is (trained and outcome != "discarded")
+    assert charged(outcome, cause, stage, True) and not charged(outcome, cause, stage, False), "the decision wins"
+

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fedless_nb.privacy.accounting import DpRound, epsilon
+from fedless_nb.privacy.accounting import DpRound, NoPrivacyWarning, epsilon
 from fedless_nb.strategies import ClientUpdate, FedAvg, RunContext, make_strategy
 from fedless_nb.strategies.central_dp import (
     CentralDP, adapted_clip_norm, clipped_noised_mean, update_noise_multiplier,
@@ -41,7 +41,8 @@ def test_adaptive_clip_norm_moves_towards_the_target_quantile():
 
 def test_wrapper_feeds_the_noised_average_to_the_inner_strategy_and_accounts_per_round(tmp_path):
     strategy = CentralDP(make_strategy("fedavgm", {"server_learning_rate": 1.0}), noise_multiplier=0.0, clip_norm=1.0)
-    strategy.bind(RunContext("r", None, {}, clients=10, clients_per_round=2))
+    with pytest.warns(NoPrivacyWarning):  # noise 0 on purpose: the clipping is what is checked
+        strategy.bind(RunContext("r", None, {}, clients=10, clients_per_round=2))
     current = strategy.initialize([np.zeros(2, np.float32)])
     updates = [ClientUpdate("a", [np.array([3.0, 4.0], np.float32)], 100), ClientUpdate("b", [np.zeros(2, np.float32)], 1)]
     new = strategy.aggregate(1, current, updates)
@@ -162,6 +163,7 @@ def models_around(current, count, seed, scale=1.0):
 
 @pytest.mark.parametrize("clients, noise_multiplier, clip_norm", [(1, 0.0, 1.0), (3, 1.3, 0.5), (4, 0.7, 100.0),
                                                                    (10, 2.0, 1e-3)])
+@pytest.mark.filterwarnings("ignore::fedless_nb.privacy.accounting.NoPrivacyWarning")  # noise 0: Flower's clipping alone
 def test_fixed_clipping_agrees_with_flower_for_equal_counts(monkeypatch, clients, noise_multiplier, clip_norm):
     import flower_reference as flwr
 
@@ -207,6 +209,7 @@ def test_update_noise_multiplier_is_flowers(noise_multiplier):
 
 @pytest.mark.parametrize("clients_per_round, noise_multiplier, expected", [(40, 1.0, 2.0), (10, 1.0, 1.0),
                                                                            (30, 2.0, 2.0), (10, 0.0, 0.0)])
+@pytest.mark.filterwarnings("ignore::fedless_nb.privacy.accounting.NoPrivacyWarning")  # noise 0: no count noise either
 def test_default_count_noise_is_flowers_where_flowers_leaves_the_updates_noise(clients_per_round, noise_multiplier,
                                                                               expected):
     # m / 20 (Andrew et al., Flower) when that is at least z; z where Flower would raise (z >= m / 10) or
@@ -227,7 +230,8 @@ def test_a_zero_update_and_a_0d_layer_are_clipped():
     unchanged = [layer.copy() for layer in current]
     moved = [np.ones(3, np.float32), np.asarray(10.0, np.float32)]
     strategy = CentralDP(FedAvg(), noise_multiplier=0.0, clip_norm=1.0)
-    strategy.bind(RunContext("r", None, {}, clients=4, clients_per_round=2))
+    with pytest.warns(NoPrivacyWarning):  # noise 0 on purpose: the clipping is what is checked
+        strategy.bind(RunContext("r", None, {}, clients=4, clients_per_round=2))
     new = strategy.aggregate(1, current, [ClientUpdate("a", unchanged, 1), ClientUpdate("b", moved, 1)])
     scale = 1.0 / np.sqrt(103.0) / 2  # clipped to norm 1, over 2 expected clients
     np.testing.assert_allclose(new[0], np.full(3, scale), rtol=1e-6)
@@ -295,7 +299,8 @@ def test_a_privacy_budget_leaves_each_client_the_rate_the_client_level_accountan
 def test_an_adaptive_report_names_the_clip_norm_its_last_round_used():
     """The report agrees with the history's clip-norm column: the last round's C, not the next round's."""
     strategy = CentralDP(FedAvg(), noise_multiplier=0.0, clip_norm=1.0, adaptive=True)
-    strategy.bind(RunContext("r", None, {}, clients=4, clients_per_round=2))
+    with pytest.warns(NoPrivacyWarning):  # noise 0 on purpose: the clip norm's steps are what is checked
+        strategy.bind(RunContext("r", None, {}, clients=4, clients_per_round=2))
     current = strategy.initialize([np.zeros(2, np.float32)])
     small = [ClientUpdate(name, [np.array([0.03, 0.04], np.float32)], 10) for name in ("a", "b")]
     for round_number in (1, 2):

@@ -149,8 +149,8 @@ def test_epsilon_grows_with_rounds_and_falls_with_noise():
 
 
 class _Invocation:
-    def __init__(self, client_id, outcome="succeeded", stage=None):
-        self.client_id, self.outcome, self.stage = client_id, outcome, stage
+    def __init__(self, client_id, outcome="succeeded", stage=None, cause=None):
+        self.client_id, self.outcome, self.stage, self.cause = client_id, outcome, stage, cause
 
 
 def _facts(steps=20, sampling_rate=0.1, noise=1.0, clip=1.0):
@@ -164,7 +164,7 @@ def test_budget_skips_exhausted_clients_or_stops_the_run():
     accountant = ExampleLevelAccountant(1e-5, target_epsilon=(one_round + two_rounds) / 2,
                                         expected_facts={c: _facts() for c in "abc"})
     accountant(_Invocation("a"))
-    accountant(_Invocation("b", outcome="failed"))
+    accountant(_Invocation("b", outcome="failed", cause="throttled"))  # never ran
     assert accountant.epsilon("a") == pytest.approx(one_round) and accountant.epsilon("b") == 0.0
     assert not accountant.allows("a") and accountant.allows("b") and accountant.allows("c")
 
@@ -224,7 +224,7 @@ def test_privacy_report_states_what_dp_fy_ml_asks():
     text = str(report)
     for needle in ("epsilon = ", "delta = 1e-05", "PLD accountant", "unit: one example", "add-or-remove-one adjacency",
                    "Poisson", "example-level", "noise multiplier 1.3", "clip norm 0.8", "30 steps", "sampling rate 0.05",
-                   "over 1 round"):  # one round, counted in the singular (it read 'over 1 round(s)')
+                   "over 1 release"):  # one release, counted in the singular (it read 'over 1 round(s)')
         assert needle in text, needle
     assert "round(s)" not in text
     assert report.to_dict()["epsilon"] == pytest.approx(accountant.epsilon("a"))
@@ -306,3 +306,82 @@ def test_fedbuff_with_a_privacy_budget_lets_the_clients_in_flight_finish(tiny_co
     for row in rows:
         epsilon = result.accountant.epsilon(row["client_id"])
         assert epsilon == pytest.approx(reference(row["num_examples"], 1), rel=1e-9) and epsilon <= target
+
+
+class _ScriptedProvider:
+    """The local provider, with scripted misfortunes on the first attempt of some (round, client): "timeout" trains
+    and writes its update, then reports a timeout (the function ran to its end, its reply was lost); "refused" fails
+    as a function refusing its token would, without running; "ran_refused" runs, then reports that refusal; "resend"
+    answers with the client's round-1 reply (a resent late reply). Every other call runs as it is."""
+
+    def __init__(self, script):
+        from fedless_nb.providers import LocalProvider
+
+        self.inner, self.script, self.replies, self.attempts = LocalProvider("local", workers=2), script, {}, set()
+        self.name, self.kind, self.secret = self.inner.name, self.inner.kind, self.inner.secret
+
+    async def deploy(self, bundle=None):
+        await self.inner.deploy(bundle)
+
+    async def invoke(self, task):
+        from fedless_nb.providers import InvocationError
+
+        key = (task["round"], task["client_id"])
+        fault = None if key in self.attempts else self.script.get(key)
+        self.attempts.add(key)
+        if fault == "refused":
+            raise InvocationError("HTTP 403: the task's token was already used", "auth")
+        if fault == "resend":
+            return self.replies[1, task["client_id"]]
+        reply = await self.inner.invoke(task)
+        self.replies[key] = reply
+        if fault in ("timeout", "ran_refused"):
+            raise InvocationError("no reply within 60s", "timeout") if fault == "timeout" else \
+                InvocationError("HTTP 403: the task's token was already used", "auth")
+        return reply
+
+    async def close(self):
+        await self.inner.close()
+
+    def describe(self):
+        return self.inner.describe()
+
+
+def _dp_accounting_epsilon(planned, releases, delta):
+    """dp-accounting's epsilon of `releases` rounds of `planned` (a DpRound of Poisson-sampled DP-SGD steps)."""
+    import dp_accounting as dpa
+
+    step = dpa.PoissonSampledDpEvent(planned.sampling_rate, dpa.GaussianDpEvent(planned.noise_multiplier))
+    return dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(step, planned.steps * releases)).get_epsilon(delta)
+
+
+def test_every_invocation_that_may_have_trained_is_charged_once(tiny_config):
+    """Round 1: client 0 trains and writes its update but its reply is lost (a timeout), and its retry trains again;
+    client 1 is refused before it runs; client 3 trains, then reports a refusal. Round 2: client 2 resends its round-1
+    reply and client 3 its own (both late, discarded). Each client is charged every invocation that may have trained,
+    once: client 0 three times (both attempts of round 1, and round 2), client 1 once (round 2 only), client 2 once (its
+    late reply is the round-1 invocation already charged), client 3 once (its late reply shows that the invocation it
+    answers trained, which nothing charged). Each epsilon is dp-accounting's for those steps."""
+    from fedless_nb.records.history import History
+    from fedless_nb.runner import run_experiment
+
+    config = tiny_config(clients=4, clients_per_round=4, rounds=2, retries=1, retry_backoff=0.0,
+                         train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}})
+    provider = _ScriptedProvider({(1, "client-0000"): "timeout", (1, "client-0001"): "refused",
+                                  (1, "client-0003"): "ran_refused", (2, "client-0002"): "resend",
+                                  (2, "client-0003"): "resend"})
+    result = run_experiment(config, providers={"local": provider})
+    accountant = result.accountant
+    releases = {"client-0000": 3, "client-0001": 1, "client-0002": 1, "client-0003": 1}
+    for client_id, count in releases.items():
+        assert accountant.ledger.subjects[client_id].rounds == count, client_id
+        assert accountant.epsilon(client_id) == pytest.approx(
+            _dp_accounting_epsilon(accountant.planned[client_id], count, 1e-5), rel=1e-9), client_id
+    rows = [(i["round"], i["client_id"], i["outcome"], i["cause"], i["charged"])
+            for i in History(config.history).invocations(result.run_id)]
+    assert sorted(rows) == sorted([
+        (1, "client-0000", "failed", "timeout", 1), (1, "client-0000", "succeeded", None, 1),
+        (1, "client-0001", "failed", "auth", 0), (1, "client-0002", "succeeded", None, 1),
+        (1, "client-0003", "failed", "auth", 0),
+        (2, "client-0000", "succeeded", None, 1), (2, "client-0001", "succeeded", None, 1),
+        (2, "client-0002", "discarded", "late", 0), (2, "client-0003", "discarded", "late", 1)])

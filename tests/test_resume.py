@@ -396,3 +396,90 @@ def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(exec_w
     expected = _epsilons(config.history, uninterrupted.run_id)
     assert len(expected) == rounds and all(e > 0 for e in expected)
     assert _epsilons(history.path, killed["run_id"]) == expected
+
+
+def _charged_rows(history_path, run_id, first_round=1):
+    return [row for row in History(history_path).invocations(run_id) if row["charged"] and row["round"] >= first_round]
+
+
+def test_a_dp_run_interrupted_mid_round_is_charged_that_rounds_invocations_on_resume(tiny_config):
+    """Ctrl-C as round 2's first update arrives: the calls still running are recorded as interrupted (their functions
+    may train and write all the same), and the resumed run, which clears round 2's updates and redoes it, charges
+    every round-2 invocation of the first process too. Each client's epsilon is dp-accounting's over all of them."""
+    import dp_accounting as dpa
+
+    from fedless_nb.rounds.events import InvocationFinished as Finished
+
+    interrupted = []
+
+    def interrupt(event):
+        if isinstance(event, Finished) and event.round == 2 and not interrupted:
+            interrupted.append(event)
+            raise KeyboardInterrupt
+
+    config = tiny_config(rounds=3, clients=4, clients_per_round=4, train=DP_TRAIN)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, observers=[interrupt])
+    (died,) = History(config.history).runs()
+    first = _charged_rows(config.history, died["run_id"])
+    assert {row["cause"] for row in first if row["round"] == 2} >= {"interrupted"}, first
+    resumed = resume_experiment(died["run_id"], history=config.history)
+    assert resumed.status == "finished"
+    releases = [*first, *_charged_rows(config.history, died["run_id"], first_round=2)]
+    for client_id, planned in resumed.accountant.planned.items():
+        count = sum(row["client_id"] == client_id for row in releases)
+        assert count == 4 if any(row["client_id"] == client_id and row["round"] == 2 for row in first) else 3
+        step = dpa.PoissonSampledDpEvent(planned.sampling_rate, dpa.GaussianDpEvent(1.0))
+        reference = dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(step, planned.steps * count))
+        assert resumed.accountant.epsilon(client_id) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9), client_id
+
+
+def test_a_history_from_before_the_charged_column_charges_by_outcome_and_cause(tmp_path):
+    """A history written before invocations kept whether they were charged: a resume charges each invocation recorded
+    after the checkpoint that may have trained (a success, a timeout), not a refused one nor a late reply (the
+    invocation it answers was charged when it ended); where the column is kept, as recorded."""
+    import sqlite3
+
+    from fedless_nb.records.history import HistoryWriter
+    from fedless_nb.runner import _released_after
+
+    path = tmp_path / "old.db"
+    writer = HistoryWriter(History(path))
+    for client, outcome, cause, charged in [("client-0000", "succeeded", None, None), ("client-0001", "failed", "timeout", None),
+                                            ("client-0002", "failed", "auth", None), ("client-0003", "discarded", "late", None),
+                                            ("client-0004", "discarded", "late", True)]:
+        writer(InvocationFinished("r", 2, client, "local", outcome, 100.0, 101.0, cause=cause, charged=charged))
+    writer(RoundFinished("r", 2, 100.0, 102.0, 5, 1, 4, {}, {}))
+    writer.history.close()
+    assert _released_after(History(path), "r", 1) == {2: [("client-0000", None), ("client-0001", None),
+                                                          ("client-0004", None)]}
+    with sqlite3.connect(path) as connection:
+        connection.execute("alter table invocations drop column charged")
+    assert _released_after(History(path), "r", 1) == {2: [("client-0000", None), ("client-0001", None)]}
+    assert _released_after(History(path), "r", 2) == {}
+
+
+def test_a_central_dp_run_that_died_after_storing_a_noised_model_is_charged_for_it_on_resume(tiny_config):
+    """The process died after storing round 2's noised model, before the round reached the history: whoever reads the
+    store may have read that model, so the resumed run, which redoes round 2, is charged for it too (4 rounds)."""
+    config = tiny_config(rounds=3, clients=4, clients_per_round=2,
+                         central_dp={"noise_multiplier": 1.0, "clip_norm": 1.0})
+
+    def dying_after_the_store(controller):
+        evaluate, calls = controller.evaluate, []
+
+        def evaluated(weights):
+            calls.append(1)
+            if len(calls) == 2:  # round 2's model is in the store
+                raise KeyboardInterrupt
+            return evaluate(weights)
+        controller.evaluate = evaluated
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, on_controller=dying_after_the_store)
+    (died,) = History(config.history).runs()
+    assert [r["round"] for r in History(config.history).rounds(died["run_id"])] == [1]
+    central = resume_experiment(died["run_id"], history=config.history).strategy
+    assert central.rounds == 4, "rounds 1 to 3, and the first round-2 model"
+    assert central.epsilon() == pytest.approx(
+        _ledger_epsilon(central.dp_round(), 4, central.delta, central.accountant), rel=1e-12)

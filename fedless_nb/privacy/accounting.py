@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..wire import SECAGG_KEY_STAGES
+from ..wire import DECLARED_CAUSES, SECAGG_KEY_STAGES
 from ..wording import counted
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -356,6 +356,8 @@ class PrivacyReport:
     adaptive_clipping: bool = False  # clip_norm is then the last round's, as the history's clip-norm column shows
     steps: int = 0
     sampling_rate: float = 0.0
+    # client-level: the rounds noised; example-level: the client's releases, each invocation that may have trained
+    # (a round's, and each retried attempt's too), which the report words "over N releases"
     rounds: int = 0
     subject: str = ""
 
@@ -372,7 +374,7 @@ class PrivacyReport:
         who = f" for {self.subject}" if self.subject else ""
         sampling = SAMPLING_DESCRIPTIONS.get(self.sampling, self.sampling).format(unit=self.unit, step=self.step)
         clipping = f"clip norm {self.clip_norm:g}" + (" in the last round (adaptive)" if self.adaptive_clipping else "")
-        rounds = "" if self.step == "round" else f" over {counted(self.rounds, 'round')}"
+        rounds = "" if self.step == "round" else f" over {counted(self.rounds, 'release')}"
         return (
             f"{self.granularity} DP{who}: epsilon = {self.epsilon:.3f} at delta = {self.delta:g} "
             f"({self.accountant.upper()} accountant, unit: one {self.unit}, {self.adjacency} adjacency, "
@@ -381,14 +383,39 @@ class PrivacyReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "unit": self.unit}
+        """The report's fields and its unit. Client-level DP runs its mechanism once a round, so its count is `rounds`
+        alone: no DP-SGD step is behind it (its `steps` field, the same number, only words `str`)."""
+        fields = {**self.__dict__, "unit": self.unit}
+        if self.step == "round":
+            del fields["steps"]
+        return fields
 
 
-def spent_privacy(outcome: str | None, stage: str | None) -> bool:
-    """Whether an invocation (its outcome and secure-round stage, as events and the history give them) trained on
-    its client's data: a succeeded one, unless it is a secure round's key stage (keys, shares, reveal), which
-    succeeds without training; only the masked stage spends."""
-    return outcome == "succeeded" and stage not in SECAGG_KEY_STAGES
+# A failed invocation's causes that show its function never trained: it refused the task's token before reading
+# anything ("auth"), the platform never ran it ("throttled"), or the function declared why it refused the task
+# (wire.DECLARED_CAUSES). Any other failure may have trained and written its update first: a timeout, a crash, a
+# deadline the controller stopped waiting at, a lost connection, an error raised after the upload.
+UNTRAINED_CAUSES = frozenset({"auth", "throttled", *DECLARED_CAUSES})
+
+
+def may_have_trained(outcome: str | None, cause: str | None, stage: str | None) -> bool:
+    """Whether an invocation (its outcome, cause and secure-round stage, as events and the history give them) may have
+    trained on its client's data and written its update to the store, where whoever reads the store (the server's
+    operator, the store's provider) sees it: a succeeded one, a late reply (discarded), and a failed one unless its
+    cause shows it never trained (UNTRAINED_CAUSES). A secure round's key stages (keys, shares, reveal) never train."""
+    if stage in SECAGG_KEY_STAGES:
+        return False
+    return outcome in ("succeeded", "discarded") or (outcome == "failed" and cause not in UNTRAINED_CAUSES)
+
+
+def charged(outcome: str | None, cause: str | None, stage: str | None, decided: bool | None) -> bool:
+    """Whether the accountant charges an invocation: the controller's decision where it made one (`decided`, the event's
+    and the history's `charged`: once per invocation, a late reply only where nothing of its round was charged);
+    else (an event made elsewhere, a history from before the column) `may_have_trained`, a late reply never (the
+    invocation it answers was charged when it ended)."""
+    if decided is not None:
+        return decided
+    return outcome != "discarded" and may_have_trained(outcome, cause, stage)
 
 
 StragglerSteps = Callable[[str, float], int]  # (client, its task's budget_epochs) -> the steps that cut allows it
@@ -399,8 +426,10 @@ class ExampleLevelAccountant:
 
     `planned` is each client's round as the controller makes it (its DP settings, its partition
     size); `expected_facts` the privacy facts a function must report for it. An observer of the
-    controller's events: a client's succeeded training invocation adds its planned round to its
-    ledger, in a worker thread. `fits` answers whether a client may train once more, in the round a
+    controller's events: each invocation that may have trained (`charged`: succeeded, or failed in a way that
+    may have trained and written its update, such as a timeout; each attempt of a retried one on its own)
+    adds its planned round to its client's ledger, in a worker thread: DP-SGD on the clients protects against
+    whoever reads the store, so every update that may have reached it counts, not only the published ones. `fits` answers whether a client may train once more, in the round a
     round's draw gives it (its planned round, or a straggler's with its cut), without exceeding
     `target_epsilon`; `allows` whether its cheapest next round does (the cut one where a draw may cut it,
     `straggler_cut`): who may be selected before the draw. Reads wait for queued work (usually
@@ -412,8 +441,10 @@ class ExampleLevelAccountant:
     before any example is read, so the mechanism released is a shorter run fixed in advance. A real
     time budget's stop (train.budget_seconds, the round's deadline) stays charged as planned: how many
     steps fit in the time depends on the secret Poisson batch sizes, so the count taken is itself
-    data-dependent, and the planned steps bound it. A round redone on resume is charged from the
-    history's invocations, each with the cut it had (a history from before that column: as planned).
+    data-dependent, and the planned steps bound it. On resume, the invocations recorded after the checkpoint
+    (a round published before the crash and redone, an interrupted round whose updates the resume clears) are
+    charged from the history as they were charged, each with the cut it had (a history from before that column:
+    as planned).
     """
 
     def __init__(self, delta: float, accountant: str = "rdp", target_epsilon: float | None = None, *,
@@ -440,12 +471,13 @@ class ExampleLevelAccountant:
         self._pending: Future[Any] | None = None
 
     def __call__(self, event: Any) -> None:
-        if spent_privacy(getattr(event, "outcome", None), getattr(event, "stage", None)):
+        if charged(getattr(event, "outcome", None), getattr(event, "cause", None), getattr(event, "stage", None),
+                   getattr(event, "charged", None)):
             self.charge(event.client_id, getattr(event, "budget_epochs", None))
 
     def charge(self, client_id: str, budget_epochs: float | None = None) -> None:
-        """Add a succeeded training invocation to the client's ledger (one an event reports, or one of a round
-        published before a crash and redone after it): its planned round, or with a simulated straggler's cut
+        """Add an invocation that may have trained to the client's ledger (one an event reports, or one recorded after
+        the checkpoint a resumed run restarts from): its planned round, or with a simulated straggler's cut
         (`budget_epochs`) the shorter one that cut allows."""
         if client_id in self.planned:
             self._pending = self._worker.submit(self._add, client_id, self._taken(client_id, budget_epochs))

@@ -2,7 +2,8 @@
 
 Tables: runs (one row per run, with its config), rounds (timing and counts per round),
 invocations (one row per function call: client, provider, cold or warm, each timing,
-outcome, error text, estimated cost, staleness in async runs, the protocol stage in secure rounds),
+outcome, error text, estimated cost, staleness in async runs, the protocol stage in secure rounds, whether privacy
+accounting charged it),
 round_failures (why a run of a round could not finish, e.g. a secure round with too few clients left) and metrics (per round, long form:
 scope "eval", "train" or "privacy", name, value). The file uses WAL mode so a notebook can read a
 run while another process writes one, and several runs may share one file: writers wait for each
@@ -61,6 +62,7 @@ _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
         **{f"t_{name}": float for name in TIMINGS}, "cause": str, "error": str, "cost": float, "staleness": int,
         "steps": int, "partial": int, "stage": str,
         "budget_epochs": float,  # a simulated straggler's cut: a redone round's first release is charged by it
+        "charged": int,  # privacy accounting charged it (it may have trained): a resume charges these again
     }, "id"),
     "aggregations": ({  # aggregator functions' invocations (tree aggregation, rounds/tree.py)
         "id": int, "run_id": str, "round": int, "aggregator_id": str, "provider": str, "level": int, "outcome": str,
@@ -384,7 +386,7 @@ def _invocation_row(event: InvocationFinished, prices: CostModel) -> dict[str, A
         "cost": cost,
         "staleness": event.staleness, "stage": event.stage,
         "steps": event.steps, "partial": None if event.partial is None else int(event.partial),
-        "budget_epochs": event.budget_epochs,
+        "budget_epochs": event.budget_epochs, "charged": None if event.charged is None else int(event.charged),
     }
 
 

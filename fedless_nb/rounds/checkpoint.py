@@ -7,7 +7,9 @@ need it to continue exactly (the privacy accountant's ledger). It is written aft
 round is in the history, so a crash between the two makes the resumed run redo that round, and
 the history's idempotent round writes keep it counted once. A resumed run first clears what the
 round after its checkpoint wrote (updates of functions that finished after the controller died),
-since a function refuses a task whose update already exists as a replay.
+since a function refuses a task whose update already exists as a replay. Its privacy accountants are charged first
+for what was released after the checkpoint (runner._released_after): the invocations the history recorded, each
+as it was charged, and central DP's noised models in the store.
 """
 
 from __future__ import annotations

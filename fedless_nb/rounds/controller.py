@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
 from .events import InvocationFinished, Observer, RoundFinished, RunFinished, RunStarted, UpdateRejected
 from ..function.batching import local_steps, steps_under_cut
 from ..model import ModelSpec
-from ..privacy.accounting import PrivacyBudgetExhausted
+from ..privacy.accounting import PrivacyBudgetExhausted, may_have_trained
 from ..providers.base import InvocationError, Provider
 from .resilience import FailureTally, RoundPolicy, invoke_with_retries
 from ..security import ResultSignatureError, RunKey, client_key
@@ -60,6 +60,14 @@ def update_size_limit(model_bytes: int) -> int:
     an eighth more and 64 KiB. Tasks carry it (a presigned POST's content-length-range, a local store's
     write limit) and the controller checks it again before reading."""
     return model_bytes + model_bytes // 8 + 2**16
+
+
+class LateReply(InvocationError):
+    """A result of one of the client's earlier rounds (`answered_round`), delivered late: discarded."""
+
+    def __init__(self, error: ResultError) -> None:
+        super().__init__(str(error), "late")
+        self.answered_round = error.answered_round
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,10 @@ class Controller:
         self.checkpointed: dict[str, Any] = {}
         # Called with a resumed run's checkpoint once its state is restored, before the first round runs again.
         self.on_restore: list[Callable[[Checkpoint], None]] = []
+        # What dedupes a late reply's charge (_charged): each client's last round with a charged invocation, and the
+        # (round, client) pairs whose invocations so far were all uncharged (refused before training: few)
+        self._last_charged: dict[str, int] = {}
+        self._uncharged: set[tuple[int, str]] = set()
 
     def subscribe(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -436,8 +448,27 @@ class Controller:
             self.run_id, round_number, client.client_id, client.provider, "succeeded",
             max(started, finished - result.timings.total), finished,
             cold=result.cold, num_examples=num_examples, metrics=metrics, timings=result.timings.model_dump(),
-            privacy=None if result.privacy is None else result.privacy.model_dump(), **facts,
+            privacy=None if result.privacy is None else result.privacy.model_dump(),
+            charged=self._charged(round_number, client.client_id, "succeeded", None, facts.get("stage")), **facts,
         ))
+
+    def _charged(self, round_number: int, client_id: str, outcome: str, cause: str | None, stage: str | None,
+                 answered_round: int | None = None) -> bool:
+        """Whether privacy accounting charges this invocation: once for each that may have trained
+        (accounting.may_have_trained; every attempt of a retried one is its own), and a late reply only where no
+        invocation of the round it answers was charged (a resent reply, or the late result of an attempt charged when
+        it timed out, is the same training). A client's attempts at one round end one after the other."""
+        trained = may_have_trained(outcome, cause, stage)
+        if outcome == "discarded":
+            late = (answered_round, client_id)
+            trained = trained and late in self._uncharged
+            self._uncharged.discard(late)
+        elif trained:
+            self._last_charged[client_id] = round_number
+            self._uncharged.discard((round_number, client_id))
+        elif outcome == "failed" and self._last_charged.get(client_id) != round_number:
+            self._uncharged.add((round_number, client_id))
+        return trained
 
     async def _verified(self, round_number: int, client: ClientRef, call: asyncio.Future[dict[str, Any]],
                         key: str) -> tuple[Result, bytes]:
@@ -471,7 +502,7 @@ class Controller:
         try:
             return parse_result(reply, self.run_id, round_number, client.client_id, key)
         except ResultError as error:
-            raise InvocationError(str(error), error.cause) from None
+            raise (LateReply(error) if error.cause == "late" else InvocationError(str(error), error.cause)) from None
 
     @staticmethod
     def _example_count_checked(result: Result, client: ClientRef) -> Result:
@@ -563,11 +594,24 @@ class Controller:
                     f"{counted(expected[2], 'example')}")
         return None
 
+    async def abandon(self, calls: dict[asyncio.Future[Any], tuple[int, ClientRef, float]]) -> None:
+        """Cancel the calls (round, client, start) still running as the run is torn down (interrupted, or an error),
+        each recorded as failed with cause "interrupted": its function may train and write its update all the same,
+        so privacy accounting charges it, and a resume finds it in the history."""
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        for round_number, client, started in calls.values():
+            self.record_failure(round_number, client, InvocationError("the run stopped while it ran", "interrupted"),
+                                started)
+
     def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float, *,
                        stage: str | None = None) -> None:
         """A failed invocation, or a late result "discarded"; its start is the round's, since no function reported one."""
         outcome = "discarded" if error.cause == "late" else "failed"
+        answered = getattr(error, "answered_round", None)
         self.emit(InvocationFinished(
             self.run_id, round_number, client.client_id, client.provider, outcome, started, time.time(),
-            error=str(error), cause=error.cause, stage=stage,
+            error=str(error), cause=error.cause, stage=stage, answered_round=answered,
+            charged=self._charged(round_number, client.client_id, outcome, error.cause, stage, answered),
         ))

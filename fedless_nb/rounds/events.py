@@ -52,6 +52,10 @@ class InvocationFinished:
     partial: bool | None = None  # it stopped short of its epochs (time budget, or a simulated straggler)
     budget_epochs: float | None = None  # a simulated straggler's share of its epochs (its task's train.budget_epochs)
     stage: str | None = None  # secure aggregation: the protocol stage this invocation ran (keys, shares, check, masked, reveal)
+    # Whether privacy accounting charges it (privacy/accounting.py's charged): the controller's decision, once per
+    # invocation that may have trained; None for an event made elsewhere, which the rule alone decides
+    charged: bool | None = None
+    answered_round: int | None = None  # a late reply (discarded): the earlier round its result answers
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,10 @@ class FedBuff:
                                           [a.update for a in buffer])
                 buffer, window_started, window_failed, announced = [], time.time(), 0, False
                 yield version, weights
-        finally:  # the run is over or torn down: no invocation outlives it
+        except BaseException:  # torn down: the invocations still running are recorded (and charged) too
+            await controller.abandon({call: (d.version + 1, d.client, d.started) for call, d in in_flight.items()})
+            raise
+        finally:  # the run is over: no invocation outlives it
             for call in in_flight:
                 call.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)

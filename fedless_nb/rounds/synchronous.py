@@ -98,7 +98,11 @@ class SynchronousRounds:
                 update = await controller.collect(round_number, calls[call], call, weights, started, budget_epochs=cut)
                 if update is not None:
                     updates.append(update if streamed is None else streamed.add(update))
-        finally:  # the deadline passed, or the run is being torn down: no call outlives its round
+        except BaseException:  # the run is being torn down: the calls still running are recorded (and charged) too
+            await controller.abandon({call: (round_number, calls[call], started) for call in pending})
+            pending.clear()
+            raise
+        finally:  # the deadline passed: no call outlives its round
             for call in pending:
                 call.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
