@@ -13,6 +13,7 @@ import yaml
 
 from fedless_nb.experiment import ExperimentConfig
 from fedless_nb.privacy.accounting import PrivacyLedger
+from fedless_nb.providers.zygote import ZYGOTE_VARIABLE
 from fedless_nb.rounds.checkpoint import Checkpoint, checkpoint_key, decode_checkpoint, encode_checkpoint
 from fedless_nb.records.history import History
 from fedless_nb.rounds.events import InvocationFinished, RoundFinished
@@ -389,14 +390,18 @@ def _kill_while_round_runs(process, history_path, store_path, round_number):
 
 @pytest.mark.slow
 def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(
-        exec_workers, tmp_path, tiny_config, uninterrupted):
+        exec_workers, worker_zygote, monkeypatch, tmp_path, tiny_config, uninterrupted):
     """Killed with round 3 in flight: the functions that finished after the controller died left their round-3
-    updates, which the resumed run clears, so every function trains round 3 again (none refuses a replay)."""
+    updates, which the resumed run clears, so every function trains round 3 again (none refuses a replay). Only the
+    killed run needs workers of its own that outlive it; the resume and the uninterrupted run fork theirs from the
+    zygote, as every other run here does."""
     rounds = 4
     config = tiny_config(rounds=rounds, clients=4, clients_per_round=2, train={**DP_TRAIN, "epochs": 3})
     path = tmp_path / "experiment.yaml"
     path.write_text(config.to_yaml())
     killed = _kill_while_round_runs(_cli("run", str(path)), config.history, config.store.path, 3)
+    if worker_zygote is not None:
+        monkeypatch.setenv(ZYGOTE_VARIABLE, worker_zygote.socket_path)
 
     resumed = _cli("resume", killed["run_id"], "--history", config.history)
     output, _ = resumed.communicate(timeout=300)
