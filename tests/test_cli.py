@@ -202,30 +202,30 @@ def test_a_config_path_that_is_no_yaml_file_is_one_line(tmp_path, make, message)
 def test_ctrl_c_stops_a_run_with_one_line_naming_the_resume_command_which_finishes_it(tmp_path):
     from fedless_nb.records.history import History
 
-    process = subprocess.Popen([sys.executable, "-m", "fedless_nb", "run", str(_write_config(tmp_path, rounds=20))],
+    process = subprocess.Popen([sys.executable, "-m", "fedless_nb", "run", str(_write_config(tmp_path, rounds=5))],
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=as_a_terminal_starts_it)
     for line in process.stdout:
-        if line.startswith("Round 1/20"):
+        if line.startswith("Round 1/5"):
             process.send_signal(signal.SIGINT)  # what Ctrl-C sends
             break
     out, err = process.communicate(timeout=300)
     (run,) = History(tmp_path / "runs.db").runs()
-    assert process.returncode == 130 and run["status"] == "stopped" and 1 <= run["rounds_completed"] < 20
+    assert process.returncode == 130 and run["status"] == "stopped" and 1 <= run["rounds_completed"] < 5
     assert "Traceback" not in out + err and err == ""
     assert (f"Run {run['run_id']} stopped after round {run['rounds_completed']}; the history keeps every finished "
             f"round. Continue it with: fedless-nb resume {run['run_id']} --history runs.db") in out.replace("\n", " ")
 
     resumed = fedless("resume", run["run_id"], "--history", "runs.db", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert [row["round"] for row in History(tmp_path / "runs.db").rounds(run["run_id"])] == list(range(1, 21))
+    assert [row["round"] for row in History(tmp_path / "runs.db").rounds(run["run_id"])] == list(range(1, 6))
     # a resume says so, and its totals are the whole run's: its table listed only the rounds after the resume
     done = run["rounds_completed"]
     lines = resumed.stdout.splitlines()
-    assert lines[0] == (f"Run {run['run_id']} resumes from round {done + 1} of 20: 4 clients, "
+    assert lines[0] == (f"Run {run['run_id']} resumes from round {done + 1} of 5: 4 clients, "
                         f"{counted(done, 'round')} done before")
     table_rounds = [int(line.split()[1]) for line in lines if re.match(r"^│\s+\d+ │", line)]
-    assert table_rounds == list(range(1, 21)) and "Run finished: 20 rounds, final accuracy" in resumed.stdout
+    assert table_rounds == list(range(1, 6)) and "Run finished: 5 rounds, final accuracy" in resumed.stdout
 
 
 @pytest.mark.slow

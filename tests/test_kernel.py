@@ -403,7 +403,7 @@ def test_interrupting_a_cell_that_awaits_a_background_run_stops_the_run_with_one
 
 @pytest.mark.slow
 def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_and_resumes(exec_workers, kernel, tmp_path):
-    kernel.run(f"run = %fedless_train {TINY} --rounds 40 --dashboard none --background")
+    kernel.run(f"run = %fedless_train {TINY} --rounds 10 --dashboard none --background")
     history_path = tmp_path / "fedless_history.db"
     deadline = time.time() + 300
     while not (runs := History(history_path).runs()) or runs[0]["rounds_completed"] < 1:
@@ -420,7 +420,7 @@ def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_an
         "runs = %fedless_history\nprint(runs.run_id[0], runs.status[0])").splitlines()]
     assert status == "interrupted", "the dead kernel's run trains no more; the history does not say running"
     assert kernel.run(f"resumed = %fedless_resume {run_id} --dashboard none\nprint(resumed.status)", timeout=600).endswith("finished")
-    assert History(history_path).run(run_id)["rounds_completed"] == 40
+    assert History(history_path).run(run_id)["rounds_completed"] == 10
 
 
 def complete(kernel, code):

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from fedless_nb.experiment import ExperimentConfig
 from fedless_nb.privacy.accounting import PrivacyLedger
+from fedless_nb.providers.zygote import ZYGOTE_VARIABLE
 from fedless_nb.rounds.checkpoint import Checkpoint, checkpoint_key, decode_checkpoint, encode_checkpoint
 from fedless_nb.records.history import History
 from fedless_nb.rounds.events import InvocationFinished, RoundFinished
@@ -71,22 +74,40 @@ def _epsilons(history_path, run_id):
     return [r["privacy_epsilon_max"] for r in History(history_path).rounds(run_id)]
 
 
-def _stopped_resumed_and_uninterrupted(config, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """`uninterrupted(config)`: the result of `config` run without a stop, in a history and store of its own, run once
+    per module for each config (apart from where its history and store are): tests that compare a resumed run with
+    the uninterrupted one of the same config share it. Its result is read, never changed."""
+    results = {}
+
+    def run(config):
+        data = config.to_dict()
+        key = yaml.safe_dump({name: value for name, value in data.items() if name not in ("history", "store")})
+        if key not in results:
+            directory = tmp_path_factory.mktemp("uninterrupted")
+            results[key] = run_experiment(ExperimentConfig.from_dict(
+                {**data, "history": str(directory / "history.db"), "store": {**data["store"], "path": str(directory / "store")}}))
+        return results[key]
+
+    return run
+
+
+def _stopped_resumed_and_uninterrupted(config, uninterrupted):
     """The run of `config` stopped after round 1 and resumed, and the same config run without a stop (its own history)."""
     stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
     assert stopped.status == "stopped" and len(stopped.round_metrics) == 1
     resumed = resume_experiment(stopped.run_id, history=config.history)
-    config.history = str(tmp_path / "uninterrupted.db")
-    return resumed, run_experiment(config)
+    return resumed, uninterrupted(config)
 
 
-def test_a_stopped_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_config, tmp_path):
+def test_a_stopped_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_config, uninterrupted):
     config = tiny_config(rounds=3, clients=4, clients_per_round=2, train=DP_TRAIN)
-    resumed, uninterrupted = _stopped_resumed_and_uninterrupted(config, tmp_path)
-    assert _epsilons(resumed.config.history, resumed.run_id) == _epsilons(config.history, uninterrupted.run_id)
-    for client_id in uninterrupted.accountant.ledger.subjects:
-        assert resumed.accountant.epsilon(client_id) == uninterrupted.accountant.epsilon(client_id)
-    assert resumed.privacy_report().epsilon == uninterrupted.privacy_report().epsilon
+    resumed, reference = _stopped_resumed_and_uninterrupted(config, uninterrupted)
+    assert _epsilons(resumed.config.history, resumed.run_id) == _epsilons(reference.config.history, reference.run_id)
+    for client_id in reference.accountant.ledger.subjects:
+        assert resumed.accountant.epsilon(client_id) == reference.accountant.epsilon(client_id)
+    assert resumed.privacy_report().epsilon == reference.privacy_report().epsilon
 
 
 
@@ -224,22 +245,23 @@ def test_a_central_dp_run_that_died_between_its_history_and_its_checkpoint_charg
 
 @pytest.mark.parametrize("strategy", [{"name": "fedadam"}, {"name": "fedavgm", "options": {"server_momentum": 0.9}},
                                       {"name": "scaffold"}])
-def test_a_stopped_run_with_server_state_resumes_to_the_uninterrupted_model_bit_for_bit(tiny_config, tmp_path, strategy):
+def test_a_stopped_run_with_server_state_resumes_to_the_uninterrupted_model_bit_for_bit(tiny_config, uninterrupted,
+                                                                                       strategy):
     """FedAdam's moments, FedAvgM's momentum and SCAFFOLD's control variates go through the checkpoint (float64
     arrays, as .npy) and the clients train deterministically under the seed, so nothing may differ at all."""
     config = tiny_config(rounds=3, clients=4, clients_per_round=2, strategy=strategy)
-    resumed, uninterrupted = _stopped_resumed_and_uninterrupted(config, tmp_path)
-    for layer, expected in zip(resumed.weights, uninterrupted.weights):
+    resumed, reference = _stopped_resumed_and_uninterrupted(config, uninterrupted)
+    for layer, expected in zip(resumed.weights, reference.weights):
         np.testing.assert_array_equal(layer, expected)
     for name, arrays in resumed.strategy.state().items():
         if isinstance(arrays, list) and arrays and isinstance(arrays[0], np.ndarray):
-            for array, expected in zip(arrays, uninterrupted.strategy.state()[name]):
+            for array, expected in zip(arrays, reference.strategy.state()[name]):
                 assert array.dtype == np.float64
                 np.testing.assert_array_equal(array, expected)
 
 
 def test_a_scaffold_run_that_died_between_its_history_and_its_checkpoint_resumes_to_the_uninterrupted_model(
-        tiny_config, tmp_path):
+        tiny_config, tmp_path, uninterrupted):
     """Round 2's aggregation had written the clients' new c_i when the run died before checkpointing round 2: under
     one fixed key per client the resumed round 2 started from those, not from round 1's (max difference 0.09)."""
     config = tiny_config(rounds=3, clients=4, clients_per_round=2, strategy={"name": "scaffold"})
@@ -247,12 +269,11 @@ def test_a_scaffold_run_that_died_between_its_history_and_its_checkpoint_resumes
         run_experiment(config, observers=[_interrupt_after_recording(2)])
     (died,) = History(config.history).runs()
     resumed = resume_experiment(died["run_id"], history=config.history)
-    config.history = str(tmp_path / "uninterrupted.db")
-    uninterrupted = run_experiment(config)
-    for layer, expected in zip(resumed.weights, uninterrupted.weights):
+    reference = uninterrupted(config)
+    for layer, expected in zip(resumed.weights, reference.weights):
         np.testing.assert_allclose(layer, expected, rtol=0, atol=1e-6)
     controls = [path.name for path in (tmp_path / "store" / "runs" / died["run_id"]).glob("round-*/scaffold/*.control")]
-    trained = {i["client_id"] for i in History(config.history).invocations(uninterrupted.run_id)}
+    trained = {i["client_id"] for i in History(reference.config.history).invocations(reference.run_id)}
     assert {name.removesuffix(".control") for name in controls} == trained
     assert max(controls.count(name) for name in controls) <= 2, "a replaced c_i is deleted a round later"
 
@@ -270,7 +291,8 @@ def _to_legacy_scaffold_layout(store, run_id):
     return checkpoint
 
 
-def test_a_scaffold_checkpoint_from_before_per_round_control_variates_resumes_with_its_clients_c_i(tiny_config, tmp_path):
+def test_a_scaffold_checkpoint_from_before_per_round_control_variates_resumes_with_its_clients_c_i(
+        tiny_config, tmp_path, uninterrupted):
     """The old layout's c_i are read, not taken as zero (taken as zero, the model ended 0.08 off the uninterrupted one): resumed
     twice, so a client first selected after the second resume still finds its old c_i."""
     config = tiny_config(rounds=4, clients=4, clients_per_round=2, strategy={"name": "scaffold"})
@@ -278,26 +300,23 @@ def test_a_scaffold_checkpoint_from_before_per_round_control_variates_resumes_wi
     _to_legacy_scaffold_layout(tmp_path / "store", stopped.run_id)
     resume_experiment(stopped.run_id, history=config.history, on_controller=lambda c: c.request_stop())
     resumed = resume_experiment(stopped.run_id, history=config.history)
-    config.history = str(tmp_path / "uninterrupted.db")
-    uninterrupted = run_experiment(config)
-    for layer, expected in zip(resumed.weights, uninterrupted.weights):
+    for layer, expected in zip(resumed.weights, uninterrupted(config).weights):
         np.testing.assert_allclose(layer, expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("sampling", ["poisson", "fixed"])
-def test_a_stopped_central_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_config, tmp_path, sampling):
+def test_a_stopped_central_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(tiny_config, uninterrupted, sampling):
     config = tiny_config(rounds=3, clients=4, clients_per_round=2,
                          central_dp={"noise_multiplier": 1.0, "clip_norm": 1.0, "sampling": sampling})
     stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
     assert stopped.status == "stopped" and len(stopped.round_metrics) == 1
     resumed = resume_experiment(stopped.run_id, history=config.history)
-    config.history = str(tmp_path / "uninterrupted.db")
-    uninterrupted = run_experiment(config)
+    reference = uninterrupted(config)
     epsilons = [r["privacy_central_epsilon"] for r in History(resumed.config.history).rounds(resumed.run_id)]
-    expected = [r["privacy_central_epsilon"] for r in History(config.history).rounds(uninterrupted.run_id)]
+    expected = [r["privacy_central_epsilon"] for r in History(reference.config.history).rounds(reference.run_id)]
     assert len(expected) == 3 and expected[0] < expected[1] < expected[2]
     assert epsilons == expected
-    assert resumed.privacy_report().epsilon == uninterrupted.privacy_report().epsilon == expected[-1]
+    assert resumed.privacy_report().epsilon == reference.privacy_report().epsilon == expected[-1]
 
 def _cli(*arguments, **options):
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -306,7 +325,7 @@ def _cli(*arguments, **options):
 
 
 @pytest.mark.slow
-def test_a_killed_controller_resumes_with_every_round_once(tmp_path, tiny_config):
+def test_a_killed_controller_resumes_with_every_round_once(tmp_path, tiny_config, uninterrupted):
     rounds = 8
     config = tiny_config(rounds=rounds, train={"epochs": 15, "batch_size": 32, "learning_rate": 0.05})
     path = tmp_path / "experiment.yaml"
@@ -343,9 +362,7 @@ def test_a_killed_controller_resumes_with_every_round_once(tmp_path, tiny_config
     assert len(invocations) == rounds * 4
     assert len({(i["round"], i["client_id"]) for i in invocations}) == rounds * 4, "no invocation counted twice"
 
-    config.history = str(tmp_path / "uninterrupted.db")
-    uninterrupted = run_experiment(config)
-    assert abs(history.final_metrics(killed["run_id"])["eval_accuracy"] - uninterrupted.final_accuracy) <= 0.03
+    assert abs(history.final_metrics(killed["run_id"])["eval_accuracy"] - uninterrupted(config).final_accuracy) <= 0.03
 
 
 def _kill_while_round_runs(process, history_path, store_path, round_number):
@@ -372,14 +389,19 @@ def _kill_while_round_runs(process, history_path, store_path, round_number):
 
 
 @pytest.mark.slow
-def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(exec_workers, tmp_path, tiny_config):
+def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(
+        exec_workers, worker_zygote, monkeypatch, tmp_path, tiny_config, uninterrupted):
     """Killed with round 3 in flight: the functions that finished after the controller died left their round-3
-    updates, which the resumed run clears, so every function trains round 3 again (none refuses a replay)."""
+    updates, which the resumed run clears, so every function trains round 3 again (none refuses a replay). Only the
+    killed run needs workers of its own that outlive it; the resume and the uninterrupted run fork theirs from the
+    zygote, as every other run here does."""
     rounds = 4
     config = tiny_config(rounds=rounds, clients=4, clients_per_round=2, train={**DP_TRAIN, "epochs": 3})
     path = tmp_path / "experiment.yaml"
     path.write_text(config.to_yaml())
     killed = _kill_while_round_runs(_cli("run", str(path)), config.history, config.store.path, 3)
+    if worker_zygote is not None:
+        monkeypatch.setenv(ZYGOTE_VARIABLE, worker_zygote.socket_path)
 
     resumed = _cli("resume", killed["run_id"], "--history", config.history)
     output, _ = resumed.communicate(timeout=300)
@@ -391,9 +413,8 @@ def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(exec_w
     invocations = history.invocations(killed["run_id"])
     assert len(invocations) == rounds * 2 and all(i["outcome"] == "succeeded" for i in invocations), invocations
 
-    config.history = str(tmp_path / "uninterrupted.db")
-    uninterrupted = run_experiment(config)
-    expected = _epsilons(config.history, uninterrupted.run_id)
+    reference = uninterrupted(config)
+    expected = _epsilons(reference.config.history, reference.run_id)
     assert len(expected) == rounds and all(e > 0 for e in expected)
     assert _epsilons(history.path, killed["run_id"]) == expected
 
