@@ -283,21 +283,27 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not a text file: give a YAML config") from None
-    data = parse_config_yaml(text, str(path))
-    if not text.strip() or (data == {} and "{" not in text):  # an unsaved or wrong file would silently run every default
+    data = _yaml_document(text, str(path))
+    if data is None:  # no document (empty, blank, comments only): an unsaved or wrong file would run every default
         raise ConfigError(f"config file {path} is empty: write the settings to change in it ({{}} runs every default)")
     return data
 
 
 def parse_config_yaml(text: str, source: str) -> dict[str, Any]:
-    """YAML text as plain data; `source` names it in the error (a file, a notebook cell)."""
+    """YAML text as plain data, {} where it holds no document; `source` names it in the error (a file, a notebook
+    cell)."""
+    data = _yaml_document(text, source)
+    return data if data is not None else {}
+
+
+def _yaml_document(text: str, source: str) -> Any:
+    """The YAML document in `text`, None where it holds none; `source` names it in the error."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{source} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
-    return data if data is not None else {}
 
 
 _TYPE_NAMES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool",

@@ -75,7 +75,7 @@ def test_yaml_errors_name_the_file_and_line(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
-    for text in ("", "\n  \n", "# rounds: 3\n"):
+    for text in ("", "\n  \n", "# rounds: 3\n", "# asynchronous: {buffer_size: 2}\n"):
         (tmp_path / "empty.yaml").write_text(text)
         with pytest.raises(ConfigError, match=r"empty.yaml is empty: write the settings to change in it \(\{\} runs every"):
             load_config(tmp_path / "empty.yaml")
