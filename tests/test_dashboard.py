@@ -405,3 +405,5 @@ def test_a_resumed_run_says_it_resumes_and_its_totals_and_charts_are_the_whole_r
         widgets(event)
     assert lines[-1] == "Run r1 finished: 3/3 rounds (resumed after round 2), 6 invocations, 1 failure, 2 cold starts"
     assert [round_number for round_number, _ in text.progress.metrics] == [1, 2, 3]
+    timeline = run_figure(widgets.progress).axes[-1]
+    assert (timeline.get_title(), timeline.get_xlabel()) == ("client timeline", "seconds since the resume after round 2")

@@ -129,10 +129,11 @@ class RunProgress:
         resumed = f" (resumed after round {self.resumed_from})" if self.resumed_from else ""
         return f"{self.rounds_done}/{self.total_rounds} rounds{resumed}"
 
-    def timeline_start(self) -> str:
-        """When the timeline's clock starts, as its axis names it: a resumed run's at the resume, since its earlier
-        invocations ran in another session and are not drawn."""
-        return f"the resume after round {self.resumed_from}" if self.resumed_from else "the run started"
+    def timeline_axis_label(self) -> str:
+        """The timeline's time axis, the live widget's and the saved record's: its clock starts at the run's start, a
+        resumed run's at the resume, since its earlier invocations ran in another session and are not drawn."""
+        since = f"the resume after round {self.resumed_from}" if self.resumed_from else "the run started"
+        return f"seconds since {since}"
 
     def round_line(self) -> str:
         event = self.last_round
@@ -276,7 +277,7 @@ class WidgetDashboard:
         state.update(event)
         if isinstance(event, RunStarted):
             self.bar.max = event.rounds
-            self.timeline.x_axis.label = f"seconds since {state.timeline_start()}"
+            self.timeline.x_axis.label = state.timeline_axis_label()
             self._draw_rounds()  # a resumed run's rounds before its checkpoint, and its totals so far
             if state.resumed_from:
                 self._draw_totals()

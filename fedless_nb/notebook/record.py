@@ -26,14 +26,14 @@ if TYPE_CHECKING:
     from .dashboard import RunProgress
 
 OUTCOME_COLORS = {"cold": "#1f77b4", "warm": "#2ca02c", "failed": "#d62728"}
+RECORD_DPI = 96
+STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.spines.top": False, "axes.spines.right": False}
 
 
 def client_label(client_id: str) -> str:
     """A timeline row's name: the client's own number ('0003' for client-0003), since rows hold only the clients
     seen so far, in order, and a row's index is not the client's."""
     return client_id.removeprefix("client-")
-RECORD_DPI = 96
-STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.spines.top": False, "axes.spines.right": False}
 
 Points = Sequence[tuple[float, float]]
 
@@ -55,9 +55,9 @@ def _plot_metric(axes: "matplotlib.axes.Axes", series: dict[str, Points], metric
 
 
 def _plot_timeline(axes: "matplotlib.axes.Axes", bars: Sequence[tuple[str, float, float, str, str]],
-                   since: str) -> None:
-    """A row per client, a bar per invocation from its start to its end, coloured cold, warm or failed; `since` names
-    when its clock starts (a resumed run's, at the resume: its earlier invocations ran in another session)."""
+                   time_label: str) -> None:
+    """A row per client, a bar per invocation from its start to its end, coloured cold, warm or failed; `time_label`
+    names when its clock starts (RunProgress.timeline_axis_label)."""
     clients = sorted({bar[0] for bar in bars})
     rows = {client: index for index, client in enumerate(clients)}
     for outcome, color in OUTCOME_COLORS.items():
@@ -69,7 +69,7 @@ def _plot_timeline(axes: "matplotlib.axes.Axes", bars: Sequence[tuple[str, float
     if len(clients) > 20:
         axes.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
     axes.set_ylabel("client")
-    axes.set_xlabel(f"seconds since {since}")
+    axes.set_xlabel(time_label)
     axes.set_title("client timeline")
     legend = [Patch(color=color, label=outcome) for outcome, color in OUTCOME_COLORS.items()]
     axes.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -97,7 +97,7 @@ def run_figure(progress: "RunProgress") -> Figure:
             axes = figure.add_subplot(grid[0, column])
             _plot_metric(axes, progress.series(metric), metric)
             axes.set_title(f"test {metric}")
-        _plot_timeline(figure.add_subplot(grid[1, :]), list(progress.bars), progress.timeline_start())
+        _plot_timeline(figure.add_subplot(grid[1, :]), list(progress.bars), progress.timeline_axis_label())
     return figure
 
 
