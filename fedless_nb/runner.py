@@ -195,9 +195,11 @@ async def run_experiment_async(
     accountant = _accountant(config, sizes)  # an unreachable privacy budget stops here, before anything is written
     await asyncio.sleep(0)  # a stop asked while preparing (Ctrl-C under asyncio.run, a notebook's interrupt) lands here
     store = make_store(config.store) if store is None else store
-    data_keys = write_client_data(store, dataset, config, partition)
     run_id = resume or new_run_id(config.name)
     checkpoint = _checkpoint(store, run_id) if resume else None
+    if resume and checkpoint is None:
+        _require_the_runs_store(config, run_id, store)  # before the store or the history is written
+    data_keys = write_client_data(store, dataset, config, partition)
     if checkpoint is not None:
         initial = _checkpointed_weights(store, run_id, checkpoint.round, built=initial)
     history = History(config.history)
@@ -402,6 +404,29 @@ def _checkpoint(store: Store, run_id: str) -> Checkpoint | None:
         return decode_checkpoint(store.get(checkpoint_key(run_id)))
     except MissingKeyError:
         return None
+
+
+def _require_the_runs_store(config: ExperimentConfig, run_id: str, store: Store) -> None:
+    """Refuse to resume a run that finished rounds from a store that never held it: a relative store.path read from
+    another folder names another store, where the run would start over from round 1 and its recorded rounds be
+    overwritten. A store holding the run's initial model but no checkpoint is the run's own (it died before its
+    first checkpoint), and the run restarts from round 1 as before."""
+    if store.exists(global_weights_key(run_id, 0)):
+        return
+    recorded = History.existing(config.history)
+    try:
+        finished = recorded.run(run_id)["rounds_completed"] or 0
+    finally:
+        recorded.close()
+    if finished == 0:
+        return
+    done = f"run {run_id!r} finished {counted(finished, 'round')}"
+    if config.store.kind == "local" and not Path(config.store.path).is_absolute():
+        raise ResumeError(f"{done}, but its store.path {config.store.path!r} names {Path.cwd() / config.store.path} "
+                          "here, which holds nothing of it: resume it from the folder the run was started in")
+    place = config.store.path if config.store.kind == "local" else f"s3://{config.store.bucket}/{config.store.prefix}"
+    raise ResumeError(f"{done}, but its store {place} holds nothing of it: it cannot continue without the store it "
+                      "wrote (was the store moved or deleted?)")
 
 
 def _checkpointed_weights(store: Store, run_id: str, round_number: int, built: list[np.ndarray]) -> list[np.ndarray]:

@@ -44,6 +44,30 @@ def test_a_stopped_run_resumes_where_it_stopped(tiny_config):
         resume_experiment(stopped.run_id, history=config.history)
 
 
+def test_a_run_resumed_from_another_folder_is_refused_and_keeps_its_rounds(tiny_config, tmp_path, monkeypatch):
+    """A relative store.path read in another folder named an empty store there: the resume started over from round 1
+    and overwrote the rounds the history recorded. Now one line says where to resume it from, and nothing is written."""
+    for folder in ("started", "elsewhere"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "started")
+    config = tiny_config(rounds=2, store={"path": "store"})
+    stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
+    history = History(config.history)
+    recorded = history.rounds(stopped.run_id), history.invocations(stopped.run_id)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(ResumeError) as refused:
+        resume_experiment(stopped.run_id, history=config.history)
+    assert str(refused.value) == (
+        f"run {stopped.run_id!r} finished 1 round, but its store.path 'store' names {tmp_path / 'elsewhere' / 'store'} "
+        "here, which holds nothing of it: resume it from the folder the run was started in")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert (history.rounds(stopped.run_id), history.invocations(stopped.run_id)) == recorded
+    monkeypatch.chdir(tmp_path / "started")
+    assert resume_experiment(stopped.run_id, history=config.history).status == "finished"
+    assert [r["round"] for r in history.rounds(stopped.run_id)] == [1, 2]
+    assert history.rounds(stopped.run_id)[0] == recorded[0][0]  # round 1 as it was recorded, not trained again
+
+
 def test_a_resumed_fedlesscan_run_keeps_what_its_selection_learned(tiny_config, tmp_path):
     config = tiny_config(rounds=2, selection={"policy": "fedlesscan"})
     stopped = run_experiment(config, on_controller=lambda c: c.request_stop())
