@@ -365,10 +365,12 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 
 def _require_choice(value: str, choices: typing.Iterable[str], key: str) -> None:
-    """A value from `choices`; a misspelled one is refused naming the closest (mnsit: did you mean 'mnist'?)."""
+    """A value from `choices`; a misspelled one is refused naming the closest (mnsit: did you mean 'mnist'?), one in
+    another case by the value it spells (MNIST: 'mnist', which difflib, comparing case, found nothing near)."""
     choices = list(choices)
     if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
+        same_letters = [choice for choice in choices if choice.casefold() == str(value).casefold()]
+        close = same_letters or difflib.get_close_matches(str(value), choices, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"{key}: unknown value {value!r}{hint}; choose one of {', '.join(choices)}")
 

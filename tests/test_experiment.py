@@ -45,6 +45,9 @@ def test_nested_values_are_read():
     ({"train": {"optimizer": "lion"}}, "train.optimizer: unknown value 'lion'"),
     ({"data": {"dataset": "imagenet"}}, "data.dataset: unknown value 'imagenet'; choose one of .*digits"),
     ({"data": {"partition": "random"}}, "data.partition: unknown value 'random'"),
+    # a name in another case: difflib compares case, and found nothing near 'MNIST' or 'FedAvg'
+    ({"data": {"dataset": "MNIST"}}, r"data.dataset: unknown value 'MNIST' \(did you mean 'mnist'\?\)"),
+    ({"strategy": {"name": "FedAvg"}}, r"strategy.name: unknown value 'FedAvg' \(did you mean 'fedavg'\?\)"),
     ({"strategy": {"name": "fedsgd"}}, "strategy.name: unknown value 'fedsgd'"),
     ({"providers": [{"kind": "mainframe"}]}, r"providers\[0\].kind: unknown value 'mainframe'"),
     ({"providers": [{"workers": 0}]}, r"providers\[0\].workers: must be >= 1"),
