@@ -359,6 +359,14 @@ def _config_problem(error: ValidationError) -> str:
     return f"{key}: {detail['msg']}"
 
 
+def worded_by_options(message: str, options: typing.Mapping[str, str]) -> str:
+    """A config error's line (`key: problem`) with its key replaced by the option that set it, where `options`
+    (config key -> the option as the user typed it) has one: `--lr -1` was refused as `train.learning_rate: ...`,
+    a word that is nowhere on the user's line."""
+    key, colon, problem = message.partition(": ")
+    return f"{options[key]}: {problem}" if colon and key in options else message
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}")
