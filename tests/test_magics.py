@@ -137,7 +137,8 @@ class TorchLikeModule:
     ("--lr inf", None, "--lr: must be > 0 and finite, got inf"),
     ("--seed -1", None, "--seed: must be between 0 and 2**32 - 1, got -1"),
     ("--workers 0", None, "--workers: must be >= 1, got 0"),
-    ("--name 'my run'", None, "--name: must be 1-64 letters, digits and '._-' (it names the run's store keys), got 'my run'"),
+    ("--name 'my run'", None, "--name: must be 1-64 ASCII letters, digits and '._-', the first a letter or digit (it "
+                              "names the run's store keys), got 'my run' (did you mean 'my-run'?)"),
     ("--name " + "x" * 300, None, "got 300 characters"),
     ("--name 'baseline", None, "No closing quotation: close the quote in --name 'baseline"),
     ("--partition inner_dirichlet --sizes 1,x", None,
