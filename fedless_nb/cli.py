@@ -21,8 +21,9 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .rounds.events import Event, InvocationFinished, RoundFinished, RoundStarted, RunFinished, RunStarted
     from . import __version__
     from .errors import UserError
-    from .experiment import ConfigError, DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate
-    from .records.history import DEFAULT_HISTORY, History, pending_file
+    from .experiment import (ConfigError, DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate,
+                             worded_by_options)
+    from .records.history import DEFAULT_HISTORY, History, pending_file, with_history_option_typed
     from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
     from .model import MODEL_MODULE_HELP
     from .store.roots import STORE_ROOT_HELP
@@ -129,10 +130,7 @@ def demo_config(arguments: argparse.Namespace) -> ExperimentConfig:
     try:
         validate(config)
     except ConfigError as error:
-        key, _, problem = str(error).partition(": ")
-        if key in DEMO_OPTIONS:
-            raise ConfigError(f"{DEMO_OPTIONS[key]}: {problem}") from None
-        raise
+        raise ConfigError(worded_by_options(str(error), DEMO_OPTIONS)) from None
     return config
 
 
@@ -429,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = demo_config(arguments)
         return _run(config, console, command)
     except UserError as error:
-        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {with_history_option_typed(str(error))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C while a command reads data or loads TensorFlow (a run catches its own)
         console.print("Interrupted")

@@ -14,6 +14,7 @@ import difflib
 import math
 import re
 import typing
+import unicodedata
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -359,16 +360,26 @@ def _config_problem(error: ValidationError) -> str:
     return f"{key}: {detail['msg']}"
 
 
+def worded_by_options(message: str, options: typing.Mapping[str, str]) -> str:
+    """A config error's line (`key: problem`) with its key replaced by the option that set it, where `options`
+    (config key -> the option as the user typed it) has one: `--lr -1` was refused as `train.learning_rate: ...`,
+    a word that is nowhere on the user's line."""
+    key, colon, problem = message.partition(": ")
+    return f"{options[key]}: {problem}" if colon and key in options else message
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}")
 
 
 def _require_choice(value: str, choices: typing.Iterable[str], key: str) -> None:
-    """A value from `choices`; a misspelled one is refused naming the closest (mnsit: did you mean 'mnist'?)."""
+    """A value from `choices`; a misspelled one is refused naming the closest (mnsit: did you mean 'mnist'?), one in
+    another case by the value it spells (MNIST: 'mnist', which difflib, comparing case, found nothing near)."""
     choices = list(choices)
     if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
+        same_letters = [choice for choice in choices if choice.casefold() == str(value).casefold()]
+        close = same_letters or difflib.get_close_matches(str(value), choices, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"{key}: unknown value {value!r}{hint}; choose one of {', '.join(choices)}")
 
@@ -381,8 +392,9 @@ def validate(config: ExperimentConfig) -> None:
     from .strategies import STRATEGIES
 
     _require(bool(_RUN_NAME.fullmatch(config.name)), "name",
-             "must be 1-64 letters, digits and '._-' (it names the run's store keys), got "
-             + (repr(config.name) if len(config.name) <= 80 else f"{len(config.name)} characters"))
+             "must be 1-64 ASCII letters, digits and '._-', the first a letter or digit (it names the run's store "
+             "keys), got " + (repr(config.name) if len(config.name) <= 80 else f"{len(config.name)} characters")
+             + _name_suggestion(config.name))
     _require(0 <= config.seed < 2**32, "seed", f"must be between 0 and 2**32 - 1, got {config.seed}")
     _require(config.clients >= 1, "clients", f"must be >= 1, got {config.clients}")
     if config.clients_per_round is None:
@@ -587,6 +599,14 @@ def _validate_secure_aggregation(config: ExperimentConfig) -> None:
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _name_suggestion(name: str) -> str:
+    """' (did you mean 'Uberlauf'?)' for 'Überlauf', 'run-1' for 'run 1': a refused name's nearest one that a run
+    may have (accents dropped, other characters as '-'), where there is one."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    nearest = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_name).strip("-._")
+    return f" (did you mean {nearest!r}?)" if nearest != name and _RUN_NAME.fullmatch(nearest) else ""
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 

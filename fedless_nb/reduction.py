@@ -11,6 +11,7 @@ update's scale and weight; this module only adds, and it imports nothing of eith
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
@@ -230,10 +231,22 @@ def update_problem(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]
 
 
 def norm_problem(distance: float, bound: float) -> str | None:
-    """Why an update at L2 `distance` from the global model breaks the absolute bound `bound` (0: off), or None."""
+    """Why an update at L2 `distance` from the global model breaks the absolute bound `bound` (0: off), or None;
+    the line names the config key and the value that would accept the update, as a rejected update's reader must
+    learn what to change."""
     if bound > 0 and (distance > bound or not np.isfinite(distance)):
-        return f"the update's L2 norm {distance:.4g} exceeds max_update_norm {bound:g}"
+        remedy = (f"to accept it, raise max_update_norm to {rounded_up(distance)}, or set it to 0 to turn this bound off"
+                  if np.isfinite(distance) else "set max_update_norm to 0 to turn this bound off")
+        return f"the update's L2 norm {distance:.4g} exceeds max_update_norm {bound:g} ({remedy})"
     return None
+
+
+def rounded_up(value: float) -> str:
+    """`value` rounded up to 3 significant digits: a setting of it accepts what a rejection names (9.849 -> 9.85,
+    1234.5 -> 1240, 11.0 -> 11), where rounding to nearest could name one still too low."""
+    exponent = math.floor(math.log10(value)) - 2 if value > 0 else 0
+    digits = f"{math.ceil(value / 10**exponent) * 10**exponent:.{max(0, -exponent)}f}"
+    return digits.rstrip("0").rstrip(".") if "." in digits else digits
 
 
 def update_term(spec: SumSpec, update: Sequence[np.ndarray], current: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:

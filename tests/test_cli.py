@@ -183,8 +183,10 @@ def test_missing_config_file_and_unknown_run_are_clear(tmp_path):
     from fedless_nb.records.history import History
 
     History(tmp_path / "fedless_history.db").close()
-    completed = fedless("history", "no-such-run", cwd=tmp_path)
-    assert completed.returncode == 2 and "no run 'no-such-run'" in completed.stdout
+    for command in ("history", "resume"):  # the option a terminal takes, not the Python keyword beside it
+        completed = fedless(command, "no-such-run", cwd=tmp_path)
+        assert completed.returncode == 2 and completed.stdout == (
+            "error: no run 'no-such-run' in fedless_history.db; a run recorded in another file needs --history PATH\n")
 
 
 @pytest.mark.parametrize("make, message", [
@@ -462,7 +464,7 @@ def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp
     (["demo", "--clients", "3", "--clients-per-round", "5"],  # it named the config's key, clients_per_round
      "error: --clients-per-round: must be between 1 and clients (3), got 5"),
     (["demo", "--rounds", "0"], "error: --rounds: must be >= 1, got 0"),
-    (["history", "--history", "."], "error: . is a folder: name the history file in it with --history PATH"),
+    (["history", "--history", "."], "error: . is a folder: name the history file in it with --history PATH, for example"),
     (["run", "experiment.yaml", "--histroy", "x.db"],
      "fedless-nb run: error: unrecognized arguments: --histroy x.db; did you mean --history? (see fedless-nb run --help)"),
     (["package", "--provider", "functions_framework", "--out", "bundle/x"],

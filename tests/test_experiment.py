@@ -45,6 +45,9 @@ def test_nested_values_are_read():
     ({"train": {"optimizer": "lion"}}, "train.optimizer: unknown value 'lion'"),
     ({"data": {"dataset": "imagenet"}}, "data.dataset: unknown value 'imagenet'; choose one of .*digits"),
     ({"data": {"partition": "random"}}, "data.partition: unknown value 'random'"),
+    # a name in another case: difflib compares case, and found nothing near 'MNIST' or 'FedAvg'
+    ({"data": {"dataset": "MNIST"}}, r"data.dataset: unknown value 'MNIST' \(did you mean 'mnist'\?\)"),
+    ({"strategy": {"name": "FedAvg"}}, r"strategy.name: unknown value 'FedAvg' \(did you mean 'fedavg'\?\)"),
     ({"strategy": {"name": "fedsgd"}}, "strategy.name: unknown value 'fedsgd'"),
     ({"providers": [{"kind": "mainframe"}]}, r"providers\[0\].kind: unknown value 'mainframe'"),
     ({"providers": [{"workers": 0}]}, r"providers\[0\].workers: must be >= 1"),
@@ -87,9 +90,13 @@ def test_yaml_errors_name_the_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"name": "../other-run"}, "name: must be 1-64 letters, digits and '._-'"),
-    ({"name": "a/b"}, "name: must be 1-64 letters"),
-    ({"name": "run\n"}, "name: must be 1-64 letters"),
+    ({"name": "../other-run"}, "name: must be 1-64 ASCII letters, digits and '._-'"),
+    # 'letters' read as any letter: a name in the user's language was refused without a word of why
+    ({"name": "Überlauf-ä"}, r"name: must be 1-64 ASCII letters, .*got 'Überlauf-ä' \(did you mean 'Uberlauf-a'\?\)$"),
+    ({"name": "-run"}, r"the first a letter or digit .*got '-run' \(did you mean 'run'\?\)$"),
+    ({"name": "实验"}, r"got '实验'$"),  # nothing of it is ASCII: no name to offer
+    ({"name": "a/b"}, "name: must be 1-64 ASCII letters"),
+    ({"name": "run\n"}, "name: must be 1-64 ASCII letters"),
     ({"round_deadline": float("inf")}, "round_deadline: must be a finite number of seconds"),
     ({"round_deadline": float("nan")}, "round_deadline: must be a finite number of seconds"),
     ({"providers": [{"timeout": float("inf")}]}, r"providers\[0\].timeout: must be a finite number"),

@@ -517,7 +517,7 @@ def test_mistakes_found_before_the_start_are_one_line_and_leave_no_dashboard(exe
     assert reply["content"]["evalue"] == "unrecognized arguments: --learnin-rate (did you mean --learning-rate?)"
 
     reply, _ = kernel.execute("%fedless_train --dataset mnsit")
-    assert reply["content"]["evalue"].startswith("data.dataset: unknown value 'mnsit' (did you mean 'mnist'?); choose one of")
+    assert reply["content"]["evalue"].startswith("--dataset: unknown value 'mnsit' (did you mean 'mnist'?); choose one of")
 
     reply, _ = kernel.execute("%fedless_train?")
     (page,) = reply["content"]["payload"]

@@ -121,23 +121,24 @@ class TorchLikeModule:
     ("nothere", None, "no variable named 'nothere'"),
     ("number", None, "number holds a value of type int, not a Keras model"),
     ("--rounds many", None, "argument --rounds: invalid int value: 'many'"),
-    ("--rounds 0", None, "rounds: must be >= 1, got 0"),
-    ("--lr -1", None, "train.learning_rate: must be > 0"),
-    ("--partition fancy", None, "data.partition: unknown value 'fancy'"),
+    ("--rounds 0", None, "--rounds: must be >= 1, got 0"),
+    ("--lr -1", None, "--lr: must be > 0"),
+    ("--partition fancy", None, "--partition: unknown value 'fancy'"),
     ("--set train.epoch=2", None, "train.epoch: unknown key (did you mean 'epochs'?)"),
     ("--set train.epochs", None, "--set train.epochs: write KEY=VALUE"),
     ("--config missing.yaml", None, "config file missing.yaml does not exist"),
     ("", "rounds: [1\n", "the cell is not valid YAML at line 2"),
     ("", "- rounds\n", "config: must be a mapping"),
     ("--bogus", None, "unrecognized arguments: --bogus"),
-    ("--secagg --strategy krum", None, "strategy.name: krum needs each client's update, which secure aggregation hides"),
+    ("--secagg --strategy krum", None, "--strategy: krum needs each client's update, which secure aggregation hides"),
     ("--learnin-rate 0.1", None, "unrecognized arguments: --learnin-rate (did you mean --learning-rate?)"),
     ("torchlike --clients 4", None, "a TorchLikeModule looks like a PyTorch module (it has forward() and parameters()): "
                                     "fedless_nb trains Keras models"),
-    ("--lr inf", None, "train.learning_rate: must be > 0 and finite, got inf"),
-    ("--seed -1", None, "seed: must be between 0 and 2**32 - 1, got -1"),
-    ("--workers 0", None, "providers[0].workers: must be >= 1, got 0"),
-    ("--name 'my run'", None, "name: must be 1-64 letters, digits and '._-' (it names the run's store keys), got 'my run'"),
+    ("--lr inf", None, "--lr: must be > 0 and finite, got inf"),
+    ("--seed -1", None, "--seed: must be between 0 and 2**32 - 1, got -1"),
+    ("--workers 0", None, "--workers: must be >= 1, got 0"),
+    ("--name 'my run'", None, "--name: must be 1-64 ASCII letters, digits and '._-', the first a letter or digit (it "
+                              "names the run's store keys), got 'my run' (did you mean 'my-run'?)"),
     ("--name " + "x" * 300, None, "got 300 characters"),
     ("--name 'baseline", None, "No closing quotation: close the quote in --name 'baseline"),
     ("--partition inner_dirichlet --sizes 1,x", None,
@@ -242,7 +243,7 @@ def test_resume_continues_a_stopped_run_of_a_model_variable_and_refuses_in_one_l
         return str(result.error_in_exec)
 
     assert refused("nosuch") == ("no run 'nosuch' in fedless_history.db; a run recorded in another file needs "
-                                 "--history PATH (history=... in Python)")
+                                 "--history PATH")
     mistyped = stopped.run_id.replace("cut", "cat")
     assert refused(mistyped) == f"no run {mistyped!r} in fedless_history.db; did you mean {stopped.run_id!r}?"
     assert refused(f"{stopped.run_id} --history other.db").startswith("no history file other.db yet")
@@ -548,3 +549,32 @@ def test_the_teacher_removes_a_student_with_the_classroom_magic(shell):
     finally:
         with capture_output():
             shell.run_line_magic("fedless_classroom", "close")
+
+
+@pytest.mark.parametrize("line, cell, message", [
+    # each option as typed: one of two spellings, a beginning argparse takes, the form with '='
+    ("--learning-rate -1", None, "--learning-rate: must be > 0 and finite, got -1.0"),
+    ("--clients 4 --clients-per 9", None, "--clients-per-round: must be between 1 and clients (4), got 9"),
+    ("--clients 4 --clients-per-round=9", None, "--clients-per-round: must be between 1 and clients (4), got 9"),
+    ("--dataset MNIST", None, "--dataset: unknown value 'MNIST' (did you mean 'mnist'?)"),
+    ("--alpha 0.3 --clients 4", None, "--alpha: partition iid does not read it"),
+    ("--provider lamdba", None, "--provider: unknown value 'lamdba' (did you mean 'lambda'?)"),
+    # a key the user typed stays a key: in --set (which overrides the options), in the cell, in a config file
+    ("--lr 0.1 --set train.learning_rate=-1", None, "train.learning_rate: must be > 0 and finite, got -1"),
+    ("--clients 4", "clients_per_round: 9\n", "clients_per_round: must be between 1 and clients (4), got 9"),
+])
+def test_a_refused_value_is_named_as_the_user_gave_it(shell, line, cell, message):
+    """`%fedless_train --lr -1` said 'train.learning_rate: must be > 0', a key that is nowhere on the user's line."""
+    result = shell.run_cell(f"%%fedless_train {line}\n{cell}" if cell else f"%fedless_train {line}")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert str(result.error_in_exec).startswith(message)
+
+
+def test_partition_and_sweep_name_the_option_typed_and_a_swept_key_as_the_grid_names_it(shell, tmp_path):
+    with pytest.raises(UsageError, match=r"^--min-examples: partition iid does not read it"):
+        shell.run_line_magic("fedless_partition", "--min-examples 5 --clients 4")
+    with pytest.raises(UsageError, match=r"^--rounds: must be >= 1, got 0"):
+        shell.run_cell_magic("fedless_sweep", "--rounds 0", "strategy.name: [fedavg, fedprox]\n")
+    with pytest.raises(UsageError, match=r"^rounds: must be >= 1, got 0"):
+        shell.run_cell_magic("fedless_sweep", "--rounds 2", "rounds: [0, 1]\n")
+    assert list(tmp_path.iterdir()) == [], "nothing trained, nothing written"

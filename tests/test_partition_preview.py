@@ -85,7 +85,7 @@ def test_the_magic_previews_with_the_train_options_and_writes_nothing(shell, tmp
     sized = shell.run_line_magic("fedless_partition", "--partition inner_dirichlet --sizes 1,2,3 --clients 3 --seed 4")
     assert sized.sizes.tolist() == [240, 479, 718] and sized.seed == 4
     assert list(tmp_path.iterdir()) == [], "no history, no store"
-    for line, message in [("--partition exponential --base 1", "data.base: must be > 1, got 1.0"),
+    for line, message in [("--partition exponential --base 1", "^--base: must be > 1, got 1.0"),
                           ("--partition pathological --labels-per-client 11", "labels_per_client must be between 1"),
                           ("--sizes 1,x", "argument --sizes: write numbers separated by commas, such as 100,200,300; got '1,x'")]:
         with pytest.raises(UsageError, match=message):
@@ -113,12 +113,12 @@ def test_the_non_iid_tutorial_carries_the_previews_as_static_images():
 
 def test_an_option_the_partition_does_not_read_is_one_line_that_names_the_partitions_reading_it(shell, tmp_path):
     """--alpha with the default iid split would train IID data while the student believes it skewed."""
-    with pytest.raises(UsageError, match=r"^data.min_examples: partition iid does not read it, so it would change "
+    with pytest.raises(UsageError, match=r"^--min-examples: partition iid does not read it, so it would change "
                                          r"nothing: choose a partition that does \(dirichlet, linear, square, "
                                          r"exponential, power_law, lognormal\), or leave it out$"):
         shell.run_line_magic("fedless_partition", "--min-examples 5 --clients 4")
     for magic in ("fedless_partition", "fedless_train"):
-        with pytest.raises(UsageError, match=r"^data.alpha: partition iid does not read it"):
+        with pytest.raises(UsageError, match=r"^--alpha: partition iid does not read it"):
             shell.run_line_magic(magic, "--alpha 0.1 --clients 4")
     assert list(tmp_path.iterdir()) == [], "no history, no store"
     assert preview_partition("digits", "dirichlet", clients=4, alpha=0.3, min_examples=5).options["alpha"] == 0.3

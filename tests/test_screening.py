@@ -1,6 +1,8 @@
 """Norm screening at any round size: an absolute bound, the round's median from 3 updates on, and the median
 of recent rounds' accepted updates, in synchronous rounds and in FedBuff's buffers."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,32 @@ def test_a_boosted_signed_update_is_rejected_with_two_clients(tiny_config, mode)
 def test_max_update_norm_is_checked():
     with pytest.raises(ValueError, match="max_update_norm: must be >= 0"):
         ExperimentConfig.from_dict({"max_update_norm": -1})
+
+
+def _raised_setting(reason):
+    """(key, value) a rejection tells its reader to raise, as the line words it."""
+    key, value = re.search(r"to accept it, raise (max_norm_ratio|max_update_norm) (?:from \S+ )?to ([\d.]+), or set "
+                           r"it to 0 to turn", reason).groups()
+    return key, float(value)
+
+
+@pytest.mark.parametrize("earlier, last", [
+    ([], {"a": 1.0, "b": 1.1, "c": 0.9, "d": 9.87}),  # the round's median
+    ([{"a": 1.0, "b": 1.2, "c": 0.9}], {"d": 12.34}),  # the recent rounds' median
+    ([], {"a": 1.0, "b": 1234.5}),  # the absolute bound
+])
+def test_a_rejection_names_the_setting_that_rejected_it_and_the_value_that_accepts_the_update(earlier, last):
+    """tutorials/07 quotes max_norm_ratio, but a median rule's line said only 'more than 3x the round's median': its
+    reader could not tell which setting to change, nor to what."""
+    def screened(ratio, absolute):
+        screen = NormScreen(ratio=ratio, absolute=absolute)
+        for distances in earlier:
+            assert screen.outliers(distances) == {}
+        return screen.outliers(last)
+
+    settings = {"max_norm_ratio": 3.0, "max_update_norm": 20.0}
+    (client, reason), = screened(settings["max_norm_ratio"], settings["max_update_norm"]).items()
+    key, value = _raised_setting(reason)
+    assert value > settings[key] and "\n" not in reason
+    settings[key] = value
+    assert screened(settings["max_norm_ratio"], settings["max_update_norm"]) == {}, "the value named accepts it"

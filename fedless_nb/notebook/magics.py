@@ -28,9 +28,9 @@ from IPython.utils.process import arg_split
 from traitlets import CaselessStrEnum, Unicode
 
 from ..errors import UserError
-from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data
+from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data, worded_by_options
 from ..model import MODEL_MODULE_HELP
-from ..records.history import DEFAULT_HISTORY, History
+from ..records.history import DEFAULT_HISTORY, History, with_history_option_typed
 from ..store.roots import STORE_ROOT_HELP
 from ..wording import counted
 from .completion import config_values, register_option_completers
@@ -48,6 +48,8 @@ OPTION_KEYS = {
     "epochs": "train.epochs", "batch_size": "train.batch_size", "optimizer": "train.optimizer",
     "learning_rate": "train.learning_rate", "strategy": "strategy.name", "history": "history",
 }
+# options that set the one provider's keys (--provider classroom sets a provider per student: none is named by it)
+PROVIDER_OPTION_KEYS = {"provider": "providers[0].kind", "workers": "providers[0].workers"}
 RUNS_COLUMNS = ["run_id", "name", "status", "started", "rounds_completed", "rounds", "clients",
                 "eval_accuracy", "eval_loss"]
 
@@ -103,7 +105,7 @@ def user_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             page.page(str(help_page))
             return None
         except UserError as error:
-            raise UsageError(str(error)) from None
+            raise UsageError(with_history_option_typed(str(error))) from None
 
     return wrapper
 
@@ -172,7 +174,7 @@ def parse_options(magic: Callable[..., Any], line: str, help_page: str | None = 
     if "-h" in argv or "--help" in argv:
         raise HelpRequested(help_page or magic.__doc__)
     try:
-        return magic.parser.parse_args(argv)
+        args = magic.parser.parse_args(argv)
     except UsageError as error:
         message = str(error)
         if "unrecognized arguments:" not in message:
@@ -184,6 +186,39 @@ def parse_options(magic: Callable[..., Any], line: str, help_page: str | None = 
             if close:
                 raise UsageError(f"{message} (did you mean {' or '.join(close)}?)") from None
         raise
+    args.typed = typed_options(magic.parser, argv)
+    return args
+
+
+def typed_options(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, str]:
+    """Each option given -> the option as the user typed it (--lr or --learning-rate), written out whole where argparse
+    took a beginning of it (--clients-per): what a refusal of its value names."""
+    options = parser._option_string_actions
+    typed = {}
+    for word in argv:
+        name = word.split("=", 1)[0]
+        matches = [name] if name in options else [option for option in options if option.startswith(name)]
+        if name.startswith("--") and len(matches) == 1:
+            typed[options[matches[0]].dest] = matches[0]
+    return typed
+
+
+def keys_typed(args: Any, overridden: Any = ()) -> dict[str, str]:
+    """Config key -> the option that set it, as typed, for a refusal to name (experiment.worded_by_options); not the keys
+    `overridden` (a sweep's grid) or --set sets after the options, which the user typed as keys."""
+    typed = getattr(args, "typed", {})
+    keys = {key: typed[option] for option, key in {**OPTION_KEYS, **PROVIDER_OPTION_KEYS}.items() if option in typed}
+    settings = {setting.partition("=")[0].strip() for setting in getattr(args, "settings", [])}
+    return {key: option for key, option in keys.items() if key not in settings and key not in overridden}
+
+
+@contextlib.contextmanager
+def named_as_typed(args: Any, overridden: Any = ()) -> Iterator[None]:
+    """A refusal that names a config key the user set with an option names the option instead (user_errors shows it)."""
+    try:
+        yield
+    except UserError as error:
+        raise UserError(worded_by_options(str(error), keys_typed(args, overridden))) from None
 
 
 @magics_class
@@ -248,8 +283,9 @@ class FedlessMagics(Magics):
         from ..data import check_data_section_read
 
         args = parse_options(self.fedless_train, line)
-        config = self.experiment_config(args, cell)
-        check_data_section_read(config.data)  # --alpha with an iid split would change nothing
+        with named_as_typed(args):
+            config = self.experiment_config(args, cell)
+            check_data_section_read(config.data)  # --alpha with an iid split would change nothing
         model = self._user_model(args.model) if args.model else None
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell, model_name=args.model)
         observers = [dashboard] if dashboard is not None else []
@@ -385,8 +421,9 @@ class FedlessMagics(Magics):
         args = parse_options(self.fedless_partition, line)
         settings = {key.removeprefix("data."): getattr(args, option) for option, key in OPTION_KEYS.items()
                     if key.startswith("data.") and getattr(args, option) is not None}
-        check_options_read(settings, [settings.get("partition", DataConfig().partition)])  # as %fedless_train does
-        return preview_partition(clients=args.clients, seed=args.seed, **settings)
+        with named_as_typed(args):
+            check_options_read(settings, [settings.get("partition", DataConfig().partition)])  # as %fedless_train does
+            return preview_partition(clients=args.clients, seed=args.seed, **settings)
 
     # %%fedless_sweep -------------------------------------------------------------------------
     @cell_magic
@@ -405,7 +442,8 @@ class FedlessMagics(Magics):
                              "per setting")
         grid = parse_config_yaml(cell, "the cell") if cell.strip() else None
         model = self._user_model(args.model) if args.model else None
-        return run_sweep(self.config_data(args, None), grid, model=model)
+        with named_as_typed(args, overridden=grid if isinstance(grid, dict) else ()):
+            return run_sweep(self.config_data(args, None), grid, model=model)
 
     # %fedless_stop ----------------------------------------------------------------------------
     @magic_arguments()

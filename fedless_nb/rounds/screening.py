@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..reduction import norm_problem, update_problem
+from ..reduction import norm_problem, rounded_up, update_problem
 from ..strategies.base import ClientUpdate, Weights
 
 __all__ = ["NormScreen", "norm_outliers", "update_distance", "update_problem"]
@@ -52,9 +52,19 @@ def _round_outliers(distances: dict[str, float], ratio: float) -> dict[str, str]
         return {}
     median = float(np.median(list(distances.values())))
     return {
-        client_id: f"the update's L2 norm {distance:.4g} is more than {ratio:g}x the round's median {median:.4g}"
+        client_id: f"the update's L2 norm {distance:.4g} is more than {ratio:g}x the round's median {median:.4g} "
+                   f"({_ratio_remedy(ratio, distance, median)})"
         for client_id, distance in distances.items() if distance > ratio * median
     }
+
+
+def _ratio_remedy(ratio: float, distance: float, median: float) -> str:
+    """What a user who trusts the update changes: the config key `max_norm_ratio` (the `ratio` of both median rules), and
+    the value from which it would have been accepted."""
+    if median > 0 and np.isfinite(distance):
+        return (f"to accept it, raise max_norm_ratio from {ratio:g} to {rounded_up(distance / median)}, or set it to 0 "
+                "to turn the median rules off")
+    return f"max_norm_ratio is {ratio:g}: set it to 0 to turn the median rules off"
 
 
 class NormScreen:
@@ -73,7 +83,8 @@ class NormScreen:
         if self.ratio > 0 and recent:
             limit = self.ratio * float(np.median(recent))
             stale = {client_id: f"the update's L2 norm {distance:.4g} is more than {self.ratio:g}x the median of the "
-                                f"recent rounds' updates {limit / self.ratio:.4g}"
+                                f"recent rounds' updates {limit / self.ratio:.4g} "
+                                f"({_ratio_remedy(self.ratio, distance, limit / self.ratio)})"
                      for client_id, distance in distances.items() if distance > limit and client_id not in reasons}
             moved = (len(distances) >= MIN_UPDATES_FOR_NORM_RULE and len(stale) + len(reasons) == len(distances)
                      and set(stale) - set(round_outliers))
