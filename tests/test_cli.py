@@ -353,7 +353,8 @@ def test_demo_trains_and_reports_the_final_accuracy(tmp_path):
     ({"data": {"dataset": "femnist"}}, "dataset 'femnist' needs option 'path'"),
     ({"data": {"dataset": "digits", "options": {"colour": 1}}}, "dataset 'digits' has no option 'colour'"),
     ({"model": {"builder": "no_such_module:build"}}, "model builder 'no_such_module:build' cannot be imported"),
-    ({"clients": 2000, "clients_per_round": 2}, "num_clients (2000) is more than the 1437 training examples"),
+    ({"clients": 2000, "clients_per_round": 2},
+     "clients (2000) is more than the 1437 training examples: set clients to at most 1437"),
     ({"data": {"dataset": "breast_cancer", "max_rotation": 10}}, "'breast_cancer' is not images"),
     ({"data": {"partition": "pathological", "labels_per_client": 1}}, "4 clients x 1 labels_per_client leave some"),
 ])

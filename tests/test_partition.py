@@ -103,7 +103,7 @@ def test_dirichlet_respects_min_examples(alpha, min_examples, seed):
 
 def test_dirichlet_gives_up_with_advice():
     labels = np.repeat(np.arange(2), 10)
-    with pytest.raises(PartitionError, match="raise alpha, or lower min_examples or num_clients"):
+    with pytest.raises(PartitionError, match="raise alpha, or lower min_examples or clients"):
         partition_dirichlet(labels, 10, alpha=0.001, seed=0, min_examples=2)
 
 
@@ -154,9 +154,9 @@ def test_label_skew_bounds():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: partition_iid(10, 0, 0), "num_clients must be >= 1"),
-        (lambda: partition_iid(3, 4, 0), r"num_clients \(4\) is more than the 3 training examples"),
-        (lambda: partition_dirichlet(LABELS, 0, 1.0, 0), "num_clients must be >= 1"),
+        (lambda: partition_iid(10, 0, 0), "clients must be >= 1"),
+        (lambda: partition_iid(3, 4, 0), r"clients \(4\) is more than the 3 training examples"),
+        (lambda: partition_dirichlet(LABELS, 0, 1.0, 0), "clients must be >= 1"),
         (lambda: partition_dirichlet(LABELS[:5], 6, 1.0, 0), "more than the 5 training examples"),
         (lambda: partition_dirichlet(LABELS, 5, 0.0, 0), "alpha must be > 0"),
         (lambda: partition_dirichlet(LABELS, 5, -1.0, 0), "alpha must be > 0"),
@@ -165,9 +165,9 @@ def test_label_skew_bounds():
         (lambda: partition_dirichlet(LABELS.reshape(60, 10), 5, 1.0, 0), "labels must be a 1-D integer array"),
         (lambda: partition_shards(LABELS, 5, 0, 0), "shards_per_client must be >= 1"),
         (lambda: partition_shards(LABELS, 300, 3, 0), "900 shards is more than the 600 training examples"),
-        (lambda: partition_shards(LABELS, 700, 1, 0), r"num_clients \(700\) is more than"),
-        (lambda: partition_natural(GROUPS, 26, 0), r"num_clients \(26\) is more than the 25 writers/users"),
-        (lambda: partition_natural(GROUPS, 0, 0), "num_clients must be >= 1"),
+        (lambda: partition_shards(LABELS, 700, 1, 0), r"clients \(700\) is more than"),
+        (lambda: partition_natural(GROUPS, 26, 0), r"clients \(26\) is more than the 25 writers/users"),
+        (lambda: partition_natural(GROUPS, 0, 0), "clients must be >= 1"),
         (lambda: partition_dataset(dataset(), "natural", 2, 0), "needs a dataset with writers/users"),
         (lambda: partition_dataset(dataset(), "random", 2, 0), "unknown partition 'random'; choose one of iid"),
         (lambda: partition_dataset(dataset(), "dirichlet", 2, 0), "needs option 'alpha'"),
@@ -317,7 +317,7 @@ def test_every_partition_option_is_a_data_config_key_and_settings_reach_the_part
         (lambda: partition_exponential(600, 5, 0, base=1.0), "base must be > 1"),
         (lambda: partition_power_law(600, 5, 0, exponent=0), "exponent must be > 0"),
         (lambda: partition_lognormal(600, 5, 0, sigma=-1), "sigma must be >= 0"),
-        (lambda: partition_lognormal(600, 601, 0), r"num_clients \(601\) is more than the 600"),
+        (lambda: partition_lognormal(600, 601, 0), r"clients \(601\) is more than the 600"),
         (lambda: partition_inner_dirichlet(LABELS, 3, 0.0, 0), "alpha must be > 0"),
         (lambda: partition_inner_dirichlet(LABELS, 3, 1.0, 0, sizes=[1, 2]), "sizes must be 3 positive numbers"),
         (lambda: partition_inner_dirichlet(LABELS, 2, 1.0, 0, sizes=[1, -2]), "sizes must be 2 positive numbers"),

@@ -31,9 +31,10 @@ class PartitionError(UserError, ValueError):
 
 def _check_clients(num_clients: int, num_examples: int, unit: str = "training examples") -> None:
     if num_clients < 1:
-        raise PartitionError(f"num_clients must be >= 1, got {num_clients}")
+        raise PartitionError(f"clients must be >= 1, got {num_clients}")
     if num_clients > num_examples:
-        raise PartitionError(f"num_clients ({num_clients}) is more than the {num_examples} {unit}; lower num_clients")
+        raise PartitionError(f"clients ({num_clients}) is more than the {num_examples} {unit}: set clients to at most "
+                             f"{num_examples}")
 
 
 def _as_ids(values: Any, what: str) -> np.ndarray:
@@ -100,7 +101,7 @@ def partition_dirichlet(
             return _sorted_parts(parts)
     raise PartitionError(
         f"no Dirichlet draw in {DIRICHLET_MAX_DRAWS} gave all {num_clients} clients >= {min_examples} examples "
-        f"at alpha={alpha}; raise alpha, or lower min_examples or num_clients"
+        f"at alpha={alpha}; raise alpha, or lower min_examples or clients"
     )
 
 
@@ -118,7 +119,7 @@ def partition_shards(labels: Any, num_clients: int, shards_per_client: int, seed
     if num_shards > len(labels):
         raise PartitionError(
             f"{num_clients} clients x {shards_per_client} shards = {num_shards} shards is more than the "
-            f"{len(labels)} training examples; lower shards_per_client or num_clients"
+            f"{len(labels)} training examples; lower shards_per_client or clients"
         )
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(len(labels))
@@ -165,7 +166,7 @@ def partition_pathological(labels: Any, num_clients: int, labels_per_client: int
     if num_clients * labels_per_client < len(classes):
         raise PartitionError(
             f"{num_clients} clients x {labels_per_client} labels_per_client leave some of the {len(classes)} classes "
-            f"without a client; raise labels_per_client or num_clients"
+            f"without a client; raise labels_per_client or clients"
         )
     rng = np.random.default_rng(seed)
     holders_per_class = np.zeros(len(classes), dtype=np.int64)
@@ -180,7 +181,7 @@ def partition_pathological(labels: Any, num_clients: int, labels_per_client: int
         if len(members) < len(holders):
             raise PartitionError(
                 f"class {classes[class_index]} has {len(members)} examples for the {len(holders)} clients holding it; "
-                f"lower labels_per_client or num_clients"
+                f"lower labels_per_client or clients"
             )
         for client, share in zip(holders, np.array_split(members, len(holders))):
             parts[client].extend(share.tolist())
