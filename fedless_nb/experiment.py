@@ -607,6 +607,8 @@ def _name_suggestion(name: str) -> str:
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     nearest = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_name).strip("-._")
     return f" (did you mean {nearest!r}?)" if nearest != name and _RUN_NAME.fullmatch(nearest) else ""
+
+
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 

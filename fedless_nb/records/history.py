@@ -49,6 +49,8 @@ def with_history_option_typed(message: str) -> str:
     """An error's line as the terminal tool or a magic shows it: their users type `--history PATH`, never the Python
     keyword the history's own line names beside it for a caller it cannot tell."""
     return message.replace(HISTORY_OPTION, "--history PATH")
+
+
 TIMINGS = ("cold_start", "build", "load", "train", "upload", "total")
 
 _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
