@@ -312,7 +312,9 @@ class _ScriptedProvider:
     """The local provider, with scripted misfortunes on the first attempt of some (round, client): "timeout" trains
     and writes its update, then reports a timeout (the function ran to its end, its reply was lost); "refused" fails
     as a function refusing its token would, without running; "ran_refused" runs, then reports that refusal; "resend"
-    answers with the client's round-1 reply (a resent late reply). Every other call runs as it is."""
+    answers with the client's round-1 reply (a resent late reply); "malformed" sends the task without its update key,
+    which the function refuses; "old_refusal" fails as a function older than the declared refusal refuses it. Every
+    other call runs as it is."""
 
     def __init__(self, script):
         from fedless_nb.providers import LocalProvider
@@ -331,6 +333,10 @@ class _ScriptedProvider:
         self.attempts.add(key)
         if fault == "refused":
             raise InvocationError("HTTP 403: the task's token was already used", "auth")
+        if fault == "malformed":  # the real function refuses it (wire.check_task), before anything is read
+            return await self.inner.invoke({name: value for name, value in task.items() if name != "update"})
+        if fault == "old_refusal":  # a function from before the declared cause refuses it: the cause is "error"
+            raise InvocationError("HTTP 400: PayloadError: the task lacks update", "error")
         if fault == "resend":
             return self.replies[1, task["client_id"]]
         reply = await self.inner.invoke(task)
@@ -385,3 +391,48 @@ def test_every_invocation_that_may_have_trained_is_charged_once(tiny_config):
         (1, "client-0003", "failed", "auth", 0),
         (2, "client-0000", "succeeded", None, 1), (2, "client-0001", "succeeded", None, 1),
         (2, "client-0002", "discarded", "late", 0), (2, "client-0003", "discarded", "late", 1)])
+
+
+def test_a_task_the_function_refuses_before_training_is_not_charged(tiny_config):
+    """A function refuses a bad task (here one without its update key) before any training step and says so (cause
+    "refused"): nothing of its client's data was trained on, so nothing is charged. A function from before that cause
+    answers the same refusal as an error, which may have come after training: it stays charged. Each epsilon is
+    dp-accounting's. (On the old code the refusal's cause was "error" and client 0 was charged one release.)"""
+    from fedless_nb.records.history import History
+    from fedless_nb.runner import run_experiment
+
+    config = tiny_config(clients=3, clients_per_round=3, rounds=1,
+                         train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}})
+    provider = _ScriptedProvider({(1, "client-0000"): "malformed", (1, "client-0001"): "old_refusal"})
+    result = run_experiment(config, providers={"local": provider})
+    rows = [(i["client_id"], i["outcome"], i["cause"], i["charged"]) for i in History(config.history).invocations(result.run_id)]
+    assert sorted(rows) == [("client-0000", "failed", "refused", 0), ("client-0001", "failed", "error", 1),
+                            ("client-0002", "succeeded", None, 1)]
+    accountant = result.accountant
+    assert "client-0000" not in accountant.ledger.subjects and accountant.epsilon("client-0000") == 0.0
+    for client_id in ("client-0001", "client-0002"):
+        assert accountant.epsilon(client_id) == pytest.approx(
+            _dp_accounting_epsilon(accountant.planned[client_id], 1, 1e-5), rel=1e-9), client_id
+
+
+def test_every_function_path_declares_a_refusal_before_training(tmp_path, monkeypatch):
+    """The HTTP reply (serving.invoke, every template's adapter) declares "refused" for a bad task; a secure masked
+    stage's own checks (here: an unsigned function cannot seal its state) refuse it before it trains (they ran after
+    training on the old code, so the refusal came from a function that had trained)."""
+    from fedless_nb.function import serving
+
+    task = client_task(tmp_path)
+    status, reply = serving.invoke({name: value for name, value in task.items() if name != "update"})
+    assert status == 400 and reply["error"]["cause"] == "refused"
+
+    def trains(*args, **kwargs):
+        raise AssertionError("the function trained before refusing its task")
+
+    monkeypatch.setattr(client, "train_client", trains)
+    masked = {**task, "train": {**task["train"], "secagg": {"stage": "masked", "peers": ["client-0001"], "threshold": 2,
+                                                              "attempt": 1, "clipping_range": 8.0,
+                                                              "quantization_range": 2**16}}}
+    status, reply = serving.invoke(masked)
+    assert status == 400 and reply["error"]["cause"] == "refused", reply
+    assert "needs a function deployed with a run secret" in reply["error"]["message"]
+
