@@ -1,5 +1,6 @@
 """DP-SGD in the client step, the accountant against tensorflow-privacy, budgets, reports, and a DP run on digits."""
 
+import asyncio
 import re
 
 import numpy as np
@@ -313,8 +314,8 @@ class _ScriptedProvider:
     and writes its update, then reports a timeout (the function ran to its end, its reply was lost); "refused" fails
     as a function refusing its token would, without running; "ran_refused" runs, then reports that refusal; "resend"
     answers with the client's round-1 reply (a resent late reply); "malformed" sends the task without its update key,
-    which the function refuses; "old_refusal" fails as a function older than the declared refusal refuses it. Every
-    other call runs as it is."""
+    which the function refuses; "old_refusal" fails as a function older than the declared refusal refuses it; "slow"
+    runs for an hour. Every other call runs as it is."""
 
     def __init__(self, script):
         from fedless_nb.providers import LocalProvider
@@ -335,6 +336,8 @@ class _ScriptedProvider:
             raise InvocationError("HTTP 403: the task's token was already used", "auth")
         if fault == "malformed":  # the real function refuses it (wire.check_task), before anything is read
             return await self.inner.invoke({name: value for name, value in task.items() if name != "update"})
+        if fault == "slow":  # still running when the run ends
+            await asyncio.sleep(3600)
         if fault == "old_refusal":  # a function from before the declared cause refuses it: the cause is "error"
             raise InvocationError("HTTP 400: PayloadError: the task lacks update", "error")
         if fault == "resend":
@@ -436,3 +439,59 @@ def test_every_function_path_declares_a_refusal_before_training(tmp_path, monkey
     assert status == 400 and reply["error"]["cause"] == "refused", reply
     assert "needs a function deployed with a run secret" in reply["error"]["message"]
 
+
+def test_fedbuff_charges_the_calls_its_last_version_left_running(tiny_config):
+    """FedBuff ends once its last version is published, cancelling the clients still training: their functions may
+    train and write their updates all the same (a cancelled call stops only the controller's wait), so each is
+    recorded (cause "unfinished") and charged, and the published round keeps its rows. Client 0 is still running when
+    version 1 is published from clients 1 and 2: every client is charged one release, dp-accounting's epsilon (client
+    0 was charged nothing and had no row on the old code)."""
+    from fedless_nb.records.history import History
+    from fedless_nb.runner import run_experiment
+
+    config = tiny_config(clients=3, clients_per_round=3, rounds=1, mode="async",
+                         asynchronous={"concurrency": 3, "buffer_size": 2},
+                         train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}})
+    result = run_experiment(config, providers={"local": _ScriptedProvider({(1, "client-0000"): "slow"})})
+    rows = [(i["round"], i["client_id"], i["outcome"], i["cause"], i["charged"])
+            for i in History(config.history).invocations(result.run_id)]
+    assert sorted(rows) == [(1, "client-0000", "failed", "unfinished", 1), (1, "client-0001", "succeeded", None, 1),
+                            (1, "client-0002", "succeeded", None, 1)]
+    for client_id in ("client-0000", "client-0001", "client-0002"):
+        assert result.accountant.epsilon(client_id) == pytest.approx(
+            _dp_accounting_epsilon(result.accountant.planned[client_id], 1, 1e-5), rel=1e-9), client_id
+
+
+def test_a_secure_rounds_masked_calls_cancelled_at_teardown_are_recorded_and_charged(tmp_path):
+    """Ctrl-C (the run's task cancelled) as the first client of round 1's masked stage finishes: the other four were
+    still training. Each is recorded (cause "interrupted") and charged, as a plain round's are: its function may train
+    and write its masked update all the same (on the old code they had no row, so nothing charged them, nor a resume)."""
+    from fedless_nb.experiment import ExperimentConfig
+    from fedless_nb.records.history import History
+    from fedless_nb.rounds.events import InvocationFinished
+    from fedless_nb.runner import run_experiment_async
+
+    config = ExperimentConfig.from_dict({
+        "name": "secure", "clients": 5, "clients_per_round": 5, "rounds": 1, "retries": 0, "max_norm_ratio": 0,
+        "history": str(tmp_path / "history.db"), "store": {"path": str(tmp_path / "store")},
+        "model": {"builder": "mlp", "options": {"hidden_units": [16]}},
+        "train": {"epochs": 1, "batch_size": 32, "learning_rate": 0.1},
+        "providers": [{"kind": "local", "workers": 2}], "secure_aggregation": {}})
+
+    async def cancelled_in_the_masked_stage():
+        running = []
+
+        def stop_at_the_first_masked_invocation(event):
+            if isinstance(event, InvocationFinished) and event.stage == "masked":
+                running[0].cancel()
+
+        running.append(asyncio.ensure_future(run_experiment_async(config, observers=[stop_at_the_first_masked_invocation])))
+        with pytest.raises(asyncio.CancelledError):
+            await running[0]
+
+    asyncio.run(cancelled_in_the_masked_stage())
+    history = History(config.history)
+    (run,) = history.runs()
+    masked = [(i["outcome"], i["cause"], i["charged"]) for i in history.invocations(run["run_id"]) if i["stage"] == "masked"]
+    assert len(masked) == 5 and masked.count(("failed", "interrupted", 1)) >= 3, masked
+    assert all(charged == 1 for _, _, charged in masked)

@@ -184,10 +184,15 @@ class History:
                                [run_id, round_number]).fetchone()[0]
 
     def record_invocations(self, invocations: list[InvocationFinished]) -> None:
-        """Invocations of a round that never finished; they are replaced if the round is recorded later."""
+        """Invocations recorded as the run ended: those of a round that never finished (they are replaced if the round
+        is recorded later), and those an asynchronous run's end left running of a round already recorded, which join
+        its rows (each replacing only its own)."""
         rows = [_invocation_row(invocation, self.cost_model(invocation.run_id)) for invocation in invocations]
         with self.db.conn:
-            self._replace_invocations({(row["run_id"], row["round"]) for row in rows}, rows)
+            unfinished = {(row["run_id"], row["round"]) for row in rows
+                          if not self.db.execute("select 1 from rounds where run_id = ? and round = ?",
+                                                 [row["run_id"], row["round"]]).fetchone()}
+            self._replace_invocations(unfinished, rows)
 
     def record_aggregations(self, aggregations: list[AggregationFinished]) -> None:
         """A round's aggregator invocations, each priced like a client invocation of its provider and counted in

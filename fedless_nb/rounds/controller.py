@@ -594,16 +594,19 @@ class Controller:
                     f"{counted(expected[2], 'example')}")
         return None
 
-    async def abandon(self, calls: dict[asyncio.Future[Any], tuple[int, ClientRef, float]]) -> None:
+    async def abandon(self, calls: dict[asyncio.Future[Any], tuple[int, ClientRef, float]], *, stage: str | None = None,
+                      finished: bool = False) -> None:
         """Cancel the calls (round, client, start) still running as the run is torn down (interrupted, or an error),
-        each recorded as failed with cause "interrupted": its function may train and write its update all the same,
-        so privacy accounting charges it, and a resume finds it in the history."""
+        each recorded as failed with cause "interrupted", or as it ends (`finished`: an asynchronous run's last version
+        left them running) with cause "unfinished": its function may train and write its update all the same, so
+        privacy accounting charges it, and a resume finds it in the history. `stage`: a secure round's."""
         for call in calls:
             call.cancel()
         await asyncio.gather(*calls, return_exceptions=True)
+        failure = (InvocationError("the run finished while it ran", "unfinished") if finished
+                   else InvocationError("the run stopped while it ran", "interrupted"))
         for round_number, client, started in calls.values():
-            self.record_failure(round_number, client, InvocationError("the run stopped while it ran", "interrupted"),
-                                started)
+            self.record_failure(round_number, client, failure, started, stage=stage)
 
     def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float, *,
                        stage: str | None = None) -> None:
