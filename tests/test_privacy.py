@@ -15,6 +15,7 @@ from fedless_nb.rounds.selection import BudgetedSelection, RandomSelection
 from fedless_nb.store import LocalStore, decode_arrays
 
 from client_tasks import client_task
+from dp_reference import releases_epsilon
 
 
 @pytest.fixture(autouse=True)
@@ -356,14 +357,6 @@ class _ScriptedProvider:
         return self.inner.describe()
 
 
-def _dp_accounting_epsilon(planned, releases, delta):
-    """dp-accounting's epsilon of `releases` rounds of `planned` (a DpRound of Poisson-sampled DP-SGD steps)."""
-    import dp_accounting as dpa
-
-    step = dpa.PoissonSampledDpEvent(planned.sampling_rate, dpa.GaussianDpEvent(planned.noise_multiplier))
-    return dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(step, planned.steps * releases)).get_epsilon(delta)
-
-
 def test_every_invocation_that_may_have_trained_is_charged_once(tiny_config):
     """Round 1: client 0 trains and writes its update but its reply is lost (a timeout), and its retry trains again;
     client 1 is refused before it runs; client 3 trains, then reports a refusal. Round 2: client 2 resends its round-1
@@ -385,7 +378,7 @@ def test_every_invocation_that_may_have_trained_is_charged_once(tiny_config):
     for client_id, count in releases.items():
         assert accountant.ledger.subjects[client_id].rounds == count, client_id
         assert accountant.epsilon(client_id) == pytest.approx(
-            _dp_accounting_epsilon(accountant.planned[client_id], count, 1e-5), rel=1e-9), client_id
+            releases_epsilon(accountant.planned[client_id], count, 1e-5), rel=1e-9), client_id
     rows = [(i["round"], i["client_id"], i["outcome"], i["cause"], i["charged"])
             for i in History(config.history).invocations(result.run_id)]
     assert sorted(rows) == sorted([
@@ -415,7 +408,7 @@ def test_a_task_the_function_refuses_before_training_is_not_charged(tiny_config)
     assert "client-0000" not in accountant.ledger.subjects and accountant.epsilon("client-0000") == 0.0
     for client_id in ("client-0001", "client-0002"):
         assert accountant.epsilon(client_id) == pytest.approx(
-            _dp_accounting_epsilon(accountant.planned[client_id], 1, 1e-5), rel=1e-9), client_id
+            releases_epsilon(accountant.planned[client_id], 1, 1e-5), rel=1e-9), client_id
 
 
 def test_every_function_path_declares_a_refusal_before_training(tmp_path, monkeypatch):
@@ -459,7 +452,7 @@ def test_fedbuff_charges_the_calls_its_last_version_left_running(tiny_config):
                             (1, "client-0002", "succeeded", None, 1)]
     for client_id in ("client-0000", "client-0001", "client-0002"):
         assert result.accountant.epsilon(client_id) == pytest.approx(
-            _dp_accounting_epsilon(result.accountant.planned[client_id], 1, 1e-5), rel=1e-9), client_id
+            releases_epsilon(result.accountant.planned[client_id], 1, 1e-5), rel=1e-9), client_id
 
 
 def test_a_secure_rounds_masked_calls_cancelled_at_teardown_are_recorded_and_charged(tmp_path):
