@@ -456,13 +456,13 @@ def test_fedbuff_charges_the_calls_its_last_version_left_running(tiny_config):
 
 
 def test_a_secure_rounds_masked_calls_cancelled_at_teardown_are_recorded_and_charged(tmp_path):
-    """Ctrl-C (the run's task cancelled) as the first client of round 1's masked stage finishes: the other four were
+    """Ctrl-C as the first client of round 1's masked stage finishes: the other four were
     still training. Each is recorded (cause "interrupted") and charged, as a plain round's are: its function may train
     and write its masked update all the same (on the old code they had no row, so nothing charged them, nor a resume)."""
     from fedless_nb.experiment import ExperimentConfig
     from fedless_nb.records.history import History
     from fedless_nb.rounds.events import InvocationFinished
-    from fedless_nb.runner import run_experiment_async
+    from fedless_nb.runner import run_experiment
 
     config = ExperimentConfig.from_dict({
         "name": "secure", "clients": 5, "clients_per_round": 5, "rounds": 1, "retries": 0, "max_norm_ratio": 0,
@@ -471,18 +471,15 @@ def test_a_secure_rounds_masked_calls_cancelled_at_teardown_are_recorded_and_cha
         "train": {"epochs": 1, "batch_size": 32, "learning_rate": 0.1},
         "providers": [{"kind": "local", "workers": 2}], "secure_aggregation": {}})
 
-    async def cancelled_in_the_masked_stage():
-        running = []
+    interrupted = []
 
-        def stop_at_the_first_masked_invocation(event):
-            if isinstance(event, InvocationFinished) and event.stage == "masked":
-                running[0].cancel()
+    def interrupt_at_the_first_masked_invocation(event):
+        if isinstance(event, InvocationFinished) and event.stage == "masked" and not interrupted:
+            interrupted.append(event)
+            raise KeyboardInterrupt
 
-        running.append(asyncio.ensure_future(run_experiment_async(config, observers=[stop_at_the_first_masked_invocation])))
-        with pytest.raises(asyncio.CancelledError):
-            await running[0]
-
-    asyncio.run(cancelled_in_the_masked_stage())
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, observers=[interrupt_at_the_first_masked_invocation])
     history = History(config.history)
     (run,) = history.runs()
     masked = [(i["outcome"], i["cause"], i["charged"]) for i in history.invocations(run["run_id"]) if i["stage"] == "masked"]
