@@ -31,7 +31,7 @@ from .fit import preflight
 from .model import ModelSpec, build_model
 from .providers.base import Provider
 from .providers.registry import assign_clients, make_provider
-from .privacy.accounting import ExampleLevelAccountant, StragglerSteps, charged
+from .privacy.accounting import ExampleLevelAccountant, StragglerSteps, charged, may_have_trained
 from .rounds.resilience import RoundPolicy
 from .rounds.stragglers import Stragglers
 from .rounds.tree import TreeOptions
@@ -224,7 +224,7 @@ async def run_experiment_async(
         controller.result_checks.append(accountant.check_result)
         controller.checkpointed["privacy"] = accountant
     if checkpoint is not None and (accountant is not None or isinstance(controller.strategy, CentralDP)):
-        released = _released_after(history, run_id, checkpoint.round)
+        released = _released_after(history, run_id, checkpoint.round, checkpoint.sent_through, checkpoint.running)
         published = _published_after(store, run_id, checkpoint.round)  # before the resume clears those rounds
         controller.on_restore.append(lambda _: _charge_released(released, published, accountant, controller.strategy))
     controller.subscribe(HistoryWriter(history))
@@ -246,18 +246,37 @@ async def run_experiment_async(
     return RunResult(run_id, status, config, spec, weights, controller.round_metrics, accountant, controller.strategy)
 
 
-def _released_after(history: History, run_id: str, checkpointed: int) -> dict[int, list[tuple[str, float | None]]]:
-    """The invocations recorded after the checkpoint that privacy accounting charged, by round, each with its client
-    and straggler cut (None: a full round; also in a history from before that column): those of a round published
-    (its model stored, its metrics recorded) before the process died, which the resumed run redoes, and those of the
-    round it was interrupted in, whose updates may have been read before the resume clears them. A history from
-    before the charged column charges by accounting.charged's rule."""
+def _released_after(history: History, run_id: str, checkpointed: int, sent_through: int = 0,
+                    running: Sequence[int] = ()) -> dict[int, list[tuple[str, float | None]]]:
+    """The invocations the checkpoint (its round `checkpointed`, and the attempts it counts: checkpoint.Checkpoint's
+    `sent_through` and `running`) does not count that privacy accounting charges, by round, each with its client and
+    straggler cut (None: a full round; also in a history from before that column): those of a round published (its
+    model stored, its metrics recorded) before the process died, which the resumed run redoes, those of the round it
+    was interrupted in, whose updates may have been read before the resume clears them, and those still running
+    when it died (an asynchronous run's too, of a round the checkpoint is past). Each attempt the history wrote ahead
+    (its `sent` table) is charged as its finished row was, or where none was recorded (its process was killed
+    outright, or a redone round's rows replaced it) as one that may have trained; an invocation from before that table (no `sent`), if its round is after the checkpoint's, as it was charged, or
+    in a history from before the charged column by accounting.charged's rule."""
+    rows, sent = history.invocations(run_id), history.sent(run_id)
+    finished = {row["sent"]: row for row in rows if row.get("sent") is not None}
+    written_ahead = {attempt["seq"] for attempt in sent}
     released: dict[int, list[tuple[str, float | None]]] = {}
-    for row in history.invocations(run_id):
-        decided = None if row.get("charged") is None else bool(row["charged"])
-        if row["round"] > checkpointed and charged(row["outcome"], row["cause"], row["stage"], decided):
+    for row in rows:  # before the write-ahead record
+        if row.get("sent") not in written_ahead and row["round"] > checkpointed and _charged_row(row):
             released.setdefault(row["round"], []).append((row["client_id"], row.get("budget_epochs")))
+    for attempt in sent:
+        if attempt["seq"] <= sent_through and attempt["seq"] not in running:
+            continue  # it finished before the checkpoint, which counts it
+        row = finished.get(attempt["seq"])
+        if _charged_row(row) if row is not None else may_have_trained("failed", None, attempt["stage"]):
+            released.setdefault(attempt["round"], []).append((attempt["client_id"], attempt["budget_epochs"]))
     return released
+
+
+def _charged_row(row: dict[str, Any]) -> bool:
+    """Whether privacy accounting charged an invocation row: as the row says, or by accounting.charged's rule in a
+    history from before its charged column."""
+    return charged(row["outcome"], row["cause"], row["stage"], None if row.get("charged") is None else bool(row["charged"]))
 
 
 def _published_after(store: Store, run_id: str, checkpointed: int) -> int:

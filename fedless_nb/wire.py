@@ -151,7 +151,8 @@ class Result(SignedReply):
 # no field of ours, by its type): the controller decides by the cause, never by the message's words, which anyone may
 # reword and a platform may wrap.
 CANNOT_AGGREGATE = "cannot_aggregate"  # a function deployed for one client refused an aggregator's task
-DECLARED_CAUSES = frozenset({CANNOT_AGGREGATE})
+REFUSED = "refused"  # a function refused a bad task (PayloadError) before any training step: it trained nothing
+DECLARED_CAUSES = frozenset({CANNOT_AGGREGATE, REFUSED})
 
 
 def declared_cause(value: Any) -> str | None:
@@ -161,7 +162,11 @@ def declared_cause(value: Any) -> str | None:
 
 
 class PayloadError(ValueError):
-    """The task is malformed or not for this function; nothing was read or written."""
+    """The task is malformed or not for this function; nothing was read or written. Raised only before the function's
+    first training step, so its reply declares REFUSED and privacy accounting charges nothing for it: a check that can
+    fail after training raises another error."""
+
+    cause = REFUSED
 
 
 class ResultError(ValueError):

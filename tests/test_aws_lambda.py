@@ -180,7 +180,8 @@ def test_a_function_error_is_an_invocation_error_with_its_message(s3_task):
     fake = FakeLambda(client.handle)
     with pytest.raises(InvocationError, match="PayloadError: the task lacks update") as caught:
         _invoke(fake, {k: v for k, v in task.items() if k != "update"})
-    assert caught.value.cause == "error" and len(fake.requests) == 1, "a function's error is not retried"
+    # a bad task is refused before any training step (wire.PayloadError), which its type declares: nothing is charged
+    assert caught.value.cause == "refused" and len(fake.requests) == 1, "a function's refusal is not retried"
 
 
 def test_lambda_timeouts_are_reported_as_timeouts():

@@ -1,5 +1,6 @@
 """DP-SGD in the client step, the accountant against tensorflow-privacy, budgets, reports, and a DP run on digits."""
 
+import asyncio
 import re
 
 import numpy as np
@@ -14,6 +15,7 @@ from fedless_nb.rounds.selection import BudgetedSelection, RandomSelection
 from fedless_nb.store import LocalStore, decode_arrays
 
 from client_tasks import client_task
+from dp_reference import releases_epsilon
 
 
 @pytest.fixture(autouse=True)
@@ -312,7 +314,9 @@ class _ScriptedProvider:
     """The local provider, with scripted misfortunes on the first attempt of some (round, client): "timeout" trains
     and writes its update, then reports a timeout (the function ran to its end, its reply was lost); "refused" fails
     as a function refusing its token would, without running; "ran_refused" runs, then reports that refusal; "resend"
-    answers with the client's round-1 reply (a resent late reply). Every other call runs as it is."""
+    answers with the client's round-1 reply (a resent late reply); "malformed" sends the task without its update key,
+    which the function refuses; "old_refusal" fails as a function older than the declared refusal refuses it; "slow"
+    runs for an hour. Every other call runs as it is."""
 
     def __init__(self, script):
         from fedless_nb.providers import LocalProvider
@@ -331,6 +335,12 @@ class _ScriptedProvider:
         self.attempts.add(key)
         if fault == "refused":
             raise InvocationError("HTTP 403: the task's token was already used", "auth")
+        if fault == "malformed":  # the real function refuses it (wire.check_task), before anything is read
+            return await self.inner.invoke({name: value for name, value in task.items() if name != "update"})
+        if fault == "slow":  # still running when the run ends
+            await asyncio.sleep(3600)
+        if fault == "old_refusal":  # a function from before the declared cause refuses it: the cause is "error"
+            raise InvocationError("HTTP 400: PayloadError: the task lacks update", "error")
         if fault == "resend":
             return self.replies[1, task["client_id"]]
         reply = await self.inner.invoke(task)
@@ -345,14 +355,6 @@ class _ScriptedProvider:
 
     def describe(self):
         return self.inner.describe()
-
-
-def _dp_accounting_epsilon(planned, releases, delta):
-    """dp-accounting's epsilon of `releases` rounds of `planned` (a DpRound of Poisson-sampled DP-SGD steps)."""
-    import dp_accounting as dpa
-
-    step = dpa.PoissonSampledDpEvent(planned.sampling_rate, dpa.GaussianDpEvent(planned.noise_multiplier))
-    return dpa.rdp.RdpAccountant().compose(dpa.SelfComposedDpEvent(step, planned.steps * releases)).get_epsilon(delta)
 
 
 def test_every_invocation_that_may_have_trained_is_charged_once(tiny_config):
@@ -376,7 +378,7 @@ def test_every_invocation_that_may_have_trained_is_charged_once(tiny_config):
     for client_id, count in releases.items():
         assert accountant.ledger.subjects[client_id].rounds == count, client_id
         assert accountant.epsilon(client_id) == pytest.approx(
-            _dp_accounting_epsilon(accountant.planned[client_id], count, 1e-5), rel=1e-9), client_id
+            releases_epsilon(accountant.planned[client_id], count, 1e-5), rel=1e-9), client_id
     rows = [(i["round"], i["client_id"], i["outcome"], i["cause"], i["charged"])
             for i in History(config.history).invocations(result.run_id)]
     assert sorted(rows) == sorted([
@@ -385,3 +387,101 @@ def test_every_invocation_that_may_have_trained_is_charged_once(tiny_config):
         (1, "client-0003", "failed", "auth", 0),
         (2, "client-0000", "succeeded", None, 1), (2, "client-0001", "succeeded", None, 1),
         (2, "client-0002", "discarded", "late", 0), (2, "client-0003", "discarded", "late", 1)])
+
+
+def test_a_task_the_function_refuses_before_training_is_not_charged(tiny_config):
+    """A function refuses a bad task (here one without its update key) before any training step and says so (cause
+    "refused"): nothing of its client's data was trained on, so nothing is charged. A function from before that cause
+    answers the same refusal as an error, which may have come after training: it stays charged. Each epsilon is
+    dp-accounting's. (On the old code the refusal's cause was "error" and client 0 was charged one release.)"""
+    from fedless_nb.records.history import History
+    from fedless_nb.runner import run_experiment
+
+    config = tiny_config(clients=3, clients_per_round=3, rounds=1,
+                         train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}})
+    provider = _ScriptedProvider({(1, "client-0000"): "malformed", (1, "client-0001"): "old_refusal"})
+    result = run_experiment(config, providers={"local": provider})
+    rows = [(i["client_id"], i["outcome"], i["cause"], i["charged"]) for i in History(config.history).invocations(result.run_id)]
+    assert sorted(rows) == [("client-0000", "failed", "refused", 0), ("client-0001", "failed", "error", 1),
+                            ("client-0002", "succeeded", None, 1)]
+    accountant = result.accountant
+    assert "client-0000" not in accountant.ledger.subjects and accountant.epsilon("client-0000") == 0.0
+    for client_id in ("client-0001", "client-0002"):
+        assert accountant.epsilon(client_id) == pytest.approx(
+            releases_epsilon(accountant.planned[client_id], 1, 1e-5), rel=1e-9), client_id
+
+
+def test_every_function_path_declares_a_refusal_before_training(tmp_path, monkeypatch):
+    """The HTTP reply (serving.invoke, every template's adapter) declares "refused" for a bad task; a secure masked
+    stage's own checks (here: an unsigned function cannot seal its state) refuse it before it trains (they ran after
+    training on the old code, so the refusal came from a function that had trained)."""
+    from fedless_nb.function import serving
+
+    task = client_task(tmp_path)
+    status, reply = serving.invoke({name: value for name, value in task.items() if name != "update"})
+    assert status == 400 and reply["error"]["cause"] == "refused"
+
+    def trains(*args, **kwargs):
+        raise AssertionError("the function trained before refusing its task")
+
+    monkeypatch.setattr(client, "train_client", trains)
+    masked = {**task, "train": {**task["train"], "secagg": {"stage": "masked", "peers": ["client-0001"], "threshold": 2,
+                                                              "attempt": 1, "clipping_range": 8.0,
+                                                              "quantization_range": 2**16}}}
+    status, reply = serving.invoke(masked)
+    assert status == 400 and reply["error"]["cause"] == "refused", reply
+    assert "needs a function deployed with a run secret" in reply["error"]["message"]
+
+
+def test_fedbuff_charges_the_calls_its_last_version_left_running(tiny_config):
+    """FedBuff ends once its last version is published, cancelling the clients still training: their functions may
+    train and write their updates all the same (a cancelled call stops only the controller's wait), so each is
+    recorded (cause "unfinished") and charged, and the published round keeps its rows. Client 0 is still running when
+    version 1 is published from clients 1 and 2: every client is charged one release, dp-accounting's epsilon (client
+    0 was charged nothing and had no row on the old code)."""
+    from fedless_nb.records.history import History
+    from fedless_nb.runner import run_experiment
+
+    config = tiny_config(clients=3, clients_per_round=3, rounds=1, mode="async",
+                         asynchronous={"concurrency": 3, "buffer_size": 2},
+                         train={"epochs": 1, "batch_size": 32, "learning_rate": 0.1, "dp": {"noise_multiplier": 1.0}})
+    result = run_experiment(config, providers={"local": _ScriptedProvider({(1, "client-0000"): "slow"})})
+    rows = [(i["round"], i["client_id"], i["outcome"], i["cause"], i["charged"])
+            for i in History(config.history).invocations(result.run_id)]
+    assert sorted(rows) == [(1, "client-0000", "failed", "unfinished", 1), (1, "client-0001", "succeeded", None, 1),
+                            (1, "client-0002", "succeeded", None, 1)]
+    for client_id in ("client-0000", "client-0001", "client-0002"):
+        assert result.accountant.epsilon(client_id) == pytest.approx(
+            releases_epsilon(result.accountant.planned[client_id], 1, 1e-5), rel=1e-9), client_id
+
+
+def test_a_secure_rounds_masked_calls_cancelled_at_teardown_are_recorded_and_charged(tmp_path):
+    """Ctrl-C as the first client of round 1's masked stage finishes: the other four were
+    still training. Each is recorded (cause "interrupted") and charged, as a plain round's are: its function may train
+    and write its masked update all the same (on the old code they had no row, so nothing charged them, nor a resume)."""
+    from fedless_nb.experiment import ExperimentConfig
+    from fedless_nb.records.history import History
+    from fedless_nb.rounds.events import InvocationFinished
+    from fedless_nb.runner import run_experiment
+
+    config = ExperimentConfig.from_dict({
+        "name": "secure", "clients": 5, "clients_per_round": 5, "rounds": 1, "retries": 0, "max_norm_ratio": 0,
+        "history": str(tmp_path / "history.db"), "store": {"path": str(tmp_path / "store")},
+        "model": {"builder": "mlp", "options": {"hidden_units": [16]}},
+        "train": {"epochs": 1, "batch_size": 32, "learning_rate": 0.1},
+        "providers": [{"kind": "local", "workers": 2}], "secure_aggregation": {}})
+
+    interrupted = []
+
+    def interrupt_at_the_first_masked_invocation(event):
+        if isinstance(event, InvocationFinished) and event.stage == "masked" and not interrupted:
+            interrupted.append(event)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, observers=[interrupt_at_the_first_masked_invocation])
+    history = History(config.history)
+    (run,) = history.runs()
+    masked = [(i["outcome"], i["cause"], i["charged"]) for i in history.invocations(run["run_id"]) if i["stage"] == "masked"]
+    assert len(masked) == 5 and masked.count(("failed", "interrupted", 1)) >= 3, masked
+    assert all(charged == 1 for _, _, charged in masked)

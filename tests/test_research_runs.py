@@ -99,7 +99,10 @@ def test_fedbuff_tasks_a_client_once_per_global_version(tiny_config, clients, co
     result = run_experiment(config)
     history = History(config.history)
     invocations = history.invocations(result.run_id)
-    assert [(i["outcome"], i["error"]) for i in invocations if i["outcome"] != "succeeded"] == []
+    # nothing fails; the calls the last version left running are recorded as such, and charged: their functions may
+    # train and write their updates all the same
+    assert all((i["outcome"], i["cause"], i["charged"]) == ("failed", "unfinished", 1)
+               for i in invocations if i["outcome"] != "succeeded"), invocations
     assert [r["succeeded"] for r in history.rounds(result.run_id)] == [buffer_size] * 3
     tasks = [(i["round"], i["client_id"]) for i in invocations]
     assert len(tasks) == len(set(tasks))

@@ -19,6 +19,8 @@ from fedless_nb.records.history import History
 from fedless_nb.rounds.events import InvocationFinished, RoundFinished
 from fedless_nb.runner import ResumeError, resume_experiment, run_experiment
 
+from dp_reference import releases_epsilon
+
 
 def test_a_checkpoint_keeps_strategy_arrays_and_metrics():
     state = {"momentum": [np.arange(6, dtype=np.float32).reshape(2, 3)], "step": np.int64(4), "beta": 0.9}
@@ -416,7 +418,8 @@ def _kill_while_round_runs(process, history_path, store_path, round_number):
 def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(
         exec_workers, worker_zygote, monkeypatch, tmp_path, tiny_config, uninterrupted):
     """Killed with round 3 in flight: the functions that finished after the controller died left their round-3
-    updates, which the resumed run clears, so every function trains round 3 again (none refuses a replay). Only the
+    updates, which the resumed run clears, so every function trains round 3 again (none refuses a replay), and the
+    killed round's attempts, which may have trained, are charged as well as the redone round's. Only the
     killed run needs workers of its own that outlive it; the resume and the uninterrupted run fork theirs from the
     zygote, as every other run here does."""
     rounds = 4
@@ -437,10 +440,18 @@ def test_a_killed_dp_run_resumes_with_the_epsilon_of_an_uninterrupted_run(
     invocations = history.invocations(killed["run_id"])
     assert len(invocations) == rounds * 2 and all(i["outcome"] == "succeeded" for i in invocations), invocations
 
+    # The killed round's attempts were written ahead as they were sent, and the resume charged them (they may have
+    # trained): the run states the epsilon of an uninterrupted run that made the same invocations, dp-accounting's
+    # over every attempt, above the reference run's from the killed round on (they were equal on the old code).
     reference = uninterrupted(config)
     expected = _epsilons(reference.config.history, reference.run_id)
     assert len(expected) == rounds and all(e > 0 for e in expected)
-    assert _epsilons(history.path, killed["run_id"]) == expected
+    epsilons = _epsilons(history.path, killed["run_id"])
+    assert epsilons[:2] == expected[:2] and epsilons[-1] > expected[-1]
+    releases = _releases_per_client(config.history, killed["run_id"])
+    assert sum(releases.values()) > rounds * 2, "the killed round's attempts are in the write-ahead record"
+    assert epsilons[-1] == pytest.approx(max(releases_epsilon(planned, releases.get(client_id, 0), 1e-5)
+                                             for client_id, planned in reference.accountant.planned.items()), rel=1e-9)
 
 
 def _charged_rows(history_path, run_id, first_round=1):
@@ -528,3 +539,69 @@ def test_a_central_dp_run_that_died_after_storing_a_noised_model_is_charged_for_
     assert central.rounds == 4, "rounds 1 to 3, and the first round-2 model"
     assert central.epsilon() == pytest.approx(
         _ledger_epsilon(central.dp_round(), 4, central.delta, central.accountant), rel=1e-12)
+
+
+def test_a_resume_charges_each_attempt_written_ahead_that_its_checkpoint_does_not_count(tmp_path):
+    """The write-ahead record (the history's `sent` table): a resume charges every attempt sent after its checkpoint,
+    or running when the checkpoint was written, as its finished row was charged, or, where it never finished in the
+    history (its controller killed outright), as one that may have trained; not one the checkpoint counts, nor a
+    key stage (it trains nothing). Rows from before the record keep the round rule."""
+    from fedless_nb.records.history import HistoryWriter
+    from fedless_nb.rounds.events import InvocationSent
+    from fedless_nb.runner import _released_after
+
+    path = tmp_path / "history.db"
+    writer = HistoryWriter(History(path))
+    sent = [(10, 1, "client-0000", None), (11, 1, "client-0001", None),  # finished before the checkpoint (seq 12)
+            (12, 1, "client-0002", None),  # still running at the checkpoint, finished after it (a FedBuff straggler)
+            (13, 2, "client-0000", None),  # sent after it, finished, charged
+            (14, 2, "client-0001", None),  # sent after it, refused before training
+            (15, 2, "client-0003", None),  # sent after it, never finished: the controller was killed
+            (16, 2, "client-0002", "keys")]  # a key stage that never finished
+    for seq, round_number, client, stage in sent:
+        writer(InvocationSent("r", round_number, client, "local", seq, 100.0, stage, 0.5 if seq == 15 else None))
+    for seq, round_number, client, outcome, cause, charged in [
+            (10, 1, "client-0000", "succeeded", None, True), (11, 1, "client-0001", "succeeded", None, True),
+            (12, 1, "client-0002", "succeeded", None, True), (13, 2, "client-0000", "succeeded", None, True),
+            (14, 2, "client-0001", "failed", "refused", False)]:
+        writer(InvocationFinished("r", round_number, client, "local", outcome, 100.0, 101.0, cause=cause,
+                                  charged=charged, sent=seq))
+    writer(InvocationFinished("r", 2, "client-0004", "local", "succeeded", 100.0, 101.0, charged=True))  # no record
+    writer(RoundFinished("r", 2, 100.0, 102.0, 5, 3, 2, {}, {}))
+    writer.history.close()
+    assert _released_after(History(path), "r", 1, sent_through=12, running=[12]) == {
+        1: [("client-0002", None)], 2: [("client-0004", None), ("client-0000", None), ("client-0003", 0.5)]}
+    # a checkpoint from before the record counts none of the attempts written ahead
+    assert _released_after(History(path), "r", 1) == {
+        1: [("client-0000", None), ("client-0001", None), ("client-0002", None)],
+        2: [("client-0004", None), ("client-0000", None), ("client-0003", 0.5)]}
+
+
+def _releases_per_client(history_path, run_id):
+    """How many attempts of each client the history wrote ahead (each may have trained: the tests' runs refuse none)."""
+    counts = {}
+    for attempt in History(history_path).sent(run_id):
+        counts[attempt["client_id"]] = counts.get(attempt["client_id"], 0) + 1
+    return counts
+
+
+def test_a_resumed_dp_run_that_died_again_before_its_redone_rounds_checkpoint_charges_every_release(tiny_config):
+    """The run died after recording round 2, before checkpointing it; its resume redid round 2 and died the same way;
+    the second resume redoes it once more. Round 2 released data three times, each charged: the history's round-2 rows
+    are the last ones only (the first two were replaced), but every attempt stays in its write-ahead record. Each
+    client's epsilon is dp-accounting's over every attempt it made (the first release was lost on the old code)."""
+    config = tiny_config(rounds=3, clients=4, clients_per_round=2, train=DP_TRAIN)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, observers=[_interrupt_after_recording(2)])
+    (died,) = History(config.history).runs()
+    with pytest.raises(KeyboardInterrupt):
+        resume_experiment(died["run_id"], history=config.history, observers=[_interrupt_after_recording(2)])
+    resumed = resume_experiment(died["run_id"], history=config.history)
+    assert resumed.status == "finished"
+    releases = _releases_per_client(config.history, died["run_id"])
+    assert sum(releases.values()) == 2 * 5, "rounds 1 and 3 once, round 2 three times"
+    accountant = resumed.accountant
+    for client_id, planned in accountant.planned.items():
+        expected = releases_epsilon(planned, releases.get(client_id, 0), accountant.delta)
+        assert accountant.epsilon(client_id) == pytest.approx(expected, rel=1e-9), client_id
+

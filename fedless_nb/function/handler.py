@@ -32,7 +32,7 @@ from ..store import decode_arrays, encode_arrays
 from ..wire import DP_SETTINGS, SECAGG_KEY_STAGES, PayloadError, check_task
 from .aggregator import aggregate
 from .batching import batch_rng, batch_size, dp_sampling, local_steps, privacy_facts, step_batches, step_budget
-from .secagg_stages import key_stage, masked_update, stage_of
+from .secagg_stages import key_stage, masking, stage_of
 from .task_store import task_store
 
 
@@ -363,6 +363,7 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
         return guard.sign(_result(payload, num_examples, {}, cold, {**timings, "upload": 0.0, "total": finished - started},
                                   None), update)
 
+    mask = None if stage is None else masking(payload, store, guard.key)  # its refusals come before training
     compiled, build_seconds = _compiled_model(payload["model"], train, model_modules)
     load_started = time.perf_counter()
     start = decode_arrays(store.get(payload["weights"]))
@@ -373,7 +374,7 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
     training = train_client(compiled, x, y, train, store, None if budget_seconds is None else started + float(budget_seconds))
     upload_started = time.perf_counter()
     trained = compiled.weights()
-    update = encode_arrays(trained) if stage is None else masked_update(payload, store, guard.key, start, trained)
+    update = encode_arrays(trained) if mask is None else mask(start, trained)
     store.put(payload["update"], update)
     finished = time.perf_counter()
 

@@ -175,8 +175,8 @@ def key_stage(task: dict[str, Any], store: Any, key: RunKey | None, num_examples
     return output, int(state["num_examples"])
 
 
-def masked_update(task: dict[str, Any], store: Any, key: RunKey | None, start: list[np.ndarray],
-                  trained: list[np.ndarray]) -> bytes:
-    """The masked stage's object: the client's quantized, masked update (see the module docstring)."""
+def masking(task: dict[str, Any], store: Any, key: RunKey | None) -> Callable[[list[np.ndarray], list[np.ndarray]], bytes]:
+    """The masked stage's object, (start, trained) -> the client's quantized, masked update (see the module docstring).
+    Its task's checks run now, before the stage trains: a PayloadError is a refusal before any training step."""
     client = _Round(task, store, key)
-    return client.mask(client.state(), start, trained)
+    return lambda start, trained: client.mask(client.state(), start, trained)

@@ -441,10 +441,11 @@ class ExampleLevelAccountant:
     before any example is read, so the mechanism released is a shorter run fixed in advance. A real
     time budget's stop (train.budget_seconds, the round's deadline) stays charged as planned: how many
     steps fit in the time depends on the secret Poisson batch sizes, so the count taken is itself
-    data-dependent, and the planned steps bound it. On resume, the invocations recorded after the checkpoint
-    (a round published before the crash and redone, an interrupted round whose updates the resume clears) are
-    charged from the history as they were charged, each with the cut it had (a history from before that column:
-    as planned).
+    data-dependent, and the planned steps bound it. On resume, the attempts the checkpoint does not count
+    (a round published before the crash and redone, an interrupted round whose updates the resume clears, the calls
+    in flight when the controller was killed) are charged from the history's write-ahead record as they were
+    charged, or as ones that may have trained where they never finished, each with the cut it had (a history from
+    before that column: as planned; runner._released_after).
     """
 
     def __init__(self, delta: float, accountant: str = "rdp", target_epsilon: float | None = None, *,

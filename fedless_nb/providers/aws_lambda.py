@@ -24,13 +24,15 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
 from ..security import SECRET_VARIABLE, AggregatorTaskRefused, AuthError
+from ..wire import PayloadError
 from .base import InvocationError, Provider, ProviderSetupError, reply_json
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
 
 DEFAULT_HANDLER = "lambda_function.lambda_handler"
 DEFAULT_RUNTIME = "python3.11"
 _THROTTLING = frozenset({"TooManyRequestsException", "ThrottlingException", "Throttling"})
-_CAUSE_OF_TYPE = {AuthError.__name__: "auth", AggregatorTaskRefused.__name__: AggregatorTaskRefused.cause}
+_CAUSE_OF_TYPE = {AuthError.__name__: "auth", AggregatorTaskRefused.__name__: AggregatorTaskRefused.cause,
+                  PayloadError.__name__: PayloadError.cause}
 _REPLY_GRACE = 30.0  # seconds past the function's own timeout before a silent reply counts as lost
 
 

@@ -40,11 +40,13 @@ class InvocationError(Exception):
 
     Causes: "timeout" (the platform's per-invocation limit), "crash" (the function's process
     died), "error" (the function raised, or the platform rejected the call), "deadline" (the round
-    closed first), "interrupted" (the run was torn down while it ran), "throttled" (the platform still
+    closed first), "interrupted" (the run was torn down while it ran), "unfinished" (an asynchronous run ended
+    while it ran), "throttled" (the platform still
     refused for capacity after retries), "network" (the platform could not be reached), "auth" (the function refused the task's token), "signature" (the
     result's signature or update digest did not match), "invalid" (the result does not answer its task),
     "late" (a result of an earlier round, discarded), or a cause the function declared in its reply
-    (wire.DECLARED_CAUSES: "cannot_aggregate", a function deployed for one client refused an aggregator's task).
+    (wire.DECLARED_CAUSES: "cannot_aggregate", a function deployed for one client refused an aggregator's task;
+    "refused", a function refused a bad task before any training step).
     """
 
     def __init__(self, message: str, cause: str) -> None:

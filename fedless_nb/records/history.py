@@ -3,7 +3,8 @@
 Tables: runs (one row per run, with its config), rounds (timing and counts per round),
 invocations (one row per function call: client, provider, cold or warm, each timing,
 outcome, error text, estimated cost, staleness in async runs, the protocol stage in secure rounds, whether privacy
-accounting charged it),
+accounting charged it), sent (every attempt of a client call as it is sent, written at once: what a resume charges
+for the calls a killed controller never saw finish),
 round_failures (why a run of a round could not finish, e.g. a secure round with too few clients left) and metrics (per round, long form:
 scope "eval", "train" or "privacy", name, value). The file uses WAL mode so a notebook can read a
 run while another process writes one, and several runs may share one file: writers wait for each
@@ -33,7 +34,8 @@ from .cost import CostModel, cost_report
 from .owner import owner_state
 from ..errors import UserError
 from ..run_ids import matching_run_id
-from ..rounds.events import AggregationFinished, Event, InvocationFinished, RoundFailed, RoundFinished, RunFinished, RunStarted, UpdateRejected
+from ..rounds.events import (AggregationFinished, Event, InvocationFinished, InvocationSent, RoundFailed, RoundFinished,
+                             RunFinished, RunStarted, UpdateRejected)
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction before giving up
@@ -71,7 +73,15 @@ _SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
         "steps": int, "partial": int, "stage": str,
         "budget_epochs": float,  # a simulated straggler's cut: a redone round's first release is charged by it
         "charged": int,  # privacy accounting charged it (it may have trained): a resume charges these again
+        "sent": int,  # the attempt's seq in the `sent` table (None: written before that table)
     }, "id"),
+    # Every attempt of a client call, written as it is sent, before it can train (InvocationSent): a resume charges the
+    # ones its checkpoint does not count, also those that never reached the invocations as finished (the controller's
+    # process was killed outright). Never rewritten: a redone round adds its own.
+    "sent": ({
+        "run_id": str, "seq": int, "round": int, "client_id": str, "provider": str, "stage": str, "sent_at": float,
+        "budget_epochs": float,
+    }, ("run_id", "seq")),
     "aggregations": ({  # aggregator functions' invocations (tree aggregation, rounds/tree.py)
         "id": int, "run_id": str, "round": int, "aggregator_id": str, "provider": str, "level": int, "outcome": str,
         "started_at": float, "finished_at": float, "shard_size": int, "summed": int, "rejected": int,
@@ -191,11 +201,21 @@ class History:
         return self.db.execute("select coalesce(sum(cost), 0) from aggregations where run_id = ? and round = ?",
                                [run_id, round_number]).fetchone()[0]
 
+    def record_sent(self, event: InvocationSent) -> None:
+        """An attempt as it is sent (written ahead of its outcome; the same attempt again replaces its row)."""
+        with self.db.conn:
+            self.db["sent"].insert(dataclasses.asdict(event), replace=True)
+
     def record_invocations(self, invocations: list[InvocationFinished]) -> None:
-        """Invocations of a round that never finished; they are replaced if the round is recorded later."""
+        """Invocations recorded as the run ended: those of a round that never finished (they are replaced if the round
+        is recorded later), and those an asynchronous run's end left running of a round already recorded, which join
+        its rows (each replacing only its own)."""
         rows = [_invocation_row(invocation, self.cost_model(invocation.run_id)) for invocation in invocations]
         with self.db.conn:
-            self._replace_invocations({(row["run_id"], row["round"]) for row in rows}, rows)
+            unfinished = {(row["run_id"], row["round"]) for row in rows
+                          if not self.db.execute("select 1 from rounds where run_id = ? and round = ?",
+                                                 [row["run_id"], row["round"]]).fetchone()}
+            self._replace_invocations(unfinished, rows)
 
     def record_aggregations(self, aggregations: list[AggregationFinished]) -> None:
         """A round's aggregator invocations, each priced like a client invocation of its provider and counted in
@@ -323,6 +343,10 @@ class History:
     def invocations(self, run_id: str) -> list[dict[str, Any]]:
         return list(self.db["invocations"].rows_where("run_id = ?", [run_id], order_by="id"))
 
+    def sent(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's attempts as they were sent (the write-ahead record), in the order they were."""
+        return list(self.db["sent"].rows_where("run_id = ?", [run_id], order_by="seq"))
+
     def runs_frame(self) -> Any:
         return _frame(self.runs())
 
@@ -395,6 +419,7 @@ def _invocation_row(event: InvocationFinished, prices: CostModel) -> dict[str, A
         "staleness": event.staleness, "stage": event.stage,
         "steps": event.steps, "partial": None if event.partial is None else int(event.partial),
         "budget_epochs": event.budget_epochs, "charged": None if event.charged is None else int(event.charged),
+        "sent": event.sent,
     }
 
 
@@ -403,7 +428,7 @@ def _aggregation_row(event: AggregationFinished, prices: CostModel) -> dict[str,
 
 
 _EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, RoundFinished, RoundFailed, InvocationFinished, RunFinished,
-                                              AggregationFinished)}
+                                              AggregationFinished, InvocationSent)}
 
 
 def _encode(event: Any) -> dict[str, Any]:
@@ -456,6 +481,8 @@ class HistoryWriter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self._write(event.run_id, {"write": "start_run", "event": event})
+        elif isinstance(event, InvocationSent):  # written ahead, at once: a process killed next still leaves it
+            self._write(event.run_id, {"write": "record_sent", "event": event})
         elif isinstance(event, InvocationFinished):
             self._pending.append(event)
         elif isinstance(event, AggregationFinished):

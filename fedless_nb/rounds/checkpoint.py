@@ -8,8 +8,10 @@ round is in the history, so a crash between the two makes the resumed run redo t
 the history's idempotent round writes keep it counted once. A resumed run first clears what the
 round after its checkpoint wrote (updates of functions that finished after the controller died),
 since a function refuses a task whose update already exists as a replay. Its privacy accountants are charged first
-for what was released after the checkpoint (runner._released_after): the invocations the history recorded, each
-as it was charged, and central DP's noised models in the store.
+for what was released after the checkpoint (runner._released_after): the attempts the history wrote ahead that the
+checkpoint does not count (`sent_through`, `running`), each as its finished row was charged or, where it never
+finished, as one that may have trained; the invocations of a history from before that record, each as it was charged;
+and central DP's noised models in the store.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class Checkpoint:
     strategy_state: dict[str, Any] = field(default_factory=dict)
     round_metrics: list[dict[str, float]] = field(default_factory=list)
     observer_state: dict[str, Any] = field(default_factory=dict)
+    # The attempts the checkpoint's accountants count: every one sent up to `sent_through` (an InvocationSent.seq) but
+    # those still running (`running`); a resume charges the others it finds in the history. A checkpoint from before
+    # these fields counts none of the attempts the history wrote ahead (all were sent after it).
+    sent_through: int = 0
+    running: list[int] = field(default_factory=list)
 
 
 def _to_json(value: Any) -> Any:
@@ -54,7 +61,8 @@ def _from_json(value: dict[str, Any]) -> Any:
 
 def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
     data = {"round": checkpoint.round, "strategy_state": checkpoint.strategy_state,
-            "round_metrics": checkpoint.round_metrics, "observer_state": checkpoint.observer_state}
+            "round_metrics": checkpoint.round_metrics, "observer_state": checkpoint.observer_state,
+            "sent_through": checkpoint.sent_through, "running": checkpoint.running}
     return json.dumps(data, default=_to_json).encode()
 
 

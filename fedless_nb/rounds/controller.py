@@ -21,10 +21,10 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from .checkpoint import Checkpoint, checkpoint_key, encode_checkpoint
-from .events import InvocationFinished, Observer, RoundFinished, RunFinished, RunStarted, UpdateRejected
+from .events import InvocationFinished, InvocationSent, Observer, RoundFinished, RunFinished, RunStarted, UpdateRejected
 from ..function.batching import local_steps, steps_under_cut
 from ..model import ModelSpec
 from ..privacy.accounting import PrivacyBudgetExhausted, may_have_trained
@@ -165,6 +165,10 @@ class Controller:
         # (round, client) pairs whose invocations so far were all uncharged (refused before training: few)
         self._last_charged: dict[str, int] = {}
         self._uncharged: set[tuple[int, str]] = set()
+        # The write-ahead record (InvocationSent): the last attempt's seq, and each attempt still running by (round,
+        # client, stage), whose InvocationFinished carries its seq; a checkpoint keeps both (what its accountants count)
+        self._last_sent = 0
+        self._running: dict[tuple[int, str, str | None], int] = {}
 
     def subscribe(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -257,6 +261,7 @@ class Controller:
                 observer.load_state(resume.observer_state.get(name, {}))
             for restored in self.on_restore:
                 restored(resume)
+            self._last_sent = resume.sent_through
         self._update_limit = update_size_limit(len(encode_arrays(weights)))
         self.resumed_round = resume.round if resume else 0
         self.emit(RunStarted(
@@ -311,7 +316,12 @@ class Controller:
         """Start the client's invocation. With `retry`, safe failures are retried until the task's deadline
         (resilience.py), each failed attempt recorded (with its `stage` in a multi-stage round); collect
         the future's outcome with `collect` (or `receive` for a stage that writes no model update)."""
-        invoke = self.providers[client.provider].invoke
+        provider = self.providers[client.provider]
+
+        def invoke(task: dict[str, Any]) -> Awaitable[dict[str, Any]]:
+            self._sent(round_number, client, task, stage)  # before the attempt can train
+            return provider.invoke(task)
+
         if not retry:
             return asyncio.ensure_future(invoke(task))
         retried = functools.partial(self.record_failure, round_number, client, started=started, stage=stage)
@@ -326,6 +336,18 @@ class Controller:
             return await invoke(self._reissued(client, task))
 
         return asyncio.ensure_future(invoke_with_retries(attempt, task, self.plan.policy, task["deadline"], retried))
+
+    def _sent(self, round_number: int, client: ClientRef, task: dict[str, Any], stage: str | None) -> None:
+        """Announce an attempt as it is sent (InvocationSent, which the history writes at once), under a seq that grows
+        across resumes too (nanoseconds since the epoch, or one more than the last)."""
+        self._last_sent = max(self._last_sent + 1, time.time_ns())
+        self._running[round_number, client.client_id, stage] = self._last_sent
+        self.emit(InvocationSent(self.run_id, round_number, client.client_id, client.provider, self._last_sent,
+                                 time.time(), stage, task["train"].get("budget_epochs")))
+
+    def _finished(self, round_number: int, client_id: str, stage: str | None) -> int | None:
+        """The seq of the attempt of (round, client, stage) that just ended (None: none was announced)."""
+        return self._running.pop((round_number, client_id, stage), None)
 
     def _reissued(self, client: ClientRef, task: dict[str, Any]) -> dict[str, Any]:
         """`task` with a fresh token, for its retry. A function refuses a task whose token it has spent or whose
@@ -364,7 +386,8 @@ class Controller:
             selected - len(updates), eval_metrics, weighted_metrics(updates), privacy,
         ))
         checkpoint = Checkpoint(round_number, self.strategy.state(), self.round_metrics,
-                                {name: observer.state() for name, observer in self.checkpointed.items()})
+                                {name: observer.state() for name, observer in self.checkpointed.items()},
+                                self._last_sent, sorted(self._running.values()))
         await self.store.aput(checkpoint_key(self.run_id), encode_checkpoint(checkpoint))
 
     async def collect(
@@ -449,7 +472,8 @@ class Controller:
             max(started, finished - result.timings.total), finished,
             cold=result.cold, num_examples=num_examples, metrics=metrics, timings=result.timings.model_dump(),
             privacy=None if result.privacy is None else result.privacy.model_dump(),
-            charged=self._charged(round_number, client.client_id, "succeeded", None, facts.get("stage")), **facts,
+            charged=self._charged(round_number, client.client_id, "succeeded", None, facts.get("stage")),
+            sent=self._finished(round_number, client.client_id, facts.get("stage")), **facts,
         ))
 
     def _charged(self, round_number: int, client_id: str, outcome: str, cause: str | None, stage: str | None,
@@ -594,16 +618,19 @@ class Controller:
                     f"{counted(expected[2], 'example')}")
         return None
 
-    async def abandon(self, calls: dict[asyncio.Future[Any], tuple[int, ClientRef, float]]) -> None:
+    async def abandon(self, calls: dict[asyncio.Future[Any], tuple[int, ClientRef, float]], *, stage: str | None = None,
+                      finished: bool = False) -> None:
         """Cancel the calls (round, client, start) still running as the run is torn down (interrupted, or an error),
-        each recorded as failed with cause "interrupted": its function may train and write its update all the same,
-        so privacy accounting charges it, and a resume finds it in the history."""
+        each recorded as failed with cause "interrupted", or as it ends (`finished`: an asynchronous run's last version
+        left them running) with cause "unfinished": its function may train and write its update all the same, so
+        privacy accounting charges it, and a resume finds it in the history. `stage`: a secure round's."""
         for call in calls:
             call.cancel()
         await asyncio.gather(*calls, return_exceptions=True)
+        failure = (InvocationError("the run finished while it ran", "unfinished") if finished
+                   else InvocationError("the run stopped while it ran", "interrupted"))
         for round_number, client, started in calls.values():
-            self.record_failure(round_number, client, InvocationError("the run stopped while it ran", "interrupted"),
-                                started)
+            self.record_failure(round_number, client, failure, started, stage=stage)
 
     def record_failure(self, round_number: int, client: ClientRef, error: InvocationError, started: float, *,
                        stage: str | None = None) -> None:
@@ -614,4 +641,5 @@ class Controller:
             self.run_id, round_number, client.client_id, client.provider, outcome, started, time.time(),
             error=str(error), cause=error.cause, stage=stage, answered_round=answered,
             charged=self._charged(round_number, client.client_id, outcome, error.cause, stage, answered),
+            sent=self._finished(round_number, client.client_id, stage),
         ))

@@ -56,6 +56,23 @@ class InvocationFinished:
     # invocation that may have trained; None for an event made elsewhere, which the rule alone decides
     charged: bool | None = None
     answered_round: int | None = None  # a late reply (discarded): the earlier round its result answers
+    sent: int | None = None  # the InvocationSent.seq of this attempt; None for an event made elsewhere
+
+
+@dataclass(frozen=True)
+class InvocationSent:
+    """One attempt of a client function call, as it is sent: the history writes it ahead (its `sent` table), so that a
+    resume after the controller's process was killed outright charges the attempts that started, which may have
+    trained, and never reached the history as finished."""
+
+    run_id: str
+    round: int
+    client_id: str
+    provider: str
+    seq: int  # unique in the run and growing, across resumes too; the attempt's InvocationFinished carries it (`sent`)
+    sent_at: float
+    stage: str | None = None
+    budget_epochs: float | None = None  # a simulated straggler's cut, which the attempt is charged by
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,6 @@ class RunFinished:
     observer_errors: dict[str, int] = field(default_factory=dict)  # observers that raised: name -> count
 
 
-Event = Union[RunStarted, RoundStarted, InvocationFinished, UpdateRejected, AggregationFinished, RoundFinished, RoundFailed,
-              RunFinished]
+Event = Union[RunStarted, RoundStarted, InvocationSent, InvocationFinished, UpdateRejected, AggregationFinished, RoundFinished,
+              RoundFailed, RunFinished]
 Observer = Callable[[Event], None]

@@ -134,11 +134,12 @@ class FedBuff:
                 yield version, weights
         except BaseException:  # torn down: the invocations still running are recorded (and charged) too
             await controller.abandon({call: (d.version + 1, d.client, d.started) for call, d in in_flight.items()})
+            in_flight.clear()
             raise
-        finally:  # the run is over: no invocation outlives it
-            for call in in_flight:
-                call.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+        finally:  # the run is over: no invocation outlives it, and those its last version left running are recorded
+            # (and charged) too: their functions may train and write their updates all the same
+            await controller.abandon({call: (d.version + 1, d.client, d.started) for call, d in in_flight.items()},
+                                     finished=True)
 
     def _screen(self, buffer: list[_Arrival], versions: dict[int, Weights]) -> list[_Arrival]:
         """The buffer's updates that pass the controller's norm screening, each against the global version it

@@ -266,6 +266,11 @@ class SecureAggregationRounds(SynchronousRounds):
                         relayed = secagg_relay_key(controller.run_id, attempt.round_number, client.client_id, stage,
                                                    attempt.attempt)
                         await controller.store.aput(relayed, received[1])
+        except BaseException:  # the run is being torn down: the calls still running are recorded (a masked one charged)
+            await controller.abandon({call: (attempt.round_number, calls[call][0], attempt.started) for call in pending},
+                                     stage=stage)
+            pending.clear()
+            raise
         finally:  # no call outlives its stage
             for call in pending:
                 call.cancel()
