@@ -219,6 +219,7 @@ async def run_experiment_async(
     controller.subscribe(selection.observe)
     controller.checkpointed["selection"] = selection  # what FedLesScan learned about the clients
     if accountant is not None:
+        controller.writes_ahead = True  # each attempt, recorded as it is sent: a resume charges what was in flight
         controller.subscribe(accountant)
         controller.privacy_sources.append(accountant.round_metrics_async)
         controller.result_checks.append(accountant.check_result)
@@ -255,8 +256,9 @@ def _released_after(history: History, run_id: str, checkpointed: int, sent_throu
     was interrupted in, whose updates may have been read before the resume clears them, and those still running
     when it died (an asynchronous run's too, of a round the checkpoint is past). Each attempt the history wrote ahead
     (its `sent` table) is charged as its finished row was, or where none was recorded (its process was killed
-    outright, or a redone round's rows replaced it) as one that may have trained; an invocation from before that table (no `sent`), if its round is after the checkpoint's, as it was charged, or
-    in a history from before the charged column by accounting.charged's rule."""
+    outright, or a redone round's rows replaced it) as one that may have trained; an invocation without `sent` (from
+    before that table, or of a run without example-level accounting), if its round is after the checkpoint's, as it
+    was charged, or in a history from before the charged column by accounting.charged's rule."""
     rows, sent = history.invocations(run_id), history.sent(run_id)
     finished = {row["sent"]: row for row in rows if row.get("sent") is not None}
     written_ahead = {attempt["seq"] for attempt in sent}

@@ -605,3 +605,12 @@ def test_a_resumed_dp_run_that_died_again_before_its_redone_rounds_checkpoint_ch
         expected = releases_epsilon(planned, releases.get(client_id, 0), accountant.delta)
         assert accountant.epsilon(client_id) == pytest.approx(expected, rel=1e-9), client_id
 
+
+
+def test_only_a_run_that_charges_each_invocation_writes_its_attempts_ahead(tiny_config):
+    """The write-ahead record costs a history commit per attempt on the event loop; only example-level DP's resume
+    reads it, so a run without it writes none (a DP run's are read by the tests above)."""
+    plain = run_experiment(tiny_config(rounds=1))
+    history = History(plain.config.history)
+    assert history.sent(plain.run_id) == []
+    assert [row["sent"] for row in history.invocations(plain.run_id)] == [None] * 4

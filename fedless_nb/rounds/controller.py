@@ -169,6 +169,9 @@ class Controller:
         # client, stage), whose InvocationFinished carries its seq; a checkpoint keeps both (what its accountants count)
         self._last_sent = 0
         self._running: dict[tuple[int, str, str | None], int] = {}
+        # Only a run whose accountant charges each invocation needs that record (the runner sets this): it costs a
+        # history commit per attempt on the event loop, which a run without example-level DP need not pay.
+        self.writes_ahead = False
 
     def subscribe(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -340,6 +343,8 @@ class Controller:
     def _sent(self, round_number: int, client: ClientRef, task: dict[str, Any], stage: str | None) -> None:
         """Announce an attempt as it is sent (InvocationSent, which the history writes at once), under a seq that grows
         across resumes too (nanoseconds since the epoch, or one more than the last)."""
+        if not self.writes_ahead:
+            return
         self._last_sent = max(self._last_sent + 1, time.time_ns())
         self._running[round_number, client.client_id, stage] = self._last_sent
         self.emit(InvocationSent(self.run_id, round_number, client.client_id, client.provider, self._last_sent,
