@@ -9,7 +9,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from ports import free_port
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPOSITORY / "test-artifacts"
@@ -36,12 +36,6 @@ class Frontend:
 
 
 FRONTENDS = [Frontend("jupyterlab", "lab/tree", "#jupyterlab-splash"), Frontend("notebook", "notebooks", None)]
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -90,8 +84,9 @@ def serving(frontend, directory, notebooks):
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
                    "JUPYTER_RUNTIME_DIR": str(directory / "runtime"), "JUPYTER_CONFIG_DIR": str(directory / "config")}
     log = directory / f"{frontend.module}.log"
+    # no port retries: a server that found its port taken ends, rather than serve on one the test does not know
     server = subprocess.Popen(
-        [sys.executable, "-m", frontend.module, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        [sys.executable, "-m", frontend.module, "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={directory}", "--ServerApp.open_browser=False", "--allow-root",
          f"--LabServerApp.user_settings_dir={settings}"],
         cwd=directory, env=environment, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
