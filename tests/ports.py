@@ -37,3 +37,8 @@ def free_port() -> int:
                 continue
             return port
     raise OSError(f"no free port in {_first}-{_first + PORTS_PER_PROCESS - 1} on 127.0.0.1")
+
+
+def kernel_ports() -> dict[str, int]:
+    """KernelManager's five ports, drawn as free_port draws: left at 0, jupyter_client probes them with bind(port 0)."""
+    return {f"{channel}_port": free_port() for channel in ("shell", "iopub", "stdin", "control", "hb")}

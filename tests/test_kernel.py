@@ -18,6 +18,8 @@ from jupyter_client.manager import KernelManager
 from fedless_nb.notebook.completion import config_values
 from fedless_nb.records.history import History
 
+from ports import kernel_ports
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 TINY = "--clients 4 --clients-per-round 2 --workers 1 --set model.options.hidden_units=[8]"
 
@@ -72,7 +74,7 @@ def kernel_environment():
 @pytest.fixture
 def kernel(tmp_path):
     """A python3 kernel working in the test's directory, with the extension loaded."""
-    manager = KernelManager(kernel_name="python3")
+    manager = KernelManager(kernel_name="python3", **kernel_ports())
     manager.start_kernel(cwd=str(tmp_path), env=kernel_environment())
     kernel = Kernel(manager)
     kernel.run("%load_ext fedless_nb")
@@ -94,7 +96,7 @@ def test_kernel_install_puts_a_spec_that_preloads_the_extension(tmp_path):
     assert spec.display_name == "Python 3 (fedless)" and spec.argv[0] == sys.executable
     for logo in ("logo-32x32.png", "logo-64x64.png"):  # what the launcher shows (Jupyter serves logo-* files)
         assert (Path(spec.resource_dir) / logo).read_bytes().startswith(b"\x89PNG")
-    manager = KernelManager(kernel_name="fedless", kernel_spec_manager=specs)
+    manager = KernelManager(kernel_name="fedless", kernel_spec_manager=specs, **kernel_ports())
     manager.start_kernel(cwd=str(tmp_path), env=kernel_environment())
     kernel = Kernel(manager)
     try:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ports import free_port
+from ports import free_port, kernel_ports
 
 TESTS = Path(__file__).resolve().parent
 EPHEMERAL = range(32768, 61000)  # Linux's default ip_local_port_range
@@ -41,3 +41,9 @@ def test_a_port_a_server_listens_on_is_passed_over():
         server.bind(("127.0.0.1", port))
         server.listen()
         assert all(free_port() != port for _ in range(600))
+
+
+def test_a_kernels_five_ports_are_drawn_the_same_way():
+    """jupyter_client probes a kernel's ports with bind(port 0) unless given them."""
+    ports = list(kernel_ports().values())
+    assert len(set(ports)) == 5 and not [port for port in ports if port in EPHEMERAL]
