@@ -16,6 +16,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from fedless_nb.notebook.completion import config_values
+from fedless_nb.providers.zygote import ZYGOTE_VARIABLE
 from fedless_nb.records.history import History
 
 from ports import kernel_ports
@@ -404,7 +405,10 @@ def test_interrupting_a_cell_that_awaits_a_background_run_stops_the_run_with_one
 
 
 @pytest.mark.slow
-def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_and_resumes(exec_workers, kernel, tmp_path):
+def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_and_resumes(
+        exec_workers, worker_zygote, kernel, tmp_path):
+    """Only the cut-off run needs workers of its own that end with their kernel; the restarted kernel's resume forks
+    its worker from the suite's zygote, as every other run here does."""
     kernel.run(f"run = %fedless_train {TINY} --rounds 10 --dashboard none --background")
     history_path = tmp_path / "fedless_history.db"
     deadline = time.time() + 300
@@ -413,7 +417,8 @@ def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_an
         time.sleep(0.2)
     workers = kernel.workers()
     assert workers, "the run's local workers are the kernel's children"
-    kernel.manager.restart_kernel(now=True)  # Kernel > Restart Kernel while it trains
+    zygote = {} if worker_zygote is None else {ZYGOTE_VARIABLE: worker_zygote.socket_path}
+    kernel.manager.restart_kernel(now=True, env={**kernel_environment(), **zygote})  # Kernel > Restart Kernel while it trains
     kernel.client.wait_for_ready(timeout=60)
     _, alive = psutil.wait_procs(workers, timeout=120)  # a worker ends when its stdin (the dead kernel's pipe) closes
     assert not alive, f"workers outlived their kernel: {[p.pid for p in alive]}"
