@@ -46,6 +46,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
+from .store.keys import task_keys_problem
 from .wire import CANNOT_AGGREGATE
 
 SECRET_VARIABLE = "FEDLESS_RUN_SECRET"
@@ -330,6 +331,8 @@ class TaskGuard:
                             f"when deploying it (or {ALLOW_UNSIGNED_VARIABLE}=1 for an open test function)")
         key = _function_key(secret, str(task["run_id"]), str(task["client_id"]))
         nonce, expires_at = key.verify_token(task, nonces)
+        if problem := task_keys_problem(task):
+            raise AuthError(f"{problem}: a function reads and writes only the keys the controller names for its run")
         if store.exists(task["update"]):
             raise AuthError("this task's update already exists: a replayed invocation")
         return cls(key, nonce, nonces, expires_at)

@@ -24,7 +24,7 @@ from fedless_nb.rounds.tree import TreeOptions
 from fedless_nb.runner import run_experiment, run_experiment_async
 from fedless_nb.security import NonceCache, client_key, client_secret
 from fedless_nb.store import LocalStore, encode_arrays
-from fedless_nb.store.keys import secagg_key
+from fedless_nb.store.keys import aggregate_key, secagg_key
 from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
 from fedless_nb.strategies import central_dp
 from fedless_nb.strategies.central_dp import CentralDP
@@ -68,7 +68,7 @@ def _client_update(store, index, *, partial=False):
 
 
 def _task(store, aggregator_id, level, spec, entries):
-    key = f"runs/{RUN}/round-{ROUND:05d}/aggregates/{aggregator_id}.sum"
+    key = aggregate_key(RUN, ROUND, aggregator_id)
     task = {"kind": "aggregate", "run_id": RUN, "round": ROUND, "client_id": aggregator_id, "level": level,
             "weights": "global", "update": key, "spec": spec.to_wire(), "max_update_norm": 100.0,
             "max_update_bytes": 2**20, "entries": entries, "store": store.descriptor(), "token": None,
