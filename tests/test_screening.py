@@ -10,6 +10,7 @@ from fedless_nb.records.history import History
 from fedless_nb.rounds.screening import NormScreen
 from fedless_nb.runner import run_experiment
 from fedless_nb.store import LocalStore, decode_arrays
+from fedless_nb.rounds.checkpoint import checkpoint_key, decode_checkpoint
 from fedless_nb.store.keys import global_weights_key
 
 
@@ -67,3 +68,18 @@ def test_a_boosted_signed_update_is_rejected_with_two_clients(tiny_config, mode)
 def test_max_update_norm_is_checked():
     with pytest.raises(ValueError, match="max_update_norm: must be >= 0"):
         ExperimentConfig.from_dict({"max_update_norm": -1})
+
+
+def test_a_resumed_run_screens_a_round_of_one_by_the_recent_rounds_it_checkpointed(tiny_config):
+    """The recent rounds' window was not in the checkpoint: a resumed run started with it empty, so a round of 1 or 2
+    updates was screened by max_update_norm alone (an update 100x the others' passed) until the window filled again."""
+    config = tiny_config(rounds=2, clients_per_round=3)
+    result = run_experiment(config)
+    checkpoint = decode_checkpoint(LocalStore(config.store.path).get(checkpoint_key(result.run_id)))
+    recent = checkpoint.observer_state["screening"]["recent"]
+    assert len(recent) == 2 and all(len(distances) == 3 for distances in recent)
+    resumed = NormScreen(ratio=10, absolute=1000)
+    resumed.load_state(checkpoint.observer_state["screening"])
+    boosted = 100 * float(np.median(recent))
+    assert list(resumed.outliers({"client-0001": boosted})) == ["client-0001"]
+    assert NormScreen(ratio=10, absolute=1000).outliers({"client-0001": boosted}) == {}, "what an empty window let pass"

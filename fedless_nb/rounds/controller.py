@@ -157,8 +157,9 @@ class Controller:
         # Checks of a result against the controller's own facts (e.g. the accountant's privacy facts):
         # check(client_id, result) -> why it is rejected, or None.
         self.result_checks: list[Callable[[str, dict[str, Any]], str | None]] = []
-        # Observers whose state the checkpoint keeps (name -> object with state() and load_state(state)).
-        self.checkpointed: dict[str, Any] = {}
+        # What the checkpoint keeps the state of (name -> object with state() and load_state(state)): the norm
+        # screening's recent rounds, and observers the runner adds.
+        self.checkpointed: dict[str, Any] = {"screening": self._norm_screen}
         # Called with a resumed run's checkpoint once its state is restored, before the first round runs again.
         self.on_restore: list[Callable[[Checkpoint], None]] = []
         # What dedupes a late reply's charge (_charged): each client's last round with a charged invocation, and the
