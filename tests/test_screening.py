@@ -83,3 +83,16 @@ def test_a_resumed_run_screens_a_round_of_one_by_the_recent_rounds_it_checkpoint
     boosted = 100 * float(np.median(recent))
     assert list(resumed.outliers({"client-0001": boosted})) == ["client-0001"]
     assert NormScreen(ratio=10, absolute=1000).outliers({"client-0001": boosted}) == {}, "what an empty window let pass"
+
+
+def test_fednova_screens_an_update_by_what_its_claimed_steps_make_it_count(tiny_config):
+    """FedNova divides each change by its claimed local steps: a compromised client that trained its planned steps but
+    claimed partial work of 1 step counted its change ~30 times over, and its distance alone passed every norm rule."""
+    config = tiny_config(clients=4, clients_per_round=4, rounds=2, retries=0, strategy={"name": "fednova"},
+                         train={"epochs": 2, "batch_size": 16, "learning_rate": 0.05})
+    result = run_experiment(config, providers={"local": LocalProvider("local", workers=2,
+                                                                      entry_point="workloads:claims_one_step_on_client_1")})
+    invocations = History(config.history).invocations(result.run_id)
+    claimed = [i for i in invocations if i["client_id"] == "client-0001"]
+    assert claimed and all(i["outcome"] == "failed" and i["cause"] == "rejected" for i in claimed)
+    assert all(i["outcome"] == "succeeded" for i in invocations if i["client_id"] != "client-0001")

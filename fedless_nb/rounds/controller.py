@@ -339,13 +339,17 @@ class Controller:
         """The updates of `round_number`'s tasks, trained from `weights`, that pass the norm screening
         (screening.NormScreen, which remembers recent rounds); each rejection is announced."""
         outliers = self.screen_distances(round_number, {update.client_id: update_distance(update.weights, weights)
-                                                        for update in updates})
+                                                        for update in updates}, updates)
         return [update for update in updates if update.client_id not in outliers]
 
-    def screen_distances(self, round_number: int, distances: dict[str, float]) -> set[str]:
-        """`screen` for updates given by their L2 distances from the global model (a streamed round's): the
-        client ids rejected, each rejection announced."""
-        outliers = self._norm_screen.outliers(distances)
+    def screen_distances(self, round_number: int, distances: dict[str, float],
+                         updates: Sequence[ClientUpdate]) -> set[str]:
+        """`screen` for `updates` given by their L2 distances from the global model (a streamed round's): the
+        client ids rejected, each rejection announced. Each distance is judged as the strategy weighs it
+        (Strategy.screened_distance: FedNova's by the steps it claims)."""
+        claims = {update.client_id: update for update in updates}
+        outliers = self._norm_screen.outliers({client_id: self.strategy.screened_distance(claims[client_id], distance)
+                                               for client_id, distance in distances.items()})
         for client_id, reason in outliers.items():
             self.emit(UpdateRejected(self.run_id, round_number, client_id, reason))
         return set(outliers)
