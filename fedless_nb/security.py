@@ -16,7 +16,8 @@ results in its own client's name only (README, "Threat model").
 
 A token binds one task: its run, round, client, update key, deadline, a random nonce and
 a digest of every other field of the task (so a token cannot carry an altered task). The
-function checks it before it touches any data. A result is signed over all of its
+function checks it before it touches any data, and that the task's keys are its client's own
+in its run (store/keys.task_keys_problem): a key signs tasks of any run and key it likes. A result is signed over all of its
 fields, including the SHA-256 of the update bytes the function wrote; the controller
 checks the signature and that the bytes in the store still have that digest.
 
