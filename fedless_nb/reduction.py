@@ -19,6 +19,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from .store.codec import decode_arrays, encode_arrays
+from .wording import counted
 
 _HEADER = struct.Struct("<I")
 MAX_MASKED_LENGTH = 2**31  # a masked vector of more values would be an 8 GiB update
@@ -125,6 +126,9 @@ class WeightedSum:
         if other.sums is not None:
             if self.sums is None:
                 self.sums = [np.zeros(np.shape(layer), np.float64) for layer in other.sums]
+            elif [np.shape(layer) for layer in self.sums] != [np.shape(layer) for layer in other.sums]:
+                raise ValueError("cannot merge partial sums whose layers have different shapes (NumPy would broadcast "
+                                 "one into the other)")
             for total, layer in zip(self.sums, other.sums):
                 total += sign * layer
         self.weight += sign * other.weight
@@ -155,6 +159,22 @@ class WeightedSum:
             raise ValueError("a partial sum holds float64 layers only")
         return cls(None if header["empty"] else [np.array(array) for array in arrays], float(header["weight"]),
                    int(header["count"]), {str(k): float(v) for k, v in header["extras"].items()})
+
+
+def partial_sum_problem(total: "WeightedSum | MaskedSum", count: int) -> str | None:
+    """Why `total`, a partial sum read from an aggregator whose signed result says it holds `count` updates, cannot be
+    that sum, or None: another count, layers without updates (or updates without layers), NaN or Inf in its layers,
+    weight or extras. Merged unchecked, such a sum made the merge a NaN, a negative count or a broadcast layer."""
+    if total.count != count:
+        return f"the partial sum counts {counted(total.count, 'update')}; its aggregator's result says {count}"
+    if isinstance(total, MaskedSum):
+        return None
+    if (total.sums is None) != (total.count == 0):
+        return "the partial sum's layers do not match its count"
+    scalars = [total.weight, *total.extras.values()]
+    if not all(np.isfinite(scalars)) or not all(np.all(np.isfinite(layer)) for layer in total.sums or []):
+        return "the partial sum has NaN or Inf values"
+    return None
 
 
 @dataclass
@@ -224,9 +244,21 @@ def update_problem(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]
         wanted = expected[wrong] if wrong < len(expected) else "nothing"
         return (f"the update's shapes or dtypes do not match the global model: {len(got)} arrays for {len(expected)}, "
                 f"array {wrong} is {found}, expected {wanted}")
+    if problem := numbers_problem(update):
+        return f"the update cannot be summed: {problem}"
     for index, array in enumerate(update):
         if not np.all(np.isfinite(array)):
             return f"the update has NaN or Inf values (array {index})"
+    return None
+
+
+def numbers_problem(arrays: Sequence[np.ndarray]) -> str | None:
+    """Which of `arrays` (a decoded blob: the codec carries strings, complex numbers and dates too) holds something
+    other than real numbers, in words; None when none does. Summing such arrays raised a TypeError (strings, a 500
+    its provider retried) or dropped what float64 cannot hold (a complex number's imaginary part), silently."""
+    for index, array in enumerate(arrays):
+        if array.dtype.kind not in "biuf":
+            return f"array {index} holds {array.dtype}, not real numbers"
     return None
 
 

@@ -16,7 +16,8 @@ results in its own client's name only (README, "Threat model").
 
 A token binds one task: its run, round, client, update key, deadline, a random nonce and
 a digest of every other field of the task (so a token cannot carry an altered task). The
-function checks it before it touches any data. A result is signed over all of its
+function checks it before it touches any data, and that the task's keys are its client's own
+in its run (store/keys.task_keys_problem): a key signs tasks of any run and key it likes. A result is signed over all of its
 fields, including the SHA-256 of the update bytes the function wrote; the controller
 checks the signature and that the bytes in the store still have that digest.
 
@@ -46,6 +47,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
+from .store.keys import task_keys_problem
 from .wire import CANNOT_AGGREGATE
 
 SECRET_VARIABLE = "FEDLESS_RUN_SECRET"
@@ -330,6 +332,8 @@ class TaskGuard:
                             f"when deploying it (or {ALLOW_UNSIGNED_VARIABLE}=1 for an open test function)")
         key = _function_key(secret, str(task["run_id"]), str(task["client_id"]))
         nonce, expires_at = key.verify_token(task, nonces)
+        if problem := task_keys_problem(task):
+            raise AuthError(f"{problem}: a function reads and writes only the keys the controller names for its run")
         if store.exists(task["update"]):
             raise AuthError("this task's update already exists: a replayed invocation")
         return cls(key, nonce, nonces, expires_at)

@@ -13,6 +13,7 @@ from fedless_nb.reduction import SumSpec
 from fedless_nb import security
 from fedless_nb.security import NonceCache, client_key
 from fedless_nb.store import LocalStore, encode_arrays
+from fedless_nb.store.keys import aggregate_key
 
 SECRET = "test-run-secret-0123456789abcdef"
 
@@ -79,7 +80,7 @@ def make_aggregator_task(store, *, run_id="run-1", secret=SECRET):
     """An aggregator's task of one shard (aggregate_wire.py) over client-0000's update, with a token from `secret`."""
     task = {
         "kind": "aggregate", "run_id": run_id, "round": 1, "client_id": "aggregator-0-00001", "level": 0,
-        "weights": "global", "update": f"runs/{run_id}/round-00001/aggregates/aggregator-0-00001.sum",
+        "weights": "global", "update": aggregate_key(run_id, 1, "aggregator-0-00001"),
         "spec": SumSpec().to_wire(), "max_update_bytes": 2**20, "store": store.descriptor(), "token": None,
         "entries": [{"client_id": "client-0000", "key": f"runs/{run_id}/round-00001/updates/client-0000.weights",
                      "result": {}}], "deadline": time.time() + 60,

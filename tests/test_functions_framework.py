@@ -399,6 +399,26 @@ def test_a_function_with_store_roots_reads_and_writes_only_its_own_folder(rooted
     assert status == 200 and reply["num_examples"] == 40 and store.exists(task["update"]), reply
 
 
+def test_a_stolen_client_key_cannot_make_a_rooted_function_write_another_clients_key_in_its_folder(rooted, tmp_path):
+    """Store roots keep a task to the deployer's folder, but whoever held one client's secret signed tasks the shared
+    function admitted for any key there not yet written: a neighbour's update (then refused as a replay), a run's global
+    model, a partition's data that later runs train on. Each is refused (403) before anything is read or written."""
+    url, allowed, _ = rooted
+    store, spec = write_inputs(allowed / "shared-store")
+    stolen = client_key(SECRET, "run-1", "client-0003")  # what client-0003's own secret signs
+    own = make_task(store, spec, "client-0003", secret=None)
+    for update in ["runs/run-1/round-00001/updates/client-0004.weights", "runs/run-1/round-00002/global.weights",
+                   "data/partition/client-0004.arrays"]:
+        task = {**own, "update": update}
+        task["token"] = stolen.issue_token(task)
+        status, reply = _post(url, json.dumps(task).encode())
+        assert status == 403 and f"writes '{update}', which is not client-0003's own key" in reply["error"]["message"], reply
+        assert not store.exists(update)
+    own["token"] = stolen.issue_token(own)
+    status, reply = _post(url, json.dumps(own).encode())
+    assert status == 200 and store.exists(own["update"]), reply
+
+
 @pytest.mark.slow
 def test_a_function_with_store_roots_trains_a_run_on_the_s3_bucket_they_name(
         rooted, tiny_config, monkeypatch, moto_endpoint, aws_credentials):

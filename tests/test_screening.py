@@ -12,6 +12,7 @@ from fedless_nb.records.history import History
 from fedless_nb.rounds.screening import NormScreen
 from fedless_nb.runner import run_experiment
 from fedless_nb.store import LocalStore, decode_arrays
+from fedless_nb.rounds.checkpoint import checkpoint_key, decode_checkpoint
 from fedless_nb.store.keys import global_weights_key
 
 
@@ -98,3 +99,31 @@ def test_a_rejection_names_the_setting_that_rejected_it_and_the_value_that_accep
     assert value > settings[key] and "\n" not in reason
     settings[key] = value
     assert screened(settings["max_norm_ratio"], settings["max_update_norm"]) == {}, "the value named accepts it"
+
+
+def test_a_resumed_run_screens_a_round_of_one_by_the_recent_rounds_it_checkpointed(tiny_config):
+    """The recent rounds' window was not in the checkpoint: a resumed run started with it empty, so a round of 1 or 2
+    updates was screened by max_update_norm alone (an update 100x the others' passed) until the window filled again."""
+    config = tiny_config(rounds=2, clients_per_round=3)
+    result = run_experiment(config)
+    checkpoint = decode_checkpoint(LocalStore(config.store.path).get(checkpoint_key(result.run_id)))
+    recent = checkpoint.observer_state["screening"]["recent"]
+    assert len(recent) == 2 and all(len(distances) == 3 for distances in recent)
+    resumed = NormScreen(ratio=10, absolute=1000)
+    resumed.load_state(checkpoint.observer_state["screening"])
+    boosted = 100 * float(np.median(recent))
+    assert list(resumed.outliers({"client-0001": boosted})) == ["client-0001"]
+    assert NormScreen(ratio=10, absolute=1000).outliers({"client-0001": boosted}) == {}, "what an empty window let pass"
+
+
+def test_fednova_screens_an_update_by_what_its_claimed_steps_make_it_count(tiny_config):
+    """FedNova divides each change by its claimed local steps: a compromised client that trained its planned steps but
+    claimed partial work of 1 step counted its change ~30 times over, and its distance alone passed every norm rule."""
+    config = tiny_config(clients=4, clients_per_round=4, rounds=2, retries=0, strategy={"name": "fednova"},
+                         train={"epochs": 2, "batch_size": 16, "learning_rate": 0.05})
+    result = run_experiment(config, providers={"local": LocalProvider("local", workers=2,
+                                                                      entry_point="workloads:claims_one_step_on_client_1")})
+    invocations = History(config.history).invocations(result.run_id)
+    claimed = [i for i in invocations if i["client_id"] == "client-0001"]
+    assert claimed and all(i["outcome"] == "failed" and i["cause"] == "rejected" for i in claimed)
+    assert all(i["outcome"] == "succeeded" for i in invocations if i["client_id"] != "client-0001")

@@ -15,6 +15,8 @@ from fedless_nb.providers import LocalProvider
 from fedless_nb.runner import run_experiment
 from fedless_nb.security import AuthError, NonceCache, ResultSignatureError, RunKey, client_key, client_secret
 from fedless_nb.store import MissingKeyError
+from fedless_nb.store.keys import secagg_key, task_keys_problem
+from fedless_nb.wire import SECAGG_STAGES
 
 from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
 
@@ -184,3 +186,47 @@ def test_a_large_bodys_text_is_hashed_once_however_often_its_token_repeats(funct
         check_body_token(repeated)
     assert caught.value.status == 403 and hashed == [1]
     check_body_token(task)  # the task as the controller sends it passes
+
+
+def _with_token_of(key, task):
+    """`task` signed with `key` (what a holder of one client's secret can do)."""
+    return {**task, "token": key.issue_token({**task, "token": None})}
+
+
+def test_one_clients_key_writes_and_reads_only_that_clients_keys_of_its_run(function_env, inputs):
+    """A holder of client-0003's secret signs tasks a shared function admits: they may name only client-0003's own
+    update of their run and round, and read nothing of another run (it overwrote or pre-empted any unwritten key)."""
+    store, spec = inputs
+    store.put("runs/other-run/round-00002/global.weights", store.get("global"))
+    stolen = RunKey(client_secret(SECRET, "client-0003"), "run-1")
+    own = make_task(store, spec, "client-0003")
+    for update in ["runs/run-1/round-00001/updates/client-0004.weights",  # a neighbour's update, which it would pre-empt
+                   "runs/run-1/round-00002/updates/client-0003.weights",  # another round's
+                   "runs/run-1/round-00001/global.weights",  # the round's global model
+                   "runs/run-1/round-00001/aggregates-1/aggregator-0.1.sum",  # an aggregator's partial sum
+                   "data/partition/client-0004.arrays"]:  # a partition's data, which later runs would train on
+        _refused(_with_token_of(stolen, {**own, "update": update}), 403, f"writes '{update}', which is not client-0003's")
+        assert not store.exists(update)
+    _refused(_with_token_of(stolen, {**own, "weights": "runs/other-run/round-00002/global.weights"}), 403,
+             "reads 'runs/other-run/round-00002/global.weights', which belongs to another run than run-1")
+    assert task_keys_problem({**own, "update": secagg_key("run-1", 1, "client-0003", "masked", 2)}) is None
+    assert handle(_with_token_of(stolen, own))["signature"]  # its own update, as the controller names it
+
+
+def test_an_aggregators_task_writes_only_its_own_partial_sum_and_reads_only_its_run(function_env, inputs):
+    from signed_tasks import make_aggregator_task
+
+    store, _ = inputs
+    task = make_aggregator_task(store)
+    key = RunKey(client_secret(SECRET, task["client_id"]), "run-1")
+    for update in ["runs/run-1/round-00001/global.weights", "runs/run-1/round-00002/aggregates-1/aggregator-0-00001.1.sum",
+                   "runs/run-1/round-00001/aggregates-1/aggregator-0-00002.1.sum"]:
+        _refused(_with_token_of(key, {**task, "update": update}), 403, f"writes '{update}'")
+    _refused(_with_token_of(key, {**task, "weights": "runs/run-2/round-00000/global.weights"}), 403, "another run")
+    entries = [{**task["entries"][0], "key": "runs/run-2/round-00001/updates/client-0000.weights"}]
+    _refused(_with_token_of(key, {**task, "entries": entries}), 403, "another run than run-1")
+
+
+def test_the_key_rule_knows_every_secure_stage():
+    task = {"run_id": "r", "round": 3, "client_id": "c", "data": "data/p/c.arrays", "weights": "runs/r/round-00002/global.weights"}
+    assert all(task_keys_problem({**task, "update": secagg_key("r", 3, "c", stage)}) is None for stage in SECAGG_STAGES)

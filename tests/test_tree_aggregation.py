@@ -18,13 +18,13 @@ from fedless_nb.function.serving import invoke
 from fedless_nb.notebook.pool import WarmLocalProvider
 from fedless_nb.providers.local import LocalProvider
 from fedless_nb.records.history import History
-from fedless_nb.reduction import MaskedSum, SumSpec
+from fedless_nb.reduction import MaskedSum, SumSpec, WeightedSum
 from fedless_nb.rounds.resilience import NothingTrainedError
 from fedless_nb.rounds.tree import TreeOptions
 from fedless_nb.runner import run_experiment, run_experiment_async
 from fedless_nb.security import NonceCache, client_key, client_secret
 from fedless_nb.store import LocalStore, encode_arrays
-from fedless_nb.store.keys import secagg_key
+from fedless_nb.store.keys import aggregate_key, secagg_key
 from fedless_nb.strategies import ClientUpdate, RunContext, make_strategy
 from fedless_nb.strategies import central_dp
 from fedless_nb.strategies.central_dp import CentralDP
@@ -68,7 +68,7 @@ def _client_update(store, index, *, partial=False):
 
 
 def _task(store, aggregator_id, level, spec, entries):
-    key = f"runs/{RUN}/round-{ROUND:05d}/aggregates/{aggregator_id}.sum"
+    key = aggregate_key(RUN, ROUND, aggregator_id)
     task = {"kind": "aggregate", "run_id": RUN, "round": ROUND, "client_id": aggregator_id, "level": level,
             "weights": "global", "update": key, "spec": spec.to_wire(), "max_update_norm": 100.0,
             "max_update_bytes": 2**20, "entries": entries, "store": store.descriptor(), "token": None,
@@ -654,3 +654,51 @@ def test_a_partial_sum_that_miscounts_one_update_says_so_in_words():
         "the aggregator's result accounts for 1 update (1 distinct), not the 2 it was given, each once")
     assert sum_problem(SimpleNamespace(count=1), SimpleNamespace(count=2), [], "model") == (
         "the partial sum counts 1 update; the ones it says it summed are 2")
+
+
+@pytest.mark.parametrize("model", [[np.array(["ab", "cd"])], [np.ones(4, np.complex64)], [np.zeros(2, "datetime64[D]")]],
+                         ids=["strings", "complex", "dates"])
+def test_an_aggregator_refuses_a_global_model_that_does_not_hold_real_numbers_in_one_line(tmp_path, aggregator_env, model):
+    """A string model crashed the sum (TypeError: a 500 its provider retried); complex numbers and dates were summed
+    as float64, the imaginary part dropped, silently. The update matches the model, as a client trained from it writes."""
+    store = LocalStore(tmp_path)
+    store.put("global", encode_arrays(model))
+    key = f"runs/{RUN}/round-{ROUND:05d}/updates/client-0000.weights"
+    signed = _signed_result(store, "client-0000", key, encode_arrays(model), 10)
+    entry = {"client_id": "client-0000", "key": key, "result": signed, "term": {"scale": 1.0, "weight": 10.0}}
+    task, written = _task(store, "aggregator-0-0", 0, SumSpec(), [entry])
+    status, reply = invoke(task)
+    assert status == 400 and reply["error"]["message"] == (
+        f"the global model at global cannot be summed against: array 0 holds {model[0].dtype}, not real numbers")
+    assert not store.exists(written)
+
+
+def _lower_sum(store, aggregator_id, total, count):
+    """`total` written as aggregator_id's partial sum, with its signed result claiming `count` updates."""
+    key = aggregate_key(RUN, ROUND, aggregator_id)
+    blob = total.to_bytes()
+    store.put(key, blob)
+    result = {"run_id": RUN, "round": ROUND, "client_id": aggregator_id, "update": key, "count": count, "summed": [],
+              "rejected": [], "bytes_read": 0, "cold": False, "signature": None}
+    return {"client_id": aggregator_id, "key": key, "result": client_key(SECRET, RUN, aggregator_id).sign_result(result, blob)}
+
+
+@pytest.mark.parametrize("lower, problem", [
+    ((WeightedSum([layer.astype(np.float64) for layer in CURRENT], float("nan"), 1), 1), "has NaN or Inf values"),
+    ((WeightedSum([np.full(layer.shape, np.inf) for layer in CURRENT], 1.0, 1), 1), "has NaN or Inf values"),
+    ((WeightedSum([layer.astype(np.float64) for layer in CURRENT], 1.0, -3), 1), "counts -3 updates; its aggregator's result says 1"),
+    ((WeightedSum(None, 5.0, 5), 5), "layers do not match its count"),
+    ((WeightedSum([np.ones(1), np.ones(1)], 1.0, 1), 1), "different shapes (NumPy would broadcast"),
+], ids=["nan-weight", "inf-layers", "negative-count", "count-without-layers", "broadcast-shapes"])
+def test_a_merging_aggregator_refuses_a_lower_sum_that_is_not_what_its_signed_result_says(tmp_path, aggregator_env,
+                                                                                          lower, problem):
+    """A lower aggregator's sum was merged unchecked: a NaN weight or a negative count went up into the merge, and a
+    sum of one value per layer was broadcast into every value of the other sums' layers, silently."""
+    store = LocalStore(tmp_path)
+    good = _lower_sum(store, "aggregator-0-0", WeightedSum([layer.astype(np.float64) for layer in CURRENT], 10.0, 1), 1)
+    bad = _lower_sum(store, "aggregator-0-1", *lower)
+    task, written = _task(store, "aggregator-1-0", 1, SumSpec(), [good, bad])
+    status, reply = invoke(task)
+    assert status == 400 and reply["error"]["message"].startswith(
+        f"the partial sum at {bad['key']} of aggregator-0-1 cannot be merged: ") and problem in reply["error"]["message"]
+    assert not store.exists(written)

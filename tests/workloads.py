@@ -515,3 +515,19 @@ def refuses_secure_stages(payload):
     if "secagg" in payload.get("train", {}):
         raise PayloadError("the task's train: unknown field secagg")
     return handle(payload)
+
+
+def claims_one_step_on_client_1(payload):
+    """Trains and signs for real, except client 1, a compromised function: it trains its planned steps but claims
+    partial work of 1 step, which FedNova divides its change by (amplifying it by the planned steps)."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.security import client_key, function_secret
+
+    result = handle(payload)
+    if not payload["client_id"].endswith("-0001"):
+        return result
+    from fedless_nb.store import store_from_descriptor
+
+    update = store_from_descriptor(payload["store"]).get(payload["update"])
+    key = client_key(function_secret(), payload["run_id"], payload["client_id"])
+    return key.sign_result({**result, "steps": 1, "partial": True}, update)

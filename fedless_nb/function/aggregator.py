@@ -26,8 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..aggregate_wire import AggregateEntry, AggregateTask, RejectedUpdate, SummedUpdate, parse_aggregate_result
-from ..reduction import (MaskedSum, SumSpec, SumTerm, WeightedSum, norm_problem, partial_sum_limit, update_problem,
-                         update_term)
+from ..reduction import (MaskedSum, SumSpec, SumTerm, WeightedSum, norm_problem, numbers_problem, partial_sum_limit,
+                         partial_sum_problem, update_problem, update_term)
 from ..security import ResultSignatureError, TaskGuard, check_may_aggregate, client_key, function_secret
 from ..store import CodecError, MissingKeyError, Store, decode_arrays
 from ..wire import PayloadError, ResultError, first_problem, parse_result
@@ -109,15 +109,30 @@ def _add_update(task: AggregateTask, spec: SumSpec, entry: AggregateEntry, data:
 def _add_partial(task: AggregateTask, spec: SumSpec, entry: AggregateEntry, store: Store,
                  total: WeightedSum | MaskedSum, secret: str | None) -> int:
     """Merge a lower aggregator's partial sum, if that aggregator signed it; returns the bytes read."""
-    parse_aggregate_result(entry.result, task.run_id, task.round, entry.client_id, entry.key)
+    claimed = parse_aggregate_result(entry.result, task.run_id, task.round, entry.client_id, entry.key)
     size = store.size(entry.key)
     if size > partial_sum_limit(task.max_update_bytes):
         raise PayloadError(f"the partial sum at {entry.key} is {size} bytes, more than a sum of this model can be")
     data = store.get(entry.key)
     if secret is not None:
         client_key(secret, task.run_id, entry.client_id).verify_result(entry.result, data)
-    total.merge(spec.read_sum(data))  # type: ignore[arg-type]
+    try:
+        part = spec.read_sum(data)
+        if problem := partial_sum_problem(part, claimed.count):
+            raise ValueError(problem)
+        total.merge(part)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise PayloadError(f"the partial sum at {entry.key} of {entry.client_id} cannot be merged: {error}") from None
     return len(data)
+
+
+def _global_model(task: AggregateTask, store: Store) -> list[Any]:
+    """The global model the shard's updates trained from, if it holds real numbers (PayloadError otherwise: each
+    update would be refused against it, or a string model crashed the sum)."""
+    current = decode_arrays(store.get(task.weights))
+    if problem := numbers_problem(current):
+        raise PayloadError(f"the global model at {task.weights} cannot be summed against: {problem}")
+    return current
 
 
 def check_aggregate_task(payload: Any) -> tuple[AggregateTask, SumSpec]:
@@ -145,7 +160,7 @@ def aggregate(payload: dict[str, Any], *, secret: str | None = None) -> dict[str
     cold = _INVOCATIONS[0] == 0
     _INVOCATIONS[0] += 1
     total, summed, rejected, bytes_read = spec.empty_sum(), [], [], 0
-    current = decode_arrays(store.get(task.weights)) if task.level == 0 and not spec.is_masked else []
+    current = _global_model(task, store) if task.level == 0 and not spec.is_masked else []
     loaded = time.perf_counter()
     for entry in task.entries:
         if task.level > 0:

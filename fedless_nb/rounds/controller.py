@@ -157,8 +157,9 @@ class Controller:
         # Checks of a result against the controller's own facts (e.g. the accountant's privacy facts):
         # check(client_id, result) -> why it is rejected, or None.
         self.result_checks: list[Callable[[str, dict[str, Any]], str | None]] = []
-        # Observers whose state the checkpoint keeps (name -> object with state() and load_state(state)).
-        self.checkpointed: dict[str, Any] = {}
+        # What the checkpoint keeps the state of (name -> object with state() and load_state(state)): the norm
+        # screening's recent rounds, and observers the runner adds.
+        self.checkpointed: dict[str, Any] = {"screening": self._norm_screen}
         # Called with a resumed run's checkpoint once its state is restored, before the first round runs again.
         self.on_restore: list[Callable[[Checkpoint], None]] = []
         # What dedupes a late reply's charge (_charged): each client's last round with a charged invocation, and the
@@ -365,13 +366,17 @@ class Controller:
         """The updates of `round_number`'s tasks, trained from `weights`, that pass the norm screening
         (screening.NormScreen, which remembers recent rounds); each rejection is announced."""
         outliers = self.screen_distances(round_number, {update.client_id: update_distance(update.weights, weights)
-                                                        for update in updates})
+                                                        for update in updates}, updates)
         return [update for update in updates if update.client_id not in outliers]
 
-    def screen_distances(self, round_number: int, distances: dict[str, float]) -> set[str]:
-        """`screen` for updates given by their L2 distances from the global model (a streamed round's): the
-        client ids rejected, each rejection announced."""
-        outliers = self._norm_screen.outliers(distances)
+    def screen_distances(self, round_number: int, distances: dict[str, float],
+                         updates: Sequence[ClientUpdate]) -> set[str]:
+        """`screen` for `updates` given by their L2 distances from the global model (a streamed round's): the
+        client ids rejected, each rejection announced. Each distance is judged as the strategy weighs it
+        (Strategy.screened_distance: FedNova's by the steps it claims)."""
+        claims = {update.client_id: update for update in updates}
+        outliers = self._norm_screen.outliers({client_id: self.strategy.screened_distance(claims[client_id], distance)
+                                               for client_id, distance in distances.items()})
         for client_id, reason in outliers.items():
             self.emit(UpdateRejected(self.run_id, round_number, client_id, reason))
         return set(outliers)

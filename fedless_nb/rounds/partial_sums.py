@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..aggregate_wire import AggregateResult
-from ..reduction import MaskedSum, WeightedSum
+from ..reduction import MaskedSum, WeightedSum, partial_sum_problem
 from ..wording import counted
 
 
@@ -107,14 +107,12 @@ def sum_problem(total: WeightedSum | MaskedSum, contents: Contents, current: Seq
             _close(total.extras[name], value) for name, value in contents.extras.items()):
         return (f"the partial sum's weight {total.weight:g} (or its extras) is not the {contents.weight:g} of the "
                 "updates it says it summed")
-    if (total.sums is None) != (total.count == 0):
-        return "the partial sum's layers do not match its count"
+    if problem := partial_sum_problem(total, total.count):  # its layers and values, as a merging aggregator checks them
+        return problem
     if total.sums is None:
         return None
     if [tuple(layer.shape) for layer in total.sums] != [tuple(np.shape(layer)) for layer in current]:
         return "the partial sum's layers do not have the model's shapes"
-    if not all(np.all(np.isfinite(layer)) for layer in total.sums):
-        return "the partial sum has NaN or Inf values"
     if math.isfinite(contents.reach):
         base = contents.scale if term == "model" else 0.0
         distance = math.sqrt(sum(float(np.sum(np.square(layer - base * np.asarray(c, np.float64))))

@@ -94,3 +94,13 @@ class NormScreen:
         if accepted:
             self._recent.append(accepted)
         return reasons
+
+    def state(self) -> dict[str, list[list[float]]]:
+        """The recent rounds' accepted distances, for the run's checkpoint: a resumed run that started with an empty
+        window screened its rounds of 1 or 2 updates by the absolute bound alone until the window filled again."""
+        return {"recent": [list(distances) for distances in self._recent]}
+
+    def load_state(self, state: dict[str, list[list[float]]]) -> None:
+        """Restore `state` (an older checkpoint's, without one: an empty window, as before)."""
+        self._recent.clear()
+        self._recent.extend([float(distance) for distance in distances] for distances in state.get("recent", []))

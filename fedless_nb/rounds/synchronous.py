@@ -119,7 +119,8 @@ class SynchronousRounds:
                 updates = await self.read_refused(round_number, weights, arrivals, streamed)
         if streamed is None:
             return started, selected, controller.screen(round_number, updates, weights), None
-        rejected = controller.screen_distances(round_number, {u.client_id: streamed.distances[u.client_id] for u in updates})
+        rejected = controller.screen_distances(round_number, {u.client_id: streamed.distances[u.client_id] for u in updates},
+                                               updates)
         keys = {u.client_id: update_key(controller.run_id, round_number, u.client_id) for u in updates}
         changed = await streamed.remove(controller.store, keys, rejected)
         for client_id in changed:

@@ -168,7 +168,7 @@ class TreeAggregation:
         on the reported distances, each update it rejects taken back out (`remove`)."""
         deadline = time.time() + self.controller.plan.round_deadline
         tree = await self.reduce(round_number, current, arrivals, deadline)
-        rejected = self.controller.screen_distances(round_number, tree.distances)
+        rejected = self.controller.screen_distances(round_number, tree.distances, [a.update for a in arrivals])
         if not await self.remove(round_number, tree, [a for a in arrivals if a.update.client_id in rejected], deadline):
             # a rejected update changed in the store after it was summed, so it cannot be subtracted: sum the
             # round again without the rejected ones (the aggregators refuse any update whose bytes changed)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 
 def global_weights_key(run_id: str, round_number: int) -> str:
     """The global model after `round_number` rounds (round 0: the initial weights)."""
@@ -61,3 +64,30 @@ def aggregate_key(run_id: str, round_number: int, aggregator_id: str, round_run:
     (`round_run`: a round below its quorum runs again) and per `attempt` of the invocation, since a function
     refuses to overwrite an object (a replay), so a retried aggregator writes a key of its own."""
     return f"{round_prefix(run_id, round_number)}/aggregates-{round_run}/{aggregator_id}.{attempt}.sum"
+
+
+_STAGE_NAMES = "keys|shares|check|masked|reveal"  # wire.SECAGG_STAGES (this module imports nothing of fedless_nb)
+
+
+def task_keys_problem(task: dict[str, Any]) -> str | None:
+    """Why a signed task's store keys are not its own, or None: it writes only its client's key of its run and round
+    (its update, a secure stage's object, or an aggregator's partial sum, as the controller names them) and reads
+    nothing of another run. A secret's holder signs tasks of any run, round and key, so a function's token check
+    alone let one client's key overwrite or pre-empt another client's update, another round's or run's objects or a
+    partition's data, wherever the function's store is shared (a local folder under its FEDLESS_STORE_ROOTS)."""
+    run_id, round_number, client_id = str(task["run_id"]), int(task["round"]), str(task["client_id"])
+    own = re.escape(round_prefix(run_id, round_number)) + "/"
+    client = re.escape(client_id)
+    if task.get("kind") == "aggregate":
+        written, reads = own + rf"aggregates-\d+/{client}\.\d+\.sum", [task.get("weights")]
+        reads += [entry.get("key") for entry in task.get("entries", ()) if isinstance(entry, dict)]
+    else:
+        written = own + rf"(updates/{client}\.weights|secagg-\d+/{client}\.({_STAGE_NAMES}))"
+        train = task.get("train") if isinstance(task.get("train"), dict) else {}
+        reads = [task.get("weights"), task.get("data"), train.get("correction")]
+    if not re.fullmatch(written, str(task["update"])):
+        return (f"the task writes {task['update']!r}, which is not {client_id}'s own key in run {run_id}, round "
+                f"{round_number}")
+    other = next((key for key in reads if isinstance(key, str) and key.startswith("runs/")
+                  and not key.startswith(f"runs/{run_id}/")), None)
+    return None if other is None else f"the task reads {other!r}, which belongs to another run than {run_id}"

@@ -86,6 +86,11 @@ class Strategy(ABC):
     def aggregate(self, round_number: int, current: Weights, updates: Sequence[ClientUpdate]) -> Weights:
         """The next global model; `updates` holds at least one update."""
 
+    def screened_distance(self, update: ClientUpdate, distance: float) -> float:
+        """The L2 `distance` of `update` from the global model as the norm screening judges it: as much as the update
+        moves the aggregate, its own distance for every rule but FedNova's."""
+        return distance
+
     def fewest_updates(self) -> FewestUpdates | None:
         """The fewest updates the rule aggregates, or None: any count (none keeps the model)."""
         return None

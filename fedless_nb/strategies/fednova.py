@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..reduction import SumSpec, SumTerm, WeightedSum
+from ..function.batching import local_steps
 from .aggregate import add_scaled, local_solver_norm
 from .base import ClientUpdate, RunContext, SumStrategy, Weights
 from .options import require
@@ -45,6 +46,17 @@ class FedNova(SumStrategy):
         norm = local_solver_norm(update.steps_taken(self.train), float(self.train["learning_rate"]), self.proximal_mu)
         examples = float(update.num_examples)
         return SumTerm(-examples / norm, examples, {"tau": examples * norm})
+
+    def screened_distance(self, update: ClientUpdate, distance: float) -> float:
+        """`distance` scaled from the steps the update claims to the planned ones: FedNova divides each change by its
+        steps' solver norm, so a compromised client claiming partial work of 1 step of a planned 50 made a change
+        within the screening's bounds count 50 times over; scaled so, it is judged by what it adds to the aggregate
+        (an honest straggler's shorter change, by what it would have been at the planned steps)."""
+        if self.train is None:
+            raise RuntimeError("FedNova needs the run's train settings: call bind() before round 1")
+        learning_rate = float(self.train["learning_rate"])
+        planned = local_solver_norm(local_steps(update.num_examples, self.train), learning_rate, self.proximal_mu)
+        return distance * planned / local_solver_norm(update.steps_taken(self.train), learning_rate, self.proximal_mu)
 
     def aggregate_total(self, round_number: int, current: Weights, total: WeightedSum,
                         distances: Sequence[float]) -> Weights:
