@@ -129,10 +129,9 @@ def server_running(frontend, directory, root):
 
 
 @contextlib.contextmanager
-def notebooks_open(server, directory, notebooks, end_sessions=True):
+def notebooks_open(server, directory, notebooks):
     """`notebooks` (file name -> notebook) written to `directory`, each with its kernel session started through
-    the REST API (so no kernel dialog can race the test); with `end_sessions` (a shared server, which outlives the
-    test), the sessions and their kernels end with the block."""
+    the REST API (so no kernel dialog can race the test); the sessions and their kernels end with the block."""
     sessions = []
     try:
         for name, notebook in notebooks.items():
@@ -142,16 +141,14 @@ def notebooks_open(server, directory, notebooks, end_sessions=True):
                                                             "kernel": {"name": "python3"}})["id"])
         yield
     finally:
-        for session in sessions if end_sessions else ():
+        for session in sessions:
             server.api(f"sessions/{session}", "DELETE")
 
 
 @contextlib.contextmanager
 def serving(frontend, directory, notebooks):
-    """The frontend's own server, serving `directory` with `notebooks` (file name -> notebook) open in it. Its
-    sessions end with the server (a session whose kernel the test restarted answered its DELETE with a 500)."""
-    with server_running(frontend, directory, directory) as server, \
-            notebooks_open(server, directory, notebooks, end_sessions=False):
+    """The frontend's own server, serving `directory` with `notebooks` (file name -> notebook) open in it."""
+    with server_running(frontend, directory, directory) as server, notebooks_open(server, directory, notebooks):
         yield server
 
 
