@@ -9,7 +9,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from ports import free_port
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPOSITORY / "test-artifacts"
 QUICKSTART = REPOSITORY / "tutorials" / "01_quickstart.ipynb"
@@ -31,31 +32,41 @@ class Frontend:
     """What differs between the two apps: how the server starts, where the notebook opens, what covers it while loading."""
 
     module: str  # started as `python -m MODULE`; also names its log and screenshots
-    notebook_path: str  # the URL path a notebook opens under
+    notebook_path: str  # the URL path a notebook opens under; JupyterLab's names a workspace
     splash: str | None  # the loading screen that covers the page until the app has started, if any
 
+    def page(self, server, notebook):
+        """The URL of `notebook` (its served path) in this app. JupyterLab opens it in a workspace of its own: a
+        server's workspace keeps the tabs an earlier page left open, which would open beside it."""
+        workspace = re.sub(r"[^A-Za-z0-9_-]", "-", notebook)
+        return f"{server.base}/{self.notebook_path.format(workspace=workspace)}/{notebook}?token={server.token}"
 
-FRONTENDS = [Frontend("jupyterlab", "lab/tree", "#jupyterlab-splash"), Frontend("notebook", "notebooks", None)]
 
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+FRONTENDS = [Frontend("jupyterlab", "lab/workspaces/{workspace}/tree", "#jupyterlab-splash"),
+             Frontend("notebook", "notebooks", None)]
 
 
 @dataclass(frozen=True)
 class Server:
-    """A running frontend server: its base URL, its token, its log file and its process id (its kernels are its children)."""
+    """A running frontend server: its base URL, its token, the folder it serves, its log file and its process id
+    (its kernels are its children)."""
 
     base: str
     token: str
+    root: Path
     log: Path
     pid: int
 
-    def api(self, path):
-        with urllib.request.urlopen(f"{self.base}/api/{path}?token={self.token}", timeout=30) as response:
-            return json.loads(response.read())
+    def api(self, path, method="GET", body=None):
+        request = urllib.request.Request(
+            f"{self.base}/api/{path}?token={self.token}", method=method, headers={"Content-Type": "application/json"},
+            data=None if body is None else json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"null")
+
+    def path(self, file):
+        """The path the server serves `file` under (the notebook's URL path and its session's path)."""
+        return file.relative_to(self.root).as_posix()
 
     def wait_until_connected(self, notebook, timeout=600):
         """Until the kernel of `notebook`'s session has a page connected to it and is idle. The page's own
@@ -71,11 +82,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(frontend, directory, notebooks):
-    """The frontend's server on 127.0.0.1 with a one-off token, serving `notebooks` (file name -> notebook)
-    written to `directory`, each with its kernel session started; yields the Server."""
-    for name, notebook in notebooks.items():
-        nbformat.write(notebook, directory / name)
+def server_running(frontend, directory, root):
+    """The frontend's server on 127.0.0.1 with a one-off token, serving the folder `root`; its settings, runtime
+    files and log go to `directory`. Yields the Server."""
     settings = directory / "settings"
     # every cell stays in the page (no windowing), and no news pop-up covers it. Both apps use JupyterLab's
     # plugins and settings layout; Notebook 7 with JupyterLab installed is served its settings by
@@ -90,11 +99,12 @@ def serving(frontend, directory, notebooks):
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
                    "JUPYTER_RUNTIME_DIR": str(directory / "runtime"), "JUPYTER_CONFIG_DIR": str(directory / "config")}
     log = directory / f"{frontend.module}.log"
+    # no port retries: a server that found its port taken ends, rather than serve on one the test does not know
     server = subprocess.Popen(
-        [sys.executable, "-m", frontend.module, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={directory}", "--ServerApp.open_browser=False", "--allow-root",
+        [sys.executable, "-m", frontend.module, "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False", "--allow-root",
          f"--LabServerApp.user_settings_dir={settings}"],
-        cwd=directory, env=environment, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+        cwd=root, env=environment, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -105,15 +115,8 @@ def serving(frontend, directory, notebooks):
         except OSError:
             assert server.poll() is None and time.time() < deadline, log.read_text()
             time.sleep(0.5)
-    # start each notebook's kernel session through the REST API, so no kernel dialog can race the test
-    for name in notebooks:
-        request = urllib.request.Request(
-            f"{base}/api/sessions?token={token}", method="POST", headers={"Content-Type": "application/json"},
-            data=json.dumps({"path": name, "name": name, "type": "notebook", "kernel": {"name": "python3"}}).encode(),
-        )
-        urllib.request.urlopen(request, timeout=60)
     try:
-        yield Server(base, token, log, server.pid)
+        yield Server(base, token, root, log, server.pid)
     finally:
         # SIGTERM stops the server at once, kernels shut down; SIGINT without a terminal is a KeyboardInterrupt
         # that a second one (sent to skip a confirmation only asked on a terminal) could cut short mid-cleanup
@@ -123,6 +126,62 @@ def serving(frontend, directory, notebooks):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@contextlib.contextmanager
+def notebooks_open(server, directory, notebooks, end_sessions=True):
+    """`notebooks` (file name -> notebook) written to `directory`, each with its kernel session started through
+    the REST API (so no kernel dialog can race the test); with `end_sessions` (a shared server, which outlives the
+    test), the sessions and their kernels end with the block."""
+    sessions = []
+    try:
+        for name, notebook in notebooks.items():
+            nbformat.write(notebook, directory / name)
+            path = server.path(directory / name)
+            sessions.append(server.api("sessions", "POST", {"path": path, "name": name, "type": "notebook",
+                                                            "kernel": {"name": "python3"}})["id"])
+        yield
+    finally:
+        for session in sessions if end_sessions else ():
+            server.api(f"sessions/{session}", "DELETE")
+
+
+@contextlib.contextmanager
+def serving(frontend, directory, notebooks):
+    """The frontend's own server, serving `directory` with `notebooks` (file name -> notebook) open in it. Its
+    sessions end with the server (a session whose kernel the test restarted answered its DELETE with a 500)."""
+    with server_running(frontend, directory, directory) as server, \
+            notebooks_open(server, directory, notebooks, end_sessions=False):
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server per frontend for this module's tests that need no server of their own (each opens its own
+    notebooks in its own folder, with their own kernels), serving the folder that holds every test's tmp_path.
+    Started on first use; under pytest-xdist the tests of one frontend share a worker (their xdist_group)."""
+    with contextlib.ExitStack() as stack:
+        servers = {}
+
+        def server_for(frontend):
+            if frontend.module not in servers:
+                directory = tmp_path_factory.mktemp(f"{frontend.module}-server")
+                servers[frontend.module] = stack.enter_context(
+                    server_running(frontend, directory, tmp_path_factory.getbasetemp()))
+            return servers[frontend.module]
+
+        yield server_for
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for this module's tests; each test opens its pages in a context of its own."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_for_tests(), headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
 
 
 def chromium_for_tests():
@@ -141,14 +200,14 @@ def python3_notebook(cells):
 
 
 @contextlib.contextmanager
-def jupyterlab_page(playwright, server, notebook, artifact):
-    """A headless Chromium page showing `notebook` in JupyterLab, once the app has started; on a failure, its
+def jupyterlab_page(browser, server, notebook, artifact):
+    """A page of its own in `browser` showing `notebook` in JupyterLab, once the app has started; on a failure, its
     screenshot and the server's log go to test-artifacts/ARTIFACT-failure.*"""
     frontend = FRONTENDS[0]
-    browser = playwright.chromium.launch(executable_path=chromium_for_tests(), headless=True, args=["--no-sandbox"])
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
     try:
-        page.goto(f"{server.base}/{frontend.notebook_path}/{notebook}?token={server.token}")
+        page.goto(frontend.page(server, notebook))
         page.locator(frontend.splash).wait_for(state="detached", timeout=120_000)
         page.locator(".jp-Notebook").wait_for(timeout=120_000)
         yield page
@@ -157,18 +216,19 @@ def jupyterlab_page(playwright, server, notebook, artifact):
         shutil.copy(server.log, ARTIFACTS / f"{artifact}-failure-server.log")
         raise
     finally:
-        browser.close()
+        context.close()
 
 
 @pytest.fixture
-def frontend_url(request, tmp_path):
-    """A scratch copy of the quickstart served by the frontend; yields the frontend, the notebook's URL and file."""
+def frontend_url(request, shared_server, tmp_path):
+    """A scratch copy of the quickstart served by the frontend; yields the frontend, the server and the notebook's file."""
     frontend = request.param
     notebook = nbformat.read(QUICKSTART, as_version=4)
     for cell in notebook.cells:  # a fresh notebook: every output the test sees comes from this run
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    with serving(frontend, tmp_path, {QUICKSTART.name: notebook}) as server:
+    server = shared_server(frontend)
+    with notebooks_open(server, tmp_path, {QUICKSTART.name: notebook}):
         yield frontend, server, tmp_path / QUICKSTART.name
 
 
@@ -242,16 +302,13 @@ def last_cell_output(page):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # the whole quickstart runs in the page; a loaded machine takes its time
-@pytest.mark.parametrize("frontend_url", FRONTENDS, ids=[frontend.module for frontend in FRONTENDS], indirect=True)
-def test_the_quickstart_dashboard_renders(frontend_url):
-    from playwright.sync_api import sync_playwright
-
+@pytest.mark.parametrize("frontend_url", [pytest.param(frontend, id=frontend.module, marks=pytest.mark.xdist_group(frontend.module))
+                                          for frontend in FRONTENDS], indirect=True)
+def test_the_quickstart_dashboard_renders(frontend_url, browser):
     frontend, server, notebook_file = frontend_url
-    url = f"{server.base}/{frontend.notebook_path}/{notebook_file.name}?token={server.token}"
-    chromium = chromium_for_tests()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    url = frontend.page(server, server.path(notebook_file))
+    with contextlib.closing(browser.new_context(viewport={"width": 1400, "height": 1000})) as context:
+        page = context.new_page()
         console = []
         page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
         try:
@@ -259,7 +316,7 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             if frontend.splash:
                 page.locator(frontend.splash).wait_for(state="detached", timeout=120_000)  # the app has started
             page.locator(".jp-Notebook").wait_for(timeout=120_000)
-            run_all_cells(page, server, notebook_file.name)
+            run_all_cells(page, server, server.path(notebook_file))
 
             dashboard = page.locator(".fedless-dashboard").first  # the first run's live widgets, while it trains
             dashboard.wait_for(timeout=300_000)
@@ -314,8 +371,6 @@ def test_the_quickstart_dashboard_renders(frontend_url):
             (ARTIFACTS / f"{frontend.module}-failure-cells.txt").write_text(cells_seen(page))
             shutil.copy(server.log, ARTIFACTS / f"{frontend.module}-failure-server.log")
             raise
-        finally:
-            browser.close()
 
 
 def run_cell(page, server, notebook, index):
@@ -349,33 +404,33 @@ CLASSROOM_NOTEBOOKS = {
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_the_classroom_roster_and_the_drawing_pad_render(tmp_path):
+@pytest.mark.xdist_group("notebook")  # the quickstart's notebook case shares its server
+def test_the_classroom_roster_and_the_drawing_pad_render(shared_server, browser, tmp_path):
     """The teacher's roster in one page and a student's drawing pad in another (Notebook 7, one page per
     notebook, as a room would open them): the student draws an example, joins with it, and the teacher's
     roster shows them with their own drawings."""
-    from playwright.sync_api import sync_playwright
-
     frontend = FRONTENDS[1]
     notebooks = {name: python3_notebook(cells) for name, cells in CLASSROOM_NOTEBOOKS.items()}
-    chromium = chromium_for_tests()
-    with serving(frontend, tmp_path, notebooks) as server, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+    server = shared_server(frontend)
+    teacher_path, student_path = (server.path(tmp_path / name) for name in ("teacher.ipynb", "student.ipynb"))
+    with notebooks_open(server, tmp_path, notebooks), contextlib.ExitStack() as contexts:
         pages = {}
         try:
             for name in notebooks:
-                pages[name] = browser.new_context(viewport={"width": 1200, "height": 1000}).new_page()
-                pages[name].goto(f"{server.base}/{frontend.notebook_path}/{name}?token={server.token}")
+                context = contexts.enter_context(contextlib.closing(browser.new_context(viewport={"width": 1200, "height": 1000})))
+                pages[name] = context.new_page()
+                pages[name].goto(frontend.page(server, server.path(tmp_path / name)))
                 pages[name].locator(".jp-Notebook").wait_for(timeout=120_000)
             teacher, student = pages["teacher.ipynb"], pages["student.ipynb"]
 
-            run_all_cells(teacher, server, "teacher.ipynb")
+            run_all_cells(teacher, server, teacher_path)
             roster = teacher.locator(".fedless-roster")
             roster.get_by_text("No student has joined yet.").wait_for(timeout=300_000)
             join_command = teacher.locator(".fedless-join-command").inner_text()
             assert re.fullmatch(r"%load_ext fedless_nb\n%fedless_join http://127\.0\.0\.1:\d+ [A-Z2-9]{6} --name YOUR_NAME",
                                 join_command.strip()), join_command
 
-            run_cell(student, server, "student.ipynb", 0)
+            run_cell(student, server, student_path, 0)
             pad = student.locator(".fedless-drawing")
             pad.wait_for(timeout=300_000)
             cells = pad.locator(".fedless-cell")
@@ -387,7 +442,7 @@ def test_the_classroom_roster_and_the_drawing_pad_render(tmp_path):
             pad.get_by_role("button", name="Add example").click()
             pad.get_by_text("1 examples drawn (1: 1)").wait_for(timeout=60_000)
 
-            run_cell(student, server, "student.ipynb", 1)
+            run_cell(student, server, student_path, 1)
             student.locator(".fedless-calls").get_by_text("Waiting for the teacher's first round").wait_for(timeout=300_000)
             alice = roster.locator("tr").filter(has_text="alice")
             alice.wait_for(timeout=60_000)
@@ -397,14 +452,15 @@ def test_the_classroom_roster_and_the_drawing_pad_render(tmp_path):
             for name, page in pages.items():
                 page.screenshot(path=str(ARTIFACTS / f"classroom-{name}-failure.png"))
             raise
-        finally:
-            browser.close()
 
 
 TINY = "--clients 4 --clients-per-round 2 --workers 2 --set model.options.hidden_units=[8]"
 STOPPED_LINE = re.compile(r"UsageError: Run (\S+) stopped after round (\d+); the history keeps every finished round\. "
                           r"Continue it with: (%fedless_resume \S+)")
-INTERRUPTED_NOTEBOOK = ["%load_ext fedless_nb", f"run = %fedless_train {TINY} --rounds 40",
+# the interrupt, sent once the dashboard shows round 1 done, stops the run after round 1 or 2 (3 on a loaded machine):
+# 10 rounds leave room, and the resume trains the rest to its last round
+INTERRUPTED_ROUNDS = 10
+INTERRUPTED_NOTEBOOK = ["%load_ext fedless_nb", f"run = %fedless_train {TINY} --rounds {INTERRUPTED_ROUNDS}",
                         "",  # the user pastes the resume line here
                         "%fedless_pool --end", f"run = %fedless_train {TINY} --rounds 40"]
 
@@ -423,25 +479,25 @@ def rounds_done(page, cell, rounds):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_interrupt_and_restart_from_the_kernel_menu_keep_the_history_and_leave_no_worker(exec_workers, tmp_path):
+def test_interrupt_and_restart_from_the_kernel_menu_keep_the_history_and_leave_no_worker(exec_workers, browser, tmp_path):
     """JupyterLab's Kernel > Interrupt Kernel mid-run: one line naming the resume magic, the finished rounds in the
     history, and the pasted line continues the run to its last round. Kernel > Restart Kernel mid-run: every worker
     ends with the old kernel, the history still reads (the run is `interrupted`)."""
     import psutil
-    from playwright.sync_api import sync_playwright
 
     from fedless_nb.records.history import History
 
     notebook = python3_notebook(INTERRUPTED_NOTEBOOK)
-    with serving(FRONTENDS[0], tmp_path, {"interrupted.ipynb": notebook}) as server, sync_playwright() as playwright, \
-            jupyterlab_page(playwright, server, "interrupted.ipynb", "jupyterlab-interrupted") as page:
+    # a server of its own, started without the suite's zygote (exec_workers): its kernel's workers are its children
+    with serving(FRONTENDS[0], tmp_path, {"interrupted.ipynb": notebook}) as server, \
+            jupyterlab_page(browser, server, "interrupted.ipynb", "jupyterlab-interrupted") as page:
         def workers():
             (kernel,) = psutil.Process(server.pid).children()
             return kernel.children(recursive=True)
 
         run_cell(page, server, "interrupted.ipynb", 0)
         run_cell(page, server, "interrupted.ipynb", 1)
-        rounds_done(page, 1, 40)
+        rounds_done(page, 1, INTERRUPTED_ROUNDS)
         kernel_menu(page, "Interrupt Kernel")
         outputs = page.locator(".jp-CodeCell").nth(1).locator(".jp-OutputArea-output")
         stopped = outputs.and_(page.locator('[data-mime-type="application/vnd.jupyter.stderr"]')).filter(
@@ -455,7 +511,7 @@ def test_interrupt_and_restart_from_the_kernel_menu_keep_the_history_and_leave_n
         assert f"Run {run_id} stopped after round {rounds};" in record.inner_text()  # the record says it too
         history = History(tmp_path / "fedless_history.db")
         run = history.run(run_id)
-        assert run["status"] == "stopped" and run["rounds_completed"] == rounds < 40
+        assert run["status"] == "stopped" and run["rounds_completed"] == rounds < INTERRUPTED_ROUNDS
         page.screenshot(path=str(ARTIFACTS / "jupyterlab-interrupted.png"))
 
         page.locator(".jp-CodeCell").nth(2).locator(".jp-InputArea-editor").click()
@@ -463,8 +519,8 @@ def test_interrupt_and_restart_from_the_kernel_menu_keep_the_history_and_leave_n
         run_cell(page, server, "interrupted.ipynb", 2)
         record = page.locator(".jp-CodeCell").nth(2).locator(".fedless-record")
         record.wait_for(timeout=600_000)
-        assert "40/40 rounds" in record.inner_text()
-        assert [row["round"] for row in history.rounds(run_id)] == list(range(1, 41)), "each round once"
+        assert f"{INTERRUPTED_ROUNDS}/{INTERRUPTED_ROUNDS} rounds" in record.inner_text()
+        assert [row["round"] for row in history.rounds(run_id)] == list(range(1, INTERRUPTED_ROUNDS + 1)), "each round once"
         run_cell(page, server, "interrupted.ipynb", 3)
         page.locator(".jp-CodeCell").nth(3).get_by_text(re.compile(r"Stopped \d+ warm workers?")).wait_for(timeout=120_000)
         assert workers() == [], "every worker the interrupted and the resumed run used was the pool's"
@@ -482,7 +538,7 @@ def test_interrupt_and_restart_from_the_kernel_menu_keep_the_history_and_leave_n
         # the server interrupts a kernel before it shuts it down: the run records its end ("stopped") if the
         # kernel lives long enough, else the history finds its process gone ("interrupted"); both resume
         assert cut_off["status"] in ("stopped", "interrupted") and 1 <= cut_off["rounds_completed"] < 40, cut_off
-        assert history.run(run_id)["rounds_completed"] == 40
+        assert history.run(run_id)["rounds_completed"] == INTERRUPTED_ROUNDS
         with sqlite3.connect(tmp_path / "fedless_history.db") as database:
             assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
@@ -493,20 +549,20 @@ STOP_BUTTON_NOTEBOOK = ["%load_ext fedless_nb", f"run = %fedless_train {TINY} --
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_the_dashboards_stop_button_stops_a_background_run_in_jupyterlab(tmp_path):
+@pytest.mark.xdist_group("jupyterlab")  # the quickstart's JupyterLab case shares its server
+def test_the_dashboards_stop_button_stops_a_background_run_in_jupyterlab(shared_server, browser, tmp_path):
     """A click on the live dashboard's Stop button, made while another cell awaits the run, ends the run after its
     current round: the awaiting cell gets the stopped run, the widgets give way to its record, the history keeps it."""
-    from playwright.sync_api import sync_playwright
-
     from fedless_nb.records.history import History
 
-    notebook = python3_notebook(STOP_BUTTON_NOTEBOOK)
-    with serving(FRONTENDS[0], tmp_path, {"stop.ipynb": notebook}) as server, sync_playwright() as playwright, \
-            jupyterlab_page(playwright, server, "stop.ipynb", "jupyterlab-stop-button") as page:
-        run_cell(page, server, "stop.ipynb", 0)
-        run_cell(page, server, "stop.ipynb", 1)
+    server = shared_server(FRONTENDS[0])
+    notebook = server.path(tmp_path / "stop.ipynb")
+    with notebooks_open(server, tmp_path, {"stop.ipynb": python3_notebook(STOP_BUTTON_NOTEBOOK)}), \
+            jupyterlab_page(browser, server, notebook, "jupyterlab-stop-button") as page:
+        run_cell(page, server, notebook, 0)
+        run_cell(page, server, notebook, 1)
         rounds_done(page, 1, 40)
-        run_cell(page, server, "stop.ipynb", 2)  # the kernel reads the click while this cell awaits the run
+        run_cell(page, server, notebook, 2)  # the kernel reads the click while this cell awaits the run
         stop = page.locator(".jp-CodeCell").nth(1).get_by_role("button", name="Stop after this round")
         stop.scroll_into_view_if_needed()
         # the timeline's rows are named by their clients' numbers (they read 0, 1, ... by row, as the x axis's seconds)

@@ -12,6 +12,7 @@ from jupyter_client.manager import KernelManager
 
 from fedless_nb.records.history import History
 
+from ports import kernel_ports
 from test_kernel import Kernel, kernel_environment
 
 STUDENTS = ("alice", "bob", "carol")
@@ -33,7 +34,7 @@ run.controller.subscribe(hold)
 
 def start_kernel(directory):
     directory.mkdir()
-    manager = KernelManager(kernel_name="python3")
+    manager = KernelManager(kernel_name="python3", **kernel_ports())
     manager.start_kernel(cwd=str(directory), env=kernel_environment())
     kernel = Kernel(manager)
     kernel.run("%load_ext fedless_nb")

@@ -31,22 +31,17 @@ from fedless_nb.runner import run_experiment
 from fedless_nb.security import client_key, client_secret
 from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
 
+from ports import free_port
 from signed_tasks import make_aggregator_task, make_task, reading_file, write_custom_layer_inputs, write_inputs
 
 SECRET = "functions-framework-test-secret"
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
 def functions_framework(bundle: Path, log: Path, secret: str = SECRET, settings: dict[str, str] | None = None):
     """`functions-framework --target fedless_client` in the bundle's folder, holding `secret` (and the environment
     `settings`, e.g. FEDLESS_STORE_ROOTS), until the block ends."""
-    port = _free_port()
+    port = free_port()
     executable = shutil.which("functions-framework") or str(Path(sys.executable).parent / "functions-framework")
     environment = {name: value for name, value in os.environ.items()
                    if not name.startswith(("FEDLESS_", "AWS_", "PYTHON"))}
@@ -371,7 +366,7 @@ def test_a_function_with_store_roots_refuses_a_signed_task_whose_urls_lie_elsewh
     url, _, host = rooted
     _, spec = write_inputs(tmp_path)
     asked = len(host.paths)
-    status, reply = _post(url, json.dumps(_presigned_task(spec, urls_at.format(port=host.port, other=_free_port()))).encode())
+    status, reply = _post(url, json.dumps(_presigned_task(spec, urls_at.format(port=host.port, other=free_port()))).encode())
     assert status == 403 and reply["error"]["type"] == "AuthError", reply
     assert "FEDLESS_STORE_ROOTS" in reply["error"]["message"] and "\n" not in reply["error"]["message"]
     assert len(host.paths) == asked, f"the function asked the store host for {host.paths[asked:]}"

@@ -16,7 +16,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from fedless_nb.notebook.completion import config_values
+from fedless_nb.providers.zygote import ZYGOTE_VARIABLE
 from fedless_nb.records.history import History
+
+from ports import kernel_ports
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 TINY = "--clients 4 --clients-per-round 2 --workers 1 --set model.options.hidden_units=[8]"
@@ -72,7 +75,7 @@ def kernel_environment():
 @pytest.fixture
 def kernel(tmp_path):
     """A python3 kernel working in the test's directory, with the extension loaded."""
-    manager = KernelManager(kernel_name="python3")
+    manager = KernelManager(kernel_name="python3", **kernel_ports())
     manager.start_kernel(cwd=str(tmp_path), env=kernel_environment())
     kernel = Kernel(manager)
     kernel.run("%load_ext fedless_nb")
@@ -94,7 +97,7 @@ def test_kernel_install_puts_a_spec_that_preloads_the_extension(tmp_path):
     assert spec.display_name == "Python 3 (fedless)" and spec.argv[0] == sys.executable
     for logo in ("logo-32x32.png", "logo-64x64.png"):  # what the launcher shows (Jupyter serves logo-* files)
         assert (Path(spec.resource_dir) / logo).read_bytes().startswith(b"\x89PNG")
-    manager = KernelManager(kernel_name="fedless", kernel_spec_manager=specs)
+    manager = KernelManager(kernel_name="fedless", kernel_spec_manager=specs, **kernel_ports())
     manager.start_kernel(cwd=str(tmp_path), env=kernel_environment())
     kernel = Kernel(manager)
     try:
@@ -402,7 +405,10 @@ def test_interrupting_a_cell_that_awaits_a_background_run_stops_the_run_with_one
 
 
 @pytest.mark.slow
-def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_and_resumes(exec_workers, kernel, tmp_path):
+def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_and_resumes(
+        exec_workers, worker_zygote, kernel, tmp_path):
+    """Only the cut-off run needs workers of its own that end with their kernel; the restarted kernel's resume forks
+    its worker from the suite's zygote, as every other run here does."""
     kernel.run(f"run = %fedless_train {TINY} --rounds 10 --dashboard none --background")
     history_path = tmp_path / "fedless_history.db"
     deadline = time.time() + 300
@@ -411,7 +417,8 @@ def test_a_run_cut_off_by_a_kernel_restart_reads_interrupted_leaves_no_worker_an
         time.sleep(0.2)
     workers = kernel.workers()
     assert workers, "the run's local workers are the kernel's children"
-    kernel.manager.restart_kernel(now=True)  # Kernel > Restart Kernel while it trains
+    zygote = {} if worker_zygote is None else {ZYGOTE_VARIABLE: worker_zygote.socket_path}
+    kernel.manager.restart_kernel(now=True, env={**kernel_environment(), **zygote})  # Kernel > Restart Kernel while it trains
     kernel.client.wait_for_ready(timeout=60)
     _, alive = psutil.wait_procs(workers, timeout=120)  # a worker ends when its stdin (the dead kernel's pipe) closes
     assert not alive, f"workers outlived their kernel: {[p.pid for p in alive]}"

@@ -168,7 +168,11 @@ class BackgroundRun:
         if offer_stop is not None:
             offer_stop(self.stop)
         started = threading.Event()
-        observers = [lambda event: isinstance(event, RunStarted) and started.set(), *observers]
+        # the cell returns once the dashboard has shown the start, so its widgets are that cell's output; the other
+        # observers see the start after the cell may have returned
+        shows_first = [observer for observer in observers if observer is dashboard]
+        observers = [*shows_first, lambda event: isinstance(event, RunStarted) and started.set(),
+                     *(observer for observer in observers if observer is not dashboard)]
         self._run = run_loop().submit(run_experiment_async(
             config, model=model, observers=observers, on_controller=self._attach, **options))
         self.future = self._run.future
