@@ -3,6 +3,7 @@ import pickle
 import re
 import subprocess
 import sys
+import urllib.request
 
 import numpy as np
 import pytest
@@ -122,7 +123,13 @@ def test_without_path_mnist_comes_from_keras_own_loader(monkeypatch):
 
 @pytest.mark.parametrize("name, local_copy", [("mnist", "mnist.npz"), ("cifar10", "cifar-10-batches-py")])
 def test_a_download_without_network_is_one_line_saying_where_the_files_go(monkeypatch, tmp_path, name, local_copy):
-    """Keras' real loader against an empty cache and a proxy that refuses every connection."""
+    """Keras' real loader against an empty cache and a proxy that refuses every connection.
+
+    urllib's first urlopen in a process builds its global opener from the proxy variables of that moment and keeps
+    it, so the test starts without one (its download must meet the proxy set here) and puts back the one from before
+    at its end. It once left its own behind, and every later urlopen of the test session went to the proxy at port 9:
+    the Functions Framework and classroom tests' servers were up, their requests were refused."""
+    monkeypatch.setattr(urllib.request, "_opener", None)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KERAS_HOME", raising=False)
     for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):

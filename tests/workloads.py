@@ -149,6 +149,27 @@ def inflates_counts_on_client_1(payload):
     return result
 
 
+def late_by_one_version(payload):
+    """FedBuff's staleness by construction, not by timing: client-0002 trains its first task (from the initial
+    model) only once the global model of version 1 is in the store, and the others train their second tasks only
+    once that late update is in the store, so it arrives before theirs and is aggregated into version 2."""
+    from fedless_nb.function.handler import handle
+    from fedless_nb.store import store_from_descriptor
+    from fedless_nb.store.keys import global_weights_key, update_key
+
+    store, run_id = store_from_descriptor(payload["store"]), payload["run_id"]
+    if payload["client_id"] == "client-0002" and payload["round"] == 1:
+        awaited = global_weights_key(run_id, 1)
+    elif payload["client_id"] != "client-0002" and payload["round"] == 2:
+        awaited = update_key(run_id, 1, "client-0002")
+    else:
+        awaited = None
+    deadline = time.monotonic() + 60
+    while awaited is not None and not store.exists(awaited) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return handle(payload)
+
+
 def sleeps_on_client_zero(payload):
     """A straggler by construction: client-0000 sleeps 10 s before training; the others train at once."""
     from fedless_nb.function.handler import handle
