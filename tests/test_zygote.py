@@ -83,6 +83,50 @@ def test_workers_end_with_their_zygote_and_the_next_starts_without_it(monkeypatc
     assert forked["parent"] == zygote.process.pid and replacement["parent"] == os.getpid()
 
 
+def _signals_sent_here(monkeypatch):
+    """The os.kill calls this process makes from now on (and still makes them)."""
+    sent, kill = [], os.kill
+    monkeypatch.setattr(os, "kill", lambda pid, signal_number: sent.append((pid, signal_number)) or kill(pid, signal_number))
+    return sent
+
+
+async def _busy_worker(socket_path):
+    """A forked worker in the middle of a task that would take a minute."""
+    worker = await fork_worker(socket_path, "workloads:counting", function_environment(1), 2**20)
+    worker.stdin.write(json.dumps({"sleep": 60}).encode() + b"\n")
+    await worker.stdin.drain()
+    return worker
+
+
+def test_a_worker_is_killed_by_its_zygote_never_by_a_pid_signalled_from_its_caller(worker_zygote, monkeypatch):
+    """Only the worker's parent knows that its pid is still the worker's: a pid the zygote has reaped may name
+    another process by the time a caller signals it (this suite wraps PIDs within minutes)."""
+    sent = _signals_sent_here(monkeypatch)
+
+    async def body():
+        worker = await _busy_worker(worker_zygote.socket_path)
+        worker.kill()
+        return await asyncio.wait_for(worker.wait(), 30)
+
+    assert asyncio.run(body()) == -9 and not sent
+
+
+def test_a_busy_worker_ends_with_its_zygote_and_its_caller_signals_nothing(monkeypatch):
+    zygote = Zygote.start(function_environment(1))
+    sent = _signals_sent_here(monkeypatch)
+
+    async def body():
+        worker = await _busy_worker(zygote.socket_path)
+        process = psutil.Process(worker.pid)
+        zygote.close()
+        return process, await asyncio.wait_for(worker.wait(), 30)
+
+    process, code = asyncio.run(body())
+    assert code == -9 and not sent
+    process.wait(10)  # the kernel killed it with its parent (PR_SET_PDEATHSIG); not left to finish its minute
+    assert not process.is_running()
+
+
 def _ask(path, request, fds=()):
     """The zygote's answer to one raw request."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:

@@ -19,8 +19,12 @@ give a worker the stdin, stdout and stderr pipes the local worker protocol runs 
 Protocol, one Unix-socket connection per worker: the caller sends one JSON line {"entry_point",
 "environment", "cwd", "package" (its fedless_nb's directory, which must be the zygote's)} with three file
 descriptors (the worker's stdin, stdout and stderr); the zygote answers {"pid": N} (or {"error": "..."})
-and, when that worker exits, {"exit": code}, negative for a signal as subprocess reports it. The zygote
-exits when its stdin closes, that is when whoever started it ends.
+and, when that worker exits, {"exit": code}, negative for a signal as subprocess reports it. A caller that
+wants its worker killed writes "kill" on the same connection: the zygote, the worker's parent, sends the
+signal, because only a parent knows that a pid still names its child (a pid the zygote has reaped may already
+name another process: PIDs wrap, within minutes on a busy machine). The zygote exits when its stdin closes,
+that is when whoever started it ends, and on Linux its workers are killed with it (PR_SET_PDEATHSIG); elsewhere
+a worker whose zygote is gone ends when its caller closes its stdin.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import importlib
 import json
 import os
@@ -67,6 +72,7 @@ class _Zygote:
 
     def __init__(self, listener: socket.socket) -> None:
         self.listener = listener
+        self.pid = os.getpid()
         self.reports: dict[int, socket.socket] = {}  # worker pid -> the connection its exit is reported on
         self.wakeup_read, self.wakeup_write = os.pipe()
         os.set_blocking(self.wakeup_read, False)
@@ -105,15 +111,32 @@ class _Zygote:
             self._become_worker(request, fds, connection)  # does not return
         for fd in fds:  # the zygote keeps none of a worker's pipe ends, so its caller sees them close
             os.close(fd)
-        if pid > 0:
+        if pid > 0 and _answer(connection, {"pid": pid}, close=False):  # else its caller is gone: nobody to report to
             self.reports[pid] = connection
-            _answer(connection, {"pid": pid}, close=False)
+            self.selector.register(connection, selectors.EVENT_READ, lambda: self._caller_says(pid, connection))
+
+    def _caller_says(self, pid: int, connection: socket.socket) -> None:
+        """A worker's caller wrote "kill" (kill the worker, if it has not been reaped) or hung up (it is gone: its
+        worker ends when its stdin closes, and its exit goes unreported)."""
+        try:
+            said = connection.recv(64)
+        except OSError:
+            said = b""
+        if said and pid in self.reports:  # not reaped, so the pid is still this worker's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        elif not said:
+            self.selector.unregister(connection)
+            connection.close()
+            if self.reports.get(pid) is connection:
+                del self.reports[pid]
 
     def _become_worker(self, request: dict[str, Any], fds: list[int], connection: socket.socket) -> None:
         """In the child: drop the zygote's sockets and signal handling, take the caller's pipes, environment,
         directory and import path, and serve tasks as a local worker until stdin closes."""
         code = 1
         try:
+            _end_with_the_zygote(self.pid)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -159,7 +182,19 @@ class _Zygote:
                 return
             connection = self.reports.pop(pid, None)
             if connection is not None:
+                self.selector.unregister(connection)
                 _answer(connection, {"exit": os.waitstatus_to_exitcode(status)})
+
+
+def _end_with_the_zygote(zygote_pid: int) -> None:
+    """In a new worker on Linux: have the kernel kill it when the zygote, its parent, ends (as Zygote.close
+    promises), so no caller ever signals a pid that may have been reused. ctypes, because the standard library
+    has no prctl and the one call does not warrant a package."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != zygote_pid:  # the zygote ended before the call took effect
+        os._exit(1)
 
 
 def _receive_request(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -186,14 +221,16 @@ def _receive_request(connection: socket.socket) -> tuple[dict[str, Any], list[in
     return request, fds
 
 
-def _answer(connection: socket.socket, message: dict[str, Any], *, close: bool = True) -> None:
-    """One JSON line to a caller, who may be gone already (nobody to tell, and no reason for the zygote to end)."""
+def _answer(connection: socket.socket, message: dict[str, Any], *, close: bool = True) -> bool:
+    """One JSON line to a caller, who may be gone already (nobody to tell, and no reason for the zygote to end);
+    whether the connection is still open."""
     try:
         connection.sendall(json.dumps(message).encode() + b"\n")
     except OSError:
         close = True
     if close:
         connection.close()
+    return not close
 
 
 def serve(socket_path: str) -> None:
@@ -223,9 +260,9 @@ class ForkedWorker:
     async def _await_exit(self, report: asyncio.StreamReader) -> None:
         try:
             self.returncode = int(json.loads(await report.readline())["exit"])
-        except (ValueError, KeyError, TypeError, ConnectionError):  # the zygote ended first: make sure the worker does
-            self.kill()
-            self.returncode = -signal.SIGKILL
+        except (ValueError, KeyError, TypeError, ConnectionError):  # the zygote ended first, and killed the worker
+            self.returncode = -signal.SIGKILL  # on Linux; elsewhere the worker ends when its stdin closes
+            self.stdin.close()
         finally:
             self._report_writer.close()
 
@@ -235,9 +272,10 @@ class ForkedWorker:
         return self.returncode
 
     def kill(self) -> None:
-        if self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+        """Ask the zygote to kill the worker: never os.kill here, where the worker's pid may name another process
+        by now (the zygote may have reaped the worker, its exit still on the way)."""
+        if self.returncode is None and not self._report_writer.is_closing():
+            self._report_writer.write(b"kill\n")
 
 
 async def fork_worker(socket_path: str, entry_point: str, environment: dict[str, str], reply_limit: int) -> ForkedWorker:
