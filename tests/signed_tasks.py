@@ -13,18 +13,28 @@ from fedless_nb.reduction import SumSpec
 from fedless_nb import security
 from fedless_nb.security import NonceCache, client_key
 from fedless_nb.store import LocalStore, encode_arrays
-from fedless_nb.store.keys import aggregate_key
+from fedless_nb.store.keys import aggregate_key, client_data_key
 
 SECRET = "test-run-secret-0123456789abcdef"
 
 
+CLIENTS = [f"client-{index:04d}" for index in range(4)]  # the clients that tasks here are made for
+
+
+def data_key(client_id):
+    """Where write_inputs puts `client_id`'s data: its own key, as a signed task must name it."""
+    return client_data_key("partition", client_id)
+
+
 def write_inputs(root):
-    """A tiny model's initial weights and one client's data in a local store at `root`."""
+    """A tiny model's initial weights and each of CLIENTS' data (the same examples) in a local store at `root`."""
     store = LocalStore(root)
     spec, weights = model_spec_from(zoo.mlp, builder_context={"input_shape": (8,), "num_classes": 3, "hidden_units": [4]})
     store.put("global", encode_arrays(weights))
     rng = np.random.default_rng(0)
-    store.put("data/a", encode_arrays([rng.random((40, 8), dtype=np.float32), rng.integers(0, 3, 40)]))
+    data = encode_arrays([rng.random((40, 8), dtype=np.float32), rng.integers(0, 3, 40)])
+    for client_id in CLIENTS:
+        store.put(data_key(client_id), data)
     return store, spec
 
 
@@ -67,7 +77,7 @@ def make_task(store, spec, client_id="client-0000", *, run_id="run-1", secret=SE
     """A task of the wire contract, with a token from `secret` (None: unsigned)."""
     task = {
         "run_id": run_id, "round": 1, "client_id": client_id, "model": spec.to_wire(), "weights": weights,
-        "data": "data/a", "update": f"runs/{run_id}/round-00001/updates/{client_id}.weights",
+        "data": data_key(client_id), "update": f"runs/{run_id}/round-00001/updates/{client_id}.weights",
         "train": {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "learning_rate": 0.1, "seed": 1},
         "store": store.descriptor(), "token": None, "deadline": time.time() + 60 if deadline is None else deadline,
     }

@@ -42,7 +42,8 @@ def test_malicious_results_are_signed_so_only_the_controllers_checks_stop_them(t
     assert provider.attacked[bad] == 1 and result.status == "finished"
     if attack.kind == "label_flipping":
         store = LocalStore(config.store.path)
-        key = next(k for k in (p.relative_to(store.root).as_posix() for p in store.root.rglob("*.flipped")))
+        (key,) = [p.relative_to(store.root).as_posix() for p in store.root.glob("data/*-flipped/*.arrays")]
+        assert key.endswith(f"/{bad}.arrays"), "the copy is the attacker's own data by its key"
         _, flipped = decode_arrays(store.get(key))
-        _, honest = decode_arrays(store.get(key.removesuffix(".flipped")))
+        _, honest = decode_arrays(store.get(key.replace("-flipped/", "/")))
         assert (flipped == 9 - honest).all()

@@ -32,7 +32,7 @@ from fedless_nb.security import client_key, client_secret
 from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
 
 from ports import free_port
-from signed_tasks import make_aggregator_task, make_task, reading_file, write_custom_layer_inputs, write_inputs
+from signed_tasks import data_key, make_aggregator_task, make_task, reading_file, write_custom_layer_inputs, write_inputs
 
 SECRET = "functions-framework-test-secret"
 
@@ -345,7 +345,7 @@ def _presigned_task(spec, urls_at: str):
 
     update = "runs/run-1/round-00001/updates/client-0000.weights"
     descriptor = {"kind": "presigned", "expires_at": time.time() + 60, "max_write_bytes": None,
-                  "get": {"global": urls_at + "global?X-Amz-Signature=1", "data/a": urls_at + "data/a", update: urls_at + update},
+                  "get": {"global": urls_at + "global?X-Amz-Signature=1", data_key("client-0000"): urls_at + data_key("client-0000"), update: urls_at + update},
                   "post": {update: {"url": urls_at, "fields": {"key": update}}}}
     return make_task(SimpleNamespace(descriptor=lambda: descriptor), spec, secret=SECRET)
 

@@ -3,6 +3,7 @@ the controller refuses results and updates that are not the ones a function sign
 its other updates."""
 
 import json
+import re
 import time
 
 import pytest
@@ -211,6 +212,24 @@ def test_one_clients_key_writes_and_reads_only_that_clients_keys_of_its_run(func
              "reads 'runs/other-run/round-00002/global.weights', which belongs to another run than run-1")
     assert task_keys_problem({**own, "update": secagg_key("run-1", 1, "client-0003", "masked", 2)}) is None
     assert handle(_with_token_of(stolen, own))["signature"]  # its own update, as the controller names it
+
+
+def test_one_clients_key_trains_only_on_that_clients_data(function_env, inputs):
+    """A holder of client-0003's secret could sign a task that trains on client-0001's data and so learn from it
+    (its update, or a model it planted, carries what it learned): a function admits a client's task only over
+    that client's own data key."""
+    from signed_tasks import data_key
+
+    store, spec = inputs
+    stolen = RunKey(client_secret(SECRET, "client-0003"), "run-1")
+    own = make_task(store, spec, "client-0003")
+    for data in [data_key("client-0001"), "data/partition/client-00030.arrays", "data/partition/../client-0003.arrays",
+                 "data/partition/client-0003.arrays/../../partition/client-0001.arrays", "data/client-0003.arrays",
+                 "runs/run-1/round-00001/updates/client-0001.weights"]:
+        _refused(_with_token_of(stolen, {**own, "data": data}), 403,
+                 re.escape(f"trains on '{data}', which is not client-0003's own data (data/<partition>/client-0003.arrays)"))
+    assert not store.exists(own["update"])
+    assert handle(_with_token_of(stolen, own))["signature"]
 
 
 def test_an_aggregators_task_writes_only_its_own_partial_sum_and_reads_only_its_run(function_env, inputs):

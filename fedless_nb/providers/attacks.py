@@ -106,7 +106,8 @@ class MaliciousProvider(Provider):
     def _on_flipped_labels(self, task: dict[str, Any], store: Any) -> dict[str, Any]:
         """The same task over a copy of the client's data with flipped labels, with a token for it."""
         x, y = decode_arrays(store.get(task["data"]))
-        flipped = f"{task['data']}.flipped"
+        partition, name = task["data"].rsplit("/", 1)
+        flipped = f"{partition}-flipped/{name}"  # still the client's own data by its key (store/keys.task_keys_problem)
         # the simulation writes the copy as the operator, beside the data: the task's limit is for its update only
         unlimited = store_from_descriptor({k: v for k, v in task["store"].items() if k != "max_write_bytes"})
         unlimited.put(flipped, encode_arrays([x, (self.attack.num_classes - 1 - y).astype(y.dtype)]))
