@@ -21,7 +21,7 @@ from aiohttp import web
 from fedless_nb import cli, zoo
 from fedless_nb.function import handler as client
 from fedless_nb.experiment import ConfigError, ExperimentConfig
-from fedless_nb.model import model_spec_from
+from fedless_nb.model import ModelSpec, model_spec_from
 from fedless_nb.providers.aws_lambda import SECRET_VARIABLE, LambdaProvider
 from fedless_nb.providers.base import InvocationError, ProviderSetupError
 from fedless_nb.providers.registry import make_provider
@@ -332,6 +332,10 @@ def test_the_image_bundles_handler_answers_signed_tasks(tmp_path, function_env):
     with pytest.raises(InvocationError, match="AuthError: the task has no token") as caught:
         _invoke(fake, {**make_task(store, model, "client-0001"), "token": None})
     assert caught.value.cause == "auth" and len(fake.requests) == 2, "a refused token is not retried"
+    unbuildable = ModelSpec("[1, 2]", model.compile)  # refused before training: charged nothing, not retried
+    with pytest.raises(InvocationError, match="PayloadError: ModelError: the model spec does not rebuild") as caught:
+        _invoke(fake, make_task(store, unbuildable, "client-0002"), secret=SECRET)
+    assert caught.value.cause == "refused" and len(fake.requests) == 3
 
 
 def test_a_function_deployed_for_one_client_refuses_an_aggregators_task_with_its_declared_cause(tmp_path, function_env,

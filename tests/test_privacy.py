@@ -433,6 +433,33 @@ def test_every_function_path_declares_a_refusal_before_training(tmp_path, monkey
     assert "needs a function deployed with a run secret" in reply["error"]["message"]
 
 
+@pytest.mark.parametrize("broken, refusal", [
+    ("model", "ModelError: the model spec does not rebuild"), ("weights", "CodecError: "), ("data", "CodecError: ")])
+def test_a_task_whose_model_or_stored_bytes_the_function_cannot_use_is_refused_before_training(
+        tmp_path, monkeypatch, broken, refusal):
+    """Its model does not rebuild, or its global weights' or its data's bytes are not a blob the codec wrote: the
+    function cannot start training, so every path declares "refused" (charged nothing): the HTTP reply by its cause,
+    keeping the error's type, and Lambda's direct invoke by the PayloadError type, the error's type leading its
+    message. (On the old code these were errors, charged as if the client had trained.)"""
+    from fedless_nb.function import serving
+
+    def trains(*args, **kwargs):
+        raise AssertionError("the function trained before refusing its task")
+
+    monkeypatch.setattr(client, "train_client", trains)
+    task = client_task(tmp_path)
+    if broken == "model":
+        task["model"] = {**task["model"], "architecture": "[1, 2]"}
+    else:
+        LocalStore(tmp_path).put(task[broken], b"not a weights blob")
+    status, reply = serving.invoke(task)
+    error_type, message = refusal.split(": ", 1)
+    assert (status, reply["error"]["type"], reply["error"]["cause"]) == (400, error_type, "refused"), reply
+    assert reply["error"]["message"].startswith(message)
+    with pytest.raises(PayloadError, match=f"^{re.escape(refusal)}"):
+        serving.handle_direct(task)
+
+
 def test_fedbuff_charges_the_calls_its_last_version_left_running(tiny_config):
     """FedBuff ends once its last version is published, cancelling the clients still training: their functions may
     train and write their updates all the same (a cancelled call stops only the controller's wait), so each is

@@ -17,19 +17,20 @@ This module must stay importable without IPython, ipywidgets, rich or sqlite-uti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..aggregate_wire import is_aggregate_task
 from ..model import ModelError, ModelModules, ModelSpec, build_model, make_optimizer, model_modules_allowed
 from ..security import TaskGuard
-from ..store import decode_arrays, encode_arrays
-from ..wire import DP_SETTINGS, SECAGG_KEY_STAGES, PayloadError, check_task
+from ..store import CodecError, decode_arrays, encode_arrays
+from ..wire import DP_SETTINGS, REFUSED, SECAGG_KEY_STAGES, PayloadError, check_task
 from .aggregator import aggregate
 from .batching import batch_rng, batch_size, dp_sampling, local_steps, privacy_facts, step_batches, step_budget
 from .secagg_stages import key_stage, masking, stage_of
@@ -295,6 +296,18 @@ def _correction(store: Any, key: str, like: list[Any]) -> list[np.ndarray]:
     return arrays
 
 
+@contextlib.contextmanager
+def _refusing_before_training() -> Iterator[None]:
+    """A task whose model or stored bytes the function cannot use (ModelError, CodecError) is refused as a malformed
+    one is (PayloadError): raised before the first training step, its reply declares REFUSED, and privacy accounting
+    charges nothing for it. Only the code before training runs under this, so the same errors later stay charged."""
+    try:
+        yield
+    except (ModelError, CodecError) as error:
+        error.cause = REFUSED  # type: ignore[attr-defined]
+        raise
+
+
 @dataclass(frozen=True)
 class _Training:
     """What local training did: the last step's metrics, its steps, and whether it stopped short of its epochs."""
@@ -317,7 +330,8 @@ def train_client(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: 
         raise PayloadError("this client has no training examples")
     corrected = train.get("correction") is not None
     if corrected:
-        compiled.correct(_correction(store, train["correction"], compiled.model.trainable_variables))
+        with _refusing_before_training():
+            compiled.correct(_correction(store, train["correction"], compiled.model.trainable_variables))
     mu = np.float32(train.get("proximal_mu") or 0.0)
     rng = batch_rng(train)
     if dp_sampling(train) == "poisson":
@@ -363,12 +377,13 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
         return guard.sign(_result(payload, num_examples, {}, cold, {**timings, "upload": 0.0, "total": finished - started},
                                   None), update)
 
-    mask = None if stage is None else masking(payload, store, guard.key)  # its refusals come before training
-    compiled, build_seconds = _compiled_model(payload["model"], train, model_modules)
-    load_started = time.perf_counter()
-    start = decode_arrays(store.get(payload["weights"]))
-    compiled.load(start)
-    x, y = _own_or_stored(store, payload, data)
+    with _refusing_before_training():
+        mask = None if stage is None else masking(payload, store, guard.key)  # its refusals come before training
+        compiled, build_seconds = _compiled_model(payload["model"], train, model_modules)
+        load_started = time.perf_counter()
+        start = decode_arrays(store.get(payload["weights"]))
+        compiled.load(start)
+        x, y = _own_or_stored(store, payload, data)
     train_started = time.perf_counter()
     budget_seconds = train.get("budget_seconds")
     training = train_client(compiled, x, y, train, store, None if budget_seconds is None else started + float(budget_seconds))

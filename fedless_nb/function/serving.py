@@ -24,7 +24,7 @@ import logging
 import threading
 from typing import Any, BinaryIO
 
-from ..wire import PayloadError, declared_cause
+from ..wire import REFUSED, PayloadError, declared_cause
 from .handler import handle
 from ..errors import UserError
 from ..model import ModelModules
@@ -100,6 +100,19 @@ def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = No
         if status == 500:
             _log.exception("the client step failed")
         return status, error_reply(status, error)
+
+
+def handle_direct(task: dict[str, Any]) -> dict[str, Any]:
+    """The client step for a platform's direct invocation, which passes on only an exception's type and message
+    (Lambda's Invoke): a task refused before training for another reason than PayloadError (its model, its
+    weights' bytes) is raised as a PayloadError, the type that declares REFUSED there, its own type leading the
+    message."""
+    try:
+        return handle(task)
+    except Exception as error:
+        if declared_cause(getattr(error, "cause", None)) == REFUSED and not isinstance(error, PayloadError):
+            raise PayloadError(f"{type(error).__name__}: {error}") from error
+        raise
 
 
 def read_body(stream: BinaryIO, length: int | None) -> bytes | None:

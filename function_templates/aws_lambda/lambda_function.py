@@ -1,7 +1,8 @@
 """AWS Lambda adapter: a direct Invoke's event is the task; a Function URL's or API Gateway's event carries it as its body.
 
 Direct invocations (the LambdaProvider's RequestResponse calls) return the result, or
-raise, so Lambda reports the error's type and message as a function error. HTTP events
+raise, so Lambda reports the error's type and message as a function error (a task refused
+before training as a PayloadError, the type its caller reads as refused). HTTP events
 get a status code (see fedless_nb.function.serving) so a caller's retry policy can tell a refused
 task from a transient failure.
 """
@@ -9,7 +10,6 @@ task from a transient failure.
 import base64
 
 from fedless_nb.function import serving
-from fedless_nb.function.handler import handle
 
 
 def lambda_handler(event, context):
@@ -19,4 +19,4 @@ def lambda_handler(event, context):
             body = base64.b64decode(body)
         status, reply = serving.invoke_json(body)
         return {"statusCode": status, "headers": serving.JSON_HEADERS, "body": reply}
-    return handle(event)
+    return serving.handle_direct(event)
