@@ -151,7 +151,7 @@ class Result(SignedReply):
 # no field of ours, by its type): the controller decides by the cause, never by the message's words, which anyone may
 # reword and a platform may wrap.
 CANNOT_AGGREGATE = "cannot_aggregate"  # a function deployed for one client refused an aggregator's task
-REFUSED = "refused"  # a function refused a bad task (PayloadError) before any training step: it trained nothing
+REFUSED = "refused"  # a function refused a bad task (PayloadError; ModelError, CodecError) before any training step
 DECLARED_CAUSES = frozenset({CANNOT_AGGREGATE, REFUSED})
 
 
