@@ -214,10 +214,10 @@ def test_one_clients_key_writes_and_reads_only_that_clients_keys_of_its_run(func
     assert handle(_with_token_of(stolen, own))["signature"]  # its own update, as the controller names it
 
 
-def test_one_clients_key_trains_only_on_that_clients_data(function_env, inputs):
-    """A holder of client-0003's secret could sign a task that trains on client-0001's data and so learn from it
-    (its update, or a model it planted, carries what it learned): a function admits a client's task only over
-    that client's own data key."""
+def test_one_clients_key_trains_only_on_that_clients_objects(function_env, inputs):
+    """A holder of client-0003's secret could sign a task that trains on client-0001's data, or from its update or
+    with its SCAFFOLD correction, and learn of them from the reply: a function admits a client's task only over its
+    client's own data, from the global model its round starts from, with its client's own correction."""
     from signed_tasks import data_key
 
     store, spec = inputs
@@ -228,6 +228,15 @@ def test_one_clients_key_trains_only_on_that_clients_data(function_env, inputs):
                  "runs/run-1/round-00001/updates/client-0001.weights"]:
         _refused(_with_token_of(stolen, {**own, "data": data}), 403,
                  re.escape(f"trains on '{data}', which is not client-0003's own data (data/<partition>/client-0003.arrays)"))
+    for weights in ["runs/run-1/round-00001/updates/client-0001.weights", "runs/run-1/round-00001/global.weights",
+                    data_key("client-0001")]:
+        _refused(_with_token_of(stolen, {**own, "weights": weights}), 403, re.escape(
+            f"starts from '{weights}', which is not the global model its round starts from "
+            f"(runs/run-1/round-00000/global.weights)"))
+    neighbours = "runs/run-1/round-00001/corrections/client-0001.weights"
+    _refused(_with_token_of(stolen, {**own, "train": {**own["train"], "correction": neighbours}}), 403, re.escape(
+        f"corrects its training with '{neighbours}', which is not client-0003's own "
+        f"(runs/run-1/round-00001/corrections/client-0003.weights)"))
     assert not store.exists(own["update"])
     assert handle(_with_token_of(stolen, own))["signature"]
 

@@ -71,11 +71,11 @@ _STAGE_NAMES = "keys|shares|check|masked|reveal"  # wire.SECAGG_STAGES (this mod
 
 def task_keys_problem(task: dict[str, Any]) -> str | None:
     """Why a signed task's store keys are not its own, or None: it writes only its client's key of its run and round
-    (its update, a secure stage's object, or an aggregator's partial sum, as the controller names them), trains only
-    on its client's data (client_data_key's shape) and reads nothing of another run. A secret's holder signs tasks of
-    any run, round and key, so a function's token check alone let one client's key overwrite or pre-empt another
-    client's update, another round's or run's objects or a partition's data, or train on (and so learn from) another
-    client's data, wherever the function's store is shared (a local folder under its FEDLESS_STORE_ROOTS)."""
+    (its update, a secure stage's object, or an aggregator's partial sum, as the controller names them), trains as
+    _training_reads_problem says, and reads nothing of another run. A secret's holder signs tasks of any run, round
+    and key, so a function's token check alone let one client's key overwrite or pre-empt another client's update,
+    another round's or run's objects or a partition's data, or train on another client's objects, wherever the
+    function's store is shared (a local folder under its FEDLESS_STORE_ROOTS)."""
     run_id, round_number, client_id = str(task["run_id"]), int(task["round"]), str(task["client_id"])
     own = re.escape(round_prefix(run_id, round_number)) + "/"
     client = re.escape(client_id)
@@ -89,9 +89,27 @@ def task_keys_problem(task: dict[str, Any]) -> str | None:
     if not re.fullmatch(written, str(task["update"])):
         return (f"the task writes {task['update']!r}, which is not {client_id}'s own key in run {run_id}, round "
                 f"{round_number}")
-    data = task.get("data") if task.get("kind") != "aggregate" else None
-    if data is not None and not re.fullmatch(rf"data/[A-Za-z0-9_-]+/{client}\.arrays", str(data)):
-        return f"the task trains on {data!r}, which is not {client_id}'s own data ({client_data_key('<partition>', client_id)})"
+    if task.get("kind") != "aggregate" and (problem := _training_reads_problem(task, run_id, round_number, client_id)):
+        return problem
     other = next((key for key in reads if isinstance(key, str) and key.startswith("runs/")
                   and not key.startswith(f"runs/{run_id}/")), None)
     return None if other is None else f"the task reads {other!r}, which belongs to another run than {run_id}"
+
+
+def _training_reads_problem(task: dict[str, Any], run_id: str, round_number: int, client_id: str) -> str | None:
+    """Why a client task does not train on its own objects, or None: its client's data (client_data_key's shape),
+    from the global model its round starts from, corrected by its client's own SCAFFOLD correction, as the
+    controller names them. Naming another client's data, update or correction, a task would train on it, and the
+    reply (its metrics, a refusal's shapes) would tell of what it holds."""
+    data, weights = task.get("data"), task.get("weights")
+    train = task.get("train") if isinstance(task.get("train"), dict) else {}
+    correction = train.get("correction")
+    if data is not None and not re.fullmatch(rf"data/[A-Za-z0-9_-]+/{re.escape(client_id)}\.arrays", str(data)):
+        return f"the task trains on {data!r}, which is not {client_id}'s own data ({client_data_key('<partition>', client_id)})"
+    start = global_weights_key(run_id, round_number - 1)
+    if isinstance(weights, str) and weights != start and weights.startswith((f"runs/{run_id}/", "data/")):
+        return f"the task starts from {weights!r}, which is not the global model its round starts from ({start})"
+    own_correction = correction_key(run_id, round_number, client_id)
+    if correction is not None and correction != own_correction:
+        return f"the task corrects its training with {correction!r}, which is not {client_id}'s own ({own_correction})"
+    return None
