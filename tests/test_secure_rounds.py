@@ -5,6 +5,7 @@ the threshold; a test reads every object the functions wrote and finds no update
 """
 
 import asyncio
+import base64
 import json
 
 import numpy as np
@@ -27,6 +28,7 @@ from fedless_nb.wire import SECAGG_STAGES
 from one_client_functions import SlowReadsStore, ended_at_the_refusal
 
 CLIENTS = [f"client-{index:04d}" for index in range(5)]
+_ORDER_8_POINT = base64.b64encode(bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")).decode()
 
 
 def _config(tmp_path, name, secure=True, **overrides):
@@ -516,7 +518,11 @@ def test_the_clients_of_a_failed_aggregators_shard_are_unmasked_as_dropped(tmp_p
 @pytest.mark.parametrize("stage, hollow, succeeded", [
     ("keys", "{}", 4),  # its peers would fail reading its keys in their shares stage
     ("reveal", '{"seed_shares": {"client-0000": 5}, "key_shares": {}}', 5),  # used to end the run (TypeError)
-], ids=["keys", "reveal"])
+    # public keys of low order agree on nothing (X25519 refuses): every peer's shares or masked stage used to fail,
+    # the round with them, while the client that published them finished every stage
+    ("keys", json.dumps({"share_public": base64.b64encode(bytes(32)).decode(), "mask_public": _ORDER_8_POINT,
+                         "seed_commitment": "0" * 64, "state": ""}), 4),
+], ids=["keys", "reveal", "low-order-keys"])
 def test_a_signed_malformed_stage_object_is_rejected_and_the_secure_round_completes(tmp_path, monkeypatch, stage,
                                                                                    hollow, succeeded):
     """A compromised client signs a stage object of the wrong form: the controller rejects it (its client drops

@@ -107,6 +107,16 @@ def public_key(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+def agrees(public: bytes) -> bool:
+    """Whether an X25519 public key agrees a secret with others: one of low order (all zeros, say) agrees on none
+    with any private key (X25519 refuses it), so every peer that seals shares or masks with it would fail."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return False
+    return True
+
+
 def derive_key(material: bytes, purpose: str) -> bytes:
     """32 bytes from `material` by HKDF-SHA256, separated by `purpose`."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(material)

@@ -76,7 +76,14 @@ def _base64_of(size: int) -> AfterValidator:
     return AfterValidator(check)
 
 
-_Key = Annotated[str, Field(max_length=64), _base64_of(32)]  # an X25519 public key
+def _agreeing(text: str) -> str:
+    """A public key any peer can agree a secret with (one of low order would fail every peer that uses it)."""
+    if not secagg.agrees(base64.b64decode(text)):
+        raise ValueError("an X25519 public key of low order, which agrees on no secret")
+    return text
+
+
+_Key = Annotated[str, Field(max_length=64), _base64_of(32), AfterValidator(_agreeing)]  # an X25519 public key
 _Share = Annotated[str, Field(max_length=64), _base64_of(secagg.SHARE_BYTES)]  # a Shamir share: index, two halves
 _Peer = Annotated[str, Field(min_length=1, max_length=256)]
 
