@@ -326,6 +326,15 @@ def test_a_taken_name_and_a_bad_name_are_refused(classroom):
         student.leave()
 
 
+def test_a_name_with_a_trailing_newline_is_refused_not_shown_as_anothers(classroom):
+    """A regex's `$` matches before a final newline: 'alice\n' joined beside alice, a second 'alice' on the teacher's
+    roster (HTML and text collapse the newline), whose rows, removal and results the teacher could not tell apart."""
+    assert post(classroom.url + "/join", registration(classroom, "alice"))[0] == 200
+    status, reply = post(classroom.url + "/join", registration(classroom, "alice\n"))
+    assert status == 403 and reply["error"] == "--name 'alice\\n': use 1-32 lowercase letters, digits, - or _, e.g. --name alice"
+    assert [row["name"] for row in classroom.roster.rows()] == ["alice"]
+
+
 def served_task(classroom, store, spec, secret):
     """A task of the classroom's: its inputs in the join service's store (`store`, on the same folder), reached
     through the URLs the service signs, with a token from `secret`."""

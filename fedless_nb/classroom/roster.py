@@ -26,7 +26,7 @@ from .errors import ClassroomError
 from .function_hosts import FunctionHosts
 from .join_limit import WrongCodes
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # fullmatch: `$` would let a final newline through
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread from a projector
 REGISTRATION_WINDOW = 120.0  # seconds a registration message stays valid (clock skew included)
 CLASS_LIMIT = 200  # names a class admits (a name that left may come back): each is a client and a roster row
@@ -102,7 +102,7 @@ class Roster:
             if not nonce or nonce in self._nonces or not abs(now - sent_at) <= REGISTRATION_WINDOW:
                 raise ClassroomError("this registration was already used or is too old (a replay): "
                                      "run %fedless_join again")
-            if not NAME.match(name):
+            if not NAME.fullmatch(name):
                 raise ClassroomError(f"--name {name!r}: use 1-32 lowercase letters, digits, - or _, e.g. --name alice")
             if name in self.students and self.students[name].status == "removed":
                 raise ClassroomError(f"the teacher removed {name!r} from this class: ask the teacher")
