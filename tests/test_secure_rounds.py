@@ -588,6 +588,23 @@ def test_a_secure_round_drawn_with_fewer_than_three_clients_invokes_none(tmp_pat
     assert _largest_change(before, unchanged) == 0 and 1e-4 < _largest_change(unchanged, after) < 1.0
 
 
+@pytest.mark.parametrize("stage", ["shares", "masked"])
+def test_a_secure_round_left_with_two_clients_to_sum_reveals_nothing(tmp_path, monkeypatch, stage):
+    """Three clients drawn, one dropping before its masked vector: the threshold (a majority of 3 holders, 2) was met,
+    so the round unmasked and published the sum of two, which tells each of them the other's update (as a round drawn
+    with two does; a compromised client can leave itself and one honest peer by reporting the third's shares). It
+    now fails with that reason before any secret is revealed, and the next round, drawn whole, trains."""
+    config = _config(tmp_path, "left-two", clients=3, clients_per_round=3, rounds=2)
+    result = run_experiment(config, providers=_dropping_provider(monkeypatch, [("1/1", stage, ["client-0001"])]))
+    assert result.status == "finished"
+    history = History(config.history)
+    (failure,) = history.round_failures(result.run_id)
+    assert failure["round"] == 1 and "secure aggregation: 2 of 3 clients " in failure["reason"]
+    assert "fewer than the 3 a sum needs to hide each update; no secret was revealed" in failure["reason"]
+    assert not [i for i in history.invocations(result.run_id) if i["round"] == 1 and i["stage"] == "reveal"]
+    assert [r["succeeded"] for r in history.rounds(result.run_id)] == [0, 3]
+
+
 def test_a_secure_run_cancelled_in_a_rounds_masked_stage_resumes_with_every_round_once(tmp_path):
     """Ctrl-C (the run's task cancelled) while round 2's clients train in its masked stage: the run is stopped after
     round 1 with no call left running, and resuming it runs round 2 from its keys stage (the objects the cancelled

@@ -180,7 +180,8 @@ class SecureAggregationRounds(SynchronousRounds):
         The invariant that keeps every update hidden: for no client does the controller obtain both the shares of its
         self-mask seed and its pairwise-mask secret. A client whose masked vector is in the sum has only its seed
         revealed (and only its pairwise seeds with dropped peers removed); one that dropped after the check stage has
-        only its mask key revealed; one dropped before (its shares do not open) has neither. Each reveal task names
+        only its mask key revealed; one dropped before (its shares do not open) has neither. Nothing is revealed
+        unless at least secagg.MIN_CLIENTS masked vectors are in the sum, whatever the threshold. Each reveal task names
         the dropped peers, and a reveal with a share of the other secret is rejected (_accepted). A round drawn with
         fewer than secagg.MIN_CLIENTS clients (a privacy budget left only these) invokes none: their sum would
         tell each of them the others' updates, or the controller the one's."""
@@ -206,10 +207,12 @@ class SecureAggregationRounds(SynchronousRounds):
         shared = set(attempt.survivors("shares"))
         await self._stage(attempt, "check", {c: {"peers": sorted(set(graph[c]) & shared)} for c in shared}, overrides)
         masking = attempt.masking = self._drop_unopened(attempt)
+        _check_hidden(len(masking), len(selected), "are left to mask their update")
         await self._stage(attempt, "masked", {c: {"peers": sorted(set(graph[c]) & masking)} for c in masking}, overrides)
         if attempt.in_functions:
             await self._sum_in_functions(attempt)
         masked = set(attempt.survivors("masked"))
+        _check_hidden(len(masked), len(masking), "sent a masked vector")
         await self._stage(attempt, "reveal", {c: {"peers": sorted(set(graph[c]) & masking),
                                                   "dropped": sorted(set(graph[c]) & (masking - masked))}
                                               for c in masked}, overrides)
@@ -434,6 +437,14 @@ def _check_threshold(attempt: _Attempt, kept: int, of: int, what: str) -> None:
     if kept < attempt.threshold:
         raise SecureRoundFailed(f"secure aggregation: {kept} of {of} clients {what}, fewer than the threshold "
                                 f"{attempt.threshold}; the round cannot be unmasked")
+
+
+def _check_hidden(kept: int, of: int, what: str) -> None:
+    """SecureRoundFailed when fewer than secagg.MIN_CLIENTS of `of` clients `what`: whatever the threshold, the sum
+    of two, published as the new model, tells each of them the other's update (and that of one, anyone its update)."""
+    if kept < secagg.MIN_CLIENTS:
+        raise SecureRoundFailed(f"secure aggregation: {kept} of {of} clients {what}, fewer than the {secagg.MIN_CLIENTS} "
+                                "a sum needs to hide each update; no secret was revealed")
 
 
 def _masked_vector(data: bytes, size: int) -> bytes:
