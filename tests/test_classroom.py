@@ -19,6 +19,7 @@ from fedless_nb.classroom.errors import ClassroomError
 from fedless_nb.classroom.function_hosts import FunctionHosts
 from fedless_nb.classroom import roster, server_thread
 from fedless_nb.classroom import service as service_module
+from fedless_nb.classroom import student as student_module
 from fedless_nb.classroom.roster import leave_proof
 from fedless_nb.classroom.service import ClassroomService
 from fedless_nb.classroom.student import StudentFunction, compare_with_class
@@ -313,6 +314,32 @@ def test_the_join_service_drops_slow_loris_connections_and_holds_a_bounded_numbe
         assert post(service.url + "/join", registration(service, "alice"))[0] == 200
     finally:
         service.close()
+
+
+def test_a_students_function_drops_a_task_body_that_trickles(classroom, monkeypatch):
+    """Anyone in the room may connect to a student's function: a body that trickled in after its headers held the
+    connection (and what had arrived of up to 8 MiB) as long as it kept trickling, where the join service's messages
+    are bounded. It is now answered 408 once TASK_SECONDS pass, and the function still serves the next call."""
+    monkeypatch.setattr(student_module, "TASK_SECONDS", 1.0)
+    student = StudentFunction(classroom.url, classroom.code, "alice", host="127.0.0.1")
+    try:
+        address = urllib.parse.urlsplit(student.url)
+        slow_body = socket.create_connection((address.hostname, address.port))
+        slow_body.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n{")
+        slow_body.settimeout(0.2)
+        answer = b""
+        for _ in range(25):  # a byte every 0.2 s: never idle, never done
+            try:
+                answer += slow_body.recv(1000)
+                break
+            except socket.timeout:
+                slow_body.sendall(b" ")
+        slow_body.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b"the task did not arrive within 1 s" in answer
+        status, reply = post_body(student.url, b"[]")
+        assert status == 400 and "not a task" in reply["error"]["message"]
+    finally:
+        student.leave()
 
 
 def test_a_taken_name_and_a_bad_name_are_refused(classroom):

@@ -38,6 +38,7 @@ from .served_store import STORE_PATH
 from .server_thread import ServerThread
 
 TASK_LIMIT = 8 * 2**20  # bytes a task may have (the model's architecture, never its weights)
+TASK_SECONDS = 30.0  # a task's body arrives within this once its headers have, or its connection is not held for it
 # What a student's function tells the teacher whose model names a module the student did not allow at joining.
 CLASSROOM_REMEDY = ("a student's function imports Keras's layers and the modules the student allowed when joining: "
                     "build the model from Keras's built-in layers, or have each student install {named} and join "
@@ -150,7 +151,12 @@ class StudentFunction:
 
     # -- the function ------------------------------------------------------------------------
     async def _call(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        try:  # anyone in the room may connect: a body that trickles in would hold the connection for as long
+            async with asyncio.timeout(TASK_SECONDS):
+                body = await request.read()
+        except TimeoutError:
+            late = PayloadError(f"the task did not arrive within {TASK_SECONDS:g} s")
+            return web.json_response(error_reply(408, late), status=408)
         status, reply = await asyncio.get_running_loop().run_in_executor(self._worker, self._invoke, body)
         return web.json_response(reply, status=status)
 
