@@ -7,6 +7,7 @@ is what `fedless-nb package --provider google_cloud_functions` ships.
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shlex
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -166,6 +168,42 @@ def test_a_body_longer_than_any_task_is_refused_before_it_is_read_whole(server):
     assert _raw_post(server, b"Transfer-Encoding: chunked\r\n\r\n", chunks) == 413
     status, reply = _post(server, b"{}")  # and the function still serves
     assert status == 400 and reply["error"]["type"] == "PayloadError"
+
+
+def test_bodies_that_trickle_in_are_cut_at_their_deadline_and_the_function_serves_others(bundle, tmp_path):
+    """Anyone who can reach a function could send headers and then a byte of body now and then: gunicorn (the
+    Functions Framework's server) held a thread per such request with no timeout, so as many as it has threads left
+    the function answering nobody for as long as they trickled. Each is answered 408 at FEDLESS_BODY_SECONDS."""
+    settings = {"THREADS": "2", "FEDLESS_BODY_SECONDS": "2"}
+    with functions_framework(bundle, tmp_path / "ff-trickled.log", settings=settings) as url:
+        host, port = url.split("//")[1].strip("/").split(":")
+        slow = [socket.create_connection((host, int(port)), timeout=30) for _ in range(2)]
+        for sock in slow:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{")
+        stop = threading.Event()
+
+        def trickle():
+            while not stop.wait(0.3):
+                for sock in slow:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b" ")
+
+        trickling = threading.Thread(target=trickle, daemon=True)
+        trickling.start()
+        try:
+            request = urllib.request.Request(url, data=b"{}", method="POST")
+            with pytest.raises(urllib.error.HTTPError) as refused:  # served while both bodies still trickle
+                urllib.request.urlopen(request, timeout=60)
+            assert refused.value.code == 400 and trickling.is_alive()
+        finally:
+            stop.set()
+        for sock in slow:
+            answer = b""
+            while chunk := sock.recv(4096):  # the reply's head and body may come apart; then the server closes
+                answer += chunk
+            sock.close()
+            assert answer.startswith(b"HTTP/1.1 408")
+            assert b"the request body did not arrive within 2 s (FEDLESS_BODY_SECONDS)" in answer
 
 
 @pytest.mark.slow

@@ -258,3 +258,19 @@ def test_an_aggregators_task_writes_only_its_own_partial_sum_and_reads_only_its_
 def test_the_key_rule_knows_every_secure_stage():
     task = {"run_id": "r", "round": 3, "client_id": "c", "data": "data/p/c.arrays", "weights": "runs/r/round-00002/global.weights"}
     assert all(task_keys_problem({**task, "update": secagg_key("r", 3, "c", stage)}) is None for stage in SECAGG_STAGES)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "inf", "nan"])
+def test_a_body_deadline_that_is_no_number_of_seconds_is_a_misconfiguration_kept_in_the_log(monkeypatch, caplog, value):
+    """FEDLESS_BODY_SECONDS is read before any token, so its caller may hold no secret: the reply says only that the
+    function is misconfigured, the value goes to the deployer's log."""
+    import io
+
+    from fedless_nb.function.body_deadline import body_seconds
+    from fedless_nb.function.serving import invoke_stream
+
+    assert body_seconds({}) == 30.0 and body_seconds({"FEDLESS_BODY_SECONDS": "2.5"}) == 2.5
+    monkeypatch.setenv("FEDLESS_BODY_SECONDS", value)
+    status, reply = invoke_stream(io.BytesIO(b"{}"), 2)
+    assert status == 500 and json.loads(reply)["error"]["message"] == security.MisconfiguredError.PUBLIC_MESSAGE
+    assert f"FEDLESS_BODY_SECONDS={value!r} is not a number of seconds above 0" in caplog.text

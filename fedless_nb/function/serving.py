@@ -7,6 +7,7 @@ who must act, which is what a provider's retry policy needs to know:
 - 400: the task is malformed or not for this function (asking again cannot help);
 - 401 / 403: the token is missing, or forged, expired, replayed (see security.py); a body over 1 MiB is parsed only
   once the token in its text checks;
+- 408: the request body did not arrive within FEDLESS_BODY_SECONDS (a streamed body: body_deadline.py);
 - 413: the request body is longer than any task (MAX_TASK_BYTES), refused before it is read whole;
 - 424: the parameter store refused (a missing key, an expired or foreign grant), so the
   task cannot succeed as given; a retry would train again for nothing;
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from typing import Any, BinaryIO
 
 from ..wire import REFUSED, PayloadError, declared_cause
+from .body_deadline import BODY_SECONDS_VARIABLE, BodyDeadline, body_seconds
 from .handler import handle
 from ..errors import UserError
 from ..model import ModelModules
@@ -126,9 +129,24 @@ def read_body(stream: BinaryIO, length: int | None) -> bytes | None:
     return bytes(body) if len(body) <= MAX_TASK_BYTES else None
 
 
-def invoke_stream(stream: BinaryIO, length: int | None) -> tuple[int, str]:
-    """`invoke_json` on a web request's body (`read_body`); 413 without running anything when it is too long."""
-    body = read_body(stream, length)
+def invoke_stream(stream: BinaryIO, length: int | None, connection: socket.socket | None = None) -> tuple[int, str]:
+    """`invoke_json` on a web request's body (`read_body`); 413 without running anything when it is too long, 408 when
+    it has not arrived within FEDLESS_BODY_SECONDS (body_deadline.py: `connection` is the request's socket)."""
+    try:
+        seconds = body_seconds()
+    except MisconfiguredError as error:
+        _log.error("the function is misconfigured: %s", error)
+        return 500, json.dumps(error_reply(500, error))
+    deadline = BodyDeadline(connection, seconds)
+    try:
+        with deadline:
+            body = read_body(stream, length)
+    except Exception:  # the server's own error for a body cut short, when the deadline cut it
+        if not deadline.expired:
+            raise
+    if deadline.expired:
+        late = PayloadError(f"the request body did not arrive within {seconds:g} s ({BODY_SECONDS_VARIABLE})")
+        return 408, json.dumps(error_reply(408, late))
     return _too_long() if body is None else invoke_json(body)
 
 

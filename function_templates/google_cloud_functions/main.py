@@ -12,7 +12,8 @@ from fedless_nb.function import serving
 
 @functions_framework.http
 def fedless_client(request):
-    status, reply = serving.invoke_stream(request.stream, request.content_length)
-    if status == 413:  # a streamed reply, which the framework sends without reading the refused body whole first
+    connection = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    status, reply = serving.invoke_stream(request.stream, request.content_length, connection)
+    if status in (408, 413):  # a streamed reply, which the framework sends without reading the refused body whole first
         return flask.Response(iter([reply]), status, {**serving.JSON_HEADERS, "Connection": "close"})
     return reply, status, serving.JSON_HEADERS
