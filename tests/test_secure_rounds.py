@@ -522,7 +522,9 @@ def test_the_clients_of_a_failed_aggregators_shard_are_unmasked_as_dropped(tmp_p
     # the round with them, while the client that published them finished every stage
     ("keys", json.dumps({"share_public": base64.b64encode(bytes(32)).decode(), "mask_public": _ORDER_8_POINT,
                          "seed_commitment": "0" * 64, "state": ""}), 4),
-], ids=["keys", "reveal", "low-order-keys"])
+    # sealed shares that are not base64: every holder's check stage failed decoding them, the round with them
+    ("shares", json.dumps({"shares": {client: "abc" for client in CLIENTS}}), 4),
+], ids=["keys", "reveal", "low-order-keys", "shares-not-base64"])
 def test_a_signed_malformed_stage_object_is_rejected_and_the_secure_round_completes(tmp_path, monkeypatch, stage,
                                                                                    hollow, succeeded):
     """A compromised client signs a stage object of the wrong form: the controller rejects it (its client drops
@@ -702,17 +704,22 @@ def test_a_client_sealing_garbage_shares_is_dropped_before_masking_and_the_round
     assert (seeds, keys) == (set(kept), {"client-0003"})
 
 
-@pytest.mark.parametrize("garbage", ["random", "short"])
-def test_garbage_shares_that_leave_fewer_than_the_threshold_fail_the_round_in_one_line(tmp_path, monkeypatch, garbage):
-    """Sealed shares that do not open, or that open to something other than two shares, are reported alike."""
+@pytest.mark.parametrize("garbage, reason, stages", [
+    ("random", "sealed shares that all their holders could open", {"keys", "shares", "check"}),
+    # a sealed share of another size than a sealed pair of shares (here one that opens to 9 bytes) is malformed:
+    # refused at the shares stage, before any holder tries it
+    ("short", "finished the shares stage", {"keys", "shares"}),
+])
+def test_garbage_shares_that_leave_fewer_than_the_threshold_fail_the_round_in_one_line(tmp_path, monkeypatch, garbage,
+                                                                                      reason, stages):
+    """Sealed shares that do not open are reported by their holders; the sender is dropped, named, either way."""
     monkeypatch.setenv("FEDLESS_TEST_GARBAGE", garbage)
     config = _config(tmp_path, "too-few", clients=4, clients_per_round=4, secure_aggregation={"threshold": 4})
     provider = LocalProvider("local", workers=2, entry_point="workloads:seals_garbage_shares_on_client_1")
-    with pytest.raises(NothingTrainedError, match="secure aggregation: 3 of 4 clients sealed shares that all their "
-                                                  "holders could open, fewer than the threshold 4"):
+    with pytest.raises(NothingTrainedError, match=f"secure aggregation: 3 of 4 clients {reason}, fewer than the threshold 4"):
         run_experiment(config, providers={"local": provider})
     history = History(config.history)
     run_id = history.runs()[0]["run_id"]
     failed = [(i["client_id"], i["stage"], i["cause"]) for i in history.invocations(run_id) if i["outcome"] == "failed"]
     assert failed == [("client-0001", "shares", "rejected")]
-    assert {i["stage"] for i in history.invocations(run_id)} == {"keys", "shares", "check"}  # nobody trained
+    assert {i["stage"] for i in history.invocations(run_id)} == stages  # nobody trained

@@ -44,6 +44,8 @@ SECRET_BYTES = 32
 SHARE_BYTES = 2 + SECRET_BYTES  # a Shamir share of a secret: its 1-based index, then one share per half
 _HALF = 16  # pycryptodome's Shamir shares 16-byte secrets (GF(2^128))
 _NONCE = 12
+_TAG = 16  # AES-GCM's
+SEALED_SHARE_BYTES = _NONCE + 2 * SHARE_BYTES + _TAG  # a holder's seed share and key share, sealed for it
 MAX_RECOVERY_TRIES = 2000  # sets of shares tried per secret before its holders are deemed too dishonest
 
 

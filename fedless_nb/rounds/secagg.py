@@ -103,7 +103,10 @@ class _KeysObject(_StageObject):
 
 
 class _SharesObject(_StageObject):
-    shares: dict[_Peer, Annotated[str, Field(max_length=4096)]]  # each sealed for its holder
+    # each sealed for its holder, who alone can open it: anything but base64 of a sealed pair of shares failed every
+    # holder's check stage, decoding it, where a sealed share that does not open has its sender reported
+    shares: dict[_Peer, Annotated[str, Field(max_length=4 * secagg.SEALED_SHARE_BYTES // 3 + 4),
+                                  _base64_of(secagg.SEALED_SHARE_BYTES)]]
 
 
 class _CheckObject(_StageObject):
