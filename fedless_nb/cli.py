@@ -27,7 +27,7 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
     from .model import MODEL_MODULE_HELP
     from .store.roots import STORE_ROOT_HELP
-    from .security import SECRET_VARIABLE, client_secret, function_secret
+    from .security import SECRET_VARIABLE, client_secret, function_secret, new_secret
     from .stopping import builder_needs_trust, ended_early, resumable, stopped_line
     from .records.earlier import earlier_rounds
     from .wording import counted, run_start_words
@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     secret = _command(commands, "client-secret", "the secret to deploy one client's own function with "
                       "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
     secret.add_argument("client_id", help="the client the function serves, e.g. client-0003")
+    _command(commands, "new-secret", "a fresh random secret: a provider's FEDLESS_RUN_SECRET, or the FEDLESS_STATE_SECRET "
+             "a function seals its secure-aggregation state with (printed deploy commands draw that one themselves)")
     _command(commands, "schema", "print the config's JSON Schema (for editors that check YAML files)")
     package = _command(commands, "package", "build a deployable function bundle and print its deploy command")
     _add_bundle_options(package)
@@ -408,6 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _install_kernel(arguments, console)
         if arguments.command == "client-secret":
             return _print_client_secret(arguments.client_id)
+        if arguments.command == "new-secret":
+            print(new_secret())  # plain, for $(...) in a deploy command
+            return 0
         if arguments.command == "schema":
             print(json.dumps(config_schema(), indent=2))  # plain, so it can be redirected to a file
             return 0

@@ -195,17 +195,6 @@ class RunKey:
         return {**json.loads(body), "signature": _b64(self._mac(b"result", body))}
 
 
-def sealing_key(key: RunKey, client_id: str, purpose: str) -> bytes:
-    """32 bytes for one client and one `purpose` (HKDF-SHA256 of the client's run key and its id), e.g. the
-    AES-GCM key a function seals its private secure-aggregation state with between stages. Whoever holds
-    the client's secret can derive it: the function, and the controller that holds its provider's secret."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    info = b"fedless-nb client secret\0" + purpose.encode() + b"\0" + client_id.encode()
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key._key)
-
-
 def _token_parts(token: str) -> tuple[bytes, bytes]:
     """A token's claims (JSON bytes) and MAC, not yet verified; AuthError when it is not a token of this version."""
     try:
@@ -371,16 +360,21 @@ def _function_key(secret: str, run_id: str, client_id: str, environment: Mapping
 
 def function_secret(environment: Mapping[str, str] | None = None) -> str | None:
     """The secret a function was deployed with: `FEDLESS_RUN_SECRET`, or the file `FEDLESS_RUN_SECRET_FILE` names."""
+    return deployed_secret(SECRET_VARIABLE, SECRET_FILE_VARIABLE, "the run secret", environment)
+
+
+def deployed_secret(variable: str, file_variable: str, what: str, environment: Mapping[str, str] | None = None) -> str | None:
+    """A secret a function was deployed with: the environment's `variable`, or the file `file_variable` names (for
+    platforms that mount secrets as files); MisconfiguredError, naming `what`, when that file cannot be read."""
     environment = os.environ if environment is None else environment
-    if environment.get(SECRET_VARIABLE):
-        return environment[SECRET_VARIABLE]
-    path = environment.get(SECRET_FILE_VARIABLE)
+    if environment.get(variable):
+        return environment[variable]
+    path = environment.get(file_variable)
     if path:
         try:
             return Path(path).read_text().strip() or None
         except OSError as error:
-            raise MisconfiguredError(f"cannot read the run secret from {SECRET_FILE_VARIABLE}={path}: "
-                                     f"{error.strerror}") from None
+            raise MisconfiguredError(f"cannot read {what} from {file_variable}={path}: {error.strerror}") from None
     return None
 
 

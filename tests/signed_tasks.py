@@ -13,7 +13,7 @@ from fedless_nb.reduction import SumSpec
 from fedless_nb import security
 from fedless_nb.security import NonceCache, client_key
 from fedless_nb.store import LocalStore, encode_arrays
-from fedless_nb.store.keys import aggregate_key, client_data_key
+from fedless_nb.store.keys import aggregate_key, client_data_key, secagg_key
 
 SECRET = "test-run-secret-0123456789abcdef"
 
@@ -83,6 +83,16 @@ def make_task(store, spec, client_id="client-0000", *, run_id="run-1", secret=SE
     }
     if secret is not None:
         task["token"] = client_key(secret, run_id, client_id).issue_token(task)
+    return task
+
+
+def make_keys_stage_task(store, spec, *, run_id="run-1", secret=SECRET):
+    """client-0000's task for the first stage of a secure round with two peers, with a token from `secret`."""
+    task = make_task(store, spec, run_id=run_id, secret=None)
+    task["update"] = secagg_key(run_id, 1, "client-0000", "keys")
+    task["train"]["secagg"] = {"stage": "keys", "attempt": 1, "threshold": 2, "peers": ["client-0001", "client-0002"],
+                               "clipping_range": 8.0, "quantization_range": 2**20}
+    task["token"] = client_key(secret, run_id, "client-0000").issue_token(task)
     return task
 
 

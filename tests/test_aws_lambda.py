@@ -29,6 +29,7 @@ from fedless_nb.providers.retry import RetryPolicy
 from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
 from fedless_nb.deploy.packaging import build_bundle
 from fedless_nb.security import client_key
+from fedless_nb.state_secret import STATE_SECRET_VARIABLE
 from fedless_nb.store.s3 import S3Store
 
 from loopback import serving
@@ -71,7 +72,9 @@ def test_deploy_creates_then_updates_the_function(moto_endpoint, role):
     created = lambda_api.get_function_configuration(FunctionName=name)
     assert (created["MemorySize"], created["Timeout"], created["Handler"], created["Runtime"]) == (
         512, 60, "lambda_function.lambda_handler", "python3.11")
+    drawn = created["Environment"]["Variables"].pop(STATE_SECRET_VARIABLE)  # the function's own, drawn for it
     assert created["Environment"]["Variables"] == {"MODE": "train", SECRET_VARIABLE: "s3cr3t-run-key"}
+    assert len(drawn) >= 43 and drawn not in json.dumps(first.describe()) + repr(first)
     assert "s3cr3t" not in json.dumps(first.describe()) and "s3cr3t" not in repr(first)
 
     second = LambdaProvider("aws", function_name=name, endpoint_url=moto_endpoint, memory_mb=2048, timeout=300,
@@ -80,7 +83,8 @@ def test_deploy_creates_then_updates_the_function(moto_endpoint, role):
     updated = lambda_api.get_function_configuration(FunctionName=name)
     assert (updated["MemorySize"], updated["Timeout"], updated["Handler"]) == (2048, 300, "app.handler")
     assert updated["CodeSha256"] != created["CodeSha256"], "the new code was uploaded"
-    assert updated.get("Environment", {}).get("Variables", {}) == {}, "a deploy without a secret removes the old one"
+    # A deploy without a secret removes the old one; the state secret stays, so a secure round in flight still opens.
+    assert updated["Environment"]["Variables"] == {STATE_SECRET_VARIABLE: drawn}
     assert second.describe() == {"name": "aws", "kind": "lambda", "function_name": name, "region": "us-east-1",
                                  "memory_mb": 2048, "timeout": 300, "concurrency": 16}
 
@@ -284,7 +288,8 @@ def test_fedless_nb_deploy_creates_then_updates_an_image_function(moto_endpoint,
     configuration = created["Configuration"]
     assert (configuration["PackageType"], created["Code"]["ImageUri"], configuration["State"]) == ("Image", f"{IMAGE}:1", "Active")
     assert (configuration["MemorySize"], configuration["Timeout"], configuration["Role"]) == (2048, 300, role)
-    assert configuration["Environment"]["Variables"] == {SECRET_VARIABLE: SECRET}
+    drawn = configuration["Environment"]["Variables"].pop(STATE_SECRET_VARIABLE)
+    assert configuration["Environment"]["Variables"] == {SECRET_VARIABLE: SECRET} and len(drawn) >= 43
     assert lambda_api.get_function_concurrency(FunctionName=name)["ReservedConcurrentExecutions"] == 5
 
     assert cli.main([*common, "--image", f"{IMAGE}:2", "--memory-mb", "3008", "--concurrency", "8",  # no role: updates
@@ -293,8 +298,8 @@ def test_fedless_nb_deploy_creates_then_updates_an_image_function(moto_endpoint,
     updated = lambda_api.get_function(FunctionName=name)
     assert (updated["Code"]["ImageUri"], updated["Configuration"]["MemorySize"]) == (f"{IMAGE}:2", 3008)
     assert updated["Configuration"]["Environment"]["Variables"] == {
-        SECRET_VARIABLE: SECRET, "FEDLESS_STORE_ROOTS": "https://my-bucket.s3.us-east-1.amazonaws.com/;/srv/fl",
-        "FEDLESS_MODEL_MODULES": "my_layers"}
+        SECRET_VARIABLE: SECRET, STATE_SECRET_VARIABLE: drawn,
+        "FEDLESS_STORE_ROOTS": "https://my-bucket.s3.us-east-1.amazonaws.com/;/srv/fl", "FEDLESS_MODEL_MODULES": "my_layers"}
     assert lambda_api.get_function_concurrency(FunctionName=name)["ReservedConcurrentExecutions"] == 8
 
 

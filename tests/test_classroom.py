@@ -31,6 +31,7 @@ from fedless_nb.security import NonceCache, client_key, new_secret
 from fedless_nb.store import PresignedStore, StoreError, decode_arrays, encode_arrays
 
 from loopback import serving
+from sealed_states import assert_sealed_for_the_function_alone
 from signed_tasks import make_task, reading_file, write_custom_layer_inputs, write_inputs
 
 
@@ -898,6 +899,35 @@ def test_a_removed_student_cannot_join_again_under_another_name(classroom):
         for student in (alice, carol):
             if student is not None:
                 student.leave()
+
+
+def test_a_secure_round_over_the_class_seals_each_students_keys_with_a_secret_the_teacher_never_sees(classroom, tmp_path):
+    """Three students' kernels each keep a state secret in memory: a secure round over them finishes, and each
+    student's sealed keys open under that secret alone, not under what the teacher holds for the student."""
+    from fedless_nb.records.history import History
+    from fedless_nb.runner import run_experiment
+
+    students = {name: StudentFunction(classroom.url, classroom.code, name, host="127.0.0.1")
+                for name in ("alice", "bob", "carol")}
+    config = ExperimentConfig.from_dict({
+        "name": "secure-class", "clients": 3, "clients_per_round": 3, "rounds": 1, "retries": 0, "max_norm_ratio": 0,
+        "secure_aggregation": {}, "data": {"dataset": "digits"}, "model": {"builder": "logistic_regression"},
+        "train": {"epochs": 1, "batch_size": 32, "learning_rate": 0.05},
+        "history": str(tmp_path / "history.db"), "store": {"path": str(tmp_path / "unused")},
+        "providers": classroom.provider_configs()})
+    try:
+        providers = classroom.providers()
+        result = run_experiment(config, providers=providers, store=classroom.store)
+        assert result.status == "finished"
+        calls = {(i["provider"], i["client_id"]) for i in History(config.history).invocations(result.run_id)}
+        assert {provider for provider, _ in calls} == set(students) and len(calls) == 3
+        for name, client in calls:
+            teachers_key = client_key(providers[name].secret, result.run_id, client)
+            assert_sealed_for_the_function_alone(classroom.store, result.run_id, client, teachers_key,
+                                                 students[name]._state_secret, [providers[name].secret])
+    finally:
+        for student in students.values():
+            student.leave()
 
 
 def test_the_teacher_removes_a_student_whose_next_result_and_rejoin_are_refused(classroom, tmp_path):

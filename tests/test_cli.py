@@ -453,11 +453,23 @@ def test_client_secret_derives_a_clients_own_secret_from_the_provider_secret(tmp
     assert completed.stdout.rstrip().endswith("to derive a client's secret from it"), completed.stdout
 
 
+def test_new_secret_prints_a_fresh_secret_for_a_deploy_commands_shell(capsys):
+    """The printed deploy commands draw a function's state secret with `$(fedless-nb new-secret)`: one plain line, a
+    different 256-bit secret each time, of the characters every platform's variable takes unquoted."""
+    from fedless_nb.cli import main
+
+    drawn = []
+    for _ in range(2):
+        assert main(["new-secret"]) == 0
+        drawn.append(capsys.readouterr().out)
+    assert drawn[0] != drawn[1] and all(re.fullmatch(r"[A-Za-z0-9_-]{43}\n", secret) for secret in drawn), drawn
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["rnu", "experiment.yaml"], "fedless-nb: error: argument command: invalid choice: 'rnu' (choose from 'run', "),
     (["rnu", "experiment.yaml"], "; did you mean 'run'? (see fedless-nb --help)"),
-    ([], "fedless-nb: error: name a command: run, demo, partition, resume, history, client-secret, schema, package, "
-         "deploy, kernel (see fedless-nb --help)"),  # it said 'the following arguments are required: command'
+    ([], "fedless-nb: error: name a command: run, demo, partition, resume, history, client-secret, new-secret, schema, "
+         "package, deploy, kernel (see fedless-nb --help)"),  # it said 'the following arguments are required: command'
     (["run"], "fedless-nb run: error: the following arguments are required: config (see fedless-nb run --help)"),
     (["deploy", "--provider", "aws"], "did you mean 'aws_lambda'? (see fedless-nb deploy --help)"),
     (["kernel"], "fedless-nb kernel: error: the following arguments are required: install"),
@@ -592,6 +604,7 @@ def test_a_run_into_a_read_only_history_finishes_and_says_where_its_record_waits
     (["run"], "run the experiment described by a YAML config file"), (["demo"], "federated training on the bundled"),
     (["partition"], "show how a config's partition splits"), (["resume"], "continue a run whose process died"),
     (["history"], "list past runs, or one run's rounds"), (["client-secret"], "the secret to deploy one client's"),
+    (["new-secret"], "a fresh random secret: a provider's FEDLESS_RUN_SECRET, or the FEDLESS_STATE_SECRET"),
     (["schema"], "print the config's JSON Schema"), (["package"], "build a deployable function bundle"),
     (["deploy"], "deploy the function: AWS Lambda directly"), (["kernel"], "the Jupyter kernel spec"),
     (["kernel", "install"], "install it with jupyter_client's KernelSpecManager"),

@@ -20,7 +20,7 @@ import pytest
 from fedless_nb.deploy.packaging import build_bundle
 from fedless_nb.security import client_key
 
-from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
+from signed_tasks import SECRET, function_env, make_keys_stage_task, make_task, write_inputs  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("function_env")
 
@@ -132,6 +132,29 @@ def test_openwhisk_takes_its_secret_only_from_the_bound_parameter_and_never_keep
     monkeypatch.setenv("FEDLESS_ALLOW_UNSIGNED", "1")  # even an open test setting does not make it run unsigned
     refused = main({**task, "token": None})
     assert refused["error"]["status"] == 401 and "no bound FEDLESS_RUN_SECRET" in refused["error"]["message"]
+
+
+def test_openwhisk_seals_a_secure_rounds_state_with_its_bound_state_secret_and_never_keeps_it(bundles, tmp_path,
+                                                                                               monkeypatch):
+    """The state secret, like the run secret, is a bound parameter: taken out of the call's args, used to seal the
+    client's private keys, never left in the environment; an action deployed without it refuses the stage in one line."""
+    from fedless_nb.privacy import secagg
+    from fedless_nb.state_secret import sealing_key
+
+    store, spec = write_inputs(tmp_path / "store")
+    main = _load(_unzipped(bundles["openwhisk"], tmp_path) / "__main__.py", "openwhisk_main_state").main
+    monkeypatch.delenv("FEDLESS_RUN_SECRET")
+    refused = main({**make_keys_stage_task(store, spec), "FEDLESS_RUN_SECRET": SECRET})["error"]
+    assert refused["status"] == 400 and refused["message"].startswith(
+        "secure aggregation needs this function deployed with FEDLESS_STATE_SECRET"), refused
+    task = make_keys_stage_task(store, spec)
+    reply = main({**task, "FEDLESS_RUN_SECRET": SECRET, "FEDLESS_STATE_SECRET": "bound-state-secret"})
+    assert "error" not in reply and "FEDLESS_STATE_SECRET" not in os.environ, reply
+    key = client_key(SECRET, task["run_id"], task["client_id"])
+    key.verify_result(reply, store.get(task["update"]))
+    sealed = base64.b64decode(json.loads(store.get(task["update"]))["state"])
+    state = secagg.unseal(sealing_key("bound-state-secret", key, "client-0000", "secagg state"), sealed, task["update"])
+    assert json.loads(state)["num_examples"] == 40
 
 
 # -- AWS Lambda --------------------------------------------------------------------------------

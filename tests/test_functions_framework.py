@@ -10,7 +10,7 @@ import base64
 import contextlib
 import json
 import os
-import shlex
+import re
 import shutil
 import socket
 import subprocess
@@ -30,7 +30,7 @@ from fedless_nb.deploy.packaging import build_bundle
 from fedless_nb.providers.base import InvocationError
 from fedless_nb.providers.http import HttpProvider
 from fedless_nb.runner import run_experiment
-from fedless_nb.security import client_key, client_secret
+from fedless_nb.security import client_key, client_secret, new_secret
 from fedless_nb.store import LocalStore, decode_arrays, encode_arrays
 
 from ports import free_port
@@ -41,13 +41,15 @@ SECRET = "functions-framework-test-secret"
 
 @contextmanager
 def functions_framework(bundle: Path, log: Path, secret: str = SECRET, settings: dict[str, str] | None = None):
-    """`functions-framework --target fedless_client` in the bundle's folder, holding `secret` (and the environment
-    `settings`, e.g. FEDLESS_STORE_ROOTS), until the block ends."""
+    """`functions-framework --target fedless_client` in the bundle's folder, holding `secret` and a state secret of its
+    own, as the printed command draws one (and the environment `settings`, e.g. FEDLESS_STORE_ROOTS), until the
+    block ends."""
     port = free_port()
     executable = shutil.which("functions-framework") or str(Path(sys.executable).parent / "functions-framework")
     environment = {name: value for name, value in os.environ.items()
                    if not name.startswith(("FEDLESS_", "AWS_", "PYTHON"))}
-    environment.update(PYTHONPATH=str(bundle), FEDLESS_RUN_SECRET=secret, TF_CPP_MIN_LOG_LEVEL="3",
+    environment.update(PYTHONPATH=str(bundle), FEDLESS_RUN_SECRET=secret, FEDLESS_STATE_SECRET=new_secret(),
+                       TF_CPP_MIN_LOG_LEVEL="3",
                        TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1", THREADS="4")
     environment.update(settings or {})
     with open(log, "wb") as output:
@@ -667,9 +669,15 @@ def test_a_model_spec_a_function_cannot_read_is_refused_not_a_failure(server, tm
 
 
 def _printed_settings(command: str) -> dict[str, str]:
-    """The variables the printed functions_framework command sets on the function (NAME=VALUE before the program)."""
-    words = shlex.split(command.partition(" && ")[2])
-    return dict(word.split("=", 1) for word in words[:words.index("functions-framework")])
+    """The variables the printed functions_framework command sets on the function (NAME=VALUE before the program), as
+    bash expands them in a shell with FEDLESS_RUN_SECRET and fedless-nb (which draws the state secret)."""
+    assignments = command.partition(" && ")[2].partition(" functions-framework ")[0]
+    names = re.findall(r"(?:^| )([A-Z_]+)=", assignments)
+    shell = {**os.environ, "FEDLESS_RUN_SECRET": SECRET,
+             "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
+    printed = subprocess.run(["bash", "-c", f"{assignments} env -0"], env=shell, capture_output=True, check=True).stdout
+    variables = dict(line.split("=", 1) for line in printed.decode().split("\0") if "=" in line)
+    return {name: variables[name] for name in names}
 
 
 def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bundle, tmp_path):
@@ -691,6 +699,10 @@ def test_a_model_with_custom_layers_trains_on_a_function_deployed_as_printed(bun
     assert "registered_layers.py" in deployed.files  # this machine's copy, found where the test imports it
     settings = _printed_settings(deployed.deploy_command)
     assert settings["FEDLESS_MODEL_MODULES"] == "registered_layers", deployed.deploy_command
+    assert settings["FEDLESS_RUN_SECRET"] == SECRET and SECRET not in deployed.deploy_command
+    drawn = settings["FEDLESS_STATE_SECRET"]  # drawn in the shell as the command runs: never printed, fresh each time
+    assert len(drawn) >= 43 and drawn not in deployed.deploy_command and drawn != _printed_settings(
+        deployed.deploy_command)["FEDLESS_STATE_SECRET"]
     with functions_framework(deployed.path, tmp_path / "ff.log", settings={
             name: value for name, value in settings.items() if name != "FEDLESS_RUN_SECRET"}) as url:
         status, reply = _post(url, task)

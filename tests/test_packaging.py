@@ -298,7 +298,7 @@ def test_the_cli_builds_a_bundle_and_prints_the_deploy_command(tmp_path):
     assert lines[-1] == (f"cd {tmp_path / 'fl-openwhisk'} && docker build --platform linux/amd64 -t fedless/client:1 . "
                          "&& docker push fedless/client:1 && wsk action update fl action.zip --docker fedless/client:1 "
                          "--web true --memory 2048 --timeout 300000 --param FEDLESS_RUN_SECRET \"$FEDLESS_RUN_SECRET\" "
-                         "--annotation final true")
+                         "--param FEDLESS_STATE_SECRET \"$(fedless-nb new-secret)\" --annotation final true")
     assert (tmp_path / "fl-openwhisk" / "action.zip").is_file()
 
 

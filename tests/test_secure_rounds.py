@@ -21,11 +21,13 @@ from fedless_nb.reduction import MaskedSum
 from fedless_nb.rounds.resilience import NothingTrainedError, QuorumError
 from fedless_nb.rounds.events import InvocationFinished
 from fedless_nb.runner import resume_experiment, run_experiment, run_experiment_async
+from fedless_nb.security import client_key, client_secret
 from fedless_nb.store import CodecError, LocalStore, decode_arrays
 from fedless_nb.store.keys import global_weights_key, update_key
 from fedless_nb.wire import SECAGG_STAGES
 
 from one_client_functions import SlowReadsStore, ended_at_the_refusal
+from sealed_states import assert_sealed_for_the_function_alone
 
 CLIENTS = [f"client-{index:04d}" for index in range(5)]
 _ORDER_8_POINT = base64.b64encode(bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")).decode()
@@ -74,7 +76,8 @@ def test_the_store_holds_no_update_in_the_clear_and_the_average_is_fedavgs(tmp_p
     plain_config = _config(tmp_path, "plain", secure=False, model=model)
     secure_config = _config(tmp_path, "secure", model=model)
     plain = run_experiment(plain_config)
-    secure = run_experiment(secure_config)
+    provider = LocalProvider("local", workers=2)
+    secure = run_experiment(secure_config, providers={"local": provider})
     assert plain.status == secure.status == "finished"
 
     plain_store, secure_store = LocalStore(plain_config.store.path), LocalStore(secure_config.store.path)
@@ -117,6 +120,29 @@ def test_the_store_holds_no_update_in_the_clear_and_the_average_is_fedavgs(tmp_p
     difference = _largest_change(plain.weights, secure.weights)
     assert difference <= tolerance, (difference, tolerance)
     assert _largest_change(start, secure.weights) > 100 * tolerance  # the round did move the model
+    # Each client's private keys, kept sealed in the store between stages, open for its function alone: before, they
+    # were sealed under a key the controller derives too, so it could open them and unmask every update.
+    for client in CLIENTS:
+        run_key = client_key(provider.secret, secure.run_id, client)
+        assert_sealed_for_the_function_alone(secure_store, secure.run_id, client, run_key, provider._state_secret,
+                                             [provider.secret, client_secret(provider.secret, client)])
+
+
+def test_a_function_without_a_state_secret_refuses_the_secure_stages_and_the_run_ends_in_one_line(tmp_path):
+    """A function deployed without FEDLESS_STATE_SECRET cannot keep its private keys from the controller, so it refuses
+    every secure stage, saying which variable to set; the run ends at the refusal, the model never moved."""
+    from fedless_nb.state_secret import STATE_SECRET_VARIABLE
+
+    class WithoutStateSecret(LocalProvider):
+        def _environment(self):
+            return {name: value for name, value in super()._environment().items() if name != STATE_SECRET_VARIABLE}
+
+    config = _config(tmp_path, "no-state-secret", clients=3, clients_per_round=3, rounds=1)
+    with pytest.raises(NothingTrainedError, match=r"0 of 3 clients finished the keys stage, .*PayloadError: secure "
+                                                  r"aggregation needs this function deployed with FEDLESS_STATE_SECRET"):
+        run_experiment(config, providers={"local": WithoutStateSecret("local", workers=2)})
+    invocations = History(config.history).invocations(History(config.history).runs()[0]["run_id"])
+    assert {(i["stage"], i["outcome"]) for i in invocations} == {("keys", "failed")}
 
 
 def test_clients_dropping_at_each_stage_below_the_threshold_leave_the_round_complete(tmp_path, monkeypatch):

@@ -441,6 +441,7 @@ def seals_garbage_shares_on_client_1(payload):
     from fedless_nb.function.secagg_stages import _Round
     from fedless_nb.privacy import secagg
     from fedless_nb.security import client_key, function_secret
+    from fedless_nb.state_secret import state_secret
     from fedless_nb.store import store_from_descriptor
 
     result = drops_in_secure_stages(payload)
@@ -451,7 +452,7 @@ def seals_garbage_shares_on_client_1(payload):
     key = client_key(function_secret(), payload["run_id"], payload["client_id"])
     shares = json.loads(store.get(payload["update"]))["shares"]
     if os.environ.get("FEDLESS_TEST_GARBAGE") == "short":
-        client = _Round(payload, store, key)
+        client = _Round(payload, store, key, state_secret())
         state = client.state()
         shares = {holder: secagg.seal(secagg.agree(state["share_private"], base64.b64decode(
                       client.read(holder, "keys")["share_public"]), "fedless-nb secagg shares"),

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from ..function.serving import NESTED_TOO_DEEPLY, error_reply, invoke, refused_unparsed
 from ..model import ModelModules, is_module_name
+from ..security import new_secret
 from ..store import PresignedStore, decode_arrays
 from ..store.roots import StoreRoots, StoreRootsError
 from ..wire import PayloadError
@@ -111,6 +112,7 @@ class StudentFunction:
         check_reaches(host or own_address, teacher_host)
         self._server = ServerThread(app, host or own_address, port)
         self.url = f"http://{url_host(shown_address(self._server.host, teacher_host))}:{self._server.port}/"
+        self._state_secret = new_secret()  # seals a secure round's private keys; the teacher never sees it
         try:
             self._secret = self._register(code, timeout)
         except BaseException:
@@ -174,7 +176,8 @@ class StudentFunction:
             return 400, error_reply(400, PayloadError(NESTED_TOO_DEEPLY))
         if problem := _store_refusal(task.get("store"), self._store_roots, self.teacher_url + STORE_PATH):
             return 400, error_reply(400, PayloadError(problem))
-        status, reply = invoke(task, secret=self._secret, data=self.data, model_modules=self.model_modules)
+        status, reply = invoke(task, secret=self._secret, state_secret=self._state_secret, data=self.data,
+                               model_modules=self.model_modules)
         self._log(task, status, reply, time.perf_counter() - started)
         return status, reply
 

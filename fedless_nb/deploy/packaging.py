@@ -9,7 +9,8 @@ runs only `function.handler.handle`), and a requirements.txt whose every line is
 version installed here, so the function trains with the same TensorFlow as the controller
 evaluates with (tensorflow-cpu where the platform has no GPU). Its deploy command takes every
 value it needs from the caller, never a placeholder, and it never carries a secret: the printed
-command reads $FEDLESS_RUN_SECRET from the shell.
+command reads $FEDLESS_RUN_SECRET from the shell, and draws the function's state secret there
+(fedless_nb/state_secret.py), which nobody, the controller included, ever sees.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from packaging.utils import canonicalize_name
 
 from ..errors import UserError
 from ..model import MODEL_MODULES_VARIABLE, is_module_name
+from ..state_secret import DRAWN_IN_THE_SHELL
 from ..store.roots import STORE_ROOTS_VARIABLE, StoreRoots, StoreRootsError
 from .sizes import installed_bytes, requires
 
@@ -90,9 +92,10 @@ NEEDED_VALUES = {
 }
 
 _LAMBDA_SETTINGS = ("--memory-size 2048 --timeout 300 --role {role} "
-                    "--environment \"Variables={{FEDLESS_RUN_SECRET={secret}{settings}}}\"")
+                    "--environment \"Variables={{FEDLESS_RUN_SECRET={secret},FEDLESS_STATE_SECRET={state}{settings}}}\"")
 _LAMBDA_SETTING = ",{variable}={value}"
-# {secret} is the shell's $FEDLESS_RUN_SECRET, never its value. A command run again updates what it created
+# {secret} is the shell's $FEDLESS_RUN_SECRET, never its value; {state} a state secret drawn in the shell as the command
+# runs (so a command run again seals later secure rounds under a new one: deploy between runs). A command run again updates what it created
 # (wsk action update creates or updates; the Kubernetes secret is applied, not created). Google's functions take
 # unauthenticated calls (gcloud would otherwise stop to ask): the function's own token check refuses every task the
 # controller did not sign, and a Google identity token, which expires within the hour, would not last a long run.
@@ -108,30 +111,32 @@ PLATFORMS: dict[str, Platform] = {
     "google_cloud_functions": Platform("google_cloud_functions", False,
         "gcloud functions deploy {name} --gen2 --runtime python311 --trigger-http --allow-unauthenticated "
         "--entry-point fedless_client --source {bundle} --memory 2Gi --timeout 300s "
-        "--set-env-vars \"FEDLESS_RUN_SECRET={secret}{settings}\"", setting=",{variable}={value}"),
+        "--set-env-vars \"FEDLESS_RUN_SECRET={secret},FEDLESS_STATE_SECRET={state}{settings}\"", setting=",{variable}={value}"),
     "cloud_run": Platform("google_cloud_functions", False,
         "gcloud run deploy {name} --source {bundle} --allow-unauthenticated --memory 2Gi --timeout 300 --concurrency 1 "
-        "--set-env-vars \"GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret}{settings}\"", gpu=True,
+        "--set-env-vars \"GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret},FEDLESS_STATE_SECRET={state}{settings}\"",
+        gpu=True,
         kubernetes_name=True, setting=",{variable}={value}"),
     "knative": Platform("google_cloud_functions", False,
         "cd {bundle} && pack build {image} --builder gcr.io/buildpacks/builder --env GOOGLE_FUNCTION_TARGET=fedless_client "
-        "--publish && kubectl create secret generic fedless-run-secret --from-literal=secret={secret} --dry-run=client "
+        "--publish && kubectl create secret generic fedless-run-secret --from-literal=secret={secret} --from-literal=state={state} --dry-run=client "
         "-o yaml | kubectl apply -f - && kubectl apply -f service.yaml", needs=("image",), gpu=True, kubernetes_name=True),
     "functions_framework": Platform("google_cloud_functions", False,
-        "cd {bundle} && FEDLESS_RUN_SECRET={secret}{settings} functions-framework --target fedless_client --port 8080", gpu=True,
+        "cd {bundle} && FEDLESS_RUN_SECRET={secret} FEDLESS_STATE_SECRET={state}{settings} functions-framework --target fedless_client "
+        "--port 8080", gpu=True,
         setting=" {variable}=\"{value}\""),
     "openwhisk": Platform("openwhisk", False,
         "cd {bundle} && docker build --platform linux/amd64{settings} -t {image} . && docker push {image} "
         "&& wsk action update {name} action.zip --docker {image} --web true --memory 2048 --timeout 300000 "
-        "--param FEDLESS_RUN_SECRET \"{secret}\" --annotation final true", needs=("image",), code_zip="action.zip",
+        "--param FEDLESS_RUN_SECRET \"{secret}\" --param FEDLESS_STATE_SECRET \"{state}\" --annotation final true", needs=("image",), code_zip="action.zip",
         setting=" --build-arg {variable}=\"{value}\""),
     "openfaas": Platform("openfaas", False,
         "cd {bundle} && faas-cli secret create fedless-run-secret --from-literal \"{secret}\" "
-        "&& faas-cli template store pull python3-http-debian && faas-cli up -f stack.yml",
+        "&& faas-cli secret create fedless-state-secret --from-literal \"{state}\" && faas-cli template store pull python3-http-debian && faas-cli up -f stack.yml",
         package_dir="fedless-client", needs=("image",), kubernetes_name=True),
     "azure_functions": Platform("azure_functions", False,
         "az functionapp config appsettings set --name {app} --resource-group {resource_group} "
-        "--settings FEDLESS_RUN_SECRET={secret}{settings} && cd {bundle} && func azure functionapp publish {app} --python",
+        "--settings FEDLESS_RUN_SECRET={secret} FEDLESS_STATE_SECRET={state}{settings} && cd {bundle} && func azure functionapp publish {app} --python",
         needs=("app", "resource_group"), setting=" \"{variable}={value}\""),
 }
 # No GPU: the same TensorFlow without its CUDA kernels.
@@ -381,5 +386,5 @@ def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-cli
     if "image" in given:
         quoted["registry"] = shlex.quote(given["image"].split("/")[0])
     command = platform.deploy.format(name=shlex.quote(name), bundle=shlex.quote(str(target.resolve())),
-                                     secret="$FEDLESS_RUN_SECRET", settings=_command_settings(platform, settings), **quoted)
+                                     secret="$FEDLESS_RUN_SECRET", state=DRAWN_IN_THE_SHELL, settings=_command_settings(platform, settings), **quoted)
     return Bundle(provider, target, tuple(files), tuple(requirements), command)

@@ -29,6 +29,7 @@ import numpy as np
 from ..aggregate_wire import is_aggregate_task
 from ..model import ModelError, ModelModules, ModelSpec, build_model, make_optimizer, model_modules_allowed
 from ..security import TaskGuard
+from ..state_secret import state_secret as deployed_state_secret
 from ..store import CodecError, decode_arrays, encode_arrays
 from ..wire import DP_SETTINGS, REFUSED, SECAGG_KEY_STAGES, PayloadError, check_task
 from .aggregator import aggregate
@@ -352,10 +353,11 @@ def train_client(compiled: _CompiledModel, x: np.ndarray, y: np.ndarray, train: 
     return _Training(metrics, steps, partial=steps < local_steps(len(x), train))
 
 
-def handle(payload: dict[str, Any], *, secret: str | None = None,
+def handle(payload: dict[str, Any], *, secret: str | None = None, state_secret: str | None = None,
            data: tuple[np.ndarray, np.ndarray] | None = None, model_modules: ModelModules | None = None) -> dict[str, Any]:
-    """Run one client step of DESIGN.md's contract: task dict in, result dict out. `secret`: the run secret
-    when the platform hands it to the adapter (OpenWhisk), rather than in the environment. `data`: the
+    """Run one client step of DESIGN.md's contract: task dict in, result dict out. `secret` and `state_secret`: the
+    run secret and the state secret (fedless_nb/state_secret.py) when the platform hands them to the adapter
+    (OpenWhisk) or the function keeps them itself (a classroom student), rather than in the environment. `data`: the
     (x, y) a function holds itself (a classroom student's own drawings), which then never enter the store:
     the task's data key is not read. `model_modules`: the custom-layer modules its tasks may import, where the
     function is not a deployed one (default: FEDLESS_MODEL_MODULES)."""
@@ -369,8 +371,11 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
     _STATE.invocations += 1
     train = payload["train"]
     stage = stage_of(payload)  # a secure round's stage (function/secagg_stages.py), or None
+    if stage is not None:
+        state_secret = state_secret or deployed_state_secret()
     if stage in SECAGG_KEY_STAGES:
-        update, num_examples = key_stage(payload, store, guard.key, lambda: len(_own_or_stored(store, payload, data)[0]))
+        update, num_examples = key_stage(payload, store, guard.key, state_secret,
+                                         lambda: len(_own_or_stored(store, payload, data)[0]))
         store.put(payload["update"], update)
         finished = time.perf_counter()
         timings = dict.fromkeys(("cold_start", "build", "load", "train"), 0.0)
@@ -378,7 +383,7 @@ def handle(payload: dict[str, Any], *, secret: str | None = None,
                                   None), update)
 
     with _refusing_before_training():
-        mask = None if stage is None else masking(payload, store, guard.key)  # its refusals come before training
+        mask = None if stage is None else masking(payload, store, guard.key, state_secret)  # its refusals come before training
         compiled, build_seconds = _compiled_model(payload["model"], train, model_modules)
         load_started = time.perf_counter()
         start = decode_arrays(store.get(payload["weights"]))

@@ -4,8 +4,8 @@ A function is stateless and cannot talk to its peers, so every stage is an invoc
 is the relay: a stage reads what its peers wrote in the stage before (through the task's store
 descriptor: local paths or presigned URLs) and writes one object, its task's update key. What a
 client must remember between stages (its private keys, its self-mask seed, its example count) is
-sealed with AES-GCM under a key derived for this client (security.sealing_key), inside the public
-object it writes in the first stage.
+sealed with AES-GCM under a key derived for this client from the function's state secret, which the controller
+never holds (fedless_nb/state_secret.py), inside the public object it writes in the first stage.
 
 Stages (train.secagg.stage), after Bell et al. 2020:
   keys     two X25519 key pairs (one to encrypt shares, one to agree masks) and a self-mask seed;
@@ -30,7 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..privacy import secagg
-from ..security import RunKey, sealing_key
+from ..security import RunKey
+from ..state_secret import STATE_SECRET_VARIABLE, sealing_key
 from ..store import encode_arrays
 from ..store.keys import secagg_key, secagg_relay_key
 from ..wire import SECAGG_STAGES, PayloadError
@@ -59,17 +60,21 @@ def stage_of(task: dict[str, Any]) -> str | None:
 class _Round:
     """One client's view of one secure round: its settings and how to reach its and its peers' objects."""
 
-    def __init__(self, task: dict[str, Any], store: Any, key: RunKey | None) -> None:
+    def __init__(self, task: dict[str, Any], store: Any, key: RunKey | None, state_secret: str | None) -> None:
         if key is None:
             raise PayloadError("secure aggregation needs a function deployed with a run secret "
-                               "(it seals the client's private state with a key derived from it)")
+                               "(it signs the client's stage objects)")
+        if not state_secret:
+            raise PayloadError(f"secure aggregation needs this function deployed with {STATE_SECRET_VARIABLE}, a secret "
+                               "of its own that the controller never holds (it seals the client's private keys between "
+                               "stages): deploy it again with the command `fedless-nb package` prints")
         self.task, self.store, self.settings = task, store, task["train"]["secagg"]
         self.client = str(task["client_id"])
         self.peers = [str(peer) for peer in self.settings.get("peers", [])]
         if self.client in self.peers:
             raise PayloadError("a client is not its own peer")
         self.threshold = int(self.settings["threshold"])
-        self._secret = sealing_key(key, self.client, "secagg state")
+        self._secret = sealing_key(state_secret, key, self.client, "secagg state")
 
     def key(self, client: str, stage: str) -> str:
         return secagg_key(self.task["run_id"], self.task["round"], client, stage, int(self.settings["attempt"]))
@@ -163,9 +168,10 @@ class _Round:
         return json.dumps({"seed_shares": seeds, "key_shares": keys}).encode()
 
 
-def key_stage(task: dict[str, Any], store: Any, key: RunKey | None, num_examples: Callable[[], int]) -> tuple[bytes, int]:
-    """The object a keys, shares or reveal stage writes, and the client's example count."""
-    client = _Round(task, store, key)
+def key_stage(task: dict[str, Any], store: Any, key: RunKey | None, state_secret: str | None,
+              num_examples: Callable[[], int]) -> tuple[bytes, int]:
+    """The object a keys, shares, check or reveal stage writes, and the client's example count."""
+    client = _Round(task, store, key, state_secret)
     stage = task["train"]["secagg"]["stage"]
     if stage == "keys":
         count = num_examples()
@@ -175,8 +181,9 @@ def key_stage(task: dict[str, Any], store: Any, key: RunKey | None, num_examples
     return output, int(state["num_examples"])
 
 
-def masking(task: dict[str, Any], store: Any, key: RunKey | None) -> Callable[[list[np.ndarray], list[np.ndarray]], bytes]:
+def masking(task: dict[str, Any], store: Any, key: RunKey | None,
+            state_secret: str | None) -> Callable[[list[np.ndarray], list[np.ndarray]], bytes]:
     """The masked stage's object, (start, trained) -> the client's quantized, masked update (see the module docstring).
     Its task's checks run now, before the stage trains: a PayloadError is a refusal before any training step."""
-    client = _Round(task, store, key)
+    client = _Round(task, store, key, state_secret)
     return lambda start, trained: client.mask(client.state(), start, trained)

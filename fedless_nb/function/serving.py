@@ -83,10 +83,10 @@ def refused_unparsed(body: bytes | bytearray | str, secret: str | None) -> tuple
     return None
 
 
-def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = None,
+def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = None, state_secret: str | None = None,
            data: Any = None, model_modules: ModelModules | None = None) -> tuple[int, dict[str, Any]]:
-    """Run the client step on a request body (JSON text or an already parsed task); `secret`, `data` and
-    `model_modules` as in handle."""
+    """Run the client step on a request body (JSON text or an already parsed task); `secret`, `state_secret`, `data`
+    and `model_modules` as in handle."""
     if isinstance(body, (bytes, bytearray, str)) and (refusal := refused_unparsed(body, secret)) is not None:
         return refusal
     try:
@@ -97,7 +97,7 @@ def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = No
         return 400, error_reply(400, PayloadError(NESTED_TOO_DEEPLY))
     try:
         with _ONE_AT_A_TIME:
-            return 200, handle(payload, secret=secret, data=data, model_modules=model_modules)
+            return 200, handle(payload, secret=secret, state_secret=state_secret, data=data, model_modules=model_modules)
     except Exception as error:  # the platform gets a status and a message, never a crashed worker
         status = status_of(error)
         if status == 500:

@@ -23,7 +23,8 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
-from ..security import SECRET_VARIABLE, AggregatorTaskRefused, AuthError
+from ..security import SECRET_VARIABLE, AggregatorTaskRefused, AuthError, new_secret
+from ..state_secret import STATE_SECRET_VARIABLE
 from ..wire import PayloadError
 from .base import InvocationError, Provider, ProviderSetupError, reply_json
 from .retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries
@@ -38,6 +39,13 @@ _REPLY_GRACE = 30.0  # seconds past the function's own timeout before a silent r
 
 def _code(error: ClientError) -> str | None:
     return error.response.get("Error", {}).get("Code")
+
+
+def _state_secret_of(configuration: dict[str, Any] | None) -> str:
+    """The state secret a deployed function has (kept on update, so a secure round in flight still opens its sealed
+    state), or a fresh one for a new function."""
+    variables = ((configuration or {}).get("Environment") or {}).get("Variables") or {}
+    return variables.get(STATE_SECRET_VARIABLE) or new_secret()
 
 
 def _status(error: ClientError) -> int | None:
@@ -176,8 +184,10 @@ class LambdaProvider(Provider):
 
     async def deploy(self, bundle: Any = None) -> None:
         """Create or update the function from `bundle` (a LambdaImage, or a zip's bytes or path), wait until
-        it is active and updated, then reserve its concurrency if asked; without a bundle, check it exists."""
-        exists = await self._exists()
+        it is active and updated, then reserve its concurrency if asked; without a bundle, check it exists. Its
+        state secret (fedless_nb/state_secret.py) is the one it has, or a fresh one: never this provider's."""
+        configuration = await self._configuration()
+        exists = configuration is not None
         if bundle is None:
             if not exists:
                 raise ProviderSetupError(
@@ -188,7 +198,7 @@ class LambdaProvider(Provider):
         code = {"ImageUri": bundle.uri} if image else {"ZipFile": _zip_bytes(bundle)}
         settings: dict[str, Any] = {
             "FunctionName": self.function_name, "MemorySize": self.memory_mb, "Timeout": max(1, round(self.timeout)),
-            "Environment": {"Variables": self._environment},
+            "Environment": {"Variables": {STATE_SECRET_VARIABLE: _state_secret_of(configuration), **self._environment}},
             **({} if image else {"Handler": self.handler, "Runtime": self.runtime}),
         }
         if self.role:
@@ -210,14 +220,14 @@ class LambdaProvider(Provider):
         except ClientError as error:
             raise ProviderSetupError(f"Lambda rejected the deployment of {self.function_name!r}: {error}") from None
 
-    async def _exists(self) -> bool:
+    async def _configuration(self) -> dict[str, Any] | None:
+        """The function's configuration, or None when it does not exist."""
         try:
-            await self._call("get_function_configuration", FunctionName=self.function_name)
+            return await self._call("get_function_configuration", FunctionName=self.function_name)
         except ClientError as error:
             if _code(error) == "ResourceNotFoundException":
-                return False
+                return None
             raise
-        return True
 
     async def _wait(self, waiter: str) -> None:
         await (await self._client()).get_waiter(waiter).wait(FunctionName=self.function_name)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..model import ANY_MODULE, MODEL_MODULES_VARIABLE
 from ..security import CLIENT_ID_VARIABLE, SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
+from ..state_secret import STATE_SECRET_FILE_VARIABLE, STATE_SECRET_VARIABLE
 from ..store.roots import STORE_ROOTS_VARIABLE
 from .base import REPLY_LIMIT, InvocationError, Provider, reply_json
 from .zygote import ZYGOTE_VARIABLE, ZygoteError, fork_worker
@@ -34,7 +35,8 @@ _WORKER_VARIABLES = re.compile(r"PATH|HOME|USER|LANG|LC_\w+|TZ|TMPDIR|VIRTUAL_EN
                                r"|FEDLESS_\w+")
 # Never a worker's: the secrets and client id (its provider gives its own), the zygote's socket, and a deployed function's
 # store roots (exported for a deploy command, they would refuse the run's own store).
-_NOT_INHERITED = (SECRET_VARIABLE, SECRET_FILE_VARIABLE, CLIENT_ID_VARIABLE, STORE_ROOTS_VARIABLE, ZYGOTE_VARIABLE)
+_NOT_INHERITED = (SECRET_VARIABLE, SECRET_FILE_VARIABLE, STATE_SECRET_VARIABLE, STATE_SECRET_FILE_VARIABLE, CLIENT_ID_VARIABLE,
+                  STORE_ROOTS_VARIABLE, ZYGOTE_VARIABLE)
 
 
 def function_environment(threads: int) -> dict[str, str]:
@@ -161,6 +163,7 @@ class LocalProvider(Provider):
         self.threads_per_worker = threads_per_worker
         self.entry_point = entry_point
         self.secret = secret or new_secret()  # fresh for each provider (the runner makes one per run); workers inherit it
+        self._state_secret = new_secret()  # its workers' own (fedless_nb/state_secret.py): the run is never given it
         self.reply_limit = reply_limit
         self._slots: asyncio.LifoQueue[_Worker | None] | None = None
         self._running: set[_Worker] = set()
@@ -168,7 +171,7 @@ class LocalProvider(Provider):
     def _environment(self) -> dict[str, str]:
         # Its workers are reached by the controller only (the run's own secret): they import the model's modules.
         return {**function_environment(self.threads_per_worker), SECRET_VARIABLE: self.secret,
-                MODEL_MODULES_VARIABLE: ANY_MODULE}
+                STATE_SECRET_VARIABLE: self._state_secret, MODEL_MODULES_VARIABLE: ANY_MODULE}
 
     def _pool(self) -> asyncio.LifoQueue[_Worker | None]:
         if self._slots is None:
