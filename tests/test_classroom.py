@@ -946,3 +946,29 @@ def test_the_teacher_removes_a_student_whose_next_result_and_rejoin_are_refused(
             classroom.remove("nobody")
     finally:
         students[0].leave()
+
+
+def test_the_roster_shows_each_names_address_as_counted_and_how_many_names_it_holds(classroom):
+    """Anyone holding the join code registered names from one machine that the teacher's roster showed as classmates.
+    Each row now shows the address its name joined from (an IPv6 one as its /64, which one machine holds whole; an
+    IPv4-mapped one as its IPv4 one) and how many names that address holds, in the widget and its text; a name the
+    teacher removed no longer counts."""
+    from fedless_nb.classroom.widgets import roster_table
+
+    table = roster_table(classroom)
+    for name in ("mallory1", "mallory2", "mallory3"):
+        assert _join_from(classroom, "127.0.0.2", name)[0] == 200
+    assert _join_from(classroom, "127.0.0.3", "alice")[0] == 200
+    for name, address, url in (("bob", "2001:db8:1:2::5", "http://[2001:db8:1:2::5]:8080/"),
+                               ("carol", "2001:db8:1:2:abcd::9", "http://[2001:db8:1:2:abcd::9]:8080/"),
+                               ("dave", "::ffff:127.0.0.3", "http://127.0.0.3:8080/")):
+        classroom.roster.register(registration(classroom, name, url=url), address)
+    shown = {row["name"]: (row["address"], row["names from it"]) for row in classroom.roster.rows()}
+    assert shown == {"mallory1": ("127.0.0.2", 3), "mallory2": ("127.0.0.2", 3), "mallory3": ("127.0.0.2", 3),
+                     "alice": ("127.0.0.3", 2), "dave": ("127.0.0.3", 2),
+                     "bob": ("2001:db8:1:2::/64", 2), "carol": ("2001:db8:1:2::/64", 2)}
+    assert "<th>names from it</th>" in table.widget.value and "2001:db8:1:2::/64" in table.widget.value
+    assert "names from it" in table.text().splitlines()[1] and "127.0.0.2" in table.text()
+    classroom.remove("mallory1")
+    assert [row["names from it"] for row in classroom.roster.rows()][:3] == [2, 2, 2]
+    assert ">2</td>" in table.widget.value and ">3</td>" not in table.widget.value

@@ -106,6 +106,8 @@ def test_three_student_kernels_train_five_rounds_and_one_leaves(room, tmp_path):
     assert {row["name"]: row["status"] for row in roster} == {"alice": "joined", "bob": "left", "carol": "joined"}
     assert {row["name"]: row["data"] for row in roster}["carol"] == "own examples"
     assert {row["name"]: row["answered"] for row in roster}["alice"] == ROUNDS
+    # one machine here: every name joined from 127.0.0.1, which holds all three (bob left, and may come back)
+    assert {(row["address"], row["names from it"]) for row in roster} == {("127.0.0.1", len(STUDENTS))}
     calls = json.loads(room["alice"].run("import json; print(json.dumps(student.rows()))"))
     assert [call["round"] for call in calls] == list(range(1, ROUNDS + 1))
     assert all(call["outcome"] == "succeeded" and call["examples"] > 0 for call in calls)

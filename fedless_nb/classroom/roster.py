@@ -16,6 +16,7 @@ import re
 import secrets
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -24,7 +25,7 @@ from yarl import URL
 from ..security import new_secret
 from .errors import ClassroomError
 from .function_hosts import FunctionHosts
-from .join_limit import WrongCodes
+from .join_limit import WrongCodes, counted_as
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # fullmatch: `$` would let a final newline through
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread from a projector
@@ -43,10 +44,17 @@ class Student:
     secret: str
     own_examples: int | None  # examples the student drew themselves; None: their share of the teacher's dataset
     joined_at: float
+    address: str  # where the registration came from, as join_limit.counted_as counts it (IPv6: its /64)
     status: str = "joined"  # joined, left, removed (by the teacher)
     examples: int | None = None
     last_answer: str = "-"
     answered: int = 0
+
+    @property
+    def holds_address(self) -> bool:
+        """Whether the name counts as one of its address's: until the teacher removes it (one that left may come
+        back from there)."""
+        return self.status != "removed"
 
 
 @dataclass
@@ -113,7 +121,7 @@ class Roster:
             if name not in self.students and len(self.students) >= CLASS_LIMIT:
                 raise ClassroomError(f"the class is full ({CLASS_LIMIT} students): ask the teacher to open another one")
             self._nonces[nonce] = sent_at
-            student = Student(name, url, new_secret(), own, now)
+            student = Student(name, url, new_secret(), own, now, counted_as(address))
             self.students[name] = student
             self._wrong_codes.joined(address)
         self._changed()
@@ -177,8 +185,11 @@ class Roster:
         self._changed()
 
     def rows(self) -> list[dict[str, Any]]:
+        """The roster's table: with each name, the address it joined from and how many names that address holds,
+        so that one address holding many stands out."""
         with self._lock:
-            return [{"name": s.name, "status": s.status,
+            held = Counter(s.address for s in self.students.values() if s.holds_address)
+            return [{"name": s.name, "status": s.status, "address": s.address, "names from it": held[s.address],
                      "examples": s.own_examples if s.examples is None else s.examples,
                      "data": "own examples" if s.own_examples is not None else "teacher's share",
                      "answered": s.answered, "last answer": s.last_answer}
