@@ -521,16 +521,21 @@ def test_the_classroom_magics_open_join_train_options_and_leave(shell):
 
 def test_the_teacher_removes_a_student_with_the_classroom_magic(shell):
     """%fedless_classroom remove NAME takes a student out of the open classroom (the roster says so); --per-address
-    sets the join service's limit per address; a missing or unknown name is one line."""
+    sets the join service's limit of connections per address, --names-per-address its limit of names (one line for
+    a value that is no count); a missing or unknown name is one line."""
     from fedless_nb.classroom.student import StudentFunction
 
     magics = magics_of(shell)
     with pytest.raises(UsageError, match="%fedless_classroom remove needs an open classroom: run %fedless_classroom open"):
         shell.run_line_magic("fedless_classroom", "remove bob")
+    with pytest.raises(UsageError, match=r"^--names-per-address -1: give the most names students may register from one "
+                                         r"address \(0: no limit, for a class behind one address\)$"):
+        shell.run_line_magic("fedless_classroom", "open --host 127.0.0.1 --port 0 --names-per-address -1")
     with capture_output():
-        classroom = shell.run_line_magic("fedless_classroom", "open --host 127.0.0.1 --port 0 --per-address 2")
+        classroom = shell.run_line_magic("fedless_classroom", "open --host 127.0.0.1 --port 0 --per-address 2 "
+                                                              "--names-per-address 1")
     try:
-        assert classroom._server.per_address == 2
+        assert classroom._server.per_address == 2 and classroom.names_per_address == 1
         bob, code = StudentFunction(classroom.url, classroom.code, "bob", host="127.0.0.1"), classroom.code
         with capture_output() as removed:
             shell.run_line_magic("fedless_classroom", "remove bob")

@@ -605,6 +605,8 @@ class FedlessMagics(Magics):
                    "a network such as 10.0.0.0/8 (repeat for several; e.g. *.run.app for Cloud Run)")
     @argument("--max-own-examples", type=int, default=10_000, help="the most examples of their own a student may "
               "train on (default 10000): FedAvg weighs their update by that claim, which nobody can check")
+    @argument("--names-per-address", type=int, default=0, help="the most names students may register from one "
+              "address, an IPv6 /64 counting as one (default 0: no limit, which a class behind one address needs)")
     @line_magic
     @user_errors
     def fedless_classroom(self, line: str) -> Any:
@@ -635,7 +637,8 @@ class FedlessMagics(Magics):
         try:
             self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, timeout=args.timeout,
                                               per_address=args.per_address, allow_hosts=tuple(args.allow_hosts),
-                                              max_own_examples=args.max_own_examples)
+                                              max_own_examples=args.max_own_examples,
+                                              names_per_address=args.names_per_address)
         except OSError as error:
             raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
                              "choose another --port or --host") from None
