@@ -1,6 +1,7 @@
 """The magics through a real IPython InteractiveShell: parsing, return values, errors, %config."""
 
 import base64
+import re
 import subprocess
 import sys
 
@@ -522,7 +523,8 @@ def test_the_classroom_magics_open_join_train_options_and_leave(shell):
 def test_the_teacher_removes_a_student_with_the_classroom_magic(shell):
     """%fedless_classroom remove NAME takes a student out of the open classroom (the roster says so); --per-address
     sets the join service's limit of connections per address, --names-per-address its limit of names (one line for
-    a value that is no count); a missing or unknown name is one line."""
+    a value that is no count); a missing or unknown name is one line, and so is a mistyped option of another open,
+    which leaves the open classroom open."""
     from fedless_nb.classroom.student import StudentFunction
 
     magics = magics_of(shell)
@@ -550,6 +552,14 @@ def test_the_teacher_removes_a_student_with_the_classroom_magic(shell):
             shell.run_line_magic("fedless_classroom", "remove")
         with pytest.raises(UsageError, match="no student 'carol' in this class: the roster lists the names"):
             shell.run_line_magic("fedless_classroom", "remove carol")
+        for mistyped, refusal in (("--names-per-address -2", "--names-per-address -2: give the most names"),
+                                  ("--max-own-examples 0", "--max-own-examples 0: give the most examples"),
+                                  ("--allow-host http://x/", "--allow-host 'http://x/': give a host name")):
+            with pytest.raises(UsageError, match=f"^{re.escape(refusal)}"):  # the open classroom used to close first
+                shell.run_line_magic("fedless_classroom", f"open --host 127.0.0.1 --port 0 {mistyped}")
+        assert magics.classroom is classroom and classroom.roster.rows()[0]["name"] == "bob"
+        carol = StudentFunction(classroom.url, classroom.code, "carol", host="127.0.0.1")  # still serving
+        carol.leave()
         bob._server.stop()
     finally:
         with capture_output():

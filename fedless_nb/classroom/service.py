@@ -58,6 +58,19 @@ class _StudentProvider(HttpProvider):
         return result
 
 
+def check_options(per_address: int, allow_hosts: tuple[str, ...], max_own_examples: int,
+                  names_per_address: int) -> None:
+    """ClassroomError, one line naming the option, for a value no classroom opens with: checked before the open
+    classroom is closed to open another, so that a mistyped option leaves the class open."""
+    if per_address < 0:
+        raise ClassroomError(f"--per-address {per_address}: give the connections one address may hold (0: no limit)")
+    FunctionHosts.parse(allow_hosts)
+    if max_own_examples < 1:
+        raise ClassroomError(f"--max-own-examples {max_own_examples}: give the most examples of their own a student "
+                             "may train on (1 or more)")
+    checked_limit(names_per_address)
+
+
 class ClassroomService:
     """An open classroom: its roster, its served store and its server thread. A student's function URL must name
     the address they join from, or one of `allow_hosts` (names, *.domains, addresses, networks: function_hosts.py);
@@ -67,13 +80,9 @@ class ClassroomService:
     def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0,
                  per_address: int = PER_ADDRESS_LIMIT, allow_hosts: tuple[str, ...] = (),
                  max_own_examples: int = OWN_EXAMPLES_LIMIT, names_per_address: int = 0) -> None:
-        if per_address < 0:
-            raise ClassroomError(f"--per-address {per_address}: give the connections one address may hold (0: no limit)")
-        if max_own_examples < 1:
-            raise ClassroomError(f"--max-own-examples {max_own_examples}: give the most examples of their own a student "
-                                 "may train on (1 or more)")
+        check_options(per_address, allow_hosts, max_own_examples, names_per_address)
         self.roster = Roster(JoinCode.fresh(code_minutes), FunctionHosts.parse(allow_hosts), max_own_examples,
-                             NamesPerAddress(checked_limit(names_per_address)))
+                             NamesPerAddress(names_per_address))
         self.timeout = timeout
         self._uploading: set[str] = set()  # keys with an upload in progress (the server's loop is its only user)
         app = web.Application(client_max_size=UPDATE_LIMIT)

@@ -614,10 +614,12 @@ class FedlessMagics(Magics):
         join command, its code and a live roster; train over the class with `%fedless_train --provider classroom`."""
         from IPython.display import display
 
-        from ..classroom.service import ClassroomService
+        from ..classroom.service import ClassroomService, check_options
         from ..classroom.widgets import roster_table
 
         args = parse_options(self.fedless_classroom, line)
+        options = {"per_address": args.per_address, "allow_hosts": tuple(args.allow_hosts),
+                   "max_own_examples": args.max_own_examples, "names_per_address": args.names_per_address}
         if args.action == "remove":
             if not args.name:
                 raise UsageError("%fedless_classroom remove NAME: name the student to remove, as the roster shows it")
@@ -626,6 +628,8 @@ class FedlessMagics(Magics):
             print(f"Removed {args.name}: their function's next result is refused and the name cannot join again; "
                   f"the join code is now {classroom.code} (the others stay joined): {classroom.join_command()}")
             return None
+        if args.action == "open":
+            check_options(**options)  # before closing the open classroom: a mistyped option leaves it open
         if self.classroom is not None:
             self.classroom.close()
             print(f"Closed the classroom at {self.classroom.url}")
@@ -636,9 +640,7 @@ class FedlessMagics(Magics):
             return None
         try:
             self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, timeout=args.timeout,
-                                              per_address=args.per_address, allow_hosts=tuple(args.allow_hosts),
-                                              max_own_examples=args.max_own_examples,
-                                              names_per_address=args.names_per_address)
+                                              **options)
         except OSError as error:
             raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
                              "choose another --port or --host") from None
