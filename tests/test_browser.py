@@ -447,6 +447,8 @@ def test_the_classroom_roster_and_the_drawing_pad_render(shared_server, browser,
             alice = roster.locator("tr").filter(has_text="alice")
             alice.wait_for(timeout=60_000)
             assert "joined" in alice.inner_text() and "own examples" in alice.inner_text()
+            assert "127.0.0.1" in alice.inner_text()  # the address alice joined from, with how many names it holds
+            assert "names from it" in roster.locator("th").all_inner_texts()
             teacher.screenshot(path=str(ARTIFACTS / "classroom-teacher-roster.png"))
         except Exception:
             for name, page in pages.items():

@@ -976,3 +976,99 @@ def test_the_teacher_removes_a_student_whose_next_result_and_rejoin_are_refused(
             classroom.remove("nobody")
     finally:
         students[0].leave()
+
+
+def test_the_roster_shows_each_names_address_as_counted_and_how_many_names_it_holds(classroom):
+    """Anyone holding the join code registered names from one machine that the teacher's roster showed as classmates.
+    Each row now shows the address its name joined from (an IPv6 one as its /64, which one machine holds whole; an
+    IPv4-mapped one as its IPv4 one) and how many names that address holds, in the widget and its text; a name the
+    teacher removed no longer counts."""
+    from fedless_nb.classroom.widgets import roster_table
+
+    table = roster_table(classroom)
+    for name in ("mallory1", "mallory2", "mallory3"):
+        assert _join_from(classroom, "127.0.0.2", name)[0] == 200
+    assert _join_from(classroom, "127.0.0.3", "alice")[0] == 200
+    for name, address, url in (("bob", "2001:db8:1:2::5", "http://[2001:db8:1:2::5]:8080/"),
+                               ("carol", "2001:db8:1:2:abcd::9", "http://[2001:db8:1:2:abcd::9]:8080/"),
+                               ("dave", "::ffff:127.0.0.3", "http://127.0.0.3:8080/")):
+        classroom.roster.register(registration(classroom, name, url=url), address)
+    shown = {row["name"]: (row["address"], row["names from it"]) for row in classroom.roster.rows()}
+    assert shown == {"mallory1": ("127.0.0.2", 3), "mallory2": ("127.0.0.2", 3), "mallory3": ("127.0.0.2", 3),
+                     "alice": ("127.0.0.3", 2), "dave": ("127.0.0.3", 2),
+                     "bob": ("2001:db8:1:2::/64", 2), "carol": ("2001:db8:1:2::/64", 2)}
+    assert "<th>names from it</th>" in table.widget.value and "2001:db8:1:2::/64" in table.widget.value
+    assert "names from it" in table.text().splitlines()[1] and "127.0.0.2" in table.text()
+    classroom.remove("mallory1")
+    assert [row["names from it"] for row in classroom.roster.rows()][:3] == [2, 2, 2]
+    assert ">2</td>" in table.widget.value and ">3</td>" not in table.widget.value
+
+
+def test_the_teacher_limits_the_names_one_address_registers_and_sees_the_refusals(tmp_path):
+    """One person holding the join code registered up to 200 names from one address, each claiming up to 10,000
+    examples: the class filled, and FedAvg weighed them, as one student wished. With names_per_address (opt-in: a
+    class behind one NAT address is one address) the (n+1)-th name from an address is refused in one line that says
+    to ask the teacher, whose roster counts it and names the address; another address still joins; a name that left
+    joins again from there (a reconnect) and still holds its place, and one the teacher removed frees it; the teacher
+    may lift (or change) the limit while the class is open."""
+    from fedless_nb.classroom.widgets import roster_table
+
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), names_per_address=2)
+    table = roster_table(service)
+    try:
+        assert "At most 2 names per address (none refused)." in table.text()
+        for name in ("mallory1", "mallory2"):
+            assert _join_from(service, "127.0.0.2", name)[0] == 200
+        status, text, _ = _join_from(service, "127.0.0.2", "mallory3")
+        assert (status, json.loads(text)["error"]) == (403, "this class admits at most 2 names from one address, and "
+                                                            "yours (127.0.0.2) has them: ask the teacher")
+        assert "At most 2 names per address (1 registration refused, the latest from 127.0.0.2)." in table.text()
+        assert "the latest from 127.0.0.2" in table.widget.value
+        assert _join_from(service, "127.0.0.3", "alice")[0] == 200  # another address
+        mallory1 = service.roster.students["mallory1"]
+        service.roster.leave("mallory1", leave_proof(mallory1.secret, "mallory1"))
+        assert _join_from(service, "127.0.0.2", "mallory3")[0] == 403  # a name that left holds its place...
+        assert _join_from(service, "127.0.0.2", "mallory1")[0] == 200  # ...and is no new name when it comes back
+        service.remove("mallory2")
+        assert _join_from(service, "127.0.0.2", "mallory3")[0] == 200  # a removed name frees its place
+        assert [(row["name"], row["status"]) for row in service.roster.rows()] == [
+            ("mallory2", "removed"), ("alice", "joined"), ("mallory1", "joined"), ("mallory3", "joined")]
+        assert "2 registrations refused, the latest from 127.0.0.2" in table.text()
+        assert _join_from(service, "127.0.0.2", "mallory4")[0] == 403
+        service.names_per_address = 0  # the class turns out to be behind one address: the teacher lifts the limit
+        assert "At most" not in table.text() and "At most" not in table.widget.value and service.names_per_address == 0
+        assert _join_from(service, "127.0.0.2", "mallory4")[0] == 200
+        with pytest.raises(ClassroomError, match=r"^--names-per-address -1: give the most names"):
+            service.names_per_address = -1
+        assert service.names_per_address == 0
+    finally:
+        service.close()
+
+
+def test_the_names_per_address_count_an_ipv6_network_as_one_address(tmp_path):
+    """An IPv6 address counts as its /64, which one machine holds whole (a fresh address of it would be a fresh
+    budget of names); an IPv4-mapped address as its IPv4 one."""
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), names_per_address=1)
+    try:
+        def join(name, address, host):
+            service.roster.register(registration(service, name, url=f"http://{host}:8080/"), address)
+
+        join("bob", "2001:db8:1:2::5", "[2001:db8:1:2::5]")
+        with pytest.raises(ClassroomError, match=r"^this class admits at most 1 name from one address, and yours "
+                                                 r"\(2001:db8:1:2::/64\) has them: ask the teacher$"):
+            join("mallory", "2001:db8:1:2:abcd::9", "[2001:db8:1:2:abcd::9]")
+        join("carol", "2001:db8:1:3::5", "[2001:db8:1:3::5]")  # another network
+        join("dave", "::ffff:192.0.2.7", "192.0.2.7")
+        with pytest.raises(ClassroomError, match=r"yours \(192\.0\.2\.7\) has them"):
+            join("erin", "192.0.2.7", "192.0.2.7")
+        assert sorted(service.roster.students) == ["bob", "carol", "dave"]
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "3", None])
+def test_a_names_per_address_that_is_no_count_is_refused_in_one_line(tmp_path, value):
+    with pytest.raises(ClassroomError) as refused:
+        ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"), names_per_address=value)
+    assert str(refused.value) == (f"--names-per-address {value}: give the most names students may register from one "
+                                  "address (0: no limit, for a class behind one address)")

@@ -57,11 +57,13 @@ def room(tmp_path):
 def test_three_student_kernels_train_five_rounds_and_one_leaves(room, tmp_path):
     teacher = room["teacher"]
     opened = teacher.run("classroom = %fedless_classroom open --host 127.0.0.1 --port 0 --timeout 120 "
-                         "--allow-host '*.run.app' --allow-host 10.0.0.0/8 --max-own-examples 100\n"
+                         "--allow-host '*.run.app' --allow-host 10.0.0.0/8 --max-own-examples 100 "
+                         "--names-per-address 3\n"
                          "print(classroom.roster.hosts.suffixes, [str(n) for n in classroom.roster.hosts.networks], "
-                         "classroom.roster.max_own_examples)\n"
+                         "classroom.roster.max_own_examples, classroom.names_per_address)\n"
                          "print(classroom.url, classroom.code)")
-    assert opened.splitlines()[-2] == "('.run.app',) ['10.0.0.0/8'] 100"  # carol's 60 examples are within it
+    # carol's 60 examples are within the bound; the three students, all on 127.0.0.1 here, within the names' limit
+    assert opened.splitlines()[-2] == "('.run.app',) ['10.0.0.0/8'] 100 3"
     url, code = opened.splitlines()[-1].split()
     # carol trains on examples of her own (60 digits she holds), which never enter any store
     room["carol"].run("from sklearn.datasets import load_digits\ndigits = load_digits()\n"
@@ -106,6 +108,8 @@ def test_three_student_kernels_train_five_rounds_and_one_leaves(room, tmp_path):
     assert {row["name"]: row["status"] for row in roster} == {"alice": "joined", "bob": "left", "carol": "joined"}
     assert {row["name"]: row["data"] for row in roster}["carol"] == "own examples"
     assert {row["name"]: row["answered"] for row in roster}["alice"] == ROUNDS
+    # one machine here: every name joined from 127.0.0.1, which holds all three (bob left, and may come back)
+    assert {(row["address"], row["names from it"]) for row in roster} == {("127.0.0.1", len(STUDENTS))}
     calls = json.loads(room["alice"].run("import json; print(json.dumps(student.rows()))"))
     assert [call["round"] for call in calls] == list(range(1, ROUNDS + 1))
     assert all(call["outcome"] == "succeeded" and call["examples"] > 0 for call in calls)

@@ -1,6 +1,7 @@
 """The magics through a real IPython InteractiveShell: parsing, return values, errors, %config."""
 
 import base64
+import re
 import subprocess
 import sys
 
@@ -521,16 +522,22 @@ def test_the_classroom_magics_open_join_train_options_and_leave(shell):
 
 def test_the_teacher_removes_a_student_with_the_classroom_magic(shell):
     """%fedless_classroom remove NAME takes a student out of the open classroom (the roster says so); --per-address
-    sets the join service's limit per address; a missing or unknown name is one line."""
+    sets the join service's limit of connections per address, --names-per-address its limit of names (one line for
+    a value that is no count); a missing or unknown name is one line, and so is a mistyped option of another open,
+    which leaves the open classroom open."""
     from fedless_nb.classroom.student import StudentFunction
 
     magics = magics_of(shell)
     with pytest.raises(UsageError, match="%fedless_classroom remove needs an open classroom: run %fedless_classroom open"):
         shell.run_line_magic("fedless_classroom", "remove bob")
+    with pytest.raises(UsageError, match=r"^--names-per-address -1: give the most names students may register from one "
+                                         r"address \(0: no limit, for a class behind one address\)$"):
+        shell.run_line_magic("fedless_classroom", "open --host 127.0.0.1 --port 0 --names-per-address -1")
     with capture_output():
-        classroom = shell.run_line_magic("fedless_classroom", "open --host 127.0.0.1 --port 0 --per-address 2")
+        classroom = shell.run_line_magic("fedless_classroom", "open --host 127.0.0.1 --port 0 --per-address 2 "
+                                                              "--names-per-address 1")
     try:
-        assert classroom._server.per_address == 2
+        assert classroom._server.per_address == 2 and classroom.names_per_address == 1
         bob, code = StudentFunction(classroom.url, classroom.code, "bob", host="127.0.0.1"), classroom.code
         with capture_output() as removed:
             shell.run_line_magic("fedless_classroom", "remove bob")
@@ -545,6 +552,14 @@ def test_the_teacher_removes_a_student_with_the_classroom_magic(shell):
             shell.run_line_magic("fedless_classroom", "remove")
         with pytest.raises(UsageError, match="no student 'carol' in this class: the roster lists the names"):
             shell.run_line_magic("fedless_classroom", "remove carol")
+        for mistyped, refusal in (("--names-per-address -2", "--names-per-address -2: give the most names"),
+                                  ("--max-own-examples 0", "--max-own-examples 0: give the most examples"),
+                                  ("--allow-host http://x/", "--allow-host 'http://x/': give a host name")):
+            with pytest.raises(UsageError, match=f"^{re.escape(refusal)}"):  # the open classroom used to close first
+                shell.run_line_magic("fedless_classroom", f"open --host 127.0.0.1 --port 0 {mistyped}")
+        assert magics.classroom is classroom and classroom.roster.rows()[0]["name"] == "bob"
+        carol = StudentFunction(classroom.url, classroom.code, "carol", host="127.0.0.1")  # still serving
+        carol.leave()
         bob._server.stop()
     finally:
         with capture_output():

@@ -16,15 +16,17 @@ import re
 import secrets
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from yarl import URL
 
 from ..security import new_secret
+from .address_names import NamesPerAddress, TooManyNames
 from .errors import ClassroomError
 from .function_hosts import FunctionHosts
-from .join_limit import WrongCodes
+from .join_limit import WrongCodes, counted_as
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # fullmatch: `$` would let a final newline through
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread from a projector
@@ -43,10 +45,17 @@ class Student:
     secret: str
     own_examples: int | None  # examples the student drew themselves; None: their share of the teacher's dataset
     joined_at: float
+    address: str  # where the registration came from, as join_limit.counted_as counts it (IPv6: its /64)
     status: str = "joined"  # joined, left, removed (by the teacher)
     examples: int | None = None
     last_answer: str = "-"
     answered: int = 0
+
+    @property
+    def holds_address(self) -> bool:
+        """Whether the name counts as one of its address's: until the teacher removes it (one that left may come
+        back from there)."""
+        return self.status != "removed"
 
 
 @dataclass
@@ -79,6 +88,7 @@ class Roster:
     code: JoinCode
     hosts: FunctionHosts = field(default_factory=FunctionHosts)
     max_own_examples: int = OWN_EXAMPLES_LIMIT
+    names_limit: NamesPerAddress = field(default_factory=NamesPerAddress)
     secret: str = field(default_factory=new_secret)
     students: dict[str, Student] = field(default_factory=dict)
     _nonces: dict[str, float] = field(default_factory=dict)  # the registrations used, by their sent_at
@@ -90,33 +100,45 @@ class Roster:
         """Admit a registration {code, name, url, nonce, sent_at, own_examples} that came from `address`;
         ClassroomError with one line if not (TooManyWrongCodes, unread, past the wrong codes `address` may send)."""
         now = time.time() if now is None else now
-        nonce, name, sent_at = str(message.get("nonce", "")), str(message.get("name", "")), _sent_at(message)
-        with self._lock:
-            self._wrong_codes.check(address, now)
-            if not _same(str(message.get("code", "")).strip().upper(), self.code.code):
-                self._wrong_codes.spend(address, now)
-                raise ClassroomError("wrong join code: copy the code shown on the teacher's screen")
-            if now > self.code.expires_at:
-                raise ClassroomError("the join code expired: ask the teacher for a new one (%fedless_classroom open)")
-            self._forget_nonces_before(now - 2 * REGISTRATION_WINDOW)
-            if not nonce or nonce in self._nonces or not abs(now - sent_at) <= REGISTRATION_WINDOW:
-                raise ClassroomError("this registration was already used or is too old (a replay): "
-                                     "run %fedless_join again")
-            if not NAME.fullmatch(name):
-                raise ClassroomError(f"--name {name!r}: use 1-32 lowercase letters, digits, - or _, e.g. --name alice")
-            if name in self.students and self.students[name].status == "removed":
-                raise ClassroomError(f"the teacher removed {name!r} from this class: ask the teacher")
-            if name in self.students and self.students[name].status == "joined":
-                raise ClassroomError(f"the name {name!r} is taken in this class: choose another --name")
-            url = _function_url(message.get("url"), address, self.hosts)
-            own = _own_examples(message.get("own_examples"), self.max_own_examples)
-            if name not in self.students and len(self.students) >= CLASS_LIMIT:
-                raise ClassroomError(f"the class is full ({CLASS_LIMIT} students): ask the teacher to open another one")
-            self._nonces[nonce] = sent_at
-            student = Student(name, url, new_secret(), own, now)
-            self.students[name] = student
-            self._wrong_codes.joined(address)
+        try:
+            with self._lock:
+                student = self._admit(message, address, now)
+        except TooManyNames:
+            self._changed()  # the teacher's roster counts the refusal
+            raise
         self._changed()
+        return student
+
+    def _admit(self, message: dict[str, Any], address: str, now: float) -> Student:
+        """The student `message` registers, or ClassroomError; under the roster's lock."""
+        nonce, name, sent_at = str(message.get("nonce", "")), str(message.get("name", "")), _sent_at(message)
+        self._wrong_codes.check(address, now)
+        if not _same(str(message.get("code", "")).strip().upper(), self.code.code):
+            self._wrong_codes.spend(address, now)
+            raise ClassroomError("wrong join code: copy the code shown on the teacher's screen")
+        if now > self.code.expires_at:
+            raise ClassroomError("the join code expired: ask the teacher for a new one (%fedless_classroom open)")
+        self._forget_nonces_before(now - 2 * REGISTRATION_WINDOW)
+        if not nonce or nonce in self._nonces or not abs(now - sent_at) <= REGISTRATION_WINDOW:
+            raise ClassroomError("this registration was already used or is too old (a replay): "
+                                 "run %fedless_join again")
+        if not NAME.fullmatch(name):
+            raise ClassroomError(f"--name {name!r}: use 1-32 lowercase letters, digits, - or _, e.g. --name alice")
+        if name in self.students and self.students[name].status == "removed":
+            raise ClassroomError(f"the teacher removed {name!r} from this class: ask the teacher")
+        if name in self.students and self.students[name].status == "joined":
+            raise ClassroomError(f"the name {name!r} is taken in this class: choose another --name")
+        url = _function_url(message.get("url"), address, self.hosts)
+        own = _own_examples(message.get("own_examples"), self.max_own_examples)
+        counted = counted_as(address)
+        self.names_limit.check((s.name for s in self.students.values() if s.address == counted and s.holds_address),
+                               name, counted)
+        if name not in self.students and len(self.students) >= CLASS_LIMIT:
+            raise ClassroomError(f"the class is full ({CLASS_LIMIT} students): ask the teacher to open another one")
+        self._nonces[nonce] = sent_at
+        student = Student(name, url, new_secret(), own, now, counted)
+        self.students[name] = student
+        self._wrong_codes.joined(address)
         return student
 
     def _forget_nonces_before(self, oldest: float) -> None:
@@ -144,6 +166,13 @@ class Roster:
                 raise ClassroomError(f"no student {name!r} in this class: the roster lists the names")
             self.students[name].status = "removed"
             self.code = self.code.renewed()
+        self._changed()
+
+    def limit_names_per_address(self, limit: int) -> None:
+        """The teacher's new limit of names per address (0: none): names past a lowered one stay; their address
+        registers no new name."""
+        with self._lock:
+            self.names_limit.limit = limit
         self._changed()
 
     def admits(self, name: str, secret: str) -> bool:
@@ -177,8 +206,11 @@ class Roster:
         self._changed()
 
     def rows(self) -> list[dict[str, Any]]:
+        """The roster's table: with each name, the address it joined from and how many names that address holds,
+        so that one address holding many stands out."""
         with self._lock:
-            return [{"name": s.name, "status": s.status,
+            held = Counter(s.address for s in self.students.values() if s.holds_address)
+            return [{"name": s.name, "status": s.status, "address": s.address, "names from it": held[s.address],
                      "examples": s.own_examples if s.examples is None else s.examples,
                      "data": "own examples" if s.own_examples is not None else "teacher's share",
                      "answered": s.answered, "last answer": s.last_answer}

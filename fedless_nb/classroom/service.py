@@ -20,6 +20,7 @@ from ..providers.base import InvocationError
 from ..providers.http import HttpProvider
 from ..providers.retry import RetryPolicy
 from ..rounds.events import InvocationFinished
+from .address_names import NamesPerAddress, checked_limit
 from .addresses import reachable_address, shown_address, url_host
 from .errors import ClassroomError
 from .function_hosts import FunctionHosts
@@ -57,20 +58,31 @@ class _StudentProvider(HttpProvider):
         return result
 
 
+def check_options(per_address: int, allow_hosts: tuple[str, ...], max_own_examples: int,
+                  names_per_address: int) -> None:
+    """ClassroomError, one line naming the option, for a value no classroom opens with: checked before the open
+    classroom is closed to open another, so that a mistyped option leaves the class open."""
+    if per_address < 0:
+        raise ClassroomError(f"--per-address {per_address}: give the connections one address may hold (0: no limit)")
+    FunctionHosts.parse(allow_hosts)
+    if max_own_examples < 1:
+        raise ClassroomError(f"--max-own-examples {max_own_examples}: give the most examples of their own a student "
+                             "may train on (1 or more)")
+    checked_limit(names_per_address)
+
+
 class ClassroomService:
     """An open classroom: its roster, its served store and its server thread. A student's function URL must name
     the address they join from, or one of `allow_hosts` (names, *.domains, addresses, networks: function_hosts.py);
-    a student training on examples of their own may claim at most `max_own_examples` (FedAvg's weight)."""
+    a student training on examples of their own may claim at most `max_own_examples` (FedAvg's weight); one address
+    (an IPv6 /64) may register at most `names_per_address` names (0: no limit, for a class behind one address)."""
 
     def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0,
                  per_address: int = PER_ADDRESS_LIMIT, allow_hosts: tuple[str, ...] = (),
-                 max_own_examples: int = OWN_EXAMPLES_LIMIT) -> None:
-        if per_address < 0:
-            raise ClassroomError(f"--per-address {per_address}: give the connections one address may hold (0: no limit)")
-        if max_own_examples < 1:
-            raise ClassroomError(f"--max-own-examples {max_own_examples}: give the most examples of their own a student "
-                                 "may train on (1 or more)")
-        self.roster = Roster(JoinCode.fresh(code_minutes), FunctionHosts.parse(allow_hosts), max_own_examples)
+                 max_own_examples: int = OWN_EXAMPLES_LIMIT, names_per_address: int = 0) -> None:
+        check_options(per_address, allow_hosts, max_own_examples, names_per_address)
+        self.roster = Roster(JoinCode.fresh(code_minutes), FunctionHosts.parse(allow_hosts), max_own_examples,
+                             NamesPerAddress(names_per_address))
         self.timeout = timeout
         self._uploading: set[str] = set()  # keys with an upload in progress (the server's loop is its only user)
         app = web.Application(client_max_size=UPDATE_LIMIT)
@@ -131,6 +143,16 @@ class ClassroomService:
         return {"store": self.store, "providers": {s.name: self._provider(s) for s in students},
                 "own_data_sizes": {client_id: s.own_examples for client_id, s in zip(client_ids(config.clients), students)
                                    if s.own_examples is not None}}
+
+    @property
+    def names_per_address(self) -> int:
+        """The most names one address may register (0: no limit)."""
+        return self.roster.names_limit.limit
+
+    @names_per_address.setter
+    def names_per_address(self, limit: int) -> None:
+        """The teacher changes the limit while the class is open (a class found behind one address: 0)."""
+        self.roster.limit_names_per_address(checked_limit(limit))
 
     def remove(self, name: str) -> None:
         """Take a student out of the class (Roster.remove): a run in progress refuses their function's next result."""

@@ -65,10 +65,12 @@ def roster_table(service: Any) -> LiveTable:
 
     def heading() -> str:
         expires = time.strftime("%H:%M", time.localtime(service.roster.code.expires_at))
+        limit = service.roster.names_limit.summary()  # empty without a limit of names per address
         return (f"<h4>Classroom open at {html.escape(service.url)}</h4>"
                 f"<p>Join code <b class='fedless-join-code' style='font-size:150%'>{service.code}</b> "
                 f"(valid until {expires}). In your notebook run:</p>"
-                f"<pre class='fedless-join-command'>%load_ext fedless_nb\n{html.escape(service.join_command())}</pre>")
+                f"<pre class='fedless-join-command'>%load_ext fedless_nb\n{html.escape(service.join_command())}</pre>"
+                + (f"<p class='fedless-names-per-address'>{html.escape(limit)}</p>" if limit else ""))
 
     table = LiveTable(heading, service.roster.rows, "No student has joined yet.", "fedless-roster")
     service.roster.on_change = table.refresh

@@ -605,6 +605,8 @@ class FedlessMagics(Magics):
                    "a network such as 10.0.0.0/8 (repeat for several; e.g. *.run.app for Cloud Run)")
     @argument("--max-own-examples", type=int, default=10_000, help="the most examples of their own a student may "
               "train on (default 10000): FedAvg weighs their update by that claim, which nobody can check")
+    @argument("--names-per-address", type=int, default=0, help="the most names students may register from one "
+              "address, an IPv6 /64 counting as one (default 0: no limit, which a class behind one address needs)")
     @line_magic
     @user_errors
     def fedless_classroom(self, line: str) -> Any:
@@ -612,10 +614,12 @@ class FedlessMagics(Magics):
         join command, its code and a live roster; train over the class with `%fedless_train --provider classroom`."""
         from IPython.display import display
 
-        from ..classroom.service import ClassroomService
+        from ..classroom.service import ClassroomService, check_options
         from ..classroom.widgets import roster_table
 
         args = parse_options(self.fedless_classroom, line)
+        options = {"per_address": args.per_address, "allow_hosts": tuple(args.allow_hosts),
+                   "max_own_examples": args.max_own_examples, "names_per_address": args.names_per_address}
         if args.action == "remove":
             if not args.name:
                 raise UsageError("%fedless_classroom remove NAME: name the student to remove, as the roster shows it")
@@ -624,6 +628,8 @@ class FedlessMagics(Magics):
             print(f"Removed {args.name}: their function's next result is refused and the name cannot join again; "
                   f"the join code is now {classroom.code} (the others stay joined): {classroom.join_command()}")
             return None
+        if args.action == "open":
+            check_options(**options)  # before closing the open classroom: a mistyped option leaves it open
         if self.classroom is not None:
             self.classroom.close()
             print(f"Closed the classroom at {self.classroom.url}")
@@ -634,8 +640,7 @@ class FedlessMagics(Magics):
             return None
         try:
             self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, timeout=args.timeout,
-                                              per_address=args.per_address, allow_hosts=tuple(args.allow_hosts),
-                                              max_own_examples=args.max_own_examples)
+                                              **options)
         except OSError as error:
             raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
                              "choose another --port or --host") from None
