@@ -554,7 +554,11 @@ def test_the_teacher_removes_a_student_with_the_classroom_magic(shell):
             shell.run_line_magic("fedless_classroom", "remove carol")
         for mistyped, refusal in (("--names-per-address -2", "--names-per-address -2: give the most names"),
                                   ("--max-own-examples 0", "--max-own-examples 0: give the most examples"),
-                                  ("--allow-host http://x/", "--allow-host 'http://x/': give a host name")):
+                                  ("--allow-host http://x/", "--allow-host 'http://x/': give a host name"),
+                                  # a code that admits nobody, a round nobody can finish in: it opened such a class
+                                  ("--minutes 0", "--minutes 0: give how many minutes the join code admits students"),
+                                  ("--minutes nan", "--minutes nan: give how many minutes"),
+                                  ("--timeout -5", "--timeout -5: give the seconds a student's function may take")):
             with pytest.raises(UsageError, match=f"^{re.escape(refusal)}"):  # the open classroom used to close first
                 shell.run_line_magic("fedless_classroom", f"open --host 127.0.0.1 --port 0 {mistyped}")
         assert magics.classroom is classroom and classroom.roster.rows()[0]["name"] == "bob"

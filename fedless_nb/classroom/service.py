@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -58,10 +59,14 @@ class _StudentProvider(HttpProvider):
         return result
 
 
-def check_options(per_address: int, allow_hosts: tuple[str, ...], max_own_examples: int,
-                  names_per_address: int) -> None:
+def check_options(code_minutes: float, timeout: float, per_address: int, allow_hosts: tuple[str, ...],
+                  max_own_examples: int, names_per_address: int) -> None:
     """ClassroomError, one line naming the option, for a value no classroom opens with: checked before the open
     classroom is closed to open another, so that a mistyped option leaves the class open."""
+    if not (math.isfinite(code_minutes) and code_minutes > 0):
+        raise ClassroomError(f"--minutes {code_minutes:g}: give how many minutes the join code admits students (above 0)")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ClassroomError(f"--timeout {timeout:g}: give the seconds a student's function may take per round (above 0)")
     if per_address < 0:
         raise ClassroomError(f"--per-address {per_address}: give the connections one address may hold (0: no limit)")
     FunctionHosts.parse(allow_hosts)
@@ -80,7 +85,7 @@ class ClassroomService:
     def __init__(self, host: str | None, port: int, code_minutes: float, store_root: str, timeout: float = 60.0,
                  per_address: int = PER_ADDRESS_LIMIT, allow_hosts: tuple[str, ...] = (),
                  max_own_examples: int = OWN_EXAMPLES_LIMIT, names_per_address: int = 0) -> None:
-        check_options(per_address, allow_hosts, max_own_examples, names_per_address)
+        check_options(code_minutes, timeout, per_address, allow_hosts, max_own_examples, names_per_address)
         self.roster = Roster(JoinCode.fresh(code_minutes), FunctionHosts.parse(allow_hosts), max_own_examples,
                              NamesPerAddress(names_per_address))
         self.timeout = timeout

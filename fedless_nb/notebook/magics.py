@@ -618,7 +618,7 @@ class FedlessMagics(Magics):
         from ..classroom.widgets import roster_table
 
         args = parse_options(self.fedless_classroom, line)
-        options = {"per_address": args.per_address, "allow_hosts": tuple(args.allow_hosts),
+        options = {"timeout": args.timeout, "per_address": args.per_address, "allow_hosts": tuple(args.allow_hosts),
                    "max_own_examples": args.max_own_examples, "names_per_address": args.names_per_address}
         if args.action == "remove":
             if not args.name:
@@ -629,7 +629,7 @@ class FedlessMagics(Magics):
                   f"the join code is now {classroom.code} (the others stay joined): {classroom.join_command()}")
             return None
         if args.action == "open":
-            check_options(**options)  # before closing the open classroom: a mistyped option leaves it open
+            check_options(args.minutes, **options)  # before closing the open classroom: a mistyped option leaves it open
         if self.classroom is not None:
             self.classroom.close()
             print(f"Closed the classroom at {self.classroom.url}")
@@ -639,8 +639,7 @@ class FedlessMagics(Magics):
         if args.action == "close":
             return None
         try:
-            self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, timeout=args.timeout,
-                                              **options)
+            self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, **options)
         except OSError as error:
             raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
                              "choose another --port or --host") from None
