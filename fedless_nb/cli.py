@@ -24,7 +24,7 @@ try:  # seconds on a loaded machine (pydantic, pandas, sqlite-utils): a Ctrl-C m
     from .experiment import (ConfigError, DataConfig, ExperimentConfig, TrainConfig, config_schema, load_config, validate,
                              worded_by_options)
     from .records.history import DEFAULT_HISTORY, History, pending_file, with_history_option_typed
-    from .deploy.packaging import PLATFORMS, build_bundle, requirements_megabytes
+    from .deploy.packaging import PLATFORMS, SECRETS_IN_THE_COMMAND, build_bundle, requirements_megabytes
     from .model import MODEL_MODULE_HELP
     from .store.roots import STORE_ROOT_HELP
     from .security import SECRET_VARIABLE, client_secret, function_secret, new_secret
@@ -252,7 +252,7 @@ def _package(arguments: argparse.Namespace, console: Console) -> int:
     console.print(f"Pinned requirements: {', '.join(bundle.requirements)}", highlight=False, soft_wrap=True)
     console.print(f"They take about {requirements_megabytes(list(bundle.requirements)):.0f} MB installed (measured from "
                   "this machine's packages; tensorflow stands in for tensorflow-cpu)", highlight=False)
-    console.print("Deploy it with (the secret is read from your shell's FEDLESS_RUN_SECRET):", highlight=False)
+    console.print(f"Deploy it with ({SECRETS_IN_THE_COMMAND}):", highlight=False)
     print(bundle.deploy_command)  # plain, so it can be copied or piped as is
     return 0
 
@@ -279,8 +279,8 @@ def _deploy(arguments: argparse.Namespace, console: Console) -> int:
     if arguments.provider in ("aws_lambda", "aws_lambda_zip"):
         console.print(outcome, highlight=False)
     else:
-        console.print(f"{arguments.provider} is deployed by its own tool; run (the secret is read from your "
-                      "shell's FEDLESS_RUN_SECRET):", highlight=False)
+        console.print(f"{arguments.provider} is deployed by its own tool; run ({SECRETS_IN_THE_COMMAND}):",
+                      highlight=False)
         print(outcome)
     return 0
 

@@ -91,6 +91,9 @@ NEEDED_VALUES = {
     "resource_group": "the Azure resource group that holds the function app",
 }
 
+# What a printed command does with the secrets, for the line that introduces it.
+SECRETS_IN_THE_COMMAND = ("the run secret is read from your shell's FEDLESS_RUN_SECRET; the function's own state secret "
+                          "is drawn by fedless-nb new-secret as it runs")
 _LAMBDA_SETTINGS = ("--memory-size 2048 --timeout 300 --role {role} "
                     "--environment \"Variables={{FEDLESS_RUN_SECRET={secret},FEDLESS_STATE_SECRET={state}{settings}}}\"")
 _LAMBDA_SETTING = ",{variable}={value}"

@@ -577,14 +577,14 @@ class FedlessMagics(Magics):
     def fedless_deploy(self, line: str) -> Any:
         """Build a deployable function bundle for a FaaS platform and print the platform's deploy command;
         returns the Bundle (`.path`, `.files`, `.requirements`, `.deploy_command`), as `fedless-nb package` does."""
-        from ..deploy.packaging import build_bundle
+        from ..deploy.packaging import SECRETS_IN_THE_COMMAND, build_bundle
 
         args = parse_options(self.fedless_deploy, line)
         modules = [*args.model_modules, *(self._custom_layer_modules(args.model) if args.model else ())]
         bundle = build_bundle(args.provider, args.out, name=args.name, role=args.role, image=args.image, app=args.app,
                               resource_group=args.resource_group, store_roots=args.store_roots, model_modules=modules)
         print(f"Bundle for {bundle.provider}: {bundle.path} ({len(bundle.files)} files)")
-        print("Deploy it with (the secret is read from your shell's FEDLESS_RUN_SECRET):")
+        print(f"Deploy it with ({SECRETS_IN_THE_COMMAND}):")
         print(bundle.deploy_command)
         return bundle
 
