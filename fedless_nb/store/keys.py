@@ -84,8 +84,7 @@ def task_keys_problem(task: dict[str, Any]) -> str | None:
         reads += [entry.get("key") for entry in task.get("entries", ()) if isinstance(entry, dict)]
     else:
         written = own + rf"(updates/{client}\.weights|secagg-\d+/{client}\.({_STAGE_NAMES}))"
-        train = task.get("train") if isinstance(task.get("train"), dict) else {}
-        reads = [task.get("weights"), task.get("data"), train.get("correction")]
+        reads = [task.get("weights")]  # its data and correction must be its own (_training_reads_problem)
     if not re.fullmatch(written, str(task["update"])):
         return (f"the task writes {task['update']!r}, which is not {client_id}'s own key in run {run_id}, round "
                 f"{round_number}")
