@@ -2,6 +2,7 @@
 the controller refuses results and updates that are not the ones a function signed, and a round keeps
 its other updates."""
 
+import base64
 import json
 import re
 import time
@@ -11,15 +12,17 @@ import pytest
 from fedless_nb import security
 from fedless_nb.function import handler as client
 from fedless_nb.function.handler import handle
+from fedless_nb.privacy import secagg
 from fedless_nb.records.history import History
 from fedless_nb.providers import LocalProvider
 from fedless_nb.runner import run_experiment
-from fedless_nb.security import AuthError, NonceCache, ResultSignatureError, RunKey, client_key, client_secret
+from fedless_nb.security import (AuthError, MisconfiguredError, NonceCache, ResultSignatureError, RunKey, client_key,
+                                 client_secret)
 from fedless_nb.store import MissingKeyError
 from fedless_nb.store.keys import secagg_key, task_keys_problem
 from fedless_nb.wire import SECAGG_STAGES
 
-from signed_tasks import SECRET, function_env, make_task, write_inputs  # noqa: F401 (a fixture)
+from signed_tasks import SECRET, function_env, make_keys_stage_task, make_task, write_inputs  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -97,6 +100,31 @@ def test_the_secret_can_come_from_a_mounted_file(function_env, inputs, monkeypat
     (tmp_path / "secret").write_text(SECRET + "\n")
     monkeypatch.setenv("FEDLESS_RUN_SECRET_FILE", str(tmp_path / "secret"))
     assert handle(make_task(store, spec))["signature"]
+
+
+def test_the_state_secret_can_come_from_a_mounted_file_and_an_unreadable_one_is_named(function_env, inputs, monkeypatch,
+                                                                                     tmp_path):
+    """OpenFaaS mounts its secrets as files: FEDLESS_STATE_SECRET_FILE seals a secure round's state like the variable;
+    a file the function cannot read is a misconfiguration its log names (the reply says only that it is one)."""
+    from fedless_nb.function.serving import invoke
+    from fedless_nb.state_secret import sealing_key, state_secret
+
+    store, spec = inputs
+    monkeypatch.delenv("FEDLESS_STATE_SECRET", raising=False)
+    (tmp_path / "state").write_text("mounted-state-secret\n")
+    monkeypatch.setenv("FEDLESS_STATE_SECRET_FILE", str(tmp_path / "state"))
+    assert state_secret() == "mounted-state-secret"
+    task = make_keys_stage_task(store, spec)
+    assert handle(task)["num_examples"] == 40
+    sealed = base64.b64decode(json.loads(store.get(task["update"]))["state"])
+    key = client_key(SECRET, task["run_id"], task["client_id"])
+    secagg.unseal(sealing_key("mounted-state-secret", key, task["client_id"], "secagg state"), sealed, task["update"])
+
+    monkeypatch.setenv("FEDLESS_STATE_SECRET_FILE", str(tmp_path / "absent"))
+    with pytest.raises(MisconfiguredError, match=r"^cannot read the state secret from FEDLESS_STATE_SECRET_FILE=.*absent: "):
+        state_secret()
+    status, reply = invoke(make_keys_stage_task(store, spec, run_id="run-2"))
+    assert status == 500 and reply["error"]["message"] == MisconfiguredError.PUBLIC_MESSAGE, reply
 
 
 def test_tampered_updates_are_refused_and_the_round_keeps_the_others(tiny_config):
