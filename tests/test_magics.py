@@ -412,6 +412,29 @@ def test_stop_names_a_background_run_by_a_beginning_of_its_id_no_other_shares(sh
         shell.run_line_magic("fedless_stop", "")
         second.future.result(timeout=600)
 
+def test_a_run_started_while_background_runs_train_names_them_and_how_to_stop_them(shell, capsys):
+    """Running a `--background` cell again started a second run while the first trained on, unseen: the rerun cleared
+    the cell that showed its dashboard, and nothing said it was still going on (sharing the kernel's workers with the
+    new run, its record shown nowhere). A run started while others train names them and the line that ends them."""
+    shell.run_cell(f"run = %fedless_train --name again-a {TINY} --rounds 40 --dashboard none --background")
+    first = shell.user_ns["run"]
+    try:
+        capsys.readouterr()
+        shell.run_cell(f"run = %fedless_train --name again-b {TINY} --rounds 40 --dashboard none --background")
+        second = shell.user_ns["run"]
+        assert capsys.readouterr().out.splitlines()[0] == (
+            f"Run {first.run_id} is still training in the background; %fedless_stop {first.run_id} ends it")
+        result = shell.run_cell(f"%fedless_train {TINY} --rounds 1 --dashboard none")
+        assert result.error_in_exec is None
+        assert capsys.readouterr().out.splitlines()[0] == (
+            f"Runs {first.run_id}, {second.run_id} are still training in the background; %fedless_stop ends them all")
+        assert first.status == second.status == "running"
+    finally:
+        shell.run_line_magic("fedless_stop", "")
+        for run in (first, shell.user_ns["run"]):
+            run.future.result(timeout=600)
+
+
 def test_a_background_run_that_ended_before_its_cell_listed_it_is_not_going_on(shell, monkeypatch):
     """A short run can end before the cell that started it has listed it. It used to remove itself from the list
     when it ended, on the run's thread, so it failed to (not listed yet), stayed listed, and %fedless_stop claimed

@@ -293,6 +293,7 @@ class FedlessMagics(Magics):
         from .pool import warm_pool
 
         options: dict[str, Any] = {"providers": warm_pool().providers_for(config)}
+        self._say_what_still_trains()
         if args.provider == "classroom":
             options = self._open_classroom().run_options(config)  # students' functions, signed store, own data
             observers.append(self.classroom.observe)
@@ -319,6 +320,15 @@ class FedlessMagics(Magics):
         self._last_ended = next((run for run in reversed(self._background) if run.done()), self._last_ended)
         self._background = [run for run in self._background if not run.done()]
         return self._background
+
+    def _say_what_still_trains(self) -> None:
+        """Name the background runs still training as another run starts: rerunning a `--background` cell clears the
+        output that showed the earlier run, which trains on unseen, sharing the kernel's workers with the new one."""
+        running = [str(run.run_id or "(starting)") for run in self.background]
+        if len(running) == 1:
+            print(f"Run {running[0]} is still training in the background; %fedless_stop {running[0]} ends it")
+        elif running:
+            print(f"Runs {', '.join(running)} are still training in the background; %fedless_stop ends them all")
 
     def _open_classroom(self, needing: str = "--provider classroom") -> Any:
         if self.classroom is None:
@@ -401,6 +411,7 @@ class FedlessMagics(Magics):
         point = resume_point(args.run_id, args.history or self.history,
                              trust_builder=args.trust_builder or model is not None)
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell, model_name=args.model)
+        self._say_what_still_trains()
         return run_to_end(point.config, model, [dashboard] if dashboard is not None else [], model_name=args.model,
                           resumed=point, providers=warm_pool().providers_for(point.config))
 
