@@ -368,6 +368,18 @@ def worded_by_options(message: str, options: typing.Mapping[str, str]) -> str:
     return f"{options[key]}: {problem}" if colon and key in options else message
 
 
+def data_keys_worded_by_options(message: str, options: typing.Mapping[str, str]) -> str:
+    """A refusal found as the data is split names the data keys it is about bare, among its words (`labels_per_client
+    must be between 1 and the 10 classes ...; raise labels_per_client or clients`): each one an option set is that
+    option as typed, and a line that starts with one reads as a config error's (`--labels-per-client: must be ...`)."""
+    for key, option in options.items():
+        section, _, name = key.rpartition(".")
+        if section == "data" and "_" in name:  # a key of several words: never an ordinary word of the message
+            message = re.sub(rf"^{name} (?=must )", f"{option}: ", message)
+            message = re.sub(rf"(?<![\w.-]){name}\b", option, message)  # not inside a dotted key: data.{name}
+    return message
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}")

@@ -593,6 +593,28 @@ def test_a_refused_value_is_named_as_the_user_gave_it(shell, line, cell, message
     assert str(result.error_in_exec).startswith(message)
 
 
+@pytest.mark.parametrize("magic, line, message", [
+    ("fedless_partition", "--partition pathological --labels-per-client 11",
+     "--labels-per-client: must be between 1 and the 10 classes in the data, got 11"),
+    ("fedless_partition", "--partition dirichlet --min-ex 500",
+     "--min-examples: must be between 1 and 71 (1437 examples / 20 clients), got 500"),
+    ("fedless_train", f"{TINY} --partition pathological --labels-per-client 1",
+     "4 clients x 1 --labels-per-client leave some of the 10 classes without a client; raise --labels-per-client or "
+     "clients"),
+    ("fedless_train", f"{TINY} --partition shards --shards-per-client 500 --background",
+     "4 clients x 500 shards = 2000 shards is more than the 1437 training examples; lower --shards-per-client or clients"),
+    # a key typed as a key stays a key
+    ("fedless_train", f"{TINY} --partition pathological --set data.labels_per_client=11",
+     "labels_per_client must be between 1 and the 10 classes in the data, got 11"),
+])
+def test_a_value_the_split_refuses_is_named_as_the_user_gave_it(shell, magic, line, message):
+    """Values refused only once the data is split (against its classes and examples) named the config key, bare
+    (`labels_per_client must be ...`), while values refused with the config named the option typed (`--lr: ...`)."""
+    with pytest.raises(UsageError) as refused:
+        shell.run_line_magic(magic, f"--dashboard none {line}" if magic == "fedless_train" else line)
+    assert str(refused.value) == message
+
+
 def test_partition_and_sweep_name_the_option_typed_and_a_swept_key_as_the_grid_names_it(shell, tmp_path):
     with pytest.raises(UsageError, match=r"^--min-examples: partition iid does not read it"):
         shell.run_line_magic("fedless_partition", "--min-examples 5 --clients 4")

@@ -28,7 +28,8 @@ from IPython.utils.process import arg_split
 from traitlets import CaselessStrEnum, Unicode
 
 from ..errors import UserError
-from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data, worded_by_options
+from ..experiment import (ExperimentConfig, data_keys_worded_by_options, parse_config_yaml, read_config_data,
+                          worded_by_options)
 from ..model import MODEL_MODULE_HELP
 from ..records.history import DEFAULT_HISTORY, History, with_history_option_typed
 from ..store.roots import STORE_ROOT_HELP
@@ -218,7 +219,20 @@ def named_as_typed(args: Any, overridden: Any = ()) -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        raise UserError(worded_by_options(str(error), keys_typed(args, overridden))) from None
+        options = keys_typed(args, overridden)
+        raise UserError(data_keys_worded_by_options(worded_by_options(str(error), options), options)) from None
+
+
+@contextlib.contextmanager
+def split_named_as_typed(args: Any) -> Iterator[None]:
+    """A value the data's split refuses as a run prepares names the option that set it (named_as_typed does so for
+    the config's refusals); every other error of the run, a stop's included, passes as it is."""
+    from ..data.partition import PartitionError
+
+    try:
+        yield
+    except PartitionError as error:
+        raise PartitionError(data_keys_worded_by_options(str(error), keys_typed(args))) from None
 
 
 @magics_class
@@ -297,11 +311,12 @@ class FedlessMagics(Magics):
         if args.provider == "classroom":
             options = self._open_classroom().run_options(config)  # students' functions, signed store, own data
             observers.append(self.classroom.observe)
-        if args.background:
-            run = BackgroundRun(config, model, observers, dashboard=dashboard, model_name=args.model, **options)
-            self._background = [*self.background, run]
-            return run
-        return run_to_end(config, model, observers, model_name=args.model, **options)
+        with split_named_as_typed(args):
+            if args.background:
+                run = BackgroundRun(config, model, observers, dashboard=dashboard, model_name=args.model, **options)
+                self._background = [*self.background, run]
+                return run
+            return run_to_end(config, model, observers, model_name=args.model, **options)
 
     def take_over(self, replaced: "FedlessMagics") -> None:
         """What the magics a reload replaces still run, which the new ones must find: background runs train on
