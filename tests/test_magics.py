@@ -622,4 +622,8 @@ def test_partition_and_sweep_name_the_option_typed_and_a_swept_key_as_the_grid_n
         shell.run_cell_magic("fedless_sweep", "--rounds 0", "strategy.name: [fedavg, fedprox]\n")
     with pytest.raises(UsageError, match=r"^rounds: must be >= 1, got 0"):
         shell.run_cell_magic("fedless_sweep", "--rounds 2", "rounds: [0, 1]\n")
+    # the strategies swept by their section's name: the key that names one is strategy.name
+    with pytest.raises(UsageError, match=r"^strategy: must be a mapping of keys to values, got str \(did you mean "
+                                         r"strategy.name: 'fedavg'\?\)$"):
+        shell.run_cell_magic("fedless_sweep", "--rounds 2", "strategy: [fedavg, fedprox]\n")
     assert list(tmp_path.iterdir()) == [], "nothing trained, nothing written"
