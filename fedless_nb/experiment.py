@@ -340,6 +340,16 @@ KEYS_OTHER_TOOLS_USE = {"lr": "learning_rate", "num_rounds": "rounds", "num_clie
                         "epsilon": "target_epsilon", "l2_norm_clip": "clip_norm", "clip_norm": "l2_norm_clip"}
 
 
+def _naming_key_hint(location: tuple[Any, ...], kind: str, value: Any) -> str:
+    """A section given a name where its mapping goes (`strategy: fedprox`, a sweep's `strategy: [fedavg, fedprox]`)
+    meant the section's first key, when that key takes a name (strategy.name, data.dataset, model.builder)."""
+    section = _section_at((*location, None)) if kind == "model_type" and isinstance(value, str) else None
+    first = next(iter(section.model_fields.items()), None) if section else None
+    if first is None or first[1].annotation is not str:
+        return ""
+    return f" (did you mean {_key(location)}.{first[0]}: {value!r}?)"
+
+
 def _config_problem(error: ValidationError) -> str:
     """The first problem pydantic found, as one line naming the key."""
     detail = error.errors(include_url=False)[0]
@@ -354,7 +364,7 @@ def _config_problem(error: ValidationError) -> str:
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
         return f"{key}: unknown key{hint}"
     if kind in ("list_type", "dict_type", "model_type"):
-        return f"{key}: must be {_TYPE_NAMES[kind]}, got {type(value).__name__}"
+        return f"{key}: must be {_TYPE_NAMES[kind]}, got {type(value).__name__}{_naming_key_hint(location, kind, value)}"
     if kind in _TYPE_NAMES:
         return f"{key}: must be {_TYPE_NAMES[kind]}, got {type(value).__name__} {value!r}"
     return f"{key}: {detail['msg']}"
@@ -366,6 +376,18 @@ def worded_by_options(message: str, options: typing.Mapping[str, str]) -> str:
     a word that is nowhere on the user's line."""
     key, colon, problem = message.partition(": ")
     return f"{options[key]}: {problem}" if colon and key in options else message
+
+
+def data_keys_worded_by_options(message: str, options: typing.Mapping[str, str]) -> str:
+    """A refusal found as the data is split names the data keys it is about bare, among its words (`labels_per_client
+    must be between 1 and the 10 classes ...; raise labels_per_client or clients`): each one an option set is that
+    option as typed, and a line that starts with one reads as a config error's (`--labels-per-client: must be ...`)."""
+    for key, option in options.items():
+        section, _, name = key.rpartition(".")
+        if section == "data" and "_" in name:  # a key of several words: never an ordinary word of the message
+            message = re.sub(rf"^{name} (?=must )", f"{option}: ", message)
+            message = re.sub(rf"(?<![\w.-]){name}\b", option, message)  # not inside a dotted key: data.{name}
+    return message
 
 
 def _require(condition: bool, key: str, message: str) -> None:

@@ -511,6 +511,8 @@ def test_interrupt_and_restart_from_the_kernel_menu_keep_the_history_and_leave_n
         run_id, rounds, resume = match.group(1), int(match.group(2)), match.group(3)
         record = outputs.and_(page.locator('[data-mime-type="text/html"]')).filter(has_text="stopped after round")
         assert f"Run {run_id} stopped after round {rounds};" in record.inner_text()  # the record says it too
+        # the calls the interrupt cut off are no failures (they were counted, and drawn red, as failures)
+        assert " 0 failures," in record.inner_text(), record.inner_text()
         history = History(tmp_path / "fedless_history.db")
         run = history.run(run_id)
         assert run["status"] == "stopped" and run["rounds_completed"] == rounds < INTERRUPTED_ROUNDS

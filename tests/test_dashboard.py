@@ -81,6 +81,27 @@ def test_progress_folds_the_events():
     assert progress.bars[0][:3] == ("client-0000", 10.0, 12.0)
 
 
+def test_calls_cut_off_by_an_interrupt_are_no_failures():
+    """Interrupting a run (Kernel > Interrupt) cancels the calls still running; its record counted them as failures and
+    drew them red, as if clients had failed ('6/40 rounds, 35 invocations, 4 failures'), where the user had stopped the
+    run. They are counted and drawn as cut off; the legend names that outcome only where a run has one."""
+    events = list(run_events(rounds=2, fail_last=False))
+    cut_off = InvocationFinished("r1", 3, "client-0001", "local", "failed", 130.0, 131.0,
+                                 error="the run stopped while it ran", cause="interrupted")
+    progress = RunProgress()
+    for event in [*events[:-1], RoundStarted("r1", 3, ["client-0001"], 130.0), cut_off,
+                  RunFinished("r1", "stopped", 131.0, 2, {"accuracy": 0.6}, error="interrupted")]:
+        progress.update(event)
+    assert progress.total_phrases() == ["5 invocations", "0 failures", "1 cut off by the run's end", "2 cold starts"]
+    assert [bar[4] for bar in progress.bars][-1] == "cut off"
+    timeline = run_figure(progress).axes[2]
+    assert [t.get_text() for t in timeline.get_legend().get_texts()] == ["cold", "warm", "failed", "cut off"]
+    widgets = WidgetDashboard()
+    for event in [*events[:-1], RoundStarted("r1", 3, ["client-0001"], 130.0), cut_off]:
+        widgets(event)
+    assert widgets.timeline.bars.colors[-1] == OUTCOME_COLORS["cut off"] != OUTCOME_COLORS["failed"]
+
+
 def test_totals_show_estimated_cost_and_privacy_when_there_are_any():
     """A priced platform adds its estimated cost (as the history prices it); DP rounds add their epsilon."""
     lambda_provider = {"name": "aws", "kind": "lambda", "memory_mb": 2048}

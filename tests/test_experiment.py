@@ -54,6 +54,11 @@ def test_nested_values_are_read():
     ({"providers": "local"}, "providers: must be a list"),
     ({"clients": 4, "clients_per_round": 2, "providers": [{"name": "a", "clients": 3}]}, "assign 3 clients in all"),
     ({"train": []}, "train: must be a mapping"),
+    # a section given the value of its naming key (a sweep's `strategy: [fedavg, fedprox]`, --set strategy=fedprox)
+    ({"strategy": "fedprox"}, r"^strategy: must be a mapping of keys to values, got str \(did you mean strategy.name: "
+                              r"'fedprox'\?\)$"),
+    ({"data": "mnist"}, r"^data: must be a mapping of keys to values, got str \(did you mean data.dataset: 'mnist'\?\)$"),
+    ({"train": 5}, r"^train: must be a mapping of keys to values, got int$"),
     ({"train": {"dp": {"accountant": "pld", "noise_multiplier": 0.001}}},
      r"train.dp.accountant: pld cannot account noise_multiplier 0.001 .*use accountant rdp or raise train.dp.noise_multiplier"),
     ({"central_dp": {"accountant": "pld", "noise_multiplier": 0.05}},

@@ -413,6 +413,29 @@ def test_stop_names_a_background_run_by_a_beginning_of_its_id_no_other_shares(sh
         shell.run_line_magic("fedless_stop", "")
         second.future.result(timeout=600)
 
+def test_a_run_started_while_background_runs_train_names_them_and_how_to_stop_them(shell, capsys):
+    """Running a `--background` cell again started a second run while the first trained on, unseen: the rerun cleared
+    the cell that showed its dashboard, and nothing said it was still going on (sharing the kernel's workers with the
+    new run, its record shown nowhere). A run started while others train names them and the line that ends them."""
+    shell.run_cell(f"run = %fedless_train --name again-a {TINY} --rounds 40 --dashboard none --background")
+    first = shell.user_ns["run"]
+    try:
+        capsys.readouterr()
+        shell.run_cell(f"run = %fedless_train --name again-b {TINY} --rounds 40 --dashboard none --background")
+        second = shell.user_ns["run"]
+        assert capsys.readouterr().out.splitlines()[0] == (
+            f"Run {first.run_id} is still training in the background; %fedless_stop {first.run_id} ends it")
+        result = shell.run_cell(f"%fedless_train {TINY} --rounds 1 --dashboard none")
+        assert result.error_in_exec is None
+        assert capsys.readouterr().out.splitlines()[0] == (
+            f"Runs {first.run_id}, {second.run_id} are still training in the background; %fedless_stop ends them all")
+        assert first.status == second.status == "running"
+    finally:
+        shell.run_line_magic("fedless_stop", "")
+        for run in (first, shell.user_ns["run"]):
+            run.future.result(timeout=600)
+
+
 def test_a_background_run_that_ended_before_its_cell_listed_it_is_not_going_on(shell, monkeypatch):
     """A short run can end before the cell that started it has listed it. It used to remove itself from the list
     when it ended, on the run's thread, so it failed to (not listed yet), stayed listed, and %fedless_stop claimed
@@ -589,6 +612,28 @@ def test_a_refused_value_is_named_as_the_user_gave_it(shell, line, cell, message
     assert str(result.error_in_exec).startswith(message)
 
 
+@pytest.mark.parametrize("magic, line, message", [
+    ("fedless_partition", "--partition pathological --labels-per-client 11",
+     "--labels-per-client: must be between 1 and the 10 classes in the data, got 11"),
+    ("fedless_partition", "--partition dirichlet --min-ex 500",
+     "--min-examples: must be between 1 and 71 (1437 examples / 20 clients), got 500"),
+    ("fedless_train", f"{TINY} --partition pathological --labels-per-client 1",
+     "4 clients x 1 --labels-per-client leave some of the 10 classes without a client; raise --labels-per-client or "
+     "clients"),
+    ("fedless_train", f"{TINY} --partition shards --shards-per-client 500 --background",
+     "4 clients x 500 shards = 2000 shards is more than the 1437 training examples; lower --shards-per-client or clients"),
+    # a key typed as a key stays a key
+    ("fedless_train", f"{TINY} --partition pathological --set data.labels_per_client=11",
+     "labels_per_client must be between 1 and the 10 classes in the data, got 11"),
+])
+def test_a_value_the_split_refuses_is_named_as_the_user_gave_it(shell, magic, line, message):
+    """Values refused only once the data is split (against its classes and examples) named the config key, bare
+    (`labels_per_client must be ...`), while values refused with the config named the option typed (`--lr: ...`)."""
+    with pytest.raises(UsageError) as refused:
+        shell.run_line_magic(magic, f"--dashboard none {line}" if magic == "fedless_train" else line)
+    assert str(refused.value) == message
+
+
 def test_partition_and_sweep_name_the_option_typed_and_a_swept_key_as_the_grid_names_it(shell, tmp_path):
     with pytest.raises(UsageError, match=r"^--min-examples: partition iid does not read it"):
         shell.run_line_magic("fedless_partition", "--min-examples 5 --clients 4")
@@ -596,4 +641,8 @@ def test_partition_and_sweep_name_the_option_typed_and_a_swept_key_as_the_grid_n
         shell.run_cell_magic("fedless_sweep", "--rounds 0", "strategy.name: [fedavg, fedprox]\n")
     with pytest.raises(UsageError, match=r"^rounds: must be >= 1, got 0"):
         shell.run_cell_magic("fedless_sweep", "--rounds 2", "rounds: [0, 1]\n")
+    # the strategies swept by their section's name: the key that names one is strategy.name
+    with pytest.raises(UsageError, match=r"^strategy: must be a mapping of keys to values, got str \(did you mean "
+                                         r"strategy.name: 'fedavg'\?\)$"):
+        shell.run_cell_magic("fedless_sweep", "--rounds 2", "strategy: [fedavg, fedprox]\n")
     assert list(tmp_path.iterdir()) == [], "nothing trained, nothing written"

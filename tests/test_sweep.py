@@ -52,3 +52,42 @@ def test_every_point_is_validated_before_any_run(tmp_path):
     with pytest.raises(Exception, match="data.alpha: must be > 0, got 0.0"):
         run_sweep({"history": str(tmp_path / "h.db")}, {"data.alpha": [1.0, 0.0]}, show=print)
     assert not (tmp_path / "h.db").exists()
+
+
+class Lines:
+    """A `show` for run_sweep that keeps each line as it last read (IPython's display with display_id, in text)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __call__(self, bundle, raw=True, display_id=False):
+        self.lines.append(bundle["text/plain"])
+        index = len(self.lines) - 1
+
+        class Handle:
+            def update(handle, bundle, raw=True):
+                self.lines[index] = bundle["text/plain"]
+
+        return Handle()
+
+
+@pytest.mark.slow
+def test_points_that_differ_only_in_an_option_their_partition_does_not_read_are_one_run(tmp_path):
+    """alpha swept beside an iid split (tutorial 02's grid with `data.alpha: [0.1, 1.0]` added) trained the iid split
+    once per alpha, the same run twice, the sweep's rows reading as if alpha had been tried on it. The later point is
+    the earlier point's run, said in its line, and trains nothing."""
+    base = {"history": str(tmp_path / "h.db"), "store": {"kind": "local", "path": str(tmp_path / "store")},
+            "clients": 4, "clients_per_round": 2, "rounds": 1, "train": {"epochs": 1},
+            "model": {"builder": "mlp", "options": {"hidden_units": [8]}},
+            "providers": [{"kind": "local", "workers": 1}]}
+    shown = Lines()
+    sweep = run_sweep(base, {"data.partition": ["iid", "dirichlet"], "data.alpha": [0.1, 1.0]}, show=shown)
+    first, again, dirichlet_low, dirichlet_high = sweep.runs
+    assert again is first and len({run.run_id for run in sweep.runs}) == 3
+    assert shown.lines[1] == "[2/4] partition=iid alpha=1.0: the run of [1/4], as partition iid does not read alpha"
+    assert [line.split(" (")[0] for line in shown.lines] == ["[1/4] partition=iid alpha=0.1", shown.lines[1].split(" (")[0],
+                                                            "[3/4] partition=dirichlet alpha=0.1",
+                                                            "[4/4] partition=dirichlet alpha=1.0"]
+    assert list(sweep.frame().run_id) == [first.run_id, first.run_id, dirichlet_low.run_id, dirichlet_high.run_id]
+    from fedless_nb.records.history import History
+    assert len(History(tmp_path / "h.db").runs()) == 3

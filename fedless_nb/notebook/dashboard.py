@@ -25,6 +25,16 @@ DASHBOARD_MODES = ("auto", "widgets", "text", "compact", "none")
 ONE_OF = {"invocations": "invocation", "failures": "failure", "cold starts": "cold start",
           "of them secure-aggregation stages": "of them a secure-aggregation stage"}
 TIMELINE_BARS = 400  # the newest invocations drawn; a long run's timeline stays bounded
+CUT_OFF = "cut off by the run's end"  # the total of calls cancelled as the run ended (see timeline_outcome)
+
+
+def timeline_outcome(outcome: str, cause: str | None, cold: bool | None) -> str:
+    """What an invocation's bar shows: a call still running when the run ended (an interrupt, a stop of the kernel's,
+    an error elsewhere: the controller's abandon, cause "interrupted") was cut off, no failure of its client's;
+    otherwise failed, or its start cold or warm."""
+    if outcome == "failed":
+        return "cut off" if cause == "interrupted" else "failed"
+    return "cold" if cold else "warm"
 
 
 @dataclass
@@ -44,6 +54,7 @@ class RunProgress:
     invocations: int = 0
     stage_invocations: int = 0  # secure aggregation's protocol stages (part of `invocations`)
     failures: int = 0
+    cut_off: int = 0  # calls cancelled as the run ended (timeline_outcome), not counted as failures
     cold_starts: int = 0
     cost: float = 0.0  # estimated from the providers' prices, as the history records it (see cost.py)
     prices: CostModel | None = None
@@ -67,11 +78,11 @@ class RunProgress:
         elif isinstance(event, InvocationFinished):
             self.invocations += 1
             self.stage_invocations += event.stage is not None
-            self.failures += event.outcome == "failed"
+            outcome = timeline_outcome(event.outcome, event.cause, event.cold)
+            self._count_outcome(outcome)
             self.cold_starts += bool(event.cold)
             if self.prices is not None:
                 self.cost += self.prices.invocation(event.provider, event.started_at, event.finished_at, event.timings)
-            outcome = "failed" if event.outcome == "failed" else "cold" if event.cold else "warm"
             self.bars.append((event.client_id, event.started_at - self.started_at,
                               event.finished_at - self.started_at, event.provider, outcome))
         elif isinstance(event, RoundFinished):
@@ -92,9 +103,13 @@ class RunProgress:
         for row in earlier.invocations:
             self.invocations += 1
             self.stage_invocations += row["stage"] is not None
-            self.failures += row["outcome"] == "failed"
+            self._count_outcome(timeline_outcome(row["outcome"], row["cause"], row["cold"]))
             self.cold_starts += bool(row["cold"])
             self.cost += row["cost"] or 0.0
+
+    def _count_outcome(self, outcome: str) -> None:
+        self.failures += outcome == "failed"
+        self.cut_off += outcome == "cut off"
 
     def series(self, name: str) -> dict[str, list[tuple[float, float]]]:
         return {name: [(r, values[name]) for r, values in self.metrics if name in values]}
@@ -109,7 +124,10 @@ class RunProgress:
         totals: dict[str, int | str] = {"invocations": self.invocations}
         if self.stage_invocations:  # named next to the invocations they are part of
             totals["of them secure-aggregation stages"] = self.stage_invocations
-        totals.update({"failures": self.failures, "cold starts": self.cold_starts})
+        totals["failures"] = self.failures
+        if self.cut_off:
+            totals[CUT_OFF] = self.cut_off
+        totals["cold starts"] = self.cold_starts
         if self.cost > 0:
             totals["estimated cost (USD)"] = f"{self.cost:.6f}"
         if "epsilon_max" in self.privacy:

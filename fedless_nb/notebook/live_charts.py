@@ -9,7 +9,7 @@ import bqplot
 import ipywidgets as widgets
 import numpy as np
 
-from .record import OUTCOME_COLORS, client_label
+from .record import LEGEND_ALWAYS, OUTCOME_COLORS, client_label
 
 LINE_COLOR = "#1f77b4"
 MARGIN = {"top": 40, "bottom": 50, "left": 60, "right": 20}
@@ -61,7 +61,7 @@ class TimelineChart:
         self.y_axis = bqplot.Axis(scale=self.y_scale, side="left", label="client", tick_format="d",
                                   tick_values=np.zeros(0), num_ticks=0, label_offset="6ex")  # clear of '0003'
         legend = " &nbsp; ".join(f'<span style="color:{color}">&#9632;</span> {outcome}'
-                                 for outcome, color in OUTCOME_COLORS.items())
+                                 for outcome, color in OUTCOME_COLORS.items() if outcome in LEGEND_ALWAYS)
         self.figure = bqplot.Figure(marks=[self.bars], axes=[self.x_axis, self.y_axis], title="client timeline",
                                     fig_margin=MARGIN, layout=widgets.Layout(width="920px", height="260px"))
         self.legend = widgets.HTML(legend)

@@ -28,7 +28,8 @@ from IPython.utils.process import arg_split
 from traitlets import CaselessStrEnum, Unicode
 
 from ..errors import UserError
-from ..experiment import ExperimentConfig, parse_config_yaml, read_config_data, worded_by_options
+from ..experiment import (ExperimentConfig, data_keys_worded_by_options, parse_config_yaml, read_config_data,
+                          worded_by_options)
 from ..model import MODEL_MODULE_HELP
 from ..records.history import DEFAULT_HISTORY, History, with_history_option_typed
 from ..store.roots import STORE_ROOT_HELP
@@ -218,7 +219,20 @@ def named_as_typed(args: Any, overridden: Any = ()) -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        raise UserError(worded_by_options(str(error), keys_typed(args, overridden))) from None
+        options = keys_typed(args, overridden)
+        raise UserError(data_keys_worded_by_options(worded_by_options(str(error), options), options)) from None
+
+
+@contextlib.contextmanager
+def split_named_as_typed(args: Any) -> Iterator[None]:
+    """A value the data's split refuses as a run prepares names the option that set it (named_as_typed does so for
+    the config's refusals); every other error of the run, a stop's included, passes as it is."""
+    from ..data.partition import PartitionError
+
+    try:
+        yield
+    except PartitionError as error:
+        raise PartitionError(data_keys_worded_by_options(str(error), keys_typed(args))) from None
 
 
 @magics_class
@@ -293,14 +307,16 @@ class FedlessMagics(Magics):
         from .pool import warm_pool
 
         options: dict[str, Any] = {"providers": warm_pool().providers_for(config)}
+        self._say_what_still_trains()
         if args.provider == "classroom":
             options = self._open_classroom().run_options(config)  # students' functions, signed store, own data
             observers.append(self.classroom.observe)
-        if args.background:
-            run = BackgroundRun(config, model, observers, dashboard=dashboard, model_name=args.model, **options)
-            self._background = [*self.background, run]
-            return run
-        return run_to_end(config, model, observers, model_name=args.model, **options)
+        with split_named_as_typed(args):
+            if args.background:
+                run = BackgroundRun(config, model, observers, dashboard=dashboard, model_name=args.model, **options)
+                self._background = [*self.background, run]
+                return run
+            return run_to_end(config, model, observers, model_name=args.model, **options)
 
     def take_over(self, replaced: "FedlessMagics") -> None:
         """What the magics a reload replaces still run, which the new ones must find: background runs train on
@@ -319,6 +335,15 @@ class FedlessMagics(Magics):
         self._last_ended = next((run for run in reversed(self._background) if run.done()), self._last_ended)
         self._background = [run for run in self._background if not run.done()]
         return self._background
+
+    def _say_what_still_trains(self) -> None:
+        """Name the background runs still training as another run starts: rerunning a `--background` cell clears the
+        output that showed the earlier run, which trains on unseen, sharing the kernel's workers with the new one."""
+        running = [str(run.run_id or "(starting)") for run in self.background]
+        if len(running) == 1:
+            print(f"Run {running[0]} is still training in the background; %fedless_stop {running[0]} ends it")
+        elif running:
+            print(f"Runs {', '.join(running)} are still training in the background; %fedless_stop ends them all")
 
     def _open_classroom(self, needing: str = "--provider classroom") -> Any:
         if self.classroom is None:
@@ -401,6 +426,7 @@ class FedlessMagics(Magics):
         point = resume_point(args.run_id, args.history or self.history,
                              trust_builder=args.trust_builder or model is not None)
         dashboard = make_dashboard(args.dashboard or self.dashboard, self.shell, model_name=args.model)
+        self._say_what_still_trains()
         return run_to_end(point.config, model, [dashboard] if dashboard is not None else [], model_name=args.model,
                           resumed=point, providers=warm_pool().providers_for(point.config))
 

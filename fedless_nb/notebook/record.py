@@ -25,7 +25,8 @@ from ..stopping import builder_needs_trust, resumable, stopped_line
 if TYPE_CHECKING:
     from .dashboard import RunProgress
 
-OUTCOME_COLORS = {"cold": "#1f77b4", "warm": "#2ca02c", "failed": "#d62728"}
+OUTCOME_COLORS = {"cold": "#1f77b4", "warm": "#2ca02c", "failed": "#d62728", "cut off": "#7f7f7f"}
+LEGEND_ALWAYS = ("cold", "warm", "failed")  # "cut off" is named only in a timeline that has one
 RECORD_DPI = 96
 STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.spines.top": False, "axes.spines.right": False}
 
@@ -56,7 +57,7 @@ def _plot_metric(axes: "matplotlib.axes.Axes", series: dict[str, Points], metric
 
 def _plot_timeline(axes: "matplotlib.axes.Axes", bars: Sequence[tuple[str, float, float, str, str]],
                    time_label: str) -> None:
-    """A row per client, a bar per invocation from its start to its end, coloured cold, warm or failed; `time_label`
+    """A row per client, a bar per invocation from its start to its end, coloured cold, warm, failed or cut off; `time_label`
     names when its clock starts (RunProgress.timeline_axis_label)."""
     clients = sorted({bar[0] for bar in bars})
     rows = {client: index for index, client in enumerate(clients)}
@@ -71,7 +72,9 @@ def _plot_timeline(axes: "matplotlib.axes.Axes", bars: Sequence[tuple[str, float
     axes.set_ylabel("client")
     axes.set_xlabel(time_label)
     axes.set_title("client timeline")
-    legend = [Patch(color=color, label=outcome) for outcome, color in OUTCOME_COLORS.items()]
+    shown = {bar[4] for bar in bars}
+    legend = [Patch(color=color, label=outcome) for outcome, color in OUTCOME_COLORS.items()
+              if outcome in LEGEND_ALWAYS or outcome in shown]
     axes.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..data import check_options_read, options_changed
+from ..data.partition import PARTITION_KINDS, partition_options
 from ..errors import UserError
 from ..experiment import ExperimentConfig
 from ..runner import RunResult
@@ -65,6 +66,23 @@ def point_label(point: dict[str, Any]) -> str:
     return " ".join(f"{label}={value}" for label, value in zip(labels, point.values()))
 
 
+def unread_options(config: ExperimentConfig) -> list[str]:
+    """The partition options a run's config sets that its own partition does not read (alpha beside an iid split)."""
+    every = {name for kind in PARTITION_KINDS for name in partition_options(kind)}
+    reads = set(partition_options(config.data.partition))
+    return sorted(name for name in options_changed(config.data) if name in every - reads)
+
+
+def trained_alike(config: ExperimentConfig) -> str:
+    """What a run trains, apart from its name: two points of a grid alike here differ only in options their partition
+    does not read, and would train the same run twice."""
+    data = config.to_dict()
+    data.pop("name", None)
+    for name in unread_options(config):
+        data["data"].pop(name, None)
+    return repr(sorted(data.items()))
+
+
 @dataclass
 class SweepResult:
     """The runs of a sweep, in grid order; shows as a table and a figure of accuracy per round."""
@@ -82,8 +100,9 @@ class SweepResult:
         return tidy_table(pd.DataFrame(rows))
 
     def figure_png(self, metric: str = "accuracy") -> bytes:
+        drawn = {id(run): point for point, run in reversed(list(zip(self.points, self.runs)))}  # a run once: its first point
         series = {point_label(point): [(index + 1, m[metric]) for index, m in enumerate(run.round_metrics) if metric in m]
-                  for point, run in zip(self.points, self.runs)}
+                  for point, run in zip(self.points, self.runs) if drawn[id(run)] is point}
         return figure_png(compare_figure(series, metric))
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, str]:
@@ -113,8 +132,16 @@ def run_sweep(base: ExperimentConfig | dict[str, Any], grid: dict[str, list[Any]
     swept = {key.removeprefix("data.") for key in grid if key.startswith("data.")}
     check_options_read(swept.union(*(options_changed(config.data) for config in configs)),
                        [config.data.partition for config in configs])
-    runs = []
-    for index, (point, config) in enumerate(zip(points, configs), start=1):
-        line = CompactDashboard(show, label=f"[{index}/{len(points)}] {point_label(point)}")
+    runs: list[RunResult] = []
+    first_alike: dict[str, int] = {}  # trained_alike -> the index of the first point that trains it
+    for index, (point, config) in enumerate(zip(points, configs)):
+        label = f"[{index + 1}/{len(points)}] {point_label(point)}"
+        earlier = first_alike.setdefault(trained_alike(config), index)
+        if earlier != index:  # the same run again: said, and the earlier point's run stands for it
+            show({"text/plain": f"{label}: the run of [{earlier + 1}/{len(points)}], as partition "
+                                f"{config.data.partition} does not read {' or '.join(unread_options(config))}"}, raw=True)
+            runs.append(runs[earlier])
+            continue
+        line = CompactDashboard(show, label=label)
         runs.append(run_to_end(config, model, [line], providers=warm_pool().providers_for(config)))
     return SweepResult(points, runs)
