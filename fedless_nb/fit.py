@@ -16,7 +16,7 @@ from .data import Dataset, load_dataset
 from .data.datasets import check_options
 from .experiment import ExperimentConfig
 from .model import ModelError, ModelSpec, instantiate_model, model_spec_from, takes_any_keyword
-from .wording import noun_for
+from .wording import counted, noun_for
 from .zoo import FITS, builders_for, resolve_builder
 
 DATASET_FACTS = ("input_shape", "num_classes", "image_shape", "vocabulary_size")  # what builder_context fills in
@@ -94,8 +94,8 @@ def check_model_fits(model: Any, dataset: Dataset) -> None:
                             f"{_reshape_hint(dataset, 'keras.layers.Reshape')}")
     units, classes = outputs[-1], dataset.num_classes
     if units != classes and not (units == 1 and classes == 2 and _binary_loss(model)):
-        raise ModelFitError(f"model {model.name!r} ends in {units} outputs but dataset {dataset.name!r} has "
-                            f"{classes} classes: make its last layer Dense({classes}, activation='softmax')")
+        raise ModelFitError(f"model {model.name!r} ends in {counted(units, 'output')} but dataset {dataset.name!r} "
+                            f"has {classes} classes: make its last layer Dense({classes}, activation='softmax')")
     if _logits_into_a_probability_loss(model):
         head = "sigmoid" if units == 1 else "softmax"
         raise ModelFitError(f"model {model.name!r} ends in layer {model.layers[-1].name!r} without an activation (logits), "

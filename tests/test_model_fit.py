@@ -132,6 +132,9 @@ def reshaping_builder(input_shape, num_classes, image_shape):
         ("breast_cancer", lambda: keras.Sequential([keras.layers.Dense(10, input_shape=(30,))], name="mnist_net"),
          r"model 'mnist_net' ends in 10 outputs but dataset 'breast_cancer' has 2 classes: "
          r"make its last layer Dense\(2, activation='softmax'\)$"),
+        ("digits", lambda: keras.Sequential([keras.layers.Dense(1, activation="sigmoid", input_shape=(64,))], name="one"),
+         r"model 'one' ends in 1 output but dataset 'digits' has 10 classes: "  # it said '1 outputs'
+         r"make its last layer Dense\(10, activation='softmax'\)$"),
         ("breast_cancer", lambda: keras.Sequential([keras.layers.Dense(10)], name="mnist_net"),
          r"model 'mnist_net' has no input shape yet: give its first layer input_shape=\(30,\) "
          r"\(dataset 'breast_cancer': 30 features\)$"),
@@ -144,7 +147,7 @@ def reshaping_builder(input_shape, num_classes, image_shape):
          r"probabilities, so it would train to chance: give that layer activation='softmax', or compile the model "
          r"with a loss made with from_logits=True$"),
     ],
-    ids=["input-shape", "outputs", "no-input-shape", "builder-error", "logits"],
+    ids=["input-shape", "outputs", "one-output", "no-input-shape", "builder-error", "logits"],
 )
 def test_a_model_of_your_own_that_does_not_fit_is_refused_with_the_shape_to_build_for(
     tmp_path, dataset, model, message
