@@ -277,6 +277,21 @@ def test_an_aggregators_task_writes_only_its_own_partial_sum_and_reads_only_its_
     _refused(_with_token_of(key, {**task, "entries": entries}), 403, "another run than run-1")
 
 
+@pytest.mark.parametrize("descriptor", [{"kind": "local"}, {"kind": "local", "root": None},
+                                        {"kind": "local", "root": 5}, {"kind": "local", "root": ["/tmp"]},
+                                        {"kind": "local", "root": "/tmp/a\0b"}])
+def test_a_local_store_that_names_no_folder_is_one_refusal_to_anyone(function_env, inputs, caplog, descriptor):
+    """A task's store is built before its token is checked, so from anyone: a local store whose root is no folder's
+    path (missing, not a string, a NUL byte) was a 500, which providers retry, with a traceback in the deployer's log."""
+    from fedless_nb.function.serving import invoke
+
+    store, spec = inputs
+    task = {**make_task(store, spec, secret="guessed-secret"), "store": descriptor}
+    status, reply = invoke(json.dumps(task))
+    assert status == 424 and reply["error"]["message"].startswith("malformed local store descriptor in the task"), reply
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
 @pytest.mark.parametrize("value", ["abc", "0", "-3", "inf", "nan"])
 def test_a_body_deadline_that_is_no_number_of_seconds_is_a_misconfiguration_kept_in_the_log(monkeypatch, caplog, value):
     """FEDLESS_BODY_SECONDS is read before any token, so its caller may hold no secret: the reply says only that the
