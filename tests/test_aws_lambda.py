@@ -89,6 +89,31 @@ def test_deploy_creates_then_updates_the_function(moto_endpoint, role):
                                  "memory_mb": 2048, "timeout": 300, "concurrency": 16}
 
 
+def test_a_rejected_deployment_never_shows_the_functions_secrets(monkeypatch):
+    """Lambda quotes a function's environment in its errors (one over 4 KB: 'String measured: {...}', its whole JSON),
+    the run and state secrets among its values: they reached the deployer's terminal, notebook output or CI log."""
+    from botocore.exceptions import ClientError
+
+    provider = LambdaProvider("aws", function_name="fedless-big", role="arn:aws:iam::123456789012:role/r",
+                              secret="the-run-secret-value", environment={"NOTES": 'a "quoted" long value', "N": "1"})
+
+    async def rejecting(operation, **parameters):
+        if operation == "get_function_configuration":
+            raise ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "none"}}, operation)
+        measured = json.dumps(parameters["Environment"]["Variables"])
+        raise ClientError({"Error": {"Code": "InvalidParameterValueException", "Message": "Lambda was unable to "
+                          f"configure your environment variables ... exceeded the 4KB limit. String measured: {measured}"}},
+                          operation)
+
+    monkeypatch.setattr(provider, "_call", rejecting)
+    with pytest.raises(ProviderSetupError) as refused:
+        asyncio.run(provider.deploy(_bundle("x = 1\n")))
+    message = str(refused.value)
+    assert "the-run-secret-value" not in message and "quoted" not in message, message
+    assert f'"{SECRET_VARIABLE}": "<{SECRET_VARIABLE}>"' in message, message
+    assert f'"{STATE_SECRET_VARIABLE}": "<{STATE_SECRET_VARIABLE}>"' in message and '"N": "1"' in message, message
+
+
 def test_deploy_refuses_clearly(moto_endpoint, tmp_path):
     provider = LambdaProvider("aws", function_name="fedless-absent", endpoint_url=moto_endpoint)
 

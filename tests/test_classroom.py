@@ -1066,6 +1066,18 @@ def test_the_names_per_address_count_an_ipv6_network_as_one_address(tmp_path):
         service.close()
 
 
+def test_a_students_key_is_in_no_repr_the_teachers_notebook_shows(tmp_path):
+    """The teacher's notebook is on the projector: a cell showing the roster's students (classroom.roster.present())
+    printed each student's key, with which anyone in the room could sign tasks to their function or leave for them."""
+    service = ClassroomService("127.0.0.1", 0, code_minutes=5, store_root=str(tmp_path / "store"))
+    try:
+        student = service.roster.register(registration(service, "bob"), "127.0.0.1")
+        shown = repr(service.roster.present())
+        assert "name='bob'" in shown and student.secret not in shown, shown
+    finally:
+        service.close()
+
+
 @pytest.mark.parametrize("value", [-1, 2.5, "3", None])
 def test_a_names_per_address_that_is_no_count_is_refused_in_one_line(tmp_path, value):
     with pytest.raises(ClassroomError) as refused:

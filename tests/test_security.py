@@ -238,8 +238,30 @@ def test_one_clients_key_writes_and_reads_only_that_clients_keys_of_its_run(func
         assert not store.exists(update)
     _refused(_with_token_of(stolen, {**own, "weights": "runs/other-run/round-00002/global.weights"}), 403,
              "reads 'runs/other-run/round-00002/global.weights', which belongs to another run than run-1")
-    assert task_keys_problem({**own, "update": secagg_key("run-1", 1, "client-0003", "masked", 2)}) is None
     assert handle(_with_token_of(stolen, own))["signature"]  # its own update, as the controller names it
+
+
+def test_a_secure_stage_writes_only_its_own_stage_and_attempts_object(function_env, inputs):
+    """A secure task's update key was any stage's of any attempt: a holder of one client's key could have its function
+    do a stage again under a key not yet written (a reveal with another dropped list gives both shares of a peer's
+    secrets), past the check that refuses an object that exists. It writes exactly its stage's and attempt's object."""
+    from signed_tasks import make_keys_stage_task
+
+    store, spec = inputs
+    task = make_keys_stage_task(store, spec)
+    stolen = RunKey(client_secret(SECRET, "client-0000"), "run-1")
+    for update in [secagg_key("run-1", 1, "client-0000", "keys", 2),  # another attempt's
+                   secagg_key("run-1", 1, "client-0000", "reveal"),  # another stage's
+                   "runs/run-1/round-00001/updates/client-0000.weights"]:  # a plain round's
+        _refused(_with_token_of(stolen, {**task, "update": update}), 403, re.escape(
+            f"writes '{update}', which is not client-0000's own key in run run-1, round 1 ({task['update']})"))
+        assert not store.exists(update)
+    plain = make_task(store, spec, "client-0003")
+    masked = secagg_key("run-1", 1, "client-0003", "masked")
+    assert "which is not client-0003's own key" in task_keys_problem({**plain, "update": masked})
+    for stage in SECAGG_STAGES:
+        secure = {**plain, "train": {**plain["train"], "secagg": {"stage": stage, "attempt": 2}}}
+        assert task_keys_problem({**secure, "update": secagg_key("run-1", 1, "client-0003", stage, 2)}) is None
 
 
 def test_one_clients_key_trains_only_on_that_clients_objects(function_env, inputs):
@@ -283,9 +305,19 @@ def test_an_aggregators_task_writes_only_its_own_partial_sum_and_reads_only_its_
     _refused(_with_token_of(key, {**task, "entries": entries}), 403, "another run than run-1")
 
 
-def test_the_key_rule_knows_every_secure_stage():
-    task = {"run_id": "r", "round": 3, "client_id": "c", "data": "data/p/c.arrays", "weights": "runs/r/round-00002/global.weights"}
-    assert all(task_keys_problem({**task, "update": secagg_key("r", 3, "c", stage)}) is None for stage in SECAGG_STAGES)
+@pytest.mark.parametrize("descriptor", [{"kind": "local"}, {"kind": "local", "root": None},
+                                        {"kind": "local", "root": 5}, {"kind": "local", "root": ["/tmp"]},
+                                        {"kind": "local", "root": "/tmp/a\0b"}])
+def test_a_local_store_that_names_no_folder_is_one_refusal_to_anyone(function_env, inputs, caplog, descriptor):
+    """A task's store is built before its token is checked, so from anyone: a local store whose root is no folder's
+    path (missing, not a string, a NUL byte) was a 500, which providers retry, with a traceback in the deployer's log."""
+    from fedless_nb.function.serving import invoke
+
+    store, spec = inputs
+    task = {**make_task(store, spec, secret="guessed-secret"), "store": descriptor}
+    status, reply = invoke(json.dumps(task))
+    assert status == 424 and reply["error"]["message"].startswith("malformed local store descriptor in the task"), reply
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-3", "inf", "nan"])

@@ -42,7 +42,7 @@ class Student:
 
     name: str
     url: str
-    secret: str
+    secret: str = field(repr=False)  # the student's key: never in a repr a projected notebook shows
     own_examples: int | None  # examples the student drew themselves; None: their share of the teacher's dataset
     joined_at: float
     address: str  # where the registration came from, as join_limit.counted_as counts it (IPv6: its /64)

@@ -48,6 +48,21 @@ def _state_secret_of(configuration: dict[str, Any] | None) -> str:
     return variables.get(STATE_SECRET_VARIABLE) or new_secret()
 
 
+# A value this long is replaced in Lambda's errors by its name; a shorter one ("1", "true") may be any word of the message.
+_SHOWN_VALUE_LENGTH = 8
+
+
+def _without_values(message: str, variables: dict[str, str]) -> str:
+    """Lambda's error `message` with each of the function's environment `variables`' values written as its name: Lambda
+    quotes them (an environment over 4 KB: 'String measured: {...}', the whole JSON), and the run and state secrets are
+    among them, where the error reaches a terminal, a notebook's saved output or a CI log."""
+    for name, value in variables.items():
+        if len(str(value)) >= _SHOWN_VALUE_LENGTH:
+            for written in {str(value), json.dumps(str(value))[1:-1]}:
+                message = message.replace(written, f"<{name}>")
+    return message
+
+
 def _status(error: ClientError) -> int | None:
     return error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
 
@@ -218,7 +233,8 @@ class LambdaProvider(Provider):
                 await self._call("put_function_concurrency", FunctionName=self.function_name,
                                  ReservedConcurrentExecutions=self.reserved_concurrency)
         except ClientError as error:
-            raise ProviderSetupError(f"Lambda rejected the deployment of {self.function_name!r}: {error}") from None
+            shown = _without_values(str(error), settings["Environment"]["Variables"])
+            raise ProviderSetupError(f"Lambda rejected the deployment of {self.function_name!r}: {shown}") from None
 
     async def _configuration(self) -> dict[str, Any] | None:
         """The function's configuration, or None when it does not exist."""

@@ -26,7 +26,7 @@ def store_from_descriptor(descriptor: dict[str, Any]) -> Store:
     """Rebuild the store a task names; this is how a function reaches the controller's store."""
     kind = descriptor.get("kind") if isinstance(descriptor, dict) else None
     if kind == "local":
-        return LocalStore(descriptor["root"], max_write_bytes=descriptor.get("max_write_bytes"))
+        return LocalStore.from_descriptor(descriptor)
     if kind == "presigned":
         return PresignedStore.from_descriptor(descriptor)
     raise StoreError(f"unknown store kind {kind!r} in the task; this function supports: local, presigned")

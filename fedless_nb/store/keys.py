@@ -66,9 +66,6 @@ def aggregate_key(run_id: str, round_number: int, aggregator_id: str, round_run:
     return f"{round_prefix(run_id, round_number)}/aggregates-{round_run}/{aggregator_id}.{attempt}.sum"
 
 
-_STAGE_NAMES = "keys|shares|check|masked|reveal"  # wire.SECAGG_STAGES (this module imports nothing of fedless_nb)
-
-
 def task_keys_problem(task: dict[str, Any]) -> str | None:
     """Why a signed task's store keys are not its own, or None: it writes only its client's key of its run and round
     (its update, a secure stage's object, or an aggregator's partial sum, as the controller names them), trains as
@@ -82,17 +79,34 @@ def task_keys_problem(task: dict[str, Any]) -> str | None:
     if task.get("kind") == "aggregate":
         written, reads = own + rf"aggregates-\d+/{client}\.\d+\.sum", [task.get("weights")]
         reads += [entry.get("key") for entry in task.get("entries", ()) if isinstance(entry, dict)]
+        named = ""
     else:
-        written = own + rf"(updates/{client}\.weights|secagg-\d+/{client}\.({_STAGE_NAMES}))"
+        expected = _client_update_key(task, run_id, round_number, client_id)
+        written, named = re.escape(expected), f" ({expected})"
         reads = [task.get("weights")]  # its data and correction must be its own (_training_reads_problem)
     if not re.fullmatch(written, str(task["update"])):
         return (f"the task writes {task['update']!r}, which is not {client_id}'s own key in run {run_id}, round "
-                f"{round_number}")
+                f"{round_number}{named}")
     if task.get("kind") != "aggregate" and (problem := _training_reads_problem(task, run_id, round_number, client_id)):
         return problem
     other = next((key for key in reads if isinstance(key, str) and key.startswith("runs/")
                   and not key.startswith(f"runs/{run_id}/")), None)
     return None if other is None else f"the task reads {other!r}, which belongs to another run than {run_id}"
+
+
+def _train_of(task: dict[str, Any]) -> dict[str, Any]:
+    return task["train"] if isinstance(task.get("train"), dict) else {}
+
+
+def _client_update_key(task: dict[str, Any], run_id: str, round_number: int, client_id: str) -> str:
+    """The one key a client task writes: its round's update, or the object of the very secure stage and attempt its
+    train.secagg names. A key of another stage or attempt let one client's key have a secure stage done again under a
+    key not yet written (a reveal with another `dropped` list: both shares of a peer's secrets), past the check that
+    refuses an object that exists, and a stage's object written where the controller reads another stage's."""
+    secagg = _train_of(task).get("secagg")
+    if not isinstance(secagg, dict):
+        return update_key(run_id, round_number, client_id)
+    return secagg_key(run_id, round_number, client_id, str(secagg.get("stage")), secagg.get("attempt", 1))
 
 
 def _training_reads_problem(task: dict[str, Any], run_id: str, round_number: int, client_id: str) -> str | None:
@@ -101,8 +115,7 @@ def _training_reads_problem(task: dict[str, Any], run_id: str, round_number: int
     controller names them. Naming another client's data, update or correction, a task would train on it, and the
     reply (its metrics, a refusal's shapes) would tell of what it holds."""
     data, weights = task.get("data"), task.get("weights")
-    train = task.get("train") if isinstance(task.get("train"), dict) else {}
-    correction = train.get("correction")
+    correction = _train_of(task).get("correction")
     if data is not None and not re.fullmatch(rf"data/[A-Za-z0-9_-]+/{re.escape(client_id)}\.arrays", str(data)):
         return f"the task trains on {data!r}, which is not {client_id}'s own data ({client_data_key('<partition>', client_id)})"
     start = global_weights_key(run_id, round_number - 1)
