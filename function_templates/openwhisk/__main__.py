@@ -8,9 +8,11 @@ answers 502 and the HTTP provider reads the status inside).
 The run secret and the state secret (fedless_nb/state_secret.py) are bound parameters annotated
 final (manifest.yaml), so a caller's arguments cannot replace them. They are taken out of args
 before the task is built and handed to the client step for this call only: never written into the
-environment, where they would outlive the call in a warm container. An action without the run
-secret refuses every task (no fallback to an unsigned mode); one without the state secret refuses
-the stages of a secure round.
+environment, where they would outlive the call in a warm container. Only bound parameters are
+protected: OpenWhisk merges a web action's body fields into args, so an action deployed without a
+bound secret would take a caller's. Deployed as printed, both are bound; an action without the run
+secret refuses every task (no fallback to an unsigned mode), one without the state secret the
+stages of a secure round.
 """
 
 from fedless_nb.function import serving
