@@ -380,6 +380,32 @@ def test_a_huge_noise_multiplier_is_accounted_where_dp_accountings_rdp_arithmeti
                                               abs=1e-12)
 
 
+@pytest.mark.parametrize("steps, rate, noise, population, delta", [
+    (1_000_000, 1.0, 20.0, 0, 1e-12),  # every example in every step, a million steps
+    (1_000_000, 1e-4, 0.3, 0, 0.5),  # the least noise at the smallest rate
+    (1, 1e-4, 20.0, 0, 1e-5),  # one step: far below 1
+    (1_000_000, 1e-4, 20.0, 10_000, 1e-12),  # without replacement: a batch of 1 of 10,000
+    (1_000, 0.5, 0.3, 2, 1e-5),  # without replacement: 1 of 2 examples, epsilon in the tens of thousands
+])
+def test_the_ledger_is_dp_accountings_rdp_to_the_bit_at_the_ends_of_the_parameter_ranges(steps, rate, noise,
+                                                                                         population, delta):
+    """Poisson under add-or-remove-one; fixed-size batches without replacement under replace-one with the noise
+    multiplier halved (one replaced example moves the clipped sum by 2C), as dp-accounting's own events state them."""
+    import dp_accounting as dpa
+
+    gaussian = dpa.GaussianDpEvent(noise / 2 if population else noise)
+    if population:
+        round_ = DpRound(steps, rate, noise, sampling="shuffle", population=population)
+        step = dpa.SampledWithoutReplacementDpEvent(population, round(rate * population), gaussian)
+        engine = dpa.rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    else:
+        round_, step, engine = DpRound(steps, rate, noise), dpa.PoissonSampledDpEvent(rate, gaussian), dpa.rdp.RdpAccountant()
+    expected = engine.compose(dpa.SelfComposedDpEvent(step, steps)).get_epsilon(delta)
+    ledger = PrivacyLedger(delta, "rdp")
+    ledger.add("a", round_)
+    assert ledger.epsilon("a") == epsilon([round_], delta) == expected
+
+
 def test_a_client_level_report_counts_rounds_where_an_example_level_one_counts_steps():
     """Central DP noises the average once a round, so its accountant's steps are rounds: its report read
     '3 steps at sampling rate 0.5 over 3 rounds' and 'each client joins each step'."""

@@ -541,3 +541,59 @@ def test_krum_compares_small_integer_and_float16_models_in_float32_and_float32_o
     assert krum(halves, [1] * 4, num_malicious=0)[1] == krum(models, [1] * 4, num_malicious=0)[1] == [3]
     small = [[np.array([v], np.uint8)] for v in (3, 5, 250, 4)]
     assert krum(small, [1] * 4, num_malicious=0)[1] == [3]
+
+
+# float64 and mixed-dtype models (a Keras float64 policy, a float64 layer beside float32 ones) ------------------
+
+def mixed_models(count, seed):
+    """A float64 matrix, a float32 vector and a float64 scalar (0-d) layer, of very different scales."""
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal((3, 2)) * 1e12, rng.standard_normal(4).astype(np.float32), np.float64(rng.standard_normal() * 1e-9)]
+            for _ in range(count)]
+
+
+def assert_dtypes_and_values(actual, expected, model):
+    """Each layer in the model's dtype and shape, and within that dtype's rounding of Flower's value."""
+    assert [(a.dtype, a.shape) for a in actual] == [(np.asarray(m).dtype, np.shape(m)) for m in model]
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, **(F32 if a.dtype == np.float32 else {"rtol": 1e-12, "atol": 0}))
+
+
+@pytest.mark.parametrize("clients", [1, 3, 8])
+def test_float64_and_mixed_dtype_models_keep_each_layers_dtype_and_agree_with_flower(clients):
+    models, counts = mixed_models(clients, seed=clients), list(range(1, clients + 1))
+    results = list(zip(models, counts))
+    assert_dtypes_and_values(fedavg(models, counts), flwr.aggregate(results), models[0])
+    assert_dtypes_and_values(median(models), flwr.aggregate_median(results), models[0])
+    assert_dtypes_and_values(trimmed_mean(models, 0.3), flwr.aggregate_trimmed_avg(results, 0.3), models[0])
+    for num_malicious in range(clients):
+        assert_dtypes_and_values(krum(models, counts, num_malicious)[0], flwr.aggregate_krum(results, num_malicious, 0),
+                                 models[0])
+        to_keep = clients - num_malicious
+        assert_dtypes_and_values(krum(models, counts, num_malicious, to_keep)[0],
+                                 flwr.aggregate_krum(results, num_malicious, to_keep), models[0])
+    for num_malicious in range((clients - 3) // 4 + 1 if clients >= 3 else 0):
+        assert_dtypes_and_values(bulyan(models, num_malicious)[0], flwr.aggregate_bulyan(results, num_malicious), models[0])
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("fedavgm", lambda w: flwr.FedAvgM(w, 1.0, 0.0)),
+    ("fedadam", lambda w: flwr.FedOpt("adam", w, 0.1, 0.9, 0.99, 1e-9, bias_correction=True)),
+    ("fedyogi", lambda w: flwr.FedOpt("yogi", w, 0.01, 0.9, 0.99, 1e-3)),
+    ("fedadagrad", lambda w: flwr.FedOpt("adagrad", w, 0.1, 0.0, 0.0, 1e-9)),
+])
+def test_server_optimizers_on_a_float64_model_over_changing_clients_are_flowers_in_float64(name, reference):
+    """Each round a different number of clients (1 to 5) with different sample counts: the moments carry over
+    however many answered, and a float64 model stays float64, to float64 rounding of Flower's rule."""
+    strategy = make_strategy(name, {})
+    rng = np.random.default_rng(3)
+    current = [rng.standard_normal((4, 3)), rng.standard_normal(3)]
+    flower = reference([layer.copy() for layer in current])
+    for round_number, clients in enumerate([1, 5, 2, 4, 1, 3, 5, 2], start=1):
+        models = [[c + rng.standard_normal(c.shape) * 0.1 for c in current] for _ in range(clients)]
+        counts = [int(n) for n in rng.integers(1, 100, clients)]
+        current = strategy.aggregate(round_number, current, [ClientUpdate(f"c{i}", m, n)
+                                                             for i, (m, n) in enumerate(zip(models, counts))])
+        expected = flower.aggregate_fit(round_number, list(zip(models, counts)))
+        assert all(layer.dtype == np.float64 for layer in current)
+        assert_layers(current, expected, rtol=1e-12, atol=1e-14)
