@@ -2,6 +2,7 @@
 
 import base64
 import re
+import socket
 import subprocess
 import sys
 
@@ -584,6 +585,12 @@ def test_the_teacher_removes_a_student_with_the_classroom_magic(shell):
                                   ("--timeout -5", "--timeout -5: give the seconds a student's function may take")):
             with pytest.raises(UsageError, match=f"^{re.escape(refusal)}"):  # the open classroom used to close first
                 shell.run_line_magic("fedless_classroom", f"open --host 127.0.0.1 --port 0 {mistyped}")
+        assert magics.classroom is classroom and classroom.roster.rows()[0]["name"] == "bob"
+        with socket.socket() as taken:  # a port another program holds: it closed the class, then could not listen
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            with pytest.raises(UsageError, match=rf"^cannot listen on 127.0.0.1:{taken.getsockname()[1]} "):
+                shell.run_line_magic("fedless_classroom", f"open --host 127.0.0.1 --port {taken.getsockname()[1]}")
         assert magics.classroom is classroom and classroom.roster.rows()[0]["name"] == "bob"
         carol = StudentFunction(classroom.url, classroom.code, "carol", host="127.0.0.1")  # still serving
         carol.leave()

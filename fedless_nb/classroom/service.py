@@ -104,6 +104,11 @@ class ClassroomService:
     def code(self) -> str:
         return self.roster.code.code
 
+    @property
+    def port(self) -> int:
+        """The port the join service listens on (the one it picked, when asked for 0)."""
+        return self._server.port
+
     def join_command(self) -> str:
         return f"%fedless_join {self.url} {self.code} --name YOUR_NAME"
 

@@ -654,8 +654,18 @@ class FedlessMagics(Magics):
             print(f"Removed {args.name}: their function's next result is refused and the name cannot join again; "
                   f"the join code is now {classroom.code} (the others stay joined): {classroom.join_command()}")
             return None
-        if args.action == "open":
-            check_options(args.minutes, **options)  # before closing the open classroom: a mistyped option leaves it open
+        def listening() -> ClassroomService:
+            try:
+                return ClassroomService(args.host, args.port, args.minutes, self.store, **options)
+            except OSError as error:
+                raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
+                                 "choose another --port or --host") from None
+
+        opened = None
+        if args.action == "open":  # what it can refuse, before the open classroom closes: a typo leaves it open
+            check_options(args.minutes, **options)
+            if self.classroom is None or args.port != self.classroom.port:
+                opened = listening()  # not the open classroom's port: one it cannot listen on leaves that class open
         if self.classroom is not None:
             self.classroom.close()
             print(f"Closed the classroom at {self.classroom.url}")
@@ -664,11 +674,7 @@ class FedlessMagics(Magics):
             print("No classroom is open in this notebook; there is nothing to close")
         if args.action == "close":
             return None
-        try:
-            self.classroom = ClassroomService(args.host, args.port, args.minutes, self.store, **options)
-        except OSError as error:
-            raise UsageError(f"cannot listen on {args.host or 'the room address'}:{args.port} ({error.strerror}): "
-                             "choose another --port or --host") from None
+        self.classroom = opened or listening()
         print(f"Students join with: {self.classroom.join_command()}")
         display(roster_table(self.classroom))
         return self.classroom
