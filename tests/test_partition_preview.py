@@ -86,7 +86,7 @@ def test_the_magic_previews_with_the_train_options_and_writes_nothing(shell, tmp
     assert sized.sizes.tolist() == [240, 479, 718] and sized.seed == 4
     assert list(tmp_path.iterdir()) == [], "no history, no store"
     for line, message in [("--partition exponential --base 1", "^--base: must be > 1, got 1.0"),
-                          ("--partition pathological --labels-per-client 11", "labels_per_client must be between 1"),
+                          ("--partition pathological --labels-per-client 11", "^--labels-per-client: must be between 1"),
                           ("--sizes 1,x", "argument --sizes: write numbers separated by commas, such as 100,200,300; got '1,x'")]:
         with pytest.raises(UsageError, match=message):
             shell.run_line_magic("fedless_partition", line)
