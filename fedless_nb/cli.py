@@ -358,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     secret = _command(commands, "client-secret", "the secret to deploy one client's own function with "
                       "(derived from FEDLESS_RUN_SECRET; set FEDLESS_CLIENT_ID to the client beside it)")
     secret.add_argument("client_id", help="the client the function serves, e.g. client-0003")
-    _command(commands, "new-secret", "a fresh random secret: a provider's FEDLESS_RUN_SECRET, or the FEDLESS_STATE_SECRET "
-             "a function seals its secure-aggregation state with (printed deploy commands draw that one themselves)")
+    _command(commands, "new-secret", "a fresh random secret: a provider's FEDLESS_RUN_SECRET, or the "
+             "FEDLESS_STATE_SECRET a function seals its secure-aggregation state with (printed deploy commands draw that "
+             "one themselves)")
     _command(commands, "schema", "print the config's JSON Schema (for editors that check YAML files)")
     package = _command(commands, "package", "build a deployable function bundle and print its deploy command")
     _add_bundle_options(package)

@@ -94,12 +94,12 @@ NEEDED_VALUES = {
 # What a printed command does with the secrets, for the line that introduces it.
 SECRETS_IN_THE_COMMAND = ("the run secret is read from your shell's FEDLESS_RUN_SECRET; the function's own state secret "
                           "is drawn by fedless-nb new-secret as it runs")
-_LAMBDA_SETTINGS = ("--memory-size 2048 --timeout 300 --role {role} "
-                    "--environment \"Variables={{FEDLESS_RUN_SECRET={secret},FEDLESS_STATE_SECRET={state}{settings}}}\"")
+_LAMBDA_SETTINGS = ("--memory-size 2048 --timeout 300 --role {role} --environment "
+                    "\"Variables={{FEDLESS_RUN_SECRET={secret},FEDLESS_STATE_SECRET={state}{settings}}}\"")
 _LAMBDA_SETTING = ",{variable}={value}"
 # {secret} is the shell's $FEDLESS_RUN_SECRET, never its value; {state} a state secret drawn in the shell as the command
-# runs (so a command run again seals later secure rounds under a new one: deploy between runs). A command run again updates what it created
-# (wsk action update creates or updates; the Kubernetes secret is applied, not created). Google's functions take
+# runs (so a command run again seals later secure rounds under a new one: deploy between runs). A command run again
+# updates what it created (wsk action update creates or updates; the Kubernetes secret is applied, not created). Google's functions take
 # unauthenticated calls (gcloud would otherwise stop to ask): the function's own token check refuses every task the
 # controller did not sign, and a Google identity token, which expires within the hour, would not last a long run.
 PLATFORMS: dict[str, Platform] = {
@@ -114,32 +114,33 @@ PLATFORMS: dict[str, Platform] = {
     "google_cloud_functions": Platform("google_cloud_functions", False,
         "gcloud functions deploy {name} --gen2 --runtime python311 --trigger-http --allow-unauthenticated "
         "--entry-point fedless_client --source {bundle} --memory 2Gi --timeout 300s "
-        "--set-env-vars \"FEDLESS_RUN_SECRET={secret},FEDLESS_STATE_SECRET={state}{settings}\"", setting=",{variable}={value}"),
+        "--set-env-vars \"FEDLESS_RUN_SECRET={secret},FEDLESS_STATE_SECRET={state}{settings}\"",
+        setting=",{variable}={value}"),
     "cloud_run": Platform("google_cloud_functions", False,
         "gcloud run deploy {name} --source {bundle} --allow-unauthenticated --memory 2Gi --timeout 300 --concurrency 1 "
-        "--set-env-vars \"GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret},FEDLESS_STATE_SECRET={state}{settings}\"",
-        gpu=True,
-        kubernetes_name=True, setting=",{variable}={value}"),
+        "--set-env-vars \"GOOGLE_FUNCTION_TARGET=fedless_client,FEDLESS_RUN_SECRET={secret},"
+        "FEDLESS_STATE_SECRET={state}{settings}\"", gpu=True, kubernetes_name=True, setting=",{variable}={value}"),
     "knative": Platform("google_cloud_functions", False,
         "cd {bundle} && pack build {image} --builder gcr.io/buildpacks/builder --env GOOGLE_FUNCTION_TARGET=fedless_client "
-        "--publish && kubectl create secret generic fedless-run-secret --from-literal=secret={secret} --from-literal=state={state} --dry-run=client "
-        "-o yaml | kubectl apply -f - && kubectl apply -f service.yaml", needs=("image",), gpu=True, kubernetes_name=True),
+        "--publish && kubectl create secret generic fedless-run-secret --from-literal=secret={secret} "
+        "--from-literal=state={state} --dry-run=client -o yaml | kubectl apply -f - && kubectl apply -f service.yaml", needs=("image",), gpu=True, kubernetes_name=True),
     "functions_framework": Platform("google_cloud_functions", False,
-        "cd {bundle} && FEDLESS_RUN_SECRET={secret} FEDLESS_STATE_SECRET={state}{settings} functions-framework --target fedless_client "
-        "--port 8080", gpu=True,
-        setting=" {variable}=\"{value}\""),
+        "cd {bundle} && FEDLESS_RUN_SECRET={secret} FEDLESS_STATE_SECRET={state}{settings} functions-framework "
+        "--target fedless_client --port 8080", gpu=True, setting=" {variable}=\"{value}\""),
     "openwhisk": Platform("openwhisk", False,
         "cd {bundle} && docker build --platform linux/amd64{settings} -t {image} . && docker push {image} "
         "&& wsk action update {name} action.zip --docker {image} --web true --memory 2048 --timeout 300000 "
-        "--param FEDLESS_RUN_SECRET \"{secret}\" --param FEDLESS_STATE_SECRET \"{state}\" --annotation final true", needs=("image",), code_zip="action.zip",
-        setting=" --build-arg {variable}=\"{value}\""),
+        "--param FEDLESS_RUN_SECRET \"{secret}\" --param FEDLESS_STATE_SECRET \"{state}\" --annotation final true",
+        needs=("image",), code_zip="action.zip", setting=" --build-arg {variable}=\"{value}\""),
     "openfaas": Platform("openfaas", False,
         "cd {bundle} && faas-cli secret create fedless-run-secret --from-literal \"{secret}\" "
-        "&& faas-cli secret create fedless-state-secret --from-literal \"{state}\" && faas-cli template store pull python3-http-debian && faas-cli up -f stack.yml",
+        "&& faas-cli secret create fedless-state-secret --from-literal \"{state}\" "
+        "&& faas-cli template store pull python3-http-debian && faas-cli up -f stack.yml",
         package_dir="fedless-client", needs=("image",), kubernetes_name=True),
     "azure_functions": Platform("azure_functions", False,
         "az functionapp config appsettings set --name {app} --resource-group {resource_group} "
-        "--settings FEDLESS_RUN_SECRET={secret} FEDLESS_STATE_SECRET={state}{settings} && cd {bundle} && func azure functionapp publish {app} --python",
+        "--settings FEDLESS_RUN_SECRET={secret} FEDLESS_STATE_SECRET={state}{settings} "
+        "&& cd {bundle} && func azure functionapp publish {app} --python",
         needs=("app", "resource_group"), setting=" \"{variable}={value}\""),
 }
 # No GPU: the same TensorFlow without its CUDA kernels.
@@ -389,5 +390,6 @@ def build_bundle(provider: str, out_dir: str | Path, *, name: str = "fedless-cli
     if "image" in given:
         quoted["registry"] = shlex.quote(given["image"].split("/")[0])
     command = platform.deploy.format(name=shlex.quote(name), bundle=shlex.quote(str(target.resolve())),
-                                     secret="$FEDLESS_RUN_SECRET", state=DRAWN_IN_THE_SHELL, settings=_command_settings(platform, settings), **quoted)
+                                     secret="$FEDLESS_RUN_SECRET", state=DRAWN_IN_THE_SHELL,
+                                     settings=_command_settings(platform, settings), **quoted)
     return Bundle(provider, target, tuple(files), tuple(requirements), command)

@@ -383,7 +383,8 @@ def handle(payload: dict[str, Any], *, secret: str | None = None, state_secret: 
                                   None), update)
 
     with _refusing_before_training():
-        mask = None if stage is None else masking(payload, store, guard.key, state_secret)  # its refusals come before training
+        # a secure round's masked stage: its refusals come before training
+        mask = None if stage is None else masking(payload, store, guard.key, state_secret)
         compiled, build_seconds = _compiled_model(payload["model"], train, model_modules)
         load_started = time.perf_counter()
         start = decode_arrays(store.get(payload["weights"]))

@@ -97,7 +97,8 @@ def invoke(body: bytes | str | dict[str, Any] | None, *, secret: str | None = No
         return 400, error_reply(400, PayloadError(NESTED_TOO_DEEPLY))
     try:
         with _ONE_AT_A_TIME:
-            return 200, handle(payload, secret=secret, state_secret=state_secret, data=data, model_modules=model_modules)
+            return 200, handle(payload, secret=secret, state_secret=state_secret, data=data,
+                               model_modules=model_modules)
     except Exception as error:  # the platform gets a status and a message, never a crashed worker
         status = status_of(error)
         if status == 500:

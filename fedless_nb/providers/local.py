@@ -35,8 +35,8 @@ _WORKER_VARIABLES = re.compile(r"PATH|HOME|USER|LANG|LC_\w+|TZ|TMPDIR|VIRTUAL_EN
                                r"|FEDLESS_\w+")
 # Never a worker's: the secrets and client id (its provider gives its own), the zygote's socket, and a deployed function's
 # store roots (exported for a deploy command, they would refuse the run's own store).
-_NOT_INHERITED = (SECRET_VARIABLE, SECRET_FILE_VARIABLE, STATE_SECRET_VARIABLE, STATE_SECRET_FILE_VARIABLE, CLIENT_ID_VARIABLE,
-                  STORE_ROOTS_VARIABLE, ZYGOTE_VARIABLE)
+_NOT_INHERITED = (SECRET_VARIABLE, SECRET_FILE_VARIABLE, STATE_SECRET_VARIABLE, STATE_SECRET_FILE_VARIABLE,
+                  CLIENT_ID_VARIABLE, STORE_ROOTS_VARIABLE, ZYGOTE_VARIABLE)
 
 
 def function_environment(threads: int) -> dict[str, str]:
